@@ -1,0 +1,3 @@
+"""ChunkFS: a distributed storage cluster of metadata servers, chunk servers and clients."""
+
+__version__ = "0.1.0"

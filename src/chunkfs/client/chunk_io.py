@@ -1,0 +1,228 @@
+"""The data path: reading and writing file bytes on chunk servers.
+
+A file's byte range is cut at chunk boundaries (and at the largest request
+size); each piece goes to the chunk servers the master names for that chunk.
+Chunk maps are cached: reads keep theirs until a server refuses it as stale;
+writes send the data to the first replica of the chain, which forwards it.
+When a replica fails, the client tells the master, which drops it (a new
+version) and hands back the survivors; the write goes on while at least the
+file's minimum number of replicas remain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from chunkfs.common.errors import (
+    ChecksumMismatch,
+    ChunkFSError,
+    NotFound,
+    StaleVersion,
+    Timeout,
+    Unavailable,
+)
+from chunkfs.protocol.frame import MAX_IO_SIZE
+from chunkfs.protocol.messages import Msg, replica_list
+from chunkfs.protocol.rpc import Connection, connect
+
+if TYPE_CHECKING:
+    from chunkfs.client.client import Client
+
+logger = logging.getLogger(__name__)
+
+#: Tries per piece before a read or write gives up.
+MAX_TRIES = 6
+#: Errors after which another replica (or a new map) may succeed.
+_REPLICA_ERRORS = (Unavailable, Timeout, StaleVersion, ChecksumMismatch, NotFound)
+
+
+@dataclass(slots=True, frozen=True)
+class ChunkMap:
+    chunk_id: int
+    version: int
+    replicas: tuple[tuple[int, str], ...]
+
+    @classmethod
+    def from_reply(cls, reply: dict[str, Any]) -> ChunkMap:
+        return cls(reply["chunk_id"], reply["version"], tuple(replica_list(reply["replicas"])))
+
+
+def split(offset: int, length: int, chunk_size: int) -> list[tuple[int, int, int, int]]:
+    """(chunk index, offset in chunk, length, offset in the buffer) for each piece."""
+    pieces = []
+    pos, end = offset, offset + length
+    while pos < end:
+        index, in_chunk = divmod(pos, chunk_size)
+        size = min(end - pos, chunk_size - in_chunk, MAX_IO_SIZE)
+        pieces.append((index, in_chunk, size, pos - offset))
+        pos += size
+    return pieces
+
+
+class ChunkIO:
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self._read_maps: dict[tuple[int, int], ChunkMap] = {}
+        self._write_maps: dict[tuple[int, int], ChunkMap] = {}
+        self._servers: dict[str, Connection] = {}
+        self._server_lock = asyncio.Lock()
+        #: Chunks written since the last fsync of each inode.
+        self.dirty: dict[int, set[int]] = {}
+
+    async def server(self, addr: str) -> Connection:
+        conn = self._servers.get(addr)
+        if conn is not None and not conn.closed:
+            return conn
+        async with self._server_lock:
+            conn = self._servers.get(addr)
+            if conn is None or conn.closed:
+                conn = await connect(addr, self.client.creds, timeout=3.0)
+                self._servers[addr] = conn
+            return conn
+
+    def forget(self, ino: int) -> None:
+        for cache in (self._read_maps, self._write_maps):
+            for key in [k for k in cache if k[0] == ino]:
+                del cache[key]
+
+    def close(self) -> None:
+        for conn in self._servers.values():
+            conn.close()
+        self._servers.clear()
+
+    # -- reads ---------------------------------------------------------------
+
+    async def _read_map(self, ino: int, index: int, refresh: bool) -> ChunkMap:
+        key = (ino, index)
+        if not refresh and key in self._read_maps:
+            return self._read_maps[key]
+        m = ChunkMap.from_reply(await self.client.mds.call(Msg.CHUNK_READ, {"ino": ino, "index": index}))
+        if m.chunk_id:
+            self._read_maps[key] = m
+        return m
+
+    async def read(self, ino: int, offset: int, length: int) -> bytes:
+        chunk_size = self.client.chunk_size
+        out = bytearray(length)
+        pieces = split(offset, length, chunk_size)
+        await asyncio.gather(*(self._read_piece(ino, idx, off, size, out, pos) for idx, off, size, pos in pieces))
+        return bytes(out)
+
+    async def _read_piece(self, ino: int, index: int, offset: int, size: int, out: bytearray, pos: int) -> None:
+        refresh = False
+        last: ChunkFSError | None = None
+        for _ in range(MAX_TRIES):
+            m = await self._read_map(ino, index, refresh)
+            if m.chunk_id == 0:
+                return  # a hole: zeros, already in `out`
+            replicas = list(m.replicas)
+            random.shuffle(replicas)  # spread reads over the replicas
+            for cs_id, addr in replicas:
+                try:
+                    conn = await self.server(addr)
+                    _, data = await conn.call(
+                        Msg.CS_READ, {"chunk_id": m.chunk_id, "version": m.version, "offset": offset, "length": size}
+                    )
+                    if len(data) != size:
+                        raise ChecksumMismatch(f"CS#{cs_id} returned {len(data)} bytes, {size} asked")
+                    out[pos:pos + size] = data
+                    return
+                except _REPLICA_ERRORS as exc:
+                    last = exc
+                    logger.warning("read of chunk %#x from CS#%d failed: %s; trying another replica",
+                                   m.chunk_id, cs_id, exc)
+                    if isinstance(exc, ChecksumMismatch):
+                        await self._report_bad(m.chunk_id, cs_id, str(exc))
+            refresh = True
+            await asyncio.sleep(0.05)
+        assert last is not None
+        raise last
+
+    async def _report_bad(self, chunk_id: int, cs_id: int, reason: str) -> None:
+        try:
+            await self.client.mds.call(Msg.REPORT_BAD_REPLICA, {"chunk_id": chunk_id, "cs_id": cs_id, "reason": reason})
+        except ChunkFSError as exc:
+            logger.info("could not report bad replica of chunk %#x: %s", chunk_id, exc)
+
+    # -- writes --------------------------------------------------------------
+
+    async def _write_map(self, ino: int, index: int, failed: set[int]) -> ChunkMap:
+        key = (ino, index)
+        if not failed and key in self._write_maps:
+            return self._write_maps[key]
+        header: dict[str, Any] = {"ino": ino, "index": index}
+        if failed:
+            header["failed"] = sorted(failed)
+        m = ChunkMap.from_reply(await self.client.mds.call(Msg.CHUNK_WRITE, header))
+        self._write_maps[key] = m
+        self._read_maps[key] = m
+        return m
+
+    async def write(self, ino: int, offset: int, data: bytes | bytearray | memoryview, sync: bool = False) -> None:
+        view = memoryview(data)
+        pieces = split(offset, len(view), self.client.chunk_size)
+        await asyncio.gather(*(
+            self._write_piece(ino, idx, off, view[pos:pos + size], sync) for idx, off, size, pos in pieces
+        ))
+
+    async def _write_piece(self, ino: int, index: int, offset: int, data: memoryview, sync: bool) -> None:
+        failed: set[int] = set()
+        last: ChunkFSError | None = None
+        for _ in range(MAX_TRIES):
+            m = await self._write_map(ino, index, failed)
+            failed = set()
+            if not m.replicas:
+                raise Unavailable(f"chunk {m.chunk_id:#x} has no writable replica")
+            (head_id, head_addr), rest = m.replicas[0], m.replicas[1:]
+            try:
+                conn = await self.server(head_addr)
+                await conn.call(Msg.CS_WRITE, {
+                    "chunk_id": m.chunk_id, "version": m.version, "offset": offset,
+                    "chain": [list(r) for r in rest], "sync": sync,
+                }, data)
+                self.dirty.setdefault(ino, set()).add(index)
+                return
+            except _REPLICA_ERRORS as exc:
+                last = exc
+                bad = exc.context.get("cs_id", head_id)
+                if not isinstance(exc, StaleVersion):
+                    failed = {bad} if isinstance(bad, int) else {head_id}
+                logger.warning("write to chunk %#x failed (%s); asking the master for a new chain", m.chunk_id, exc)
+                self._write_maps.pop((ino, index), None)
+                await asyncio.sleep(0.05)
+        assert last is not None
+        raise last
+
+    async def fsync(self, ino: int) -> None:
+        """Every chunk written since the last fsync reaches the disk on every replica."""
+        indexes = self.dirty.pop(ino, set())
+        try:
+            await asyncio.gather(*(self._fsync_chunk(ino, index) for index in indexes))
+        except BaseException:
+            self.dirty.setdefault(ino, set()).update(indexes)
+            raise
+
+    async def _fsync_chunk(self, ino: int, index: int) -> None:
+        failed: set[int] = set()
+        last: ChunkFSError | None = None
+        for _ in range(MAX_TRIES):
+            m = await self._write_map(ino, index, failed)
+            failed = set()
+            (head_id, head_addr), rest = m.replicas[0], m.replicas[1:]
+            try:
+                conn = await self.server(head_addr)
+                await conn.call(Msg.CS_FSYNC, {
+                    "chunk_id": m.chunk_id, "version": m.version, "chain": [list(r) for r in rest]})
+                return
+            except _REPLICA_ERRORS as exc:
+                last = exc
+                bad = exc.context.get("cs_id", head_id)
+                if not isinstance(exc, StaleVersion):
+                    failed = {bad} if isinstance(bad, int) else {head_id}
+                self._write_maps.pop((ino, index), None)
+        assert last is not None
+        raise last

@@ -1,0 +1,233 @@
+"""The ChunkFS client library: an asyncio API and a thin synchronous wrapper.
+
+`Client` speaks in inodes (what the mount needs) and in paths (what scripts
+and the CLI need).  `SyncClient` runs a `Client` on its own event loop thread,
+for code that is not asynchronous.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from chunkfs.client.chunk_io import ChunkIO
+from chunkfs.client.mds_link import MdsLink
+from chunkfs.common.config import ClientConfig, load_client_config
+from chunkfs.common.errors import InvalidArgument, IsADirectory, NotADirectory
+from chunkfs.protocol.messages import Msg
+from chunkfs.protocol.rpc import Credentials
+
+T = TypeVar("T")
+ROOT_INO = 1
+READDIR_PAGE = 1000
+
+
+def split_path(path: str) -> tuple[str, str]:
+    """``/a/b/c`` -> (``/a/b``, ``c``); the root has no parent."""
+    parts = [p for p in path.split("/") if p]
+    if not parts:
+        raise InvalidArgument("the root directory has no parent")
+    return "/" + "/".join(parts[:-1]), parts[-1]
+
+
+class Client:
+    def __init__(self, config: ClientConfig, name: str | None = None) -> None:
+        self.config = config
+        self.chunk_size = config.cluster.chunk_size
+        self.creds = Credentials(config.cluster.name, config.secret, "client", name or f"client-{os.getpid()}")
+        self.mds = MdsLink(config.mds, self.creds)
+        self.io = ChunkIO(self)
+
+    @classmethod
+    def for_cluster(cls, name: str) -> Client:
+        return cls(load_client_config(name))
+
+    async def close(self) -> None:
+        self.io.close()
+        self.mds.close()
+
+    # -- inode API -----------------------------------------------------------
+
+    async def getattr(self, ino: int) -> dict[str, Any]:
+        return (await self.mds.call(Msg.GETATTR, {"ino": ino}))["attr"]
+
+    async def lookup(self, parent: int, name: str) -> dict[str, Any]:
+        return (await self.mds.call(Msg.LOOKUP, {"parent": parent, "name": name}))["attr"]
+
+    async def mkdir_at(self, parent: int, name: str, mode: int = 0o755) -> dict[str, Any]:
+        return (await self.mds.call(Msg.MKDIR, {"parent": parent, "name": name, "mode": mode}))["attr"]
+
+    async def create_at(self, parent: int, name: str, mode: int = 0o644, exclusive: bool = False) -> dict[str, Any]:
+        reply = await self.mds.call(Msg.CREATE, {"parent": parent, "name": name, "mode": mode, "exclusive": exclusive})
+        return reply["attr"]
+
+    async def readdir(self, ino: int) -> list[tuple[str, int, str]]:
+        entries: list[tuple[str, int, str]] = []
+        after = ""
+        while True:
+            reply = await self.mds.call(Msg.READDIR, {"ino": ino, "after": after, "limit": READDIR_PAGE})
+            entries.extend((e[0], e[1], e[2]) for e in reply["entries"])
+            if not reply["more"] or not reply["entries"]:
+                return entries
+            after = entries[-1][0]
+
+    async def setattr(self, ino: int, **changes: Any) -> dict[str, Any]:
+        header = {"ino": ino, "size": None, "mode": None, "mtime": None, "atime": None, **changes}
+        attr = (await self.mds.call(Msg.SETATTR, header))["attr"]
+        if changes.get("size") is not None:
+            self.io.forget(ino)
+        return attr
+
+    async def read(self, ino: int, offset: int, length: int, file_size: int | None = None) -> bytes:
+        """Read up to `length` bytes; short at the end of the file."""
+        if file_size is None:
+            file_size = (await self.getattr(ino))["size"]
+        length = max(0, min(length, file_size - offset))
+        return await self.io.read(ino, offset, length) if length else b""
+
+    async def write(self, ino: int, offset: int, data: bytes | bytearray | memoryview, sync: bool = False) -> int:
+        """Write on every replica, then make the new size known to the master."""
+        if offset < 0:
+            raise InvalidArgument("offset must not be negative")
+        await self.io.write(ino, offset, data, sync)
+        await self.mds.call(Msg.EXTEND, {"ino": ino, "size": offset + len(data), "mtime": time.time()})
+        return len(data)
+
+    async def fsync(self, ino: int) -> None:
+        await self.io.fsync(ino)
+
+    async def truncate(self, ino: int, size: int) -> dict[str, Any]:
+        return await self.setattr(ino, size=size)
+
+    # -- path API ------------------------------------------------------------
+
+    async def resolve(self, path: str) -> dict[str, Any]:
+        return (await self.mds.call(Msg.RESOLVE, {"path": path}))["attr"]
+
+    async def _parent(self, path: str) -> tuple[int, str]:
+        parent_path, name = split_path(path)
+        parent = await self.resolve(parent_path)
+        if parent["type"] != "d":
+            raise NotADirectory(f"{parent_path} is not a directory")
+        return parent["ino"], name
+
+    async def stat(self, path: str) -> dict[str, Any]:
+        return await self.resolve(path)
+
+    async def listdir(self, path: str) -> list[tuple[str, int, str]]:
+        attr = await self.resolve(path)
+        if attr["type"] != "d":
+            raise NotADirectory(f"{path} is not a directory")
+        return await self.readdir(attr["ino"])
+
+    async def mkdir(self, path: str, mode: int = 0o755) -> dict[str, Any]:
+        parent, name = await self._parent(path)
+        return await self.mkdir_at(parent, name, mode)
+
+    async def create(self, path: str, mode: int = 0o644, exclusive: bool = False) -> dict[str, Any]:
+        parent, name = await self._parent(path)
+        return await self.create_at(parent, name, mode, exclusive)
+
+    async def unlink(self, path: str) -> None:
+        parent, name = await self._parent(path)
+        await self.mds.call(Msg.UNLINK, {"parent": parent, "name": name})
+
+    async def rmdir(self, path: str) -> None:
+        parent, name = await self._parent(path)
+        await self.mds.call(Msg.RMDIR, {"parent": parent, "name": name})
+
+    async def rename(self, old: str, new: str) -> None:
+        parent, name = await self._parent(old)
+        new_parent, new_name = await self._parent(new)
+        await self.mds.call(
+            Msg.RENAME, {"parent": parent, "name": name, "new_parent": new_parent, "new_name": new_name}
+        )
+
+    async def set_replicas(self, path: str, replicas: int, min_replicas: int, recursive: bool = False) -> int:
+        attr = await self.resolve(path)
+        reply = await self.mds.call(Msg.SET_REPLICAS, {
+            "ino": attr["ino"], "replicas": replicas, "min_replicas": min_replicas, "recursive": recursive})
+        return int(reply["changed"])
+
+    async def open(self, path: str, create: bool = False, truncate: bool = False) -> File:
+        attr = await (self.create(path) if create else self.resolve(path))
+        if attr["type"] == "d":
+            raise IsADirectory(f"{path} is a directory")
+        if truncate and attr["size"]:
+            attr = await self.truncate(attr["ino"], 0)
+        return File(self, attr)
+
+    async def cluster_stat(self) -> dict[str, Any]:
+        return (await self.mds.call(Msg.CLUSTER_STAT, {}))["stat"]
+
+    async def events(self, since: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
+        return (await self.mds.call(Msg.GET_EVENTS, {"since": since, "limit": limit}))["events"]
+
+
+class File:
+    """An open file: a position-free handle over one inode."""
+
+    def __init__(self, client: Client, attr: dict[str, Any]) -> None:
+        self.client = client
+        self.ino: int = attr["ino"]
+        self.size: int = attr["size"]
+
+    async def read(self, offset: int, length: int) -> bytes:
+        return await self.client.read(self.ino, offset, length, self.size)
+
+    async def write(self, offset: int, data: bytes | bytearray | memoryview, sync: bool = False) -> int:
+        written = await self.client.write(self.ino, offset, data, sync)
+        self.size = max(self.size, offset + written)
+        return written
+
+    async def truncate(self, size: int) -> None:
+        self.size = (await self.client.truncate(self.ino, size))["size"]
+
+    async def fsync(self) -> None:
+        await self.client.fsync(self.ino)
+
+    async def close(self) -> None:
+        await self.client.fsync(self.ino)
+
+
+class SyncClient:
+    """The same API, blocking: a `Client` on an event loop in a background thread."""
+
+    def __init__(self, config: ClientConfig, name: str | None = None) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="chunkfs-client", daemon=True)
+        self._thread.start()
+        self.client = Client(config, name)
+
+    @classmethod
+    def for_cluster(cls, name: str) -> SyncClient:
+        return cls(load_client_config(name))
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.client, name)
+        if not asyncio.iscoroutinefunction(method):
+            return method
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return self.run(method(*args, **kwargs))
+
+        return call
+
+    def close(self) -> None:
+        self.run(self.client.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+        self._loop.close()
+
+    def __enter__(self) -> SyncClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,77 @@
+"""The client's link to the master metadata server.
+
+It connects to any known MDS, follows redirects to the master, and on a lost
+connection reconnects and retries the request — a bounded number of times and
+for a bounded time, so a dead cluster gives a clear error, not a hang.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from chunkfs.common.errors import ChunkFSError, NotMaster, Timeout, Unavailable
+from chunkfs.protocol.messages import Msg
+from chunkfs.protocol.rpc import Connection, Credentials, connect
+
+logger = logging.getLogger(__name__)
+
+#: How long a request keeps trying to reach a master before it fails.
+DEFAULT_RETRY_FOR = 20.0
+
+
+class MdsLink:
+    def __init__(self, addrs: tuple[str, ...], creds: Credentials, retry_for: float = DEFAULT_RETRY_FOR) -> None:
+        self.addrs = list(addrs)
+        self.creds = creds
+        self.retry_for = retry_for
+        self._conn: Connection | None = None
+        self._lock = asyncio.Lock()
+
+    async def _connection(self) -> Connection:
+        async with self._lock:
+            if self._conn is not None and not self._conn.closed:
+                return self._conn
+            errors = []
+            for addr in self.addrs:
+                try:
+                    self._conn = await connect(addr, self.creds, timeout=3.0)
+                    # Put the working address first for next time.
+                    self.addrs.remove(addr)
+                    self.addrs.insert(0, addr)
+                    return self._conn
+                except (Unavailable, Timeout) as exc:
+                    errors.append(str(exc))
+            raise Unavailable(
+                "no metadata server reachable (" + "; ".join(errors) + "): is the cluster running?"
+            )
+
+    async def call(self, msg: Msg, header: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
+        deadline = time.monotonic() + self.retry_for
+        pause = 0.05
+        while True:
+            try:
+                conn = await self._connection()
+                reply, _ = await conn.call(msg, header, timeout=timeout)
+                return reply
+            except NotMaster as exc:
+                hint = exc.context.get("leader")
+                if isinstance(hint, str) and hint in self.addrs:
+                    self.addrs.remove(hint)
+                    self.addrs.insert(0, hint)
+                last: ChunkFSError = exc
+                self.close()
+            except (Unavailable, Timeout) as exc:
+                last = exc
+                self.close()
+            if time.monotonic() + pause > deadline:
+                raise last
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 1.0)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None

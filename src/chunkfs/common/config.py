@@ -1,0 +1,194 @@
+"""Cluster-wide facts, per-node settings and client configuration.
+
+Cluster-wide facts (name, id, chunk size, secret) are fixed when the cluster is
+made.  Each daemon's directory is self-contained — ``node.json`` and ``secret``
+beside its data — so a test builds a node from a temporary folder.  Clients find
+a cluster by name under ``$CHUNKFS_CONF_DIR/clusters/NAME/`` (default
+``/etc/chunkfs``): ``mds.list`` (one address a line, like vstorage's
+``bs.list``), ``secret`` and ``cluster.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from chunkfs.common.addr import parse_addr
+from chunkfs.common.durable import write_file_durably
+from chunkfs.common.errors import ConfigError
+
+DEFAULT_CONF_DIR = "/etc/chunkfs"
+DEFAULT_CHUNK_SIZE = 256 << 20
+MIN_CHUNK_SIZE = 1 << 20
+MAX_CHUNK_SIZE = 1 << 30
+#: Chunk sizes are whole multiples of the checksum block.
+BLOCK_SIZE = 64 << 10
+SECRET_BYTES = 32
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+NODE_FILE = "node.json"
+SECRET_FILE = "secret"
+
+
+def conf_dir() -> Path:
+    return Path(os.environ.get("CHUNKFS_CONF_DIR", DEFAULT_CONF_DIR))
+
+
+def check_cluster_name(name: str) -> str:
+    if not _NAME_RE.match(name):
+        raise ConfigError(
+            f"bad cluster name {name!r}: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    return name
+
+
+def check_chunk_size(size: int) -> int:
+    if not MIN_CHUNK_SIZE <= size <= MAX_CHUNK_SIZE or size % BLOCK_SIZE:
+        raise ConfigError(
+            f"bad chunk size {size}: must be a multiple of 64 KiB between 1 MiB and 1 GiB"
+        )
+    return size
+
+
+def parse_size(text: str) -> int:
+    """``256M``, ``4MiB``, ``1G``, ``65536`` -> bytes."""
+    match = re.fullmatch(r"\s*(\d+)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
+    if not match:
+        raise ConfigError(f"bad size {text!r}: expected a number with an optional K, M, G or T suffix")
+    return int(match.group(1)) << (10 * " KMGT".index(match.group(2).upper() or " "))
+
+
+@dataclass(slots=True, frozen=True)
+class ClusterInfo:
+    name: str
+    uuid: str
+    chunk_size: int
+
+
+@dataclass(slots=True, frozen=True)
+class NodeConfig:
+    """The ``node.json`` of one daemon's directory."""
+
+    role: str  # "mds" or "cs"
+    cluster: ClusterInfo
+    addr: str
+    node_id: int = 0  # MDS: its id in the group; CS: 0 until the master assigns one
+    host: str = ""
+    mds: tuple[str, ...] = field(default_factory=tuple)
+    heartbeat_interval: float = 1.0
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["mds"] = list(self.mds)
+        return data
+
+
+def _require(data: dict[str, Any], key: str, kind: type, where: Path) -> Any:
+    value = data.get(key)
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise ConfigError(f"{where}: option {key!r} is missing or not a {kind.__name__}")
+    return value
+
+
+def load_node(directory: Path) -> tuple[NodeConfig, bytes]:
+    path = directory / NODE_FILE
+    if not path.exists():
+        raise ConfigError(f"{directory} is not a ChunkFS node directory (no {NODE_FILE}): create it with make-mds or make-cs")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: unreadable: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object")
+    cdata = _require(data, "cluster", dict, path)
+    cluster = ClusterInfo(
+        check_cluster_name(_require(cdata, "name", str, path)),
+        _require(cdata, "uuid", str, path),
+        check_chunk_size(_require(cdata, "chunk_size", int, path)),
+    )
+    role = _require(data, "role", str, path)
+    if role not in ("mds", "cs"):
+        raise ConfigError(f"{path}: option 'role' must be 'mds' or 'cs'")
+    addr = _require(data, "addr", str, path)
+    parse_addr(addr)
+    interval = data.get("heartbeat_interval", 1.0)
+    if not isinstance(interval, int | float) or not 0.05 <= interval <= 60:
+        raise ConfigError(f"{path}: option 'heartbeat_interval' must be a number of seconds in 0.05-60")
+    mds = tuple(data.get("mds", []))
+    for a in mds:
+        parse_addr(a)
+    node = NodeConfig(
+        role=role, cluster=cluster, addr=addr, node_id=int(data.get("node_id", 0)),
+        host=str(data.get("host", "")), mds=mds, heartbeat_interval=float(interval),
+    )
+    return node, read_secret(directory / SECRET_FILE)
+
+
+def save_node(directory: Path, node: NodeConfig, secret: bytes) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    write_secret(directory / SECRET_FILE, secret)
+    write_file_durably(directory / NODE_FILE, json.dumps(node.to_json(), indent=2).encode())
+
+
+def read_secret(path: Path) -> bytes:
+    try:
+        text = path.read_text().strip()
+        secret = bytes.fromhex(text)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: the cluster secret is missing") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: unreadable cluster secret: {exc}") from None
+    if len(secret) < 16:
+        raise ConfigError(f"{path}: the cluster secret is too short")
+    return secret
+
+
+def write_secret(path: Path, secret: bytes) -> None:
+    write_file_durably(path, secret.hex().encode() + b"\n", mode=0o600)
+
+
+# -- client configuration -----------------------------------------------------
+
+
+@dataclass(slots=True, frozen=True)
+class ClientConfig:
+    cluster: ClusterInfo
+    mds: tuple[str, ...]
+    secret: bytes
+
+
+def cluster_conf_path(name: str) -> Path:
+    return conf_dir() / "clusters" / check_cluster_name(name)
+
+
+def save_client_config(cfg: ClientConfig) -> Path:
+    path = cluster_conf_path(cfg.cluster.name)
+    path.mkdir(parents=True, exist_ok=True)
+    write_secret(path / SECRET_FILE, cfg.secret)
+    write_file_durably(path / "cluster.json", json.dumps(asdict(cfg.cluster), indent=2).encode())
+    write_file_durably(path / "mds.list", "".join(f"{a}\n" for a in cfg.mds).encode())
+    return path
+
+
+def load_client_config(name: str) -> ClientConfig:
+    path = cluster_conf_path(name)
+    if not (path / "cluster.json").exists():
+        raise ConfigError(
+            f"unknown cluster {name!r}: no configuration in {path} "
+            "(create it with `chunkfs -c NAME make-mds -I ...` or `chunkfs local up`, or set CHUNKFS_CONF_DIR)"
+        )
+    try:
+        data = json.loads((path / "cluster.json").read_text())
+        cluster = ClusterInfo(data["name"], data["uuid"], check_chunk_size(int(data["chunk_size"])))
+        mds = tuple(line.strip() for line in (path / "mds.list").read_text().splitlines() if line.strip())
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{path}: broken client configuration: {exc}") from None
+    for a in mds:
+        parse_addr(a)
+    if not mds:
+        raise ConfigError(f"{path}/mds.list lists no metadata server")
+    return ClientConfig(cluster, mds, read_secret(path / SECRET_FILE))

@@ -1,0 +1,829 @@
+"""A chunk server's on-disk replica store: one data directory, one file per chunk replica.
+
+This is the chunk server's `diskfile` (in Swift's sense): every other part of the
+chunk server reads and writes replicas only through `ChunkStore`.
+
+Layout::
+
+    ROOT/chunks/<low byte of chunk_id, 2 hex digits>/<chunk_id:016x>_<version:016x>.chunk
+    ROOT/quarantine/<same name>[.<n>]            corrupt replicas, moved aside, never deleted
+
+The version lives in the file name, so changing it is one atomic ``rename`` plus an
+fsync of the directory, and "which replica is newest" is a comparison of names.
+
+Replica file format (all integers little-endian)::
+
+    offset 0                 header, HEADER_SIZE (4 KiB) bytes:
+                               magic "CHUNKFS\\0", format version (u32), chunk_id (u64),
+                               version at creation (u64), chunk_size (u64),
+                               block_size (u32), CRC32C of the preceding fields (u32),
+                               zero padding
+    offset HEADER_SIZE       CRC table: one u32 CRC32C per block, zero-padded to a
+                               multiple of TABLE_ALIGN (4 KiB)
+    offset data_offset       data region, chunk_size bytes, block i at
+                               data_offset + i * block_size
+
+The header's version is only the version at creation; the file name is the truth.
+The data region is sparse: it is never pre-filled, and bytes past the end of the
+file read as zeros. The CRC table is written in full at creation with the CRC of an
+all-zero block, so a block that was never written verifies as zeros.
+
+Crash safety: a write puts the data down first and then the CRC entries. A crash
+between the two leaves a block whose checksum does not match; that is reported as
+`ChecksumMismatch` (never as silently wrong data) and the replica is repaired from
+another one. Only writes that were followed by a sync (``sync=True`` or `fsync`)
+are promised to survive, which is what the chunk server acknowledges.
+
+Threading: methods may be called from several threads (the server offloads
+blocking calls to a thread pool). One lock guards the index and the descriptor
+cache; a striped per-chunk lock serialises the mutating calls on one chunk, so the
+read-modify-write of edge blocks cannot interleave. Reads take no chunk lock: if a
+block fails its checksum they re-read it under the chunk lock before calling it
+corrupt, so a read racing a write never reports false corruption.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+import struct
+import tempfile
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from chunkfs.common.checksum import Buffer, crc32c
+from chunkfs.common.errors import (
+    ChecksumMismatch,
+    ConfigError,
+    Exists,
+    InvalidArgument,
+    NoSpace,
+    NotFound,
+    StaleVersion,
+)
+
+logger = logging.getLogger(__name__)
+
+#: First bytes of every replica file.
+MAGIC = b"CHUNKFS\x00"
+#: Bumped whenever the on-disk layout changes incompatibly.
+FORMAT_VERSION = 1
+#: magic, format version, chunk_id, version at creation, chunk_size, block_size.
+HEADER_FIELDS = struct.Struct("<8sIQQQI")
+#: CRC32C of HEADER_FIELDS, stored right after them.
+HEADER_CRC = struct.Struct("<I")
+#: The header region is padded to this size; the CRC table starts here.
+HEADER_SIZE = 4096
+#: The CRC table is padded to a multiple of this, so the data region starts on a
+#: filesystem-block boundary.
+TABLE_ALIGN = 4096
+#: Bytes per CRC table entry (one little-endian uint32 per block).
+CRC_ENTRY_SIZE = 4
+#: Default bytes covered by one checksum.
+DEFAULT_BLOCK_SIZE = 64 * 1024
+#: Default bound on the number of cached open replica descriptors.
+DEFAULT_MAX_OPEN_FILES = 256
+#: Bytes verify() reads per system call; bounds its memory.
+VERIFY_BATCH_BYTES = 4 * 1024 * 1024
+#: Chunk ids and versions are unsigned 64-bit integers.
+MAX_U64 = (1 << 64) - 1
+#: Number of striped per-chunk locks (bounded, whatever the number of chunks).
+CHUNK_LOCK_STRIPES = 64
+
+CHUNKS_DIR = "chunks"
+QUARANTINE_DIR = "quarantine"
+REPLICA_SUFFIX = ".chunk"
+TMP_PREFIX = "."
+TMP_SUFFIX = ".tmp"
+_REPLICA_NAME = re.compile(r"^([0-9a-f]{16})_([0-9a-f]{16})\.chunk$")
+
+#: errno values that mean "the disk (or quota) is full".
+_NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+def replica_name(chunk_id: int, version: int) -> str:
+    """File name of a replica: comparing names compares (chunk_id, version)."""
+    return f"{chunk_id:016x}_{version:016x}{REPLICA_SUFFIX}"
+
+
+def _is_no_space(exc: OSError) -> bool:
+    return exc.errno in _NO_SPACE_ERRNOS
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename/create/unlink in `path` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _pread_full(fd: int, buf: bytearray | memoryview, pos: int) -> int:
+    """Fill `buf` from `pos`; stop at end of file. Returns the bytes read.
+
+    The rest of `buf` is left as it was, so a zero-filled buffer yields zeros past
+    the end of the file — the sparse data region's tail.
+    """
+    view = memoryview(buf).cast("B")
+    done = 0
+    while done < len(view):
+        n = os.preadv(fd, [view[done:]], pos + done)
+        if n == 0:
+            break
+        done += n
+    return done
+
+
+def _pwrite_full(fd: int, bufs: Sequence[Buffer], pos: int) -> None:
+    """Write all of `bufs` contiguously at `pos`: one pwritev in the common case."""
+    views = [memoryview(b).cast("B") for b in bufs if len(b)]
+    while views:
+        n = os.pwritev(fd, views, pos)
+        pos += n
+        # Drop what was written (short writes are rare for regular files).
+        while views and n >= len(views[0]):
+            n -= len(views[0])
+            views.pop(0)
+        if views and n:
+            views[0] = views[0][n:]
+
+
+@dataclass(slots=True)
+class _OpenFile:
+    """A cached descriptor; closed once it is evicted and no call is using it."""
+
+    fd: int
+    refs: int = 0
+    evicted: bool = False
+
+
+@dataclass(slots=True)
+class _Lease:
+    """What one call needs while it works on one replica."""
+
+    chunk_id: int
+    version: int
+    fd: int
+    entry: _OpenFile = field(repr=False)
+
+
+class ChunkStore:
+    """The replicas of one data directory, with per-block CRC32C and versioned names.
+
+    Synchronous by design: the chunk server runs these calls (and their fsyncs) in
+    worker threads itself. OSErrors other than "no space" (EIO from a failing disk,
+    for instance) are passed through so the server can mark the disk failed.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        chunk_size: int,
+        block_size: int = DEFAULT_BLOCK_SIZE,
+        *,
+        max_open_files: int = DEFAULT_MAX_OPEN_FILES,
+    ) -> None:
+        if block_size <= 0 or block_size % TABLE_ALIGN:
+            raise ConfigError(
+                f"block_size {block_size} must be a positive multiple of {TABLE_ALIGN}",
+                option="block_size",
+            )
+        if chunk_size <= 0 or chunk_size % block_size:
+            raise ConfigError(
+                f"chunk_size {chunk_size} must be a positive multiple of block_size {block_size}",
+                option="chunk_size",
+            )
+        if max_open_files < 1:
+            raise ConfigError(f"max_open_files {max_open_files} must be at least 1", option="max_open_files")
+        self.root = Path(root)
+        self.chunk_size = chunk_size
+        self.block_size = block_size
+        self.n_blocks = chunk_size // block_size
+        table_bytes = self.n_blocks * CRC_ENTRY_SIZE
+        self.table_size = -(-table_bytes // TABLE_ALIGN) * TABLE_ALIGN
+        self.data_offset = HEADER_SIZE + self.table_size
+        #: CRC32C of an all-zero block: what a never-written block verifies against.
+        self.zero_crc = crc32c(bytes(block_size))
+        self._max_open = max_open_files
+        self._lock = threading.Lock()
+        self._chunk_locks = [threading.Lock() for _ in range(CHUNK_LOCK_STRIPES)]
+        self._index: dict[int, int] = {}
+        self._files: OrderedDict[int, _OpenFile] = OrderedDict()
+        self._closed = False
+        self._chunks_dir = self.root / CHUNKS_DIR
+        self._quarantine_dir = self.root / QUARANTINE_DIR
+        self._prepare_dirs()
+        self._scan()
+
+    # ------------------------------------------------------------------ set-up
+
+    def _prepare_dirs(self) -> None:
+        created = False
+        for d in (self.root, self._chunks_dir, self._quarantine_dir):
+            if not d.is_dir():
+                d.mkdir(parents=True, exist_ok=True)
+                created = True
+        if created:
+            _fsync_dir(self.root)
+            _fsync_dir(self._chunks_dir)
+
+    def _scan(self) -> None:
+        """Build the index from file names (headers are checked lazily, on first open).
+
+        Leftover temporary files of an interrupted create are removed; if two
+        versions of one chunk exist, the highest wins and the others are removed —
+        versions only grow, so the lower one is stale by definition.
+        """
+        found: dict[int, list[tuple[int, Path]]] = {}
+        for sub in sorted(self._chunks_dir.iterdir()):
+            if not sub.is_dir():
+                logger.warning("ignoring unexpected entry %s in the chunk directory", sub)
+                continue
+            dirty = False
+            for path in sub.iterdir():
+                name = path.name
+                if name.startswith(TMP_PREFIX) and name.endswith(TMP_SUFFIX):
+                    logger.info("removing leftover temporary file %s", path)
+                    path.unlink(missing_ok=True)
+                    dirty = True
+                    continue
+                m = _REPLICA_NAME.match(name)
+                if m is None:
+                    logger.warning("ignoring unexpected file %s", path)
+                    continue
+                chunk_id, version = int(m.group(1), 16), int(m.group(2), 16)
+                if path.parent != self._dir_for(chunk_id):
+                    logger.warning("ignoring misplaced replica %s (chunk %016x)", path, chunk_id)
+                    continue
+                found.setdefault(chunk_id, []).append((version, path))
+            if dirty:
+                _fsync_dir(sub)
+        for chunk_id, versions in found.items():
+            versions.sort()
+            keep_version, _ = versions[-1]
+            for version, path in versions[:-1]:
+                logger.warning(
+                    "chunk %016x: removing stale version %d, keeping %d", chunk_id, version, keep_version
+                )
+                path.unlink(missing_ok=True)
+            if len(versions) > 1:
+                _fsync_dir(self._dir_for(chunk_id))
+            self._index[chunk_id] = keep_version
+
+    # ------------------------------------------------------------------ paths
+
+    def _dir_for(self, chunk_id: int) -> Path:
+        return self._chunks_dir / f"{chunk_id & 0xFF:02x}"
+
+    def _path_for(self, chunk_id: int, version: int) -> Path:
+        return self._dir_for(chunk_id) / replica_name(chunk_id, version)
+
+    def _chunk_lock(self, chunk_id: int) -> threading.Lock:
+        return self._chunk_locks[chunk_id % CHUNK_LOCK_STRIPES]
+
+    # ------------------------------------------------------------------ checks
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise InvalidArgument(f"chunk store {self.root} is closed")
+
+    @staticmethod
+    def _check_u64(what: str, value: int) -> None:
+        if not 0 <= value <= MAX_U64:
+            raise InvalidArgument(f"{what} {value} is not an unsigned 64-bit integer")
+
+    def _check_range(self, chunk_id: int, offset: int, length: int) -> None:
+        if offset < 0 or length < 0 or offset + length > self.chunk_size:
+            raise InvalidArgument(
+                f"chunk {chunk_id:016x}: range offset={offset} length={length} "
+                f"is outside the chunk (chunk_size {self.chunk_size})",
+                chunk_id=chunk_id,
+                offset=offset,
+                length=length,
+            )
+
+    def _check_version(self, chunk_id: int, version: int) -> None:
+        """Caller holds self._lock."""
+        current = self._index.get(chunk_id)
+        if current is None:
+            raise NotFound(f"chunk {chunk_id:016x}: no replica on this server", chunk_id=chunk_id)
+        if current != version:
+            raise StaleVersion(
+                f"chunk {chunk_id:016x}: asked for version {version}, replica is at {current}",
+                chunk_id=chunk_id,
+                version=version,
+                current=current,
+            )
+
+    # ------------------------------------------------------------------ descriptors
+
+    def _open_replica(self, chunk_id: int, version: int) -> int:
+        """Open a replica and check its header; the header is never trusted unchecked."""
+        path = self._path_for(chunk_id, version)
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            raw = os.pread(fd, HEADER_FIELDS.size + HEADER_CRC.size, 0)
+            self._check_header(chunk_id, raw)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _check_header(self, chunk_id: int, raw: bytes) -> None:
+        if len(raw) < HEADER_FIELDS.size + HEADER_CRC.size:
+            raise ChecksumMismatch(f"chunk {chunk_id:016x}: replica header is truncated", chunk_id=chunk_id)
+        fields = raw[: HEADER_FIELDS.size]
+        (stored_crc,) = HEADER_CRC.unpack_from(raw, HEADER_FIELDS.size)
+        magic, fmt, hdr_chunk_id, _version, chunk_size, block_size = HEADER_FIELDS.unpack(fields)
+        if magic != MAGIC or crc32c(fields) != stored_crc:
+            raise ChecksumMismatch(
+                f"chunk {chunk_id:016x}: replica header is corrupt (bad magic or checksum)",
+                chunk_id=chunk_id,
+            )
+        if fmt != FORMAT_VERSION or hdr_chunk_id != chunk_id:
+            raise ChecksumMismatch(
+                f"chunk {chunk_id:016x}: replica header says format {fmt}, chunk {hdr_chunk_id:016x}",
+                chunk_id=chunk_id,
+            )
+        if chunk_size != self.chunk_size or block_size != self.block_size:
+            raise ConfigError(
+                f"chunk {chunk_id:016x}: replica has chunk_size {chunk_size}/block_size {block_size}, "
+                f"but this store uses {self.chunk_size}/{self.block_size}; wrong data directory?",
+                chunk_id=chunk_id,
+            )
+
+    @contextmanager
+    def _lease(self, chunk_id: int, version: int | None) -> Iterator[_Lease]:
+        """Check the version and hand out a cached descriptor that stays open meanwhile.
+
+        `version=None` skips the version check (verify, quarantine).
+        """
+        with self._lock:
+            self._check_open()
+            current = self._index.get(chunk_id)
+            if version is None:
+                if current is None:
+                    raise NotFound(f"chunk {chunk_id:016x}: no replica on this server", chunk_id=chunk_id)
+                version = current
+            else:
+                self._check_version(chunk_id, version)
+            entry = self._files.get(chunk_id)
+            if entry is None:
+                entry = _OpenFile(self._open_replica(chunk_id, version), refs=1)
+                self._files[chunk_id] = entry
+                self._evict_locked()  # never closes `entry`: it is in use
+            else:
+                self._files.move_to_end(chunk_id)
+                entry.refs += 1
+        try:
+            yield _Lease(chunk_id, version, entry.fd, entry)
+        finally:
+            with self._lock:
+                entry.refs -= 1
+                if entry.evicted and entry.refs == 0:
+                    os.close(entry.fd)
+
+    def _evict_locked(self) -> None:
+        """Close least recently used descriptors beyond the bound (skipping ones in use)."""
+        excess = len(self._files) - self._max_open
+        for chunk_id in list(self._files):
+            if excess <= 0:
+                break
+            entry = self._files[chunk_id]
+            if entry.refs:
+                continue
+            del self._files[chunk_id]
+            os.close(entry.fd)
+            excess -= 1
+
+    def _forget_fd_locked(self, chunk_id: int) -> None:
+        entry = self._files.pop(chunk_id, None)
+        if entry is None:
+            return
+        if entry.refs:
+            entry.evicted = True  # the last user closes it
+        else:
+            os.close(entry.fd)
+
+    # ------------------------------------------------------------------ index
+
+    def list_replicas(self) -> list[tuple[int, int]]:
+        """(chunk_id, version) of every replica in this directory, sorted by chunk id."""
+        with self._lock:
+            return sorted(self._index.items())
+
+    def version_of(self, chunk_id: int) -> int | None:
+        """The version of the replica held here, or None."""
+        with self._lock:
+            return self._index.get(chunk_id)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _encode_new_file(self, chunk_id: int, version: int) -> bytes:
+        fields = HEADER_FIELDS.pack(MAGIC, FORMAT_VERSION, chunk_id, version, self.chunk_size, self.block_size)
+        header = fields + HEADER_CRC.pack(crc32c(fields))
+        table = struct.pack(f"<{self.n_blocks}I", *([self.zero_crc] * self.n_blocks))
+        out = bytearray(self.data_offset)
+        out[: len(header)] = header
+        out[HEADER_SIZE : HEADER_SIZE + len(table)] = table
+        return bytes(out)
+
+    def create(self, chunk_id: int, version: int) -> None:
+        """Create an empty replica (all zeros), durably.
+
+        Idempotent for the same version, so a retried request is harmless; another
+        version already here is `Exists` — the master must delete or re-version it.
+        """
+        self._check_u64("chunk_id", chunk_id)
+        self._check_u64("version", version)
+        with self._chunk_lock(chunk_id):
+            with self._lock:
+                self._check_open()
+                current = self._index.get(chunk_id)
+            if current == version:
+                return
+            if current is not None:
+                raise Exists(
+                    f"chunk {chunk_id:016x}: a replica at version {current} exists, cannot create {version}",
+                    chunk_id=chunk_id,
+                    version=version,
+                    current=current,
+                )
+            d = self._dir_for(chunk_id)
+            if not d.is_dir():
+                d.mkdir(exist_ok=True)
+                _fsync_dir(self._chunks_dir)
+            fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=TMP_SUFFIX, dir=d)
+            try:
+                try:
+                    _pwrite_full(fd, [self._encode_new_file(chunk_id, version)], 0)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.rename(tmp, self._path_for(chunk_id, version))
+            except OSError as exc:
+                Path(tmp).unlink(missing_ok=True)
+                if _is_no_space(exc):
+                    raise NoSpace(
+                        f"chunk {chunk_id:016x}: no space left in {self.root} to create a replica",
+                        chunk_id=chunk_id,
+                    ) from exc
+                raise
+            _fsync_dir(d)
+            with self._lock:
+                self._index[chunk_id] = version
+
+    def set_version(self, chunk_id: int, old_version: int, new_version: int) -> None:
+        """Move the replica from `old_version` to `new_version` by renaming its file.
+
+        Idempotent if it is already at `new_version`. Versions only grow (they carry
+        the master's term), which is what lets the scan resolve duplicates by
+        keeping the highest one.
+        """
+        self._check_u64("version", new_version)
+        with self._chunk_lock(chunk_id):
+            with self._lock:
+                self._check_open()
+                current = self._index.get(chunk_id)
+                if current == new_version:
+                    return
+                self._check_version(chunk_id, old_version)
+            if new_version < old_version:
+                raise InvalidArgument(
+                    f"chunk {chunk_id:016x}: version may not go down ({old_version} -> {new_version})",
+                    chunk_id=chunk_id,
+                )
+            os.rename(self._path_for(chunk_id, old_version), self._path_for(chunk_id, new_version))
+            _fsync_dir(self._dir_for(chunk_id))
+            with self._lock:
+                self._index[chunk_id] = new_version
+
+    def delete(self, chunk_id: int) -> None:
+        """Remove the replica, whatever its version; absent is not an error."""
+        with self._chunk_lock(chunk_id):
+            with self._lock:
+                self._check_open()
+                version = self._index.pop(chunk_id, None)
+                if version is None:
+                    return
+                self._forget_fd_locked(chunk_id)
+            self._path_for(chunk_id, version).unlink(missing_ok=True)
+            _fsync_dir(self._dir_for(chunk_id))
+
+    def quarantine(self, chunk_id: int) -> Path:
+        """Move a (corrupt) replica into quarantine/ and forget it; returns its new path.
+
+        Never deletes: an operator may want to look at it, as with Swift's quarantine.
+        """
+        with self._chunk_lock(chunk_id):
+            with self._lock:
+                self._check_open()
+                version = self._index.get(chunk_id)
+                if version is None:
+                    raise NotFound(f"chunk {chunk_id:016x}: no replica on this server", chunk_id=chunk_id)
+                src = self._path_for(chunk_id, version)
+                dst = self._quarantine_dir / src.name
+                n = 0
+                while dst.exists():
+                    n += 1
+                    dst = self._quarantine_dir / f"{src.name}.{n}"
+                os.rename(src, dst)
+                del self._index[chunk_id]
+                self._forget_fd_locked(chunk_id)
+            _fsync_dir(self._quarantine_dir)
+            _fsync_dir(src.parent)
+            logger.warning("chunk %016x version %d quarantined to %s", chunk_id, version, dst)
+            return dst
+
+    def close(self) -> None:
+        """Close every cached descriptor; the store cannot be used afterwards."""
+        with self._lock:
+            self._closed = True
+            for chunk_id in list(self._files):
+                self._forget_fd_locked(chunk_id)
+
+    def __enter__(self) -> ChunkStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ data path
+
+    def _read_crcs(self, lease: _Lease, first_block: int, count: int) -> tuple[int, ...]:
+        raw = os.pread(lease.fd, count * CRC_ENTRY_SIZE, HEADER_SIZE + first_block * CRC_ENTRY_SIZE)
+        if len(raw) != count * CRC_ENTRY_SIZE:
+            raise ChecksumMismatch(
+                f"chunk {lease.chunk_id:016x}: replica file is shorter than its CRC table",
+                chunk_id=lease.chunk_id,
+                block=first_block,
+            )
+        return struct.unpack(f"<{count}I", raw)
+
+    def _read_blocks(
+        self, lease: _Lease, first_block: int, count: int
+    ) -> tuple[bytes | bytearray, int | None]:
+        """Read `count` blocks and check them; returns (data, index of first bad block or None).
+
+        One pread into a fresh bytes object (no zero-fill, no extra copy); only a
+        short read — the sparse tail past the end of the file — falls back to a
+        zero-filled buffer.
+        """
+        size = count * self.block_size
+        pos = self.data_offset + first_block * self.block_size
+        buf: bytes | bytearray = os.pread(lease.fd, size, pos)
+        if len(buf) < size:
+            got = len(buf)
+            padded = bytearray(size)
+            padded[:got] = buf
+            _pread_full(lease.fd, memoryview(padded)[got:], pos + got)
+            buf = padded
+        crcs = self._read_crcs(lease, first_block, count)
+        view = memoryview(buf)
+        bs = self.block_size
+        for i, expected in enumerate(crcs):
+            if crc32c(view[i * bs : (i + 1) * bs]) != expected:
+                return buf, first_block + i
+        return buf, None
+
+    def _read_verified(
+        self, lease: _Lease, first_block: int, count: int, locked: bool
+    ) -> bytes | bytearray:
+        """Read and verify blocks; a mismatch is confirmed under the chunk lock first.
+
+        The re-check matters: a write puts data before its CRC, so an unlocked
+        reader can see the pair half-updated. Only a mismatch that persists while
+        no writer can run is corruption.
+        """
+        buf, bad = self._read_blocks(lease, first_block, count)
+        if bad is not None and not locked:
+            with self._chunk_lock(lease.chunk_id):
+                buf, bad = self._read_blocks(lease, first_block, count)
+        if bad is not None:
+            raise self._mismatch(lease, bad)
+        return buf
+
+    def _mismatch(self, lease: _Lease, block: int) -> ChecksumMismatch:
+        return ChecksumMismatch(
+            f"chunk {lease.chunk_id:016x} version {lease.version}: block {block} does not match "
+            f"its checksum; the replica is corrupt",
+            chunk_id=lease.chunk_id,
+            version=lease.version,
+            block=block,
+        )
+
+    def _block_span(self, offset: int, length: int) -> tuple[int, int]:
+        """First block and number of blocks covering [offset, offset+length)."""
+        first = offset // self.block_size
+        last = (offset + length - 1) // self.block_size
+        return first, last - first + 1
+
+    def read(self, chunk_id: int, version: int, offset: int, length: int) -> bytes:
+        """Read exactly `length` bytes at `offset`, every covering block verified."""
+        self._check_range(chunk_id, offset, length)
+        with self._lease(chunk_id, version) as lease:
+            if length == 0:
+                return b""
+            first, count = self._block_span(offset, length)
+            buf = self._read_verified(lease, first, count, locked=False)
+            start = offset - first * self.block_size
+            if start == 0 and length == len(buf) and isinstance(buf, bytes):
+                return buf  # block-aligned: hand out the pread result itself
+            return bytes(memoryview(buf)[start : start + length])
+
+    def _no_space(self, lease: _Lease, exc: OSError, what: str) -> NoSpace:
+        return NoSpace(
+            f"chunk {lease.chunk_id:016x} version {lease.version}: no space left in {self.root} "
+            f"while {what}",
+            chunk_id=lease.chunk_id,
+            version=lease.version,
+        )
+
+    def _reserve(self, lease: _Lease, pos: int, length: int) -> None:
+        """Allocate disk blocks for a range before overwriting it.
+
+        With the space reserved first, "disk full" is reported before any byte of
+        the old data is touched, so the replica stays verifiable. Filesystems
+        without fallocate just skip this (and may then fail mid-write).
+        """
+        try:
+            os.posix_fallocate(lease.fd, pos, length)
+        except OSError as exc:
+            if _is_no_space(exc):
+                raise self._no_space(lease, exc, "reserving space for a write") from exc
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+
+    def write(self, chunk_id: int, version: int, offset: int, data: Buffer, sync: bool = False) -> None:
+        """Write `data` at `offset`, updating the CRC of every block it touches.
+
+        Partial blocks at the edges are read and verified first: a fresh CRC over
+        corrupt old bytes would launder the corruption. The caller's bytes go down
+        in one pwrite (uncopied), then the affected CRC entries in one pwrite.
+        `sync=True` adds an fdatasync.
+        """
+        view = memoryview(data).cast("B")
+        length = len(view)
+        self._check_range(chunk_id, offset, length)
+        bs = self.block_size
+        with self._chunk_lock(chunk_id), self._lease(chunk_id, version) as lease:
+            if length == 0:
+                if sync:
+                    self._sync(lease, data_only=True)
+                return
+            first, count = self._block_span(offset, length)
+            end = offset + length
+            head_skip = offset - first * bs  # bytes of the first block kept from old data
+            tail_keep = (first + count) * bs - end  # bytes of the last block kept from old data
+            # CRCs: the edge blocks are merged with their verified old contents only
+            # to checksum them; the middle is checksummed straight from the caller.
+            crcs: list[int] = []
+            if count == 1 and (head_skip or tail_keep):
+                block = bytearray(self._read_verified(lease, first, 1, locked=True))
+                block[head_skip : head_skip + length] = view
+                crcs.append(crc32c(block))
+            else:
+                middle = view
+                if head_skip:
+                    head = bytearray(self._read_verified(lease, first, 1, locked=True))
+                    head[head_skip:] = view[: bs - head_skip]
+                    crcs.append(crc32c(head))
+                    middle = middle[bs - head_skip :]
+                tail_crc: int | None = None
+                if tail_keep:
+                    tail = bytearray(self._read_verified(lease, first + count - 1, 1, locked=True))
+                    tail_part = bs - tail_keep
+                    tail[:tail_part] = middle[len(middle) - tail_part :]
+                    tail_crc = crc32c(tail)
+                    middle = middle[: len(middle) - tail_part]
+                crcs.extend(crc32c(middle[i : i + bs]) for i in range(0, len(middle), bs))
+                if tail_crc is not None:
+                    crcs.append(tail_crc)
+            # The unchanged bytes of the edge blocks are already on disk (or a hole,
+            # which reads as the zeros we checksummed), so only the caller's bytes are
+            # written: one pwrite, no copy.
+            pos = self.data_offset + offset
+            try:
+                self._reserve(lease, pos, length)
+                _pwrite_full(lease.fd, [view], pos)
+                _pwrite_full(
+                    lease.fd,
+                    [struct.pack(f"<{count}I", *crcs)],
+                    HEADER_SIZE + first * CRC_ENTRY_SIZE,
+                )
+                if sync:
+                    os.fdatasync(lease.fd)
+            except OSError as exc:
+                if _is_no_space(exc):
+                    raise self._no_space(lease, exc, f"writing {length} bytes at {offset}") from exc
+                raise
+
+    def _sync(self, lease: _Lease, data_only: bool) -> None:
+        try:
+            (os.fdatasync if data_only else os.fsync)(lease.fd)
+        except OSError as exc:
+            if _is_no_space(exc):
+                raise self._no_space(lease, exc, "flushing to disk") from exc
+            raise
+
+    def fsync(self, chunk_id: int, version: int) -> None:
+        """Make every write to the replica durable (the server runs this in a thread)."""
+        with self._lease(chunk_id, version) as lease:
+            self._sync(lease, data_only=False)
+
+    def truncate(self, chunk_id: int, version: int, length: int) -> None:
+        """Make bytes at and beyond `length` read as zeros, giving the space back.
+
+        The partial block at `length` is zero-filled past it (after verifying its
+        old contents); whole blocks past it get the zero-block CRC and are freed by
+        shrinking the file, which keeps it sparse.
+        """
+        self._check_range(chunk_id, 0, length)
+        bs = self.block_size
+        with self._chunk_lock(chunk_id), self._lease(chunk_id, version) as lease:
+            try:
+                partial = length % bs
+                first_whole = -(-length // bs)
+                if partial:
+                    blk = length // bs
+                    block = bytearray(self._read_verified(lease, blk, 1, locked=True))
+                    if memoryview(block)[partial:] != bytes(bs - partial):
+                        block[partial:] = bytes(bs - partial)
+                        pos = self.data_offset + blk * bs
+                        self._reserve(lease, pos, bs)
+                        _pwrite_full(lease.fd, [block], pos)
+                        _pwrite_full(
+                            lease.fd,
+                            [struct.pack("<I", crc32c(block))],
+                            HEADER_SIZE + blk * CRC_ENTRY_SIZE,
+                        )
+                if first_whole < self.n_blocks:
+                    self._free_blocks(lease, first_whole)
+            except OSError as exc:
+                if _is_no_space(exc):
+                    raise self._no_space(lease, exc, f"truncating to {length}") from exc
+                raise
+
+    def _free_blocks(self, lease: _Lease, first: int) -> None:
+        """Zero blocks [first, n_blocks) and give their space back.
+
+        They are always the tail of the data region, so shrinking the file frees
+        them and leaves a hole that reads as zeros (no fallocate needed); then
+        their CRCs are reset to the zero block's.
+        """
+        cut = self.data_offset + first * self.block_size
+        size = os.fstat(lease.fd).st_size
+        if size > cut:
+            os.ftruncate(lease.fd, cut)
+        count = self.n_blocks - first
+        _pwrite_full(
+            lease.fd,
+            [struct.pack(f"<{count}I", *([self.zero_crc] * count))],
+            HEADER_SIZE + first * CRC_ENTRY_SIZE,
+        )
+
+    # ------------------------------------------------------------------ inspection
+
+    def block_checksums(self, chunk_id: int, version: int) -> list[int]:
+        """The stored CRC table, one value per block (to compare replicas across servers)."""
+        with self._lease(chunk_id, version) as lease:
+            return list(self._read_crcs(lease, 0, self.n_blocks))
+
+    def verify(self, chunk_id: int) -> bool:
+        """Re-read the whole replica and check its header and every block.
+
+        False means corrupt (the caller quarantines it); NotFound if absent.
+        """
+        per_batch = max(1, VERIFY_BATCH_BYTES // self.block_size)
+        try:
+            with self._lease(chunk_id, None) as lease:
+                for first in range(0, self.n_blocks, per_batch):
+                    count = min(per_batch, self.n_blocks - first)
+                    self._read_verified(lease, first, count, locked=False)
+        except ChecksumMismatch as exc:
+            logger.warning("verify: %s", exc)
+            return False
+        return True
+
+    def space(self) -> tuple[int, int]:
+        """(total, free) bytes of the filesystem holding the store (free as seen by non-root)."""
+        st = os.statvfs(self.root)
+        return st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
+
+    def used_bytes(self) -> int:
+        """Approximate bytes the replicas occupy on disk (allocated blocks, so holes are free)."""
+        with self._lock:
+            paths = [self._path_for(c, v) for c, v in self._index.items()]
+        total = 0
+        for path in paths:
+            try:
+                total += path.stat().st_blocks * 512
+            except FileNotFoundError:
+                continue  # deleted meanwhile
+        return total

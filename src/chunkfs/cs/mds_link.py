@@ -1,0 +1,96 @@
+"""The chunk server's side of its link to the master.
+
+It finds the master among the known metadata servers, registers (reporting
+every replica it holds, so the master can tell current from stale), sends
+heartbeats with space and load, carries out the master's commands, and
+reconnects when the link drops — with a growing, bounded pause between tries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import socket
+from typing import TYPE_CHECKING
+
+from chunkfs.common.config import NodeConfig, save_node
+from chunkfs.common.errors import ChunkFSError
+from chunkfs.protocol.messages import Msg
+from chunkfs.protocol.rpc import Connection, Credentials, connect
+
+if TYPE_CHECKING:
+    from chunkfs.cs.server import ChunkServer
+
+logger = logging.getLogger(__name__)
+
+MAX_RETRY_PAUSE = 5.0
+
+
+class MdsLink:
+    def __init__(self, server: ChunkServer, node: NodeConfig, secret: bytes) -> None:
+        self.server = server
+        self.node = node
+        self.secret = secret
+        self.conn: Connection | None = None
+        self.cs_id = node.node_id
+        self.registered = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        if self.conn is not None:
+            self.conn.close()
+
+    async def _run(self) -> None:
+        pause = 0.1
+        while True:
+            for addr in self.node.mds:
+                try:
+                    await self._session(addr)
+                    pause = 0.1
+                except ChunkFSError as exc:
+                    logger.warning("link to MDS %s: %s", addr, exc)
+                finally:
+                    self.registered.clear()
+                    if self.conn is not None:
+                        self.conn.close()
+                        self.conn = None
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, MAX_RETRY_PAUSE)
+
+    async def _session(self, addr: str) -> None:
+        creds = Credentials(self.node.cluster.name, self.secret, "cs", f"cs{self.cs_id or 'new'}")
+        self.conn = conn = await connect(addr, creds, handler=self.server.handle_master)
+        store = self.server.store
+        total, free = store.space()
+        replicas = store.list_replicas()
+        reply, _ = await conn.call(Msg.CS_REGISTER, {
+            "cluster_uuid": self.node.cluster.uuid, "cs_id": self.cs_id, "addr": self.node.addr,
+            "host": self.node.host or socket.gethostname(), "total": total, "free": free,
+            "replicas": [list(r) for r in replicas],
+        })
+        if reply["cs_id"] != self.cs_id:
+            self.cs_id = reply["cs_id"]
+            self.node = dataclasses.replace(self.node, node_id=self.cs_id)
+            save_node(self.server.directory, self.node, self.secret)
+            self.server.creds.node = f"cs{self.cs_id}"
+        for chunk_id in reply["delete"]:
+            if isinstance(chunk_id, int):
+                await asyncio.to_thread(store.delete, chunk_id)
+        logger.info(
+            "registered with MDS %s as CS#%d: %d replicas reported, %d stale or orphaned deleted",
+            addr, self.cs_id, len(replicas), len(reply["delete"]),
+        )
+        self.registered.set()
+        while not conn.closed:
+            total, free = store.space()
+            await conn.call(Msg.CS_HEARTBEAT, {
+                "cs_id": self.cs_id, "total": total, "free": free,
+                "replica_count": len(store.list_replicas()), "load": self.server.in_flight,
+            }, timeout=max(5.0, 5 * self.node.heartbeat_interval))
+            await asyncio.sleep(self.node.heartbeat_interval)

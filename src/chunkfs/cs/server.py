@@ -1,0 +1,145 @@
+"""The chunk server: serves replica reads and writes, forwards writes down the chain.
+
+A write arrives at the first replica of the chain with the rest of the chain in
+its header.  This server sends it on to the next replica *while* it writes
+locally, and answers only when its own write and the whole rest of the chain
+have succeeded: an acknowledged write is on every replica.  Writes to one chunk
+are serialised here (a striped lock held across the local write and the
+forward), so every replica applies overlapping writes in the same order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+from chunkfs.common.config import NodeConfig
+from chunkfs.common.errors import ChunkFSError, ProtocolError
+from chunkfs.cs.chunk_store import ChunkStore
+from chunkfs.cs.mds_link import MdsLink
+from chunkfs.protocol.messages import Msg, replica_list
+from chunkfs.protocol.rpc import Connection, Credentials, Reply, RpcServer, connect
+
+logger = logging.getLogger(__name__)
+
+WRITE_LOCK_STRIPES = 256
+FORWARD_TIMEOUT = 30.0
+
+
+class ChunkServer:
+    def __init__(self, directory: Path, node: NodeConfig, secret: bytes) -> None:
+        self.directory = directory
+        self.node = node
+        self.creds = Credentials(node.cluster.name, secret, "cs", f"cs{node.node_id or 'new'}")
+        self.store = ChunkStore(directory / "data", node.cluster.chunk_size)
+        self.rpc = RpcServer(self.creds, self.handle)
+        self.link = MdsLink(self, node, secret)
+        self._locks = [asyncio.Lock() for _ in range(WRITE_LOCK_STRIPES)]
+        self._peers: dict[str, Connection] = {}
+        self._peer_lock = asyncio.Lock()
+        #: Requests being served now; reported to the master as load.
+        self.in_flight = 0
+
+    async def start(self) -> None:
+        await self.rpc.listen(self.node.addr)
+        logger.info(
+            "CS of cluster %r serving %s on %s (%d replicas)",
+            self.node.cluster.name, self.directory, self.node.addr, len(self.store.list_replicas()),
+        )
+        self.link.start()
+
+    async def stop(self) -> None:
+        await self.link.stop()
+        await self.rpc.close()
+        for conn in self._peers.values():
+            conn.close()
+        self.store.close()
+
+    # -- requests from clients and other chunk servers ---------------------------
+
+    async def handle(self, conn: Connection, msg: Msg, h: dict[str, Any], payload: bytes) -> Reply:
+        self.in_flight += 1
+        try:
+            if msg == Msg.CS_READ:
+                data = await asyncio.to_thread(self.store.read, h["chunk_id"], h["version"], h["offset"], h["length"])
+                return {}, data
+            if msg == Msg.CS_WRITE:
+                await self._write(h, payload)
+                return {}, b""
+            if msg == Msg.CS_FSYNC:
+                await self._fsync(h)
+                return {}, b""
+            if msg == Msg.CS_CHECKSUMS:
+                crcs = await asyncio.to_thread(self.store.block_checksums, h["chunk_id"], h["version"])
+                return {"crcs": crcs}, b""
+            if msg == Msg.PING:
+                return {"role": "cs", "node": self.creds.node}, b""
+            raise ProtocolError(f"{msg.name} is not served by a chunk server")
+        finally:
+            self.in_flight -= 1
+
+    async def _write(self, h: dict[str, Any], payload: bytes) -> None:
+        chain = replica_list(h["chain"], "chain")
+        chunk_id, version = h["chunk_id"], h["version"]
+        async with self._locks[chunk_id % WRITE_LOCK_STRIPES]:
+            forward = None
+            if chain:
+                forward = asyncio.ensure_future(self._forward(Msg.CS_WRITE, chain, {**h, "chain": []}, payload))
+            try:
+                await asyncio.to_thread(self.store.write, chunk_id, version, h["offset"], payload, h["sync"])
+            finally:
+                if forward is not None:
+                    await forward
+
+    async def _fsync(self, h: dict[str, Any]) -> None:
+        chain = replica_list(h["chain"], "chain")
+        forward = asyncio.ensure_future(self._forward(Msg.CS_FSYNC, chain, h, b"")) if chain else None
+        try:
+            await asyncio.to_thread(self.store.fsync, h["chunk_id"], h["version"])
+        finally:
+            if forward is not None:
+                await forward
+
+    async def _forward(self, msg: Msg, chain: list[tuple[int, str]], h: dict[str, Any], payload: bytes) -> None:
+        """Send to the next replica with the rest of the chain; name it if it fails."""
+        (next_id, next_addr), rest = chain[0], chain[1:]
+        header = {**h, "chain": [list(x) for x in rest]}
+        try:
+            conn = await self._peer(next_addr)
+            await conn.call(msg, header, payload, timeout=FORWARD_TIMEOUT)
+        except ChunkFSError as exc:
+            if "cs_id" in exc.context:
+                raise  # a replica further down already named itself
+            raise type(exc)(f"CS#{next_id} at {next_addr}: {exc}", cs_id=next_id) from None
+
+    async def _peer(self, addr: str) -> Connection:
+        async with self._peer_lock:
+            conn = self._peers.get(addr)
+            if conn is None or conn.closed:
+                conn = await connect(addr, self.creds)
+                self._peers[addr] = conn
+            return conn
+
+    # -- commands from the master ------------------------------------------------
+
+    async def handle_master(self, conn: Connection, msg: Msg, h: dict[str, Any], payload: bytes) -> Reply:
+        store = self.store
+        if msg == Msg.CS_CREATE_CHUNK:
+            await asyncio.to_thread(store.create, h["chunk_id"], h["version"])
+        elif msg == Msg.CS_SET_VERSION:
+            async with self._locks[h["chunk_id"] % WRITE_LOCK_STRIPES]:
+                await asyncio.to_thread(store.set_version, h["chunk_id"], h["old_version"], h["new_version"])
+        elif msg == Msg.CS_DELETE_CHUNK:
+            await asyncio.to_thread(store.delete, h["chunk_id"])
+        elif msg == Msg.CS_TRUNCATE_CHUNK:
+            async with self._locks[h["chunk_id"] % WRITE_LOCK_STRIPES]:
+                await asyncio.to_thread(store.truncate, h["chunk_id"], h["version"], h["length"])
+        elif msg == Msg.PING:
+            return {"role": "cs", "node": self.creds.node}, b""
+        else:
+            raise ProtocolError(f"{msg.name} is not a master command")
+        logger.debug("master command %s chunk %#x done", msg.name, h.get("chunk_id", 0))
+        return {}, b""
+

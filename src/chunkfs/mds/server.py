@@ -1,0 +1,417 @@
+"""The metadata server: request handlers over the store and the log.
+
+Reads are answered from the store after a read barrier; every change becomes a
+command proposed to the replicated log and is answered with the result of
+applying it.  The master also keeps *soft* state that is rebuilt from the
+chunk servers after a restart: which servers are connected, their space and
+load, and which replicas each one reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from chunkfs.common.config import NodeConfig
+from chunkfs.common.errors import (
+    ChunkFSError,
+    InvalidArgument,
+    NoSpace,
+    ProtocolError,
+    Unavailable,
+)
+from chunkfs.mds.local_log import LocalLog
+from chunkfs.mds.placement import Candidate, choose_servers
+from chunkfs.mds.replicated_log import ReplicatedLog
+from chunkfs.mds.store import Chunk, MetadataStore, encode_command
+from chunkfs.protocol.messages import Msg, int_pairs
+from chunkfs.protocol.rpc import Connection, Credentials, Reply, RpcServer
+
+logger = logging.getLogger(__name__)
+
+#: Readdir pages are bounded so one reply stays far below the header limit.
+MAX_READDIR = 1000
+MAX_EVENTS = 1000
+#: Commands to chunk servers (create, set version) wait at most this long.
+CS_COMMAND_TIMEOUT = 10.0
+ALLOC_LOCK_STRIPES = 64
+
+
+@dataclass(slots=True)
+class LiveServer:
+    """What the master knows about a connected chunk server (soft state)."""
+
+    cs_id: int
+    addr: str
+    host: str
+    conn: Connection
+    total: int = 0
+    free: int = 0
+    load: int = 0
+    last_seen: float = field(default_factory=time.monotonic)
+    replicas: set[int] = field(default_factory=set)
+
+
+class MetadataServer:
+    def __init__(self, directory: Path, node: NodeConfig, secret: bytes, log: ReplicatedLog | None = None) -> None:
+        self.directory = directory
+        self.node = node
+        self.creds = Credentials(node.cluster.name, secret, "mds", f"mds{node.node_id}")
+        self.store = MetadataStore(directory / "metadata.sqlite", node.cluster.chunk_size)
+        self.log: ReplicatedLog = log or LocalLog(directory / "journal", node.addr, node.node_id)
+        self.rpc = RpcServer(self.creds, self.handle, on_close=self._on_close)
+        self.live: dict[int, LiveServer] = {}
+        # Striped locks: one chunk is allocated once, and the set of locks stays bounded.
+        self._alloc_locks = [asyncio.Lock() for _ in range(ALLOC_LOCK_STRIPES)]
+        self._background: set[asyncio.Task[Any]] = set()
+        self._rng = random.Random()  # noqa: S311 - placement only
+
+    # -- life cycle --------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.log.start(self.store.apply, self.store.applied_index)
+        await self.rpc.listen(self.node.addr)
+        logger.info(
+            "MDS#%d of cluster %r serving on %s (term %d)",
+            self.node.node_id, self.node.cluster.name, self.node.addr, self.log.term,
+        )
+        await self._event("info", f"MDS#{self.node.node_id} started as master on {self.node.addr}, term {self.log.term}")
+
+    async def stop(self) -> None:
+        await self.rpc.close()
+        for task in list(self._background):
+            task.cancel()
+        await self.log.stop()
+        self.store.close()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _propose(self, op: str, **args: Any) -> Any:
+        return await self.log.propose(encode_command(op, **args))
+
+    async def _event(self, level: str, message: str) -> None:
+        log_level = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}[level]
+        logger.log(log_level, "event: %s", message)
+        try:
+            await self._propose("event", time=time.time(), level=level, message=message)
+        except ChunkFSError as exc:
+            logger.warning("could not record event %r: %s", message, exc)
+
+    # -- dispatch ----------------------------------------------------------------
+
+    async def handle(self, conn: Connection, msg: Msg, h: dict[str, Any], payload: bytes) -> Reply:
+        handler = getattr(self, f"_on_{msg.name.lower()}", None)
+        if handler is None:
+            raise ProtocolError(f"{msg.name} is not served by a metadata server")
+        if msg in (Msg.CS_REGISTER, Msg.CS_HEARTBEAT) and conn.peer_role != "cs":
+            raise ProtocolError(f"{msg.name} is for chunk servers only")
+        return await handler(conn, h), b""
+
+    async def _on_ping(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
+        return {"role": "mds", "node": self.creds.node}
+
+    # -- namespace ---------------------------------------------------------------
+
+    async def _on_lookup(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
+        await self.log.read_barrier()
+        return {"attr": self.store.lookup(h["parent"], h["name"])}
+
+    async def _on_getattr(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
+        await self.log.read_barrier()
+        return {"attr": self.store.getattr(h["ino"])}
+
+    async def _on_resolve(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
+        await self.log.read_barrier()
+        return {"attr": self.store.resolve(h["path"])}
+
+    async def _on_readdir(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
+        await self.log.read_barrier()
+        entries, more = self.store.readdir(h["ino"], h["after"], max(1, min(h["limit"], MAX_READDIR)))
+        return {"entries": entries, "more": more}
+
+    async def _on_mkdir(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
+        attr = await self._propose("mkdir", parent=h["parent"], name=h["name"], mode=h["mode"], time=time.time())
+        return {"attr": attr}
+
+    async def _on_create(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
+        attr = await self._propose(
+            "create", parent=h["parent"], name=h["name"], mode=h["mode"], exclusive=h["exclusive"], time=time.time()
+        )
+        return {"attr": attr}
+
+    async def _on_setattr(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
+        args = {k: h[k] for k in ("size", "mode", "mtime", "atime") if h.get(k) is not None}
+        if "size" in args:
+            await self._cut_boundary_chunk(h["ino"], args["size"])
+        result = await self._propose("setattr", ino=h["ino"], time=time.time(), **args)
+        self._delete_replicas(result["dropped"])
+        return {"attr": result["attr"]}
+
+    async def _on_rename(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
+        dropped = await self._propose(
+            "rename", parent=h["parent"], name=h["name"], new_parent=h["new_parent"], new_name=h["new_name"],
+            time=time.time(),
+        )
+        self._delete_replicas(dropped)
+        return {}
+
+    async def _on_unlink(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
+        self._delete_replicas(await self._propose("unlink", parent=h["parent"], name=h["name"], time=time.time()))
+        return {}
+
+    async def _on_rmdir(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
+        await self._propose("rmdir", parent=h["parent"], name=h["name"], time=time.time())
+        return {}
+
+    async def _on_set_replicas(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
+        changed = await self._propose(
+            "set_replicas", ino=h["ino"], replicas=h["replicas"], min_replicas=h["min_replicas"],
+            recursive=h["recursive"],
+        )
+        return {"changed": changed}
+
+    async def _on_extend(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
+        if h["size"] < 0:
+            raise InvalidArgument("size must not be negative")
+        return {"attr": await self._propose("extend", ino=h["ino"], size=h["size"], mtime=float(h["mtime"]))}
+
+    # -- chunks ------------------------------------------------------------------
+
+    def _map(self, chunk: Chunk | None) -> dict[str, Any]:
+        size = self.node.cluster.chunk_size
+        if chunk is None:
+            return {"chunk_id": 0, "version": 0, "replicas": [], "chunk_size": size}
+        replicas = [[cs, self.live[cs].addr] for cs in chunk.replicas if cs in self.live]
+        return {"chunk_id": chunk.chunk_id, "version": chunk.version, "replicas": replicas, "chunk_size": size}
+
+    async def _on_chunk_read(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
+        await self.log.read_barrier()
+        attr = self.store.getattr(h["ino"])
+        if attr["type"] != "f":
+            raise InvalidArgument("not a regular file")
+        reply = self._map(self.store.chunk_at(h["ino"], h["index"]))
+        if reply["chunk_id"] and not reply["replicas"]:
+            raise Unavailable(f"chunk {reply['chunk_id']:#x} has no replica online; bring its chunk servers back")
+        return reply
+
+    async def _on_chunk_write(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
+        ino, index = h["ino"], h["index"]
+        if index < 0:
+            raise InvalidArgument("chunk index must not be negative")
+        failed = {cs for cs in h.get("failed", []) if isinstance(cs, int)}
+        async with self._alloc_locks[hash((ino, index)) % len(self._alloc_locks)]:
+            chunk = self.store.chunk_at(ino, index)
+            if chunk is None:
+                chunk = await self._allocate(ino, index)
+            else:
+                chunk = await self._drop_replicas(chunk, failed)
+        return self._map(chunk)
+
+    async def _allocate(self, ino: int, index: int) -> Chunk:
+        attr = self.store.getattr(ino)
+        if attr["type"] != "f":
+            raise InvalidArgument("not a regular file")
+        candidates = [Candidate(s.cs_id, s.host, s.free) for s in self.live.values()]
+        chosen = choose_servers(candidates, attr["replicas"], min_free=self.node.cluster.chunk_size, rng=self._rng)
+        if len(chosen) < attr["min_replicas"]:
+            raise NoSpace(
+                f"cannot place a chunk: {len(chosen)} chunk server(s) with free space online, "
+                f"{attr['min_replicas']} needed (replicas={attr['replicas']}:{attr['min_replicas']}); add chunk servers"
+            )
+        chunk: Chunk = await self._propose("alloc_chunk", ino=ino, index=index, replicas=chosen)
+        results = await asyncio.gather(
+            *(self._cs_call(cs, Msg.CS_CREATE_CHUNK, {"chunk_id": chunk.chunk_id, "version": chunk.version})
+              for cs in chunk.replicas),
+            return_exceptions=True,
+        )
+        failed = {cs for cs, r in zip(chunk.replicas, results, strict=True) if isinstance(r, BaseException)}
+        logger.info(
+            "chunk %#x (inode %d, index %d) created at version %#x on CS %s",
+            chunk.chunk_id, ino, index, chunk.version, ",".join(map(str, chunk.replicas)),
+        )
+        return await self._drop_replicas(chunk, failed)
+
+    async def _drop_replicas(self, chunk: Chunk, failed: set[int]) -> Chunk:
+        """Take failed or offline replicas out of the write set: a new version.
+
+        The survivors move to the new version first, so a dropped replica that
+        comes back holds an older version and is refused — never served.
+        """
+        for _ in range(len(chunk.replicas) + 1):
+            bad = {cs for cs in chunk.replicas if cs in failed or cs not in self.live}
+            if not bad:
+                return chunk
+            survivors = [cs for cs in chunk.replicas if cs not in bad]
+            min_replicas = self.store.getattr(chunk.ino)["min_replicas"]
+            if len(survivors) < min_replicas:
+                raise Unavailable(
+                    f"chunk {chunk.chunk_id:#x} has {len(survivors)} writable replica(s), fewer than the minimum "
+                    f"{min_replicas}; writes to it wait until its chunk servers are back"
+                )
+            new: Chunk = await self._propose("set_chunk_replicas", chunk_id=chunk.chunk_id, replicas=survivors)
+            results = await asyncio.gather(
+                *(self._cs_call(cs, Msg.CS_SET_VERSION, {
+                    "chunk_id": chunk.chunk_id, "old_version": chunk.version, "new_version": new.version})
+                  for cs in survivors),
+                return_exceptions=True,
+            )
+            failed |= {cs for cs, r in zip(survivors, results, strict=True) if isinstance(r, BaseException)}
+            await self._event(
+                "warning",
+                f"chunk {chunk.chunk_id:#x}: replica(s) on CS {','.join(map(str, sorted(bad)))} dropped; "
+                f"{len(survivors)} left, version {new.version:#x}",
+            )
+            chunk = new
+        raise Unavailable(f"chunk {chunk.chunk_id:#x}: replicas keep failing; try again")
+
+    async def _cut_boundary_chunk(self, ino: int, size: int) -> None:
+        """Before a file shrinks, zero the tail of the chunk the new end falls in.
+
+        Otherwise growing the file again would bring the old bytes back.
+        """
+        chunk_size = self.node.cluster.chunk_size
+        if size % chunk_size == 0:
+            return
+        chunk = self.store.chunk_at(ino, size // chunk_size)
+        if chunk is None:
+            return
+        chunk = await self._drop_replicas(chunk, set())
+        results = await asyncio.gather(
+            *(self._cs_call(cs, Msg.CS_TRUNCATE_CHUNK, {
+                "chunk_id": chunk.chunk_id, "version": chunk.version, "length": size % chunk_size})
+              for cs in chunk.replicas),
+            return_exceptions=True,
+        )
+        await self._drop_replicas(chunk, {cs for cs, r in zip(chunk.replicas, results, strict=True)
+                                          if isinstance(r, BaseException)})
+
+    def _delete_replicas(self, chunks: list[Chunk]) -> None:
+        """Delete dropped chunks' replicas in the background; offline servers clean up on return."""
+        for chunk in chunks:
+            for cs in chunk.replicas:
+                self._spawn(self._quiet_cs_call(cs, Msg.CS_DELETE_CHUNK, {"chunk_id": chunk.chunk_id}))
+
+    async def _cs_call(self, cs_id: int, msg: Msg, header: dict[str, Any]) -> dict[str, Any]:
+        server = self.live.get(cs_id)
+        if server is None:
+            raise Unavailable(f"CS#{cs_id} is offline")
+        reply, _ = await server.conn.call(msg, header, timeout=CS_COMMAND_TIMEOUT)
+        return reply
+
+    async def _quiet_cs_call(self, cs_id: int, msg: Msg, header: dict[str, Any]) -> None:
+        try:
+            await self._cs_call(cs_id, msg, header)
+        except ChunkFSError as exc:
+            logger.info("%s to CS#%d failed: %s (it cleans up when it re-registers)", msg.name, cs_id, exc)
+
+    async def _on_report_bad_replica(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
+        chunk = self.store.chunk(h["chunk_id"])
+        if chunk is not None and h["cs_id"] in chunk.replicas:
+            await self._event(
+                "warning", f"client {conn.peer_name} reports a bad replica of chunk {chunk.chunk_id:#x} "
+                f"on CS#{h['cs_id']}: {h['reason'][:200]}",
+            )
+        return {}
+
+    # -- chunk servers -----------------------------------------------------------
+
+    async def _on_cs_register(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
+        if h["cluster_uuid"] != self.node.cluster.uuid:
+            raise InvalidArgument(
+                f"this chunk server belongs to another cluster (id {h['cluster_uuid']}, "
+                f"this one is {self.node.cluster.uuid})"
+            )
+        reported = int_pairs(h["replicas"], "replicas")
+        cs_id = await self._propose("register_cs", cs_id=h["cs_id"], addr=h["addr"], host=h["host"], time=time.time())
+        old = self.live.get(cs_id)
+        if old is not None and old.conn is not conn:
+            old.conn.close()
+        current = self.store.chunk_versions([cid for cid, _ in reported])
+        keep: set[int] = set()
+        delete: list[int] = []
+        for chunk_id, version in reported:
+            if current.get(chunk_id) == version:
+                chunk = self.store.chunk(chunk_id)
+                if chunk is not None and cs_id in chunk.replicas:
+                    keep.add(chunk_id)
+                    continue
+            delete.append(chunk_id)
+        server = LiveServer(cs_id, h["addr"], h["host"], conn, h["total"], h["free"], replicas=keep)
+        conn.tag = server
+        self.live[cs_id] = server
+        await self._event(
+            "info",
+            f"CS#{cs_id} online at {h['addr']} (host {h['host']}): {len(keep)} replica(s) current, "
+            f"{len(delete)} stale or orphaned to delete",
+        )
+        return {"cs_id": cs_id, "delete": delete}
+
+    async def _on_cs_heartbeat(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
+        server = conn.tag
+        if not isinstance(server, LiveServer) or server.cs_id != h["cs_id"]:
+            raise InvalidArgument("heartbeat before registration")
+        server.total, server.free, server.load = h["total"], h["free"], h["load"]
+        server.last_seen = time.monotonic()
+        return {}
+
+    def _on_close(self, conn: Connection) -> None:
+        server = conn.tag
+        if isinstance(server, LiveServer) and self.live.get(server.cs_id) is server:
+            del self.live[server.cs_id]
+            self._spawn(self._event("warning", f"CS#{server.cs_id} offline: connection from {server.addr} lost"))
+
+    # -- cluster state -----------------------------------------------------------
+
+    async def _on_cluster_stat(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
+        await self.log.read_barrier()
+        return {"stat": self.cluster_stat()}
+
+    def cluster_stat(self) -> dict[str, Any]:
+        counts = {"healthy": 0, "degraded": 0, "urgent": 0, "offline": 0}
+        goals: dict[int, tuple[int, int]] = {}
+        per_cs: dict[int, int] = {}
+        for chunk in self.store.all_chunks():
+            if chunk.ino not in goals:
+                attr = self.store.getattr(chunk.ino)
+                goals[chunk.ino] = (attr["replicas"], attr["min_replicas"])
+            want, minimum = goals[chunk.ino]
+            live = sum(1 for cs in chunk.replicas if cs in self.live)
+            for cs in chunk.replicas:
+                per_cs[cs] = per_cs.get(cs, 0) + 1
+            if live == 0:
+                counts["offline"] += 1
+            elif live < minimum:
+                counts["urgent"] += 1
+            elif live < want:
+                counts["degraded"] += 1
+            else:
+                counts["healthy"] += 1
+        servers = []
+        for cs in self.store.chunk_servers():
+            live = self.live.get(cs["id"])
+            servers.append({
+                **cs, "status": "active" if live else "offline",
+                "total": live.total if live else 0, "free": live.free if live else 0,
+                "replicas": per_cs.get(cs["id"], 0),
+            })
+        return {
+            "cluster": {"name": self.node.cluster.name, "uuid": self.node.cluster.uuid,
+                        "chunk_size": self.node.cluster.chunk_size},
+            "mds": self.log.members(),
+            "cs": servers,
+            "chunks": counts,
+            "space": {"total": sum(s["total"] for s in servers), "free": sum(s["free"] for s in servers)},
+        }
+
+    async def _on_get_events(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
+        await self.log.read_barrier()
+        return {"events": self.store.events(h["since"], max(1, min(h["limit"], MAX_EVENTS)))}
+

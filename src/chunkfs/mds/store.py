@@ -1,0 +1,476 @@
+"""The metadata state machine over an embedded SQLite store.
+
+Every change to metadata is a command (a msgpack map with an ``op``) that the
+replicated log delivers to `MetadataStore.apply` in the same order on every
+member.  `apply` is deterministic — times, ids and terms come from the command
+or the log entry, never from the clock — and writes the applied index in the
+same transaction as the change, so a restart re-applies exactly what is
+missing and a snapshot is a consistent copy of one file.
+
+Why SQLite: it ships with Python, its WAL mode lets reads proceed during a
+write, indexes give ordered directory listings and chunk ranges without
+holding the namespace in RAM, and a consistent online copy
+(`sqlite3.Connection.backup`) gives snapshots without fork.  The journal in
+front of it is the durable record, so SQLite runs with ``synchronous=NORMAL``:
+a power cut may roll back the last transactions, which the journal replays.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import stat as statmod
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from chunkfs.common.errors import (
+    ChunkFSError,
+    DirectoryNotEmpty,
+    Exists,
+    InvalidArgument,
+    IsADirectory,
+    NotADirectory,
+    NotFound,
+)
+
+logger = logging.getLogger(__name__)
+
+ROOT_INO = 1
+MAX_NAME_LEN = 255
+DEFAULT_REPLICAS = 3
+DEFAULT_MIN_REPLICAS = 2
+MAX_REPLICAS = 16
+#: Chunk versions are ``term << VERSION_TERM_SHIFT | sequence``: a newer term
+#: always wins, so maps handed out by a deposed master compare as stale.
+VERSION_TERM_SHIFT = 32
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS inodes (
+    ino INTEGER PRIMARY KEY, type TEXT NOT NULL, mode INTEGER NOT NULL, size INTEGER NOT NULL,
+    atime REAL NOT NULL, mtime REAL NOT NULL, ctime REAL NOT NULL,
+    replicas INTEGER NOT NULL, min_replicas INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS dentries (
+    parent INTEGER NOT NULL, name TEXT NOT NULL, ino INTEGER NOT NULL,
+    PRIMARY KEY (parent, name)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS dentries_ino ON dentries(ino);
+CREATE TABLE IF NOT EXISTS chunks (
+    chunk_id INTEGER PRIMARY KEY, ino INTEGER NOT NULL, idx INTEGER NOT NULL,
+    version INTEGER NOT NULL, replicas TEXT NOT NULL);
+CREATE UNIQUE INDEX IF NOT EXISTS chunks_file ON chunks(ino, idx);
+CREATE TABLE IF NOT EXISTS chunk_servers (
+    cs_id INTEGER PRIMARY KEY, addr TEXT NOT NULL, host TEXT NOT NULL, registered REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY, time REAL NOT NULL, level TEXT NOT NULL, message TEXT NOT NULL);
+"""
+
+
+@dataclass(slots=True, frozen=True)
+class Chunk:
+    chunk_id: int
+    ino: int
+    index: int
+    version: int
+    replicas: tuple[int, ...]
+
+
+def encode_command(op: str, **args: Any) -> bytes:
+    return msgpack.packb({"op": op, **args}, use_bin_type=True)
+
+
+def _replicas_text(cs_ids: list[int] | tuple[int, ...]) -> str:
+    return ",".join(str(i) for i in cs_ids)
+
+
+def _replicas_of(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(",")) if text else ()
+
+
+def check_name(name: str) -> None:
+    if not name or name in (".", "..") or "/" in name or "\0" in name:
+        raise InvalidArgument(f"bad file name {name!r}")
+    if len(name.encode()) > MAX_NAME_LEN:
+        raise InvalidArgument(f"file name longer than {MAX_NAME_LEN} bytes")
+
+
+class MetadataStore:
+    """The namespace, the chunk map and the chunk-server registry."""
+
+    def __init__(self, path: Path, chunk_size: int) -> None:
+        self.path = path
+        self.chunk_size = chunk_size
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(_SCHEMA)
+        with self._tx():
+            if self._meta("applied_index") is None:
+                self._set_meta("applied_index", 0)
+                self._set_meta("next_ino", ROOT_INO + 1)
+                self._set_meta("next_chunk_id", 1)
+                self._set_meta("next_cs_id", 1)
+                self._set_meta("version_seq", 0)
+                self._set_meta("event_seq", 0)
+                self._set_meta("chunk_size", chunk_size)
+                self.db.execute(
+                    "INSERT INTO inodes VALUES (?, 'd', ?, 0, 0, 0, 0, ?, ?)",
+                    (ROOT_INO, 0o755, DEFAULT_REPLICAS, DEFAULT_MIN_REPLICAS),
+                )
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- plumbing --------------------------------------------------------------
+
+    @contextmanager
+    def _tx(self) -> Iterator[None]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def _meta(self, key: str) -> int | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def _set_meta(self, key: str, value: int) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    def _next(self, key: str) -> int:
+        value = self._meta(key)
+        assert value is not None
+        self._set_meta(key, value + 1)
+        return value
+
+    @property
+    def applied_index(self) -> int:
+        return self._meta("applied_index") or 0
+
+    # -- apply -----------------------------------------------------------------
+
+    def apply(self, index: int, term: int, data: bytes) -> Any:
+        """Apply one committed command; errors are results too, and deterministic."""
+        command = msgpack.unpackb(data, raw=False)
+        op = command.pop("op")
+        handler = getattr(self, f"_op_{op}", None)
+        if handler is None:
+            raise InvalidArgument(f"unknown metadata command {op!r}")
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            result = handler(term=term, **command)
+        except ChunkFSError:
+            self.db.execute("ROLLBACK")
+            with self._tx():
+                self._set_meta("applied_index", index)
+            raise
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self._set_meta("applied_index", index)
+        self.db.execute("COMMIT")
+        return result
+
+    def _new_version(self, term: int) -> int:
+        return (term << VERSION_TERM_SHIFT) | self._next("version_seq")
+
+    def _op_mkdir(self, term: int, parent: int, name: str, mode: int, time: float) -> dict[str, Any]:
+        return self._make_node(parent, name, "d", mode, time)
+
+    def _op_create(
+        self, term: int, parent: int, name: str, mode: int, time: float, exclusive: bool
+    ) -> dict[str, Any]:
+        existing = self._child(parent, name)
+        if existing is not None:
+            if exclusive:
+                raise Exists(f"{name!r} already exists")
+            attr = self.getattr(existing)
+            if attr["type"] == "d":
+                raise IsADirectory(f"{name!r} is a directory")
+            return attr
+        return self._make_node(parent, name, "f", mode, time)
+
+    def _make_node(self, parent: int, name: str, kind: str, mode: int, time: float) -> dict[str, Any]:
+        check_name(name)
+        pattr = self._dir_attr(parent)
+        if self._child(parent, name) is not None:
+            raise Exists(f"{name!r} already exists")
+        ino = self._next("next_ino")
+        self.db.execute(
+            "INSERT INTO inodes VALUES (?, ?, ?, 0, ?, ?, ?, ?, ?)",
+            (ino, kind, mode & 0o7777, time, time, time, pattr["replicas"], pattr["min_replicas"]),
+        )
+        self.db.execute("INSERT INTO dentries VALUES (?, ?, ?)", (parent, name, ino))
+        self.db.execute("UPDATE inodes SET mtime = ?, ctime = ? WHERE ino = ?", (time, time, parent))
+        return self.getattr(ino)
+
+    def _op_setattr(
+        self,
+        term: int,
+        ino: int,
+        time: float,
+        size: int | None = None,
+        mode: int | None = None,
+        mtime: float | None = None,
+        atime: float | None = None,
+    ) -> dict[str, Any]:
+        attr = self.getattr(ino)
+        dropped: list[Chunk] = []
+        if size is not None:
+            if attr["type"] == "d":
+                raise IsADirectory("cannot set the size of a directory")
+            if size < 0:
+                raise InvalidArgument("size must not be negative")
+            first_dropped = -(-size // self.chunk_size)
+            dropped = self._chunks_from(ino, first_dropped)
+            self.db.execute("DELETE FROM chunks WHERE ino = ? AND idx >= ?", (ino, first_dropped))
+            self.db.execute("UPDATE inodes SET size = ?, mtime = ?, ctime = ? WHERE ino = ?", (size, time, time, ino))
+        if mode is not None:
+            self.db.execute("UPDATE inodes SET mode = ?, ctime = ? WHERE ino = ?", (mode & 0o7777, time, ino))
+        if mtime is not None:
+            self.db.execute("UPDATE inodes SET mtime = ? WHERE ino = ?", (mtime, ino))
+        if atime is not None:
+            self.db.execute("UPDATE inodes SET atime = ? WHERE ino = ?", (atime, ino))
+        return {"attr": self.getattr(ino), "dropped": dropped}
+
+    def _op_extend(self, term: int, ino: int, size: int, mtime: float) -> dict[str, Any]:
+        attr = self.getattr(ino)
+        if attr["type"] != "f":
+            raise IsADirectory("not a regular file")
+        self.db.execute(
+            "UPDATE inodes SET size = MAX(size, ?), mtime = MAX(mtime, ?), ctime = MAX(ctime, ?) WHERE ino = ?",
+            (size, mtime, mtime, ino),
+        )
+        return self.getattr(ino)
+
+    def _op_unlink(self, term: int, parent: int, name: str, time: float) -> list[Chunk]:
+        ino = self._existing_child(parent, name)
+        if self.getattr(ino)["type"] == "d":
+            raise IsADirectory(f"{name!r} is a directory: use rmdir")
+        return self._remove_file(parent, name, ino, time)
+
+    def _remove_file(self, parent: int, name: str, ino: int, time: float) -> list[Chunk]:
+        dropped = self._chunks_from(ino, 0)
+        self.db.execute("DELETE FROM chunks WHERE ino = ?", (ino,))
+        self.db.execute("DELETE FROM dentries WHERE parent = ? AND name = ?", (parent, name))
+        self.db.execute("DELETE FROM inodes WHERE ino = ?", (ino,))
+        self.db.execute("UPDATE inodes SET mtime = ?, ctime = ? WHERE ino = ?", (time, time, parent))
+        return dropped
+
+    def _op_rmdir(self, term: int, parent: int, name: str, time: float) -> None:
+        ino = self._existing_child(parent, name)
+        self._dir_attr(ino)
+        if self.db.execute("SELECT 1 FROM dentries WHERE parent = ? LIMIT 1", (ino,)).fetchone():
+            raise DirectoryNotEmpty(f"directory {name!r} is not empty")
+        self.db.execute("DELETE FROM dentries WHERE parent = ? AND name = ?", (parent, name))
+        self.db.execute("DELETE FROM inodes WHERE ino = ?", (ino,))
+        self.db.execute("UPDATE inodes SET mtime = ?, ctime = ? WHERE ino = ?", (time, time, parent))
+
+    def _op_rename(
+        self, term: int, parent: int, name: str, new_parent: int, new_name: str, time: float
+    ) -> list[Chunk]:
+        check_name(new_name)
+        ino = self._existing_child(parent, name)
+        self._dir_attr(new_parent)
+        kind = self.getattr(ino)["type"]
+        if kind == "d":
+            # A directory must not move below itself.
+            cursor = new_parent
+            while cursor != ROOT_INO:
+                if cursor == ino:
+                    raise InvalidArgument("cannot move a directory inside itself")
+                cursor = self._parent_of(cursor)
+        dropped: list[Chunk] = []
+        target = self._child(new_parent, new_name)
+        if target == ino:
+            return dropped
+        if target is not None:
+            tkind = self.getattr(target)["type"]
+            if kind == "d" and tkind != "d":
+                raise NotADirectory(f"{new_name!r} is not a directory")
+            if kind != "d" and tkind == "d":
+                raise IsADirectory(f"{new_name!r} is a directory")
+            if tkind == "d":
+                self._op_rmdir(term, new_parent, new_name, time)
+            else:
+                dropped = self._remove_file(new_parent, new_name, target, time)
+        self.db.execute(
+            "UPDATE dentries SET parent = ?, name = ? WHERE parent = ? AND name = ?",
+            (new_parent, new_name, parent, name),
+        )
+        self.db.execute("UPDATE inodes SET ctime = ? WHERE ino = ?", (time, ino))
+        self.db.execute(
+            "UPDATE inodes SET mtime = ?, ctime = ? WHERE ino IN (?, ?)", (time, time, parent, new_parent)
+        )
+        return dropped
+
+    def _op_set_replicas(
+        self, term: int, ino: int, replicas: int, min_replicas: int, recursive: bool
+    ) -> int:
+        if not 1 <= min_replicas <= replicas <= MAX_REPLICAS:
+            raise InvalidArgument(f"replicas must satisfy 1 <= MIN <= N <= {MAX_REPLICAS}")
+        self.getattr(ino)
+        todo, changed = [ino], 0
+        while todo:
+            current = todo.pop()
+            self.db.execute(
+                "UPDATE inodes SET replicas = ?, min_replicas = ? WHERE ino = ?", (replicas, min_replicas, current)
+            )
+            changed += 1
+            if recursive:
+                todo.extend(
+                    row[0] for row in self.db.execute("SELECT ino FROM dentries WHERE parent = ?", (current,))
+                )
+        return changed
+
+    def _op_alloc_chunk(self, term: int, ino: int, index: int, replicas: list[int]) -> Chunk:
+        existing = self.chunk_at(ino, index)
+        if existing is not None:
+            return existing
+        if self.getattr(ino)["type"] != "f":
+            raise IsADirectory("not a regular file")
+        chunk_id = self._next("next_chunk_id")
+        version = self._new_version(term)
+        self.db.execute(
+            "INSERT INTO chunks VALUES (?, ?, ?, ?, ?)", (chunk_id, ino, index, version, _replicas_text(replicas))
+        )
+        return Chunk(chunk_id, ino, index, version, tuple(replicas))
+
+    def _op_set_chunk_replicas(self, term: int, chunk_id: int, replicas: list[int]) -> Chunk:
+        """A new replica set is a new version: replicas left out become stale."""
+        chunk = self.chunk(chunk_id)
+        if chunk is None:
+            raise NotFound(f"chunk {chunk_id:#x} no longer exists")
+        version = self._new_version(term)
+        self.db.execute(
+            "UPDATE chunks SET version = ?, replicas = ? WHERE chunk_id = ?",
+            (version, _replicas_text(replicas), chunk_id),
+        )
+        return Chunk(chunk_id, chunk.ino, chunk.index, version, tuple(replicas))
+
+    def _op_register_cs(self, term: int, cs_id: int, addr: str, host: str, time: float) -> int:
+        if cs_id == 0 or self.db.execute("SELECT 1 FROM chunk_servers WHERE cs_id = ?", (cs_id,)).fetchone() is None:
+            if cs_id == 0:
+                cs_id = self._next("next_cs_id")
+            self.db.execute("INSERT INTO chunk_servers VALUES (?, ?, ?, ?)", (cs_id, addr, host, time))
+            self._set_meta("next_cs_id", max(self._meta("next_cs_id") or 1, cs_id + 1))
+        else:
+            self.db.execute("UPDATE chunk_servers SET addr = ?, host = ? WHERE cs_id = ?", (addr, host, cs_id))
+        return cs_id
+
+    def _op_event(self, term: int, time: float, level: str, message: str) -> int:
+        seq = self._next("event_seq") + 1
+        self.db.execute("INSERT INTO events VALUES (?, ?, ?, ?)", (seq, time, level, message))
+        return seq
+
+    # -- reads -----------------------------------------------------------------
+
+    def getattr(self, ino: int) -> dict[str, Any]:
+        row = self.db.execute(
+            "SELECT type, mode, size, atime, mtime, ctime, replicas, min_replicas FROM inodes WHERE ino = ?", (ino,)
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"inode {ino} does not exist")
+        kind, mode, size, atime, mtime, ctime, replicas, min_replicas = row
+        return {
+            "ino": ino, "type": kind,
+            "mode": mode | (statmod.S_IFDIR if kind == "d" else statmod.S_IFREG),
+            "size": size, "atime": atime, "mtime": mtime, "ctime": ctime,
+            "replicas": replicas, "min_replicas": min_replicas,
+        }
+
+    def _child(self, parent: int, name: str) -> int | None:
+        row = self.db.execute("SELECT ino FROM dentries WHERE parent = ? AND name = ?", (parent, name)).fetchone()
+        return None if row is None else int(row[0])
+
+    def _existing_child(self, parent: int, name: str) -> int:
+        self._dir_attr(parent)
+        ino = self._child(parent, name)
+        if ino is None:
+            raise NotFound(f"{name!r} does not exist")
+        return ino
+
+    def _parent_of(self, ino: int) -> int:
+        row = self.db.execute("SELECT parent FROM dentries WHERE ino = ?", (ino,)).fetchone()
+        return ROOT_INO if row is None else int(row[0])
+
+    def _dir_attr(self, ino: int) -> dict[str, Any]:
+        attr = self.getattr(ino)
+        if attr["type"] != "d":
+            raise NotADirectory(f"inode {ino} is not a directory")
+        return attr
+
+    def lookup(self, parent: int, name: str) -> dict[str, Any]:
+        return self.getattr(self._existing_child(parent, name))
+
+    def resolve(self, path: str) -> dict[str, Any]:
+        ino = ROOT_INO
+        for part in (p for p in path.split("/") if p):
+            self._dir_attr(ino)
+            child = self._child(ino, part)
+            if child is None:
+                raise NotFound(f"{path}: no such file or directory")
+            ino = child
+        return self.getattr(ino)
+
+    def readdir(self, ino: int, after: str, limit: int) -> tuple[list[list[Any]], bool]:
+        self._dir_attr(ino)
+        rows = self.db.execute(
+            "SELECT d.name, d.ino, i.type FROM dentries d JOIN inodes i ON i.ino = d.ino "
+            "WHERE d.parent = ? AND d.name > ? ORDER BY d.name LIMIT ?",
+            (ino, after, limit + 1),
+        ).fetchall()
+        return [list(r) for r in rows[:limit]], len(rows) > limit
+
+    def chunk_at(self, ino: int, index: int) -> Chunk | None:
+        row = self.db.execute(
+            "SELECT chunk_id, version, replicas FROM chunks WHERE ino = ? AND idx = ?", (ino, index)
+        ).fetchone()
+        return None if row is None else Chunk(row[0], ino, index, row[1], _replicas_of(row[2]))
+
+    def chunk(self, chunk_id: int) -> Chunk | None:
+        row = self.db.execute(
+            "SELECT ino, idx, version, replicas FROM chunks WHERE chunk_id = ?", (chunk_id,)
+        ).fetchone()
+        return None if row is None else Chunk(chunk_id, row[0], row[1], row[2], _replicas_of(row[3]))
+
+    def _chunks_from(self, ino: int, first_index: int) -> list[Chunk]:
+        rows = self.db.execute(
+            "SELECT chunk_id, idx, version, replicas FROM chunks WHERE ino = ? AND idx >= ?", (ino, first_index)
+        ).fetchall()
+        return [Chunk(r[0], ino, r[1], r[2], _replicas_of(r[3])) for r in rows]
+
+    def all_chunks(self) -> Iterator[Chunk]:
+        for r in self.db.execute("SELECT chunk_id, ino, idx, version, replicas FROM chunks"):
+            yield Chunk(r[0], r[1], r[2], r[3], _replicas_of(r[4]))
+
+    def chunk_versions(self, chunk_ids: list[int]) -> dict[int, int]:
+        """Current versions of the given chunks (absent ones are left out)."""
+        out: dict[int, int] = {}
+        for start in range(0, len(chunk_ids), 500):
+            part = chunk_ids[start:start + 500]
+            marks = ",".join("?" * len(part))
+            for cid, ver in self.db.execute(f"SELECT chunk_id, version FROM chunks WHERE chunk_id IN ({marks})", part):  # noqa: S608
+                out[cid] = ver
+        return out
+
+    def chunk_servers(self) -> list[dict[str, Any]]:
+        return [
+            {"id": r[0], "addr": r[1], "host": r[2]}
+            for r in self.db.execute("SELECT cs_id, addr, host FROM chunk_servers ORDER BY cs_id")
+        ]
+
+    def events(self, since: int, limit: int) -> list[dict[str, Any]]:
+        return [
+            {"seq": r[0], "time": r[1], "level": r[2], "message": r[3]}
+            for r in self.db.execute(
+                "SELECT seq, time, level, message FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (since, limit)
+            )
+        ]

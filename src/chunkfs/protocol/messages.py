@@ -1,0 +1,253 @@
+"""Every message of every role, declared once.
+
+Each message type has a number, the fields of its request header and the
+fields of its response header.  `validate_request` / `validate_response` check
+a decoded header against the declaration at the edge — before any handler sees
+it — so a hostile peer cannot reach server code with a field of the wrong type,
+an unknown field or a missing one.
+
+Field types are deliberately few: int, str, bytes, bool, float, list, dict and
+``None``-able variants.  Nested shapes (attributes, replica lists) are checked by
+the handlers that use them through the small helpers at the bottom.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+from chunkfs.common.errors import ProtocolError
+
+_NONE = type(None)
+
+
+class Msg(enum.IntEnum):
+    # Handshake (every connection, both directions authenticated).
+    HELLO = 1
+    PROOF = 2
+    PING = 3
+    # Client -> MDS: namespace.
+    LOOKUP = 10
+    GETATTR = 11
+    RESOLVE = 12
+    MKDIR = 13
+    CREATE = 14
+    READDIR = 15
+    SETATTR = 16
+    RENAME = 17
+    UNLINK = 18
+    RMDIR = 19
+    SET_REPLICAS = 20
+    # Client -> MDS: chunks.
+    CHUNK_READ = 30
+    CHUNK_WRITE = 31
+    EXTEND = 32
+    REPORT_BAD_REPLICA = 33
+    # Anyone -> MDS: cluster state.
+    CLUSTER_STAT = 40
+    GET_EVENTS = 41
+    # CS -> MDS.
+    CS_REGISTER = 50
+    CS_HEARTBEAT = 51
+    # MDS -> CS (over the link the CS opened).
+    CS_CREATE_CHUNK = 60
+    CS_SET_VERSION = 61
+    CS_DELETE_CHUNK = 62
+    CS_TRUNCATE_CHUNK = 63
+    # Client or CS -> CS: data.
+    CS_READ = 70
+    CS_WRITE = 71
+    CS_FSYNC = 72
+    CS_CHECKSUMS = 73
+
+
+@dataclass(slots=True, frozen=True)
+class Field:
+    name: str
+    types: tuple[type, ...]
+    optional: bool = False
+
+
+@dataclass(slots=True, frozen=True)
+class MessageSpec:
+    request: tuple[Field, ...]
+    response: tuple[Field, ...]
+    #: Whether a raw payload may follow the request header.
+    request_payload: bool = False
+
+
+def f(name: str, *types: type, optional: bool = False) -> Field:
+    return Field(name, types, optional)
+
+
+_ATTR = (f("attr", dict),)
+_ENTRY = (f("parent", int), f("name", str))
+_CHUNK_MAP = (
+    f("chunk_id", int),  # 0: a hole, no chunk yet
+    f("version", int),
+    f("replicas", list),  # [[cs_id, "host:port"], ...], chain order
+    f("chunk_size", int),
+)
+
+SPECS: dict[Msg, MessageSpec] = {
+    Msg.HELLO: MessageSpec(
+        (f("cluster", str), f("nonce", bytes), f("role", str), f("node", str)),
+        (f("nonce", bytes), f("proof", bytes)),
+    ),
+    Msg.PROOF: MessageSpec((f("proof", bytes),), ()),
+    Msg.PING: MessageSpec((), (f("role", str), f("node", str))),
+    Msg.LOOKUP: MessageSpec(_ENTRY, _ATTR),
+    Msg.GETATTR: MessageSpec((f("ino", int),), _ATTR),
+    Msg.RESOLVE: MessageSpec((f("path", str),), _ATTR),
+    Msg.MKDIR: MessageSpec((*_ENTRY, f("mode", int)), _ATTR),
+    Msg.CREATE: MessageSpec((*_ENTRY, f("mode", int), f("exclusive", bool)), _ATTR),
+    Msg.READDIR: MessageSpec(
+        (f("ino", int), f("after", str), f("limit", int)),
+        (f("entries", list), f("more", bool)),
+    ),
+    Msg.SETATTR: MessageSpec(
+        (
+            f("ino", int),
+            f("size", int, _NONE),
+            f("mode", int, _NONE),
+            f("mtime", float, int, _NONE),
+            f("atime", float, int, _NONE),
+        ),
+        _ATTR,
+    ),
+    Msg.RENAME: MessageSpec((*_ENTRY, f("new_parent", int), f("new_name", str)), ()),
+    Msg.UNLINK: MessageSpec(_ENTRY, ()),
+    Msg.RMDIR: MessageSpec(_ENTRY, ()),
+    Msg.SET_REPLICAS: MessageSpec(
+        (f("ino", int), f("replicas", int), f("min_replicas", int), f("recursive", bool)),
+        (f("changed", int),),
+    ),
+    Msg.CHUNK_READ: MessageSpec((f("ino", int), f("index", int)), _CHUNK_MAP),
+    Msg.CHUNK_WRITE: MessageSpec(
+        (f("ino", int), f("index", int), f("failed", list, optional=True)),
+        _CHUNK_MAP,
+    ),
+    Msg.EXTEND: MessageSpec((f("ino", int), f("size", int), f("mtime", float, int)), _ATTR),
+    Msg.REPORT_BAD_REPLICA: MessageSpec(
+        (f("chunk_id", int), f("cs_id", int), f("reason", str)), ()
+    ),
+    Msg.CLUSTER_STAT: MessageSpec((), (f("stat", dict),)),
+    Msg.GET_EVENTS: MessageSpec(
+        (f("since", int), f("limit", int)), (f("events", list),)
+    ),
+    Msg.CS_REGISTER: MessageSpec(
+        (
+            f("cluster_uuid", str),
+            f("cs_id", int),  # 0: new server, the master assigns an id
+            f("addr", str),
+            f("host", str),
+            f("total", int),
+            f("free", int),
+            f("replicas", list),  # [[chunk_id, version], ...]
+        ),
+        (f("cs_id", int), f("delete", list)),
+    ),
+    Msg.CS_HEARTBEAT: MessageSpec(
+        (f("cs_id", int), f("total", int), f("free", int), f("replica_count", int), f("load", int)),
+        (),
+    ),
+    Msg.CS_CREATE_CHUNK: MessageSpec((f("chunk_id", int), f("version", int)), ()),
+    Msg.CS_SET_VERSION: MessageSpec(
+        (f("chunk_id", int), f("old_version", int), f("new_version", int)), ()
+    ),
+    Msg.CS_DELETE_CHUNK: MessageSpec((f("chunk_id", int),), ()),
+    Msg.CS_TRUNCATE_CHUNK: MessageSpec(
+        (f("chunk_id", int), f("version", int), f("length", int)), ()
+    ),
+    Msg.CS_READ: MessageSpec(
+        (f("chunk_id", int), f("version", int), f("offset", int), f("length", int)), ()
+    ),
+    Msg.CS_WRITE: MessageSpec(
+        (
+            f("chunk_id", int),
+            f("version", int),
+            f("offset", int),
+            f("chain", list),  # the replicas after this one: [[cs_id, addr], ...]
+            f("sync", bool),
+        ),
+        (),
+        request_payload=True,
+    ),
+    Msg.CS_FSYNC: MessageSpec((f("chunk_id", int), f("version", int), f("chain", list)), ()),
+    Msg.CS_CHECKSUMS: MessageSpec((f("chunk_id", int), f("version", int)), (f("crcs", list),)),
+}
+
+
+def _check(fields: tuple[Field, ...], header: dict[str, Any], what: str) -> dict[str, Any]:
+    known = {fl.name for fl in fields}
+    for key in header:
+        if key not in known:
+            raise ProtocolError(f"{what}: unknown field {key!r}")
+    for fl in fields:
+        if fl.name not in header:
+            if fl.optional:
+                continue
+            raise ProtocolError(f"{what}: missing field {fl.name!r}")
+        value = header[fl.name]
+        # bool is a subclass of int: never accept True where a number is declared.
+        if isinstance(value, bool) and bool not in fl.types:
+            raise ProtocolError(f"{what}: field {fl.name!r} has the wrong type")
+        if not isinstance(value, fl.types):
+            raise ProtocolError(f"{what}: field {fl.name!r} has the wrong type")
+    return header
+
+
+def spec_of(mtype: int) -> tuple[Msg, MessageSpec]:
+    try:
+        msg = Msg(mtype)
+    except ValueError:
+        raise ProtocolError(f"unknown message type {mtype}") from None
+    return msg, SPECS[msg]
+
+
+def validate_request(mtype: int, header: dict[str, Any], payload_len: int) -> Msg:
+    msg, spec = spec_of(mtype)
+    _check(spec.request, header, msg.name)
+    if payload_len and not spec.request_payload:
+        raise ProtocolError(f"{msg.name}: unexpected payload")
+    return msg
+
+
+def validate_response(mtype: int, header: dict[str, Any]) -> None:
+    msg, spec = spec_of(mtype)
+    _check(spec.response, header, f"{msg.name} response")
+
+
+def replica_list(value: Any, what: str = "replicas") -> list[tuple[int, str]]:
+    """Check and convert a `[[cs_id, addr], ...]` list."""
+    out: list[tuple[int, str]] = []
+    if not isinstance(value, list) or len(value) > 64:
+        raise ProtocolError(f"{what}: expected a short list of [cs_id, addr]")
+    for item in value:
+        if (
+            not isinstance(item, list)
+            or len(item) != 2
+            or not isinstance(item[0], int)
+            or isinstance(item[0], bool)
+            or not isinstance(item[1], str)
+        ):
+            raise ProtocolError(f"{what}: expected [cs_id, addr] pairs")
+        out.append((item[0], item[1]))
+    return out
+
+
+def int_pairs(value: Any, what: str) -> list[tuple[int, int]]:
+    """Check and convert a `[[int, int], ...]` list."""
+    if not isinstance(value, list):
+        raise ProtocolError(f"{what}: expected a list")
+    out: list[tuple[int, int]] = []
+    for item in value:
+        if (
+            not isinstance(item, list)
+            or len(item) != 2
+            or not all(isinstance(x, int) and not isinstance(x, bool) for x in item)
+        ):
+            raise ProtocolError(f"{what}: expected [int, int] pairs")
+        out.append((item[0], item[1]))
+    return out

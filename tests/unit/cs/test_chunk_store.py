@@ -1,0 +1,407 @@
+"""Tests of the chunk server's on-disk replica store."""
+
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from chunkfs.common.checksum import crc32c
+from chunkfs.common.errors import (
+    ChecksumMismatch,
+    ConfigError,
+    Exists,
+    InvalidArgument,
+    NoSpace,
+    NotFound,
+    StaleVersion,
+)
+from chunkfs.cs.chunk_store import HEADER_SIZE, MAGIC, ChunkStore, replica_name
+
+MiB = 1024 * 1024
+BS = 64 * 1024
+CID = 0x1234_5678_9ABC_DEF0
+
+
+def pattern(n: int, seed: int = 1) -> bytes:
+    """Deterministic non-zero bytes, so misplaced data shows up."""
+    return bytes((i * 31 + seed) % 251 + 1 for i in range(n))
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[ChunkStore]:
+    s = ChunkStore(tmp_path, chunk_size=MiB, block_size=BS)
+    yield s
+    s.close()
+
+
+def replica_path(store: ChunkStore, chunk_id: int, version: int) -> Path:
+    return store.root / "chunks" / f"{chunk_id & 0xFF:02x}" / replica_name(chunk_id, version)
+
+
+def flip_bit(path: Path, pos: int) -> None:
+    with open(path, "r+b") as f:
+        f.seek(pos)
+        b = f.read(1)
+        f.seek(pos)
+        f.write(bytes([b[0] ^ 0x10]))
+
+
+def test_layout_and_header(store: ChunkStore) -> None:
+    store.create(CID, 7)
+    path = replica_path(store, CID, 7)
+    assert path.name == "123456789abcdef0_0000000000000007.chunk"
+    assert path.parent.name == "f0"
+    raw = path.read_bytes()
+    assert raw.startswith(MAGIC)
+    assert store.data_offset == HEADER_SIZE + 4096
+    assert len(raw) == store.data_offset  # data region is not written at all
+    assert (store.root / "quarantine").is_dir()
+    assert store.block_checksums(CID, 7) == [crc32c(bytes(BS))] * (MiB // BS)
+
+
+def test_round_trip_unaligned(store: ChunkStore) -> None:
+    store.create(CID, 1)
+    data = pattern(3 * BS + 1234)
+    offset = BS // 2 + 17
+    store.write(CID, 1, offset, data)
+    assert store.read(CID, 1, offset, len(data)) == data
+    # Sub-ranges crossing block edges, and neighbours that must still be zero.
+    assert store.read(CID, 1, offset + 100, 2 * BS) == data[100 : 100 + 2 * BS]
+    assert store.read(CID, 1, 0, offset) == bytes(offset)
+    tail = offset + len(data)
+    assert store.read(CID, 1, tail, MiB - tail) == bytes(MiB - tail)
+    # Overwrite inside one block, preserving both sides.
+    store.write(CID, 1, offset + 10, b"xyz")
+    expected = bytearray(data)
+    expected[10:13] = b"xyz"
+    assert store.read(CID, 1, offset, len(data)) == bytes(expected)
+    assert store.verify(CID)
+
+
+def test_write_accepts_memoryview_and_aligned(store: ChunkStore) -> None:
+    store.create(CID, 1)
+    buf = bytearray(pattern(2 * BS))
+    store.write(CID, 1, BS, memoryview(buf), sync=True)
+    assert store.read(CID, 1, BS, 2 * BS) == bytes(buf)
+    assert store.read(CID, 1, 0, 0) == b""
+
+
+def test_unwritten_reads_zero(store: ChunkStore) -> None:
+    store.create(CID, 1)
+    assert store.read(CID, 1, 0, MiB) == bytes(MiB)
+    assert store.read(CID, 1, 12345, 99) == bytes(99)
+
+
+def test_file_stays_sparse(tmp_path: Path) -> None:
+    with ChunkStore(tmp_path, chunk_size=4 * MiB, block_size=BS) as s:
+        s.create(CID, 1)
+        s.write(CID, 1, 2 * MiB, pattern(BS), sync=True)
+        st_ = replica_path(s, CID, 1).stat()
+        assert st_.st_blocks * 512 <= 256 * 1024
+        assert s.used_bytes() == st_.st_blocks * 512
+        total, free = s.space()
+        assert total > 0 and 0 <= free <= total
+
+
+def test_bounds(store: ChunkStore) -> None:
+    store.create(CID, 1)
+    for offset, length in [(-1, 1), (0, MiB + 1), (MiB, 1), (MiB - 10, 11), (0, -1)]:
+        with pytest.raises(InvalidArgument):
+            store.read(CID, 1, offset, length)
+    with pytest.raises(InvalidArgument):
+        store.write(CID, 1, MiB - 1, b"ab")
+    with pytest.raises(InvalidArgument):
+        store.write(CID, 1, -1, b"a")
+    with pytest.raises(InvalidArgument):
+        store.truncate(CID, 1, MiB + 1)
+    store.write(CID, 1, MiB - 2, b"ab")
+    assert store.read(CID, 1, MiB - 2, 2) == b"ab"
+
+
+def test_bad_geometry_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError):
+        ChunkStore(tmp_path, chunk_size=MiB, block_size=1000)
+    with pytest.raises(ConfigError):
+        ChunkStore(tmp_path, chunk_size=MiB + BS // 2, block_size=BS)
+
+
+def test_versions(store: ChunkStore) -> None:
+    with pytest.raises(NotFound):
+        store.read(CID, 1, 0, 1)
+    store.create(CID, 5)
+    store.create(CID, 5)  # idempotent
+    with pytest.raises(Exists):
+        store.create(CID, 6)
+    with pytest.raises(StaleVersion):
+        store.read(CID, 4, 0, 1)
+    with pytest.raises(StaleVersion):
+        store.write(CID, 6, 0, b"x")
+    with pytest.raises(StaleVersion):
+        store.set_version(CID, 4, 9)
+    store.write(CID, 5, 0, b"hello")
+    store.set_version(CID, 5, 9)
+    store.set_version(CID, 5, 9)  # idempotent retry
+    assert store.version_of(CID) == 9
+    assert not replica_path(store, CID, 5).exists()
+    assert replica_path(store, CID, 9).exists()
+    with pytest.raises(StaleVersion):
+        store.read(CID, 5, 0, 5)
+    assert store.read(CID, 9, 0, 5) == b"hello"
+    with pytest.raises(InvalidArgument):
+        store.set_version(CID, 9, 3)
+    with pytest.raises(NotFound):
+        store.set_version(CID + 1, 1, 2)
+
+
+def test_reopen(tmp_path: Path) -> None:
+    with ChunkStore(tmp_path, chunk_size=MiB, block_size=BS) as s:
+        for i in range(5):
+            s.create(i * 257, i + 1)
+            s.write(i * 257, i + 1, i * 1000, pattern(5000, seed=i))
+        s.set_version(0, 1, 42)
+        s.delete(257)
+        s.delete(257)  # absent is fine
+    with ChunkStore(tmp_path, chunk_size=MiB, block_size=BS) as s:
+        assert s.list_replicas() == [(0, 42), (2 * 257, 3), (3 * 257, 4), (4 * 257, 5)]
+        assert s.version_of(257) is None
+        assert s.read(0, 42, 0, 5000) == pattern(5000, seed=0)
+        assert s.read(3 * 257, 4, 3000, 5000) == pattern(5000, seed=3)
+
+
+def test_reopen_with_other_geometry_refused(tmp_path: Path) -> None:
+    with ChunkStore(tmp_path, chunk_size=MiB, block_size=BS) as s:
+        s.create(CID, 1)
+    with ChunkStore(tmp_path, chunk_size=2 * MiB, block_size=BS) as s, pytest.raises(ConfigError):
+        s.read(CID, 1, 0, 1)
+
+
+def test_duplicate_versions_keep_highest(tmp_path: Path) -> None:
+    with ChunkStore(tmp_path, chunk_size=MiB, block_size=BS) as s:
+        s.create(CID, 3)
+        s.write(CID, 3, 0, b"old")
+        s.set_version(CID, 3, 4)
+        s.write(CID, 4, 0, b"new")
+        s.create(CID + 1, 1)
+        d = replica_path(s, CID, 4).parent
+    # Simulate a crash that left two files for one chunk and a half-made temp file.
+    (d / replica_name(CID, 2)).write_bytes((d / replica_name(CID, 4)).read_bytes())
+    (d / ".leftover.tmp").write_bytes(b"junk")
+    (d / "README").write_text("not a replica")
+    with ChunkStore(tmp_path, chunk_size=MiB, block_size=BS) as s:
+        assert s.list_replicas() == [(CID, 4), (CID + 1, 1)]
+        assert s.read(CID, 4, 0, 3) == b"new"
+    assert not (d / replica_name(CID, 2)).exists()
+    assert not (d / ".leftover.tmp").exists()
+    assert (d / "README").exists()  # unknown files are left alone
+
+
+def test_corruption_detected(store: ChunkStore) -> None:
+    store.create(CID, 1)
+    data = pattern(4 * BS)
+    store.write(CID, 1, 0, data)
+    store.close()
+    s = ChunkStore(store.root, chunk_size=MiB, block_size=BS)
+    path = replica_path(s, CID, 1)
+    flip_bit(path, s.data_offset + 2 * BS + 100)
+    with pytest.raises(ChecksumMismatch) as info:
+        s.read(CID, 1, 2 * BS, 10)
+    assert info.value.context["block"] == 2
+    assert info.value.context["chunk_id"] == CID
+    assert "block 2" in str(info.value)
+    # Blocks that are fine still read.
+    assert s.read(CID, 1, 0, 2 * BS) == data[: 2 * BS]
+    assert s.read(CID, 1, 3 * BS, BS) == data[3 * BS :]
+    assert not s.verify(CID)
+    # A partial write into the corrupt block must not launder it with a fresh CRC.
+    with pytest.raises(ChecksumMismatch):
+        s.write(CID, 1, 2 * BS + 5, b"abc")
+    with pytest.raises(ChecksumMismatch):
+        s.write(CID, 1, 5, pattern(2 * BS))  # corrupt block 2 is the tail edge
+    with pytest.raises(ChecksumMismatch):
+        s.truncate(CID, 1, 2 * BS + 7)
+    assert not s.verify(CID)
+    # A full-block overwrite replaces the bad data legitimately.
+    s.write(CID, 1, 2 * BS, pattern(BS, seed=9))
+    assert s.verify(CID)
+    s.close()
+
+
+def test_corrupt_crc_table_and_header(store: ChunkStore) -> None:
+    store.create(CID, 1)
+    store.create(CID + 1, 1)
+    store.close()
+    s = ChunkStore(store.root, chunk_size=MiB, block_size=BS)
+    flip_bit(replica_path(s, CID, 1), HEADER_SIZE + 4 * 3)  # CRC of block 3
+    flip_bit(replica_path(s, CID + 1, 1), 20)  # header
+    assert not s.verify(CID)
+    with pytest.raises(ChecksumMismatch):
+        s.read(CID, 1, 3 * BS, 1)
+    assert not s.verify(CID + 1)
+    with pytest.raises(ChecksumMismatch):
+        s.read(CID + 1, 1, 0, 1)
+    s.close()
+
+
+def test_quarantine(store: ChunkStore) -> None:
+    store.create(CID, 1)
+    store.write(CID, 1, 0, b"data")
+    dest = store.quarantine(CID)
+    assert dest.parent == store.root / "quarantine"
+    assert dest.exists()
+    assert not replica_path(store, CID, 1).exists()
+    assert store.version_of(CID) is None
+    with pytest.raises(NotFound):
+        store.read(CID, 1, 0, 1)
+    with pytest.raises(NotFound):
+        store.quarantine(CID)
+    # A second quarantine of the same name does not overwrite the first.
+    store.create(CID, 1)
+    dest2 = store.quarantine(CID)
+    assert dest2 != dest and dest.exists() and dest2.exists()
+    store.close()
+    with ChunkStore(store.root, chunk_size=MiB, block_size=BS) as s:
+        assert s.list_replicas() == []
+
+
+def test_truncate(store: ChunkStore) -> None:
+    store.create(CID, 1)
+    data = pattern(MiB)
+    store.write(CID, 1, 0, data)
+    path = replica_path(store, CID, 1)
+    store.truncate(CID, 1, 3 * BS + 100)
+    assert store.read(CID, 1, 0, 3 * BS + 100) == data[: 3 * BS + 100]
+    assert store.read(CID, 1, 3 * BS + 100, MiB - 3 * BS - 100) == bytes(MiB - 3 * BS - 100)
+    assert store.verify(CID)
+    assert path.stat().st_size == store.data_offset + 4 * BS
+    assert path.stat().st_blocks * 512 <= store.data_offset + 4 * BS + 64 * 1024
+    # Writing past the truncation point again works and leaves a zero gap.
+    store.write(CID, 1, 10 * BS, b"z" * 10)
+    assert store.read(CID, 1, 4 * BS, 6 * BS) == bytes(6 * BS)
+    store.truncate(CID, 1, 0)
+    assert store.read(CID, 1, 0, MiB) == bytes(MiB)
+    assert store.block_checksums(CID, 1) == [store.zero_crc] * store.n_blocks
+    store.truncate(CID, 1, MiB)  # no-op
+    assert store.verify(CID)
+
+
+def test_no_space_reported_and_old_data_intact(store: ChunkStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    store.create(CID, 1)
+    store.write(CID, 1, 0, pattern(2 * BS))
+
+    def full(fd: int, pos: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with pytest.raises(NoSpace) as info:
+        store.write(CID, 1, 100, b"q" * (3 * BS))
+    assert "no space" in str(info.value)
+    monkeypatch.undo()
+    assert store.read(CID, 1, 0, 2 * BS) == pattern(2 * BS)
+    assert store.verify(CID)
+
+
+def test_block_checksums_match_across_replicas(tmp_path: Path) -> None:
+    a = ChunkStore(tmp_path / "a", chunk_size=MiB, block_size=BS)
+    b = ChunkStore(tmp_path / "b", chunk_size=MiB, block_size=BS)
+    for s in (a, b):
+        s.create(CID, 1)
+    a.write(CID, 1, 100, pattern(3 * BS))
+    b.write(CID, 1, 100, pattern(BS))
+    b.write(CID, 1, 100 + BS, pattern(3 * BS)[BS:])
+    assert a.block_checksums(CID, 1) == b.block_checksums(CID, 1)
+    a.close()
+    b.close()
+
+
+def test_fd_cache_is_bounded(tmp_path: Path) -> None:
+    with ChunkStore(tmp_path, chunk_size=MiB, block_size=BS, max_open_files=4) as s:
+        for i in range(20):
+            s.create(i, 1)
+            s.write(i, 1, 0, pattern(10, seed=i))
+        assert len(s._files) <= 4
+        for i in range(20):
+            assert s.read(i, 1, 0, 10) == pattern(10, seed=i)
+        fds = [e.fd for e in s._files.values()]
+    for fd in fds:
+        with pytest.raises(OSError):
+            os.fstat(fd)
+    with pytest.raises(InvalidArgument):
+        s.read(0, 1, 0, 1)
+
+
+def test_concurrent_reads_and_writes_never_see_false_corruption(store: ChunkStore) -> None:
+    store.create(CID, 1)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def writer() -> None:
+        try:
+            for i in range(300):
+                store.write(CID, 1, 1000, pattern(2 * BS, seed=i))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+        finally:
+            stop.set()
+
+    def reader() -> None:
+        try:
+            while not stop.is_set():
+                store.read(CID, 1, 0, 3 * BS)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer), threading.Thread(target=reader)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors
+    assert store.verify(CID)
+
+
+# Small geometry so random operations hit block edges often.
+P_CHUNK = 64 * 1024
+P_BLOCK = 4096
+
+_write = st.tuples(
+    st.just("write"),
+    st.integers(0, P_CHUNK - 1),
+    st.integers(1, 3 * P_BLOCK),
+    st.integers(0, 255),
+)
+_truncate = st.tuples(st.just("truncate"), st.integers(0, P_CHUNK), st.just(0), st.just(0))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=st.lists(st.one_of(_write, _truncate), max_size=25), probes=st.lists(st.integers(0, P_CHUNK)))
+def test_model_random_writes_and_truncates(
+    ops: list[tuple[str, int, int, int]], probes: list[int]
+) -> None:
+    model = bytearray(P_CHUNK)
+    with tempfile.TemporaryDirectory() as d, ChunkStore(Path(d), P_CHUNK, P_BLOCK) as s:
+        s.create(1, 1)
+        for op, a, n, seed in ops:
+            if op == "write":
+                n = min(n, P_CHUNK - a)
+                data = pattern(n, seed)
+                s.write(1, 1, a, data)
+                model[a : a + n] = data
+            else:
+                s.truncate(1, 1, a)
+                model[a:] = bytes(P_CHUNK - a)
+        assert s.read(1, 1, 0, P_CHUNK) == bytes(model)
+        for i in range(0, len(probes) - 1, 2):
+            lo, hi = sorted(probes[i : i + 2])
+            assert s.read(1, 1, lo, hi - lo) == bytes(model[lo:hi])
+        assert s.verify(1)
+        view = memoryview(model)
+        expected = [crc32c(view[i : i + P_BLOCK]) for i in range(0, P_CHUNK, P_BLOCK)]
+        assert s.block_checksums(1, 1) == expected
