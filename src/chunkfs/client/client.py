@@ -89,13 +89,20 @@ class Client:
         length = max(0, min(length, file_size - offset))
         return await self.io.read(ino, offset, length) if length else b""
 
-    async def write(self, ino: int, offset: int, data: bytes | bytearray | memoryview, sync: bool = False) -> int:
-        """Write on every replica, then make the new size known to the master."""
+    async def write(
+        self, ino: int, offset: int, data: bytes | bytearray | memoryview, sync: bool = False, extend: bool = True
+    ) -> int:
+        """Write on every replica, then (unless `extend` is False) make the new size known to the master."""
         if offset < 0:
             raise InvalidArgument("offset must not be negative")
         await self.io.write(ino, offset, data, sync)
-        await self.mds.call(Msg.EXTEND, {"ino": ino, "size": offset + len(data), "mtime": time.time()})
+        if extend:
+            await self.extend(ino, offset + len(data))
         return len(data)
+
+    async def extend(self, ino: int, size: int) -> dict[str, Any]:
+        """Grow the file's size to at least `size` (never shrinks it)."""
+        return (await self.mds.call(Msg.EXTEND, {"ino": ino, "size": size, "mtime": time.time()}))["attr"]
 
     async def fsync(self, ino: int) -> None:
         await self.io.fsync(ino)

@@ -80,7 +80,7 @@ def decode_header(data: bytes) -> dict[str, Any]:
     """Decode a msgpack header; it must be a map with string keys."""
     try:
         value = msgpack.unpackb(
-            data, raw=False, strict_map_key=True, max_buffer_size=MAX_HEADER_LEN, use_list=True
+            data, raw=False, strict_map_key=True, use_list=True
         )
     except Exception as exc:  # noqa: BLE001 - msgpack raises many types on garbage
         raise ProtocolError(f"undecodable message header: {exc.__class__.__name__}") from None

@@ -35,10 +35,14 @@ from dataclasses import dataclass, field
 from enum import Enum, IntEnum
 from typing import Any, ClassVar
 
-from chunkfs.common.errors import InvalidArgument, ProtocolError
+from chunkfs.common.errors import InternalError, InvalidArgument, ProtocolError
 
 #: Node id meaning "nobody" (no vote, no known leader).
 NONE = 0
+
+
+class RaftSafetyError(InternalError):
+    """A Raft safety rule was found broken (e.g. a leader overwrote a committed entry); stop, don't corrupt."""
 
 
 # --------------------------------------------------------------------------- data
@@ -165,8 +169,24 @@ class ReadState:
 # ----------------------------------------------------------------------- messages
 
 
+class _Codec:
+    """to_dict/from_dict for every message class (the wire protocol msgpack-encodes the dict)."""
+
+    __slots__ = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return message_to_dict(self)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Message:
+        msg = message_from_dict(d)
+        if not isinstance(msg, cls):
+            raise ProtocolError(f"expected a {cls.__name__}, got {type(msg).__name__}")
+        return msg
+
+
 @dataclass(frozen=True, slots=True)
-class VoteRequest:
+class VoteRequest(_Codec):
     """RequestVote, or PreVote when `pre_vote` (term is then the *prospective* term)."""
 
     TYPE: ClassVar[str] = "vote"
@@ -181,7 +201,7 @@ class VoteRequest:
 
 
 @dataclass(frozen=True, slots=True)
-class VoteResponse:
+class VoteResponse(_Codec):
     TYPE: ClassVar[str] = "vote_resp"
     src: int
     dst: int
@@ -191,7 +211,7 @@ class VoteResponse:
 
 
 @dataclass(frozen=True, slots=True)
-class AppendRequest:
+class AppendRequest(_Codec):
     """AppendEntries; with no entries it is the heartbeat.
 
     `seq` is the leader's heartbeat round number, echoed in the response: a
@@ -211,7 +231,7 @@ class AppendRequest:
 
 
 @dataclass(frozen=True, slots=True)
-class AppendResponse:
+class AppendResponse(_Codec):
     """Reply to AppendRequest and to SnapshotRequest.
 
     On success `index` is the last index known to match the leader.  On
@@ -230,7 +250,7 @@ class AppendResponse:
 
 
 @dataclass(frozen=True, slots=True)
-class SnapshotRequest:
+class SnapshotRequest(_Codec):
     """InstallSnapshot, sent when the follower needs entries the leader compacted away."""
 
     TYPE: ClassVar[str] = "snapshot"
@@ -242,7 +262,7 @@ class SnapshotRequest:
 
 
 @dataclass(frozen=True, slots=True)
-class TimeoutNow:
+class TimeoutNow(_Codec):
     """Leadership transfer: the target campaigns at once, skipping pre-vote."""
 
     TYPE: ClassVar[str] = "timeout_now"
@@ -290,12 +310,6 @@ def message_from_dict(d: Mapping[str, Any]) -> Message:
         else:
             kwargs[name] = _uint(d, name)
     return cls(**kwargs)
-
-
-# Per-class helpers, as the wire protocol expects `to_dict`/`from_dict` on each type.
-for _cls in _MESSAGE_TYPES.values():
-    _cls.to_dict = message_to_dict  # type: ignore[attr-defined]
-    _cls.from_dict = classmethod(lambda cls, d: message_from_dict(d))  # type: ignore[attr-defined]
 
 
 # -------------------------------------------------------------------------- ready
@@ -470,6 +484,7 @@ class RaftCore:
         self._progress: dict[int, Progress] = {}
         self._pending_conf_index = 0
         self._transferee = NONE
+        self._transfer_elapsed = 0
         self._seq = 0
         self._pending_reads: list[_PendingRead] = []
         self._reads_awaiting_commit: list[bytes] = []
@@ -587,7 +602,7 @@ class RaftCore:
         if self.role is not Role.LEADER or to == self.id or to not in self._progress:
             return False
         self._transferee = to
-        self._election_elapsed = 0  # the transfer is abandoned after one election timeout
+        self._transfer_elapsed = 0  # the transfer is abandoned after one election timeout
         pr = self._progress[to]
         if pr.match == self.log.last_index:
             self._send(TimeoutNow(self.id, to, self.term))
@@ -876,6 +891,9 @@ class RaftCore:
     def _tick_leader(self) -> None:
         self._heartbeat_elapsed += 1
         self._election_elapsed += 1
+        self._transfer_elapsed += 1
+        if self._transferee != NONE and self._transfer_elapsed >= self.election_timeout:
+            self._transferee = NONE
         if self._election_elapsed >= self.election_timeout:
             self._election_elapsed = 0
             if self.check_quorum:
@@ -890,7 +908,6 @@ class RaftCore:
                     return
                 for pr in self._progress.values():
                     pr.recent_active = False
-            self._transferee = NONE
         if self._heartbeat_elapsed >= self.heartbeat_timeout:
             self._heartbeat_elapsed = 0
             self._broadcast_heartbeat()
@@ -917,7 +934,11 @@ class RaftCore:
             if t == e.term:
                 continue
             if t is not None:
-                assert e.index > self.commit, "leader tried to overwrite a committed entry"
+                if e.index <= self.commit:
+                    raise RaftSafetyError(
+                        f"node {self.id}: leader {m.src} overwrites committed entry {e.index}",
+                        index=e.index, term=self.term,
+                    )
                 self._truncate_from(e.index)
             self._append_entries(m.entries[k:])
             break

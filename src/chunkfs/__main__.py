@@ -1,0 +1,3 @@
+from chunkfs.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,287 @@
+"""Using a cluster without a mount: put, get, ls, rm, mkdir, attributes, stat, events."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+from chunkfs.cli.local import need_cluster
+from chunkfs.client.client import Client
+from chunkfs.common.config import load_client_config
+from chunkfs.common.daemon import new_event_loop
+from chunkfs.common.errors import ConfigError, InvalidArgument, NotFound
+from chunkfs.protocol.frame import MAX_IO_SIZE
+
+#: Copies keep this many blocks in flight: enough to fill the chain, bounded in memory.
+COPY_DEPTH = 4
+#: Files at least this big get a progress bar (on a terminal).
+PROGRESS_MIN = 8 << 20
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    def add(name: str, func: Callable[[Client, argparse.Namespace], Awaitable[int]], help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
+        p.set_defaults(func=lambda args: run_with_client(args, func))
+        return p
+
+    p = add("put", cmd_put, "copy a local file into the cluster")
+    p.add_argument("local", type=Path, help="local file to read ('-' for standard input)")
+    p.add_argument("path", help="destination path in the cluster")
+    p = add("get", cmd_get, "copy a file out of the cluster")
+    p.add_argument("path", help="file in the cluster")
+    p.add_argument("local", type=Path, help="local file to write ('-' for standard output)")
+    p = add("ls", cmd_ls, "list a directory")
+    p.add_argument("path", nargs="?", default="/")
+    p.add_argument("-l", action="store_true", help="long listing: type, size, replicas, mtime")
+    p = add("rm", cmd_rm, "remove a file (or, with -r, a directory tree)")
+    p.add_argument("path")
+    p.add_argument("-r", "--recursive", action="store_true")
+    p = add("mkdir", cmd_mkdir, "make a directory")
+    p.add_argument("path")
+    p.add_argument("-p", "--parents", action="store_true", help="make parents as needed, no error if it exists")
+    p = add("get-attr", cmd_get_attr, "show a file's or directory's attributes")
+    p.add_argument("path")
+    p = add("set-attr", cmd_set_attr, "set attributes (replicas=N[:MIN]); directories pass them to new files")
+    p.add_argument("-R", "--recursive", action="store_true", help="apply to everything below a directory too")
+    p.add_argument("path")
+    p.add_argument("attrs", nargs="+", metavar="replicas=N[:MIN]")
+    p = add("stat", cmd_stat, "show the cluster: metadata servers, chunk servers, chunk health")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = add("get-event", cmd_get_event, "show the cluster's event log")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--since", type=int, default=0, help="only events after this sequence number")
+    p.add_argument("--limit", type=int, default=1000, help="at most this many events (default 1000)")
+
+
+def run_with_client(args: argparse.Namespace, func: Callable[[Client, argparse.Namespace], Awaitable[int]]) -> int:
+    config = load_client_config(need_cluster(args))
+
+    async def main() -> int:
+        client = Client(config)
+        try:
+            return await func(client, args)
+        finally:
+            await client.close()
+
+    loop = new_event_loop()
+    try:
+        return loop.run_until_complete(main())
+    finally:
+        loop.close()
+
+
+def _progress(total: int) -> Progress:
+    return Progress(
+        "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+        console=Console(stderr=True), disable=total < PROGRESS_MIN or not sys.stderr.isatty(), transient=True,
+    )
+
+
+async def cmd_put(client: Client, args: argparse.Namespace) -> int:
+    source = sys.stdin.buffer if str(args.local) == "-" else None
+    if source is None:
+        if not args.local.is_file():
+            raise NotFound(f"{args.local}: no such local file")
+        total = args.local.stat().st_size
+        source = open(args.local, "rb")  # noqa: SIM115 - closed below
+    else:
+        total = 0
+    started = time.monotonic()
+    try:
+        attr = await client.create(args.path)
+        if attr["size"]:
+            attr = await client.truncate(attr["ino"], 0)
+        ino = attr["ino"]
+        block = min(MAX_IO_SIZE, client.chunk_size)
+        pending: set[asyncio.Task[Any]] = set()
+        offset = 0
+        with _progress(total) as progress:
+            task = progress.add_task(f"put {args.path}", total=total or None)
+            while True:
+                data = await asyncio.to_thread(source.read, block)
+                if not data:
+                    break
+                if len(pending) >= COPY_DEPTH:
+                    done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                    for t in done:
+                        t.result()
+                size = len(data)
+                t = asyncio.ensure_future(client.write(ino, offset, data, extend=False))
+                t.add_done_callback(lambda _t, n=size: progress.advance(task, n))
+                pending.add(t)
+                offset += size
+            for t in asyncio.as_completed(pending):
+                await t
+        await client.fsync(ino)
+        await client.extend(ino, offset)
+    finally:
+        if source is not sys.stdin.buffer:
+            source.close()
+    _report("put", args.path, offset, started)
+    return 0
+
+
+async def cmd_get(client: Client, args: argparse.Namespace) -> int:
+    attr = await client.resolve(args.path)
+    if attr["type"] != "f":
+        raise InvalidArgument(f"{args.path} is not a regular file")
+    to_stdout = str(args.local) == "-"
+    started = time.monotonic()
+    size, block = attr["size"], MAX_IO_SIZE
+    out = sys.stdout.buffer if to_stdout else open(args.local, "wb")  # noqa: SIM115 - closed below
+    try:
+        with _progress(size) as progress:
+            task = progress.add_task(f"get {args.path}", total=size)
+            offsets = list(range(0, size, block))
+            for start in range(0, len(offsets), COPY_DEPTH):
+                batch = offsets[start:start + COPY_DEPTH]
+                parts = await asyncio.gather(*(client.read(attr["ino"], o, block, size) for o in batch))
+                for part in parts:
+                    await asyncio.to_thread(out.write, part)
+                    progress.advance(task, len(part))
+    finally:
+        if not to_stdout:
+            out.close()
+    if not to_stdout:
+        _report("got", args.path, size, started)
+    return 0
+
+
+def _report(verb: str, path: str, size: int, started: float) -> None:
+    elapsed = max(time.monotonic() - started, 1e-6)
+    print(f"{verb} {path}: {size} bytes in {elapsed:.2f}s ({size / elapsed / 1e6:.1f} MB/s)", file=sys.stderr)
+
+
+async def cmd_ls(client: Client, args: argparse.Namespace) -> int:
+    attr = await client.resolve(args.path)
+    if attr["type"] != "d":
+        entries = [(args.path.rstrip("/").rsplit("/", 1)[-1], attr["ino"], attr["type"])]
+    else:
+        entries = await client.readdir(attr["ino"])
+    for name, ino, kind in entries:
+        if args.l:
+            a = await client.getattr(ino)
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(a["mtime"]))
+            print(f"{kind} {a['size']:>14} {a['replicas']}:{a['min_replicas']:<3} {when}  {name}")
+        else:
+            print(name + ("/" if kind == "d" else ""))
+    return 0
+
+
+async def cmd_rm(client: Client, args: argparse.Namespace) -> int:
+    async def remove(path: str) -> None:
+        attr = await client.resolve(path)
+        if attr["type"] == "d":
+            if not args.recursive:
+                raise InvalidArgument(f"{path} is a directory: use rm -r")
+            for name, _, _ in await client.readdir(attr["ino"]):
+                await remove(f"{path.rstrip('/')}/{name}")
+            await client.rmdir(path)
+        else:
+            await client.unlink(path)
+
+    await remove(args.path)
+    return 0
+
+
+async def cmd_mkdir(client: Client, args: argparse.Namespace) -> int:
+    if not args.parents:
+        await client.mkdir(args.path)
+        return 0
+    path = ""
+    for part in (p for p in args.path.split("/") if p):
+        path += "/" + part
+        try:
+            attr = await client.resolve(path)
+            if attr["type"] != "d":
+                raise InvalidArgument(f"{path} exists and is not a directory")
+        except NotFound:
+            await client.mkdir(path)
+    return 0
+
+
+async def cmd_get_attr(client: Client, args: argparse.Namespace) -> int:
+    attr = await client.resolve(args.path)
+    print(f"path: {args.path}")
+    print(f"type: {'directory' if attr['type'] == 'd' else 'file'}")
+    print(f"inode: {attr['ino']}")
+    print(f"size: {attr['size']}")
+    print(f"replicas={attr['replicas']}:{attr['min_replicas']}")
+    print(f"mode: {attr['mode'] & 0o7777:04o}")
+    print(f"mtime: {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(attr['mtime']))}")
+    return 0
+
+
+_REPLICAS_RE = re.compile(r"replicas=(\d+)(?::(\d+))?")
+
+
+def parse_replicas(text: str) -> tuple[int, int]:
+    match = _REPLICAS_RE.fullmatch(text.strip())
+    if not match:
+        raise InvalidArgument(f"bad attribute {text!r}: expected replicas=N or replicas=N:MIN, for example replicas=3:2")
+    n = int(match.group(1))
+    minimum = int(match.group(2)) if match.group(2) else max(1, min(n, n // 2 + 1))
+    if not 1 <= minimum <= n <= 16:
+        raise InvalidArgument(f"bad attribute {text!r}: need 1 <= MIN <= N <= 16")
+    return n, minimum
+
+
+async def cmd_set_attr(client: Client, args: argparse.Namespace) -> int:
+    settings = [parse_replicas(a) for a in args.attrs]
+    for n, minimum in settings:
+        changed = await client.set_replicas(args.path, n, minimum, args.recursive)
+        print(f"replicas={n}:{minimum} set on {changed} item(s)")
+    return 0
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+async def cmd_stat(client: Client, args: argparse.Namespace) -> int:
+    stat = await client.cluster_stat()
+    if args.json:
+        print(json.dumps(stat, indent=2))
+        return 0
+    c, space = stat["cluster"], stat["space"]
+    print(f"cluster {c['name']} ({c['uuid']}), chunk size {_human(c['chunk_size'])}")
+    print(f"space: {_human(space['free'])} free of {_human(space['total'])}")
+    print("chunks: " + ", ".join(f"{k} {v}" for k, v in stat["chunks"].items()))
+    print("metadata servers:")
+    for m in stat["mds"]:
+        print(f"  MDS#{m['id']:<3} {m['role']:<8} {m['addr']:<22} term {m['term']} commit {m['commit']}")
+    print("chunk servers:")
+    for s in stat["cs"]:
+        print(f"  CS#{s['id']:<4} {s['status']:<8} {s['addr']:<22} host {s['host']:<12} "
+              f"{_human(s['free'])} free of {_human(s['total'])}, {s['replicas']} replicas")
+    return 0
+
+
+async def cmd_get_event(client: Client, args: argparse.Namespace) -> int:
+    if args.limit < 1:
+        raise ConfigError("--limit must be at least 1")
+    events = await client.events(args.since, args.limit)
+    if args.json:
+        print(json.dumps(events, indent=2))
+        return 0
+    for e in events:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["time"]))
+        print(f"{e['seq']:>6} {when} {e['level'].upper():<7} {e['message']}")
+    return 0
+
+
+__all__ = ["add_parsers"]

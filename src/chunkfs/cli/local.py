@@ -1,0 +1,102 @@
+"""make-mds, make-cs, running daemons, and `local`: a whole cluster on this machine."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from chunkfs.cli.nodes import make_cs, make_mds, run_node
+from chunkfs.common.config import DEFAULT_CHUNK_SIZE, ConfigError, conf_dir, parse_size
+from chunkfs.testing.cluster import LocalCluster
+
+
+def need_cluster(args: argparse.Namespace) -> str:
+    if not args.cluster:
+        raise ConfigError("no cluster given: use -c NAME (for example `chunkfs -c local stat`)")
+    return str(args.cluster)
+
+
+def cmd_make_mds(args: argparse.Namespace) -> int:
+    node = make_mds(need_cluster(args), args.dir, args.addr, args.chunk_size, args.init)
+    print(f"created cluster {node.cluster.name!r} (chunk size {node.cluster.chunk_size >> 20} MiB) "
+          f"with MDS#1 in {args.dir}; start it with: chunkfs mds -r {args.dir} --background")
+    return 0
+
+
+def cmd_make_cs(args: argparse.Namespace) -> int:
+    node = make_cs(need_cluster(args), args.dir, args.addr, args.host)
+    print(f"created a chunk server of {node.cluster.name!r} in {args.dir} listening on {node.addr}; "
+          f"start it with: chunkfs cs -r {args.dir} --background")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    return run_node(args.role, args.dir, args.background)
+
+
+def add_local_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("local", help="a whole cluster on this machine, under one directory",
+                       description="Make, start, list and stop a cluster of real processes on 127.0.0.1 "
+                       "whose data and logs all live under DIR.")
+    lsub = p.add_subparsers(dest="local_command", metavar="ACTION", required=True)
+    up = lsub.add_parser("up", help="make (if new) and start a local cluster")
+    up.add_argument("--dir", required=True, type=Path, help="where data and logs go")
+    up.add_argument("--name", default="local", help="cluster name (default: local)")
+    up.add_argument("--mds", type=int, default=1, help="metadata servers (default 1; more once Raft lands)")
+    up.add_argument("--cs", type=int, default=3, help="chunk servers (default 3)")
+    up.add_argument("--chunk-size", type=parse_size, default=DEFAULT_CHUNK_SIZE, help="chunk size (default 256M)")
+    up.set_defaults(func=cmd_local_up)
+    st = lsub.add_parser("status", help="list the local cluster's processes")
+    st.add_argument("--dir", required=True, type=Path)
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+    st.set_defaults(func=cmd_local_status)
+    down = lsub.add_parser("down", help="stop exactly the processes of the local cluster")
+    down.add_argument("--dir", required=True, type=Path)
+    down.set_defaults(func=cmd_local_down)
+
+
+def cmd_local_up(args: argparse.Namespace) -> int:
+    directory: Path = args.dir.resolve()
+    if (directory / "local.json").exists():
+        cluster = LocalCluster.load(directory)
+        print(f"starting the existing local cluster {cluster.name!r} in {directory}")
+    else:
+        directory.mkdir(parents=True, exist_ok=True)
+        cluster = LocalCluster.make(directory, args.name, args.mds, args.cs, args.chunk_size)
+        print(f"made cluster {cluster.name!r} in {directory}; client configuration in {conf_dir()}/clusters/{args.name}")
+    try:
+        cluster.start_all()
+        stat = cluster.wait_ready()
+    except BaseException:
+        cluster.stop_all()
+        raise
+    n_cs = len(stat["cs"])
+    print(f"cluster {cluster.name!r} is up: {len(stat['mds'])} MDS, {n_cs} chunk servers")
+    print("next:")
+    print(f"  chunkfs -c {cluster.name} stat")
+    print(f"  chunkfs -c {cluster.name} put FILE /FILE")
+    print(f"  chunkfs local status --dir {directory}")
+    print(f"  chunkfs local down --dir {directory}")
+    return 0
+
+
+def cmd_local_status(args: argparse.Namespace) -> int:
+    cluster = LocalCluster.load(args.dir)
+    rows = cluster.status()
+    if args.json:
+        print(json.dumps({"name": cluster.name, "processes": rows}, indent=2))
+        return 0
+    print(f"local cluster {cluster.name!r} in {cluster.dir}")
+    for r in rows:
+        state = f"running, pid {r['pid']}" if r["running"] else "stopped"
+        print(f"  {r['role']:<4} {r['id']:>3}  {r['addr']:<22} {state}")
+    return 0
+
+
+def cmd_local_down(args: argparse.Namespace) -> int:
+    cluster = LocalCluster.load(args.dir)
+    running = [p for p in cluster.processes if cluster.running(p)]
+    cluster.stop_all()
+    print(f"stopped {len(running)} process(es) of local cluster {cluster.name!r}")
+    return 0

@@ -1,0 +1,99 @@
+"""The ``chunkfs`` command, in the style of Virtuozzo Storage's ``vstorage``.
+
+    chunkfs -c NAME COMMAND [options]
+
+Every failure ends with one line on stderr that says what went wrong and what
+to do, and a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from chunkfs import __version__
+from chunkfs.common.config import DEFAULT_CHUNK_SIZE, parse_size
+from chunkfs.common.errors import ChunkFSError
+
+EPILOG = """\
+Client configuration is read from $CHUNKFS_CONF_DIR/clusters/NAME/ (default /etc/chunkfs).
+Start a whole cluster on this machine:  chunkfs local up --dir DIR --name NAME
+"""
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ChunkFSError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from chunkfs.cli import files, local
+
+    parser = argparse.ArgumentParser(
+        prog="chunkfs", description="ChunkFS: a distributed storage cluster.", epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-c", "--cluster", metavar="NAME", help="the cluster to act on")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
+    parser.add_argument("--version", action="version", version=f"chunkfs {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("make-mds", help="create a cluster (-I) and its first metadata server",
+                       description="Create a metadata server's directory. With -I, also create the cluster: "
+                       "its id, its secret and the client configuration in $CHUNKFS_CONF_DIR/clusters/NAME.")
+    p.add_argument("-I", "--init", action="store_true", help="create a new cluster")
+    p.add_argument("-a", "--addr", required=True, metavar="HOST:PORT", help="address the MDS listens on")
+    p.add_argument("-r", "--dir", required=True, type=Path, help="the MDS's directory (empty or new)")
+    p.add_argument("--chunk-size", type=_size, default=DEFAULT_CHUNK_SIZE,
+                   help="chunk size of a new cluster (default 256M; 1M-1G, a multiple of 64K)")
+    p.set_defaults(func=local.cmd_make_mds)
+
+    p = sub.add_parser("make-cs", help="create a chunk server's data directory",
+                       description="Create a chunk server's data directory for cluster NAME. "
+                       "Run it with `chunkfs cs -r DIR`.")
+    p.add_argument("-r", "--dir", required=True, type=Path, help="data directory (empty or new), usually one disk")
+    p.add_argument("-a", "--addr", metavar="HOST:PORT", help="address to listen on (default 127.0.0.1, a free port)")
+    p.add_argument("--host", help="host name used for placement (default: this machine's name)")
+    p.set_defaults(func=local.cmd_make_cs)
+
+    for role, what in (("mds", "metadata server"), ("cs", "chunk server")):
+        p = sub.add_parser(role, help=f"run a {what}", description=f"Run the {what} whose directory is DIR, "
+                           "in the foreground (logs on stderr) or with --background (logs in DIR/daemon.log).")
+        p.add_argument("-r", "--dir", required=True, type=Path, help=f"the {what}'s directory")
+        p.add_argument("--background", action="store_true", help="start detached, return once it listens")
+        p.set_defaults(func=local.cmd_run, role=role)
+
+    local.add_local_parser(sub)
+    files.add_parsers(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from chunkfs.common.daemon import setup_logging
+
+    setup_logging(args.verbose)
+    if args.command not in ("mds", "cs"):
+        # Commands print their own results; keep library chatter out of them.
+        logging.getLogger().setLevel(logging.DEBUG if args.verbose else logging.ERROR)
+    try:
+        return int(args.func(args) or 0)
+    except ChunkFSError as exc:
+        print(f"chunkfs: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("chunkfs: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,103 @@
+"""Making and running daemons: make-mds, make-cs, mds, cs."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+from pathlib import Path
+
+from chunkfs.common.addr import parse_addr
+from chunkfs.common.config import (
+    NODE_FILE,
+    SECRET_BYTES,
+    ClientConfig,
+    ClusterInfo,
+    ConfigError,
+    NodeConfig,
+    check_chunk_size,
+    check_cluster_name,
+    cluster_conf_path,
+    load_client_config,
+    load_node,
+    save_client_config,
+    save_node,
+)
+from chunkfs.common.daemon import bind_error, free_port, run_foreground, start_background
+from chunkfs.cs.server import ChunkServer
+from chunkfs.mds.server import MetadataServer
+
+logger = logging.getLogger(__name__)
+
+
+def _check_empty_node_dir(directory: Path, cluster: str) -> None:
+    if (directory / NODE_FILE).exists():
+        try:
+            other, _ = load_node(directory)
+        except ConfigError:
+            raise ConfigError(f"{directory} already holds a damaged ChunkFS node; choose an empty directory") from None
+        if other.cluster.name != cluster:
+            raise ConfigError(
+                f"{directory} is a data directory of cluster {other.cluster.name!r}, not {cluster!r}; "
+                "choose an empty directory"
+            )
+        raise ConfigError(f"{directory} already holds a {other.role.upper()} of cluster {cluster!r}")
+    if directory.exists() and any(directory.iterdir()):
+        raise ConfigError(f"{directory} is not empty; choose an empty or new directory")
+
+
+def make_mds(cluster: str, directory: Path, addr: str, chunk_size: int, init: bool) -> NodeConfig:
+    """Create a cluster (with -I) and its first metadata server."""
+    check_cluster_name(cluster)
+    check_chunk_size(chunk_size)
+    parse_addr(addr)
+    if not init:
+        raise ConfigError("joining an MDS to a running cluster needs Raft (not yet available): use -I for a new cluster")
+    if (cluster_conf_path(cluster) / "cluster.json").exists():
+        raise ConfigError(
+            f"cluster {cluster!r} is already configured in {cluster_conf_path(cluster)}; "
+            "pick another name or remove that directory"
+        )
+    _check_empty_node_dir(directory, cluster)
+    info = ClusterInfo(cluster, str(uuid.uuid4()), chunk_size)
+    secret = os.urandom(SECRET_BYTES)
+    node = NodeConfig(role="mds", cluster=info, addr=addr, node_id=1)
+    save_node(directory, node, secret)
+    save_client_config(ClientConfig(info, (addr,), secret))
+    return node
+
+
+def make_cs(cluster: str, directory: Path, addr: str | None, host: str | None) -> NodeConfig:
+    client = load_client_config(cluster)
+    _check_empty_node_dir(directory, cluster)
+    if addr is None:
+        addr = f"127.0.0.1:{free_port()}"
+    parse_addr(addr)
+    node = NodeConfig(
+        role="cs", cluster=client.cluster, addr=addr, host=host or socket.gethostname(), mds=client.mds
+    )
+    save_node(directory, node, client.secret)
+    return node
+
+
+def run_node(role: str, directory: Path, background: bool) -> int:
+    directory = directory.resolve()
+    node, secret = load_node(directory)
+    if node.role != role:
+        raise ConfigError(f"{directory} holds a {node.role.upper()}, not a {role.upper()}")
+    if background:
+        pid = start_background([role, "-r", str(directory)], directory, node.addr)
+        print(f"{role.upper()} started in the background: pid {pid}, address {node.addr}, log {directory}/daemon.log")
+        return 0
+    server: MetadataServer | ChunkServer
+    server = MetadataServer(directory, node, secret) if role == "mds" else ChunkServer(directory, node, secret)
+
+    async def start() -> None:
+        try:
+            await server.start()
+        except OSError as exc:
+            raise bind_error(node.addr, exc) from None
+
+    return run_foreground(directory, start, server.stop)
+

@@ -1,0 +1,168 @@
+"""A whole cluster of real processes on 127.0.0.1, under one directory.
+
+`chunkfs local up` and the cluster tests both use `LocalCluster`: every daemon
+is a separate OS process started with the ``chunkfs`` command itself, listening
+on a port chosen when the cluster is made, and stopped by the PID it was
+started with — never by name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from chunkfs.cli.nodes import make_cs, make_mds
+from chunkfs.client.client import SyncClient
+from chunkfs.common.config import ConfigError, load_client_config, load_node
+from chunkfs.common.daemon import free_port, pid_alive, read_pid, start_background
+from chunkfs.common.errors import ChunkFSError, Unavailable
+
+STATE_FILE = "local.json"
+READY_TIMEOUT = 30.0
+
+
+@dataclass(slots=True)
+class Process:
+    role: str  # "mds" or "cs"
+    id: int
+    dir: str
+    addr: str
+    pid: int = 0
+
+
+class LocalCluster:
+    def __init__(self, directory: Path, name: str) -> None:
+        self.dir = directory.resolve()
+        self.name = name
+        self.processes: list[Process] = []
+
+    # -- making ---------------------------------------------------------------
+
+    @classmethod
+    def make(cls, directory: Path, name: str, n_mds: int = 1, n_cs: int = 3, chunk_size: int = 256 << 20) -> LocalCluster:
+        if n_mds != 1:
+            raise ConfigError("only one MDS per cluster until Raft lands: use --mds 1")
+        if not 1 <= n_cs <= 64:
+            raise ConfigError("--cs must be between 1 and 64")
+        directory = directory.resolve()
+        if (directory / STATE_FILE).exists():
+            raise ConfigError(f"{directory} already holds a local cluster: start it with `local start` or remove it")
+        cluster = cls(directory, name)
+        mds_dir = directory / "mds1"
+        node = make_mds(name, mds_dir, f"127.0.0.1:{free_port()}", chunk_size, init=True)
+        cluster.processes.append(Process("mds", 1, str(mds_dir), node.addr))
+        for i in range(1, n_cs + 1):
+            cluster.add_cs(host=None)
+        cluster.save()
+        return cluster
+
+    def add_cs(self, host: str | None = None) -> Process:
+        number = 1 + sum(1 for p in self.processes if p.role == "cs")
+        cs_dir = self.dir / f"cs{number}"
+        node = make_cs(self.name, cs_dir, None, host)
+        proc = Process("cs", number, str(cs_dir), node.addr)
+        self.processes.append(proc)
+        self.save()
+        return proc
+
+    @classmethod
+    def load(cls, directory: Path) -> LocalCluster:
+        directory = directory.resolve()
+        try:
+            data = json.loads((directory / STATE_FILE).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{directory} holds no local cluster (no {STATE_FILE}): create one with `local up`") from None
+        cluster = cls(directory, data["name"])
+        cluster.processes = [Process(**p) for p in data["processes"]]
+        return cluster
+
+    def save(self) -> None:
+        data = {"name": self.name, "processes": [asdict(p) for p in self.processes]}
+        (self.dir / STATE_FILE).write_text(json.dumps(data, indent=2))
+
+    # -- running --------------------------------------------------------------
+
+    def find(self, role: str, number: int) -> Process:
+        for proc in self.processes:
+            if proc.role == role and proc.id == number:
+                return proc
+        raise ConfigError(f"no {role}{number} in this local cluster")
+
+    def start(self, role: str, number: int) -> Process:
+        proc = self.find(role, number)
+        proc.pid = start_background([role, "-r", proc.dir], Path(proc.dir), proc.addr)
+        self.save()
+        return proc
+
+    def start_all(self) -> None:
+        for proc in self.processes:
+            if not self.running(proc):
+                self.start(proc.role, proc.id)
+
+    def running(self, proc: Process) -> bool:
+        return proc.pid > 0 and pid_alive(proc.pid) and read_pid(Path(proc.dir)) == proc.pid
+
+    def kill(self, role: str, number: int, sig: int = signal.SIGKILL) -> None:
+        """Signal one daemon by the PID it was started with."""
+        proc = self.find(role, number)
+        if self.running(proc):
+            os.kill(proc.pid, sig)
+            if sig in (signal.SIGKILL, signal.SIGTERM):
+                self._wait_gone(proc)
+
+    def _wait_gone(self, proc: Process, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while pid_alive(proc.pid) and time.monotonic() < deadline:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(proc.pid, os.WNOHANG)
+            time.sleep(0.02)
+        if pid_alive(proc.pid):
+            os.kill(proc.pid, signal.SIGKILL)
+
+    def stop_all(self) -> None:
+        for proc in self.processes:
+            if self.running(proc):
+                os.kill(proc.pid, signal.SIGTERM)
+        for proc in self.processes:
+            if proc.pid:
+                self._wait_gone(proc)
+        self.save()
+
+    def status(self) -> list[dict[str, Any]]:
+        out = []
+        for proc in self.processes:
+            node_id = proc.id
+            if proc.role == "cs":
+                with contextlib.suppress(ConfigError):
+                    node_id = load_node(Path(proc.dir))[0].node_id or 0
+            out.append({"role": proc.role, "id": node_id, "pid": proc.pid if self.running(proc) else None,
+                        "addr": proc.addr, "dir": proc.dir, "running": self.running(proc)})
+        return out
+
+    def client(self) -> SyncClient:
+        return SyncClient(load_client_config(self.name))
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT) -> dict[str, Any]:
+        """Wait until the master answers and every running chunk server is registered and active."""
+        want = {p.addr for p in self.processes if p.role == "cs" and self.running(p)}
+        deadline = time.monotonic() + timeout
+        last: object = None
+        with self.client() as client:
+            client.client.mds.retry_for = 2.0
+            while time.monotonic() < deadline:
+                try:
+                    stat = client.cluster_stat()
+                    active = {s["addr"] for s in stat["cs"] if s["status"] == "active"}
+                    if want <= active:
+                        return stat
+                    last = f"chunk servers not yet active: {sorted(want - active)}"
+                except ChunkFSError as exc:
+                    last = exc
+                time.sleep(0.1)
+        raise Unavailable(f"the local cluster did not become ready within {timeout:g}s: {last}")
