@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
 import re
 import sys
 import time
@@ -16,10 +18,10 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
 from chunkfs.cli.local import need_cluster
-from chunkfs.client.client import Client
+from chunkfs.client.client import Client, split_path
 from chunkfs.common.config import load_client_config
 from chunkfs.common.daemon import new_event_loop
-from chunkfs.common.errors import ConfigError, InvalidArgument, NotFound
+from chunkfs.common.errors import ChunkFSError, ConfigError, InvalidArgument, NotFound
 from chunkfs.protocol.frame import MAX_IO_SIZE
 
 #: Copies keep this many blocks in flight: enough to fill the chain, bounded in memory.
@@ -97,11 +99,12 @@ async def cmd_put(client: Client, args: argparse.Namespace) -> int:
     else:
         total = 0
     started = time.monotonic()
+    # Write to a hidden name and rename over the target at the end, so a failed
+    # copy leaves the old file (or no file) as it was.
+    parent, name = split_path(args.path)
+    part = f"{parent.rstrip('/')}/.{name}.part-{os.getpid()}"
     try:
-        attr = await client.create(args.path)
-        if attr["size"]:
-            attr = await client.truncate(attr["ino"], 0)
-        ino = attr["ino"]
+        ino = (await client.create(part, exclusive=True))["ino"]
         block = min(MAX_IO_SIZE, client.chunk_size)
         pending: set[asyncio.Task[Any]] = set()
         offset = 0
@@ -124,6 +127,11 @@ async def cmd_put(client: Client, args: argparse.Namespace) -> int:
                 await t
         await client.fsync(ino)
         await client.extend(ino, offset)
+        await client.rename(part, args.path)
+    except BaseException:
+        with contextlib.suppress(ChunkFSError):
+            await client.unlink(part)
+        raise
     finally:
         if source is not sys.stdin.buffer:
             source.close()
@@ -283,5 +291,3 @@ async def cmd_get_event(client: Client, args: argparse.Namespace) -> int:
         print(f"{e['seq']:>6} {when} {e['level'].upper():<7} {e['message']}")
     return 0
 
-
-__all__ = ["add_parsers"]

@@ -97,6 +97,7 @@ def run_node(role: str, directory: Path, background: bool) -> int:
         try:
             await server.start()
         except OSError as exc:
+            await server.stop()
             raise bind_error(node.addr, exc) from None
 
     return run_foreground(directory, start, server.stop)

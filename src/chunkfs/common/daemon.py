@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from chunkfs.common.addr import parse_addr
+from chunkfs.common.durable import write_file_durably
 from chunkfs.common.errors import ConfigError, Unavailable
 
 logger = logging.getLogger(__name__)
@@ -76,7 +76,6 @@ def run_foreground(directory: Path, start: Callable[[], Awaitable[Any]], stop: C
     running = read_pid(directory)
     if running is not None and running != os.getpid():
         raise ConfigError(f"a daemon is already running on {directory} (pid {running}); stop it first")
-    (directory / PID_FILE).write_text(f"{os.getpid()}\n")
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
     done = asyncio.Event()
@@ -85,6 +84,8 @@ def run_foreground(directory: Path, start: Callable[[], Awaitable[Any]], stop: C
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, done.set)
         await start()
+        # Written once the daemon serves: `start_background` waits for it.
+        write_file_durably(directory / PID_FILE, f"{os.getpid()}\n".encode())
         await done.wait()
         logger.info("stopping on signal")
         await stop()
@@ -105,8 +106,30 @@ def bind_error(addr: str, exc: OSError) -> ConfigError:
     return ConfigError(f"cannot listen on {addr}: {exc.strerror or exc}")
 
 
+#: Daemons this process started, kept so they can be reaped (and are not
+#: reported as leaked when the Popen object would otherwise be collected).
+_children: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def reap(pid: int, timeout: float) -> bool:
+    """Wait (bounded) for a daemon this process started to exit; True once it has."""
+    child = _children.get(pid)
+    if child is None:
+        return not pid_alive(pid)
+    try:
+        child.wait(timeout)
+    except subprocess.TimeoutExpired:
+        return False
+    del _children[pid]
+    return True
+
+
 def start_background(argv: list[str], directory: Path, addr: str) -> int:
-    """Start `argv` detached, logging to the node directory; wait until it listens."""
+    """Start `argv` detached, logging to the node directory; wait until it serves.
+
+    The daemon writes its PID file only once it listens, so a port held by
+    someone else is never mistaken for a started daemon.
+    """
     running = read_pid(directory)
     if running is not None:
         raise ConfigError(f"a daemon is already running on {directory} (pid {running})")
@@ -116,23 +139,26 @@ def start_background(argv: list[str], directory: Path, addr: str) -> int:
             [sys.executable, "-m", "chunkfs", *argv],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
         )
-    host, port = parse_addr(addr)
+    _children[child.pid] = child
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if child.poll() is not None:
+            del _children[child.pid]
             raise Unavailable(f"the daemon exited with status {child.returncode}: {last_error(log_path)}")
-        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+        if read_pid(directory) == child.pid:
             return child.pid
         time.sleep(0.05)
     child.kill()
+    child.wait()
     raise Unavailable(f"the daemon did not start listening on {addr} within {START_TIMEOUT:g}s; see {log_path}")
 
 
 def last_error(log_path: Path) -> str:
     with contextlib.suppress(OSError):
         lines = [line for line in log_path.read_text().splitlines() if line.strip()]
-        if lines:
-            return lines[-1].removeprefix("chunkfs: error: ")
+        errors = [line for line in lines if line.startswith("chunkfs: error: ")]
+        if errors or lines:
+            return (errors or lines)[-1].removeprefix("chunkfs: error: ")
     return f"see {log_path}"
 
 

@@ -74,8 +74,11 @@ class MetadataServer:
     # -- life cycle --------------------------------------------------------------
 
     async def start(self) -> None:
+        # Bind first (a busy port fails fast, before the journal starts a term),
+        # accept only once the journal is replayed.
+        await self.rpc.listen(self.node.addr, start_serving=False)
         await self.log.start(self.store.apply, self.store.applied_index)
-        await self.rpc.listen(self.node.addr)
+        await self.rpc.start_serving()
         logger.info(
             "MDS#%d of cluster %r serving on %s (term %d)",
             self.node.node_id, self.node.cluster.name, self.node.addr, self.log.term,

@@ -341,9 +341,16 @@ class RpcServer:
         self.connections: set[Connection] = set()
         self._server: asyncio.Server | None = None
 
-    async def listen(self, addr: str) -> None:
+    async def listen(self, addr: str, start_serving: bool = True) -> None:
+        """Bind `addr`; with `start_serving` False, accept only after `start_serving()`."""
         host, port = parse_addr(addr)
-        self._server = await asyncio.start_server(self._accept, host, port, limit=self.max_payload + 1024)
+        self._server = await asyncio.start_server(
+            self._accept, host, port, limit=self.max_payload + 1024, start_serving=start_serving
+        )
+
+    async def start_serving(self) -> None:
+        assert self._server is not None
+        await self._server.start_serving()
 
     @property
     def port(self) -> int:

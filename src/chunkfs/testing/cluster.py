@@ -20,7 +20,7 @@ from typing import Any
 from chunkfs.cli.nodes import make_cs, make_mds
 from chunkfs.client.client import SyncClient
 from chunkfs.common.config import ConfigError, load_client_config, load_node
-from chunkfs.common.daemon import free_port, pid_alive, read_pid, start_background
+from chunkfs.common.daemon import free_port, pid_alive, read_pid, reap, start_background
 from chunkfs.common.errors import ChunkFSError, Unavailable
 
 STATE_FILE = "local.json"
@@ -57,7 +57,7 @@ class LocalCluster:
         mds_dir = directory / "mds1"
         node = make_mds(name, mds_dir, f"127.0.0.1:{free_port()}", chunk_size, init=True)
         cluster.processes.append(Process("mds", 1, str(mds_dir), node.addr))
-        for i in range(1, n_cs + 1):
+        for _ in range(n_cs):
             cluster.add_cs(host=None)
         cluster.save()
         return cluster
@@ -118,12 +118,11 @@ class LocalCluster:
 
     def _wait_gone(self, proc: Process, timeout: float = 15.0) -> None:
         deadline = time.monotonic() + timeout
-        while pid_alive(proc.pid) and time.monotonic() < deadline:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(proc.pid, os.WNOHANG)
+        while not reap(proc.pid, 0.05) and time.monotonic() < deadline:
             time.sleep(0.02)
-        if pid_alive(proc.pid):
+        if not reap(proc.pid, 0):
             os.kill(proc.pid, signal.SIGKILL)
+            reap(proc.pid, 5.0)
 
     def stop_all(self) -> None:
         for proc in self.processes:

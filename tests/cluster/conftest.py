@@ -1,0 +1,49 @@
+"""Fixtures for tests that start real ChunkFS processes on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from chunkfs.testing.cluster import LocalCluster
+
+pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture
+def conf_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private client configuration directory for this test."""
+    path = tmp_path / "conf"
+    monkeypatch.setenv("CHUNKFS_CONF_DIR", str(path))
+    return path
+
+
+@pytest.fixture
+def make_cluster(tmp_path: Path, conf_dir: Path) -> Iterator[Callable[..., LocalCluster]]:
+    """Make and start a local cluster; every process it started is stopped afterwards, by PID."""
+    made: list[LocalCluster] = []
+
+    def make(n_cs: int = 3, chunk_size: int = 1 << 20, name: str = "test") -> LocalCluster:
+        cluster = LocalCluster.make(tmp_path / f"cluster-{name}", name, n_mds=1, n_cs=n_cs, chunk_size=chunk_size)
+        made.append(cluster)
+        cluster.start_all()
+        cluster.wait_ready()
+        return cluster
+
+    yield make
+    for cluster in made:
+        cluster.stop_all()
+
+
+def run_cli(*args: str, stdin: bytes | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run the real `chunkfs` command in a child process."""
+    return subprocess.run(
+        [sys.executable, "-m", "chunkfs", *args],
+        input=stdin.decode() if stdin is not None else None,
+        capture_output=True, text=True, timeout=timeout, env=os.environ.copy(), check=False,
+    )

@@ -1,0 +1,107 @@
+"""The `chunkfs` command against a running cluster: results, and one-line errors that change nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+from .conftest import run_cli
+
+MiB = 1 << 20
+
+
+def _one_line_error(result) -> str:
+    assert result.returncode != 0, result
+    assert result.stderr.startswith("chunkfs: error: "), result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    return result.stderr
+
+
+def test_put_get_ls_rm_and_attributes(make_cluster, tmp_path) -> None:
+    cluster = make_cluster(n_cs=3)
+    name = cluster.name
+    src = tmp_path / "src.bin"
+    src.write_bytes(os.urandom(5 * MiB + 17))
+    assert run_cli("-c", name, "mkdir", "-p", "/a/b").returncode == 0
+    assert run_cli("-c", name, "put", str(src), "/a/b/file").returncode == 0
+    assert run_cli("-c", name, "get", "/a/b/file", str(tmp_path / "back")).returncode == 0
+    assert (tmp_path / "back").read_bytes() == src.read_bytes()
+    assert run_cli("-c", name, "ls", "/a/b").stdout.split() == ["file"]
+
+    result = run_cli("-c", name, "set-attr", "-R", "/a", "replicas=2:1")
+    assert result.returncode == 0, result.stderr
+    assert "replicas=2:1" in run_cli("-c", name, "get-attr", "/a/b/file").stdout
+    assert run_cli("-c", name, "put", str(src), "/a/new").returncode == 0
+    assert "replicas=2:1" in run_cli("-c", name, "get-attr", "/a/new").stdout
+
+    stat = json.loads(run_cli("-c", name, "stat", "--json").stdout)
+    assert {"mds", "cs", "chunks"} <= set(stat)
+    assert all({"id", "addr", "role"} <= set(m) for m in stat["mds"])
+    assert all({"id", "addr", "host", "status"} <= set(s) for s in stat["cs"])
+    local = json.loads(run_cli("local", "status", "--dir", str(cluster.dir), "--json").stdout)
+    local_ids = {(p["role"], p["id"]) for p in local["processes"]}
+    assert local_ids == {("mds", m["id"]) for m in stat["mds"]} | {("cs", s["id"]) for s in stat["cs"]}
+    assert all(p["running"] and p["pid"] for p in local["processes"])
+
+    events = json.loads(run_cli("-c", name, "get-event", "--json").stdout)
+    assert any("online" in e["message"] for e in events)
+
+    assert run_cli("-c", name, "rm", "-r", "/a").returncode == 0
+    assert run_cli("-c", name, "ls", "/").stdout.strip() == ""
+
+
+def test_bad_input_gets_a_one_line_error_and_changes_nothing(make_cluster, tmp_path) -> None:
+    cluster = make_cluster(n_cs=2)
+    name = cluster.name
+    src = tmp_path / "f"
+    src.write_bytes(b"hello")
+    assert run_cli("-c", name, "put", str(src), "/f").returncode == 0
+
+    assert "unknown cluster" in _one_line_error(run_cli("-c", "nosuch", "ls", "/"))
+    assert "no such" in _one_line_error(run_cli("-c", name, "get", "/missing", str(tmp_path / "x"))).lower()
+    assert not (tmp_path / "x").exists()
+    assert "no such local file" in _one_line_error(run_cli("-c", name, "put", str(tmp_path / "nope"), "/g"))
+    for bad in ("replicas=0", "replicas=3:4", "replicas=x", "goal=3", "replicas=99"):
+        assert "replicas" in _one_line_error(run_cli("-c", name, "set-attr", "/f", bad))
+    assert "replicas=3:2" in run_cli("-c", name, "get-attr", "/f").stdout
+    assert "no cluster given" in _one_line_error(run_cli("ls", "/"))
+    _one_line_error(run_cli("-c", name, "rm", "/"))
+    _one_line_error(run_cli("-c", name, "mkdir", "/f/sub"))
+    assert run_cli("-c", name, "get", "/f", "-").stdout == "hello"
+
+    # Below the minimum number of replicas a copy fails cleanly: the old file stays, no new one appears.
+    cluster.kill("cs", 2)
+    src.write_bytes(b"new content")
+    assert "add chunk servers" in _one_line_error(run_cli("-c", name, "put", str(src), "/f"))
+    assert "add chunk servers" in _one_line_error(run_cli("-c", name, "put", str(src), "/g"))
+    assert run_cli("-c", name, "ls", "/").stdout.split() == ["f"]
+    assert run_cli("-c", name, "get", "/f", "-").stdout == "hello"
+
+
+def test_port_in_use_and_foreign_data_directory(make_cluster, tmp_path) -> None:
+    cluster = make_cluster(n_cs=1, name="first")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        mds_dir = tmp_path / "mds-second"
+        assert run_cli("-c", "second", "make-mds", "-I", "-a", f"127.0.0.1:{port}", "-r", str(mds_dir),
+                       "--chunk-size", "1M").returncode == 0
+        err = _one_line_error(run_cli("mds", "-r", str(mds_dir), "--background"))
+        assert "address already in use" in err
+        # In the foreground the daemon's log goes to stderr too; the error is its last line.
+        result = run_cli("mds", "-r", str(mds_dir))
+        assert result.returncode != 0
+        assert result.stderr.splitlines()[-1].startswith("chunkfs: error: cannot listen on")
+
+    # A data directory of cluster "first" cannot become a chunk server of "second".
+    first_cs = cluster.find("cs", 1).dir
+    err = _one_line_error(run_cli("-c", "second", "make-cs", "-r", first_cs))
+    assert "cluster 'first'" in err
+    assert cluster.running(cluster.find("cs", 1))
+    err = _one_line_error(run_cli("-c", "second", "make-mds", "-I", "-a", "127.0.0.1:1", "-r", str(tmp_path / "z")))
+    assert "already configured" in err
+    _one_line_error(run_cli("-c", "third", "make-mds", "-I", "-a", "nohost", "-r", str(tmp_path / "y")))
+    _one_line_error(run_cli("-c", "bad name!", "make-mds", "-I", "-a", "127.0.0.1:1", "-r", str(tmp_path / "w")))
+    _one_line_error(run_cli("cs", "-r", str(tmp_path / "not-a-node")))
