@@ -29,9 +29,11 @@ COPY_DEPTH = 4
 #: Files at least this big get a progress bar (on a terminal).
 PROGRESS_MIN = 8 << 20
 
+Command = Callable[[Client, argparse.Namespace], Awaitable[int]]
+
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    def add(name: str, func: Callable[[Client, argparse.Namespace], Awaitable[int]], help_text: str) -> argparse.ArgumentParser:
+    def add(name: str, func: Command, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
         p.set_defaults(func=lambda args: run_with_client(args, func))
         return p
@@ -65,7 +67,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--limit", type=int, default=1000, help="at most this many events (default 1000)")
 
 
-def run_with_client(args: argparse.Namespace, func: Callable[[Client, argparse.Namespace], Awaitable[int]]) -> int:
+def run_with_client(args: argparse.Namespace, func: Command) -> int:
     config = load_client_config(need_cluster(args))
 
     async def main() -> int:
@@ -95,7 +97,7 @@ async def cmd_put(client: Client, args: argparse.Namespace) -> int:
         if not args.local.is_file():
             raise NotFound(f"{args.local}: no such local file")
         total = args.local.stat().st_size
-        source = open(args.local, "rb")  # noqa: SIM115 - closed below
+        source = open(args.local, "rb")  # noqa: ASYNC230 - opening is instant; reads go to a thread
     else:
         total = 0
     started = time.monotonic()
@@ -146,7 +148,7 @@ async def cmd_get(client: Client, args: argparse.Namespace) -> int:
     to_stdout = str(args.local) == "-"
     started = time.monotonic()
     size, block = attr["size"], MAX_IO_SIZE
-    out = sys.stdout.buffer if to_stdout else open(args.local, "wb")  # noqa: SIM115 - closed below
+    out = sys.stdout.buffer if to_stdout else open(args.local, "wb")  # noqa: ASYNC230 - writes go to a thread
     try:
         with _progress(size) as progress:
             task = progress.add_task(f"get {args.path}", total=size)
@@ -236,7 +238,9 @@ _REPLICAS_RE = re.compile(r"replicas=(\d+)(?::(\d+))?")
 def parse_replicas(text: str) -> tuple[int, int]:
     match = _REPLICAS_RE.fullmatch(text.strip())
     if not match:
-        raise InvalidArgument(f"bad attribute {text!r}: expected replicas=N or replicas=N:MIN, for example replicas=3:2")
+        raise InvalidArgument(
+            f"bad attribute {text!r}: expected replicas=N or replicas=N:MIN, for example replicas=3:2"
+        )
     n = int(match.group(1))
     minimum = int(match.group(2)) if match.group(2) else max(1, min(n, n // 2 + 1))
     if not 1 <= minimum <= n <= 16:

@@ -64,7 +64,8 @@ def cmd_local_up(args: argparse.Namespace) -> int:
     else:
         directory.mkdir(parents=True, exist_ok=True)
         cluster = LocalCluster.make(directory, args.name, args.mds, args.cs, args.chunk_size)
-        print(f"made cluster {cluster.name!r} in {directory}; client configuration in {conf_dir()}/clusters/{args.name}")
+        print(f"made cluster {cluster.name!r} in {directory}; "
+              f"client configuration in {conf_dir()}/clusters/{args.name}")
     try:
         cluster.start_all()
         stat = cluster.wait_ready()

@@ -53,7 +53,9 @@ def make_mds(cluster: str, directory: Path, addr: str, chunk_size: int, init: bo
     check_chunk_size(chunk_size)
     parse_addr(addr)
     if not init:
-        raise ConfigError("joining an MDS to a running cluster needs Raft (not yet available): use -I for a new cluster")
+        raise ConfigError(
+            "joining an MDS to a running cluster needs Raft (not yet available): use -I for a new cluster"
+        )
     if (cluster_conf_path(cluster) / "cluster.json").exists():
         raise ConfigError(
             f"cluster {cluster!r} is already configured in {cluster_conf_path(cluster)}; "

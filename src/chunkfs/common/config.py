@@ -31,7 +31,7 @@ SECRET_BYTES = 32
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 NODE_FILE = "node.json"
-SECRET_FILE = "secret"
+SECRET_FILE = "secret"  # noqa: S105 - a file name, not a secret
 
 
 def conf_dir() -> Path:
@@ -97,7 +97,9 @@ def _require(data: dict[str, Any], key: str, kind: type, where: Path) -> Any:
 def load_node(directory: Path) -> tuple[NodeConfig, bytes]:
     path = directory / NODE_FILE
     if not path.exists():
-        raise ConfigError(f"{directory} is not a ChunkFS node directory (no {NODE_FILE}): create it with make-mds or make-cs")
+        raise ConfigError(
+            f"{directory} is not a ChunkFS node directory (no {NODE_FILE}): create it with make-mds or make-cs"
+        )
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:

@@ -83,7 +83,9 @@ class MetadataServer:
             "MDS#%d of cluster %r serving on %s (term %d)",
             self.node.node_id, self.node.cluster.name, self.node.addr, self.log.term,
         )
-        await self._event("info", f"MDS#{self.node.node_id} started as master on {self.node.addr}, term {self.log.term}")
+        await self._event(
+            "info", f"MDS#{self.node.node_id} started as master on {self.node.addr}, term {self.log.term}"
+        )
 
     async def stop(self) -> None:
         await self.rpc.close()

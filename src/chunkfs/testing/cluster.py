@@ -45,7 +45,9 @@ class LocalCluster:
     # -- making ---------------------------------------------------------------
 
     @classmethod
-    def make(cls, directory: Path, name: str, n_mds: int = 1, n_cs: int = 3, chunk_size: int = 256 << 20) -> LocalCluster:
+    def make(
+        cls, directory: Path, name: str, n_mds: int = 1, n_cs: int = 3, chunk_size: int = 256 << 20
+    ) -> LocalCluster:
         if n_mds != 1:
             raise ConfigError("only one MDS per cluster until Raft lands: use --mds 1")
         if not 1 <= n_cs <= 64:
@@ -77,7 +79,9 @@ class LocalCluster:
         try:
             data = json.loads((directory / STATE_FILE).read_text())
         except FileNotFoundError:
-            raise ConfigError(f"{directory} holds no local cluster (no {STATE_FILE}): create one with `local up`") from None
+            raise ConfigError(
+                f"{directory} holds no local cluster (no {STATE_FILE}): create one with `local up`"
+            ) from None
         cluster = cls(directory, data["name"])
         cluster.processes = [Process(**p) for p in data["processes"]]
         return cluster

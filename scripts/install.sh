@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs everything ChunkFS needs on a Debian machine: system packages and a
+# Python virtual environment (.venv) with the project and its pinned
+# dependencies. Safe to run again: it only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# fuse3 and libfuse3-dev: the mount; fio, sqlite3, qemu-utils: the tools the
+# mount tests and benchmarks drive; pkg-config: building pyfuse3.
+DEBIAN_PACKAGES=(fuse3 libfuse3-dev pkg-config fio sqlite3 qemu-utils)
+
+missing=()
+for pkg in "${DEBIAN_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+  echo "installing Debian packages: ${missing[*]}" >&2
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+stamp=.venv/.chunkfs-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  echo "installing Python packages into .venv" >&2
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+  touch "$stamp"
+fi
