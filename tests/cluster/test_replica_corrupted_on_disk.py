@@ -1,0 +1,48 @@
+"""Bytes flipped inside a replica file: the read is served from a good replica, and the bad one is reported."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from chunkfs.common.errors import ChecksumMismatch
+from chunkfs.protocol.messages import Msg
+
+MiB = 1 << 20
+
+
+def test_corrupt_replica_is_detected_and_skipped(make_cluster) -> None:
+    cluster = make_cluster(n_cs=3)
+    data = os.urandom(MiB)
+    with cluster.client() as c:
+        f = c.open("/victim", create=True)
+        c.run(f.write(0, data))
+        c.run(f.fsync())
+        m = c.run(c.client.mds.call(Msg.CHUNK_READ, {"ino": f.ino, "index": 0}))
+        chunk_id, version = m["chunk_id"], m["version"]
+        # Corrupt the replica on every server but one, in the middle of the data.
+        name = f"{chunk_id:016x}_{version:016x}.chunk"
+        files = sorted(Path(cluster.dir).glob(f"cs*/data/chunks/*/{name}"))
+        assert len(files) == 3
+        for path in files[:2]:
+            with open(path, "r+b") as fh:
+                fh.seek(os.path.getsize(path) - MiB // 2)
+                original = fh.read(16)
+                fh.seek(-16, os.SEEK_CUR)
+                fh.write(bytes(b ^ 0xFF for b in original))
+        for _ in range(5):  # whichever replica the client picks first, it gets the right bytes
+            assert c.read(f.ino, 0, MiB) == data
+            c.client.io.forget(f.ino)
+        # The two corrupt replicas refuse to serve the damaged block; the good one serves it.
+        outcomes = []
+        for _, addr in m["replicas"]:
+            conn = c.run(c.client.io.server(addr))
+            try:
+                _, payload = c.run(conn.call(Msg.CS_READ, {
+                    "chunk_id": chunk_id, "version": version, "offset": MiB // 2, "length": 4096}))
+                outcomes.append(payload == data[MiB // 2:MiB // 2 + 4096])
+            except ChecksumMismatch:
+                outcomes.append("checksum")
+        assert sorted(outcomes, key=str) == ["checksum", "checksum", True]
+        events = " ".join(e["message"] for e in c.events())
+        assert "bad replica" in events
