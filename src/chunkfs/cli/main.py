@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     local.add_local_parser(sub)
     files.add_parsers(sub)
+    from chunkfs.cli import mount as mount_cli  # mount, umount
+
+    mount_cli.add_parser(sub)
     return parser
 
 

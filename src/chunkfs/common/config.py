@@ -19,7 +19,7 @@ from typing import Any
 
 from chunkfs.common.addr import parse_addr
 from chunkfs.common.durable import write_file_durably
-from chunkfs.common.errors import ConfigError
+from chunkfs.common.errors import ConfigError, InvalidArgument
 
 DEFAULT_CONF_DIR = "/etc/chunkfs"
 DEFAULT_CHUNK_SIZE = 256 << 20
@@ -39,7 +39,7 @@ def conf_dir() -> Path:
 
 
 def check_cluster_name(name: str) -> str:
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):
         raise ConfigError(
             f"bad cluster name {name!r}: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit"
         )
@@ -94,6 +94,14 @@ def _require(data: dict[str, Any], key: str, kind: type, where: Path) -> Any:
     return value
 
 
+def _check_addr(value: str, option: str, where: Path) -> str:
+    try:
+        parse_addr(value)
+    except InvalidArgument as exc:
+        raise ConfigError(f"{where}: option {option!r}: {exc}") from None
+    return value
+
+
 def load_node(directory: Path) -> tuple[NodeConfig, bytes]:
     path = directory / NODE_FILE
     if not path.exists():
@@ -115,17 +123,23 @@ def load_node(directory: Path) -> tuple[NodeConfig, bytes]:
     role = _require(data, "role", str, path)
     if role not in ("mds", "cs"):
         raise ConfigError(f"{path}: option 'role' must be 'mds' or 'cs'")
-    addr = _require(data, "addr", str, path)
-    parse_addr(addr)
+    addr = _check_addr(_require(data, "addr", str, path), "addr", path)
     interval = data.get("heartbeat_interval", 1.0)
     if not isinstance(interval, int | float) or not 0.05 <= interval <= 60:
         raise ConfigError(f"{path}: option 'heartbeat_interval' must be a number of seconds in 0.05-60")
-    mds = tuple(data.get("mds", []))
-    for a in mds:
-        parse_addr(a)
+    mds_list = data.get("mds", [])
+    if not isinstance(mds_list, list) or not all(isinstance(a, str) for a in mds_list):
+        raise ConfigError(f"{path}: option 'mds' must be a list of HOST:PORT addresses")
+    mds = tuple(_check_addr(a, "mds", path) for a in mds_list)
+    node_id = data.get("node_id", 0)
+    if not isinstance(node_id, int) or isinstance(node_id, bool) or node_id < 0:
+        raise ConfigError(f"{path}: option 'node_id' must be a non-negative integer")
+    host = data.get("host", "")
+    if not isinstance(host, str):
+        raise ConfigError(f"{path}: option 'host' must be a string")
     node = NodeConfig(
-        role=role, cluster=cluster, addr=addr, node_id=int(data.get("node_id", 0)),
-        host=str(data.get("host", "")), mds=mds, heartbeat_interval=float(interval),
+        role=role, cluster=cluster, addr=addr, node_id=node_id, host=host, mds=mds,
+        heartbeat_interval=float(interval),
     )
     return node, read_secret(directory / SECRET_FILE)
 
@@ -190,7 +204,7 @@ def load_client_config(name: str) -> ClientConfig:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"{path}: broken client configuration: {exc}") from None
     for a in mds:
-        parse_addr(a)
+        _check_addr(a, "mds.list", path)
     if not mds:
         raise ConfigError(f"{path}/mds.list lists no metadata server")
     return ClientConfig(cluster, mds, read_secret(path / SECRET_FILE))

@@ -19,7 +19,7 @@ class ChunkFSError(Exception):
     code: ClassVar[str] = "internal"
     errno: ClassVar[int] = _errno.EIO
 
-    def __init__(self, message: str = "", **context: object) -> None:
+    def __init__(self, message: str = "", /, **context: object) -> None:
         super().__init__(message or self.__class__.__doc__ or self.code)
         self.message = message or (self.__class__.__doc__ or self.code).strip()
         self.context = context
@@ -157,6 +157,6 @@ _BY_CODE: dict[str, type[ChunkFSError]] = {
 }
 
 
-def error_from_code(code: str, message: str, **context: object) -> ChunkFSError:
+def error_from_code(code: str, message: str, /, **context: object) -> ChunkFSError:
     """Rebuild an error received in an error frame."""
     return _BY_CODE.get(code, InternalError)(message, **context)

@@ -24,6 +24,7 @@ import msgpack
 
 from chunkfs.common.checksum import crc32c
 from chunkfs.common.durable import write_file_durably
+from chunkfs.common.errors import ChunkFSError
 from chunkfs.mds.replicated_log import ApplyFn
 
 logger = logging.getLogger(__name__)
@@ -44,6 +45,8 @@ class LocalLog:
         self._queue: asyncio.Queue[tuple[bytes, asyncio.Future[Any]]] = asyncio.Queue(maxsize=4096)
         self._writer: asyncio.Task[None] | None = None
         self._fd = -1
+        #: Where intact data in the journal ends.
+        self._end = 0
 
     @property
     def term(self) -> int:
@@ -80,12 +83,17 @@ class LocalLog:
             os.ftruncate(self._fd, good_end)
             os.fsync(self._fd)
         os.lseek(self._fd, good_end, os.SEEK_SET)
+        self._end = good_end
         replayed = 0
         for index, term, data in entries:
             self._index = index
             if index > applied_index:
-                apply(index, term, data)
                 replayed += 1
+                try:
+                    apply(index, term, data)
+                except ChunkFSError:
+                    pass  # it failed the first time too: errors are deterministic results
+
         logger.info("journal: term %d, %d entries, %d re-applied after restart", self._term, self._index, replayed)
         self._writer = asyncio.get_running_loop().create_task(self._write_loop())
 
@@ -108,10 +116,23 @@ class LocalLog:
             for offset, (command, _) in enumerate(batch):
                 body = msgpack.packb((first + offset, self._term, command), use_bin_type=True)
                 records.append(_RECORD.pack(len(body), crc32c(body)) + body)
+            data = b"".join(records)
             try:
-                await asyncio.to_thread(_append, self._fd, b"".join(records))
+                await asyncio.to_thread(_append, self._fd, data)
+                self._end += len(data)
             except OSError as exc:
+                # Cut what part of the batch reached the file, or the next batch would
+                # be written after a torn record and be lost at the next start.
                 logger.error("journal: append failed: %s; refusing the batch", exc)
+                try:
+                    os.ftruncate(self._fd, self._end)
+                    os.lseek(self._fd, self._end, os.SEEK_SET)
+                except OSError as cut_exc:
+                    logger.critical("journal: cannot cut the failed append (%s); stopping the journal", cut_exc)
+                    for _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(exc)
+                    raise
                 for _, fut in batch:
                     if not fut.done():
                         fut.set_exception(exc)

@@ -162,6 +162,9 @@ class MetadataStore:
         op = command.pop("op")
         handler = getattr(self, f"_op_{op}", None)
         if handler is None:
+            # A command from a newer version: skip it, deterministically, like any failed command.
+            with self._tx():
+                self._set_meta("applied_index", index)
             raise InvalidArgument(f"unknown metadata command {op!r}")
         self.db.execute("BEGIN IMMEDIATE")
         try:

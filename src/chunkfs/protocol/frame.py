@@ -84,6 +84,6 @@ def decode_header(data: bytes) -> dict[str, Any]:
         )
     except Exception as exc:  # noqa: BLE001 - msgpack raises many types on garbage
         raise ProtocolError(f"undecodable message header: {exc.__class__.__name__}") from None
-    if not isinstance(value, dict):
-        raise ProtocolError("message header is not a map")
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise ProtocolError("message header is not a map with string keys")
     return value

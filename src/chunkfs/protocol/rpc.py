@@ -19,9 +19,10 @@ import hmac
 import itertools
 import logging
 import os
-from collections.abc import Awaitable, Callable
+import socket
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from chunkfs.common.addr import parse_addr
 from chunkfs.common.errors import (
@@ -36,6 +37,7 @@ from chunkfs.common.errors import (
 from chunkfs.protocol.frame import (
     MAX_PAYLOAD_LEN,
     PREFIX_SIZE,
+    FramePrefix,
     Kind,
     decode_header,
     encode_header,
@@ -53,10 +55,16 @@ HANDSHAKE_TIMEOUT = 5.0
 #: Requests served at once on one connection; more wait in the socket buffer.
 MAX_CONCURRENT_REQUESTS = 64
 NONCE_SIZE = 32
+#: Prefixes and headers are received into a buffer of this size (grown for a big header).
+SCRATCH_SIZE = 256 << 10
+SOCKET_BUFFER = 4 << 20
+#: Above this much unsent data, senders wait (`_drain`).
+WRITE_BUFFER_HIGH = 16 << 20
 
 Payload = bytes | bytearray | memoryview
 Reply = tuple[dict[str, Any], Payload]
-Handler = Callable[["Connection", Msg, dict[str, Any], bytes], Awaitable[Reply]]
+Handler = Callable[["Connection", Msg, dict[str, Any], Payload], Awaitable[Reply]]
+Frame = tuple[Kind, int, int, dict[str, Any], Payload]
 
 
 @dataclass(slots=True)
@@ -73,32 +81,174 @@ def _proof(secret: bytes, label: bytes, cluster: str, first: bytes, second: byte
     return hmac.new(secret, label + cluster.encode() + first + second, hashlib.sha256).digest()
 
 
-class Connection:
-    """One authenticated TCP connection carrying pipelined requests both ways."""
+class Connection(asyncio.BufferedProtocol):
+    """One authenticated TCP connection carrying pipelined requests both ways.
+
+    It is an `asyncio.BufferedProtocol`: the event loop receives straight into
+    buffers this class hands out.  Prefixes and headers land in a scratch
+    buffer and are parsed in place; a large payload gets a buffer of exactly
+    its size (allocated only after its length passed the limit check) and the
+    socket fills it directly — no stream buffer, no copy per frame.
+    """
 
     def __init__(
         self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
         *,
         handler: Handler | None = None,
         peer_name: str = "?",
         max_payload: int = MAX_PAYLOAD_LEN,
+        on_connect: Callable[[Connection], Awaitable[None]] | None = None,
     ) -> None:
-        self.reader = reader
-        self.writer = writer
         self.handler = handler
         self.peer_name = peer_name
         self.peer_role = "?"
         self.max_payload = max_payload
+        self.transport: asyncio.Transport | None = None
+        self._on_connect = on_connect
         self._ids = itertools.count(1)
-        self._pending: dict[int, asyncio.Future[tuple[Kind, dict[str, Any], bytes]]] = {}
-        self._slots = asyncio.Semaphore(MAX_CONCURRENT_REQUESTS)
+        self._pending: dict[int, asyncio.Future[tuple[Kind, dict[str, Any], Payload]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._reader_task: asyncio.Task[None] | None = None
         self._closed = asyncio.Event()
+        self._can_write = asyncio.Event()
+        self._can_write.set()
+        # Receive state.
+        self._scratch = bytearray(SCRATCH_SIZE)
+        self._start = 0
+        self._end = 0
+        self._payload: bytearray | None = None
+        self._payload_pos = 0
+        self._payload_frame: tuple[FramePrefix, dict[str, Any]] | None = None
+        # Before `start()`, frames go to the handshake queue; after, to handlers and waiters.
+        self._started = False
+        self._handshake_frames: asyncio.Queue[Frame | BaseException] = asyncio.Queue()
+        self._serving = 0
+        self._reading_paused = False
+        self._eof = False
         #: Set by owners that attach state to a connection (e.g. the CS id).
         self.tag: Any = None
+
+    @property
+    def writer(self) -> asyncio.Transport:
+        assert self.transport is not None
+        return self.transport
+
+    # -- asyncio protocol callbacks ------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport; they implement it.
+        self.transport = cast(asyncio.Transport, transport)
+        if self._on_connect is not None:
+            self._spawn(self._on_connect(self))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.close()
+
+    def pause_writing(self) -> None:
+        self._can_write.clear()
+
+    def resume_writing(self) -> None:
+        self._can_write.set()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self._payload is not None:
+            return memoryview(self._payload)[self._payload_pos:]
+        if self._end == len(self._scratch):
+            self._compact()
+        return memoryview(self._scratch)[self._end:]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        try:
+            if self._payload is not None:
+                self._payload_pos += nbytes
+                if self._payload_pos < len(self._payload):
+                    return
+                assert self._payload_frame is not None
+                prefix, header = self._payload_frame
+                payload, self._payload, self._payload_frame = self._payload, None, None
+                self._deliver((prefix.kind, prefix.type, prefix.request_id, header, payload))
+            else:
+                self._end += nbytes
+            self._parse()
+        except ProtocolError as exc:
+            self._fail(exc)
+
+    def eof_received(self) -> bool | None:
+        """The peer finished sending: answer what it asked, then close (a half-close)."""
+        self._eof = True
+        self._handshake_frames.put_nowait(Unavailable(f"{self.peer_name} closed the connection"))
+        if self._started and self._serving == 0:
+            self.close()
+        return True
+
+    # -- parsing ---------------------------------------------------------------
+
+    def _compact(self) -> None:
+        """Move unparsed bytes to the front of the scratch buffer; grow it for a big header."""
+        pending = self._end - self._start
+        if self._start:
+            self._scratch[:pending] = self._scratch[self._start:self._end]
+            self._start, self._end = 0, pending
+        if self._end == len(self._scratch):
+            self._scratch.extend(bytes(len(self._scratch)))
+
+    def _parse(self) -> None:
+        scratch = self._scratch
+        while not self._reading_paused and self._payload is None:
+            available = self._end - self._start
+            if available < PREFIX_SIZE:
+                break
+            prefix = unpack_prefix(bytes(scratch[self._start:self._start + PREFIX_SIZE]), self.max_payload)
+            frame_head = PREFIX_SIZE + prefix.header_len
+            if available < frame_head:
+                if frame_head > len(scratch):
+                    self._compact()
+                    scratch = self._scratch
+                break
+            header = decode_header(bytes(scratch[self._start + PREFIX_SIZE:self._start + frame_head]))
+            self._start += frame_head
+            size = prefix.payload_len
+            have = min(self._end - self._start, size)
+            if have == size:
+                payload = bytes(scratch[self._start:self._start + size]) if size else b""
+                self._start += size
+                self._deliver((prefix.kind, prefix.type, prefix.request_id, header, payload))
+                continue
+            # A large payload: the socket reads the rest straight into its own buffer.
+            self._payload = bytearray(size)
+            self._payload[:have] = scratch[self._start:self._end]
+            self._payload_pos = have
+            self._payload_frame = (prefix, header)
+            self._start = self._end = 0
+        if self._start == self._end:
+            self._start = self._end = 0
+
+    def _deliver(self, frame: Frame) -> None:
+        if not self._started:
+            self._handshake_frames.put_nowait(frame)
+            return
+        kind, mtype, rid, header, payload = frame
+        if kind == Kind.REQUEST:
+            self._serving += 1
+            if self._serving >= MAX_CONCURRENT_REQUESTS and not self._reading_paused:
+                self._reading_paused = True
+                self.writer.pause_reading()
+            self._spawn(self._serve(mtype, rid, header, payload))
+        else:
+            fut = self._pending.get(rid)
+            if fut is not None and not fut.done():
+                fut.set_result((kind, header, payload))
+
+    def _fail(self, exc: ProtocolError) -> None:
+        logger.warning("closing connection from %s: %s", self.peer_name, exc)
+        with contextlib.suppress(Exception):
+            self._send(Kind.ERROR, 0, 0, {"code": exc.code, "message": str(exc)})
+        self._handshake_frames.put_nowait(exc)
+        self.close()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # -- sending -------------------------------------------------------------
 
@@ -107,6 +257,12 @@ class Connection:
         self.writer.write(pack_prefix(kind, mtype, rid, len(hdr), len(payload)) + hdr)
         if payload:
             self.writer.write(payload)
+
+    async def _drain(self, timeout: float) -> None:
+        if not self._can_write.is_set():
+            await asyncio.wait_for(self._can_write.wait(), timeout)
+        if self._closed.is_set():
+            raise ConnectionResetError("connection closed")
 
     async def call(
         self,
@@ -119,11 +275,11 @@ class Connection:
         if self._closed.is_set():
             raise Unavailable(f"connection to {self.peer_name} is closed")
         rid = next(self._ids)
-        fut: asyncio.Future[tuple[Kind, dict[str, Any], bytes]] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[tuple[Kind, dict[str, Any], Payload]] = asyncio.get_running_loop().create_future()
         self._pending[rid] = fut
         try:
             self._send(Kind.REQUEST, mtype, rid, header, payload)
-            await asyncio.wait_for(self.writer.drain(), timeout)
+            await self._drain(timeout)
             kind, rheader, rpayload = await asyncio.wait_for(fut, timeout)
         except TimeoutError:
             raise Timeout(f"{mtype.name} to {self.peer_name} timed out after {timeout:g}s") from None
@@ -137,41 +293,23 @@ class Connection:
         validate_response(mtype, rheader)
         return rheader, rpayload
 
-    # -- receiving -----------------------------------------------------------
+    # -- serving -------------------------------------------------------------
 
-    async def _read_frame(self) -> tuple[Kind, int, int, dict[str, Any], bytes]:
-        prefix = unpack_prefix(await self.reader.readexactly(PREFIX_SIZE), self.max_payload)
-        header = decode_header(await self.reader.readexactly(prefix.header_len))
-        payload = await self.reader.readexactly(prefix.payload_len) if prefix.payload_len else b""
-        return prefix.kind, prefix.type, prefix.request_id, header, payload
+    async def _next_handshake_frame(self) -> Frame:
+        item = await asyncio.wait_for(self._handshake_frames.get(), HANDSHAKE_TIMEOUT)
+        if isinstance(item, BaseException):
+            raise item
+        return item
 
     def start(self) -> None:
-        """Start reading frames in the background (after the handshake)."""
-        self._reader_task = asyncio.get_running_loop().create_task(self._read_loop())
+        """Serve requests and match responses (after the handshake)."""
+        self._started = True
+        while not self._handshake_frames.empty():
+            item = self._handshake_frames.get_nowait()
+            if not isinstance(item, BaseException):
+                self._deliver(item)
 
-    async def _read_loop(self) -> None:
-        try:
-            while True:
-                kind, mtype, rid, header, payload = await self._read_frame()
-                if kind == Kind.REQUEST:
-                    await self._slots.acquire()
-                    task = asyncio.get_running_loop().create_task(self._serve(mtype, rid, header, payload))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
-                else:
-                    fut = self._pending.get(rid)
-                    if fut is not None and not fut.done():
-                        fut.set_result((kind, header, payload))
-        except ProtocolError as exc:
-            logger.warning("closing connection from %s: %s", self.peer_name, exc)
-            with contextlib.suppress(Exception):
-                self._send(Kind.ERROR, 0, 0, {"code": exc.code, "message": str(exc)})
-        except (asyncio.IncompleteReadError, ConnectionError, OSError):
-            pass
-        finally:
-            self.close()
-
-    async def _serve(self, mtype: int, rid: int, header: dict[str, Any], payload: bytes) -> None:
+    async def _serve(self, mtype: int, rid: int, header: dict[str, Any], payload: Payload) -> None:
         try:
             try:
                 msg = validate_request(mtype, header, len(payload))
@@ -179,16 +317,33 @@ class Connection:
                     raise ProtocolError(f"{msg.name}: this peer accepts no requests")
                 rheader, rpayload = await self.handler(self, msg, header, payload)
                 self._send(Kind.RESPONSE, mtype, rid, rheader, rpayload)
+            except ProtocolError as exc:
+                # A malformed request: answer it, then close (invariant 4).
+                logger.warning("closing connection from %s: %s", self.peer_name, exc)
+                self._send(Kind.ERROR, mtype, rid, _error_header(exc))
+                self._eof = True
             except ChunkFSError as exc:
                 self._send(Kind.ERROR, mtype, rid, _error_header(exc))
             except Exception as exc:  # noqa: BLE001 - a bug must not kill the server
                 logger.exception("request %s from %s failed", mtype, self.peer_name)
                 self._send(Kind.ERROR, mtype, rid, _error_header(InternalError(f"internal error: {exc}")))
-            await self.writer.drain()
-        except (ConnectionError, OSError):
+            await self._drain(CALL_TIMEOUT)
+        except (ConnectionError, OSError, TimeoutError, AssertionError):
             self.close()
         finally:
-            self._slots.release()
+            self._serving -= 1
+            if self._eof and self._serving == 0:
+                self.close()
+            if self._reading_paused and self._serving < MAX_CONCURRENT_REQUESTS // 2 and not self.closed:
+                self._reading_paused = False
+                self.writer.resume_reading()
+                self._parse_safely()
+
+    def _parse_safely(self) -> None:
+        try:
+            self._parse()
+        except ProtocolError as exc:
+            self._fail(exc)
 
     # -- life cycle ----------------------------------------------------------
 
@@ -203,13 +358,14 @@ class Connection:
         if self._closed.is_set():
             return
         self._closed.set()
+        self._can_write.set()
         for fut in self._pending.values():
             if not fut.done():
                 fut.set_exception(Unavailable(f"connection to {self.peer_name} closed"))
         self._pending.clear()
-        self.writer.close()
-        if self._reader_task is not None and self._reader_task is not asyncio.current_task():
-            self._reader_task.cancel()
+        self._handshake_frames.put_nowait(Unavailable(f"connection to {self.peer_name} closed"))
+        if self.transport is not None:
+            self.transport.close()
 
 
 def _error_header(exc: ChunkFSError) -> dict[str, Any]:
@@ -234,7 +390,7 @@ async def client_handshake(conn: Connection, creds: Credentials) -> None:
     nonce = os.urandom(NONCE_SIZE)
     hello = {"cluster": creds.cluster, "nonce": nonce, "role": creds.role, "node": creds.node}
     conn._send(Kind.REQUEST, Msg.HELLO, 0, hello)
-    kind, mtype, _, header, _ = await asyncio.wait_for(conn._read_frame(), HANDSHAKE_TIMEOUT)
+    kind, mtype, _, header, _ = await conn._next_handshake_frame()
     if kind == Kind.ERROR:
         raise _error_from_header(header)
     validate_response(Msg.HELLO, header)
@@ -247,7 +403,7 @@ async def client_handshake(conn: Connection, creds: Credentials) -> None:
         )
     proof = _proof(creds.secret, b"client", creds.cluster, server_nonce, nonce)
     conn._send(Kind.REQUEST, Msg.PROOF, 0, {"proof": proof})
-    kind, _, _, header, _ = await asyncio.wait_for(conn._read_frame(), HANDSHAKE_TIMEOUT)
+    kind, _, _, header, _ = await conn._next_handshake_frame()
     if kind == Kind.ERROR:
         raise _error_from_header(header)
 
@@ -255,10 +411,10 @@ async def client_handshake(conn: Connection, creds: Credentials) -> None:
 async def server_handshake(conn: Connection, creds: Credentials) -> None:
     """Check that the connecting peer knows the secret; refuse it otherwise."""
     try:
-        kind, mtype, _, header, _ = await asyncio.wait_for(conn._read_frame(), HANDSHAKE_TIMEOUT)
+        kind, mtype, _, header, payload = await conn._next_handshake_frame()
         if kind != Kind.REQUEST or mtype != Msg.HELLO:
             raise AuthenticationFailed("the first message must be HELLO: authenticate first")
-        validate_request(Msg.HELLO, header, 0)
+        validate_request(Msg.HELLO, header, len(payload))
         if header["cluster"] != creds.cluster:
             raise AuthenticationFailed(f"this node belongs to cluster {creds.cluster!r}, not {header['cluster']!r}")
         client_nonce: bytes = header["nonce"]
@@ -269,23 +425,21 @@ async def server_handshake(conn: Connection, creds: Credentials) -> None:
         nonce = os.urandom(NONCE_SIZE)
         proof = _proof(creds.secret, b"server", creds.cluster, client_nonce, nonce)
         conn._send(Kind.RESPONSE, Msg.HELLO, 0, {"nonce": nonce, "proof": proof})
-        kind, mtype, _, header, _ = await asyncio.wait_for(conn._read_frame(), HANDSHAKE_TIMEOUT)
+        kind, mtype, _, header, payload = await conn._next_handshake_frame()
         if kind != Kind.REQUEST or mtype != Msg.PROOF:
             raise AuthenticationFailed("expected PROOF after HELLO")
-        validate_request(Msg.PROOF, header, 0)
+        validate_request(Msg.PROOF, header, len(payload))
         expected = _proof(creds.secret, b"client", creds.cluster, nonce, client_nonce)
         if not hmac.compare_digest(expected, header["proof"]):
             raise AuthenticationFailed("wrong cluster secret")
         conn._send(Kind.RESPONSE, Msg.PROOF, 0, {})
-        await conn.writer.drain()
     except TimeoutError:
         raise AuthenticationFailed("handshake timed out") from None
-    except asyncio.IncompleteReadError:
-        raise ProtocolError("connection closed during the handshake") from None
+    except Unavailable:
+        raise  # the peer is gone: nobody to tell
     except ChunkFSError as exc:
         with contextlib.suppress(Exception):
             conn._send(Kind.ERROR, 0, 0, _error_header(exc))
-            await asyncio.wait_for(conn.writer.drain(), 1.0)
         raise
 
 
@@ -299,21 +453,24 @@ async def connect(
 ) -> Connection:
     """Open, authenticate and start a connection to ``HOST:PORT``."""
     host, port = parse_addr(addr)
+    loop = asyncio.get_running_loop()
+
+    def factory() -> Connection:
+        return Connection(handler=handler, peer_name=addr, max_payload=max_payload)
+
     try:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(host, port, limit=max_payload + 1024), timeout
-        )
+        _, conn = await asyncio.wait_for(loop.create_connection(factory, host, port), timeout)
     except TimeoutError:
         raise Timeout(f"connecting to {addr} timed out after {timeout:g}s") from None
     except OSError as exc:
         raise Unavailable(f"cannot connect to {addr}: {exc.strerror or exc}") from None
-    conn = Connection(reader, writer, handler=handler, peer_name=addr, max_payload=max_payload)
+    _tune_socket(conn)
     try:
         await client_handshake(conn, creds)
     except TimeoutError:
         conn.close()
         raise Timeout(f"handshake with {addr} timed out") from None
-    except (asyncio.IncompleteReadError, ConnectionError, OSError):
+    except Unavailable:
         conn.close()
         raise Unavailable(f"{addr} closed the connection during the handshake") from None
     except BaseException:
@@ -321,6 +478,18 @@ async def connect(
         raise
     conn.start()
     return conn
+
+
+def _tune_socket(conn: Connection) -> None:
+    """No Nagle delay for small requests; roomy buffers for chunk data."""
+    sock = conn.writer.get_extra_info("socket")
+    if sock is None:
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
+    conn.writer.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
 
 
 class RpcServer:
@@ -344,8 +513,12 @@ class RpcServer:
     async def listen(self, addr: str, start_serving: bool = True) -> None:
         """Bind `addr`; with `start_serving` False, accept only after `start_serving()`."""
         host, port = parse_addr(addr)
-        self._server = await asyncio.start_server(
-            self._accept, host, port, limit=self.max_payload + 1024, start_serving=start_serving
+
+        def factory() -> Connection:
+            return Connection(handler=self.handler, max_payload=self.max_payload, on_connect=self._accept)
+
+        self._server = await asyncio.get_running_loop().create_server(
+            factory, host, port, start_serving=start_serving
         )
 
     async def start_serving(self) -> None:
@@ -357,10 +530,11 @@ class RpcServer:
         assert self._server is not None
         return int(self._server.sockets[0].getsockname()[1])
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")
-        name = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        conn = Connection(reader, writer, handler=self.handler, peer_name=name, max_payload=self.max_payload)
+    async def _accept(self, conn: Connection) -> None:
+        peer = conn.writer.get_extra_info("peername")
+        conn.peer_name = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        name = conn.peer_name
+        _tune_socket(conn)
         try:
             await server_handshake(conn, self.creds)
         except ChunkFSError as exc:

@@ -1,0 +1,82 @@
+"""`chunkfs mount` and `chunkfs umount`: the cluster as a FUSE file system."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+from chunkfs.cli.local import need_cluster
+from chunkfs.common.config import load_client_config
+from chunkfs.common.daemon import LOG_FILE, start_background
+from chunkfs.common.errors import ConfigError
+
+MOUNT_HELP = """\
+options (-o, comma-separated, may repeat):
+  attr_timeout=S, entry_timeout=S  kernel attribute / entry cache, seconds (default 1)
+  direct_io                        no page cache for any file (O_DIRECT opens never use it)
+  readahead_kb=N                   kernel read-ahead, KiB (default 4096; 0 keeps the kernel's)
+  max_tasks=N                      requests served at once (default 64)
+  anything else                    passed to FUSE, e.g. allow_other, ro
+"""
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "mount", help="mount the cluster as a file system (FUSE)", epilog=MOUNT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Mount cluster NAME on MOUNTPOINT. In the foreground by default (logs on stderr, "
+        "Ctrl-C unmounts); with --background, return once the mount is ready.",
+    )
+    p.add_argument("mountpoint", type=Path, help="an existing directory")
+    p.add_argument("-o", dest="options", action="append", default=[], metavar="OPTIONS",
+                   help="mount options (see below)")
+    p.add_argument("--background", action="store_true", help="detach; return once mounted")
+    p.set_defaults(func=cmd_mount)
+    p = sub.add_parser("umount", help="unmount a ChunkFS mount and wait for its process to exit",
+                       description="Unmount MOUNTPOINT (fusermount3 -u) and wait until its mount process exits.")
+    p.add_argument("mountpoint", type=Path)
+    p.add_argument("-z", "--lazy", action="store_true", help="detach now even if files are open")
+    p.set_defaults(func=cmd_umount)
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    from chunkfs.client.fuse_ops import parse_options
+    from chunkfs.client.fuse_session import canonical, is_mounted, run_mount, state_dir
+
+    name = need_cluster(args)
+    config = load_client_config(name)
+    opts = parse_options(args.options)
+    mountpoint = canonical(args.mountpoint)
+    if not mountpoint.is_dir():
+        raise ConfigError(f"mount point {mountpoint} is not a directory; create it first")
+    if not Path("/dev/fuse").exists():
+        raise ConfigError("/dev/fuse is missing: load the fuse module (modprobe fuse) or run with --device /dev/fuse")
+    if shutil.which("fusermount3") is None:
+        raise ConfigError("fusermount3 is not installed (Debian: apt-get install fuse3)")
+    if is_mounted(mountpoint):
+        raise ConfigError(f"{mountpoint} is already a mount point; unmount it first (chunkfs umount {mountpoint})")
+    if args.background:
+        sdir = state_dir(mountpoint)
+        sdir.mkdir(parents=True, exist_ok=True)
+        argv = ["-c", name, *(["-v"] if args.verbose else []), "mount", str(mountpoint)]
+        for text in args.options:
+            argv += ["-o", text]
+        pid = start_background(argv, sdir, str(mountpoint))
+        print(f"cluster {name!r} mounted on {mountpoint} (pid {pid}, log {sdir / LOG_FILE}); "
+              f"unmount with: chunkfs umount {mountpoint}")
+        return 0
+    # The mount is a daemon: its log lines matter (main() quiets other commands).
+    logging.getLogger().setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    return run_mount(config, mountpoint, opts, on_ready=lambda: print(
+        f"cluster {name!r} mounted on {mountpoint}; Ctrl-C or `chunkfs umount {mountpoint}` unmounts",
+        file=sys.stderr, flush=True))
+
+
+def cmd_umount(args: argparse.Namespace) -> int:
+    from chunkfs.client.fuse_session import unmount
+
+    unmount(args.mountpoint, lazy=args.lazy)
+    return 0

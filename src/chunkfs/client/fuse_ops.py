@@ -1,0 +1,517 @@
+"""The FUSE mount: kernel file-system requests answered with the client library.
+
+Why pyfuse3, and why on asyncio: pyfuse3 is the maintained low-level libfuse 3
+binding for Python; its handlers are coroutines, so a slow chunk server delays
+one request, not the mount.  It runs on trio by default, but 3.5 ships
+`pyfuse3.asyncio` (``enable()`` swaps in an asyncio shim), and ChunkFS's
+`Client` — its pipelined connections, timeouts and locks — is asyncio.  Running
+both on one event loop (uvloop when installed) means a FUSE request becomes
+one RPC on an already-open connection with no thread hop, no cross-loop
+future and no copy between loops; the measured cost of Python FUSE here is
+per-request work (DESIGN.md), so that hop is what we cannot afford.
+
+What the mount keeps, and for how long:
+
+* the kernel caches attributes and directory entries for ``attr_timeout`` /
+  ``entry_timeout`` seconds (1 s by default): `stat` storms do not reach the
+  master, and another mount's changes show within a second;
+* an *open file* (`OpenFile`, one per inode however many handles) tracks the
+  file's size locally: a write that grows the file costs no metadata round
+  trip; the new size goes to the master (EXTEND) at ``flush`` (every
+  ``close``), ``fsync`` and ``release`` — so close-to-open consistency holds
+  between mounts, as with NFS;
+* ``fsync``/``fdatasync`` return only once every chunk written through this
+  mount since the last fsync is on every replica's disk *and* the size is
+  committed on the master.
+
+What ChunkFS does not do fails clearly (DESIGN.md, "Not POSIX"): hard links,
+symbolic links and special files get ``EPERM``; extended attributes and ACLs
+get ``ENOTSUP``; ownership changes to another user get ``EPERM``;
+``renameat2`` flags get ``EINVAL`` (what the kernel answers for file systems
+that have no such flags).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import functools
+import itertools
+import logging
+import os
+import stat as statmod
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, ParamSpec, TypeVar
+
+import pyfuse3
+
+from chunkfs.client.client import ROOT_INO, Client
+from chunkfs.common.errors import ChunkFSError, NotFound
+from chunkfs.protocol.messages import Msg
+
+logger = logging.getLogger(__name__)
+
+assert pyfuse3.ROOT_INODE == ROOT_INO
+
+#: Entries asked of the master per READDIR page.  A kernel readdir buffer
+#: holds a few dozen entries, so a small page keeps the attribute look-ups
+#: that readdirplus needs close to what is used.
+READDIR_PAGE = 64
+#: Attribute look-ups in flight at once while filling a readdir buffer.
+READDIR_ATTR_DEPTH = 32
+#: `statfs` asks the master at most this often (its answer walks every chunk).
+STATFS_CACHE_S = 2.0
+#: Reported I/O block size: what `cp` and friends size their buffers by; the
+#: kernel sends writes of up to 1 MiB.
+BLOCK_SIZE = 1 << 20
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def fuse_errors(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """Turn ChunkFS errors into the errno they carry, anything else into EIO.
+
+    An exception escaping a handler would stop pyfuse3's main loop and leave a
+    dead mount, so nothing but `FUSEError` may leave.
+    """
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await fn(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except ChunkFSError as exc:
+            logger.debug("%s: %s (%s)", fn.__name__, exc, errno.errorcode.get(exc.errno, exc.errno))
+            raise pyfuse3.FUSEError(exc.errno) from None
+        except UnicodeError:
+            raise pyfuse3.FUSEError(errno.EINVAL) from None
+        except Exception:
+            logger.exception("unexpected error in %s; answering EIO", fn.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper
+
+
+@dataclass(slots=True)
+class MountOptions:
+    attr_timeout: float = 1.0
+    entry_timeout: float = 1.0
+    #: Every open file in direct-I/O mode (no page cache), not only O_DIRECT opens.
+    direct_io: bool = False
+    #: Kernel read-ahead for the mount, KiB (set through /sys/class/bdi; 0 keeps the kernel's).
+    readahead_kb: int = 4096
+    #: Requests served at once (pyfuse3 worker tasks).
+    max_tasks: int = 64
+    #: Options passed to FUSE as they are (allow_other, ro, ...).
+    fuse: set[str] = field(default_factory=set)
+
+
+def parse_options(texts: list[str]) -> MountOptions:
+    """``-o a,b=c`` options: ours by name, the rest passed to FUSE."""
+    opts = MountOptions()
+    for text in texts:
+        for item in (part.strip() for part in text.split(",")):
+            if not item:
+                continue
+            key, _, value = item.partition("=")
+            try:
+                if key == "attr_timeout":
+                    opts.attr_timeout = float(value)
+                elif key == "entry_timeout":
+                    opts.entry_timeout = float(value)
+                elif key == "direct_io":
+                    opts.direct_io = True
+                elif key == "readahead_kb":
+                    opts.readahead_kb = int(value)
+                elif key == "max_tasks":
+                    opts.max_tasks = max(1, int(value))
+                else:
+                    opts.fuse.add(item)
+            except ValueError:
+                from chunkfs.common.errors import ConfigError
+
+                raise ConfigError(f"mount option {key}: bad value {value!r}") from None
+    if opts.attr_timeout < 0 or opts.entry_timeout < 0:
+        from chunkfs.common.errors import ConfigError
+
+        raise ConfigError("mount options attr_timeout and entry_timeout must not be negative")
+    return opts
+
+
+@dataclass(slots=True)
+class OpenFile:
+    """One inode open in this mount, shared by all its handles."""
+
+    ino: int
+    size: int
+    mtime: float
+    refs: int = 0
+    #: The size (or mtime) changed here and the master does not know yet.
+    dirty: bool = False
+    #: Bumped by every write, so a commit knows whether writes raced it.
+    gen: int = 0
+    commit_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+@dataclass(slots=True)
+class DirHandle:
+    ino: int
+    #: Names handed to the kernel, in order: offset k continues after names[k-1].
+    #: A name cursor survives entries added or removed between calls.
+    names: list[str] = field(default_factory=list)
+    #: Entries fetched but not yet handed out, and the offset they start at.
+    pending: list[pyfuse3.EntryAttributes | None] = field(default_factory=list)
+    pending_names: list[str] = field(default_factory=list)
+    pending_at: int = -1
+    more: bool = True
+
+
+class ChunkFSOperations(pyfuse3.Operations):
+    supports_dot_lookup = False
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, client: Client, options: MountOptions) -> None:
+        super().__init__()
+        self.client = client
+        self.opts = options
+        self.uid = os.getuid()
+        self.gid = os.getgid()
+        self._fh = itertools.count(1)
+        self.files: dict[int, OpenFile] = {}  # by inode
+        self.handles: dict[int, OpenFile] = {}  # by file handle
+        self.dirs: dict[int, DirHandle] = {}
+        self._statfs: tuple[float, pyfuse3.StatvfsData] | None = None
+
+    # -- attributes ------------------------------------------------------------
+
+    def _entry(self, attr: dict[str, Any]) -> pyfuse3.EntryAttributes:
+        e = pyfuse3.EntryAttributes()
+        ino = attr["ino"]
+        size = attr["size"]
+        mtime = attr["mtime"]
+        of = self.files.get(ino)
+        if of is not None:
+            if of.dirty:
+                size = of.size
+                mtime = max(mtime, of.mtime)
+            else:
+                of.size = size  # another mount may have grown or cut it
+        e.st_ino = ino
+        e.generation = 0
+        e.entry_timeout = self.opts.entry_timeout
+        e.attr_timeout = self.opts.attr_timeout
+        e.st_mode = attr["mode"]
+        # Directories report 1 link: "unknown", so find/fts never take the
+        # nlink-2 leaf shortcut (ChunkFS does not count subdirectories).
+        e.st_nlink = 1
+        e.st_uid = self.uid
+        e.st_gid = self.gid
+        e.st_rdev = 0
+        e.st_size = size
+        e.st_blksize = BLOCK_SIZE
+        e.st_blocks = (size + 511) // 512
+        e.st_atime_ns = int(attr["atime"] * 1e9)
+        e.st_mtime_ns = int(mtime * 1e9)
+        e.st_ctime_ns = int(max(attr["ctime"], mtime) * 1e9)
+        return e
+
+    @fuse_errors
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return self._entry(await self.client.getattr(inode))
+
+    @fuse_errors
+    async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return self._entry(await self.client.lookup(parent_inode, name.decode()))
+
+    async def forget(self, inode_list: Any) -> None:
+        return None  # nothing is kept per looked-up inode
+
+    @fuse_errors
+    async def setattr(
+        self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields, fh: int | None,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        if (fields.update_uid and attr.st_uid != self.uid) or (fields.update_gid and attr.st_gid != self.gid):
+            raise pyfuse3.FUSEError(errno.EPERM)  # no owners in ChunkFS
+        changes: dict[str, Any] = {}
+        if fields.update_size:
+            changes["size"] = attr.st_size
+        if fields.update_mode:
+            changes["mode"] = statmod.S_IMODE(attr.st_mode)
+        if fields.update_mtime:
+            changes["mtime"] = attr.st_mtime_ns / 1e9
+        if fields.update_atime:
+            changes["atime"] = attr.st_atime_ns / 1e9
+        of = self.files.get(inode)
+        if not changes:
+            return await self.getattr(inode, ctx)
+        if of is not None and "size" not in changes:
+            await self._commit(of)  # keep a local size from being lost under a new mtime
+        new = await self.client.setattr(inode, **changes)
+        if "size" in changes:
+            self._truncated(inode, new["size"], new["mtime"])
+        return self._entry(new)
+
+    def _truncated(self, inode: int, size: int, mtime: float) -> None:
+        chunks = -(-size // self.client.chunk_size)
+        dirty = self.client.io.dirty.get(inode)
+        if dirty:
+            dirty.difference_update({i for i in dirty if i >= chunks})
+        of = self.files.get(inode)
+        if of is not None:
+            of.size, of.mtime, of.dirty = size, mtime, False
+            of.gen += 1
+
+    # -- namespace -------------------------------------------------------------
+
+    @fuse_errors
+    async def mkdir(
+        self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        return self._entry(await self.client.mkdir_at(parent_inode, name.decode(), statmod.S_IMODE(mode)))
+
+    @fuse_errors
+    async def create(
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        if not statmod.S_ISREG(mode) and statmod.S_IFMT(mode):
+            raise pyfuse3.FUSEError(errno.EPERM)
+        attr = await self.client.create_at(
+            parent_inode, name.decode(), statmod.S_IMODE(mode), exclusive=bool(flags & os.O_EXCL)
+        )
+        if attr["type"] != "f":
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        return self._open(attr, flags), self._entry(attr)
+
+    @fuse_errors
+    async def mknod(
+        self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        if not statmod.S_ISREG(mode):
+            raise pyfuse3.FUSEError(errno.EPERM)  # no device files, FIFOs or sockets
+        return self._entry(await self.client.create_at(
+            parent_inode, name.decode(), statmod.S_IMODE(mode), exclusive=True))
+
+    @fuse_errors
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        await self.client.mds.call(Msg.UNLINK, {"parent": parent_inode, "name": name.decode()})
+
+    @fuse_errors
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        await self.client.mds.call(Msg.RMDIR, {"parent": parent_inode, "name": name.decode()})
+
+    @fuse_errors
+    async def rename(
+        self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes, flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
+        if flags:
+            # RENAME_NOREPLACE / RENAME_EXCHANGE need an atomic check on the
+            # master, which it does not offer yet; callers fall back to rename().
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        await self.client.mds.call(Msg.RENAME, {
+            "parent": parent_inode_old, "name": name_old.decode(),
+            "new_parent": parent_inode_new, "new_name": name_new.decode(),
+        })
+
+    async def link(
+        self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        raise pyfuse3.FUSEError(errno.EPERM)  # no hard links in ChunkFS
+
+    async def symlink(
+        self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        raise pyfuse3.FUSEError(errno.EPERM)  # no symbolic links in ChunkFS
+
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        raise pyfuse3.FUSEError(errno.EINVAL)
+
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
+        raise pyfuse3.FUSEError(errno.ENOTSUP)  # no extended attributes, so no ACLs
+
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        raise pyfuse3.FUSEError(errno.ENOTSUP)
+
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        raise pyfuse3.FUSEError(errno.ENOTSUP)
+
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        raise pyfuse3.FUSEError(errno.ENOTSUP)
+
+    async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
+        return True  # no credential checks (the kernel checks mode bits: default_permissions)
+
+    # -- directories -----------------------------------------------------------
+
+    @fuse_errors
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        fh = next(self._fh)
+        self.dirs[fh] = DirHandle(inode)
+        return fh
+
+    @fuse_errors
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        d = self.dirs.get(fh)
+        if d is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        if start_id > len(d.names) or start_id < 0:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        del d.names[start_id:]
+        if d.pending_at != start_id:
+            d.pending, d.pending_names, d.pending_at, d.more = [], [], start_id, True
+        while True:
+            if not d.pending:
+                if not d.more:
+                    return
+                await self._fill(d)
+                if not d.pending:
+                    return
+            while d.pending:
+                entry, name = d.pending[0], d.pending_names[0]
+                if entry is not None:
+                    if not pyfuse3.readdir_reply(token, name.encode(), entry, len(d.names) + 1):
+                        d.pending_at = len(d.names)
+                        return
+                    d.names.append(name)
+                d.pending.pop(0)
+                d.pending_names.pop(0)
+            d.pending_at = len(d.names)
+
+    async def _fill(self, d: DirHandle) -> None:
+        after = d.names[-1] if d.names else ""
+        reply = await self.client.mds.call(Msg.READDIR, {"ino": d.ino, "after": after, "limit": READDIR_PAGE})
+        entries = reply["entries"]
+        d.more = bool(reply["more"]) and bool(entries)
+        sem = asyncio.Semaphore(READDIR_ATTR_DEPTH)
+
+        async def attr_of(ino: int) -> pyfuse3.EntryAttributes | None:
+            async with sem:
+                try:
+                    return self._entry(await self.client.getattr(ino))
+                except NotFound:
+                    return None  # removed since the listing: skip it
+
+        d.pending = list(await asyncio.gather(*(attr_of(e[1]) for e in entries)))
+        d.pending_names = [e[0] for e in entries]
+        d.pending_at = len(d.names)
+
+    async def releasedir(self, fh: int) -> None:
+        self.dirs.pop(fh, None)
+
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        return None  # every acknowledged namespace change is already in the master's journal
+
+    # -- files -----------------------------------------------------------------
+
+    def _open(self, attr: dict[str, Any], flags: int) -> pyfuse3.FileInfo:
+        ino = attr["ino"]
+        of = self.files.get(ino)
+        if of is None:
+            of = self.files[ino] = OpenFile(ino, attr["size"], attr["mtime"])
+        elif not of.dirty:
+            of.size, of.mtime = attr["size"], attr["mtime"]
+        of.refs += 1
+        fh = next(self._fh)
+        self.handles[fh] = of
+        # O_DIRECT (qemu cache=none, databases) bypasses the page cache: every
+        # request comes straight here and is on every replica when answered.
+        direct = self.opts.direct_io or bool(flags & os.O_DIRECT)
+        return pyfuse3.FileInfo(fh=fh, direct_io=direct, keep_cache=False)
+
+    @fuse_errors
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        of = self.files.get(inode)
+        if of is not None and of.dirty:
+            attr = {"ino": inode, "size": of.size, "mtime": of.mtime}
+        else:
+            # Close-to-open: a file opened here sees what other mounts closed.
+            attr = await self.client.getattr(inode)
+            if attr["type"] == "d":
+                raise pyfuse3.FUSEError(errno.EISDIR)
+        return self._open(attr, flags)
+
+    def _handle(self, fh: int) -> OpenFile:
+        of = self.handles.get(fh)
+        if of is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        return of
+
+    @fuse_errors
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        of = self._handle(fh)
+        length = min(size, of.size - off)
+        if length <= 0:
+            return b""
+        return await self.client.io.read(of.ino, off, length)
+
+    @fuse_errors
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        of = self._handle(fh)
+        await self.client.io.write(of.ino, off, buf)
+        end = off + len(buf)
+        if end > of.size:
+            of.size = end
+        of.mtime = time.time()
+        of.dirty = True
+        of.gen += 1
+        return len(buf)
+
+    async def _commit(self, of: OpenFile) -> None:
+        """Make the master know the size and mtime this mount wrote (EXTEND)."""
+        async with of.commit_lock:
+            if not of.dirty:
+                return
+            gen, size, mtime = of.gen, of.size, of.mtime
+            await self.client.mds.call(Msg.EXTEND, {"ino": of.ino, "size": size, "mtime": mtime})
+            if of.gen == gen:
+                of.dirty = False
+
+    @fuse_errors
+    async def flush(self, fh: int) -> None:
+        await self._commit(self._handle(fh))
+
+    @fuse_errors
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        of = self._handle(fh)
+        # Data on every replica's disk first, then the size that makes it readable.
+        await self.client.fsync(of.ino)
+        await self._commit(of)
+
+    @fuse_errors
+    async def release(self, fh: int) -> None:
+        of = self.handles.pop(fh, None)
+        if of is None:
+            return
+        of.refs -= 1
+        try:
+            await self._commit(of)
+        finally:
+            if of.refs <= 0 and self.files.get(of.ino) is of and not of.dirty:
+                del self.files[of.ino]
+
+    # -- the file system -------------------------------------------------------
+
+    @fuse_errors
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        now = time.monotonic()
+        if self._statfs is not None and now - self._statfs[0] < STATFS_CACHE_S:
+            return self._statfs[1]
+        space = (await self.client.cluster_stat())["space"]
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = BLOCK_SIZE
+        s.f_frsize = 4096
+        s.f_blocks = space["total"] // s.f_frsize
+        s.f_bfree = space["free"] // s.f_frsize
+        s.f_bavail = s.f_bfree
+        s.f_files = 1 << 32
+        s.f_ffree = 1 << 31
+        s.f_favail = s.f_ffree
+        s.f_namemax = 255
+        self._statfs = (now, s)
+        return s

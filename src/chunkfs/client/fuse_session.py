@@ -1,0 +1,198 @@
+"""Running a mount: one process, one event loop, one FUSE session.
+
+`run_mount` connects to the cluster (failing before anything is mounted if
+it cannot), mounts, writes its PID file once the mount exists — which is what
+``chunkfs mount --background`` and ``chunkfs umount`` wait for — serves
+requests until unmounted or signalled, then closes everything.
+
+Each mount point gets a small state directory (PID file, and the log of a
+background mount) under ``$CHUNKFS_RUN_DIR`` (default ``/run/chunkfs`` for
+root, a folder in the temporary directory otherwise).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pyfuse3
+import pyfuse3.asyncio
+
+from chunkfs.client.client import ROOT_INO, Client
+from chunkfs.client.fuse_ops import ChunkFSOperations, MountOptions
+from chunkfs.common.config import ClientConfig
+from chunkfs.common.daemon import PID_FILE, new_event_loop, pid_alive, read_pid
+from chunkfs.common.durable import write_file_durably
+from chunkfs.common.errors import ConfigError, Unavailable
+
+logger = logging.getLogger(__name__)
+
+UNMOUNT_TIMEOUT = 20.0
+
+
+def run_dir() -> Path:
+    default = "/run/chunkfs" if os.geteuid() == 0 else os.path.join(tempfile.gettempdir(), f"chunkfs-{os.getuid()}")
+    return Path(os.environ.get("CHUNKFS_RUN_DIR", default))
+
+
+def canonical(mountpoint: Path) -> Path:
+    """The absolute path of a mount point without touching the mount point itself.
+
+    Only its parent is resolved: a stat of a hung or dead FUSE mount would
+    block or fail (and from inside the mount process, deadlock).
+    """
+    path = Path(os.path.abspath(mountpoint))
+    return path.parent.resolve() / path.name if path.name else path
+
+
+def state_dir(mountpoint: Path) -> Path:
+    """The mount's own folder: PID file and (background) log."""
+    path = str(canonical(mountpoint))
+    tag = hashlib.sha256(path.encode()).hexdigest()[:12]
+    name = path.strip("/").replace("/", "_")[-60:] or "root"
+    return run_dir() / "mounts" / f"{name}-{tag}"
+
+
+def is_mounted(mountpoint: Path) -> bool:
+    """Whether `mountpoint` is a mount point, from /proc (no request to a possibly hung FUSE server)."""
+    target = str(canonical(mountpoint))
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+            fields = line.split(" ")
+            if len(fields) > 4 and _unescape(fields[4]) == target:
+                return True
+    return False
+
+
+def _mount_dev(mountpoint: Path) -> str | None:
+    """``major:minor`` of the mount at `mountpoint` (already resolved), read from /proc.
+
+    Never stat or resolve the mount point from inside the mount process: that
+    is a FUSE request to ourselves, on the loop that would have to answer it.
+    """
+    target = str(mountpoint)
+    with contextlib.suppress(OSError):
+        for line in reversed(Path("/proc/self/mountinfo").read_text().splitlines()):
+            fields = line.split(" ")
+            if len(fields) > 4 and _unescape(fields[4]) == target:
+                return fields[2]
+    return None
+
+
+def _unescape(text: str) -> str:
+    return text.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+
+
+def set_readahead(mountpoint: Path, kib: int) -> None:
+    """Raise the kernel's read-ahead for this mount (FUSE caps it at 128 KiB at mount time).
+
+    Sequential reads then arrive as several large requests in flight instead
+    of one 128 KiB request at a time.  Best effort: needs root.
+    """
+    dev = _mount_dev(mountpoint)
+    if not kib or dev is None:
+        return
+    path = Path("/sys/class/bdi") / dev / "read_ahead_kb"
+    try:
+        path.write_text(f"{kib}\n")
+        logger.info("read-ahead of %s set to %d KiB", mountpoint, kib)
+    except OSError as exc:
+        logger.info("could not set read-ahead of %s (%s): keeping the kernel's", mountpoint, exc)
+
+
+def fuse_options(cluster: str, opts: MountOptions) -> set[str]:
+    options = set(pyfuse3.default_options)  # default_permissions: the kernel checks mode bits
+    options |= {f"fsname=chunkfs:{cluster}", "subtype=chunkfs", "noatime"}
+    return options | opts.fuse
+
+
+def run_mount(
+    config: ClientConfig, mountpoint: Path, opts: MountOptions, on_ready: Callable[[], None] | None = None
+) -> int:
+    """Mount and serve until unmounted (``chunkfs umount``) or SIGTERM/SIGINT; return the exit status."""
+    mountpoint = canonical(mountpoint)
+    if not mountpoint.is_dir():
+        raise ConfigError(f"mount point {mountpoint} is not a directory")
+    if is_mounted(mountpoint):
+        raise ConfigError(f"{mountpoint} is already a mount point; unmount it first (chunkfs umount {mountpoint})")
+    sdir = state_dir(mountpoint)
+    sdir.mkdir(parents=True, exist_ok=True)
+    running = read_pid(sdir)
+    if running is not None and running != os.getpid():
+        raise ConfigError(f"a mount of {mountpoint} is already running (pid {running})")
+    pyfuse3.asyncio.enable()
+    loop = new_event_loop()
+    asyncio.set_event_loop(loop)
+
+    async def main() -> None:
+        client = Client(config, name=f"mount-{socket.gethostname()}-{os.getpid()}")
+        try:
+            await client.getattr(ROOT_INO)  # fail here, before mounting, if the cluster is unreachable
+            ops = ChunkFSOperations(client, opts)
+            try:
+                pyfuse3.init(ops, str(mountpoint), fuse_options(config.cluster.name, opts))
+            except RuntimeError as exc:
+                raise Unavailable(f"cannot mount {mountpoint}: {exc}") from None
+            try:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.add_signal_handler(sig, pyfuse3.terminate)
+                set_readahead(mountpoint, opts.readahead_kb)
+                write_file_durably(sdir / PID_FILE, f"{os.getpid()}\n".encode())
+                logger.info("cluster %r mounted on %s", config.cluster.name, mountpoint)
+                if on_ready is not None:
+                    on_ready()
+                await pyfuse3.main(min_tasks=2, max_tasks=opts.max_tasks)
+            finally:
+                # Lazy unmount when the loop ended on a signal; a no-op after `umount`.
+                pyfuse3.close(unmount=True)
+                logger.info("%s unmounted", mountpoint)
+        finally:
+            await client.close()
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        with contextlib.suppress(OSError):
+            if read_pid(sdir) == os.getpid():
+                (sdir / PID_FILE).unlink()
+        loop.close()
+    return 0
+
+
+def unmount(mountpoint: Path, lazy: bool = False, timeout: float = UNMOUNT_TIMEOUT) -> None:
+    """Unmount with fusermount3, then wait (bounded) for the mount process to exit."""
+    mountpoint = canonical(mountpoint)
+    sdir = state_dir(mountpoint)
+    pid = read_pid(sdir)
+    if not is_mounted(mountpoint):
+        if pid is None:
+            raise ConfigError(f"{mountpoint} is not mounted")
+    else:
+        argv = ["fusermount3", "-u", *(["-z"] if lazy else []), str(mountpoint)]
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+        except FileNotFoundError:
+            raise ConfigError("fusermount3 is not installed (Debian: apt-get install fuse3)") from None
+        except subprocess.TimeoutExpired:
+            raise Unavailable(f"fusermount3 did not unmount {mountpoint} within {timeout:g}s") from None
+        if done.returncode != 0:
+            raise Unavailable(
+                f"cannot unmount {mountpoint}: {done.stderr.strip() or done.returncode} "
+                "(files still open? close them, or use --lazy)"
+            )
+    if pid is not None:
+        deadline = time.monotonic() + timeout
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if pid_alive(pid):
+            raise Unavailable(f"{mountpoint} is unmounted but its mount process {pid} has not exited")

@@ -1,0 +1,760 @@
+"""The metadata state machine: namespace, chunk map, CS registry, determinism."""
+
+from __future__ import annotations
+
+import stat
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from chunkfs.common.errors import (
+    ChunkFSError,
+    DirectoryNotEmpty,
+    Exists,
+    InvalidArgument,
+    IsADirectory,
+    NotADirectory,
+    NotFound,
+)
+from chunkfs.mds.store import (
+    MAX_NAME_LEN,
+    ROOT_INO,
+    VERSION_TERM_SHIFT,
+    Chunk,
+    MetadataStore,
+    encode_command,
+)
+
+CS = 1 << 20
+
+
+class Driver:
+    """Applies commands with increasing indexes, like the log does."""
+
+    def __init__(self, store: MetadataStore, term: int = 1) -> None:
+        self.store = store
+        self.term = term
+        self.index = store.applied_index
+        self.clock = 1000.0
+
+    def __call__(self, op: str, **args: Any) -> Any:
+        self.index += 1
+        return self.store.apply(self.index, self.term, encode_command(op, **args))
+
+    def tick(self) -> float:
+        self.clock += 1
+        return self.clock
+
+    def mkdir(self, parent: int, name: str, mode: int = 0o755) -> int:
+        return int(self("mkdir", parent=parent, name=name, mode=mode, time=self.tick())["ino"])
+
+    def create(self, parent: int, name: str, exclusive: bool = True, mode: int = 0o644) -> int:
+        attr = self("create", parent=parent, name=name, mode=mode, time=self.tick(), exclusive=exclusive)
+        return int(attr["ino"])
+
+    def unlink(self, parent: int, name: str) -> list[Chunk]:
+        result: list[Chunk] = self("unlink", parent=parent, name=name, time=self.tick())
+        return result
+
+    def rmdir(self, parent: int, name: str) -> None:
+        self("rmdir", parent=parent, name=name, time=self.tick())
+
+    def rename(self, parent: int, name: str, new_parent: int, new_name: str) -> list[Chunk]:
+        result: list[Chunk] = self(
+            "rename", parent=parent, name=name, new_parent=new_parent, new_name=new_name, time=self.tick()
+        )
+        return result
+
+    def alloc(self, ino: int, index: int, replicas: list[int] | None = None) -> Chunk:
+        chunk: Chunk = self("alloc_chunk", ino=ino, index=index, replicas=replicas or [1, 2])
+        return chunk
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[MetadataStore]:
+    s = MetadataStore(tmp_path / "meta.db", CS)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def d(store: MetadataStore) -> Driver:
+    return Driver(store)
+
+
+def names(store: MetadataStore, ino: int) -> list[str]:
+    out, after = [], ""
+    while True:
+        entries, more = store.readdir(ino, after, 1000)
+        out += [e[0] for e in entries]
+        if not more:
+            return out
+        after = entries[-1][0]
+
+
+# -- namespace ----------------------------------------------------------------------
+
+
+def test_fresh_store_has_root(store: MetadataStore) -> None:
+    attr = store.getattr(ROOT_INO)
+    assert attr["type"] == "d" and stat.S_ISDIR(attr["mode"])
+    assert (attr["replicas"], attr["min_replicas"]) == (3, 2)
+    assert store.applied_index == 0
+    assert store.readdir(ROOT_INO, "", 10) == ([], False)
+
+
+def test_mkdir_create_lookup(d: Driver, store: MetadataStore) -> None:
+    a = d.mkdir(ROOT_INO, "a", 0o40750)
+    f = d.create(a, "f", mode=0o100640)
+    assert store.lookup(ROOT_INO, "a")["ino"] == a
+    fa = store.lookup(a, "f")
+    assert fa["ino"] == f and fa["type"] == "f" and fa["size"] == 0
+    assert fa["mode"] == stat.S_IFREG | 0o640
+    assert store.getattr(a)["mode"] == stat.S_IFDIR | 0o750
+    assert store.resolve("/a/f")["ino"] == f
+    assert store.resolve("a//f/")["ino"] == f
+    assert store.resolve("/")["ino"] == ROOT_INO
+    assert a != f and ROOT_INO not in (a, f)
+    # Parent times come from the command, not the clock.
+    assert store.getattr(a)["mtime"] == d.clock
+    with pytest.raises(NotFound):
+        store.lookup(a, "g")
+    with pytest.raises(NotADirectory):
+        store.lookup(f, "x")
+    with pytest.raises(NotADirectory):
+        store.resolve("/a/f/x")
+    with pytest.raises(NotFound):
+        store.resolve("/b")
+
+
+def test_mkdir_errors(d: Driver) -> None:
+    a = d.mkdir(ROOT_INO, "a")
+    f = d.create(ROOT_INO, "f")
+    with pytest.raises(Exists):
+        d.mkdir(ROOT_INO, "a")
+    with pytest.raises(Exists):
+        d.mkdir(ROOT_INO, "f")
+    with pytest.raises(NotADirectory):
+        d.mkdir(f, "x")
+    with pytest.raises(NotFound):
+        d.mkdir(9999, "x")
+    assert d.mkdir(a, "a") != a
+
+
+def test_create_exclusive_and_not(d: Driver, store: MetadataStore) -> None:
+    f = d.create(ROOT_INO, "f")
+    with pytest.raises(Exists):
+        d.create(ROOT_INO, "f", exclusive=True)
+    assert d.create(ROOT_INO, "f", exclusive=False) == f
+    d.mkdir(ROOT_INO, "dir")
+    with pytest.raises(IsADirectory):
+        d.create(ROOT_INO, "dir", exclusive=False)
+    with pytest.raises(Exists):
+        d.create(ROOT_INO, "dir", exclusive=True)
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "a/b", "/", "a\0b", "x" * (MAX_NAME_LEN + 1), "é" * 128])
+def test_bad_names(d: Driver, name: str) -> None:
+    with pytest.raises(InvalidArgument):
+        d.mkdir(ROOT_INO, name)
+    with pytest.raises(InvalidArgument):
+        d.create(ROOT_INO, name)
+    d.create(ROOT_INO, "ok")
+    with pytest.raises(InvalidArgument):
+        d.rename(ROOT_INO, "ok", ROOT_INO, name)
+
+
+def test_longest_name_ok(d: Driver, store: MetadataStore) -> None:
+    d.create(ROOT_INO, "x" * MAX_NAME_LEN)
+    assert names(store, ROOT_INO) == ["x" * MAX_NAME_LEN]
+
+
+def test_readdir_paging(d: Driver, store: MetadataStore) -> None:
+    all_names = sorted({f"n{i:03d}" for i in range(25)} | {"Z", "a", "é", "z"})
+    for i, n in enumerate(reversed(all_names)):
+        (d.mkdir if i % 3 == 0 else d.create)(ROOT_INO, n)
+    seen: list[list[Any]] = []
+    after, pages = "", 0
+    while True:
+        entries, more = store.readdir(ROOT_INO, after, 10)
+        pages += 1
+        assert len(entries) <= 10
+        seen += entries
+        if not more:
+            break
+        assert len(entries) == 10
+        after = entries[-1][0]
+    assert pages == 3
+    assert [e[0] for e in seen] == all_names
+    for name, ino, kind in seen:
+        assert store.lookup(ROOT_INO, name)["ino"] == ino
+        assert store.getattr(ino)["type"] == kind
+    # Exactly a full page: "more" is False.
+    entries, more = store.readdir(ROOT_INO, all_names[-11], 10)
+    assert len(entries) == 10 and not more
+    assert store.readdir(ROOT_INO, all_names[-1], 10) == ([], False)
+
+
+def test_readdir_of_file_or_missing(d: Driver, store: MetadataStore) -> None:
+    f = d.create(ROOT_INO, "f")
+    with pytest.raises(NotADirectory):
+        store.readdir(f, "", 10)
+    with pytest.raises(NotFound):
+        store.readdir(4242, "", 10)
+
+
+def test_unlink_and_rmdir(d: Driver, store: MetadataStore) -> None:
+    a = d.mkdir(ROOT_INO, "a")
+    f = d.create(a, "f")
+    d.alloc(f, 0)
+    d.alloc(f, 3)
+    with pytest.raises(IsADirectory):
+        d.unlink(ROOT_INO, "a")
+    with pytest.raises(NotADirectory):
+        d.rmdir(a, "f")
+    with pytest.raises(DirectoryNotEmpty):
+        d.rmdir(ROOT_INO, "a")
+    with pytest.raises(NotFound):
+        d.unlink(a, "nope")
+    with pytest.raises(NotFound):
+        d.rmdir(ROOT_INO, "nope")
+    dropped = d.unlink(a, "f")
+    assert sorted(c.index for c in dropped) == [0, 3]
+    assert list(store.all_chunks()) == []
+    with pytest.raises(NotFound):
+        store.getattr(f)
+    d.rmdir(ROOT_INO, "a")
+    with pytest.raises(NotFound):
+        store.getattr(a)
+    assert names(store, ROOT_INO) == []
+
+
+def test_rename_simple_and_across_dirs(d: Driver, store: MetadataStore) -> None:
+    a = d.mkdir(ROOT_INO, "a")
+    b = d.mkdir(ROOT_INO, "b")
+    f = d.create(a, "f")
+    assert d.rename(a, "f", b, "g") == []
+    assert names(store, a) == [] and names(store, b) == ["g"]
+    assert store.lookup(b, "g")["ino"] == f
+    # Rename onto itself is a no-op.
+    assert d.rename(b, "g", b, "g") == []
+    assert store.lookup(b, "g")["ino"] == f
+    # Directories move with their contents.
+    d.rename(ROOT_INO, "b", a, "b2")
+    assert store.resolve("/a/b2/g")["ino"] == f
+    with pytest.raises(NotFound):
+        d.rename(ROOT_INO, "nope", ROOT_INO, "x")
+    with pytest.raises(NotFound):
+        d.rename(ROOT_INO, "a", 4242, "x")
+    with pytest.raises(NotADirectory):
+        d.rename(ROOT_INO, "a", f, "x")
+
+
+def test_rename_replaces_file_and_drops_its_chunks(d: Driver, store: MetadataStore) -> None:
+    src = d.create(ROOT_INO, "src")
+    dst = d.create(ROOT_INO, "dst")
+    kept = d.alloc(src, 0)
+    gone = d.alloc(dst, 0)
+    dropped = d.rename(ROOT_INO, "src", ROOT_INO, "dst")
+    assert [c.chunk_id for c in dropped] == [gone.chunk_id]
+    assert store.lookup(ROOT_INO, "dst")["ino"] == src
+    assert names(store, ROOT_INO) == ["dst"]
+    with pytest.raises(NotFound):
+        store.getattr(dst)
+    assert [c.chunk_id for c in store.all_chunks()] == [kept.chunk_id]
+
+
+def test_rename_dir_replaces_empty_dir_only(d: Driver, store: MetadataStore) -> None:
+    a = d.mkdir(ROOT_INO, "a")
+    empty = d.mkdir(ROOT_INO, "empty")
+    full = d.mkdir(ROOT_INO, "full")
+    d.create(full, "x")
+    with pytest.raises(DirectoryNotEmpty):
+        d.rename(ROOT_INO, "a", ROOT_INO, "full")
+    assert store.lookup(ROOT_INO, "a")["ino"] == a
+    d.rename(ROOT_INO, "a", ROOT_INO, "empty")
+    assert store.lookup(ROOT_INO, "empty")["ino"] == a
+    with pytest.raises(NotFound):
+        store.getattr(empty)
+    assert names(store, ROOT_INO) == ["empty", "full"]
+
+
+def test_rename_type_mismatch(d: Driver) -> None:
+    d.mkdir(ROOT_INO, "dir")
+    d.create(ROOT_INO, "file")
+    with pytest.raises(NotADirectory):
+        d.rename(ROOT_INO, "dir", ROOT_INO, "file")
+    with pytest.raises(IsADirectory):
+        d.rename(ROOT_INO, "file", ROOT_INO, "dir")
+
+
+def test_rename_dir_into_own_subtree(d: Driver, store: MetadataStore) -> None:
+    a = d.mkdir(ROOT_INO, "a")
+    b = d.mkdir(a, "b")
+    c = d.mkdir(b, "c")
+    for target in (a, b, c):
+        with pytest.raises(InvalidArgument):
+            d.rename(ROOT_INO, "a", target, "moved")
+    with pytest.raises(InvalidArgument):
+        d.rename(a, "b", c, "b")
+    # Nothing changed.
+    assert store.resolve("/a/b/c")["ino"] == c
+    # Moving up is fine.
+    d.rename(b, "c", ROOT_INO, "c")
+    assert store.resolve("/c")["ino"] == c
+
+
+def test_setattr_truncate_drops_chunks_past_end(d: Driver, store: MetadataStore) -> None:
+    f = d.create(ROOT_INO, "f")
+    chunks = {i: d.alloc(f, i) for i in range(5)}
+    d("extend", ino=f, size=5 * CS, mtime=2000.0)
+
+    def indexes() -> list[int]:
+        return sorted(c.index for c in store.all_chunks())
+
+    r = d("setattr", ino=f, time=d.tick(), size=3 * CS + 1)
+    assert r["attr"]["size"] == 3 * CS + 1
+    assert [c.index for c in r["dropped"]] == [4]
+    assert r["dropped"][0] == chunks[4]
+    assert indexes() == [0, 1, 2, 3]
+    r = d("setattr", ino=f, time=d.tick(), size=3 * CS)
+    assert [c.index for c in r["dropped"]] == [3]
+    assert indexes() == [0, 1, 2]
+    r = d("setattr", ino=f, time=d.tick(), size=1)
+    assert sorted(c.index for c in r["dropped"]) == [1, 2]
+    assert indexes() == [0]
+    r = d("setattr", ino=f, time=d.tick(), size=0)
+    assert [c.index for c in r["dropped"]] == [0]
+    assert indexes() == []
+    # Growing keeps everything.
+    d.alloc(f, 0)
+    r = d("setattr", ino=f, time=d.tick(), size=10 * CS)
+    assert r["dropped"] == [] and indexes() == [0]
+    assert store.getattr(f)["size"] == 10 * CS
+
+
+def test_setattr_mode_times_and_errors(d: Driver, store: MetadataStore) -> None:
+    f = d.create(ROOT_INO, "f")
+    dd = d.mkdir(ROOT_INO, "d")
+    r = d("setattr", ino=f, time=5000.0, mode=0o100600 | 0o4000, mtime=12.5, atime=7)
+    attr = r["attr"]
+    assert attr["mode"] == stat.S_IFREG | 0o4600
+    assert (attr["mtime"], attr["atime"], attr["ctime"]) == (12.5, 7, 5000.0)
+    assert attr["size"] == 0
+    with pytest.raises(IsADirectory):
+        d("setattr", ino=dd, time=1.0, size=0)
+    with pytest.raises(InvalidArgument):
+        d("setattr", ino=f, time=1.0, size=-1)
+    with pytest.raises(NotFound):
+        d("setattr", ino=4242, time=1.0, mode=0o600)
+    d("setattr", ino=dd, time=1.0, mode=0o700)
+    assert store.getattr(dd)["mode"] == stat.S_IFDIR | 0o700
+
+
+def test_extend_never_shrinks(d: Driver, store: MetadataStore) -> None:
+    f = d.create(ROOT_INO, "f")
+    assert d("extend", ino=f, size=100, mtime=3000.0)["size"] == 100
+    attr = d("extend", ino=f, size=50, mtime=10.0)
+    assert attr["size"] == 100
+    assert attr["mtime"] == 3000.0
+    assert d("extend", ino=f, size=101, mtime=3001.5)["size"] == 101
+    dd = d.mkdir(ROOT_INO, "d")
+    with pytest.raises(IsADirectory):
+        d("extend", ino=dd, size=1, mtime=1.0)
+    with pytest.raises(NotFound):
+        d("extend", ino=4242, size=1, mtime=1.0)
+
+
+def test_set_replicas_recursive_and_inherited(d: Driver, store: MetadataStore) -> None:
+    a = d.mkdir(ROOT_INO, "a")
+    b = d.mkdir(a, "b")
+    f1 = d.create(a, "f1")
+    f2 = d.create(b, "f2")
+    other = d.create(ROOT_INO, "other")
+    assert d("set_replicas", ino=a, replicas=2, min_replicas=1, recursive=False) == 1
+    assert store.getattr(a)["replicas"] == 2
+    assert store.getattr(b)["replicas"] == 3
+    assert d("set_replicas", ino=a, replicas=5, min_replicas=3, recursive=True) == 4
+    for ino in (a, b, f1, f2):
+        attr = store.getattr(ino)
+        assert (attr["replicas"], attr["min_replicas"]) == (5, 3), ino
+    assert store.getattr(other)["replicas"] == 3
+    assert store.getattr(ROOT_INO)["replicas"] == 3
+    # New files and directories inherit from their parent.
+    f3 = d.create(b, "f3")
+    c = d.mkdir(b, "c")
+    f4 = d.create(c, "f4")
+    for ino in (f3, c, f4):
+        assert (store.getattr(ino)["replicas"], store.getattr(ino)["min_replicas"]) == (5, 3)
+    assert d("set_replicas", ino=f1, replicas=1, min_replicas=1, recursive=True) == 1
+
+
+@pytest.mark.parametrize(("n", "m"), [(0, 0), (2, 3), (17, 2), (3, 0), (-1, -2)])
+def test_set_replicas_bad_values(d: Driver, store: MetadataStore, n: int, m: int) -> None:
+    with pytest.raises(InvalidArgument):
+        d("set_replicas", ino=ROOT_INO, replicas=n, min_replicas=m, recursive=True)
+    assert store.getattr(ROOT_INO)["replicas"] == 3
+
+
+def test_set_replicas_missing_inode(d: Driver) -> None:
+    with pytest.raises(NotFound):
+        d("set_replicas", ino=4242, replicas=2, min_replicas=1, recursive=False)
+
+
+# -- chunks ---------------------------------------------------------------------------
+
+
+def test_alloc_chunk_idempotent_and_versioned(store: MetadataStore) -> None:
+    d = Driver(store, term=7)
+    f = d.create(ROOT_INO, "f")
+    c0 = d.alloc(f, 0, [3, 1, 2])
+    assert c0.replicas == (3, 1, 2)
+    assert c0.version >> VERSION_TERM_SHIFT == 7
+    assert (c0.ino, c0.index) == (f, 0)
+    assert d.alloc(f, 0, [9]) == c0
+    assert store.chunk_at(f, 0) == c0
+    assert store.chunk(c0.chunk_id) == c0
+    c1 = d.alloc(f, 1)
+    assert c1.chunk_id != c0.chunk_id
+    assert c1.version > c0.version
+    d.term = 8
+    c2 = d.alloc(f, 2)
+    assert c2.version >> VERSION_TERM_SHIFT == 8
+    assert c2.version > c1.version
+    assert d.alloc(f, 0) == c0  # still the old one
+    assert store.chunk_versions([c0.chunk_id, c2.chunk_id, 999]) == {c0.chunk_id: c0.version, c2.chunk_id: c2.version}
+    assert store.chunk_at(f, 5) is None and store.chunk(999) is None
+
+
+def test_alloc_chunk_errors(d: Driver) -> None:
+    dd = d.mkdir(ROOT_INO, "d")
+    with pytest.raises(IsADirectory):
+        d.alloc(dd, 0)
+    with pytest.raises(NotFound):
+        d.alloc(4242, 0)
+
+
+def test_set_chunk_replicas_bumps_version(store: MetadataStore) -> None:
+    d = Driver(store, term=3)
+    f = d.create(ROOT_INO, "f")
+    c = d.alloc(f, 0, [1, 2, 3])
+    c2: Chunk = d("set_chunk_replicas", chunk_id=c.chunk_id, replicas=[1, 3])
+    assert c2.version > c.version
+    assert c2.replicas == (1, 3)
+    assert (c2.chunk_id, c2.ino, c2.index) == (c.chunk_id, f, 0)
+    assert store.chunk(c.chunk_id) == c2
+    d.term = 4
+    c3: Chunk = d("set_chunk_replicas", chunk_id=c.chunk_id, replicas=[])
+    assert c3.version > c2.version and c3.version >> VERSION_TERM_SHIFT == 4
+    assert store.chunk(c.chunk_id) == c3 and c3.replicas == ()
+    with pytest.raises(NotFound):
+        d("set_chunk_replicas", chunk_id=999, replicas=[1])
+
+
+def test_register_cs_assigns_ids(d: Driver, store: MetadataStore) -> None:
+    assert d("register_cs", cs_id=0, addr="h1:1", host="h1", time=1.0) == 1
+    assert d("register_cs", cs_id=0, addr="h2:1", host="h2", time=1.0) == 2
+    assert d("register_cs", cs_id=10, addr="h3:1", host="h3", time=1.0) == 10
+    assert d("register_cs", cs_id=0, addr="h4:1", host="h4", time=1.0) == 11
+    assert d("register_cs", cs_id=2, addr="h2:9", host="h2b", time=2.0) == 2
+    assert d("register_cs", cs_id=5, addr="h5:1", host="h5", time=2.0) == 5
+    assert d("register_cs", cs_id=0, addr="h6:1", host="h6", time=2.0) == 12
+    assert store.chunk_servers() == [
+        {"id": 1, "addr": "h1:1", "host": "h1"},
+        {"id": 2, "addr": "h2:9", "host": "h2b"},
+        {"id": 5, "addr": "h5:1", "host": "h5"},
+        {"id": 10, "addr": "h3:1", "host": "h3"},
+        {"id": 11, "addr": "h4:1", "host": "h4"},
+        {"id": 12, "addr": "h6:1", "host": "h6"},
+    ]
+
+
+def test_events(d: Driver, store: MetadataStore) -> None:
+    seqs = [d("event", time=float(i), level="info", message=f"m{i}") for i in range(5)]
+    assert seqs == [1, 2, 3, 4, 5]
+    ev = store.events(0, 100)
+    assert [e["message"] for e in ev] == ["m0", "m1", "m2", "m3", "m4"]
+    assert store.events(2, 2) == [
+        {"seq": 3, "time": 2.0, "level": "info", "message": "m2"},
+        {"seq": 4, "time": 3.0, "level": "info", "message": "m3"},
+    ]
+    assert store.events(5, 10) == []
+
+
+# -- apply bookkeeping ----------------------------------------------------------------
+
+
+def test_errors_still_advance_applied_index_and_change_nothing(d: Driver, store: MetadataStore) -> None:
+    a = d.mkdir(ROOT_INO, "a")
+    d.create(a, "x")
+    before = store.getattr(a), store.getattr(ROOT_INO), names(store, ROOT_INO)
+    assert store.applied_index == 2
+    with pytest.raises(DirectoryNotEmpty):
+        d.rmdir(ROOT_INO, "a")
+    assert store.applied_index == 3
+    with pytest.raises(Exists):
+        d.mkdir(ROOT_INO, "a")
+    assert store.applied_index == 4
+    with pytest.raises(InvalidArgument):
+        d("set_replicas", ino=ROOT_INO, replicas=0, min_replicas=0, recursive=True)
+    assert store.applied_index == 5
+    assert (store.getattr(a), store.getattr(ROOT_INO), names(store, ROOT_INO)) == before
+
+
+def test_applied_index_is_what_the_log_says(store: MetadataStore) -> None:
+    store.apply(41, 1, encode_command("mkdir", parent=ROOT_INO, name="a", mode=0o755, time=1.0))
+    assert store.applied_index == 41
+    with pytest.raises(Exists):
+        store.apply(57, 1, encode_command("mkdir", parent=ROOT_INO, name="a", mode=0o755, time=1.0))
+    assert store.applied_index == 57
+
+
+def test_unknown_op_still_advances_applied_index(store: MetadataStore) -> None:
+    with pytest.raises(InvalidArgument):
+        store.apply(1, 1, encode_command("frobnicate"))
+    assert store.applied_index == 1
+
+
+def test_reopen_keeps_state(tmp_path: Path) -> None:
+    path = tmp_path / "meta.db"
+    s = MetadataStore(path, CS)
+    d = Driver(s, term=2)
+    a = d.mkdir(ROOT_INO, "a")
+    f = d.create(a, "f")
+    c = d.alloc(f, 0)
+    d("register_cs", cs_id=0, addr="h:1", host="h", time=1.0)
+    d("event", time=1.0, level="info", message="hello")
+    with pytest.raises(Exists):
+        d.mkdir(ROOT_INO, "a")
+    dump_before = dump(s)
+    s.close()
+    s2 = MetadataStore(path, CS)
+    try:
+        assert s2.applied_index == 6
+        assert dump(s2) == dump_before
+        d2 = Driver(s2, term=3)
+        g = d2.create(a, "g")
+        assert g not in (ROOT_INO, a, f)
+        c2 = d2.alloc(g, 0)
+        assert c2.chunk_id != c.chunk_id and c2.version > c.version
+        assert d2("register_cs", cs_id=0, addr="h:2", host="h", time=2.0) == 2
+        assert d2("event", time=2.0, level="info", message="again") == 2
+    finally:
+        s2.close()
+
+
+# -- determinism, and a model of the namespace --------------------------------------------
+
+
+def dump(store: MetadataStore) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+
+    def walk(ino: int, path: str) -> None:
+        tree[path] = store.getattr(ino)
+        if tree[path]["type"] == "d":
+            for name, child, _ in store.readdir(ino, "", 10_000)[0]:
+                walk(child, f"{path}/{name}")
+
+    walk(ROOT_INO, "")
+    return {
+        "tree": tree,
+        "chunks": sorted(store.all_chunks(), key=lambda c: c.chunk_id),
+        "cs": store.chunk_servers(),
+        "events": store.events(0, 10_000),
+        "applied": store.applied_index,
+    }
+
+
+NAMES = ["a", "b", "c"]
+
+
+@st.composite
+def commands(draw: st.DrawFn) -> list[tuple[str, dict[str, Any]]]:
+    """Random commands with small inode numbers and names, so they often collide."""
+    ino = st.integers(1, 12)
+    name = st.sampled_from(NAMES)
+    time = st.floats(0, 1e6, allow_nan=False)
+    one = st.one_of(
+        st.builds(lambda p, n, t: ("mkdir", {"parent": p, "name": n, "mode": 0o755, "time": t}), ino, name, time),
+        st.builds(
+            lambda p, n, t, x: ("create", {"parent": p, "name": n, "mode": 0o644, "time": t, "exclusive": x}),
+            ino, name, time, st.booleans(),
+        ),
+        st.builds(lambda p, n, t: ("unlink", {"parent": p, "name": n, "time": t}), ino, name, time),
+        st.builds(lambda p, n, t: ("rmdir", {"parent": p, "name": n, "time": t}), ino, name, time),
+        st.builds(
+            lambda p, n, q, m, t: ("rename", {"parent": p, "name": n, "new_parent": q, "new_name": m, "time": t}),
+            ino, name, ino, name, time,
+        ),
+        st.builds(
+            lambda i, s, t: ("setattr", {"ino": i, "size": s, "time": t}), ino, st.integers(0, 4 * CS), time
+        ),
+        st.builds(lambda i, s, t: ("extend", {"ino": i, "size": s, "mtime": t}), ino, st.integers(0, 4 * CS), time),
+        st.builds(
+            lambda i, k, r: ("alloc_chunk", {"ino": i, "index": k, "replicas": r}),
+            ino, st.integers(0, 4), st.lists(st.integers(1, 5), max_size=3),
+        ),
+        st.builds(
+            lambda c, r: ("set_chunk_replicas", {"chunk_id": c, "replicas": r}),
+            st.integers(1, 6), st.lists(st.integers(1, 5), max_size=3),
+        ),
+        st.builds(
+            lambda i, n, r: ("set_replicas", {"ino": i, "replicas": n, "min_replicas": 1, "recursive": r}),
+            ino, st.integers(1, 4), st.booleans(),
+        ),
+        st.builds(
+            lambda c, a: ("register_cs", {"cs_id": c, "addr": a, "host": a, "time": 1.0}),
+            st.integers(0, 3), st.sampled_from(["h1:1", "h2:1"]),
+        ),
+    )
+    return draw(st.lists(one, max_size=40))
+
+
+def run_all(store: MetadataStore, cmds: list[tuple[str, dict[str, Any]]]) -> list[Any]:
+    outcomes = []
+    for i, (op, args) in enumerate(cmds, start=1):
+        try:
+            outcomes.append(store.apply(i, 1 + i // 10, encode_command(op, **args)))
+        except ChunkFSError as exc:
+            outcomes.append((type(exc).__name__, str(exc)))
+    return outcomes
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(commands())
+def test_same_commands_same_state(cmds: list[tuple[str, dict[str, Any]]]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        s1 = MetadataStore(Path(tmp) / "one.db", CS)
+        s2 = MetadataStore(Path(tmp) / "two.db", CS)
+        try:
+            assert run_all(s1, cmds) == run_all(s2, cmds)
+            assert dump(s1) == dump(s2)
+            assert s1.applied_index == len(cmds)
+        finally:
+            s1.close()
+            s2.close()
+
+
+class Model:
+    """The namespace as a dict of paths; POSIX-like rules, independent of the store."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[tuple[str, ...], str] = {(): "d"}
+
+    def children(self, path: tuple[str, ...]) -> list[tuple[str, ...]]:
+        return [p for p in self.nodes if len(p) == len(path) + 1 and p[: len(path)] == path]
+
+    def _dir(self, path: tuple[str, ...] | None) -> type[ChunkFSError] | None:
+        if path is None or path not in self.nodes:
+            return NotFound
+        return None if self.nodes[path] == "d" else NotADirectory
+
+    def apply(self, op: str, p: tuple[str, ...] | None, n: str, q: tuple[str, ...] | None, m: str,
+              exclusive: bool) -> type[ChunkFSError] | None:
+        if op in ("mkdir", "create"):
+            target = None if p is None else (*p, n)
+            if op == "create" and target in self.nodes:
+                if exclusive:
+                    return Exists
+                return IsADirectory if self.nodes[target] == "d" else None
+            err = self._dir(p)
+            if err:
+                return err
+            assert target is not None
+            if target in self.nodes:
+                return Exists
+            self.nodes[target] = "d" if op == "mkdir" else "f"
+            return None
+        err = self._dir(p)
+        if err:
+            return err
+        assert p is not None
+        src = (*p, n)
+        if src not in self.nodes:
+            return NotFound
+        kind = self.nodes[src]
+        if op == "unlink":
+            if kind == "d":
+                return IsADirectory
+            del self.nodes[src]
+            return None
+        if op == "rmdir":
+            if kind != "d":
+                return NotADirectory
+            if self.children(src):
+                return DirectoryNotEmpty
+            del self.nodes[src]
+            return None
+        assert op == "rename"
+        err = self._dir(q)
+        if err:
+            return err
+        assert q is not None
+        if kind == "d" and q[: len(src)] == src:
+            return InvalidArgument
+        dst = (*q, m)
+        if dst == src:
+            return None
+        if dst in self.nodes:
+            tkind = self.nodes[dst]
+            if kind == "d" and tkind != "d":
+                return NotADirectory
+            if kind != "d" and tkind == "d":
+                return IsADirectory
+            if tkind == "d" and self.children(dst):
+                return DirectoryNotEmpty
+            del self.nodes[dst]
+        for path in sorted(self.nodes):
+            if path[: len(src)] == src:
+                self.nodes[(*dst, *path[len(src):])] = self.nodes.pop(path)
+        return None
+
+
+@st.composite
+def namespace_ops(draw: st.DrawFn) -> list[tuple[str, int, str, int, str, bool]]:
+    op = st.sampled_from(["mkdir", "mkdir", "create", "unlink", "rmdir", "rename", "rename"])
+    pick = st.integers(0, 30)
+    name = st.sampled_from(NAMES)
+    return draw(st.lists(st.tuples(op, pick, name, pick, name, st.booleans()), max_size=50))
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(namespace_ops())
+def test_namespace_matches_model(ops: list[tuple[str, int, str, int, str, bool]]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        store = MetadataStore(Path(tmp) / "m.db", CS)
+        try:
+            d = Driver(store)
+            model = Model()
+            for op, pi, n, qi, m, exclusive in ops:
+                # Pick parents among existing paths, plus "gone" (an inode that no longer exists).
+                paths = sorted(model.nodes)
+                choices: list[tuple[str, ...] | None] = [*paths, None]
+                p, q = choices[pi % len(choices)], choices[qi % len(choices)]
+                pino = store.resolve("/".join(p))["ino"] if p is not None else 99_999
+                qino = store.resolve("/".join(q))["ino"] if q is not None else 99_999
+                expected = model.apply(op, p, n, q, m, exclusive)
+                try:
+                    if op == "mkdir":
+                        d.mkdir(pino, n)
+                    elif op == "create":
+                        d.create(pino, n, exclusive=exclusive)
+                    elif op == "unlink":
+                        d.unlink(pino, n)
+                    elif op == "rmdir":
+                        d.rmdir(pino, n)
+                    else:
+                        d.rename(pino, n, qino, m)
+                    got: type[ChunkFSError] | None = None
+                except ChunkFSError as exc:
+                    got = type(exc)
+                assert got is expected, (op, p, n, q, m)
+                tree = dump(store)["tree"]
+                assert {tuple(k.split("/")[1:]): v["type"] for k, v in tree.items()} == model.nodes
+        finally:
+            store.close()

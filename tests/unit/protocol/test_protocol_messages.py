@@ -1,0 +1,307 @@
+"""Message declarations and validation at the edge."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from chunkfs.common.errors import ProtocolError
+from chunkfs.protocol.frame import decode_header, encode_header
+from chunkfs.protocol.messages import (
+    SPECS,
+    Field,
+    Msg,
+    int_pairs,
+    replica_list,
+    spec_of,
+    validate_request,
+    validate_response,
+)
+
+_NONE = type(None)
+
+# A sample value of each declared type, and values of every *other* type.
+SAMPLES: dict[type, list[Any]] = {
+    int: [0, 1, -1, 2**63 - 1],
+    str: ["", "x"],
+    bytes: [b"", b"\x00"],
+    bool: [True, False],
+    float: [0.5],
+    list: [[], [1]],
+    dict: [{}, {"a": 1}],
+    _NONE: [None],
+}
+
+
+def sample(fl: Field) -> Any:
+    return SAMPLES[fl.types[0]][-1]
+
+
+def full_header(fields: tuple[Field, ...]) -> dict[str, Any]:
+    return {fl.name: sample(fl) for fl in fields}
+
+
+def accepts(fl: Field, value: Any) -> bool:
+    if isinstance(value, bool):
+        return bool in fl.types
+    return isinstance(value, fl.types)
+
+
+ALL_MSGS = list(Msg)
+REQ_FIELDS = [(m, fl) for m in ALL_MSGS for fl in SPECS[m].request]
+RESP_FIELDS = [(m, fl) for m in ALL_MSGS for fl in SPECS[m].response]
+
+
+def test_every_msg_has_a_spec() -> None:
+    assert set(SPECS) == set(Msg)
+
+
+def test_message_numbers_fit_the_frame_and_are_unique() -> None:
+    values = [m.value for m in Msg]
+    assert len(values) == len(set(values))
+    assert all(0 < v <= 0xFFFF for v in values)
+
+
+def test_field_names_unique_and_types_known() -> None:
+    for msg, spec in SPECS.items():
+        for fields in (spec.request, spec.response):
+            names = [fl.name for fl in fields]
+            assert len(names) == len(set(names)), msg
+            for fl in fields:
+                assert fl.types, (msg, fl)
+                assert set(fl.types) <= set(SAMPLES), (msg, fl)
+            # "code" and "message" are reserved for error frames.
+            assert not {"code", "message"} & set(names), msg
+
+
+def test_only_cs_write_takes_a_payload() -> None:
+    assert {m for m, s in SPECS.items() if s.request_payload} == {Msg.CS_WRITE}
+
+
+@pytest.mark.parametrize("msg", ALL_MSGS)
+def test_full_request_and_response_accepted(msg: Msg) -> None:
+    spec = SPECS[msg]
+    assert validate_request(int(msg), full_header(spec.request), 0) is msg
+    validate_response(int(msg), full_header(spec.response))
+
+
+@pytest.mark.parametrize("msg", ALL_MSGS)
+def test_unknown_field_rejected(msg: Msg) -> None:
+    spec = SPECS[msg]
+    with pytest.raises(ProtocolError, match="unknown field 'zz'"):
+        validate_request(int(msg), {**full_header(spec.request), "zz": 1}, 0)
+    with pytest.raises(ProtocolError, match="unknown field 'zz'"):
+        validate_response(int(msg), {**full_header(spec.response), "zz": 1})
+
+
+@pytest.mark.parametrize(("msg", "fl"), REQ_FIELDS, ids=lambda x: getattr(x, "name", None))
+def test_missing_request_field(msg: Msg, fl: Field) -> None:
+    header = full_header(SPECS[msg].request)
+    del header[fl.name]
+    if fl.optional:
+        validate_request(int(msg), header, 0)
+    else:
+        with pytest.raises(ProtocolError, match=f"missing field '{fl.name}'"):
+            validate_request(int(msg), header, 0)
+
+
+@pytest.mark.parametrize(("msg", "fl"), RESP_FIELDS, ids=lambda x: getattr(x, "name", None))
+def test_missing_response_field(msg: Msg, fl: Field) -> None:
+    header = full_header(SPECS[msg].response)
+    del header[fl.name]
+    with pytest.raises(ProtocolError, match=f"missing field '{fl.name}'"):
+        validate_response(int(msg), header)
+
+
+@pytest.mark.parametrize(("msg", "fl"), REQ_FIELDS, ids=lambda x: getattr(x, "name", None))
+def test_wrong_type_request_field(msg: Msg, fl: Field) -> None:
+    base = full_header(SPECS[msg].request)
+    for values in SAMPLES.values():
+        for value in values:
+            header = {**base, fl.name: value}
+            if accepts(fl, value):
+                validate_request(int(msg), header, 0)
+            else:
+                with pytest.raises(ProtocolError, match="wrong type"):
+                    validate_request(int(msg), header, 0)
+
+
+@pytest.mark.parametrize(("msg", "fl"), RESP_FIELDS, ids=lambda x: getattr(x, "name", None))
+def test_wrong_type_response_field(msg: Msg, fl: Field) -> None:
+    base = full_header(SPECS[msg].response)
+    for values in SAMPLES.values():
+        for value in values:
+            header = {**base, fl.name: value}
+            if accepts(fl, value):
+                validate_response(int(msg), header)
+            else:
+                with pytest.raises(ProtocolError, match="wrong type"):
+                    validate_response(int(msg), header)
+
+
+def test_bool_never_accepted_where_int_declared() -> None:
+    header = {"ino": True}
+    with pytest.raises(ProtocolError, match="wrong type"):
+        validate_request(Msg.GETATTR, header, 0)
+    # Also where int and float and None are allowed.
+    with pytest.raises(ProtocolError, match="wrong type"):
+        validate_request(Msg.SETATTR, {"ino": 1, "size": None, "mode": None, "mtime": False, "atime": None}, 0)
+    # But a real bool field takes it.
+    validate_request(
+        Msg.SET_REPLICAS, {"ino": 1, "replicas": 3, "min_replicas": 2, "recursive": True}, 0
+    )
+    with pytest.raises(ProtocolError, match="wrong type"):
+        validate_request(Msg.SET_REPLICAS, {"ino": 1, "replicas": 3, "min_replicas": 2, "recursive": 1}, 0)
+
+
+def test_setattr_none_able_fields() -> None:
+    validate_request(Msg.SETATTR, {"ino": 1, "size": None, "mode": None, "mtime": None, "atime": None}, 0)
+    validate_request(Msg.SETATTR, {"ino": 1, "size": 5, "mode": 0o644, "mtime": 1, "atime": 2.5}, 0)
+    with pytest.raises(ProtocolError, match="missing field 'size'"):
+        validate_request(Msg.SETATTR, {"ino": 1, "mode": None, "mtime": None, "atime": None}, 0)
+
+
+def test_optional_field_present_must_still_have_right_type() -> None:
+    validate_request(Msg.CHUNK_WRITE, {"ino": 1, "index": 0}, 0)
+    validate_request(Msg.CHUNK_WRITE, {"ino": 1, "index": 0, "failed": [3]}, 0)
+    with pytest.raises(ProtocolError, match="wrong type"):
+        validate_request(Msg.CHUNK_WRITE, {"ino": 1, "index": 0, "failed": None}, 0)
+
+
+@pytest.mark.parametrize("msg", [m for m in ALL_MSGS if not SPECS[m].request_payload])
+def test_unexpected_payload_rejected(msg: Msg) -> None:
+    with pytest.raises(ProtocolError, match="unexpected payload"):
+        validate_request(int(msg), full_header(SPECS[msg].request), 1)
+
+
+def test_cs_write_payload_allowed() -> None:
+    header = {"chunk_id": 1, "version": 2, "offset": 0, "chain": [], "sync": False}
+    assert validate_request(Msg.CS_WRITE, header, 4096) is Msg.CS_WRITE
+
+
+@pytest.mark.parametrize("mtype", [0, 4, 9, 99, 0xFFFF, -1])
+def test_unknown_message_type(mtype: int) -> None:
+    with pytest.raises(ProtocolError, match="unknown message type"):
+        validate_request(mtype, {}, 0)
+    with pytest.raises(ProtocolError, match="unknown message type"):
+        validate_response(mtype, {})
+    with pytest.raises(ProtocolError):
+        spec_of(mtype)
+
+
+def test_validation_does_not_mutate_header() -> None:
+    header = {"parent": 1, "name": "a"}
+    validate_request(Msg.LOOKUP, header, 0)
+    assert header == {"parent": 1, "name": "a"}
+
+
+# -- nested shapes -------------------------------------------------------------
+
+
+def test_replica_list_ok() -> None:
+    assert replica_list([]) == []
+    assert replica_list([[1, "h:1"], [2, "h:2"]]) == [(1, "h:1"), (2, "h:2")]
+    assert replica_list([[0, ""]] * 64) == [(0, "")] * 64
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        {},
+        "1,h:1",
+        (1, "h:1"),
+        [[1, "h:1"]] * 65,
+        [(1, "h:1")],
+        [[1]],
+        [[1, "a", "b"]],
+        [["1", "h:1"]],
+        [[True, "h:1"]],
+        [[1, b"h:1"]],
+        [[1.0, "h:1"]],
+        [[1, None]],
+        [None],
+        [1, "h:1"],
+    ],
+)
+def test_replica_list_bad(value: Any) -> None:
+    with pytest.raises(ProtocolError, match="chain"):
+        replica_list(value, "chain")
+
+
+def test_int_pairs_ok() -> None:
+    assert int_pairs([], "x") == []
+    assert int_pairs([[1, 2], [-3, 2**63]], "x") == [(1, 2), (-3, 2**63)]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        None, {}, (), "12", [[1]], [[1, 2, 3]], [[1, True]], [[False, 1]],
+        [[1, 2.0]], [[1, "2"]], [(1, 2)], [None], [1, 2],
+    ],
+)
+def test_int_pairs_bad(value: Any) -> None:
+    with pytest.raises(ProtocolError, match="replicas"):
+        int_pairs(value, "replicas")
+
+
+# -- property: declared fields round-trip ---------------------------------------
+
+_LEAF = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**63), 2**64 - 1),
+    st.floats(allow_nan=False),
+    st.text(max_size=8),
+    st.binary(max_size=8),
+)
+_NESTED = st.recursive(
+    _LEAF,
+    lambda children: st.one_of(
+        st.lists(children, max_size=3), st.dictionaries(st.text(max_size=4), children, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+STRATEGIES: dict[type, st.SearchStrategy[Any]] = {
+    int: st.integers(-(2**63), 2**64 - 1),
+    str: st.text(max_size=20),
+    bytes: st.binary(max_size=40),
+    bool: st.booleans(),
+    float: st.floats(allow_nan=False),
+    list: st.lists(_NESTED, max_size=4),
+    dict: st.dictionaries(st.text(max_size=6), _NESTED, max_size=4),
+    _NONE: st.none(),
+}
+
+
+@st.composite
+def header_for(draw: st.DrawFn, fields: tuple[Field, ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for fl in fields:
+        if fl.optional and draw(st.booleans()):
+            continue
+        out[fl.name] = draw(st.one_of(*(STRATEGIES[t] for t in fl.types)))
+    return out
+
+
+@st.composite
+def message_and_headers(draw: st.DrawFn) -> tuple[Msg, dict[str, Any], dict[str, Any]]:
+    msg = draw(st.sampled_from(ALL_MSGS))
+    spec = SPECS[msg]
+    return msg, draw(header_for(spec.request)), draw(header_for(spec.response))
+
+
+@given(message_and_headers())
+def test_declared_headers_round_trip(case: tuple[Msg, dict[str, Any], dict[str, Any]]) -> None:
+    msg, request, response = case
+    decoded = decode_header(encode_header(request))
+    assert decoded == request
+    assert validate_request(int(msg), decoded, 0) is msg
+    decoded = decode_header(encode_header(response))
+    assert decoded == response
+    validate_response(int(msg), decoded)

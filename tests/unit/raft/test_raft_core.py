@@ -1,0 +1,216 @@
+"""Unit tests of the pure Raft core: one rule per test, driven by hand."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from chunkfs.common.errors import ProtocolError
+from chunkfs.raft.core import (
+    AppendRequest,
+    AppendResponse,
+    Entry,
+    EntryKind,
+    HardState,
+    Message,
+    RaftCore,
+    Role,
+    Snapshot,
+    VoteRequest,
+    VoteResponse,
+    message_from_dict,
+)
+
+
+def make(nid: int, voters: tuple[int, ...] = (1, 2, 3), **kw: object) -> RaftCore:
+    return RaftCore(nid, rng=random.Random(nid), snapshot=Snapshot.initial(voters), **kw)  # type: ignore[arg-type]
+
+
+def cluster(n: int = 3) -> dict[int, RaftCore]:
+    return {i: make(i, tuple(range(1, n + 1))) for i in range(1, n + 1)}
+
+
+READS: list[bytes] = []
+
+
+def pump(nodes: dict[int, RaftCore], drop: set[int] | None = None) -> list[Message]:
+    """Deliver until quiet; messages to or from nodes in `drop` are lost.  Read states go to READS."""
+    sent: list[Message] = []
+    queue: list[Message] = []
+    for _ in range(10_000):
+        for n in nodes.values():
+            rd = n.ready()
+            queue.extend(rd.messages)
+            sent.extend(rd.messages)
+            READS.extend(r.ctx for r in rd.read_states)
+        if not queue:
+            return sent
+        m = queue.pop(0)
+        if drop and (m.src in drop or m.dst in drop):
+            continue
+        nodes[m.dst].step(m)
+    raise AssertionError("no quiescence")
+
+
+def elect(nodes: dict[int, RaftCore], nid: int) -> None:
+    nodes[nid].campaign()
+    pump(nodes)
+    assert nodes[nid].is_leader
+
+
+def test_single_node_elects_itself_and_commits() -> None:
+    n = make(1, (1,))
+    n.campaign()
+    assert n.is_leader and n.term == 1
+    idx = n.propose(b"a")
+    rd = n.ready()
+    assert rd.hard_state == HardState(1, 1, idx)
+    assert [e.data for e in rd.entries] == [b"", b"a"]
+    assert [e.data for e in rd.committed_entries] == [b"", b"a"]
+
+
+def test_election_replication_and_commit() -> None:
+    nodes = cluster()
+    elect(nodes, 1)
+    idx = nodes[1].propose(b"x")
+    pump(nodes)
+    for _ in range(2):
+        for n in nodes.values():
+            n.tick()
+        pump(nodes)
+    assert all(n.commit >= idx for n in nodes.values())
+
+
+def test_follower_rejects_propose() -> None:
+    nodes = cluster()
+    elect(nodes, 1)
+    assert nodes[2].propose(b"x") is None
+    assert nodes[2].leader_id == 1
+    assert nodes[2].read_index(b"r") is False
+
+
+def test_pre_vote_does_not_raise_term_of_isolated_node() -> None:
+    nodes = cluster()
+    elect(nodes, 1)
+    term = nodes[3].term
+    for _ in range(100):
+        nodes[3].tick()
+        nodes[3].ready()  # all its messages are lost
+    assert nodes[3].term == term  # a partitioned node cannot disrupt the cluster on return
+
+
+def test_vote_requests_ignored_within_leader_lease() -> None:
+    nodes = cluster()
+    elect(nodes, 1)
+    f = nodes[2]
+    f.step(VoteRequest(3, 2, f.term + 1, 99, 99))
+    assert f.term == nodes[1].term and f.ready().messages == []
+
+
+def test_check_quorum_leader_steps_down_when_isolated() -> None:
+    nodes = cluster()
+    elect(nodes, 1)
+    for _ in range(25):
+        nodes[1].tick()
+        nodes[1].ready()
+    assert nodes[1].role is Role.FOLLOWER
+
+
+def test_no_double_vote_in_a_term() -> None:
+    n = make(1)
+    n.step(VoteRequest(2, 1, 5, 0, 0))
+    assert n.ready().messages == [VoteResponse(1, 2, 5, True)]
+    n.step(VoteRequest(3, 1, 5, 0, 0))
+    assert n.ready().messages == [VoteResponse(1, 3, 5, False)]
+
+
+def test_vote_persisted_in_the_same_ready_as_the_grant() -> None:
+    n = make(1)
+    n.step(VoteRequest(2, 1, 5, 0, 0))
+    rd = n.ready()
+    assert rd.hard_state == HardState(5, 2, 0) and rd.messages
+
+
+def test_restart_keeps_term_and_vote() -> None:
+    n = make(1, hard_state=HardState(5, 2, 0))
+    n.step(VoteRequest(3, 1, 5, 0, 0))
+    assert n.ready().messages == [VoteResponse(1, 3, 5, False)]
+
+
+def test_conflicting_suffix_is_truncated_and_reported() -> None:
+    n = make(2, entries=[Entry(1, 1), Entry(1, 2), Entry(1, 3)], hard_state=HardState(1, 0, 1))
+    n.ready()
+    n.step(AppendRequest(1, 2, 2, 1, 1, (Entry(2, 2, EntryKind.NORMAL, b"new"),), 2))
+    rd = n.ready()
+    assert rd.entries == [Entry(2, 2, EntryKind.NORMAL, b"new")]
+    assert n.last_index == 2
+    assert rd.messages == [AppendResponse(2, 1, 2, True, 2)]
+
+
+def test_read_index_needs_a_quorum_round() -> None:
+    nodes = cluster()
+    elect(nodes, 1)
+    for _ in range(2):
+        for n in nodes.values():
+            n.tick()
+        pump(nodes)
+    READS.clear()
+    assert nodes[1].read_index(b"r1")
+    pump(nodes, drop={2, 3})
+    assert READS == []  # no quorum answered: not served
+    assert nodes[1].read_index(b"r2")
+    pump(nodes)
+    assert READS == [b"r1", b"r2"]  # the second round's acks confirm both, in order
+
+
+def test_leadership_transfer() -> None:
+    nodes = cluster()
+    elect(nodes, 1)
+    assert nodes[1].transfer_leadership(3)
+    pump(nodes)
+    assert nodes[3].is_leader and not nodes[1].is_leader
+
+
+def test_compaction_then_snapshot_to_a_lagging_follower() -> None:
+    nodes = cluster()
+    elect(nodes, 1)
+    for i in range(5):
+        nodes[1].propose(b"%d" % i)
+    pump(nodes, drop={3})
+    for _ in range(2):
+        for n in (nodes[1], nodes[2]):
+            n.tick()
+        pump(nodes, drop={3})
+    snap = nodes[1].compact(nodes[1].applied, b"image")
+    assert snap.voters == (1, 2, 3)
+    for _ in range(2):
+        nodes[1].tick()
+        pump(nodes)
+    assert nodes[3].commit >= snap.index
+    assert nodes[3].log.snapshot == snap  # it got there by InstallSnapshot
+
+
+def test_malformed_messages_raise_protocol_error() -> None:
+    good = AppendRequest(1, 2, 3, 4, 2, (Entry(3, 5, EntryKind.NORMAL, b"x"),), 4, 1).to_dict()
+    for bad in (
+        {},
+        {"type": "nope"},
+        {**good, "term": "3"},
+        {**good, "term": -1},
+        {**good, "entries": [{"term": 1}]},
+        {**good, "entries": "x"},
+        {**good, "prev_index": True},
+    ):
+        with pytest.raises(ProtocolError):
+            message_from_dict(bad)
+
+
+@given(
+    st.integers(0, 2**63), st.integers(0, 2**63), st.sampled_from(list(EntryKind)), st.binary(max_size=64)
+)
+def test_entry_round_trip(term: int, index: int, kind: EntryKind, data: bytes) -> None:
+    e = Entry(term, index, kind, data)
+    assert Entry.from_dict(e.to_dict()) == e
