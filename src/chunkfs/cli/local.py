@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from chunkfs.cli.nodes import make_cs, make_mds, run_node
+from chunkfs.cli.nodes import make_cs, make_mds, remove_mds, run_node
 from chunkfs.common.config import DEFAULT_CHUNK_SIZE, ConfigError, conf_dir, parse_size
 from chunkfs.testing.cluster import LocalCluster
 
@@ -19,8 +19,15 @@ def need_cluster(args: argparse.Namespace) -> str:
 
 def cmd_make_mds(args: argparse.Namespace) -> int:
     node = make_mds(need_cluster(args), args.dir, args.addr, args.chunk_size, args.init)
-    print(f"created cluster {node.cluster.name!r} (chunk size {node.cluster.chunk_size >> 20} MiB) "
-          f"with MDS#1 in {args.dir}; start it with: chunkfs mds -r {args.dir} --background")
+    what = (f"created cluster {node.cluster.name!r} (chunk size {node.cluster.chunk_size >> 20} MiB) with MDS#1"
+            if args.init else f"registered MDS#{node.node_id} of {node.cluster.name!r}")
+    print(f"{what} in {args.dir}; start it with: chunkfs mds -r {args.dir} --background")
+    return 0
+
+
+def cmd_rm_mds(args: argparse.Namespace) -> int:
+    addr = remove_mds(need_cluster(args), args.id)
+    print(f"MDS#{args.id}{f' at {addr}' if addr else ''} removed from the metadata group; stop its process now")
     return 0
 
 
@@ -43,7 +50,7 @@ def add_local_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     up = lsub.add_parser("up", help="make (if new) and start a local cluster")
     up.add_argument("--dir", required=True, type=Path, help="where data and logs go")
     up.add_argument("--name", default="local", help="cluster name (default: local)")
-    up.add_argument("--mds", type=int, default=1, help="metadata servers (default 1; more once Raft lands)")
+    up.add_argument("--mds", type=int, default=3, help="metadata servers (default 3: survives the loss of one)")
     up.add_argument("--cs", type=int, default=3, help="chunk servers (default 3)")
     up.add_argument("--chunk-size", type=parse_size, default=DEFAULT_CHUNK_SIZE, help="chunk size (default 256M)")
     up.set_defaults(func=cmd_local_up)

@@ -43,9 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"chunkfs {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("make-mds", help="create a cluster (-I) and its first metadata server",
+    p = sub.add_parser("make-mds", help="create a cluster (-I) and its first MDS, or add an MDS to a cluster",
                        description="Create a metadata server's directory. With -I, also create the cluster: "
-                       "its id, its secret and the client configuration in $CHUNKFS_CONF_DIR/clusters/NAME.")
+                       "its id, its secret and the client configuration in $CHUNKFS_CONF_DIR/clusters/NAME. "
+                       "Without -I, register a new MDS with the running cluster NAME; it joins the "
+                       "replicated metadata group when it is started. Use 3 or 5 MDS in all.")
     p.add_argument("-I", "--init", action="store_true", help="create a new cluster")
     p.add_argument("-a", "--addr", required=True, metavar="HOST:PORT", help="address the MDS listens on")
     p.add_argument("-r", "--dir", required=True, type=Path, help="the MDS's directory (empty or new)")
@@ -60,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-a", "--addr", metavar="HOST:PORT", help="address to listen on (default 127.0.0.1, a free port)")
     p.add_argument("--host", help="host name used for placement (default: this machine's name)")
     p.set_defaults(func=local.cmd_make_cs)
+
+    p = sub.add_parser("rm-mds", help="remove a metadata server from the cluster",
+                       description="Take MDS ID out of the replicated metadata group (if it is the master, "
+                       "it hands over to another first). Stop its process afterwards.")
+    p.add_argument("id", type=int, help="the MDS id, as `chunkfs stat` shows it")
+    p.set_defaults(func=local.cmd_rm_mds)
 
     for role, what in (("mds", "metadata server"), ("cs", "chunk server")):
         p = sub.add_parser(role, help=f"run a {what}", description=f"Run the {what} whose directory is DIR, "

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
+import time
 import uuid
 from pathlib import Path
 
+from chunkfs.client.client import SyncClient
 from chunkfs.common.addr import parse_addr
 from chunkfs.common.config import (
     NODE_FILE,
@@ -25,10 +28,15 @@ from chunkfs.common.config import (
     save_node,
 )
 from chunkfs.common.daemon import bind_error, free_port, run_foreground, start_background
+from chunkfs.common.errors import Unavailable
 from chunkfs.cs.server import ChunkServer
 from chunkfs.mds.server import MetadataServer
+from chunkfs.protocol.messages import Msg
 
 logger = logging.getLogger(__name__)
+
+#: rm-mds of the master: tries while leadership moves to another MDS.
+REMOVE_TRIES = 10
 
 
 def _check_empty_node_dir(directory: Path, cluster: str) -> None:
@@ -48,14 +56,12 @@ def _check_empty_node_dir(directory: Path, cluster: str) -> None:
 
 
 def make_mds(cluster: str, directory: Path, addr: str, chunk_size: int, init: bool) -> NodeConfig:
-    """Create a cluster (with -I) and its first metadata server."""
+    """Create a cluster and its first metadata server (`init`), or add an MDS to a running cluster."""
     check_cluster_name(cluster)
     check_chunk_size(chunk_size)
     parse_addr(addr)
     if not init:
-        raise ConfigError(
-            "joining an MDS to a running cluster needs Raft (not yet available): use -I for a new cluster"
-        )
+        return _join_mds(cluster, directory, addr)
     if (cluster_conf_path(cluster) / "cluster.json").exists():
         raise ConfigError(
             f"cluster {cluster!r} is already configured in {cluster_conf_path(cluster)}; "
@@ -64,10 +70,44 @@ def make_mds(cluster: str, directory: Path, addr: str, chunk_size: int, init: bo
     _check_empty_node_dir(directory, cluster)
     info = ClusterInfo(cluster, str(uuid.uuid4()), chunk_size)
     secret = os.urandom(SECRET_BYTES)
-    node = NodeConfig(role="mds", cluster=info, addr=addr, node_id=1)
+    node = NodeConfig(role="mds", cluster=info, addr=addr, node_id=1, peers=((1, addr),), bootstrap=True)
     save_node(directory, node, secret)
     save_client_config(ClientConfig(info, (addr,), secret))
     return node
+
+
+def _join_mds(cluster: str, directory: Path, addr: str) -> NodeConfig:
+    """Register a new MDS with the running cluster; it becomes a voter when it first starts."""
+    client = load_client_config(cluster)
+    _check_empty_node_dir(directory, cluster)
+    if addr in client.mds:
+        raise ConfigError(f"{addr} is already a metadata server of {cluster!r}; choose another address")
+    with SyncClient(client) as c:
+        reply = c.run(c.client.mds.call(Msg.MDS_ADD, {"addr": addr}))
+    peers = tuple((int(i), str(a)) for i, a in reply["members"])
+    node = NodeConfig(role="mds", cluster=client.cluster, addr=addr, node_id=reply["id"], peers=peers)
+    save_node(directory, node, client.secret)
+    save_client_config(dataclasses.replace(client, mds=(*client.mds, addr)))
+    return node
+
+
+def remove_mds(cluster: str, node_id: int) -> str | None:
+    """Take an MDS out of the group (the master hands over first if it is the one removed)."""
+    client = load_client_config(cluster)
+    with SyncClient(client) as c:
+        members = {int(m["id"]): m["addr"] for m in c.cluster_stat()["mds"]}
+        for attempt in range(REMOVE_TRIES):
+            try:
+                c.run(c.client.mds.call(Msg.MDS_REMOVE, {"id": node_id}))
+                break
+            except Unavailable:
+                if attempt == REMOVE_TRIES - 1:
+                    raise
+                time.sleep(1.0)
+    addr = members.get(node_id)
+    if addr is not None and addr in client.mds and len(client.mds) > 1:
+        save_client_config(dataclasses.replace(client, mds=tuple(a for a in client.mds if a != addr)))
+    return addr
 
 
 def make_cs(cluster: str, directory: Path, addr: str | None, host: str | None) -> NodeConfig:

@@ -112,13 +112,26 @@ class ChunkIO:
         await asyncio.gather(*(self._read_piece(ino, idx, off, size, out, pos) for idx, off, size, pos in pieces))
         return bytes(out)
 
-    async def _read_piece(self, ino: int, index: int, offset: int, size: int, out: bytearray, pos: int) -> None:
+    async def read_buffer(self, ino: int, offset: int, length: int) -> bytes | bytearray | memoryview:
+        """`read` without copies when the range lies in one piece — every FUSE request (at most 1 MiB)
+        that does not cross a chunk boundary: the chunk server's payload is handed back as it arrived."""
+        pieces = split(offset, length, self.client.chunk_size)
+        if len(pieces) != 1:
+            return await self.read(ino, offset, length)
+        index, in_chunk, size, _ = pieces[0]
+        data = await self._read_piece(ino, index, in_chunk, size, None, 0)
+        return bytes(size) if data is None else data
+
+    async def _read_piece(
+        self, ino: int, index: int, offset: int, size: int, out: bytearray | None, pos: int
+    ) -> bytes | bytearray | memoryview | None:
+        """Read one piece into `out` (when given) and return it; None for a hole."""
         refresh = False
         last: ChunkFSError | None = None
         for _ in range(MAX_TRIES):
             m = await self._read_map(ino, index, refresh)
             if m.chunk_id == 0:
-                return  # a hole: zeros, already in `out`
+                return None  # a hole: zeros, already in `out`
             replicas = list(m.replicas)
             random.shuffle(replicas)  # spread reads over the replicas
             for cs_id, addr in replicas:
@@ -129,8 +142,9 @@ class ChunkIO:
                     )
                     if len(data) != size:
                         raise ChecksumMismatch(f"CS#{cs_id} returned {len(data)} bytes, {size} asked")
-                    out[pos:pos + size] = data
-                    return
+                    if out is not None:
+                        out[pos:pos + size] = data
+                    return data
                 except _REPLICA_ERRORS as exc:
                     last = exc
                     logger.warning("read of chunk %#x from CS#%d failed: %s; trying another replica",

@@ -448,7 +448,7 @@ class ChunkFSOperations(pyfuse3.Operations):
         length = min(size, of.size - off)
         if length <= 0:
             return b""
-        return await self.client.io.read(of.ino, off, length)
+        return await self.client.io.read_buffer(of.ino, off, length)  # type: ignore[return-value]
 
     @fuse_errors
     async def write(self, fh: int, off: int, buf: bytes) -> int:

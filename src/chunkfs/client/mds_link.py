@@ -58,8 +58,9 @@ class MdsLink:
                 return reply
             except NotMaster as exc:
                 hint = exc.context.get("leader")
-                if isinstance(hint, str) and hint in self.addrs:
-                    self.addrs.remove(hint)
+                if isinstance(hint, str) and hint:
+                    if hint in self.addrs:
+                        self.addrs.remove(hint)
                     self.addrs.insert(0, hint)
                 last: ChunkFSError = exc
                 self.close()

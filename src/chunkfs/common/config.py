@@ -80,10 +80,15 @@ class NodeConfig:
     host: str = ""
     mds: tuple[str, ...] = field(default_factory=tuple)
     heartbeat_interval: float = 1.0
+    #: MDS only: the other members known when this one was made, as (id, address).
+    peers: tuple[tuple[int, str], ...] = field(default_factory=tuple)
+    #: MDS only: the founding member starts a new group; others join a running one.
+    bootstrap: bool = False
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["mds"] = list(self.mds)
+        data["peers"] = {str(i): a for i, a in self.peers}
         return data
 
 
@@ -137,9 +142,18 @@ def load_node(directory: Path) -> tuple[NodeConfig, bytes]:
     host = data.get("host", "")
     if not isinstance(host, str):
         raise ConfigError(f"{path}: option 'host' must be a string")
+    peers_map = data.get("peers", {})
+    if not isinstance(peers_map, dict) or not all(
+        isinstance(k, str) and k.isdigit() and isinstance(v, str) for k, v in peers_map.items()
+    ):
+        raise ConfigError(f"{path}: option 'peers' must map MDS ids to HOST:PORT addresses")
+    peers = tuple(sorted((int(k), _check_addr(v, "peers", path)) for k, v in peers_map.items()))
+    bootstrap = data.get("bootstrap", False)
+    if not isinstance(bootstrap, bool):
+        raise ConfigError(f"{path}: option 'bootstrap' must be true or false")
     node = NodeConfig(
         role=role, cluster=cluster, addr=addr, node_id=node_id, host=host, mds=mds,
-        heartbeat_interval=float(interval),
+        heartbeat_interval=float(interval), peers=peers, bootstrap=bootstrap,
     )
     return node, read_secret(directory / SECRET_FILE)
 

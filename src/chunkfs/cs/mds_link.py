@@ -15,7 +15,7 @@ import socket
 from typing import TYPE_CHECKING
 
 from chunkfs.common.config import NodeConfig, save_node
-from chunkfs.common.errors import ChunkFSError
+from chunkfs.common.errors import ChunkFSError, NotMaster
 from chunkfs.protocol.messages import Msg
 from chunkfs.protocol.rpc import Connection, Credentials, connect
 
@@ -48,11 +48,23 @@ class MdsLink:
 
     async def _run(self) -> None:
         pause = 0.1
+        known = list(self.node.mds)
         while True:
-            for addr in self.node.mds:
+            for addr in list(known):
                 try:
                     await self._session(addr)
                     pause = 0.1
+                except NotMaster as exc:
+                    # Follow the redirect at once; remember masters we were not told about.
+                    leader = exc.context.get("leader")
+                    logger.info("MDS %s is not the master; master hint: %s", addr, leader or "none")
+                    if isinstance(leader, str) and leader and leader != addr:
+                        if leader not in known:
+                            known.append(leader)
+                        try:
+                            await self._session(leader)
+                        except ChunkFSError as exc2:
+                            logger.warning("link to MDS %s: %s", leader, exc2)
                 except ChunkFSError as exc:
                     logger.warning("link to MDS %s: %s", addr, exc)
                 finally:

@@ -1,19 +1,16 @@
 """The narrow seam between the metadata server and consensus.
 
 The MDS turns every change into a command, proposes it, and gets back the
-result of applying it — on every member, in the same order.  It does not know
-whether the log behind this interface is a single local journal
-(`LocalLog`, a one-member group) or a Raft group: the Raft issue replaces the
-implementation, not the MDS.
+result of applying it — on every member, in the same order.  The one
+implementation is `chunkfs.raft.driver.RaftLog`; a single-MDS cluster is a
+one-member Raft group, the same code.  Tests may put a fake behind this seam.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, Protocol
 
-#: Applies one committed entry: (index, term, command bytes) -> result.
-ApplyFn = Callable[[int, int, bytes], Any]
+from chunkfs.raft.driver import StateMachine
 
 
 class ReplicatedLog(Protocol):
@@ -32,8 +29,8 @@ class ReplicatedLog(Protocol):
         """The address of the master as far as this member knows, for redirects."""
         ...
 
-    async def start(self, apply: ApplyFn, applied_index: int) -> None:
-        """Recover, re-apply committed entries past `applied_index`, start serving."""
+    async def start(self, sm: StateMachine) -> None:
+        """Recover, re-apply committed entries past the store's applied index, start serving."""
         ...
 
     async def propose(self, command: bytes) -> Any:

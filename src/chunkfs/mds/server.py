@@ -17,20 +17,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from chunkfs.common.addr import parse_addr
 from chunkfs.common.config import NodeConfig
 from chunkfs.common.errors import (
     ChunkFSError,
     InvalidArgument,
     NoSpace,
+    NotFound,
     ProtocolError,
     Unavailable,
 )
-from chunkfs.mds.local_log import LocalLog
 from chunkfs.mds.placement import Candidate, choose_servers
 from chunkfs.mds.replicated_log import ReplicatedLog
 from chunkfs.mds.store import Chunk, MetadataStore, encode_command
 from chunkfs.protocol.messages import Msg, int_pairs
 from chunkfs.protocol.rpc import Connection, Credentials, Reply, RpcServer
+from chunkfs.raft.driver import RaftLog, StateMachine
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +42,10 @@ MAX_EVENTS = 1000
 #: Commands to chunk servers (create, set version) wait at most this long.
 CS_COMMAND_TIMEOUT = 10.0
 ALLOC_LOCK_STRIPES = 64
+#: Largest store snapshot sent to a lagging follower in one message.
+MAX_SNAPSHOT = 256 << 20
+#: Requests a follower answers itself; everything else is redirected to the master.
+FOLLOWER_MESSAGES = frozenset({Msg.RAFT, Msg.PING})
 
 
 @dataclass(slots=True)
@@ -58,13 +64,19 @@ class LiveServer:
 
 
 class MetadataServer:
-    def __init__(self, directory: Path, node: NodeConfig, secret: bytes, log: ReplicatedLog | None = None) -> None:
+    def __init__(self, directory: Path, node: NodeConfig, secret: bytes) -> None:
         self.directory = directory
         self.node = node
         self.creds = Credentials(node.cluster.name, secret, "mds", f"mds{node.node_id}")
         self.store = MetadataStore(directory / "metadata.sqlite", node.cluster.chunk_size)
-        self.log: ReplicatedLog = log or LocalLog(directory / "journal", node.addr, node.node_id)
-        self.rpc = RpcServer(self.creds, self.handle, on_close=self._on_close)
+        self.raft = RaftLog(
+            directory / "raft", node.node_id, {**dict(node.peers), node.node_id: node.addr}, self.creds,
+            bootstrap_voters=(node.node_id,) if node.bootstrap else (),
+            on_membership=self._learn_members, on_leader=lambda: self._spawn(self._became_master()),
+        )
+        self.log: ReplicatedLog = self.raft
+        # Snapshots (Raft InstallSnapshot) are whole store images: allow them on MDS connections.
+        self.rpc = RpcServer(self.creds, self.handle, on_close=self._on_close, max_payload=MAX_SNAPSHOT)
         self.live: dict[int, LiveServer] = {}
         # Striped locks: one chunk is allocated once, and the set of locks stays bounded.
         self._alloc_locks = [asyncio.Lock() for _ in range(ALLOC_LOCK_STRIPES)]
@@ -77,15 +89,46 @@ class MetadataServer:
         # Bind first (a busy port fails fast, before the journal starts a term),
         # accept only once the journal is replayed.
         await self.rpc.listen(self.node.addr, start_serving=False)
-        await self.log.start(self.store.apply, self.store.applied_index)
+        store = self.store
+        await self.raft.start(StateMachine(
+            apply=store.apply, applied_index=lambda: store.applied_index, snapshot=store.snapshot,
+            restore=store.restore,
+        ))
+        self._learn_members()
         await self.rpc.start_serving()
-        logger.info(
-            "MDS#%d of cluster %r serving on %s (term %d)",
-            self.node.node_id, self.node.cluster.name, self.node.addr, self.log.term,
-        )
-        await self._event(
-            "info", f"MDS#{self.node.node_id} started as master on {self.node.addr}, term {self.log.term}"
-        )
+        logger.info("MDS#%d of cluster %r serving on %s", self.node.node_id, self.node.cluster.name, self.node.addr)
+        if self.node.node_id not in self.raft.voters():
+            self._spawn(self._join())
+
+    def _learn_members(self) -> None:
+        """Peers' addresses come from the replicated member table (and node.json until it has them)."""
+        self.raft.addrs.update(self.store.mds_members())
+
+    async def _became_master(self) -> None:
+        members = self.store.mds_members()
+        if members.get(self.node.node_id) != self.node.addr:
+            await self._propose("add_mds", addr=self.node.addr, node_id=self.node.node_id)
+        await self._event("info", f"MDS#{self.node.node_id} is the master (term {self.log.term}) at {self.node.addr}")
+
+    async def _join(self) -> None:
+        """A new MDS asks the master, until it answers, to make it a voter."""
+        from chunkfs.client.mds_link import MdsLink  # the same redirect-following link clients use
+
+        peers = tuple(a for i, a in sorted(self.raft.addrs.items()) if i != self.node.node_id)
+        link = MdsLink(peers, self.creds, retry_for=30.0)
+        try:
+            for attempt in range(1000):
+                if self.node.node_id in self.raft.voters():
+                    break
+                try:
+                    await link.call(Msg.MDS_JOIN, {"id": self.node.node_id, "addr": self.node.addr})
+                    logger.info("MDS#%d joined the metadata group", self.node.node_id)
+                    break
+                except ChunkFSError as exc:
+                    logger.warning("joining the metadata group (attempt %d): %s", attempt + 1, exc)
+                    await asyncio.sleep(1.0)
+        finally:
+            link.close()
 
     async def stop(self) -> None:
         await self.rpc.close()
@@ -113,12 +156,60 @@ class MetadataServer:
     # -- dispatch ----------------------------------------------------------------
 
     async def handle(self, conn: Connection, msg: Msg, h: dict[str, Any], payload: bytes) -> Reply:
+        if msg == Msg.RAFT:
+            if conn.peer_role != "mds":
+                raise ProtocolError("RAFT is for metadata servers only")
+            self.raft.step(h["m"], payload)
+            return {}, b""
         handler = getattr(self, f"_on_{msg.name.lower()}", None)
         if handler is None:
             raise ProtocolError(f"{msg.name} is not served by a metadata server")
         if msg in (Msg.CS_REGISTER, Msg.CS_HEARTBEAT) and conn.peer_role != "cs":
             raise ProtocolError(f"{msg.name} is for chunk servers only")
+        if msg not in FOLLOWER_MESSAGES and not self.raft.is_leader():
+            raise self.raft._not_master()
         return await handler(conn, h), b""
+
+    # -- metadata group membership -------------------------------------------------
+
+    def _members_reply(self) -> list[list[Any]]:
+        return [[i, a] for i, a in sorted(self.store.mds_members().items())]
+
+    async def _on_mds_add(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
+        parse_addr(h["addr"])
+        node_id = await self._propose("add_mds", addr=h["addr"])
+        await self._event("info", f"MDS#{node_id} registered at {h['addr']}; it joins the group when it starts")
+        return {"id": node_id, "members": self._members_reply()}
+
+    async def _on_mds_join(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
+        node_id = h["id"]
+        if self.store.mds_members().get(node_id) != h["addr"]:
+            raise InvalidArgument(f"MDS#{node_id} at {h['addr']} is not registered: create it with make-mds")
+        if node_id not in self.raft.voters():
+            self._learn_members()
+            await self.raft.change_membership(add=node_id)
+            await self._event("info", f"MDS#{node_id} at {h['addr']} joined the metadata group")
+        return {"members": self._members_reply()}
+
+    async def _on_mds_remove(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
+        node_id = h["id"]
+        members = self.store.mds_members()
+        if node_id not in members and node_id not in self.raft.voters():
+            raise NotFound(f"no MDS#{node_id} in this cluster")
+        if node_id == self.node.node_id:
+            others = sorted(self.raft.voters() - {node_id})
+            if not others:
+                raise InvalidArgument("cannot remove the only metadata server")
+            self.raft.transfer_leadership(others[0])
+            raise Unavailable(f"MDS#{node_id} is the master; handing over to MDS#{others[0]} first: try again")
+        if len(self.raft.voters() - {node_id}) < 1:
+            raise InvalidArgument("cannot remove the only metadata server")
+        if node_id in self.raft.voters():
+            await self.raft.change_membership(remove=node_id)
+        await self._propose("remove_mds", node_id=node_id)
+        await self._event("warning", f"MDS#{node_id} removed from the metadata group")
+        return {}
+
 
     async def _on_ping(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
         return {"role": "mds", "node": self.creds.node}

@@ -18,6 +18,7 @@ a power cut may roll back the last transactions, which the journal replays.
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import stat as statmod
 from collections.abc import Iterator
@@ -65,6 +66,7 @@ CREATE TABLE IF NOT EXISTS chunks (
 CREATE UNIQUE INDEX IF NOT EXISTS chunks_file ON chunks(ino, idx);
 CREATE TABLE IF NOT EXISTS chunk_servers (
     cs_id INTEGER PRIMARY KEY, addr TEXT NOT NULL, host TEXT NOT NULL, registered REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS mds_members (id INTEGER PRIMARY KEY, addr TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY, time REAL NOT NULL, level TEXT NOT NULL, message TEXT NOT NULL);
 """
@@ -104,10 +106,7 @@ class MetadataStore:
     def __init__(self, path: Path, chunk_size: int) -> None:
         self.path = path
         self.chunk_size = chunk_size
-        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(_SCHEMA)
+        self._open()
         with self._tx():
             if self._meta("applied_index") is None:
                 self._set_meta("applied_index", 0)
@@ -121,6 +120,12 @@ class MetadataStore:
                     "INSERT INTO inodes VALUES (?, 'd', ?, 0, 0, 0, 0, ?, ?)",
                     (ROOT_INO, 0o755, DEFAULT_REPLICAS, DEFAULT_MIN_REPLICAS),
                 )
+
+    def _open(self) -> None:
+        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(_SCHEMA)
 
     def close(self) -> None:
         self.db.close()
@@ -367,6 +372,40 @@ class MetadataStore:
         else:
             self.db.execute("UPDATE chunk_servers SET addr = ?, host = ? WHERE cs_id = ?", (addr, host, cs_id))
         return cs_id
+
+    def _op_add_mds(self, term: int, addr: str, node_id: int = 0) -> int:
+        """Register a metadata server's address; the founding MDS registers itself with its id."""
+        row = self.db.execute("SELECT id FROM mds_members WHERE addr = ?", (addr,)).fetchone()
+        if row is not None:
+            return int(row[0])
+        if node_id == 0:
+            node_id = 1 + (self.db.execute("SELECT MAX(id) FROM mds_members").fetchone()[0] or 0)
+        self.db.execute("INSERT INTO mds_members VALUES (?, ?)", (node_id, addr))
+        return node_id
+
+    def _op_remove_mds(self, term: int, node_id: int) -> None:
+        self.db.execute("DELETE FROM mds_members WHERE id = ?", (node_id,))
+
+    def mds_members(self) -> dict[int, str]:
+        return {int(r[0]): str(r[1]) for r in self.db.execute("SELECT id, addr FROM mds_members ORDER BY id")}
+
+    # -- snapshots ---------------------------------------------------------------
+
+    def snapshot(self) -> bytes:
+        """A consistent image of the whole store, taken without fork or stopping service."""
+        return self.db.serialize()
+
+    def restore(self, data: bytes, index: int) -> None:
+        """Replace the whole store with a snapshot image (from the master) taken at log `index`."""
+        tmp = self.path.with_name(self.path.name + ".restore")
+        tmp.write_bytes(data)
+        self.db.close()
+        for suffix in ("-wal", "-shm"):
+            self.path.with_name(self.path.name + suffix).unlink(missing_ok=True)
+        os.replace(tmp, self.path)
+        self._open()
+        with self._tx():
+            self._set_meta("applied_index", max(self.applied_index, index))
 
     def _op_event(self, term: int, time: float, level: str, message: str) -> int:
         seq = self._next("event_seq") + 1

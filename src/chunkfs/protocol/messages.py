@@ -60,6 +60,11 @@ class Msg(enum.IntEnum):
     CS_WRITE = 71
     CS_FSYNC = 72
     CS_CHECKSUMS = 73
+    # MDS <-> MDS and membership.
+    RAFT = 80
+    MDS_ADD = 81
+    MDS_JOIN = 82
+    MDS_REMOVE = 83
 
 
 @dataclass(slots=True, frozen=True)
@@ -176,6 +181,13 @@ SPECS: dict[Msg, MessageSpec] = {
     ),
     Msg.CS_FSYNC: MessageSpec((f("chunk_id", int), f("version", int), f("chain", list)), ()),
     Msg.CS_CHECKSUMS: MessageSpec((f("chunk_id", int), f("version", int)), (f("crcs", list),)),
+    # A Raft message as a plain map (checked by raft.core.message_from_dict); snapshot data as payload.
+    Msg.RAFT: MessageSpec((f("m", dict),), (), request_payload=True),
+    # Register a new MDS's address; the reply gives its id and every member's address.
+    Msg.MDS_ADD: MessageSpec((f("addr", str),), (f("id", int), f("members", list))),
+    # A registered MDS, now running, asks to become a voter.
+    Msg.MDS_JOIN: MessageSpec((f("id", int), f("addr", str)), (f("members", list),)),
+    Msg.MDS_REMOVE: MessageSpec((f("id", int),), ()),
 }
 
 

@@ -522,6 +522,12 @@ class RaftCore:
     def hard_state(self) -> HardState:
         return HardState(self.term, self.vote, self.commit)
 
+    def match_indexes(self) -> dict[int, int]:
+        """The leader's view of how far each voter's log matches its own (empty on followers)."""
+        if self.role is not Role.LEADER:
+            return {}
+        return {peer: (self.log.last_index if peer == self.id else pr.match) for peer, pr in self._progress.items()}
+
     @property
     def quorum(self) -> int:
         return len(self.voters) // 2 + 1

@@ -48,8 +48,8 @@ class LocalCluster:
     def make(
         cls, directory: Path, name: str, n_mds: int = 1, n_cs: int = 3, chunk_size: int = 256 << 20
     ) -> LocalCluster:
-        if n_mds != 1:
-            raise ConfigError("only one MDS per cluster until Raft lands: use --mds 1")
+        if n_mds not in (1, 3, 5) and not 1 <= n_mds <= 7:
+            raise ConfigError("--mds must be between 1 and 7 (3 or 5 survive the loss of 1 or 2)")
         if not 1 <= n_cs <= 64:
             raise ConfigError("--cs must be between 1 and 64")
         directory = directory.resolve()
@@ -59,10 +59,30 @@ class LocalCluster:
         mds_dir = directory / "mds1"
         node = make_mds(name, mds_dir, f"127.0.0.1:{free_port()}", chunk_size, init=True)
         cluster.processes.append(Process("mds", 1, str(mds_dir), node.addr))
-        for _ in range(n_cs):
-            cluster.add_cs(host=None)
+        cluster.save()
+        try:
+            for _ in range(n_mds - 1):
+                # Joining needs a running master: the founder starts now.
+                if not cluster.running(cluster.processes[0]):
+                    cluster.start("mds", 1)
+                cluster.add_mds()
+            for _ in range(n_cs):
+                cluster.add_cs(host=None)
+        except BaseException:
+            cluster.stop_all()
+            raise
         cluster.save()
         return cluster
+
+    def add_mds(self) -> Process:
+        """Register one more MDS with the running cluster (it joins the group when started)."""
+        number = 1 + max(p.id for p in self.processes if p.role == "mds")
+        mds_dir = self.dir / f"mds{number}"
+        node = make_mds(self.name, mds_dir, f"127.0.0.1:{free_port()}", 1 << 20, init=False)
+        proc = Process("mds", node.node_id, str(mds_dir), node.addr)
+        self.processes.append(proc)
+        self.save()
+        return proc
 
     def add_cs(self, host: str | None = None) -> Process:
         number = 1 + sum(1 for p in self.processes if p.role == "cs")
@@ -152,8 +172,9 @@ class LocalCluster:
         return SyncClient(load_client_config(self.name))
 
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> dict[str, Any]:
-        """Wait until the master answers and every running chunk server is registered and active."""
+        """Wait until a master answers, every running MDS is a member and every running CS is active."""
         want = {p.addr for p in self.processes if p.role == "cs" and self.running(p)}
+        want_mds = {p.addr for p in self.processes if p.role == "mds" and self.running(p)}
         deadline = time.monotonic() + timeout
         last: object = None
         with self.client() as client:
@@ -162,9 +183,11 @@ class LocalCluster:
                 try:
                     stat = client.cluster_stat()
                     active = {s["addr"] for s in stat["cs"] if s["status"] == "active"}
-                    if want <= active:
+                    members = {m["addr"] for m in stat["mds"] if m["role"] in ("master", "follower")}
+                    if want <= active and want_mds <= members:
                         return stat
-                    last = f"chunk servers not yet active: {sorted(want - active)}"
+                    last = (f"chunk servers not yet active: {sorted(want - active)}; "
+                            f"metadata servers not yet members: {sorted(want_mds - members)}")
                 except ChunkFSError as exc:
                     last = exc
                 time.sleep(0.1)

@@ -77,8 +77,8 @@ def test_field_names_unique_and_types_known() -> None:
             assert not {"code", "message"} & set(names), msg
 
 
-def test_only_cs_write_takes_a_payload() -> None:
-    assert {m for m, s in SPECS.items() if s.request_payload} == {Msg.CS_WRITE}
+def test_only_data_and_snapshot_messages_take_a_payload() -> None:
+    assert {m for m, s in SPECS.items() if s.request_payload} == {Msg.CS_WRITE, Msg.RAFT}
 
 
 @pytest.mark.parametrize("msg", ALL_MSGS)

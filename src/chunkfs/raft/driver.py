@@ -1,0 +1,470 @@
+"""The asyncio driver: runs one `RaftCore` over real disks and real connections.
+
+It is the metadata server's `ReplicatedLog`.  One task owns the core and
+handles its outputs strictly in order — persist (entries, hard state,
+snapshot: fsynced), then send, then apply, then serve reads — so no message
+ever depends on state that is not on disk.  Proposals that arrive while a
+batch is being persisted join the next batch and share its fsync.
+
+Peers are reached over the project's authenticated protocol: a Raft message
+is a `RAFT` request whose header carries the message as a plain map and whose
+payload carries snapshot data.  Sending is fire-and-forget through a bounded
+queue per peer; Raft tolerates lost messages, so a full queue or a dead peer
+just drops them (and the core retries).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from chunkfs.common.errors import ChunkFSError, NotMaster, Timeout, Unavailable
+from chunkfs.protocol.messages import Msg
+from chunkfs.protocol.rpc import Connection, Credentials, connect
+from chunkfs.raft.core import (
+    Entry,
+    EntryKind,
+    Message,
+    RaftCore,
+    Ready,
+    Snapshot,
+    SnapshotRequest,
+    message_from_dict,
+    message_to_dict,
+)
+from chunkfs.raft.log_storage import LogStorage
+
+logger = logging.getLogger(__name__)
+
+#: Logical clock: one tick every TICK seconds.  Elections start after
+#: ELECTION_TICKS..2*ELECTION_TICKS ticks of silence (1-2 s); leaders send
+#: heartbeats every HEARTBEAT_TICKS.
+TICK = 0.05
+ELECTION_TICKS = 20
+HEARTBEAT_TICKS = 2
+#: How long a proposal or a read barrier waits for its outcome.
+PROPOSE_TIMEOUT = 15.0
+#: Compact the log (snapshot the store) every this many applied entries.
+COMPACT_EVERY = 20_000
+#: Messages queued for one peer at most; beyond that they are dropped.
+PEER_QUEUE = 1024
+SEND_TIMEOUT = 5.0
+
+ApplyFn = Callable[[int, int, bytes], Any]
+
+
+@dataclass(slots=True)
+class StateMachine:
+    """What the driver needs from the application besides `apply`."""
+
+    apply: ApplyFn
+    applied_index: Callable[[], int]
+    snapshot: Callable[[], bytes]
+    restore: Callable[[bytes, int], None]
+
+
+class _Peer:
+    """Outgoing messages to one peer: a bounded queue and a sender task."""
+
+    def __init__(self, driver: RaftLog, peer_id: int) -> None:
+        self.driver = driver
+        self.peer_id = peer_id
+        self.queue: asyncio.Queue[Message] = asyncio.Queue(PEER_QUEUE)
+        self.conn: Connection | None = None
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    def send(self, msg: Message) -> None:
+        with contextlib.suppress(asyncio.QueueFull):
+            self.queue.put_nowait(msg)
+
+    async def _run(self) -> None:
+        pause = 0.05
+        while True:
+            msg = await self.queue.get()
+            addr = self.driver.addrs.get(self.peer_id)
+            if addr is None:
+                continue
+            try:
+                if self.conn is None or self.conn.closed:
+                    self.conn = await connect(addr, self.driver.creds, timeout=2.0)
+                header = message_to_dict(msg)
+                payload = b""
+                if isinstance(msg, SnapshotRequest):
+                    # Snapshot data rides as the raw payload, not inside the header.
+                    payload = header["snapshot"]["data"]
+                    header["snapshot"] = {**header["snapshot"], "data": b""}
+                await self.conn.call(Msg.RAFT, {"m": header}, payload, timeout=SEND_TIMEOUT)
+                pause = 0.05
+            except ChunkFSError as exc:
+                logger.debug("raft message to MDS#%d at %s lost: %s", self.peer_id, addr, exc)
+                if self.conn is not None:
+                    self.conn.close()
+                    self.conn = None
+                # Drop what piled up while the peer was away; the core resends what matters.
+                while not self.queue.empty():
+                    self.queue.get_nowait()
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 1.0)
+
+    def close(self) -> None:
+        self.task.cancel()
+        if self.conn is not None:
+            self.conn.close()
+
+
+class RaftLog:
+    """A Raft group member behind the `ReplicatedLog` interface."""
+
+    def __init__(
+        self,
+        directory: Path,
+        node_id: int,
+        addrs: dict[int, str],
+        creds: Credentials,
+        *,
+        bootstrap_voters: tuple[int, ...] = (),
+        on_membership: Callable[[], None] | None = None,
+        on_leader: Callable[[], None] | None = None,
+    ) -> None:
+        self.directory = directory
+        self.node_id = node_id
+        self.addrs = dict(addrs)
+        self.creds = creds
+        self.bootstrap_voters = bootstrap_voters
+        self.on_membership = on_membership
+        self.on_leader = on_leader
+        self.core: RaftCore | None = None
+        self.storage: LogStorage | None = None
+        self.sm: StateMachine | None = None
+        self._peers: dict[int, _Peer] = {}
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._proposals: dict[int, tuple[int, asyncio.Future[Any]]] = {}
+        self._reads: dict[bytes, asyncio.Future[int]] = {}
+        self._read_waiters: list[asyncio.Future[None]] = []
+        self._read_in_flight = False
+        self._applied_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._read_seq = 0
+        self._since_compact = 0
+        self._leader_since = 0.0
+
+    # -- ReplicatedLog interface -------------------------------------------------
+
+    @property
+    def term(self) -> int:
+        return self.core.term if self.core else 0
+
+    def is_leader(self) -> bool:
+        return self.core is not None and self.core.is_leader
+
+    def leader_hint(self) -> str | None:
+        if self.core is None:
+            return None
+        return self.addrs.get(self.core.leader_id)
+
+    def voters(self) -> frozenset[int]:
+        return self.core.voters if self.core else frozenset()
+
+    def members(self) -> list[dict[str, Any]]:
+        core = self.core
+        assert core is not None
+        matches = core.match_indexes()
+        out = []
+        for vid in sorted(core.voters | {self.node_id}):
+            me = vid == self.node_id
+            role = "master" if vid == core.leader_id else "follower"
+            if vid not in core.voters:
+                role = "joining"
+            elif not me and core.is_leader and not self._peer_up(vid):
+                role = "offline"
+            out.append({
+                "id": vid, "addr": self.addrs.get(vid, "?"), "role": role, "term": core.term,
+                "commit": core.commit if me else matches.get(vid, -1),
+                "applied": core.applied if me else -1,
+            })
+        return out
+
+    def _peer_up(self, vid: int) -> bool:
+        peer = self._peers.get(vid)
+        return peer is not None and peer.conn is not None and not peer.conn.closed
+
+    async def start(self, sm: StateMachine) -> None:
+        self.sm = sm
+        storage, rec = await asyncio.to_thread(LogStorage.open, self.directory)
+        if rec.snapshot is None and not rec.entries and rec.hard_state.term == 0:
+            initial = Snapshot.initial(self.bootstrap_voters)
+            await asyncio.to_thread(storage.install_snapshot, initial)
+            rec.snapshot = initial
+            logger.info("raft: new log, initial voters %s", list(self.bootstrap_voters) or "none (joining)")
+        snapshot = rec.snapshot or Snapshot.initial(())
+        if rec.torn_bytes:
+            logger.warning("raft: cut a torn tail of %d bytes from the log (a crash during an append)", rec.torn_bytes)
+        applied = sm.applied_index()
+        if applied < snapshot.index:
+            logger.warning("raft: the store is behind the snapshot (%d < %d): restoring it", applied, snapshot.index)
+            sm.restore(snapshot.data, snapshot.index)
+            applied = snapshot.index
+        self.storage = storage
+        self.core = RaftCore(
+            self.node_id, rng=random.Random(int.from_bytes(os.urandom(8), "big")),  # noqa: S311 - timing jitter
+            snapshot=snapshot, hard_state=rec.hard_state, entries=rec.entries,
+            applied=min(applied, max(rec.hard_state.commit, snapshot.index)),
+            election_timeout=ELECTION_TICKS, heartbeat_timeout=HEARTBEAT_TICKS,
+        )
+        logger.info(
+            "raft: MDS#%d starts at term %d, log %d..%d, commit %d, applied %d, voters %s",
+            self.node_id, self.core.term, snapshot.index, self.core.last_index, self.core.commit, applied,
+            sorted(self.core.voters),
+        )
+        if self.core.voters == frozenset({self.node_id}):
+            self.core.campaign()  # a one-member group need not wait for a timeout
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._ticker()), loop.create_task(self._loop())]
+        self._wake.set()
+
+    async def propose(self, command: bytes) -> Any:
+        core = self.core
+        if core is None or not core.is_leader:
+            raise self._not_master()
+        index = core.propose(command)
+        if index is None:
+            raise self._not_master()
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._proposals[index] = (core.term, fut)
+        self._wake.set()
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), PROPOSE_TIMEOUT)
+        except TimeoutError:
+            raise Timeout(
+                f"metadata change not committed within {PROPOSE_TIMEOUT:g}s (is a quorum of metadata servers up?); "
+                "it may still take effect"
+            ) from None
+
+    async def read_barrier(self) -> None:
+        """ReadIndex: wait until local state has everything committed before the call."""
+        core = self.core
+        if core is None or not core.is_leader:
+            raise self._not_master()
+        if core.voters == frozenset({self.node_id}) and core.applied >= core.commit:
+            return  # a one-member group is its own quorum
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._read_waiters.append(fut)
+        self._start_read_round()
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), PROPOSE_TIMEOUT)
+        except TimeoutError:
+            raise Timeout(f"read barrier not confirmed by a quorum within {PROPOSE_TIMEOUT:g}s") from None
+
+    def _start_read_round(self) -> None:
+        """Readers that arrived since the last round share the next one (never the one in flight)."""
+        core = self.core
+        if self._read_in_flight or not self._read_waiters or core is None:
+            return
+        waiters, self._read_waiters = self._read_waiters, []
+        self._read_seq += 1
+        ctx = self._read_seq.to_bytes(8, "big")
+        if not core.read_index(ctx):
+            for w in waiters:
+                if not w.done():
+                    w.set_exception(self._not_master())
+            return
+        self._read_in_flight = True
+        round_fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._reads[ctx] = round_fut
+
+        def done(f: asyncio.Future[int]) -> None:
+            self._read_in_flight = False
+            for w in waiters:
+                if w.done():
+                    continue
+                if f.exception() is not None:
+                    w.set_exception(f.exception())  # type: ignore[arg-type]
+                else:
+                    w.set_result(None)
+            self._start_read_round()
+
+        round_fut.add_done_callback(done)
+        self._wake.set()
+
+    def _not_master(self) -> NotMaster:
+        hint = self.leader_hint()
+        where = f"the master is at {hint}" if hint else "no master is elected right now"
+        return NotMaster(f"MDS#{self.node_id} is not the master: {where}", leader=hint or "")
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for peer in self._peers.values():
+            peer.close()
+        if self.storage is not None:
+            self.storage.close()
+
+    # -- membership ----------------------------------------------------------------
+
+    async def change_membership(self, add: int = 0, remove: int = 0) -> None:
+        """Add or remove one voter; returns once the change is committed."""
+        core = self.core
+        if core is None or not core.is_leader:
+            raise self._not_master()
+        index = core.propose_conf_change(add=add, remove=remove)
+        if index is None:
+            raise Unavailable("another membership change is in progress, or the master is new: try again shortly")
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._proposals[index] = (core.term, fut)
+        self._wake.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), PROPOSE_TIMEOUT)
+        except TimeoutError:
+            raise Timeout("membership change not committed in time; check `chunkfs stat`") from None
+
+    def transfer_leadership(self, to: int) -> bool:
+        ok = self.core is not None and self.core.transfer_leadership(to)
+        self._wake.set()
+        return ok
+
+    # -- inputs ----------------------------------------------------------------------
+
+    def step(self, header: dict[str, Any], payload: bytes | bytearray) -> None:
+        """A message from a peer (validated by `message_from_dict`)."""
+        if self.core is None:
+            raise Unavailable("raft is not started yet")
+        m = header
+        if payload:
+            snap = m.get("snapshot")
+            if isinstance(snap, dict):
+                m = {**m, "snapshot": {**snap, "data": bytes(payload)}}
+        self.core.step(message_from_dict(m))
+        self._wake.set()
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(TICK)
+            assert self.core is not None
+            self.core.tick()
+            self._wake.set()
+
+    # -- the loop: persist, send, apply -----------------------------------------------
+
+    async def _loop(self) -> None:
+        core, storage = self.core, self.storage
+        assert core is not None and storage is not None
+        was_leader = False
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while core.has_ready():
+                rd = core.ready()
+                await self._persist(storage, rd)
+                self._send(rd.messages)
+                self._apply(rd)
+                core.advance(rd)
+            if core.is_leader != was_leader:
+                was_leader = core.is_leader
+                self._leader_since = time.monotonic() if was_leader else 0.0
+                logger.warning(
+                    "raft: MDS#%d is %s at term %d", self.node_id, "now the master" if was_leader else "a follower",
+                    core.term,
+                )
+                if not was_leader:
+                    self._fail_reads()
+                elif self.on_leader is not None:
+                    self.on_leader()
+            await self._maybe_compact(storage)
+
+    async def _persist(self, storage: LogStorage, rd: Ready) -> None:
+        if rd.snapshot is not None:
+            snap = rd.snapshot
+            await asyncio.to_thread(storage.install_snapshot, snap)
+            assert self.sm is not None
+            self.sm.restore(snap.data, snap.index)
+            self._learn_voters(snap.voters)
+            logger.warning("raft: installed a snapshot at index %d from the master", snap.index)
+        if rd.entries:
+            await asyncio.to_thread(storage.append, rd.entries)
+        if rd.hard_state is not None:
+            await asyncio.to_thread(storage.set_hard_state, rd.hard_state)
+
+    def _send(self, messages: list[Message]) -> None:
+        loop_peers = self._peers
+        for msg in messages:
+            peer = loop_peers.get(msg.dst)
+            if peer is None:
+                peer = loop_peers[msg.dst] = _Peer(self, msg.dst)
+            peer.send(msg)
+
+    def _apply(self, rd: Ready) -> None:
+        assert self.sm is not None and self.core is not None
+        for entry in rd.committed_entries:
+            result: Any = None
+            error: BaseException | None = None
+            if entry.kind == EntryKind.CONFIG:
+                self._learn_voters(self.core.voters)
+            elif entry.data and entry.index > self.sm.applied_index():
+                try:
+                    result = self.sm.apply(entry.index, entry.term, entry.data)
+                except ChunkFSError as exc:
+                    error = exc
+                self._since_compact += 1
+            self._settle(entry, result, error)
+        for rs in rd.read_states:
+            fut = self._reads.pop(rs.ctx, None)
+            if fut is not None and not fut.done():
+                fut.set_result(rs.index)
+        for ctx in rd.failed_reads:
+            fut = self._reads.pop(ctx, None)
+            if fut is not None and not fut.done():
+                fut.set_exception(self._not_master())
+
+    def _settle(self, entry: Entry, result: Any, error: BaseException | None) -> None:
+        pending = self._proposals.pop(entry.index, None)
+        if pending is None:
+            return
+        term, fut = pending
+        if fut.done():
+            return
+        if term != entry.term:
+            # Another master's entry took this index: ours was never committed.
+            fut.set_exception(NotMaster("the master changed before this change committed; retry", leader=""))
+        elif error is not None:
+            fut.set_exception(error)
+        else:
+            fut.set_result(result)
+
+    def _fail_reads(self) -> None:
+        for ctx, fut in list(self._reads.items()):
+            if not fut.done():
+                fut.set_exception(self._not_master())
+            del self._reads[ctx]
+        for w in self._read_waiters:
+            if not w.done():
+                w.set_exception(self._not_master())
+        self._read_waiters = []
+        self._read_in_flight = False
+
+    def _learn_voters(self, voters: tuple[int, ...] | frozenset[int]) -> None:
+        for gone in set(self._peers) - set(voters):
+            self._peers.pop(gone).close()
+        if self.on_membership is not None:
+            self.on_membership()
+
+    async def _maybe_compact(self, storage: LogStorage) -> None:
+        core, sm = self.core, self.sm
+        assert core is not None and sm is not None
+        if self._since_compact < COMPACT_EVERY or core.applied <= core.log.snapshot.index:
+            return
+        self._since_compact = 0
+        index = min(core.applied, sm.applied_index(), core.last_index)
+        if index <= core.log.snapshot.index:
+            return
+        data = sm.snapshot()
+        snap = core.compact(index, data)
+        await asyncio.to_thread(storage.compact, snap)
+        logger.info("raft: log compacted up to index %d (snapshot of %d bytes)", index, len(data))
