@@ -46,6 +46,9 @@ ALLOC_LOCK_STRIPES = 64
 MAX_SNAPSHOT = 256 << 20
 #: Requests a follower answers itself; everything else is redirected to the master.
 FOLLOWER_MESSAGES = frozenset({Msg.RAFT, Msg.PING})
+#: After becoming master, how long to wait for chunk servers to reconnect
+#: before treating the missing ones as offline (dropping their replicas).
+CS_RECONNECT_GRACE = 10.0
 
 
 @dataclass(slots=True)
@@ -82,6 +85,7 @@ class MetadataServer:
         self._alloc_locks = [asyncio.Lock() for _ in range(ALLOC_LOCK_STRIPES)]
         self._background: set[asyncio.Task[Any]] = set()
         self._rng = random.Random()  # noqa: S311 - placement only
+        self._master_since = 0.0
 
     # -- life cycle --------------------------------------------------------------
 
@@ -105,6 +109,7 @@ class MetadataServer:
         self.raft.addrs.update(self.store.mds_members())
 
     async def _became_master(self) -> None:
+        self._master_since = time.monotonic()
         members = self.store.mds_members()
         if members.get(self.node.node_id) != self.node.addr:
             await self._propose("add_mds", addr=self.node.addr, node_id=self.node.node_id)
@@ -281,11 +286,16 @@ class MetadataServer:
 
     # -- chunks ------------------------------------------------------------------
 
+    def _holds(self, cs_id: int, chunk_id: int) -> bool:
+        """Whether chunk server `cs_id` is online and has reported (or was given) this chunk."""
+        server = self.live.get(cs_id)
+        return server is not None and chunk_id in server.replicas
+
     def _map(self, chunk: Chunk | None) -> dict[str, Any]:
         size = self.node.cluster.chunk_size
         if chunk is None:
             return {"chunk_id": 0, "version": 0, "replicas": [], "chunk_size": size}
-        replicas = [[cs, self.live[cs].addr] for cs in chunk.replicas if cs in self.live]
+        replicas = [[cs, self.live[cs].addr] for cs in chunk.replicas if self._holds(cs, chunk.chunk_id)]
         return {"chunk_id": chunk.chunk_id, "version": chunk.version, "replicas": replicas, "chunk_size": size}
 
     async def _on_chunk_read(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
@@ -308,10 +318,21 @@ class MetadataServer:
             if chunk is None:
                 chunk = await self._allocate(ino, index)
             else:
-                chunk = await self._drop_replicas(chunk, failed)
+                chunk = await self._drop_replicas(await self._ensure_created(chunk), failed)
         return self._map(chunk)
 
+    def _check_servers_settled(self) -> None:
+        """A new master knows no chunk server until they reconnect: make writers wait, not fail."""
+        if time.monotonic() - self._master_since > CS_RECONNECT_GRACE:
+            return
+        missing = [cs["id"] for cs in self.store.chunk_servers() if cs["id"] not in self.live]
+        if missing:
+            raise Unavailable(
+                f"this master is new; waiting for chunk servers {missing} to reconnect: retry shortly"
+            )
+
     async def _allocate(self, ino: int, index: int) -> Chunk:
+        self._check_servers_settled()
         attr = self.store.getattr(ino)
         if attr["type"] != "f":
             raise InvalidArgument("not a regular file")
@@ -329,11 +350,41 @@ class MetadataServer:
             return_exceptions=True,
         )
         failed = {cs for cs, r in zip(chunk.replicas, results, strict=True) if isinstance(r, BaseException)}
+        self._note_created(chunk, failed)
         logger.info(
             "chunk %#x (inode %d, index %d) created at version %#x on CS %s",
             chunk.chunk_id, ino, index, chunk.version, ",".join(map(str, chunk.replicas)),
         )
         return await self._drop_replicas(chunk, failed)
+
+    def _note_created(self, chunk: Chunk, failed: set[int]) -> None:
+        for cs in chunk.replicas:
+            if cs not in failed and cs in self.live:
+                self.live[cs].replicas.add(chunk.chunk_id)
+
+    async def _ensure_created(self, chunk: Chunk) -> Chunk:
+        """Finish an allocation a previous master committed but died before carrying out.
+
+        If no replica of the chunk exists anywhere, no write to it was ever
+        acknowledged (that needs every replica), so creating it empty is
+        exactly the state the writer expects.  Replicas that exist elsewhere
+        but are missing on one server are not recreated: that server lost
+        them, and is dropped instead.
+        """
+        if any(self._holds(cs, chunk.chunk_id) for cs in chunk.replicas):
+            return chunk
+        self._check_servers_settled()
+        live = [cs for cs in chunk.replicas if cs in self.live]
+        results = await asyncio.gather(
+            *(self._cs_call(cs, Msg.CS_CREATE_CHUNK, {"chunk_id": chunk.chunk_id, "version": chunk.version})
+              for cs in live),
+            return_exceptions=True,
+        )
+        failed = {cs for cs, r in zip(live, results, strict=True) if isinstance(r, BaseException)}
+        self._note_created(chunk, failed)
+        logger.warning("chunk %#x had no replica anywhere (allocation interrupted): created on CS %s",
+                       chunk.chunk_id, ",".join(str(cs) for cs in live if cs not in failed))
+        return chunk
 
     async def _drop_replicas(self, chunk: Chunk, failed: set[int]) -> Chunk:
         """Take failed or offline replicas out of the write set: a new version.
@@ -342,9 +393,11 @@ class MetadataServer:
         comes back holds an older version and is refused — never served.
         """
         for _ in range(len(chunk.replicas) + 1):
-            bad = {cs for cs in chunk.replicas if cs in failed or cs not in self.live}
+            bad = {cs for cs in chunk.replicas if cs in failed or not self._holds(cs, chunk.chunk_id)}
             if not bad:
                 return chunk
+            if not failed & bad:
+                self._check_servers_settled()
             survivors = [cs for cs in chunk.replicas if cs not in bad]
             min_replicas = self.store.getattr(chunk.ino)["min_replicas"]
             if len(survivors) < min_replicas:
@@ -393,6 +446,8 @@ class MetadataServer:
         """Delete dropped chunks' replicas in the background; offline servers clean up on return."""
         for chunk in chunks:
             for cs in chunk.replicas:
+                if cs in self.live:
+                    self.live[cs].replicas.discard(chunk.chunk_id)
                 self._spawn(self._quiet_cs_call(cs, Msg.CS_DELETE_CHUNK, {"chunk_id": chunk.chunk_id}))
 
     async def _cs_call(self, cs_id: int, msg: Msg, header: dict[str, Any]) -> dict[str, Any]:
