@@ -1,0 +1,131 @@
+"""Fixtures for tests that mount ChunkFS for real (FUSE) and drive it with ordinary tools.
+
+Every mount is made with the real ``chunkfs mount --background`` command and
+undone in a finalizer: ``chunkfs umount``, then a lazy ``fusermount3 -u -z``
+and SIGKILL of that mount's own PID if the polite way did not work.  Mounts
+are undone before the cluster they use is stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from chunkfs.testing.cluster import LocalCluster
+
+MiB = 1 << 20
+
+_missing = [what for what, ok in (
+    ("/dev/fuse", os.path.exists("/dev/fuse")),
+    ("fusermount3", shutil.which("fusermount3") is not None),
+) if not ok]
+try:
+    import pyfuse3  # noqa: F401
+except ImportError:
+    _missing.append("pyfuse3")
+if _missing:
+    pytest.skip(f"FUSE mount tests need {', '.join(_missing)} (install fuse3; in a container, "
+                "pass --device /dev/fuse --cap-add SYS_ADMIN)", allow_module_level=True)
+
+pytestmark = pytest.mark.cluster
+
+
+def chunkfs(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run the real `chunkfs` command in a child process."""
+    return subprocess.run([sys.executable, "-m", "chunkfs", *args], capture_output=True, text=True,
+                          timeout=timeout, env=os.environ.copy(), check=False)
+
+
+def run(*argv: str | Path, timeout: float = 120, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a tool; fail the test with its output unless it exits 0."""
+    done = subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=timeout,
+                          cwd=cwd, check=False)
+    assert done.returncode == 0, f"{argv[0]} exited {done.returncode}:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+    return done
+
+
+def is_mounted(path: Path) -> bool:
+    target = str(path)
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split(" ")[4] == target for line in f)
+
+
+@pytest.fixture
+def conf_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "conf"
+    monkeypatch.setenv("CHUNKFS_CONF_DIR", str(path))
+    monkeypatch.setenv("CHUNKFS_RUN_DIR", str(tmp_path / "run"))
+    return path
+
+
+@pytest.fixture
+def make_cluster(tmp_path: Path, conf_dir: Path) -> Iterator[Callable[..., LocalCluster]]:
+    """Make and start a local cluster; its processes are stopped afterwards, by PID."""
+    made: list[LocalCluster] = []
+
+    def make(n_cs: int = 3, chunk_size: int = 4 * MiB, name: str = "test") -> LocalCluster:
+        cluster = LocalCluster.make(tmp_path / f"cluster-{name}", name, n_mds=1, n_cs=n_cs, chunk_size=chunk_size)
+        made.append(cluster)
+        cluster.start_all()
+        cluster.wait_ready()
+        return cluster
+
+    yield make
+    for cluster in made:
+        cluster.stop_all()
+
+
+@pytest.fixture
+def mount(tmp_path: Path, make_cluster: Callable[..., LocalCluster]) -> Iterator[Callable[..., Path]]:
+    """`mount(cluster, name="mnt", *options)` mounts the cluster and returns the mount point."""
+    from chunkfs.client.fuse_session import state_dir
+    from chunkfs.common.daemon import read_pid
+
+    mounted: list[Path] = []
+
+    def do_mount(cluster: LocalCluster, name: str = "mnt", *options: str) -> Path:
+        path = tmp_path / name
+        path.mkdir()
+        argv = ["-c", cluster.name, "mount", str(path)]
+        for opt in options:
+            argv += ["-o", opt]
+        mounted.append(path)
+        done = chunkfs(*argv, "--background", timeout=60)
+        assert done.returncode == 0, f"mount failed: {done.stderr}"
+        assert is_mounted(path)
+        return path
+
+    yield do_mount
+    for path in reversed(mounted):
+        pid = read_pid(state_dir(path))
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            chunkfs("umount", str(path), timeout=30)
+        if is_mounted(path):
+            subprocess.run(["fusermount3", "-u", "-z", str(path)], capture_output=True, timeout=30, check=False)
+        if pid is not None:
+            deadline = time.monotonic() + 10
+            while read_pid(state_dir(path)) == pid and time.monotonic() < deadline:
+                time.sleep(0.05)
+            with contextlib.suppress(ProcessLookupError):
+                if read_pid(state_dir(path)) == pid:
+                    os.kill(pid, signal.SIGKILL)
+
+
+def random_file(path: Path, size: int) -> Path:
+    """A file of random bytes, written in 4 MiB pieces (bounded memory)."""
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            n = min(left, 4 * MiB)
+            f.write(os.urandom(n))
+            left -= n
+    return path

@@ -1,0 +1,81 @@
+"""Namespace and attributes through the mount: listings, renames, truncation, sparse files, statfs."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+
+from .conftest import MiB, chunkfs, is_mounted
+
+
+def test_listing_survives_changes_between_readdir_calls(make_cluster, mount) -> None:
+    cluster = make_cluster(n_cs=3)
+    mnt = mount(cluster)
+    d = mnt / "many"
+    d.mkdir()
+    names = {f"n{i:04}" for i in range(300)}
+    for name in names:
+        (d / name).write_bytes(b"")
+    assert set(os.listdir(d)) == names
+    # Entries removed while a listing is in progress: nothing listed twice, every survivor listed.
+    seen = []
+    with os.scandir(d) as it:
+        for i, entry in enumerate(it):
+            seen.append(entry.name)
+            if i == 10:
+                for gone in sorted(names)[100:150]:
+                    (d / gone).unlink()
+    assert len(seen) == len(set(seen))
+    assert set(sorted(names)[150:]) <= set(seen)
+
+
+def test_rename_truncate_append_sparse_statfs(make_cluster, mount) -> None:
+    cluster = make_cluster(n_cs=3, chunk_size=1 * MiB)
+    mnt = mount(cluster)
+    (mnt / "a").mkdir()
+    (mnt / "a" / "f").write_bytes(b"x" * 5000)
+    os.rename(mnt / "a" / "f", mnt / "g")
+    assert not (mnt / "a" / "f").exists() and (mnt / "g").read_bytes() == b"x" * 5000
+    os.truncate(mnt / "g", 100)
+    assert (mnt / "g").read_bytes() == b"x" * 100
+    with open(mnt / "g", "ab") as f:
+        f.write(b"yz")
+    assert (mnt / "g").read_bytes() == b"x" * 100 + b"yz"
+    os.truncate(mnt / "g", 3 * MiB)
+    with open(mnt / "g", "rb") as f:
+        assert f.read(102) == b"x" * 100 + b"yz"
+        f.seek(3 * MiB - 10)
+        assert f.read() == bytes(10)
+    # Sparse: one byte far out, zeros before it.
+    with open(mnt / "sparse", "wb") as f:
+        f.seek(20 * MiB)
+        f.write(b"!")
+    with open(mnt / "sparse", "rb") as f:
+        f.seek(10 * MiB)
+        assert f.read(MiB) == bytes(MiB)
+    assert os.stat(mnt / "sparse").st_size == 20 * MiB + 1
+    with pytest.raises(OSError) as exc:
+        os.rmdir(mnt)  # busy mount point, not ours to answer
+    with pytest.raises(OSError) as exc:
+        os.rmdir(mnt / "nonexistent")
+    assert exc.value.errno == errno.ENOENT
+    (mnt / "a" / "h").write_bytes(b"1")
+    with pytest.raises(OSError) as exc:
+        os.rmdir(mnt / "a")
+    assert exc.value.errno == errno.ENOTEMPTY
+    st = os.statvfs(mnt)
+    assert st.f_blocks > 0 and 0 < st.f_bavail <= st.f_blocks
+
+
+def test_umount_command_and_errors(make_cluster, mount) -> None:
+    cluster = make_cluster(n_cs=3)
+    mnt = mount(cluster)
+    done = chunkfs("-c", cluster.name, "mount", str(mnt))
+    assert done.returncode == 1 and "already a mount point" in done.stderr
+    done = chunkfs("umount", str(mnt))
+    assert done.returncode == 0, done.stderr
+    assert not is_mounted(mnt)
+    done = chunkfs("umount", str(mnt))
+    assert done.returncode == 1 and "not mounted" in done.stderr

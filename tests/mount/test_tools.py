@@ -1,0 +1,93 @@
+"""Everyday tools on the mount: dd O_DIRECT, fio verify, sqlite3, qemu-img, tar + diff."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tarfile
+
+import pytest
+
+from .conftest import MiB, random_file, run
+
+
+def need(tool: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        pytest.skip(f"{tool} is not installed (scripts/install.sh installs it)")
+    return path
+
+
+def test_dd_with_o_direct_and_fsync(make_cluster, mount, tmp_path) -> None:
+    cluster = make_cluster(n_cs=3)
+    mnt = mount(cluster)
+    src = random_file(tmp_path / "src.bin", 16 * MiB + 4096)
+    run("dd", f"if={src}", f"of={mnt / 'dd.bin'}", "bs=1M", "oflag=direct", "conv=fsync", "status=none")
+    assert os.stat(mnt / "dd.bin").st_size == 16 * MiB + 4096
+    run("dd", f"if={mnt / 'dd.bin'}", f"of={tmp_path / 'back.bin'}", "bs=1M", "iflag=direct", "status=none")
+    run("cmp", src, tmp_path / "back.bin")
+
+
+def test_fio_random_4k_writes_verify_crc32c(make_cluster, mount) -> None:
+    fio = need("fio")
+    cluster = make_cluster(n_cs=3)
+    mnt = mount(cluster)
+    common = ["--filename=" + str(mnt / "fio.dat"), "--size=16M", "--bs=4k", "--rw=randwrite",
+              "--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--verify_state_save=0",
+              "--output-format=terse"]
+    # O_DIRECT with 16 requests in flight, then buffered writes through the page cache.
+    run(fio, "--name=direct", "--ioengine=libaio", "--iodepth=16", "--direct=1", *common, timeout=240)
+    run(fio, "--name=buffered", "--ioengine=psync", "--direct=0", "--end_fsync=1", *common, timeout=240)
+
+
+def test_sqlite_database_passes_integrity_check(make_cluster, mount) -> None:
+    sqlite3 = need("sqlite3")
+    cluster = make_cluster(n_cs=3)
+    mnt = mount(cluster)
+    script = "\n".join([
+        "PRAGMA journal_mode=DELETE;",
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT, blob BLOB);",
+        "CREATE INDEX t_name ON t(name);",
+        *(f"BEGIN; WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 500) "
+          f"INSERT INTO t (name, blob) SELECT 'row-{k}-' || i, randomblob(300) FROM n; COMMIT;" for k in range(20)),
+        "DELETE FROM t WHERE id % 3 = 0;",
+        "VACUUM;",
+    ])
+    run(sqlite3, mnt / "db.sqlite", script, timeout=240)
+    out = run(sqlite3, mnt / "db.sqlite", "PRAGMA integrity_check; SELECT count(*) FROM t;").stdout.split()
+    assert out == ["ok", str(20 * 500 - (20 * 500) // 3)]
+
+
+def test_qemu_img_create_convert_check(make_cluster, mount, tmp_path) -> None:
+    qemu_img = need("qemu-img")
+    cluster = make_cluster(n_cs=3)
+    mnt = mount(cluster)
+    run(qemu_img, "create", "-f", "qcow2", mnt / "empty.qcow2", "1G")
+    run(qemu_img, "check", mnt / "empty.qcow2")
+    # A raw image with data and holes, converted onto the mount with cache=none (O_DIRECT).
+    raw = tmp_path / "disk.raw"
+    with open(raw, "wb") as f:
+        f.truncate(64 * MiB)
+        for offset in (0, 5 * MiB + 4096, 33 * MiB, 63 * MiB):
+            f.seek(offset)
+            f.write(os.urandom(MiB // 2))
+    run(qemu_img, "convert", "-f", "raw", "-O", "qcow2", "-t", "none", raw, mnt / "disk.qcow2", timeout=240)
+    run(qemu_img, "check", mnt / "disk.qcow2")
+    run(qemu_img, "compare", "-f", "raw", "-F", "qcow2", raw, mnt / "disk.qcow2")
+
+
+def test_tar_of_thousands_of_small_files_then_diff(make_cluster, mount, tmp_path) -> None:
+    cluster = make_cluster(n_cs=3)
+    mnt = mount(cluster)
+    src = tmp_path / "tree"
+    for d in range(20):
+        sub = src / f"dir{d:02}" / "inner"
+        sub.mkdir(parents=True)
+        for i in range(100):
+            (sub.parent if i % 2 else sub).joinpath(f"file{i:03}.txt").write_bytes(os.urandom(i * 37 % 3000))
+    archive = tmp_path / "tree.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(src, arcname="tree")
+    run("tar", "-xf", archive, "-C", mnt, timeout=240)
+    run("diff", "-r", src, mnt / "tree", timeout=240)
+    assert sum(len(files) for _, _, files in os.walk(mnt / "tree")) == 2000
