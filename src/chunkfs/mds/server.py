@@ -90,8 +90,8 @@ class MetadataServer:
     # -- life cycle --------------------------------------------------------------
 
     async def start(self) -> None:
-        # Bind first (a busy port fails fast, before the journal starts a term),
-        # accept only once the journal is replayed.
+        # Bind first (a busy port fails fast, before Raft starts),
+        # accept only once the log is replayed.
         await self.rpc.listen(self.node.addr, start_serving=False)
         store = self.store
         await self.raft.start(StateMachine(
@@ -172,7 +172,7 @@ class MetadataServer:
         if msg in (Msg.CS_REGISTER, Msg.CS_HEARTBEAT) and conn.peer_role != "cs":
             raise ProtocolError(f"{msg.name} is for chunk servers only")
         if msg not in FOLLOWER_MESSAGES and not self.raft.is_leader():
-            raise self.raft._not_master()
+            raise self.raft.not_master_error()
         return await handler(conn, h), b""
 
     # -- metadata group membership -------------------------------------------------

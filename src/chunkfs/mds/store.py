@@ -10,9 +10,9 @@ missing and a snapshot is a consistent copy of one file.
 Why SQLite: it ships with Python, its WAL mode lets reads proceed during a
 write, indexes give ordered directory listings and chunk ranges without
 holding the namespace in RAM, and a consistent online copy
-(`sqlite3.Connection.backup`) gives snapshots without fork.  The journal in
-front of it is the durable record, so SQLite runs with ``synchronous=NORMAL``:
-a power cut may roll back the last transactions, which the journal replays.
+(`sqlite3.Connection.serialize`) gives snapshots without fork.  The Raft log
+in front of it is the durable record, so SQLite runs with ``synchronous=NORMAL``:
+a power cut may roll back the last transactions, which the log replays.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from chunkfs.common.errors import (
     IsADirectory,
     NotADirectory,
     NotFound,
+    StaleVersion,
 )
 
 logger = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ CREATE TABLE IF NOT EXISTS chunk_servers (
 CREATE TABLE IF NOT EXISTS mds_members (id INTEGER PRIMARY KEY, addr TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY, time REAL NOT NULL, level TEXT NOT NULL, message TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
@@ -351,11 +353,22 @@ class MetadataStore:
         )
         return Chunk(chunk_id, ino, index, version, tuple(replicas))
 
-    def _op_set_chunk_replicas(self, term: int, chunk_id: int, replicas: list[int]) -> Chunk:
-        """A new replica set is a new version: replicas left out become stale."""
+    def _op_set_chunk_replicas(
+        self, term: int, chunk_id: int, replicas: list[int], expect_version: int | None = None
+    ) -> Chunk:
+        """A new replica set is a new version: replicas left out become stale.
+
+        With `expect_version`, only if the chunk is still at that version (the
+        replication monitor's compare-and-set: nothing changed under its copy).
+        """
         chunk = self.chunk(chunk_id)
         if chunk is None:
             raise NotFound(f"chunk {chunk_id:#x} no longer exists")
+        if expect_version is not None and chunk.version != expect_version:
+            raise StaleVersion(
+                f"chunk {chunk_id:#x} is at version {chunk.version:#x}, not {expect_version:#x}",
+                chunk_id=chunk_id,
+            )
         version = self._new_version(term)
         self.db.execute(
             "UPDATE chunks SET version = ?, replicas = ? WHERE chunk_id = ?",
@@ -406,6 +419,15 @@ class MetadataStore:
         self._open()
         with self._tx():
             self._set_meta("applied_index", max(self.applied_index, index))
+
+    def _op_set_config(self, term: int, values: dict[str, str]) -> dict[str, str]:
+        """Cluster settings (checked by the master before proposing); values are text."""
+        for key, value in sorted(values.items()):
+            self.db.execute("INSERT OR REPLACE INTO settings VALUES (?, ?)", (str(key), str(value)))
+        return self.settings()
+
+    def settings(self) -> dict[str, str]:
+        return {str(k): str(v) for k, v in self.db.execute("SELECT key, value FROM settings ORDER BY key")}
 
     def _op_event(self, term: int, time: float, level: str, message: str) -> int:
         seq = self._next("event_seq") + 1
@@ -516,3 +538,8 @@ class MetadataStore:
                 "SELECT seq, time, level, message FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (since, limit)
             )
         ]
+
+    def last_event_seq(self) -> int:
+        """The sequence number of the newest event (0 if none), so viewers can ask for the last few."""
+        row = self.db.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
+        return int(row[0])

@@ -233,10 +233,10 @@ class RaftLog:
     async def propose(self, command: bytes) -> Any:
         core = self.core
         if core is None or not core.is_leader:
-            raise self._not_master()
+            raise self.not_master_error()
         index = core.propose(command)
         if index is None:
-            raise self._not_master()
+            raise self.not_master_error()
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._proposals[index] = (core.term, fut)
         self._wake.set()
@@ -252,7 +252,7 @@ class RaftLog:
         """ReadIndex: wait until local state has everything committed before the call."""
         core = self.core
         if core is None or not core.is_leader:
-            raise self._not_master()
+            raise self.not_master_error()
         if core.voters == frozenset({self.node_id}) and core.applied >= core.commit:
             return  # a one-member group is its own quorum
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -274,7 +274,7 @@ class RaftLog:
         if not core.read_index(ctx):
             for w in waiters:
                 if not w.done():
-                    w.set_exception(self._not_master())
+                    w.set_exception(self.not_master_error())
             return
         self._read_in_flight = True
         round_fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -294,7 +294,7 @@ class RaftLog:
         round_fut.add_done_callback(done)
         self._wake.set()
 
-    def _not_master(self) -> NotMaster:
+    def not_master_error(self) -> NotMaster:
         hint = self.leader_hint()
         where = f"the master is at {hint}" if hint else "no master is elected right now"
         return NotMaster(f"MDS#{self.node_id} is not the master: {where}", leader=hint or "")
@@ -313,7 +313,7 @@ class RaftLog:
         """Add or remove one voter; returns once the change is committed."""
         core = self.core
         if core is None or not core.is_leader:
-            raise self._not_master()
+            raise self.not_master_error()
         index = core.propose_conf_change(add=add, remove=remove)
         if index is None:
             raise Unavailable("another membership change is in progress, or the master is new: try again shortly")
@@ -421,7 +421,7 @@ class RaftLog:
         for ctx in rd.failed_reads:
             fut = self._reads.pop(ctx, None)
             if fut is not None and not fut.done():
-                fut.set_exception(self._not_master())
+                fut.set_exception(self.not_master_error())
 
     def _settle(self, entry: Entry, result: Any, error: BaseException | None) -> None:
         pending = self._proposals.pop(entry.index, None)
@@ -441,11 +441,11 @@ class RaftLog:
     def _fail_reads(self) -> None:
         for ctx, fut in list(self._reads.items()):
             if not fut.done():
-                fut.set_exception(self._not_master())
+                fut.set_exception(self.not_master_error())
             del self._reads[ctx]
         for w in self._read_waiters:
             if not w.done():
-                w.set_exception(self._not_master())
+                w.set_exception(self.not_master_error())
         self._read_waiters = []
         self._read_in_flight = False
 
