@@ -36,21 +36,20 @@ async def run_ops(client: Client, files: int, workers: int) -> dict[str, float]:
     await client.mkdir("/bench")
     names = [f"/bench/f{i}" for i in range(files)]
     rates: dict[str, float] = {}
+    async def worker(op: str, queue: list[str]) -> None:
+        while queue:
+            path = queue.pop()
+            if op == "create":
+                await client.create(path, exclusive=True)
+            elif op == "stat":
+                await client.stat(path)
+            else:
+                await client.unlink(path)
+
     for op in ("create", "stat", "unlink"):
         queue = list(names)
-
-        async def worker() -> None:
-            while queue:
-                path = queue.pop()
-                if op == "create":
-                    await client.create(path, exclusive=True)
-                elif op == "stat":
-                    await client.stat(path)
-                else:
-                    await client.unlink(path)
-
         started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(workers)))
+        await asyncio.gather(*(worker(op, queue) for _ in range(workers)))
         rates[op] = files / (time.perf_counter() - started)
     return rates
 
@@ -76,6 +75,14 @@ def local_ops(directory: Path, files: int) -> dict[str, float]:
     rates["unlink"] = files / (time.perf_counter() - started)
     os.close(dfd)
     return rates
+
+
+async def bench(name: str, files: int, workers: int) -> dict[str, float]:
+    client = Client(load_client_config(name))
+    try:
+        return await run_ops(client, files, workers)
+    finally:
+        await client.close()
 
 
 async def failover_seconds(cluster: LocalCluster) -> float:
@@ -108,14 +115,7 @@ def main() -> int:
                 cluster.start_all()
                 cluster.wait_ready()
 
-                async def bench() -> dict[str, float]:
-                    client = Client(load_client_config(cluster.name))
-                    try:
-                        return await run_ops(client, args.files, args.workers)
-                    finally:
-                        await client.close()
-
-                results[f"{n_mds} MDS"] = asyncio.run(bench())
+                results[f"{n_mds} MDS"] = asyncio.run(bench(cluster.name, args.files, args.workers))
                 if n_mds == 3:
                     failover = asyncio.run(failover_seconds(cluster))
             finally:

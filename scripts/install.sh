@@ -6,8 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # fuse3 and libfuse3-dev: the mount; fio, sqlite3, qemu-utils: the tools the
-# mount tests and benchmarks drive; pkg-config: building pyfuse3.
-DEBIAN_PACKAGES=(fuse3 libfuse3-dev pkg-config fio sqlite3 qemu-utils)
+# mount tests and benchmarks drive; pkg-config: building pyfuse3; chromium: the
+# headless browser the dashboard test loads the web dashboard in.
+DEBIAN_PACKAGES=(fuse3 libfuse3-dev pkg-config fio sqlite3 qemu-utils chromium)
 
 missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # The first command of the quick start: install what is needed, then start a
-# local cluster (metadata server and chunk servers on 127.0.0.1) with all its
-# data and logs under $CHUNKFS_LOCAL_DIR (default ./local-cluster).
+# local cluster (3 metadata servers and 3 chunk servers on 127.0.0.1) with all
+# its data and logs under $CHUNKFS_LOCAL_DIR (default ./local-cluster), and
+# mount it on $CHUNKFS_MOUNT (default ./local-cluster/mnt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install.sh
 dir=${CHUNKFS_LOCAL_DIR:-$PWD/local-cluster}
-exec .venv/bin/chunkfs local up --dir "$dir" --name "${CHUNKFS_LOCAL_NAME:-local}" "$@"
+mnt=${CHUNKFS_MOUNT:-$dir/mnt}
+mkdir -p "$mnt"
+exec .venv/bin/chunkfs local up --dir "$dir" --name "${CHUNKFS_LOCAL_NAME:-local}" --mount "$mnt" "$@"

@@ -72,8 +72,8 @@ def make_cluster(tmp_path: Path, conf_dir: Path) -> Iterator[Callable[..., Local
     """Make and start a local cluster; its processes are stopped afterwards, by PID."""
     made: list[LocalCluster] = []
 
-    def make(n_cs: int = 3, chunk_size: int = 4 * MiB, name: str = "test") -> LocalCluster:
-        cluster = LocalCluster.make(tmp_path / f"cluster-{name}", name, n_mds=1, n_cs=n_cs, chunk_size=chunk_size)
+    def make(n_cs: int = 3, chunk_size: int = 4 * MiB, name: str = "test", n_mds: int = 1) -> LocalCluster:
+        cluster = LocalCluster.make(tmp_path / f"cluster-{name}", name, n_mds=n_mds, n_cs=n_cs, chunk_size=chunk_size)
         made.append(cluster)
         cluster.start_all()
         cluster.wait_ready()

@@ -1,4 +1,4 @@
-"""What ChunkFS does not do fails clearly and changes nothing: hard links, special files, ACLs, xattrs."""
+"""What ChunkFS does not do fails clearly and changes nothing: hard links, special files, ACLs, xattrs, fallocate."""
 
 from __future__ import annotations
 
@@ -43,4 +43,10 @@ def test_hard_link_special_files_acls_fail_and_change_nothing(make_cluster, moun
     assert exc.value.errno == errno.ENOTSUP
     with pytest.raises(PermissionError):
         os.chown(mnt / "file", 12345, 12345)
+    # fallocate (allocation, and hole punching through the chunk servers) is not served: a clear
+    # "not supported" from util-linux's fallocate, and the file keeps its size and bytes.
+    for argv in (["-l", "8MiB"], ["-o", "0", "-l", "8MiB"], ["--punch-hole", "-o", "0", "-l", "4"],
+                 ["--zero-range", "-o", "0", "-l", "4"]):
+        done = subprocess.run(["fallocate", *argv, str(mnt / "file")], capture_output=True, text=True, timeout=30)
+        assert done.returncode != 0 and "supported" in done.stderr, (argv, done.stderr)  # not supported, unsupported
     assert _state(mnt) == before

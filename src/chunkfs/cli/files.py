@@ -58,13 +58,15 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p = add("set-attr", cmd_set_attr, "set attributes (replicas=N[:MIN]); directories pass them to new files")
     p.add_argument("-R", "--recursive", action="store_true", help="apply to everything below a directory too")
     p.add_argument("path")
-    p.add_argument("attrs", nargs="+", metavar="replicas=N[:MIN]")
+    p.add_argument("attrs", nargs="+", metavar="replicas=N[:MIN] | failure-domain=disk|host|rack|row|room | tier=0-3")
     p = add("stat", cmd_stat, "show the cluster: metadata servers, chunk servers, chunk health")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p = add("get-event", cmd_get_event, "show the cluster's event log")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--since", type=int, default=0, help="only events after this sequence number")
     p.add_argument("--limit", type=int, default=1000, help="at most this many events (default 1000)")
+    p.add_argument("-f", "--follow", action="store_true",
+                   help="keep printing new events as they happen (with --json: one JSON object a line)")
 
 
 def run_with_client(args: argparse.Namespace, func: Command) -> int:
@@ -227,6 +229,9 @@ async def cmd_get_attr(client: Client, args: argparse.Namespace) -> int:
     print(f"inode: {attr['ino']}")
     print(f"size: {attr['size']}")
     print(f"replicas={attr['replicas']}:{attr['min_replicas']}")
+    if "failure_domain" in attr:
+        print(f"failure-domain={attr['failure_domain']}")
+        print(f"tier={attr['tier']}")
     print(f"mode: {attr['mode'] & 0o7777:04o}")
     print(f"mtime: {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(attr['mtime']))}")
     return 0
@@ -249,7 +254,13 @@ def parse_replicas(text: str) -> tuple[int, int]:
 
 
 async def cmd_set_attr(client: Client, args: argparse.Namespace) -> int:
-    settings = [parse_replicas(a) for a in args.attrs]
+    from chunkfs.cli.healing import parse_placement, set_placement  # failure-domain=, tier=
+
+    placement = [a for a in args.attrs if a.startswith(("failure-domain=", "tier="))]
+    placements = [parse_placement(a) for a in placement]
+    settings = [parse_replicas(a) for a in args.attrs if a not in placement]
+    for domain, tier in placements:
+        await set_placement(client, args.path, domain, tier, args.recursive)
     for n, minimum in settings:
         changed = await client.set_replicas(args.path, n, minimum, args.recursive)
         print(f"replicas={n}:{minimum} set on {changed} item(s)")
@@ -273,6 +284,10 @@ async def cmd_stat(client: Client, args: argparse.Namespace) -> int:
     print(f"cluster {c['name']} ({c['uuid']}), chunk size {_human(c['chunk_size'])}")
     print(f"space: {_human(space['free'])} free of {_human(space['total'])}")
     print("chunks: " + ", ".join(f"{k} {v}" for k, v in stat["chunks"].items()))
+    healing = stat.get("healing") or {}
+    if healing.get("active"):
+        print(f"healing: {healing['percent']}% ({healing['copied']} copied, {healing['moved']} moved, "
+              f"{healing['left']} left, {healing['rate_mib_s']:.1f} MiB/s)")
     print("metadata servers:")
     for m in stat["mds"]:
         print(f"  MDS#{m['id']:<3} {m['role']:<8} {m['addr']:<22} term {m['term']} commit {m['commit']}")
@@ -286,6 +301,10 @@ async def cmd_stat(client: Client, args: argparse.Namespace) -> int:
 async def cmd_get_event(client: Client, args: argparse.Namespace) -> int:
     if args.limit < 1:
         raise ConfigError("--limit must be at least 1")
+    if args.follow:
+        from chunkfs.cli.events import follow_events
+
+        return await follow_events(client, args.since, args.json)
     events = await client.events(args.since, args.limit)
     if args.json:
         print(json.dumps(events, indent=2))

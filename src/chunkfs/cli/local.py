@@ -18,7 +18,7 @@ def need_cluster(args: argparse.Namespace) -> str:
 
 
 def cmd_make_mds(args: argparse.Namespace) -> int:
-    node = make_mds(need_cluster(args), args.dir, args.addr, args.chunk_size, args.init)
+    node = make_mds(need_cluster(args), args.dir, args.addr, args.chunk_size, args.init, args.metrics_addr)
     what = (f"created cluster {node.cluster.name!r} (chunk size {node.cluster.chunk_size >> 20} MiB) with MDS#1"
             if args.init else f"registered MDS#{node.node_id} of {node.cluster.name!r}")
     print(f"{what} in {args.dir}; start it with: chunkfs mds -r {args.dir} --background")
@@ -32,7 +32,8 @@ def cmd_rm_mds(args: argparse.Namespace) -> int:
 
 
 def cmd_make_cs(args: argparse.Namespace) -> int:
-    node = make_cs(need_cluster(args), args.dir, args.addr, args.host)
+    node = make_cs(need_cluster(args), args.dir, args.addr, args.host, args.metrics_addr,
+                   location=args.location, tier=args.tier)
     print(f"created a chunk server of {node.cluster.name!r} in {args.dir} listening on {node.addr}; "
           f"start it with: chunkfs cs -r {args.dir} --background")
     return 0
@@ -53,6 +54,10 @@ def add_local_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     up.add_argument("--mds", type=int, default=3, help="metadata servers (default 3: survives the loss of one)")
     up.add_argument("--cs", type=int, default=3, help="chunk servers (default 3)")
     up.add_argument("--chunk-size", type=parse_size, default=DEFAULT_CHUNK_SIZE, help="chunk size (default 256M)")
+    up.add_argument("--mount", type=Path, metavar="MOUNTPOINT",
+                    help="also mount the cluster there (created if missing); `local down` unmounts it")
+    up.add_argument("-o", dest="mount_options", action="append", default=[], metavar="OPTIONS",
+                    help="mount options for --mount (see `chunkfs mount --help`)")
     up.set_defaults(func=cmd_local_up)
     st = lsub.add_parser("status", help="list the local cluster's processes")
     st.add_argument("--dir", required=True, type=Path)
@@ -81,6 +86,8 @@ def cmd_local_up(args: argparse.Namespace) -> int:
         raise
     n_cs = len(stat["cs"])
     print(f"cluster {cluster.name!r} is up: {len(stat['mds'])} MDS, {n_cs} chunk servers")
+    if args.mount is not None:
+        _mount(cluster, args.mount, args.mount_options, args.verbose)
     print("next:")
     print(f"  chunkfs -c {cluster.name} stat")
     print(f"  chunkfs -c {cluster.name} put FILE /FILE")
@@ -93,17 +100,56 @@ def cmd_local_status(args: argparse.Namespace) -> int:
     cluster = LocalCluster.load(args.dir)
     rows = cluster.status()
     if args.json:
-        print(json.dumps({"name": cluster.name, "processes": rows}, indent=2))
+        print(json.dumps({"name": cluster.name, "processes": rows, "mounts": cluster.mounts}, indent=2))
         return 0
     print(f"local cluster {cluster.name!r} in {cluster.dir}")
     for r in rows:
         state = f"running, pid {r['pid']}" if r["running"] else "stopped"
         print(f"  {r['role']:<4} {r['id']:>3}  {r['addr']:<22} {state}")
+    for path in cluster.mounts:
+        print(f"  mount     {path}")
     return 0
+
+
+def _mount(cluster: LocalCluster, mountpoint: Path, options: list[str], verbose: bool) -> None:
+    """`chunkfs mount --background`, recorded in local.json so that `local down` unmounts it first."""
+    from chunkfs.cli.mount import cmd_mount
+    from chunkfs.client.fuse_session import canonical, is_mounted
+
+    mnt = canonical(mountpoint)
+    if str(mnt) in cluster.mounts and is_mounted(mnt):
+        print(f"{mnt} is already mounted")
+        return
+    mnt.mkdir(parents=True, exist_ok=True)
+    cmd_mount(argparse.Namespace(cluster=cluster.name, options=options, mountpoint=mnt, background=True,
+                                 verbose=verbose))
+    if str(mnt) not in cluster.mounts:
+        cluster.mounts.append(str(mnt))
+        cluster.save()
+
+
+def _unmount_all(cluster: LocalCluster) -> None:
+    """Unmount what `local up --mount` mounted, before its servers stop (lazily if files are still open)."""
+    from chunkfs.client.fuse_session import is_mounted, state_dir, unmount
+    from chunkfs.common.daemon import read_pid
+    from chunkfs.common.errors import Unavailable
+
+    for path in list(cluster.mounts):
+        mnt = Path(path)
+        if is_mounted(mnt) or read_pid(state_dir(mnt)) is not None:
+            try:
+                unmount(mnt)
+            except Unavailable as exc:
+                print(f"{exc}; unmounting lazily")
+                unmount(mnt, lazy=True)
+            print(f"unmounted {mnt}")
+        cluster.mounts.remove(path)
+        cluster.save()
 
 
 def cmd_local_down(args: argparse.Namespace) -> int:
     cluster = LocalCluster.load(args.dir)
+    _unmount_all(cluster)
     running = [p for p in cluster.processes if cluster.running(p)]
     cluster.stop_all()
     print(f"stopped {len(running)} process(es) of local cluster {cluster.name!r}")

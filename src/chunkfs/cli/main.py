@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-r", "--dir", required=True, type=Path, help="the MDS's directory (empty or new)")
     p.add_argument("--chunk-size", type=_size, default=DEFAULT_CHUNK_SIZE,
                    help="chunk size of a new cluster (default 256M; 1M-1G, a multiple of 64K)")
+    p.add_argument("--metrics-addr", default="", metavar="HOST:PORT",
+                   help="HTTP listener for /metrics and the dashboard (default: none)")
     p.set_defaults(func=local.cmd_make_mds)
 
     p = sub.add_parser("make-cs", help="create a chunk server's data directory",
@@ -61,6 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-r", "--dir", required=True, type=Path, help="data directory (empty or new), usually one disk")
     p.add_argument("-a", "--addr", metavar="HOST:PORT", help="address to listen on (default 127.0.0.1, a free port)")
     p.add_argument("--host", help="host name used for placement (default: this machine's name)")
+    p.add_argument("--location", default="", metavar="ROOM.ROW.RACK",
+                   help="where the server is, for failure domains (failure-domain=rack|row|room)")
+    p.add_argument("--tier", type=int, default=0, choices=range(4), metavar="0-3",
+                   help="storage tier (files with tier=N are placed on tier-N servers only; default 0)")
+    p.add_argument("--metrics-addr", default="", metavar="HOST:PORT", help="HTTP listener for /metrics (default: none)")
     p.set_defaults(func=local.cmd_make_cs)
 
     p = sub.add_parser("rm-mds", help="remove a metadata server from the cluster",
@@ -78,9 +85,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     local.add_local_parser(sub)
     files.add_parsers(sub)
+    from chunkfs.cli import healing  # set-config, get-config, rm-cs
+
+    healing.add_parsers(sub)
     from chunkfs.cli import mount as mount_cli  # mount, umount
 
     mount_cli.add_parser(sub)
+    from chunkfs.cli import services, top  # operating a cluster
+
+    top.add_parser(sub)
+    services.add_parser(sub)
     return parser
 
 

@@ -19,6 +19,8 @@ options (-o, comma-separated, may repeat):
   direct_io                        no page cache for any file (O_DIRECT opens never use it)
   readahead_kb=N                   kernel read-ahead, KiB (default 4096; 0 keeps the kernel's)
   max_tasks=N                      requests served at once (default 64)
+  exclusive                        lease each file opened for writing to this mount: another
+                                   exclusive mount's open for writing fails with EBUSY
   anything else                    passed to FUSE, e.g. allow_other, ro
 """
 

@@ -21,6 +21,8 @@ from chunkfs.common.config import (
     NodeConfig,
     check_chunk_size,
     check_cluster_name,
+    check_location,
+    check_tier,
     cluster_conf_path,
     load_client_config,
     load_node,
@@ -55,13 +57,15 @@ def _check_empty_node_dir(directory: Path, cluster: str) -> None:
         raise ConfigError(f"{directory} is not empty; choose an empty or new directory")
 
 
-def make_mds(cluster: str, directory: Path, addr: str, chunk_size: int, init: bool) -> NodeConfig:
+def make_mds(
+    cluster: str, directory: Path, addr: str, chunk_size: int, init: bool, metrics_addr: str = ""
+) -> NodeConfig:
     """Create a cluster and its first metadata server (`init`), or add an MDS to a running cluster."""
     check_cluster_name(cluster)
     check_chunk_size(chunk_size)
     parse_addr(addr)
     if not init:
-        return _join_mds(cluster, directory, addr)
+        return _join_mds(cluster, directory, addr, metrics_addr)
     if (cluster_conf_path(cluster) / "cluster.json").exists():
         raise ConfigError(
             f"cluster {cluster!r} is already configured in {cluster_conf_path(cluster)}; "
@@ -70,13 +74,14 @@ def make_mds(cluster: str, directory: Path, addr: str, chunk_size: int, init: bo
     _check_empty_node_dir(directory, cluster)
     info = ClusterInfo(cluster, str(uuid.uuid4()), chunk_size)
     secret = os.urandom(SECRET_BYTES)
-    node = NodeConfig(role="mds", cluster=info, addr=addr, node_id=1, peers=((1, addr),), bootstrap=True)
+    node = NodeConfig(role="mds", cluster=info, addr=addr, node_id=1, peers=((1, addr),), bootstrap=True,
+                      metrics_addr=_metrics_addr(metrics_addr))
     save_node(directory, node, secret)
     save_client_config(ClientConfig(info, (addr,), secret))
     return node
 
 
-def _join_mds(cluster: str, directory: Path, addr: str) -> NodeConfig:
+def _join_mds(cluster: str, directory: Path, addr: str, metrics_addr: str = "") -> NodeConfig:
     """Register a new MDS with the running cluster; it becomes a voter when it first starts."""
     client = load_client_config(cluster)
     _check_empty_node_dir(directory, cluster)
@@ -85,7 +90,8 @@ def _join_mds(cluster: str, directory: Path, addr: str) -> NodeConfig:
     with SyncClient(client) as c:
         reply = c.run(c.client.mds.call(Msg.MDS_ADD, {"addr": addr}))
     peers = tuple((int(i), str(a)) for i, a in reply["members"])
-    node = NodeConfig(role="mds", cluster=client.cluster, addr=addr, node_id=reply["id"], peers=peers)
+    node = NodeConfig(role="mds", cluster=client.cluster, addr=addr, node_id=reply["id"], peers=peers,
+                      metrics_addr=_metrics_addr(metrics_addr))
     save_node(directory, node, client.secret)
     save_client_config(dataclasses.replace(client, mds=(*client.mds, addr)))
     return node
@@ -110,17 +116,29 @@ def remove_mds(cluster: str, node_id: int) -> str | None:
     return addr
 
 
-def make_cs(cluster: str, directory: Path, addr: str | None, host: str | None) -> NodeConfig:
+def make_cs(
+    cluster: str, directory: Path, addr: str | None, host: str | None, metrics_addr: str = "",
+    location: str = "", tier: int = 0,
+) -> NodeConfig:
     client = load_client_config(cluster)
     _check_empty_node_dir(directory, cluster)
     if addr is None:
         addr = f"127.0.0.1:{free_port()}"
     parse_addr(addr)
     node = NodeConfig(
-        role="cs", cluster=client.cluster, addr=addr, host=host or socket.gethostname(), mds=client.mds
+        role="cs", cluster=client.cluster, addr=addr, host=host or socket.gethostname(), mds=client.mds,
+        metrics_addr=_metrics_addr(metrics_addr), location=check_location(location), tier=check_tier(tier),
     )
     save_node(directory, node, client.secret)
     return node
+
+
+def _metrics_addr(value: str) -> str:
+    """Empty or "0": no metrics listener; otherwise HOST:PORT."""
+    if value in ("", "0"):
+        return ""
+    parse_addr(value)
+    return value
 
 
 def run_node(role: str, directory: Path, background: bool) -> int:

@@ -139,6 +139,7 @@ def run_mount(
         try:
             await client.getattr(ROOT_INO)  # fail here, before mounting, if the cluster is unreachable
             ops = ChunkFSOperations(client, opts)
+            ops.holder = f"{socket.gethostname()}:{mountpoint} (pid {os.getpid()})"[-256:]
             try:
                 pyfuse3.init(ops, str(mountpoint), fuse_options(config.cluster.name, opts))
             except RuntimeError as exc:
@@ -153,6 +154,7 @@ def run_mount(
                     on_ready()
                 await pyfuse3.main(min_tasks=2, max_tasks=opts.max_tasks)
             finally:
+                await ops.close()  # hand back exclusive leases
                 # Lazy unmount when the loop ended on a signal; a no-op after `umount`.
                 pyfuse3.close(unmount=True)
                 logger.info("%s unmounted", mountpoint)

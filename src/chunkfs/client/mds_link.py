@@ -62,15 +62,26 @@ class MdsLink:
                     if hint in self.addrs:
                         self.addrs.remove(hint)
                     self.addrs.insert(0, hint)
+                else:
+                    # No hint (an MDS cut off from the others knows no master): try the next one,
+                    # or a client that can still reach that MDS would never leave it.
+                    self._rotate()
                 last: ChunkFSError = exc
                 self.close()
             except (Unavailable, Timeout) as exc:
                 last = exc
+                if isinstance(exc, Timeout):
+                    self._rotate()  # a deposed master that cannot commit answers nothing in time
                 self.close()
             if time.monotonic() + pause > deadline:
                 raise last
             await asyncio.sleep(pause)
             pause = min(pause * 2, 1.0)
+
+    def _rotate(self) -> None:
+        """Move the address in use (first, see `_connection`) to the end of the list."""
+        if len(self.addrs) > 1:
+            self.addrs.append(self.addrs.pop(0))
 
     def close(self) -> None:
         if self._conn is not None:

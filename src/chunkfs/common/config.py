@@ -84,11 +84,22 @@ class NodeConfig:
     peers: tuple[tuple[int, str], ...] = field(default_factory=tuple)
     #: MDS only: the founding member starts a new group; others join a running one.
     bootstrap: bool = False
+    #: HOST:PORT of the HTTP listener for Prometheus ``/metrics`` (and, on an MDS, the dashboard);
+    #: empty or "0" disables it.
+    metrics_addr: str = ""
+    #: MDS only: reach a peer listed at the first address through the second instead (a tunnel, a NAT,
+    #: or a test's fault-injection proxy).  Only this node's own Raft traffic is routed; clients are
+    #: still told the listed address.
+    peer_routes: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+    #: CS only: where it is, ``ROOM.ROW.RACK`` (failure domains above the host), and its tier (0-3).
+    location: str = ""
+    tier: int = 0
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["mds"] = list(self.mds)
         data["peers"] = {str(i): a for i, a in self.peers}
+        data["peer_routes"] = dict(self.peer_routes)
         return data
 
 
@@ -107,6 +118,29 @@ def _check_addr(value: str, option: str, where: Path) -> str:
     return value
 
 
+_LOCATION_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}(\.[A-Za-z0-9_-]{1,32}){0,2}$")
+MAX_TIER = 3
+
+
+def check_location(value: str) -> str:
+    """``ROOM``, ``ROOM.ROW`` or ``ROOM.ROW.RACK`` (or empty: unknown)."""
+    if value and not _LOCATION_RE.fullmatch(value):
+        raise ConfigError(
+            f"bad location {value!r}: use ROOM.ROW.RACK, each part 1-32 letters, digits, '_' or '-'")
+    return value
+
+
+def check_tier(value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TIER:
+        raise ConfigError(f"bad tier {value!r}: must be a whole number from 0 to {MAX_TIER}")
+    return value
+
+
+def strip_comments(text: str) -> str:
+    """Drop whole-line ``#`` comments, so a commented sample (etc/*.conf-sample) is a valid node.json."""
+    return "\n".join("" if line.lstrip().startswith("#") else line for line in text.splitlines())
+
+
 def load_node(directory: Path) -> tuple[NodeConfig, bytes]:
     path = directory / NODE_FILE
     if not path.exists():
@@ -114,7 +148,7 @@ def load_node(directory: Path) -> tuple[NodeConfig, bytes]:
             f"{directory} is not a ChunkFS node directory (no {NODE_FILE}): create it with make-mds or make-cs"
         )
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(strip_comments(path.read_text()))
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{path}: unreadable: {exc}") from None
     if not isinstance(data, dict):
@@ -151,9 +185,27 @@ def load_node(directory: Path) -> tuple[NodeConfig, bytes]:
     bootstrap = data.get("bootstrap", False)
     if not isinstance(bootstrap, bool):
         raise ConfigError(f"{path}: option 'bootstrap' must be true or false")
+    metrics_addr = data.get("metrics_addr", "")
+    if not isinstance(metrics_addr, str):
+        raise ConfigError(f"{path}: option 'metrics_addr' must be a HOST:PORT string, or empty to disable metrics")
+    if metrics_addr in ("", "0"):
+        metrics_addr = ""
+    else:
+        _check_addr(metrics_addr, "metrics_addr", path)
+    routes = data.get("peer_routes", {})
+    if not isinstance(routes, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in routes.items()):
+        raise ConfigError(f"{path}: option 'peer_routes' must map HOST:PORT addresses to HOST:PORT addresses")
+    peer_routes = tuple(sorted(
+        (_check_addr(k, "peer_routes", path), _check_addr(v, "peer_routes", path)) for k, v in routes.items()))
+    try:
+        location = check_location(data.get("location", ""))
+        tier = check_tier(data.get("tier", 0))
+    except (ConfigError, TypeError) as exc:
+        raise ConfigError(f"{path}: option 'location' or 'tier': {exc}") from None
     node = NodeConfig(
         role=role, cluster=cluster, addr=addr, node_id=node_id, host=host, mds=mds,
-        heartbeat_interval=float(interval), peers=peers, bootstrap=bootstrap,
+        heartbeat_interval=float(interval), peers=peers, bootstrap=bootstrap, metrics_addr=metrics_addr,
+        peer_routes=peer_routes, location=location, tier=tier,
     )
     return node, read_secret(directory / SECRET_FILE)
 

@@ -84,6 +84,13 @@ class NoSpace(ChunkFSError):
     errno = _errno.ENOSPC
 
 
+class Busy(ChunkFSError):
+    """The file is held by someone else (an exclusive lease)."""
+
+    code = "busy"
+    errno = _errno.EBUSY
+
+
 class AuthenticationFailed(ChunkFSError):
     """The peer did not prove the cluster secret."""
 
@@ -152,7 +159,7 @@ _BY_CODE: dict[str, type[ChunkFSError]] = {
     for cls in (
         NotFound, Exists, NotADirectory, IsADirectory, DirectoryNotEmpty, InvalidArgument,
         NotSupported, NoSpace, AuthenticationFailed, ProtocolError, StaleVersion,
-        ChecksumMismatch, NotMaster, Unavailable, Timeout, ConfigError, InternalError,
+        ChecksumMismatch, NotMaster, Unavailable, Timeout, ConfigError, InternalError, Busy,
     )
 }
 

@@ -84,7 +84,7 @@ class MdsLink:
         reply, _ = await conn.call(Msg.CS_REGISTER, {
             "cluster_uuid": self.node.cluster.uuid, "cs_id": self.cs_id, "addr": self.node.addr,
             "host": self.node.host or socket.gethostname(), "total": total, "free": free,
-            "replicas": [list(r) for r in replicas],
+            "replicas": [list(r) for r in replicas], "location": self.node.location, "tier": self.node.tier,
         })
         if reply["cs_id"] != self.cs_id:
             self.cs_id = reply["cs_id"]
@@ -101,8 +101,11 @@ class MdsLink:
         self.registered.set()
         while not conn.closed:
             total, free = store.space()
-            await conn.call(Msg.CS_HEARTBEAT, {
+            beat, _ = await conn.call(Msg.CS_HEARTBEAT, {
                 "cs_id": self.cs_id, "total": total, "free": free,
                 "replica_count": len(store.list_replicas()), "load": self.server.in_flight,
+                **self.server.stats.heartbeat_fields(),
             }, timeout=max(5.0, 5 * self.node.heartbeat_interval))
+            if isinstance(beat.get("settings"), dict):
+                self.server.scrubber.update(beat["settings"])
             await asyncio.sleep(self.node.heartbeat_interval)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,9 @@ from chunkfs.common.config import NodeConfig
 from chunkfs.common.errors import ChunkFSError, ProtocolError
 from chunkfs.cs.chunk_store import ChunkStore
 from chunkfs.cs.mds_link import MdsLink
+from chunkfs.cs.metrics import CsStats
+from chunkfs.cs.replicator import Replicator
+from chunkfs.cs.scrubber import Scrubber
 from chunkfs.protocol.messages import Msg, replica_list
 from chunkfs.protocol.rpc import Connection, Credentials, Reply, RpcServer, connect
 
@@ -41,17 +45,26 @@ class ChunkServer:
         self._peer_lock = asyncio.Lock()
         #: Requests being served now; reported to the master as load.
         self.in_flight = 0
+        #: Self-healing: copies from other servers (replicator.py), checksum scrubbing (scrubber.py).
+        self.replicator = Replicator(self)
+        self.scrubber = Scrubber(self)
+        #: I/O counters and /metrics (cs/metrics.py).
+        self.stats = CsStats(self)
 
     async def start(self) -> None:
         await self.rpc.listen(self.node.addr)
+        await self.stats.start()
         logger.info(
             "CS of cluster %r serving %s on %s (%d replicas)",
             self.node.cluster.name, self.directory, self.node.addr, len(self.store.list_replicas()),
         )
         self.link.start()
+        self.scrubber.start()
 
     async def stop(self) -> None:
+        self.scrubber.stop()
         await self.link.stop()
+        await self.stats.stop()
         await self.rpc.close()
         for conn in self._peers.values():
             conn.close()
@@ -63,10 +76,23 @@ class ChunkServer:
         self.in_flight += 1
         try:
             if msg == Msg.CS_READ:
-                data = await asyncio.to_thread(self.store.read, h["chunk_id"], h["version"], h["offset"], h["length"])
+                started = time.perf_counter()
+                try:  # try blocks cost nothing until they catch (Python 3.11+)
+                    data = await asyncio.to_thread(
+                        self.store.read, h["chunk_id"], h["version"], h["offset"], h["length"])
+                except BaseException:
+                    self.stats.read.errors += 1
+                    raise
+                self.stats.read.record(len(data), time.perf_counter() - started)
                 return {}, data
             if msg == Msg.CS_WRITE:
-                await self._write(h, payload)
+                started = time.perf_counter()
+                try:
+                    await self._write(h, payload)
+                except BaseException:
+                    self.stats.write.errors += 1
+                    raise
+                self.stats.write.record(len(payload), time.perf_counter() - started)
                 return {}, b""
             if msg == Msg.CS_FSYNC:
                 await self._fsync(h)
@@ -131,6 +157,10 @@ class ChunkServer:
         elif msg == Msg.CS_SET_VERSION:
             async with self._locks[h["chunk_id"] % WRITE_LOCK_STRIPES]:
                 await asyncio.to_thread(store.set_version, h["chunk_id"], h["old_version"], h["new_version"])
+        elif msg == Msg.CS_REPLICATE:
+            return await self.replicator.replicate(h), b""
+        elif msg == Msg.CS_VERIFY_CHUNK:
+            return {"ok": await self.scrubber.verify_now(h["chunk_id"])}, b""
         elif msg == Msg.CS_DELETE_CHUNK:
             await asyncio.to_thread(store.delete, h["chunk_id"])
         elif msg == Msg.CS_TRUNCATE_CHUNK:

@@ -27,8 +27,11 @@ from chunkfs.common.errors import (
     ProtocolError,
     Unavailable,
 )
-from chunkfs.mds.placement import Candidate, choose_servers
+from chunkfs.mds.cluster_view import ClusterView
+from chunkfs.mds.leases import LeaseTable
+from chunkfs.mds.metrics import MdsMetrics
 from chunkfs.mds.replicated_log import ReplicatedLog
+from chunkfs.mds.replication import ReplicationMonitor
 from chunkfs.mds.store import Chunk, MetadataStore, encode_command
 from chunkfs.protocol.messages import Msg, int_pairs
 from chunkfs.protocol.rpc import Connection, Credentials, Reply, RpcServer
@@ -77,6 +80,7 @@ class MetadataServer:
             bootstrap_voters=(node.node_id,) if node.bootstrap else (),
             on_membership=self._learn_members, on_leader=lambda: self._spawn(self._became_master()),
         )
+        self.raft.routes = dict(node.peer_routes)
         self.log: ReplicatedLog = self.raft
         # Snapshots (Raft InstallSnapshot) are whole store images: allow them on MDS connections.
         self.rpc = RpcServer(self.creds, self.handle, on_close=self._on_close, max_payload=MAX_SNAPSHOT)
@@ -86,6 +90,13 @@ class MetadataServer:
         self._background: set[asyncio.Task[Any]] = set()
         self._rng = random.Random()  # noqa: S311 - placement only
         self._master_since = 0.0
+        #: Chunk-server states, re-replication, scrub reports, draining (replication.py).
+        self.healing = ReplicationMonitor(self)
+        #: Exclusive file leases (soft state, reclaimed by holders after a master change).
+        self.leases = LeaseTable()
+        #: Operators' view (cluster_view.py) and /metrics + dashboard (metrics.py).
+        self.view = ClusterView(self)
+        self.metrics = MdsMetrics(self)
 
     # -- life cycle --------------------------------------------------------------
 
@@ -93,6 +104,7 @@ class MetadataServer:
         # Bind first (a busy port fails fast, before Raft starts),
         # accept only once the log is replayed.
         await self.rpc.listen(self.node.addr, start_serving=False)
+        await self.metrics.start()
         store = self.store
         await self.raft.start(StateMachine(
             apply=store.apply, applied_index=lambda: store.applied_index, snapshot=store.snapshot,
@@ -100,6 +112,7 @@ class MetadataServer:
         ))
         self._learn_members()
         await self.rpc.start_serving()
+        self._spawn(self.view.run())
         logger.info("MDS#%d of cluster %r serving on %s", self.node.node_id, self.node.cluster.name, self.node.addr)
         if self.node.node_id not in self.raft.voters():
             self._spawn(self._join())
@@ -110,10 +123,15 @@ class MetadataServer:
 
     async def _became_master(self) -> None:
         self._master_since = time.monotonic()
-        members = self.store.mds_members()
-        if members.get(self.node.node_id) != self.node.addr:
-            await self._propose("add_mds", addr=self.node.addr, node_id=self.node.node_id)
+        self.healing.start()
+        self.leases.start_grace()
+        await self._register_self()
         await self._event("info", f"MDS#{self.node.node_id} is the master (term {self.log.term}) at {self.node.addr}")
+
+    async def _register_self(self) -> None:
+        """The master's own address is in the member table before any other MDS is added."""
+        if self.store.mds_members().get(self.node.node_id) != self.node.addr:
+            await self._propose("add_mds", addr=self.node.addr, node_id=self.node.node_id)
 
     async def _join(self) -> None:
         """A new MDS asks the master, until it answers, to make it a voter."""
@@ -136,6 +154,8 @@ class MetadataServer:
             link.close()
 
     async def stop(self) -> None:
+        await self.metrics.stop()
+        self.view.close()
         await self.rpc.close()
         for task in list(self._background):
             task.cancel()
@@ -173,7 +193,11 @@ class MetadataServer:
             raise ProtocolError(f"{msg.name} is for chunk servers only")
         if msg not in FOLLOWER_MESSAGES and not self.raft.is_leader():
             raise self.raft.not_master_error()
-        return await handler(conn, h), b""
+        started = time.perf_counter()
+        try:
+            return await handler(conn, h), b""
+        finally:
+            self.metrics.requests[msg].record(0, time.perf_counter() - started)
 
     # -- metadata group membership -------------------------------------------------
 
@@ -182,6 +206,7 @@ class MetadataServer:
 
     async def _on_mds_add(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
         parse_addr(h["addr"])
+        await self._register_self()
         node_id = await self._propose("add_mds", addr=h["addr"])
         await self._event("info", f"MDS#{node_id} registered at {h['addr']}; it joins the group when it starts")
         return {"id": node_id, "members": self._members_reply()}
@@ -217,7 +242,7 @@ class MetadataServer:
 
 
     async def _on_ping(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
-        return {"role": "mds", "node": self.creds.node}
+        return {"role": "mds", "node": self.creds.node, **self.view.ping_fields()}
 
     # -- namespace ---------------------------------------------------------------
 
@@ -336,8 +361,8 @@ class MetadataServer:
         attr = self.store.getattr(ino)
         if attr["type"] != "f":
             raise InvalidArgument("not a regular file")
-        candidates = [Candidate(s.cs_id, s.host, s.free) for s in self.live.values()]
-        chosen = choose_servers(candidates, attr["replicas"], min_free=self.node.cluster.chunk_size, rng=self._rng)
+        # Active servers of the file's tier, distinct failure domains first (replication.py, domains.py).
+        chosen = self.healing.place(attr, attr["replicas"])
         if len(chosen) < attr["min_replicas"]:
             raise NoSpace(
                 f"cannot place a chunk: {len(chosen)} chunk server(s) with free space online, "
@@ -429,18 +454,20 @@ class MetadataServer:
         chunk_size = self.node.cluster.chunk_size
         if size % chunk_size == 0:
             return
-        chunk = self.store.chunk_at(ino, size // chunk_size)
-        if chunk is None:
-            return
-        chunk = await self._drop_replicas(chunk, set())
-        results = await asyncio.gather(
-            *(self._cs_call(cs, Msg.CS_TRUNCATE_CHUNK, {
-                "chunk_id": chunk.chunk_id, "version": chunk.version, "length": size % chunk_size})
-              for cs in chunk.replicas),
-            return_exceptions=True,
-        )
-        await self._drop_replicas(chunk, {cs for cs, r in zip(chunk.replicas, results, strict=True)
-                                          if isinstance(r, BaseException)})
+        # The chunk's lock: not while the replication monitor copies it (replication.py).
+        async with self._alloc_locks[hash((ino, size // chunk_size)) % len(self._alloc_locks)]:
+            chunk = self.store.chunk_at(ino, size // chunk_size)
+            if chunk is None:
+                return
+            chunk = await self._drop_replicas(chunk, set())
+            results = await asyncio.gather(
+                *(self._cs_call(cs, Msg.CS_TRUNCATE_CHUNK, {
+                    "chunk_id": chunk.chunk_id, "version": chunk.version, "length": size % chunk_size})
+                  for cs in chunk.replicas),
+                return_exceptions=True,
+            )
+            await self._drop_replicas(chunk, {cs for cs, r in zip(chunk.replicas, results, strict=True)
+                                              if isinstance(r, BaseException)})
 
     def _delete_replicas(self, chunks: list[Chunk]) -> None:
         """Delete dropped chunks' replicas in the background; offline servers clean up on return."""
@@ -463,14 +490,42 @@ class MetadataServer:
         except ChunkFSError as exc:
             logger.info("%s to CS#%d failed: %s (it cleans up when it re-registers)", msg.name, cs_id, exc)
 
+    async def _on_file_lease(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
+        if h["op"] == "release":
+            self.leases.release(h["ino"], h["holder"])
+            return {"ttl": 0.0}
+        await self.log.read_barrier()  # still the master (a deposed one must not grant)
+        if self.store.getattr(h["ino"])["type"] != "f":
+            raise InvalidArgument("only regular files take exclusive leases")
+        return {"ttl": self.leases.grant(h["ino"], h["holder"], h["op"])}
+
     async def _on_report_bad_replica(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
         chunk = self.store.chunk(h["chunk_id"])
         if chunk is not None and h["cs_id"] in chunk.replicas:
+            # From the server itself (its scrubber): already quarantined. From a reader: verified first.
+            own = isinstance(conn.tag, LiveServer) and conn.tag.cs_id == h["cs_id"]
+            reporter = f"CS#{h['cs_id']}'s scrubber" if own else f"client {conn.peer_name}"
             await self._event(
-                "warning", f"client {conn.peer_name} reports a bad replica of chunk {chunk.chunk_id:#x} "
+                "warning", f"{reporter} reports a bad replica of chunk {chunk.chunk_id:#x} "
                 f"on CS#{h['cs_id']}: {h['reason'][:200]}",
             )
+            self.healing.on_bad_replica(chunk.chunk_id, h["cs_id"], h["reason"], own, reporter)
         return {}
+
+    async def _on_get_config(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
+        await self.log.read_barrier()
+        return {"settings": self.healing.settings(fresh=True)}
+
+    async def _on_set_config(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
+        return {"settings": await self.healing.set_config(h["values"])}
+
+    async def _on_set_placement(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
+        changed = await self._propose("set_placement", ino=h["ino"], recursive=h["recursive"],
+                                      domain=h["failure_domain"], tier=h["tier"])
+        return {"changed": changed}
+
+    async def _on_rm_cs(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
+        return await self.healing.rm_cs(h["id"], h["cancel"])
 
     # -- chunk servers -----------------------------------------------------------
 
@@ -481,6 +536,7 @@ class MetadataServer:
                 f"this one is {self.node.cluster.uuid})"
             )
         reported = int_pairs(h["replicas"], "replicas")
+        self.healing.admit(h["cs_id"])
         cs_id = await self._propose("register_cs", cs_id=h["cs_id"], addr=h["addr"], host=h["host"], time=time.time())
         old = self.live.get(cs_id)
         if old is not None and old.conn is not conn:
@@ -498,6 +554,7 @@ class MetadataServer:
         server = LiveServer(cs_id, h["addr"], h["host"], conn, h["total"], h["free"], replicas=keep)
         conn.tag = server
         self.live[cs_id] = server
+        self.healing.on_register(cs_id, h.get("location", ""), h.get("tier", 0))
         await self._event(
             "info",
             f"CS#{cs_id} online at {h['addr']} (host {h['host']}): {len(keep)} replica(s) current, "
@@ -511,13 +568,18 @@ class MetadataServer:
             raise InvalidArgument("heartbeat before registration")
         server.total, server.free, server.load = h["total"], h["free"], h["load"]
         server.last_seen = time.monotonic()
-        return {}
+        self.view.note_heartbeat(server.cs_id, h)
+        return {"settings": self.healing.cs_settings()}
 
     def _on_close(self, conn: Connection) -> None:
         server = conn.tag
         if isinstance(server, LiveServer) and self.live.get(server.cs_id) is server:
             del self.live[server.cs_id]
-            self._spawn(self._event("warning", f"CS#{server.cs_id} offline: connection from {server.addr} lost"))
+            self.healing.on_disconnect(server)
+            timeout = self.healing.settings()["cs-offline-timeout"]
+            self._spawn(self._event(
+                "warning", f"CS#{server.cs_id} connection from {server.addr} lost: inactive, no new chunks go "
+                f"there; offline (its replicas re-created elsewhere) unless back within {timeout:g} s"))
 
     # -- cluster state -----------------------------------------------------------
 
@@ -526,41 +588,24 @@ class MetadataServer:
         return {"stat": self.cluster_stat()}
 
     def cluster_stat(self) -> dict[str, Any]:
-        counts = {"healthy": 0, "degraded": 0, "urgent": 0, "offline": 0}
-        goals: dict[int, tuple[int, int]] = {}
-        per_cs: dict[int, int] = {}
-        for chunk in self.store.all_chunks():
-            if chunk.ino not in goals:
-                attr = self.store.getattr(chunk.ino)
-                goals[chunk.ino] = (attr["replicas"], attr["min_replicas"])
-            want, minimum = goals[chunk.ino]
-            live = sum(1 for cs in chunk.replicas if cs in self.live)
-            for cs in chunk.replicas:
-                per_cs[cs] = per_cs.get(cs, 0) + 1
-            if live == 0:
-                counts["offline"] += 1
-            elif live < minimum:
-                counts["urgent"] += 1
-            elif live < want:
-                counts["degraded"] += 1
-            else:
-                counts["healthy"] += 1
+        counts, per_cs, states = self.healing.report()
         servers = []
         for cs in self.store.chunk_servers():
             live = self.live.get(cs["id"])
             servers.append({
-                **cs, "status": "active" if live else "offline",
+                **cs, "status": states.get(cs["id"], "offline"), **self.healing.labels_of(cs["id"]),
                 "total": live.total if live else 0, "free": live.free if live else 0,
                 "replicas": per_cs.get(cs["id"], 0),
             })
-        return {
+        return self.view.extend({
             "cluster": {"name": self.node.cluster.name, "uuid": self.node.cluster.uuid,
                         "chunk_size": self.node.cluster.chunk_size},
             "mds": self.log.members(),
             "cs": servers,
             "chunks": counts,
+            "healing": self.healing.progress(),
             "space": {"total": sum(s["total"] for s in servers), "free": sum(s["free"] for s in servers)},
-        }
+        })
 
     async def _on_get_events(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
         await self.log.read_barrier()

@@ -47,6 +47,10 @@ MAX_NAME_LEN = 255
 DEFAULT_REPLICAS = 3
 DEFAULT_MIN_REPLICAS = 2
 MAX_REPLICAS = 16
+#: Levels of `failure-domain=`, smallest first: two replicas of a chunk never share one while another has room.
+FAILURE_DOMAINS = ("disk", "host", "rack", "row", "room")
+DEFAULT_FAILURE_DOMAIN = "host"
+MAX_TIER = 3
 #: Chunk versions are ``term << VERSION_TERM_SHIFT | sequence``: a newer term
 #: always wins, so maps handed out by a deposed master compare as stale.
 VERSION_TERM_SHIFT = 32
@@ -71,6 +75,7 @@ CREATE TABLE IF NOT EXISTS mds_members (id INTEGER PRIMARY KEY, addr TEXT NOT NU
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY, time REAL NOT NULL, level TEXT NOT NULL, message TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS placement (ino INTEGER PRIMARY KEY, domain TEXT NOT NULL, tier INTEGER NOT NULL);
 """
 
 
@@ -219,6 +224,8 @@ class MetadataStore:
         )
         self.db.execute("INSERT INTO dentries VALUES (?, ?, ?)", (parent, name, ino))
         self.db.execute("UPDATE inodes SET mtime = ?, ctime = ? WHERE ino = ?", (time, time, parent))
+        # Failure domain and tier are inherited like replicas (no row: the defaults).
+        self.db.execute("INSERT INTO placement SELECT ?, domain, tier FROM placement WHERE ino = ?", (ino, parent))
         return self.getattr(ino)
 
     def _op_setattr(
@@ -271,6 +278,7 @@ class MetadataStore:
         self.db.execute("DELETE FROM chunks WHERE ino = ?", (ino,))
         self.db.execute("DELETE FROM dentries WHERE parent = ? AND name = ?", (parent, name))
         self.db.execute("DELETE FROM inodes WHERE ino = ?", (ino,))
+        self.db.execute("DELETE FROM placement WHERE ino = ?", (ino,))
         self.db.execute("UPDATE inodes SET mtime = ?, ctime = ? WHERE ino = ?", (time, time, parent))
         return dropped
 
@@ -281,6 +289,7 @@ class MetadataStore:
             raise DirectoryNotEmpty(f"directory {name!r} is not empty")
         self.db.execute("DELETE FROM dentries WHERE parent = ? AND name = ?", (parent, name))
         self.db.execute("DELETE FROM inodes WHERE ino = ?", (ino,))
+        self.db.execute("DELETE FROM placement WHERE ino = ?", (ino,))
         self.db.execute("UPDATE inodes SET mtime = ?, ctime = ? WHERE ino = ?", (time, time, parent))
 
     def _op_rename(
@@ -392,7 +401,8 @@ class MetadataStore:
         if row is not None:
             return int(row[0])
         if node_id == 0:
-            node_id = 1 + (self.db.execute("SELECT MAX(id) FROM mds_members").fetchone()[0] or 0)
+            # Id 1 is the founding MDS (make-mds -I), even before it has registered itself.
+            node_id = 1 + (self.db.execute("SELECT MAX(id) FROM mds_members").fetchone()[0] or 1)
         self.db.execute("INSERT INTO mds_members VALUES (?, ?)", (node_id, addr))
         return node_id
 
@@ -426,6 +436,33 @@ class MetadataStore:
             self.db.execute("INSERT OR REPLACE INTO settings VALUES (?, ?)", (str(key), str(value)))
         return self.settings()
 
+    def _op_set_placement(
+        self, term: int, ino: int, recursive: bool, domain: str | None = None, tier: int | None = None
+    ) -> int:
+        """Set `failure-domain=` and/or `tier=` on a file or directory (and, recursively, below it)."""
+        if domain is not None and domain not in FAILURE_DOMAINS:
+            raise InvalidArgument(f"failure-domain must be one of {', '.join(FAILURE_DOMAINS)}")
+        if tier is not None and not 0 <= tier <= MAX_TIER:
+            raise InvalidArgument(f"tier must be 0-{MAX_TIER}")
+        self.getattr(ino)
+        todo, changed = [ino], 0
+        while todo:
+            current = todo.pop()
+            attr = self.getattr(current)
+            self.db.execute("INSERT OR REPLACE INTO placement VALUES (?, ?, ?)", (
+                current, domain if domain is not None else attr["failure_domain"],
+                tier if tier is not None else attr["tier"]))
+            changed += 1
+            if recursive:
+                todo.extend(
+                    row[0] for row in self.db.execute("SELECT ino FROM dentries WHERE parent = ?", (current,))
+                )
+        return changed
+
+    def _op_remove_cs(self, term: int, cs_id: int) -> None:
+        """Forget a drained chunk server (the master checked that no chunk lists it)."""
+        self.db.execute("DELETE FROM chunk_servers WHERE cs_id = ?", (cs_id,))
+
     def settings(self) -> dict[str, str]:
         return {str(k): str(v) for k, v in self.db.execute("SELECT key, value FROM settings ORDER BY key")}
 
@@ -438,16 +475,18 @@ class MetadataStore:
 
     def getattr(self, ino: int) -> dict[str, Any]:
         row = self.db.execute(
-            "SELECT type, mode, size, atime, mtime, ctime, replicas, min_replicas FROM inodes WHERE ino = ?", (ino,)
+            "SELECT type, mode, size, atime, mtime, ctime, replicas, min_replicas, p.domain, p.tier "
+            "FROM inodes i LEFT JOIN placement p USING (ino) WHERE ino = ?", (ino,)
         ).fetchone()
         if row is None:
             raise NotFound(f"inode {ino} does not exist")
-        kind, mode, size, atime, mtime, ctime, replicas, min_replicas = row
+        kind, mode, size, atime, mtime, ctime, replicas, min_replicas, domain, tier = row
         return {
             "ino": ino, "type": kind,
             "mode": mode | (statmod.S_IFDIR if kind == "d" else statmod.S_IFREG),
             "size": size, "atime": atime, "mtime": mtime, "ctime": ctime,
             "replicas": replicas, "min_replicas": min_replicas,
+            "failure_domain": domain or DEFAULT_FAILURE_DOMAIN, "tier": tier or 0,
         }
 
     def _child(self, parent: int, name: str) -> int | None:

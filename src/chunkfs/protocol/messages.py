@@ -44,6 +44,7 @@ class Msg(enum.IntEnum):
     CHUNK_WRITE = 31
     EXTEND = 32
     REPORT_BAD_REPLICA = 33
+    FILE_LEASE = 34
     # Anyone -> MDS: cluster state.
     CLUSTER_STAT = 40
     GET_EVENTS = 41
@@ -55,6 +56,8 @@ class Msg(enum.IntEnum):
     CS_SET_VERSION = 61
     CS_DELETE_CHUNK = 62
     CS_TRUNCATE_CHUNK = 63
+    CS_REPLICATE = 64
+    CS_VERIFY_CHUNK = 65
     # Client or CS -> CS: data.
     CS_READ = 70
     CS_WRITE = 71
@@ -65,6 +68,11 @@ class Msg(enum.IntEnum):
     MDS_ADD = 81
     MDS_JOIN = 82
     MDS_REMOVE = 83
+    # Anyone -> MDS: cluster settings and chunk-server removal (self-healing).
+    GET_CONFIG = 90
+    SET_CONFIG = 91
+    RM_CS = 92
+    SET_PLACEMENT = 93
 
 
 @dataclass(slots=True, frozen=True)
@@ -101,7 +109,11 @@ SPECS: dict[Msg, MessageSpec] = {
         (f("nonce", bytes), f("proof", bytes)),
     ),
     Msg.PROOF: MessageSpec((f("proof", bytes),), ()),
-    Msg.PING: MessageSpec((), (f("role", str), f("node", str))),
+    Msg.PING: MessageSpec((), (
+        f("role", str), f("node", str),
+        # Optional, for `top` and `stat`: process figures {cpu, rss, uptime, pid} and the metrics URL.
+        f("proc", dict, optional=True), f("metrics", str, optional=True),
+    )),
     Msg.LOOKUP: MessageSpec(_ENTRY, _ATTR),
     Msg.GETATTR: MessageSpec((f("ino", int),), _ATTR),
     Msg.RESOLVE: MessageSpec((f("path", str),), _ATTR),
@@ -137,6 +149,10 @@ SPECS: dict[Msg, MessageSpec] = {
     Msg.REPORT_BAD_REPLICA: MessageSpec(
         (f("chunk_id", int), f("cs_id", int), f("reason", str)), ()
     ),
+    # An exclusive lease on a file, held by one mount: op is "acquire", "renew" or "release".
+    Msg.FILE_LEASE: MessageSpec(
+        (f("ino", int), f("holder", str), f("op", str)), (f("ttl", float, int),)
+    ),
     Msg.CLUSTER_STAT: MessageSpec((), (f("stat", dict),)),
     Msg.GET_EVENTS: MessageSpec(
         (f("since", int), f("limit", int)), (f("events", list),)
@@ -150,12 +166,19 @@ SPECS: dict[Msg, MessageSpec] = {
             f("total", int),
             f("free", int),
             f("replicas", list),  # [[chunk_id, version], ...]
+            f("location", str, optional=True),  # "ROOM.ROW.RACK" for failure domains
+            f("tier", int, optional=True),  # 0-3: placement stays within a file's tier
         ),
         (f("cs_id", int), f("delete", list)),
     ),
     Msg.CS_HEARTBEAT: MessageSpec(
-        (f("cs_id", int), f("total", int), f("free", int), f("replica_count", int), f("load", int)),
-        (),
+        (
+            f("cs_id", int), f("total", int), f("free", int), f("replica_count", int), f("load", int),
+            # Optional, for `top` and `stat`: I/O totals and rates, process figures, the metrics URL.
+            f("io", dict, optional=True), f("proc", dict, optional=True), f("metrics", str, optional=True),
+        ),
+        # The cluster settings a chunk server uses (scrub and replication rates).
+        (f("settings", dict, optional=True),),
     ),
     Msg.CS_CREATE_CHUNK: MessageSpec((f("chunk_id", int), f("version", int)), ()),
     Msg.CS_SET_VERSION: MessageSpec(
@@ -165,6 +188,14 @@ SPECS: dict[Msg, MessageSpec] = {
     Msg.CS_TRUNCATE_CHUNK: MessageSpec(
         (f("chunk_id", int), f("version", int), f("length", int)), ()
     ),
+    # Fetch chunk `chunk_id` at `version` from the chunk server at `source` and keep it here,
+    # reading at most `rate` bytes/s; the reply says how many bytes were fetched.
+    Msg.CS_REPLICATE: MessageSpec(
+        (f("chunk_id", int), f("version", int), f("source", str), f("source_id", int), f("rate", int)),
+        (f("bytes", int),),
+    ),
+    # Re-read a replica and check every block; a corrupt one is quarantined (ok false).
+    Msg.CS_VERIFY_CHUNK: MessageSpec((f("chunk_id", int),), (f("ok", bool),)),
     Msg.CS_READ: MessageSpec(
         (f("chunk_id", int), f("version", int), f("offset", int), f("length", int)), ()
     ),
@@ -188,6 +219,16 @@ SPECS: dict[Msg, MessageSpec] = {
     # A registered MDS, now running, asks to become a voter.
     Msg.MDS_JOIN: MessageSpec((f("id", int), f("addr", str)), (f("members", list),)),
     Msg.MDS_REMOVE: MessageSpec((f("id", int),), ()),
+    Msg.GET_CONFIG: MessageSpec((), (f("settings", dict),)),
+    Msg.SET_CONFIG: MessageSpec((f("values", dict),), (f("settings", dict),)),
+    # Drain a chunk server (its replicas move away) and remove it once empty; `cancel` stops a drain.
+    # The reply gives the replicas still on it; the server is gone from the registry when that is 0.
+    Msg.RM_CS: MessageSpec((f("id", int), f("cancel", bool)), (f("left", int), f("removed", bool))),
+    # File attributes failure-domain= and tier= (None: leave as is); inherited by new files below a directory.
+    Msg.SET_PLACEMENT: MessageSpec(
+        (f("ino", int), f("failure_domain", str, _NONE), f("tier", int, _NONE), f("recursive", bool)),
+        (f("changed", int),),
+    ),
 }
 
 

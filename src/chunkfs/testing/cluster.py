@@ -41,6 +41,8 @@ class LocalCluster:
         self.dir = directory.resolve()
         self.name = name
         self.processes: list[Process] = []
+        #: Mount points of this cluster made by `local up --mount` (unmounted first by `local down`).
+        self.mounts: list[str] = []
 
     # -- making ---------------------------------------------------------------
 
@@ -57,7 +59,8 @@ class LocalCluster:
             raise ConfigError(f"{directory} already holds a local cluster: start it with `local start` or remove it")
         cluster = cls(directory, name)
         mds_dir = directory / "mds1"
-        node = make_mds(name, mds_dir, f"127.0.0.1:{free_port()}", chunk_size, init=True)
+        node = make_mds(name, mds_dir, f"127.0.0.1:{free_port()}", chunk_size, init=True,
+                        metrics_addr=f"127.0.0.1:{free_port()}")
         cluster.processes.append(Process("mds", 1, str(mds_dir), node.addr))
         cluster.save()
         try:
@@ -78,16 +81,18 @@ class LocalCluster:
         """Register one more MDS with the running cluster (it joins the group when started)."""
         number = 1 + max(p.id for p in self.processes if p.role == "mds")
         mds_dir = self.dir / f"mds{number}"
-        node = make_mds(self.name, mds_dir, f"127.0.0.1:{free_port()}", 1 << 20, init=False)
+        node = make_mds(self.name, mds_dir, f"127.0.0.1:{free_port()}", 1 << 20, init=False,
+                        metrics_addr=f"127.0.0.1:{free_port()}")
         proc = Process("mds", node.node_id, str(mds_dir), node.addr)
         self.processes.append(proc)
         self.save()
         return proc
 
-    def add_cs(self, host: str | None = None) -> Process:
+    def add_cs(self, host: str | None = None, location: str = "", tier: int = 0) -> Process:
         number = 1 + sum(1 for p in self.processes if p.role == "cs")
         cs_dir = self.dir / f"cs{number}"
-        node = make_cs(self.name, cs_dir, None, host)
+        node = make_cs(self.name, cs_dir, None, host, metrics_addr=f"127.0.0.1:{free_port()}",
+                       location=location, tier=tier)
         proc = Process("cs", number, str(cs_dir), node.addr)
         self.processes.append(proc)
         self.save()
@@ -104,10 +109,11 @@ class LocalCluster:
             ) from None
         cluster = cls(directory, data["name"])
         cluster.processes = [Process(**p) for p in data["processes"]]
+        cluster.mounts = [str(m) for m in data.get("mounts", [])]
         return cluster
 
     def save(self) -> None:
-        data = {"name": self.name, "processes": [asdict(p) for p in self.processes]}
+        data = {"name": self.name, "processes": [asdict(p) for p in self.processes], "mounts": self.mounts}
         (self.dir / STATE_FILE).write_text(json.dumps(data, indent=2))
 
     # -- running --------------------------------------------------------------

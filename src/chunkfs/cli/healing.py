@@ -1,0 +1,132 @@
+"""Self-healing commands: set-config, get-config, rm-cs."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+from chunkfs.cli.files import run_with_client
+from chunkfs.client.client import Client
+from chunkfs.common.errors import InvalidArgument, Timeout
+from chunkfs.mds.settings import SETTINGS
+from chunkfs.mds.store import FAILURE_DOMAINS, MAX_TIER
+from chunkfs.protocol.messages import Msg
+
+#: rm-cs --wait asks the master this often how many replicas are left.
+POLL = 0.5
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    names = "\n".join(f"  {s.name} (default {s.default:g} {s.unit}): {s.help}" for s in SETTINGS.values())
+    p = sub.add_parser(
+        "set-config", help="change cluster settings (failure timeouts, replication and scrub rates)",
+        description="Change cluster-wide settings, kept in the replicated metadata. Settings:\n" + names,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("values", nargs="+", metavar="KEY=VALUE")
+    p.set_defaults(func=lambda args: run_with_client(args, cmd_set_config))
+    p = sub.add_parser("get-config", help="show cluster settings",
+                       description="Show every cluster setting and its value. Settings:\n" + names,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=lambda args: run_with_client(args, cmd_get_config))
+    p = sub.add_parser(
+        "rm-cs", help="drain a chunk server and remove it from the cluster",
+        description="Move every replica off chunk server ID (it gets no new chunks meanwhile), then remove it "
+        "from the cluster. Without --wait the drain goes on in the background; run the command again to see "
+        "how far it got. Stop the server's process once it is removed.")
+    p.add_argument("id", type=int, help="the CS id, as `chunkfs stat` shows it")
+    p.add_argument("--wait", action="store_true", help="wait until it is empty and removed (with a progress bar)")
+    p.add_argument("--timeout", type=float, default=3600.0, help="give up waiting after this many seconds")
+    p.add_argument("--cancel", action="store_true", help="stop draining; the server takes new chunks again")
+    p.set_defaults(func=lambda args: run_with_client(args, cmd_rm_cs))
+
+
+def parse_placement(text: str) -> tuple[str | None, int | None]:
+    """``failure-domain=rack`` or ``tier=1`` -> (domain, tier), the other None."""
+    key, _, value = text.partition("=")
+    if key == "failure-domain":
+        if value not in FAILURE_DOMAINS:
+            raise InvalidArgument(f"bad attribute {text!r}: failure-domain is one of {', '.join(FAILURE_DOMAINS)}")
+        return value, None
+    if not value.isdigit() or not 0 <= int(value) <= MAX_TIER:
+        raise InvalidArgument(f"bad attribute {text!r}: tier is a number from 0 to {MAX_TIER}")
+    return None, int(value)
+
+
+async def set_placement(client: Client, path: str, domain: str | None, tier: int | None, recursive: bool) -> None:
+    attr = await client.resolve(path)
+    reply = await client.mds.call(Msg.SET_PLACEMENT, {
+        "ino": attr["ino"], "failure_domain": domain, "tier": tier, "recursive": recursive})
+    what = f"failure-domain={domain}" if domain is not None else f"tier={tier}"
+    print(f"{what} set on {reply['changed']} item(s)")
+
+
+def _parse_pairs(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise InvalidArgument(f"bad setting {item!r}: expected KEY=VALUE, for example cs-offline-timeout=300")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _show(value: float) -> str:
+    return f"{value:g}" if value != int(value) else str(int(value))
+
+
+async def cmd_set_config(client: Client, args: argparse.Namespace) -> int:
+    values = _parse_pairs(args.values)
+    reply = await client.mds.call(Msg.SET_CONFIG, {"values": values})
+    for key in values:
+        setting = SETTINGS.get(key)
+        print(f"{key}={_show(reply['settings'][key])}" + (f" {setting.unit}" if setting else ""))
+    return 0
+
+
+async def cmd_get_config(client: Client, args: argparse.Namespace) -> int:
+    settings = (await client.mds.call(Msg.GET_CONFIG, {}))["settings"]
+    if args.json:
+        print(json.dumps(settings, indent=2, sort_keys=True))
+        return 0
+    for key in sorted(settings):
+        setting = SETTINGS.get(key)
+        print(f"{key}={_show(settings[key])}" + (f"  # {setting.unit}, default {setting.default:g}" if setting else ""))
+    return 0
+
+
+async def cmd_rm_cs(client: Client, args: argparse.Namespace) -> int:
+    reply = await client.mds.call(Msg.RM_CS, {"id": args.id, "cancel": args.cancel})
+    if args.cancel:
+        print(f"CS#{args.id}: draining cancelled ({reply['left']} replica(s) on it)")
+        return 0
+    if reply["removed"]:
+        print(f"CS#{args.id} removed from the cluster; stop its process")
+        return 0
+    if not args.wait:
+        print(f"CS#{args.id} is draining: {reply['left']} replica(s) left to move; run again to check, "
+              "or use --wait")
+        return 0
+    total = max(1, reply["left"])
+    deadline = time.monotonic() + args.timeout
+    progress = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=Console(stderr=True), disable=not sys.stderr.isatty(),
+                        transient=True)
+    with progress:
+        task = progress.add_task(f"draining CS#{args.id}", total=total)
+        while not reply["removed"]:
+            if time.monotonic() > deadline:
+                raise Timeout(f"CS#{args.id} still holds {reply['left']} replica(s) after {args.timeout:g} s; "
+                              "the drain goes on in the background (see `chunkfs stat`)")
+            await asyncio.sleep(POLL)
+            reply = await client.mds.call(Msg.RM_CS, {"id": args.id, "cancel": False})
+            total = max(total, reply["left"])
+            progress.update(task, total=total, completed=total - reply["left"])
+    print(f"CS#{args.id} drained and removed from the cluster; stop its process")
+    return 0

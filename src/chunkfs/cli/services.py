@@ -1,0 +1,103 @@
+"""``chunkfs list-services``: the daemons configured on this machine and whether they run.
+
+A daemon is a directory with a ``node.json`` (made by make-mds or make-cs).
+The command looks in the directories given with ``--dir`` (default
+``$CHUNKFS_DATA_DIR``, else ``/var/lib/chunkfs``): a directory that holds a
+local cluster (``local.json``) lists that cluster's daemons; any other is
+searched two levels deep for node directories.  A daemon runs when the PID in
+its ``chunkfs.pid`` is alive.  No cluster connection is needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from chunkfs.common.config import NODE_FILE, load_node
+from chunkfs.common.daemon import PID_FILE, read_pid
+from chunkfs.common.errors import ConfigError
+
+DEFAULT_DATA_DIR = "/var/lib/chunkfs"
+#: Directories searched at most, so a mistaken --dir / does not walk the whole disk.
+MAX_DIRS = 10_000
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("list-services", help="list the ChunkFS daemons configured on this machine and their state",
+                       description=__doc__.split("\n\n", 1)[1])
+    p.add_argument("--dir", action="append", type=Path, default=[], metavar="DIR",
+                   help="where to look (repeatable; default $CHUNKFS_DATA_DIR or /var/lib/chunkfs)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_list_services)
+
+
+def node_dirs(root: Path) -> list[Path]:
+    root = root.resolve()
+    local = root / "local.json"
+    if local.exists():
+        try:
+            data = json.loads(local.read_text())
+            return [Path(p["dir"]) for p in data["processes"]]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"{local}: unreadable: {exc}") from None
+    found: list[Path] = []
+    level = [root]
+    seen = 0
+    for _ in range(3):  # root, children, grandchildren
+        nxt: list[Path] = []
+        for d in level:
+            seen += 1
+            if seen > MAX_DIRS:
+                return found
+            if (d / NODE_FILE).is_file():
+                found.append(d)
+                continue
+            try:
+                nxt += sorted(c for c in d.iterdir() if c.is_dir() and not c.is_symlink())
+            except OSError:
+                continue
+        level = nxt
+    return found
+
+
+def describe(directory: Path) -> dict[str, Any]:
+    row: dict[str, Any] = {"dir": str(directory), "role": "?", "id": None, "cluster": "", "addr": "",
+                           "metrics": "", "state": "stopped", "pid": None}
+    try:
+        node, _ = load_node(directory)
+    except ConfigError as exc:
+        row["state"] = "broken"
+        row["error"] = str(exc)
+        return row
+    row.update(role=node.role, id=node.node_id or None, cluster=node.cluster.name, addr=node.addr,
+               metrics=node.metrics_addr)
+    pid = read_pid(directory)
+    if pid is not None:
+        row.update(state="running", pid=pid)
+    elif (directory / PID_FILE).exists():
+        row["state"] = "dead"  # a PID file left by a daemon that did not stop cleanly
+    return row
+
+
+def cmd_list_services(args: argparse.Namespace) -> int:
+    roots = args.dir or [Path(os.environ.get("CHUNKFS_DATA_DIR", DEFAULT_DATA_DIR))]
+    rows = []
+    for root in roots:
+        if not root.is_dir():
+            raise ConfigError(f"{root}: no such directory (give the daemons' parent directory with --dir)")
+        rows += [describe(d) for d in node_dirs(root)]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no ChunkFS daemons configured under " + ", ".join(str(r) for r in roots))
+        return 0
+    print(f"{'ROLE':<4} {'ID':>3} {'CLUSTER':<12} {'ADDRESS':<22} {'STATE':<8} {'PID':>7}  DIR")
+    for r in rows:
+        print(f"{r['role']:<4} {r['id'] or '-':>3} {r['cluster']:<12} {r['addr']:<22} {r['state']:<8} "
+              f"{r['pid'] or '-':>7}  {r['dir']}" + (f"  ({r['error']})" if r.get("error") else ""))
+    return 0
+

@@ -1,0 +1,779 @@
+"""The replication monitor: the master's loop that keeps every chunk at its goal.
+
+Once a second (while this MDS is the master) it
+
+1. works out each chunk server's state from its heartbeats — active,
+   inactive, offline (`health.cs_state`) — and says so in the event log when
+   one changes;
+2. sorts every chunk by danger (`health.classify`): below ``MIN`` first, then
+   below ``N``, then over-replicated ones to trim, then moves for draining and
+   rebalancing;
+3. starts copies within bounds — at most ``replication-max`` in the cluster and
+   ``replication-per-cs`` per server, each fetched by the target at most
+   ``replication-rate`` — and keeps a progress figure for ``stat``.
+
+Copies go chunk server to chunk server (``CS_REPLICATE``: the target reads the
+source with ``CS_READ``), never through the master.
+
+Copying a chunk that is being written is made safe by freezing it for the
+copy: under the chunk's allocation lock (which every ``CHUNK_WRITE`` takes) the
+master first moves the current replicas to a new version, so a writer holding
+the old map gets ``StaleVersion`` and asks for a new map — and waits on that
+lock.  A write already under way finishes first (the chunk server renames a
+replica under the same lock its writes hold).  The target then copies at the
+new version, checks its CRC table against the source's, and the master
+commits the bigger replica set with yet another version.  Writes to that one
+chunk wait for the copy (milliseconds for small chunks; the freeze lasts a
+chunk's copy time); a two-phase copy (bulk, then the blocks that changed,
+frozen) would shorten that for 256 MiB chunks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import random
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from chunkfs.common.config import check_location, check_tier
+from chunkfs.common.errors import ChunkFSError, ConfigError, InvalidArgument, NotFound, Unavailable
+from chunkfs.mds.domains import Place, choose, crowded, spread_possible
+from chunkfs.mds.health import ACTIVE, HEALTH_KEYS, INACTIVE, OFFLINE, ChunkHealth, classify, cs_state
+from chunkfs.mds.settings import CS_SETTINGS, check_update, effective
+from chunkfs.mds.store import Chunk
+from chunkfs.protocol.messages import Msg
+
+if TYPE_CHECKING:
+    from chunkfs.mds.server import LiveServer, MetadataServer
+
+logger = logging.getLogger(__name__)
+
+#: Seconds between two passes of the monitor (longer when a pass itself is slow).
+TICK = 1.0
+#: Bad-replica checks in flight at once; more reports are dropped (the scrubber finds them again).
+MAX_VERIFYING = 64
+#: Moves (rebalancing) started per pass.
+MAX_MOVES_PER_TICK = 8
+#: Rebalancing waits until no chunk has been created or removed for this long: data being
+#: written is placed on emptier servers anyway, and moving it meanwhile would only churn.
+REBALANCE_QUIET = 10.0
+
+
+#: A unit of work: (priority, order within it, health, chunk, replica to drop after the copy, target wanted).
+#: Priorities: 0 below MIN, 1 below N, 2 over-replicated (trim), 3 misplaced (drain, tier, domain),
+#: 4 rebalancing.
+Work = tuple[int, int, ChunkHealth, Chunk, int | None, int | None]
+
+
+def _n(count: int) -> str:
+    return f"{count:,}"
+
+
+@dataclass(slots=True)
+class Episode:
+    """One stretch of healing: from the first chunk found short to the last copy done."""
+
+    started: float = field(default_factory=time.monotonic)
+    started_wall: float = field(default_factory=time.time)
+    copies: int = 0
+    trims: int = 0
+    moves: int = 0
+    failures: int = 0
+    bytes: int = 0
+    left: int = 0
+    #: When the last copy of the episode ended (the rate is over the copying time, not the idle tail).
+    last_done: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        end = self.last_done if self.left == 0 and self.last_done else time.monotonic()
+        elapsed = max(end - self.started, 1e-6)
+        done = self.copies + self.moves
+        total = done + self.left
+        return {
+            "active": True, "copied": self.copies, "moved": self.moves, "trimmed": self.trims,
+            "failed": self.failures, "left": self.left, "bytes": self.bytes,
+            "seconds": round(elapsed, 3), "rate_mib_s": round(self.bytes / elapsed / (1 << 20), 3),
+            "percent": 100 if total == 0 else int(100 * done / total),
+        }
+
+
+class ReplicationMonitor:
+    """Soft state and the loop; rebuilt from nothing whenever this MDS becomes master."""
+
+    def __init__(self, mds: MetadataServer) -> None:
+        self.mds = mds
+        #: cs_id -> monotonic time of its last sign of life, for servers not connected now.
+        self.silent_since: dict[int, float] = {}
+        #: Where each server is (soft: from registration): cs_id -> (location, tier).
+        self.labels: dict[int, tuple[str, int]] = {}
+        self.states: dict[int, str] = {}
+        self.copying: dict[int, int] = {}  # chunk_id -> target
+        self.trimming: set[int] = set()
+        self.busy: collections.Counter[int] = collections.Counter()
+        self.blocked: set[int] = set()
+        self.verifying: set[tuple[int, int]] = set()
+        self.draining: set[int] = set()
+        self.removed: set[int] = set()
+        #: Chunks whose replicas share a failure domain (as of the last `report`), for `stat`.
+        self.domain_shared = 0
+        self.episode: Episode | None = None
+        self._work: list[Work] = []
+        self._work_settings: dict[str, float] = {}
+        self.last_episode: dict[str, Any] | None = None
+        self._started = time.monotonic()
+        self._task: asyncio.Task[None] | None = None
+        self._rng = random.Random()  # noqa: S311 - placement only
+        self._settings: dict[str, float] = {}
+        #: (number of chunks, highest chunk id) and when it last changed: rebalancing waits for quiet.
+        self._shape = (0, 0)
+        self._shape_changed = time.monotonic()
+        #: When an event last said that replication started (not said twice in a row).
+        self._announced = False
+
+    # -- life cycle ----------------------------------------------------------------
+
+    def start(self) -> None:
+        """On becoming master: servers not connected yet are silent from now on."""
+        now = time.monotonic()
+        self._started = now
+        self.silent_since = {cs["id"]: now for cs in self.mds.store.chunk_servers() if cs["id"] not in self.mds.live}
+        self.states = {}
+        self.blocked = set()
+        self._settings = {}
+        self.episode = None
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        self._task = asyncio.get_running_loop().create_task(self._run())
+        self.mds._background.add(self._task)
+        self._task.add_done_callback(self.mds._background.discard)
+
+    def admit(self, cs_id: int) -> None:
+        """Before a registration: a server removed with rm-cs does not come back by itself."""
+        if cs_id in self.removed:
+            raise InvalidArgument(
+                f"CS#{cs_id} was removed from the cluster (rm-cs): stop it, or wipe it and make-cs again")
+
+    def on_register(self, cs_id: int, location: str, tier: int) -> None:
+        try:
+            check_location(location)
+            check_tier(tier)
+        except ConfigError as exc:
+            logger.warning("CS#%d registered a bad location or tier (%s): placed as unlabelled, tier 0", cs_id, exc)
+            location, tier = "", 0
+        self.silent_since.pop(cs_id, None)
+        self.labels[cs_id] = (location, tier)
+
+    def labels_of(self, cs_id: int) -> dict[str, Any]:
+        location, tier = self.labels.get(cs_id, ("", 0))
+        return {"location": location, "tier": tier, "draining": cs_id in self.draining}
+
+    def on_disconnect(self, server: LiveServer) -> None:
+        self.silent_since[server.cs_id] = server.last_seen
+
+    def settings(self, fresh: bool = False) -> dict[str, float]:
+        """The cluster settings; re-read from the store each pass (and when asked), cached between."""
+        if fresh or not self._settings:
+            try:
+                self._settings = effective(self.mds.store.settings())
+            except sqlite3.Error:  # the store is closed: shutting down
+                return self._settings or effective({})
+        return self._settings
+
+    def cs_settings(self) -> dict[str, float]:
+        values = self.settings()
+        return {k: values[k] for k in CS_SETTINGS}
+
+    # -- states --------------------------------------------------------------------
+
+    def compute_states(self, settings: dict[str, float] | None = None) -> dict[int, str]:
+        settings = settings or self.settings()
+        now = time.monotonic()
+        out = {}
+        for cs in self.mds.store.chunk_servers():
+            cs_id = cs["id"]
+            live = self.mds.live.get(cs_id)
+            if live is not None:
+                silent = now - live.last_seen
+            else:
+                silent = now - self.silent_since.setdefault(cs_id, self._started)
+            out[cs_id] = cs_state(
+                live is not None, silent, settings["cs-inactive-timeout"], settings["cs-offline-timeout"])
+            if cs_id in self.draining and live is None:
+                out[cs_id] = OFFLINE  # being removed: nothing to wait for
+        return out
+
+    def is_active(self, cs_id: int) -> bool:
+        """Whether new replicas may go to this server now."""
+        live = self.mds.live.get(cs_id)
+        if live is None or cs_id in self.draining:
+            return False
+        return time.monotonic() - live.last_seen < self.settings()["cs-inactive-timeout"]
+
+    def _attr(self, ino: int, attrs: dict[int, dict[str, Any]]) -> dict[str, Any]:
+        if ino not in attrs:
+            attrs[ino] = self.mds.store.getattr(ino)
+        return attrs[ino]
+
+    def health(self, chunk: Chunk, attrs: dict[int, dict[str, Any]], states: dict[int, str]) -> ChunkHealth:
+        attr = self._attr(chunk.ino, attrs)
+        live = self.mds.live
+        holds = {cs for cs in chunk.replicas if cs in live and chunk.chunk_id in live[cs].replicas}
+        return classify(chunk.chunk_id, chunk.replicas, attr["replicas"], attr["min_replicas"], states, set(live),
+                        holds)
+
+    # -- placement -----------------------------------------------------------------
+
+    def place_of(self, cs_id: int) -> Place | None:
+        server = self.mds.live.get(cs_id)
+        if server is None:
+            return None
+        location, tier = self.labels.get(cs_id, ("", 0))
+        return Place(cs_id, server.host, location, tier, server.free)
+
+    def candidates(self, attr: dict[str, Any], exclude: set[int] | frozenset[int] = frozenset()) -> list[Place]:
+        """Servers that may take a new replica of a file with these attributes."""
+        size = self.mds.node.cluster.chunk_size
+        out = []
+        for cs_id, server in self.mds.live.items():
+            if cs_id in exclude or server.free <= size or not self.is_active(cs_id):
+                continue
+            place = self.place_of(cs_id)
+            if place is not None and place.tier == attr.get("tier", 0):
+                out.append(place)
+        return out
+
+    def place(self, attr: dict[str, Any], count: int, exclude: set[int] | frozenset[int] = frozenset(),
+              existing: list[int] | tuple[int, ...] = (), pool: list[Place] | None = None) -> list[int]:
+        """Choose servers for `count` new replicas: the file's tier, distinct failure domains first."""
+        pool = self.candidates(attr, set(exclude) | set(existing)) if pool is None else pool
+        placed = [p for cs in existing if (p := self.place_of(cs)) is not None]
+        return choose(pool, count, attr.get("failure_domain", "host"), placed, self._rng)
+
+    def _misplaced(self, h: ChunkHealth, attr: dict[str, Any]) -> int | None:
+        """A good replica that should move (draining server, wrong tier, crowded domain), if one can."""
+        for cs in h.good:
+            if cs in self.draining:
+                return cs
+        places = [p for cs in h.good if (p := self.place_of(cs)) is not None]
+        tier = attr.get("tier", 0)
+        wrong = [p.cs_id for p in places if p.tier != tier]
+        if wrong and self.candidates(attr, set(h.good) | set(h.waiting)):
+            return wrong[0]
+        level = attr.get("failure_domain", "host")
+        crowd = crowded(places, level)
+        if crowd and spread_possible(places, self.candidates(attr, set(h.good) | set(h.waiting)), level):
+            return crowd[-1].cs_id
+        return None
+
+    # -- the loop ------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        logger.info("replication monitor started")
+        while self.mds.raft.is_leader():
+            started = time.monotonic()
+            try:
+                await self._tick()
+            except ChunkFSError as exc:
+                logger.warning("replication monitor: %s", exc)
+            except Exception:
+                logger.exception("replication monitor pass failed")
+            spent = time.monotonic() - started
+            await asyncio.sleep(max(TICK, 2 * spent))
+        logger.info("replication monitor stopped: this MDS is no longer the master")
+
+    async def _tick(self) -> None:
+        settings = self.settings(fresh=True)
+        states = self.compute_states(settings)
+        previous, self.states = self.states, states
+        for cs, state in states.items():
+            server = self.mds.live.get(cs)
+            if state == OFFLINE and server is not None:
+                # Connected but silent too long (frozen): drop the link, so that when it wakes it
+                # registers again and learns which of its replicas are stale.
+                logger.warning("CS#%d silent for too long on a live connection: closing it", cs)
+                server.conn.close()
+        changed = {cs: st for cs, st in states.items() if previous.get(cs, ACTIVE if st == ACTIVE else None) != st}
+        from chunkfs.mds.server import CS_RECONNECT_GRACE
+
+        settled = time.monotonic() - self.mds._master_since > CS_RECONNECT_GRACE
+        attrs: dict[int, dict[str, Any]] = {}
+        work: list[Work] = []
+        healthy: list[tuple[ChunkHealth, Chunk]] = []
+        per_cs: collections.Counter[int] = collections.Counter()
+        affected: collections.Counter[int] = collections.Counter()
+        short = urgent = 0
+        chunks = list(self.mds.store.all_chunks())
+        shape = (len(chunks), max((ch.chunk_id for ch in chunks), default=0))
+        if shape != self._shape:
+            self._shape, self._shape_changed = shape, time.monotonic()
+        for chunk in chunks:
+            try:
+                h = self.health(chunk, attrs, states)
+            except ChunkFSError:
+                continue  # its file was removed meanwhile
+            per_cs.update(chunk.replicas)
+            for cs in h.lost:
+                affected[cs] += 1
+            if h.need:
+                short += 1
+                urgent += len(h.good) < h.minimum
+                work.append((0 if len(h.good) < h.minimum else 1, len(h.good) - h.minimum, h, chunk, None, None))
+            elif h.excess or h.untidy:
+                work.append((2, 0, h, chunk, None, None))
+            elif not h.waiting and (drop := self._misplaced(h, self._attr(chunk.ino, attrs))) is not None:
+                work.append((3, 0, h, chunk, drop, None))
+            elif not h.waiting:
+                healthy.append((h, chunk))
+        for cs, st in sorted(changed.items()):
+            await self._announce(cs, st, previous.get(cs), affected[cs], short, settings)
+        if not settled:
+            return
+        quiet = time.monotonic() - self._shape_changed >= REBALANCE_QUIET
+        if not work and not self.copying and not self.trimming and quiet:
+            work = self._plan_rebalance(healthy, per_cs, settings)
+        work.sort(key=lambda w: (w[0], w[1]))
+        self._work, self._work_settings = work, settings
+        self.blocked = self._start_work(work, settings)
+        busy = bool(self.copying or self.trimming)
+        pending = sum(1 for w in work if w[0] <= 1 and w[2].chunk_id not in self.blocked)
+        if self.episode is None and (pending or busy):
+            self.episode = Episode()
+            if short and not self._announced:
+                await self.mds._event(
+                    "warning", f"{_n(short)} chunk(s) below their replica goal ({_n(urgent)} below the minimum); "
+                    "replication started")
+        if self.episode is not None:
+            self.episode.left = sum(1 for w in work if w[0] != 2)
+            if not pending and not busy and not any(w[0] >= 3 for w in work):
+                await self._finish_episode()
+
+    async def _announce(
+        self, cs_id: int, state: str, before: str | None, lost: int, short: int, settings: dict[str, float]
+    ) -> None:
+        if state == INACTIVE and before == ACTIVE:
+            await self.mds._event(
+                "warning", f"CS#{cs_id} inactive: silent for {settings['cs-inactive-timeout']:g} s; no new "
+                f"chunks go there; offline after {settings['cs-offline-timeout']:g} s")
+        elif state == OFFLINE:
+            if lost:
+                what = f"{_n(lost)} replica(s) given up; {_n(short)} chunk(s) below their replica goal; " \
+                    "replication started"
+                self._announced = True
+            else:
+                what = "it held no replicas"
+            await self.mds._event(
+                "error" if lost else "warning",
+                f"CS#{cs_id} offline: silent for over {settings['cs-offline-timeout']:g} s; {what}")
+        elif state == ACTIVE and before in (INACTIVE, OFFLINE):
+            await self.mds._event("info", f"CS#{cs_id} active again")
+
+    async def _finish_episode(self) -> None:
+        """Say so in the event log first, then show the episode as closed (so the event is there by then)."""
+        episode = self.episode
+        assert episode is not None
+        summary = episode.summary()
+        if episode.copies or episode.moves or episode.trims:
+            parts = []
+            if episode.copies:
+                parts.append(f"{_n(episode.copies)} replica(s) copied")
+            if episode.moves:
+                parts.append(f"{_n(episode.moves)} moved")
+            if episode.trims:
+                parts.append(f"{_n(episode.trims)} extra trimmed")
+            blocked = f"; {_n(len(self.blocked))} chunk(s) cannot be placed (add chunk servers)" if self.blocked \
+                else "; every chunk is at its goal"
+            await self.mds._event(
+                "info", f"replication finished: {', '.join(parts)} ({episode.bytes / (1 << 20):.1f} MiB in "
+                f"{summary['seconds']:.1f} s, {summary['rate_mib_s']:.1f} MiB/s){blocked}")
+        self._announced = False
+        self.episode = None
+        summary["active"] = False
+        summary["finished"] = time.time()
+        self.last_episode = summary
+
+    # -- choosing work -------------------------------------------------------------------
+
+    def _refill(self) -> None:
+        """A copy finished: start more from the last pass's list at once, not a tick later."""
+        if self._work and self.mds.raft.is_leader():
+            self._start_work(self._work, self._work_settings)
+
+    def _start_work(self, work: list[Work], settings: dict[str, float]) -> set[int]:
+        """Start what the bounds allow, most endangered first; returns the chunks that cannot be placed.
+
+        What is started (or cannot be done at all) leaves the list; what waits for a free
+        server stays, for `_refill` to start when a copy ends.
+        """
+        per_cs = int(settings["replication-per-cs"])
+        limit = int(settings["replication-max"])
+        blocked: set[int] = set()
+        remaining: list[Work] = []
+        attrs: dict[int, dict[str, Any]] = {}
+        for i, item in enumerate(work):
+            priority, _, h, chunk, drop, want_target = item
+            if len(self.copying) + len(self.trimming) >= limit:
+                remaining.extend(work[i:])
+                break
+            if chunk.chunk_id in self.copying or chunk.chunk_id in self.trimming:
+                continue
+            if priority == 2:
+                self.trimming.add(chunk.chunk_id)
+                self.mds._spawn(self._trim(chunk.chunk_id))
+                continue
+            if not h.good:
+                continue  # offline: nothing to copy from
+            try:
+                attr = self._attr(chunk.ino, attrs)
+            except ChunkFSError:
+                continue  # the file is gone
+            listed = set(h.good) | set(h.waiting)
+            eligible = self.candidates(attr, listed)
+            if want_target is not None:
+                eligible = [p for p in eligible if p.cs_id == want_target]
+            if not eligible:
+                if priority <= 1:
+                    blocked.add(chunk.chunk_id)
+                continue
+            sources = [cs for cs in h.good if self.busy[cs] < per_cs]
+            free_targets = [p for p in eligible if self.busy[p.cs_id] < per_cs]
+            keep = [cs for cs in listed if cs != drop]
+            chosen = self.place(attr, 1, existing=keep, pool=free_targets) if sources and free_targets else []
+            if not chosen:
+                remaining.append(item)
+                continue
+            source = min(sources, key=lambda cs: (self.busy[cs], self._rng.random()))
+            target = chosen[0]
+            self.copying[chunk.chunk_id] = target
+            self.busy[source] += 1
+            self.busy[target] += 1
+            self.mds._spawn(self._copy(chunk.chunk_id, source, target, drop, settings))
+        self._work = remaining
+        return blocked
+
+    def _plan_rebalance(self, healthy: list[tuple[ChunkHealth, Chunk]], per_cs: dict[int, int],
+                        settings: dict[str, float]) -> list[Work]:
+        """Moves from the fullest servers to the emptiest of each tier, until all are within the band.
+
+        Fullness is listed replicas x chunk size / capacity, so servers of different sizes fill
+        alike; a move goes only where it narrows the gap by at least one replica, and never into
+        a crowded failure domain.
+        """
+        moves: list[Work] = []
+        tiers: dict[int, dict[int, LiveServer]] = {}
+        for cs, server in self.mds.live.items():
+            place = self.place_of(cs)
+            if place is not None and self.is_active(cs) and server.total > 0:
+                tiers.setdefault(place.tier, {})[cs] = server
+        for tier, servers in sorted(tiers.items()):
+            if len(servers) >= 2:
+                moves += self._plan_tier(tier, servers, healthy, per_cs, settings, moves)
+        return moves
+
+    def _plan_tier(self, tier: int, servers: dict[int, LiveServer], healthy: list[tuple[ChunkHealth, Chunk]],
+                   per_cs: dict[int, int], settings: dict[str, float], planned: list[Work]) -> list[Work]:
+        size = self.mds.node.cluster.chunk_size
+        used = {cs: per_cs.get(cs, 0) for cs in servers}
+        average = sum(used.values()) * size / sum(s.total for s in servers.values())
+        band = settings["rebalance-band"] / 100
+
+        def fill(cs: int) -> float:
+            return used[cs] * size / servers[cs].total
+
+        moves: list[Work] = []
+        taken = {m[3].chunk_id for m in planned}
+        attrs: dict[int, dict[str, Any]] = {}
+        for _ in range(MAX_MOVES_PER_TICK):
+            full = max(servers, key=fill)
+            empty = min(servers, key=fill)
+            if fill(full) <= average * (1 + band) and fill(empty) >= average * (1 - band):
+                break
+            if used[full] - used[empty] < 2:
+                break
+            into = self.place_of(empty)
+            for h, chunk in healthy:
+                if full not in h.good or empty in chunk.replicas or chunk.chunk_id in taken:
+                    continue
+                attr = self._attr(chunk.ino, attrs)
+                if into is None or attr.get("tier", 0) != tier:
+                    continue
+                # Never into a crowded failure domain: the next pass would only move it back.
+                level = attr.get("failure_domain", "host")
+                now = [p for cs in h.good if (p := self.place_of(cs)) is not None]
+                after = [p for p in now if p.cs_id != full] + [into]
+                if len(crowded(after, level)) > len(crowded(now, level)):
+                    continue
+                moves.append((4, 0, h, chunk, full, empty))
+                taken.add(chunk.chunk_id)
+                used[full] -= 1
+                used[empty] += 1
+                break
+            else:
+                break
+        return moves
+
+    # -- copies --------------------------------------------------------------------
+
+    def _lock_for(self, chunk: Chunk) -> asyncio.Lock:
+        locks = self.mds._alloc_locks
+        return locks[hash((chunk.ino, chunk.index)) % len(locks)]
+
+    async def _set_versions(self, replicas: tuple[int, ...] | list[int], chunk_id: int, old: int, new: int) -> set[int]:
+        """Move replicas to a new version; a server that fails is taken as no longer holding it."""
+        results = await asyncio.gather(
+            *(self.mds._cs_call(cs, Msg.CS_SET_VERSION, {"chunk_id": chunk_id, "old_version": old, "new_version": new})
+              for cs in replicas),
+            return_exceptions=True,
+        )
+        failed = set()
+        for cs, result in zip(replicas, results, strict=True):
+            if isinstance(result, BaseException):
+                failed.add(cs)
+                if cs in self.mds.live:
+                    self.mds.live[cs].replicas.discard(chunk_id)
+                logger.warning("chunk %#x: CS#%d did not move to version %#x: %s", chunk_id, cs, new, result)
+        return failed
+
+    async def _copy(
+        self, chunk_id: int, source: int, target: int, drop: int | None, settings: dict[str, float]
+    ) -> None:
+        placed = False
+        try:
+            placed = await self._copy_frozen(chunk_id, source, target, drop, settings)
+        except ChunkFSError as exc:
+            logger.warning("copy of chunk %#x from CS#%d to CS#%d failed: %s", chunk_id, source, target, exc)
+            if self.episode is not None:
+                self.episode.failures += 1
+        finally:
+            self.copying.pop(chunk_id, None)
+            self.busy[source] -= 1
+            self.busy[target] -= 1
+            if not placed:
+                chunk = self.mds.store.chunk(chunk_id)
+                if chunk is None or target not in chunk.replicas:
+                    await self.mds._quiet_cs_call(target, Msg.CS_DELETE_CHUNK, {"chunk_id": chunk_id})
+            self._refill()
+
+    async def _copy_frozen(
+        self, chunk_id: int, source: int, target: int, drop: int | None, settings: dict[str, float]
+    ) -> bool:
+        mds = self.mds
+        chunk = mds.store.chunk(chunk_id)
+        if chunk is None:
+            return False
+        async with self._lock_for(chunk):
+            chunk = mds.store.chunk(chunk_id)
+            if chunk is None:
+                return False
+            h = self.health(chunk, {}, self.compute_states(settings))
+            if source not in h.good or target in h.good or (drop is None and not h.need) or \
+                    (drop is not None and drop not in h.good):
+                return False
+            keep = [cs for cs in chunk.replicas if cs in h.good or cs in h.waiting]
+            frozen: Chunk = await mds._propose(
+                "set_chunk_replicas", chunk_id=chunk_id, replicas=keep, expect_version=chunk.version)
+            failed = await self._set_versions([cs for cs in keep if cs in h.good], chunk_id, chunk.version,
+                                              frozen.version)
+            if source in failed:
+                raise Unavailable(f"CS#{source} failed while the copy was being prepared")
+            rate = int(settings["replication-rate"] * (1 << 20))
+            size = mds.node.cluster.chunk_size
+            server = mds.live.get(target)
+            if server is None:
+                raise Unavailable(f"CS#{target} is offline")
+            reply, _ = await server.conn.call(Msg.CS_REPLICATE, {
+                "chunk_id": chunk_id, "version": frozen.version, "source": mds.live[source].addr,
+                "source_id": source, "rate": rate,
+            }, timeout=30.0 + 4 * size / rate)
+            final = [cs for cs in frozen.replicas if cs not in failed and cs != drop] + [target]
+            new: Chunk = await mds._propose(
+                "set_chunk_replicas", chunk_id=chunk_id, replicas=final, expect_version=frozen.version)
+            if target in mds.live:
+                mds.live[target].replicas.add(chunk_id)
+            await self._set_versions([cs for cs in final if cs not in h.waiting], chunk_id, frozen.version,
+                                     new.version)
+            if drop is not None:
+                if drop in mds.live:
+                    mds.live[drop].replicas.discard(chunk_id)
+                await mds._quiet_cs_call(drop, Msg.CS_DELETE_CHUNK, {"chunk_id": chunk_id})
+        if self.episode is not None:
+            if drop is None:
+                self.episode.copies += 1
+            else:
+                self.episode.moves += 1
+            self.episode.bytes += int(reply["bytes"])
+            self.episode.last_done = time.monotonic()
+        logger.info("chunk %#x copied from CS#%d to CS#%d (%d bytes)%s; version %#x", chunk_id, source, target,
+                    reply["bytes"], f", moved off CS#{drop}" if drop is not None else "", new.version)
+        return True
+
+    async def _trim(self, chunk_id: int) -> None:
+        try:
+            await self._trim_locked(chunk_id)
+        except ChunkFSError as exc:
+            logger.warning("trimming chunk %#x failed: %s", chunk_id, exc)
+        finally:
+            self.trimming.discard(chunk_id)
+            self._refill()
+
+    async def _trim_locked(self, chunk_id: int) -> None:
+        mds = self.mds
+        chunk = mds.store.chunk(chunk_id)
+        if chunk is None:
+            return
+        async with self._lock_for(chunk):
+            chunk = mds.store.chunk(chunk_id)
+            if chunk is None:
+                return
+            h = self.health(chunk, {}, self.compute_states())
+            if not (h.excess or h.untidy):
+                return
+            victims = self._pick_victims(list(h.good), h.excess, mds.store.getattr(chunk.ino))
+            keep = [cs for cs in h.good if cs not in victims]
+            new: Chunk = await mds._propose(
+                "set_chunk_replicas", chunk_id=chunk_id, replicas=keep, expect_version=chunk.version)
+            await self._set_versions(keep, chunk_id, chunk.version, new.version)
+            for cs in victims:
+                if cs in mds.live:
+                    mds.live[cs].replicas.discard(chunk_id)
+                await mds._quiet_cs_call(cs, Msg.CS_DELETE_CHUNK, {"chunk_id": chunk_id})
+        if self.episode is not None and victims:
+            self.episode.trims += 1
+
+    def _pick_victims(self, good: list[int], count: int, attr: dict[str, Any]) -> list[int]:
+        """Drop draining servers first, then the wrong tier, then crowded domains, then the fullest."""
+        places = {cs: p for cs in good if (p := self.place_of(cs)) is not None}
+        crowd = {p.cs_id for p in crowded(list(places.values()), attr.get("failure_domain", "host"))}
+
+        def badness(cs: int) -> tuple[bool, bool, bool, int]:
+            place = places.get(cs)
+            return (cs in self.draining, place is None or place.tier != attr.get("tier", 0), cs in crowd,
+                    -(place.free if place else 0))
+
+        return sorted(good, key=badness, reverse=True)[:count]
+
+    # -- bad replicas ----------------------------------------------------------------------
+
+    def on_bad_replica(self, chunk_id: int, cs_id: int, reason: str, quarantined: bool, reporter: str) -> None:
+        key = (chunk_id, cs_id)
+        if key in self.verifying or len(self.verifying) >= MAX_VERIFYING:
+            return
+        self.verifying.add(key)
+        self.mds._spawn(self._bad_replica(chunk_id, cs_id, reason, quarantined, reporter))
+
+    async def _bad_replica(self, chunk_id: int, cs_id: int, reason: str, quarantined: bool, reporter: str) -> None:
+        mds = self.mds
+        try:
+            if not quarantined:
+                # A reader's word is not enough to destroy a replica: the server checks it itself.
+                reply = await mds._cs_call(cs_id, Msg.CS_VERIFY_CHUNK, {"chunk_id": chunk_id})
+                if reply["ok"]:
+                    logger.info("chunk %#x on CS#%d reported bad by %s but verifies fine", chunk_id, cs_id, reporter)
+                    return
+            if cs_id in mds.live:
+                mds.live[cs_id].replicas.discard(chunk_id)
+            chunk = mds.store.chunk(chunk_id)
+            if chunk is None or cs_id not in chunk.replicas:
+                return
+            await mds._event(
+                "warning", f"CS#{cs_id}'s replica of chunk {chunk_id:#x} is corrupt ({reason[:160]}; found by "
+                f"{reporter}): moved aside; a good replica is being copied to replace it")
+            async with self._lock_for(chunk):
+                chunk = mds.store.chunk(chunk_id)
+                if chunk is None or cs_id not in chunk.replicas:
+                    return
+                keep = [cs for cs in chunk.replicas if cs != cs_id]
+                new: Chunk = await mds._propose(
+                    "set_chunk_replicas", chunk_id=chunk_id, replicas=keep, expect_version=chunk.version)
+                await self._set_versions([cs for cs in keep if mds._holds(cs, chunk_id)], chunk_id, chunk.version,
+                                         new.version)
+        except ChunkFSError as exc:
+            logger.warning("handling a bad replica of chunk %#x on CS#%d: %s", chunk_id, cs_id, exc)
+        finally:
+            self.verifying.discard((chunk_id, cs_id))
+
+    # -- draining --------------------------------------------------------------------------
+
+    def replicas_on(self, cs_id: int) -> int:
+        return sum(1 for chunk in self.mds.store.all_chunks() if cs_id in chunk.replicas)
+
+    async def rm_cs(self, cs_id: int, cancel: bool) -> dict[str, Any]:
+        """Drain a chunk server (moves in the background) and remove it from the registry once empty.
+
+        `chunkfs rm-cs --wait` calls this until `removed`; after a master change
+        the next call starts the drain again on the new master.
+        """
+        mds = self.mds
+        await mds.log.read_barrier()
+        if cs_id not in {cs["id"] for cs in mds.store.chunk_servers()}:
+            raise NotFound(f"no CS#{cs_id} in this cluster")
+        if cancel:
+            if cs_id in self.draining:
+                self.draining.discard(cs_id)
+                await mds._event("info", f"CS#{cs_id}: draining cancelled; it takes new chunks again")
+            return {"left": self.replicas_on(cs_id), "removed": False}
+        if cs_id not in self.draining:
+            others = [s for s in mds.live.values() if s.cs_id != cs_id and self.is_active(s.cs_id)]
+            if not others:
+                raise InvalidArgument(f"CS#{cs_id} is the only active chunk server; add another before removing it")
+            self.draining.add(cs_id)
+            await mds._event("warning", f"CS#{cs_id} is being drained: its {_n(self.replicas_on(cs_id))} "
+                             "replica(s) move to other servers, then it is removed")
+        left = self.replicas_on(cs_id)
+        if left:
+            return {"left": left, "removed": False}
+        await mds._propose("remove_cs", cs_id=cs_id)
+        self.draining.discard(cs_id)
+        self.removed.add(cs_id)
+        self.labels.pop(cs_id, None)
+        self.silent_since.pop(cs_id, None)
+        server = mds.live.pop(cs_id, None)
+        if server is not None:
+            server.conn.close()
+        await mds._event("info", f"CS#{cs_id} drained and removed from the cluster; stop its process")
+        return {"left": 0, "removed": True}
+
+    async def set_config(self, values: dict[str, Any]) -> dict[str, float]:
+        text = check_update(self.settings(), values)
+        stored = await self.mds._propose("set_config", values=text)
+        self._settings = effective(stored)
+        await self.mds._event("info", "cluster settings changed: " + ", ".join(f"{k}={v}" for k, v in text.items()))
+        return effective(stored)
+
+    # -- reporting -------------------------------------------------------------------------
+
+    def report(self) -> tuple[dict[str, int], dict[int, int], dict[int, str]]:
+        """Chunk health counts, replicas listed per server, and server states (for `stat`)."""
+        states = self.compute_states()
+        counts = dict.fromkeys(HEALTH_KEYS, 0)
+        per_cs: collections.Counter[int] = collections.Counter()
+        attrs: dict[int, dict[str, Any]] = {}
+        shared = 0
+        for chunk in self.mds.store.all_chunks():
+            try:
+                h = self.health(chunk, attrs, states)
+            except ChunkFSError:
+                continue
+            per_cs.update(chunk.replicas)
+            status = h.status
+            if status != "offline":
+                if chunk.chunk_id in self.blocked:
+                    status = "blocked"
+                elif chunk.chunk_id in self.copying and h.need:
+                    status = "replicating"  # healing; a chunk being moved (rebalancing) stays healthy
+            counts[status] += 1
+            places = [p for cs in h.good if (p := self.place_of(cs)) is not None]
+            shared += bool(crowded(places, attrs[chunk.ino].get("failure_domain", "host")))
+        self.domain_shared = shared
+        return counts, dict(per_cs), states
+
+    def progress(self) -> dict[str, Any]:
+        extra = {"domain_shared": self.domain_shared, "draining": sorted(self.draining)}
+        if self.episode is not None:
+            return {**self.episode.summary(), **extra}
+        if self.last_episode is not None:
+            return {**self.last_episode, "percent": 100, **extra}
+        return {"active": False, "percent": 100, **extra}

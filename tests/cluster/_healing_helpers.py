@@ -1,0 +1,60 @@
+"""Helpers shared by the self-healing cluster tests."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from chunkfs.protocol.messages import Msg
+
+MiB = 1 << 20
+
+
+def set_fast_timeouts(client: Any, inactive: float = 1, offline: float = 3, **more: str) -> None:
+    """Seconds instead of minutes; no rebalancing (band 100 %) unless asked, so maps only change by healing."""
+    values = {"cs-inactive-timeout": str(inactive), "cs-offline-timeout": str(offline), "rebalance-band": "100",
+              **more}
+    client.run(client.client.mds.call(Msg.SET_CONFIG, {"values": values}))
+
+
+def chunk_maps(client: Any, ino: int, size: int, chunk_size: int = MiB) -> list[dict[str, Any]]:
+    return [client.run(client.client.mds.call(Msg.CHUNK_READ, {"ino": ino, "index": i}))
+            for i in range(-(-size // chunk_size))]
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 90.0, pause: float = 0.25) -> Any:
+    """Poll `check` until it returns something true; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(pause)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what} (last: {last!r})")
+
+
+def cs_number_of(cluster: Any, cs_id: int) -> int:
+    """The local cluster's process number of chunk server CS#`cs_id`."""
+    for row in cluster.status():
+        if row["role"] == "cs" and row["id"] == cs_id:
+            return next(p.id for p in cluster.processes if p.dir == row["dir"])
+    raise AssertionError(f"CS#{cs_id} not in the local cluster")
+
+
+def read_replica(client: Any, addr: str, chunk_id: int, version: int, offset: int, length: int) -> bytes:
+    """Read straight from one chunk server (no fallback to another replica)."""
+    conn = client.run(client.client.io.server(addr))
+    _, data = client.run(conn.call(Msg.CS_READ, {
+        "chunk_id": chunk_id, "version": version, "offset": offset, "length": length}))
+    return bytes(data)
+
+
+def check_every_replica(client: Any, ino: int, data: bytes, chunk_size: int = MiB) -> None:
+    """Every replica of every chunk of a file holds exactly the file's bytes."""
+    for index, m in enumerate(chunk_maps(client, ino, len(data), chunk_size)):
+        want = data[index * chunk_size:(index + 1) * chunk_size]
+        for cs, addr in m["replicas"]:
+            got = read_replica(client, addr, m["chunk_id"], m["version"], 0, len(want))
+            assert got == want, f"chunk {index} on CS#{cs} differs"

@@ -1,0 +1,47 @@
+"""Helpers shared by the operator-tool tests: the CLI's JSON, /metrics samples, bounded waits."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+from .conftest import run_cli
+
+
+def cli_json(*args: str) -> Any:
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def stat(name: str = "test") -> dict[str, Any]:
+    return cli_json("-c", name, "stat", "--json")
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 20.0) -> Any:
+    """Poll `check` (bounded) until it returns something true; return it."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+def scrape(url: str) -> dict[str, float]:
+    """A /metrics page as {'name{labels}': value} (comments skipped)."""
+    assert url.startswith("http://127.0.0.1:"), url
+    with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310 - loopback only
+        assert resp.status == 200
+        text = resp.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            out[key] = float(value)
+    return out

@@ -1,0 +1,41 @@
+"""A chunk server's data directory is deleted while it is down; it restarts empty and is healed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from ._healing_helpers import MiB, check_every_replica, chunk_maps, cs_number_of, wait_for
+
+SIZE = 6 * MiB + 4321
+
+
+def test_server_restarted_empty_gets_its_replicas_back(make_cluster) -> None:
+    cluster = make_cluster(n_cs=3)
+    data = os.urandom(SIZE)
+    with cluster.client() as c:
+        f = c.open("/disk.img", create=True)
+        c.run(f.write(0, data))
+        c.run(f.fsync())
+        maps = chunk_maps(c, f.ino, SIZE)
+        victim = maps[0]["replicas"][0][0]
+        number = cs_number_of(cluster, victim)
+        cluster.kill("cs", number)
+        data_dir = Path(cluster.find("cs", number).dir) / "data"
+        assert any(data_dir.glob("chunks/*/*.chunk"))
+        shutil.rmtree(data_dir)
+        cluster.start("cs", number)
+
+        def healed() -> bool:
+            ms = chunk_maps(c, f.ino, SIZE)
+            stat = c.cluster_stat()
+            return stat["chunks"]["healthy"] == len(maps) and all(
+                victim in [r[0] for r in m["replicas"]] for m in ms)
+
+        wait_for("the emptied server to get a replica of every chunk back", healed, timeout=90)
+        assert len(list(data_dir.glob("chunks/*/*.chunk"))) == len(maps)
+        assert c.read(f.ino, 0, SIZE) == data
+        check_every_replica(c, f.ino, data)  # the emptied server's new replicas too, byte for byte
+        wait_for("the healing to be reported finished",
+                 lambda: any("replication finished" in e["message"] for e in c.events()), timeout=30)

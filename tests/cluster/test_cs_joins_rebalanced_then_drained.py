@@ -1,0 +1,59 @@
+"""A new chunk server joins: replicas move to it until every server is within the rebalance band.
+Then `rm-cs --wait` drains a server — every replica moved off, data intact — and removes it.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ._healing_helpers import MiB, check_every_replica, chunk_maps, wait_for
+from .conftest import run_cli
+
+SIZE = 12 * MiB
+BAND = 0.10  # rebalance-band=10 (%), the default
+
+
+def _counts(c) -> dict[int, int]:
+    return {s["id"]: s["replicas"] for s in c.cluster_stat()["cs"] if s["status"] == "active"}
+
+
+def _balanced(c, servers: int):
+    def check() -> dict[int, int] | None:
+        counts = _counts(c)
+        if len(counts) != servers:
+            return None
+        average = sum(counts.values()) / len(counts)
+        slack = max(BAND * average, 1)
+        return counts if all(abs(n - average) <= slack for n in counts.values()) else None
+    return check
+
+
+def test_new_server_gets_replicas_and_rm_cs_drains_one(make_cluster) -> None:
+    cluster = make_cluster(n_cs=3)
+    data = os.urandom(SIZE)
+    with cluster.client() as c:
+        f = c.open("/data", create=True)
+        c.run(f.write(0, data))
+        c.run(f.fsync())
+        assert set(_counts(c).values()) == {SIZE // MiB}  # 3 replicas of 12 chunks on 3 servers
+        proc = cluster.add_cs()
+        cluster.start("cs", proc.id)
+        cluster.wait_ready()
+        counts = wait_for("the new server to be filled to within the band", _balanced(c, 4), timeout=120)
+        assert sum(counts.values()) == 3 * SIZE // MiB and min(counts.values()) >= 8
+        assert c.read(f.ino, 0, SIZE) == data
+        check_every_replica(c, f.ino, data)
+
+        victim = min(counts)
+        result = run_cli("-c", cluster.name, "rm-cs", str(victim), "--wait", "--timeout", "120", timeout=180)
+        assert result.returncode == 0, result.stderr
+        assert f"CS#{victim} drained and removed" in result.stdout
+        stat = c.cluster_stat()
+        assert victim not in [s["id"] for s in stat["cs"]]
+        assert stat["chunks"]["healthy"] == SIZE // MiB
+        for m in chunk_maps(c, f.ino, SIZE):
+            assert len(m["replicas"]) == 3 and victim not in [cs for cs, _ in m["replicas"]]
+        assert c.read(f.ino, 0, SIZE) == data
+        check_every_replica(c, f.ino, data)
+        events = " | ".join(e["message"] for e in c.events())
+        assert f"CS#{victim} is being drained" in events and "moved" in events
