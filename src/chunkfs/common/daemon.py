@@ -13,6 +13,7 @@ import contextlib
 import errno
 import logging
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -162,8 +163,29 @@ def last_error(log_path: Path) -> str:
     return f"see {log_path}"
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    with contextlib.suppress(OSError, ValueError):
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    return 32768, 60999
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port that is free now (the caller binds it soon after)."""
+    """A port that is free now, for a daemon that binds it later.
+
+    Chosen below the kernel's ephemeral range: ports the kernel hands to
+    outgoing connections in the meantime can then never take it.
+    """
+    low, _ = _ephemeral_range()
+    rng = random.Random()  # noqa: S311 - spreading ports, not security
+    for _ in range(200):
+        port = rng.randrange(10000, max(10001, low))
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
