@@ -49,9 +49,13 @@ def test_killed_chunk_server_shows_offline_everywhere(make_cluster) -> None:
         assert [m["role"] for m in s["mds"]].count("master") == 1
         assert ("cs", victim_id) not in {(m["role"], m["id"]) for m in s["metrics"]}
 
-        # The event, in words, in the log and on the follower's stream.
-        events = cli_json("-c", "test", "get-event", "--json", "--since", str(before["events_seq"]))
-        assert any(e["message"].startswith(f"CS#{victim_id} offline") and e["level"] == "warning" for e in events)
+        # The event, in words, in the log (committed just after the state changes) and on the follower's stream.
+        def offline_event() -> bool:
+            events = cli_json("-c", "test", "get-event", "--json", "--since", str(before["events_seq"]))
+            return any(e["message"].startswith(f"CS#{victim_id} offline") and e["level"] == "warning"
+                       for e in events)
+
+        wait_for("the offline event in the event log", offline_event)
         deadline = time.monotonic() + 20
         followed = []
         while time.monotonic() < deadline and not any(f"CS#{victim_id} offline" in e["message"] for e in followed):
