@@ -275,18 +275,23 @@ class Connection(asyncio.BufferedProtocol):
         if self._closed.is_set():
             raise Unavailable(f"connection to {self.peer_name} is closed")
         rid = next(self._ids)
-        fut: asyncio.Future[tuple[Kind, dict[str, Any], Payload]] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[tuple[Kind, dict[str, Any], Payload]] = loop.create_future()
         self._pending[rid] = fut
+        # A plain timer instead of asyncio.wait_for: same bound, a fraction of the
+        # cost per request (no extra future and callbacks) on the hot data path.
+        timer = loop.call_later(timeout, _expire, fut)
         try:
             self._send(Kind.REQUEST, mtype, rid, header, payload)
             await self._drain(timeout)
-            kind, rheader, rpayload = await asyncio.wait_for(fut, timeout)
+            kind, rheader, rpayload = await fut
         except TimeoutError:
             raise Timeout(f"{mtype.name} to {self.peer_name} timed out after {timeout:g}s") from None
         except (ConnectionError, OSError) as exc:
             self.close()
             raise Unavailable(f"connection to {self.peer_name} lost: {exc}") from None
         finally:
+            timer.cancel()
             self._pending.pop(rid, None)
         if kind == Kind.ERROR:
             raise _error_from_header(rheader)
@@ -366,6 +371,11 @@ class Connection(asyncio.BufferedProtocol):
         self._handshake_frames.put_nowait(Unavailable(f"connection to {self.peer_name} closed"))
         if self.transport is not None:
             self.transport.close()
+
+
+def _expire(fut: asyncio.Future[Any]) -> None:
+    if not fut.done():
+        fut.set_exception(TimeoutError())
 
 
 def _error_header(exc: ChunkFSError) -> dict[str, Any]:
