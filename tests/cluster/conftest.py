@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from chunkfs.testing.cluster import LocalCluster
+from chunkfs.testing.cluster import LocalCluster, cluster_factory
 
 pytestmark = pytest.mark.cluster
 
@@ -25,21 +25,9 @@ def conf_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture
 def make_cluster(tmp_path: Path, conf_dir: Path) -> Iterator[Callable[..., LocalCluster]]:
-    """Make and start a local cluster; every process it started is stopped afterwards, by PID."""
-    made: list[LocalCluster] = []
-
-    def make(n_cs: int = 3, chunk_size: int = 1 << 20, name: str = "test", n_mds: int = 1) -> LocalCluster:
-        cluster = LocalCluster.make(
-            tmp_path / f"cluster-{name}", name, n_mds=n_mds, n_cs=n_cs, chunk_size=chunk_size
-        )
-        made.append(cluster)
-        cluster.start_all()
-        cluster.wait_ready()
-        return cluster
-
-    yield make
-    for cluster in made:
-        cluster.stop_all()
+    """Make and start a local cluster (1 MiB chunks by default); its processes are stopped afterwards."""
+    with cluster_factory(tmp_path, 1 << 20) as make:
+        yield make
 
 
 def run_cli(*args: str, stdin: bytes | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:

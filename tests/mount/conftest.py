@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from chunkfs.testing.cluster import LocalCluster
+from chunkfs.testing.cluster import LocalCluster, cluster_factory
 
 MiB = 1 << 20
 
@@ -69,19 +69,9 @@ def conf_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture
 def make_cluster(tmp_path: Path, conf_dir: Path) -> Iterator[Callable[..., LocalCluster]]:
-    """Make and start a local cluster; its processes are stopped afterwards, by PID."""
-    made: list[LocalCluster] = []
-
-    def make(n_cs: int = 3, chunk_size: int = 4 * MiB, name: str = "test", n_mds: int = 1) -> LocalCluster:
-        cluster = LocalCluster.make(tmp_path / f"cluster-{name}", name, n_mds=n_mds, n_cs=n_cs, chunk_size=chunk_size)
-        made.append(cluster)
-        cluster.start_all()
-        cluster.wait_ready()
-        return cluster
-
-    yield make
-    for cluster in made:
-        cluster.stop_all()
+    """Make and start a local cluster (4 MiB chunks by default); its processes are stopped afterwards."""
+    with cluster_factory(tmp_path, 4 * MiB) as make:
+        yield make
 
 
 @pytest.fixture

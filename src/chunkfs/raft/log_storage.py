@@ -45,6 +45,7 @@ from pathlib import Path
 import msgpack
 
 from chunkfs.common.checksum import crc32c
+from chunkfs.common.durable import fsync_dir, write_file_durably
 from chunkfs.common.errors import ChecksumMismatch, InvalidArgument
 from chunkfs.raft.core import Entry, EntryKind, HardState, Snapshot
 
@@ -63,29 +64,6 @@ class LogCorruption(ChecksumMismatch):
     """The Raft log is corrupt before its end; this node's Raft data must be rebuilt."""
 
     code = "checksum"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_file_durably(path: Path, data: bytes) -> None:
-    """Temp file + fsync + rename + directory fsync: the file is old or new, never torn."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def _encode_small(obj: object) -> bytes:
@@ -281,7 +259,7 @@ class LogStorage:
     # -------------------------------------------------------------- writing
 
     def set_hard_state(self, hs: HardState) -> None:
-        write_file_durably(self.path / HARDSTATE_FILE, _encode_small(hs.to_dict()))
+        write_file_durably(self.path / HARDSTATE_FILE, _encode_small(hs.to_dict()), mode=0o600)
         self.hard_state = hs
 
     def append(self, entries: Sequence[Entry]) -> None:
@@ -311,7 +289,7 @@ class LogStorage:
 
     def compact(self, snapshot: Snapshot) -> None:
         """The application snapshotted at `snapshot.index`: store it, drop older segments."""
-        write_file_durably(self.path / SNAPSHOT_FILE, _encode_small(snapshot.to_dict()))
+        write_file_durably(self.path / SNAPSHOT_FILE, _encode_small(snapshot.to_dict()), mode=0o600)
         self.snapshot = snapshot
         removed = False
         # A segment can go when the next one starts at or below snapshot.index + 1.
@@ -322,11 +300,11 @@ class LogStorage:
             self._drop_all_segments()
             return
         if removed:
-            _fsync_dir(self.path)
+            fsync_dir(self.path)
 
     def install_snapshot(self, snapshot: Snapshot) -> None:
         """A snapshot from the leader replaces the whole log."""
-        write_file_durably(self.path / SNAPSHOT_FILE, _encode_small(snapshot.to_dict()))
+        write_file_durably(self.path / SNAPSHOT_FILE, _encode_small(snapshot.to_dict()), mode=0o600)
         self.snapshot = snapshot
         self._drop_all_segments()
 
@@ -376,7 +354,7 @@ class LogStorage:
         self._segments.append(seg)
         self._fd = os.open(seg.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         self._fd_seg = seg
-        _fsync_dir(self.path)
+        fsync_dir(self.path)
         return seg
 
     def _unlink(self, seg: _Segment) -> None:
@@ -391,7 +369,7 @@ class LogStorage:
         self._close_fd()
         while self._segments:
             self._unlink(self._segments.pop())  # newest first: an interruption leaves a prefix
-        _fsync_dir(self.path)
+        fsync_dir(self.path)
 
     def _truncate_from(self, index: int) -> None:
         if self.snapshot is not None and index <= self.snapshot.index:
@@ -401,7 +379,7 @@ class LogStorage:
             self._unlink(self._segments.pop())
             removed = True
         if removed:
-            _fsync_dir(self.path)
+            fsync_dir(self.path)
         if not self._segments:
             return
         seg = self._segments[-1]

@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -198,3 +199,25 @@ class LocalCluster:
                     last = exc
                 time.sleep(0.1)
         raise Unavailable(f"the local cluster did not become ready within {timeout:g}s: {last}")
+
+
+@contextlib.contextmanager
+def cluster_factory(base: Path, chunk_size: int) -> Iterator[Callable[..., LocalCluster]]:
+    """Make and start local clusters under `base`; every process they started is stopped at the end, by PID.
+
+    The fixture behind the cluster and mount tests.
+    """
+    made: list[LocalCluster] = []
+
+    def make(n_cs: int = 3, chunk_size: int = chunk_size, name: str = "test", n_mds: int = 1) -> LocalCluster:
+        cluster = LocalCluster.make(base / f"cluster-{name}", name, n_mds=n_mds, n_cs=n_cs, chunk_size=chunk_size)
+        made.append(cluster)
+        cluster.start_all()
+        cluster.wait_ready()
+        return cluster
+
+    try:
+        yield make
+    finally:
+        for cluster in made:
+            cluster.stop_all()
