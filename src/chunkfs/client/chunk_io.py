@@ -179,6 +179,10 @@ class ChunkIO:
     async def write(self, ino: int, offset: int, data: bytes | bytearray | memoryview, sync: bool = False) -> None:
         view = memoryview(data)
         pieces = split(offset, len(view), self.client.chunk_size)
+        if len(pieces) == 1:  # the common case (every FUSE write within a chunk): no extra task
+            idx, off, size, _ = pieces[0]
+            await self._write_piece(ino, idx, off, view, sync)
+            return
         await asyncio.gather(*(
             self._write_piece(ino, idx, off, view[pos:pos + size], sync) for idx, off, size, pos in pieces
         ))
