@@ -188,6 +188,13 @@ class ChunkIO:
         ))
 
     async def _write_piece(self, ino: int, index: int, offset: int, data: memoryview, sync: bool) -> None:
+        await self._down_chain(ino, index, Msg.CS_WRITE, {"offset": offset, "sync": sync}, data)
+        self.dirty.setdefault(ino, set()).add(index)
+
+    async def _down_chain(
+        self, ino: int, index: int, msg: Msg, fields: dict[str, Any], payload: memoryview | bytes = b""
+    ) -> None:
+        """Send a write or fsync to the head of the chunk's chain; on a failed replica, get a new chain."""
         failed: set[int] = set()
         last: ChunkFSError | None = None
         for _ in range(MAX_TRIES):
@@ -198,18 +205,17 @@ class ChunkIO:
             (head_id, head_addr), rest = m.replicas[0], m.replicas[1:]
             try:
                 conn = await self.server(head_addr)
-                await conn.call(Msg.CS_WRITE, {
-                    "chunk_id": m.chunk_id, "version": m.version, "offset": offset,
-                    "chain": [list(r) for r in rest], "sync": sync,
-                }, data)
-                self.dirty.setdefault(ino, set()).add(index)
+                await conn.call(msg, {
+                    "chunk_id": m.chunk_id, "version": m.version, "chain": [list(r) for r in rest], **fields,
+                }, payload)
                 return
             except _REPLICA_ERRORS as exc:
                 last = exc
                 bad = exc.context.get("cs_id", head_id)
                 if not isinstance(exc, StaleVersion):
                     failed = {bad} if isinstance(bad, int) else {head_id}
-                logger.warning("write to chunk %#x failed (%s); asking the master for a new chain", m.chunk_id, exc)
+                logger.warning("%s to chunk %#x failed (%s); asking the master for a new chain",
+                               msg.name, m.chunk_id, exc)
                 self._write_maps.pop((ino, index), None)
                 await asyncio.sleep(0.05)
         assert last is not None
@@ -219,28 +225,7 @@ class ChunkIO:
         """Every chunk written since the last fsync reaches the disk on every replica."""
         indexes = self.dirty.pop(ino, set())
         try:
-            await asyncio.gather(*(self._fsync_chunk(ino, index) for index in indexes))
+            await asyncio.gather(*(self._down_chain(ino, index, Msg.CS_FSYNC, {}) for index in indexes))
         except BaseException:
             self.dirty.setdefault(ino, set()).update(indexes)
             raise
-
-    async def _fsync_chunk(self, ino: int, index: int) -> None:
-        failed: set[int] = set()
-        last: ChunkFSError | None = None
-        for _ in range(MAX_TRIES):
-            m = await self._write_map(ino, index, failed)
-            failed = set()
-            (head_id, head_addr), rest = m.replicas[0], m.replicas[1:]
-            try:
-                conn = await self.server(head_addr)
-                await conn.call(Msg.CS_FSYNC, {
-                    "chunk_id": m.chunk_id, "version": m.version, "chain": [list(r) for r in rest]})
-                return
-            except _REPLICA_ERRORS as exc:
-                last = exc
-                bad = exc.context.get("cs_id", head_id)
-                if not isinstance(exc, StaleVersion):
-                    failed = {bad} if isinstance(bad, int) else {head_id}
-                self._write_maps.pop((ino, index), None)
-        assert last is not None
-        raise last

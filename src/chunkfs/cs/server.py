@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -110,25 +110,26 @@ class ChunkServer:
             self.in_flight -= 1
 
     async def _write(self, h: dict[str, Any], payload: bytes) -> None:
-        chain = replica_list(h["chain"], "chain")
-        chunk_id, version = h["chunk_id"], h["version"]
+        chunk_id, inline = h["chunk_id"], len(payload) <= INLINE_IO_MAX and not h["sync"]
         async with self._locks[chunk_id % WRITE_LOCK_STRIPES]:
-            forward = None
-            if chain:
-                forward = asyncio.ensure_future(self._forward(Msg.CS_WRITE, chain, {**h, "chain": []}, payload))
-            try:
-                await _disk_io(
-                    len(payload) <= INLINE_IO_MAX and not h["sync"],
-                    self.store.write, chunk_id, version, h["offset"], payload, h["sync"])
-            finally:
-                if forward is not None:
-                    await forward
+            await self._here_and_down_chain(Msg.CS_WRITE, h, payload, lambda: _disk_io(
+                inline, self.store.write, chunk_id, h["version"], h["offset"], payload, h["sync"]))
 
     async def _fsync(self, h: dict[str, Any]) -> None:
+        await self._here_and_down_chain(
+            Msg.CS_FSYNC, h, b"", lambda: asyncio.to_thread(self.store.fsync, h["chunk_id"], h["version"]))
+
+    async def _here_and_down_chain(
+        self, msg: Msg, h: dict[str, Any], payload: bytes, local: Callable[[], Awaitable[Any]]
+    ) -> None:
+        """Do `local` here while the request goes on to the rest of the chain; return when both are done.
+
+        The chain is checked first: a malformed one is refused before anything is written.
+        """
         chain = replica_list(h["chain"], "chain")
-        forward = asyncio.ensure_future(self._forward(Msg.CS_FSYNC, chain, h, b"")) if chain else None
+        forward = asyncio.ensure_future(self._forward(msg, chain, h, payload)) if chain else None
         try:
-            await asyncio.to_thread(self.store.fsync, h["chunk_id"], h["version"])
+            await local()
         finally:
             if forward is not None:
                 await forward

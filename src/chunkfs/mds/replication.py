@@ -523,19 +523,13 @@ class ReplicationMonitor:
 
     async def _set_versions(self, replicas: tuple[int, ...] | list[int], chunk_id: int, old: int, new: int) -> set[int]:
         """Move replicas to a new version; a server that fails is taken as no longer holding it."""
-        results = await asyncio.gather(
-            *(self.mds._cs_call(cs, Msg.CS_SET_VERSION, {"chunk_id": chunk_id, "old_version": old, "new_version": new})
-              for cs in replicas),
-            return_exceptions=True,
-        )
-        failed = set()
-        for cs, result in zip(replicas, results, strict=True):
-            if isinstance(result, BaseException):
-                failed.add(cs)
-                if cs in self.mds.live:
-                    self.mds.live[cs].replicas.discard(chunk_id)
-                logger.warning("chunk %#x: CS#%d did not move to version %#x: %s", chunk_id, cs, new, result)
-        return failed
+        failed = await self.mds._cs_call_each(
+            replicas, Msg.CS_SET_VERSION, {"chunk_id": chunk_id, "old_version": old, "new_version": new})
+        for cs, exc in failed.items():
+            if cs in self.mds.live:
+                self.mds.live[cs].replicas.discard(chunk_id)
+            logger.warning("chunk %#x: CS#%d did not move to version %#x: %s", chunk_id, cs, new, exc)
+        return set(failed)
 
     async def _copy(
         self, chunk_id: int, source: int, target: int, drop: int | None, settings: dict[str, float]

@@ -369,13 +369,7 @@ class MetadataServer:
                 f"{attr['min_replicas']} needed (replicas={attr['replicas']}:{attr['min_replicas']}); add chunk servers"
             )
         chunk: Chunk = await self._propose("alloc_chunk", ino=ino, index=index, replicas=chosen)
-        results = await asyncio.gather(
-            *(self._cs_call(cs, Msg.CS_CREATE_CHUNK, {"chunk_id": chunk.chunk_id, "version": chunk.version})
-              for cs in chunk.replicas),
-            return_exceptions=True,
-        )
-        failed = {cs for cs, r in zip(chunk.replicas, results, strict=True) if isinstance(r, BaseException)}
-        self._note_created(chunk, failed)
+        failed = await self._create_replicas(chunk, chunk.replicas)
         logger.info(
             "chunk %#x (inode %d, index %d) created at version %#x on CS %s",
             chunk.chunk_id, ino, index, chunk.version, ",".join(map(str, chunk.replicas)),
@@ -400,13 +394,7 @@ class MetadataServer:
             return chunk
         self._check_servers_settled()
         live = [cs for cs in chunk.replicas if cs in self.live]
-        results = await asyncio.gather(
-            *(self._cs_call(cs, Msg.CS_CREATE_CHUNK, {"chunk_id": chunk.chunk_id, "version": chunk.version})
-              for cs in live),
-            return_exceptions=True,
-        )
-        failed = {cs for cs, r in zip(live, results, strict=True) if isinstance(r, BaseException)}
-        self._note_created(chunk, failed)
+        failed = await self._create_replicas(chunk, live)
         logger.warning("chunk %#x had no replica anywhere (allocation interrupted): created on CS %s",
                        chunk.chunk_id, ",".join(str(cs) for cs in live if cs not in failed))
         return chunk
@@ -431,13 +419,8 @@ class MetadataServer:
                     f"{min_replicas}; writes to it wait until its chunk servers are back"
                 )
             new: Chunk = await self._propose("set_chunk_replicas", chunk_id=chunk.chunk_id, replicas=survivors)
-            results = await asyncio.gather(
-                *(self._cs_call(cs, Msg.CS_SET_VERSION, {
-                    "chunk_id": chunk.chunk_id, "old_version": chunk.version, "new_version": new.version})
-                  for cs in survivors),
-                return_exceptions=True,
-            )
-            failed |= {cs for cs, r in zip(survivors, results, strict=True) if isinstance(r, BaseException)}
+            failed |= set(await self._cs_call_each(survivors, Msg.CS_SET_VERSION, {
+                "chunk_id": chunk.chunk_id, "old_version": chunk.version, "new_version": new.version}))
             await self._event(
                 "warning",
                 f"chunk {chunk.chunk_id:#x}: replica(s) on CS {','.join(map(str, sorted(bad)))} dropped; "
@@ -460,14 +443,9 @@ class MetadataServer:
             if chunk is None:
                 return
             chunk = await self._drop_replicas(chunk, set())
-            results = await asyncio.gather(
-                *(self._cs_call(cs, Msg.CS_TRUNCATE_CHUNK, {
-                    "chunk_id": chunk.chunk_id, "version": chunk.version, "length": size % chunk_size})
-                  for cs in chunk.replicas),
-                return_exceptions=True,
-            )
-            await self._drop_replicas(chunk, {cs for cs, r in zip(chunk.replicas, results, strict=True)
-                                              if isinstance(r, BaseException)})
+            failed = await self._cs_call_each(chunk.replicas, Msg.CS_TRUNCATE_CHUNK, {
+                "chunk_id": chunk.chunk_id, "version": chunk.version, "length": size % chunk_size})
+            await self._drop_replicas(chunk, set(failed))
 
     def _delete_replicas(self, chunks: list[Chunk]) -> None:
         """Delete dropped chunks' replicas in the background; offline servers clean up on return."""
@@ -483,6 +461,20 @@ class MetadataServer:
             raise Unavailable(f"CS#{cs_id} is offline")
         reply, _ = await server.conn.call(msg, header, timeout=CS_COMMAND_TIMEOUT)
         return reply
+
+    async def _cs_call_each(
+        self, cs_ids: tuple[int, ...] | list[int], msg: Msg, header: dict[str, Any]
+    ) -> dict[int, BaseException]:
+        """Send one command to several chunk servers at once; return those that failed, with why."""
+        results = await asyncio.gather(*(self._cs_call(cs, msg, header) for cs in cs_ids), return_exceptions=True)
+        return {cs: r for cs, r in zip(cs_ids, results, strict=True) if isinstance(r, BaseException)}
+
+    async def _create_replicas(self, chunk: Chunk, cs_ids: tuple[int, ...] | list[int]) -> set[int]:
+        """Create the chunk's empty replicas on `cs_ids`; return the servers that failed."""
+        failed = set(await self._cs_call_each(
+            cs_ids, Msg.CS_CREATE_CHUNK, {"chunk_id": chunk.chunk_id, "version": chunk.version}))
+        self._note_created(chunk, failed)
+        return failed
 
     async def _quiet_cs_call(self, cs_id: int, msg: Msg, header: dict[str, Any]) -> None:
         try:
