@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
 from chunkfs.cli.local import need_cluster
+from chunkfs.cli.units import human_bytes
 from chunkfs.client.client import Client, split_path
 from chunkfs.common.config import load_client_config
 from chunkfs.common.daemon import new_event_loop
@@ -267,22 +268,14 @@ async def cmd_set_attr(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
-def _human(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
-        n /= 1024  # type: ignore[assignment]
-    return str(n)
-
-
 async def cmd_stat(client: Client, args: argparse.Namespace) -> int:
     stat = await client.cluster_stat()
     if args.json:
         print(json.dumps(stat, indent=2))
         return 0
     c, space = stat["cluster"], stat["space"]
-    print(f"cluster {c['name']} ({c['uuid']}), chunk size {_human(c['chunk_size'])}")
-    print(f"space: {_human(space['free'])} free of {_human(space['total'])}")
+    print(f"cluster {c['name']} ({c['uuid']}), chunk size {human_bytes(c['chunk_size'])}")
+    print(f"space: {human_bytes(space['free'])} free of {human_bytes(space['total'])}")
     print("chunks: " + ", ".join(f"{k} {v}" for k, v in stat["chunks"].items()))
     healing = stat.get("healing") or {}
     if healing.get("active"):
@@ -294,7 +287,7 @@ async def cmd_stat(client: Client, args: argparse.Namespace) -> int:
     print("chunk servers:")
     for s in stat["cs"]:
         print(f"  CS#{s['id']:<4} {s['status']:<8} {s['addr']:<22} host {s['host']:<12} "
-              f"{_human(s['free'])} free of {_human(s['total'])}, {s['replicas']} replicas")
+              f"{human_bytes(s['free'])} free of {human_bytes(s['total'])}, {s['replicas']} replicas")
     return 0
 
 

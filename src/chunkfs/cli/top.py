@@ -22,6 +22,7 @@ from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from chunkfs.cli.units import human_bytes
 from chunkfs.client.client import Client
 
 VIEWS = ("all", "cs", "mds", "events")
@@ -154,11 +155,7 @@ def handle_key(state: TopState, key: str) -> bool:
 
 
 def human(n: float) -> str:
-    for unit in ("B", "K", "M", "G", "T", "P"):
-        if abs(n) < 1024 or unit == "P":
-            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
-        n /= 1024
-    return str(n)
+    return human_bytes(n, compact=True)
 
 
 def duration(seconds: float | None) -> str:

@@ -6,7 +6,8 @@ host) and ``tier=0..3``.  Replicas of one chunk go to distinct domains at the
 file's level while there are enough of them; when there are not, the next
 smaller level decides (distinct hosts within a rack, ...), down to distinct
 servers.  Placement stays within the file's tier.  Among the eligible
-servers the choice is random, weighted by free space, as in `placement`.
+servers the choice is random, weighted by free space, so new data drifts
+toward emptier disks without herding every writer onto the emptiest one.
 """
 
 from __future__ import annotations
