@@ -35,14 +35,6 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 90.0, pause: 
     raise AssertionError(f"timed out after {timeout:g} s waiting for {what} (last: {last!r})")
 
 
-def cs_number_of(cluster: Any, cs_id: int) -> int:
-    """The local cluster's process number of chunk server CS#`cs_id`."""
-    for row in cluster.status():
-        if row["role"] == "cs" and row["id"] == cs_id:
-            return next(p.id for p in cluster.processes if p.dir == row["dir"])
-    raise AssertionError(f"CS#{cs_id} not in the local cluster")
-
-
 def read_replica(client: Any, addr: str, chunk_id: int, version: int, offset: int, length: int) -> bytes:
     """Read straight from one chunk server (no fallback to another replica)."""
     conn = client.run(client.client.io.server(addr))

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import time
 import urllib.request
 from collections.abc import Callable
 from typing import Any
 
+from ._healing_helpers import wait_for as _poll
 from .conftest import run_cli
 
 
@@ -22,15 +22,8 @@ def stat(name: str = "test") -> dict[str, Any]:
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float = 20.0) -> Any:
-    """Poll `check` (bounded) until it returns something true; return it."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+    """Poll `check` (bounded, 20 s by default) until it returns something true; return it."""
+    return _poll(what, check, timeout=timeout, pause=0.3)
 
 
 def scrape(url: str) -> dict[str, float]:

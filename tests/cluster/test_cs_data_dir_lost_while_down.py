@@ -6,7 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
-from ._healing_helpers import MiB, check_every_replica, chunk_maps, cs_number_of, wait_for
+from ._healing_helpers import MiB, check_every_replica, chunk_maps, wait_for
 
 SIZE = 6 * MiB + 4321
 
@@ -20,7 +20,7 @@ def test_server_restarted_empty_gets_its_replicas_back(make_cluster) -> None:
         c.run(f.fsync())
         maps = chunk_maps(c, f.ino, SIZE)
         victim = maps[0]["replicas"][0][0]
-        number = cs_number_of(cluster, victim)
+        number = cluster.cs_number(victim)
         cluster.kill("cs", number)
         data_dir = Path(cluster.find("cs", number).dir) / "data"
         assert any(data_dir.glob("chunks/*/*.chunk"))

@@ -7,7 +7,7 @@ import os
 import signal
 from pathlib import Path
 
-from ._healing_helpers import MiB, check_every_replica, chunk_maps, cs_number_of, set_fast_timeouts, wait_for
+from ._healing_helpers import MiB, check_every_replica, chunk_maps, set_fast_timeouts, wait_for
 
 SIZE = 4 * MiB
 
@@ -21,7 +21,7 @@ def test_frozen_server_is_replaced_and_cleaned_up_when_resumed(make_cluster) -> 
         c.run(f.write(0, data))
         c.run(f.fsync())
         victim = chunk_maps(c, f.ino, SIZE)[0]["replicas"][0][0]
-        number = cs_number_of(cluster, victim)
+        number = cluster.cs_number(victim)
         chunks_dir = Path(cluster.find("cs", number).dir) / "data" / "chunks"
         held = {p.name for p in chunks_dir.glob("*/*.chunk")}
         assert held

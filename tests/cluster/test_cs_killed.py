@@ -10,13 +10,6 @@ from chunkfs.protocol.messages import Msg
 MiB = 1 << 20
 
 
-def _cs_number_of(cluster, cs_id: int) -> int:
-    for row in cluster.status():
-        if row["role"] == "cs" and row["id"] == cs_id:
-            return next(p.id for p in cluster.processes if p.dir == row["dir"])
-    raise AssertionError(f"CS#{cs_id} not in the local cluster")
-
-
 def test_read_after_kill_9_of_a_replica_holder(make_cluster) -> None:
     cluster = make_cluster(n_cs=3)
     data = os.urandom(16 * MiB + 12345)
@@ -28,7 +21,7 @@ def test_read_after_kill_9_of_a_replica_holder(make_cluster) -> None:
         m = c.run(c.client.mds.call(Msg.CHUNK_READ, {"ino": ino, "index": 0}))
         victim = m["replicas"][0][0]
         c.read(ino, 0, len(data))  # warm the client's chunk map cache with the victim in it
-        cluster.kill("cs", _cs_number_of(cluster, victim))
+        cluster.kill("cs", cluster.cs_number(victim))
         assert c.read(ino, 0, len(data)) == data
     # A fresh client (no cached maps) reads it too.
     with cluster.client() as c:

@@ -8,7 +8,7 @@ import platform
 import time
 from pathlib import Path
 
-from ._healing_helpers import MiB, chunk_maps, cs_number_of, wait_for
+from ._healing_helpers import MiB, chunk_maps, wait_for
 from .conftest import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,7 +64,7 @@ def test_killed_cs_chunks_back_to_three_replicas(make_cluster) -> None:
                 counts[cs] = counts.get(cs, 0) + 1
         victim = max(counts, key=lambda cs: counts[cs])
         killed_at = time.monotonic()
-        cluster.kill("cs", cs_number_of(cluster, victim))
+        cluster.kill("cs", cluster.cs_number(victim))
 
         def healed() -> bool:
             stat = c.cluster_stat()

@@ -11,7 +11,7 @@ import random
 import threading
 import time
 
-from ._healing_helpers import MiB, check_every_replica, chunk_maps, cs_number_of, set_fast_timeouts, wait_for
+from ._healing_helpers import MiB, check_every_replica, chunk_maps, set_fast_timeouts, wait_for
 
 SIZE = 6 * MiB
 PIECE = 128 << 10
@@ -50,7 +50,7 @@ def test_rereplication_during_writes_leaves_identical_replicas(make_cluster) -> 
             thread.start()
             try:
                 time.sleep(1.0)
-                cluster.kill("cs", cs_number_of(cluster, victim))
+                cluster.kill("cs", cluster.cs_number(victim))
 
                 def healed() -> bool:
                     return all(len(m["replicas"]) == 3 and victim not in [r[0] for r in m["replicas"]]

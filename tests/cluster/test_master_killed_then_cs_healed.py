@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from ._healing_helpers import MiB, check_every_replica, chunk_maps, cs_number_of, set_fast_timeouts, wait_for
+from ._healing_helpers import MiB, check_every_replica, chunk_maps, set_fast_timeouts, wait_for
 
 SIZE = 6 * MiB
 
@@ -21,7 +21,7 @@ def test_new_master_heals_with_replicated_settings(make_cluster) -> None:
         victim = chunk_maps(c, f.ino, SIZE)[0]["replicas"][0][0]
         master = next(m["id"] for m in c.cluster_stat()["mds"] if m["role"] == "master")
         cluster.kill("mds", master)
-        cluster.kill("cs", cs_number_of(cluster, victim))
+        cluster.kill("cs", cluster.cs_number(victim))
 
         def healed() -> bool:
             stat = c.cluster_stat()

@@ -14,17 +14,11 @@ from chunkfs.common.config import load_client_config
 from chunkfs.common.errors import ChunkFSError, NotMaster, Timeout
 from chunkfs.protocol.messages import Msg
 from chunkfs.protocol.rpc import Credentials, connect
+from chunkfs.testing.cluster import master_id
 
 from .conftest import run_cli
 
 MiB = 1 << 20
-
-
-def _master(cluster, client) -> int:
-    stat = client.cluster_stat()
-    masters = [m["id"] for m in stat["mds"] if m["role"] == "master"]
-    assert len(masters) == 1, stat["mds"]
-    return masters[0]
 
 
 class Workload:
@@ -69,7 +63,7 @@ def test_kill_9_of_the_master_during_a_workload(make_cluster) -> None:
         deadline = time.monotonic() + 30
         while len(work.acked) < 20 and time.monotonic() < deadline:
             time.sleep(0.05)
-        old = _master(cluster, c)
+        old = master_id(c)
         cluster.kill("mds", old)
         killed_at = time.monotonic()
         c.client.mds.retry_for = 30.0
@@ -82,7 +76,7 @@ def test_kill_9_of_the_master_during_a_workload(make_cluster) -> None:
             time.sleep(0.05)
         assert not work.errors, work.errors
         assert len(work.acked) >= acked_before + 20, "the workload did not carry on after failover"
-        new = _master(cluster, c)
+        new = master_id(c)
         assert new != old
         assert failover < 20, f"failover took {failover:.1f}s"
     # Everything acknowledged is there, on the new master.
@@ -103,7 +97,7 @@ def test_two_of_three_killed_then_one_back(make_cluster) -> None:
     cluster = make_cluster(n_cs=2, n_mds=3)
     with cluster.client() as c:
         c.mkdir("/kept")
-        master = _master(cluster, c)
+        master = master_id(c)
     others = [p.id for p in cluster.processes if p.role == "mds" and p.id != master]
     cluster.kill("mds", master)
     cluster.kill("mds", others[0])
@@ -130,14 +124,14 @@ def test_frozen_master_is_deposed_and_never_commits(make_cluster) -> None:
     cluster = make_cluster(n_cs=2, n_mds=3)
     with cluster.client() as c:
         c.mkdir("/before")
-        old = _master(cluster, c)
+        old = master_id(c)
         old_proc = cluster.find("mds", old)
         os.kill(old_proc.pid, signal.SIGSTOP)
         try:
             c.client.mds.retry_for = 30.0
             c.client.mds.close()
             c.mkdir("/during")
-            new = _master(cluster, c)
+            new = master_id(c)
             assert new != old
         finally:
             os.kill(old_proc.pid, signal.SIGCONT)
@@ -159,7 +153,7 @@ def test_frozen_master_is_deposed_and_never_commits(make_cluster) -> None:
         names = {name for name, _, _ in c.listdir("/")}
         assert "split-brain" not in names
         assert {"before", "during"} <= names
-        assert _master(cluster, c) == new
+        assert master_id(c) == new
 
 
 def test_adding_two_mds_and_removing_one_while_clients_work(make_cluster) -> None:
@@ -177,7 +171,7 @@ def test_adding_two_mds_and_removing_one_while_clients_work(make_cluster) -> Non
         run = run_cli("-c", cluster.name, "rm-mds", str(follower))
         assert run.returncode == 0, run.stderr
         cluster.kill("mds", follower)
-        master = _master(cluster, c)
+        master = master_id(c)
         run = run_cli("-c", cluster.name, "rm-mds", str(master))
         assert run.returncode == 0, run.stderr
         cluster.kill("mds", master)

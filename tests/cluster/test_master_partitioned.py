@@ -23,6 +23,7 @@ from chunkfs.common.config import load_client_config
 from chunkfs.common.errors import ChunkFSError, NotMaster, Timeout
 from chunkfs.protocol.messages import Msg
 from chunkfs.protocol.rpc import Connection, Credentials, connect
+from chunkfs.testing.cluster import master_id
 
 
 class _Proxy:
@@ -126,12 +127,6 @@ class ProxyNet:
         self.loop.close()
 
 
-def _master(client: SyncClient) -> int:
-    masters = [m["id"] for m in client.cluster_stat()["mds"] if m["role"] == "master"]
-    assert len(masters) == 1, masters
-    return masters[0]
-
-
 def _direct(client: SyncClient, conn: Connection, msg: Msg, header: dict, timeout: float = 3.0) -> ChunkFSError | None:
     """Ask one MDS directly (no redirects followed); the error it answers, or None if it served it."""
     try:
@@ -163,7 +158,7 @@ def test_partitioned_master_steps_down_and_rejoins_as_follower(make_cluster) -> 
         with cluster.client() as c:
             c.client.mds.retry_for = 30.0
             c.mkdir("/before")
-            old = _master(c)
+            old = master_id(c)
             direct = c.run(connect(mds[old].addr, creds))
 
             net.isolate(old)
@@ -187,7 +182,7 @@ def test_partitioned_master_steps_down_and_rejoins_as_follower(make_cluster) -> 
             c.client.mds.close()
             c.client.mds.addrs = [mds[old].addr] + [p.addr for i, p in mds.items() if i != old]
             c.mkdir("/during")
-            new = _master(c)
+            new = master_id(c)
             assert new != old
             print(f"new master MDS#{new} committed {time.monotonic() - cut_at:.2f}s after the cut")
             err = _direct(c, direct, Msg.MKDIR, {"parent": 1, "name": "split-brain-2", "mode": 0o755})
@@ -204,7 +199,7 @@ def test_partitioned_master_steps_down_and_rejoins_as_follower(make_cluster) -> 
                     break
                 assert time.monotonic() < deadline, f"MDS#{old} did not rejoin: {stat['mds']}"
                 time.sleep(0.2)
-            assert _master(c) == new
+            assert master_id(c) == new
             direct.close()
             direct = c.run(connect(mds[old].addr, creds))
             err = _direct(c, direct, Msg.GETATTR, {"ino": 1})

@@ -17,7 +17,6 @@ from ._healing_helpers import (
     MiB,
     check_every_replica,
     chunk_maps,
-    cs_number_of,
     read_replica,
     set_fast_timeouts,
     wait_for,
@@ -35,7 +34,7 @@ def test_stale_replica_after_rewrite_is_removed(make_cluster) -> None:
         c.run(f.fsync())
         before = chunk_maps(c, f.ino, SIZE)
         victim, victim_addr = before[0]["replicas"][-1]
-        number = cs_number_of(cluster, victim)
+        number = cluster.cs_number(victim)
         cluster.kill("cs", number)
         # Rewritten while it is down (the default offline timeout is minutes: nothing is re-created meanwhile).
         c.run(f.write(0, new))
@@ -73,7 +72,7 @@ def test_briefly_down_server_keeps_its_replicas(make_cluster) -> None:
         c.run(f.fsync())
         before = chunk_maps(c, f.ino, SIZE)
         victim = before[0]["replicas"][0][0]
-        number = cs_number_of(cluster, victim)
+        number = cluster.cs_number(victim)
         cluster.kill("cs", number)
         wait_for("the server to be inactive", lambda: {s["id"]: s["status"] for s in c.cluster_stat()["cs"]}[victim]
                  == "inactive", timeout=30)

@@ -10,6 +10,7 @@ import pytest
 
 from chunkfs.client.fuse_session import state_dir
 from chunkfs.common.daemon import LOG_FILE
+from chunkfs.testing.cluster import master_id
 
 from .conftest import MiB
 
@@ -17,9 +18,7 @@ from .conftest import MiB
 def _master(cluster) -> int:
     with cluster.client() as c:
         c.client.mds.retry_for = 30.0
-        masters = [m["id"] for m in c.cluster_stat()["mds"] if m["role"] == "master"]
-    assert len(masters) == 1
-    return masters[0]
+        return master_id(c)
 
 
 def test_second_exclusive_writer_gets_ebusy_even_after_failover(make_cluster, mount) -> None:

@@ -136,6 +136,13 @@ class LocalCluster:
             if not self.running(proc):
                 self.start(proc.role, proc.id)
 
+    def cs_number(self, cs_id: int) -> int:
+        """The process number (``csN`` folder) of chunk server CS#`cs_id`, as the master numbers it."""
+        for row in self.status():
+            if row["role"] == "cs" and row["id"] == cs_id:
+                return next(p.id for p in self.processes if p.dir == row["dir"])
+        raise ConfigError(f"CS#{cs_id} is not in this local cluster")
+
     def running(self, proc: Process) -> bool:
         return proc.pid > 0 and pid_alive(proc.pid) and read_pid(Path(proc.dir)) == proc.pid
 
@@ -221,3 +228,11 @@ def cluster_factory(base: Path, chunk_size: int) -> Iterator[Callable[..., Local
     finally:
         for cluster in made:
             cluster.stop_all()
+
+
+def master_id(client: SyncClient) -> int:
+    """The id of the one metadata server that is master now (fails if there is not exactly one)."""
+    masters = [m["id"] for m in client.cluster_stat()["mds"] if m["role"] == "master"]
+    if len(masters) != 1:
+        raise Unavailable(f"expected one master, found {masters}")
+    return int(masters[0])
