@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from typing import Any
 
 from chunkfs.protocol.messages import Msg
@@ -21,18 +19,6 @@ def set_fast_timeouts(client: Any, inactive: float = 1, offline: float = 3, **mo
 def chunk_maps(client: Any, ino: int, size: int, chunk_size: int = MiB) -> list[dict[str, Any]]:
     return [client.run(client.client.mds.call(Msg.CHUNK_READ, {"ino": ino, "index": i}))
             for i in range(-(-size // chunk_size))]
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 90.0, pause: float = 0.25) -> Any:
-    """Poll `check` until it returns something true; fail naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(pause)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what} (last: {last!r})")
 
 
 def read_replica(client: Any, addr: str, chunk_id: int, version: int, offset: int, length: int) -> bytes:

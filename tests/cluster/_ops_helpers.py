@@ -7,7 +7,8 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
-from ._healing_helpers import wait_for as _poll
+from chunkfs.testing.cluster import wait_for as _poll
+
 from .conftest import run_cli
 
 

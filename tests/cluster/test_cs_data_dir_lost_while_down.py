@@ -6,7 +6,9 @@ import os
 import shutil
 from pathlib import Path
 
-from ._healing_helpers import MiB, check_every_replica, chunk_maps, wait_for
+from chunkfs.testing.cluster import wait_for
+
+from ._healing_helpers import MiB, check_every_replica, chunk_maps
 
 SIZE = 6 * MiB + 4321
 

@@ -7,7 +7,9 @@ import os
 import signal
 from pathlib import Path
 
-from ._healing_helpers import MiB, check_every_replica, chunk_maps, set_fast_timeouts, wait_for
+from chunkfs.testing.cluster import wait_for
+
+from ._healing_helpers import MiB, check_every_replica, chunk_maps, set_fast_timeouts
 
 SIZE = 4 * MiB
 

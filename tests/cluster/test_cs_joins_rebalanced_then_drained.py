@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import os
 
-from ._healing_helpers import MiB, check_every_replica, chunk_maps, wait_for
+from chunkfs.testing.cluster import wait_for
+
+from ._healing_helpers import MiB, check_every_replica, chunk_maps
 from .conftest import run_cli
 
 SIZE = 12 * MiB

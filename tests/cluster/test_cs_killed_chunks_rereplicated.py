@@ -8,7 +8,9 @@ import platform
 import time
 from pathlib import Path
 
-from ._healing_helpers import MiB, chunk_maps, wait_for
+from chunkfs.testing.cluster import wait_for
+
+from ._healing_helpers import MiB, chunk_maps
 from .conftest import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,7 +11,9 @@ import random
 import threading
 import time
 
-from ._healing_helpers import MiB, check_every_replica, chunk_maps, set_fast_timeouts, wait_for
+from chunkfs.testing.cluster import wait_for
+
+from ._healing_helpers import MiB, check_every_replica, chunk_maps, set_fast_timeouts
 
 SIZE = 6 * MiB
 PIECE = 128 << 10

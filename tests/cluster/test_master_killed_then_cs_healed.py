@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 
-from ._healing_helpers import MiB, check_every_replica, chunk_maps, set_fast_timeouts, wait_for
+from chunkfs.testing.cluster import wait_for
+
+from ._healing_helpers import MiB, check_every_replica, chunk_maps, set_fast_timeouts
 
 SIZE = 6 * MiB
 

@@ -10,8 +10,9 @@ import os
 from pathlib import Path
 
 from chunkfs.protocol.messages import Msg
+from chunkfs.testing.cluster import wait_for
 
-from ._healing_helpers import MiB, check_every_replica, chunk_maps, wait_for
+from ._healing_helpers import MiB, check_every_replica, chunk_maps
 
 SIZE = 2 * MiB
 

@@ -236,3 +236,15 @@ def master_id(client: SyncClient) -> int:
     if len(masters) != 1:
         raise Unavailable(f"expected one master, found {masters}")
     return int(masters[0])
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 90.0, pause: float = 0.25) -> Any:
+    """Poll `check` until it returns something true; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(pause)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what} (last: {last!r})")
