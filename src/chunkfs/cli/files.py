@@ -47,7 +47,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("local", type=Path, help="local file to write ('-' for standard output)")
     p = add("ls", cmd_ls, "list a directory")
     p.add_argument("path", nargs="?", default="/")
-    p.add_argument("-l", action="store_true", help="long listing: type, size, replicas, mtime")
+    p.add_argument("-l", action="store_true", help="long listing: type (f, d, l), size, replicas, mtime, link targets")
     p = add("rm", cmd_rm, "remove a file (or, with -r, a directory tree)")
     p.add_argument("path")
     p.add_argument("-r", "--recursive", action="store_true")
@@ -176,7 +176,8 @@ def _report(verb: str, path: str, size: int, started: float) -> None:
 
 
 async def cmd_ls(client: Client, args: argparse.Namespace) -> int:
-    attr = await client.resolve(args.path)
+    # Like ls: a link named last is listed itself with -l, followed without (or with a trailing "/").
+    attr = await client.resolve(args.path, follow=not args.l or args.path.endswith("/"))
     if attr["type"] != "d":
         entries = [(args.path.rstrip("/").rsplit("/", 1)[-1], attr["ino"], attr["type"])]
     else:
@@ -185,7 +186,8 @@ async def cmd_ls(client: Client, args: argparse.Namespace) -> int:
         if args.l:
             a = await client.getattr(ino)
             when = time.strftime("%Y-%m-%d %H:%M", time.localtime(a["mtime"]))
-            print(f"{kind} {a['size']:>14} {a['replicas']}:{a['min_replicas']:<3} {when}  {name}")
+            target = f" -> {a['target'].decode(errors='replace')}" if kind == "l" else ""
+            print(f"{kind} {a['size']:>14} {a['replicas']}:{a['min_replicas']:<3} {when}  {name}{target}")
         else:
             print(name + ("/" if kind == "d" else ""))
     return 0

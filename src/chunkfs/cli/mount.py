@@ -21,7 +21,11 @@ options (-o, comma-separated, may repeat):
   max_tasks=N                      requests served at once (default 64)
   exclusive                        lease each file opened for writing to this mount: another
                                    exclusive mount's open for writing fails with EBUSY
-  anything else                    passed to FUSE, e.g. allow_other, ro
+  uid=USER, gid=GROUP              the owner every file shows (name or number; default: the
+                                   mounting user); the kernel checks mode bits against it
+  private                          a root mount for root alone (by default a mount made by
+                                   root is open to every local user: allow_other)
+  anything else                    passed to FUSE, e.g. ro
 """
 
 

@@ -18,6 +18,7 @@ from chunkfs.client.chunk_io import ChunkIO
 from chunkfs.client.mds_link import MdsLink
 from chunkfs.common.config import ClientConfig, load_client_config
 from chunkfs.common.errors import InvalidArgument, IsADirectory, NotADirectory
+from chunkfs.common.names import check_name_length
 from chunkfs.protocol.messages import Msg
 from chunkfs.protocol.rpc import Credentials
 
@@ -31,6 +32,8 @@ def split_path(path: str) -> tuple[str, str]:
     parts = [p for p in path.split("/") if p]
     if not parts:
         raise InvalidArgument("the root directory has no parent")
+    for part in parts:
+        check_name_length(part)
     return "/" + "/".join(parts[:-1]), parts[-1]
 
 
@@ -61,9 +64,60 @@ class Client:
     async def mkdir_at(self, parent: int, name: str, mode: int = 0o755) -> dict[str, Any]:
         return (await self.mds.call(Msg.MKDIR, {"parent": parent, "name": name, "mode": mode}))["attr"]
 
-    async def create_at(self, parent: int, name: str, mode: int = 0o644, exclusive: bool = False) -> dict[str, Any]:
-        reply = await self.mds.call(Msg.CREATE, {"parent": parent, "name": name, "mode": mode, "exclusive": exclusive})
-        return reply["attr"]
+    async def create_at(
+        self, parent: int, name: str, mode: int = 0o644, exclusive: bool = False, *,
+        session: str | None = None, truncate: bool = False,
+    ) -> dict[str, Any]:
+        """Create a file (or, not `exclusive`, open the one there); `session`: a mount holds it open."""
+        header: dict[str, Any] = {"parent": parent, "name": name, "mode": mode, "exclusive": exclusive}
+        if session is not None:
+            header["session"] = session
+        if truncate:
+            header["truncate"] = True
+        attr = (await self.mds.call(Msg.CREATE, header))["attr"]
+        if truncate:
+            self.io.forget(attr["ino"])
+        return attr
+
+    async def symlink_at(self, parent: int, name: str, target: bytes) -> dict[str, Any]:
+        return (await self.mds.call(Msg.SYMLINK, {"parent": parent, "name": name, "target": target}))["attr"]
+
+    async def readlink(self, ino: int) -> bytes:
+        attr = await self.getattr(ino)
+        if attr["type"] != "l":
+            raise InvalidArgument(f"inode {ino} is not a symbolic link")
+        return bytes(attr["target"])
+
+    async def unlink_at(self, parent: int, name: str) -> None:
+        await self.mds.call(Msg.UNLINK, {"parent": parent, "name": name})
+
+    async def rmdir_at(self, parent: int, name: str) -> None:
+        await self.mds.call(Msg.RMDIR, {"parent": parent, "name": name})
+
+    async def rename_at(
+        self, parent: int, name: str, new_parent: int, new_name: str, noreplace: bool = False
+    ) -> None:
+        header: dict[str, Any] = {"parent": parent, "name": name, "new_parent": new_parent, "new_name": new_name}
+        if noreplace:
+            header["noreplace"] = True
+        await self.mds.call(Msg.RENAME, header)
+
+    # -- open files (the mount) ----------------------------------------------
+
+    async def open_ino(self, ino: int, session: str, truncate: bool = False) -> dict[str, Any]:
+        """Register `ino` as open by a mount's `session` (it outlives an unlink until released); its attributes."""
+        attr = (await self.mds.call(Msg.OPEN, {"ino": ino, "session": session, "truncate": truncate}))["attr"]
+        if truncate:
+            self.io.forget(ino)
+        return attr
+
+    async def release_ino(self, ino: int, session: str) -> None:
+        """The mount's last close of `ino`."""
+        await self.mds.call(Msg.RELEASE, {"ino": ino, "session": session})
+
+    async def renew_session(self, session: str, open_inos: list[int]) -> bool:
+        """Keep a mount's session alive, (re-)registering `open_inos`; False if the master did not know it."""
+        return bool((await self.mds.call(Msg.SESSION, {"session": session, "open": open_inos}))["known"])
 
     async def readdir(self, ino: int) -> list[tuple[str, int, str]]:
         entries: list[tuple[str, int, str]] = []
@@ -112,12 +166,18 @@ class Client:
 
     # -- path API ------------------------------------------------------------
 
-    async def resolve(self, path: str) -> dict[str, Any]:
-        return (await self.mds.call(Msg.RESOLVE, {"path": path}))["attr"]
+    async def resolve(self, path: str, follow: bool = False) -> dict[str, Any]:
+        """The inode at `path`; symbolic links on the way are followed, the last one only if `follow`."""
+        for part in path.split("/"):
+            check_name_length(part)
+        header: dict[str, Any] = {"path": path}
+        if follow:
+            header["follow"] = True
+        return (await self.mds.call(Msg.RESOLVE, header))["attr"]
 
     async def _parent(self, path: str) -> tuple[int, str]:
         parent_path, name = split_path(path)
-        parent = await self.resolve(parent_path)
+        parent = await self.resolve(parent_path, follow=True)
         if parent["type"] != "d":
             raise NotADirectory(f"{parent_path} is not a directory")
         return parent["ino"], name
@@ -140,19 +200,18 @@ class Client:
         return await self.create_at(parent, name, mode, exclusive)
 
     async def unlink(self, path: str) -> None:
-        parent, name = await self._parent(path)
-        await self.mds.call(Msg.UNLINK, {"parent": parent, "name": name})
+        await self.unlink_at(*await self._parent(path))
 
     async def rmdir(self, path: str) -> None:
-        parent, name = await self._parent(path)
-        await self.mds.call(Msg.RMDIR, {"parent": parent, "name": name})
+        await self.rmdir_at(*await self._parent(path))
 
     async def rename(self, old: str, new: str) -> None:
-        parent, name = await self._parent(old)
-        new_parent, new_name = await self._parent(new)
-        await self.mds.call(
-            Msg.RENAME, {"parent": parent, "name": name, "new_parent": new_parent, "new_name": new_name}
-        )
+        await self.rename_at(*await self._parent(old), *await self._parent(new))
+
+    async def symlink(self, target: str | bytes, path: str) -> dict[str, Any]:
+        """Make `path` a symbolic link to `target` (like ``ln -s target path``)."""
+        parent, name = await self._parent(path)
+        return await self.symlink_at(parent, name, target.encode() if isinstance(target, str) else target)
 
     async def set_replicas(self, path: str, replicas: int, min_replicas: int, recursive: bool = False) -> int:
         attr = await self.resolve(path)
@@ -161,7 +220,7 @@ class Client:
         return int(reply["changed"])
 
     async def open(self, path: str, create: bool = False, truncate: bool = False) -> File:
-        attr = await (self.create(path) if create else self.resolve(path))
+        attr = await (self.create(path) if create else self.resolve(path, follow=True))
         if attr["type"] == "d":
             raise IsADirectory(f"{path} is a directory")
         if truncate and attr["size"]:

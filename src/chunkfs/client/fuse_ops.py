@@ -36,11 +36,21 @@ every later call — the clear "not supported" the design asks for, never a
 fake.  (glibc's ``posix_fallocate`` then falls back to writing a zero byte
 per block, which is correct, merely not sparse.)
 
-What ChunkFS does not do fails clearly (DESIGN.md, "Not POSIX"): hard links,
-symbolic links and special files get ``EPERM``; extended attributes and ACLs
-get ``ENOTSUP``; ownership changes to another user get ``EPERM``;
-``renameat2`` flags get ``EINVAL`` (what the kernel answers for file systems
-that have no such flags).
+Open files outlive their names, as POSIX wants: every open registers the
+inode with the master under this mount's *session* (`chunkfs.mds.open_files`),
+and the last close releases it, so a file unlinked or renamed over while
+open here keeps its data until then (``fstat`` shows ``st_nlink`` 0).  The
+session is renewed every quarter of its lifetime; when the master does not
+know it (a new master), the mount re-sends every inode it holds open.
+
+``O_TRUNC`` arrives with the open (libfuse's atomic_o_trunc) and is done by
+the master in the same request as the open.
+
+What ChunkFS does not do fails clearly (DESIGN.md, "Not POSIX"): hard links
+and special files get ``EPERM``; extended attributes and ACLs get
+``ENOTSUP``; ownership changes to another user get ``EPERM`` (every file
+shows the mount's owner, ``-o uid=,gid=``); ``RENAME_EXCHANGE`` gets
+``EINVAL`` (what the kernel answers for file systems that do not offer it).
 """
 
 from __future__ import annotations
@@ -61,9 +71,10 @@ from typing import Any, ParamSpec, TypeVar
 import pyfuse3
 
 from chunkfs.client.client import ROOT_INO, Client
-from chunkfs.common.errors import Busy, ChunkFSError, NotFound
+from chunkfs.common.errors import Busy, ChunkFSError, ConfigError, NotFound
+from chunkfs.common.names import check_name_length
 from chunkfs.mds.leases import LEASE_TTL
-from chunkfs.protocol.messages import Msg
+from chunkfs.protocol.messages import SESSION_OPEN_PAGE, SESSION_TTL, Msg
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +88,8 @@ READDIR_PAGE = 64
 READDIR_ATTR_DEPTH = 32
 #: `statfs` asks the master at most this often (its answer walks every chunk).
 STATFS_CACHE_S = 2.0
+#: renameat2's flag (linux/fs.h): fail rather than replace an existing target.
+RENAME_NOREPLACE = 1
 #: Reported I/O block size: what `cp` and friends size their buffers by; the
 #: kernel sends writes of up to 1 MiB.
 BLOCK_SIZE = 1 << 20
@@ -122,6 +135,11 @@ class MountOptions:
     max_tasks: int = 64
     #: Files opened for writing are leased to this mount: no other exclusive mount may open them for writing.
     exclusive: bool = False
+    #: Owner shown for every file (ChunkFS keeps none): the mounting user unless ``-o uid=,gid=``.
+    uid: int | None = None
+    gid: int | None = None
+    #: Only the mounting user may use the mount, even when mounted by root (no allow_other).
+    private: bool = False
     #: Options passed to FUSE as they are (allow_other, ro, ...).
     fuse: set[str] = field(default_factory=set)
 
@@ -147,17 +165,32 @@ def parse_options(texts: list[str]) -> MountOptions:
                     opts.exclusive = True
                 elif key == "max_tasks":
                     opts.max_tasks = max(1, int(value))
+                elif key == "uid":
+                    opts.uid = _user_id(value)
+                elif key == "gid":
+                    opts.gid = _group_id(value)
+                elif key == "private":
+                    opts.private = True
                 else:
                     opts.fuse.add(item)
-            except ValueError:
-                from chunkfs.common.errors import ConfigError
-
+            except (ValueError, KeyError):
                 raise ConfigError(f"mount option {key}: bad value {value!r}") from None
     if opts.attr_timeout < 0 or opts.entry_timeout < 0:
-        from chunkfs.common.errors import ConfigError
-
         raise ConfigError("mount options attr_timeout and entry_timeout must not be negative")
     return opts
+
+
+def _user_id(value: str) -> int:
+    """A user by number or name (``uid=libvirt-qemu``)."""
+    import pwd
+
+    return int(value) if value.isdigit() else pwd.getpwnam(value).pw_uid
+
+
+def _group_id(value: str) -> int:
+    import grp
+
+    return int(value) if value.isdigit() else grp.getgrnam(value).gr_gid
 
 
 @dataclass(slots=True)
@@ -202,8 +235,13 @@ class ChunkFSOperations(pyfuse3.Operations):
         super().__init__()
         self.client = client
         self.opts = options
-        self.uid = os.getuid()
-        self.gid = os.getgid()
+        self.uid = os.getuid() if options.uid is None else options.uid
+        self.gid = os.getgid() if options.gid is None else options.gid
+        #: Who holds this mount's open files on the master (open_files.py); unique per mount process.
+        self.session = f"{client.creds.node}/{os.urandom(4).hex()}"
+        self._session_keeper: asyncio.Task[None] | None = None
+        #: Inodes closed here whose release the master has not confirmed.
+        self._unreleased: set[int] = set()
         self._fh = itertools.count(1)
         self.files: dict[int, OpenFile] = {}  # by inode
         self.handles: dict[int, OpenFile] = {}  # by file handle
@@ -232,9 +270,7 @@ class ChunkFSOperations(pyfuse3.Operations):
         e.entry_timeout = self.opts.entry_timeout
         e.attr_timeout = self.opts.attr_timeout
         e.st_mode = attr["mode"]
-        # Directories report 1 link: "unknown", so find/fts never take the
-        # nlink-2 leaf shortcut (ChunkFS does not count subdirectories).
-        e.st_nlink = 1
+        e.st_nlink = attr["nlink"]
         e.st_uid = self.uid
         e.st_gid = self.gid
         e.st_rdev = 0
@@ -252,6 +288,7 @@ class ChunkFSOperations(pyfuse3.Operations):
 
     @fuse_errors
     async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        check_name_length(name)
         return self._entry(await self.client.lookup(parent_inode, name.decode()))
 
     async def forget(self, inode_list: Any) -> None:
@@ -299,6 +336,7 @@ class ChunkFSOperations(pyfuse3.Operations):
     async def mkdir(
         self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
+        check_name_length(name)
         return self._entry(await self.client.mkdir_at(parent_inode, name.decode(), statmod.S_IMODE(mode)))
 
     @fuse_errors
@@ -307,11 +345,16 @@ class ChunkFSOperations(pyfuse3.Operations):
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         if not statmod.S_ISREG(mode) and statmod.S_IFMT(mode):
             raise pyfuse3.FUSEError(errno.EPERM)
+        check_name_length(name)
+        truncate = bool(flags & os.O_TRUNC)
         attr = await self.client.create_at(
-            parent_inode, name.decode(), statmod.S_IMODE(mode), exclusive=bool(flags & os.O_EXCL)
+            parent_inode, name.decode(), statmod.S_IMODE(mode), exclusive=bool(flags & os.O_EXCL),
+            session=self.session, truncate=truncate,
         )
         if attr["type"] != "f":
             raise pyfuse3.FUSEError(errno.EISDIR)
+        if truncate:
+            self._truncated(attr["ino"], attr["size"], attr["mtime"])
         lease = await self._lease(attr["ino"], flags)
         fi = self._open(attr, flags)
         self._leased(attr["ino"], lease)
@@ -323,43 +366,49 @@ class ChunkFSOperations(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         if not statmod.S_ISREG(mode):
             raise pyfuse3.FUSEError(errno.EPERM)  # no device files, FIFOs or sockets
+        check_name_length(name)
         return self._entry(await self.client.create_at(
             parent_inode, name.decode(), statmod.S_IMODE(mode), exclusive=True))
 
     @fuse_errors
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        await self.client.mds.call(Msg.UNLINK, {"parent": parent_inode, "name": name.decode()})
+        check_name_length(name)
+        await self.client.unlink_at(parent_inode, name.decode())
 
     @fuse_errors
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        await self.client.mds.call(Msg.RMDIR, {"parent": parent_inode, "name": name.decode()})
+        check_name_length(name)
+        await self.client.rmdir_at(parent_inode, name.decode())
 
     @fuse_errors
     async def rename(
         self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes, flags: int,
         ctx: pyfuse3.RequestContext,
     ) -> None:
-        if flags:
-            # RENAME_NOREPLACE / RENAME_EXCHANGE need an atomic check on the
-            # master, which it does not offer yet; callers fall back to rename().
+        if flags & ~RENAME_NOREPLACE:
+            # RENAME_EXCHANGE (and RENAME_WHITEOUT) are not offered by the master: what the
+            # kernel answers for file systems without them.
             raise pyfuse3.FUSEError(errno.EINVAL)
-        await self.client.mds.call(Msg.RENAME, {
-            "parent": parent_inode_old, "name": name_old.decode(),
-            "new_parent": parent_inode_new, "new_name": name_new.decode(),
-        })
+        check_name_length(name_old)
+        check_name_length(name_new)
+        await self.client.rename_at(parent_inode_old, name_old.decode(), parent_inode_new, name_new.decode(),
+                                    noreplace=bool(flags & RENAME_NOREPLACE))
 
     async def link(
         self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         raise pyfuse3.FUSEError(errno.EPERM)  # no hard links in ChunkFS
 
+    @fuse_errors
     async def symlink(
         self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        raise pyfuse3.FUSEError(errno.EPERM)  # no symbolic links in ChunkFS
+        check_name_length(name)
+        return self._entry(await self.client.symlink_at(parent_inode, name.decode(), target))
 
+    @fuse_errors
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
-        raise pyfuse3.FUSEError(errno.EINVAL)
+        return await self.client.readlink(inode)
 
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
         raise pyfuse3.FUSEError(errno.ENOTSUP)  # no extended attributes, so no ACLs
@@ -446,6 +495,8 @@ class ChunkFSOperations(pyfuse3.Operations):
         elif not of.dirty:
             of.size, of.mtime = attr["size"], attr["mtime"]
         of.refs += 1
+        if self._session_keeper is None:
+            self._session_keeper = asyncio.get_running_loop().create_task(self._keep_session())
         fh = next(self._fh)
         self.handles[fh] = of
         # O_DIRECT (qemu cache=none, databases) bypasses the page cache: every
@@ -456,13 +507,17 @@ class ChunkFSOperations(pyfuse3.Operations):
     @fuse_errors
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         of = self.files.get(inode)
-        if of is not None and of.dirty:
-            attr = {"ino": inode, "size": of.size, "mtime": of.mtime}
+        truncate = bool(flags & os.O_TRUNC)
+        if of is not None and of.dirty and not truncate:
+            attr = {"ino": inode, "size": of.size, "mtime": of.mtime}  # already held open by this mount
         else:
-            # Close-to-open: a file opened here sees what other mounts closed.
-            attr = await self.client.getattr(inode)
+            # Close-to-open: a file opened here sees what other mounts closed.  The
+            # master holds the file for this mount from now on (and truncates it for O_TRUNC).
+            attr = await self.client.open_ino(inode, self.session, truncate)
             if attr["type"] == "d":
                 raise pyfuse3.FUSEError(errno.EISDIR)
+            if truncate:
+                self._truncated(inode, attr["size"], attr["mtime"])
         lease = await self._lease(inode, flags)
         fi = self._open(attr, flags)
         self._leased(inode, lease)
@@ -532,8 +587,28 @@ class ChunkFSOperations(pyfuse3.Operations):
             logger.error("write to inode %d refused: the exclusive lease could not be renewed in time", of.ino)
             raise pyfuse3.FUSEError(errno.EIO)
 
+    # -- the session that holds open files ------------------------------------
+
+    async def _keep_session(self) -> None:
+        """Renew this mount's session; re-send what it holds open when the master does not know it."""
+        while True:
+            try:
+                if not await self.client.renew_session(self.session, []):
+                    held = sorted(self.files)
+                    for start in range(0, len(held), SESSION_OPEN_PAGE):
+                        await self.client.renew_session(self.session, held[start:start + SESSION_OPEN_PAGE])
+                    logger.info("master did not know session %s: re-registered %d open file(s)",
+                                self.session, len(held))
+            except ChunkFSError as exc:
+                logger.warning("could not renew mount session %s (%s); retrying", self.session, exc)
+            for ino in [i for i in self._unreleased if i not in self.files]:
+                await self._release_ino(ino)
+            await asyncio.sleep(SESSION_TTL / 4)
+
     async def close(self) -> None:
         """Stop renewing and hand back every lease (at unmount)."""
+        if self._session_keeper is not None:
+            self._session_keeper.cancel()
         if self._renewer is not None:
             self._renewer.cancel()
         held = [self._release_lease(of) for of in list(self.files.values())]
@@ -601,6 +676,16 @@ class ChunkFSOperations(pyfuse3.Operations):
             if of.refs <= 0 and self.files.get(of.ino) is of and not of.dirty:
                 del self.files[of.ino]
                 await self._release_lease(of)
+                await self._release_ino(of.ino)
+
+    async def _release_ino(self, ino: int) -> None:
+        try:
+            await self.client.release_ino(ino, self.session)
+            self._unreleased.discard(ino)
+        except ChunkFSError as exc:
+            # Until released, an unlinked file keeps its space: the session keeper tries again.
+            logger.info("could not release inode %d on the master (%s); retrying", ino, exc)
+            self._unreleased.add(ino)
 
     # -- the file system -------------------------------------------------------
 

@@ -111,8 +111,19 @@ def set_readahead(mountpoint: Path, kib: int) -> None:
 
 
 def fuse_options(cluster: str, opts: MountOptions) -> set[str]:
-    options = set(pyfuse3.default_options)  # default_permissions: the kernel checks mode bits
+    """FUSE's options for a mount.
+
+    ``default_permissions``: the kernel checks mode bits against the owner
+    every file shows (the mounting user, or ``-o uid=,gid=``).  A mount made
+    by root is for the whole machine (``allow_other``), as a local disk is:
+    services that run as their own user — qemu under libvirt, a database —
+    can then open what the mode bits allow them (``-o private`` keeps it to
+    root alone).
+    """
+    options = set(pyfuse3.default_options)
     options |= {f"fsname=chunkfs:{cluster}", "subtype=chunkfs", "noatime"}
+    if os.geteuid() == 0 and not opts.private:
+        options.add("allow_other")
     return options | opts.fuse
 
 

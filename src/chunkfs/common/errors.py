@@ -70,6 +70,20 @@ class InvalidArgument(ChunkFSError):
     errno = _errno.EINVAL
 
 
+class NameTooLong(InvalidArgument):
+    """File name too long."""
+
+    code = "name_too_long"
+    errno = _errno.ENAMETOOLONG
+
+
+class SymlinkLoop(ChunkFSError):
+    """Too many levels of symbolic links."""
+
+    code = "symlink_loop"
+    errno = _errno.ELOOP
+
+
 class NotSupported(ChunkFSError):
     """Operation not supported by ChunkFS."""
 
@@ -157,7 +171,7 @@ class InternalError(ChunkFSError):
 _BY_CODE: dict[str, type[ChunkFSError]] = {
     cls.code: cls
     for cls in (
-        NotFound, Exists, NotADirectory, IsADirectory, DirectoryNotEmpty, InvalidArgument,
+        NotFound, Exists, NotADirectory, IsADirectory, DirectoryNotEmpty, InvalidArgument, NameTooLong, SymlinkLoop,
         NotSupported, NoSpace, AuthenticationFailed, ProtocolError, StaleVersion,
         ChecksumMismatch, NotMaster, Unavailable, Timeout, ConfigError, InternalError, Busy,
     )

@@ -30,6 +30,7 @@ from chunkfs.common.errors import (
 from chunkfs.mds.cluster_view import ClusterView
 from chunkfs.mds.leases import LeaseTable
 from chunkfs.mds.metrics import MdsMetrics
+from chunkfs.mds.open_files import OpenFileTable, OrphanReaper, int_list
 from chunkfs.mds.replicated_log import ReplicatedLog
 from chunkfs.mds.replication import ReplicationMonitor
 from chunkfs.mds.store import Chunk, MetadataStore, encode_command
@@ -94,6 +95,9 @@ class MetadataServer:
         self.healing = ReplicationMonitor(self)
         #: Exclusive file leases (soft state, reclaimed by holders after a master change).
         self.leases = LeaseTable()
+        #: Files mounts hold open (soft state) and the freeing of unlinked ones (open_files.py).
+        self.open_files = OpenFileTable()
+        self.reaper = OrphanReaper(self)
         #: Operators' view (cluster_view.py) and /metrics + dashboard (metrics.py).
         self.view = ClusterView(self)
         self.metrics = MdsMetrics(self)
@@ -125,6 +129,8 @@ class MetadataServer:
         self._master_since = time.monotonic()
         self.healing.start()
         self.leases.start_grace()
+        self.open_files.start_grace()
+        self.reaper.start()
         await self._register_self()
         await self._event("info", f"MDS#{self.node.node_id} is the master (term {self.log.term}) at {self.node.addr}")
 
@@ -256,7 +262,7 @@ class MetadataServer:
 
     async def _on_resolve(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
         await self.log.read_barrier()
-        return {"attr": self.store.resolve(h["path"])}
+        return {"attr": self.store.resolve(h["path"], follow=h.get("follow", False))}
 
     async def _on_readdir(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
         await self.log.read_barrier()
@@ -268,29 +274,86 @@ class MetadataServer:
         return {"attr": attr}
 
     async def _on_create(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
-        attr = await self._propose(
-            "create", parent=h["parent"], name=h["name"], mode=h["mode"], exclusive=h["exclusive"], time=time.time()
+        result = await self._propose(
+            "create", parent=h["parent"], name=h["name"], mode=h["mode"], exclusive=h["exclusive"],
+            truncate=h.get("truncate", False), time=time.time(),
         )
+        self._delete_replicas(result["dropped"])
+        attr = result["attr"]
+        if h.get("session"):
+            attr = self._register_open(h["session"], attr["ino"])
         return {"attr": attr}
+
+    async def _on_symlink(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
+        attr = await self._propose("symlink", parent=h["parent"], name=h["name"], target=h["target"],
+                                   time=time.time())
+        return {"attr": attr}
+
+    async def _on_open(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
+        ino = h["ino"]
+        if h["truncate"]:
+            await self._setattr(ino, {"size": 0})
+        else:
+            await self.log.read_barrier()
+        return {"attr": self._register_open(h["session"], ino)}
+
+    def _register_open(self, session: str, ino: int) -> dict[str, Any]:
+        """Hold `ino` open for `session`: read and register with no await between (see open_files.py)."""
+        attr = self.store.getattr(ino)
+        if attr["type"] == "f":
+            self.open_files.open(session, ino)
+        return attr
+
+    async def _on_release(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
+        if self.open_files.release(h["session"], h["ino"]):
+            self.reaper.consider(h["ino"])
+        return {}
+
+    async def _on_session(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
+        inos = int_list(h["open"], "open")
+        known = self.open_files.renew(h["session"])
+        for ino in inos:
+            self.open_files.open(h["session"], ino)
+        if inos:
+            logger.info("mount session %s re-registered %d open file(s)", h["session"], len(inos))
+        return {"known": known}
 
     async def _on_setattr(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
         args = {k: h[k] for k in ("size", "mode", "mtime", "atime") if h.get(k) is not None}
+        return {"attr": await self._setattr(h["ino"], args)}
+
+    async def _setattr(self, ino: int, args: dict[str, Any]) -> dict[str, Any]:
         if "size" in args:
-            await self._cut_boundary_chunk(h["ino"], args["size"])
-        result = await self._propose("setattr", ino=h["ino"], time=time.time(), **args)
+            await self._cut_boundary_chunk(ino, args["size"])
+        result = await self._propose("setattr", ino=ino, time=time.time(), **args)
         self._delete_replicas(result["dropped"])
-        return {"attr": result["attr"]}
+        return dict(result["attr"])
+
+    async def _remove_name(self, op: str, in_dir: int, entry: str, args: dict[str, Any]) -> None:
+        """Unlink, or rename over, a name: free the file at once only if no mount holds it open.
+
+        The decision is for the inode the name has now; if another change
+        moves names before this one applies, the store keeps the file as an
+        orphan instead, and the reaper frees it (never the other way round).
+        """
+        ino = self.store.child_ino(in_dir, entry) or 0
+        free = ino if ino and not self.open_files.held(ino) else 0
+        if free:
+            self.open_files.freeing.add(free)
+        try:
+            result = await self._propose(op, time=time.time(), free_ino=free, **args)
+        finally:
+            self.open_files.freeing.discard(free)
+        self._delete_replicas(result["dropped"])
+        if result["orphan"]:
+            self.reaper.consider(result["orphan"])
 
     async def _on_rename(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
-        dropped = await self._propose(
-            "rename", parent=h["parent"], name=h["name"], new_parent=h["new_parent"], new_name=h["new_name"],
-            time=time.time(),
-        )
-        self._delete_replicas(dropped)
+        await self._remove_name("rename", h["new_parent"], h["new_name"], h)
         return {}
 
     async def _on_unlink(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
-        self._delete_replicas(await self._propose("unlink", parent=h["parent"], name=h["name"], time=time.time()))
+        await self._remove_name("unlink", h["parent"], h["name"], h)
         return {}
 
     async def _on_rmdir(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:

@@ -38,12 +38,13 @@ from chunkfs.common.errors import (
     NotADirectory,
     NotFound,
     StaleVersion,
+    SymlinkLoop,
 )
+from chunkfs.common.names import check_name, check_name_length, check_symlink_target
 
 logger = logging.getLogger(__name__)
 
 ROOT_INO = 1
-MAX_NAME_LEN = 255
 DEFAULT_REPLICAS = 3
 DEFAULT_MIN_REPLICAS = 2
 MAX_REPLICAS = 16
@@ -60,7 +61,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS inodes (
     ino INTEGER PRIMARY KEY, type TEXT NOT NULL, mode INTEGER NOT NULL, size INTEGER NOT NULL,
     atime REAL NOT NULL, mtime REAL NOT NULL, ctime REAL NOT NULL,
-    replicas INTEGER NOT NULL, min_replicas INTEGER NOT NULL);
+    replicas INTEGER NOT NULL, min_replicas INTEGER NOT NULL, nlink INTEGER NOT NULL DEFAULT 1);
 CREATE TABLE IF NOT EXISTS dentries (
     parent INTEGER NOT NULL, name TEXT NOT NULL, ino INTEGER NOT NULL,
     PRIMARY KEY (parent, name)) WITHOUT ROWID;
@@ -76,7 +77,13 @@ CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY, time REAL NOT NULL, level TEXT NOT NULL, message TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS placement (ino INTEGER PRIMARY KEY, domain TEXT NOT NULL, tier INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS symlinks (ino INTEGER PRIMARY KEY, target BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS orphans (ino INTEGER PRIMARY KEY, since REAL NOT NULL);
 """
+#: Symbolic links followed while resolving one path (Linux's limit).
+MAX_SYMLINK_HOPS = 40
+#: Mode bits by inode type ("f" file, "d" directory, "l" symbolic link).
+_TYPE_BITS = {"f": statmod.S_IFREG, "d": statmod.S_IFDIR, "l": statmod.S_IFLNK}
 
 
 @dataclass(slots=True, frozen=True)
@@ -100,13 +107,6 @@ def _replicas_of(text: str) -> tuple[int, ...]:
     return tuple(int(x) for x in text.split(",")) if text else ()
 
 
-def check_name(name: str) -> None:
-    if not name or name in (".", "..") or "/" in name or "\0" in name:
-        raise InvalidArgument(f"bad file name {name!r}")
-    if len(name.encode()) > MAX_NAME_LEN:
-        raise InvalidArgument(f"file name longer than {MAX_NAME_LEN} bytes")
-
-
 class MetadataStore:
     """The namespace, the chunk map and the chunk-server registry."""
 
@@ -124,7 +124,7 @@ class MetadataStore:
                 self._set_meta("event_seq", 0)
                 self._set_meta("chunk_size", chunk_size)
                 self.db.execute(
-                    "INSERT INTO inodes VALUES (?, 'd', ?, 0, 0, 0, 0, ?, ?)",
+                    "INSERT INTO inodes VALUES (?, 'd', ?, 0, 0, 0, 0, ?, ?, 2)",
                     (ROOT_INO, 0o755, DEFAULT_REPLICAS, DEFAULT_MIN_REPLICAS),
                 )
 
@@ -133,6 +133,18 @@ class MetadataStore:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring a store written by an older version up to this schema (deterministically: every member does it)."""
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(inodes)")}
+        if "nlink" not in columns:
+            with self._tx():
+                self.db.execute("ALTER TABLE inodes ADD COLUMN nlink INTEGER NOT NULL DEFAULT 1")
+                self.db.execute(
+                    "UPDATE inodes SET nlink = 2 + (SELECT COUNT(*) FROM dentries d JOIN inodes c ON c.ino = d.ino "
+                    "WHERE d.parent = inodes.ino AND c.type = 'd') WHERE type = 'd'"
+                )
 
     def close(self) -> None:
         self.db.close()
@@ -200,17 +212,34 @@ class MetadataStore:
         return self._make_node(parent, name, "d", mode, time)
 
     def _op_create(
-        self, term: int, parent: int, name: str, mode: int, time: float, exclusive: bool
+        self, term: int, parent: int, name: str, mode: int, time: float, exclusive: bool, truncate: bool = False
     ) -> dict[str, Any]:
+        """Create a file, or (not `exclusive`) open the one there, cut to size 0 if `truncate` (O_TRUNC).
+
+        A truncated file's chunks are in the result's ``dropped`` list: the
+        master deletes their replicas.
+        """
+        check_name_length(name)
         existing = self._child(parent, name)
-        if existing is not None:
-            if exclusive:
-                raise Exists(f"{name!r} already exists")
-            attr = self.getattr(existing)
-            if attr["type"] == "d":
-                raise IsADirectory(f"{name!r} is a directory")
-            return attr
-        return self._make_node(parent, name, "f", mode, time)
+        if existing is None:
+            return {"attr": self._make_node(parent, name, "f", mode, time), "dropped": []}
+        if exclusive:
+            raise Exists(f"{name!r} already exists")
+        attr = self.getattr(existing)
+        if attr["type"] == "d":
+            raise IsADirectory(f"{name!r} is a directory")
+        if attr["type"] != "f":
+            raise Exists(f"{name!r} exists and is not a regular file")
+        if not truncate:
+            return {"attr": attr, "dropped": []}
+        return self._op_setattr(term, existing, time, size=0)
+
+    def _op_symlink(self, term: int, parent: int, name: str, target: bytes, time: float) -> dict[str, Any]:
+        check_symlink_target(target)
+        attr = self._make_node(parent, name, "l", 0o777, time)
+        self.db.execute("INSERT INTO symlinks VALUES (?, ?)", (attr["ino"], target))
+        self.db.execute("UPDATE inodes SET size = ? WHERE ino = ?", (len(target), attr["ino"]))
+        return self.getattr(attr["ino"])
 
     def _make_node(self, parent: int, name: str, kind: str, mode: int, time: float) -> dict[str, Any]:
         check_name(name)
@@ -219,11 +248,14 @@ class MetadataStore:
             raise Exists(f"{name!r} already exists")
         ino = self._next("next_ino")
         self.db.execute(
-            "INSERT INTO inodes VALUES (?, ?, ?, 0, ?, ?, ?, ?, ?)",
-            (ino, kind, mode & 0o7777, time, time, time, pattr["replicas"], pattr["min_replicas"]),
+            "INSERT INTO inodes VALUES (?, ?, ?, 0, ?, ?, ?, ?, ?, ?)",
+            (ino, kind, mode & 0o7777, time, time, time, pattr["replicas"], pattr["min_replicas"],
+             2 if kind == "d" else 1),
         )
         self.db.execute("INSERT INTO dentries VALUES (?, ?, ?)", (parent, name, ino))
-        self.db.execute("UPDATE inodes SET mtime = ?, ctime = ? WHERE ino = ?", (time, time, parent))
+        # A new subdirectory's ".." is one more link to its parent.
+        self.db.execute("UPDATE inodes SET mtime = ?, ctime = ?, nlink = nlink + ? WHERE ino = ?",
+                        (time, time, int(kind == "d"), parent))
         # Failure domain and tier are inherited like replicas (no row: the defaults).
         self.db.execute("INSERT INTO placement SELECT ?, domain, tier FROM placement WHERE ino = ?", (ino, parent))
         return self.getattr(ino)
@@ -240,9 +272,13 @@ class MetadataStore:
     ) -> dict[str, Any]:
         attr = self.getattr(ino)
         dropped: list[Chunk] = []
+        # Any change of attributes is a change of the inode: ctime (POSIX), also for utimensat.
+        self.db.execute("UPDATE inodes SET ctime = ? WHERE ino = ?", (time, ino))
         if size is not None:
             if attr["type"] == "d":
                 raise IsADirectory("cannot set the size of a directory")
+            if attr["type"] != "f":
+                raise InvalidArgument("only a regular file has a size to set")
             if size < 0:
                 raise InvalidArgument("size must not be negative")
             first_dropped = -(-size // self.chunk_size)
@@ -267,20 +303,63 @@ class MetadataStore:
         )
         return self.getattr(ino)
 
-    def _op_unlink(self, term: int, parent: int, name: str, time: float) -> list[Chunk]:
+    def _op_unlink(self, term: int, parent: int, name: str, time: float, free_ino: int = 0) -> dict[str, Any]:
+        """Remove a name; see `_remove_entry` for what happens to a file's inode and chunks."""
         ino = self._existing_child(parent, name)
         if self.getattr(ino)["type"] == "d":
             raise IsADirectory(f"{name!r} is a directory: use rmdir")
-        return self._remove_file(parent, name, ino, time)
-
-    def _remove_file(self, parent: int, name: str, ino: int, time: float) -> list[Chunk]:
-        dropped = self._chunks_from(ino, 0)
-        self.db.execute("DELETE FROM chunks WHERE ino = ?", (ino,))
-        self.db.execute("DELETE FROM dentries WHERE parent = ? AND name = ?", (parent, name))
-        self.db.execute("DELETE FROM inodes WHERE ino = ?", (ino,))
-        self.db.execute("DELETE FROM placement WHERE ino = ?", (ino,))
+        result = self._remove_entry(parent, name, ino, time, free_ino)
         self.db.execute("UPDATE inodes SET mtime = ?, ctime = ? WHERE ino = ?", (time, time, parent))
+        return result
+
+    def _remove_entry(self, parent: int, name: str, ino: int, time: float, free_ino: int) -> dict[str, Any]:
+        """Take a file's or a link's name away.
+
+        A regular file may still be open in some mount (POSIX: it lives until
+        its last close), which only the master's soft state knows.  So the
+        file is freed here only when the master said so for exactly this inode
+        (`free_ino`, decided when it proposed the command); otherwise it
+        becomes an *orphan*: no name, ``nlink`` 0, chunks kept, freed by a
+        later ``free_orphans`` once no mount holds it.  The result names the
+        chunks to delete and the orphan made, if any.
+        """
+        self.db.execute("DELETE FROM dentries WHERE parent = ? AND name = ?", (parent, name))
+        if self.getattr(ino)["type"] == "f" and free_ino != ino:
+            self.db.execute("UPDATE inodes SET nlink = 0, ctime = ? WHERE ino = ?", (time, ino))
+            self.db.execute("INSERT OR REPLACE INTO orphans VALUES (?, ?)", (ino, time))
+            return {"dropped": [], "orphan": ino}
+        return {"dropped": self._free_inode(ino), "orphan": 0}
+
+    def _free_inode(self, ino: int) -> list[Chunk]:
+        dropped = self._chunks_from(ino, 0)
+        for table in ("chunks", "inodes", "placement", "symlinks", "orphans"):
+            self.db.execute(f"DELETE FROM {table} WHERE ino = ?", (ino,))  # noqa: S608 - fixed names
         return dropped
+
+    def _op_free_orphans(self, term: int, inos: list[int]) -> list[Chunk]:
+        """Free orphaned files no mount holds open any more; inodes that are not orphans are left alone."""
+        dropped: list[Chunk] = []
+        for ino in inos:
+            if self.db.execute("SELECT 1 FROM orphans WHERE ino = ?", (ino,)).fetchone() is not None:
+                dropped.extend(self._free_inode(ino))
+        return dropped
+
+    def orphans(self, limit: int) -> list[int]:
+        """Files without a name, kept while a mount may hold them open (oldest first)."""
+        return [int(r[0]) for r in self.db.execute("SELECT ino FROM orphans ORDER BY since LIMIT ?", (limit,))]
+
+    def orphans_among(self, inos: list[int]) -> list[int]:
+        out: list[int] = []
+        for start in range(0, len(inos), 500):
+            part = inos[start:start + 500]
+            marks = ",".join("?" * len(part))
+            out.extend(int(r[0]) for r in self.db.execute(
+                f"SELECT ino FROM orphans WHERE ino IN ({marks})", part))  # noqa: S608 - only placeholders
+        return out
+
+    def child_ino(self, parent: int, name: str) -> int | None:
+        """The inode named `name` in `parent`, if any (no checks: for the master's own decisions)."""
+        return self._child(parent, name)
 
     def _op_rmdir(self, term: int, parent: int, name: str, time: float) -> None:
         ino = self._existing_child(parent, name)
@@ -288,13 +367,16 @@ class MetadataStore:
         if self.db.execute("SELECT 1 FROM dentries WHERE parent = ? LIMIT 1", (ino,)).fetchone():
             raise DirectoryNotEmpty(f"directory {name!r} is not empty")
         self.db.execute("DELETE FROM dentries WHERE parent = ? AND name = ?", (parent, name))
-        self.db.execute("DELETE FROM inodes WHERE ino = ?", (ino,))
-        self.db.execute("DELETE FROM placement WHERE ino = ?", (ino,))
-        self.db.execute("UPDATE inodes SET mtime = ?, ctime = ? WHERE ino = ?", (time, time, parent))
+        self._free_inode(ino)
+        self.db.execute("UPDATE inodes SET mtime = ?, ctime = ?, nlink = nlink - 1 WHERE ino = ?",
+                        (time, time, parent))
 
     def _op_rename(
-        self, term: int, parent: int, name: str, new_parent: int, new_name: str, time: float
-    ) -> list[Chunk]:
+        self, term: int, parent: int, name: str, new_parent: int, new_name: str, time: float, free_ino: int = 0,
+        noreplace: bool = False,
+    ) -> dict[str, Any]:
+        """Move a name; a file or link it replaces goes as with unlink (`_remove_entry`)."""
+        check_name_length(name)
         check_name(new_name)
         ino = self._existing_child(parent, name)
         self._dir_attr(new_parent)
@@ -306,11 +388,13 @@ class MetadataStore:
                 if cursor == ino:
                     raise InvalidArgument("cannot move a directory inside itself")
                 cursor = self._parent_of(cursor)
-        dropped: list[Chunk] = []
+        result: dict[str, Any] = {"dropped": [], "orphan": 0}
         target = self._child(new_parent, new_name)
         if target == ino:
-            return dropped
+            return result
         if target is not None:
+            if noreplace:
+                raise Exists(f"{new_name!r} already exists")
             tkind = self.getattr(target)["type"]
             if kind == "d" and tkind != "d":
                 raise NotADirectory(f"{new_name!r} is not a directory")
@@ -319,7 +403,7 @@ class MetadataStore:
             if tkind == "d":
                 self._op_rmdir(term, new_parent, new_name, time)
             else:
-                dropped = self._remove_file(new_parent, new_name, target, time)
+                result = self._remove_entry(new_parent, new_name, target, time, free_ino)
         self.db.execute(
             "UPDATE dentries SET parent = ?, name = ? WHERE parent = ? AND name = ?",
             (new_parent, new_name, parent, name),
@@ -328,7 +412,11 @@ class MetadataStore:
         self.db.execute(
             "UPDATE inodes SET mtime = ?, ctime = ? WHERE ino IN (?, ?)", (time, time, parent, new_parent)
         )
-        return dropped
+        if kind == "d" and parent != new_parent:
+            # The moved directory's ".." now links to its new parent.
+            self.db.execute("UPDATE inodes SET nlink = nlink - 1 WHERE ino = ?", (parent,))
+            self.db.execute("UPDATE inodes SET nlink = nlink + 1 WHERE ino = ?", (new_parent,))
+        return result
 
     def _op_set_replicas(
         self, term: int, ino: int, replicas: int, min_replicas: int, recursive: bool
@@ -475,25 +563,28 @@ class MetadataStore:
 
     def getattr(self, ino: int) -> dict[str, Any]:
         row = self.db.execute(
-            "SELECT type, mode, size, atime, mtime, ctime, replicas, min_replicas, p.domain, p.tier "
-            "FROM inodes i LEFT JOIN placement p USING (ino) WHERE ino = ?", (ino,)
+            "SELECT type, mode, size, atime, mtime, ctime, replicas, min_replicas, nlink, p.domain, p.tier, s.target "
+            "FROM inodes i LEFT JOIN placement p USING (ino) LEFT JOIN symlinks s USING (ino) WHERE ino = ?", (ino,)
         ).fetchone()
         if row is None:
             raise NotFound(f"inode {ino} does not exist")
-        kind, mode, size, atime, mtime, ctime, replicas, min_replicas, domain, tier = row
-        return {
-            "ino": ino, "type": kind,
-            "mode": mode | (statmod.S_IFDIR if kind == "d" else statmod.S_IFREG),
+        kind, mode, size, atime, mtime, ctime, replicas, min_replicas, nlink, domain, tier, target = row
+        attr = {
+            "ino": ino, "type": kind, "mode": mode | _TYPE_BITS[kind], "nlink": nlink,
             "size": size, "atime": atime, "mtime": mtime, "ctime": ctime,
             "replicas": replicas, "min_replicas": min_replicas,
             "failure_domain": domain or DEFAULT_FAILURE_DOMAIN, "tier": tier or 0,
         }
+        if target is not None:
+            attr["target"] = bytes(target)
+        return attr
 
     def _child(self, parent: int, name: str) -> int | None:
         row = self.db.execute("SELECT ino FROM dentries WHERE parent = ? AND name = ?", (parent, name)).fetchone()
         return None if row is None else int(row[0])
 
     def _existing_child(self, parent: int, name: str) -> int:
+        check_name_length(name)
         self._dir_attr(parent)
         ino = self._child(parent, name)
         if ino is None:
@@ -513,15 +604,38 @@ class MetadataStore:
     def lookup(self, parent: int, name: str) -> dict[str, Any]:
         return self.getattr(self._existing_child(parent, name))
 
-    def resolve(self, path: str) -> dict[str, Any]:
-        ino = ROOT_INO
-        for part in (p for p in path.split("/") if p):
-            self._dir_attr(ino)
-            child = self._child(ino, part)
+    def resolve(self, path: str, follow: bool = False) -> dict[str, Any]:
+        """The inode at `path` from the root, following symbolic links on the way (and at the end if `follow`).
+
+        A link's target is taken relative to the cluster's root when
+        absolute, else to the link's directory, as a mount would see it.
+        """
+        parts = [p for p in path.split("/") if p and p != "."]
+        stack = [ROOT_INO]  # the directories walked, for ".."
+        hops = 0
+        while parts:
+            part = parts.pop(0)
+            self._dir_attr(stack[-1])
+            if part == "..":
+                if len(stack) > 1:
+                    stack.pop()
+                continue
+            check_name_length(part)
+            child = self._child(stack[-1], part)
             if child is None:
                 raise NotFound(f"{path}: no such file or directory")
-            ino = child
-        return self.getattr(ino)
+            attr = self.getattr(child)
+            if attr["type"] == "l" and (parts or follow):
+                hops += 1
+                if hops > MAX_SYMLINK_HOPS:
+                    raise SymlinkLoop(f"{path}: more than {MAX_SYMLINK_HOPS} symbolic links on the way")
+                target = attr["target"].decode(errors="surrogateescape")
+                if target.startswith("/"):
+                    stack = [ROOT_INO]
+                parts = [p for p in target.split("/") if p and p != "."] + parts
+                continue
+            stack.append(child)
+        return self.getattr(stack[-1])
 
     def readdir(self, ino: int, after: str, limit: int) -> tuple[list[list[Any]], bool]:
         self._dir_attr(ino)

@@ -39,6 +39,10 @@ class Msg(enum.IntEnum):
     UNLINK = 18
     RMDIR = 19
     SET_REPLICAS = 20
+    OPEN = 21
+    RELEASE = 22
+    SYMLINK = 23
+    SESSION = 24
     # Client -> MDS: chunks.
     CHUNK_READ = 30
     CHUNK_WRITE = 31
@@ -73,6 +77,12 @@ class Msg(enum.IntEnum):
     SET_CONFIG = 91
     RM_CS = 92
     SET_PLACEMENT = 93
+
+
+#: A mount's session lasts this long without renewal, seconds; mounts renew every quarter of it.
+SESSION_TTL = 10.0
+#: Inodes per SESSION message when a mount re-sends the files it holds open.
+SESSION_OPEN_PAGE = 1000
 
 
 @dataclass(slots=True, frozen=True)
@@ -116,9 +126,25 @@ SPECS: dict[Msg, MessageSpec] = {
     )),
     Msg.LOOKUP: MessageSpec(_ENTRY, _ATTR),
     Msg.GETATTR: MessageSpec((f("ino", int),), _ATTR),
-    Msg.RESOLVE: MessageSpec((f("path", str),), _ATTR),
+    # `follow`: follow a symbolic link in the last component too (links on the way are always followed).
+    Msg.RESOLVE: MessageSpec((f("path", str), f("follow", bool, optional=True)), _ATTR),
     Msg.MKDIR: MessageSpec((*_ENTRY, f("mode", int)), _ATTR),
-    Msg.CREATE: MessageSpec((*_ENTRY, f("mode", int), f("exclusive", bool)), _ATTR),
+    # With `session`, the new (or existing) file is registered as open by that mount (see OPEN);
+    # `truncate` cuts an existing file to size 0 (O_TRUNC).
+    Msg.CREATE: MessageSpec(
+        (*_ENTRY, f("mode", int), f("exclusive", bool), f("session", str, optional=True),
+         f("truncate", bool, optional=True)),
+        _ATTR,
+    ),
+    # A mount opens a file: the master registers it as held by the mount's session (an unlinked
+    # file lives on while held) and answers its attributes; `truncate` is O_TRUNC.
+    Msg.OPEN: MessageSpec((f("ino", int), f("session", str), f("truncate", bool)), _ATTR),
+    # The mount's last close of a file.
+    Msg.RELEASE: MessageSpec((f("ino", int), f("session", str)), ()),
+    # A mount's session renewal, with inodes it holds open (re-sent in pages when the
+    # master answers known=False: a new master, or a session that had expired).
+    Msg.SESSION: MessageSpec((f("session", str), f("open", list)), (f("known", bool),)),
+    Msg.SYMLINK: MessageSpec((*_ENTRY, f("target", bytes)), _ATTR),
     Msg.READDIR: MessageSpec(
         (f("ino", int), f("after", str), f("limit", int)),
         (f("entries", list), f("more", bool)),
@@ -133,7 +159,9 @@ SPECS: dict[Msg, MessageSpec] = {
         ),
         _ATTR,
     ),
-    Msg.RENAME: MessageSpec((*_ENTRY, f("new_parent", int), f("new_name", str)), ()),
+    # `noreplace`: fail with "exists" rather than replace the target (renameat2 RENAME_NOREPLACE).
+    Msg.RENAME: MessageSpec(
+        (*_ENTRY, f("new_parent", int), f("new_name", str), f("noreplace", bool, optional=True)), ()),
     Msg.UNLINK: MessageSpec(_ENTRY, ()),
     Msg.RMDIR: MessageSpec(_ENTRY, ()),
     Msg.SET_REPLICAS: MessageSpec(

@@ -18,11 +18,13 @@ from chunkfs.common.errors import (
     Exists,
     InvalidArgument,
     IsADirectory,
+    NameTooLong,
     NotADirectory,
     NotFound,
+    SymlinkLoop,
 )
+from chunkfs.common.names import MAX_NAME_LEN
 from chunkfs.mds.store import (
-    MAX_NAME_LEN,
     ROOT_INO,
     VERSION_TERM_SHIFT,
     Chunk,
@@ -54,21 +56,32 @@ class Driver:
         return int(self("mkdir", parent=parent, name=name, mode=mode, time=self.tick())["ino"])
 
     def create(self, parent: int, name: str, exclusive: bool = True, mode: int = 0o644) -> int:
-        attr = self("create", parent=parent, name=name, mode=mode, time=self.tick(), exclusive=exclusive)
-        return int(attr["ino"])
+        result = self("create", parent=parent, name=name, mode=mode, time=self.tick(), exclusive=exclusive)
+        return int(result["attr"]["ino"])
 
-    def unlink(self, parent: int, name: str) -> list[Chunk]:
-        result: list[Chunk] = self("unlink", parent=parent, name=name, time=self.tick())
-        return result
+    def _held_free(self, parent: int, name: str, held: bool) -> int:
+        """The `free_ino` the master would send: the named inode, unless a mount holds it open."""
+        if held:
+            return 0
+        try:
+            return int(self.store.lookup(parent, name)["ino"])
+        except ChunkFSError:
+            return 0
+
+    def unlink(self, parent: int, name: str, held: bool = False) -> list[Chunk]:
+        result = self("unlink", parent=parent, name=name, time=self.tick(),
+                      free_ino=self._held_free(parent, name, held))
+        return list(result["dropped"])
 
     def rmdir(self, parent: int, name: str) -> None:
         self("rmdir", parent=parent, name=name, time=self.tick())
 
-    def rename(self, parent: int, name: str, new_parent: int, new_name: str) -> list[Chunk]:
-        result: list[Chunk] = self(
-            "rename", parent=parent, name=name, new_parent=new_parent, new_name=new_name, time=self.tick()
+    def rename(self, parent: int, name: str, new_parent: int, new_name: str, held: bool = False) -> list[Chunk]:
+        result = self(
+            "rename", parent=parent, name=name, new_parent=new_parent, new_name=new_name, time=self.tick(),
+            free_ino=self._held_free(new_parent, new_name, held),
         )
-        return result
+        return list(result["dropped"])
 
     def alloc(self, ino: int, index: int, replicas: list[int] | None = None) -> Chunk:
         chunk: Chunk = self("alloc_chunk", ino=ino, index=index, replicas=replicas or [1, 2])
@@ -756,5 +769,129 @@ def test_namespace_matches_model(ops: list[tuple[str, int, str, int, str, bool]]
                 assert got is expected, (op, p, n, q, m)
                 tree = dump(store)["tree"]
                 assert {tuple(k.split("/")[1:]): v["type"] for k, v in tree.items()} == model.nodes
+                # A directory links from its name, its "." and each subdirectory's "..".
+                for path, kind in model.nodes.items():
+                    if kind == "d":
+                        subdirs = sum(model.nodes[c] == "d" for c in model.children(path))
+                        assert tree["/".join(("", *path)) if path else ""]["nlink"] == 2 + subdirs, path
         finally:
             store.close()
+
+
+def test_unlinked_file_held_open_is_kept_as_orphan_until_freed(d: Driver, store: MetadataStore) -> None:
+    f = d.create(ROOT_INO, "f")
+    d.alloc(f, 0)
+    assert d.unlink(ROOT_INO, "f", held=True) == []
+    attr = store.getattr(f)
+    assert attr["nlink"] == 0 and store.orphans(10) == [f]
+    assert names(store, ROOT_INO) == []
+    d.create(ROOT_INO, "f")  # the name is free again
+    assert d("free_orphans", inos=[f + 1, 4242]) == []  # not orphans: left alone
+    dropped = d("free_orphans", inos=[f])
+    assert [c.ino for c in dropped] == [f]
+    with pytest.raises(NotFound):
+        store.getattr(f)
+    assert store.orphans(10) == []
+
+
+def test_free_decided_for_another_inode_keeps_an_orphan(d: Driver, store: MetadataStore) -> None:
+    """The master decided to free the inode a name had; if the name moved on meanwhile, nothing is freed."""
+    old = d.create(ROOT_INO, "f")
+    d.unlink(ROOT_INO, "f")
+    new = d.create(ROOT_INO, "f")
+    result = d("unlink", parent=ROOT_INO, name="f", time=d.tick(), free_ino=old)
+    assert result == {"dropped": [], "orphan": new}
+
+
+def test_rename_over_an_open_file_orphans_it(d: Driver, store: MetadataStore) -> None:
+    a = d.create(ROOT_INO, "a")
+    b = d.create(ROOT_INO, "b")
+    d.alloc(b, 0)
+    assert d.rename(ROOT_INO, "a", ROOT_INO, "b", held=True) == []
+    assert store.lookup(ROOT_INO, "b")["ino"] == a
+    assert store.orphans(10) == [b] and store.getattr(b)["nlink"] == 0
+
+
+def test_create_with_truncate(d: Driver, store: MetadataStore) -> None:
+    f = d.create(ROOT_INO, "f")
+    d.alloc(f, 0)
+    d.alloc(f, 1)
+    d("extend", ino=f, size=CS + 10, mtime=d.tick())
+    result = d("create", parent=ROOT_INO, name="f", mode=0o644, time=d.tick(), exclusive=False, truncate=True)
+    assert result["attr"]["size"] == 0 and result["attr"]["mtime"] == d.clock == result["attr"]["ctime"]
+    assert sorted(c.index for c in result["dropped"]) == [0, 1]
+    assert list(store.all_chunks()) == []
+
+
+def test_symbolic_links(d: Driver, store: MetadataStore) -> None:
+    a = d.mkdir(ROOT_INO, "a")
+    f = d.create(a, "f")
+    link = d("symlink", parent=ROOT_INO, name="l", target=b"a/f", time=d.tick())
+    assert link["type"] == "l" and link["target"] == b"a/f" and link["size"] == 3
+    assert stat.S_ISLNK(link["mode"]) and link["nlink"] == 1
+    d("symlink", parent=ROOT_INO, name="up", target=b"/a", time=d.tick())
+    d("symlink", parent=a, name="loop", target=b"loop", time=d.tick())
+    assert store.resolve("/l")["ino"] == link["ino"]  # the last component is not followed
+    assert store.resolve("/l", follow=True)["ino"] == f
+    assert store.resolve("/up/f")["ino"] == f
+    assert store.resolve("/a/../l", follow=True)["ino"] == f
+    with pytest.raises(SymlinkLoop):
+        store.resolve("/a/loop", follow=True)
+    with pytest.raises(InvalidArgument):
+        d("symlink", parent=ROOT_INO, name="empty", target=b"", time=d.tick())
+    with pytest.raises(NameTooLong):
+        d("symlink", parent=ROOT_INO, name="big", target=b"x" * 4096, time=d.tick())
+    with pytest.raises(InvalidArgument):
+        d("setattr", ino=link["ino"], size=0, time=d.tick())
+    assert d.unlink(ROOT_INO, "l") == [] and store.orphans(10) == []
+    with pytest.raises(NotFound):
+        store.getattr(link["ino"])
+
+
+@pytest.mark.parametrize("op", ["lookup", "unlink", "rmdir", "rename", "create", "mkdir", "resolve"])
+def test_names_over_255_bytes_are_too_long_everywhere(d: Driver, store: MetadataStore, op: str) -> None:
+    long = "x" * (MAX_NAME_LEN + 1)
+    calls = {
+        "lookup": lambda: store.lookup(ROOT_INO, long),
+        "unlink": lambda: d.unlink(ROOT_INO, long),
+        "rmdir": lambda: d.rmdir(ROOT_INO, long),
+        "rename": lambda: d.rename(ROOT_INO, long, ROOT_INO, "y"),
+        "create": lambda: d.create(ROOT_INO, long, exclusive=False),
+        "mkdir": lambda: d.mkdir(ROOT_INO, long),
+        "resolve": lambda: store.resolve(f"/{long}/z"),
+    }
+    with pytest.raises(NameTooLong):
+        calls[op]()
+
+
+def test_setattr_changes_ctime_also_for_times(d: Driver, store: MetadataStore) -> None:
+    f = d.create(ROOT_INO, "f")
+    now = d.tick()
+    attr = d("setattr", ino=f, time=now, mtime=5.0, atime=4.0)["attr"]
+    assert (attr["atime"], attr["mtime"], attr["ctime"]) == (4.0, 5.0, now)
+
+
+def test_store_from_before_link_counts_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    s = MetadataStore(path, CS)
+    d = Driver(s)
+    a = d.mkdir(ROOT_INO, "a")
+    d.mkdir(a, "b")
+    d.create(a, "f")
+    s.db.execute("ALTER TABLE inodes DROP COLUMN nlink")  # what an older version wrote
+    s.close()
+    s = MetadataStore(path, CS)
+    try:
+        assert s.getattr(ROOT_INO)["nlink"] == 3 and s.getattr(a)["nlink"] == 3
+        assert s.lookup(a, "f")["nlink"] == 1
+    finally:
+        s.close()
+
+
+def test_rename_noreplace(d: Driver, store: MetadataStore) -> None:
+    a = d.create(ROOT_INO, "a")
+    d.create(ROOT_INO, "b")
+    with pytest.raises(Exists):
+        d("rename", parent=ROOT_INO, name="a", new_parent=ROOT_INO, new_name="b", time=d.tick(), noreplace=True)
+    d("rename", parent=ROOT_INO, name="a", new_parent=ROOT_INO, new_name="c", time=d.tick(), noreplace=True)
+    assert store.lookup(ROOT_INO, "c")["ino"] == a

@@ -1,0 +1,336 @@
+"""Files behave through the mount as programs expect from a local disk.
+
+Truncation on open, files that live on after unlink until their last close
+(also across a master kill, and when another mount unlinks them),
+``ENAMETOOLONG``, symbolic links, directory link counts and time stamps:
+driven with the shell, coreutils, tar, sqlite3 and plain system calls.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from chunkfs.testing.cluster import master_id, wait_for
+
+from .conftest import MiB, chunkfs, run
+
+LONG = "n" * 256  # one byte over NAME_MAX
+
+
+def chunk_count(cluster) -> int:
+    with cluster.client() as client:
+        return sum(client.cluster_stat()["chunks"].values())
+
+
+def test_shell_redirection_truncates_and_updates_times(make_cluster, mount) -> None:
+    cluster = make_cluster(n_cs=3)
+    mnt = mount(cluster)
+    f = mnt / "f"
+    run("sh", "-c", f"printf 'hello world\\n' > {f}")
+    before = os.stat(f)
+    time.sleep(0.05)
+    run("sh", "-c", f"echo x > {f}")
+    assert f.read_bytes() == b"x\n"
+    after = os.stat(f)
+    assert after.st_size == 2
+    assert after.st_mtime_ns > before.st_mtime_ns and after.st_ctime_ns > before.st_ctime_ns
+    # open(..., "w") and O_TRUNC on a file with data in several chunks, and on another handle already open.
+    (mnt / "big").write_bytes(os.urandom(9 * MiB))
+    with open(mnt / "big", "rb") as reader:
+        with open(mnt / "big", "w") as w:
+            w.write("short")
+        assert os.fstat(reader.fileno()).st_size == 5
+        assert reader.read() == b"short"
+    fd = os.open(mnt / "big", os.O_WRONLY | os.O_TRUNC)
+    os.close(fd)
+    assert os.stat(mnt / "big").st_size == 0
+    # Growing it again shows zeros, never the old bytes.
+    os.truncate(mnt / "big", 8 * MiB)
+    assert (mnt / "big").read_bytes() == bytes(8 * MiB)
+
+
+def test_open_unlinked_file_lives_until_last_close(make_cluster, mount) -> None:
+    cluster = make_cluster(n_cs=3, chunk_size=1 * MiB)
+    mnt = mount(cluster)
+    base = chunk_count(cluster)
+    path = mnt / "tmp"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.pwrite(fd, b"a" * (3 * MiB), 0)
+        os.unlink(path)
+        assert not path.exists() and "tmp" not in os.listdir(mnt)
+        st = os.fstat(fd)
+        assert st.st_nlink == 0 and st.st_size == 3 * MiB
+        os.pwrite(fd, b"tail", 3 * MiB)
+        os.fsync(fd)
+        assert os.pread(fd, 4, 3 * MiB) == b"tail"
+        assert os.pread(fd, 3, 0) == b"aaa"
+        assert os.fstat(fd).st_size == 3 * MiB + 4
+        # A name can be taken again while the old file lives on.
+        path.write_bytes(b"new")
+        assert os.pread(fd, 3, 0) == b"aaa"
+        assert chunk_count(cluster) == base + 5  # 4 chunks of the orphan, 1 of the new file
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b"new"
+    # The last close frees the orphan's chunks (in the background).
+    wait_for("the unlinked file's chunks to be freed", lambda: chunk_count(cluster) == base + 1, timeout=30)
+
+
+def test_file_replaced_by_rename_while_open(make_cluster, mount) -> None:
+    cluster = make_cluster(n_cs=3)
+    mnt = mount(cluster)
+    (mnt / "old").write_bytes(b"old contents")
+    (mnt / "new").write_bytes(b"new contents")
+    with open(mnt / "old", "rb") as f:
+        os.rename(mnt / "new", mnt / "old")
+        assert os.fstat(f.fileno()).st_nlink == 0
+        assert f.read() == b"old contents"
+    assert (mnt / "old").read_bytes() == b"new contents"
+
+
+def test_unlinked_file_survives_master_kill_and_other_mount(make_cluster, mount) -> None:
+    cluster = make_cluster(n_cs=3, n_mds=3, chunk_size=1 * MiB)
+    one = mount(cluster, "one")
+    two = mount(cluster, "two")
+    fd = os.open(one / "held", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.pwrite(fd, b"x" * MiB, 0)
+        os.fsync(fd)
+        # The other mount unlinks it; this one still reads and writes it.
+        os.unlink(two / "held")
+        with cluster.client() as client:
+            old = master_id(client)
+        cluster.kill("mds", old)
+        # Longer than a session lasts: the new master must have kept the orphan through its grace period.
+        time.sleep(12)
+        os.pwrite(fd, b"y" * 10, MiB)
+        os.fsync(fd)
+        assert os.pread(fd, 2, MiB - 1) == b"xy"
+        assert os.fstat(fd).st_nlink == 0
+    finally:
+        os.close(fd)
+    assert not (one / "held").exists()
+    wait_for("the orphan's chunks to be freed after the master change",
+             lambda: chunk_count(cluster) == 0, timeout=60)
+
+
+def test_sqlite_default_journal_with_temporary_tables(make_cluster, mount) -> None:
+    cluster = make_cluster(n_cs=3)
+    mnt = mount(cluster)
+    db = sqlite3.connect(mnt / "app.db")
+    try:
+        db.execute("PRAGMA temp_store = FILE")  # temporary tables in unlinked temporary files
+        db.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)")
+        db.execute("CREATE TEMP TABLE scratch (v TEXT)")
+        for i in range(20):
+            with db:
+                db.execute("INSERT INTO t (v) VALUES (?)", (f"row {i}",))
+                db.execute("INSERT INTO scratch VALUES (?)", ("x" * 5000,))
+        with db:
+            db.execute("UPDATE t SET v = v || '!'")
+        assert db.execute("SELECT COUNT(*) FROM scratch").fetchone()[0] == 20
+    finally:
+        db.close()
+    done = run("sqlite3", mnt / "app.db", "PRAGMA integrity_check; SELECT COUNT(*), MIN(v) FROM t;")
+    assert done.stdout.split() == ["ok", "20|row", "0!"]
+    assert not (mnt / "app.db-journal").exists()
+
+
+def test_names_longer_than_255_bytes(make_cluster, mount) -> None:
+    cluster = make_cluster(n_cs=3)
+    mnt = mount(cluster)
+    (mnt / "ok").write_bytes(b"")
+    (mnt / "d").mkdir()
+    calls = {
+        "create": lambda: open(mnt / LONG, "w"),
+        "mkdir": lambda: os.mkdir(mnt / LONG),
+        "stat": lambda: os.stat(mnt / LONG),
+        "chmod": lambda: os.chmod(mnt / LONG, 0o600),
+        "truncate": lambda: os.truncate(mnt / LONG, 0),
+        "unlink": lambda: os.unlink(mnt / LONG),
+        "rmdir": lambda: os.rmdir(mnt / LONG),
+        "rename source": lambda: os.rename(mnt / LONG, mnt / "x"),
+        "rename target": lambda: os.rename(mnt / "ok", mnt / LONG),
+        "symlink": lambda: os.symlink("ok", mnt / LONG),
+        "symlink in dir": lambda: os.symlink("ok", mnt / "d" / LONG),
+    }
+    for what, call in calls.items():
+        with pytest.raises(OSError) as exc:
+            call()
+        assert exc.value.errno == errno.ENAMETOOLONG, what
+    assert sorted(os.listdir(mnt)) == ["d", "ok"]
+    (mnt / ("m" * 255)).write_bytes(b"longest")
+    assert (mnt / ("m" * 255)).read_bytes() == b"longest"
+
+
+def test_symbolic_links(make_cluster, mount) -> None:
+    cluster = make_cluster(n_cs=3)
+    mnt = mount(cluster)
+    (mnt / "dir").mkdir()
+    (mnt / "dir" / "file").write_bytes(b"through the link")
+    os.symlink("dir/file", mnt / "rel")
+    os.symlink("dir", mnt / "dirlink")
+    os.symlink("/nowhere/at/all", mnt / "dangling")
+    assert os.readlink(mnt / "rel") == "dir/file"
+    assert (mnt / "rel").read_bytes() == b"through the link"
+    assert (mnt / "dirlink" / "file").read_bytes() == b"through the link"
+    st = os.lstat(mnt / "rel")
+    assert st.st_size == len("dir/file") and (st.st_mode & 0o170000) == 0o120000
+    assert not (mnt / "dangling").exists() and (mnt / "dangling").is_symlink()
+    with pytest.raises(FileExistsError):
+        os.symlink("x", mnt / "rel")
+    os.rename(mnt / "rel", mnt / "dir" / "moved")
+    assert os.readlink(mnt / "dir" / "moved") == "dir/file"  # a link keeps its text when it moves
+    os.unlink(mnt / "dirlink")
+    assert (mnt / "dir" / "file").exists()
+    assert sorted(os.listdir(mnt)) == ["dangling", "dir"]
+    done = run("ls", "-l", mnt)
+    assert "dangling -> /nowhere/at/all" in done.stdout
+    # The CLI shows link targets too.
+    done = chunkfs("-c", cluster.name, "ls", "-l", "/")
+    assert done.returncode == 0, done.stderr
+    assert "dangling -> /nowhere/at/all" in done.stdout
+
+
+def _tree(root: Path) -> None:
+    """A tree with links of every kind, paths over 300 bytes and names of 255 bytes."""
+    deep = root / ("d" * 200) / ("e" * 120)
+    deep.mkdir(parents=True)
+    (deep / ("f" * 255)).write_bytes(os.urandom(70_000))
+    (root / "plain").write_bytes(b"plain\n")
+    (root / "exec").write_bytes(b"#!/bin/sh\n")
+    os.chmod(root / "exec", 0o755)
+    os.symlink("plain", root / "to-plain")
+    os.symlink(os.path.relpath(deep, root), root / "to-deep")
+    os.symlink("../../plain", deep / "up")
+    os.symlink("/absolute/dangling", root / "dangling")
+    (root / "empty").mkdir()
+
+
+def test_tar_and_cp_a_round_trip_with_links_and_long_paths(make_cluster, mount, tmp_path) -> None:
+    cluster = make_cluster(n_cs=3)
+    mnt = mount(cluster)
+    src = tmp_path / "src"
+    src.mkdir()
+    _tree(src)
+    archive = tmp_path / "tree.tar"
+    run("tar", "-cf", archive, "-C", src, ".")
+    (mnt / "untar").mkdir()
+    run("tar", "-xf", archive, "-C", mnt / "untar")
+    run("tar", "-d", "-f", archive, "-C", mnt / "untar")  # contents, links, modes and times compared
+    run("cp", "-a", src, mnt / "copy")
+    run("diff", "-r", "--no-dereference", src, mnt / "copy")
+    back = tmp_path / "back"
+    run("cp", "-a", mnt / "copy", back)
+    run("diff", "-r", "--no-dereference", src, back)
+    assert os.readlink(back / "dangling") == "/absolute/dangling"
+
+
+def test_directory_link_counts(make_cluster, mount) -> None:
+    cluster = make_cluster(n_cs=3)
+    mnt = mount(cluster)
+
+    def nlink(p: Path) -> int:
+        return os.stat(p).st_nlink
+
+    (mnt / "a").mkdir()
+    (mnt / "b").mkdir()
+    root = nlink(mnt)
+    assert nlink(mnt / "a") == 2
+    (mnt / "a" / "x").mkdir()
+    (mnt / "a" / "y").mkdir()
+    (mnt / "a" / "file").write_bytes(b"")
+    assert nlink(mnt / "a") == 4  # files do not count
+    assert nlink(mnt / "a" / "file") == 1
+    os.rename(mnt / "a" / "x", mnt / "b" / "x")
+    assert (nlink(mnt / "a"), nlink(mnt / "b")) == (3, 3)
+    os.rmdir(mnt / "a" / "y")
+    assert nlink(mnt / "a") == 2
+    os.rename(mnt / "b", mnt / "a" / "b")
+    assert (nlink(mnt), nlink(mnt / "a")) == (root - 1, 3)
+    done = run("find", mnt, "-type", "d")
+    assert sorted(done.stdout.split()) == sorted(str(p) for p in (mnt, mnt / "a", mnt / "a" / "b",
+                                                                  mnt / "a" / "b" / "x"))
+
+
+def test_time_stamps_follow_posix(make_cluster, mount) -> None:
+    cluster = make_cluster(n_cs=3)
+    mnt = mount(cluster)
+    (mnt / "d1").mkdir()
+    (mnt / "d2").mkdir()
+    f = mnt / "d1" / "f"
+    f.write_bytes(b"data")
+
+    def times(p: Path) -> tuple[int, int, int]:
+        st = os.stat(p, follow_symlinks=False)
+        return st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns
+
+    def later() -> None:
+        time.sleep(0.02)
+
+    _, m0, c0 = times(f)
+    later()
+    os.chmod(f, 0o600)
+    _, m1, c1 = times(f)
+    assert m1 == m0 and c1 > c0  # chmod: ctime only
+    later()
+    with open(f, "r+b") as fh:
+        fh.write(b"D")
+    _, m2, c2 = times(f)
+    assert m2 > m1 and c2 >= m2
+    later()
+    os.truncate(f, 1)
+    _, m3, c3 = times(f)
+    assert m3 > m2 and c3 > c2
+    # utimensat: explicit times, UTIME_OMIT for one of them, UTIME_NOW; ctime moves each time.
+    os.utime(f, ns=(1_000_000_000, 2_000_000_000))
+    a4, m4, c4 = times(f)
+    assert (a4, m4) == (1_000_000_000, 2_000_000_000) and c4 >= c3
+    run("touch", "-m", "-d", "@5", f)  # mtime only (atime UTIME_OMIT)
+    a5, m5, _ = times(f)
+    assert (a5, m5) == (1_000_000_000, 5_000_000_000)
+    before = time.time_ns()
+    later()
+    os.utime(f)  # both UTIME_NOW
+    a6, m6, c6 = times(f)
+    assert a6 > before and m6 > before and c6 >= c4
+    # rename: ctime of the file, mtime and ctime of both parents.
+    _, pm1, pc1 = times(mnt / "d1")
+    _, pm2, pc2 = times(mnt / "d2")
+    later()
+    os.rename(f, mnt / "d2" / "g")
+    _, _, fc = times(mnt / "d2" / "g")
+    _, qm1, qc1 = times(mnt / "d1")
+    _, qm2, qc2 = times(mnt / "d2")
+    assert fc > c6 and qm1 > pm1 and qc1 > pc1 and qm2 > pm2 and qc2 > pc2
+
+
+def _renameat2(old: Path, new: Path, flags: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    at_fdcwd = -100
+    if libc.renameat2(at_fdcwd, bytes(old), at_fdcwd, bytes(new), flags) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def test_rename_noreplace_and_exchange(make_cluster, mount) -> None:
+    cluster = make_cluster(n_cs=3)
+    mnt = mount(cluster)
+    (mnt / "a").write_bytes(b"a")
+    (mnt / "b").write_bytes(b"b")
+    with pytest.raises(FileExistsError):
+        _renameat2(mnt / "a", mnt / "b", 1)  # RENAME_NOREPLACE
+    with pytest.raises(OSError) as exc:
+        _renameat2(mnt / "a", mnt / "b", 2)  # RENAME_EXCHANGE: not offered
+    assert exc.value.errno == errno.EINVAL
+    assert ((mnt / "a").read_bytes(), (mnt / "b").read_bytes()) == (b"a", b"b")
+    _renameat2(mnt / "a", mnt / "c", 1)
+    assert sorted(os.listdir(mnt)) == ["b", "c"]

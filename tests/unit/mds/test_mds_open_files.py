@@ -1,0 +1,78 @@
+"""Open files on the master: sessions, holds, expiry, the grace period of a new master, the freeing guard."""
+
+from __future__ import annotations
+
+import pytest
+
+from chunkfs.common.errors import InvalidArgument, NotFound
+from chunkfs.mds.open_files import OpenFileTable, int_list
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_held_until_the_last_session_releases() -> None:
+    t = OpenFileTable(ttl=10, clock=Clock())
+    assert not t.held(7)
+    t.open("A", 7)
+    t.open("A", 7)  # a second open by one mount is one hold
+    t.open("B", 7)
+    assert t.held(7)
+    assert t.release("A", 7) is False
+    assert t.release("A", 7) is False  # twice changes nothing
+    assert t.release("B", 7) is True
+    assert not t.held(7)
+    assert t.release("C", 8) is True  # never held
+
+
+def test_expired_session_releases_what_it_held() -> None:
+    clock = Clock()
+    t = OpenFileTable(ttl=10, clock=clock)
+    t.open("A", 1)
+    t.open("A", 2)
+    t.open("B", 2)
+    clock.now += 6
+    assert t.renew("B") is True
+    clock.now += 6  # A: 12 s without renewal; B renewed 6 s ago
+    assert t.expire() == [1]
+    assert not t.held(1) and t.held(2)
+    assert t.renew("A") is False  # the mount learns that it must re-register its files
+
+
+def test_new_master_counts_everything_held_during_grace() -> None:
+    clock = Clock()
+    t = OpenFileTable(ttl=10, clock=clock)
+    t.open("A", 1)
+    t.start_grace()
+    assert t.held(99) and t.in_grace()
+    assert t.renew("A") is False  # forgotten: the mount re-sends its opens
+    t.open("A", 1)
+    clock.now += 10
+    assert not t.in_grace()
+    assert t.held(1) and not t.held(99)
+
+
+def test_an_inode_being_freed_cannot_be_opened() -> None:
+    t = OpenFileTable(ttl=10, clock=Clock())
+    t.freeing.add(5)
+    with pytest.raises(NotFound):
+        t.open("A", 5)
+    assert not t.held(5)
+
+
+@pytest.mark.parametrize("session", ["", "x" * 257])
+def test_bad_session_names(session: str) -> None:
+    with pytest.raises(InvalidArgument):
+        OpenFileTable().renew(session)
+
+
+@pytest.mark.parametrize("value", [None, "1", [1, "2"], [True], list(range(1001))])
+def test_inode_lists_from_the_wire_are_checked(value: object) -> None:
+    with pytest.raises(InvalidArgument):
+        int_list(value, "open")
+    assert int_list([1, 2], "open") == [1, 2]
