@@ -8,18 +8,22 @@ for a bounded time, so a dead cluster gives a clear error, not a hang.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import os
 import time
 from typing import Any
 
 from chunkfs.common.errors import ChunkFSError, NotMaster, Timeout, Unavailable
-from chunkfs.protocol.messages import Msg
+from chunkfs.protocol.messages import EXACTLY_ONCE, Msg
 from chunkfs.protocol.rpc import Connection, Credentials, connect
 
 logger = logging.getLogger(__name__)
 
 #: How long a request keeps trying to reach a master before it fails.
 DEFAULT_RETRY_FOR = 20.0
+#: How long one attempt waits for its answer before it is sent again (to the next MDS).
+DEFAULT_CALL_TIMEOUT = 30.0
 
 
 class MdsLink:
@@ -27,8 +31,13 @@ class MdsLink:
         self.addrs = list(addrs)
         self.creds = creds
         self.retry_for = retry_for
+        self.call_timeout = DEFAULT_CALL_TIMEOUT
         self._conn: Connection | None = None
         self._lock = asyncio.Lock()
+        #: Exactly-once changes: this link's id, and the sequence numbers of changes not yet answered.
+        self.client_id = f"{creds.node}/{os.urandom(6).hex()}"
+        self._seq = itertools.count(1)
+        self._unanswered: set[int] = set()
 
     async def _connection(self) -> Connection:
         async with self._lock:
@@ -48,7 +57,25 @@ class MdsLink:
                 "no metadata server reachable (" + "; ".join(errors) + "): is the cluster running?"
             )
 
-    async def call(self, msg: Msg, header: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
+    async def call(self, msg: Msg, header: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+        """Send one request to the master, retrying (bounded) through redirects, lost connections and timeouts.
+
+        A metadata change is sent with this link's id and a sequence number
+        that every retry repeats, so a change that took effect before its
+        answer was lost is answered again, not done twice (`EXACTLY_ONCE`).
+        """
+        timeout = self.call_timeout if timeout is None else timeout
+        if msg not in EXACTLY_ONCE:
+            return await self._call(msg, header, timeout)
+        seq = next(self._seq)
+        self._unanswered.add(seq)
+        try:
+            return await self._call(
+                msg, {**header, "cid": self.client_id, "seq": seq, "low": min(self._unanswered)}, timeout)
+        finally:
+            self._unanswered.discard(seq)
+
+    async def _call(self, msg: Msg, header: dict[str, Any], timeout: float) -> dict[str, Any]:
         deadline = time.monotonic() + self.retry_for
         pause = 0.05
         while True:

@@ -269,14 +269,22 @@ class MetadataServer:
         entries, more = self.store.readdir(h["ino"], h["after"], max(1, min(h["limit"], MAX_READDIR)))
         return {"entries": entries, "more": more}
 
+    @staticmethod
+    def _once(h: dict[str, Any]) -> dict[str, Any]:
+        """The client's request id, for the store to answer a retry instead of acting twice (store.apply)."""
+        if "cid" not in h or "seq" not in h:
+            return {}
+        return {"req": [h["cid"], h["seq"], h.get("low", h["seq"])]}
+
     async def _on_mkdir(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
-        attr = await self._propose("mkdir", parent=h["parent"], name=h["name"], mode=h["mode"], time=time.time())
+        attr = await self._propose("mkdir", parent=h["parent"], name=h["name"], mode=h["mode"], time=time.time(),
+                                   **self._once(h))
         return {"attr": attr}
 
     async def _on_create(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
         result = await self._propose(
             "create", parent=h["parent"], name=h["name"], mode=h["mode"], exclusive=h["exclusive"],
-            truncate=h.get("truncate", False), time=time.time(),
+            truncate=h.get("truncate", False), time=time.time(), **self._once(h),
         )
         self._delete_replicas(result["dropped"])
         attr = result["attr"]
@@ -286,13 +294,13 @@ class MetadataServer:
 
     async def _on_symlink(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
         attr = await self._propose("symlink", parent=h["parent"], name=h["name"], target=h["target"],
-                                   time=time.time())
+                                   time=time.time(), **self._once(h))
         return {"attr": attr}
 
     async def _on_open(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
         ino = h["ino"]
         if h["truncate"]:
-            await self._setattr(ino, {"size": 0})
+            await self._setattr(ino, {"size": 0}, self._once(h))
         else:
             await self.log.read_barrier()
         return {"attr": self._register_open(h["session"], ino)}
@@ -320,16 +328,16 @@ class MetadataServer:
 
     async def _on_setattr(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
         args = {k: h[k] for k in ("size", "mode", "mtime", "atime") if h.get(k) is not None}
-        return {"attr": await self._setattr(h["ino"], args)}
+        return {"attr": await self._setattr(h["ino"], args, self._once(h))}
 
-    async def _setattr(self, ino: int, args: dict[str, Any]) -> dict[str, Any]:
+    async def _setattr(self, ino: int, args: dict[str, Any], once: dict[str, Any]) -> dict[str, Any]:
         if "size" in args:
             await self._cut_boundary_chunk(ino, args["size"])
-        result = await self._propose("setattr", ino=ino, time=time.time(), **args)
+        result = await self._propose("setattr", ino=ino, time=time.time(), **args, **once)
         self._delete_replicas(result["dropped"])
         return dict(result["attr"])
 
-    async def _remove_name(self, op: str, in_dir: int, entry: str, args: dict[str, Any]) -> None:
+    async def _remove_name(self, op: str, in_dir: int, entry: str, **args: Any) -> None:
         """Unlink, or rename over, a name: free the file at once only if no mount holds it open.
 
         The decision is for the inode the name has now; if another change
@@ -349,15 +357,18 @@ class MetadataServer:
             self.reaper.consider(result["orphan"])
 
     async def _on_rename(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
-        await self._remove_name("rename", h["new_parent"], h["new_name"], h)
+        await self._remove_name(
+            "rename", h["new_parent"], h["new_name"], parent=h["parent"], name=h["name"],
+            new_parent=h["new_parent"], new_name=h["new_name"], noreplace=h.get("noreplace", False), **self._once(h))
         return {}
 
     async def _on_unlink(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
-        await self._remove_name("unlink", h["parent"], h["name"], h)
+        await self._remove_name("unlink", h["parent"], h["name"], parent=h["parent"], name=h["name"],
+                                **self._once(h))
         return {}
 
     async def _on_rmdir(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
-        await self._propose("rmdir", parent=h["parent"], name=h["name"], time=time.time())
+        await self._propose("rmdir", parent=h["parent"], name=h["name"], time=time.time(), **self._once(h))
         return {}
 
     async def _on_set_replicas(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:

@@ -39,6 +39,7 @@ from chunkfs.common.errors import (
     NotFound,
     StaleVersion,
     SymlinkLoop,
+    error_from_code,
 )
 from chunkfs.common.names import check_name, check_name_length, check_symlink_target
 
@@ -79,7 +80,14 @@ CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS placement (ino INTEGER PRIMARY KEY, domain TEXT NOT NULL, tier INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS symlinks (ino INTEGER PRIMARY KEY, target BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS orphans (ino INTEGER PRIMARY KEY, since REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS answers (
+    cid TEXT NOT NULL, seq INTEGER NOT NULL, idx INTEGER NOT NULL, answer BLOB NOT NULL,
+    PRIMARY KEY (cid, seq)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS answers_idx ON answers(idx);
 """
+#: Answers to clients' changes are kept for retries at most this many log entries (far longer than
+#: any client retries: seconds of work even on a busy cluster), so the table stays bounded.
+ANSWER_WINDOW = 1_000_000
 #: Symbolic links followed while resolving one path (Linux's limit).
 MAX_SYMLINK_HOPS = 40
 #: Mode bits by inode type ("f" file, "d" directory, "l" symbolic link).
@@ -93,6 +101,21 @@ class Chunk:
     index: int
     version: int
     replicas: tuple[int, ...]
+
+
+def _without_dropped(result: Any) -> Any:
+    """A change's answer as kept for retries: plain data, without the chunks it dropped (freed once)."""
+    if isinstance(result, dict) and "dropped" in result:
+        return {**result, "dropped": []}
+    return result
+
+
+def _replay(answer: dict[str, Any]) -> Any:
+    """The first answer again: the result, or the same error raised."""
+    if "error" in answer:
+        code, message = answer["error"]
+        raise error_from_code(code, message)
+    return answer["ok"]
 
 
 def encode_command(op: str, **args: Any) -> bytes:
@@ -181,9 +204,18 @@ class MetadataStore:
     # -- apply -----------------------------------------------------------------
 
     def apply(self, index: int, term: int, data: bytes) -> Any:
-        """Apply one committed command; errors are results too, and deterministic."""
+        """Apply one committed command; errors are results too, and deterministic.
+
+        A command that carries a client's request id (``req``: client id,
+        sequence number, lowest number the client may still retry) is done at
+        most once: a retry of it — sent again because the answer was lost to
+        a timeout or a master change — gets the first answer, kept in the
+        same transaction as the change (Raft thesis, 6.3).  Chunks a change
+        dropped are not in a repeated answer: the first one freed them.
+        """
         command = msgpack.unpackb(data, raw=False)
         op = command.pop("op")
+        req = command.pop("req", None)
         handler = getattr(self, f"_op_{op}", None)
         if handler is None:
             # A command from a newer version: skip it, deterministically, like any failed command.
@@ -191,19 +223,43 @@ class MetadataStore:
                 self._set_meta("applied_index", index)
             raise InvalidArgument(f"unknown metadata command {op!r}")
         self.db.execute("BEGIN IMMEDIATE")
+        answered = None
         try:
-            result = handler(term=term, **command)
-        except ChunkFSError:
+            if req is not None:
+                answered = self._answer_of(index, req)
+            if answered is None:
+                result = handler(term=term, **command)
+        except ChunkFSError as exc:
             self.db.execute("ROLLBACK")
             with self._tx():
                 self._set_meta("applied_index", index)
+                if req is not None:
+                    self._keep_answer(index, req, {"error": [exc.code, str(exc)]})
             raise
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
+        if answered is not None:
+            self._set_meta("applied_index", index)
+            self.db.execute("COMMIT")
+            return _replay(answered)
+        if req is not None:
+            self._keep_answer(index, req, {"ok": _without_dropped(result)})
         self._set_meta("applied_index", index)
         self.db.execute("COMMIT")
         return result
+
+    def _answer_of(self, index: int, req: list[Any]) -> dict[str, Any] | None:
+        """The kept answer to this request, if it was done; forget what the client will not ask again."""
+        cid, seq, low = str(req[0]), int(req[1]), int(req[2])
+        self.db.execute("DELETE FROM answers WHERE cid = ? AND seq < ?", (cid, low))
+        self.db.execute("DELETE FROM answers WHERE idx < ?", (index - ANSWER_WINDOW,))
+        row = self.db.execute("SELECT answer FROM answers WHERE cid = ? AND seq = ?", (cid, seq)).fetchone()
+        return None if row is None else msgpack.unpackb(row[0], raw=False)
+
+    def _keep_answer(self, index: int, req: list[Any], answer: dict[str, Any]) -> None:
+        self.db.execute("INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?)",
+                        (str(req[0]), int(req[1]), index, msgpack.packb(answer, use_bin_type=True)))
 
     def _new_version(self, term: int) -> int:
         return (term << VERSION_TERM_SHIFT) | self._next("version_seq")

@@ -105,6 +105,10 @@ def f(name: str, *types: type, optional: bool = False) -> Field:
 
 
 _ATTR = (f("attr", dict),)
+#: Exactly-once metadata changes (Raft thesis, 6.3): the sending client's id, the request's
+#: sequence number (the same in every retry) and the lowest sequence number the client may
+#: still retry, so the master can forget the answers below it.  Added by the client's MDS link.
+_ONCE = (f("cid", str, optional=True), f("seq", int, optional=True), f("low", int, optional=True))
 _ENTRY = (f("parent", int), f("name", str))
 _CHUNK_MAP = (
     f("chunk_id", int),  # 0: a hole, no chunk yet
@@ -128,23 +132,23 @@ SPECS: dict[Msg, MessageSpec] = {
     Msg.GETATTR: MessageSpec((f("ino", int),), _ATTR),
     # `follow`: follow a symbolic link in the last component too (links on the way are always followed).
     Msg.RESOLVE: MessageSpec((f("path", str), f("follow", bool, optional=True)), _ATTR),
-    Msg.MKDIR: MessageSpec((*_ENTRY, f("mode", int)), _ATTR),
+    Msg.MKDIR: MessageSpec((*_ENTRY, f("mode", int), *_ONCE), _ATTR),
     # With `session`, the new (or existing) file is registered as open by that mount (see OPEN);
     # `truncate` cuts an existing file to size 0 (O_TRUNC).
     Msg.CREATE: MessageSpec(
         (*_ENTRY, f("mode", int), f("exclusive", bool), f("session", str, optional=True),
-         f("truncate", bool, optional=True)),
+         f("truncate", bool, optional=True), *_ONCE),
         _ATTR,
     ),
     # A mount opens a file: the master registers it as held by the mount's session (an unlinked
     # file lives on while held) and answers its attributes; `truncate` is O_TRUNC.
-    Msg.OPEN: MessageSpec((f("ino", int), f("session", str), f("truncate", bool)), _ATTR),
+    Msg.OPEN: MessageSpec((f("ino", int), f("session", str), f("truncate", bool), *_ONCE), _ATTR),
     # The mount's last close of a file.
     Msg.RELEASE: MessageSpec((f("ino", int), f("session", str)), ()),
     # A mount's session renewal, with inodes it holds open (re-sent in pages when the
     # master answers known=False: a new master, or a session that had expired).
     Msg.SESSION: MessageSpec((f("session", str), f("open", list)), (f("known", bool),)),
-    Msg.SYMLINK: MessageSpec((*_ENTRY, f("target", bytes)), _ATTR),
+    Msg.SYMLINK: MessageSpec((*_ENTRY, f("target", bytes), *_ONCE), _ATTR),
     Msg.READDIR: MessageSpec(
         (f("ino", int), f("after", str), f("limit", int)),
         (f("entries", list), f("more", bool)),
@@ -156,14 +160,15 @@ SPECS: dict[Msg, MessageSpec] = {
             f("mode", int, _NONE),
             f("mtime", float, int, _NONE),
             f("atime", float, int, _NONE),
+            *_ONCE,
         ),
         _ATTR,
     ),
     # `noreplace`: fail with "exists" rather than replace the target (renameat2 RENAME_NOREPLACE).
     Msg.RENAME: MessageSpec(
-        (*_ENTRY, f("new_parent", int), f("new_name", str), f("noreplace", bool, optional=True)), ()),
-    Msg.UNLINK: MessageSpec(_ENTRY, ()),
-    Msg.RMDIR: MessageSpec(_ENTRY, ()),
+        (*_ENTRY, f("new_parent", int), f("new_name", str), f("noreplace", bool, optional=True), *_ONCE), ()),
+    Msg.UNLINK: MessageSpec((*_ENTRY, *_ONCE), ()),
+    Msg.RMDIR: MessageSpec((*_ENTRY, *_ONCE), ()),
     Msg.SET_REPLICAS: MessageSpec(
         (f("ino", int), f("replicas", int), f("min_replicas", int), f("recursive", bool)),
         (f("changed", int),),
@@ -258,6 +263,12 @@ SPECS: dict[Msg, MessageSpec] = {
         (f("changed", int),),
     ),
 }
+
+
+#: Requests that carry `_ONCE` fields: a retry of one that took effect gets the first answer.
+EXACTLY_ONCE = frozenset({
+    Msg.MKDIR, Msg.CREATE, Msg.OPEN, Msg.SYMLINK, Msg.SETATTR, Msg.RENAME, Msg.UNLINK, Msg.RMDIR,
+})
 
 
 def _check(fields: tuple[Field, ...], header: dict[str, Any], what: str) -> dict[str, Any]:

@@ -895,3 +895,31 @@ def test_rename_noreplace(d: Driver, store: MetadataStore) -> None:
         d("rename", parent=ROOT_INO, name="a", new_parent=ROOT_INO, new_name="b", time=d.tick(), noreplace=True)
     d("rename", parent=ROOT_INO, name="a", new_parent=ROOT_INO, new_name="c", time=d.tick(), noreplace=True)
     assert store.lookup(ROOT_INO, "c")["ino"] == a
+
+
+def test_a_retried_change_is_answered_not_done_twice(d: Driver, store: MetadataStore) -> None:
+    """Exactly-once: the same client request id gets the first answer, also for errors, and nothing changes."""
+    req = ["client-a", 7, 7]
+    first = d("mkdir", parent=ROOT_INO, name="x", mode=0o755, time=d.tick(), req=req)
+    again = d("mkdir", parent=ROOT_INO, name="x", mode=0o755, time=d.tick(), req=req)
+    assert again == first
+    with pytest.raises(Exists):  # another request (another number) for the same name: a real conflict
+        d("mkdir", parent=ROOT_INO, name="x", mode=0o755, time=d.tick(), req=["client-a", 8, 7])
+    f = d.create(ROOT_INO, "f")
+    d.alloc(f, 0)
+    gone = d("unlink", parent=ROOT_INO, name="f", time=d.tick(), free_ino=f, req=["client-b", 1, 1])
+    assert len(gone["dropped"]) == 1
+    d.create(ROOT_INO, "f")  # someone makes a new "f"; the retried unlink must not remove it
+    assert d("unlink", parent=ROOT_INO, name="f", time=d.tick(), free_ino=0, req=["client-b", 1, 1]) == {
+        "dropped": [], "orphan": 0}
+    assert names(store, ROOT_INO) == ["f", "x"]
+    # A failed change fails the same way when retried, even once it would succeed.
+    with pytest.raises(NotFound):
+        d("rmdir", parent=ROOT_INO, name="y", time=d.tick(), req=["client-c", 1, 1])
+    d.mkdir(ROOT_INO, "y")
+    with pytest.raises(NotFound):
+        d("rmdir", parent=ROOT_INO, name="y", time=d.tick(), req=["client-c", 1, 1])
+    # Answers below the client's lowest unanswered number are forgotten.
+    d("mkdir", parent=ROOT_INO, name="z", mode=0o755, time=d.tick(), req=["client-a", 9, 9])
+    rows = store.db.execute("SELECT seq FROM answers WHERE cid = 'client-a' ORDER BY seq").fetchall()
+    assert [r[0] for r in rows] == [9]
