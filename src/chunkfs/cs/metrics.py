@@ -84,7 +84,7 @@ class CsStats:
             *io_families("chunkfs_cs", {"read": self.read, "write": self.write}),
             gauge("chunkfs_cs_space_total_bytes", "Size of the file system holding the data directory", total),
             gauge("chunkfs_cs_space_free_bytes", "Free space there (as seen by non-root)", free),
-            gauge("chunkfs_cs_replicas", "Chunk replicas held", len(server.store.list_replicas())),
+            gauge("chunkfs_cs_replicas", "Chunk replicas held", server.store.replica_count()),
             gauge("chunkfs_cs_requests_in_flight", "Requests being served now (queue depth)", server.in_flight),
             gauge("chunkfs_cs_registered", "1 while registered with the master", int(server.link.registered.is_set())),
         ]
