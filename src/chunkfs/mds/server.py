@@ -52,6 +52,10 @@ FOLLOWER_MESSAGES = frozenset({Msg.RAFT, Msg.PING})
 #: After becoming master, how long to wait for chunk servers to reconnect
 #: before treating the missing ones as offline (dropping their replicas).
 CS_RECONNECT_GRACE = 10.0
+#: A new chunk that cannot be placed because chunk servers are missing (not connected,
+#: silent, still reporting) waits this long for them before the writer is told so.
+PLACEMENT_WAIT = 5.0
+PLACEMENT_POLL = 0.2
 
 
 @dataclass(slots=True)
@@ -383,13 +387,7 @@ class MetadataServer:
         attr = self.store.getattr(ino)
         if attr["type"] != "f":
             raise InvalidArgument("not a regular file")
-        # Active servers of the file's tier, distinct failure domains first (replication.py, domains.py).
-        chosen = self.healing.place(attr, attr["replicas"])
-        if len(chosen) < attr["min_replicas"]:
-            raise NoSpace(
-                f"cannot place a chunk: {len(chosen)} chunk server(s) with free space online, "
-                f"{attr['min_replicas']} needed (replicas={attr['replicas']}:{attr['min_replicas']}); add chunk servers"
-            )
+        chosen = await self._place_new_chunk(ino, attr)
         chunk: Chunk = await self._propose("alloc_chunk", ino=ino, index=index, replicas=chosen)
         failed = await self._create_replicas(chunk, chunk.replicas)
         logger.info(
@@ -397,6 +395,62 @@ class MetadataServer:
             chunk.chunk_id, ino, index, chunk.version, ",".join(map(str, chunk.replicas)),
         )
         return await self._drop_replicas(chunk, failed)
+
+    async def _place_new_chunk(self, ino: int, attr: dict[str, Any]) -> list[int]:
+        """Choose servers for a new chunk: active ones of the file's tier, distinct failure domains first.
+
+        Too few because servers are missing (not connected, silent, still
+        reporting their replicas) is not a full cluster: wait for them
+        (bounded), then fail with Unavailable (EIO) saying which.  NoSpace
+        (ENOSPC) only when the servers there are, all of them, lack room.
+        """
+        need = attr["min_replicas"]
+        deadline = time.monotonic() + PLACEMENT_WAIT
+        while True:
+            chosen = self.healing.place(attr, attr["replicas"])
+            if len(chosen) >= need:
+                return chosen
+            missing = self._missing_servers(attr.get("tier", 0))
+            able = len(self.healing.candidates(attr))
+            goal = f"replicas={attr['replicas']}:{need}"
+            if able + len(missing) < need:
+                logger.warning("cannot place a chunk of inode %d: %d chunk server(s) with free space, %d needed "
+                               "(%s); none missing: the cluster is short of space or servers", ino, able, need, goal)
+                raise NoSpace(
+                    f"cannot place a chunk: {able} chunk server(s) with free space online, {need} needed ({goal}); "
+                    "add chunk servers or free space"
+                )
+            if time.monotonic() >= deadline:
+                why = ", ".join(f"CS#{cs} {reason}" for cs, reason in sorted(missing.items()))
+                logger.warning("cannot place a chunk of inode %d: %d chunk server(s) can take it, %d needed (%s); "
+                               "waited %gs for missing servers: %s", ino, able, need, goal, PLACEMENT_WAIT, why)
+                raise Unavailable(
+                    f"cannot place a chunk: {able} chunk server(s) can take it, {need} needed ({goal}); "
+                    f"missing: {why}; not out of space: retry when they are back"
+                )
+            await asyncio.sleep(PLACEMENT_POLL)
+
+    def _missing_servers(self, tier: int) -> dict[int, str]:
+        """Registered chunk servers that could take chunks of `tier` but are not active now, and why.
+
+        A server's tier is known once it registered with this master; one never
+        seen since counts as possibly of any tier.
+        """
+        out: dict[int, str] = {}
+        for cs in self.store.chunk_servers():
+            cs_id = cs["id"]
+            if self.healing.is_active(cs_id) or cs_id in self.healing.draining or cs_id in self.healing.removed:
+                continue
+            if cs_id in self.healing.labels and self.healing.labels[cs_id][1] != tier:
+                continue
+            server = self.live.get(cs_id)
+            if server is None:
+                out[cs_id] = "not connected"
+            elif server.reporting:
+                out[cs_id] = "still reporting its replicas"
+            else:
+                out[cs_id] = f"silent for {time.monotonic() - server.last_seen:.0f}s"
+        return out
 
     def _note_created(self, chunk: Chunk, failed: set[int]) -> None:
         for cs in chunk.replicas:
