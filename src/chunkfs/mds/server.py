@@ -56,6 +56,8 @@ CS_RECONNECT_GRACE = 10.0
 #: silent, still reporting) waits this long for them before the writer is told so.
 PLACEMENT_WAIT = 5.0
 PLACEMENT_POLL = 0.2
+#: At most one "cannot place a chunk" WARNING per this many seconds (many writers fail alike).
+PLACEMENT_WARNING_EVERY = 10.0
 
 
 @dataclass(slots=True)
@@ -101,6 +103,7 @@ class MetadataServer:
         self._background: set[asyncio.Task[Any]] = set()
         self._rng = random.Random()  # noqa: S311 - placement only
         self._master_since = 0.0
+        self._placement_warned = float("-inf")
         #: Chunk-server states, re-replication, scrub reports, draining (replication.py).
         self.healing = ReplicationMonitor(self)
         #: Exclusive file leases (soft state, reclaimed by holders after a master change).
@@ -363,6 +366,12 @@ class MetadataServer:
         if index < 0:
             raise InvalidArgument("chunk index must not be negative")
         failed = {cs for cs in h.get("failed", []) if isinstance(cs, int)}
+        if self.store.chunk_at(ino, index) is None:
+            attr = self.store.getattr(ino)
+            if attr["type"] == "f":
+                # Wait for missing servers outside the chunk's lock: its stripe is shared with other chunks.
+                self._check_servers_settled()
+                await self._place_new_chunk(ino, attr)
         async with self._alloc_locks[hash((ino, index)) % len(self._alloc_locks)]:
             chunk = self.store.chunk_at(ino, index)
             if chunk is None:
@@ -387,7 +396,7 @@ class MetadataServer:
         attr = self.store.getattr(ino)
         if attr["type"] != "f":
             raise InvalidArgument("not a regular file")
-        chosen = await self._place_new_chunk(ino, attr)
+        chosen = await self._place_new_chunk(ino, attr, wait=0.0)
         chunk: Chunk = await self._propose("alloc_chunk", ino=ino, index=index, replicas=chosen)
         failed = await self._create_replicas(chunk, chunk.replicas)
         logger.info(
@@ -396,7 +405,7 @@ class MetadataServer:
         )
         return await self._drop_replicas(chunk, failed)
 
-    async def _place_new_chunk(self, ino: int, attr: dict[str, Any]) -> list[int]:
+    async def _place_new_chunk(self, ino: int, attr: dict[str, Any], wait: float = PLACEMENT_WAIT) -> list[int]:
         """Choose servers for a new chunk: active ones of the file's tier, distinct failure domains first.
 
         Too few because servers are missing (not connected, silent, still
@@ -405,7 +414,7 @@ class MetadataServer:
         (ENOSPC) only when the servers there are, all of them, lack room.
         """
         need = attr["min_replicas"]
-        deadline = time.monotonic() + PLACEMENT_WAIT
+        deadline = time.monotonic() + wait
         while True:
             chosen = self.healing.place(attr, attr["replicas"])
             if len(chosen) >= need:
@@ -413,17 +422,23 @@ class MetadataServer:
             missing = self._missing_servers(attr.get("tier", 0))
             able = len(self.healing.candidates(attr))
             goal = f"replicas={attr['replicas']}:{need}"
+            quiet = time.monotonic() - self._placement_warned < PLACEMENT_WARNING_EVERY
             if able + len(missing) < need:
-                logger.warning("cannot place a chunk of inode %d: %d chunk server(s) with free space, %d needed "
-                               "(%s); none missing: the cluster is short of space or servers", ino, able, need, goal)
+                if not quiet:
+                    self._placement_warned = time.monotonic()
+                    logger.warning("cannot place a chunk of inode %d: %d chunk server(s) with free space, %d needed "
+                                   "(%s); none missing: the cluster is short of space or servers",
+                                   ino, able, need, goal)
                 raise NoSpace(
                     f"cannot place a chunk: {able} chunk server(s) with free space online, {need} needed ({goal}); "
                     "add chunk servers or free space"
                 )
             if time.monotonic() >= deadline:
                 why = ", ".join(f"CS#{cs} {reason}" for cs, reason in sorted(missing.items()))
-                logger.warning("cannot place a chunk of inode %d: %d chunk server(s) can take it, %d needed (%s); "
-                               "waited %gs for missing servers: %s", ino, able, need, goal, PLACEMENT_WAIT, why)
+                if not quiet:
+                    self._placement_warned = time.monotonic()
+                    logger.warning("cannot place a chunk of inode %d: %d chunk server(s) can take it, %d needed (%s); "
+                                   "waited %gs for missing servers: %s", ino, able, need, goal, wait, why)
                 raise Unavailable(
                     f"cannot place a chunk: {able} chunk server(s) can take it, {need} needed ({goal}); "
                     f"missing: {why}; not out of space: retry when they are back"
