@@ -43,6 +43,7 @@ def test_written_and_read_bytes_are_counted(make_cluster, tmp_path) -> None:
         assert page['chunkfs_cs_io_latency_seconds_count{op="write"}'] == c["io"]["write_ops"]
         assert page["chunkfs_cs_replicas"] == 4
         assert page["chunkfs_cs_space_free_bytes"] > 0
+        assert page["chunkfs_event_loop_lag_seconds_count"] > 0 and "chunkfs_event_loop_lag_max_seconds" in page
         cs_written += page['chunkfs_cs_io_bytes_total{op="write"}']
     assert cs_written == 2 * size
     mds = scrape(urls[("mds", 1)])
@@ -52,6 +53,7 @@ def test_written_and_read_bytes_are_counted(make_cluster, tmp_path) -> None:
     assert mds['chunkfs_chunk_servers{status="active"}'] == 2
     assert mds['chunkfs_mds_requests_total{msg="CHUNK_WRITE"}'] >= 4
     assert "process_resident_memory_bytes" in mds
+    assert mds["chunkfs_event_loop_lag_seconds_count"] > 0 and "chunkfs_event_loop_stalls_total" in mds
     assert mds.get("chunkfs_replication_queue", 0) == 0
 
     # The dashboard is served by the master at the URL `stat` gives.

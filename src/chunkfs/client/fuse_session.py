@@ -34,6 +34,7 @@ from chunkfs.common.config import ClientConfig
 from chunkfs.common.daemon import PID_FILE, new_event_loop, pid_alive, read_pid
 from chunkfs.common.durable import write_file_durably
 from chunkfs.common.errors import ConfigError, Unavailable
+from chunkfs.common.loop_lag import LoopLagMonitor
 
 logger = logging.getLogger(__name__)
 
@@ -147,6 +148,8 @@ def run_mount(
 
     async def main() -> None:
         client = Client(config, name=f"mount-{socket.gethostname()}-{os.getpid()}")
+        lag = LoopLagMonitor(f"mount {mountpoint}")  # a WARNING naming the call when the loop stalls
+        lag.start()
         try:
             await client.getattr(ROOT_INO)  # fail here, before mounting, if the cluster is unreachable
             ops = ChunkFSOperations(client, opts)
@@ -170,6 +173,7 @@ def run_mount(
                 pyfuse3.close(unmount=True)
                 logger.info("%s unmounted", mountpoint)
         finally:
+            await lag.stop()
             await client.close()
 
     try:

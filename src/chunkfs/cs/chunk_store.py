@@ -418,6 +418,11 @@ class ChunkStore:
         with self._lock:
             return sorted(self._index.items())
 
+    def replica_count(self) -> int:
+        """How many replicas this directory holds (without listing them)."""
+        with self._lock:
+            return len(self._index)
+
     def version_of(self, chunk_id: int) -> int | None:
         """The version of the replica held here, or None."""
         with self._lock:
@@ -504,11 +509,18 @@ class ChunkStore:
             with self._lock:
                 self._index[chunk_id] = new_version
 
-    def delete(self, chunk_id: int) -> None:
-        """Remove the replica, whatever its version; absent is not an error."""
+    def delete(self, chunk_id: int, only_version: int | None = None) -> None:
+        """Remove the replica, whatever its version; absent is not an error.
+
+        With `only_version`, only a replica still at that version goes: a stale
+        replica named in a registration reply is deleted later than the master
+        decided, and must not take a fresh copy made there meanwhile with it.
+        """
         with self._chunk_lock(chunk_id):
             with self._lock:
                 self._check_open()
+                if only_version is not None and self._index.get(chunk_id) != only_version:
+                    return
                 version = self._index.pop(chunk_id, None)
                 if version is None:
                     return

@@ -4,6 +4,11 @@ It finds the master among the known metadata servers, registers (reporting
 every replica it holds, so the master can tell current from stale), sends
 heartbeats with space and load, carries out the master's commands, and
 reconnects when the link drops — with a growing, bounded pause between tries.
+
+The replicas are reported in pages of at most `REPLICA_PAGE` (the first in
+CS_REGISTER, the rest in CS_REPORT_REPLICAS, the last one flagged), so a server
+with any number of replicas registers: in one frame, 20,000 replicas outgrew
+the receive buffer and 60,000 the header limit (issue 14).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from chunkfs.common.config import NodeConfig, save_node
 from chunkfs.common.errors import ChunkFSError, NotMaster
-from chunkfs.protocol.messages import Msg
+from chunkfs.protocol.messages import REPLICA_PAGE, Msg
 from chunkfs.protocol.rpc import Connection, Credentials, connect
 
 if TYPE_CHECKING:
@@ -25,6 +30,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MAX_RETRY_PAUSE = 5.0
+
+
+def replica_pages(replicas: list[tuple[int, int]], size: int = REPLICA_PAGE) -> list[list[tuple[int, int]]]:
+    """Split a replica list into registration pages; an empty list is one empty page."""
+    return [replicas[i:i + size] for i in range(0, len(replicas), size)] or [[]]
 
 
 class MdsLink:
@@ -80,32 +90,54 @@ class MdsLink:
         self.conn = conn = await connect(addr, creds, handler=self.server.handle_master)
         store = self.server.store
         total, free = store.space()
-        replicas = store.list_replicas()
-        reply, _ = await conn.call(Msg.CS_REGISTER, {
+        # Listed once, off the loop: replicas created from now on are given by the master, which knows.
+        replicas = await asyncio.to_thread(store.list_replicas)
+        pages = replica_pages(replicas)
+        register = {
             "cluster_uuid": self.node.cluster.uuid, "cs_id": self.cs_id, "addr": self.node.addr,
             "host": self.node.host or socket.gethostname(), "total": total, "free": free,
-            "replicas": [list(r) for r in replicas], "location": self.node.location, "tier": self.node.tier,
-        })
+            "replicas": [list(r) for r in pages[0]], "location": self.node.location, "tier": self.node.tier,
+        }
+        if len(pages) > 1:
+            register["more"] = True  # sent only when needed, so one page still suits an older master
+        reply, _ = await conn.call(Msg.CS_REGISTER, register)
         if reply["cs_id"] != self.cs_id:
             self.cs_id = reply["cs_id"]
             self.node = dataclasses.replace(self.node, node_id=self.cs_id)
             save_node(self.server.directory, self.node, self.secret)
             self.server.creds.node = f"cs{self.cs_id}"
-        for chunk_id in reply["delete"]:
-            if isinstance(chunk_id, int):
-                await asyncio.to_thread(store.delete, chunk_id)
+        deleted = await self._delete_stale(pages[0], reply["delete"])
+        for number, page in enumerate(pages[1:], start=2):
+            more, _ = await conn.call(Msg.CS_REPORT_REPLICAS, {
+                "cs_id": self.cs_id, "replicas": [list(r) for r in page], "last": number == len(pages)})
+            deleted += await self._delete_stale(page, more["delete"])
         logger.info(
-            "registered with MDS %s as CS#%d: %d replicas reported, %d stale or orphaned deleted",
-            addr, self.cs_id, len(replicas), len(reply["delete"]),
+            "registered with MDS %s as CS#%d: %d replicas reported in %d page(s), %d stale or orphaned deleted",
+            addr, self.cs_id, len(replicas), len(pages), deleted,
         )
         self.registered.set()
         while not conn.closed:
             total, free = store.space()
             beat, _ = await conn.call(Msg.CS_HEARTBEAT, {
                 "cs_id": self.cs_id, "total": total, "free": free,
-                "replica_count": len(store.list_replicas()), "load": self.server.in_flight,
+                "replica_count": store.replica_count(), "load": self.server.in_flight,
                 **self.server.stats.heartbeat_fields(),
             }, timeout=max(5.0, 5 * self.node.heartbeat_interval))
             if isinstance(beat.get("settings"), dict):
                 self.server.scrubber.update(beat["settings"])
             await asyncio.sleep(self.node.heartbeat_interval)
+
+    async def _delete_stale(self, page: list[tuple[int, int]], delete: list[object]) -> int:
+        """Delete the replicas of `page` the master named stale or orphaned; return how many.
+
+        Only at the version reported: a replica the master has had copied here
+        since (a new version) stays.  A reply naming chunks outside the page is
+        ignored, so a confused master cannot delete what it was not told about.
+        """
+        reported = dict(page)
+        count = 0
+        for chunk_id in delete:
+            if isinstance(chunk_id, int) and not isinstance(chunk_id, bool) and chunk_id in reported:
+                await asyncio.to_thread(self.server.store.delete, chunk_id, reported[chunk_id])
+                count += 1
+        return count

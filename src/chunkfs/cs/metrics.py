@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from chunkfs.common.http import HttpServer
+from chunkfs.common.loop_lag import LoopLagMonitor
 from chunkfs.common.metrics import (
     CONTENT_TYPE,
     IoCounters,
@@ -42,6 +43,8 @@ class CsStats:
         self._rates = RateTracker()
         self.registry = make_registry(self._families)
         self.http: HttpServer | None = None
+        #: Event-loop lag and stall warnings, with or without a metrics listener.
+        self.loop_lag = LoopLagMonitor(f"CS {server.node.addr}")
 
     @property
     def url(self) -> str:
@@ -49,6 +52,7 @@ class CsStats:
         return http_url(node.metrics_addr, node.addr, "/metrics") if node.metrics_addr else ""
 
     async def start(self) -> None:
+        self.loop_lag.start()
         addr = self.server.node.metrics_addr
         if not addr:
             return
@@ -62,6 +66,7 @@ class CsStats:
         logger.info("metrics at %s", self.url)
 
     async def stop(self) -> None:
+        await self.loop_lag.stop()
         if self.http is not None:
             await self.http.close()
 
@@ -84,7 +89,8 @@ class CsStats:
             *io_families("chunkfs_cs", {"read": self.read, "write": self.write}),
             gauge("chunkfs_cs_space_total_bytes", "Size of the file system holding the data directory", total),
             gauge("chunkfs_cs_space_free_bytes", "Free space there (as seen by non-root)", free),
-            gauge("chunkfs_cs_replicas", "Chunk replicas held", len(server.store.list_replicas())),
+            gauge("chunkfs_cs_replicas", "Chunk replicas held", server.store.replica_count()),
             gauge("chunkfs_cs_requests_in_flight", "Requests being served now (queue depth)", server.in_flight),
             gauge("chunkfs_cs_registered", "1 while registered with the master", int(server.link.registered.is_set())),
+            *self.loop_lag.families(),
         ]

@@ -58,7 +58,7 @@ class ChunkServer:
         await self.stats.start()
         logger.info(
             "CS of cluster %r serving %s on %s (%d replicas)",
-            self.node.cluster.name, self.directory, self.node.addr, len(self.store.list_replicas()),
+            self.node.cluster.name, self.directory, self.node.addr, self.store.replica_count(),
         )
         self.link.start()
         self.scrubber.start()

@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from chunkfs.common.errors import ConfigError
 from chunkfs.common.http import HttpServer
+from chunkfs.common.loop_lag import LoopLagMonitor
 from chunkfs.common.metrics import CONTENT_TYPE, IoCounters, exposition, gauge, make_registry
 from chunkfs.mds import dashboard
 from chunkfs.protocol.messages import Msg
@@ -31,8 +32,11 @@ class MdsMetrics:
         self.requests: dict[Msg, IoCounters] = {msg: IoCounters() for msg in Msg}
         self.registry = make_registry(self._families)
         self.http: HttpServer | None = None
+        #: Event-loop lag and stall warnings, with or without a metrics listener.
+        self.loop_lag = LoopLagMonitor(f"MDS#{server.node.node_id}")
 
     async def start(self) -> None:
+        self.loop_lag.start()
         addr = self.server.node.metrics_addr
         if not addr:
             return
@@ -48,6 +52,7 @@ class MdsMetrics:
         logger.info("metrics and dashboard at %s", self.server.view.dashboard_url())
 
     async def stop(self) -> None:
+        await self.loop_lag.stop()
         if self.http is not None:
             await self.http.close()
 
@@ -75,7 +80,7 @@ class MdsMetrics:
             if c.ops:
                 ops.add_metric([msg.name], c.ops)
                 latency.add_metric([msg.name], c.histogram_buckets(), c.lat_sum)
-        out += [ops, latency]
+        out += [ops, latency, *self.loop_lag.families()]
         if server.raft.is_leader():
             stat = server.cluster_stat()
             chunks = GaugeMetricFamily("chunkfs_chunks", "Chunks by health", labels=["state"])

@@ -202,6 +202,8 @@ class ReplicationMonitor:
                 silent = now - self.silent_since.setdefault(cs_id, self._started)
             out[cs_id] = cs_state(
                 live is not None, silent, settings["cs-inactive-timeout"], settings["cs-offline-timeout"])
+            if live is not None and live.reporting and out[cs_id] == ACTIVE:
+                out[cs_id] = INACTIVE  # still reporting its replicas: not fully known yet
             if cs_id in self.draining and live is None:
                 out[cs_id] = OFFLINE  # being removed: nothing to wait for
         return out
@@ -209,7 +211,7 @@ class ReplicationMonitor:
     def is_active(self, cs_id: int) -> bool:
         """Whether new replicas may go to this server now."""
         live = self.mds.live.get(cs_id)
-        if live is None or cs_id in self.draining:
+        if live is None or live.reporting or cs_id in self.draining:
             return False
         return time.monotonic() - live.last_seen < self.settings()["cs-inactive-timeout"]
 
@@ -222,7 +224,10 @@ class ReplicationMonitor:
         attr = self._attr(chunk.ino, attrs)
         live = self.mds.live
         holds = {cs for cs in chunk.replicas if cs in live and chunk.chunk_id in live[cs].replicas}
-        return classify(chunk.chunk_id, chunk.replicas, attr["replicas"], attr["min_replicas"], states, set(live),
+        # A server still reporting its replicas counts as not connected yet: a replica it has
+        # not reported is waiting (it may well be there), not lost.
+        connected = {cs for cs in chunk.replicas if cs in live and not live[cs].reporting}
+        return classify(chunk.chunk_id, chunk.replicas, attr["replicas"], attr["min_replicas"], states, connected,
                         holds)
 
     # -- placement -----------------------------------------------------------------
@@ -288,7 +293,12 @@ class ReplicationMonitor:
     async def _tick(self) -> None:
         settings = self.settings(fresh=True)
         states = self.compute_states(settings)
-        previous, self.states = self.states, states
+        previous = self.states
+        # A server still reporting its replicas keeps its last announced state, so that a
+        # registration in pages is not announced as "inactive", then "active again".
+        reporting = {cs for cs, server in self.mds.live.items() if server.reporting}
+        self.states = {cs: previous[cs] if cs in reporting else st for cs, st in states.items()
+                       if cs not in reporting or cs in previous}
         for cs, state in states.items():
             server = self.mds.live.get(cs)
             if state == OFFLINE and server is not None:
@@ -296,7 +306,8 @@ class ReplicationMonitor:
                 # registers again and learns which of its replicas are stale.
                 logger.warning("CS#%d silent for too long on a live connection: closing it", cs)
                 server.conn.close()
-        changed = {cs: st for cs, st in states.items() if previous.get(cs, ACTIVE if st == ACTIVE else None) != st}
+        changed = {cs: st for cs, st in states.items()
+                   if cs not in reporting and previous.get(cs, ACTIVE if st == ACTIVE else None) != st}
         from chunkfs.mds.server import CS_RECONNECT_GRACE
 
         settled = time.monotonic() - self.mds._master_since > CS_RECONNECT_GRACE
@@ -321,6 +332,8 @@ class ReplicationMonitor:
             if h.need:
                 short += 1
                 urgent += len(h.good) < h.minimum
+                if reporting.intersection(h.waiting):
+                    continue  # its server is still listing its replicas: most likely there, wait
                 work.append((0 if len(h.good) < h.minimum else 1, len(h.good) - h.minimum, h, chunk, None, None))
             elif h.excess or h.untidy:
                 work.append((2, 0, h, chunk, None, None))

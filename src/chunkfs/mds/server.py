@@ -53,6 +53,12 @@ FOLLOWER_MESSAGES = frozenset({Msg.RAFT, Msg.PING})
 #: After becoming master, how long to wait for chunk servers to reconnect
 #: before treating the missing ones as offline (dropping their replicas).
 CS_RECONNECT_GRACE = 10.0
+#: A new chunk that cannot be placed because chunk servers are missing (not connected,
+#: silent, still reporting) waits this long for them before the writer is told so.
+PLACEMENT_WAIT = 5.0
+PLACEMENT_POLL = 0.2
+#: At most one "cannot place a chunk" WARNING per this many seconds (many writers fail alike).
+PLACEMENT_WARNING_EVERY = 10.0
 
 
 @dataclass(slots=True)
@@ -68,6 +74,13 @@ class LiveServer:
     load: int = 0
     last_seen: float = field(default_factory=time.monotonic)
     replicas: set[int] = field(default_factory=set)
+    #: Between a paged CS_REGISTER and its last CS_REPORT_REPLICAS: a chunk it has not
+    #: reported yet may still be on it, so nothing is dropped, re-created or placed there.
+    reporting: bool = False
+    #: Registration figures, for its event: replicas current, stale or orphaned, pages.
+    current: int = 0
+    stale: int = 0
+    pages: int = 0
 
 
 class MetadataServer:
@@ -91,6 +104,7 @@ class MetadataServer:
         self._background: set[asyncio.Task[Any]] = set()
         self._rng = random.Random()  # noqa: S311 - placement only
         self._master_since = 0.0
+        self._placement_warned = float("-inf")
         #: Chunk-server states, re-replication, scrub reports, draining (replication.py).
         self.healing = ReplicationMonitor(self)
         #: Exclusive file leases (soft state, reclaimed by holders after a master change).
@@ -195,7 +209,7 @@ class MetadataServer:
         handler = getattr(self, f"_on_{msg.name.lower()}", None)
         if handler is None:
             raise ProtocolError(f"{msg.name} is not served by a metadata server")
-        if msg in (Msg.CS_REGISTER, Msg.CS_HEARTBEAT) and conn.peer_role != "cs":
+        if msg in (Msg.CS_REGISTER, Msg.CS_REPORT_REPLICAS, Msg.CS_HEARTBEAT) and conn.peer_role != "cs":
             raise ProtocolError(f"{msg.name} is for chunk servers only")
         if msg not in FOLLOWER_MESSAGES and not self.raft.is_leader():
             raise self.raft.not_master_error()
@@ -390,6 +404,20 @@ class MetadataServer:
         server = self.live.get(cs_id)
         return server is not None and chunk_id in server.replicas
 
+    def _unknown(self, cs_id: int, chunk_id: int) -> bool:
+        """Whether `cs_id` is still reporting its replicas and has not reported this chunk yet."""
+        server = self.live.get(cs_id)
+        return server is not None and server.reporting and chunk_id not in server.replicas
+
+    def _wait_for_reports(self, chunk: Chunk, cs_ids: set[int] | list[int] | tuple[int, ...]) -> None:
+        """Make the writer retry (not drop or re-create replicas) while their servers still report them."""
+        unknown = sorted(cs for cs in cs_ids if self._unknown(cs, chunk.chunk_id))
+        if unknown:
+            raise Unavailable(
+                f"chunk {chunk.chunk_id:#x}: CS {','.join(map(str, unknown))} still reporting its replicas "
+                "after registering; retry shortly"
+            )
+
     def _map(self, chunk: Chunk | None) -> dict[str, Any]:
         size = self.node.cluster.chunk_size
         if chunk is None:
@@ -412,6 +440,12 @@ class MetadataServer:
         if index < 0:
             raise InvalidArgument("chunk index must not be negative")
         failed = {cs for cs in h.get("failed", []) if isinstance(cs, int)}
+        if self.store.chunk_at(ino, index) is None:
+            attr = self.store.getattr(ino)
+            if attr["type"] == "f":
+                # Wait for missing servers outside the chunk's lock: its stripe is shared with other chunks.
+                self._check_servers_settled()
+                await self._place_new_chunk(ino, attr)
         async with self._alloc_locks[hash((ino, index)) % len(self._alloc_locks)]:
             chunk = self.store.chunk_at(ino, index)
             if chunk is None:
@@ -424,7 +458,8 @@ class MetadataServer:
         """A new master knows no chunk server until they reconnect: make writers wait, not fail."""
         if time.monotonic() - self._master_since > CS_RECONNECT_GRACE:
             return
-        missing = [cs["id"] for cs in self.store.chunk_servers() if cs["id"] not in self.live]
+        missing = [cs["id"] for cs in self.store.chunk_servers()
+                   if cs["id"] not in self.live or self.live[cs["id"]].reporting]
         if missing:
             raise Unavailable(
                 f"this master is new; waiting for chunk servers {missing} to reconnect: retry shortly"
@@ -435,13 +470,7 @@ class MetadataServer:
         attr = self.store.getattr(ino)
         if attr["type"] != "f":
             raise InvalidArgument("not a regular file")
-        # Active servers of the file's tier, distinct failure domains first (replication.py, domains.py).
-        chosen = self.healing.place(attr, attr["replicas"])
-        if len(chosen) < attr["min_replicas"]:
-            raise NoSpace(
-                f"cannot place a chunk: {len(chosen)} chunk server(s) with free space online, "
-                f"{attr['min_replicas']} needed (replicas={attr['replicas']}:{attr['min_replicas']}); add chunk servers"
-            )
+        chosen = await self._place_new_chunk(ino, attr, wait=0.0)
         chunk: Chunk = await self._propose("alloc_chunk", ino=ino, index=index, replicas=chosen)
         failed = await self._create_replicas(chunk, chunk.replicas)
         logger.info(
@@ -449,6 +478,68 @@ class MetadataServer:
             chunk.chunk_id, ino, index, chunk.version, ",".join(map(str, chunk.replicas)),
         )
         return await self._drop_replicas(chunk, failed)
+
+    async def _place_new_chunk(self, ino: int, attr: dict[str, Any], wait: float = PLACEMENT_WAIT) -> list[int]:
+        """Choose servers for a new chunk: active ones of the file's tier, distinct failure domains first.
+
+        Too few because servers are missing (not connected, silent, still
+        reporting their replicas) is not a full cluster: wait for them
+        (bounded), then fail with Unavailable (EIO) saying which.  NoSpace
+        (ENOSPC) only when the servers there are, all of them, lack room.
+        """
+        need = attr["min_replicas"]
+        deadline = time.monotonic() + wait
+        while True:
+            chosen = self.healing.place(attr, attr["replicas"])
+            if len(chosen) >= need:
+                return chosen
+            missing = self._missing_servers(attr.get("tier", 0))
+            able = len(self.healing.candidates(attr))
+            goal = f"replicas={attr['replicas']}:{need}"
+            quiet = time.monotonic() - self._placement_warned < PLACEMENT_WARNING_EVERY
+            if able + len(missing) < need:
+                if not quiet:
+                    self._placement_warned = time.monotonic()
+                    logger.warning("cannot place a chunk of inode %d: %d chunk server(s) with free space, %d needed "
+                                   "(%s); none missing: the cluster is short of space or servers",
+                                   ino, able, need, goal)
+                raise NoSpace(
+                    f"cannot place a chunk: {able} chunk server(s) with free space online, {need} needed ({goal}); "
+                    "add chunk servers or free space"
+                )
+            if time.monotonic() >= deadline:
+                why = ", ".join(f"CS#{cs} {reason}" for cs, reason in sorted(missing.items()))
+                if not quiet:
+                    self._placement_warned = time.monotonic()
+                    logger.warning("cannot place a chunk of inode %d: %d chunk server(s) can take it, %d needed (%s); "
+                                   "waited %gs for missing servers: %s", ino, able, need, goal, wait, why)
+                raise Unavailable(
+                    f"cannot place a chunk: {able} chunk server(s) can take it, {need} needed ({goal}); "
+                    f"missing: {why}; not out of space: retry when they are back"
+                )
+            await asyncio.sleep(PLACEMENT_POLL)
+
+    def _missing_servers(self, tier: int) -> dict[int, str]:
+        """Registered chunk servers that could take chunks of `tier` but are not active now, and why.
+
+        A server's tier is known once it registered with this master; one never
+        seen since counts as possibly of any tier.
+        """
+        out: dict[int, str] = {}
+        for cs in self.store.chunk_servers():
+            cs_id = cs["id"]
+            if self.healing.is_active(cs_id) or cs_id in self.healing.draining or cs_id in self.healing.removed:
+                continue
+            if cs_id in self.healing.labels and self.healing.labels[cs_id][1] != tier:
+                continue
+            server = self.live.get(cs_id)
+            if server is None:
+                out[cs_id] = "not connected"
+            elif server.reporting:
+                out[cs_id] = "still reporting its replicas"
+            else:
+                out[cs_id] = f"silent for {time.monotonic() - server.last_seen:.0f}s"
+        return out
 
     def _note_created(self, chunk: Chunk, failed: set[int]) -> None:
         for cs in chunk.replicas:
@@ -467,6 +558,7 @@ class MetadataServer:
         if any(self._holds(cs, chunk.chunk_id) for cs in chunk.replicas):
             return chunk
         self._check_servers_settled()
+        self._wait_for_reports(chunk, chunk.replicas)
         live = [cs for cs in chunk.replicas if cs in self.live]
         failed = await self._create_replicas(chunk, live)
         logger.warning("chunk %#x had no replica anywhere (allocation interrupted): created on CS %s",
@@ -483,6 +575,7 @@ class MetadataServer:
             bad = {cs for cs in chunk.replicas if cs in failed or not self._holds(cs, chunk.chunk_id)}
             if not bad:
                 return chunk
+            self._wait_for_reports(chunk, bad - failed)
             if not failed & bad:
                 self._check_servers_settled()
             survivors = [cs for cs in chunk.replicas if cs not in bad]
@@ -607,26 +700,57 @@ class MetadataServer:
         old = self.live.get(cs_id)
         if old is not None and old.conn is not conn:
             old.conn.close()
+        server = LiveServer(cs_id, h["addr"], h["host"], conn, h["total"], h["free"], reporting=bool(h.get("more")))
+        delete = self._take_replicas(server, reported)
+        conn.tag = server
+        self.live[cs_id] = server
+        self.healing.on_register(cs_id, h.get("location", ""), h.get("tier", 0))
+        if not server.reporting:
+            await self._registered(server)
+        return {"cs_id": cs_id, "delete": delete}
+
+    async def _on_cs_report_replicas(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
+        """One more page of a registration: answer its stale replicas; after the last, the server is known."""
+        server = conn.tag
+        if not isinstance(server, LiveServer) or server.cs_id != h["cs_id"] or not server.reporting:
+            raise InvalidArgument("replica report outside a registration: send CS_REGISTER with more=true first")
+        if self.live.get(server.cs_id) is not server:
+            raise Unavailable(f"CS#{server.cs_id} registered again on another connection")
+        delete = self._take_replicas(server, int_pairs(h["replicas"], "replicas"))
+        server.last_seen = time.monotonic()
+        if h["last"]:
+            server.reporting = False
+            await self._registered(server)
+        return {"delete": delete}
+
+    def _take_replicas(self, server: LiveServer, reported: list[tuple[int, int]]) -> list[int]:
+        """Count one page of reported replicas as held; return the stale or orphaned ones to delete.
+
+        Runs without an await, so nothing changes a chunk between its check and
+        the server's replica set being updated.  A page is at most REPLICA_PAGE
+        pairs: bounded work on the event loop whatever the server holds.
+        """
         current = self.store.chunk_versions([cid for cid, _ in reported])
-        keep: set[int] = set()
         delete: list[int] = []
         for chunk_id, version in reported:
             if current.get(chunk_id) == version:
                 chunk = self.store.chunk(chunk_id)
-                if chunk is not None and cs_id in chunk.replicas:
-                    keep.add(chunk_id)
+                if chunk is not None and server.cs_id in chunk.replicas:
+                    server.replicas.add(chunk_id)
                     continue
             delete.append(chunk_id)
-        server = LiveServer(cs_id, h["addr"], h["host"], conn, h["total"], h["free"], replicas=keep)
-        conn.tag = server
-        self.live[cs_id] = server
-        self.healing.on_register(cs_id, h.get("location", ""), h.get("tier", 0))
+        server.current += len(reported) - len(delete)
+        server.stale += len(delete)
+        server.pages += 1
+        return delete
+
+    async def _registered(self, server: LiveServer) -> None:
+        pages = f" in {server.pages} pages" if server.pages > 1 else ""
         await self._event(
             "info",
-            f"CS#{cs_id} online at {h['addr']} (host {h['host']}): {len(keep)} replica(s) current, "
-            f"{len(delete)} stale or orphaned to delete",
+            f"CS#{server.cs_id} online at {server.addr} (host {server.host}): {server.current} replica(s) current, "
+            f"{server.stale} stale or orphaned to delete{pages}",
         )
-        return {"cs_id": cs_id, "delete": delete}
 
     async def _on_cs_heartbeat(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
         server = conn.tag

@@ -14,12 +14,29 @@ the handlers that use them through the small helpers at the bottom.
 from __future__ import annotations
 
 import enum
+import os
 from dataclasses import dataclass
 from typing import Any
 
 from chunkfs.common.errors import ProtocolError
 
 _NONE = type(None)
+
+
+def _replica_page() -> int:
+    """The page size: 4096, or less from CHUNKFS_REPLICA_PAGE (a test knob, bounded to 1-4096)."""
+    text = os.environ.get("CHUNKFS_REPLICA_PAGE", "")
+    return max(1, min(4096, int(text))) if text.isdigit() else 4096
+
+
+#: The most [chunk_id, version] pairs one frame carries (a page of CS_REGISTER or
+#: CS_REPORT_REPLICAS), and so the most chunk ids one reply names for deletion.
+#: A chunk server announces any number of replicas in pages of this size, so
+#: nothing that grows with the data travels in one frame.  A worst-case pair (two
+#: 64-bit integers) is 19 bytes of msgpack: a page is under 80 KiB, far below
+#: MAX_HEADER_LEN and the receive buffer, and costs the master's event loop a
+#: few milliseconds.  CHUNKFS_REPLICA_PAGE lowers it so tests exercise many pages.
+REPLICA_PAGE = _replica_page()
 
 
 class Msg(enum.IntEnum):
@@ -55,6 +72,7 @@ class Msg(enum.IntEnum):
     # CS -> MDS.
     CS_REGISTER = 50
     CS_HEARTBEAT = 51
+    CS_REPORT_REPLICAS = 52
     # MDS -> CS (over the link the CS opened).
     CS_CREATE_CHUNK = 60
     CS_SET_VERSION = 61
@@ -90,6 +108,8 @@ class Field:
     name: str
     types: tuple[type, ...]
     optional: bool = False
+    #: For a list: the most items it may hold (0: bounded only by the frame).
+    max_items: int = 0
 
 
 @dataclass(slots=True, frozen=True)
@@ -100,8 +120,8 @@ class MessageSpec:
     request_payload: bool = False
 
 
-def f(name: str, *types: type, optional: bool = False) -> Field:
-    return Field(name, types, optional)
+def f(name: str, *types: type, optional: bool = False, max_items: int = 0) -> Field:
+    return Field(name, types, optional, max_items)
 
 
 _ATTR = (f("attr", dict),)
@@ -198,11 +218,20 @@ SPECS: dict[Msg, MessageSpec] = {
             f("host", str),
             f("total", int),
             f("free", int),
-            f("replicas", list),  # [[chunk_id, version], ...]
+            # The first page of the replicas held, [[chunk_id, version], ...]; with `more`,
+            # the rest follow in CS_REPORT_REPLICAS pages, the last one flagged.
+            f("replicas", list, max_items=REPLICA_PAGE),
             f("location", str, optional=True),  # "ROOM.ROW.RACK" for failure domains
             f("tier", int, optional=True),  # 0-3: placement stays within a file's tier
+            f("more", bool, optional=True),
         ),
-        (f("cs_id", int), f("delete", list)),
+        # `delete`: the stale or orphaned replicas of this page.
+        (f("cs_id", int), f("delete", list, max_items=REPLICA_PAGE)),
+    ),
+    # One more page of a registration; the server counts as fully known after the `last` one.
+    Msg.CS_REPORT_REPLICAS: MessageSpec(
+        (f("cs_id", int), f("replicas", list, max_items=REPLICA_PAGE), f("last", bool)),
+        (f("delete", list, max_items=REPLICA_PAGE),),
     ),
     Msg.CS_HEARTBEAT: MessageSpec(
         (
@@ -287,6 +316,10 @@ def _check(fields: tuple[Field, ...], header: dict[str, Any], what: str) -> dict
             raise ProtocolError(f"{what}: field {fl.name!r} has the wrong type")
         if not isinstance(value, fl.types):
             raise ProtocolError(f"{what}: field {fl.name!r} has the wrong type")
+        if fl.max_items and isinstance(value, list) and len(value) > fl.max_items:
+            raise ProtocolError(
+                f"{what}: field {fl.name!r} has {len(value)} items, more than the {fl.max_items} one frame "
+                "may carry (send them in pages)")
     return header
 
 

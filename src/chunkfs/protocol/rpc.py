@@ -55,7 +55,8 @@ HANDSHAKE_TIMEOUT = 5.0
 #: Requests served at once on one connection; more wait in the socket buffer.
 MAX_CONCURRENT_REQUESTS = 64
 NONCE_SIZE = 32
-#: Prefixes and headers are received into a buffer of this size (grown for a big header).
+#: Prefixes and headers are received into a buffer of this size; a bigger header (up to
+#: MAX_HEADER_LEN) gets a bigger buffer for as long as it takes to arrive.
 SCRATCH_SIZE = 256 << 10
 SOCKET_BUFFER = 4 << 20
 #: Above this much unsent data, senders wait (`_drain`).
@@ -153,7 +154,7 @@ class Connection(asyncio.BufferedProtocol):
         if self._payload is not None:
             return memoryview(self._payload)[self._payload_pos:]
         if self._end == len(self._scratch):
-            self._compact()
+            self._make_room(0)
         return memoryview(self._scratch)[self._end:]
 
     def buffer_updated(self, nbytes: int) -> None:
@@ -182,14 +183,28 @@ class Connection(asyncio.BufferedProtocol):
 
     # -- parsing ---------------------------------------------------------------
 
-    def _compact(self) -> None:
-        """Move unparsed bytes to the front of the scratch buffer; grow it for a big header."""
+    def _make_room(self, need: int) -> None:
+        """Make room after the unparsed bytes, for a frame head of `need` bytes (0: any room).
+
+        The scratch buffer is never resized in place: the transport may still
+        hold the memoryview `get_buffer` gave it (asyncio's selector transport
+        and uvloop both keep it alive while `buffer_updated` runs), and resizing
+        an exported bytearray raises BufferError, which closed the connection
+        on every header over 256 KiB (issue 14).  A bigger buffer is a new
+        object; the old one lives on until the transport lets go of its view.
+        `need` is at most PREFIX_SIZE + MAX_HEADER_LEN (checked by
+        `unpack_prefix` first), so the buffer stays bounded.
+        """
         pending = self._end - self._start
-        if self._start:
+        want = max(need, pending + 1)
+        if want > len(self._scratch):
+            grown = bytearray(max(want, SCRATCH_SIZE))
+            grown[:pending] = self._scratch[self._start:self._end]
+            self._scratch = grown
+        elif self._start:
+            # Same length on both sides: no resize, allowed while a view is exported.
             self._scratch[:pending] = self._scratch[self._start:self._end]
-            self._start, self._end = 0, pending
-        if self._end == len(self._scratch):
-            self._scratch.extend(bytes(len(self._scratch)))
+        self._start, self._end = 0, pending
 
     def _parse(self) -> None:
         scratch = self._scratch
@@ -200,9 +215,8 @@ class Connection(asyncio.BufferedProtocol):
             prefix = unpack_prefix(bytes(scratch[self._start:self._start + PREFIX_SIZE]), self.max_payload)
             frame_head = PREFIX_SIZE + prefix.header_len
             if available < frame_head:
-                if frame_head > len(scratch):
-                    self._compact()
-                    scratch = self._scratch
+                if self._start + frame_head > len(scratch):
+                    self._make_room(frame_head)
                 break
             header = decode_header(bytes(scratch[self._start + PREFIX_SIZE:self._start + frame_head]))
             self._start += frame_head
@@ -221,6 +235,9 @@ class Connection(asyncio.BufferedProtocol):
             self._start = self._end = 0
         if self._start == self._end:
             self._start = self._end = 0
+            if len(self._scratch) > SCRATCH_SIZE:
+                # A big header passed: give its memory back (every buffer has a bound, invariant 5).
+                self._scratch = bytearray(SCRATCH_SIZE)
 
     def _deliver(self, frame: Frame) -> None:
         if not self._started:

@@ -1,0 +1,138 @@
+"""The receive path takes any frame up to the declared limits, and refuses the next byte cleanly.
+
+The fake transport below holds on to the memoryview `get_buffer` handed out
+while `buffer_updated` runs, as asyncio's selector transport and uvloop do:
+that is what made growing the scratch buffer raise BufferError (issue 14).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from chunkfs.common.errors import ProtocolError
+from chunkfs.protocol import rpc
+from chunkfs.protocol.frame import MAX_HEADER_LEN, MAX_PAYLOAD_LEN, PREFIX_SIZE, Kind, encode_header, pack_prefix
+from chunkfs.protocol.messages import Msg
+
+
+class HoldingTransport:
+    """Feeds bytes the way a real transport does: recv into the protocol's buffer, view still alive."""
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.written.append(bytes(data))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+
+def feed(conn: rpc.Connection, transport: HoldingTransport, data: bytes, read_size: int) -> None:
+    pos = 0
+    while pos < len(data) and not transport.closed:
+        view = conn.get_buffer(-1)
+        assert len(view) > 0
+        n = min(len(view), read_size, len(data) - pos)
+        view[:n] = data[pos:pos + n]
+        conn.buffer_updated(n)  # `view` is still exported here, as in asyncio and uvloop
+        pos += n
+        del view
+
+
+def padded_header(size: int) -> dict[str, Any]:
+    """A header map whose msgpack encoding is exactly `size` bytes (size >= 65546)."""
+    header = {"pad": b"x" * (size - 10)}
+    assert len(encode_header(header)) == size
+    return header
+
+
+def frame(header: dict[str, Any], payload: bytes = b"", rid: int = 1, header_len: int | None = None) -> bytes:
+    body = encode_header(header)
+    length = len(body) if header_len is None else header_len
+    return pack_prefix(Kind.RESPONSE, Msg.PING, rid, length, len(payload)) + body + payload
+
+
+def received(conn: rpc.Connection) -> list[Any]:
+    out = []
+    while not conn._handshake_frames.empty():
+        out.append(conn._handshake_frames.get_nowait())
+    return out
+
+
+def new_conn(max_payload: int = MAX_PAYLOAD_LEN) -> tuple[rpc.Connection, HoldingTransport]:
+    conn = rpc.Connection(max_payload=max_payload)
+    transport = HoldingTransport()
+    conn.connection_made(transport)  # type: ignore[arg-type]
+    return conn, transport
+
+
+@pytest.mark.parametrize("read_size", [1 << 20, 64 << 10, 7777, PREFIX_SIZE + 3])
+def test_header_at_the_limit_is_received(read_size: int) -> None:
+    conn, transport = new_conn()
+    small = frame({"n": 1}, rid=1)
+    big = frame(padded_header(MAX_HEADER_LEN), rid=2)
+    feed(conn, transport, small + big + small, read_size)
+    frames = received(conn)
+    assert not transport.closed
+    assert [f[2] for f in frames] == [1, 2, 1]
+    assert len(frames[1][3]["pad"]) == MAX_HEADER_LEN - 10
+    # The big buffer is given back once the frame is through.
+    assert len(conn._scratch) == rpc.SCRATCH_SIZE
+
+
+def test_header_over_the_limit_is_refused_without_buffer_error() -> None:
+    conn, transport = new_conn()
+    body = b"\x00" * 1024
+    data = frame({"n": 1}, rid=1) + pack_prefix(Kind.RESPONSE, Msg.PING, 2, MAX_HEADER_LEN + 1, 0) + body
+    feed(conn, transport, data, 64 << 10)
+    frames = received(conn)
+    assert frames[0][2] == 1
+    assert isinstance(frames[1], ProtocolError) and "header" in str(frames[1])
+    assert transport.closed
+
+
+@pytest.mark.parametrize("read_size", [1 << 20, 100_000])
+def test_many_big_headers_in_a_row(read_size: int) -> None:
+    conn, transport = new_conn()
+    sizes = [300_000, rpc.SCRATCH_SIZE - PREFIX_SIZE, rpc.SCRATCH_SIZE, MAX_HEADER_LEN, 70_000]
+    data = b"".join(frame(padded_header(s), rid=i) for i, s in enumerate(sizes))
+    feed(conn, transport, data, read_size)
+    frames = received(conn)
+    assert not transport.closed
+    assert [len(f[3]["pad"]) + 10 for f in frames] == sizes
+
+
+@pytest.mark.parametrize("max_payload", [1 << 20, MAX_PAYLOAD_LEN])
+def test_payload_at_the_limit_is_received_and_one_more_byte_refused(max_payload: int) -> None:
+    conn, transport = new_conn(max_payload)
+    payload = bytes(range(256)) * (max_payload // 256)
+    feed(conn, transport, frame({"n": 1}, payload, rid=1) + frame({"n": 2}, b"ab", rid=2), 1 << 20)
+    frames = received(conn)
+    assert [f[2] for f in frames] == [1, 2]
+    assert bytes(frames[0][4]) == payload and bytes(frames[1][4]) == b"ab"
+    feed(conn, transport, frame({"n": 3}, b"\x00" * (max_payload + 1), rid=3), 1 << 20)
+    refused = received(conn)
+    assert isinstance(refused[0], ProtocolError) and "payload" in str(refused[0])
+    assert transport.closed
+
+
+def test_big_header_with_small_payload_straddling_the_buffer_end() -> None:
+    conn, transport = new_conn()
+    first = frame(padded_header(rpc.SCRATCH_SIZE - 100), b"p" * 50, rid=1)
+    second = frame(padded_header(200_000), b"q" * 5000, rid=2)
+    feed(conn, transport, first + second, 1 << 20)
+    frames = received(conn)
+    assert [(f[2], bytes(f[4])[:1], len(f[4])) for f in frames] == [(1, b"p", 50), (2, b"q", 5000)]
