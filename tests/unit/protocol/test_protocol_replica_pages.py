@@ -107,7 +107,7 @@ def test_master_takes_pages_and_answers_each_pages_stale_replicas(tmp_path: Path
             index += 1
             return store.apply(index, 1, encode_command(op, **args))
 
-        ino = apply("create", parent=1, name="f", mode=0o644, time=1.0, exclusive=True)["ino"]
+        ino = apply("create", parent=1, name="f", mode=0o644, time=1.0, exclusive=True)["attr"]["ino"]
         chunks = [apply("alloc_chunk", ino=ino, index=i, replicas=[1, 2] if i % 2 else [2, 3]) for i in range(6)]
         master = FakeMaster(store)
         server = LiveServer(1, "a:1", "h", conn=None, reporting=True)  # type: ignore[arg-type]
