@@ -17,9 +17,9 @@ import time
 import pytest
 
 from chunkfs.common.daemon import LOG_FILE
-from chunkfs.testing.cluster import master_id
+from chunkfs.testing.cluster import master_id, wait_for
 
-from ._healing_helpers import MiB, wait_for
+from ._healing_helpers import MiB
 
 PAGE = 32
 CHUNKS = 8 * PAGE + 5  # nine pages per server, the last one short
