@@ -13,8 +13,9 @@ import pytest
 
 from chunkfs.common.daemon import LOG_FILE
 from chunkfs.common.errors import ChunkFSError, NoSpace, Unavailable
+from chunkfs.testing.cluster import wait_for
 
-from ._healing_helpers import MiB, wait_for
+from ._healing_helpers import MiB
 
 
 @pytest.mark.timeout(180)
