@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from chunkfs.common.errors import NotFound, StaleVersion
+from chunkfs.testing.cluster import wait_for
 
 from ._healing_helpers import (
     MiB,
@@ -19,7 +20,6 @@ from ._healing_helpers import (
     chunk_maps,
     read_replica,
     set_fast_timeouts,
-    wait_for,
 )
 
 SIZE = 3 * MiB
