@@ -56,7 +56,7 @@ def pack_prefix(kind: Kind, mtype: int, request_id: int, header_len: int, payloa
     return PREFIX.pack(MAGIC, PROTOCOL_VERSION, kind, mtype, request_id, header_len, payload_len)
 
 
-def unpack_prefix(data: bytes, max_payload: int = MAX_PAYLOAD_LEN) -> FramePrefix:
+def unpack_prefix(data: bytes, max_payload: int = MAX_PAYLOAD_LEN, max_header: int = MAX_HEADER_LEN) -> FramePrefix:
     """Parse and check the fixed part; raise ProtocolError on anything wrong."""
     magic, version, kind, mtype, request_id, header_len, payload_len = PREFIX.unpack(data)
     if magic != MAGIC:
@@ -65,8 +65,8 @@ def unpack_prefix(data: bytes, max_payload: int = MAX_PAYLOAD_LEN) -> FramePrefi
         raise ProtocolError(f"protocol version {version} is not supported (this node speaks {PROTOCOL_VERSION})")
     if kind not in (0, 1, 2):
         raise ProtocolError(f"bad frame kind {kind}")
-    if header_len > MAX_HEADER_LEN:
-        raise ProtocolError(f"header of {header_len} bytes exceeds the limit of {MAX_HEADER_LEN}")
+    if header_len > max_header:
+        raise ProtocolError(f"header of {header_len} bytes exceeds the limit of {max_header}")
     if payload_len > max_payload:
         raise ProtocolError(f"payload of {payload_len} bytes exceeds the limit of {max_payload}")
     return FramePrefix(Kind(kind), mtype, request_id, header_len, payload_len)

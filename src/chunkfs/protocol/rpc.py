@@ -44,7 +44,7 @@ from chunkfs.protocol.frame import (
     pack_prefix,
     unpack_prefix,
 )
-from chunkfs.protocol.messages import Msg, validate_request, validate_response
+from chunkfs.protocol.messages import Msg, spec_of, validate_request, validate_response
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +58,22 @@ NONCE_SIZE = 32
 #: Prefixes and headers are received into a buffer of this size; a bigger header (up to
 #: MAX_HEADER_LEN) gets a bigger buffer for as long as it takes to arrive.
 SCRATCH_SIZE = 256 << 10
+#: Bounded before trust (invariant 4): until the handshake is done a frame carries no payload
+#: and a header of at most this many bytes (HELLO and PROOF take under 300), lands in a
+#: buffer this small, and at most a handshake's worth of frames may wait.
+PRE_AUTH_MAX_HEADER = 1 << 10
+PRE_AUTH_SCRATCH = 4 << 10
+PRE_AUTH_MAX_FRAMES = 4
+#: Request payloads held by one connection's requests in flight at most; above it, the
+#: connection is not read until handlers finish (with MAX_CONCURRENT_REQUESTS, a bound on
+#: what one peer can make a server hold).
+MAX_INFLIGHT_BYTES = 64 << 20
+#: Connections still proving the secret that a server holds at once, in all and from one
+#: address; more are closed at once (a flood costs the server no memory to speak of).
+MAX_UNAUTHENTICATED = 256
+MAX_UNAUTHENTICATED_PER_HOST = 32
+#: Refused connections are logged at most once per this many seconds (with a count).
+REFUSAL_LOG_INTERVAL = 10.0
 SOCKET_BUFFER = 4 << 20
 #: Above this much unsent data, senders wait (`_drain`).
 WRITE_BUFFER_HIGH = 16 << 20
@@ -113,7 +129,7 @@ class Connection(asyncio.BufferedProtocol):
         self._can_write = asyncio.Event()
         self._can_write.set()
         # Receive state.
-        self._scratch = bytearray(SCRATCH_SIZE)
+        self._scratch = bytearray(PRE_AUTH_SCRATCH)
         self._start = 0
         self._end = 0
         self._payload: bytearray | None = None
@@ -123,6 +139,7 @@ class Connection(asyncio.BufferedProtocol):
         self._started = False
         self._handshake_frames: asyncio.Queue[Frame | BaseException] = asyncio.Queue()
         self._serving = 0
+        self._inflight_bytes = 0
         self._reading_paused = False
         self._eof = False
         #: Set by owners that attach state to a connection (e.g. the CS id).
@@ -198,7 +215,7 @@ class Connection(asyncio.BufferedProtocol):
         pending = self._end - self._start
         want = max(need, pending + 1)
         if want > len(self._scratch):
-            grown = bytearray(max(want, SCRATCH_SIZE))
+            grown = bytearray(max(want, self._base_scratch))
             grown[:pending] = self._scratch[self._start:self._end]
             self._scratch = grown
         elif self._start:
@@ -212,7 +229,12 @@ class Connection(asyncio.BufferedProtocol):
             available = self._end - self._start
             if available < PREFIX_SIZE:
                 break
-            prefix = unpack_prefix(bytes(scratch[self._start:self._start + PREFIX_SIZE]), self.max_payload)
+            if self._started:
+                prefix = unpack_prefix(bytes(scratch[self._start:self._start + PREFIX_SIZE]), self.max_payload)
+                if prefix.kind == Kind.REQUEST and prefix.payload_len and not spec_of(prefix.type)[1].request_payload:
+                    raise ProtocolError(f"message type {prefix.type} carries no payload")
+            else:
+                prefix = unpack_prefix(bytes(scratch[self._start:self._start + PREFIX_SIZE]), 0, PRE_AUTH_MAX_HEADER)
             frame_head = PREFIX_SIZE + prefix.header_len
             if available < frame_head:
                 if self._start + frame_head > len(scratch):
@@ -235,18 +257,26 @@ class Connection(asyncio.BufferedProtocol):
             self._start = self._end = 0
         if self._start == self._end:
             self._start = self._end = 0
-            if len(self._scratch) > SCRATCH_SIZE:
+            if len(self._scratch) > self._base_scratch:
                 # A big header passed: give its memory back (every buffer has a bound, invariant 5).
-                self._scratch = bytearray(SCRATCH_SIZE)
+                self._scratch = bytearray(self._base_scratch)
+
+    @property
+    def _base_scratch(self) -> int:
+        return SCRATCH_SIZE if self._started else PRE_AUTH_SCRATCH
 
     def _deliver(self, frame: Frame) -> None:
         if not self._started:
+            if self._handshake_frames.qsize() >= PRE_AUTH_MAX_FRAMES:
+                raise ProtocolError("too many messages before authentication")
             self._handshake_frames.put_nowait(frame)
             return
         kind, mtype, rid, header, payload = frame
         if kind == Kind.REQUEST:
             self._serving += 1
-            if self._serving >= MAX_CONCURRENT_REQUESTS and not self._reading_paused:
+            self._inflight_bytes += len(payload)
+            if (self._serving >= MAX_CONCURRENT_REQUESTS or self._inflight_bytes > MAX_INFLIGHT_BYTES) \
+                    and not self._reading_paused:
                 self._reading_paused = True
                 self.writer.pause_reading()
             self._spawn(self._serve(mtype, rid, header, payload))
@@ -324,8 +354,14 @@ class Connection(asyncio.BufferedProtocol):
         return item
 
     def start(self) -> None:
-        """Serve requests and match responses (after the handshake)."""
+        """Serve requests and match responses (after the handshake): full-size frames from now on."""
         self._started = True
+        if len(self._scratch) < SCRATCH_SIZE:
+            # A new buffer, not a resize: the transport may hold a view of the old one.
+            pending = self._end - self._start
+            grown = bytearray(SCRATCH_SIZE)
+            grown[:pending] = self._scratch[self._start:self._end]
+            self._scratch, self._start, self._end = grown, 0, pending
         while not self._handshake_frames.empty():
             item = self._handshake_frames.get_nowait()
             if not isinstance(item, BaseException):
@@ -354,9 +390,11 @@ class Connection(asyncio.BufferedProtocol):
             self.close()
         finally:
             self._serving -= 1
+            self._inflight_bytes -= len(payload)
             if self._eof and self._serving == 0:
                 self.close()
-            if self._reading_paused and self._serving < MAX_CONCURRENT_REQUESTS // 2 and not self.closed:
+            if (self._reading_paused and self._serving < MAX_CONCURRENT_REQUESTS // 2
+                    and self._inflight_bytes <= MAX_INFLIGHT_BYTES // 2 and not self.closed):
                 self._reading_paused = False
                 self.writer.resume_reading()
                 self._parse_safely()
@@ -492,6 +530,7 @@ async def connect(
     except OSError as exc:
         raise Unavailable(f"cannot connect to {addr}: {exc.strerror or exc}") from None
     _tune_socket(conn)
+    _size_socket_buffers(conn)
     try:
         await client_handshake(conn, creds)
     except TimeoutError:
@@ -508,14 +547,20 @@ async def connect(
 
 
 def _tune_socket(conn: Connection) -> None:
-    """No Nagle delay for small requests; roomy buffers for chunk data."""
+    """No Nagle delay for small requests."""
     sock = conn.writer.get_extra_info("socket")
-    if sock is None:
-        return
-    with contextlib.suppress(OSError):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _size_socket_buffers(conn: Connection) -> None:
+    """Roomy buffers for chunk data: on a server, only once the peer has proven the secret."""
+    sock = conn.writer.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
     conn.writer.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
 
 
@@ -536,6 +581,12 @@ class RpcServer:
         self.max_payload = max_payload
         self.connections: set[Connection] = set()
         self._server: asyncio.Server | None = None
+        #: Connections still in their handshake, by peer address, and themselves (closed at shutdown too).
+        self._unauthenticated: dict[str, int] = {}
+        self._handshaking: set[Connection] = set()
+        self.refused = 0
+        self._refused_unlogged = 0
+        self._refusal_logged_at = -REFUSAL_LOG_INTERVAL
 
     async def listen(self, addr: str, start_serving: bool = True) -> None:
         """Bind `addr`; with `start_serving` False, accept only after `start_serving()`."""
@@ -561,16 +612,37 @@ class RpcServer:
         peer = conn.writer.get_extra_info("peername")
         conn.peer_name = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         name = conn.peer_name
+        host = str(peer[0]) if isinstance(peer, tuple) else name
+        waiting = self._unauthenticated.get(host, 0)
+        if waiting >= MAX_UNAUTHENTICATED_PER_HOST or sum(self._unauthenticated.values()) >= MAX_UNAUTHENTICATED:
+            self._refuse(name, f"too many connections still authenticating ({waiting} from {host})")
+            conn.close()
+            return
+        self._unauthenticated[host] = waiting + 1
+        self._handshaking.add(conn)
         _tune_socket(conn)
         try:
-            await server_handshake(conn, self.creds)
+            # One deadline for the whole handshake, however the peer paces its bytes.
+            await asyncio.wait_for(server_handshake(conn, self.creds), HANDSHAKE_TIMEOUT)
+        except TimeoutError:
+            self._refuse(name, "handshake not finished in time")
+            conn.close()
+            return
         except ChunkFSError as exc:
-            logger.warning("refused connection from %s: %s", name, exc)
+            self._refuse(name, str(exc))
             conn.close()
             return
         except (ConnectionError, OSError):
             conn.close()
             return
+        finally:
+            self._handshaking.discard(conn)
+            left = self._unauthenticated[host] - 1
+            if left:
+                self._unauthenticated[host] = left
+            else:
+                del self._unauthenticated[host]
+        _size_socket_buffers(conn)
         self.connections.add(conn)
         conn.start()
         try:
@@ -580,8 +652,21 @@ class RpcServer:
             if self.on_close is not None:
                 self.on_close(conn)
 
+    def _refuse(self, name: str, why: str) -> None:
+        """Log a refused connection; under a flood, one line per interval with the count, not one per peer."""
+        self.refused += 1
+        now = asyncio.get_running_loop().time()
+        if now - self._refusal_logged_at < REFUSAL_LOG_INTERVAL:
+            self._refused_unlogged += 1
+            return
+        more = f" (and {self._refused_unlogged} more refused since the last report)" if self._refused_unlogged else ""
+        logger.warning("refused connection from %s: %s%s", name, why, more)
+        self._refusal_logged_at, self._refused_unlogged = now, 0
+
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
+        for conn in list(self._handshaking):
+            conn.close()
         for conn in list(self.connections):
             conn.close()

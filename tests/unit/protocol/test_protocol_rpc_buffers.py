@@ -65,17 +65,35 @@ def frame(header: dict[str, Any], payload: bytes = b"", rid: int = 1, header_len
     return pack_prefix(Kind.RESPONSE, Msg.PING, rid, length, len(payload)) + body + payload
 
 
-def received(conn: rpc.Connection) -> list[Any]:
-    out = []
-    while not conn._handshake_frames.empty():
-        out.append(conn._handshake_frames.get_nowait())
+class Recording(rpc.Connection):
+    """An authenticated connection that records what it would deliver, and the errors it fails with."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.seen: list[Any] = []
+
+    def _deliver(self, frame: Any) -> None:
+        if self._started:
+            self.seen.append(frame)
+        else:
+            super()._deliver(frame)
+
+    def _fail(self, exc: ProtocolError) -> None:
+        self.seen.append(exc)
+        super()._fail(exc)
+
+
+def received(conn: Recording) -> list[Any]:
+    out, conn.seen = conn.seen, []
     return out
 
 
-def new_conn(max_payload: int = MAX_PAYLOAD_LEN) -> tuple[rpc.Connection, HoldingTransport]:
-    conn = rpc.Connection(max_payload=max_payload)
+def new_conn(max_payload: int = MAX_PAYLOAD_LEN, authenticated: bool = True) -> tuple[Recording, HoldingTransport]:
+    conn = Recording(max_payload=max_payload)
     transport = HoldingTransport()
     conn.connection_made(transport)  # type: ignore[arg-type]
+    if authenticated:
+        conn.start()
     return conn, transport
 
 
@@ -136,3 +154,28 @@ def test_big_header_with_small_payload_straddling_the_buffer_end() -> None:
     feed(conn, transport, first + second, 1 << 20)
     frames = received(conn)
     assert [(f[2], bytes(f[4])[:1], len(f[4])) for f in frames] == [(1, b"p", 50), (2, b"q", 5000)]
+
+
+@pytest.mark.parametrize(("header_len", "payload_len"), [(rpc.PRE_AUTH_MAX_HEADER + 1, 0), (20, 1), (20, 8 << 20)])
+def test_before_authentication_frames_are_small(header_len: int, payload_len: int) -> None:
+    """Nothing a peer announces before proving the secret makes the connection allocate more than a few KiB."""
+    conn, transport = new_conn(authenticated=False)
+    feed(conn, transport, pack_prefix(Kind.REQUEST, Msg.HELLO, 0, header_len, payload_len), 1 << 20)
+    assert transport.closed
+    refused = conn._handshake_frames.get_nowait()
+    assert isinstance(refused, ProtocolError)
+    assert len(conn._scratch) == rpc.PRE_AUTH_SCRATCH and conn._payload is None
+
+
+def test_before_authentication_only_a_handshake_of_frames_may_wait() -> None:
+    conn, transport = new_conn(authenticated=False)
+    hello = pack_prefix(Kind.REQUEST, Msg.HELLO, 0, 1, 0) + encode_header({})
+    feed(conn, transport, hello * (rpc.PRE_AUTH_MAX_FRAMES + 1), 1 << 20)
+    assert transport.closed
+
+
+def test_payload_on_a_message_that_has_none_is_refused_before_it_is_read() -> None:
+    conn, transport = new_conn()
+    feed(conn, transport, pack_prefix(Kind.REQUEST, Msg.GETATTR, 1, 10, 8 << 20), 1 << 20)
+    assert transport.closed and conn._payload is None
+    assert isinstance(received(conn)[0], ProtocolError)

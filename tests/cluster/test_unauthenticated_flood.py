@@ -1,0 +1,81 @@
+"""A flood of connections that never authenticate costs a daemon almost no memory and denies no one service.
+
+Before, a frame that announced an 8 MiB payload made the daemon allocate it
+before the peer had proven anything: four 60-byte connections took a master
+from 65 MiB to over 1 GiB resident, and every idle connection was kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from chunkfs.common.addr import parse_addr
+from chunkfs.protocol.frame import MAX_PAYLOAD_LEN, Kind, pack_prefix
+from chunkfs.protocol.messages import Msg
+from chunkfs.protocol.rpc import HANDSHAKE_TIMEOUT, MAX_UNAUTHENTICATED_PER_HOST
+
+MiB = 1 << 20
+
+
+def rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+def still_open(sock: socket.socket) -> bool:
+    """Whether the server has not closed this connection (a read would block, not return EOF)."""
+    sock.setblocking(False)
+    try:
+        for _ in range(100):  # an error frame may come before the close: read past it
+            if sock.recv(65536) == b"":
+                return False
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("role", ["mds", "cs"])
+def test_flood_of_unauthenticated_connections(make_cluster, role) -> None:
+    cluster = make_cluster(n_cs=1)
+    proc = next(p for p in cluster.processes if p.role == role)
+    host, port = parse_addr(proc.addr)
+    before = rss(proc.pid)
+    announce = pack_prefix(Kind.REQUEST, Msg.HELLO, 0, 20, MAX_PAYLOAD_LEN)
+    socks: list[socket.socket] = []
+    peak = before
+    try:
+        for i in range(200):
+            sock = socket.create_connection((host, port), timeout=10)
+            socks.append(sock)
+            if i % 2 == 0:
+                with contextlib.suppress(OSError):
+                    sock.sendall(announce)  # 24 bytes announcing 8 MiB
+            if i % 20 == 0:
+                peak = max(peak, rss(proc.pid))
+        time.sleep(0.5)
+        peak = max(peak, rss(proc.pid))
+        # Announcing payloads closed half of them at once; of the idle rest, only a capped number is kept.
+        assert sum(still_open(s) for s in socks) <= MAX_UNAUTHENTICATED_PER_HOST
+        # Someone with the secret is served throughout.
+        with cluster.client() as c:
+            assert c.cluster_stat()["cluster"]["name"] == cluster.name
+        # And the kept ones are closed once the handshake deadline has passed.
+        deadline = time.monotonic() + HANDSHAKE_TIMEOUT + 10
+        while any(still_open(s) for s in socks) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(still_open(s) for s in socks)
+    finally:
+        for sock in socks:
+            sock.close()
+    # 100 announced payloads would be 800 MiB; a few MiB of growth is the interpreter's own noise.
+    assert peak - before < 32 * MiB, f"resident memory grew from {before / MiB:.0f} to {peak / MiB:.0f} MiB"
+    assert rss(proc.pid) - before < 32 * MiB
