@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from chunkfs.common.errors import (
     ChecksumMismatch,
     ChunkFSError,
+    NoSpace,
     NotFound,
     StaleVersion,
     Timeout,
@@ -164,13 +165,14 @@ class ChunkIO:
 
     # -- writes --------------------------------------------------------------
 
-    async def _write_map(self, ino: int, index: int, failed: set[int]) -> ChunkMap:
+    async def _write_map(self, ino: int, index: int, failed: set[int], why: str = "") -> ChunkMap:
         key = (ino, index)
         if not failed and key in self._write_maps:
             return self._write_maps[key]
         header: dict[str, Any] = {"ino": ino, "index": index}
         if failed:
             header["failed"] = sorted(failed)
+            header["why"] = why
         m = ChunkMap.from_reply(await self.client.mds.call(Msg.CHUNK_WRITE, header))
         self._write_maps[key] = m
         self._read_maps[key] = m
@@ -196,9 +198,10 @@ class ChunkIO:
     ) -> None:
         """Send a write or fsync to the head of the chunk's chain; on a failed replica, get a new chain."""
         failed: set[int] = set()
+        why = ""
         last: ChunkFSError | None = None
         for _ in range(MAX_TRIES):
-            m = await self._write_map(ino, index, failed)
+            m = await self._write_map(ino, index, failed, why)
             failed = set()
             if not m.replicas:
                 raise Unavailable(f"chunk {m.chunk_id:#x} has no writable replica")
@@ -209,11 +212,15 @@ class ChunkIO:
                     "chunk_id": m.chunk_id, "version": m.version, "chain": [list(r) for r in rest], **fields,
                 }, payload)
                 return
-            except _REPLICA_ERRORS as exc:
+            except ChunkFSError as exc:
+                # A replica whose disk is full is a failed replica (it names itself), not a full cluster.
+                if not isinstance(exc, _REPLICA_ERRORS) and not (isinstance(exc, NoSpace) and "cs_id" in exc.context):
+                    raise
                 last = exc
                 bad = exc.context.get("cs_id", head_id)
                 if not isinstance(exc, StaleVersion):
                     failed = {bad} if isinstance(bad, int) else {head_id}
+                    why = f"{exc.code}: {exc}"[:300]
                 logger.warning("%s to chunk %#x failed (%s); asking the master for a new chain",
                                msg.name, m.chunk_id, exc)
                 self._write_maps.pop((ino, index), None)

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from chunkfs.common.http import HttpServer
 from chunkfs.common.loop_lag import LoopLagMonitor
@@ -39,6 +39,9 @@ class CsStats:
         self.server = server
         self.read = IoCounters()
         self.write = IoCounters()
+        #: Writes refused because the data directory's disk was full, or failed with a disk error.
+        self.disk_full = 0
+        self.disk_errors = 0
         self.proc = ProcSampler()
         self._rates = RateTracker()
         self.registry = make_registry(self._families)
@@ -92,5 +95,9 @@ class CsStats:
             gauge("chunkfs_cs_replicas", "Chunk replicas held", server.store.replica_count()),
             gauge("chunkfs_cs_requests_in_flight", "Requests being served now (queue depth)", server.in_flight),
             gauge("chunkfs_cs_registered", "1 while registered with the master", int(server.link.registered.is_set())),
+            CounterMetricFamily("chunkfs_cs_disk_full", "Writes refused: the data directory's disk was full",
+                                value=self.disk_full),
+            CounterMetricFamily("chunkfs_cs_disk_errors", "Reads or writes that failed with a disk error",
+                                value=self.disk_errors),
             *self.loop_lag.families(),
         ]

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from chunkfs.common.config import NodeConfig
-from chunkfs.common.errors import ChunkFSError, ProtocolError
+from chunkfs.common.errors import ChunkFSError, NoSpace, ProtocolError, Unavailable
 from chunkfs.cs.chunk_store import ChunkStore
 from chunkfs.cs.mds_link import MdsLink
 from chunkfs.cs.metrics import CsStats
@@ -129,10 +129,30 @@ class ChunkServer:
         chain = replica_list(h["chain"], "chain")
         forward = asyncio.ensure_future(self._forward(msg, chain, h, payload)) if chain else None
         try:
-            await local()
+            await self._on_own_disk(local)
         finally:
             if forward is not None:
                 await forward
+
+    async def _on_own_disk(self, local: Callable[[], Awaitable[Any]]) -> Any:
+        """Run `local`; a full or failing disk is this replica's fault: the error names this server.
+
+        The client then has the master drop this replica (a new version) and
+        goes on with the others while at least MIN remain, instead of failing
+        the write with ENOSPC or EIO while the other replicas are fine.
+        """
+        me = self.link.cs_id
+        try:
+            return await local()
+        except NoSpace as exc:
+            self.stats.disk_full += 1
+            logger.error("CS#%s: disk full in %s: %s", me, self.store.root, exc)
+            raise NoSpace(f"CS#{me}: {exc}", cs_id=me, disk=str(self.store.root)) from None
+        except OSError as exc:
+            self.stats.disk_errors += 1
+            logger.error("CS#%s: disk error in %s: %s", me, self.store.root, exc)
+            raise Unavailable(f"CS#{me}: disk error in {self.store.root}: {exc.strerror or exc}",
+                              cs_id=me, disk=str(self.store.root)) from None
 
     async def _forward(self, msg: Msg, chain: list[tuple[int, str]], h: dict[str, Any], payload: bytes) -> None:
         """Send to the next replica with the rest of the chain; name it if it fails."""

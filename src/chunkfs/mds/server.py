@@ -451,7 +451,11 @@ class MetadataServer:
             if chunk is None:
                 chunk = await self._allocate(ino, index)
             else:
-                chunk = await self._drop_replicas(await self._ensure_created(chunk), failed)
+                why = h.get("why", "")
+                if why.startswith("no_space"):
+                    for cs in failed & set(self.live):
+                        self.live[cs].free = 0  # full: no new chunks go there before its next heartbeat
+                chunk = await self._drop_replicas(await self._ensure_created(chunk), failed, why)
         return self._map(chunk)
 
     def _check_servers_settled(self) -> None:
@@ -565,8 +569,8 @@ class MetadataServer:
                        chunk.chunk_id, ",".join(str(cs) for cs in live if cs not in failed))
         return chunk
 
-    async def _drop_replicas(self, chunk: Chunk, failed: set[int]) -> Chunk:
-        """Take failed or offline replicas out of the write set: a new version.
+    async def _drop_replicas(self, chunk: Chunk, failed: set[int], why: str = "") -> Chunk:
+        """Take failed or offline replicas out of the write set: a new version (`why`: the writer's error).
 
         The survivors move to the new version first, so a dropped replica that
         comes back holds an older version and is refused — never served.
@@ -591,7 +595,7 @@ class MetadataServer:
             await self._event(
                 "warning",
                 f"chunk {chunk.chunk_id:#x}: replica(s) on CS {','.join(map(str, sorted(bad)))} dropped; "
-                f"{len(survivors)} left, version {new.version:#x}",
+                f"{len(survivors)} left, version {new.version:#x}" + (f" ({why})" if why and failed & bad else ""),
             )
             chunk = new
         raise Unavailable(f"chunk {chunk.chunk_id:#x}: replicas keep failing; try again")

@@ -195,7 +195,8 @@ SPECS: dict[Msg, MessageSpec] = {
     ),
     Msg.CHUNK_READ: MessageSpec((f("ino", int), f("index", int)), _CHUNK_MAP),
     Msg.CHUNK_WRITE: MessageSpec(
-        (f("ino", int), f("index", int), f("failed", list, optional=True)),
+        # `failed`: replicas that just failed a write (the master drops them); `why`: the error, for its event.
+        (f("ino", int), f("index", int), f("failed", list, optional=True), f("why", str, optional=True)),
         _CHUNK_MAP,
     ),
     Msg.EXTEND: MessageSpec((f("ino", int), f("size", int), f("mtime", float, int)), _ATTR),

@@ -1,0 +1,61 @@
+"""A chunk server whose disk fills up loses its replicas, not the write.
+
+Before, with one chunk server on a full file system, the writer got ENOSPC
+although the other replicas (above MIN) were fine and the cluster had space;
+nothing was logged and no event was recorded.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from chunkfs.testing.cluster import wait_for
+
+MiB = 1 << 20
+
+
+def mount_tmpfs(path: Path, size: int) -> None:
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True, text=True, timeout=30, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small file system to fill (needs root): {done.stderr.strip()}")
+
+
+def test_full_disk_on_one_replica_drops_it_and_the_write_goes_on(make_cluster, tmp_path) -> None:
+    cluster = make_cluster(n_cs=3)
+    victim = cluster.find("cs", 3)
+    cluster.kill("cs", 3, signal.SIGTERM)
+    data = Path(victim.dir) / "data"
+    saved = tmp_path / "saved-data"
+    shutil.copytree(data, saved)
+    mount_tmpfs(data, 5 * MiB)
+    try:
+        shutil.copytree(saved, data, dirs_exist_ok=True)
+        cluster.start("cs", 3)
+        cluster.wait_ready()
+        with cluster.client() as c:
+            cs_id = next(s["id"] for s in c.cluster_stat()["cs"] if s["addr"] == victim.addr)
+            blob = os.urandom(16 * MiB)
+            f = c.create("/big")
+            c.write(f["ino"], 0, blob)  # 16 chunks; CS on 5 MiB fills after a few
+            c.fsync(f["ino"])
+            assert c.read(f["ino"], 0, len(blob)) == blob
+            events = [e["message"] for e in c.events()]
+            dropped = [m for m in events if f"CS {cs_id} dropped" in m or f"on CS {cs_id}" in m]
+            assert dropped and any("no space" in m.lower() or "no_space" in m for m in dropped), events[-10:]
+            # The full server takes no new chunks: a second file lands on the other two.
+            g = c.create("/after")
+            c.write(g["ino"], 0, os.urandom(3 * MiB))
+            maps = [c.run(c.client.io._write_map(g["ino"], i, set())) for i in range(3)]
+            assert all(cs_id not in {r[0] for r in m.replicas} for m in maps)
+            # Every chunk has its two good replicas (MIN), and the rest is repaired elsewhere when space allows.
+            wait_for("every chunk readable", lambda: c.read(f["ino"], 0, len(blob)) == blob, timeout=30)
+    finally:
+        cluster.kill("cs", 3, signal.SIGTERM)
+        subprocess.run(["umount", "-l", str(data)], capture_output=True, timeout=30, check=False)
