@@ -6,6 +6,7 @@ Server and clients share one event loop; every wait is bounded.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
@@ -182,6 +183,47 @@ async def raw_authenticate(
 
 
 # -- authentication -------------------------------------------------------------
+
+
+async def test_first_requests_sent_with_the_proof_are_served(server: tuple[RpcServer, Handler]) -> None:
+    """Requests right behind PROOF, in the same segment, are read under full limits once the peer is trusted."""
+    srv, handler = server
+    reader, writer = await raw_open(srv)
+    try:
+        nonce = os.urandom(NONCE_SIZE)
+        writer.write(raw_frame(Kind.REQUEST, Msg.HELLO, 0, hello_header(nonce)))
+        frame = await read_frame(reader)
+        assert frame is not None
+        proof = _proof(SECRET, b"client", CLUSTER, frame[2]["nonce"], nonce)
+        big = os.urandom(1 << 20)
+        writer.write(raw_frame(Kind.REQUEST, Msg.PROOF, 0, {"proof": proof})
+                     + raw_frame(Kind.REQUEST, Msg.GETATTR, 7, {"ino": 3})
+                     + raw_frame(Kind.REQUEST, Msg.CS_WRITE, 8, {
+                         "chunk_id": 1, "version": 1, "offset": 0, "chain": [], "sync": False}, big))
+        kinds = []
+        for _ in range(3):
+            frame = await read_frame(reader)
+            assert frame is not None
+            kinds.append(frame[0])
+        assert kinds == [Kind.RESPONSE] * 3
+        assert handler.calls == 2
+    finally:
+        await raw_close(writer)
+
+
+async def test_a_flood_of_bytes_before_authentication_is_refused(server: tuple[RpcServer, Handler]) -> None:
+    srv, _ = server
+    reader, writer = await raw_open(srv)
+    try:
+        nonce = os.urandom(NONCE_SIZE)
+        hello = raw_frame(Kind.REQUEST, Msg.HELLO, 0, hello_header(nonce))
+        with contextlib.suppress(ConnectionError):
+            writer.write(hello * 2000)  # far more than a handshake: refused, not buffered
+            await writer.drain()
+        await expect_error_then_close(reader)
+    finally:
+        await raw_close(writer)
+    await good_client_works(srv)
 
 
 async def test_correct_secret_works(server: tuple[RpcServer, Handler]) -> None:

@@ -171,10 +171,16 @@ class Connection(asyncio.BufferedProtocol):
         if self._payload is not None:
             return memoryview(self._payload)[self._payload_pos:]
         if self._end == len(self._scratch):
+            if not self._started and self._end - self._start >= PRE_AUTH_SCRATCH:
+                # More unparsed bytes than a handshake needs: refuse, and let this read go nowhere.
+                self._fail(ProtocolError("too much data before authentication"))
+                return memoryview(bytearray(PRE_AUTH_SCRATCH))
             self._make_room(0)
         return memoryview(self._scratch)[self._end:]
 
     def buffer_updated(self, nbytes: int) -> None:
+        if self._closed.is_set():
+            return  # refused (see get_buffer): what was read goes nowhere
         try:
             if self._payload is not None:
                 self._payload_pos += nbytes
@@ -225,7 +231,10 @@ class Connection(asyncio.BufferedProtocol):
 
     def _parse(self) -> None:
         scratch = self._scratch
-        while not self._reading_paused and self._payload is None:
+        # Before authentication, one frame at a time: what follows the handshake is parsed
+        # under full limits once `start()` runs (a peer may send its first request at once).
+        while not self._reading_paused and self._payload is None and (
+                self._started or self._handshake_frames.empty()):
             available = self._end - self._start
             if available < PREFIX_SIZE:
                 break
@@ -348,6 +357,8 @@ class Connection(asyncio.BufferedProtocol):
     # -- serving -------------------------------------------------------------
 
     async def _next_handshake_frame(self) -> Frame:
+        if self._handshake_frames.empty():
+            self._parse_safely()  # the next frame may already be waiting in the buffer
         item = await asyncio.wait_for(self._handshake_frames.get(), HANDSHAKE_TIMEOUT)
         if isinstance(item, BaseException):
             raise item
@@ -366,6 +377,7 @@ class Connection(asyncio.BufferedProtocol):
             item = self._handshake_frames.get_nowait()
             if not isinstance(item, BaseException):
                 self._deliver(item)
+        self._parse_safely()
 
     async def _serve(self, mtype: int, rid: int, header: dict[str, Any], payload: Payload) -> None:
         try:
@@ -622,8 +634,11 @@ class RpcServer:
         self._handshaking.add(conn)
         _tune_socket(conn)
         try:
-            # One deadline for the whole handshake, however the peer paces its bytes.
-            await asyncio.wait_for(server_handshake(conn, self.creds), HANDSHAKE_TIMEOUT)
+            # One deadline for the whole handshake, however the peer paces its bytes.  Not
+            # wait_for: that would run the handshake as another task, and the peer's first
+            # requests could then arrive before `conn.start()` below, under pre-auth limits.
+            async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+                await server_handshake(conn, self.creds)
         except TimeoutError:
             self._refuse(name, "handshake not finished in time")
             conn.close()

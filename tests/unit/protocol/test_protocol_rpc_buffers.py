@@ -167,11 +167,13 @@ def test_before_authentication_frames_are_small(header_len: int, payload_len: in
     assert len(conn._scratch) == rpc.PRE_AUTH_SCRATCH and conn._payload is None
 
 
-def test_before_authentication_only_a_handshake_of_frames_may_wait() -> None:
+def test_before_authentication_frames_are_taken_one_at_a_time_and_the_rest_is_bounded() -> None:
     conn, transport = new_conn(authenticated=False)
     hello = pack_prefix(Kind.REQUEST, Msg.HELLO, 0, 1, 0) + encode_header({})
-    feed(conn, transport, hello * (rpc.PRE_AUTH_MAX_FRAMES + 1), 1 << 20)
-    assert transport.closed
+    feed(conn, transport, hello * 5, 1 << 20)
+    assert not transport.closed and conn._handshake_frames.qsize() == 1  # the rest waits, unparsed
+    feed(conn, transport, hello * (rpc.PRE_AUTH_SCRATCH // len(hello) + 1), 1 << 20)
+    assert transport.closed and len(conn._scratch) == rpc.PRE_AUTH_SCRATCH
 
 
 def test_payload_on_a_message_that_has_none_is_refused_before_it_is_read() -> None:
