@@ -47,7 +47,7 @@ def test_the_same_request_sent_twice_acts_once(make_cluster) -> None:
         twice(Msg.RENAME, {"parent": 1, "name": "f", "new_parent": 1, "new_name": "g"}, 3)
         c.create("/f")  # a new "f": the retried rename must not move it
         c.write(c.stat("/g")["ino"], 0, b"12345")
-        twice(Msg.SETATTR, {"ino": c.stat("/g")["ino"], "size": 2, "mode": None, "mtime": None, "atime": None}, 4)
+        twice(Msg.SETATTR, {"ino": c.stat("/g")["ino"], "size": 2, "mode": None, "mtime_ns": None, "atime_ns": None}, 4)
         twice(Msg.UNLINK, {"parent": 1, "name": "old"}, 5)
         c.create("/old")  # made again after the unlink: the retried unlink must not remove it
         twice(Msg.RMDIR, {"parent": 1, "name": "d"}, 6)

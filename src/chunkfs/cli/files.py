@@ -185,7 +185,7 @@ async def cmd_ls(client: Client, args: argparse.Namespace) -> int:
     for name, ino, kind in entries:
         if args.l:
             a = await client.getattr(ino)
-            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(a["mtime"]))
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(a["mtime_ns"] / 1e9))
             target = f" -> {a['target'].decode(errors='replace')}" if kind == "l" else ""
             print(f"{kind} {a['size']:>14} {a['replicas']}:{a['min_replicas']:<3} {when}  {name}{target}")
         else:
@@ -236,7 +236,7 @@ async def cmd_get_attr(client: Client, args: argparse.Namespace) -> int:
         print(f"failure-domain={attr['failure_domain']}")
         print(f"tier={attr['tier']}")
     print(f"mode: {attr['mode'] & 0o7777:04o}")
-    print(f"mtime: {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(attr['mtime']))}")
+    print(f"mtime: {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(attr['mtime_ns'] / 1e9))}")
     return 0
 
 

@@ -130,7 +130,8 @@ class Client:
             after = entries[-1][0]
 
     async def setattr(self, ino: int, **changes: Any) -> dict[str, Any]:
-        header = {"ino": ino, "size": None, "mode": None, "mtime": None, "atime": None, **changes}
+        """Change `size`, `mode`, `mtime_ns`, `atime_ns` (nanoseconds); the others stay as they are."""
+        header = {"ino": ino, "size": None, "mode": None, "mtime_ns": None, "atime_ns": None, **changes}
         attr = (await self.mds.call(Msg.SETATTR, header))["attr"]
         if changes.get("size") is not None:
             self.io.forget(ino)
@@ -156,7 +157,7 @@ class Client:
 
     async def extend(self, ino: int, size: int) -> dict[str, Any]:
         """Grow the file's size to at least `size` (never shrinks it)."""
-        return (await self.mds.call(Msg.EXTEND, {"ino": ino, "size": size, "mtime": time.time()}))["attr"]
+        return (await self.mds.call(Msg.EXTEND, {"ino": ino, "size": size, "mtime_ns": time.time_ns()}))["attr"]
 
     async def fsync(self, ino: int) -> None:
         await self.io.fsync(ino)

@@ -199,7 +199,7 @@ class OpenFile:
 
     ino: int
     size: int
-    mtime: float
+    mtime_ns: int
     refs: int = 0
     #: The size (or mtime) changed here and the master does not know yet.
     dirty: bool = False
@@ -256,13 +256,13 @@ class ChunkFSOperations(pyfuse3.Operations):
     def _entry(self, attr: dict[str, Any]) -> pyfuse3.EntryAttributes:
         e = pyfuse3.EntryAttributes()
         ino = attr["ino"]
-        size = attr["size"]
-        mtime = attr["mtime"]
+        size, mtime, ctime = attr["size"], attr["mtime_ns"], attr["ctime_ns"]
         of = self.files.get(ino)
         if of is not None:
             if of.dirty:
-                size = of.size
-                mtime = max(mtime, of.mtime)
+                # Written here since the master last heard: a write sets mtime and ctime to its
+                # time, even when an earlier utime put them in the future.
+                size, mtime, ctime = of.size, of.mtime_ns, max(ctime, of.mtime_ns)
             else:
                 of.size = size  # another mount may have grown or cut it
         e.st_ino = ino
@@ -277,9 +277,9 @@ class ChunkFSOperations(pyfuse3.Operations):
         e.st_size = size
         e.st_blksize = BLOCK_SIZE
         e.st_blocks = (size + 511) // 512
-        e.st_atime_ns = int(attr["atime"] * 1e9)
-        e.st_mtime_ns = int(mtime * 1e9)
-        e.st_ctime_ns = int(max(attr["ctime"], mtime) * 1e9)
+        e.st_atime_ns = attr["atime_ns"]
+        e.st_mtime_ns = mtime
+        e.st_ctime_ns = ctime
         return e
 
     @fuse_errors
@@ -307,27 +307,26 @@ class ChunkFSOperations(pyfuse3.Operations):
         if fields.update_mode:
             changes["mode"] = statmod.S_IMODE(attr.st_mode)
         if fields.update_mtime:
-            changes["mtime"] = attr.st_mtime_ns / 1e9
+            changes["mtime_ns"] = attr.st_mtime_ns
         if fields.update_atime:
-            changes["atime"] = attr.st_atime_ns / 1e9
+            changes["atime_ns"] = attr.st_atime_ns
         of = self.files.get(inode)
-        if not changes:
-            return await self.getattr(inode, ctx)
+        # No change asked (chown to the owner it has, chown -1 -1) still changes ctime, as on a local disk.
         if of is not None and "size" not in changes:
             await self._commit(of)  # keep a local size from being lost under a new mtime
         new = await self.client.setattr(inode, **changes)
         if "size" in changes:
-            self._truncated(inode, new["size"], new["mtime"])
+            self._truncated(inode, new["size"], new["mtime_ns"])
         return self._entry(new)
 
-    def _truncated(self, inode: int, size: int, mtime: float) -> None:
+    def _truncated(self, inode: int, size: int, mtime_ns: int) -> None:
         chunks = -(-size // self.client.chunk_size)
         dirty = self.client.io.dirty.get(inode)
         if dirty:
             dirty.difference_update({i for i in dirty if i >= chunks})
         of = self.files.get(inode)
         if of is not None:
-            of.size, of.mtime, of.dirty = size, mtime, False
+            of.size, of.mtime_ns, of.dirty = size, mtime_ns, False
             of.gen += 1
 
     # -- namespace -------------------------------------------------------------
@@ -354,7 +353,7 @@ class ChunkFSOperations(pyfuse3.Operations):
         if attr["type"] != "f":
             raise pyfuse3.FUSEError(errno.EISDIR)
         if truncate:
-            self._truncated(attr["ino"], attr["size"], attr["mtime"])
+            self._truncated(attr["ino"], attr["size"], attr["mtime_ns"])
         lease = await self._lease(attr["ino"], flags)
         fi = self._open(attr, flags)
         self._leased(attr["ino"], lease)
@@ -443,6 +442,11 @@ class ChunkFSOperations(pyfuse3.Operations):
         del d.names[start_id:]
         if d.pending_at != start_id:
             d.pending, d.pending_names, d.pending_at, d.more = [], [], start_id, True
+            if start_id == 0:
+                # "." and "..", as ls -a expects; the kernel takes no attributes from them.
+                dot = pyfuse3.EntryAttributes()
+                dot.st_ino, dot.st_mode = d.ino, statmod.S_IFDIR | 0o755
+                d.pending, d.pending_names = [dot, dot], [".", ".."]
         while True:
             if not d.pending:
                 if not d.more:
@@ -462,7 +466,7 @@ class ChunkFSOperations(pyfuse3.Operations):
             d.pending_at = len(d.names)
 
     async def _fill(self, d: DirHandle) -> None:
-        after = d.names[-1] if d.names else ""
+        after = next((n for n in reversed(d.names) if n not in (".", "..")), "")
         reply = await self.client.mds.call(Msg.READDIR, {"ino": d.ino, "after": after, "limit": READDIR_PAGE})
         entries = reply["entries"]
         d.more = bool(reply["more"]) and bool(entries)
@@ -491,9 +495,9 @@ class ChunkFSOperations(pyfuse3.Operations):
         ino = attr["ino"]
         of = self.files.get(ino)
         if of is None:
-            of = self.files[ino] = OpenFile(ino, attr["size"], attr["mtime"])
+            of = self.files[ino] = OpenFile(ino, attr["size"], attr["mtime_ns"])
         elif not of.dirty:
-            of.size, of.mtime = attr["size"], attr["mtime"]
+            of.size, of.mtime_ns = attr["size"], attr["mtime_ns"]
         of.refs += 1
         if self._session_keeper is None:
             self._session_keeper = asyncio.get_running_loop().create_task(self._keep_session())
@@ -509,7 +513,7 @@ class ChunkFSOperations(pyfuse3.Operations):
         of = self.files.get(inode)
         truncate = bool(flags & os.O_TRUNC)
         if of is not None and of.dirty and not truncate:
-            attr = {"ino": inode, "size": of.size, "mtime": of.mtime}  # already held open by this mount
+            attr = {"ino": inode, "size": of.size, "mtime_ns": of.mtime_ns}  # already held open by this mount
         else:
             # Close-to-open: a file opened here sees what other mounts closed.  The
             # master holds the file for this mount from now on (and truncates it for O_TRUNC).
@@ -517,7 +521,7 @@ class ChunkFSOperations(pyfuse3.Operations):
             if attr["type"] == "d":
                 raise pyfuse3.FUSEError(errno.EISDIR)
             if truncate:
-                self._truncated(inode, attr["size"], attr["mtime"])
+                self._truncated(inode, attr["size"], attr["mtime_ns"])
         lease = await self._lease(inode, flags)
         fi = self._open(attr, flags)
         self._leased(inode, lease)
@@ -638,7 +642,7 @@ class ChunkFSOperations(pyfuse3.Operations):
         end = off + len(buf)
         if end > of.size:
             of.size = end
-        of.mtime = time.time()
+        of.mtime_ns = time.time_ns()
         of.dirty = True
         of.gen += 1
         return len(buf)
@@ -648,8 +652,8 @@ class ChunkFSOperations(pyfuse3.Operations):
         async with of.commit_lock:
             if not of.dirty:
                 return
-            gen, size, mtime = of.gen, of.size, of.mtime
-            await self.client.mds.call(Msg.EXTEND, {"ino": of.ino, "size": size, "mtime": mtime})
+            gen, size, mtime_ns = of.gen, of.size, of.mtime_ns
+            await self.client.mds.call(Msg.EXTEND, {"ino": of.ino, "size": size, "mtime_ns": mtime_ns})
             if of.gen == gen:
                 of.dirty = False
 

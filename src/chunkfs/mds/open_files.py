@@ -46,6 +46,9 @@ MAX_SESSIONS = 10_000
 MAX_OPEN_PER_SESSION = 1_000_000
 #: Orphans freed by one command, and looked at by one sweep.
 ORPHAN_BATCH = 1000
+#: A removed directory is kept this long (seconds, by the master's clock) for processes still in
+#: it: a working directory is not an open file, so no mount registers it.
+REMOVED_DIR_KEEP = 600.0
 
 
 class OpenFileTable:
@@ -168,7 +171,7 @@ class OrphanReaper:
             for ino in self.table.expire():
                 self._pending.add(ino)
             if now >= sweep_at:
-                self._pending.update(self.mds.store.orphans(ORPHAN_BATCH))
+                self._pending.update(self.mds.store.orphans(ORPHAN_BATCH, time.time() - REMOVED_DIR_KEEP))
                 sweep_at = now + self.table.ttl
             await self._free_pending()
             try:

@@ -341,7 +341,8 @@ class MetadataServer:
         return {"known": known}
 
     async def _on_setattr(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
-        args = {k: h[k] for k in ("size", "mode", "mtime", "atime") if h.get(k) is not None}
+        args = {k: h[f] for k, f in (("size", "size"), ("mode", "mode"), ("mtime", "mtime_ns"), ("atime", "atime_ns"))
+                if h.get(f) is not None}
         return {"attr": await self._setattr(h["ino"], args, self._once(h))}
 
     async def _setattr(self, ino: int, args: dict[str, Any], once: dict[str, Any]) -> dict[str, Any]:
@@ -395,7 +396,8 @@ class MetadataServer:
     async def _on_extend(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
         if h["size"] < 0:
             raise InvalidArgument("size must not be negative")
-        return {"attr": await self._propose("extend", ino=h["ino"], size=h["size"], mtime=float(h["mtime"]))}
+        return {"attr": await self._propose("extend", ino=h["ino"], size=h["size"], mtime=h["mtime_ns"],
+                                            time=time.time())}
 
     # -- chunks ------------------------------------------------------------------
 

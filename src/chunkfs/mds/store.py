@@ -57,12 +57,14 @@ MAX_TIER = 3
 #: always wins, so maps handed out by a deposed master compare as stale.
 VERSION_TERM_SHIFT = 32
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS inodes (
+#: Times are integer nanoseconds (INTEGER: a REAL column would round them to floats).
+_INODES = """CREATE TABLE IF NOT EXISTS inodes (
     ino INTEGER PRIMARY KEY, type TEXT NOT NULL, mode INTEGER NOT NULL, size INTEGER NOT NULL,
-    atime REAL NOT NULL, mtime REAL NOT NULL, ctime REAL NOT NULL,
-    replicas INTEGER NOT NULL, min_replicas INTEGER NOT NULL, nlink INTEGER NOT NULL DEFAULT 1);
+    atime INTEGER NOT NULL, mtime INTEGER NOT NULL, ctime INTEGER NOT NULL,
+    replicas INTEGER NOT NULL, min_replicas INTEGER NOT NULL, nlink INTEGER NOT NULL)"""
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+{_INODES};
 CREATE TABLE IF NOT EXISTS dentries (
     parent INTEGER NOT NULL, name TEXT NOT NULL, ino INTEGER NOT NULL,
     PRIMARY KEY (parent, name)) WITHOUT ROWID;
@@ -101,6 +103,20 @@ class Chunk:
     index: int
     version: int
     replicas: tuple[int, ...]
+
+
+#: Schema versions: 2 keeps inode times as integer nanoseconds and counts links.
+SCHEMA_VERSION = 2
+
+
+def _ns(t: float | int) -> int:
+    """An inode time as integer nanoseconds.
+
+    Commands carry the master's clock as float seconds (``time``) and times a
+    client sets or wrote at as integer nanoseconds; nanoseconds survive
+    exactly (utimensat, ``cp -p``, ``tar``), which float seconds cannot.
+    """
+    return t if isinstance(t, int) else round(t * 1_000_000_000)
 
 
 def _without_dropped(result: Any) -> Any:
@@ -146,6 +162,7 @@ class MetadataStore:
                 self._set_meta("version_seq", 0)
                 self._set_meta("event_seq", 0)
                 self._set_meta("chunk_size", chunk_size)
+                self._set_meta("schema", SCHEMA_VERSION)
                 self.db.execute(
                     "INSERT INTO inodes VALUES (?, 'd', ?, 0, 0, 0, 0, ?, ?, 2)",
                     (ROOT_INO, 0o755, DEFAULT_REPLICAS, DEFAULT_MIN_REPLICAS),
@@ -160,14 +177,20 @@ class MetadataStore:
 
     def _migrate(self) -> None:
         """Bring a store written by an older version up to this schema (deterministically: every member does it)."""
-        columns = {row[1] for row in self.db.execute("PRAGMA table_info(inodes)")}
-        if "nlink" not in columns:
-            with self._tx():
-                self.db.execute("ALTER TABLE inodes ADD COLUMN nlink INTEGER NOT NULL DEFAULT 1")
-                self.db.execute(
-                    "UPDATE inodes SET nlink = 2 + (SELECT COUNT(*) FROM dentries d JOIN inodes c ON c.ino = d.ino "
-                    "WHERE d.parent = inodes.ino AND c.type = 'd') WHERE type = 'd'"
-                )
+        if self._meta("applied_index") is None or (self._meta("schema") or 1) >= SCHEMA_VERSION:
+            return  # new, or current
+        with self._tx():
+            # Version 1: times as REAL seconds (a column type SQLite would keep rounding to), no link counts.
+            self.db.execute("ALTER TABLE inodes RENAME TO inodes_v1")
+            self.db.execute(_INODES)
+            self.db.execute(
+                "INSERT INTO inodes SELECT ino, type, mode, size, CAST(ROUND(atime * 1e9) AS INTEGER), "
+                "CAST(ROUND(mtime * 1e9) AS INTEGER), CAST(ROUND(ctime * 1e9) AS INTEGER), replicas, min_replicas, "
+                "CASE type WHEN 'd' THEN 2 + (SELECT COUNT(*) FROM dentries d JOIN inodes_v1 c ON c.ino = d.ino "
+                "WHERE d.parent = inodes_v1.ino AND c.type = 'd') ELSE 1 END FROM inodes_v1")
+            self.db.execute("DROP TABLE inodes_v1")
+            self._set_meta("schema", SCHEMA_VERSION)
+        logger.info("metadata store %s migrated to schema %d", self.path, SCHEMA_VERSION)
 
     def close(self) -> None:
         self.db.close()
@@ -299,19 +322,20 @@ class MetadataStore:
 
     def _make_node(self, parent: int, name: str, kind: str, mode: int, time: float) -> dict[str, Any]:
         check_name(name)
-        pattr = self._dir_attr(parent)
+        pattr = self._live_dir_attr(parent)
         if self._child(parent, name) is not None:
             raise Exists(f"{name!r} already exists")
-        ino = self._next("next_ino")
+        ino, t = self._next("next_ino"), _ns(time)
+        if kind == "d" and pattr["mode"] & statmod.S_ISGID:
+            mode |= statmod.S_ISGID  # a directory in a set-group-ID directory inherits the bit
         self.db.execute(
             "INSERT INTO inodes VALUES (?, ?, ?, 0, ?, ?, ?, ?, ?, ?)",
-            (ino, kind, mode & 0o7777, time, time, time, pattr["replicas"], pattr["min_replicas"],
-             2 if kind == "d" else 1),
+            (ino, kind, mode & 0o7777, t, t, t, pattr["replicas"], pattr["min_replicas"], 2 if kind == "d" else 1),
         )
         self.db.execute("INSERT INTO dentries VALUES (?, ?, ?)", (parent, name, ino))
         # A new subdirectory's ".." is one more link to its parent.
         self.db.execute("UPDATE inodes SET mtime = ?, ctime = ?, nlink = nlink + ? WHERE ino = ?",
-                        (time, time, int(kind == "d"), parent))
+                        (t, t, int(kind == "d"), parent))
         # Failure domain and tier are inherited like replicas (no row: the defaults).
         self.db.execute("INSERT INTO placement SELECT ?, domain, tier FROM placement WHERE ino = ?", (ino, parent))
         return self.getattr(ino)
@@ -323,13 +347,18 @@ class MetadataStore:
         time: float,
         size: int | None = None,
         mode: int | None = None,
-        mtime: float | None = None,
-        atime: float | None = None,
+        mtime: int | float | None = None,
+        atime: int | float | None = None,
     ) -> dict[str, Any]:
+        """Change attributes; `mtime`/`atime` in nanoseconds.  Every change of an inode moves its ctime."""
         attr = self.getattr(ino)
         dropped: list[Chunk] = []
-        # Any change of attributes is a change of the inode: ctime (POSIX), also for utimensat.
-        self.db.execute("UPDATE inodes SET ctime = ? WHERE ino = ?", (time, ino))
+        now = _ns(time)
+        ctime = now
+        if mtime is not None and abs(_ns(mtime) - now) < 1_000_000_000 and _ns(mtime) >= attr["ctime_ns"]:
+            # utimensat(UTIME_NOW) came with the mount's clock: one instant, as on a local disk.
+            ctime = _ns(mtime)
+        self.db.execute("UPDATE inodes SET ctime = ? WHERE ino = ?", (ctime, ino))
         if size is not None:
             if attr["type"] == "d":
                 raise IsADirectory("cannot set the size of a directory")
@@ -340,22 +369,30 @@ class MetadataStore:
             first_dropped = -(-size // self.chunk_size)
             dropped = self._chunks_from(ino, first_dropped)
             self.db.execute("DELETE FROM chunks WHERE ino = ? AND idx >= ?", (ino, first_dropped))
-            self.db.execute("UPDATE inodes SET size = ?, mtime = ?, ctime = ? WHERE ino = ?", (size, time, time, ino))
+            self.db.execute("UPDATE inodes SET size = ?, mtime = ?, ctime = ? WHERE ino = ?", (size, now, now, ino))
         if mode is not None:
-            self.db.execute("UPDATE inodes SET mode = ?, ctime = ? WHERE ino = ?", (mode & 0o7777, time, ino))
+            self.db.execute("UPDATE inodes SET mode = ? WHERE ino = ?", (mode & 0o7777, ino))
         if mtime is not None:
-            self.db.execute("UPDATE inodes SET mtime = ? WHERE ino = ?", (mtime, ino))
+            self.db.execute("UPDATE inodes SET mtime = ? WHERE ino = ?", (_ns(mtime), ino))
         if atime is not None:
-            self.db.execute("UPDATE inodes SET atime = ? WHERE ino = ?", (atime, ino))
+            self.db.execute("UPDATE inodes SET atime = ? WHERE ino = ?", (_ns(atime), ino))
         return {"attr": self.getattr(ino), "dropped": dropped}
 
-    def _op_extend(self, term: int, ino: int, size: int, mtime: float) -> dict[str, Any]:
+    def _op_extend(
+        self, term: int, ino: int, size: int, mtime: int | float, time: float | None = None
+    ) -> dict[str, Any]:
         attr = self.getattr(ino)
         if attr["type"] != "f":
             raise IsADirectory("not a regular file")
+        # `mtime` is the writer's last write.  mtime never goes back for a writer that reports
+        # late, except from the future (an earlier utime, past the master's clock `time`): a
+        # write makes it now, as on a local disk.  ctime is at least the write's time.
+        now = 1 << 62 if time is None else _ns(time)  # without the master's clock: nothing counts as future
+        mtime = _ns(mtime)
         self.db.execute(
-            "UPDATE inodes SET size = MAX(size, ?), mtime = MAX(mtime, ?), ctime = MAX(ctime, ?) WHERE ino = ?",
-            (size, mtime, mtime, ino),
+            "UPDATE inodes SET size = MAX(size, ?), mtime = CASE WHEN mtime > ? THEN ? ELSE MAX(mtime, ?) END, "
+            "ctime = MAX(ctime, ?) WHERE ino = ?",
+            (size, now, mtime, mtime, mtime, ino),
         )
         return self.getattr(ino)
 
@@ -365,7 +402,7 @@ class MetadataStore:
         if self.getattr(ino)["type"] == "d":
             raise IsADirectory(f"{name!r} is a directory: use rmdir")
         result = self._remove_entry(parent, name, ino, time, free_ino)
-        self.db.execute("UPDATE inodes SET mtime = ?, ctime = ? WHERE ino = ?", (time, time, parent))
+        self.db.execute("UPDATE inodes SET mtime = ?, ctime = ? WHERE ino = ?", (_ns(time), _ns(time), parent))
         return result
 
     def _remove_entry(self, parent: int, name: str, ino: int, time: float, free_ino: int) -> dict[str, Any]:
@@ -381,7 +418,7 @@ class MetadataStore:
         """
         self.db.execute("DELETE FROM dentries WHERE parent = ? AND name = ?", (parent, name))
         if self.getattr(ino)["type"] == "f" and free_ino != ino:
-            self.db.execute("UPDATE inodes SET nlink = 0, ctime = ? WHERE ino = ?", (time, ino))
+            self.db.execute("UPDATE inodes SET nlink = 0, ctime = ? WHERE ino = ?", (_ns(time), ino))
             self.db.execute("INSERT OR REPLACE INTO orphans VALUES (?, ?)", (ino, time))
             return {"dropped": [], "orphan": ino}
         return {"dropped": self._free_inode(ino), "orphan": 0}
@@ -400,9 +437,12 @@ class MetadataStore:
                 dropped.extend(self._free_inode(ino))
         return dropped
 
-    def orphans(self, limit: int) -> list[int]:
-        """Files without a name, kept while a mount may hold them open (oldest first)."""
-        return [int(r[0]) for r in self.db.execute("SELECT ino FROM orphans ORDER BY since LIMIT ?", (limit,))]
+    def orphans(self, limit: int, dirs_before: float = 1e300) -> list[int]:
+        """Inodes without a name, oldest first: files (kept while a mount may hold them open) and
+        directories removed before `dirs_before` (kept a while for whoever is still in them)."""
+        return [int(r[0]) for r in self.db.execute(
+            "SELECT o.ino FROM orphans o JOIN inodes i USING (ino) WHERE i.type != 'd' OR o.since < ? "
+            "ORDER BY o.since LIMIT ?", (dirs_before, limit))]
 
     def orphans_among(self, inos: list[int]) -> list[int]:
         out: list[int] = []
@@ -423,9 +463,12 @@ class MetadataStore:
         if self.db.execute("SELECT 1 FROM dentries WHERE parent = ? LIMIT 1", (ino,)).fetchone():
             raise DirectoryNotEmpty(f"directory {name!r} is not empty")
         self.db.execute("DELETE FROM dentries WHERE parent = ? AND name = ?", (parent, name))
-        self._free_inode(ino)
+        # Kept as an orphan for a while: a process may still be in it or hold it open (fstat,
+        # readdir of nothing); the master frees it later (open_files.OrphanReaper).
+        self.db.execute("UPDATE inodes SET nlink = 0, ctime = ? WHERE ino = ?", (_ns(time), ino))
+        self.db.execute("INSERT OR REPLACE INTO orphans VALUES (?, ?)", (ino, time))
         self.db.execute("UPDATE inodes SET mtime = ?, ctime = ?, nlink = nlink - 1 WHERE ino = ?",
-                        (time, time, parent))
+                        (_ns(time), _ns(time), parent))
 
     def _op_rename(
         self, term: int, parent: int, name: str, new_parent: int, new_name: str, time: float, free_ino: int = 0,
@@ -435,7 +478,7 @@ class MetadataStore:
         check_name_length(name)
         check_name(new_name)
         ino = self._existing_child(parent, name)
-        self._dir_attr(new_parent)
+        self._live_dir_attr(new_parent)
         kind = self.getattr(ino)["type"]
         if kind == "d":
             # A directory must not move below itself.
@@ -464,10 +507,9 @@ class MetadataStore:
             "UPDATE dentries SET parent = ?, name = ? WHERE parent = ? AND name = ?",
             (new_parent, new_name, parent, name),
         )
-        self.db.execute("UPDATE inodes SET ctime = ? WHERE ino = ?", (time, ino))
-        self.db.execute(
-            "UPDATE inodes SET mtime = ?, ctime = ? WHERE ino IN (?, ?)", (time, time, parent, new_parent)
-        )
+        t = _ns(time)
+        self.db.execute("UPDATE inodes SET ctime = ? WHERE ino = ?", (t, ino))
+        self.db.execute("UPDATE inodes SET mtime = ?, ctime = ? WHERE ino IN (?, ?)", (t, t, parent, new_parent))
         if kind == "d" and parent != new_parent:
             # The moved directory's ".." now links to its new parent.
             self.db.execute("UPDATE inodes SET nlink = nlink - 1 WHERE ino = ?", (parent,))
@@ -627,7 +669,7 @@ class MetadataStore:
         kind, mode, size, atime, mtime, ctime, replicas, min_replicas, nlink, domain, tier, target = row
         attr = {
             "ino": ino, "type": kind, "mode": mode | _TYPE_BITS[kind], "nlink": nlink,
-            "size": size, "atime": atime, "mtime": mtime, "ctime": ctime,
+            "size": size, "atime_ns": atime, "mtime_ns": mtime, "ctime_ns": ctime,
             "replicas": replicas, "min_replicas": min_replicas,
             "failure_domain": domain or DEFAULT_FAILURE_DOMAIN, "tier": tier or 0,
         }
@@ -655,6 +697,13 @@ class MetadataStore:
         attr = self.getattr(ino)
         if attr["type"] != "d":
             raise NotADirectory(f"inode {ino} is not a directory")
+        return attr
+
+    def _live_dir_attr(self, ino: int) -> dict[str, Any]:
+        """A directory new names may go into: not one that was removed (POSIX: ENOENT)."""
+        attr = self._dir_attr(ino)
+        if attr["nlink"] == 0:
+            raise NotFound(f"directory inode {ino} was removed")
         return attr
 
     def lookup(self, parent: int, name: str) -> dict[str, Any]:

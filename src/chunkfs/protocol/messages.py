@@ -178,8 +178,9 @@ SPECS: dict[Msg, MessageSpec] = {
             f("ino", int),
             f("size", int, _NONE),
             f("mode", int, _NONE),
-            f("mtime", float, int, _NONE),
-            f("atime", float, int, _NONE),
+            # Times in integer nanoseconds since the epoch (utimensat's precision).
+            f("mtime_ns", int, _NONE),
+            f("atime_ns", int, _NONE),
             *_ONCE,
         ),
         _ATTR,
@@ -199,7 +200,8 @@ SPECS: dict[Msg, MessageSpec] = {
         (f("ino", int), f("index", int), f("failed", list, optional=True), f("why", str, optional=True)),
         _CHUNK_MAP,
     ),
-    Msg.EXTEND: MessageSpec((f("ino", int), f("size", int), f("mtime", float, int)), _ATTR),
+    # The writer's new size and the time (integer nanoseconds) of its last write.
+    Msg.EXTEND: MessageSpec((f("ino", int), f("size", int), f("mtime_ns", int)), _ATTR),
     Msg.REPORT_BAD_REPLICA: MessageSpec(
         (f("chunk_id", int), f("cs_id", int), f("reason", str)), ()
     ),

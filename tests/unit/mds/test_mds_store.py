@@ -134,7 +134,7 @@ def test_mkdir_create_lookup(d: Driver, store: MetadataStore) -> None:
     assert store.resolve("/")["ino"] == ROOT_INO
     assert a != f and ROOT_INO not in (a, f)
     # Parent times come from the command, not the clock.
-    assert store.getattr(a)["mtime"] == d.clock
+    assert store.getattr(a)["mtime_ns"] == round(d.clock * 1e9)
     with pytest.raises(NotFound):
         store.lookup(a, "g")
     with pytest.raises(NotADirectory):
@@ -242,6 +242,12 @@ def test_unlink_and_rmdir(d: Driver, store: MetadataStore) -> None:
     with pytest.raises(NotFound):
         store.getattr(f)
     d.rmdir(ROOT_INO, "a")
+    # A removed directory lives on nameless a while (a process may be in it), then is freed.
+    assert store.getattr(a)["nlink"] == 0 and store.readdir(a, "", 10) == ([], False)
+    with pytest.raises(NotFound):
+        d.create(a, "new")  # nothing new goes into a removed directory
+    assert store.orphans(10, dirs_before=0) == [] and store.orphans(10) == [a]
+    d("free_orphans", inos=[a])
     with pytest.raises(NotFound):
         store.getattr(a)
     assert names(store, ROOT_INO) == []
@@ -292,8 +298,7 @@ def test_rename_dir_replaces_empty_dir_only(d: Driver, store: MetadataStore) -> 
     assert store.lookup(ROOT_INO, "a")["ino"] == a
     d.rename(ROOT_INO, "a", ROOT_INO, "empty")
     assert store.lookup(ROOT_INO, "empty")["ino"] == a
-    with pytest.raises(NotFound):
-        store.getattr(empty)
+    assert store.getattr(empty)["nlink"] == 0 and store.orphans(10) == [empty]
     assert names(store, ROOT_INO) == ["empty", "full"]
 
 
@@ -354,10 +359,11 @@ def test_setattr_truncate_drops_chunks_past_end(d: Driver, store: MetadataStore)
 def test_setattr_mode_times_and_errors(d: Driver, store: MetadataStore) -> None:
     f = d.create(ROOT_INO, "f")
     dd = d.mkdir(ROOT_INO, "d")
-    r = d("setattr", ino=f, time=5000.0, mode=0o100600 | 0o4000, mtime=12.5, atime=7)
+    # Times set by a client are integer nanoseconds, kept exactly.
+    r = d("setattr", ino=f, time=5000.0, mode=0o100600 | 0o4000, mtime=12_500_000_001, atime=7)
     attr = r["attr"]
     assert attr["mode"] == stat.S_IFREG | 0o4600
-    assert (attr["mtime"], attr["atime"], attr["ctime"]) == (12.5, 7, 5000.0)
+    assert (attr["mtime_ns"], attr["atime_ns"], attr["ctime_ns"]) == (12_500_000_001, 7, 5000 * 10**9)
     assert attr["size"] == 0
     with pytest.raises(IsADirectory):
         d("setattr", ino=dd, time=1.0, size=0)
@@ -374,8 +380,12 @@ def test_extend_never_shrinks(d: Driver, store: MetadataStore) -> None:
     assert d("extend", ino=f, size=100, mtime=3000.0)["size"] == 100
     attr = d("extend", ino=f, size=50, mtime=10.0)
     assert attr["size"] == 100
-    assert attr["mtime"] == 3000.0
+    assert attr["mtime_ns"] == 3000 * 10**9
     assert d("extend", ino=f, size=101, mtime=3001.5)["size"] == 101
+    # A future mtime (set by utime) gives way to a write's time; ctime follows the write too.
+    d("setattr", ino=f, time=3002.0, mtime=9 * 10**18)
+    attr = d("extend", ino=f, size=101, mtime=3003 * 10**9 + 7, time=3003.5)
+    assert (attr["mtime_ns"], attr["ctime_ns"]) == (3003 * 10**9 + 7, 3003 * 10**9 + 7)
     dd = d.mkdir(ROOT_INO, "d")
     with pytest.raises(IsADirectory):
         d("extend", ino=dd, size=1, mtime=1.0)
@@ -818,7 +828,8 @@ def test_create_with_truncate(d: Driver, store: MetadataStore) -> None:
     d.alloc(f, 1)
     d("extend", ino=f, size=CS + 10, mtime=d.tick())
     result = d("create", parent=ROOT_INO, name="f", mode=0o644, time=d.tick(), exclusive=False, truncate=True)
-    assert result["attr"]["size"] == 0 and result["attr"]["mtime"] == d.clock == result["attr"]["ctime"]
+    assert result["attr"]["size"] == 0
+    assert result["attr"]["mtime_ns"] == round(d.clock * 1e9) == result["attr"]["ctime_ns"]
     assert sorted(c.index for c in result["dropped"]) == [0, 1]
     assert list(store.all_chunks()) == []
 
@@ -867,8 +878,11 @@ def test_names_over_255_bytes_are_too_long_everywhere(d: Driver, store: Metadata
 def test_setattr_changes_ctime_also_for_times(d: Driver, store: MetadataStore) -> None:
     f = d.create(ROOT_INO, "f")
     now = d.tick()
-    attr = d("setattr", ino=f, time=now, mtime=5.0, atime=4.0)["attr"]
-    assert (attr["atime"], attr["mtime"], attr["ctime"]) == (4.0, 5.0, now)
+    attr = d("setattr", ino=f, time=now, mtime=5 * 10**9, atime=4 * 10**9)["attr"]
+    assert (attr["atime_ns"], attr["mtime_ns"], attr["ctime_ns"]) == (4 * 10**9, 5 * 10**9, round(now * 1e9))
+    # utimensat(UTIME_NOW) from a mount: mtime and ctime are one instant.
+    attr = d("setattr", ino=f, time=now + 1, mtime=round((now + 1.2) * 1e9))["attr"]
+    assert attr["mtime_ns"] == attr["ctime_ns"] == round((now + 1.2) * 1e9)
 
 
 def test_store_from_before_link_counts_is_migrated(tmp_path: Path) -> None:
@@ -878,12 +892,24 @@ def test_store_from_before_link_counts_is_migrated(tmp_path: Path) -> None:
     a = d.mkdir(ROOT_INO, "a")
     d.mkdir(a, "b")
     d.create(a, "f")
-    s.db.execute("ALTER TABLE inodes DROP COLUMN nlink")  # what an older version wrote
+    # What an older version wrote: times as REAL seconds, no link counts, no schema version.
+    s.db.executescript("""
+        CREATE TABLE old AS SELECT ino, type, mode, size, atime / 1e9 AS atime, mtime / 1e9 AS mtime,
+            ctime / 1e9 AS ctime, replicas, min_replicas FROM inodes;
+        DROP TABLE inodes;
+        CREATE TABLE inodes (ino INTEGER PRIMARY KEY, type TEXT NOT NULL, mode INTEGER NOT NULL,
+            size INTEGER NOT NULL, atime REAL NOT NULL, mtime REAL NOT NULL, ctime REAL NOT NULL,
+            replicas INTEGER NOT NULL, min_replicas INTEGER NOT NULL);
+        INSERT INTO inodes SELECT * FROM old;
+        DROP TABLE old;
+        DELETE FROM meta WHERE key = 'schema';
+    """)
     s.close()
     s = MetadataStore(path, CS)
     try:
         assert s.getattr(ROOT_INO)["nlink"] == 3 and s.getattr(a)["nlink"] == 3
         assert s.lookup(a, "f")["nlink"] == 1
+        assert s.getattr(a)["mtime_ns"] == round(d.clock * 1e9)
     finally:
         s.close()
 

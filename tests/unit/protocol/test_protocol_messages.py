@@ -151,7 +151,7 @@ def test_bool_never_accepted_where_int_declared() -> None:
         validate_request(Msg.GETATTR, header, 0)
     # Also where int and float and None are allowed.
     with pytest.raises(ProtocolError, match="wrong type"):
-        validate_request(Msg.SETATTR, {"ino": 1, "size": None, "mode": None, "mtime": False, "atime": None}, 0)
+        validate_request(Msg.SETATTR, {"ino": 1, "size": None, "mode": None, "mtime_ns": False, "atime_ns": None}, 0)
     # But a real bool field takes it.
     validate_request(
         Msg.SET_REPLICAS, {"ino": 1, "replicas": 3, "min_replicas": 2, "recursive": True}, 0
@@ -161,10 +161,10 @@ def test_bool_never_accepted_where_int_declared() -> None:
 
 
 def test_setattr_none_able_fields() -> None:
-    validate_request(Msg.SETATTR, {"ino": 1, "size": None, "mode": None, "mtime": None, "atime": None}, 0)
-    validate_request(Msg.SETATTR, {"ino": 1, "size": 5, "mode": 0o644, "mtime": 1, "atime": 2.5}, 0)
+    validate_request(Msg.SETATTR, {"ino": 1, "size": None, "mode": None, "mtime_ns": None, "atime_ns": None}, 0)
+    validate_request(Msg.SETATTR, {"ino": 1, "size": 5, "mode": 0o644, "mtime_ns": 1, "atime_ns": 2}, 0)
     with pytest.raises(ProtocolError, match="missing field 'size'"):
-        validate_request(Msg.SETATTR, {"ino": 1, "mode": None, "mtime": None, "atime": None}, 0)
+        validate_request(Msg.SETATTR, {"ino": 1, "mode": None, "mtime_ns": None, "atime_ns": None}, 0)
 
 
 def test_optional_field_present_must_still_have_right_type() -> None:
