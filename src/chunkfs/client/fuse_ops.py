@@ -442,11 +442,6 @@ class ChunkFSOperations(pyfuse3.Operations):
         del d.names[start_id:]
         if d.pending_at != start_id:
             d.pending, d.pending_names, d.pending_at, d.more = [], [], start_id, True
-            if start_id == 0:
-                # "." and "..", as ls -a expects; the kernel takes no attributes from them.
-                dot = pyfuse3.EntryAttributes()
-                dot.st_ino, dot.st_mode = d.ino, statmod.S_IFDIR | 0o755
-                d.pending, d.pending_names = [dot, dot], [".", ".."]
         while True:
             if not d.pending:
                 if not d.more:
@@ -482,6 +477,14 @@ class ChunkFSOperations(pyfuse3.Operations):
         d.pending = list(await asyncio.gather(*(attr_of(e[1]) for e in entries)))
         d.pending_names = [e[0] for e in entries]
         d.pending_at = len(d.names)
+        if not after:
+            # "." and ".." first, as ls -a expects (the kernel takes only their inode numbers).
+            for name, ino in ((".." , reply.get("parent", d.ino)), (".", d.ino)):
+                if name not in d.names:
+                    dot = pyfuse3.EntryAttributes()
+                    dot.st_ino, dot.st_mode = ino, statmod.S_IFDIR | 0o755
+                    d.pending.insert(0, dot)
+                    d.pending_names.insert(0, name)
 
     async def releasedir(self, fh: int) -> None:
         self.dirs.pop(fh, None)

@@ -689,6 +689,10 @@ class MetadataStore:
             raise NotFound(f"{name!r} does not exist")
         return ino
 
+    def parent_of(self, ino: int) -> int:
+        """The directory holding `ino` (the root for the root, and for a removed inode)."""
+        return self._parent_of(ino)
+
     def _parent_of(self, ino: int) -> int:
         row = self.db.execute("SELECT parent FROM dentries WHERE ino = ?", (ino,)).fetchone()
         return ROOT_INO if row is None else int(row[0])

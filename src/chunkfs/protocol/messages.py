@@ -171,7 +171,8 @@ SPECS: dict[Msg, MessageSpec] = {
     Msg.SYMLINK: MessageSpec((*_ENTRY, f("target", bytes), *_ONCE), _ATTR),
     Msg.READDIR: MessageSpec(
         (f("ino", int), f("after", str), f("limit", int)),
-        (f("entries", list), f("more", bool)),
+        # `parent`: with the first page (after ""), the directory's parent, for "..".
+        (f("entries", list), f("more", bool), f("parent", int, optional=True)),
     ),
     Msg.SETATTR: MessageSpec(
         (
