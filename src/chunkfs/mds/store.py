@@ -866,6 +866,11 @@ class MetadataStore:
             _ROW_SELECT + "JOIN chunk_replicas r ON r.chunk_id = c.chunk_id "
             "WHERE r.cs_id = ? AND r.chunk_id > ? ORDER BY r.chunk_id LIMIT ?", (cs_id, after, limit))]
 
+    def chunk_rows_after(self, after: int, limit: int) -> list[ChunkRow]:
+        """One page of all chunks by id, from just after `after` (a sweep in bounded slices)."""
+        return [_row(r) for r in self.db.execute(
+            _ROW_SELECT + "WHERE c.chunk_id > ? ORDER BY c.chunk_id LIMIT ?", (after, limit))]
+
     def replicas_on(self, cs_id: int) -> int:
         """How many chunks list `cs_id` (a counter kept on apply, not a count)."""
         row = self.db.execute("SELECT n FROM cs_replicas WHERE cs_id = ?", (cs_id,)).fetchone()
