@@ -126,21 +126,20 @@ WHEN old.replicas != new.replicas OR old.min_replicas != new.min_replicas BEGIN
     UPDATE chunks SET want = new.replicas, minimum = new.min_replicas WHERE ino = new.ino;
 END;
 """
-#: Which chunks a command changed, for the master's health bookkeeping (`MetadataStore.chunk_listener`).
-#: TEMP objects belong to this connection only: not replicated, not in snapshots, gone on restore.
+#: Which chunks a command changed, for the master's health bookkeeping (`MetadataStore.chunk_listener`):
+#: TEMP triggers (this connection only: not replicated, not in snapshots) call back into Python.
 _TOUCHED = """
-CREATE TEMP TABLE IF NOT EXISTS touched_chunks (chunk_id INTEGER PRIMARY KEY);
 CREATE TEMP TRIGGER IF NOT EXISTS touched_insert AFTER INSERT ON main.chunks BEGIN
-    INSERT OR IGNORE INTO touched_chunks VALUES (new.chunk_id);
+    SELECT chunkfs_touched(new.chunk_id);
 END;
 CREATE TEMP TRIGGER IF NOT EXISTS touched_update AFTER UPDATE ON main.chunks BEGIN
-    INSERT OR IGNORE INTO touched_chunks VALUES (new.chunk_id);
+    SELECT chunkfs_touched(new.chunk_id);
 END;
 CREATE TEMP TRIGGER IF NOT EXISTS touched_delete AFTER DELETE ON main.chunks BEGIN
-    INSERT OR IGNORE INTO touched_chunks VALUES (old.chunk_id);
+    SELECT chunkfs_touched(old.chunk_id);
 END;
 CREATE TEMP TRIGGER IF NOT EXISTS touched_placement AFTER INSERT ON main.placement BEGIN
-    INSERT OR IGNORE INTO touched_chunks SELECT chunk_id FROM main.chunks WHERE ino = new.ino;
+    SELECT chunkfs_touched(chunk_id) FROM main.chunks WHERE ino = new.ino;
 END;
 """
 #: Answers to clients' changes are kept for retries at most this many log entries (far longer than
@@ -224,6 +223,7 @@ class MetadataStore:
         #: Called after a command with the ids of the chunks it created, changed or removed (also
         #: their goal or placement); the master's replication monitor re-checks just those.
         self.chunk_listener: Callable[[list[int]], None] | None = None
+        self._touched: list[int] = []
         self._open()
         with self._tx():
             if self._meta("applied_index") is None:
@@ -246,6 +246,7 @@ class MetadataStore:
         self.db.executescript(_SCHEMA)
         self._migrate()
         self.db.executescript(_TRIGGERS)
+        self.db.create_function("chunkfs_touched", 1, self._touched.append)
         self.db.executescript(_TOUCHED)
 
     def _migrate(self) -> None:
@@ -341,6 +342,7 @@ class MetadataStore:
                 result = handler(term=term, **command)
         except ChunkFSError as exc:
             self.db.execute("ROLLBACK")
+            self._touched.clear()
             with self._tx():
                 self._set_meta("applied_index", index)
                 if req is not None:
@@ -348,6 +350,7 @@ class MetadataStore:
             raise
         except BaseException:
             self.db.execute("ROLLBACK")
+            self._touched.clear()
             raise
         if answered is not None:
             self._set_meta("applied_index", index)
@@ -356,18 +359,13 @@ class MetadataStore:
         if req is not None:
             self._keep_answer(index, req, {"ok": _without_dropped(result)})
         self._set_meta("applied_index", index)
-        touched = self._take_touched()
         self.db.execute("COMMIT")
-        if touched and self.chunk_listener is not None:
-            self.chunk_listener(touched)
+        if self._touched:
+            touched = list(dict.fromkeys(self._touched))
+            self._touched.clear()
+            if self.chunk_listener is not None:
+                self.chunk_listener(touched)
         return result
-
-    def _take_touched(self) -> list[int]:
-        """The chunks this transaction changed (filled by the TEMP triggers), cleared for the next."""
-        touched = [int(r[0]) for r in self.db.execute("SELECT chunk_id FROM touched_chunks")]
-        if touched:
-            self.db.execute("DELETE FROM touched_chunks")
-        return touched
 
     def _answer_of(self, index: int, req: list[Any]) -> dict[str, Any] | None:
         """The kept answer to this request, if it was done; forget what the client will not ask again."""
