@@ -74,7 +74,7 @@ SETTLE_FOR_STAT = 3.0
 #: Chunks of the fullest server looked at per rebalancing plan.
 REBALANCE_SCAN = 2000
 #: Chunks re-checked per pass by a sweep (after a registration: new room may let misplaced chunks move).
-SWEEP_PER_TICK = 5000
+SWEEP_PER_TICK = 2000
 
 
 #: A unit of work: (priority, order within it, health, chunk, replica to drop after the copy, target wanted).
