@@ -26,6 +26,7 @@ async def api_stat(server: MetadataServer) -> tuple[int, str, bytes]:
         return 503, "application/json", json.dumps(body).encode()
     try:
         await server.log.read_barrier()
+        await server.healing.settle()
     except ChunkFSError as exc:
         return 503, "application/json", json.dumps({"error": str(exc)}).encode()
     stat = server.cluster_stat()

@@ -14,6 +14,7 @@ good ones alone are below the file's minimum: then every second counts.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 ACTIVE = "active"
@@ -74,7 +75,7 @@ class ChunkHealth:
 
 def classify(
     chunk_id: int, replicas: tuple[int, ...], want: int, minimum: int,
-    states: dict[int, str], connected: set[int], holds: set[int],
+    states: Mapping[int, str], connected: set[int], holds: set[int],
 ) -> ChunkHealth:
     """Sort a chunk's listed replicas by the state of their servers.
 

@@ -57,6 +57,8 @@ class MdsMetrics:
             await self.http.close()
 
     async def _metrics(self) -> tuple[int, str, bytes]:
+        if self.server.raft.is_leader():
+            await self.server.healing.settle()  # exact chunk counts, caught up in slices
         return 200, CONTENT_TYPE, exposition(self.registry)
 
     def _families(self) -> Iterable[Metric]:

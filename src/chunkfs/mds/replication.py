@@ -5,9 +5,11 @@ Once a second (while this MDS is the master) it
 1. works out each chunk server's state from its heartbeats — active,
    inactive, offline (`health.cs_state`) — and says so in the event log when
    one changes;
-2. sorts every chunk by danger (`health.classify`): below ``MIN`` first, then
-   below ``N``, then over-replicated ones to trim, then moves for draining and
-   rebalancing;
+2. takes the chunks that need work from its health index (`health_index`:
+   kept up to date from the changes themselves, never by walking every
+   chunk), by danger (`health.classify`): below ``MIN`` first, then below
+   ``N``, then over-replicated ones to trim, then moves for draining; and
+   when nothing else is to do, plans rebalancing from per-server counts;
 3. starts copies within bounds — at most ``replication-max`` in the cluster and
    ``replication-per-cs`` per server, each fetched by the target at most
    ``replication-rate`` — and keeps a progress figure for ``stat``.
@@ -36,15 +38,17 @@ import logging
 import random
 import sqlite3
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from chunkfs.common.config import check_location, check_tier
 from chunkfs.common.errors import ChunkFSError, ConfigError, InvalidArgument, NotFound, Unavailable
 from chunkfs.mds.domains import Place, choose, crowded, spread_possible
-from chunkfs.mds.health import ACTIVE, HEALTH_KEYS, INACTIVE, OFFLINE, ChunkHealth, classify, cs_state
+from chunkfs.mds.health import ACTIVE, INACTIVE, OFFLINE, ChunkHealth, classify, cs_state
+from chunkfs.mds.health_index import ChunkHealthIndex, Verdict
 from chunkfs.mds.settings import CS_SETTINGS, check_update, effective
-from chunkfs.mds.store import Chunk
+from chunkfs.mds.store import Chunk, ChunkRow
 from chunkfs.protocol.messages import Msg
 
 if TYPE_CHECKING:
@@ -61,6 +65,16 @@ MAX_MOVES_PER_TICK = 8
 #: Rebalancing waits until no chunk has been created or removed for this long: data being
 #: written is placed on emptier servers anyway, and moving it meanwhile would only churn.
 REBALANCE_QUIET = 10.0
+#: Chunks that need work looked at per pass (most endangered first; the rest on later passes).
+MAX_CHECKED_PER_TICK = 2000
+#: Time per pass for the health index to catch up with servers that changed state (in slices).
+SETTLE_PER_TICK = 0.5
+#: How long `stat` waits for the health index to catch up before it answers with what it has.
+SETTLE_FOR_STAT = 3.0
+#: Chunks of the fullest server looked at per rebalancing plan.
+REBALANCE_SCAN = 2000
+#: Chunks re-checked per pass by a sweep (after a registration: new room may let misplaced chunks move).
+SWEEP_PER_TICK = 2000
 
 
 #: A unit of work: (priority, order within it, health, chunk, replica to drop after the copy, target wanted).
@@ -118,8 +132,12 @@ class ReplicationMonitor:
         self.verifying: set[tuple[int, int]] = set()
         self.draining: set[int] = set()
         self.removed: set[int] = set()
-        #: Chunks whose replicas share a failure domain (as of the last `report`), for `stat`.
-        self.domain_shared = 0
+        #: Chunk health kept up to date from changes (health_index.py); valid while this MDS is master.
+        self.index = ChunkHealthIndex(mds.store, self._judge, self._sense)
+        mds.store.chunk_listener = self.index.chunks_changed
+        #: A pass over every chunk, a slice per tick, to find chunks that can now move (None: none running).
+        self._sweep_after: int | None = None
+        self._rebalance_after: dict[int, int] = {}
         self.episode: Episode | None = None
         self._work: list[Work] = []
         self._work_settings: dict[str, float] = {}
@@ -145,6 +163,9 @@ class ReplicationMonitor:
         self.blocked = set()
         self._settings = {}
         self.episode = None
+        self.index.reset()
+        self.index.active = True
+        self._sweep_after = 0
         if self._task is not None and not self._task.done():
             self._task.cancel()
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -166,6 +187,8 @@ class ReplicationMonitor:
             location, tier = "", 0
         self.silent_since.pop(cs_id, None)
         self.labels[cs_id] = (location, tier)
+        # More room, maybe a new tier or failure domain: chunks elsewhere may now move.
+        self._sweep_after = 0
 
     def labels_of(self, cs_id: int) -> dict[str, Any]:
         location, tier = self.labels.get(cs_id, ("", 0))
@@ -214,6 +237,47 @@ class ReplicationMonitor:
         if live is None or live.reporting or cs_id in self.draining:
             return False
         return time.monotonic() - live.last_seen < self.settings()["cs-inactive-timeout"]
+
+    def _sense(self) -> tuple[dict[int, str], dict[int, LiveServer]]:
+        return self.compute_states(), self.mds.live
+
+    def touch(self, chunk_id: int) -> None:
+        """A replica of the chunk was given or taken away, or its copy started or ended: judge it again."""
+        self.index.touch(chunk_id)
+
+    def _judge(self, row: ChunkRow, states: Mapping[int, str]) -> Verdict:
+        """A chunk's health, the work it needs and its status for `stat`, under the given server states."""
+        chunk = row.chunk
+        chunk_id = chunk.chunk_id
+        live = self.mds.live
+        holds = {cs for cs in chunk.replicas if cs in live and chunk_id in live[cs].replicas}
+        # A server still reporting its replicas counts as not connected yet: a replica it has
+        # not reported is waiting (it may well be there), not lost.
+        connected = {cs for cs in chunk.replicas if cs in live and not live[cs].reporting}
+        h = classify(chunk_id, chunk.replicas, row.want, row.minimum, states, connected, holds)
+        drop = None
+        priority: int | None = None
+        if h.need:
+            priority = 0 if len(h.good) < h.minimum else 1
+        elif h.excess or h.untidy:
+            priority = 2
+        elif not h.waiting:
+            drop = self._misplaced(h, {"failure_domain": row.failure_domain, "tier": row.tier})
+            priority = None if drop is None else 3
+        status = h.status
+        if status != "offline":
+            if priority in (0, 1) and chunk_id in self.blocked:
+                status = "blocked"
+            elif chunk_id in self.copying and h.need:
+                status = "replicating"  # healing; a chunk being moved (rebalancing) stays healthy
+        places = [p for cs in h.good if (p := self.place_of(cs)) is not None]
+        return Verdict(status, priority, bool(crowded(places, row.failure_domain)), h, drop)
+
+    async def settle(self, timeout: float = SETTLE_FOR_STAT) -> bool:
+        """Let the health index catch up (in slices) before counts are shown."""
+        if not self.index.active:
+            return True
+        return await self.index.settle(timeout)
 
     def _attr(self, ino: int, attrs: dict[int, dict[str, Any]]) -> dict[str, Any]:
         if ino not in attrs:
@@ -288,6 +352,8 @@ class ReplicationMonitor:
                 logger.exception("replication monitor pass failed")
             spent = time.monotonic() - started
             await asyncio.sleep(max(TICK, 2 * spent))
+        self.index.active = False
+        self.index.reset()
         logger.info("replication monitor stopped: this MDS is no longer the master")
 
     async def _tick(self) -> None:
@@ -311,48 +377,45 @@ class ReplicationMonitor:
         from chunkfs.mds.server import CS_RECONNECT_GRACE
 
         settled = time.monotonic() - self.mds._master_since > CS_RECONNECT_GRACE
-        attrs: dict[int, dict[str, Any]] = {}
-        work: list[Work] = []
-        healthy: list[tuple[ChunkHealth, Chunk]] = []
-        per_cs: collections.Counter[int] = collections.Counter()
-        affected: collections.Counter[int] = collections.Counter()
-        short = urgent = 0
-        chunks = list(self.mds.store.all_chunks())
-        shape = (len(chunks), max((ch.chunk_id for ch in chunks), default=0))
+        store = self.mds.store
+        caught_up = await self.index.settle(SETTLE_PER_TICK)
+        shape = (store.chunk_count(), store.last_chunk_id())
         if shape != self._shape:
             self._shape, self._shape_changed = shape, time.monotonic()
-        for chunk in chunks:
-            try:
-                h = self.health(chunk, attrs, states)
-            except ChunkFSError:
-                continue  # its file was removed meanwhile
-            per_cs.update(chunk.replicas)
-            for cs in h.lost:
-                affected[cs] += 1
-            if h.need:
-                short += 1
-                urgent += len(h.good) < h.minimum
-                if reporting.intersection(h.waiting):
-                    continue  # its server is still listing its replicas: most likely there, wait
-                work.append((0 if len(h.good) < h.minimum else 1, len(h.good) - h.minimum, h, chunk, None, None))
-            elif h.excess or h.untidy:
-                work.append((2, 0, h, chunk, None, None))
-            elif not h.waiting and (drop := self._misplaced(h, self._attr(chunk.ino, attrs))) is not None:
-                work.append((3, 0, h, chunk, drop, None))
-            elif not h.waiting:
-                healthy.append((h, chunk))
+        short = self.index.waiting_work(0) + self.index.waiting_work(1)
+        urgent = self.index.waiting_work(0)
         for cs, st in sorted(changed.items()):
-            await self._announce(cs, st, previous.get(cs), affected[cs], short, settings)
+            lost = store.replicas_on(cs) if st == OFFLINE else 0
+            await self._announce(cs, st, previous.get(cs), lost, short, settings)
         if not settled:
             return
+        self._sweep()
+        checked = self.index.take(MAX_CHECKED_PER_TICK)
+        work: list[Work] = []
+        for row, verdict in self.index.judge_rows(store.chunk_rows(checked), checked):
+            h = verdict.health
+            if verdict.priority is None or h is None:
+                continue
+            if verdict.priority <= 1:
+                if reporting.intersection(h.waiting):
+                    continue  # its server is still listing its replicas: most likely there, wait
+                work.append((verdict.priority, len(h.good) - h.minimum, h, row.chunk, None, None))
+            else:
+                work.append((verdict.priority, 0, h, row.chunk, verdict.drop, None))
         quiet = time.monotonic() - self._shape_changed >= REBALANCE_QUIET
-        if not work and not self.copying and not self.trimming and quiet:
-            work = self._plan_rebalance(healthy, per_cs, settings)
+        if not work and not self.copying and not self.trimming and quiet and caught_up and not short:
+            work = self._plan_rebalance(settings)
         work.sort(key=lambda w: (w[0], w[1]))
         self._work, self._work_settings = work, settings
-        self.blocked = self._start_work(work, settings)
+        found = self._start_work(work, settings)
+        blocked = {c for c in (self.blocked - set(checked)) | found if self.index.priority_of(c) in (0, 1)}
+        for chunk_id in blocked ^ self.blocked:
+            self.index.touch(chunk_id)
+        self.blocked = blocked
         busy = bool(self.copying or self.trimming)
-        pending = sum(1 for w in work if w[0] <= 1 and w[2].chunk_id not in self.blocked)
+        unchecked = short - sum(1 for c in checked if self.index.priority_of(c) in (0, 1))
+        pending = sum(1 for w in work if w[0] <= 1 and w[2].chunk_id not in self.blocked) + max(0, unchecked)
+        moving = self.index.waiting_work(3) + sum(1 for w in work if w[0] == 4)
         if self.episode is None and (pending or busy):
             self.episode = Episode()
             if short and not self._announced:
@@ -360,9 +423,17 @@ class ReplicationMonitor:
                     "warning", f"{_n(short)} chunk(s) below their replica goal ({_n(urgent)} below the minimum); "
                     "replication started")
         if self.episode is not None:
-            self.episode.left = sum(1 for w in work if w[0] != 2)
-            if not pending and not busy and not any(w[0] >= 3 for w in work):
+            self.episode.left = short + moving
+            if not pending and not busy and not moving:
                 await self._finish_episode()
+
+    def _sweep(self) -> None:
+        """Re-check a slice of every chunk (after a registration), so chunks that can now move are found."""
+        if self._sweep_after is None:
+            return
+        rows = self.mds.store.chunk_rows_after(self._sweep_after, SWEEP_PER_TICK)
+        self.index.judge_rows(rows, [])
+        self._sweep_after = rows[-1].chunk.chunk_id if len(rows) == SWEEP_PER_TICK else None
 
     async def _announce(
         self, cs_id: int, state: str, before: str | None, lost: int, short: int, settings: dict[str, float]
@@ -461,19 +532,20 @@ class ReplicationMonitor:
             source = min(sources, key=lambda cs: (self.busy[cs], self._rng.random()))
             target = chosen[0]
             self.copying[chunk.chunk_id] = target
+            self.index.touch(chunk.chunk_id)
             self.busy[source] += 1
             self.busy[target] += 1
             self.mds._spawn(self._copy(chunk.chunk_id, source, target, drop, settings))
         self._work = remaining
         return blocked
 
-    def _plan_rebalance(self, healthy: list[tuple[ChunkHealth, Chunk]], per_cs: dict[int, int],
-                        settings: dict[str, float]) -> list[Work]:
+    def _plan_rebalance(self, settings: dict[str, float]) -> list[Work]:
         """Moves from the fullest servers to the emptiest of each tier, until all are within the band.
 
         Fullness is listed replicas x chunk size / capacity, so servers of different sizes fill
         alike; a move goes only where it narrows the gap by at least one replica, and never into
-        a crowded failure domain.
+        a crowded failure domain.  Replicas per server are counters kept by the store, and the
+        chunks to move are looked for among a page of the fullest server's own (its index range).
         """
         moves: list[Work] = []
         tiers: dict[int, dict[int, LiveServer]] = {}
@@ -481,13 +553,21 @@ class ReplicationMonitor:
             place = self.place_of(cs)
             if place is not None and self.is_active(cs) and server.total > 0:
                 tiers.setdefault(place.tier, {})[cs] = server
+        per_cs = self.mds.store.replica_counts()
         for tier, servers in sorted(tiers.items()):
             if len(servers) >= 2:
-                moves += self._plan_tier(tier, servers, healthy, per_cs, settings, moves)
+                moves += self._plan_tier(tier, servers, per_cs, settings, moves)
         return moves
 
-    def _plan_tier(self, tier: int, servers: dict[int, LiveServer], healthy: list[tuple[ChunkHealth, Chunk]],
-                   per_cs: dict[int, int], settings: dict[str, float], planned: list[Work]) -> list[Work]:
+    def _movable_on(self, cs_id: int) -> list[ChunkRow]:
+        """A page of the chunks listing `cs_id`, from where the last plan stopped (so all get their turn)."""
+        after = self._rebalance_after.get(cs_id, 0)
+        rows = self.mds.store.chunk_rows_on(cs_id, after, REBALANCE_SCAN)
+        self._rebalance_after[cs_id] = rows[-1].chunk.chunk_id if len(rows) == REBALANCE_SCAN else 0
+        return rows
+
+    def _plan_tier(self, tier: int, servers: dict[int, LiveServer], per_cs: dict[int, int],
+                   settings: dict[str, float], planned: list[Work]) -> list[Work]:
         size = self.mds.node.cluster.chunk_size
         used = {cs: per_cs.get(cs, 0) for cs in servers}
         average = sum(used.values()) * size / sum(s.total for s in servers.values())
@@ -498,7 +578,7 @@ class ReplicationMonitor:
 
         moves: list[Work] = []
         taken = {m[3].chunk_id for m in planned}
-        attrs: dict[int, dict[str, Any]] = {}
+        pages: dict[int, list[ChunkRow]] = {}
         for _ in range(MAX_MOVES_PER_TICK):
             full = max(servers, key=fill)
             empty = min(servers, key=fill)
@@ -507,14 +587,18 @@ class ReplicationMonitor:
             if used[full] - used[empty] < 2:
                 break
             into = self.place_of(empty)
-            for h, chunk in healthy:
-                if full not in h.good or empty in chunk.replicas or chunk.chunk_id in taken:
+            if full not in pages:
+                pages[full] = self._movable_on(full)
+            for row in pages[full]:
+                chunk = row.chunk
+                if empty in chunk.replicas or chunk.chunk_id in taken or into is None or row.tier != tier:
                     continue
-                attr = self._attr(chunk.ino, attrs)
-                if into is None or attr.get("tier", 0) != tier:
+                verdict = self._judge(row, self.index.states)
+                h = verdict.health
+                if h is None or verdict.priority is not None or h.waiting or full not in h.good:
                     continue
                 # Never into a crowded failure domain: the next pass would only move it back.
-                level = attr.get("failure_domain", "host")
+                level = row.failure_domain
                 now = [p for cs in h.good if (p := self.place_of(cs)) is not None]
                 after = [p for p in now if p.cs_id != full] + [into]
                 if len(crowded(after, level)) > len(crowded(now, level)):
@@ -541,6 +625,7 @@ class ReplicationMonitor:
         for cs, exc in failed.items():
             if cs in self.mds.live:
                 self.mds.live[cs].replicas.discard(chunk_id)
+                self.touch(chunk_id)
             logger.warning("chunk %#x: CS#%d did not move to version %#x: %s", chunk_id, cs, new, exc)
         return set(failed)
 
@@ -556,6 +641,7 @@ class ReplicationMonitor:
                 self.episode.failures += 1
         finally:
             self.copying.pop(chunk_id, None)
+            self.index.touch(chunk_id)
             self.busy[source] -= 1
             self.busy[target] -= 1
             if not placed:
@@ -600,11 +686,13 @@ class ReplicationMonitor:
                 "set_chunk_replicas", chunk_id=chunk_id, replicas=final, expect_version=frozen.version)
             if target in mds.live:
                 mds.live[target].replicas.add(chunk_id)
+                self.touch(chunk_id)
             await self._set_versions([cs for cs in final if cs not in h.waiting], chunk_id, frozen.version,
                                      new.version)
             if drop is not None:
                 if drop in mds.live:
                     mds.live[drop].replicas.discard(chunk_id)
+                    self.touch(chunk_id)
                 await mds._quiet_cs_call(drop, Msg.CS_DELETE_CHUNK, {"chunk_id": chunk_id})
         if self.episode is not None:
             if drop is None:
@@ -646,6 +734,7 @@ class ReplicationMonitor:
             for cs in victims:
                 if cs in mds.live:
                     mds.live[cs].replicas.discard(chunk_id)
+                    self.touch(chunk_id)
                 await mds._quiet_cs_call(cs, Msg.CS_DELETE_CHUNK, {"chunk_id": chunk_id})
         if self.episode is not None and victims:
             self.episode.trims += 1
@@ -682,6 +771,7 @@ class ReplicationMonitor:
                     return
             if cs_id in mds.live:
                 mds.live[cs_id].replicas.discard(chunk_id)
+                self.touch(chunk_id)
             chunk = mds.store.chunk(chunk_id)
             if chunk is None or cs_id not in chunk.replicas:
                 return
@@ -705,7 +795,7 @@ class ReplicationMonitor:
     # -- draining --------------------------------------------------------------------------
 
     def replicas_on(self, cs_id: int) -> int:
-        return sum(1 for chunk in self.mds.store.all_chunks() if cs_id in chunk.replicas)
+        return self.mds.store.replicas_on(cs_id)
 
     async def rm_cs(self, cs_id: int, cancel: bool) -> dict[str, Any]:
         """Drain a chunk server (moves in the background) and remove it from the registry once empty.
@@ -720,6 +810,7 @@ class ReplicationMonitor:
         if cancel:
             if cs_id in self.draining:
                 self.draining.discard(cs_id)
+                self.index.rejudge_server(cs_id)
                 await mds._event("info", f"CS#{cs_id}: draining cancelled; it takes new chunks again")
             return {"left": self.replicas_on(cs_id), "removed": False}
         if cs_id not in self.draining:
@@ -727,6 +818,7 @@ class ReplicationMonitor:
             if not others:
                 raise InvalidArgument(f"CS#{cs_id} is the only active chunk server; add another before removing it")
             self.draining.add(cs_id)
+            self.index.rejudge_server(cs_id)
             await mds._event("warning", f"CS#{cs_id} is being drained: its {_n(self.replicas_on(cs_id))} "
                              "replica(s) move to other servers, then it is removed")
         left = self.replicas_on(cs_id)
@@ -753,32 +845,18 @@ class ReplicationMonitor:
     # -- reporting -------------------------------------------------------------------------
 
     def report(self) -> tuple[dict[str, int], dict[int, int], dict[int, str]]:
-        """Chunk health counts, replicas listed per server, and server states (for `stat`)."""
-        states = self.compute_states()
-        counts = dict.fromkeys(HEALTH_KEYS, 0)
-        per_cs: collections.Counter[int] = collections.Counter()
-        attrs: dict[int, dict[str, Any]] = {}
-        shared = 0
-        for chunk in self.mds.store.all_chunks():
-            try:
-                h = self.health(chunk, attrs, states)
-            except ChunkFSError:
-                continue
-            per_cs.update(chunk.replicas)
-            status = h.status
-            if status != "offline":
-                if chunk.chunk_id in self.blocked:
-                    status = "blocked"
-                elif chunk.chunk_id in self.copying and h.need:
-                    status = "replicating"  # healing; a chunk being moved (rebalancing) stays healthy
-            counts[status] += 1
-            places = [p for cs in h.good if (p := self.place_of(cs)) is not None]
-            shared += bool(crowded(places, attrs[chunk.ino].get("failure_domain", "host")))
-        self.domain_shared = shared
-        return counts, dict(per_cs), states
+        """Chunk health counts, replicas listed per server, and server states (for `stat`).
+
+        Counts come from the health index (as of its last catch-up: `settle` first for exact
+        ones) and replicas per server from the store's counters: the same cost at any size.
+        """
+        return self.index.counts(), self.mds.store.replica_counts(), self.compute_states()
 
     def progress(self) -> dict[str, Any]:
-        extra = {"domain_shared": self.domain_shared, "draining": sorted(self.draining)}
+        extra = {"domain_shared": self.index.shared_count(), "draining": sorted(self.draining)}
+        backlog = self.index.backlog() if self.index.active else 0
+        if backlog:
+            extra["recounting"] = backlog  # chunks whose health is still being worked out
         if self.episode is not None:
             return {**self.episode.summary(), **extra}
         if self.last_episode is not None:

@@ -553,6 +553,7 @@ class MetadataServer:
         for cs in chunk.replicas:
             if cs not in failed and cs in self.live:
                 self.live[cs].replicas.add(chunk.chunk_id)
+        self.healing.touch(chunk.chunk_id)
 
     async def _ensure_created(self, chunk: Chunk) -> Chunk:
         """Finish an allocation a previous master committed but died before carrying out.
@@ -783,9 +784,15 @@ class MetadataServer:
 
     async def _on_cluster_stat(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
         await self.log.read_barrier()
+        await self.healing.settle()
         return {"stat": self.cluster_stat()}
 
     def cluster_stat(self) -> dict[str, Any]:
+        """The cluster at a glance; its cost does not grow with the number of chunks (see health_index.py).
+
+        Chunk counts are as of the health index's last catch-up: callers `await healing.settle()`
+        first, so that they are exact.
+        """
         counts, per_cs, states = self.healing.report()
         servers = []
         for cs in self.store.chunk_servers():

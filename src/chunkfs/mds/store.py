@@ -21,7 +21,7 @@ import logging
 import os
 import sqlite3
 import stat as statmod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,8 +71,16 @@ CREATE TABLE IF NOT EXISTS dentries (
 CREATE INDEX IF NOT EXISTS dentries_ino ON dentries(ino);
 CREATE TABLE IF NOT EXISTS chunks (
     chunk_id INTEGER PRIMARY KEY, ino INTEGER NOT NULL, idx INTEGER NOT NULL,
-    version INTEGER NOT NULL, replicas TEXT NOT NULL);
+    version INTEGER NOT NULL, replicas TEXT NOT NULL,
+    nrep INTEGER NOT NULL DEFAULT 0, want INTEGER NOT NULL DEFAULT 0, minimum INTEGER NOT NULL DEFAULT 0);
 CREATE UNIQUE INDEX IF NOT EXISTS chunks_file ON chunks(ino, idx);
+CREATE TABLE IF NOT EXISTS chunk_replicas (
+    chunk_id INTEGER NOT NULL, cs_id INTEGER NOT NULL, PRIMARY KEY (chunk_id, cs_id)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS chunk_replicas_cs ON chunk_replicas(cs_id);
+CREATE TABLE IF NOT EXISTS cs_replicas (cs_id INTEGER PRIMARY KEY, n INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS chunk_goals (
+    nrep INTEGER NOT NULL, want INTEGER NOT NULL, minimum INTEGER NOT NULL, n INTEGER NOT NULL,
+    PRIMARY KEY (nrep, want, minimum)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS chunk_servers (
     cs_id INTEGER PRIMARY KEY, addr TEXT NOT NULL, host TEXT NOT NULL, registered REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS mds_members (id INTEGER PRIMARY KEY, addr TEXT NOT NULL);
@@ -86,6 +94,55 @@ CREATE TABLE IF NOT EXISTS answers (
     cid TEXT NOT NULL, seq INTEGER NOT NULL, idx INTEGER NOT NULL, answer BLOB NOT NULL,
     PRIMARY KEY (cid, seq)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS answers_idx ON answers(idx);
+"""
+#: Bookkeeping kept by the store itself, in the transaction of every change (so it is replicated and
+#: deterministic like the rest): a chunk's goal (``want``/``minimum``) follows its file's ``replicas=``,
+#: the replicas it lists are also rows of ``chunk_replicas`` (indexed by chunk server: "chunks on
+#: CS#n" is an index range, not a scan), ``cs_replicas`` counts them per server and ``chunk_goals``
+#: counts chunks by (replicas listed, goal).  So the master's health counts are a few rows to read
+#: (see `goal_histogram`), whatever the number of chunks.  Created after `_migrate`, which adds the
+#: columns these refer to.
+_TRIGGERS = """
+CREATE TRIGGER IF NOT EXISTS chunk_goals_insert AFTER INSERT ON chunks BEGIN
+    INSERT INTO chunk_goals VALUES (new.nrep, new.want, new.minimum, 1)
+        ON CONFLICT (nrep, want, minimum) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS chunk_goals_delete AFTER DELETE ON chunks BEGIN
+    UPDATE chunk_goals SET n = n - 1 WHERE nrep = old.nrep AND want = old.want AND minimum = old.minimum;
+    DELETE FROM chunk_replicas WHERE chunk_id = old.chunk_id;
+END;
+CREATE TRIGGER IF NOT EXISTS chunk_goals_update AFTER UPDATE OF nrep, want, minimum ON chunks
+WHEN old.nrep != new.nrep OR old.want != new.want OR old.minimum != new.minimum BEGIN
+    UPDATE chunk_goals SET n = n - 1 WHERE nrep = old.nrep AND want = old.want AND minimum = old.minimum;
+    INSERT INTO chunk_goals VALUES (new.nrep, new.want, new.minimum, 1)
+        ON CONFLICT (nrep, want, minimum) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS cs_replicas_insert AFTER INSERT ON chunk_replicas BEGIN
+    INSERT INTO cs_replicas VALUES (new.cs_id, 1) ON CONFLICT (cs_id) DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS cs_replicas_delete AFTER DELETE ON chunk_replicas BEGIN
+    UPDATE cs_replicas SET n = n - 1 WHERE cs_id = old.cs_id;
+END;
+CREATE TRIGGER IF NOT EXISTS chunk_goal_follows_file AFTER UPDATE OF replicas, min_replicas ON inodes
+WHEN old.replicas != new.replicas OR old.min_replicas != new.min_replicas BEGIN
+    UPDATE chunks SET want = new.replicas, minimum = new.min_replicas WHERE ino = new.ino;
+END;
+"""
+#: Which chunks a command changed, for the master's health bookkeeping (`MetadataStore.chunk_listener`):
+#: TEMP triggers (this connection only: not replicated, not in snapshots) call back into Python.
+_TOUCHED = """
+CREATE TEMP TRIGGER IF NOT EXISTS touched_insert AFTER INSERT ON main.chunks BEGIN
+    SELECT chunkfs_touched(new.chunk_id);
+END;
+CREATE TEMP TRIGGER IF NOT EXISTS touched_update AFTER UPDATE ON main.chunks BEGIN
+    SELECT chunkfs_touched(new.chunk_id);
+END;
+CREATE TEMP TRIGGER IF NOT EXISTS touched_delete AFTER DELETE ON main.chunks BEGIN
+    SELECT chunkfs_touched(old.chunk_id);
+END;
+CREATE TEMP TRIGGER IF NOT EXISTS touched_placement AFTER INSERT ON main.placement BEGIN
+    SELECT chunkfs_touched(chunk_id) FROM main.chunks WHERE ino = new.ino;
+END;
 """
 #: Answers to clients' changes are kept for retries at most this many log entries (far longer than
 #: any client retries: seconds of work even on a busy cluster), so the table stays bounded.
@@ -119,6 +176,28 @@ def _ns(t: float | int) -> int:
     return t if isinstance(t, int) else round(t * 1_000_000_000)
 
 
+@dataclass(slots=True, frozen=True)
+class ChunkRow:
+    """A chunk with what its health depends on in the store: its file's goal and placement."""
+
+    chunk: Chunk
+    want: int
+    minimum: int
+    failure_domain: str
+    tier: int
+
+
+_ROW_SELECT = (
+    "SELECT c.chunk_id, c.ino, c.idx, c.version, c.replicas, c.want, c.minimum, p.domain, p.tier "
+    "FROM chunks c LEFT JOIN placement p ON p.ino = c.ino "
+)
+
+
+def _row(r: tuple[Any, ...]) -> ChunkRow:
+    return ChunkRow(Chunk(r[0], r[1], r[2], r[3], _replicas_of(r[4])), r[5], r[6],
+                    r[7] or DEFAULT_FAILURE_DOMAIN, r[8] or 0)
+
+
 def _without_dropped(result: Any) -> Any:
     """A change's answer as kept for retries: plain data, without the chunks it dropped (freed once)."""
     if isinstance(result, dict) and "dropped" in result:
@@ -146,12 +225,21 @@ def _replicas_of(text: str) -> tuple[int, ...]:
     return tuple(int(x) for x in text.split(",")) if text else ()
 
 
+def _distinct(cs_ids: list[int] | tuple[int, ...]) -> tuple[int, ...]:
+    """A replica set lists a server once (first place kept)."""
+    return tuple(dict.fromkeys(int(cs) for cs in cs_ids))
+
+
 class MetadataStore:
     """The namespace, the chunk map and the chunk-server registry."""
 
     def __init__(self, path: Path, chunk_size: int) -> None:
         self.path = path
         self.chunk_size = chunk_size
+        #: Called after a command with the ids of the chunks it created, changed or removed (also
+        #: their goal or placement); the master's replication monitor re-checks just those.
+        self.chunk_listener: Callable[[list[int]], None] | None = None
+        self._touched: list[int] = []
         self._open()
         with self._tx():
             if self._meta("applied_index") is None:
@@ -174,13 +262,41 @@ class MetadataStore:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
         self._migrate()
+        self.db.executescript(_TRIGGERS)
+        self.db.create_function("chunkfs_touched", 1, self._touched.append)
+        self.db.executescript(_TOUCHED)
 
     def _migrate(self) -> None:
         """Bring a store written by an older version up to this schema (deterministically: every member does it)."""
-        if self._meta("applied_index") is None or (self._meta("schema") or 1) >= SCHEMA_VERSION:
-            return  # new, or current
+        if self._meta("applied_index") is not None and (self._meta("schema") or 1) < SCHEMA_VERSION:
+            self._migrate_inodes()
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(chunks)")}
+        if "nrep" not in columns:
+            # Replica lists were comma-separated text only: index them by chunk server, count them.
+            with self._tx():
+                for column in ("nrep", "want", "minimum"):
+                    self.db.execute(f"ALTER TABLE chunks ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
+                self.db.execute(
+                    "UPDATE chunks SET want = (SELECT replicas FROM inodes i WHERE i.ino = chunks.ino), "
+                    "minimum = (SELECT min_replicas FROM inodes i WHERE i.ino = chunks.ino)")
+                rows = self.db.execute("SELECT chunk_id, replicas FROM chunks").fetchall()
+                for chunk_id, text in rows:
+                    listed = _distinct(_replicas_of(text))
+                    self.db.executemany("INSERT INTO chunk_replicas VALUES (?, ?)", [(chunk_id, cs) for cs in listed])
+                    self.db.execute("UPDATE chunks SET nrep = ? WHERE chunk_id = ?", (len(listed), chunk_id))
+                self.db.execute("DELETE FROM cs_replicas")
+                self.db.execute("INSERT INTO cs_replicas SELECT cs_id, COUNT(*) FROM chunk_replicas GROUP BY cs_id")
+                self.db.execute("DELETE FROM chunk_goals")
+                self.db.execute(
+                    "INSERT INTO chunk_goals SELECT nrep, want, minimum, COUNT(*) FROM chunks "
+                    "GROUP BY nrep, want, minimum")
+
+    def _migrate_inodes(self) -> None:
+        """Schema 1 kept times as REAL seconds (a column type SQLite would keep rounding to) and no link counts."""
         with self._tx():
-            # Version 1: times as REAL seconds (a column type SQLite would keep rounding to), no link counts.
+            # Triggers are made again after migrating (_TRIGGERS); a rename would drag them along.
+            for (trigger,) in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall():
+                self.db.execute(f'DROP TRIGGER "{trigger}"')
             self.db.execute("ALTER TABLE inodes RENAME TO inodes_v1")
             self.db.execute(_INODES)
             self.db.execute(
@@ -254,6 +370,7 @@ class MetadataStore:
                 result = handler(term=term, **command)
         except ChunkFSError as exc:
             self.db.execute("ROLLBACK")
+            self._touched.clear()
             with self._tx():
                 self._set_meta("applied_index", index)
                 if req is not None:
@@ -261,6 +378,7 @@ class MetadataStore:
             raise
         except BaseException:
             self.db.execute("ROLLBACK")
+            self._touched.clear()
             raise
         if answered is not None:
             self._set_meta("applied_index", index)
@@ -270,6 +388,11 @@ class MetadataStore:
             self._keep_answer(index, req, {"ok": _without_dropped(result)})
         self._set_meta("applied_index", index)
         self.db.execute("COMMIT")
+        if self._touched:
+            touched = list(dict.fromkeys(self._touched))
+            self._touched.clear()
+            if self.chunk_listener is not None:
+                self.chunk_listener(touched)
         return result
 
     def _answer_of(self, index: int, req: list[Any]) -> dict[str, Any] | None:
@@ -539,14 +662,19 @@ class MetadataStore:
         existing = self.chunk_at(ino, index)
         if existing is not None:
             return existing
-        if self.getattr(ino)["type"] != "f":
+        attr = self.getattr(ino)
+        if attr["type"] != "f":
             raise IsADirectory("not a regular file")
         chunk_id = self._next("next_chunk_id")
         version = self._new_version(term)
+        listed = _distinct(replicas)
         self.db.execute(
-            "INSERT INTO chunks VALUES (?, ?, ?, ?, ?)", (chunk_id, ino, index, version, _replicas_text(replicas))
+            "INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (chunk_id, ino, index, version, _replicas_text(listed), len(listed), attr["replicas"],
+             attr["min_replicas"]),
         )
-        return Chunk(chunk_id, ino, index, version, tuple(replicas))
+        self.db.executemany("INSERT INTO chunk_replicas VALUES (?, ?)", [(chunk_id, cs) for cs in listed])
+        return Chunk(chunk_id, ino, index, version, listed)
 
     def _op_set_chunk_replicas(
         self, term: int, chunk_id: int, replicas: list[int], expect_version: int | None = None
@@ -565,11 +693,16 @@ class MetadataStore:
                 chunk_id=chunk_id,
             )
         version = self._new_version(term)
+        listed = _distinct(replicas)
         self.db.execute(
-            "UPDATE chunks SET version = ?, replicas = ? WHERE chunk_id = ?",
-            (version, _replicas_text(replicas), chunk_id),
+            "UPDATE chunks SET version = ?, replicas = ?, nrep = ? WHERE chunk_id = ?",
+            (version, _replicas_text(listed), len(listed), chunk_id),
         )
-        return Chunk(chunk_id, chunk.ino, chunk.index, version, tuple(replicas))
+        gone, added = set(chunk.replicas) - set(listed), set(listed) - set(chunk.replicas)
+        self.db.executemany("DELETE FROM chunk_replicas WHERE chunk_id = ? AND cs_id = ?",
+                            [(chunk_id, cs) for cs in sorted(gone)])
+        self.db.executemany("INSERT INTO chunk_replicas VALUES (?, ?)", [(chunk_id, cs) for cs in sorted(added)])
+        return Chunk(chunk_id, chunk.ino, chunk.index, version, listed)
 
     def _op_register_cs(self, term: int, cs_id: int, addr: str, host: str, time: float) -> int:
         if cs_id == 0 or self.db.execute("SELECT 1 FROM chunk_servers WHERE cs_id = ?", (cs_id,)).fetchone() is None:
@@ -772,6 +905,48 @@ class MetadataStore:
             "SELECT chunk_id, idx, version, replicas FROM chunks WHERE ino = ? AND idx >= ?", (ino, first_index)
         ).fetchall()
         return [Chunk(r[0], ino, r[1], r[2], _replicas_of(r[3])) for r in rows]
+
+    def chunk_rows(self, chunk_ids: list[int]) -> list[ChunkRow]:
+        """The given chunks with their goal and placement (absent ones are left out)."""
+        out: list[ChunkRow] = []
+        for start in range(0, len(chunk_ids), 500):
+            part = chunk_ids[start:start + 500]
+            marks = ",".join("?" * len(part))
+            out.extend(_row(r) for r in self.db.execute(
+                _ROW_SELECT + f"WHERE c.chunk_id IN ({marks})", part))  # noqa: S608 - only placeholders
+        return out
+
+    def chunk_rows_on(self, cs_id: int, after: int, limit: int) -> list[ChunkRow]:
+        """Chunks that list `cs_id`, by id from just after `after`: one page of an index range."""
+        return [_row(r) for r in self.db.execute(
+            _ROW_SELECT + "JOIN chunk_replicas r ON r.chunk_id = c.chunk_id "
+            "WHERE r.cs_id = ? AND r.chunk_id > ? ORDER BY r.chunk_id LIMIT ?", (cs_id, after, limit))]
+
+    def chunk_rows_after(self, after: int, limit: int) -> list[ChunkRow]:
+        """One page of all chunks by id, from just after `after` (a sweep in bounded slices)."""
+        return [_row(r) for r in self.db.execute(
+            _ROW_SELECT + "WHERE c.chunk_id > ? ORDER BY c.chunk_id LIMIT ?", (after, limit))]
+
+    def replicas_on(self, cs_id: int) -> int:
+        """How many chunks list `cs_id` (a counter kept on apply, not a count)."""
+        row = self.db.execute("SELECT n FROM cs_replicas WHERE cs_id = ?", (cs_id,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def replica_counts(self) -> dict[int, int]:
+        """Replicas listed per chunk server (servers listed by no chunk are left out)."""
+        return {int(r[0]): int(r[1]) for r in self.db.execute("SELECT cs_id, n FROM cs_replicas WHERE n > 0")}
+
+    def goal_histogram(self) -> list[tuple[int, int, int, int]]:
+        """Chunks counted by (replicas listed, goal, minimum): a few rows, kept on apply."""
+        return [(int(r[0]), int(r[1]), int(r[2]), int(r[3]))
+                for r in self.db.execute("SELECT nrep, want, minimum, n FROM chunk_goals WHERE n > 0")]
+
+    def chunk_count(self) -> int:
+        row = self.db.execute("SELECT coalesce(sum(n), 0) FROM chunk_goals").fetchone()
+        return int(row[0])
+
+    def last_chunk_id(self) -> int:
+        return (self._meta("next_chunk_id") or 1) - 1
 
     def all_chunks(self) -> Iterator[Chunk]:
         for r in self.db.execute("SELECT chunk_id, ino, idx, version, replicas FROM chunks"):
