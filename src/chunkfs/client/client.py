@@ -18,7 +18,7 @@ from chunkfs.client.chunk_io import ChunkIO
 from chunkfs.client.mds_link import MdsLink
 from chunkfs.common.config import ClientConfig, load_client_config
 from chunkfs.common.errors import InvalidArgument, IsADirectory, NotADirectory
-from chunkfs.common.names import check_name_length
+from chunkfs.common.names import check_name_length, to_bytes, to_text
 from chunkfs.protocol.messages import Msg
 from chunkfs.protocol.rpc import Credentials
 
@@ -58,18 +58,18 @@ class Client:
     async def getattr(self, ino: int) -> dict[str, Any]:
         return (await self.mds.call(Msg.GETATTR, {"ino": ino}))["attr"]
 
-    async def lookup(self, parent: int, name: str) -> dict[str, Any]:
-        return (await self.mds.call(Msg.LOOKUP, {"parent": parent, "name": name}))["attr"]
+    async def lookup(self, parent: int, name: str | bytes) -> dict[str, Any]:
+        return (await self.mds.call(Msg.LOOKUP, {"parent": parent, "name": to_bytes(name)}))["attr"]
 
-    async def mkdir_at(self, parent: int, name: str, mode: int = 0o755) -> dict[str, Any]:
-        return (await self.mds.call(Msg.MKDIR, {"parent": parent, "name": name, "mode": mode}))["attr"]
+    async def mkdir_at(self, parent: int, name: str | bytes, mode: int = 0o755) -> dict[str, Any]:
+        return (await self.mds.call(Msg.MKDIR, {"parent": parent, "name": to_bytes(name), "mode": mode}))["attr"]
 
     async def create_at(
-        self, parent: int, name: str, mode: int = 0o644, exclusive: bool = False, *,
+        self, parent: int, name: str | bytes, mode: int = 0o644, exclusive: bool = False, *,
         session: str | None = None, truncate: bool = False,
     ) -> dict[str, Any]:
         """Create a file (or, not `exclusive`, open the one there); `session`: a mount holds it open."""
-        header: dict[str, Any] = {"parent": parent, "name": name, "mode": mode, "exclusive": exclusive}
+        header: dict[str, Any] = {"parent": parent, "name": to_bytes(name), "mode": mode, "exclusive": exclusive}
         if session is not None:
             header["session"] = session
         if truncate:
@@ -79,8 +79,8 @@ class Client:
             self.io.forget(attr["ino"])
         return attr
 
-    async def symlink_at(self, parent: int, name: str, target: bytes) -> dict[str, Any]:
-        return (await self.mds.call(Msg.SYMLINK, {"parent": parent, "name": name, "target": target}))["attr"]
+    async def symlink_at(self, parent: int, name: str | bytes, target: bytes) -> dict[str, Any]:
+        return (await self.mds.call(Msg.SYMLINK, {"parent": parent, "name": to_bytes(name), "target": target}))["attr"]
 
     async def readlink(self, ino: int) -> bytes:
         attr = await self.getattr(ino)
@@ -88,16 +88,17 @@ class Client:
             raise InvalidArgument(f"inode {ino} is not a symbolic link")
         return bytes(attr["target"])
 
-    async def unlink_at(self, parent: int, name: str) -> None:
-        await self.mds.call(Msg.UNLINK, {"parent": parent, "name": name})
+    async def unlink_at(self, parent: int, name: str | bytes) -> None:
+        await self.mds.call(Msg.UNLINK, {"parent": parent, "name": to_bytes(name)})
 
-    async def rmdir_at(self, parent: int, name: str) -> None:
-        await self.mds.call(Msg.RMDIR, {"parent": parent, "name": name})
+    async def rmdir_at(self, parent: int, name: str | bytes) -> None:
+        await self.mds.call(Msg.RMDIR, {"parent": parent, "name": to_bytes(name)})
 
     async def rename_at(
-        self, parent: int, name: str, new_parent: int, new_name: str, noreplace: bool = False
+        self, parent: int, name: str | bytes, new_parent: int, new_name: str | bytes, noreplace: bool = False
     ) -> None:
-        header: dict[str, Any] = {"parent": parent, "name": name, "new_parent": new_parent, "new_name": new_name}
+        header: dict[str, Any] = {
+            "parent": parent, "name": to_bytes(name), "new_parent": new_parent, "new_name": to_bytes(new_name)}
         if noreplace:
             header["noreplace"] = True
         await self.mds.call(Msg.RENAME, header)
@@ -121,13 +122,14 @@ class Client:
 
     async def readdir(self, ino: int) -> list[tuple[str, int, str]]:
         entries: list[tuple[str, int, str]] = []
-        after = ""
+        after = b""
         while True:
             reply = await self.mds.call(Msg.READDIR, {"ino": ino, "after": after, "limit": READDIR_PAGE})
-            entries.extend((e[0], e[1], e[2]) for e in reply["entries"])
+            # Names as text that names the same file again (os.fsdecode: bytes that are not UTF-8 survive).
+            entries.extend((to_text(e[0]), e[1], e[2]) for e in reply["entries"])
             if not reply["more"] or not reply["entries"]:
                 return entries
-            after = entries[-1][0]
+            after = to_bytes(entries[-1][0])
 
     async def setattr(self, ino: int, **changes: Any) -> dict[str, Any]:
         """Change `size`, `mode`, `mtime_ns`, `atime_ns` (nanoseconds); the others stay as they are."""
@@ -171,7 +173,7 @@ class Client:
         """The inode at `path`; symbolic links on the way are followed, the last one only if `follow`."""
         for part in path.split("/"):
             check_name_length(part)
-        header: dict[str, Any] = {"path": path}
+        header: dict[str, Any] = {"path": to_bytes(path)}
         if follow:
             header["follow"] = True
         return (await self.mds.call(Msg.RESOLVE, header))["attr"]

@@ -218,10 +218,10 @@ class DirHandle:
     ino: int
     #: Names handed to the kernel, in order: offset k continues after names[k-1].
     #: A name cursor survives entries added or removed between calls.
-    names: list[str] = field(default_factory=list)
+    names: list[bytes] = field(default_factory=list)
     #: Entries fetched but not yet handed out, and the offset they start at.
     pending: list[pyfuse3.EntryAttributes | None] = field(default_factory=list)
-    pending_names: list[str] = field(default_factory=list)
+    pending_names: list[bytes] = field(default_factory=list)
     pending_at: int = -1
     more: bool = True
 
@@ -289,7 +289,7 @@ class ChunkFSOperations(pyfuse3.Operations):
     @fuse_errors
     async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         check_name_length(name)
-        return self._entry(await self.client.lookup(parent_inode, name.decode()))
+        return self._entry(await self.client.lookup(parent_inode, name))
 
     async def forget(self, inode_list: Any) -> None:
         return None  # nothing is kept per looked-up inode
@@ -336,7 +336,7 @@ class ChunkFSOperations(pyfuse3.Operations):
         self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         check_name_length(name)
-        return self._entry(await self.client.mkdir_at(parent_inode, name.decode(), statmod.S_IMODE(mode)))
+        return self._entry(await self.client.mkdir_at(parent_inode, name, statmod.S_IMODE(mode)))
 
     @fuse_errors
     async def create(
@@ -347,7 +347,7 @@ class ChunkFSOperations(pyfuse3.Operations):
         check_name_length(name)
         truncate = bool(flags & os.O_TRUNC)
         attr = await self.client.create_at(
-            parent_inode, name.decode(), statmod.S_IMODE(mode), exclusive=bool(flags & os.O_EXCL),
+            parent_inode, name, statmod.S_IMODE(mode), exclusive=bool(flags & os.O_EXCL),
             session=self.session, truncate=truncate,
         )
         if attr["type"] != "f":
@@ -367,17 +367,17 @@ class ChunkFSOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EPERM)  # no device files, FIFOs or sockets
         check_name_length(name)
         return self._entry(await self.client.create_at(
-            parent_inode, name.decode(), statmod.S_IMODE(mode), exclusive=True))
+            parent_inode, name, statmod.S_IMODE(mode), exclusive=True))
 
     @fuse_errors
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         check_name_length(name)
-        await self.client.unlink_at(parent_inode, name.decode())
+        await self.client.unlink_at(parent_inode, name)
 
     @fuse_errors
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         check_name_length(name)
-        await self.client.rmdir_at(parent_inode, name.decode())
+        await self.client.rmdir_at(parent_inode, name)
 
     @fuse_errors
     async def rename(
@@ -390,7 +390,7 @@ class ChunkFSOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EINVAL)
         check_name_length(name_old)
         check_name_length(name_new)
-        await self.client.rename_at(parent_inode_old, name_old.decode(), parent_inode_new, name_new.decode(),
+        await self.client.rename_at(parent_inode_old, name_old, parent_inode_new, name_new,
                                     noreplace=bool(flags & RENAME_NOREPLACE))
 
     async def link(
@@ -403,7 +403,7 @@ class ChunkFSOperations(pyfuse3.Operations):
         self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         check_name_length(name)
-        return self._entry(await self.client.symlink_at(parent_inode, name.decode(), target))
+        return self._entry(await self.client.symlink_at(parent_inode, name, target))
 
     @fuse_errors
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
@@ -452,7 +452,7 @@ class ChunkFSOperations(pyfuse3.Operations):
             while d.pending:
                 entry, name = d.pending[0], d.pending_names[0]
                 if entry is not None:
-                    if not pyfuse3.readdir_reply(token, name.encode(), entry, len(d.names) + 1):
+                    if not pyfuse3.readdir_reply(token, name, entry, len(d.names) + 1):
                         d.pending_at = len(d.names)
                         return
                     d.names.append(name)
@@ -461,7 +461,7 @@ class ChunkFSOperations(pyfuse3.Operations):
             d.pending_at = len(d.names)
 
     async def _fill(self, d: DirHandle) -> None:
-        after = next((n for n in reversed(d.names) if n not in (".", "..")), "")
+        after = next((n for n in reversed(d.names) if n not in (b".", b"..")), b"")
         reply = await self.client.mds.call(Msg.READDIR, {"ino": d.ino, "after": after, "limit": READDIR_PAGE})
         entries = reply["entries"]
         d.more = bool(reply["more"]) and bool(entries)
@@ -479,7 +479,7 @@ class ChunkFSOperations(pyfuse3.Operations):
         d.pending_at = len(d.names)
         if not after:
             # "." and ".." first, as ls -a expects (the kernel takes only their inode numbers).
-            for name, ino in ((".." , reply.get("parent", d.ino)), (".", d.ino)):
+            for name, ino in ((b"..", reply.get("parent", d.ino)), (b".", d.ino)):
                 if name not in d.names:
                     dot = pyfuse3.EntryAttributes()
                     dot.st_ino, dot.st_mode = ino, statmod.S_IFDIR | 0o755

@@ -41,7 +41,7 @@ from chunkfs.common.errors import (
     SymlinkLoop,
     error_from_code,
 )
-from chunkfs.common.names import check_name, check_name_length, check_symlink_target
+from chunkfs.common.names import check_name, check_name_length, check_symlink_target, shown, to_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 {_INODES};
 CREATE TABLE IF NOT EXISTS dentries (
-    parent INTEGER NOT NULL, name TEXT NOT NULL, ino INTEGER NOT NULL,
+    parent INTEGER NOT NULL, name BLOB NOT NULL, ino INTEGER NOT NULL,
     PRIMARY KEY (parent, name)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS dentries_ino ON dentries(ino);
 CREATE TABLE IF NOT EXISTS chunks (
@@ -162,7 +162,7 @@ class Chunk:
     replicas: tuple[int, ...]
 
 
-#: Schema versions: 2 keeps inode times as integer nanoseconds and counts links.
+#: Schema versions: 2 keeps inode times as integer nanoseconds, counts links, and names are bytes.
 SCHEMA_VERSION = 2
 
 
@@ -292,7 +292,8 @@ class MetadataStore:
                     "GROUP BY nrep, want, minimum")
 
     def _migrate_inodes(self) -> None:
-        """Schema 1 kept times as REAL seconds (a column type SQLite would keep rounding to) and no link counts."""
+        """Schema 1 kept times as REAL seconds (a column type SQLite would keep rounding to), no link counts,
+        and names as text."""
         with self._tx():
             # Triggers are made again after migrating (_TRIGGERS); a rename would drag them along.
             for (trigger,) in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall():
@@ -305,6 +306,8 @@ class MetadataStore:
                 "CASE type WHEN 'd' THEN 2 + (SELECT COUNT(*) FROM dentries d JOIN inodes_v1 c ON c.ino = d.ino "
                 "WHERE d.parent = inodes_v1.ino AND c.type = 'd') ELSE 1 END FROM inodes_v1")
             self.db.execute("DROP TABLE inodes_v1")
+            # Names were TEXT: the same bytes (UTF-8), now compared as bytes like every new name.
+            self.db.execute("UPDATE dentries SET name = CAST(name AS BLOB)")
             self._set_meta("schema", SCHEMA_VERSION)
         logger.info("metadata store %s migrated to schema %d", self.path, SCHEMA_VERSION)
 
@@ -355,6 +358,9 @@ class MetadataStore:
         command = msgpack.unpackb(data, raw=False)
         op = command.pop("op")
         req = command.pop("req", None)
+        for key in ("name", "new_name"):
+            if isinstance(command.get(key), str):
+                command[key] = to_bytes(command[key])  # a name sent as text (the CLI, an older client)
         handler = getattr(self, f"_op_{op}", None)
         if handler is None:
             # A command from a newer version: skip it, deterministically, like any failed command.
@@ -426,12 +432,12 @@ class MetadataStore:
         if existing is None:
             return {"attr": self._make_node(parent, name, "f", mode, time), "dropped": []}
         if exclusive:
-            raise Exists(f"{name!r} already exists")
+            raise Exists(f"{shown(name)} already exists")
         attr = self.getattr(existing)
         if attr["type"] == "d":
-            raise IsADirectory(f"{name!r} is a directory")
+            raise IsADirectory(f"{shown(name)} is a directory")
         if attr["type"] != "f":
-            raise Exists(f"{name!r} exists and is not a regular file")
+            raise Exists(f"{shown(name)} exists and is not a regular file")
         if not truncate:
             return {"attr": attr, "dropped": []}
         return self._op_setattr(term, existing, time, size=0)
@@ -447,7 +453,7 @@ class MetadataStore:
         check_name(name)
         pattr = self._live_dir_attr(parent)
         if self._child(parent, name) is not None:
-            raise Exists(f"{name!r} already exists")
+            raise Exists(f"{shown(name)} already exists")
         ino, t = self._next("next_ino"), _ns(time)
         if kind == "d" and pattr["mode"] & statmod.S_ISGID:
             mode |= statmod.S_ISGID  # a directory in a set-group-ID directory inherits the bit
@@ -523,7 +529,7 @@ class MetadataStore:
         """Remove a name; see `_remove_entry` for what happens to a file's inode and chunks."""
         ino = self._existing_child(parent, name)
         if self.getattr(ino)["type"] == "d":
-            raise IsADirectory(f"{name!r} is a directory: use rmdir")
+            raise IsADirectory(f"{shown(name)} is a directory: use rmdir")
         result = self._remove_entry(parent, name, ino, time, free_ino)
         self.db.execute("UPDATE inodes SET mtime = ?, ctime = ? WHERE ino = ?", (_ns(time), _ns(time), parent))
         return result
@@ -576,15 +582,15 @@ class MetadataStore:
                 f"SELECT ino FROM orphans WHERE ino IN ({marks})", part))  # noqa: S608 - only placeholders
         return out
 
-    def child_ino(self, parent: int, name: str) -> int | None:
+    def child_ino(self, parent: int, name: str | bytes) -> int | None:
         """The inode named `name` in `parent`, if any (no checks: for the master's own decisions)."""
-        return self._child(parent, name)
+        return self._child(parent, to_bytes(name))
 
     def _op_rmdir(self, term: int, parent: int, name: str, time: float) -> None:
         ino = self._existing_child(parent, name)
         self._dir_attr(ino)
         if self.db.execute("SELECT 1 FROM dentries WHERE parent = ? LIMIT 1", (ino,)).fetchone():
-            raise DirectoryNotEmpty(f"directory {name!r} is not empty")
+            raise DirectoryNotEmpty(f"directory {shown(name)} is not empty")
         self.db.execute("DELETE FROM dentries WHERE parent = ? AND name = ?", (parent, name))
         # Kept as an orphan for a while: a process may still be in it or hold it open (fstat,
         # readdir of nothing); the master frees it later (open_files.OrphanReaper).
@@ -616,12 +622,12 @@ class MetadataStore:
             return result
         if target is not None:
             if noreplace:
-                raise Exists(f"{new_name!r} already exists")
+                raise Exists(f"{shown(new_name)} already exists")
             tkind = self.getattr(target)["type"]
             if kind == "d" and tkind != "d":
-                raise NotADirectory(f"{new_name!r} is not a directory")
+                raise NotADirectory(f"{shown(new_name)} is not a directory")
             if kind != "d" and tkind == "d":
-                raise IsADirectory(f"{new_name!r} is a directory")
+                raise IsADirectory(f"{shown(new_name)} is a directory")
             if tkind == "d":
                 self._op_rmdir(term, new_parent, new_name, time)
             else:
@@ -819,7 +825,7 @@ class MetadataStore:
         self._dir_attr(parent)
         ino = self._child(parent, name)
         if ino is None:
-            raise NotFound(f"{name!r} does not exist")
+            raise NotFound(f"{shown(name)} does not exist")
         return ino
 
     def parent_of(self, ino: int) -> int:
@@ -843,48 +849,50 @@ class MetadataStore:
             raise NotFound(f"directory inode {ino} was removed")
         return attr
 
-    def lookup(self, parent: int, name: str) -> dict[str, Any]:
-        return self.getattr(self._existing_child(parent, name))
+    def lookup(self, parent: int, name: str | bytes) -> dict[str, Any]:
+        return self.getattr(self._existing_child(parent, to_bytes(name)))
 
-    def resolve(self, path: str, follow: bool = False) -> dict[str, Any]:
+    def resolve(self, path: str | bytes, follow: bool = False) -> dict[str, Any]:
         """The inode at `path` from the root, following symbolic links on the way (and at the end if `follow`).
 
         A link's target is taken relative to the cluster's root when
         absolute, else to the link's directory, as a mount would see it.
         """
-        parts = [p for p in path.split("/") if p and p != "."]
+        raw = to_bytes(path)
+        parts = [p for p in raw.split(b"/") if p and p != b"."]
         stack = [ROOT_INO]  # the directories walked, for ".."
         hops = 0
         while parts:
             part = parts.pop(0)
             self._dir_attr(stack[-1])
-            if part == "..":
+            if part == b"..":
                 if len(stack) > 1:
                     stack.pop()
                 continue
             check_name_length(part)
             child = self._child(stack[-1], part)
             if child is None:
-                raise NotFound(f"{path}: no such file or directory")
+                raise NotFound(f"{shown(raw)}: no such file or directory")
             attr = self.getattr(child)
             if attr["type"] == "l" and (parts or follow):
                 hops += 1
                 if hops > MAX_SYMLINK_HOPS:
-                    raise SymlinkLoop(f"{path}: more than {MAX_SYMLINK_HOPS} symbolic links on the way")
-                target = attr["target"].decode(errors="surrogateescape")
-                if target.startswith("/"):
+                    raise SymlinkLoop(f"{shown(raw)}: more than {MAX_SYMLINK_HOPS} symbolic links on the way")
+                target = attr["target"]
+                if target.startswith(b"/"):
                     stack = [ROOT_INO]
-                parts = [p for p in target.split("/") if p and p != "."] + parts
+                parts = [p for p in target.split(b"/") if p and p != b"."] + parts
                 continue
             stack.append(child)
         return self.getattr(stack[-1])
 
-    def readdir(self, ino: int, after: str, limit: int) -> tuple[list[list[Any]], bool]:
+    def readdir(self, ino: int, after: str | bytes, limit: int) -> tuple[list[list[Any]], bool]:
+        """A page of [name (bytes), inode, type] after the name `after`, in byte order."""
         self._dir_attr(ino)
         rows = self.db.execute(
             "SELECT d.name, d.ino, i.type FROM dentries d JOIN inodes i ON i.ino = d.ino "
             "WHERE d.parent = ? AND d.name > ? ORDER BY d.name LIMIT ?",
-            (ino, after, limit + 1),
+            (ino, to_bytes(after), limit + 1),
         ).fetchall()
         return [list(r) for r in rows[:limit]], len(rows) > limit
 

@@ -129,7 +129,8 @@ _ATTR = (f("attr", dict),)
 #: sequence number (the same in every retry) and the lowest sequence number the client may
 #: still retry, so the master can forget the answers below it.  Added by the client's MDS link.
 _ONCE = (f("cid", str, optional=True), f("seq", int, optional=True), f("low", int, optional=True))
-_ENTRY = (f("parent", int), f("name", str))
+#: Names are bytes (any byte but "/" and NUL); text is taken as UTF-8 (common/names.py).
+_ENTRY = (f("parent", int), f("name", bytes, str))
 _CHUNK_MAP = (
     f("chunk_id", int),  # 0: a hole, no chunk yet
     f("version", int),
@@ -151,7 +152,7 @@ SPECS: dict[Msg, MessageSpec] = {
     Msg.LOOKUP: MessageSpec(_ENTRY, _ATTR),
     Msg.GETATTR: MessageSpec((f("ino", int),), _ATTR),
     # `follow`: follow a symbolic link in the last component too (links on the way are always followed).
-    Msg.RESOLVE: MessageSpec((f("path", str), f("follow", bool, optional=True)), _ATTR),
+    Msg.RESOLVE: MessageSpec((f("path", bytes, str), f("follow", bool, optional=True)), _ATTR),
     Msg.MKDIR: MessageSpec((*_ENTRY, f("mode", int), *_ONCE), _ATTR),
     # With `session`, the new (or existing) file is registered as open by that mount (see OPEN);
     # `truncate` cuts an existing file to size 0 (O_TRUNC).
@@ -170,7 +171,8 @@ SPECS: dict[Msg, MessageSpec] = {
     Msg.SESSION: MessageSpec((f("session", str), f("open", list)), (f("known", bool),)),
     Msg.SYMLINK: MessageSpec((*_ENTRY, f("target", bytes), *_ONCE), _ATTR),
     Msg.READDIR: MessageSpec(
-        (f("ino", int), f("after", str), f("limit", int)),
+        # Entries are [name (bytes), inode, type], in byte order, after the name `after`.
+        (f("ino", int), f("after", bytes, str), f("limit", int)),
         # `parent`: with the first page (after ""), the directory's parent, for "..".
         (f("entries", list), f("more", bool), f("parent", int, optional=True)),
     ),
@@ -188,7 +190,8 @@ SPECS: dict[Msg, MessageSpec] = {
     ),
     # `noreplace`: fail with "exists" rather than replace the target (renameat2 RENAME_NOREPLACE).
     Msg.RENAME: MessageSpec(
-        (*_ENTRY, f("new_parent", int), f("new_name", str), f("noreplace", bool, optional=True), *_ONCE), ()),
+        (*_ENTRY, f("new_parent", int), f("new_name", bytes, str), f("noreplace", bool, optional=True), *_ONCE),
+        ()),
     Msg.UNLINK: MessageSpec((*_ENTRY, *_ONCE), ()),
     Msg.RMDIR: MessageSpec((*_ENTRY, *_ONCE), ()),
     Msg.SET_REPLICAS: MessageSpec(

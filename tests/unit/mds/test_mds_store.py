@@ -104,7 +104,7 @@ def names(store: MetadataStore, ino: int) -> list[str]:
     out, after = [], ""
     while True:
         entries, more = store.readdir(ino, after, 1000)
-        out += [e[0] for e in entries]
+        out += [e[0].decode() for e in entries]
         if not more:
             return out
         after = entries[-1][0]
@@ -203,7 +203,8 @@ def test_readdir_paging(d: Driver, store: MetadataStore) -> None:
         assert len(entries) == 10
         after = entries[-1][0]
     assert pages == 3
-    assert [e[0] for e in seen] == all_names
+    # Names are bytes, in byte order (for UTF-8, the order of code points).
+    assert [e[0] for e in seen] == [n.encode() for n in all_names]
     for name, ino, kind in seen:
         assert store.lookup(ROOT_INO, name)["ino"] == ino
         assert store.getattr(ino)["type"] == kind
@@ -581,6 +582,7 @@ def dump(store: MetadataStore) -> dict[str, Any]:
         tree[path] = store.getattr(ino)
         if tree[path]["type"] == "d":
             for name, child, _ in store.readdir(ino, "", 10_000)[0]:
+                name = name.decode()
                 walk(child, f"{path}/{name}")
 
     walk(ROOT_INO, "")
@@ -949,3 +951,18 @@ def test_a_retried_change_is_answered_not_done_twice(d: Driver, store: MetadataS
     d("mkdir", parent=ROOT_INO, name="z", mode=0o755, time=d.tick(), req=["client-a", 9, 9])
     rows = store.db.execute("SELECT seq FROM answers WHERE cid = 'client-a' ORDER BY seq").fetchall()
     assert [r[0] for r in rows] == [9]
+
+
+def test_names_are_bytes_of_any_encoding(d: Driver, store: MetadataStore) -> None:
+    """Any byte but "/" and NUL: a Latin-1 tree copies in as it is."""
+    latin = "café".encode("latin-1")
+    f = d.create(ROOT_INO, latin)
+    d.mkdir(ROOT_INO, b"dir\xff")
+    assert store.lookup(ROOT_INO, latin)["ino"] == f
+    assert [e[0] for e in store.readdir(ROOT_INO, b"", 10)[0]] == [b"caf\xe9", b"dir\xff"]
+    assert store.resolve(b"/dir\xff")["type"] == "d"
+    assert store.resolve("/dir\udcff")["type"] == "d"  # the same name as text (os.fsdecode)
+    d.rename(ROOT_INO, latin, ROOT_INO, b"\xe9t\xe9")
+    assert [e[0] for e in store.readdir(ROOT_INO, b"", 10)[0]] == [b"dir\xff", b"\xe9t\xe9"]
+    with pytest.raises(InvalidArgument):
+        d.create(ROOT_INO, b"a/b")
