@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import types
@@ -52,8 +53,9 @@ def test_one_frame_carries_at_most_one_page() -> None:
 @pytest.mark.parametrize(("value", "want"), [("", 4096), ("32", 32), ("0", 1), ("100000", 4096), ("x", 4096)])
 def test_page_size_knob_is_bounded(value: str, want: int) -> None:
     code = "from chunkfs.protocol.messages import REPLICA_PAGE; print(REPLICA_PAGE)"
-    env = {"CHUNKFS_REPLICA_PAGE": value, "PATH": "/usr/bin:/bin"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, timeout=60)
+    env = {**os.environ, "CHUNKFS_REPLICA_PAGE": value}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False, timeout=60)
+    assert out.returncode == 0, out.stderr
     assert int(out.stdout) == want
 
 
