@@ -71,7 +71,7 @@ from typing import Any, ParamSpec, TypeVar
 import pyfuse3
 
 from chunkfs.client.client import ROOT_INO, Client
-from chunkfs.common.errors import Busy, ChunkFSError, ConfigError, NotFound
+from chunkfs.common.errors import Busy, ChunkFSError, ConfigError
 from chunkfs.common.names import check_name_length
 from chunkfs.mds.leases import LEASE_TTL
 from chunkfs.protocol.messages import SESSION_OPEN_PAGE, SESSION_TTL, Msg
@@ -80,12 +80,9 @@ logger = logging.getLogger(__name__)
 
 assert pyfuse3.ROOT_INODE == ROOT_INO
 
-#: Entries asked of the master per READDIR page.  A kernel readdir buffer
-#: holds a few dozen entries, so a small page keeps the attribute look-ups
-#: that readdirplus needs close to what is used.
-READDIR_PAGE = 64
-#: Attribute look-ups in flight at once while filling a readdir buffer.
-READDIR_ATTR_DEPTH = 32
+#: Entries asked of the master per READDIR page, with their attributes (readdirplus):
+#: a few kernel readdir buffers' worth, so a listing takes few requests.
+READDIR_PAGE = 256
 #: `statfs` asks the master at most this often (its answer walks every chunk).
 STATFS_CACHE_S = 2.0
 #: renameat2's flag (linux/fs.h): fail rather than replace an existing target.
@@ -220,7 +217,7 @@ class DirHandle:
     #: A name cursor survives entries added or removed between calls.
     names: list[bytes] = field(default_factory=list)
     #: Entries fetched but not yet handed out, and the offset they start at.
-    pending: list[pyfuse3.EntryAttributes | None] = field(default_factory=list)
+    pending: list[pyfuse3.EntryAttributes] = field(default_factory=list)
     pending_names: list[bytes] = field(default_factory=list)
     pending_at: int = -1
     more: bool = True
@@ -451,30 +448,21 @@ class ChunkFSOperations(pyfuse3.Operations):
                     return
             while d.pending:
                 entry, name = d.pending[0], d.pending_names[0]
-                if entry is not None:
-                    if not pyfuse3.readdir_reply(token, name, entry, len(d.names) + 1):
-                        d.pending_at = len(d.names)
-                        return
-                    d.names.append(name)
+                if not pyfuse3.readdir_reply(token, name, entry, len(d.names) + 1):
+                    d.pending_at = len(d.names)
+                    return
+                d.names.append(name)
                 d.pending.pop(0)
                 d.pending_names.pop(0)
             d.pending_at = len(d.names)
 
     async def _fill(self, d: DirHandle) -> None:
         after = next((n for n in reversed(d.names) if n not in (b".", b"..")), b"")
-        reply = await self.client.mds.call(Msg.READDIR, {"ino": d.ino, "after": after, "limit": READDIR_PAGE})
+        reply = await self.client.mds.call(
+            Msg.READDIR, {"ino": d.ino, "after": after, "limit": READDIR_PAGE, "attrs": True})
         entries = reply["entries"]
         d.more = bool(reply["more"]) and bool(entries)
-        sem = asyncio.Semaphore(READDIR_ATTR_DEPTH)
-
-        async def attr_of(ino: int) -> pyfuse3.EntryAttributes | None:
-            async with sem:
-                try:
-                    return self._entry(await self.client.getattr(ino))
-                except NotFound:
-                    return None  # removed since the listing: skip it
-
-        d.pending = list(await asyncio.gather(*(attr_of(e[1]) for e in entries)))
+        d.pending = [self._entry(e[3]) for e in entries]
         d.pending_names = [e[0] for e in entries]
         d.pending_at = len(d.names)
         if not after:

@@ -280,7 +280,8 @@ class MetadataServer:
 
     async def _on_readdir(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
         await self.log.read_barrier()
-        entries, more = self.store.readdir(h["ino"], h["after"], max(1, min(h["limit"], MAX_READDIR)))
+        entries, more = self.store.readdir(h["ino"], h["after"], max(1, min(h["limit"], MAX_READDIR)),
+                                           attrs=h.get("attrs", False))
         if h["after"]:
             return {"entries": entries, "more": more}
         return {"entries": entries, "more": more, "parent": self.store.parent_of(h["ino"])}

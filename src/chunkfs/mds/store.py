@@ -198,6 +198,26 @@ def _row(r: tuple[Any, ...]) -> ChunkRow:
                     r[7] or DEFAULT_FAILURE_DOMAIN, r[8] or 0)
 
 
+#: An inode's attributes: `_ATTR_SELECT` + a WHERE clause, rows turned into dicts by `_attr_of`.
+_ATTR_SELECT = (
+    "SELECT i.ino, type, mode, size, atime, mtime, ctime, replicas, min_replicas, nlink, p.domain, p.tier, s.target "
+    "FROM inodes i LEFT JOIN placement p ON p.ino = i.ino LEFT JOIN symlinks s ON s.ino = i.ino "
+)
+
+
+def _attr_of(row: tuple[Any, ...]) -> dict[str, Any]:
+    ino, kind, mode, size, atime, mtime, ctime, replicas, min_replicas, nlink, domain, tier, target = row
+    attr = {
+        "ino": ino, "type": kind, "mode": mode | _TYPE_BITS[kind], "nlink": nlink,
+        "size": size, "atime_ns": atime, "mtime_ns": mtime, "ctime_ns": ctime,
+        "replicas": replicas, "min_replicas": min_replicas,
+        "failure_domain": domain or DEFAULT_FAILURE_DOMAIN, "tier": tier or 0,
+    }
+    if target is not None:
+        attr["target"] = bytes(target)
+    return attr
+
+
 def _without_dropped(result: Any) -> Any:
     """A change's answer as kept for retries: plain data, without the chunks it dropped (freed once)."""
     if isinstance(result, dict) and "dropped" in result:
@@ -799,24 +819,12 @@ class MetadataStore:
     # -- reads -----------------------------------------------------------------
 
     def getattr(self, ino: int) -> dict[str, Any]:
-        row = self.db.execute(
-            "SELECT type, mode, size, atime, mtime, ctime, replicas, min_replicas, nlink, p.domain, p.tier, s.target "
-            "FROM inodes i LEFT JOIN placement p USING (ino) LEFT JOIN symlinks s USING (ino) WHERE ino = ?", (ino,)
-        ).fetchone()
+        row = self.db.execute(_ATTR_SELECT + "WHERE i.ino = ?", (ino,)).fetchone()
         if row is None:
             raise NotFound(f"inode {ino} does not exist")
-        kind, mode, size, atime, mtime, ctime, replicas, min_replicas, nlink, domain, tier, target = row
-        attr = {
-            "ino": ino, "type": kind, "mode": mode | _TYPE_BITS[kind], "nlink": nlink,
-            "size": size, "atime_ns": atime, "mtime_ns": mtime, "ctime_ns": ctime,
-            "replicas": replicas, "min_replicas": min_replicas,
-            "failure_domain": domain or DEFAULT_FAILURE_DOMAIN, "tier": tier or 0,
-        }
-        if target is not None:
-            attr["target"] = bytes(target)
-        return attr
+        return _attr_of(row)
 
-    def _child(self, parent: int, name: str) -> int | None:
+    def _child(self, parent: int, name: bytes) -> int | None:
         row = self.db.execute("SELECT ino FROM dentries WHERE parent = ? AND name = ?", (parent, name)).fetchone()
         return None if row is None else int(row[0])
 
@@ -886,15 +894,29 @@ class MetadataStore:
             stack.append(child)
         return self.getattr(stack[-1])
 
-    def readdir(self, ino: int, after: str | bytes, limit: int) -> tuple[list[list[Any]], bool]:
-        """A page of [name (bytes), inode, type] after the name `after`, in byte order."""
+    def readdir(
+        self, ino: int, after: str | bytes, limit: int, attrs: bool = False
+    ) -> tuple[list[list[Any]], bool]:
+        """A page of [name (bytes), inode, type] after the name `after`, in byte order; with `attrs`,
+        each entry's attributes too (one query for the page, not one request per entry)."""
         self._dir_attr(ino)
+        if not attrs:
+            rows = self.db.execute(
+                "SELECT d.name, d.ino, i.type FROM dentries d JOIN inodes i ON i.ino = d.ino "
+                "WHERE d.parent = ? AND d.name > ? ORDER BY d.name LIMIT ?",
+                (ino, to_bytes(after), limit + 1),
+            ).fetchall()
+            return [list(r) for r in rows[:limit]], len(rows) > limit
         rows = self.db.execute(
-            "SELECT d.name, d.ino, i.type FROM dentries d JOIN inodes i ON i.ino = d.ino "
-            "WHERE d.parent = ? AND d.name > ? ORDER BY d.name LIMIT ?",
+            "SELECT d.name, " + _ATTR_SELECT.removeprefix("SELECT ") +
+            "JOIN dentries d ON d.ino = i.ino WHERE d.parent = ? AND d.name > ? ORDER BY d.name LIMIT ?",
             (ino, to_bytes(after), limit + 1),
         ).fetchall()
-        return [list(r) for r in rows[:limit]], len(rows) > limit
+        out = []
+        for r in rows[:limit]:
+            attr = _attr_of(r[1:])
+            out.append([r[0], attr["ino"], attr["type"], attr])
+        return out, len(rows) > limit
 
     def chunk_at(self, ino: int, index: int) -> Chunk | None:
         row = self.db.execute(

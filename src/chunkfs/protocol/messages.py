@@ -171,8 +171,9 @@ SPECS: dict[Msg, MessageSpec] = {
     Msg.SESSION: MessageSpec((f("session", str), f("open", list)), (f("known", bool),)),
     Msg.SYMLINK: MessageSpec((*_ENTRY, f("target", bytes), *_ONCE), _ATTR),
     Msg.READDIR: MessageSpec(
-        # Entries are [name (bytes), inode, type], in byte order, after the name `after`.
-        (f("ino", int), f("after", bytes, str), f("limit", int)),
+        # Entries are [name (bytes), inode, type], in byte order, after the name `after`;
+        # with `attrs`, [name, inode, type, attributes]: a page costs one request (readdirplus).
+        (f("ino", int), f("after", bytes, str), f("limit", int), f("attrs", bool, optional=True)),
         # `parent`: with the first page (after ""), the directory's parent, for "..".
         (f("entries", list), f("more", bool), f("parent", int, optional=True)),
     ),
