@@ -447,6 +447,7 @@ class RaftCore:
         pre_vote: bool = True,
         check_quorum: bool = True,
         max_entries_per_msg: int = 64,
+        start_quiet: bool = False,
     ) -> None:
         if node_id <= NONE:
             raise InvalidArgument("raft node id must be positive", node_id=node_id)
@@ -480,6 +481,10 @@ class RaftCore:
         self._election_elapsed = 0
         self._heartbeat_elapsed = 0
         self._randomized_timeout = self.election_timeout
+        #: With `start_quiet`, a (re)started member grants no vote for one election timeout: it may have
+        #: acknowledged a leader just before it went down, and that leader's read lease counts on it
+        #: (driver.py).  Safety never depends on it; only lease reads do.
+        self._quiet_ticks = self.election_timeout if start_quiet else 0
         self._votes: dict[int, bool] = {}
         self._progress: dict[int, Progress] = {}
         self._pending_conf_index = 0
@@ -540,6 +545,8 @@ class RaftCore:
 
     def tick(self) -> None:
         """Advance logical time by one tick (the driver calls it every N ms)."""
+        if self._quiet_ticks:
+            self._quiet_ticks -= 1
         if self.role is Role.LEADER:
             self._tick_leader()
             return
@@ -603,6 +610,11 @@ class RaftCore:
         self._register_read(ctx)
         return True
 
+    @property
+    def transferring(self) -> bool:
+        """A leadership transfer is under way (its target may be elected without waiting for leases)."""
+        return self._transferee != NONE
+
     def transfer_leadership(self, to: int) -> bool:
         """Hand leadership to `to` once its log is caught up (thesis section 3.10)."""
         if self.role is not Role.LEADER or to == self.id or to not in self._progress:
@@ -638,9 +650,8 @@ class RaftCore:
             return
         if m.term > self.term:
             if isinstance(m, VoteRequest):
-                in_lease = (
-                    self.check_quorum and self.lead != NONE
-                    and self._election_elapsed < self.election_timeout and not m.transfer
+                in_lease = self.check_quorum and not m.transfer and (
+                    (self.lead != NONE and self._election_elapsed < self.election_timeout) or self._quiet_ticks > 0
                 )
                 if in_lease:
                     # Leader lease: we heard from a live leader recently, so a

@@ -52,6 +52,12 @@ ELECTION_TICKS = 20
 HEARTBEAT_TICKS = 2
 #: How long a proposal or a read barrier waits for its outcome.
 PROPOSE_TIMEOUT = 15.0
+#: Read lease, seconds after a confirmed ReadIndex round started (Raft thesis 6.4.1).  Every
+#: member that acknowledged that round refuses votes for an election timeout (ELECTION_TICKS *
+#: TICK = 1 s) after it last heard from this leader, and a restarted member for as long after it
+#: starts (`start_quiet`), so no other master can commit before then: reads in the lease need no
+#: round of their own.  Half the timeout leaves room for ticks that run late, never early.
+READ_LEASE = ELECTION_TICKS * TICK / 2
 #: Compact the log (snapshot the store) every this many applied entries.
 COMPACT_EVERY = 20_000
 #: Messages queued for one peer at most; beyond that they are dropped.
@@ -163,6 +169,8 @@ class RaftLog:
         self._read_waiters: list[asyncio.Future[None]] = []
         self._read_in_flight = False
         self._applied_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        #: (term, monotonic deadline) of the read lease; see READ_LEASE.
+        self._lease = (0, 0.0)
         self._read_seq = 0
         self._since_compact = 0
         self._leader_since = 0.0
@@ -228,7 +236,7 @@ class RaftLog:
             self.node_id, rng=random.Random(int.from_bytes(os.urandom(8), "big")),  # noqa: S311 - timing jitter
             snapshot=snapshot, hard_state=rec.hard_state, entries=rec.entries,
             applied=min(applied, max(rec.hard_state.commit, snapshot.index)),
-            election_timeout=ELECTION_TICKS, heartbeat_timeout=HEARTBEAT_TICKS,
+            election_timeout=ELECTION_TICKS, heartbeat_timeout=HEARTBEAT_TICKS, start_quiet=True,
         )
         logger.info(
             "raft: MDS#%d starts at term %d, log %d..%d, commit %d, applied %d, voters %s",
@@ -266,6 +274,12 @@ class RaftLog:
             raise self.not_master_error()
         if core.voters == frozenset({self.node_id}) and core.applied >= core.commit:
             return  # a one-member group is its own quorum
+        term, until = self._lease
+        if term == core.term and time.monotonic() < until and not core.transferring:
+            # In the lease: no other master can have committed anything, so what this one has
+            # committed is everything; wait only until it is applied here.
+            await self._applied(core.commit)
+            return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._read_waiters.append(fut)
         self._start_read_round()
@@ -273,6 +287,18 @@ class RaftLog:
             await asyncio.wait_for(asyncio.shield(fut), PROPOSE_TIMEOUT)
         except TimeoutError:
             raise Timeout(f"read barrier not confirmed by a quorum within {PROPOSE_TIMEOUT:g}s") from None
+
+    async def _applied(self, index: int) -> None:
+        """Wait until the store has applied log entry `index`."""
+        assert self.core is not None
+        if self.core.applied >= index:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._applied_waiters.append((index, fut))
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), PROPOSE_TIMEOUT)
+        except TimeoutError:
+            raise Timeout(f"entry {index} not applied within {PROPOSE_TIMEOUT:g}s") from None
 
     def _start_read_round(self) -> None:
         """Readers that arrived since the last round share the next one (never the one in flight)."""
@@ -290,9 +316,12 @@ class RaftLog:
         self._read_in_flight = True
         round_fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._reads[ctx] = round_fut
+        started, term = time.monotonic(), core.term
 
         def done(f: asyncio.Future[int]) -> None:
             self._read_in_flight = False
+            if f.exception() is None and core.is_leader and core.term == term and not core.transferring:
+                self._lease = (term, started + READ_LEASE)
             for w in waiters:
                 if w.done():
                     continue
@@ -337,6 +366,7 @@ class RaftLog:
             raise Timeout("membership change not committed in time; check `chunkfs stat`") from None
 
     def transfer_leadership(self, to: int) -> bool:
+        self._lease = (0, 0.0)  # the target is elected without waiting for anyone's lease
         ok = self.core is not None and self.core.transfer_leadership(to)
         self._wake.set()
         return ok
@@ -440,6 +470,15 @@ class RaftLog:
                     error = exc
                 self._since_compact += 1
             self._settle(entry, result, error)
+        if rd.committed_entries and self._applied_waiters:
+            upto = rd.committed_entries[-1].index
+            waiting = []
+            for index, fut in self._applied_waiters:
+                if index > upto:
+                    waiting.append((index, fut))
+                elif not fut.done():
+                    fut.set_result(None)
+            self._applied_waiters = waiting
         for rs in rd.read_states:
             fut = self._reads.pop(rs.ctx, None)
             if fut is not None and not fut.done():
@@ -474,6 +513,11 @@ class RaftLog:
                 w.set_exception(self.not_master_error())
         self._read_waiters = []
         self._read_in_flight = False
+        self._lease = (0, 0.0)
+        for _, fut in self._applied_waiters:
+            if not fut.done():
+                fut.set_exception(self.not_master_error())
+        self._applied_waiters = []
 
     def _learn_voters(self, voters: tuple[int, ...] | frozenset[int]) -> None:
         for gone in set(self._peers) - set(voters):
