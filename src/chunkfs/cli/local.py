@@ -63,7 +63,10 @@ def add_local_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     st.add_argument("--dir", required=True, type=Path)
     st.add_argument("--json", action="store_true", help="machine-readable output")
     st.set_defaults(func=cmd_local_status)
-    down = lsub.add_parser("down", help="stop exactly the processes of the local cluster")
+    down = lsub.add_parser("down", help="stop exactly the processes of the local cluster",
+                           description="Unmount what `local up --mount` mounted, then stop every daemon of the "
+                           "cluster: each found by the PID file in its node directory, whoever started it, and "
+                           "signalled only if /proc shows it is that chunkfs daemon.")
     down.add_argument("--dir", required=True, type=Path)
     down.set_defaults(func=cmd_local_down)
 
@@ -150,7 +153,6 @@ def _unmount_all(cluster: LocalCluster) -> None:
 def cmd_local_down(args: argparse.Namespace) -> int:
     cluster = LocalCluster.load(args.dir)
     _unmount_all(cluster)
-    running = [p for p in cluster.processes if cluster.running(p)]
-    cluster.stop_all()
-    print(f"stopped {len(running)} process(es) of local cluster {cluster.name!r}")
+    stopped = cluster.stop_all()
+    print(f"stopped {stopped} process(es) of local cluster {cluster.name!r}")
     return 0

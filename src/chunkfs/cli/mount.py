@@ -70,7 +70,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         argv = ["-c", name, *(["-v"] if args.verbose else []), "mount", str(mountpoint)]
         for text in args.options:
             argv += ["-o", text]
-        pid = start_background(argv, sdir, str(mountpoint))
+        pid = start_background(argv, sdir, str(mountpoint), names=mountpoint)
         print(f"cluster {name!r} mounted on {mountpoint} (pid {pid}, log {sdir / LOG_FILE}); "
               f"unmount with: chunkfs umount {mountpoint}")
         return 0

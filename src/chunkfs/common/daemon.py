@@ -4,6 +4,11 @@ A daemon runs in the foreground (systemd, tests, debugging) or is started in
 the background by the same command with ``--background``: the parent starts a
 detached child with its output in the node directory's log, waits until the
 child listens — or exits, in which case it prints why — and returns.
+
+A running daemon is found by the PID file in its directory, whoever started
+it, and only believed when ``/proc/PID/cmdline`` is a ``chunkfs`` command that
+names that directory: a PID file left behind by a crash, whose number the
+kernel has since given to another program, never gets that program signalled.
 """
 
 from __future__ import annotations
@@ -69,12 +74,67 @@ def read_pid(directory: Path) -> int | None:
         pid = int((directory / PID_FILE).read_text().strip())
     except (OSError, ValueError):
         return None
-    return pid if pid_alive(pid) else None
+    return pid if pid > 0 and pid_alive(pid) else None
+
+
+def is_chunkfs_process(pid: int, names: Path) -> bool:
+    """Whether process `pid` runs a ``chunkfs`` command that names the path `names` (a node directory).
+
+    Read from ``/proc/PID/cmdline``; a relative argument is taken from the
+    process's own working directory.  False when the process is gone or
+    cannot be inspected: never guess that a stranger is ours.
+    """
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return False
+    # The `chunkfs` console script, or `python -m chunkfs ...` (how daemons start each other).
+    prog = [os.path.basename(a) for a in argv[:3]]
+    if not (prog[0] == "chunkfs" or prog[0].startswith("python") and (
+            prog[1:2] == ["chunkfs"] or argv[1:3] == ["-m", "chunkfs"])):
+        return False
+    try:
+        cwd = os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        cwd = None
+    # Arguments are compared as written (made absolute), never resolved: resolving one could
+    # stat a hung FUSE mount point.  Daemons started by chunkfs carry resolved directories.
+    targets = {os.path.realpath(names), os.path.normpath(os.path.abspath(names))}
+    for arg in argv[1:]:
+        value = arg.split("=", 1)[1] if arg.startswith("--") and "=" in arg else arg
+        if not value or value.startswith("-"):
+            continue
+        if os.path.isabs(value):
+            path = value
+        elif cwd is not None:
+            path = os.path.join(cwd, value)
+        else:
+            continue
+        if os.path.normpath(path) in targets:
+            return True
+    return False
+
+
+def daemon_pid(directory: Path) -> int | None:
+    """The PID of the daemon running on node directory `directory`, from its PID file, checked in /proc."""
+    pid = read_pid(directory)
+    return pid if pid is not None and is_chunkfs_process(pid, directory) else None
+
+
+def wait_exit(pid: int, timeout: float) -> bool:
+    """Wait (bounded) for process `pid` to exit, reaping it if this process started it; True once it has."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if reap(pid, 0):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
 
 
 def run_foreground(directory: Path, start: Callable[[], Awaitable[Any]], stop: Callable[[], Awaitable[Any]]) -> int:
     """Run a server until SIGTERM or SIGINT; return the exit status."""
-    running = read_pid(directory)
+    running = daemon_pid(directory)
     if running is not None and running != os.getpid():
         raise ConfigError(f"a daemon is already running on {directory} (pid {running}); stop it first")
     loop = new_event_loop()
@@ -125,13 +185,17 @@ def reap(pid: int, timeout: float) -> bool:
     return True
 
 
-def start_background(argv: list[str], directory: Path, addr: str) -> int:
+def start_background(argv: list[str], directory: Path, addr: str, names: Path | None = None) -> int:
     """Start `argv` detached, logging to the node directory; wait until it serves.
 
     The daemon writes its PID file only once it listens, so a port held by
-    someone else is never mistaken for a started daemon.
+    someone else is never mistaken for a started daemon.  A PID file counts as
+    a running daemon only if that process is a ``chunkfs`` command naming
+    `names` (default: `directory`), so a stale one whose number was reused
+    does not stop the start.
     """
-    running = read_pid(directory)
+    pid = read_pid(directory)
+    running = pid if pid is not None and is_chunkfs_process(pid, names or directory) else None
     if running is not None:
         raise ConfigError(f"a daemon is already running on {directory} (pid {running})")
     log_path = directory / LOG_FILE
