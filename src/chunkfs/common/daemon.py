@@ -9,6 +9,10 @@ A running daemon is found by the PID file in its directory, whoever started
 it, and only believed when ``/proc/PID/cmdline`` is a ``chunkfs`` command that
 names that directory: a PID file left behind by a crash, whose number the
 kernel has since given to another program, never gets that program signalled.
+
+A background daemon's log rotates by size (``log_max_size``, ``log_backups``
+in node.json); its stdout and stderr follow the log to each new file, so a
+traceback of a crash lands at the end of the current ``daemon.log``.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import logging.handlers
 import os
 import random
 import signal
@@ -38,12 +43,58 @@ LOG_FILE = "daemon.log"
 START_TIMEOUT = 20.0
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
 def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=LOG_FORMAT,
         stream=sys.stderr,
     )
+
+
+class RotatingDaemonLog(logging.handlers.RotatingFileHandler):
+    """The standard size-rotating handler, with stdout and stderr moved to each new file.
+
+    What is written outside logging — the traceback of a crash, the last
+    ``chunkfs: error:`` line, a fault handler's dump — then lands at the end of
+    the current log, not in a renamed (and later deleted) one.
+    """
+
+    def doRollover(self) -> None:  # noqa: N802 - the standard library's name
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        super().doRollover()
+        if self.stream is None:
+            self.stream = self._open()
+        for fd in (1, 2):
+            with contextlib.suppress(OSError):
+                os.dup2(self.stream.fileno(), fd)
+
+
+def rotate_log(log_path: Path, max_size: int, backups: int) -> bool:
+    """Rotate `log_path` by size if this process's stderr is that file (a background daemon).
+
+    The handler takes over from the one writing to stderr; stdout and stderr
+    stay on the log (see `RotatingDaemonLog`).  A daemon in the foreground
+    (systemd's journal, a terminal) keeps logging to stderr.  True if rotation
+    was set up.
+    """
+    try:
+        if not os.path.samestat(os.fstat(2), os.stat(log_path)):
+            return False
+    except OSError:
+        return False
+    handler = RotatingDaemonLog(log_path, maxBytes=max_size, backupCount=backups, encoding="utf-8")
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        if isinstance(old, logging.StreamHandler) and getattr(old, "stream", None) in (sys.stderr, sys.stdout):
+            root.removeHandler(old)
+    root.addHandler(handler)
+    return True
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -218,9 +269,14 @@ def start_background(argv: list[str], directory: Path, addr: str, names: Path | 
     raise Unavailable(f"the daemon did not start listening on {addr} within {START_TIMEOUT:g}s; see {log_path}")
 
 
+#: How much of the end of a log `last_error` reads (a log may be tens of MiB).
+LOG_TAIL = 64 << 10
+
+
 def last_error(log_path: Path) -> str:
-    with contextlib.suppress(OSError):
-        lines = [line for line in log_path.read_text().splitlines() if line.strip()]
+    with contextlib.suppress(OSError), open(log_path, "rb") as f:
+        f.seek(max(0, f.seek(0, os.SEEK_END) - LOG_TAIL))
+        lines = [line for line in f.read().decode(errors="replace").splitlines() if line.strip()]
         errors = [line for line in lines if line.startswith("chunkfs: error: ")]
         if errors or lines:
             return (errors or lines)[-1].removeprefix("chunkfs: error: ")
