@@ -116,11 +116,13 @@ def cmd_local_status(args: argparse.Namespace) -> int:
 
 def _mount(cluster: LocalCluster, mountpoint: Path, options: list[str], verbose: bool) -> None:
     """`chunkfs mount --background`, recorded in local.json so that `local down` unmounts it first."""
-    from chunkfs.cli.mount import cmd_mount
+    from chunkfs.cli.mount import clear_dead, cmd_mount
     from chunkfs.client.fuse_session import canonical, is_mounted
 
     mnt = canonical(mountpoint)
-    if str(mnt) in cluster.mounts and is_mounted(mnt):
+    # A dead mount (its process killed) is cleared and mounted again; a live one of this cluster is
+    # kept; any other live mount makes `mount` refuse with a one-line error.
+    if not clear_dead(mnt) and str(mnt) in cluster.mounts and is_mounted(mnt):
         print(f"{mnt} is already mounted")
         return
     mnt.mkdir(parents=True, exist_ok=True)

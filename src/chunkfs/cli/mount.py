@@ -48,6 +48,17 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.set_defaults(func=cmd_umount)
 
 
+def clear_dead(mountpoint: Path) -> bool:
+    """Clear a dead mount on `mountpoint` (its mount process is gone), saying so; True if there was one."""
+    from chunkfs.client.fuse_session import clear_dead_mount, is_mounted
+
+    if not (is_mounted(mountpoint) and clear_dead_mount(mountpoint)):
+        return False
+    print(f"cleared a dead mount on {mountpoint} (transport endpoint is not connected: its mount process "
+          "was gone); unmounted it lazily", flush=True)
+    return True
+
+
 def cmd_mount(args: argparse.Namespace) -> int:
     from chunkfs.client.fuse_ops import parse_options
     from chunkfs.client.fuse_session import canonical, is_mounted, run_mount, state_dir
@@ -56,6 +67,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
     config = load_client_config(name)
     opts = parse_options(args.options)
     mountpoint = canonical(args.mountpoint)
+    clear_dead(mountpoint)
     if not mountpoint.is_dir():
         raise ConfigError(f"mount point {mountpoint} is not a directory; create it first")
     if not Path("/dev/fuse").exists():
