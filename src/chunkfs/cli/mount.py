@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 from chunkfs.cli.local import need_cluster
-from chunkfs.common.config import load_client_config
-from chunkfs.common.daemon import LOG_FILE, start_background
+from chunkfs.common.config import DEFAULT_LOG_BACKUPS, DEFAULT_LOG_MAX_SIZE, load_client_config
+from chunkfs.common.daemon import LOG_FILE, rotate_log, start_background
 from chunkfs.common.errors import ConfigError
 
 MOUNT_HELP = """\
@@ -88,6 +88,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
         return 0
     # The mount is a daemon: its log lines matter (main() quiets other commands).
     logging.getLogger().setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    # In the background (stderr is the state folder's log) the log rotates as a daemon's does by default.
+    rotate_log(state_dir(mountpoint) / LOG_FILE, DEFAULT_LOG_MAX_SIZE, DEFAULT_LOG_BACKUPS)
     return run_mount(config, mountpoint, opts, on_ready=lambda: print(
         f"cluster {name!r} mounted on {mountpoint}; Ctrl-C or `chunkfs umount {mountpoint}` unmounts",
         file=sys.stderr, flush=True))

@@ -124,7 +124,10 @@ def is_dead_mount(mountpoint: Path, timeout: float = PROBE_TIMEOUT) -> bool:
     fstype = _mount_fstype(mnt)
     if fstype is None or fstype.split(".")[0] not in ("fuse", "fuseblk"):
         return False
-    return _stat_errno(mnt / f".chunkfs-probe-{os.urandom(8).hex()}", timeout) == errno.ENOTCONN
+    # ECONNABORTED: the connection was aborted (through /sys/fs/fuse/connections) or the probe was in
+    # flight while the server's last thread exited.
+    return _stat_errno(mnt / f".chunkfs-probe-{os.urandom(8).hex()}", timeout) in (errno.ENOTCONN,
+                                                                                   errno.ECONNABORTED)
 
 
 def clear_dead_mount(mountpoint: Path, timeout: float = UNMOUNT_TIMEOUT) -> bool:
