@@ -83,9 +83,12 @@ def test_local_up_mount_clears_a_dead_mount(tmp_path: Path, conf_dir: Path) -> N
         assert (mnt / "hello").read_bytes() == b"hello\n"
         assert json.loads(chunkfs("local", "status", "--dir", str(d), "--json").stdout)["mounts"] == [str(mnt)]
 
+        # `local down` also unmounts a mount that died.
+        _kill_mount_process(mnt)
         done = chunkfs("local", "down", "--dir", str(d), timeout=120)
         assert done.returncode == 0, done.stderr
         assert not is_mounted(mnt)
+        assert "stopped 3 process(es)" in done.stdout, done.stdout
     finally:
         if is_mounted(mnt):
             subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True, timeout=30, check=False)
