@@ -148,9 +148,11 @@ def is_chunkfs_process(pid: int, names: Path) -> bool:
         cwd = os.readlink(f"/proc/{pid}/cwd")
     except OSError:
         cwd = None
-    # Arguments are compared as written (made absolute), never resolved: resolving one could
-    # stat a hung FUSE mount point.  Daemons started by chunkfs carry resolved directories.
-    targets = {os.path.realpath(names), os.path.normpath(os.path.abspath(names))}
+    # Nothing is resolved past the parent of `names`, and arguments are compared as written (made
+    # absolute): resolving a mount point could stat a hung FUSE mount.  Daemons started by chunkfs
+    # carry resolved directories.
+    written = os.path.normpath(os.path.abspath(names))
+    targets = {written, os.path.join(os.path.realpath(os.path.dirname(written)), os.path.basename(written))}
     for arg in argv[1:]:
         value = arg.split("=", 1)[1] if arg.startswith("--") and "=" in arg else arg
         if not value or value.startswith("-"):

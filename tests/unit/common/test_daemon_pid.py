@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +21,11 @@ def process(argv: list[str], cwd: Path, program: str = sys.executable) -> Iterat
     """A process of this test's own with the given argv (argv[0] included), stopped afterwards by its PID."""
     child = subprocess.Popen(argv, executable=program, cwd=cwd, stdin=subprocess.DEVNULL)
     try:
+        # Just after exec the kernel may show an empty command line for a moment (a daemon's PID
+        # file is written only once it serves, long after).
+        deadline = time.monotonic() + 10
+        while not Path(f"/proc/{child.pid}/cmdline").read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.01)
         yield child.pid
     finally:
         child.kill()
