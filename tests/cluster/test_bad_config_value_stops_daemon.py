@@ -16,6 +16,9 @@ from .conftest import run_cli
     ("metrics_addr", 9100),
     ("heartbeat_interval", "fast"),
     ("addr", "127.0.0.1:99999"),
+    ("log_max_size", "huge"),
+    ("log_max_size", 100),
+    ("log_backups", 0),
 ])
 def test_bad_option_names_itself(conf_dir, tmp_path, option, value) -> None:
     node_dir = tmp_path / "mds"

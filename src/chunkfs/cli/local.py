@@ -63,7 +63,10 @@ def add_local_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     st.add_argument("--dir", required=True, type=Path)
     st.add_argument("--json", action="store_true", help="machine-readable output")
     st.set_defaults(func=cmd_local_status)
-    down = lsub.add_parser("down", help="stop exactly the processes of the local cluster")
+    down = lsub.add_parser("down", help="stop exactly the processes of the local cluster",
+                           description="Unmount what `local up --mount` mounted, then stop every daemon of the "
+                           "cluster: each found by the PID file in its node directory, whoever started it, and "
+                           "signalled only if /proc shows it is that chunkfs daemon.")
     down.add_argument("--dir", required=True, type=Path)
     down.set_defaults(func=cmd_local_down)
 
@@ -113,11 +116,13 @@ def cmd_local_status(args: argparse.Namespace) -> int:
 
 def _mount(cluster: LocalCluster, mountpoint: Path, options: list[str], verbose: bool) -> None:
     """`chunkfs mount --background`, recorded in local.json so that `local down` unmounts it first."""
-    from chunkfs.cli.mount import cmd_mount
+    from chunkfs.cli.mount import clear_dead, cmd_mount
     from chunkfs.client.fuse_session import canonical, is_mounted
 
     mnt = canonical(mountpoint)
-    if str(mnt) in cluster.mounts and is_mounted(mnt):
+    # A dead mount (its process killed) is cleared and mounted again; a live one of this cluster is
+    # kept; any other live mount makes `mount` refuse with a one-line error.
+    if not clear_dead(mnt) and str(mnt) in cluster.mounts and is_mounted(mnt):
         print(f"{mnt} is already mounted")
         return
     mnt.mkdir(parents=True, exist_ok=True)
@@ -150,7 +155,6 @@ def _unmount_all(cluster: LocalCluster) -> None:
 def cmd_local_down(args: argparse.Namespace) -> int:
     cluster = LocalCluster.load(args.dir)
     _unmount_all(cluster)
-    running = [p for p in cluster.processes if cluster.running(p)]
-    cluster.stop_all()
-    print(f"stopped {len(running)} process(es) of local cluster {cluster.name!r}")
+    stopped = cluster.stop_all()
+    print(f"stopped {stopped} process(es) of local cluster {cluster.name!r}")
     return 0

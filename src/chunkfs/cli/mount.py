@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 from chunkfs.cli.local import need_cluster
-from chunkfs.common.config import load_client_config
-from chunkfs.common.daemon import LOG_FILE, start_background
+from chunkfs.common.config import DEFAULT_LOG_BACKUPS, DEFAULT_LOG_MAX_SIZE, load_client_config
+from chunkfs.common.daemon import LOG_FILE, rotate_log, start_background
 from chunkfs.common.errors import ConfigError
 
 MOUNT_HELP = """\
@@ -48,6 +48,17 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.set_defaults(func=cmd_umount)
 
 
+def clear_dead(mountpoint: Path) -> bool:
+    """Clear a dead mount on `mountpoint` (its mount process is gone), saying so; True if there was one."""
+    from chunkfs.client.fuse_session import clear_dead_mount, is_mounted
+
+    if not (is_mounted(mountpoint) and clear_dead_mount(mountpoint)):
+        return False
+    print(f"cleared a dead mount on {mountpoint} (transport endpoint is not connected: its mount process "
+          "was gone); unmounted it lazily", flush=True)
+    return True
+
+
 def cmd_mount(args: argparse.Namespace) -> int:
     from chunkfs.client.fuse_ops import parse_options
     from chunkfs.client.fuse_session import canonical, is_mounted, run_mount, state_dir
@@ -56,6 +67,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
     config = load_client_config(name)
     opts = parse_options(args.options)
     mountpoint = canonical(args.mountpoint)
+    clear_dead(mountpoint)
     if not mountpoint.is_dir():
         raise ConfigError(f"mount point {mountpoint} is not a directory; create it first")
     if not Path("/dev/fuse").exists():
@@ -70,12 +82,14 @@ def cmd_mount(args: argparse.Namespace) -> int:
         argv = ["-c", name, *(["-v"] if args.verbose else []), "mount", str(mountpoint)]
         for text in args.options:
             argv += ["-o", text]
-        pid = start_background(argv, sdir, str(mountpoint))
+        pid = start_background(argv, sdir, str(mountpoint), names=mountpoint)
         print(f"cluster {name!r} mounted on {mountpoint} (pid {pid}, log {sdir / LOG_FILE}); "
               f"unmount with: chunkfs umount {mountpoint}")
         return 0
     # The mount is a daemon: its log lines matter (main() quiets other commands).
     logging.getLogger().setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    # In the background (stderr is the state folder's log) the log rotates as a daemon's does by default.
+    rotate_log(state_dir(mountpoint) / LOG_FILE, DEFAULT_LOG_MAX_SIZE, DEFAULT_LOG_BACKUPS)
     return run_mount(config, mountpoint, opts, on_ready=lambda: print(
         f"cluster {name!r} mounted on {mountpoint}; Ctrl-C or `chunkfs umount {mountpoint}` unmounts",
         file=sys.stderr, flush=True))

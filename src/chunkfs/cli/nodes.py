@@ -29,7 +29,7 @@ from chunkfs.common.config import (
     save_client_config,
     save_node,
 )
-from chunkfs.common.daemon import bind_error, free_port, run_foreground, start_background
+from chunkfs.common.daemon import LOG_FILE, bind_error, free_port, rotate_log, run_foreground, start_background
 from chunkfs.common.errors import Unavailable
 from chunkfs.cs.server import ChunkServer
 from chunkfs.mds.server import MetadataServer
@@ -148,8 +148,10 @@ def run_node(role: str, directory: Path, background: bool) -> int:
         raise ConfigError(f"{directory} holds a {node.role.upper()}, not a {role.upper()}")
     if background:
         pid = start_background([role, "-r", str(directory)], directory, node.addr)
-        print(f"{role.upper()} started in the background: pid {pid}, address {node.addr}, log {directory}/daemon.log")
+        print(f"{role.upper()} started in the background: pid {pid}, address {node.addr}, log {directory / LOG_FILE}")
         return 0
+    # In the background (stderr is DIR/daemon.log) the log rotates by size, as node.json says.
+    rotate_log(directory / LOG_FILE, node.log_max_size, node.log_backups)
     server: MetadataServer | ChunkServer
     server = MetadataServer(directory, node, secret) if role == "mds" else ChunkServer(directory, node, secret)
 

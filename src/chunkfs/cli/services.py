@@ -5,7 +5,8 @@ The command looks in the directories given with ``--dir`` (default
 ``$CHUNKFS_DATA_DIR``, else ``/var/lib/chunkfs``): a directory that holds a
 local cluster (``local.json``) lists that cluster's daemons; any other is
 searched two levels deep for node directories.  A daemon runs when the PID in
-its ``chunkfs.pid`` is alive.  No cluster connection is needed.
+its ``chunkfs.pid`` is alive and is a ``chunkfs`` command naming that
+directory.  No cluster connection is needed.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from chunkfs.common.config import NODE_FILE, load_node
-from chunkfs.common.daemon import PID_FILE, read_pid
+from chunkfs.common.daemon import PID_FILE, daemon_pid
 from chunkfs.common.errors import ConfigError
 
 DEFAULT_DATA_DIR = "/var/lib/chunkfs"
@@ -74,11 +75,11 @@ def describe(directory: Path) -> dict[str, Any]:
         return row
     row.update(role=node.role, id=node.node_id or None, cluster=node.cluster.name, addr=node.addr,
                metrics=node.metrics_addr)
-    pid = read_pid(directory)
+    pid = daemon_pid(directory)
     if pid is not None:
         row.update(state="running", pid=pid)
     elif (directory / PID_FILE).exists():
-        row["state"] = "dead"  # a PID file left by a daemon that did not stop cleanly
+        row["state"] = "dead"  # a PID file left by a daemon that did not stop cleanly (its number maybe reused)
     return row
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import logging
 import os
@@ -21,6 +22,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -73,6 +75,89 @@ def is_mounted(mountpoint: Path) -> bool:
             if len(fields) > 4 and _unescape(fields[4]) == target:
                 return True
     return False
+
+
+#: How long a stat of a mount point may take before the mount counts as hung (alive), not dead.
+PROBE_TIMEOUT = 5.0
+
+
+def _mount_fstype(mountpoint: Path) -> str | None:
+    """The file-system type of the top mount at `mountpoint` (already canonical), from /proc."""
+    target = str(mountpoint)
+    with contextlib.suppress(OSError):
+        for line in reversed(Path("/proc/self/mountinfo").read_text().splitlines()):
+            fields = line.split(" ")
+            if len(fields) > 4 and _unescape(fields[4]) == target and " - " in line:
+                return line.split(" - ", 1)[1].split(" ")[0]
+    return None
+
+
+def _stat_errno(path: Path, timeout: float) -> int | None:
+    """The errno of stat(`path`) (0 if it worked), or None if it did not answer within `timeout`.
+
+    The stat runs on a daemon thread: a hung FUSE server may never answer it,
+    and then the thread is left behind rather than this process blocked.
+    """
+    result: list[int] = []
+
+    def probe() -> None:
+        try:
+            os.stat(path)
+            result.append(0)
+        except OSError as exc:
+            result.append(exc.errno or -1)
+
+    thread = threading.Thread(target=probe, name="mount-probe", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return result[0] if result else None
+
+
+def is_dead_mount(mountpoint: Path, timeout: float = PROBE_TIMEOUT) -> bool:
+    """Whether a FUSE mount sits on `mountpoint` whose server is gone ("Transport endpoint is not connected").
+
+    A live mount, of any process and even a slow or hung one, is not dead.  The probe looks up a
+    name that does not exist: the kernel may answer a stat of the mount point itself from its
+    attribute cache for a while after the server died, but a new name always goes to the server.
+    """
+    mnt = canonical(mountpoint)
+    fstype = _mount_fstype(mnt)
+    if fstype is None or fstype.split(".")[0] not in ("fuse", "fuseblk"):
+        return False
+    # ECONNABORTED: the connection was aborted (through /sys/fs/fuse/connections) or the probe was in
+    # flight while the server's last thread exited.
+    return _stat_errno(mnt / f".chunkfs-probe-{os.urandom(8).hex()}", timeout) in (errno.ENOTCONN,
+                                                                                   errno.ECONNABORTED)
+
+
+def clear_dead_mount(mountpoint: Path, timeout: float = UNMOUNT_TIMEOUT) -> bool:
+    """Lazily unmount a dead FUSE mount on `mountpoint` (its server was killed); True if there was one.
+
+    Leaves any other mount alone: mounting over it is then refused, as before.
+    """
+    mnt = canonical(mountpoint)
+    cleared = False
+    for _ in range(8):  # dead mounts stacked on one another, each cleared in turn
+        if not is_dead_mount(mnt):
+            break
+        argv = ["fusermount3", "-u", "-z", str(mnt)]
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+        except FileNotFoundError:
+            raise ConfigError("fusermount3 is not installed (Debian: apt-get install fuse3)") from None
+        except subprocess.TimeoutExpired:
+            raise Unavailable(f"fusermount3 did not clear the dead mount on {mnt} within {timeout:g}s") from None
+        if done.returncode != 0:
+            raise ConfigError(f"{mnt} holds a dead mount (transport endpoint is not connected) that could not "
+                              f"be cleared: {done.stderr.strip() or done.returncode}; try: fusermount3 -u -z {mnt}")
+        logger.warning("cleared a dead mount on %s (its FUSE server was gone): unmounted it lazily", mnt)
+        cleared = True
+    if cleared:
+        sdir = state_dir(mnt)
+        with contextlib.suppress(OSError):
+            if read_pid(sdir) is None:
+                (sdir / PID_FILE).unlink()  # left by the killed mount process
+    return cleared
 
 
 def _mount_dev(mountpoint: Path) -> str | None:

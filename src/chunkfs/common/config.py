@@ -28,6 +28,11 @@ MAX_CHUNK_SIZE = 1 << 30
 #: Chunk sizes are whole multiples of the checksum block.
 BLOCK_SIZE = 64 << 10
 SECRET_BYTES = 32
+DEFAULT_LOG_MAX_SIZE = 64 << 20
+DEFAULT_LOG_BACKUPS = 5
+MIN_LOG_MAX_SIZE = 4 << 10
+MAX_LOG_MAX_SIZE = 1 << 40
+MAX_LOG_BACKUPS = 1000
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 NODE_FILE = "node.json"
@@ -94,6 +99,10 @@ class NodeConfig:
     #: CS only: where it is, ``ROOM.ROW.RACK`` (failure domains above the host), and its tier (0-3).
     location: str = ""
     tier: int = 0
+    #: The daemon's log (``daemon.log`` in a background daemon) rotates when it would pass this many
+    #: bytes, keeping this many older files (``daemon.log.1`` is the newest of them).
+    log_max_size: int = DEFAULT_LOG_MAX_SIZE
+    log_backups: int = DEFAULT_LOG_BACKUPS
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -133,6 +142,26 @@ def check_location(value: str) -> str:
 def check_tier(value: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TIER:
         raise ConfigError(f"bad tier {value!r}: must be a whole number from 0 to {MAX_TIER}")
+    return value
+
+
+def check_log_max_size(value: Any) -> int:
+    """``log_max_size``: bytes, as a number or a size such as ``"64M"``; 4 KiB to 1 TiB."""
+    if isinstance(value, str):
+        try:
+            value = parse_size(value)
+        except ConfigError as exc:
+            raise ConfigError(f"option 'log_max_size': {exc}") from None
+    if isinstance(value, bool) or not isinstance(value, int) or not MIN_LOG_MAX_SIZE <= value <= MAX_LOG_MAX_SIZE:
+        raise ConfigError(f"option 'log_max_size' must be a size from 4K to 1T (bytes, or like \"64M\"), "
+                          f"not {value!r}")
+    return value
+
+
+def check_log_backups(value: Any) -> int:
+    """``log_backups``: rotated files kept, 1 to 1000 (with 0 the standard handler would never rotate)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_LOG_BACKUPS:
+        raise ConfigError(f"option 'log_backups' must be a whole number from 1 to {MAX_LOG_BACKUPS}, not {value!r}")
     return value
 
 
@@ -202,10 +231,15 @@ def load_node(directory: Path) -> tuple[NodeConfig, bytes]:
         tier = check_tier(data.get("tier", 0))
     except (ConfigError, TypeError) as exc:
         raise ConfigError(f"{path}: option 'location' or 'tier': {exc}") from None
+    try:
+        log_max_size = check_log_max_size(data.get("log_max_size", DEFAULT_LOG_MAX_SIZE))
+        log_backups = check_log_backups(data.get("log_backups", DEFAULT_LOG_BACKUPS))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     node = NodeConfig(
         role=role, cluster=cluster, addr=addr, node_id=node_id, host=host, mds=mds,
         heartbeat_interval=float(interval), peers=peers, bootstrap=bootstrap, metrics_addr=metrics_addr,
-        peer_routes=peer_routes, location=location, tier=tier,
+        peer_routes=peer_routes, location=location, tier=tier, log_max_size=log_max_size, log_backups=log_backups,
     )
     return node, read_secret(directory / SECRET_FILE)
 

@@ -4,6 +4,15 @@ A daemon runs in the foreground (systemd, tests, debugging) or is started in
 the background by the same command with ``--background``: the parent starts a
 detached child with its output in the node directory's log, waits until the
 child listens — or exits, in which case it prints why — and returns.
+
+A running daemon is found by the PID file in its directory, whoever started
+it, and only believed when ``/proc/PID/cmdline`` is a ``chunkfs`` command that
+names that directory: a PID file left behind by a crash, whose number the
+kernel has since given to another program, never gets that program signalled.
+
+A background daemon's log rotates by size (``log_max_size``, ``log_backups``
+in node.json); its stdout and stderr follow the log to each new file, so a
+traceback of a crash lands at the end of the current ``daemon.log``.
 """
 
 from __future__ import annotations
@@ -12,6 +21,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import logging.handlers
 import os
 import random
 import signal
@@ -33,12 +43,58 @@ LOG_FILE = "daemon.log"
 START_TIMEOUT = 20.0
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
 def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=LOG_FORMAT,
         stream=sys.stderr,
     )
+
+
+class RotatingDaemonLog(logging.handlers.RotatingFileHandler):
+    """The standard size-rotating handler, with stdout and stderr moved to each new file.
+
+    What is written outside logging — the traceback of a crash, the last
+    ``chunkfs: error:`` line, a fault handler's dump — then lands at the end of
+    the current log, not in a renamed (and later deleted) one.
+    """
+
+    def doRollover(self) -> None:  # noqa: N802 - the standard library's name
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        super().doRollover()
+        if self.stream is None:
+            self.stream = self._open()
+        for fd in (1, 2):
+            with contextlib.suppress(OSError):
+                os.dup2(self.stream.fileno(), fd)
+
+
+def rotate_log(log_path: Path, max_size: int, backups: int) -> bool:
+    """Rotate `log_path` by size if this process's stderr is that file (a background daemon).
+
+    The handler takes over from the one writing to stderr; stdout and stderr
+    stay on the log (see `RotatingDaemonLog`).  A daemon in the foreground
+    (systemd's journal, a terminal) keeps logging to stderr.  True if rotation
+    was set up.
+    """
+    try:
+        if not os.path.samestat(os.fstat(2), os.stat(log_path)):
+            return False
+    except OSError:
+        return False
+    handler = RotatingDaemonLog(log_path, maxBytes=max_size, backupCount=backups, encoding="utf-8")
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        if isinstance(old, logging.StreamHandler) and getattr(old, "stream", None) in (sys.stderr, sys.stdout):
+            root.removeHandler(old)
+    root.addHandler(handler)
+    return True
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -69,12 +125,69 @@ def read_pid(directory: Path) -> int | None:
         pid = int((directory / PID_FILE).read_text().strip())
     except (OSError, ValueError):
         return None
-    return pid if pid_alive(pid) else None
+    return pid if pid > 0 and pid_alive(pid) else None
+
+
+def is_chunkfs_process(pid: int, names: Path) -> bool:
+    """Whether process `pid` runs a ``chunkfs`` command that names the path `names` (a node directory).
+
+    Read from ``/proc/PID/cmdline``; a relative argument is taken from the
+    process's own working directory.  False when the process is gone or
+    cannot be inspected: never guess that a stranger is ours.
+    """
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return False
+    # The `chunkfs` console script, or `python -m chunkfs ...` (how daemons start each other).
+    prog = [os.path.basename(a) for a in argv[:3]]
+    if not (prog[0] == "chunkfs" or prog[0].startswith("python") and (
+            prog[1:2] == ["chunkfs"] or argv[1:3] == ["-m", "chunkfs"])):
+        return False
+    try:
+        cwd = os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        cwd = None
+    # Nothing is resolved past the parent of `names`, and arguments are compared as written (made
+    # absolute): resolving a mount point could stat a hung FUSE mount.  Daemons started by chunkfs
+    # carry resolved directories.
+    written = os.path.normpath(os.path.abspath(names))
+    targets = {written, os.path.join(os.path.realpath(os.path.dirname(written)), os.path.basename(written))}
+    for arg in argv[1:]:
+        value = arg.split("=", 1)[1] if arg.startswith("--") and "=" in arg else arg
+        if not value or value.startswith("-"):
+            continue
+        if os.path.isabs(value):
+            path = value
+        elif cwd is not None:
+            path = os.path.join(cwd, value)
+        else:
+            continue
+        if os.path.normpath(path) in targets:
+            return True
+    return False
+
+
+def daemon_pid(directory: Path) -> int | None:
+    """The PID of the daemon running on node directory `directory`, from its PID file, checked in /proc."""
+    pid = read_pid(directory)
+    return pid if pid is not None and is_chunkfs_process(pid, directory) else None
+
+
+def wait_exit(pid: int, timeout: float) -> bool:
+    """Wait (bounded) for process `pid` to exit, reaping it if this process started it; True once it has."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if reap(pid, 0):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
 
 
 def run_foreground(directory: Path, start: Callable[[], Awaitable[Any]], stop: Callable[[], Awaitable[Any]]) -> int:
     """Run a server until SIGTERM or SIGINT; return the exit status."""
-    running = read_pid(directory)
+    running = daemon_pid(directory)
     if running is not None and running != os.getpid():
         raise ConfigError(f"a daemon is already running on {directory} (pid {running}); stop it first")
     loop = new_event_loop()
@@ -125,13 +238,17 @@ def reap(pid: int, timeout: float) -> bool:
     return True
 
 
-def start_background(argv: list[str], directory: Path, addr: str) -> int:
+def start_background(argv: list[str], directory: Path, addr: str, names: Path | None = None) -> int:
     """Start `argv` detached, logging to the node directory; wait until it serves.
 
     The daemon writes its PID file only once it listens, so a port held by
-    someone else is never mistaken for a started daemon.
+    someone else is never mistaken for a started daemon.  A PID file counts as
+    a running daemon only if that process is a ``chunkfs`` command naming
+    `names` (default: `directory`), so a stale one whose number was reused
+    does not stop the start.
     """
-    running = read_pid(directory)
+    pid = read_pid(directory)
+    running = pid if pid is not None and is_chunkfs_process(pid, names or directory) else None
     if running is not None:
         raise ConfigError(f"a daemon is already running on {directory} (pid {running})")
     log_path = directory / LOG_FILE
@@ -154,9 +271,14 @@ def start_background(argv: list[str], directory: Path, addr: str) -> int:
     raise Unavailable(f"the daemon did not start listening on {addr} within {START_TIMEOUT:g}s; see {log_path}")
 
 
+#: How much of the end of a log `last_error` reads (a log may be tens of MiB).
+LOG_TAIL = 64 << 10
+
+
 def last_error(log_path: Path) -> str:
-    with contextlib.suppress(OSError):
-        lines = [line for line in log_path.read_text().splitlines() if line.strip()]
+    with contextlib.suppress(OSError), open(log_path, "rb") as f:
+        f.seek(max(0, f.seek(0, os.SEEK_END) - LOG_TAIL))
+        lines = [line for line in f.read().decode(errors="replace").splitlines() if line.strip()]
         errors = [line for line in lines if line.startswith("chunkfs: error: ")]
         if errors or lines:
             return (errors or lines)[-1].removeprefix("chunkfs: error: ")

@@ -2,8 +2,11 @@
 
 `chunkfs local up` and the cluster tests both use `LocalCluster`: every daemon
 is a separate OS process started with the ``chunkfs`` command itself, listening
-on a port chosen when the cluster is made, and stopped by the PID it was
-started with — never by name.
+on a port chosen when the cluster is made.  A daemon is found by the PID file
+in its node directory, whoever started it (``local up``, a test, or an operator
+with ``chunkfs mds -r DIR --background``), and believed only if
+``/proc/PID/cmdline`` is ``chunkfs`` naming that directory; it is stopped by
+that PID — never by name.
 """
 
 from __future__ import annotations
@@ -21,7 +24,15 @@ from typing import Any
 from chunkfs.cli.nodes import make_cs, make_mds
 from chunkfs.client.client import SyncClient
 from chunkfs.common.config import ConfigError, load_client_config, load_node
-from chunkfs.common.daemon import free_port, pid_alive, read_pid, reap, start_background
+from chunkfs.common.daemon import (
+    daemon_pid,
+    free_port,
+    is_chunkfs_process,
+    pid_alive,
+    reap,
+    start_background,
+    wait_exit,
+)
 from chunkfs.common.errors import ChunkFSError, Unavailable
 
 STATE_FILE = "local.json"
@@ -143,33 +154,49 @@ class LocalCluster:
                 return next(p.id for p in self.processes if p.dir == row["dir"])
         raise ConfigError(f"CS#{cs_id} is not in this local cluster")
 
+    def live_pid(self, proc: Process) -> int | None:
+        """The PID of `proc`'s daemon if it runs: from its node directory's PID file, checked in /proc."""
+        pid = daemon_pid(Path(proc.dir))
+        if pid is not None:
+            proc.pid = pid  # started by someone else (by hand, another `local up`): remember it
+        return pid
+
     def running(self, proc: Process) -> bool:
-        return proc.pid > 0 and pid_alive(proc.pid) and read_pid(Path(proc.dir)) == proc.pid
+        return self.live_pid(proc) is not None
 
     def kill(self, role: str, number: int, sig: int = signal.SIGKILL) -> None:
-        """Signal one daemon by the PID it was started with."""
+        """Signal one daemon by the PID in its PID file (checked to be that daemon)."""
         proc = self.find(role, number)
-        if self.running(proc):
-            os.kill(proc.pid, sig)
+        pid = self.live_pid(proc)
+        if pid is not None:
+            os.kill(pid, sig)
             if sig in (signal.SIGKILL, signal.SIGTERM):
-                self._wait_gone(proc)
+                self._wait_gone(proc, pid)
 
-    def _wait_gone(self, proc: Process, timeout: float = 15.0) -> None:
+    def _wait_gone(self, proc: Process, pid: int, timeout: float = 15.0) -> None:
         deadline = time.monotonic() + timeout
-        while not reap(proc.pid, 0.05) and time.monotonic() < deadline:
+        while not reap(pid, 0.05) and time.monotonic() < deadline:
             time.sleep(0.02)
-        if not reap(proc.pid, 0):
-            os.kill(proc.pid, signal.SIGKILL)
-            reap(proc.pid, 5.0)
+        if not reap(pid, 0) and is_chunkfs_process(pid, Path(proc.dir)):  # still that daemon: SIGKILL
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            wait_exit(pid, 5.0)
 
-    def stop_all(self) -> None:
+    def stop_all(self) -> int:
+        """Stop every daemon of the cluster found by its PID file; return how many were running."""
+        found = [(proc, pid) for proc in self.processes if (pid := self.live_pid(proc)) is not None]
+        for _proc, pid in found:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+                os.kill(pid, signal.SIGCONT)  # a SIGSTOPped daemon handles the SIGTERM only once it runs again
+        for proc, pid in found:
+            self._wait_gone(proc, pid)
+        # Daemons this process started and someone killed: reap them (never signal a PID not checked above).
         for proc in self.processes:
-            if self.running(proc):
-                os.kill(proc.pid, signal.SIGTERM)
-        for proc in self.processes:
-            if proc.pid:
-                self._wait_gone(proc)
+            if proc.pid and not pid_alive(proc.pid):
+                reap(proc.pid, 0)
         self.save()
+        return len(found)
 
     def status(self) -> list[dict[str, Any]]:
         out = []
@@ -178,8 +205,9 @@ class LocalCluster:
             if proc.role == "cs":
                 with contextlib.suppress(ConfigError):
                     node_id = load_node(Path(proc.dir))[0].node_id or 0
-            out.append({"role": proc.role, "id": node_id, "pid": proc.pid if self.running(proc) else None,
-                        "addr": proc.addr, "dir": proc.dir, "running": self.running(proc)})
+            pid = self.live_pid(proc)
+            out.append({"role": proc.role, "id": node_id, "pid": pid, "addr": proc.addr, "dir": proc.dir,
+                        "running": pid is not None})
         return out
 
     def client(self) -> SyncClient:

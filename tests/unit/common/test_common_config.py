@@ -167,6 +167,47 @@ def test_bad_node_values_name_the_option(tmp_path: Path, data: dict[str, Any], o
         load_node(tmp_path)
 
 
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("log_max_size", 0),
+        ("log_max_size", 4095),
+        ("log_max_size", "1K"),
+        ("log_max_size", "2T"),
+        ("log_max_size", "huge"),
+        ("log_max_size", True),
+        ("log_max_size", 1.5e6),
+        ("log_max_size", None),
+        ("log_backups", 0),
+        ("log_backups", -1),
+        ("log_backups", 1001),
+        ("log_backups", "5"),
+        ("log_backups", False),
+    ],
+)
+def test_bad_log_rotation_values_name_the_option(tmp_path: Path, key: str, value: Any) -> None:
+    write_node_json(tmp_path, with_([key], value))
+    with pytest.raises(ConfigError, match=f"{NODE_FILE}: option '{key}'"):
+        load_node(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("data", "size", "backups"),
+    [
+        ({}, 64 << 20, 5),
+        ({"log_max_size": "1M", "log_backups": 2}, 1 << 20, 2),
+        ({"log_max_size": 4096, "log_backups": 1000}, 4096, 1000),
+        ({"log_max_size": "1T"}, 1 << 40, 5),
+    ],
+)
+def test_log_rotation_options(tmp_path: Path, data: dict[str, Any], size: int, backups: int) -> None:
+    content = good_json()
+    del content["log_max_size"], content["log_backups"]  # a node.json made before the options existed
+    write_node_json(tmp_path, content | data)
+    loaded, _ = load_node(tmp_path)
+    assert (loaded.log_max_size, loaded.log_backups) == (size, backups)
+
+
 @pytest.mark.parametrize("text", ["not json", "[1, 2]", "", "null"])
 def test_unreadable_node_json(tmp_path: Path, text: str) -> None:
     save_node(tmp_path, node(), SECRET)
