@@ -253,9 +253,11 @@ def start_background(argv: list[str], directory: Path, addr: str, names: Path | 
         raise ConfigError(f"a daemon is already running on {directory} (pid {running})")
     log_path = directory / LOG_FILE
     with open(log_path, "ab") as log:
+        # Its own directory as working directory: a daemon must not hold (or depend on) the
+        # launcher's, which may be removed or unmounted while it runs.  Paths in `argv` are absolute.
         child = subprocess.Popen(
             [sys.executable, "-m", "chunkfs", *argv],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, cwd=directory,
         )
     _children[child.pid] = child
     deadline = time.monotonic() + START_TIMEOUT
