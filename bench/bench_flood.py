@@ -29,28 +29,9 @@ from chunkfs.common.addr import parse_addr  # noqa: E402
 from chunkfs.protocol.frame import MAX_PAYLOAD_LEN, Kind, pack_prefix  # noqa: E402
 from chunkfs.protocol.messages import Msg  # noqa: E402
 from chunkfs.testing.cluster import LocalCluster  # noqa: E402
+from chunkfs.testing.probes import rss, still_open  # noqa: E402
 
 MiB = 1 << 20
-
-
-def rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
-def open_now(sock: socket.socket) -> bool:
-    sock.setblocking(False)
-    try:
-        for _ in range(100):
-            if sock.recv(65536) == b"":
-                return False
-    except BlockingIOError:
-        return True
-    except OSError:
-        return False
-    return True
 
 
 def flood(cluster: LocalCluster, role: str, connections: int, announcing: int) -> dict[str, object]:
@@ -74,7 +55,7 @@ def flood(cluster: LocalCluster, role: str, connections: int, announcing: int) -
                 peak = max(peak, rss(proc.pid))
         time.sleep(1)
         peak = max(peak, rss(proc.pid))
-        held = sum(open_now(s) for s in socks)
+        held = sum(still_open(s) for s in socks)
         try:
             with cluster.client() as c:
                 c.cluster_stat()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import socket
 import time
-from pathlib import Path
 
 import pytest
 
@@ -18,29 +17,9 @@ from chunkfs.common.addr import parse_addr
 from chunkfs.protocol.frame import MAX_PAYLOAD_LEN, Kind, pack_prefix
 from chunkfs.protocol.messages import Msg
 from chunkfs.protocol.rpc import HANDSHAKE_TIMEOUT, MAX_UNAUTHENTICATED_PER_HOST
+from chunkfs.testing.probes import rss, still_open
 
 MiB = 1 << 20
-
-
-def rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for pid {pid}")
-
-
-def still_open(sock: socket.socket) -> bool:
-    """Whether the server has not closed this connection (a read would block, not return EOF)."""
-    sock.setblocking(False)
-    try:
-        for _ in range(100):  # an error frame may come before the close: read past it
-            if sock.recv(65536) == b"":
-                return False
-    except BlockingIOError:
-        return True
-    except OSError:
-        return False
-    return True
 
 
 @pytest.mark.parametrize("role", ["mds", "cs"])
