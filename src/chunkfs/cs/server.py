@@ -32,6 +32,9 @@ T = TypeVar("T")
 
 WRITE_LOCK_STRIPES = 256
 FORWARD_TIMEOUT = 30.0
+#: Writes up to this size are sent from the first replica to all the others at once; larger ones
+#: go down the chain (each server sends the data on once).
+FAN_OUT_MAX = 128 << 10
 
 
 class ChunkServer:
@@ -110,29 +113,72 @@ class ChunkServer:
             self.in_flight -= 1
 
     async def _write(self, h: dict[str, Any], payload: bytes) -> None:
+        """Write here and on the replicas after this one.
+
+        Under the chunk's lock only the ordering work is done: the request is
+        sent on (so every replica receives writes to a chunk in the order this
+        one applies them) and written here.  The other replicas' answers are
+        awaited outside the lock, so writes to one chunk pipeline (a VM's
+        queue of random writes) instead of each waiting for a round trip.
+        """
         chunk_id, inline = h["chunk_id"], len(payload) <= INLINE_IO_MAX and not h["sync"]
+        chain = replica_list(h["chain"], "chain")
         async with self._locks[chunk_id % WRITE_LOCK_STRIPES]:
-            await self._here_and_down_chain(Msg.CS_WRITE, h, payload, lambda: _disk_io(
-                inline, self.store.write, chunk_id, h["version"], h["offset"], payload, h["sync"]))
+            answers = await self._send_on(Msg.CS_WRITE, chain, h, payload)
+            try:
+                await self._on_own_disk(lambda: _disk_io(
+                    inline, self.store.write, chunk_id, h["version"], h["offset"], payload, h["sync"]))
+            except BaseException:
+                await self._answered(answers)  # nothing left waiting for its answer
+                raise
+        await self._answered(answers)
 
     async def _fsync(self, h: dict[str, Any]) -> None:
-        await self._here_and_down_chain(
-            Msg.CS_FSYNC, h, b"", lambda: asyncio.to_thread(self.store.fsync, h["chunk_id"], h["version"]))
-
-    async def _here_and_down_chain(
-        self, msg: Msg, h: dict[str, Any], payload: bytes, local: Callable[[], Awaitable[Any]]
-    ) -> None:
-        """Do `local` here while the request goes on to the rest of the chain; return when both are done.
-
-        The chain is checked first: a malformed one is refused before anything is written.
-        """
         chain = replica_list(h["chain"], "chain")
-        forward = asyncio.ensure_future(self._forward(msg, chain, h, payload)) if chain else None
+        answers = await self._send_on(Msg.CS_FSYNC, chain, h, b"")
         try:
-            await self._on_own_disk(local)
+            await self._on_own_disk(lambda: asyncio.to_thread(self.store.fsync, h["chunk_id"], h["version"]))
         finally:
-            if forward is not None:
-                await forward
+            await self._answered(answers)
+
+    async def _send_on(
+        self, msg: Msg, chain: list[tuple[int, str]], h: dict[str, Any], payload: bytes
+    ) -> list[tuple[int, str, Awaitable[Any] | BaseException]]:
+        """Send a write or fsync on to the replicas after this one; their answers, to await.
+
+        Small requests go to each of them at once (one hop instead of a chain
+        of them: what a 4 KiB write's latency is made of); large ones go down
+        the chain, so this server sends the data once, not once per replica.
+        """
+        if not chain:
+            return []
+        if len(payload) <= FAN_OUT_MAX:
+            targets = [(cs_id, addr, []) for cs_id, addr in chain]
+        else:
+            targets = [(chain[0][0], chain[0][1], chain[1:])]
+        answers: list[tuple[int, str, Awaitable[Any] | BaseException]] = []
+        for cs_id, addr, rest in targets:
+            try:
+                conn = await self._peer(addr)
+                answers.append((cs_id, addr, conn.request(
+                    msg, {**h, "chain": [list(x) for x in rest]}, payload, timeout=FORWARD_TIMEOUT)))
+            except ChunkFSError as exc:
+                answers.append((cs_id, addr, exc))
+        return answers
+
+    @staticmethod
+    async def _answered(answers: list[tuple[int, str, Awaitable[Any] | BaseException]]) -> None:
+        """Wait for every answer; the first failure, named by the replica that failed, is raised."""
+        waited = iter(await asyncio.gather(
+            *(a for _, _, a in answers if not isinstance(a, BaseException)), return_exceptions=True))
+        for cs_id, addr, sent in answers:
+            exc = sent if isinstance(sent, BaseException) else next(waited)
+            if isinstance(exc, ChunkFSError):
+                if "cs_id" in exc.context:
+                    raise exc  # a replica further down already named itself
+                raise type(exc)(f"CS#{cs_id} at {addr}: {exc}", cs_id=cs_id) from None
+            if isinstance(exc, BaseException):
+                raise exc
 
     async def _on_own_disk(self, local: Callable[[], Awaitable[Any]]) -> Any:
         """Run `local`; a full or failing disk is this replica's fault: the error names this server.
@@ -153,18 +199,6 @@ class ChunkServer:
             logger.error("CS#%s: disk error in %s: %s", me, self.store.root, exc)
             raise Unavailable(f"CS#{me}: disk error in {self.store.root}: {exc.strerror or exc}",
                               cs_id=me, disk=str(self.store.root)) from None
-
-    async def _forward(self, msg: Msg, chain: list[tuple[int, str]], h: dict[str, Any], payload: bytes) -> None:
-        """Send to the next replica with the rest of the chain; name it if it fails."""
-        (next_id, next_addr), rest = chain[0], chain[1:]
-        header = {**h, "chain": [list(x) for x in rest]}
-        try:
-            conn = await self._peer(next_addr)
-            await conn.call(msg, header, payload, timeout=FORWARD_TIMEOUT)
-        except ChunkFSError as exc:
-            if "cs_id" in exc.context:
-                raise  # a replica further down already named itself
-            raise type(exc)(f"CS#{next_id} at {next_addr}: {exc}", cs_id=next_id) from None
 
     async def _peer(self, addr: str) -> Connection:
         async with self._peer_lock:

@@ -328,6 +328,21 @@ class Connection(asyncio.BufferedProtocol):
         timeout: float = CALL_TIMEOUT,
     ) -> Reply:
         """Send one request and wait (bounded) for its response."""
+        return await self.request(mtype, header, payload, timeout)
+
+    def request(
+        self,
+        mtype: Msg,
+        header: dict[str, Any],
+        payload: Payload = b"",
+        timeout: float = CALL_TIMEOUT,
+    ) -> Coroutine[Any, Any, Reply]:
+        """Send one request now; await what this returns (always, exactly once) for the response.
+
+        The request is on the wire when this returns, so requests sent one
+        after another on this connection arrive in that order, whenever their
+        responses are awaited (the chunk server forwards writes this way).
+        """
         if self._closed.is_set():
             raise Unavailable(f"connection to {self.peer_name} is closed")
         rid = next(self._ids)
@@ -339,6 +354,18 @@ class Connection(asyncio.BufferedProtocol):
         timer = loop.call_later(timeout, _expire, fut)
         try:
             self._send(Kind.REQUEST, mtype, rid, header, payload)
+        except (ConnectionError, OSError) as exc:
+            timer.cancel()
+            self._pending.pop(rid, None)
+            self.close()
+            raise Unavailable(f"connection to {self.peer_name} lost: {exc}") from None
+        return self._response(mtype, rid, fut, timer, timeout)
+
+    async def _response(
+        self, mtype: Msg, rid: int, fut: asyncio.Future[tuple[Kind, dict[str, Any], Payload]],
+        timer: asyncio.TimerHandle, timeout: float,
+    ) -> Reply:
+        try:
             await self._drain(timeout)
             kind, rheader, rpayload = await fut
         except TimeoutError:
