@@ -49,7 +49,8 @@ def test_full_disk_on_one_replica_drops_it_and_the_write_goes_on(make_cluster, t
             events = [e["message"] for e in c.events()]
             dropped = [m for m in events if f"CS {cs_id} dropped" in m or f"on CS {cs_id}" in m]
             assert dropped and any("no space" in m.lower() or "no_space" in m for m in dropped), events[-10:]
-            # The full server takes no new chunks: a second file lands on the other two.
+            # The full server is shown full and takes no new chunks: a second file lands on the other two.
+            assert next(s for s in c.cluster_stat()["cs"] if s["id"] == cs_id)["full"]
             g = c.create("/after")
             c.write(g["ino"], 0, os.urandom(3 * MiB))
             maps = [c.run(c.client.io._write_map(g["ino"], i, set())) for i in range(3)]

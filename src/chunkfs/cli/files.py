@@ -288,8 +288,9 @@ async def cmd_stat(client: Client, args: argparse.Namespace) -> int:
         print(f"  MDS#{m['id']:<3} {m['role']:<8} {m['addr']:<22} term {m['term']} commit {m['commit']}")
     print("chunk servers:")
     for s in stat["cs"]:
+        full = " FULL: takes no new chunks" if s.get("full") else ""
         print(f"  CS#{s['id']:<4} {s['status']:<8} {s['addr']:<22} host {s['host']:<12} "
-              f"{human_bytes(s['free'])} free of {human_bytes(s['total'])}, {s['replicas']} replicas")
+              f"{human_bytes(s['free'])} free of {human_bytes(s['total'])}, {s['replicas']} replicas{full}")
     return 0
 
 

@@ -239,8 +239,8 @@ def cs_flags(s: dict[str, Any]) -> str:
     if s["status"] == "active":
         if s.get("last_seen") is not None and s["last_seen"] > STALE_AFTER:
             flags += "S"  # heartbeats late
-        if s.get("total") and s.get("free", 0) < 0.05 * s["total"]:
-            flags += "F"  # nearly full
+        if s.get("full") or (s.get("total") and s.get("free", 0) < 0.05 * s["total"]):
+            flags += "F"  # full (takes no new chunks) or nearly
         if (s.get("io") or {}).get("errors"):
             flags += "E"  # failed requests since start
     return flags

@@ -802,6 +802,8 @@ class MetadataServer:
                 **cs, "status": states.get(cs["id"], "offline"), **self.healing.labels_of(cs["id"]),
                 "total": live.total if live else 0, "free": live.free if live else 0,
                 "replicas": per_cs.get(cs["id"], 0),
+                # Full: no room for another chunk, so none is placed there (a write that found it full drops it).
+                "full": live is not None and live.free <= self.node.cluster.chunk_size,
             })
         return self.view.extend({
             "cluster": {"name": self.node.cluster.name, "uuid": self.node.cluster.uuid,
