@@ -62,8 +62,8 @@ def test_tier_keeps_files_on_their_tier(tmp_path, conf_dir) -> None:
     labels = [(f"h{i}", "", 0 if i < 3 else 1) for i in range(5)]
     cluster = _make(tmp_path, labels)
     try:
-        tier = {row["id"]: labels[int(row["dir"].rsplit("cs", 1)[1]) - 1][2]
-                for row in cluster.status() if row["role"] == "cs"}
+        # By address, as the master lists them (a server's id is in its node.json only once it registered).
+        tier_at = {p.addr: labels[p.id - 1][2] for p in cluster.processes if p.role == "cs"}
         assert run_cli("-c", "racks", "mkdir", "/fast").returncode == 0
         assert run_cli("-c", "racks", "set-attr", "/fast", "tier=1", "replicas=2:1").returncode == 0
         data = os.urandom(4 * MiB)
@@ -74,6 +74,7 @@ def test_tier_keeps_files_on_their_tier(tmp_path, conf_dir) -> None:
             slow = c.open("/bulk", create=True)
             c.run(slow.write(0, data))
             c.run(slow.fsync())
+            tier = {s["id"]: tier_at[s["addr"]] for s in c.cluster_stat()["cs"]}
             assert all(tier[cs] == 1 for m in chunk_maps(c, fast.ino, len(data)) for cs, _ in m["replicas"])
             assert all(tier[cs] == 0 for m in chunk_maps(c, slow.ino, len(data)) for cs, _ in m["replicas"])
     finally:
