@@ -23,7 +23,6 @@ from chunkfs.protocol.messages import Msg
 from chunkfs.protocol.rpc import Credentials
 
 T = TypeVar("T")
-ROOT_INO = 1
 READDIR_PAGE = 1000
 
 
