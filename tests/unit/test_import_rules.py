@@ -102,6 +102,16 @@ def test_only_the_harness_itself_imports_the_test_harness() -> None:
     assert not found, "\n".join(found)
 
 
+def test_the_shipped_package_holds_no_simulator() -> None:
+    """The Raft simulator is test tooling: it lives in tests/integration/raft, and nothing in src imports one."""
+    here = [str(path.relative_to(SRC.parent)) for path, _ in _modules() if "simulator" in path.stem]
+    assert not here, f"test tooling inside the shipped package: {here}"
+    found = [f"{path.relative_to(SRC.parent)}:{line} imports {name}"
+             for path, module in _modules() for line, name in imported_modules(path.read_text(), module)
+             if "simulator" in name]
+    assert not found, "\n".join(found)
+
+
 @pytest.mark.parametrize(("source", "module", "expected"), [
     ("import chunkfs.mds.store", "chunkfs.client.x", ["chunkfs.mds.store"]),
     ("from chunkfs.mds.leases import LEASE_TTL", "chunkfs.client.x", ["chunkfs.mds.leases"]),
