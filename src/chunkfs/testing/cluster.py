@@ -13,11 +13,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from chunkfs.cli.local_cluster import LocalCluster
+from chunkfs.cli.local_cluster import LocalCluster, Process
 from chunkfs.client.client import SyncClient
 from chunkfs.common.errors import Unavailable
 
-__all__ = ["LocalCluster", "cluster_factory", "master_id", "wait_for"]
+__all__ = ["LocalCluster", "Process", "cluster_factory", "master_id", "wait_for"]
 
 
 @contextlib.contextmanager
