@@ -51,7 +51,8 @@ from chunkfs.mds.health import HEALTH_KEYS  # noqa: E402
 from chunkfs.mds.health_index import SLICE  # noqa: E402
 from chunkfs.mds.metrics import MdsMetrics  # noqa: E402
 from chunkfs.mds.server import ALLOC_LOCK_STRIPES, LiveServer, MetadataServer  # noqa: E402
-from chunkfs.mds.store import ROOT_INO, MetadataStore, encode_command  # noqa: E402
+from chunkfs.mds.store import MetadataStore, encode_command  # noqa: E402
+from chunkfs.protocol.messages import ROOT_INO  # noqa: E402
 
 CHUNK = 1 << 20
 PER_FILE = 1000

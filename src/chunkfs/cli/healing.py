@@ -14,8 +14,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedCo
 from chunkfs.cli.files import run_with_client
 from chunkfs.client.client import Client
 from chunkfs.common.errors import InvalidArgument, Timeout
-from chunkfs.mds.settings import SETTINGS
-from chunkfs.mds.store import FAILURE_DOMAINS, MAX_TIER
+from chunkfs.common.placement import FAILURE_DOMAINS, MAX_TIER
+from chunkfs.common.settings import SETTINGS
 from chunkfs.protocol.messages import Msg
 
 #: rm-cs --wait asks the master this often how many replicas are left.

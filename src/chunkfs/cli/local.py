@@ -6,9 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
+from chunkfs.cli.local_cluster import LocalCluster
 from chunkfs.cli.nodes import make_cs, make_mds, remove_mds, run_node
 from chunkfs.common.config import DEFAULT_CHUNK_SIZE, ConfigError, conf_dir, parse_size
-from chunkfs.testing.cluster import LocalCluster
 
 
 def need_cluster(args: argparse.Namespace) -> str:

@@ -15,15 +15,14 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from chunkfs.client.chunk_io import ChunkIO
-from chunkfs.client.mds_link import MdsLink
 from chunkfs.common.config import ClientConfig, load_client_config
 from chunkfs.common.errors import InvalidArgument, IsADirectory, NotADirectory
 from chunkfs.common.names import check_name_length, to_bytes, to_text
+from chunkfs.protocol.mds_link import MdsLink
 from chunkfs.protocol.messages import Msg
 from chunkfs.protocol.rpc import Credentials
 
 T = TypeVar("T")
-ROOT_INO = 1
 READDIR_PAGE = 1000
 
 

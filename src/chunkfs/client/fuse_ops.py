@@ -70,11 +70,10 @@ from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
 
-from chunkfs.client.client import ROOT_INO, Client
+from chunkfs.client.client import Client
 from chunkfs.common.errors import Busy, ChunkFSError, ConfigError
 from chunkfs.common.names import check_name_length
-from chunkfs.mds.leases import LEASE_TTL
-from chunkfs.protocol.messages import SESSION_OPEN_PAGE, SESSION_TTL, Msg
+from chunkfs.protocol.messages import LEASE_TTL, ROOT_INO, SESSION_OPEN_PAGE, SESSION_TTL, Msg
 
 logger = logging.getLogger(__name__)
 

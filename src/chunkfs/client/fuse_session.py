@@ -30,13 +30,14 @@ from pathlib import Path
 import pyfuse3
 import pyfuse3.asyncio
 
-from chunkfs.client.client import ROOT_INO, Client
+from chunkfs.client.client import Client
 from chunkfs.client.fuse_ops import ChunkFSOperations, MountOptions
 from chunkfs.common.config import ClientConfig
 from chunkfs.common.daemon import PID_FILE, new_event_loop, pid_alive, read_pid
 from chunkfs.common.durable import write_file_durably
 from chunkfs.common.errors import ConfigError, Unavailable
 from chunkfs.common.loop_lag import LoopLagMonitor
+from chunkfs.protocol.messages import ROOT_INO
 
 logger = logging.getLogger(__name__)
 

@@ -20,6 +20,7 @@ from typing import Any
 from chunkfs.common.addr import parse_addr
 from chunkfs.common.durable import write_file_durably
 from chunkfs.common.errors import ConfigError, InvalidArgument
+from chunkfs.common.placement import MAX_TIER
 
 DEFAULT_CONF_DIR = "/etc/chunkfs"
 DEFAULT_CHUNK_SIZE = 256 << 20
@@ -128,7 +129,6 @@ def _check_addr(value: str, option: str, where: Path) -> str:
 
 
 _LOCATION_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}(\.[A-Za-z0-9_-]{1,32}){0,2}$")
-MAX_TIER = 3
 
 
 def check_location(value: str) -> str:

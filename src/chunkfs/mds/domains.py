@@ -16,7 +16,8 @@ import random
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-LEVELS = ("disk", "host", "rack", "row", "room")
+from chunkfs.common.placement import FAILURE_DOMAINS
+
 _LOCATION_PARTS = {"rack": 3, "row": 2, "room": 1}
 
 
@@ -46,7 +47,7 @@ def choose(
     rng = rng or random.Random()  # noqa: S311 - placement, not security
     existing = list(existing)
     chosen: list[Place] = []
-    for lvl in LEVELS[LEVELS.index(level)::-1]:  # e.g. rack, then host, then disk
+    for lvl in FAILURE_DOMAINS[FAILURE_DOMAINS.index(level)::-1]:  # e.g. rack, then host, then disk
         used = {domain_key(p, lvl) for p in (*existing, *chosen)}
         while len(chosen) < count:
             eligible = [c for c in candidates if c not in chosen and domain_key(c, lvl) not in used]

@@ -23,12 +23,10 @@ import time
 from collections.abc import Callable
 
 from chunkfs.common.errors import Busy, InvalidArgument, Unavailable
+from chunkfs.protocol.messages import LEASE_TTL
 
 logger = logging.getLogger(__name__)
 
-#: How long a granted lease lasts without renewal, seconds.  Holders renew
-#: every quarter of it; a new master's grace period is this long.
-LEASE_TTL = 10.0
 #: Leases held at once at most (a bound on the table; expired ones are purged first).
 MAX_LEASES = 100_000
 

@@ -44,10 +44,10 @@ from typing import TYPE_CHECKING, Any
 
 from chunkfs.common.config import check_location, check_tier
 from chunkfs.common.errors import ChunkFSError, ConfigError, InvalidArgument, NotFound, Unavailable
+from chunkfs.common.settings import CS_SETTINGS, check_update, effective
 from chunkfs.mds.domains import Place, choose, crowded, spread_possible
 from chunkfs.mds.health import ACTIVE, INACTIVE, OFFLINE, ChunkHealth, classify, cs_state
 from chunkfs.mds.health_index import ChunkHealthIndex, Verdict
-from chunkfs.mds.settings import CS_SETTINGS, check_update, effective
 from chunkfs.mds.store import Chunk, ChunkRow
 from chunkfs.protocol.messages import Msg
 

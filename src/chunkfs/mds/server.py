@@ -34,6 +34,7 @@ from chunkfs.mds.open_files import OpenFileTable, OrphanReaper, int_list
 from chunkfs.mds.replicated_log import ReplicatedLog
 from chunkfs.mds.replication import ReplicationMonitor
 from chunkfs.mds.store import Chunk, MetadataStore, encode_command
+from chunkfs.protocol.mds_link import MdsLink
 from chunkfs.protocol.messages import Msg, int_pairs
 from chunkfs.protocol.rpc import Connection, Credentials, Reply, RpcServer
 from chunkfs.raft.driver import RaftLog, StateMachine
@@ -155,8 +156,6 @@ class MetadataServer:
 
     async def _join(self) -> None:
         """A new MDS asks the master, until it answers, to make it a voter."""
-        from chunkfs.client.mds_link import MdsLink  # the same redirect-following link clients use
-
         peers = tuple(a for i, a in sorted(self.raft.addrs.items()) if i != self.node.node_id)
         link = MdsLink(peers, self.creds, retry_for=30.0)
         try:

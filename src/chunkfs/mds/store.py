@@ -42,17 +42,14 @@ from chunkfs.common.errors import (
     error_from_code,
 )
 from chunkfs.common.names import check_name, check_name_length, check_symlink_target, shown, to_bytes
+from chunkfs.common.placement import DEFAULT_FAILURE_DOMAIN, FAILURE_DOMAINS, MAX_TIER
+from chunkfs.protocol.messages import ROOT_INO
 
 logger = logging.getLogger(__name__)
 
-ROOT_INO = 1
 DEFAULT_REPLICAS = 3
 DEFAULT_MIN_REPLICAS = 2
 MAX_REPLICAS = 16
-#: Levels of `failure-domain=`, smallest first: two replicas of a chunk never share one while another has room.
-FAILURE_DOMAINS = ("disk", "host", "rack", "row", "room")
-DEFAULT_FAILURE_DOMAIN = "host"
-MAX_TIER = 3
 #: Chunk versions are ``term << VERSION_TERM_SHIFT | sequence``: a newer term
 #: always wins, so maps handed out by a deposed master compare as stale.
 VERSION_TERM_SHIFT = 32

@@ -97,8 +97,13 @@ class Msg(enum.IntEnum):
     SET_PLACEMENT = 93
 
 
+#: The root directory's inode number (the same as FUSE's).
+ROOT_INO = 1
 #: A mount's session lasts this long without renewal, seconds; mounts renew every quarter of it.
 SESSION_TTL = 10.0
+#: An exclusive file lease lasts this long without renewal, seconds.  Holders renew
+#: every quarter of it; a new master's grace period is this long.
+LEASE_TTL = 10.0
 #: Inodes per SESSION message when a mount re-sends the files it holds open.
 SESSION_OPEN_PAGE = 1000
 

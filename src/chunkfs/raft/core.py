@@ -4,8 +4,9 @@ Built the way etcd's raft library is, because that shape is what makes Raft
 testable: every input (a tick, a message, a proposal) is a method call, and
 every output (state to persist, messages to send, entries to apply) is
 collected in a `Ready` that the driver drains.  The same object runs under the
-asyncio driver and under the deterministic simulator, so what the simulator
-proves is what production runs.
+asyncio driver and under the deterministic simulator (test tooling, in
+``tests/integration/raft/simulator.py``), so what the simulator proves is what
+production runs.
 
 The driver loop is::
 

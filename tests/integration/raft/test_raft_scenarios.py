@@ -7,7 +7,8 @@ import random
 import pytest
 
 from chunkfs.raft.core import AppendRequest, EntryKind, Message, RaftCore, Snapshot
-from chunkfs.raft.simulator import InvariantViolation, SimConfig, Simulator
+
+from .simulator import InvariantViolation, SimConfig, Simulator
 
 QUIET = SimConfig(voters=5, spares=0, election_timeout=50, heartbeat_timeout=2, max_entries_per_msg=1,
                   liveness=False)

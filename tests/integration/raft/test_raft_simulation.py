@@ -9,7 +9,8 @@ from __future__ import annotations
 import pytest
 
 from chunkfs.raft.core import RaftCore, VoteRequest
-from chunkfs.raft.simulator import InvariantViolation, run_seed, summarize
+
+from .simulator import InvariantViolation, run_seed, summarize
 
 DEFAULT_SEEDS = 1500
 CHUNK = 100

@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from chunkfs.common.errors import ChunkFSError
-from chunkfs.mds.store import ROOT_INO, MetadataStore, encode_command
+from chunkfs.mds.store import MetadataStore, encode_command
+from chunkfs.protocol.messages import ROOT_INO
 
 CS = 1 << 20
 NAMES = ["a", "b", "c"]

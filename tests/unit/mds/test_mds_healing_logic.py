@@ -7,9 +7,9 @@ import random
 import pytest
 
 from chunkfs.common.errors import InvalidArgument
+from chunkfs.common.settings import SETTINGS, check_update, effective
 from chunkfs.mds.domains import Place, choose, crowded, domain_key, spread_possible
 from chunkfs.mds.health import ACTIVE, INACTIVE, OFFLINE, classify, cs_state
-from chunkfs.mds.settings import SETTINGS, check_update, effective
 
 
 def test_cs_state_follows_silence() -> None:

@@ -22,7 +22,8 @@ from chunkfs.mds.health import ACTIVE, HEALTH_KEYS, INACTIVE, OFFLINE
 from chunkfs.mds.health_index import hard_status
 from chunkfs.mds.replication import ReplicationMonitor
 from chunkfs.mds.server import LiveServer
-from chunkfs.mds.store import ROOT_INO, MetadataStore, encode_command
+from chunkfs.mds.store import MetadataStore, encode_command
+from chunkfs.protocol.messages import ROOT_INO
 
 CS = 1 << 20
 SERVERS = (1, 2, 3, 4)

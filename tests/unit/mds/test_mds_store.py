@@ -25,12 +25,12 @@ from chunkfs.common.errors import (
 )
 from chunkfs.common.names import MAX_NAME_LEN
 from chunkfs.mds.store import (
-    ROOT_INO,
     VERSION_TERM_SHIFT,
     Chunk,
     MetadataStore,
     encode_command,
 )
+from chunkfs.protocol.messages import ROOT_INO
 
 CS = 1 << 20
 

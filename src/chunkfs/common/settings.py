@@ -5,7 +5,7 @@ and the next master after a failover — uses the same values.  The master
 checks a value here before proposing it; the store keeps text, and readers
 fall back to the default for anything missing or (from a newer version)
 unreadable.  Chunk servers get the settings that concern them in every
-heartbeat reply.
+heartbeat reply, and the CLI shows these declarations in its help.
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
-"""The client's link to the master metadata server.
+"""A link to the master metadata server, for whoever sends it requests.
 
-It connects to any known MDS, follows redirects to the master, and on a lost
-connection reconnects and retries the request — a bounded number of times and
-for a bounded time, so a dead cluster gives a clear error, not a hang.
+The client library talks to the master through it, and so does a new MDS
+asking to join the group.  It connects to any known MDS, follows redirects to
+the master, and on a lost connection reconnects and retries the request — a
+bounded number of times and for a bounded time, so a dead cluster gives a
+clear error, not a hang.
 """
 
 from __future__ import annotations
