@@ -439,7 +439,12 @@ class RaftLog:
             self._learn_voters(snap.voters)
             logger.warning("raft: installed a snapshot at index %d from the master", snap.index)
         if rd.entries:
-            await asyncio.to_thread(storage.append, rd.entries)
+            if self.core is not None and self.core.is_leader:
+                await asyncio.to_thread(storage.append, rd.entries)
+            else:
+                # A follower serves no clients: its loop may wait for the disk itself, which saves
+                # the hop to a worker thread and back on every commit's critical path (its ack).
+                storage.append(rd.entries)
         hs = rd.hard_state
         if hs is not None and (hs.term, hs.vote) != (storage.hard_state.term, storage.hard_state.vote):
             # Term and vote must be on disk before any message that depends on them.
