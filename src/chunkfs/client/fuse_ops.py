@@ -71,7 +71,7 @@ from typing import Any, ParamSpec, TypeVar
 import pyfuse3
 
 from chunkfs.client.client import Client
-from chunkfs.common.errors import Busy, ChunkFSError, ConfigError
+from chunkfs.common.errors import Busy, ChunkFSError, ConfigError, NotFound
 from chunkfs.common.names import check_name_length
 from chunkfs.protocol.messages import LEASE_TTL, ROOT_INO, SESSION_OPEN_PAGE, SESSION_TTL, Msg
 
@@ -285,7 +285,17 @@ class ChunkFSOperations(pyfuse3.Operations):
     @fuse_errors
     async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         check_name_length(name)
-        return self._entry(await self.client.lookup(parent_inode, name))
+        try:
+            return self._entry(await self.client.lookup(parent_inode, name))
+        except NotFound:
+            if not self.opts.entry_timeout:
+                raise
+            # A negative entry (inode 0): the kernel remembers "no such name" as long as it remembers
+            # names that exist, so searches along a path (compilers, shells) do not ask again each time.
+            missing = pyfuse3.EntryAttributes()
+            missing.st_ino = 0
+            missing.entry_timeout = self.opts.entry_timeout
+            return missing
 
     async def forget(self, inode_list: Any) -> None:
         return None  # nothing is kept per looked-up inode
