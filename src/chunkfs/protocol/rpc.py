@@ -142,6 +142,7 @@ class Connection(asyncio.BufferedProtocol):
         self._inflight_bytes = 0
         self._reading_paused = False
         self._eof = False
+        self._refusal: ProtocolError | None = None
         #: Set by owners that attach state to a connection (e.g. the CS id).
         self.tag: Any = None
 
@@ -172,15 +173,20 @@ class Connection(asyncio.BufferedProtocol):
             return memoryview(self._payload)[self._payload_pos:]
         if self._end == len(self._scratch):
             if not self._started and self._end - self._start >= PRE_AUTH_SCRATCH:
-                # More unparsed bytes than a handshake needs: refuse, and let this read go nowhere.
-                self._fail(ProtocolError("too much data before authentication"))
+                # More unparsed bytes than a handshake needs: let this read go nowhere and refuse the
+                # peer in buffer_updated.  Not here: closing the transport inside get_buffer makes
+                # uvloop (libuv) call a read callback that closing has cleared -- a segfault.
+                self._refusal = ProtocolError("too much data before authentication")
                 return memoryview(bytearray(PRE_AUTH_SCRATCH))
             self._make_room(0)
         return memoryview(self._scratch)[self._end:]
 
     def buffer_updated(self, nbytes: int) -> None:
         if self._closed.is_set():
-            return  # refused (see get_buffer): what was read goes nowhere
+            return
+        if self._refusal is not None:
+            self._fail(self._refusal)  # see get_buffer: what was read goes nowhere
+            return
         try:
             if self._payload is not None:
                 self._payload_pos += nbytes
