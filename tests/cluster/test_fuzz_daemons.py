@@ -33,7 +33,7 @@ MiB = 1 << 20
 SLOW = os.environ.get("CHUNKFS_SLOW") == "1"
 CI_EXAMPLES = 120
 SLOW_FRAMES = 100_000
-SLOW_SECONDS = 1500.0
+SLOW_SECONDS = 900.0
 #: A hostile frame before the handshake costs at most a few KiB; after it, a frame may make a daemon hold
 #: one payload (8 MiB) or header (1 MiB) for as long as the connection lives.  Above this, memory leaks.
 PEAK_GROWTH = 64 * MiB
