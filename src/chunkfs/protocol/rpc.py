@@ -315,6 +315,10 @@ class Connection(asyncio.BufferedProtocol):
     # -- sending -------------------------------------------------------------
 
     def _send(self, kind: Kind, mtype: int, rid: int, header: dict[str, Any], payload: Payload = b"") -> None:
+        if self._closed.is_set() or self.writer.is_closing():
+            # uvloop raises RuntimeError on a closed transport: the handshake of a peer refused
+            # meanwhile died with "Task exception was never retrieved" (found by fuzzing).
+            raise ConnectionResetError(f"connection to {self.peer_name} is closed")
         hdr = encode_header(header)
         self.writer.write(pack_prefix(kind, mtype, rid, len(hdr), len(payload)) + hdr)
         if payload:

@@ -220,3 +220,13 @@ def test_too_much_before_authentication_is_refused_after_get_buffer_not_inside_i
     assert any(isinstance(x, ProtocolError) and "before authentication" in str(x) for x in conn.seen)
     # The peer was told why (an error frame), then closed.
     assert transport.written and b"before authentication" in transport.written[-1]
+
+
+async def test_sending_on_a_closed_connection_is_a_connection_error() -> None:
+    """Found by fuzzing real daemons: a peer refused while its HELLO was still being answered made the
+    handshake write to a closed uvloop transport (RuntimeError, "Task exception was never retrieved")."""
+    conn, transport = new_conn(authenticated=False)
+    conn.close()
+    with pytest.raises(ConnectionResetError):
+        conn._send(Kind.RESPONSE, Msg.HELLO, 0, {"nonce": b"n", "proof": b"p"})
+    assert transport.written == []
