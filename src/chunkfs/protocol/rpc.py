@@ -432,6 +432,8 @@ class Connection(asyncio.BufferedProtocol):
             except ChunkFSError as exc:
                 self._send(Kind.ERROR, mtype, rid, _error_header(exc))
             except Exception as exc:  # noqa: BLE001 - a bug must not kill the server
+                if self.closed:
+                    return  # the peer left before its answer (a send failed): nobody to tell, no bug here
                 logger.exception("request %s from %s failed", mtype, self.peer_name)
                 self._send(Kind.ERROR, mtype, rid, _error_header(InternalError(f"internal error: {exc}")))
             await self._drain(CALL_TIMEOUT)

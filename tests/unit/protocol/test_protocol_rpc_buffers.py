@@ -7,6 +7,8 @@ that is what made growing the scratch buffer raise BufferError (issue 14).
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
 
 import pytest
@@ -230,3 +232,22 @@ async def test_sending_on_a_closed_connection_is_a_connection_error() -> None:
     with pytest.raises(ConnectionResetError):
         conn._send(Kind.RESPONSE, Msg.HELLO, 0, {"nonce": b"n", "proof": b"p"})
     assert transport.written == []
+
+
+async def test_a_peer_gone_before_its_answer_is_no_internal_error(caplog: pytest.LogCaptureFixture) -> None:
+    """Found by fuzzing real daemons: when the connection closed while a request was served, sending the
+    answer failed and was logged as the request's failure, with a traceback, at ERROR."""
+    async def handler(conn: rpc.Connection, msg: Msg, header: dict[str, Any], payload: bytes) -> Any:
+        conn.close()  # the peer is gone meanwhile
+        return {"attr": {}}, b""
+
+    conn = rpc.Connection(handler=handler)
+    transport = HoldingTransport()
+    conn.connection_made(transport)  # type: ignore[arg-type]
+    conn.start()
+    body = encode_header({"ino": 1})
+    feed(conn, transport, pack_prefix(Kind.REQUEST, Msg.GETATTR, 5, len(body), 0) + body, 1 << 20)
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert not conn._tasks and conn.closed
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
