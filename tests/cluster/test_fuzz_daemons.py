@@ -23,7 +23,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from chunkfs.common.config import load_client_config
-from chunkfs.protocol.frame import Kind
+from chunkfs.mds.server import MAX_SNAPSHOT
+from chunkfs.protocol.frame import MAX_PAYLOAD_LEN, Kind
 from chunkfs.protocol.messages import Msg
 from chunkfs.testing.cluster import LocalCluster, Process
 from chunkfs.testing.probes import rss
@@ -154,7 +155,8 @@ def fuzz(cluster: LocalCluster, watches: list[Watch], expected: dict[str, Any], 
     def batch(target: int, batch_plans: list[Any]) -> None:
         watch = watches[target]
         for plan in batch_plans:
-            outcome = run_plan(watch.proc.addr, plan, name, secret)
+            limit = MAX_SNAPSHOT if watch.proc.role == "mds" else MAX_PAYLOAD_LEN
+            outcome = run_plan(watch.proc.addr, plan, name, secret, limit)
             stats[f"{watch.proc.role} connections"] += 1
             stats[f"{watch.proc.role} frames"] += outcome.frames_sent
             stats["frames"] += outcome.frames_sent
