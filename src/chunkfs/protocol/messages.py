@@ -108,6 +108,10 @@ LEASE_TTL = 10.0
 SESSION_OPEN_PAGE = 1000
 
 
+#: The range of every integer field: a signed 64-bit integer (what SQLite stores).
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
 @dataclass(slots=True, frozen=True)
 class Field:
     name: str
@@ -329,6 +333,9 @@ def _check(fields: tuple[Field, ...], header: dict[str, Any], what: str) -> dict
             raise ProtocolError(f"{what}: field {fl.name!r} has the wrong type")
         if not isinstance(value, fl.types):
             raise ProtocolError(f"{what}: field {fl.name!r} has the wrong type")
+        # msgpack carries integers up to 2**64-1; every number of ours fits a signed 64-bit SQLite INTEGER.
+        if isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
+            raise ProtocolError(f"{what}: field {fl.name!r} is out of range")
         if fl.max_items and isinstance(value, list) and len(value) > fl.max_items:
             raise ProtocolError(
                 f"{what}: field {fl.name!r} has {len(value)} items, more than the {fl.max_items} one frame "

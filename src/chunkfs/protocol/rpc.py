@@ -142,6 +142,7 @@ class Connection(asyncio.BufferedProtocol):
         self._inflight_bytes = 0
         self._reading_paused = False
         self._eof = False
+        self._refusal: ProtocolError | None = None
         #: Set by owners that attach state to a connection (e.g. the CS id).
         self.tag: Any = None
 
@@ -172,15 +173,20 @@ class Connection(asyncio.BufferedProtocol):
             return memoryview(self._payload)[self._payload_pos:]
         if self._end == len(self._scratch):
             if not self._started and self._end - self._start >= PRE_AUTH_SCRATCH:
-                # More unparsed bytes than a handshake needs: refuse, and let this read go nowhere.
-                self._fail(ProtocolError("too much data before authentication"))
+                # More unparsed bytes than a handshake needs: let this read go nowhere and refuse the
+                # peer in buffer_updated.  Not here: closing the transport inside get_buffer makes
+                # uvloop (libuv) call a read callback that closing has cleared -- a segfault.
+                self._refusal = ProtocolError("too much data before authentication")
                 return memoryview(bytearray(PRE_AUTH_SCRATCH))
             self._make_room(0)
         return memoryview(self._scratch)[self._end:]
 
     def buffer_updated(self, nbytes: int) -> None:
         if self._closed.is_set():
-            return  # refused (see get_buffer): what was read goes nowhere
+            return
+        if self._refusal is not None:
+            self._fail(self._refusal)  # see get_buffer: what was read goes nowhere
+            return
         try:
             if self._payload is not None:
                 self._payload_pos += nbytes
@@ -309,6 +315,10 @@ class Connection(asyncio.BufferedProtocol):
     # -- sending -------------------------------------------------------------
 
     def _send(self, kind: Kind, mtype: int, rid: int, header: dict[str, Any], payload: Payload = b"") -> None:
+        if self._closed.is_set() or self.writer.is_closing():
+            # uvloop raises RuntimeError on a closed transport: the handshake of a peer refused
+            # meanwhile died with "Task exception was never retrieved" (found by fuzzing).
+            raise ConnectionResetError(f"connection to {self.peer_name} is closed")
         hdr = encode_header(header)
         self.writer.write(pack_prefix(kind, mtype, rid, len(hdr), len(payload)) + hdr)
         if payload:
@@ -422,6 +432,8 @@ class Connection(asyncio.BufferedProtocol):
             except ChunkFSError as exc:
                 self._send(Kind.ERROR, mtype, rid, _error_header(exc))
             except Exception as exc:  # noqa: BLE001 - a bug must not kill the server
+                if self.closed:
+                    return  # the peer left before its answer (a send failed): nobody to tell, no bug here
                 logger.exception("request %s from %s failed", mtype, self.peer_name)
                 self._send(Kind.ERROR, mtype, rid, _error_header(InternalError(f"internal error: {exc}")))
             await self._drain(CALL_TIMEOUT)

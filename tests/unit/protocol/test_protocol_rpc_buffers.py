@@ -7,6 +7,8 @@ that is what made growing the scratch buffer raise BufferError (issue 14).
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
 
 import pytest
@@ -181,3 +183,71 @@ def test_payload_on_a_message_that_has_none_is_refused_before_it_is_read() -> No
     feed(conn, transport, pack_prefix(Kind.REQUEST, Msg.GETATTR, 1, 10, 8 << 20), 1 << 20)
     assert transport.closed and conn._payload is None
     assert isinstance(received(conn)[0], ProtocolError)
+
+
+class ReadingTransport(HoldingTransport):
+    """Knows when the protocol is inside get_buffer: libuv's read callback must still exist after it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_get_buffer = False
+        self.closed_in_get_buffer = False
+
+    def close(self) -> None:
+        self.closed_in_get_buffer |= self.in_get_buffer
+        super().close()
+
+
+def test_too_much_before_authentication_is_refused_after_get_buffer_not_inside_it() -> None:
+    """Found by fuzzing real daemons (tests/cluster/test_fuzz_daemons.py): a HELLO and 8 KB more, sent
+    before the proof, made a chunk server (and a master) die of SIGSEGV under uvloop: get_buffer closed the
+    transport, which in libuv clears the stream's read callback, and libuv then called it.  The refusal is
+    now made in buffer_updated."""
+    conn = Recording()
+    transport = ReadingTransport()
+    conn.connection_made(transport)  # type: ignore[arg-type]
+    hello = pack_prefix(Kind.REQUEST, Msg.HELLO, 0, 1, 0) + encode_header({})
+    data = hello + bytes(8000)
+    pos = 0
+    while pos < len(data) and not transport.closed:
+        transport.in_get_buffer = True
+        view = conn.get_buffer(-1)
+        transport.in_get_buffer = False
+        n = min(len(view), len(data) - pos)
+        view[:n] = data[pos:pos + n]
+        conn.buffer_updated(n)
+        pos += n
+        del view
+    assert transport.closed and not transport.closed_in_get_buffer
+    assert any(isinstance(x, ProtocolError) and "before authentication" in str(x) for x in conn.seen)
+    # The peer was told why (an error frame), then closed.
+    assert transport.written and b"before authentication" in transport.written[-1]
+
+
+async def test_sending_on_a_closed_connection_is_a_connection_error() -> None:
+    """Found by fuzzing real daemons: a peer refused while its HELLO was still being answered made the
+    handshake write to a closed uvloop transport (RuntimeError, "Task exception was never retrieved")."""
+    conn, transport = new_conn(authenticated=False)
+    conn.close()
+    with pytest.raises(ConnectionResetError):
+        conn._send(Kind.RESPONSE, Msg.HELLO, 0, {"nonce": b"n", "proof": b"p"})
+    assert transport.written == []
+
+
+async def test_a_peer_gone_before_its_answer_is_no_internal_error(caplog: pytest.LogCaptureFixture) -> None:
+    """Found by fuzzing real daemons: when the connection closed while a request was served, sending the
+    answer failed and was logged as the request's failure, with a traceback, at ERROR."""
+    async def handler(conn: rpc.Connection, msg: Msg, header: dict[str, Any], payload: bytes) -> Any:
+        conn.close()  # the peer is gone meanwhile
+        return {"attr": {}}, b""
+
+    conn = rpc.Connection(handler=handler)
+    transport = HoldingTransport()
+    conn.connection_made(transport)  # type: ignore[arg-type]
+    conn.start()
+    body = encode_header({"ino": 1})
+    feed(conn, transport, pack_prefix(Kind.REQUEST, Msg.GETATTR, 5, len(body), 0) + body, 1 << 20)
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert not conn._tasks and conn.closed
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
