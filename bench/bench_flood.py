@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 from chunkfs.common.addr import parse_addr  # noqa: E402
 from chunkfs.protocol.frame import MAX_PAYLOAD_LEN, Kind, pack_prefix  # noqa: E402
 from chunkfs.protocol.messages import Msg  # noqa: E402
-from chunkfs.testing.cluster import LocalCluster  # noqa: E402
+from chunkfs.testing.cluster import LocalCluster, cluster_factory  # noqa: E402
 from chunkfs.testing.probes import rss, still_open  # noqa: E402
 
 MiB = 1 << 20
@@ -75,16 +75,11 @@ def main() -> int:
     parser.add_argument("--announcing", type=int, default=100)
     args = parser.parse_args()
     rows = []
-    with tempfile.TemporaryDirectory(prefix="chunkfs-flood-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="chunkfs-flood-") as tmp, cluster_factory(Path(tmp), 1 << 20) as make:
         os.environ["CHUNKFS_CONF_DIR"] = f"{tmp}/conf"
-        cluster = LocalCluster.make(Path(tmp) / "c", "flood", n_mds=1, n_cs=1, chunk_size=1 << 20)
-        try:
-            cluster.start_all()
-            cluster.wait_ready()
-            for role in ("mds", "cs"):
-                rows.append(flood(cluster, role, args.connections, args.announcing))
-        finally:
-            cluster.stop_all()
+        cluster = make(n_cs=1, name="flood")
+        for role in ("mds", "cs"):
+            rows.append(flood(cluster, role, args.connections, args.announcing))
     print("| daemon | connections tried (announcing 8 MiB) | still held after 1 s | RSS before (MiB) "
           "| peak (MiB) | after (MiB) | client with the secret served |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | --- |")

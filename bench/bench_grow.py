@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_client import update_benchmarks  # noqa: E402
 
 from chunkfs.client.client import Client  # noqa: E402
-from chunkfs.testing.cluster import LocalCluster, wait_for  # noqa: E402
+from chunkfs.testing.cluster import cluster_factory, wait_for  # noqa: E402
 
 IDLE_S = 5.0
 HEALTHY_TIMEOUT = 600.0
@@ -102,47 +102,42 @@ def main() -> int:
     args = parser.parse_args()
     rows: list[str] = []
     restarts: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="chunkfs-grow-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="chunkfs-grow-") as tmp, cluster_factory(Path(tmp), 1 << 20) as make:
         os.environ["CHUNKFS_CONF_DIR"] = f"{tmp}/conf"
-        cluster = LocalCluster.make(Path(tmp) / "c", "grow", n_mds=3, n_cs=3, chunk_size=1 << 20)
-        try:
-            cluster.start_all()
-            cluster.wait_ready()
-            with cluster.client() as c:
-                c.client.mds.retry_for = 60.0
-                c.mkdir("/g")
-                first = master(c)
-                done = 0
-                while done < args.files:
-                    count = min(args.step, args.files - done)
-                    rate = c.run(fill(c.client, done, count, args.workers))
-                    done += count
-                    m = master(c)
-                    pid = next(p.pid for p in cluster.processes if p.role == "mds" and p.id == m["id"])
-                    before = cpu_seconds(pid)
-                    time.sleep(IDLE_S)
-                    idle = (cpu_seconds(pid) - before) / IDLE_S * 100
-                    url = next(x["url"] for x in m["stat"]["metrics"] if x["role"] == "mds" and x["id"] == m["id"])
-                    rows.append(f"| {done:,} | {rate:,.0f} | {idle:.1f} | {scrape_max_lag(url) * 1000:.0f} "
-                                f"| {'no' if (m['id'], m['term']) == (first['id'], first['term']) else 'YES'} |")
-                    print(rows[-1], flush=True)
-                # Every chunk healthy again after kill -9 of the master, and after a restart of each chunk server.
+        cluster = make(n_cs=3, name="grow", n_mds=3)
+        with cluster.client() as c:
+            c.client.mds.retry_for = 60.0
+            c.mkdir("/g")
+            first = master(c)
+            done = 0
+            while done < args.files:
+                count = min(args.step, args.files - done)
+                rate = c.run(fill(c.client, done, count, args.workers))
+                done += count
                 m = master(c)
-                cluster.kill("mds", m["id"], signal.SIGKILL)
+                pid = next(p.pid for p in cluster.processes if p.role == "mds" and p.id == m["id"])
+                before = cpu_seconds(pid)
+                time.sleep(IDLE_S)
+                idle = (cpu_seconds(pid) - before) / IDLE_S * 100
+                url = next(x["url"] for x in m["stat"]["metrics"] if x["role"] == "mds" and x["id"] == m["id"])
+                rows.append(f"| {done:,} | {rate:,.0f} | {idle:.1f} | {scrape_max_lag(url) * 1000:.0f} "
+                            f"| {'no' if (m['id'], m['term']) == (first['id'], first['term']) else 'YES'} |")
+                print(rows[-1], flush=True)
+            # Every chunk healthy again after kill -9 of the master, and after a restart of each chunk server.
+            m = master(c)
+            cluster.kill("mds", m["id"], signal.SIGKILL)
+            started = time.monotonic()
+            wait_for("all chunks healthy under a new master", lambda: all_healthy(c, done), HEALTHY_TIMEOUT, 0.5)
+            restarts.append(f"| kill -9 of the master (MDS#{m['id']}) | {time.monotonic() - started:.1f} |")
+            cluster.start("mds", m["id"])
+            for proc in [p for p in cluster.processes if p.role == "cs"]:
+                cluster.kill("cs", proc.id, signal.SIGTERM)
+                cluster.start("cs", proc.id)
                 started = time.monotonic()
-                wait_for("all chunks healthy under a new master", lambda: all_healthy(c, done), HEALTHY_TIMEOUT, 0.5)
-                restarts.append(f"| kill -9 of the master (MDS#{m['id']}) | {time.monotonic() - started:.1f} |")
-                cluster.start("mds", m["id"])
-                for proc in [p for p in cluster.processes if p.role == "cs"]:
-                    cluster.kill("cs", proc.id, signal.SIGTERM)
-                    cluster.start("cs", proc.id)
-                    started = time.monotonic()
-                    wait_for(f"all chunks healthy after cs{proc.id} restarted",
-                             lambda: all_healthy(c, done), HEALTHY_TIMEOUT, 0.5)
-                    restarts.append(f"| restart of cs{proc.id} | {time.monotonic() - started:.1f} |")
-                    print(restarts[-1], flush=True)
-        finally:
-            cluster.stop_all()
+                wait_for(f"all chunks healthy after cs{proc.id} restarted",
+                         lambda: all_healthy(c, done), HEALTHY_TIMEOUT, 0.5)
+                restarts.append(f"| restart of cs{proc.id} | {time.monotonic() - started:.1f} |")
+                print(restarts[-1], flush=True)
     body = [
         "## Growing a cluster to many small files (`bench/bench_grow.py`)",
         "",
