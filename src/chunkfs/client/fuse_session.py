@@ -131,6 +131,17 @@ def is_dead_mount(mountpoint: Path, timeout: float = PROBE_TIMEOUT) -> bool:
                                                                                    errno.ECONNABORTED)
 
 
+def _fusermount(mountpoint: Path, lazy: bool, timeout: float, what: str) -> subprocess.CompletedProcess[str]:
+    """``fusermount3 -u [-z] MOUNTPOINT``, bounded; a missing tool or a hang is a one-line error."""
+    argv = ["fusermount3", "-u", *(["-z"] if lazy else []), str(mountpoint)]
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    except FileNotFoundError:
+        raise ConfigError("fusermount3 is not installed (Debian: apt-get install fuse3)") from None
+    except subprocess.TimeoutExpired:
+        raise Unavailable(f"fusermount3 did not {what} {mountpoint} within {timeout:g}s") from None
+
+
 def clear_dead_mount(mountpoint: Path, timeout: float = UNMOUNT_TIMEOUT) -> bool:
     """Lazily unmount a dead FUSE mount on `mountpoint` (its server was killed); True if there was one.
 
@@ -141,13 +152,7 @@ def clear_dead_mount(mountpoint: Path, timeout: float = UNMOUNT_TIMEOUT) -> bool
     for _ in range(8):  # dead mounts stacked on one another, each cleared in turn
         if not is_dead_mount(mnt):
             break
-        argv = ["fusermount3", "-u", "-z", str(mnt)]
-        try:
-            done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
-        except FileNotFoundError:
-            raise ConfigError("fusermount3 is not installed (Debian: apt-get install fuse3)") from None
-        except subprocess.TimeoutExpired:
-            raise Unavailable(f"fusermount3 did not clear the dead mount on {mnt} within {timeout:g}s") from None
+        done = _fusermount(mnt, True, timeout, "clear the dead mount on")
         if done.returncode != 0:
             raise ConfigError(f"{mnt} holds a dead mount (transport endpoint is not connected) that could not "
                               f"be cleared: {done.stderr.strip() or done.returncode}; try: fusermount3 -u -z {mnt}")
@@ -281,13 +286,7 @@ def unmount(mountpoint: Path, lazy: bool = False, timeout: float = UNMOUNT_TIMEO
         if pid is None:
             raise ConfigError(f"{mountpoint} is not mounted")
     else:
-        argv = ["fusermount3", "-u", *(["-z"] if lazy else []), str(mountpoint)]
-        try:
-            done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
-        except FileNotFoundError:
-            raise ConfigError("fusermount3 is not installed (Debian: apt-get install fuse3)") from None
-        except subprocess.TimeoutExpired:
-            raise Unavailable(f"fusermount3 did not unmount {mountpoint} within {timeout:g}s") from None
+        done = _fusermount(mountpoint, lazy, timeout, "unmount")
         if done.returncode != 0:
             raise Unavailable(
                 f"cannot unmount {mountpoint}: {done.stderr.strip() or done.returncode} "
