@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from chunkfs.protocol.messages import Msg
-from chunkfs.testing.cluster import wait_for  # noqa: F401 - several tests import it from here
 
 MiB = 1 << 20
 
