@@ -563,6 +563,33 @@ async def test_connect_refused_is_unavailable() -> None:
         await connect(f"127.0.0.1:{port}", creds(), timeout=2)
 
 
+async def test_peer_closing_under_the_hello_is_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A chunk server killed just after accepting: the HELLO is sent on a closed connection. The
+    # caller must get Unavailable (another replica, a new chain), never a raw ConnectionResetError.
+    async def slam(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    real_handshake = rpc.client_handshake
+
+    async def late_handshake(conn: rpc.Connection, c: Credentials) -> None:
+        for _ in range(500):  # bounded: until the peer's FIN has arrived
+            if conn._eof:
+                break
+            await asyncio.sleep(0.01)
+        conn.close()  # as the transport does on the reset a write to a dead peer gets
+        await real_handshake(conn, c)
+
+    monkeypatch.setattr(rpc, "client_handshake", late_handshake)
+    listener = await asyncio.start_server(slam, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(Unavailable, match="closed the connection during the handshake"):
+            await asyncio.wait_for(connect(f"127.0.0.1:{port}", creds(), timeout=1), 10)
+    finally:
+        listener.close()
+        await listener.wait_closed()
+
+
 async def test_silent_server_handshake_times_out(monkeypatch: pytest.MonkeyPatch) -> None:
     # A listener that accepts and never answers: the client must not hang.
     monkeypatch.setattr(rpc, "HANDSHAKE_TIMEOUT", 0.5)

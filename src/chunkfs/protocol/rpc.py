@@ -592,7 +592,10 @@ async def connect(
     except TimeoutError:
         conn.close()
         raise Timeout(f"handshake with {addr} timed out") from None
-    except Unavailable:
+    except (Unavailable, ConnectionError, OSError):
+        # A peer that dies just after accepting (a chunk server being killed) closes under our
+        # HELLO: a send then fails with ConnectionResetError, which callers treat as any other
+        # unreachable replica, not as a bug (found by a CS kill during writes).
         conn.close()
         raise Unavailable(f"{addr} closed the connection during the handshake") from None
     except BaseException:
