@@ -1,7 +1,10 @@
-"""Bytes flipped inside a replica file: found by the scrubber — or by a read — moved aside and replaced.
+"""Bytes flipped inside replica files: found by the scrubber, by a read or by a write, and mended block by block.
 
-The client always gets the right bytes; the corrupt replica ends in the server's
-quarantine folder and a good copy takes its place.
+A bad 64 KiB block is copied over from another replica; the replica itself is
+kept (its bad bytes go to the server's quarantine folder).  A block bad on
+every replica fails to read, and only that range: the rest of the chunk stays
+readable and an event names the file, the bytes and the servers.  A replica
+whose header is corrupt is moved aside whole and replaced by a copy.
 """
 
 from __future__ import annotations
@@ -9,6 +12,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
+from chunkfs.common.config import BLOCK_SIZE
+from chunkfs.common.errors import ChecksumMismatch
 from chunkfs.protocol.messages import Msg
 from chunkfs.testing.cluster import wait_for
 
@@ -17,66 +24,170 @@ from ._healing_helpers import MiB, check_every_replica, chunk_maps
 SIZE = 2 * MiB
 
 
-def _corrupt_one_replica(cluster, chunk_id: int, version: int) -> Path:
-    """Flip 16 bytes in the middle of the data of one replica; returns that server's directory."""
+def _replica_files(cluster, chunk_id: int, version: int) -> list[Path]:
     name = f"{chunk_id:016x}_{version:016x}.chunk"
-    path = sorted(Path(cluster.dir).glob(f"cs*/data/chunks/*/{name}"))[0]
+    return sorted(Path(cluster.dir).glob(f"cs*/data/chunks/*/{name}"))
+
+
+def _corrupt(path: Path, block: int, data_offset: int | None = None) -> None:
+    """Flip 16 bytes in the middle of one block of a replica file (the data region is its last MiB)."""
+    start = os.path.getsize(path) - MiB if data_offset is None else data_offset
     with open(path, "r+b") as fh:
-        fh.seek(os.path.getsize(path) - MiB // 2)
+        fh.seek(start + block * BLOCK_SIZE + BLOCK_SIZE // 2)
         original = fh.read(16)
         fh.seek(-16, os.SEEK_CUR)
         fh.write(bytes(b ^ 0xFF for b in original))
-    return path.parents[3]
 
 
-def _healed(c, ino: int, cs_dir: Path):
-    def check() -> bool:
-        quarantined = list((cs_dir / "data" / "quarantine").iterdir())
-        stat = c.cluster_stat()
-        return bool(quarantined) and stat["chunks"]["healthy"] == SIZE // MiB and all(
-            len(m["replicas"]) == 3 for m in chunk_maps(c, ino, SIZE))
-    return check
+def _server_dir(replica: Path) -> Path:
+    return replica.parents[3]
 
 
-def test_scrubber_finds_corrupt_replica_and_it_is_replaced(make_cluster) -> None:
-    cluster = make_cluster(n_cs=3)
+def _quarantined(cs_dir: Path) -> list[str]:
+    return sorted(p.name for p in (cs_dir / "data" / "quarantine").iterdir())
+
+
+def _events(c) -> str:
+    return " | ".join(e["message"] for e in c.events())
+
+
+def _write_file(c, name: str) -> tuple[object, bytes]:
     data = os.urandom(SIZE)
+    f = c.open(name, create=True)
+    c.run(f.write(0, data))
+    c.run(f.fsync())
+    return f, data
+
+
+def test_scrubber_finds_a_bad_block_and_it_is_mended_in_place(make_cluster) -> None:
+    cluster = make_cluster(n_cs=3)
     with cluster.client() as c:
-        f = c.open("/scrubbed", create=True)
-        c.run(f.write(0, data))
-        c.run(f.fsync())
+        f, data = _write_file(c, "/scrubbed")
         m = chunk_maps(c, f.ino, SIZE)[1]
-        cs_dir = _corrupt_one_replica(cluster, m["chunk_id"], m["version"])
+        replica = _replica_files(cluster, m["chunk_id"], m["version"])[0]
+        _corrupt(replica, 3)
         # Scrub every second, fast (the default is a pass a week at 4 MiB/s).
         c.run(c.client.mds.call(Msg.SET_CONFIG, {"values": {"scrub-interval": "1", "scrub-rate": "100"}}))
-        wait_for("the scrubber to quarantine the replica and a good copy to replace it", _healed(c, f.ino, cs_dir),
-                 timeout=90)
+        cs_dir = _server_dir(replica)
+        wait_for("the scrubber to find the bad block and the master to have it repaired",
+                 lambda: "repaired from the other replicas" in _events(c), timeout=90)
+        # Mended in place: the same replica file (same version), its bad block kept aside, no copy made.
+        assert replica.exists()
+        assert _quarantined(cs_dir) == [f"{replica.name}.block3"]
+        assert chunk_maps(c, f.ino, SIZE)[1]["version"] == m["version"]
+        assert len(chunk_maps(c, f.ino, SIZE)[1]["replicas"]) == 3
         check_every_replica(c, f.ino, data)
-        assert c.read(f.ino, 0, SIZE) == data
-        events = " | ".join(e["message"] for e in c.events())
-        assert "scrubber reports a bad replica" in events and "is corrupt" in events
-        wait_for("the healing to be reported finished",
-                 lambda: any("replication finished" in e["message"] for e in c.events()), timeout=30)
+        events = _events(c)
+        assert "scrubber reports a bad replica" in events
+        assert f"bytes {MiB + 3 * BLOCK_SIZE}-{MiB + 4 * BLOCK_SIZE - 1}" in events  # the file's bytes, named
+        assert "file /scrubbed" in events
 
 
-def test_read_of_corrupt_replica_triggers_the_same_repair(make_cluster) -> None:
+def test_a_read_meeting_a_bad_block_gets_good_bytes_and_the_block_is_mended(make_cluster) -> None:
     cluster = make_cluster(n_cs=3)
-    data = os.urandom(SIZE)
     with cluster.client() as c:
-        f = c.open("/read", create=True)
-        c.run(f.write(0, data))
-        c.run(f.fsync())
+        f, data = _write_file(c, "/read")
         m = chunk_maps(c, f.ino, SIZE)[0]
-        cs_dir = _corrupt_one_replica(cluster, m["chunk_id"], m["version"])
+        replica = _replica_files(cluster, m["chunk_id"], m["version"])[0]
+        _corrupt(replica, 0)
         # The scrubber is idle (a pass a week): only reads can find it. Reads pick a replica at random.
         for _ in range(40):
             assert c.read(f.ino, 0, SIZE) == data
             c.client.io.forget(f.ino)
-            if any("reports a bad replica" in e["message"] for e in c.events()):
+            if "reports a bad replica" in _events(c):
                 break
         else:
-            raise AssertionError("40 reads never met the corrupt replica")
-        wait_for("the corrupt replica to be quarantined and replaced", _healed(c, f.ino, cs_dir), timeout=90)
+            raise AssertionError("40 reads never met the bad block")
+        wait_for("the bad block to be repaired", lambda: "repaired from the other replicas" in _events(c), timeout=60)
+        assert replica.exists() and _quarantined(_server_dir(replica)) == [f"{replica.name}.block0"]
         check_every_replica(c, f.ino, data)
-        events = " | ".join(e["message"] for e in c.events())
-        assert "is corrupt" in events
+
+
+def test_different_bad_blocks_on_every_replica_are_all_mended(make_cluster) -> None:
+    cluster = make_cluster(n_cs=3)
+    with cluster.client() as c:
+        f, data = _write_file(c, "/patchwork")
+        m = chunk_maps(c, f.ino, SIZE)[0]
+        replicas = _replica_files(cluster, m["chunk_id"], m["version"])
+        assert len(replicas) == 3
+        for block, replica in enumerate(replicas, start=1):
+            _corrupt(replica, block)
+        # No replica is whole, but every block has a good copy somewhere: the file reads whole.
+        assert c.read(f.ino, 0, SIZE) == data
+        c.run(c.client.mds.call(Msg.SET_CONFIG, {"values": {"scrub-interval": "1", "scrub-rate": "100"}}))
+        wait_for("every replica's bad block to be repaired",
+                 lambda: _events(c).count("repaired from the other replicas") >= 3, timeout=90)
+        check_every_replica(c, f.ino, data)
+        assert "bad on every replica" not in _events(c)
+
+
+def test_a_block_bad_on_every_replica_fails_alone_and_is_named(make_cluster) -> None:
+    cluster = make_cluster(n_cs=3)
+    with cluster.client() as c:
+        f, data = _write_file(c, "/lost")
+        m = chunk_maps(c, f.ino, SIZE)[0]
+        replicas = _replica_files(cluster, m["chunk_id"], m["version"])
+        for replica in replicas:
+            _corrupt(replica, 1)
+        with pytest.raises(ChecksumMismatch):
+            c.read(f.ino, BLOCK_SIZE, 10)
+        # The rest of the chunk (and of the file) reads fine.
+        assert c.read(f.ino, 0, BLOCK_SIZE) == data[:BLOCK_SIZE]
+        assert c.read(f.ino, 2 * BLOCK_SIZE, SIZE - 2 * BLOCK_SIZE) == data[2 * BLOCK_SIZE:]
+        wait_for("an event naming the lost range", lambda: "bad on every replica" in _events(c), timeout=60)
+        events = _events(c)
+        assert f"file /lost: bytes {BLOCK_SIZE}-{2 * BLOCK_SIZE - 1} are bad on every replica" in events
+        assert all(f"CS#{cs}" in events for cs, _ in m["replicas"])
+        assert events.count("bad on every replica") == 1
+        # Nothing was dropped, moved or overwritten: the replicas and their bad bytes are as they were.
+        assert [p.exists() for p in replicas] == [True, True, True]
+        assert chunk_maps(c, f.ino, SIZE)[0]["replicas"] == m["replicas"]
+        assert all(not _quarantined(_server_dir(p)) for p in replicas)
+        # A whole-block write over the lost range replaces it, on every replica.
+        fresh = os.urandom(BLOCK_SIZE)
+        c.run(f.write(BLOCK_SIZE, fresh))
+        c.run(f.fsync())
+        expected = data[:BLOCK_SIZE] + fresh + data[2 * BLOCK_SIZE:]
+        c.client.io.forget(f.ino)
+        assert c.read(f.ino, 0, SIZE) == expected
+        check_every_replica(c, f.ino, expected)
+
+
+def test_a_partial_write_into_a_bad_block_waits_for_the_repair_and_goes_through(make_cluster) -> None:
+    cluster = make_cluster(n_cs=3)
+    with cluster.client() as c:
+        f, data = _write_file(c, "/rmw")
+        m = chunk_maps(c, f.ino, SIZE)[0]
+        _corrupt(_replica_files(cluster, m["chunk_id"], m["version"])[2], 4)
+        patch = os.urandom(100)
+        offset = 4 * BLOCK_SIZE + 7  # inside the bad block: its old bytes must be verified first
+        c.run(f.write(offset, patch))
+        c.run(f.fsync())
+        expected = data[:offset] + patch + data[offset + len(patch):]
+        assert "repaired from the other replicas" in _events(c)
+        after = chunk_maps(c, f.ino, SIZE)[0]
+        assert after["replicas"] == m["replicas"]  # no replica was dropped for it
+        check_every_replica(c, f.ino, expected)
+
+
+def test_a_replica_with_a_corrupt_header_is_moved_aside_and_replaced(make_cluster) -> None:
+    cluster = make_cluster(n_cs=3)
+    with cluster.client() as c:
+        f, data = _write_file(c, "/header")
+        m = chunk_maps(c, f.ino, SIZE)[1]
+        replica = _replica_files(cluster, m["chunk_id"], m["version"])[0]
+        with open(replica, "r+b") as fh:  # the magic at the very start of the header
+            fh.write(b"XX")
+        cs_dir = _server_dir(replica)
+        c.run(c.client.mds.call(Msg.SET_CONFIG, {"values": {"scrub-interval": "1", "scrub-rate": "100"}}))
+
+        def replaced() -> bool:
+            stat = c.cluster_stat()
+            return bool(_quarantined(cs_dir)) and stat["chunks"]["healthy"] == SIZE // MiB and all(
+                len(x["replicas"]) == 3 for x in chunk_maps(c, f.ino, SIZE))
+
+        wait_for("the replica to be quarantined whole and a good copy to replace it", replaced, timeout=90)
+        assert _quarantined(cs_dir) == [replica.name]
+        check_every_replica(c, f.ino, data)
+        assert c.read(f.ino, 0, SIZE) == data
+        assert "is corrupt" in _events(c)

@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 
 #: Tries per piece before a read or write gives up.
 MAX_TRIES = 6
+#: First wait (doubled each try) for the master to mend a bad block a write met: 3.1 s in all.
+REPAIR_WAIT = 0.1
 #: Errors after which another replica (or a new map) may succeed.
 _REPLICA_ERRORS = (Unavailable, Timeout, StaleVersion, ChecksumMismatch, NotFound)
 
@@ -151,15 +153,20 @@ class ChunkIO:
                     logger.warning("read of chunk %#x from CS#%d failed: %s; trying another replica",
                                    m.chunk_id, cs_id, exc)
                     if isinstance(exc, ChecksumMismatch):
-                        await self._report_bad(m.chunk_id, cs_id, str(exc))
+                        await self._report_bad(m.chunk_id, cs_id, exc)
             refresh = True
             await asyncio.sleep(0.05)
         assert last is not None
         raise last
 
-    async def _report_bad(self, chunk_id: int, cs_id: int, reason: str) -> None:
+    async def _report_bad(self, chunk_id: int, cs_id: int, exc: ChecksumMismatch) -> None:
+        """Tell the master; it has the bad block mended from the other replicas."""
+        header: dict[str, Any] = {"chunk_id": chunk_id, "cs_id": cs_id, "reason": str(exc)[:300]}
+        block = exc.context.get("block")
+        if isinstance(block, int):
+            header["blocks"] = [block]
         try:
-            await self.client.mds.call(Msg.REPORT_BAD_REPLICA, {"chunk_id": chunk_id, "cs_id": cs_id, "reason": reason})
+            await self.client.mds.call(Msg.REPORT_BAD_REPLICA, header)
         except ChunkFSError as exc:
             logger.info("could not report bad replica of chunk %#x: %s", chunk_id, exc)
 
@@ -200,7 +207,7 @@ class ChunkIO:
         failed: set[int] = set()
         why = ""
         last: ChunkFSError | None = None
-        for _ in range(MAX_TRIES):
+        for attempt in range(MAX_TRIES):
             m = await self._write_map(ino, index, failed, why)
             failed = set()
             if not m.replicas:
@@ -218,6 +225,16 @@ class ChunkIO:
                     raise
                 last = exc
                 bad = exc.context.get("cs_id", head_id)
+                if isinstance(exc, ChecksumMismatch):
+                    # A write into a block that fails its checksum on one replica (the edge of a
+                    # partial write is verified first): not a failed server.  The master mends the
+                    # block from the other replicas, then the write goes through; a block bad on
+                    # every replica stays bad and the write fails with EIO, as on a bad disk sector.
+                    await self._report_bad(m.chunk_id, bad if isinstance(bad, int) else head_id, exc)
+                    logger.warning("%s to chunk %#x met a bad block (%s); waiting for its repair",
+                                   msg.name, m.chunk_id, exc)
+                    await asyncio.sleep(REPAIR_WAIT * 2 ** attempt)
+                    continue
                 if not isinstance(exc, StaleVersion):
                     failed = {bad} if isinstance(bad, int) else {head_id}
                     why = f"{exc.code}: {exc}"[:300]

@@ -58,6 +58,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from chunkfs.common.checksum import Buffer, crc32c
+from chunkfs.common.config import BLOCK_SIZE
+from chunkfs.common.durable import write_file_durably
 from chunkfs.common.errors import (
     ChecksumMismatch,
     ConfigError,
@@ -85,8 +87,8 @@ HEADER_SIZE = 4096
 TABLE_ALIGN = 4096
 #: Bytes per CRC table entry (one little-endian uint32 per block).
 CRC_ENTRY_SIZE = 4
-#: Default bytes covered by one checksum.
-DEFAULT_BLOCK_SIZE = 64 * 1024
+#: Default bytes covered by one checksum: the cluster's (the master reports bad ranges in it).
+DEFAULT_BLOCK_SIZE = BLOCK_SIZE
 #: Default bound on the number of cached open replica descriptors.
 DEFAULT_MAX_OPEN_FILES = 256
 #: Bytes verify() reads per system call; bounds its memory.
@@ -113,6 +115,12 @@ def replica_name(chunk_id: int, version: int) -> str:
 
 def _is_no_space(exc: OSError) -> bool:
     return exc.errno in _NO_SPACE_ERRNOS
+
+
+def _block_list(blocks: list[int], shown: int = 8) -> str:
+    """A short list for a log line: the first few blocks, then how many more."""
+    text = ", ".join(map(str, blocks[:shown]))
+    return text + (f" and {len(blocks) - shown} more" if len(blocks) > shown else "")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -808,19 +816,79 @@ class ChunkStore:
             return list(self._read_crcs(lease, 0, self.n_blocks))
 
     def verify(self, chunk_id: int) -> bool:
-        """Re-read the whole replica and check its header and every block.
-
-        False means corrupt (the caller quarantines it); NotFound if absent.
-        """
-        per_batch = max(1, VERIFY_BATCH_BYTES // self.block_size)
+        """Whether the whole replica (header and every block) checks out; NotFound if absent."""
         try:
-            with self._lease(chunk_id, None) as lease:
-                for first in range(0, self.n_blocks, per_batch):
-                    count = min(per_batch, self.n_blocks - first)
-                    self._read_verified(lease, first, count, locked=False)
+            return not self.bad_blocks(chunk_id)
         except ChecksumMismatch as exc:
             logger.warning("verify: %s", exc)
             return False
+
+    def bad_blocks(self, chunk_id: int) -> list[int]:
+        """Re-read the whole replica; the blocks that fail their checksum, in order.
+
+        Raises ChecksumMismatch when the header itself is corrupt (the replica
+        cannot be trusted at all: the caller quarantines it whole), NotFound if absent.
+        A block found bad is re-read under the chunk lock before it is called bad
+        (a write puts data before its CRC).
+        """
+        per_batch = max(1, VERIFY_BATCH_BYTES // self.block_size)
+        bad: list[int] = []
+        with self._lease(chunk_id, None) as lease:
+            # Again, not only at open: the descriptor may have been cached since long before.
+            self._check_header(chunk_id, os.pread(lease.fd, HEADER_FIELDS.size + HEADER_CRC.size, 0))
+            for first in range(0, self.n_blocks, per_batch):
+                count = min(per_batch, self.n_blocks - first)
+                suspects = self._failing_blocks(lease, first, count)
+                if suspects:
+                    with self._chunk_lock(chunk_id):
+                        bad += [b for b in suspects if self._failing_blocks(lease, b, 1)]
+        if bad:
+            logger.warning("verify: chunk %016x: %d block(s) fail their checksum: %s",
+                           chunk_id, len(bad), _block_list(bad))
+        return bad
+
+    def _failing_blocks(self, lease: _Lease, first: int, count: int) -> list[int]:
+        buf, bad = self._read_blocks(lease, first, count)
+        if bad is None:
+            return []
+        crcs = self._read_crcs(lease, first, count)
+        view, bs = memoryview(buf), self.block_size
+        return [first + i for i in range(bad - first, count) if crc32c(view[i * bs:(i + 1) * bs]) != crcs[i]]
+
+    def repair_block(self, chunk_id: int, version: int, block: int, data: Buffer) -> bool:
+        """Replace a bad block with a good copy (from another replica); False if it is no longer bad.
+
+        Under the chunk lock, and only while the block still fails its checksum:
+        a block that a write has replaced since the copy was fetched is newer
+        than the copy and is kept.  The bad bytes are first saved to
+        quarantine/ (``<replica name>.block<N>``), never thrown away.  Not synced:
+        the caller syncs once after its last block.
+        """
+        view = memoryview(data).cast("B")
+        if not 0 <= block < self.n_blocks or len(view) != self.block_size:
+            raise InvalidArgument(f"chunk {chunk_id:016x}: block {block} with {len(view)} bytes is not a whole block")
+        with self._chunk_lock(chunk_id), self._lease(chunk_id, version) as lease:
+            if not self._failing_blocks(lease, block, 1):
+                return False
+            pos = self.data_offset + block * self.block_size
+            saved = self._quarantine_dir / f"{replica_name(chunk_id, version)}.block{block}"
+            n = 0
+            while saved.exists():
+                n += 1
+                saved = saved.with_name(f"{replica_name(chunk_id, version)}.block{block}.{n}")
+            bad_bytes = bytearray(self.block_size)
+            _pread_full(lease.fd, memoryview(bad_bytes), pos)
+            write_file_durably(saved, bytes(bad_bytes))
+            try:
+                self._reserve(lease, pos, self.block_size)
+                _pwrite_full(lease.fd, [view], pos)
+                _pwrite_full(lease.fd, [struct.pack("<I", crc32c(view))], HEADER_SIZE + block * CRC_ENTRY_SIZE)
+            except OSError as exc:
+                if _is_no_space(exc):
+                    raise self._no_space(lease, exc, f"repairing block {block}") from exc
+                raise
+        logger.warning("chunk %016x version %d: block %d repaired from another replica; the bad bytes are in %s",
+                       chunk_id, version, block, saved)
         return True
 
     def space(self) -> tuple[int, int]:

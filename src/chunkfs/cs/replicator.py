@@ -8,6 +8,12 @@ at most `PIECE` bytes, writes them, fsyncs, and compares its own CRC table
 with the source's.  Any mismatch deletes the new replica: a half-made copy
 is never left to be served.
 
+``CS_REPAIR_BLOCKS`` mends a replica in place instead: each bad block is read
+from the other replicas in turn (the source verifies it on the way out) and
+written over the bad one, which is kept in quarantine/.  A block bad on every
+replica is *lost*: it stays as it is (reads of it fail) and the rest of the
+chunk stays readable.
+
 The bandwidth a server spends fetching is bounded by one token bucket for all
 the copies it runs (the rate comes with each request, from the cluster
 setting ``replication-rate``); the master bounds how many copies each server
@@ -23,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from chunkfs.common.errors import ChecksumMismatch, ChunkFSError, InvalidArgument
 from chunkfs.protocol.frame import MAX_IO_SIZE
-from chunkfs.protocol.messages import Msg
+from chunkfs.protocol.messages import MAX_BLOCKS, Msg, int_list, replica_list
 
 if TYPE_CHECKING:
     from chunkfs.cs.server import ChunkServer
@@ -115,3 +121,56 @@ class Replicator:
             await asyncio.to_thread(store.write, chunk_id, version, offset, data, False)
             fetched += length
         return fetched
+
+    async def repair_blocks(self, h: dict[str, Any]) -> dict[str, list[int]]:
+        """Replace bad blocks of this replica with good copies from the other replicas.
+
+        Every block ends in one of three lists: repaired (or found good by now),
+        lost (every source answered that its copy is bad too), pending (no good
+        copy reached: a source was down or at another version; the master retries).
+        """
+        chunk_id, version = h["chunk_id"], h["version"]
+        blocks = sorted(set(int_list(h["blocks"], "blocks", MAX_BLOCKS)))
+        sources = replica_list(h["sources"], "sources")
+        store = self.server.store
+        if any(not 0 <= b < store.n_blocks for b in blocks):
+            raise InvalidArgument(f"chunk {chunk_id:#x}: block numbers must be below {store.n_blocks}")
+        repaired: list[int] = []
+        lost: list[int] = []
+        pending: list[int] = []
+        for block in blocks:
+            copy, all_bad = await self._good_copy(chunk_id, version, block, sources)
+            if copy is None:
+                (lost if all_bad else pending).append(block)
+                continue
+            await asyncio.to_thread(store.repair_block, chunk_id, version, block, copy)
+            repaired.append(block)
+        if repaired:
+            await asyncio.to_thread(store.fsync, chunk_id, version)
+        logger.log(logging.WARNING if lost or pending else logging.INFO,
+                   "chunk %#x version %#x: %d block(s) repaired, %d bad on every replica, %d not reachable yet",
+                   chunk_id, version, len(repaired), len(lost), len(pending))
+        return {"repaired": repaired, "lost": lost, "pending": pending}
+
+    async def _good_copy(
+        self, chunk_id: int, version: int, block: int, sources: list[tuple[int, str]]
+    ) -> tuple[bytes | None, bool]:
+        """A verified copy of one block from the first source that has one; else (None, every copy bad)."""
+        bs = self.server.store.block_size
+        all_bad = bool(sources)
+        for cs_id, addr in sources:
+            try:
+                conn = await self.server._peer(addr)
+                _, data = await conn.call(Msg.CS_READ, {
+                    "chunk_id": chunk_id, "version": version, "offset": block * bs, "length": bs,
+                }, timeout=PIECE_TIMEOUT)
+            except ChecksumMismatch:
+                continue  # that copy is bad too
+            except ChunkFSError as exc:  # down, or at another version
+                all_bad = False
+                logger.info("block %d of chunk %#x: no copy from CS#%d (%s)", block, chunk_id, cs_id, exc)
+                continue
+            if len(data) == bs:
+                return bytes(data), False
+            all_bad = False
+        return None, all_bad

@@ -1,12 +1,13 @@
 """The scrubber: re-reads every replica at a bounded rate and verifies its checksums.
 
 A pass walks the replicas in chunk-id order, verifying one whole replica at a
-time (`ChunkStore.verify`, in a worker thread) and then pausing long enough
+time (`ChunkStore.bad_blocks`, in a worker thread) and then pausing long enough
 that the average stays under ``scrub-rate``; a new pass starts
 ``scrub-interval`` after the previous one began.  Both come from the cluster
-settings in the master's heartbeat replies.  A corrupt replica is moved aside
-(quarantined, never deleted) and reported to the master, which drops it from
-the chunk and copies a good replica to replace it.
+settings in the master's heartbeat replies.  Bad blocks are reported to the
+master, which has them repaired from the other replicas (one bad block must
+not cost the chunk's good ones).  Only a replica whose header is corrupt is
+moved aside whole (quarantined, never deleted) and replaced by a copy.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from chunkfs.common.errors import ChunkFSError, NotFound
+from chunkfs.common.errors import ChecksumMismatch, ChunkFSError, NotFound
 from chunkfs.protocol.messages import Msg
 
 if TYPE_CHECKING:
@@ -41,7 +42,8 @@ class Scrubber:
         self.passes = 0
         self.verified = 0
         self.corrupt = 0
-        self._pending: dict[int, str] = {}
+        #: chunk id -> (why, bad blocks; empty when the replica was quarantined whole).
+        self._pending: dict[int, tuple[str, list[int]]] = {}
         self._task: asyncio.Task[None] | None = None
 
     def update(self, settings: dict[str, Any]) -> None:
@@ -81,51 +83,55 @@ class Scrubber:
         for chunk_id, _ in replicas:
             started = time.monotonic()
             try:
-                ok = await asyncio.to_thread(store.verify, chunk_id)
+                found = await self.check(chunk_id)
             except NotFound:
                 continue  # deleted meanwhile
             self.verified += 1
-            if not ok:
+            if not found["ok"]:
                 bad += 1
-                await self._quarantine(chunk_id)
+                reason = ("replica header corrupt, found by the scrubber; quarantined whole" if found["whole"] else
+                          f"{len(found['bad'])} block(s) failing their checksum, found by the scrubber")
+                if len(self._pending) < MAX_PENDING_REPORTS:
+                    self._pending[chunk_id] = (reason, found["bad"])
+                await self._send_reports()
             # Pace: one replica's worth of reading at `rate`, whatever the disk did.
             pause = store.chunk_size / self.rate - (time.monotonic() - started)
             if pause > 0:
                 await asyncio.sleep(pause)
             await self._send_reports()
         self.passes += 1
-        logger.info("scrub pass %d done: %d replica(s) verified, %d corrupt", self.passes, len(replicas), bad)
+        logger.info("scrub pass %d done: %d replica(s) verified, %d with bad blocks", self.passes, len(replicas), bad)
 
-    async def _quarantine(self, chunk_id: int) -> None:
+    async def check(self, chunk_id: int) -> dict[str, Any]:
+        """Verify one replica: {ok, bad: [blocks], whole}; a corrupt header quarantines it whole.
+
+        Also what the master asks (CS_VERIFY_CHUNK) when a reader reported the replica.
+        """
         store = self.server.store
         try:
+            bad = await asyncio.to_thread(store.bad_blocks, chunk_id)
+        except ChecksumMismatch as exc:
             path = await asyncio.to_thread(store.quarantine, chunk_id)
-        except NotFound:
-            return
-        self.corrupt += 1
-        logger.error("scrub: chunk %#x is corrupt; moved to %s; reporting it to the master", chunk_id, path)
-        if len(self._pending) < MAX_PENDING_REPORTS:
-            self._pending[chunk_id] = f"checksum mismatch found by the scrubber; quarantined as {path.name}"
-        await self._send_reports()
-
-    async def verify_now(self, chunk_id: int) -> bool:
-        """The master asks (a reader reported the replica bad): verify, and quarantine if corrupt."""
-        ok = await asyncio.to_thread(self.server.store.verify, chunk_id)
-        if not ok:
-            path = await asyncio.to_thread(self.server.store.quarantine, chunk_id)
             self.corrupt += 1
-            logger.error("chunk %#x reported bad by a reader is corrupt; moved to %s", chunk_id, path)
-        return ok
+            logger.error("chunk %#x: %s; the replica is moved to %s", chunk_id, exc, path)
+            return {"ok": False, "bad": [], "whole": True}
+        if bad:
+            self.corrupt += 1
+            logger.error("chunk %#x: %d block(s) fail their checksum (%s); asking the master for a repair",
+                         chunk_id, len(bad), ", ".join(map(str, bad[:8])))
+        return {"ok": not bad, "bad": bad, "whole": False}
 
     async def _send_reports(self) -> None:
         link = self.server.link
         conn = link.conn
         if not self._pending or conn is None or conn.closed or not link.registered.is_set():
             return
-        for chunk_id, reason in list(self._pending.items()):
+        for chunk_id, (reason, blocks) in list(self._pending.items()):
+            header: dict[str, Any] = {"chunk_id": chunk_id, "cs_id": link.cs_id, "reason": reason}
+            if blocks:
+                header["blocks"] = blocks
             try:
-                await conn.call(Msg.REPORT_BAD_REPLICA, {"chunk_id": chunk_id, "cs_id": link.cs_id, "reason": reason},
-                                timeout=10.0)
+                await conn.call(Msg.REPORT_BAD_REPLICA, header, timeout=10.0)
             except ChunkFSError as exc:
                 logger.info("could not report bad replica of chunk %#x yet: %s", chunk_id, exc)
                 return

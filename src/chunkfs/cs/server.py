@@ -176,7 +176,7 @@ class ChunkServer:
             if isinstance(exc, ChunkFSError):
                 if "cs_id" in exc.context:
                     raise exc  # a replica further down already named itself
-                raise type(exc)(f"CS#{cs_id} at {addr}: {exc}", cs_id=cs_id) from None
+                raise type(exc)(f"CS#{cs_id} at {addr}: {exc}", **{**exc.context, "cs_id": cs_id}) from None
             if isinstance(exc, BaseException):
                 raise exc
 
@@ -220,7 +220,9 @@ class ChunkServer:
         elif msg == Msg.CS_REPLICATE:
             return await self.replicator.replicate(h), b""
         elif msg == Msg.CS_VERIFY_CHUNK:
-            return {"ok": await self.scrubber.verify_now(h["chunk_id"])}, b""
+            return await self.scrubber.check(h["chunk_id"]), b""
+        elif msg == Msg.CS_REPAIR_BLOCKS:
+            return await self.replicator.repair_blocks(h), b""
         elif msg == Msg.CS_DELETE_CHUNK:
             await asyncio.to_thread(store.delete, h["chunk_id"])
         elif msg == Msg.CS_TRUNCATE_CHUNK:

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from chunkfs.common.errors import ChunkFSError, InvalidArgument, NotFound, Unavailable
-from chunkfs.protocol.messages import SESSION_OPEN_PAGE, SESSION_TTL
+from chunkfs.protocol.messages import SESSION_TTL
 
 if TYPE_CHECKING:
     from chunkfs.mds.server import MetadataServer
@@ -124,14 +124,6 @@ class OpenFileTable:
                 if self.release(session, ino):
                     freed.append(ino)
         return freed
-
-
-def int_list(value: object, what: str, limit: int = SESSION_OPEN_PAGE) -> list[int]:
-    """Check a short list of inode numbers from the wire."""
-    if (not isinstance(value, list) or len(value) > limit
-            or not all(isinstance(x, int) and not isinstance(x, bool) for x in value)):
-        raise InvalidArgument(f"{what}: expected a list of at most {limit} integers")
-    return value
 
 
 def _check_session(session: str) -> None:

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 from chunkfs.common.config import check_location, check_tier
 from chunkfs.common.errors import ChunkFSError, ConfigError, InvalidArgument, NotFound, Unavailable
 from chunkfs.common.settings import CS_SETTINGS, check_update, effective
+from chunkfs.mds.bad_replicas import BadReplicas
 from chunkfs.mds.domains import Place, choose, crowded, spread_possible
 from chunkfs.mds.health import ACTIVE, INACTIVE, OFFLINE, ChunkHealth, classify, cs_state
 from chunkfs.mds.health_index import ChunkHealthIndex, Verdict
@@ -58,8 +59,6 @@ logger = logging.getLogger(__name__)
 
 #: Seconds between two passes of the monitor (longer when a pass itself is slow).
 TICK = 1.0
-#: Bad-replica checks in flight at once; more reports are dropped (the scrubber finds them again).
-MAX_VERIFYING = 64
 #: Moves (rebalancing) started per pass.
 MAX_MOVES_PER_TICK = 8
 #: Rebalancing waits until no chunk has been created or removed for this long: data being
@@ -129,7 +128,8 @@ class ReplicationMonitor:
         self.trimming: set[int] = set()
         self.busy: collections.Counter[int] = collections.Counter()
         self.blocked: set[int] = set()
-        self.verifying: set[tuple[int, int]] = set()
+        #: Replicas that failed a checksum: their bad blocks mended from the others (bad_replicas.py).
+        self.bad = BadReplicas(self)
         self.draining: set[int] = set()
         self.removed: set[int] = set()
         #: Chunk health kept up to date from changes (health_index.py); valid while this MDS is master.
@@ -753,44 +753,27 @@ class ReplicationMonitor:
 
     # -- bad replicas ----------------------------------------------------------------------
 
-    def on_bad_replica(self, chunk_id: int, cs_id: int, reason: str, quarantined: bool, reporter: str) -> None:
-        key = (chunk_id, cs_id)
-        if key in self.verifying or len(self.verifying) >= MAX_VERIFYING:
-            return
-        self.verifying.add(key)
-        self.mds._spawn(self._bad_replica(chunk_id, cs_id, reason, quarantined, reporter))
-
-    async def _bad_replica(self, chunk_id: int, cs_id: int, reason: str, quarantined: bool, reporter: str) -> None:
+    async def drop_corrupt(self, chunk_id: int, cs_id: int, reason: str, reporter: str) -> None:
+        """Drop a replica whose header is corrupt (its server moved it aside); a good copy replaces it."""
         mds = self.mds
-        try:
-            if not quarantined:
-                # A reader's word is not enough to destroy a replica: the server checks it itself.
-                reply = await mds._cs_call(cs_id, Msg.CS_VERIFY_CHUNK, {"chunk_id": chunk_id})
-                if reply["ok"]:
-                    logger.info("chunk %#x on CS#%d reported bad by %s but verifies fine", chunk_id, cs_id, reporter)
-                    return
-            if cs_id in mds.live:
-                mds.live[cs_id].replicas.discard(chunk_id)
-                self.touch(chunk_id)
+        if cs_id in mds.live:
+            mds.live[cs_id].replicas.discard(chunk_id)
+            self.touch(chunk_id)
+        chunk = mds.store.chunk(chunk_id)
+        if chunk is None or cs_id not in chunk.replicas:
+            return
+        await mds._event(
+            "warning", f"CS#{cs_id}'s replica of chunk {chunk_id:#x} is corrupt ({reason[:160]}; found by "
+            f"{reporter}): moved aside; a good replica is being copied to replace it")
+        async with self._lock_for(chunk):
             chunk = mds.store.chunk(chunk_id)
             if chunk is None or cs_id not in chunk.replicas:
                 return
-            await mds._event(
-                "warning", f"CS#{cs_id}'s replica of chunk {chunk_id:#x} is corrupt ({reason[:160]}; found by "
-                f"{reporter}): moved aside; a good replica is being copied to replace it")
-            async with self._lock_for(chunk):
-                chunk = mds.store.chunk(chunk_id)
-                if chunk is None or cs_id not in chunk.replicas:
-                    return
-                keep = [cs for cs in chunk.replicas if cs != cs_id]
-                new: Chunk = await mds._propose(
-                    "set_chunk_replicas", chunk_id=chunk_id, replicas=keep, expect_version=chunk.version)
-                await self._set_versions([cs for cs in keep if mds._holds(cs, chunk_id)], chunk_id, chunk.version,
-                                         new.version)
-        except ChunkFSError as exc:
-            logger.warning("handling a bad replica of chunk %#x on CS#%d: %s", chunk_id, cs_id, exc)
-        finally:
-            self.verifying.discard((chunk_id, cs_id))
+            keep = [cs for cs in chunk.replicas if cs != cs_id]
+            new: Chunk = await mds._propose(
+                "set_chunk_replicas", chunk_id=chunk_id, replicas=keep, expect_version=chunk.version)
+            await self._set_versions([cs for cs in keep if mds._holds(cs, chunk_id)], chunk_id, chunk.version,
+                                     new.version)
 
     # -- draining --------------------------------------------------------------------------
 

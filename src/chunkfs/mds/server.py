@@ -30,12 +30,12 @@ from chunkfs.common.errors import (
 from chunkfs.mds.cluster_view import ClusterView
 from chunkfs.mds.leases import LeaseTable
 from chunkfs.mds.metrics import MdsMetrics
-from chunkfs.mds.open_files import OpenFileTable, OrphanReaper, int_list
+from chunkfs.mds.open_files import OpenFileTable, OrphanReaper
 from chunkfs.mds.replicated_log import ReplicatedLog
 from chunkfs.mds.replication import ReplicationMonitor
 from chunkfs.mds.store import Chunk, MetadataStore, encode_command
 from chunkfs.protocol.mds_link import MdsLink
-from chunkfs.protocol.messages import Msg, int_pairs
+from chunkfs.protocol.messages import MAX_BLOCKS, Msg, int_list, int_pairs
 from chunkfs.protocol.rpc import Connection, Credentials, Reply, RpcServer
 from chunkfs.raft.driver import RaftLog, StateMachine
 
@@ -668,16 +668,15 @@ class MetadataServer:
         return {"ttl": self.leases.grant(h["ino"], h["holder"], h["op"])}
 
     async def _on_report_bad_replica(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
-        chunk = self.store.chunk(h["chunk_id"])
-        if chunk is not None and h["cs_id"] in chunk.replicas:
-            # From the server itself (its scrubber): already quarantined. From a reader: verified first.
-            own = isinstance(conn.tag, LiveServer) and conn.tag.cs_id == h["cs_id"]
-            reporter = f"CS#{h['cs_id']}'s scrubber" if own else f"client {conn.peer_name}"
+        # From the server itself (its scrubber): already checked. From a reader: verified first.
+        own = isinstance(conn.tag, LiveServer) and conn.tag.cs_id == h["cs_id"]
+        reporter = f"CS#{h['cs_id']}'s scrubber" if own else f"client {conn.peer_name}"
+        blocks = None if h.get("blocks") is None else int_list(h["blocks"], "blocks", MAX_BLOCKS)
+        if self.healing.bad.report(h["chunk_id"], h["cs_id"], h["reason"], own, reporter, blocks):
             await self._event(
-                "warning", f"{reporter} reports a bad replica of chunk {chunk.chunk_id:#x} "
+                "warning", f"{reporter} reports a bad replica of chunk {h['chunk_id']:#x} "
                 f"on CS#{h['cs_id']}: {h['reason'][:200]}",
             )
-            self.healing.on_bad_replica(chunk.chunk_id, h["cs_id"], h["reason"], own, reporter)
         return {}
 
     async def _on_get_config(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:

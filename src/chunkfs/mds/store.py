@@ -146,6 +146,8 @@ END;
 ANSWER_WINDOW = 1_000_000
 #: Symbolic links followed while resolving one path (Linux's limit).
 MAX_SYMLINK_HOPS = 40
+#: Directory levels `path_of` climbs at most (a bound, not a limit anyone meets).
+MAX_PATH_DEPTH = 4096
 #: Mode bits by inode type ("f" file, "d" directory, "l" symbolic link).
 _TYPE_BITS = {"f": statmod.S_IFREG, "d": statmod.S_IFDIR, "l": statmod.S_IFLNK}
 
@@ -832,6 +834,19 @@ class MetadataStore:
         if ino is None:
             raise NotFound(f"{shown(name)} does not exist")
         return ino
+
+    def path_of(self, ino: int) -> str:
+        """A file's path, for messages to operators; a removed file is named by its inode number."""
+        parts: list[str] = []
+        for _ in range(MAX_PATH_DEPTH):
+            if ino == ROOT_INO:
+                return "/" + "/".join(reversed(parts))
+            row = self.db.execute("SELECT parent, name FROM dentries WHERE ino = ?", (ino,)).fetchone()
+            if row is None:
+                break
+            parts.append(to_bytes(row[1]).decode("utf-8", "replace"))
+            ino = int(row[0])
+        return f"(removed file, inode {ino})" if not parts else f"(removed)/{'/'.join(reversed(parts))}"
 
     def parent_of(self, ino: int) -> int:
         """The directory holding `ino` (the root for the root, and for a removed inode)."""

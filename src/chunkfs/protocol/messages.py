@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from chunkfs.common.errors import ProtocolError
+from chunkfs.common.errors import InvalidArgument, ProtocolError
 
 _NONE = type(None)
 
@@ -80,6 +80,7 @@ class Msg(enum.IntEnum):
     CS_TRUNCATE_CHUNK = 63
     CS_REPLICATE = 64
     CS_VERIFY_CHUNK = 65
+    CS_REPAIR_BLOCKS = 66
     # Client or CS -> CS: data.
     CS_READ = 70
     CS_WRITE = 71
@@ -107,6 +108,9 @@ LEASE_TTL = 10.0
 #: Inodes per SESSION message when a mount re-sends the files it holds open.
 SESSION_OPEN_PAGE = 1000
 
+
+#: The most block numbers one message names (a chunk's blocks: 1,024 with the defaults).
+MAX_BLOCKS = 65536
 
 #: The range of every integer field: a signed 64-bit integer (what SQLite stores).
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -216,8 +220,11 @@ SPECS: dict[Msg, MessageSpec] = {
     ),
     # The writer's new size and the time (integer nanoseconds) of its last write.
     Msg.EXTEND: MessageSpec((f("ino", int), f("size", int), f("mtime_ns", int)), _ATTR),
+    # A replica of `chunk_id` on `cs_id` failed a checksum: `blocks`, when known, are the bad ones
+    # (from the server's own scrubber: every bad block; from a reader: the block it met).
     Msg.REPORT_BAD_REPLICA: MessageSpec(
-        (f("chunk_id", int), f("cs_id", int), f("reason", str)), ()
+        (f("chunk_id", int), f("cs_id", int), f("reason", str), f("blocks", list, optional=True, max_items=MAX_BLOCKS)),
+        (),
     ),
     # An exclusive lease on a file, held by one mount: op is "acquire", "renew" or "release".
     Msg.FILE_LEASE: MessageSpec(
@@ -273,8 +280,20 @@ SPECS: dict[Msg, MessageSpec] = {
         (f("chunk_id", int), f("version", int), f("source", str), f("source_id", int), f("rate", int)),
         (f("bytes", int),),
     ),
-    # Re-read a replica and check every block; a corrupt one is quarantined (ok false).
-    Msg.CS_VERIFY_CHUNK: MessageSpec((f("chunk_id", int),), (f("ok", bool),)),
+    # Re-read a replica and check every block: `bad` lists the blocks that fail their checksum
+    # (they are repaired, not the replica dropped); `whole` says the header itself was corrupt
+    # and the replica was quarantined whole.
+    Msg.CS_VERIFY_CHUNK: MessageSpec(
+        (f("chunk_id", int),),
+        (f("ok", bool), f("bad", list, optional=True, max_items=MAX_BLOCKS), f("whole", bool, optional=True)),
+    ),
+    # Replace bad `blocks` of this replica with good copies read from `sources` ([[cs_id, addr], ...],
+    # the chunk's other replicas at `version`).  `lost`: every source's copy is bad too; `pending`:
+    # no good copy was reached (a source was unreachable), to try again later.
+    Msg.CS_REPAIR_BLOCKS: MessageSpec(
+        (f("chunk_id", int), f("version", int), f("blocks", list, max_items=MAX_BLOCKS), f("sources", list)),
+        (f("repaired", list), f("lost", list), f("pending", list)),
+    ),
     Msg.CS_READ: MessageSpec(
         (f("chunk_id", int), f("version", int), f("offset", int), f("length", int)), ()
     ),
@@ -396,3 +415,11 @@ def int_pairs(value: Any, what: str) -> list[tuple[int, int]]:
             raise ProtocolError(f"{what}: expected [int, int] pairs")
         out.append((item[0], item[1]))
     return out
+
+
+def int_list(value: object, what: str, limit: int = SESSION_OPEN_PAGE) -> list[int]:
+    """Check a list of integers from the wire (inode or block numbers) and its length."""
+    if (not isinstance(value, list) or len(value) > limit
+            or not all(isinstance(x, int) and not isinstance(x, bool) for x in value)):
+        raise InvalidArgument(f"{what}: expected a list of at most {limit} integers")
+    return value

@@ -234,6 +234,74 @@ def test_corruption_detected(store: ChunkStore) -> None:
     s.close()
 
 
+def test_bad_blocks_lists_every_bad_block_and_repair_replaces_only_those(store: ChunkStore) -> None:
+    store.create(CID, 1)
+    data = pattern(8 * BS)
+    store.write(CID, 1, 0, data)
+    path = replica_path(store, CID, 1)
+    flip_bit(path, store.data_offset + 2 * BS + 100)
+    flip_bit(path, store.data_offset + 5 * BS)
+    flip_bit(path, HEADER_SIZE + 4 * 7)  # the CRC entry of block 7: the block reads as bad too
+    assert store.bad_blocks(CID) == [2, 5, 7]
+    assert not store.verify(CID)
+    # The good blocks stay readable meanwhile.
+    assert store.read(CID, 1, 0, 2 * BS) == data[:2 * BS]
+    assert store.read(CID, 1, 3 * BS, 2 * BS) == data[3 * BS:5 * BS]
+    for block in (2, 5, 7):
+        assert store.repair_block(CID, 1, block, data[block * BS:(block + 1) * BS])
+    assert store.bad_blocks(CID) == []
+    assert store.read(CID, 1, 0, 8 * BS) == data
+    # The bad bytes were kept, one file per block, never thrown away.
+    saved = sorted(p.name for p in (store.root / "quarantine").iterdir())
+    assert saved == [f"{replica_name(CID, 1)}.block{b}" for b in (2, 5, 7)]
+    bad2 = (store.root / "quarantine" / saved[0]).read_bytes()
+    assert len(bad2) == BS and bad2 != data[2 * BS:3 * BS]
+    assert sum(x != y for x, y in zip(bad2, data[2 * BS:3 * BS], strict=True)) == 1
+
+
+def test_repair_keeps_a_block_rewritten_since_the_copy_was_fetched(store: ChunkStore) -> None:
+    store.create(CID, 1)
+    store.write(CID, 1, 0, pattern(2 * BS))
+    flip_bit(replica_path(store, CID, 1), store.data_offset + BS + 9)
+    stale_copy = pattern(BS)  # what another replica held before the overwrite below
+    newer = pattern(BS, seed=7)
+    store.write(CID, 1, BS, newer)  # a whole-block write replaces the bad block legitimately
+    assert not store.repair_block(CID, 1, 1, stale_copy)
+    assert store.read(CID, 1, BS, BS) == newer
+    assert not (store.root / "quarantine").exists() or not list((store.root / "quarantine").iterdir())
+
+
+def test_repair_checks_its_arguments(store: ChunkStore) -> None:
+    store.create(CID, 3)
+    with pytest.raises(InvalidArgument):
+        store.repair_block(CID, 3, 0, b"short")
+    with pytest.raises(InvalidArgument):
+        store.repair_block(CID, 3, store.n_blocks, bytes(BS))
+    with pytest.raises(StaleVersion):
+        store.repair_block(CID, 2, 0, bytes(BS))
+
+
+def test_a_corrupt_header_makes_bad_blocks_raise(store: ChunkStore) -> None:
+    store.create(CID, 1)
+    store.close()
+    s = ChunkStore(store.root, chunk_size=MiB, block_size=BS)
+    flip_bit(replica_path(s, CID, 1), 20)
+    with pytest.raises(ChecksumMismatch, match="header"):
+        s.bad_blocks(CID)
+    with pytest.raises(NotFound):
+        s.bad_blocks(CID + 1)
+    s.close()
+
+
+def test_a_header_corrupted_while_the_replica_is_open_is_found(store: ChunkStore) -> None:
+    store.create(CID, 1)
+    store.write(CID, 1, 0, b"x")  # the descriptor is now cached: no open will check the header again
+    flip_bit(replica_path(store, CID, 1), 3)
+    assert not store.verify(CID)
+    with pytest.raises(ChecksumMismatch, match="header"):
+        store.bad_blocks(CID)
+
+
 def test_corrupt_crc_table_and_header(store: ChunkStore) -> None:
     store.create(CID, 1)
     store.create(CID + 1, 1)

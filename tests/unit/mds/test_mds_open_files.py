@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from chunkfs.common.errors import InvalidArgument, NotFound
-from chunkfs.mds.open_files import OpenFileTable, int_list
+from chunkfs.mds.open_files import OpenFileTable
+from chunkfs.protocol.messages import int_list
 
 
 class Clock:

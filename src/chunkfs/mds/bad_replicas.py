@@ -1,0 +1,136 @@
+"""What the master does with a replica that failed a checksum: mend its bad blocks, not drop it.
+
+A report comes from a chunk server's scrubber (its own replica, already
+checked: the bad blocks are listed) or from a reader (checked here first: a
+reader's word is not enough to touch a replica).  The bad blocks are then
+copied over from the chunk's other replicas by the server that holds them
+(``CS_REPAIR_BLOCKS``), so one bad 64 KiB block costs a 64 KiB copy, and the
+chunk's good blocks stay readable all along.
+
+A block that is bad on every replica is *lost*: nothing is overwritten or
+dropped, reads of that range fail with EIO and the rest of the file reads
+fine; one event names the file, the byte range and the servers holding the
+bad copies.  Only a replica whose header is corrupt is dropped whole and
+replaced by a copy (the server has moved it to its quarantine folder).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from typing import TYPE_CHECKING
+
+from chunkfs.common.config import BLOCK_SIZE
+from chunkfs.common.errors import ChunkFSError
+from chunkfs.mds.store import Chunk
+from chunkfs.protocol.messages import Msg
+
+if TYPE_CHECKING:
+    from chunkfs.mds.replication import ReplicationMonitor
+
+logger = logging.getLogger(__name__)
+
+#: Reports handled at once; more are dropped (the scrubber and readers report again).
+MAX_CHECKING = 64
+#: Chunk versions whose lost blocks are remembered, so a program retrying a read of a
+#: lost range does not make a server re-read the whole replica each time.
+MAX_LOST_REMEMBERED = 10_000
+
+
+class BadReplicas:
+    def __init__(self, healing: ReplicationMonitor) -> None:
+        self.healing = healing
+        self.mds = healing.mds
+        self.checking: set[tuple[int, int]] = set()
+        #: (chunk_id, version) -> blocks bad on every replica (oldest forgotten first).
+        self.lost: OrderedDict[tuple[int, int], set[int]] = OrderedDict()
+        self.repaired_blocks = 0
+
+    def report(self, chunk_id: int, cs_id: int, reason: str, own: bool, reporter: str,
+               blocks: list[int] | None) -> bool:
+        """Handle a report in the background (the reporter is answered at once); False: nothing to do."""
+        chunk = self.mds.store.chunk(chunk_id)
+        if chunk is None or cs_id not in chunk.replicas:
+            return False
+        if not own and blocks and set(blocks) <= self.lost.get((chunk_id, chunk.version), set()):
+            return False  # a read of a range already known lost: nothing new to learn
+        key = (chunk_id, cs_id)
+        if key in self.checking or len(self.checking) >= MAX_CHECKING:
+            return False
+        self.checking.add(key)
+        self.mds._spawn(self._handle(chunk, cs_id, reason, own, reporter, blocks))
+        return True
+
+    async def _handle(self, chunk: Chunk, cs_id: int, reason: str, own: bool, reporter: str,
+                      blocks: list[int] | None) -> None:
+        mds, chunk_id = self.mds, chunk.chunk_id
+        try:
+            whole = own and not blocks
+            bad = blocks or []
+            if not own:
+                reply = await mds._cs_call(cs_id, Msg.CS_VERIFY_CHUNK, {"chunk_id": chunk_id})
+                if reply["ok"]:
+                    logger.info("chunk %#x on CS#%d reported bad by %s but verifies fine", chunk_id, cs_id, reporter)
+                    return
+                whole, bad = bool(reply.get("whole")), list(reply.get("bad") or [])
+            if whole:
+                await self.healing.drop_corrupt(chunk_id, cs_id, reason, reporter)
+            elif bad:
+                await self._repair(chunk, cs_id, sorted(set(bad)), reporter)
+        except ChunkFSError as exc:
+            logger.warning("handling a bad replica of chunk %#x on CS#%d: %s", chunk_id, cs_id, exc)
+        finally:
+            self.checking.discard((chunk_id, cs_id))
+
+    async def _repair(self, chunk: Chunk, cs_id: int, bad: list[int], reporter: str) -> None:
+        mds, chunk_id = self.mds, chunk.chunk_id
+        sources = [[cs, mds.live[cs].addr] for cs in chunk.replicas if cs != cs_id and cs in mds.live]
+        result = await mds._cs_call(cs_id, Msg.CS_REPAIR_BLOCKS, {
+            "chunk_id": chunk_id, "version": chunk.version, "blocks": bad, "sources": sources})
+        repaired, lost, pending = (list(result[k]) for k in ("repaired", "lost", "pending"))
+        self.repaired_blocks += len(repaired)
+        where = self._where(chunk)
+        if repaired:
+            await mds._event("warning", (
+                f"CS#{cs_id}'s replica of chunk {chunk_id:#x} ({where}) had {len(repaired)} bad block(s) "
+                f"({_ranges(chunk, repaired, self._chunk_size())}; found by {reporter}): repaired from the other "
+                "replicas; the bad bytes are kept in that server's quarantine folder"))
+        known = self.lost.setdefault((chunk_id, chunk.version), set())
+        self.lost.move_to_end((chunk_id, chunk.version))
+        new_lost = sorted(set(lost) - known)
+        known.update(lost)
+        if not known:
+            del self.lost[(chunk_id, chunk.version)]
+        while len(self.lost) > MAX_LOST_REMEMBERED:
+            self.lost.popitem(last=False)
+        if new_lost:
+            holders = ", ".join(f"CS#{cs}" for cs in chunk.replicas)
+            await mds._event("error", (
+                f"{where}: {_ranges(chunk, new_lost, self._chunk_size())} are bad on every replica of chunk "
+                f"{chunk_id:#x} ({holders}): reads of that range fail with an I/O error, the rest of the file "
+                "reads fine; the bad copies are kept as they are. Restore that range from a backup "
+                "(a whole-block write over it replaces it)"))
+        if pending:
+            logger.warning("chunk %#x on CS#%d: %d bad block(s) not repaired yet (no good copy reachable); the "
+                           "next scrub or read reports them again", chunk_id, cs_id, len(pending))
+
+    def _chunk_size(self) -> int:
+        return int(self.mds.node.cluster.chunk_size)
+
+    def _where(self, chunk: Chunk) -> str:
+        return f"file {self.mds.store.path_of(chunk.ino)}"
+
+
+def _ranges(chunk: Chunk, blocks: list[int], chunk_size: int) -> str:
+    """Bytes of the file that `blocks` of the chunk cover, merged: "bytes 65536-131071 and 262144-327679"."""
+    spans: list[list[int]] = []
+    for b in sorted(blocks):
+        start = chunk.index * chunk_size + b * BLOCK_SIZE
+        if spans and spans[-1][1] + 1 == start:
+            spans[-1][1] = start + BLOCK_SIZE - 1
+        else:
+            spans.append([start, start + BLOCK_SIZE - 1])
+    shown = [f"{a}-{b}" for a, b in spans[:6]]
+    more = f" and {len(spans) - 6} more range(s)" if len(spans) > 6 else ""
+    return "bytes " + ", ".join(shown) + more
+
