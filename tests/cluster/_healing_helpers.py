@@ -13,7 +13,7 @@ def set_fast_timeouts(client: Any, inactive: float = 1, offline: float = 3, **mo
     """Seconds instead of minutes; no rebalancing (band 100 %) unless asked, so maps only change by healing."""
     values = {"cs-inactive-timeout": str(inactive), "cs-offline-timeout": str(offline), "rebalance-band": "100",
               **more}
-    client.run(client.client.mds.call(Msg.SET_CONFIG, {"values": values}))
+    client.set_config(values)
 
 
 def chunk_maps(client: Any, ino: int, size: int, chunk_size: int = MiB) -> list[dict[str, Any]]:

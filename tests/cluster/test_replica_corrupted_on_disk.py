@@ -7,6 +7,7 @@ from pathlib import Path
 
 from chunkfs.common.errors import ChecksumMismatch, NotFound, StaleVersion
 from chunkfs.protocol.messages import Msg
+from chunkfs.testing.cluster import wait_for
 
 MiB = 1 << 20
 
@@ -33,19 +34,28 @@ def test_corrupt_replica_is_detected_and_skipped(make_cluster) -> None:
         for _ in range(5):  # whichever replica the client picks first, it gets the right bytes
             assert c.read(f.ino, 0, MiB) == data
             c.client.io.forget(f.ino)
-        # The two corrupt replicas refuse to serve the damaged block; the good one serves it.
-        outcomes = []
-        for _, addr in m["replicas"]:
-            conn = c.run(c.client.io.server(addr))
-            try:
-                _, payload = c.run(conn.call(Msg.CS_READ, {
-                    "chunk_id": chunk_id, "version": version, "offset": MiB // 2, "length": 4096}))
-                outcomes.append(payload == data[MiB // 2:MiB // 2 + 4096])
-            except ChecksumMismatch:
-                outcomes.append("checksum")
-            except (NotFound, StaleVersion):
-                outcomes.append("gone")  # already moved aside and being replaced (self-healing)
-        # Never the wrong bytes: a corrupt replica refuses, or is already gone.
-        assert False not in outcomes and ("checksum" in outcomes or "gone" in outcomes)
+        def outcomes() -> list[bool | str]:
+            found: list[bool | str] = []
+            for _, addr in m["replicas"]:
+                conn = c.run(c.client.io.server(addr))
+                try:
+                    _, payload = c.run(conn.call(Msg.CS_READ, {
+                        "chunk_id": chunk_id, "version": version, "offset": MiB // 2, "length": 4096}))
+                    found.append(payload == data[MiB // 2:MiB // 2 + 4096])
+                except ChecksumMismatch:
+                    found.append("checksum")  # not mended yet: the replica refuses the damaged block
+                except (NotFound, StaleVersion):
+                    found.append("gone")
+            return found
+
+        # Never the wrong bytes: a corrupt replica refuses until its block is mended from the good one.
+        assert False not in outcomes()
         events = " ".join(e["message"] for e in c.events())
         assert "bad replica" in events
+        def mended() -> bool:
+            # Reads go on meanwhile: each corrupt replica is reported once a read tries it first.
+            assert c.read(f.ino, 0, MiB) == data
+            c.client.io.forget(f.ino)
+            return outcomes() == [True, True, True]
+
+        wait_for("both bad blocks to be mended", mended, timeout=60)

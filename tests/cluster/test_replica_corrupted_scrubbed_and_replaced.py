@@ -16,7 +16,6 @@ import pytest
 
 from chunkfs.common.config import BLOCK_SIZE
 from chunkfs.common.errors import ChecksumMismatch
-from chunkfs.protocol.messages import Msg
 from chunkfs.testing.cluster import wait_for
 
 from ._healing_helpers import MiB, check_every_replica, chunk_maps
@@ -67,7 +66,7 @@ def test_scrubber_finds_a_bad_block_and_it_is_mended_in_place(make_cluster) -> N
         replica = _replica_files(cluster, m["chunk_id"], m["version"])[0]
         _corrupt(replica, 3)
         # Scrub every second, fast (the default is a pass a week at 4 MiB/s).
-        c.run(c.client.mds.call(Msg.SET_CONFIG, {"values": {"scrub-interval": "1", "scrub-rate": "100"}}))
+        c.set_config({"scrub-interval": "1", "scrub-rate": "100"})
         cs_dir = _server_dir(replica)
         wait_for("the scrubber to find the bad block and the master to have it repaired",
                  lambda: "repaired from the other replicas" in _events(c), timeout=90)
@@ -114,7 +113,7 @@ def test_different_bad_blocks_on_every_replica_are_all_mended(make_cluster) -> N
             _corrupt(replica, block)
         # No replica is whole, but every block has a good copy somewhere: the file reads whole.
         assert c.read(f.ino, 0, SIZE) == data
-        c.run(c.client.mds.call(Msg.SET_CONFIG, {"values": {"scrub-interval": "1", "scrub-rate": "100"}}))
+        c.set_config({"scrub-interval": "1", "scrub-rate": "100"})
         wait_for("every replica's bad block to be repaired",
                  lambda: _events(c).count("repaired from the other replicas") >= 3, timeout=90)
         check_every_replica(c, f.ino, data)
@@ -179,7 +178,7 @@ def test_a_replica_with_a_corrupt_header_is_moved_aside_and_replaced(make_cluste
         with open(replica, "r+b") as fh:  # the magic at the very start of the header
             fh.write(b"XX")
         cs_dir = _server_dir(replica)
-        c.run(c.client.mds.call(Msg.SET_CONFIG, {"values": {"scrub-interval": "1", "scrub-rate": "100"}}))
+        c.set_config({"scrub-interval": "1", "scrub-rate": "100"})
 
         def replaced() -> bool:
             stat = c.cluster_stat()

@@ -16,7 +16,6 @@ from chunkfs.client.client import Client
 from chunkfs.common.errors import InvalidArgument, Timeout
 from chunkfs.common.placement import FAILURE_DOMAINS, MAX_TIER
 from chunkfs.common.settings import SETTINGS
-from chunkfs.protocol.messages import Msg
 
 #: rm-cs --wait asks the master this often how many replicas are left.
 POLL = 0.5
@@ -60,11 +59,9 @@ def parse_placement(text: str) -> tuple[str | None, int | None]:
 
 
 async def set_placement(client: Client, path: str, domain: str | None, tier: int | None, recursive: bool) -> None:
-    attr = await client.resolve(path)
-    reply = await client.mds.call(Msg.SET_PLACEMENT, {
-        "ino": attr["ino"], "failure_domain": domain, "tier": tier, "recursive": recursive})
+    changed = await client.set_placement(path, domain, tier, recursive)
     what = f"failure-domain={domain}" if domain is not None else f"tier={tier}"
-    print(f"{what} set on {reply['changed']} item(s)")
+    print(f"{what} set on {changed} item(s)")
 
 
 def _parse_pairs(items: list[str]) -> dict[str, str]:
@@ -83,15 +80,15 @@ def _show(value: float) -> str:
 
 async def cmd_set_config(client: Client, args: argparse.Namespace) -> int:
     values = _parse_pairs(args.values)
-    reply = await client.mds.call(Msg.SET_CONFIG, {"values": values})
+    settings = await client.set_config(values)
     for key in values:
         setting = SETTINGS.get(key)
-        print(f"{key}={_show(reply['settings'][key])}" + (f" {setting.unit}" if setting else ""))
+        print(f"{key}={_show(settings[key])}" + (f" {setting.unit}" if setting else ""))
     return 0
 
 
 async def cmd_get_config(client: Client, args: argparse.Namespace) -> int:
-    settings = (await client.mds.call(Msg.GET_CONFIG, {}))["settings"]
+    settings = await client.get_config()
     if args.json:
         print(json.dumps(settings, indent=2, sort_keys=True))
         return 0
@@ -102,7 +99,7 @@ async def cmd_get_config(client: Client, args: argparse.Namespace) -> int:
 
 
 async def cmd_rm_cs(client: Client, args: argparse.Namespace) -> int:
-    reply = await client.mds.call(Msg.RM_CS, {"id": args.id, "cancel": args.cancel})
+    reply = await client.rm_cs(args.id, args.cancel)
     if args.cancel:
         print(f"CS#{args.id}: draining cancelled ({reply['left']} replica(s) on it)")
         return 0
@@ -125,7 +122,7 @@ async def cmd_rm_cs(client: Client, args: argparse.Namespace) -> int:
                 raise Timeout(f"CS#{args.id} still holds {reply['left']} replica(s) after {args.timeout:g} s; "
                               "the drain goes on in the background (see `chunkfs stat`)")
             await asyncio.sleep(POLL)
-            reply = await client.mds.call(Msg.RM_CS, {"id": args.id, "cancel": False})
+            reply = await client.rm_cs(args.id)
             total = max(total, reply["left"])
             progress.update(task, total=total, completed=total - reply["left"])
     print(f"CS#{args.id} drained and removed from the cluster; stop its process")

@@ -33,7 +33,6 @@ from chunkfs.common.daemon import LOG_FILE, bind_error, free_port, rotate_log, r
 from chunkfs.common.errors import Unavailable
 from chunkfs.cs.server import ChunkServer
 from chunkfs.mds.server import MetadataServer
-from chunkfs.protocol.messages import Msg
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +87,7 @@ def _join_mds(cluster: str, directory: Path, addr: str, metrics_addr: str = "") 
     if addr in client.mds:
         raise ConfigError(f"{addr} is already a metadata server of {cluster!r}; choose another address")
     with SyncClient(client) as c:
-        reply = c.run(c.client.mds.call(Msg.MDS_ADD, {"addr": addr}))
+        reply = c.add_mds(addr)
     peers = tuple((int(i), str(a)) for i, a in reply["members"])
     node = NodeConfig(role="mds", cluster=client.cluster, addr=addr, node_id=reply["id"], peers=peers,
                       metrics_addr=_metrics_addr(metrics_addr))
@@ -104,7 +103,7 @@ def remove_mds(cluster: str, node_id: int) -> str | None:
         members = {int(m["id"]): m["addr"] for m in c.cluster_stat()["mds"]}
         for attempt in range(REMOVE_TRIES):
             try:
-                c.run(c.client.mds.call(Msg.MDS_REMOVE, {"id": node_id}))
+                c.remove_mds(node_id)
                 break
             except Unavailable:
                 if attempt == REMOVE_TRIES - 1:

@@ -119,6 +119,18 @@ class Client:
         """Keep a mount's session alive, (re-)registering `open_inos`; False if the master did not know it."""
         return bool((await self.mds.call(Msg.SESSION, {"session": session, "open": open_inos}))["known"])
 
+    async def readdir_page(self, ino: int, after: bytes, limit: int) -> dict[str, Any]:
+        """One page of a directory after the name `after`, with each entry's attributes.
+
+        The reply: ``entries`` ([name, ino, type, attr], ...), ``more``, and for the
+        first page (`after` empty) ``parent``, the inode of ``..``.
+        """
+        return await self.mds.call(Msg.READDIR, {"ino": ino, "after": after, "limit": limit, "attrs": True})
+
+    async def file_lease(self, ino: int, holder: str, op: str) -> float:
+        """An exclusive lease on a file for one mount: op "acquire", "renew" or "release"; seconds it lasts."""
+        return float((await self.mds.call(Msg.FILE_LEASE, {"ino": ino, "holder": holder, "op": op}))["ttl"])
+
     async def readdir(self, ino: int) -> list[tuple[str, int, str]]:
         entries: list[tuple[str, int, str]] = []
         after = b""
@@ -156,9 +168,10 @@ class Client:
             await self.extend(ino, offset + len(data))
         return len(data)
 
-    async def extend(self, ino: int, size: int) -> dict[str, Any]:
-        """Grow the file's size to at least `size` (never shrinks it)."""
-        return (await self.mds.call(Msg.EXTEND, {"ino": ino, "size": size, "mtime_ns": time.time_ns()}))["attr"]
+    async def extend(self, ino: int, size: int, mtime_ns: int | None = None) -> dict[str, Any]:
+        """Grow the file's size to at least `size` (never shrinks it); mtime is the write's (default now)."""
+        header = {"ino": ino, "size": size, "mtime_ns": time.time_ns() if mtime_ns is None else mtime_ns}
+        return (await self.mds.call(Msg.EXTEND, header))["attr"]
 
     async def fsync(self, ino: int) -> None:
         await self.io.fsync(ino)
@@ -228,6 +241,35 @@ class Client:
         if truncate and attr["size"]:
             attr = await self.truncate(attr["ino"], 0)
         return File(self, attr)
+
+    async def set_placement(self, path: str, domain: str | None, tier: int | None, recursive: bool = False) -> int:
+        """Set a failure domain or a storage tier on `path` (and below it); the number of items changed."""
+        attr = await self.resolve(path)
+        reply = await self.mds.call(Msg.SET_PLACEMENT, {
+            "ino": attr["ino"], "failure_domain": domain, "tier": tier, "recursive": recursive})
+        return int(reply["changed"])
+
+    # -- the cluster ------------------------------------------------------------
+
+    async def get_config(self) -> dict[str, float]:
+        """The cluster settings in force (healing, scrubbing, timeouts)."""
+        return dict((await self.mds.call(Msg.GET_CONFIG, {}))["settings"])
+
+    async def set_config(self, values: dict[str, str]) -> dict[str, float]:
+        """Change cluster settings (KEY -> value as text, checked by the master); the settings after."""
+        return dict((await self.mds.call(Msg.SET_CONFIG, {"values": values}))["settings"])
+
+    async def rm_cs(self, cs_id: int, cancel: bool = False) -> dict[str, Any]:
+        """Drain a chunk server and remove it once empty (or cancel): {left, removed}."""
+        return await self.mds.call(Msg.RM_CS, {"id": cs_id, "cancel": cancel})
+
+    async def add_mds(self, addr: str) -> dict[str, Any]:
+        """Register a new metadata server's address: {id, members}."""
+        return await self.mds.call(Msg.MDS_ADD, {"addr": addr})
+
+    async def remove_mds(self, node_id: int) -> None:
+        """Take a metadata server out of the group."""
+        await self.mds.call(Msg.MDS_REMOVE, {"id": node_id})
 
     async def cluster_stat(self) -> dict[str, Any]:
         return (await self.mds.call(Msg.CLUSTER_STAT, {}))["stat"]

@@ -73,7 +73,8 @@ import pyfuse3
 from chunkfs.client.client import Client
 from chunkfs.common.errors import Busy, ChunkFSError, ConfigError, NotFound
 from chunkfs.common.names import check_name_length
-from chunkfs.protocol.messages import LEASE_TTL, ROOT_INO, SESSION_OPEN_PAGE, SESSION_TTL, Msg
+from chunkfs.common.timings import TIMINGS
+from chunkfs.protocol.messages import LEASE_TTL, ROOT_INO, SESSION_OPEN_PAGE, SESSION_TTL
 
 logger = logging.getLogger(__name__)
 
@@ -101,8 +102,11 @@ def fuse_errors(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
     dead mount, so nothing but `FUSEError` may leave.
     """
 
+    step = f"fuse.{fn.__name__}"
+
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        started = time.perf_counter()
         try:
             return await fn(*args, **kwargs)
         except pyfuse3.FUSEError:
@@ -115,6 +119,8 @@ def fuse_errors(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
         except Exception:
             logger.exception("unexpected error in %s; answering EIO", fn.__name__)
             raise pyfuse3.FUSEError(errno.EIO) from None
+        finally:
+            TIMINGS.since(step, started)
 
     return wrapper
 
@@ -467,8 +473,7 @@ class ChunkFSOperations(pyfuse3.Operations):
 
     async def _fill(self, d: DirHandle) -> None:
         after = next((n for n in reversed(d.names) if n not in (b".", b"..")), b"")
-        reply = await self.client.mds.call(
-            Msg.READDIR, {"ino": d.ino, "after": after, "limit": READDIR_PAGE, "attrs": True})
+        reply = await self.client.readdir_page(d.ino, after, READDIR_PAGE)
         entries = reply["entries"]
         d.more = bool(reply["more"]) and bool(entries)
         d.pending = [self._entry(e[3]) for e in entries]
@@ -538,13 +543,13 @@ class ChunkFSOperations(pyfuse3.Operations):
             return of.lease_until
         sent = time.monotonic()
         try:
-            reply = await self.client.mds.call(Msg.FILE_LEASE, {"ino": ino, "holder": self.holder, "op": "acquire"})
+            ttl = await self.client.file_lease(ino, self.holder, "acquire")
         except Busy as exc:
             logger.warning("exclusive open of inode %d refused (EBUSY): %s", ino, exc)
             raise pyfuse3.FUSEError(errno.EBUSY) from None
         if self._renewer is None:
             self._renewer = asyncio.get_running_loop().create_task(self._renew_leases())
-        return sent + float(reply["ttl"])
+        return sent + ttl
 
     def _leased(self, ino: int, until: float | None) -> None:
         if until is None:
@@ -562,7 +567,7 @@ class ChunkFSOperations(pyfuse3.Operations):
     async def _renew(self, of: OpenFile) -> None:
         sent = time.monotonic()
         try:
-            reply = await self.client.mds.call(Msg.FILE_LEASE, {"ino": of.ino, "holder": self.holder, "op": "renew"})
+            ttl = await self.client.file_lease(of.ino, self.holder, "renew")
         except Busy as exc:
             of.lease_lost, of.lease_until = str(exc), 0.0
             logger.error("lost the exclusive lease on inode %d: %s; writes to it fail until it is reopened",
@@ -570,14 +575,14 @@ class ChunkFSOperations(pyfuse3.Operations):
         except ChunkFSError as exc:
             logger.warning("could not renew the exclusive lease on inode %d (%s); retrying", of.ino, exc)
         else:
-            of.lease_until = sent + float(reply["ttl"])
+            of.lease_until = sent + ttl
 
     async def _release_lease(self, of: OpenFile) -> None:
         if not of.leased:
             return
         of.leased = False
         try:
-            await self.client.mds.call(Msg.FILE_LEASE, {"ino": of.ino, "holder": self.holder, "op": "release"})
+            await self.client.file_lease(of.ino, self.holder, "release")
         except ChunkFSError as exc:
             logger.info("could not release the lease on inode %d (%s): it expires by itself", of.ino, exc)
 
@@ -653,7 +658,7 @@ class ChunkFSOperations(pyfuse3.Operations):
             if not of.dirty:
                 return
             gen, size, mtime_ns = of.gen, of.size, of.mtime_ns
-            await self.client.mds.call(Msg.EXTEND, {"ino": of.ino, "size": size, "mtime_ns": mtime_ns})
+            await self.client.extend(of.ino, size, mtime_ns)
             if of.gen == gen:
                 of.dirty = False
 
