@@ -91,3 +91,29 @@ def test_tar_of_thousands_of_small_files_then_diff(make_cluster, mount, tmp_path
     run("tar", "-xf", archive, "-C", mnt, timeout=240)
     run("diff", "-r", src, mnt / "tree", timeout=240)
     assert sum(len(files) for _, _, files in os.walk(mnt / "tree")) == 2000
+
+
+def test_sigusr1_writes_where_the_mount_spent_its_time(mount, make_cluster) -> None:
+    """`kill -USR1` on a mount: each FUSE request and each master request it made, counted and timed."""
+    import json
+    import signal as sig
+    import time as t
+
+    from chunkfs.client.fuse_session import TIMINGS_FILE, state_dir
+    from chunkfs.common.daemon import read_pid
+
+    mnt = mount(make_cluster())
+    for i in range(5):
+        (mnt / f"f{i}").write_bytes(b"x")
+    pid = read_pid(state_dir(mnt))
+    assert pid is not None
+    path = state_dir(mnt) / TIMINGS_FILE
+    os.kill(pid, sig.SIGUSR1)
+    deadline = t.monotonic() + 10
+    while not path.exists() and t.monotonic() < deadline:
+        t.sleep(0.05)
+    steps = json.loads(path.read_text())
+    assert steps["fuse.create"]["count"] >= 5
+    assert steps["mds.CREATE"]["count"] >= 5
+    assert steps["fuse.write"]["count"] >= 5
+    assert all(s["total_s"] >= s["max_s"] > 0 for s in steps.values())

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,7 @@ from chunkfs.common.errors import (
     Timeout,
     Unavailable,
 )
+from chunkfs.common.timings import TIMINGS
 from chunkfs.protocol.frame import MAX_IO_SIZE
 from chunkfs.protocol.messages import Msg, replica_list
 from chunkfs.protocol.rpc import Connection, connect
@@ -140,9 +142,11 @@ class ChunkIO:
             for cs_id, addr in replicas:
                 try:
                     conn = await self.server(addr)
+                    started = time.perf_counter()
                     _, data = await conn.call(
                         Msg.CS_READ, {"chunk_id": m.chunk_id, "version": m.version, "offset": offset, "length": size}
                     )
+                    TIMINGS.since("cs.CS_READ", started)
                     if len(data) != size:
                         raise ChecksumMismatch(f"CS#{cs_id} returned {len(data)} bytes, {size} asked")
                     if out is not None:
@@ -215,9 +219,11 @@ class ChunkIO:
             (head_id, head_addr), rest = m.replicas[0], m.replicas[1:]
             try:
                 conn = await self.server(head_addr)
+                started = time.perf_counter()
                 await conn.call(msg, {
                     "chunk_id": m.chunk_id, "version": m.version, "chain": [list(r) for r in rest], **fields,
                 }, payload)
+                TIMINGS.since(f"cs.{msg.name}", started)
                 return
             except ChunkFSError as exc:
                 # A replica whose disk is full is a failed replica (it names itself), not a full cluster.

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import errno
 import hashlib
+import json
 import logging
 import os
 import signal
@@ -37,11 +38,14 @@ from chunkfs.common.daemon import PID_FILE, new_event_loop, pid_alive, read_pid
 from chunkfs.common.durable import write_file_durably
 from chunkfs.common.errors import ConfigError, Unavailable
 from chunkfs.common.loop_lag import LoopLagMonitor
+from chunkfs.common.timings import TIMINGS
 from chunkfs.protocol.messages import ROOT_INO
 
 logger = logging.getLogger(__name__)
 
 UNMOUNT_TIMEOUT = 20.0
+#: Written in the mount's state folder on SIGUSR1 (common/timings.py).
+TIMINGS_FILE = "timings.json"
 
 
 def run_dir() -> Path:
@@ -252,6 +256,7 @@ def run_mount(
             try:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.add_signal_handler(sig, pyfuse3.terminate)
+                loop.add_signal_handler(signal.SIGUSR1, _write_timings, sdir)
                 set_readahead(mountpoint, opts.readahead_kb)
                 write_file_durably(sdir / PID_FILE, f"{os.getpid()}\n".encode())
                 logger.info("cluster %r mounted on %s", config.cluster.name, mountpoint)
@@ -275,6 +280,17 @@ def run_mount(
                 (sdir / PID_FILE).unlink()
         loop.close()
     return 0
+
+
+def _write_timings(sdir: Path) -> None:
+    """``kill -USR1`` on a mount: its timings (each FUSE request, each master request) to timings.json."""
+    path = sdir / TIMINGS_FILE
+    try:
+        write_file_durably(path, json.dumps(TIMINGS.snapshot(), indent=1).encode())
+    except OSError as exc:
+        logger.warning("could not write %s: %s", path, exc)
+        return
+    logger.info("timings written to %s", path)
 
 
 def unmount(mountpoint: Path, lazy: bool = False, timeout: float = UNMOUNT_TIMEOUT) -> None:

@@ -27,6 +27,7 @@ from chunkfs.common.errors import (
     ProtocolError,
     Unavailable,
 )
+from chunkfs.common.timings import TIMINGS
 from chunkfs.mds.cluster_view import ClusterView
 from chunkfs.mds.leases import LeaseTable
 from chunkfs.mds.metrics import MdsMetrics
@@ -216,7 +217,9 @@ class MetadataServer:
         try:
             return await handler(conn, h), b""
         finally:
-            self.metrics.requests[msg].record(0, time.perf_counter() - started)
+            took = time.perf_counter() - started
+            self.metrics.requests[msg].record(0, took)
+            TIMINGS.record(f"serve.{msg.name}", took)
 
     # -- metadata group membership -------------------------------------------------
 

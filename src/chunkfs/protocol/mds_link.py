@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 from chunkfs.common.errors import ChunkFSError, NotMaster, Timeout, Unavailable
+from chunkfs.common.timings import TIMINGS
 from chunkfs.protocol.messages import EXACTLY_ONCE, Msg
 from chunkfs.protocol.rpc import Connection, Credentials, connect
 
@@ -67,8 +68,12 @@ class MdsLink:
         answer was lost is answered again, not done twice (`EXACTLY_ONCE`).
         """
         timeout = self.call_timeout if timeout is None else timeout
+        started = time.perf_counter()
         if msg not in EXACTLY_ONCE:
-            return await self._call(msg, header, timeout)
+            try:
+                return await self._call(msg, header, timeout)
+            finally:
+                TIMINGS.since(f"mds.{msg.name}", started)
         seq = next(self._seq)
         self._unanswered.add(seq)
         try:
@@ -76,6 +81,7 @@ class MdsLink:
                 msg, {**header, "cid": self.client_id, "seq": seq, "low": min(self._unanswered)}, timeout)
         finally:
             self._unanswered.discard(seq)
+            TIMINGS.since(f"mds.{msg.name}", started)
 
     async def _call(self, msg: Msg, header: dict[str, Any], timeout: float) -> dict[str, Any]:
         deadline = time.monotonic() + self.retry_for

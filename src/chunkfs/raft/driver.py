@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from chunkfs.common.errors import ChunkFSError, NotMaster, Timeout, Unavailable
+from chunkfs.common.timings import TIMINGS
 from chunkfs.protocol.messages import Msg
 from chunkfs.protocol.rpc import Connection, Credentials, connect
 from chunkfs.raft.core import (
@@ -259,13 +260,16 @@ class RaftLog:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._proposals[index] = (core.term, fut)
         self._wake.set()
+        started = time.perf_counter()
         try:
-            return await asyncio.wait_for(asyncio.shield(fut), PROPOSE_TIMEOUT)
+            result = await asyncio.wait_for(asyncio.shield(fut), PROPOSE_TIMEOUT)
         except TimeoutError:
             raise Timeout(
                 f"metadata change not committed within {PROPOSE_TIMEOUT:g}s (is a quorum of metadata servers up?); "
                 "it may still take effect"
             ) from None
+        TIMINGS.since("raft.propose_to_applied", started)
+        return result
 
     async def read_barrier(self) -> None:
         """ReadIndex: wait until local state has everything committed before the call."""
@@ -439,12 +443,15 @@ class RaftLog:
             self._learn_voters(snap.voters)
             logger.warning("raft: installed a snapshot at index %d from the master", snap.index)
         if rd.entries:
+            started = time.perf_counter()
             if self.core is not None and self.core.is_leader:
                 await asyncio.to_thread(storage.append, rd.entries)
+                TIMINGS.since("raft.leader_append_fsync", started)
             else:
                 # A follower serves no clients: its loop may wait for the disk itself, which saves
                 # the hop to a worker thread and back on every commit's critical path (its ack).
                 storage.append(rd.entries)
+                TIMINGS.since("raft.follower_append_fsync", started)
         hs = rd.hard_state
         if hs is not None and (hs.term, hs.vote) != (storage.hard_state.term, storage.hard_state.vote):
             # Term and vote must be on disk before any message that depends on them.
@@ -469,10 +476,12 @@ class RaftLog:
             if entry.kind == EntryKind.CONFIG:
                 self._learn_voters(self.core.voters)
             elif entry.data and entry.index > self.sm.applied_index():
+                started = time.perf_counter()
                 try:
                     result = self.sm.apply(entry.index, entry.term, entry.data)
                 except ChunkFSError as exc:
                     error = exc
+                TIMINGS.since("raft.apply", started)
                 self._since_compact += 1
             self._settle(entry, result, error)
         if rd.committed_entries and self._applied_waiters:

@@ -1,0 +1,197 @@
+"""Where one operation's time goes, through a real mount: every FUSE request, master request and Raft step.
+
+    .venv/bin/python bench/bench_breakdown.py [--n 500] [--record]
+
+Starts the cluster the quick start starts (``chunkfs local up``: 3 MDS, 3 CS,
+a mount), then runs, one at a time through the mount, `--n` of each
+operation: create an empty file (``open(O_CREAT|O_EXCL)`` + ``close``, as
+``touch``), ``stat``, write 4 KiB to a new file and close it, ``unlink``, and
+SQLite commits (one row per transaction, default journal mode and WAL).
+Around each phase it reads the mount's step timings (``kill -USR1``, see
+common/timings.py) and every metadata server's ``chunkfs_mds_step_seconds``
+from ``/metrics``, and prints per operation: how many of each request or step
+it took and the mean time of each.  ``--record`` writes the table into
+BENCHMARKS.md.  Run it on a quiet machine: it measures latency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from bench_client import update_benchmarks  # noqa: E402
+
+from chunkfs.client.fuse_session import TIMINGS_FILE, state_dir  # noqa: E402
+from chunkfs.common.daemon import read_pid  # noqa: E402
+
+CLUSTER = "breakdown"
+Steps = dict[str, tuple[int, float]]  # step -> (count, total seconds)
+_SAMPLE = re.compile(r'^chunkfs_mds_step_seconds_(count|sum)\{step="([^"]+)"\} (\S+)$')
+
+
+def chunkfs(*args: str, timeout: float = 120) -> None:
+    done = subprocess.run([sys.executable, "-m", "chunkfs", *args], capture_output=True, text=True,
+                          timeout=timeout, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"chunkfs {' '.join(args)} failed: {done.stderr.strip()}")
+
+
+def mount_steps(mnt: Path) -> Steps:
+    """The mount's timings: SIGUSR1, then its timings.json (bounded wait)."""
+    sdir = state_dir(mnt)
+    pid = read_pid(sdir)
+    if pid is None:
+        raise SystemExit(f"no mount process for {mnt}")
+    path = sdir / TIMINGS_FILE
+    path.unlink(missing_ok=True)
+    os.kill(pid, signal.SIGUSR1)
+    deadline = time.monotonic() + 10
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise SystemExit("the mount did not write its timings within 10 s")
+        time.sleep(0.02)
+    return {k: (v["count"], v["total_s"]) for k, v in json.loads(path.read_text()).items()}
+
+
+def mds_steps(metrics_addrs: dict[str, str]) -> dict[str, Steps]:
+    """Each metadata server's step timings, by node name; the master's is named "master"."""
+    out: dict[str, Steps] = {}
+    for node, addr in sorted(metrics_addrs.items()):
+        text = urllib.request.urlopen(f"http://{addr}/metrics", timeout=10).read().decode()  # noqa: S310
+        steps: dict[str, list[float]] = {}
+        leader = False
+        for line in text.splitlines():
+            if line.startswith("chunkfs_raft_is_leader "):
+                leader = float(line.split()[1]) == 1
+            m = _SAMPLE.match(line)
+            if m:
+                kind, step, value = m.groups()
+                steps.setdefault(step, [0, 0.0])[0 if kind == "count" else 1] = float(value)
+        out["master" if leader else f"follower {node}"] = {k: (int(c), s) for k, (c, s) in steps.items()}
+    return out
+
+
+def diff(after: Steps, before: Steps) -> Steps:
+    out = {}
+    for step, (count, total) in after.items():
+        c0, t0 = before.get(step, (0, 0.0))
+        if count > c0:
+            out[step] = (count - c0, total - t0)
+    return out
+
+
+def phases(mnt: Path, n: int) -> list[tuple[str, Callable[[int], None]]]:
+    work = mnt / "breakdown"
+    work.mkdir(exist_ok=True)
+    block = os.urandom(4096)
+
+    def create(i: int) -> None:
+        os.close(os.open(work / f"e{i}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+
+    def stat(i: int) -> None:
+        os.stat(work / f"e{i}")
+
+    def unlink(i: int) -> None:
+        os.unlink(work / f"e{i}")
+
+    def write_close(i: int) -> None:
+        fd = os.open(work / f"w{i}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, block)
+        finally:
+            os.close(fd)
+
+    dbs: dict[str, sqlite3.Connection] = {}
+
+    def sqlite_commit(mode: str) -> Callable[[int], None]:
+        def commit(i: int) -> None:
+            db = dbs.get(mode)
+            if db is None:
+                db = dbs[mode] = sqlite3.connect(work / f"{mode}.db", isolation_level=None)
+                db.execute(f"PRAGMA journal_mode={mode}")
+                db.execute("CREATE TABLE IF NOT EXISTS t (k INTEGER PRIMARY KEY, v BLOB)")
+            db.execute("BEGIN")
+            db.execute("INSERT INTO t (v) VALUES (?)", (block[:100],))
+            db.execute("COMMIT")
+        return commit
+
+    return [("create empty file", create), ("stat", stat), ("unlink", unlink),
+            ("write 4 KiB to a new file and close", write_close),
+            ("SQLite commit, journal_mode=DELETE", sqlite_commit("delete")),
+            ("SQLite commit, journal_mode=WAL", sqlite_commit("wal"))]
+
+
+def table(name: str, n: int, seconds: float, mount: Steps, servers: dict[str, Steps]) -> str:
+    lines = [f"**{name}**: {n} operations, {seconds / n * 1e6:,.0f} µs each ({n / seconds:,.0f}/s)", "",
+             "| where | step | per operation | mean µs | µs per operation |", "| --- | --- | ---: | ---: | ---: |"]
+
+    def rows(where: str, steps: Steps, prefixes: tuple[str, ...]) -> None:
+        for step, (count, total) in sorted(steps.items(), key=lambda kv: -kv[1][1]):
+            if step.startswith(prefixes) and count / n >= 0.01:
+                lines.append(f"| {where} | `{step}` | {count / n:.2f} | {total / count * 1e6:,.0f} | "
+                             f"{total / n * 1e6:,.0f} |")
+
+    rows("mount", mount, ("fuse.", "mds.", "cs."))
+    for server, steps in sorted(servers.items()):
+        rows(server, steps, ("serve.", "raft."))
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=500, help="operations per phase (default 500)")
+    parser.add_argument("--record", action="store_true", help="write the tables into BENCHMARKS.md")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="chunkfs-breakdown-") as tmp:
+        os.environ["CHUNKFS_CONF_DIR"] = f"{tmp}/conf"
+        base, mnt = Path(tmp) / "cluster", Path(tmp) / "mnt"
+        chunkfs("local", "up", "--dir", str(base), "--name", CLUSTER, "--mount", str(mnt), timeout=180)
+        try:
+            metrics = {p.parent.name: json.loads(p.read_text())["metrics_addr"]
+                       for p in base.rglob("node.json") if json.loads(p.read_text()).get("role") == "mds"}
+            out = []
+            for name, op in phases(mnt, args.n):
+                op(-1)  # warm up (opens the database, fills caches) outside the figures
+                m0, s0 = mount_steps(mnt), mds_steps(metrics)
+                started = time.perf_counter()
+                for i in range(args.n):
+                    op(i)
+                seconds = time.perf_counter() - started
+                m1, s1 = mount_steps(mnt), mds_steps(metrics)
+                servers = {k: diff(v, s0.get(k, {})) for k, v in s1.items()}
+                out.append(table(name, args.n, seconds, diff(m1, m0), servers))
+                print(out[-1] + "\n", flush=True)
+        finally:
+            chunkfs("local", "down", "--dir", str(base), timeout=180)
+    if args.record:
+        update_benchmarks("breakdown", "\n\n".join([
+            "## Where one metadata operation's time goes (`bench/bench_breakdown.py`)", "",
+            f"Recorded {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores, Python {sys.version.split()[0]}: "
+            "the cluster `chunkfs local up` starts (3 MDS, 3 CS, a mount), one operation at a time through the "
+            "mount. *mount* rows are the mount's FUSE requests (`fuse.*`), its requests to the master as the mount "
+            "waits for them (`mds.*`, round trip included) and to chunk servers (`cs.*`); *master* and *follower* "
+            "rows are the metadata servers' own time: requests served (`serve.*`), Raft append+fsync, "
+            "`raft.propose_to_applied` (a change from proposal until applied: the commit's round trip to a "
+            "follower) and `raft.apply` (the SQLite transaction).",
+            *out,
+        ]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
