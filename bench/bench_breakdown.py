@@ -95,7 +95,8 @@ def diff(after: Steps, before: Steps) -> Steps:
     return out
 
 
-def phases(mnt: Path, n: int) -> list[tuple[str, Callable[[int], None]]]:
+def phases(mnt: Path, dbs: dict[str, sqlite3.Connection]) -> list[tuple[str, Callable[[int], None]]]:
+    """The operations, each a function of its number; SQLite connections are left open in `dbs`."""
     work = mnt / "breakdown"
     work.mkdir(exist_ok=True)
     block = os.urandom(4096)
@@ -115,8 +116,6 @@ def phases(mnt: Path, n: int) -> list[tuple[str, Callable[[int], None]]]:
             os.write(fd, block)
         finally:
             os.close(fd)
-
-    dbs: dict[str, sqlite3.Connection] = {}
 
     def sqlite_commit(mode: str) -> Callable[[int], None]:
         def commit(i: int) -> None:
@@ -165,7 +164,8 @@ def main() -> int:
             metrics = {p.parent.name: json.loads(p.read_text())["metrics_addr"]
                        for p in base.rglob("node.json") if json.loads(p.read_text()).get("role") == "mds"}
             out = []
-            for name, op in phases(mnt, args.n):
+            dbs: dict[str, sqlite3.Connection] = {}
+            for name, op in phases(mnt, dbs):
                 op(-1)  # warm up (opens the database, fills caches) outside the figures
                 m0, s0 = mount_steps(mnt), mds_steps(metrics)
                 started = time.perf_counter()
@@ -176,6 +176,8 @@ def main() -> int:
                 servers = {k: diff(v, s0.get(k, {})) for k, v in s1.items()}
                 out.append(table(name, args.n, seconds, diff(m1, m0), servers))
                 print(out[-1] + "\n", flush=True)
+            for db in dbs.values():
+                db.close()  # nothing left open on the mount: it unmounts at once
         finally:
             chunkfs("local", "down", "--dir", str(base), timeout=180)
     if args.record:

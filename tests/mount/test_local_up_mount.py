@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -33,6 +34,38 @@ def test_local_up_mounts_and_down_unmounts(tmp_path: Path, conf_dir: Path) -> No
         assert f"unmounted {mnt}" in done.stdout
         assert not is_mounted(mnt)
         assert json.loads((d / "local.json").read_text())["mounts"] == []
+    finally:
+        if is_mounted(mnt):
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True, timeout=30, check=False)
+        with contextlib.suppress(Exception):
+            LocalCluster.load(d).stop_all()
+
+
+def test_local_down_with_a_file_still_open_stops_everything(tmp_path: Path, conf_dir: Path) -> None:
+    """A program holding a file open on the mount must not keep the cluster's servers running."""
+    from chunkfs.client.fuse_session import state_dir
+    from chunkfs.common.daemon import pid_alive, read_pid
+
+    d, mnt = tmp_path / "local", tmp_path / "mnt"
+    try:
+        done = chunkfs("local", "up", "--dir", str(d), "--name", "lo", "--mds", "1", "--cs", "2",
+                       "--chunk-size", "1M", "--mount", str(mnt), timeout=120)
+        assert done.returncode == 0, done.stderr
+        mount_pid = read_pid(state_dir(mnt))
+        assert mount_pid is not None
+        held = os.open(mnt / "held", os.O_WRONLY | os.O_CREAT, 0o644)
+        os.write(held, b"still open")
+        try:
+            done = chunkfs("local", "down", "--dir", str(d), timeout=120)
+        finally:
+            with contextlib.suppress(OSError):  # ENOTCONN: the mount is gone, as intended
+                os.close(held)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "unmounting lazily" in done.stdout and "stopping its mount process" in done.stdout
+        assert not is_mounted(mnt)
+        assert not pid_alive(mount_pid)
+        status = json.loads(chunkfs("local", "status", "--dir", str(d), "--json").stdout)
+        assert not any(p["running"] for p in status["processes"]), status
     finally:
         if is_mounted(mnt):
             subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True, timeout=30, check=False)

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import signal
+import time
 from pathlib import Path
 
 from chunkfs.cli.local_cluster import LocalCluster
 from chunkfs.cli.nodes import make_cs, make_mds, remove_mds, run_node
 from chunkfs.common.config import DEFAULT_CHUNK_SIZE, ConfigError, conf_dir, parse_size
+
+#: Seconds a mount process is given to exit after a lazy unmount, and after SIGTERM.
+LAZY_EXIT_WAIT = 5.0
 
 
 def need_cluster(args: argparse.Namespace) -> str:
@@ -134,9 +141,15 @@ def _mount(cluster: LocalCluster, mountpoint: Path, options: list[str], verbose:
 
 
 def _unmount_all(cluster: LocalCluster) -> None:
-    """Unmount what `local up --mount` mounted, before its servers stop (lazily if files are still open)."""
+    """Unmount what `local up --mount` mounted, before its servers stop (lazily if files are still open).
+
+    A lazily detached mount's process lives on until the last file on it is
+    closed; since the cluster is going down, it is stopped (SIGTERM, then
+    SIGKILL): a program still holding a file there gets errors from then on,
+    as it would once the servers are gone, and the servers are stopped either way.
+    """
     from chunkfs.client.fuse_session import is_mounted, state_dir, unmount
-    from chunkfs.common.daemon import read_pid
+    from chunkfs.common.daemon import pid_alive, read_pid
     from chunkfs.common.errors import Unavailable
 
     for path in list(cluster.mounts):
@@ -146,10 +159,30 @@ def _unmount_all(cluster: LocalCluster) -> None:
                 unmount(mnt)
             except Unavailable as exc:
                 print(f"{exc}; unmounting lazily")
-                unmount(mnt, lazy=True)
+                try:
+                    unmount(mnt, lazy=True, timeout=LAZY_EXIT_WAIT)
+                except Unavailable:
+                    pid = read_pid(state_dir(mnt))
+                    if pid is not None and pid_alive(pid):
+                        print(f"files are still open on {mnt}: stopping its mount process {pid}")
+                        _stop_pid(pid)
             print(f"unmounted {mnt}")
         cluster.mounts.remove(path)
         cluster.save()
+
+
+def _stop_pid(pid: int) -> None:
+    """SIGTERM, a bounded wait, then SIGKILL (a mount process of this cluster, found by its PID file)."""
+    from chunkfs.common.daemon import pid_alive
+
+    for sig, wait in ((signal.SIGTERM, LAZY_EXIT_WAIT), (signal.SIGKILL, LAZY_EXIT_WAIT)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        deadline = time.monotonic() + wait
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not pid_alive(pid):
+            return
 
 
 def cmd_local_down(args: argparse.Namespace) -> int:
