@@ -155,6 +155,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=500, help="operations per phase (default 500)")
     parser.add_argument("--record", action="store_true", help="write the tables into BENCHMARKS.md")
+    parser.add_argument("--only", default="", help="run only the phases whose name contains this text")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="chunkfs-breakdown-") as tmp:
         os.environ["CHUNKFS_CONF_DIR"] = f"{tmp}/conf"
@@ -166,6 +167,8 @@ def main() -> int:
             out = []
             dbs: dict[str, sqlite3.Connection] = {}
             for name, op in phases(mnt, dbs):
+                if args.only not in name:
+                    continue
                 op(-1)  # warm up (opens the database, fills caches) outside the figures
                 m0, s0 = mount_steps(mnt), mds_steps(metrics)
                 started = time.perf_counter()
