@@ -138,6 +138,8 @@ class Connection(asyncio.BufferedProtocol):
         self._pending: dict[int, asyncio.Future[tuple[Kind, dict[str, Any], Payload]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = asyncio.Event()
+        #: The transport is gone (`connection_lost`): over TLS that is a round trip after `close()`.
+        self._lost = asyncio.Event()
         self._can_write = asyncio.Event()
         self._can_write.set()
         # Receive state.
@@ -179,6 +181,7 @@ class Connection(asyncio.BufferedProtocol):
         # Kept for `connect`: over TLS 1.3 a server that refuses this node's certificate says so
         # only after the client's side of the TLS handshake is done, as an alert that closes.
         self.lost_reason = exc
+        self._lost.set()
         self.close()
 
     def pause_writing(self) -> None:
@@ -490,6 +493,18 @@ class Connection(asyncio.BufferedProtocol):
 
     async def wait_closed(self) -> None:
         await self._closed.wait()
+
+    async def wait_lost(self, timeout: float) -> None:
+        """After `close()`, wait (bounded) until the transport is gone.
+
+        A TLS connection closes with a close_notify each way, a round trip: an
+        owner that stops its event loop right after closing (`SyncClient`)
+        waits here, or the loop would die with the socket still open.
+        """
+        if self.transport is None:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._lost.wait(), timeout)
 
     def close(self) -> None:
         if self._closed.is_set():

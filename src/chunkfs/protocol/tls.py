@@ -21,7 +21,8 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
-from chunkfs.common.certs import CA_CERT, NODE_CERT, NODE_KEY
+from chunkfs.common.certs import CA_CERT, NODE_CERT, NODE_KEY, TLS_DIR
+from chunkfs.common.config import ClusterInfo
 from chunkfs.common.errors import ConfigError
 
 #: Handshake steps of the start-up self-test (a TLS 1.3 handshake takes three).
@@ -34,6 +35,11 @@ class TlsContexts:
 
     server: ssl.SSLContext
     client: ssl.SSLContext
+
+
+def node_tls(directory: Path, cluster: ClusterInfo) -> TlsContexts | None:
+    """The contexts of the node (or client configuration) in `directory` if `cluster` runs TLS, else None."""
+    return load_tls(directory / TLS_DIR, cluster.name) if cluster.tls else None
 
 
 def load_tls(tls_dir: Path, cluster: str) -> TlsContexts:
