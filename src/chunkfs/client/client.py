@@ -18,6 +18,7 @@ from chunkfs.client.chunk_io import ChunkIO
 from chunkfs.common.config import ClientConfig, load_client_config
 from chunkfs.common.errors import ConfigError, InvalidArgument, IsADirectory, NotADirectory
 from chunkfs.common.names import check_name_length, to_bytes, to_text
+from chunkfs.common.secret_files import SecretFiles
 from chunkfs.protocol.mds_link import MdsLink
 from chunkfs.protocol.messages import Msg
 from chunkfs.protocol.rpc import Credentials
@@ -47,8 +48,10 @@ class Client:
         if config.cluster.tls and tls is None:
             raise ConfigError(f"cluster {config.cluster.name!r} runs TLS: its client configuration needs a "
                               "folder with the client's certificate (load it with load_client_config)")
+        # Read from a folder: follow its secret files, so a long-lived client (a mount) lives through a rotation.
+        files = SecretFiles(config.directory, config.secret) if config.directory is not None else None
         self.creds = Credentials(config.cluster.name, config.secret, "client", name or f"client-{os.getpid()}",
-                                 tls=tls)
+                                 tls=tls, secret_files=files)
         self.mds = MdsLink(config.mds, self.creds)
         self.io = ChunkIO(self)
 

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from chunkfs.common.config import NodeConfig
 from chunkfs.common.errors import ChunkFSError, NoSpace, ProtocolError, Unavailable
+from chunkfs.common.secret_files import SecretFiles
 from chunkfs.cs.chunk_store import ChunkStore
 from chunkfs.cs.mds_link import MdsLink
 from chunkfs.cs.metrics import CsStats
@@ -43,7 +44,7 @@ class ChunkServer:
         self.directory = directory
         self.node = node
         self.creds = Credentials(node.cluster.name, secret, "cs", f"cs{node.node_id or 'new'}",
-                                 tls=node_tls(directory, node.cluster))
+                                 tls=node_tls(directory, node.cluster), secret_files=SecretFiles(directory, secret))
         self.store = ChunkStore(directory / "data", node.cluster.chunk_size)
         self.rpc = RpcServer(self.creds, self.handle)
         self.link = MdsLink(self, node, secret)

@@ -27,6 +27,7 @@ from chunkfs.common.errors import (
     ProtocolError,
     Unavailable,
 )
+from chunkfs.common.secret_files import SecretFiles
 from chunkfs.mds.cluster_view import ClusterView
 from chunkfs.mds.leases import LeaseTable
 from chunkfs.mds.metrics import MdsMetrics
@@ -90,7 +91,7 @@ class MetadataServer:
         self.directory = directory
         self.node = node
         self.creds = Credentials(node.cluster.name, secret, "mds", f"mds{node.node_id}",
-                                 tls=node_tls(directory, node.cluster))
+                                 tls=node_tls(directory, node.cluster), secret_files=SecretFiles(directory, secret))
         self.store = MetadataStore(directory / "metadata.sqlite", node.cluster.chunk_size)
         self.raft = RaftLog(
             directory / "raft", node.node_id, {**dict(node.peers), node.node_id: node.addr}, self.creds,

@@ -8,6 +8,9 @@ timeout; the number of requests served concurrently per connection is bounded.
 The first exchange on every connection is a mutual HMAC challenge-response
 over the cluster secret (`client_handshake` / `server_handshake`).  A peer that
 fails it gets one error frame and a closed connection, and nothing else.
+While a new secret is being rolled out (common/secret_files.py) a node holds
+two: the server proves both, the client picks one the server knows (the next
+one if it can) and proves it, and the server accepts either.
 
 In a cluster that runs TLS (`Credentials.tls`, protocol/tls.py) every
 connection is TLS first, with certificates checked both ways, and the secret
@@ -41,6 +44,7 @@ from chunkfs.common.errors import (
     Unavailable,
     error_from_code,
 )
+from chunkfs.common.secret_files import SecretFiles
 from chunkfs.protocol.frame import (
     MAX_PAYLOAD_LEN,
     PREFIX_SIZE,
@@ -104,6 +108,22 @@ class Credentials:
     node: str  # a name for logs: "cs3", "client-1234"
     #: The cluster runs TLS: this node's contexts (protocol/tls.py); None: plain TCP.
     tls: TlsContexts | None = None
+    #: During a rotation of the cluster secret, the next one: accepted beside `secret`, preferred when proving.
+    next_secret: bytes | None = None
+    #: The node's secret files, followed so a rotation reaches it while it runs; they then set the two above.
+    secret_files: SecretFiles | None = None
+
+    def secrets(self) -> tuple[bytes, bytes | None]:
+        """(current secret, next secret or None), from the secret files when the node has them."""
+        if self.secret_files is not None:
+            self.secret, self.next_secret = self.secret_files.get()
+        return self.secret, self.next_secret
+
+    def where(self) -> str:
+        """Where this node's secret comes from, for error messages."""
+        if self.secret_files is not None:
+            return f"the secret in {self.secret_files.directory}"
+        return "the cluster name and the secret in the configuration"
 
 
 def _proof(secret: bytes, label: bytes, cluster: str, first: bytes, second: bytes) -> bytes:
@@ -563,13 +583,17 @@ async def client_handshake(conn: Connection, creds: Credentials) -> None:
         raise _error_from_header(header)
     validate_response(Msg.HELLO, header)
     server_nonce: bytes = header["nonce"]
-    expected = _proof(creds.secret, b"server", creds.cluster, nonce, server_nonce)
-    if not hmac.compare_digest(expected, header["proof"]):
+    current, nxt = creds.secrets()
+    theirs = [p for p in (header["proof"], header.get("proof_next")) if p is not None]
+    # The next secret first: once a peer knows it, connections move to it ahead of the rotation's end.
+    secret = next((s for s in (nxt, current) if s is not None and any(
+        hmac.compare_digest(_proof(s, b"server", creds.cluster, nonce, server_nonce), p) for p in theirs)), None)
+    if secret is None:
         raise AuthenticationFailed(
-            f"{conn.peer_name} does not know the secret of cluster {creds.cluster!r}: "
-            "check the cluster name and the secret in the client configuration"
+            f"{conn.peer_name} does not share this node's secret of cluster {creds.cluster!r}: "
+            f"check {creds.where()} (after a rotation of the cluster secret, copy the new one there)"
         )
-    proof = _proof(creds.secret, b"client", creds.cluster, server_nonce, nonce)
+    proof = _proof(secret, b"client", creds.cluster, server_nonce, nonce)
     conn._send(Kind.REQUEST, Msg.PROOF, 0, {"proof": proof})
     kind, _, _, header, _ = await conn._next_handshake_frame()
     if kind == Kind.ERROR:
@@ -591,14 +615,17 @@ async def server_handshake(conn: Connection, creds: Credentials) -> None:
         conn.peer_role = header["role"]
         conn.peer_name = f"{header['node']}@{conn.peer_name}"
         nonce = os.urandom(NONCE_SIZE)
-        proof = _proof(creds.secret, b"server", creds.cluster, client_nonce, nonce)
-        conn._send(Kind.RESPONSE, Msg.HELLO, 0, {"nonce": nonce, "proof": proof})
+        current, nxt = creds.secrets()
+        answer = {"nonce": nonce, "proof": _proof(current, b"server", creds.cluster, client_nonce, nonce)}
+        if nxt is not None:
+            answer["proof_next"] = _proof(nxt, b"server", creds.cluster, client_nonce, nonce)
+        conn._send(Kind.RESPONSE, Msg.HELLO, 0, answer)
         kind, mtype, _, header, payload = await conn._next_handshake_frame()
         if kind != Kind.REQUEST or mtype != Msg.PROOF:
             raise AuthenticationFailed("expected PROOF after HELLO")
         validate_request(Msg.PROOF, header, len(payload))
-        expected = _proof(creds.secret, b"client", creds.cluster, nonce, client_nonce)
-        if not hmac.compare_digest(expected, header["proof"]):
+        if not any(hmac.compare_digest(_proof(s, b"client", creds.cluster, nonce, client_nonce), header["proof"])
+                   for s in (current, nxt) if s is not None):
             raise AuthenticationFailed("wrong cluster secret")
         conn._send(Kind.RESPONSE, Msg.PROOF, 0, {})
     except TimeoutError:
