@@ -83,12 +83,28 @@ class SecretFiles:
     """
 
     def __init__(self, directory: Path, current: bytes, clock: Callable[[], float] = time.monotonic) -> None:
+        """`current`: the secret the node was configured with; it holds until the files change.
+
+        The files as they are now count as seen: what the node was given (a
+        configuration with another secret, in a test) is not overridden by
+        them, only by a later change -- a rotation.
+        """
         self.directory = directory
         self.current = current
         self.next: bytes | None = None
         self._clock = clock
-        self._checked = float("-inf")
-        self._stamps: tuple[_Stamp, _Stamp] | None = None
+        self._checked = clock()
+        self._stamps = self._stamps_now()
+        try:
+            nxt = read_next_secret(directory)
+        except ConfigError as exc:
+            logger.warning("ignoring a staged cluster secret: %s", exc)
+            self._stamps = None  # read again at the next interval
+        else:
+            self.next = nxt if nxt != current else None
+
+    def _stamps_now(self) -> tuple[_Stamp, _Stamp] | None:
+        return _stamp(self.directory / SECRET_FILE), _stamp(self.directory / NEXT_SECRET_FILE)
 
     def get(self) -> tuple[bytes, bytes | None]:
         """(current secret, next secret or None), as the files say now (checked at most once an interval)."""
@@ -99,7 +115,7 @@ class SecretFiles:
         return self.current, self.next
 
     def _reload(self) -> None:
-        stamps = (_stamp(self.directory / SECRET_FILE), _stamp(self.directory / NEXT_SECRET_FILE))
+        stamps = self._stamps_now()
         if stamps == self._stamps:
             return
         try:

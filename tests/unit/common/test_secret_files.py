@@ -87,3 +87,15 @@ def test_the_files_are_looked_at_once_an_interval(node: Path, monkeypatch: pytes
     clock.now += RELOAD_INTERVAL
     files.get()
     assert len(stats) == 2
+
+
+def test_the_configured_secret_holds_until_the_files_change(node: Path) -> None:
+    """A node given another secret than its file (a test's bad client) keeps it: only a change on disk counts."""
+    clock = Clock()
+    secret_files.stage(node, NEW)
+    files = SecretFiles(node, b"\x09" * 32, clock=clock)
+    clock.now += RELOAD_INTERVAL
+    assert files.get() == (b"\x09" * 32, NEW)  # a rotation already staged is seen at start
+    secret_files.promote(node)
+    clock.now += RELOAD_INTERVAL
+    assert files.get() == (NEW, None)
