@@ -30,10 +30,11 @@ def make_cluster(tmp_path: Path, conf_dir: Path) -> Iterator[Callable[..., Local
         yield make
 
 
-def run_cli(*args: str, stdin: bytes | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Run the real `chunkfs` command in a child process."""
+def run_cli(*args: str, stdin: bytes | None = None, timeout: float = 60,
+            env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the real `chunkfs` command in a child process (`env_extra`: variables set for it alone)."""
     return subprocess.run(
         [sys.executable, "-m", "chunkfs", *args],
         input=stdin.decode() if stdin is not None else None,
-        capture_output=True, text=True, timeout=timeout, env=os.environ.copy(), check=False,
+        capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env_extra or {})}, check=False,
     )

@@ -25,11 +25,24 @@ def need_cluster(args: argparse.Namespace) -> str:
 
 
 def cmd_make_mds(args: argparse.Namespace) -> int:
-    node = make_mds(need_cluster(args), args.dir, args.addr, args.chunk_size, args.init, args.metrics_addr)
+    if args.tls and not args.init:
+        raise ConfigError("--tls is chosen when the cluster is made (with -I); to turn it on later, "
+                          "see `chunkfs tls enable --help`")
+    node = make_mds(need_cluster(args), args.dir, args.addr, args.chunk_size, args.init, args.metrics_addr,
+                    tls=args.tls)
     what = (f"created cluster {node.cluster.name!r} (chunk size {node.cluster.chunk_size >> 20} MiB) with MDS#1"
             if args.init else f"registered MDS#{node.node_id} of {node.cluster.name!r}")
     print(f"{what} in {args.dir}; start it with: chunkfs mds -r {args.dir} --background")
+    _print_tls_note(node.cluster.name, node.cluster.tls, args.dir)
     return 0
+
+
+def _print_tls_note(cluster: str, tls: bool, directory: Path) -> None:
+    if tls:
+        from chunkfs.cli.tls import tls_note
+        from chunkfs.common.certs import NODE_CERT, TLS_DIR
+
+        print(tls_note(cluster, directory, (directory / TLS_DIR / NODE_CERT).exists()))
 
 
 def cmd_rm_mds(args: argparse.Namespace) -> int:
@@ -43,6 +56,7 @@ def cmd_make_cs(args: argparse.Namespace) -> int:
                    location=args.location, tier=args.tier)
     print(f"created a chunk server of {node.cluster.name!r} in {args.dir} listening on {node.addr}; "
           f"start it with: chunkfs cs -r {args.dir} --background")
+    _print_tls_note(node.cluster.name, node.cluster.tls, args.dir)
     return 0
 
 
@@ -65,6 +79,9 @@ def add_local_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
                     help="also mount the cluster there (created if missing); `local down` unmounts it")
     up.add_argument("-o", dest="mount_options", action="append", default=[], metavar="OPTIONS",
                     help="mount options for --mount (see `chunkfs mount --help`)")
+    up.add_argument("--tls", action="store_true",
+                    help="a new cluster runs every connection over TLS: a cluster CA is made and every node "
+                    "and the client configuration get a certificate (see `chunkfs tls --help`)")
     up.set_defaults(func=cmd_local_up)
     st = lsub.add_parser("status", help="list the local cluster's processes")
     st.add_argument("--dir", required=True, type=Path)
@@ -85,8 +102,8 @@ def cmd_local_up(args: argparse.Namespace) -> int:
         print(f"starting the existing local cluster {cluster.name!r} in {directory}")
     else:
         directory.mkdir(parents=True, exist_ok=True)
-        cluster = LocalCluster.make(directory, args.name, args.mds, args.cs, args.chunk_size)
-        print(f"made cluster {cluster.name!r} in {directory}; "
+        cluster = LocalCluster.make(directory, args.name, args.mds, args.cs, args.chunk_size, tls=args.tls)
+        print(f"made cluster {cluster.name!r} in {directory}{' with TLS' if args.tls else ''}; "
               f"client configuration in {conf_dir()}/clusters/{args.name}")
     try:
         cluster.start_all()

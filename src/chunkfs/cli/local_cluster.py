@@ -60,7 +60,8 @@ class LocalCluster:
 
     @classmethod
     def make(
-        cls, directory: Path, name: str, n_mds: int = 1, n_cs: int = 3, chunk_size: int = 256 << 20
+        cls, directory: Path, name: str, n_mds: int = 1, n_cs: int = 3, chunk_size: int = 256 << 20,
+        tls: bool = False,
     ) -> LocalCluster:
         if n_mds not in (1, 3, 5) and not 1 <= n_mds <= 7:
             raise ConfigError("--mds must be between 1 and 7 (3 or 5 survive the loss of 1 or 2)")
@@ -71,8 +72,10 @@ class LocalCluster:
             raise ConfigError(f"{directory} already holds a local cluster: start it with `local start` or remove it")
         cluster = cls(directory, name)
         mds_dir = directory / "mds1"
+        # With TLS, the cluster CA lands in the client configuration, and every node made here gets its
+        # certificate from it (make_mds, make_cs).
         node = make_mds(name, mds_dir, f"127.0.0.1:{free_port()}", chunk_size, init=True,
-                        metrics_addr=f"127.0.0.1:{free_port()}")
+                        metrics_addr=f"127.0.0.1:{free_port()}", tls=tls)
         cluster.processes.append(Process("mds", 1, str(mds_dir), node.addr))
         cluster.save()
         try:

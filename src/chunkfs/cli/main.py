@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="chunk size of a new cluster (default 256M; 1M-1G, a multiple of 64K)")
     p.add_argument("--metrics-addr", default="", metavar="HOST:PORT",
                    help="HTTP listener for /metrics and the dashboard (default: none)")
+    p.add_argument("--tls", action="store_true",
+                   help="with -I: the cluster runs every connection over TLS; its CA is made in the client "
+                   "configuration and this MDS and the client configuration get certificates (`chunkfs tls --help`)")
     p.set_defaults(func=local.cmd_make_mds)
 
     p = sub.add_parser("make-cs", help="create a chunk server's data directory",
@@ -91,10 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     from chunkfs.cli import mount as mount_cli  # mount, umount
 
     mount_cli.add_parser(sub)
-    from chunkfs.cli import services, top  # operating a cluster
+    from chunkfs.cli import secret, services, tls, top  # operating a cluster
 
     top.add_parser(sub)
     services.add_parser(sub)
+    tls.add_parser(sub)
+    secret.add_parser(sub)
     return parser
 
 

@@ -10,6 +10,7 @@ import time
 import uuid
 from pathlib import Path
 
+from chunkfs.cli import tls as tls_cli
 from chunkfs.client.client import SyncClient
 from chunkfs.common.addr import parse_addr
 from chunkfs.common.config import (
@@ -57,9 +58,15 @@ def _check_empty_node_dir(directory: Path, cluster: str) -> None:
 
 
 def make_mds(
-    cluster: str, directory: Path, addr: str, chunk_size: int, init: bool, metrics_addr: str = ""
+    cluster: str, directory: Path, addr: str, chunk_size: int, init: bool, metrics_addr: str = "",
+    tls: bool = False,
 ) -> NodeConfig:
-    """Create a cluster and its first metadata server (`init`), or add an MDS to a running cluster."""
+    """Create a cluster and its first metadata server (`init`), or add an MDS to a running cluster.
+
+    `tls` (with `init`): the cluster runs TLS; its CA is made in this host's
+    client configuration, and the MDS and the client configuration get their
+    certificates.
+    """
     check_cluster_name(cluster)
     check_chunk_size(chunk_size)
     parse_addr(addr)
@@ -71,12 +78,19 @@ def make_mds(
             "pick another name or remove that directory"
         )
     _check_empty_node_dir(directory, cluster)
-    info = ClusterInfo(cluster, str(uuid.uuid4()), chunk_size)
+    info = ClusterInfo(cluster, str(uuid.uuid4()), chunk_size, tls=tls)
     secret = os.urandom(SECRET_BYTES)
     node = NodeConfig(role="mds", cluster=info, addr=addr, node_id=1, peers=((1, addr),), bootstrap=True,
                       metrics_addr=_metrics_addr(metrics_addr))
+    if tls:
+        from chunkfs.common import certs
+
+        certs.make_ca(tls_cli.ca_dir(cluster), cluster, info.uuid)
     save_node(directory, node, secret)
-    save_client_config(ClientConfig(info, (addr,), secret))
+    conf = save_client_config(ClientConfig(info, (addr,), secret))
+    if tls:
+        tls_cli.issue_if_possible(cluster, directory, f"mds1@{addr}")
+        tls_cli.issue_if_possible(cluster, conf, "client")
     return node
 
 
@@ -92,6 +106,8 @@ def _join_mds(cluster: str, directory: Path, addr: str, metrics_addr: str = "") 
     node = NodeConfig(role="mds", cluster=client.cluster, addr=addr, node_id=reply["id"], peers=peers,
                       metrics_addr=_metrics_addr(metrics_addr))
     save_node(directory, node, client.secret)
+    if client.cluster.tls:
+        tls_cli.issue_if_possible(cluster, directory, f"mds{node.node_id}@{addr}")
     save_client_config(dataclasses.replace(client, mds=(*client.mds, addr)))
     return node
 
@@ -129,6 +145,8 @@ def make_cs(
         metrics_addr=_metrics_addr(metrics_addr), location=check_location(location), tier=check_tier(tier),
     )
     save_node(directory, node, client.secret)
+    if client.cluster.tls:
+        tls_cli.issue_if_possible(cluster, directory, f"cs@{addr}")
     return node
 
 

@@ -94,6 +94,9 @@ class ChunkIO:
             for key in [k for k in cache if k[0] == ino]:
                 del cache[key]
 
+    def connections(self) -> list[Connection]:
+        return list(self._servers.values())
+
     def close(self) -> None:
         for conn in self._servers.values():
             conn.close()

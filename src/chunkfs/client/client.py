@@ -16,14 +16,18 @@ from typing import Any, TypeVar
 
 from chunkfs.client.chunk_io import ChunkIO
 from chunkfs.common.config import ClientConfig, load_client_config
-from chunkfs.common.errors import InvalidArgument, IsADirectory, NotADirectory
+from chunkfs.common.errors import ConfigError, InvalidArgument, IsADirectory, NotADirectory
 from chunkfs.common.names import check_name_length, to_bytes, to_text
+from chunkfs.common.secret_files import SecretFiles
 from chunkfs.protocol.mds_link import MdsLink
 from chunkfs.protocol.messages import Msg
 from chunkfs.protocol.rpc import Credentials
+from chunkfs.protocol.tls import node_tls
 
 T = TypeVar("T")
 READDIR_PAGE = 1000
+#: How long `Client.close` waits for its connections to be gone, seconds.
+CLOSE_TIMEOUT = 2.0
 
 
 def split_path(path: str) -> tuple[str, str]:
@@ -40,7 +44,14 @@ class Client:
     def __init__(self, config: ClientConfig, name: str | None = None) -> None:
         self.config = config
         self.chunk_size = config.cluster.chunk_size
-        self.creds = Credentials(config.cluster.name, config.secret, "client", name or f"client-{os.getpid()}")
+        tls = node_tls(config.directory, config.cluster) if config.directory is not None else None
+        if config.cluster.tls and tls is None:
+            raise ConfigError(f"cluster {config.cluster.name!r} runs TLS: its client configuration needs a "
+                              "folder with the client's certificate (load it with load_client_config)")
+        # Read from a folder: follow its secret files, so a long-lived client (a mount) lives through a rotation.
+        files = SecretFiles(config.directory, config.secret) if config.directory is not None else None
+        self.creds = Credentials(config.cluster.name, config.secret, "client", name or f"client-{os.getpid()}",
+                                 tls=tls, secret_files=files)
         self.mds = MdsLink(config.mds, self.creds)
         self.io = ChunkIO(self)
 
@@ -49,8 +60,11 @@ class Client:
         return cls(load_client_config(name))
 
     async def close(self) -> None:
+        conns = self.io.connections() + self.mds.connections()
         self.io.close()
         self.mds.close()
+        # Bounded: a TLS connection's goodbye is a round trip, and callers may stop the loop next.
+        await asyncio.gather(*(conn.wait_lost(CLOSE_TIMEOUT) for conn in conns))
 
     # -- inode API -----------------------------------------------------------
 

@@ -73,6 +73,9 @@ class ClusterInfo:
     name: str
     uuid: str
     chunk_size: int
+    #: Every connection of the cluster runs over TLS, with certificates of the cluster CA (common/certs.py).
+    #: Cluster-wide: a node without TLS cannot talk to one with it.
+    tls: bool = False
 
 
 @dataclass(slots=True, frozen=True)
@@ -183,10 +186,14 @@ def load_node(directory: Path) -> tuple[NodeConfig, bytes]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a JSON object")
     cdata = _require(data, "cluster", dict, path)
+    tls = cdata.get("tls", False)
+    if not isinstance(tls, bool):
+        raise ConfigError(f"{path}: option 'cluster.tls' must be true or false")
     cluster = ClusterInfo(
         check_cluster_name(_require(cdata, "name", str, path)),
         _require(cdata, "uuid", str, path),
         check_chunk_size(_require(cdata, "chunk_size", int, path)),
+        tls,
     )
     role = _require(data, "role", str, path)
     if role not in ("mds", "cs"):
@@ -247,6 +254,11 @@ def load_node(directory: Path) -> tuple[NodeConfig, bytes]:
 def save_node(directory: Path, node: NodeConfig, secret: bytes) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     write_secret(directory / SECRET_FILE, secret)
+    save_node_file(directory, node)
+
+
+def save_node_file(directory: Path, node: NodeConfig) -> None:
+    """Rewrite ``node.json`` alone: a running daemon never writes its ``secret`` (a rotation may have replaced it)."""
     write_file_durably(directory / NODE_FILE, json.dumps(node.to_json(), indent=2).encode())
 
 
@@ -275,6 +287,9 @@ class ClientConfig:
     cluster: ClusterInfo
     mds: tuple[str, ...]
     secret: bytes
+    #: The folder it was read from (None: made in memory): where its TLS certificate lives.  Not part
+    #: of the configuration's value (two copies of one configuration are equal wherever they are).
+    directory: Path | None = field(default=None, compare=False)
 
 
 def cluster_conf_path(name: str) -> Path:
@@ -285,7 +300,7 @@ def save_client_config(cfg: ClientConfig) -> Path:
     path = cluster_conf_path(cfg.cluster.name)
     path.mkdir(parents=True, exist_ok=True)
     write_secret(path / SECRET_FILE, cfg.secret)
-    write_file_durably(path / "cluster.json", json.dumps(asdict(cfg.cluster), indent=2).encode())
+    write_file_durably(path / "cluster.json", json.dumps(asdict(cfg.cluster), indent=2).encode())  # with "tls"
     write_file_durably(path / "mds.list", "".join(f"{a}\n" for a in cfg.mds).encode())
     return path
 
@@ -299,7 +314,10 @@ def load_client_config(name: str) -> ClientConfig:
         )
     try:
         data = json.loads((path / "cluster.json").read_text())
-        cluster = ClusterInfo(data["name"], data["uuid"], check_chunk_size(int(data["chunk_size"])))
+        tls = data.get("tls", False)
+        if not isinstance(tls, bool):
+            raise ValueError("'tls' must be true or false")
+        cluster = ClusterInfo(data["name"], data["uuid"], check_chunk_size(int(data["chunk_size"])), tls)
         mds = tuple(line.strip() for line in (path / "mds.list").read_text().splitlines() if line.strip())
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"{path}: broken client configuration: {exc}") from None
@@ -307,4 +325,4 @@ def load_client_config(name: str) -> ClientConfig:
         _check_addr(a, "mds.list", path)
     if not mds:
         raise ConfigError(f"{path}/mds.list lists no metadata server")
-    return ClientConfig(cluster, mds, read_secret(path / SECRET_FILE))
+    return ClientConfig(cluster, mds, read_secret(path / SECRET_FILE), path)

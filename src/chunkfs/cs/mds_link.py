@@ -19,10 +19,10 @@ import logging
 import socket
 from typing import TYPE_CHECKING
 
-from chunkfs.common.config import NodeConfig, save_node
+from chunkfs.common.config import NodeConfig, save_node_file
 from chunkfs.common.errors import ChunkFSError, NotMaster
 from chunkfs.protocol.messages import REPLICA_PAGE, Msg
-from chunkfs.protocol.rpc import Connection, Credentials, connect
+from chunkfs.protocol.rpc import Connection, connect
 
 if TYPE_CHECKING:
     from chunkfs.cs.server import ChunkServer
@@ -86,8 +86,8 @@ class MdsLink:
             pause = min(pause * 2, MAX_RETRY_PAUSE)
 
     async def _session(self, addr: str) -> None:
-        creds = Credentials(self.node.cluster.name, self.secret, "cs", f"cs{self.cs_id or 'new'}")
-        self.conn = conn = await connect(addr, creds, handler=self.server.handle_master)
+        # The server's credentials: its TLS certificate, and (renamed below once the master numbers it) its name.
+        self.conn = conn = await connect(addr, self.server.creds, handler=self.server.handle_master)
         store = self.server.store
         total, free = store.space()
         # Listed once, off the loop: replicas created from now on are given by the master, which knows.
@@ -104,7 +104,7 @@ class MdsLink:
         if reply["cs_id"] != self.cs_id:
             self.cs_id = reply["cs_id"]
             self.node = dataclasses.replace(self.node, node_id=self.cs_id)
-            save_node(self.server.directory, self.node, self.secret)
+            save_node_file(self.server.directory, self.node)
             self.server.creds.node = f"cs{self.cs_id}"
         deleted = await self._delete_stale(pages[0], reply["delete"])
         for number, page in enumerate(pages[1:], start=2):

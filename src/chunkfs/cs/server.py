@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from chunkfs.common.config import NodeConfig
 from chunkfs.common.errors import ChunkFSError, NoSpace, ProtocolError, Unavailable
+from chunkfs.common.secret_files import SecretFiles
 from chunkfs.cs.chunk_store import ChunkStore
 from chunkfs.cs.mds_link import MdsLink
 from chunkfs.cs.metrics import CsStats
@@ -26,6 +27,7 @@ from chunkfs.cs.replicator import Replicator
 from chunkfs.cs.scrubber import Scrubber
 from chunkfs.protocol.messages import Msg, replica_list
 from chunkfs.protocol.rpc import Connection, Credentials, Reply, RpcServer, connect
+from chunkfs.protocol.tls import node_tls
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -41,7 +43,8 @@ class ChunkServer:
     def __init__(self, directory: Path, node: NodeConfig, secret: bytes) -> None:
         self.directory = directory
         self.node = node
-        self.creds = Credentials(node.cluster.name, secret, "cs", f"cs{node.node_id or 'new'}")
+        self.creds = Credentials(node.cluster.name, secret, "cs", f"cs{node.node_id or 'new'}",
+                                 tls=node_tls(directory, node.cluster), secret_files=SecretFiles(directory, secret))
         self.store = ChunkStore(directory / "data", node.cluster.chunk_size)
         self.rpc = RpcServer(self.creds, self.handle)
         self.link = MdsLink(self, node, secret)

@@ -27,6 +27,7 @@ from chunkfs.common.errors import (
     ProtocolError,
     Unavailable,
 )
+from chunkfs.common.secret_files import SecretFiles
 from chunkfs.common.timings import TIMINGS
 from chunkfs.mds.cluster_view import ClusterView
 from chunkfs.mds.leases import LeaseTable
@@ -38,6 +39,7 @@ from chunkfs.mds.store import Chunk, MetadataStore, encode_command
 from chunkfs.protocol.mds_link import MdsLink
 from chunkfs.protocol.messages import MAX_BLOCKS, Msg, int_list, int_pairs
 from chunkfs.protocol.rpc import Connection, Credentials, Reply, RpcServer
+from chunkfs.protocol.tls import node_tls
 from chunkfs.raft.driver import RaftLog, StateMachine
 
 logger = logging.getLogger(__name__)
@@ -89,7 +91,8 @@ class MetadataServer:
     def __init__(self, directory: Path, node: NodeConfig, secret: bytes) -> None:
         self.directory = directory
         self.node = node
-        self.creds = Credentials(node.cluster.name, secret, "mds", f"mds{node.node_id}")
+        self.creds = Credentials(node.cluster.name, secret, "mds", f"mds{node.node_id}",
+                                 tls=node_tls(directory, node.cluster), secret_files=SecretFiles(directory, secret))
         self.store = MetadataStore(directory / "metadata.sqlite", node.cluster.chunk_size)
         self.raft = RaftLog(
             directory / "raft", node.node_id, {**dict(node.peers), node.node_id: node.addr}, self.creds,

@@ -118,6 +118,9 @@ class MdsLink:
         if len(self.addrs) > 1:
             self.addrs.append(self.addrs.pop(0))
 
+    def connections(self) -> list[Connection]:
+        return [] if self._conn is None else [self._conn]
+
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()

@@ -154,7 +154,8 @@ _CHUNK_MAP = (
 SPECS: dict[Msg, MessageSpec] = {
     Msg.HELLO: MessageSpec(
         (f("cluster", str), f("nonce", bytes), f("role", str), f("node", str)),
-        (f("nonce", bytes), f("proof", bytes)),
+        # proof: with the current secret; proof_next: with the next one, while a rotation is staged.
+        (f("nonce", bytes), f("proof", bytes), f("proof_next", bytes, optional=True)),
     ),
     Msg.PROOF: MessageSpec((f("proof", bytes),), ()),
     Msg.PING: MessageSpec((), (

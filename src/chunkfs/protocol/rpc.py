@@ -8,6 +8,15 @@ timeout; the number of requests served concurrently per connection is bounded.
 The first exchange on every connection is a mutual HMAC challenge-response
 over the cluster secret (`client_handshake` / `server_handshake`).  A peer that
 fails it gets one error frame and a closed connection, and nothing else.
+While a new secret is being rolled out (common/secret_files.py) a node holds
+two: the server proves both, the client picks one the server knows (the next
+one if it can) and proves it, and the server accepts either.
+
+In a cluster that runs TLS (`Credentials.tls`, protocol/tls.py) every
+connection is TLS first, with certificates checked both ways, and the secret
+handshake runs inside it.  A server accepts TLS connections itself
+(`RpcServer._accept_tls`) so that its caps on connections still proving
+themselves hold before any TLS state is allocated.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ import itertools
 import logging
 import os
 import socket
+import ssl
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, cast
@@ -34,6 +44,7 @@ from chunkfs.common.errors import (
     Unavailable,
     error_from_code,
 )
+from chunkfs.common.secret_files import SecretFiles
 from chunkfs.protocol.frame import (
     MAX_PAYLOAD_LEN,
     PREFIX_SIZE,
@@ -45,6 +56,7 @@ from chunkfs.protocol.frame import (
     unpack_prefix,
 )
 from chunkfs.protocol.messages import Msg, spec_of, validate_request, validate_response
+from chunkfs.protocol.tls import TlsContexts
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +89,8 @@ REFUSAL_LOG_INTERVAL = 10.0
 SOCKET_BUFFER = 4 << 20
 #: Above this much unsent data, senders wait (`_drain`).
 WRITE_BUFFER_HIGH = 16 << 20
+#: Pending connections of a TLS listener (what asyncio's create_server uses).
+TLS_BACKLOG = 100
 
 Payload = bytes | bytearray | memoryview
 Reply = tuple[dict[str, Any], Payload]
@@ -92,6 +106,24 @@ class Credentials:
     secret: bytes
     role: str  # "client", "mds", "cs"
     node: str  # a name for logs: "cs3", "client-1234"
+    #: The cluster runs TLS: this node's contexts (protocol/tls.py); None: plain TCP.
+    tls: TlsContexts | None = None
+    #: During a rotation of the cluster secret, the next one: accepted beside `secret`, preferred when proving.
+    next_secret: bytes | None = None
+    #: The node's secret files, followed so a rotation reaches it while it runs; they then set the two above.
+    secret_files: SecretFiles | None = None
+
+    def secrets(self) -> tuple[bytes, bytes | None]:
+        """(current secret, next secret or None), from the secret files when the node has them."""
+        if self.secret_files is not None:
+            self.secret, self.next_secret = self.secret_files.get()
+        return self.secret, self.next_secret
+
+    def where(self) -> str:
+        """Where this node's secret comes from, for error messages."""
+        if self.secret_files is not None:
+            return f"the secret in {self.secret_files.directory}"
+        return "the cluster name and the secret in the configuration"
 
 
 def _proof(secret: bytes, label: bytes, cluster: str, first: bytes, second: bytes) -> bytes:
@@ -126,6 +158,8 @@ class Connection(asyncio.BufferedProtocol):
         self._pending: dict[int, asyncio.Future[tuple[Kind, dict[str, Any], Payload]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = asyncio.Event()
+        #: The transport is gone (`connection_lost`): over TLS that is a round trip after `close()`.
+        self._lost = asyncio.Event()
         self._can_write = asyncio.Event()
         self._can_write.set()
         # Receive state.
@@ -143,6 +177,9 @@ class Connection(asyncio.BufferedProtocol):
         self._reading_paused = False
         self._eof = False
         self._refusal: ProtocolError | None = None
+        #: Over TLS (set in connection_made); what closed the connection, if the transport said.
+        self.tls = False
+        self.lost_reason: BaseException | None = None
         #: Set by owners that attach state to a connection (e.g. the CS id).
         self.tag: Any = None
 
@@ -156,10 +193,15 @@ class Connection(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport; they implement it.
         self.transport = cast(asyncio.Transport, transport)
+        self.tls = transport.get_extra_info("sslcontext") is not None
         if self._on_connect is not None:
             self._spawn(self._on_connect(self))
 
     def connection_lost(self, exc: Exception | None) -> None:
+        # Kept for `connect`: over TLS 1.3 a server that refuses this node's certificate says so
+        # only after the client's side of the TLS handshake is done, as an alert that closes.
+        self.lost_reason = exc
+        self._lost.set()
         self.close()
 
     def pause_writing(self) -> None:
@@ -208,7 +250,9 @@ class Connection(asyncio.BufferedProtocol):
         self._handshake_frames.put_nowait(Unavailable(f"{self.peer_name} closed the connection"))
         if self._started and self._serving == 0:
             self.close()
-        return True
+        # TLS shuts the whole connection down at the peer's close_notify (asyncio's and uvloop's
+        # SSL transports cannot half-close, and warn when asked to).
+        return None if self.tls else True
 
     # -- parsing ---------------------------------------------------------------
 
@@ -470,6 +514,18 @@ class Connection(asyncio.BufferedProtocol):
     async def wait_closed(self) -> None:
         await self._closed.wait()
 
+    async def wait_lost(self, timeout: float) -> None:
+        """After `close()`, wait (bounded) until the transport is gone.
+
+        A TLS connection closes with a close_notify each way, a round trip: an
+        owner that stops its event loop right after closing (`SyncClient`)
+        waits here, or the loop would die with the socket still open.
+        """
+        if self.transport is None:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._lost.wait(), timeout)
+
     def close(self) -> None:
         if self._closed.is_set():
             return
@@ -482,6 +538,17 @@ class Connection(asyncio.BufferedProtocol):
         self._handshake_frames.put_nowait(Unavailable(f"connection to {self.peer_name} closed"))
         if self.transport is not None:
             self.transport.close()
+
+
+def _tls_refusal(exc: BaseException) -> str:
+    """Why a TLS handshake was refused, for the log; empty when the peer just left."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS certificate not signed by the cluster CA ({exc.verify_message})"
+    if isinstance(exc, ssl.SSLError) and not isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError):
+        return f"TLS handshake failed ({str(exc.reason or exc).lower().replace('_', ' ')})"
+    if isinstance(exc, TimeoutError | ConnectionAbortedError):
+        return "TLS handshake not finished in time"
+    return ""
 
 
 def _expire(fut: asyncio.Future[Any]) -> None:
@@ -516,13 +583,17 @@ async def client_handshake(conn: Connection, creds: Credentials) -> None:
         raise _error_from_header(header)
     validate_response(Msg.HELLO, header)
     server_nonce: bytes = header["nonce"]
-    expected = _proof(creds.secret, b"server", creds.cluster, nonce, server_nonce)
-    if not hmac.compare_digest(expected, header["proof"]):
+    current, nxt = creds.secrets()
+    theirs = [p for p in (header["proof"], header.get("proof_next")) if p is not None]
+    # The next secret first: once a peer knows it, connections move to it ahead of the rotation's end.
+    secret = next((s for s in (nxt, current) if s is not None and any(
+        hmac.compare_digest(_proof(s, b"server", creds.cluster, nonce, server_nonce), p) for p in theirs)), None)
+    if secret is None:
         raise AuthenticationFailed(
-            f"{conn.peer_name} does not know the secret of cluster {creds.cluster!r}: "
-            "check the cluster name and the secret in the client configuration"
+            f"{conn.peer_name} does not share this node's secret of cluster {creds.cluster!r}: "
+            f"check {creds.where()} (after a rotation of the cluster secret, copy the new one there)"
         )
-    proof = _proof(creds.secret, b"client", creds.cluster, server_nonce, nonce)
+    proof = _proof(secret, b"client", creds.cluster, server_nonce, nonce)
     conn._send(Kind.REQUEST, Msg.PROOF, 0, {"proof": proof})
     kind, _, _, header, _ = await conn._next_handshake_frame()
     if kind == Kind.ERROR:
@@ -544,14 +615,17 @@ async def server_handshake(conn: Connection, creds: Credentials) -> None:
         conn.peer_role = header["role"]
         conn.peer_name = f"{header['node']}@{conn.peer_name}"
         nonce = os.urandom(NONCE_SIZE)
-        proof = _proof(creds.secret, b"server", creds.cluster, client_nonce, nonce)
-        conn._send(Kind.RESPONSE, Msg.HELLO, 0, {"nonce": nonce, "proof": proof})
+        current, nxt = creds.secrets()
+        answer = {"nonce": nonce, "proof": _proof(current, b"server", creds.cluster, client_nonce, nonce)}
+        if nxt is not None:
+            answer["proof_next"] = _proof(nxt, b"server", creds.cluster, client_nonce, nonce)
+        conn._send(Kind.RESPONSE, Msg.HELLO, 0, answer)
         kind, mtype, _, header, payload = await conn._next_handshake_frame()
         if kind != Kind.REQUEST or mtype != Msg.PROOF:
             raise AuthenticationFailed("expected PROOF after HELLO")
         validate_request(Msg.PROOF, header, len(payload))
-        expected = _proof(creds.secret, b"client", creds.cluster, nonce, client_nonce)
-        if not hmac.compare_digest(expected, header["proof"]):
+        if not any(hmac.compare_digest(_proof(s, b"client", creds.cluster, nonce, client_nonce), header["proof"])
+                   for s in (current, nxt) if s is not None):
             raise AuthenticationFailed("wrong cluster secret")
         conn._send(Kind.RESPONSE, Msg.PROOF, 0, {})
     except TimeoutError:
@@ -579,10 +653,15 @@ async def connect(
     def factory() -> Connection:
         return Connection(handler=handler, peer_name=addr, max_payload=max_payload)
 
+    tls: dict[str, Any] = {}
+    if creds.tls is not None:
+        tls = {"ssl": creds.tls.client, "ssl_handshake_timeout": timeout}
     try:
-        _, conn = await asyncio.wait_for(loop.create_connection(factory, host, port), timeout)
+        _, conn = await asyncio.wait_for(loop.create_connection(factory, host, port, **tls), timeout)
     except TimeoutError:
         raise Timeout(f"connecting to {addr} timed out after {timeout:g}s") from None
+    except ssl.SSLError as exc:
+        raise tls_error(addr, exc) from None
     except OSError as exc:
         raise Unavailable(f"cannot connect to {addr}: {exc.strerror or exc}") from None
     _tune_socket(conn)
@@ -597,12 +676,42 @@ async def connect(
         # HELLO: a send then fails with ConnectionResetError, which callers treat as any other
         # unreachable replica, not as a bug (found by a CS kill during writes).
         conn.close()
-        raise Unavailable(f"{addr} closed the connection during the handshake") from None
+        if isinstance(conn.lost_reason, ssl.SSLError):
+            raise tls_error(addr, conn.lost_reason) from None
+        # A TLS 1.3 server checks the client's certificate after the client's side of the TLS
+        # handshake is done, and asyncio and uvloop close without sending the alert: a refused
+        # certificate looks like this, so say so (the server's log names the reason).
+        hint = "; if it goes on, that node may refuse this node's TLS certificate (its log says why)" \
+            if conn.tls else ""
+        raise Unavailable(f"{addr} closed the connection during the handshake{hint}") from None
     except BaseException:
         conn.close()
         raise
     conn.start()
     return conn
+
+
+def tls_error(addr: str, exc: ssl.SSLError) -> ChunkFSError:
+    """One line on a failed TLS handshake: whose certificate was refused, or that the peer speaks no TLS.
+
+    A refused certificate or a peer without TLS is a configuration error
+    (`AuthenticationFailed`, not retried); a connection cut in the middle is
+    `Unavailable`, like any lost connection.
+    """
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return AuthenticationFailed(
+            f"{addr} presented a TLS certificate that the cluster CA did not sign ({exc.verify_message}): "
+            "it is not a node of this cluster, or its tls/ folder belongs to another cluster")
+    reason = str(exc.reason or exc).lower().replace("_", " ")
+    if isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError | ssl.SSLSyscallError):
+        return Unavailable(f"{addr} closed the connection during the TLS handshake ({reason})")
+    if "alert" in reason:
+        return AuthenticationFailed(
+            f"{addr} refused this node's TLS certificate ({reason}): issue it from the cluster CA "
+            "with `chunkfs tls issue`")
+    return AuthenticationFailed(
+        f"TLS handshake with {addr} failed ({reason}): a cluster runs TLS on every node or on none; "
+        "check that node's node.json")
 
 
 def _tune_socket(conn: Connection) -> None:
@@ -640,6 +749,9 @@ class RpcServer:
         self.max_payload = max_payload
         self.connections: set[Connection] = set()
         self._server: asyncio.Server | None = None
+        #: With TLS: our own listening sockets, their accept loops, and TLS handshakes under way.
+        self._listeners: list[socket.socket] = []
+        self._accept_tasks: set[asyncio.Task[None]] = set()
         #: Connections still in their handshake, by peer address, and themselves (closed at shutdown too).
         self._unauthenticated: dict[str, int] = {}
         self._handshaking: set[Connection] = set()
@@ -650,6 +762,11 @@ class RpcServer:
     async def listen(self, addr: str, start_serving: bool = True) -> None:
         """Bind `addr`; with `start_serving` False, accept only after `start_serving()`."""
         host, port = parse_addr(addr)
+        if self.creds.tls is not None:
+            await self._bind_tls(host, port)
+            if start_serving:
+                await self.start_serving()
+            return
 
         def factory() -> Connection:
             return Connection(handler=self.handler, max_payload=self.max_payload, on_connect=self._accept)
@@ -659,32 +776,140 @@ class RpcServer:
         )
 
     async def start_serving(self) -> None:
+        if self._listeners:
+            loop = asyncio.get_running_loop()
+            for sock in self._listeners:
+                sock.listen(TLS_BACKLOG)
+                task = loop.create_task(self._accept_tls(sock))
+                self._accept_tasks.add(task)
+                task.add_done_callback(self._accept_tasks.discard)
+            return
         assert self._server is not None
         await self._server.start_serving()
 
     @property
     def port(self) -> int:
+        if self._listeners:
+            return int(self._listeners[0].getsockname()[1])
         assert self._server is not None
         return int(self._server.sockets[0].getsockname()[1])
 
-    async def _accept(self, conn: Connection) -> None:
-        peer = conn.writer.get_extra_info("peername")
-        conn.peer_name = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        name = conn.peer_name
-        host = str(peer[0]) if isinstance(peer, tuple) else name
+    # -- TLS: accepting by hand ------------------------------------------------
+
+    async def _bind_tls(self, host: str, port: int) -> None:
+        """Bind every address of `host` as asyncio's create_server would, without listening yet.
+
+        Why not ``create_server(ssl=...)``: it starts the TLS handshake of every
+        connection it accepts (buffers of 256 KiB each in asyncio) before this
+        server sees the connection, so no cap on unauthenticated peers could
+        come first.  Nor ``start_tls`` after a plain accept: uvloop starts
+        reading before a protocol can pause it, and the TLS hello lands in the
+        wrong hands.  Here each accepted socket passes the caps, then gets its
+        TLS handshake (``connect_accepted_socket``), then the secret handshake.
+        """
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        try:
+            for family, kind, proto, _, sockaddr in dict.fromkeys(infos):
+                sock = socket.socket(family, kind, proto)
+                self._listeners.append(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind(sockaddr)
+                sock.setblocking(False)
+                if port == 0:
+                    break  # an ephemeral port: one listener (each further one would get another port)
+        except OSError:
+            self._close_listeners()
+            raise
+
+    async def _accept_tls(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, peer = await loop.sock_accept(listener)
+            except OSError as exc:  # out of descriptors, say: the listener stays, a later accept may work
+                self._refuse("?", f"cannot accept: {exc.strerror or exc}")
+                await asyncio.sleep(0.1)
+                continue
+            host, name = str(peer[0]), f"{peer[0]}:{peer[1]}"
+            if not self._admit(host, name):
+                sock.close()
+                continue
+            task = loop.create_task(self._tls_handshake(sock, host, name, loop.time()))
+            self._accept_tasks.add(task)
+            task.add_done_callback(self._accept_tasks.discard)
+
+    async def _tls_handshake(self, sock: socket.socket, host: str, name: str, started: float) -> None:
+        assert self.creds.tls is not None
+
+        def factory() -> Connection:
+            return Connection(handler=self.handler, max_payload=self.max_payload, peer_name=name,
+                              on_connect=lambda conn: self._accept(conn, admitted=host, started=started))
+
+        # From here the event loop owns `sock`: on a failed handshake it closes it (uvloop detaches our
+        # socket object only once libuv has closed the descriptor, so closing it here could close a
+        # descriptor number already given to another connection).
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(
+                factory, sock, ssl=self.creds.tls.server, ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
+        except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
+            self._release(host)
+            why = _tls_refusal(exc)
+            if why:
+                self._refuse(name, why)
+        except BaseException:
+            self._release(host)
+            raise
+
+    def _close_listeners(self) -> None:
+        for sock in self._listeners:
+            sock.close()
+        self._listeners.clear()
+
+    # -- authenticating --------------------------------------------------------
+
+    def _admit(self, host: str, name: str) -> bool:
+        """Count one more connection from `host` still proving itself, or refuse it above the caps."""
         waiting = self._unauthenticated.get(host, 0)
         if waiting >= MAX_UNAUTHENTICATED_PER_HOST or sum(self._unauthenticated.values()) >= MAX_UNAUTHENTICATED:
             self._refuse(name, f"too many connections still authenticating ({waiting} from {host})")
-            conn.close()
-            return
+            return False
         self._unauthenticated[host] = waiting + 1
+        return True
+
+    def _release(self, host: str) -> None:
+        left = self._unauthenticated[host] - 1
+        if left:
+            self._unauthenticated[host] = left
+        else:
+            del self._unauthenticated[host]
+
+    async def _accept(self, conn: Connection, admitted: str | None = None, started: float | None = None) -> None:
+        """Authenticate a new connection, then serve it until it closes.
+
+        `admitted`: the TLS path already counted it (from that host) and
+        `started` is when it was accepted, so one deadline covers both handshakes.
+        """
+        peer = conn.writer.get_extra_info("peername")
+        conn.peer_name = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        name = conn.peer_name
+        if admitted is not None:
+            host = admitted
+        else:
+            host = str(peer[0]) if isinstance(peer, tuple) else name
+            if not self._admit(host, name):
+                conn.close()
+                return
         self._handshaking.add(conn)
         _tune_socket(conn)
+        loop = asyncio.get_running_loop()
         try:
             # One deadline for the whole handshake, however the peer paces its bytes.  Not
             # wait_for: that would run the handshake as another task, and the peer's first
             # requests could then arrive before `conn.start()` below, under pre-auth limits.
-            async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+            async with asyncio.timeout_at((loop.time() if started is None else started) + HANDSHAKE_TIMEOUT):
                 await server_handshake(conn, self.creds)
         except TimeoutError:
             self._refuse(name, "handshake not finished in time")
@@ -699,11 +924,7 @@ class RpcServer:
             return
         finally:
             self._handshaking.discard(conn)
-            left = self._unauthenticated[host] - 1
-            if left:
-                self._unauthenticated[host] = left
-            else:
-                del self._unauthenticated[host]
+            self._release(host)
         _size_socket_buffers(conn)
         self.connections.add(conn)
         conn.start()
@@ -728,6 +949,11 @@ class RpcServer:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
+        for task in list(self._accept_tasks):
+            task.cancel()
+        if self._accept_tasks:
+            await asyncio.wait(self._accept_tasks, timeout=HANDSHAKE_TIMEOUT)
+        self._close_listeners()
         for conn in list(self._handshaking):
             conn.close()
         for conn in list(self.connections):

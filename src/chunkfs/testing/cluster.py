@@ -28,8 +28,10 @@ def cluster_factory(base: Path, chunk_size: int) -> Iterator[Callable[..., Local
     """
     made: list[LocalCluster] = []
 
-    def make(n_cs: int = 3, chunk_size: int = chunk_size, name: str = "test", n_mds: int = 1) -> LocalCluster:
-        cluster = LocalCluster.make(base / f"cluster-{name}", name, n_mds=n_mds, n_cs=n_cs, chunk_size=chunk_size)
+    def make(n_cs: int = 3, chunk_size: int = chunk_size, name: str = "test", n_mds: int = 1,
+             tls: bool = False) -> LocalCluster:
+        cluster = LocalCluster.make(base / f"cluster-{name}", name, n_mds=n_mds, n_cs=n_cs, chunk_size=chunk_size,
+                                    tls=tls)
         made.append(cluster)
         cluster.start_all()
         cluster.wait_ready()

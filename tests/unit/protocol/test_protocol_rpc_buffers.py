@@ -41,6 +41,9 @@ class HoldingTransport:
     def is_closing(self) -> bool:
         return self.closed
 
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return default  # a plain TCP transport: no "sslcontext"
+
 
 def feed(conn: rpc.Connection, transport: HoldingTransport, data: bytes, read_size: int) -> None:
     pos = 0

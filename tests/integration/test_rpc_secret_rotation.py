@@ -1,0 +1,127 @@
+"""The secret handshake while the cluster secret is rotated: either secret is accepted, the next one preferred.
+
+Real TCP on 127.0.0.1, one event loop, every wait bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chunkfs.common import secret_files
+from chunkfs.common.config import SECRET_FILE, write_secret
+from chunkfs.common.errors import AuthenticationFailed
+from chunkfs.protocol.messages import Msg
+from chunkfs.protocol.rpc import Connection, Credentials, Reply, RpcServer, connect
+
+pytestmark = pytest.mark.timeout(30)
+
+CLUSTER = "rot"
+OLD, NEW, OTHER = b"\x01" * 32, b"\x02" * 32, b"\x03" * 32
+
+
+async def handler(conn: Connection, msg: Msg, header: dict[str, Any], payload: bytes) -> Reply:
+    return {"role": "mds", "node": "m"}, b""
+
+
+async def ping(port: int, creds: Credentials) -> None:
+    conn = await connect(f"127.0.0.1:{port}", creds, timeout=5)
+    try:
+        assert (await conn.call(Msg.PING, {}, timeout=5))[0] == {"role": "mds", "node": "m"}
+    finally:
+        conn.close()
+
+
+def creds(secret: bytes, nxt: bytes | None = None, role: str = "client") -> Credentials:
+    return Credentials(CLUSTER, secret, role, role, next_secret=nxt)
+
+
+@pytest.mark.parametrize(
+    ("server", "client"),
+    [
+        ((OLD, None), (OLD, NEW)),  # the client staged first
+        ((OLD, NEW), (OLD, None)),  # the server staged first
+        ((OLD, NEW), (OLD, NEW)),   # both staged: they use the next one
+        ((OLD, NEW), (NEW, None)),  # the client finished first
+        ((NEW, None), (OLD, NEW)),  # the server finished first
+    ],
+    ids=["client-staged", "server-staged", "both-staged", "client-finished", "server-finished"],
+)
+async def test_every_step_of_a_rotation_connects(server: tuple[bytes, bytes | None],
+                                                 client: tuple[bytes, bytes | None]) -> None:
+    srv = RpcServer(creds(*server, role="mds"), handler)
+    await srv.listen("127.0.0.1:0")
+    try:
+        await ping(srv.port, creds(*client))
+    finally:
+        await srv.close()
+
+
+@pytest.mark.parametrize(
+    ("server", "client"),
+    [((NEW, None), (OLD, None)), ((OLD, None), (NEW, None)), ((OLD, NEW), (OTHER, None))],
+    ids=["old-client", "old-server", "stranger"],
+)
+async def test_a_peer_without_a_shared_secret_is_refused(server: tuple[bytes, bytes | None],
+                                                         client: tuple[bytes, bytes | None]) -> None:
+    srv = RpcServer(creds(*server, role="mds"), handler)
+    await srv.listen("127.0.0.1:0")
+    try:
+        with pytest.raises(AuthenticationFailed) as info:
+            await ping(srv.port, creds(*client))
+        message = str(info.value)
+        assert "\n" not in message and "secret" in message
+        assert not srv.connections
+    finally:
+        await srv.close()
+
+
+async def test_the_client_proves_the_next_secret_when_the_server_knows_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Connections move to the next secret as soon as both ends hold it, before the rotation ends."""
+    from chunkfs.protocol import rpc
+
+    proved: list[bytes] = []
+    real = rpc._proof
+
+    def spy(secret: bytes, label: bytes, *rest: Any) -> bytes:
+        if label == b"client":
+            proved.append(secret)
+        return real(secret, label, *rest)
+
+    monkeypatch.setattr(rpc, "_proof", spy)
+    srv = RpcServer(creds(OLD, NEW, role="mds"), handler)
+    await srv.listen("127.0.0.1:0")
+    try:
+        await ping(srv.port, creds(OLD, NEW))
+    finally:
+        await srv.close()
+    # The client's proof is the first one made (the server then tries its secrets against it).
+    assert proved[0] == NEW
+
+
+async def test_a_running_server_follows_its_secret_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(secret_files, "RELOAD_INTERVAL", 0.0)
+    write_secret(tmp_path / SECRET_FILE, OLD)
+    files = secret_files.SecretFiles(tmp_path, OLD)
+    srv = RpcServer(Credentials(CLUSTER, OLD, "mds", "m", secret_files=files), handler)
+    await srv.listen("127.0.0.1:0")
+    try:
+        kept = await connect(f"127.0.0.1:{srv.port}", creds(OLD), timeout=5)
+        with pytest.raises(AuthenticationFailed):
+            await ping(srv.port, creds(NEW))
+        secret_files.stage(tmp_path, NEW)
+        await ping(srv.port, creds(NEW))
+        await ping(srv.port, creds(OLD))
+        secret_files.promote(tmp_path)
+        await ping(srv.port, creds(NEW))
+        with pytest.raises(AuthenticationFailed):
+            await ping(srv.port, creds(OLD))
+        # A connection authenticated before the end stays open (clients are not cut off mid-write).
+        assert (await kept.call(Msg.PING, {}, timeout=5))[0]["role"] == "mds"
+        kept.close()
+    finally:
+        await srv.close()
+    await asyncio.sleep(0)
