@@ -21,7 +21,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,25 +79,68 @@ class StateMachine:
 
 
 class _Peer:
-    """Outgoing messages to one peer: a bounded queue and a sender task."""
+    """Outgoing messages to one peer, written to its connection at once.
+
+    A message goes on the wire the moment the core hands it over (no hop
+    through a task): a commit's critical path is a round trip to a follower,
+    and every turn of the event loop on it shows in each metadata change.  The
+    answers (empty acknowledgements; the follower's reply comes as its own
+    message) are awaited by a collector task, in order.  Only while there is
+    no connection do messages wait in a bounded queue, for the sender task to
+    connect and send them.
+    """
 
     def __init__(self, driver: RaftLog, peer_id: int) -> None:
         self.driver = driver
         self.peer_id = peer_id
         self.queue: asyncio.Queue[Message] = asyncio.Queue(PEER_QUEUE)
+        self.answers: asyncio.Queue[Coroutine[Any, Any, Any]] = asyncio.Queue()
         self.conn: Connection | None = None
-        self.task = asyncio.get_running_loop().create_task(self._run())
+        loop = asyncio.get_running_loop()
+        self.tasks = [loop.create_task(self._run()), loop.create_task(self._collect())]
 
     def send(self, msg: Message) -> None:
+        conn = self.conn
+        if conn is not None and not conn.closed and self.queue.empty():
+            self._write(conn, msg)
+            return
         with contextlib.suppress(asyncio.QueueFull):
             self.queue.put_nowait(msg)
 
+    def _write(self, conn: Connection, msg: Message) -> None:
+        if self.answers.qsize() >= PEER_QUEUE:
+            return  # the peer stopped answering: drop (Raft resends what matters)
+        header = message_to_dict(msg)
+        payload = b""
+        if isinstance(msg, SnapshotRequest):
+            # Snapshot data rides as the raw payload, not inside the header.
+            payload = header["snapshot"]["data"]
+            header["snapshot"] = {**header["snapshot"], "data": b""}
+        try:
+            self.answers.put_nowait(conn.request(Msg.RAFT, {"m": header}, payload, timeout=SEND_TIMEOUT))
+        except ChunkFSError as exc:
+            self._lost(exc)
+
+    def _lost(self, exc: ChunkFSError) -> None:
+        addr = self.driver.addrs.get(self.peer_id)
+        logger.debug("raft message to MDS#%d at %s lost: %s", self.peer_id, addr, exc)
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    async def _collect(self) -> None:
+        while True:
+            answer = await self.answers.get()
+            try:
+                await answer
+            except ChunkFSError as exc:
+                self._lost(exc)
+
     async def _run(self) -> None:
+        """Connect when there is no connection, then send what waited meanwhile."""
         pause = 0.05
         while True:
-            batch = [await self.queue.get()]
-            while not self.queue.empty():
-                batch.append(self.queue.get_nowait())
+            msg = await self.queue.get()
             addr = self.driver.addrs.get(self.peer_id)
             if addr is None:
                 continue
@@ -105,33 +148,25 @@ class _Peer:
             try:
                 if self.conn is None or self.conn.closed:
                     self.conn = await connect(addr, self.driver.creds, timeout=2.0)
-                # Pipelined: everything queued goes out at once, in order, so the peer
-                # steps it all before its next fsync (one fsync per batch, not per entry).
-                await asyncio.gather(*(self._call(self.conn, msg) for msg in batch))
                 pause = 0.05
             except ChunkFSError as exc:
-                logger.debug("raft message to MDS#%d at %s lost: %s", self.peer_id, addr, exc)
-                if self.conn is not None:
-                    self.conn.close()
-                    self.conn = None
+                self._lost(exc)
                 # Drop what piled up while the peer was away; the core resends what matters.
                 while not self.queue.empty():
                     self.queue.get_nowait()
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 1.0)
-
-    @staticmethod
-    async def _call(conn: Connection, msg: Message) -> None:
-        header = message_to_dict(msg)
-        payload = b""
-        if isinstance(msg, SnapshotRequest):
-            # Snapshot data rides as the raw payload, not inside the header.
-            payload = header["snapshot"]["data"]
-            header["snapshot"] = {**header["snapshot"], "data": b""}
-        await conn.call(Msg.RAFT, {"m": header}, payload, timeout=SEND_TIMEOUT)
+                continue
+            # In order, with no await in between: `send` writes directly again once the queue is empty.
+            self._write(self.conn, msg)
+            while not self.queue.empty() and self.conn is not None:
+                self._write(self.conn, self.queue.get_nowait())
 
     def close(self) -> None:
-        self.task.cancel()
+        for task in self.tasks:
+            task.cancel()
+        while not self.answers.empty():
+            self.answers.get_nowait().close()  # never awaited now: no "coroutine was never awaited" warning
         if self.conn is not None:
             self.conn.close()
 
