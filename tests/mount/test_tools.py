@@ -93,8 +93,8 @@ def test_tar_of_thousands_of_small_files_then_diff(make_cluster, mount, tmp_path
     assert sum(len(files) for _, _, files in os.walk(mnt / "tree")) == 2000
 
 
-def test_sigusr1_writes_where_the_mount_spent_its_time(mount, make_cluster) -> None:
-    """`kill -USR1` on a mount: each FUSE request and each master request it made, counted and timed."""
+def _mount_timings(mnt) -> dict:
+    """The mount's step timings, as `kill -USR1` makes it write them (bounded wait)."""
     import json
     import signal as sig
     import time as t
@@ -102,18 +102,47 @@ def test_sigusr1_writes_where_the_mount_spent_its_time(mount, make_cluster) -> N
     from chunkfs.client.fuse_session import TIMINGS_FILE, state_dir
     from chunkfs.common.daemon import read_pid
 
-    mnt = mount(make_cluster())
-    for i in range(5):
-        (mnt / f"f{i}").write_bytes(b"x")
     pid = read_pid(state_dir(mnt))
     assert pid is not None
     path = state_dir(mnt) / TIMINGS_FILE
+    path.unlink(missing_ok=True)
     os.kill(pid, sig.SIGUSR1)
     deadline = t.monotonic() + 10
     while not path.exists() and t.monotonic() < deadline:
         t.sleep(0.05)
-    steps = json.loads(path.read_text())
+    return json.loads(path.read_text())
+
+
+def test_sigusr1_writes_where_the_mount_spent_its_time(mount, make_cluster) -> None:
+    """`kill -USR1` on a mount: each FUSE request and each master request it made, counted and timed."""
+    mnt = mount(make_cluster())
+    for i in range(5):
+        (mnt / f"f{i}").write_bytes(b"x")
+    steps = _mount_timings(mnt)
     assert steps["fuse.create"]["count"] >= 5
     assert steps["mds.CREATE"]["count"] >= 5
     assert steps["fuse.write"]["count"] >= 5
     assert all(s["total_s"] >= s["max_s"] > 0 for s in steps.values())
+
+
+def test_a_directory_changed_here_is_not_asked_of_the_master_again(mount, make_cluster) -> None:
+    """The kernel re-reads a directory's attributes after each change in it: the change's reply has them."""
+    mnt = mount(make_cluster())
+    d = mnt / "d"
+    d.mkdir()
+    before = _mount_timings(mnt)
+    for i in range(20):
+        os.close(os.open(d / f"f{i}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+    for i in range(20):
+        os.unlink(d / f"f{i}")
+    os.mkdir(d / "sub")
+    after = _mount_timings(mnt)
+
+    def count(step: str) -> int:
+        return after.get(step, {}).get("count", 0) - before.get(step, {}).get("count", 0)
+
+    assert count("fuse.getattr") >= 30  # the kernel did ask, after each change...
+    assert count("mds.GETATTR") <= 5  # ...and the mount answered from the change's reply
+    st = os.stat(d)
+    assert st.st_nlink == 3  # what the answers say is right: 2 + the new subdirectory
+    assert st.st_mtime_ns >= os.stat(d / "sub").st_mtime_ns

@@ -11,7 +11,7 @@ import asyncio
 import os
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from chunkfs.client.chunk_io import ChunkIO
@@ -54,6 +54,9 @@ class Client:
                                  tls=tls, secret_files=files)
         self.mds = MdsLink(config.mds, self.creds)
         self.io = ChunkIO(self)
+        #: Called with the attributes of the directories a namespace change touched, as the master
+        #: answered them (the mount answers the kernel's next getattr of them from these).
+        self.on_dir_attrs: Callable[[list[dict[str, Any]]], None] | None = None
 
     @classmethod
     def for_cluster(cls, name: str) -> Client:
@@ -74,8 +77,16 @@ class Client:
     async def lookup(self, parent: int, name: str | bytes) -> dict[str, Any]:
         return (await self.mds.call(Msg.LOOKUP, {"parent": parent, "name": to_bytes(name)}))["attr"]
 
+    async def _change(self, msg: Msg, header: dict[str, Any]) -> dict[str, Any]:
+        """A namespace change; the directories' new attributes in its reply go to `on_dir_attrs`."""
+        reply = await self.mds.call(msg, header)
+        parents = reply.get("parents")
+        if parents and self.on_dir_attrs is not None:
+            self.on_dir_attrs(parents)
+        return reply
+
     async def mkdir_at(self, parent: int, name: str | bytes, mode: int = 0o755) -> dict[str, Any]:
-        return (await self.mds.call(Msg.MKDIR, {"parent": parent, "name": to_bytes(name), "mode": mode}))["attr"]
+        return (await self._change(Msg.MKDIR, {"parent": parent, "name": to_bytes(name), "mode": mode}))["attr"]
 
     async def create_at(
         self, parent: int, name: str | bytes, mode: int = 0o644, exclusive: bool = False, *,
@@ -87,13 +98,13 @@ class Client:
             header["session"] = session
         if truncate:
             header["truncate"] = True
-        attr = (await self.mds.call(Msg.CREATE, header))["attr"]
+        attr = (await self._change(Msg.CREATE, header))["attr"]
         if truncate:
             self.io.forget(attr["ino"])
         return attr
 
     async def symlink_at(self, parent: int, name: str | bytes, target: bytes) -> dict[str, Any]:
-        return (await self.mds.call(Msg.SYMLINK, {"parent": parent, "name": to_bytes(name), "target": target}))["attr"]
+        return (await self._change(Msg.SYMLINK, {"parent": parent, "name": to_bytes(name), "target": target}))["attr"]
 
     async def readlink(self, ino: int) -> bytes:
         attr = await self.getattr(ino)
@@ -102,10 +113,10 @@ class Client:
         return bytes(attr["target"])
 
     async def unlink_at(self, parent: int, name: str | bytes) -> None:
-        await self.mds.call(Msg.UNLINK, {"parent": parent, "name": to_bytes(name)})
+        await self._change(Msg.UNLINK, {"parent": parent, "name": to_bytes(name)})
 
     async def rmdir_at(self, parent: int, name: str | bytes) -> None:
-        await self.mds.call(Msg.RMDIR, {"parent": parent, "name": to_bytes(name)})
+        await self._change(Msg.RMDIR, {"parent": parent, "name": to_bytes(name)})
 
     async def rename_at(
         self, parent: int, name: str | bytes, new_parent: int, new_name: str | bytes, noreplace: bool = False
@@ -114,7 +125,7 @@ class Client:
             "parent": parent, "name": to_bytes(name), "new_parent": new_parent, "new_name": to_bytes(new_name)}
         if noreplace:
             header["noreplace"] = True
-        await self.mds.call(Msg.RENAME, header)
+        await self._change(Msg.RENAME, header)
 
     # -- open files (the mount) ----------------------------------------------
 

@@ -85,6 +85,8 @@ assert pyfuse3.ROOT_INODE == ROOT_INO
 READDIR_PAGE = 256
 #: `statfs` asks the master at most this often (its answer walks every chunk).
 STATFS_CACHE_S = 2.0
+#: Directories whose attributes a mount keeps from its own changes, at most (then it starts over).
+FRESH_DIRS_MAX = 4096
 #: renameat2's flag (linux/fs.h): fail rather than replace an existing target.
 RENAME_NOREPLACE = 1
 #: Reported I/O block size: what `cp` and friends size their buffers by; the
@@ -252,6 +254,11 @@ class ChunkFSOperations(pyfuse3.Operations):
         #: Who holds this mount's leases, as other mounts' errors name it.
         self.holder = client.creds.node
         self._renewer: asyncio.Task[None] | None = None
+        #: Directory attributes from this mount's own namespace changes: inode -> (valid until, attr).
+        #: The kernel drops a directory's cached attributes when a name in it changes, then asks for
+        #: them before the next lookup there: answered from here once, within attr_timeout.
+        self._fresh_dirs: dict[int, tuple[float, dict[str, Any]]] = {}
+        client.on_dir_attrs = self._dirs_changed
 
     # -- attributes ------------------------------------------------------------
 
@@ -284,8 +291,20 @@ class ChunkFSOperations(pyfuse3.Operations):
         e.st_ctime_ns = ctime
         return e
 
+    def _dirs_changed(self, attrs: list[dict[str, Any]]) -> None:
+        if not self.opts.attr_timeout:
+            return
+        until = time.monotonic() + self.opts.attr_timeout
+        if len(self._fresh_dirs) >= FRESH_DIRS_MAX:
+            self._fresh_dirs.clear()  # bounded; they are only a shortcut
+        for attr in attrs:
+            self._fresh_dirs[attr["ino"]] = (until, attr)
+
     @fuse_errors
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        fresh = self._fresh_dirs.pop(inode, None)
+        if fresh is not None and time.monotonic() < fresh[0]:
+            return self._entry(fresh[1])
         return self._entry(await self.client.getattr(inode))
 
     @fuse_errors
@@ -326,6 +345,7 @@ class ChunkFSOperations(pyfuse3.Operations):
         # No change asked (chown to the owner it has, chown -1 -1) still changes ctime, as on a local disk.
         if of is not None and "size" not in changes:
             await self._commit(of)  # keep a local size from being lost under a new mtime
+        self._fresh_dirs.pop(inode, None)
         new = await self.client.setattr(inode, **changes)
         if "size" in changes:
             self._truncated(inode, new["size"], new["mtime_ns"])

@@ -10,6 +10,7 @@ load, and which replicas each one reported.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -301,7 +302,7 @@ class MetadataServer:
     async def _on_mkdir(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
         attr = await self._propose("mkdir", parent=h["parent"], name=h["name"], mode=h["mode"], time=time.time(),
                                    **self._once(h))
-        return {"attr": attr}
+        return {"attr": attr, **self._parents(h["parent"])}
 
     async def _on_create(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
         result = await self._propose(
@@ -312,12 +313,20 @@ class MetadataServer:
         attr = result["attr"]
         if h.get("session"):
             attr = self._register_open(h["session"], attr["ino"])
-        return {"attr": attr}
+        return {"attr": attr, **self._parents(h["parent"])}
 
     async def _on_symlink(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
         attr = await self._propose("symlink", parent=h["parent"], name=h["name"], target=h["target"],
                                    time=time.time(), **self._once(h))
-        return {"attr": attr}
+        return {"attr": attr, **self._parents(h["parent"])}
+
+    def _parents(self, *dirs: int) -> dict[str, Any]:
+        """The changed directories' attributes now (read with no await since the change applied)."""
+        out = []
+        for ino in dict.fromkeys(dirs):
+            with contextlib.suppress(ChunkFSError):  # removed meanwhile: the kernel asks, and learns that
+                out.append(self.store.getattr(ino))
+        return {"parents": out}
 
     async def _on_open(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
         ino = h["ino"]
@@ -383,16 +392,16 @@ class MetadataServer:
         await self._remove_name(
             "rename", h["new_parent"], h["new_name"], parent=h["parent"], name=h["name"],
             new_parent=h["new_parent"], new_name=h["new_name"], noreplace=h.get("noreplace", False), **self._once(h))
-        return {}
+        return self._parents(h["parent"], h["new_parent"])
 
     async def _on_unlink(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
         await self._remove_name("unlink", h["parent"], h["name"], parent=h["parent"], name=h["name"],
                                 **self._once(h))
-        return {}
+        return self._parents(h["parent"])
 
     async def _on_rmdir(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
         await self._propose("rmdir", parent=h["parent"], name=h["name"], time=time.time(), **self._once(h))
-        return {}
+        return self._parents(h["parent"])
 
     async def _on_set_replicas(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
         changed = await self._propose(

@@ -138,6 +138,9 @@ def f(name: str, *types: type, optional: bool = False, max_items: int = 0) -> Fi
 
 
 _ATTR = (f("attr", dict),)
+#: The attributes of the directories a namespace change touched, as they are after it: the kernel
+#: asks for them next (their mtime moved), and the mount answers from these without a round trip.
+_PARENTS = (f("parents", list, optional=True, max_items=2),)
 #: Exactly-once metadata changes (Raft thesis, 6.3): the sending client's id, the request's
 #: sequence number (the same in every retry) and the lowest sequence number the client may
 #: still retry, so the master can forget the answers below it.  Added by the client's MDS link.
@@ -167,13 +170,13 @@ SPECS: dict[Msg, MessageSpec] = {
     Msg.GETATTR: MessageSpec((f("ino", int),), _ATTR),
     # `follow`: follow a symbolic link in the last component too (links on the way are always followed).
     Msg.RESOLVE: MessageSpec((f("path", bytes, str), f("follow", bool, optional=True)), _ATTR),
-    Msg.MKDIR: MessageSpec((*_ENTRY, f("mode", int), *_ONCE), _ATTR),
+    Msg.MKDIR: MessageSpec((*_ENTRY, f("mode", int), *_ONCE), (*_ATTR, *_PARENTS)),
     # With `session`, the new (or existing) file is registered as open by that mount (see OPEN);
     # `truncate` cuts an existing file to size 0 (O_TRUNC).
     Msg.CREATE: MessageSpec(
         (*_ENTRY, f("mode", int), f("exclusive", bool), f("session", str, optional=True),
          f("truncate", bool, optional=True), *_ONCE),
-        _ATTR,
+        (*_ATTR, *_PARENTS),
     ),
     # A mount opens a file: the master registers it as held by the mount's session (an unlinked
     # file lives on while held) and answers its attributes; `truncate` is O_TRUNC.
@@ -183,7 +186,7 @@ SPECS: dict[Msg, MessageSpec] = {
     # A mount's session renewal, with inodes it holds open (re-sent in pages when the
     # master answers known=False: a new master, or a session that had expired).
     Msg.SESSION: MessageSpec((f("session", str), f("open", list)), (f("known", bool),)),
-    Msg.SYMLINK: MessageSpec((*_ENTRY, f("target", bytes), *_ONCE), _ATTR),
+    Msg.SYMLINK: MessageSpec((*_ENTRY, f("target", bytes), *_ONCE), (*_ATTR, *_PARENTS)),
     Msg.READDIR: MessageSpec(
         # Entries are [name (bytes), inode, type], in byte order, after the name `after`;
         # with `attrs`, [name, inode, type, attributes]: a page costs one request (readdirplus).
@@ -206,9 +209,9 @@ SPECS: dict[Msg, MessageSpec] = {
     # `noreplace`: fail with "exists" rather than replace the target (renameat2 RENAME_NOREPLACE).
     Msg.RENAME: MessageSpec(
         (*_ENTRY, f("new_parent", int), f("new_name", bytes, str), f("noreplace", bool, optional=True), *_ONCE),
-        ()),
-    Msg.UNLINK: MessageSpec((*_ENTRY, *_ONCE), ()),
-    Msg.RMDIR: MessageSpec((*_ENTRY, *_ONCE), ()),
+        _PARENTS),
+    Msg.UNLINK: MessageSpec((*_ENTRY, *_ONCE), _PARENTS),
+    Msg.RMDIR: MessageSpec((*_ENTRY, *_ONCE), _PARENTS),
     Msg.SET_REPLICAS: MessageSpec(
         (f("ino", int), f("replicas", int), f("min_replicas", int), f("recursive", bool)),
         (f("changed", int),),

@@ -304,7 +304,11 @@ def header_for(draw: st.DrawFn, fields: tuple[Field, ...]) -> dict[str, Any]:
     for fl in fields:
         if fl.optional and draw(st.booleans()):
             continue
-        out[fl.name] = draw(st.one_of(*(STRATEGIES[t] for t in fl.types)))
+        choices = [STRATEGIES[t] for t in fl.types]
+        if fl.max_items and list in fl.types:  # a list within its declared bound
+            choices = [st.lists(_NESTED, max_size=min(4, fl.max_items)) if t is list else STRATEGIES[t]
+                       for t in fl.types]
+        out[fl.name] = draw(st.one_of(*choices))
     return out
 
 
