@@ -222,6 +222,8 @@ class ChunkStore:
         self._lock = threading.Lock()
         self._chunk_locks = [threading.Lock() for _ in range(CHUNK_LOCK_STRIPES)]
         self._index: dict[int, int] = {}
+        #: Replicas created since their directory was last synced (see `create`).
+        self._unsynced_names: set[int] = set()
         self._files: OrderedDict[int, _OpenFile] = OrderedDict()
         self._closed = False
         self._chunks_dir = self.root / CHUNKS_DIR
@@ -448,7 +450,15 @@ class ChunkStore:
         return bytes(out)
 
     def create(self, chunk_id: int, version: int) -> None:
-        """Create an empty replica (all zeros), durably.
+        """Create an empty replica (all zeros); on disk for good at its first sync.
+
+        No fsync here: an empty replica holds nothing anyone was promised, and
+        a new file's first write comes right after (a new file, a database's
+        journal), so the file and its directory entry are synced with the
+        first sync of the replica's data (`write(sync=True)` or `fsync`), the
+        only point at which anything was promised.  A crash before that may
+        leave no replica or a torn one: a torn header is found at the first
+        read and the replica is moved aside and replaced, as any corrupt one.
 
         Idempotent for the same version, so a retried request is harmless; another
         version already here is `Exists` — the master must delete or re-version it.
@@ -476,7 +486,6 @@ class ChunkStore:
             try:
                 try:
                     _pwrite_full(fd, [self._encode_new_file(chunk_id, version)], 0)
-                    os.fsync(fd)
                 finally:
                     os.close(fd)
                 os.rename(tmp, self._path_for(chunk_id, version))
@@ -488,9 +497,9 @@ class ChunkStore:
                         chunk_id=chunk_id,
                     ) from exc
                 raise
-            _fsync_dir(d)
             with self._lock:
                 self._index[chunk_id] = version
+                self._unsynced_names.add(chunk_id)
 
     def set_version(self, chunk_id: int, old_version: int, new_version: int) -> None:
         """Move the replica from `old_version` to `new_version` by renaming its file.
@@ -516,6 +525,7 @@ class ChunkStore:
             _fsync_dir(self._dir_for(chunk_id))
             with self._lock:
                 self._index[chunk_id] = new_version
+                self._unsynced_names.discard(chunk_id)
 
     def delete(self, chunk_id: int, only_version: int | None = None) -> None:
         """Remove the replica, whatever its version; absent is not an error.
@@ -530,6 +540,7 @@ class ChunkStore:
                 if only_version is not None and self._index.get(chunk_id) != only_version:
                     return
                 version = self._index.pop(chunk_id, None)
+                self._unsynced_names.discard(chunk_id)
                 if version is None:
                     return
                 self._forget_fd_locked(chunk_id)
@@ -555,6 +566,7 @@ class ChunkStore:
                     dst = self._quarantine_dir / f"{src.name}.{n}"
                 os.rename(src, dst)
                 del self._index[chunk_id]
+                self._unsynced_names.discard(chunk_id)
                 self._forget_fd_locked(chunk_id)
             _fsync_dir(self._quarantine_dir)
             _fsync_dir(src.parent)
@@ -739,14 +751,24 @@ class ChunkStore:
                 )
                 if sync:
                     os.fdatasync(lease.fd)
+                    self._sync_name(lease)
             except OSError as exc:
                 if _is_no_space(exc):
                     raise self._no_space(lease, exc, f"writing {length} bytes at {offset}") from exc
                 raise
 
+    def _sync_name(self, lease: _Lease) -> None:
+        """After a replica's first sync: its directory entry too (`create` leaves it to this)."""
+        if lease.chunk_id not in self._unsynced_names:
+            return
+        _fsync_dir(self._dir_for(lease.chunk_id))
+        with self._lock:
+            self._unsynced_names.discard(lease.chunk_id)
+
     def _sync(self, lease: _Lease, data_only: bool) -> None:
         try:
             (os.fdatasync if data_only else os.fsync)(lease.fd)
+            self._sync_name(lease)
         except OSError as exc:
             if _is_no_space(exc):
                 raise self._no_space(lease, exc, "flushing to disk") from exc

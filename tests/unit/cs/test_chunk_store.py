@@ -473,3 +473,27 @@ def test_model_random_writes_and_truncates(
         view = memoryview(model)
         expected = [crc32c(view[i : i + P_BLOCK]) for i in range(0, P_CHUNK, P_BLOCK)]
         assert s.block_checksums(1, 1) == expected
+
+
+def test_a_new_replica_reaches_the_disk_with_its_first_sync(store: ChunkStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Creating costs no fsync; the first sync of the replica's data makes its name durable too, once."""
+    from chunkfs.cs import chunk_store
+
+    store.create(CID + 256, 1)  # the same subdirectory (by the low byte) exists from now on
+    store.create(CID + 257, 1)
+    synced: list[Path] = []
+    fsyncs: list[int] = []
+    monkeypatch.setattr(chunk_store, "_fsync_dir", lambda path: synced.append(path))
+    real_fsync, real_fdatasync = os.fsync, os.fdatasync
+    monkeypatch.setattr(os, "fsync", lambda fd: (fsyncs.append(fd), real_fsync(fd))[1])
+    monkeypatch.setattr(os, "fdatasync", lambda fd: (fsyncs.append(fd), real_fdatasync(fd))[1])
+    store.create(CID, 1)
+    assert synced == [] and fsyncs == []  # nothing promised yet, nothing synced
+    store.write(CID, 1, 0, b"data", sync=False)
+    assert synced == []
+    store.fsync(CID, 1)
+    assert synced == [replica_path(store, CID, 1).parent] and len(fsyncs) == 1
+    store.fsync(CID, 1)
+    assert len(synced) == 1  # the name only once
+    store.write(CID + 257, 1, 0, b"data", sync=True)  # a synchronous write is a first sync too
+    assert synced[-1] == replica_path(store, CID + 257, 1).parent and len(synced) == 2
