@@ -147,7 +147,7 @@ def table(name: str, n: int, seconds: float, mount: Steps, servers: dict[str, St
 
     rows("mount", mount, ("fuse.", "mds.", "cs."))
     for server, steps in sorted(servers.items()):
-        rows(server, steps, ("serve.", "raft."))
+        rows(server, steps, ("serve.", "raft.", "alloc."))
     return "\n".join(lines)
 
 

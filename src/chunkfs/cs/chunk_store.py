@@ -234,10 +234,18 @@ class ChunkStore:
     # ------------------------------------------------------------------ set-up
 
     def _prepare_dirs(self) -> None:
+        """The store's folders, and all 256 chunk subfolders at once: a new chunk never waits for
+        a mkdir and a directory fsync (sequential chunk ids would otherwise make one per chunk
+        for the first 256 chunks of every server)."""
         created = False
         for d in (self.root, self._chunks_dir, self._quarantine_dir):
             if not d.is_dir():
                 d.mkdir(parents=True, exist_ok=True)
+                created = True
+        for low in range(256):
+            sub = self._chunks_dir / f"{low:02x}"
+            if not sub.is_dir():
+                sub.mkdir(exist_ok=True)
                 created = True
         if created:
             _fsync_dir(self.root)

@@ -493,9 +493,13 @@ class MetadataServer:
         attr = self.store.getattr(ino)
         if attr["type"] != "f":
             raise InvalidArgument("not a regular file")
+        started = time.perf_counter()
         chosen = await self._place_new_chunk(ino, attr, wait=0.0)
+        TIMINGS.since("alloc.place", started)
         chunk: Chunk = await self._propose("alloc_chunk", ino=ino, index=index, replicas=chosen)
+        started = time.perf_counter()
         failed = await self._create_replicas(chunk, chunk.replicas)
+        TIMINGS.since("alloc.create_replicas", started)
         logger.info(
             "chunk %#x (inode %d, index %d) created at version %#x on CS %s",
             chunk.chunk_id, ino, index, chunk.version, ",".join(map(str, chunk.replicas)),
