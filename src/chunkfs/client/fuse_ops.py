@@ -689,9 +689,10 @@ class ChunkFSOperations(pyfuse3.Operations):
     @fuse_errors
     async def fsync(self, fh: int, datasync: bool) -> None:
         of = self._handle(fh)
-        # Data on every replica's disk first, then the size that makes it readable.
-        await self.client.fsync(of.ino)
-        await self._commit(of)
+        # The replicas' syncs and the master's commit of size and mtime at once: fsync answers
+        # when both are durable.  A crash before that may leave the size committed without
+        # the data (zeros there, as on a local disk): nothing had been promised yet.
+        await asyncio.gather(self.client.fsync(of.ino), self._commit(of))
 
     @fuse_errors
     async def release(self, fh: int) -> None:
