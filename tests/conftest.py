@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
+
+TESTS = Path(__file__).resolve().parent
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -13,8 +16,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--seed-start", type=int, default=0, help="first simulator seed (replay a failure)")
 
 
+#: Test folders whose tests start real processes (and mounts): the `cluster` tier.
+CLUSTER_TIERS = ("cluster", "mount")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked `slow` (long soaks) run only with CHUNKFS_SLOW=1; CI runs their bounded versions."""
+    """Mark the tiers by folder (`-m "not cluster"`: the fast tier); slow soaks only with CHUNKFS_SLOW=1.
+
+    By folder here because ``pytestmark`` in a conftest.py marks nothing.
+    """
+    for item in items:
+        if Path(str(item.path)).relative_to(TESTS).parts[0] in CLUSTER_TIERS:
+            item.add_marker(pytest.mark.cluster)
     if os.environ.get("CHUNKFS_SLOW") == "1":
         return
     skip = pytest.mark.skip(reason="slow soak test: set CHUNKFS_SLOW=1 to run it")

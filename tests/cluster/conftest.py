@@ -12,8 +12,6 @@ import pytest
 
 from chunkfs.testing.cluster import LocalCluster, cluster_factory
 
-pytestmark = pytest.mark.cluster
-
 
 @pytest.fixture
 def conf_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:

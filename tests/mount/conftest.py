@@ -36,7 +36,6 @@ if _missing:
     pytest.skip(f"FUSE mount tests need {', '.join(_missing)} (install fuse3; in a container, "
                 "pass --device /dev/fuse --cap-add SYS_ADMIN)", allow_module_level=True)
 
-pytestmark = pytest.mark.cluster
 
 
 def chunkfs(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

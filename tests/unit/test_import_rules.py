@@ -33,11 +33,22 @@ ALLOWED: dict[str, set[str]] = {
 }
 
 
-def imported_modules(source: str, module: str) -> list[tuple[int, str]]:
-    """(line, dotted name) of every import in `source`, the module `module` (relative ones resolved)."""
+def imported_modules(source: str, module: str, type_checking: bool = True) -> list[tuple[int, str]]:
+    """(line, dotted name) of every import in `source`, the module `module` (relative ones resolved).
+
+    With `type_checking` False, imports under ``if TYPE_CHECKING:`` are left out (they never run).
+    """
     package = module.split(".")[:-1]
+    tree = ast.parse(source)
+    skipped: set[int] = set()
+    if not type_checking:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+                skipped.update(id(sub) for sub in ast.walk(node))
     out = []
-    for node in ast.walk(ast.parse(source)):
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
         if isinstance(node, ast.Import):
             out.extend((node.lineno, alias.name) for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -91,6 +102,66 @@ def test_every_package_has_a_rule() -> None:
 def test_no_role_imports_across_or_upward() -> None:
     found = violations(ALLOWED)
     assert not found, "imports across roles or upward:\n" + "\n".join(found)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the modules of ours it imports when it runs (``TYPE_CHECKING`` imports aside)."""
+    names = {}
+    for path, module in _modules():
+        names[module.removesuffix(".__init__")] = (path, module)
+    graph: dict[str, set[str]] = {}
+    for name, (path, module) in names.items():
+        targets = set()
+        for _, imported in imported_modules(path.read_text(), module, type_checking=False):
+            # ``from chunkfs.cli import files`` names a module; ``from chunkfs.cli.files import x`` its parent.
+            target = imported if imported in names else imported.rsplit(".", 1)[0] if "." in imported else ""
+            if target in names and target != name:
+                targets.add(target)
+        graph[name] = targets
+    return graph
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The groups of modules that import each other, directly or round about (strongly connected)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:  # Tarjan's algorithm; the graph is a few hundred modules deep at most
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_module_imports_itself_round_about() -> None:
+    """No circle of imports: each module can be read, loaded and changed from its imports down."""
+    found = circles(import_graph())
+    assert not found, "modules importing each other:\n" + "\n".join(" <-> ".join(c) for c in found)
+
+
+def test_the_circle_finder_finds_circles() -> None:
+    assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert circles({"a": {"b"}, "b": set()}) == []
 
 
 def test_only_the_harness_itself_imports_the_test_harness() -> None:

@@ -10,18 +10,16 @@ import os
 import re
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
-from chunkfs.cli.local import need_cluster
+from chunkfs.cli.context import Command, run_with_client
+from chunkfs.cli.healing import parse_placement, set_placement
 from chunkfs.cli.units import human_bytes
 from chunkfs.client.client import Client, split_path
-from chunkfs.common.config import load_client_config
-from chunkfs.common.daemon import new_event_loop
 from chunkfs.common.errors import ChunkFSError, ConfigError, InvalidArgument, NotFound
 from chunkfs.protocol.frame import MAX_IO_SIZE
 
@@ -29,8 +27,6 @@ from chunkfs.protocol.frame import MAX_IO_SIZE
 COPY_DEPTH = 4
 #: Files at least this big get a progress bar (on a terminal).
 PROGRESS_MIN = 8 << 20
-
-Command = Callable[[Client, argparse.Namespace], Awaitable[int]]
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -68,23 +64,6 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--limit", type=int, default=1000, help="at most this many events (default 1000)")
     p.add_argument("-f", "--follow", action="store_true",
                    help="keep printing new events as they happen (with --json: one JSON object a line)")
-
-
-def run_with_client(args: argparse.Namespace, func: Command) -> int:
-    config = load_client_config(need_cluster(args))
-
-    async def main() -> int:
-        client = Client(config)
-        try:
-            return await func(client, args)
-        finally:
-            await client.close()
-
-    loop = new_event_loop()
-    try:
-        return loop.run_until_complete(main())
-    finally:
-        loop.close()
 
 
 def _progress(total: int) -> Progress:
@@ -257,7 +236,6 @@ def parse_replicas(text: str) -> tuple[int, int]:
 
 
 async def cmd_set_attr(client: Client, args: argparse.Namespace) -> int:
-    from chunkfs.cli.healing import parse_placement, set_placement  # failure-domain=, tier=
 
     placement = [a for a in args.attrs if a.startswith(("failure-domain=", "tier="))]
     placements = [parse_placement(a) for a in placement]

@@ -11,7 +11,7 @@ import time
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-from chunkfs.cli.files import run_with_client
+from chunkfs.cli.context import run_with_client
 from chunkfs.client.client import Client
 from chunkfs.common.errors import InvalidArgument, Timeout
 from chunkfs.common.placement import FAILURE_DOMAINS, MAX_TIER

@@ -10,18 +10,13 @@ import signal
 import time
 from pathlib import Path
 
+from chunkfs.cli.context import need_cluster
 from chunkfs.cli.local_cluster import LocalCluster
 from chunkfs.cli.nodes import make_cs, make_mds, remove_mds, run_node
 from chunkfs.common.config import DEFAULT_CHUNK_SIZE, ConfigError, conf_dir, parse_size
 
 #: Seconds a mount process is given to exit after a lazy unmount, and after SIGTERM.
 LAZY_EXIT_WAIT = 5.0
-
-
-def need_cluster(args: argparse.Namespace) -> str:
-    if not args.cluster:
-        raise ConfigError("no cluster given: use -c NAME (for example `chunkfs -c local stat`)")
-    return str(args.cluster)
 
 
 def cmd_make_mds(args: argparse.Namespace) -> int:

@@ -8,7 +8,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from chunkfs.cli.local import need_cluster
+from chunkfs.cli.context import need_cluster
 from chunkfs.common.config import DEFAULT_LOG_BACKUPS, DEFAULT_LOG_MAX_SIZE, load_client_config
 from chunkfs.common.daemon import LOG_FILE, rotate_log, start_background
 from chunkfs.common.errors import ConfigError

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from chunkfs.cli.services import node_dirs
-from chunkfs.client.client import SyncClient
+from chunkfs.client.client import SyncClient, ping_node
 from chunkfs.common import secret_files
 from chunkfs.common.config import (
     SECRET_BYTES,
@@ -42,8 +42,7 @@ from chunkfs.common.config import (
 )
 from chunkfs.common.errors import ChunkFSError
 from chunkfs.common.secret_files import fingerprint, read_next_secret
-from chunkfs.protocol.messages import Msg
-from chunkfs.protocol.rpc import Credentials, connect
+from chunkfs.protocol.rpc import Credentials
 from chunkfs.protocol.tls import node_tls
 
 #: `check` waits this long by default for daemons to notice secret.next (they look once a second).
@@ -122,16 +121,9 @@ def cmd_stage(args: argparse.Namespace) -> int:
 async def _accepts(addr: str, creds: Credentials) -> str:
     """Empty if the daemon at `addr` accepts `creds`, else why not."""
     try:
-        conn = await connect(addr, creds, timeout=CHECK_TIMEOUT)
+        await ping_node(addr, creds, CHECK_TIMEOUT)
     except ChunkFSError as exc:
         return str(exc)
-    try:
-        await conn.call(Msg.PING, {}, timeout=CHECK_TIMEOUT)
-    except ChunkFSError as exc:
-        return str(exc)
-    finally:
-        conn.close()
-        await conn.wait_lost(CHECK_TIMEOUT)
     return ""
 
 

@@ -56,7 +56,7 @@ class TopState:
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from chunkfs.cli.files import run_with_client
+    from chunkfs.cli.context import run_with_client
 
     p = sub.add_parser("top", help="a live view of the cluster (servers, space, chunk health, I/O, events)",
                        description=__doc__.split("\n\n", 1)[1].replace("``", "'"))

@@ -21,7 +21,7 @@ from chunkfs.common.names import check_name_length, to_bytes, to_text
 from chunkfs.common.secret_files import SecretFiles
 from chunkfs.protocol.mds_link import MdsLink
 from chunkfs.protocol.messages import Msg
-from chunkfs.protocol.rpc import Credentials
+from chunkfs.protocol.rpc import Credentials, connect
 from chunkfs.protocol.tls import node_tls
 
 T = TypeVar("T")
@@ -38,6 +38,17 @@ def split_path(path: str) -> tuple[str, str]:
     for part in parts:
         check_name_length(part)
     return "/" + "/".join(parts[:-1]), parts[-1]
+
+
+async def ping_node(addr: str, creds: Credentials, timeout: float) -> dict[str, Any]:
+    """Connect to one daemon with `creds` (proving them) and ask who it is: its role and name."""
+    conn = await connect(addr, creds, timeout=timeout)
+    try:
+        reply, _ = await conn.call(Msg.PING, {}, timeout=timeout)
+        return reply
+    finally:
+        conn.close()
+        await conn.wait_lost(timeout)
 
 
 class Client:

@@ -59,6 +59,9 @@ logger = logging.getLogger(__name__)
 
 #: Seconds between two passes of the monitor (longer when a pass itself is slow).
 TICK = 1.0
+#: After becoming master, how long to wait for chunk servers to reconnect
+#: before treating the missing ones as offline (dropping their replicas).
+CS_RECONNECT_GRACE = 10.0
 #: Moves (rebalancing) started per pass.
 MAX_MOVES_PER_TICK = 8
 #: Rebalancing waits until no chunk has been created or removed for this long: data being
@@ -374,8 +377,6 @@ class ReplicationMonitor:
                 server.conn.close()
         changed = {cs: st for cs, st in states.items()
                    if cs not in reporting and previous.get(cs, ACTIVE if st == ACTIVE else None) != st}
-        from chunkfs.mds.server import CS_RECONNECT_GRACE
-
         settled = time.monotonic() - self.mds._master_since > CS_RECONNECT_GRACE
         store = self.mds.store
         caught_up = await self.index.settle(SETTLE_PER_TICK)

@@ -35,7 +35,7 @@ from chunkfs.mds.leases import LeaseTable
 from chunkfs.mds.metrics import MdsMetrics
 from chunkfs.mds.open_files import OpenFileTable, OrphanReaper
 from chunkfs.mds.replicated_log import ReplicatedLog
-from chunkfs.mds.replication import ReplicationMonitor
+from chunkfs.mds.replication import CS_RECONNECT_GRACE, ReplicationMonitor
 from chunkfs.mds.store import Chunk, MetadataStore, encode_command
 from chunkfs.protocol.mds_link import MdsLink
 from chunkfs.protocol.messages import MAX_BLOCKS, Msg, int_list, int_pairs
@@ -55,9 +55,6 @@ ALLOC_LOCK_STRIPES = 64
 MAX_SNAPSHOT = 256 << 20
 #: Requests a follower answers itself; everything else is redirected to the master.
 FOLLOWER_MESSAGES = frozenset({Msg.RAFT, Msg.PING})
-#: After becoming master, how long to wait for chunk servers to reconnect
-#: before treating the missing ones as offline (dropping their replicas).
-CS_RECONNECT_GRACE = 10.0
 #: A new chunk that cannot be placed because chunk servers are missing (not connected,
 #: silent, still reporting) waits this long for them before the writer is told so.
 PLACEMENT_WAIT = 5.0

@@ -1,0 +1,37 @@
+"""What every command needs: the cluster it is about, and a client of it for the length of the command."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Awaitable, Callable
+
+from chunkfs.client.client import Client
+from chunkfs.common.config import ConfigError, load_client_config
+from chunkfs.common.daemon import new_event_loop
+
+#: A command that talks to the cluster: it gets a connected client and its arguments.
+Command = Callable[[Client, argparse.Namespace], Awaitable[int]]
+
+
+def need_cluster(args: argparse.Namespace) -> str:
+    if not args.cluster:
+        raise ConfigError("no cluster given: use -c NAME (for example `chunkfs -c local stat`)")
+    return str(args.cluster)
+
+
+def run_with_client(args: argparse.Namespace, func: Command) -> int:
+    """Run `func` with a client of the cluster named by ``-c`` on an event loop of its own."""
+    config = load_client_config(need_cluster(args))
+
+    async def main() -> int:
+        client = Client(config)
+        try:
+            return await func(client, args)
+        finally:
+            await client.close()
+
+    loop = new_event_loop()
+    try:
+        return loop.run_until_complete(main())
+    finally:
+        loop.close()
