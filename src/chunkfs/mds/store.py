@@ -43,6 +43,7 @@ from chunkfs.common.errors import (
 )
 from chunkfs.common.names import check_name, check_name_length, check_symlink_target, shown, to_bytes
 from chunkfs.common.placement import DEFAULT_FAILURE_DOMAIN, FAILURE_DOMAINS, MAX_TIER
+from chunkfs.common.settings import effective
 from chunkfs.protocol.messages import ROOT_INO
 
 logger = logging.getLogger(__name__)
@@ -146,6 +147,8 @@ END;
 ANSWER_WINDOW = 1_000_000
 #: Symbolic links followed while resolving one path (Linux's limit).
 MAX_SYMLINK_HOPS = 40
+#: Events deleted at most per new event when the event log is over its window.
+EVENT_TRIM_BATCH = 1000
 #: Directory levels `path_of` climbs at most (a bound, not a limit anyone meets).
 MAX_PATH_DEPTH = 4096
 #: Mode bits by inode type ("f" file, "d" directory, "l" symbolic link).
@@ -813,7 +816,26 @@ class MetadataStore:
     def _op_event(self, term: int, time: float, level: str, message: str) -> int:
         seq = self._next("event_seq") + 1
         self.db.execute("INSERT INTO events VALUES (?, ?, ?, ?)", (seq, time, level, message))
+        self._trim_events(seq, time)
         return seq
+
+    def _trim_events(self, newest: int, now: float) -> None:
+        """Keep the event log within its window (settings event-log-max and -days).
+
+        In the apply, from replicated values only (the event's own time), so every
+        MDS keeps the same events.  At most EVENT_TRIM_BATCH go per new event: a
+        window made smaller deletes the excess over the next events, never in one
+        long transaction.
+        """
+        window = effective(self.settings())
+        oldest_seq = newest - int(window["event-log-max"])
+        oldest_time = now - window["event-log-days"] * 86400
+        first = self.db.execute("SELECT seq, time FROM events ORDER BY seq LIMIT 1").fetchone()
+        if first is None or (first[0] > oldest_seq and first[1] >= oldest_time):
+            return  # the oldest event is within the window: the usual case, one row read
+        self.db.execute(
+            "DELETE FROM events WHERE seq IN (SELECT seq FROM (SELECT seq, time FROM events ORDER BY seq LIMIT ?) "
+            "WHERE seq <= ? OR time < ?)", (EVENT_TRIM_BATCH, oldest_seq, oldest_time))
 
     # -- reads -----------------------------------------------------------------
 

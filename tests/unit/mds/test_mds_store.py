@@ -498,6 +498,30 @@ def test_register_cs_assigns_ids(d: Driver, store: MetadataStore) -> None:
     ]
 
 
+def test_the_event_log_keeps_its_window(d: Driver, store: MetadataStore) -> None:
+    """Bounded history: at most event-log-max events, none older than event-log-days (settings)."""
+    from chunkfs.mds.store import EVENT_TRIM_BATCH
+
+    d("set_config", values={"event-log-max": "100"})
+    for i in range(150):
+        d("event", time=1000.0 + i, level="info", message=f"m{i}")
+    kept = store.events(0, 1000)
+    assert len(kept) == 100 and kept[0]["message"] == "m50" and kept[-1]["message"] == "m149"
+    # Older than the age window: gone with the next event.
+    d("event", time=1000.0 + 2 * 86400, level="info", message="two days later")
+    d("set_config", values={"event-log-days": "1"})
+    d("event", time=1000.0 + 2 * 86400 + 1, level="info", message="and one more")
+    assert [e["message"] for e in store.events(0, 1000)] == ["two days later", "and one more"]
+    # A window made much smaller trims in bounded steps, one batch per new event.
+    d("set_config", values={"event-log-days": "3650", "event-log-max": str(10 * EVENT_TRIM_BATCH)})
+    for i in range(3 * EVENT_TRIM_BATCH):
+        d("event", time=5e6, level="info", message=f"n{i}")
+    d("set_config", values={"event-log-max": "100"})
+    before = len(store.events(0, 10**6))
+    d("event", time=5e6, level="info", message="after")
+    assert len(store.events(0, 10**6)) == before + 1 - EVENT_TRIM_BATCH
+
+
 def test_events(d: Driver, store: MetadataStore) -> None:
     seqs = [d("event", time=float(i), level="info", message=f"m{i}") for i in range(5)]
     assert seqs == [1, 2, 3, 4, 5]
