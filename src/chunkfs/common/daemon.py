@@ -238,14 +238,17 @@ def reap(pid: int, timeout: float) -> bool:
     return True
 
 
-def start_background(argv: list[str], directory: Path, addr: str, names: Path | None = None) -> int:
+def start_background(
+    argv: list[str], directory: Path, addr: str, names: Path | None = None, prefix: list[str] | None = None,
+) -> int:
     """Start `argv` detached, logging to the node directory; wait until it serves.
 
     The daemon writes its PID file only once it listens, so a port held by
     someone else is never mistaken for a started daemon.  A PID file counts as
     a running daemon only if that process is a ``chunkfs`` command naming
     `names` (default: `directory`), so a stale one whose number was reused
-    does not stop the start.
+    does not stop the start.  `prefix` runs the command through another that
+    execs it (``ip netns exec NS``: a daemon in a network namespace; same PID).
     """
     pid = read_pid(directory)
     running = pid if pid is not None and is_chunkfs_process(pid, names or directory) else None
@@ -256,7 +259,7 @@ def start_background(argv: list[str], directory: Path, addr: str, names: Path | 
         # Its own directory as working directory: a daemon must not hold (or depend on) the
         # launcher's, which may be removed or unmounted while it runs.  Paths in `argv` are absolute.
         child = subprocess.Popen(
-            [sys.executable, "-m", "chunkfs", *argv],
+            [*(prefix or []), sys.executable, "-m", "chunkfs", *argv],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, cwd=directory,
         )
     _children[child.pid] = child
