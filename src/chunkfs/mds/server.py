@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,8 @@ logger = logging.getLogger(__name__)
 #: Readdir pages are bounded so one reply stays far below the header limit.
 MAX_READDIR = 1000
 MAX_EVENTS = 1000
+#: Seconds between checkpoints of the store's write-ahead log (MetadataStore.checkpoint), on every MDS.
+CHECKPOINT_INTERVAL = 2.0
 #: Commands to chunk servers (create, set version) wait at most this long.
 CS_COMMAND_TIMEOUT = 10.0
 ALLOC_LOCK_STRIPES = 64
@@ -134,9 +137,25 @@ class MetadataServer:
         self._learn_members()
         await self.rpc.start_serving()
         self._spawn(self.view.run())
+        self._spawn(self._checkpointer())
         logger.info("MDS#%d of cluster %r serving on %s", self.node.node_id, self.node.cluster.name, self.node.addr)
         if self.node.node_id not in self.raft.voters():
             self._spawn(self._join())
+
+    async def _checkpointer(self) -> None:
+        """Move the store's write-ahead log into its database file now and then, off the event loop."""
+        while True:
+            await asyncio.sleep(CHECKPOINT_INTERVAL)
+            started = time.perf_counter()
+            try:
+                frames, copied = await asyncio.to_thread(self.store.checkpoint)
+            except sqlite3.Error as exc:
+                logger.warning("checkpoint of the metadata store failed (retried in %g s): %s",
+                               CHECKPOINT_INTERVAL, exc)
+                continue
+            TIMINGS.since("store.checkpoint", started)
+            if frames > copied:
+                logger.debug("checkpoint copied %d of %d log frames; the rest next time", copied, frames)
 
     def _learn_members(self) -> None:
         """Peers' addresses come from the replicated member table (and node.json until it has them)."""

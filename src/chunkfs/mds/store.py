@@ -21,6 +21,7 @@ import logging
 import os
 import sqlite3
 import stat as statmod
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -262,6 +263,8 @@ class MetadataStore:
         #: their goal or placement); the master's replication monitor re-checks just those.
         self.chunk_listener: Callable[[list[int]], None] | None = None
         self._touched: list[int] = []
+        #: Held while the database files are checkpointed, replaced (restore) or closed.
+        self._files_lock = threading.Lock()
         self._open()
         with self._tx():
             if self._meta("applied_index") is None:
@@ -282,6 +285,9 @@ class MetadataStore:
         self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
+        # Never on this connection: a checkpoint fsyncs the database file, and this connection
+        # applies changes on the event loop (see `checkpoint`).
+        self.db.execute("PRAGMA wal_autocheckpoint=0")
         self.db.executescript(_SCHEMA)
         self._migrate()
         self.db.executescript(_TRIGGERS)
@@ -334,7 +340,25 @@ class MetadataStore:
         logger.info("metadata store %s migrated to schema %d", self.path, SCHEMA_VERSION)
 
     def close(self) -> None:
-        self.db.close()
+        with self._files_lock:
+            self.db.close()
+
+    def checkpoint(self) -> tuple[int, int]:
+        """Copy the write-ahead log into the database file; (frames in the log, frames copied).
+
+        Run in a worker thread on a connection of its own, so the event loop that
+        applies changes never waits for the fsyncs a checkpoint makes (on a
+        loaded disk they can take seconds: a master that stops answering loses
+        its leadership).  PASSIVE never waits for the writer: what it could not
+        copy is copied next time.
+        """
+        with self._files_lock:
+            conn = sqlite3.connect(self.path, isolation_level=None, timeout=0)
+            try:
+                _busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            finally:
+                conn.close()
+        return int(frames), int(copied)
 
     # -- plumbing --------------------------------------------------------------
 
@@ -769,11 +793,12 @@ class MetadataStore:
         """Replace the whole store with a snapshot image (from the master) taken at log `index`."""
         tmp = self.path.with_name(self.path.name + ".restore")
         tmp.write_bytes(data)
-        self.db.close()
-        for suffix in ("-wal", "-shm"):
-            self.path.with_name(self.path.name + suffix).unlink(missing_ok=True)
-        os.replace(tmp, self.path)
-        self._open()
+        with self._files_lock:  # not under a checkpoint's feet
+            self.db.close()
+            for suffix in ("-wal", "-shm"):
+                self.path.with_name(self.path.name + suffix).unlink(missing_ok=True)
+            os.replace(tmp, self.path)
+            self._open()
         with self._tx():
             self._set_meta("applied_index", max(self.applied_index, index))
 

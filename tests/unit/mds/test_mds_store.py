@@ -990,3 +990,27 @@ def test_names_are_bytes_of_any_encoding(d: Driver, store: MetadataStore) -> Non
     assert [e[0] for e in store.readdir(ROOT_INO, b"", 10)[0]] == [b"dir\xff", b"\xe9t\xe9"]
     with pytest.raises(InvalidArgument):
         d.create(ROOT_INO, b"a/b")
+
+
+def test_the_store_never_checkpoints_on_the_applying_connection(d: Driver, store: MetadataStore,
+                                                                tmp_path: Path) -> None:
+    """Checkpoints (which fsync the database file) run apart, on a connection of their own."""
+    assert store.db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    for i in range(300):
+        d("mkdir", parent=1, name=f"d{i}", mode=0o755, time=1.0)
+    wal = tmp_path / "meta.db-wal"
+    assert wal.stat().st_size > 0
+    frames, copied = store.checkpoint()
+    assert frames > 0 and copied == frames
+    # What was checkpointed is in the database file itself: a copy of that file alone has it.
+    import shutil
+    import sqlite3
+
+    shutil.copy(tmp_path / "meta.db", tmp_path / "copy.db")
+    copy = sqlite3.connect(tmp_path / "copy.db")
+    try:
+        assert copy.execute("SELECT count(*) FROM dentries WHERE parent = 1").fetchone()[0] == 300
+    finally:
+        copy.close()
+    d("mkdir", parent=1, name="after", mode=0o755, time=1.0)  # the store goes on as before
+    assert "after" in names(store, 1)
