@@ -134,8 +134,9 @@ def local_disk_run(path: Path, data: bytes) -> tuple[float, float]:
     return write_s, read_s
 
 
-def update_benchmarks(section: str, body: str) -> None:
-    path = ROOT / "BENCHMARKS.md"
+def update_benchmarks(section: str, body: str, file: str = "BENCHMARKS.md") -> None:
+    """Replace the section between `<!-- section:begin/end -->` markers of `file` (appended when missing)."""
+    path = ROOT / file
     text = path.read_text() if path.exists() else "# ChunkFS benchmarks\n"
     begin, end = f"<!-- {section}:begin -->", f"<!-- {section}:end -->"
     block = f"{begin}\n{body.rstrip()}\n{end}"
