@@ -313,6 +313,7 @@ class ChunkFSOperations(pyfuse3.Operations):
         try:
             return self._entry(await self.client.lookup(parent_inode, name))
         except NotFound:
+            logger.debug("lookup of %r in inode %d: no such name", name, parent_inode)
             if not self.opts.entry_timeout:
                 raise
             # A negative entry (inode 0): the kernel remembers "no such name" as long as it remembers

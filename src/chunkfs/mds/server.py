@@ -49,6 +49,8 @@ logger = logging.getLogger(__name__)
 #: Readdir pages are bounded so one reply stays far below the header limit.
 MAX_READDIR = 1000
 MAX_EVENTS = 1000
+#: Seconds background tasks get to unwind when the server stops.
+STOP_WAIT = 5.0
 #: Seconds between checkpoints of the store's write-ahead log (MetadataStore.checkpoint), on every MDS.
 CHECKPOINT_INTERVAL = 2.0
 #: Commands to chunk servers (create, set version) wait at most this long.
@@ -197,8 +199,12 @@ class MetadataServer:
         await self.metrics.stop()
         self.view.close()
         await self.rpc.close()
-        for task in list(self._background):
+        tasks = list(self._background)
+        for task in tasks:
             task.cancel()
+        # Let them unwind before the loop closes ("Task was destroyed but it is pending" otherwise).
+        if tasks:
+            await asyncio.wait(tasks, timeout=STOP_WAIT)
         await self.log.stop()
         self.store.close()
 

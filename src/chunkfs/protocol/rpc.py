@@ -480,6 +480,8 @@ class Connection(asyncio.BufferedProtocol):
                 self._eof = True
             except ChunkFSError as exc:
                 self._send(Kind.ERROR, mtype, rid, _error_header(exc))
+            except ConnectionError:
+                raise  # the peer left before its answer (the send failed): closed below, nothing to report
             except Exception as exc:  # noqa: BLE001 - a bug must not kill the server
                 if self.closed:
                     return  # the peer left before its answer (a send failed): nobody to tell, no bug here
@@ -534,6 +536,7 @@ class Connection(asyncio.BufferedProtocol):
         for fut in self._pending.values():
             if not fut.done():
                 fut.set_exception(Unavailable(f"connection to {self.peer_name} closed"))
+                fut.exception()  # looked at: a request whose owner is gone too is no error to report
         self._pending.clear()
         self._handshake_frames.put_nowait(Unavailable(f"connection to {self.peer_name} closed"))
         if self.transport is not None:

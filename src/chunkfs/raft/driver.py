@@ -383,6 +383,9 @@ class RaftLog:
             task.cancel()
         for peer in self._peers.values():
             peer.close()
+        tasks = [*self._tasks, *(t for p in self._peers.values() for t in p.tasks)]
+        if tasks:  # let them unwind before the loop closes
+            await asyncio.wait(tasks, timeout=SEND_TIMEOUT)
         if self.storage is not None:
             self.storage.close()
 
