@@ -5,11 +5,12 @@
 Starts the cluster the quick start starts (``chunkfs local up``: 3 MDS, 3 CS,
 a mount), then runs, one at a time through the mount, `--n` of each
 operation: create an empty file (``open(O_CREAT|O_EXCL)`` + ``close``, as
-``touch``), ``stat``, write 4 KiB to a new file and close it, ``unlink``, and
-SQLite commits (one row per transaction, default journal mode and WAL).
-Around each phase it reads the mount's step timings (``kill -USR1``, see
-common/timings.py) and every metadata server's ``chunkfs_mds_step_seconds``
-from ``/metrics``, and prints per operation: how many of each request or step
+``touch``), ``stat``, write 4 KiB to a new file and close it, ``unlink``,
+SQLite commits (one row per transaction, default journal mode and WAL), and
+4 KiB O_DIRECT random writes and reads in a 64 MiB disk image.  Around each
+phase it reads the mount's step timings (``kill -USR1``, see
+common/timings.py) and every server's ``chunkfs_mds_step_seconds`` or
+``chunkfs_cs_step_seconds`` from ``/metrics``, and prints per operation: how many of each request or step
 it took and the mean time of each.  ``--record`` writes the table into
 BENCHMARKS.md.  Run it on a quiet machine: it measures latency.
 """
@@ -18,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import mmap
 import os
+import random
 import re
 import signal
 import sqlite3
@@ -41,7 +44,7 @@ from chunkfs.common.daemon import read_pid  # noqa: E402
 
 CLUSTER = "breakdown"
 Steps = dict[str, tuple[int, float]]  # step -> (count, total seconds)
-_SAMPLE = re.compile(r'^chunkfs_mds_step_seconds_(count|sum)\{step="([^"]+)"\} (\S+)$')
+_SAMPLE = re.compile(r'^chunkfs_(?:mds|cs)_step_seconds_(count|sum)\{step="([^"]+)"\} (\S+)$')
 
 
 def chunkfs(*args: str, timeout: float = 120) -> None:
@@ -68,8 +71,8 @@ def mount_steps(mnt: Path) -> Steps:
     return {k: (v["count"], v["total_s"]) for k, v in json.loads(path.read_text()).items()}
 
 
-def mds_steps(metrics_addrs: dict[str, str]) -> dict[str, Steps]:
-    """Each metadata server's step timings, by node name; the master's is named "master"."""
+def server_steps(metrics_addrs: dict[str, str]) -> dict[str, Steps]:
+    """Each server's step timings, by node name; the master's is named "master", the others by folder."""
     out: dict[str, Steps] = {}
     for node, addr in sorted(metrics_addrs.items()):
         text = urllib.request.urlopen(f"http://{addr}/metrics", timeout=10).read().decode()  # noqa: S310
@@ -82,7 +85,8 @@ def mds_steps(metrics_addrs: dict[str, str]) -> dict[str, Steps]:
             if m:
                 kind, step, value = m.groups()
                 steps.setdefault(step, [0, 0.0])[0 if kind == "count" else 1] = float(value)
-        out["master" if leader else f"follower {node}"] = {k: (int(c), s) for k, (c, s) in steps.items()}
+        name = "master" if leader else f"follower {node}" if node.startswith("mds") else node
+        out[name] = {k: (int(c), s) for k, (c, s) in steps.items()}
     return out
 
 
@@ -95,8 +99,10 @@ def diff(after: Steps, before: Steps) -> Steps:
     return out
 
 
-def phases(mnt: Path, dbs: dict[str, sqlite3.Connection]) -> list[tuple[str, Callable[[int], None]]]:
-    """The operations, each a function of its number; SQLite connections are left open in `dbs`."""
+def phases(
+    mnt: Path, dbs: dict[str, sqlite3.Connection], direct_fds: list[int]
+) -> list[tuple[str, Callable[[int], None]]]:
+    """The operations, each a function of its number; what they leave open is in `dbs` and `direct_fds`."""
     work = mnt / "breakdown"
     work.mkdir(exist_ok=True)
     block = os.urandom(4096)
@@ -129,10 +135,32 @@ def phases(mnt: Path, dbs: dict[str, sqlite3.Connection]) -> list[tuple[str, Cal
             db.execute("COMMIT")
         return commit
 
+    image, page = work / "vm.img", mmap.mmap(-1, 4096)  # O_DIRECT wants an aligned buffer: a mapped page
+    page.write(block)
+    rng = random.Random(1)  # noqa: S311 - offsets, not secrets
+
+    def image_fd() -> int:
+        if not direct_fds:
+            with open(image, "wb") as f:  # a 64 MiB disk image, written once
+                for _ in range(64):
+                    f.write(os.urandom(1 << 20))
+                f.flush()
+                os.fsync(f.fileno())
+            direct_fds.append(os.open(image, os.O_RDWR | os.O_DIRECT))
+        return direct_fds[0]
+
+    def direct_write(i: int) -> None:
+        os.pwrite(image_fd(), page, rng.randrange(16384) * 4096)
+
+    def direct_read(i: int) -> None:
+        os.preadv(image_fd(), [page], rng.randrange(16384) * 4096)
+
     return [("create empty file", create), ("stat", stat), ("unlink", unlink),
             ("write 4 KiB to a new file and close", write_close),
             ("SQLite commit, journal_mode=DELETE", sqlite_commit("delete")),
-            ("SQLite commit, journal_mode=WAL", sqlite_commit("wal"))]
+            ("SQLite commit, journal_mode=WAL", sqlite_commit("wal")),
+            ("4 KiB random write, O_DIRECT, one at a time", direct_write),
+            ("4 KiB random read, O_DIRECT, one at a time", direct_read)]
 
 
 def table(name: str, n: int, seconds: float, mount: Steps, servers: dict[str, Steps]) -> str:
@@ -147,7 +175,7 @@ def table(name: str, n: int, seconds: float, mount: Steps, servers: dict[str, St
 
     rows("mount", mount, ("fuse.", "mds.", "cs."))
     for server, steps in sorted(servers.items()):
-        rows(server, steps, ("serve.", "raft.", "alloc."))
+        rows(server, steps, ("serve.", "raft.", "alloc.", "cs."))
     return "\n".join(lines)
 
 
@@ -162,37 +190,42 @@ def main() -> int:
         base, mnt = Path(tmp) / "cluster", Path(tmp) / "mnt"
         chunkfs("local", "up", "--dir", str(base), "--name", CLUSTER, "--mount", str(mnt), timeout=180)
         try:
-            metrics = {p.parent.name: json.loads(p.read_text())["metrics_addr"]
-                       for p in base.rglob("node.json") if json.loads(p.read_text()).get("role") == "mds"}
+            metrics = {p.parent.name: json.loads(p.read_text())["metrics_addr"] for p in base.rglob("node.json")
+                       if json.loads(p.read_text()).get("metrics_addr")}
             out = []
             dbs: dict[str, sqlite3.Connection] = {}
-            for name, op in phases(mnt, dbs):
+            direct_fds: list[int] = []
+            for name, op in phases(mnt, dbs, direct_fds):
                 if args.only not in name:
                     continue
                 op(-1)  # warm up (opens the database, fills caches) outside the figures
-                m0, s0 = mount_steps(mnt), mds_steps(metrics)
+                m0, s0 = mount_steps(mnt), server_steps(metrics)
                 started = time.perf_counter()
                 for i in range(args.n):
                     op(i)
                 seconds = time.perf_counter() - started
-                m1, s1 = mount_steps(mnt), mds_steps(metrics)
+                m1, s1 = mount_steps(mnt), server_steps(metrics)
                 servers = {k: diff(v, s0.get(k, {})) for k, v in s1.items()}
                 out.append(table(name, args.n, seconds, diff(m1, m0), servers))
                 print(out[-1] + "\n", flush=True)
             for db in dbs.values():
                 db.close()  # nothing left open on the mount: it unmounts at once
+            for fd in direct_fds:
+                os.close(fd)
         finally:
             chunkfs("local", "down", "--dir", str(base), timeout=180)
     if args.record:
         update_benchmarks("breakdown", "\n\n".join([
-            "## Where one metadata operation's time goes (`bench/bench_breakdown.py`)", "",
+            "## Where one operation's time goes (`bench/bench_breakdown.py`)", "",
             f"Recorded {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores, Python {sys.version.split()[0]}: "
             "the cluster `chunkfs local up` starts (3 MDS, 3 CS, a mount), one operation at a time through the "
             "mount. *mount* rows are the mount's FUSE requests (`fuse.*`), its requests to the master as the mount "
             "waits for them (`mds.*`, round trip included) and to chunk servers (`cs.*`); *master* and *follower* "
             "rows are the metadata servers' own time: requests served (`serve.*`), Raft append+fsync, "
             "`raft.propose_to_applied` (a change from proposal until applied: the commit's round trip to a "
-            "follower) and `raft.apply` (the SQLite transaction).",
+            "follower) and `raft.apply` (the SQLite transaction); *csN* rows are the chunk servers': requests "
+            "served, the write on their own disk (`cs.own_write`) and the wait for the other replicas' answers "
+            "(`cs.replicas_answered`, on the server the write was sent to).",
             *out,
         ]))
     return 0

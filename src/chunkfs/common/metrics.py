@@ -21,7 +21,15 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+    SummaryMetricFamily,
+)
+
+from chunkfs.common.timings import TIMINGS
 
 #: Latency bucket upper bounds in seconds (Prometheus ``le``), from 100 µs to 10 s.
 LATENCY_BOUNDS: tuple[float, ...] = (
@@ -153,6 +161,15 @@ def io_families(prefix: str, by_op: dict[str, IoCounters]) -> list[Metric]:
         errors.add_metric([op], c.errors)
         latency.add_metric([op], c.histogram_buckets(), c.lat_sum)
     return [nbytes, ops, errors, latency]
+
+
+def step_family(name: str) -> SummaryMetricFamily:
+    """The process's step timings (common/timings.py) as a summary: count and total seconds per step."""
+    steps = SummaryMetricFamily(name, "Time spent in each step of serving requests: count and total",
+                                labels=["step"])
+    for step, figures in TIMINGS.snapshot().items():
+        steps.add_metric([step], figures["count"], figures["total_s"])
+    return steps
 
 
 def http_url(listen: str, node_addr: str, path: str) -> str:

@@ -26,6 +26,7 @@ from chunkfs.common.metrics import (
     io_dict,
     io_families,
     make_registry,
+    step_family,
 )
 
 if TYPE_CHECKING:
@@ -99,5 +100,6 @@ class CsStats:
                                 value=self.disk_full),
             CounterMetricFamily("chunkfs_cs_disk_errors", "Reads or writes that failed with a disk error",
                                 value=self.disk_errors),
+            step_family("chunkfs_cs_step_seconds"),
             *self.loop_lag.families(),
         ]

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from chunkfs.common.config import NodeConfig
 from chunkfs.common.errors import ChunkFSError, NoSpace, ProtocolError, Unavailable
 from chunkfs.common.secret_files import SecretFiles
+from chunkfs.common.timings import TIMINGS
 from chunkfs.cs.chunk_store import ChunkStore
 from chunkfs.cs.mds_link import MdsLink
 from chunkfs.cs.metrics import CsStats
@@ -92,7 +93,9 @@ class ChunkServer:
                 except BaseException:
                     self.stats.read.errors += 1
                     raise
-                self.stats.read.record(len(data), time.perf_counter() - started)
+                took = time.perf_counter() - started
+                self.stats.read.record(len(data), took)
+                TIMINGS.record("serve.CS_READ", took)
                 return {}, data
             if msg == Msg.CS_WRITE:
                 started = time.perf_counter()
@@ -101,10 +104,14 @@ class ChunkServer:
                 except BaseException:
                     self.stats.write.errors += 1
                     raise
-                self.stats.write.record(len(payload), time.perf_counter() - started)
+                took = time.perf_counter() - started
+                self.stats.write.record(len(payload), took)
+                TIMINGS.record("serve.CS_WRITE", took)
                 return {}, b""
             if msg == Msg.CS_FSYNC:
+                started = time.perf_counter()
                 await self._fsync(h)
+                TIMINGS.since("serve.CS_FSYNC", started)
                 return {}, b""
             if msg == Msg.CS_CHECKSUMS:
                 crcs = await asyncio.to_thread(self.store.block_checksums, h["chunk_id"], h["version"])
@@ -128,13 +135,18 @@ class ChunkServer:
         chain = replica_list(h["chain"], "chain")
         async with self._locks[chunk_id % WRITE_LOCK_STRIPES]:
             answers = await self._send_on(Msg.CS_WRITE, chain, h, payload)
+            started = time.perf_counter()
             try:
                 await self._on_own_disk(lambda: _disk_io(
                     inline, self.store.write, chunk_id, h["version"], h["offset"], payload, h["sync"]))
             except BaseException:
                 await self._answered(answers)  # nothing left waiting for its answer
                 raise
-        await self._answered(answers)
+            TIMINGS.since("cs.own_write", started)
+        if answers:
+            started = time.perf_counter()
+            await self._answered(answers)
+            TIMINGS.since("cs.replicas_answered", started)
 
     async def _fsync(self, h: dict[str, Any]) -> None:
         chain = replica_list(h["chain"], "chain")

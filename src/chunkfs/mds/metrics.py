@@ -11,19 +11,12 @@ import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-    SummaryMetricFamily,
-)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from chunkfs.common.errors import ConfigError
 from chunkfs.common.http import HttpServer
 from chunkfs.common.loop_lag import LoopLagMonitor
-from chunkfs.common.metrics import CONTENT_TYPE, IoCounters, exposition, gauge, make_registry
-from chunkfs.common.timings import TIMINGS
+from chunkfs.common.metrics import CONTENT_TYPE, IoCounters, exposition, gauge, make_registry, step_family
 from chunkfs.mds import dashboard
 from chunkfs.protocol.messages import Msg
 
@@ -89,11 +82,7 @@ class MdsMetrics:
             if c.ops:
                 ops.add_metric([msg.name], c.ops)
                 latency.add_metric([msg.name], c.histogram_buckets(), c.lat_sum)
-        steps = SummaryMetricFamily("chunkfs_mds_step_seconds", "Time spent in each step of serving requests "
-                                    "(requests, Raft append+fsync, commit, apply): count and total", labels=["step"])
-        for step, figures in TIMINGS.snapshot().items():
-            steps.add_metric([step], figures["count"], figures["total_s"])
-        out += [ops, latency, steps, *self.loop_lag.families()]
+        out += [ops, latency, step_family("chunkfs_mds_step_seconds"), *self.loop_lag.families()]
         if server.raft.is_leader():
             stat = server.cluster_stat()
             chunks = GaugeMetricFamily("chunkfs_chunks", "Chunks by health", labels=["state"])
