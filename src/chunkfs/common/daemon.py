@@ -18,6 +18,7 @@ traceback of a crash lands at the end of the current ``daemon.log``.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import errno
 import logging
@@ -297,6 +298,11 @@ def _ephemeral_range() -> tuple[int, int]:
     return 32768, 60999
 
 
+#: Ports `free_port` returned lately: a cluster made in one go asks for a dozen before any daemon
+#: binds one, and two of them must not be the same (a daemon then fails with "address in use").
+_handed_out: collections.deque[int] = collections.deque(maxlen=4096)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port that is free now, for a daemon that binds it later.
 
@@ -307,11 +313,14 @@ def free_port(host: str = "127.0.0.1") -> int:
     rng = random.Random()  # noqa: S311 - spreading ports, not security
     for _ in range(200):
         port = rng.randrange(10000, max(10001, low))
+        if port in _handed_out:
+            continue  # free now, but promised to a daemon made a moment ago that has not bound it yet
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             try:
                 sock.bind((host, port))
             except OSError:
                 continue
+            _handed_out.append(port)
             return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
