@@ -179,12 +179,37 @@ def table(name: str, n: int, seconds: float, mount: Steps, servers: dict[str, St
     return "\n".join(lines)
 
 
+def elsewhere(directory: Path, n: int, only: str) -> int:
+    """The same operations in another folder, timed as a whole: the yardstick for each table."""
+    with tempfile.TemporaryDirectory(prefix="breakdown-", dir=directory) as tmp:
+        dbs: dict[str, sqlite3.Connection] = {}
+        direct_fds: list[int] = []
+        for name, op in phases(Path(tmp), dbs, direct_fds):
+            if only not in name:
+                continue
+            op(-1)
+            started = time.perf_counter()
+            for i in range(n):
+                op(i)
+            seconds = time.perf_counter() - started
+            print(f"{name}: {seconds / n * 1e6:,.0f} µs each ({n / seconds:,.0f}/s)", flush=True)
+        for db in dbs.values():
+            db.close()
+        for fd in direct_fds:
+            os.close(fd)
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=500, help="operations per phase (default 500)")
     parser.add_argument("--record", action="store_true", help="write the tables into BENCHMARKS.md")
     parser.add_argument("--only", default="", help="run only the phases whose name contains this text")
+    parser.add_argument("--dir", type=Path, help="run the same operations in this folder instead (the local disk, "
+                        "another file system's mount): times only, no cluster")
     args = parser.parse_args()
+    if args.dir is not None:
+        return elsewhere(args.dir, args.n, args.only)
     with tempfile.TemporaryDirectory(prefix="chunkfs-breakdown-") as tmp:
         os.environ["CHUNKFS_CONF_DIR"] = f"{tmp}/conf"
         base, mnt = Path(tmp) / "cluster", Path(tmp) / "mnt"
