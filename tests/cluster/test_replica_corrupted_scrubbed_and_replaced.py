@@ -190,3 +190,20 @@ def test_a_replica_with_a_corrupt_header_is_moved_aside_and_replaced(make_cluste
         check_every_replica(c, f.ino, data)
         assert c.read(f.ino, 0, SIZE) == data
         assert "is corrupt" in _events(c)
+
+
+def test_a_bad_block_of_a_single_replica_file_is_named_lost(make_cluster) -> None:
+    """replicas=1: no other copy to mend from; the range fails alone and the event says so."""
+    cluster = make_cluster(n_cs=3)
+    with cluster.client() as c:
+        c.mkdir("/one")
+        c.set_replicas("/one", 1, 1)
+        f, data = _write_file(c, "/one/file")
+        m = chunk_maps(c, f.ino, SIZE)[0]
+        assert len(m["replicas"]) == 1
+        _corrupt(_replica_files(cluster, m["chunk_id"], m["version"])[0], 2)
+        with pytest.raises(ChecksumMismatch):
+            c.read(f.ino, 2 * BLOCK_SIZE, 10)
+        assert c.read(f.ino, 0, 2 * BLOCK_SIZE) == data[:2 * BLOCK_SIZE]
+        wait_for("an event naming the lost range", lambda: "bad on every replica" in _events(c), timeout=60)
+        assert f"file /one/file: bytes {2 * BLOCK_SIZE}-{3 * BLOCK_SIZE - 1} are bad on every replica" in _events(c)

@@ -84,10 +84,13 @@ class BadReplicas:
 
     async def _repair(self, chunk: Chunk, cs_id: int, bad: list[int], reporter: str) -> None:
         mds, chunk_id = self.mds, chunk.chunk_id
-        sources = [[cs, mds.live[cs].addr] for cs in chunk.replicas if cs != cs_id and cs in mds.live]
-        result = await mds._cs_call(cs_id, Msg.CS_REPAIR_BLOCKS, {
-            "chunk_id": chunk_id, "version": chunk.version, "blocks": bad, "sources": sources})
-        repaired, lost, pending = (list(result[k]) for k in ("repaired", "lost", "pending"))
+        if len(chunk.replicas) == 1:
+            repaired, lost, pending = [], bad, []  # the only copy (replicas=1): nothing to mend it from
+        else:
+            sources = [[cs, mds.live[cs].addr] for cs in chunk.replicas if cs != cs_id and cs in mds.live]
+            result = await mds._cs_call(cs_id, Msg.CS_REPAIR_BLOCKS, {
+                "chunk_id": chunk_id, "version": chunk.version, "blocks": bad, "sources": sources})
+            repaired, lost, pending = (list(result[k]) for k in ("repaired", "lost", "pending"))
         self.repaired_blocks += len(repaired)
         where = self._where(chunk)
         if repaired:
