@@ -46,13 +46,16 @@ class MdsLink:
         self.cs_id = node.node_id
         self.registered = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        #: Deleting the replicas the master named stale or orphaned, after registering (see _session).
+        self._cleaner: asyncio.Task[int] | None = None
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in (self._task, self._cleaner):
+            if task is not None:
+                task.cancel()
         if self.conn is not None:
             self.conn.close()
 
@@ -106,16 +109,22 @@ class MdsLink:
             self.node = dataclasses.replace(self.node, node_id=self.cs_id)
             save_node_file(self.server.directory, self.node)
             self.server.creds.node = f"cs{self.cs_id}"
-        deleted = await self._delete_stale(pages[0], reply["delete"])
+        stale = _named(pages[0], reply["delete"])
         for number, page in enumerate(pages[1:], start=2):
             more, _ = await conn.call(Msg.CS_REPORT_REPLICAS, {
                 "cs_id": self.cs_id, "replicas": [list(r) for r in page], "last": number == len(pages)})
-            deleted += await self._delete_stale(page, more["delete"])
+            stale += _named(page, more["delete"])
         logger.info(
-            "registered with MDS %s as CS#%d: %d replicas reported in %d page(s), %d stale or orphaned deleted",
-            addr, self.cs_id, len(replicas), len(pages), deleted,
+            "registered with MDS %s as CS#%d: %d replicas reported in %d page(s), %d stale or orphaned to delete",
+            addr, self.cs_id, len(replicas), len(pages), len(stale),
         )
         self.registered.set()
+        if stale:
+            # In the background: heartbeats start now.  Deleting first (a directory fsync each) kept
+            # a restarted server silent for seconds, and the master took it for dead again.
+            if self._cleaner is not None:
+                self._cleaner.cancel()
+            self._cleaner = asyncio.get_running_loop().create_task(self._delete_stale(stale))
         while not conn.closed:
             total, free = store.space()
             beat, _ = await conn.call(Msg.CS_HEARTBEAT, {
@@ -127,17 +136,22 @@ class MdsLink:
                 self.server.scrubber.update(beat["settings"])
             await asyncio.sleep(self.node.heartbeat_interval)
 
-    async def _delete_stale(self, page: list[tuple[int, int]], delete: list[object]) -> int:
-        """Delete the replicas of `page` the master named stale or orphaned; return how many.
+    async def _delete_stale(self, stale: list[tuple[int, int]]) -> int:
+        """Delete replicas the master named stale or orphaned, each only at the version reported.
 
-        Only at the version reported: a replica the master has had copied here
-        since (a new version) stays.  A reply naming chunks outside the page is
-        ignored, so a confused master cannot delete what it was not told about.
+        A replica the master has had copied here since (a new version) stays.
         """
-        reported = dict(page)
-        count = 0
-        for chunk_id in delete:
-            if isinstance(chunk_id, int) and not isinstance(chunk_id, bool) and chunk_id in reported:
-                await asyncio.to_thread(self.server.store.delete, chunk_id, reported[chunk_id])
-                count += 1
-        return count
+        for chunk_id, version in stale:
+            await asyncio.to_thread(self.server.store.delete, chunk_id, version)
+        logger.info("CS#%s: %d stale or orphaned replica(s) deleted", self.cs_id, len(stale))
+        return len(stale)
+
+
+def _named(page: list[tuple[int, int]], delete: list[object]) -> list[tuple[int, int]]:
+    """(chunk, version reported) of the replicas of `page` that the master named for deletion.
+
+    A reply naming chunks outside the page is ignored, so a confused master
+    cannot delete what it was not told about.
+    """
+    reported = dict(page)
+    return [(c, reported[c]) for c in delete if isinstance(c, int) and not isinstance(c, bool) and c in reported]

@@ -14,7 +14,7 @@ import pytest
 
 from chunkfs.common.errors import ProtocolError, Unavailable
 from chunkfs.cs.chunk_store import ChunkStore
-from chunkfs.cs.mds_link import MdsLink, replica_pages
+from chunkfs.cs.mds_link import MdsLink, _named, replica_pages
 from chunkfs.mds.server import LiveServer, MetadataServer
 from chunkfs.mds.store import MetadataStore, encode_command
 from chunkfs.protocol.frame import MAX_HEADER_LEN, encode_header
@@ -75,9 +75,11 @@ async def test_cs_deletes_only_what_it_reported_at_the_version_reported(tmp_path
         store.set_version(3, 10, 11)  # copied again meanwhile: a newer version than reported
         link = MdsLink.__new__(MdsLink)
         link.server = types.SimpleNamespace(store=store)
+        link.cs_id = 3
         page = [(1, 10), (2, 10), (3, 10)]
-        deleted = await link._delete_stale(page, [1, 3, 4, True, "x"])
-        assert deleted == 2  # 4 was not in the page, True and "x" are not chunk ids
+        named = _named(page, [1, 3, 4, True, "x"])
+        assert named == [(1, 10), (3, 10)]  # 4 was not in the page, True and "x" are not chunk ids
+        assert await link._delete_stale(named) == 2
         assert dict(store.list_replicas()) == {2: 10, 3: 11, 4: 10}
     finally:
         store.close()
@@ -135,3 +137,53 @@ def test_no_event_loop_needed_for_page_handling() -> None:
     # _take_replicas and _wait_for_reports are plain functions: no await between check and update.
     assert not asyncio.iscoroutinefunction(MetadataServer._take_replicas)
     assert not asyncio.iscoroutinefunction(MetadataServer._wait_for_reports)
+
+
+async def test_a_restarted_server_heartbeats_before_its_stale_replicas_are_gone(tmp_path: Path) -> None:
+    """Deleting stale replicas (a directory fsync each) runs behind the heartbeats, not before them."""
+    import threading
+
+    from chunkfs.common.config import ClusterInfo, NodeConfig
+    from chunkfs.protocol.rpc import Credentials, RpcServer
+
+    creds = Credentials("c", b"s" * 32, "mds", "mds1")
+    beats = asyncio.Event()
+    release = threading.Event()
+    deleted: list[tuple[int, int]] = []
+
+    async def master(conn: Any, msg: Msg, h: dict[str, Any], payload: bytes) -> tuple[dict[str, Any], bytes]:
+        if msg == Msg.CS_REGISTER:
+            return {"cs_id": 7, "delete": [1, 2]}, b""
+        if msg == Msg.CS_HEARTBEAT:
+            beats.set()
+            return {}, b""
+        raise ProtocolError(f"unexpected {msg.name}")
+
+    def slow_delete(chunk_id: int, version: int) -> None:
+        release.wait(10)  # a slow disk: held until the test has seen a heartbeat
+        deleted.append((chunk_id, version))
+
+    srv = RpcServer(creds, master)
+    await srv.listen("127.0.0.1:0")
+    store = types.SimpleNamespace(space=lambda: (1, 1), list_replicas=lambda: [(1, 4), (2, 4), (3, 4)],
+                                  replica_count=lambda: 3, delete=slow_delete)
+    server = types.SimpleNamespace(
+        store=store, creds=Credentials("c", b"s" * 32, "cs", "cs7"), handle_master=None, directory=tmp_path,
+        in_flight=0, stats=types.SimpleNamespace(heartbeat_fields=dict),
+        scrubber=types.SimpleNamespace(update=lambda settings: None))
+    node = NodeConfig(role="cs", cluster=ClusterInfo("c", "u", 1 << 20), addr="127.0.0.1:1", node_id=7,
+                      mds=(f"127.0.0.1:{srv.port}",), heartbeat_interval=0.05)
+    link = MdsLink(server, node, b"s" * 32)  # type: ignore[arg-type]
+    link.start()
+    try:
+        await asyncio.wait_for(beats.wait(), 10)
+        assert deleted == []  # heartbeating while the deletions still wait for the disk
+    finally:
+        release.set()
+    for _ in range(200):  # bounded: until the background deletions are done
+        if len(deleted) == 2:
+            break
+        await asyncio.sleep(0.05)
+    assert sorted(deleted) == [(1, 4), (2, 4)]
+    await link.stop()
+    await srv.close()
