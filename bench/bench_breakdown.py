@@ -25,7 +25,6 @@ import random
 import re
 import signal
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_client import update_benchmarks  # noqa: E402
+from bench_client import chunkfs_cli, metrics_addrs, update_benchmarks  # noqa: E402
 
 from chunkfs.client.fuse_session import TIMINGS_FILE, state_dir  # noqa: E402
 from chunkfs.common.daemon import read_pid  # noqa: E402
@@ -45,13 +44,6 @@ from chunkfs.common.daemon import read_pid  # noqa: E402
 CLUSTER = "breakdown"
 Steps = dict[str, tuple[int, float]]  # step -> (count, total seconds)
 _SAMPLE = re.compile(r'^chunkfs_(?:mds|cs)_step_seconds_(count|sum)\{step="([^"]+)"\} (\S+)$')
-
-
-def chunkfs(*args: str, timeout: float = 120) -> None:
-    done = subprocess.run([sys.executable, "-m", "chunkfs", *args], capture_output=True, text=True,
-                          timeout=timeout, check=False)
-    if done.returncode != 0:
-        raise SystemExit(f"chunkfs {' '.join(args)} failed: {done.stderr.strip()}")
 
 
 def mount_steps(mnt: Path) -> Steps:
@@ -213,10 +205,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="chunkfs-breakdown-") as tmp:
         os.environ["CHUNKFS_CONF_DIR"] = f"{tmp}/conf"
         base, mnt = Path(tmp) / "cluster", Path(tmp) / "mnt"
-        chunkfs("local", "up", "--dir", str(base), "--name", CLUSTER, "--mount", str(mnt), timeout=180)
+        chunkfs_cli("local", "up", "--dir", str(base), "--name", CLUSTER, "--mount", str(mnt), timeout=180)
         try:
-            metrics = {p.parent.name: json.loads(p.read_text())["metrics_addr"] for p in base.rglob("node.json")
-                       if json.loads(p.read_text()).get("metrics_addr")}
+            metrics = metrics_addrs(base)
             out = []
             dbs: dict[str, sqlite3.Connection] = {}
             direct_fds: list[int] = []
@@ -238,7 +229,7 @@ def main() -> int:
             for fd in direct_fds:
                 os.close(fd)
         finally:
-            chunkfs("local", "down", "--dir", str(base), timeout=180)
+            chunkfs_cli("local", "down", "--dir", str(base), timeout=180)
     if args.record:
         update_benchmarks("breakdown", "\n\n".join([
             "## Where one operation's time goes (`bench/bench_breakdown.py`)", "",

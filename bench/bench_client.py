@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import mmap
 import os
 import platform
 import random
+import subprocess
 import sys
 import tempfile
 import time
@@ -132,6 +134,27 @@ def local_disk_run(path: Path, data: bytes) -> tuple[float, float]:
     read_s = time.perf_counter() - started
     assert b"".join(chunks) == data
     return write_s, read_s
+
+
+def chunkfs_cli(*args: str, timeout: float = 60, check: bool = True) -> bool:
+    """Run the ``chunkfs`` command; a failure stops the benchmark with its message (`check`) or is printed."""
+    done = subprocess.run([sys.executable, "-m", "chunkfs", *args], capture_output=True, text=True,
+                          timeout=timeout, check=False)
+    if done.returncode != 0:
+        if check:
+            raise SystemExit(f"chunkfs {' '.join(args)} failed: {done.stderr.strip()}")
+        print(f"chunkfs {' '.join(args)} failed: {done.stderr.strip()}", file=sys.stderr)
+    return done.returncode == 0
+
+
+def metrics_addrs(base: Path, role: str | None = None) -> dict[str, str]:
+    """Node folder name -> its /metrics address, for the nodes of a local cluster under `base` (of `role`)."""
+    out = {}
+    for path in base.rglob("node.json"):
+        node = json.loads(path.read_text())
+        if node.get("metrics_addr") and role in (None, node.get("role")):
+            out[path.parent.name] = node["metrics_addr"]
+    return out
 
 
 def update_benchmarks(section: str, body: str, file: str = "BENCHMARKS.md") -> None:

@@ -34,7 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_client import update_benchmarks  # noqa: E402
+from bench_client import chunkfs_cli, update_benchmarks  # noqa: E402
 
 from chunkfs.testing.cluster import LocalCluster  # noqa: E402
 
@@ -82,16 +82,6 @@ def run_fio(job: Job, directory: Path, size_mib: int, runtime: int) -> float:
         raise SystemExit(f"fio {job.name} on {directory} failed:\n{done.stderr[-2000:]}")
     side = json.loads(done.stdout[done.stdout.index("{"):])["jobs"][0][job.kind]
     return side["bw_bytes"] / 1e6 if job.unit == "MB/s" else side["iops"]
-
-
-def chunkfs_cli(*args: str, timeout: float = 60, check: bool = True) -> bool:
-    done = subprocess.run([sys.executable, "-m", "chunkfs", *args], capture_output=True, text=True,
-                          timeout=timeout, check=False)
-    if done.returncode != 0:
-        if check:
-            raise SystemExit(f"chunkfs {' '.join(args)} failed: {done.stderr.strip()}")
-        print(f"chunkfs {' '.join(args)} failed: {done.stderr.strip()}", file=sys.stderr)
-    return done.returncode == 0
 
 
 def unmount(mnt: Path) -> None:

@@ -16,11 +16,9 @@ RELIABILITY.md.  Every load process is stopped by PID at the end.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import threading
@@ -31,17 +29,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_client import update_benchmarks  # noqa: E402
+from bench_client import chunkfs_cli, metrics_addrs, update_benchmarks  # noqa: E402
 
 _GAUGE = re.compile(r"^(chunkfs_event_loop_stalls_total|chunkfs_raft_term|chunkfs_raft_is_leader) (\S+)$")
 _BUCKET = re.compile(r'^chunkfs_event_loop_lag_seconds_bucket\{le="([^"]+)"\} (\S+)$')
-
-
-def chunkfs(*args: str, timeout: float = 180) -> None:
-    done = subprocess.run([sys.executable, "-m", "chunkfs", *args], capture_output=True, text=True,
-                          timeout=timeout, check=False)
-    if done.returncode != 0:
-        raise SystemExit(f"chunkfs {' '.join(args)} failed: {done.stderr.strip()}")
 
 
 def spin(until: float) -> None:
@@ -115,9 +106,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="chunkfs-stall-") as tmp:
         os.environ["CHUNKFS_CONF_DIR"] = f"{tmp}/conf"
         base, mnt = Path(tmp) / "cluster", Path(tmp) / "mnt"
-        chunkfs("local", "up", "--dir", str(base), "--name", "stall", "--mount", str(mnt))
-        metrics = {p.parent.name: json.loads(p.read_text())["metrics_addr"]
-                   for p in base.rglob("node.json") if json.loads(p.read_text()).get("role") == "mds"}
+        chunkfs_cli("local", "up", "--dir", str(base), "--name", "stall", "--mount", str(mnt), timeout=180)
+        metrics = metrics_addrs(base, "mds")
         start = {node: scrape(addr) for node, addr in metrics.items()}
         until = time.monotonic() + args.seconds
         hogs = [multiprocessing.Process(target=spin, args=(until,)) for _ in range(args.cpu_hogs)]
@@ -142,7 +132,7 @@ def main() -> int:
                     hog.kill()
                     hog.join(5)
         end = {node: scrape(addr) for node, addr in metrics.items()}
-        chunkfs("local", "down", "--dir", str(base))
+        chunkfs_cli("local", "down", "--dir", str(base), timeout=180)
     terms = {node: int(end[node]["chunkfs_raft_term"] - start[node]["chunkfs_raft_term"]) for node in end}
     rows = [f"| {node} | {'master' if end[node].get('chunkfs_raft_is_leader') else 'follower'} | "
             f"{worst_lag(start[node], end[node])} | "

@@ -33,18 +33,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_client import update_benchmarks  # noqa: E402
+from bench_client import chunkfs_cli, update_benchmarks  # noqa: E402
 
 #: The harness's target names: MooseFS at the goal asked for, ChunkFS (`ext`), the local disk.
 MFS = {1: "mfs_goal1", 3: "mfs_goal3"}
-
-
-def chunkfs(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run([sys.executable, "-m", "chunkfs", *args], capture_output=True, text=True, timeout=300,
-                          check=False)
-    if check and done.returncode != 0:
-        raise SystemExit(f"chunkfs {' '.join(args)} failed: {done.stderr.strip()}")
-    return done
 
 
 def median_table(summary: str) -> dict[str, dict[str, float]]:
@@ -114,9 +106,9 @@ def main() -> int:
         os.environ["CHUNKFS_RUN_DIR"] = str(base / "run")
         mnt = base / "mnt"
         mnt.mkdir()
-        chunkfs("local", "up", "--dir", str(base / "cluster"), "--name", "vsmfs", "--mount", str(mnt))
+        chunkfs_cli("local", "up", "--dir", str(base / "cluster"), "--name", "vsmfs", "--mount", str(mnt), timeout=300)
         try:
-            chunkfs("-c", "vsmfs", "set-attr", "-R", "/", f"replicas={args.replicas}:1")
+            chunkfs_cli("-c", "vsmfs", "set-attr", "-R", "/", f"replicas={args.replicas}:1", timeout=300)
             (mnt / "bench").mkdir()
             env = {**os.environ, "TARGETS": f"{mfs} ext local", "EXT_DIR": str(mnt / "bench"),
                    "FIO_SIZE": args.fio_size, "FIO_RUNTIME": args.fio_runtime, "REPEAT": "1",
@@ -127,7 +119,7 @@ def main() -> int:
                 raise SystemExit(f"the harness failed (exit {done.returncode}); its output is above")
             summary = (base / "out" / "summary.md").read_text()
         finally:
-            chunkfs("local", "down", "--dir", str(base / "cluster"), check=False)
+            chunkfs_cli("local", "down", "--dir", str(base / "cluster"), timeout=300, check=False)
     table = median_table(summary)
     rows, ratios = [], []
     for metric, values in table.items():
