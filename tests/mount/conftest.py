@@ -109,6 +109,32 @@ def mount(tmp_path: Path, make_cluster: Callable[..., LocalCluster]) -> Iterator
                     os.kill(pid, signal.SIGKILL)
 
 
+@contextlib.contextmanager
+def local_up_mounted(tmp_path: Path, name: str, *more: str) -> Iterator[tuple[Path, Path]]:
+    """`chunkfs local up` (1 MDS, 2 CS, 1 MiB chunks) mounted on tmp_path/mnt: (cluster folder, mount point).
+
+    Whatever the test did meanwhile, the mount is detached, its process killed
+    and every daemon of the cluster stopped afterwards, by PID.
+    """
+    from chunkfs.client.fuse_session import state_dir
+    from chunkfs.common.daemon import is_chunkfs_process, read_pid
+
+    d, mnt = tmp_path / "local", tmp_path / "mnt"
+    try:
+        done = chunkfs("local", "up", "--dir", str(d), "--name", name, "--mds", "1", "--cs", "2",
+                       "--chunk-size", "1M", "--mount", str(mnt), *more, timeout=120)
+        assert done.returncode == 0, done.stderr
+        yield d, mnt
+    finally:
+        if is_mounted(mnt):
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True, timeout=30, check=False)
+        pid = read_pid(state_dir(mnt))
+        if pid is not None and is_chunkfs_process(pid, mnt):
+            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(Exception):
+            LocalCluster.load(d).stop_all()
+
+
 def random_file(path: Path, size: int) -> Path:
     """A file of random bytes, written in 4 MiB pieces (bounded memory)."""
     with open(path, "wb") as f:

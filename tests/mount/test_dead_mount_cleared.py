@@ -3,12 +3,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -16,9 +14,8 @@ import pytest
 
 from chunkfs.client.fuse_session import state_dir
 from chunkfs.common.daemon import is_chunkfs_process, pid_alive, read_pid
-from chunkfs.testing.cluster import LocalCluster
 
-from .conftest import chunkfs, is_mounted
+from .conftest import chunkfs, is_mounted, local_up_mounted
 
 
 def _kill_mount_process(mnt: Path) -> int:
@@ -69,11 +66,7 @@ def test_mount_clears_a_dead_mount_and_refuses_a_live_one(make_cluster, mount) -
 
 
 def test_local_up_mount_clears_a_dead_mount(tmp_path: Path, conf_dir: Path) -> None:
-    d, mnt = tmp_path / "local", tmp_path / "mnt"
-    try:
-        done = chunkfs("local", "up", "--dir", str(d), "--name", "dm", "--mds", "1", "--cs", "2",
-                       "--chunk-size", "1M", "--mount", str(mnt), timeout=120)
-        assert done.returncode == 0, done.stderr
+    with local_up_mounted(tmp_path, "dm") as (d, mnt):
         (mnt / "hello").write_bytes(b"hello\n")
         _kill_mount_process(mnt)
 
@@ -89,11 +82,3 @@ def test_local_up_mount_clears_a_dead_mount(tmp_path: Path, conf_dir: Path) -> N
         assert done.returncode == 0, done.stderr
         assert not is_mounted(mnt)
         assert "stopped 3 process(es)" in done.stdout, done.stdout
-    finally:
-        if is_mounted(mnt):
-            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True, timeout=30, check=False)
-        pid = read_pid(state_dir(mnt))
-        if pid is not None and is_chunkfs_process(pid, mnt):
-            os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(Exception):
-            LocalCluster.load(d).stop_all()

@@ -5,20 +5,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import subprocess
 from pathlib import Path
 
-from chunkfs.testing.cluster import LocalCluster
-
-from .conftest import chunkfs, is_mounted
+from .conftest import chunkfs, is_mounted, local_up_mounted
 
 
 def test_local_up_mounts_and_down_unmounts(tmp_path: Path, conf_dir: Path) -> None:
-    d, mnt = tmp_path / "local", tmp_path / "mnt"
-    try:
-        done = chunkfs("local", "up", "--dir", str(d), "--name", "lm", "--mds", "1", "--cs", "2",
-                       "--chunk-size", "1M", "--mount", str(mnt), "-o", "attr_timeout=0.5", timeout=120)
-        assert done.returncode == 0, done.stderr
+    with local_up_mounted(tmp_path, "lm", "-o", "attr_timeout=0.5") as (d, mnt):
         assert is_mounted(mnt)
         (mnt / "hello").write_bytes(b"from the local mount\n")
         done = chunkfs("-c", "lm", "get", "/hello", str(tmp_path / "copy"))
@@ -34,11 +27,6 @@ def test_local_up_mounts_and_down_unmounts(tmp_path: Path, conf_dir: Path) -> No
         assert f"unmounted {mnt}" in done.stdout
         assert not is_mounted(mnt)
         assert json.loads((d / "local.json").read_text())["mounts"] == []
-    finally:
-        if is_mounted(mnt):
-            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True, timeout=30, check=False)
-        with contextlib.suppress(Exception):
-            LocalCluster.load(d).stop_all()
 
 
 def test_local_down_with_a_file_still_open_stops_everything(tmp_path: Path, conf_dir: Path) -> None:
@@ -46,11 +34,7 @@ def test_local_down_with_a_file_still_open_stops_everything(tmp_path: Path, conf
     from chunkfs.client.fuse_session import state_dir
     from chunkfs.common.daemon import pid_alive, read_pid
 
-    d, mnt = tmp_path / "local", tmp_path / "mnt"
-    try:
-        done = chunkfs("local", "up", "--dir", str(d), "--name", "lo", "--mds", "1", "--cs", "2",
-                       "--chunk-size", "1M", "--mount", str(mnt), timeout=120)
-        assert done.returncode == 0, done.stderr
+    with local_up_mounted(tmp_path, "lo") as (d, mnt):
         mount_pid = read_pid(state_dir(mnt))
         assert mount_pid is not None
         held = os.open(mnt / "held", os.O_WRONLY | os.O_CREAT, 0o644)
@@ -66,8 +50,3 @@ def test_local_down_with_a_file_still_open_stops_everything(tmp_path: Path, conf
         assert not pid_alive(mount_pid)
         status = json.loads(chunkfs("local", "status", "--dir", str(d), "--json").stdout)
         assert not any(p["running"] for p in status["processes"]), status
-    finally:
-        if is_mounted(mnt):
-            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True, timeout=30, check=False)
-        with contextlib.suppress(Exception):
-            LocalCluster.load(d).stop_all()
