@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,20 +51,21 @@ def _events(c) -> str:
     return " | ".join(e["message"] for e in c.events())
 
 
-def _write_file(c, name: str) -> tuple[object, bytes]:
+def _written(cluster, c, name: str, chunk: int) -> tuple[Any, bytes, dict[str, Any], list[Path]]:
+    """A 2 MiB file of random bytes, fsynced: (file, its bytes, the map of chunk `chunk`, its replica files)."""
     data = os.urandom(SIZE)
     f = c.open(name, create=True)
     c.run(f.write(0, data))
     c.run(f.fsync())
-    return f, data
+    m = chunk_maps(c, f.ino, SIZE)[chunk]
+    return f, data, m, _replica_files(cluster, m["chunk_id"], m["version"])
 
 
 def test_scrubber_finds_a_bad_block_and_it_is_mended_in_place(make_cluster) -> None:
     cluster = make_cluster(n_cs=3)
     with cluster.client() as c:
-        f, data = _write_file(c, "/scrubbed")
-        m = chunk_maps(c, f.ino, SIZE)[1]
-        replica = _replica_files(cluster, m["chunk_id"], m["version"])[0]
+        f, data, m, replicas = _written(cluster, c, "/scrubbed", 1)
+        replica = replicas[0]
         _corrupt(replica, 3)
         # Scrub every second, fast (the default is a pass a week at 4 MiB/s).
         c.set_config({"scrub-interval": "1", "scrub-rate": "100"})
@@ -85,9 +87,8 @@ def test_scrubber_finds_a_bad_block_and_it_is_mended_in_place(make_cluster) -> N
 def test_a_read_meeting_a_bad_block_gets_good_bytes_and_the_block_is_mended(make_cluster) -> None:
     cluster = make_cluster(n_cs=3)
     with cluster.client() as c:
-        f, data = _write_file(c, "/read")
-        m = chunk_maps(c, f.ino, SIZE)[0]
-        replica = _replica_files(cluster, m["chunk_id"], m["version"])[0]
+        f, data, m, replicas = _written(cluster, c, "/read", 0)
+        replica = replicas[0]
         _corrupt(replica, 0)
         # The scrubber is idle (a pass a week): only reads can find it. Reads pick a replica at random.
         for _ in range(40):
@@ -105,9 +106,7 @@ def test_a_read_meeting_a_bad_block_gets_good_bytes_and_the_block_is_mended(make
 def test_different_bad_blocks_on_every_replica_are_all_mended(make_cluster) -> None:
     cluster = make_cluster(n_cs=3)
     with cluster.client() as c:
-        f, data = _write_file(c, "/patchwork")
-        m = chunk_maps(c, f.ino, SIZE)[0]
-        replicas = _replica_files(cluster, m["chunk_id"], m["version"])
+        f, data, m, replicas = _written(cluster, c, "/patchwork", 0)
         assert len(replicas) == 3
         for block, replica in enumerate(replicas, start=1):
             _corrupt(replica, block)
@@ -123,9 +122,7 @@ def test_different_bad_blocks_on_every_replica_are_all_mended(make_cluster) -> N
 def test_a_block_bad_on_every_replica_fails_alone_and_is_named(make_cluster) -> None:
     cluster = make_cluster(n_cs=3)
     with cluster.client() as c:
-        f, data = _write_file(c, "/lost")
-        m = chunk_maps(c, f.ino, SIZE)[0]
-        replicas = _replica_files(cluster, m["chunk_id"], m["version"])
+        f, data, m, replicas = _written(cluster, c, "/lost", 0)
         for replica in replicas:
             _corrupt(replica, 1)
         with pytest.raises(ChecksumMismatch):
@@ -155,9 +152,8 @@ def test_a_block_bad_on_every_replica_fails_alone_and_is_named(make_cluster) -> 
 def test_a_partial_write_into_a_bad_block_waits_for_the_repair_and_goes_through(make_cluster) -> None:
     cluster = make_cluster(n_cs=3)
     with cluster.client() as c:
-        f, data = _write_file(c, "/rmw")
-        m = chunk_maps(c, f.ino, SIZE)[0]
-        _corrupt(_replica_files(cluster, m["chunk_id"], m["version"])[2], 4)
+        f, data, m, replicas = _written(cluster, c, "/rmw", 0)
+        _corrupt(replicas[2], 4)
         patch = os.urandom(100)
         offset = 4 * BLOCK_SIZE + 7  # inside the bad block: its old bytes must be verified first
         c.run(f.write(offset, patch))
@@ -172,9 +168,8 @@ def test_a_partial_write_into_a_bad_block_waits_for_the_repair_and_goes_through(
 def test_a_replica_with_a_corrupt_header_is_moved_aside_and_replaced(make_cluster) -> None:
     cluster = make_cluster(n_cs=3)
     with cluster.client() as c:
-        f, data = _write_file(c, "/header")
-        m = chunk_maps(c, f.ino, SIZE)[1]
-        replica = _replica_files(cluster, m["chunk_id"], m["version"])[0]
+        f, data, m, replicas = _written(cluster, c, "/header", 1)
+        replica = replicas[0]
         with open(replica, "r+b") as fh:  # the magic at the very start of the header
             fh.write(b"XX")
         cs_dir = _server_dir(replica)
@@ -198,10 +193,9 @@ def test_a_bad_block_of_a_single_replica_file_is_named_lost(make_cluster) -> Non
     with cluster.client() as c:
         c.mkdir("/one")
         c.set_replicas("/one", 1, 1)
-        f, data = _write_file(c, "/one/file")
-        m = chunk_maps(c, f.ino, SIZE)[0]
+        f, data, m, replicas = _written(cluster, c, "/one/file", 0)
         assert len(m["replicas"]) == 1
-        _corrupt(_replica_files(cluster, m["chunk_id"], m["version"])[0], 2)
+        _corrupt(replicas[0], 2)
         with pytest.raises(ChecksumMismatch):
             c.read(f.ino, 2 * BLOCK_SIZE, 10)
         assert c.read(f.ino, 0, 2 * BLOCK_SIZE) == data[:2 * BLOCK_SIZE]
