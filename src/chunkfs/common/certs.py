@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import datetime
 from pathlib import Path
+from typing import Any
 
 from chunkfs.common.durable import write_file_durably
 from chunkfs.common.errors import ConfigError
@@ -69,10 +70,7 @@ def make_ca(ca_dir: Path, cluster: str, uuid: str) -> None:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - CLOCK_SLACK).not_valid_after(now + datetime.timedelta(days=CA_DAYS))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(
-            digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
-            key_encipherment=False, data_encipherment=False, key_agreement=False, encipher_only=False,
-            decipher_only=False), critical=True)
+        .add_extension(_key_usage("digital_signature", "key_cert_sign", "crl_sign"), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
@@ -120,10 +118,7 @@ def issue(ca_dir: Path, tls_dir: Path, name: str) -> None:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - CLOCK_SLACK).not_valid_after(now + datetime.timedelta(days=NODE_DAYS))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(
-            digital_signature=True, key_cert_sign=False, crl_sign=False, content_commitment=False,
-            key_encipherment=False, data_encipherment=False, key_agreement=True, encipher_only=False,
-            decipher_only=False), critical=True)
+        .add_extension(_key_usage("digital_signature", "key_agreement"), critical=True)
         # Every node is a TLS server (it listens) and a TLS client (it dials other nodes).
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
                        critical=False)
@@ -135,6 +130,15 @@ def issue(ca_dir: Path, tls_dir: Path, name: str) -> None:
     write_file_durably(tls_dir / NODE_KEY, _key_pem(key), mode=0o600)
     write_file_durably(tls_dir / NODE_CERT, _cert_pem(cert))
     write_file_durably(tls_dir / CA_CERT, ca_cert_pem)
+
+
+def _key_usage(*allowed: str) -> Any:
+    """The KeyUsage extension allowing exactly `allowed` (x509.KeyUsage wants every flag spelt out)."""
+    from cryptography import x509
+
+    flags = ("digital_signature", "content_commitment", "key_encipherment", "data_encipherment", "key_agreement",
+             "key_cert_sign", "crl_sign", "encipher_only", "decipher_only")
+    return x509.KeyUsage(**{flag: flag in allowed for flag in flags})
 
 
 def _key_pem(key: object) -> bytes:
