@@ -24,6 +24,14 @@ ReadIndex, leadership transfer, single-server membership changes that take
 effect when appended (Raft thesis, section 4.1), snapshots with
 InstallSnapshot.  Node id 0 means "nobody".
 
+A follower the leader sent a snapshot to is in the *snapshot* state of the
+leader's view (etcd's StateSnapshot): until it answers at or beyond the
+snapshot's index, it gets no entries and no second copy of the snapshot,
+only heartbeats that keep it from campaigning.  The transfer itself may take
+long (the driver streams the image in pieces): the driver tells the core it
+is still going (`report_snapshot`), and a transfer not heard of for
+`snapshot_timeout` ticks is taken as lost and started again.
+
 The whole log since the last snapshot is kept in memory: the application is
 expected to compact regularly (`compact`), which bounds it.
 """
@@ -416,6 +424,10 @@ class Progress:
     match: int = 0
     next: int = 1
     recent_active: bool = True
+    #: Index of the snapshot in flight to this follower (0: none): the snapshot state.
+    snapshot: int = 0
+    #: Ticks since the driver last reported that transfer alive.
+    snapshot_idle: int = 0
 
 
 @dataclass(slots=True)
@@ -449,6 +461,7 @@ class RaftCore:
         check_quorum: bool = True,
         max_entries_per_msg: int = 64,
         start_quiet: bool = False,
+        snapshot_timeout: int = 0,
     ) -> None:
         if node_id <= NONE:
             raise InvalidArgument("raft node id must be positive", node_id=node_id)
@@ -461,6 +474,8 @@ class RaftCore:
         self.pre_vote = pre_vote
         self.check_quorum = check_quorum
         self.max_entries_per_msg = max_entries_per_msg
+        #: Ticks without news of a snapshot transfer before it is sent again (default: 4 election timeouts).
+        self.snapshot_timeout = snapshot_timeout or 4 * election_timeout
 
         self.log = RaftLog(snapshot, entries)
         hs = hard_state or HardState()
@@ -628,6 +643,22 @@ class RaftCore:
         else:
             self._send_append(to)
         return True
+
+    def report_snapshot(self, peer: int, *, failed: bool) -> None:
+        """The driver's news of the snapshot it is sending to `peer`.
+
+        Still going (`failed=False`): its deadline starts again.  Failed: the
+        follower leaves the snapshot state, and the next heartbeat sends the
+        snapshot again (the driver resumes where the follower got to).
+        """
+        pr = self._progress.get(peer) if self.role is Role.LEADER else None
+        if pr is None or not pr.snapshot:
+            return
+        if failed:
+            pr.snapshot = 0
+            pr.next = pr.match + 1
+        else:
+            pr.snapshot_idle = 0
 
     def compact(self, index: int, data: bytes) -> Snapshot:
         """The application saved its state up to `index`: drop the log before it.
@@ -882,8 +913,14 @@ class RaftCore:
                 return
         self._set_voters(frozenset(self.log.snapshot.voters), self.log.snapshot.index)
 
-    def _send_append(self, peer: int) -> None:
+    def _send_append(self, peer: int, *, heartbeat: bool = False) -> None:
         pr = self._progress[peer]
+        if pr.snapshot:
+            if heartbeat:
+                # Keep it from campaigning, and let it acknowledge reads: prev 0 matches any log,
+                # and the commit sent is one it holds (it changes nothing there).
+                self._send(AppendRequest(self.id, peer, self.term, 0, 0, (), min(self.commit, pr.match), self._seq))
+            return
         prev = pr.next - 1
         prev_term = self.log.term_at(prev)
         if prev_term is None or prev < self.log.snapshot.index:
@@ -894,6 +931,7 @@ class RaftCore:
             snap = self.log.snapshot
             self._send(SnapshotRequest(self.id, peer, self.term, snap, self._seq))
             pr.next = snap.index + 1
+            pr.snapshot, pr.snapshot_idle = snap.index, 0
             return
         entries = tuple(self.log.slice(pr.next, min(self.log.last_index, pr.next + self.max_entries_per_msg - 1)))
         self._send(AppendRequest(self.id, peer, self.term, prev, prev_term, entries, self.commit, self._seq))
@@ -902,9 +940,9 @@ class RaftCore:
 
     def _broadcast_heartbeat(self) -> None:
         for peer, pr in self._progress.items():
-            if pr.match < self.log.last_index:
+            if pr.match < self.log.last_index and not pr.snapshot:
                 pr.next = min(pr.next, pr.match + 1)  # retransmit anything lost
-            self._send_append(peer)
+            self._send_append(peer, heartbeat=True)
 
     def _tick_leader(self) -> None:
         self._heartbeat_elapsed += 1
@@ -926,6 +964,12 @@ class RaftCore:
                     return
                 for pr in self._progress.values():
                     pr.recent_active = False
+        for pr in self._progress.values():
+            if pr.snapshot:
+                pr.snapshot_idle += 1
+                if pr.snapshot_idle >= self.snapshot_timeout:
+                    pr.snapshot = 0  # lost on the way: the heartbeat below sends it again
+                    pr.next = pr.match + 1
         if self._heartbeat_elapsed >= self.heartbeat_timeout:
             self._heartbeat_elapsed = 0
             self._broadcast_heartbeat()
@@ -1029,7 +1073,7 @@ class RaftCore:
         self._seq += 1
         self._pending_reads.append(_PendingRead(ctx, self.commit, self._seq, {self.id}))
         for peer in self._progress:
-            self._send_append(peer)
+            self._send_append(peer, heartbeat=True)
 
     def _ack_reads(self, src: int, seq: int) -> None:
         confirmed = 0
@@ -1051,6 +1095,13 @@ class RaftCore:
         pr.recent_active = True
         if m.seq and self._pending_reads:
             self._ack_reads(m.src, m.seq)
+        if pr.snapshot:
+            if not (m.success and m.index >= pr.snapshot):
+                if m.success and m.index > pr.match:
+                    pr.match = m.index
+                    self._maybe_commit()
+                return  # the snapshot is still on its way
+            pr.snapshot = 0  # installed (or not needed): replicate from there
         if m.success:
             if m.index > pr.match:
                 pr.match = m.index

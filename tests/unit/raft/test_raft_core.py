@@ -19,6 +19,7 @@ from chunkfs.raft.core import (
     RaftCore,
     Role,
     Snapshot,
+    SnapshotRequest,
     VoteRequest,
     VoteResponse,
     message_from_dict,
@@ -191,6 +192,74 @@ def test_compaction_then_snapshot_to_a_lagging_follower() -> None:
         pump(nodes)
     assert nodes[3].commit >= snap.index
     assert nodes[3].log.snapshot == snap  # it got there by InstallSnapshot
+
+
+def _lagging_follower_behind_a_snapshot() -> tuple[dict[int, RaftCore], Snapshot]:
+    """Node 1 leads, node 3 missed everything, and node 1 compacted it away."""
+    nodes = cluster()
+    elect(nodes, 1)
+    for i in range(5):
+        nodes[1].propose(b"%d" % i)
+    pump(nodes, drop={3})
+    return nodes, nodes[1].compact(nodes[1].applied, b"image")
+
+
+def _heartbeats_to(nodes: dict[int, RaftCore], peer: int, ticks: int) -> list[Message]:
+    """What node 1 sends `peer` over `ticks` ticks, `peer` never answering (the others do)."""
+    sent: list[Message] = []
+    for _ in range(ticks):
+        nodes[1].tick()
+        sent.extend(m for m in pump(nodes, drop={peer}) if m.dst == peer)
+    assert nodes[1].is_leader
+    return sent
+
+
+def test_a_snapshot_in_flight_is_not_sent_again_and_the_follower_gets_heartbeats() -> None:
+    nodes, snap = _lagging_follower_behind_a_snapshot()
+    sent = _heartbeats_to(nodes, 3, nodes[1].snapshot_timeout - 1)
+    snaps = [m for m in sent if isinstance(m, SnapshotRequest)]
+    beats = [m for m in sent if isinstance(m, AppendRequest)]
+    assert len(snaps) == 1 and snaps[0].snapshot == snap
+    assert beats and all(m.prev_index == 0 and not m.entries for m in beats)
+    nodes[1].propose(b"more")
+    assert not [m for m in pump(nodes, drop={3}) if m.dst == 3]  # no entries while it installs
+    # A heartbeat answered before the snapshot is in changes nothing.
+    nodes[3].step(beats[-1])
+    for m in nodes[3].ready().messages:
+        nodes[1].step(m)
+    assert not [m for m in nodes[1].ready().messages if m.dst == 3]
+
+
+def test_a_snapshot_not_heard_of_is_sent_again_after_the_timeout() -> None:
+    nodes, snap = _lagging_follower_behind_a_snapshot()
+    sent = _heartbeats_to(nodes, 3, nodes[1].snapshot_timeout + nodes[1].heartbeat_timeout + 1)
+    assert len([m for m in sent if isinstance(m, SnapshotRequest)]) == 2
+
+
+def test_a_transfer_reported_alive_keeps_its_deadline_and_a_failed_one_is_sent_again() -> None:
+    nodes, snap = _lagging_follower_behind_a_snapshot()
+    leader = nodes[1]
+    sent: list[Message] = []
+    for _ in range(3 * leader.snapshot_timeout):
+        leader.report_snapshot(3, failed=False)
+        sent.extend(_heartbeats_to(nodes, 3, 1))
+    assert len([m for m in sent if isinstance(m, SnapshotRequest)]) == 1
+    leader.report_snapshot(3, failed=True)
+    sent = _heartbeats_to(nodes, 3, leader.heartbeat_timeout + 1)
+    assert len([m for m in sent if isinstance(m, SnapshotRequest)]) == 1
+
+
+def test_after_the_snapshot_is_installed_entries_flow_again() -> None:
+    nodes, snap = _lagging_follower_behind_a_snapshot()
+    leader = nodes[1]
+    idx = leader.propose(b"after")
+    assert idx is not None
+    for _ in range(3):
+        leader.tick()
+        pump(nodes)
+    assert nodes[3].log.snapshot == snap
+    assert nodes[3].commit == idx and nodes[3].log.entry(idx).data == b"after"
+    assert leader.match_indexes()[3] == idx
 
 
 def test_malformed_messages_raise_protocol_error() -> None:
