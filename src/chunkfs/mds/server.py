@@ -56,10 +56,8 @@ CHECKPOINT_INTERVAL = 2.0
 #: Commands to chunk servers (create, set version) wait at most this long.
 CS_COMMAND_TIMEOUT = 10.0
 ALLOC_LOCK_STRIPES = 64
-#: Largest store snapshot sent to a lagging follower in one message.
-MAX_SNAPSHOT = 256 << 20
 #: Requests a follower answers itself; everything else is redirected to the master.
-FOLLOWER_MESSAGES = frozenset({Msg.RAFT, Msg.PING})
+FOLLOWER_MESSAGES = frozenset({Msg.RAFT, Msg.RAFT_SNAPSHOT, Msg.PING})
 #: A new chunk that cannot be placed because chunk servers are missing (not connected,
 #: silent, still reporting) waits this long for them before the writer is told so.
 PLACEMENT_WAIT = 5.0
@@ -104,8 +102,7 @@ class MetadataServer:
         )
         self.raft.routes = dict(node.peer_routes)
         self.log: ReplicatedLog = self.raft
-        # Snapshots (Raft InstallSnapshot) are whole store images: allow them on MDS connections.
-        self.rpc = RpcServer(self.creds, self.handle, on_close=self._on_close, max_payload=MAX_SNAPSHOT)
+        self.rpc = RpcServer(self.creds, self.handle, on_close=self._on_close)
         self.live: dict[int, LiveServer] = {}
         # Striped locks: one chunk is allocated once, and the set of locks stays bounded.
         self._alloc_locks = [asyncio.Lock() for _ in range(ALLOC_LOCK_STRIPES)]
@@ -133,7 +130,7 @@ class MetadataServer:
         await self.metrics.start()
         store = self.store
         await self.raft.start(StateMachine(
-            apply=store.apply, applied_index=lambda: store.applied_index, snapshot=store.snapshot,
+            apply=store.apply, applied_index=lambda: store.applied_index, snapshot_to=store.snapshot_to,
             restore=store.restore,
         ))
         self._learn_members()
@@ -230,8 +227,12 @@ class MetadataServer:
         if msg == Msg.RAFT:
             if conn.peer_role != "mds":
                 raise ProtocolError("RAFT is for metadata servers only")
-            self.raft.step(h["m"], payload)
+            self.raft.step(h["m"])
             return {}, b""
+        if msg == Msg.RAFT_SNAPSHOT:
+            if conn.peer_role != "mds":
+                raise ProtocolError("RAFT_SNAPSHOT is for metadata servers only")
+            return {"have": await self.raft.snapshot_piece(h, payload)}, b""
         handler = getattr(self, f"_on_{msg.name.lower()}", None)
         if handler is None:
             raise ProtocolError(f"{msg.name} is not served by a metadata server")

@@ -9,8 +9,8 @@ missing and a snapshot is a consistent copy of one file.
 
 Why SQLite: it ships with Python, its WAL mode lets reads proceed during a
 write, indexes give ordered directory listings and chunk ranges without
-holding the namespace in RAM, and a consistent online copy
-(`sqlite3.Connection.serialize`) gives snapshots without fork.  The Raft log
+holding the namespace in RAM, and its online backup of a read transaction
+gives consistent snapshots, file to file, without fork or a pause.  The Raft log
 in front of it is the durable record, so SQLite runs with ``synchronous=NORMAL``:
 a power cut may roll back the last transactions, which the log replays.
 """
@@ -785,19 +785,42 @@ class MetadataStore:
 
     # -- snapshots ---------------------------------------------------------------
 
-    def snapshot(self) -> bytes:
-        """A consistent image of the whole store, taken without fork or stopping service."""
-        return self.db.serialize()
+    def snapshot_to(self, path: Path) -> int:
+        """Copy the whole store into `path` (fsynced), consistent at one applied index; returns that index.
 
-    def restore(self, data: bytes, index: int) -> None:
-        """Replace the whole store with a snapshot image (from the master) taken at log `index`."""
-        tmp = self.path.with_name(self.path.name + ".restore")
-        tmp.write_bytes(data)
+        Runs in a worker thread while the event loop goes on applying: a read
+        transaction on a connection of its own pins one state of the
+        write-ahead-logged database, and SQLite's online backup copies exactly
+        that state, page by page, from disk to disk (never the whole store in
+        RAM).  The image knows its own applied index, which is the index of the
+        snapshot it makes.
+        """
+        with self._files_lock:  # not while the files are replaced (restore) or closed
+            src = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            try:
+                src.execute("BEGIN")
+                row = src.execute("SELECT value FROM meta WHERE key = 'applied_index'").fetchone()
+                index = int(row[0]) if row else 0
+                path.unlink(missing_ok=True)
+                dst = sqlite3.connect(path, isolation_level=None)
+                try:
+                    src.backup(dst)
+                finally:
+                    dst.close()
+                src.execute("COMMIT")
+            finally:
+                src.close()
+        with path.open("rb+") as f:
+            os.fsync(f.fileno())
+        return index
+
+    def restore(self, image: Path, index: int) -> None:
+        """Replace the whole store with a snapshot image taken at log `index` (the file is moved, not copied)."""
         with self._files_lock:  # not under a checkpoint's feet
             self.db.close()
             for suffix in ("-wal", "-shm"):
                 self.path.with_name(self.path.name + suffix).unlink(missing_ok=True)
-            os.replace(tmp, self.path)
+            os.replace(image, self.path)
             self._open()
         with self._tx():
             self._set_meta("applied_index", max(self.applied_index, index))

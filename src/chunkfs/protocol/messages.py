@@ -14,19 +14,13 @@ the handlers that use them through the small helpers at the bottom.
 from __future__ import annotations
 
 import enum
-import os
 from dataclasses import dataclass
 from typing import Any
 
 from chunkfs.common.errors import InvalidArgument, ProtocolError
+from chunkfs.common.knobs import lowered
 
 _NONE = type(None)
-
-
-def _replica_page() -> int:
-    """The page size: 4096, or less from CHUNKFS_REPLICA_PAGE (a test knob, bounded to 1-4096)."""
-    text = os.environ.get("CHUNKFS_REPLICA_PAGE", "")
-    return max(1, min(4096, int(text))) if text.isdigit() else 4096
 
 
 #: The most [chunk_id, version] pairs one frame carries (a page of CS_REGISTER or
@@ -36,7 +30,7 @@ def _replica_page() -> int:
 #: 64-bit integers) is 19 bytes of msgpack: a page is under 80 KiB, far below
 #: MAX_HEADER_LEN and the receive buffer, and costs the master's event loop a
 #: few milliseconds.  CHUNKFS_REPLICA_PAGE lowers it so tests exercise many pages.
-REPLICA_PAGE = _replica_page()
+REPLICA_PAGE = lowered("CHUNKFS_REPLICA_PAGE", 4096)
 
 
 class Msg(enum.IntEnum):
@@ -91,6 +85,7 @@ class Msg(enum.IntEnum):
     MDS_ADD = 81
     MDS_JOIN = 82
     MDS_REMOVE = 83
+    RAFT_SNAPSHOT = 84
     # Anyone -> MDS: cluster settings and chunk-server removal (self-healing).
     GET_CONFIG = 90
     SET_CONFIG = 91
@@ -314,8 +309,14 @@ SPECS: dict[Msg, MessageSpec] = {
     ),
     Msg.CS_FSYNC: MessageSpec((f("chunk_id", int), f("version", int), f("chain", list)), ()),
     Msg.CS_CHECKSUMS: MessageSpec((f("chunk_id", int), f("version", int)), (f("crcs", list),)),
-    # A Raft message as a plain map (checked by raft.core.message_from_dict); snapshot data as payload.
-    Msg.RAFT: MessageSpec((f("m", dict),), (), request_payload=True),
+    # A Raft message as a plain map (checked by raft.core.message_from_dict).
+    Msg.RAFT: MessageSpec((f("m", dict),), ()),
+    # A piece of a snapshot image at `offset` (raft/snapshot_files.py); an empty one asks how much is
+    # held.  The reply says how many bytes of that image the follower holds, in order.
+    Msg.RAFT_SNAPSHOT: MessageSpec(
+        (f("index", int), f("term", int), f("size", int), f("crc", int), f("offset", int)), (f("have", int),),
+        request_payload=True,
+    ),
     # Register a new MDS's address; the reply gives its id and every member's address.
     Msg.MDS_ADD: MessageSpec((f("addr", str),), (f("id", int), f("members", list))),
     # A registered MDS, now running, asks to become a voter.

@@ -293,10 +293,6 @@ class Connection(asyncio.BufferedProtocol):
                 if prefix.kind == Kind.REQUEST and prefix.payload_len:
                     if not spec_of(prefix.type)[1].request_payload:
                         raise ProtocolError(f"message type {prefix.type} carries no payload")
-                    if prefix.payload_len > MAX_PAYLOAD_LEN and (prefix.type != Msg.RAFT or self.peer_role != "mds"):
-                        # Only a metadata server's Raft snapshot may be bigger than chunk data.
-                        raise ProtocolError(f"payload of {prefix.payload_len} bytes exceeds the limit of "
-                                            f"{MAX_PAYLOAD_LEN} for message type {prefix.type}")
             else:
                 prefix = unpack_prefix(bytes(scratch[self._start:self._start + PREFIX_SIZE]), 0, PRE_AUTH_MAX_HEADER)
             frame_head = PREFIX_SIZE + prefix.header_len

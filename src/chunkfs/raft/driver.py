@@ -7,10 +7,14 @@ ever depends on state that is not on disk.  Proposals that arrive while a
 batch is being persisted join the next batch and share its fsync.
 
 Peers are reached over the project's authenticated protocol: a Raft message
-is a `RAFT` request whose header carries the message as a plain map and whose
-payload carries snapshot data.  Sending is fire-and-forget through a bounded
-queue per peer; Raft tolerates lost messages, so a full queue or a dead peer
-just drops them (and the core retries).
+is a `RAFT` request whose header carries the message as a plain map.  Sending
+is fire-and-forget through a bounded queue per peer; Raft tolerates lost
+messages, so a full queue or a dead peer just drops them (and the core
+retries).
+
+Snapshots are files (snapshot_files.py): the store is copied into one in a
+worker thread every `COMPACT_EVERY` entries or more, and a follower that needs
+it gets the file in pieces before the InstallSnapshot message that names it.
 """
 
 from __future__ import annotations
@@ -20,16 +24,20 @@ import contextlib
 import logging
 import os
 import random
+import shutil
+import sqlite3
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from chunkfs.common.errors import ChunkFSError, NotMaster, Timeout, Unavailable
+from chunkfs.common.errors import ChunkFSError, NotMaster, ProtocolError, Timeout, Unavailable
+from chunkfs.common.knobs import lowered
 from chunkfs.common.timings import TIMINGS
 from chunkfs.protocol.messages import Msg
 from chunkfs.protocol.rpc import Connection, Credentials, connect
+from chunkfs.raft import snapshot_files
 from chunkfs.raft.core import (
     Entry,
     EntryKind,
@@ -42,6 +50,7 @@ from chunkfs.raft.core import (
     message_to_dict,
 )
 from chunkfs.raft.log_storage import LogStorage
+from chunkfs.raft.snapshot_files import Image, Receiver
 
 logger = logging.getLogger(__name__)
 
@@ -59,11 +68,17 @@ PROPOSE_TIMEOUT = 15.0
 #: starts (`start_quiet`), so no other master can commit before then: reads in the lease need no
 #: round of their own.  Half the timeout leaves room for ticks that run late, never early.
 READ_LEASE = ELECTION_TICKS * TICK / 2
-#: Compact the log (snapshot the store) every this many applied entries.
-COMPACT_EVERY = 20_000
+#: Compact the log (snapshot the store) after at least this many applied entries ...
+COMPACT_EVERY = lowered("CHUNKFS_RAFT_COMPACT_EVERY", 20_000)
+#: ... and once they hold an eighth of the last image's bytes, or this many: a copy of a big
+#: store is not made for a few megabytes of log, and the log kept in memory stays bounded.
+COMPACT_LOG_BYTES = 16 << 20
 #: Messages queued for one peer at most; beyond that they are dropped.
 PEER_QUEUE = 1024
 SEND_TIMEOUT = 5.0
+#: After a failed snapshot transfer, wait this long before the next (doubling up to the max).
+SNAPSHOT_RETRY = 0.5
+SNAPSHOT_RETRY_MAX = 8.0
 
 ApplyFn = Callable[[int, int, bytes], Any]
 
@@ -74,8 +89,10 @@ class StateMachine:
 
     apply: ApplyFn
     applied_index: Callable[[], int]
-    snapshot: Callable[[], bytes]
-    restore: Callable[[bytes, int], None]
+    #: Copy the state into a file (fsynced) in a worker thread; returns the applied index of the copy.
+    snapshot_to: Callable[[Path], int]
+    #: Replace the state with an image file (moved into place, on the loop) taken at the index given.
+    restore: Callable[[Path, int], None]
 
 
 class _Peer:
@@ -96,10 +113,16 @@ class _Peer:
         self.queue: asyncio.Queue[Message] = asyncio.Queue(PEER_QUEUE)
         self.answers: asyncio.Queue[Coroutine[Any, Any, Any]] = asyncio.Queue()
         self.conn: Connection | None = None
+        self.snapshot_task: asyncio.Task[None] | None = None
+        self.snapshot_failures = 0
         loop = asyncio.get_running_loop()
         self.tasks = [loop.create_task(self._run()), loop.create_task(self._collect())]
 
     def send(self, msg: Message) -> None:
+        if isinstance(msg, SnapshotRequest):
+            if self.snapshot_task is None:  # else the same transfer is under way: never two at once
+                self.snapshot_task = asyncio.get_running_loop().create_task(self._send_snapshot(msg))
+            return
         conn = self.conn
         if conn is not None and not conn.closed and self.queue.empty():
             self._write(conn, msg)
@@ -110,14 +133,8 @@ class _Peer:
     def _write(self, conn: Connection, msg: Message) -> None:
         if self.answers.qsize() >= PEER_QUEUE:
             return  # the peer stopped answering: drop (Raft resends what matters)
-        header = message_to_dict(msg)
-        payload = b""
-        if isinstance(msg, SnapshotRequest):
-            # Snapshot data rides as the raw payload, not inside the header.
-            payload = header["snapshot"]["data"]
-            header["snapshot"] = {**header["snapshot"], "data": b""}
         try:
-            self.answers.put_nowait(conn.request(Msg.RAFT, {"m": header}, payload, timeout=SEND_TIMEOUT))
+            self.answers.put_nowait(conn.request(Msg.RAFT, {"m": message_to_dict(msg)}, b"", timeout=SEND_TIMEOUT))
         except ChunkFSError as exc:
             self._lost(exc)
 
@@ -135,6 +152,43 @@ class _Peer:
                 await answer
             except ChunkFSError as exc:
                 self._lost(exc)
+
+    async def _send_snapshot(self, msg: SnapshotRequest) -> None:
+        """Stream the snapshot's image, then send the InstallSnapshot message that names it."""
+        driver, core = self.driver, self.driver.core
+        assert core is not None
+        addr = driver.addrs.get(self.peer_id, "?")
+        peer = f"MDS#{self.peer_id} at {addr}"
+
+        def alive() -> bool:
+            if not (core.is_leader and core.term == msg.term):
+                return False
+            core.report_snapshot(self.peer_id, failed=False)
+            return True
+
+        try:
+            image = Image.of(msg.snapshot)
+            assert image is not None, "the initial snapshot is never sent"
+            if self.conn is None or self.conn.closed:
+                self.conn = await connect(driver.routes.get(addr, addr), driver.creds, timeout=2.0)
+            logger.info("raft: %s needs snapshot %d (%d bytes): sending it", peer, image.index, image.size)
+            await snapshot_files.send(self.conn, image, image.path(driver.directory), alive, peer)
+            if alive():
+                self._write(self.conn, msg)
+            self.snapshot_failures = 0
+        except (ChunkFSError, OSError) as exc:
+            # Wait before the core may ask again (a peer that is down would be asked at every
+            # heartbeat); say so once per streak of failures.
+            pause = min(SNAPSHOT_RETRY * 2 ** self.snapshot_failures, SNAPSHOT_RETRY_MAX)
+            logger.log(logging.DEBUG if self.snapshot_failures else logging.WARNING,
+                       "raft: sending snapshot %d to %s failed: %s (tried again in %.1f s)",
+                       msg.snapshot.index, peer, exc, pause)
+            self.snapshot_failures += 1
+            await asyncio.sleep(pause)
+            core.report_snapshot(self.peer_id, failed=True)
+            driver.wake()
+        finally:
+            self.snapshot_task = None
 
     async def _run(self) -> None:
         """Connect when there is no connection, then send what waited meanwhile."""
@@ -163,6 +217,8 @@ class _Peer:
                 self._write(self.conn, self.queue.get_nowait())
 
     def close(self) -> None:
+        if self.snapshot_task is not None:
+            self.tasks.append(self.snapshot_task)
         for task in self.tasks:
             task.cancel()
         while not self.answers.empty():
@@ -209,6 +265,10 @@ class RaftLog:
         self._lease = (0, 0.0)
         self._read_seq = 0
         self._since_compact = 0
+        self._log_bytes = 0
+        self._image_size = 0
+        self._compacting: asyncio.Task[None] | None = None
+        self._receiver = Receiver(directory)
         self._leader_since = 0.0
 
     # -- ReplicatedLog interface -------------------------------------------------
@@ -262,10 +322,19 @@ class RaftLog:
         snapshot = rec.snapshot or Snapshot.initial(())
         if rec.torn_bytes:
             logger.warning("raft: cut a torn tail of %d bytes from the log (a crash during an append)", rec.torn_bytes)
+        if snapshot.data.startswith(snapshot_files.SQLITE_MAGIC):
+            snapshot = await asyncio.to_thread(snapshot_files.migrate_inline, self.directory, snapshot)
+            await asyncio.to_thread(storage.compact, snapshot)
+            logger.info("raft: snapshot %d moved out of the log's files into an image file", snapshot.index)
+        image = Image.of(snapshot)
+        self._image_size = image.size if image else 0
+        keep = image.path(self.directory) if image else None
+        await asyncio.to_thread(snapshot_files.forget_others, self.directory, keep)
         applied = sm.applied_index()
         if applied < snapshot.index:
             logger.warning("raft: the store is behind the snapshot (%d < %d): restoring it", applied, snapshot.index)
-            sm.restore(snapshot.data, snapshot.index)
+            assert image is not None
+            await self._restore(image.path(self.directory), snapshot.index)
             applied = snapshot.index
         self.storage = storage
         self.core = RaftCore(
@@ -378,7 +447,13 @@ class RaftLog:
         where = f"the master is at {hint}" if hint else "no master is elected right now"
         return NotMaster(f"MDS#{self.node_id} is not the master: {where}", leader=hint or "")
 
+    def wake(self) -> None:
+        """Something for the loop to do (the core has new output)."""
+        self._wake.set()
+
     async def stop(self) -> None:
+        if self._compacting is not None:
+            self._tasks.append(self._compacting)
         for task in self._tasks:
             task.cancel()
         for peer in self._peers.values():
@@ -415,17 +490,29 @@ class RaftLog:
 
     # -- inputs ----------------------------------------------------------------------
 
-    def step(self, header: dict[str, Any], payload: bytes | bytearray) -> None:
+    def step(self, header: dict[str, Any]) -> None:
         """A message from a peer (validated by `message_from_dict`)."""
         if self.core is None:
             raise Unavailable("raft is not started yet")
-        m = header
-        if payload:
-            snap = m.get("snapshot")
-            if isinstance(snap, dict):
-                m = {**m, "snapshot": {**snap, "data": bytes(payload)}}
-        self.core.step(message_from_dict(m))
+        msg = message_from_dict(header)
+        if isinstance(msg, SnapshotRequest):
+            image = Image.of(msg.snapshot)
+            holds = msg.snapshot.index <= self.core.commit or \
+                self.core.log.term_at(msg.snapshot.index) == msg.snapshot.term
+            if image is not None and not holds and not self._receiver.complete(image):
+                # Its image has not arrived (in full, intact): without it the snapshot cannot be
+                # installed. The master sends the image again and then this message.
+                logger.info("raft: snapshot %d offered before its image arrived: ignored", image.index)
+                return
+        self.core.step(msg)
         self._wake.set()
+
+    async def snapshot_piece(self, h: dict[str, Any], payload: bytes) -> int:
+        """A piece of a snapshot image from the master; returns the bytes of it held, in order."""
+        image = Image(h["index"], h["term"], h["size"], h["crc"])
+        if image.size <= 0 or image.index <= 0:
+            raise ProtocolError("a snapshot image has a positive size and index")
+        return await self._receiver.piece(image, h["offset"], payload)
 
     async def _ticker(self) -> None:
         while True:
@@ -475,11 +562,18 @@ class RaftLog:
     async def _persist(self, storage: LogStorage, rd: Ready) -> None:
         if rd.snapshot is not None:
             snap = rd.snapshot
+            image = Image.of(snap)
+            assert image is not None
+            if self._compacting is not None:
+                await asyncio.wait([self._compacting])  # its copy must not read the store being replaced
+            path = self._receiver.take(image)
             await asyncio.to_thread(storage.install_snapshot, snap)
-            assert self.sm is not None
-            self.sm.restore(snap.data, snap.index)
+            await self._restore(path, snap.index)
+            self._image_size = image.size
+            await asyncio.to_thread(snapshot_files.forget_others, self.directory, path)
+            self._since_compact = self._log_bytes = 0
             self._learn_voters(snap.voters)
-            logger.warning("raft: installed a snapshot at index %d from the master", snap.index)
+            logger.warning("raft: installed snapshot %d from the master (%d bytes)", snap.index, image.size)
         if rd.entries:
             started = time.perf_counter()
             if self.core is not None and self.core.is_leader:
@@ -497,6 +591,13 @@ class RaftLog:
             # from the master, and the store knows what it applied (2 fsyncs saved
             # on every batch).
             await asyncio.to_thread(storage.set_hard_state, hs)
+
+    async def _restore(self, image: Path, index: int) -> None:
+        """The state machine takes a copy of the image (the image stays this member's snapshot)."""
+        assert self.sm is not None
+        copy = self.directory / "restore.db.tmp"
+        await asyncio.to_thread(shutil.copyfile, image, copy)
+        self.sm.restore(copy, index)
 
     def _send(self, messages: list[Message]) -> None:
         loop_peers = self._peers
@@ -521,6 +622,7 @@ class RaftLog:
                     error = exc
                 TIMINGS.since("raft.apply", started)
                 self._since_compact += 1
+                self._log_bytes += len(entry.data)
             self._settle(entry, result, error)
         if rd.committed_entries and self._applied_waiters:
             upto = rd.committed_entries[-1].index
@@ -578,15 +680,36 @@ class RaftLog:
             self.on_membership()
 
     async def _maybe_compact(self, storage: LogStorage) -> None:
+        """Start a compaction in the background when enough log has piled up since the last."""
+        core = self.core
+        assert core is not None
+        if (self._compacting is not None or self._since_compact < COMPACT_EVERY
+                or self._log_bytes < min(self._image_size // 8, COMPACT_LOG_BYTES)
+                or core.applied <= core.log.snapshot.index):
+            return
+        self._since_compact = self._log_bytes = 0
+        self._compacting = asyncio.get_running_loop().create_task(self._compact(storage))
+
+    async def _compact(self, storage: LogStorage) -> None:
+        """Copy the store into an image file off the loop, then drop the log up to the copy's index."""
         core, sm = self.core, self.sm
         assert core is not None and sm is not None
-        if self._since_compact < COMPACT_EVERY or core.applied <= core.log.snapshot.index:
-            return
-        self._since_compact = 0
-        index = min(core.applied, sm.applied_index(), core.last_index)
-        if index <= core.log.snapshot.index:
-            return
-        data = sm.snapshot()
-        snap = core.compact(index, data)
-        await asyncio.to_thread(storage.compact, snap)
-        logger.info("raft: log compacted up to index %d (snapshot of %d bytes)", index, len(data))
+        started = time.monotonic()
+        tmp = snapshot_files.scratch(self.directory)
+        try:
+            index = await asyncio.to_thread(sm.snapshot_to, tmp)
+            term = core.log.term_at(index)
+            if index <= core.log.snapshot.index or index > core.applied or term is None:
+                return  # a snapshot from the master overtook this one
+            image = await asyncio.to_thread(snapshot_files.seal, self.directory, tmp, index, term)
+            snap = core.compact(index, image.descriptor())
+            await asyncio.to_thread(storage.compact, snap)
+            self._image_size = image.size
+            await asyncio.to_thread(snapshot_files.forget_others, self.directory, image.path(self.directory))
+            logger.info("raft: log compacted up to index %d (image of %d bytes taken in %.1f s)", index,
+                        image.size, time.monotonic() - started)
+        except (OSError, sqlite3.Error, ChunkFSError) as exc:
+            logger.warning("raft: compaction failed: %s (the log is kept; tried again later)", exc)
+        finally:
+            tmp.unlink(missing_ok=True)
+            self._compacting = None

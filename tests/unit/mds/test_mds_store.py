@@ -1014,3 +1014,50 @@ def test_the_store_never_checkpoints_on_the_applying_connection(d: Driver, store
         copy.close()
     d("mkdir", parent=1, name="after", mode=0o755, time=1.0)  # the store goes on as before
     assert "after" in names(store, 1)
+
+
+def test_a_snapshot_is_one_applied_state_taken_while_changes_go_on(d: Driver, store: MetadataStore,
+                                                                    tmp_path: Path) -> None:
+    """`snapshot_to` runs in a thread beside the applying one: its copy is exactly the state at its index."""
+    import sqlite3
+    import threading
+
+    for i in range(300):
+        d.mkdir(ROOT_INO, f"a{i}")
+    before = d.index
+    image = tmp_path / "image.db"
+    taken: list[int] = []
+    thread = threading.Thread(target=lambda: taken.append(store.snapshot_to(image)))
+    thread.start()
+    applied_during = 0
+    while thread.is_alive() and applied_during < 5_000:
+        d.mkdir(ROOT_INO, f"b{applied_during}")
+        applied_during += 1
+    thread.join(60)
+    index = taken[0]
+    assert before <= index <= d.index
+    copy = sqlite3.connect(image)
+    try:
+        assert copy.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert copy.execute("SELECT value FROM meta WHERE key = 'applied_index'").fetchone()[0] == index
+        # Every mkdir is one index: the copy holds exactly those up to its own.
+        assert copy.execute("SELECT count(*) FROM dentries WHERE parent = ?", (ROOT_INO,)).fetchone()[0] == \
+            300 + (index - before)
+    finally:
+        copy.close()
+    assert not list(tmp_path.glob("image.db-*"))  # one self-contained file
+
+
+def test_a_store_restored_from_an_image_is_that_image_and_goes_on(d: Driver, store: MetadataStore,
+                                                                  tmp_path: Path) -> None:
+    d.mkdir(ROOT_INO, "kept")
+    image = tmp_path / "image.db"
+    index = store.snapshot_to(image)
+    d.mkdir(ROOT_INO, "after-the-image")
+    store.restore(image, index)
+    assert not image.exists()  # moved into place, not copied
+    assert names(store, ROOT_INO) == ["kept"]
+    assert store.applied_index == index
+    d.index = index
+    d.mkdir(ROOT_INO, "next")
+    assert names(store, ROOT_INO) == ["kept", "next"]

@@ -78,7 +78,7 @@ def test_field_names_unique_and_types_known() -> None:
 
 
 def test_only_data_and_snapshot_messages_take_a_payload() -> None:
-    assert {m for m, s in SPECS.items() if s.request_payload} == {Msg.CS_WRITE, Msg.RAFT}
+    assert {m for m, s in SPECS.items() if s.request_payload} == {Msg.CS_WRITE, Msg.RAFT_SNAPSHOT}
 
 
 @pytest.mark.parametrize("msg", ALL_MSGS)
