@@ -331,7 +331,7 @@ def plans(draw: st.DrawFn, cluster: str, ints: tuple[int, ...] = (), max_frames:
 
 # -- what the server must do ---------------------------------------------------------------------------
 
-def must_close(data: bytes, authenticated: bool, max_payload: int = MAX_PAYLOAD_LEN) -> bool:
+def must_close(data: bytes, authenticated: bool) -> bool:
     """Whether these bytes are a protocol error the server must answer by closing, without our EOF.
 
     Follows the frame format (frame.py) and the limits before trust (rpc.py): the first frame that breaks
@@ -344,7 +344,7 @@ def must_close(data: bytes, authenticated: bool, max_payload: int = MAX_PAYLOAD_
     while len(data) - pos >= PREFIX_SIZE:
         try:
             if authenticated:
-                prefix = unpack_prefix(data[pos:pos + PREFIX_SIZE], max_payload)
+                prefix = unpack_prefix(data[pos:pos + PREFIX_SIZE])
                 if prefix.kind == Kind.REQUEST and prefix.payload_len and not spec_of(prefix.type)[1].request_payload:
                     return True
             else:
@@ -419,15 +419,12 @@ def parse_replies(data: bytes) -> tuple[list[tuple[Kind, int, int, dict[str, Any
     return out, pos
 
 
-def run_plan(addr: str, plan: Plan, cluster: str, secret: bytes, max_payload: int = MAX_PAYLOAD_LEN) -> Outcome:
-    """Send one plan on a new connection and read until the server closes it (bounded).
-
-    `max_payload`: the server's payload limit after the handshake (a master takes Raft snapshots).
-    """
+def run_plan(addr: str, plan: Plan, cluster: str, secret: bytes) -> Outcome:
+    """Send one plan on a new connection and read until the server closes it (bounded)."""
     host, port = parse_addr(addr)
     out = Outcome(frames_sent=len(plan.frames))
     data = b"".join(plan.frames)
-    out.definite = must_close(data, plan.authenticate, max_payload)
+    out.definite = must_close(data, plan.authenticate)
     with socket.create_connection((host, port), timeout=READ_TIMEOUT) as sock:
         if plan.authenticate:
             handshake(sock, cluster, secret, plan.role)

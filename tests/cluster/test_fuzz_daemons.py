@@ -23,8 +23,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from chunkfs.common.config import load_client_config
-from chunkfs.mds.server import MAX_SNAPSHOT
-from chunkfs.protocol.frame import MAX_PAYLOAD_LEN, Kind
+from chunkfs.protocol.frame import Kind
 from chunkfs.protocol.messages import Msg
 from chunkfs.testing.cluster import LocalCluster, Process
 from chunkfs.testing.probes import rss
@@ -155,8 +154,7 @@ def fuzz(cluster: LocalCluster, watches: list[Watch], expected: dict[str, Any], 
     def batch(target: int, batch_plans: list[Any]) -> None:
         watch = watches[target]
         for plan in batch_plans:
-            limit = MAX_SNAPSHOT if watch.proc.role == "mds" else MAX_PAYLOAD_LEN
-            outcome = run_plan(watch.proc.addr, plan, name, secret, limit)
+            outcome = run_plan(watch.proc.addr, plan, name, secret)
             stats[f"{watch.proc.role} connections"] += 1
             stats[f"{watch.proc.role} frames"] += outcome.frames_sent
             stats["frames"] += outcome.frames_sent
