@@ -288,6 +288,8 @@ class MetadataStore:
         # Never on this connection: a checkpoint fsyncs the database file, and this connection
         # applies changes on the event loop (see `checkpoint`).
         self.db.execute("PRAGMA wal_autocheckpoint=0")
+        # After a burst the write-ahead log is cut back to this size once it is reused, not kept at its peak.
+        self.db.execute("PRAGMA journal_size_limit=67108864")
         self.db.executescript(_SCHEMA)
         self._migrate()
         self.db.executescript(_TRIGGERS)
