@@ -171,9 +171,7 @@ class ReplicationMonitor:
         self._sweep_after = 0
         if self._task is not None and not self._task.done():
             self._task.cancel()
-        self._task = asyncio.get_running_loop().create_task(self._run())
-        self.mds._background.add(self._task)
-        self._task.add_done_callback(self.mds._background.discard)
+        self._task = self.mds.spawn(self._run())
 
     def admit(self, cs_id: int) -> None:
         """Before a registration: a server removed with rm-cs does not come back by itself."""
@@ -377,7 +375,7 @@ class ReplicationMonitor:
                 server.conn.close()
         changed = {cs: st for cs, st in states.items()
                    if cs not in reporting and previous.get(cs, ACTIVE if st == ACTIVE else None) != st}
-        settled = time.monotonic() - self.mds._master_since > CS_RECONNECT_GRACE
+        settled = time.monotonic() - self.mds.master_since > CS_RECONNECT_GRACE
         store = self.mds.store
         caught_up = await self.index.settle(SETTLE_PER_TICK)
         shape = (store.chunk_count(), store.last_chunk_id())
@@ -420,7 +418,7 @@ class ReplicationMonitor:
         if self.episode is None and (pending or busy):
             self.episode = Episode()
             if short and not self._announced:
-                await self.mds._event(
+                await self.mds.event(
                     "warning", f"{_n(short)} chunk(s) below their replica goal ({_n(urgent)} below the minimum); "
                     "replication started")
         if self.episode is not None:
@@ -440,7 +438,7 @@ class ReplicationMonitor:
         self, cs_id: int, state: str, before: str | None, lost: int, short: int, settings: dict[str, float]
     ) -> None:
         if state == INACTIVE and before == ACTIVE:
-            await self.mds._event(
+            await self.mds.event(
                 "warning", f"CS#{cs_id} inactive: silent for {settings['cs-inactive-timeout']:g} s; no new "
                 f"chunks go there; offline after {settings['cs-offline-timeout']:g} s")
         elif state == OFFLINE:
@@ -450,11 +448,11 @@ class ReplicationMonitor:
                 self._announced = True
             else:
                 what = "it held no replicas"
-            await self.mds._event(
+            await self.mds.event(
                 "error" if lost else "warning",
                 f"CS#{cs_id} offline: silent for over {settings['cs-offline-timeout']:g} s; {what}")
         elif state == ACTIVE and before in (INACTIVE, OFFLINE):
-            await self.mds._event("info", f"CS#{cs_id} active again")
+            await self.mds.event("info", f"CS#{cs_id} active again")
 
     async def _finish_episode(self) -> None:
         """Say so in the event log first, then show the episode as closed (so the event is there by then)."""
@@ -471,7 +469,7 @@ class ReplicationMonitor:
                 parts.append(f"{_n(episode.trims)} extra trimmed")
             blocked = f"; {_n(len(self.blocked))} chunk(s) cannot be placed (add chunk servers)" if self.blocked \
                 else "; every chunk is at its goal"
-            await self.mds._event(
+            await self.mds.event(
                 "info", f"replication finished: {', '.join(parts)} ({episode.bytes / (1 << 20):.1f} MiB in "
                 f"{summary['seconds']:.1f} s, {summary['rate_mib_s']:.1f} MiB/s){blocked}")
         self._announced = False
@@ -507,7 +505,7 @@ class ReplicationMonitor:
                 continue
             if priority == 2:
                 self.trimming.add(chunk.chunk_id)
-                self.mds._spawn(self._trim(chunk.chunk_id))
+                self.mds.spawn(self._trim(chunk.chunk_id))
                 continue
             if not h.good:
                 continue  # offline: nothing to copy from
@@ -536,7 +534,7 @@ class ReplicationMonitor:
             self.index.touch(chunk.chunk_id)
             self.busy[source] += 1
             self.busy[target] += 1
-            self.mds._spawn(self._copy(chunk.chunk_id, source, target, drop, settings))
+            self.mds.spawn(self._copy(chunk.chunk_id, source, target, drop, settings))
         self._work = remaining
         return blocked
 
@@ -615,21 +613,6 @@ class ReplicationMonitor:
 
     # -- copies --------------------------------------------------------------------
 
-    def _lock_for(self, chunk: Chunk) -> asyncio.Lock:
-        locks = self.mds._alloc_locks
-        return locks[hash((chunk.ino, chunk.index)) % len(locks)]
-
-    async def _set_versions(self, replicas: tuple[int, ...] | list[int], chunk_id: int, old: int, new: int) -> set[int]:
-        """Move replicas to a new version; a server that fails is taken as no longer holding it."""
-        failed = await self.mds._cs_call_each(
-            replicas, Msg.CS_SET_VERSION, {"chunk_id": chunk_id, "old_version": old, "new_version": new})
-        for cs, exc in failed.items():
-            if cs in self.mds.live:
-                self.mds.live[cs].replicas.discard(chunk_id)
-                self.touch(chunk_id)
-            logger.warning("chunk %#x: CS#%d did not move to version %#x: %s", chunk_id, cs, new, exc)
-        return set(failed)
-
     async def _copy(
         self, chunk_id: int, source: int, target: int, drop: int | None, settings: dict[str, float]
     ) -> None:
@@ -648,17 +631,17 @@ class ReplicationMonitor:
             if not placed:
                 chunk = self.mds.store.chunk(chunk_id)
                 if chunk is None or target not in chunk.replicas:
-                    await self.mds._quiet_cs_call(target, Msg.CS_DELETE_CHUNK, {"chunk_id": chunk_id})
+                    await self.mds.chunks.delete_replica(target, chunk_id)
             self._refill()
 
     async def _copy_frozen(
         self, chunk_id: int, source: int, target: int, drop: int | None, settings: dict[str, float]
     ) -> bool:
-        mds = self.mds
+        mds, chunks = self.mds, self.mds.chunks
         chunk = mds.store.chunk(chunk_id)
         if chunk is None:
             return False
-        async with self._lock_for(chunk):
+        async with chunks.lock_for(chunk):
             chunk = mds.store.chunk(chunk_id)
             if chunk is None:
                 return False
@@ -666,11 +649,11 @@ class ReplicationMonitor:
             if source not in h.good or target in h.good or (drop is None and not h.need) or \
                     (drop is not None and drop not in h.good):
                 return False
+            # Freeze: the replicas to copy from move to a new version (writers with the old map must ask
+            # again, and wait on the lock); silent ones keep their place in the list but are not asked.
             keep = [cs for cs in chunk.replicas if cs in h.good or cs in h.waiting]
-            frozen: Chunk = await mds._propose(
-                "set_chunk_replicas", chunk_id=chunk_id, replicas=keep, expect_version=chunk.version)
-            failed = await self._set_versions([cs for cs in keep if cs in h.good], chunk_id, chunk.version,
-                                              frozen.version)
+            freeze = await chunks.set_replicas(chunk, keep, move=h.good)
+            frozen, failed = freeze.chunk, freeze.failed
             if source in failed:
                 raise Unavailable(f"CS#{source} failed while the copy was being prepared")
             rate = int(settings["replication-rate"] * (1 << 20))
@@ -683,18 +666,9 @@ class ReplicationMonitor:
                 "source_id": source, "rate": rate,
             }, timeout=30.0 + 4 * size / rate)
             final = [cs for cs in frozen.replicas if cs not in failed and cs != drop] + [target]
-            new: Chunk = await mds._propose(
-                "set_chunk_replicas", chunk_id=chunk_id, replicas=final, expect_version=frozen.version)
-            if target in mds.live:
-                mds.live[target].replicas.add(chunk_id)
-                self.touch(chunk_id)
-            await self._set_versions([cs for cs in final if cs not in h.waiting], chunk_id, frozen.version,
-                                     new.version)
-            if drop is not None:
-                if drop in mds.live:
-                    mds.live[drop].replicas.discard(chunk_id)
-                    self.touch(chunk_id)
-                await mds._quiet_cs_call(drop, Msg.CS_DELETE_CHUNK, {"chunk_id": chunk_id})
+            new = (await chunks.set_replicas(
+                frozen, final, move=[cs for cs in final if cs not in h.waiting],
+                delete=() if drop is None else (drop,))).chunk
         if self.episode is not None:
             if drop is None:
                 self.episode.copies += 1
@@ -716,11 +690,11 @@ class ReplicationMonitor:
             self._refill()
 
     async def _trim_locked(self, chunk_id: int) -> None:
-        mds = self.mds
+        mds, chunks = self.mds, self.mds.chunks
         chunk = mds.store.chunk(chunk_id)
         if chunk is None:
             return
-        async with self._lock_for(chunk):
+        async with chunks.lock_for(chunk):
             chunk = mds.store.chunk(chunk_id)
             if chunk is None:
                 return
@@ -729,14 +703,7 @@ class ReplicationMonitor:
                 return
             victims = self._pick_victims(list(h.good), h.excess, mds.store.getattr(chunk.ino))
             keep = [cs for cs in h.good if cs not in victims]
-            new: Chunk = await mds._propose(
-                "set_chunk_replicas", chunk_id=chunk_id, replicas=keep, expect_version=chunk.version)
-            await self._set_versions(keep, chunk_id, chunk.version, new.version)
-            for cs in victims:
-                if cs in mds.live:
-                    mds.live[cs].replicas.discard(chunk_id)
-                    self.touch(chunk_id)
-                await mds._quiet_cs_call(cs, Msg.CS_DELETE_CHUNK, {"chunk_id": chunk_id})
+            await chunks.set_replicas(chunk, keep, move=keep, delete=victims)
         if self.episode is not None and victims:
             self.episode.trims += 1
 
@@ -756,25 +723,19 @@ class ReplicationMonitor:
 
     async def drop_corrupt(self, chunk_id: int, cs_id: int, reason: str, reporter: str) -> None:
         """Drop a replica whose header is corrupt (its server moved it aside); a good copy replaces it."""
-        mds = self.mds
-        if cs_id in mds.live:
-            mds.live[cs_id].replicas.discard(chunk_id)
-            self.touch(chunk_id)
+        mds, chunks = self.mds, self.mds.chunks
+        chunks.lost(cs_id, chunk_id)
         chunk = mds.store.chunk(chunk_id)
         if chunk is None or cs_id not in chunk.replicas:
             return
-        await mds._event(
+        await mds.event(
             "warning", f"CS#{cs_id}'s replica of chunk {chunk_id:#x} is corrupt ({reason[:160]}; found by "
             f"{reporter}): moved aside; a good replica is being copied to replace it")
-        async with self._lock_for(chunk):
+        async with chunks.lock_for(chunk):
             chunk = mds.store.chunk(chunk_id)
             if chunk is None or cs_id not in chunk.replicas:
                 return
-            keep = [cs for cs in chunk.replicas if cs != cs_id]
-            new: Chunk = await mds._propose(
-                "set_chunk_replicas", chunk_id=chunk_id, replicas=keep, expect_version=chunk.version)
-            await self._set_versions([cs for cs in keep if mds._holds(cs, chunk_id)], chunk_id, chunk.version,
-                                     new.version)
+            await chunks.set_replicas(chunk, [cs for cs in chunk.replicas if cs != cs_id])
 
     # -- draining --------------------------------------------------------------------------
 
@@ -795,7 +756,7 @@ class ReplicationMonitor:
             if cs_id in self.draining:
                 self.draining.discard(cs_id)
                 self.index.rejudge_server(cs_id)
-                await mds._event("info", f"CS#{cs_id}: draining cancelled; it takes new chunks again")
+                await mds.event("info", f"CS#{cs_id}: draining cancelled; it takes new chunks again")
             return {"left": self.replicas_on(cs_id), "removed": False}
         if cs_id not in self.draining:
             others = [s for s in mds.live.values() if s.cs_id != cs_id and self.is_active(s.cs_id)]
@@ -803,12 +764,12 @@ class ReplicationMonitor:
                 raise InvalidArgument(f"CS#{cs_id} is the only active chunk server; add another before removing it")
             self.draining.add(cs_id)
             self.index.rejudge_server(cs_id)
-            await mds._event("warning", f"CS#{cs_id} is being drained: its {_n(self.replicas_on(cs_id))} "
+            await mds.event("warning", f"CS#{cs_id} is being drained: its {_n(self.replicas_on(cs_id))} "
                              "replica(s) move to other servers, then it is removed")
         left = self.replicas_on(cs_id)
         if left:
             return {"left": left, "removed": False}
-        await mds._propose("remove_cs", cs_id=cs_id)
+        await mds.propose("remove_cs", cs_id=cs_id)
         self.draining.discard(cs_id)
         self.removed.add(cs_id)
         self.labels.pop(cs_id, None)
@@ -816,14 +777,14 @@ class ReplicationMonitor:
         server = mds.live.pop(cs_id, None)
         if server is not None:
             server.conn.close()
-        await mds._event("info", f"CS#{cs_id} drained and removed from the cluster; stop its process")
+        await mds.event("info", f"CS#{cs_id} drained and removed from the cluster; stop its process")
         return {"left": 0, "removed": True}
 
     async def set_config(self, values: dict[str, Any]) -> dict[str, float]:
         text = check_update(self.settings(), values)
-        stored = await self.mds._propose("set_config", values=text)
+        stored = await self.mds.propose("set_config", values=text)
         self._settings = effective(stored)
-        await self.mds._event("info", "cluster settings changed: " + ", ".join(f"{k}={v}" for k, v in text.items()))
+        await self.mds.event("info", "cluster settings changed: " + ", ".join(f"{k}={v}" for k, v in text.items()))
         return effective(stored)
 
     # -- reporting -------------------------------------------------------------------------
