@@ -19,10 +19,11 @@ replicas, goal, failure domain, tier), `Planner.plan` returns what to do:
 
 It is separate from the code that sends commands (replication.py) so that it
 can be tested alone, on clusters of any size and shape, and so its cost can
-be measured: it must plan the recovery of a lost server holding 10^5
-replicas among 1,000 servers in well under a second (bench/bench_planner.py,
-SCALE.md).  So a target is not found by scanning every server per chunk
-(`domains.choose` does, which is fine for a handful of servers): servers are
+be measured: it plans the recovery of a lost server holding 10^5 replicas
+among 1,000 servers in about a second (bench/bench_planner.py, SCALE.md),
+and the monitor hands it at most a few thousand chunks per pass.  So a
+target is not found by scanning every server per chunk (`domains.choose`
+does, which is fine for a handful of servers): servers are
 drawn from a table of cumulative free space (bisect) and a draw that fails a
 rule is drawn again; the weight of a server whose free space shrank with
 planned copies is honoured by accepting it with probability
