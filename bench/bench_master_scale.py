@@ -45,12 +45,13 @@ from bench_client import update_benchmarks  # noqa: E402
 
 from chunkfs.common.errors import ChunkFSError  # noqa: E402
 from chunkfs.mds import replication  # noqa: E402
+from chunkfs.mds.chunks import ReplicaSets  # noqa: E402
 from chunkfs.mds.cluster_view import ClusterView  # noqa: E402
 from chunkfs.mds.domains import crowded  # noqa: E402
 from chunkfs.mds.health import HEALTH_KEYS  # noqa: E402
 from chunkfs.mds.health_index import SLICE  # noqa: E402
 from chunkfs.mds.metrics import MdsMetrics  # noqa: E402
-from chunkfs.mds.server import ALLOC_LOCK_STRIPES, LiveServer, MetadataServer  # noqa: E402
+from chunkfs.mds.server import LiveServer, MetadataServer  # noqa: E402
 from chunkfs.mds.store import MetadataStore, encode_command  # noqa: E402
 from chunkfs.protocol.messages import ROOT_INO  # noqa: E402
 
@@ -72,10 +73,10 @@ class FakeMaster:
         self.log = SimpleNamespace(members=lambda: [{"id": 1, "role": "master", "addr": self.node.addr}],
                                    read_barrier=self._nothing)
         self.rpc = SimpleNamespace(connections=[])
-        self._master_since = time.monotonic() - 3600
-        self._background: set[Any] = set()
-        self._alloc_locks = [asyncio.Lock() for _ in range(ALLOC_LOCK_STRIPES)]
+        self.master_since = time.monotonic() - 3600
+        self.chunks = ReplicaSets(self.live, self.propose, self._no_call, self.spawn)
         self.healing = replication.ReplicationMonitor(self)  # type: ignore[arg-type]
+        self.chunks.on_change = self.healing.touch
         self.view = ClusterView(self)  # type: ignore[arg-type]
         self.metrics = MdsMetrics(self)  # type: ignore[arg-type]
 
@@ -84,10 +85,16 @@ class FakeMaster:
     async def _nothing(self) -> None:
         return None
 
-    async def _event(self, level: str, message: str) -> None:
+    async def event(self, level: str, message: str) -> None:
         return None
 
-    def _spawn(self, coro: Any) -> None:
+    async def propose(self, op: str, **args: Any) -> Any:
+        raise AssertionError(f"the benchmark commits nothing through the master ({op})")
+
+    async def _no_call(self, cs_id: int, msg: Any, header: dict[str, Any]) -> dict[str, Any]:
+        raise AssertionError("the benchmark sends nothing to chunk servers")
+
+    def spawn(self, coro: Any) -> None:
         coro.close()  # no copies in a benchmark
 
     def heartbeat(self) -> None:

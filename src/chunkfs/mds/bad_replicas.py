@@ -58,7 +58,7 @@ class BadReplicas:
         if key in self.checking or len(self.checking) >= MAX_CHECKING:
             return False
         self.checking.add(key)
-        self.mds._spawn(self._handle(chunk, cs_id, reason, own, reporter, blocks))
+        self.mds.spawn(self._handle(chunk, cs_id, reason, own, reporter, blocks))
         return True
 
     async def _handle(self, chunk: Chunk, cs_id: int, reason: str, own: bool, reporter: str,
@@ -94,7 +94,7 @@ class BadReplicas:
         self.repaired_blocks += len(repaired)
         where = self._where(chunk)
         if repaired:
-            await mds._event("warning", (
+            await mds.event("warning", (
                 f"CS#{cs_id}'s replica of chunk {chunk_id:#x} ({where}) had {len(repaired)} bad block(s) "
                 f"({_ranges(chunk, repaired, self._chunk_size())}; found by {reporter}): repaired from the other "
                 "replicas; the bad bytes are kept in that server's quarantine folder"))
@@ -108,7 +108,7 @@ class BadReplicas:
             self.lost.popitem(last=False)
         if new_lost:
             holders = ", ".join(f"CS#{cs}" for cs in chunk.replicas)
-            await mds._event("error", (
+            await mds.event("error", (
                 f"{where}: {_ranges(chunk, new_lost, self._chunk_size())} are bad on every replica of chunk "
                 f"{chunk_id:#x} ({holders}): reads of that range fail with an I/O error, the rest of the file "
                 "reads fine; the bad copies are kept as they are. Restore that range from a backup "

@@ -146,9 +146,7 @@ class OrphanReaper:
         self._pending.clear()
         if self._task is not None and not self._task.done():
             self._task.cancel()
-        self._task = asyncio.get_running_loop().create_task(self._run())
-        self.mds._background.add(self._task)
-        self._task.add_done_callback(self.mds._background.discard)
+        self._task = self.mds.spawn(self._run())
 
     def consider(self, ino: int) -> None:
         """`ino` was orphaned or released: free it soon if it is an orphan nobody holds."""
@@ -181,7 +179,7 @@ class OrphanReaper:
             return
         self.table.freeing |= orphans
         try:
-            dropped = await self.mds._propose("free_orphans", inos=sorted(orphans))
+            dropped = await self.mds.propose("free_orphans", inos=sorted(orphans))
         except ChunkFSError as exc:
             logger.warning("could not free %d unlinked file(s) yet (%s); retrying", len(orphans), exc)
             self._pending |= orphans
@@ -189,4 +187,4 @@ class OrphanReaper:
         finally:
             self.table.freeing -= orphans
         logger.info("freed %d unlinked file(s) no mount holds open (%d chunk(s))", len(orphans), len(dropped))
-        self.mds._delete_replicas(dropped)
+        self.mds.chunks.delete_chunks(dropped)

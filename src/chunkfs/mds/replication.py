@@ -49,6 +49,7 @@ from chunkfs.mds.bad_replicas import BadReplicas
 from chunkfs.mds.domains import Place, choose, crowded, spread_possible
 from chunkfs.mds.health import ACTIVE, INACTIVE, OFFLINE, ChunkHealth, classify, cs_state
 from chunkfs.mds.health_index import ChunkHealthIndex, Verdict
+from chunkfs.mds.planner import BELOW_GOAL, REBALANCE, Need, Planner, Server, pick_victims, plan_rebalance
 from chunkfs.mds.store import Chunk, ChunkRow
 from chunkfs.protocol.messages import Msg
 
@@ -79,10 +80,8 @@ REBALANCE_SCAN = 2000
 SWEEP_PER_TICK = 2000
 
 
-#: A unit of work: (priority, order within it, health, chunk, replica to drop after the copy, target wanted).
-#: Priorities: 0 below MIN, 1 below N, 2 over-replicated (trim), 3 misplaced (drain, tier, domain),
-#: 4 rebalancing.
-Work = tuple[int, int, ChunkHealth, Chunk, int | None, int | None]
+#: A unit of work is a planner.Need; its urgency: 0 below MIN, 1 below N, 2 over-replicated (trim),
+#: 3 misplaced (drain, tier, domain), 4 rebalancing (the health index's priorities, and the planner's order).
 
 
 def _n(count: int) -> str:
@@ -142,7 +141,7 @@ class ReplicationMonitor:
         self._sweep_after: int | None = None
         self._rebalance_after: dict[int, int] = {}
         self.episode: Episode | None = None
-        self._work: list[Work] = []
+        self._work: list[Need] = []
         self._work_settings: dict[str, float] = {}
         self.last_episode: dict[str, Any] | None = None
         self._started = time.monotonic()
@@ -171,9 +170,7 @@ class ReplicationMonitor:
         self._sweep_after = 0
         if self._task is not None and not self._task.done():
             self._task.cancel()
-        self._task = asyncio.get_running_loop().create_task(self._run())
-        self.mds._background.add(self._task)
-        self._task.add_done_callback(self.mds._background.discard)
+        self._task = self.mds.spawn(self._run())
 
     def admit(self, cs_id: int) -> None:
         """Before a registration: a server removed with rm-cs does not come back by itself."""
@@ -377,7 +374,7 @@ class ReplicationMonitor:
                 server.conn.close()
         changed = {cs: st for cs, st in states.items()
                    if cs not in reporting and previous.get(cs, ACTIVE if st == ACTIVE else None) != st}
-        settled = time.monotonic() - self.mds._master_since > CS_RECONNECT_GRACE
+        settled = time.monotonic() - self.mds.master_since > CS_RECONNECT_GRACE
         store = self.mds.store
         caught_up = await self.index.settle(SETTLE_PER_TICK)
         shape = (store.chunk_count(), store.last_chunk_id())
@@ -392,21 +389,19 @@ class ReplicationMonitor:
             return
         self._sweep()
         checked = self.index.take(MAX_CHECKED_PER_TICK)
-        work: list[Work] = []
+        work: list[Need] = []
         for row, verdict in self.index.judge_rows(store.chunk_rows(checked), checked):
             h = verdict.health
             if verdict.priority is None or h is None:
                 continue
-            if verdict.priority <= 1:
-                if reporting.intersection(h.waiting):
-                    continue  # its server is still listing its replicas: most likely there, wait
-                work.append((verdict.priority, len(h.good) - h.minimum, h, row.chunk, None, None))
-            else:
-                work.append((verdict.priority, 0, h, row.chunk, verdict.drop, None))
+            if verdict.priority <= 1 and reporting.intersection(h.waiting):
+                continue  # its server is still listing its replicas: most likely there, wait
+            work.append(Need(
+                row.chunk.chunk_id, h.good, row.want, row.minimum, h.waiting, row.failure_domain, row.tier,
+                missing=h.need, excess=h.excess, untidy=h.untidy, drop=verdict.drop if verdict.priority == 3 else None))
         quiet = time.monotonic() - self._shape_changed >= REBALANCE_QUIET
         if not work and not self.copying and not self.trimming and quiet and caught_up and not short:
             work = self._plan_rebalance(settings)
-        work.sort(key=lambda w: (w[0], w[1]))
         self._work, self._work_settings = work, settings
         found = self._start_work(work, settings)
         blocked = {c for c in (self.blocked - set(checked)) | found if self.index.priority_of(c) in (0, 1)}
@@ -415,12 +410,13 @@ class ReplicationMonitor:
         self.blocked = blocked
         busy = bool(self.copying or self.trimming)
         unchecked = short - sum(1 for c in checked if self.index.priority_of(c) in (0, 1))
-        pending = sum(1 for w in work if w[0] <= 1 and w[2].chunk_id not in self.blocked) + max(0, unchecked)
-        moving = self.index.waiting_work(3) + sum(1 for w in work if w[0] == 4)
+        pending = sum(1 for n in work if n.urgency <= BELOW_GOAL and n.chunk_id not in self.blocked) + \
+            max(0, unchecked)
+        moving = self.index.waiting_work(3) + sum(1 for n in work if n.urgency == REBALANCE)
         if self.episode is None and (pending or busy):
             self.episode = Episode()
             if short and not self._announced:
-                await self.mds._event(
+                await self.mds.event(
                     "warning", f"{_n(short)} chunk(s) below their replica goal ({_n(urgent)} below the minimum); "
                     "replication started")
         if self.episode is not None:
@@ -440,7 +436,7 @@ class ReplicationMonitor:
         self, cs_id: int, state: str, before: str | None, lost: int, short: int, settings: dict[str, float]
     ) -> None:
         if state == INACTIVE and before == ACTIVE:
-            await self.mds._event(
+            await self.mds.event(
                 "warning", f"CS#{cs_id} inactive: silent for {settings['cs-inactive-timeout']:g} s; no new "
                 f"chunks go there; offline after {settings['cs-offline-timeout']:g} s")
         elif state == OFFLINE:
@@ -450,11 +446,11 @@ class ReplicationMonitor:
                 self._announced = True
             else:
                 what = "it held no replicas"
-            await self.mds._event(
+            await self.mds.event(
                 "error" if lost else "warning",
                 f"CS#{cs_id} offline: silent for over {settings['cs-offline-timeout']:g} s; {what}")
         elif state == ACTIVE and before in (INACTIVE, OFFLINE):
-            await self.mds._event("info", f"CS#{cs_id} active again")
+            await self.mds.event("info", f"CS#{cs_id} active again")
 
     async def _finish_episode(self) -> None:
         """Say so in the event log first, then show the episode as closed (so the event is there by then)."""
@@ -471,7 +467,7 @@ class ReplicationMonitor:
                 parts.append(f"{_n(episode.trims)} extra trimmed")
             blocked = f"; {_n(len(self.blocked))} chunk(s) cannot be placed (add chunk servers)" if self.blocked \
                 else "; every chunk is at its goal"
-            await self.mds._event(
+            await self.mds.event(
                 "info", f"replication finished: {', '.join(parts)} ({episode.bytes / (1 << 20):.1f} MiB in "
                 f"{summary['seconds']:.1f} s, {summary['rate_mib_s']:.1f} MiB/s){blocked}")
         self._announced = False
@@ -487,78 +483,65 @@ class ReplicationMonitor:
         if self._work and self.mds.raft.is_leader():
             self._start_work(self._work, self._work_settings)
 
-    def _start_work(self, work: list[Work], settings: dict[str, float]) -> set[int]:
-        """Start what the bounds allow, most endangered first; returns the chunks that cannot be placed.
+    def planner_view(self, counts: bool = False) -> list[Server]:
+        """The connected chunk servers as the planner sees them (`counts`: with replicas listed, to rebalance)."""
+        per_cs = self.mds.store.replica_counts() if counts else {}
+        out = []
+        for cs, server in self.mds.live.items():
+            place = self.place_of(cs)
+            if place is not None:
+                out.append(Server(place, server.total, ACTIVE if self.is_active(cs) else INACTIVE, cs in self.draining,
+                                  self.busy[cs], per_cs.get(cs, 0)))
+        return out
+
+    def _start_work(self, work: list[Need], settings: dict[str, float]) -> set[int]:
+        """Start what the planner says within the bounds; returns the chunks that cannot be placed.
 
         What is started (or cannot be done at all) leaves the list; what waits for a free
         server stays, for `_refill` to start when a copy ends.
         """
-        per_cs = int(settings["replication-per-cs"])
-        limit = int(settings["replication-max"])
-        blocked: set[int] = set()
-        remaining: list[Work] = []
-        attrs: dict[int, dict[str, Any]] = {}
-        for i, item in enumerate(work):
-            priority, _, h, chunk, drop, want_target = item
-            if len(self.copying) + len(self.trimming) >= limit:
-                remaining.extend(work[i:])
-                break
-            if chunk.chunk_id in self.copying or chunk.chunk_id in self.trimming:
+        running = len(self.copying) + len(self.trimming)
+        todo = [n for n in work if n.chunk_id not in self.copying and n.chunk_id not in self.trimming]
+        planner = Planner(self.planner_view(), self.mds.node.cluster.chunk_size,
+                          per_server=int(settings["replication-per-cs"]),
+                          max_ops=max(0, int(settings["replication-max"]) - running), rng=self._rng)
+        plan = planner.plan(todo)
+        for op in plan.ops:
+            chunk_id = op.chunk_id
+            if op.kind == "delete":
+                self.trimming.add(chunk_id)
+                self.mds.spawn(self._trim(chunk_id))
                 continue
-            if priority == 2:
-                self.trimming.add(chunk.chunk_id)
-                self.mds._spawn(self._trim(chunk.chunk_id))
-                continue
-            if not h.good:
-                continue  # offline: nothing to copy from
-            try:
-                attr = self._attr(chunk.ino, attrs)
-            except ChunkFSError:
-                continue  # the file is gone
-            listed = set(h.good) | set(h.waiting)
-            eligible = self.candidates(attr, listed)
-            if want_target is not None:
-                eligible = [p for p in eligible if p.cs_id == want_target]
-            if not eligible:
-                if priority <= 1:
-                    blocked.add(chunk.chunk_id)
-                continue
-            sources = [cs for cs in h.good if self.busy[cs] < per_cs]
-            free_targets = [p for p in eligible if self.busy[p.cs_id] < per_cs]
-            keep = [cs for cs in listed if cs != drop]
-            chosen = self.place(attr, 1, existing=keep, pool=free_targets) if sources and free_targets else []
-            if not chosen:
-                remaining.append(item)
-                continue
-            source = min(sources, key=lambda cs: (self.busy[cs], self._rng.random()))
-            target = chosen[0]
-            self.copying[chunk.chunk_id] = target
-            self.index.touch(chunk.chunk_id)
-            self.busy[source] += 1
-            self.busy[target] += 1
-            self.mds._spawn(self._copy(chunk.chunk_id, source, target, drop, settings))
-        self._work = remaining
-        return blocked
+            assert op.source is not None and op.target is not None
+            self.copying[chunk_id] = op.target
+            self.index.touch(chunk_id)
+            self.busy[op.source] += 1
+            self.busy[op.target] += 1
+            self.mds.spawn(self._copy(chunk_id, op.source, op.target, op.drop[0] if op.drop else None, settings))
+        waiting = set(plan.waiting)
+        self._work = [n for n in todo if n.chunk_id in waiting]
+        return set(plan.blocked)
 
-    def _plan_rebalance(self, settings: dict[str, float]) -> list[Work]:
-        """Moves from the fullest servers to the emptiest of each tier, until all are within the band.
+    def _plan_rebalance(self, settings: dict[str, float]) -> list[Need]:
+        """Moves from the fullest servers to the emptiest of each tier (planner.plan_rebalance).
 
-        Fullness is listed replicas x chunk size / capacity, so servers of different sizes fill
-        alike; a move goes only where it narrows the gap by at least one replica, and never into
-        a crowded failure domain.  Replicas per server are counters kept by the store, and the
-        chunks to move are looked for among a page of the fullest server's own (its index range).
+        Replicas per server are counters kept by the store, and the chunks to move are looked for
+        among a page of the fullest server's own (its index range).
         """
-        moves: list[Work] = []
-        tiers: dict[int, dict[int, LiveServer]] = {}
-        for cs, server in self.mds.live.items():
-            place = self.place_of(cs)
-            if place is not None and self.is_active(cs) and server.total > 0:
-                tiers.setdefault(place.tier, {})[cs] = server
-        per_cs = self.mds.store.replica_counts()
-        for tier, servers in sorted(tiers.items()):
-            if len(servers) >= 2:
-                moves += self._plan_tier(tier, servers, per_cs, settings, moves)
-        return moves
+        return plan_rebalance(self.planner_view(counts=True), self.mds.node.cluster.chunk_size,
+                              settings["rebalance-band"] / 100, MAX_MOVES_PER_TICK, self._movable)
+
+    def _movable(self, cs_id: int) -> list[Need]:
+        """Healthy chunks on `cs_id` with nothing waiting: they may move (rebalancing)."""
+        out = []
+        for row in self._movable_on(cs_id):
+            verdict = self._judge(row, self.index.states)
+            h = verdict.health
+            if h is None or verdict.priority is not None or h.waiting or cs_id not in h.good:
+                continue
+            out.append(Need(row.chunk.chunk_id, h.good, row.want, row.minimum, h.waiting, row.failure_domain,
+                            row.tier))
+        return out
 
     def _movable_on(self, cs_id: int) -> list[ChunkRow]:
         """A page of the chunks listing `cs_id`, from where the last plan stopped (so all get their turn)."""
@@ -567,68 +550,7 @@ class ReplicationMonitor:
         self._rebalance_after[cs_id] = rows[-1].chunk.chunk_id if len(rows) == REBALANCE_SCAN else 0
         return rows
 
-    def _plan_tier(self, tier: int, servers: dict[int, LiveServer], per_cs: dict[int, int],
-                   settings: dict[str, float], planned: list[Work]) -> list[Work]:
-        size = self.mds.node.cluster.chunk_size
-        used = {cs: per_cs.get(cs, 0) for cs in servers}
-        average = sum(used.values()) * size / sum(s.total for s in servers.values())
-        band = settings["rebalance-band"] / 100
-
-        def fill(cs: int) -> float:
-            return used[cs] * size / servers[cs].total
-
-        moves: list[Work] = []
-        taken = {m[3].chunk_id for m in planned}
-        pages: dict[int, list[ChunkRow]] = {}
-        for _ in range(MAX_MOVES_PER_TICK):
-            full = max(servers, key=fill)
-            empty = min(servers, key=fill)
-            if fill(full) <= average * (1 + band) and fill(empty) >= average * (1 - band):
-                break
-            if used[full] - used[empty] < 2:
-                break
-            into = self.place_of(empty)
-            if full not in pages:
-                pages[full] = self._movable_on(full)
-            for row in pages[full]:
-                chunk = row.chunk
-                if empty in chunk.replicas or chunk.chunk_id in taken or into is None or row.tier != tier:
-                    continue
-                verdict = self._judge(row, self.index.states)
-                h = verdict.health
-                if h is None or verdict.priority is not None or h.waiting or full not in h.good:
-                    continue
-                # Never into a crowded failure domain: the next pass would only move it back.
-                level = row.failure_domain
-                now = [p for cs in h.good if (p := self.place_of(cs)) is not None]
-                after = [p for p in now if p.cs_id != full] + [into]
-                if len(crowded(after, level)) > len(crowded(now, level)):
-                    continue
-                moves.append((4, 0, h, chunk, full, empty))
-                taken.add(chunk.chunk_id)
-                used[full] -= 1
-                used[empty] += 1
-                break
-            else:
-                break
-        return moves
-
     # -- copies --------------------------------------------------------------------
-
-    def _lock_for(self, chunk: Chunk) -> asyncio.Lock:
-        locks = self.mds._alloc_locks
-        return locks[hash((chunk.ino, chunk.index)) % len(locks)]
-
-    async def _set_versions(self, replicas: tuple[int, ...] | list[int], chunk_id: int, old: int, new: int) -> set[int]:
-        """Move replicas to a new version; a server that fails is taken as no longer holding it."""
-        failed = await self.mds._cs_call_each(
-            replicas, Msg.CS_SET_VERSION, {"chunk_id": chunk_id, "old_version": old, "new_version": new})
-        for cs, exc in failed.items():
-            if cs in self.mds.live:
-                self.mds.live[cs].replicas.discard(chunk_id)
-                self.touch(chunk_id)
-            logger.warning("chunk %#x: CS#%d did not move to version %#x: %s", chunk_id, cs, new, exc)
-        return set(failed)
 
     async def _copy(
         self, chunk_id: int, source: int, target: int, drop: int | None, settings: dict[str, float]
@@ -648,17 +570,17 @@ class ReplicationMonitor:
             if not placed:
                 chunk = self.mds.store.chunk(chunk_id)
                 if chunk is None or target not in chunk.replicas:
-                    await self.mds._quiet_cs_call(target, Msg.CS_DELETE_CHUNK, {"chunk_id": chunk_id})
+                    await self.mds.chunks.delete_replica(target, chunk_id)
             self._refill()
 
     async def _copy_frozen(
         self, chunk_id: int, source: int, target: int, drop: int | None, settings: dict[str, float]
     ) -> bool:
-        mds = self.mds
+        mds, chunks = self.mds, self.mds.chunks
         chunk = mds.store.chunk(chunk_id)
         if chunk is None:
             return False
-        async with self._lock_for(chunk):
+        async with chunks.lock_for(chunk):
             chunk = mds.store.chunk(chunk_id)
             if chunk is None:
                 return False
@@ -666,11 +588,11 @@ class ReplicationMonitor:
             if source not in h.good or target in h.good or (drop is None and not h.need) or \
                     (drop is not None and drop not in h.good):
                 return False
+            # Freeze: the replicas to copy from move to a new version (writers with the old map must ask
+            # again, and wait on the lock); silent ones keep their place in the list but are not asked.
             keep = [cs for cs in chunk.replicas if cs in h.good or cs in h.waiting]
-            frozen: Chunk = await mds._propose(
-                "set_chunk_replicas", chunk_id=chunk_id, replicas=keep, expect_version=chunk.version)
-            failed = await self._set_versions([cs for cs in keep if cs in h.good], chunk_id, chunk.version,
-                                              frozen.version)
+            freeze = await chunks.set_replicas(chunk, keep, move=h.good)
+            frozen, failed = freeze.chunk, freeze.failed
             if source in failed:
                 raise Unavailable(f"CS#{source} failed while the copy was being prepared")
             rate = int(settings["replication-rate"] * (1 << 20))
@@ -683,18 +605,9 @@ class ReplicationMonitor:
                 "source_id": source, "rate": rate,
             }, timeout=30.0 + 4 * size / rate)
             final = [cs for cs in frozen.replicas if cs not in failed and cs != drop] + [target]
-            new: Chunk = await mds._propose(
-                "set_chunk_replicas", chunk_id=chunk_id, replicas=final, expect_version=frozen.version)
-            if target in mds.live:
-                mds.live[target].replicas.add(chunk_id)
-                self.touch(chunk_id)
-            await self._set_versions([cs for cs in final if cs not in h.waiting], chunk_id, frozen.version,
-                                     new.version)
-            if drop is not None:
-                if drop in mds.live:
-                    mds.live[drop].replicas.discard(chunk_id)
-                    self.touch(chunk_id)
-                await mds._quiet_cs_call(drop, Msg.CS_DELETE_CHUNK, {"chunk_id": chunk_id})
+            new = (await chunks.set_replicas(
+                frozen, final, move=[cs for cs in final if cs not in h.waiting],
+                delete=() if drop is None else (drop,))).chunk
         if self.episode is not None:
             if drop is None:
                 self.episode.copies += 1
@@ -716,65 +629,42 @@ class ReplicationMonitor:
             self._refill()
 
     async def _trim_locked(self, chunk_id: int) -> None:
-        mds = self.mds
+        mds, chunks = self.mds, self.mds.chunks
         chunk = mds.store.chunk(chunk_id)
         if chunk is None:
             return
-        async with self._lock_for(chunk):
+        async with chunks.lock_for(chunk):
             chunk = mds.store.chunk(chunk_id)
             if chunk is None:
                 return
             h = self.health(chunk, {}, self.compute_states())
             if not (h.excess or h.untidy):
                 return
-            victims = self._pick_victims(list(h.good), h.excess, mds.store.getattr(chunk.ino))
+            attr = mds.store.getattr(chunk.ino)
+            servers = {s.cs_id: s for s in self.planner_view()}
+            victims = pick_victims(h.good, h.excess, servers, attr.get("failure_domain", "host"), attr.get("tier", 0))
             keep = [cs for cs in h.good if cs not in victims]
-            new: Chunk = await mds._propose(
-                "set_chunk_replicas", chunk_id=chunk_id, replicas=keep, expect_version=chunk.version)
-            await self._set_versions(keep, chunk_id, chunk.version, new.version)
-            for cs in victims:
-                if cs in mds.live:
-                    mds.live[cs].replicas.discard(chunk_id)
-                    self.touch(chunk_id)
-                await mds._quiet_cs_call(cs, Msg.CS_DELETE_CHUNK, {"chunk_id": chunk_id})
+            await chunks.set_replicas(chunk, keep, move=keep, delete=victims)
         if self.episode is not None and victims:
             self.episode.trims += 1
-
-    def _pick_victims(self, good: list[int], count: int, attr: dict[str, Any]) -> list[int]:
-        """Drop draining servers first, then the wrong tier, then crowded domains, then the fullest."""
-        places = {cs: p for cs in good if (p := self.place_of(cs)) is not None}
-        crowd = {p.cs_id for p in crowded(list(places.values()), attr.get("failure_domain", "host"))}
-
-        def badness(cs: int) -> tuple[bool, bool, bool, int]:
-            place = places.get(cs)
-            return (cs in self.draining, place is None or place.tier != attr.get("tier", 0), cs in crowd,
-                    -(place.free if place else 0))
-
-        return sorted(good, key=badness, reverse=True)[:count]
 
     # -- bad replicas ----------------------------------------------------------------------
 
     async def drop_corrupt(self, chunk_id: int, cs_id: int, reason: str, reporter: str) -> None:
         """Drop a replica whose header is corrupt (its server moved it aside); a good copy replaces it."""
-        mds = self.mds
-        if cs_id in mds.live:
-            mds.live[cs_id].replicas.discard(chunk_id)
-            self.touch(chunk_id)
+        mds, chunks = self.mds, self.mds.chunks
+        chunks.lost(cs_id, chunk_id)
         chunk = mds.store.chunk(chunk_id)
         if chunk is None or cs_id not in chunk.replicas:
             return
-        await mds._event(
+        await mds.event(
             "warning", f"CS#{cs_id}'s replica of chunk {chunk_id:#x} is corrupt ({reason[:160]}; found by "
             f"{reporter}): moved aside; a good replica is being copied to replace it")
-        async with self._lock_for(chunk):
+        async with chunks.lock_for(chunk):
             chunk = mds.store.chunk(chunk_id)
             if chunk is None or cs_id not in chunk.replicas:
                 return
-            keep = [cs for cs in chunk.replicas if cs != cs_id]
-            new: Chunk = await mds._propose(
-                "set_chunk_replicas", chunk_id=chunk_id, replicas=keep, expect_version=chunk.version)
-            await self._set_versions([cs for cs in keep if mds._holds(cs, chunk_id)], chunk_id, chunk.version,
-                                     new.version)
+            await chunks.set_replicas(chunk, [cs for cs in chunk.replicas if cs != cs_id])
 
     # -- draining --------------------------------------------------------------------------
 
@@ -795,7 +685,7 @@ class ReplicationMonitor:
             if cs_id in self.draining:
                 self.draining.discard(cs_id)
                 self.index.rejudge_server(cs_id)
-                await mds._event("info", f"CS#{cs_id}: draining cancelled; it takes new chunks again")
+                await mds.event("info", f"CS#{cs_id}: draining cancelled; it takes new chunks again")
             return {"left": self.replicas_on(cs_id), "removed": False}
         if cs_id not in self.draining:
             others = [s for s in mds.live.values() if s.cs_id != cs_id and self.is_active(s.cs_id)]
@@ -803,12 +693,12 @@ class ReplicationMonitor:
                 raise InvalidArgument(f"CS#{cs_id} is the only active chunk server; add another before removing it")
             self.draining.add(cs_id)
             self.index.rejudge_server(cs_id)
-            await mds._event("warning", f"CS#{cs_id} is being drained: its {_n(self.replicas_on(cs_id))} "
+            await mds.event("warning", f"CS#{cs_id} is being drained: its {_n(self.replicas_on(cs_id))} "
                              "replica(s) move to other servers, then it is removed")
         left = self.replicas_on(cs_id)
         if left:
             return {"left": left, "removed": False}
-        await mds._propose("remove_cs", cs_id=cs_id)
+        await mds.propose("remove_cs", cs_id=cs_id)
         self.draining.discard(cs_id)
         self.removed.add(cs_id)
         self.labels.pop(cs_id, None)
@@ -816,14 +706,14 @@ class ReplicationMonitor:
         server = mds.live.pop(cs_id, None)
         if server is not None:
             server.conn.close()
-        await mds._event("info", f"CS#{cs_id} drained and removed from the cluster; stop its process")
+        await mds.event("info", f"CS#{cs_id} drained and removed from the cluster; stop its process")
         return {"left": 0, "removed": True}
 
     async def set_config(self, values: dict[str, Any]) -> dict[str, float]:
         text = check_update(self.settings(), values)
-        stored = await self.mds._propose("set_config", values=text)
+        stored = await self.mds.propose("set_config", values=text)
         self._settings = effective(stored)
-        await self.mds._event("info", "cluster settings changed: " + ", ".join(f"{k}={v}" for k, v in text.items()))
+        await self.mds.event("info", "cluster settings changed: " + ", ".join(f"{k}={v}" for k, v in text.items()))
         return effective(stored)
 
     # -- reporting -------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from chunkfs.common.errors import (
 )
 from chunkfs.common.secret_files import SecretFiles
 from chunkfs.common.timings import TIMINGS
+from chunkfs.mds.chunks import ReplicaSets
 from chunkfs.mds.cluster_view import ClusterView
 from chunkfs.mds.leases import LeaseTable
 from chunkfs.mds.metrics import MdsMetrics
@@ -55,7 +56,6 @@ STOP_WAIT = 5.0
 CHECKPOINT_INTERVAL = 2.0
 #: Commands to chunk servers (create, set version) wait at most this long.
 CS_COMMAND_TIMEOUT = 10.0
-ALLOC_LOCK_STRIPES = 64
 #: Requests a follower answers itself; everything else is redirected to the master.
 FOLLOWER_MESSAGES = frozenset({Msg.RAFT, Msg.RAFT_SNAPSHOT, Msg.PING})
 #: A new chunk that cannot be placed because chunk servers are missing (not connected,
@@ -104,14 +104,15 @@ class MetadataServer:
         self.log: ReplicatedLog = self.raft
         self.rpc = RpcServer(self.creds, self.handle, on_close=self._on_close)
         self.live: dict[int, LiveServer] = {}
-        # Striped locks: one chunk is allocated once, and the set of locks stays bounded.
-        self._alloc_locks = [asyncio.Lock() for _ in range(ALLOC_LOCK_STRIPES)]
         self._background: set[asyncio.Task[Any]] = set()
+        #: The only changer of chunks' versions and replica sets, and their locks (chunks.py).
+        self.chunks = ReplicaSets(self.live, self._propose, self._cs_call, self._spawn)
         self._rng = random.Random()  # noqa: S311 - placement only
         self._master_since = 0.0
         self._placement_warned = float("-inf")
         #: Chunk-server states, re-replication, scrub reports, draining (replication.py).
         self.healing = ReplicationMonitor(self)
+        self.chunks.on_change = self.healing.touch
         #: Exclusive file leases (soft state, reclaimed by holders after a master change).
         self.leases = LeaseTable()
         #: Files mounts hold open (soft state) and the freeing of unlinked ones (open_files.py).
@@ -205,21 +206,38 @@ class MetadataServer:
         await self.log.stop()
         self.store.close()
 
-    def _spawn(self, coro: Any) -> None:
+    # What the master's other parts (replication.py, open_files.py, bad_replicas.py) use of it:
+    # `spawn`, `propose`, `event`, `master_since`, besides `store`, `live`, `chunks`, `node`, `log`.
+    # The handlers below call the same methods by their older private names.
+
+    def spawn(self, coro: Any) -> asyncio.Task[Any]:
+        """Run `coro` in the background; cancelled (and waited for, bounded) when the server stops."""
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
-    async def _propose(self, op: str, **args: Any) -> Any:
+    async def propose(self, op: str, **args: Any) -> Any:
+        """Commit a command to the replicated log and return the result of applying it here."""
         return await self.log.propose(encode_command(op, **args))
 
-    async def _event(self, level: str, message: str) -> None:
+    async def event(self, level: str, message: str) -> None:
+        """Log `message` and record it in the cluster's event log (best effort: a failure is only logged)."""
         log_level = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}[level]
         logger.log(log_level, "event: %s", message)
         try:
-            await self._propose("event", time=time.time(), level=level, message=message)
+            await self.propose("event", time=time.time(), level=level, message=message)
         except ChunkFSError as exc:
             logger.warning("could not record event %r: %s", message, exc)
+
+    _spawn = spawn
+    _propose = propose
+    _event = event
+
+    @property
+    def master_since(self) -> float:
+        """When (monotonic) this MDS last became master: chunk servers get a grace period to reconnect."""
+        return self._master_since
 
     # -- dispatch ----------------------------------------------------------------
 
@@ -488,7 +506,7 @@ class MetadataServer:
                 # Wait for missing servers outside the chunk's lock: its stripe is shared with other chunks.
                 self._check_servers_settled()
                 await self._place_new_chunk(ino, attr)
-        async with self._alloc_locks[hash((ino, index)) % len(self._alloc_locks)]:
+        async with self.chunks.lock(ino, index):
             chunk = self.store.chunk_at(ino, index)
             if chunk is None:
                 chunk = await self._allocate(ino, index)
@@ -519,9 +537,9 @@ class MetadataServer:
         started = time.perf_counter()
         chosen = await self._place_new_chunk(ino, attr, wait=0.0)
         TIMINGS.since("alloc.place", started)
-        chunk: Chunk = await self._propose("alloc_chunk", ino=ino, index=index, replicas=chosen)
+        chunk = await self.chunks.allocate(ino, index, chosen)
         started = time.perf_counter()
-        failed = await self._create_replicas(chunk, chunk.replicas)
+        failed = await self.chunks.create_replicas(chunk, chunk.replicas)
         TIMINGS.since("alloc.create_replicas", started)
         logger.info(
             "chunk %#x (inode %d, index %d) created at version %#x on CS %s",
@@ -591,12 +609,6 @@ class MetadataServer:
                 out[cs_id] = f"silent for {time.monotonic() - server.last_seen:.0f}s"
         return out
 
-    def _note_created(self, chunk: Chunk, failed: set[int]) -> None:
-        for cs in chunk.replicas:
-            if cs not in failed and cs in self.live:
-                self.live[cs].replicas.add(chunk.chunk_id)
-        self.healing.touch(chunk.chunk_id)
-
     async def _ensure_created(self, chunk: Chunk) -> Chunk:
         """Finish an allocation a previous master committed but died before carrying out.
 
@@ -611,7 +623,7 @@ class MetadataServer:
         self._check_servers_settled()
         self._wait_for_reports(chunk, chunk.replicas)
         live = [cs for cs in chunk.replicas if cs in self.live]
-        failed = await self._create_replicas(chunk, live)
+        failed = await self.chunks.create_replicas(chunk, live)
         logger.warning("chunk %#x had no replica anywhere (allocation interrupted): created on CS %s",
                        chunk.chunk_id, ",".join(str(cs) for cs in live if cs not in failed))
         return chunk
@@ -636,9 +648,9 @@ class MetadataServer:
                     f"chunk {chunk.chunk_id:#x} has {len(survivors)} writable replica(s), fewer than the minimum "
                     f"{min_replicas}; writes to it wait until its chunk servers are back"
                 )
-            new: Chunk = await self._propose("set_chunk_replicas", chunk_id=chunk.chunk_id, replicas=survivors)
-            failed |= set(await self._cs_call_each(survivors, Msg.CS_SET_VERSION, {
-                "chunk_id": chunk.chunk_id, "old_version": chunk.version, "new_version": new.version}))
+            change = await self.chunks.set_replicas(chunk, survivors)
+            new = change.chunk
+            failed |= change.failed
             await self._event(
                 "warning",
                 f"chunk {chunk.chunk_id:#x}: replica(s) on CS {','.join(map(str, sorted(bad)))} dropped; "
@@ -656,22 +668,18 @@ class MetadataServer:
         if size % chunk_size == 0:
             return
         # The chunk's lock: not while the replication monitor copies it (replication.py).
-        async with self._alloc_locks[hash((ino, size // chunk_size)) % len(self._alloc_locks)]:
+        async with self.chunks.lock(ino, size // chunk_size):
             chunk = self.store.chunk_at(ino, size // chunk_size)
             if chunk is None:
                 return
             chunk = await self._drop_replicas(chunk, set())
-            failed = await self._cs_call_each(chunk.replicas, Msg.CS_TRUNCATE_CHUNK, {
+            failed = await self.chunks.call_each(chunk.replicas, Msg.CS_TRUNCATE_CHUNK, {
                 "chunk_id": chunk.chunk_id, "version": chunk.version, "length": size % chunk_size})
             await self._drop_replicas(chunk, set(failed))
 
     def _delete_replicas(self, chunks: list[Chunk]) -> None:
-        """Delete dropped chunks' replicas in the background; offline servers clean up on return."""
-        for chunk in chunks:
-            for cs in chunk.replicas:
-                if cs in self.live:
-                    self.live[cs].replicas.discard(chunk.chunk_id)
-                self._spawn(self._quiet_cs_call(cs, Msg.CS_DELETE_CHUNK, {"chunk_id": chunk.chunk_id}))
+        """Delete dropped chunks' replicas in the background (chunks.py)."""
+        self.chunks.delete_chunks(chunks)
 
     async def _cs_call(self, cs_id: int, msg: Msg, header: dict[str, Any]) -> dict[str, Any]:
         server = self.live.get(cs_id)
@@ -679,26 +687,6 @@ class MetadataServer:
             raise Unavailable(f"CS#{cs_id} is offline")
         reply, _ = await server.conn.call(msg, header, timeout=CS_COMMAND_TIMEOUT)
         return reply
-
-    async def _cs_call_each(
-        self, cs_ids: tuple[int, ...] | list[int], msg: Msg, header: dict[str, Any]
-    ) -> dict[int, BaseException]:
-        """Send one command to several chunk servers at once; return those that failed, with why."""
-        results = await asyncio.gather(*(self._cs_call(cs, msg, header) for cs in cs_ids), return_exceptions=True)
-        return {cs: r for cs, r in zip(cs_ids, results, strict=True) if isinstance(r, BaseException)}
-
-    async def _create_replicas(self, chunk: Chunk, cs_ids: tuple[int, ...] | list[int]) -> set[int]:
-        """Create the chunk's empty replicas on `cs_ids`; return the servers that failed."""
-        failed = set(await self._cs_call_each(
-            cs_ids, Msg.CS_CREATE_CHUNK, {"chunk_id": chunk.chunk_id, "version": chunk.version}))
-        self._note_created(chunk, failed)
-        return failed
-
-    async def _quiet_cs_call(self, cs_id: int, msg: Msg, header: dict[str, Any]) -> None:
-        try:
-            await self._cs_call(cs_id, msg, header)
-        except ChunkFSError as exc:
-            logger.info("%s to CS#%d failed: %s (it cleans up when it re-registers)", msg.name, cs_id, exc)
 
     async def _on_file_lease(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
         if h["op"] == "release":

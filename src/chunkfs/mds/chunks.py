@@ -1,0 +1,187 @@
+"""The one owner of chunk replica sets: the only code that changes a chunk's version and replicas.
+
+Giving a chunk a new replica set takes five steps that must stay in step:
+
+1. commit the new list with a new version, *only if the chunk is still at the
+   version the caller looked at* (``set_chunk_replicas`` with
+   ``expect_version``: a compare-and-set, so two changes never build on the
+   same old list);
+2. tell the surviving replicas to move to the new version
+   (``CS_SET_VERSION``), so a replica left out — or one that fails to move —
+   keeps an older version and is refused from then on, never served;
+3. update what this master believes each connected server holds (its
+   ``replicas`` set, soft state): servers added to the list hold it, servers
+   taken away or that failed to move do not;
+4. tell the health index (``touch``) that the chunk is to be judged again;
+5. delete the replicas taken away, where the caller says so.
+
+They used to be written out at every place that needed them (a write that
+lost a replica, the copy of a repair or a move, a trim, a corrupt replica);
+each copy differed a little, and a missed step meant a chunk whose health
+was wrong until the next master.  Allocation (a chunk's first replica set)
+and whole-chunk deletion (a file removed) live here too, for the same reason.
+
+Everything that changes a chunk's replicas holds the chunk's lock (`lock`),
+which every ``CHUNK_WRITE`` takes as well, so the compare-and-set only fails
+when another master made a change in between.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from chunkfs.common.errors import ChunkFSError
+from chunkfs.mds.store import Chunk
+from chunkfs.protocol.messages import Msg
+
+logger = logging.getLogger(__name__)
+
+#: Striped locks: one chunk is changed by one task at a time, and the set of locks stays bounded.
+LOCK_STRIPES = 64
+
+
+class Holder(Protocol):
+    """What the owner needs of a connected chunk server (`server.LiveServer`): the chunks it holds."""
+
+    replicas: set[int]
+
+
+#: Propose a command to the replicated log; returns the result of applying it.
+Propose = Callable[..., Awaitable[Any]]
+#: Send one command to one chunk server and return its reply (raises if offline or on error).
+CsCall = Callable[[int, Msg, dict[str, Any]], Awaitable[dict[str, Any]]]
+#: Run a coroutine in the background (the master's task set, cancelled when it stops).
+Spawn = Callable[[Any], object]
+
+
+@dataclass(slots=True, frozen=True)
+class Change:
+    """A committed replica-set change: the chunk as now stored, and the servers that did not follow."""
+
+    chunk: Chunk
+    #: Servers asked to move to the new version that failed to (taken as no longer holding the chunk).
+    failed: frozenset[int]
+
+
+class ReplicaSets:
+    """Changes chunks' replica sets (the five steps above) and answers who holds what."""
+
+    def __init__(self, live: Mapping[int, Holder], propose: Propose, call: CsCall, spawn: Spawn) -> None:
+        self.live = live
+        self._propose = propose
+        self._call = call
+        self._spawn = spawn
+        self._locks = [asyncio.Lock() for _ in range(LOCK_STRIPES)]
+        #: Told of every chunk whose replicas (or what a server holds of it) changed: the health index.
+        self.on_change: Callable[[int], None] = lambda chunk_id: None
+
+    # -- locks and soft state -----------------------------------------------------------
+
+    def lock(self, ino: int, index: int) -> asyncio.Lock:
+        """The lock of chunk `index` of file `ino` (held by writes and by every replica-set change)."""
+        return self._locks[hash((ino, index)) % len(self._locks)]
+
+    def lock_for(self, chunk: Chunk) -> asyncio.Lock:
+        return self.lock(chunk.ino, chunk.index)
+
+    def holds(self, cs_id: int, chunk_id: int) -> bool:
+        """Whether chunk server `cs_id` is online and has reported (or was given) this chunk."""
+        server = self.live.get(cs_id)
+        return server is not None and chunk_id in server.replicas
+
+    def gained(self, cs_id: int, chunk_id: int) -> None:
+        """`cs_id` holds the chunk at its current version now (created or copied there)."""
+        server = self.live.get(cs_id)
+        if server is not None:
+            server.replicas.add(chunk_id)
+        self.on_change(chunk_id)
+
+    def lost(self, cs_id: int, chunk_id: int) -> None:
+        """`cs_id` no longer holds a current replica of the chunk (failed, corrupt, deleted, left out)."""
+        server = self.live.get(cs_id)
+        if server is not None:
+            server.replicas.discard(chunk_id)
+        self.on_change(chunk_id)
+
+    # -- talking to chunk servers ------------------------------------------------------
+
+    async def call_each(self, cs_ids: Collection[int], msg: Msg, header: dict[str, Any]) -> dict[int, BaseException]:
+        """Send one command to several chunk servers at once; return those that failed, with why."""
+        ids = list(cs_ids)
+        results = await asyncio.gather(*(self._call(cs, msg, header) for cs in ids), return_exceptions=True)
+        return {cs: r for cs, r in zip(ids, results, strict=True) if isinstance(r, BaseException)}
+
+    async def delete_replica(self, cs_id: int, chunk_id: int) -> None:
+        """Delete one replica; a failure is only logged (the server deletes it when it registers again)."""
+        try:
+            await self._call(cs_id, Msg.CS_DELETE_CHUNK, {"chunk_id": chunk_id})
+        except ChunkFSError as exc:
+            logger.info("CS_DELETE_CHUNK of chunk %#x to CS#%d failed: %s (it cleans up when it re-registers)",
+                        chunk_id, cs_id, exc)
+
+    # -- changes ---------------------------------------------------------------------------
+
+    async def allocate(self, ino: int, index: int, replicas: list[int]) -> Chunk:
+        """Commit chunk `index` of `ino` on `replicas` (then `create_replicas`, under the chunk's lock).
+
+        The allocation is idempotent in the store (a chunk already there is returned as it is).
+        """
+        chunk: Chunk = await self._propose("alloc_chunk", ino=ino, index=index, replicas=replicas)
+        return chunk
+
+    async def create_replicas(self, chunk: Chunk, cs_ids: Collection[int]) -> set[int]:
+        """Create the chunk's empty replicas on `cs_ids` at its version; return the servers that failed."""
+        failed = set(await self.call_each(
+            cs_ids, Msg.CS_CREATE_CHUNK, {"chunk_id": chunk.chunk_id, "version": chunk.version}))
+        for cs in cs_ids:
+            if cs not in failed:
+                self.gained(cs, chunk.chunk_id)
+        self.on_change(chunk.chunk_id)
+        return failed
+
+    async def set_replicas(
+        self, chunk: Chunk, replicas: Iterable[int], *, move: Iterable[int] | None = None,
+        delete: Iterable[int] = (),
+    ) -> Change:
+        """Give `chunk` (as the caller read it, under its lock) the replica list `replicas`: a new version.
+
+        Servers in `replicas` that `chunk` did not list must hold the chunk at
+        its old version (a copy just made there).  `move`: the servers told to
+        move to the new version (default: every listed one this master knows
+        holds it; leave out silent ones, whose command would only time out).
+        `delete`: servers, taken away from the list, whose replica is deleted.
+        Raises `StaleVersion` (nothing done) if the chunk changed meanwhile.
+        """
+        chunk_id = chunk.chunk_id
+        wanted = list(dict.fromkeys(replicas))
+        new: Chunk = await self._propose(
+            "set_chunk_replicas", chunk_id=chunk_id, replicas=wanted, expect_version=chunk.version)
+        for cs in set(new.replicas) - set(chunk.replicas):
+            self.gained(cs, chunk_id)
+        for cs in set(chunk.replicas) - set(new.replicas):
+            self.lost(cs, chunk_id)
+        movers = [cs for cs in new.replicas if self.holds(cs, chunk_id)] if move is None else \
+            [cs for cs in dict.fromkeys(move) if cs in new.replicas]
+        failed = await self.call_each(movers, Msg.CS_SET_VERSION, {
+            "chunk_id": chunk_id, "old_version": chunk.version, "new_version": new.version})
+        for cs, exc in failed.items():
+            self.lost(cs, chunk_id)
+            logger.warning("chunk %#x: CS#%d did not move to version %#x: %s", chunk_id, cs, new.version, exc)
+        self.on_change(chunk_id)
+        for cs in dict.fromkeys(delete):
+            if cs not in new.replicas:
+                await self.delete_replica(cs, chunk_id)
+        return Change(new, frozenset(failed))
+
+    def delete_chunks(self, chunks: Iterable[Chunk]) -> None:
+        """Delete removed chunks' replicas in the background; offline servers clean up on return."""
+        for chunk in chunks:
+            for cs in chunk.replicas:
+                server = self.live.get(cs)
+                if server is not None:
+                    server.replicas.discard(chunk.chunk_id)
+                self._spawn(self.delete_replica(cs, chunk.chunk_id))

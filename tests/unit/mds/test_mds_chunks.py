@@ -1,0 +1,122 @@
+"""The owner of chunk replica sets (mds/chunks.py): the five steps of a new replica set, in step.
+
+A real store applies the commands (as the replicated log would); chunk servers are a fake that
+records the commands and fails where told to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from chunkfs.common.errors import StaleVersion, Unavailable
+from chunkfs.mds.chunks import ReplicaSets
+from chunkfs.mds.store import Chunk, MetadataStore, encode_command
+from chunkfs.protocol.messages import ROOT_INO, Msg
+
+
+class Cluster:
+    def __init__(self, path: Path) -> None:
+        self.store = MetadataStore(path / "meta.db", 1 << 20)
+        self.index = 0
+        self.sent: list[tuple[int, Msg, dict[str, Any]]] = []
+        self.failing: set[int] = set()
+        self.live: dict[int, Any] = {cs: SimpleNamespace(replicas=set()) for cs in (1, 2, 3, 4)}
+        self.touched: list[int] = []
+        self.tasks: list[asyncio.Task[Any]] = []
+        self.owner = ReplicaSets(self.live, self.propose, self.call, self.spawn)
+        self.owner.on_change = self.touched.append
+
+    async def propose(self, op: str, **args: Any) -> Any:
+        self.index += 1
+        return self.store.apply(self.index, 1, encode_command(op, **args))
+
+    async def call(self, cs: int, msg: Msg, header: dict[str, Any]) -> dict[str, Any]:
+        self.sent.append((cs, msg, header))
+        if cs in self.failing:
+            raise Unavailable(f"CS#{cs} is offline")
+        return {}
+
+    def spawn(self, coro: Any) -> None:
+        self.tasks.append(asyncio.get_running_loop().create_task(coro))
+
+    async def chunk_on(self, replicas: list[int]) -> Chunk:
+        ino = (await self.propose("create", parent=ROOT_INO, name=f"f{self.index}", mode=0o644, time=1.0,
+                                  exclusive=True))["attr"]["ino"]
+        chunk = await self.owner.allocate(ino, 0, replicas)
+        assert await self.owner.create_replicas(chunk, chunk.replicas) == set()
+        self.sent.clear()
+        return chunk
+
+    def to(self, msg: Msg) -> list[int]:
+        return sorted(cs for cs, m, _ in self.sent if m == msg)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Any:
+    c = Cluster(tmp_path)
+    yield c
+    c.store.close()
+
+
+async def test_created_replicas_are_held(cluster: Cluster) -> None:
+    chunk = await cluster.chunk_on([1, 2, 3])
+    assert all(cluster.owner.holds(cs, chunk.chunk_id) for cs in (1, 2, 3))
+    assert not cluster.owner.holds(4, chunk.chunk_id)
+    assert chunk.chunk_id in cluster.touched
+
+
+async def test_a_new_set_moves_survivors_gives_the_target_and_deletes_the_one_taken_away(cluster: Cluster) -> None:
+    chunk = await cluster.chunk_on([1, 2, 3])
+    cluster.touched.clear()
+    change = await cluster.owner.set_replicas(chunk, [1, 2, 4], delete=[3])
+    assert change.chunk.replicas == (1, 2, 4) and change.chunk.version > chunk.version
+    assert change.failed == frozenset()
+    assert cluster.store.chunk(chunk.chunk_id) == change.chunk
+    # The copy on CS#4 (made at the old version) and the survivors move; CS#3 is deleted, after.
+    assert cluster.to(Msg.CS_SET_VERSION) == [1, 2, 4]
+    assert cluster.to(Msg.CS_DELETE_CHUNK) == [3]
+    assert cluster.sent[-1][1] == Msg.CS_DELETE_CHUNK
+    header = next(h for _, m, h in cluster.sent if m == Msg.CS_SET_VERSION)
+    assert (header["old_version"], header["new_version"]) == (chunk.version, change.chunk.version)
+    assert cluster.owner.holds(4, chunk.chunk_id) and not cluster.owner.holds(3, chunk.chunk_id)
+    assert chunk.chunk_id in cluster.touched
+    assert cluster.store.replicas_on(3) == 0 and cluster.store.replicas_on(4) == 1
+
+
+async def test_a_server_that_does_not_follow_is_no_longer_held(cluster: Cluster) -> None:
+    chunk = await cluster.chunk_on([1, 2, 3])
+    cluster.failing = {2}
+    change = await cluster.owner.set_replicas(chunk, [1, 2])
+    assert change.failed == frozenset({2})
+    assert not cluster.owner.holds(2, chunk.chunk_id) and cluster.owner.holds(1, chunk.chunk_id)
+    assert cluster.to(Msg.CS_DELETE_CHUNK) == []  # nothing deleted unless asked
+
+
+async def test_compare_and_set_refuses_a_changed_chunk_and_does_nothing(cluster: Cluster) -> None:
+    chunk = await cluster.chunk_on([1, 2, 3])
+    await cluster.owner.set_replicas(chunk, [1, 2])
+    cluster.sent.clear()
+    with pytest.raises(StaleVersion):
+        await cluster.owner.set_replicas(chunk, [1, 3], delete=[2])  # built on the old list
+    assert cluster.sent == []
+    assert cluster.store.chunk(chunk.chunk_id).replicas == (1, 2)
+
+
+async def test_only_the_servers_named_are_asked_to_move(cluster: Cluster) -> None:
+    chunk = await cluster.chunk_on([1, 2, 3])
+    await cluster.owner.set_replicas(chunk, [1, 2, 3], move=[1, 3])
+    assert cluster.to(Msg.CS_SET_VERSION) == [1, 3]
+
+
+async def test_removed_chunks_are_deleted_everywhere_in_the_background(cluster: Cluster) -> None:
+    chunk = await cluster.chunk_on([1, 2])
+    cluster.failing = {2}
+    cluster.owner.delete_chunks([chunk])
+    await asyncio.gather(*cluster.tasks)
+    assert cluster.to(Msg.CS_DELETE_CHUNK) == [1, 2]  # a failure is only logged
+    assert not cluster.owner.holds(1, chunk.chunk_id)
