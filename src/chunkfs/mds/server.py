@@ -459,11 +459,6 @@ class MetadataServer:
 
     # -- chunks ------------------------------------------------------------------
 
-    def _holds(self, cs_id: int, chunk_id: int) -> bool:
-        """Whether chunk server `cs_id` is online and has reported (or was given) this chunk."""
-        server = self.live.get(cs_id)
-        return server is not None and chunk_id in server.replicas
-
     def _unknown(self, cs_id: int, chunk_id: int) -> bool:
         """Whether `cs_id` is still reporting its replicas and has not reported this chunk yet."""
         server = self.live.get(cs_id)
@@ -482,7 +477,7 @@ class MetadataServer:
         size = self.node.cluster.chunk_size
         if chunk is None:
             return {"chunk_id": 0, "version": 0, "replicas": [], "chunk_size": size}
-        replicas = [[cs, self.live[cs].addr] for cs in chunk.replicas if self._holds(cs, chunk.chunk_id)]
+        replicas = [[cs, self.live[cs].addr] for cs in chunk.replicas if self.chunks.holds(cs, chunk.chunk_id)]
         return {"chunk_id": chunk.chunk_id, "version": chunk.version, "replicas": replicas, "chunk_size": size}
 
     async def _on_chunk_read(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
@@ -618,7 +613,7 @@ class MetadataServer:
         but are missing on one server are not recreated: that server lost
         them, and is dropped instead.
         """
-        if any(self._holds(cs, chunk.chunk_id) for cs in chunk.replicas):
+        if any(self.chunks.holds(cs, chunk.chunk_id) for cs in chunk.replicas):
             return chunk
         self._check_servers_settled()
         self._wait_for_reports(chunk, chunk.replicas)
@@ -635,7 +630,7 @@ class MetadataServer:
         comes back holds an older version and is refused — never served.
         """
         for _ in range(len(chunk.replicas) + 1):
-            bad = {cs for cs in chunk.replicas if cs in failed or not self._holds(cs, chunk.chunk_id)}
+            bad = {cs for cs in chunk.replicas if cs in failed or not self.chunks.holds(cs, chunk.chunk_id)}
             if not bad:
                 return chunk
             self._wait_for_reports(chunk, bad - failed)

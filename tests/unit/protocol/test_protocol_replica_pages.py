@@ -92,7 +92,6 @@ class FakeMaster:
         self.store = store
         self.live: dict[int, LiveServer] = {}
         self._unknown = types.MethodType(MetadataServer._unknown, self)
-        self._holds = types.MethodType(MetadataServer._holds, self)
 
     def take(self, server: LiveServer, pairs: list[tuple[int, int]]) -> list[int]:
         return MetadataServer._take_replicas(self, server, pairs)  # type: ignore[arg-type]
