@@ -186,6 +186,10 @@ def wait_exit(pid: int, timeout: float) -> bool:
         time.sleep(0.02)
 
 
+#: Stopping longer than this is logged; tasks left at the end get this long to unwind.
+STOP_SLOW = 2.0
+
+
 def run_foreground(directory: Path, start: Callable[[], Awaitable[Any]], stop: Callable[[], Awaitable[Any]]) -> int:
     """Run a server until SIGTERM or SIGINT; return the exit status."""
     running = daemon_pid(directory)
@@ -203,7 +207,10 @@ def run_foreground(directory: Path, start: Callable[[], Awaitable[Any]], stop: C
         write_file_durably(directory / PID_FILE, f"{os.getpid()}\n".encode())
         await done.wait()
         logger.info("stopping on signal")
+        started = time.monotonic()
         await stop()
+        if time.monotonic() - started > STOP_SLOW:
+            logger.warning("stopping took %.1f s", time.monotonic() - started)
 
     try:
         loop.run_until_complete(main())
@@ -211,8 +218,26 @@ def run_foreground(directory: Path, start: Callable[[], Awaitable[Any]], stop: C
         with contextlib.suppress(OSError):
             if read_pid(directory) == os.getpid():
                 (directory / PID_FILE).unlink()
+        _unwind(loop)
         loop.close()
     return 0
+
+
+def _unwind(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel what is still running (started while the server stopped) and let it finish, bounded.
+
+    A task still pending when the loop closes is destroyed half way ("Task was
+    destroyed but it is pending!" and a traceback in the log).
+    """
+    pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    if not pending:
+        return
+    for task in pending:
+        task.cancel()
+    loop.run_until_complete(asyncio.wait(pending, timeout=STOP_SLOW))
+    left = [t for t in pending if not t.done()]
+    if left:
+        logger.warning("%d task(s) did not stop: %s", len(left), ", ".join(t.get_coro().__qualname__ for t in left))
 
 
 def bind_error(addr: str, exc: OSError) -> ConfigError:
