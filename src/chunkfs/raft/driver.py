@@ -268,6 +268,7 @@ class RaftLog:
         self._log_bytes = 0
         self._image_size = 0
         self._compacting: asyncio.Task[None] | None = None
+        self._storage_lock = asyncio.Lock()
         self._receiver = Receiver(directory)
         self._leader_since = 0.0
 
@@ -560,12 +561,18 @@ class RaftLog:
             await self._maybe_compact(storage)
 
     async def _persist(self, storage: LogStorage, rd: Ready) -> None:
+        if rd.snapshot is not None and self._compacting is not None:
+            await asyncio.wait([self._compacting])  # its copy must not read the store being replaced
+        # One storage operation at a time: a compaction runs beside this loop (LogStorage is not
+        # thread-safe, and appends and a compaction would both change its segments).
+        async with self._storage_lock:
+            await self._persist_locked(storage, rd)
+
+    async def _persist_locked(self, storage: LogStorage, rd: Ready) -> None:
         if rd.snapshot is not None:
             snap = rd.snapshot
             image = Image.of(snap)
             assert image is not None
-            if self._compacting is not None:
-                await asyncio.wait([self._compacting])  # its copy must not read the store being replaced
             path = self._receiver.take(image)
             await asyncio.to_thread(storage.install_snapshot, snap)
             await self._restore(path, snap.index)
@@ -703,7 +710,8 @@ class RaftLog:
                 return  # a snapshot from the master overtook this one
             image = await asyncio.to_thread(snapshot_files.seal, self.directory, tmp, index, term)
             snap = core.compact(index, image.descriptor())
-            await asyncio.to_thread(storage.compact, snap)
+            async with self._storage_lock:
+                await asyncio.to_thread(storage.compact, snap)
             self._image_size = image.size
             await asyncio.to_thread(snapshot_files.forget_others, self.directory, image.path(self.directory))
             logger.info("raft: log compacted up to index %d (image of %d bytes taken in %.1f s)", index,
