@@ -37,8 +37,8 @@ def test_every_chunk_spans_both_racks(tmp_path, conf_dir) -> None:
     labels = [(f"h{i}", f"dc1.row1.{'A' if i < 3 else 'B'}", 0) for i in range(5)]
     cluster = _make(tmp_path, labels)
     try:
-        rack = {row["id"]: labels[int(row["dir"].rsplit("cs", 1)[1]) - 1][1]
-                for row in cluster.status() if row["role"] == "cs"}
+        # By address, as the master lists them: `status()` names only servers registered by then.
+        rack_at = {p.addr: labels[p.id - 1][1] for p in cluster.processes if p.role == "cs"}
         assert run_cli("-c", "racks", "mkdir", "/vm").returncode == 0
         result = run_cli("-c", "racks", "set-attr", "/vm", "failure-domain=rack", "replicas=3:2")
         assert result.returncode == 0, result.stderr
@@ -50,7 +50,7 @@ def test_every_chunk_spans_both_racks(tmp_path, conf_dir) -> None:
             c.run(f.fsync())
             maps = chunk_maps(c, f.ino, SIZE)
             for m in maps:
-                racks = {rack[cs] for cs, _ in m["replicas"]}
+                racks = {rack_at[addr] for _, addr in m["replicas"]}
                 assert len(m["replicas"]) == 3 and racks == {"dc1.row1.A", "dc1.row1.B"}, m
             assert c.cluster_stat()["healing"]["domain_shared"] == len(maps)  # 3 replicas, 2 racks: one shares
             check_every_replica(c, f.ino, data)
