@@ -51,6 +51,7 @@ import re
 import struct
 import tempfile
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -258,6 +259,7 @@ class ChunkStore:
         versions of one chunk exist, the highest wins and the others are removed —
         versions only grow, so the lower one is stale by definition.
         """
+        started = time.perf_counter()
         found: dict[int, list[tuple[int, Path]]] = {}
         for sub in sorted(self._chunks_dir.iterdir()):
             if not sub.is_dir():
@@ -293,6 +295,8 @@ class ChunkStore:
             if len(versions) > 1:
                 _fsync_dir(self._dir_for(chunk_id))
             self._index[chunk_id] = keep_version
+        logger.info("scanned %d replica(s) in %s in %.1f s", len(self._index), self._chunks_dir,
+                    time.perf_counter() - started)
 
     # ------------------------------------------------------------------ paths
 
