@@ -32,6 +32,7 @@ from chunkfs.common.errors import (
 from chunkfs.common.secret_files import SecretFiles
 from chunkfs.common.timings import TIMINGS
 from chunkfs.mds.cluster_view import ClusterView
+from chunkfs.mds.held_replicas import HeldReplicas
 from chunkfs.mds.leases import LeaseTable
 from chunkfs.mds.metrics import MdsMetrics
 from chunkfs.mds.open_files import OpenFileTable, OrphanReaper
@@ -66,6 +67,9 @@ PLACEMENT_WAIT = 5.0
 PLACEMENT_POLL = 0.2
 #: At most one "cannot place a chunk" WARNING per this many seconds (many writers fail alike).
 PLACEMENT_WARNING_EVERY = 10.0
+#: Chunks of the store read at most per step while a registration page's range is covered
+#: (HeldReplicas.cover); the loop turns between steps.
+COVER_SLICE = 8192
 
 
 @dataclass(slots=True)
@@ -80,7 +84,9 @@ class LiveServer:
     free: int = 0
     load: int = 0
     last_seen: float = field(default_factory=time.monotonic)
-    replicas: set[int] = field(default_factory=set)
+    #: The chunks it holds, kept as differences from the store's replica lists (held_replicas.py):
+    #: no Python object per replica, so a server with 10^6 of them costs the master next to nothing.
+    replicas: HeldReplicas = field(default_factory=HeldReplicas.unbacked)
     #: Between a paged CS_REGISTER and its last CS_REPORT_REPLICAS: a chunk it has not
     #: reported yet may still be on it, so nothing is dropped, re-created or placed there.
     reporting: bool = False
@@ -749,13 +755,14 @@ class MetadataServer:
         old = self.live.get(cs_id)
         if old is not None and old.conn is not conn:
             old.conn.close()
-        server = LiveServer(cs_id, h["addr"], h["host"], conn, h["total"], h["free"], reporting=bool(h.get("more")))
-        delete = self._take_replicas(server, reported)
+        server = LiveServer(cs_id, h["addr"], h["host"], conn, h["total"], h["free"], reporting=True,
+                            replicas=HeldReplicas(cs_id, self.store.listed_on, self.store.still_listed))
+        last = not h.get("more")
+        delete, held, upto = self._take_replicas(server, reported, last)
         conn.tag = server
         self.live[cs_id] = server
         self.healing.on_register(cs_id, h.get("location", ""), h.get("tier", 0))
-        if not server.reporting:
-            await self._registered(server)
+        await self._covered(server, held, upto, last)
         return {"cs_id": cs_id, "delete": delete}
 
     async def _on_cs_report_replicas(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
@@ -765,33 +772,53 @@ class MetadataServer:
             raise InvalidArgument("replica report outside a registration: send CS_REGISTER with more=true first")
         if self.live.get(server.cs_id) is not server:
             raise Unavailable(f"CS#{server.cs_id} registered again on another connection")
-        delete = self._take_replicas(server, int_pairs(h["replicas"], "replicas"))
+        reported = int_pairs(h["replicas"], "replicas")
+        delete, held, upto = self._take_replicas(server, reported, h["last"])
         server.last_seen = time.monotonic()
-        if h["last"]:
-            server.reporting = False
-            await self._registered(server)
+        await self._covered(server, held, upto, h["last"])
         return {"delete": delete}
 
-    def _take_replicas(self, server: LiveServer, reported: list[tuple[int, int]]) -> list[int]:
-        """Count one page of reported replicas as held; return the stale or orphaned ones to delete.
+    def _take_replicas(
+        self, server: LiveServer, reported: list[tuple[int, int]], last: bool
+    ) -> tuple[list[int], list[int], int]:
+        """Take one page of reported replicas: (stale or orphaned ones to delete, current ones, the page's end).
 
-        Runs without an await, so nothing changes a chunk between its check and
-        the server's replica set being updated.  A page is at most REPLICA_PAGE
-        pairs: bounded work on the event loop whatever the server holds.
+        The chunk server sends its replicas in chunk-id order, so a page also
+        says what the server does *not* hold: every chunk listing it up to the
+        page's last id (up to the newest chunk, after the last page) that it
+        did not report at the current version.  The first slice of that range
+        is taken here, without an await, so nothing changes a chunk between
+        its check and the server's replicas being updated; `_covered` takes
+        the rest, if any.  A page is at most REPLICA_PAGE pairs and a slice
+        COVER_SLICE chunks: bounded work on the event loop whatever the server holds.
         """
-        current = self.store.chunk_versions([cid for cid, _ in reported])
-        delete: list[int] = []
-        for chunk_id, version in reported:
-            if current.get(chunk_id) == version:
-                chunk = self.store.chunk(chunk_id)
-                if chunk is not None and server.cs_id in chunk.replicas:
-                    server.replicas.add(chunk_id)
-                    continue
-            delete.append(chunk_id)
+        versions = dict(reported)
+        ids = sorted(versions)
+        current = self.store.listed_versions(server.cs_id, ids)
+        held = [chunk_id for chunk_id in ids if current.get(chunk_id) == versions[chunk_id]]
+        delete = [chunk_id for chunk_id, version in reported if current.get(chunk_id) != version]
+        # Never past the newest chunk: an orphan's id from another cluster's past must not cover the ids of
+        # chunks allocated later (those are held only once created there).
+        newest = self.store.last_chunk_id()
+        upto = newest if last else min(ids[-1] if ids else 0, newest)
+        server.replicas.cover(upto, held, COVER_SLICE)
         server.current += len(reported) - len(delete)
         server.stale += len(delete)
         server.pages += 1
-        return delete
+        return delete, held, upto
+
+    async def _covered(self, server: LiveServer, held: list[int], upto: int, last: bool) -> None:
+        """Cover the rest of a page's range in slices, the loop turning between them (a server that lost
+        many chunks is listed by many it did not report); after the last page, the server is registered."""
+        while server.replicas.upto < upto:
+            await asyncio.sleep(0)
+            if self.live.get(server.cs_id) is not server:
+                raise Unavailable(f"CS#{server.cs_id} registered again on another connection")
+            server.replicas.cover(upto, held, COVER_SLICE)
+        if last:
+            server.replicas.complete = True
+            server.reporting = False
+            await self._registered(server)
 
     async def _registered(self, server: LiveServer) -> None:
         pages = f" in {server.pages} pages" if server.pages > 1 else ""

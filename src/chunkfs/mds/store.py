@@ -143,6 +143,9 @@ CREATE TEMP TRIGGER IF NOT EXISTS touched_placement AFTER INSERT ON main.placeme
     SELECT chunkfs_touched(chunk_id) FROM main.chunks WHERE ino = new.ino;
 END;
 """
+#: A registration page's check: current versions of the page's chunks that list the server (+ "IN (?, ...)").
+_LISTED_VERSIONS = ("SELECT c.chunk_id, c.version FROM chunk_replicas r JOIN chunks c ON c.chunk_id = r.chunk_id "
+                    "WHERE r.cs_id = ? AND r.chunk_id IN")
 #: Answers to clients' changes are kept for retries at most this many log entries (far longer than
 #: any client retries: seconds of work even on a busy cluster), so the table stays bounded.
 ANSWER_WINDOW = 1_000_000
@@ -1049,6 +1052,33 @@ class MetadataStore:
             marks = ",".join("?" * len(part))
             for cid, ver in self.db.execute(f"SELECT chunk_id, version FROM chunks WHERE chunk_id IN ({marks})", part):  # noqa: S608
                 out[cid] = ver
+        return out
+
+    def listed_versions(self, cs_id: int, chunk_ids: list[int]) -> dict[int, int]:
+        """Current versions of those of the given chunks that list `cs_id` (a registration page's check)."""
+        out: dict[int, int] = {}
+        for start in range(0, len(chunk_ids), 500):
+            part = chunk_ids[start:start + 500]
+            marks = ",".join("?" * len(part))
+            query = f"{_LISTED_VERSIONS} ({marks})"  # noqa: S608 - only placeholders
+            out.update(self.db.execute(query, [cs_id, *part]))
+        return out
+
+    def listed_on(self, cs_id: int, after: int, upto: int, limit: int) -> list[int]:
+        """Ids of the chunks that list `cs_id` in (after, upto], ascending, at most `limit`: an index range."""
+        return [int(r[0]) for r in self.db.execute(
+            "SELECT chunk_id FROM chunk_replicas WHERE cs_id = ? AND chunk_id > ? AND chunk_id <= ? "
+            "ORDER BY chunk_id LIMIT ?", (cs_id, after, upto, limit))]
+
+    def still_listed(self, cs_id: int, chunk_ids: list[int]) -> set[int]:
+        """Those of the given chunks that still list `cs_id`."""
+        out: set[int] = set()
+        for start in range(0, len(chunk_ids), 500):
+            part = chunk_ids[start:start + 500]
+            marks = ",".join("?" * len(part))
+            out.update(int(r[0]) for r in self.db.execute(
+                f"SELECT chunk_id FROM chunk_replicas WHERE cs_id = ? AND chunk_id IN ({marks})",  # noqa: S608
+                [cs_id, *part]))
         return out
 
     def chunk_servers(self) -> list[dict[str, Any]]:
