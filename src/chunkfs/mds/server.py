@@ -15,6 +15,7 @@ import logging
 import random
 import sqlite3
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from chunkfs.common.errors import (
     ProtocolError,
     Unavailable,
 )
+from chunkfs.common.placement import FAILURE_DOMAINS, MAX_TIER
 from chunkfs.common.secret_files import SecretFiles
 from chunkfs.common.timings import TIMINGS
 from chunkfs.mds.cluster_view import ClusterView
@@ -38,7 +40,8 @@ from chunkfs.mds.metrics import MdsMetrics
 from chunkfs.mds.open_files import OpenFileTable, OrphanReaper
 from chunkfs.mds.replicated_log import ReplicatedLog
 from chunkfs.mds.replication import CS_RECONNECT_GRACE, ReplicationMonitor
-from chunkfs.mds.store import Chunk, MetadataStore, encode_command
+from chunkfs.mds.store import MAX_REPLICAS, Chunk, MetadataStore, encode_command
+from chunkfs.mds.subtree import subtree_pages
 from chunkfs.protocol.mds_link import MdsLink
 from chunkfs.protocol.messages import MAX_BLOCKS, Msg, int_list, int_pairs
 from chunkfs.protocol.rpc import Connection, Credentials, Reply, RpcServer
@@ -432,11 +435,28 @@ class MetadataServer:
         return self._parents(h["parent"])
 
     async def _on_set_replicas(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
-        changed = await self._propose(
-            "set_replicas", ino=h["ino"], replicas=h["replicas"], min_replicas=h["min_replicas"],
-            recursive=h["recursive"],
-        )
+        replicas, min_replicas = h["replicas"], h["min_replicas"]
+        if not 1 <= min_replicas <= replicas <= MAX_REPLICAS:
+            raise InvalidArgument(f"replicas must satisfy 1 <= MIN <= N <= {MAX_REPLICAS}")
+        changed = 0
+        async for page in self._pages(h["ino"], h["recursive"]):
+            changed += await self._propose("set_replicas", inos=page, replicas=replicas, min_replicas=min_replicas)
         return {"changed": changed}
+
+    async def _pages(self, ino: int, recursive: bool) -> AsyncIterator[list[int]]:
+        """The inodes a (recursive) attribute change covers, in pages: one replicated command each (subtree.py).
+
+        The caller's proposal of one page is awaited before the next is read,
+        so the loop serves other requests (and the new values are visible)
+        between pages, and no apply walks more than a page.
+        """
+        await self.log.read_barrier()
+        attr = self.store.getattr(ino)
+        if not recursive:
+            yield [ino]
+            return
+        for page in subtree_pages(self.store, ino, attr["type"]):
+            yield page
 
     async def _on_extend(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
         if h["size"] < 0:
@@ -734,8 +754,14 @@ class MetadataServer:
         return {"settings": await self.healing.set_config(h["values"])}
 
     async def _on_set_placement(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
-        changed = await self._propose("set_placement", ino=h["ino"], recursive=h["recursive"],
-                                      domain=h["failure_domain"], tier=h["tier"])
+        domain, tier = h["failure_domain"], h["tier"]
+        if domain is not None and domain not in FAILURE_DOMAINS:
+            raise InvalidArgument(f"failure-domain must be one of {', '.join(FAILURE_DOMAINS)}")
+        if tier is not None and not 0 <= tier <= MAX_TIER:
+            raise InvalidArgument(f"tier must be 0-{MAX_TIER}")
+        changed = 0
+        async for page in self._pages(h["ino"], h["recursive"]):
+            changed += await self._propose("set_placement", inos=page, domain=domain, tier=tier)
         return {"changed": changed}
 
     async def _on_rm_cs(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:

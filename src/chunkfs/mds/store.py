@@ -695,10 +695,23 @@ class MetadataStore:
         return result
 
     def _op_set_replicas(
-        self, term: int, ino: int, replicas: int, min_replicas: int, recursive: bool
+        self, term: int, replicas: int, min_replicas: int, ino: int = 0, recursive: bool = False,
+        inos: list[int] | None = None,
     ) -> int:
+        """Set ``replicas=N:MIN`` on the inodes `inos` (one page of a walk, subtree.py); the number that exist.
+
+        The form with `ino` and `recursive` (the whole subtree in one apply) is
+        what masters proposed before walking in pages: kept so that their log
+        entries apply as they did.
+        """
         if not 1 <= min_replicas <= replicas <= MAX_REPLICAS:
             raise InvalidArgument(f"replicas must satisfy 1 <= MIN <= N <= {MAX_REPLICAS}")
+        if inos is not None:
+            changed = 0
+            for current in inos:
+                changed += self.db.execute("UPDATE inodes SET replicas = ?, min_replicas = ? WHERE ino = ?",
+                                           (replicas, min_replicas, int(current))).rowcount
+            return changed
         self.getattr(ino)
         todo, changed = [ino], 0
         while todo:
@@ -812,27 +825,44 @@ class MetadataStore:
         return self.settings()
 
     def _op_set_placement(
-        self, term: int, ino: int, recursive: bool, domain: str | None = None, tier: int | None = None
+        self, term: int, recursive: bool = False, domain: str | None = None, tier: int | None = None, ino: int = 0,
+        inos: list[int] | None = None,
     ) -> int:
-        """Set `failure-domain=` and/or `tier=` on a file or directory (and, recursively, below it)."""
+        """Set `failure-domain=` and/or `tier=` on the inodes `inos` (one page of a walk, subtree.py).
+
+        The form with `ino` and `recursive` walks the whole subtree in one apply:
+        kept for the log entries of masters from before the walk in pages.
+        """
         if domain is not None and domain not in FAILURE_DOMAINS:
             raise InvalidArgument(f"failure-domain must be one of {', '.join(FAILURE_DOMAINS)}")
         if tier is not None and not 0 <= tier <= MAX_TIER:
             raise InvalidArgument(f"tier must be 0-{MAX_TIER}")
+        if inos is not None:
+            changed = 0
+            for current in inos:
+                try:
+                    attr = self.getattr(int(current))
+                except NotFound:
+                    continue  # removed since the master read the page
+                self._place(attr, domain, tier)
+                changed += 1
+            return changed
         self.getattr(ino)
         todo, changed = [ino], 0
         while todo:
             current = todo.pop()
-            attr = self.getattr(current)
-            self.db.execute("INSERT OR REPLACE INTO placement VALUES (?, ?, ?)", (
-                current, domain if domain is not None else attr["failure_domain"],
-                tier if tier is not None else attr["tier"]))
+            self._place(self.getattr(current), domain, tier)
             changed += 1
             if recursive:
                 todo.extend(
                     row[0] for row in self.db.execute("SELECT ino FROM dentries WHERE parent = ?", (current,))
                 )
         return changed
+
+    def _place(self, attr: dict[str, Any], domain: str | None, tier: int | None) -> None:
+        self.db.execute("INSERT OR REPLACE INTO placement VALUES (?, ?, ?)", (
+            attr["ino"], domain if domain is not None else attr["failure_domain"],
+            tier if tier is not None else attr["tier"]))
 
     def _op_remove_cs(self, term: int, cs_id: int) -> None:
         """Forget a drained chunk server (the master checked that no chunk lists it)."""
@@ -979,6 +1009,12 @@ class MetadataStore:
             attr = _attr_of(r[1:])
             out.append([r[0], attr["ino"], attr["type"], attr])
         return out, len(rows) > limit
+
+    def children_after(self, parent: int, after: bytes, limit: int) -> list[tuple[bytes, int, str, int]]:
+        """(name, inode, type, size) of `parent`'s entries named after `after`, by name: one page of a walk."""
+        return [(bytes(r[0]), int(r[1]), str(r[2]), int(r[3])) for r in self.db.execute(
+            "SELECT d.name, d.ino, i.type, i.size FROM dentries d JOIN inodes i ON i.ino = d.ino "
+            "WHERE d.parent = ? AND d.name > ? ORDER BY d.name LIMIT ?", (parent, after, limit))]
 
     def chunk_at(self, ino: int, index: int) -> Chunk | None:
         row = self.db.execute(
