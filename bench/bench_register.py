@@ -4,7 +4,7 @@
 
 Real processes on 127.0.0.1 (3 MDS, `--servers` chunk servers, 1 MiB chunks),
 with the chunks put in place cheaply instead of written through the network
-(10^6 writes would take hours here):
+(10^6 writes would take hours here; `chunkfs.testing.preload`, shared with the tests):
 
 - **the master's store** is loaded through the state machine's own apply path
   (synthetic committed entries: files of 1,000 chunks, every chunk on every
@@ -44,7 +44,6 @@ import platform
 import re
 import shutil
 import signal
-import stat as statmod
 import sys
 import tempfile
 import time
@@ -60,75 +59,15 @@ from bench_client import metrics_addrs, update_benchmarks  # noqa: E402
 
 from chunkfs.common.daemon import LOG_FILE  # noqa: E402
 from chunkfs.common.errors import ChunkFSError  # noqa: E402
-from chunkfs.cs.chunk_store import CHUNKS_DIR, replica_name  # noqa: E402
-from chunkfs.mds.store import MetadataStore, encode_command  # noqa: E402
-from chunkfs.protocol.messages import ROOT_INO  # noqa: E402
 from chunkfs.testing.cluster import LocalCluster, master_id  # noqa: E402
+from chunkfs.testing.preload import STORE_FILE, applied_index, copy_store, load_chunks, replica_files  # noqa: E402
 
 CHUNK = 1 << 20
-PER_FILE = 1000
-CHECKPOINT_EVERY = 10_000
 #: How long each phase may take before the benchmark gives up (seconds).
 PHASE_LIMIT = 900.0
 _LAG = re.compile(r'^chunkfs_event_loop_lag_seconds_bucket\{le="([^"]+)"\} (\S+)$')
 _STALLS = re.compile(r"^chunkfs_event_loop_stalls_total (\S+)$")
 _LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
-
-
-def load_store(path: Path, n: int, cs_ids: list[int]) -> tuple[int, float]:
-    """N chunks on every server of `cs_ids`, through apply; returns (chunk id before the first, seconds)."""
-    store = MetadataStore(path, CHUNK)
-    try:
-        applied = store.applied_index
-        first = store.last_chunk_id()
-        index = applied
-
-        def apply(op: str, **args: Any) -> Any:
-            nonlocal index
-            index += 1
-            return store.apply(index, 1, encode_command(op, **args))
-
-        started = time.perf_counter()
-        top = apply("mkdir", parent=ROOT_INO, name="bench", mode=0o755, time=1.0)["ino"]
-        apply("set_replicas", ino=top, replicas=len(cs_ids), min_replicas=1, recursive=False)
-        ino = 0
-        for i in range(n):
-            if i % PER_FILE == 0:
-                ino = apply("create", parent=top, name=f"f{i // PER_FILE}", mode=0o644, time=1.0,
-                            exclusive=True)["attr"]["ino"]
-            apply("alloc_chunk", ino=ino, index=i % PER_FILE, replicas=cs_ids)
-            if i % CHECKPOINT_EVERY == 0:
-                store.checkpoint()  # as the MDS does every 2 s: else the write-ahead log grows by ~40 KB an apply
-        seconds = time.perf_counter() - started
-        # The Raft log never saw these entries: the store claims only what the log holds.
-        with store._tx():  # noqa: SLF001 - a benchmark's shortcut, see the module docstring
-            store._set_meta("applied_index", applied)  # noqa: SLF001
-        store.checkpoint()
-        return first, seconds
-    finally:
-        store.close()
-
-
-def replica_files(store_path: Path, after: int, cs_dirs: list[Path]) -> float:
-    """An empty replica file per chunk above `after` in each chunk server's directory; returns seconds."""
-    started = time.perf_counter()
-    store = MetadataStore(store_path, CHUNK)
-    try:
-        last = after
-        while True:
-            rows = store.db.execute("SELECT chunk_id, version FROM chunks WHERE chunk_id > ? ORDER BY chunk_id "
-                                    "LIMIT 10000", (last,)).fetchall()
-            if not rows:
-                break
-            for d in cs_dirs:
-                chunks = d / "data" / CHUNKS_DIR
-                for chunk_id, version in rows:
-                    os.mknod(chunks / f"{chunk_id & 0xFF:02x}" / replica_name(chunk_id, version),
-                             0o600 | statmod.S_IFREG)
-            last = rows[-1][0]
-    finally:
-        store.close()
-    return time.perf_counter() - started
 
 
 def scrape(addr: str) -> dict[str, float]:
@@ -226,16 +165,16 @@ def run(base: Path, n: int, servers: int) -> dict[str, Any]:
         cs_ids = sorted(r["id"] for r in cluster.status() if r["role"] == "cs")
         cluster.stop_all()
         mds = [p for p in cluster.processes if p.role == "mds"]
-        stores = [Path(p.dir) / "metadata.sqlite" for p in mds]
-        newest = max(stores, key=_applied_index)
-        first, out["load_seconds"] = load_store(newest, n, cs_ids)
-        for other in stores:
-            if other != newest:
-                for suffix in ("-wal", "-shm"):
-                    other.with_name(other.name + suffix).unlink(missing_ok=True)
-                shutil.copyfile(newest, other)
+        stores = [Path(p.dir) / STORE_FILE for p in mds]
+        newest = max(stores, key=lambda s: applied_index(s, CHUNK))
+        started = time.perf_counter()
+        first = load_chunks(newest, CHUNK, n, cs_ids)
+        copy_store(newest, stores)
+        out["load_seconds"] = time.perf_counter() - started
         cs_dirs = [Path(p.dir) for p in cluster.processes if p.role == "cs"]
-        out["files_seconds"] = replica_files(newest, first, cs_dirs)
+        started = time.perf_counter()
+        replica_files(newest, CHUNK, first, [d / "data" for d in cs_dirs])
+        out["files_seconds"] = time.perf_counter() - started
         print(f"loaded {n:,} chunks in {out['load_seconds']:.0f} s, {n * servers:,} replica files in "
               f"{out['files_seconds']:.0f} s", flush=True)
         for p in mds:
@@ -260,14 +199,6 @@ def run(base: Path, n: int, servers: int) -> dict[str, Any]:
     finally:
         cluster.stop_all()
     return out
-
-
-def _applied_index(path: Path) -> int:
-    store = MetadataStore(path, CHUNK)
-    try:
-        return store.applied_index
-    finally:
-        store.close()
 
 
 def _master(cluster: LocalCluster) -> int | None:

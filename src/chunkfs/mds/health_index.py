@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -46,6 +47,8 @@ from typing import Any
 from chunkfs.mds.health import ACTIVE, HEALTH_KEYS, OFFLINE, ChunkHealth
 from chunkfs.mds.held_replicas import HeldReplicas
 from chunkfs.mds.store import ChunkRow, MetadataStore
+
+logger = logging.getLogger(__name__)
 
 _INDEX = {key: i for i, key in enumerate(HEALTH_KEYS)}
 #: Chunks judged in one slice of `settle` before the event loop gets a turn (a few milliseconds).
@@ -169,6 +172,8 @@ class ChunkHealthIndex:
             if not recorded and state == ACTIVE and isinstance(held, HeldReplicas):
                 self._dirty.update(held.missing)
             else:
+                if listed.get(cs, 0) >= SLICE:  # a pass worth knowing about when the master is busy
+                    logger.info("chunk health: judging the %d chunks on CS#%d again (now %s)", listed[cs], cs, state)
                 self._pending[cs] = 0
         if self._provisional and unseen != self._unseen:
             self._dirty.update(self._provisional)  # judged while a server now recorded was not
