@@ -38,6 +38,7 @@ removed at the end.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import datetime
 import os
 import platform
@@ -183,9 +184,10 @@ def run(base: Path, n: int, servers: int) -> dict[str, Any]:
         metrics = metrics_addrs(base / "cluster", "mds")
 
         def start_cs() -> None:
-            for p in cluster.processes:
-                if p.role == "cs":
-                    cluster.start("cs", p.id)
+            # All at once, as after a power cut: each waits for its own start-up scan.
+            with concurrent.futures.ThreadPoolExecutor(servers) as pool:
+                list(pool.map(lambda p: cluster.start("cs", p.id), [p for p in cluster.processes if p.role == "cs"]))
+            cluster.save()  # the threads each saved the state file; once more with every PID
 
         out["first"] = phase(cluster, metrics, n, servers, start_cs)
         out["scan"] = [_scan_seconds(d) for d in cs_dirs]

@@ -102,22 +102,34 @@ class HeldReplicas:
 
         Reads at most `limit` chunks of the store: if the range lists more, only
         its start is covered and False is returned — call again (after letting
-        the loop run) until True.  `held` must be ascending.
+        the loop run) until True.  Chunks of `held` at or below the range
+        already covered (reported out of order) are held too.
         """
         if upto <= self.upto:
-            for chunk_id in held:  # reported out of order: held after all
-                self.add(chunk_id)
+            self.take_range(self.upto, [], held)
             return True
         listed = self._listed(self.cs_id, self.upto, upto, limit)
         end = upto if len(listed) < limit else listed[-1]
-        have = {c for c in held if self.upto < c <= end}
+        self.take_range(end, listed, held)
+        return end == upto
+
+    def take_range(self, end: int, listed: list[int], held: Iterable[int]) -> None:
+        """Cover (self.upto, end], where the chunks listing the server are `listed` (read by the caller)."""
+        start = self.upto
+        have: set[int] = set()
+        for chunk_id in held:
+            if chunk_id <= start:
+                self.missing.discard(chunk_id)
+            elif chunk_id <= end:
+                have.add(chunk_id)
+        if end <= start:
+            return
         have.update(c for c in self.added if c <= end)
         for chunk_id in listed:
             if chunk_id not in have:
                 self.missing.add(chunk_id)
         self.added = {c for c in self.added if c > end}
         self.upto = end
-        return end == upto
 
     def fold(self, upto: int) -> None:
         """Cover up to `upto` from the master's own knowledge: chunks there it was not given are not held."""

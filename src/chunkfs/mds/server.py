@@ -820,14 +820,21 @@ class MetadataServer:
         """
         versions = dict(reported)
         ids = sorted(versions)
-        current = self.store.listed_versions(server.cs_id, ids)
-        held = [chunk_id for chunk_id in ids if current.get(chunk_id) == versions[chunk_id]]
-        delete = [chunk_id for chunk_id, version in reported if current.get(chunk_id) != version]
         # Never past the newest chunk: an orphan's id from another cluster's past must not cover the ids of
         # chunks allocated later (those are held only once created there).
         newest = self.store.last_chunk_id()
         upto = newest if last else min(ids[-1] if ids else 0, newest)
-        server.replicas.cover(upto, held, COVER_SLICE)
+        # One index range gives both the versions of the page's chunks and the chunks it did not name.
+        start = server.replicas.upto
+        rows = self.store.listed_range(server.cs_id, start, upto, COVER_SLICE) if upto > start else []
+        end = upto if len(rows) < COVER_SLICE else rows[-1][0]
+        current = dict(rows)
+        outside = [chunk_id for chunk_id in ids if not start < chunk_id <= end]
+        if outside:  # out of order, or past a range that lists many it did not report
+            current.update(self.store.listed_versions(server.cs_id, outside))
+        held = [chunk_id for chunk_id in ids if current.get(chunk_id) == versions[chunk_id]]
+        delete = [chunk_id for chunk_id, version in reported if current.get(chunk_id) != version]
+        server.replicas.take_range(end, [chunk_id for chunk_id, _ in rows], held)
         server.current += len(reported) - len(delete)
         server.stale += len(delete)
         server.pages += 1

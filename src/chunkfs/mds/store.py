@@ -1100,6 +1100,16 @@ class MetadataStore:
             out.update(self.db.execute(query, [cs_id, *part]))
         return out
 
+    def listed_range(self, cs_id: int, after: int, upto: int, limit: int) -> list[tuple[int, int]]:
+        """(chunk id, version) of the chunks that list `cs_id` in (after, upto], ascending, at most `limit`.
+
+        A registration page's check and what it did not name, in one index range.
+        """
+        return self.db.execute(
+            "SELECT r.chunk_id, c.version FROM chunk_replicas r JOIN chunks c ON c.chunk_id = r.chunk_id "
+            "WHERE r.cs_id = ? AND r.chunk_id > ? AND r.chunk_id <= ? ORDER BY r.chunk_id LIMIT ?",
+            (cs_id, after, upto, limit)).fetchall()
+
     def listed_on(self, cs_id: int, after: int, upto: int, limit: int) -> list[int]:
         """Ids of the chunks that list `cs_id` in (after, upto], ascending, at most `limit`: an index range."""
         return [int(r[0]) for r in self.db.execute(
