@@ -38,8 +38,11 @@ from collections.abc import Callable, Iterable
 
 #: Chunks given above the covered range before they are folded into it.
 FOLD_AT = 4096
-#: Discarded ids kept unchecked before the oldest half is checked against the store.
+#: Missing ids kept before the oldest half is checked against the store (the bound doubles with the ids
+#: still listed, so the checks cost O(1) per id missed).
 PRUNE_AT = 4096
+#: Most ids checked at once (a few indexed queries on the event loop).
+PRUNE_SLICE = 8192
 
 #: (cs_id, after, upto, limit) -> ids of chunks listing cs_id with after < id <= upto, ascending, at most limit.
 Listed = Callable[[int, int, int, int], list[int]]
@@ -50,7 +53,8 @@ StillListed = Callable[[int, list[int]], set[int]]
 class HeldReplicas:
     """A set-like view (`in`, `add`, `discard`) of the chunks one chunk server holds, for chunks that list it."""
 
-    __slots__ = ("cs_id", "upto", "missing", "added", "complete", "_suspects", "_listed", "_still_listed")
+    __slots__ = ("cs_id", "upto", "missing", "added", "complete", "_suspects", "_prune_at", "_listed",
+                 "_still_listed")
 
     @classmethod
     def unbacked(cls) -> HeldReplicas:
@@ -65,8 +69,9 @@ class HeldReplicas:
         #: Set once the server has reported every replica: only then may `added` be folded (while it
         #: reports, a chunk above ``upto`` that it was not given may still come in a later page).
         self.complete = False
-        #: Ids `discard` put into `missing`, oldest first: the ones that may stop listing the server.
+        #: Ids in `missing`, oldest first, to check now and then: the chunk may no longer list the server.
         self._suspects: deque[int] = deque()
+        self._prune_at = PRUNE_AT
         self._listed = listed
         self._still_listed = still_listed
 
@@ -92,10 +97,7 @@ class HeldReplicas:
             self.added.discard(chunk_id)
             return
         if chunk_id not in self.missing:
-            self.missing.add(chunk_id)
-            self._suspects.append(chunk_id)
-            if len(self._suspects) >= PRUNE_AT:
-                self._prune(PRUNE_AT // 2)
+            self._miss(chunk_id)
 
     def cover(self, upto: int, held: Iterable[int], limit: int) -> bool:
         """Take the range (self.upto, upto]: of the chunks there that list the server, only `held` are held.
@@ -127,7 +129,7 @@ class HeldReplicas:
         have.update(c for c in self.added if c <= end)
         for chunk_id in listed:
             if chunk_id not in have:
-                self.missing.add(chunk_id)
+                self._miss(chunk_id)
         self.added = {c for c in self.added if c > end}
         self.upto = end
 
@@ -136,11 +138,21 @@ class HeldReplicas:
         while not self.cover(upto, (), 4 * FOLD_AT):
             pass  # bounded by the number of chunks listing the server, 16,384 a step
 
+    def _miss(self, chunk_id: int) -> None:
+        self.missing.add(chunk_id)
+        self._suspects.append(chunk_id)
+        if len(self._suspects) >= self._prune_at:
+            self._prune(min(len(self._suspects) // 2 + 1, PRUNE_SLICE))
+            # Ids still listed go round again: check the next batch only once as many more came in.
+            self._prune_at = max(PRUNE_AT, 2 * len(self._suspects))
+
     def _prune(self, count: int) -> None:
-        """Forget the oldest `count` discarded ids whose chunk no longer lists the server."""
+        """Check the oldest `count` ids of `missing`: forget those whose chunk no longer lists the server."""
         batch = [self._suspects.popleft() for _ in range(min(count, len(self._suspects)))]
         batch = [c for c in batch if c in self.missing]
         still = self._still_listed(self.cs_id, batch)
         for chunk_id in batch:
-            if chunk_id not in still:
+            if chunk_id in still:
+                self._suspects.append(chunk_id)
+            else:
                 self.missing.discard(chunk_id)

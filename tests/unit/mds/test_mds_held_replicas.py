@@ -195,3 +195,19 @@ async def test_a_server_that_lost_its_chunks_is_covered_in_slices_with_the_loop_
     assert not any(c.chunk_id in server.replicas for c in chunks)
     assert server.replicas.missing == {c.chunk_id for c in chunks}
 
+
+
+async def test_ids_missing_at_registration_are_forgotten_once_their_chunks_drop_the_server(
+        master: Master, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(held_replicas, "PRUNE_AT", 8)
+    lost = [master.alloc([CS, 2]) for _ in range(40)]
+    kept = [master.alloc([CS, 2]) for _ in range(200)]
+    server = master.server()
+    await master.register(server, [(c.chunk_id, c.version) for c in kept], page=4096)
+    assert server.replicas.missing == {c.chunk_id for c in lost}
+    for c in lost:  # repaired elsewhere: the chunks no longer list it (no discard on this path)
+        master.apply("set_chunk_replicas", chunk_id=c.chunk_id, replicas=[2, 3])
+    for c in kept:  # later misses make the master look at the older ones again
+        server.replicas.discard(c.chunk_id)
+    assert len(server.replicas.missing & {c.chunk_id for c in lost}) < 8
+    assert all(c.chunk_id not in server.replicas for c in kept)
