@@ -56,10 +56,13 @@ SLICE = 1000
 #: Priorities of work, as in replication.py (0 below MIN ... 3 misplaced).
 PRIORITIES = 4
 #: Seconds after a reset (a new master) during which a server not connected yet is left unrecorded
-#: (taken as active and holding what it lists) instead of recorded as missing: it is expected back
-#: (the master's CS_RECONNECT_GRACE), and recording it would cost a pass over its chunks, and another
-#: when it is back — at 10^6 replicas per server, tens of seconds of the master's loop.
-UNSEEN_GRACE = 10.0
+#: (taken as active and holding what it lists) instead of recorded as missing: it is expected back, and
+#: recording it would cost a pass over its chunks, and another when it is back — at 10^6 replicas per
+#: server, tens of seconds of the master's loop.  Longer than the master's own CS_RECONNECT_GRACE (10 s):
+#: after a cold start of a whole cluster, chunk servers scanning 10^6 replicas each on a busy host took
+#: 15-20 s to be back.  Nothing waits on it: a missing server's chunks are re-created only after
+#: ``cs-offline-timeout`` (300 s by default); only ``stat`` shows them healthy a little longer.
+UNSEEN_GRACE = 30.0
 
 
 def hard_status(listed: int, want: int, minimum: int) -> str:
