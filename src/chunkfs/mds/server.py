@@ -90,8 +90,8 @@ class LiveServer:
     #: The chunks it holds, kept as differences from the store's replica lists (held_replicas.py):
     #: no Python object per replica, so a server with 10^6 of them costs the master next to nothing.
     replicas: HeldReplicas = field(default_factory=HeldReplicas.unbacked)
-    #: Between a paged CS_REGISTER and its last CS_REPORT_REPLICAS: a chunk it has not
-    #: reported yet may still be on it, so nothing is dropped, re-created or placed there.
+    #: From its CS_REGISTER until every page (the last CS_REPORT_REPLICAS) is taken: a chunk it has
+    #: not reported yet may still be on it, so nothing is dropped, re-created or placed there.
     reporting: bool = False
     #: Registration figures, for its event: replicas current, stale or orphaned, pages.
     current: int = 0
