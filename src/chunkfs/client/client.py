@@ -26,6 +26,9 @@ from chunkfs.protocol.tls import node_tls
 
 T = TypeVar("T")
 READDIR_PAGE = 1000
+#: A recursive set-replicas or set-placement is answered once the master has walked the whole subtree,
+#: a page (one commit) at a time: about 250 pages per 10^6 files.  Longer than one request may wait.
+RECURSIVE_TIMEOUT = 600.0
 #: How long `Client.close` waits for its connections to be gone, seconds.
 CLOSE_TIMEOUT = 2.0
 
@@ -276,7 +279,8 @@ class Client:
     async def set_replicas(self, path: str, replicas: int, min_replicas: int, recursive: bool = False) -> int:
         attr = await self.resolve(path)
         reply = await self.mds.call(Msg.SET_REPLICAS, {
-            "ino": attr["ino"], "replicas": replicas, "min_replicas": min_replicas, "recursive": recursive})
+            "ino": attr["ino"], "replicas": replicas, "min_replicas": min_replicas, "recursive": recursive},
+            timeout=RECURSIVE_TIMEOUT if recursive else None)
         return int(reply["changed"])
 
     async def open(self, path: str, create: bool = False, truncate: bool = False) -> File:
@@ -291,7 +295,8 @@ class Client:
         """Set a failure domain or a storage tier on `path` (and below it); the number of items changed."""
         attr = await self.resolve(path)
         reply = await self.mds.call(Msg.SET_PLACEMENT, {
-            "ino": attr["ino"], "failure_domain": domain, "tier": tier, "recursive": recursive})
+            "ino": attr["ino"], "failure_domain": domain, "tier": tier, "recursive": recursive},
+            timeout=RECURSIVE_TIMEOUT if recursive else None)
         return int(reply["changed"])
 
     # -- the cluster ------------------------------------------------------------

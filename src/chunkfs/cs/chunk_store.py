@@ -51,6 +51,8 @@ import re
 import struct
 import tempfile
 import threading
+import time
+from array import array
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -104,6 +106,7 @@ REPLICA_SUFFIX = ".chunk"
 TMP_PREFIX = "."
 TMP_SUFFIX = ".tmp"
 _REPLICA_NAME = re.compile(r"^([0-9a-f]{16})_([0-9a-f]{16})\.chunk$")
+_SUBDIR = re.compile(r"[0-9a-f]{2}")
 
 #: errno values that mean "the disk (or quota) is full".
 _NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -257,42 +260,56 @@ class ChunkStore:
         Leftover temporary files of an interrupted create are removed; if two
         versions of one chunk exist, the highest wins and the others are removed —
         versions only grow, so the lower one is stale by definition.
+
+        Names only, as strings (``os.scandir``), and one dict entry per replica:
+        a directory of 10^6 replicas is read in a few seconds.  A `Path` and a
+        list per file made the scan of 10^6 replicas outlast the 20 s a daemon
+        is given to start listening.
         """
-        found: dict[int, list[tuple[int, Path]]] = {}
-        for sub in sorted(self._chunks_dir.iterdir()):
-            if not sub.is_dir():
-                logger.warning("ignoring unexpected entry %s in the chunk directory", sub)
+        started = time.perf_counter()
+        older: dict[int, list[int]] = {}  # chunk -> versions below the highest, in the rare duplicate case
+        index = self._index
+        for sub in sorted(os.scandir(self._chunks_dir), key=lambda e: e.name):
+            low = _SUBDIR.fullmatch(sub.name)
+            if low is None or not sub.is_dir():
+                logger.warning("ignoring unexpected entry %s in the chunk directory", sub.path)
                 continue
+            low_byte = int(sub.name, 16)
             dirty = False
-            for path in sub.iterdir():
-                name = path.name
-                if name.startswith(TMP_PREFIX) and name.endswith(TMP_SUFFIX):
-                    logger.info("removing leftover temporary file %s", path)
-                    path.unlink(missing_ok=True)
-                    dirty = True
-                    continue
-                m = _REPLICA_NAME.match(name)
-                if m is None:
-                    logger.warning("ignoring unexpected file %s", path)
-                    continue
-                chunk_id, version = int(m.group(1), 16), int(m.group(2), 16)
-                if path.parent != self._dir_for(chunk_id):
-                    logger.warning("ignoring misplaced replica %s (chunk %016x)", path, chunk_id)
-                    continue
-                found.setdefault(chunk_id, []).append((version, path))
+            with os.scandir(sub.path) as entries:
+                for entry in entries:
+                    name = entry.name
+                    m = _REPLICA_NAME.match(name)
+                    if m is None:
+                        if name.startswith(TMP_PREFIX) and name.endswith(TMP_SUFFIX):
+                            logger.info("removing leftover temporary file %s", entry.path)
+                            Path(entry.path).unlink(missing_ok=True)
+                            dirty = True
+                        else:
+                            logger.warning("ignoring unexpected file %s", entry.path)
+                        continue
+                    chunk_id, version = int(m.group(1), 16), int(m.group(2), 16)
+                    if chunk_id & 0xFF != low_byte:
+                        logger.warning("ignoring misplaced replica %s (chunk %016x)", entry.path, chunk_id)
+                        continue
+                    have = index.get(chunk_id)
+                    if have is None:
+                        index[chunk_id] = version
+                    else:
+                        older.setdefault(chunk_id, []).append(min(have, version))
+                        index[chunk_id] = max(have, version)
             if dirty:
-                _fsync_dir(sub)
-        for chunk_id, versions in found.items():
-            versions.sort()
-            keep_version, _ = versions[-1]
-            for version, path in versions[:-1]:
+                _fsync_dir(Path(sub.path))
+        for chunk_id, versions in older.items():
+            keep_version = index[chunk_id]
+            for version in versions:
                 logger.warning(
                     "chunk %016x: removing stale version %d, keeping %d", chunk_id, version, keep_version
                 )
-                path.unlink(missing_ok=True)
-            if len(versions) > 1:
-                _fsync_dir(self._dir_for(chunk_id))
-            self._index[chunk_id] = keep_version
+                self._path_for(chunk_id, version).unlink(missing_ok=True)
+            _fsync_dir(self._dir_for(chunk_id))
+        logger.info("scanned %d replica(s) in %s in %.1f s", len(index), self._chunks_dir,
+                    time.perf_counter() - started)
 
     # ------------------------------------------------------------------ paths
 
@@ -435,6 +452,24 @@ class ChunkStore:
         """(chunk_id, version) of every replica in this directory, sorted by chunk id."""
         with self._lock:
             return sorted(self._index.items())
+
+    def replica_ids(self) -> array[int]:
+        """The chunk ids of every replica here, ascending, 8 bytes each (not a tuple per replica).
+
+        For walks over every replica that take a while (registration, a scrub
+        pass): each step then asks `versions_of` for a page of them, so a
+        replica deleted meanwhile is skipped and a version changed meanwhile is
+        seen as it is.  Sorting 10^6 ids takes about a second: call it off the event loop.
+        """
+        with self._lock:
+            ids = array("Q", self._index)
+        return array("Q", sorted(ids))
+
+    def versions_of(self, chunk_ids: Sequence[int]) -> list[tuple[int, int]]:
+        """(chunk_id, version) of those of `chunk_ids` held here, in the order given."""
+        with self._lock:
+            index = self._index
+            return [(c, v) for c in chunk_ids if (v := index.get(c)) is not None]
 
     def replica_count(self) -> int:
         """How many replicas this directory holds (without listing them)."""

@@ -32,9 +32,9 @@ logger = logging.getLogger(__name__)
 MAX_RETRY_PAUSE = 5.0
 
 
-def replica_pages(replicas: list[tuple[int, int]], size: int = REPLICA_PAGE) -> list[list[tuple[int, int]]]:
-    """Split a replica list into registration pages; an empty list is one empty page."""
-    return [replicas[i:i + size] for i in range(0, len(replicas), size)] or [[]]
+def page_count(count: int, size: int = REPLICA_PAGE) -> int:
+    """How many registration pages `count` replicas take (an empty server sends one empty page)."""
+    return max(1, -(-count // size))
 
 
 class MdsLink:
@@ -93,15 +93,18 @@ class MdsLink:
         self.conn = conn = await connect(addr, self.server.creds, handler=self.server.handle_master)
         store = self.server.store
         total, free = store.space()
-        # Listed once, off the loop: replicas created from now on are given by the master, which knows.
-        replicas = await asyncio.to_thread(store.list_replicas)
-        pages = replica_pages(replicas)
+        # The ids listed once, off the loop, 8 bytes each; each page's versions are read when it is sent.
+        # Replicas created from now on are given by the master, which knows.  In chunk-id order: the
+        # master takes what a page does not name, up to its last id, as not held here.
+        ids = await asyncio.to_thread(store.replica_ids)
+        pages = page_count(len(ids))
+        first = store.versions_of(ids[:REPLICA_PAGE])
         register = {
             "cluster_uuid": self.node.cluster.uuid, "cs_id": self.cs_id, "addr": self.node.addr,
             "host": self.node.host or socket.gethostname(), "total": total, "free": free,
-            "replicas": [list(r) for r in pages[0]], "location": self.node.location, "tier": self.node.tier,
+            "replicas": [list(r) for r in first], "location": self.node.location, "tier": self.node.tier,
         }
-        if len(pages) > 1:
+        if pages > 1:
             register["more"] = True  # sent only when needed, so one page still suits an older master
         reply, _ = await conn.call(Msg.CS_REGISTER, register)
         if reply["cs_id"] != self.cs_id:
@@ -109,14 +112,19 @@ class MdsLink:
             self.node = dataclasses.replace(self.node, node_id=self.cs_id)
             save_node_file(self.server.directory, self.node)
             self.server.creds.node = f"cs{self.cs_id}"
-        stale = _named(pages[0], reply["delete"])
-        for number, page in enumerate(pages[1:], start=2):
+        stale = _named(first, reply["delete"])
+        reported = len(first)
+        for number in range(2, pages + 1):
+            start = (number - 1) * REPLICA_PAGE
+            page = store.versions_of(ids[start:start + REPLICA_PAGE])
             more, _ = await conn.call(Msg.CS_REPORT_REPLICAS, {
-                "cs_id": self.cs_id, "replicas": [list(r) for r in page], "last": number == len(pages)})
+                "cs_id": self.cs_id, "replicas": [list(r) for r in page], "last": number == pages})
             stale += _named(page, more["delete"])
+            reported += len(page)
+        del ids
         logger.info(
             "registered with MDS %s as CS#%d: %d replicas reported in %d page(s), %d stale or orphaned to delete",
-            addr, self.cs_id, len(replicas), len(pages), len(stale),
+            addr, self.cs_id, reported, pages, len(stale),
         )
         self.registered.set()
         if stale:

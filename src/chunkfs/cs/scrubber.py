@@ -76,11 +76,13 @@ class Scrubber:
 
     async def _pass(self) -> None:
         store = self.server.store
-        replicas = store.list_replicas()
+        # Ids only (8 bytes each), sorted off the loop: at 10^6 replicas a list of pairs was ~100 MB kept
+        # for the whole pass, and sorting it held the loop for a second.
+        replicas = await asyncio.to_thread(store.replica_ids)
         logger.info("scrub pass %d over %d replica(s) at %.1f MiB/s", self.passes + 1, len(replicas),
                     self.rate / (1 << 20))
         bad = 0
-        for chunk_id, _ in replicas:
+        for chunk_id in replicas:
             started = time.monotonic()
             try:
                 found = await self.check(chunk_id)

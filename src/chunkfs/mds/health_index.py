@@ -38,19 +38,31 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from chunkfs.mds.health import HEALTH_KEYS, OFFLINE, ChunkHealth
+from chunkfs.mds.health import ACTIVE, HEALTH_KEYS, OFFLINE, ChunkHealth
+from chunkfs.mds.held_replicas import HeldReplicas
 from chunkfs.mds.store import ChunkRow, MetadataStore
+
+logger = logging.getLogger(__name__)
 
 _INDEX = {key: i for i, key in enumerate(HEALTH_KEYS)}
 #: Chunks judged in one slice of `settle` before the event loop gets a turn (a few milliseconds).
 SLICE = 1000
 #: Priorities of work, as in replication.py (0 below MIN ... 3 misplaced).
 PRIORITIES = 4
+#: Seconds after a reset (a new master) during which a server not connected yet is left unrecorded
+#: (taken as active and holding what it lists) instead of recorded as missing: it is expected back, and
+#: recording it would cost a pass over its chunks, and another when it is back — at 10^6 replicas per
+#: server, tens of seconds of the master's loop.  Longer than the master's own CS_RECONNECT_GRACE (10 s):
+#: after a cold start of a whole cluster, chunk servers scanning 10^6 replicas each on a busy host took
+#: 15-20 s to be back.  Nothing waits on it: a missing server's chunks are re-created only after
+#: ``cs-offline-timeout`` (300 s by default); only ``stat`` shows them healthy a little longer.
+UNSEEN_GRACE = 30.0
 
 
 def hard_status(listed: int, want: int, minimum: int) -> str:
@@ -89,6 +101,7 @@ class ChunkHealthIndex:
         self.judge = judge
         self.sense = sense
         self.active = False
+        self.unseen_grace = UNSEEN_GRACE
         self.reset()
 
     def reset(self) -> None:
@@ -105,6 +118,11 @@ class ChunkHealthIndex:
         self._shared: set[int] = set()
         self._priority: dict[int, int] = {}
         self._attention: list[dict[int, None]] = [{} for _ in range(PRIORITIES)]
+        self._since = time.monotonic()
+        #: Servers left unrecorded by the last `observe` (in the grace, or still reporting their replicas).
+        self._unseen: set[int] = set()
+        #: Chunks judged while a server they list was left unrecorded: judged again once it is recorded.
+        self._provisional: set[int] = set()
 
     # -- what may have changed ---------------------------------------------------------
 
@@ -124,16 +142,46 @@ class ChunkHealthIndex:
             self._pending[cs_id] = 0
 
     def observe(self) -> None:
-        """Compare the servers' states and connections with the recorded ones; queue the changed servers."""
+        """Compare the servers' states and connections with the recorded ones; queue the changed servers.
+
+        Two cases skip the pass over a server's chunks that a change costs:
+
+        - a server still reporting its replicas (a registration in pages) keeps
+          the state recorded before: its chunks are judged once, when it has
+          reported them all, not once as "reporting" and again as "active";
+        - a server never recorded since the reset, which is not connected yet
+          within `unseen_grace`, stays unrecorded; and one that then comes back
+          active has only the chunks it does not hold judged (its
+          `HeldReplicas.missing`): for every other chunk listing it, "active and
+          holding" is what the empty index already assumed.
+        """
         states, links = self.sense()
         listed = self.store.replica_counts()
+        in_grace = time.monotonic() - self._since < self.unseen_grace
+        unseen: set[int] = set()
         for cs in set(states) | set(self.states) | set(listed):
             state = states.get(cs, OFFLINE)
             link = links.get(cs)
-            if cs not in self.states or self.states[cs] != state or self._links.get(cs) is not link:
-                self.states[cs] = state
-                self._links[cs] = link
+            recorded = cs in self.states
+            if recorded and self.states[cs] == state and self._links.get(cs) is link:
+                continue
+            if link is not None and getattr(link, "reporting", False) or \
+                    not recorded and link is None and state != OFFLINE and in_grace:
+                unseen.add(cs)
+                continue
+            held = getattr(link, "replicas", None)
+            self.states[cs] = state
+            self._links[cs] = link
+            if not recorded and state == ACTIVE and isinstance(held, HeldReplicas):
+                self._dirty.update(held.missing)
+            else:
+                if listed.get(cs, 0) >= SLICE:  # a pass worth knowing about when the master is busy
+                    logger.info("chunk health: judging the %d chunks on CS#%d again (now %s)", listed[cs], cs, state)
                 self._pending[cs] = 0
+        if self._provisional and unseen != self._unseen:
+            self._dirty.update(self._provisional)  # judged while a server now recorded was not
+            self._provisional.clear()
+        self._unseen = unseen
 
     # -- catching up -----------------------------------------------------------------------
 
@@ -190,6 +238,8 @@ class ChunkHealthIndex:
 
     def _judge(self, row: ChunkRow) -> Verdict:
         chunk_id = row.chunk.chunk_id
+        if self._unseen and not self._unseen.isdisjoint(row.chunk.replicas):
+            self._provisional.add(chunk_id)
         verdict = self.judge(row, self.states)
         hard = _INDEX[hard_status(len(row.chunk.replicas), row.want, row.minimum)]
         self._set_status(chunk_id, hard, _INDEX[verdict.status])

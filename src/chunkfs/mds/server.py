@@ -15,6 +15,7 @@ import logging
 import random
 import sqlite3
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,16 +30,19 @@ from chunkfs.common.errors import (
     ProtocolError,
     Unavailable,
 )
+from chunkfs.common.placement import FAILURE_DOMAINS, MAX_TIER
 from chunkfs.common.secret_files import SecretFiles
 from chunkfs.common.timings import TIMINGS
 from chunkfs.mds.chunks import ReplicaSets
 from chunkfs.mds.cluster_view import ClusterView
+from chunkfs.mds.held_replicas import HeldReplicas
 from chunkfs.mds.leases import LeaseTable
 from chunkfs.mds.metrics import MdsMetrics
 from chunkfs.mds.open_files import OpenFileTable, OrphanReaper
 from chunkfs.mds.replicated_log import ReplicatedLog
 from chunkfs.mds.replication import CS_RECONNECT_GRACE, ReplicationMonitor
-from chunkfs.mds.store import Chunk, MetadataStore, encode_command
+from chunkfs.mds.store import MAX_REPLICAS, Chunk, MetadataStore, encode_command
+from chunkfs.mds.subtree import subtree_pages
 from chunkfs.protocol.mds_link import MdsLink
 from chunkfs.protocol.messages import MAX_BLOCKS, Msg, int_list, int_pairs
 from chunkfs.protocol.rpc import Connection, Credentials, Reply, RpcServer
@@ -64,6 +68,9 @@ PLACEMENT_WAIT = 5.0
 PLACEMENT_POLL = 0.2
 #: At most one "cannot place a chunk" WARNING per this many seconds (many writers fail alike).
 PLACEMENT_WARNING_EVERY = 10.0
+#: Chunks of the store read at most per step while a registration page's range is covered
+#: (HeldReplicas.cover); the loop turns between steps.
+COVER_SLICE = 8192
 
 
 @dataclass(slots=True)
@@ -78,9 +85,11 @@ class LiveServer:
     free: int = 0
     load: int = 0
     last_seen: float = field(default_factory=time.monotonic)
-    replicas: set[int] = field(default_factory=set)
-    #: Between a paged CS_REGISTER and its last CS_REPORT_REPLICAS: a chunk it has not
-    #: reported yet may still be on it, so nothing is dropped, re-created or placed there.
+    #: The chunks it holds, kept as differences from the store's replica lists (held_replicas.py):
+    #: no Python object per replica, so a server with 10^6 of them costs the master next to nothing.
+    replicas: HeldReplicas = field(default_factory=HeldReplicas.unbacked)
+    #: From its CS_REGISTER until every page (the last CS_REPORT_REPLICAS) is taken: a chunk it has
+    #: not reported yet may still be on it, so nothing is dropped, re-created or placed there.
     reporting: bool = False
     #: Registration figures, for its event: replicas current, stale or orphaned, pages.
     current: int = 0
@@ -445,11 +454,28 @@ class MetadataServer:
         return self._parents(h["parent"])
 
     async def _on_set_replicas(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
-        changed = await self._propose(
-            "set_replicas", ino=h["ino"], replicas=h["replicas"], min_replicas=h["min_replicas"],
-            recursive=h["recursive"],
-        )
+        replicas, min_replicas = h["replicas"], h["min_replicas"]
+        if not 1 <= min_replicas <= replicas <= MAX_REPLICAS:
+            raise InvalidArgument(f"replicas must satisfy 1 <= MIN <= N <= {MAX_REPLICAS}")
+        changed = 0
+        async for page in self._pages(h["ino"], h["recursive"]):
+            changed += await self._propose("set_replicas", inos=page, replicas=replicas, min_replicas=min_replicas)
         return {"changed": changed}
+
+    async def _pages(self, ino: int, recursive: bool) -> AsyncIterator[list[int]]:
+        """The inodes a (recursive) attribute change covers, in pages: one replicated command each (subtree.py).
+
+        The caller's proposal of one page is awaited before the next is read,
+        so the loop serves other requests (and the new values are visible)
+        between pages, and no apply walks more than a page.
+        """
+        await self.log.read_barrier()
+        attr = self.store.getattr(ino)
+        if not recursive:
+            yield [ino]
+            return
+        for page in subtree_pages(self.store, ino, attr["type"]):
+            yield page
 
     async def _on_extend(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
         if h["size"] < 0:
@@ -712,8 +738,14 @@ class MetadataServer:
         return {"settings": await self.healing.set_config(h["values"])}
 
     async def _on_set_placement(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
-        changed = await self._propose("set_placement", ino=h["ino"], recursive=h["recursive"],
-                                      domain=h["failure_domain"], tier=h["tier"])
+        domain, tier = h["failure_domain"], h["tier"]
+        if domain is not None and domain not in FAILURE_DOMAINS:
+            raise InvalidArgument(f"failure-domain must be one of {', '.join(FAILURE_DOMAINS)}")
+        if tier is not None and not 0 <= tier <= MAX_TIER:
+            raise InvalidArgument(f"tier must be 0-{MAX_TIER}")
+        changed = 0
+        async for page in self._pages(h["ino"], h["recursive"]):
+            changed += await self._propose("set_placement", inos=page, domain=domain, tier=tier)
         return {"changed": changed}
 
     async def _on_rm_cs(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
@@ -733,13 +765,14 @@ class MetadataServer:
         old = self.live.get(cs_id)
         if old is not None and old.conn is not conn:
             old.conn.close()
-        server = LiveServer(cs_id, h["addr"], h["host"], conn, h["total"], h["free"], reporting=bool(h.get("more")))
-        delete = self._take_replicas(server, reported)
+        server = LiveServer(cs_id, h["addr"], h["host"], conn, h["total"], h["free"], reporting=True,
+                            replicas=HeldReplicas(cs_id, self.store.listed_on, self.store.still_listed))
+        last = not h.get("more")
+        delete, held, upto = self._take_replicas(server, reported, last)
         conn.tag = server
         self.live[cs_id] = server
         self.healing.on_register(cs_id, h.get("location", ""), h.get("tier", 0))
-        if not server.reporting:
-            await self._registered(server)
+        await self._covered(server, held, upto, last)
         return {"cs_id": cs_id, "delete": delete}
 
     async def _on_cs_report_replicas(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
@@ -749,33 +782,60 @@ class MetadataServer:
             raise InvalidArgument("replica report outside a registration: send CS_REGISTER with more=true first")
         if self.live.get(server.cs_id) is not server:
             raise Unavailable(f"CS#{server.cs_id} registered again on another connection")
-        delete = self._take_replicas(server, int_pairs(h["replicas"], "replicas"))
+        reported = int_pairs(h["replicas"], "replicas")
+        delete, held, upto = self._take_replicas(server, reported, h["last"])
         server.last_seen = time.monotonic()
-        if h["last"]:
-            server.reporting = False
-            await self._registered(server)
+        await self._covered(server, held, upto, h["last"])
         return {"delete": delete}
 
-    def _take_replicas(self, server: LiveServer, reported: list[tuple[int, int]]) -> list[int]:
-        """Count one page of reported replicas as held; return the stale or orphaned ones to delete.
+    def _take_replicas(
+        self, server: LiveServer, reported: list[tuple[int, int]], last: bool
+    ) -> tuple[list[int], list[int], int]:
+        """Take one page of reported replicas: (stale or orphaned ones to delete, current ones, the page's end).
 
-        Runs without an await, so nothing changes a chunk between its check and
-        the server's replica set being updated.  A page is at most REPLICA_PAGE
-        pairs: bounded work on the event loop whatever the server holds.
+        The chunk server sends its replicas in chunk-id order, so a page also
+        says what the server does *not* hold: every chunk listing it up to the
+        page's last id (up to the newest chunk, after the last page) that it
+        did not report at the current version.  The first slice of that range
+        is taken here, without an await, so nothing changes a chunk between
+        its check and the server's replicas being updated; `_covered` takes
+        the rest, if any.  A page is at most REPLICA_PAGE pairs and a slice
+        COVER_SLICE chunks: bounded work on the event loop whatever the server holds.
         """
-        current = self.store.chunk_versions([cid for cid, _ in reported])
-        delete: list[int] = []
-        for chunk_id, version in reported:
-            if current.get(chunk_id) == version:
-                chunk = self.store.chunk(chunk_id)
-                if chunk is not None and server.cs_id in chunk.replicas:
-                    server.replicas.add(chunk_id)
-                    continue
-            delete.append(chunk_id)
+        versions = dict(reported)
+        ids = sorted(versions)
+        # Never past the newest chunk: an orphan's id from another cluster's past must not cover the ids of
+        # chunks allocated later (those are held only once created there).
+        newest = self.store.last_chunk_id()
+        upto = newest if last else min(ids[-1] if ids else 0, newest)
+        # One index range gives both the versions of the page's chunks and the chunks it did not name.
+        start = server.replicas.upto
+        rows = self.store.listed_range(server.cs_id, start, upto, COVER_SLICE) if upto > start else []
+        end = upto if len(rows) < COVER_SLICE else rows[-1][0]
+        current = dict(rows)
+        outside = [chunk_id for chunk_id in ids if not start < chunk_id <= end]
+        if outside:  # out of order, or past a range that lists many it did not report
+            current.update(self.store.listed_versions(server.cs_id, outside))
+        held = [chunk_id for chunk_id in ids if current.get(chunk_id) == versions[chunk_id]]
+        delete = [chunk_id for chunk_id, version in reported if current.get(chunk_id) != version]
+        server.replicas.take_range(end, [chunk_id for chunk_id, _ in rows], held)
         server.current += len(reported) - len(delete)
         server.stale += len(delete)
         server.pages += 1
-        return delete
+        return delete, held, upto
+
+    async def _covered(self, server: LiveServer, held: list[int], upto: int, last: bool) -> None:
+        """Cover the rest of a page's range in slices, the loop turning between them (a server that lost
+        many chunks is listed by many it did not report); after the last page, the server is registered."""
+        while server.replicas.upto < upto:
+            await asyncio.sleep(0)
+            if self.live.get(server.cs_id) is not server:
+                raise Unavailable(f"CS#{server.cs_id} registered again on another connection")
+            server.replicas.cover(upto, held, COVER_SLICE)
+        if last:
+            server.replicas.complete = True
+            server.reporting = False
+            await self._registered(server)
 
     async def _registered(self, server: LiveServer) -> None:
         pages = f" in {server.pages} pages" if server.pages > 1 else ""

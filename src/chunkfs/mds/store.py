@@ -143,6 +143,9 @@ CREATE TEMP TRIGGER IF NOT EXISTS touched_placement AFTER INSERT ON main.placeme
     SELECT chunkfs_touched(chunk_id) FROM main.chunks WHERE ino = new.ino;
 END;
 """
+#: A registration page's check: current versions of the page's chunks that list the server (+ "IN (?, ...)").
+_LISTED_VERSIONS = ("SELECT c.chunk_id, c.version FROM chunk_replicas r JOIN chunks c ON c.chunk_id = r.chunk_id "
+                    "WHERE r.cs_id = ? AND r.chunk_id IN")
 #: Answers to clients' changes are kept for retries at most this many log entries (far longer than
 #: any client retries: seconds of work even on a busy cluster), so the table stays bounded.
 ANSWER_WINDOW = 1_000_000
@@ -694,10 +697,23 @@ class MetadataStore:
         return result
 
     def _op_set_replicas(
-        self, term: int, ino: int, replicas: int, min_replicas: int, recursive: bool
+        self, term: int, replicas: int, min_replicas: int, ino: int = 0, recursive: bool = False,
+        inos: list[int] | None = None,
     ) -> int:
+        """Set ``replicas=N:MIN`` on the inodes `inos` (one page of a walk, subtree.py); the number that exist.
+
+        The form with `ino` and `recursive` (the whole subtree in one apply) is
+        what masters proposed before walking in pages: kept so that their log
+        entries apply as they did.
+        """
         if not 1 <= min_replicas <= replicas <= MAX_REPLICAS:
             raise InvalidArgument(f"replicas must satisfy 1 <= MIN <= N <= {MAX_REPLICAS}")
+        if inos is not None:
+            changed = 0
+            for current in inos:
+                changed += self.db.execute("UPDATE inodes SET replicas = ?, min_replicas = ? WHERE ino = ?",
+                                           (replicas, min_replicas, int(current))).rowcount
+            return changed
         self.getattr(ino)
         todo, changed = [ino], 0
         while todo:
@@ -834,27 +850,44 @@ class MetadataStore:
         return self.settings()
 
     def _op_set_placement(
-        self, term: int, ino: int, recursive: bool, domain: str | None = None, tier: int | None = None
+        self, term: int, recursive: bool = False, domain: str | None = None, tier: int | None = None, ino: int = 0,
+        inos: list[int] | None = None,
     ) -> int:
-        """Set `failure-domain=` and/or `tier=` on a file or directory (and, recursively, below it)."""
+        """Set `failure-domain=` and/or `tier=` on the inodes `inos` (one page of a walk, subtree.py).
+
+        The form with `ino` and `recursive` walks the whole subtree in one apply:
+        kept for the log entries of masters from before the walk in pages.
+        """
         if domain is not None and domain not in FAILURE_DOMAINS:
             raise InvalidArgument(f"failure-domain must be one of {', '.join(FAILURE_DOMAINS)}")
         if tier is not None and not 0 <= tier <= MAX_TIER:
             raise InvalidArgument(f"tier must be 0-{MAX_TIER}")
+        if inos is not None:
+            changed = 0
+            for current in inos:
+                try:
+                    attr = self.getattr(int(current))
+                except NotFound:
+                    continue  # removed since the master read the page
+                self._place(attr, domain, tier)
+                changed += 1
+            return changed
         self.getattr(ino)
         todo, changed = [ino], 0
         while todo:
             current = todo.pop()
-            attr = self.getattr(current)
-            self.db.execute("INSERT OR REPLACE INTO placement VALUES (?, ?, ?)", (
-                current, domain if domain is not None else attr["failure_domain"],
-                tier if tier is not None else attr["tier"]))
+            self._place(self.getattr(current), domain, tier)
             changed += 1
             if recursive:
                 todo.extend(
                     row[0] for row in self.db.execute("SELECT ino FROM dentries WHERE parent = ?", (current,))
                 )
         return changed
+
+    def _place(self, attr: dict[str, Any], domain: str | None, tier: int | None) -> None:
+        self.db.execute("INSERT OR REPLACE INTO placement VALUES (?, ?, ?)", (
+            attr["ino"], domain if domain is not None else attr["failure_domain"],
+            tier if tier is not None else attr["tier"]))
 
     def _op_remove_cs(self, term: int, cs_id: int) -> None:
         """Forget a drained chunk server (the master checked that no chunk lists it)."""
@@ -1002,6 +1035,12 @@ class MetadataStore:
             out.append([r[0], attr["ino"], attr["type"], attr])
         return out, len(rows) > limit
 
+    def children_after(self, parent: int, after: bytes, limit: int) -> list[tuple[bytes, int, str, int]]:
+        """(name, inode, type, size) of `parent`'s entries named after `after`, by name: one page of a walk."""
+        return [(bytes(r[0]), int(r[1]), str(r[2]), int(r[3])) for r in self.db.execute(
+            "SELECT d.name, d.ino, i.type, i.size FROM dentries d JOIN inodes i ON i.ino = d.ino "
+            "WHERE d.parent = ? AND d.name > ? ORDER BY d.name LIMIT ?", (parent, after, limit))]
+
     def chunk_at(self, ino: int, index: int) -> Chunk | None:
         row = self.db.execute(
             "SELECT chunk_id, version, replicas FROM chunks WHERE ino = ? AND idx = ?", (ino, index)
@@ -1074,6 +1113,43 @@ class MetadataStore:
             marks = ",".join("?" * len(part))
             for cid, ver in self.db.execute(f"SELECT chunk_id, version FROM chunks WHERE chunk_id IN ({marks})", part):  # noqa: S608
                 out[cid] = ver
+        return out
+
+    def listed_versions(self, cs_id: int, chunk_ids: list[int]) -> dict[int, int]:
+        """Current versions of those of the given chunks that list `cs_id` (a registration page's check)."""
+        out: dict[int, int] = {}
+        for start in range(0, len(chunk_ids), 500):
+            part = chunk_ids[start:start + 500]
+            marks = ",".join("?" * len(part))
+            query = f"{_LISTED_VERSIONS} ({marks})"  # noqa: S608 - only placeholders
+            out.update(self.db.execute(query, [cs_id, *part]))
+        return out
+
+    def listed_range(self, cs_id: int, after: int, upto: int, limit: int) -> list[tuple[int, int]]:
+        """(chunk id, version) of the chunks that list `cs_id` in (after, upto], ascending, at most `limit`.
+
+        A registration page's check and what it did not name, in one index range.
+        """
+        return self.db.execute(
+            "SELECT r.chunk_id, c.version FROM chunk_replicas r JOIN chunks c ON c.chunk_id = r.chunk_id "
+            "WHERE r.cs_id = ? AND r.chunk_id > ? AND r.chunk_id <= ? ORDER BY r.chunk_id LIMIT ?",
+            (cs_id, after, upto, limit)).fetchall()
+
+    def listed_on(self, cs_id: int, after: int, upto: int, limit: int) -> list[int]:
+        """Ids of the chunks that list `cs_id` in (after, upto], ascending, at most `limit`: an index range."""
+        return [int(r[0]) for r in self.db.execute(
+            "SELECT chunk_id FROM chunk_replicas WHERE cs_id = ? AND chunk_id > ? AND chunk_id <= ? "
+            "ORDER BY chunk_id LIMIT ?", (cs_id, after, upto, limit))]
+
+    def still_listed(self, cs_id: int, chunk_ids: list[int]) -> set[int]:
+        """Those of the given chunks that still list `cs_id`."""
+        out: set[int] = set()
+        for start in range(0, len(chunk_ids), 500):
+            part = chunk_ids[start:start + 500]
+            marks = ",".join("?" * len(part))
+            out.update(int(r[0]) for r in self.db.execute(
+                f"SELECT chunk_id FROM chunk_replicas WHERE cs_id = ? AND chunk_id IN ({marks})",  # noqa: S608
+                [cs_id, *part]))
         return out
 
     def chunk_servers(self) -> list[dict[str, Any]]:

@@ -14,7 +14,8 @@ import pytest
 
 from chunkfs.common.errors import ProtocolError, Unavailable
 from chunkfs.cs.chunk_store import ChunkStore
-from chunkfs.cs.mds_link import MdsLink, _named, replica_pages
+from chunkfs.cs.mds_link import MdsLink, _named, page_count
+from chunkfs.mds.held_replicas import HeldReplicas
 from chunkfs.mds.server import LiveServer, MetadataServer
 from chunkfs.mds.store import MetadataStore, encode_command
 from chunkfs.protocol.frame import MAX_HEADER_LEN, encode_header
@@ -59,12 +60,23 @@ def test_page_size_knob_is_bounded(value: str, want: int) -> None:
     assert int(out.stdout) == want
 
 
-@pytest.mark.parametrize(("count", "pages", "last"), [(0, 1, 0), (1, 1, 1), (5, 1, 5), (6, 2, 1), (11, 3, 1)])
-def test_replica_pages(count: int, pages: int, last: int) -> None:
-    replicas = [(i, 1) for i in range(count)]
-    split = replica_pages(replicas, 5)
-    assert len(split) == pages and len(split[-1]) == last
-    assert [r for page in split for r in page] == replicas
+@pytest.mark.parametrize(("count", "pages"), [(0, 1), (1, 1), (5, 1), (6, 2), (11, 3)])
+def test_page_count(count: int, pages: int) -> None:
+    assert page_count(count, 5) == pages
+
+
+def test_cs_lists_ids_in_order_and_versions_as_they_are_now(tmp_path: Path) -> None:
+    store = ChunkStore(tmp_path / "data", 1 << 20)
+    try:
+        for chunk_id in (700, 3, 0x1FF, 42):
+            store.create(chunk_id, 10)
+        ids = store.replica_ids()
+        assert list(ids) == [3, 42, 0x1FF, 700] and ids.itemsize == 8
+        store.delete(42)
+        store.set_version(700, 10, 12)
+        assert store.versions_of(ids[1:]) == [(0x1FF, 10), (700, 12)]  # deleted meanwhile: skipped
+    finally:
+        store.close()
 
 
 async def test_cs_deletes_only_what_it_reported_at_the_version_reported(tmp_path: Path) -> None:
@@ -93,8 +105,9 @@ class FakeMaster:
         self.live: dict[int, LiveServer] = {}
         self._unknown = types.MethodType(MetadataServer._unknown, self)
 
-    def take(self, server: LiveServer, pairs: list[tuple[int, int]]) -> list[int]:
-        return MetadataServer._take_replicas(self, server, pairs)  # type: ignore[arg-type]
+    def take(self, server: LiveServer, pairs: list[tuple[int, int]], last: bool = False) -> list[int]:
+        delete, _held, _upto = MetadataServer._take_replicas(self, server, pairs, last)  # type: ignore[arg-type]
+        return delete
 
     def wait_for_reports(self, chunk: Any, cs_ids: set[int]) -> None:
         MetadataServer._wait_for_reports(self, chunk, cs_ids)  # type: ignore[arg-type]
@@ -113,7 +126,8 @@ def test_master_takes_pages_and_answers_each_pages_stale_replicas(tmp_path: Path
         ino = apply("create", parent=1, name="f", mode=0o644, time=1.0, exclusive=True)["attr"]["ino"]
         chunks = [apply("alloc_chunk", ino=ino, index=i, replicas=[1, 2] if i % 2 else [2, 3]) for i in range(6)]
         master = FakeMaster(store)
-        server = LiveServer(1, "a:1", "h", conn=None, reporting=True)  # type: ignore[arg-type]
+        server = LiveServer(1, "a:1", "h", conn=None, reporting=True,  # type: ignore[arg-type]
+                            replicas=HeldReplicas(1, store.listed_on, store.still_listed))
         master.live[1] = server
         on_1 = [c for c in chunks if 1 in c.replicas]
         # Page 1: a current replica and a stale one (old version); page 2: current, orphan, not listed here.
@@ -123,10 +137,10 @@ def test_master_takes_pages_and_answers_each_pages_stale_replicas(tmp_path: Path
             master.wait_for_reports(on_1[2], {1})
         master.wait_for_reports(on_1[0], {1})  # reported: no wait
         assert master.take(server, [(on_1[2].chunk_id, on_1[2].version), (999, 5), (chunks[0].chunk_id,
-                                    chunks[0].version)]) == [999, chunks[0].chunk_id]
+                                    chunks[0].version)], last=True) == [999, chunks[0].chunk_id]
         server.reporting = False
         master.wait_for_reports(on_1[1], {1})  # reporting over: a missing replica is simply missing
-        assert server.replicas == {on_1[0].chunk_id, on_1[2].chunk_id}
+        assert [c.chunk_id for c in on_1 if c.chunk_id in server.replicas] == [on_1[0].chunk_id, on_1[2].chunk_id]
         assert (server.current, server.stale, server.pages) == (2, 3, 2)
     finally:
         store.close()
@@ -164,7 +178,8 @@ async def test_a_restarted_server_heartbeats_before_its_stale_replicas_are_gone(
 
     srv = RpcServer(creds, master)
     await srv.listen("127.0.0.1:0")
-    store = types.SimpleNamespace(space=lambda: (1, 1), list_replicas=lambda: [(1, 4), (2, 4), (3, 4)],
+    store = types.SimpleNamespace(space=lambda: (1, 1), replica_ids=lambda: [1, 2, 3],
+                                  versions_of=lambda ids: [(c, 4) for c in ids],
                                   replica_count=lambda: 3, delete=slow_delete)
     server = types.SimpleNamespace(
         store=store, creds=Credentials("c", b"s" * 32, "cs", "cs7"), handle_master=None, directory=tmp_path,
