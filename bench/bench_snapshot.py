@@ -109,8 +109,11 @@ async def measure(store: MetadataStore, apply: Applier, directory: Path) -> dict
     started = time.perf_counter()
     copy = directory / "restore.db"
     shutil.copyfile(image, copy)  # the follower keeps the image as its own snapshot, and restores a copy
+    out["restore_copy_s"] = time.perf_counter() - started  # in a worker thread on a follower
+    store.checkpoint()  # as the master's checkpointer does every 2 s
+    started = time.perf_counter()
     store.restore(copy, index)
-    out["restore_s"] = time.perf_counter() - started
+    out["restore_s"] = time.perf_counter() - started  # on the loop
     return out
 
 
@@ -149,7 +152,9 @@ def main() -> int:
         f"{figures['image_mib']:,.0f} | {figures['lag_ms']:.0f} |",
         f"| before: `serialize()` into memory, on the loop | {figures['serialize_s']:.2f} | "
         f"{figures['serialize_mib']:,.0f} | {figures['serialize_s'] * 1000:.0f} (all of it) |",
-        f"| a follower installing the image (restore) | {figures['restore_s']:.2f} | | |",
+        f"| a follower installing the image: copying it (worker thread) | {figures['restore_copy_s']:.2f} | | |",
+        f"| ... then putting the copy in place of its store (on the loop) | {figures['restore_s']:.2f} | | "
+        f"{figures['restore_s'] * 1000:.0f} (all of it) |",
     ])
     print(body)
     if args.record:

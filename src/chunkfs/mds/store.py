@@ -17,6 +17,7 @@ a power cut may roll back the last transactions, which the log replays.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
@@ -268,6 +269,8 @@ class MetadataStore:
         self._touched: list[int] = []
         #: Held while the database files are checkpointed, replaced (restore) or closed.
         self._files_lock = threading.Lock()
+        for suffix in ("", "-wal"):  # a store replaced just before a stop (see `restore`)
+            path.with_name(f"{path.name}{suffix}.old").unlink(missing_ok=True)
         self._open()
         with self._tx():
             if self._meta("applied_index") is None:
@@ -833,8 +836,18 @@ class MetadataStore:
         return index
 
     def restore(self, image: Path, index: int) -> None:
-        """Replace the whole store with a snapshot image taken at log `index` (the file is moved, not copied)."""
+        """Replace the whole store with a snapshot image taken at log `index` (the file is moved, not copied).
+
+        The old database and write-ahead log keep a second name until a worker
+        thread removes them: freeing gigabytes of disk blocks is the file
+        system's work, and it would otherwise be done here, on the event loop.
+        """
+        trash = [self.path.with_name(f"{self.path.name}{suffix}.old") for suffix in ("", "-wal")]
         with self._files_lock:  # not under a checkpoint's feet
+            for name, old in zip(("", "-wal"), trash, strict=True):
+                old.unlink(missing_ok=True)
+                with contextlib.suppress(FileNotFoundError):
+                    os.link(self.path.with_name(self.path.name + name), old)
             self.db.close()
             for suffix in ("-wal", "-shm"):
                 self.path.with_name(self.path.name + suffix).unlink(missing_ok=True)
@@ -842,6 +855,8 @@ class MetadataStore:
             self._open()
         with self._tx():
             self._set_meta("applied_index", max(self.applied_index, index))
+        threading.Thread(target=lambda: [p.unlink(missing_ok=True) for p in trash], daemon=True,
+                         name="drop-old-store").start()
 
     def _op_set_config(self, term: int, values: dict[str, str]) -> dict[str, str]:
         """Cluster settings (checked by the master before proposing); values are text."""
