@@ -36,22 +36,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_client import update_benchmarks  # noqa: E402
 
-from chunkfs.mds.domains import Place, domain_key  # noqa: E402
+from chunkfs.mds.domains import domain_key  # noqa: E402
 from chunkfs.mds.planner import Need, Planner, Server  # noqa: E402
+from chunkfs.testing.racks import racked_servers  # noqa: E402
 
-ROWS, RACKS, PER_RACK = 5, 10, 20
 CHUNK = 256 << 20
-
-
-def cluster(rng: random.Random) -> list[Server]:
-    out = []
-    for row in range(ROWS):
-        for rack in range(RACKS):
-            for k in range(PER_RACK):
-                cs = 1 + (row * RACKS + rack) * PER_RACK + k
-                out.append(Server(Place(cs, f"h{cs}", f"dc.row{row}.rack{rack}", 0,
-                                        (1 << 40) + rng.randrange(1 << 38)), total=2 << 40))
-    return out
 
 
 def racks_of(servers: list[Server]) -> dict[str, list[int]]:
@@ -85,7 +74,7 @@ def plan(servers: list[Server], needs: list[Need], per_server: int | None, max_o
 
 def case_lost_server(count: int, repeat: int) -> list[str]:
     rng = random.Random(5)
-    servers = cluster(rng)
+    servers = racked_servers(rng)
     lost = servers[17].cs_id
     alive = [s for s in servers if s.cs_id != lost]
     needs = lost_server_needs(servers, lost, count, rng)
@@ -101,7 +90,7 @@ def case_lost_server(count: int, repeat: int) -> list[str]:
 
 def case_ten_million(chunks: int) -> list[str]:
     rng = random.Random(6)
-    servers = cluster(rng)
+    servers = racked_servers(rng)
     racks = list(racks_of(servers).values())
     started = time.perf_counter()
     replicas = array("H")

@@ -17,6 +17,7 @@ import pytest
 from chunkfs.mds.domains import Place, domain_key
 from chunkfs.mds.health import INACTIVE
 from chunkfs.mds.planner import Need, Planner, Server, pick_victims, plan_rebalance
+from chunkfs.testing.racks import racked_servers
 
 CHUNK = 64 << 20
 SLOW = os.environ.get("CHUNKFS_SLOW") == "1"
@@ -146,18 +147,6 @@ def test_rebalance_moves_from_fullest_to_emptiest_within_the_band() -> None:
 
 # -- 1,000 servers in racks and rows ------------------------------------------------------------
 
-ROWS, RACKS, PER_RACK = 5, 10, 20  # 1,000 servers
-
-
-def cluster(rng: random.Random) -> list[Server]:
-    out = []
-    for row in range(ROWS):
-        for rack in range(RACKS):
-            for k in range(PER_RACK):
-                cs = 1 + (row * RACKS + rack) * PER_RACK + k
-                out.append(Server(Place(cs, f"h{cs}", f"dc.row{row}.rack{rack}", 0,
-                                        (1 << 40) + rng.randrange(1 << 38)), total=2 << 40))
-    return out
 
 
 def populate(servers: list[Server], chunks: int, rng: random.Random) -> array:
@@ -223,7 +212,7 @@ def check_recovery(servers: list[Server], needs: list[Need], lost: set[int], per
 
 def test_a_thousand_servers_recover_a_lost_server() -> None:
     rng = random.Random(1)
-    servers = cluster(rng)
+    servers = racked_servers(rng)
     replicas = populate(servers, 100_000, rng)
     lost = {17}
     needs = lose(replicas, lost)
@@ -234,7 +223,7 @@ def test_a_thousand_servers_recover_a_lost_server() -> None:
 
 def test_a_thousand_servers_recover_a_lost_rack_and_a_server_elsewhere() -> None:
     rng = random.Random(2)
-    servers = cluster(rng)
+    servers = racked_servers(rng)
     replicas = populate(servers, 30_000, rng)
     lost = set(range(21, 41)) | {500}  # rack 1 of row 0, and one server in another row
     needs = lose(replicas, lost)
@@ -246,7 +235,7 @@ def test_a_thousand_servers_recover_a_lost_rack_and_a_server_elsewhere() -> None
 @pytest.mark.skipif(not SLOW, reason="slow soak test: set CHUNKFS_SLOW=1 to run it")
 def test_a_thousand_servers_ten_million_chunks_lose_a_rack() -> None:
     rng = random.Random(3)
-    servers = cluster(rng)
+    servers = racked_servers(rng)
     replicas = populate(servers, 10_000_000, rng)
     lost = set(range(201, 221))  # a whole rack: about 6 x 10^5 chunks below their goal
     needs = lose(replicas, lost)
