@@ -22,27 +22,17 @@ directory level (its inode and the last name taken), never the subtree.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
+from chunkfs.common.knobs import lowered
+
 #: Children read at most per store query.
 READ_CHILDREN = 256
-
-
-def _walk_page() -> int:
-    """The page weight: 4096, or less from CHUNKFS_WALK_PAGE (a test knob, bounded to 1-4096)."""
-    text = os.environ.get("CHUNKFS_WALK_PAGE", "")
-    try:
-        return max(1, min(4096, int(text))) if text else 4096
-    except ValueError:
-        return 4096
-
-
 #: Most inodes-plus-chunks one page (one replicated command) changes.  About 20-40 ms of apply on this
 #: kind of machine at 4096; CHUNKFS_WALK_PAGE lowers it so tests exercise many pages.
-WALK_PAGE = _walk_page()
+WALK_PAGE = lowered("CHUNKFS_WALK_PAGE", 4096)
 
 
 class Tree(Protocol):
