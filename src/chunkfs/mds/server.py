@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import sqlite3
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from chunkfs.common.addr import parse_addr
-from chunkfs.common.config import NodeConfig
+from chunkfs.common.config import NodeConfig, save_node_file
 from chunkfs.common.errors import (
     ChunkFSError,
     InvalidArgument,
@@ -108,6 +109,7 @@ class MetadataServer:
             directory / "raft", node.node_id, {**dict(node.peers), node.node_id: node.addr}, self.creds,
             bootstrap_voters=(node.node_id,) if node.bootstrap else (),
             on_membership=self._learn_members, on_leader=lambda: self._spawn(self._became_master()),
+            on_lost_log=lambda _peer, what: self._spawn(self.event("error", what)),
         )
         self.raft.routes = dict(node.peer_routes)
         self.log: ReplicatedLog = self.raft
@@ -143,6 +145,11 @@ class MetadataServer:
             apply=store.apply, applied_index=lambda: store.applied_index, snapshot_to=store.snapshot_to,
             restore=store.restore,
         ))
+        if self.node.bootstrap:
+            # The group exists from now on: if this member's log is ever lost, it must not found
+            # a new group of its own on its next start (it waits to be told by the others instead).
+            self.node = dataclasses.replace(self.node, bootstrap=False)
+            save_node_file(self.directory, self.node)
         self._learn_members()
         await self.rpc.start_serving()
         self._spawn(self.view.run())
@@ -167,8 +174,17 @@ class MetadataServer:
                 logger.debug("checkpoint copied %d of %d log frames; the rest next time", copied, frames)
 
     def _learn_members(self) -> None:
-        """Peers' addresses come from the replicated member table (and node.json until it has them)."""
-        self.raft.addrs.update(self.store.mds_members())
+        """Peers' addresses come from the replicated member table (and node.json until it has them).
+
+        node.json follows the table: a member whose store is lost (a wiped data
+        directory) still knows whom to answer and ask on its next start.
+        """
+        members = self.store.mds_members()
+        self.raft.addrs.update(members)
+        peers = tuple(sorted(members.items()))
+        if members and peers != self.node.peers:
+            self.node = dataclasses.replace(self.node, peers=peers)
+            save_node_file(self.directory, self.node)
 
     async def _became_master(self) -> None:
         self._master_since = time.monotonic()

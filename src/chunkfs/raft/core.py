@@ -503,6 +503,8 @@ class RaftCore:
         self._quiet_ticks = self.election_timeout if start_quiet else 0
         self._votes: dict[int, bool] = {}
         self._progress: dict[int, Progress] = {}
+        #: Members whose log lost entries they had acknowledged to this leader (see the driver).
+        self.lost_logs: set[int] = set()
         self._pending_conf_index = 0
         self._transferee = NONE
         self._transfer_elapsed = 0
@@ -643,6 +645,11 @@ class RaftCore:
         else:
             self._send_append(to)
         return True
+
+    def take_lost_logs(self) -> set[int]:
+        """Members found to have lost entries they acknowledged (once each time it is found)."""
+        lost, self.lost_logs = self.lost_logs, set()
+        return lost
 
     def report_snapshot(self, peer: int, *, failed: bool) -> None:
         """The driver's news of the snapshot it is sending to `peer`.
@@ -1116,6 +1123,12 @@ class RaftCore:
         else:
             if m.index < pr.match:
                 return  # stale rejection
+            if m.hint < pr.match:
+                # Its log ends before entries it acknowledged: it lost them (a wiped or restored data
+                # directory). Raft counts on what a member acknowledged staying on its disk, so it is
+                # not fed again from further back; only heartbeats go on, not a resend per refusal.
+                self.lost_logs.add(m.src)
+                return
             pr.next = max(pr.match + 1, min(m.hint + 1, m.index))
             self._send_append(m.src)
 

@@ -79,6 +79,8 @@ SEND_TIMEOUT = 5.0
 #: After a failed snapshot transfer, wait this long before the next (doubling up to the max).
 SNAPSHOT_RETRY = 0.5
 SNAPSHOT_RETRY_MAX = 8.0
+#: A member that lost its log is reported at most this often (seconds).
+LOST_LOG_REPORT_EVERY = 60.0
 
 ApplyFn = Callable[[int, int, bytes], Any]
 
@@ -240,6 +242,7 @@ class RaftLog:
         bootstrap_voters: tuple[int, ...] = (),
         on_membership: Callable[[], None] | None = None,
         on_leader: Callable[[], None] | None = None,
+        on_lost_log: Callable[[int, str], None] | None = None,
     ) -> None:
         self.directory = directory
         self.node_id = node_id
@@ -250,6 +253,9 @@ class RaftLog:
         self.bootstrap_voters = bootstrap_voters
         self.on_membership = on_membership
         self.on_leader = on_leader
+        #: Told (member id, what to do) when a member lost log entries it had acknowledged.
+        self.on_lost_log = on_lost_log
+        self._lost_reported: dict[int, float] = {}
         self.core: RaftCore | None = None
         self.storage: LogStorage | None = None
         self.sm: StateMachine | None = None
@@ -558,6 +564,7 @@ class RaftLog:
                     self._fail_reads()
                 elif self.on_leader is not None:
                     self.on_leader()
+            self._report_lost_logs(core.take_lost_logs())
             await self._maybe_compact(storage)
 
     async def _persist(self, storage: LogStorage, rd: Ready) -> None:
@@ -598,6 +605,26 @@ class RaftLog:
             # from the master, and the store knows what it applied (2 fsyncs saved
             # on every batch).
             await asyncio.to_thread(storage.set_hard_state, hs)
+
+    def _report_lost_logs(self, lost: set[int]) -> None:
+        """Say what to do about a member whose data directory was wiped or replaced by an old copy.
+
+        It cannot rejoin as it is: it may have voted, and acknowledged entries,
+        that it no longer remembers.  The way back is to remove it and add a
+        new member (which gets everything from the master).
+        """
+        now = time.monotonic()
+        for peer in sorted(lost):
+            if now - self._lost_reported.get(peer, -LOST_LOG_REPORT_EVERY) < LOST_LOG_REPORT_EVERY:
+                continue
+            self._lost_reported[peer] = now
+            what = (f"MDS#{peer} at {self.addrs.get(peer, '?')} lost log entries it had acknowledged (its data "
+                    f"directory was wiped or restored from an old copy): it cannot rejoin as it is; remove it with "
+                    f"`chunkfs rm-mds {peer}` and add a new one with `chunkfs make-mds`")
+            if self.on_lost_log is not None:
+                self.on_lost_log(peer, what)  # the metadata server logs it as a cluster event
+            else:
+                logger.error("raft: %s", what)
 
     async def _restore(self, image: Path, index: int) -> None:
         """The state machine takes a copy of the image (the image stays this member's snapshot)."""

@@ -262,6 +262,22 @@ def test_after_the_snapshot_is_installed_entries_flow_again() -> None:
     assert leader.match_indexes()[3] == idx
 
 
+def test_a_follower_that_lost_acknowledged_entries_is_named_once_found() -> None:
+    nodes = cluster()
+    elect(nodes, 1)
+    for i in range(5):
+        nodes[1].propose(b"%d" % i)
+    pump(nodes)
+    assert nodes[1].take_lost_logs() == set()
+    nodes[3] = make(3)  # its data directory wiped: an empty log, same id
+    nodes[1].propose(b"after")
+    for _ in range(3):
+        nodes[1].tick()
+        pump(nodes)
+    assert nodes[1].take_lost_logs() == {3}
+    assert nodes[1].take_lost_logs() == set()  # said once per finding
+
+
 def test_malformed_messages_raise_protocol_error() -> None:
     good = AppendRequest(1, 2, 3, 4, 2, (Entry(3, 5, EntryKind.NORMAL, b"x"),), 4, 1).to_dict()
     for bad in (

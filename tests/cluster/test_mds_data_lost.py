@@ -1,0 +1,63 @@
+"""A metadata server whose data directory was wiped: the master says what to do, and the founder founds nothing."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import signal
+from pathlib import Path
+
+from chunkfs.common.config import load_node
+from chunkfs.common.errors import ChunkFSError
+from chunkfs.testing.cluster import master_id, wait_for
+
+
+def _wipe(node_dir: Path) -> None:
+    """What an operator's slip does: everything but the node's identity (node.json, secret) is gone."""
+    for p in node_dir.iterdir():
+        if p.name in ("node.json", "secret"):
+            continue
+        if p.is_dir():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+
+
+def _quietly(check):  # a request may meet the wiped member, whose redirect is followed next time
+    def run():
+        with contextlib.suppress(ChunkFSError):
+            return check()
+        return None
+    return run
+
+
+def test_a_wiped_founder_is_named_with_what_to_do_and_founds_no_new_group(make_cluster) -> None:
+    cluster = make_cluster(n_cs=1, n_mds=3)
+    founder = Path(cluster.find("mds", 1).dir)
+    with cluster.client() as c:
+        c.client.mds.retry_for = 30.0
+        for i in range(20):
+            c.mkdir(f"/d{i}")
+        assert not load_node(founder)[0].bootstrap  # founded once, never again
+        if master_id(c) == 1:  # let another lead, with MDS#1 a follower it has heard from
+            cluster.kill("mds", 1, signal.SIGKILL)
+            wait_for("a new master", _quietly(lambda: master_id(c) != 1), timeout=30)
+            cluster.start("mds", 1)
+            c.mkdir("/while-mds1-follows")
+
+        def in_step() -> bool:  # the master's view: MDS#1 acknowledged everything it has
+            by_id = {m["id"]: m for m in c.cluster_stat()["mds"]}
+            master = next(m for m in by_id.values() if m["role"] == "master")
+            return by_id[1]["role"] == "follower" and by_id[1]["commit"] >= master["commit"] > 0
+        wait_for("MDS#1 to follow in step", _quietly(in_step), timeout=30)
+        cluster.kill("mds", 1, signal.SIGTERM)
+        _wipe(founder)
+        cluster.start("mds", 1)
+        c.mkdir("/after")  # the others go on
+        wait_for("an event naming MDS#1 with the commands that fix it", _quietly(lambda: any(
+            "MDS#1 " in e["message"] and "chunkfs rm-mds 1" in e["message"] for e in c.events())), timeout=30)
+        masters = [m["id"] for m in c.cluster_stat()["mds"] if m["role"] == "master"]
+        assert len(masters) == 1 and masters[0] != 1, masters
+        assert "after" in [name for name, _ino, _type in c.listdir("/")]
+    log = (founder / "daemon.log").read_text()
+    assert "is now the master" not in log, log[-2000:]  # it did not found a group of its own
