@@ -104,14 +104,12 @@ class Client:
 
     async def create_at(
         self, parent: int, name: str | bytes, mode: int = 0o644, exclusive: bool = False, *,
-        session: str | None = None, truncate: bool = False, gen: int = 0,
+        session: str | None = None, truncate: bool = False,
     ) -> dict[str, Any]:
-        """Create a file (or, not `exclusive`, open the one there); `session`: a mount holds it open
-        (`gen`: the number of this registration, see `release_ino`)."""
+        """Create a file (or, not `exclusive`, open the one there); `session`: a mount holds it open."""
         header: dict[str, Any] = {"parent": parent, "name": to_bytes(name), "mode": mode, "exclusive": exclusive}
         if session is not None:
             header["session"] = session
-            header["gen"] = gen
         if truncate:
             header["truncate"] = True
         attr = (await self._change(Msg.CREATE, header))["attr"]
@@ -145,23 +143,16 @@ class Client:
 
     # -- open files (the mount) ----------------------------------------------
 
-    async def open_ino(self, ino: int, session: str, truncate: bool = False, gen: int = 0) -> dict[str, Any]:
-        """Register `ino` as open by a mount's `session` (it outlives an unlink until released); its attributes.
-
-        `gen` numbers the mount's registrations, increasing (see `release_ino`).
-        """
-        attr = (await self.mds.call(Msg.OPEN, {"ino": ino, "session": session, "truncate": truncate,
-                                               "gen": gen}))["attr"]
+    async def open_ino(self, ino: int, session: str, truncate: bool = False) -> dict[str, Any]:
+        """Register `ino` as open by a mount's `session` (it outlives an unlink until released); its attributes."""
+        attr = (await self.mds.call(Msg.OPEN, {"ino": ino, "session": session, "truncate": truncate}))["attr"]
         if truncate:
             self.io.forget(ino)
         return attr
 
-    async def release_ino(self, ino: int, session: str, gen: int | None = None) -> None:
-        """The mount's last close of `ino`, ending its registrations up to number `gen` (all if None)."""
-        header: dict[str, Any] = {"ino": ino, "session": session}
-        if gen is not None:
-            header["gen"] = gen
-        await self.mds.call(Msg.RELEASE, header)
+    async def release_ino(self, ino: int, session: str) -> None:
+        """The mount's last close of `ino`."""
+        await self.mds.call(Msg.RELEASE, {"ino": ino, "session": session})
 
     async def renew_session(self, session: str, open_inos: list[int]) -> bool:
         """Keep a mount's session alive, (re-)registering `open_inos`; False if the master did not know it."""

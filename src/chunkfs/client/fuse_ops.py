@@ -215,8 +215,6 @@ class OpenFile:
     lease_until: float = 0.0
     #: Why the lease was lost (another mount holds it now); writes fail until the file is reopened.
     lease_lost: str = ""
-    #: Number of this mount's latest registration of the inode with the master (its release ends it).
-    registered: int = 0
 
 
 @dataclass(slots=True)
@@ -246,12 +244,8 @@ class ChunkFSOperations(pyfuse3.Operations):
         #: Who holds this mount's open files on the master (open_files.py); unique per mount process.
         self.session = f"{client.creds.node}/{os.urandom(4).hex()}"
         self._session_keeper: asyncio.Task[None] | None = None
-        #: Inodes closed here whose release the master has not confirmed, with their registration number.
-        self._unreleased: dict[int, int] = {}
-        #: Numbers this mount's registrations of open files (OPEN, CREATE): see `release`.
-        self._registrations = itertools.count(1)
-        #: Releases on their way to the master (a close does not wait for them).
-        self._releasing: set[asyncio.Task[None]] = set()
+        #: Inodes closed here whose release the master has not confirmed.
+        self._unreleased: set[int] = set()
         self._fh = itertools.count(1)
         self.files: dict[int, OpenFile] = {}  # by inode
         self.handles: dict[int, OpenFile] = {}  # by file handle
@@ -385,17 +379,16 @@ class ChunkFSOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EPERM)
         check_name_length(name)
         truncate = bool(flags & os.O_TRUNC)
-        registered = next(self._registrations)
         attr = await self.client.create_at(
             parent_inode, name, statmod.S_IMODE(mode), exclusive=bool(flags & os.O_EXCL),
-            session=self.session, truncate=truncate, gen=registered,
+            session=self.session, truncate=truncate,
         )
         if attr["type"] != "f":
             raise pyfuse3.FUSEError(errno.EISDIR)
         if truncate:
             self._truncated(attr["ino"], attr["size"], attr["mtime_ns"])
         lease = await self._lease(attr["ino"], flags)
-        fi = self._open(attr, flags, registered)
+        fi = self._open(attr, flags)
         self._leased(attr["ino"], lease)
         return fi, self._entry(attr)
 
@@ -524,7 +517,7 @@ class ChunkFSOperations(pyfuse3.Operations):
 
     # -- files -----------------------------------------------------------------
 
-    def _open(self, attr: dict[str, Any], flags: int, registered: int = 0) -> pyfuse3.FileInfo:
+    def _open(self, attr: dict[str, Any], flags: int) -> pyfuse3.FileInfo:
         ino = attr["ino"]
         of = self.files.get(ino)
         if of is None:
@@ -532,7 +525,6 @@ class ChunkFSOperations(pyfuse3.Operations):
         elif not of.dirty:
             of.size, of.mtime_ns = attr["size"], attr["mtime_ns"]
         of.refs += 1
-        of.registered = max(of.registered, registered)
         if self._session_keeper is None:
             self._session_keeper = asyncio.get_running_loop().create_task(self._keep_session())
         fh = next(self._fh)
@@ -546,20 +538,18 @@ class ChunkFSOperations(pyfuse3.Operations):
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         of = self.files.get(inode)
         truncate = bool(flags & os.O_TRUNC)
-        registered = 0
         if of is not None and of.dirty and not truncate:
             attr = {"ino": inode, "size": of.size, "mtime_ns": of.mtime_ns}  # already held open by this mount
         else:
             # Close-to-open: a file opened here sees what other mounts closed.  The
             # master holds the file for this mount from now on (and truncates it for O_TRUNC).
-            registered = next(self._registrations)
-            attr = await self.client.open_ino(inode, self.session, truncate, registered)
+            attr = await self.client.open_ino(inode, self.session, truncate)
             if attr["type"] == "d":
                 raise pyfuse3.FUSEError(errno.EISDIR)
             if truncate:
                 self._truncated(inode, attr["size"], attr["mtime_ns"])
         lease = await self._lease(inode, flags)
-        fi = self._open(attr, flags, registered)
+        fi = self._open(attr, flags)
         self._leased(inode, lease)
         return fi
 
@@ -641,8 +631,8 @@ class ChunkFSOperations(pyfuse3.Operations):
                                 self.session, len(held))
             except ChunkFSError as exc:
                 logger.warning("could not renew mount session %s (%s); retrying", self.session, exc)
-            for ino, registered in [(i, r) for i, r in self._unreleased.items() if i not in self.files]:
-                await self._release_ino(ino, registered)
+            for ino in [i for i in self._unreleased if i not in self.files]:
+                await self._release_ino(ino)
             await asyncio.sleep(SESSION_TTL / 4)
 
     async def close(self) -> None:
@@ -652,9 +642,9 @@ class ChunkFSOperations(pyfuse3.Operations):
         if self._renewer is not None:
             self._renewer.cancel()
         held = [self._release_lease(of) for of in list(self.files.values())]
-        # Bounded: with the master unreachable, the leases simply expire (and the session).
+        # Bounded: with the master unreachable, the leases simply expire.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*held, *self._releasing), LEASE_TTL / 2)
+            await asyncio.wait_for(asyncio.gather(*held), LEASE_TTL / 2)
 
     def _handle(self, fh: int) -> OpenFile:
         of = self.handles.get(fh)
@@ -717,21 +707,16 @@ class ChunkFSOperations(pyfuse3.Operations):
             if of.refs <= 0 and self.files.get(of.ino) is of and not of.dirty:
                 del self.files[of.ino]
                 await self._release_lease(of)
-                # The close need not wait for the master (a round trip of every small file's
-                # create or copy): the release names its registration, so one served after
-                # this mount's next open of the file leaves that open in place.
-                task = asyncio.get_running_loop().create_task(self._release_ino(of.ino, of.registered))
-                self._releasing.add(task)
-                task.add_done_callback(self._releasing.discard)
+                await self._release_ino(of.ino)
 
-    async def _release_ino(self, ino: int, registered: int) -> None:
+    async def _release_ino(self, ino: int) -> None:
         try:
-            await self.client.release_ino(ino, self.session, registered)
-            self._unreleased.pop(ino, None)
+            await self.client.release_ino(ino, self.session)
+            self._unreleased.discard(ino)
         except ChunkFSError as exc:
             # Until released, an unlinked file keeps its space: the session keeper tries again.
             logger.info("could not release inode %d on the master (%s); retrying", ino, exc)
-            self._unreleased[ino] = registered
+            self._unreleased.add(ino)
 
     # -- the file system -------------------------------------------------------
 

@@ -59,8 +59,7 @@ class OpenFileTable:
         self.clock = clock
         #: session -> expiry on `clock`
         self.sessions: dict[str, float] = {}
-        #: session -> {inode: generation of its latest registration}
-        self.opens: dict[str, dict[int, int]] = {}
+        self.opens: dict[str, set[int]] = {}
         #: inode -> sessions that hold it
         self.holders: dict[int, set[str]] = {}
         self.freeing: set[int] = set()
@@ -90,33 +89,22 @@ class OpenFileTable:
             if len(self.sessions) >= MAX_SESSIONS:
                 raise Unavailable(f"too many mount sessions ({MAX_SESSIONS}); retry later")
         self.sessions[session] = self.clock() + self.ttl
-        self.opens.setdefault(session, {})
+        self.opens.setdefault(session, set())
         return known
 
-    def open(self, session: str, ino: int, gen: int = 0) -> None:
-        """Hold `ino` for `session`; `gen` numbers the mount's registrations (see `release`)."""
+    def open(self, session: str, ino: int) -> None:
         if ino in self.freeing:
             raise NotFound(f"inode {ino} does not exist")
         self.renew(session)
         held = self.opens[session]
         if ino not in held and len(held) >= MAX_OPEN_PER_SESSION:
             raise Unavailable(f"session {session} holds {MAX_OPEN_PER_SESSION} open files; close some")
-        held[ino] = max(held.get(ino, 0), gen)
+        held.add(ino)
         self.holders.setdefault(ino, set()).add(session)
 
-    def release(self, session: str, ino: int, gen: int | None = None) -> bool:
-        """Drop one session's hold; True if nobody holds `ino` any more.
-
-        A mount sends its last close without waiting for the answer, so the
-        release may be served after the same mount's next open of that inode
-        (the master serves requests concurrently).  The release names the
-        generation of the last registration it ends: a later one (a higher
-        generation) keeps the hold.
-        """
-        held = self.opens.get(session, {})
-        if gen is not None and held.get(ino, 0) > gen:
-            return False
-        held.pop(ino, None)
+    def release(self, session: str, ino: int) -> bool:
+        """Drop one session's hold; True if nobody holds `ino` any more."""
+        self.opens.get(session, set()).discard(ino)
         holders = self.holders.get(ino)
         if holders is not None:
             holders.discard(session)
@@ -132,7 +120,7 @@ class OpenFileTable:
             logger.warning("mount session %s expired (not renewed for %.0f s): its open files are released",
                            session, self.ttl)
             del self.sessions[session]
-            for ino in self.opens.pop(session, {}):
+            for ino in self.opens.pop(session, set()):
                 if self.release(session, ino):
                     freed.append(ino)
         return freed

@@ -378,7 +378,7 @@ class MetadataServer:
         self._delete_replicas(result["dropped"])
         attr = result["attr"]
         if h.get("session"):
-            attr = self._register_open(h["session"], attr["ino"], h.get("gen", 0))
+            attr = self._register_open(h["session"], attr["ino"])
         return {"attr": attr, **self._parents(h["parent"])}
 
     async def _on_symlink(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
@@ -400,17 +400,17 @@ class MetadataServer:
             await self._setattr(ino, {"size": 0}, self._once(h))
         else:
             await self.log.read_barrier()
-        return {"attr": self._register_open(h["session"], ino, h.get("gen", 0))}
+        return {"attr": self._register_open(h["session"], ino)}
 
-    def _register_open(self, session: str, ino: int, gen: int) -> dict[str, Any]:
+    def _register_open(self, session: str, ino: int) -> dict[str, Any]:
         """Hold `ino` open for `session`: read and register with no await between (see open_files.py)."""
         attr = self.store.getattr(ino)
         if attr["type"] == "f":
-            self.open_files.open(session, ino, gen)
+            self.open_files.open(session, ino)
         return attr
 
     async def _on_release(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
-        if self.open_files.release(h["session"], h["ino"], h.get("gen")):
+        if self.open_files.release(h["session"], h["ino"]):
             self.reaper.consider(h["ino"])
         return {}
 

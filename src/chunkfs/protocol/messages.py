@@ -170,17 +170,14 @@ SPECS: dict[Msg, MessageSpec] = {
     # `truncate` cuts an existing file to size 0 (O_TRUNC).
     Msg.CREATE: MessageSpec(
         (*_ENTRY, f("mode", int), f("exclusive", bool), f("session", str, optional=True),
-         f("truncate", bool, optional=True), f("gen", int, optional=True), *_ONCE),
+         f("truncate", bool, optional=True), *_ONCE),
         (*_ATTR, *_PARENTS),
     ),
     # A mount opens a file: the master registers it as held by the mount's session (an unlinked
     # file lives on while held) and answers its attributes; `truncate` is O_TRUNC.
-    # `gen` numbers a mount's registrations of open files; a RELEASE names the last one it ends, and
-    # leaves a later one in place (a mount does not wait for the answer to its last close).
-    Msg.OPEN: MessageSpec((f("ino", int), f("session", str), f("truncate", bool), f("gen", int, optional=True),
-                           *_ONCE), _ATTR),
+    Msg.OPEN: MessageSpec((f("ino", int), f("session", str), f("truncate", bool), *_ONCE), _ATTR),
     # The mount's last close of a file.
-    Msg.RELEASE: MessageSpec((f("ino", int), f("session", str), f("gen", int, optional=True)), ()),
+    Msg.RELEASE: MessageSpec((f("ino", int), f("session", str)), ()),
     # A mount's session renewal, with inodes it holds open (re-sent in pages when the
     # master answers known=False: a new master, or a session that had expired).
     Msg.SESSION: MessageSpec((f("session", str), f("open", list)), (f("known", bool),)),

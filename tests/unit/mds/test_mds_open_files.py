@@ -31,19 +31,6 @@ def test_held_until_the_last_session_releases() -> None:
     assert t.release("C", 8) is True  # never held
 
 
-def test_a_release_served_after_the_next_open_leaves_that_open_in_place() -> None:
-    """A mount does not wait for its last close's answer: the master may serve it after a new open."""
-    t = OpenFileTable(ttl=10, clock=Clock())
-    t.open("A", 7, gen=1)
-    t.open("A", 7, gen=2)  # reopened before the release of registration 1 arrived
-    assert t.release("A", 7, gen=1) is False and t.held(7)
-    assert t.release("A", 7, gen=2) is True and not t.held(7)
-    t.open("A", 8, gen=3)
-    t.open("A", 8)  # a session re-sent after a new master: no number, keeps the one it had
-    assert t.release("A", 8, gen=2) is False
-    assert t.release("A", 8) is True  # no number: ends every registration
-
-
 def test_expired_session_releases_what_it_held() -> None:
     clock = Clock()
     t = OpenFileTable(ttl=10, clock=clock)
