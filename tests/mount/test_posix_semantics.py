@@ -84,6 +84,24 @@ def test_open_unlinked_file_lives_until_last_close(make_cluster, mount) -> None:
     wait_for("the unlinked file's chunks to be freed", lambda: chunk_count(cluster) == base + 1, timeout=30)
 
 
+def test_a_file_closed_reopened_and_unlinked_at_once_stays_readable(make_cluster, mount) -> None:
+    """The last close's release and the next open of the same file reach the master in that order."""
+    cluster = make_cluster(n_cs=3, chunk_size=1 * MiB)
+    mnt = mount(cluster)
+    for i in range(150):
+        path, data = mnt / f"f{i}", b"%d" % i * 1000
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.write(fd, data)
+        os.close(fd)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.unlink(path)  # the file lives on, held by this open
+            assert os.pread(fd, len(data) + 1, 0) == data, i
+        finally:
+            os.close(fd)
+    assert os.listdir(mnt) == []
+
+
 def test_file_replaced_by_rename_while_open(make_cluster, mount) -> None:
     cluster = make_cluster(n_cs=3)
     mnt = mount(cluster)
