@@ -18,10 +18,12 @@ import mmap
 import os
 import platform
 import random
+import re
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
@@ -154,6 +156,26 @@ def metrics_addrs(base: Path, role: str | None = None) -> dict[str, str]:
         node = json.loads(path.read_text())
         if node.get("metrics_addr") and role in (None, node.get("role")):
             out[path.parent.name] = node["metrics_addr"]
+    return out
+
+
+_LAG_BUCKET = re.compile(r'^chunkfs_event_loop_lag_seconds_bucket\{le="([^"]+)"\} (\S+)$')
+_PLAIN_SAMPLE = re.compile(r"^(chunkfs_[a-z_]+) (\S+)$")
+
+
+def scrape_metrics(addr: str) -> dict[str, float]:
+    """One daemon's /metrics ({} if it does not answer): the loop-lag histogram's buckets as "le X"
+    keys, and every sample without labels under its metric name (stalls, Raft indexes, ...)."""
+    try:
+        text = urllib.request.urlopen(f"http://{addr}/metrics", timeout=10).read().decode()  # noqa: S310
+    except OSError:
+        return {}
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if m := _LAG_BUCKET.match(line):
+            out[f"le {m.group(1)}"] = float(m.group(2))
+        elif m := _PLAIN_SAMPLE.match(line):
+            out[m.group(1)] = float(m.group(2))
     return out
 
 

@@ -48,7 +48,6 @@ import signal
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +55,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_client import metrics_addrs, update_benchmarks  # noqa: E402
+from bench_client import metrics_addrs, scrape_metrics, update_benchmarks  # noqa: E402
 
 from chunkfs.common.daemon import LOG_FILE  # noqa: E402
 from chunkfs.common.errors import ChunkFSError  # noqa: E402
@@ -66,24 +65,7 @@ from chunkfs.testing.preload import STORE_FILE, applied_index, copy_store, load_
 CHUNK = 1 << 20
 #: How long each phase may take before the benchmark gives up (seconds).
 PHASE_LIMIT = 900.0
-_LAG = re.compile(r'^chunkfs_event_loop_lag_seconds_bucket\{le="([^"]+)"\} (\S+)$')
-_STALLS = re.compile(r"^chunkfs_event_loop_stalls_total (\S+)$")
 _LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
-
-
-def scrape(addr: str) -> dict[str, float]:
-    """The loop-lag histogram buckets ("le" keys) and the stall counter of one daemon's /metrics."""
-    try:
-        text = urllib.request.urlopen(f"http://{addr}/metrics", timeout=10).read().decode()  # noqa: S310
-    except OSError:
-        return {}
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if m := _LAG.match(line):
-            out[f"le {m.group(1)}"] = float(m.group(2))
-        elif m := _STALLS.match(line):
-            out["stalls"] = float(m.group(1))
-    return out
 
 
 def worst_lag(start: dict[str, float], end: dict[str, float]) -> str:
@@ -100,7 +82,7 @@ def worst_lag(start: dict[str, float], end: dict[str, float]) -> str:
         below = bound
     else:
         worst = f"> {below * 1000:,.0f} ms"
-    stalls = int(end.get("stalls", 0) - start.get("stalls", 0))
+    stalls = int(end.get("chunkfs_event_loop_stalls_total", 0) - start.get("chunkfs_event_loop_stalls_total", 0))
     return f"{worst}, {stalls} stall(s) over 200 ms"
 
 
@@ -141,11 +123,11 @@ def log_seconds_of(line: str) -> float:
 
 def phase(cluster: LocalCluster, metrics: dict[str, str], n: int, servers: int, start: Any) -> dict[str, Any]:
     """Run `start()` and time until every replica is known again; the MDS loops' worst lag meanwhile."""
-    before = {node: scrape(addr) for node, addr in metrics.items()}
+    before = {node: scrape_metrics(addr) for node, addr in metrics.items()}
     began = time.time()
     start()
     seconds = wait("every replica known", lambda: everything_known(cluster, n, servers))
-    after = {node: scrape(addr) for node, addr in metrics.items()}
+    after = {node: scrape_metrics(addr) for node, addr in metrics.items()}
     for node in sorted(metrics):
         for _, line in log_seconds(cluster.dir / node / LOG_FILE, r"event loop (stalled|blocked)"):
             if _LOG_TIME.match(line) and log_seconds_of(line) >= began:

@@ -76,7 +76,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_client import metrics_addrs, update_benchmarks  # noqa: E402
+from bench_client import metrics_addrs, scrape_metrics, update_benchmarks  # noqa: E402
 
 from chunkfs.cli.nodes import remove_mds  # noqa: E402
 from chunkfs.client.client import Client  # noqa: E402
@@ -99,29 +99,11 @@ COMPACT_EVERY = 300
 #: How long any one wait may last before the benchmark gives up (seconds).
 PHASE_LIMIT = 900.0
 
-_BUCKET = re.compile(r'^chunkfs_event_loop_lag_seconds_bucket\{le="([^"]+)"\} (\S+)$')
-_GAUGE = re.compile(r"^(chunkfs_event_loop_stalls_total|chunkfs_raft_applied_index|chunkfs_raft_commit_index"
-                    r"|chunkfs_event_loop_lag_max_seconds) (\S+)$")
 _COMPACTED = re.compile(r"log compacted up to index (\d+) \(image of (\d+) bytes taken in ([\d.]+) s\)")
 _INSTALLED = re.compile(r"installed snapshot (\d+) from the master \((\d+) bytes\)")
 
 
 # -- small helpers -------------------------------------------------------------------------------
-
-
-def scrape(addr: str) -> dict[str, float]:
-    """The loop-lag buckets ("le X" keys), stall counter and Raft indexes of one daemon's /metrics ({} if down)."""
-    try:
-        text = urllib.request.urlopen(f"http://{addr}/metrics", timeout=10).read().decode()  # noqa: S310
-    except OSError:
-        return {}
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if m := _BUCKET.match(line):
-            out[f"le {m.group(1)}"] = float(m.group(2))
-        elif m := _GAUGE.match(line):
-            out[m.group(1)] = float(m.group(2))
-    return out
 
 
 def lag_between(start: dict[str, float], end: dict[str, float]) -> dict[str, Any]:
@@ -257,7 +239,7 @@ def stat_latency(cluster: LocalCluster) -> dict[str, float]:
 def stalls_under_watch(cluster: LocalCluster, metrics: dict[str, str], master_node: str) -> dict[str, Any]:
     """`top` and a Prometheus scrape of the master every second for STALL_SECONDS; the master's loop lag."""
     addr = metrics[master_node]
-    before = scrape(addr)
+    before = scrape_metrics(addr)
     worst_top = worst_scrape = 0.0
     with cluster.client() as c:
         c.client.mds.retry_for = 10.0
@@ -271,7 +253,7 @@ def stalls_under_watch(cluster: LocalCluster, metrics: dict[str, str], master_no
             urllib.request.urlopen(f"http://{addr}/metrics", timeout=10).read()  # noqa: S310
             worst_scrape = max(worst_scrape, time.perf_counter() - started)
             time.sleep(max(0.0, 1.0 - (time.monotonic() - tick)))
-    return lag_between(before, scrape(addr)) | {"worst_top": worst_top, "worst_scrape": worst_scrape}
+    return lag_between(before, scrape_metrics(addr)) | {"worst_top": worst_top, "worst_scrape": worst_scrape}
 
 
 async def _mkdirs(client: Client, parent: str, count: int) -> None:
@@ -355,7 +337,7 @@ def in_step(cluster: LocalCluster, node_id: int, commit: int) -> bool:
     row = next((m for m in (stat or {}).get("mds", []) if m["id"] == node_id), None)
     if row is None or row["role"] != "follower":
         return False
-    return scrape(metrics_of(mds_proc(cluster, node_id))).get("chunkfs_raft_applied_index", -1) >= commit
+    return scrape_metrics(metrics_of(mds_proc(cluster, node_id))).get("chunkfs_raft_applied_index", -1) >= commit
 
 
 def master_commit(cluster: LocalCluster) -> tuple[int, int]:
