@@ -13,17 +13,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import mmap
 import os
 import platform
 import random
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
@@ -177,6 +180,18 @@ def scrape_metrics(addr: str) -> dict[str, float]:
         elif m := _PLAIN_SAMPLE.match(line):
             out[m.group(1)] = float(m.group(2))
     return out
+
+
+@contextlib.contextmanager
+def scratch_dir(prefix: str, parent: Path | None) -> Iterator[Path]:
+    """A temporary folder for a benchmark's cluster, removed at the end (saying how long millions of files took)."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    try:
+        yield tmp
+    finally:
+        started = time.perf_counter()
+        shutil.rmtree(tmp, ignore_errors=True)
+        print(f"removed {tmp} in {time.perf_counter() - started:.0f} s", flush=True)
 
 
 def update_benchmarks(section: str, body: str, file: str = "BENCHMARKS.md") -> None:

@@ -43,10 +43,8 @@ import datetime
 import os
 import platform
 import re
-import shutil
 import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -55,7 +53,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_client import metrics_addrs, scrape_metrics, update_benchmarks  # noqa: E402
+from bench_client import metrics_addrs, scrape_metrics, scratch_dir, update_benchmarks  # noqa: E402
 
 from chunkfs.common.daemon import LOG_FILE  # noqa: E402
 from chunkfs.common.errors import ChunkFSError  # noqa: E402
@@ -240,13 +238,8 @@ def main() -> int:
     parser.add_argument("--dir", type=Path, default=None, help="where to put the cluster (a temporary folder)")
     parser.add_argument("--record", action="store_true", help="write the figures into SCALE.md")
     args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="chunkfs-register-", dir=args.dir))
-    try:
+    with scratch_dir("chunkfs-register-", args.dir) as tmp:
         result = run(tmp, args.replicas, args.servers)
-    finally:
-        started = time.perf_counter()
-        shutil.rmtree(tmp, ignore_errors=True)
-        print(f"removed {tmp} in {time.perf_counter() - started:.0f} s", flush=True)
     text = report(result)
     print(text)
     if args.record:

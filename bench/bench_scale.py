@@ -61,12 +61,10 @@ import datetime
 import os
 import platform
 import re
-import shutil
 import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -76,7 +74,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_client import metrics_addrs, scrape_metrics, update_benchmarks  # noqa: E402
+from bench_client import metrics_addrs, scrape_metrics, scratch_dir, update_benchmarks  # noqa: E402
 
 from chunkfs.cli.nodes import remove_mds  # noqa: E402
 from chunkfs.client.client import Client  # noqa: E402
@@ -581,13 +579,8 @@ def main() -> int:
         parser.error(f"--copies must be between 1 and {SERVERS}")
     results = []
     for n in [int(s) for s in args.sizes.split(",")]:
-        tmp = Path(tempfile.mkdtemp(prefix="chunkfs-scale-", dir=args.dir))
-        try:
+        with scratch_dir("chunkfs-scale-", args.dir) as tmp:
             results.append(run_size(tmp, n, args.copies))
-        finally:
-            started = time.perf_counter()
-            shutil.rmtree(tmp, ignore_errors=True)
-            print(f"removed {tmp} in {time.perf_counter() - started:.0f} s", flush=True)
     argv = f"--sizes {args.sizes}" + (f" --copies {args.copies}" if args.copies != 3 else "") + " --record"
     text = report(results, argv)
     print(text)
