@@ -32,7 +32,7 @@ from pathlib import Path
 import msgpack
 
 from chunkfs.common.checksum import crc32c
-from chunkfs.common.durable import fsync_dir
+from chunkfs.common.durable import fsync_dir, write_file_durably
 from chunkfs.common.errors import ChunkFSError, ProtocolError
 from chunkfs.common.knobs import lowered
 from chunkfs.protocol.messages import Msg
@@ -120,12 +120,8 @@ def migrate_inline(directory: Path, snap: Snapshot) -> Snapshot:
     """A snapshot written by an older version carries the whole image as its data: move it to a file."""
     if not snap.data.startswith(SQLITE_MAGIC):
         return snap
-    tmp = scratch(directory)
-    with tmp.open("wb") as f:
-        f.write(snap.data)
-        f.flush()
-        os.fsync(f.fileno())
-    image = seal(directory, tmp, snap.index, snap.term)
+    image = Image(snap.index, snap.term, len(snap.data), crc32c(snap.data))
+    write_file_durably(image.path(directory), snap.data, mode=0o600)
     return Snapshot(snap.index, snap.term, snap.voters, image.descriptor())
 
 
