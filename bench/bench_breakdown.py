@@ -18,6 +18,7 @@ BENCHMARKS.md.  Run it on a quiet machine: it measures latency.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import mmap
 import os
@@ -63,8 +64,10 @@ def mount_steps(mnt: Path) -> Steps:
     return {k: (v["count"], v["total_s"]) for k, v in json.loads(path.read_text()).items()}
 
 
-def server_steps(metrics_addrs: dict[str, str]) -> dict[str, Steps]:
-    """Each server's step timings, by node name; the master's is named "master", the others by folder."""
+def server_steps(metrics_addrs: dict[str, str], names: dict[str, str] | None = None) -> dict[str, Steps]:
+    """Each server's step timings, by node name; the master's is named "master", the others by folder.
+
+    `names`, if given, gets each folder's name in the result."""
     out: dict[str, Steps] = {}
     for node, addr in sorted(metrics_addrs.items()):
         text = urllib.request.urlopen(f"http://{addr}/metrics", timeout=10).read().decode()  # noqa: S310
@@ -78,7 +81,35 @@ def server_steps(metrics_addrs: dict[str, str]) -> dict[str, Steps]:
                 kind, step, value = m.groups()
                 steps.setdefault(step, [0, 0.0])[0 if kind == "count" else 1] = float(value)
         name = "master" if leader else f"follower {node}" if node.startswith("mds") else node
+        if names is not None:
+            names[node] = name
         out[name] = {k: (int(c), s) for k, (c, s) in steps.items()}
+    return out
+
+
+def processes(base: Path, mnt: Path) -> dict[str, int]:
+    """Folder name -> PID of every daemon of the cluster under `base`, the mount's and this process's."""
+    out = {"bench": os.getpid()}
+    for path in base.rglob("node.json"):
+        pid = read_pid(path.parent)
+        if pid is not None:
+            out[path.parent.name] = pid
+    pid = read_pid(state_dir(mnt))
+    if pid is not None:
+        out["mount"] = pid
+    return out
+
+
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """CPU time so far of each process, all its threads, from the scheduler's own nanosecond counters
+    (/proc/PID/task/*/schedstat: finer than the 10 ms ticks of /proc/PID/stat)."""
+    out = {}
+    for name, pid in pids.items():
+        total = 0
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                total += int((task / "schedstat").read_text().split()[0])
+        out[name] = total / 1e9
     return out
 
 
@@ -155,8 +186,12 @@ def phases(
             ("4 KiB random read, O_DIRECT, one at a time", direct_read)]
 
 
-def table(name: str, n: int, seconds: float, mount: Steps, servers: dict[str, Steps]) -> str:
+def table(name: str, n: int, seconds: float, mount: Steps, servers: dict[str, Steps], cpu: dict[str, float]) -> str:
+    busy = ", ".join(f"{who} {used / n * 1e6:,.0f}" for who, used in sorted(cpu.items(), key=lambda kv: -kv[1])
+                     if used / n >= 1e-6)
     lines = [f"**{name}**: {n} operations, {seconds / n * 1e6:,.0f} µs each ({n / seconds:,.0f}/s)", "",
+             f"CPU µs per operation ({sum(cpu.values()) / n * 1e6:,.0f} in all, on {os.cpu_count()} cores): "
+             f"{busy}", "",
              "| where | step | per operation | mean µs | µs per operation |", "| --- | --- | ---: | ---: | ---: |"]
 
     def rows(where: str, steps: Steps, prefixes: tuple[str, ...]) -> None:
@@ -208,6 +243,7 @@ def main() -> int:
         chunkfs_cli("local", "up", "--dir", str(base), "--name", CLUSTER, "--mount", str(mnt), timeout=180)
         try:
             metrics = metrics_addrs(base)
+            pids = processes(base, mnt)
             out = []
             dbs: dict[str, sqlite3.Connection] = {}
             direct_fds: list[int] = []
@@ -216,13 +252,17 @@ def main() -> int:
                     continue
                 op(-1)  # warm up (opens the database, fills caches) outside the figures
                 m0, s0 = mount_steps(mnt), server_steps(metrics)
+                c0 = cpu_seconds(pids)
                 started = time.perf_counter()
                 for i in range(args.n):
                     op(i)
                 seconds = time.perf_counter() - started
-                m1, s1 = mount_steps(mnt), server_steps(metrics)
+                c1 = cpu_seconds(pids)
+                roles: dict[str, str] = {}
+                m1, s1 = mount_steps(mnt), server_steps(metrics, roles)
                 servers = {k: diff(v, s0.get(k, {})) for k, v in s1.items()}
-                out.append(table(name, args.n, seconds, diff(m1, m0), servers))
+                cpu = {roles.get(k, k): c1[k] - c0.get(k, 0.0) for k in c1}
+                out.append(table(name, args.n, seconds, diff(m1, m0), servers, cpu))
                 print(out[-1] + "\n", flush=True)
             for db in dbs.values():
                 db.close()  # nothing left open on the mount: it unmounts at once

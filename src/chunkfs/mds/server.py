@@ -62,7 +62,7 @@ CHECKPOINT_INTERVAL = 2.0
 #: Commands to chunk servers (create, set version) wait at most this long.
 CS_COMMAND_TIMEOUT = 10.0
 #: Requests a follower answers itself; everything else is redirected to the master.
-FOLLOWER_MESSAGES = frozenset({Msg.RAFT, Msg.RAFT_SNAPSHOT, Msg.PING})
+FOLLOWER_MESSAGES = frozenset({Msg.RAFT_SNAPSHOT, Msg.PING})
 #: A new chunk that cannot be placed because chunk servers are missing (not connected,
 #: silent, still reporting) waits this long for them before the writer is told so.
 PLACEMENT_WAIT = 5.0
@@ -113,7 +113,7 @@ class MetadataServer:
         )
         self.raft.routes = dict(node.peer_routes)
         self.log: ReplicatedLog = self.raft
-        self.rpc = RpcServer(self.creds, self.handle, on_close=self._on_close)
+        self.rpc = RpcServer(self.creds, self.handle, notice_handler=self.take_notice, on_close=self._on_close)
         self.live: dict[int, LiveServer] = {}
         self._background: set[asyncio.Task[Any]] = set()
         #: The only changer of chunks' versions and replica sets, and their locks (chunks.py).
@@ -266,12 +266,13 @@ class MetadataServer:
 
     # -- dispatch ----------------------------------------------------------------
 
+    def take_notice(self, conn: Connection, msg: Msg, h: dict[str, Any], payload: bytes) -> None:
+        """Raft's messages from the other metadata servers: notices, answered by messages of their own."""
+        if conn.peer_role != "mds":
+            raise ProtocolError(f"{msg.name} is for metadata servers only")
+        self.raft.step(h["m"])
+
     async def handle(self, conn: Connection, msg: Msg, h: dict[str, Any], payload: bytes) -> Reply:
-        if msg == Msg.RAFT:
-            if conn.peer_role != "mds":
-                raise ProtocolError("RAFT is for metadata servers only")
-            self.raft.step(h["m"])
-            return {}, b""
         if msg == Msg.RAFT_SNAPSHOT:
             if conn.peer_role != "mds":
                 raise ProtocolError("RAFT_SNAPSHOT is for metadata servers only")

@@ -41,6 +41,9 @@ class Kind(enum.IntEnum):
     REQUEST = 0
     RESPONSE = 1
     ERROR = 2
+    #: A request that gets no answer, not even an empty one (request id 0): Raft's messages,
+    #: whose replies travel as messages of their own.  Half the frames of a commit.
+    NOTICE = 3
 
 
 @dataclass(slots=True, frozen=True)
@@ -50,6 +53,9 @@ class FramePrefix:
     request_id: int
     header_len: int
     payload_len: int
+
+
+_KINDS = frozenset(Kind)
 
 
 def pack_prefix(kind: Kind, mtype: int, request_id: int, header_len: int, payload_len: int) -> bytes:
@@ -63,7 +69,7 @@ def unpack_prefix(data: bytes, max_payload: int = MAX_PAYLOAD_LEN, max_header: i
         raise ProtocolError("bad frame magic: the peer does not speak the ChunkFS protocol")
     if version != PROTOCOL_VERSION:
         raise ProtocolError(f"protocol version {version} is not supported (this node speaks {PROTOCOL_VERSION})")
-    if kind not in (0, 1, 2):
+    if kind not in _KINDS:
         raise ProtocolError(f"bad frame kind {kind}")
     if header_len > max_header:
         raise ProtocolError(f"header of {header_len} bytes exceeds the limit of {max_header}")

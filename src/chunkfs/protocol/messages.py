@@ -126,6 +126,8 @@ class MessageSpec:
     response: tuple[Field, ...]
     #: Whether a raw payload may follow the request header.
     request_payload: bool = False
+    #: Whether it may be sent as a notice (`Kind.NOTICE`: no answer); the response fields are then unused.
+    notice: bool = False
 
 
 def f(name: str, *types: type, optional: bool = False, max_items: int = 0) -> Field:
@@ -310,7 +312,7 @@ SPECS: dict[Msg, MessageSpec] = {
     Msg.CS_FSYNC: MessageSpec((f("chunk_id", int), f("version", int), f("chain", list)), ()),
     Msg.CS_CHECKSUMS: MessageSpec((f("chunk_id", int), f("version", int)), (f("crcs", list),)),
     # A Raft message as a plain map (checked by raft.core.message_from_dict).
-    Msg.RAFT: MessageSpec((f("m", dict),), ()),
+    Msg.RAFT: MessageSpec((f("m", dict),), (), notice=True),
     # A piece of a snapshot image at `offset` (raft/snapshot_files.py); an empty one asks how much is
     # held.  The reply says how many bytes of that image the follower holds, in order.
     Msg.RAFT_SNAPSHOT: MessageSpec(
@@ -380,6 +382,14 @@ def validate_request(mtype: int, header: dict[str, Any], payload_len: int) -> Ms
     _check(spec.request, header, msg.name)
     if payload_len and not spec.request_payload:
         raise ProtocolError(f"{msg.name}: unexpected payload")
+    return msg
+
+
+def validate_notice(mtype: int, header: dict[str, Any], payload_len: int) -> Msg:
+    """A request sent as a notice: only the messages that may go without an answer."""
+    msg = validate_request(mtype, header, payload_len)
+    if not SPECS[msg].notice:
+        raise ProtocolError(f"{msg.name} needs an answer: it cannot be sent as a notice")
     return msg
 
 

@@ -55,7 +55,7 @@ from chunkfs.protocol.frame import (
     pack_prefix,
     unpack_prefix,
 )
-from chunkfs.protocol.messages import Msg, spec_of, validate_request, validate_response
+from chunkfs.protocol.messages import Msg, spec_of, validate_notice, validate_request, validate_response
 from chunkfs.protocol.tls import TlsContexts
 
 logger = logging.getLogger(__name__)
@@ -95,6 +95,8 @@ TLS_BACKLOG = 100
 Payload = bytes | bytearray | memoryview
 Reply = tuple[dict[str, Any], Payload]
 Handler = Callable[["Connection", Msg, dict[str, Any], Payload], Awaitable[Reply]]
+#: Takes a notice (a request that gets no answer) at once, on the event loop: no task per message.
+NoticeHandler = Callable[["Connection", Msg, dict[str, Any], Payload], None]
 Frame = tuple[Kind, int, int, dict[str, Any], Payload]
 
 
@@ -144,11 +146,13 @@ class Connection(asyncio.BufferedProtocol):
         self,
         *,
         handler: Handler | None = None,
+        notice_handler: NoticeHandler | None = None,
         peer_name: str = "?",
         max_payload: int = MAX_PAYLOAD_LEN,
         on_connect: Callable[[Connection], Awaitable[None]] | None = None,
     ) -> None:
         self.handler = handler
+        self.notice_handler = notice_handler
         self.peer_name = peer_name
         self.peer_role = "?"
         self.max_payload = max_payload
@@ -290,7 +294,7 @@ class Connection(asyncio.BufferedProtocol):
                 break
             if self._started:
                 prefix = unpack_prefix(bytes(scratch[self._start:self._start + PREFIX_SIZE]), self.max_payload)
-                if prefix.kind == Kind.REQUEST and prefix.payload_len:
+                if prefix.kind in (Kind.REQUEST, Kind.NOTICE) and prefix.payload_len:
                     if not spec_of(prefix.type)[1].request_payload:
                         raise ProtocolError(f"message type {prefix.type} carries no payload")
             else:
@@ -340,10 +344,26 @@ class Connection(asyncio.BufferedProtocol):
                 self._reading_paused = True
                 self.writer.pause_reading()
             self._spawn(self._serve(mtype, rid, header, payload))
+        elif kind == Kind.NOTICE:
+            self._take_notice(mtype, header, payload)
         else:
             fut = self._pending.get(rid)
             if fut is not None and not fut.done():
                 fut.set_result((kind, header, payload))
+
+    def _take_notice(self, mtype: int, header: dict[str, Any], payload: Payload) -> None:
+        """Hand a notice to its handler; a malformed one closes the connection (raised to `_parse`)."""
+        msg = validate_notice(mtype, header, len(payload))
+        if self.notice_handler is None:
+            raise ProtocolError(f"{msg.name}: this peer takes no notices")
+        try:
+            self.notice_handler(self, msg, header, payload)
+        except ProtocolError:
+            raise
+        except ChunkFSError as exc:
+            logger.info("%s from %s not taken: %s", msg.name, self.peer_name, exc)
+        except Exception:  # noqa: BLE001 - a bug must not kill the connection's reader
+            logger.exception("%s from %s failed", msg.name, self.peer_name)
 
     def _fail(self, exc: ProtocolError) -> None:
         logger.warning("closing connection from %s: %s", self.peer_name, exc)
@@ -368,6 +388,25 @@ class Connection(asyncio.BufferedProtocol):
         self.writer.write(pack_prefix(kind, mtype, rid, len(hdr), len(payload)) + hdr)
         if payload:
             self.writer.write(payload)
+
+    def notify(self, mtype: Msg, header: dict[str, Any], payload: Payload = b"") -> bool:
+        """Send a request that gets no answer (a notice); False if it was dropped.
+
+        It is dropped, not queued, while the peer reads slower than it is sent
+        to (the connection's write buffer is above its high-water mark): a
+        notice's sender must cope with losses anyway (Raft resends what
+        matters), and nothing may pile up without bound for a silent peer.
+        """
+        if self._closed.is_set():
+            raise Unavailable(f"connection to {self.peer_name} is closed")
+        if not self._can_write.is_set():
+            return False
+        try:
+            self._send(Kind.NOTICE, mtype, 0, header, payload)
+        except (ConnectionError, OSError) as exc:
+            self.close()
+            raise Unavailable(f"connection to {self.peer_name} lost: {exc}") from None
+        return True
 
     async def _drain(self, timeout: float) -> None:
         if not self._can_write.is_set():
@@ -739,11 +778,13 @@ class RpcServer:
         creds: Credentials,
         handler: Handler,
         *,
+        notice_handler: NoticeHandler | None = None,
         on_close: Callable[[Connection], None] | None = None,
         max_payload: int = MAX_PAYLOAD_LEN,
     ) -> None:
         self.creds = creds
         self.handler = handler
+        self.notice_handler = notice_handler
         self.on_close = on_close
         self.max_payload = max_payload
         self.connections: set[Connection] = set()
@@ -768,7 +809,8 @@ class RpcServer:
             return
 
         def factory() -> Connection:
-            return Connection(handler=self.handler, max_payload=self.max_payload, on_connect=self._accept)
+            return Connection(handler=self.handler, notice_handler=self.notice_handler,
+                              max_payload=self.max_payload, on_connect=self._accept)
 
         self._server = await asyncio.get_running_loop().create_server(
             factory, host, port, start_serving=start_serving
@@ -844,7 +886,8 @@ class RpcServer:
         assert self.creds.tls is not None
 
         def factory() -> Connection:
-            return Connection(handler=self.handler, max_payload=self.max_payload, peer_name=name,
+            return Connection(handler=self.handler, notice_handler=self.notice_handler,
+                              max_payload=self.max_payload, peer_name=name,
                               on_connect=lambda conn: self._accept(conn, admitted=host, started=started))
 
         # From here the event loop owns `sock`: on a failed handshake it closes it (uvloop detaches our

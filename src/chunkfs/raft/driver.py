@@ -27,7 +27,7 @@ import random
 import shutil
 import sqlite3
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,23 +102,32 @@ class _Peer:
 
     A message goes on the wire the moment the core hands it over (no hop
     through a task): a commit's critical path is a round trip to a follower,
-    and every turn of the event loop on it shows in each metadata change.  The
-    answers (empty acknowledgements; the follower's reply comes as its own
-    message) are awaited by a collector task, in order.  Only while there is
-    no connection do messages wait in a bounded queue, for the sender task to
-    connect and send them.
+    and every turn of the event loop on it shows in each metadata change.
+    Messages are notices (`Connection.notify`): the peer's reply comes as a
+    message of its own, so an empty acknowledgement of each would only double
+    the frames of a commit, each a send and a wake-up on both sides.  Only
+    while there is no connection do messages wait in a bounded queue, for the
+    sender task to connect and send them.
+
+    Without answers, a connection to a peer that stopped reading (frozen, or
+    its host gone without a reset) is found by silence: sent to for
+    `SEND_TIMEOUT` without a message from it, it is closed and made again.
     """
 
     def __init__(self, driver: RaftLog, peer_id: int) -> None:
         self.driver = driver
         self.peer_id = peer_id
         self.queue: asyncio.Queue[Message] = asyncio.Queue(PEER_QUEUE)
-        self.answers: asyncio.Queue[Coroutine[Any, Any, Any]] = asyncio.Queue()
         self.conn: Connection | None = None
+        #: When (monotonic) the first message since the peer was last heard from was sent; None: heard since.
+        self.unanswered_since: float | None = None
         self.snapshot_task: asyncio.Task[None] | None = None
         self.snapshot_failures = 0
-        loop = asyncio.get_running_loop()
-        self.tasks = [loop.create_task(self._run()), loop.create_task(self._collect())]
+        self.tasks = [asyncio.get_running_loop().create_task(self._run())]
+
+    def heard(self) -> None:
+        """A message from this peer arrived (on its own connection to us)."""
+        self.unanswered_since = None
 
     def send(self, msg: Message) -> None:
         if isinstance(msg, SnapshotRequest):
@@ -127,16 +136,19 @@ class _Peer:
             return
         conn = self.conn
         if conn is not None and not conn.closed and self.queue.empty():
-            self._write(conn, msg)
-            return
+            now = time.monotonic()
+            if self.unanswered_since is None:
+                self.unanswered_since = now
+            if now - self.unanswered_since <= SEND_TIMEOUT:
+                self._write(conn, msg)
+                return
+            self._lost(Timeout(f"sent to for {SEND_TIMEOUT:g}s without a message back"))
         with contextlib.suppress(asyncio.QueueFull):
             self.queue.put_nowait(msg)
 
     def _write(self, conn: Connection, msg: Message) -> None:
-        if self.answers.qsize() >= PEER_QUEUE:
-            return  # the peer stopped answering: drop (Raft resends what matters)
         try:
-            self.answers.put_nowait(conn.request(Msg.RAFT, {"m": message_to_dict(msg)}, b"", timeout=SEND_TIMEOUT))
+            conn.notify(Msg.RAFT, {"m": message_to_dict(msg)})  # dropped while the peer does not read
         except ChunkFSError as exc:
             self._lost(exc)
 
@@ -146,14 +158,6 @@ class _Peer:
         if self.conn is not None:
             self.conn.close()
             self.conn = None
-
-    async def _collect(self) -> None:
-        while True:
-            answer = await self.answers.get()
-            try:
-                await answer
-            except ChunkFSError as exc:
-                self._lost(exc)
 
     async def _send_snapshot(self, msg: SnapshotRequest) -> None:
         """Stream the snapshot's image, then send the InstallSnapshot message that names it."""
@@ -204,6 +208,7 @@ class _Peer:
             try:
                 if self.conn is None or self.conn.closed:
                     self.conn = await connect(addr, self.driver.creds, timeout=2.0)
+                    self.unanswered_since = None
                 pause = 0.05
             except ChunkFSError as exc:
                 self._lost(exc)
@@ -223,8 +228,6 @@ class _Peer:
             self.tasks.append(self.snapshot_task)
         for task in self.tasks:
             task.cancel()
-        while not self.answers.empty():
-            self.answers.get_nowait().close()  # never awaited now: no "coroutine was never awaited" warning
         if self.conn is not None:
             self.conn.close()
 
@@ -502,6 +505,9 @@ class RaftLog:
         if self.core is None:
             raise Unavailable("raft is not started yet")
         msg = message_from_dict(header)
+        peer = self._peers.get(msg.src)
+        if peer is not None:
+            peer.heard()
         if isinstance(msg, SnapshotRequest):
             image = Image.of(msg.snapshot)
             holds = msg.snapshot.index <= self.core.commit or \

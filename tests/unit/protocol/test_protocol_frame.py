@@ -91,7 +91,7 @@ def test_bad_version(version: int) -> None:
         unpack_prefix(raw_prefix(version=version))
 
 
-@pytest.mark.parametrize("kind", [3, 4, 128, 255])
+@pytest.mark.parametrize("kind", [4, 5, 128, 255])
 def test_bad_kind(kind: int) -> None:
     with pytest.raises(ProtocolError, match="kind"):
         unpack_prefix(raw_prefix(kind=kind))
