@@ -21,6 +21,7 @@ Run it on a quiet machine: with 2 cores, anything else running measures nothing.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import subprocess
@@ -37,6 +38,33 @@ from bench_client import chunkfs_cli, update_benchmarks  # noqa: E402
 
 #: The harness's target names: MooseFS at the goal asked for, ChunkFS (`ext`), the local disk.
 MFS = {1: "mfs_goal1", 3: "mfs_goal3"}
+#: The harness's ``cmd`` job runs this in a fresh folder of each target: metadata with several
+#: processes at once, and SQLite commits (one JSON line).
+PARALLEL = Path(__file__).resolve().parent / "meta_parallel.py"
+#: Its figures, as rows of the table.
+PARALLEL_ROWS = {
+    "create_ops": "create empty file, {procs} processes (ops/s)",
+    "stat_ops": "stat, {procs} processes (ops/s)",
+    "unlink_ops": "unlink, {procs} processes (ops/s)",
+    "sqlite_delete_tps": "SQLite commit, journal_mode=DELETE (tx/s)",
+    "sqlite_wal_tps": "SQLite commit, journal_mode=WAL (tx/s)",
+}
+
+
+def parallel_table(out: Path) -> dict[str, dict[str, float]]:
+    """{row: {target: value}} from each target's output of the ``cmd`` job (meta_parallel.py)."""
+    table: dict[str, dict[str, float]] = {}
+    for log in sorted((out / "meta").glob("*.cmd.r*.log")):
+        target = log.name.split(".cmd.r", 1)[0]
+        lines = [ln for ln in log.read_text().splitlines() if ln.startswith("{")]
+        if not lines:
+            print(f"no figures from the cmd job on {target}: see {log}")
+            continue
+        result = json.loads(lines[-1])
+        for key, row in PARALLEL_ROWS.items():
+            if key in result:
+                table.setdefault(row.format(procs=result["procs"]), {})[target] = float(result[key])
+    return table
 
 
 def median_table(summary: str) -> dict[str, dict[str, float]]:
@@ -88,11 +116,13 @@ def main() -> int:
     parser.add_argument("--harness", type=Path, default=ROOT.parent / "shared" / "bench" / "moosefs" / "run.sh")
     parser.add_argument("--replicas", type=int, choices=sorted(MFS), default=3)
     parser.add_argument("--jobs", default="seqwrite_fsync seqread randread_qd1 randread_qd16 randwrite_qd1 "
-                                          "randwrite_qd16 randwrite_fsync untar")
+                                          "randwrite_qd16 randwrite_fsync untar cmd",
+                        help="the harness's jobs; \"cmd\" is meta_parallel.py (processes at once, SQLite)")
     parser.add_argument("--extra-jobs", default="dd_write_fsync dd_read meta")
     parser.add_argument("--fio-size", default="512m")
     parser.add_argument("--fio-runtime", default="20")
     parser.add_argument("--files", default="2000", help="files for the metadata script")
+    parser.add_argument("--procs", type=int, default=4, help="processes at once in meta_parallel.py")
     parser.add_argument("--record", action="store_true")
     args = parser.parse_args()
     if not args.harness.is_file():
@@ -113,14 +143,15 @@ def main() -> int:
             env = {**os.environ, "TARGETS": f"{mfs} ext local", "EXT_DIR": str(mnt / "bench"),
                    "FIO_SIZE": args.fio_size, "FIO_RUNTIME": args.fio_runtime, "REPEAT": "1",
                    "NFILES": args.files, "JOBS": args.jobs, "EXTRA_JOBS": args.extra_jobs,
-                   "OUTDIR": str(base / "out")}
+                   "OUTDIR": str(base / "out"),
+                   "CMD_JOB": f"python3 {PARALLEL} --procs {args.procs} --files {int(args.files) // args.procs}"}
             done = subprocess.run(["bash", str(args.harness)], env=env, timeout=4 * 3600, check=False)
             if done.returncode != 0:
                 raise SystemExit(f"the harness failed (exit {done.returncode}); its output is above")
             summary = (base / "out" / "summary.md").read_text()
+            table = {**median_table(summary), **parallel_table(base / "out")}
         finally:
             chunkfs_cli("local", "down", "--dir", str(base / "cluster"), timeout=300, check=False)
-    table = median_table(summary)
     rows, ratios = [], []
     for metric, values in table.items():
         ours, theirs, local = values.get("ext"), values.get(mfs), values.get("local")
@@ -138,7 +169,9 @@ def main() -> int:
         f"One run of the MooseFS harness with the three targets interleaved job by job: MooseFS (goal "
         f"{args.replicas}), ChunkFS as `chunkfs local up` starts it (3 MDS, 3 CS, replicas {args.replicas}:1) and "
         f"the local disk. fio file {args.fio_size}, {args.fio_runtime} s per job, {args.files} files for the "
-        f"metadata script. Recorded {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores, {os.uname().machine}, "
+        f"metadata script (one process) and as many in all for `bench/meta_parallel.py` ({args.procs} processes "
+        "at once, each in its own folder; and 200 SQLite commits of one row in each journal mode). "
+        f"Recorded {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores, {os.uname().machine}, "
         f"Python {sys.version.split()[0]}.",
         "",
         "| workload | MooseFS | ChunkFS | ChunkFS / MooseFS | ChunkFS / local | local disk |",

@@ -385,9 +385,13 @@ class Connection(asyncio.BufferedProtocol):
             # meanwhile died with "Task exception was never retrieved" (found by fuzzing).
             raise ConnectionResetError(f"connection to {self.peer_name} is closed")
         hdr = encode_header(header)
-        self.writer.write(pack_prefix(kind, mtype, rid, len(hdr), len(payload)) + hdr)
+        head = pack_prefix(kind, mtype, rid, len(hdr), len(payload)) + hdr
         if payload:
-            self.writer.write(payload)
+            # One system call (uvloop gathers the pieces into one writev), no copy of the payload:
+            # two writes were two sends, and could wake the peer twice for one frame.
+            self.writer.writelines((head, payload))
+        else:
+            self.writer.write(head)
 
     def notify(self, mtype: Msg, header: dict[str, Any], payload: Payload = b"") -> bool:
         """Send a request that gets no answer (a notice); False if it was dropped.
