@@ -206,13 +206,18 @@ def table(name: str, n: int, seconds: float, mount: Steps, servers: dict[str, St
     return "\n".join(lines)
 
 
+def chosen(name: str, only: str) -> bool:
+    """Whether phase `name` is one of `--only`: comma-separated pieces of names ("" : every phase)."""
+    return any(piece.strip() in name for piece in only.split(","))
+
+
 def elsewhere(directory: Path, n: int, only: str) -> int:
     """The same operations in another folder, timed as a whole: the yardstick for each table."""
     with tempfile.TemporaryDirectory(prefix="breakdown-", dir=directory) as tmp:
         dbs: dict[str, sqlite3.Connection] = {}
         direct_fds: list[int] = []
         for name, op in phases(Path(tmp), dbs, direct_fds):
-            if only not in name:
+            if not chosen(name, only):
                 continue
             op(-1)
             started = time.perf_counter()
@@ -231,7 +236,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=500, help="operations per phase (default 500)")
     parser.add_argument("--record", action="store_true", help="write the tables into BENCHMARKS.md")
-    parser.add_argument("--only", default="", help="run only the phases whose name contains this text")
+    parser.add_argument("--only", default="", help="run only the phases whose name contains this text (several: "
+                        "comma-separated, e.g. \"create,unlink\")")
     parser.add_argument("--dir", type=Path, help="run the same operations in this folder instead (the local disk, "
                         "another file system's mount): times only, no cluster")
     args = parser.parse_args()
@@ -248,7 +254,7 @@ def main() -> int:
             dbs: dict[str, sqlite3.Connection] = {}
             direct_fds: list[int] = []
             for name, op in phases(mnt, dbs, direct_fds):
-                if args.only not in name:
+                if not chosen(name, args.only):
                     continue
                 op(-1)  # warm up (opens the database, fills caches) outside the figures
                 m0, s0 = mount_steps(mnt), server_steps(metrics)
