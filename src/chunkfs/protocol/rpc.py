@@ -360,8 +360,8 @@ class Connection(asyncio.BufferedProtocol):
             self.notice_handler(self, msg, header, payload)
         except ProtocolError:
             raise
-        except ChunkFSError as exc:
-            logger.info("%s from %s not taken: %s", msg.name, self.peer_name, exc)
+        except ChunkFSError as exc:  # e.g. Raft not started yet: its sender resends what matters
+            logger.debug("%s from %s not taken: %s", msg.name, self.peer_name, exc)
         except Exception:  # noqa: BLE001 - a bug must not kill the connection's reader
             logger.exception("%s from %s failed", msg.name, self.peer_name)
 
