@@ -482,12 +482,20 @@ def mib(b: float) -> str:
     return f"{b / 2**20:,.0f}"
 
 
+def power(n: int) -> str:
+    """10^k for a power of ten, else the number itself."""
+    k = len(str(n)) - 1
+    return f"10^{k}" if n == 10 ** k else f"{n:,}"
+
+
 def report(results: list[dict[str, Any]], argv: str) -> str:
     date = datetime.date.today().isoformat()
     loads = [x for r in results for x in r["loads"]]
     copies = results[0]["copies"]
+    sizes = sorted(r["n"] for r in results)
+    span = power(sizes[0]) if len(sizes) == 1 else f"{power(sizes[0])}-{power(sizes[-1])}"
     lines = [
-        "## The master at 10^5-10^6 files (`bench/bench_scale.py`)",
+        f"## The master at {span} files (`bench/bench_scale.py`)",
         "",
         f"Recorded {date} on {os.cpu_count()} cores ({platform.machine()}), Python {platform.python_version()}, "
         f"on a shared machine (1-minute load average {min(loads):.1f}-{max(loads):.1f} during the runs). "
@@ -553,10 +561,10 @@ def targets(results: list[dict[str, Any]]) -> list[str]:
                                f"{r['create']['files']:,} creates at {r['n']:,}" for r in (a, b))
                    + " (not attributed here; the Raft log entries kept in memory until the next compaction, up "
                    "to 16 MiB of entries, are the first suspect: bounded, but more than 300 bytes a file).")
-    if 1_000_000 in by:
-        st = by[1_000_000]["stall"]
+    for n in sorted(x for x in by if x >= 1_000_000):
+        st = by[n]["stall"]
         ok = st["over_100ms"] == 0
-        out.append(f"- Event-loop lag of the master at 10^6 chunks under `top` and a scrape every second: "
+        out.append(f"- Event-loop lag of the master at {power(n)} chunks under `top` and a scrape every second: "
                    f"{st['over_100ms']} of {st['samples']} samples over 100 ms, worst {st['worst']} ms, "
                    f"{st['stalls']} over 200 ms (target: no stall over 100 ms; {'met' if ok else 'not met'}).")
     if 10_000_000 not in by:
