@@ -13,13 +13,7 @@ fsync the directory.  A batch of entries costs one fsync (two when a segment
 is rolled over), which is what lets the driver amortise fsync across
 proposals.
 
-A segment file is allocated at its full size when it is made (zeros, read
-back as the clean end of the log): an append then writes inside the file and
-`fdatasync` has no file size to make durable, which took about a third off
-each append's sync on ext4 here (0.24 ms instead of 0.35 ms).
-
-Recovery (`LogStorage.open`) reads every record and checks its CRC.  Zeros
-to the end of a segment are the unused rest of its allocation.  A bad
+Recovery (`LogStorage.open`) reads every record and checks its CRC.  A bad
 record at the end of the last segment is a torn write from a crash (the batch
 was never acknowledged, since messages leave only after fsync): it is cut off.
 A bad record followed by a good one, or in any but the last segment, is
@@ -179,14 +173,11 @@ class LogStorage:
             while off < len(raw):
                 entry, end = self._parse_record(raw, off, first + len(seg.offsets))
                 if entry is None:
-                    if raw.count(0, off) == len(raw) - off:  # (at C speed: up to a whole segment)
-                        break  # the unused, preallocated rest of the segment
                     if is_last and not self._valid_record_follows(raw, off):
                         torn = len(raw) - off
                         logger.warning("raft log %s: cutting %d torn bytes at offset %d", path, torn, off)
                         with open(path, "r+b") as f:
                             f.truncate(off)
-                            self._preallocate(f.fileno())
                             os.fsync(f.fileno())
                         break
                     raise LogCorruption(f"{path}: corrupt record at offset {off}", path=str(path), offset=off)
@@ -294,9 +285,7 @@ class LogStorage:
             seg.offsets.append(seg.size + len(buf))
             buf += rec
         self._write(seg, buf)
-        # The file's size and blocks were made durable when it was preallocated: only data is synced
-        # (and fdatasync still syncs a size a batch bigger than the segment's allocation changed).
-        os.fdatasync(self._fd_for(seg))
+        os.fsync(self._fd_for(seg))
 
     def compact(self, snapshot: Snapshot) -> None:
         """The application snapshotted at `snapshot.index`: store it, drop older segments."""
@@ -365,22 +354,8 @@ class LogStorage:
         self._segments.append(seg)
         self._fd = os.open(seg.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         self._fd_seg = seg
-        self._preallocate(self._fd)
-        os.fsync(self._fd)
         fsync_dir(self.path)
         return seg
-
-    def _preallocate(self, fd: int) -> None:
-        """Give the segment file its full size now (zeros), so appends never grow it (module docstring).
-
-        Best effort: a file system that cannot (or a disk too full to) only
-        loses the speed-up; appends then grow the file, and fdatasync syncs
-        the new size with the data.
-        """
-        try:
-            os.posix_fallocate(fd, 0, self.segment_bytes)
-        except OSError as exc:
-            logger.info("raft log in %s: segment not preallocated (%s); appends will grow it", self.path, exc)
 
     def _unlink(self, seg: _Segment) -> None:
         if self._fd_seg is seg:
@@ -413,7 +388,6 @@ class LogStorage:
             cut = seg.offsets[k]
             del seg.offsets[k:]
             fd = self._fd_for(seg)
-            os.ftruncate(fd, cut)  # then zeros again after the cut: what recovery reads as the end
-            self._preallocate(fd)
+            os.ftruncate(fd, cut)
             os.fsync(fd)
             seg.size = cut
