@@ -59,6 +59,8 @@ MAX_EVENTS = 1000
 STOP_WAIT = 5.0
 #: Seconds between checkpoints of the store's write-ahead log (MetadataStore.checkpoint), on every MDS.
 CHECKPOINT_INTERVAL = 2.0
+#: Above this size the write-ahead log is rewound after a checkpoint (MetadataStore.reset_log).
+LOG_RESET_BYTES = 64 << 20
 #: Commands to chunk servers (create, set version) wait at most this long.
 CS_COMMAND_TIMEOUT = 10.0
 #: Requests a follower answers itself; everything else is redirected to the master.
@@ -172,6 +174,20 @@ class MetadataServer:
             TIMINGS.since("store.checkpoint", started)
             if frames > copied:
                 logger.debug("checkpoint copied %d of %d log frames; the rest next time", copied, frames)
+            size = self.store.log_bytes()
+            if size > LOG_RESET_BYTES:
+                started = time.perf_counter()
+                try:
+                    done = self.store.reset_log()
+                except sqlite3.Error as exc:
+                    logger.warning("rewinding the metadata store's write-ahead log failed (retried in %g s): %s",
+                                   CHECKPOINT_INTERVAL, exc)
+                    continue
+                TIMINGS.since("store.log_reset", started)
+                logger.log(logging.INFO if done else logging.DEBUG,
+                           "metadata store's write-ahead log of %d MiB %s in %.0f ms", size >> 20,
+                           "rewound" if done else "kept (a snapshot is being copied)",
+                           (time.perf_counter() - started) * 1e3)
 
     def _learn_members(self) -> None:
         """Peers' addresses come from the replicated member table (and node.json until it has them).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import stat
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -1068,3 +1069,35 @@ def test_a_store_restored_from_an_image_is_that_image_and_goes_on(d: Driver, sto
     d.index = index
     d.mkdir(ROOT_INO, "next")
     assert names(store, ROOT_INO) == ["kept", "next"]
+
+
+def _log_size_while_checkpointed(store: MetadataStore, d: Driver, reset_every: int) -> int:
+    """The write-ahead log's size after 60 passes of 40 changes, checkpointed beside them the way the
+    server does (a worker thread, all the time); every `reset_every` passes, `reset_log` (0: never)."""
+    stop = threading.Event()
+
+    def checkpoints() -> None:
+        while not stop.is_set():
+            store.checkpoint()
+
+    thread = threading.Thread(target=checkpoints)
+    thread.start()
+    try:
+        for n in range(60):
+            for i in range(40):
+                d.mkdir(ROOT_INO, f"p{n}-{i}")
+            if reset_every and n % reset_every == 0:
+                store.reset_log()
+    finally:
+        stop.set()
+        thread.join()
+    return store.log_bytes()
+
+
+def test_the_write_ahead_log_is_rewound_while_changes_keep_coming(store: MetadataStore, d: Driver) -> None:
+    # Checkpoints alone, while changes keep coming, never rewind the log: here it grew to 61 MB for
+    # these 2,400 changes (0.5 GiB after 24,000 small files in a cluster). Rewound every 5 passes,
+    # it holds about the pages of those passes (5 MB here).
+    size = _log_size_while_checkpointed(store, d, reset_every=5)
+    assert size < 16 << 20, size
+    assert len(names(store, ROOT_INO)) == 60 * 40
