@@ -7,10 +7,11 @@ a mount), then runs, one at a time through the mount, `--n` of each
 operation: create an empty file (``open(O_CREAT|O_EXCL)`` + ``close``, as
 ``touch``), ``stat``, write 4 KiB to a new file and close it, ``unlink``,
 SQLite commits (one row per transaction, default journal mode and WAL), and
-4 KiB O_DIRECT random writes and reads in a 64 MiB disk image.  Around each
-phase it reads the mount's step timings (``kill -USR1``, see
-common/timings.py) and every server's ``chunkfs_mds_step_seconds`` or
-``chunkfs_cs_step_seconds`` from ``/metrics``, and prints per operation: how many of each request or step
+4 KiB O_DIRECT random writes (alone, and each followed by fdatasync: a VM's
+flush) and reads in a 64 MiB disk image.  Around each phase it reads the
+mount's step timings (``kill -USR1``, see common/timings.py) and every
+server's ``chunkfs_mds_step_seconds`` or ``chunkfs_cs_step_seconds`` from
+``/metrics``, and prints per operation: how many of each request or step
 it took and the mean time of each.  ``--record`` writes the table into
 BENCHMARKS.md.  Run it on a quiet machine: it measures latency.
 """
@@ -175,6 +176,10 @@ def phases(
     def direct_write(i: int) -> None:
         os.pwrite(image_fd(), page, rng.randrange(16384) * 4096)
 
+    def direct_write_datasync(i: int) -> None:
+        direct_write(i)
+        os.fdatasync(image_fd())
+
     def direct_read(i: int) -> None:
         os.preadv(image_fd(), [page], rng.randrange(16384) * 4096)
 
@@ -183,6 +188,7 @@ def phases(
             ("SQLite commit, journal_mode=DELETE", sqlite_commit("delete")),
             ("SQLite commit, journal_mode=WAL", sqlite_commit("wal")),
             ("4 KiB random write, O_DIRECT, one at a time", direct_write),
+            ("4 KiB random write, O_DIRECT, fdatasync after each", direct_write_datasync),
             ("4 KiB random read, O_DIRECT, one at a time", direct_read)]
 
 

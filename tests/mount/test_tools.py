@@ -146,3 +146,42 @@ def test_a_directory_changed_here_is_not_asked_of_the_master_again(mount, make_c
     st = os.stat(d)
     assert st.st_nlink == 3  # what the answers say is right: 2 + the new subdirectory
     assert st.st_mtime_ns >= os.stat(d / "sub").st_mtime_ns
+
+
+def test_fdatasync_inside_a_file_commits_no_metadata_and_close_commits_mtime(mount, make_cluster) -> None:
+    """fdatasync of writes inside a file syncs only the replicas (a VM's flush, a database's page
+    writes); one that grew the file commits its size, fsync commits the mtime, and close does too."""
+    cluster = make_cluster(n_cs=3)
+    mnt = mount(cluster)
+    path = mnt / "disk.img"
+    image = bytearray(os.urandom(256 * 1024))
+    path.write_bytes(image)
+
+    def extends() -> int:
+        return int(_mount_timings(mnt).get("mds.EXTEND", {}).get("count", 0))
+
+    fd = os.open(path, os.O_RDWR)
+    try:
+        first = extends()
+        for i in range(5):
+            os.pwrite(fd, b"y" * 4096, i * 8192)
+            image[i * 8192:i * 8192 + 4096] = b"y" * 4096
+            os.fdatasync(fd)
+        assert extends() == first  # inside the file: nothing for the master
+        os.pwrite(fd, b"z" * 4096, len(image))
+        image += b"z" * 4096
+        os.fdatasync(fd)
+        assert extends() == first + 1  # it grew: the size is committed with the data
+        os.pwrite(fd, b"w" * 10, 0)
+        image[0:10] = b"w" * 10
+        os.fsync(fd)
+        assert extends() == first + 2  # fsync commits the mtime as well
+        os.pwrite(fd, b"v" * 10, 100)
+        image[100:110] = b"v" * 10
+        os.fdatasync(fd)
+        written = os.fstat(fd).st_mtime_ns
+    finally:
+        os.close(fd)
+    other = mount(cluster, "other")
+    assert (other / "disk.img").read_bytes() == bytes(image)
+    assert os.stat(other / "disk.img").st_mtime_ns == written  # the last write's mtime, committed at close

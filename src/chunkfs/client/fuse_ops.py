@@ -204,6 +204,9 @@ class OpenFile:
     ino: int
     size: int
     mtime_ns: int
+    #: The size the master last told or was told: an fdatasync that did not grow the file past it has
+    #: no metadata to commit (mtime waits for the next fsync, flush or close).
+    committed_size: int = 0
     refs: int = 0
     #: The size (or mtime) changed here and the master does not know yet.
     dirty: bool = False
@@ -273,7 +276,7 @@ class ChunkFSOperations(pyfuse3.Operations):
                 # time, even when an earlier utime put them in the future.
                 size, mtime, ctime = of.size, of.mtime_ns, max(ctime, of.mtime_ns)
             else:
-                of.size = size  # another mount may have grown or cut it
+                of.size = of.committed_size = size  # another mount may have grown or cut it
         e.st_ino = ino
         e.generation = 0
         e.entry_timeout = self.opts.entry_timeout
@@ -359,7 +362,7 @@ class ChunkFSOperations(pyfuse3.Operations):
             dirty.difference_update({i for i in dirty if i >= chunks})
         of = self.files.get(inode)
         if of is not None:
-            of.size, of.mtime_ns, of.dirty = size, mtime_ns, False
+            of.size, of.committed_size, of.mtime_ns, of.dirty = size, size, mtime_ns, False
             of.gen += 1
 
     # -- namespace -------------------------------------------------------------
@@ -521,9 +524,9 @@ class ChunkFSOperations(pyfuse3.Operations):
         ino = attr["ino"]
         of = self.files.get(ino)
         if of is None:
-            of = self.files[ino] = OpenFile(ino, attr["size"], attr["mtime_ns"])
+            of = self.files[ino] = OpenFile(ino, attr["size"], attr["mtime_ns"], attr["size"])
         elif not of.dirty:
-            of.size, of.mtime_ns = attr["size"], attr["mtime_ns"]
+            of.size, of.committed_size, of.mtime_ns = attr["size"], attr["size"], attr["mtime_ns"]
         of.refs += 1
         if self._session_keeper is None:
             self._session_keeper = asyncio.get_running_loop().create_task(self._keep_session())
@@ -680,6 +683,7 @@ class ChunkFSOperations(pyfuse3.Operations):
                 return
             gen, size, mtime_ns = of.gen, of.size, of.mtime_ns
             await self.client.extend(of.ino, size, mtime_ns)
+            of.committed_size = size
             if of.gen == gen:
                 of.dirty = False
 
@@ -690,6 +694,11 @@ class ChunkFSOperations(pyfuse3.Operations):
     @fuse_errors
     async def fsync(self, fh: int, datasync: bool) -> None:
         of = self._handle(fh)
+        if datasync and of.size <= of.committed_size:
+            # fdatasync of writes inside the file (a VM's disk, a database's pages): the data is all
+            # that must be durable; the new mtime is committed by the next fsync, flush or close.
+            await self.client.fsync(of.ino)
+            return
         # The replicas' syncs and the master's commit of size and mtime at once: fsync answers
         # when both are durable.  A crash before that may leave the size committed without
         # the data (zeros there, as on a local disk): nothing had been promised yet.
