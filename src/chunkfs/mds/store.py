@@ -396,14 +396,19 @@ class MetadataStore:
         no change is applied meanwhile: only the frames of the last moments
         are left to copy (1-11 ms here).  The next change then writes at the
         log's start, and the file is cut back to `journal_size_limit`.  A
-        reader (a snapshot being copied) is not waited for.
+        reader (a snapshot being copied) is not waited for, nor is the lock
+        a snapshot holds for all of its copy: this runs on the event loop.
         """
-        with self._files_lock:
+        if not self._files_lock.acquire(blocking=False):
+            return False
+        try:
             self.db.execute("PRAGMA busy_timeout=0")
             try:
                 busy, _frames, _copied = self.db.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
             finally:
                 self.db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        finally:
+            self._files_lock.release()
         return int(busy) == 0
 
     # -- plumbing --------------------------------------------------------------
