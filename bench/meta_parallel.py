@@ -50,9 +50,9 @@ def worker(folder: str, files: int, barrier: Barrier) -> None:
 
 def parallel(procs: int, files: int) -> dict[str, float]:
     """ops/s of each phase, all processes together."""
-    barrier = multiprocessing.get_context("fork").Barrier(procs + 1)
-    workers = [multiprocessing.get_context("fork").Process(target=worker, args=(f"p{i}", files, barrier))
-               for i in range(procs)]
+    ctx = multiprocessing.get_context("fork")
+    barrier = ctx.Barrier(procs + 1)
+    workers = [ctx.Process(target=worker, args=(f"p{i}", files, barrier)) for i in range(procs)]
     for w in workers:
         w.start()
     out: dict[str, float] = {}
