@@ -15,7 +15,12 @@ from chunkfs.common.errors import ConfigError
 
 MOUNT_HELP = """\
 options (-o, comma-separated, may repeat):
-  attr_timeout=S, entry_timeout=S  kernel attribute / entry cache, seconds (default 1)
+  cache_timeout=S                  how long the kernel keeps names and attributes while the
+                                   master tells this mount of every other client's change
+                                   (default 60; 0: never longer than the two below)
+  attr_timeout=S, entry_timeout=S  ... and when it does not (no connection to a master yet,
+                                   or a lost one), and for names that do not exist: seconds
+                                   (default 1; 0 turns the kernel's cache off altogether)
   direct_io                        no page cache for any file (O_DIRECT opens never use it)
   readahead_kb=N                   kernel read-ahead, KiB (default 4096; 0 keeps the kernel's)
   max_tasks=N                      requests served at once (default 64)

@@ -12,9 +12,11 @@ per-request work (DESIGN.md), so that hop is what we cannot afford.
 
 What the mount keeps, and for how long:
 
-* the kernel caches attributes and directory entries for ``attr_timeout`` /
-  ``entry_timeout`` seconds (1 s by default): `stat` storms do not reach the
-  master, and another mount's changes show within a second;
+* the kernel caches attributes and directory entries for ``cache_timeout``
+  seconds (60 s by default) while the master tells this mount of every other
+  client's change, which the kernel then drops at once (`kernel_cache.py`);
+  for ``attr_timeout`` / ``entry_timeout`` seconds (1 s) when it cannot,
+  and for names that do not exist: `stat` storms do not reach the master;
 * an *open file* (`OpenFile`, one per inode however many handles) tracks the
   file's size locally: a write that grows the file costs no metadata round
   trip; the new size goes to the master (EXTEND) at ``flush`` (every
@@ -71,10 +73,21 @@ from typing import Any, ParamSpec, TypeVar
 import pyfuse3
 
 from chunkfs.client.client import Client
-from chunkfs.common.errors import Busy, ChunkFSError, ConfigError, NotFound
+from chunkfs.client.kernel_cache import KernelCache
+from chunkfs.common.errors import Busy, ChunkFSError, ConfigError, NotFound, ProtocolError
 from chunkfs.common.names import check_name_length
 from chunkfs.common.timings import TIMINGS
-from chunkfs.protocol.messages import LEASE_TTL, ROOT_INO, SESSION_OPEN_PAGE, SESSION_TTL
+from chunkfs.protocol.messages import (
+    INVALIDATE_MAX,
+    LEASE_TTL,
+    ROOT_INO,
+    SESSION_OPEN_PAGE,
+    SESSION_TTL,
+    Msg,
+    entry_list,
+    int_list,
+)
+from chunkfs.protocol.rpc import Connection
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +100,8 @@ READDIR_PAGE = 256
 STATFS_CACHE_S = 2.0
 #: Directories whose attributes a mount keeps from its own changes, at most (then it starts over).
 FRESH_DIRS_MAX = 4096
+#: How long a new connection waits for the master to take its WATCH, seconds.
+WATCH_TIMEOUT = 5.0
 #: renameat2's flag (linux/fs.h): fail rather than replace an existing target.
 RENAME_NOREPLACE = 1
 #: Reported I/O block size: what `cp` and friends size their buffers by; the
@@ -129,8 +144,11 @@ def fuse_errors(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
 
 @dataclass(slots=True)
 class MountOptions:
+    #: Kernel cache of attributes and names, seconds, when the master does not vouch for them (see below).
     attr_timeout: float = 1.0
     entry_timeout: float = 1.0
+    #: ... and while the master tells this mount of every other client's change (kernel_cache.py); 0: never.
+    cache_timeout: float = 60.0
     #: Every open file in direct-I/O mode (no page cache), not only O_DIRECT opens.
     direct_io: bool = False
     #: Kernel read-ahead for the mount, KiB (set through /sys/class/bdi; 0 keeps the kernel's).
@@ -161,6 +179,8 @@ def parse_options(texts: list[str]) -> MountOptions:
                     opts.attr_timeout = float(value)
                 elif key == "entry_timeout":
                     opts.entry_timeout = float(value)
+                elif key == "cache_timeout":
+                    opts.cache_timeout = float(value)
                 elif key == "direct_io":
                     opts.direct_io = True
                 elif key == "readahead_kb":
@@ -179,8 +199,8 @@ def parse_options(texts: list[str]) -> MountOptions:
                     opts.fuse.add(item)
             except (ValueError, KeyError):
                 raise ConfigError(f"mount option {key}: bad value {value!r}") from None
-    if opts.attr_timeout < 0 or opts.entry_timeout < 0:
-        raise ConfigError("mount options attr_timeout and entry_timeout must not be negative")
+    if min(opts.attr_timeout, opts.entry_timeout, opts.cache_timeout) < 0:
+        raise ConfigError("mount options attr_timeout, entry_timeout and cache_timeout must not be negative")
     return opts
 
 
@@ -262,10 +282,47 @@ class ChunkFSOperations(pyfuse3.Operations):
         #: them before the next lookup there: answered from here once, within attr_timeout.
         self._fresh_dirs: dict[int, tuple[float, dict[str, Any]]] = {}
         client.on_dir_attrs = self._dirs_changed
+        self.cache = KernelCache(
+            long=options.cache_timeout, short_attr=options.attr_timeout, short_entry=options.entry_timeout,
+            invalidate_entry=pyfuse3.invalidate_entry,
+            invalidate_inode=lambda ino: pyfuse3.invalidate_inode(ino, attr_only=True))
+        self._watch_tasks: set[asyncio.Task[None]] = set()
+
+    # -- the kernel's cache, kept true by the master's notices (kernel_cache.py) ---------
+
+    def start_watching(self) -> None:
+        """Once mounted: ask the master, on every connection from now on, to tell of others' changes."""
+        if not self.opts.cache_timeout or not (self.opts.attr_timeout or self.opts.entry_timeout):
+            return
+        self.cache.start()
+        self.client.mds.notice_handler = self._notice
+        self.client.mds.on_connect = self._watch
+        self.client.mds.close()  # the connection open now is not watched: the next request makes one that is
+
+    async def _watch(self, conn: Connection) -> None:
+        await conn.call(Msg.WATCH, {}, timeout=WATCH_TIMEOUT)
+        self.cache.watching(conn)
+        task = asyncio.get_running_loop().create_task(self._watch_ends(conn))
+        self._watch_tasks.add(task)
+        task.add_done_callback(self._watch_tasks.discard)
+
+    async def _watch_ends(self, conn: Connection) -> None:
+        await conn.wait_closed()
+        self.cache.lost(conn)
+
+    def _notice(self, conn: Connection, msg: Msg, h: dict[str, Any], payload: bytes) -> None:
+        if msg != Msg.INVALIDATE:
+            raise ProtocolError(f"{msg.name} is not a notice a mount takes")
+        entries = entry_list(h["entries"], "INVALIDATE entries")
+        inodes = int_list(h["inodes"], "INVALIDATE inodes", INVALIDATE_MAX)
+        for ino in inodes:
+            self._fresh_dirs.pop(ino, None)
+        self.cache.changed(entries, inodes)
 
     # -- attributes ------------------------------------------------------------
 
-    def _entry(self, attr: dict[str, Any]) -> pyfuse3.EntryAttributes:
+    def _entry(self, attr: dict[str, Any], since: int | None = None) -> pyfuse3.EntryAttributes:
+        """The kernel's view of `attr`, answered to a request that began at `since` (the cache's seq)."""
         e = pyfuse3.EntryAttributes()
         ino = attr["ino"]
         size, mtime, ctime = attr["size"], attr["mtime_ns"], attr["ctime_ns"]
@@ -279,8 +336,7 @@ class ChunkFSOperations(pyfuse3.Operations):
                 of.size = of.committed_size = size  # another mount may have grown or cut it
         e.st_ino = ino
         e.generation = 0
-        e.entry_timeout = self.opts.entry_timeout
-        e.attr_timeout = self.opts.attr_timeout
+        e.attr_timeout, e.entry_timeout = self.cache.timeouts(self.cache.seq if since is None else since)
         e.st_mode = attr["mode"]
         e.st_nlink = attr["nlink"]
         e.st_uid = self.uid
@@ -308,13 +364,15 @@ class ChunkFSOperations(pyfuse3.Operations):
         fresh = self._fresh_dirs.pop(inode, None)
         if fresh is not None and time.monotonic() < fresh[0]:
             return self._entry(fresh[1])
-        return self._entry(await self.client.getattr(inode))
+        since = self.cache.seq
+        return self._entry(await self.client.getattr(inode), since)
 
     @fuse_errors
     async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         check_name_length(name)
+        since = self.cache.seq
         try:
-            return self._entry(await self.client.lookup(parent_inode, name))
+            return self._named(await self.client.lookup(parent_inode, name), parent_inode, name, since)
         except NotFound:
             logger.debug("lookup of %r in inode %d: no such name", name, parent_inode)
             if not self.opts.entry_timeout:
@@ -326,8 +384,13 @@ class ChunkFSOperations(pyfuse3.Operations):
             missing.entry_timeout = self.opts.entry_timeout
             return missing
 
+    def _named(self, attr: dict[str, Any], parent: int, name: bytes, since: int) -> pyfuse3.EntryAttributes:
+        """An answer that gives the kernel a name: remembered, so it can be invalidated."""
+        self.cache.remember(attr["ino"], parent, name)
+        return self._entry(attr, since)
+
     async def forget(self, inode_list: Any) -> None:
-        return None  # nothing is kept per looked-up inode
+        self.cache.forget(ino for ino, _ in inode_list)
 
     @fuse_errors
     async def setattr(
@@ -350,10 +413,11 @@ class ChunkFSOperations(pyfuse3.Operations):
         if of is not None and "size" not in changes:
             await self._commit(of)  # keep a local size from being lost under a new mtime
         self._fresh_dirs.pop(inode, None)
+        since = self.cache.seq
         new = await self.client.setattr(inode, **changes)
         if "size" in changes:
             self._truncated(inode, new["size"], new["mtime_ns"])
-        return self._entry(new)
+        return self._entry(new, since)
 
     def _truncated(self, inode: int, size: int, mtime_ns: int) -> None:
         chunks = -(-size // self.client.chunk_size)
@@ -372,7 +436,9 @@ class ChunkFSOperations(pyfuse3.Operations):
         self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         check_name_length(name)
-        return self._entry(await self.client.mkdir_at(parent_inode, name, statmod.S_IMODE(mode)))
+        since = self.cache.seq
+        return self._named(await self.client.mkdir_at(parent_inode, name, statmod.S_IMODE(mode)), parent_inode, name,
+                           since)
 
     @fuse_errors
     async def create(
@@ -382,6 +448,7 @@ class ChunkFSOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EPERM)
         check_name_length(name)
         truncate = bool(flags & os.O_TRUNC)
+        since = self.cache.seq
         attr = await self.client.create_at(
             parent_inode, name, statmod.S_IMODE(mode), exclusive=bool(flags & os.O_EXCL),
             session=self.session, truncate=truncate,
@@ -393,7 +460,7 @@ class ChunkFSOperations(pyfuse3.Operations):
         lease = await self._lease(attr["ino"], flags)
         fi = self._open(attr, flags)
         self._leased(attr["ino"], lease)
-        return fi, self._entry(attr)
+        return fi, self._named(attr, parent_inode, name, since)
 
     @fuse_errors
     async def mknod(
@@ -402,18 +469,21 @@ class ChunkFSOperations(pyfuse3.Operations):
         if not statmod.S_ISREG(mode):
             raise pyfuse3.FUSEError(errno.EPERM)  # no device files, FIFOs or sockets
         check_name_length(name)
-        return self._entry(await self.client.create_at(
-            parent_inode, name, statmod.S_IMODE(mode), exclusive=True))
+        since = self.cache.seq
+        return self._named(await self.client.create_at(
+            parent_inode, name, statmod.S_IMODE(mode), exclusive=True), parent_inode, name, since)
 
     @fuse_errors
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         check_name_length(name)
         await self.client.unlink_at(parent_inode, name)
+        self.cache.removed(parent_inode, name)
 
     @fuse_errors
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         check_name_length(name)
         await self.client.rmdir_at(parent_inode, name)
+        self.cache.removed(parent_inode, name)
 
     @fuse_errors
     async def rename(
@@ -428,6 +498,7 @@ class ChunkFSOperations(pyfuse3.Operations):
         check_name_length(name_new)
         await self.client.rename_at(parent_inode_old, name_old, parent_inode_new, name_new,
                                     noreplace=bool(flags & RENAME_NOREPLACE))
+        self.cache.renamed(parent_inode_old, name_old, parent_inode_new, name_new)
 
     async def link(
         self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
@@ -439,7 +510,8 @@ class ChunkFSOperations(pyfuse3.Operations):
         self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         check_name_length(name)
-        return self._entry(await self.client.symlink_at(parent_inode, name, target))
+        since = self.cache.seq
+        return self._named(await self.client.symlink_at(parent_inode, name, target), parent_inode, name, since)
 
     @fuse_errors
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
@@ -497,10 +569,11 @@ class ChunkFSOperations(pyfuse3.Operations):
 
     async def _fill(self, d: DirHandle) -> None:
         after = next((n for n in reversed(d.names) if n not in (b".", b"..")), b"")
+        since = self.cache.seq
         reply = await self.client.readdir_page(d.ino, after, READDIR_PAGE)
         entries = reply["entries"]
         d.more = bool(reply["more"]) and bool(entries)
-        d.pending = [self._entry(e[3]) for e in entries]
+        d.pending = [self._named(e[3], d.ino, e[0], since) for e in entries]
         d.pending_names = [e[0] for e in entries]
         d.pending_at = len(d.names)
         if not after:
@@ -639,7 +712,9 @@ class ChunkFSOperations(pyfuse3.Operations):
             await asyncio.sleep(SESSION_TTL / 4)
 
     async def close(self) -> None:
-        """Stop renewing and hand back every lease (at unmount)."""
+        """Stop renewing and hand back every lease, stop invalidating (at unmount, before FUSE closes)."""
+        self.client.mds.on_connect = None
+        self.cache.stop()
         if self._session_keeper is not None:
             self._session_keeper.cancel()
         if self._renewer is not None:

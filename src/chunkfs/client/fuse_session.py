@@ -260,6 +260,7 @@ def run_mount(
                 set_readahead(mountpoint, opts.readahead_kb)
                 write_file_durably(sdir / PID_FILE, f"{os.getpid()}\n".encode())
                 logger.info("cluster %r mounted on %s", config.cluster.name, mountpoint)
+                ops.start_watching()
                 if on_ready is not None:
                     on_ready()
                 await pyfuse3.main(min_tasks=2, max_tasks=opts.max_tasks)

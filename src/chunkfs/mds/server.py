@@ -44,6 +44,7 @@ from chunkfs.mds.replicated_log import ReplicatedLog
 from chunkfs.mds.replication import CS_RECONNECT_GRACE, ReplicationMonitor
 from chunkfs.mds.store import MAX_REPLICAS, Chunk, MetadataStore, encode_command
 from chunkfs.mds.subtree import subtree_pages
+from chunkfs.mds.watchers import Watchers
 from chunkfs.protocol.mds_link import MdsLink
 from chunkfs.protocol.messages import MAX_BLOCKS, Msg, int_list, int_pairs
 from chunkfs.protocol.rpc import Connection, Credentials, Reply, RpcServer
@@ -111,11 +112,14 @@ class MetadataServer:
             directory / "raft", node.node_id, {**dict(node.peers), node.node_id: node.addr}, self.creds,
             bootstrap_voters=(node.node_id,) if node.bootstrap else (),
             on_membership=self._learn_members, on_leader=lambda: self._spawn(self._became_master()),
+            on_follower=lambda: self.watchers.drop_all(),
             on_lost_log=lambda _peer, what: self._spawn(self.event("error", what)),
         )
         self.raft.routes = dict(node.peer_routes)
         self.log: ReplicatedLog = self.raft
         self.rpc = RpcServer(self.creds, self.handle, notice_handler=self.take_notice, on_close=self._on_close)
+        #: Mounts told of other clients' changes, so their kernels can cache names and attributes (watchers.py).
+        self.watchers = Watchers()
         self.live: dict[int, LiveServer] = {}
         self._background: set[asyncio.Task[Any]] = set()
         #: The only changer of chunks' versions and replica sets, and their locks (chunks.py).
@@ -385,6 +389,7 @@ class MetadataServer:
     async def _on_mkdir(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
         attr = await self._propose("mkdir", parent=h["parent"], name=h["name"], mode=h["mode"], time=time.time(),
                                    **self._once(h))
+        self.watchers.changed(conn, [(h["parent"], h["name"])], [h["parent"]])
         return {"attr": attr, **self._parents(h["parent"])}
 
     async def _on_create(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
@@ -394,6 +399,7 @@ class MetadataServer:
         )
         self._delete_replicas(result["dropped"])
         attr = result["attr"]
+        self.watchers.changed(conn, [(h["parent"], h["name"])], [h["parent"], attr["ino"]])
         if h.get("session"):
             attr = self._register_open(h["session"], attr["ino"])
         return {"attr": attr, **self._parents(h["parent"])}
@@ -401,6 +407,7 @@ class MetadataServer:
     async def _on_symlink(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
         attr = await self._propose("symlink", parent=h["parent"], name=h["name"], target=h["target"],
                                    time=time.time(), **self._once(h))
+        self.watchers.changed(conn, [(h["parent"], h["name"])], [h["parent"]])
         return {"attr": attr, **self._parents(h["parent"])}
 
     def _parents(self, *dirs: int) -> dict[str, Any]:
@@ -415,6 +422,7 @@ class MetadataServer:
         ino = h["ino"]
         if h["truncate"]:
             await self._setattr(ino, {"size": 0}, self._once(h))
+            self.watchers.changed(conn, inodes=[ino])
         else:
             await self.log.read_barrier()
         return {"attr": self._register_open(h["session"], ino)}
@@ -431,6 +439,10 @@ class MetadataServer:
             self.reaper.consider(h["ino"])
         return {}
 
+    async def _on_watch(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
+        self.watchers.add(conn)
+        return {}
+
     async def _on_session(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
         inos = int_list(h["open"], "open")
         known = self.open_files.renew(h["session"])
@@ -443,7 +455,9 @@ class MetadataServer:
     async def _on_setattr(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
         args = {k: h[f] for k, f in (("size", "size"), ("mode", "mode"), ("mtime", "mtime_ns"), ("atime", "atime_ns"))
                 if h.get(f) is not None}
-        return {"attr": await self._setattr(h["ino"], args, self._once(h))}
+        attr = await self._setattr(h["ino"], args, self._once(h))
+        self.watchers.changed(conn, inodes=[h["ino"]])
+        return {"attr": attr}
 
     async def _setattr(self, ino: int, args: dict[str, Any], once: dict[str, Any]) -> dict[str, Any]:
         if "size" in args:
@@ -452,7 +466,7 @@ class MetadataServer:
         self._delete_replicas(result["dropped"])
         return dict(result["attr"])
 
-    async def _remove_name(self, op: str, in_dir: int, entry: str, **args: Any) -> None:
+    async def _remove_name(self, op: str, in_dir: int, entry: str, **args: Any) -> int:
         """Unlink, or rename over, a name: free the file at once only if no mount holds it open.
 
         The decision is for the inode the name has now; if another change
@@ -470,20 +484,26 @@ class MetadataServer:
         self._delete_replicas(result["dropped"])
         if result["orphan"]:
             self.reaper.consider(result["orphan"])
+        return ino
 
     async def _on_rename(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
-        await self._remove_name(
+        moved = self.store.child_ino(h["parent"], h["name"]) or 0
+        replaced = await self._remove_name(
             "rename", h["new_parent"], h["new_name"], parent=h["parent"], name=h["name"],
             new_parent=h["new_parent"], new_name=h["new_name"], noreplace=h.get("noreplace", False), **self._once(h))
+        self.watchers.changed(conn, [(h["parent"], h["name"]), (h["new_parent"], h["new_name"])],
+                              [i for i in (h["parent"], h["new_parent"], moved, replaced) if i])
         return self._parents(h["parent"], h["new_parent"])
 
     async def _on_unlink(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
-        await self._remove_name("unlink", h["parent"], h["name"], parent=h["parent"], name=h["name"],
-                                **self._once(h))
+        ino = await self._remove_name("unlink", h["parent"], h["name"], parent=h["parent"], name=h["name"],
+                                      **self._once(h))
+        self.watchers.changed(conn, [(h["parent"], h["name"])], [i for i in (h["parent"], ino) if i])
         return self._parents(h["parent"])
 
     async def _on_rmdir(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
         await self._propose("rmdir", parent=h["parent"], name=h["name"], time=time.time(), **self._once(h))
+        self.watchers.changed(conn, [(h["parent"], h["name"])], [h["parent"]])
         return self._parents(h["parent"])
 
     async def _on_set_replicas(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
@@ -513,8 +533,9 @@ class MetadataServer:
     async def _on_extend(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
         if h["size"] < 0:
             raise InvalidArgument("size must not be negative")
-        return {"attr": await self._propose("extend", ino=h["ino"], size=h["size"], mtime=h["mtime_ns"],
-                                            time=time.time())}
+        attr = await self._propose("extend", ino=h["ino"], size=h["size"], mtime=h["mtime_ns"], time=time.time())
+        self.watchers.changed(conn, inodes=[h["ino"]])
+        return {"attr": attr}
 
     # -- chunks ------------------------------------------------------------------
 
@@ -888,6 +909,7 @@ class MetadataServer:
         return {"settings": self.healing.cs_settings()}
 
     def _on_close(self, conn: Connection) -> None:
+        self.watchers.discard(conn)
         server = conn.tag
         if isinstance(server, LiveServer) and self.live.get(server.cs_id) is server:
             del self.live[server.cs_id]

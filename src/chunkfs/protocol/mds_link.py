@@ -14,12 +14,13 @@ import itertools
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from chunkfs.common.errors import ChunkFSError, NotMaster, Timeout, Unavailable
 from chunkfs.common.timings import TIMINGS
 from chunkfs.protocol.messages import EXACTLY_ONCE, Msg
-from chunkfs.protocol.rpc import Connection, Credentials, connect
+from chunkfs.protocol.rpc import Connection, Credentials, NoticeHandler, connect
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,10 @@ class MdsLink:
         self.client_id = f"{creds.node}/{os.urandom(6).hex()}"
         self._seq = itertools.count(1)
         self._unanswered: set[int] = set()
+        #: Notices the master sends on this link (a watching mount's INVALIDATE).
+        self.notice_handler: NoticeHandler | None = None
+        #: Run on each new connection before any request goes on it (a mount asks to WATCH there).
+        self.on_connect: Callable[[Connection], Awaitable[None]] | None = None
 
     async def _connection(self) -> Connection:
         async with self._lock:
@@ -49,7 +54,13 @@ class MdsLink:
             errors = []
             for addr in self.addrs:
                 try:
-                    self._conn = await connect(addr, self.creds, timeout=3.0)
+                    conn = await connect(addr, self.creds, notice_handler=self.notice_handler, timeout=3.0)
+                    if self.on_connect is not None:
+                        try:
+                            await self.on_connect(conn)
+                        except ChunkFSError as exc:  # e.g. a follower: the request's redirect comes next
+                            logger.debug("on connecting to %s: %s", addr, exc)
+                    self._conn = conn
                     # Put the working address first for next time.
                     self.addrs.remove(addr)
                     self.addrs.insert(0, addr)

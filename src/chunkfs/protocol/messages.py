@@ -54,6 +54,9 @@ class Msg(enum.IntEnum):
     RELEASE = 22
     SYMLINK = 23
     SESSION = 24
+    # Client -> MDS: tell this connection of other clients' changes; MDS -> client: what changed.
+    WATCH = 25
+    INVALIDATE = 26
     # Client -> MDS: chunks.
     CHUNK_READ = 30
     CHUNK_WRITE = 31
@@ -102,6 +105,8 @@ SESSION_TTL = 10.0
 LEASE_TTL = 10.0
 #: Inodes per SESSION message when a mount re-sends the files it holds open.
 SESSION_OPEN_PAGE = 1000
+#: The most names, and the most inodes, one INVALIDATE notice carries (one change touches at most 2 and 4).
+INVALIDATE_MAX = 8
 
 
 #: The most block numbers one message names (a chunk's blocks: 1,024 with the defaults).
@@ -183,6 +188,13 @@ SPECS: dict[Msg, MessageSpec] = {
     # A mount's session renewal, with inodes it holds open (re-sent in pages when the
     # master answers known=False: a new master, or a session that had expired).
     Msg.SESSION: MessageSpec((f("session", str), f("open", list)), (f("known", bool),)),
+    # A mount that keeps names and attributes in the kernel's cache asks to be told, on this
+    # connection, of every change another client makes (INVALIDATE notices) while it lasts.
+    Msg.WATCH: MessageSpec((), ()),
+    # Master -> watching mount: the names ([parent, name]) and inodes a change touched.
+    Msg.INVALIDATE: MessageSpec(
+        (f("entries", list, max_items=INVALIDATE_MAX), f("inodes", list, max_items=INVALIDATE_MAX)), (),
+        notice=True),
     Msg.SYMLINK: MessageSpec((*_ENTRY, f("target", bytes), *_ONCE), (*_ATTR, *_PARENTS)),
     Msg.READDIR: MessageSpec(
         # Entries are [name (bytes), inode, type], in byte order, after the name `after`;
@@ -438,3 +450,13 @@ def int_list(value: object, what: str, limit: int = SESSION_OPEN_PAGE) -> list[i
             or not all(isinstance(x, int) and not isinstance(x, bool) for x in value)):
         raise InvalidArgument(f"{what}: expected a list of at most {limit} integers")
     return value
+
+
+def entry_list(value: object, what: str) -> list[tuple[int, bytes]]:
+    """Check a list of directory entries from the wire: ``[[parent inode, name], ...]``."""
+    if not isinstance(value, list) or not all(
+        isinstance(e, list) and len(e) == 2 and isinstance(e[0], int) and not isinstance(e[0], bool)
+        and isinstance(e[1], bytes) for e in value
+    ):
+        raise ProtocolError(f"{what}: expected a list of [parent inode, name] pairs")
+    return [(e[0], e[1]) for e in value]

@@ -685,6 +685,7 @@ async def connect(
     creds: Credentials,
     *,
     handler: Handler | None = None,
+    notice_handler: NoticeHandler | None = None,
     timeout: float = 5.0,
     max_payload: int = MAX_PAYLOAD_LEN,
 ) -> Connection:
@@ -693,7 +694,7 @@ async def connect(
     loop = asyncio.get_running_loop()
 
     def factory() -> Connection:
-        return Connection(handler=handler, peer_name=addr, max_payload=max_payload)
+        return Connection(handler=handler, notice_handler=notice_handler, peer_name=addr, max_payload=max_payload)
 
     tls: dict[str, Any] = {}
     if creds.tls is not None:

@@ -245,6 +245,7 @@ class RaftLog:
         bootstrap_voters: tuple[int, ...] = (),
         on_membership: Callable[[], None] | None = None,
         on_leader: Callable[[], None] | None = None,
+        on_follower: Callable[[], None] | None = None,
         on_lost_log: Callable[[int, str], None] | None = None,
     ) -> None:
         self.directory = directory
@@ -256,6 +257,8 @@ class RaftLog:
         self.bootstrap_voters = bootstrap_voters
         self.on_membership = on_membership
         self.on_leader = on_leader
+        #: Called when this node stops being the leader.
+        self.on_follower = on_follower
         #: Told (member id, what to do) when a member lost log entries it had acknowledged.
         self.on_lost_log = on_lost_log
         self._lost_reported: dict[int, float] = {}
@@ -568,6 +571,8 @@ class RaftLog:
                 )
                 if not was_leader:
                     self._fail_reads()
+                    if self.on_follower is not None:
+                        self.on_follower()
                 elif self.on_leader is not None:
                     self.on_leader()
             self._report_lost_logs(core.take_lost_logs())

@@ -1,0 +1,180 @@
+"""Keeping the kernel's cache of names and attributes true to the master.
+
+The kernel keeps what the mount answers (a name's inode, an inode's
+attributes) for the timeouts given with each answer, and asks nothing while
+they last: a `stat` from the cache costs microseconds, one from the master a
+round trip.  Long timeouts are only honest if the mount hears of every change
+another client makes, so the mount WATCHes its connection to the master,
+which then sends an INVALIDATE notice naming the entries and inodes each such
+change touched (`chunkfs.mds.watchers`), and the mount has the kernel drop
+them.  The rules that keep another client's change visible at once:
+
+1. Long timeouts (``cache_timeout``) only while the connection to the master
+   is watched.  Otherwise answers get the short ones (``attr_timeout``,
+   ``entry_timeout``): what the mount gives when nobody vouches.
+2. When the watch ends (the connection is lost, or the master changes),
+   every name and inode the kernel may hold from this mount is invalidated:
+   notices may have been missed meanwhile.
+3. An answer to a request during which a notice arrived, or the watch
+   changed, gets the short timeouts: the notice may have been carried out
+   before the kernel got the (older) answer it was meant to correct.
+4. Negative entries ("no such name") always get the short timeout: they are
+   not tracked, so rule 2 could not reach them.
+5. Invalidations run on a thread of their own: the kernel may hold a
+   directory's lock while it waits for a request that this mount's event
+   loop must answer, so calling it from the loop could deadlock the mount.
+
+What the kernel holds is tracked from the answers given (inode -> the name
+it was last answered under) and trimmed by the kernel's FORGETs, so it is
+bounded by the kernel's own cache.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+#: Invalidations waiting for the thread beyond which it invalidates everything known instead.
+QUEUE_MAX = 100_000
+#: How long stopping waits for the thread, seconds.
+STOP_WAIT = 2.0
+
+Entry = tuple[int, bytes]
+
+
+class KernelCache:
+    """What the kernel caches from this mount, how long it may keep it, and its invalidation."""
+
+    def __init__(
+        self, *, long: float, short_attr: float, short_entry: float,
+        invalidate_entry: Callable[[int, bytes], Any], invalidate_inode: Callable[[int], Any],
+    ) -> None:
+        self.long = long
+        self.short_attr = short_attr
+        self.short_entry = short_entry
+        self._invalidate_entry = invalidate_entry
+        self._invalidate_inode = invalidate_inode
+        #: Bumped by every notice and every change of watch: answers check it (rule 3).
+        self.seq = 0
+        #: The connection the master tells of changes, while it is open.
+        self._watch: object | None = None
+        self._names: dict[int, Entry] = {}  # inode -> (parent, name) it was last answered under
+        self._inodes: dict[Entry, int] = {}
+        self._todo: deque[Entry | int] = deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self.invalidated = 0
+
+    # -- how long an answer may be kept ---------------------------------------------
+
+    @property
+    def watched(self) -> bool:
+        return self._watch is not None
+
+    def timeouts(self, since: int) -> tuple[float, float]:
+        """(attribute, entry) timeouts for an answer to a request that began when `seq` was `since`."""
+        if self._watch is not None and since == self.seq:
+            return (self.long if self.short_attr else 0.0), (self.long if self.short_entry else 0.0)
+        return self.short_attr, self.short_entry
+
+    # -- what the kernel holds ------------------------------------------------------
+
+    def remember(self, ino: int, parent: int, name: bytes) -> None:
+        old = self._names.get(ino)
+        if old is not None and self._inodes.get(old) == ino:
+            del self._inodes[old]
+        self._names[ino] = (parent, name)
+        self._inodes[(parent, name)] = ino
+
+    def removed(self, parent: int, name: bytes) -> None:
+        """This mount removed the name (the kernel dropped it itself)."""
+        self._inodes.pop((parent, name), None)
+
+    def renamed(self, parent: int, name: bytes, new_parent: int, new_name: bytes) -> None:
+        ino = self._inodes.pop((parent, name), None)
+        if ino is not None:
+            self.remember(ino, new_parent, new_name)
+
+    def forget(self, inodes: Iterable[int]) -> None:
+        """The kernel forgot these inodes."""
+        for ino in inodes:
+            entry = self._names.pop(ino, None)
+            if entry is not None and self._inodes.get(entry) == ino:
+                del self._inodes[entry]
+
+    # -- the watch ---------------------------------------------------------------
+
+    def watching(self, conn: object) -> None:
+        """The master tells `conn` of other clients' changes from now on."""
+        self._watch = conn
+        self.seq += 1
+
+    def lost(self, conn: object) -> None:
+        """`conn` is closed: if it was the watched one, everything the kernel holds may be stale (rule 2)."""
+        if conn is not self._watch:
+            return
+        self._watch = None
+        self.seq += 1
+        logger.info("lost the master's change notices: the kernel forgets %d cached name(s); "
+                    "short cache timeouts until they are back", len(self._names))
+        self._queue_everything()
+
+    def changed(self, entries: Iterable[Entry], inodes: Iterable[int]) -> None:
+        """Another client changed these names and inodes (an INVALIDATE notice)."""
+        self.seq += 1
+        with self._cond:
+            self._todo.extend(entries)
+            self._todo.extend(inodes)
+            if len(self._todo) > QUEUE_MAX:
+                self._queue_everything_locked()
+            self._cond.notify()
+
+    def _queue_everything(self) -> None:
+        with self._cond:
+            self._queue_everything_locked()
+            self._cond.notify()
+
+    def _queue_everything_locked(self) -> None:
+        self._todo.clear()
+        self._todo.extend(self._inodes)
+        self._todo.extend(self._names)
+
+    # -- the invalidating thread -----------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="kernel-cache", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread (before the FUSE session closes: it calls into it)."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(STOP_WAIT)
+            self._thread = None
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._todo and not self._stopping:
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                item = self._todo.popleft()
+            try:
+                if isinstance(item, int):
+                    self._invalidate_inode(item)
+                else:
+                    self._invalidate_entry(*item)
+                self.invalidated += 1
+            except OSError as exc:
+                if exc.errno != errno.ENOENT:  # ENOENT: the kernel did not hold it, nothing to drop
+                    logger.debug("invalidating %r in the kernel's cache: %s", item, exc)

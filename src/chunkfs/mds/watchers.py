@@ -1,0 +1,75 @@
+"""The mounts that cache names and attributes, and the notices that keep their caches true.
+
+A mount lets the kernel cache what it answers (names, attributes) for long
+only if it hears of every change made by another client: it sends WATCH on
+its connection to the master, and from then on the master sends it an
+INVALIDATE notice (no answer) for each namespace or attribute change another
+connection made, naming the entries and inodes touched, before that change's
+own answer goes out.
+
+Nothing here is replicated: watchers are connections to this master.  A
+master that stops being the master closes them (`drop_all`), so every
+watching mount sees its connection end, has the kernel forget what it
+cached, and watches again on the new master.  A notice that cannot be
+written at once (the mount reads slower than changes come) closes that
+connection for the same reason: a notice is never silently lost.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from chunkfs.common.errors import Unavailable
+from chunkfs.common.names import to_bytes
+from chunkfs.protocol.messages import Msg
+from chunkfs.protocol.rpc import Connection
+
+logger = logging.getLogger(__name__)
+
+
+class Watchers:
+    """The watching connections of this master, and what they are told."""
+
+    def __init__(self) -> None:
+        self._conns: set[Connection] = set()
+
+    def __len__(self) -> int:
+        return len(self._conns)
+
+    def add(self, conn: Connection) -> None:
+        self._conns.add(conn)
+        logger.info("%s watches for changes (%d watching)", conn.peer_name, len(self._conns))
+
+    def discard(self, conn: Connection) -> None:
+        self._conns.discard(conn)
+
+    def changed(
+        self, origin: Connection | None, entries: Iterable[tuple[int, bytes | str]] = (), inodes: Iterable[int] = ()
+    ) -> None:
+        """Tell every watcher but `origin` (whose own kernel knows) that these names and inodes changed."""
+        if not self._conns or (len(self._conns) == 1 and origin in self._conns):
+            return
+        names = dict.fromkeys((parent, to_bytes(name)) for parent, name in entries)
+        header = {"entries": [[parent, name] for parent, name in names],
+                  "inodes": list(dict.fromkeys(inodes))}
+        for conn in list(self._conns):
+            if conn is origin:
+                continue
+            try:
+                sent = conn.notify(Msg.INVALIDATE, header)
+            except Unavailable:
+                sent = False
+            if not sent:
+                # Closing makes the mount forget everything it cached and watch again: never stale.
+                logger.warning("%s reads changes slower than they come: closing its connection", conn.peer_name)
+                self._conns.discard(conn)
+                conn.close()
+
+    def drop_all(self) -> None:
+        """This MDS is no longer the master: end every watch (the mounts watch the new master)."""
+        if self._conns:
+            logger.info("closing %d watching connection(s): no longer the master", len(self._conns))
+        for conn in list(self._conns):
+            conn.close()
+        self._conns.clear()

@@ -1,0 +1,119 @@
+"""Names and attributes the kernel keeps for long, kept true by the master's notices (kernel_cache.py).
+
+Mount B looks at what mount A changes.  B's kernel is told to keep its
+answers for a minute (`cache_timeout`), and we check that it does (no request
+reaches B past the short timeouts), and that each of A's changes still shows
+in B at once: the master's INVALIDATE notice has B's kernel drop the entry.
+And when B's watch ends with its master, B's kernel forgets everything and
+A's changes on the new master show too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from chunkfs.testing.cluster import master_id, wait_for
+
+#: Far beyond the short timeouts (1 s) and far beyond every wait below: an entry that is right
+#: within this test's waits is right because a notice invalidated it, not because it expired.
+LONG = "cache_timeout=600"
+#: How long a change may take to show in the other mount (a notice's trip, the kernel's next ask).
+SHOWS_WITHIN = 10.0
+
+
+def kernel_requests(mnt: Path) -> int:
+    """LOOKUP and GETATTR requests the kernel has sent the mount so far (its timings, on SIGUSR1)."""
+    from chunkfs.client.fuse_session import TIMINGS_FILE, state_dir
+    from chunkfs.common.daemon import read_pid
+
+    sdir = state_dir(mnt)
+    pid = read_pid(sdir)
+    assert pid is not None
+    path = sdir / TIMINGS_FILE
+    path.unlink(missing_ok=True)
+    os.kill(pid, signal.SIGUSR1)
+    wait_for("the mount's timings", path.exists, timeout=10, pause=0.02)
+    steps = json.loads(path.read_text())
+    return sum(steps.get(step, {}).get("count", 0) for step in ("fuse.lookup", "fuse.getattr"))
+
+
+def shows(what: str, check: Callable[[], bool]) -> None:
+    wait_for(what, check, timeout=SHOWS_WITHIN, pause=0.05)
+
+
+def size_of(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return None
+
+
+def test_another_mounts_changes_show_at_once_while_the_kernel_keeps_answers_for_long(make_cluster, mount) -> None:
+    cluster = make_cluster(n_cs=3)
+    a, b = mount(cluster, "a"), mount(cluster, "b", LONG)
+    (a / "d").mkdir()
+    (a / "d" / "f").write_bytes(b"x" * 10)
+    shows("the file in B", lambda: size_of(b / "d" / "f") == 10)
+    assert not (b / "d" / "new").exists()  # a negative entry in B's kernel
+
+    # Past the short timeouts, B's kernel still answers by itself: no request reaches B.  (An answer
+    # given while a notice arrived is kept for the short time only: hence a few tries.)
+    wait_for("B's kernel keeping answers for long", lambda: _kept(b, b / "d" / "f", b / "d"), timeout=30)
+    assert (b / "d" / "f").stat().st_size == 10
+
+    # Each change A makes shows in B, though B's kernel was told to keep the old answers for 600 s.
+    (a / "d" / "f").write_bytes(b"y" * 20)
+    shows("the new size in B", lambda: size_of(b / "d" / "f") == 20)
+    assert (b / "d" / "f").read_bytes() == b"y" * 20
+    os.chmod(a / "d" / "f", 0o600)
+    shows("the new mode in B", lambda: stat.S_IMODE((b / "d" / "f").stat().st_mode) == 0o600)
+    (a / "d" / "new").write_bytes(b"new")
+    shows("the new name in B", lambda: (b / "d" / "new").exists())
+    os.rename(a / "d" / "f", a / "d" / "g")
+    shows("the rename in B", lambda: not (b / "d" / "f").exists() and size_of(b / "d" / "g") == 20)
+    (a / "d" / "e").mkdir()
+    shows("the new directory's link in B", lambda: (b / "d").stat().st_nlink == 3)
+    (a / "d" / "g").unlink()
+    shows("the unlink in B", lambda: not (b / "d" / "g").exists())
+    assert sorted(os.listdir(b / "d")) == ["e", "new"]
+
+    # B's own changes: A sees them too (A's short timeouts, or A's own notices).
+    (b / "d" / "from-b").write_bytes(b"b")
+    shows("B's file in A", lambda: size_of(a / "d" / "from-b") == 1)
+
+
+def test_a_new_master_ends_the_watch_and_the_kernel_forgets_what_it_kept(make_cluster, mount) -> None:
+    cluster = make_cluster(n_cs=3, n_mds=3)
+    a, b = mount(cluster, "a"), mount(cluster, "b", LONG)
+    (a / "f").write_bytes(b"1")
+    shows("the file in B", lambda: size_of(b / "f") == 1)
+    with cluster.client() as client:
+        old = master_id(client)
+    cluster.kill("mds", old)
+    # A changes it through the new master; B, which heard nothing from it yet, sees the change anyway.
+    (a / "f").write_bytes(b"22")
+    shows("A's change in B after the master changed", lambda: size_of(b / "f") == 2)
+    (a / "g").write_bytes(b"333")
+    shows("A's new file in B", lambda: size_of(b / "g") == 3)
+    # And B watches the new master: its kernel keeps answers for long again, and notices arrive.
+    wait_for("B's kernel keeping answers for long again", lambda: _kept(b, b / "g"), timeout=30)
+    (a / "g").unlink()
+    shows("the unlink in B through the new master", lambda: not (b / "g").exists())
+
+
+def _kept(mnt: Path, *paths: Path) -> bool:
+    """Whether, 1.5 s (past the short timeouts) after a stat, 20 more of `paths` reach the mount not at all."""
+    for path in paths:
+        path.stat()
+    time.sleep(1.5)
+    before = kernel_requests(mnt)
+    for _ in range(20):
+        for path in paths:
+            path.stat()
+    return kernel_requests(mnt) == before

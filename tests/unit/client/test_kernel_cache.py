@@ -1,0 +1,115 @@
+"""The mount's bookkeeping of the kernel's cache (kernel_cache.py): its timeouts and its invalidations."""
+
+from __future__ import annotations
+
+import errno
+import threading
+import time
+
+import pytest
+
+from chunkfs.client import kernel_cache
+from chunkfs.client.kernel_cache import KernelCache
+
+
+class Kernel:
+    """Stands in for pyfuse3's invalidate calls: records them; names in `unknown` raise ENOENT."""
+
+    def __init__(self) -> None:
+        self.dropped: list[object] = []
+        self.unknown: set[object] = set()
+        self.seen = threading.Event()
+
+    def entry(self, parent: int, name: bytes) -> None:
+        self._drop((parent, name))
+
+    def inode(self, ino: int) -> None:
+        self._drop(ino)
+
+    def _drop(self, item: object) -> None:
+        self.seen.set()
+        if item in self.unknown:
+            raise OSError(errno.ENOENT, "not cached")
+        self.dropped.append(item)
+
+
+@pytest.fixture
+def kernel() -> Kernel:
+    return Kernel()
+
+
+@pytest.fixture
+def cache(kernel: Kernel):
+    c = KernelCache(long=60.0, short_attr=1.0, short_entry=2.0, invalidate_entry=kernel.entry,
+                    invalidate_inode=kernel.inode)
+    c.start()
+    yield c
+    c.stop()
+
+
+def settle(cache: KernelCache, kernel: Kernel, count: int) -> list[object]:
+    """What the thread invalidated, once it did `count` (bounded wait)."""
+    deadline = time.monotonic() + 5
+    while cache.invalidated < count and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return kernel.dropped
+
+
+def test_long_timeouts_only_while_watched_and_no_notice_came_meanwhile(cache: KernelCache) -> None:
+    conn = object()
+    since = cache.seq
+    assert cache.timeouts(since) == (1.0, 2.0)  # not watched: the short ones
+    cache.watching(conn)
+    assert cache.timeouts(since) == (1.0, 2.0)  # the request began before the watch
+    since = cache.seq
+    assert cache.timeouts(since) == (60.0, 60.0)
+    cache.changed([(1, b"x")], [])
+    assert cache.timeouts(since) == (1.0, 2.0)  # a notice arrived during the request
+    assert cache.timeouts(cache.seq) == (60.0, 60.0)
+    cache.lost(object())  # another connection: the watch goes on
+    assert cache.timeouts(cache.seq) == (60.0, 60.0)
+    cache.lost(conn)
+    assert cache.timeouts(cache.seq) == (1.0, 2.0)
+
+
+def test_no_caching_asked_stays_no_caching(kernel: Kernel) -> None:
+    c = KernelCache(long=60.0, short_attr=0.0, short_entry=0.0, invalidate_entry=kernel.entry,
+                    invalidate_inode=kernel.inode)
+    c.watching(object())
+    assert c.timeouts(c.seq) == (0.0, 0.0)
+
+
+def test_notices_are_carried_out_on_the_thread_and_unknown_names_are_skipped(
+        cache: KernelCache, kernel: Kernel) -> None:
+    kernel.unknown.add((1, b"gone"))
+    cache.changed([(1, b"gone"), (1, b"a")], [7])
+    assert settle(cache, kernel, 2) == [(1, b"a"), 7]
+
+
+def test_a_lost_watch_invalidates_every_name_and_inode_the_kernel_holds(cache: KernelCache, kernel: Kernel) -> None:
+    conn = object()
+    cache.watching(conn)
+    cache.remember(10, 1, b"a")
+    cache.remember(11, 1, b"b")
+    cache.remember(12, 10, b"c")
+    cache.renamed(1, b"b", 10, b"b2")  # this mount's own rename
+    cache.removed(10, b"c")  # ... and unlink: the inode may still be open, its name is gone
+    cache.forget([10])  # the kernel forgot inode 10
+    cache.lost(conn)
+    dropped = settle(cache, kernel, 3)
+    assert sorted(map(str, dropped)) == sorted(map(str, [(10, b"b2"), 11, 12]))
+
+
+def test_past_its_bound_the_queue_becomes_everything_known(
+        monkeypatch: pytest.MonkeyPatch, kernel: Kernel) -> None:
+    monkeypatch.setattr(kernel_cache, "QUEUE_MAX", 3)
+    c = KernelCache(long=60.0, short_attr=1.0, short_entry=1.0, invalidate_entry=kernel.entry,
+                    invalidate_inode=kernel.inode)  # not started: the queue only grows
+    c.remember(5, 1, b"known")
+    c.changed([(1, b"x"), (1, b"y")], [])
+    c.changed([(1, b"z"), (1, b"w")], [])
+    c.start()
+    try:
+        assert sorted(map(str, settle(c, kernel, 2))) == sorted(map(str, [(1, b"known"), 5]))
+    finally:
+        c.stop()
