@@ -27,8 +27,8 @@ LONG = "cache_timeout=600"
 SHOWS_WITHIN = 10.0
 
 
-def kernel_requests(mnt: Path) -> int:
-    """LOOKUP and GETATTR requests the kernel has sent the mount so far (its timings, on SIGUSR1)."""
+def kernel_requests(mnt: Path, steps: tuple[str, ...] = ("fuse.lookup", "fuse.getattr")) -> int:
+    """Requests the kernel sent the mount so far (default: LOOKUP and GETATTR), from its timings (SIGUSR1)."""
     from chunkfs.client.fuse_session import TIMINGS_FILE, state_dir
     from chunkfs.common.daemon import read_pid
 
@@ -39,8 +39,8 @@ def kernel_requests(mnt: Path) -> int:
     path.unlink(missing_ok=True)
     os.kill(pid, signal.SIGUSR1)
     wait_for("the mount's timings", path.exists, timeout=10, pause=0.02)
-    steps = json.loads(path.read_text())
-    return sum(steps.get(step, {}).get("count", 0) for step in ("fuse.lookup", "fuse.getattr"))
+    counts = json.loads(path.read_text())
+    return sum(counts.get(step, {}).get("count", 0) for step in steps)
 
 
 def shows(what: str, check: Callable[[], bool]) -> None:
@@ -86,6 +86,36 @@ def test_another_mounts_changes_show_at_once_while_the_kernel_keeps_answers_for_
     # B's own changes: A sees them too (A's short timeouts, or A's own notices).
     (b / "d" / "from-b").write_bytes(b"b")
     shows("B's file in A", lambda: size_of(a / "d" / "from-b") == 1)
+
+
+def test_names_missing_from_a_directory_known_whole_are_not_asked_for(make_cluster, mount) -> None:
+    cluster = make_cluster(n_cs=3)
+    a, b = mount(cluster, "a"), mount(cluster, "b", LONG)
+    lookups = ("mds.LOOKUP",)
+    (b / "mine").mkdir()
+    wait_for("B watching", lambda: _kept(b, b / "mine"), timeout=30)
+    # B made it: creating names there asks the master nothing before each create.
+    before = kernel_requests(b, lookups)
+    for i in range(10):
+        (b / "mine" / f"f{i}").write_bytes(b"")
+    assert not (b / "mine" / "nothing").exists()
+    assert kernel_requests(b, lookups) == before
+    # A's name there shows in B all the same: the notice makes the directory unknown again.
+    (a / "mine" / "from-a").write_bytes(b"a")
+    shows("A's file in B's directory", lambda: size_of(b / "mine" / "from-a") == 1)
+    # A directory B listed whole is known too, until A changes a name in it.
+    (a / "theirs").mkdir()
+    (a / "theirs" / "x").write_bytes(b"x")
+    shows("A's directory in B", lambda: sorted(os.listdir(b / "theirs")) == ["x"])
+    before = kernel_requests(b, lookups)
+    assert not (b / "theirs" / "y").exists()
+    if kernel_requests(b, lookups) != before:  # the listing raced a notice: list again, now quiet
+        os.listdir(b / "theirs")
+        before = kernel_requests(b, lookups)
+        assert not (b / "theirs" / "y2").exists()
+    assert kernel_requests(b, lookups) == before
+    (a / "theirs" / "y").write_bytes(b"yy")
+    shows("A's new name in B's listed directory", lambda: size_of(b / "theirs" / "y") == 2)
 
 
 def test_a_new_master_ends_the_watch_and_the_kernel_forgets_what_it_kept(make_cluster, mount) -> None:

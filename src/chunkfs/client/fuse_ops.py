@@ -73,7 +73,7 @@ from typing import Any, ParamSpec, TypeVar
 import pyfuse3
 
 from chunkfs.client.client import Client
-from chunkfs.client.kernel_cache import KernelCache
+from chunkfs.client.kernel_cache import WHOLE_NAMES_MAX, KernelCache
 from chunkfs.common.errors import Busy, ChunkFSError, ConfigError, NotFound, ProtocolError
 from chunkfs.common.names import check_name_length
 from chunkfs.common.timings import TIMINGS
@@ -251,6 +251,9 @@ class DirHandle:
     pending_names: list[bytes] = field(default_factory=list)
     pending_at: int = -1
     more: bool = True
+    #: Every name listed since the listing began (at `since`, the kernel cache's seq), None if too many.
+    listed: set[bytes] | None = None
+    since: int = 0
 
 
 class ChunkFSOperations(pyfuse3.Operations):
@@ -370,19 +373,20 @@ class ChunkFSOperations(pyfuse3.Operations):
     @fuse_errors
     async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         check_name_length(name)
-        since = self.cache.seq
-        try:
-            return self._named(await self.client.lookup(parent_inode, name), parent_inode, name, since)
-        except NotFound:
-            logger.debug("lookup of %r in inode %d: no such name", name, parent_inode)
-            if not self.opts.entry_timeout:
-                raise
-            # A negative entry (inode 0): the kernel remembers "no such name" as long as it remembers
-            # names that exist, so searches along a path (compilers, shells) do not ask again each time.
-            missing = pyfuse3.EntryAttributes()
-            missing.st_ino = 0
-            missing.entry_timeout = self.opts.entry_timeout
-            return missing
+        if not self.cache.missing(parent_inode, name):  # else: a directory whose every name is known here
+            since = self.cache.seq
+            try:
+                return self._named(await self.client.lookup(parent_inode, name), parent_inode, name, since)
+            except NotFound:
+                logger.debug("lookup of %r in inode %d: no such name", name, parent_inode)
+        if not self.opts.entry_timeout:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        # A negative entry (inode 0): the kernel remembers "no such name" for the short entry timeout,
+        # so searches along a path (compilers, shells) do not ask again each time.
+        missing = pyfuse3.EntryAttributes()
+        missing.st_ino = 0
+        missing.entry_timeout = self.opts.entry_timeout
+        return missing
 
     def _named(self, attr: dict[str, Any], parent: int, name: bytes, since: int) -> pyfuse3.EntryAttributes:
         """An answer that gives the kernel a name: remembered, so it can be invalidated."""
@@ -437,8 +441,9 @@ class ChunkFSOperations(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         check_name_length(name)
         since = self.cache.seq
-        return self._named(await self.client.mkdir_at(parent_inode, name, statmod.S_IMODE(mode)), parent_inode, name,
-                           since)
+        attr = await self.client.mkdir_at(parent_inode, name, statmod.S_IMODE(mode))
+        self.cache.whole(attr["ino"], (), since)  # new and empty: every name in it will be known here
+        return self._named(attr, parent_inode, name, since)
 
     @fuse_errors
     async def create(
@@ -570,10 +575,19 @@ class ChunkFSOperations(pyfuse3.Operations):
     async def _fill(self, d: DirHandle) -> None:
         after = next((n for n in reversed(d.names) if n not in (b".", b"..")), b"")
         since = self.cache.seq
+        if not after:
+            d.listed, d.since = set(), since
         reply = await self.client.readdir_page(d.ino, after, READDIR_PAGE)
         entries = reply["entries"]
         d.more = bool(reply["more"]) and bool(entries)
         d.pending = [self._named(e[3], d.ino, e[0], since) for e in entries]
+        if d.listed is not None:
+            d.listed.update(e[0] for e in entries)
+            if not d.more:
+                self.cache.whole(d.ino, d.listed, d.since)  # listed whole, no notice meanwhile: known here
+                d.listed = None
+            elif len(d.listed) > WHOLE_NAMES_MAX:
+                d.listed = None
         d.pending_names = [e[0] for e in entries]
         d.pending_at = len(d.names)
         if not after:

@@ -27,6 +27,13 @@ them.  The rules that keep another client's change visible at once:
 What the kernel holds is tracked from the answers given (inode -> the name
 it was last answered under) and trimmed by the kernel's FORGETs, so it is
 bounded by the kernel's own cache.
+
+The same notices let the mount know *every* name of some directories: one
+it made itself, or listed whole while watched, with no notice about it since.
+A lookup there of a name it does not hold is answered "no such name" without
+asking the master: the lookup the kernel sends before each create.  This
+mount's own changes there keep the set up to date; any notice naming an
+entry in the directory, or the end of the watch, makes it unknown again.
 """
 
 from __future__ import annotations
@@ -44,6 +51,8 @@ logger = logging.getLogger(__name__)
 QUEUE_MAX = 100_000
 #: How long stopping waits for the thread, seconds.
 STOP_WAIT = 2.0
+#: Names kept for directories known whole, at most (about 100 bytes each); past it, no more are added.
+WHOLE_NAMES_MAX = 200_000
 
 Entry = tuple[int, bytes]
 
@@ -66,6 +75,9 @@ class KernelCache:
         self._watch: object | None = None
         self._names: dict[int, Entry] = {}  # inode -> (parent, name) it was last answered under
         self._inodes: dict[Entry, int] = {}
+        #: Directories whose every name this mount knows, and those names.
+        self._whole: dict[int, set[bytes]] = {}
+        self._whole_names = 0
         self._todo: deque[Entry | int] = deque()
         self._cond = threading.Condition()
         self._stopping = False
@@ -87,20 +99,62 @@ class KernelCache:
     # -- what the kernel holds ------------------------------------------------------
 
     def remember(self, ino: int, parent: int, name: bytes) -> None:
+        """The kernel was given `name` in `parent`, inode `ino` (which exists: in a known directory, too)."""
         old = self._names.get(ino)
         if old is not None and self._inodes.get(old) == ino:
             del self._inodes[old]
         self._names[ino] = (parent, name)
         self._inodes[(parent, name)] = ino
+        names = self._whole.get(parent)
+        if names is not None and name not in names:
+            if self._whole_names >= WHOLE_NAMES_MAX:
+                self._unknown(parent)
+            else:
+                names.add(name)
+                self._whole_names += 1
 
     def removed(self, parent: int, name: bytes) -> None:
         """This mount removed the name (the kernel dropped it itself)."""
-        self._inodes.pop((parent, name), None)
+        ino = self._inodes.pop((parent, name), None)
+        if ino is not None:
+            self._unknown(ino)  # a directory removed: nothing to know of it
+        names = self._whole.get(parent)
+        if names is not None and name in names:
+            names.discard(name)
+            self._whole_names -= 1
 
     def renamed(self, parent: int, name: bytes, new_parent: int, new_name: bytes) -> None:
         ino = self._inodes.pop((parent, name), None)
+        names = self._whole.get(parent)
+        if names is not None and name in names:
+            names.discard(name)
+            self._whole_names -= 1
         if ino is not None:
             self.remember(ino, new_parent, new_name)
+        else:
+            self._unknown(new_parent)  # the name is there now, under an inode not known here
+
+    # -- directories known whole --------------------------------------------------------
+
+    def whole(self, ino: int, names: Iterable[bytes], since: int) -> None:
+        """`names` are every name in directory `ino`, as answered to a request (or requests) begun at `since`."""
+        if self._watch is None or since != self.seq or ino in self._whole:
+            return
+        known = set(names)
+        if self._whole_names + len(known) > WHOLE_NAMES_MAX:
+            return
+        self._whole[ino] = known
+        self._whole_names += len(known)
+
+    def missing(self, parent: int, name: bytes) -> bool:
+        """Whether `name` is known not to be in `parent` (answered without asking the master)."""
+        names = self._whole.get(parent)
+        return names is not None and self._watch is not None and name not in names
+
+    def _unknown(self, ino: int) -> None:
+        names = self._whole.pop(ino, None)
+        if names is not None:
+            self._whole_names -= len(names)
 
     def forget(self, inodes: Iterable[int]) -> None:
         """The kernel forgot these inodes."""
@@ -122,6 +176,8 @@ class KernelCache:
             return
         self._watch = None
         self.seq += 1
+        self._whole.clear()
+        self._whole_names = 0
         logger.info("lost the master's change notices: the kernel forgets %d cached name(s); "
                     "short cache timeouts until they are back", len(self._names))
         self._queue_everything()
@@ -129,6 +185,9 @@ class KernelCache:
     def changed(self, entries: Iterable[Entry], inodes: Iterable[int]) -> None:
         """Another client changed these names and inodes (an INVALIDATE notice)."""
         self.seq += 1
+        entries = list(entries)
+        for parent, _ in entries:
+            self._unknown(parent)
         with self._cond:
             self._todo.extend(entries)
             self._todo.extend(inodes)

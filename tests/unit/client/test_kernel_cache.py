@@ -113,3 +113,46 @@ def test_past_its_bound_the_queue_becomes_everything_known(
         assert sorted(map(str, settle(c, kernel, 2))) == sorted(map(str, [(1, b"known"), 5]))
     finally:
         c.stop()
+
+
+def test_a_directory_known_whole_answers_missing_names_until_a_notice_names_it(cache: KernelCache) -> None:
+    conn = object()
+    since = cache.seq
+    cache.whole(5, [b"a"], since)
+    assert not cache.missing(5, b"x")  # not watched: nothing is known whole
+    cache.watching(conn)
+    cache.whole(5, [b"a"], since)
+    assert not cache.missing(5, b"x")  # listed before the watch began
+    cache.whole(5, [b"a"], cache.seq)
+    assert cache.missing(5, b"x") and not cache.missing(5, b"a") and not cache.missing(6, b"x")
+    cache.remember(50, 5, b"x")  # this mount made it
+    assert not cache.missing(5, b"x")
+    cache.renamed(5, b"x", 5, b"y")
+    assert cache.missing(5, b"x") and not cache.missing(5, b"y")
+    cache.removed(5, b"a")
+    assert cache.missing(5, b"a")
+    cache.changed([(5, b"z")], [])  # another client changed a name in it
+    assert not cache.missing(5, b"a")
+    cache.whole(5, [], cache.seq)
+    cache.renamed(9, b"q", 5, b"q")  # a name moved in under an inode not known here: whole no more
+    assert not cache.missing(5, b"r")
+    cache.whole(7, [], cache.seq)
+    cache.lost(conn)
+    cache.watching(conn)
+    assert not cache.missing(7, b"r")
+
+
+def test_removing_a_directory_forgets_its_names_and_the_names_kept_are_bounded(
+        cache: KernelCache, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kernel_cache, "WHOLE_NAMES_MAX", 3)
+    cache.watching(object())
+    cache.whole(1, [b"d"], cache.seq)
+    cache.remember(2, 1, b"d")
+    cache.whole(2, [b"a", b"b"], cache.seq)
+    cache.whole(3, [b"c"], cache.seq)  # would pass the bound: not known whole
+    assert not cache.missing(3, b"x")
+    cache.remember(10, 2, b"e")  # at the bound: directory 2 is no longer known whole rather than wrong
+    assert not cache.missing(2, b"x") and cache.missing(1, b"x")
+    cache.whole(2, [b"a"], cache.seq)
+    cache.removed(1, b"d")
+    assert not cache.missing(2, b"x")
