@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import tarfile
 
 import pytest
@@ -185,3 +186,36 @@ def test_fdatasync_inside_a_file_commits_no_metadata_and_close_commits_mtime(mou
     other = mount(cluster, "other")
     assert (other / "disk.img").read_bytes() == bytes(image)
     assert os.stat(other / "disk.img").st_mtime_ns == written  # the last write's mtime, committed at close
+
+
+def test_times_set_on_a_file_being_written_carry_its_size_in_one_commit(mount, make_cluster) -> None:
+    """tar's order: write, then futimens, fchown, fchmod on the open file, then close.  The size
+    written goes to the master with the first of them, in the same commit, and every mount sees
+    the data, the size and the old mtime tar set."""
+    cluster = make_cluster(n_cs=3)
+    mnt = mount(cluster)
+    old = 1_500_000_000_123_456_789
+
+    def commits() -> tuple[int, int]:
+        steps = _mount_timings(mnt)
+        return tuple(int(steps.get(f"mds.{m}", {}).get("count", 0)) for m in ("EXTEND", "SETATTR"))  # type: ignore[return-value]
+
+    before = commits()
+    fd = os.open(mnt / "f", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, b"data" * 1000)
+        os.utime(fd, ns=(old, old))
+        assert os.fstat(fd).st_size == 4000 and os.fstat(fd).st_mtime_ns == old
+        os.fchmod(fd, 0o640)
+    finally:
+        os.close(fd)
+    extends, setattrs = (a - b for a, b in zip(commits(), before, strict=True))
+    assert (extends, setattrs) == (0, 2)  # the size rode on the first SETATTR; close had nothing left
+    other = mount(cluster, "other")
+    st = os.stat(other / "f")
+    assert (st.st_size, st.st_mtime_ns, stat.S_IMODE(st.st_mode)) == (4000, old, 0o640)
+    assert (other / "f").read_bytes() == b"data" * 1000
+    # A write after the times were set moves mtime to its own time, as on a local disk.
+    with open(mnt / "f", "r+b") as f:
+        f.write(b"x")
+    assert os.stat(other / "f").st_mtime_ns > old

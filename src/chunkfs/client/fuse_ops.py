@@ -413,12 +413,21 @@ class ChunkFSOperations(pyfuse3.Operations):
         if fields.update_atime:
             changes["atime_ns"] = attr.st_atime_ns
         of = self.files.get(inode)
-        # No change asked (chown to the owner it has, chown -1 -1) still changes ctime, as on a local disk.
-        if of is not None and "size" not in changes:
-            await self._commit(of)  # keep a local size from being lost under a new mtime
         self._fresh_dirs.pop(inode, None)
         since = self.cache.seq
-        new = await self.client.setattr(inode, **changes)
+        # No change asked (chown to the owner it has, chown -1 -1) still changes ctime, as on a local disk.
+        if of is not None and "size" not in changes:
+            # What this mount wrote goes first, in the same commit: a new mtime must not hide a local size.
+            async with of.commit_lock:
+                gen, size, mtime_ns = of.gen, of.size, of.mtime_ns
+                if of.dirty:
+                    changes["extend"] = [size, mtime_ns]
+                new = await self.client.setattr(inode, **changes)
+                if of.dirty:
+                    of.committed_size = size
+                    of.dirty = of.gen != gen
+        else:
+            new = await self.client.setattr(inode, **changes)
         if "size" in changes:
             self._truncated(inode, new["size"], new["mtime_ns"])
         return self._entry(new, since)

@@ -453,8 +453,12 @@ class MetadataServer:
         return {"known": known}
 
     async def _on_setattr(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
-        args = {k: h[f] for k, f in (("size", "size"), ("mode", "mode"), ("mtime", "mtime_ns"), ("atime", "atime_ns"))
-                if h.get(f) is not None}
+        args = {k: h[f] for k, f in (("size", "size"), ("mode", "mode"), ("mtime", "mtime_ns"), ("atime", "atime_ns"),
+                                     ("extend", "extend")) if h.get(f) is not None}
+        if "extend" in args:
+            extend = int_list(args["extend"], "extend", 2)
+            if len(extend) != 2 or min(extend) < 0:
+                raise InvalidArgument("extend must be [size, mtime_ns], neither negative")
         attr = await self._setattr(h["ino"], args, self._once(h))
         self.watchers.changed(conn, inodes=[h["ino"]])
         return {"attr": attr}

@@ -575,8 +575,14 @@ class MetadataStore:
         mode: int | None = None,
         mtime: int | float | None = None,
         atime: int | float | None = None,
+        extend: list[int] | None = None,
     ) -> dict[str, Any]:
-        """Change attributes; `mtime`/`atime` in nanoseconds.  Every change of an inode moves its ctime."""
+        """Change attributes; `mtime`/`atime` in nanoseconds.  Every change of an inode moves its ctime.
+
+        `extend` ([size, mtime]): a writer's `extend` not sent yet, done first (one commit for both).
+        """
+        if extend is not None:
+            self._op_extend(term, ino, extend[0], extend[1], time)
         attr = self.getattr(ino)
         dropped: list[Chunk] = []
         now = _ns(time)

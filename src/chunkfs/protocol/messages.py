@@ -211,6 +211,8 @@ SPECS: dict[Msg, MessageSpec] = {
             # Times in integer nanoseconds since the epoch (utimensat's precision).
             f("mtime_ns", int, _NONE),
             f("atime_ns", int, _NONE),
+            # [size, mtime_ns]: a writer's EXTEND not yet sent, done first in the same commit.
+            f("extend", list, optional=True, max_items=2),
             *_ONCE,
         ),
         _ATTR,
