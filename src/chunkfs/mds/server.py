@@ -440,6 +440,8 @@ class MetadataServer:
         return {}
 
     async def _on_watch(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
+        if conn.peer_role != "client":
+            raise ProtocolError("WATCH is for clients only")
         self.watchers.add(conn)
         return {}
 

@@ -58,7 +58,7 @@ class MdsLink:
                     if self.on_connect is not None:
                         try:
                             await self.on_connect(conn)
-                        except ChunkFSError as exc:  # e.g. a follower: the request's redirect comes next
+                        except (ChunkFSError, OSError) as exc:  # e.g. a follower: the request's redirect comes next
                             logger.debug("on connecting to %s: %s", addr, exc)
                     self._conn = conn
                     # Put the working address first for next time.
