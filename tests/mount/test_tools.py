@@ -188,34 +188,49 @@ def test_fdatasync_inside_a_file_commits_no_metadata_and_close_commits_mtime(mou
     assert os.stat(other / "disk.img").st_mtime_ns == written  # the last write's mtime, committed at close
 
 
-def test_times_set_on_a_file_being_written_carry_its_size_in_one_commit(mount, make_cluster) -> None:
-    """tar's order: write, then futimens, fchown, fchmod on the open file, then close.  The size
-    written goes to the master with the first of them, in the same commit, and every mount sees
-    the data, the size and the old mtime tar set."""
+def test_times_set_on_an_open_file_go_with_its_next_commit(mount, make_cluster) -> None:
+    """tar's order: write, then futimens, fchown, fchmod on the open file, then close.  Times, and an
+    owner or mode set to what they are, are kept by the mount until the next commit, which carries
+    the size written too: one commit for all of it.  A real mode change commits at once, with them."""
     cluster = make_cluster(n_cs=3)
     mnt = mount(cluster)
+    other = mount(cluster, "other")
     old = 1_500_000_000_123_456_789
 
     def commits() -> tuple[int, int]:
         steps = _mount_timings(mnt)
         return tuple(int(steps.get(f"mds.{m}", {}).get("count", 0)) for m in ("EXTEND", "SETATTR"))  # type: ignore[return-value]
 
-    before = commits()
-    fd = os.open(mnt / "f", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    def since(before: tuple[int, int]) -> tuple[int, ...]:
+        return tuple(a - b for a, b in zip(commits(), before, strict=True))
+
+    (mnt / "warm").write_bytes(b"")  # the mount watches its master from its first request on
+    for name, mode, changed in (("same", 0o644, False), ("changed", 0o640, True)):
+        before = commits()
+        fd = os.open(mnt / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            os.write(fd, b"data" * 1000)
+            os.utime(fd, ns=(old, old))
+            os.fchown(fd, os.getuid(), os.getgid())
+            st = os.fstat(fd)
+            assert (st.st_size, st.st_mtime_ns) == (4000, old) and st.st_ctime_ns > old
+            assert since(before) == (0, 0)  # nothing sent yet
+            os.fchmod(fd, mode)
+            assert since(before) == (0, 1 if changed else 0)  # a real change commits at once, with the rest
+            ctime = os.fstat(fd).st_ctime_ns
+        finally:
+            os.close(fd)
+        assert since(before) == (0, 1)  # one commit in all, at the fchmod or at close
+        st = os.stat(other / name)
+        assert (st.st_size, st.st_mtime_ns, stat.S_IMODE(st.st_mode)) == (4000, old, mode)
+        assert st.st_ctime_ns == ctime or changed  # the ctime the mount showed is the one committed
+        assert (other / name).read_bytes() == b"data" * 1000
+    # A write after the times were set moves mtime to its own time, as on a local disk.
+    fd = os.open(mnt / "same", os.O_WRONLY)
     try:
-        os.write(fd, b"data" * 1000)
         os.utime(fd, ns=(old, old))
-        assert os.fstat(fd).st_size == 4000 and os.fstat(fd).st_mtime_ns == old
-        os.fchmod(fd, 0o640)
+        os.write(fd, b"x")
+        assert os.fstat(fd).st_mtime_ns > old
     finally:
         os.close(fd)
-    extends, setattrs = (a - b for a, b in zip(commits(), before, strict=True))
-    assert (extends, setattrs) == (0, 2)  # the size rode on the first SETATTR; close had nothing left
-    other = mount(cluster, "other")
-    st = os.stat(other / "f")
-    assert (st.st_size, st.st_mtime_ns, stat.S_IMODE(st.st_mode)) == (4000, old, 0o640)
-    assert (other / "f").read_bytes() == b"data" * 1000
-    # A write after the times were set moves mtime to its own time, as on a local disk.
-    with open(mnt / "f", "r+b") as f:
-        f.write(b"x")
-    assert os.stat(other / "f").st_mtime_ns > old
+    assert os.stat(other / "same").st_mtime_ns > old

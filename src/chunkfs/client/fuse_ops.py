@@ -238,6 +238,13 @@ class OpenFile:
     lease_until: float = 0.0
     #: Why the lease was lost (another mount holds it now); writes fail until the file is reopened.
     lease_lost: str = ""
+    #: The file's attributes as the master last answered them; None when unknown, or when another
+    #: client changed the file since (its notice said so).
+    attr: dict[str, Any] | None = None
+    #: Times set here on the open file and not committed yet ("mtime_ns", "atime_ns", "ctime_ns"): a
+    #: `futimens`, or an owner or mode set to what it already is (ctime only).  They go to the master
+    #: with the next commit (flush, fsync, close, or another attribute change), as a write's size does.
+    pending: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -312,6 +319,8 @@ class ChunkFSOperations(pyfuse3.Operations):
     async def _watch_ends(self, conn: Connection) -> None:
         await conn.wait_closed()
         self.cache.lost(conn)
+        for of in self.files.values():
+            of.attr = None  # changes may have been missed: nothing is vouched for now
 
     def _notice(self, conn: Connection, msg: Msg, h: dict[str, Any], payload: bytes) -> None:
         if msg != Msg.INVALIDATE:
@@ -320,6 +329,9 @@ class ChunkFSOperations(pyfuse3.Operations):
         inodes = int_list(h["inodes"], "INVALIDATE inodes", INVALIDATE_MAX)
         for ino in inodes:
             self._fresh_dirs.pop(ino, None)
+            of = self.files.get(ino)
+            if of is not None:
+                of.attr = None  # changed by another client: answers need the master again
         self.cache.changed(entries, inodes)
 
     # -- attributes ------------------------------------------------------------
@@ -329,14 +341,20 @@ class ChunkFSOperations(pyfuse3.Operations):
         e = pyfuse3.EntryAttributes()
         ino = attr["ino"]
         size, mtime, ctime = attr["size"], attr["mtime_ns"], attr["ctime_ns"]
+        atime = attr["atime_ns"]
         of = self.files.get(ino)
         if of is not None:
+            if "mode" in attr:
+                self._keep_attr(of, attr, self.cache.seq if since is None else since)
             if of.dirty:
                 # Written here since the master last heard: a write sets mtime and ctime to its
                 # time, even when an earlier utime put them in the future.
                 size, mtime, ctime = of.size, of.mtime_ns, max(ctime, of.mtime_ns)
             else:
                 of.size = of.committed_size = size  # another mount may have grown or cut it
+            mtime = of.pending.get("mtime_ns", mtime)
+            atime = of.pending.get("atime_ns", atime)
+            ctime = of.pending.get("ctime_ns", ctime)
         e.st_ino = ino
         e.generation = 0
         e.attr_timeout, e.entry_timeout = self.cache.timeouts(self.cache.seq if since is None else since)
@@ -348,10 +366,14 @@ class ChunkFSOperations(pyfuse3.Operations):
         e.st_size = size
         e.st_blksize = BLOCK_SIZE
         e.st_blocks = (size + 511) // 512
-        e.st_atime_ns = attr["atime_ns"]
+        e.st_atime_ns = atime
         e.st_mtime_ns = mtime
         e.st_ctime_ns = ctime
         return e
+
+    def _keep_attr(self, of: OpenFile, attr: dict[str, Any], since: int) -> None:
+        """Keep the master's answer for an open file, while the master vouches for it (kernel_cache.py)."""
+        of.attr = attr if self.cache.watched and since == self.cache.seq else None
 
     def _dirs_changed(self, attrs: list[dict[str, Any]]) -> None:
         if not self.opts.attr_timeout:
@@ -416,21 +438,56 @@ class ChunkFSOperations(pyfuse3.Operations):
         self._fresh_dirs.pop(inode, None)
         since = self.cache.seq
         # No change asked (chown to the owner it has, chown -1 -1) still changes ctime, as on a local disk.
-        if of is not None and "size" not in changes:
-            # What this mount wrote goes first, in the same commit: a new mtime must not hide a local size.
+        if of is not None and of.attr is not None and self.cache.watched and "size" not in changes \
+                and changes.get("mode", of.attr["mode"] & 0o7777) == of.attr["mode"] & 0o7777:
+            self._defer_times(of, changes)
+            return self._entry(of.attr, since)
+        if of is not None:
             async with of.commit_lock:
-                gen, size, mtime_ns = of.gen, of.size, of.mtime_ns
-                if of.dirty:
-                    changes["extend"] = [size, mtime_ns]
-                new = await self.client.setattr(inode, **changes)
-                if of.dirty:
-                    of.committed_size = size
-                    of.dirty = of.gen != gen
+                new = await self._setattr_open(of, changes)
         else:
             new = await self.client.setattr(inode, **changes)
         if "size" in changes:
             self._truncated(inode, new["size"], new["mtime_ns"])
         return self._entry(new, since)
+
+    def _defer_times(self, of: OpenFile, changes: dict[str, Any]) -> None:
+        """Times set on a file open here, nothing else changed: kept for its next commit (`OpenFile.pending`).
+
+        Only while the master vouches for `of.attr` (watched, no other client's change since): the
+        answer to the kernel is built from it.  The ctime is this moment, or the new mtime when that
+        is this moment too (``touch``: one instant, as on a local disk, and as the master does).
+        """
+        assert of.attr is not None
+        now = time.time_ns()
+        mtime = changes.get("mtime_ns")
+        same_instant = mtime is not None and abs(mtime - now) < 1_000_000_000 and mtime >= of.attr["ctime_ns"]
+        of.pending.update({k: v for k, v in changes.items() if k in ("mtime_ns", "atime_ns")})
+        of.pending["ctime_ns"] = mtime if same_instant else now
+
+    async def _setattr_open(self, of: OpenFile, changes: dict[str, Any]) -> dict[str, Any]:
+        """SETATTR of a file open here, under its commit lock, with what this mount has not sent yet.
+
+        The size written goes first, in the same commit (a new mtime must not hide it); times set
+        here and not committed go too, unless this change sets them anew (a truncation sets mtime).
+        """
+        since, gen, size, mtime_ns, pending = self.cache.seq, of.gen, of.size, of.mtime_ns, dict(of.pending)
+        if "ctime_ns" in pending and not changes:  # only committing what was set here: its own ctime
+            changes["ctime_ns"] = pending["ctime_ns"]
+        if of.dirty and "size" not in changes:
+            changes["extend"] = [size, mtime_ns]
+        for key in ("mtime_ns", "atime_ns"):
+            if key in pending and key not in changes and not (key == "mtime_ns" and "size" in changes):
+                changes[key] = pending[key]
+        new = await self.client.setattr(of.ino, **changes)
+        self._keep_attr(of, new, since)
+        if "extend" in changes:
+            of.committed_size = size
+            of.dirty = of.gen != gen
+        for key, value in pending.items():
+            if of.pending.get(key) == value:
+                del of.pending[key]
+        return new
 
     def _truncated(self, inode: int, size: int, mtime_ns: int) -> None:
         chunks = -(-size // self.client.chunk_size)
@@ -772,15 +829,21 @@ class ChunkFSOperations(pyfuse3.Operations):
         of.mtime_ns = time.time_ns()
         of.dirty = True
         of.gen += 1
+        # A write after times were set here moves mtime and ctime to its own time, as on a local disk.
+        of.pending.pop("mtime_ns", None)
+        of.pending.pop("ctime_ns", None)
         return len(buf)
 
     async def _commit(self, of: OpenFile) -> None:
-        """Make the master know the size and mtime this mount wrote (EXTEND)."""
+        """Make the master know the size and mtime this mount wrote (EXTEND), and times set here."""
         async with of.commit_lock:
+            if of.pending:
+                await self._setattr_open(of, {})
+                return
             if not of.dirty:
                 return
-            gen, size, mtime_ns = of.gen, of.size, of.mtime_ns
-            await self.client.extend(of.ino, size, mtime_ns)
+            since, gen, size, mtime_ns = self.cache.seq, of.gen, of.size, of.mtime_ns
+            self._keep_attr(of, await self.client.extend(of.ino, size, mtime_ns), since)
             of.committed_size = size
             if of.gen == gen:
                 of.dirty = False
@@ -811,7 +874,7 @@ class ChunkFSOperations(pyfuse3.Operations):
         try:
             await self._commit(of)
         finally:
-            if of.refs <= 0 and self.files.get(of.ino) is of and not of.dirty:
+            if of.refs <= 0 and self.files.get(of.ino) is of and not of.dirty and not of.pending:
                 del self.files[of.ino]
                 await self._release_lease(of)
                 await self._release_ino(of.ino)

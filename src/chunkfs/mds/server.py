@@ -456,7 +456,7 @@ class MetadataServer:
 
     async def _on_setattr(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
         args = {k: h[f] for k, f in (("size", "size"), ("mode", "mode"), ("mtime", "mtime_ns"), ("atime", "atime_ns"),
-                                     ("extend", "extend")) if h.get(f) is not None}
+                                     ("extend", "extend"), ("ctime", "ctime_ns")) if h.get(f) is not None}
         if "extend" in args:
             extend = int_list(args["extend"], "extend", 2)
             if len(extend) != 2 or min(extend) < 0:

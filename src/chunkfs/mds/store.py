@@ -576,21 +576,25 @@ class MetadataStore:
         mtime: int | float | None = None,
         atime: int | float | None = None,
         extend: list[int] | None = None,
+        ctime: int | None = None,
     ) -> dict[str, Any]:
         """Change attributes; `mtime`/`atime` in nanoseconds.  Every change of an inode moves its ctime.
 
         `extend` ([size, mtime]): a writer's `extend` not sent yet, done first (one commit for both).
+        `ctime`: when the mount made the change (times it set on an open file and commits later).
         """
         if extend is not None:
             self._op_extend(term, ino, extend[0], extend[1], time)
         attr = self.getattr(ino)
         dropped: list[Chunk] = []
         now = _ns(time)
-        ctime = now
-        if mtime is not None and abs(_ns(mtime) - now) < 1_000_000_000 and _ns(mtime) >= attr["ctime_ns"]:
+        new_ctime = now
+        if ctime is not None:
+            new_ctime = _ns(ctime)
+        elif mtime is not None and abs(_ns(mtime) - now) < 1_000_000_000 and _ns(mtime) >= attr["ctime_ns"]:
             # utimensat(UTIME_NOW) came with the mount's clock: one instant, as on a local disk.
-            ctime = _ns(mtime)
-        self.db.execute("UPDATE inodes SET ctime = ? WHERE ino = ?", (ctime, ino))
+            new_ctime = _ns(mtime)
+        self.db.execute("UPDATE inodes SET ctime = ? WHERE ino = ?", (new_ctime, ino))
         if size is not None:
             if attr["type"] == "d":
                 raise IsADirectory("cannot set the size of a directory")

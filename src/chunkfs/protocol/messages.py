@@ -213,6 +213,8 @@ SPECS: dict[Msg, MessageSpec] = {
             f("atime_ns", int, _NONE),
             # [size, mtime_ns]: a writer's EXTEND not yet sent, done first in the same commit.
             f("extend", list, optional=True, max_items=2),
+            # The ctime of a change the mount made on an open file and commits now (default: now).
+            f("ctime_ns", int, optional=True),
             *_ONCE,
         ),
         _ATTR,
