@@ -1113,3 +1113,16 @@ def test_rewinding_the_log_never_waits_for_a_snapshot_copy(store: MetadataStore,
     with store._files_lock:
         assert store.reset_log() is False
     assert store.reset_log() is True
+
+
+def test_setattr_does_a_pending_extend_first_and_takes_the_mounts_ctime(d: Driver, store: MetadataStore) -> None:
+    f = d.create(ROOT_INO, "f")
+    wrote, old, made = 1_700_000_000_000_000_000, 1_500_000_000_000_000_000, 1_700_000_000_500_000_000
+    attr = d("setattr", ino=f, time=d.tick(), mtime=old, extend=[4000, wrote], ctime=made)["attr"]
+    assert (attr["size"], attr["mtime_ns"], attr["ctime_ns"]) == (4000, old, made)  # the times set after the write
+    attr = d("setattr", ino=f, time=d.tick(), mode=0o600, extend=[100, wrote])["attr"]
+    assert attr["size"] == 4000 and stat.S_IMODE(attr["mode"]) == 0o600  # an extend never shrinks
+    assert attr["ctime_ns"] == int(d.clock * 1e9)  # no ctime given: the master's time
+    with pytest.raises(IsADirectory):
+        d("setattr", ino=ROOT_INO, time=d.tick(), extend=[1, wrote])
+    assert store.getattr(f)["size"] == 4000
