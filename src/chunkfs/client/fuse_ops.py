@@ -21,7 +21,9 @@ What the mount keeps, and for how long:
   file's size locally: a write that grows the file costs no metadata round
   trip; the new size goes to the master (EXTEND) at ``flush`` (every
   ``close``), ``fsync`` and ``release`` — so close-to-open consistency holds
-  between mounts, as with NFS;
+  between mounts, as with NFS; times set on the open file (``futimens``), and
+  an owner or mode set to what it already is (ctime only), go with it, in one
+  commit, while the master vouches for the file's attributes;
 * ``fsync``/``fdatasync`` return only once every chunk written through this
   mount since the last fsync is on every replica's disk *and* the size is
   committed on the master.
