@@ -125,13 +125,36 @@ class ReplicaSets:
 
     # -- changes ---------------------------------------------------------------------------
 
-    async def allocate(self, ino: int, index: int, replicas: list[int]) -> Chunk:
-        """Commit chunk `index` of `ino` on `replicas` (then `create_replicas`, under the chunk's lock).
+    async def allocate_created(
+        self, ino: int, index: int, replicas: list[int], chunk_id: int, version: int
+    ) -> tuple[Chunk, set[int]]:
+        """Commit chunk `index` of `ino` as `chunk_id` at `version`, creating its empty replicas meanwhile.
 
-        The allocation is idempotent in the store (a chunk already there is returned as it is).
+        One round trip instead of two in a row: the id was set aside (``reserve_chunk_ids``), so
+        the chunk servers can make the replicas while the allocation commits.  Returns the chunk
+        as stored and the servers that failed.  If the commit fails, or the chunk was there
+        already (a retried request: it is returned as it is, and no server counts as failed),
+        the replicas made for nothing are deleted; a server that misses the deletion has them
+        deleted when it registers again.
         """
-        chunk: Chunk = await self._propose("alloc_chunk", ino=ino, index=index, replicas=replicas)
-        return chunk
+        commit = asyncio.ensure_future(self._propose(
+            "alloc_chunk", ino=ino, index=index, replicas=replicas, chunk_id=chunk_id, version=version))
+        failures = await self.call_each(replicas, Msg.CS_CREATE_CHUNK, {"chunk_id": chunk_id, "version": version})
+        made = [cs for cs in replicas if cs not in failures]
+        try:
+            chunk: Chunk = await commit
+        except BaseException:
+            for cs in made:
+                self._spawn(self.delete_replica(cs, chunk_id))
+            raise
+        if chunk.chunk_id != chunk_id:
+            for cs in made:
+                self._spawn(self.delete_replica(cs, chunk_id))
+            return chunk, set()
+        for cs in made:
+            self.gained(cs, chunk_id)
+        self.on_change(chunk_id)
+        return chunk, set(failures)
 
     async def create_replicas(self, chunk: Chunk, cs_ids: Collection[int]) -> set[int]:
         """Create the chunk's empty replicas on `cs_ids` at its version; return the servers that failed."""

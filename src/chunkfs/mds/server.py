@@ -42,7 +42,7 @@ from chunkfs.mds.metrics import MdsMetrics
 from chunkfs.mds.open_files import OpenFileTable, OrphanReaper
 from chunkfs.mds.replicated_log import ReplicatedLog
 from chunkfs.mds.replication import CS_RECONNECT_GRACE, ReplicationMonitor
-from chunkfs.mds.store import MAX_REPLICAS, Chunk, MetadataStore, encode_command
+from chunkfs.mds.store import MAX_REPLICAS, VERSION_TERM_SHIFT, Chunk, MetadataStore, encode_command
 from chunkfs.mds.subtree import subtree_pages
 from chunkfs.mds.watchers import Watchers
 from chunkfs.protocol.mds_link import MdsLink
@@ -69,6 +69,8 @@ FOLLOWER_MESSAGES = frozenset({Msg.RAFT_SNAPSHOT, Msg.PING})
 #: A new chunk that cannot be placed because chunk servers are missing (not connected,
 #: silent, still reporting) waits this long for them before the writer is told so.
 PLACEMENT_WAIT = 5.0
+#: Chunk ids a master sets aside at once for the chunks it allocates (one commit per this many).
+CHUNK_ID_BATCH = 256
 PLACEMENT_POLL = 0.2
 #: At most one "cannot place a chunk" WARNING per this many seconds (many writers fail alike).
 PLACEMENT_WARNING_EVERY = 10.0
@@ -112,7 +114,7 @@ class MetadataServer:
             directory / "raft", node.node_id, {**dict(node.peers), node.node_id: node.addr}, self.creds,
             bootstrap_voters=(node.node_id,) if node.bootstrap else (),
             on_membership=self._learn_members, on_leader=lambda: self._spawn(self._became_master()),
-            on_follower=lambda: self.watchers.drop_all(),
+            on_follower=self._stepped_down,
             on_lost_log=lambda _peer, what: self._spawn(self.event("error", what)),
         )
         self.raft.routes = dict(node.peer_routes)
@@ -126,6 +128,9 @@ class MetadataServer:
         self.chunks = ReplicaSets(self.live, self._propose, self._cs_call, self._spawn)
         self._rng = random.Random()  # noqa: S311 - placement only
         self._master_since = 0.0
+        #: Chunk ids set aside for this master, [next, end) (`_new_chunk_id`).
+        self._chunk_ids = [0, 0]
+        self._chunk_ids_lock = asyncio.Lock()
         self._placement_warned = float("-inf")
         #: Chunk-server states, re-replication, scrub reports, draining (replication.py).
         self.healing = ReplicationMonitor(self)
@@ -208,12 +213,31 @@ class MetadataServer:
 
     async def _became_master(self) -> None:
         self._master_since = time.monotonic()
+        self._chunk_ids = [0, 0]
         self.healing.start()
         self.leases.start_grace()
         self.open_files.start_grace()
         self.reaper.start()
         await self._register_self()
         await self._event("info", f"MDS#{self.node.node_id} is the master (term {self.log.term}) at {self.node.addr}")
+
+    def _stepped_down(self) -> None:
+        """No longer the master: end the mounts' watches; ids set aside for new chunks are left unused."""
+        self.watchers.drop_all()
+        self._chunk_ids = [0, 0]
+
+    async def _new_chunk_id(self) -> int:
+        """An id for a new chunk from those set aside for this master: a commit per CHUNK_ID_BATCH chunks.
+
+        A new master sets aside ids of its own (after everything its predecessor committed), so an
+        id is never given twice, even by an allocation of the old master committed late.
+        """
+        async with self._chunk_ids_lock:
+            if self._chunk_ids[0] >= self._chunk_ids[1]:
+                self._chunk_ids = list(await self._propose("reserve_chunk_ids", count=CHUNK_ID_BATCH))
+            chunk_id = self._chunk_ids[0]
+            self._chunk_ids[0] += 1
+            return chunk_id
 
     async def _register_self(self) -> None:
         """The master's own address is in the member table before any other MDS is added."""
@@ -618,10 +642,15 @@ class MetadataServer:
         started = time.perf_counter()
         chosen = await self._place_new_chunk(ino, attr, wait=0.0)
         TIMINGS.since("alloc.place", started)
-        chunk = await self.chunks.allocate(ino, index, chosen)
+        chunk_id = await self._new_chunk_id()
         started = time.perf_counter()
-        failed = await self.chunks.create_replicas(chunk, chunk.replicas)
-        TIMINGS.since("alloc.create_replicas", started)
+        # The replicas are made while the allocation commits; versions from this term are above
+        # every version a deposed master handed out (store._new_version).
+        chunk, failed = await self.chunks.allocate_created(
+            ino, index, chosen, chunk_id, self.log.term << VERSION_TERM_SHIFT)
+        TIMINGS.since("alloc.commit_and_create", started)
+        if chunk.chunk_id != chunk_id:  # allocated before (a retried request): as any existing chunk
+            return await self._drop_replicas(await self._ensure_created(chunk), set())
         logger.info(
             "chunk %#x (inode %d, index %d) created at version %#x on CS %s",
             chunk.chunk_id, ino, index, chunk.version, ",".join(map(str, chunk.replicas)),

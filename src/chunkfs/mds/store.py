@@ -56,6 +56,8 @@ MAX_REPLICAS = 16
 #: Chunk versions are ``term << VERSION_TERM_SHIFT | sequence``: a newer term
 #: always wins, so maps handed out by a deposed master compare as stale.
 VERSION_TERM_SHIFT = 32
+#: The most chunk ids one `reserve_chunk_ids` sets aside.
+MAX_RESERVED_IDS = 1 << 16
 
 #: Times are integer nanoseconds (INTEGER: a REAL column would round them to floats).
 _INODES = """CREATE TABLE IF NOT EXISTS inodes (
@@ -784,15 +786,40 @@ class MetadataStore:
                 )
         return changed
 
-    def _op_alloc_chunk(self, term: int, ino: int, index: int, replicas: list[int]) -> Chunk:
+    def _op_reserve_chunk_ids(self, term: int, count: int) -> list[int]:
+        """Set aside `count` chunk ids, [first, end): the master gives them to new chunks whose replicas
+        it creates while their allocation commits.  Ids set aside and never used are simply skipped."""
+        if not 1 <= count <= MAX_RESERVED_IDS:
+            raise InvalidArgument(f"reserve between 1 and {MAX_RESERVED_IDS} chunk ids")
+        first = self._meta("next_chunk_id") or 1
+        self._set_meta("next_chunk_id", first + count)
+        return [first, first + count]
+
+    def _op_alloc_chunk(
+        self, term: int, ino: int, index: int, replicas: list[int], chunk_id: int | None = None,
+        version: int | None = None,
+    ) -> Chunk:
+        """A file's chunk `index` on `replicas`; an existing one is returned as it is (a retry).
+
+        `chunk_id` and `version`, when given, were chosen by the master from ids set aside
+        (`reserve_chunk_ids`), so that the replicas could be made while this committed.
+        """
         existing = self.chunk_at(ino, index)
         if existing is not None:
             return existing
         attr = self.getattr(ino)
         if attr["type"] != "f":
             raise IsADirectory("not a regular file")
-        chunk_id = self._next("next_chunk_id")
-        version = self._new_version(term)
+        if chunk_id is None or version is None:
+            chunk_id = self._next("next_chunk_id")
+            version = self._new_version(term)
+        else:
+            if not 0 < chunk_id < (self._meta("next_chunk_id") or 1) or self.chunk(chunk_id) is not None:
+                raise InvalidArgument(f"chunk id {chunk_id:#x} was not set aside, or is taken")
+            # Versions given to this chunk later must be above this one (see _new_version).
+            low = version & ((1 << VERSION_TERM_SHIFT) - 1)
+            if low >= (self._meta("version_seq") or 0):
+                self._set_meta("version_seq", low + 1)
         listed = _distinct(replicas)
         self.db.execute(
             "INSERT INTO chunks VALUES (?, ?, ?, ?, ?, ?, ?, ?)",

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from chunkfs.common.errors import StaleVersion, Unavailable
+from chunkfs.common.errors import InvalidArgument, IsADirectory, StaleVersion, Unavailable
 from chunkfs.mds.chunks import ReplicaSets
 from chunkfs.mds.store import Chunk, MetadataStore, encode_command
 from chunkfs.protocol.messages import ROOT_INO, Msg
@@ -47,10 +47,18 @@ class Cluster:
     async def chunk_on(self, replicas: list[int]) -> Chunk:
         ino = (await self.propose("create", parent=ROOT_INO, name=f"f{self.index}", mode=0o644, time=1.0,
                                   exclusive=True))["attr"]["ino"]
-        chunk = await self.owner.allocate(ino, 0, replicas)
-        assert await self.owner.create_replicas(chunk, chunk.replicas) == set()
+        chunk, failed = await self.allocate(ino, replicas)
+        assert failed == set()
         self.sent.clear()
         return chunk
+
+    async def new_file(self, name: str) -> int:
+        return int((await self.propose("create", parent=ROOT_INO, name=name, mode=0o644, time=1.0,
+                                       exclusive=True))["attr"]["ino"])
+
+    async def allocate(self, ino: int, replicas: list[int], index: int = 0) -> tuple[Chunk, set[int]]:
+        first, _ = await self.propose("reserve_chunk_ids", count=1)
+        return await self.owner.allocate_created(ino, index, replicas, first, 1 << 32)
 
     def to(self, msg: Msg) -> list[int]:
         return sorted(cs for cs, m, _ in self.sent if m == msg)
@@ -120,3 +128,46 @@ async def test_removed_chunks_are_deleted_everywhere_in_the_background(cluster: 
     await asyncio.gather(*cluster.tasks)
     assert cluster.to(Msg.CS_DELETE_CHUNK) == [1, 2]  # a failure is only logged
     assert not cluster.owner.holds(1, chunk.chunk_id)
+
+
+async def test_replicas_are_made_while_the_allocation_commits_and_a_failed_server_is_named(cluster: Cluster) -> None:
+    ino = await cluster.new_file("a")
+    cluster.failing.add(2)
+    chunk, failed = await cluster.allocate(ino, [1, 2, 3])
+    assert failed == {2} and chunk.replicas == (1, 2, 3) and chunk.version == 1 << 32
+    assert cluster.to(Msg.CS_CREATE_CHUNK) == [1, 2, 3]
+    assert [cs for cs in (1, 2, 3) if cluster.owner.holds(cs, chunk.chunk_id)] == [1, 3]
+    assert cluster.store.chunk_at(ino, 0) == chunk
+
+
+async def test_replicas_made_for_an_allocation_that_did_not_happen_are_deleted(cluster: Cluster) -> None:
+    ino = await cluster.new_file("b")
+    existing, _ = await cluster.allocate(ino, [1, 2])
+    cluster.sent.clear()
+    # A retry: the chunk is there already, under another id.  The new replicas go.
+    chunk, failed = await cluster.allocate(ino, [3, 4])
+    await asyncio.gather(*cluster.tasks)
+    assert chunk == existing and failed == set()
+    assert cluster.to(Msg.CS_DELETE_CHUNK) == [3, 4]
+    assert not any(cluster.owner.holds(cs, chunk.chunk_id) for cs in (3, 4))
+    # A failed commit (a directory has no chunks): the same.
+    cluster.sent.clear()
+    with pytest.raises(IsADirectory):
+        await cluster.allocate(ROOT_INO, [1, 3])
+    await asyncio.gather(*cluster.tasks)
+    assert cluster.to(Msg.CS_CREATE_CHUNK) == [1, 3] and cluster.to(Msg.CS_DELETE_CHUNK) == [1, 3]
+
+
+async def test_only_ids_set_aside_and_unused_are_taken(cluster: Cluster) -> None:
+    ino = await cluster.new_file("c")
+    first, end = await cluster.propose("reserve_chunk_ids", count=4)
+    assert end == first + 4
+    with pytest.raises(InvalidArgument, match="set aside"):
+        await cluster.propose("alloc_chunk", ino=ino, index=0, replicas=[1], chunk_id=end, version=1 << 32)
+    await cluster.propose("alloc_chunk", ino=ino, index=0, replicas=[1], chunk_id=first, version=(1 << 32) | 7)
+    with pytest.raises(InvalidArgument, match="taken"):
+        await cluster.propose("alloc_chunk", ino=ino, index=1, replicas=[1], chunk_id=first, version=1 << 32)
+    # Versions given later are above the one chosen.
+    later = await cluster.propose("alloc_chunk", ino=ino, index=2, replicas=[1])
+    assert later.version > (1 << 32) | 7
+    assert cluster.store.last_chunk_id() >= end - 1
