@@ -147,3 +147,40 @@ def _kept(mnt: Path, *paths: Path) -> bool:
         for path in paths:
             path.stat()
     return kernel_requests(mnt) == before
+
+
+def test_a_storm_of_changes_in_one_mount_converges_in_the_other(make_cluster, mount) -> None:
+    """Random creates, writes, renames and unlinks in A while B keeps looking (listing, stat, lookups of
+    names that come and go): afterwards B sees exactly what A sees, however the notices raced B's requests."""
+    import random
+
+    cluster = make_cluster(n_cs=3)
+    a, b = mount(cluster, "a"), mount(cluster, "b", LONG)
+    (a / "d").mkdir()
+    shows("the directory in B", lambda: (b / "d").is_dir())
+    rng = random.Random(7)
+    names = [f"n{i}" for i in range(12)]
+    for step in range(150):
+        name, other = rng.choice(names), rng.choice(names)
+        path = a / "d" / name
+        op = rng.random()
+        if op < 0.35:
+            path.write_bytes(b"x" * rng.randrange(1, 50))
+        elif op < 0.55 and path.exists():
+            path.unlink()
+        elif op < 0.75 and path.exists():
+            os.rename(path, a / "d" / other)
+        elif op < 0.85:
+            (a / "d" / f"dir-{name}").mkdir(exist_ok=True)
+        # B looks meanwhile: what it caches now is what the notices must correct.
+        if step % 3 == 0:
+            os.listdir(b / "d")
+        size_of(b / "d" / rng.choice(names))
+
+    def same() -> bool:
+        want = {n: size_of(a / "d" / n) for n in os.listdir(a / "d")}
+        have = {n: size_of(b / "d" / n) for n in os.listdir(b / "d")}
+        gone = [n for n in names if n not in want and (b / "d" / n).exists()]
+        return want == have and not gone
+
+    shows("B's view of the directory to match A's", same)
