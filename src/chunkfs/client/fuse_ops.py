@@ -76,6 +76,7 @@ import pyfuse3
 
 from chunkfs.client.client import Client
 from chunkfs.client.kernel_cache import WHOLE_NAMES_MAX, KernelCache
+from chunkfs.common.change_time import change_ctime
 from chunkfs.common.errors import Busy, ChunkFSError, ConfigError, NotFound, ProtocolError
 from chunkfs.common.names import check_name_length
 from chunkfs.common.timings import TIMINGS
@@ -457,15 +458,11 @@ class ChunkFSOperations(pyfuse3.Operations):
         """Times set on a file open here, nothing else changed: kept for its next commit (`OpenFile.pending`).
 
         Only while the master vouches for `of.attr` (watched, no other client's change since): the
-        answer to the kernel is built from it.  The ctime is this moment, or the new mtime when that
-        is this moment too (``touch``: one instant, as on a local disk, and as the master does).
+        answer to the kernel is built from it.  The ctime follows the master's rule (`change_ctime`).
         """
         assert of.attr is not None
-        now = time.time_ns()
-        mtime = changes.get("mtime_ns")
-        same_instant = mtime is not None and abs(mtime - now) < 1_000_000_000 and mtime >= of.attr["ctime_ns"]
         of.pending.update({k: v for k, v in changes.items() if k in ("mtime_ns", "atime_ns")})
-        of.pending["ctime_ns"] = mtime if same_instant else now
+        of.pending["ctime_ns"] = change_ctime(changes.get("mtime_ns"), time.time_ns(), of.attr["ctime_ns"])
 
     async def _setattr_open(self, of: OpenFile, changes: dict[str, Any]) -> dict[str, Any]:
         """SETATTR of a file open here, under its commit lock, with what this mount has not sent yet.

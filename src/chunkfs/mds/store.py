@@ -31,6 +31,7 @@ from typing import Any
 
 import msgpack
 
+from chunkfs.common.change_time import change_ctime
 from chunkfs.common.errors import (
     ChunkFSError,
     DirectoryNotEmpty,
@@ -590,12 +591,10 @@ class MetadataStore:
         attr = self.getattr(ino)
         dropped: list[Chunk] = []
         now = _ns(time)
-        new_ctime = now
         if ctime is not None:
             new_ctime = _ns(ctime)
-        elif mtime is not None and abs(_ns(mtime) - now) < 1_000_000_000 and _ns(mtime) >= attr["ctime_ns"]:
-            # utimensat(UTIME_NOW) came with the mount's clock: one instant, as on a local disk.
-            new_ctime = _ns(mtime)
+        else:
+            new_ctime = change_ctime(None if mtime is None else _ns(mtime), now, attr["ctime_ns"])
         self.db.execute("UPDATE inodes SET ctime = ? WHERE ino = ?", (new_ctime, ino))
         if size is not None:
             if attr["type"] == "d":
