@@ -6,6 +6,7 @@ import os
 import shutil
 import stat
 import tarfile
+from pathlib import Path
 
 import pytest
 
@@ -234,3 +235,28 @@ def test_times_set_on_an_open_file_go_with_its_next_commit(mount, make_cluster) 
     finally:
         os.close(fd)
     assert os.stat(other / "same").st_mtime_ns > old
+
+
+def test_read_ahead_is_raised_once_the_mount_is_up(mount, make_cluster) -> None:
+    """The kernel's read-ahead for the mount is the `readahead_kb` option, not the 128 KiB INIT leaves.
+
+    It was set before the kernel's INIT was answered, which set it back: every sequential read came
+    as 128 KiB requests, one at a time, at half the speed.
+    """
+    if os.geteuid() != 0:
+        pytest.skip("setting a mount's read-ahead needs root")
+    from chunkfs.client.fuse_session import _mount_dev
+
+    cluster = make_cluster()
+    mnt, small = mount(cluster), mount(cluster, "small", "readahead_kb=512")
+    for path, kib in ((mnt, 4096), (small, 512)):
+        dev = _mount_dev(path)
+        assert dev is not None
+        assert int(Path(f"/sys/class/bdi/{dev}/read_ahead_kb").read_text()) == kib
+    random_file(mnt / "seq", 8 * MiB)
+    before = _mount_timings(mnt).get("fuse.read", {"count": 0})["count"]
+    with open(mnt / "seq", "rb") as f:  # a new open: the mount keeps no page cache across opens
+        while f.read(MiB):
+            pass
+    reads = _mount_timings(mnt)["fuse.read"]["count"] - before
+    assert reads <= 24, f"8 MiB read in {reads} requests: read-ahead of 128 KiB would take 64"

@@ -300,6 +300,17 @@ class ChunkFSOperations(pyfuse3.Operations):
             invalidate_entry=pyfuse3.invalidate_entry,
             invalidate_inode=lambda ino: pyfuse3.invalidate_inode(ino, attr_only=True))
         self._watch_tasks: set[asyncio.Task[None]] = set()
+        #: Called once the kernel's FUSE INIT is answered (see `init`).
+        self.on_init: Callable[[], None] | None = None
+
+    def init(self) -> None:
+        """pyfuse3 calls this while it answers the kernel's INIT; `on_init` runs right after that answer.
+
+        Whatever the kernel sets from the answer (such as the mount's read-ahead,
+        which it lowers to what INIT agreed) is set by then.
+        """
+        if self.on_init is not None:
+            asyncio.get_running_loop().call_soon(self.on_init)
 
     # -- the kernel's cache, kept true by the master's notices (kernel_cache.py) ---------
 

