@@ -10,15 +10,23 @@ cd "$(dirname "$0")/.."
 # headless browser the dashboard test loads the web dashboard in.
 DEBIAN_PACKAGES=(fuse3 libfuse3-dev pkg-config fio sqlite3 qemu-utils chromium)
 
+if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+
 missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
-  if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
   echo "installing Debian packages: ${missing[*]}" >&2
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# fusectl shows each FUSE mount's limits; a mount raises its requests in flight there (the kernel's
+# 12 is below a VM's queue depth). systemd mounts it at boot; containers often do not.
+if [ -d /sys/fs/fuse/connections ] && ! mountpoint -q /sys/fs/fuse/connections; then
+  $SUDO mount -t fusectl fusectl /sys/fs/fuse/connections 2>/dev/null \
+    || echo "note: could not mount fusectl on /sys/fs/fuse/connections: mounts keep 12 requests in flight" >&2
 fi
 
 PYTHON=${PYTHON:-python3}

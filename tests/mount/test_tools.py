@@ -260,3 +260,19 @@ def test_read_ahead_is_raised_once_the_mount_is_up(mount, make_cluster) -> None:
             pass
     reads = _mount_timings(mnt)["fuse.read"]["count"] - before
     assert reads <= 24, f"8 MiB read in {reads} requests: read-ahead of 128 KiB would take 64"
+
+
+def test_requests_in_flight_are_raised_once_the_mount_is_up(mount, make_cluster) -> None:
+    """The kernel's 12 background requests (a VM's queued direct I/O is one) become `max_background`."""
+    from chunkfs.client.fuse_session import FUSECTL, _mount_dev
+
+    if os.geteuid() != 0 or not os.path.ismount(FUSECTL):
+        pytest.skip(f"needs root and fusectl mounted on {FUSECTL} (scripts/install.sh mounts it)")
+    cluster = make_cluster()
+    for path, want in ((mount(cluster), 64), (mount(cluster, "few", "max_background=20"), 20)):
+        dev = _mount_dev(path)
+        assert dev is not None
+        major, minor = (int(x) for x in dev.split(":"))
+        conn = FUSECTL / str(major << 20 | minor)
+        assert int((conn / "max_background").read_text()) == want
+        assert int((conn / "congestion_threshold").read_text()) == want * 3 // 4

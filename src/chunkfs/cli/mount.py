@@ -24,6 +24,9 @@ options (-o, comma-separated, may repeat):
   direct_io                        no page cache for any file (O_DIRECT opens never use it)
   readahead_kb=N                   kernel read-ahead, KiB (default 4096; 0 keeps the kernel's)
   max_tasks=N                      requests served at once (default 64)
+  max_background=N                 requests the kernel keeps in flight without a process waiting
+                                   on each: read-ahead, a VM's queued direct I/O (default 64;
+                                   the kernel's own is 12; needs fusectl mounted; 0 keeps it)
   exclusive                        lease each file opened for writing to this mount: another
                                    exclusive mount's open for writing fails with EBUSY
   uid=USER, gid=GROUP              the owner every file shows (name or number; default: the

@@ -158,6 +158,9 @@ class MountOptions:
     readahead_kb: int = 4096
     #: Requests served at once (pyfuse3 worker tasks).
     max_tasks: int = 64
+    #: Requests the kernel keeps in flight without a process waiting for each (read-ahead, asynchronous
+    #: direct I/O); the kernel's own is 12, below a VM's queue depth (set through fusectl; 0 keeps it).
+    max_background: int = 64
     #: Files opened for writing are leased to this mount: no other exclusive mount may open them for writing.
     exclusive: bool = False
     #: Owner shown for every file (ChunkFS keeps none): the mounting user unless ``-o uid=,gid=``.
@@ -192,6 +195,8 @@ def parse_options(texts: list[str]) -> MountOptions:
                     opts.exclusive = True
                 elif key == "max_tasks":
                     opts.max_tasks = max(1, int(value))
+                elif key == "max_background":
+                    opts.max_background = max(0, int(value))
                 elif key == "uid":
                     opts.uid = _user_id(value)
                 elif key == "gid":
