@@ -26,6 +26,7 @@ from chunkfs.cs.mds_link import MdsLink
 from chunkfs.cs.metrics import CsStats
 from chunkfs.cs.replicator import Replicator
 from chunkfs.cs.scrubber import Scrubber
+from chunkfs.cs.sync_policy import SyncPolicy
 from chunkfs.protocol.messages import Msg, replica_list
 from chunkfs.protocol.rpc import Connection, Credentials, Reply, RpcServer, connect
 from chunkfs.protocol.tls import node_tls
@@ -50,6 +51,8 @@ class ChunkServer:
         self.rpc = RpcServer(self.creds, self.handle)
         self.link = MdsLink(self, node, secret)
         self._locks = [asyncio.Lock() for _ in range(WRITE_LOCK_STRIPES)]
+        #: Which syncs run on the loop (sync_policy.py).
+        self.syncs = SyncPolicy()
         self._peers: dict[str, Connection] = {}
         self._peer_lock = asyncio.Lock()
         #: Requests being served now; reported to the master as load.
@@ -143,6 +146,7 @@ class ChunkServer:
                 await self._answered(answers)  # nothing left waiting for its answer
                 raise
             TIMINGS.since("cs.own_write", started)
+            self.syncs.wrote(chunk_id, len(payload))
         if answers:
             started = time.perf_counter()
             await self._answered(answers)
@@ -151,8 +155,12 @@ class ChunkServer:
     async def _fsync(self, h: dict[str, Any]) -> None:
         chain = replica_list(h["chain"], "chain")
         answers = await self._send_on(Msg.CS_FSYNC, chain, h, b"")
+        chunk_id = h["chunk_id"]
+        inline = self.syncs.sync_inline(chunk_id)
         try:
-            await self._on_own_disk(lambda: asyncio.to_thread(self.store.fsync, h["chunk_id"], h["version"]))
+            started = time.perf_counter()
+            await self._on_own_disk(lambda: _disk_io(inline, self.store.fsync, chunk_id, h["version"]))
+            self.syncs.synced(time.perf_counter() - started)
         finally:
             await self._answered(answers)
 
