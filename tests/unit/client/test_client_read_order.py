@@ -1,0 +1,41 @@
+"""Which replica a mount reads a chunk from (client/chunk_io.py, `ChunkIO.read_order`)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from chunkfs.client.chunk_io import ChunkIO, ChunkMap
+
+REPLICAS = ((1, "127.0.0.1:1"), (2, "127.0.0.1:2"), (3, "127.0.0.1:3"))
+
+
+def chunk(chunk_id: int, replicas: tuple[tuple[int, str], ...] = REPLICAS) -> ChunkMap:
+    return ChunkMap(chunk_id, 7, replicas)
+
+
+def mount() -> ChunkIO:
+    client: Any = object()  # read_order needs nothing of the client
+    return ChunkIO(client)
+
+
+def test_a_chunk_is_read_from_the_same_replica_first_and_every_replica_is_tried() -> None:
+    io = mount()
+    for chunk_id in range(1, 50):
+        order = io.read_order(chunk(chunk_id))
+        assert sorted(order) == sorted(REPLICAS)
+        assert all(io.read_order(chunk(chunk_id)) == order for _ in range(5))
+
+
+def test_chunks_and_mounts_start_at_different_replicas() -> None:
+    io = mount()
+    firsts = Counter(io.read_order(chunk(c))[0][0] for c in range(1, 301))
+    assert set(firsts) == {1, 2, 3} and min(firsts.values()) == 100
+    per_mount = {mount().read_order(chunk(5))[0] for _ in range(60)}
+    assert len(per_mount) > 1
+
+
+def test_one_or_no_replica() -> None:
+    io = mount()
+    assert io.read_order(chunk(3, REPLICAS[:1])) == [REPLICAS[0]]
+    assert io.read_order(chunk(3, ())) == []
