@@ -71,6 +71,7 @@ from chunkfs.common.errors import (
     NotFound,
     StaleVersion,
 )
+from chunkfs.common.writeback import start_writeback
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +100,9 @@ VERIFY_BATCH_BYTES = 4 * 1024 * 1024
 MAX_U64 = (1 << 64) - 1
 #: Number of striped per-chunk locks (bounded, whatever the number of chunks).
 CHUNK_LOCK_STRIPES = 64
+#: Writes at least this large have the disk start on them at once (common/writeback.py); smaller ones
+#: (a VM's random writes) are left to the page cache, where later writes may still change them.
+WRITEBACK_MIN = 512 << 10
 
 CHUNKS_DIR = "chunks"
 QUARANTINE_DIR = "quarantine"
@@ -795,6 +799,8 @@ class ChunkStore:
                 if sync:
                     os.fdatasync(lease.fd)
                     self._sync_name(lease)
+                elif length >= WRITEBACK_MIN:
+                    start_writeback(lease.fd, pos, length)  # the disk works while the next piece comes
             except OSError as exc:
                 if _is_no_space(exc):
                     raise self._no_space(lease, exc, f"writing {length} bytes at {offset}") from exc
