@@ -264,7 +264,7 @@ def test_read_ahead_is_raised_once_the_mount_is_up(mount, make_cluster) -> None:
 
 def test_requests_in_flight_are_raised_once_the_mount_is_up(mount, make_cluster) -> None:
     """The kernel's 12 background requests (a VM's queued direct I/O is one) become `max_background`."""
-    from chunkfs.client.fuse_session import FUSECTL, _mount_dev
+    from chunkfs.client.fuse_session import FUSECTL, _mount_dev, fusectl_dir
 
     if os.geteuid() != 0 or not os.path.ismount(FUSECTL):
         pytest.skip(f"needs root and fusectl mounted on {FUSECTL} (scripts/install.sh mounts it)")
@@ -272,7 +272,6 @@ def test_requests_in_flight_are_raised_once_the_mount_is_up(mount, make_cluster)
     for path, want in ((mount(cluster), 64), (mount(cluster, "few", "max_background=20"), 20)):
         dev = _mount_dev(path)
         assert dev is not None
-        major, minor = (int(x) for x in dev.split(":"))
-        conn = FUSECTL / str(major << 20 | minor)
+        conn = fusectl_dir(dev)
         assert int((conn / "max_background").read_text()) == want
         assert int((conn / "congestion_threshold").read_text()) == want * 3 // 4

@@ -194,6 +194,12 @@ def _unescape(text: str) -> str:
 FUSECTL = Path("/sys/fs/fuse/connections")
 
 
+def fusectl_dir(dev: str) -> Path:
+    """The fusectl folder of the FUSE connection behind device ``major:minor`` (named by the kernel's dev_t)."""
+    major, minor = (int(x) for x in dev.split(":"))
+    return FUSECTL / str(major << 20 | minor)
+
+
 def tune_kernel(mountpoint: Path, opts: MountOptions) -> None:
     """The kernel's settings for this mount that FUSE's INIT cannot ask for: read-ahead, requests in flight."""
     set_readahead(mountpoint, opts.readahead_kb)
@@ -211,8 +217,7 @@ def set_max_background(mountpoint: Path, requests: int) -> None:
     dev = _mount_dev(mountpoint)
     if not requests or dev is None:
         return
-    major, minor = (int(x) for x in dev.split(":"))
-    conn = FUSECTL / str(major << 20 | minor)  # the kernel's dev_t, as it names the folder
+    conn = fusectl_dir(dev)
     if not conn.is_dir():
         logger.info("%s not mounted (mount -t fusectl none %s): keeping the kernel's 12 requests in flight",
                     FUSECTL, FUSECTL)
