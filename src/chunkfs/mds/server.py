@@ -154,7 +154,7 @@ class MetadataServer:
         store = self.store
         await self.raft.start(StateMachine(
             apply=store.apply, applied_index=lambda: store.applied_index, snapshot_to=store.snapshot_to,
-            restore=store.restore,
+            restore=store.restore, batch=store.batch,
         ))
         if self.node.bootstrap:
             # The group exists from now on: if this member's log is ever lost, it must not found

@@ -274,6 +274,8 @@ class MetadataStore:
         #: their goal or placement); the master's replication monitor re-checks just those.
         self.chunk_listener: Callable[[list[int]], None] | None = None
         self._touched: list[int] = []
+        #: Inside `batch()`: each command is a savepoint of the batch's one transaction.
+        self._batched = False
         #: Held while the database files are checkpointed, replaced (restore) or closed.
         self._files_lock = threading.Lock()
         for suffix in ("", "-wal"):  # a store replaced just before a stop (see `restore`)
@@ -418,13 +420,45 @@ class MetadataStore:
 
     @contextmanager
     def _tx(self) -> Iterator[None]:
-        self.db.execute("BEGIN IMMEDIATE")
+        self._begin()
         try:
             yield
         except BaseException:
-            self.db.execute("ROLLBACK")
+            self._rollback()
             raise
-        self.db.execute("COMMIT")
+        self._commit()
+
+    def _begin(self) -> None:
+        self.db.execute("SAVEPOINT command" if self._batched else "BEGIN IMMEDIATE")
+
+    def _commit(self) -> None:
+        self.db.execute("RELEASE command" if self._batched else "COMMIT")
+
+    def _rollback(self) -> None:
+        if self._batched:
+            self.db.execute("ROLLBACK TO command")
+            self.db.execute("RELEASE command")
+        else:
+            self.db.execute("ROLLBACK")
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Apply several commands in one transaction: each is a savepoint of it, and the batch commits at the end.
+
+        A follower applies what it learned was committed in batches (raft/driver.py): SQLite
+        then writes each page the commands changed once per batch, not once per command, and
+        syncs nothing per command either way (``synchronous=NORMAL``; the Raft log is the
+        durable record).  What the batch applied before an error is committed all the same:
+        the applied index always matches the changes on disk.
+        """
+        assert not self._batched, "batches do not nest"
+        self.db.execute("BEGIN IMMEDIATE")
+        self._batched = True
+        try:
+            yield
+        finally:
+            self._batched = False
+            self.db.execute("COMMIT")
 
     def _meta(self, key: str) -> int | None:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -467,7 +501,7 @@ class MetadataStore:
             with self._tx():
                 self._set_meta("applied_index", index)
             raise InvalidArgument(f"unknown metadata command {op!r}")
-        self.db.execute("BEGIN IMMEDIATE")
+        self._begin()
         answered = None
         try:
             if req is not None:
@@ -475,7 +509,7 @@ class MetadataStore:
             if answered is None:
                 result = handler(term=term, **command)
         except ChunkFSError as exc:
-            self.db.execute("ROLLBACK")
+            self._rollback()
             self._touched.clear()
             with self._tx():
                 self._set_meta("applied_index", index)
@@ -483,17 +517,17 @@ class MetadataStore:
                     self._keep_answer(index, req, {"error": [exc.code, str(exc)]})
             raise
         except BaseException:
-            self.db.execute("ROLLBACK")
+            self._rollback()
             self._touched.clear()
             raise
         if answered is not None:
             self._set_meta("applied_index", index)
-            self.db.execute("COMMIT")
+            self._commit()
             return _replay(answered)
         if req is not None:
             self._keep_answer(index, req, {"ok": _without_dropped(result)})
         self._set_meta("applied_index", index)
-        self.db.execute("COMMIT")
+        self._commit()
         if self._touched:
             touched = list(dict.fromkeys(self._touched))
             self._touched.clear()

@@ -515,6 +515,8 @@ class RaftCore:
 
         # Outputs, drained by ready().
         self._msgs: list[Message] = []
+        #: The leader appended entries its followers have not been sent yet (see `_append_as_leader`).
+        self._append_unsent = False
         self._failed_reads: list[bytes] = []
         self._unstable_from = self.log.last_index + 1
         self._pending_snapshot: Snapshot | None = None
@@ -739,7 +741,7 @@ class RaftCore:
 
     def has_ready(self) -> bool:
         return bool(
-            self._msgs or self._pending_snapshot or self._unstable_from <= self.log.last_index
+            self._msgs or self._append_unsent or self._pending_snapshot or self._unstable_from <= self.log.last_index
             or self.hard_state != self._persisted_hs or self.commit > self._applied
             or self._failed_reads or self._releasable_reads()
         )
@@ -747,6 +749,12 @@ class RaftCore:
     def ready(self) -> Ready:
         """Drain the outputs.  The driver must persist, then send, then apply, then call advance()."""
         rd = Ready()
+        if self._append_unsent:
+            self._append_unsent = False
+            if self.role is Role.LEADER:
+                for peer, pr in self._progress.items():
+                    if pr.next <= self.log.last_index:
+                        self._send_append(peer)
         hs = self.hard_state
         if hs != self._persisted_hs:
             rd.hard_state = hs
@@ -888,8 +896,10 @@ class RaftCore:
             self._pending_conf_index = index
             self._set_voters(decode_voters(data), index)
         self._maybe_commit()
-        for peer in self._progress:
-            self._send_append(peer)
+        # Sent at the next ready(): the entries proposed meanwhile go to each follower in one
+        # message, acknowledged by one (a message per proposal made a send, a wake-up and an
+        # acknowledgement per follower for each of them, with several clients at once).
+        self._append_unsent = True
         return index
 
     def _set_voters(self, voters: frozenset[int], index: int) -> None:

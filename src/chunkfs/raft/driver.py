@@ -86,6 +86,16 @@ LOST_LOG_REPORT_EVERY = 60.0
 #: disk (or a slow moment) sends the next append to a thread, so clients' reads are not held up behind it.
 INLINE_APPEND_S = 0.002
 
+#: A follower applies the entries it learns are committed this long after the first of them, in one
+#: batch (`StateMachine.batch`).  Applied at once, a change's SQLite transaction ran right after the
+#: follower's acknowledgement, on the core the kernel had just woken the master on to count that
+#: acknowledgement: the master waited for it (0.2-0.35 ms of a 2 ms create on two cores, measured with
+#: timestamps in each process), and every change paid a transaction on each follower.  A follower
+#: serves no reads, and it already learns each commit only with the next message from the master.
+FOLLOWER_APPLY_DELAY = 0.010
+#: ... or at once when this many are waiting.
+FOLLOWER_APPLY_MAX = 512
+
 ApplyFn = Callable[[int, int, bytes], Any]
 
 
@@ -99,6 +109,8 @@ class StateMachine:
     snapshot_to: Callable[[Path], int]
     #: Replace the state with an image file (moved into place, on the loop) taken at the index given.
     restore: Callable[[Path, int], None]
+    #: A context in which several `apply` calls make one transaction (or none: one each).
+    batch: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext
 
 
 class _Peer:
@@ -289,6 +301,10 @@ class RaftLog:
         self._leader_since = 0.0
         #: How long the master's last append and sync took (see INLINE_APPEND_S).
         self._append_took = 0.0
+        #: Committed entries a follower has not applied yet (FOLLOWER_APPLY_DELAY), and its timer.
+        self._deferred: list[Entry] = []
+        self._apply_timer: asyncio.TimerHandle | None = None
+        self._apply_due = False
 
     # -- ReplicatedLog interface -------------------------------------------------
 
@@ -471,6 +487,8 @@ class RaftLog:
         self._wake.set()
 
     async def stop(self) -> None:
+        if self._apply_timer is not None:
+            self._apply_timer.cancel()  # what is left is applied from the log at the next start
         if self._compacting is not None:
             self._tasks.append(self._compacting)
         for task in self._tasks:
@@ -552,6 +570,8 @@ class RaftLog:
         while True:
             await self._wake.wait()
             self._wake.clear()
+            if self._apply_due:
+                self._apply_deferred()
             while core.has_ready():
                 rd = core.ready()
                 hs = rd.hard_state
@@ -598,6 +618,7 @@ class RaftLog:
             image = Image.of(snap)
             assert image is not None
             path = self._receiver.take(image)
+            self._deferred.clear()  # all below the snapshot: the image holds them
             await asyncio.to_thread(storage.install_snapshot, snap)
             await self._restore(path, snap.index)
             self._image_size = image.size
@@ -664,21 +685,16 @@ class RaftLog:
 
     def _apply(self, rd: Ready) -> None:
         assert self.sm is not None and self.core is not None
-        for entry in rd.committed_entries:
-            result: Any = None
-            error: BaseException | None = None
-            if entry.kind == EntryKind.CONFIG:
-                self._learn_voters(self.core.voters)
-            elif entry.data and entry.index > self.sm.applied_index():
-                started = time.perf_counter()
-                try:
-                    result = self.sm.apply(entry.index, entry.term, entry.data)
-                except ChunkFSError as exc:
-                    error = exc
-                TIMINGS.since("raft.apply", started)
-                self._since_compact += 1
-                self._log_bytes += len(entry.data)
-            self._settle(entry, result, error)
+        if self.core.is_leader:
+            self._apply_deferred()  # a new master first applies what it left for later as a follower
+            for entry in rd.committed_entries:
+                self._apply_entry(entry)
+        elif rd.committed_entries:
+            self._deferred.extend(rd.committed_entries)
+            if len(self._deferred) >= FOLLOWER_APPLY_MAX:
+                self._apply_deferred()
+            elif self._apply_timer is None:
+                self._apply_timer = asyncio.get_running_loop().call_later(FOLLOWER_APPLY_DELAY, self._apply_later)
         if rd.committed_entries and self._applied_waiters:
             upto = rd.committed_entries[-1].index
             waiting = []
@@ -696,6 +712,45 @@ class RaftLog:
             fut = self._reads.pop(ctx, None)
             if fut is not None and not fut.done():
                 fut.set_exception(self.not_master_error())
+
+    def _apply_later(self) -> None:
+        """The follower's timer: the loop applies the deferred entries (where an error stops it, as any apply's)."""
+        self._apply_timer = None
+        self._apply_due = True
+        self._wake.set()
+
+    def _apply_deferred(self) -> None:
+        """Apply, in one batch, the committed entries a follower left for later."""
+        self._apply_due = False
+        if self._apply_timer is not None:
+            self._apply_timer.cancel()
+            self._apply_timer = None
+        if not self._deferred:
+            return
+        assert self.sm is not None
+        entries, self._deferred = self._deferred, []
+        started = time.perf_counter()
+        with self.sm.batch():
+            for entry in entries:
+                self._apply_entry(entry)
+        TIMINGS.since("raft.apply_batch", started)
+
+    def _apply_entry(self, entry: Entry) -> None:
+        assert self.sm is not None and self.core is not None
+        result: Any = None
+        error: BaseException | None = None
+        if entry.kind == EntryKind.CONFIG:
+            self._learn_voters(self.core.voters)
+        elif entry.data and entry.index > self.sm.applied_index():
+            started = time.perf_counter()
+            try:
+                result = self.sm.apply(entry.index, entry.term, entry.data)
+            except ChunkFSError as exc:
+                error = exc
+            TIMINGS.since("raft.apply", started)
+            self._since_compact += 1
+            self._log_bytes += len(entry.data)
+        self._settle(entry, result, error)
 
     def _settle(self, entry: Entry, result: Any, error: BaseException | None) -> None:
         pending = self._proposals.pop(entry.index, None)

@@ -122,6 +122,30 @@ def test_fresh_store_has_root(store: MetadataStore) -> None:
     assert store.readdir(ROOT_INO, "", 10) == ([], False)
 
 
+def test_a_batch_applies_each_command_alone_and_commits_them_together(d: Driver, store: MetadataStore) -> None:
+    """A follower's batch: a failing command leaves no trace but its applied index; the others stay."""
+    d.mkdir(ROOT_INO, "dir")
+    first = store.applied_index
+    with store.batch():
+        d.create(ROOT_INO, "a")
+        with pytest.raises(Exists):
+            d.mkdir(ROOT_INO, "dir")
+        with pytest.raises(NotFound):
+            d("create", parent=424242, name="x", mode=0o644, time=d.tick(), exclusive=True)
+        d.create(ROOT_INO, "b")
+        assert store.db.in_transaction  # one transaction for the whole batch
+    assert not store.db.in_transaction
+    assert store.applied_index == first + 4
+    assert names(store, ROOT_INO) == ["a", "b", "dir"]
+    store.close()
+    reopened = MetadataStore(store.path, CS)  # committed, not only visible to this connection
+    try:
+        assert reopened.applied_index == first + 4
+        assert names(reopened, ROOT_INO) == ["a", "b", "dir"]
+    finally:
+        reopened.close()
+
+
 def test_mkdir_create_lookup(d: Driver, store: MetadataStore) -> None:
     a = d.mkdir(ROOT_INO, "a", 0o40750)
     f = d.create(a, "f", mode=0o100640)

@@ -85,6 +85,24 @@ def test_election_replication_and_commit() -> None:
     assert all(n.commit >= idx for n in nodes.values())
 
 
+def test_proposals_between_two_readies_go_to_each_follower_in_one_message() -> None:
+    nodes = cluster()
+    elect(nodes, 1)
+    first = nodes[1].propose(b"a")
+    nodes[1].propose(b"b")
+    last = nodes[1].propose(b"c")
+    appends = [m for m in nodes[1].ready().messages if isinstance(m, AppendRequest)]
+    assert sorted(m.dst for m in appends) == [2, 3]
+    for m in appends:
+        assert [e.data for e in m.entries] == [b"a", b"b", b"c"]
+        assert (m.entries[0].index, m.entries[-1].index) == (first, last)
+        nodes[m.dst].step(m)
+    sent = pump(nodes)
+    acks = [m for m in sent if isinstance(m, AppendResponse) and m.dst == 1]
+    assert len(acks) == 2  # one per follower for the three entries
+    assert nodes[1].commit == last
+
+
 def test_follower_rejects_propose() -> None:
     nodes = cluster()
     elect(nodes, 1)
