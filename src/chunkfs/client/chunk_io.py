@@ -57,6 +57,14 @@ class ChunkMap:
         return cls(reply["chunk_id"], reply["version"], tuple(replica_list(reply["replicas"])))
 
 
+def _map_may_be_old(exc: ChunkFSError, m: ChunkMap) -> bool:
+    """Whether a replica's refusal says the map it was read with may be out of date."""
+    if isinstance(exc, NotFound):
+        return True
+    current = exc.context.get("current")
+    return isinstance(exc, StaleVersion) and isinstance(current, int) and current > m.version
+
+
 def split(offset: int, length: int, chunk_size: int) -> list[tuple[int, int, int, int]]:
     """(chunk index, offset in chunk, length, offset in the buffer) for each piece."""
     pieces = []
@@ -158,6 +166,7 @@ class ChunkIO:
             m = await self._read_map(ino, index, refresh)
             if m.chunk_id == 0:
                 return None  # a hole: zeros, already in `out`
+            old_map = False
             for cs_id, addr in self.read_order(m):
                 try:
                     conn = await self.server(addr)
@@ -173,12 +182,19 @@ class ChunkIO:
                     return data
                 except _REPLICA_ERRORS as exc:
                     last = exc
+                    if not refresh and _map_may_be_old(exc, m):
+                        # The chunk is gone from there or has moved on to a newer version: the other
+                        # replicas of this map may be the ones left behind (a dropped replica keeps
+                        # its old version and bytes until deleted).  Ask the master first.
+                        old_map = True
+                        break
                     logger.warning("read of chunk %#x from CS#%d failed: %s; trying another replica",
                                    m.chunk_id, cs_id, exc)
                     if isinstance(exc, ChecksumMismatch):
                         await self._report_bad(m.chunk_id, cs_id, exc)
             refresh = True
-            await asyncio.sleep(0.05)
+            if not old_map:
+                await asyncio.sleep(0.05)
         assert last is not None
         raise last
 
@@ -195,7 +211,10 @@ class ChunkIO:
 
     # -- writes --------------------------------------------------------------
 
-    async def _write_map(self, ino: int, index: int, failed: set[int], why: str = "") -> ChunkMap:
+    async def _write_map(
+        self, ino: int, index: int, failed: set[int], why: str = "", on: ChunkMap | None = None
+    ) -> ChunkMap:
+        """The chain to write chunk `index` through; `failed`: replicas that failed a write to the map `on`."""
         key = (ino, index)
         if not failed and key in self._write_maps:
             return self._write_maps[key]
@@ -203,6 +222,8 @@ class ChunkIO:
         if failed:
             header["failed"] = sorted(failed)
             header["why"] = why
+            if on is not None:
+                header["chunk_id"], header["version"] = on.chunk_id, on.version
         m = ChunkMap.from_reply(await self.client.mds.call(Msg.CHUNK_WRITE, header))
         self._write_maps[key] = m
         self._read_maps[key] = m
@@ -230,8 +251,9 @@ class ChunkIO:
         failed: set[int] = set()
         why = ""
         last: ChunkFSError | None = None
+        m: ChunkMap | None = None
         for attempt in range(MAX_TRIES):
-            m = await self._write_map(ino, index, failed, why)
+            m = await self._write_map(ino, index, failed, why, m)
             failed = set()
             if not m.replicas:
                 raise Unavailable(f"chunk {m.chunk_id:#x} has no writable replica")

@@ -103,6 +103,14 @@ class LiveServer:
     pages: int = 0
 
 
+def _about(h: dict[str, Any], chunk: Chunk) -> bool:
+    """Whether a writer's CHUNK_WRITE reports failures of this very chunk and version (an older writer names neither)."""
+    reported_id, reported_version = h.get("chunk_id"), h.get("version")
+    if reported_id is None:
+        return True
+    return reported_id == chunk.chunk_id and reported_version == chunk.version
+
+
 class MetadataServer:
     def __init__(self, directory: Path, node: NodeConfig, secret: bytes) -> None:
         self.directory = directory
@@ -616,8 +624,15 @@ class MetadataServer:
             if chunk is None:
                 chunk = await self._allocate(ino, index)
             else:
+                if failed and not _about(h, chunk):
+                    # The writer's map was older than this chunk (the file was cut and the chunk made
+                    # again, or its replicas changed since): what failed there says nothing about
+                    # the replicas of this one.  The writer gets the current map and tries again.
+                    logger.info("chunk %#x: a writer's failure on chunk %#x version %#x ignored: now version %#x",
+                                chunk.chunk_id, h.get("chunk_id", 0), h.get("version", 0), chunk.version)
+                    failed = set()
                 why = h.get("why", "")
-                if why.startswith("no_space"):
+                if failed and why.startswith("no_space"):
                     for cs in failed & set(self.live):
                         self.live[cs].free = 0  # full: no new chunks go there before its next heartbeat
                 chunk = await self._drop_replicas(await self._ensure_created(chunk), failed, why)

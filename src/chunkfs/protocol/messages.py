@@ -231,8 +231,10 @@ SPECS: dict[Msg, MessageSpec] = {
     ),
     Msg.CHUNK_READ: MessageSpec((f("ino", int), f("index", int)), _CHUNK_MAP),
     Msg.CHUNK_WRITE: MessageSpec(
-        # `failed`: replicas that just failed a write (the master drops them); `why`: the error, for its event.
-        (f("ino", int), f("index", int), f("failed", list, optional=True), f("why", str, optional=True)),
+        # `failed`: replicas that just failed a write (the master drops them); `why`: the error, for its event;
+        # `chunk_id` and `version`: the map they failed on (the master ignores failures of an older map).
+        (f("ino", int), f("index", int), f("failed", list, optional=True), f("why", str, optional=True),
+         f("chunk_id", int, optional=True), f("version", int, optional=True)),
         _CHUNK_MAP,
     ),
     # The writer's new size and the time (integer nanoseconds) of its last write.

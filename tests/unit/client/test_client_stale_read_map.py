@@ -1,0 +1,100 @@
+"""A read whose chunk map is older than a replica's version asks the master before other replicas.
+
+A replica dropped from a chunk keeps its old version and bytes until it is
+deleted; a mount whose cached map still names that version must not be
+served by it after the current replica refused the map (client/chunk_io.py,
+`ChunkIO._read_piece`).
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+from chunkfs.client.chunk_io import ChunkIO, ChunkMap
+from chunkfs.common.errors import NotFound, StaleVersion
+from chunkfs.protocol.messages import Msg
+
+OLD, NEW = 7, 8
+
+
+class Replica:
+    """A chunk server holding one chunk at `version`, with `data`; records the versions asked for."""
+
+    def __init__(self, version: int | None, data: bytes) -> None:
+        self.version, self.data, self.asked = version, data, []
+
+    async def call(self, msg: Msg, header: dict[str, Any], *args: Any, **kw: Any) -> tuple[dict[str, Any], bytes]:
+        assert msg == Msg.CS_READ
+        self.asked.append(header["version"])
+        if self.version is None:
+            raise NotFound("no replica on this server")
+        if header["version"] != self.version:
+            raise StaleVersion("stale", current=self.version)
+        return {}, self.data[header["offset"]:header["offset"] + header["length"]]
+
+
+class Master:
+    def __init__(self, version: int, replicas: list[list[Any]]) -> None:
+        self.version, self.replicas, self.calls = version, replicas, 0
+
+    async def call(self, msg: Msg, header: dict[str, Any], *args: Any, **kw: Any) -> dict[str, Any]:
+        assert msg == Msg.CHUNK_READ
+        self.calls += 1
+        return {"chunk_id": 5, "version": self.version, "replicas": self.replicas, "chunk_size": 1 << 20}
+
+
+def mount(master: Master, servers: dict[str, Replica], cached: ChunkMap) -> ChunkIO:
+    io = ChunkIO(SimpleNamespace(mds=master, chunk_size=1 << 20))  # type: ignore[arg-type]
+    io._read_maps[(1, 0)] = cached
+
+    async def server(addr: str) -> Replica:
+        return servers[addr]
+
+    io.server = server  # type: ignore[method-assign]
+    return io
+
+
+def order_first(io: ChunkIO, first: str, m: ChunkMap) -> None:
+    """Make `first` the replica this mount reads `m`'s chunk from first."""
+    for salt in range(10):
+        io._read_salt = salt
+        if io.read_order(m)[0][1] == first:
+            return
+    raise AssertionError("no salt puts it first")
+
+
+async def test_a_newer_version_on_the_first_replica_sends_the_reader_to_the_master() -> None:
+    current = Replica(NEW, b"n" * 100)
+    dropped = Replica(OLD, b"o" * 100)  # left behind with the old version and bytes
+    servers = {"cs1": current, "cs2": dropped}
+    cached = ChunkMap(5, OLD, ((1, "cs1"), (2, "cs2")))
+    master = Master(NEW, [[1, "cs1"]])
+    io = mount(master, servers, cached)
+    order_first(io, "cs1", cached)
+    assert await io.read(1, 10, 20) == b"n" * 20
+    assert dropped.asked == [] and master.calls == 1
+
+
+async def test_a_replica_missing_the_chunk_sends_the_reader_to_the_master_then_to_the_others() -> None:
+    lost = Replica(None, b"")  # this server lost its copy; the map is still the current one
+    other = Replica(OLD, b"d" * 100)
+    servers = {"cs1": lost, "cs2": other}
+    cached = ChunkMap(5, OLD, ((1, "cs1"), (2, "cs2")))
+    master = Master(OLD, [[1, "cs1"], [2, "cs2"]])
+    io = mount(master, servers, cached)
+    order_first(io, "cs1", cached)
+    assert await io.read(1, 0, 10) == b"d" * 10
+    assert master.calls == 1 and other.asked == [OLD]
+
+
+async def test_an_older_replica_than_the_map_is_skipped_without_asking_the_master() -> None:
+    behind = Replica(OLD - 1, b"x" * 100)
+    current = Replica(OLD, b"c" * 100)
+    servers = {"cs1": behind, "cs2": current}
+    cached = ChunkMap(5, OLD, ((1, "cs1"), (2, "cs2")))
+    master = Master(OLD, [[1, "cs1"], [2, "cs2"]])
+    io = mount(master, servers, cached)
+    order_first(io, "cs1", cached)
+    assert await io.read(1, 0, 10) == b"c" * 10
+    assert master.calls == 0
