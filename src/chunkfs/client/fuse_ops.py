@@ -240,6 +240,10 @@ class OpenFile:
     dirty: bool = False
     #: Bumped by every write, so a commit knows whether writes raced it.
     gen: int = 0
+    #: The end of the furthest write made here since the master last heard of this mount's writes: the
+    #: size to commit.  Not `size`, which may be older than another mount's truncation: committing it
+    #: would bring the cut bytes' size back.
+    written_end: int = 0
     commit_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     #: This mount holds the file's exclusive lease (``-o exclusive``), valid until `lease_until` (monotonic).
     leased: bool = False
@@ -290,6 +294,8 @@ class ChunkFSOperations(pyfuse3.Operations):
         self._fh = itertools.count(1)
         self.files: dict[int, OpenFile] = {}  # by inode
         self.handles: dict[int, OpenFile] = {}  # by file handle
+        #: Handles opened with O_APPEND: each write goes to the end of the file as this mount knows it.
+        self._appending: set[int] = set()
         self.dirs: dict[int, DirHandle] = {}
         self._statfs: tuple[float, pyfuse3.StatvfsData] | None = None
         #: Who holds this mount's leases, as other mounts' errors name it.
@@ -368,7 +374,8 @@ class ChunkFSOperations(pyfuse3.Operations):
             if of.dirty:
                 # Written here since the master last heard: a write sets mtime and ctime to its
                 # time, even when an earlier utime put them in the future.
-                size, mtime, ctime = of.size, of.mtime_ns, max(ctime, of.mtime_ns)
+                size, mtime, ctime = max(size, of.written_end), of.mtime_ns, max(ctime, of.mtime_ns)
+                of.size = size
             else:
                 of.size = of.committed_size = size  # another mount may have grown or cut it
             mtime = of.pending.get("mtime_ns", mtime)
@@ -388,6 +395,7 @@ class ChunkFSOperations(pyfuse3.Operations):
         e.st_atime_ns = atime
         e.st_mtime_ns = mtime
         e.st_ctime_ns = ctime
+        self.cache.told(ino, size, mtime)
         return e
 
     def _keep_attr(self, of: OpenFile, attr: dict[str, Any], since: int) -> None:
@@ -409,7 +417,24 @@ class ChunkFSOperations(pyfuse3.Operations):
         if fresh is not None and time.monotonic() < fresh[0]:
             return self._entry(fresh[1])
         since = self.cache.seq
-        return self._entry(await self.client.getattr(inode), since)
+        try:
+            attr = await self.client.getattr(inode)
+        except NotFound:
+            raise pyfuse3.FUSEError(errno.ESTALE) from None  # see `_gone`
+        if self._gone(attr):
+            raise pyfuse3.FUSEError(errno.ESTALE)
+        return self._entry(attr, since)
+
+    def _gone(self, attr: dict[str, Any]) -> bool:
+        """Whether the kernel reached an inode no name leads to any more through a name it kept.
+
+        Another mount removed the name, or renamed a new file over it (how editors and package
+        managers save), and the notice has not reached this mount yet.  Unlinked, the inode may
+        live on while some mount has it open; but this mount's kernel can reach it otherwise only
+        through a file open here.  ESTALE makes the kernel look the name up again (as an NFS
+        client's kernel does), so the program finds the new file, or ENOENT.
+        """
+        return attr.get("nlink", 1) == 0 and attr["type"] == "f" and attr["ino"] not in self.files
 
     @fuse_errors
     async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
@@ -486,7 +511,7 @@ class ChunkFSOperations(pyfuse3.Operations):
         The size written goes first, in the same commit (a new mtime must not hide it); times set
         here and not committed go too, unless this change sets them anew (a truncation sets mtime).
         """
-        since, gen, size, mtime_ns, pending = self.cache.seq, of.gen, of.size, of.mtime_ns, dict(of.pending)
+        since, gen, size, mtime_ns, pending = self.cache.seq, of.gen, of.written_end, of.mtime_ns, dict(of.pending)
         if "ctime_ns" in pending and not changes:  # only committing what was set here: its own ctime
             changes["ctime_ns"] = pending["ctime_ns"]
         if of.dirty and "size" not in changes:
@@ -497,8 +522,7 @@ class ChunkFSOperations(pyfuse3.Operations):
         new = await self.client.setattr(of.ino, **changes)
         self._keep_attr(of, new, since)
         if "extend" in changes:
-            of.committed_size = size
-            of.dirty = of.gen != gen
+            self._committed(of, new["size"], gen)
         for key, value in pending.items():
             if of.pending.get(key) == value:
                 del of.pending[key]
@@ -512,6 +536,7 @@ class ChunkFSOperations(pyfuse3.Operations):
         of = self.files.get(inode)
         if of is not None:
             of.size, of.committed_size, of.mtime_ns, of.dirty = size, size, mtime_ns, False
+            of.written_end = 0
             of.gen += 1
 
     # -- namespace -------------------------------------------------------------
@@ -703,6 +728,12 @@ class ChunkFSOperations(pyfuse3.Operations):
         # O_DIRECT (qemu cache=none, databases) bypasses the page cache: every
         # request comes straight here and is on every replica when answered.
         direct = self.opts.direct_io or bool(flags & os.O_DIRECT)
+        if flags & os.O_APPEND:
+            # The kernel appends at the size it keeps, which another mount's close may have moved
+            # past (it takes no new size before a write): the mount writes at the end it knows
+            # instead, and with no page cache the kernel keeps no bytes at the offset it chose.
+            self._appending.add(fh)
+            direct = True
         return pyfuse3.FileInfo(fh=fh, direct_io=direct, keep_cache=False)
 
     @fuse_errors
@@ -714,15 +745,39 @@ class ChunkFSOperations(pyfuse3.Operations):
         else:
             # Close-to-open: a file opened here sees what other mounts closed.  The
             # master holds the file for this mount from now on (and truncates it for O_TRUNC).
-            attr = await self.client.open_ino(inode, self.session, truncate)
+            try:
+                attr = await self.client.open_ino(inode, self.session, truncate)
+            except NotFound:
+                raise pyfuse3.FUSEError(errno.ESTALE) from None  # see `_gone`
+            if self._gone(attr):
+                await self._release_ino(inode)
+                raise pyfuse3.FUSEError(errno.ESTALE)
             if attr["type"] == "d":
                 raise pyfuse3.FUSEError(errno.EISDIR)
             if truncate:
                 self._truncated(inode, attr["size"], attr["mtime_ns"])
+            self._drop_stale_attr(inode, attr)
         lease = await self._lease(inode, flags)
         fi = self._open(attr, flags)
         self._leased(inode, lease)
         return fi
+
+    def _drop_stale_attr(self, ino: int, attr: dict[str, Any]) -> None:
+        """Close-to-open: the kernel forgets attributes older than the master's, before the open returns.
+
+        Another mount's close reaches the kernel here by the master's notice, which may still be on
+        its way: meanwhile the kernel would read up to, and append at, the size it kept.
+        """
+        of = self.files.get(ino)
+        mtime = of.pending.get("mtime_ns", attr["mtime_ns"]) if of is not None else attr["mtime_ns"]
+        if not self.cache.stale(ino, attr["size"], mtime):
+            return
+        try:
+            pyfuse3.invalidate_inode(ino, attr_only=True)  # no lock the kernel could hold: safe on the loop
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:
+                logger.debug("dropping the kernel's attributes of inode %d: %s", ino, exc)
+        self.cache.told(ino, attr["size"], mtime)
 
     # -- exclusive leases (-o exclusive) ---------------------------------------
 
@@ -837,10 +892,14 @@ class ChunkFSOperations(pyfuse3.Operations):
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         of = self._handle(fh)
         self._check_lease(of)
+        if fh in self._appending:
+            off = of.size
         await self.client.io.write(of.ino, off, buf)
         end = off + len(buf)
         if end > of.size:
             of.size = end
+        if end > of.written_end:
+            of.written_end = end
         of.mtime_ns = time.time_ns()
         of.dirty = True
         of.gen += 1
@@ -857,11 +916,20 @@ class ChunkFSOperations(pyfuse3.Operations):
                 return
             if not of.dirty:
                 return
-            since, gen, size, mtime_ns = self.cache.seq, of.gen, of.size, of.mtime_ns
-            self._keep_attr(of, await self.client.extend(of.ino, size, mtime_ns), since)
-            of.committed_size = size
-            if of.gen == gen:
-                of.dirty = False
+            since, gen, end, mtime_ns = self.cache.seq, of.gen, of.written_end, of.mtime_ns
+            attr = await self.client.extend(of.ino, end, mtime_ns)
+            self._keep_attr(of, attr, since)
+            self._committed(of, attr["size"], gen)
+
+    @staticmethod
+    def _committed(of: OpenFile, size: int, gen: int) -> None:
+        """The master has this mount's writes up to `gen`; `size` is the file's size it answered with."""
+        of.committed_size = size
+        if of.gen == gen:
+            of.dirty = False
+            of.size, of.written_end = size, 0
+        else:  # written meanwhile: those writes' ends are still to commit
+            of.size = max(size, of.written_end)
 
     @fuse_errors
     async def flush(self, fh: int) -> None:
@@ -870,7 +938,7 @@ class ChunkFSOperations(pyfuse3.Operations):
     @fuse_errors
     async def fsync(self, fh: int, datasync: bool) -> None:
         of = self._handle(fh)
-        if datasync and of.size <= of.committed_size:
+        if datasync and of.written_end <= of.committed_size:
             # fdatasync of writes inside the file (a VM's disk, a database's pages): the data is all
             # that must be durable; the new mtime is committed by the next fsync, flush or close.
             await self.client.fsync(of.ino)
@@ -883,6 +951,7 @@ class ChunkFSOperations(pyfuse3.Operations):
     @fuse_errors
     async def release(self, fh: int) -> None:
         of = self.handles.pop(fh, None)
+        self._appending.discard(fh)
         if of is None:
             return
         of.refs -= 1

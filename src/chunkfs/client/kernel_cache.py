@@ -25,8 +25,15 @@ them.  The rules that keep another client's change visible at once:
    loop must answer, so calling it from the loop could deadlock the mount.
 
 What the kernel holds is tracked from the answers given (inode -> the name
-it was last answered under) and trimmed by the kernel's FORGETs, so it is
-bounded by the kernel's own cache.
+it was last answered under, and the size and mtime it was last told) and
+trimmed by the kernel's FORGETs, so it is bounded by the kernel's own cache.
+
+Close-to-open does not wait for a notice: a file opened here after another
+mount closed it shows what that mount wrote, because the open asks the
+master, and when the size or mtime it answers is not what the kernel was
+last told, the mount drops the kernel's attributes right there, before the
+open returns (`stale`).  Dropping attributes only, unlike names, takes no
+lock the kernel may hold, so the event loop may do it itself.
 
 The same notices let the mount know *every* name of some directories: one
 it made itself, or listed whole while watched, with no notice about it since.
@@ -74,6 +81,7 @@ class KernelCache:
         #: The connection the master tells of changes, while it is open.
         self._watch: object | None = None
         self._names: dict[int, Entry] = {}  # inode -> (parent, name) it was last answered under
+        self._told: dict[int, tuple[int, int]] = {}  # inode -> (size, mtime_ns) the kernel was last told
         self._inodes: dict[Entry, int] = {}
         #: Directories whose every name this mount knows, and those names.
         self._whole: dict[int, set[bytes]] = {}
@@ -156,9 +164,18 @@ class KernelCache:
         if names is not None:
             self._whole_names -= len(names)
 
+    def told(self, ino: int, size: int, mtime_ns: int) -> None:
+        """The kernel was given these attributes of `ino`."""
+        self._told[ino] = (size, mtime_ns)
+
+    def stale(self, ino: int, size: int, mtime_ns: int) -> bool:
+        """Whether the kernel may hold other attributes of `ino` than these (the master's, just answered)."""
+        return self._told.get(ino, (size, mtime_ns)) != (size, mtime_ns)
+
     def forget(self, inodes: Iterable[int]) -> None:
         """The kernel forgot these inodes."""
         for ino in inodes:
+            self._told.pop(ino, None)
             entry = self._names.pop(ino, None)
             if entry is not None and self._inodes.get(entry) == ino:
                 del self._inodes[entry]

@@ -1,0 +1,83 @@
+"""Close-to-open between two mounts does not wait for the master's notice (found by a probe of the mount).
+
+What mount B wrote and closed, mount A sees when it opens the file after
+that close: its size and bytes, and an append on A lands after them.  The
+master's notice to A may still be on its way when A's program opens the
+file, and A's kernel kept the old size: the open itself (which asks the
+master) must make the kernel drop it, and an append must not go where the
+kernel's old size says.  Each scenario runs several times: the notice wins
+the race often enough to hide the bug in one try.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+TRIALS = 40
+
+
+def write_and_close(path: Path, data: bytes, offset: int) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        assert os.pwrite(fd, data, offset) == len(data)
+    finally:
+        os.close(fd)
+
+
+def test_an_open_after_another_mounts_close_sees_its_size_and_bytes(make_cluster, mount) -> None:
+    cluster = make_cluster(n_cs=3)
+    a, b = mount(cluster, "a"), mount(cluster, "b")
+    for trial in range(TRIALS):
+        name = f"f{trial}"
+        (a / name).write_bytes(b"0" * 4000)
+        assert (b / name).read_bytes() == b"0" * 4000  # both kernels hold the file's size
+        assert (a / name).stat().st_size == 4000
+        write_and_close(b / name, b"B" * 16_000, 4000)
+        fd = os.open(a / name, os.O_RDONLY)
+        try:
+            assert os.fstat(fd).st_size == 20_000, f"trial {trial}"
+            got = os.pread(fd, 30_000, 0)
+        finally:
+            os.close(fd)
+        assert got == b"0" * 4000 + b"B" * 16_000, f"trial {trial}: read {len(got)} bytes"
+
+
+def test_an_append_after_another_mounts_close_goes_after_its_bytes(make_cluster, mount) -> None:
+    cluster = make_cluster(n_cs=3)
+    a, b = mount(cluster, "a"), mount(cluster, "b")
+    for trial in range(TRIALS):
+        name = f"g{trial}"
+        (a / name).write_bytes(b"0" * 1000)
+        assert (b / name).read_bytes() == b"0" * 1000
+        assert (a / name).stat().st_size == 1000
+        write_and_close(b / name, b"B" * 500, 1000)
+        fd = os.open(a / name, os.O_WRONLY | os.O_APPEND)
+        try:
+            assert os.write(fd, b"A" * 10) == 10
+            assert os.write(fd, b"a" * 5) == 5
+        finally:
+            os.close(fd)
+        want = b"0" * 1000 + b"B" * 500 + b"A" * 10 + b"a" * 5
+        assert (a / name).read_bytes() == want, f"trial {trial}"
+        assert (b / name).read_bytes() == want, f"trial {trial}"
+        assert (a / name).stat().st_size == len(want)
+
+
+def test_an_open_after_another_mount_renamed_a_new_file_over_the_name_opens_the_new_file(make_cluster, mount) -> None:
+    """The way editors and package managers save: write a new file, rename it over the old name.
+
+    A's kernel may still hold the name with the old inode when A opens it
+    right after B's rename: the old inode is gone, and the open must lead A's
+    kernel to look the name up again, not fail or show the old bytes.
+    """
+    cluster = make_cluster(n_cs=3)
+    a, b = mount(cluster, "a"), mount(cluster, "b")
+    (a / "d").mkdir()
+    for trial in range(TRIALS):
+        (a / "d" / "f").write_bytes(b"old %d" % trial)
+        assert (b / "d" / "f").read_bytes() == b"old %d" % trial
+        assert (a / "d" / "f").read_bytes() == b"old %d" % trial  # A's kernel holds the name
+        (b / "d" / "tmp").write_bytes(b"new %d" % trial)
+        os.rename(b / "d" / "tmp", b / "d" / "f")
+        assert (a / "d" / "f").read_bytes() == b"new %d" % trial, f"trial {trial}"

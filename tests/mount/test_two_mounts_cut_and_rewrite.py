@@ -1,0 +1,83 @@
+"""Two mounts write a file whose chunk one of them cut away and made again (found by a probe of the mount).
+
+Mount B keeps the chain it wrote a chunk through.  When A truncates the file
+below that chunk (the chunk is deleted) and writes there again (a new chunk
+at the same place), B's next write goes to the deleted chunk first, and its
+chunk server answers "no replica on this server".  That says nothing about
+the new chunk's replicas: the master must answer B with the new chunk's
+chain, not drop a healthy replica of the new chunk (which then kept the old
+version and served it to A's reads: A read its own old bytes and zeros where
+B had written and closed).  And a reader whose map is older than a replica's
+version asks the master for the current map before it tries the others.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .conftest import MiB, chunkfs
+
+CHUNK = 4 * MiB  # the make_cluster fixture's chunk size
+
+
+def pwrite(path: Path, data: bytes, offset: int) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        assert os.pwrite(fd, data, offset) == len(data)
+    finally:
+        os.close(fd)
+
+
+def pread(path: Path, length: int, offset: int, flags: int = 0) -> bytes:
+    fd = os.open(path, os.O_RDONLY | flags)
+    try:
+        return os.pread(fd, length, offset)
+    finally:
+        os.close(fd)
+
+
+def test_a_write_through_a_deleted_chunks_chain_drops_no_replica_and_is_read_back(make_cluster, mount) -> None:
+    cluster = make_cluster(n_cs=3)
+    a, b = mount(cluster, "a"), mount(cluster, "b")
+    for trial in range(3):
+        name = f"f{trial}"
+        (a / name).write_bytes(b"")
+        pwrite(b / name, b"o" * 2 * CHUNK, 0)  # B's chains for chunks 0 and 1
+        os.truncate(a / name, CHUNK - 1000)  # A cuts chunk 1 away ...
+        pwrite(a / name, b"a" * 5000, CHUNK - 2000)  # ... and makes a new chunk 1
+        pwrite(b / name, b"b" * 40_000, CHUNK + 1000)  # B writes into it, then closes
+        want = b"b" * 40_000
+        assert pread(b / name, 40_000, CHUNK + 1000) == want
+        got = pread(a / name, 40_000, CHUNK + 1000)
+        assert got == want, f"trial {trial}: A read {got.count(b'a')} of its own old bytes and {got.count(0)} zeros"
+        assert pread(a / name, 40_000, CHUNK + 1000, os.O_DIRECT) == want
+        assert pread(a / name, 1000, CHUNK - 1000) == b"a" * 1000
+    events = chunkfs("-c", cluster.name, "get-event").stdout
+    assert "dropped" not in events, f"a healthy replica was dropped:\n{events}"
+
+
+def test_a_write_inside_a_file_another_mount_cut_does_not_bring_back_its_old_size(make_cluster, mount) -> None:
+    """B opened the file when it was long; A cuts it; B writes inside the new end and closes.
+
+    B's close commits the end of what B wrote, not the size B saw at open:
+    the file is 110 bytes, as on a local disk, not its old 2 chunks.
+    """
+    cluster = make_cluster(n_cs=3)
+    a, b = mount(cluster, "a"), mount(cluster, "b")
+    for trial in range(3):
+        name = f"g{trial}"
+        (a / name).write_bytes(b"x" * 2 * CHUNK)
+        fd = os.open(b / name, os.O_RDWR)
+        try:
+            os.truncate(a / name, 10)
+            assert os.pwrite(fd, b"B" * 10, 100) == 10
+        finally:
+            os.close(fd)
+        fd = os.open(a / name, os.O_RDONLY)  # close-to-open: A opens after B closed
+        try:
+            assert os.fstat(fd).st_size == 110, f"trial {trial}"
+        finally:
+            os.close(fd)
+        assert (a / name).read_bytes() == b"x" * 10 + bytes(90) + b"B" * 10
+        assert (b / name).read_bytes() == b"x" * 10 + bytes(90) + b"B" * 10
