@@ -435,6 +435,8 @@ class MetadataStore:
         self.db.execute("RELEASE command" if self._batched else "COMMIT")
 
     def _rollback(self) -> None:
+        if not self.db.in_transaction:
+            return  # SQLite rolled it back itself (an I/O error, a full disk): the error goes on up
         if self._batched:
             self.db.execute("ROLLBACK TO command")
             self.db.execute("RELEASE command")
@@ -458,7 +460,8 @@ class MetadataStore:
             yield
         finally:
             self._batched = False
-            self.db.execute("COMMIT")
+            if self.db.in_transaction:  # else SQLite rolled it back itself, and the error goes on up
+                self.db.execute("COMMIT")
 
     def _meta(self, key: str) -> int | None:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -1168,6 +1171,12 @@ class MetadataStore:
         return [(bytes(r[0]), int(r[1]), str(r[2]), int(r[3])) for r in self.db.execute(
             "SELECT d.name, d.ino, i.type, i.size FROM dentries d JOIN inodes i ON i.ino = d.ino "
             "WHERE d.parent = ? AND d.name > ? ORDER BY d.name LIMIT ?", (parent, after, limit))]
+
+    def chunks_version(self, ino: int) -> int:
+        """The highest version among the file's chunks (0: none): it changes whenever a chunk is made,
+        cut away or given a new version, so a mount knows when its cached chunk maps may be old."""
+        row = self.db.execute("SELECT max(version) FROM chunks WHERE ino = ?", (ino,)).fetchone()
+        return int(row[0] or 0)
 
     def chunk_at(self, ino: int, index: int) -> Chunk | None:
         row = self.db.execute(

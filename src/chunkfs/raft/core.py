@@ -752,9 +752,8 @@ class RaftCore:
         if self._append_unsent:
             self._append_unsent = False
             if self.role is Role.LEADER:
-                for peer, pr in self._progress.items():
-                    if pr.next <= self.log.last_index:
-                        self._send_append(peer)
+                for peer in self._progress:
+                    self._send_append(peer)  # (also to a voter just added: it hears at once)
         hs = self.hard_state
         if hs != self._persisted_hs:
             rd.hard_state = hs

@@ -685,7 +685,8 @@ class RaftLog:
 
     def _apply(self, rd: Ready) -> None:
         assert self.sm is not None and self.core is not None
-        if self.core.is_leader:
+        leader = self.core.is_leader
+        if leader:
             self._apply_deferred()  # a new master first applies what it left for later as a follower
             for entry in rd.committed_entries:
                 self._apply_entry(entry)
@@ -695,7 +696,7 @@ class RaftLog:
                 self._apply_deferred()
             elif self._apply_timer is None:
                 self._apply_timer = asyncio.get_running_loop().call_later(FOLLOWER_APPLY_DELAY, self._apply_later)
-        if rd.committed_entries and self._applied_waiters:
+        if leader and rd.committed_entries and self._applied_waiters:  # (a follower's are failed on step-down)
             upto = rd.committed_entries[-1].index
             waiting = []
             for index, fut in self._applied_waiters:

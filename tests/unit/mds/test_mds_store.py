@@ -124,7 +124,7 @@ def test_fresh_store_has_root(store: MetadataStore) -> None:
 
 def test_a_batch_applies_each_command_alone_and_commits_them_together(d: Driver, store: MetadataStore) -> None:
     """A follower's batch: a failing command leaves no trace but its applied index; the others stay."""
-    d.mkdir(ROOT_INO, "dir")
+    dir_ino = d.mkdir(ROOT_INO, "dir")
     first = store.applied_index
     with store.batch():
         d.create(ROOT_INO, "a")
@@ -132,15 +132,20 @@ def test_a_batch_applies_each_command_alone_and_commits_them_together(d: Driver,
             d.mkdir(ROOT_INO, "dir")
         with pytest.raises(NotFound):
             d("create", parent=424242, name="x", mode=0o644, time=d.tick(), exclusive=True)
+        ctime = store.getattr(dir_ino)["ctime_ns"]
+        with pytest.raises(IsADirectory):  # writes the directory's ctime, then fails: rolled back
+            d("setattr", ino=dir_ino, size=0, time=d.tick())
+        assert store.getattr(dir_ino)["ctime_ns"] == ctime
         d.create(ROOT_INO, "b")
         assert store.db.in_transaction  # one transaction for the whole batch
     assert not store.db.in_transaction
-    assert store.applied_index == first + 4
+    assert store.applied_index == first + 5
     assert names(store, ROOT_INO) == ["a", "b", "dir"]
+    assert store.getattr(dir_ino)["ctime_ns"] == ctime
     store.close()
     reopened = MetadataStore(store.path, CS)  # committed, not only visible to this connection
     try:
-        assert reopened.applied_index == first + 4
+        assert reopened.applied_index == first + 5
         assert names(reopened, ROOT_INO) == ["a", "b", "dir"]
     finally:
         reopened.close()
