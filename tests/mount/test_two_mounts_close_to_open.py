@@ -81,3 +81,30 @@ def test_an_open_after_another_mount_renamed_a_new_file_over_the_name_opens_the_
         (b / "d" / "tmp").write_bytes(b"new %d" % trial)
         os.rename(b / "d" / "tmp", b / "d" / "f")
         assert (a / "d" / "f").read_bytes() == b"new %d" % trial, f"trial {trial}"
+
+
+def test_o_trunc_through_a_name_kept_after_a_rename_cuts_the_new_file_not_the_old(make_cluster, mount) -> None:
+    """B reads the old file; A saves a new one over its name; C, whose kernel kept the name, opens it with O_TRUNC.
+
+    On a local disk C's open finds the new file: it is the one cut, and B
+    reads the old file whole.  C's open must not cut the old file first.
+    """
+    cluster = make_cluster(n_cs=3)
+    a, b, c = mount(cluster, "a"), mount(cluster, "b"), mount(cluster, "c")
+    for trial in range(TRIALS // 2):
+        name = f"t{trial}"
+        (a / name).write_bytes(b"old" * 1000)
+        assert (c / name).read_bytes() == b"old" * 1000  # C's kernel holds the name
+        reader = os.open(b / name, os.O_RDONLY)
+        try:
+            (a / "tmp").write_bytes(b"new" * 1000)
+            os.rename(a / "tmp", a / name)
+            fd = os.open(c / name, os.O_WRONLY | os.O_TRUNC)
+            try:
+                assert os.write(fd, b"c") == 1
+            finally:
+                os.close(fd)
+            assert os.pread(reader, 5000, 0) == b"old" * 1000, f"trial {trial}"
+        finally:
+            os.close(reader)
+        assert (a / name).read_bytes() == b"c", f"trial {trial}"

@@ -40,6 +40,8 @@ logger = logging.getLogger(__name__)
 
 #: Tries per piece before a read or write gives up.
 MAX_TRIES = 6
+#: Files whose highest chunk version the mount remembers (see `ChunkIO.opened`), and replicas known missing.
+CHUNKS_VERSIONS_MAX = 100_000
 #: First wait (doubled each try) for the master to mend a bad block a write met: 3.1 s in all.
 REPAIR_WAIT = 0.1
 #: Errors after which another replica (or a new map) may succeed.
@@ -88,6 +90,11 @@ class ChunkIO:
         self._read_salt = random.randrange(1 << 30)
         #: Chunks written since the last fsync of each inode.
         self.dirty: dict[int, set[int]] = {}
+        #: inode -> the file's highest chunk version when this mount last opened it (`opened`).
+        self._chunks_versions: dict[int, int] = {}
+        #: (chunk id, version, server) a fresh map still names though the server lacked the chunk:
+        #: reads go on to the other replicas without asking the master each time (`_read_piece`).
+        self._missing: set[tuple[int, int, int]] = set()
 
     async def server(self, addr: str) -> Connection:
         conn = self._servers.get(addr)
@@ -104,6 +111,19 @@ class ChunkIO:
         for cache in (self._read_maps, self._write_maps):
             for key in [k for k in cache if k[0] == ino]:
                 del cache[key]
+
+    def opened(self, ino: int, chunks_version: int | None) -> None:
+        """Close-to-open for chunk maps: the file's chunks changed since this mount last opened it (the
+        master's highest chunk version moved), so its cached read maps may name a replica dropped since,
+        which keeps its old version and bytes until deleted: they are asked for again."""
+        if chunks_version is None:
+            return
+        if self._chunks_versions.get(ino) != chunks_version:
+            for key in [k for k in self._read_maps if k[0] == ino]:
+                del self._read_maps[key]
+            if len(self._chunks_versions) >= CHUNKS_VERSIONS_MAX:
+                self._chunks_versions.clear()  # bounded; unknown only costs a map request
+            self._chunks_versions[ino] = chunks_version
 
     def connections(self) -> list[Connection]:
         return list(self._servers.values())
@@ -182,12 +202,18 @@ class ChunkIO:
                     return data
                 except _REPLICA_ERRORS as exc:
                     last = exc
-                    if not refresh and _map_may_be_old(exc, m):
-                        # The chunk is gone from there or has moved on to a newer version: the other
-                        # replicas of this map may be the ones left behind (a dropped replica keeps
-                        # its old version and bytes until deleted).  Ask the master first.
-                        old_map = True
-                        break
+                    known = (m.chunk_id, m.version, cs_id)
+                    if _map_may_be_old(exc, m) and known not in self._missing:
+                        if not refresh:
+                            # The chunk is gone from there or has moved on to a newer version: the
+                            # other replicas of this map may be the ones left behind (a dropped replica
+                            # keeps its old version and bytes until deleted).  Ask the master first.
+                            old_map = True
+                            break
+                        if isinstance(exc, NotFound):  # the master's map still names it: lost there
+                            if len(self._missing) >= CHUNKS_VERSIONS_MAX:
+                                self._missing.clear()
+                            self._missing.add(known)
                     logger.warning("read of chunk %#x from CS#%d failed: %s; trying another replica",
                                    m.chunk_id, cs_id, exc)
                     if isinstance(exc, ChecksumMismatch):

@@ -145,10 +145,11 @@ class Client:
 
     async def open_ino(self, ino: int, session: str, truncate: bool = False) -> dict[str, Any]:
         """Register `ino` as open by a mount's `session` (it outlives an unlink until released); its attributes."""
-        attr = (await self.mds.call(Msg.OPEN, {"ino": ino, "session": session, "truncate": truncate}))["attr"]
+        reply = await self.mds.call(Msg.OPEN, {"ino": ino, "session": session, "truncate": truncate})
         if truncate:
             self.io.forget(ino)
-        return attr
+        self.io.opened(ino, reply.get("chunks_version"))
+        return reply["attr"]
 
     async def release_ino(self, ino: int, session: str) -> None:
         """The mount's last close of `ino`."""

@@ -357,6 +357,7 @@ class ChunkFSOperations(pyfuse3.Operations):
             of = self.files.get(ino)
             if of is not None:
                 of.attr = None  # changed by another client: answers need the master again
+                of.committed_size = -1  # it may have cut the file: the next fdatasync commits the size
         self.cache.changed(entries, inodes)
 
     # -- attributes ------------------------------------------------------------
@@ -770,14 +771,8 @@ class ChunkFSOperations(pyfuse3.Operations):
         """
         of = self.files.get(ino)
         mtime = of.pending.get("mtime_ns", attr["mtime_ns"]) if of is not None else attr["mtime_ns"]
-        if not self.cache.stale(ino, attr["size"], mtime):
-            return
-        try:
-            pyfuse3.invalidate_inode(ino, attr_only=True)  # no lock the kernel could hold: safe on the loop
-        except OSError as exc:
-            if exc.errno != errno.ENOENT:
-                logger.debug("dropping the kernel's attributes of inode %d: %s", ino, exc)
-        self.cache.told(ino, attr["size"], mtime)
+        if self.cache.stale(ino, attr["size"], mtime):
+            self.cache.drop_attributes_now(ino, attr["size"], mtime)
 
     # -- exclusive leases (-o exclusive) ---------------------------------------
 
@@ -892,9 +887,18 @@ class ChunkFSOperations(pyfuse3.Operations):
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         of = self._handle(fh)
         self._check_lease(of)
-        if fh in self._appending:
+        appending = fh in self._appending
+        if appending:
+            # The range is taken before the write is sent: appends in flight at once (asynchronous
+            # direct I/O) go one after the other, not all to one offset.
             off = of.size
-        await self.client.io.write(of.ino, off, buf)
+            of.size = off + len(buf)
+        try:
+            await self.client.io.write(of.ino, off, buf)
+        except BaseException:
+            if appending and of.size == off + len(buf):
+                of.size = off  # nothing was appended after it: give the range back
+            raise
         end = off + len(buf)
         if end > of.size:
             of.size = end

@@ -172,6 +172,19 @@ class KernelCache:
         """Whether the kernel may hold other attributes of `ino` than these (the master's, just answered)."""
         return self._told.get(ino, (size, mtime_ns)) != (size, mtime_ns)
 
+    def drop_attributes_now(self, ino: int, size: int, mtime_ns: int) -> None:
+        """Have the kernel drop its attributes of `ino` before returning (on the event loop: attributes take no lock).
+
+        The kernel will ask for them again; nothing older than `size` and `mtime_ns` is held any more.
+        """
+        try:
+            self._invalidate_inode(ino)
+            self.invalidated += 1
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:
+                logger.debug("dropping the kernel's attributes of inode %d: %s", ino, exc)
+        self._told[ino] = (size, mtime_ns)
+
     def forget(self, inodes: Iterable[int]) -> None:
         """The kernel forgot these inodes."""
         for ino in inodes:

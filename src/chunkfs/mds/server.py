@@ -453,11 +453,17 @@ class MetadataServer:
     async def _on_open(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
         ino = h["ino"]
         if h["truncate"]:
+            attr = self.store.getattr(ino)
+            if attr["type"] == "f" and attr["nlink"] == 0 and not self.open_files.holds(h["session"], ino):
+                # Only a name its kernel kept after another client removed it (or renamed a file
+                # over it) leads this mount here: O_TRUNC must not cut a file someone may still read.
+                raise NotFound(f"inode {ino} has no name any more (removed by another client)")
             await self._setattr(ino, {"size": 0}, self._once(h))
             self.watchers.changed(conn, inodes=[ino])
         else:
             await self.log.read_barrier()
-        return {"attr": self._register_open(h["session"], ino)}
+        return {"attr": self._register_open(h["session"], ino),
+                "chunks_version": self.store.chunks_version(ino)}
 
     def _register_open(self, session: str, ino: int) -> dict[str, Any]:
         """Hold `ino` open for `session`: read and register with no await between (see open_files.py)."""

@@ -182,7 +182,9 @@ SPECS: dict[Msg, MessageSpec] = {
     ),
     # A mount opens a file: the master registers it as held by the mount's session (an unlinked
     # file lives on while held) and answers its attributes; `truncate` is O_TRUNC.
-    Msg.OPEN: MessageSpec((f("ino", int), f("session", str), f("truncate", bool), *_ONCE), _ATTR),
+    # `chunks_version`: the highest version among the file's chunks (`MetadataStore.chunks_version`).
+    Msg.OPEN: MessageSpec((f("ino", int), f("session", str), f("truncate", bool), *_ONCE),
+                          (*_ATTR, f("chunks_version", int, optional=True))),
     # The mount's last close of a file.
     Msg.RELEASE: MessageSpec((f("ino", int), f("session", str)), ()),
     # A mount's session renewal, with inodes it holds open (re-sent in pages when the

@@ -98,3 +98,32 @@ async def test_an_older_replica_than_the_map_is_skipped_without_asking_the_maste
     order_first(io, "cs1", cached)
     assert await io.read(1, 0, 10) == b"c" * 10
     assert master.calls == 0
+
+
+async def test_a_replica_the_master_still_names_but_lacks_the_chunk_costs_one_map_request() -> None:
+    lost = Replica(None, b"")
+    other = Replica(OLD, b"d" * 100)
+    cached = ChunkMap(5, OLD, ((1, "cs1"), (2, "cs2")))
+    master = Master(OLD, [[1, "cs1"], [2, "cs2"]])
+    io = mount(master, {"cs1": lost, "cs2": other}, cached)
+    order_first(io, "cs1", cached)
+    for _ in range(5):
+        assert await io.read(1, 0, 10) == b"d" * 10
+    assert master.calls == 1
+
+
+async def test_maps_are_asked_for_again_once_the_files_chunks_changed_since_the_last_open() -> None:
+    current = Replica(NEW, b"n" * 100)
+    dropped = Replica(OLD, b"o" * 100)  # the first replica this mount reads from, left behind
+    cached = ChunkMap(5, OLD, ((2, "cs2"), (1, "cs1")))
+    master = Master(NEW, [[1, "cs1"]])
+    io = mount(master, {"cs1": current, "cs2": dropped}, cached)
+    order_first(io, "cs2", cached)
+    io.opened(1, OLD)  # the open before which the map was cached: this mount knew no version yet
+    assert (1, 0) not in io._read_maps
+    io._read_maps[(1, 0)] = cached  # read after that open
+    io.opened(1, OLD)  # opened again, nothing changed: the map is kept
+    assert (1, 0) in io._read_maps
+    io.opened(1, NEW)  # a replica was dropped since: the highest chunk version moved
+    assert await io.read(1, 0, 10) == b"n" * 10
+    assert dropped.asked == [] and master.calls == 1
