@@ -430,10 +430,11 @@ class ChunkFSOperations(pyfuse3.Operations):
         """Whether the kernel reached an inode no name leads to any more through a name it kept.
 
         Another mount removed the name, or renamed a new file over it (how editors and package
-        managers save), and the notice has not reached this mount yet.  Unlinked, the inode may
-        live on while some mount has it open; but this mount's kernel can reach it otherwise only
-        through a file open here.  ESTALE makes the kernel look the name up again (as an NFS
-        client's kernel does), so the program finds the new file, or ENOENT.
+        managers save), and the notice has not reached this mount yet.  Unlinked, the inode lives
+        on while some mount has it open.  ESTALE makes the kernel look the name up again (as an
+        NFS client's kernel does), so the program finds the new file, or ENOENT.  A file open in
+        this mount is let through: its processes reach it through their open files (`fstat`,
+        ``/proc/PID/fd``), and only a name kept in that same moment would still lead to it.
         """
         return attr.get("nlink", 1) == 0 and attr["type"] == "f" and attr["ino"] not in self.files
 
