@@ -104,7 +104,10 @@ class LiveServer:
 
 
 def _about(h: dict[str, Any], chunk: Chunk) -> bool:
-    """Whether a writer's CHUNK_WRITE reports failures of this very chunk and version (an older writer names neither)."""
+    """Whether a writer's CHUNK_WRITE reports failures of this very chunk and version.
+
+    A writer of an older version names neither: its failures are taken as they were before.
+    """
     reported_id, reported_version = h.get("chunk_id"), h.get("version")
     if reported_id is None:
         return True
