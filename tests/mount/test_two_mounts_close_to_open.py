@@ -108,3 +108,20 @@ def test_o_trunc_through_a_name_kept_after_a_rename_cuts_the_new_file_not_the_ol
         finally:
             os.close(reader)
         assert (a / name).read_bytes() == b"c", f"trial {trial}"
+
+
+def test_a_file_open_for_appending_and_reading_can_be_mapped_and_read_back(make_cluster, mount) -> None:
+    """`a+` keeps the page cache (only write-only appends go without it): mmap works, reads see the appends."""
+    import mmap
+
+    cluster = make_cluster(n_cs=3)
+    a = mount(cluster, "a")
+    (a / "log").write_bytes(b"line\n" * 100)
+    with open(a / "log", "a+b") as f:
+        f.write(b"more\n")
+        f.flush()
+        f.seek(0)
+        assert f.read() == b"line\n" * 100 + b"more\n"
+        with mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as m:
+            assert m[:5] == b"line\n" and m[-5:] == b"more\n"
+    assert (a / "log").stat().st_size == 505

@@ -143,9 +143,12 @@ class Client:
 
     # -- open files (the mount) ----------------------------------------------
 
-    async def open_ino(self, ino: int, session: str, truncate: bool = False) -> dict[str, Any]:
-        """Register `ino` as open by a mount's `session` (it outlives an unlink until released); its attributes."""
-        reply = await self.mds.call(Msg.OPEN, {"ino": ino, "session": session, "truncate": truncate})
+    async def open_ino(self, ino: int, session: str, truncate: bool = False, linked: bool = False) -> dict[str, Any]:
+        """Register `ino` as open by a mount's `session` (it outlives an unlink until released); its attributes.
+
+        `linked`: the caller reached the inode by a name, so NotFound when it has none any more.
+        """
+        reply = await self.mds.call(Msg.OPEN, {"ino": ino, "session": session, "truncate": truncate, "linked": linked})
         if truncate:
             self.io.forget(ino)
         self.io.opened(ino, reply.get("chunks_version"))

@@ -76,10 +76,6 @@ class OpenFileTable:
     def in_grace(self) -> bool:
         return self.clock() < self.grace_until
 
-    def holds(self, session: str, ino: int) -> bool:
-        """Whether `session` has `ino` open (always, while a new master cannot know)."""
-        return self.in_grace() or ino in self.opens.get(session, ())
-
     def held(self, ino: int) -> bool:
         """Whether some mount may hold `ino` open (always, while a new master cannot know)."""
         return ino in self.holders or self.in_grace()

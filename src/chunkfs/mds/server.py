@@ -455,12 +455,14 @@ class MetadataServer:
 
     async def _on_open(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
         ino = h["ino"]
-        if h["truncate"]:
+        if h.get("linked"):
             attr = self.store.getattr(ino)
-            if attr["type"] == "f" and attr["nlink"] == 0 and not self.open_files.holds(h["session"], ino):
-                # Only a name its kernel kept after another client removed it (or renamed a file
-                # over it) leads this mount here: O_TRUNC must not cut a file someone may still read.
+            if attr["type"] == "f" and attr["nlink"] == 0:
+                # The mount's kernel came by a name it kept after another client removed it (or
+                # renamed a file over it): not this file, and O_TRUNC must not cut it for whoever
+                # still reads it.  The mount answers ESTALE, and its kernel looks the name up again.
                 raise NotFound(f"inode {ino} has no name any more (removed by another client)")
+        if h["truncate"]:
             await self._setattr(ino, {"size": 0}, self._once(h))
             self.watchers.changed(conn, inodes=[ino])
         else:

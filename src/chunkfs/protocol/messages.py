@@ -182,8 +182,10 @@ SPECS: dict[Msg, MessageSpec] = {
     ),
     # A mount opens a file: the master registers it as held by the mount's session (an unlinked
     # file lives on while held) and answers its attributes; `truncate` is O_TRUNC.
-    # `chunks_version`: the highest version among the file's chunks (`MetadataStore.chunks_version`).
-    Msg.OPEN: MessageSpec((f("ino", int), f("session", str), f("truncate", bool), *_ONCE),
+    # `linked`: the mount holds no open file of the inode, so its kernel came by a name: the inode must
+    # still have one.  `chunks_version`: the highest version among the file's chunks (`MetadataStore`).
+    Msg.OPEN: MessageSpec((f("ino", int), f("session", str), f("truncate", bool), f("linked", bool, optional=True),
+                           *_ONCE),
                           (*_ATTR, f("chunks_version", int, optional=True))),
     # The mount's last close of a file.
     Msg.RELEASE: MessageSpec((f("ino", int), f("session", str)), ()),

@@ -73,6 +73,21 @@ async def test_a_failed_append_gives_its_range_back() -> None:
     assert ops.handles[fh].size == 1005
 
 
+async def test_a_handle_for_reading_too_keeps_the_page_cache_and_drops_it_when_the_offsets_differ() -> None:
+    io = Chunks()
+    io.go.set()
+    ops = mount(io)
+    dropped: list[int] = []
+    ops.cache.drop_data_later = dropped.append  # type: ignore[method-assign]
+    info = ops._open({"ino": 5, "size": 1000, "mtime_ns": 1}, os.O_RDWR | os.O_APPEND)
+    assert not info.direct_io  # a program may mmap it
+    await ops.write(int(info.fh), 1000, b"a" * 10)  # the kernel knew the end: nothing to drop
+    assert dropped == []
+    await ops.write(int(info.fh), 400, b"b" * 10)  # it kept an old size: its pages hold these at 400
+    assert io.offsets == [1000, 1010] and dropped == [5]
+    assert ops._open({"ino": 5, "size": 1000, "mtime_ns": 1}, os.O_WRONLY | os.O_APPEND).direct_io
+
+
 async def test_a_handle_without_o_append_writes_where_asked() -> None:
     io = Chunks()
     io.go.set()
