@@ -125,3 +125,21 @@ def test_a_file_open_for_appending_and_reading_can_be_mapped_and_read_back(make_
         with mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as m:
             assert m[:5] == b"line\n" and m[-5:] == b"more\n"
     assert (a / "log").stat().st_size == 505
+
+
+def test_a_link_another_mount_replaced_is_read_anew(make_cluster, mount) -> None:
+    """`ln -sfn` on A (a new link renamed over the old); B, whose kernel kept the old link, follows the new one."""
+    cluster = make_cluster(n_cs=3)
+    a, b = mount(cluster, "a"), mount(cluster, "b")
+    for target in ("one", "two"):
+        (a / target).mkdir()
+        (a / target / "f").write_bytes(target.encode())
+    for trial in range(5 * TRIALS):  # the notice usually wins the race: many tries
+        old, new = ("one", "two") if trial % 2 == 0 else ("two", "one")
+        os.symlink(old, a / "cur.tmp")
+        os.rename(a / "cur.tmp", a / "cur")
+        assert os.readlink(b / "cur") == old and (b / "cur" / "f").read_bytes() == old.encode()  # B keeps the link
+        os.symlink(new, a / "cur.tmp")
+        os.rename(a / "cur.tmp", a / "cur")
+        assert os.readlink(b / "cur") == new, f"trial {trial}"
+        assert (b / "cur" / "f").read_bytes() == new.encode(), f"trial {trial}"

@@ -630,7 +630,12 @@ class ChunkFSOperations(pyfuse3.Operations):
 
     @fuse_errors
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
-        return await self.client.readlink(inode)
+        try:
+            return await self.client.readlink(inode)
+        except NotFound:
+            # A link another mount replaced (`ln -sfn`), through a name the kernel kept: it looks
+            # the name up again (see `_gone`).
+            raise pyfuse3.FUSEError(errno.ESTALE) from None
 
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
         raise pyfuse3.FUSEError(errno.ENOTSUP)  # no extended attributes, so no ACLs
