@@ -111,7 +111,8 @@ def test_o_trunc_through_a_name_kept_after_a_rename_cuts_the_new_file_not_the_ol
 
 
 def test_a_file_open_for_appending_and_reading_can_be_mapped_and_read_back(make_cluster, mount) -> None:
-    """`a+` keeps the page cache (only write-only appends go without it): mmap works, reads see the appends."""
+    """`a+` keeps the page cache (only write-only appends go without it): mmap works, reads see the appends,
+    and pages written through a mapping are written back where they were written."""
     import mmap
 
     cluster = make_cluster(n_cs=3)
@@ -125,6 +126,12 @@ def test_a_file_open_for_appending_and_reading_can_be_mapped_and_read_back(make_
         with mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as m:
             assert m[:5] == b"line\n" and m[-5:] == b"more\n"
     assert (a / "log").stat().st_size == 505
+    # Written through a mapping of an a+ file, pages go back where they were written, not to the end.
+    with open(a / "log", "a+b") as f, mmap.mmap(f.fileno(), 0) as m:
+        m[0:4] = b"LINE"
+        m.flush()
+    assert (a / "log").stat().st_size == 505
+    assert (a / "log").read_bytes() == b"LINE\n" + b"line\n" * 99 + b"more\n"
 
 
 def test_a_link_another_mount_replaced_is_read_anew(make_cluster, mount) -> None:

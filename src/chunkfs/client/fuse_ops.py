@@ -294,9 +294,9 @@ class ChunkFSOperations(pyfuse3.Operations):
         self._fh = itertools.count(1)
         self.files: dict[int, OpenFile] = {}  # by inode
         self.handles: dict[int, OpenFile] = {}  # by file handle
-        #: Handles opened with O_APPEND, each write of which goes to the end of the file as this mount
-        #: knows it; True: the handle has the page cache (opened for reading too).
-        self._appending: dict[int, bool] = {}
+        #: Handles opened with O_APPEND for writing only: each write goes to the end of the file as this
+        #: mount knows it.
+        self._appending: set[int] = set()
         self.dirs: dict[int, DirHandle] = {}
         self._statfs: tuple[float, pyfuse3.StatvfsData] | None = None
         #: Who holds this mount's leases, as other mounts' errors name it.
@@ -310,8 +310,7 @@ class ChunkFSOperations(pyfuse3.Operations):
         self.cache = KernelCache(
             long=options.cache_timeout, short_attr=options.attr_timeout, short_entry=options.entry_timeout,
             invalidate_entry=pyfuse3.invalidate_entry,
-            invalidate_inode=lambda ino: pyfuse3.invalidate_inode(ino, attr_only=True),
-            invalidate_data=pyfuse3.invalidate_inode)
+            invalidate_inode=lambda ino: pyfuse3.invalidate_inode(ino, attr_only=True))
         self._watch_tasks: set[asyncio.Task[None]] = set()
         #: Called once the kernel's FUSE INIT is answered (see `init`).
         self.on_init: Callable[[], None] | None = None
@@ -737,15 +736,14 @@ class ChunkFSOperations(pyfuse3.Operations):
         # O_DIRECT (qemu cache=none, databases) bypasses the page cache: every
         # request comes straight here and is on every replica when answered.
         direct = self.opts.direct_io or bool(flags & os.O_DIRECT)
-        if flags & os.O_APPEND:
+        if flags & os.O_APPEND and flags & os.O_ACCMODE == os.O_WRONLY:
             # The kernel appends at the size it keeps, which another mount's close may have moved
             # past (it takes no new size before a write): the mount writes at the end it knows
-            # instead.  A handle only for writing has no page cache, so the kernel keeps no bytes
-            # at the offset it chose; one for reading too keeps it (a program may mmap it), and
-            # the kernel drops that file's cached bytes when the offsets differed.
-            if flags & os.O_ACCMODE == os.O_WRONLY:
-                direct = True
-            self._appending[fh] = not direct
+            # instead, and with no page cache the kernel keeps no bytes at the offset it chose.
+            # Not a handle for reading too (`a+`): a program may map it, and the kernel then
+            # writes dirty pages back through it, each at its own offset, which must be kept.
+            self._appending.add(fh)
+            direct = True
         return pyfuse3.FileInfo(fh=fh, direct_io=direct, keep_cache=False)
 
     @fuse_errors
@@ -897,9 +895,7 @@ class ChunkFSOperations(pyfuse3.Operations):
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         of = self._handle(fh)
         self._check_lease(of)
-        cached = self._appending.get(fh)
-        appending = cached is not None
-        kernel_off = off
+        appending = fh in self._appending
         if appending:
             # The range is taken before the write is sent: appends in flight at once (asynchronous
             # direct I/O) go one after the other, not all to one offset.
@@ -911,8 +907,6 @@ class ChunkFSOperations(pyfuse3.Operations):
             if appending and of.size == off + len(buf):
                 of.size = off  # nothing was appended after it: give the range back
             raise
-        if cached and kernel_off != off:
-            self.cache.drop_data_later(of.ino)  # its page cache has these bytes at kernel_off
         end = off + len(buf)
         if end > of.size:
             of.size = end
@@ -969,7 +963,7 @@ class ChunkFSOperations(pyfuse3.Operations):
     @fuse_errors
     async def release(self, fh: int) -> None:
         of = self.handles.pop(fh, None)
-        self._appending.pop(fh, None)
+        self._appending.discard(fh)
         if of is None:
             return
         of.refs -= 1

@@ -50,7 +50,6 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -65,27 +64,18 @@ WHOLE_NAMES_MAX = 200_000
 Entry = tuple[int, bytes]
 
 
-@dataclass(frozen=True, slots=True)
-class _Data:
-    """An inode whose cached bytes (not only attributes) the kernel must drop."""
-
-    ino: int
-
-
 class KernelCache:
     """What the kernel caches from this mount, how long it may keep it, and its invalidation."""
 
     def __init__(
         self, *, long: float, short_attr: float, short_entry: float,
         invalidate_entry: Callable[[int, bytes], Any], invalidate_inode: Callable[[int], Any],
-        invalidate_data: Callable[[int], Any] = lambda ino: None,
     ) -> None:
         self.long = long
         self.short_attr = short_attr
         self.short_entry = short_entry
         self._invalidate_entry = invalidate_entry
         self._invalidate_inode = invalidate_inode
-        self._invalidate_data = invalidate_data
         #: Bumped by every notice and every change of watch: answers check it (rule 3).
         self.seq = 0
         #: The connection the master tells of changes, while it is open.
@@ -96,7 +86,7 @@ class KernelCache:
         #: Directories whose every name this mount knows, and those names.
         self._whole: dict[int, set[bytes]] = {}
         self._whole_names = 0
-        self._todo: deque[Entry | int | _Data] = deque()
+        self._todo: deque[Entry | int] = deque()
         self._cond = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -240,18 +230,8 @@ class KernelCache:
             self._queue_everything_locked()
             self._cond.notify()
 
-    def drop_data_later(self, ino: int) -> None:
-        """Have the kernel drop the bytes it caches of `ino`, from the thread (pages take locks: rule 5)."""
-        with self._cond:
-            self._todo.append(_Data(ino))
-            self._cond.notify()
-            if self._thread is None and not self._stopping:
-                self.start()  # a mount that keeps nothing for long has no thread yet
-
     def _queue_everything_locked(self) -> None:
-        data = [item for item in self._todo if isinstance(item, _Data)]  # not covered by what follows
         self._todo.clear()
-        self._todo.extend(data)
         self._todo.extend(self._inodes)
         self._todo.extend(self._names)
 
@@ -281,8 +261,6 @@ class KernelCache:
             try:
                 if isinstance(item, int):
                     self._invalidate_inode(item)
-                elif isinstance(item, _Data):
-                    self._invalidate_data(item.ino)
                 else:
                     self._invalidate_entry(*item)
                 self.invalidated += 1
