@@ -244,6 +244,8 @@ class OpenFile:
     #: size to commit.  Not `size`, which may be older than another mount's truncation: committing it
     #: would bring the cut bytes' size back.
     written_end: int = 0
+    #: Appends sent and not answered yet: `size` includes the ranges they took.
+    appends: int = 0
     commit_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     #: This mount holds the file's exclusive lease (``-o exclusive``), valid until `lease_until` (monotonic).
     leased: bool = False
@@ -377,7 +379,7 @@ class ChunkFSOperations(pyfuse3.Operations):
                 # Written here since the master last heard: a write sets mtime and ctime to its
                 # time, even when an earlier utime put them in the future.
                 size, mtime, ctime = max(size, of.written_end), of.mtime_ns, max(ctime, of.mtime_ns)
-                of.size = size
+                of.size = size if not of.appends else max(size, of.size)  # keep the ranges appends took
             else:
                 of.size = of.committed_size = size  # another mount may have grown or cut it
             mtime = of.pending.get("mtime_ns", mtime)
@@ -901,12 +903,16 @@ class ChunkFSOperations(pyfuse3.Operations):
             # direct I/O) go one after the other, not all to one offset.
             off = of.size
             of.size = off + len(buf)
+            of.appends += 1
         try:
             await self.client.io.write(of.ino, off, buf)
         except BaseException:
             if appending and of.size == off + len(buf):
                 of.size = off  # nothing was appended after it: give the range back
             raise
+        finally:
+            if appending:
+                of.appends -= 1
         end = off + len(buf)
         if end > of.size:
             of.size = end

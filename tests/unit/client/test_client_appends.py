@@ -59,6 +59,24 @@ async def test_appends_in_flight_at_once_each_take_their_own_range() -> None:
     assert ops.handles[fh].size == 1060 and ops.handles[fh].written_end == 1060
 
 
+async def test_attributes_answered_while_an_append_is_in_flight_keep_its_range() -> None:
+    io = Chunks()
+    io.go.set()
+    ops = mount(io)
+    fh = opened(ops, os.O_WRONLY | os.O_APPEND)
+    await ops.write(fh, 0, b"a" * 10)  # written, not committed: the master still says 1000
+    io.go.clear()
+    second = asyncio.create_task(ops.write(fh, 0, b"b" * 10))
+    await asyncio.sleep(0)
+    attr = {"ino": 5, "size": 1000, "mtime_ns": 1, "ctime_ns": 1, "atime_ns": 1, "mode": 0o100644, "nlink": 1}
+    assert ops._entry(attr).st_size == 1010  # the kernel asks meanwhile
+    third = asyncio.create_task(ops.write(fh, 0, b"c" * 10))
+    await asyncio.sleep(0)
+    io.go.set()
+    await asyncio.gather(second, third)
+    assert io.offsets == [1000, 1010, 1020]
+
+
 async def test_a_failed_append_gives_its_range_back() -> None:
     io = Chunks()
     ops = mount(io)
