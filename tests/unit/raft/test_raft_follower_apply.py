@@ -102,3 +102,11 @@ async def test_a_follower_far_behind_applies_without_waiting(tmp_path: Path) -> 
     raft = member(tmp_path, rec, leader=False)
     raft._apply(Ready(committed_entries=entries(1, driver.FOLLOWER_APPLY_MAX)))
     assert len(rec.applied) == driver.FOLLOWER_APPLY_MAX and rec.batches == 1
+
+
+async def test_a_follower_stopped_in_order_applies_what_it_deferred(tmp_path: Path) -> None:
+    rec = Recorder()
+    raft = member(tmp_path, rec, leader=False)
+    raft._apply(Ready(committed_entries=entries(1, 3)))
+    await raft.stop()
+    assert rec.applied == [(1, 1), (2, 1), (3, 1)] and raft._apply_timer is None
