@@ -144,3 +144,12 @@ def random_file(path: Path, size: int) -> Path:
             f.write(os.urandom(n))
             left -= n
     return path
+
+
+def write_and_close(path: Path, data: bytes, offset: int) -> None:
+    """Open for writing, write `data` at `offset` whole, close: what one mount hands another (close-to-open)."""
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        assert os.pwrite(fd, data, offset) == len(data)
+    finally:
+        os.close(fd)

@@ -12,17 +12,10 @@ the race often enough to hide the bug in one try.
 from __future__ import annotations
 
 import os
-from pathlib import Path
+
+from .conftest import write_and_close
 
 TRIALS = 40
-
-
-def write_and_close(path: Path, data: bytes, offset: int) -> None:
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        assert os.pwrite(fd, data, offset) == len(data)
-    finally:
-        os.close(fd)
 
 
 def test_an_open_after_another_mounts_close_sees_its_size_and_bytes(make_cluster, mount) -> None:

@@ -16,17 +16,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .conftest import MiB, chunkfs
+from .conftest import MiB, chunkfs, write_and_close
 
 CHUNK = 4 * MiB  # the make_cluster fixture's chunk size
-
-
-def pwrite(path: Path, data: bytes, offset: int) -> None:
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        assert os.pwrite(fd, data, offset) == len(data)
-    finally:
-        os.close(fd)
 
 
 def pread(path: Path, length: int, offset: int, flags: int = 0) -> bytes:
@@ -43,10 +35,10 @@ def test_a_write_through_a_deleted_chunks_chain_drops_no_replica_and_is_read_bac
     for trial in range(3):
         name = f"f{trial}"
         (a / name).write_bytes(b"")
-        pwrite(b / name, b"o" * 2 * CHUNK, 0)  # B's chains for chunks 0 and 1
+        write_and_close(b / name, b"o" * 2 * CHUNK, 0)  # B's chains for chunks 0 and 1
         os.truncate(a / name, CHUNK - 1000)  # A cuts chunk 1 away ...
-        pwrite(a / name, b"a" * 5000, CHUNK - 2000)  # ... and makes a new chunk 1
-        pwrite(b / name, b"b" * 40_000, CHUNK + 1000)  # B writes into it, then closes
+        write_and_close(a / name, b"a" * 5000, CHUNK - 2000)  # ... and makes a new chunk 1
+        write_and_close(b / name, b"b" * 40_000, CHUNK + 1000)  # B writes into it, then closes
         want = b"b" * 40_000
         assert pread(b / name, 40_000, CHUNK + 1000) == want
         got = pread(a / name, 40_000, CHUNK + 1000)
