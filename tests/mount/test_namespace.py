@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 
 import pytest
+
+from chunkfs.client.fuse_ops import STATFS_CACHE_S
 
 from .conftest import MiB, chunkfs, is_mounted
 
@@ -67,6 +70,36 @@ def test_rename_truncate_append_sparse_statfs(make_cluster, mount) -> None:
     assert exc.value.errno == errno.ENOTEMPTY
     st = os.statvfs(mnt)
     assert st.f_blocks > 0 and 0 < st.f_bavail <= st.f_blocks
+
+
+def test_statfs_counts_the_inodes_in_use(make_cluster, mount) -> None:
+    """`df -i` shows the files the cluster holds, not a fixed half of its inodes in use."""
+    cluster = make_cluster(n_cs=3)
+    mnt = mount(cluster)
+
+    def used() -> int:
+        st = os.statvfs(mnt)
+        assert 0 < st.f_ffree == st.f_favail < st.f_files
+        return st.f_files - st.f_ffree
+
+    def settles_at(expected: int) -> None:
+        """The mount asks the master at most every STATFS_CACHE_S, and an unlinked file just closed is
+        freed once the master has its release: a few seconds at most."""
+        deadline = time.monotonic() + 20
+        while (seen := used()) != expected and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert seen == expected
+
+    settles_at(1)  # the root
+    (mnt / "d").mkdir()
+    for i in range(5):
+        (mnt / "d" / f"f{i}").write_bytes(b"")
+    settles_at(7)
+    for i in range(3):
+        (mnt / "d" / f"f{i}").unlink()
+    settles_at(4)
+    time.sleep(STATFS_CACHE_S + 0.5)
+    assert used() == 4  # and stays there
 
 
 def test_umount_command_and_errors(make_cluster, mount) -> None:

@@ -101,6 +101,9 @@ assert pyfuse3.ROOT_INODE == ROOT_INO
 READDIR_PAGE = 256
 #: `statfs` asks the master at most this often (its answer walks every chunk).
 STATFS_CACHE_S = 2.0
+#: Inodes `df -i` shows the cluster able to hold: a nominal figure (inode numbers are 64-bit; the real
+#: bound is the metadata servers' disks), against which the master's count of inodes in use is free.
+INODE_CAPACITY = 1 << 32
 #: Directories whose attributes a mount keeps from its own changes, at most (then it starts over).
 FRESH_DIRS_MAX = 4096
 #: How long a new connection waits for the master to take its WATCH, seconds.
@@ -997,15 +1000,17 @@ class ChunkFSOperations(pyfuse3.Operations):
         now = time.monotonic()
         if self._statfs is not None and now - self._statfs[0] < STATFS_CACHE_S:
             return self._statfs[1]
-        space = (await self.client.cluster_stat())["space"]
+        stat = await self.client.cluster_stat()
+        space = stat["space"]
         s = pyfuse3.StatvfsData()
         s.f_bsize = BLOCK_SIZE
         s.f_frsize = 4096
         s.f_blocks = space["total"] // s.f_frsize
         s.f_bfree = space["free"] // s.f_frsize
         s.f_bavail = s.f_bfree
-        s.f_files = 1 << 32
-        s.f_ffree = 1 << 31
+        used = stat.get("inodes", 0)  # (a master of an older version does not count them)
+        s.f_files = max(INODE_CAPACITY, 2 * used)
+        s.f_ffree = s.f_files - used
         s.f_favail = s.f_ffree
         s.f_namemax = 255
         self._statfs = (now, s)

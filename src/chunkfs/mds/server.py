@@ -1012,6 +1012,7 @@ class MetadataServer:
             "chunks": counts,
             "healing": self.healing.progress(),
             "space": {"total": sum(s["total"] for s in servers), "free": sum(s["free"] for s in servers)},
+            "inodes": self.store.inode_count(),
         })
 
     async def _on_get_events(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:

@@ -102,7 +102,8 @@ CREATE INDEX IF NOT EXISTS answers_idx ON answers(idx);
 #: deterministic like the rest): a chunk's goal (``want``/``minimum``) follows its file's ``replicas=``,
 #: the replicas it lists are also rows of ``chunk_replicas`` (indexed by chunk server: "chunks on
 #: CS#n" is an index range, not a scan), ``cs_replicas`` counts them per server and ``chunk_goals``
-#: counts chunks by (replicas listed, goal).  So the master's health counts are a few rows to read
+#: counts chunks by (replicas listed, goal), and ``meta``'s ``inodes`` counts inodes (`inode_count`,
+#: for ``df -i``).  So the master's health counts are a few rows to read
 #: (see `goal_histogram`), whatever the number of chunks.  Created after `_migrate`, which adds the
 #: columns these refer to.
 _TRIGGERS = """
@@ -125,6 +126,12 @@ CREATE TRIGGER IF NOT EXISTS cs_replicas_insert AFTER INSERT ON chunk_replicas B
 END;
 CREATE TRIGGER IF NOT EXISTS cs_replicas_delete AFTER DELETE ON chunk_replicas BEGIN
     UPDATE cs_replicas SET n = n - 1 WHERE cs_id = old.cs_id;
+END;
+CREATE TRIGGER IF NOT EXISTS inode_count_insert AFTER INSERT ON inodes BEGIN
+    UPDATE meta SET value = value + 1 WHERE key = 'inodes';
+END;
+CREATE TRIGGER IF NOT EXISTS inode_count_delete AFTER DELETE ON inodes BEGIN
+    UPDATE meta SET value = value - 1 WHERE key = 'inodes';
 END;
 CREATE TRIGGER IF NOT EXISTS chunk_goal_follows_file AFTER UPDATE OF replicas, min_replicas ON inodes
 WHEN old.replicas != new.replicas OR old.min_replicas != new.min_replicas BEGIN
@@ -314,6 +321,9 @@ class MetadataStore:
         self.db.executescript(_SCHEMA)
         self._migrate()
         self.db.executescript(_TRIGGERS)
+        if self._meta("inodes") is None:  # a new store, or one from before the count was kept
+            with self._tx():
+                self._set_meta("inodes", self.db.execute("SELECT COUNT(*) FROM inodes").fetchone()[0])
         self.db.create_function("chunkfs_touched", 1, self._touched.append)
         self.db.executescript(_TOUCHED)
 
@@ -479,6 +489,10 @@ class MetadataStore:
     @property
     def applied_index(self) -> int:
         return self._meta("applied_index") or 0
+
+    def inode_count(self) -> int:
+        """Files, directories and links, the root included (kept by a trigger: no scan)."""
+        return self._meta("inodes") or 0
 
     # -- apply -----------------------------------------------------------------
 
