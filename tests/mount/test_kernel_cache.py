@@ -184,3 +184,38 @@ def test_a_storm_of_changes_in_one_mount_converges_in_the_other(make_cluster, mo
         return want == have and not gone
 
     shows("B's view of the directory to match A's", same)
+
+
+def test_an_open_files_attributes_are_answered_by_the_mount_and_stay_true(make_cluster, mount) -> None:
+    """A database's fstat after each write is answered from what the master last said of the open
+    file, without a round trip; another mount's change, and this mount's own rename and unlink
+    (which move the file's ctime and nlink), still show at once."""
+    cluster = make_cluster(n_cs=3)
+    a, b = mount(cluster, "a"), mount(cluster, "b")
+    (a / "d").mkdir()
+    wait_for("A watching", lambda: _kept(a, a / "d"), timeout=30)
+    fd = os.open(a / "d" / "db", os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        os.pwrite(fd, b"x" * 100, 0)
+        os.fstat(fd)
+        asked, answered = kernel_requests(a, ("mds.GETATTR",)), kernel_requests(a, ("fuse.getattr",))
+        for i in range(1, 21):
+            os.pwrite(fd, b"y" * 10, 1000 * i)
+            assert os.fstat(fd).st_size == 1000 * i + 10
+        assert kernel_requests(a, ("fuse.getattr",)) > answered  # the kernel asked the mount ...
+        assert kernel_requests(a, ("mds.GETATTR",)) == asked  # ... which did not ask the master
+
+        os.chmod(b / "d" / "db", 0o600)
+        shows("B's chmod in A's fstat", lambda: stat.S_IMODE(os.fstat(fd).st_mode) == 0o600)
+        before = os.fstat(fd).st_ctime_ns
+        time.sleep(0.01)
+        os.rename(a / "d" / "db", a / "d" / "db2")
+        moved = os.fstat(fd)
+        assert moved.st_ctime_ns > before and moved.st_nlink == 1
+        time.sleep(0.01)
+        os.unlink(a / "d" / "db2")
+        gone = os.fstat(fd)
+        assert gone.st_ctime_ns > moved.st_ctime_ns and gone.st_nlink == 0
+        assert gone.st_size == 20010 and os.pread(fd, 10, 20000) == b"y" * 10
+    finally:
+        os.close(fd)

@@ -68,7 +68,7 @@ import logging
 import os
 import stat as statmod
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
 
@@ -424,6 +424,11 @@ class ChunkFSOperations(pyfuse3.Operations):
         if fresh is not None and time.monotonic() < fresh[0]:
             return self._entry(fresh[1])
         since = self.cache.seq
+        of = self.files.get(inode)
+        if of is not None and of.attr is not None and self.cache.watched:
+            # Open here, and the master vouches for what it last said of it (no other client's change
+            # since): a database's fstat after each write needs no round trip.
+            return self._entry(of.attr, since)
         try:
             attr = await self.client.getattr(inode)
         except NotFound:
@@ -595,8 +600,22 @@ class ChunkFSOperations(pyfuse3.Operations):
     @fuse_errors
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         check_name_length(name)
-        await self.client.unlink_at(parent_inode, name)
+        async with self._changing_names():
+            await self.client.unlink_at(parent_inode, name)
         self.cache.removed(parent_inode, name)
+
+    @contextlib.asynccontextmanager
+    async def _changing_names(self) -> AsyncIterator[None]:
+        """Around this mount's unlink or rename: open files' attributes kept from the master
+        (`OpenFile.attr`, which answers `getattr`) lose their vouching, since the change moves the
+        nlink and ctime of the file it removes, renames or replaces; so do answers begun meanwhile."""
+        self.cache.own_change()
+        try:
+            yield
+        finally:
+            self.cache.own_change()
+            for of in self.files.values():
+                of.attr = None
 
     @fuse_errors
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
@@ -615,8 +634,9 @@ class ChunkFSOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EINVAL)
         check_name_length(name_old)
         check_name_length(name_new)
-        await self.client.rename_at(parent_inode_old, name_old, parent_inode_new, name_new,
-                                    noreplace=bool(flags & RENAME_NOREPLACE))
+        async with self._changing_names():
+            await self.client.rename_at(parent_inode_old, name_old, parent_inode_new, name_new,
+                                        noreplace=bool(flags & RENAME_NOREPLACE))
         self.cache.renamed(parent_inode_old, name_old, parent_inode_new, name_new)
 
     async def link(

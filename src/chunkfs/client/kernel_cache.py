@@ -16,8 +16,9 @@ them.  The rules that keep another client's change visible at once:
    every name and inode the kernel may hold from this mount is invalidated:
    notices may have been missed meanwhile.
 3. An answer to a request during which a notice arrived, or the watch
-   changed, gets the short timeouts: the notice may have been carried out
-   before the kernel got the (older) answer it was meant to correct.
+   changed, or this mount removed or renamed a name, gets the short
+   timeouts: the change may have been carried out before the kernel got the
+   (older) answer it was meant to correct.
 4. Negative entries ("no such name") always get the short timeout: they are
    not tracked, so rule 2 could not reach them.
 5. Invalidations run on a thread of their own: the kernel may hold a
@@ -76,7 +77,8 @@ class KernelCache:
         self.short_entry = short_entry
         self._invalidate_entry = invalidate_entry
         self._invalidate_inode = invalidate_inode
-        #: Bumped by every notice and every change of watch: answers check it (rule 3).
+        #: Bumped by every notice, every change of watch and this mount's removals and renames
+        #: (`own_change`): answers check it (rule 3).
         self.seq = 0
         #: The connection the master tells of changes, while it is open.
         self._watch: object | None = None
@@ -130,6 +132,11 @@ class KernelCache:
         if names is not None and name in names:
             names.discard(name)
             self._whole_names -= 1
+
+    def own_change(self) -> None:
+        """This mount is removing or renaming a name (called before and after): answers begun
+        meanwhile may predate it (an open file's nlink and ctime, for one), so rule 3 holds them."""
+        self.seq += 1
 
     def renamed(self, parent: int, name: bytes, new_parent: int, new_name: bytes) -> None:
         ino = self._inodes.pop((parent, name), None)
