@@ -219,3 +219,40 @@ def test_an_open_files_attributes_are_answered_by_the_mount_and_stay_true(make_c
         assert gone.st_size == 20010 and os.pread(fd, 10, 20000) == b"y" * 10
     finally:
         os.close(fd)
+
+
+def test_what_this_mount_did_to_an_open_file_wins_over_an_older_answer_kept_for_it(make_cluster, mount) -> None:
+    """A file held open here, and reopened with O_TRUNC or grown by another handle: stat, fstat and
+    reads follow the truncation (an answer kept from before it must not bring the old size back);
+    a time set, then a write, then a close: ctime stays the write's, as the kernel was told, and the
+    master keeps that ctime (not its commit's)."""
+    cluster = make_cluster(n_cs=3)
+    a, b = mount(cluster, "a"), mount(cluster, "b")
+    (a / "d").mkdir()
+    wait_for("A watching", lambda: _kept(a, a / "d"), timeout=30)
+    path = a / "d" / "f"
+    path.write_bytes(b"x" * 5000)
+    held = os.open(path, os.O_RDWR)
+    try:
+        assert os.fstat(held).st_size == 5000  # the master's answer, kept for the open file
+        os.close(os.open(path, os.O_WRONLY | os.O_TRUNC))
+        assert os.fstat(held).st_size == 0 and path.stat().st_size == 0
+        assert os.pread(held, 100, 0) == b""
+        os.pwrite(held, b"y" * 10, 0)
+        assert os.fstat(held).st_size == 10 and path.read_bytes() == b"y" * 10
+
+        other = os.open(path, os.O_RDWR)
+        os.utime(other, ns=(1_500_000_000_000_000_000, 1_600_000_000_000_000_000))
+        time.sleep(0.01)
+        os.pwrite(other, b"z", 10)
+        told = os.fstat(other)
+        os.close(other)  # commits the size, the write's mtime and the atime set before it
+        for _ in range(3):
+            now = os.fstat(held)
+            assert (now.st_size, now.st_mtime_ns, now.st_ctime_ns) == (11, told.st_mtime_ns, told.st_ctime_ns)
+            assert now.st_atime_ns == 1_500_000_000_000_000_000
+            time.sleep(0.2)
+        seen = (b / "d" / "f").stat()  # what the master keeps, as a mount that never saw the file gets it
+        assert (seen.st_size, seen.st_mtime_ns, seen.st_ctime_ns) == (11, told.st_mtime_ns, told.st_ctime_ns)
+    finally:
+        os.close(held)

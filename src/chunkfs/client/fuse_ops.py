@@ -424,11 +424,11 @@ class ChunkFSOperations(pyfuse3.Operations):
         if fresh is not None and time.monotonic() < fresh[0]:
             return self._entry(fresh[1])
         since = self.cache.seq
-        of = self.files.get(inode)
-        if of is not None and of.attr is not None and self.cache.watched:
+        kept = self._vouched(self.files.get(inode))
+        if kept is not None:
             # Open here, and the master vouches for what it last said of it (no other client's change
             # since): a database's fstat after each write needs no round trip.
-            return self._entry(of.attr, since)
+            return self._entry(kept, since)
         try:
             attr = await self.client.getattr(inode)
         except NotFound:
@@ -436,6 +436,15 @@ class ChunkFSOperations(pyfuse3.Operations):
         if self._gone(attr):
             raise pyfuse3.FUSEError(errno.ESTALE)
         return self._entry(attr, since)
+
+    def _vouched(self, of: OpenFile | None) -> dict[str, Any] | None:
+        """`of.attr` if it may answer for the open file: the master vouches for it (watched, no notice
+        since), and it agrees with what this mount itself last learned of the size and mtime (an open's
+        answer, a truncation, a commit), so an answer kept from before those cannot win over them."""
+        attr = None if of is None else of.attr
+        if attr is None or not self.cache.watched or attr["size"] != of.committed_size:
+            return None
+        return attr if of.dirty or attr["mtime_ns"] == of.mtime_ns else None
 
     def _gone(self, attr: dict[str, Any]) -> bool:
         """Whether the kernel reached an inode no name leads to any more through a name it kept.
@@ -495,10 +504,11 @@ class ChunkFSOperations(pyfuse3.Operations):
         self._fresh_dirs.pop(inode, None)
         since = self.cache.seq
         # No change asked (chown to the owner it has, chown -1 -1) still changes ctime, as on a local disk.
-        if of is not None and of.attr is not None and self.cache.watched and "size" not in changes \
-                and changes.get("mode", of.attr["mode"] & 0o7777) == of.attr["mode"] & 0o7777:
+        kept = self._vouched(of)
+        if of is not None and kept is not None and "size" not in changes \
+                and changes.get("mode", kept["mode"] & 0o7777) == kept["mode"] & 0o7777:
             self._defer_times(of, changes)
-            return self._entry(of.attr, since)
+            return self._entry(kept, since)
         if of is not None:
             async with of.commit_lock:
                 new = await self._setattr_open(of, changes)
@@ -551,6 +561,7 @@ class ChunkFSOperations(pyfuse3.Operations):
             of.size, of.committed_size, of.mtime_ns, of.dirty = size, size, mtime_ns, False
             of.written_end = 0
             of.gen += 1
+            of.attr = None  # the master's answer to the truncation is kept by its caller, if at all
 
     # -- namespace -------------------------------------------------------------
 
@@ -944,9 +955,13 @@ class ChunkFSOperations(pyfuse3.Operations):
         of.mtime_ns = time.time_ns()
         of.dirty = True
         of.gen += 1
-        # A write after times were set here moves mtime and ctime to its own time, as on a local disk.
+        # A write after times were set here moves mtime and ctime to its own time, as on a local disk;
+        # an atime set before it is still to commit, with the write's time as its ctime (not the commit's).
         of.pending.pop("mtime_ns", None)
-        of.pending.pop("ctime_ns", None)
+        if "atime_ns" in of.pending:
+            of.pending["ctime_ns"] = of.mtime_ns
+        else:
+            of.pending.pop("ctime_ns", None)
         return len(buf)
 
     async def _commit(self, of: OpenFile) -> None:
