@@ -185,9 +185,14 @@ class Client:
                 return entries
             after = to_bytes(entries[-1][0])
 
-    async def setattr(self, ino: int, **changes: Any) -> dict[str, Any]:
-        """Change `size`, `mode`, `mtime_ns`, `atime_ns` (nanoseconds); the others stay as they are."""
+    async def setattr(self, ino: int, linked: bool = False, **changes: Any) -> dict[str, Any]:
+        """Change `size`, `mode`, `mtime_ns`, `atime_ns` (nanoseconds); the others stay as they are.
+
+        `linked`: the caller reached the inode by a name, so NotFound when it has none any more.
+        """
         header = {"ino": ino, "size": None, "mode": None, "mtime_ns": None, "atime_ns": None, **changes}
+        if linked:
+            header["linked"] = True
         attr = (await self.mds.call(Msg.SETATTR, header))["attr"]
         if changes.get("size") is not None:
             self.io.forget(ino)

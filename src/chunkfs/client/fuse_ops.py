@@ -513,7 +513,11 @@ class ChunkFSOperations(pyfuse3.Operations):
             async with of.commit_lock:
                 new = await self._setattr_open(of, changes)
         else:
-            new = await self.client.setattr(inode, **changes)
+            try:
+                # Not open here: the kernel came by a name, which must still lead to it (see `_gone`).
+                new = await self.client.setattr(inode, linked=True, **changes)
+            except NotFound:
+                raise pyfuse3.FUSEError(errno.ESTALE) from None
         if "size" in changes:
             self._truncated(inode, new["size"], new["mtime_ns"])
         return self._entry(new, since)

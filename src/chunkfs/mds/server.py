@@ -453,15 +453,21 @@ class MetadataServer:
                 out.append(self.store.getattr(ino))
         return {"parents": out}
 
+    def _check_linked(self, h: dict[str, Any]) -> None:
+        """A request a mount's kernel sent through a name (`linked`) must find a file that still has one.
+
+        The kernel may have kept the name after another client removed it, or renamed a file over
+        it: the request is not for this file, and O_TRUNC, truncate or chmod must not change it for
+        whoever still has it open.  The mount answers ESTALE, and its kernel looks the name up again.
+        """
+        if h.get("linked"):
+            attr = self.store.getattr(h["ino"])
+            if attr["type"] == "f" and attr["nlink"] == 0:
+                raise NotFound(f"inode {h['ino']} has no name any more (removed by another client)")
+
     async def _on_open(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
         ino = h["ino"]
-        if h.get("linked"):
-            attr = self.store.getattr(ino)
-            if attr["type"] == "f" and attr["nlink"] == 0:
-                # The mount's kernel came by a name it kept after another client removed it (or
-                # renamed a file over it): not this file, and O_TRUNC must not cut it for whoever
-                # still reads it.  The mount answers ESTALE, and its kernel looks the name up again.
-                raise NotFound(f"inode {ino} has no name any more (removed by another client)")
+        self._check_linked(h)
         if h["truncate"]:
             await self._setattr(ino, {"size": 0}, self._once(h))
             self.watchers.changed(conn, inodes=[ino])
@@ -504,6 +510,7 @@ class MetadataServer:
             extend = int_list(args["extend"], "extend", 2)
             if len(extend) != 2 or min(extend) < 0:
                 raise InvalidArgument("extend must be [size, mtime_ns], neither negative")
+        self._check_linked(h)
         attr = await self._setattr(h["ino"], args, self._once(h))
         self.watchers.changed(conn, inodes=[h["ino"]])
         return {"attr": attr}

@@ -219,6 +219,8 @@ SPECS: dict[Msg, MessageSpec] = {
             f("extend", list, optional=True, max_items=2),
             # The ctime of a change the mount made on an open file and commits now (default: now).
             f("ctime_ns", int, optional=True),
+            # As OPEN's: the mount's kernel came by a name, so a file with no name left is NotFound.
+            f("linked", bool, optional=True),
             *_ONCE,
         ),
         _ATTR,
