@@ -256,3 +256,34 @@ def test_what_this_mount_did_to_an_open_file_wins_over_an_older_answer_kept_for_
         assert (seen.st_size, seen.st_mtime_ns, seen.st_ctime_ns) == (11, told.st_mtime_ns, told.st_ctime_ns)
     finally:
         os.close(held)
+
+
+def test_a_directory_another_mount_removed_lists_empty_for_a_process_inside_it(make_cluster, mount) -> None:
+    """A process in a directory another mount removes sees what it would on a local disk, once the
+    notice is in: no links, and an empty listing (not even "." and "..")."""
+    import subprocess
+    import sys
+
+    cluster = make_cluster(n_cs=3)
+    a, b = mount(cluster, "a"), mount(cluster, "b")
+    (a / "d").mkdir()
+    shows("the directory in B", lambda: (b / "d").is_dir())
+    probe = ("import os, sys, time\n"
+             "os.chdir(sys.argv[1])\n"
+             "print(sorted(os.listdir('.')), os.stat('.').st_nlink, flush=True)\n"
+             "sys.stdin.readline()\n"
+             "for _ in range(200):\n"
+             "    if os.stat('.').st_nlink == 0: break\n"
+             "    time.sleep(0.05)\n"
+             "print(sorted(os.listdir('.')), os.stat('.').st_nlink, flush=True)\n")
+    with subprocess.Popen([sys.executable, "-c", probe, str(a / "d")], stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, text=True) as proc:
+        try:
+            assert proc.stdout is not None and proc.stdin is not None
+            assert proc.stdout.readline().strip() == "[] 2"
+            os.rmdir(b / "d")
+            proc.stdin.write("\n")
+            proc.stdin.flush()
+            assert proc.stdout.readline().strip() == "[] 0"
+        finally:
+            proc.kill()
