@@ -37,6 +37,8 @@ def test_put_get_ls_rm_and_attributes(make_cluster, tmp_path) -> None:
 
     stat = json.loads(run_cli("-c", name, "stat", "--json").stdout)
     assert {"mds", "cs", "chunks"} <= set(stat)
+    assert stat["inodes"] == 5  # the root, /a, /a/b, /a/b/file and /a/new
+    assert "files: 5 " in run_cli("-c", name, "stat").stdout
     assert all({"id", "addr", "role"} <= set(m) for m in stat["mds"])
     assert all({"id", "addr", "host", "status"} <= set(s) for s in stat["cs"])
     local = json.loads(run_cli("local", "status", "--dir", str(cluster.dir), "--json").stdout)

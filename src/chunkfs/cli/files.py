@@ -256,6 +256,8 @@ async def cmd_stat(client: Client, args: argparse.Namespace) -> int:
     c, space = stat["cluster"], stat["space"]
     print(f"cluster {c['name']} ({c['uuid']}), chunk size {human_bytes(c['chunk_size'])}")
     print(f"space: {human_bytes(space['free'])} free of {human_bytes(space['total'])}")
+    if "inodes" in stat:  # (not counted by a master of an older version)
+        print(f"files: {stat['inodes']} (files, directories and links, the root included)")
     print("chunks: " + ", ".join(f"{k} {v}" for k, v in stat["chunks"].items()))
     healing = stat.get("healing") or {}
     if healing.get("active"):
