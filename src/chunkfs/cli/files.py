@@ -56,7 +56,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("-R", "--recursive", action="store_true", help="apply to everything below a directory too")
     p.add_argument("path")
     p.add_argument("attrs", nargs="+", metavar="replicas=N[:MIN] | failure-domain=disk|host|rack|row|room | tier=0-3")
-    p = add("stat", cmd_stat, "show the cluster: metadata servers, chunk servers, chunk health")
+    p = add("stat", cmd_stat, "show the cluster: space, files, metadata servers, chunk servers, chunk health")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p = add("get-event", cmd_get_event, "show the cluster's event log")
     p.add_argument("--json", action="store_true", help="machine-readable output")
