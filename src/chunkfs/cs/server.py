@@ -35,7 +35,10 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 WRITE_LOCK_STRIPES = 256
-FORWARD_TIMEOUT = 30.0
+#: Below the client's own wait for a write (CALL_TIMEOUT, 30 s): when a replica further down freezes,
+#: this server gives up on it first and names it, so the master drops the frozen replica; with equal
+#: timeouts the client's fired first and blamed this, healthy, server (found by a fault probe).
+FORWARD_TIMEOUT = 20.0
 #: Writes up to this size are sent from the first replica to all the others at once; larger ones
 #: go down the chain (each server sends the data on once).
 FAN_OUT_MAX = 128 << 10
