@@ -69,7 +69,8 @@ class LocalCluster:
             raise ConfigError("--cs must be between 1 and 64")
         directory = directory.resolve()
         if (directory / STATE_FILE).exists():
-            raise ConfigError(f"{directory} already holds a local cluster: start it with `local start` or remove it")
+            raise ConfigError(f"{directory} already holds a local cluster: start it with "
+                              f"`chunkfs local up --dir {directory}` or remove it")
         cluster = cls(directory, name)
         mds_dir = directory / "mds1"
         # With TLS, the cluster CA lands in the client configuration, and every node made here gets its
