@@ -14,6 +14,8 @@ import json
 import os
 import signal
 import stat
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -186,14 +188,20 @@ def test_a_storm_of_changes_in_one_mount_converges_in_the_other(make_cluster, mo
     shows("B's view of the directory to match A's", same)
 
 
-def test_an_open_files_attributes_are_answered_by_the_mount_and_stay_true(make_cluster, mount) -> None:
-    """A database's fstat after each write is answered from what the master last said of the open
-    file, without a round trip; another mount's change, and this mount's own rename and unlink
-    (which move the file's ctime and nlink), still show at once."""
+def _two_mounts_a_watching(make_cluster, mount) -> tuple[Path, Path]:
+    """Mounts A and B of a new cluster, with a folder "d", once A's kernel keeps answers for long."""
     cluster = make_cluster(n_cs=3)
     a, b = mount(cluster, "a"), mount(cluster, "b")
     (a / "d").mkdir()
     wait_for("A watching", lambda: _kept(a, a / "d"), timeout=30)
+    return a, b
+
+
+def test_an_open_files_attributes_are_answered_by_the_mount_and_stay_true(make_cluster, mount) -> None:
+    """A database's fstat after each write is answered from what the master last said of the open
+    file, without a round trip; another mount's change, and this mount's own rename and unlink
+    (which move the file's ctime and nlink), still show at once."""
+    a, b = _two_mounts_a_watching(make_cluster, mount)
     fd = os.open(a / "d" / "db", os.O_CREAT | os.O_RDWR, 0o644)
     try:
         os.pwrite(fd, b"x" * 100, 0)
@@ -226,10 +234,7 @@ def test_what_this_mount_did_to_an_open_file_wins_over_an_older_answer_kept_for_
     reads follow the truncation (an answer kept from before it must not bring the old size back);
     a time set, then a write, then a close: ctime stays the write's, as the kernel was told, and the
     master keeps that ctime (not its commit's)."""
-    cluster = make_cluster(n_cs=3)
-    a, b = mount(cluster, "a"), mount(cluster, "b")
-    (a / "d").mkdir()
-    wait_for("A watching", lambda: _kept(a, a / "d"), timeout=30)
+    a, b = _two_mounts_a_watching(make_cluster, mount)
     path = a / "d" / "f"
     path.write_bytes(b"x" * 5000)
     held = os.open(path, os.O_RDWR)
@@ -261,9 +266,6 @@ def test_what_this_mount_did_to_an_open_file_wins_over_an_older_answer_kept_for_
 def test_a_directory_another_mount_removed_lists_empty_for_a_process_inside_it(make_cluster, mount) -> None:
     """A process in a directory another mount removes sees what it would on a local disk, once the
     notice is in: no links, and an empty listing (not even "." and "..")."""
-    import subprocess
-    import sys
-
     cluster = make_cluster(n_cs=3)
     a, b = mount(cluster, "a"), mount(cluster, "b")
     (a / "d").mkdir()
