@@ -7,9 +7,14 @@ Layout of a storage directory::
     log-<first index:020d>.seg  records, oldest first
 
 A record is ``<u32 length><u32 crc32c(body)><body>`` with a msgpack body
-``[term, index, kind, data]``.  Small files are replaced the way Swift's
-diskfile does it: write a temporary file, fsync it, rename it into place,
-fsync the directory.  A batch of entries costs one fsync (two when a segment
+``[term, index, kind, data]``.  The newest segment is written ahead with
+zeros, `PREALLOCATE` bytes at a time, so a batch's `fdatasync` only flushes
+data: on ext4, syncing a file that grew also commits the journal (measured
+here: 120 against 200 µs per sync, 40 against 65 µs of CPU).  A zero length
+ends the records; a segment is cut to its records when the next one starts.
+
+Small files are replaced the way Swift's diskfile does it: write a temporary
+file, fsync it, rename it into place, fsync the directory.  A batch of entries costs one fsync (two when a segment
 is rolled over), which is what lets the driver amortise fsync across
 proposals.
 
@@ -18,7 +23,10 @@ record at the end of the last segment is a torn write from a crash (the batch
 was never acknowledged, since messages leave only after fsync): it is cut off.
 A bad record followed by a good one, or in any but the last segment, is
 corruption in the middle of the log, which Raft cannot repair locally:
-`LogCorruption` is raised so an operator replaces the node's data.
+`LogCorruption` is raised so an operator replaces the node's data.  (Over
+zeros written ahead, a power cut in the middle of a batch's write may leave a
+later page of it on disk without an earlier one: an unacknowledged batch that
+looks like that corruption.  The window is the one write before its sync.)
 
 Crash-ordering choices, each safe to interrupt at any point:
 
@@ -58,6 +66,8 @@ HARDSTATE_FILE = "hardstate"
 SNAPSHOT_FILE = "snapshot"
 _SEG_PREFIX = "log-"
 _SEG_SUFFIX = ".seg"
+#: Zeros written ahead of the newest segment's records at a time (one journal commit per this many bytes).
+PREALLOCATE = 1 << 20
 
 
 class LogCorruption(ChecksumMismatch):
@@ -87,6 +97,14 @@ def _decode_small(path: Path) -> object | None:
     return msgpack.unpackb(body, raw=False)
 
 
+def _write_at(fd: int, buf: bytes | bytearray, pos: int) -> None:
+    view = memoryview(buf)
+    while view:
+        n = os.pwrite(fd, view, pos)
+        view = view[n:]
+        pos += n
+
+
 def encode_record(entry: Entry) -> bytes:
     body = msgpack.packb([entry.term, entry.index, int(entry.kind), entry.data], use_bin_type=True)
     return _HEADER.pack(len(body), crc32c(body)) + body
@@ -98,7 +116,10 @@ class _Segment:
     first_index: int
     #: Byte offset of each record; offsets[k] holds entry first_index + k.
     offsets: list[int] = field(default_factory=list)
+    #: End of the records.
     size: int = 0
+    #: Length of the file: the records, then zeros written ahead (see `PREALLOCATE`).
+    allocated: int = 0
 
     @property
     def last_index(self) -> int:
@@ -172,6 +193,8 @@ class LogStorage:
             off = 0
             while off < len(raw):
                 entry, end = self._parse_record(raw, off, first + len(seg.offsets))
+                if entry is None and raw.count(0, off) == len(raw) - off:
+                    break  # the zeros written ahead: the records end here
                 if entry is None:
                     if is_last and not self._valid_record_follows(raw, off):
                         torn = len(raw) - off
@@ -179,12 +202,14 @@ class LogStorage:
                         with open(path, "r+b") as f:
                             f.truncate(off)
                             os.fsync(f.fileno())
+                        raw = raw[:off]
                         break
                     raise LogCorruption(f"{path}: corrupt record at offset {off}", path=str(path), offset=off)
                 seg.offsets.append(off)
                 entries.append(entry)
                 off = end
             seg.size = off
+            seg.allocated = len(raw)
             expected = first + len(seg.offsets)
             self._segments.append(seg)
         # Keep only entries that continue the snapshot (see the module docstring).
@@ -285,7 +310,7 @@ class LogStorage:
             seg.offsets.append(seg.size + len(buf))
             buf += rec
         self._write(seg, buf)
-        os.fsync(self._fd_for(seg))
+        os.fdatasync(self._fd_for(seg))
 
     def compact(self, snapshot: Snapshot) -> None:
         """The application snapshotted at `snapshot.index`: store it, drop older segments."""
@@ -330,13 +355,13 @@ class LogStorage:
 
     def _write(self, seg: _Segment, buf: bytes | bytearray) -> None:
         fd = self._fd_for(seg)
-        view = memoryview(buf)
         pos = seg.size
-        while view:
-            n = os.pwrite(fd, view, pos)
-            view = view[n:]
-            pos += n
-        seg.size = pos
+        _write_at(fd, buf, pos)
+        seg.size = pos + len(buf)
+        if seg.size > seg.allocated:
+            ahead = max(seg.size, min(seg.size + PREALLOCATE, self.segment_bytes))
+            _write_at(fd, bytes(ahead - seg.size), seg.size)
+            seg.allocated = ahead
 
     def _current_segment(self, first: int) -> _Segment:
         if self._segments:
@@ -347,7 +372,11 @@ class LogStorage:
         return self._new_segment(first)
 
     def _new_segment(self, first: int) -> _Segment:
-        if self._fd is not None:
+        if self._fd is not None and self._fd_seg is not None:
+            done = self._fd_seg
+            if done.allocated > done.size:
+                os.ftruncate(self._fd, done.size)  # its zeros written ahead: only the newest segment has them
+                done.allocated = done.size
             os.fsync(self._fd)  # the previous segment's part of this batch
             self._close_fd()
         seg = _Segment(self.path / f"{_SEG_PREFIX}{first:020d}{_SEG_SUFFIX}", first)
@@ -390,4 +419,4 @@ class LogStorage:
             fd = self._fd_for(seg)
             os.ftruncate(fd, cut)
             os.fsync(fd)
-            seg.size = cut
+            seg.size = seg.allocated = cut

@@ -67,7 +67,8 @@ def test_torn_tail_is_cut_and_log_stays_usable(tmp_path: Path, cut: int) -> None
     st.close()
     (seg,) = tmp_path.glob("log-*.seg")
     data = seg.read_bytes()
-    seg.write_bytes(data[:-cut])  # the last record was only partly written
+    end = sum(len(ls.encode_record(e)) for e in ents(1, 6))
+    seg.write_bytes(data[:end - cut] + bytes(len(data) - end + cut))  # the last record was only partly written
     st, rec = reopen(tmp_path)
     assert rec.entries == ents(1, 5)
     assert rec.torn_bytes > 0
@@ -77,16 +78,42 @@ def test_torn_tail_is_cut_and_log_stays_usable(tmp_path: Path, cut: int) -> None
     assert rec.entries == ents(1, 5) + ents(6, 7, term=2)
 
 
-def test_zero_filled_tail_is_torn(tmp_path: Path) -> None:
+def test_zeros_after_the_records_end_the_log_and_appends_go_over_them(tmp_path: Path) -> None:
     st, _ = reopen(tmp_path)
     st.append(ents(1, 3))
     st.close()
     (seg,) = tmp_path.glob("log-*.seg")
     with open(seg, "ab") as f:
-        f.write(b"\0" * 4096)  # file size grew but the data never reached disk
-    _, rec = reopen(tmp_path)
+        f.write(b"\0" * 4096)  # written ahead, or the file grew and the data never reached the disk
+    st, rec = reopen(tmp_path)
     assert rec.entries == ents(1, 3)
-    assert rec.torn_bytes == 4096
+    assert rec.torn_bytes == 0
+    st.append(ents(4, 5))
+    st.close()
+    _, rec = reopen(tmp_path)
+    assert rec.entries == ents(1, 5)
+
+
+def test_the_newest_segment_is_written_ahead_with_zeros_and_cut_to_its_records_at_a_roll(tmp_path: Path) -> None:
+    """A sync of a file that does not grow flushes data only (no journal commit on ext4)."""
+    st, _ = reopen(tmp_path, segment_bytes=4 * ls.PREALLOCATE)
+    st.append(ents(1, 3))
+    (seg,) = tmp_path.glob("log-*.seg")
+    records = sum(len(ls.encode_record(e)) for e in ents(1, 3))
+    assert seg.stat().st_size == records + ls.PREALLOCATE
+    st.append(ents(4, 4))
+    assert seg.stat().st_size == records + ls.PREALLOCATE  # the next record went over the zeros
+    big = [Entry(1, 5, EntryKind.NORMAL, b"x" * (2 * ls.PREALLOCATE)), *ents(6, 7),
+           Entry(1, 8, EntryKind.NORMAL, b"y" * (2 * ls.PREALLOCATE))]
+    for e in big:
+        st.append([e])  # past the zeros: more are written, never past segment_bytes
+        assert records < seg.stat().st_size <= 4 * ls.PREALLOCATE or e.index == 8
+    st.append(ents(9, 9))  # the first segment is full: a roll
+    assert segs(tmp_path) == [seg.name, f"log-{9:020d}.seg"]
+    assert seg.stat().st_size == sum(len(ls.encode_record(e)) for e in ents(1, 4) + big)
+    st.close()
+    _, rec = reopen(tmp_path, segment_bytes=4 * ls.PREALLOCATE)
+    assert [e.index for e in rec.entries] == list(range(1, 10)) and rec.torn_bytes == 0
 
 
 def test_corrupt_last_record_is_torn_tail(tmp_path: Path) -> None:
@@ -95,7 +122,7 @@ def test_corrupt_last_record_is_torn_tail(tmp_path: Path) -> None:
     st.close()
     (seg,) = tmp_path.glob("log-*.seg")
     data = bytearray(seg.read_bytes())
-    data[-2] ^= 0xFF
+    data[sum(len(ls.encode_record(e)) for e in ents(1, 3)) - 2] ^= 0xFF
     seg.write_bytes(bytes(data))
     _, rec = reopen(tmp_path)
     assert rec.entries == ents(1, 2)
@@ -201,7 +228,7 @@ def crash_after(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[int], Non
     """
     state = {"left": -1}
     real = {
-        "pwrite": os.pwrite, "write": os.write, "fsync": os.fsync, "replace": os.replace,
+        "pwrite": os.pwrite, "write": os.write, "fsync": os.fsync, "fdatasync": os.fdatasync, "replace": os.replace,
         "ftruncate": os.ftruncate,
     }
     real_unlink = Path.unlink
