@@ -29,12 +29,22 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+#: The longest pause between rounds of tries when no metadata server answered (the group is down).
 MAX_RETRY_PAUSE = 5.0
+#: The longest when one answered that it is not the master: the group is up and electing one, which
+#: takes a few seconds, and every second after it this server is not registered it gets no new chunks
+#: (`chunkfs stat` shows it inactive).
+ELECTING_RETRY_PAUSE = 1.0
 
 
 def page_count(count: int, size: int = REPLICA_PAGE) -> int:
     """How many registration pages `count` replicas take (an empty server sends one empty page)."""
     return max(1, -(-count // size))
+
+
+def next_pause(pause: float, electing: bool) -> float:
+    """The pause before the next round of tries to find the master, after a round that found none."""
+    return min(pause * 2, ELECTING_RETRY_PAUSE if electing else MAX_RETRY_PAUSE)
 
 
 class MdsLink:
@@ -62,15 +72,21 @@ class MdsLink:
     async def _run(self) -> None:
         pause = 0.1
         known = list(self.node.mds)
+        hints: dict[str, object] = {}  # what each MDS last said about the master: said once, not each second
         while True:
+            electing = False
             for addr in list(known):
                 try:
                     await self._session(addr)
                     pause = 0.1
+                    hints.clear()
                 except NotMaster as exc:
+                    electing = True
                     # Follow the redirect at once; remember masters we were not told about.
                     leader = exc.context.get("leader")
-                    logger.info("MDS %s is not the master; master hint: %s", addr, leader or "none")
+                    if addr not in hints or hints[addr] != leader:
+                        hints[addr] = leader
+                        logger.info("MDS %s is not the master; master hint: %s", addr, leader or "none")
                     if isinstance(leader, str) and leader and leader != addr:
                         if leader not in known:
                             known.append(leader)
@@ -86,7 +102,7 @@ class MdsLink:
                         self.conn.close()
                         self.conn = None
             await asyncio.sleep(pause)
-            pause = min(pause * 2, MAX_RETRY_PAUSE)
+            pause = next_pause(pause, electing)
 
     async def _session(self, addr: str) -> None:
         # The server's credentials: its TLS certificate, and (renamed below once the master numbers it) its name.

@@ -1,0 +1,43 @@
+"""How soon a chunk server asks again for the master after a round of tries found none."""
+
+from __future__ import annotations
+
+import asyncio
+import types
+
+import pytest
+
+from chunkfs.common.errors import NotMaster, Unavailable
+from chunkfs.cs import mds_link
+from chunkfs.cs.mds_link import ELECTING_RETRY_PAUSE, MAX_RETRY_PAUSE, MdsLink
+
+
+async def test_a_server_asks_again_within_a_second_while_the_group_elects_and_backs_off_while_it_is_down(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a master dies the others answer NotMaster until one is elected: the chunk server must
+    not be left waiting 5 s after the election (it gets no new chunks until it registers)."""
+    rounds = {"n": 0}
+    pauses: list[float] = []
+
+    async def session(addr: str) -> None:
+        if rounds["n"] < 8:
+            raise NotMaster("not the master", leader="")  # two MDSs up, electing
+        raise Unavailable("connection refused")  # then every MDS down
+
+    async def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+        rounds["n"] += 1
+        if rounds["n"] >= 16:
+            raise asyncio.CancelledError
+
+    link = MdsLink.__new__(MdsLink)
+    link.node = types.SimpleNamespace(mds=("127.0.0.1:1", "127.0.0.1:2"))
+    link.conn = None
+    link.registered = asyncio.Event()
+    monkeypatch.setattr(link, "_session", session)
+    monkeypatch.setattr(mds_link.asyncio, "sleep", sleep)
+    with pytest.raises(asyncio.CancelledError):
+        await link._run()
+    electing, down = pauses[:8], pauses[8:]
+    assert electing[0] < max(electing) == ELECTING_RETRY_PAUSE <= 1.0
+    assert down == sorted(down) and down[-1] == MAX_RETRY_PAUSE > 1.0
