@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from chunkfs.common.config import NodeConfig
 from chunkfs.common.errors import ChunkFSError, NoSpace, ProtocolError, Unavailable
+from chunkfs.common.knobs import lowered
 from chunkfs.common.secret_files import SecretFiles
 from chunkfs.common.timings import TIMINGS
 from chunkfs.cs.chunk_store import ChunkStore
@@ -38,7 +39,7 @@ WRITE_LOCK_STRIPES = 256
 #: Below the client's own wait for a write (CALL_TIMEOUT, 30 s): when a replica further down freezes,
 #: this server gives up on it first and names it, so the master drops the frozen replica; with equal
 #: timeouts the client's fired first and blamed this, healthy, server (found by a fault probe).
-FORWARD_TIMEOUT = 20.0
+FORWARD_TIMEOUT = float(lowered("CHUNKFS_FORWARD_TIMEOUT", 20))
 #: Writes up to this size are sent from the first replica to all the others at once; larger ones
 #: go down the chain (each server sends the data on once).
 FAN_OUT_MAX = 128 << 10
