@@ -110,3 +110,26 @@ async def test_a_follower_stopped_in_order_applies_what_it_deferred(tmp_path: Pa
     raft._apply(Ready(committed_entries=entries(1, 3)))
     await raft.stop()
     assert rec.applied == [(1, 1), (2, 1), (3, 1)] and raft._apply_timer is None
+
+
+async def test_the_loop_applies_what_the_timer_made_due(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole path on a follower: deferred, the timer fires, the driver's loop wakes and applies them."""
+    monkeypatch.setattr(driver, "FOLLOWER_APPLY_DELAY", 0.02)
+    rec = Recorder()
+    raft = member(tmp_path, rec, leader=False)
+    raft.core = SimpleNamespace(  # type: ignore[assignment]
+        is_leader=False, term=1, voters=frozenset({1, 2, 3}), has_ready=lambda: False, take_lost_logs=set)
+    raft.storage = SimpleNamespace()  # type: ignore[assignment]  # nothing to persist: no Ready
+    loop = asyncio.get_running_loop().create_task(raft._loop())
+    try:
+        raft._apply(Ready(committed_entries=entries(1, 2)))
+        assert rec.applied == []
+        for _ in range(250):  # bounded: 5 s
+            if rec.applied:
+                break
+            await asyncio.sleep(0.02)
+        assert rec.applied == [(1, 1), (2, 1)] and not raft._apply_due and not raft._deferred
+    finally:
+        loop.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loop
