@@ -33,6 +33,10 @@ options (-o, comma-separated, may repeat):
                                    mounting user); the kernel checks mode bits against it
   private                          a root mount for root alone (by default a mount made by
                                    root is open to every local user: allow_other)
+  master_wait=S                    how long a request waits for a master (none elected, or the
+                                   metadata servers down) before it fails with EIO: seconds
+                                   (default 20; for VM images, longer than any outage you
+                                   would rather ride out than see as I/O errors in a guest)
   anything else                    passed to FUSE, e.g. ro
 """
 
@@ -71,9 +75,9 @@ def cmd_mount(args: argparse.Namespace) -> int:
     from chunkfs.client.fuse_ops import parse_options
     from chunkfs.client.fuse_session import canonical, is_mounted, run_mount, state_dir
 
+    opts = parse_options(args.options)  # a bad option is named before anything else is looked at
     name = need_cluster(args)
     config = load_client_config(name)
-    opts = parse_options(args.options)
     mountpoint = canonical(args.mountpoint)
     clear_dead(mountpoint)
     if not mountpoint.is_dir():

@@ -80,6 +80,7 @@ from chunkfs.common.change_time import change_ctime
 from chunkfs.common.errors import Busy, ChunkFSError, ConfigError, NotFound, ProtocolError
 from chunkfs.common.names import check_name_length
 from chunkfs.common.timings import TIMINGS
+from chunkfs.protocol.mds_link import DEFAULT_RETRY_FOR
 from chunkfs.protocol.messages import (
     INVALIDATE_MAX,
     LEASE_TTL,
@@ -171,6 +172,8 @@ class MountOptions:
     gid: int | None = None
     #: Only the mounting user may use the mount, even when mounted by root (no allow_other).
     private: bool = False
+    #: How long a request keeps trying to reach a master before it fails (EIO), seconds.
+    master_wait: float = DEFAULT_RETRY_FOR
     #: Options passed to FUSE as they are (allow_other, ro, ...).
     fuse: set[str] = field(default_factory=set)
 
@@ -206,12 +209,16 @@ def parse_options(texts: list[str]) -> MountOptions:
                     opts.gid = _group_id(value)
                 elif key == "private":
                     opts.private = True
+                elif key == "master_wait":
+                    opts.master_wait = float(value)
                 else:
                     opts.fuse.add(item)
             except (ValueError, KeyError):
                 raise ConfigError(f"mount option {key}: bad value {value!r}") from None
     if min(opts.attr_timeout, opts.entry_timeout, opts.cache_timeout) < 0:
         raise ConfigError("mount options attr_timeout, entry_timeout and cache_timeout must not be negative")
+    if not 0 < opts.master_wait < float("inf"):
+        raise ConfigError(f"mount option master_wait must be a number of seconds above 0, not {opts.master_wait:g}")
     return opts
 
 
@@ -312,6 +319,7 @@ class ChunkFSOperations(pyfuse3.Operations):
         #: them before the next lookup there: answered from here once, within attr_timeout.
         self._fresh_dirs: dict[int, tuple[float, dict[str, Any]]] = {}
         client.on_dir_attrs = self._dirs_changed
+        client.mds.retry_for = options.master_wait
         self.cache = KernelCache(
             long=options.cache_timeout, short_attr=options.attr_timeout, short_entry=options.entry_timeout,
             invalidate_entry=pyfuse3.invalidate_entry,
