@@ -319,7 +319,6 @@ class ChunkFSOperations(pyfuse3.Operations):
         #: them before the next lookup there: answered from here once, within attr_timeout.
         self._fresh_dirs: dict[int, tuple[float, dict[str, Any]]] = {}
         client.on_dir_attrs = self._dirs_changed
-        client.mds.retry_for = options.master_wait
         self.cache = KernelCache(
             long=options.cache_timeout, short_attr=options.attr_timeout, short_entry=options.entry_timeout,
             invalidate_entry=pyfuse3.invalidate_entry,

@@ -291,6 +291,7 @@ def run_mount(
         lag.start()
         try:
             await client.getattr(ROOT_INO)  # fail here, before mounting, if the cluster is unreachable
+            client.mds.retry_for = opts.master_wait  # (not before: a mount of a cluster that is down fails at once)
             ops = ChunkFSOperations(client, opts)
             ops.holder = f"{socket.gethostname()}:{mountpoint} (pid {os.getpid()})"[-256:]
             try:
