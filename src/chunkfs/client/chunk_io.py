@@ -31,7 +31,7 @@ from chunkfs.common.errors import (
 from chunkfs.common.timings import TIMINGS
 from chunkfs.protocol.frame import MAX_IO_SIZE
 from chunkfs.protocol.messages import Msg, replica_list
-from chunkfs.protocol.rpc import Connection, connect
+from chunkfs.protocol.rpc import SILENCE_LIMIT, Connection, connect
 
 if TYPE_CHECKING:
     from chunkfs.client.client import Client
@@ -103,7 +103,7 @@ class ChunkIO:
         async with self._server_lock:
             conn = self._servers.get(addr)
             if conn is None or conn.closed:
-                conn = await connect(addr, self.client.creds, timeout=3.0)
+                conn = await connect(addr, self.client.creds, timeout=3.0, silence_limit=SILENCE_LIMIT)
                 self._servers[addr] = conn
             return conn
 

@@ -29,7 +29,7 @@ from chunkfs.cs.replicator import Replicator
 from chunkfs.cs.scrubber import Scrubber
 from chunkfs.cs.sync_policy import SyncPolicy
 from chunkfs.protocol.messages import Msg, replica_list
-from chunkfs.protocol.rpc import Connection, Credentials, Reply, RpcServer, connect
+from chunkfs.protocol.rpc import SILENCE_LIMIT, Connection, Credentials, Reply, RpcServer, connect
 from chunkfs.protocol.tls import node_tls
 
 logger = logging.getLogger(__name__)
@@ -231,7 +231,7 @@ class ChunkServer:
         async with self._peer_lock:
             conn = self._peers.get(addr)
             if conn is None or conn.closed:
-                conn = await connect(addr, self.creds)
+                conn = await connect(addr, self.creds, silence_limit=SILENCE_LIMIT)
                 self._peers[addr] = conn
             return conn
 

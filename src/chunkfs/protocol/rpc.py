@@ -30,6 +30,7 @@ import logging
 import os
 import socket
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, cast
@@ -44,6 +45,7 @@ from chunkfs.common.errors import (
     Unavailable,
     error_from_code,
 )
+from chunkfs.common.knobs import lowered
 from chunkfs.common.secret_files import SecretFiles
 from chunkfs.protocol.frame import (
     MAX_PAYLOAD_LEN,
@@ -62,6 +64,15 @@ logger = logging.getLogger(__name__)
 
 #: Default timeout of one request, seconds.
 CALL_TIMEOUT = 30.0
+#: A connection watched for silence (`connect(silence_limit=...)`: the data path's, to chunk
+#: servers) pings its peer once the peer has sent nothing for this long while a request waits
+#: (or for a quarter of the limit, when that is shorter).
+PING_AFTER = 1.0
+#: ... and gives the peer up, failing every request waiting on it, after this long without a
+#: byte from it: a frozen process or a cut-off host, told apart from a slow disk by the pings,
+#: which a live server answers from its event loop while its disk works.  A frozen chunk server
+#: then stalls a write for seconds, not for the 20-30 s of the requests' own timeouts.
+SILENCE_LIMIT = float(lowered("CHUNKFS_SILENCE_LIMIT", 8))
 #: The handshake must finish within this many seconds.
 HANDSHAKE_TIMEOUT = 5.0
 #: Requests served at once on one connection; more wait in the socket buffer.
@@ -150,6 +161,7 @@ class Connection(asyncio.BufferedProtocol):
         peer_name: str = "?",
         max_payload: int = MAX_PAYLOAD_LEN,
         on_connect: Callable[[Connection], Awaitable[None]] | None = None,
+        silence_limit: float | None = None,
     ) -> None:
         self.handler = handler
         self.notice_handler = notice_handler
@@ -186,6 +198,11 @@ class Connection(asyncio.BufferedProtocol):
         self.lost_reason: BaseException | None = None
         #: Set by owners that attach state to a connection (e.g. the CS id).
         self.tag: Any = None
+        # Silence watch (see SILENCE_LIMIT): when a byte last came, the armed check, a ping out.
+        self.silence_limit = silence_limit
+        self._heard = time.monotonic()
+        self._silence_check: asyncio.TimerHandle | None = None
+        self._pinging = False
 
     @property
     def writer(self) -> asyncio.Transport:
@@ -228,6 +245,7 @@ class Connection(asyncio.BufferedProtocol):
         return memoryview(self._scratch)[self._end:]
 
     def buffer_updated(self, nbytes: int) -> None:
+        self._heard = time.monotonic()
         if self._closed.is_set():
             return
         if self._refusal is not None:
@@ -450,6 +468,9 @@ class Connection(asyncio.BufferedProtocol):
         # A plain timer instead of asyncio.wait_for: same bound, a fraction of the
         # cost per request (no extra future and callbacks) on the hot data path.
         timer = loop.call_later(timeout, _expire, fut)
+        if self.silence_limit is not None and self._silence_check is None:
+            self._heard = time.monotonic()  # silence counts from now, not from an idle spell before
+            self._silence_check = loop.call_later(self._ping_after, self._check_silence)
         try:
             self._send(Kind.REQUEST, mtype, rid, header, payload)
         except (ConnectionError, OSError) as exc:
@@ -458,6 +479,40 @@ class Connection(asyncio.BufferedProtocol):
             self.close()
             raise Unavailable(f"connection to {self.peer_name} lost: {exc}") from None
         return self._response(mtype, rid, fut, timer, timeout)
+
+    @property
+    def _ping_after(self) -> float:
+        return min(PING_AFTER, (self.silence_limit or CALL_TIMEOUT) / 4)
+
+    def _check_silence(self) -> None:
+        """While requests wait: ping a peer gone quiet, give up one silent for `silence_limit` s."""
+        self._silence_check = None
+        if self._closed.is_set() or not self._pending:
+            return
+        assert self.silence_limit is not None
+        now = time.monotonic()
+        if self._reading_paused:
+            self._heard = now  # this side is not reading: the silence would be its own
+        silent = now - self._heard
+        if silent >= self.silence_limit:
+            why = (f"{self.peer_name} sent nothing for {silent:.1f} s, not even an answer to a ping, while "
+                   f"{len(self._pending)} request(s) waited: the server is frozen or cut off")
+            logger.warning("giving up the connection to %s", why)
+            self.close(why)
+            return
+        if silent >= self._ping_after and not self._pinging:
+            self._spawn(self._ping())
+        self._silence_check = asyncio.get_running_loop().call_later(self._ping_after, self._check_silence)
+
+    async def _ping(self) -> None:
+        """One PING; its answer (any byte from the peer, in fact) is what the silence watch needs."""
+        self._pinging = True
+        try:
+            await self.request(Msg.PING, {}, timeout=self.silence_limit or CALL_TIMEOUT)
+        except ChunkFSError:
+            pass  # the silence watch decides what the missing answer means
+        finally:
+            self._pinging = False
 
     async def _response(
         self, mtype: Msg, rid: int, fut: asyncio.Future[tuple[Kind, dict[str, Any], Payload]],
@@ -567,14 +622,17 @@ class Connection(asyncio.BufferedProtocol):
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._lost.wait(), timeout)
 
-    def close(self) -> None:
+    def close(self, why: str = "") -> None:
+        """Close; requests still waiting fail with Unavailable, saying `why` when given."""
         if self._closed.is_set():
             return
         self._closed.set()
         self._can_write.set()
+        if self._silence_check is not None:
+            self._silence_check.cancel()
         for fut in self._pending.values():
             if not fut.done():
-                fut.set_exception(Unavailable(f"connection to {self.peer_name} closed"))
+                fut.set_exception(Unavailable(why or f"connection to {self.peer_name} closed"))
                 fut.exception()  # looked at: a request whose owner is gone too is no error to report
         self._pending.clear()
         self._handshake_frames.put_nowait(Unavailable(f"connection to {self.peer_name} closed"))
@@ -688,13 +746,19 @@ async def connect(
     notice_handler: NoticeHandler | None = None,
     timeout: float = 5.0,
     max_payload: int = MAX_PAYLOAD_LEN,
+    silence_limit: float | None = None,
 ) -> Connection:
-    """Open, authenticate and start a connection to ``HOST:PORT``."""
+    """Open, authenticate and start a connection to ``HOST:PORT``.
+
+    `silence_limit`: give the peer up when it sends nothing for this long while
+    a request waits (see SILENCE_LIMIT); None: only each request's own timeout.
+    """
     host, port = parse_addr(addr)
     loop = asyncio.get_running_loop()
 
     def factory() -> Connection:
-        return Connection(handler=handler, notice_handler=notice_handler, peer_name=addr, max_payload=max_payload)
+        return Connection(handler=handler, notice_handler=notice_handler, peer_name=addr, max_payload=max_payload,
+                          silence_limit=silence_limit)
 
     tls: dict[str, Any] = {}
     if creds.tls is not None:
