@@ -47,7 +47,7 @@ from chunkfs.mds.subtree import subtree_pages
 from chunkfs.mds.watchers import Watchers
 from chunkfs.protocol.mds_link import MdsLink
 from chunkfs.protocol.messages import MAX_BLOCKS, Msg, int_list, int_pairs
-from chunkfs.protocol.rpc import Connection, Credentials, Reply, RpcServer
+from chunkfs.protocol.rpc import SILENCE_LIMIT, Connection, Credentials, Reply, RpcServer
 from chunkfs.protocol.tls import node_tls
 from chunkfs.raft.driver import RaftLog, StateMachine
 
@@ -892,6 +892,9 @@ class MetadataServer:
         last = not h.get("more")
         delete, held, upto = self._take_replicas(server, reported, last)
         conn.tag = server
+        # The master's commands (a copy's target fetching a chunk while writers wait for it, a new
+        # chunk's replicas) give up a server frozen since its last heartbeat in seconds: see SILENCE_LIMIT.
+        conn.silence_limit = SILENCE_LIMIT
         self.live[cs_id] = server
         self.healing.on_register(cs_id, h.get("location", ""), h.get("tier", 0))
         await self._covered(server, held, upto, last)
