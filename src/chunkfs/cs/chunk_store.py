@@ -72,6 +72,7 @@ from chunkfs.common.errors import (
     StaleVersion,
 )
 from chunkfs.common.writeback import start_writeback
+from chunkfs.cs.write_tracker import WriteTracker
 
 logger = logging.getLogger(__name__)
 
@@ -225,6 +226,8 @@ class ChunkStore:
         self.data_offset = HEADER_SIZE + self.table_size
         #: CRC32C of an all-zero block: what a never-written block verifies against.
         self.zero_crc = crc32c(bytes(block_size))
+        #: Blocks written to replicas being copied from here (the source's half of a two-phase copy).
+        self.written = WriteTracker(block_size, chunk_size)
         self._max_open = max_open_files
         self._lock = threading.Lock()
         self._chunk_locks = [threading.Lock() for _ in range(CHUNK_LOCK_STRIPES)]
@@ -525,6 +528,7 @@ class ChunkStore:
                     version=version,
                     current=current,
                 )
+            self.written.forget(chunk_id)
             d = self._dir_for(chunk_id)
             if not d.is_dir():
                 d.mkdir(exist_ok=True)
@@ -574,6 +578,25 @@ class ChunkStore:
                 self._index[chunk_id] = new_version
                 self._unsynced_names.discard(chunk_id)
 
+    def track_writes(self, chunk_id: int, version: int) -> int:
+        """Note the blocks written to this replica from now on; the token `written_since` wants.
+
+        Under the chunk lock: no write is half done when the tracking starts.
+        """
+        with self._chunk_lock(chunk_id):
+            with self._lock:
+                self._check_open()
+                self._check_version(chunk_id, version)
+            return self.written.start(chunk_id)
+
+    def written_since(self, chunk_id: int, token: int) -> list[int]:
+        """The blocks written since `track_writes` gave `token`; NotFound when this server cannot say."""
+        blocks = self.written.take(chunk_id, token)
+        if blocks is None:
+            raise NotFound(f"chunk {chunk_id:016x}: writes are not tracked here under that token (restarted, "
+                           f"replica made anew, or another copy began)", chunk_id=chunk_id)
+        return blocks
+
     def delete(self, chunk_id: int, only_version: int | None = None) -> None:
         """Remove the replica, whatever its version; absent is not an error.
 
@@ -588,6 +611,7 @@ class ChunkStore:
                     return
                 version = self._index.pop(chunk_id, None)
                 self._unsynced_names.discard(chunk_id)
+                self.written.forget(chunk_id)
                 if version is None:
                     return
                 self._forget_fd_locked(chunk_id)
@@ -614,6 +638,7 @@ class ChunkStore:
                 os.rename(src, dst)
                 del self._index[chunk_id]
                 self._unsynced_names.discard(chunk_id)
+                self.written.forget(chunk_id)
                 self._forget_fd_locked(chunk_id)
             _fsync_dir(self._quarantine_dir)
             _fsync_dir(src.parent)
@@ -796,6 +821,7 @@ class ChunkStore:
                     [struct.pack(f"<{count}I", *crcs)],
                     HEADER_SIZE + first * CRC_ENTRY_SIZE,
                 )
+                self.written.wrote(chunk_id, offset, length)
                 if sync:
                     os.fdatasync(lease.fd)
                     self._sync_name(lease)
@@ -856,6 +882,7 @@ class ChunkStore:
                         )
                 if first_whole < self.n_blocks:
                     self._free_blocks(lease, first_whole)
+                self.written.truncated(chunk_id, length)
             except OSError as exc:
                 if _is_no_space(exc):
                     raise self._no_space(lease, exc, f"truncating to {length}") from exc
@@ -954,6 +981,7 @@ class ChunkStore:
                 self._reserve(lease, pos, self.block_size)
                 _pwrite_full(lease.fd, [view], pos)
                 _pwrite_full(lease.fd, [struct.pack("<I", crc32c(view))], HEADER_SIZE + block * CRC_ENTRY_SIZE)
+                self.written.wrote(chunk_id, block * self.block_size, self.block_size)
             except OSError as exc:
                 if _is_no_space(exc):
                     raise self._no_space(lease, exc, f"repairing block {block}") from exc

@@ -8,6 +8,14 @@ at most `PIECE` bytes, writes them, fsyncs, and compares its own CRC table
 with the source's.  Any mismatch deletes the new replica: a half-made copy
 is never left to be served.
 
+A copy in two phases (the master's choice, mds/replication.py) first fetches
+the whole chunk while writers go on (``track``: the source notes the blocks
+written from then on, cs/write_tracker.py), then, with the chunk frozen at a
+new version, moves that copy to it and fetches only the blocks written
+meanwhile (``since``), and compares the whole CRC table with the source's.
+When the source cannot say what changed (it restarted), the copy is made
+whole, frozen.
+
 ``CS_REPAIR_BLOCKS`` mends a replica in place instead: each bad block is read
 from the other replicas in turn (the source verifies it on the way out) and
 written over the bad one, which is kept in quarantine/.  A block bad on every
@@ -25,14 +33,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from chunkfs.common.errors import ChecksumMismatch, ChunkFSError, InvalidArgument
+from chunkfs.common.errors import ChecksumMismatch, ChunkFSError, InvalidArgument, NotFound, StaleVersion
 from chunkfs.protocol.frame import MAX_IO_SIZE
 from chunkfs.protocol.messages import MAX_BLOCKS, Msg, int_list, replica_list
 
 if TYPE_CHECKING:
     from chunkfs.cs.server import ChunkServer
+    from chunkfs.protocol.rpc import Connection
 
 logger = logging.getLogger(__name__)
 
@@ -67,55 +77,131 @@ class Replicator:
         self.copied_bytes = 0
 
     async def replicate(self, h: dict[str, Any]) -> dict[str, Any]:
+        """Copy a chunk here: whole, or only the blocks written since a copy made here (`since`).
+
+        `track`: the chunk is not frozen while this copy runs (phase 1 of a two-phase copy): the
+        source notes the blocks written from the start on, the reply's `token` names them, and
+        the copy is not compared with the source's checksums, which move meanwhile (phase 2 does).
+        """
         chunk_id, version, rate = h["chunk_id"], h["version"], h["rate"]
         if rate < MIN_RATE:
             raise InvalidArgument(f"replication rate {rate} B/s is below the minimum {MIN_RATE}")
-        store = self.server.store
+        since = h.get("since")
+        if since is not None and (len(since) != 2 or not all(isinstance(x, int) for x in since)):
+            raise InvalidArgument("since must be [version, token]")
         self.running += 1
+        token: int | None = None
         try:
             conn = await self.server._peer(h["source"])
-            reply, _ = await conn.call(Msg.CS_CHECKSUMS, {"chunk_id": chunk_id, "version": version},
-                                       timeout=PIECE_TIMEOUT)
-            source_crcs = [int(c) for c in reply["crcs"]]
-            if len(source_crcs) != store.n_blocks:
-                raise ChecksumMismatch(f"chunk {chunk_id:#x}: the source sent {len(source_crcs)} checksums, "
-                                       f"{store.n_blocks} expected")
-            # Whatever is here (a stale version, a half-made copy) goes first.
-            await asyncio.to_thread(store.delete, chunk_id)
-            await asyncio.to_thread(store.create, chunk_id, version)
-            try:
-                fetched = await self._fetch(conn, chunk_id, version, source_crcs, rate)
-                await asyncio.to_thread(store.fsync, chunk_id, version)
-                mine = await asyncio.to_thread(store.block_checksums, chunk_id, version)
-                if mine != source_crcs:
-                    bad = next(i for i, (a, b) in enumerate(zip(mine, source_crcs, strict=True)) if a != b)
-                    raise ChecksumMismatch(f"chunk {chunk_id:#x}: block {bad} differs from the source after the copy")
-            except BaseException:
-                await asyncio.to_thread(store.delete, chunk_id)
-                raise
+            fetched = None if since is None else await self._catch_up(conn, chunk_id, version, since, rate)
+            what = "caught up" if fetched is not None else "copied"
+            if fetched is None:
+                if h.get("track"):
+                    reply, _ = await conn.call(Msg.CS_TRACK_WRITES, {"chunk_id": chunk_id, "version": version},
+                                               timeout=PIECE_TIMEOUT)
+                    token = int(reply["token"])
+                fetched = await self._copy_whole(conn, chunk_id, version, rate, compare=token is None)
         except ChunkFSError as exc:
             logger.warning("copy of chunk %#x version %#x from %s failed: %s", chunk_id, version, h["source"], exc)
             raise
         finally:
             self.running -= 1
         self.copied_bytes += fetched
-        logger.info("chunk %#x version %#x copied from CS#%d (%d bytes fetched)", chunk_id, version,
+        logger.info("chunk %#x version %#x %s from CS#%d (%d bytes fetched)", chunk_id, version, what,
                     h["source_id"], fetched)
-        return {"bytes": fetched}
+        return {"bytes": fetched} if token is None else {"bytes": fetched, "token": token}
 
-    async def _fetch(self, conn: Any, chunk_id: int, version: int, crcs: list[int], rate: int) -> int:
+    async def _copy_whole(self, conn: Connection, chunk_id: int, version: int, rate: int, compare: bool) -> int:
+        """Fetch every block that is not all zeros; a failed copy is deleted, never left to be served."""
         store = self.server.store
-        per_piece = PIECE // store.block_size
+        source_crcs = await self._source_checksums(conn, chunk_id, version)
+        # Whatever is here (a stale version, a half-made copy) goes first.
+        await asyncio.to_thread(store.delete, chunk_id)
+        await asyncio.to_thread(store.create, chunk_id, version)
+        try:
+            runs = [(first, min(self._per_piece, store.n_blocks - first))
+                    for first in range(0, store.n_blocks, self._per_piece)]
+            fetched = await self._fetch(conn, chunk_id, version, source_crcs, runs, rate, zero_fill=False)
+            await asyncio.to_thread(store.fsync, chunk_id, version)
+            if compare:
+                await self._compare(chunk_id, version, source_crcs)
+        except BaseException:
+            await asyncio.to_thread(store.delete, chunk_id)
+            raise
+        return fetched
+
+    async def _catch_up(self, conn: Connection, chunk_id: int, version: int, since: list[int], rate: int) -> int | None:
+        """Phase 2: move the copy made here at since[0] to `version`, fetch the blocks written since; None: can't.
+
+        The chunk is frozen now, so the copy must then equal the source block for block.
+        """
+        store = self.server.store
+        old_version, token = since
+        try:
+            reply, _ = await conn.call(Msg.CS_WRITTEN_SINCE, {"chunk_id": chunk_id, "token": token},
+                                       timeout=PIECE_TIMEOUT)
+        except NotFound as exc:
+            logger.info("chunk %#x: the source cannot say what changed (%s); copying it whole", chunk_id, exc)
+            return None
+        blocks = int_list(reply["blocks"], "blocks", MAX_BLOCKS)
+        if any(not 0 <= b < store.n_blocks for b in blocks):
+            raise InvalidArgument(f"chunk {chunk_id:#x}: the source named blocks beyond {store.n_blocks}")
+        try:
+            await asyncio.to_thread(store.set_version, chunk_id, old_version, version)
+        except (NotFound, StaleVersion) as exc:
+            logger.info("chunk %#x: the copy made here is gone (%s); copying it whole", chunk_id, exc)
+            return None
+        try:
+            source_crcs = await self._source_checksums(conn, chunk_id, version)
+            # Not held to the rate: writers wait for this part, which is at most one chunk's blocks.
+            fetched = await self._fetch(conn, chunk_id, version, source_crcs, _runs(blocks, self._per_piece), None,
+                                        zero_fill=True)
+            await asyncio.to_thread(store.fsync, chunk_id, version)
+            await self._compare(chunk_id, version, source_crcs)
+        except BaseException:
+            await asyncio.to_thread(store.delete, chunk_id)
+            raise
+        return fetched
+
+    @property
+    def _per_piece(self) -> int:
+        return PIECE // self.server.store.block_size
+
+    async def _source_checksums(self, conn: Connection, chunk_id: int, version: int) -> list[int]:
+        reply, _ = await conn.call(Msg.CS_CHECKSUMS, {"chunk_id": chunk_id, "version": version},
+                                   timeout=PIECE_TIMEOUT)
+        crcs = [int(c) for c in reply["crcs"]]
+        if len(crcs) != self.server.store.n_blocks:
+            raise ChecksumMismatch(f"chunk {chunk_id:#x}: the source sent {len(crcs)} checksums, "
+                                   f"{self.server.store.n_blocks} expected")
+        return crcs
+
+    async def _compare(self, chunk_id: int, version: int, source_crcs: list[int]) -> None:
+        mine = await asyncio.to_thread(self.server.store.block_checksums, chunk_id, version)
+        if mine != source_crcs:
+            bad = next(i for i, (a, b) in enumerate(zip(mine, source_crcs, strict=True)) if a != b)
+            raise ChecksumMismatch(f"chunk {chunk_id:#x}: block {bad} differs from the source after the copy")
+
+    async def _fetch(
+        self, conn: Connection, chunk_id: int, version: int, crcs: list[int], runs: Iterable[tuple[int, int]],
+        rate: int | None, zero_fill: bool,
+    ) -> int:
+        """Fetch runs of (first block, count) from the source, at most `rate` bytes/s (None: at once);
+        all-zero runs are skipped or, with `zero_fill`, zeroed here (a copy made earlier may hold older
+        bytes there)."""
+        store = self.server.store
         fetched = 0
-        for first in range(0, store.n_blocks, per_piece):
-            blocks = crcs[first:first + per_piece]
-            if all(c == store.zero_crc for c in blocks):
-                continue  # never written (or zeros): the new replica already reads as zeros there
-            offset, length = first * store.block_size, len(blocks) * store.block_size
-            await self.bucket.take(length, rate)
+        for first, count in runs:
+            offset, length = first * store.block_size, count * store.block_size
+            if all(c == store.zero_crc for c in crcs[first:first + count]):
+                if zero_fill:
+                    await asyncio.to_thread(store.write, chunk_id, version, offset, bytes(length), False)
+                continue
+            if rate is not None:
+                await self.bucket.take(length, rate)
             _, data = await conn.call(Msg.CS_READ, {
                 "chunk_id": chunk_id, "version": version, "offset": offset, "length": length,
-            }, timeout=PIECE_TIMEOUT + length / rate)
+            }, timeout=PIECE_TIMEOUT + (0 if rate is None else length / rate))
             if len(data) != length:
                 raise ChecksumMismatch(f"chunk {chunk_id:#x}: the source sent {len(data)} bytes, {length} asked")
             await asyncio.to_thread(store.write, chunk_id, version, offset, data, False)
@@ -174,3 +260,14 @@ class Replicator:
                 return bytes(data), False
             all_bad = False
         return None, all_bad
+
+
+def _runs(blocks: list[int], most: int) -> list[tuple[int, int]]:
+    """Sorted block numbers as (first, count) runs of consecutive blocks, at most `most` long."""
+    runs: list[tuple[int, int]] = []
+    for block in blocks:
+        if runs and block == runs[-1][0] + runs[-1][1] and runs[-1][1] < most:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        else:
+            runs.append((block, 1))
+    return runs

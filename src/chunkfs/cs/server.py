@@ -123,6 +123,10 @@ class ChunkServer:
             if msg == Msg.CS_CHECKSUMS:
                 crcs = await asyncio.to_thread(self.store.block_checksums, h["chunk_id"], h["version"])
                 return {"crcs": crcs}, b""
+            if msg == Msg.CS_TRACK_WRITES:
+                return {"token": await asyncio.to_thread(self.store.track_writes, h["chunk_id"], h["version"])}, b""
+            if msg == Msg.CS_WRITTEN_SINCE:
+                return {"blocks": self.store.written_since(h["chunk_id"], h["token"])}, b""
             if msg == Msg.PING:
                 return {"role": "cs", "node": self.creds.node}, b""
             raise ProtocolError(f"{msg.name} is not served by a chunk server")

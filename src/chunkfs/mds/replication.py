@@ -17,17 +17,21 @@ Once a second (while this MDS is the master) it
 Copies go chunk server to chunk server (``CS_REPLICATE``: the target reads the
 source with ``CS_READ``), never through the master.
 
-Copying a chunk that is being written is made safe by freezing it for the
-copy: under the chunk's allocation lock (which every ``CHUNK_WRITE`` takes) the
-master first moves the current replicas to a new version, so a writer holding
-the old map gets ``StaleVersion`` and asks for a new map — and waits on that
-lock.  A write already under way finishes first (the chunk server renames a
-replica under the same lock its writes hold).  The target then copies at the
-new version, checks its CRC table against the source's, and the master
-commits the bigger replica set with yet another version.  Writes to that one
-chunk wait for the copy (milliseconds for small chunks; the freeze lasts a
-chunk's copy time); a two-phase copy (bulk, then the blocks that changed,
-frozen) would shorten that for 256 MiB chunks.
+A copy has two phases, so that writers wait only for what changed.  First the
+target copies the whole chunk while writers go on (the chain does not include
+it yet); the source notes every block written from the start of that copy on
+(cs/write_tracker.py).  Then the chunk is frozen: under the chunk's allocation
+lock (which every ``CHUNK_WRITE`` takes) the master moves the current replicas
+to a new version, so a writer holding the old map gets ``StaleVersion`` and
+asks for a new map — and waits on that lock.  A write already under way
+finishes first (the chunk server renames a replica under the same lock its
+writes hold).  The target moves its copy to the new version, fetches only the
+blocks the source noted, checks its whole CRC table against the source's, and
+the master commits the bigger replica set with yet another version.  Writes
+to that chunk wait for the blocks written during the first phase, not for a
+whole chunk (256 MiB at `replication-rate`: seconds).  When the first phase
+failed or the source cannot say what changed (it restarted), the frozen phase
+copies the whole chunk, as a one-phase copy does.
 """
 
 from __future__ import annotations
@@ -557,7 +561,8 @@ class ReplicationMonitor:
     ) -> None:
         placed = False
         try:
-            placed = await self._copy_frozen(chunk_id, source, target, drop, settings)
+            bulk = await self._copy_bulk(chunk_id, source, target, settings)
+            placed = await self._copy_frozen(chunk_id, source, target, drop, settings, bulk)
         except ChunkFSError as exc:
             logger.warning("copy of chunk %#x from CS#%d to CS#%d failed: %s", chunk_id, source, target, exc)
             if self.episode is not None:
@@ -573,8 +578,42 @@ class ReplicationMonitor:
                     await self.mds.chunks.delete_replica(target, chunk_id)
             self._refill()
 
+    def _replicate_call(self, source: int, target: int, settings: dict[str, float], header: dict[str, Any]) -> Any:
+        """CS_REPLICATE to `target`, fetching from `source` at the cluster's replication rate."""
+        mds = self.mds
+        server, src = mds.live.get(target), mds.live.get(source)
+        if server is None or src is None:
+            raise Unavailable(f"CS#{target if server is None else source} is offline")
+        rate = int(settings["replication-rate"] * (1 << 20))
+        size = mds.node.cluster.chunk_size
+        return server.conn.call(Msg.CS_REPLICATE, {
+            **header, "source": src.addr, "source_id": source, "rate": rate}, timeout=30.0 + 4 * size / rate)
+
+    async def _copy_bulk(
+        self, chunk_id: int, source: int, target: int, settings: dict[str, float]
+    ) -> list[int] | None:
+        """Phase 1: the whole chunk copied to `target` while writers go on; [version, token] for phase 2.
+
+        None when it failed: phase 2 then copies the whole chunk, frozen, as a one-phase copy does.
+        """
+        chunk = self.mds.store.chunk(chunk_id)
+        if chunk is None:
+            return None
+        try:
+            reply, _ = await self._replicate_call(source, target, settings, {
+                "chunk_id": chunk_id, "version": chunk.version, "track": True})
+        except ChunkFSError as exc:
+            logger.info("bulk copy of chunk %#x from CS#%d to CS#%d failed (%s); copying it frozen",
+                        chunk_id, source, target, exc)
+            return None
+        if self.episode is not None:
+            self.episode.bytes += int(reply["bytes"])
+        token = reply.get("token")
+        return None if token is None else [chunk.version, int(token)]
+
     async def _copy_frozen(
-        self, chunk_id: int, source: int, target: int, drop: int | None, settings: dict[str, float]
+        self, chunk_id: int, source: int, target: int, drop: int | None, settings: dict[str, float],
+        bulk: list[int] | None = None,
     ) -> bool:
         mds, chunks = self.mds, self.mds.chunks
         chunk = mds.store.chunk(chunk_id)
@@ -595,15 +634,9 @@ class ReplicationMonitor:
             frozen, failed = freeze.chunk, freeze.failed
             if source in failed:
                 raise Unavailable(f"CS#{source} failed while the copy was being prepared")
-            rate = int(settings["replication-rate"] * (1 << 20))
-            size = mds.node.cluster.chunk_size
-            server = mds.live.get(target)
-            if server is None:
-                raise Unavailable(f"CS#{target} is offline")
-            reply, _ = await server.conn.call(Msg.CS_REPLICATE, {
-                "chunk_id": chunk_id, "version": frozen.version, "source": mds.live[source].addr,
-                "source_id": source, "rate": rate,
-            }, timeout=30.0 + 4 * size / rate)
+            # With a bulk copy made (phase 1), only the blocks written since are fetched now.
+            reply, _ = await self._replicate_call(source, target, settings, {
+                "chunk_id": chunk_id, "version": frozen.version, **({} if bulk is None else {"since": bulk})})
             final = [cs for cs in frozen.replicas if cs not in failed and cs != drop] + [target]
             new = (await chunks.set_replicas(
                 frozen, final, move=[cs for cs in final if cs not in h.waiting],

@@ -83,6 +83,8 @@ class Msg(enum.IntEnum):
     CS_WRITE = 71
     CS_FSYNC = 72
     CS_CHECKSUMS = 73
+    CS_TRACK_WRITES = 74
+    CS_WRITTEN_SINCE = 75
     # MDS <-> MDS and membership.
     RAFT = 80
     MDS_ADD = 81
@@ -300,10 +302,15 @@ SPECS: dict[Msg, MessageSpec] = {
         (f("chunk_id", int), f("version", int), f("length", int)), ()
     ),
     # Fetch chunk `chunk_id` at `version` from the chunk server at `source` and keep it here,
-    # reading at most `rate` bytes/s; the reply says how many bytes were fetched.
+    # reading at most `rate` bytes/s; the reply says how many bytes were fetched.  A two-phase copy
+    # (mds/replication.py): `track` first, while writers go on: the source notes the blocks written
+    # from then on and the reply's `token` names that list; then, with the chunk frozen at its new
+    # `version`, `since` = [the version copied, token]: only those blocks are fetched (the whole
+    # chunk when the source cannot say).
     Msg.CS_REPLICATE: MessageSpec(
-        (f("chunk_id", int), f("version", int), f("source", str), f("source_id", int), f("rate", int)),
-        (f("bytes", int),),
+        (f("chunk_id", int), f("version", int), f("source", str), f("source_id", int), f("rate", int),
+         f("track", bool, optional=True), f("since", list, optional=True, max_items=2)),
+        (f("bytes", int), f("token", int, optional=True)),
     ),
     # Re-read a replica and check every block: `bad` lists the blocks that fail their checksum
     # (they are repaired, not the replica dropped); `whole` says the header itself was corrupt
@@ -335,6 +342,12 @@ SPECS: dict[Msg, MessageSpec] = {
     ),
     Msg.CS_FSYNC: MessageSpec((f("chunk_id", int), f("version", int), f("chain", list)), ()),
     Msg.CS_CHECKSUMS: MessageSpec((f("chunk_id", int), f("version", int)), (f("crcs", list),)),
+    # The source of a two-phase copy: note the blocks of the replica written from now on ...
+    Msg.CS_TRACK_WRITES: MessageSpec((f("chunk_id", int), f("version", int)), (f("token", int),)),
+    # ... and hand them over (NotFound when it cannot: restarted, replica made anew, another copy began).
+    Msg.CS_WRITTEN_SINCE: MessageSpec(
+        (f("chunk_id", int), f("token", int)), (f("blocks", list, max_items=MAX_BLOCKS),)
+    ),
     # A Raft message as a plain map (checked by raft.core.message_from_dict).
     Msg.RAFT: MessageSpec((f("m", dict),), (), notice=True),
     # A piece of a snapshot image at `offset` (raft/snapshot_files.py); an empty one asks how much is
