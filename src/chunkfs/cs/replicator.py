@@ -93,7 +93,7 @@ class Replicator:
         token: int | None = None
         try:
             conn = await self.server._peer(h["source"])
-            fetched = None if since is None else await self._catch_up(conn, chunk_id, version, since, rate)
+            fetched = None if since is None else await self._catch_up(conn, chunk_id, version, since)
             what = "caught up" if fetched is not None else "copied"
             if fetched is None:
                 if h.get("track"):
@@ -130,7 +130,7 @@ class Replicator:
             raise
         return fetched
 
-    async def _catch_up(self, conn: Connection, chunk_id: int, version: int, since: list[int], rate: int) -> int | None:
+    async def _catch_up(self, conn: Connection, chunk_id: int, version: int, since: list[int]) -> int | None:
         """Phase 2: move the copy made here at since[0] to `version`, fetch the blocks written since; None: can't.
 
         The chunk is frozen now, so the copy must then equal the source block for block.

@@ -578,16 +578,19 @@ class ReplicationMonitor:
                     await self.mds.chunks.delete_replica(target, chunk_id)
             self._refill()
 
-    def _replicate_call(self, source: int, target: int, settings: dict[str, float], header: dict[str, Any]) -> Any:
-        """CS_REPLICATE to `target`, fetching from `source` at the cluster's replication rate."""
+    async def _replicate(
+        self, source: int, target: int, settings: dict[str, float], header: dict[str, Any]
+    ) -> dict[str, Any]:
+        """CS_REPLICATE to `target`, fetching from `source` at the cluster's replication rate; the answer."""
         mds = self.mds
         server, src = mds.live.get(target), mds.live.get(source)
         if server is None or src is None:
             raise Unavailable(f"CS#{target if server is None else source} is offline")
         rate = int(settings["replication-rate"] * (1 << 20))
         size = mds.node.cluster.chunk_size
-        return server.conn.call(Msg.CS_REPLICATE, {
+        reply, _ = await server.conn.call(Msg.CS_REPLICATE, {
             **header, "source": src.addr, "source_id": source, "rate": rate}, timeout=30.0 + 4 * size / rate)
+        return reply
 
     async def _copy_bulk(
         self, chunk_id: int, source: int, target: int, settings: dict[str, float]
@@ -600,9 +603,12 @@ class ReplicationMonitor:
         if chunk is None:
             return None
         try:
-            reply, _ = await self._replicate_call(source, target, settings, {
+            reply = await self._replicate(source, target, settings, {
                 "chunk_id": chunk_id, "version": chunk.version, "track": True})
         except ChunkFSError as exc:
+            server = self.mds.live.get(target)
+            if server is None or server.conn.closed:
+                raise  # the target itself is gone (or frozen: given up): no frozen copy to it either
             logger.info("bulk copy of chunk %#x from CS#%d to CS#%d failed (%s); copying it frozen",
                         chunk_id, source, target, exc)
             return None
@@ -635,7 +641,7 @@ class ReplicationMonitor:
             if source in failed:
                 raise Unavailable(f"CS#{source} failed while the copy was being prepared")
             # With a bulk copy made (phase 1), only the blocks written since are fetched now.
-            reply, _ = await self._replicate_call(source, target, settings, {
+            reply = await self._replicate(source, target, settings, {
                 "chunk_id": chunk_id, "version": frozen.version, **({} if bulk is None else {"since": bulk})})
             final = [cs for cs in frozen.replicas if cs not in failed and cs != drop] + [target]
             new = (await chunks.set_replicas(
