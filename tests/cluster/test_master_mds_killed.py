@@ -12,6 +12,7 @@ import pytest
 from chunkfs.client.client import SyncClient
 from chunkfs.common.config import load_client_config
 from chunkfs.common.errors import ChunkFSError, NotMaster, Timeout
+from chunkfs.protocol import mds_link
 from chunkfs.protocol.messages import Msg
 from chunkfs.protocol.rpc import Credentials, connect
 from chunkfs.testing.cluster import master_id
@@ -154,6 +155,29 @@ def test_frozen_master_is_deposed_and_never_commits(make_cluster) -> None:
         assert "split-brain" not in names
         assert {"before", "during"} <= names
         assert master_id(c) == new
+
+
+def test_a_request_on_the_connection_to_a_frozen_master_goes_to_the_new_one(make_cluster, monkeypatch) -> None:
+    """Sent on the connection the client has to the master, frozen: it goes to the master the others elect.
+
+    The frozen master's connection stays open and says nothing; before, the request waited for its
+    whole call timeout (30 s) there, past the client's time for retries (20 s), and failed.  The
+    connection is watched for silence now (3 s here, 8 s by default).
+    """
+    monkeypatch.setattr(mds_link, "SILENCE_LIMIT", 3.0)
+    cluster = make_cluster(n_cs=2, n_mds=3)
+    with cluster.client() as c:
+        c.mkdir("/before")  # the connection to the master is open
+        old = master_id(c)
+        old_proc = cluster.find("mds", old)
+        os.kill(old_proc.pid, signal.SIGSTOP)
+        try:
+            c.mkdir("/during")  # with the default time for retries
+            new = master_id(c)
+        finally:
+            os.kill(old_proc.pid, signal.SIGCONT)
+        assert new != old
+        assert {"before", "during"} <= {name for name, _, _ in c.listdir("/")}
 
 
 def test_adding_two_mds_and_removing_one_while_clients_work(make_cluster) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 from chunkfs.common.errors import ChunkFSError, NotMaster, Timeout, Unavailable
 from chunkfs.common.timings import TIMINGS
 from chunkfs.protocol.messages import EXACTLY_ONCE, Msg
-from chunkfs.protocol.rpc import Connection, Credentials, NoticeHandler, connect
+from chunkfs.protocol.rpc import SILENCE_LIMIT, Connection, Credentials, NoticeHandler, connect
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,10 @@ class MdsLink:
             errors = []
             for addr in self.addrs:
                 try:
-                    conn = await connect(addr, self.creds, notice_handler=self.notice_handler, timeout=3.0)
+                    # Watched for silence: a frozen master (SIGSTOP, a hung host) is given up in seconds and
+                    # the request sent on to the one the others elect, not after the whole call timeout.
+                    conn = await connect(addr, self.creds, notice_handler=self.notice_handler, timeout=3.0,
+                                         silence_limit=SILENCE_LIMIT)
                     if self.on_connect is not None:
                         try:
                             await self.on_connect(conn)
@@ -116,8 +119,9 @@ class MdsLink:
                 self.close()
             except (Unavailable, Timeout) as exc:
                 last = exc
-                if isinstance(exc, Timeout):
-                    self._rotate()  # a deposed master that cannot commit answers nothing in time
+                # A deposed master that cannot commit answers nothing in time; a frozen one nothing at all,
+                # and its kernel still accepts a new connection: try the others first.
+                self._rotate()
                 self.close()
             if time.monotonic() + pause > deadline:
                 raise last
