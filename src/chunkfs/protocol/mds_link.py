@@ -101,6 +101,7 @@ class MdsLink:
         deadline = time.monotonic() + self.retry_for
         pause = 0.05
         while True:
+            conn: Connection | None = None
             try:
                 conn = await self._connection()
                 reply, _ = await conn.call(msg, header, timeout=timeout)
@@ -111,27 +112,30 @@ class MdsLink:
                     if hint in self.addrs:
                         self.addrs.remove(hint)
                     self.addrs.insert(0, hint)
-                else:
-                    # No hint (an MDS cut off from the others knows no master): try the next one,
+                elif conn is not None:
+                    # No hint (an MDS cut off from the others knows no master): try the others first,
                     # or a client that can still reach that MDS would never leave it.
-                    self._rotate()
+                    self._demote(conn.peer_name)
                 last: ChunkFSError = exc
                 self.close()
             except (Unavailable, Timeout) as exc:
                 last = exc
-                # A deposed master that cannot commit answers nothing in time; a frozen one nothing at all,
-                # and its kernel still accepts a new connection: try the others first.
-                self._rotate()
+                if conn is not None:
+                    # A deposed master that cannot commit answers nothing in time; a frozen one nothing
+                    # at all, and its kernel still accepts a new connection: try the others first.
+                    self._demote(conn.peer_name)
                 self.close()
             if time.monotonic() + pause > deadline:
                 raise last
             await asyncio.sleep(pause)
             pause = min(pause * 2, 1.0)
 
-    def _rotate(self) -> None:
-        """Move the address in use (first, see `_connection`) to the end of the list."""
-        if len(self.addrs) > 1:
-            self.addrs.append(self.addrs.pop(0))
+    def _demote(self, addr: str) -> None:
+        """Try `addr` last from now on.  Idempotent: every request waiting on a connection that failed
+        reports it, and rotating the list once per report brought the failed address back first."""
+        if addr in self.addrs and len(self.addrs) > 1:
+            self.addrs.remove(addr)
+            self.addrs.append(addr)
 
     def connections(self) -> list[Connection]:
         return [] if self._conn is None else [self._conn]
