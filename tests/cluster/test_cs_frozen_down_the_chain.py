@@ -29,41 +29,18 @@ def test_the_default_waits_blame_the_frozen_replica_not_the_head() -> None:
     assert cs_server.FORWARD_TIMEOUT < rpc.CALL_TIMEOUT
 
 
-def test_a_frozen_replica_down_the_chain_is_dropped_and_the_head_kept(make_cluster, monkeypatch) -> None:
-    monkeypatch.setenv("CHUNKFS_FORWARD_TIMEOUT", str(FORWARD_WAIT))
-    cluster = make_cluster(n_cs=4)
-    data = bytearray(os.urandom(MiB))
-    with cluster.client() as c:
-        f = c.open("/f", create=True)
-        c.run(f.write(0, bytes(data)))
-        c.run(f.fsync())
-        chain = c.run(c.client.io._write_map(f.ino, 0, set()))
-        head, victim = chain.replicas[0][0], chain.replicas[1][0]
-        number = cluster.cs_number(victim)
-        cluster.kill("cs", number, signal.SIGSTOP)
-        try:
-            data[4096:8192] = os.urandom(4096)
-            c.run(f.write(4096, bytes(data[4096:8192])))  # waits FORWARD_WAIT s for the frozen one
-            c.run(f.fsync())
-            holders = [r[0] for r in chunk_maps(c, f.ino, MiB)[0]["replicas"]]
-        finally:
-            cluster.kill("cs", number, signal.SIGCONT)
-        assert victim not in holders and head in holders, (head, victim, holders)
-        assert c.read(f.ino, 0, MiB) == bytes(data)
+def write_with_one_frozen(cluster, position: int) -> tuple[list[int], int, list[int]]:
+    """Write a file, freeze the replica at `position` of its chain, write 4 KiB more and fsync.
 
-
-@pytest.mark.parametrize("frozen", ["head", "second"])
-def test_a_frozen_replica_is_given_up_for_its_silence(make_cluster, monkeypatch, caplog, frozen: str) -> None:
-    monkeypatch.setenv("CHUNKFS_SILENCE_LIMIT", str(SILENCE))
-    monkeypatch.setattr(chunk_io, "SILENCE_LIMIT", float(SILENCE))
-    cluster = make_cluster(n_cs=4)
+    Returns the chain, the frozen replica and the replicas after; the file must read back whole.
+    """
     data = bytearray(os.urandom(MiB))
     with cluster.client() as c:
         f = c.open("/f", create=True)
         c.run(f.write(0, bytes(data)))
         c.run(f.fsync())
         chain = [r[0] for r in c.run(c.client.io._write_map(f.ino, 0, set())).replicas]
-        victim = chain[0] if frozen == "head" else chain[1]
+        victim = chain[position]
         number = cluster.cs_number(victim)
         cluster.kill("cs", number, signal.SIGSTOP)
         try:
@@ -73,7 +50,21 @@ def test_a_frozen_replica_is_given_up_for_its_silence(make_cluster, monkeypatch,
             holders = [r[0] for r in chunk_maps(c, f.ino, MiB)[0]["replicas"]]
         finally:
             cluster.kill("cs", number, signal.SIGCONT)
-        assert victim not in holders and set(chain) - {victim} <= set(holders), (chain, victim, holders)
-        # Given up for its silence, not after the request's wait (30 s at the client, 20 s at the head).
-        assert "sent nothing for" in caplog.text and "timed out" not in caplog.text, caplog.text
         assert c.read(f.ino, 0, MiB) == bytes(data)
+    return chain, victim, holders
+
+
+def test_a_frozen_replica_down_the_chain_is_dropped_and_the_head_kept(make_cluster, monkeypatch) -> None:
+    monkeypatch.setenv("CHUNKFS_FORWARD_TIMEOUT", str(FORWARD_WAIT))  # the head waits FORWARD_WAIT s for it
+    chain, victim, holders = write_with_one_frozen(make_cluster(n_cs=4), 1)
+    assert victim not in holders and chain[0] in holders, (chain, victim, holders)
+
+
+@pytest.mark.parametrize("position", [0, 1], ids=["head", "second"])
+def test_a_frozen_replica_is_given_up_for_its_silence(make_cluster, monkeypatch, caplog, position: int) -> None:
+    monkeypatch.setenv("CHUNKFS_SILENCE_LIMIT", str(SILENCE))
+    monkeypatch.setattr(chunk_io, "SILENCE_LIMIT", float(SILENCE))
+    chain, victim, holders = write_with_one_frozen(make_cluster(n_cs=4), position)
+    assert victim not in holders and set(chain) - {victim} <= set(holders), (chain, victim, holders)
+    # Given up for its silence, not after the request's wait (30 s at the client, 20 s at the head).
+    assert "sent nothing for" in caplog.text and "timed out" not in caplog.text, caplog.text

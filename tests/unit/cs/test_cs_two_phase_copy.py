@@ -96,29 +96,30 @@ def test_blocks_written_during_and_after_the_bulk_copy_reach_the_copy(stores) ->
     assert dst.block_checksums(CID, 2) == src.block_checksums(CID, 2)
 
 
-def test_a_source_that_cannot_say_what_changed_means_a_whole_copy(stores) -> None:
+def bulk_copied(stores: tuple[ChunkStore, ChunkStore]) -> tuple[ChunkStore, ChunkStore, Target, int]:
+    """A source with a full chunk at version 1, bulk-copied to the target: (source, target store, target, token)."""
     src, dst = stores
     src.create(CID, 1)
     src.write(CID, 1, 0, os.urandom(MiB))
     target = Target(dst, Source(src))
-    bulk = replicate(target, 1, track=True)
+    return src, dst, target, replicate(target, 1, track=True)["token"]
+
+
+def test_a_source_that_cannot_say_what_changed_means_a_whole_copy(stores) -> None:
+    src, dst, target, token = bulk_copied(stores)
     src.write(CID, 1, 0, os.urandom(4096))
     src.written.forget(CID)  # as after a restart of the source
     with pytest.raises(NotFound):
-        src.written_since(CID, bulk["token"])
+        src.written_since(CID, token)
     src.set_version(CID, 1, 2)
-    assert replicate(target, 2, since=[1, bulk["token"]])["bytes"] == MiB  # whole, not caught up
+    assert replicate(target, 2, since=[1, token])["bytes"] == MiB  # whole, not caught up
     assert dst.read(CID, 2, 0, MiB) == src.read(CID, 2, 0, MiB)
 
 
 def test_a_catch_up_that_does_not_match_the_source_leaves_no_replica(stores) -> None:
-    src, dst = stores
-    src.create(CID, 1)
-    src.write(CID, 1, 0, os.urandom(MiB))
-    target = Target(dst, Source(src))
-    bulk = replicate(target, 1, track=True)
+    src, dst, target, token = bulk_copied(stores)
     dst.write(CID, 1, 5 * BS, os.urandom(10))  # the copy differs where the source saw no write
     src.set_version(CID, 1, 2)
     with pytest.raises(ChunkFSError, match="differs from the source"):
-        replicate(target, 2, since=[1, bulk["token"]])
+        replicate(target, 2, since=[1, token])
     assert dst.version_of(CID) is None
