@@ -11,6 +11,7 @@ is waited for.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -73,6 +74,25 @@ async def test_a_live_peer_slower_than_the_limit_is_waited_for() -> None:
         # Idle for longer than the limit, then a request: the silence counts from the request.
         await asyncio.sleep(LIMIT * 2)
         assert await conn.call(Msg.PING, {}, timeout=WAIT) == ({"role": "cs", "node": "s"}, b"")
+    finally:
+        conn.close()
+        await server.close()
+
+
+async def test_this_side_stopped_for_longer_than_the_limit_does_not_blame_the_peer() -> None:
+    """A paused process (SIGSTOP, a VM paused, a starved machine) finds its silence check late on resume.
+
+    The silence was its own: neither did it read what came nor send its pings.  Blaming the peer
+    would have a mount that was paused report healthy chunk servers as failed.
+    """
+    server = await serve(slow_for=LIMIT * 5, frozen=False)
+    conn, call = await ask(server, LIMIT)
+    waiting = asyncio.ensure_future(call)
+    try:
+        await asyncio.sleep(0.05)  # the request is on its way
+        time.sleep(LIMIT * 2.5)  # this side's loop stopped: nothing read, no ping sent
+        assert await waiting == ({"crcs": [1]}, b"")
+        assert not conn.closed
     finally:
         conn.close()
         await server.close()

@@ -202,6 +202,7 @@ class Connection(asyncio.BufferedProtocol):
         self.silence_limit = silence_limit
         self._heard = time.monotonic()
         self._silence_check: asyncio.TimerHandle | None = None
+        self._check_due = 0.0
         self._pinging = False
 
     @property
@@ -470,7 +471,7 @@ class Connection(asyncio.BufferedProtocol):
         timer = loop.call_later(timeout, _expire, fut)
         if self.silence_limit is not None and self._silence_check is None:
             self._heard = time.monotonic()  # silence counts from now, not from an idle spell before
-            self._silence_check = loop.call_later(self._ping_after, self._check_silence)
+            self._arm_silence_check()
         try:
             self._send(Kind.REQUEST, mtype, rid, header, payload)
         except (ConnectionError, OSError) as exc:
@@ -484,6 +485,10 @@ class Connection(asyncio.BufferedProtocol):
     def _ping_after(self) -> float:
         return min(PING_AFTER, (self.silence_limit or CALL_TIMEOUT) / 4)
 
+    def _arm_silence_check(self) -> None:
+        self._check_due = time.monotonic() + self._ping_after
+        self._silence_check = asyncio.get_running_loop().call_later(self._ping_after, self._check_silence)
+
     def _check_silence(self) -> None:
         """While requests wait: ping a peer gone quiet, give up one silent for `silence_limit` s."""
         self._silence_check = None
@@ -491,8 +496,11 @@ class Connection(asyncio.BufferedProtocol):
             return
         assert self.silence_limit is not None
         now = time.monotonic()
-        if self._reading_paused:
-            self._heard = now  # this side is not reading: the silence would be its own
+        if self._reading_paused or now - self._check_due > self._ping_after:
+            # This side is not reading, or was itself stopped (its check ran a period late: a paused
+            # process or host, a starved machine): the silence would be its own, and the bytes the
+            # peer sent meanwhile may not even be read yet.  The peer gets a fresh limit.
+            self._heard = now
         silent = now - self._heard
         if silent >= self.silence_limit:
             why = (f"{self.peer_name} sent nothing for {silent:.1f} s, not even an answer to a ping, while "
@@ -502,7 +510,7 @@ class Connection(asyncio.BufferedProtocol):
             return
         if silent >= self._ping_after and not self._pinging:
             self._spawn(self._ping())
-        self._silence_check = asyncio.get_running_loop().call_later(self._ping_after, self._check_silence)
+        self._arm_silence_check()
 
     async def _ping(self) -> None:
         """One PING; its answer (any byte from the peer, in fact) is what the silence watch needs."""
