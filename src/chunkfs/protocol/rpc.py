@@ -485,9 +485,10 @@ class Connection(asyncio.BufferedProtocol):
     def _ping_after(self) -> float:
         return min(PING_AFTER, (self.silence_limit or CALL_TIMEOUT) / 4)
 
-    def _arm_silence_check(self) -> None:
-        self._check_due = time.monotonic() + self._ping_after
-        self._silence_check = asyncio.get_running_loop().call_later(self._ping_after, self._check_silence)
+    def _arm_silence_check(self, delay: float | None = None) -> None:
+        delay = self._ping_after if delay is None else delay
+        self._check_due = time.monotonic() + delay
+        self._silence_check = asyncio.get_running_loop().call_later(delay, self._check_silence)
 
     def _check_silence(self) -> None:
         """While requests wait: ping a peer gone quiet, give up one silent for `silence_limit` s."""
@@ -510,7 +511,8 @@ class Connection(asyncio.BufferedProtocol):
             return
         if silent >= self._ping_after and not self._pinging:
             self._spawn(self._ping())
-        self._arm_silence_check()
+        # The next look comes when the limit is reached, if nothing is heard before (not up to a period after).
+        self._arm_silence_check(min(self._ping_after, max(0.01, self.silence_limit - silent)))
 
     async def _ping(self) -> None:
         """One PING; its answer (any byte from the peer, in fact) is what the silence watch needs."""
