@@ -594,8 +594,8 @@ class ReplicationMonitor:
 
     async def _copy_bulk(
         self, chunk_id: int, source: int, target: int, settings: dict[str, float]
-    ) -> list[int] | None:
-        """Phase 1: the whole chunk copied to `target` while writers go on; [version, token] for phase 2.
+    ) -> tuple[list[int], int] | None:
+        """Phase 1: the whole chunk copied to `target` while writers go on; ([version, token], bytes) for phase 2.
 
         None when it failed: phase 2 then copies the whole chunk, frozen, as a one-phase copy does.
         """
@@ -612,14 +612,12 @@ class ReplicationMonitor:
             logger.info("bulk copy of chunk %#x from CS#%d to CS#%d failed (%s); copying it frozen",
                         chunk_id, source, target, exc)
             return None
-        if self.episode is not None:
-            self.episode.bytes += int(reply["bytes"])
         token = reply.get("token")
-        return None if token is None else [chunk.version, int(token)]
+        return None if token is None else ([chunk.version, int(token)], int(reply["bytes"]))
 
     async def _copy_frozen(
         self, chunk_id: int, source: int, target: int, drop: int | None, settings: dict[str, float],
-        bulk: list[int] | None = None,
+        bulk: tuple[list[int], int] | None = None,
     ) -> bool:
         mds, chunks = self.mds, self.mds.chunks
         chunk = mds.store.chunk(chunk_id)
@@ -632,6 +630,8 @@ class ReplicationMonitor:
             h = self.health(chunk, {}, self.compute_states(settings))
             if source not in h.good or target in h.good or (drop is None and not h.need) or \
                     (drop is not None and drop not in h.good):
+                logger.info("copy of chunk %#x from CS#%d to CS#%d no longer needed (good %s, need %d)%s",
+                            chunk_id, source, target, sorted(h.good), h.need, "; its bulk copy is dropped" * bool(bulk))
                 return False
             # Freeze: the replicas to copy from move to a new version (writers with the old map must ask
             # again, and wait on the lock); silent ones keep their place in the list but are not asked.
@@ -642,7 +642,7 @@ class ReplicationMonitor:
                 raise Unavailable(f"CS#{source} failed while the copy was being prepared")
             # With a bulk copy made (phase 1), only the blocks written since are fetched now.
             reply = await self._replicate(source, target, settings, {
-                "chunk_id": chunk_id, "version": frozen.version, **({} if bulk is None else {"since": bulk})})
+                "chunk_id": chunk_id, "version": frozen.version, **({} if bulk is None else {"since": bulk[0]})})
             final = [cs for cs in frozen.replicas if cs not in failed and cs != drop] + [target]
             new = (await chunks.set_replicas(
                 frozen, final, move=[cs for cs in final if cs not in h.waiting],
@@ -652,7 +652,7 @@ class ReplicationMonitor:
                 self.episode.copies += 1
             else:
                 self.episode.moves += 1
-            self.episode.bytes += int(reply["bytes"])
+            self.episode.bytes += int(reply["bytes"]) + (0 if bulk is None else bulk[1])  # a copy made: both phases
             self.episode.last_done = time.monotonic()
         logger.info("chunk %#x copied from CS#%d to CS#%d (%d bytes)%s; version %#x", chunk_id, source, target,
                     reply["bytes"], f", moved off CS#{drop}" if drop is not None else "", new.version)
