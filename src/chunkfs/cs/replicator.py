@@ -119,9 +119,8 @@ class Replicator:
         await asyncio.to_thread(store.delete, chunk_id)
         await asyncio.to_thread(store.create, chunk_id, version)
         try:
-            runs = [(first, min(self._per_piece, store.n_blocks - first))
-                    for first in range(0, store.n_blocks, self._per_piece)]
-            fetched = await self._fetch(conn, chunk_id, version, source_crcs, runs, rate, zero_fill=False)
+            fetched = await self._fetch(conn, chunk_id, version, source_crcs,
+                                        _runs(range(store.n_blocks), self._per_piece), rate, zero_fill=False)
             await asyncio.to_thread(store.fsync, chunk_id, version)
             if compare:
                 await self._compare(chunk_id, version, source_crcs)
@@ -262,7 +261,7 @@ class Replicator:
         return None, all_bad
 
 
-def _runs(blocks: list[int], most: int) -> list[tuple[int, int]]:
+def _runs(blocks: Iterable[int], most: int) -> list[tuple[int, int]]:
     """Sorted block numbers as (first, count) runs of consecutive blocks, at most `most` long."""
     runs: list[tuple[int, int]] = []
     for block in blocks:
