@@ -11,12 +11,14 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import signal
 import sqlite3
 import time
 from pathlib import Path
 
 import pytest
 
+from chunkfs.protocol.messages import SESSION_TTL
 from chunkfs.testing.cluster import master_id, wait_for
 
 from .conftest import MiB, chunkfs, run
@@ -138,6 +140,32 @@ def test_unlinked_file_survives_master_kill_and_other_mount(make_cluster, mount)
     assert not (one / "held").exists()
     wait_for("the orphan's chunks to be freed after the master change",
              lambda: chunk_count(cluster) == 0, timeout=60)
+
+
+def test_unlinked_file_survives_the_master_stopped_longer_than_a_session(make_cluster, mount) -> None:
+    """The master does not count the time it was itself stopped as the mount's silence."""
+    cluster = make_cluster(n_cs=3, chunk_size=1 * MiB)
+    mnt = mount(cluster)
+    fd = os.open(mnt / "held", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.pwrite(fd, b"x" * MiB, 0)
+        os.fsync(fd)
+        os.unlink(mnt / "held")
+        cluster.kill("mds", 1, signal.SIGSTOP)
+        try:
+            time.sleep(SESSION_TTL + 4)
+        finally:
+            cluster.kill("mds", 1, signal.SIGCONT)
+        wait_for("the master to answer", lambda: chunk_count(cluster) >= 0, timeout=30)
+        time.sleep(3)  # the master's reaper runs at once on resume, and again on the next renewal
+        assert chunk_count(cluster) == 1
+        assert os.pread(fd, MiB, 0) == b"x" * MiB
+        os.pwrite(fd, b"y", MiB)
+        os.fsync(fd)
+        assert os.fstat(fd).st_size == MiB + 1
+    finally:
+        os.close(fd)
+    wait_for("the orphan's chunk to be freed at its last close", lambda: chunk_count(cluster) == 0, timeout=30)
 
 
 def test_sqlite_default_journal_with_temporary_tables(make_cluster, mount) -> None:

@@ -134,7 +134,7 @@ class ClusterView:
             if extra["metrics"]:
                 metrics.append({"role": "mds", "id": m["id"], "url": extra["metrics"]})
         io = {"read_bps": 0, "write_bps": 0, "read_iops": 0.0, "write_iops": 0.0}
-        now = time.monotonic()
+        now = server.awake()
         for s in stat["cs"]:
             live = server.live.get(s["id"])
             extra = self.cs.get(s["id"], {}) if live else {}

@@ -125,7 +125,7 @@ class ReplicationMonitor:
 
     def __init__(self, mds: MetadataServer) -> None:
         self.mds = mds
-        #: cs_id -> monotonic time of its last sign of life, for servers not connected now.
+        #: cs_id -> its last sign of life (on `clock`), for servers not connected now.
         self.silent_since: dict[int, float] = {}
         #: Where each server is (soft: from registration): cs_id -> (location, tier).
         self.labels: dict[int, tuple[str, int]] = {}
@@ -148,7 +148,9 @@ class ReplicationMonitor:
         self._work: list[Need] = []
         self._work_settings: dict[str, float] = {}
         self.last_episode: dict[str, Any] | None = None
-        self._started = time.monotonic()
+        #: Silence is measured on the master's awake clock: its own pauses are not the servers' fault.
+        self.clock = mds.awake
+        self._started = self.clock()
         self._task: asyncio.Task[None] | None = None
         self._rng = random.Random()  # noqa: S311 - placement only
         self._settings: dict[str, float] = {}
@@ -162,7 +164,7 @@ class ReplicationMonitor:
 
     def start(self) -> None:
         """On becoming master: servers not connected yet are silent from now on."""
-        now = time.monotonic()
+        now = self.clock()
         self._started = now
         self.silent_since = {cs["id"]: now for cs in self.mds.store.chunk_servers() if cs["id"] not in self.mds.live}
         self.states = {}
@@ -218,7 +220,7 @@ class ReplicationMonitor:
 
     def compute_states(self, settings: dict[str, float] | None = None) -> dict[int, str]:
         settings = settings or self.settings()
-        now = time.monotonic()
+        now = self.clock()
         out = {}
         for cs in self.mds.store.chunk_servers():
             cs_id = cs["id"]
@@ -240,7 +242,7 @@ class ReplicationMonitor:
         live = self.mds.live.get(cs_id)
         if live is None or live.reporting or cs_id in self.draining:
             return False
-        return time.monotonic() - live.last_seen < self.settings()["cs-inactive-timeout"]
+        return self.clock() - live.last_seen < self.settings()["cs-inactive-timeout"]
 
     def _sense(self) -> tuple[dict[int, str], dict[int, LiveServer]]:
         return self.compute_states(), self.mds.live

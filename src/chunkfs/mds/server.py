@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from chunkfs.common.addr import parse_addr
+from chunkfs.common.awake_clock import AwakeClock
 from chunkfs.common.config import NodeConfig, save_node_file
 from chunkfs.common.errors import (
     ChunkFSError,
@@ -133,6 +134,8 @@ class MetadataServer:
         self.rpc = RpcServer(self.creds, self.handle, notice_handler=self.take_notice, on_close=self._on_close)
         #: Mounts told of other clients' changes, so their kernels can cache names and attributes (watchers.py).
         self.watchers = Watchers()
+        #: The clock peers' silence is measured on: this server's own pauses left out (awake_clock.py).
+        self.awake = AwakeClock()
         self.live: dict[int, LiveServer] = {}
         self._background: set[asyncio.Task[Any]] = set()
         #: The only changer of chunks' versions and replica sets, and their locks (chunks.py).
@@ -149,7 +152,7 @@ class MetadataServer:
         #: Exclusive file leases (soft state, reclaimed by holders after a master change).
         self.leases = LeaseTable()
         #: Files mounts hold open (soft state) and the freeing of unlinked ones (open_files.py).
-        self.open_files = OpenFileTable()
+        self.open_files = OpenFileTable(clock=self.awake)
         self.reaper = OrphanReaper(self)
         #: Operators' view (cluster_view.py) and /metrics + dashboard (metrics.py).
         self.view = ClusterView(self)
@@ -174,6 +177,7 @@ class MetadataServer:
             save_node_file(self.directory, self.node)
         self._learn_members()
         await self.rpc.start_serving()
+        self._spawn(self.awake.run())
         self._spawn(self.view.run())
         self._spawn(self._checkpointer())
         logger.info("MDS#%d of cluster %r serving on %s", self.node.node_id, self.node.cluster.name, self.node.addr)
@@ -749,7 +753,7 @@ class MetadataServer:
             elif server.reporting:
                 out[cs_id] = "still reporting its replicas"
             else:
-                out[cs_id] = f"silent for {time.monotonic() - server.last_seen:.0f}s"
+                out[cs_id] = f"silent for {self.awake() - server.last_seen:.0f}s"
         return out
 
     async def _ensure_created(self, chunk: Chunk) -> Chunk:
@@ -887,7 +891,8 @@ class MetadataServer:
         old = self.live.get(cs_id)
         if old is not None and old.conn is not conn:
             old.conn.close()
-        server = LiveServer(cs_id, h["addr"], h["host"], conn, h["total"], h["free"], reporting=True,
+        server = LiveServer(cs_id, h["addr"], h["host"], conn, h["total"], h["free"], last_seen=self.awake(),
+                            reporting=True,
                             replicas=HeldReplicas(cs_id, self.store.listed_on, self.store.still_listed))
         last = not h.get("more")
         delete, held, upto = self._take_replicas(server, reported, last)
@@ -909,7 +914,7 @@ class MetadataServer:
             raise Unavailable(f"CS#{server.cs_id} registered again on another connection")
         reported = int_pairs(h["replicas"], "replicas")
         delete, held, upto = self._take_replicas(server, reported, h["last"])
-        server.last_seen = time.monotonic()
+        server.last_seen = self.awake()
         await self._covered(server, held, upto, h["last"])
         return {"delete": delete}
 
@@ -975,7 +980,7 @@ class MetadataServer:
         if not isinstance(server, LiveServer) or server.cs_id != h["cs_id"]:
             raise InvalidArgument("heartbeat before registration")
         server.total, server.free, server.load = h["total"], h["free"], h["load"]
-        server.last_seen = time.monotonic()
+        server.last_seen = self.awake()
         self.view.note_heartbeat(server.cs_id, h)
         return {"settings": self.healing.cs_settings()}
 

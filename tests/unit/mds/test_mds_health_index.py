@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import tempfile
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -35,6 +36,7 @@ class Master:
     def __init__(self, store: MetadataStore) -> None:
         self.store = store
         self.live: dict[int, LiveServer] = {}
+        self.awake = time.monotonic
         self.node = SimpleNamespace(cluster=SimpleNamespace(chunk_size=CS))
         self.states: dict[int, str] = {}
         self.index = 0
