@@ -8,6 +8,7 @@ driven with the shell, coreutils, tar, sqlite3 and plain system calls.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -18,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from chunkfs.client.fuse_session import state_dir
+from chunkfs.common.daemon import read_pid
 from chunkfs.protocol.messages import SESSION_TTL
 from chunkfs.testing.cluster import master_id, wait_for
 
@@ -166,6 +169,51 @@ def test_unlinked_file_survives_the_master_stopped_longer_than_a_session(make_cl
     finally:
         os.close(fd)
     wait_for("the orphan's chunk to be freed at its last close", lambda: chunk_count(cluster) == 0, timeout=30)
+
+
+def test_unlinked_file_survives_the_mount_stopped_or_cut_off_for_a_while(make_cluster, mount) -> None:
+    """A mount silent for longer than its renewals (stopped here; a network cut alike) keeps what it holds."""
+    cluster = make_cluster(n_cs=3, chunk_size=1 * MiB)
+    mnt = mount(cluster)
+    pid = read_pid(state_dir(mnt))
+    assert pid is not None
+    fd = os.open(mnt / "held", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.pwrite(fd, b"x" * MiB, 0)
+        os.fsync(fd)
+        os.unlink(mnt / "held")
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            time.sleep(2 * SESSION_TTL)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert os.pread(fd, MiB, 0) == b"x" * MiB  # on the code before: ESTALE, the file freed
+        os.pwrite(fd, b"y", MiB)
+        os.fsync(fd)
+        assert chunk_count(cluster) == 2
+    finally:
+        os.close(fd)
+    wait_for("the orphan's chunks to be freed at its last close", lambda: chunk_count(cluster) == 0, timeout=30)
+
+
+def test_a_killed_mounts_unlinked_files_are_freed_after_the_session_timeout(make_cluster, mount) -> None:
+    cluster = make_cluster(n_cs=3, chunk_size=1 * MiB)
+    with cluster.client() as client:
+        client.set_config({"session-timeout": "10"})
+    mnt = mount(cluster)
+    pid = read_pid(state_dir(mnt))
+    assert pid is not None
+    fd = os.open(mnt / "held", os.O_RDWR | os.O_CREAT, 0o644)
+    os.pwrite(fd, b"x" * MiB, 0)
+    os.fsync(fd)
+    os.unlink(mnt / "held")
+    assert chunk_count(cluster) == 1
+    os.kill(pid, signal.SIGKILL)  # the mount fixture clears the dead mount
+    try:
+        wait_for("the dead mount's unlinked file to be freed", lambda: chunk_count(cluster) == 0, timeout=60)
+    finally:
+        with contextlib.suppress(OSError):  # ENOTCONN: nobody serves the mount any more
+            os.close(fd)
 
 
 def test_sqlite_default_journal_with_temporary_tables(make_cluster, mount) -> None:

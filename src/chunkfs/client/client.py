@@ -158,9 +158,17 @@ class Client:
         """The mount's last close of `ino`."""
         await self.mds.call(Msg.RELEASE, {"ino": ino, "session": session})
 
-    async def renew_session(self, session: str, open_inos: list[int]) -> bool:
-        """Keep a mount's session alive, (re-)registering `open_inos`; False if the master did not know it."""
-        return bool((await self.mds.call(Msg.SESSION, {"session": session, "open": open_inos}))["known"])
+    async def renew_session(self, session: str, open_inos: list[int], complete: bool = True) -> bool:
+        """Keep a mount's session alive, (re-)registering `open_inos`; False if the master did not know it.
+
+        `complete`: no more files follow (the last page of a re-registration, or a plain renewal).
+        """
+        reply = await self.mds.call(Msg.SESSION, {"session": session, "open": open_inos, "complete": complete})
+        return bool(reply["known"])
+
+    async def end_session(self, session: str) -> None:
+        """The mount unmounts: what it held open is released, and no new master waits for it."""
+        await self.mds.call(Msg.SESSION, {"session": session, "open": [], "end": True})
 
     async def readdir_page(self, ino: int, after: bytes, limit: int) -> dict[str, Any]:
         """One page of a directory after the name `after`, with each entry's attributes.

@@ -77,7 +77,7 @@ import pyfuse3
 from chunkfs.client.client import Client
 from chunkfs.client.kernel_cache import WHOLE_NAMES_MAX, KernelCache
 from chunkfs.common.change_time import change_ctime
-from chunkfs.common.errors import Busy, ChunkFSError, ConfigError, NotFound, ProtocolError
+from chunkfs.common.errors import Busy, ChunkFSError, ConfigError, NotFound, ProtocolError, Unavailable
 from chunkfs.common.names import check_name_length
 from chunkfs.common.timings import TIMINGS
 from chunkfs.protocol.mds_link import DEFAULT_RETRY_FOR
@@ -109,6 +109,8 @@ INODE_CAPACITY = 1 << 32
 FRESH_DIRS_MAX = 4096
 #: How long a new connection waits for the master to take its WATCH, seconds.
 WATCH_TIMEOUT = 5.0
+#: Times a mount re-sends its open files to masters that keep changing while it does, per renewal.
+SESSION_RESEND_TRIES = 3
 #: renameat2's flag (linux/fs.h): fail rather than replace an existing target.
 RENAME_NOREPLACE = 1
 #: Reported I/O block size: what `cp` and friends size their buffers by; the
@@ -897,19 +899,36 @@ class ChunkFSOperations(pyfuse3.Operations):
 
     async def _keep_session(self) -> None:
         """Renew this mount's session; re-send what it holds open when the master does not know it."""
+        unsent = False  # the master did not know the session, and has not had every file yet
         while True:
             try:
-                if not await self.client.renew_session(self.session, []):
-                    held = sorted(self.files)
-                    for start in range(0, len(held), SESSION_OPEN_PAGE):
-                        await self.client.renew_session(self.session, held[start:start + SESSION_OPEN_PAGE])
-                    logger.info("master did not know session %s: re-registered %d open file(s)",
-                                self.session, len(held))
+                if unsent or not await self.client.renew_session(self.session, []):
+                    unsent = True
+                    await self._resend_open_files()
+                    unsent = False
             except ChunkFSError as exc:
                 logger.warning("could not renew mount session %s (%s); retrying", self.session, exc)
             for ino in [i for i in self._unreleased if i not in self.files]:
                 await self._release_ino(ino)
             await asyncio.sleep(SESSION_TTL / 4)
+
+    async def _resend_open_files(self) -> None:
+        """Send the master every file this mount holds open, the last page marked complete.
+
+        A page the master answers as from an unknown session means a new master since the first
+        one: it may lack the pages before, so all of them go again (a bounded number of times).
+        """
+        for _ in range(SESSION_RESEND_TRIES):
+            held = sorted(self.files)
+            pages = [held[start:start + SESSION_OPEN_PAGE] for start in range(0, len(held), SESSION_OPEN_PAGE)]
+            pages = pages or [[]]
+            for number, page in enumerate(pages, 1):
+                if not await self.client.renew_session(self.session, page, complete=number == len(pages)):
+                    break
+            else:
+                logger.info("master did not know session %s: re-registered %d open file(s)", self.session, len(held))
+                return
+        raise Unavailable(f"the master changed {SESSION_RESEND_TRIES} times while this mount re-sent its open files")
 
     async def close(self) -> None:
         """Stop renewing and hand back every lease, stop invalidating (at unmount, before FUSE closes)."""
@@ -920,9 +939,9 @@ class ChunkFSOperations(pyfuse3.Operations):
         if self._renewer is not None:
             self._renewer.cancel()
         held = [self._release_lease(of) for of in list(self.files.values())]
-        # Bounded: with the master unreachable, the leases simply expire.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*held), LEASE_TTL / 2)
+        # Bounded: with the master unreachable, the leases simply expire, and the session with them.
+        with contextlib.suppress(TimeoutError, ChunkFSError):
+            await asyncio.wait_for(asyncio.gather(*held, self.client.end_session(self.session)), LEASE_TTL / 2)
 
     def _handle(self, fh: int) -> OpenFile:
         of = self.handles.get(fh)

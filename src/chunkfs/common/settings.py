@@ -30,12 +30,15 @@ class Setting:
 #: Defaults in the spirit of Virtuozzo Storage: a silent chunk server stops
 #: receiving new chunks after seconds and is declared offline — its replicas
 #: re-created elsewhere — only after minutes, so a reboot does not start a
-#: storm of copies.  Tests set seconds.
+#: storm of copies.  Likewise a mount silent for minutes (stopped, cut off)
+#: keeps the unlinked files it holds open.  Tests set seconds.
 SETTINGS: dict[str, Setting] = {s.name: s for s in (
     Setting("cs-inactive-timeout", 10.0, 1.0, 3600.0, "s",
             "silence after which a chunk server gets no new chunks"),
     Setting("cs-offline-timeout", 300.0, 2.0, 7 * 86400.0, "s",
             "silence after which a chunk server is offline and its replicas are re-created elsewhere"),
+    Setting("session-timeout", 600.0, 10.0, 7 * 86400.0, "s",
+            "silence after which a mount is taken for dead and the unlinked files it held open are freed"),
     Setting("replication-rate", 64.0, 0.1, 10000.0, "MiB/s",
             "bandwidth one chunk server spends fetching replicas (healing, rebalancing)"),
     Setting("replication-per-cs", 2, 1, 64, "copies",

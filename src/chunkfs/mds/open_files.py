@@ -4,21 +4,29 @@ Which mount has which file open is *soft state* of the master, like the
 exclusive leases (`leases.py`): an open and a close are not worth a Raft
 commit each.  What must survive a master change is replicated: an unlinked
 file that may still be open becomes an *orphan* in the store (no name,
-``nlink`` 0, chunks kept), and only a ``free_orphans`` command frees it.
+``nlink`` 0, chunks kept), and only a ``free_orphans`` command frees it; and
+the *sessions* themselves, one per running mount (``open_session``, once per
+mount; ``close_sessions`` at unmount or expiry), so that a new master knows
+whom to wait for.
 
 So the rules are:
 
 * a mount registers every inode it opens (OPEN, or CREATE with its session)
-  and releases it at its last close (RELEASE); it renews its *session* every
+  and releases it at its last close (RELEASE); it renews its session every
   quarter of `SESSION_TTL`, and re-sends all its open inodes when the master
-  answers that it does not know the session (a new master, or an expiry);
+  answers that it does not know the session (a new master, or an expiry),
+  the last page marked ``complete``; at unmount it ends the session;
 * unlink and rename free a file at once only when no session holds it;
   otherwise they leave an orphan;
+* a session is taken for dead only after ``session-timeout`` (minutes) of
+  silence, measured on the master's awake clock: a mount that was stopped or
+  cut off for a while keeps what it holds open, as it would on a local disk;
 * `OrphanReaper` frees orphans that nobody holds: at their last release, when
-  a session expires (a mount died), and in a sweep once a new master's grace
-  period — one session lifetime, in which mounts re-register — is over.
-  During the grace period every inode counts as held: the new master cannot
-  know yet.
+  a session expires or ends, and in a sweep once a new master's grace period
+  is over.  During the grace period every inode counts as held: the new
+  master cannot know yet.  It ends when every session the store lists has
+  re-sent its open files, or after ``session-timeout`` for those that never
+  come back (they are closed then).
 
 An inode being freed is in `OpenFileTable.freeing` from the moment the
 decision is made until the command is applied: an OPEN that arrives in
@@ -30,10 +38,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from chunkfs.common.errors import ChunkFSError, InvalidArgument, NotFound, Unavailable
+from chunkfs.common.settings import SETTINGS
+from chunkfs.mds.store import MAX_SESSIONS
 from chunkfs.protocol.messages import SESSION_TTL
 
 if TYPE_CHECKING:
@@ -41,9 +51,12 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: Sessions, and open inodes per session, the table keeps at most (bounds on soft state).
-MAX_SESSIONS = 10_000
+#: Open inodes per session the table keeps at most (a bound on soft state; sessions: `MAX_SESSIONS`).
 MAX_OPEN_PER_SESSION = 1_000_000
+#: How long a silent session is kept by default, seconds (the cluster setting ``session-timeout``).
+SESSION_TIMEOUT = SETTINGS["session-timeout"].default
+#: How often the reaper looks for orphans nobody holds, besides being told (seconds).
+SWEEP_EVERY = SESSION_TTL
 #: Orphans freed by one command, and looked at by one sweep.
 ORPHAN_BATCH = 1000
 #: A removed directory is kept this long (seconds, by the master's clock) for processes still in
@@ -54,48 +67,90 @@ REMOVED_DIR_KEEP = 600.0
 class OpenFileTable:
     """Sessions and the inodes they hold open; no I/O, a clock to inject for tests."""
 
-    def __init__(self, ttl: float = SESSION_TTL, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, ttl: float = SESSION_TIMEOUT, clock: Callable[[], float] = time.monotonic) -> None:
+        #: Silence after which a session expires (``session-timeout``), seconds on `clock`.
         self.ttl = ttl
         self.clock = clock
-        #: session -> expiry on `clock`
+        #: session -> when it was last heard from, on `clock` (so a changed `ttl` applies at once)
         self.sessions: dict[str, float] = {}
         self.opens: dict[str, set[int]] = {}
         #: inode -> sessions that hold it
         self.holders: dict[int, set[str]] = {}
         self.freeing: set[int] = set()
+        #: Sessions that renewed with this master (SESSION): an OPEN alone does not make one known,
+        #: or a mount whose first request to a new master is an open would never re-send the others.
+        self.known: set[str] = set()
+        #: Sessions that have sent this master every file they hold open.
+        self.complete: set[str] = set()
+        #: Sessions the store lists (committed with ``open_session``), as far as this master knows.
+        self.stored: set[str] = set()
+        #: Whether `stored` has everything committed before this master's term (`listed`).
+        self.is_listed = False
+        #: Sessions expired or ended, to be closed in the store.
+        self.ended: set[str] = set()
         self.grace_until = 0.0
 
     def start_grace(self) -> None:
-        """This server has just become master: forget everything; mounts re-register within one TTL."""
-        self.sessions.clear()
-        self.opens.clear()
-        self.holders.clear()
+        """This server has just become master: forget everything; wait for the store's sessions (`listed`)."""
+        for table in (self.sessions, self.opens, self.holders, self.known, self.complete, self.stored, self.ended):
+            table.clear()
         self.freeing.clear()
+        self.is_listed = False
         self.grace_until = self.clock() + self.ttl
 
+    def listed(self, stored: Iterable[str]) -> None:
+        """The store's sessions, read once everything committed before this master's term is applied."""
+        self.stored.update(stored)
+        self.is_listed = True
+
+    def awaited(self) -> set[str]:
+        """Listed sessions that have not sent this master their open files yet."""
+        return self.stored - self.complete - self.ended
+
     def in_grace(self) -> bool:
-        return self.clock() < self.grace_until
+        """Whether a session may still hold files this master has not heard of."""
+        if self.is_listed and not self.awaited():
+            return False
+        if self.clock() < self.grace_until:
+            return True
+        missing = self.awaited()
+        if missing:
+            logger.warning("%d mount session(s) did not come back within %.0f s of this master's start: "
+                           "the unlinked files they held open are freed", len(missing), self.ttl)
+            self.ended |= missing
+        self.is_listed = True
+        return False
 
     def held(self, ino: int) -> bool:
         """Whether some mount may hold `ino` open (always, while a new master cannot know)."""
         return ino in self.holders or self.in_grace()
 
-    def renew(self, session: str) -> bool:
-        """Extend `session`; False if this master did not know it (the mount must re-send its opens)."""
+    def renew(self, session: str, complete: bool = False) -> bool:
+        """Extend `session`; False if this master did not know it (the mount must re-send its opens).
+
+        `complete`: the mount has now sent every file it holds (taken from a known session only:
+        an unknown one has not re-sent anything yet).
+        """
+        known = session in self.known
+        self._touch(session)
+        self.known.add(session)
+        if known and complete:
+            self.complete.add(session)
+        return known
+
+    def _touch(self, session: str) -> None:
         _check_session(session)
-        known = session in self.sessions
-        if not known and len(self.sessions) >= MAX_SESSIONS:
+        if session not in self.sessions and len(self.sessions) >= MAX_SESSIONS:
             self.expire()
             if len(self.sessions) >= MAX_SESSIONS:
                 raise Unavailable(f"too many mount sessions ({MAX_SESSIONS}); retry later")
-        self.sessions[session] = self.clock() + self.ttl
+        self.sessions[session] = self.clock()
         self.opens.setdefault(session, set())
-        return known
 
     def open(self, session: str, ino: int) -> None:
         if ino in self.freeing:
             raise NotFound(f"inode {ino} does not exist")
-        self.renew(session)
+        self._touch(session)
         held = self.opens[session]
         if ino not in held and len(held) >= MAX_OPEN_PER_SESSION:
             raise Unavailable(f"session {session} holds {MAX_OPEN_PER_SESSION} open files; close some")
@@ -112,18 +167,28 @@ class OpenFileTable:
                 del self.holders[ino]
         return ino not in self.holders
 
+    def end(self, session: str) -> list[int]:
+        """The mount is gone (unmounted, or expired): drop its session; the inodes nobody holds any more."""
+        self.sessions.pop(session, None)
+        self.known.discard(session)
+        self.complete.discard(session)
+        self.ended.add(session)
+        return [ino for ino in self.opens.pop(session, set()) if self.release(session, ino)]
+
     def expire(self) -> list[int]:
         """End sessions not renewed in time; return the inodes nobody holds any more."""
         now = self.clock()
         freed: list[int] = []
-        for session in [s for s, until in self.sessions.items() if until <= now]:
-            logger.warning("mount session %s expired (not renewed for %.0f s): its open files are released",
+        for session in [s for s, heard in self.sessions.items() if heard + self.ttl <= now]:
+            logger.warning("mount session %s expired (silent for %.0f s): its open files are released",
                            session, self.ttl)
-            del self.sessions[session]
-            for ino in self.opens.pop(session, set()):
-                if self.release(session, ino):
-                    freed.append(ino)
+            freed.extend(self.end(session))
         return freed
+
+    def closed(self, sessions: Iterable[str]) -> None:
+        """These sessions were closed in the store."""
+        self.stored.difference_update(sessions)
+        self.ended.difference_update(sessions)
 
 
 def _check_session(session: str) -> None:
@@ -154,20 +219,34 @@ class OrphanReaper:
         self._wake.set()
 
     async def _run(self) -> None:
-        sweep_at = self.table.grace_until
+        sweep_at = 0.0  # at once when the grace period is over
         while self.mds.raft.is_leader():
             self._wake.clear()
+            self.table.ttl = self.mds.healing.settings()["session-timeout"]
             now = self.table.clock()
             for ino in self.table.expire():
                 self._pending.add(ino)
-            if now >= sweep_at:
+            if not self.table.in_grace() and now >= sweep_at:
                 self._pending.update(self.mds.store.orphans(ORPHAN_BATCH, time.time() - REMOVED_DIR_KEEP))
-                sweep_at = now + self.table.ttl
+                sweep_at = now + SWEEP_EVERY
+            await self._close_ended()
             await self._free_pending()
             try:
-                await asyncio.wait_for(self._wake.wait(), self.table.ttl / 4)
+                await asyncio.wait_for(self._wake.wait(), SESSION_TTL / 4)
             except TimeoutError:
                 pass
+
+    async def _close_ended(self) -> None:
+        """Take sessions that expired or ended off the store's list (one commit for all of them)."""
+        ended = sorted(self.table.ended)
+        if not ended:
+            return
+        try:
+            await self.mds.propose("close_sessions", sessions=ended)
+        except ChunkFSError as exc:
+            logger.warning("could not close %d ended mount session(s) yet (%s); retrying", len(ended), exc)
+            return
+        self.table.closed(ended)
 
     async def _free_pending(self) -> None:
         if self.table.in_grace():

@@ -72,6 +72,9 @@ FOLLOWER_MESSAGES = frozenset({Msg.RAFT_SNAPSHOT, Msg.PING})
 PLACEMENT_WAIT = 5.0
 #: Chunk ids a master sets aside at once for the chunks it allocates (one commit per this many).
 CHUNK_ID_BATCH = 256
+#: Read barriers a new master tries before it lists the mount sessions (each up to a propose timeout);
+#: without the list, the grace period for open files simply runs its whole `session-timeout`.
+LIST_SESSIONS_TRIES = 30
 PLACEMENT_POLL = 0.2
 #: At most one "cannot place a chunk" WARNING per this many seconds (many writers fail alike).
 PLACEMENT_WARNING_EVERY = 10.0
@@ -231,10 +234,28 @@ class MetadataServer:
         self._chunk_ids = [0, 0]
         self.healing.start()
         self.leases.start_grace()
+        self.open_files.ttl = self.healing.settings(fresh=True)["session-timeout"]
         self.open_files.start_grace()
         self.reaper.start()
+        self._spawn(self._list_sessions())
         await self._register_self()
         await self._event("info", f"MDS#{self.node.node_id} is the master (term {self.log.term}) at {self.node.addr}")
+
+    async def _list_sessions(self) -> None:
+        """Once everything committed before this term is applied here, the store lists every session."""
+        for _ in range(LIST_SESSIONS_TRIES):
+            if not self.raft.is_leader() or self.open_files.is_listed:
+                return
+            try:
+                await self.log.read_barrier()
+            except ChunkFSError as exc:
+                logger.debug("mount sessions not listed yet: %s", exc)
+                await asyncio.sleep(1.0)
+                continue
+            self.open_files.listed(self.store.sessions())
+            logger.info("waiting for %d mount session(s) to re-send the files they hold open",
+                        len(self.open_files.awaited()))
+            return
 
     def _stepped_down(self) -> None:
         """No longer the master: end the mounts' watches; ids set aside for new chunks are left unused."""
@@ -432,6 +453,8 @@ class MetadataServer:
         return {"attr": attr, **self._parents(h["parent"])}
 
     async def _on_create(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
+        if h.get("session"):
+            await self._ensure_session(h["session"])
         result = await self._propose(
             "create", parent=h["parent"], name=h["name"], mode=h["mode"], exclusive=h["exclusive"],
             truncate=h.get("truncate", False), time=time.time(), **self._once(h),
@@ -472,6 +495,7 @@ class MetadataServer:
     async def _on_open(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
         ino = h["ino"]
         self._check_linked(h)
+        await self._ensure_session(h["session"])
         if h["truncate"]:
             await self._setattr(ino, {"size": 0}, self._once(h))
             self.watchers.changed(conn, inodes=[ino])
@@ -499,13 +523,29 @@ class MetadataServer:
         return {}
 
     async def _on_session(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
+        session = h["session"]
         inos = int_list(h["open"], "open")
-        known = self.open_files.renew(h["session"])
+        if h.get("end"):
+            for ino in self.open_files.end(session):
+                self.reaper.consider(ino)
+            logger.info("mount session %s ended", session)
+            return {"known": True}
+        await self._ensure_session(session)
+        known = self.open_files.renew(session, complete=bool(h.get("complete")))
         for ino in inos:
-            self.open_files.open(h["session"], ino)
+            self.open_files.open(session, ino)
         if inos:
-            logger.info("mount session %s re-registered %d open file(s)", h["session"], len(inos))
+            logger.info("mount session %s re-registered %d open file(s)", session, len(inos))
         return {"known": known}
+
+    async def _ensure_session(self, session: str) -> None:
+        """List a mount's session in the store before it holds anything, so the next master waits for it."""
+        table = self.open_files
+        if session in table.stored and session not in table.ended:
+            return
+        table.ended.discard(session)
+        await self._propose("open_session", session=session, time=time.time())
+        table.stored.add(session)
 
     async def _on_setattr(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
         args = {k: h[f] for k, f in (("size", "size"), ("mode", "mode"), ("mtime", "mtime_ns"), ("atime", "atime_ns"),

@@ -42,6 +42,7 @@ from chunkfs.common.errors import (
     NotFound,
     StaleVersion,
     SymlinkLoop,
+    Unavailable,
     error_from_code,
 )
 from chunkfs.common.names import check_name, check_name_length, check_symlink_target, shown, to_bytes
@@ -59,6 +60,8 @@ MAX_REPLICAS = 16
 VERSION_TERM_SHIFT = 32
 #: The most chunk ids one `reserve_chunk_ids` sets aside.
 MAX_RESERVED_IDS = 1 << 16
+#: Mount sessions the store lists at most (each a running mount; open_files.py).
+MAX_SESSIONS = 10_000
 
 #: Times are integer nanoseconds (INTEGER: a REAL column would round them to floats).
 _INODES = """CREATE TABLE IF NOT EXISTS inodes (
@@ -93,6 +96,7 @@ CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS placement (ino INTEGER PRIMARY KEY, domain TEXT NOT NULL, tier INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS symlinks (ino INTEGER PRIMARY KEY, target BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS orphans (ino INTEGER PRIMARY KEY, since REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS mount_sessions (name TEXT PRIMARY KEY, since REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS answers (
     cid TEXT NOT NULL, seq INTEGER NOT NULL, idx INTEGER NOT NULL, answer BLOB NOT NULL,
     PRIMARY KEY (cid, seq)) WITHOUT ROWID;
@@ -740,6 +744,22 @@ class MetadataStore:
             out.extend(int(r[0]) for r in self.db.execute(
                 f"SELECT ino FROM orphans WHERE ino IN ({marks})", part))  # noqa: S608 - only placeholders
         return out
+
+    def _op_open_session(self, term: int, session: str, time: float) -> None:
+        """A mount's session, listed so that a new master knows which mounts may hold files open."""
+        if self.db.execute("SELECT 1 FROM mount_sessions WHERE name = ?", (session,)).fetchone() is not None:
+            return
+        if self.db.execute("SELECT COUNT(*) FROM mount_sessions").fetchone()[0] >= MAX_SESSIONS:
+            raise Unavailable(
+                f"too many mount sessions ({MAX_SESSIONS}); unmount some, or wait for dead ones to expire")
+        self.db.execute("INSERT INTO mount_sessions (name, since) VALUES (?, ?)", (session, time))
+
+    def _op_close_sessions(self, term: int, sessions: list[str]) -> None:
+        """Mounts unmounted, or silent past `session-timeout`: nothing of theirs is waited for any more."""
+        self.db.executemany("DELETE FROM mount_sessions WHERE name = ?", [(name,) for name in sessions])
+
+    def sessions(self) -> list[str]:
+        return [str(r[0]) for r in self.db.execute("SELECT name FROM mount_sessions")]
 
     def child_ino(self, parent: int, name: str | bytes) -> int | None:
         """The inode named `name` in `parent`, if any (no checks: for the master's own decisions)."""

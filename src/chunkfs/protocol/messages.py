@@ -100,7 +100,9 @@ class Msg(enum.IntEnum):
 
 #: The root directory's inode number (the same as FUSE's).
 ROOT_INO = 1
-#: A mount's session lasts this long without renewal, seconds; mounts renew every quarter of it.
+#: Mounts renew their session every quarter of this, seconds.  The master keeps a silent
+#: session much longer (the cluster setting ``session-timeout``: a stopped or cut-off mount
+#: keeps the unlinked files it holds open).
 SESSION_TTL = 10.0
 #: An exclusive file lease lasts this long without renewal, seconds.  Holders renew
 #: every quarter of it; a new master's grace period is this long.
@@ -193,7 +195,9 @@ SPECS: dict[Msg, MessageSpec] = {
     Msg.RELEASE: MessageSpec((f("ino", int), f("session", str)), ()),
     # A mount's session renewal, with inodes it holds open (re-sent in pages when the
     # master answers known=False: a new master, or a session that had expired).
-    Msg.SESSION: MessageSpec((f("session", str), f("open", list)), (f("known", bool),)),
+    # "complete": every file the mount holds is sent (the last page); "end": the mount unmounts.
+    Msg.SESSION: MessageSpec((f("session", str), f("open", list), f("complete", bool, optional=True),
+                              f("end", bool, optional=True)), (f("known", bool),)),
     # A mount that keeps names and attributes in the kernel's cache asks to be told, on this
     # connection, of every change another client makes (INVALIDATE notices) while it lasts.
     Msg.WATCH: MessageSpec((), ()),

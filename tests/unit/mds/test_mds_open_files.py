@@ -38,22 +38,82 @@ def test_expired_session_releases_what_it_held() -> None:
     t.open("A", 2)
     t.open("B", 2)
     clock.now += 6
+    assert t.renew("B") is False  # opening registers no session: only SESSION does
     assert t.renew("B") is True
     clock.now += 6  # A: 12 s without renewal; B renewed 6 s ago
     assert t.expire() == [1]
     assert not t.held(1) and t.held(2)
     assert t.renew("A") is False  # the mount learns that it must re-register its files
+    assert t.ended == {"A"}  # to be closed in the store
+    t.closed(["A"])
+    assert not t.ended
+
+
+def test_a_mount_whose_first_request_to_a_new_master_is_an_open_still_resends_the_others() -> None:
+    t = OpenFileTable(ttl=10, clock=Clock())
+    t.start_grace()
+    t.listed(["A"])
+    t.open("A", 5)  # a new file opened before the session's renewal
+    assert t.renew("A", complete=True) is False  # so it re-sends 1, 2, ... (what it opened before)
+    assert t.in_grace()
+    t.renew("A", complete=True)
+    assert not t.in_grace()
+
+
+def test_grace_ends_when_every_listed_session_has_sent_its_files() -> None:
+    clock = Clock()
+    t = OpenFileTable(ttl=600, clock=clock)
+    t.start_grace()
+    assert t.in_grace()  # not listed yet: anyone may hold anything
+    t.listed(["A", "B"])
+    assert t.renew("A", complete=True) is False
+    t.open("A", 1)
+    assert t.renew("A", complete=False) is True  # a page, more to come
+    assert t.awaited() == {"A", "B"} and t.held(99)
+    t.renew("A", complete=True)
+    assert t.awaited() == {"B"} and t.held(99)
+    assert t.renew("B") is False
+    t.renew("B", complete=True)  # B held nothing
+    assert not t.in_grace() and not t.held(99) and t.held(1)
+    assert clock.now < t.grace_until  # long before the timeout
+
+
+def test_a_listed_session_that_never_comes_back_is_waited_for_up_to_the_timeout() -> None:
+    clock = Clock()
+    t = OpenFileTable(ttl=600, clock=clock)
+    t.start_grace()
+    t.listed(["gone"])
+    clock.now += 599
+    assert t.held(99)
+    clock.now += 1
+    assert not t.held(99)
+    assert t.ended == {"gone"}
+
+
+def test_a_silent_session_lasts_the_timeout_and_an_ended_one_goes_at_once() -> None:
+    clock = Clock()
+    t = OpenFileTable(ttl=600, clock=clock)
+    t.renew("A")
+    t.open("A", 1)
+    t.renew("B")
+    t.open("B", 2)
+    clock.now += 599  # stopped or cut off for almost ten minutes
+    assert t.expire() == [] and t.held(1)
+    assert t.end("B") == [2] and not t.held(2) and t.ended == {"B"}
+    clock.now += 1
+    assert t.expire() == [1]
 
 
 def test_new_master_counts_everything_held_during_grace() -> None:
     clock = Clock()
     t = OpenFileTable(ttl=10, clock=clock)
+    t.renew("A")
     t.open("A", 1)
     t.start_grace()
     assert t.held(99) and t.in_grace()
     assert t.renew("A") is False  # forgotten: the mount re-sends its opens
     t.open("A", 1)
-    clock.now += 10
+    clock.now += 10  # never listed (no read barrier): the grace lasts the whole timeout
     assert not t.in_grace()
     assert t.held(1) and not t.held(99)
 

@@ -1177,3 +1177,17 @@ def test_setattr_does_a_pending_extend_first_and_takes_the_mounts_ctime(d: Drive
     with pytest.raises(IsADirectory):
         d("setattr", ino=ROOT_INO, time=d.tick(), extend=[1, wrote])
     assert store.getattr(f)["size"] == 4000
+
+
+def test_mount_sessions_are_listed_until_closed(d: Driver, store: MetadataStore, tmp_path: Path) -> None:
+    d("open_session", session="m1/a", time=1.0)
+    d("open_session", session="m1/a", time=2.0)  # a retry, or a second master's: once
+    d("open_session", session="m2/b", time=3.0)
+    assert sorted(store.sessions()) == ["m1/a", "m2/b"]
+    d("close_sessions", sessions=["m1/a", "never/listed"])
+    assert store.sessions() == ["m2/b"]
+    again = MetadataStore(tmp_path / "meta.db", CS)  # in the database: it outlives a restart
+    try:
+        assert again.sessions() == ["m2/b"]
+    finally:
+        again.close()
