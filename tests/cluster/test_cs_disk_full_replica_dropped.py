@@ -10,21 +10,13 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
 from pathlib import Path
-
-import pytest
 
 from chunkfs.testing.cluster import wait_for
 
+from ._disk_helpers import mount_tmpfs, unmount
+
 MiB = 1 << 20
-
-
-def mount_tmpfs(path: Path, size: int) -> None:
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                          capture_output=True, text=True, timeout=30, check=False)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a small file system to fill (needs root): {done.stderr.strip()}")
 
 
 def test_full_disk_on_one_replica_drops_it_and_the_write_goes_on(make_cluster, tmp_path) -> None:
@@ -59,4 +51,4 @@ def test_full_disk_on_one_replica_drops_it_and_the_write_goes_on(make_cluster, t
             wait_for("every chunk readable", lambda: c.read(f["ino"], 0, len(blob)) == blob, timeout=30)
     finally:
         cluster.kill("cs", 3, signal.SIGTERM)
-        subprocess.run(["umount", "-l", str(data)], capture_output=True, timeout=30, check=False)
+        unmount(data)

@@ -179,5 +179,6 @@ def run_node(role: str, directory: Path, background: bool) -> int:
             await server.stop()
             raise bind_error(node.addr, exc) from None
 
-    return run_foreground(directory, start, server.stop)
+    return run_foreground(directory, start, server.stop, fatal=server.failed if isinstance(server, MetadataServer)
+                          else None)
 

@@ -190,23 +190,43 @@ def wait_exit(pid: int, timeout: float) -> bool:
 STOP_SLOW = 2.0
 
 
-def run_foreground(directory: Path, start: Callable[[], Awaitable[Any]], stop: Callable[[], Awaitable[Any]]) -> int:
-    """Run a server until SIGTERM or SIGINT; return the exit status."""
+#: Exit status of a daemon that stopped itself on an error it cannot serve through (a full or
+#: failing disk): systemd's ``Restart=on-failure`` starts it again, unlike status 1 (a bad
+#: configuration, which the units exclude with ``RestartPreventExitStatus=1``).
+EXIT_FATAL = 3
+
+
+def run_foreground(
+    directory: Path, start: Callable[[], Awaitable[Any]], stop: Callable[[], Awaitable[Any]],
+    fatal: Callable[[], Awaitable[str]] | None = None,
+) -> int:
+    """Run a server until SIGTERM or SIGINT, or until `fatal` returns a reason to stop; the exit status."""
     running = daemon_pid(directory)
     if running is not None and running != os.getpid():
         raise ConfigError(f"a daemon is already running on {directory} (pid {running}); stop it first")
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
     done = asyncio.Event()
+    status = 0
 
     async def main() -> None:
+        nonlocal status
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, done.set)
         await start()
         # Written once the daemon serves: `start_background` waits for it.
         write_file_durably(directory / PID_FILE, f"{os.getpid()}\n".encode())
-        await done.wait()
-        logger.info("stopping on signal")
+        waits = [loop.create_task(done.wait())]
+        if fatal is not None:
+            waits.append(loop.create_task(fatal()))
+        ended, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        if waits[0] in ended:
+            logger.info("stopping on signal")
+        else:
+            status = EXIT_FATAL
+            logger.critical("stopping with status %d: %s", status, waits[1].result())
         started = time.monotonic()
         await stop()
         if time.monotonic() - started > STOP_SLOW:
@@ -220,7 +240,7 @@ def run_foreground(directory: Path, start: Callable[[], Awaitable[Any]], stop: C
                 (directory / PID_FILE).unlink()
         _unwind(loop)
         loop.close()
-    return 0
+    return status
 
 
 def _unwind(loop: asyncio.AbstractEventLoop) -> None:

@@ -131,6 +131,7 @@ class MetadataServer:
             on_membership=self._learn_members, on_leader=lambda: self._spawn(self._became_master()),
             on_follower=self._stepped_down,
             on_lost_log=lambda _peer, what: self._spawn(self.event("error", what)),
+            on_fatal=self._fail,
         )
         self.raft.routes = dict(node.peer_routes)
         self.log: ReplicatedLog = self.raft
@@ -141,6 +142,8 @@ class MetadataServer:
         self.awake = AwakeClock()
         self.live: dict[int, LiveServer] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        #: Set (to the reason) when this server cannot go on: see `failed`.
+        self._failed: asyncio.Future[str] | None = None
         #: The only changer of chunks' versions and replica sets, and their locks (chunks.py).
         self.chunks = ReplicaSets(self.live, self._propose, self._cs_call, self._spawn)
         self._rng = random.Random()  # noqa: S311 - placement only
@@ -164,6 +167,7 @@ class MetadataServer:
     # -- life cycle --------------------------------------------------------------
 
     async def start(self) -> None:
+        self._failed = asyncio.get_running_loop().create_future()
         # Bind first (a busy port fails fast, before Raft starts),
         # accept only once the log is replayed.
         await self.rpc.listen(self.node.addr, start_serving=False)
@@ -186,6 +190,16 @@ class MetadataServer:
         logger.info("MDS#%d of cluster %r serving on %s", self.node.node_id, self.node.cluster.name, self.node.addr)
         if self.node.node_id not in self.raft.voters():
             self._spawn(self._join())
+
+    def _fail(self, why: str) -> None:
+        """This server cannot go on (its disk is full or failing): `failed` tells the daemon to exit."""
+        if self._failed is not None and not self._failed.done():
+            self._failed.set_result(why)
+
+    async def failed(self) -> str:
+        """Returns (the reason) when this server must stop and be started again."""
+        assert self._failed is not None, "failed() before start()"
+        return await self._failed
 
     async def _checkpointer(self) -> None:
         """Move the store's write-ahead log into its database file now and then, off the event loop."""

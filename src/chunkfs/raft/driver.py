@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import random
@@ -263,6 +264,7 @@ class RaftLog:
         on_leader: Callable[[], None] | None = None,
         on_follower: Callable[[], None] | None = None,
         on_lost_log: Callable[[int, str], None] | None = None,
+        on_fatal: Callable[[str], None] | None = None,
     ) -> None:
         self.directory = directory
         self.node_id = node_id
@@ -277,6 +279,8 @@ class RaftLog:
         self.on_follower = on_follower
         #: Told (member id, what to do) when a member lost log entries it had acknowledged.
         self.on_lost_log = on_lost_log
+        #: Told (one line saying what to do) when the loop cannot go on: its disk failed or is full.
+        self.on_fatal = on_fatal
         self._lost_reported: dict[int, float] = {}
         self.core: RaftCore | None = None
         self.storage: LogStorage | None = None
@@ -386,7 +390,7 @@ class RaftLog:
         if self.core.voters == frozenset({self.node_id}):
             self.core.campaign()  # a one-member group need not wait for a timeout
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._ticker()), loop.create_task(self._loop())]
+        self._tasks = [loop.create_task(self._ticker()), loop.create_task(self._loop_or_stop())]
         self._wake.set()
 
     async def propose(self, command: bytes) -> Any:
@@ -572,6 +576,32 @@ class RaftLog:
             self._wake.set()
 
     # -- the loop: persist, send, apply -----------------------------------------------
+
+    async def _loop_or_stop(self) -> None:
+        """The loop; an error it cannot go on from (a full or failing disk under the log or the store) stops it.
+
+        What a member has written or applied half way is not known for sure after such an error,
+        so it does not try again in place: the waiting requests fail with the reason, and the
+        server is told to exit (`on_fatal`); started again, it reads its log back and catches up
+        (a full disk: once there is room).  A loop that died silently would leave a member that
+        answers connections but never votes, appends or applies: a master lost for good.
+        """
+        try:
+            await self._loop()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever ended the loop, the member must not linger
+            what = fatal_reason(self.directory, exc)
+            logger.critical("raft: MDS#%d stops: %s", self.node_id, what, exc_info=not _is_full(exc))
+            # Retryable: a proposal sent before the error may still commit on the others; the client's
+            # retry there gets its real answer (exactly-once), never a failure for a change made.
+            for _, fut in self._proposals.values():
+                if not fut.done():
+                    fut.set_exception(NotMaster(f"MDS#{self.node_id} stopped: {what}", leader=""))
+            self._proposals.clear()
+            self._fail_reads()
+            if self.on_fatal is not None:
+                self.on_fatal(what)
 
     async def _loop(self) -> None:
         core, storage = self.core, self.storage
@@ -835,3 +865,20 @@ class RaftLog:
         finally:
             tmp.unlink(missing_ok=True)
             self._compacting = None
+
+
+def _is_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(exc, sqlite3.OperationalError) and "full" in str(exc)
+
+
+def fatal_reason(directory: Path, exc: BaseException) -> str:
+    """One line for an operator: what failed, where, and what to do."""
+    if _is_full(exc):
+        return (f"the disk under {directory} is full ({exc}): free space there, then start this metadata "
+                "server again (its service manager does; or `chunkfs mds -r DIR`); it catches up from the others")
+    if isinstance(exc, (OSError, sqlite3.Error)):
+        return (f"writing its log or store under {directory} failed ({exc}): check the disk, then start this "
+                "metadata server again; it reads its log back and catches up from the others")
+    return f"its Raft loop failed ({type(exc).__name__}: {exc}): start it again; it reads its log back"
