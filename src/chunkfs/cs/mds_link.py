@@ -96,6 +96,8 @@ class MdsLink:
                             logger.warning("link to MDS %s: %s", leader, exc2)
                 except ChunkFSError as exc:
                     logger.warning("link to MDS %s: %s", addr, exc)
+                except Exception:  # noqa: BLE001 - a disk error while registering must not end the link for good
+                    logger.exception("link to MDS %s failed; trying again", addr)
                 finally:
                     self.registered.clear()
                     if self.conn is not None:

@@ -334,6 +334,7 @@ class MetadataServer:
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        task.add_done_callback(_log_failure)
         return task
 
     async def propose(self, op: str, **args: Any) -> Any:
@@ -1088,3 +1089,14 @@ class MetadataServer:
         await self.log.read_barrier()
         return {"events": self.store.events(h["since"], max(1, min(h["limit"], MAX_EVENTS)))}
 
+
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    """A background task that died says so at once (the orphan reaper or the replication monitor
+    ending silently would leave the cluster quietly without that work)."""
+    if task.cancelled() or (exc := task.exception()) is None:
+        return
+    what = getattr(task.get_coro(), "__qualname__", "?")
+    if isinstance(exc, ChunkFSError):  # a request of its own failed (no master, a server gone): said, not a bug
+        logger.warning("background task %s failed: %s", what, exc)
+    else:
+        logger.error("background task %s failed: %s", what, exc, exc_info=exc)

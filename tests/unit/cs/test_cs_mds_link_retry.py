@@ -41,3 +41,27 @@ async def test_a_server_asks_again_within_a_second_while_the_group_elects_and_ba
     electing, down = pauses[:8], pauses[8:]
     assert electing[0] < max(electing) == ELECTING_RETRY_PAUSE <= 1.0
     assert down == sorted(down) and down[-1] == MAX_RETRY_PAUSE > 1.0
+
+
+async def test_a_disk_error_while_registering_does_not_end_the_link(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before, an OSError (a failing disk while listing or deleting replicas) ended the loop: a chunk
+    server that never spoke to a master again, and was declared offline while it ran."""
+    tried: list[str] = []
+
+    async def session(addr: str) -> None:
+        tried.append(addr)
+        raise OSError(5, "Input/output error")
+
+    async def sleep(seconds: float) -> None:
+        if len(tried) >= 4:
+            raise asyncio.CancelledError
+
+    link = MdsLink.__new__(MdsLink)
+    link.node = types.SimpleNamespace(mds=("127.0.0.1:1",))
+    link.conn = None
+    link.registered = asyncio.Event()
+    monkeypatch.setattr(link, "_session", session)
+    monkeypatch.setattr(mds_link.asyncio, "sleep", sleep)
+    with pytest.raises(asyncio.CancelledError):
+        await link._run()
+    assert len(tried) == 4
