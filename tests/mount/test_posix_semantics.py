@@ -185,9 +185,13 @@ def test_unlinked_file_survives_the_mount_stopped_or_cut_off_for_a_while(make_cl
         os.kill(pid, signal.SIGSTOP)
         try:
             time.sleep(2 * SESSION_TTL)
+            with cluster.client() as client:
+                assert client.cluster_stat()["mounts"] == {"sessions": 1, "silent": 1}  # shown to the operator
         finally:
             os.kill(pid, signal.SIGCONT)
         assert os.pread(fd, MiB, 0) == b"x" * MiB  # on the code before: ESTALE, the file freed
+        with cluster.client() as client:
+            wait_for("the mount to renew", lambda: client.cluster_stat()["mounts"]["silent"] == 0, timeout=30)
         os.pwrite(fd, b"y", MiB)
         os.fsync(fd)
         assert chunk_count(cluster) == 2

@@ -258,6 +258,11 @@ async def cmd_stat(client: Client, args: argparse.Namespace) -> int:
     print(f"space: {human_bytes(space['free'])} free of {human_bytes(space['total'])}")
     if "inodes" in stat:  # (not counted by a master of an older version)
         print(f"files: {stat['inodes']} (files, directories and links, the root included)")
+    mounts = stat.get("mounts")
+    if mounts:  # (not counted by a master of an older version)
+        silent = f", {mounts['silent']} silent (the unlinked files they hold open are kept until " \
+            "session-timeout)" if mounts["silent"] else ""
+        print(f"mounts: {mounts['sessions']}{silent}")
     print("chunks: " + ", ".join(f"{k} {v}" for k, v in stat["chunks"].items()))
     healing = stat.get("healing") or {}
     if healing.get("active"):

@@ -185,6 +185,11 @@ class OpenFileTable:
             freed.extend(self.end(session))
         return freed
 
+    def silent(self, stored: Iterable[str], after: float) -> list[str]:
+        """Of the `stored` sessions, those this master has not heard from in the last `after` seconds."""
+        since = self.clock() - after
+        return [name for name in stored if self.sessions.get(name, float("-inf")) < since]
+
     def closed(self, sessions: Iterable[str]) -> None:
         """These sessions were closed in the store."""
         self.stored.difference_update(sessions)

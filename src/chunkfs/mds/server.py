@@ -47,7 +47,7 @@ from chunkfs.mds.store import MAX_REPLICAS, VERSION_TERM_SHIFT, Chunk, MetadataS
 from chunkfs.mds.subtree import subtree_pages
 from chunkfs.mds.watchers import Watchers
 from chunkfs.protocol.mds_link import MdsLink
-from chunkfs.protocol.messages import MAX_BLOCKS, Msg, int_list, int_pairs
+from chunkfs.protocol.messages import MAX_BLOCKS, SESSION_TTL, Msg, int_list, int_pairs
 from chunkfs.protocol.rpc import SILENCE_LIMIT, Connection, Credentials, Reply, RpcServer
 from chunkfs.protocol.tls import node_tls
 from chunkfs.raft.driver import RaftLog, StateMachine
@@ -1083,7 +1083,13 @@ class MetadataServer:
             "healing": self.healing.progress(),
             "space": {"total": sum(s["total"] for s in servers), "free": sum(s["free"] for s in servers)},
             "inodes": self.store.inode_count(),
+            "mounts": self._mounts(),
         })
+
+    def _mounts(self) -> dict[str, int]:
+        """Mounts the store lists, and how many of them have not renewed lately (stopped, cut off, dead)."""
+        sessions = self.store.sessions()
+        return {"sessions": len(sessions), "silent": len(self.open_files.silent(sessions, SESSION_TTL))}
 
     async def _on_get_events(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
         await self.log.read_barrier()

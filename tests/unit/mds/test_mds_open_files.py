@@ -137,3 +137,13 @@ def test_inode_lists_from_the_wire_are_checked(value: object) -> None:
     with pytest.raises(InvalidArgument):
         int_list(value, "open")
     assert int_list([1, 2], "open") == [1, 2]
+
+
+def test_silent_sessions_are_those_not_heard_from_lately() -> None:
+    clock = Clock()
+    t = OpenFileTable(ttl=600, clock=clock)
+    t.renew("A")
+    t.renew("B")
+    clock.now += 8
+    t.renew("B")
+    assert t.silent(["A", "B", "C"], after=5) == ["A", "C"]  # C: listed, never heard by this master
