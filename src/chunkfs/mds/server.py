@@ -72,12 +72,12 @@ FOLLOWER_MESSAGES = frozenset({Msg.RAFT_SNAPSHOT, Msg.PING})
 PLACEMENT_WAIT = 5.0
 #: Chunk ids a master sets aside at once for the chunks it allocates (one commit per this many).
 CHUNK_ID_BATCH = 256
-#: Read barriers a new master tries before it lists the mount sessions (each up to a propose timeout);
-#: without the list, the grace period for open files simply runs its whole `session-timeout`.
-LIST_SESSIONS_TRIES = 30
 PLACEMENT_POLL = 0.2
 #: At most one "cannot place a chunk" WARNING per this many seconds (many writers fail alike).
 PLACEMENT_WARNING_EVERY = 10.0
+#: Read barriers a new master tries before it lists the mount sessions (each up to a propose timeout);
+#: without the list, the grace period for open files simply runs its whole `session-timeout`.
+LIST_SESSIONS_TRIES = 30
 #: Chunks of the store read at most per step while a registration page's range is covered
 #: (HeldReplicas.cover); the loop turns between steps.
 COVER_SLICE = 8192

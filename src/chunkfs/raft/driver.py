@@ -591,7 +591,7 @@ class RaftLog:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - whatever ended the loop, the member must not linger
-            what = fatal_reason(self.directory, exc)
+            what = _fatal_reason(self.directory, exc)
             logger.critical("raft: MDS#%d stops: %s", self.node_id, what, exc_info=not _is_full(exc))
             # Retryable: a proposal sent before the error may still commit on the others; the client's
             # retry there gets its real answer (exactly-once), never a failure for a change made.
@@ -873,7 +873,7 @@ def _is_full(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.OperationalError) and "full" in str(exc)
 
 
-def fatal_reason(directory: Path, exc: BaseException) -> str:
+def _fatal_reason(directory: Path, exc: BaseException) -> str:
     """One line for an operator: what failed, where, and what to do."""
     if _is_full(exc):
         return (f"the disk under {directory} is full ({exc}): free space there, then start this metadata "

@@ -4,12 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import types
+from collections.abc import Awaitable, Callable
 
 import pytest
 
 from chunkfs.common.errors import NotMaster, Unavailable
 from chunkfs.cs import mds_link
 from chunkfs.cs.mds_link import ELECTING_RETRY_PAUSE, MAX_RETRY_PAUSE, MdsLink
+
+
+async def run_link(monkeypatch: pytest.MonkeyPatch, mds: tuple[str, ...], session: Callable[[str], Awaitable[None]],
+                   sleep: Callable[[float], Awaitable[None]]) -> None:
+    """The link's loop with `session` standing for a registration, until `sleep` cancels it."""
+    link = MdsLink.__new__(MdsLink)
+    link.node = types.SimpleNamespace(mds=mds)
+    link.conn = None
+    link.registered = asyncio.Event()
+    monkeypatch.setattr(link, "_session", session)
+    monkeypatch.setattr(mds_link.asyncio, "sleep", sleep)
+    with pytest.raises(asyncio.CancelledError):
+        await link._run()
 
 
 async def test_a_server_asks_again_within_a_second_while_the_group_elects_and_backs_off_while_it_is_down(
@@ -30,14 +44,7 @@ async def test_a_server_asks_again_within_a_second_while_the_group_elects_and_ba
         if rounds["n"] >= 16:
             raise asyncio.CancelledError
 
-    link = MdsLink.__new__(MdsLink)
-    link.node = types.SimpleNamespace(mds=("127.0.0.1:1", "127.0.0.1:2"))
-    link.conn = None
-    link.registered = asyncio.Event()
-    monkeypatch.setattr(link, "_session", session)
-    monkeypatch.setattr(mds_link.asyncio, "sleep", sleep)
-    with pytest.raises(asyncio.CancelledError):
-        await link._run()
+    await run_link(monkeypatch, ("127.0.0.1:1", "127.0.0.1:2"), session, sleep)
     electing, down = pauses[:8], pauses[8:]
     assert electing[0] < max(electing) == ELECTING_RETRY_PAUSE <= 1.0
     assert down == sorted(down) and down[-1] == MAX_RETRY_PAUSE > 1.0
@@ -56,12 +63,5 @@ async def test_a_disk_error_while_registering_does_not_end_the_link(monkeypatch:
         if len(tried) >= 4:
             raise asyncio.CancelledError
 
-    link = MdsLink.__new__(MdsLink)
-    link.node = types.SimpleNamespace(mds=("127.0.0.1:1",))
-    link.conn = None
-    link.registered = asyncio.Event()
-    monkeypatch.setattr(link, "_session", session)
-    monkeypatch.setattr(mds_link.asyncio, "sleep", sleep)
-    with pytest.raises(asyncio.CancelledError):
-        await link._run()
+    await run_link(monkeypatch, ("127.0.0.1:1",), session, sleep)
     assert len(tried) == 4
