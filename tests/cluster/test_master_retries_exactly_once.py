@@ -94,17 +94,23 @@ def answer_losing_proxy(target: str) -> Iterator[tuple[str, list[int]]]:
             await writer.drain()
 
     async def serve(client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        server_r, server_w = await asyncio.open_connection(host, port)
-        tasks = [asyncio.ensure_future(pipe_up(client_r, server_w)),
-                 asyncio.ensure_future(pipe_down(server_r, client_w))]
+        # Both sockets are closed however this ends, a stop while connecting included: a transport
+        # left open is collected later, with its loop closed, and fails whichever test runs then.
+        server_w: asyncio.StreamWriter | None = None
         try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            server_r, server_w = await asyncio.open_connection(host, port)
+            tasks = [asyncio.ensure_future(pipe_up(client_r, server_w)),
+                     asyncio.ensure_future(pipe_down(server_r, client_w))]
+            try:
+                await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
         finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
             client_w.transport.abort()
-            server_w.transport.abort()
+            if server_w is not None:
+                server_w.transport.abort()
 
     stop: list[asyncio.Event] = []
 
