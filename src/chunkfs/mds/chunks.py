@@ -194,6 +194,11 @@ class ReplicaSets:
         for cs, exc in failed.items():
             self.lost(cs, chunk_id)
             logger.warning("chunk %#x: CS#%d did not move to version %#x: %s", chunk_id, cs, new.version, exc)
+        for cs in set(new.replicas).intersection(chunk.replicas).difference(movers):
+            # Kept in the list but not asked (silent): its copy is at the old version now.  A server
+            # that was only slow keeps its link and does not register again to say so: counted as
+            # holding, it would be a replica refusing every read while the chunk shows healthy.
+            self.lost(cs, chunk_id)
         self.on_change(chunk_id)
         for cs in dict.fromkeys(delete):
             if cs not in new.replicas:

@@ -119,6 +119,11 @@ async def test_only_the_servers_named_are_asked_to_move(cluster: Cluster) -> Non
     chunk = await cluster.chunk_on([1, 2, 3])
     await cluster.owner.set_replicas(chunk, [1, 2, 3], move=[1, 3])
     assert cluster.to(Msg.CS_SET_VERSION) == [1, 3]
+    # The one left out (silent) keeps its place but holds the old version now: once it speaks again
+    # without registering anew (it was only slow), it must count as lost, not as a current replica.
+    # Before, it stayed "held": a chunk shown healthy with one replica refusing every read (CI).
+    assert not cluster.owner.holds(2, chunk.chunk_id)
+    assert cluster.owner.holds(1, chunk.chunk_id) and cluster.owner.holds(3, chunk.chunk_id)
 
 
 async def test_removed_chunks_are_deleted_everywhere_in_the_background(cluster: Cluster) -> None:
