@@ -86,13 +86,18 @@ class OpenFileTable:
         self.stored: set[str] = set()
         #: Whether `stored` has everything committed before this master's term (`listed`).
         self.is_listed = False
+        #: Sessions listed then that have not sent this master their open files yet: fixed at the
+        #: listing (a session this master opens later tells it everything from the start), so the
+        #: grace period, once over, stays over, and `held` costs a set lookup on every unlink.
+        self.awaited: set[str] = set()
         #: Sessions expired or ended, to be closed in the store.
         self.ended: set[str] = set()
         self.grace_until = 0.0
 
     def start_grace(self) -> None:
         """This server has just become master: forget everything; wait for the store's sessions (`listed`)."""
-        for table in (self.sessions, self.opens, self.holders, self.known, self.complete, self.stored, self.ended):
+        for table in (self.sessions, self.opens, self.holders, self.known, self.complete, self.stored, self.ended,
+                      self.awaited):
             table.clear()
         self.freeing.clear()
         self.is_listed = False
@@ -101,23 +106,20 @@ class OpenFileTable:
     def listed(self, stored: Iterable[str]) -> None:
         """The store's sessions, read once everything committed before this master's term is applied."""
         self.stored.update(stored)
+        self.awaited = self.stored - self.complete - self.ended
         self.is_listed = True
-
-    def awaited(self) -> set[str]:
-        """Listed sessions that have not sent this master their open files yet."""
-        return self.stored - self.complete - self.ended
 
     def in_grace(self) -> bool:
         """Whether a session may still hold files this master has not heard of."""
-        if self.is_listed and not self.awaited():
+        if self.is_listed and not self.awaited:
             return False
         if self.clock() < self.grace_until:
             return True
-        missing = self.awaited()
-        if missing:
+        if self.awaited:
             logger.warning("%d mount session(s) did not come back within %.0f s of this master's start: "
-                           "the unlinked files they held open are freed", len(missing), self.ttl)
-            self.ended |= missing
+                           "the unlinked files they held open are freed", len(self.awaited), self.ttl)
+            self.ended |= self.awaited
+            self.awaited.clear()
         self.is_listed = True
         return False
 
@@ -136,6 +138,7 @@ class OpenFileTable:
         self.known.add(session)
         if known and complete:
             self.complete.add(session)
+            self.awaited.discard(session)
         return known
 
     def _touch(self, session: str) -> None:
@@ -172,6 +175,7 @@ class OpenFileTable:
         self.sessions.pop(session, None)
         self.known.discard(session)
         self.complete.discard(session)
+        self.awaited.discard(session)
         self.ended.add(session)
         return [ino for ino in self.opens.pop(session, set()) if self.release(session, ino)]
 

@@ -268,7 +268,7 @@ class MetadataServer:
                 continue
             self.open_files.listed(self.store.sessions())
             logger.info("waiting for %d mount session(s) to re-send the files they hold open",
-                        len(self.open_files.awaited()))
+                        len(self.open_files.awaited))
             return
 
     def _stepped_down(self) -> None:

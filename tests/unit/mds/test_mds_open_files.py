@@ -69,13 +69,16 @@ def test_grace_ends_when_every_listed_session_has_sent_its_files() -> None:
     assert t.renew("A", complete=True) is False
     t.open("A", 1)
     assert t.renew("A", complete=False) is True  # a page, more to come
-    assert t.awaited() == {"A", "B"} and t.held(99)
+    assert t.awaited == {"A", "B"} and t.held(99)
     t.renew("A", complete=True)
-    assert t.awaited() == {"B"} and t.held(99)
+    assert t.awaited == {"B"} and t.held(99)
     assert t.renew("B") is False
     t.renew("B", complete=True)  # B held nothing
     assert not t.in_grace() and not t.held(99) and t.held(1)
     assert clock.now < t.grace_until  # long before the timeout
+    t.stored.add("C")  # a mount that starts under this master sends it everything from the start:
+    t.open("C", 5)  # its first request an open, before its first renewal
+    assert not t.in_grace() and not t.held(99)  # the grace period, once over, stays over
 
 
 def test_a_listed_session_that_never_comes_back_is_waited_for_up_to_the_timeout() -> None:
