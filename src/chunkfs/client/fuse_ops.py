@@ -861,7 +861,10 @@ class ChunkFSOperations(pyfuse3.Operations):
         while True:
             await asyncio.sleep(LEASE_TTL / 4)
             held = [of for of in self.files.values() if of.leased and not of.lease_lost]
-            await asyncio.gather(*(self._renew(of) for of in held))
+            try:
+                await asyncio.gather(*(self._renew(of) for of in held))
+            except Exception:  # a bug must not end renewals: every leased file would then fail its writes
+                logger.exception("renewing exclusive leases failed; retrying")
 
     async def _renew(self, of: OpenFile) -> None:
         sent = time.monotonic()
@@ -908,8 +911,13 @@ class ChunkFSOperations(pyfuse3.Operations):
                     unsent = False
             except ChunkFSError as exc:
                 logger.warning("could not renew mount session %s (%s); retrying", self.session, exc)
-            for ino in [i for i in self._unreleased if i not in self.files]:
-                await self._release_ino(ino)
+            except Exception:  # a bug must not end renewals: the master would free this mount's unlinked open files
+                logger.exception("renewing mount session %s failed; retrying", self.session)
+            try:
+                for ino in [i for i in self._unreleased if i not in self.files]:
+                    await self._release_ino(ino)
+            except Exception:
+                logger.exception("releasing closed files of session %s failed; retrying", self.session)
             await asyncio.sleep(SESSION_TTL / 4)
 
     async def _resend_open_files(self) -> None:
