@@ -285,11 +285,14 @@ class ChunkIO:
                 raise Unavailable(f"chunk {m.chunk_id:#x} has no writable replica")
             (head_id, head_addr), rest = m.replicas[0], m.replicas[1:]
             try:
-                conn = await self.server(head_addr)
                 started = time.perf_counter()
-                await conn.call(msg, {
-                    "chunk_id": m.chunk_id, "version": m.version, "chain": [list(r) for r in rest], **fields,
-                }, payload)
+                if msg == Msg.CS_FSYNC:
+                    await self._to_each_replica(m, msg, fields)
+                else:
+                    conn = await self.server(head_addr)
+                    await conn.call(msg, {
+                        "chunk_id": m.chunk_id, "version": m.version, "chain": [list(r) for r in rest], **fields,
+                    }, payload)
                 TIMINGS.since(f"cs.{msg.name}", started)
                 return
             except ChunkFSError as exc:
@@ -317,6 +320,23 @@ class ChunkIO:
                 await asyncio.sleep(0.05)
         assert last is not None
         raise last
+
+    async def _to_each_replica(self, m: ChunkMap, msg: Msg, fields: dict[str, Any]) -> None:
+        """Send `msg` to every replica at once (DESIGN's budget for fsync: one round of replica syncs in
+        parallel), not down the chain: a sync carries no data and no order to keep, and the head's
+        forward to the others was a second hop on every fsync's path.  A failure names its replica."""
+        header = {"chunk_id": m.chunk_id, "version": m.version, "chain": [], **fields}
+
+        async def one(cs_id: int, addr: str) -> None:
+            try:
+                await (await self.server(addr)).call(msg, header)
+            except ChunkFSError as exc:
+                exc.context.setdefault("cs_id", cs_id)
+                raise
+
+        for outcome in await asyncio.gather(*(one(*r) for r in m.replicas), return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                raise outcome
 
     async def fsync(self, ino: int) -> None:
         """Every chunk written since the last fsync reaches the disk on every replica."""
