@@ -562,6 +562,8 @@ class Simulator:
             if node.core is not None:
                 self.handle_ready(node)
                 self._input(node, lambda c: c.tick())
+                if node.core is not None and node.core._lazy:
+                    self.stats["lazy-ticks"] += 1  # a leader sent new entries to some followers in batches
                 if node.ready_deferred and not self.faults:
                     self.handle_ready(node)
         for op in list(self._client_busy.values()):

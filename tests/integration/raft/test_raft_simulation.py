@@ -35,7 +35,7 @@ def test_random_seeds_keep_every_invariant(seed_chunk: range) -> None:
     # The runs must have exercised the interesting paths, not idled.
     assert stats["puts_ok"] > 0 and stats["gets_ok"] > 0
     if len(seed_chunk) >= 50:
-        for what in ("crash", "partition", "compact", "installed-snapshot", "conf-change", "transfer"):
+        for what in ("crash", "partition", "compact", "installed-snapshot", "conf-change", "transfer", "lazy-ticks"):
             assert stats.get(what, 0) > 0, (what, stats)
 
 

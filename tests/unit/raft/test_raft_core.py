@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from chunkfs.common.errors import ProtocolError
 from chunkfs.raft.core import (
+    LAZY_BATCH,
     AppendRequest,
     AppendResponse,
     Entry,
@@ -101,6 +102,79 @@ def test_proposals_between_two_readies_go_to_each_follower_in_one_message() -> N
     acks = [m for m in sent if isinstance(m, AppendResponse) and m.dst == 1]
     assert len(acks) == 2  # one per follower for the three entries
     assert nodes[1].commit == last
+
+
+def _appends_to(msgs: list[Message]) -> dict[int, list[bytes]]:
+    out: dict[int, list[bytes]] = {}
+    for m in msgs:
+        if isinstance(m, AppendRequest):
+            out.setdefault(m.dst, []).extend(e.data for e in m.entries)
+    return out
+
+
+def test_new_entries_go_at_once_only_to_the_followers_a_commit_needs() -> None:
+    nodes = {i: make(i, heartbeat_timeout=5, election_timeout=20) for i in (1, 2, 3)}
+    elect(nodes, 1)
+    leader = nodes[1]
+    leader.tick()  # the lazy follower is chosen once a tick
+    pump(nodes)
+    lazy = next(iter(leader._lazy))
+    prompt = 5 - lazy
+    sent = pump_after(nodes, lambda: leader.propose(b"a"))
+    assert _appends_to(sent).get(prompt) == [b"a"] and not _appends_to(sent).get(lazy)
+    assert leader.commit == leader.last_index  # committed with the prompt follower alone
+    # A batch's worth of entries goes to the lazy follower in one message.
+    sent = pump_after(nodes, lambda: [leader.propose(b"x%d" % i) for i in range(LAZY_BATCH - 1)])
+    batches = [m for m in sent if isinstance(m, AppendRequest) and m.dst == lazy and m.entries]
+    assert len(batches) == 1 and len(batches[0].entries) == LAZY_BATCH
+    assert nodes[lazy].log.last_index == leader.last_index
+    # What is left over goes with the next heartbeat.
+    sent = pump_after(nodes, lambda: leader.propose(b"b"))
+    assert nodes[lazy].log.last_index < leader.last_index
+    for _ in range(5):
+        leader.tick()
+    pump(nodes)
+    assert nodes[lazy].log.last_index == leader.last_index
+
+
+def test_a_silent_prompt_follower_sends_everything_to_the_others_within_two_ticks() -> None:
+    nodes = {i: make(i, heartbeat_timeout=5, election_timeout=20) for i in (1, 2, 3)}
+    elect(nodes, 1)
+    leader = nodes[1]
+    leader.tick()
+    pump(nodes)
+    lazy = next(iter(leader._lazy))
+    prompt = 5 - lazy
+    index = leader.propose(b"lost on its way")
+    pump(nodes, drop={prompt})
+    assert leader.commit < index
+    leader.tick()  # the entry is now a tick old
+    pump(nodes, drop={prompt})
+    leader.tick()  # ... and still not committed: every follower gets everything
+    pump(nodes, drop={prompt})
+    assert leader.commit >= index, "the commit waited for the heartbeat or longer"
+    assert nodes[lazy].log.last_index == leader.last_index
+    leader.tick()  # from now on the silent one is the lazy one
+    assert leader._lazy == frozenset({prompt})
+    index = leader.propose(b"next")
+    pump(nodes, drop={prompt})
+    assert leader.commit >= index
+
+
+def test_with_no_lazy_batch_every_follower_gets_new_entries_at_once() -> None:
+    nodes = {i: make(i, lazy_batch=0) for i in (1, 2, 3)}
+    elect(nodes, 1)
+    for _ in range(3):
+        nodes[1].tick()
+        pump(nodes)
+    sent = pump_after(nodes, lambda: nodes[1].propose(b"a"))
+    appends = _appends_to(sent)
+    assert appends.get(2) == [b"a"] and appends.get(3) == [b"a"]
+
+
+def pump_after(nodes: dict[int, RaftCore], action: object) -> list[Message]:
+    action()  # type: ignore[operator]
+    return pump(nodes)
 
 
 def test_follower_rejects_propose() -> None:
