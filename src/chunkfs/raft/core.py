@@ -888,6 +888,13 @@ class RaftCore:
                 self._election_elapsed = 0
         else:
             self._send(VoteResponse(self.id, m.src, self.term, False, m.pre_vote))
+            if (m.pre_vote and not up_to_date and self.check_quorum and self.role is Role.FOLLOWER
+                    and self.promotable() and self._election_elapsed >= self.election_timeout):
+                # The candidate's log is behind ours, and we too have not heard from a leader for an
+                # election timeout: the one who can win campaigns now instead of at its own timeout.
+                # (A lazy follower, LAZY_BATCH, is often the one that times out first, and a campaign
+                # is always safe.)
+                self.campaign()
 
     def _handle_vote_response(self, m: VoteResponse) -> None:
         if self.role is Role.PRE_CANDIDATE and m.pre_vote:

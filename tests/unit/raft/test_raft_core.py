@@ -161,6 +161,26 @@ def test_a_silent_prompt_follower_sends_everything_to_the_others_within_two_tick
     assert leader.commit >= index
 
 
+def test_a_follower_asked_for_a_vote_by_one_behind_it_campaigns_at_once() -> None:
+    """The master dies; the lazy follower, behind, times out first: the one that can win campaigns then."""
+    nodes = {i: make(i, heartbeat_timeout=5, election_timeout=20) for i in (1, 2, 3)}
+    elect(nodes, 1)
+    leader = nodes[1]
+    leader.tick()
+    pump(nodes)
+    lazy = next(iter(leader._lazy))
+    prompt = 5 - lazy
+    leader.propose(b"only on the master and the prompt follower")
+    pump(nodes)
+    assert nodes[prompt].log.last_index > nodes[lazy].log.last_index
+    for _ in range(20):  # the master is dead: an election timeout without a leader, on both
+        nodes[prompt].tick()
+    nodes[lazy].campaign()  # the lazy one's randomised timeout happens to run out first
+    pump(nodes, drop={1})
+    assert nodes[prompt].is_leader, "the follower with the longer log waited for its own timeout"
+    assert nodes[lazy].leader_id == prompt
+
+
 def test_with_no_lazy_batch_every_follower_gets_new_entries_at_once() -> None:
     nodes = {i: make(i, lazy_batch=0) for i in (1, 2, 3)}
     elect(nodes, 1)
