@@ -273,7 +273,8 @@ class ChunkIO:
     async def _down_chain(
         self, ino: int, index: int, msg: Msg, fields: dict[str, Any], payload: memoryview | bytes = b""
     ) -> None:
-        """Send a write or fsync to the head of the chunk's chain; on a failed replica, get a new chain."""
+        """Send a write to the head of the chunk's chain (an fsync to every replica at once); on a failed
+        replica, get a new chain."""
         failed: set[int] = set()
         why = ""
         last: ChunkFSError | None = None

@@ -54,8 +54,8 @@ NONE = 0
 #: The leader sends new entries at once only to the followers a commit needs; the others get
 #: them once this many have gathered, or with the next heartbeat (HEARTBEAT_TICKS).  On two cores
 #: shared by three metadata servers, a follower that appends, syncs and acknowledges every change
-#: though no commit waits for it took CPU and disk from those that did: four processes creating
-#: files made 16 % more creates a second without it (BENCHMARKS.md).  Safety does not depend on
+#: though no commit waits for it took CPU and disk from those that did: creates through the mount
+#: went 13 % faster without it one at a time, 10 % with four processes (BENCHMARKS.md).  Safety does not depend on
 #: it (a leader may send when it likes); a follower the commits count on that goes silent costs
 #: at most a tick or two before every follower is sent everything again (`_choose_lazy`).
 LAZY_BATCH = 32

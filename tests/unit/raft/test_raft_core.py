@@ -112,14 +112,19 @@ def _appends_to(msgs: list[Message]) -> dict[int, list[bytes]]:
     return out
 
 
-def test_new_entries_go_at_once_only_to_the_followers_a_commit_needs() -> None:
+def led_with_a_lazy_follower() -> tuple[dict[int, RaftCore], RaftCore, int, int]:
+    """Three members, 1 the leader, a tick past its election (the lazy follower is chosen once a tick):
+    the nodes, the leader, its lazy follower and the other one.  Heartbeats every 5 ticks."""
     nodes = {i: make(i, heartbeat_timeout=5, election_timeout=20) for i in (1, 2, 3)}
     elect(nodes, 1)
-    leader = nodes[1]
-    leader.tick()  # the lazy follower is chosen once a tick
+    nodes[1].tick()
     pump(nodes)
-    lazy = next(iter(leader._lazy))
-    prompt = 5 - lazy
+    lazy = next(iter(nodes[1]._lazy))
+    return nodes, nodes[1], lazy, 5 - lazy
+
+
+def test_new_entries_go_at_once_only_to_the_followers_a_commit_needs() -> None:
+    nodes, leader, lazy, prompt = led_with_a_lazy_follower()
     sent = pump_after(nodes, lambda: leader.propose(b"a"))
     assert _appends_to(sent).get(prompt) == [b"a"] and not _appends_to(sent).get(lazy)
     assert leader.commit == leader.last_index  # committed with the prompt follower alone
@@ -138,13 +143,7 @@ def test_new_entries_go_at_once_only_to_the_followers_a_commit_needs() -> None:
 
 
 def test_a_silent_prompt_follower_sends_everything_to_the_others_within_two_ticks() -> None:
-    nodes = {i: make(i, heartbeat_timeout=5, election_timeout=20) for i in (1, 2, 3)}
-    elect(nodes, 1)
-    leader = nodes[1]
-    leader.tick()
-    pump(nodes)
-    lazy = next(iter(leader._lazy))
-    prompt = 5 - lazy
+    nodes, leader, lazy, prompt = led_with_a_lazy_follower()
     index = leader.propose(b"lost on its way")
     pump(nodes, drop={prompt})
     assert leader.commit < index
@@ -163,13 +162,7 @@ def test_a_silent_prompt_follower_sends_everything_to_the_others_within_two_tick
 
 def test_a_follower_asked_for_a_vote_by_one_behind_it_campaigns_at_once() -> None:
     """The master dies; the lazy follower, behind, times out first: the one that can win campaigns then."""
-    nodes = {i: make(i, heartbeat_timeout=5, election_timeout=20) for i in (1, 2, 3)}
-    elect(nodes, 1)
-    leader = nodes[1]
-    leader.tick()
-    pump(nodes)
-    lazy = next(iter(leader._lazy))
-    prompt = 5 - lazy
+    nodes, leader, lazy, prompt = led_with_a_lazy_follower()
     leader.propose(b"only on the master and the prompt follower")
     pump(nodes)
     assert nodes[prompt].log.last_index > nodes[lazy].log.last_index
