@@ -666,6 +666,16 @@ class RaftCore:
             self._send_append(to)
         return True
 
+    def report_unreachable(self, peer: int) -> None:
+        """The driver's news that `peer` cannot be reached now (its connection is gone).
+
+        A follower the commits counted on: the lazy ones are sent everything at once, instead of
+        a tick or two later when the commits are found stalled (a killed process closes its
+        connections at once; a frozen or cut-off one is still found by the stall).
+        """
+        if self.role is Role.LEADER and self._lazy and peer in self._progress and peer not in self._lazy:
+            self._wake_lazy()
+
     def take_lost_logs(self) -> set[int]:
         """Members found to have lost entries they acknowledged (once each time it is found)."""
         lost, self.lost_logs = self.lost_logs, set()
@@ -1034,10 +1044,7 @@ class RaftCore:
         if self.lazy_batch <= 0:
             return
         if stalled:
-            woken, self._lazy = self._lazy, frozenset()
-            for peer in woken:
-                if peer in self._progress:
-                    self._send_append(peer)
+            self._wake_lazy()
             return
         if self._lazy:
             return
@@ -1046,6 +1053,13 @@ class RaftCore:
         if len(followers) > needed:
             ranked = sorted(followers, key=lambda p: (-self._progress[p].match, p))
             self._lazy = frozenset(ranked[needed:])
+
+    def _wake_lazy(self) -> None:
+        """Every follower gets new entries at once again; the lazy ones are sent what they lack now."""
+        woken, self._lazy = self._lazy, frozenset()
+        for peer in woken:
+            if peer in self._progress:
+                self._send_append(peer)
 
     def _held_back(self, peer: int, pr: Progress) -> bool:
         """A lazy follower waits for a batch of new entries (or the next heartbeat)."""

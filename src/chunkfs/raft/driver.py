@@ -141,6 +141,23 @@ class _Peer:
         self.snapshot_task: asyncio.Task[None] | None = None
         self.snapshot_failures = 0
         self.tasks = [asyncio.get_running_loop().create_task(self._run())]
+        #: Waits for the connection to close, to tell the core at once (`_connect`).
+        self.watcher: asyncio.Task[None] | None = None
+
+    async def _connect(self, addr: str) -> Connection:
+        """A new connection to the peer; when it closes (the peer died, or it was given up), the core
+        hears of it at once: a leader whose commits counted on this follower then sends to the others
+        without waiting for a tick (raft/core.py, LAZY_BATCH)."""
+        conn = await connect(addr, self.driver.creds, timeout=2.0)
+        if self.watcher is not None:
+            self.watcher.cancel()
+
+        async def watch() -> None:
+            await conn.wait_closed()
+            self.driver.unreachable(self.peer_id)
+
+        self.watcher = asyncio.get_running_loop().create_task(watch())
+        return conn
 
     def heard(self) -> None:
         """A message from this peer arrived (on its own connection to us)."""
@@ -193,7 +210,7 @@ class _Peer:
             image = Image.of(msg.snapshot)
             assert image is not None, "the initial snapshot is never sent"
             if self.conn is None or self.conn.closed:
-                self.conn = await connect(driver.routes.get(addr, addr), driver.creds, timeout=2.0)
+                self.conn = await self._connect(driver.routes.get(addr, addr))
             logger.info("raft: %s needs snapshot %d (%d bytes): sending it", peer, image.index, image.size)
             await snapshot_files.send(self.conn, image, image.path(driver.directory), alive, peer)
             if alive():
@@ -224,7 +241,7 @@ class _Peer:
             addr = self.driver.routes.get(addr, addr)
             try:
                 if self.conn is None or self.conn.closed:
-                    self.conn = await connect(addr, self.driver.creds, timeout=2.0)
+                    self.conn = await self._connect(addr)
                     self.unanswered_since = None
                 pause = 0.05
             except ChunkFSError as exc:
@@ -241,8 +258,9 @@ class _Peer:
                 self._write(self.conn, self.queue.get_nowait())
 
     def close(self) -> None:
-        if self.snapshot_task is not None:
-            self.tasks.append(self.snapshot_task)
+        for task in (self.snapshot_task, self.watcher):
+            if task is not None:
+                self.tasks.append(task)
         for task in self.tasks:
             task.cancel()
         if self.conn is not None:
@@ -489,6 +507,12 @@ class RaftLog:
     def wake(self) -> None:
         """Something for the loop to do (the core has new output)."""
         self._wake.set()
+
+    def unreachable(self, peer_id: int) -> None:
+        """The connection to a peer is gone: the core may send to the others at once (LAZY_BATCH)."""
+        if self.core is not None:
+            self.core.report_unreachable(peer_id)
+            self.wake()
 
     async def stop(self) -> None:
         if self._apply_timer is not None:

@@ -160,6 +160,19 @@ def test_a_silent_prompt_follower_sends_everything_to_the_others_within_two_tick
     assert leader.commit >= index
 
 
+def test_a_prompt_follower_reported_unreachable_sends_everything_to_the_others_at_once() -> None:
+    nodes, leader, lazy, prompt = led_with_a_lazy_follower()
+    leader.report_unreachable(lazy)  # the lazy one gone changes nothing
+    assert leader._lazy == frozenset({lazy})
+    index = leader.propose(b"to a follower that died")
+    pump(nodes, drop={prompt})
+    assert leader.commit < index
+    leader.report_unreachable(prompt)  # its connection closed: no tick needed
+    pump(nodes, drop={prompt})
+    assert leader.commit >= index
+    assert nodes[lazy].log.last_index == leader.last_index
+
+
 def test_a_follower_asked_for_a_vote_by_one_behind_it_campaigns_at_once() -> None:
     """The master dies; the lazy follower, behind, times out first: the one that can win campaigns then."""
     nodes, leader, lazy, prompt = led_with_a_lazy_follower()
