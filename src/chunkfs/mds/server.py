@@ -527,7 +527,9 @@ class MetadataServer:
         return attr
 
     async def _on_release(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
-        if self.open_files.release(h["session"], h["ino"]):
+        # Only an orphan (unlinked while open) is the reaper's: waking it for every close of a file
+        # that still has a name cost the master a pass of its loop per small file.
+        if self.open_files.release(h["session"], h["ino"]) and self.store.orphans_among([h["ino"]]):
             self.reaper.consider(h["ino"])
         return {}
 

@@ -585,7 +585,7 @@ class MetadataStore:
         check_name_length(name)
         existing = self._child(parent, name)
         if existing is None:
-            return {"attr": self._make_node(parent, name, "f", mode, time), "dropped": []}
+            return {"attr": self._make_node(parent, name, "f", mode, time, absent=True), "dropped": []}
         if exclusive:
             raise Exists(f"{shown(name)} already exists")
         attr = self.getattr(existing)
@@ -604,10 +604,13 @@ class MetadataStore:
         self.db.execute("UPDATE inodes SET size = ? WHERE ino = ?", (len(target), attr["ino"]))
         return self.getattr(attr["ino"])
 
-    def _make_node(self, parent: int, name: str, kind: str, mode: int, time: float) -> dict[str, Any]:
+    def _make_node(
+        self, parent: int, name: str, kind: str, mode: int, time: float, absent: bool = False
+    ) -> dict[str, Any]:
+        """A new inode named `name` in `parent`; `absent`: the caller has just found no such name."""
         check_name(name)
         pattr = self._live_dir_attr(parent)
-        if self._child(parent, name) is not None:
+        if not absent and self._child(parent, name) is not None:
             raise Exists(f"{shown(name)} already exists")
         ino, t = self._next("next_ino"), _ns(time)
         if kind == "d" and pattr["mode"] & statmod.S_ISGID:

@@ -423,7 +423,10 @@ class RaftLog:
         self._wake.set()
         started = time.perf_counter()
         try:
-            result = await asyncio.wait_for(asyncio.shield(fut), PROPOSE_TIMEOUT)
+            # Not wait_for(shield(fut)): two futures and a task per change. A timeout or a cancelled
+            # caller cancels `fut`, which `_settle` then skips; the change still commits and applies.
+            async with asyncio.timeout(PROPOSE_TIMEOUT):
+                result = await fut
         except TimeoutError:
             raise Timeout(
                 f"metadata change not committed within {PROPOSE_TIMEOUT:g}s (is a quorum of metadata servers up?); "

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
 import pytest
 
 from chunkfs.common.errors import InvalidArgument, NotFound
 from chunkfs.mds.open_files import OpenFileTable
-from chunkfs.protocol.messages import int_list
+from chunkfs.mds.server import MetadataServer
+from chunkfs.mds.store import MetadataStore, encode_command
+from chunkfs.protocol.messages import ROOT_INO, int_list
 
 
 class Clock:
@@ -150,3 +157,27 @@ def test_silent_sessions_are_those_not_heard_from_lately() -> None:
     clock.now += 8
     t.renew("B")
     assert t.silent(["A", "B", "C"], after=5) == ["A", "C"]  # C: listed, never heard by this master
+
+
+def test_the_last_release_wakes_the_reaper_only_for_an_orphan(tmp_path: Path) -> None:
+    """A close of a file that still has a name is not the reaper's business (a pass of its loop per file)."""
+    store = MetadataStore(tmp_path / "meta.db", 1 << 20)
+    try:
+        def apply(index: int, op: str, **args: Any) -> Any:
+            return store.apply(index, 1, encode_command(op, time=1000.0 + index, **args))
+
+        named = apply(1, "create", parent=ROOT_INO, name="named", mode=0o644, exclusive=True)["attr"]["ino"]
+        gone = apply(2, "create", parent=ROOT_INO, name="gone", mode=0o644, exclusive=True)["attr"]["ino"]
+        assert apply(3, "unlink", parent=ROOT_INO, name="gone", free_ino=0)["orphan"] == gone
+        considered: list[int] = []
+        mds = SimpleNamespace(open_files=OpenFileTable(ttl=10, clock=Clock()), store=store,
+                              reaper=SimpleNamespace(consider=considered.append))
+        mds.open_files.listed([])  # not a new master's grace period
+        for ino in (named, gone):
+            mds.open_files.open("A", ino)
+            mds.open_files.open("B", ino)
+            for session in ("A", "B"):
+                asyncio.run(MetadataServer._on_release(mds, None, {"session": session, "ino": ino}))
+        assert considered == [gone]
+    finally:
+        store.close()
