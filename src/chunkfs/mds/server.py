@@ -32,6 +32,7 @@ from chunkfs.common.errors import (
     ProtocolError,
     Unavailable,
 )
+from chunkfs.common.failure_log import FailureLog
 from chunkfs.common.placement import FAILURE_DOMAINS, MAX_TIER
 from chunkfs.common.secret_files import SecretFiles
 from chunkfs.common.timings import TIMINGS
@@ -203,15 +204,18 @@ class MetadataServer:
 
     async def _checkpointer(self) -> None:
         """Move the store's write-ahead log into its database file now and then, off the event loop."""
+        # Retried every CHECKPOINT_INTERVAL: on a full disk that would be a WARNING every 2 s.
+        checkpoints = FailureLog(logger, f"checkpoint of the metadata store (retried every {CHECKPOINT_INTERVAL:g} s)")
+        rewinds = FailureLog(logger, "rewinding the metadata store's write-ahead log")
         while True:
             await asyncio.sleep(CHECKPOINT_INTERVAL)
             started = time.perf_counter()
             try:
                 frames, copied = await asyncio.to_thread(self.store.checkpoint)
             except sqlite3.Error as exc:
-                logger.warning("checkpoint of the metadata store failed (retried in %g s): %s",
-                               CHECKPOINT_INTERVAL, exc)
+                checkpoints.failed(exc)
                 continue
+            checkpoints.succeeded()
             TIMINGS.since("store.checkpoint", started)
             if frames > copied:
                 logger.debug("checkpoint copied %d of %d log frames; the rest next time", copied, frames)
@@ -221,9 +225,9 @@ class MetadataServer:
                 try:
                     done = self.store.reset_log()
                 except sqlite3.Error as exc:
-                    logger.warning("rewinding the metadata store's write-ahead log failed (retried in %g s): %s",
-                                   CHECKPOINT_INTERVAL, exc)
+                    rewinds.failed(exc)
                     continue
+                rewinds.succeeded()
                 TIMINGS.since("store.log_reset", started)
                 logger.log(logging.INFO if done else logging.DEBUG,
                            "metadata store's write-ahead log of %d MiB %s in %.0f ms", size >> 20,
