@@ -78,6 +78,7 @@ from chunkfs.client.client import Client
 from chunkfs.client.kernel_cache import WHOLE_NAMES_MAX, KernelCache
 from chunkfs.common.change_time import change_ctime
 from chunkfs.common.errors import Busy, ChunkFSError, ConfigError, NotFound, ProtocolError, Unavailable
+from chunkfs.common.failure_log import FailureLog
 from chunkfs.common.names import check_name_length
 from chunkfs.common.timings import TIMINGS
 from chunkfs.protocol.mds_link import DEFAULT_RETRY_FOR
@@ -903,14 +904,17 @@ class ChunkFSOperations(pyfuse3.Operations):
     async def _keep_session(self) -> None:
         """Renew this mount's session; re-send what it holds open when the master does not know it."""
         unsent = False  # the master did not know the session, and has not had every file yet
+        # Retried every SESSION_TTL / 4: while the master is away, a WARNING a minute, not every 2.5 s.
+        renewals = FailureLog(logger, f"renewing mount session {self.session}")
         while True:
             try:
                 if unsent or not await self.client.renew_session(self.session, []):
                     unsent = True
                     await self._resend_open_files()
                     unsent = False
+                renewals.succeeded()
             except ChunkFSError as exc:
-                logger.warning("could not renew mount session %s (%s); retrying", self.session, exc)
+                renewals.failed(exc)
             except Exception:  # a bug must not end renewals: the master would free this mount's unlinked open files
                 logger.exception("renewing mount session %s failed; retrying", self.session)
             try:
