@@ -268,7 +268,8 @@ class ChunkIO:
 
     async def _write_piece(self, ino: int, index: int, offset: int, data: memoryview, sync: bool) -> None:
         await self._down_chain(ino, index, Msg.CS_WRITE, {"offset": offset, "sync": sync}, data)
-        self.dirty.setdefault(ino, set()).add(index)
+        if not sync:  # a synced write is on every replica's disk already: no fsync owes it anything
+            self.dirty.setdefault(ino, set()).add(index)
 
     async def _down_chain(
         self, ino: int, index: int, msg: Msg, fields: dict[str, Any], payload: memoryview | bytes = b""

@@ -26,7 +26,10 @@ What the mount keeps, and for how long:
   commit, while the master vouches for the file's attributes;
 * ``fsync``/``fdatasync`` return only once every chunk written through this
   mount since the last fsync is on every replica's disk *and* the size is
-  committed on the master.
+  committed on the master.  A file synced after every single small write (a
+  VM's disk in write-through mode, ``O_DSYNC``) has its small writes synced on
+  every replica as they are made (*write-through*), and its fsync then has no
+  replica left to ask: one round trip per synchronous write, not two.
 * with ``-o exclusive``, a file opened for writing is leased to this mount
   (`chunkfs.mds.leases`) for as long as it is open, renewed every quarter of
   the lease time; another exclusive mount's open for writing gets ``EBUSY``
@@ -114,6 +117,13 @@ WATCH_TIMEOUT = 5.0
 SESSION_RESEND_TRIES = 3
 #: renameat2's flag (linux/fs.h): fail rather than replace an existing target.
 RENAME_NOREPLACE = 1
+#: Write-through: after this many fsyncs in a row that each followed one write of at most
+#: WRITE_THROUGH_MAX bytes, a file's writes of that size are synced on every replica as they are made
+#: (so the next fsync has nothing left to sync); a second write before an fsync ends it.  A write with
+#: a sync costs about what the fsync's round of replica syncs did, so it pays only when every write
+#: is followed by one (measured in BENCHMARKS.md, "write-through").
+WRITE_THROUGH_AFTER = 2
+WRITE_THROUGH_MAX = 128 << 10
 #: Reported I/O block size: what `cp` and friends size their buffers by; the
 #: kernel sends writes of up to 1 MiB.
 BLOCK_SIZE = 1 << 20
@@ -272,6 +282,11 @@ class OpenFile:
     #: `futimens`, or an owner or mode set to what it already is (ctime only).  They go to the master
     #: with the next commit (flush, fsync, close, or another attribute change), as a write's size does.
     pending: dict[str, int] = field(default_factory=dict)
+    #: Writes since the last fsync, the largest of them, and fsyncs in a row that each followed one
+    #: small write: what decides write-through (`WRITE_THROUGH_AFTER`).
+    unsynced_writes: int = 0
+    unsynced_largest: int = 0
+    sync_streak: int = 0
 
 
 @dataclass(slots=True)
@@ -980,8 +995,13 @@ class ChunkFSOperations(pyfuse3.Operations):
             off = of.size
             of.size = off + len(buf)
             of.appends += 1
+        through = of.sync_streak >= WRITE_THROUGH_AFTER and len(buf) <= WRITE_THROUGH_MAX
+        of.unsynced_writes += 1
+        of.unsynced_largest = max(of.unsynced_largest, len(buf))
+        if of.unsynced_writes > 1:
+            of.sync_streak = 0  # more than one write per fsync: plain writes again
         try:
-            await self.client.io.write(of.ino, off, buf)
+            await self.client.io.write(of.ino, off, buf, sync=through)
         except BaseException:
             if appending and of.size == off + len(buf):
                 of.size = off  # nothing was appended after it: give the range back
@@ -1036,6 +1056,11 @@ class ChunkFSOperations(pyfuse3.Operations):
     @fuse_errors
     async def fsync(self, fh: int, datasync: bool) -> None:
         of = self._handle(fh)
+        if of.unsynced_writes == 1 and of.unsynced_largest <= WRITE_THROUGH_MAX:
+            of.sync_streak += 1
+        elif of.unsynced_writes:
+            of.sync_streak = 0
+        of.unsynced_writes = of.unsynced_largest = 0
         if datasync and of.written_end <= of.committed_size:
             # fdatasync of writes inside the file (a VM's disk, a database's pages): the data is all
             # that must be durable; the new mtime is committed by the next fsync, flush or close.

@@ -142,19 +142,27 @@ class ChunkServer:
         awaited outside the lock, so writes to one chunk pipeline (a VM's
         queue of random writes) instead of each waiting for a round trip.
         """
-        chunk_id, inline = h["chunk_id"], len(payload) <= INLINE_IO_MAX and not h["sync"]
+        chunk_id, sync = h["chunk_id"], h["sync"]
+        # A synced write (a mount's write-through) is a small write and its sync: on the loop when
+        # a sync of that chunk alone would be (sync_policy.py).
+        inline = len(payload) <= INLINE_IO_MAX and (not sync or self.syncs.sync_inline(chunk_id, len(payload)))
         chain = replica_list(h["chain"], "chain")
         async with self._locks[chunk_id % WRITE_LOCK_STRIPES]:
             answers = await self._send_on(Msg.CS_WRITE, chain, h, payload)
             started = time.perf_counter()
             try:
                 await self._on_own_disk(lambda: _disk_io(
-                    inline, self.store.write, chunk_id, h["version"], h["offset"], payload, h["sync"]))
+                    inline, self.store.write, chunk_id, h["version"], h["offset"], payload, sync))
             except BaseException:
                 await self._answered(answers)  # nothing left waiting for its answer
                 raise
-            TIMINGS.since("cs.own_write", started)
-            self.syncs.wrote(chunk_id, len(payload))
+            took = time.perf_counter() - started
+            TIMINGS.record("cs.own_write_synced" if sync else "cs.own_write", took)
+            if sync:
+                self.syncs.synced(took)
+                self.syncs.wrote(chunk_id, 0)  # counted again from nothing: all of it is on the disk
+            else:
+                self.syncs.wrote(chunk_id, len(payload))
         if answers:
             started = time.perf_counter()
             await self._answered(answers)

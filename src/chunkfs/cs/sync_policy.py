@@ -34,10 +34,11 @@ class SyncPolicy:
         if chunk_id in unsynced or len(unsynced) < self.max_tracked:
             unsynced[chunk_id] = unsynced.get(chunk_id, 0) + nbytes
 
-    def sync_inline(self, chunk_id: int) -> bool:
-        """Whether the sync of `chunk_id` starting now may run on the loop; its count starts again."""
+    def sync_inline(self, chunk_id: int, writing: int = 0) -> bool:
+        """Whether the sync of `chunk_id` starting now (after a write of `writing` bytes) may run on
+        the loop; its count starts again."""
         written = self.unsynced.pop(chunk_id, None)
-        return written is not None and written <= INLINE_SYNC_MAX and self.last_took < INLINE_SYNC_S
+        return written is not None and written + writing <= INLINE_SYNC_MAX and self.last_took < INLINE_SYNC_S
 
     def synced(self, took: float) -> None:
         self.last_took = took

@@ -28,7 +28,7 @@ class Chunks:
         self.go = asyncio.Event()
         self.fail = False
 
-    async def write(self, ino: int, off: int, buf: Any) -> None:
+    async def write(self, ino: int, off: int, buf: Any, sync: bool = False) -> None:
         self.offsets.append(off)
         await self.go.wait()
         if self.fail:
