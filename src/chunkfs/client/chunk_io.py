@@ -90,6 +90,8 @@ class ChunkIO:
         self._read_salt = random.randrange(1 << 30)
         #: Chunks written since the last fsync of each inode.
         self.dirty: dict[int, set[int]] = {}
+        #: inode -> the lock its fsyncs take turns on, and how many hold or wait for it.
+        self._fsyncs: dict[int, tuple[asyncio.Lock, int]] = {}
         #: inode -> the file's highest chunk version when this mount last opened it (`opened`).
         self._chunks_versions: dict[int, int] = {}
         #: (chunk id, version, server) a fresh map still names though the server lacked the chunk:
@@ -341,10 +343,28 @@ class ChunkIO:
                 raise outcome
 
     async def fsync(self, ino: int) -> None:
-        """Every chunk written since the last fsync reaches the disk on every replica."""
-        indexes = self.dirty.pop(ino, set())
+        """Every chunk written since the last fsync reaches the disk on every replica.
+
+        One file's fsyncs go one after the other: an fsync takes the chunks written so far off the
+        dirty set, so a second one called meanwhile (another thread) would find nothing left and
+        return while the first was still syncing writes made before it.  Waiting for the first, it
+        then syncs what came since, and what the first gave back if it failed.
+        """
+        lock, users = self._fsyncs.get(ino, (None, 0))
+        if lock is None:
+            lock = asyncio.Lock()
+        self._fsyncs[ino] = (lock, users + 1)
         try:
-            await asyncio.gather(*(self._down_chain(ino, index, Msg.CS_FSYNC, {}) for index in indexes))
-        except BaseException:
-            self.dirty.setdefault(ino, set()).update(indexes)
-            raise
+            async with lock:
+                indexes = self.dirty.pop(ino, set())
+                try:
+                    await asyncio.gather(*(self._down_chain(ino, index, Msg.CS_FSYNC, {}) for index in indexes))
+                except BaseException:
+                    self.dirty.setdefault(ino, set()).update(indexes)
+                    raise
+        finally:
+            lock, users = self._fsyncs[ino]
+            if users == 1:
+                del self._fsyncs[ino]
+            else:
+                self._fsyncs[ino] = (lock, users - 1)
