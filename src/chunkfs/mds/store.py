@@ -164,6 +164,9 @@ _LISTED_VERSIONS = ("SELECT c.chunk_id, c.version FROM chunk_replicas r JOIN chu
 #: Answers to clients' changes are kept for retries at most this many log entries (far longer than
 #: any client retries: seconds of work even on a busy cluster), so the table stays bounded.
 ANSWER_WINDOW = 1_000_000
+#: Answers past the window are deleted at every this many log entries, not at each (one statement
+#: fewer per change; the table holds at most this many more).
+ANSWER_PRUNE_EVERY = 256
 #: SQLite page size of a new store (see `_open`).
 PAGE_SIZE = 1024
 #: How long the applying connection waits for a lock held by another (Python's default).
@@ -482,13 +485,15 @@ class MetadataStore:
         return None if row is None else int(row[0])
 
     def _set_meta(self, key: str, value: int) -> None:
-        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+        # An upsert changes the row in place; INSERT OR REPLACE deleted and re-inserted it (and its key).
+        self.db.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                        (key, value))
 
     def _next(self, key: str) -> int:
-        value = self._meta(key)
-        assert value is not None
-        self._set_meta(key, value + 1)
-        return value
+        """The counter's value, counted up in the same statement."""
+        rows = self.db.execute("UPDATE meta SET value = value + 1 WHERE key = ? RETURNING value - 1", (key,)).fetchall()
+        assert rows, f"no counter {key!r}"
+        return int(rows[0][0])
 
     @property
     def applied_index(self) -> int:
@@ -560,7 +565,8 @@ class MetadataStore:
         """The kept answer to this request, if it was done; forget what the client will not ask again."""
         cid, seq, low = str(req[0]), int(req[1]), int(req[2])
         self.db.execute("DELETE FROM answers WHERE cid = ? AND seq < ?", (cid, low))
-        self.db.execute("DELETE FROM answers WHERE idx < ?", (index - ANSWER_WINDOW,))
+        if index % ANSWER_PRUNE_EVERY == 0:
+            self.db.execute("DELETE FROM answers WHERE idx < ?", (index - ANSWER_WINDOW,))
         row = self.db.execute("SELECT answer FROM answers WHERE cid = ? AND seq = ?", (cid, seq)).fetchone()
         return None if row is None else msgpack.unpackb(row[0], raw=False)
 
@@ -615,17 +621,26 @@ class MetadataStore:
         ino, t = self._next("next_ino"), _ns(time)
         if kind == "d" and pattr["mode"] & statmod.S_ISGID:
             mode |= statmod.S_ISGID  # a directory in a set-group-ID directory inherits the bit
+        nlink = 2 if kind == "d" else 1
         self.db.execute(
             "INSERT INTO inodes VALUES (?, ?, ?, 0, ?, ?, ?, ?, ?, ?)",
-            (ino, kind, mode & 0o7777, t, t, t, pattr["replicas"], pattr["min_replicas"], 2 if kind == "d" else 1),
+            (ino, kind, mode & 0o7777, t, t, t, pattr["replicas"], pattr["min_replicas"], nlink),
         )
         self.db.execute("INSERT INTO dentries VALUES (?, ?, ?)", (parent, name, ino))
         # A new subdirectory's ".." is one more link to its parent.
         self.db.execute("UPDATE inodes SET mtime = ?, ctime = ?, nlink = nlink + ? WHERE ino = ?",
                         (t, t, int(kind == "d"), parent))
-        # Failure domain and tier are inherited like replicas (no row: the defaults).
-        self.db.execute("INSERT INTO placement SELECT ?, domain, tier FROM placement WHERE ino = ?", (ino, parent))
-        return self.getattr(ino)
+        # Failure domain and tier are inherited like replicas (no row: the defaults, so none is needed then).
+        domain, tier = pattr["failure_domain"], pattr["tier"]
+        if domain != DEFAULT_FAILURE_DOMAIN or tier != 0:
+            self.db.execute("INSERT INTO placement VALUES (?, ?, ?)", (ino, domain, tier))
+        # What `getattr` would read back, without reading it.
+        return {
+            "ino": ino, "type": kind, "mode": (mode & 0o7777) | _TYPE_BITS[kind], "nlink": nlink,
+            "size": 0, "atime_ns": t, "mtime_ns": t, "ctime_ns": t,
+            "replicas": pattr["replicas"], "min_replicas": pattr["min_replicas"],
+            "failure_domain": domain, "tier": tier,
+        }
 
     def _op_setattr(
         self,
@@ -694,13 +709,16 @@ class MetadataStore:
     def _op_unlink(self, term: int, parent: int, name: str, time: float, free_ino: int = 0) -> dict[str, Any]:
         """Remove a name; see `_remove_entry` for what happens to a file's inode and chunks."""
         ino = self._existing_child(parent, name)
-        if self.getattr(ino)["type"] == "d":
+        kind = self.getattr(ino)["type"]
+        if kind == "d":
             raise IsADirectory(f"{shown(name)} is a directory: use rmdir")
-        result = self._remove_entry(parent, name, ino, time, free_ino)
+        result = self._remove_entry(parent, name, ino, time, free_ino, kind)
         self.db.execute("UPDATE inodes SET mtime = ?, ctime = ? WHERE ino = ?", (_ns(time), _ns(time), parent))
         return result
 
-    def _remove_entry(self, parent: int, name: str, ino: int, time: float, free_ino: int) -> dict[str, Any]:
+    def _remove_entry(
+        self, parent: int, name: str, ino: int, time: float, free_ino: int, kind: str | None = None
+    ) -> dict[str, Any]:
         """Take a file's or a link's name away.
 
         A regular file may still be open in some mount (POSIX: it lives until
@@ -709,10 +727,10 @@ class MetadataStore:
         (`free_ino`, decided when it proposed the command); otherwise it
         becomes an *orphan*: no name, ``nlink`` 0, chunks kept, freed by a
         later ``free_orphans`` once no mount holds it.  The result names the
-        chunks to delete and the orphan made, if any.
+        chunks to delete and the orphan made, if any.  `kind`: the inode's type, if the caller read it.
         """
         self.db.execute("DELETE FROM dentries WHERE parent = ? AND name = ?", (parent, name))
-        if self.getattr(ino)["type"] == "f" and free_ino != ino:
+        if (kind or self.getattr(ino)["type"]) == "f" and free_ino != ino:
             self.db.execute("UPDATE inodes SET nlink = 0, ctime = ? WHERE ino = ?", (_ns(time), ino))
             self.db.execute("INSERT OR REPLACE INTO orphans VALUES (?, ?)", (ino, time))
             return {"dropped": [], "orphan": ino}

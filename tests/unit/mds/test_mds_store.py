@@ -175,6 +175,28 @@ def test_mkdir_create_lookup(d: Driver, store: MetadataStore) -> None:
         store.resolve("/b")
 
 
+def test_a_new_node_is_answered_as_it_reads_back(d: Driver, store: MetadataStore) -> None:
+    """A create or mkdir builds its answer without reading the row back: it must be what a read gives."""
+    plain = d.mkdir(ROOT_INO, "plain", 0o2775)  # set-group-ID: a subdirectory inherits the bit
+    placed = d.mkdir(ROOT_INO, "placed")
+    d("set_placement", inos=[placed], domain="rack", tier=2)
+    tiered = d.mkdir(ROOT_INO, "tiered")
+    d("set_placement", inos=[tiered], domain=None, tier=1)
+    d("set_replicas", ino=tiered, replicas=2, min_replicas=1, recursive=False)
+    for parent in (ROOT_INO, plain, placed, tiered):
+        made = [d("mkdir", parent=parent, name="sub", mode=0o1777, time=d.tick()),
+                d("create", parent=parent, name="file", mode=0o4755, time=d.tick(), exclusive=True)["attr"],
+                d("create", parent=parent, name="file", mode=0o600, time=d.tick(), exclusive=False)["attr"]]
+        for attr in made:
+            assert attr == store.getattr(attr["ino"]), (parent, attr)
+    assert store.lookup(plain, "sub")["mode"] & stat.S_ISGID
+    assert store.lookup(placed, "file")["failure_domain"] == "rack"
+    assert (store.lookup(tiered, "sub")["tier"], store.lookup(tiered, "sub")["replicas"]) == (1, 2)
+    # A child of a child still inherits the placement (a copied row, not the parent's).
+    deeper = d.create(store.lookup(placed, "sub")["ino"], "deeper")
+    assert (store.getattr(deeper)["failure_domain"], store.getattr(deeper)["tier"]) == ("rack", 2)
+
+
 def test_mkdir_errors(d: Driver) -> None:
     a = d.mkdir(ROOT_INO, "a")
     f = d.create(ROOT_INO, "f")
