@@ -104,12 +104,16 @@ class Client:
 
     async def create_at(
         self, parent: int, name: str | bytes, mode: int = 0o644, exclusive: bool = False, *,
-        session: str | None = None, truncate: bool = False,
+        session: str | None = None, truncate: bool = False, oseq: int = 0,
     ) -> dict[str, Any]:
-        """Create a file (or, not `exclusive`, open the one there); `session`: a mount holds it open."""
+        """Create a file (or, not `exclusive`, open the one there); `session`: a mount holds it open.
+
+        `oseq`: the mount's number for this registration (see `release_inos`).
+        """
         header: dict[str, Any] = {"parent": parent, "name": to_bytes(name), "mode": mode, "exclusive": exclusive}
         if session is not None:
             header["session"] = session
+            header["oseq"] = oseq
         if truncate:
             header["truncate"] = True
         attr = (await self._change(Msg.CREATE, header))["attr"]
@@ -143,27 +147,39 @@ class Client:
 
     # -- open files (the mount) ----------------------------------------------
 
-    async def open_ino(self, ino: int, session: str, truncate: bool = False, linked: bool = False) -> dict[str, Any]:
+    async def open_ino(
+        self, ino: int, session: str, truncate: bool = False, linked: bool = False, oseq: int = 0
+    ) -> dict[str, Any]:
         """Register `ino` as open by a mount's `session` (it outlives an unlink until released); its attributes.
 
         `linked`: the caller reached the inode by a name, so NotFound when it has none any more.
+        `oseq`: the mount's number for this registration (see `release_inos`).
         """
-        reply = await self.mds.call(Msg.OPEN, {"ino": ino, "session": session, "truncate": truncate, "linked": linked})
+        reply = await self.mds.call(Msg.OPEN, {"ino": ino, "session": session, "truncate": truncate, "linked": linked,
+                                               "oseq": oseq})
         if truncate:
             self.io.forget(ino)
         self.io.opened(ino, reply.get("chunks_version"))
         return reply["attr"]
 
-    async def release_ino(self, ino: int, session: str) -> None:
-        """The mount's last close of `ino`."""
-        await self.mds.call(Msg.RELEASE, {"ino": ino, "session": session})
+    async def release_inos(self, session: str, releases: dict[int, int]) -> None:
+        """The mount's last close of files: inode -> the number (`oseq`) of the last registration it counts.
 
-    async def renew_session(self, session: str, open_inos: list[int], complete: bool = True) -> bool:
+        The master keeps a file held if this mount registered it again later: an open sent
+        before this release may be answered after it.
+        """
+        await self.mds.call(Msg.RELEASE, {"session": session, "inos": list(releases), "uptos": list(releases.values())})
+
+    async def renew_session(
+        self, session: str, open_inos: list[int], complete: bool = True, oseqs: list[int] | None = None
+    ) -> bool:
         """Keep a mount's session alive, (re-)registering `open_inos`; False if the master did not know it.
 
         `complete`: no more files follow (the last page of a re-registration, or a plain renewal).
+        `oseqs`: each file's latest registration number, as the mount's releases count them.
         """
-        reply = await self.mds.call(Msg.SESSION, {"session": session, "open": open_inos, "complete": complete})
+        reply = await self.mds.call(Msg.SESSION, {"session": session, "open": open_inos, "complete": complete,
+                                                  "oseqs": oseqs if oseqs is not None else [0] * len(open_inos)})
         return bool(reply["known"])
 
     async def end_session(self, session: str) -> None:

@@ -124,6 +124,12 @@ RENAME_NOREPLACE = 1
 #: is followed by one (measured in BENCHMARKS.md, "write-through").
 WRITE_THROUGH_AFTER = 2
 WRITE_THROUGH_MAX = 128 << 10
+#: Files closed here are released on the master together, this long after the first of them
+#: (seconds), or as soon as RELEASE_BATCH are waiting: a round trip to the master per small file
+#: cost the mount and the master more CPU than the file's create did.  Only the freeing of an
+#: unlinked file's space waits for it.
+RELEASE_DELAY = 0.020
+RELEASE_BATCH = 256
 #: Reported I/O block size: what `cp` and friends size their buffers by; the
 #: kernel sends writes of up to 1 MiB.
 BLOCK_SIZE = 1 << 20
@@ -287,6 +293,9 @@ class OpenFile:
     unsynced_writes: int = 0
     unsynced_largest: int = 0
     sync_streak: int = 0
+    #: This mount's number (``oseq``) of the latest OPEN or CREATE that registered the file with the
+    #: master: its release counts up to it, so it cannot undo a later open's registration.
+    registered: int = 0
 
 
 @dataclass(slots=True)
@@ -319,8 +328,14 @@ class ChunkFSOperations(pyfuse3.Operations):
         #: Who holds this mount's open files on the master (open_files.py); unique per mount process.
         self.session = f"{client.creds.node}/{os.urandom(4).hex()}"
         self._session_keeper: asyncio.Task[None] | None = None
-        #: Inodes closed here whose release the master has not confirmed.
-        self._unreleased: set[int] = set()
+        #: Numbers for this mount's registrations of open files with the master (`OpenFile.registered`).
+        self._oseq = itertools.count(1)
+        #: Files closed here, to release on the master soon (RELEASE_DELAY): inode -> last registration.
+        self._to_release: dict[int, int] = {}
+        self._release_timer: asyncio.TimerHandle | None = None
+        self._releasing: set[asyncio.Task[None]] = set()
+        #: Files closed here whose release the master has not confirmed (retried by the session keeper).
+        self._unreleased: dict[int, int] = {}
         self._fh = itertools.count(1)
         self.files: dict[int, OpenFile] = {}  # by inode
         self.handles: dict[int, OpenFile] = {}  # by file handle
@@ -613,16 +628,17 @@ class ChunkFSOperations(pyfuse3.Operations):
         check_name_length(name)
         truncate = bool(flags & os.O_TRUNC)
         since = self.cache.seq
+        oseq = next(self._oseq)
         attr = await self.client.create_at(
             parent_inode, name, statmod.S_IMODE(mode), exclusive=bool(flags & os.O_EXCL),
-            session=self.session, truncate=truncate,
+            session=self.session, truncate=truncate, oseq=oseq,
         )
         if attr["type"] != "f":
             raise pyfuse3.FUSEError(errno.EISDIR)
         if truncate:
             self._truncated(attr["ino"], attr["size"], attr["mtime_ns"])
         lease = await self._lease(attr["ino"], flags)
-        fi = self._open(attr, flags)
+        fi = self._open(attr, flags, oseq)
         self._leased(attr["ino"], lease)
         return fi, self._named(attr, parent_inode, name, since)
 
@@ -786,7 +802,8 @@ class ChunkFSOperations(pyfuse3.Operations):
 
     # -- files -----------------------------------------------------------------
 
-    def _open(self, attr: dict[str, Any], flags: int) -> pyfuse3.FileInfo:
+    def _open(self, attr: dict[str, Any], flags: int, oseq: int) -> pyfuse3.FileInfo:
+        """A handle for a file the master answered for; `oseq`: the registration it answered (0: none)."""
         ino = attr["ino"]
         of = self.files.get(ino)
         if of is None:
@@ -794,6 +811,7 @@ class ChunkFSOperations(pyfuse3.Operations):
         elif not of.dirty:
             of.size, of.committed_size, of.mtime_ns = attr["size"], attr["size"], attr["mtime_ns"]
         of.refs += 1
+        of.registered = max(of.registered, oseq)
         if self._session_keeper is None:
             self._session_keeper = asyncio.get_running_loop().create_task(self._keep_session())
         fh = next(self._fh)
@@ -815,15 +833,18 @@ class ChunkFSOperations(pyfuse3.Operations):
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         of = self.files.get(inode)
         truncate = bool(flags & os.O_TRUNC)
+        oseq = 0
         if of is not None and of.dirty and not truncate:
             attr = {"ino": inode, "size": of.size, "mtime_ns": of.mtime_ns}  # already held open by this mount
         else:
+            oseq = next(self._oseq)
             # Close-to-open: a file opened here sees what other mounts closed.  The
             # master holds the file for this mount from now on (and truncates it for O_TRUNC).
             try:
                 # Held open here, the file may be reached through that open file (/proc/PID/fd);
                 # else the kernel came by a name, which must still lead to it (see `_gone`).
-                attr = await self.client.open_ino(inode, self.session, truncate, linked=inode not in self.files)
+                attr = await self.client.open_ino(inode, self.session, truncate, linked=inode not in self.files,
+                                                  oseq=oseq)
             except NotFound:
                 raise pyfuse3.FUSEError(errno.ESTALE) from None
             if attr["type"] == "d":
@@ -832,7 +853,7 @@ class ChunkFSOperations(pyfuse3.Operations):
                 self._truncated(inode, attr["size"], attr["mtime_ns"])
             self._drop_stale_attr(inode, attr)
         lease = await self._lease(inode, flags)
-        fi = self._open(attr, flags)
+        fi = self._open(attr, flags, oseq)
         self._leased(inode, lease)
         return fi
 
@@ -933,8 +954,9 @@ class ChunkFSOperations(pyfuse3.Operations):
             except Exception:  # a bug must not end renewals: the master would free this mount's unlinked open files
                 logger.exception("renewing mount session %s failed; retrying", self.session)
             try:
-                for ino in [i for i in self._unreleased if i not in self.files]:
-                    await self._release_ino(ino)
+                if self._unreleased:
+                    retry, self._unreleased = self._unreleased, {}
+                    await self._release_now(retry)
             except Exception:
                 logger.exception("releasing closed files of session %s failed; retrying", self.session)
             await asyncio.sleep(SESSION_TTL / 4)
@@ -950,7 +972,8 @@ class ChunkFSOperations(pyfuse3.Operations):
             pages = [held[start:start + SESSION_OPEN_PAGE] for start in range(0, len(held), SESSION_OPEN_PAGE)]
             pages = pages or [[]]
             for number, page in enumerate(pages, 1):
-                if not await self.client.renew_session(self.session, page, complete=number == len(pages)):
+                oseqs = [self.files[ino].registered if ino in self.files else 0 for ino in page]
+                if not await self.client.renew_session(self.session, page, complete=number == len(pages), oseqs=oseqs):
                     break
             else:
                 logger.info("master did not know session %s: re-registered %d open file(s)", self.session, len(held))
@@ -965,6 +988,8 @@ class ChunkFSOperations(pyfuse3.Operations):
             self._session_keeper.cancel()
         if self._renewer is not None:
             self._renewer.cancel()
+        if self._release_timer is not None:
+            self._release_timer.cancel()  # ending the session releases everything
         held = [self._release_lease(of) for of in list(self.files.values())]
         # Bounded: with the master unreachable, the leases simply expire, and the session with them.
         with contextlib.suppress(TimeoutError, ChunkFSError):
@@ -1084,16 +1109,37 @@ class ChunkFSOperations(pyfuse3.Operations):
             if of.refs <= 0 and self.files.get(of.ino) is of and not of.dirty and not of.pending:
                 del self.files[of.ino]
                 await self._release_lease(of)
-                await self._release_ino(of.ino)
+                self._release_soon(of.ino, of.registered)
 
-    async def _release_ino(self, ino: int) -> None:
+    def _release_soon(self, ino: int, upto: int) -> None:
+        """Release a file closed here on the master with the others closed about now (RELEASE_DELAY)."""
+        self._to_release[ino] = max(self._to_release.get(ino, 0), upto)
+        if len(self._to_release) >= RELEASE_BATCH:
+            self._send_releases()
+        elif self._release_timer is None:
+            self._release_timer = asyncio.get_running_loop().call_later(RELEASE_DELAY, self._send_releases)
+
+    def _send_releases(self) -> None:
+        if self._release_timer is not None:
+            self._release_timer.cancel()
+            self._release_timer = None
+        batch, self._to_release = self._to_release, {}
+        if batch:
+            task = asyncio.get_running_loop().create_task(self._release_now(batch))
+            self._releasing.add(task)
+            task.add_done_callback(self._releasing.discard)
+
+    async def _release_now(self, batch: dict[int, int]) -> None:
         try:
-            await self.client.release_ino(ino, self.session)
-            self._unreleased.discard(ino)
-        except ChunkFSError as exc:
+            await self.client.release_inos(self.session, batch)
+        except Exception as exc:
             # Until released, an unlinked file keeps its space: the session keeper tries again.
-            logger.info("could not release inode %d on the master (%s); retrying", ino, exc)
-            self._unreleased.add(ino)
+            for ino, upto in batch.items():
+                self._unreleased[ino] = max(self._unreleased.get(ino, 0), upto)
+            if isinstance(exc, ChunkFSError):
+                logger.info("could not release %d closed file(s) on the master (%s); retrying", len(batch), exc)
+            else:
+                logger.exception("releasing closed files of session %s failed; retrying", self.session)
 
     # -- the file system -------------------------------------------------------
 

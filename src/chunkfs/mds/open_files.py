@@ -12,7 +12,11 @@ whom to wait for.
 So the rules are:
 
 * a mount registers every inode it opens (OPEN, or CREATE with its session)
-  and releases it at its last close (RELEASE); it renews its session every
+  and releases it after its last close (RELEASE, several files at a time); it
+  numbers its registrations (``oseq``) and a release says up to which one it
+  counts: an open the master registered later, sent before the release but
+  answered after it, keeps the file held whatever order the two arrive in;
+  it renews its session every
   quarter of `SESSION_TTL`, and re-sends all its open inodes when the master
   answers that it does not know the session (a new master, or an expiry),
   the last page marked ``complete``; at unmount it ends the session;
@@ -148,21 +152,29 @@ class OpenFileTable:
             if len(self.sessions) >= MAX_SESSIONS:
                 raise Unavailable(f"too many mount sessions ({MAX_SESSIONS}); retry later")
         self.sessions[session] = self.clock()
-        self.opens.setdefault(session, set())
+        self.opens.setdefault(session, {})
 
-    def open(self, session: str, ino: int) -> None:
+    def open(self, session: str, ino: int, seq: int = 0) -> None:
+        """Hold `ino` for `session`, by the mount's registration number `seq` (see `release`)."""
         if ino in self.freeing:
             raise NotFound(f"inode {ino} does not exist")
         self._touch(session)
         held = self.opens[session]
         if ino not in held and len(held) >= MAX_OPEN_PER_SESSION:
             raise Unavailable(f"session {session} holds {MAX_OPEN_PER_SESSION} open files; close some")
-        held.add(ino)
+        held[ino] = max(held.get(ino, 0), seq)
         self.holders.setdefault(ino, set()).add(session)
 
-    def release(self, session: str, ino: int) -> bool:
-        """Drop one session's hold; True if nobody holds `ino` any more."""
-        self.opens.get(session, set()).discard(ino)
+    def release(self, session: str, ino: int, upto: int | None = None) -> bool:
+        """Drop one session's hold, unless registered after `upto`; True if nobody holds `ino` any more.
+
+        `upto`: the mount's number of the last registration its closed file counted (None: all).
+        A later one is an open of the same file that the release must not undo.
+        """
+        held = self.opens.get(session, {})
+        if upto is not None and held.get(ino, 0) > upto:
+            return False
+        held.pop(ino, None)
         holders = self.holders.get(ino)
         if holders is not None:
             holders.discard(session)
@@ -177,7 +189,7 @@ class OpenFileTable:
         self.complete.discard(session)
         self.awaited.discard(session)
         self.ended.add(session)
-        return [ino for ino in self.opens.pop(session, set()) if self.release(session, ino)]
+        return [ino for ino in self.opens.pop(session, {}) if self.release(session, ino)]
 
     def expire(self) -> list[int]:
         """End sessions not renewed in time; return the inodes nobody holds any more."""

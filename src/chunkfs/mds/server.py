@@ -482,7 +482,7 @@ class MetadataServer:
         attr = result["attr"]
         self.watchers.changed(conn, [(h["parent"], h["name"])], [h["parent"], attr["ino"]])
         if h.get("session"):
-            attr = self._register_open(h["session"], attr["ino"])
+            attr = self._register_open(h["session"], attr["ino"], h.get("oseq", 0))
         return {"attr": attr, **self._parents(h["parent"])}
 
     async def _on_symlink(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
@@ -520,21 +520,32 @@ class MetadataServer:
             self.watchers.changed(conn, inodes=[ino])
         else:
             await self.log.read_barrier()
-        return {"attr": self._register_open(h["session"], ino),
+        return {"attr": self._register_open(h["session"], ino, h.get("oseq", 0)),
                 "chunks_version": self.store.chunks_version(ino)}
 
-    def _register_open(self, session: str, ino: int) -> dict[str, Any]:
+    def _register_open(self, session: str, ino: int, seq: int) -> dict[str, Any]:
         """Hold `ino` open for `session`: read and register with no await between (see open_files.py)."""
         attr = self.store.getattr(ino)
         if attr["type"] == "f":
-            self.open_files.open(session, ino)
+            self.open_files.open(session, ino, seq)
         return attr
 
     async def _on_release(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
+        if "inos" in h:
+            inos = int_list(h["inos"], "inos")
+            uptos: list[int | None] = list(int_list(h.get("uptos"), "uptos"))
+            if len(uptos) != len(inos):
+                raise InvalidArgument("RELEASE: inos and uptos must be lists of the same length")
+        elif "ino" in h:
+            inos, uptos = [h["ino"]], [None]
+        else:
+            raise InvalidArgument("RELEASE: name the files (inos) to release")
+        free = [ino for ino, upto in zip(inos, uptos, strict=True)
+                if self.open_files.release(h["session"], ino, upto)]
         # Only an orphan (unlinked while open) is the reaper's: waking it for every close of a file
         # that still has a name cost the master a pass of its loop per small file.
-        if self.open_files.release(h["session"], h["ino"]) and self.store.orphans_among([h["ino"]]):
-            self.reaper.consider(h["ino"])
+        for ino in self.store.orphans_among(free) if free else ():
+            self.reaper.consider(ino)
         return {}
 
     async def _on_watch(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
@@ -546,6 +557,9 @@ class MetadataServer:
     async def _on_session(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
         session = h["session"]
         inos = int_list(h["open"], "open")
+        seqs = int_list(h.get("oseqs", [0] * len(inos)), "oseqs")
+        if len(seqs) != len(inos):
+            raise InvalidArgument("SESSION: open and oseqs must be lists of the same length")
         if h.get("end"):
             for ino in self.open_files.end(session):
                 self.reaper.consider(ino)
@@ -553,8 +567,8 @@ class MetadataServer:
             return {"known": True}
         await self._ensure_session(session)
         known = self.open_files.renew(session, complete=bool(h.get("complete")))
-        for ino in inos:
-            self.open_files.open(session, ino)
+        for ino, seq in zip(inos, seqs, strict=True):
+            self.open_files.open(session, ino, seq)
         if inos:
             logger.info("mount session %s re-registered %d open file(s)", session, len(inos))
         return {"known": known}

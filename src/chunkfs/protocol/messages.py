@@ -179,9 +179,10 @@ SPECS: dict[Msg, MessageSpec] = {
     Msg.MKDIR: MessageSpec((*_ENTRY, f("mode", int), *_ONCE), (*_ATTR, *_PARENTS)),
     # With `session`, the new (or existing) file is registered as open by that mount (see OPEN);
     # `truncate` cuts an existing file to size 0 (O_TRUNC).
+    # `oseq`: the mount's number for this registration (see RELEASE).
     Msg.CREATE: MessageSpec(
         (*_ENTRY, f("mode", int), f("exclusive", bool), f("session", str, optional=True),
-         f("truncate", bool, optional=True), *_ONCE),
+         f("truncate", bool, optional=True), f("oseq", int, optional=True), *_ONCE),
         (*_ATTR, *_PARENTS),
     ),
     # A mount opens a file: the master registers it as held by the mount's session (an unlinked
@@ -189,14 +190,18 @@ SPECS: dict[Msg, MessageSpec] = {
     # `linked`: the mount holds no open file of the inode, so its kernel came by a name: the inode must
     # still have one.  `chunks_version`: the highest version among the file's chunks (`MetadataStore`).
     Msg.OPEN: MessageSpec((f("ino", int), f("session", str), f("truncate", bool), f("linked", bool, optional=True),
-                           *_ONCE),
+                           f("oseq", int, optional=True), *_ONCE),
                           (*_ATTR, f("chunks_version", int, optional=True))),
-    # The mount's last close of a file.
-    Msg.RELEASE: MessageSpec((f("ino", int), f("session", str)), ()),
+    # The mount's last close of files: `inos`, each released up to the registration numbered as in
+    # `uptos` (OPEN's and CREATE's `oseq`; a later one keeps the file held), or one `ino`, all of it.
+    Msg.RELEASE: MessageSpec((f("session", str), f("ino", int, optional=True), f("inos", list, optional=True),
+                              f("uptos", list, optional=True)), ()),
     # A mount's session renewal, with inodes it holds open (re-sent in pages when the
     # master answers known=False: a new master, or a session that had expired).
     # "complete": every file the mount holds is sent (the last page); "end": the mount unmounts.
-    Msg.SESSION: MessageSpec((f("session", str), f("open", list), f("complete", bool, optional=True),
+    # "oseqs": each open file's latest registration number (see RELEASE), in the order of "open".
+    Msg.SESSION: MessageSpec((f("session", str), f("open", list), f("oseqs", list, optional=True),
+                              f("complete", bool, optional=True),
                               f("end", bool, optional=True)), (f("known", bool),)),
     # A mount that keeps names and attributes in the kernel's cache asks to be told, on this
     # connection, of every change another client makes (INVALIDATE notices) while it lasts.

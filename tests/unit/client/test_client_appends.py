@@ -43,7 +43,7 @@ def mount(io: Chunks) -> ChunkFSOperations:
 
 
 def opened(ops: ChunkFSOperations, flags: int, size: int = 1000) -> int:
-    return int(ops._open({"ino": 5, "size": size, "mtime_ns": 1}, flags).fh)
+    return int(ops._open({"ino": 5, "size": size, "mtime_ns": 1}, flags, 0).fh)
 
 
 async def test_appends_in_flight_at_once_each_take_their_own_range() -> None:
@@ -96,11 +96,11 @@ async def test_a_handle_for_reading_too_writes_where_the_kernel_says() -> None:
     io = Chunks()
     io.go.set()
     ops = mount(io)
-    info = ops._open({"ino": 5, "size": 1000, "mtime_ns": 1}, os.O_RDWR | os.O_APPEND)
+    info = ops._open({"ino": 5, "size": 1000, "mtime_ns": 1}, os.O_RDWR | os.O_APPEND, 0)
     assert not info.direct_io
     await ops.write(int(info.fh), 100, b"p" * 4096)  # a mapped page written back
     assert io.offsets == [100]
-    assert ops._open({"ino": 5, "size": 1000, "mtime_ns": 1}, os.O_WRONLY | os.O_APPEND).direct_io
+    assert ops._open({"ino": 5, "size": 1000, "mtime_ns": 1}, os.O_WRONLY | os.O_APPEND, 0).direct_io
 
 
 async def test_a_handle_without_o_append_writes_where_asked() -> None:

@@ -26,7 +26,9 @@ class FlakyClient:
         self.renewals = 0
         self.lease_renewals = 0
 
-    async def renew_session(self, session: str, open_inos: list[int], complete: bool = True) -> bool:
+    async def renew_session(
+        self, session: str, open_inos: list[int], complete: bool = True, oseqs: list[int] | None = None
+    ) -> bool:
         self.renewals += 1
         if self.renewals == 1:
             raise KeyError("a bug")
@@ -38,7 +40,7 @@ class FlakyClient:
             raise RuntimeError("a bug")
         return 10.0
 
-    async def release_ino(self, ino: int, session: str) -> None:
+    async def release_inos(self, session: str, releases: dict[int, int]) -> None:
         raise TypeError("a bug")
 
 
@@ -60,7 +62,7 @@ def test_session_and_lease_renewals_go_on_after_an_unexpected_error(monkeypatch,
         of = OpenFile(7, 0, 0, 0)
         of.leased, of.lease_until = True, 0.0
         ops.files[7] = of
-        ops._unreleased.add(8)  # a closed file whose release fails with a bug every time
+        ops._unreleased[8] = 1  # a closed file whose release fails with a bug every time
         keeper = asyncio.get_running_loop().create_task(ops._keep_session())
         renewer = asyncio.get_running_loop().create_task(ops._renew_leases())
         try:

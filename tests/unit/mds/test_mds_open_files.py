@@ -181,3 +181,30 @@ def test_the_last_release_wakes_the_reaper_only_for_an_orphan(tmp_path: Path) ->
         assert considered == [gone]
     finally:
         store.close()
+
+
+def test_a_release_of_several_files_keeps_those_registered_again_since(tmp_path: Path) -> None:
+    """RELEASE names files with the mount's number of the last registration each close counted."""
+    store = MetadataStore(tmp_path / "meta.db", 1 << 20)
+    try:
+        inos = [store.apply(i, 1, encode_command("create", parent=ROOT_INO, name=f"f{i}", mode=0o644, exclusive=True,
+                                                 time=1000.0 + i))["attr"]["ino"] for i in (1, 2, 3)]
+        mds = SimpleNamespace(open_files=OpenFileTable(ttl=10, clock=Clock()), store=store,
+                              reaper=SimpleNamespace(consider=lambda ino: None))
+        mds.open_files.listed([])
+        for seq, ino in enumerate(inos, 1):
+            mds.open_files.open("A", ino, seq)
+        mds.open_files.open("A", inos[2], 9)  # opened again after the close the release counts
+
+        def release(h: dict[str, Any]) -> Any:
+            return asyncio.run(MetadataServer._on_release(mds, None, {"session": "A", **h}))
+
+        release({"inos": inos, "uptos": [1, 2, 3]})
+        assert [mds.open_files.held(ino) for ino in inos] == [False, False, True]
+        for bad in ({"inos": inos, "uptos": [1]}, {"inos": inos}, {}, {"inos": ["x"], "uptos": [1]}):
+            with pytest.raises(InvalidArgument):
+                release(bad)
+        release({"ino": inos[2]})  # an older mount's release: all of it
+        assert not mds.open_files.held(inos[2])
+    finally:
+        store.close()

@@ -1,0 +1,125 @@
+"""Files closed in a mount are released on the master together, and a release never undoes a later open.
+
+Each last close of a file was a round trip to the master (RELEASE); closes now go
+together (`RELEASE_DELAY`, `RELEASE_BATCH`).  A release is numbered: it counts the
+mount's registrations of the file (OPEN, CREATE) up to the last one its closed file
+knew, so an open answered after the release was sent, or a file opened again while
+its release waits, stays held on the master (an unlinked file it holds keeps its data).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from chunkfs.client import fuse_ops
+from chunkfs.client.fuse_ops import ChunkFSOperations, MountOptions
+from chunkfs.mds.open_files import OpenFileTable
+
+
+class Master:
+    """The master's side of OPEN and RELEASE, on its real table of open files."""
+
+    def __init__(self) -> None:
+        self.table = OpenFileTable()
+        self.releases: list[dict[int, int]] = []
+        #: While set and clear, an OPEN is registered at once but answered only when it is set.
+        self.answer_opens: asyncio.Event | None = None
+
+    async def open_ino(
+        self, ino: int, session: str, truncate: bool = False, linked: bool = False, oseq: int = 0
+    ) -> dict[str, Any]:
+        self.table.open(session, ino, oseq)
+        if self.answer_opens is not None:
+            await self.answer_opens.wait()
+        return {"ino": ino, "type": "f", "size": 0, "mtime_ns": 1}
+
+    async def release_inos(self, session: str, releases: dict[int, int]) -> None:
+        self.releases.append(dict(releases))
+        for ino, upto in releases.items():
+            self.table.release(session, ino, upto)
+
+
+def mount(master: Master) -> ChunkFSOperations:
+    client: Any = SimpleNamespace(creds=SimpleNamespace(node="test"), on_dir_attrs=None,
+                                  open_ino=master.open_ino, release_inos=master.release_inos)
+    ops = ChunkFSOperations(client, MountOptions())
+    ops._session_keeper = object()  # type: ignore[assignment]  # no session to keep in a unit test
+    return ops
+
+
+async def opened(ops: ChunkFSOperations, ino: int) -> int:
+    return int((await ops.open(ino, os.O_RDWR, None)).fh)  # type: ignore[arg-type]
+
+
+async def settle() -> None:
+    """Past the release delay, and the batch's round trip."""
+    await asyncio.sleep(fuse_ops.RELEASE_DELAY * 3)
+
+
+@pytest.fixture(autouse=True)
+def quick(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fuse_ops, "RELEASE_DELAY", 0.01)
+
+
+async def test_files_closed_together_are_released_in_one_request() -> None:
+    master = Master()
+    ops = mount(master)
+    handles = [await opened(ops, ino) for ino in range(10, 20)]
+    for fh in handles:
+        await ops.release(fh)
+    assert master.releases == [], "released before the delay"
+    await settle()
+    assert master.releases == [{ino: n for n, ino in enumerate(range(10, 20), 1)}]
+    assert not any(master.table.held(ino) for ino in range(10, 20))
+
+
+async def test_a_full_batch_goes_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fuse_ops, "RELEASE_BATCH", 4)
+    monkeypatch.setattr(fuse_ops, "RELEASE_DELAY", 60.0)
+    master = Master()
+    ops = mount(master)
+    for ino in range(10, 19):
+        await ops.release(await opened(ops, ino))
+    await asyncio.sleep(0.01)
+    assert [sorted(batch) for batch in master.releases] == [[10, 11, 12, 13], [14, 15, 16, 17]]
+    assert master.table.held(18), "the ninth waits for the delay"
+
+
+async def test_a_file_opened_again_while_its_release_waits_stays_held() -> None:
+    master = Master()
+    ops = mount(master)
+    await ops.release(await opened(ops, 7))  # registration 1, closed: its release waits
+    again = await opened(ops, 7)  # registration 2
+    await settle()
+    assert master.releases == [{7: 1}]
+    assert master.table.held(7), "the release of the first open undid the second"
+    await ops.release(again)
+    await settle()
+    assert master.releases[-1] == {7: 2}
+    assert not master.table.held(7)
+
+
+async def test_an_open_answered_after_the_release_was_sent_stays_held() -> None:
+    """The master registers an open, the mount's last close of the older handle is released, then the
+    open's answer arrives: the release was sent after the open, but counts only the older handle."""
+    master = Master()
+    ops = mount(master)
+    first = await opened(ops, 7)
+    master.answer_opens = asyncio.Event()
+    second = asyncio.get_running_loop().create_task(opened(ops, 7))
+    await asyncio.sleep(0)
+    assert master.table.opens[ops.session][7] == 2, "the second open is registered"
+    await ops.release(first)  # the mount's last close of the handle it has: the file is released
+    await settle()
+    assert master.releases == [{7: 1}]
+    master.answer_opens.set()
+    fh = await second
+    assert master.table.held(7), "the release undid an open registered before it arrived"
+    await ops.release(fh)
+    await settle()
+    assert not master.table.held(7)
