@@ -25,6 +25,8 @@ def run_with_client(args: argparse.Namespace, func: Command) -> int:
 
     async def main() -> int:
         client = Client(config)
+        if getattr(args, "retry_for", None) is not None:  # how long to retry what the cluster cannot do yet
+            client.mds.retry_for = args.retry_for
         try:
             return await func(client, args)
         finally:

@@ -17,6 +17,10 @@ from pathlib import Path
 from chunkfs import __version__
 from chunkfs.common.config import DEFAULT_CHUNK_SIZE, parse_size
 from chunkfs.common.errors import ChunkFSError
+from chunkfs.protocol.mds_link import DEFAULT_RETRY_FOR
+
+#: The longest `--retry-for` taken, seconds (a day: a typo must not leave a command hanging for years).
+MAX_RETRY_FOR = 86_400.0
 
 EPILOG = """\
 Client configuration is read from $CHUNKFS_CONF_DIR/clusters/NAME/ (default /etc/chunkfs).
@@ -31,6 +35,16 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= MAX_RETRY_FOR:  # also NaN
+        raise argparse.ArgumentTypeError(f"expected seconds from 0 to {MAX_RETRY_FOR:g}, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     from chunkfs.cli import files, local
 
@@ -40,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-c", "--cluster", metavar="NAME", help="the cluster to act on")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
+    parser.add_argument("--retry-for", type=_seconds, metavar="SECONDS",
+                        help="how long a command keeps retrying while the cluster cannot do it yet (no master "
+                        f"elected, too few chunk servers up) before it fails (default {DEFAULT_RETRY_FOR:g})")
     parser.add_argument("--version", action="version", version=f"chunkfs {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
