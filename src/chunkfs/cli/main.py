@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--retry-for", type=_seconds, metavar="SECONDS",
                         help="how long a command keeps retrying while the cluster cannot do it yet (no master "
                         f"elected, too few chunk servers up) before it fails (default {DEFAULT_RETRY_FOR:g}; "
-                        "make-mds, rm-mds, secret and local wait as each needs)")
+                        "make-mds, rm-mds, secret, local and mount wait as each needs)")
     parser.add_argument("--version", action="version", version=f"chunkfs {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
