@@ -634,13 +634,9 @@ class MetadataStore:
         domain, tier = pattr["failure_domain"], pattr["tier"]
         if domain != DEFAULT_FAILURE_DOMAIN or tier != 0:
             self.db.execute("INSERT INTO placement VALUES (?, ?, ?)", (ino, domain, tier))
-        # What `getattr` would read back, without reading it.
-        return {
-            "ino": ino, "type": kind, "mode": (mode & 0o7777) | _TYPE_BITS[kind], "nlink": nlink,
-            "size": 0, "atime_ns": t, "mtime_ns": t, "ctime_ns": t,
-            "replicas": pattr["replicas"], "min_replicas": pattr["min_replicas"],
-            "failure_domain": domain, "tier": tier,
-        }
+        # What `getattr` would read back, without reading it: the row just written, as `_ATTR_SELECT` has it.
+        return _attr_of((ino, kind, mode & 0o7777, 0, t, t, t, pattr["replicas"], pattr["min_replicas"], nlink,
+                         domain, tier, None))
 
     def _op_setattr(
         self,
