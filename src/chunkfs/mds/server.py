@@ -544,7 +544,7 @@ class MetadataServer:
                 if self.open_files.release(h["session"], ino, upto)]
         # Only an orphan (unlinked while open) is the reaper's: waking it for every close of a file
         # that still has a name cost the master a pass of its loop per small file.
-        for ino in self.store.orphans_among(free) if free else ():
+        for ino in self.store.orphans_among(free):  # no query for an empty list
             self.reaper.consider(ino)
         return {}
 
