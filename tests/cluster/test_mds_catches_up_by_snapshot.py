@@ -6,6 +6,7 @@ import signal
 import sqlite3
 from pathlib import Path
 
+from chunkfs.client.client import ping_node
 from chunkfs.common.daemon import LOG_FILE
 from chunkfs.testing.cluster import master_id, wait_for
 
@@ -32,8 +33,12 @@ def test_a_lagging_mds_installs_a_streamed_snapshot_and_holds_everything(make_cl
         wait_for("the lagging MDS to install a snapshot", lambda: "installed snapshot" in _log(cluster, lagging),
                  timeout=60)
         c.mkdir("/after")  # committed with it a member again
-        wait_for("the lagging MDS to apply what came after", lambda: any(
-            m["id"] == lagging and m["role"] == "follower" for m in c.cluster_stat()["mds"]), timeout=30)
+        # Everything the master had committed by then, applied to the lagging member's own store (its
+        # role says "follower" as soon as it is connected, caught up or not).
+        committed = next(m["commit"] for m in c.cluster_stat()["mds"] if m["role"] == "master")
+        addr = cluster.find("mds", lagging).addr
+        wait_for("the lagging MDS to apply what came after",
+                 lambda: c.run(ping_node(addr, c.client.creds, 5.0))["applied"] >= committed, timeout=30)
 
     master_log = _log(cluster, master)
     assert "sent to MDS#" in master_log

@@ -434,7 +434,7 @@ class MetadataServer:
 
 
     async def _on_ping(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
-        return {"role": "mds", "node": self.creds.node, **self.view.ping_fields()}
+        return {"role": "mds", "node": self.creds.node, "applied": self.store.applied_index, **self.view.ping_fields()}
 
     # -- namespace ---------------------------------------------------------------
 

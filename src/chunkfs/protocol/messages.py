@@ -171,6 +171,8 @@ SPECS: dict[Msg, MessageSpec] = {
         f("role", str), f("node", str),
         # Optional, for `top` and `stat`: process figures {cpu, rss, uptime, pid} and the metrics URL.
         f("proc", dict, optional=True), f("metrics", str, optional=True),
+        # A metadata server's: the last log index its store has applied (how far behind a follower is).
+        f("applied", int, optional=True),
     )),
     Msg.LOOKUP: MessageSpec(_ENTRY, _ATTR),
     Msg.GETATTR: MessageSpec((f("ino", int),), _ATTR),
