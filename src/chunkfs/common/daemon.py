@@ -348,16 +348,38 @@ def _ephemeral_range() -> tuple[int, int]:
 _handed_out: collections.deque[int] = collections.deque(maxlen=4096)
 
 
+#: `free_port`'s range as ``LOW-HIGH``: processes that make clusters at the same moment (test
+#: workers) each get a range of their own, so neither takes a port the other chose but has not bound.
+PORTS_ENV = "CHUNKFS_PORTS"
+#: The lowest port `free_port` chooses by default (the highest is below the kernel's ephemeral range).
+FIRST_FREE_PORT = 10000
+
+
+def port_range() -> tuple[int, int]:
+    """The ports `free_port` chooses from, both included: ``$CHUNKFS_PORTS`` or the default."""
+    value = os.environ.get(PORTS_ENV)
+    if not value:
+        return FIRST_FREE_PORT, max(FIRST_FREE_PORT, _ephemeral_range()[0] - 1)
+    low_s, _, high_s = value.partition("-")
+    try:
+        low, high = int(low_s), int(high_s)
+    except ValueError:
+        low, high = 0, -1
+    if not 1024 <= low <= high <= 65535:
+        raise ConfigError(f"{PORTS_ENV}={value!r}: give a range LOW-HIGH within 1024-65535, or unset it")
+    return low, high
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port that is free now, for a daemon that binds it later.
 
     Chosen below the kernel's ephemeral range: ports the kernel hands to
     outgoing connections in the meantime can then never take it.
     """
-    low, _ = _ephemeral_range()
+    low, high = port_range()
     rng = random.Random()  # noqa: S311 - spreading ports, not security
     for _ in range(200):
-        port = rng.randrange(10000, max(10001, low))
+        port = rng.randint(low, high)
         if port in _handed_out:
             continue  # free now, but promised to a daemon made a moment ago that has not bound it yet
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
