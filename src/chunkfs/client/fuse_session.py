@@ -311,6 +311,10 @@ def run_mount(
                 if on_ready is not None:
                     on_ready()
                 await pyfuse3.main(min_tasks=2, max_tasks=opts.max_tasks)
+                # Logged apart from "unmounted": when `umount` finds the process slow to exit, the log
+                # then tells a FUSE request still being served from the leases and session handed back.
+                logger.info("%s: the kernel ended the FUSE session; handing back leases and the session",
+                            mountpoint)
             finally:
                 await ops.close()  # hand back exclusive leases
                 # Lazy unmount when the loop ended on a signal; a no-op after `umount`.
@@ -361,4 +365,5 @@ def unmount(mountpoint: Path, lazy: bool = False, timeout: float = UNMOUNT_TIMEO
         while pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
         if pid_alive(pid):
-            raise Unavailable(f"{mountpoint} is unmounted but its mount process {pid} has not exited")
+            raise Unavailable(f"{mountpoint} is unmounted but its mount process {pid} has not exited after "
+                              f"{timeout:.0f} s: see the log in {sdir}, or stop it with `kill {pid}`")
