@@ -54,7 +54,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--background", action="store_true", help="detach; return once mounted")
     p.set_defaults(func=cmd_mount)
     p = sub.add_parser("umount", help="unmount a ChunkFS mount and wait for its process to exit",
-                       description="Unmount MOUNTPOINT (fusermount3 -u) and wait until its mount process exits.")
+                       description="Unmount MOUNTPOINT (fusermount3 -u) and wait until its mount process exits "
+                       "(bounded: as long as a request still in flight may wait for the master, plus the hand-back of "
+                       "its leases).")
     p.add_argument("mountpoint", type=Path)
     p.add_argument("-z", "--lazy", action="store_true", help="detach now even if files are open")
     p.set_defaults(func=cmd_umount)

@@ -39,11 +39,16 @@ from chunkfs.common.durable import write_file_durably
 from chunkfs.common.errors import ConfigError, Unavailable
 from chunkfs.common.loop_lag import LoopLagMonitor
 from chunkfs.common.timings import TIMINGS
-from chunkfs.protocol.messages import ROOT_INO
+from chunkfs.protocol.mds_link import DEFAULT_RETRY_FOR
+from chunkfs.protocol.messages import LEASE_TTL, ROOT_INO
 
 logger = logging.getLogger(__name__)
 
 UNMOUNT_TIMEOUT = 20.0
+#: How long `unmount` waits for the mount process to exit once the kernel let go: a FUSE request
+#: still in flight may spend the client's whole retry window on the master (the process ends only
+#: when every request has), then the leases and the session are handed back (LEASE_TTL / 2 at most).
+EXIT_WAIT = DEFAULT_RETRY_FOR + LEASE_TTL
 #: Written in the mount's state folder on SIGUSR1 (common/timings.py).
 TIMINGS_FILE = "timings.json"
 
@@ -345,7 +350,7 @@ def _write_timings(sdir: Path) -> None:
     logger.info("timings written to %s", path)
 
 
-def unmount(mountpoint: Path, lazy: bool = False, timeout: float = UNMOUNT_TIMEOUT) -> None:
+def unmount(mountpoint: Path, lazy: bool = False, timeout: float = EXIT_WAIT) -> None:
     """Unmount with fusermount3, then wait (bounded) for the mount process to exit."""
     mountpoint = canonical(mountpoint)
     sdir = state_dir(mountpoint)
