@@ -47,7 +47,8 @@ logger = logging.getLogger(__name__)
 UNMOUNT_TIMEOUT = 20.0
 #: How long `unmount` waits for the mount process to exit once the kernel let go: a FUSE request
 #: still in flight may spend the client's whole retry window on the master (the process ends only
-#: when every request has), then the leases and the session are handed back (LEASE_TTL / 2 at most).
+#: when every request has), then the leases and the session are handed back (LEASE_TTL / 2 at most)
+#: and its connections closed: a whole LEASE_TTL leaves room for both.
 EXIT_WAIT = DEFAULT_RETRY_FOR + LEASE_TTL
 #: Written in the mount's state folder on SIGUSR1 (common/timings.py).
 TIMINGS_FILE = "timings.json"
