@@ -113,3 +113,7 @@ def test_secret_rotated_while_a_client_is_served(make_cluster, conf_dir: Path, t
         log = (Path(proc.dir) / "daemon.log").read_text(errors="replace")
         assert "Traceback" not in log, f"{proc.role}{proc.id}: {log[-2000:]}"
         assert old.hex() not in log and new.hex() not in log
+        # The connections each daemon accepted before the rotation proved the new secret on the spot
+        # (2-6 of them each, seen); none was cut.
+        assert "rotated out" not in log, f"{proc.role}{proc.id}: {log[-2000:]}"
+        assert "proved the cluster secret this node holds now" in log, f"{proc.role}{proc.id}: {log[-2000:]}"

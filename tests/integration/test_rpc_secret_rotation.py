@@ -13,7 +13,8 @@ import pytest
 
 from chunkfs.common import secret_files
 from chunkfs.common.config import SECRET_FILE, write_secret
-from chunkfs.common.errors import AuthenticationFailed
+from chunkfs.common.errors import AuthenticationFailed, Unavailable
+from chunkfs.protocol import rpc
 from chunkfs.protocol.messages import Msg
 from chunkfs.protocol.rpc import Connection, Credentials, Reply, RpcServer, connect
 
@@ -119,9 +120,63 @@ async def test_a_running_server_follows_its_secret_files(tmp_path: Path, monkeyp
         await ping(srv.port, creds(NEW))
         with pytest.raises(AuthenticationFailed):
             await ping(srv.port, creds(OLD))
-        # A connection authenticated before the end stays open (clients are not cut off mid-write).
-        assert (await kept.call(Msg.PING, {}, timeout=5))[0]["role"] == "mds"
         kept.close()
     finally:
+        await srv.close()
+    await asyncio.sleep(0)
+
+
+async def _until(predicate: Any, what: str, limit: float = 5.0) -> None:
+    for _ in range(int(limit / 0.02)):
+        if predicate():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"not within {limit:g}s: {what}")
+
+
+async def test_the_end_of_a_rotation_shuts_out_connections_that_hold_only_the_old_secret(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A connection opened before the rotation proves the new secret on the spot, or is closed."""
+    monkeypatch.setattr(secret_files, "RELOAD_INTERVAL", 0.0)
+    monkeypatch.setattr(rpc, "REAUTH_CHECK_INTERVAL", 0.02)
+    write_secret(tmp_path / SECRET_FILE, OLD)
+    srv = RpcServer(Credentials(CLUSTER, OLD, "mds", "m", secret_files=secret_files.SecretFiles(tmp_path, OLD)),
+                    handler)
+    await srv.listen("127.0.0.1:0")
+    addr = f"127.0.0.1:{srv.port}"
+    updated = creds(OLD)
+    stale = await connect(addr, creds(OLD), timeout=5)
+    moving = await connect(addr, updated, timeout=5)
+    answered = 0
+
+    async def keep_asking() -> None:
+        nonlocal answered
+        while not moving.closed:
+            assert (await moving.call(Msg.PING, {}, timeout=5))[0]["role"] == "mds"
+            answered += 1
+            await asyncio.sleep(0.005)
+
+    asker = asyncio.create_task(keep_asking())
+    try:
+        secret_files.stage(tmp_path, NEW)
+        updated.next_secret = NEW  # the client's node staged it too
+        await asyncio.sleep(0.2)  # staged only: the old secret is still held, nobody is asked again
+        assert not stale.closed and not moving.closed
+        assert {c.proven for c in srv.connections} == {OLD}
+        secret_files.promote(tmp_path)
+        await _until(lambda: stale.closed, "the connection that holds only the old secret is closed")
+        await _until(lambda: {c.proven for c in srv.connections} == {NEW}, "the other one proved the new secret")
+        before = answered
+        await _until(lambda: answered > before + 3, "requests go on on the connection that proved it")
+        assert not asker.done(), asker  # no request failed through the change
+        with pytest.raises(Unavailable):
+            await stale.call(Msg.PING, {}, timeout=5)
+        told = [r.getMessage() for r in caplog.records if "rotated out" in r.getMessage()]
+        assert len(told) == 1 and "\n" not in told[0], told
+    finally:
+        asker.cancel()
+        stale.close()
+        moving.close()
         await srv.close()
     await asyncio.sleep(0)

@@ -10,14 +10,16 @@
                      the next secret: lists those that do not accept it yet.
   finish [DIR ...]   after a passing check, secret.next replaces secret in the
                      client configuration and in each DIR: from then on the
-                     old secret is refused.
+                     old secret is refused, on new connections and on open
+                     ones (their peers prove the new secret or are closed).
   abort [DIR ...]    drop secret.next again (before finishing).
 
 On several hosts: stage on one, copy secret.next (mode 0600) into every node
 directory and every client configuration on the others, run check, then finish
 on each host (``chunkfs -c NAME secret finish DIR ...``, or rename secret.next
-to secret).  Connections opened before the end stay open; every new one needs
-the new secret.
+to secret).  At the end each daemon asks the peers of connections opened with
+the old secret to prove the new one: those that hold it go on without a pause,
+the others are closed within 10 s.
 """
 
 from __future__ import annotations

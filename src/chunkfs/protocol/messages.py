@@ -38,6 +38,8 @@ class Msg(enum.IntEnum):
     HELLO = 1
     PROOF = 2
     PING = 3
+    # Server -> a peer it accepted: prove the cluster secret again (the one it proved was rotated out).
+    REAUTH = 4
     # Client -> MDS: namespace.
     LOOKUP = 10
     GETATTR = 11
@@ -167,6 +169,9 @@ SPECS: dict[Msg, MessageSpec] = {
         (f("nonce", bytes), f("proof", bytes), f("proof_next", bytes, optional=True)),
     ),
     Msg.PROOF: MessageSpec((f("proof", bytes),), ()),
+    # The server's proofs of the secrets it holds now (as in HELLO's answer); the peer answers with its own.
+    Msg.REAUTH: MessageSpec(
+        (f("nonce", bytes), f("proof", bytes), f("proof_next", bytes, optional=True)), (f("proof", bytes),)),
     Msg.PING: MessageSpec((), (
         f("role", str), f("node", str),
         # Optional, for `top` and `stat`: process figures {cpu, rss, uptime, pid} and the metrics URL.

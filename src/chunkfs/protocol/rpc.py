@@ -78,6 +78,10 @@ HANDSHAKE_TIMEOUT = 5.0
 #: Requests served at once on one connection; more wait in the socket buffer.
 MAX_CONCURRENT_REQUESTS = 64
 NONCE_SIZE = 32
+#: A server looks this often whether its secrets changed (a rotation's end) ...
+REAUTH_CHECK_INTERVAL = 1.0
+#: ... and then gives each peer that proved a secret it no longer holds this long to prove one it holds.
+REAUTH_TIMEOUT = 10.0
 #: Prefixes and headers are received into a buffer of this size; a bigger header (up to
 #: MAX_HEADER_LEN) gets a bigger buffer for as long as it takes to arrive.
 SCRATCH_SIZE = 256 << 10
@@ -198,6 +202,10 @@ class Connection(asyncio.BufferedProtocol):
         self.lost_reason: BaseException | None = None
         #: Set by owners that attach state to a connection (e.g. the CS id).
         self.tag: Any = None
+        #: This end's credentials, on a connection it opened: it answers a server's REAUTH with them.
+        self.creds: Credentials | None = None
+        #: On a connection a server accepted: the secret its peer proved (`RpcServer._reauthenticate`).
+        self.proven: bytes | None = None
         # Silence watch (see SILENCE_LIMIT): when a byte last came, the armed check, a ping out.
         self.silence_limit = silence_limit
         self._heard = time.monotonic()
@@ -573,9 +581,12 @@ class Connection(asyncio.BufferedProtocol):
         try:
             try:
                 msg = validate_request(mtype, header, len(payload))
-                if self.handler is None:
+                if msg == Msg.REAUTH:
+                    rheader, rpayload = self._prove_again(header), b""
+                elif self.handler is None:
                     raise ProtocolError(f"{msg.name}: this peer accepts no requests")
-                rheader, rpayload = await self.handler(self, msg, header, payload)
+                else:
+                    rheader, rpayload = await self.handler(self, msg, header, payload)
                 self._send(Kind.RESPONSE, mtype, rid, rheader, rpayload)
             except ProtocolError as exc:
                 # A malformed request: answer it, then close (invariant 4).
@@ -604,6 +615,22 @@ class Connection(asyncio.BufferedProtocol):
                 self._reading_paused = False
                 self.writer.resume_reading()
                 self._parse_safely()
+
+    def _prove_again(self, header: dict[str, Any]) -> dict[str, Any]:
+        """Answer a server's REAUTH: prove a secret it proved it holds, the next one first (as in HELLO)."""
+        creds = self.creds
+        if creds is None:
+            raise AuthenticationFailed("this end accepted the connection: only the end that opened it proves again")
+        nonce: bytes = header["nonce"]
+        theirs = [p for p in (header["proof"], header.get("proof_next")) if p is not None]
+        current, nxt = creds.secrets()
+        secret = next((s for s in (nxt, current) if s is not None and any(
+            hmac.compare_digest(_proof(s, b"server-again", creds.cluster, nonce, b""), p) for p in theirs)), None)
+        if secret is None:
+            logger.warning("%s no longer holds this node's secret of cluster %r: check %s (after a rotation of "
+                           "the cluster secret, copy the new one there)", self.peer_name, creds.cluster, creds.where())
+            raise AuthenticationFailed(f"{creds.node} holds none of the secrets you hold now")
+        return {"proof": _proof(secret, b"client-again", creds.cluster, nonce, b"")}
 
     def _parse_safely(self) -> None:
         try:
@@ -710,8 +737,8 @@ async def client_handshake(conn: Connection, creds: Credentials) -> None:
         raise _error_from_header(header)
 
 
-async def server_handshake(conn: Connection, creds: Credentials) -> None:
-    """Check that the connecting peer knows the secret; refuse it otherwise."""
+async def server_handshake(conn: Connection, creds: Credentials) -> bytes:
+    """Check that the connecting peer knows the secret (refuse it otherwise); return the secret it proved."""
     try:
         kind, mtype, _, header, payload = await conn._next_handshake_frame()
         if kind != Kind.REQUEST or mtype != Msg.HELLO:
@@ -734,10 +761,12 @@ async def server_handshake(conn: Connection, creds: Credentials) -> None:
         if kind != Kind.REQUEST or mtype != Msg.PROOF:
             raise AuthenticationFailed("expected PROOF after HELLO")
         validate_request(Msg.PROOF, header, len(payload))
-        if not any(hmac.compare_digest(_proof(s, b"client", creds.cluster, nonce, client_nonce), header["proof"])
-                   for s in (current, nxt) if s is not None):
+        proven = next((s for s in (current, nxt) if s is not None and hmac.compare_digest(
+            _proof(s, b"client", creds.cluster, nonce, client_nonce), header["proof"])), None)
+        if proven is None:
             raise AuthenticationFailed("wrong cluster secret")
         conn._send(Kind.RESPONSE, Msg.PROOF, 0, {})
+        return proven
     except TimeoutError:
         raise AuthenticationFailed("handshake timed out") from None
     except Unavailable:
@@ -804,6 +833,7 @@ async def connect(
     except BaseException:
         conn.close()
         raise
+    conn.creds = creds
     conn.start()
     return conn
 
@@ -877,10 +907,15 @@ class RpcServer:
         self.refused = 0
         self._refused_unlogged = 0
         self._refusal_logged_at = -REFUSAL_LOG_INTERVAL
+        #: Follows the node's secrets (`_watch_secrets`); the connections being asked to prove one again.
+        self._watch_task: asyncio.Task[None] | None = None
+        self._reauthenticating: set[Connection] = set()
 
     async def listen(self, addr: str, start_serving: bool = True) -> None:
         """Bind `addr`; with `start_serving` False, accept only after `start_serving()`."""
         host, port = parse_addr(addr)
+        if self._watch_task is None:
+            self._watch_task = asyncio.get_running_loop().create_task(self._watch_secrets())
         if self.creds.tls is not None:
             await self._bind_tls(host, port)
             if start_serving:
@@ -1031,7 +1066,7 @@ class RpcServer:
             # wait_for: that would run the handshake as another task, and the peer's first
             # requests could then arrive before `conn.start()` below, under pre-auth limits.
             async with asyncio.timeout_at((loop.time() if started is None else started) + HANDSHAKE_TIMEOUT):
-                await server_handshake(conn, self.creds)
+                conn.proven = await server_handshake(conn, self.creds)
         except TimeoutError:
             self._refuse(name, "handshake not finished in time")
             conn.close()
@@ -1056,6 +1091,57 @@ class RpcServer:
             if self.on_close is not None:
                 self.on_close(conn)
 
+    # -- a rotation of the cluster secret ---------------------------------------------
+
+    async def _watch_secrets(self) -> None:
+        """When the node's secrets change, ask every peer that proved one it no longer holds to prove again.
+
+        A rotation's end (``secret finish``) is meant to shut out whoever holds
+        only the old secret: refusing new connections is not enough while an
+        old one stays open.  A peer that holds the new secret proves it on the
+        same connection, with no request failed meanwhile; one that cannot is
+        closed (`_reauthenticate`).
+        """
+        held: tuple[bytes, bytes | None] | None = None
+        while True:
+            try:
+                now = self.creds.secrets()
+            except Exception:  # noqa: BLE001 - this watch must outlive a bad moment of the secret files
+                logger.exception("could not read this node's secrets; trying again in %gs", REAUTH_CHECK_INTERVAL)
+                now = held
+            if now is not None and now != held:
+                held = now
+                for conn in list(self.connections):
+                    if conn.proven not in now and conn not in self._reauthenticating and not conn.closed:
+                        self._reauthenticating.add(conn)
+                        task = asyncio.get_running_loop().create_task(self._reauthenticate(conn))
+                        self._accept_tasks.add(task)
+                        task.add_done_callback(self._accept_tasks.discard)
+            await asyncio.sleep(REAUTH_CHECK_INTERVAL)
+
+    async def _reauthenticate(self, conn: Connection) -> None:
+        creds = self.creds
+        nonce = os.urandom(NONCE_SIZE)
+        current, nxt = creds.secrets()
+        header = {"nonce": nonce, "proof": _proof(current, b"server-again", creds.cluster, nonce, b"")}
+        if nxt is not None:
+            header["proof_next"] = _proof(nxt, b"server-again", creds.cluster, nonce, b"")
+        try:
+            reply, _ = await conn.call(Msg.REAUTH, header, timeout=REAUTH_TIMEOUT)
+            proven = next((s for s in (current, nxt) if s is not None and hmac.compare_digest(
+                _proof(s, b"client-again", creds.cluster, nonce, b""), reply["proof"])), None)
+            if proven is None:
+                raise AuthenticationFailed("wrong cluster secret")
+            conn.proven = proven
+            logger.info("%s proved the cluster secret this node holds now", conn.peer_name)
+        except ChunkFSError as exc:
+            if not conn.closed:
+                logger.warning("closing connection from %s: it proved a cluster secret this node no longer holds "
+                               "(rotated out) and not the one it holds now: %s", conn.peer_name, exc)
+                conn.close()
+        finally:
+            self._reauthenticating.discard(conn)
+
     def _refuse(self, name: str, why: str) -> None:
         """Log a refused connection; under a flood, one line per interval with the count, not one per peer."""
         self.refused += 1
@@ -1068,6 +1154,8 @@ class RpcServer:
         self._refusal_logged_at, self._refused_unlogged = now, 0
 
     async def close(self) -> None:
+        if self._watch_task is not None:
+            self._watch_task.cancel()
         if self._server is not None:
             self._server.close()
         for task in list(self._accept_tasks):
