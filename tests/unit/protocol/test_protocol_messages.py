@@ -200,7 +200,7 @@ def test_cs_write_payload_allowed() -> None:
     assert validate_request(Msg.CS_WRITE, header, 4096) is Msg.CS_WRITE
 
 
-@pytest.mark.parametrize("mtype", [0, 4, 9, 99, 0xFFFF, -1])
+@pytest.mark.parametrize("mtype", [0, 5, 9, 99, 0xFFFF, -1])
 def test_unknown_message_type(mtype: int) -> None:
     with pytest.raises(ProtocolError, match="unknown message type"):
         validate_request(mtype, {}, 0)
