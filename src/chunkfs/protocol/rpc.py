@@ -625,12 +625,12 @@ class Connection(asyncio.BufferedProtocol):
         theirs = [p for p in (header["proof"], header.get("proof_next")) if p is not None]
         current, nxt = creds.secrets()
         secret = next((s for s in (nxt, current) if s is not None and any(
-            hmac.compare_digest(_proof(s, b"server-again", creds.cluster, nonce, b""), p) for p in theirs)), None)
+            hmac.compare_digest(_proof(s, b"reauth-server", creds.cluster, nonce, b""), p) for p in theirs)), None)
         if secret is None:
             logger.warning("%s no longer holds this node's secret of cluster %r: check %s (after a rotation of "
                            "the cluster secret, copy the new one there)", self.peer_name, creds.cluster, creds.where())
             raise AuthenticationFailed(f"{creds.node} holds none of the secrets you hold now")
-        return {"proof": _proof(secret, b"client-again", creds.cluster, nonce, b"")}
+        return {"proof": _proof(secret, b"reauth-client", creds.cluster, nonce, b"")}
 
     def _parse_safely(self) -> None:
         try:
@@ -1094,7 +1094,7 @@ class RpcServer:
     # -- a rotation of the cluster secret ---------------------------------------------
 
     async def _watch_secrets(self) -> None:
-        """When the node's secrets change, ask every peer that proved one it no longer holds to prove again.
+        """Once a second, ask every peer that proved a secret this node no longer holds to prove one it holds.
 
         A rotation's end (``secret finish``) is meant to shut out whoever holds
         only the old secret: refusing new connections is not enough while an
@@ -1102,34 +1102,27 @@ class RpcServer:
         same connection, with no request failed meanwhile; one that cannot is
         closed (`_reauthenticate`).
         """
-        held: tuple[bytes, bytes | None] | None = None
         while True:
-            try:
-                now = self.creds.secrets()
-            except Exception:  # noqa: BLE001 - this watch must outlive a bad moment of the secret files
-                logger.exception("could not read this node's secrets; trying again in %gs", REAUTH_CHECK_INTERVAL)
-                now = held
-            if now is not None and now != held:
-                held = now
-                for conn in list(self.connections):
-                    if conn.proven not in now and conn not in self._reauthenticating and not conn.closed:
-                        self._reauthenticating.add(conn)
-                        task = asyncio.get_running_loop().create_task(self._reauthenticate(conn))
-                        self._accept_tasks.add(task)
-                        task.add_done_callback(self._accept_tasks.discard)
+            held = self.creds.secrets()  # a damaged file is logged there and the secrets kept: never raises
+            for conn in list(self.connections):
+                if conn.proven not in held and conn not in self._reauthenticating and not conn.closed:
+                    self._reauthenticating.add(conn)
+                    task = asyncio.get_running_loop().create_task(self._reauthenticate(conn))
+                    self._accept_tasks.add(task)
+                    task.add_done_callback(self._accept_tasks.discard)
             await asyncio.sleep(REAUTH_CHECK_INTERVAL)
 
     async def _reauthenticate(self, conn: Connection) -> None:
         creds = self.creds
         nonce = os.urandom(NONCE_SIZE)
         current, nxt = creds.secrets()
-        header = {"nonce": nonce, "proof": _proof(current, b"server-again", creds.cluster, nonce, b"")}
+        header = {"nonce": nonce, "proof": _proof(current, b"reauth-server", creds.cluster, nonce, b"")}
         if nxt is not None:
-            header["proof_next"] = _proof(nxt, b"server-again", creds.cluster, nonce, b"")
+            header["proof_next"] = _proof(nxt, b"reauth-server", creds.cluster, nonce, b"")
         try:
             reply, _ = await conn.call(Msg.REAUTH, header, timeout=REAUTH_TIMEOUT)
             proven = next((s for s in (current, nxt) if s is not None and hmac.compare_digest(
-                _proof(s, b"client-again", creds.cluster, nonce, b""), reply["proof"])), None)
+                _proof(s, b"reauth-client", creds.cluster, nonce, b""), reply["proof"])), None)
             if proven is None:
                 raise AuthenticationFailed("wrong cluster secret")
             conn.proven = proven
