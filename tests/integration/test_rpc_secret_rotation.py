@@ -180,3 +180,19 @@ async def test_the_end_of_a_rotation_shuts_out_connections_that_hold_only_the_ol
         moving.close()
         await srv.close()
     await asyncio.sleep(0)
+
+
+async def test_a_reauth_sent_to_a_server_is_refused_and_changes_nothing() -> None:
+    """Only the end that accepted a connection asks to prove again: a peer's REAUTH gets an error, no state."""
+    srv = RpcServer(creds(OLD, role="mds"), handler)
+    await srv.listen("127.0.0.1:0")
+    conn = await connect(f"127.0.0.1:{srv.port}", creds(OLD), timeout=5)
+    try:
+        with pytest.raises(AuthenticationFailed, match="only the end that opened it"):
+            await conn.call(Msg.REAUTH, {"nonce": b"\0" * 32, "proof": b"\0" * 32}, timeout=5)
+        assert {c.proven for c in srv.connections} == {OLD}
+        assert (await conn.call(Msg.PING, {}, timeout=5))[0]["role"] == "mds"
+    finally:
+        conn.close()
+        await srv.close()
+    await asyncio.sleep(0)
