@@ -78,7 +78,7 @@ HANDSHAKE_TIMEOUT = 5.0
 #: Requests served at once on one connection; more wait in the socket buffer.
 MAX_CONCURRENT_REQUESTS = 64
 NONCE_SIZE = 32
-#: A server looks this often whether its secrets changed (a rotation's end) ...
+#: A server looks this often for peers that proved a secret it no longer holds (a rotation's end) ...
 REAUTH_CHECK_INTERVAL = 1.0
 #: ... and then gives each peer that proved a secret it no longer holds this long to prove one it holds.
 REAUTH_TIMEOUT = 10.0
@@ -145,6 +145,23 @@ class Credentials:
 
 def _proof(secret: bytes, label: bytes, cluster: str, first: bytes, second: bytes) -> bytes:
     return hmac.new(secret, label + cluster.encode() + first + second, hashlib.sha256).digest()
+
+
+def _proofs(secrets: tuple[bytes, bytes | None], label: bytes, cluster: str, first: bytes,
+            second: bytes) -> dict[str, bytes]:
+    """A server's proofs of the secrets it holds: `proof` (the current one) and, while one is staged, `proof_next`."""
+    current, nxt = secrets
+    out = {"proof": _proof(current, label, cluster, first, second)}
+    if nxt is not None:
+        out["proof_next"] = _proof(nxt, label, cluster, first, second)
+    return out
+
+
+def _proven(candidates: tuple[bytes | None, ...], label: bytes, cluster: str, first: bytes, second: bytes,
+            proofs: tuple[bytes | None, ...]) -> bytes | None:
+    """The first of `candidates` that one of `proofs` (None: absent) proves, or None."""
+    return next((s for s in candidates if s is not None and any(
+        p is not None and hmac.compare_digest(_proof(s, label, cluster, first, second), p) for p in proofs)), None)
 
 
 class Connection(asyncio.BufferedProtocol):
@@ -622,10 +639,9 @@ class Connection(asyncio.BufferedProtocol):
         if creds is None:
             raise AuthenticationFailed("this end accepted the connection: only the end that opened it proves again")
         nonce: bytes = header["nonce"]
-        theirs = [p for p in (header["proof"], header.get("proof_next")) if p is not None]
         current, nxt = creds.secrets()
-        secret = next((s for s in (nxt, current) if s is not None and any(
-            hmac.compare_digest(_proof(s, b"reauth-server", creds.cluster, nonce, b""), p) for p in theirs)), None)
+        secret = _proven((nxt, current), b"reauth-server", creds.cluster, nonce, b"",
+                         (header["proof"], header.get("proof_next")))
         if secret is None:
             logger.warning("%s no longer holds this node's secret of cluster %r: check %s (after a rotation of "
                            "the cluster secret, copy the new one there)", self.peer_name, creds.cluster, creds.where())
@@ -721,10 +737,9 @@ async def client_handshake(conn: Connection, creds: Credentials) -> None:
     validate_response(Msg.HELLO, header)
     server_nonce: bytes = header["nonce"]
     current, nxt = creds.secrets()
-    theirs = [p for p in (header["proof"], header.get("proof_next")) if p is not None]
     # The next secret first: once a peer knows it, connections move to it ahead of the rotation's end.
-    secret = next((s for s in (nxt, current) if s is not None and any(
-        hmac.compare_digest(_proof(s, b"server", creds.cluster, nonce, server_nonce), p) for p in theirs)), None)
+    secret = _proven((nxt, current), b"server", creds.cluster, nonce, server_nonce,
+                     (header["proof"], header.get("proof_next")))
     if secret is None:
         raise AuthenticationFailed(
             f"{conn.peer_name} does not share this node's secret of cluster {creds.cluster!r}: "
@@ -752,17 +767,14 @@ async def server_handshake(conn: Connection, creds: Credentials) -> bytes:
         conn.peer_role = header["role"]
         conn.peer_name = f"{header['node']}@{conn.peer_name}"
         nonce = os.urandom(NONCE_SIZE)
-        current, nxt = creds.secrets()
-        answer = {"nonce": nonce, "proof": _proof(current, b"server", creds.cluster, client_nonce, nonce)}
-        if nxt is not None:
-            answer["proof_next"] = _proof(nxt, b"server", creds.cluster, client_nonce, nonce)
-        conn._send(Kind.RESPONSE, Msg.HELLO, 0, answer)
+        held = creds.secrets()
+        conn._send(Kind.RESPONSE, Msg.HELLO, 0,
+                   {"nonce": nonce, **_proofs(held, b"server", creds.cluster, client_nonce, nonce)})
         kind, mtype, _, header, payload = await conn._next_handshake_frame()
         if kind != Kind.REQUEST or mtype != Msg.PROOF:
             raise AuthenticationFailed("expected PROOF after HELLO")
         validate_request(Msg.PROOF, header, len(payload))
-        proven = next((s for s in (current, nxt) if s is not None and hmac.compare_digest(
-            _proof(s, b"client", creds.cluster, nonce, client_nonce), header["proof"])), None)
+        proven = _proven(held, b"client", creds.cluster, nonce, client_nonce, (header["proof"],))
         if proven is None:
             raise AuthenticationFailed("wrong cluster secret")
         conn._send(Kind.RESPONSE, Msg.PROOF, 0, {})
@@ -1115,14 +1127,11 @@ class RpcServer:
     async def _reauthenticate(self, conn: Connection) -> None:
         creds = self.creds
         nonce = os.urandom(NONCE_SIZE)
-        current, nxt = creds.secrets()
-        header = {"nonce": nonce, "proof": _proof(current, b"reauth-server", creds.cluster, nonce, b"")}
-        if nxt is not None:
-            header["proof_next"] = _proof(nxt, b"reauth-server", creds.cluster, nonce, b"")
+        held = creds.secrets()
         try:
-            reply, _ = await conn.call(Msg.REAUTH, header, timeout=REAUTH_TIMEOUT)
-            proven = next((s for s in (current, nxt) if s is not None and hmac.compare_digest(
-                _proof(s, b"reauth-client", creds.cluster, nonce, b""), reply["proof"])), None)
+            reply, _ = await conn.call(Msg.REAUTH, {"nonce": nonce, **_proofs(held, b"reauth-server", creds.cluster,
+                                                                              nonce, b"")}, timeout=REAUTH_TIMEOUT)
+            proven = _proven(held, b"reauth-client", creds.cluster, nonce, b"", (reply["proof"],))
             if proven is None:
                 raise AuthenticationFailed("wrong cluster secret")
             conn.proven = proven
