@@ -17,6 +17,7 @@ from chunkfs.common.errors import AuthenticationFailed, Unavailable
 from chunkfs.protocol import rpc
 from chunkfs.protocol.messages import Msg
 from chunkfs.protocol.rpc import Connection, Credentials, Reply, RpcServer, connect
+from chunkfs.testing.cluster import wait_for_async
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -126,14 +127,6 @@ async def test_a_running_server_follows_its_secret_files(tmp_path: Path, monkeyp
     await asyncio.sleep(0)
 
 
-async def _until(predicate: Any, what: str, limit: float = 5.0) -> None:
-    for _ in range(int(limit / 0.02)):
-        if predicate():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"not within {limit:g}s: {what}")
-
-
 async def test_the_end_of_a_rotation_shuts_out_connections_that_hold_only_the_old_secret(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -165,10 +158,11 @@ async def test_the_end_of_a_rotation_shuts_out_connections_that_hold_only_the_ol
         assert not stale.closed and not moving.closed
         assert {c.proven for c in srv.connections} == {OLD}
         secret_files.promote(tmp_path)
-        await _until(lambda: stale.closed, "the connection that holds only the old secret is closed")
-        await _until(lambda: {c.proven for c in srv.connections} == {NEW}, "the other one proved the new secret")
+        await wait_for_async("the connection that holds only the old secret to be closed", lambda: stale.closed)
+        await wait_for_async("the other one to prove the new secret",
+                             lambda: {c.proven for c in srv.connections} == {NEW})
         before = answered
-        await _until(lambda: answered > before + 3, "requests go on on the connection that proved it")
+        await wait_for_async("requests on the connection that proved it", lambda: answered > before + 3)
         assert not asker.done(), asker  # no request failed through the change
         with pytest.raises(Unavailable):
             await stale.call(Msg.PING, {}, timeout=5)

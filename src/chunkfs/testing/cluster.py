@@ -7,6 +7,7 @@ process it started, and polling helpers.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Iterator
@@ -17,7 +18,7 @@ from chunkfs.cli.local_cluster import LocalCluster, Process
 from chunkfs.client.client import SyncClient
 from chunkfs.common.errors import Unavailable
 
-__all__ = ["LocalCluster", "Process", "cluster_factory", "master_id", "wait_for"]
+__all__ = ["LocalCluster", "Process", "cluster_factory", "master_id", "wait_for", "wait_for_async"]
 
 
 @contextlib.contextmanager
@@ -61,4 +62,16 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 90.0, pause: 
         if last:
             return last
         time.sleep(pause)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what} (last: {last!r})")
+
+
+async def wait_for_async(what: str, check: Callable[[], Any], timeout: float = 5.0, pause: float = 0.01) -> Any:
+    """`wait_for` inside an event loop: the loop turns between checks (for tests of in-process servers)."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        await asyncio.sleep(pause)
     raise AssertionError(f"timed out after {timeout:g} s waiting for {what} (last: {last!r})")

@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from types import SimpleNamespace
-from typing import Any
 
 from chunkfs.client import fuse_ops
 from chunkfs.client.fuse_ops import ChunkFSOperations, MountOptions, OpenFile
+from chunkfs.testing.cluster import wait_for_async
 
 
 class FlakyClient:
@@ -44,13 +44,6 @@ class FlakyClient:
         raise TypeError("a bug")
 
 
-async def _until(check: Any, seconds: float = 5.0) -> None:
-    for _ in range(int(seconds / 0.01)):
-        if check():
-            return
-        await asyncio.sleep(0.01)
-
-
 def test_session_and_lease_renewals_go_on_after_an_unexpected_error(monkeypatch, caplog) -> None:
     monkeypatch.setattr(fuse_ops, "SESSION_TTL", 0.08)
     monkeypatch.setattr(fuse_ops, "LEASE_TTL", 0.08)
@@ -66,7 +59,8 @@ def test_session_and_lease_renewals_go_on_after_an_unexpected_error(monkeypatch,
         keeper = asyncio.get_running_loop().create_task(ops._keep_session())
         renewer = asyncio.get_running_loop().create_task(ops._renew_leases())
         try:
-            await _until(lambda: client.renewals >= 3 and client.lease_renewals >= 3)
+            await wait_for_async("three session and three lease renewals",
+                                 lambda: client.renewals >= 3 and client.lease_renewals >= 3)
         finally:
             keeper.cancel()
             renewer.cancel()
