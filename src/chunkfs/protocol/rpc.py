@@ -910,9 +910,10 @@ class RpcServer:
         self.max_payload = max_payload
         self.connections: set[Connection] = set()
         self._server: asyncio.Server | None = None
-        #: With TLS: our own listening sockets, their accept loops, and TLS handshakes under way.
+        #: With TLS: our own listening sockets.
         self._listeners: list[socket.socket] = []
-        self._accept_tasks: set[asyncio.Task[None]] = set()
+        #: This server's own tasks (`_start`): TLS accept loops and handshakes, REAUTH exchanges.
+        self._tasks: set[asyncio.Task[None]] = set()
         #: Connections still in their handshake, by peer address, and themselves (closed at shutdown too).
         self._unauthenticated: dict[str, int] = {}
         self._handshaking: set[Connection] = set()
@@ -944,12 +945,9 @@ class RpcServer:
 
     async def start_serving(self) -> None:
         if self._listeners:
-            loop = asyncio.get_running_loop()
             for sock in self._listeners:
                 sock.listen(TLS_BACKLOG)
-                task = loop.create_task(self._accept_tls(sock))
-                self._accept_tasks.add(task)
-                task.add_done_callback(self._accept_tasks.discard)
+                self._start(self._accept_tls(sock))
             return
         assert self._server is not None
         await self._server.start_serving()
@@ -1004,9 +1002,7 @@ class RpcServer:
             if not self._admit(host, name):
                 sock.close()
                 continue
-            task = loop.create_task(self._tls_handshake(sock, host, name, loop.time()))
-            self._accept_tasks.add(task)
-            task.add_done_callback(self._accept_tasks.discard)
+            self._start(self._tls_handshake(sock, host, name, loop.time()))
 
     async def _tls_handshake(self, sock: socket.socket, host: str, name: str, started: float) -> None:
         assert self.creds.tls is not None
@@ -1115,14 +1111,17 @@ class RpcServer:
         closed (`_reauthenticate`).
         """
         while True:
-            held = self.creds.secrets()  # a damaged file is logged there and the secrets kept: never raises
-            for conn in list(self.connections):
-                if conn.proven not in held and conn not in self._reauthenticating and not conn.closed:
-                    self._reauthenticating.add(conn)
-                    task = asyncio.get_running_loop().create_task(self._reauthenticate(conn))
-                    self._accept_tasks.add(task)
-                    task.add_done_callback(self._accept_tasks.discard)
+            self._ask_again()
             await asyncio.sleep(REAUTH_CHECK_INTERVAL)
+
+    def _ask_again(self) -> None:
+        """One look (`_watch_secrets`); apart so that no connection stays referenced from the loop's frame
+        while it sleeps (a closed one would be kept, buffers and all)."""
+        held = self.creds.secrets()  # a damaged file is logged there and the secrets kept: never raises
+        for conn in list(self.connections):
+            if conn.proven not in held and conn not in self._reauthenticating and not conn.closed:
+                self._reauthenticating.add(conn)
+                self._start(self._reauthenticate(conn))
 
     async def _reauthenticate(self, conn: Connection) -> None:
         creds = self.creds
@@ -1144,6 +1143,12 @@ class RpcServer:
         finally:
             self._reauthenticating.discard(conn)
 
+    def _start(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run `coro` as one of this server's tasks: kept until it ends, cancelled by `close`."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     def _refuse(self, name: str, why: str) -> None:
         """Log a refused connection; under a flood, one line per interval with the count, not one per peer."""
         self.refused += 1
@@ -1160,10 +1165,10 @@ class RpcServer:
             self._watch_task.cancel()
         if self._server is not None:
             self._server.close()
-        for task in list(self._accept_tasks):
+        for task in list(self._tasks):
             task.cancel()
-        if self._accept_tasks:
-            await asyncio.wait(self._accept_tasks, timeout=HANDSHAKE_TIMEOUT)
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=HANDSHAKE_TIMEOUT)
         self._close_listeners()
         for conn in list(self._handshaking):
             conn.close()
