@@ -604,19 +604,35 @@ class ChunkStore:
         replica named in a registration reply is deleted later than the master
         decided, and must not take a fresh copy made there meanwhile with it.
         """
+        if self._remove(chunk_id, only_version):
+            _fsync_dir(self._dir_for(chunk_id))
+
+    def delete_many(self, chunk_ids: list[int]) -> None:
+        """Remove these replicas (removed chunks, whatever their version); absent ones are no error.
+
+        Each directory is synced once for the batch, not once per replica.  A removal lost
+        to a crash before that sync brings the replica back, reported at the next
+        registration, where the master names it stale (no chunk lists it) and it goes again.
+        """
+        touched = {self._dir_for(chunk_id) for chunk_id in chunk_ids if self._remove(chunk_id, None)}
+        for path in touched:
+            _fsync_dir(path)
+
+    def _remove(self, chunk_id: int, only_version: int | None) -> bool:
+        """Forget the replica and unlink its file (its directory not synced); False if there was none."""
         with self._chunk_lock(chunk_id):
             with self._lock:
                 self._check_open()
                 if only_version is not None and self._index.get(chunk_id) != only_version:
-                    return
+                    return False
                 version = self._index.pop(chunk_id, None)
                 self._unsynced_names.discard(chunk_id)
                 self.written.forget(chunk_id)
                 if version is None:
-                    return
+                    return False
                 self._forget_fd_locked(chunk_id)
             self._path_for(chunk_id, version).unlink(missing_ok=True)
-            _fsync_dir(self._dir_for(chunk_id))
+            return True
 
     def quarantine(self, chunk_id: int) -> Path:
         """Move a (corrupt) replica into quarantine/ and forget it; returns its new path.

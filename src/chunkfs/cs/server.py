@@ -28,7 +28,7 @@ from chunkfs.cs.metrics import CsStats
 from chunkfs.cs.replicator import Replicator
 from chunkfs.cs.scrubber import Scrubber
 from chunkfs.cs.sync_policy import SyncPolicy
-from chunkfs.protocol.messages import Msg, replica_list
+from chunkfs.protocol.messages import DELETE_BATCH, Msg, int_list, replica_list
 from chunkfs.protocol.rpc import SILENCE_LIMIT, Connection, Credentials, Reply, RpcServer, connect
 from chunkfs.protocol.tls import node_tls
 
@@ -262,8 +262,8 @@ class ChunkServer:
             return await self.scrubber.check(h["chunk_id"]), b""
         elif msg == Msg.CS_REPAIR_BLOCKS:
             return await self.replicator.repair_blocks(h), b""
-        elif msg == Msg.CS_DELETE_CHUNK:
-            await asyncio.to_thread(store.delete, h["chunk_id"])
+        elif msg == Msg.CS_DELETE_CHUNKS:
+            await asyncio.to_thread(store.delete_many, int_list(h["chunk_ids"], "chunk_ids", DELETE_BATCH))
         elif msg == Msg.CS_TRUNCATE_CHUNK:
             async with self._locks[h["chunk_id"] % WRITE_LOCK_STRIPES]:
                 await asyncio.to_thread(store.truncate, h["chunk_id"], h["version"], h["length"])

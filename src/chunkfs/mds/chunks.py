@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from chunkfs.common.errors import ChunkFSError
+from chunkfs.mds.deletions import CsCall, DeleteBatches, Spawn
 from chunkfs.mds.store import Chunk
 from chunkfs.protocol.messages import Msg
 
@@ -52,10 +53,6 @@ class Holder(Protocol):
 
 #: Propose a command to the replicated log; returns the result of applying it.
 Propose = Callable[..., Awaitable[Any]]
-#: Send one command to one chunk server and return its reply (raises if offline or on error).
-CsCall = Callable[[int, Msg, dict[str, Any]], Awaitable[dict[str, Any]]]
-#: Run a coroutine in the background (the master's task set, cancelled when it stops).
-Spawn = Callable[[Any], object]
 
 
 @dataclass(slots=True, frozen=True)
@@ -76,6 +73,8 @@ class ReplicaSets:
         self._call = call
         self._spawn = spawn
         self._locks = [asyncio.Lock() for _ in range(LOCK_STRIPES)]
+        #: Replicas of removed chunks, deleted a batch per server at a time (deletions.py).
+        self.deletions = DeleteBatches(call, spawn)
         #: Told of every chunk whose replicas (or what a server holds of it) changed: the health index.
         self.on_change: Callable[[int], None] = lambda chunk_id: None
 
@@ -118,9 +117,9 @@ class ReplicaSets:
     async def delete_replica(self, cs_id: int, chunk_id: int) -> None:
         """Delete one replica; a failure is only logged (the server deletes it when it registers again)."""
         try:
-            await self._call(cs_id, Msg.CS_DELETE_CHUNK, {"chunk_id": chunk_id})
+            await self._call(cs_id, Msg.CS_DELETE_CHUNKS, {"chunk_ids": [chunk_id]})
         except ChunkFSError as exc:
-            logger.info("CS_DELETE_CHUNK of chunk %#x to CS#%d failed: %s (it cleans up when it re-registers)",
+            logger.info("CS_DELETE_CHUNKS of chunk %#x to CS#%d failed: %s (it cleans up when it re-registers)",
                         chunk_id, cs_id, exc)
 
     # -- changes ---------------------------------------------------------------------------
@@ -206,10 +205,10 @@ class ReplicaSets:
         return Change(new, frozenset(failed))
 
     def delete_chunks(self, chunks: Iterable[Chunk]) -> None:
-        """Delete removed chunks' replicas in the background; offline servers clean up on return."""
+        """Delete removed chunks' replicas in batches, in the background; offline servers clean up on return."""
         for chunk in chunks:
             for cs in chunk.replicas:
                 server = self.live.get(cs)
                 if server is not None:
                     server.replicas.discard(chunk.chunk_id)
-                self._spawn(self.delete_replica(cs, chunk.chunk_id))
+                self.deletions.add(cs, chunk.chunk_id)

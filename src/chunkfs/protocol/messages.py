@@ -75,7 +75,7 @@ class Msg(enum.IntEnum):
     # MDS -> CS (over the link the CS opened).
     CS_CREATE_CHUNK = 60
     CS_SET_VERSION = 61
-    CS_DELETE_CHUNK = 62
+    CS_DELETE_CHUNKS = 62
     CS_TRUNCATE_CHUNK = 63
     CS_REPLICATE = 64
     CS_VERIFY_CHUNK = 65
@@ -111,6 +111,8 @@ SESSION_TTL = 10.0
 LEASE_TTL = 10.0
 #: Inodes per SESSION message when a mount re-sends the files it holds open.
 SESSION_OPEN_PAGE = 1000
+#: Chunks one CS_DELETE_CHUNKS names at most.
+DELETE_BATCH = 1024
 #: The most names, and the most inodes, one INVALIDATE notice carries (one change touches at most 2 and 4).
 INVALIDATE_MAX = 8
 
@@ -313,7 +315,8 @@ SPECS: dict[Msg, MessageSpec] = {
     Msg.CS_SET_VERSION: MessageSpec(
         (f("chunk_id", int), f("old_version", int), f("new_version", int)), ()
     ),
-    Msg.CS_DELETE_CHUNK: MessageSpec((f("chunk_id", int),), ()),
+    # Replicas of removed chunks, a batch at a time (mds/deletions.py): whatever their version, absent ones ignored.
+    Msg.CS_DELETE_CHUNKS: MessageSpec((f("chunk_ids", list, max_items=DELETE_BATCH),), ()),
     Msg.CS_TRUNCATE_CHUNK: MessageSpec(
         (f("chunk_id", int), f("version", int), f("length", int)), ()
     ),

@@ -7,6 +7,7 @@ records the commands and fails where told to.
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -15,8 +16,10 @@ import pytest
 
 from chunkfs.common.errors import InvalidArgument, IsADirectory, StaleVersion, Unavailable
 from chunkfs.mds.chunks import ReplicaSets
+from chunkfs.mds.deletions import DELETE_DELAY
 from chunkfs.mds.store import Chunk, MetadataStore, encode_command
-from chunkfs.protocol.messages import ROOT_INO, Msg
+from chunkfs.protocol.messages import DELETE_BATCH, ROOT_INO, Msg
+from chunkfs.testing.cluster import wait_for_async
 
 
 class Cluster:
@@ -87,8 +90,8 @@ async def test_a_new_set_moves_survivors_gives_the_target_and_deletes_the_one_ta
     assert cluster.store.chunk(chunk.chunk_id) == change.chunk
     # The copy on CS#4 (made at the old version) and the survivors move; CS#3 is deleted, after.
     assert cluster.to(Msg.CS_SET_VERSION) == [1, 2, 4]
-    assert cluster.to(Msg.CS_DELETE_CHUNK) == [3]
-    assert cluster.sent[-1][1] == Msg.CS_DELETE_CHUNK
+    assert cluster.to(Msg.CS_DELETE_CHUNKS) == [3]
+    assert cluster.sent[-1][1] == Msg.CS_DELETE_CHUNKS
     header = next(h for _, m, h in cluster.sent if m == Msg.CS_SET_VERSION)
     assert (header["old_version"], header["new_version"]) == (chunk.version, change.chunk.version)
     assert cluster.owner.holds(4, chunk.chunk_id) and not cluster.owner.holds(3, chunk.chunk_id)
@@ -102,7 +105,7 @@ async def test_a_server_that_does_not_follow_is_no_longer_held(cluster: Cluster)
     change = await cluster.owner.set_replicas(chunk, [1, 2])
     assert change.failed == frozenset({2})
     assert not cluster.owner.holds(2, chunk.chunk_id) and cluster.owner.holds(1, chunk.chunk_id)
-    assert cluster.to(Msg.CS_DELETE_CHUNK) == []  # nothing deleted unless asked
+    assert cluster.to(Msg.CS_DELETE_CHUNKS) == []  # nothing deleted unless asked
 
 
 async def test_compare_and_set_refuses_a_changed_chunk_and_does_nothing(cluster: Cluster) -> None:
@@ -126,13 +129,36 @@ async def test_only_the_servers_named_are_asked_to_move(cluster: Cluster) -> Non
     assert cluster.owner.holds(1, chunk.chunk_id) and cluster.owner.holds(3, chunk.chunk_id)
 
 
-async def test_removed_chunks_are_deleted_everywhere_in_the_background(cluster: Cluster) -> None:
-    chunk = await cluster.chunk_on([1, 2])
+async def test_removed_chunks_are_deleted_in_one_command_per_server_in_the_background(
+    cluster: Cluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="chunkfs.mds.deletions")
+    first = await cluster.chunk_on([1, 2])
+    second = await cluster.chunk_on([1, 3])
     cluster.failing = {2}
-    cluster.owner.delete_chunks([chunk])
+    cluster.owner.delete_chunks([first, second])
+    assert not cluster.owner.holds(1, first.chunk_id)  # at once: no longer counted as held
+    assert cluster.sent == [] and cluster.owner.deletions.waiting() == 4  # the batch waits for more
+    await wait_for_async("the batch sent", lambda: cluster.owner.deletions.waiting() == 0, timeout=DELETE_DELAY + 5)
     await asyncio.gather(*cluster.tasks)
-    assert cluster.to(Msg.CS_DELETE_CHUNK) == [1, 2]  # a failure is only logged
-    assert not cluster.owner.holds(1, chunk.chunk_id)
+    assert cluster.to(Msg.CS_DELETE_CHUNKS) == [1, 2, 3]
+    ids = {cs: h["chunk_ids"] for cs, m, h in cluster.sent if m == Msg.CS_DELETE_CHUNKS}
+    assert ids == {1: [first.chunk_id, second.chunk_id], 2: [first.chunk_id], 3: [second.chunk_id]}
+    # A failure is only logged: the server names the replica at its next registration, and it goes then.
+    assert "deleting 1 removed chunk(s) on CS#2 failed" in caplog.text
+
+
+async def test_a_full_batch_goes_at_once(cluster: Cluster) -> None:
+    chunk = await cluster.chunk_on([1])
+    many = [Chunk(chunk.chunk_id + n, chunk.ino, n, chunk.version, (1,)) for n in range(DELETE_BATCH + 1)]
+    cluster.owner.delete_chunks(many)
+    await asyncio.sleep(0)
+    sent = [h["chunk_ids"] for cs, m, h in cluster.sent if m == Msg.CS_DELETE_CHUNKS]
+    assert sent == [[c.chunk_id for c in many[:DELETE_BATCH]]]  # the last one waits for its own batch
+    cluster.owner.deletions.flush()
+    await asyncio.gather(*cluster.tasks)
+    sent = [h["chunk_ids"] for cs, m, h in cluster.sent if m == Msg.CS_DELETE_CHUNKS]
+    assert sent[1:] == [[many[-1].chunk_id]]
 
 
 async def test_replicas_are_made_while_the_allocation_commits_and_a_failed_server_is_named(cluster: Cluster) -> None:
@@ -153,14 +179,14 @@ async def test_replicas_made_for_an_allocation_that_did_not_happen_are_deleted(c
     chunk, failed = await cluster.allocate(ino, [3, 4])
     await asyncio.gather(*cluster.tasks)
     assert chunk == existing and failed == set()
-    assert cluster.to(Msg.CS_DELETE_CHUNK) == [3, 4]
+    assert cluster.to(Msg.CS_DELETE_CHUNKS) == [3, 4]
     assert not any(cluster.owner.holds(cs, chunk.chunk_id) for cs in (3, 4))
     # A failed commit (a directory has no chunks): the same.
     cluster.sent.clear()
     with pytest.raises(IsADirectory):
         await cluster.allocate(ROOT_INO, [1, 3])
     await asyncio.gather(*cluster.tasks)
-    assert cluster.to(Msg.CS_CREATE_CHUNK) == [1, 3] and cluster.to(Msg.CS_DELETE_CHUNK) == [1, 3]
+    assert cluster.to(Msg.CS_CREATE_CHUNK) == [1, 3] and cluster.to(Msg.CS_DELETE_CHUNKS) == [1, 3]
 
 
 async def test_only_ids_set_aside_and_unused_are_taken(cluster: Cluster) -> None:
