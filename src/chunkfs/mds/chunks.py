@@ -204,11 +204,21 @@ class ReplicaSets:
                 await self.delete_replica(cs, chunk_id)
         return Change(new, frozenset(failed))
 
-    def delete_chunks(self, chunks: Iterable[Chunk]) -> None:
-        """Delete removed chunks' replicas in batches, in the background; offline servers clean up on return."""
+    def delete_chunks(self, chunks: Iterable[Chunk], *, unheld: bool = False) -> None:
+        """Delete removed chunks' replicas in the background; offline servers clean up on return.
+
+        `unheld`: the chunks of files no mount holds open (unlinked, replaced, freed orphans): they
+        go in batches (deletions.py).  Others (a truncation, an O_TRUNC open) go at once: a mount
+        holding the file may still write through the chain it has for a chunk cut away, and only
+        the replica's absence (NotFound) sends it to the master for the new one, instead of its
+        bytes landing in a replica about to be deleted.
+        """
         for chunk in chunks:
             for cs in chunk.replicas:
                 server = self.live.get(cs)
                 if server is not None:
                     server.replicas.discard(chunk.chunk_id)
-                self.deletions.add(cs, chunk.chunk_id)
+                if unheld:
+                    self.deletions.add(cs, chunk.chunk_id)
+                else:
+                    self._spawn(self.delete_replica(cs, chunk.chunk_id))

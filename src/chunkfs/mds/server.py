@@ -616,7 +616,8 @@ class MetadataServer:
             result = await self._propose(op, time=time.time(), free_ino=free, **args)
         finally:
             self.open_files.freeing.discard(free)
-        self._delete_replicas(result["dropped"])
+        # Dropped only when freed, and freed only when no mount held the file.
+        self._delete_replicas(result["dropped"], unheld=True)
         if result["orphan"]:
             self.reaper.consider(result["orphan"])
         return ino
@@ -899,9 +900,9 @@ class MetadataServer:
                 "chunk_id": chunk.chunk_id, "version": chunk.version, "length": size % chunk_size})
             await self._drop_replicas(chunk, set(failed))
 
-    def _delete_replicas(self, chunks: list[Chunk]) -> None:
-        """Delete dropped chunks' replicas in the background (chunks.py)."""
-        self.chunks.delete_chunks(chunks)
+    def _delete_replicas(self, chunks: list[Chunk], *, unheld: bool = False) -> None:
+        """Delete dropped chunks' replicas in the background (chunks.py; `unheld`: batched, see there)."""
+        self.chunks.delete_chunks(chunks, unheld=unheld)
 
     async def _cs_call(self, cs_id: int, msg: Msg, header: dict[str, Any]) -> dict[str, Any]:
         server = self.live.get(cs_id)
