@@ -377,7 +377,8 @@ ALLOWED = [
     Allowed("O_TMPFILE", "README 'What ChunkFS is not': pyfuse3 3.5 has no tmpfile handler; EOPNOTSUPP",
             _call_refused(("O_TMPFILE",), ("EOPNOTSUPP", "ENOTSUP"))),
     Allowed("holes not reported", "README 'What ChunkFS is not': pyfuse3 3.5 has no lseek handler, so "
-            "SEEK_DATA/SEEK_HOLE see one extent, and st_blocks counts the size (the data stays sparse)",
+            "SEEK_DATA/SEEK_HOLE see one extent, and st_blocks counts whole chunks, the size while writes wait "
+            "for their commit (the data stays sparse)",
             lambda key, local, mount: key.startswith(("SEEK_HOLE", "SEEK_DATA", "sparse: st_blocks"))),
 ]
 

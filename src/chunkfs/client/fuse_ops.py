@@ -254,6 +254,18 @@ def _group_id(value: str) -> int:
     return int(value) if value.isdigit() else grp.getgrnam(value).gr_gid
 
 
+def allocated_blocks(size: int, chunks: int | None, chunk_size: int) -> int:
+    """`st_blocks` (512-byte units): the bytes of the chunks a file has, never more than its size.
+
+    The chunk is what the cluster allocates, so a sparse VM image shows what was written to
+    it at that grain (`du`, `qemu-img info`, `cp --sparse=auto`) instead of its full size.
+    Without the master's count (`chunks` None: written here since it last answered) the
+    size counts: fewer blocks than data would tell `tar --sparse` there are holes where data is.
+    """
+    held = size if chunks is None else min(size, chunks * chunk_size)
+    return (held + 511) // 512
+
+
 @dataclass(slots=True)
 class OpenFile:
     """One inode open in this mount, shared by all its handles."""
@@ -267,6 +279,8 @@ class OpenFile:
     refs: int = 0
     #: The size (or mtime) changed here and the master does not know yet.
     dirty: bool = False
+    #: The kernel was given `st_blocks` from the size while dirty (`allocated_blocks`): dropped once committed.
+    blocks_from_size: bool = False
     #: Bumped by every write, so a commit knows whether writes raced it.
     gen: int = 0
     #: The end of the furthest write made here since the master last heard of this mount's writes: the
@@ -438,7 +452,11 @@ class ChunkFSOperations(pyfuse3.Operations):
         e.st_rdev = 0
         e.st_size = size
         e.st_blksize = BLOCK_SIZE
-        e.st_blocks = (size + 511) // 512
+        # A file written here since the master last answered may have chunks it has not counted yet.
+        from_size = of is not None and of.dirty
+        if from_size:
+            of.blocks_from_size = True
+        e.st_blocks = allocated_blocks(size, None if from_size else attr.get("chunks"), self.client.chunk_size)
         e.st_atime_ns = atime
         e.st_mtime_ns = mtime
         e.st_ctime_ns = ctime
@@ -589,7 +607,7 @@ class ChunkFSOperations(pyfuse3.Operations):
         new = await self.client.setattr(of.ino, **changes)
         self._keep_attr(of, new, since)
         if "extend" in changes:
-            self._committed(of, new["size"], gen)
+            self._committed(of, new, gen)
         for key, value in pending.items():
             if of.pending.get(key) == value:
                 del of.pending[key]
@@ -1062,15 +1080,17 @@ class ChunkFSOperations(pyfuse3.Operations):
             since, gen, end, mtime_ns = self.cache.seq, of.gen, of.written_end, of.mtime_ns
             attr = await self.client.extend(of.ino, end, mtime_ns)
             self._keep_attr(of, attr, since)
-            self._committed(of, attr["size"], gen)
+            self._committed(of, attr, gen)
 
-    @staticmethod
-    def _committed(of: OpenFile, size: int, gen: int) -> None:
-        """The master has this mount's writes up to `gen`; `size` is the file's size it answered with."""
-        of.committed_size = size
+    def _committed(self, of: OpenFile, attr: dict[str, Any], gen: int) -> None:
+        """The master has this mount's writes up to `gen`; `attr` is the file as it answered."""
+        size = of.committed_size = attr["size"]
         if of.gen == gen:
             of.dirty = False
             of.size, of.written_end = size, 0
+            if of.blocks_from_size:  # the kernel holds st_blocks counted from the size: the master's count now
+                of.blocks_from_size = False
+                self.cache.drop_attributes_now(of.ino, size, of.pending.get("mtime_ns", attr["mtime_ns"]))
         else:  # written meanwhile: those writes' ends are still to commit
             of.size = max(size, of.written_end)
 

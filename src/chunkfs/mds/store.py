@@ -67,7 +67,8 @@ MAX_SESSIONS = 10_000
 _INODES = """CREATE TABLE IF NOT EXISTS inodes (
     ino INTEGER PRIMARY KEY, type TEXT NOT NULL, mode INTEGER NOT NULL, size INTEGER NOT NULL,
     atime INTEGER NOT NULL, mtime INTEGER NOT NULL, ctime INTEGER NOT NULL,
-    replicas INTEGER NOT NULL, min_replicas INTEGER NOT NULL, nlink INTEGER NOT NULL)"""
+    replicas INTEGER NOT NULL, min_replicas INTEGER NOT NULL, nlink INTEGER NOT NULL,
+    chunks INTEGER NOT NULL DEFAULT 0)"""
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 {_INODES};
@@ -130,6 +131,13 @@ CREATE TRIGGER IF NOT EXISTS cs_replicas_insert AFTER INSERT ON chunk_replicas B
 END;
 CREATE TRIGGER IF NOT EXISTS cs_replicas_delete AFTER DELETE ON chunk_replicas BEGIN
     UPDATE cs_replicas SET n = n - 1 WHERE cs_id = old.cs_id;
+END;
+-- A file's chunk count, for st_blocks: a sparse image shows what it holds, not its size.
+CREATE TRIGGER IF NOT EXISTS file_chunks_insert AFTER INSERT ON chunks BEGIN
+    UPDATE inodes SET chunks = chunks + 1 WHERE ino = new.ino;
+END;
+CREATE TRIGGER IF NOT EXISTS file_chunks_delete AFTER DELETE ON chunks BEGIN
+    UPDATE inodes SET chunks = chunks - 1 WHERE ino = old.ino;
 END;
 CREATE TRIGGER IF NOT EXISTS inode_count_insert AFTER INSERT ON inodes BEGIN
     UPDATE meta SET value = value + 1 WHERE key = 'inodes';
@@ -228,16 +236,17 @@ def _row(r: tuple[Any, ...]) -> ChunkRow:
 
 #: An inode's attributes: `_ATTR_SELECT` + a WHERE clause, rows turned into dicts by `_attr_of`.
 _ATTR_SELECT = (
-    "SELECT i.ino, type, mode, size, atime, mtime, ctime, replicas, min_replicas, nlink, p.domain, p.tier, s.target "
+    "SELECT i.ino, type, mode, size, atime, mtime, ctime, replicas, min_replicas, nlink, chunks, p.domain, p.tier, "
+    "s.target "
     "FROM inodes i LEFT JOIN placement p ON p.ino = i.ino LEFT JOIN symlinks s ON s.ino = i.ino "
 )
 
 
 def _attr_of(row: tuple[Any, ...]) -> dict[str, Any]:
-    ino, kind, mode, size, atime, mtime, ctime, replicas, min_replicas, nlink, domain, tier, target = row
+    ino, kind, mode, size, atime, mtime, ctime, replicas, min_replicas, nlink, chunks, domain, tier, target = row
     attr = {
         "ino": ino, "type": kind, "mode": mode | _TYPE_BITS[kind], "nlink": nlink,
-        "size": size, "atime_ns": atime, "mtime_ns": mtime, "ctime_ns": ctime,
+        "size": size, "chunks": chunks, "atime_ns": atime, "mtime_ns": mtime, "ctime_ns": ctime,
         "replicas": replicas, "min_replicas": min_replicas,
         "failure_domain": domain or DEFAULT_FAILURE_DOMAIN, "tier": tier or 0,
     }
@@ -306,7 +315,7 @@ class MetadataStore:
                 self._set_meta("chunk_size", chunk_size)
                 self._set_meta("schema", SCHEMA_VERSION)
                 self.db.execute(
-                    "INSERT INTO inodes VALUES (?, 'd', ?, 0, 0, 0, 0, ?, ?, 2)",
+                    "INSERT INTO inodes VALUES (?, 'd', ?, 0, 0, 0, 0, ?, ?, 2, 0)",
                     (ROOT_INO, 0o755, DEFAULT_REPLICAS, DEFAULT_MIN_REPLICAS),
                 )
 
@@ -338,6 +347,11 @@ class MetadataStore:
         """Bring a store written by an older version up to this schema (deterministically: every member does it)."""
         if self._meta("applied_index") is not None and (self._meta("schema") or 1) < SCHEMA_VERSION:
             self._migrate_inodes()
+        if "chunks" not in {row[1] for row in self.db.execute("PRAGMA table_info(inodes)")}:
+            with self._tx():  # a store from before files counted their chunks
+                self.db.execute("ALTER TABLE inodes ADD COLUMN chunks INTEGER NOT NULL DEFAULT 0")
+                self.db.execute("UPDATE inodes SET chunks = (SELECT COUNT(*) FROM chunks c WHERE c.ino = inodes.ino) "
+                                "WHERE type = 'f'")
         columns = {row[1] for row in self.db.execute("PRAGMA table_info(chunks)")}
         if "nrep" not in columns:
             # Replica lists were comma-separated text only: index them by chunk server, count them.
@@ -372,7 +386,8 @@ class MetadataStore:
                 "INSERT INTO inodes SELECT ino, type, mode, size, CAST(ROUND(atime * 1e9) AS INTEGER), "
                 "CAST(ROUND(mtime * 1e9) AS INTEGER), CAST(ROUND(ctime * 1e9) AS INTEGER), replicas, min_replicas, "
                 "CASE type WHEN 'd' THEN 2 + (SELECT COUNT(*) FROM dentries d JOIN inodes_v1 c ON c.ino = d.ino "
-                "WHERE d.parent = inodes_v1.ino AND c.type = 'd') ELSE 1 END FROM inodes_v1")
+                "WHERE d.parent = inodes_v1.ino AND c.type = 'd') ELSE 1 END, "
+                "(SELECT COUNT(*) FROM chunks k WHERE k.ino = inodes_v1.ino) FROM inodes_v1")
             self.db.execute("DROP TABLE inodes_v1")
             # Names were TEXT: the same bytes (UTF-8), now compared as bytes like every new name.
             self.db.execute("UPDATE dentries SET name = CAST(name AS BLOB)")
@@ -623,7 +638,7 @@ class MetadataStore:
             mode |= statmod.S_ISGID  # a directory in a set-group-ID directory inherits the bit
         nlink = 2 if kind == "d" else 1
         self.db.execute(
-            "INSERT INTO inodes VALUES (?, ?, ?, 0, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO inodes VALUES (?, ?, ?, 0, ?, ?, ?, ?, ?, ?, 0)",
             (ino, kind, mode & 0o7777, t, t, t, pattr["replicas"], pattr["min_replicas"], nlink),
         )
         self.db.execute("INSERT INTO dentries VALUES (?, ?, ?)", (parent, name, ino))
@@ -635,7 +650,7 @@ class MetadataStore:
         if domain != DEFAULT_FAILURE_DOMAIN or tier != 0:
             self.db.execute("INSERT INTO placement VALUES (?, ?, ?)", (ino, domain, tier))
         # What `getattr` would read back, without reading it: the row just written, as `_ATTR_SELECT` has it.
-        return _attr_of((ino, kind, mode & 0o7777, 0, t, t, t, pattr["replicas"], pattr["min_replicas"], nlink,
+        return _attr_of((ino, kind, mode & 0o7777, 0, t, t, t, pattr["replicas"], pattr["min_replicas"], nlink, 0,
                          domain, tier, None))
 
     def _op_setattr(

@@ -36,7 +36,7 @@ class Chunks:
 
 
 def mount(io: Chunks) -> ChunkFSOperations:
-    client: Any = SimpleNamespace(creds=SimpleNamespace(node="test"), io=io, on_dir_attrs=None)
+    client: Any = SimpleNamespace(creds=SimpleNamespace(node="test"), io=io, on_dir_attrs=None, chunk_size=1 << 20)
     ops = ChunkFSOperations(client, MountOptions())
     ops._session_keeper = object()  # type: ignore[assignment]  # no session to keep in a unit test
     return ops

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import stat
 import tempfile
 import threading
@@ -429,6 +430,45 @@ def test_setattr_truncate_drops_chunks_past_end(d: Driver, store: MetadataStore)
     r = d("setattr", ino=f, time=d.tick(), size=10 * CS)
     assert r["dropped"] == [] and indexes() == [0]
     assert store.getattr(f)["size"] == 10 * CS
+
+
+def test_a_file_counts_its_chunks_for_st_blocks(d: Driver, store: MetadataStore) -> None:
+    f = d.create(ROOT_INO, "f")
+    assert store.getattr(f)["chunks"] == 0
+    for index in (0, 3, 7):
+        d.alloc(f, index)
+    d.alloc(f, 3)  # a retried allocation: the same chunk, counted once
+    d("extend", ino=f, size=8 * CS, mtime=2000.0)
+    assert store.getattr(f)["chunks"] == 3
+    [[_, _, _, listed]], _ = store.readdir(ROOT_INO, "", 10, attrs=True)
+    assert listed["chunks"] == 3
+    d("setattr", ino=f, time=d.tick(), size=3 * CS + 1)  # chunk 7 dropped, 3 stays (it holds the end)
+    assert store.getattr(f)["chunks"] == 2
+    g = d.create(ROOT_INO, "g")
+    d.alloc(g, 0)
+    d.rename(ROOT_INO, "g", ROOT_INO, "f")  # replaces f: its chunks go, g's count moves with g
+    assert store.getattr(g)["chunks"] == 1
+
+
+def test_a_store_from_before_the_chunk_count_counts_on_opening(tmp_path: Path) -> None:
+    path = tmp_path / "meta.db"
+    s = MetadataStore(path, CS)
+    d = Driver(s)
+    f = d.create(ROOT_INO, "f")
+    d.alloc(f, 0)
+    d.alloc(f, 2)
+    s.close()
+    db = sqlite3.connect(path)
+    db.executescript("DROP TRIGGER file_chunks_insert; DROP TRIGGER file_chunks_delete; "
+                     "ALTER TABLE inodes DROP COLUMN chunks;")
+    db.close()
+    s = MetadataStore(path, CS)
+    try:
+        assert s.getattr(f)["chunks"] == 2 and s.getattr(ROOT_INO)["chunks"] == 0
+        Driver(s, term=2).alloc(f, 1)
+        assert s.getattr(f)["chunks"] == 3
+    finally:
+        s.close()
 
 
 def test_setattr_mode_times_and_errors(d: Driver, store: MetadataStore) -> None:
