@@ -13,9 +13,10 @@ a mount holding a file may write through the chain it has for a chunk another
 mount cut away, and that replica's absence is what sends it to the master
 (test_two_mounts_cut_and_rewrite.py failed with a truncation's chunks batched).
 For these, nothing depends on when a replica goes: the chunk is gone from the
-metadata (the command that removed it is committed) and no mount writes to it.  A replica a server never hears about (the master stepped down
-with a batch waiting, the command failed, the server was offline) is named
-stale when the server registers again: it reports it and no chunk lists it.
+metadata (the command that removed it is committed) and no mount writes to
+it.  A replica a server never hears about (the master stepped down with a
+batch waiting, the command failed, the server was offline) is named stale
+when the server registers again: it reports it and no chunk lists it.
 """
 
 from __future__ import annotations
