@@ -73,3 +73,31 @@ def test_a_write_inside_a_file_another_mount_cut_does_not_bring_back_its_old_siz
             os.close(fd)
         assert (a / name).read_bytes() == b"x" * 10 + bytes(90) + b"B" * 10
         assert (b / name).read_bytes() == b"x" * 10 + bytes(90) + b"B" * 10
+
+
+def test_a_write_after_another_mounts_cut_returned_is_not_lost_with_the_cut_chunk(make_cluster, mount) -> None:
+    """B holds the file open with a chain for chunk 1; A cuts chunk 1 away; B writes there at once.
+
+    B's write starts after A's truncation returned, so it must outlive it, as on a local disk.
+    The master answers a truncation only once the cut chunk's replicas are deleted: B's write
+    finds none and asks for the chunk as it is now, instead of landing in a replica about to go
+    (before, the deletion ran beside the answer and the write could win the race, then vanish).
+    """
+    cluster = make_cluster(n_cs=3)
+    a, b = mount(cluster, "a"), mount(cluster, "b")
+    for trial in range(5):
+        name = f"g{trial}"
+        (a / name).write_bytes(b"o" * 2 * CHUNK)
+        fd = os.open(b / name, os.O_WRONLY | os.O_DIRECT)
+        try:
+            buf = bytearray(b"p" * 4096)
+            os.pwrite(fd, buf, CHUNK + 4096)  # B's chain for chunk 1
+            os.truncate(a / name, CHUNK - 4096)  # A cuts chunk 1 away
+            buf[:] = b"q" * 4096
+            os.pwrite(fd, buf, CHUNK + 8192)  # B writes into the cut-away range right after
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        got = pread(a / name, 4096, CHUNK + 8192)
+        assert got == b"q" * 4096, f"trial {trial}: B's write after the cut read back as {got[:8]!r}..."
+        assert pread(a / name, 4096, CHUNK + 4096) == bytes(4096)  # cut, and B did not write it again

@@ -204,21 +204,28 @@ class ReplicaSets:
                 await self.delete_replica(cs, chunk_id)
         return Change(new, frozenset(failed))
 
-    def delete_chunks(self, chunks: Iterable[Chunk], *, unheld: bool = False) -> None:
-        """Delete removed chunks' replicas in the background; offline servers clean up on return.
-
-        `unheld`: the chunks of files no mount holds open (unlinked, replaced, freed orphans): they
-        go in batches (deletions.py).  Others (a truncation, an O_TRUNC open) go at once: a mount
-        holding the file may still write through the chain it has for a chunk cut away, and only
-        the replica's absence (NotFound) sends it to the master for the new one, instead of its
-        bytes landing in a replica about to be deleted.
-        """
+    def delete_chunks(self, chunks: Iterable[Chunk]) -> None:
+        """Delete the chunks of files no mount holds open (unlinked, replaced, freed orphans): in batches,
+        in the background (deletions.py); offline servers clean up when they register again."""
         for chunk in chunks:
-            for cs in chunk.replicas:
-                server = self.live.get(cs)
-                if server is not None:
-                    server.replicas.discard(chunk.chunk_id)
-                if unheld:
-                    self.deletions.add(cs, chunk.chunk_id)
-                else:
-                    self._spawn(self.delete_replica(cs, chunk.chunk_id))
+            for cs in self._forget_replicas(chunk):
+                self.deletions.add(cs, chunk.chunk_id)
+
+    async def delete_cut(self, chunks: Iterable[Chunk]) -> None:
+        """Delete the chunks a truncation cut away, and return once each server answered (or failed).
+
+        A mount holding the file may still write through the chain it has for such a chunk; the
+        replica's absence (NotFound) is what sends it to the master for the chunk as it is now.
+        Deleted before the truncation is answered, no write that starts after it can land in a
+        replica about to go (and be lost with it, acknowledged).
+        """
+        await asyncio.gather(*(self.delete_replica(cs, chunk.chunk_id)
+                               for chunk in chunks for cs in self._forget_replicas(chunk)))
+
+    def _forget_replicas(self, chunk: Chunk) -> tuple[int, ...]:
+        """No server holds the removed `chunk` any more, as far as this master counts; its replica list."""
+        for cs in chunk.replicas:
+            server = self.live.get(cs)
+            if server is not None:
+                server.replicas.discard(chunk.chunk_id)
+        return chunk.replicas

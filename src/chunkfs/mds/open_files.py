@@ -287,4 +287,4 @@ class OrphanReaper:
         finally:
             self.table.freeing -= orphans
         logger.info("freed %d unlinked file(s) no mount holds open (%d chunk(s))", len(orphans), len(dropped))
-        self.mds.chunks.delete_chunks(dropped, unheld=True)
+        self.mds.chunks.delete_chunks(dropped)

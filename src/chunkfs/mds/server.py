@@ -478,7 +478,7 @@ class MetadataServer:
             "create", parent=h["parent"], name=h["name"], mode=h["mode"], exclusive=h["exclusive"],
             truncate=h.get("truncate", False), time=time.time(), **self._once(h),
         )
-        self._delete_replicas(result["dropped"])
+        await self.chunks.delete_cut(result["dropped"])  # an O_TRUNC open of a file that had chunks
         attr = result["attr"]
         self.watchers.changed(conn, [(h["parent"], h["name"])], [h["parent"], attr["ino"]])
         if h.get("session"):
@@ -598,7 +598,7 @@ class MetadataServer:
         if "size" in args:
             await self._cut_boundary_chunk(ino, args["size"])
         result = await self._propose("setattr", ino=ino, time=time.time(), **args, **once)
-        self._delete_replicas(result["dropped"])
+        await self.chunks.delete_cut(result["dropped"])
         return dict(result["attr"])
 
     async def _remove_name(self, op: str, in_dir: int, entry: str, **args: Any) -> int:
@@ -617,7 +617,7 @@ class MetadataServer:
         finally:
             self.open_files.freeing.discard(free)
         # Dropped only when freed, and freed only when no mount held the file.
-        self._delete_replicas(result["dropped"], unheld=True)
+        self.chunks.delete_chunks(result["dropped"])
         if result["orphan"]:
             self.reaper.consider(result["orphan"])
         return ino
@@ -899,10 +899,6 @@ class MetadataServer:
             failed = await self.chunks.call_each(chunk.replicas, Msg.CS_TRUNCATE_CHUNK, {
                 "chunk_id": chunk.chunk_id, "version": chunk.version, "length": size % chunk_size})
             await self._drop_replicas(chunk, set(failed))
-
-    def _delete_replicas(self, chunks: list[Chunk], *, unheld: bool = False) -> None:
-        """Delete dropped chunks' replicas in the background (chunks.py; `unheld`: batched, see there)."""
-        self.chunks.delete_chunks(chunks, unheld=unheld)
 
     async def _cs_call(self, cs_id: int, msg: Msg, header: dict[str, Any]) -> dict[str, Any]:
         server = self.live.get(cs_id)

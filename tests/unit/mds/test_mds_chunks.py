@@ -136,7 +136,7 @@ async def test_removed_chunks_are_deleted_in_one_command_per_server_in_the_backg
     first = await cluster.chunk_on([1, 2])
     second = await cluster.chunk_on([1, 3])
     cluster.failing = {2}
-    cluster.owner.delete_chunks([first, second], unheld=True)
+    cluster.owner.delete_chunks([first, second])
     assert not cluster.owner.holds(1, first.chunk_id)  # at once: no longer counted as held
     assert cluster.sent == [] and cluster.owner.deletions.waiting() == 4  # the batch waits for more
     await wait_for_async("the batch sent", lambda: cluster.owner.deletions.waiting() == 0, timeout=DELETE_DELAY + 5)
@@ -148,13 +148,13 @@ async def test_removed_chunks_are_deleted_in_one_command_per_server_in_the_backg
     assert "deleting 1 removed chunk(s) on CS#2 failed" in caplog.text
 
 
-async def test_chunks_a_mount_may_still_write_to_are_deleted_at_once(cluster: Cluster) -> None:
-    """A truncation's chunks: a mount holding the file may write through its old chain; the replica's
-    absence is what sends it to the master for the new one, so no batch may keep it."""
+async def test_chunks_a_truncation_cut_are_deleted_before_it_returns(cluster: Cluster) -> None:
+    """A mount holding the file may write through its old chain; the replica's absence is what
+    sends it to the master for the chunk as it is now, so it must be gone when the cut is answered."""
     chunk = await cluster.chunk_on([1, 2])
-    cluster.owner.delete_chunks([chunk])
-    await asyncio.gather(*cluster.tasks)
-    assert cluster.owner.deletions.waiting() == 0
+    await cluster.owner.delete_cut([chunk])
+    assert cluster.tasks == [] and cluster.owner.deletions.waiting() == 0
+    assert not cluster.owner.holds(1, chunk.chunk_id)
     assert [(cs, h["chunk_ids"]) for cs, m, h in sorted(cluster.sent, key=lambda x: x[0])] == [
         (1, [chunk.chunk_id]), (2, [chunk.chunk_id])]
 
@@ -162,7 +162,7 @@ async def test_chunks_a_mount_may_still_write_to_are_deleted_at_once(cluster: Cl
 async def test_a_full_batch_goes_at_once(cluster: Cluster) -> None:
     chunk = await cluster.chunk_on([1])
     many = [Chunk(chunk.chunk_id + n, chunk.ino, n, chunk.version, (1,)) for n in range(DELETE_BATCH + 1)]
-    cluster.owner.delete_chunks(many, unheld=True)
+    cluster.owner.delete_chunks(many)
     await asyncio.sleep(0)
     sent = [h["chunk_ids"] for cs, m, h in cluster.sent if m == Msg.CS_DELETE_CHUNKS]
     assert sent == [[c.chunk_id for c in many[:DELETE_BATCH]]]  # the last one waits for its own batch
