@@ -610,13 +610,14 @@ class ChunkStore:
     def delete_many(self, chunk_ids: list[int]) -> None:
         """Remove these replicas (removed chunks, whatever their version); absent ones are no error.
 
-        Each directory is synced once for the batch, not once per replica.  A removal lost
-        to a crash before that sync brings the replica back, reported at the next
-        registration, where the master names it stale (no chunk lists it) and it goes again.
+        Their directories are not synced: a master truncating a file waits for this answer
+        (mds/chunks.py, `delete_cut`), and a sync is a journal commit on a disk the metadata
+        servers' logs may share.  A removal lost to a crash brings the replica back, reported
+        at the next registration, where the master names it stale (no chunk lists it): it
+        goes again, and is never served meanwhile (no chunk lists it for a reader either).
         """
-        touched = {self._dir_for(chunk_id) for chunk_id in chunk_ids if self._remove(chunk_id, None)}
-        for path in touched:
-            _fsync_dir(path)
+        for chunk_id in chunk_ids:
+            self._remove(chunk_id, None)
 
     def _remove(self, chunk_id: int, only_version: int | None) -> bool:
         """Forget the replica and unlink its file (its directory not synced); False if there was none."""

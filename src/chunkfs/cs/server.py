@@ -263,7 +263,9 @@ class ChunkServer:
         elif msg == Msg.CS_REPAIR_BLOCKS:
             return await self.replicator.repair_blocks(h), b""
         elif msg == Msg.CS_DELETE_CHUNKS:
-            await asyncio.to_thread(store.delete_many, int_list(h["chunk_ids"], "chunk_ids", DELETE_BATCH))
+            ids = int_list(h["chunk_ids"], "chunk_ids", DELETE_BATCH)
+            # A truncation's few chunks on the loop (a master waits for them: mds/chunks.py `delete_cut`).
+            await _disk_io(len(ids) <= INLINE_DELETES_MAX, store.delete_many, ids)
         elif msg == Msg.CS_TRUNCATE_CHUNK:
             async with self._locks[h["chunk_id"] % WRITE_LOCK_STRIPES]:
                 await asyncio.to_thread(store.truncate, h["chunk_id"], h["version"], h["length"])
@@ -281,6 +283,8 @@ class ChunkServer:
 #: worker thread and back costs tens of them, on every replica of the chain.
 #: Larger ones, and anything that syncs, go to a thread so the loop keeps serving.
 INLINE_IO_MAX = 128 << 10
+#: Deletions of up to this many replicas (no sync: `ChunkStore.delete_many`) run on the loop as well.
+INLINE_DELETES_MAX = 4
 
 
 async def _disk_io(inline: bool, func: Callable[..., T], *args: Any) -> T:

@@ -176,19 +176,16 @@ def test_reopen(tmp_path: Path) -> None:
         assert s.read(3 * 257, 4, 3000, 5000) == pattern(5000, seed=3)
 
 
-def test_a_batch_of_deletions_syncs_each_directory_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import chunkfs.cs.chunk_store as module
-
-    synced: list[Path] = []
-    real = module._fsync_dir
-    monkeypatch.setattr(module, "_fsync_dir", lambda path: (synced.append(path), real(path)))
+def test_a_batch_of_deletions_forgets_and_removes_each(tmp_path: Path) -> None:
     with ChunkStore(tmp_path, chunk_size=MiB, block_size=BS) as s:
-        # Ids 0x100 apart share a directory (the id's low byte names it); 1 is in another.
         for chunk_id in (0x100, 0x200, 0x300, 1):
             s.create(chunk_id, 7)
-        synced.clear()
+        s.write(0x200, 7, 0, b"x" * BS)
         s.delete_many([0x100, 0x200, 1, 0x999])  # one never held: no error
-        assert sorted(synced) == sorted({s._dir_for(0x100), s._dir_for(1)})
+        assert s.version_of(0x200) is None
+        with pytest.raises(NotFound):
+            s.write(0x200, 7, 0, b"y" * BS)  # refused at once: the writer asks the master again
+        assert not any(any(s._dir_for(c).glob(f"{c:016x}_*")) for c in (0x100, 0x200, 1))
     with ChunkStore(tmp_path, chunk_size=MiB, block_size=BS) as s:
         assert s.list_replicas() == [(0x300, 7)]
 
