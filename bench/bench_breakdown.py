@@ -164,6 +164,20 @@ def phases(
             os.close(fd)
         os.utime(path, ns=(1_700_000_000_000_000_000, 1_700_000_000_000_000_000))
 
+    def read_back(i: int) -> None:
+        """One file as `tar -d` compares it (strace of GNU tar 1.35): looked at by name, opened, read
+        whole, closed.  It reads what the extract phase wrote: run both (`--only "extract,read back"`)."""
+        path = work / f"x{i}"
+        if not os.path.exists(path):
+            raise SystemExit(f"{path} is missing: the read-back phase reads the extract phase's files; "
+                             f"run both (--only \"extract,read back\")")
+        os.lstat(path)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            os.read(fd, len(header))
+        finally:
+            os.close(fd)
+
     def sqlite_commit(mode: str) -> Callable[[int], None]:
         def commit(i: int) -> None:
             db = dbs.get(mode)
@@ -203,6 +217,7 @@ def phases(
     return [("create empty file", create), ("stat", stat), ("unlink", unlink),
             ("write 4 KiB to a new file and close", write_close),
             ("extract a 6 KiB file as tar does", extract),
+            ("read back a 6 KiB file as tar -d does", read_back),
             ("SQLite commit, journal_mode=DELETE", sqlite_commit("delete")),
             ("SQLite commit, journal_mode=WAL", sqlite_commit("wal")),
             ("4 KiB random write, O_DIRECT, one at a time", direct_write),

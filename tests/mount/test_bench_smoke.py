@@ -33,8 +33,8 @@ def test_breakdown_prints_every_phase_with_requests_and_cpu(tmp_path: Path) -> N
                           text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     tables = done.stdout.split("**")[1::2]
-    assert len(tables) == 10, done.stdout
-    assert done.stdout.count("CPU µs per operation") == 10
+    assert len(tables) == 11, done.stdout
+    assert done.stdout.count("CPU µs per operation") == 11
     assert "| mount | `mds.SETATTR` |" in done.stdout  # the extracted file's mode and times
     assert "| mount | `mds.CREATE` |" in done.stdout
     assert "`raft.propose_to_applied`" in done.stdout

@@ -114,18 +114,21 @@ class ChunkIO:
             for key in [k for k in cache if k[0] == ino]:
                 del cache[key]
 
-    def opened(self, ino: int, chunks_version: int | None) -> None:
+    def opened(self, ino: int, chunks_version: int | None, first: dict[str, Any] | None = None) -> None:
         """Close-to-open for chunk maps: the file's chunks changed since this mount last opened it (the
         master's highest chunk version moved), so its cached read maps may name a replica dropped since,
-        which keeps its old version and bytes until deleted: they are asked for again."""
-        if chunks_version is None:
-            return
-        if self._chunks_versions.get(ino) != chunks_version:
+        which keeps its old version and bytes until deleted: they are asked for again.
+
+        `first`: chunk 0's map, sent with the open of a one-chunk file (as fresh as a CHUNK_READ's).
+        """
+        if chunks_version is not None and self._chunks_versions.get(ino) != chunks_version:
             for key in [k for k in self._read_maps if k[0] == ino]:
                 del self._read_maps[key]
             if len(self._chunks_versions) >= CHUNKS_VERSIONS_MAX:
                 self._chunks_versions.clear()  # bounded; unknown only costs a map request
             self._chunks_versions[ino] = chunks_version
+        if first is not None:
+            self._read_maps[(ino, 0)] = ChunkMap.from_reply(first)
 
     def connections(self) -> list[Connection]:
         return list(self._servers.values())

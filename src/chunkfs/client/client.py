@@ -159,7 +159,7 @@ class Client:
                                                "oseq": oseq})
         if truncate:
             self.io.forget(ino)
-        self.io.opened(ino, reply.get("chunks_version"))
+        self.io.opened(ino, reply.get("chunks_version"), reply.get("first"))
         return reply["attr"]
 
     async def release_inos(self, session: str, releases: dict[int, int]) -> None:

@@ -520,8 +520,13 @@ class MetadataServer:
             self.watchers.changed(conn, inodes=[ino])
         else:
             await self.log.read_barrier()
-        return {"attr": self._register_open(h["session"], ino, h.get("oseq", 0)),
-                "chunks_version": self.store.chunks_version(ino)}
+        attr = self._register_open(h["session"], ino, h.get("oseq", 0))
+        reply = {"attr": attr, "chunks_version": self.store.chunks_version(ino)}
+        if attr["type"] == "f" and 0 < attr["size"] <= self.node.cluster.chunk_size:
+            first = self._map(self.store.chunk_at(ino, 0))
+            if first["replicas"]:
+                reply["first"] = first
+        return reply
 
     def _register_open(self, session: str, ino: int, seq: int) -> dict[str, Any]:
         """Hold `ino` open for `session`: read and register with no await between (see open_files.py)."""

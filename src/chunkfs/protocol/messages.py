@@ -200,7 +200,9 @@ SPECS: dict[Msg, MessageSpec] = {
     # still have one.  `chunks_version`: the highest version among the file's chunks (`MetadataStore`).
     Msg.OPEN: MessageSpec((f("ino", int), f("session", str), f("truncate", bool), f("linked", bool, optional=True),
                            f("oseq", int, optional=True), *_ONCE),
-                          (*_ATTR, f("chunks_version", int, optional=True))),
+                          # `first`: chunk 0's map as CHUNK_READ answers it, for a file of one chunk with
+                          # replicas online: reading a small file after its open takes no second request.
+                          (*_ATTR, f("chunks_version", int, optional=True), f("first", dict, optional=True))),
     # The mount's last close of files: `inos`, each released up to the registration numbered as in
     # `uptos` (OPEN's and CREATE's `oseq`; a later one keeps the file held), or one `ino`, all of it.
     Msg.RELEASE: MessageSpec((f("session", str), f("ino", int, optional=True), f("inos", list, optional=True),
