@@ -34,7 +34,6 @@ from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from chunkfs.common.errors import ChunkFSError
 from chunkfs.mds.deletions import CsCall, DeleteBatches, Spawn
 from chunkfs.mds.store import Chunk
 from chunkfs.protocol.messages import Msg
@@ -116,11 +115,7 @@ class ReplicaSets:
 
     async def delete_replica(self, cs_id: int, chunk_id: int) -> None:
         """Delete one replica; a failure is only logged (the server deletes it when it registers again)."""
-        try:
-            await self._call(cs_id, Msg.CS_DELETE_CHUNKS, {"chunk_ids": [chunk_id]})
-        except ChunkFSError as exc:
-            logger.info("CS_DELETE_CHUNKS of chunk %#x to CS#%d failed: %s (it cleans up when it re-registers)",
-                        chunk_id, cs_id, exc)
+        await self.deletions.delete_now(cs_id, [chunk_id])
 
     # -- changes ---------------------------------------------------------------------------
 
@@ -219,8 +214,11 @@ class ReplicaSets:
         Deleted before the truncation is answered, no write that starts after it can land in a
         replica about to go (and be lost with it, acknowledged).
         """
-        await asyncio.gather(*(self.delete_replica(cs, chunk.chunk_id)
-                               for chunk in chunks for cs in self._forget_replicas(chunk)))
+        per_server: dict[int, list[int]] = {}
+        for chunk in chunks:
+            for cs in self._forget_replicas(chunk):
+                per_server.setdefault(cs, []).append(chunk.chunk_id)
+        await asyncio.gather(*(self.deletions.delete_now(cs, ids) for cs, ids in per_server.items()))
 
     def _forget_replicas(self, chunk: Chunk) -> tuple[int, ...]:
         """No server holds the removed `chunk` any more, as far as this master counts; its replica list."""

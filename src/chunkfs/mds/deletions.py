@@ -79,11 +79,14 @@ class DeleteBatches:
 
     def _send(self, cs_id: int) -> None:
         ids = self._waiting.pop(cs_id)
-        self._spawn(self._delete(cs_id, ids))
+        self._spawn(self.delete_now(cs_id, ids))
 
-    async def _delete(self, cs_id: int, ids: list[int]) -> None:
-        try:
-            await self._call(cs_id, Msg.CS_DELETE_CHUNKS, {"chunk_ids": ids})
-        except ChunkFSError as exc:
-            logger.info("deleting %d removed chunk(s) on CS#%d failed: %s (they go when it registers again)",
-                        len(ids), cs_id, exc)
+    async def delete_now(self, cs_id: int, ids: list[int]) -> None:
+        """Delete these replicas on `cs_id` now, DELETE_BATCH per command; a failure is only logged."""
+        for start in range(0, len(ids), DELETE_BATCH):
+            piece = ids[start:start + DELETE_BATCH]
+            try:
+                await self._call(cs_id, Msg.CS_DELETE_CHUNKS, {"chunk_ids": piece})
+            except ChunkFSError as exc:
+                logger.info("deleting %d chunk replica(s) on CS#%d failed: %s (they go when it registers again)",
+                            len(piece), cs_id, exc)

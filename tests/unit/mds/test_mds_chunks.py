@@ -145,18 +145,20 @@ async def test_removed_chunks_are_deleted_in_one_command_per_server_in_the_backg
     ids = {cs: h["chunk_ids"] for cs, m, h in cluster.sent if m == Msg.CS_DELETE_CHUNKS}
     assert ids == {1: [first.chunk_id, second.chunk_id], 2: [first.chunk_id], 3: [second.chunk_id]}
     # A failure is only logged: the server names the replica at its next registration, and it goes then.
-    assert "deleting 1 removed chunk(s) on CS#2 failed" in caplog.text
+    assert "deleting 1 chunk replica(s) on CS#2 failed" in caplog.text
 
 
 async def test_chunks_a_truncation_cut_are_deleted_before_it_returns(cluster: Cluster) -> None:
     """A mount holding the file may write through its old chain; the replica's absence is what
     sends it to the master for the chunk as it is now, so it must be gone when the cut is answered."""
     chunk = await cluster.chunk_on([1, 2])
-    await cluster.owner.delete_cut([chunk])
+    other = await cluster.chunk_on([1, 3])
+    await cluster.owner.delete_cut([chunk, other])
     assert cluster.tasks == [] and cluster.owner.deletions.waiting() == 0
     assert not cluster.owner.holds(1, chunk.chunk_id)
+    # One command per server, naming all of its replicas (a cut of a large image drops many chunks).
     assert [(cs, h["chunk_ids"]) for cs, m, h in sorted(cluster.sent, key=lambda x: x[0])] == [
-        (1, [chunk.chunk_id]), (2, [chunk.chunk_id])]
+        (1, [chunk.chunk_id, other.chunk_id]), (2, [chunk.chunk_id]), (3, [other.chunk_id])]
 
 
 async def test_a_full_batch_goes_at_once(cluster: Cluster) -> None:
