@@ -21,12 +21,14 @@ Run it on a quiet machine: with 2 cores, anything else running measures nothing.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -84,12 +86,94 @@ def median_table(summary: str) -> dict[str, dict[str, float]]:
     return out
 
 
-def cpu_table(summary: str) -> list[str]:
-    """The harness's CPU-per-job rows, as they are."""
+def cpu_table(summary: str, steal: dict[tuple[str, str], float]) -> list[str]:
+    """The harness's CPU-per-job rows, with the host's steal during each job as a last column."""
     if "## Mean CPU" not in summary:
         return []
     block = summary.split("## Mean CPU", 1)[1].split("\n## ", 1)[0]
-    return [ln for ln in block.splitlines() if ln.startswith("|")]
+    rows = []
+    for line in (ln for ln in block.splitlines() if ln.startswith("|")):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if cells[0] == "target":
+            line += " steal |"
+        elif set(cells[0]) <= set("-"):
+            line += "---|"
+        else:
+            taken = steal.get((cells[0], cells[1]))
+            line += f" {'?' if taken is None else f'{taken:.0f}'} |"
+        rows.append(line)
+    return rows
+
+
+#: The harness's log line as a job starts (on its stderr): "[12:00:00]   [ext] fio randread_qd1 (...)".
+JOB_STARTS = re.compile(r"^\[[0-9:]+\]\s+\[(\w+)\] (?:fio (\w+)|(dd write|dd read|cmd|untar|metadata))")
+LOGGED_JOBS = {"dd write": "dd_write_fsync", "dd read": "dd_read", "cmd": "cmd", "untar": "untar", "metadata": "meta"}
+
+
+class StealWatch:
+    """The host's *steal* (time this VM's vCPUs were runnable but the host ran something else), per job.
+
+    On a shared virtual machine that is the noise no process here can see: a job run while the
+    host takes a core away measures the host.  The harness counts it in its *foreign* column with
+    everything else; this samples ``/proc/stat`` every quarter second and, from the harness's own
+    log line at each job's start and the job's wall time (its runs.csv), gives the steal during
+    each job, as % of one core like the harness's CPU columns.
+    """
+
+    PERIOD = 0.25
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[float, int, int]] = []  # (time, steal ticks, all ticks)
+        self.starts: dict[tuple[str, str], list[float]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    @staticmethod
+    def _ticks() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        # user nice system idle iowait irq softirq steal (guest time is inside user already)
+        return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append((time.time(), *self._ticks()))
+            self._stop.wait(self.PERIOD)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def saw(self, line: str) -> None:
+        """A line of the harness's log: note when a job started."""
+        m = JOB_STARTS.match(line)
+        if m and " rc=" not in line:  # "[ext] fio seqread rc=1" reports a failure, not a start
+            job = m.group(2) or LOGGED_JOBS[m.group(3)]
+            self.starts.setdefault((m.group(1), job), []).append(time.time())
+
+    def per_job(self, runs_csv: Path) -> dict[tuple[str, str], float]:
+        """{(target, job): steal, % of one core} over each job's run (the mean of its repetitions)."""
+        if not runs_csv.is_file():
+            return {}
+        ncpu = os.cpu_count() or 1
+        found: dict[tuple[str, str], list[float]] = {}
+        starts = {key: list(times) for key, times in self.starts.items()}
+        with runs_csv.open() as f:
+            rows = list(csv.DictReader(f))
+        for row in rows:
+            key = (row["target"], row["job"])
+            if not starts.get(key):
+                continue
+            t0 = starts[key].pop(0)
+            window = [s for s in self.samples if t0 <= s[0] <= t0 + float(row["wall_s"]) + self.PERIOD]
+            if len(window) < 2 or window[-1][2] == window[0][2]:
+                continue
+            stolen = (window[-1][1] - window[0][1]) / (window[-1][2] - window[0][2])
+            found.setdefault(key, []).append(100.0 * ncpu * stolen)
+        return {key: sum(v) / len(v) for key, v in found.items()}
 
 
 def plot(rows: list[tuple[str, float]], path: Path) -> bool:
@@ -149,11 +233,20 @@ def main() -> int:
                    "NFILES": args.files, "JOBS": args.jobs, "EXTRA_JOBS": args.extra_jobs,
                    "OUTDIR": str(base / "out"),
                    "CMD_JOB": f"python3 {PARALLEL} --procs {args.procs} --files {int(args.files) // args.procs}"}
-            done = subprocess.run(["bash", str(args.harness)], env=env, timeout=4 * 3600, check=False)
-            if done.returncode != 0:
-                raise SystemExit(f"the harness failed (exit {done.returncode}); its output is above")
+            steal = StealWatch()
+            steal.start()
+            harness = subprocess.Popen(["bash", str(args.harness)], env=env, stderr=subprocess.PIPE, text=True)
+            assert harness.stderr is not None
+            for line in harness.stderr:  # its log: passed on, and read for when each job starts
+                sys.stderr.write(line)
+                steal.saw(line)
+            returncode = harness.wait(timeout=4 * 3600)
+            steal.stop()
+            if returncode != 0:
+                raise SystemExit(f"the harness failed (exit {returncode}); its output is above")
             summary = (base / "out" / "summary.md").read_text()
             table = {**median_table(summary), **parallel_table(base / "out")}
+            stolen = steal.per_job(base / "out" / "runs.csv")
         finally:
             chunkfs_cli("local", "down", "--dir", str(base / "cluster"), timeout=300, check=False)
     rows, ratios = [], []
@@ -182,9 +275,11 @@ def main() -> int:
         "| --- | ---: | ---: | ---: | ---: | ---: |",
         *rows,
         "",
-        "CPU, % of one core, mean over each job (ChunkFS's processes are the harness's *foreign* column):",
+        "CPU, % of one core, mean over each job (ChunkFS's processes are the harness's *foreign* column, "
+        "which also holds the host's *steal*: time this virtual machine's cores were taken by the host, "
+        "sampled from `/proc/stat` by this command; a job measured under steal measured the host):",
         "",
-        *cpu_table(summary),
+        *cpu_table(summary, stolen),
     ]
     if plotted:
         body += ["", f"![ChunkFS / MooseFS, replicas {args.replicas}](docs/{png.name})"]
