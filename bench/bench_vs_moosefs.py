@@ -1,7 +1,8 @@
 """ChunkFS, MooseFS and the local disk on the same jobs, in one run: the figures for BENCHMARKS.md.
 
     sudo .venv/bin/python bench/bench_vs_moosefs.py [--harness ../shared/bench/moosefs/run.sh]
-        [--replicas 3] [--jobs "..."] [--extra-jobs "meta"] [--fio-size 256m] [--fio-runtime 10] [--record]
+        [--replicas 3] [--jobs "..."] [--extra-jobs "meta"] [--fio-size 256m] [--fio-runtime 10]
+        [--repeat 2] [--record]
 
 Starts a local ChunkFS cluster as ``chunkfs local up`` does (3 MDS, 3 chunk
 servers, a FUSE mount; every metadata change fsynced on a majority), sets
@@ -10,8 +11,10 @@ harness (`run.sh`: MooseFS in a network namespace of its own, fio jobs, the
 metadata and untar scripts) with the ChunkFS mount as its ``ext`` target, so
 the three targets are measured job by job, interleaved, on the same machine.
 It reads the harness's summary and writes a table with ChunkFS/MooseFS and
-ChunkFS/local for every row, and CPU per job (MooseFS's processes as the
-harness counts them; ChunkFS's, the harness's "foreign" column); with
+ChunkFS/local for every row (the median of `--repeat` runs, the targets'
+order reversed every second run), and CPU per job (MooseFS's processes as
+the harness counts them; ChunkFS's, the harness's "foreign" column; the
+host's steal, sampled here); with
 `--record` it goes into BENCHMARKS.md, and a PNG of the ratios beside it when
 matplotlib is installed (``pip install matplotlib``: not a dependency).
 
@@ -25,6 +28,7 @@ import csv
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -54,8 +58,8 @@ PARALLEL_ROWS = {
 
 
 def parallel_table(out: Path) -> dict[str, dict[str, float]]:
-    """{row: {target: value}} from each target's output of the ``cmd`` job (meta_parallel.py)."""
-    table: dict[str, dict[str, float]] = {}
+    """{row: {target: median over the repetitions}} from each target's output of the ``cmd`` job."""
+    values: dict[str, dict[str, list[float]]] = {}
     for log in sorted((out / "meta").glob("*.cmd.r*.log")):
         target = log.name.split(".cmd.r", 1)[0]
         lines = [ln for ln in log.read_text().splitlines() if ln.startswith("{")]
@@ -65,8 +69,10 @@ def parallel_table(out: Path) -> dict[str, dict[str, float]]:
         result = json.loads(lines[-1])
         for key, row in PARALLEL_ROWS.items():
             if key in result:
-                table.setdefault(row.format(procs=result["procs"]), {})[target] = float(result[key])
-    return table
+                values.setdefault(row.format(procs=result["procs"]), {}).setdefault(target, []).append(
+                    float(result[key]))
+    return {row: {target: statistics.median(v) for target, v in by_target.items()}
+            for row, by_target in values.items()}
 
 
 def median_table(summary: str) -> dict[str, dict[str, float]]:
@@ -176,6 +182,12 @@ class StealWatch:
         return {key: sum(v) / len(v) for key, v in found.items()}
 
 
+def _repeats(n: int) -> str:
+    if n == 1:
+        return "each job once, in that order"
+    return f"each job {n} times, the order reversed every second time, and the median of the {n} in the table"
+
+
 def plot(rows: list[tuple[str, float]], path: Path) -> bool:
     try:
         import matplotlib  # noqa: PLC0415 - optional
@@ -211,6 +223,10 @@ def main() -> int:
     parser.add_argument("--fio-runtime", default="20")
     parser.add_argument("--files", default="2000", help="files for the metadata script")
     parser.add_argument("--procs", type=int, default=4, help="processes at once in meta_parallel.py")
+    parser.add_argument("--repeat", type=int, default=2,
+                        help="runs of every job on every target; the harness reverses the targets' order on "
+                             "even runs and the table gives the median (a target that runs right after MooseFS "
+                             "finds the disk and page cache in MooseFS's wake: one order alone favours one side)")
     parser.add_argument("--record", action="store_true")
     args = parser.parse_args()
     if not args.harness.is_file():
@@ -229,7 +245,7 @@ def main() -> int:
             chunkfs_cli("-c", "vsmfs", "set-attr", "-R", "/", f"replicas={args.replicas}:1", timeout=300)
             (mnt / "bench").mkdir()
             env = {**os.environ, "TARGETS": f"{mfs} ext local", "EXT_DIR": str(mnt / "bench"),
-                   "FIO_SIZE": args.fio_size, "FIO_RUNTIME": args.fio_runtime, "REPEAT": "1",
+                   "FIO_SIZE": args.fio_size, "FIO_RUNTIME": args.fio_runtime, "REPEAT": str(args.repeat),
                    "NFILES": args.files, "JOBS": args.jobs, "EXTRA_JOBS": args.extra_jobs,
                    "OUTDIR": str(base / "out"),
                    "CMD_JOB": f"python3 {PARALLEL} --procs {args.procs} --files {int(args.files) // args.procs}"}
@@ -265,7 +281,8 @@ def main() -> int:
         "",
         f"One run of the MooseFS harness with the three targets interleaved job by job: MooseFS (goal "
         f"{args.replicas}), ChunkFS as `chunkfs local up` starts it (3 MDS, 3 CS, replicas {args.replicas}:1) and "
-        f"the local disk. fio file {args.fio_size}, {args.fio_runtime} s per job, {args.files} files for the "
+        f"the local disk; {_repeats(args.repeat)}. fio file {args.fio_size}, {args.fio_runtime} s per job, "
+        f"{args.files} files for the "
         f"metadata script (one process) and as many in all for `bench/meta_parallel.py` ({args.procs} processes "
         "at once, each in its own folder; and 200 SQLite commits of one row in each journal mode). "
         f"Recorded {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores, {os.uname().machine}, "
