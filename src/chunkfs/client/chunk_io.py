@@ -4,7 +4,9 @@ A file's byte range is cut at chunk boundaries (and at the largest request
 size); each piece goes to the chunk servers the master names for that chunk.
 Chunk maps are cached: reads keep theirs until a server refuses it as stale,
 and read each chunk from one replica (the others if it fails); writes send
-the data to the first replica of the chain, which forwards it.
+the data to the first replica of the chain, which forwards it (small writes
+to a chunk that has one on its way wait for it and go together:
+write_batches.py).
 When a replica fails, the client tells the master, which drops it (a new
 version) and hands back the survivors; the write goes on while at least the
 file's minimum number of replicas remain.
@@ -19,6 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from chunkfs.client.write_batches import WriteBatches
 from chunkfs.common.errors import (
     ChecksumMismatch,
     ChunkFSError,
@@ -30,7 +33,7 @@ from chunkfs.common.errors import (
 )
 from chunkfs.common.timings import TIMINGS
 from chunkfs.protocol.frame import MAX_IO_SIZE
-from chunkfs.protocol.messages import Msg, replica_list
+from chunkfs.protocol.messages import SMALL_WRITE_MAX, Msg, replica_list
 from chunkfs.protocol.rpc import SILENCE_LIMIT, Connection, connect
 
 if TYPE_CHECKING:
@@ -97,6 +100,8 @@ class ChunkIO:
         #: (chunk id, version, server) a fresh map still names though the server lacked the chunk:
         #: reads go on to the other replicas without asking the master each time (`_read_piece`).
         self._missing: set[tuple[int, int, int]] = set()
+        #: Small writes to a chunk wait for the one on its way and then go together (write_batches.py).
+        self._batches = WriteBatches()
 
     async def server(self, addr: str) -> Connection:
         conn = self._servers.get(addr)
@@ -134,6 +139,7 @@ class ChunkIO:
         return list(self._servers.values())
 
     def close(self) -> None:
+        self._batches.close()
         for conn in self._servers.values():
             conn.close()
         self._servers.clear()
@@ -297,9 +303,11 @@ class ChunkIO:
                     await self._to_each_replica(m, msg, fields)
                 else:
                     conn = await self.server(head_addr)
-                    await conn.call(msg, {
-                        "chunk_id": m.chunk_id, "version": m.version, "chain": [list(r) for r in rest], **fields,
-                    }, payload)
+                    header = {"chunk_id": m.chunk_id, "version": m.version, "chain": [list(r) for r in rest], **fields}
+                    if msg == Msg.CS_WRITE and not fields["sync"] and len(payload) <= SMALL_WRITE_MAX:
+                        await self._batches.write(conn, header, payload)
+                    else:
+                        await conn.call(msg, header, payload)
                 TIMINGS.since(f"cs.{msg.name}", started)
                 return
             except ChunkFSError as exc:

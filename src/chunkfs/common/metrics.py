@@ -51,8 +51,8 @@ class IoCounters:
         #: One slot per bound plus +Inf; not cumulative (made cumulative at scrape time).
         self.buckets = [0] * (len(LATENCY_BOUNDS) + 1)
 
-    def record(self, nbytes: int, seconds: float) -> None:
-        self.ops += 1
+    def record(self, nbytes: int, seconds: float, ops: int = 1) -> None:
+        self.ops += ops
         self.bytes += nbytes
         self.lat_sum += seconds
         self.buckets[bisect_left(LATENCY_BOUNDS, seconds)] += 1

@@ -340,7 +340,8 @@ class ChunkStore:
         if not 0 <= value <= MAX_U64:
             raise InvalidArgument(f"{what} {value} is not an unsigned 64-bit integer")
 
-    def _check_range(self, chunk_id: int, offset: int, length: int) -> None:
+    def check_range(self, chunk_id: int, offset: int, length: int) -> None:
+        """InvalidArgument unless [offset, offset+length) lies inside a chunk."""
         if offset < 0 or length < 0 or offset + length > self.chunk_size:
             raise InvalidArgument(
                 f"chunk {chunk_id:016x}: range offset={offset} length={length} "
@@ -747,7 +748,7 @@ class ChunkStore:
 
     def read(self, chunk_id: int, version: int, offset: int, length: int) -> bytes:
         """Read exactly `length` bytes at `offset`, every covering block verified."""
-        self._check_range(chunk_id, offset, length)
+        self.check_range(chunk_id, offset, length)
         with self._lease(chunk_id, version) as lease:
             if length == 0:
                 return b""
@@ -791,7 +792,7 @@ class ChunkStore:
         """
         view = memoryview(data).cast("B")
         length = len(view)
-        self._check_range(chunk_id, offset, length)
+        self.check_range(chunk_id, offset, length)
         bs = self.block_size
         with self._chunk_lock(chunk_id), self._lease(chunk_id, version) as lease:
             if length == 0:
@@ -878,7 +879,7 @@ class ChunkStore:
         old contents); whole blocks past it get the zero-block CRC and are freed by
         shrinking the file, which keeps it sparse.
         """
-        self._check_range(chunk_id, 0, length)
+        self.check_range(chunk_id, 0, length)
         bs = self.block_size
         with self._chunk_lock(chunk_id), self._lease(chunk_id, version) as lease:
             try:

@@ -28,7 +28,14 @@ from chunkfs.cs.metrics import CsStats
 from chunkfs.cs.replicator import Replicator
 from chunkfs.cs.scrubber import Scrubber
 from chunkfs.cs.sync_policy import SyncPolicy
-from chunkfs.protocol.messages import DELETE_BATCH, Msg, int_list, replica_list
+from chunkfs.protocol.messages import (
+    DELETE_BATCH,
+    SMALL_WRITE_MAX,
+    Msg,
+    int_list,
+    replica_list,
+    write_pieces,
+)
 from chunkfs.protocol.rpc import SILENCE_LIMIT, Connection, Credentials, Reply, RpcServer, connect
 from chunkfs.protocol.tls import node_tls
 
@@ -40,9 +47,6 @@ WRITE_LOCK_STRIPES = 256
 #: this server gives up on it first and names it, so the master drops the frozen replica; with equal
 #: timeouts the client's fired first and blamed this, healthy, server (found by a fault probe).
 FORWARD_TIMEOUT = float(lowered("CHUNKFS_FORWARD_TIMEOUT", 20))
-#: Writes up to this size are sent from the first replica to all the others at once; larger ones
-#: go down the chain (each server sends the data on once).
-FAN_OUT_MAX = 128 << 10
 
 
 class ChunkServer:
@@ -107,12 +111,12 @@ class ChunkServer:
             if msg == Msg.CS_WRITE:
                 started = time.perf_counter()
                 try:
-                    await self._write(h, payload)
+                    writes = await self._write(h, payload)
                 except BaseException:
                     self.stats.write.errors += 1
                     raise
                 took = time.perf_counter() - started
-                self.stats.write.record(len(payload), took)
+                self.stats.write.record(len(payload), took, writes)
                 TIMINGS.record("serve.CS_WRITE", took)
                 return {}, b""
             if msg == Msg.CS_FSYNC:
@@ -133,16 +137,26 @@ class ChunkServer:
         finally:
             self.in_flight -= 1
 
-    async def _write(self, h: dict[str, Any], payload: bytes) -> None:
-        """Write here and on the replicas after this one.
+    async def _write(self, h: dict[str, Any], payload: bytes) -> int:
+        """Write here and on the replicas after this one; how many writes that was (its pieces).
 
         Under the chunk's lock only the ordering work is done: the request is
         sent on (so every replica receives writes to a chunk in the order this
         one applies them) and written here.  The other replicas' answers are
         awaited outside the lock, so writes to one chunk pipeline (a VM's
         queue of random writes) instead of each waiting for a round trip.
+        A request with `pieces` (small writes a mount sent together) goes on
+        as one request and its pieces are written here in their order.
         """
         chunk_id, sync = h["chunk_id"], h["sync"]
+        pieces = [(h["offset"], len(payload))]
+        if "pieces" in h:
+            pieces = write_pieces(h["pieces"], len(payload))
+            if sync or len(payload) > SMALL_WRITE_MAX:
+                raise ProtocolError(f"a CS_WRITE of pieces is of small writes (at most {SMALL_WRITE_MAX} bytes "
+                                    "in all), never synced")
+            for offset, length in pieces:  # all checked before any is written or sent on
+                self.store.check_range(chunk_id, offset, length)
         # A synced write (a mount's write-through) is a small write and its sync: on the loop when
         # a sync of that chunk alone would be (sync_policy.py).
         inline = len(payload) <= INLINE_IO_MAX and (not sync or self.syncs.sync_inline(chunk_id, len(payload)))
@@ -152,7 +166,7 @@ class ChunkServer:
             started = time.perf_counter()
             try:
                 await self._on_own_disk(lambda: _disk_io(
-                    inline, self.store.write, chunk_id, h["version"], h["offset"], payload, sync))
+                    inline, self._write_pieces, chunk_id, h["version"], pieces, payload, sync))
             except BaseException:
                 await self._answered(answers)  # nothing left waiting for its answer
                 raise
@@ -167,6 +181,16 @@ class ChunkServer:
             started = time.perf_counter()
             await self._answered(answers)
             TIMINGS.since("cs.replicas_answered", started)
+        return len(pieces)
+
+    def _write_pieces(
+        self, chunk_id: int, version: int, pieces: list[tuple[int, int]], payload: bytes, sync: bool
+    ) -> None:
+        view = memoryview(payload)
+        pos = 0
+        for offset, length in pieces:
+            self.store.write(chunk_id, version, offset, view[pos:pos + length], sync)
+            pos += length
 
     async def _fsync(self, h: dict[str, Any]) -> None:
         chain = replica_list(h["chain"], "chain")
@@ -191,7 +215,7 @@ class ChunkServer:
         """
         if not chain:
             return []
-        if len(payload) <= FAN_OUT_MAX:
+        if len(payload) <= SMALL_WRITE_MAX:  # larger: each server sends the data on once
             targets = [(cs_id, addr, []) for cs_id, addr in chain]
         else:
             targets = [(chain[0][0], chain[0][1], chain[1:])]

@@ -115,6 +115,11 @@ SESSION_OPEN_PAGE = 1000
 DELETE_BATCH = 1024
 #: The most names, and the most inodes, one INVALIDATE notice carries (one change touches at most 2 and 4).
 INVALIDATE_MAX = 8
+#: A write of at most this many bytes is *small*: the head of its chain sends it to every other replica
+#: at once (one hop, not a chain of them), and a mount may send several of them as one CS_WRITE.
+SMALL_WRITE_MAX = 128 << 10
+#: The most pieces one CS_WRITE carries (its `pieces`: [[offset, length], ...] of one chunk, in order).
+WRITE_PIECES_MAX = 64
 
 
 #: The most block numbers one message names (a chunk's blocks: 1,024 with the defaults).
@@ -350,6 +355,8 @@ SPECS: dict[Msg, MessageSpec] = {
     Msg.CS_READ: MessageSpec(
         (f("chunk_id", int), f("version", int), f("offset", int), f("length", int)), ()
     ),
+    # `pieces` (small writes a mount held while one was on its way, sent together): the payload is
+    # their bytes one after the other, each written at its offset in that order; `offset` is the first's.
     Msg.CS_WRITE: MessageSpec(
         (
             f("chunk_id", int),
@@ -357,6 +364,7 @@ SPECS: dict[Msg, MessageSpec] = {
             f("offset", int),
             f("chain", list),  # the replicas after this one: [[cs_id, addr], ...]
             f("sync", bool),
+            f("pieces", list, optional=True, max_items=WRITE_PIECES_MAX),
         ),
         (),
         request_payload=True,
@@ -488,6 +496,16 @@ def int_pairs(value: Any, what: str) -> list[tuple[int, int]]:
             raise ProtocolError(f"{what}: expected [int, int] pairs")
         out.append((item[0], item[1]))
     return out
+
+
+def write_pieces(value: Any, payload_len: int) -> list[tuple[int, int]]:
+    """Check a CS_WRITE's `pieces`: [[offset, length], ...] that add up to its payload, none empty."""
+    pieces = int_pairs(value, "pieces")
+    if not pieces or any(length <= 0 or offset < 0 for offset, length in pieces):
+        raise ProtocolError("pieces: expected [offset, length] pairs, each at least one byte")
+    if sum(length for _, length in pieces) != payload_len:
+        raise ProtocolError(f"pieces: their lengths do not add up to the payload's {payload_len} bytes")
+    return pieces
 
 
 def int_list(value: object, what: str, limit: int = SESSION_OPEN_PAGE) -> list[int]:

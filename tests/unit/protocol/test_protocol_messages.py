@@ -12,6 +12,7 @@ from chunkfs.common.errors import ProtocolError
 from chunkfs.protocol.frame import decode_header, encode_header
 from chunkfs.protocol.messages import (
     SPECS,
+    WRITE_PIECES_MAX,
     Field,
     Msg,
     int_pairs,
@@ -19,6 +20,7 @@ from chunkfs.protocol.messages import (
     spec_of,
     validate_request,
     validate_response,
+    write_pieces,
 )
 
 _NONE = type(None)
@@ -198,6 +200,18 @@ def test_unexpected_payload_rejected(msg: Msg) -> None:
 def test_cs_write_payload_allowed() -> None:
     header = {"chunk_id": 1, "version": 2, "offset": 0, "chain": [], "sync": False}
     assert validate_request(Msg.CS_WRITE, header, 4096) is Msg.CS_WRITE
+
+
+def test_cs_write_pieces_must_add_up_to_the_payload() -> None:
+    assert write_pieces([[8192, 4096], [0, 10]], 4106) == [(8192, 4096), (0, 10)]
+    for bad, length in (([[0, 4096]], 4097), ([], 0), ([[0, 0], [0, 5]], 5), ([[-1, 5]], 5), ([[0, 5, 1]], 5),
+                        ([[0, True]], 1), ("0:5", 5), ([[0, 2**70]], 5)):
+        with pytest.raises(ProtocolError):
+            write_pieces(bad, length)
+    header = {"chunk_id": 1, "version": 2, "offset": 0, "chain": [], "sync": False,
+              "pieces": [[i, 1] for i in range(WRITE_PIECES_MAX + 1)]}
+    with pytest.raises(ProtocolError, match="pieces"):
+        validate_request(Msg.CS_WRITE, header, WRITE_PIECES_MAX + 1)
 
 
 @pytest.mark.parametrize("mtype", [0, 5, 9, 99, 0xFFFF, -1])
