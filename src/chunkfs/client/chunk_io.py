@@ -33,7 +33,7 @@ from chunkfs.common.errors import (
 )
 from chunkfs.common.timings import TIMINGS
 from chunkfs.protocol.frame import MAX_IO_SIZE
-from chunkfs.protocol.messages import SMALL_WRITE_MAX, Msg, replica_list
+from chunkfs.protocol.messages import Msg, replica_list
 from chunkfs.protocol.rpc import SILENCE_LIMIT, Connection, connect
 
 if TYPE_CHECKING:
@@ -304,7 +304,7 @@ class ChunkIO:
                 else:
                     conn = await self.server(head_addr)
                     header = {"chunk_id": m.chunk_id, "version": m.version, "chain": [list(r) for r in rest], **fields}
-                    if msg == Msg.CS_WRITE and not fields["sync"] and len(payload) <= SMALL_WRITE_MAX:
+                    if msg == Msg.CS_WRITE and not fields["sync"]:
                         await self._batches.write(conn, header, payload)
                     else:
                         await conn.call(msg, header, payload)

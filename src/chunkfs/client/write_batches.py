@@ -26,6 +26,11 @@ from typing import Any
 from chunkfs.protocol.messages import SMALL_WRITE_MAX, WRITE_PIECES_MAX, Msg
 from chunkfs.protocol.rpc import Connection
 
+#: Writes up to this size wait for the one on its way to their chunk; larger ones go at once, many
+#: in flight together, as before (held behind one another, 64 KiB random writes at queue depth 16
+#: lost 18 % and 128 KiB ones 29 %: a request carries so much data that merging saves little).
+BATCHED_WRITE_MAX = 32 << 10
+
 
 @dataclass(slots=True)
 class _Held:
@@ -41,7 +46,10 @@ class WriteBatches:
         self._sending: set[asyncio.Task[None]] = set()
 
     async def write(self, conn: Connection, header: dict[str, Any], data: memoryview | bytes) -> None:
-        """Write `data` (a small, unsynced CS_WRITE with `header`) through `conn`, the chunk's head."""
+        """Write `data` (an unsynced CS_WRITE with `header`) through `conn`, the chunk's head."""
+        if len(data) > BATCHED_WRITE_MAX:
+            await conn.call(Msg.CS_WRITE, header, data)
+            return
         key = (header["chunk_id"], header["version"])
         held = self._held.get(key)
         if held is not None:
