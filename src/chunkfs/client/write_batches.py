@@ -23,6 +23,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
+from chunkfs.common.errors import NoSpace, NotFound, StaleVersion, Timeout, Unavailable
 from chunkfs.protocol.messages import SMALL_WRITE_MAX, WRITE_PIECES_MAX, Msg
 from chunkfs.protocol.rpc import Connection
 
@@ -30,6 +31,10 @@ from chunkfs.protocol.rpc import Connection
 #: in flight together, as before (held behind one another, 64 KiB random writes at queue depth 16
 #: lost 18 % and 128 KiB ones 29 %: a request carries so much data that merging saves little).
 BATCHED_WRITE_MAX = 32 << 10
+#: Failures after which the chunk's chain changes (a replica dropped, a new version): the writes
+#: waiting behind the failed one would meet the same, so they fail with it and each asks for the new
+#: chain.  After any other failure (a bad block at the edge of that one write, say) they still go.
+_CHAIN_BROKEN = (Unavailable, Timeout, StaleVersion, NotFound, NoSpace)
 
 
 @dataclass(slots=True)
@@ -60,11 +65,8 @@ class WriteBatches:
         self._held[key] = []
         try:
             await conn.call(Msg.CS_WRITE, header, data)
-        except asyncio.CancelledError:
-            self._next(conn, header, key, None)  # this writer is gone; the waiting ones are not
-            raise
         except BaseException as exc:
-            self._next(conn, header, key, exc)
+            self._next(conn, header, key, exc)  # (a cancelled writer is gone; the waiting ones are not)
             raise
         self._next(conn, header, key, None)
 
@@ -72,15 +74,15 @@ class WriteBatches:
               failed: BaseException | None) -> None:
         """The write on its way to `key` was answered: send what waited for it, or fail it the same way.
 
-        After a failure the waiting writes fail with it, and each asks for a
-        new chain as a write alone would: the replica that failed would fail
-        them too.
+        After a failure that changes the chain the waiting writes fail with
+        it, and each asks for a new chain as a write alone would: the replica
+        that failed would fail them too.
         """
         held = self._held.get(key)
         if not held:
             self._held.pop(key, None)
             return
-        if failed is not None:
+        if isinstance(failed, _CHAIN_BROKEN):
             del self._held[key]
             for w in held:
                 _settle(w.done, failed)

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from chunkfs.client.write_batches import BATCHED_WRITE_MAX, WriteBatches
-from chunkfs.common.errors import Unavailable
+from chunkfs.common.errors import ChecksumMismatch, Unavailable
 from chunkfs.protocol.messages import SMALL_WRITE_MAX, WRITE_PIECES_MAX, Msg
 
 
@@ -192,5 +192,23 @@ def test_a_larger_write_goes_at_once_beside_the_one_on_its_way() -> None:
         await large
         head.answer(0)
         await small
+
+    asyncio.run(scenario())
+
+
+def test_a_failure_of_that_one_write_alone_does_not_fail_the_writes_behind_it() -> None:
+    async def scenario() -> None:
+        head, batches = Head(), WriteBatches()
+        first = asyncio.ensure_future(batches.write(head, header(1000), b"1"))  # type: ignore[arg-type]
+        await settle()
+        behind = asyncio.ensure_future(batches.write(head, header(1 << 20), b"2"))  # type: ignore[arg-type]
+        await settle()
+        head.answer(0, ChecksumMismatch("block 0 of the chunk is bad", chunk_id=5, block=0))
+        with pytest.raises(ChecksumMismatch):
+            await first
+        await settle()
+        assert head.sent[-1] == (header(1 << 20), b"2")  # its own block is fine: it goes on
+        head.answer(1)
+        await behind
 
     asyncio.run(scenario())
