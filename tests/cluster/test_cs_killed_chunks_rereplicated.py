@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import platform
+import re
 import time
 from pathlib import Path
 
@@ -81,10 +82,18 @@ def test_killed_cs_chunks_back_to_three_replicas(make_cluster) -> None:
         assert {s["id"]: s["status"] for s in stat["cs"]}[victim] == "offline"
         healing = wait_for("the healing episode to close", lambda: (
             h if not (h := c.cluster_stat()["healing"])["active"] else None), timeout=30)
-        assert healing["copied"] == counts[victim]
-        assert healing["bytes"] == counts[victim] * MiB
-        assert c.read(f.ino, 0, SIZE) == data
         events = " | ".join(e["message"] for e in c.events())
+        # Exactly the victim's replicas are copied, unless another server fell silent past the
+        # inactive timeout (1 s here): a chunk frozen meanwhile leaves that server's replica at the
+        # old version, and it is copied there again.  (The likely cause of one CI run's 11 copies
+        # for 10 replicas on a loaded host; the events are in the message should it happen again.)
+        others_silent = re.findall(rf"CS#(?!{victim}\b)\d+ inactive", events)
+        if others_silent:
+            assert counts[victim] <= healing["copied"] <= counts[victim] + len(maps), events
+        else:
+            assert healing["copied"] == counts[victim], events
+        assert healing["bytes"] == healing["copied"] * MiB
+        assert c.read(f.ino, 0, SIZE) == data
         assert f"CS#{victim} offline" in events
         assert "replication started" in events and "replication finished" in events
     _record(healing["rate_mib_s"], healing["copied"], healing["seconds"], wall)
