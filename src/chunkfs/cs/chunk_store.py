@@ -226,6 +226,7 @@ class ChunkStore:
         self.data_offset = HEADER_SIZE + self.table_size
         #: CRC32C of an all-zero block: what a never-written block verifies against.
         self.zero_crc = crc32c(bytes(block_size))
+        self._new_file: bytes | None = None
         #: Blocks written to replicas being copied from here (the source's half of a two-phase copy).
         self.written = WriteTracker(block_size, chunk_size)
         self._max_open = max_open_files
@@ -494,11 +495,14 @@ class ChunkStore:
     def _encode_new_file(self, chunk_id: int, version: int) -> bytes:
         fields = HEADER_FIELDS.pack(MAGIC, FORMAT_VERSION, chunk_id, version, self.chunk_size, self.block_size)
         header = fields + HEADER_CRC.pack(crc32c(fields))
-        table = struct.pack(f"<{self.n_blocks}I", *([self.zero_crc] * self.n_blocks))
-        out = bytearray(self.data_offset)
+        if self._new_file is None:  # the same for every replica but its header: made once
+            table = struct.pack(f"<{self.n_blocks}I", *([self.zero_crc] * self.n_blocks))
+            blank = bytearray(self.data_offset)
+            blank[HEADER_SIZE : HEADER_SIZE + len(table)] = table
+            self._new_file = bytes(blank)
+        out = bytearray(self._new_file)
         out[: len(header)] = header
-        out[HEADER_SIZE : HEADER_SIZE + len(table)] = table
-        return bytes(out)
+        return out
 
     def create(self, chunk_id: int, version: int) -> None:
         """Create an empty replica (all zeros); on disk for good at its first sync.

@@ -276,7 +276,9 @@ class ChunkServer:
     async def handle_master(self, conn: Connection, msg: Msg, h: dict[str, Any], payload: bytes) -> Reply:
         store = self.store
         if msg == Msg.CS_CREATE_CHUNK:
-            await asyncio.to_thread(store.create, h["chunk_id"], h["version"])
+            # On the loop: a new file, its header and CRC table written, no sync (about 0.2 ms), where
+            # the hop to a thread and back cost more and made a small file's allocation wait on it.
+            store.create(h["chunk_id"], h["version"])
         elif msg == Msg.CS_SET_VERSION:
             async with self._locks[h["chunk_id"] % WRITE_LOCK_STRIPES]:
                 await asyncio.to_thread(store.set_version, h["chunk_id"], h["old_version"], h["new_version"])
