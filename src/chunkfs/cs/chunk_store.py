@@ -49,6 +49,7 @@ import logging
 import os
 import re
 import struct
+import sys
 import tempfile
 import threading
 import time
@@ -154,6 +155,14 @@ def _pread_full(fd: int, buf: bytearray | memoryview, pos: int) -> int:
             break
         done += n
     return done
+
+
+def _table_bytes(table: array[int]) -> bytes:
+    """CRC entries as stored: little-endian uint32."""
+    if sys.byteorder == "big":
+        table = array("I", table)
+        table.byteswap()
+    return table.tobytes()
 
 
 def _pwrite_full(fd: int, bufs: Sequence[Buffer], pos: int) -> None:
@@ -794,65 +803,124 @@ class ChunkStore:
         in one pwrite (uncopied), then the affected CRC entries in one pwrite.
         `sync=True` adds an fdatasync.
         """
-        view = memoryview(data).cast("B")
-        length = len(view)
-        self.check_range(chunk_id, offset, length)
-        bs = self.block_size
+        self.write_pieces(chunk_id, version, [(offset, data)], sync)
+
+    def write_pieces(
+        self, chunk_id: int, version: int, pieces: Sequence[tuple[int, Buffer]], sync: bool = False
+    ) -> None:
+        """Write each (offset, data) in its order, as `write` does, in one call under one lock.
+
+        A mount's small writes sent together (a VM's queue of 4 KiB writes) touch
+        blocks all over the chunk: the CRC entries of the span they cover are read
+        once, updated as each piece is written, and written back once after all
+        the data (one read and one write for the batch, not one of each per
+        piece).  Every piece's space is reserved before any byte is written, so a
+        full disk fails the call with the replica as it was.  Should a later piece
+        fail (corrupt edge block, failing disk), the entries of the pieces written
+        before it are still written: they stay verifiable.
+        """
+        views = [(offset, memoryview(data).cast("B")) for offset, data in pieces]
+        for offset, view in views:
+            self.check_range(chunk_id, offset, len(view))
+        views = [(offset, view) for offset, view in views if len(view)]
         with self._chunk_lock(chunk_id), self._lease(chunk_id, version) as lease:
-            if length == 0:
-                if sync:
-                    self._sync(lease, data_only=True)
-                return
-            first, count = self._block_span(offset, length)
-            end = offset + length
-            head_skip = offset - first * bs  # bytes of the first block kept from old data
-            tail_keep = (first + count) * bs - end  # bytes of the last block kept from old data
-            # CRCs: the edge blocks are merged with their verified old contents only
-            # to checksum them; the middle is checksummed straight from the caller.
-            crcs: list[int] = []
-            if count == 1 and (head_skip or tail_keep):
-                block = bytearray(self._read_verified(lease, first, 1, locked=True))
-                block[head_skip : head_skip + length] = view
-                crcs.append(crc32c(block))
-            else:
-                middle = view
-                if head_skip:
-                    head = bytearray(self._read_verified(lease, first, 1, locked=True))
-                    head[head_skip:] = view[: bs - head_skip]
-                    crcs.append(crc32c(head))
-                    middle = middle[bs - head_skip :]
-                tail_crc: int | None = None
-                if tail_keep:
-                    tail = bytearray(self._read_verified(lease, first + count - 1, 1, locked=True))
-                    tail_part = bs - tail_keep
-                    tail[:tail_part] = middle[len(middle) - tail_part :]
-                    tail_crc = crc32c(tail)
-                    middle = middle[: len(middle) - tail_part]
-                crcs.extend(crc32c(middle[i : i + bs]) for i in range(0, len(middle), bs))
-                if tail_crc is not None:
-                    crcs.append(tail_crc)
-            # The unchanged bytes of the edge blocks are already on disk (or a hole,
-            # which reads as the zeros we checksummed), so only the caller's bytes are
-            # written: one pwrite, no copy.
-            pos = self.data_offset + offset
             try:
-                self._reserve(lease, pos, length)
-                _pwrite_full(lease.fd, [view], pos)
-                _pwrite_full(
-                    lease.fd,
-                    [struct.pack(f"<{count}I", *crcs)],
-                    HEADER_SIZE + first * CRC_ENTRY_SIZE,
-                )
-                self.written.wrote(chunk_id, offset, length)
+                for offset, view in views:
+                    self._reserve(lease, self.data_offset + offset, len(view))
+                if views:
+                    self._write_views(lease, views)
                 if sync:
                     os.fdatasync(lease.fd)
                     self._sync_name(lease)
-                elif length >= WRITEBACK_MIN:
-                    start_writeback(lease.fd, pos, length)  # the disk works while the next piece comes
             except OSError as exc:
                 if _is_no_space(exc):
-                    raise self._no_space(lease, exc, f"writing {length} bytes at {offset}") from exc
+                    what = f"writing {len(views[0][1])} bytes at {views[0][0]}" if len(views) == 1 else \
+                        f"writing {len(views)} pieces" if views else "flushing to disk"
+                    raise self._no_space(lease, exc, what) from exc
                 raise
+
+    def _write_views(self, lease: _Lease, views: list[tuple[int, memoryview]]) -> None:
+        bs = self.block_size
+        lo = min(offset for offset, _ in views) // bs
+        hi = max(offset + len(view) - 1 for offset, view in views) // bs + 1
+        table = self._crc_table(lease, lo, hi - lo)
+        done: list[tuple[int, int]] = []
+        try:
+            for offset, view in views:
+                first, count = self._block_span(offset, len(view))
+                crcs = self._new_crcs(lease, table, lo, offset, view)
+                # The unchanged bytes of the edge blocks are already on disk (or a hole,
+                # which reads as the zeros checksummed), so only the caller's bytes are
+                # written: one pwrite, no copy.
+                pos = self.data_offset + offset
+                _pwrite_full(lease.fd, [view], pos)
+                table[first - lo : first - lo + count] = array("I", crcs)
+                done.append((offset, len(view)))
+                if len(view) >= WRITEBACK_MIN:
+                    start_writeback(lease.fd, pos, len(view))  # the disk works while the next piece comes
+        finally:
+            if done:  # the data first, then its CRC entries: a crash between leaves a mismatch, never a lie
+                _pwrite_full(lease.fd, [_table_bytes(table)], HEADER_SIZE + lo * CRC_ENTRY_SIZE)
+                for offset, length in done:
+                    self.written.wrote(lease.chunk_id, offset, length)
+
+    def _crc_table(self, lease: _Lease, first_block: int, count: int) -> array[int]:
+        """The CRC entries of `count` blocks from `first_block`, as integers to update in place."""
+        raw = os.pread(lease.fd, count * CRC_ENTRY_SIZE, HEADER_SIZE + first_block * CRC_ENTRY_SIZE)
+        if len(raw) != count * CRC_ENTRY_SIZE:
+            raise ChecksumMismatch(
+                f"chunk {lease.chunk_id:016x}: replica file is shorter than its CRC table",
+                chunk_id=lease.chunk_id,
+                block=first_block,
+            )
+        table = array("I", raw)
+        if sys.byteorder == "big":
+            table.byteswap()
+        return table
+
+    def _new_crcs(self, lease: _Lease, table: array[int], lo: int, offset: int, view: memoryview) -> list[int]:
+        """The CRCs the blocks under one piece will have; its edge blocks' old bytes verified first."""
+        bs = self.block_size
+        length = len(view)
+        first, count = self._block_span(offset, length)
+        head_skip = offset - first * bs  # bytes of the first block kept from old data
+        tail_keep = (first + count) * bs - (offset + length)  # bytes of the last block kept from old data
+        # The edge blocks are merged with their verified old contents only to
+        # checksum them; the middle is checksummed straight from the caller.
+        if count == 1 and (head_skip or tail_keep):
+            block = self._edge_block(lease, table, lo, first)
+            block[head_skip : head_skip + length] = view
+            return [crc32c(block)]
+        crcs: list[int] = []
+        middle = view
+        if head_skip:
+            head = self._edge_block(lease, table, lo, first)
+            head[head_skip:] = view[: bs - head_skip]
+            crcs.append(crc32c(head))
+            middle = middle[bs - head_skip :]
+        tail_crc: int | None = None
+        if tail_keep:
+            last = first + count - 1
+            tail = self._edge_block(lease, table, lo, last)
+            tail_part = bs - tail_keep
+            tail[:tail_part] = middle[len(middle) - tail_part :]
+            tail_crc = crc32c(tail)
+            middle = middle[: len(middle) - tail_part]
+        crcs.extend(crc32c(middle[i : i + bs]) for i in range(0, len(middle), bs))
+        if tail_crc is not None:
+            crcs.append(tail_crc)
+        return crcs
+
+    def _edge_block(self, lease: _Lease, table: array[int], lo: int, block: int) -> bytearray:
+        """One block's bytes, verified against its entry in `table` (under the chunk lock: a mismatch is
+        corruption, as `_read_verified` with `locked` says)."""
+        bs = self.block_size
+        pos = self.data_offset + block * bs
+        buf = bytearray(bs)
+        _pread_full(lease.fd, memoryview(buf), pos)  # a hole past the end of the file stays zeros
+        if crc32c(buf) != table[block - lo]:
+            raise self._mismatch(lease, block)
+        return buf
 
     def _sync_name(self, lease: _Lease) -> None:
         """After a replica's first sync: its directory entry too (`create` leaves it to this)."""

@@ -186,11 +186,11 @@ class ChunkServer:
     def _write_pieces(
         self, chunk_id: int, version: int, pieces: list[tuple[int, int]], payload: bytes, sync: bool
     ) -> None:
-        view = memoryview(payload)
-        pos = 0
+        view, pos, split = memoryview(payload), 0, []
         for offset, length in pieces:
-            self.store.write(chunk_id, version, offset, view[pos:pos + length], sync)
+            split.append((offset, view[pos:pos + length]))
             pos += length
+        self.store.write_pieces(chunk_id, version, split, sync)
 
     async def _fsync(self, h: dict[str, Any]) -> None:
         chain = replica_list(h["chain"], "chain")

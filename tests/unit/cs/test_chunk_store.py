@@ -8,6 +8,7 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -390,6 +391,42 @@ def test_no_space_reported_and_old_data_intact(store: ChunkStore, monkeypatch: p
     assert store.verify(CID)
 
 
+def test_no_space_for_any_piece_leaves_every_piece_unwritten(
+    store: ChunkStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.create(CID, 1)
+    store.write(CID, 1, 0, pattern(4 * BS))
+    real = os.posix_fallocate
+
+    def full_past_block_2(fd: int, pos: int, length: int) -> None:
+        if pos >= store.data_offset + 2 * BS:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(fd, pos, length)
+
+    monkeypatch.setattr(os, "posix_fallocate", full_past_block_2)
+    with pytest.raises(NoSpace):
+        store.write_pieces(CID, 1, [(10, b"a" * 100), (3 * BS + 5, b"b" * 100)])
+    monkeypatch.undo()
+    assert store.read(CID, 1, 0, 4 * BS) == pattern(4 * BS)  # not even the first piece
+    assert store.verify(CID)
+
+
+def test_pieces_before_a_corrupt_edge_are_written_and_stay_verifiable(store: ChunkStore) -> None:
+    store.create(CID, 1)
+    store.write(CID, 1, 0, pattern(4 * BS))
+    flip_bit(replica_path(store, CID, 1), store.data_offset + 2 * BS + 100)
+    with pytest.raises(ChecksumMismatch) as info:
+        store.write_pieces(CID, 1, [(5, b"x" * 10), (3 * BS + 7, b"y" * 10), (2 * BS + 5, b"z" * 3), (BS, b"w")])
+    assert info.value.context["block"] == 2
+    model = bytearray(pattern(4 * BS))
+    model[5:15] = b"x" * 10
+    model[3 * BS + 7 : 3 * BS + 17] = b"y" * 10
+    assert store.read(CID, 1, 0, 2 * BS) == model[: 2 * BS]  # written, and their checksums with them
+    assert store.read(CID, 1, 3 * BS, BS) == model[3 * BS :]
+    assert store.read(CID, 1, BS, 1) == model[BS : BS + 1]  # the piece after the corrupt one: not written
+    assert store.bad_blocks(CID) == [2]  # the corrupt block, and no other
+
+
 def test_block_checksums_match_across_replicas(tmp_path: Path) -> None:
     a = ChunkStore(tmp_path / "a", chunk_size=MiB, block_size=BS)
     b = ChunkStore(tmp_path / "b", chunk_size=MiB, block_size=BS)
@@ -460,12 +497,14 @@ _write = st.tuples(
     st.integers(0, 255),
 )
 _truncate = st.tuples(st.just("truncate"), st.integers(0, P_CHUNK), st.just(0), st.just(0))
+#: Several writes in one call (a mount's small writes sent together), overlapping one another at times.
+_pieces = st.tuples(st.just("pieces"), st.lists(_write, min_size=1, max_size=6), st.just(0), st.just(0))
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(ops=st.lists(st.one_of(_write, _truncate), max_size=25), probes=st.lists(st.integers(0, P_CHUNK)))
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=st.lists(st.one_of(_write, _truncate, _pieces), max_size=25), probes=st.lists(st.integers(0, P_CHUNK)))
 def test_model_random_writes_and_truncates(
-    ops: list[tuple[str, int, int, int]], probes: list[int]
+    ops: list[tuple[str, Any, int, int]], probes: list[int]
 ) -> None:
     model = bytearray(P_CHUNK)
     with tempfile.TemporaryDirectory() as d, ChunkStore(Path(d), P_CHUNK, P_BLOCK) as s:
@@ -476,6 +515,11 @@ def test_model_random_writes_and_truncates(
                 data = pattern(n, seed)
                 s.write(1, 1, a, data)
                 model[a : a + n] = data
+            elif op == "pieces":
+                pieces = [(b, pattern(min(m, P_CHUNK - b), k)) for _, b, m, k in a]
+                s.write_pieces(1, 1, pieces)
+                for b, data in pieces:
+                    model[b : b + len(data)] = data
             else:
                 s.truncate(1, 1, a)
                 model[a:] = bytes(P_CHUNK - a)
