@@ -71,3 +71,59 @@ def test_small_writes_in_flight_together_go_as_batches_and_every_replica_holds_t
         requests += page['chunkfs_cs_io_latency_seconds_count{op="write"}']
     assert ops >= 3 * (1 + len(writes))
     assert requests < ops - 30, f"{requests:.0f} write requests for {ops:.0f} writes: no batch was sent"
+
+
+@pytest.mark.parametrize("victim", ["head", "replica"])
+def test_a_chunk_server_killed_while_small_writes_are_batched_loses_no_acknowledged_write(
+    make_cluster, victim: str
+) -> None:
+    """`kill -9` of the chain's head (or of another replica) with hundreds of small writes in flight
+    and held behind one another: every write still returns, and every one of them is on each
+    surviving replica and reads back; the batches that met the dead server went again on a new chain."""
+    cluster = make_cluster(n_cs=3, chunk_size=CHUNK)
+    rng = random.Random(11)
+    expected = bytearray(os.urandom(CHUNK))
+    with cluster.client() as c:
+        c.set_replicas("/", 3, 2)
+        f = c.open("/image", create=True)
+        c.run(f.write(0, bytes(expected)))
+        ino = c.stat("/image")["ino"]
+        chain = c.run(c.client.mds.call(Msg.CHUNK_WRITE, {"ino": ino, "index": 0}))["replicas"]
+        dead = chain[0][0] if victim == "head" else chain[-1][0]
+        number = cluster.cs_number(dead)
+        writes = []
+        for slot in rng.sample(range(CHUNK // (4 * KiB)), 600):
+            data = os.urandom(4 * KiB)
+            expected[slot * 4 * KiB:(slot + 1) * 4 * KiB] = data
+            writes.append((slot * 4 * KiB, data))
+        done = 0
+
+        async def one(offset: int, data: bytes) -> None:
+            nonlocal done
+            await f.write(offset, data)
+            done += 1
+
+        async def kill_when_under_way() -> int:
+            for _ in range(2000):  # bounded: at most 10 s
+                if done >= 100:
+                    break
+                await asyncio.sleep(0.005)
+            await asyncio.to_thread(cluster.kill, "cs", number)
+            return done
+
+        async def writes_and_a_kill() -> int:
+            results = await asyncio.gather(kill_when_under_way(), *(one(o, d) for o, d in writes))
+            await f.fsync()
+            return results[0]
+
+        done_at_kill = c.run(writes_and_a_kill())
+        assert done_at_kill < len(writes), "every write was answered before the kill: nothing was tested"
+        m = c.run(c.client.mds.call(Msg.CHUNK_READ, {"ino": ino, "index": 0}))
+        survivors = [(cs_id, addr) for cs_id, addr in m["replicas"] if cs_id != dead]
+        assert len(survivors) >= 2
+        for cs_id, addr in survivors:
+            conn = c.run(c.client.io.server(addr))
+            _, held = c.run(conn.call(Msg.CS_READ, {
+                "chunk_id": m["chunk_id"], "version": m["version"], "offset": 0, "length": CHUNK}))
+            assert held == expected, f"CS#{cs_id}'s replica differs from what was written"
+        assert c.read(ino, 0, CHUNK) == bytes(expected)
