@@ -501,7 +501,7 @@ class ChunkStore:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def _encode_new_file(self, chunk_id: int, version: int) -> bytes:
+    def _encode_new_file(self, chunk_id: int, version: int) -> bytearray:
         fields = HEADER_FIELDS.pack(MAGIC, FORMAT_VERSION, chunk_id, version, self.chunk_size, self.block_size)
         header = fields + HEADER_CRC.pack(crc32c(fields))
         if self._new_file is None:  # the same for every replica but its header: made once
