@@ -691,7 +691,8 @@ class ChunkStore:
 
     # ------------------------------------------------------------------ data path
 
-    def _read_crcs(self, lease: _Lease, first_block: int, count: int) -> tuple[int, ...]:
+    def _read_crcs(self, lease: _Lease, first_block: int, count: int) -> array[int]:
+        """The CRC entries of `count` blocks from `first_block` (integers, which a write updates in place)."""
         raw = os.pread(lease.fd, count * CRC_ENTRY_SIZE, HEADER_SIZE + first_block * CRC_ENTRY_SIZE)
         if len(raw) != count * CRC_ENTRY_SIZE:
             raise ChecksumMismatch(
@@ -699,7 +700,10 @@ class ChunkStore:
                 chunk_id=lease.chunk_id,
                 block=first_block,
             )
-        return struct.unpack(f"<{count}I", raw)
+        table = array("I", raw)
+        if sys.byteorder == "big":
+            table.byteswap()
+        return table
 
     def _read_blocks(
         self, lease: _Lease, first_block: int, count: int
@@ -843,7 +847,7 @@ class ChunkStore:
         bs = self.block_size
         lo = min(offset for offset, _ in views) // bs
         hi = max(offset + len(view) - 1 for offset, view in views) // bs + 1
-        table = self._crc_table(lease, lo, hi - lo)
+        table = self._read_crcs(lease, lo, hi - lo)
         done: list[tuple[int, int]] = []
         try:
             for offset, view in views:
@@ -863,20 +867,6 @@ class ChunkStore:
                 _pwrite_full(lease.fd, [_table_bytes(table)], HEADER_SIZE + lo * CRC_ENTRY_SIZE)
                 for offset, length in done:
                     self.written.wrote(lease.chunk_id, offset, length)
-
-    def _crc_table(self, lease: _Lease, first_block: int, count: int) -> array[int]:
-        """The CRC entries of `count` blocks from `first_block`, as integers to update in place."""
-        raw = os.pread(lease.fd, count * CRC_ENTRY_SIZE, HEADER_SIZE + first_block * CRC_ENTRY_SIZE)
-        if len(raw) != count * CRC_ENTRY_SIZE:
-            raise ChecksumMismatch(
-                f"chunk {lease.chunk_id:016x}: replica file is shorter than its CRC table",
-                chunk_id=lease.chunk_id,
-                block=first_block,
-            )
-        table = array("I", raw)
-        if sys.byteorder == "big":
-            table.byteswap()
-        return table
 
     def _new_crcs(self, lease: _Lease, table: array[int], lo: int, offset: int, view: memoryview) -> list[int]:
         """The CRCs the blocks under one piece will have; its edge blocks' old bytes verified first."""
