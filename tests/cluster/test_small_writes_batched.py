@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+from typing import Any
 
 import pytest
 
+from chunkfs.client.client import File, SyncClient
 from chunkfs.common.errors import InvalidArgument
 from chunkfs.protocol.messages import Msg
 
@@ -17,14 +19,31 @@ KiB, MiB = 1 << 10, 1 << 20
 CHUNK = 4 * MiB
 
 
+def _image(c: SyncClient, expected: bytearray) -> tuple[File, int]:
+    """A one-chunk file on three replicas (at least two), holding `expected`; (its handle, its inode)."""
+    c.set_replicas("/", 3, 2)
+    f = c.open("/image", create=True)
+    c.run(f.write(0, bytes(expected)))
+    return f, c.stat("/image")["ino"]
+
+
+def _each_replica_holds(c: SyncClient, m: dict[str, Any], expected: bytearray, but: int | None = None) -> None:
+    """Every replica of the chunk map `m` (but CS#`but`) holds exactly `expected`."""
+    for cs_id, addr in m["replicas"]:
+        if cs_id == but:
+            continue
+        conn = c.run(c.client.io.server(addr))
+        _, held = c.run(conn.call(Msg.CS_READ, {
+            "chunk_id": m["chunk_id"], "version": m["version"], "offset": 0, "length": CHUNK}))
+        assert held == expected, f"CS#{cs_id}'s replica differs from what was written"
+
+
 def test_small_writes_in_flight_together_go_as_batches_and_every_replica_holds_them_all(make_cluster) -> None:
     cluster = make_cluster(n_cs=3, chunk_size=CHUNK)
     rng = random.Random(7)
     expected = bytearray(os.urandom(CHUNK))
     with cluster.client() as c:
-        c.set_replicas("/", 3, 2)
-        f = c.open("/image", create=True)
-        c.run(f.write(0, bytes(expected)))
+        f, ino = _image(c, expected)
         # 300 writes of 4 KiB at distinct places of the one chunk, all issued at once (and a few
         # unaligned, across two checksum blocks), then one fsync.
         slots = rng.sample(range(CHUNK // (4 * KiB) - 1), 300)
@@ -40,14 +59,9 @@ def test_small_writes_in_flight_together_go_as_batches_and_every_replica_holds_t
             await f.fsync()
 
         c.run(all_at_once())
-        ino = c.stat("/image")["ino"]
         m = c.run(c.client.mds.call(Msg.CHUNK_READ, {"ino": ino, "index": 0}))
         assert len(m["replicas"]) == 3
-        for cs_id, addr in m["replicas"]:
-            conn = c.run(c.client.io.server(addr))
-            _, held = c.run(conn.call(Msg.CS_READ, {
-                "chunk_id": m["chunk_id"], "version": m["version"], "offset": 0, "length": CHUNK}))
-            assert held == expected, f"CS#{cs_id}'s replica differs from what was written"
+        _each_replica_holds(c, m, expected)
         assert c.read(ino, 0, CHUNK) == bytes(expected)
 
         # A request of pieces with one outside the chunk is refused whole: not a byte of it is written.
@@ -84,10 +98,7 @@ def test_a_chunk_server_killed_while_small_writes_are_batched_loses_no_acknowled
     rng = random.Random(11)
     expected = bytearray(os.urandom(CHUNK))
     with cluster.client() as c:
-        c.set_replicas("/", 3, 2)
-        f = c.open("/image", create=True)
-        c.run(f.write(0, bytes(expected)))
-        ino = c.stat("/image")["ino"]
+        f, ino = _image(c, expected)
         chain = c.run(c.client.mds.call(Msg.CHUNK_WRITE, {"ino": ino, "index": 0}))["replicas"]
         dead = chain[0][0] if victim == "head" else chain[-1][0]
         number = cluster.cs_number(dead)
@@ -119,11 +130,6 @@ def test_a_chunk_server_killed_while_small_writes_are_batched_loses_no_acknowled
         done_at_kill = c.run(writes_and_a_kill())
         assert done_at_kill < len(writes), "every write was answered before the kill: nothing was tested"
         m = c.run(c.client.mds.call(Msg.CHUNK_READ, {"ino": ino, "index": 0}))
-        survivors = [(cs_id, addr) for cs_id, addr in m["replicas"] if cs_id != dead]
-        assert len(survivors) >= 2
-        for cs_id, addr in survivors:
-            conn = c.run(c.client.io.server(addr))
-            _, held = c.run(conn.call(Msg.CS_READ, {
-                "chunk_id": m["chunk_id"], "version": m["version"], "offset": 0, "length": CHUNK}))
-            assert held == expected, f"CS#{cs_id}'s replica differs from what was written"
+        assert len([cs_id for cs_id, _ in m["replicas"] if cs_id != dead]) >= 2
+        _each_replica_holds(c, m, expected, but=dead)
         assert c.read(ino, 0, CHUNK) == bytes(expected)
