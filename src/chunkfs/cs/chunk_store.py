@@ -851,14 +851,13 @@ class ChunkStore:
         done: list[tuple[int, int]] = []
         try:
             for offset, view in views:
-                first, count = self._block_span(offset, len(view))
-                crcs = self._new_crcs(lease, table, lo, offset, view)
+                first, crcs = self._new_crcs(lease, table, lo, offset, view)
                 # The unchanged bytes of the edge blocks are already on disk (or a hole,
                 # which reads as the zeros checksummed), so only the caller's bytes are
                 # written: one pwrite, no copy.
                 pos = self.data_offset + offset
                 _pwrite_full(lease.fd, [view], pos)
-                table[first - lo : first - lo + count] = array("I", crcs)
+                table[first - lo : first - lo + len(crcs)] = array("I", crcs)
                 done.append((offset, len(view)))
                 if len(view) >= WRITEBACK_MIN:
                     start_writeback(lease.fd, pos, len(view))  # the disk works while the next piece comes
@@ -868,8 +867,10 @@ class ChunkStore:
                 for offset, length in done:
                     self.written.wrote(lease.chunk_id, offset, length)
 
-    def _new_crcs(self, lease: _Lease, table: array[int], lo: int, offset: int, view: memoryview) -> list[int]:
-        """The CRCs the blocks under one piece will have; its edge blocks' old bytes verified first."""
+    def _new_crcs(
+        self, lease: _Lease, table: array[int], lo: int, offset: int, view: memoryview
+    ) -> tuple[int, list[int]]:
+        """The first block under one piece, and the CRCs its blocks will have; edge blocks' old bytes verified first."""
         bs = self.block_size
         length = len(view)
         first, count = self._block_span(offset, length)
@@ -880,7 +881,7 @@ class ChunkStore:
         if count == 1 and (head_skip or tail_keep):
             block = self._edge_block(lease, table, lo, first)
             block[head_skip : head_skip + length] = view
-            return [crc32c(block)]
+            return first, [crc32c(block)]
         crcs: list[int] = []
         middle = view
         if head_skip:
@@ -899,7 +900,7 @@ class ChunkStore:
         crcs.extend(crc32c(middle[i : i + bs]) for i in range(0, len(middle), bs))
         if tail_crc is not None:
             crcs.append(tail_crc)
-        return crcs
+        return first, crcs
 
     def _edge_block(self, lease: _Lease, table: array[int], lo: int, block: int) -> bytearray:
         """One block's bytes, verified against its entry in `table` (under the chunk lock: a mismatch is
