@@ -637,8 +637,13 @@ class ReplicationMonitor:
                 return False
             # Freeze: the replicas to copy from move to a new version (writers with the old map must ask
             # again, and wait on the lock); silent ones keep their place in the list but are not asked.
+            # A waiting one still connected is asked too: with the inactive timeout as short as the
+            # heartbeat period (1 s each), a healthy server is "inactive" for a moment of every second,
+            # and left at the old version it was copied to again at once (12 copies for a dead
+            # server's 11 replicas, in a test).  One that does not answer is dropped (`failed`).
             keep = [cs for cs in chunk.replicas if cs in h.good or cs in h.waiting]
-            freeze = await chunks.set_replicas(chunk, keep, move=h.good)
+            asked = [*h.good, *(cs for cs in h.waiting if chunks.holds(cs, chunk_id))]
+            freeze = await chunks.set_replicas(chunk, keep, move=asked)
             frozen, failed = freeze.chunk, freeze.failed
             if source in failed:
                 raise Unavailable(f"CS#{source} failed while the copy was being prepared")
@@ -647,7 +652,7 @@ class ReplicationMonitor:
                 "chunk_id": chunk_id, "version": frozen.version, **({} if bulk is None else {"since": bulk[0]})})
             final = [cs for cs in frozen.replicas if cs not in failed and cs != drop] + [target]
             new = (await chunks.set_replicas(
-                frozen, final, move=[cs for cs in final if cs not in h.waiting],
+                frozen, final, move=[cs for cs in final if cs in asked or cs == target],
                 delete=() if drop is None else (drop,))).chunk
         if self.episode is not None:
             if drop is None:
