@@ -1,11 +1,10 @@
-"""Many small writes to one chunk at once (a VM's queue): sent together, identical on every replica."""
+"""Many small writes at once (a VM's queue), to one chunk or many: sent together, identical on every replica."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import random
-from typing import Any
 
 import pytest
 
@@ -20,22 +19,38 @@ CHUNK = 4 * MiB
 
 
 def _image(c: SyncClient, expected: bytearray) -> tuple[File, int]:
-    """A one-chunk file on three replicas (at least two), holding `expected`; (its handle, its inode)."""
+    """A file on three replicas (at least two) holding `expected`; (its handle, its inode)."""
     c.set_replicas("/", 3, 2)
     f = c.open("/image", create=True)
     c.run(f.write(0, bytes(expected)))
     return f, c.stat("/image")["ino"]
 
 
-def _each_replica_holds(c: SyncClient, m: dict[str, Any], expected: bytearray, but: int | None = None) -> None:
-    """Every replica of the chunk map `m` (but CS#`but`) holds exactly `expected`."""
-    for cs_id, addr in m["replicas"]:
-        if cs_id == but:
-            continue
-        conn = c.run(c.client.io.server(addr))
-        _, held = c.run(conn.call(Msg.CS_READ, {
-            "chunk_id": m["chunk_id"], "version": m["version"], "offset": 0, "length": CHUNK}))
-        assert held == expected, f"CS#{cs_id}'s replica differs from what was written"
+def _each_replica_holds(c: SyncClient, ino: int, expected: bytearray, chunk: int, but: int | None = None) -> None:
+    """Every replica (but CS#`but`'s) of every chunk of the file holds exactly its share of `expected`."""
+    for index in range(len(expected) // chunk):
+        m = c.run(c.client.mds.call(Msg.CHUNK_READ, {"ino": ino, "index": index}))
+        assert len([cs_id for cs_id, _ in m["replicas"] if cs_id != but]) >= 2
+        for cs_id, addr in m["replicas"]:
+            if cs_id == but:
+                continue
+            conn = c.run(c.client.io.server(addr))
+            _, held = c.run(conn.call(Msg.CS_READ, {
+                "chunk_id": m["chunk_id"], "version": m["version"], "offset": 0, "length": chunk}))
+            assert held == expected[index * chunk:(index + 1) * chunk], \
+                f"CS#{cs_id}'s replica of chunk {index} differs from what was written"
+
+
+def _served(step: str) -> tuple[float, float, float]:
+    """Over every chunk server: the writes done, the write requests served, and `step`'s count."""
+    urls = [m["url"] for m in stat()["metrics"] if m["role"] == "cs"]
+    ops = requests = steps = 0.0
+    for url in urls:
+        page = scrape(url)
+        ops += page['chunkfs_cs_io_operations_total{op="write"}']
+        requests += page['chunkfs_cs_io_latency_seconds_count{op="write"}']
+        steps += page.get(f'chunkfs_cs_step_seconds_count{{step="{step}"}}', 0.0)
+    return ops, requests, steps
 
 
 def test_small_writes_in_flight_together_go_as_batches_and_every_replica_holds_them_all(make_cluster) -> None:
@@ -61,7 +76,7 @@ def test_small_writes_in_flight_together_go_as_batches_and_every_replica_holds_t
         c.run(all_at_once())
         m = c.run(c.client.mds.call(Msg.CHUNK_READ, {"ino": ino, "index": 0}))
         assert len(m["replicas"]) == 3
-        _each_replica_holds(c, m, expected)
+        _each_replica_holds(c, ino, expected, CHUNK)
         assert c.read(ino, 0, CHUNK) == bytes(expected)
 
         # A request of pieces with one outside the chunk is refused whole: not a byte of it is written.
@@ -76,25 +91,48 @@ def test_small_writes_in_flight_together_go_as_batches_and_every_replica_holds_t
         assert head == expected[:4 * KiB]
 
     # Batches were sent: the chunk servers served fewer write requests than they wrote pieces.
-    s = stat()
-    urls = {m["id"]: m["url"] for m in s["metrics"] if m["role"] == "cs"}
-    requests = ops = 0.0
-    for url in urls.values():
-        page = scrape(url)
-        ops += page['chunkfs_cs_io_operations_total{op="write"}']
-        requests += page['chunkfs_cs_io_latency_seconds_count{op="write"}']
+    ops, requests, _ = _served("serve.CS_WRITE_CHUNKS")
     assert ops >= 3 * (1 + len(writes))
     assert requests < ops - 30, f"{requests:.0f} write requests for {ops:.0f} writes: no batch was sent"
 
 
-@pytest.mark.parametrize("victim", ["head", "replica"])
+def test_small_writes_to_many_chunks_go_together_per_head_and_every_replica_holds_them_all(make_cluster) -> None:
+    """A queue of writes over a disk image of many chunks (four servers, three replicas: the chunks'
+    chains differ, so each server a head sends a request to gets the parts of the chunks it holds)."""
+    chunk, chunks = 1 * MiB, 8
+    cluster = make_cluster(n_cs=4, chunk_size=chunk)
+    rng = random.Random(13)
+    expected = bytearray(os.urandom(chunk * chunks))
+    with cluster.client() as c:
+        f, ino = _image(c, expected)
+        writes = []
+        for i, slot in enumerate(rng.sample(range(len(expected) // (4 * KiB) - 1), 500)):
+            offset = slot * 4 * KiB + (1000 if i % 10 == 0 else 0)  # a few unaligned, across two blocks
+            data = os.urandom(4 * KiB)
+            expected[offset:offset + len(data)] = data
+            writes.append((offset, data))
+
+        async def all_at_once() -> None:
+            await asyncio.gather(*(f.write(offset, data) for offset, data in writes))
+            await f.fsync()
+
+        c.run(all_at_once())
+        _each_replica_holds(c, ino, expected, chunk)
+        assert c.read(ino, 0, len(expected)) == bytes(expected)
+    _, _, several = _served("serve.CS_WRITE_CHUNKS")
+    assert several > 0, "no request carried writes to several chunks"
+
+
+@pytest.mark.parametrize(("victim", "chunks"), [("head", 1), ("replica", 1), ("head", 4)])
 def test_a_chunk_server_killed_while_small_writes_are_batched_loses_no_acknowledged_write(
-    make_cluster, victim: str
+    make_cluster, victim: str, chunks: int
 ) -> None:
     """`kill -9` of the chain's head (or of another replica) with hundreds of small writes in flight
     and held behind one another: every write still returns, and every one of them is on each
-    surviving replica and reads back; the batches that met the dead server went again on a new chain."""
-    cluster = make_cluster(n_cs=3, chunk_size=CHUNK)
+    surviving replica and reads back; the batches that met the dead server went again on a new chain.
+    Over 4 chunks on four servers the one killed heads some chains and is a replica in others."""
+    chunk = CHUNK // chunks
+    cluster = make_cluster(n_cs=3 if chunks == 1 else 4, chunk_size=chunk)
     rng = random.Random(11)
     expected = bytearray(os.urandom(CHUNK))
     with cluster.client() as c:
@@ -129,7 +167,5 @@ def test_a_chunk_server_killed_while_small_writes_are_batched_loses_no_acknowled
 
         done_at_kill = c.run(writes_and_a_kill())
         assert done_at_kill < len(writes), "every write was answered before the kill: nothing was tested"
-        m = c.run(c.client.mds.call(Msg.CHUNK_READ, {"ino": ino, "index": 0}))
-        assert len([cs_id for cs_id, _ in m["replicas"] if cs_id != dead]) >= 2
-        _each_replica_holds(c, m, expected, but=dead)
+        _each_replica_holds(c, ino, expected, chunk, but=dead)
         assert c.read(ino, 0, CHUNK) == bytes(expected)

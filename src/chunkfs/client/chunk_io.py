@@ -5,7 +5,7 @@ size); each piece goes to the chunk servers the master names for that chunk.
 Chunk maps are cached: reads keep theirs until a server refuses it as stale,
 and read each chunk from one replica (the others if it fails); writes send
 the data to the first replica of the chain, which forwards it (small writes
-to a chunk that has one on its way wait for it and go together:
+to a chunk server that has one on its way wait for it and go together:
 write_batches.py).
 When a replica fails, the client tells the master, which drops it (a new
 version) and hands back the survivors; the write goes on while at least the
@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from chunkfs.client.write_batches import WriteBatches
+from chunkfs.client.write_batches import WriteBatches, chunk_of
 from chunkfs.common.errors import (
     ChecksumMismatch,
     ChunkFSError,
@@ -100,7 +100,7 @@ class ChunkIO:
         #: (chunk id, version, server) a fresh map still names though the server lacked the chunk:
         #: reads go on to the other replicas without asking the master each time (`_read_piece`).
         self._missing: set[tuple[int, int, int]] = set()
-        #: Small writes to a chunk wait for the one on its way and then go together (write_batches.py).
+        #: Small writes to a head wait for the one on its way and then go together (write_batches.py).
         self._batches = WriteBatches()
 
     async def server(self, addr: str) -> Connection:
@@ -315,6 +315,11 @@ class ChunkIO:
                 if not isinstance(exc, _REPLICA_ERRORS) and not (isinstance(exc, NoSpace) and "cs_id" in exc.context):
                     raise
                 last = exc
+                about = chunk_of(exc)
+                if about is not None and about != m.chunk_id:
+                    # Another chunk's replica failed a request that carried this write too
+                    # (CS_WRITE_CHUNKS): nothing is known to be wrong with this chunk's chain.
+                    continue
                 bad = exc.context.get("cs_id", head_id)
                 if isinstance(exc, ChecksumMismatch):
                     # A write into a block that fails its checksum on one replica (the edge of a

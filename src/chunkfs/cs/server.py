@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from chunkfs.common.checksum import Buffer
 from chunkfs.common.config import NodeConfig
 from chunkfs.common.errors import ChunkFSError, NoSpace, ProtocolError, Unavailable
 from chunkfs.common.knobs import lowered
@@ -27,22 +28,26 @@ from chunkfs.cs.mds_link import MdsLink
 from chunkfs.cs.metrics import CsStats
 from chunkfs.cs.replicator import Replicator
 from chunkfs.cs.scrubber import Scrubber
+from chunkfs.cs.stripe_locks import StripeLocks
 from chunkfs.cs.sync_policy import SyncPolicy
 from chunkfs.protocol.messages import (
     DELETE_BATCH,
     SMALL_WRITE_MAX,
     Msg,
+    WritePart,
     int_list,
     replica_list,
+    write_parts,
     write_pieces,
 )
-from chunkfs.protocol.rpc import SILENCE_LIMIT, Connection, Credentials, Reply, RpcServer, connect
+from chunkfs.protocol.rpc import SILENCE_LIMIT, Connection, Credentials, Payload, Reply, RpcServer, connect
 from chunkfs.protocol.tls import node_tls
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 WRITE_LOCK_STRIPES = 256
+_SERVE_TIMING = {Msg.CS_WRITE: "serve.CS_WRITE", Msg.CS_WRITE_CHUNKS: "serve.CS_WRITE_CHUNKS"}
 #: Below the client's own wait for a write (CALL_TIMEOUT, 30 s): when a replica further down freezes,
 #: this server gives up on it first and names it, so the master drops the frozen replica; with equal
 #: timeouts the client's fired first and blamed this, healthy, server (found by a fault probe).
@@ -58,7 +63,7 @@ class ChunkServer:
         self.store = ChunkStore(directory / "data", node.cluster.chunk_size)
         self.rpc = RpcServer(self.creds, self.handle)
         self.link = MdsLink(self, node, secret)
-        self._locks = [asyncio.Lock() for _ in range(WRITE_LOCK_STRIPES)]
+        self._locks = StripeLocks(WRITE_LOCK_STRIPES)
         #: Which syncs run on the loop (sync_policy.py).
         self.syncs = SyncPolicy()
         self._peers: dict[str, Connection] = {}
@@ -108,16 +113,19 @@ class ChunkServer:
                 self.stats.read.record(len(data), took)
                 TIMINGS.record("serve.CS_READ", took)
                 return {}, data
-            if msg == Msg.CS_WRITE:
+            if msg == Msg.CS_WRITE or msg == Msg.CS_WRITE_CHUNKS:
                 started = time.perf_counter()
                 try:
-                    writes = await self._write(h, payload)
+                    if msg == Msg.CS_WRITE:
+                        writes = await self._write(h, payload)
+                    else:
+                        writes = await self._write_chunks(h, payload)
                 except BaseException:
                     self.stats.write.errors += 1
                     raise
                 took = time.perf_counter() - started
                 self.stats.write.record(len(payload), took, writes)
-                TIMINGS.record("serve.CS_WRITE", took)
+                TIMINGS.record(_SERVE_TIMING[msg], took)
                 return {}, b""
             if msg == Msg.CS_FSYNC:
                 started = time.perf_counter()
@@ -161,7 +169,7 @@ class ChunkServer:
         # a sync of that chunk alone would be (sync_policy.py).
         inline = len(payload) <= INLINE_IO_MAX and (not sync or self.syncs.sync_inline(chunk_id, len(payload)))
         chain = replica_list(h["chain"], "chain")
-        async with self._locks[chunk_id % WRITE_LOCK_STRIPES]:
+        async with self._locks.hold((chunk_id,)):
             answers = await self._send_on(Msg.CS_WRITE, chain, h, payload)
             started = time.perf_counter()
             try:
@@ -183,8 +191,53 @@ class ChunkServer:
             TIMINGS.since("cs.replicas_answered", started)
         return len(pieces)
 
+    async def _write_chunks(self, h: dict[str, Any], payload: bytes) -> int:
+        """Small writes to several chunks (CS_WRITE_CHUNKS), as `_write` does each chunk's, in one request.
+
+        The locks of all the parts' chunks are taken together (stripe_locks.py);
+        each other replica gets one request with the parts of the chunks it
+        holds, and this server writes its parts in their order.  A failure of
+        any part fails the request: the mount then sends each of its writes
+        again, as after a failed CS_WRITE (writing the same bytes twice is
+        harmless; an acknowledged write is still on every replica).
+        """
+        parts = write_parts(h["parts"], len(payload))
+        for part in parts:  # all checked before any is written or sent on
+            for offset, length in part.pieces:
+                self.store.check_range(part.chunk_id, offset, length)
+        targets: dict[tuple[int, str], list[WritePart]] = {}
+        for part in parts:
+            for replica in part.chain:
+                targets.setdefault(replica, []).append(part)
+        view = memoryview(payload)
+        async with self._locks.hold(part.chunk_id for part in parts):
+            answers = await self._request_each(Msg.CS_WRITE_CHUNKS, [
+                (cs_id, addr, {"parts": [part.to_wire([]) for part in mine]},
+                 payload if len(mine) == len(parts) else b"".join(view[part.start:part.end] for part in mine))
+                for (cs_id, addr), mine in targets.items()
+            ])
+            started = time.perf_counter()
+            try:
+                await self._on_own_disk(lambda: _disk_io(
+                    len(payload) <= INLINE_IO_MAX, self._write_parts, parts, view))
+            except BaseException:
+                await self._answered(answers)
+                raise
+            TIMINGS.since("cs.own_write", started)
+            for part in parts:
+                self.syncs.wrote(part.chunk_id, part.end - part.start)
+        if answers:
+            started = time.perf_counter()
+            await self._answered(answers)
+            TIMINGS.since("cs.replicas_answered", started)
+        return sum(len(part.pieces) for part in parts)
+
+    def _write_parts(self, parts: list[WritePart], payload: memoryview) -> None:
+        for part in parts:
+            self._write_pieces(part.chunk_id, part.version, part.pieces, payload[part.start:part.end], False)
+
     def _write_pieces(
-        self, chunk_id: int, version: int, pieces: list[tuple[int, int]], payload: bytes, sync: bool
+        self, chunk_id: int, version: int, pieces: list[tuple[int, int]], payload: Buffer, sync: bool
     ) -> None:
         view, pos, split = memoryview(payload), 0, []
         for offset, length in pieces:
@@ -219,12 +272,19 @@ class ChunkServer:
             targets = [(cs_id, addr, []) for cs_id, addr in chain]
         else:
             targets = [(chain[0][0], chain[0][1], chain[1:])]
+        return await self._request_each(msg, [
+            (cs_id, addr, {**h, "chain": [list(x) for x in rest]}, payload) for cs_id, addr, rest in targets
+        ])
+
+    async def _request_each(
+        self, msg: Msg, sends: list[tuple[int, str, dict[str, Any], Payload]]
+    ) -> list[tuple[int, str, Awaitable[Any] | BaseException]]:
+        """Send each (cs_id, addr, header, payload) at once; the answers to await (`_answered`)."""
         answers: list[tuple[int, str, Awaitable[Any] | BaseException]] = []
-        for cs_id, addr, rest in targets:
+        for cs_id, addr, h, payload in sends:
             try:
                 conn = await self._peer(addr)
-                answers.append((cs_id, addr, conn.request(
-                    msg, {**h, "chain": [list(x) for x in rest]}, payload, timeout=FORWARD_TIMEOUT)))
+                answers.append((cs_id, addr, conn.request(msg, h, payload, timeout=FORWARD_TIMEOUT)))
             except ChunkFSError as exc:
                 answers.append((cs_id, addr, exc))
         return answers
@@ -280,7 +340,7 @@ class ChunkServer:
             # the hop to a thread and back cost more and made a small file's allocation wait on it.
             store.create(h["chunk_id"], h["version"])
         elif msg == Msg.CS_SET_VERSION:
-            async with self._locks[h["chunk_id"] % WRITE_LOCK_STRIPES]:
+            async with self._locks.hold((h["chunk_id"],)):
                 await asyncio.to_thread(store.set_version, h["chunk_id"], h["old_version"], h["new_version"])
         elif msg == Msg.CS_REPLICATE:
             return await self.replicator.replicate(h), b""
@@ -293,7 +353,7 @@ class ChunkServer:
             # A truncation's few chunks on the loop (a master waits for them: mds/chunks.py `delete_cut`).
             await _disk_io(len(ids) <= INLINE_DELETES_MAX, store.delete_many, ids)
         elif msg == Msg.CS_TRUNCATE_CHUNK:
-            async with self._locks[h["chunk_id"] % WRITE_LOCK_STRIPES]:
+            async with self._locks.hold((h["chunk_id"],)):
                 await asyncio.to_thread(store.truncate, h["chunk_id"], h["version"], h["length"])
         elif msg == Msg.PING:
             return {"role": "cs", "node": self.creds.node}, b""

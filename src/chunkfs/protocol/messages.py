@@ -87,6 +87,7 @@ class Msg(enum.IntEnum):
     CS_CHECKSUMS = 73
     CS_TRACK_WRITES = 74
     CS_WRITTEN_SINCE = 75
+    CS_WRITE_CHUNKS = 76
     # MDS <-> MDS and membership.
     RAFT = 80
     MDS_ADD = 81
@@ -118,7 +119,8 @@ INVALIDATE_MAX = 8
 #: A write of at most this many bytes is *small*: the head of its chain sends it to every other replica
 #: at once (one hop, not a chain of them), and a mount may send several of them as one CS_WRITE.
 SMALL_WRITE_MAX = 128 << 10
-#: The most pieces one CS_WRITE carries (its `pieces`: [[offset, length], ...] of one chunk, in order).
+#: The most pieces one CS_WRITE carries (its `pieces`: [[offset, length], ...] of one chunk, in order),
+#: and one CS_WRITE_CHUNKS over all its chunks.
 WRITE_PIECES_MAX = 64
 
 
@@ -369,6 +371,11 @@ SPECS: dict[Msg, MessageSpec] = {
         (),
         request_payload=True,
     ),
+    # Small writes to several chunks with the same head, sent together (a VM's queue over a disk
+    # image of many chunks): `parts` is [[chunk_id, version, chain, pieces], ...], one per chunk, each
+    # `chain` the replicas of that chunk after this server and `pieces` as a CS_WRITE's; the payload
+    # is every part's bytes in that order.  Never synced; at most SMALL_WRITE_MAX bytes.
+    Msg.CS_WRITE_CHUNKS: MessageSpec((f("parts", list, max_items=WRITE_PIECES_MAX),), (), request_payload=True),
     Msg.CS_FSYNC: MessageSpec((f("chunk_id", int), f("version", int), f("chain", list)), ()),
     Msg.CS_CHECKSUMS: MessageSpec((f("chunk_id", int), f("version", int)), (f("crcs", list),)),
     # The source of a two-phase copy: note the blocks of the replica written from now on ...
@@ -498,14 +505,64 @@ def int_pairs(value: Any, what: str) -> list[tuple[int, int]]:
     return out
 
 
-def write_pieces(value: Any, payload_len: int) -> list[tuple[int, int]]:
-    """Check a CS_WRITE's `pieces`: [[offset, length], ...] that add up to its payload, none empty."""
+def _pieces(value: Any) -> list[tuple[int, int]]:
     pieces = int_pairs(value, "pieces")
     if not pieces or any(length <= 0 or offset < 0 for offset, length in pieces):
         raise ProtocolError("pieces: expected [offset, length] pairs, each at least one byte")
+    return pieces
+
+
+def write_pieces(value: Any, payload_len: int) -> list[tuple[int, int]]:
+    """Check a CS_WRITE's `pieces`: [[offset, length], ...] that add up to its payload, none empty."""
+    pieces = _pieces(value)
     if sum(length for _, length in pieces) != payload_len:
         raise ProtocolError(f"pieces: their lengths do not add up to the payload's {payload_len} bytes")
     return pieces
+
+
+@dataclass(frozen=True, slots=True)
+class WritePart:
+    """One chunk's share of a CS_WRITE_CHUNKS: its pieces are `payload[start:end]`, in their order."""
+
+    chunk_id: int
+    version: int
+    chain: list[tuple[int, str]]
+    pieces: list[tuple[int, int]]
+    start: int
+    end: int
+
+    def to_wire(self, chain: list[tuple[int, str]]) -> list[Any]:
+        """This part as a CS_WRITE_CHUNKS names it, with `chain` (the replicas after the receiver)."""
+        return [self.chunk_id, self.version, [list(r) for r in chain], [list(p) for p in self.pieces]]
+
+
+def write_parts(value: Any, payload_len: int) -> list[WritePart]:
+    """Check a CS_WRITE_CHUNKS's `parts` against its payload: one part per chunk, each with pieces."""
+    if not isinstance(value, list) or not value:
+        raise ProtocolError("parts: expected a list of [chunk_id, version, chain, pieces]")
+    if payload_len > SMALL_WRITE_MAX:
+        raise ProtocolError(f"CS_WRITE_CHUNKS carries small writes: at most {SMALL_WRITE_MAX} bytes in all")
+    parts: list[WritePart] = []
+    seen: set[int] = set()
+    count = pos = 0
+    for item in value:
+        if (not isinstance(item, list) or len(item) != 4
+                or not all(isinstance(x, int) and not isinstance(x, bool) for x in item[:2])):
+            raise ProtocolError("parts: expected [chunk_id, version, chain, pieces] items")
+        chunk_id, version = item[0], item[1]
+        if chunk_id in seen:
+            raise ProtocolError(f"parts: chunk {chunk_id:#x} is named twice (one part per chunk)")
+        seen.add(chunk_id)
+        pieces = _pieces(item[3])
+        count += len(pieces)
+        end = pos + sum(length for _, length in pieces)
+        parts.append(WritePart(chunk_id, version, replica_list(item[2], "chain"), pieces, pos, end))
+        pos = end
+    if count > WRITE_PIECES_MAX:
+        raise ProtocolError(f"parts: {count} pieces, more than the {WRITE_PIECES_MAX} one request may carry")
+    if pos != payload_len:
+        raise ProtocolError(f"parts: their pieces' lengths do not add up to the payload's {payload_len} bytes")
+    return parts
 
 
 def int_list(value: object, what: str, limit: int = SESSION_OPEN_PAGE) -> list[int]:

@@ -1,4 +1,4 @@
-"""Small writes to a chunk with one on its way wait for it and go to the head as one request, in order."""
+"""Small writes to a head with one on its way wait for it and go to the head as one request, in order."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from chunkfs.client.write_batches import BATCHED_WRITE_MAX, WriteBatches
-from chunkfs.common.errors import ChecksumMismatch, Unavailable
+from chunkfs.client.write_batches import AGAIN_MAX, BATCHED_WRITE_MAX, WriteBatches
+from chunkfs.common.errors import ChecksumMismatch, StaleVersion, Unavailable
 from chunkfs.protocol.messages import SMALL_WRITE_MAX, WRITE_PIECES_MAX, Msg
 
 
@@ -17,10 +17,12 @@ class Head:
 
     def __init__(self) -> None:
         self.sent: list[tuple[dict[str, Any], bytes]] = []
+        self.msgs: list[Msg] = []
         self.answers: list[asyncio.Future[None]] = []
 
     async def call(self, msg: Msg, header: dict[str, Any], payload: Any = b"") -> tuple[dict[str, Any], bytes]:
-        assert msg == Msg.CS_WRITE
+        assert msg in (Msg.CS_WRITE, Msg.CS_WRITE_CHUNKS)
+        self.msgs.append(msg)
         self.sent.append((header, bytes(payload)))
         answer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.answers.append(answer)
@@ -149,16 +151,61 @@ def test_a_failed_batch_fails_each_of_its_writes_and_the_next_batch_waits_for_no
     asyncio.run(scenario())
 
 
-def test_other_chunks_and_other_versions_do_not_wait_for_each_other() -> None:
+def test_writes_to_other_chunks_of_the_head_go_together_as_one_request_with_a_part_per_chunk() -> None:
     async def scenario() -> None:
         head, batches = Head(), WriteBatches()
-        writes = [asyncio.ensure_future(batches.write(head, header(0, chunk_id=c, version=v), b"z"))  # type: ignore[arg-type]
-                  for c, v in ((5, 1), (6, 1), (5, 2))]
+        first = asyncio.ensure_future(batches.write(head, header(0, chunk_id=5), b"1"))  # type: ignore[arg-type]
         await settle()
-        assert len(head.sent) == 3
-        for i in range(3):
-            head.answer(i)
+        behind = [asyncio.ensure_future(batches.write(head, header(off, chunk_id=c), data))  # type: ignore[arg-type]
+                  for c, off, data in ((6, 0, b"a"), (5, 100, b"bb"), (7, 9, b"ccc"), (6, 8, b"dddd"))]
+        await settle()
+        assert len(head.sent) == 1, "writes to other chunks with the same head wait too"
+        head.answer(0)
+        await first
+        await settle()
+        assert head.msgs[1] == Msg.CS_WRITE_CHUNKS
+        sent_header, payload = head.sent[1]
+        chain = header(0)["chain"]
+        # One part per chunk, in the order each chunk first came; each chunk's writes in their order.
+        assert sent_header == {"parts": [[6, 1, chain, [[0, 1], [8, 4]]], [5, 1, chain, [[100, 2]]],
+                                         [7, 1, chain, [[9, 3]]]]}
+        assert payload == b"a" + b"dddd" + b"bb" + b"ccc"
+        head.answer(1)
+        await asyncio.gather(*behind)
+        assert batches._held == {}
+
+    asyncio.run(scenario())
+
+
+def test_other_heads_do_not_wait_for_each_other() -> None:
+    async def scenario() -> None:
+        heads, batches = [Head(), Head()], WriteBatches()
+        writes = [asyncio.ensure_future(batches.write(h, header(0, chunk_id=c), b"z"))  # type: ignore[arg-type]
+                  for h, c in ((heads[0], 5), (heads[1], 6))]
+        await settle()
+        assert [len(h.sent) for h in heads] == [1, 1]
+        for h in heads:
+            h.answer(0)
         await asyncio.gather(*writes)
+
+    asyncio.run(scenario())
+
+
+def test_a_chunk_at_two_versions_never_shares_a_request() -> None:
+    async def scenario() -> None:
+        head, batches = Head(), WriteBatches()
+        first = asyncio.ensure_future(batches.write(head, header(0, chunk_id=9), b"0"))  # type: ignore[arg-type]
+        await settle()
+        behind = [asyncio.ensure_future(batches.write(head, header(o, chunk_id=5, version=v), b"x"))  # type: ignore[arg-type]
+                  for o, v in ((1, 1), (2, 2), (3, 1))]
+        await settle()
+        for i in range(4):  # bounded: the first write, then one request per write at the most
+            head.answer(i)
+            await settle()
+            if all(w.done() for w in behind):
+                break
+        await asyncio.wait_for(asyncio.gather(first, *behind), 5)
+        assert [(h["version"], h["offset"]) for h, _ in head.sent[1:]] == [(1, 1), (2, 2), (1, 3)]
 
     asyncio.run(scenario())
 
@@ -210,5 +257,86 @@ def test_a_failure_of_that_one_write_alone_does_not_fail_the_writes_behind_it() 
         assert head.sent[-1] == (header(1 << 20), b"2")  # its own block is fine: it goes on
         head.answer(1)
         await behind
+
+    asyncio.run(scenario())
+
+
+def test_a_failure_of_one_chunks_replica_fails_that_chunks_writes_and_the_others_go_again() -> None:
+    async def scenario() -> None:
+        head, batches = Head(), WriteBatches()
+        first = asyncio.ensure_future(batches.write(head, header(0, chunk_id=9), b"0"))  # type: ignore[arg-type]
+        await settle()
+        batched = {name: asyncio.ensure_future(batches.write(head, header(off, chunk_id=c), name.encode()))  # type: ignore[arg-type]
+                   for name, c, off in (("a", 5, 10), ("b", 6, 20), ("c", 7, 30))}
+        await settle()
+        head.answer(0)
+        await first
+        await settle()
+        assert head.msgs[1] == Msg.CS_WRITE_CHUNKS
+        later = {name: asyncio.ensure_future(batches.write(head, header(off, chunk_id=c), name.encode()))  # type: ignore[arg-type]
+                 for name, c, off in (("d", 6, 40), ("e", 5, 50))}
+        await settle()
+        # Chunk 6's replica on a server further down is at another version: that chunk's writes fail
+        # (each asks the master for its new map), the rest of the request goes again, first.
+        head.answer(1, StaleVersion("CS#3 at c:1: chunk 6: asked for version 1, replica is at 2", chunk_id=6, cs_id=3))
+        for name in ("b", "d"):
+            with pytest.raises(StaleVersion):
+                await asyncio.wait_for((batched | later)[name], 5)
+        await settle()
+        assert head.sent[2] == ({"parts": [[5, 1, header(0)["chain"], [[10, 1], [50, 1]]],
+                                           [7, 1, header(0)["chain"], [[30, 1]]]]}, b"aec")
+        head.answer(2)
+        await asyncio.wait_for(asyncio.gather(batched["a"], batched["c"], later["e"]), 5)
+        assert batches._held == {}
+
+    asyncio.run(scenario())
+
+
+def test_a_failure_of_a_server_fails_every_write_of_the_request_and_every_one_behind_it() -> None:
+    async def scenario() -> None:
+        head, batches = Head(), WriteBatches()
+        first = asyncio.ensure_future(batches.write(head, header(0, chunk_id=9), b"0"))  # type: ignore[arg-type]
+        await settle()
+        batched = [asyncio.ensure_future(batches.write(head, header(1, chunk_id=c), b"x"))  # type: ignore[arg-type]
+                   for c in (5, 6)]
+        await settle()
+        head.answer(0)
+        await first
+        await settle()
+        behind = asyncio.ensure_future(batches.write(head, header(2, chunk_id=7), b"y"))  # type: ignore[arg-type]
+        await settle()
+        head.answer(1, Unavailable("CS#2 at b:1: gone", cs_id=2))
+        results = await asyncio.wait_for(asyncio.gather(*batched, behind, return_exceptions=True), 5)
+        assert all(isinstance(r, Unavailable) for r in results)
+        assert len(head.sent) == 2 and batches._held == {}
+
+    asyncio.run(scenario())
+
+
+def test_a_write_goes_again_a_bounded_number_of_times_for_other_chunks_failures() -> None:
+    async def scenario() -> None:
+        head, batches = Head(), WriteBatches()
+        first = asyncio.ensure_future(batches.write(head, header(0, chunk_id=9), b"0"))  # type: ignore[arg-type]
+        await settle()
+        patient = asyncio.ensure_future(batches.write(head, header(1, chunk_id=5), b"p"))  # type: ignore[arg-type]
+        bad = [asyncio.ensure_future(batches.write(head, header(2, chunk_id=100), b"b"))]  # type: ignore[arg-type]
+        await settle()
+        head.answer(0)
+        await first
+        await settle()
+        for i in range(1, AGAIN_MAX + 3):  # bounded: each request has `patient` and a write to a bad block
+            bad.append(asyncio.ensure_future(batches.write(head, header(2, chunk_id=100 + i), b"b")))  # type: ignore[arg-type]
+            await settle()
+            head.answer(i, ChecksumMismatch("block 0 is bad", chunk_id=100 + i - 1, block=0))
+            await settle()
+            if patient.done():
+                break
+        with pytest.raises(ChecksumMismatch):
+            await asyncio.wait_for(patient, 5)
+        assert sum(1 for h, _ in head.sent if "parts" in h and h["parts"][0][0] == 5) == AGAIN_MAX + 1
+        batches.close()
+        for w in bad:
+            w.cancel()
+        await asyncio.gather(*bad, return_exceptions=True)
 
     asyncio.run(scenario())

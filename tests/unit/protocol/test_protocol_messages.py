@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from chunkfs.common.errors import ProtocolError
 from chunkfs.protocol.frame import decode_header, encode_header
 from chunkfs.protocol.messages import (
+    SMALL_WRITE_MAX,
     SPECS,
     WRITE_PIECES_MAX,
     Field,
@@ -20,6 +21,7 @@ from chunkfs.protocol.messages import (
     spec_of,
     validate_request,
     validate_response,
+    write_parts,
     write_pieces,
 )
 
@@ -80,7 +82,7 @@ def test_field_names_unique_and_types_known() -> None:
 
 
 def test_only_data_and_snapshot_messages_take_a_payload() -> None:
-    assert {m for m, s in SPECS.items() if s.request_payload} == {Msg.CS_WRITE, Msg.RAFT_SNAPSHOT}
+    assert {m for m, s in SPECS.items() if s.request_payload} == {Msg.CS_WRITE, Msg.CS_WRITE_CHUNKS, Msg.RAFT_SNAPSHOT}
 
 
 @pytest.mark.parametrize("msg", ALL_MSGS)
@@ -212,6 +214,28 @@ def test_cs_write_pieces_must_add_up_to_the_payload() -> None:
               "pieces": [[i, 1] for i in range(WRITE_PIECES_MAX + 1)]}
     with pytest.raises(ProtocolError, match="pieces"):
         validate_request(Msg.CS_WRITE, header, WRITE_PIECES_MAX + 1)
+
+
+def test_cs_write_chunks_parts_are_one_per_chunk_and_add_up_to_the_payload() -> None:
+    chain = [[2, "127.0.0.1:2"]]
+    parts = write_parts([[7, 3, chain, [[0, 10], [100, 5]]], [8, 1, [], [[4096, 1]]]], 16)
+    assert [(p.chunk_id, p.version, p.chain, p.pieces, p.start, p.end) for p in parts] == [
+        (7, 3, [(2, "127.0.0.1:2")], [(0, 10), (100, 5)], 0, 15), (8, 1, [], [(4096, 1)], 15, 16)]
+    assert parts[0].to_wire([]) == [7, 3, [], [[0, 10], [100, 5]]]
+    for bad, length, why in (
+        ([[7, 3, chain, [[0, 10]]], [7, 3, chain, [[20, 1]]]], 11, "named twice"),
+        ([[7, 3, chain, [[0, 10]]]], 9, "add up"),
+        ([[7, 3, chain, []]], 0, "pieces"),
+        ([[7, 3, chain]], 1, "items"),
+        ([[7, True, chain, [[0, 1]]]], 1, "items"),
+        ([[7, 3, "cs2", [[0, 1]]]], 1, "chain"),
+        ([], 0, "parts"),
+        ({"7": 1}, 1, "parts"),
+        ([[c, 1, [], [[0, 1]]] for c in range(WRITE_PIECES_MAX + 1)], WRITE_PIECES_MAX + 1, "more than"),
+        ([[7, 3, chain, [[0, SMALL_WRITE_MAX + 1]]]], SMALL_WRITE_MAX + 1, "small writes"),
+    ):
+        with pytest.raises(ProtocolError, match=why):
+            write_parts(bad, length)
 
 
 @pytest.mark.parametrize("mtype", [0, 5, 9, 99, 0xFFFF, -1])
