@@ -41,6 +41,26 @@ def _each_replica_holds(c: SyncClient, ino: int, expected: bytearray, chunk: int
                 f"CS#{cs_id}'s replica of chunk {index} differs from what was written"
 
 
+def _write_all_at_once(
+    c: SyncClient, f: File, expected: bytearray, rng: random.Random, n: int
+) -> list[tuple[int, bytes]]:
+    """`n` writes of 4 KiB at distinct places of the file, all issued at once (a tenth unaligned, across
+    two checksum blocks), then one fsync; `expected` follows them.  The writes, in order."""
+    writes = []
+    for i, slot in enumerate(rng.sample(range(len(expected) // (4 * KiB) - 1), n)):
+        offset = slot * 4 * KiB + (1000 if i % 10 == 0 else 0)
+        data = os.urandom(4 * KiB)
+        expected[offset:offset + len(data)] = data
+        writes.append((offset, data))
+
+    async def all_at_once() -> None:
+        await asyncio.gather(*(f.write(offset, data) for offset, data in writes))
+        await f.fsync()
+
+    c.run(all_at_once())
+    return writes
+
+
 def _served(step: str) -> tuple[float, float, float]:
     """Over every chunk server: the writes done, the write requests served, and `step`'s count."""
     urls = [m["url"] for m in stat()["metrics"] if m["role"] == "cs"]
@@ -59,21 +79,7 @@ def test_small_writes_in_flight_together_go_as_batches_and_every_replica_holds_t
     expected = bytearray(os.urandom(CHUNK))
     with cluster.client() as c:
         f, ino = _image(c, expected)
-        # 300 writes of 4 KiB at distinct places of the one chunk, all issued at once (and a few
-        # unaligned, across two checksum blocks), then one fsync.
-        slots = rng.sample(range(CHUNK // (4 * KiB) - 1), 300)
-        writes = []
-        for i, slot in enumerate(slots):
-            offset = slot * 4 * KiB + (1000 if i % 10 == 0 else 0)
-            data = os.urandom(4 * KiB)
-            expected[offset:offset + len(data)] = data
-            writes.append((offset, data))
-
-        async def all_at_once() -> None:
-            await asyncio.gather(*(f.write(offset, data) for offset, data in writes))
-            await f.fsync()
-
-        c.run(all_at_once())
+        writes = _write_all_at_once(c, f, expected, rng, 300)
         m = c.run(c.client.mds.call(Msg.CHUNK_READ, {"ino": ino, "index": 0}))
         assert len(m["replicas"]) == 3
         _each_replica_holds(c, ino, expected, CHUNK)
@@ -105,18 +111,7 @@ def test_small_writes_to_many_chunks_go_together_per_head_and_every_replica_hold
     expected = bytearray(os.urandom(chunk * chunks))
     with cluster.client() as c:
         f, ino = _image(c, expected)
-        writes = []
-        for i, slot in enumerate(rng.sample(range(len(expected) // (4 * KiB) - 1), 500)):
-            offset = slot * 4 * KiB + (1000 if i % 10 == 0 else 0)  # a few unaligned, across two blocks
-            data = os.urandom(4 * KiB)
-            expected[offset:offset + len(data)] = data
-            writes.append((offset, data))
-
-        async def all_at_once() -> None:
-            await asyncio.gather(*(f.write(offset, data) for offset, data in writes))
-            await f.fsync()
-
-        c.run(all_at_once())
+        _write_all_at_once(c, f, expected, rng, 500)
         _each_replica_holds(c, ino, expected, chunk)
         assert c.read(ino, 0, len(expected)) == bytes(expected)
     _, _, several = _served("serve.CS_WRITE_CHUNKS")
