@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import random
 
@@ -120,7 +121,7 @@ def test_small_writes_to_many_chunks_go_together_per_head_and_every_replica_hold
 
 @pytest.mark.parametrize(("victim", "chunks"), [("head", 1), ("replica", 1), ("head", 4)])
 def test_a_chunk_server_killed_while_small_writes_are_batched_loses_no_acknowledged_write(
-    make_cluster, victim: str, chunks: int
+    make_cluster, caplog: pytest.LogCaptureFixture, victim: str, chunks: int
 ) -> None:
     """`kill -9` of the chain's head (or of another replica) with hundreds of small writes in flight
     and held behind one another: every write still returns, and every one of them is on each
@@ -164,3 +165,6 @@ def test_a_chunk_server_killed_while_small_writes_are_batched_loses_no_acknowled
         assert done_at_kill < len(writes), "every write was answered before the kill: nothing was tested"
         _each_replica_holds(c, ino, expected, chunk, but=dead)
         assert c.read(ino, 0, CHUNK) == bytes(expected)
+    # Hundreds of writes failed at the kill; the log says so once per chunk and version, not per write.
+    warned = [r for r in caplog.records if r.levelno >= logging.WARNING and "new chain" in r.getMessage()]
+    assert 0 < len(warned) <= 3 * chunks, "\n".join(r.getMessage() for r in warned[:20])

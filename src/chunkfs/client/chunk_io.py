@@ -102,6 +102,9 @@ class ChunkIO:
         self._missing: set[tuple[int, int, int]] = set()
         #: Small writes to a head wait for the one on its way and then go together (write_batches.py).
         self._batches = WriteBatches()
+        #: (chunk id, version) whose failed write was logged as a warning: the many writes in flight
+        #: to a chunk when one of its servers dies fail together, and one line says it.
+        self._warned: set[tuple[int, int]] = set()
 
     async def server(self, addr: str) -> Connection:
         conn = self._servers.get(addr)
@@ -334,8 +337,15 @@ class ChunkIO:
                 if not isinstance(exc, StaleVersion):
                     failed = {bad} if isinstance(bad, int) else {head_id}
                     why = f"{exc.code}: {exc}"[:300]
-                logger.warning("%s to chunk %#x failed (%s); asking the master for a new chain",
-                               msg.name, m.chunk_id, exc)
+                if (m.chunk_id, m.version) in self._warned:
+                    logger.debug("%s to chunk %#x failed too (%s)", msg.name, m.chunk_id, exc)
+                else:
+                    if len(self._warned) >= CHUNKS_VERSIONS_MAX:
+                        self._warned.clear()
+                    self._warned.add((m.chunk_id, m.version))
+                    logger.warning("%s to chunk %#x failed (%s); asking the master for a new chain "
+                                   "(other writes to it failing the same are logged at debug level)",
+                                   msg.name, m.chunk_id, exc)
                 self._write_maps.pop((ino, index), None)
                 await asyncio.sleep(0.05)
         assert last is not None
