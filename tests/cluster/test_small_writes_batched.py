@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import random
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -27,17 +28,23 @@ def _image(c: SyncClient, expected: bytearray) -> tuple[File, int]:
     return f, c.stat("/image")["ino"]
 
 
+def _replicas(c: SyncClient, ino: int, index: int, chunk: int, but: int | None = None) -> dict[int, bytes]:
+    """What each replica (but CS#`but`'s) of the file's chunk `index` holds, read from its server."""
+    m = c.run(c.client.mds.call(Msg.CHUNK_READ, {"ino": ino, "index": index}))
+    held = {}
+    for cs_id, addr in m["replicas"]:
+        if cs_id != but:
+            conn = c.run(c.client.io.server(addr))
+            held[cs_id] = c.run(conn.call(Msg.CS_READ, {
+                "chunk_id": m["chunk_id"], "version": m["version"], "offset": 0, "length": chunk}))[1]
+    assert len(held) >= 2
+    return held
+
+
 def _each_replica_holds(c: SyncClient, ino: int, expected: bytearray, chunk: int, but: int | None = None) -> None:
     """Every replica (but CS#`but`'s) of every chunk of the file holds exactly its share of `expected`."""
     for index in range(len(expected) // chunk):
-        m = c.run(c.client.mds.call(Msg.CHUNK_READ, {"ino": ino, "index": index}))
-        assert len([cs_id for cs_id, _ in m["replicas"] if cs_id != but]) >= 2
-        for cs_id, addr in m["replicas"]:
-            if cs_id == but:
-                continue
-            conn = c.run(c.client.io.server(addr))
-            _, held = c.run(conn.call(Msg.CS_READ, {
-                "chunk_id": m["chunk_id"], "version": m["version"], "offset": 0, "length": chunk}))
+        for cs_id, held in _replicas(c, ino, index, chunk, but).items():
             assert held == expected[index * chunk:(index + 1) * chunk], \
                 f"CS#{cs_id}'s replica of chunk {index} differs from what was written"
 
@@ -117,6 +124,36 @@ def test_small_writes_to_many_chunks_go_together_per_head_and_every_replica_hold
         assert c.read(ino, 0, len(expected)) == bytes(expected)
     _, _, several = _served("serve.CS_WRITE_CHUNKS")
     assert several > 0, "no request carried writes to several chunks"
+
+
+def test_two_mounts_writing_the_same_blocks_at_once_leave_every_replica_the_same(make_cluster) -> None:
+    """Two clients, each with its own batches, write 4 KiB again and again to the same few places of four
+    chunks at once: whichever write lands last, every replica of a chunk applied them in one order (the
+    one head the master names for the chunk, whoever asks, and its order kept on every replica)."""
+    chunk, chunks = 1 * MiB, 4
+    cluster = make_cluster(n_cs=4, chunk_size=chunk)
+    with cluster.client() as c1, cluster.client() as c2:
+        f1, ino = _image(c1, bytearray(chunk * chunks))
+        f2 = c2.open("/image")
+        places = [index * chunk + slot * 64 * KiB for index in range(chunks) for slot in range(8)]
+
+        def storm(c: SyncClient, f: File, seed: int) -> None:
+            rng = random.Random(seed)
+            writes = [(rng.choice(places), os.urandom(4 * KiB)) for _ in range(400)]
+
+            async def all_at_once() -> None:
+                await asyncio.gather(*(f.write(offset, data) for offset, data in writes))
+                await f.fsync()
+
+            c.run(all_at_once())
+
+        with ThreadPoolExecutor(2) as pool:
+            for done in [pool.submit(storm, c1, f1, 1), pool.submit(storm, c2, f2, 2)]:
+                done.result(timeout=120)
+        for index in range(chunks):
+            held = _replicas(c1, ino, index, chunk)
+            assert len({bytes(b) for b in held.values()}) == 1, f"the replicas of chunk {index} differ: {sorted(held)}"
+            assert c1.read(ino, index * chunk, chunk) == next(iter(held.values()))
 
 
 @pytest.mark.parametrize(("victim", "chunks"), [("head", 1), ("replica", 1), ("head", 4)])
