@@ -118,15 +118,16 @@ class WriteBatches:
             await conn.call(*_request(batch))
         except BaseException as exc:
             # A failure of one chunk's replica fails that chunk's writes; the others go again first.
-            about = chunk_of(exc)
+            about, held = chunk_of(exc), self._held.get(conn)  # (none held: the client closed)
             again = [w for w in batch if about is not None and w.header["chunk_id"] != about
-                     and w.again < AGAIN_MAX and not w.done.done()]
+                     and w.again < AGAIN_MAX and not w.done.done()] if held is not None else []
             for w in again:
                 w.again += 1
             for w in batch:
                 if w not in again:
                     _settle(w.done, exc)
-            self._held[conn][:0] = again
+            if held is not None:
+                held[:0] = again
             self._next(conn, exc)
             if not isinstance(exc, Exception):
                 raise

@@ -340,3 +340,27 @@ def test_a_write_goes_again_a_bounded_number_of_times_for_other_chunks_failures(
         await asyncio.gather(*bad, return_exceptions=True)
 
     asyncio.run(scenario())
+
+
+def test_closing_fails_nothing_later_and_leaves_nothing_held() -> None:
+    async def scenario() -> None:
+        head, batches = Head(), WriteBatches()
+        first = asyncio.ensure_future(batches.write(head, header(0, chunk_id=9), b"0"))  # type: ignore[arg-type]
+        await settle()
+        in_batch = [asyncio.ensure_future(batches.write(head, header(1, chunk_id=c), b"x"))  # type: ignore[arg-type]
+                    for c in (5, 6)]
+        await settle()
+        head.answer(0)
+        await first
+        await settle()
+        waiting = asyncio.ensure_future(batches.write(head, header(2, chunk_id=7), b"y"))  # type: ignore[arg-type]
+        await settle()
+        errors: list[str] = []
+        asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: errors.append(str(ctx.get("message"))))
+        batches.close()
+        results = await asyncio.wait_for(asyncio.gather(*in_batch, waiting, return_exceptions=True), 5)
+        assert all(isinstance(r, asyncio.CancelledError) for r in results)
+        await settle()
+        assert batches._held == {} and not batches._sending and errors == []
+
+    asyncio.run(scenario())
