@@ -261,17 +261,25 @@ def test_a_failure_of_that_one_write_alone_does_not_fail_the_writes_behind_it() 
     asyncio.run(scenario())
 
 
+async def batch_behind_one(head: Head, batches: WriteBatches, writes: list[tuple[int, int, bytes]]) -> list[Any]:
+    """A write to chunk 9 on its way, `writes` ((chunk, offset, data)) issued behind it, then it is answered:
+    they are on their way as the next request.  Their futures, in order."""
+    first = asyncio.ensure_future(batches.write(head, header(0, chunk_id=9), b"0"))  # type: ignore[arg-type]
+    await settle()
+    behind = [asyncio.ensure_future(batches.write(head, header(off, chunk_id=c), data))  # type: ignore[arg-type]
+              for c, off, data in writes]
+    await settle()
+    head.answer(0)
+    await first
+    await settle()
+    return behind
+
+
 def test_a_failure_of_one_chunks_replica_fails_that_chunks_writes_and_the_others_go_again() -> None:
     async def scenario() -> None:
         head, batches = Head(), WriteBatches()
-        first = asyncio.ensure_future(batches.write(head, header(0, chunk_id=9), b"0"))  # type: ignore[arg-type]
-        await settle()
-        batched = {name: asyncio.ensure_future(batches.write(head, header(off, chunk_id=c), name.encode()))  # type: ignore[arg-type]
-                   for name, c, off in (("a", 5, 10), ("b", 6, 20), ("c", 7, 30))}
-        await settle()
-        head.answer(0)
-        await first
-        await settle()
+        batched = dict(zip("abc", await batch_behind_one(head, batches, [(5, 10, b"a"), (6, 20, b"b"), (7, 30, b"c")]),
+                           strict=True))
         assert head.msgs[1] == Msg.CS_WRITE_CHUNKS
         later = {name: asyncio.ensure_future(batches.write(head, header(off, chunk_id=c), name.encode()))  # type: ignore[arg-type]
                  for name, c, off in (("d", 6, 40), ("e", 5, 50))}
@@ -295,14 +303,7 @@ def test_a_failure_of_one_chunks_replica_fails_that_chunks_writes_and_the_others
 def test_a_failure_of_a_server_fails_every_write_of_the_request_and_every_one_behind_it() -> None:
     async def scenario() -> None:
         head, batches = Head(), WriteBatches()
-        first = asyncio.ensure_future(batches.write(head, header(0, chunk_id=9), b"0"))  # type: ignore[arg-type]
-        await settle()
-        batched = [asyncio.ensure_future(batches.write(head, header(1, chunk_id=c), b"x"))  # type: ignore[arg-type]
-                   for c in (5, 6)]
-        await settle()
-        head.answer(0)
-        await first
-        await settle()
+        batched = await batch_behind_one(head, batches, [(5, 1, b"x"), (6, 1, b"x")])
         behind = asyncio.ensure_future(batches.write(head, header(2, chunk_id=7), b"y"))  # type: ignore[arg-type]
         await settle()
         head.answer(1, Unavailable("CS#2 at b:1: gone", cs_id=2))
@@ -345,14 +346,7 @@ def test_a_write_goes_again_a_bounded_number_of_times_for_other_chunks_failures(
 def test_closing_fails_nothing_later_and_leaves_nothing_held() -> None:
     async def scenario() -> None:
         head, batches = Head(), WriteBatches()
-        first = asyncio.ensure_future(batches.write(head, header(0, chunk_id=9), b"0"))  # type: ignore[arg-type]
-        await settle()
-        in_batch = [asyncio.ensure_future(batches.write(head, header(1, chunk_id=c), b"x"))  # type: ignore[arg-type]
-                    for c in (5, 6)]
-        await settle()
-        head.answer(0)
-        await first
-        await settle()
+        in_batch = await batch_behind_one(head, batches, [(5, 1, b"x"), (6, 1, b"x")])
         waiting = asyncio.ensure_future(batches.write(head, header(2, chunk_id=7), b"y"))  # type: ignore[arg-type]
         await settle()
         errors: list[str] = []
