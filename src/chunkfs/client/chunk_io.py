@@ -70,6 +70,13 @@ def _map_may_be_old(exc: ChunkFSError, m: ChunkMap) -> bool:
     return isinstance(exc, StaleVersion) and isinstance(current, int) and current > m.version
 
 
+def _remember(seen: set[Any], item: Any) -> None:
+    """Add `item` to a set of chunk versions kept in memory, bounded: past the bound it starts afresh."""
+    if len(seen) >= CHUNKS_VERSIONS_MAX:
+        seen.clear()
+    seen.add(item)
+
+
 def split(offset: int, length: int, chunk_size: int) -> list[tuple[int, int, int, int]]:
     """(chunk index, offset in chunk, length, offset in the buffer) for each piece."""
     pieces = []
@@ -225,9 +232,7 @@ class ChunkIO:
                             old_map = True
                             break
                         if isinstance(exc, NotFound):  # the master's map still names it: lost there
-                            if len(self._missing) >= CHUNKS_VERSIONS_MAX:
-                                self._missing.clear()
-                            self._missing.add(known)
+                            _remember(self._missing, known)
                     logger.warning("read of chunk %#x from CS#%d failed: %s; trying another replica",
                                    m.chunk_id, cs_id, exc)
                     if isinstance(exc, ChecksumMismatch):
@@ -340,9 +345,7 @@ class ChunkIO:
                 if (m.chunk_id, m.version) in self._warned:
                     logger.debug("%s to chunk %#x failed too (%s)", msg.name, m.chunk_id, exc)
                 else:
-                    if len(self._warned) >= CHUNKS_VERSIONS_MAX:
-                        self._warned.clear()
-                    self._warned.add((m.chunk_id, m.version))
+                    _remember(self._warned, (m.chunk_id, m.version))
                     logger.warning("%s to chunk %#x failed (%s); asking the master for a new chain "
                                    "(other writes to it failing the same are logged at debug level)",
                                    msg.name, m.chunk_id, exc)

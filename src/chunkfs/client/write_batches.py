@@ -103,7 +103,7 @@ class WriteBatches:
         for w in held:
             chunk_id, version = w.header["chunk_id"], w.header["version"]
             if batch and (len(batch) == WRITE_PIECES_MAX or size + len(w.data) > SMALL_WRITE_MAX
-                          or versions.setdefault(chunk_id, version) != version):
+                          or versions.get(chunk_id, version) != version):
                 break  # (a chunk at two versions: its writes at the newer one go next time)
             versions[chunk_id] = version
             batch.append(w)

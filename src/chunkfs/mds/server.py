@@ -119,6 +119,9 @@ def _about(h: dict[str, Any], chunk: Chunk) -> bool:
     return reported_id == chunk.chunk_id and reported_version == chunk.version
 
 
+_MASK64 = (1 << 64) - 1
+
+
 def _rank(ino: int, cs_id: int) -> int:
     """Where CS#`cs_id` stands among a file's replicas in its chunk maps (rendezvous hashing).
 
@@ -136,9 +139,6 @@ def _rank(ino: int, cs_id: int) -> int:
     x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64  # splitmix64's finalizer
     x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
     return x ^ (x >> 31)
-
-
-_MASK64 = (1 << 64) - 1
 
 
 class MetadataServer:
