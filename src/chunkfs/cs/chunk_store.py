@@ -73,25 +73,28 @@ from chunkfs.common.errors import (
     StaleVersion,
 )
 from chunkfs.common.writeback import start_writeback
+from chunkfs.cs.replica_file import (
+    CHUNKS_DIR,
+    CRC_ENTRY_SIZE,
+    FORMAT_VERSION,
+    HEADER_CRC,
+    HEADER_FIELDS,
+    HEADER_SIZE,
+    HEADER_USED,
+    MAGIC,
+    TABLE_ALIGN,
+    check_header,
+    data_offset,
+    pread_full,
+    read_blocks,
+    read_crcs,
+    replica_name,
+    replica_path,
+)
 from chunkfs.cs.write_tracker import WriteTracker
 
 logger = logging.getLogger(__name__)
 
-#: First bytes of every replica file.
-MAGIC = b"CHUNKFS\x00"
-#: Bumped whenever the on-disk layout changes incompatibly.
-FORMAT_VERSION = 1
-#: magic, format version, chunk_id, version at creation, chunk_size, block_size.
-HEADER_FIELDS = struct.Struct("<8sIQQQI")
-#: CRC32C of HEADER_FIELDS, stored right after them.
-HEADER_CRC = struct.Struct("<I")
-#: The header region is padded to this size; the CRC table starts here.
-HEADER_SIZE = 4096
-#: The CRC table is padded to a multiple of this, so the data region starts on a
-#: filesystem-block boundary.
-TABLE_ALIGN = 4096
-#: Bytes per CRC table entry (one little-endian uint32 per block).
-CRC_ENTRY_SIZE = 4
 #: Default bytes covered by one checksum: the cluster's (the master reports bad ranges in it).
 DEFAULT_BLOCK_SIZE = BLOCK_SIZE
 #: Default bound on the number of cached open replica descriptors.
@@ -106,9 +109,7 @@ CHUNK_LOCK_STRIPES = 64
 #: (a VM's random writes) are left to the page cache, where later writes may still change them.
 WRITEBACK_MIN = 512 << 10
 
-CHUNKS_DIR = "chunks"
 QUARANTINE_DIR = "quarantine"
-REPLICA_SUFFIX = ".chunk"
 TMP_PREFIX = "."
 TMP_SUFFIX = ".tmp"
 _REPLICA_NAME = re.compile(r"^([0-9a-f]{16})_([0-9a-f]{16})\.chunk$")
@@ -116,11 +117,6 @@ _SUBDIR = re.compile(r"[0-9a-f]{2}")
 
 #: errno values that mean "the disk (or quota) is full".
 _NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
-
-def replica_name(chunk_id: int, version: int) -> str:
-    """File name of a replica: comparing names compares (chunk_id, version)."""
-    return f"{chunk_id:016x}_{version:016x}{REPLICA_SUFFIX}"
-
 
 def _is_no_space(exc: OSError) -> bool:
     return exc.errno in _NO_SPACE_ERRNOS
@@ -139,22 +135,6 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _pread_full(fd: int, buf: bytearray | memoryview, pos: int) -> int:
-    """Fill `buf` from `pos`; stop at end of file. Returns the bytes read.
-
-    The rest of `buf` is left as it was, so a zero-filled buffer yields zeros past
-    the end of the file — the sparse data region's tail.
-    """
-    view = memoryview(buf).cast("B")
-    done = 0
-    while done < len(view):
-        n = os.preadv(fd, [view[done:]], pos + done)
-        if n == 0:
-            break
-        done += n
-    return done
 
 
 def _table_bytes(table: array[int]) -> bytes:
@@ -230,9 +210,7 @@ class ChunkStore:
         self.chunk_size = chunk_size
         self.block_size = block_size
         self.n_blocks = chunk_size // block_size
-        table_bytes = self.n_blocks * CRC_ENTRY_SIZE
-        self.table_size = -(-table_bytes // TABLE_ALIGN) * TABLE_ALIGN
-        self.data_offset = HEADER_SIZE + self.table_size
+        self.data_offset = data_offset(chunk_size, block_size)
         #: CRC32C of an all-zero block: what a never-written block verifies against.
         self.zero_crc = crc32c(bytes(block_size))
         self._new_file: bytes | None = None
@@ -334,7 +312,7 @@ class ChunkStore:
         return self._chunks_dir / f"{chunk_id & 0xFF:02x}"
 
     def _path_for(self, chunk_id: int, version: int) -> Path:
-        return self._dir_for(chunk_id) / replica_name(chunk_id, version)
+        return replica_path(self._chunks_dir, chunk_id, version)
 
     def _chunk_lock(self, chunk_id: int) -> threading.Lock:
         return self._chunk_locks[chunk_id % CHUNK_LOCK_STRIPES]
@@ -381,7 +359,7 @@ class ChunkStore:
         path = self._path_for(chunk_id, version)
         fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         try:
-            raw = os.pread(fd, HEADER_FIELDS.size + HEADER_CRC.size, 0)
+            raw = os.pread(fd, HEADER_USED, 0)
             self._check_header(chunk_id, raw)
         except BaseException:
             os.close(fd)
@@ -389,27 +367,7 @@ class ChunkStore:
         return fd
 
     def _check_header(self, chunk_id: int, raw: bytes) -> None:
-        if len(raw) < HEADER_FIELDS.size + HEADER_CRC.size:
-            raise ChecksumMismatch(f"chunk {chunk_id:016x}: replica header is truncated", chunk_id=chunk_id)
-        fields = raw[: HEADER_FIELDS.size]
-        (stored_crc,) = HEADER_CRC.unpack_from(raw, HEADER_FIELDS.size)
-        magic, fmt, hdr_chunk_id, _version, chunk_size, block_size = HEADER_FIELDS.unpack(fields)
-        if magic != MAGIC or crc32c(fields) != stored_crc:
-            raise ChecksumMismatch(
-                f"chunk {chunk_id:016x}: replica header is corrupt (bad magic or checksum)",
-                chunk_id=chunk_id,
-            )
-        if fmt != FORMAT_VERSION or hdr_chunk_id != chunk_id:
-            raise ChecksumMismatch(
-                f"chunk {chunk_id:016x}: replica header says format {fmt}, chunk {hdr_chunk_id:016x}",
-                chunk_id=chunk_id,
-            )
-        if chunk_size != self.chunk_size or block_size != self.block_size:
-            raise ConfigError(
-                f"chunk {chunk_id:016x}: replica has chunk_size {chunk_size}/block_size {block_size}, "
-                f"but this store uses {self.chunk_size}/{self.block_size}; wrong data directory?",
-                chunk_id=chunk_id,
-            )
+        check_header(chunk_id, raw, self.chunk_size, self.block_size)
 
     @contextmanager
     def _lease(self, chunk_id: int, version: int | None) -> Iterator[_Lease]:
@@ -692,44 +650,12 @@ class ChunkStore:
     # ------------------------------------------------------------------ data path
 
     def _read_crcs(self, lease: _Lease, first_block: int, count: int) -> array[int]:
-        """The CRC entries of `count` blocks from `first_block` (integers, which a write updates in place)."""
-        raw = os.pread(lease.fd, count * CRC_ENTRY_SIZE, HEADER_SIZE + first_block * CRC_ENTRY_SIZE)
-        if len(raw) != count * CRC_ENTRY_SIZE:
-            raise ChecksumMismatch(
-                f"chunk {lease.chunk_id:016x}: replica file is shorter than its CRC table",
-                chunk_id=lease.chunk_id,
-                block=first_block,
-            )
-        table = array("I", raw)
-        if sys.byteorder == "big":
-            table.byteswap()
-        return table
+        return read_crcs(lease.fd, lease.chunk_id, first_block, count)
 
     def _read_blocks(
         self, lease: _Lease, first_block: int, count: int
     ) -> tuple[bytes | bytearray, int | None]:
-        """Read `count` blocks and check them; returns (data, index of first bad block or None).
-
-        One pread into a fresh bytes object (no zero-fill, no extra copy); only a
-        short read — the sparse tail past the end of the file — falls back to a
-        zero-filled buffer.
-        """
-        size = count * self.block_size
-        pos = self.data_offset + first_block * self.block_size
-        buf: bytes | bytearray = os.pread(lease.fd, size, pos)
-        if len(buf) < size:
-            got = len(buf)
-            padded = bytearray(size)
-            padded[:got] = buf
-            _pread_full(lease.fd, memoryview(padded)[got:], pos + got)
-            buf = padded
-        crcs = self._read_crcs(lease, first_block, count)
-        view = memoryview(buf)
-        bs = self.block_size
-        for i, expected in enumerate(crcs):
-            if crc32c(view[i * bs : (i + 1) * bs]) != expected:
-                return buf, first_block + i
-        return buf, None
+        return read_blocks(lease.fd, lease.chunk_id, self.data_offset, self.block_size, first_block, count)
 
     def _read_verified(
         self, lease: _Lease, first_block: int, count: int, locked: bool
@@ -908,7 +834,7 @@ class ChunkStore:
         bs = self.block_size
         pos = self.data_offset + block * bs
         buf = bytearray(bs)
-        _pread_full(lease.fd, memoryview(buf), pos)  # a hole past the end of the file stays zeros
+        pread_full(lease.fd, memoryview(buf), pos)  # a hole past the end of the file stays zeros
         if crc32c(buf) != table[block - lo]:
             raise self._mismatch(lease, block)
         return buf
@@ -1014,7 +940,7 @@ class ChunkStore:
         bad: list[int] = []
         with self._lease(chunk_id, None) as lease:
             # Again, not only at open: the descriptor may have been cached since long before.
-            self._check_header(chunk_id, os.pread(lease.fd, HEADER_FIELDS.size + HEADER_CRC.size, 0))
+            self._check_header(chunk_id, os.pread(lease.fd, HEADER_USED, 0))
             for first in range(0, self.n_blocks, per_batch):
                 count = min(per_batch, self.n_blocks - first)
                 suspects = self._failing_blocks(lease, first, count)
@@ -1056,7 +982,7 @@ class ChunkStore:
                 n += 1
                 saved = saved.with_name(f"{replica_name(chunk_id, version)}.block{block}.{n}")
             bad_bytes = bytearray(self.block_size)
-            _pread_full(lease.fd, memoryview(bad_bytes), pos)
+            pread_full(lease.fd, memoryview(bad_bytes), pos)
             write_file_durably(saved, bytes(bad_bytes))
             try:
                 self._reserve(lease, pos, self.block_size)
