@@ -37,6 +37,10 @@ options (-o, comma-separated, may repeat):
                                    metadata servers down) before it fails with EIO: seconds
                                    (default 20; for VM images, longer than any outage you
                                    would rather ride out than see as I/O errors in a guest)
+  local_reads=0|1                  small reads (up to 128 KiB) of replicas kept by a chunk server
+                                   on this machine are made from their files, without a request
+                                   to that server; every block is checked against its checksum
+                                   (default 1; 0: every read asks a chunk server)
   anything else                    passed to FUSE, e.g. ro
 """
 

@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from chunkfs.client.local_reads import LOCAL_READ_MAX, LocalReads
 from chunkfs.client.write_batches import WriteBatches, chunk_of
 from chunkfs.common.errors import (
     ChecksumMismatch,
@@ -90,7 +91,7 @@ def split(offset: int, length: int, chunk_size: int) -> list[tuple[int, int, int
 
 
 class ChunkIO:
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Client, local_reads: bool = True) -> None:
         self.client = client
         self._read_maps: dict[tuple[int, int], ChunkMap] = {}
         self._write_maps: dict[tuple[int, int], ChunkMap] = {}
@@ -107,6 +108,8 @@ class ChunkIO:
         #: (chunk id, version, server) a fresh map still names though the server lacked the chunk:
         #: reads go on to the other replicas without asking the master each time (`_read_piece`).
         self._missing: set[tuple[int, int, int]] = set()
+        #: Small reads of replicas on this machine, from their files (local_reads.py).
+        self.local = LocalReads(client.chunk_size, enabled=local_reads)
         #: Small writes to a head wait for the one on its way and then go together (write_batches.py).
         self._batches = WriteBatches()
         #: (chunk id, version) whose failed write was logged as a warning: the many writes in flight
@@ -122,6 +125,7 @@ class ChunkIO:
             if conn is None or conn.closed:
                 conn = await connect(addr, self.client.creds, timeout=3.0, silence_limit=SILENCE_LIMIT)
                 self._servers[addr] = conn
+                await self.local.learn(addr, conn)
             return conn
 
     def forget(self, ino: int) -> None:
@@ -209,13 +213,23 @@ class ChunkIO:
                 return None  # a hole: zeros, already in `out`
             old_map = False
             for cs_id, addr in self.read_order(m):
+                if size <= LOCAL_READ_MAX and self.local.is_local(addr):
+                    started = time.perf_counter()
+                    local = self.local.read(addr, m.chunk_id, m.version, offset, size)
+                    if local is not None:
+                        TIMINGS.since("local.read", started)
+                        if out is not None:
+                            out[pos:pos + size] = local
+                        return local
                 try:
                     conn = await self.server(addr)
                     started = time.perf_counter()
+                    sent = self.local.now()
                     _, data = await conn.call(
                         Msg.CS_READ, {"chunk_id": m.chunk_id, "version": m.version, "offset": offset, "length": size}
                     )
                     TIMINGS.since("cs.CS_READ", started)
+                    self.local.heard(addr, sent)
                     if len(data) != size:
                         raise ChecksumMismatch(f"CS#{cs_id} returned {len(data)} bytes, {size} asked")
                     if out is not None:

@@ -193,6 +193,8 @@ class MountOptions:
     private: bool = False
     #: How long a request keeps trying to reach a master before it fails (EIO), seconds.
     master_wait: float = DEFAULT_RETRY_FOR
+    #: Small reads of replicas on this machine made from their files, not asked of their server (local_reads.py).
+    local_reads: bool = True
     #: Options passed to FUSE as they are (allow_other, ro, ...).
     fuse: set[str] = field(default_factory=set)
 
@@ -230,6 +232,8 @@ def parse_options(texts: list[str]) -> MountOptions:
                     opts.private = True
                 elif key == "master_wait":
                     opts.master_wait = float(value)
+                elif key == "local_reads":
+                    opts.local_reads = _on_off(value)
                 else:
                     opts.fuse.add(item)
             except (ValueError, KeyError):
@@ -239,6 +243,12 @@ def parse_options(texts: list[str]) -> MountOptions:
     if not 0 < opts.master_wait < float("inf"):
         raise ConfigError(f"mount option master_wait must be a number of seconds above 0, not {opts.master_wait:g}")
     return opts
+
+
+def _on_off(value: str) -> bool:
+    """A yes/no option's value: 1 or 0 (yes/no, on/off, true/false also do)."""
+    return {"1": True, "yes": True, "on": True, "true": True,
+            "0": False, "no": False, "off": False, "false": False}[value.lower()]
 
 
 def _user_id(value: str) -> int:

@@ -298,6 +298,7 @@ def run_mount(
         try:
             await client.getattr(ROOT_INO)  # fail here, before mounting, if the cluster is unreachable
             client.mds.retry_for = opts.master_wait  # (not before: a mount of a cluster that is down fails at once)
+            client.io.local.enabled = opts.local_reads
             ops = ChunkFSOperations(client, opts)
             ops.holder = f"{socket.gethostname()}:{mountpoint} (pid {os.getpid()})"[-256:]
             try:

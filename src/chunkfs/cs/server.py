@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -32,6 +34,7 @@ from chunkfs.cs.stripe_locks import StripeLocks
 from chunkfs.cs.sync_policy import SyncPolicy
 from chunkfs.protocol.messages import (
     DELETE_BATCH,
+    LOCAL_MARK_FILE,
     SMALL_WRITE_MAX,
     Msg,
     WritePart,
@@ -75,8 +78,11 @@ class ChunkServer:
         self.scrubber = Scrubber(self)
         #: I/O counters and /metrics (cs/metrics.py).
         self.stats = CsStats(self)
+        #: What a mount on this machine reads from LOCAL_MARK_FILE to prove it sees this store (CS_LOCAL).
+        self.local_mark = secrets.token_hex(16)
 
     async def start(self) -> None:
+        self._publish_local_mark()
         await self.rpc.listen(self.node.addr)
         await self.stats.start()
         logger.info(
@@ -94,6 +100,21 @@ class ChunkServer:
         for conn in self._peers.values():
             conn.close()
         self.store.close()
+
+    def _publish_local_mark(self) -> None:
+        """Write this run's mark where CS_LOCAL says, readable by whoever may read the replicas.
+
+        Written whole under another name and renamed, so a mount never reads half of it; a new one
+        at every start, so a mount that learnt the folder of an earlier run of this server asks again.
+        """
+        path = self.store.root / LOCAL_MARK_FILE
+        tmp = path.with_name(f".{LOCAL_MARK_FILE}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, self.local_mark.encode())
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
 
     # -- requests from clients and other chunk servers ---------------------------
 
@@ -132,6 +153,8 @@ class ChunkServer:
                 await self._fsync(h)
                 TIMINGS.since("serve.CS_FSYNC", started)
                 return {}, b""
+            if msg == Msg.CS_LOCAL:
+                return {"root": str(self.store.root.resolve()), "mark": self.local_mark}, b""
             if msg == Msg.CS_CHECKSUMS:
                 crcs = await asyncio.to_thread(self.store.block_checksums, h["chunk_id"], h["version"])
                 return {"crcs": crcs}, b""

@@ -88,6 +88,8 @@ class Msg(enum.IntEnum):
     CS_TRACK_WRITES = 74
     CS_WRITTEN_SINCE = 75
     CS_WRITE_CHUNKS = 76
+    # Client -> CS: where this server keeps its replicas, for a mount on the same machine to read them.
+    CS_LOCAL = 77
     # MDS <-> MDS and membership.
     RAFT = 80
     MDS_ADD = 81
@@ -101,6 +103,8 @@ class Msg(enum.IntEnum):
     SET_PLACEMENT = 93
 
 
+#: The file in a chunk server's store folder that proves a mount sees that folder (CS_LOCAL).
+LOCAL_MARK_FILE = "local-reads.mark"
 #: The root directory's inode number (the same as FUSE's).
 ROOT_INO = 1
 #: Mounts renew their session every quarter of this, seconds.  The master keeps a silent
@@ -377,6 +381,10 @@ SPECS: dict[Msg, MessageSpec] = {
     # is every part's bytes in that order.  Never synced; at most SMALL_WRITE_MAX bytes.
     Msg.CS_WRITE_CHUNKS: MessageSpec((f("parts", list, max_items=WRITE_PIECES_MAX),), (), request_payload=True),
     Msg.CS_FSYNC: MessageSpec((f("chunk_id", int), f("version", int), f("chain", list)), ()),
+    # `root`: the store's folder, as this server sees it; `mark`: the random text this server wrote into
+    # the file LOCAL_MARK_FILE there at its start.  A mount that reads the same text from that file sees
+    # the same folder (same machine, same mount namespace, read permission) and may read replicas from it.
+    Msg.CS_LOCAL: MessageSpec((), (f("root", str), f("mark", str))),
     Msg.CS_CHECKSUMS: MessageSpec((f("chunk_id", int), f("version", int)), (f("crcs", list),)),
     # The source of a two-phase copy: note the blocks of the replica written from now on ...
     Msg.CS_TRACK_WRITES: MessageSpec((f("chunk_id", int), f("version", int)), (f("token", int),)),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from types import SimpleNamespace
 from typing import Any
 
 from chunkfs.client.chunk_io import ChunkIO, ChunkMap
@@ -15,7 +16,7 @@ def chunk(chunk_id: int, replicas: tuple[tuple[int, str], ...] = REPLICAS) -> Ch
 
 
 def mount() -> ChunkIO:
-    client: Any = object()  # read_order needs nothing of the client
+    client: Any = SimpleNamespace(chunk_size=64 << 20)  # read_order needs nothing else of the client
     return ChunkIO(client)
 
 
