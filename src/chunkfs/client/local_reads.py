@@ -44,7 +44,7 @@ from pathlib import Path
 
 from chunkfs.common.config import BLOCK_SIZE
 from chunkfs.common.errors import ChunkFSError
-from chunkfs.cs.replica_file import CHUNKS_DIR, HEADER_USED, check_header, data_offset, read_blocks, replica_path
+from chunkfs.cs.replica_file import CHUNKS_DIR, HEADER_USED, check_header, data_offset, read_blocks, replica_subpath
 from chunkfs.protocol.messages import LOCAL_MARK_FILE, Msg
 from chunkfs.protocol.rpc import Connection
 
@@ -68,7 +68,8 @@ _MARK_MAX = 256
 class _Store:
     """A local chunk server's replica folder, this mount's connection to it, and until when it counts as alive."""
 
-    chunks: Path
+    #: The store's chunk folder, as a string (local reads build their paths by formatting).
+    chunks: str
     conn: Connection
     #: Polls the connection's socket for a hang-up only (a reply waiting to be read is not an event).
     hangup: select.poll
@@ -119,7 +120,7 @@ class LocalReads:
             return
         hangup = select.poll()
         hangup.register(sock.fileno(), select.POLLRDHUP)  # POLLHUP and POLLERR come whatever is asked
-        self._stores[addr] = _Store(root / CHUNKS_DIR, conn, hangup, sent + LEASE)
+        self._stores[addr] = _Store(str(root / CHUNKS_DIR), conn, hangup, sent + LEASE)
         logger.info("CS at %s keeps its replicas on this machine (%s): small reads of them are made here, "
                     "from their files", addr, root)
 
@@ -146,7 +147,7 @@ class LocalReads:
             del self._stores[addr]  # a new connection asks again
             return None
         try:
-            fd = os.open(replica_path(store.chunks, chunk_id, version), os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(f"{store.chunks}/{replica_subpath(chunk_id, version)}", os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             return None
         bs = self.block_size

@@ -45,9 +45,16 @@ def replica_name(chunk_id: int, version: int) -> str:
     return f"{chunk_id:016x}_{version:016x}{REPLICA_SUFFIX}"
 
 
+def replica_subpath(chunk_id: int, version: int) -> str:
+    """Where a replica at `version` lives under a store's chunk folder (one subfolder per low byte of its id).
+
+    A string, not a Path: a mount builds one for each local read, where pathlib's objects cost more
+    than the read's system calls."""
+    return f"{chunk_id & 0xFF:02x}/{replica_name(chunk_id, version)}"
+
+
 def replica_path(chunks_dir: Path, chunk_id: int, version: int) -> Path:
-    """Where a replica at `version` lives under a store's chunk folder (one subfolder per low byte)."""
-    return chunks_dir / f"{chunk_id & 0xFF:02x}" / replica_name(chunk_id, version)
+    return chunks_dir / replica_subpath(chunk_id, version)
 
 
 def data_offset(chunk_size: int, block_size: int) -> int:
