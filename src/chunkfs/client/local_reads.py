@@ -44,7 +44,7 @@ from pathlib import Path
 
 from chunkfs.common.config import BLOCK_SIZE
 from chunkfs.common.errors import ChunkFSError
-from chunkfs.cs.replica_file import CHUNKS_DIR, HEADER_USED, check_header, data_offset, read_blocks, replica_subpath
+from chunkfs.common.replica_file import CHUNKS_DIR, HEADER_USED, check_header, data_offset, read_blocks, replica_subpath
 from chunkfs.protocol.messages import LOCAL_MARK_FILE, Msg
 from chunkfs.protocol.rpc import Connection
 

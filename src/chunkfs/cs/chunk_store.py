@@ -72,8 +72,7 @@ from chunkfs.common.errors import (
     NotFound,
     StaleVersion,
 )
-from chunkfs.common.writeback import start_writeback
-from chunkfs.cs.replica_file import (
+from chunkfs.common.replica_file import (
     CHUNKS_DIR,
     CRC_ENTRY_SIZE,
     FORMAT_VERSION,
@@ -91,6 +90,7 @@ from chunkfs.cs.replica_file import (
     replica_name,
     replica_path,
 )
+from chunkfs.common.writeback import start_writeback
 from chunkfs.cs.write_tracker import WriteTracker
 
 logger = logging.getLogger(__name__)
