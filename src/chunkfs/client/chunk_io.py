@@ -124,8 +124,10 @@ class ChunkIO:
             conn = self._servers.get(addr)
             if conn is None or conn.closed:
                 conn = await connect(addr, self.client.creds, timeout=3.0, silence_limit=SILENCE_LIMIT)
-                self._servers[addr] = conn
                 await self.local.learn(addr, conn)
+                if conn.closed:  # a server of an earlier version closes on a request it does not know
+                    conn = await connect(addr, self.client.creds, timeout=3.0, silence_limit=SILENCE_LIMIT)
+                self._servers[addr] = conn
             return conn
 
     def forget(self, ino: int) -> None:

@@ -10,14 +10,16 @@ import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from chunkfs.client import chunk_io
 from chunkfs.client.local_reads import LEASE, LOCAL_READ_MAX, LocalReads
-from chunkfs.common.errors import ProtocolError
+from chunkfs.common.errors import ProtocolError, Unavailable
 from chunkfs.cs.chunk_store import ChunkStore
 from chunkfs.protocol.messages import LOCAL_MARK_FILE, Msg
 
@@ -171,4 +173,30 @@ def test_what_a_local_read_returns_is_what_the_server_would(
             length = min(length, CHUNK - offset)
             got = local.read(ADDR, 3, 1, offset, length)
             assert got is not None and bytes(got) == store.read(3, 1, offset, length)
+        conn.close()
+
+
+def test_a_server_of_an_earlier_version_that_hangs_up_on_the_question_is_connected_to_again(
+    store: ChunkStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It does not know CS_LOCAL and closes the connection (a malformed request, for it): the mount
+    connects again and uses that connection, instead of taking the server for failed."""
+    made: list[FakeServer] = []
+
+    async def connect(addr: str, *args: Any, **kwargs: Any) -> FakeServer:
+        conn = FakeServer(store.root)
+        if not made:
+            async def hang_up(*args: Any, **kwargs: Any) -> Any:
+                conn.closed = True
+                raise Unavailable("connection closed by the server: unknown message type 77")
+            conn.call = hang_up  # type: ignore[method-assign]
+        made.append(conn)
+        return conn
+
+    monkeypatch.setattr(chunk_io, "connect", connect)
+    io = chunk_io.ChunkIO(SimpleNamespace(chunk_size=CHUNK, creds=None))  # type: ignore[arg-type]
+    got = asyncio.run(io.server(ADDR))
+    assert got is made[1] and not got.closed and len(made) == 2
+    assert not io.local.is_local(ADDR)
+    for conn in made:
         conn.close()
