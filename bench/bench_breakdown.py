@@ -239,7 +239,7 @@ def table(name: str, n: int, seconds: float, mount: Steps, servers: dict[str, St
                 lines.append(f"| {where} | `{step}` | {count / n:.2f} | {total / count * 1e6:,.0f} | "
                              f"{total / n * 1e6:,.0f} |")
 
-    rows("mount", mount, ("fuse.", "mds.", "cs."))
+    rows("mount", mount, ("fuse.", "mds.", "cs.", "local."))
     for server, steps in sorted(servers.items()):
         rows(server, steps, ("serve.", "raft.", "alloc.", "cs."))
     return "\n".join(lines)
