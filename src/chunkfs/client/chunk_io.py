@@ -91,7 +91,7 @@ def split(offset: int, length: int, chunk_size: int) -> list[tuple[int, int, int
 
 
 class ChunkIO:
-    def __init__(self, client: Client, local_reads: bool = True) -> None:
+    def __init__(self, client: Client) -> None:
         self.client = client
         self._read_maps: dict[tuple[int, int], ChunkMap] = {}
         self._write_maps: dict[tuple[int, int], ChunkMap] = {}
@@ -108,8 +108,8 @@ class ChunkIO:
         #: (chunk id, version, server) a fresh map still names though the server lacked the chunk:
         #: reads go on to the other replicas without asking the master each time (`_read_piece`).
         self._missing: set[tuple[int, int, int]] = set()
-        #: Small reads of replicas on this machine, from their files (local_reads.py).
-        self.local = LocalReads(client.chunk_size, enabled=local_reads)
+        #: Small reads of replicas on this machine, from their files (local_reads.py; on unless the mount says).
+        self.local = LocalReads(client.chunk_size)
         #: Small writes to a head wait for the one on its way and then go together (write_batches.py).
         self._batches = WriteBatches()
         #: (chunk id, version) whose failed write was logged as a warning: the many writes in flight
