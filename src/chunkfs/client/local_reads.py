@@ -127,6 +127,9 @@ class LocalReads:
     def is_local(self, addr: str) -> bool:
         return addr in self._stores
 
+    def found_any(self) -> bool:
+        return bool(self._stores)
+
     def heard(self, addr: str, sent: float) -> None:
         """A request sent to `addr` at `sent` (this class's clock) was answered: the server was alive then."""
         store = self._stores.get(addr)

@@ -40,3 +40,14 @@ def test_one_or_no_replica() -> None:
     io = mount()
     assert io.read_order(chunk(3, REPLICAS[:1])) == [REPLICAS[0]]
     assert io.read_order(chunk(3, ())) == []
+
+
+def test_a_replica_on_this_machine_comes_first_and_the_others_keep_their_turn() -> None:
+    io = mount()
+    plain = {c: io.read_order(chunk(c)) for c in range(1, 60)}
+    io.local.is_local = lambda addr: addr == "127.0.0.1:2"  # type: ignore[method-assign]
+    io.local.found_any = lambda: True  # type: ignore[method-assign]
+    for c, before in plain.items():
+        order = io.read_order(chunk(c))
+        assert order[0] == REPLICAS[1]
+        assert order[1:] == [r for r in before if r != REPLICAS[1]]
