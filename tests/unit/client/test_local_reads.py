@@ -18,8 +18,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chunkfs.client import chunk_io
+from chunkfs.client.fuse_ops import parse_options
 from chunkfs.client.local_reads import LEASE, LOCAL_READ_MAX, LocalReads
-from chunkfs.common.errors import ProtocolError, Unavailable
+from chunkfs.common.errors import ConfigError, ProtocolError, Unavailable
 from chunkfs.cs.chunk_store import ChunkStore
 from chunkfs.protocol.messages import LOCAL_MARK_FILE, Msg
 
@@ -200,3 +201,11 @@ def test_a_server_of_an_earlier_version_that_hangs_up_on_the_question_is_connect
     assert not io.local.is_local(ADDR)
     for conn in made:
         conn.close()
+
+
+def test_the_mount_option_turns_local_reads_off_and_a_bad_value_is_named() -> None:
+    assert parse_options([]).local_reads is True
+    assert parse_options(["ro,local_reads=0"]).local_reads is False
+    assert parse_options(["local_reads=off", "local_reads=yes"]).local_reads is True
+    with pytest.raises(ConfigError, match="mount option local_reads: bad value 'maybe'"):
+        parse_options(["local_reads=maybe"])
