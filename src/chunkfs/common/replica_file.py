@@ -45,12 +45,17 @@ def replica_name(chunk_id: int, version: int) -> str:
     return f"{chunk_id:016x}_{version:016x}{REPLICA_SUFFIX}"
 
 
+def chunk_subdir(chunk_id: int) -> str:
+    """The subfolder of a store's chunk folder that holds a chunk's replica: one per low byte of its id."""
+    return f"{chunk_id & 0xFF:02x}"
+
+
 def replica_subpath(chunk_id: int, version: int) -> str:
     """Where a replica at `version` lives under a store's chunk folder (one subfolder per low byte of its id).
 
     A string, not a Path: a mount builds one for each local read, where pathlib's objects cost more
     than the read's system calls."""
-    return f"{chunk_id & 0xFF:02x}/{replica_name(chunk_id, version)}"
+    return f"{chunk_subdir(chunk_id)}/{replica_name(chunk_id, version)}"
 
 
 def replica_path(chunks_dir: Path, chunk_id: int, version: int) -> Path:

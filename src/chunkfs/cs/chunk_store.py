@@ -83,6 +83,7 @@ from chunkfs.common.replica_file import (
     MAGIC,
     TABLE_ALIGN,
     check_header,
+    chunk_subdir,
     data_offset,
     pread_full,
     read_blocks,
@@ -309,7 +310,7 @@ class ChunkStore:
     # ------------------------------------------------------------------ paths
 
     def _dir_for(self, chunk_id: int) -> Path:
-        return self._chunks_dir / f"{chunk_id & 0xFF:02x}"
+        return self._chunks_dir / chunk_subdir(chunk_id)
 
     def _path_for(self, chunk_id: int, version: int) -> Path:
         return replica_path(self._chunks_dir, chunk_id, version)

@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from chunkfs.cs.chunk_store import CHUNKS_DIR, replica_name
+from chunkfs.common.replica_file import CHUNKS_DIR, replica_path
 from chunkfs.mds.store import MetadataStore, encode_command
 from chunkfs.protocol.messages import ROOT_INO
 
@@ -99,8 +99,7 @@ def replica_files(store_path: Path, chunk_size: int, after: int, data_dirs: list
             for d in data_dirs:
                 chunks = d / CHUNKS_DIR
                 for chunk_id, version in rows:
-                    os.mknod(chunks / f"{chunk_id & 0xFF:02x}" / replica_name(chunk_id, version),
-                             0o600 | stat.S_IFREG)
+                    os.mknod(replica_path(chunks, chunk_id, version), 0o600 | stat.S_IFREG)
             made += len(rows)
             last = rows[-1][0]
     finally:
