@@ -9,12 +9,15 @@ are undone before the cluster they use is stopped.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -36,6 +39,23 @@ if _missing:
     pytest.skip(f"FUSE mount tests need {', '.join(_missing)} (install fuse3; in a container, "
                 "pass --device /dev/fuse --cap-add SYS_ADMIN)", allow_module_level=True)
 
+
+
+_STEP = re.compile(r'^chunkfs_cs_step_seconds_count\{step="([^"]+)"\} (\S+)$')
+
+
+def cs_steps(base: Path) -> dict[str, int]:
+    """Steps counted by every chunk server of the cluster under `base`, summed (from /metrics)."""
+    out: dict[str, int] = {}
+    for path in base.rglob("node.json"):
+        node = json.loads(path.read_text())
+        if node.get("role") != "cs" or not node.get("metrics_addr"):
+            continue
+        text = urllib.request.urlopen(f"http://{node['metrics_addr']}/metrics", timeout=10).read().decode()  # noqa: S310
+        for line in text.splitlines():
+            if m := _STEP.match(line):
+                out[m.group(1)] = out.get(m.group(1), 0) + int(float(m.group(2)))
+    return out
 
 
 def chunkfs(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

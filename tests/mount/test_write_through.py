@@ -3,30 +3,10 @@ as they are made, and its fsync then asks no chunk server (one round trip per sy
 
 from __future__ import annotations
 
-import json
 import os
 import random
-import re
-import urllib.request
-from pathlib import Path
 
-from .conftest import MiB
-
-_STEP = re.compile(r'^chunkfs_cs_step_seconds_count\{step="([^"]+)"\} (\S+)$')
-
-
-def cs_steps(base: Path) -> dict[str, int]:
-    """Steps counted by every chunk server of the cluster under `base`, summed (from /metrics)."""
-    out: dict[str, int] = {}
-    for path in base.rglob("node.json"):
-        node = json.loads(path.read_text())
-        if node.get("role") != "cs" or not node.get("metrics_addr"):
-            continue
-        text = urllib.request.urlopen(f"http://{node['metrics_addr']}/metrics", timeout=10).read().decode()  # noqa: S310
-        for line in text.splitlines():
-            if m := _STEP.match(line):
-                out[m.group(1)] = out.get(m.group(1), 0) + int(float(m.group(2)))
-    return out
+from .conftest import MiB, cs_steps
 
 
 def test_a_file_synced_after_every_write_is_written_through_and_back_when_it_is_not(make_cluster, mount) -> None:

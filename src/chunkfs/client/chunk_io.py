@@ -34,7 +34,7 @@ from chunkfs.common.errors import (
 )
 from chunkfs.common.timings import TIMINGS
 from chunkfs.protocol.frame import MAX_IO_SIZE
-from chunkfs.protocol.messages import Msg, replica_list
+from chunkfs.protocol.messages import FIRST_WRITE_MAX, Msg, replica_list
 from chunkfs.protocol.rpc import SILENCE_LIMIT, Connection, connect
 
 if TYPE_CHECKING:
@@ -112,6 +112,9 @@ class ChunkIO:
         self.local = LocalReads(client.chunk_size)
         #: Small writes to a head wait for the one on its way and then go together (write_batches.py).
         self._batches = WriteBatches()
+        #: Whether the master makes a new chunk's replicas with its first write in them (`_first_write`);
+        #: set by the mount from the master's answer to WATCH (off with a master that predates it).
+        self.first_writes = False
         #: (chunk id, version) whose failed write was logged as a warning: the many writes in flight
         #: to a chunk when one of its servers dies fail together, and one line says it.
         self._warned: set[tuple[int, int]] = set()
@@ -295,6 +298,20 @@ class ChunkIO:
         self._read_maps[key] = m
         return m
 
+    async def _first_write(self, ino: int, index: int, offset: int, data: memoryview) -> bool:
+        """Send a small write with the request for the chunk's map: if that request allocates the chunk
+        (a new file's first write, say), its replicas are made with these bytes in them, and the write is
+        done (True) without its trip down the chain; else the caller sends it as any write."""
+        started = time.perf_counter()
+        reply = await self.client.mds.call(Msg.CHUNK_WRITE, {"ino": ino, "index": index, "offset": offset},
+                                           payload=data)
+        m = ChunkMap.from_reply(reply)
+        self._write_maps[(ino, index)] = self._read_maps[(ino, index)] = m
+        if reply.get("written"):
+            TIMINGS.since("cs.first_write", started)
+            return True
+        return False
+
     async def write(self, ino: int, offset: int, data: bytes | bytearray | memoryview, sync: bool = False) -> None:
         view = memoryview(data)
         pieces = split(offset, len(view), self.client.chunk_size)
@@ -307,7 +324,9 @@ class ChunkIO:
         ))
 
     async def _write_piece(self, ino: int, index: int, offset: int, data: memoryview, sync: bool) -> None:
-        await self._down_chain(ino, index, Msg.CS_WRITE, {"offset": offset, "sync": sync}, data)
+        if not (self.first_writes and not sync and len(data) <= FIRST_WRITE_MAX and (ino, index) not in self._write_maps
+                and await self._first_write(ino, index, offset, data)):
+            await self._down_chain(ino, index, Msg.CS_WRITE, {"offset": offset, "sync": sync}, data)
         if not sync:  # a synced write is on every replica's disk already: no fsync owes it anything
             self.dirty.setdefault(ino, set()).add(index)
 

@@ -86,6 +86,7 @@ from chunkfs.common.names import check_name_length
 from chunkfs.common.timings import TIMINGS
 from chunkfs.protocol.mds_link import DEFAULT_RETRY_FOR
 from chunkfs.protocol.messages import (
+    FEATURE_FIRST_WRITE,
     INVALIDATE_MAX,
     LEASE_TTL,
     ROOT_INO,
@@ -405,7 +406,10 @@ class ChunkFSOperations(pyfuse3.Operations):
         self.client.mds.close()  # the connection open now is not watched: the next request makes one that is
 
     async def _watch(self, conn: Connection) -> None:
-        await conn.call(Msg.WATCH, {}, timeout=WATCH_TIMEOUT)
+        # Known before this connection carries any request (a master of an earlier version has no features).
+        self.client.io.first_writes = False
+        reply, _ = await conn.call(Msg.WATCH, {}, timeout=WATCH_TIMEOUT)
+        self.client.io.first_writes = FEATURE_FIRST_WRITE in reply.get("features", [])
         self.cache.watching(conn)
         task = asyncio.get_running_loop().create_task(self._watch_ends(conn))
         self._watch_tasks.add(task)

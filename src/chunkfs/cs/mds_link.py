@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from chunkfs.common.config import NodeConfig, save_node_file
 from chunkfs.common.errors import ChunkFSError, NotMaster
-from chunkfs.protocol.messages import REPLICA_PAGE, Msg
+from chunkfs.protocol.messages import FEATURE_FIRST_WRITE, REPLICA_PAGE, Msg
 from chunkfs.protocol.rpc import Connection, connect
 
 if TYPE_CHECKING:
@@ -121,6 +121,7 @@ class MdsLink:
             "cluster_uuid": self.node.cluster.uuid, "cs_id": self.cs_id, "addr": self.node.addr,
             "host": self.node.host or socket.gethostname(), "total": total, "free": free,
             "replicas": [list(r) for r in first], "location": self.node.location, "tier": self.node.tier,
+            "features": [FEATURE_FIRST_WRITE],  # a master of this version or later: README, on upgrades
         }
         if pages > 1:
             register["more"] = True  # sent only when needed, so one page still suits an older master

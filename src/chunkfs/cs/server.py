@@ -38,6 +38,7 @@ from chunkfs.protocol.messages import (
     SMALL_WRITE_MAX,
     Msg,
     WritePart,
+    first_write,
     int_list,
     replica_list,
     write_parts,
@@ -361,7 +362,20 @@ class ChunkServer:
         if msg == Msg.CS_CREATE_CHUNK:
             # On the loop: a new file, its header and CRC table written, no sync (about 0.2 ms), where
             # the hop to a thread and back cost more and made a small file's allocation wait on it.
+            offset = first_write(h, len(payload))
             store.create(h["chunk_id"], h["version"])
+            if offset is not None:
+                # The chunk's first write, sent with its allocation: written as any write (its checksums,
+                # its count towards the next sync) before the master hears that the replica is made.
+                write = {"chunk_id": h["chunk_id"], "version": h["version"], "offset": offset, "sync": False,
+                         "chain": []}
+                started = time.perf_counter()
+                try:
+                    await self._write(write, payload)
+                except BaseException:
+                    store.delete_many([h["chunk_id"]])  # not made, then: the master counts this server failed
+                    raise
+                self.stats.write.record(len(payload), time.perf_counter() - started, 1)
         elif msg == Msg.CS_SET_VERSION:
             async with self._locks.hold((h["chunk_id"],)):
                 await asyncio.to_thread(store.set_version, h["chunk_id"], h["old_version"], h["new_version"])

@@ -107,10 +107,12 @@ class ReplicaSets:
 
     # -- talking to chunk servers ------------------------------------------------------
 
-    async def call_each(self, cs_ids: Collection[int], msg: Msg, header: dict[str, Any]) -> dict[int, BaseException]:
+    async def call_each(
+        self, cs_ids: Collection[int], msg: Msg, header: dict[str, Any], payload: bytes = b""
+    ) -> dict[int, BaseException]:
         """Send one command to several chunk servers at once; return those that failed, with why."""
         ids = list(cs_ids)
-        results = await asyncio.gather(*(self._call(cs, msg, header) for cs in ids), return_exceptions=True)
+        results = await asyncio.gather(*(self._call(cs, msg, header, payload) for cs in ids), return_exceptions=True)
         return {cs: r for cs, r in zip(ids, results, strict=True) if isinstance(r, BaseException)}
 
     async def delete_replica(self, cs_id: int, chunk_id: int) -> None:
@@ -120,20 +122,26 @@ class ReplicaSets:
     # -- changes ---------------------------------------------------------------------------
 
     async def allocate_created(
-        self, ino: int, index: int, replicas: list[int], chunk_id: int, version: int
+        self, ino: int, index: int, replicas: list[int], chunk_id: int, version: int,
+        first: tuple[int, bytes] | None = None,
     ) -> tuple[Chunk, set[int]]:
-        """Commit chunk `index` of `ino` as `chunk_id` at `version`, creating its empty replicas meanwhile.
+        """Commit chunk `index` of `ino` as `chunk_id` at `version`, creating its replicas meanwhile.
 
         One round trip instead of two in a row: the id was set aside (``reserve_chunk_ids``), so
-        the chunk servers can make the replicas while the allocation commits.  Returns the chunk
-        as stored and the servers that failed.  If the commit fails, or the chunk was there
-        already (a retried request: it is returned as it is, and no server counts as failed),
-        the replicas made for nothing are deleted; a server that misses the deletion has them
-        deleted when it registers again.
+        the chunk servers can make the replicas while the allocation commits.  `first`: the
+        chunk's first write (offset, bytes), which every replica is made with; else they are
+        empty.  Returns the chunk as stored and the servers that failed.  If the commit fails,
+        or the chunk was there already (a retried request: it is returned as it is, and no
+        server counts as failed), the replicas made for nothing are deleted; a server that
+        misses the deletion has them deleted when it registers again.
         """
         commit = asyncio.ensure_future(self._propose(
             "alloc_chunk", ino=ino, index=index, replicas=replicas, chunk_id=chunk_id, version=version))
-        failures = await self.call_each(replicas, Msg.CS_CREATE_CHUNK, {"chunk_id": chunk_id, "version": version})
+        header: dict[str, Any] = {"chunk_id": chunk_id, "version": version}
+        data = b""
+        if first is not None:
+            header["offset"], data = first
+        failures = await self.call_each(replicas, Msg.CS_CREATE_CHUNK, header, data)
         made = [cs for cs in replicas if cs not in failures]
         try:
             chunk: Chunk = await commit

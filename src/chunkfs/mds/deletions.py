@@ -24,15 +24,20 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from chunkfs.common.errors import ChunkFSError
 from chunkfs.protocol.messages import DELETE_BATCH, Msg
 
 logger = logging.getLogger(__name__)
 
-#: Send one command to one chunk server and return its reply (raises if offline or on error).
-CsCall = Callable[[int, Msg, dict[str, Any]], Awaitable[dict[str, Any]]]
+class CsCall(Protocol):
+    """Send one command (and its payload, if any) to one chunk server; its reply (raises if offline or on error)."""
+
+    def __call__(self, cs_id: int, msg: Msg, header: dict[str, Any], payload: bytes = b"") -> Awaitable[dict[str, Any]]:
+        ...
+
+
 #: Run a coroutine in the background (the master's task set, cancelled when it stops).
 Spawn = Callable[[Any], object]
 

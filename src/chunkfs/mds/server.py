@@ -48,7 +48,15 @@ from chunkfs.mds.store import MAX_REPLICAS, VERSION_TERM_SHIFT, Chunk, MetadataS
 from chunkfs.mds.subtree import subtree_pages
 from chunkfs.mds.watchers import Watchers
 from chunkfs.protocol.mds_link import MdsLink
-from chunkfs.protocol.messages import MAX_BLOCKS, SESSION_TTL, Msg, int_list, int_pairs
+from chunkfs.protocol.messages import (
+    FEATURE_FIRST_WRITE,
+    MAX_BLOCKS,
+    SESSION_TTL,
+    Msg,
+    first_write,
+    int_list,
+    int_pairs,
+)
 from chunkfs.protocol.rpc import SILENCE_LIMIT, Connection, Credentials, Reply, RpcServer
 from chunkfs.protocol.tls import node_tls
 from chunkfs.raft.driver import RaftLog, StateMachine
@@ -102,6 +110,8 @@ class LiveServer:
     #: From its CS_REGISTER until every page (the last CS_REPORT_REPLICAS) is taken: a chunk it has
     #: not reported yet may still be on it, so nothing is dropped, re-created or placed there.
     reporting: bool = False
+    #: What it does beyond earlier versions (its CS_REGISTER's `features`): FEATURE_FIRST_WRITE.
+    features: frozenset[str] = frozenset()
     #: Registration figures, for its event: replicas current, stale or orphaned, pages.
     current: int = 0
     stale: int = 0
@@ -407,6 +417,8 @@ class MetadataServer:
             raise self.raft.not_master_error()
         started = time.perf_counter()
         try:
+            if msg == Msg.CHUNK_WRITE:  # the one request here that may carry data: a chunk's first write
+                return await self._on_chunk_write(conn, h, payload), b""
             return await handler(conn, h), b""
         finally:
             took = time.perf_counter() - started
@@ -579,7 +591,7 @@ class MetadataServer:
         if conn.peer_role != "client":
             raise ProtocolError("WATCH is for clients only")
         self.watchers.add(conn)
-        return {}
+        return {"features": [FEATURE_FIRST_WRITE]}
 
     async def _on_session(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
         session = h["session"]
@@ -734,10 +746,24 @@ class MetadataServer:
             raise Unavailable(f"chunk {reply['chunk_id']:#x} has no replica online; bring its chunk servers back")
         return reply
 
-    async def _on_chunk_write(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
+    async def _on_chunk_write(self, conn: Connection, h: dict[str, Any], payload: bytes = b"") -> dict[str, Any]:
+        """The chain to write chunk `index` of a file through, the chunk allocated first if it has none.
+
+        A write may come with the request (`offset` and the payload): when this request allocates
+        the chunk, its replicas are made with those bytes in them and the answer says `written`,
+        which saves the writer the trip down the chain; otherwise the writer sends them as usual.
+        """
         ino, index = h["ino"], h["index"]
         if index < 0:
             raise InvalidArgument("chunk index must not be negative")
+        offset = first_write(h, len(payload))
+        first = None
+        if offset is not None:
+            if offset + len(payload) > self.node.cluster.chunk_size:
+                raise InvalidArgument(f"a write of {len(payload)} bytes at {offset} does not fit in a chunk "
+                                      f"of {self.node.cluster.chunk_size} bytes")
+            first = (offset, bytes(payload))
+        written = False
         failed = {cs for cs in h.get("failed", []) if isinstance(cs, int)}
         if self.store.chunk_at(ino, index) is None:
             attr = self.store.getattr(ino)
@@ -748,7 +774,7 @@ class MetadataServer:
         async with self.chunks.lock(ino, index):
             chunk = self.store.chunk_at(ino, index)
             if chunk is None:
-                chunk = await self._allocate(ino, index)
+                chunk, written = await self._allocate(ino, index, first)
             else:
                 if failed and not _about(h, chunk):
                     # The writer's map was older than this chunk (the file was cut and the chunk made
@@ -762,7 +788,10 @@ class MetadataServer:
                     for cs in failed & set(self.live):
                         self.live[cs].free = 0  # full: no new chunks go there before its next heartbeat
                 chunk = await self._drop_replicas(await self._ensure_created(chunk), failed, why)
-        return self._map(ino, chunk)
+        reply = self._map(ino, chunk)
+        if written:
+            reply["written"] = True
+        return reply
 
     def _check_servers_settled(self) -> None:
         """A new master knows no chunk server until they reconnect: make writers wait, not fail."""
@@ -775,7 +804,9 @@ class MetadataServer:
                 f"this master is new; waiting for chunk servers {missing} to reconnect: retry shortly"
             )
 
-    async def _allocate(self, ino: int, index: int) -> Chunk:
+    async def _allocate(self, ino: int, index: int, first: tuple[int, bytes] | None = None) -> tuple[Chunk, bool]:
+        """Allocate chunk `index` of `ino`, its replicas made with `first` (offset, bytes) in them when given;
+        whether every replica of the chunk as returned holds `first`."""
         self._check_servers_settled()
         attr = self.store.getattr(ino)
         if attr["type"] != "f":
@@ -784,19 +815,24 @@ class MetadataServer:
         chosen = await self._place_new_chunk(ino, attr, wait=0.0)
         TIMINGS.since("alloc.place", started)
         chunk_id = await self._new_chunk_id()
+        if first is not None and not all(FEATURE_FIRST_WRITE in getattr(self.live.get(cs), "features", ())
+                                         for cs in chosen):
+            first = None  # a server of an earlier version among them: the writer sends its write down the chain
         started = time.perf_counter()
         # The replicas are made while the allocation commits; versions from this term are above
         # every version a deposed master handed out (store._new_version).
         chunk, failed = await self.chunks.allocate_created(
-            ino, index, chosen, chunk_id, self.log.term << VERSION_TERM_SHIFT)
+            ino, index, chosen, chunk_id, self.log.term << VERSION_TERM_SHIFT, first)
         TIMINGS.since("alloc.commit_and_create", started)
         if chunk.chunk_id != chunk_id:  # allocated before (a retried request): as any existing chunk
-            return await self._drop_replicas(await self._ensure_created(chunk), set())
+            return await self._drop_replicas(await self._ensure_created(chunk), set()), False
         logger.info(
             "chunk %#x (inode %d, index %d) created at version %#x on CS %s",
             chunk.chunk_id, ino, index, chunk.version, ",".join(map(str, chunk.replicas)),
         )
-        return await self._drop_replicas(chunk, failed)
+        # With a server failed, the write goes down the new chain as any write (it is not on a replica
+        # made in that server's place, if any).
+        return await self._drop_replicas(chunk, failed), first is not None and not failed
 
     async def _place_new_chunk(self, ino: int, attr: dict[str, Any], wait: float = PLACEMENT_WAIT) -> list[int]:
         """Choose servers for a new chunk: active ones of the file's tier, distinct failure domains first.
@@ -928,11 +964,11 @@ class MetadataServer:
                 "chunk_id": chunk.chunk_id, "version": chunk.version, "length": size % chunk_size})
             await self._drop_replicas(chunk, set(failed))
 
-    async def _cs_call(self, cs_id: int, msg: Msg, header: dict[str, Any]) -> dict[str, Any]:
+    async def _cs_call(self, cs_id: int, msg: Msg, header: dict[str, Any], payload: bytes = b"") -> dict[str, Any]:
         server = self.live.get(cs_id)
         if server is None:
             raise Unavailable(f"CS#{cs_id} is offline")
-        reply, _ = await server.conn.call(msg, header, timeout=CS_COMMAND_TIMEOUT)
+        reply, _ = await server.conn.call(msg, header, payload, timeout=CS_COMMAND_TIMEOUT)
         return reply
 
     async def _on_file_lease(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
@@ -993,7 +1029,8 @@ class MetadataServer:
             old.conn.close()
         server = LiveServer(cs_id, h["addr"], h["host"], conn, h["total"], h["free"], last_seen=self.awake(),
                             reporting=True,
-                            replicas=HeldReplicas(cs_id, self.store.listed_on, self.store.still_listed))
+                            replicas=HeldReplicas(cs_id, self.store.listed_on, self.store.still_listed),
+                            features=frozenset(x for x in h.get("features", []) if isinstance(x, str)))
         last = not h.get("more")
         delete, held, upto = self._take_replicas(server, reported, last)
         conn.tag = server

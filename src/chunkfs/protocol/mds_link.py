@@ -74,7 +74,9 @@ class MdsLink:
                 "no metadata server reachable (" + "; ".join(errors) + "): is the cluster running?"
             )
 
-    async def call(self, msg: Msg, header: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+    async def call(
+        self, msg: Msg, header: dict[str, Any], timeout: float | None = None, payload: bytes | memoryview = b""
+    ) -> dict[str, Any]:
         """Send one request to the master, retrying (bounded) through redirects, lost connections and timeouts.
 
         A metadata change is sent with this link's id and a sequence number
@@ -85,26 +87,28 @@ class MdsLink:
         started = time.perf_counter()
         if msg not in EXACTLY_ONCE:
             try:
-                return await self._call(msg, header, timeout)
+                return await self._call(msg, header, timeout, payload)
             finally:
                 TIMINGS.since(f"mds.{msg.name}", started)
         seq = next(self._seq)
         self._unanswered.add(seq)
         try:
             return await self._call(
-                msg, {**header, "cid": self.client_id, "seq": seq, "low": min(self._unanswered)}, timeout)
+                msg, {**header, "cid": self.client_id, "seq": seq, "low": min(self._unanswered)}, timeout, payload)
         finally:
             self._unanswered.discard(seq)
             TIMINGS.since(f"mds.{msg.name}", started)
 
-    async def _call(self, msg: Msg, header: dict[str, Any], timeout: float) -> dict[str, Any]:
+    async def _call(
+        self, msg: Msg, header: dict[str, Any], timeout: float, payload: bytes | memoryview = b""
+    ) -> dict[str, Any]:
         deadline = time.monotonic() + self.retry_for
         pause = 0.05
         while True:
             conn: Connection | None = None
             try:
                 conn = await self._connection()
-                reply, _ = await conn.call(msg, header, timeout=timeout)
+                reply, _ = await conn.call(msg, header, payload, timeout=timeout)
                 return reply
             except NotMaster as exc:
                 hint = exc.context.get("leader")

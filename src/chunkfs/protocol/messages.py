@@ -123,6 +123,14 @@ INVALIDATE_MAX = 8
 #: A write of at most this many bytes is *small*: the head of its chain sends it to every other replica
 #: at once (one hop, not a chain of them), and a mount may send several of them as one CS_WRITE.
 SMALL_WRITE_MAX = 128 << 10
+#: A new chunk's first write of at most this many bytes may travel with the request that allocates the
+#: chunk (CHUNK_WRITE's payload): the master has the new replicas made with those bytes already in them
+#: (CS_CREATE_CHUNK's payload), instead of the writer sending them down the chain once the chunk exists.
+FIRST_WRITE_MAX = 64 << 10
+#: A new chunk's replicas made with its first write in them: named by a master in its answer to WATCH
+#: and by a chunk server in its CS_REGISTER, so that neither is sent a first write by a peer that
+#: assumes a version newer than its own (a mount before its master, a master before its servers).
+FEATURE_FIRST_WRITE = "first_write"
 #: The most pieces one CS_WRITE carries (its `pieces`: [[offset, length], ...] of one chunk, in order),
 #: and one CS_WRITE_CHUNKS over all its chunks.
 WRITE_PIECES_MAX = 64
@@ -227,7 +235,7 @@ SPECS: dict[Msg, MessageSpec] = {
                               f("end", bool, optional=True)), (f("known", bool),)),
     # A mount that keeps names and attributes in the kernel's cache asks to be told, on this
     # connection, of every change another client makes (INVALIDATE notices) while it lasts.
-    Msg.WATCH: MessageSpec((), ()),
+    Msg.WATCH: MessageSpec((), (f("features", list, optional=True, max_items=64),)),
     # Master -> watching mount: the names ([parent, name]) and inodes a change touched.
     Msg.INVALIDATE: MessageSpec(
         (f("entries", list, max_items=INVALIDATE_MAX), f("inodes", list, max_items=INVALIDATE_MAX)), (),
@@ -272,9 +280,13 @@ SPECS: dict[Msg, MessageSpec] = {
     Msg.CHUNK_WRITE: MessageSpec(
         # `failed`: replicas that just failed a write (the master drops them); `why`: the error, for its event;
         # `chunk_id` and `version`: the map they failed on (the master ignores failures of an older map).
+        # `offset`, with a payload of at most FIRST_WRITE_MAX bytes: a write there; if this request
+        # allocates the chunk, its replicas are made with it and `written` says so (else the writer
+        # sends it as any write).
         (f("ino", int), f("index", int), f("failed", list, optional=True), f("why", str, optional=True),
-         f("chunk_id", int, optional=True), f("version", int, optional=True)),
-        _CHUNK_MAP,
+         f("chunk_id", int, optional=True), f("version", int, optional=True), f("offset", int, optional=True)),
+        (*_CHUNK_MAP, f("written", bool, optional=True)),
+        request_payload=True,
     ),
     # The writer's new size and the time (integer nanoseconds) of its last write.
     Msg.EXTEND: MessageSpec((f("ino", int), f("size", int), f("mtime_ns", int)), _ATTR),
@@ -306,6 +318,7 @@ SPECS: dict[Msg, MessageSpec] = {
             f("location", str, optional=True),  # "ROOM.ROW.RACK" for failure domains
             f("tier", int, optional=True),  # 0-3: placement stays within a file's tier
             f("more", bool, optional=True),
+            f("features", list, optional=True, max_items=64),  # what it does beyond earlier versions
         ),
         # `delete`: the stale or orphaned replicas of this page.
         (f("cs_id", int), f("delete", list, max_items=REPLICA_PAGE)),
@@ -324,7 +337,9 @@ SPECS: dict[Msg, MessageSpec] = {
         # The cluster settings a chunk server uses (scrub and replication rates).
         (f("settings", dict, optional=True),),
     ),
-    Msg.CS_CREATE_CHUNK: MessageSpec((f("chunk_id", int), f("version", int)), ()),
+    # With a payload: the new replica holds it at `offset` (a chunk's first write, FIRST_WRITE_MAX at most).
+    Msg.CS_CREATE_CHUNK: MessageSpec(
+        (f("chunk_id", int), f("version", int), f("offset", int, optional=True)), (), request_payload=True),
     Msg.CS_SET_VERSION: MessageSpec(
         (f("chunk_id", int), f("old_version", int), f("new_version", int)), ()
     ),
@@ -518,6 +533,19 @@ def _pieces(value: Any) -> list[tuple[int, int]]:
     if not pieces or any(length <= 0 or offset < 0 for offset, length in pieces):
         raise ProtocolError("pieces: expected [offset, length] pairs, each at least one byte")
     return pieces
+
+
+def first_write(header: dict[str, Any], payload_len: int) -> int | None:
+    """Check the first write a CHUNK_WRITE or CS_CREATE_CHUNK carries: its offset, or None when it carries none."""
+    offset = header.get("offset")
+    if not payload_len:
+        return None
+    if payload_len > FIRST_WRITE_MAX:
+        raise ProtocolError(f"a chunk's first write sent with its allocation is at most {FIRST_WRITE_MAX} bytes, "
+                            f"not {payload_len}")
+    if not isinstance(offset, int) or offset < 0:
+        raise ProtocolError("a first write needs its offset in the chunk (a non-negative integer)")
+    return offset
 
 
 def write_pieces(value: Any, payload_len: int) -> list[tuple[int, int]]:

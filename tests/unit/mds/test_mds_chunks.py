@@ -27,6 +27,7 @@ class Cluster:
         self.store = MetadataStore(path / "meta.db", 1 << 20)
         self.index = 0
         self.sent: list[tuple[int, Msg, dict[str, Any]]] = []
+        self.payloads: list[bytes] = []  # each command's, in `sent`'s order
         self.failing: set[int] = set()
         self.live: dict[int, Any] = {cs: SimpleNamespace(replicas=set()) for cs in (1, 2, 3, 4)}
         self.touched: list[int] = []
@@ -38,8 +39,9 @@ class Cluster:
         self.index += 1
         return self.store.apply(self.index, 1, encode_command(op, **args))
 
-    async def call(self, cs: int, msg: Msg, header: dict[str, Any]) -> dict[str, Any]:
+    async def call(self, cs: int, msg: Msg, header: dict[str, Any], payload: bytes = b"") -> dict[str, Any]:
         self.sent.append((cs, msg, header))
+        self.payloads.append(payload)
         if cs in self.failing:
             raise Unavailable(f"CS#{cs} is offline")
         return {}
@@ -72,6 +74,20 @@ def cluster(tmp_path: Path) -> Any:
     c = Cluster(tmp_path)
     yield c
     c.store.close()
+
+
+async def test_a_first_write_goes_to_every_new_replica_and_not_after_a_failure(cluster: Cluster) -> None:
+    """The replicas of a chunk allocated with its first write are each made with it; the server
+    that failed is named, so the master leaves the write to the writer (mds/server.py `_allocate`)."""
+    cluster.failing = {3}
+    ino = await cluster.new_file("w")
+    first, _ = await cluster.propose("reserve_chunk_ids", count=1)
+    chunk, failed = await cluster.owner.allocate_created(ino, 0, [1, 2, 3], first, 1 << 32, (512, b"data"))
+    assert failed == {3} and list(chunk.replicas) == [1, 2, 3]
+    creates = [(cs, h, p) for (cs, m, h), p in zip(cluster.sent, cluster.payloads, strict=True)
+               if m == Msg.CS_CREATE_CHUNK]
+    assert sorted(cs for cs, _, _ in creates) == [1, 2, 3]
+    assert all(h == {"chunk_id": first, "version": 1 << 32, "offset": 512} and p == b"data" for _, h, p in creates)
 
 
 async def test_created_replicas_are_held(cluster: Cluster) -> None:

@@ -11,11 +11,13 @@ from hypothesis import strategies as st
 from chunkfs.common.errors import ProtocolError
 from chunkfs.protocol.frame import decode_header, encode_header
 from chunkfs.protocol.messages import (
+    FIRST_WRITE_MAX,
     SMALL_WRITE_MAX,
     SPECS,
     WRITE_PIECES_MAX,
     Field,
     Msg,
+    first_write,
     int_pairs,
     replica_list,
     spec_of,
@@ -82,7 +84,20 @@ def test_field_names_unique_and_types_known() -> None:
 
 
 def test_only_data_and_snapshot_messages_take_a_payload() -> None:
-    assert {m for m, s in SPECS.items() if s.request_payload} == {Msg.CS_WRITE, Msg.CS_WRITE_CHUNKS, Msg.RAFT_SNAPSHOT}
+    # CHUNK_WRITE and CS_CREATE_CHUNK: a new chunk's first write, made with its replicas.
+    assert {m for m, s in SPECS.items() if s.request_payload} == {
+        Msg.CS_WRITE, Msg.CS_WRITE_CHUNKS, Msg.RAFT_SNAPSHOT, Msg.CHUNK_WRITE, Msg.CS_CREATE_CHUNK}
+
+
+def test_a_first_write_is_bounded_and_needs_its_offset() -> None:
+    assert first_write({}, 0) is None
+    assert first_write({"offset": 4096}, 0) is None  # no bytes: no first write, whatever the header says
+    assert first_write({"offset": 4096}, FIRST_WRITE_MAX) == 4096
+    with pytest.raises(ProtocolError, match="at most"):
+        first_write({"offset": 0}, FIRST_WRITE_MAX + 1)
+    for header in ({}, {"offset": -1}, {"offset": "0"}):
+        with pytest.raises(ProtocolError, match="offset"):
+            first_write(header, 10)
 
 
 @pytest.mark.parametrize("msg", ALL_MSGS)
