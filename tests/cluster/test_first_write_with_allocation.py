@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import signal
+from pathlib import Path
 
 from chunkfs.client.client import SyncClient
 from chunkfs.protocol.messages import FEATURE_FIRST_WRITE, FIRST_WRITE_MAX, Msg
 
+from ._disk_helpers import mount_tmpfs, unmount
 from ._ops_helpers import scrape, stat
 
 KiB, MiB = 1 << 10, 1 << 20
@@ -107,3 +111,39 @@ def test_many_first_writes_to_one_new_chunk_at_once_leave_every_replica_the_same
         for offset, data in writes:  # each write's bytes are there, but where a later-applied one overlaps
             assert got[offset + 1096:offset + 3000] == data[1096:3000]
         assert c.read(ino, 0, len(got)) == got
+
+
+def test_a_first_write_a_full_chunk_server_cannot_hold_goes_down_the_chain_of_the_others(
+        make_cluster, tmp_path: Path) -> None:
+    """One chunk server on a small file system that fills up under new small files: the creation
+    with the write fails there, the master drops that replica (naming the full disk), and the
+    write goes down the chain of the other two; every file reads back whole."""
+    cluster = make_cluster(n_cs=3)
+    victim = cluster.find("cs", 3)
+    cluster.kill("cs", 3, signal.SIGTERM)
+    data = Path(victim.dir) / "data"
+    saved = tmp_path / "saved-data"
+    shutil.copytree(data, saved)
+    mount_tmpfs(data, 2 * MiB)
+    try:
+        shutil.copytree(saved, data, dirs_exist_ok=True)
+        cluster.start("cs", 3)
+        cluster.wait_ready()
+        with cluster.client() as c:
+            c.set_replicas("/", 3, 2)
+            _first_writes_on(c)
+            files = {f"/f{i}": os.urandom(FIRST_WRITE_MAX - i) for i in range(48)}  # 3 MiB in all
+            for path, blob in files.items():
+                f = c.open(path, create=True)
+                c.run(f.write(0, blob))
+                c.run(f.fsync())
+                c.run(f.close())
+            for path, blob in files.items():
+                assert c.read(c.stat(path)["ino"], 0, len(blob)) == blob, path
+            cs_id = next(s["id"] for s in c.cluster_stat()["cs"] if s["addr"] == victim.addr)
+            events = [e["message"] for e in c.events()]
+            dropped = [m for m in events if f"on CS {cs_id}" in m or f"CS {cs_id} dropped" in m]
+            assert any("no space" in m.lower() or "no_space" in m for m in dropped), events[-10:]
+    finally:
+        cluster.kill("cs", 3, signal.SIGTERM)
+        unmount(data)

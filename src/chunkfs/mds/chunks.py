@@ -124,13 +124,13 @@ class ReplicaSets:
     async def allocate_created(
         self, ino: int, index: int, replicas: list[int], chunk_id: int, version: int,
         first: tuple[int, bytes] | None = None,
-    ) -> tuple[Chunk, set[int]]:
+    ) -> tuple[Chunk, dict[int, BaseException]]:
         """Commit chunk `index` of `ino` as `chunk_id` at `version`, creating its replicas meanwhile.
 
         One round trip instead of two in a row: the id was set aside (``reserve_chunk_ids``), so
         the chunk servers can make the replicas while the allocation commits.  `first`: the
         chunk's first write (offset, bytes), which every replica is made with; else they are
-        empty.  Returns the chunk as stored and the servers that failed.  If the commit fails,
+        empty.  Returns the chunk as stored and the servers that failed, with why.  If the commit fails,
         or the chunk was there already (a retried request: it is returned as it is, and no
         server counts as failed), the replicas made for nothing are deleted; a server that
         misses the deletion has them deleted when it registers again.
@@ -152,11 +152,11 @@ class ReplicaSets:
         if chunk.chunk_id != chunk_id:
             for cs in made:
                 self._spawn(self.delete_replica(cs, chunk_id))
-            return chunk, set()
+            return chunk, {}
         for cs in made:
             self.gained(cs, chunk_id)
         self.on_change(chunk_id)
-        return chunk, set(failures)
+        return chunk, failures
 
     async def create_replicas(self, chunk: Chunk, cs_ids: Collection[int]) -> set[int]:
         """Create the chunk's empty replicas on `cs_ids` at its version; return the servers that failed."""

@@ -821,7 +821,7 @@ class MetadataServer:
         started = time.perf_counter()
         # The replicas are made while the allocation commits; versions from this term are above
         # every version a deposed master handed out (store._new_version).
-        chunk, failed = await self.chunks.allocate_created(
+        chunk, failures = await self.chunks.allocate_created(
             ino, index, chosen, chunk_id, self.log.term << VERSION_TERM_SHIFT, first)
         TIMINGS.since("alloc.commit_and_create", started)
         if chunk.chunk_id != chunk_id:  # allocated before (a retried request): as any existing chunk
@@ -830,9 +830,14 @@ class MetadataServer:
             "chunk %#x (inode %d, index %d) created at version %#x on CS %s",
             chunk.chunk_id, ino, index, chunk.version, ",".join(map(str, chunk.replicas)),
         )
+        for cs, exc in failures.items():
+            if isinstance(exc, NoSpace) and cs in self.live:
+                self.live[cs].free = 0  # full: no new chunks go there before its next heartbeat
+        why = "; ".join(str(exc) if f"CS#{cs}" in str(exc) else f"CS#{cs}: {exc}"
+                        for cs, exc in sorted(failures.items()))[:300]
         # With a server failed, the write goes down the new chain as any write (it is not on a replica
         # made in that server's place, if any).
-        return await self._drop_replicas(chunk, failed), first is not None and not failed
+        return await self._drop_replicas(chunk, set(failures), why), first is not None and not failures
 
     async def _place_new_chunk(self, ino: int, attr: dict[str, Any], wait: float = PLACEMENT_WAIT) -> list[int]:
         """Choose servers for a new chunk: active ones of the file's tier, distinct failure domains first.
