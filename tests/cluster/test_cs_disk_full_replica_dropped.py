@@ -8,13 +8,11 @@ nothing was logged and no event was recorded.
 from __future__ import annotations
 
 import os
-import shutil
-import signal
 from pathlib import Path
 
 from chunkfs.testing.cluster import wait_for
 
-from ._disk_helpers import mount_tmpfs, unmount
+from ._disk_helpers import on_small_disk
 
 MiB = 1 << 20
 
@@ -22,14 +20,7 @@ MiB = 1 << 20
 def test_full_disk_on_one_replica_drops_it_and_the_write_goes_on(make_cluster, tmp_path) -> None:
     cluster = make_cluster(n_cs=3)
     victim = cluster.find("cs", 3)
-    cluster.kill("cs", 3, signal.SIGTERM)
-    data = Path(victim.dir) / "data"
-    saved = tmp_path / "saved-data"
-    shutil.copytree(data, saved)
-    mount_tmpfs(data, 5 * MiB)
-    try:
-        shutil.copytree(saved, data, dirs_exist_ok=True)
-        cluster.start("cs", 3)
+    with on_small_disk(cluster, "cs", 3, Path(victim.dir) / "data", tmp_path / "saved-data", 5 * MiB):
         cluster.wait_ready()
         with cluster.client() as c:
             cs_id = next(s["id"] for s in c.cluster_stat()["cs"] if s["addr"] == victim.addr)
@@ -49,6 +40,3 @@ def test_full_disk_on_one_replica_drops_it_and_the_write_goes_on(make_cluster, t
             assert all(cs_id not in {r[0] for r in m.replicas} for m in maps)
             # Every chunk has its two good replicas (MIN), and the rest is repaired elsewhere when space allows.
             wait_for("every chunk readable", lambda: c.read(f["ino"], 0, len(blob)) == blob, timeout=30)
-    finally:
-        cluster.kill("cs", 3, signal.SIGTERM)
-        unmount(data)

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-import signal
 from pathlib import Path
 
 from chunkfs.client.client import SyncClient
 from chunkfs.protocol.messages import FEATURE_FIRST_WRITE, FIRST_WRITE_MAX, Msg
 
-from ._disk_helpers import mount_tmpfs, unmount
+from ._disk_helpers import on_small_disk
 from ._ops_helpers import scrape, stat
 
 KiB, MiB = 1 << 10, 1 << 20
@@ -120,14 +118,7 @@ def test_a_first_write_a_full_chunk_server_cannot_hold_goes_down_the_chain_of_th
     write goes down the chain of the other two; every file reads back whole."""
     cluster = make_cluster(n_cs=3)
     victim = cluster.find("cs", 3)
-    cluster.kill("cs", 3, signal.SIGTERM)
-    data = Path(victim.dir) / "data"
-    saved = tmp_path / "saved-data"
-    shutil.copytree(data, saved)
-    mount_tmpfs(data, 2 * MiB)
-    try:
-        shutil.copytree(saved, data, dirs_exist_ok=True)
-        cluster.start("cs", 3)
+    with on_small_disk(cluster, "cs", 3, Path(victim.dir) / "data", tmp_path / "saved-data", 2 * MiB):
         cluster.wait_ready()
         with cluster.client() as c:
             c.set_replicas("/", 3, 2)
@@ -144,6 +135,3 @@ def test_a_first_write_a_full_chunk_server_cannot_hold_goes_down_the_chain_of_th
             events = [e["message"] for e in c.events()]
             dropped = [m for m in events if f"on CS {cs_id}" in m or f"CS {cs_id} dropped" in m]
             assert any("no space" in m.lower() or "no_space" in m for m in dropped), events[-10:]
-    finally:
-        cluster.kill("cs", 3, signal.SIGTERM)
-        unmount(data)

@@ -9,14 +9,12 @@ status its service manager restarts on, the others go on, and started again it c
 from __future__ import annotations
 
 import os
-import shutil
-import signal
 import time
 from pathlib import Path
 
 from chunkfs.testing.cluster import master_id, wait_for
 
-from ._disk_helpers import mount_tmpfs, unmount
+from ._disk_helpers import on_small_disk
 
 MiB = 1 << 20
 ROOM = 1 * MiB  # what is left on the small file system once it is filled
@@ -33,14 +31,8 @@ def test_a_follower_whose_disk_fills_stops_the_others_go_on_and_it_catches_up(ma
     with cluster.client() as c:
         victim = next(n for n in (1, 2, 3) if n != master_id(c))
     proc = cluster.find("mds", victim)
-    cluster.kill("mds", victim, signal.SIGTERM)
     home = Path(proc.dir)
-    saved = tmp_path / "saved"
-    shutil.copytree(home, saved)
-    mount_tmpfs(home, 24 * MiB)
-    try:
-        shutil.copytree(saved, home, dirs_exist_ok=True)
-        cluster.start("mds", victim)
+    with on_small_disk(cluster, "mds", victim, home, tmp_path / "saved", 24 * MiB):
         filler = home / "filler"
         with cluster.client() as c:
             wait_for("the follower to catch up", lambda: len(set(commits(c).values())) == 1 and len(commits(c)) == 3)
@@ -61,6 +53,3 @@ def test_a_follower_whose_disk_fills_stops_the_others_go_on_and_it_catches_up(ma
                      lambda: len(commits(c)) == 3 and len(set(commits(c).values())) == 1, timeout=60)
             names = {name for name, _ino, _kind in c.listdir("/")}
             assert {n.lstrip("/") for n in made} <= names
-    finally:
-        cluster.kill("mds", victim, signal.SIGTERM)
-        unmount(home)
