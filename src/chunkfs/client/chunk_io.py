@@ -293,9 +293,11 @@ class ChunkIO:
             header["why"] = why
             if on is not None:
                 header["chunk_id"], header["version"] = on.chunk_id, on.version
-        m = ChunkMap.from_reply(await self.client.mds.call(Msg.CHUNK_WRITE, header))
-        self._write_maps[key] = m
-        self._read_maps[key] = m
+        return self._kept_write_map(key, await self.client.mds.call(Msg.CHUNK_WRITE, header))
+
+    def _kept_write_map(self, key: tuple[int, int], reply: dict[str, Any]) -> ChunkMap:
+        """The map a CHUNK_WRITE answered, kept for writes and reads of that chunk."""
+        m = self._write_maps[key] = self._read_maps[key] = ChunkMap.from_reply(reply)
         return m
 
     async def _first_write(self, ino: int, index: int, offset: int, data: memoryview) -> bool:
@@ -305,8 +307,7 @@ class ChunkIO:
         started = time.perf_counter()
         reply = await self.client.mds.call(Msg.CHUNK_WRITE, {"ino": ino, "index": index, "offset": offset},
                                            payload=data)
-        m = ChunkMap.from_reply(reply)
-        self._write_maps[(ino, index)] = self._read_maps[(ino, index)] = m
+        self._kept_write_map((ino, index), reply)
         if reply.get("written"):
             TIMINGS.since("cs.first_write", started)
             return True

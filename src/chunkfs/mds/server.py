@@ -785,13 +785,17 @@ class MetadataServer:
                     failed = set()
                 why = h.get("why", "")
                 if failed and why.startswith("no_space"):
-                    for cs in failed & set(self.live):
-                        self.live[cs].free = 0  # full: no new chunks go there before its next heartbeat
+                    self._full(failed)
                 chunk = await self._drop_replicas(await self._ensure_created(chunk), failed, why)
         reply = self._map(ino, chunk)
         if written:
             reply["written"] = True
         return reply
+
+    def _full(self, cs_ids: set[int]) -> None:
+        """These servers said their disk is full: no new chunks go there before their next heartbeat."""
+        for cs in cs_ids & set(self.live):
+            self.live[cs].free = 0
 
     def _check_servers_settled(self) -> None:
         """A new master knows no chunk server until they reconnect: make writers wait, not fail."""
@@ -830,9 +834,7 @@ class MetadataServer:
             "chunk %#x (inode %d, index %d) created at version %#x on CS %s",
             chunk.chunk_id, ino, index, chunk.version, ",".join(map(str, chunk.replicas)),
         )
-        for cs, exc in failures.items():
-            if isinstance(exc, NoSpace) and cs in self.live:
-                self.live[cs].free = 0  # full: no new chunks go there before its next heartbeat
+        self._full({cs for cs, exc in failures.items() if isinstance(exc, NoSpace)})
         why = "; ".join(str(exc) if f"CS#{cs}" in str(exc) else f"CS#{cs}: {exc}"
                         for cs, exc in sorted(failures.items()))[:300]
         # With a server failed, the write goes down the new chain as any write (it is not on a replica
