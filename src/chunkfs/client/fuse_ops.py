@@ -114,6 +114,8 @@ INODE_CAPACITY = 1 << 32
 FRESH_DIRS_MAX = 4096
 #: How long a new connection waits for the master to take its WATCH, seconds.
 WATCH_TIMEOUT = 5.0
+#: A FUSE request that took this long (seconds) is logged as a warning when it ends.
+SLOW_REQUEST_S = 5.0
 #: Times a mount re-sends its open files to masters that keep changing while it does, per renewal.
 SESSION_RESEND_TRIES = 3
 #: renameat2's flag (linux/fs.h): fail rather than replace an existing target.
@@ -164,7 +166,11 @@ def fuse_errors(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
             logger.exception("unexpected error in %s; answering EIO", fn.__name__)
             raise pyfuse3.FUSEError(errno.EIO) from None
         finally:
-            TIMINGS.since(step, started)
+            took = time.perf_counter() - started
+            TIMINGS.record(step, took)
+            if took >= SLOW_REQUEST_S:
+                # A program waited this long, and an unmount waits for it too: say which request it was.
+                logger.warning("a FUSE %s took %.1f s (the lines above say what it waited for)", fn.__name__, took)
 
     return wrapper
 
