@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -103,12 +104,30 @@ def test_a_host_unplugged_and_plugged_back(net: NetHosts, tmp_path: Path) -> Non
         assert (tmp_path / f"{name}.back").read_bytes() == data
 
 
+def test_a_program_on_a_host_shares_this_machine_s_mounts(tmp_path: Path) -> None:
+    """A daemon on a host joins its network namespace and nothing else.
+
+    With a mount namespace of its own, it would hold a private copy of every
+    mount there was when it started: a FUSE mount made by another test
+    outlived its unmount until this daemon exited (a CI run's `chunkfs umount`
+    waited 37 s for its mount process that way).
+    """
+    net = NetHosts(tmp_path, "ns")
+    try:
+        host = net.add_host("h1")
+        done = subprocess.run([*netns.enter(host), "readlink", "/proc/self/ns/mnt", "/proc/self/ns/net"],
+                              capture_output=True, text=True, timeout=10, check=True)
+        mnt, net_ns = done.stdout.split()
+        assert mnt == os.readlink("/proc/self/ns/mnt")
+        assert net_ns == f"net:[{os.stat(netns.NETNS_DIR / host.ns).st_ino}]" != os.readlink("/proc/self/ns/net")
+    finally:
+        net.close()
+
+
 def test_the_harness_cleans_up_after_itself(tmp_path: Path) -> None:
     net = NetHosts(tmp_path, "clean")
     host = net.add_host("h1")
     names = {net.switch, net.client.ns, host.ns}
     net.close()
-    import subprocess
-
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=10, check=True).stdout
     assert not names & {line.split()[0] for line in listed.splitlines() if line.strip()}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
+import subprocess
 import time
 
 import pytest
@@ -11,6 +13,45 @@ import pytest
 from chunkfs.client.fuse_ops import STATFS_CACHE_S
 
 from .conftest import MiB, chunkfs, is_mounted
+
+
+def test_umount_names_a_copy_of_the_mount_in_another_mount_namespace(make_cluster, mount) -> None:
+    """A mount namespace made while the mount is up holds a copy of it that outlives `chunkfs umount`.
+
+    The mount process serves that copy until it goes, so the unmount cannot
+    wait for the process: it says why, and the way it names ends it.
+    """
+    from chunkfs.client.fuse_session import state_dir, unmount
+    from chunkfs.common.daemon import pid_alive, read_pid
+    from chunkfs.common.errors import Unavailable
+
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare (util-linux)")
+    cluster = make_cluster(n_cs=3)
+    mnt = mount(cluster)
+    pid = read_pid(state_dir(mnt))
+    assert pid is not None
+    ours = os.readlink("/proc/self/ns/mnt")
+    holder = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sleep", "120"])
+    try:
+        deadline = time.monotonic() + 10
+        while os.readlink(f"/proc/{holder.pid}/ns/mnt") == ours and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert os.readlink(f"/proc/{holder.pid}/ns/mnt") != ours, "unshare made no mount namespace"
+        with pytest.raises(Unavailable, match="another mount namespace") as raised:
+            unmount(mnt, timeout=2)
+        assert not is_mounted(mnt)
+        assert pid_alive(pid)
+        abort = str(raised.value).rsplit("echo 1 > ", 1)[1]
+        with open(abort, "w") as f:
+            f.write("1\n")
+        deadline = time.monotonic() + 30
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not pid_alive(pid), "the mount process outlived the abort its unmount named"
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
 
 
 def test_listing_survives_changes_between_readdir_calls(make_cluster, mount) -> None:

@@ -357,10 +357,12 @@ def unmount(mountpoint: Path, lazy: bool = False, timeout: float = EXIT_WAIT) ->
     mountpoint = canonical(mountpoint)
     sdir = state_dir(mountpoint)
     pid = read_pid(sdir)
+    dev = None
     if not is_mounted(mountpoint):
         if pid is None:
             raise ConfigError(f"{mountpoint} is not mounted")
     else:
+        dev = _mount_dev(mountpoint)
         done = _fusermount(mountpoint, lazy, timeout, "unmount")
         if done.returncode != 0:
             raise Unavailable(
@@ -372,5 +374,12 @@ def unmount(mountpoint: Path, lazy: bool = False, timeout: float = EXIT_WAIT) ->
         while pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
         if pid_alive(pid):
+            held = dev is not None and fusectl_dir(dev).is_dir()
+            if held and not lazy:
+                # The kernel removes a connection's fusectl folder when the mount's last copy goes.
+                raise Unavailable(
+                    f"{mountpoint} is unmounted here, but another mount namespace (a container, `unshare -m`, "
+                    f"`ip netns exec`) made a copy of it while it was mounted, and its mount process {pid} serves "
+                    f"that copy until it goes; end it now with: echo 1 > {fusectl_dir(dev) / 'abort'}")
             raise Unavailable(f"{mountpoint} is unmounted but its mount process {pid} has not exited after "
                               f"{timeout:.0f} s: see the log in {sdir}, or stop it with `kill {pid}`")

@@ -294,7 +294,7 @@ def start_background(
     a running daemon only if that process is a ``chunkfs`` command naming
     `names` (default: `directory`), so a stale one whose number was reused
     does not stop the start.  `prefix` runs the command through another that
-    execs it (``ip netns exec NS``: a daemon in a network namespace; same PID).
+    execs it (``nsenter --net=...``: a daemon in a network namespace; same PID).
     """
     pid = read_pid(directory)
     running = pid if pid is not None and is_chunkfs_process(pid, names or directory) else None

@@ -28,6 +28,8 @@ from chunkfs.common.daemon import daemon_pid, start_background, wait_exit
 
 #: Ports every daemon uses on its host's own address.
 MDS_PORT, CS_PORT = 9421, 9422
+#: Where ``ip netns add`` keeps each named namespace.
+NETNS_DIR = Path("/run/netns")
 #: Bounds on each `ip` command and each CLI command run in the client namespace.
 IP_TIMEOUT, CLI_TIMEOUT = 10.0, 120.0
 
@@ -36,6 +38,8 @@ def available() -> str:
     """Empty if network namespaces can be made here, else why not (a reason to skip)."""
     if shutil.which("ip") is None:
         return "`ip` (iproute2) is not installed"
+    if shutil.which("nsenter") is None:
+        return "`nsenter` (util-linux) is not installed"
     if os.geteuid() != 0:
         return "network namespaces need root"
     probe = f"cfs-probe-{os.getpid()}"
@@ -62,6 +66,19 @@ class Host:
     #: The veth end in the switch namespace: down = this host cut off.
     port: str
     daemons: list[Path] = field(default_factory=list)
+
+
+def enter(host: Host) -> list[str]:
+    """The command prefix that runs a program in `host`'s network namespace, and only that namespace.
+
+    Not ``ip netns exec``: it also gives the program a mount namespace of its
+    own, a private copy of every mount there was at that moment.  A FUSE mount
+    copied into it outlives its unmount here until that program exits, so a
+    test's ``chunkfs umount`` beside this one waited 37 s for its mount
+    process (the kernel ends a FUSE session only when its last copy goes).
+    nsenter joins the network namespace alone, and execs the program (same PID).
+    """
+    return ["nsenter", f"--net={NETNS_DIR / host.ns}", "--"]
 
 
 class NetHosts:
@@ -100,7 +117,7 @@ class NetHosts:
 
     def chunkfs(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run ``chunkfs ARGS`` in the client namespace, with this cluster's configuration."""
-        done = subprocess.run(["ip", "netns", "exec", self.client.ns, sys.executable, "-m", "chunkfs", *args],
+        done = subprocess.run([*enter(self.client), sys.executable, "-m", "chunkfs", *args],
                               capture_output=True, text=True, timeout=CLI_TIMEOUT, env=self.env, check=False)
         if check and done.returncode != 0:
             raise RuntimeError(f"chunkfs {' '.join(args)}: {done.stderr.strip() or done.stdout.strip()}")
@@ -121,11 +138,11 @@ class NetHosts:
         return directory
 
     def start(self, host: Host, directory: Path) -> int:
-        """Start the daemon of `directory` inside `host`'s namespace (``ip netns exec`` execs it: same PID)."""
+        """Start the daemon of `directory` inside `host`'s namespace (`enter` execs it: same PID)."""
         role = directory.name
         return start_background([role, "-r", str(directory)], directory,
                                 f"{host.ip}:{MDS_PORT if role == 'mds' else CS_PORT}",
-                                prefix=["ip", "netns", "exec", host.ns])
+                                prefix=enter(host))
 
     # -- failures ------------------------------------------------------------------
 
