@@ -6,6 +6,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -178,6 +179,35 @@ def test_a_request_on_the_connection_to_a_frozen_master_goes_to_the_new_one(make
             os.kill(old_proc.pid, signal.SIGCONT)
         assert new != old
         assert {"before", "during"} <= {name for name, _, _ in c.listdir("/")}
+
+
+def test_requests_waiting_on_a_frozen_master_go_where_the_others_say_the_master_is(
+        make_cluster, monkeypatch, caplog) -> None:
+    """The client asks the other metadata servers who the master is once its own has been silent for a
+    while; the requests waiting go to the one they name, long before the connection's silence limit.
+
+    The silence limit is 60 s here and a request's own timeout 30 s, more than the 20 s a request keeps
+    trying: without the question, the change below would fail.
+    """
+    monkeypatch.setattr(mds_link, "SILENCE_LIMIT", 60.0)
+    cluster = make_cluster(n_cs=2, n_mds=3)
+    with cluster.client() as c:
+        c.mkdir("/before")  # the connection to the master is open
+        old = master_id(c)
+        old_proc = cluster.find("mds", old)
+        os.kill(old_proc.pid, signal.SIGSTOP)
+        try:
+            with caplog.at_level("WARNING", logger="chunkfs.protocol.mds_link"):
+                c.mkdir("/during")  # with the default time for retries
+            new = master_id(c)
+            assert new != old
+            # Still frozen: the answer came from the new master, not from the old one resumed.
+            assert Path(f"/proc/{old_proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
+        finally:
+            os.kill(old_proc.pid, signal.SIGCONT)
+        assert "the others say the master is" in caplog.text
+        names = [name for name, _, _ in c.listdir("/")]
+        assert sorted(n for n in names if n in ("before", "during")) == ["before", "during"]
 
 
 def test_adding_two_mds_and_removing_one_while_clients_work(make_cluster) -> None:

@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING
 
 from chunkfs.common.config import NodeConfig, save_node_file
 from chunkfs.common.errors import ChunkFSError, NotMaster
+from chunkfs.protocol.mds_link import watch_for_silent_master
 from chunkfs.protocol.messages import FEATURE_FIRST_WRITE, REPLICA_PAGE, Msg
-from chunkfs.protocol.rpc import Connection, connect
+from chunkfs.protocol.rpc import SILENCE_LIMIT, Connection, connect
 
 if TYPE_CHECKING:
     from chunkfs.cs.server import ChunkServer
@@ -56,6 +57,8 @@ class MdsLink:
         self.cs_id = node.node_id
         self.registered = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        #: The master the other metadata servers named while the one here was silent: tried next.
+        self._next: str | None = None
         #: Deleting the replicas the master named stale or orphaned, after registering (see _session).
         self._cleaner: asyncio.Task[int] | None = None
 
@@ -75,25 +78,24 @@ class MdsLink:
         hints: dict[str, object] = {}  # what each MDS last said about the master: said once, not each second
         while True:
             electing = False
-            for addr in list(known):
+            todo = list(known)
+            # Bounded: masters named by others are tried next, but two MDSs naming each other must not
+            # keep this loop from its pause.
+            for _ in range(2 * len(known) + 2):
+                if not todo:
+                    break
+                addr = todo.pop(0)
+                named: object = None
                 try:
                     await self._session(addr)
                     pause = 0.1
                     hints.clear()
                 except NotMaster as exc:
                     electing = True
-                    # Follow the redirect at once; remember masters we were not told about.
-                    leader = exc.context.get("leader")
-                    if addr not in hints or hints[addr] != leader:
-                        hints[addr] = leader
-                        logger.info("MDS %s is not the master; master hint: %s", addr, leader or "none")
-                    if isinstance(leader, str) and leader and leader != addr:
-                        if leader not in known:
-                            known.append(leader)
-                        try:
-                            await self._session(leader)
-                        except ChunkFSError as exc2:
-                            logger.warning("link to MDS %s: %s", leader, exc2)
+                    named = exc.context.get("leader")
+                    if addr not in hints or hints[addr] != named:
+                        hints[addr] = named
+                        logger.info("MDS %s is not the master; master hint: %s", addr, named or "none")
                 except ChunkFSError as exc:
                     logger.warning("link to MDS %s: %s", addr, exc)
                 except Exception:  # noqa: BLE001 - a disk error while registering must not end the link for good
@@ -103,12 +105,34 @@ class MdsLink:
                     if self.conn is not None:
                         self.conn.close()
                         self.conn = None
+                # The master a follower named, or the others named while this one was silent: next, at once.
+                named, self._next = self._next or named, None
+                if isinstance(named, str) and named and named != addr:
+                    if named not in known:
+                        known.append(named)  # remember masters we were not told about
+                    todo.insert(0, named)
             await asyncio.sleep(pause)
             pause = next_pause(pause, electing)
 
     async def _session(self, addr: str) -> None:
         # The server's credentials: its TLS certificate, and (renamed below once the master numbers it) its name.
-        self.conn = conn = await connect(addr, self.server.creds, handler=self.server.handle_master)
+        # Watched for silence: a frozen master is left as soon as the others name a new one
+        # (watch_for_silent_master), not after a heartbeat's whole timeout; the new master can
+        # place no new chunk here before this server registers with it.
+        self.conn = conn = await connect(addr, self.server.creds, handler=self.server.handle_master,
+                                         silence_limit=SILENCE_LIMIT)
+        watchdog = asyncio.get_running_loop().create_task(
+            watch_for_silent_master(conn, lambda: self.node.mds, self.server.creds, self._follow))
+        try:
+            await self._registered_session(addr, conn)
+        finally:
+            watchdog.cancel()
+
+    def _follow(self, leader: str) -> None:
+        """Try `leader` first next (the others named it the master while the one here was silent)."""
+        self._next = leader
+
+    async def _registered_session(self, addr: str, conn: Connection) -> None:
         store = self.server.store
         total, free = store.space()
         # The ids listed once, off the loop, 8 bytes each; each page's versions are read when it is sent.

@@ -14,12 +14,12 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from chunkfs.common.errors import ChunkFSError, NotMaster, Timeout, Unavailable
 from chunkfs.common.timings import TIMINGS
-from chunkfs.protocol.messages import EXACTLY_ONCE, Msg
+from chunkfs.protocol.messages import EXACTLY_ONCE, ROOT_INO, Msg
 from chunkfs.protocol.rpc import SILENCE_LIMIT, Connection, Credentials, NoticeHandler, connect
 
 logger = logging.getLogger(__name__)
@@ -28,6 +28,14 @@ logger = logging.getLogger(__name__)
 DEFAULT_RETRY_FOR = 20.0
 #: How long one attempt waits for its answer before it is sent again (to the next MDS).
 DEFAULT_CALL_TIMEOUT = 30.0
+#: A master that has sent nothing for this long while requests wait (its connection pings it after
+#: a second, and a live master answers a ping from its event loop at once) is suspected: the other
+#: metadata servers are asked who the master is, about once a second while it stays so.  If they name another
+#: (the group elected one: a frozen or cut-off master is replaced in 1-2 s), the requests go there
+#: now, not after the connection's whole silence limit (8 s) or the master's resumption.
+SUSPECT_SILENCE = 2.0
+#: Bound on each question to another metadata server about the master (connect, and its answer).
+LEADER_QUESTION_TIMEOUT = 1.0
 
 
 class MdsLink:
@@ -46,6 +54,8 @@ class MdsLink:
         self.notice_handler: NoticeHandler | None = None
         #: Run on each new connection before any request goes on it (a mount asks to WATCH there).
         self.on_connect: Callable[[Connection], Awaitable[None]] | None = None
+        #: Watches the connection for a silent master (see SUSPECT_SILENCE).
+        self._watchdog: asyncio.Task[None] | None = None
 
     async def _connection(self) -> Connection:
         async with self._lock:
@@ -64,6 +74,10 @@ class MdsLink:
                         except (ChunkFSError, OSError) as exc:  # e.g. a follower: the request's redirect comes next
                             logger.debug("on connecting to %s: %s", addr, exc)
                     self._conn = conn
+                    if self._watchdog is not None:
+                        self._watchdog.cancel()
+                    self._watchdog = asyncio.get_running_loop().create_task(
+                        watch_for_silent_master(conn, lambda: self.addrs, self.creds, self._follow))
                     # Put the working address first for next time.
                     self.addrs.remove(addr)
                     self.addrs.insert(0, addr)
@@ -134,6 +148,12 @@ class MdsLink:
             await asyncio.sleep(pause)
             pause = min(pause * 2, 1.0)
 
+    def _follow(self, leader: str) -> None:
+        """Send the requests to `leader` from now on (the others named it: see SUSPECT_SILENCE)."""
+        if leader in self.addrs:
+            self.addrs.remove(leader)
+        self.addrs.insert(0, leader)
+
     def _demote(self, addr: str) -> None:
         """Try `addr` last from now on.  Idempotent: every request waiting on a connection that failed
         reports it, and rotating the list once per report brought the failed address back first."""
@@ -145,6 +165,51 @@ class MdsLink:
         return [] if self._conn is None else [self._conn]
 
     def close(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+async def watch_for_silent_master(
+    conn: Connection, addrs: Callable[[], Iterable[str]], creds: Credentials, follow: Callable[[str], None]
+) -> None:
+    """While `conn` (to the master, watched for silence) is open: once the master has sent nothing for
+    SUSPECT_SILENCE while requests wait, ask the other metadata servers (`addrs()`) who the master is;
+    if they name another, `follow(it)` and close `conn`, which fails the requests waiting on it with
+    Unavailable, for their owner to send again there."""
+    while not conn.closed:
+        await asyncio.sleep(SUSPECT_SILENCE / 2)
+        if conn.silent_for() < SUSPECT_SILENCE:
+            continue
+        leader = await master_elsewhere([a for a in addrs() if a != conn.peer_name], creds, conn.peer_name)
+        if leader is not None and not conn.closed:
+            logger.warning("MDS %s sent nothing for %.1f s while requests waited, and the others say the master "
+                           "is %s: going there", conn.peer_name, conn.silent_for(), leader)
+            follow(leader)
+            conn.close(f"MDS {conn.peer_name} is silent and the others say the master is {leader}")
+
+
+async def master_elsewhere(others: list[str], creds: Credentials, silent: str) -> str | None:
+    """The master as `others` (metadata servers) see it, if it is not `silent`; None if none says so.
+
+    A cheap read asked of each in turn: a master answers it, a follower names the master it knows."""
+    for addr in others:
+        try:
+            conn = await connect(addr, creds, timeout=LEADER_QUESTION_TIMEOUT)
+        except ChunkFSError:
+            continue
+        try:
+            await conn.call(Msg.GETATTR, {"ino": ROOT_INO}, timeout=LEADER_QUESTION_TIMEOUT)
+            return addr
+        except NotMaster as exc:
+            hint = exc.context.get("leader")
+            if isinstance(hint, str) and hint and hint != silent:
+                return hint
+        except ChunkFSError:
+            pass
+        finally:
+            conn.close()
+    return None

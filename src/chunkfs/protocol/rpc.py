@@ -506,6 +506,15 @@ class Connection(asyncio.BufferedProtocol):
             raise Unavailable(f"connection to {self.peer_name} lost: {exc}") from None
         return self._response(mtype, rid, fut, timer, timeout)
 
+    def silent_for(self) -> float:
+        """Seconds since the peer last sent a byte while requests wait on it (0: none waits).
+
+        Only a connection watched for silence keeps this count (and pings a quiet peer, which
+        a live one answers from its event loop at once); 0 on any other."""
+        if self.silence_limit is None or not self._pending or self._closed.is_set():
+            return 0.0
+        return time.monotonic() - self._heard
+
     @property
     def _ping_after(self) -> float:
         return min(PING_AFTER, (self.silence_limit or CALL_TIMEOUT) / 4)

@@ -13,14 +13,16 @@ from chunkfs.cs import mds_link
 from chunkfs.cs.mds_link import ELECTING_RETRY_PAUSE, MAX_RETRY_PAUSE, MdsLink
 
 
-async def run_link(monkeypatch: pytest.MonkeyPatch, mds: tuple[str, ...], session: Callable[[str], Awaitable[None]],
+async def run_link(monkeypatch: pytest.MonkeyPatch, mds: tuple[str, ...],
+                   session: Callable[[MdsLink, str], Awaitable[None]],
                    sleep: Callable[[float], Awaitable[None]]) -> None:
     """The link's loop with `session` standing for a registration, until `sleep` cancels it."""
     link = MdsLink.__new__(MdsLink)
     link.node = types.SimpleNamespace(mds=mds)
     link.conn = None
+    link._next = None
     link.registered = asyncio.Event()
-    monkeypatch.setattr(link, "_session", session)
+    monkeypatch.setattr(link, "_session", lambda addr: session(link, addr))
     monkeypatch.setattr(mds_link.asyncio, "sleep", sleep)
     with pytest.raises(asyncio.CancelledError):
         await link._run()
@@ -33,7 +35,7 @@ async def test_a_server_asks_again_within_a_second_while_the_group_elects_and_ba
     rounds = {"n": 0}
     pauses: list[float] = []
 
-    async def session(addr: str) -> None:
+    async def session(link: MdsLink, addr: str) -> None:
         if rounds["n"] < 8:
             raise NotMaster("not the master", leader="")  # two MDSs up, electing
         raise Unavailable("connection refused")  # then every MDS down
@@ -55,7 +57,7 @@ async def test_a_disk_error_while_registering_does_not_end_the_link(monkeypatch:
     server that never spoke to a master again, and was declared offline while it ran."""
     tried: list[str] = []
 
-    async def session(addr: str) -> None:
+    async def session(link: MdsLink, addr: str) -> None:
         tried.append(addr)
         raise OSError(5, "Input/output error")
 
@@ -65,3 +67,23 @@ async def test_a_disk_error_while_registering_does_not_end_the_link(monkeypatch:
 
     await run_link(monkeypatch, ("127.0.0.1:1",), session, sleep)
     assert len(tried) == 4
+
+
+async def test_a_session_left_for_the_master_the_others_named_goes_there_next(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The master went silent and the other metadata servers named another (watch_for_silent_master):
+    the next session is with that one at once, not with the next address in the list, nor after a pause."""
+    tried: list[str] = []
+
+    async def session(link: MdsLink, addr: str) -> None:
+        tried.append(addr)
+        if len(tried) == 1:
+            link._follow("127.0.0.1:3")  # what the watchdog does before it closes the connection
+            raise Unavailable("MDS 127.0.0.1:1 is silent and the others say the master is 127.0.0.1:3")
+        raise NotMaster("not the master", leader="")
+
+    async def sleep(seconds: float) -> None:
+        raise asyncio.CancelledError
+
+    await run_link(monkeypatch, ("127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"), session, sleep)
+    assert tried[:2] == ["127.0.0.1:1", "127.0.0.1:3"]
+
