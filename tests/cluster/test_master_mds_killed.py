@@ -158,14 +158,23 @@ def test_frozen_master_is_deposed_and_never_commits(make_cluster) -> None:
         assert master_id(c) == new
 
 
-def test_a_request_on_the_connection_to_a_frozen_master_goes_to_the_new_one(make_cluster, monkeypatch) -> None:
-    """Sent on the connection the client has to the master, frozen: it goes to the master the others elect.
+@pytest.mark.parametrize(("silence_limit", "suspect", "said"), [
+    (3.0, 60.0, "sent nothing for 3"),  # the connection's silence limit alone
+    (60.0, mds_link.SUSPECT_SILENCE, "the others say the master is"),  # the others asked who the master is
+], ids=["silence limit", "others asked"])
+def test_a_request_on_the_connection_to_a_frozen_master_goes_to_the_new_one(
+        make_cluster, monkeypatch, caplog, silence_limit: float, suspect: float, said: str) -> None:
+    """Sent on the connection the client has to the master, frozen: it goes to the master the others elect,
+    while the old one is still stopped.
 
     The frozen master's connection stays open and says nothing; before, the request waited for its
     whole call timeout (30 s) there, past the client's time for retries (20 s), and failed.  The
-    connection is watched for silence now (3 s here, 8 s by default).
+    connection is watched for silence (8 s by default), and once the master has been silent for
+    SUSPECT_SILENCE the client asks the other metadata servers who the master is.  Each way alone
+    moves the request here: the other one is set beyond the request's own timeout.
     """
-    monkeypatch.setattr(mds_link, "SILENCE_LIMIT", 3.0)
+    monkeypatch.setattr(mds_link, "SILENCE_LIMIT", silence_limit)
+    monkeypatch.setattr(mds_link, "SUSPECT_SILENCE", suspect)
     cluster = make_cluster(n_cs=2, n_mds=3)
     with cluster.client() as c:
         c.mkdir("/before")  # the connection to the master is open
@@ -173,31 +182,7 @@ def test_a_request_on_the_connection_to_a_frozen_master_goes_to_the_new_one(make
         old_proc = cluster.find("mds", old)
         os.kill(old_proc.pid, signal.SIGSTOP)
         try:
-            c.mkdir("/during")  # with the default time for retries
-            new = master_id(c)
-        finally:
-            os.kill(old_proc.pid, signal.SIGCONT)
-        assert new != old
-        assert {"before", "during"} <= {name for name, _, _ in c.listdir("/")}
-
-
-def test_requests_waiting_on_a_frozen_master_go_where_the_others_say_the_master_is(
-        make_cluster, monkeypatch, caplog) -> None:
-    """The client asks the other metadata servers who the master is once its own has been silent for a
-    while; the requests waiting go to the one they name, long before the connection's silence limit.
-
-    The silence limit is 60 s here and a request's own timeout 30 s, more than the 20 s a request keeps
-    trying: without the question, the change below would fail.
-    """
-    monkeypatch.setattr(mds_link, "SILENCE_LIMIT", 60.0)
-    cluster = make_cluster(n_cs=2, n_mds=3)
-    with cluster.client() as c:
-        c.mkdir("/before")  # the connection to the master is open
-        old = master_id(c)
-        old_proc = cluster.find("mds", old)
-        os.kill(old_proc.pid, signal.SIGSTOP)
-        try:
-            with caplog.at_level("WARNING", logger="chunkfs.protocol.mds_link"):
+            with caplog.at_level("WARNING", logger="chunkfs.protocol"):
                 c.mkdir("/during")  # with the default time for retries
             new = master_id(c)
             assert new != old
@@ -205,7 +190,7 @@ def test_requests_waiting_on_a_frozen_master_go_where_the_others_say_the_master_
             assert Path(f"/proc/{old_proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
         finally:
             os.kill(old_proc.pid, signal.SIGCONT)
-        assert "the others say the master is" in caplog.text
+        assert said in caplog.text
         names = [name for name, _, _ in c.listdir("/")]
         assert sorted(n for n in names if n in ("before", "during")) == ["before", "during"]
 
