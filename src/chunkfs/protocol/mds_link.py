@@ -30,12 +30,14 @@ DEFAULT_RETRY_FOR = 20.0
 DEFAULT_CALL_TIMEOUT = 30.0
 #: A master that has sent nothing for this long while requests wait (its connection pings it after
 #: a second, and a live master answers a ping from its event loop at once) is suspected: the other
-#: metadata servers are asked who the master is, about once a second while it stays so.  If they name another
-#: (the group elected one: a frozen or cut-off master is replaced in 1-2 s), the requests go there
-#: now, not after the connection's whole silence limit (8 s) or the master's resumption.
+#: metadata servers are asked who the master is, again and again while it stays so.  If they name
+#: another (the group elected one: a frozen or cut-off master is replaced in 1-2 s), the requests go
+#: there now, not after the connection's whole silence limit (8 s) or the master's resumption.
 SUSPECT_SILENCE = 2.0
 #: Bound on each question to another metadata server about the master (connect, and its answer).
 LEADER_QUESTION_TIMEOUT = 1.0
+#: ... and the pause before asking again while none names a new master (an election takes 1-2 s).
+LEADER_QUESTION_AGAIN = 0.5
 
 
 class MdsLink:
@@ -181,11 +183,15 @@ async def watch_for_silent_master(
     if they name another, `follow(it)` and close `conn`, which fails the requests waiting on it with
     Unavailable, for their owner to send again there."""
     while not conn.closed:
-        await asyncio.sleep(SUSPECT_SILENCE / 2)
-        if conn.silent_for() < SUSPECT_SILENCE:
+        silent = conn.silent_for()
+        if silent < SUSPECT_SILENCE:
+            # Awake when the silence would reach the mark (no request waiting: a look every half mark).
+            await asyncio.sleep(SUSPECT_SILENCE - silent if silent else SUSPECT_SILENCE / 2)
             continue
         leader = await master_elsewhere([a for a in addrs() if a != conn.peer_name], creds, conn.peer_name)
-        if leader is not None and not conn.closed:
+        if leader is None:
+            await asyncio.sleep(LEADER_QUESTION_AGAIN)  # no new master named yet: the others may be electing
+        elif not conn.closed:
             logger.warning("MDS %s sent nothing for %.1f s while requests waited, and the others say the master "
                            "is %s: going there", conn.peer_name, conn.silent_for(), leader)
             follow(leader)
