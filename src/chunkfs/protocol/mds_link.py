@@ -34,6 +34,8 @@ DEFAULT_CALL_TIMEOUT = 30.0
 #: another (the group elected one: a frozen or cut-off master is replaced in 1-2 s), the requests go
 #: there now, not after the connection's whole silence limit (8 s) or the master's resumption.
 SUSPECT_SILENCE = 2.0
+#: The longest pause before asking the master again after it answered "unavailable, retry" itself.
+ANSWERED_RETRY_PAUSE = 0.2
 #: Bound on each question to another metadata server about the master (connect, and its answer).
 LEADER_QUESTION_TIMEOUT = 1.0
 #: ... and the pause before asking again while none names a new master (an election takes 1-2 s).
@@ -129,32 +131,45 @@ class MdsLink:
             except NotMaster as exc:
                 hint = exc.context.get("leader")
                 if isinstance(hint, str) and hint:
-                    if hint in self.addrs:
-                        self.addrs.remove(hint)
-                    self.addrs.insert(0, hint)
+                    self._follow(hint)
                 elif conn is not None:
                     # No hint (an MDS cut off from the others knows no master): try the others first,
                     # or a client that can still reach that MDS would never leave it.
                     self._demote(conn.peer_name)
                 last: ChunkFSError = exc
-                self.close()
+                self._drop(conn)
             except (Unavailable, Timeout) as exc:
                 last = exc
-                if conn is not None:
-                    # A deposed master that cannot commit answers nothing in time; a frozen one nothing
-                    # at all, and its kernel still accepts a new connection: try the others first.
-                    self._demote(conn.peer_name)
-                self.close()
+                if isinstance(exc, Unavailable) and conn is not None and not conn.closed:
+                    # The master's own answer on a good connection (new, and waiting for its chunk
+                    # servers to register; a chunk's servers still reporting): ask it again, soon.
+                    # Taken for a lost connection, it sent the retries to a follower first, and
+                    # their pauses grew to a second each.
+                    pause = min(pause, ANSWERED_RETRY_PAUSE)
+                else:
+                    if conn is not None:
+                        # A deposed master that cannot commit answers nothing in time; a frozen one nothing
+                        # at all, and its kernel still accepts a new connection: try the others first.
+                        self._demote(conn.peer_name)
+                    self._drop(conn)
             if time.monotonic() + pause > deadline:
                 raise last
             await asyncio.sleep(pause)
             pause = min(pause * 2, 1.0)
 
     def _follow(self, leader: str) -> None:
-        """Send the requests to `leader` from now on (the others named it: see SUSPECT_SILENCE)."""
+        """Send the requests to `leader` from now on (named by a follower, or by the others: SUSPECT_SILENCE)."""
         if leader in self.addrs:
             self.addrs.remove(leader)
         self.addrs.insert(0, leader)
+
+    def _drop(self, conn: Connection | None) -> None:
+        """Close the connection a request failed on: the link's own, not a newer one another request
+        made meanwhile (closing that one failed the requests already on it, which went elsewhere)."""
+        if conn is None or conn is self._conn:
+            self.close()
+        else:
+            conn.close()
 
     def _demote(self, addr: str) -> None:
         """Try `addr` last from now on.  Idempotent: every request waiting on a connection that failed
