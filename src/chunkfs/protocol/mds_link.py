@@ -81,10 +81,8 @@ class MdsLink:
                     if self._watchdog is not None:
                         self._watchdog.cancel()
                     self._watchdog = asyncio.get_running_loop().create_task(
-                        watch_for_silent_master(conn, lambda: self.addrs, self.creds, self._follow))
-                    # Put the working address first for next time.
-                    self.addrs.remove(addr)
-                    self.addrs.insert(0, addr)
+                        watch_for_silent_master(conn, lambda: self.addrs, self.creds, self._put_first))
+                    self._put_first(addr)  # the working address, for next time
                     return self._conn
                 except (Unavailable, Timeout) as exc:
                     errors.append(str(exc))
@@ -131,7 +129,7 @@ class MdsLink:
             except NotMaster as exc:
                 hint = exc.context.get("leader")
                 if isinstance(hint, str) and hint:
-                    self._follow(hint)
+                    self._put_first(hint)
                 elif conn is not None:
                     # No hint (an MDS cut off from the others knows no master): try the others first,
                     # or a client that can still reach that MDS would never leave it.
@@ -157,11 +155,12 @@ class MdsLink:
             await asyncio.sleep(pause)
             pause = min(pause * 2, 1.0)
 
-    def _follow(self, leader: str) -> None:
-        """Send the requests to `leader` from now on (named by a follower, or by the others: SUSPECT_SILENCE)."""
-        if leader in self.addrs:
-            self.addrs.remove(leader)
-        self.addrs.insert(0, leader)
+    def _put_first(self, addr: str) -> None:
+        """Try `addr` first from now on: the one that worked, or the master a follower or the others
+        named (SUSPECT_SILENCE), known before or not."""
+        if addr in self.addrs:
+            self.addrs.remove(addr)
+        self.addrs.insert(0, addr)
 
     def _drop(self, conn: Connection | None) -> None:
         """Close the connection a request failed on: the link's own, not a newer one another request
