@@ -1,4 +1,4 @@
-"""Bytes flipped inside replica files: found by the scrubber, by a read or by a write, and mended block by block.
+"""Bytes flipped inside replica files: found by the scrubber or by a read, and mended block by block.
 
 A bad 64 KiB block is copied over from another replica; the replica itself is
 kept (its bad bytes go to the server's quarantine folder).  A block bad on
@@ -150,19 +150,25 @@ def test_a_block_bad_on_every_replica_fails_alone_and_is_named(make_cluster) -> 
         check_every_replica(c, f.ino, expected)
 
 
-def test_a_partial_write_into_a_bad_block_waits_for_the_repair_and_goes_through(make_cluster) -> None:
+def test_a_partial_write_into_a_bad_block_goes_through_and_leaves_it_bad_for_the_scrubber(make_cluster) -> None:
+    """A write reads only the bytes it replaces and carries the block's CRC forward (`crc32c_replaced`): it
+    does not vouch for the rest of the block, so the block stays bad, not laundered, until it is mended."""
     cluster = make_cluster(n_cs=3)
     with cluster.client() as c:
         f, data, m, replicas = _written(cluster, c, "/rmw", 0)
         _corrupt(replicas[2], 4)
         patch = os.urandom(100)
-        offset = 4 * BLOCK_SIZE + 7  # inside the bad block: its old bytes must be verified first
+        offset = 4 * BLOCK_SIZE + 7  # inside the bad block, before its flipped bytes
         c.run(f.write(offset, patch))
         c.run(f.fsync())
         expected = data[:offset] + patch + data[offset + len(patch):]
-        assert "repaired from the other replicas" in _events(c)
         after = chunk_maps(c, f.ino, SIZE)[0]
         assert after["replicas"] == m["replicas"]  # no replica was dropped for it
+        assert "repaired from the other replicas" not in _events(c)
+        c.set_config({"scrub-interval": "1", "scrub-rate": "100"})
+        wait_for("the bad block to be found and repaired", lambda: "repaired from the other replicas" in _events(c),
+                 timeout=60)
+        assert _quarantined(_server_dir(replicas[2])) == [f"{replicas[2].name}.block4"]
         check_every_replica(c, f.ino, expected)
 
 

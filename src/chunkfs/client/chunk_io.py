@@ -371,8 +371,9 @@ class ChunkIO:
                     continue
                 bad = exc.context.get("cs_id", head_id)
                 if isinstance(exc, ChecksumMismatch):
-                    # A write into a block that fails its checksum on one replica (the edge of a
-                    # partial write is verified first): not a failed server.  The master mends the
+                    # A block that fails its checksum on one replica (a truncation verifies the
+                    # block it cuts; a write carries an edge block's CRC forward, so a bad block
+                    # stays bad but does not fail it): not a failed server.  The master mends the
                     # block from the other replicas, then the write goes through; a block bad on
                     # every replica stays bad and the write fails with EIO, as on a bad disk sector.
                     await self._report_bad(m.chunk_id, bad if isinstance(bad, int) else head_id, exc)

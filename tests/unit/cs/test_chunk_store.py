@@ -47,12 +47,12 @@ def replica_path(store: ChunkStore, chunk_id: int, version: int) -> Path:
     return store.root / "chunks" / f"{chunk_id & 0xFF:02x}" / replica_name(chunk_id, version)
 
 
-def flip_bit(path: Path, pos: int) -> None:
+def flip_bit(path: Path, pos: int, mask: int = 0x10) -> None:
     with open(path, "r+b") as f:
         f.seek(pos)
         b = f.read(1)
         f.seek(pos)
-        f.write(bytes([b[0] ^ 0x10]))
+        f.write(bytes([b[0] ^ mask]))
 
 
 def test_layout_and_header(store: ChunkStore) -> None:
@@ -235,11 +235,12 @@ def test_corruption_detected(store: ChunkStore) -> None:
     assert s.read(CID, 1, 0, 2 * BS) == data[: 2 * BS]
     assert s.read(CID, 1, 3 * BS, BS) == data[3 * BS :]
     assert not s.verify(CID)
-    # A partial write into the corrupt block must not launder it with a fresh CRC.
+    # A partial write into the corrupt block does not launder it with a fresh CRC: it stays bad.
+    s.write(CID, 1, 2 * BS + 5, b"abc")
+    s.write(CID, 1, 5, pattern(2 * BS))  # corrupt block 2 is the tail edge
+    assert s.bad_blocks(CID) == [2]
     with pytest.raises(ChecksumMismatch):
-        s.write(CID, 1, 2 * BS + 5, b"abc")
-    with pytest.raises(ChecksumMismatch):
-        s.write(CID, 1, 5, pattern(2 * BS))  # corrupt block 2 is the tail edge
+        s.read(CID, 1, 2 * BS, 10)
     with pytest.raises(ChecksumMismatch):
         s.truncate(CID, 1, 2 * BS + 7)
     assert not s.verify(CID)
@@ -411,20 +412,20 @@ def test_no_space_for_any_piece_leaves_every_piece_unwritten(
     assert store.verify(CID)
 
 
-def test_pieces_before_a_corrupt_edge_are_written_and_stay_verifiable(store: ChunkStore) -> None:
+def test_pieces_over_a_corrupt_block_are_written_and_leave_it_bad_and_the_rest_verifiable(store: ChunkStore) -> None:
     store.create(CID, 1)
     store.write(CID, 1, 0, pattern(4 * BS))
     flip_bit(replica_path(store, CID, 1), store.data_offset + 2 * BS + 100)
-    with pytest.raises(ChecksumMismatch) as info:
-        store.write_pieces(CID, 1, [(5, b"x" * 10), (3 * BS + 7, b"y" * 10), (2 * BS + 5, b"z" * 3), (BS, b"w")])
-    assert info.value.context["block"] == 2
+    store.write_pieces(CID, 1, [(5, b"x" * 10), (3 * BS + 7, b"y" * 10), (2 * BS + 5, b"z" * 3), (BS, b"w")])
     model = bytearray(pattern(4 * BS))
     model[5:15] = b"x" * 10
     model[3 * BS + 7 : 3 * BS + 17] = b"y" * 10
+    model[BS : BS + 1] = b"w"
     assert store.read(CID, 1, 0, 2 * BS) == model[: 2 * BS]  # written, and their checksums with them
     assert store.read(CID, 1, 3 * BS, BS) == model[3 * BS :]
-    assert store.read(CID, 1, BS, 1) == model[BS : BS + 1]  # the piece after the corrupt one: not written
     assert store.bad_blocks(CID) == [2]  # the corrupt block, and no other
+    store.write(CID, 1, 2 * BS, model[2 * BS : 3 * BS])  # a whole-block write replaces it legitimately
+    assert store.verify(CID)
 
 
 def test_block_checksums_match_across_replicas(tmp_path: Path) -> None:
@@ -531,6 +532,33 @@ def test_model_random_writes_and_truncates(
         view = memoryview(model)
         expected = [crc32c(view[i : i + P_BLOCK]) for i in range(0, P_CHUNK, P_BLOCK)]
         assert s.block_checksums(1, 1) == expected
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(flip=st.integers(0, P_CHUNK * 8 - 1), ops=st.lists(st.one_of(_write, _pieces), max_size=20))
+def test_model_a_corrupt_block_stays_bad_until_rewritten_whole(
+    flip: int, ops: list[tuple[str, Any, int, int]]
+) -> None:
+    """Writes update an edge block's CRC from its old one: a flipped bit stays visible, whatever is written
+    around it or over it, until a write covers the whole block; every other block verifies."""
+    bad = flip // 8 // P_BLOCK
+    model = bytearray(pattern(P_CHUNK, 7))
+    with tempfile.TemporaryDirectory() as d, ChunkStore(Path(d), P_CHUNK, P_BLOCK) as s:
+        s.create(1, 1)
+        s.write(1, 1, 0, model)
+        flip_bit(replica_path(s, 1, 1), s.data_offset + flip // 8, 1 << (flip % 8))
+        writes = [(a, n, seed) for op, a, n, seed in ops if op == "write"]
+        writes += [(b, m, k) for op, pieces, _, _ in ops if op == "pieces" for _, b, m, k in pieces]
+        for a, n, seed in writes:
+            data = pattern(min(n, P_CHUNK - a), seed)
+            s.write(1, 1, a, data)
+            model[a : a + len(data)] = data
+            if a <= bad * P_BLOCK and a + len(data) >= (bad + 1) * P_BLOCK:
+                bad = -1  # rewritten whole: a fresh CRC over the caller's bytes
+        assert s.bad_blocks(1) == ([bad] if bad >= 0 else [])
+        good = [i for i in range(P_CHUNK // P_BLOCK) if i != bad]
+        for i in good:
+            assert s.read(1, 1, i * P_BLOCK, P_BLOCK) == model[i * P_BLOCK : (i + 1) * P_BLOCK]
 
 
 def test_a_new_replica_reaches_the_disk_with_its_first_sync(store: ChunkStore, monkeypatch: pytest.MonkeyPatch) -> None:
