@@ -411,6 +411,33 @@ def test_time_stamps_follow_posix(make_cluster, mount) -> None:
     assert fc > c6 and qm1 > pm1 and qc1 > pc1 and qm2 > pm2 and qc2 > pc2
 
 
+def test_time_stamps_beyond_the_range_kept_are_clamped_and_the_mount_stays_connected(make_cluster, mount) -> None:
+    """As ext4 clamps to 1901-2446, the mount clamps to signed 64-bit nanoseconds (1677-2262) and succeeds.
+
+    Before, `touch -d 2500-01-01` failed with EPROTO (and 2^64 ns with EIO), and the master closed the
+    mount's connection for the malformed value: the kernel forgot every name it had cached, at each call.
+    """
+    cluster = make_cluster(n_cs=3)
+    mnt = mount(cluster)
+    f = mnt / "f"
+    f.write_bytes(b"x")
+    top, bottom = 2**63 - 1, -(2**63)
+    for asked, kept in (((2**34) * 10**9, top), (2**64, top), (-(2**34) * 10**9, bottom), (top, top)):
+        os.utime(f, ns=(asked, asked))
+        st = os.stat(f)
+        assert (st.st_atime_ns, st.st_mtime_ns) == (kept, kept)
+    run("touch", "-d", "2500-01-01", f)
+    assert os.stat(f).st_mtime_ns == top
+    with open(f, "r+b") as fh:  # an open file's times (kept by the mount until its close) too
+        os.utime(fh.fileno(), ns=(2**64, 2**64))
+        assert os.fstat(fh.fileno()).st_mtime_ns == top
+    assert os.stat(f).st_mtime_ns == top
+    files = list(Path(cluster.dir).rglob("daemon.log"))
+    assert files
+    logs = "".join(p.read_text(errors="replace") for p in files)
+    assert "out of range" not in logs and "closing connection from mount" not in logs
+
+
 def _renameat2(old: Path, new: Path, flags: int) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     at_fdcwd = -100

@@ -87,6 +87,8 @@ from chunkfs.common.timings import TIMINGS
 from chunkfs.protocol.mds_link import DEFAULT_RETRY_FOR
 from chunkfs.protocol.messages import (
     FEATURE_FIRST_WRITE,
+    INT64_MAX,
+    INT64_MIN,
     INVALIDATE_MAX,
     LEASE_TTL,
     ROOT_INO,
@@ -345,6 +347,16 @@ class DirHandle:
     since: int = 0
 
 
+def _in_time_range(ns: int) -> int:
+    """A time stamp a program sets, clamped to what ChunkFS keeps (signed 64-bit nanoseconds: 1677-2262).
+
+    As a local file system clamps to its own range (ext4: 1901-2446) and succeeds:
+    `touch -d 2500-01-01` must not fail, and a value the master would refuse as
+    malformed must never be sent (it closes the connection on one).
+    """
+    return min(max(ns, INT64_MIN), INT64_MAX)
+
+
 class ChunkFSOperations(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
@@ -575,9 +587,9 @@ class ChunkFSOperations(pyfuse3.Operations):
         if fields.update_mode:
             changes["mode"] = statmod.S_IMODE(attr.st_mode)
         if fields.update_mtime:
-            changes["mtime_ns"] = attr.st_mtime_ns
+            changes["mtime_ns"] = _in_time_range(attr.st_mtime_ns)
         if fields.update_atime:
-            changes["atime_ns"] = attr.st_atime_ns
+            changes["atime_ns"] = _in_time_range(attr.st_atime_ns)
         of = self.files.get(inode)
         self._fresh_dirs.pop(inode, None)
         since = self.cache.seq
