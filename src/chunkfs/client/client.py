@@ -148,15 +148,19 @@ class Client:
     # -- open files (the mount) ----------------------------------------------
 
     async def open_ino(
-        self, ino: int, session: str, truncate: bool = False, linked: bool = False, oseq: int = 0
+        self, ino: int, session: str, truncate: bool = False, linked: bool = False, oseq: int = 0,
+        at: tuple[int, bytes] | None = None,
     ) -> dict[str, Any]:
         """Register `ino` as open by a mount's `session` (it outlives an unlink until released); its attributes.
 
-        `linked`: the caller reached the inode by a name, so NotFound when it has none any more.
+        `linked`: the caller reached the inode by a name, so NotFound when it has none any more;
+        `at`: that name, (parent, name), so NotFound when it leads elsewhere (FEATURE_NAMED).
         `oseq`: the mount's number for this registration (see `release_inos`).
         """
-        reply = await self.mds.call(Msg.OPEN, {"ino": ino, "session": session, "truncate": truncate, "linked": linked,
-                                               "oseq": oseq})
+        header = {"ino": ino, "session": session, "truncate": truncate, "linked": linked, "oseq": oseq}
+        if at is not None:
+            header["at"] = list(at)
+        reply = await self.mds.call(Msg.OPEN, header)
         if truncate:
             self.io.forget(ino)
         self.io.opened(ino, reply.get("chunks_version"), reply.get("first"))
@@ -209,14 +213,18 @@ class Client:
                 return entries
             after = to_bytes(entries[-1][0])
 
-    async def setattr(self, ino: int, linked: bool = False, **changes: Any) -> dict[str, Any]:
+    async def setattr(
+        self, ino: int, linked: bool = False, at: tuple[int, bytes] | None = None, **changes: Any
+    ) -> dict[str, Any]:
         """Change `size`, `mode`, `mtime_ns`, `atime_ns` (nanoseconds); the others stay as they are.
 
-        `linked`: the caller reached the inode by a name, so NotFound when it has none any more.
+        `linked` and `at`: as `open_ino`'s.
         """
         header = {"ino": ino, "size": None, "mode": None, "mtime_ns": None, "atime_ns": None, **changes}
         if linked:
             header["linked"] = True
+        if at is not None:
+            header["at"] = list(at)
         attr = (await self.mds.call(Msg.SETATTR, header))["attr"]
         if changes.get("size") is not None:
             self.io.forget(ino)

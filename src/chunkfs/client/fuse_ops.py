@@ -87,6 +87,7 @@ from chunkfs.common.timings import TIMINGS
 from chunkfs.protocol.mds_link import DEFAULT_RETRY_FOR
 from chunkfs.protocol.messages import (
     FEATURE_FIRST_WRITE,
+    FEATURE_NAMED,
     INT64_MAX,
     INT64_MIN,
     INVALIDATE_MAX,
@@ -380,6 +381,8 @@ class ChunkFSOperations(pyfuse3.Operations):
         #: Files closed here whose release the master has not confirmed (retried by the session keeper).
         self._unreleased: dict[int, int] = {}
         self._fh = itertools.count(1)
+        #: The master checks the name a file was reached by (FEATURE_NAMED; known once watching).
+        self._names_checked = False
         self.files: dict[int, OpenFile] = {}  # by inode
         self.handles: dict[int, OpenFile] = {}  # by file handle
         #: Handles opened with O_APPEND for writing only: each write goes to the end of the file as this
@@ -428,6 +431,7 @@ class ChunkFSOperations(pyfuse3.Operations):
         self.client.io.first_writes = False
         reply, _ = await conn.call(Msg.WATCH, {}, timeout=WATCH_TIMEOUT)
         self.client.io.first_writes = FEATURE_FIRST_WRITE in reply.get("features", [])
+        self._names_checked = FEATURE_NAMED in reply.get("features", [])
         self.cache.watching(conn)
         task = asyncio.get_running_loop().create_task(self._watch_ends(conn))
         self._watch_tasks.add(task)
@@ -605,7 +609,7 @@ class ChunkFSOperations(pyfuse3.Operations):
         else:
             try:
                 # Not open here: the kernel came by a name, which must still lead to it (see `_gone`).
-                new = await self.client.setattr(inode, linked=True, **changes)
+                new = await self.client.setattr(inode, linked=True, at=self._name_of(inode), **changes)
             except NotFound:
                 raise pyfuse3.FUSEError(errno.ESTALE) from None
         if "size" in changes:
@@ -893,8 +897,9 @@ class ChunkFSOperations(pyfuse3.Operations):
             try:
                 # Held open here, the file may be reached through that open file (/proc/PID/fd);
                 # else the kernel came by a name, which must still lead to it (see `_gone`).
-                attr = await self.client.open_ino(inode, self.session, truncate, linked=inode not in self.files,
-                                                  oseq=oseq)
+                linked = inode not in self.files
+                attr = await self.client.open_ino(inode, self.session, truncate, linked=linked, oseq=oseq,
+                                                  at=self._name_of(inode) if linked else None)
             except NotFound:
                 raise pyfuse3.FUSEError(errno.ESTALE) from None
             if attr["type"] == "d":
@@ -906,6 +911,10 @@ class ChunkFSOperations(pyfuse3.Operations):
         fi = self._open(attr, flags, oseq)
         self._leased(inode, lease)
         return fi
+
+    def _name_of(self, ino: int) -> tuple[int, bytes] | None:
+        """The name the kernel reached `ino` by, for the master to check (it may have been renamed away)."""
+        return self.cache.name_of(ino) if self._names_checked else None
 
     def _drop_stale_attr(self, ino: int, attr: dict[str, Any]) -> None:
         """Close-to-open: the kernel forgets attributes older than the master's, before the open returns.

@@ -123,6 +123,11 @@ class KernelCache:
                 names.add(name)
                 self._whole_names += 1
 
+    def name_of(self, ino: int) -> Entry | None:
+        """The (parent, name) the kernel was last given `ino` under: the name it reaches the inode by
+        (ChunkFS has no hard links), until another client's change has it look the name up again."""
+        return self._names.get(ino)
+
     def removed(self, parent: int, name: bytes) -> None:
         """This mount removed the name (the kernel dropped it itself)."""
         ino = self._inodes.pop((parent, name), None)

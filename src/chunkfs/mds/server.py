@@ -50,9 +50,11 @@ from chunkfs.mds.watchers import Watchers
 from chunkfs.protocol.mds_link import MdsLink
 from chunkfs.protocol.messages import (
     FEATURE_FIRST_WRITE,
+    FEATURE_NAMED,
     MAX_BLOCKS,
     SESSION_TTL,
     Msg,
+    entry_list,
     first_write,
     int_list,
     int_pairs,
@@ -536,14 +538,24 @@ class MetadataServer:
     def _check_linked(self, h: dict[str, Any]) -> None:
         """A request a mount's kernel sent through a name (`linked`) must find a file that still has one.
 
-        The kernel may have kept the name after another client removed it, or renamed a file over
-        it: the request is not for this file, and O_TRUNC, truncate or chmod must not change it for
-        whoever still has it open.  The mount answers ESTALE, and its kernel looks the name up again.
+        The kernel may have kept the name after another client removed it, renamed a file over it
+        or renamed the file away: the request is not for this file, and O_TRUNC, truncate or chmod
+        must not change it for whoever still has it open (or has renamed it away).  The mount
+        answers ESTALE, and its kernel looks the name up again.
         """
-        if h.get("linked"):
-            attr = self.store.getattr(h["ino"])
-            if attr["type"] == "f" and attr["nlink"] == 0:
-                raise NotFound(f"inode {h['ino']} has no name any more (removed by another client)")
+        if not h.get("linked") or ("cid" in h and "seq" in h and self.store.answered(h["cid"], h["seq"])):
+            return  # (a retry of a request that was done is answered as it was, whatever changed since)
+        ino = h["ino"]
+        attr = self.store.getattr(ino)
+        if attr["type"] == "f" and attr["nlink"] == 0:
+            raise NotFound(f"inode {ino} has no name any more (removed by another client)")
+        # The name it came by (FEATURE_NAMED): renamed away, the file still has a name, but not that one.
+        # Not for a directory: a process may reach one from its working directory, under no name at all.
+        if h.get("at") is not None and attr["type"] != "d":
+            parent, name = entry_list([h["at"]], "at")[0]
+            if self.store.child_ino(parent, name) != ino:
+                raise NotFound(f"inode {ino} is not {name!r} in directory {parent} any more (renamed by "
+                               "another client)")
 
     async def _on_open(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
         ino = h["ino"]
@@ -591,7 +603,7 @@ class MetadataServer:
         if conn.peer_role != "client":
             raise ProtocolError("WATCH is for clients only")
         self.watchers.add(conn)
-        return {"features": [FEATURE_FIRST_WRITE]}
+        return {"features": [FEATURE_FIRST_WRITE, FEATURE_NAMED]}
 
     async def _on_session(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
         session = h["session"]

@@ -585,6 +585,10 @@ class MetadataStore:
         row = self.db.execute("SELECT answer FROM answers WHERE cid = ? AND seq = ?", (cid, seq)).fetchone()
         return None if row is None else msgpack.unpackb(row[0], raw=False)
 
+    def answered(self, cid: str, seq: int) -> bool:
+        """Whether the client's request `seq` was done (its answer kept): a retry of it is answered as it was."""
+        return self.db.execute("SELECT 1 FROM answers WHERE cid = ? AND seq = ?", (cid, seq)).fetchone() is not None
+
     def _keep_answer(self, index: int, req: list[Any], answer: dict[str, Any]) -> None:
         self.db.execute("INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?)",
                         (str(req[0]), int(req[1]), index, msgpack.packb(answer, use_bin_type=True)))

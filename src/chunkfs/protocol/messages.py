@@ -131,6 +131,11 @@ FIRST_WRITE_MAX = 64 << 10
 #: and by a chunk server in its CS_REGISTER, so that neither is sent a first write by a peer that
 #: assumes a version newer than its own (a mount before its master, a master before its servers).
 FEATURE_FIRST_WRITE = "first_write"
+#: A mount's OPEN or SETATTR of a file its kernel reached by a name it keeps carries that name
+#: (`at`: [parent inode, name]), and the master refuses the request (NotFound) when the name no
+#: longer leads to the file: another client renamed it away, and its notice to this mount is still on
+#: its way.  Named by a master in its answer to WATCH (an earlier one refuses the field).
+FEATURE_NAMED = "named"
 #: The most pieces one CS_WRITE carries (its `pieces`: [[offset, length], ...] of one chunk, in order),
 #: and one CS_WRITE_CHUNKS over all its chunks.
 WRITE_PIECES_MAX = 64
@@ -216,9 +221,10 @@ SPECS: dict[Msg, MessageSpec] = {
     # A mount opens a file: the master registers it as held by the mount's session (an unlinked
     # file lives on while held) and answers its attributes; `truncate` is O_TRUNC.
     # `linked`: the mount holds no open file of the inode, so its kernel came by a name: the inode must
-    # still have one.  `chunks_version`: the highest version among the file's chunks (`MetadataStore`).
+    # still have one; with `at`, that one (FEATURE_NAMED).  `chunks_version`: the highest version
+    # among the file's chunks (`MetadataStore`).
     Msg.OPEN: MessageSpec((f("ino", int), f("session", str), f("truncate", bool), f("linked", bool, optional=True),
-                           f("oseq", int, optional=True), *_ONCE),
+                           f("at", list, optional=True, max_items=2), f("oseq", int, optional=True), *_ONCE),
                           # `first`: chunk 0's map as CHUNK_READ answers it, for a file of one chunk with
                           # replicas online: reading a small file after its open takes no second request.
                           (*_ATTR, f("chunks_version", int, optional=True), f("first", dict, optional=True))),
@@ -262,6 +268,7 @@ SPECS: dict[Msg, MessageSpec] = {
             f("ctime_ns", int, optional=True),
             # As OPEN's: the mount's kernel came by a name, so a file with no name left is NotFound.
             f("linked", bool, optional=True),
+            f("at", list, optional=True, max_items=2),
             *_ONCE,
         ),
         _ATTR,

@@ -31,7 +31,8 @@ class Master:
         self.answer_opens: asyncio.Event | None = None
 
     async def open_ino(
-        self, ino: int, session: str, truncate: bool = False, linked: bool = False, oseq: int = 0
+        self, ino: int, session: str, truncate: bool = False, linked: bool = False, oseq: int = 0,
+        at: tuple[int, bytes] | None = None,
     ) -> dict[str, Any]:
         self.table.open(session, ino, oseq)
         if self.answer_opens is not None:
