@@ -76,6 +76,8 @@ class ReplicaSets:
         self.deletions = DeleteBatches(call, spawn)
         #: Told of every chunk whose replicas (or what a server holds of it) changed: the health index.
         self.on_change: Callable[[int], None] = lambda chunk_id: None
+        #: Chunks whose replicas `allocate_created` is making: the health index leaves them until then.
+        self.making: set[int] = set()
 
     # -- locks and soft state -----------------------------------------------------------
 
@@ -135,27 +137,33 @@ class ReplicaSets:
         server counts as failed), the replicas made for nothing are deleted; a server that
         misses the deletion has them deleted when it registers again.
         """
-        commit = asyncio.ensure_future(self._propose(
-            "alloc_chunk", ino=ino, index=index, replicas=replicas, chunk_id=chunk_id, version=version))
-        header: dict[str, Any] = {"chunk_id": chunk_id, "version": version}
-        data = b""
-        if first is not None:
-            header["offset"], data = first
-        failures = await self.call_each(replicas, Msg.CS_CREATE_CHUNK, header, data)
-        made = [cs for cs in replicas if cs not in failures]
+        # Committed before the servers answer, the chunk lists replicas no server counts as holding: the
+        # health index must not take that for a chunk below its minimum (a false "replication started").
+        self.making.add(chunk_id)
         try:
-            chunk: Chunk = await commit
-        except BaseException:
-            for cs in made:
-                self._spawn(self.delete_replica(cs, chunk_id))
-            raise
+            commit = asyncio.ensure_future(self._propose(
+                "alloc_chunk", ino=ino, index=index, replicas=replicas, chunk_id=chunk_id, version=version))
+            header: dict[str, Any] = {"chunk_id": chunk_id, "version": version}
+            data = b""
+            if first is not None:
+                header["offset"], data = first
+            failures = await self.call_each(replicas, Msg.CS_CREATE_CHUNK, header, data)
+            made = [cs for cs in replicas if cs not in failures]
+            try:
+                chunk: Chunk = await commit
+            except BaseException:
+                for cs in made:
+                    self._spawn(self.delete_replica(cs, chunk_id))
+                raise
+        finally:
+            self.making.discard(chunk_id)
+            self.on_change(chunk_id)
         if chunk.chunk_id != chunk_id:
             for cs in made:
                 self._spawn(self.delete_replica(cs, chunk_id))
             return chunk, {}
         for cs in made:
             self.gained(cs, chunk_id)
-        self.on_change(chunk_id)
         return chunk, failures
 
     async def create_replicas(self, chunk: Chunk, cs_ids: Collection[int]) -> set[int]:

@@ -40,7 +40,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,6 +102,9 @@ class ChunkHealthIndex:
         self.sense = sense
         self.active = False
         self.unseen_grace = UNSEEN_GRACE
+        #: Chunks whose replicas are being made while their allocation commits (`ReplicaSets.making`):
+        #: no server counts as holding them yet, which is no shortage.  Judged when that is done (touched).
+        self.held: Collection[int] = frozenset()
         self.reset()
 
     def reset(self) -> None:
@@ -196,7 +199,8 @@ class ChunkHealthIndex:
             ids = [self._dirty.pop() for _ in range(min(len(self._dirty), 500, budget - done))]
             rows = self.store.chunk_rows(ids)
             for row in rows:
-                self._judge(row)
+                if row.chunk.chunk_id not in self.held:
+                    self._judge(row)
             found = {row.chunk.chunk_id for row in rows}
             for chunk_id in ids:
                 if chunk_id not in found:
@@ -207,7 +211,8 @@ class ChunkHealthIndex:
             limit = max(1, min(SLICE, budget - done))
             rows = self.store.chunk_rows_on(cs, after, limit)
             for row in rows:
-                self._judge(row)
+                if row.chunk.chunk_id not in self.held:
+                    self._judge(row)
             if len(rows) < limit:
                 del self._pending[cs]
             else:

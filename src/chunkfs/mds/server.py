@@ -190,6 +190,7 @@ class MetadataServer:
         #: Chunk-server states, re-replication, scrub reports, draining (replication.py).
         self.healing = ReplicationMonitor(self)
         self.chunks.on_change = self.healing.touch
+        self.healing.index.held = self.chunks.making
         #: Exclusive file leases (soft state, reclaimed by holders after a master change).
         self.leases = LeaseTable()
         #: Files mounts hold open (soft state) and the freeing of unlinked ones (open_files.py).

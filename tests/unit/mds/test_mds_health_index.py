@@ -251,3 +251,38 @@ def test_counts_are_cheap_reads(tmp_path: Path) -> None:
     store.db.set_trace_callback(None)
     assert set(statements) == {"SELECT chunk_goals"}
     store.close()
+
+
+def test_a_chunk_whose_replicas_are_being_made_is_judged_once_they_are(tmp_path: Path) -> None:
+    """An allocation commits while its replicas are made (`ReplicaSets.allocate_created`): meanwhile the
+    chunk lists servers not yet counted as holding it.  Judged then, it was "below the minimum", and the
+    master announced "replication started" for a healthy new chunk (seen by a probe, 10 times in 14,000
+    operations).  Held back while its replicas are made, it is judged once they are."""
+    store = MetadataStore(tmp_path / "m.db", CS)
+    m = Master(store)
+    for cs in SERVERS:
+        m.states[cs] = ACTIVE
+        m.connect(cs, set())
+    run_step(m, ("create", 0))
+    index = m.healing.index
+    index.settle_now()
+    making: set[int] = set()
+    index.held = making
+    f0 = store.child_ino(ROOT_INO, "f0")
+    making.add(store.last_chunk_id() + 1)
+    chunk = m.apply("alloc_chunk", ino=f0, index=0, replicas=[1, 2, 3])  # committed; no server holds it yet
+    assert chunk.chunk_id in making
+    index.settle_now()
+    assert index.waiting_work(0) == index.waiting_work(1) == 0 and index.counts()["healthy"] == 1
+    for cs in chunk.replicas:  # made: the servers hold it, and it is judged
+        m.live[cs].replicas.add(chunk.chunk_id)
+    making.discard(chunk.chunk_id)
+    m.healing.touch(chunk.chunk_id)
+    index.settle_now()
+    assert index.counts()["healthy"] == 1 and not index._priority
+    # Without the hold, the same moment is a chunk below its minimum.
+    index.held = frozenset()
+    chunk = m.apply("alloc_chunk", ino=f0, index=1, replicas=[1, 2, 3])
+    index.settle_now()
+    assert index.waiting_work(0) == 1
+    store.close()
