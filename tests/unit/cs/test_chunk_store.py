@@ -583,3 +583,29 @@ def test_a_new_replica_reaches_the_disk_with_its_first_sync(store: ChunkStore, m
     assert len(synced) == 1  # the name only once
     store.write(CID + 257, 1, 0, b"data", sync=True)  # a synchronous write is a first sync too
     assert synced[-1] == replica_path(store, CID + 257, 1).parent and len(synced) == 2
+
+
+def test_an_edge_block_not_in_the_page_cache_is_read_whole(store: ChunkStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bytes a write replaces are read alone only when cached; else the whole block, which caches it."""
+    store.create(CID, 1)
+    data = bytearray(pattern(4 * BS))
+    store.write(CID, 1, 0, data)
+    real = os.preadv
+    reads: list[tuple[int, bool]] = []
+
+    def preadv(fd: int, bufs: list[Any], pos: int, flags: int = 0) -> int:
+        size = sum(len(b) for b in bufs)
+        reads.append((size, bool(flags & os.RWF_NOWAIT)))
+        if flags & os.RWF_NOWAIT and cold:
+            raise BlockingIOError(errno.EAGAIN, "not cached")
+        return real(fd, bufs, pos, flags)
+
+    monkeypatch.setattr(os, "preadv", preadv)
+    for cold in (False, True):
+        reads.clear()
+        store.write(CID, 1, BS + 100 + cold * BS, b"x" * 10)
+        data[BS + 100 + cold * BS : BS + 110 + cold * BS] = b"x" * 10
+        assert reads == ([(10, True), (BS, False)] if cold else [(10, True)])
+    monkeypatch.undo()
+    assert store.read(CID, 1, 0, 4 * BS) == data
+    assert store.verify(CID)
