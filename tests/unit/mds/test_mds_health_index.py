@@ -54,6 +54,12 @@ class Master:
         except ChunkFSError:
             return None
 
+    def all_active(self) -> None:
+        """Every server active and connected, holding nothing yet."""
+        for cs in SERVERS:
+            self.states[cs] = ACTIVE
+            self.connect(cs, set())
+
     def connect(self, cs: int, holds: set[int]) -> None:
         server = LiveServer(cs, f"127.0.0.1:{cs}", f"h{cs}", None, total=100 * CS, free=50 * CS)  # type: ignore[arg-type]
         server.replicas = set(holds)
@@ -167,9 +173,7 @@ def test_incremental_counts_equal_a_recount(first: list[list[int]], steps: list[
         store = MetadataStore(Path(tmp) / "m.db", CS)
         try:
             m = Master(store)
-            for cs in SERVERS:
-                m.states[cs] = ACTIVE
-                m.connect(cs, set())
+            m.all_active()
             for i in range(4):
                 run_step(m, ("create", i))
             for i, replicas in enumerate(first):  # some chunks to start with, each held where it is listed
@@ -185,9 +189,7 @@ def test_incremental_counts_equal_a_recount(first: list[list[int]], steps: list[
 def test_counts_follow_a_server_going_offline_and_back(tmp_path: Path) -> None:
     store = MetadataStore(tmp_path / "m.db", CS)
     m = Master(store)
-    for cs in SERVERS:
-        m.states[cs] = ACTIVE
-        m.connect(cs, set())
+    m.all_active()
     run_step(m, ("create", 0))
     for i in range(30):
         run_step(m, ("alloc", 0, i, [1 + i % 4, 1 + (i + 1) % 4, 1 + (i + 2) % 4]))
@@ -237,9 +239,7 @@ def test_counts_are_cheap_reads(tmp_path: Path) -> None:
     """counts() reads the goal histogram (a few rows) and the corrections, never the chunks table."""
     store = MetadataStore(tmp_path / "m.db", CS)
     m = Master(store)
-    for cs in SERVERS:
-        m.states[cs] = ACTIVE
-        m.connect(cs, set())
+    m.all_active()
     run_step(m, ("create", 0))
     for i in range(50):
         run_step(m, ("alloc", 0, i, [1, 2, 3]))
@@ -260,9 +260,7 @@ def test_a_chunk_whose_replicas_are_being_made_is_judged_once_they_are(tmp_path:
     operations).  Held back while its replicas are made, it is judged once they are."""
     store = MetadataStore(tmp_path / "m.db", CS)
     m = Master(store)
-    for cs in SERVERS:
-        m.states[cs] = ACTIVE
-        m.connect(cs, set())
+    m.all_active()
     run_step(m, ("create", 0))
     index = m.healing.index
     index.settle_now()
