@@ -29,8 +29,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pyfuse3
-import pyfuse3.asyncio
 
+from chunkfs.client import fuse_wait
 from chunkfs.client.client import Client
 from chunkfs.client.fuse_ops import ChunkFSOperations, MountOptions
 from chunkfs.common.config import ClientConfig
@@ -287,7 +287,7 @@ def run_mount(
     running = read_pid(sdir)
     if running is not None and running != os.getpid():
         raise ConfigError(f"a mount of {mountpoint} is already running (pid {running})")
-    pyfuse3.asyncio.enable()
+    fuse_wait.install()
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
 
@@ -323,6 +323,7 @@ def run_mount(
                 logger.info("%s: the kernel ended the FUSE session; handing back leases and the session",
                             mountpoint)
             finally:
+                fuse_wait.READABLE.stop_all()  # before pyfuse3 closes the descriptor
                 await ops.close()  # hand back exclusive leases
                 # Lazy unmount when the loop ended on a signal; a no-op after `umount`.
                 pyfuse3.close(unmount=True)

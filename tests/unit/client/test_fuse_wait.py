@@ -1,0 +1,136 @@
+"""The FUSE device's readiness, waited for without re-registering it per request (client/fuse_wait.py).
+
+A pipe stands in for ``/dev/fuse``: a byte written is a request queued, a
+byte read is pyfuse3 taking it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pyfuse3.asyncio
+import pytest
+import uvloop
+
+from chunkfs.client.fuse_wait import IDLE_TURNS, FuseReadable
+
+
+class CountingLoop(asyncio.SelectorEventLoop):
+    """An event loop that counts how often a descriptor is registered and unregistered."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.added = 0
+        self.removed = 0
+
+    def add_reader(self, fd: Any, callback: Any, *args: Any) -> None:
+        self.added += 1
+        super().add_reader(fd, callback, *args)
+
+    def remove_reader(self, fd: Any) -> bool:
+        self.removed += 1
+        return super().remove_reader(fd)
+
+
+@pytest.fixture
+def pipe() -> Iterator[tuple[int, int]]:
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    yield r, w
+    os.close(r)
+    os.close(w)
+
+
+async def serve(readable: FuseReadable, r: int, w: int, requests: int) -> int:
+    """pyfuse3's pattern: wait, take one request, serve it (a turn of the loop); the requests taken."""
+    taken = 0
+    for _ in range(requests):
+        asyncio.get_running_loop().call_soon(os.write, w, b"x")  # the kernel queues a request
+        await asyncio.wait_for(readable.wait_readable(r), 5)
+        taken += len(os.read(r, 1))
+        await asyncio.sleep(0)
+    return taken
+
+
+def test_the_descriptor_stays_registered_from_one_request_to_the_next(pipe: tuple[int, int]) -> None:
+    r, w = pipe
+    loop = CountingLoop()
+    readable = FuseReadable()
+    try:
+        assert loop.run_until_complete(serve(readable, r, w, 200)) == 200
+        # pyfuse3's own wait: 200 registrations and 200 removals.
+        assert loop.added == 1
+        assert loop.removed == 0
+        readable.stop_all()
+        assert loop.removed == 1
+        assert not loop.remove_reader(r)  # nothing left registered
+    finally:
+        loop.close()
+
+
+def test_readiness_nobody_waits_for_unregisters_and_the_next_wait_registers_again(pipe: tuple[int, int]) -> None:
+    r, w = pipe
+    loop = CountingLoop()
+    readable = FuseReadable()
+
+    async def scenario() -> None:
+        await serve(readable, r, w, 1)
+        os.write(w, b"y")  # a request queued while no task waits
+        for _ in range(IDLE_TURNS + 2):
+            await asyncio.sleep(0)  # turns of the loop with nobody waiting: then it is unregistered
+        assert loop.removed == 1
+        assert not loop.remove_reader(r)
+        await asyncio.wait_for(readable.wait_readable(r), 5)  # already readable: at once
+        assert os.read(r, 1) == b"y"
+        assert loop.added == 2
+
+    try:
+        loop.run_until_complete(scenario())
+    finally:
+        readable.stop_all()
+        loop.close()
+
+
+def test_on_uvloop_requests_are_taken_in_turn_and_closing_ends_the_wait(pipe: tuple[int, int]) -> None:
+    r, w = pipe
+    readable = FuseReadable()
+
+    async def scenario() -> None:
+        assert await serve(readable, r, w, 100) == 100
+        waiting = asyncio.ensure_future(readable.wait_readable(r))
+        await asyncio.sleep(0.01)
+        assert not waiting.done()  # nothing queued: it waits
+        readable.notify_closing(r)  # pyfuse3.terminate()
+        with pytest.raises(pyfuse3.asyncio.ClosedResourceError):
+            await waiting
+
+    uvloop.run(scenario())
+
+
+def test_a_cancelled_wait_leaves_nothing_behind(pipe: tuple[int, int]) -> None:
+    r, w = pipe
+    loop = CountingLoop()
+    readable = FuseReadable()
+
+    async def scenario() -> None:
+        waiting = asyncio.ensure_future(readable.wait_readable(r))
+        await asyncio.sleep(0.01)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        os.write(w, b"z")
+        for _ in range(IDLE_TURNS + 2):
+            await asyncio.sleep(0)  # the cancelled waiter is not woken; nobody waits: unregistered
+        assert not loop.remove_reader(r)
+        await asyncio.wait_for(readable.wait_readable(r), 5)
+        assert os.read(r, 1) == b"z"
+        assert await serve(readable, r, w, 3) == 3
+
+    try:
+        loop.run_until_complete(scenario())
+    finally:
+        readable.stop_all()
+        loop.close()
