@@ -341,7 +341,13 @@ class ChunkIO:
         last: ChunkFSError | None = None
         m: ChunkMap | None = None
         for attempt in range(MAX_TRIES):
-            m = await self._write_map(ino, index, failed, why, m)
+            try:
+                m = await self._write_map(ino, index, failed, why, m)
+            except ChunkFSError as exc:
+                if failed and m is not None:  # the only trace of why the write failed, else
+                    logger.warning("%s to chunk %#x: the master has no chain without CS %s that failed it (%s)",
+                                   msg.name, m.chunk_id, ",".join(map(str, sorted(failed))), exc)
+                raise
             failed = set()
             if not m.replicas:
                 raise Unavailable(f"chunk {m.chunk_id:#x} has no writable replica")

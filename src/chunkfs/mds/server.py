@@ -76,6 +76,8 @@ CHECKPOINT_INTERVAL = 2.0
 LOG_RESET_BYTES = 64 << 20
 #: Commands to chunk servers (create, set version) wait at most this long.
 CS_COMMAND_TIMEOUT = 10.0
+#: How long a chunk server has to answer a PING that decides whether a writer may try it again.
+CS_PING_TIMEOUT = 1.0
 #: Requests a follower answers itself; everything else is redirected to the master.
 FOLLOWER_MESSAGES = frozenset({Msg.RAFT_SNAPSHOT, Msg.PING})
 #: A new chunk that cannot be placed because chunk servers are missing (not connected,
@@ -799,7 +801,7 @@ class MetadataServer:
                 why = h.get("why", "")
                 if failed and why.startswith("no_space"):
                     self._full(failed)
-                chunk = await self._drop_replicas(await self._ensure_created(chunk), failed, why)
+                chunk = await self._drop_replicas(await self._ensure_created(chunk), failed, why, writer=True)
         reply = self._map(ino, chunk)
         if written:
             reply["written"] = True
@@ -935,11 +937,14 @@ class MetadataServer:
                        chunk.chunk_id, ",".join(str(cs) for cs in live if cs not in failed))
         return chunk
 
-    async def _drop_replicas(self, chunk: Chunk, failed: set[int], why: str = "") -> Chunk:
+    async def _drop_replicas(self, chunk: Chunk, failed: set[int], why: str = "", writer: bool = False) -> Chunk:
         """Take failed or offline replicas out of the write set: a new version (`why`: the writer's error).
 
         The survivors move to the new version first, so a dropped replica that
         comes back holds an older version and is refused — never served.
+        `writer`: `failed` are the replicas a writer saw fail; when dropping
+        them would leave fewer than the minimum, the writer waits for them
+        (`_writer_may_retry`).
         """
         for _ in range(len(chunk.replicas) + 1):
             bad = {cs for cs in chunk.replicas if cs in failed or not self.chunks.holds(cs, chunk.chunk_id)}
@@ -951,6 +956,8 @@ class MetadataServer:
             survivors = [cs for cs in chunk.replicas if cs not in bad]
             min_replicas = self.store.getattr(chunk.ino)["min_replicas"]
             if len(survivors) < min_replicas:
+                if writer and failed & bad and await self._writer_may_retry(chunk, failed & bad, min_replicas):
+                    return chunk
                 raise Unavailable(
                     f"chunk {chunk.chunk_id:#x} has {len(survivors)} writable replica(s), fewer than the minimum "
                     f"{min_replicas}; writes to it wait until its chunk servers are back"
@@ -965,6 +972,33 @@ class MetadataServer:
             )
             chunk = new
         raise Unavailable(f"chunk {chunk.chunk_id:#x}: replicas keep failing; try again")
+
+    async def _writer_may_retry(self, chunk: Chunk, reported: set[int], min_replicas: int) -> bool:
+        """Whether a writer may send its write down the same chain again, although it saw `reported` fail.
+
+        Dropping them would leave fewer than `min_replicas`, so the writer was
+        told to wait, and its client asks again with the same report until it
+        gives up (`master_wait`).  A server that failed a write and is back
+        (restarted, a connection reset) must then end the wait: it holds the
+        chunk again and answers now.  It missed nothing acknowledged, since no
+        write to the chunk could be acknowledged without it, and the write it
+        failed is the one sent again.  Without this the report kept the write
+        waiting for a server that was back, and failed it with EIO after
+        `master_wait` (a fault probe: a chunk server restarted in 2-4 s, 6
+        writes out of 6 failed after 20 s).  A server that keeps failing
+        writes fails this one again, and the writer gives up after its tries.
+        """
+        holding = {cs for cs in chunk.replicas if self.chunks.holds(cs, chunk.chunk_id)}
+        if len(holding) < min_replicas or not reported <= holding:
+            return False
+        answers = await asyncio.gather(*(self._cs_call(cs, Msg.PING, {}, timeout=CS_PING_TIMEOUT)
+                                         for cs in sorted(reported)), return_exceptions=True)
+        if any(isinstance(answer, BaseException) for answer in answers):
+            return False
+        logger.info("chunk %#x: CS %s failed a write and answer again; the writer sends it down the same chain "
+                    "(dropping them would leave fewer than the minimum %d replicas)",
+                    chunk.chunk_id, ",".join(map(str, sorted(reported))), min_replicas)
+        return True
 
     async def _cut_boundary_chunk(self, ino: int, size: int) -> None:
         """Before a file shrinks, zero the tail of the chunk the new end falls in.
@@ -984,11 +1018,12 @@ class MetadataServer:
                 "chunk_id": chunk.chunk_id, "version": chunk.version, "length": size % chunk_size})
             await self._drop_replicas(chunk, set(failed))
 
-    async def _cs_call(self, cs_id: int, msg: Msg, header: dict[str, Any], payload: bytes = b"") -> dict[str, Any]:
+    async def _cs_call(self, cs_id: int, msg: Msg, header: dict[str, Any], payload: bytes = b"",
+                       timeout: float = CS_COMMAND_TIMEOUT) -> dict[str, Any]:
         server = self.live.get(cs_id)
         if server is None:
             raise Unavailable(f"CS#{cs_id} is offline")
-        reply, _ = await server.conn.call(msg, header, payload, timeout=CS_COMMAND_TIMEOUT)
+        reply, _ = await server.conn.call(msg, header, payload, timeout=timeout)
         return reply
 
     async def _on_file_lease(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
