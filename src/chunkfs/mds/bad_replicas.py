@@ -12,6 +12,13 @@ dropped, reads of that range fail with EIO and the rest of the file reads
 fine; one event names the file, the byte range and the servers holding the
 bad copies.  Only a replica whose header is corrupt is dropped whole and
 replaced by a copy (the server has moved it to its quarantine folder).
+
+Bad blocks found while no other replica was reachable (its servers down)
+are remembered, and mended as soon as one is back (`retry_pending`, on
+each pass of the replication monitor).  Before, they waited for the next
+scrub (a week by default) while the chunk counted as healthy, and every
+read that met them made another report and another event (a fault probe:
+80 in a second).
 """
 
 from __future__ import annotations
@@ -35,6 +42,8 @@ MAX_CHECKING = 64
 #: Chunk versions whose lost blocks are remembered, so a program retrying a read of a
 #: lost range does not make a server re-read the whole replica each time.
 MAX_LOST_REMEMBERED = 10_000
+#: Replicas whose bad blocks wait for another replica to be reachable, remembered at most (oldest forgotten).
+MAX_PENDING_REMEMBERED = 10_000
 
 
 class BadReplicas:
@@ -44,6 +53,8 @@ class BadReplicas:
         self.checking: set[tuple[int, int]] = set()
         #: (chunk_id, version) -> blocks bad on every replica (oldest forgotten first).
         self.lost: OrderedDict[tuple[int, int], set[int]] = OrderedDict()
+        #: (chunk_id, cs_id) -> that replica's bad blocks no good copy was reachable for.
+        self.pending: OrderedDict[tuple[int, int], set[int]] = OrderedDict()
         self.repaired_blocks = 0
 
     def report(self, chunk_id: int, cs_id: int, reason: str, own: bool, reporter: str,
@@ -55,6 +66,8 @@ class BadReplicas:
         if not own and blocks and set(blocks) <= self.lost.get((chunk_id, chunk.version), set()):
             return False  # a read of a range already known lost: nothing new to learn
         key = (chunk_id, cs_id)
+        if blocks and set(blocks) <= self.pending.get(key, set()):
+            return False  # known, and mended once another replica is back (`retry_pending`)
         if key in self.checking or len(self.checking) >= MAX_CHECKING:
             return False
         self.checking.add(key)
@@ -113,9 +126,33 @@ class BadReplicas:
                 f"{chunk_id:#x} ({holders}): reads of that range fail with an I/O error, the rest of the file "
                 "reads fine; the bad copies are kept as they are. Restore that range from a backup "
                 "(a whole-block write over it replaces it)"))
+        waiting = (self.pending.pop((chunk_id, cs_id), set()) - set(bad)) | set(pending)
+        if waiting:
+            self.pending[(chunk_id, cs_id)] = waiting
+            while len(self.pending) > MAX_PENDING_REMEMBERED:
+                self.pending.popitem(last=False)  # forgotten: the scrubber or a read finds them again
         if pending:
-            logger.warning("chunk %#x on CS#%d: %d bad block(s) not repaired yet (no good copy reachable); the "
-                           "next scrub or read reports them again", chunk_id, cs_id, len(pending))
+            logger.warning("chunk %#x on CS#%d: %d bad block(s) not repaired yet (no good copy reachable); "
+                           "repaired when another replica is back", chunk_id, cs_id, len(pending))
+
+    def retry_pending(self) -> int:
+        """Start the repairs that waited for another replica, where one is reachable now; how many started."""
+        mds, started = self.mds, 0
+        for key in list(self.pending):
+            chunk_id, cs_id = key
+            chunk = mds.store.chunk(chunk_id)
+            if chunk is None or cs_id not in chunk.replicas:
+                del self.pending[key]  # the chunk or that replica is gone: nothing left to mend
+                continue
+            if (cs_id not in mds.live or key in self.checking or len(self.checking) >= MAX_CHECKING
+                    or not any(cs != cs_id and mds.chunks.holds(cs, chunk_id) for cs in chunk.replicas)):
+                continue
+            blocks = sorted(self.pending.pop(key))
+            self.checking.add(key)
+            mds.spawn(self._handle(chunk, cs_id, "bad blocks no good copy was reachable for", True,
+                                   "a read while the other replicas were down", blocks))
+            started += 1
+        return started
 
     def _chunk_size(self) -> int:
         return int(self.mds.node.cluster.chunk_size)

@@ -394,6 +394,7 @@ class ReplicationMonitor:
         if not settled:
             return
         self._sweep()
+        self.bad.retry_pending()
         checked = self.index.take(MAX_CHECKED_PER_TICK)
         work: list[Need] = []
         for row, verdict in self.index.judge_rows(store.chunk_rows(checked), checked):
@@ -442,6 +443,9 @@ class ReplicationMonitor:
         self, cs_id: int, state: str, before: str | None, lost: int, short: int, settings: dict[str, float]
     ) -> None:
         if state == INACTIVE and before == ACTIVE:
+            if cs_id not in self.mds.live:
+                return  # disconnected: its "connection lost" event said so (this one said "silent for 10 s"
+                # a second after a kill -9, a fault probe found)
             await self.mds.event(
                 "warning", f"CS#{cs_id} inactive: silent for {settings['cs-inactive-timeout']:g} s; no new "
                 f"chunks go there; offline after {settings['cs-offline-timeout']:g} s")
