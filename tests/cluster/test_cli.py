@@ -49,6 +49,14 @@ def test_put_get_ls_rm_and_attributes(make_cluster, tmp_path) -> None:
     events = json.loads(run_cli("-c", name, "get-event", "--json").stdout)
     assert any("online" in e["message"] for e in events)
 
+    # A goal the cluster cannot meet is set (servers may be added), and said so (a fault probe: it was silent).
+    result = run_cli("-c", name, "set-attr", "/a", "replicas=9:8")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.startswith("warning: the cluster has 3 chunk server(s), fewer than the minimum 8"), result
+    result = run_cli("-c", name, "set-attr", "/a", "replicas=5:2")
+    assert "stay below their goal of 5 replicas (at 3)" in result.stderr, result
+    assert run_cli("-c", name, "set-attr", "/a", "replicas=3:2").stderr == ""
+
     assert run_cli("-c", name, "rm", "-r", "/a").returncode == 0
     assert run_cli("-c", name, "ls", "/").stdout.strip() == ""
 

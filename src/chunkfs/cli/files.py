@@ -245,6 +245,14 @@ async def cmd_set_attr(client: Client, args: argparse.Namespace) -> int:
     for n, minimum in settings:
         changed = await client.set_replicas(args.path, n, minimum, args.recursive)
         print(f"replicas={n}:{minimum} set on {changed} item(s)")
+        servers = len((await client.cluster_stat())["cs"])
+        if minimum > servers:
+            print(f"warning: the cluster has {servers} chunk server(s), fewer than the minimum {minimum}: a write "
+                  f"that needs a new chunk there fails with 'no space' (ENOSPC) until it has {minimum}; chunks "
+                  "that exist keep the replicas they have", file=sys.stderr)
+        elif n > servers:
+            print(f"warning: the cluster has {servers} chunk server(s): chunks there stay below their goal of {n} "
+                  f"replicas (at {servers}) until it has {n}", file=sys.stderr)
     return 0
 
 
