@@ -75,5 +75,7 @@ def test_bad_blocks_no_good_copy_was_up_for_are_mended_when_one_is_back(make_clu
             return True
 
         wait_for("the bad block mended from a replica that is back", mended, timeout=60)
-        assert any(f"replica of chunk {chunk_id:#x}" in e["message"] and "repaired" in e["message"]
-                   for e in c.events())
+        # The event comes when the server has answered the repair: a moment after the block is mended.
+        wait_for("the repair's event", lambda: any(
+            f"replica of chunk {chunk_id:#x}" in e["message"] and "repaired" in e["message"] for e in c.events()),
+            timeout=30)
