@@ -79,6 +79,7 @@ import pyfuse3
 
 from chunkfs.client.client import Client
 from chunkfs.client.kernel_cache import WHOLE_NAMES_MAX, KernelCache
+from chunkfs.client.setid import created_mode, to_clear
 from chunkfs.common.change_time import change_ctime
 from chunkfs.common.errors import Busy, ChunkFSError, ConfigError, NotFound, ProtocolError, Unavailable
 from chunkfs.common.failure_log import FailureLog
@@ -388,6 +389,8 @@ class ChunkFSOperations(pyfuse3.Operations):
         #: Handles opened with O_APPEND for writing only: each write goes to the end of the file as this
         #: mount knows it.
         self._appending: set[int] = set()
+        #: Direct-I/O handles whose first write clears set-ID bits first (client/setid.py): handle -> bits.
+        self._clear_on_write: dict[int, int] = {}
         self.dirs: dict[int, DirHandle] = {}
         self._statfs: tuple[float, pyfuse3.StatvfsData] | None = None
         #: Who holds this mount's leases, as other mounts' errors name it.
@@ -684,8 +687,8 @@ class ChunkFSOperations(pyfuse3.Operations):
         since = self.cache.seq
         oseq = next(self._oseq)
         attr = await self.client.create_at(
-            parent_inode, name, statmod.S_IMODE(mode), exclusive=bool(flags & os.O_EXCL),
-            session=self.session, truncate=truncate, oseq=oseq,
+            parent_inode, name, created_mode(statmod.S_IMODE(mode), ctx.uid, self.uid),
+            exclusive=bool(flags & os.O_EXCL), session=self.session, truncate=truncate, oseq=oseq,
         )
         if attr["type"] != "f":
             raise pyfuse3.FUSEError(errno.EISDIR)
@@ -694,6 +697,7 @@ class ChunkFSOperations(pyfuse3.Operations):
         lease = await self._lease(attr["ino"], flags)
         fi = self._open(attr, flags, oseq)
         self._leased(attr["ino"], lease)
+        attr = await self._setid_on_open(attr, flags, fi, ctx)
         return fi, self._named(attr, parent_inode, name, since)
 
     @fuse_errors
@@ -705,7 +709,8 @@ class ChunkFSOperations(pyfuse3.Operations):
         check_name_length(name)
         since = self.cache.seq
         return self._named(await self.client.create_at(
-            parent_inode, name, statmod.S_IMODE(mode), exclusive=True), parent_inode, name, since)
+            parent_inode, name, created_mode(statmod.S_IMODE(mode), ctx.uid, self.uid), exclusive=True),
+            parent_inode, name, since)
 
     @fuse_errors
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
@@ -910,7 +915,44 @@ class ChunkFSOperations(pyfuse3.Operations):
         lease = await self._lease(inode, flags)
         fi = self._open(attr, flags, oseq)
         self._leased(inode, lease)
+        await self._setid_on_open(attr, flags, fi, ctx)
         return fi
+
+    async def _setid_on_open(
+        self, attr: dict[str, Any], flags: int, fi: pyfuse3.FileInfo, ctx: pyfuse3.RequestContext
+    ) -> dict[str, Any]:
+        """Set-ID bits an unprivileged caller's open clears (client/setid.py); the file's attributes after.
+
+        An ``O_TRUNC`` open clears them at once; a direct-I/O handle for writing, at its first
+        write (the kernel clears them before a buffered write itself).
+        """
+        if ctx.uid == 0 or flags & os.O_ACCMODE == os.O_RDONLY and not flags & os.O_TRUNC:
+            return attr
+        mode = attr.get("mode")
+        if mode is None:  # a file this mount holds open and wrote: the master's word on its mode
+            mode = (await self.client.getattr(attr["ino"]))["mode"]
+        bits = to_clear(mode, ctx.uid, ctx.gid, ctx.pid, self.gid)
+        if not bits:
+            return attr
+        if flags & os.O_TRUNC:
+            return await self._clear_setid(attr["ino"], bits)
+        if fi.direct_io:
+            self._clear_on_write[fi.fh] = bits
+        return attr
+
+    async def _clear_setid(self, ino: int, bits: int) -> dict[str, Any]:
+        """Clear `bits` of the file's mode on the master, from its mode now; the kernel asks for it again."""
+        attr = await self.client.getattr(ino)
+        if not attr["mode"] & bits:
+            return attr
+        of = self.files.get(ino)
+        if of is not None:
+            async with of.commit_lock:
+                attr = await self._setattr_open(of, {"mode": attr["mode"] & 0o7777 & ~bits})
+        else:
+            attr = await self.client.setattr(ino, mode=attr["mode"] & 0o7777 & ~bits)
+        self.cache.drop_attributes_now(ino, attr["size"], attr["mtime_ns"])
+        return attr
 
     def _name_of(self, ino: int) -> tuple[int, bytes] | None:
         """The name the kernel reached `ino` by, for the master to check (it may have been renamed away)."""
@@ -1072,6 +1114,9 @@ class ChunkFSOperations(pyfuse3.Operations):
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         of = self._handle(fh)
         self._check_lease(of)
+        if fh in self._clear_on_write:
+            await self._clear_setid(of.ino, self._clear_on_write[fh])  # before the bytes, as the kernel does
+            del self._clear_on_write[fh]
         appending = fh in self._appending
         if appending:
             # The range is taken before the write is sent: appends in flight at once (asynchronous
@@ -1161,6 +1206,7 @@ class ChunkFSOperations(pyfuse3.Operations):
     async def release(self, fh: int) -> None:
         of = self.handles.pop(fh, None)
         self._appending.discard(fh)
+        self._clear_on_write.pop(fh, None)
         if of is None:
             return
         of.refs -= 1
