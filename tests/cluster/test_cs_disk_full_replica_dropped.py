@@ -7,9 +7,14 @@ nothing was logged and no event was recorded.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 from pathlib import Path
 
+import pytest
+
+from chunkfs.common.errors import NoSpace
 from chunkfs.testing.cluster import wait_for
 
 from ._disk_helpers import on_small_disk
@@ -40,3 +45,30 @@ def test_full_disk_on_one_replica_drops_it_and_the_write_goes_on(make_cluster, t
             assert all(cs_id not in {r[0] for r in m.replicas} for m in maps)
             # Every chunk has its two good replicas (MIN), and the rest is repaired elsewhere when space allows.
             wait_for("every chunk readable", lambda: c.read(f["ino"], 0, len(blob)) == blob, timeout=30)
+
+
+def test_full_disks_on_every_replica_of_a_chunk_give_enospc_not_a_wait(make_cluster, tmp_path) -> None:
+    """Both replicas of a chunk (replicas 2:2, no replica to spare) full: the write fails with ENOSPC after
+    its tries, not with EIO after the client's whole wait for a chain the master could not give (a fault
+    probe: 4 of 4 writes waited 20 s for EIO)."""
+    cluster = make_cluster(n_cs=2)
+    with contextlib.ExitStack() as disks:
+        for number in (1, 2):
+            node = cluster.find("cs", number)
+            disks.enter_context(on_small_disk(cluster, "cs", number, Path(node.dir) / "data",
+                                              tmp_path / f"saved-{number}", 5 * MiB))
+        cluster.wait_ready()
+        with cluster.client() as c:
+            c.set_replicas("/", 2, 2)
+            f = c.create("/big")
+            c.client.mds.retry_for = 10.0
+            blob = os.urandom(16 * MiB)
+            written = 0
+            with pytest.raises(NoSpace) as full:
+                for offset in range(0, len(blob), MiB // 4):
+                    c.write(f["ino"], offset, blob[offset:offset + MiB // 4])
+                    written = offset + MiB // 4
+            assert full.value.errno == errno.ENOSPC
+            assert written > 0
+            c.client.mds.retry_for = 30.0
+            assert c.read(f["ino"], 0, written) == blob[:written]  # what was written before stays
