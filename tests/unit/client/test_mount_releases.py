@@ -20,6 +20,9 @@ from chunkfs.client import fuse_ops
 from chunkfs.client.fuse_ops import ChunkFSOperations, MountOptions
 from chunkfs.mds.open_files import OpenFileTable
 
+#: The request context of a caller: root.
+ROOT = SimpleNamespace(uid=0, gid=0, pid=0, umask=0o022)
+
 
 class Master:
     """The master's side of OPEN and RELEASE, on its real table of open files."""
@@ -54,7 +57,7 @@ def mount(master: Master) -> ChunkFSOperations:
 
 
 async def opened(ops: ChunkFSOperations, ino: int) -> int:
-    return int((await ops.open(ino, os.O_RDWR, None)).fh)  # type: ignore[arg-type]
+    return int((await ops.open(ino, os.O_RDWR, ROOT)).fh)  # type: ignore[arg-type]
 
 
 async def settle() -> None:
