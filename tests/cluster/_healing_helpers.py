@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 from chunkfs.protocol.messages import Msg
@@ -36,3 +38,17 @@ def check_every_replica(client: Any, ino: int, data: bytes, chunk_size: int = Mi
         for cs, addr in m["replicas"]:
             got = read_replica(client, addr, m["chunk_id"], m["version"], 0, len(want))
             assert got == want, f"chunk {index} on CS#{cs} differs"
+
+
+def replica_files(cluster: Any, chunk_id: int, version: int) -> list[Path]:
+    """The files of a chunk's replicas on every chunk server of a local cluster."""
+    return sorted(Path(cluster.dir).glob(f"cs*/data/chunks/*/{chunk_id:016x}_{version:016x}.chunk"))
+
+
+def flip_bytes(path: Path, at: int, count: int = 16) -> None:
+    """Flip `count` bytes of a replica file at `at` (from its end when negative), as a bad sector would."""
+    with open(path, "r+b") as fh:
+        fh.seek(at if at >= 0 else os.path.getsize(path) + at)
+        original = fh.read(count)
+        fh.seek(-count, os.SEEK_CUR)
+        fh.write(bytes(b ^ 0xFF for b in original))

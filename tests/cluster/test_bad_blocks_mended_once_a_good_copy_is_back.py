@@ -18,6 +18,8 @@ from chunkfs.common.errors import ChecksumMismatch, ChunkFSError
 from chunkfs.protocol.messages import Msg
 from chunkfs.testing.cluster import wait_for
 
+from ._healing_helpers import flip_bytes, read_replica, replica_files
+
 MiB = 1 << 20
 
 
@@ -32,13 +34,9 @@ def test_bad_blocks_no_good_copy_was_up_for_are_mended_when_one_is_back(make_clu
         m = c.run(c.client.mds.call(Msg.CHUNK_READ, {"ino": f.ino, "index": 0}))
         chunk_id, version = m["chunk_id"], m["version"]
         (bad_id, bad_addr), *good = m["replicas"]
-        name = f"{chunk_id:016x}_{version:016x}.chunk"
-        path = next(Path(cluster.dir).glob(f"cs{cluster.cs_number(bad_id)}/data/chunks/*/{name}"))
-        with open(path, "r+b") as fh:  # flip 16 bytes in the middle of the data
-            fh.seek(os.path.getsize(path) - MiB // 2)
-            original = fh.read(16)
-            fh.seek(-16, os.SEEK_CUR)
-            fh.write(bytes(b ^ 0xFF for b in original))
+        path = next(p for p in replica_files(cluster, chunk_id, version)
+                    if p.is_relative_to(Path(cluster.dir) / f"cs{cluster.cs_number(bad_id)}"))
+        flip_bytes(path, -MiB // 2)  # in the middle of the data
         for cs_id, _ in good:
             cluster.kill("cs", cluster.cs_number(cs_id))
         wait_for("the master to see the good servers gone", lambda: sum(
@@ -65,10 +63,8 @@ def test_bad_blocks_no_good_copy_was_up_for_are_mended_when_one_is_back(make_clu
             cluster.start("cs", cluster.cs_number(cs_id))
 
         def mended() -> bool:
-            conn = c.run(c.client.io.server(bad_addr))
             try:
-                _, payload = c.run(conn.call(Msg.CS_READ, {
-                    "chunk_id": chunk_id, "version": version, "offset": MiB // 2, "length": 4096}))
+                payload = read_replica(c, bad_addr, chunk_id, version, MiB // 2, 4096)
             except ChecksumMismatch:
                 return False
             assert payload == data[MiB // 2:MiB // 2 + 4096]

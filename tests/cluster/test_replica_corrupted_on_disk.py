@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from chunkfs.common.errors import ChecksumMismatch, NotFound, StaleVersion
 from chunkfs.protocol.messages import Msg
 from chunkfs.testing.cluster import wait_for
+
+from ._healing_helpers import flip_bytes, replica_files
 
 MiB = 1 << 20
 
@@ -22,15 +23,10 @@ def test_corrupt_replica_is_detected_and_skipped(make_cluster) -> None:
         m = c.run(c.client.mds.call(Msg.CHUNK_READ, {"ino": f.ino, "index": 0}))
         chunk_id, version = m["chunk_id"], m["version"]
         # Corrupt the replica on every server but one, in the middle of the data.
-        name = f"{chunk_id:016x}_{version:016x}.chunk"
-        files = sorted(Path(cluster.dir).glob(f"cs*/data/chunks/*/{name}"))
+        files = replica_files(cluster, chunk_id, version)
         assert len(files) == 3
         for path in files[:2]:
-            with open(path, "r+b") as fh:
-                fh.seek(os.path.getsize(path) - MiB // 2)
-                original = fh.read(16)
-                fh.seek(-16, os.SEEK_CUR)
-                fh.write(bytes(b ^ 0xFF for b in original))
+            flip_bytes(path, -MiB // 2)
         def read_as_a_new_mount(salt: int | None = None) -> bytes:
             # A mount reads a chunk from the same replica first each time: another one may start elsewhere.
             with cluster.client() as other:

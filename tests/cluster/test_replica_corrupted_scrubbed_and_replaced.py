@@ -19,24 +19,15 @@ from chunkfs.common.config import BLOCK_SIZE
 from chunkfs.common.errors import ChecksumMismatch
 from chunkfs.testing.cluster import wait_for
 
-from ._healing_helpers import MiB, check_every_replica, chunk_maps
+from ._healing_helpers import MiB, check_every_replica, chunk_maps, flip_bytes, replica_files
 
 SIZE = 2 * MiB
-
-
-def _replica_files(cluster, chunk_id: int, version: int) -> list[Path]:
-    name = f"{chunk_id:016x}_{version:016x}.chunk"
-    return sorted(Path(cluster.dir).glob(f"cs*/data/chunks/*/{name}"))
 
 
 def _corrupt(path: Path, block: int, data_offset: int | None = None) -> None:
     """Flip 16 bytes in the middle of one block of a replica file (the data region is its last MiB)."""
     start = os.path.getsize(path) - MiB if data_offset is None else data_offset
-    with open(path, "r+b") as fh:
-        fh.seek(start + block * BLOCK_SIZE + BLOCK_SIZE // 2)
-        original = fh.read(16)
-        fh.seek(-16, os.SEEK_CUR)
-        fh.write(bytes(b ^ 0xFF for b in original))
+    flip_bytes(path, start + block * BLOCK_SIZE + BLOCK_SIZE // 2)
 
 
 def _server_dir(replica: Path) -> Path:
@@ -58,7 +49,7 @@ def _written(cluster, c, name: str, chunk: int) -> tuple[Any, bytes, dict[str, A
     c.run(f.write(0, data))
     c.run(f.fsync())
     m = chunk_maps(c, f.ino, SIZE)[chunk]
-    return f, data, m, _replica_files(cluster, m["chunk_id"], m["version"])
+    return f, data, m, replica_files(cluster, m["chunk_id"], m["version"])
 
 
 def test_scrubber_finds_a_bad_block_and_it_is_mended_in_place(make_cluster) -> None:
