@@ -42,8 +42,11 @@ MAX_CHECKING = 64
 #: Chunk versions whose lost blocks are remembered, so a program retrying a read of a
 #: lost range does not make a server re-read the whole replica each time.
 MAX_LOST_REMEMBERED = 10_000
-#: Replicas whose bad blocks wait for another replica to be reachable, remembered at most (oldest forgotten).
+#: Replicas whose bad blocks wait for another replica to be reachable, remembered at most (the least
+#: recently looked at forgotten first).
 MAX_PENDING_REMEMBERED = 10_000
+#: Of those, looked at per pass of the replication monitor (each a store lookup on the master's loop).
+PENDING_CHECKED_PER_PASS = 64
 
 
 class BadReplicas:
@@ -135,10 +138,14 @@ class BadReplicas:
             logger.warning("chunk %#x on CS#%d: %d bad block(s) not repaired yet (no good copy reachable); "
                            "repaired when another replica is back", chunk_id, cs_id, len(pending))
 
-    def retry_pending(self) -> int:
-        """Start the repairs that waited for another replica, where one is reachable now; how many started."""
-        mds, started = self.mds, 0
-        for key in list(self.pending):
+    def retry_pending(self) -> None:
+        """Start the repairs that waited for another replica, where one is reachable now.
+
+        A bounded slice per pass, the ones looked at going to the back: a long outage may leave
+        thousands waiting, and each look is a store lookup on the master's event loop.
+        """
+        mds = self.mds
+        for key in list(self.pending)[:PENDING_CHECKED_PER_PASS]:
             chunk_id, cs_id = key
             chunk = mds.store.chunk(chunk_id)
             if chunk is None or cs_id not in chunk.replicas:
@@ -146,13 +153,12 @@ class BadReplicas:
                 continue
             if (cs_id not in mds.live or key in self.checking or len(self.checking) >= MAX_CHECKING
                     or not any(cs != cs_id and mds.chunks.holds(cs, chunk_id) for cs in chunk.replicas)):
+                self.pending.move_to_end(key)
                 continue
             blocks = sorted(self.pending.pop(key))
             self.checking.add(key)
             mds.spawn(self._handle(chunk, cs_id, "bad blocks no good copy was reachable for", True,
                                    "a read while the other replicas were down", blocks))
-            started += 1
-        return started
 
     def _chunk_size(self) -> int:
         return int(self.mds.node.cluster.chunk_size)
