@@ -1100,6 +1100,12 @@ class MetadataStore:
     def _op_event(self, term: int, time: float, level: str, message: str) -> int:
         seq = self._next("event_seq") + 1
         self.db.execute("INSERT INTO events VALUES (?, ?, ?, ?)", (seq, time, level, message))
+        if seq == 1:
+            # The cluster's first event (its first master's election) dates the root, which every MDS
+            # made alike with no time when its store was new: no clock is replicated before a command.
+            t = _ns(time)
+            self.db.execute("UPDATE inodes SET atime = ?, mtime = ?, ctime = ? WHERE ino = ? AND ctime = 0",
+                            (t, t, t, ROOT_INO))
         self._trim_events(seq, time)
         return seq
 

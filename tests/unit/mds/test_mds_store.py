@@ -612,6 +612,16 @@ def test_register_cs_assigns_ids(d: Driver, store: MetadataStore) -> None:
     ]
 
 
+def test_the_first_event_dates_a_new_root(d: Driver, store: MetadataStore) -> None:
+    """A new store's root has no time (1970); the cluster's first event (its first election) dates it, once."""
+    assert store.getattr(ROOT_INO)["mtime_ns"] == 0
+    d("event", time=1234.5, level="info", message="MDS#1 is the master")
+    attr = store.getattr(ROOT_INO)
+    assert (attr["atime_ns"], attr["mtime_ns"], attr["ctime_ns"]) == (1234_500_000_000,) * 3
+    d("event", time=5000.0, level="info", message="MDS#2 is the master")
+    assert store.getattr(ROOT_INO)["mtime_ns"] == 1234_500_000_000
+
+
 def test_the_event_log_keeps_its_window(d: Driver, store: MetadataStore) -> None:
     """Bounded history: at most event-log-max events, none older than event-log-days (settings)."""
     from chunkfs.mds.store import EVENT_TRIM_BATCH
