@@ -36,6 +36,7 @@ from chunkfs.common.failure_log import FailureLog
 from chunkfs.common.placement import FAILURE_DOMAINS, MAX_TIER
 from chunkfs.common.secret_files import SecretFiles
 from chunkfs.common.timings import TIMINGS
+from chunkfs.mds import absent_servers
 from chunkfs.mds.chunks import ReplicaSets
 from chunkfs.mds.cluster_view import ClusterView
 from chunkfs.mds.held_replicas import HeldReplicas
@@ -185,6 +186,8 @@ class MetadataServer:
         self.chunks = ReplicaSets(self.live, self._propose, self._cs_call, self._spawn)
         self._rng = random.Random()  # noqa: S311 - placement only
         self._master_since = 0.0
+        #: Registered chunk servers this master found nothing listening for: not waited for (absent_servers.py).
+        self._absent: set[int] = set()
         #: Chunk ids set aside for this master, [next, end) (`_new_chunk_id`).
         self._chunk_ids = [0, 0]
         self._chunk_ids_lock = asyncio.Lock()
@@ -286,6 +289,8 @@ class MetadataServer:
 
     async def _became_master(self) -> None:
         self._master_since = time.monotonic()
+        self._absent = set()
+        self._spawn(self._find_absent_servers(self._master_since))
         self._chunk_ids = [0, 0]
         self.healing.start()
         self.leases.start_grace()
@@ -817,11 +822,24 @@ class MetadataServer:
         if time.monotonic() - self._master_since > CS_RECONNECT_GRACE:
             return
         missing = [cs["id"] for cs in self.store.chunk_servers()
-                   if cs["id"] not in self.live or self.live[cs["id"]].reporting]
+                   if (cs["id"] not in self.live and cs["id"] not in self._absent)
+                   or (cs["id"] in self.live and self.live[cs["id"]].reporting)]
         if missing:
             raise Unavailable(
                 f"this master is new; waiting for chunk servers {missing} to reconnect: retry shortly"
             )
+
+    async def _find_absent_servers(self, since: float) -> None:
+        """Which registered chunk servers still missing after a moment refuse connections: not waited for."""
+        await asyncio.sleep(absent_servers.PROBE_DELAY)
+        addrs = {cs["id"]: cs["addr"] for cs in self.store.chunk_servers() if cs["id"] not in self.live}
+        refused = await absent_servers.refusing(addrs) if addrs else set()
+        if since != self._master_since or not self.raft.is_leader():
+            return  # no longer the master that asked
+        for cs in sorted(refused - set(self.live)):
+            self._absent.add(cs)
+            await self._event("info", f"CS#{cs} at {addrs[cs]} refuses connections: this new master places "
+                              "new chunks without waiting for it to reconnect")
 
     async def _allocate(self, ino: int, index: int, first: tuple[int, bytes] | None = None) -> tuple[Chunk, bool]:
         """Allocate chunk `index` of `ino`, its replicas made with `first` (offset, bytes) in them when given;
