@@ -101,3 +101,43 @@ def test_a_write_after_another_mounts_cut_returned_is_not_lost_with_the_cut_chun
         got = pread(a / name, 4096, CHUNK + 8192)
         assert got == b"q" * 4096, f"trial {trial}: B's write after the cut read back as {got[:8]!r}..."
         assert pread(a / name, 4096, CHUNK + 4096) == bytes(4096)  # cut, and B did not write it again
+
+
+def test_a_writers_close_after_another_mounts_cut_does_not_regrow_the_file_with_zeros(make_cluster, mount) -> None:
+    """B wrote, A cut the file (truncate, or O_TRUNC and new bytes), then B closed (found by a probe).
+
+    B's writes came before the cut: as on a local disk, the cut decides the size. Before, B's close
+    committed the end of its writes, and the file grew back with zeros where the cut removed them.
+    A logger that goes on appending after logrotate's copytruncate writes at the new end.
+    """
+    cluster = make_cluster(n_cs=3)
+    a, b = mount(cluster, "a"), mount(cluster, "b")
+    # The logger and copytruncate.
+    (a / "app.log").write_bytes(b"")
+    fd = os.open(b / "app.log", os.O_WRONLY | os.O_APPEND)
+    try:
+        for i in range(100):
+            os.write(fd, b"log line %03d\n" % i)
+        os.truncate(a / "app.log", 0)
+        os.write(fd, b"after the rotation\n")
+    finally:
+        os.close(fd)
+    assert (a / "app.log").read_bytes() == b"after the rotation\n"
+    # A write inside the file, then a cut below it, to 0 and to the middle of it, and a rewrite.
+    for what, cut, want in (
+        ("truncate(0)", lambda p: os.truncate(p, 0), b""),
+        ("truncate(55)", lambda p: os.truncate(p, 55), b"x" * 50 + b"B" * 5),
+        ("O_TRUNC and new bytes", lambda p: p.write_bytes(b"A-new-content"), b"A-new-content"),
+    ):
+        name = f"h-{len(want)}"
+        (a / name).write_bytes(b"x" * 100)
+        fd = os.open(b / name, os.O_RDWR)
+        try:
+            assert os.pwrite(fd, b"B" * 10, 50) == 10
+            if what == "truncate(55)":
+                os.fsync(fd)  # committed or not, B's write comes before the cut
+            cut(a / name)
+        finally:
+            os.close(fd)
+        assert (a / name).read_bytes() == want, what
+        assert (b / name).read_bytes() == want, what

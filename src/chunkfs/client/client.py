@@ -248,9 +248,16 @@ class Client:
             await self.extend(ino, offset + len(data))
         return len(data)
 
-    async def extend(self, ino: int, size: int, mtime_ns: int | None = None) -> dict[str, Any]:
-        """Grow the file's size to at least `size` (never shrinks it); mtime is the write's (default now)."""
+    async def extend(self, ino: int, size: int, mtime_ns: int | None = None, cut: int | None = None) -> dict[str, Any]:
+        """Grow the file's size to at least `size` (never shrinks it); mtime is the write's (default now).
+
+        `cut`: the file's last cut (attribute "cut") known when the writes were made; the master leaves
+        the size alone if the file was cut since (MetadataStore._cut).  None: not known (a master
+        of an earlier version does not say it).
+        """
         header = {"ino": ino, "size": size, "mtime_ns": time.time_ns() if mtime_ns is None else mtime_ns}
+        if cut is not None:
+            header["cut"] = cut
         return (await self.mds.call(Msg.EXTEND, header))["attr"]
 
     async def fsync(self, ino: int) -> None:

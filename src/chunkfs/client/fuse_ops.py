@@ -331,6 +331,10 @@ class OpenFile:
     #: This mount's number (``oseq``) of the latest OPEN or CREATE that registered the file with the
     #: master: its release counts up to it, so it cannot undo a later open's registration.
     registered: int = 0
+    #: The file's last cut (truncate, O_TRUNC; its attribute "cut") this mount knows of: sent with the
+    #: size it commits, which the master ignores if the file was cut since (`FuseOps._learn_cut`).
+    #: None: the master does not say (an earlier version).
+    cut: int | None = None
 
 
 @dataclass(slots=True)
@@ -457,6 +461,12 @@ class ChunkFSOperations(pyfuse3.Operations):
             if of is not None:
                 of.attr = None  # changed by another client: answers need the master again
                 of.committed_size = -1  # it may have cut the file: the next fdatasync commits the size
+        # Taken here, before any request that came after the cut is served: this notice was sent
+        # before the cut's own answer, and its bytes were here before such a request's.
+        for ino, cut, size in h.get("cuts", []):
+            of = self.files.get(ino)
+            if of is not None and isinstance(cut, int) and isinstance(size, int):
+                self._learn_cut(of, {"cut": cut, "size": size})
         self.cache.changed(entries, inodes)
 
     # -- attributes ------------------------------------------------------------
@@ -471,6 +481,7 @@ class ChunkFSOperations(pyfuse3.Operations):
         if of is not None:
             if "mode" in attr:
                 self._keep_attr(of, attr, self.cache.seq if since is None else since)
+            self._learn_cut(of, attr)
             if of.dirty:
                 # Written here since the master last heard: a write sets mtime and ctime to its
                 # time, even when an earlier utime put them in the future.
@@ -616,7 +627,7 @@ class ChunkFSOperations(pyfuse3.Operations):
             except NotFound:
                 raise pyfuse3.FUSEError(errno.ESTALE) from None
         if "size" in changes:
-            self._truncated(inode, new["size"], new["mtime_ns"])
+            self._truncated(inode, new)
         return self._entry(new, since)
 
     def _defer_times(self, of: OpenFile, changes: dict[str, Any]) -> None:
@@ -639,7 +650,7 @@ class ChunkFSOperations(pyfuse3.Operations):
         if "ctime_ns" in pending and not changes:  # only committing what was set here: its own ctime
             changes["ctime_ns"] = pending["ctime_ns"]
         if of.dirty and "size" not in changes:
-            changes["extend"] = [size, mtime_ns]
+            changes["extend"] = [size, mtime_ns] if of.cut is None else [size, mtime_ns, of.cut]
         for key in ("mtime_ns", "atime_ns"):
             if key in pending and key not in changes and not (key == "mtime_ns" and "size" in changes):
                 changes[key] = pending[key]
@@ -652,17 +663,36 @@ class ChunkFSOperations(pyfuse3.Operations):
                 del of.pending[key]
         return new
 
-    def _truncated(self, inode: int, size: int, mtime_ns: int) -> None:
+    def _truncated(self, inode: int, attr: dict[str, Any]) -> None:
+        """This mount cut the file; `attr`: the master's answer."""
+        size = attr["size"]
         chunks = -(-size // self.client.chunk_size)
         dirty = self.client.io.dirty.get(inode)
         if dirty:
             dirty.difference_update({i for i in dirty if i >= chunks})
         of = self.files.get(inode)
         if of is not None:
-            of.size, of.committed_size, of.mtime_ns, of.dirty = size, size, mtime_ns, False
+            of.size, of.committed_size, of.mtime_ns, of.dirty = size, size, attr["mtime_ns"], False
             of.written_end = 0
             of.gen += 1
+            of.cut = attr.get("cut", of.cut)
             of.attr = None  # the master's answer to the truncation is kept by its caller, if at all
+
+    def _learn_cut(self, of: OpenFile, attr: dict[str, Any]) -> None:
+        """The master's answer about an open file tells of a later cut than this mount knew of.
+
+        Another client truncated the file, or opened it with O_TRUNC.  The writes made here
+        before this mount heard of it come before it, as on a local disk where the truncate came
+        last: their end is not a size to commit (the master would ignore it anyway), and the file
+        ends where the cut left it, which is where an O_APPEND write goes next.  Writes in flight
+        now complete without moving the size (`write`).
+        """
+        cut = attr.get("cut")
+        if cut is None or of.cut is None or cut <= of.cut:
+            return
+        of.cut = cut
+        of.written_end = 0
+        of.size = of.committed_size = attr["size"]
 
     # -- namespace -------------------------------------------------------------
 
@@ -693,7 +723,7 @@ class ChunkFSOperations(pyfuse3.Operations):
         if attr["type"] != "f":
             raise pyfuse3.FUSEError(errno.EISDIR)
         if truncate:
-            self._truncated(attr["ino"], attr["size"], attr["mtime_ns"])
+            self._truncated(attr["ino"], attr)
         lease = await self._lease(attr["ino"], flags)
         fi = self._open(attr, flags, oseq)
         self._leased(attr["ino"], lease)
@@ -866,8 +896,10 @@ class ChunkFSOperations(pyfuse3.Operations):
         ino = attr["ino"]
         of = self.files.get(ino)
         if of is None:
-            of = self.files[ino] = OpenFile(ino, attr["size"], attr["mtime_ns"], attr["size"])
-        elif not of.dirty:
+            of = self.files[ino] = OpenFile(ino, attr["size"], attr["mtime_ns"], attr["size"], cut=attr.get("cut"))
+        else:
+            self._learn_cut(of, attr)
+        if not of.dirty:
             of.size, of.committed_size, of.mtime_ns = attr["size"], attr["size"], attr["mtime_ns"]
         of.refs += 1
         of.registered = max(of.registered, oseq)
@@ -910,7 +942,7 @@ class ChunkFSOperations(pyfuse3.Operations):
             if attr["type"] == "d":
                 raise pyfuse3.FUSEError(errno.EISDIR)
             if truncate:
-                self._truncated(inode, attr["size"], attr["mtime_ns"])
+                self._truncated(inode, attr)
             self._drop_stale_attr(inode, attr)
         lease = await self._lease(inode, flags)
         fi = self._open(attr, flags, oseq)
@@ -1125,6 +1157,7 @@ class ChunkFSOperations(pyfuse3.Operations):
             of.size = off + len(buf)
             of.appends += 1
         through = of.sync_streak >= WRITE_THROUGH_AFTER and len(buf) <= WRITE_THROUGH_MAX
+        cut = of.cut
         of.unsynced_writes += 1
         of.unsynced_largest = max(of.unsynced_largest, len(buf))
         if of.unsynced_writes > 1:
@@ -1138,6 +1171,8 @@ class ChunkFSOperations(pyfuse3.Operations):
         finally:
             if appending:
                 of.appends -= 1
+        if of.cut != cut:
+            return len(buf)  # another client cut the file meanwhile: this write came before it (`_learn_cut`)
         end = off + len(buf)
         if end > of.size:
             of.size = end
@@ -1164,12 +1199,13 @@ class ChunkFSOperations(pyfuse3.Operations):
             if not of.dirty:
                 return
             since, gen, end, mtime_ns = self.cache.seq, of.gen, of.written_end, of.mtime_ns
-            attr = await self.client.extend(of.ino, end, mtime_ns)
+            attr = await self.client.extend(of.ino, end, mtime_ns, of.cut)
             self._keep_attr(of, attr, since)
             self._committed(of, attr, gen)
 
     def _committed(self, of: OpenFile, attr: dict[str, Any], gen: int) -> None:
         """The master has this mount's writes up to `gen`; `attr` is the file as it answered."""
+        self._learn_cut(of, attr)
         size = of.committed_size = attr["size"]
         if of.gen == gen:
             of.dirty = False

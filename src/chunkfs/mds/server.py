@@ -524,7 +524,8 @@ class MetadataServer:
         )
         await self.chunks.delete_cut(result["dropped"])  # an O_TRUNC open of a file that had chunks
         attr = result["attr"]
-        self.watchers.changed(conn, [(h["parent"], h["name"])], [h["parent"], attr["ino"]])
+        self.watchers.changed(conn, [(h["parent"], h["name"])], [h["parent"], attr["ino"]],
+                              cut=attr if h.get("truncate") else None)
         if h.get("session"):
             attr = self._register_open(h["session"], attr["ino"], h.get("oseq", 0))
         return {"attr": attr, **self._parents(h["parent"])}
@@ -570,8 +571,8 @@ class MetadataServer:
         self._check_linked(h)
         await self._ensure_session(h["session"])
         if h["truncate"]:
-            await self._setattr(ino, {"size": 0}, self._once(h))
-            self.watchers.changed(conn, inodes=[ino])
+            cut = await self._setattr(ino, {"size": 0}, self._once(h))
+            self.watchers.changed(conn, inodes=[ino], cut=cut)
         else:
             await self.log.read_barrier()
         attr = self._register_open(h["session"], ino, h.get("oseq", 0))
@@ -645,12 +646,12 @@ class MetadataServer:
         args = {k: h[f] for k, f in (("size", "size"), ("mode", "mode"), ("mtime", "mtime_ns"), ("atime", "atime_ns"),
                                      ("extend", "extend"), ("ctime", "ctime_ns")) if h.get(f) is not None}
         if "extend" in args:
-            extend = int_list(args["extend"], "extend", 2)
-            if len(extend) != 2 or min(extend) < 0:
-                raise InvalidArgument("extend must be [size, mtime_ns], neither negative")
+            extend = int_list(args["extend"], "extend", 3)
+            if len(extend) not in (2, 3) or min(extend) < 0:
+                raise InvalidArgument("extend must be [size, mtime_ns] or [size, mtime_ns, cut], none negative")
         self._check_linked(h)
         attr = await self._setattr(h["ino"], args, self._once(h))
-        self.watchers.changed(conn, inodes=[h["ino"]])
+        self.watchers.changed(conn, inodes=[h["ino"]], cut=attr if "size" in args else None)
         return {"attr": attr}
 
     async def _setattr(self, ino: int, args: dict[str, Any], once: dict[str, Any]) -> dict[str, Any]:
@@ -728,7 +729,9 @@ class MetadataServer:
     async def _on_extend(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
         if h["size"] < 0:
             raise InvalidArgument("size must not be negative")
-        attr = await self._propose("extend", ino=h["ino"], size=h["size"], mtime=h["mtime_ns"], time=time.time())
+        cut = {"cut": h["cut"]} if h.get("cut") is not None else {}
+        attr = await self._propose("extend", ino=h["ino"], size=h["size"], mtime=h["mtime_ns"], time=time.time(),
+                                   **cut)
         self.watchers.changed(conn, inodes=[h["ino"]])
         return {"attr": attr}
 

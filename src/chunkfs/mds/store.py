@@ -97,6 +97,7 @@ CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS placement (ino INTEGER PRIMARY KEY, domain TEXT NOT NULL, tier INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS symlinks (ino INTEGER PRIMARY KEY, target BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS orphans (ino INTEGER PRIMARY KEY, since REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS cuts (ino INTEGER PRIMARY KEY, idx INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS mount_sessions (name TEXT PRIMARY KEY, since REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS answers (
     cid TEXT NOT NULL, seq INTEGER NOT NULL, idx INTEGER NOT NULL, answer BLOB NOT NULL,
@@ -237,13 +238,14 @@ def _row(r: tuple[Any, ...]) -> ChunkRow:
 #: An inode's attributes: `_ATTR_SELECT` + a WHERE clause, rows turned into dicts by `_attr_of`.
 _ATTR_SELECT = (
     "SELECT i.ino, type, mode, size, atime, mtime, ctime, replicas, min_replicas, nlink, chunks, p.domain, p.tier, "
-    "s.target "
+    "s.target, c.idx "
     "FROM inodes i LEFT JOIN placement p ON p.ino = i.ino LEFT JOIN symlinks s ON s.ino = i.ino "
+    "LEFT JOIN cuts c ON c.ino = i.ino "
 )
 
 
 def _attr_of(row: tuple[Any, ...]) -> dict[str, Any]:
-    ino, kind, mode, size, atime, mtime, ctime, replicas, min_replicas, nlink, chunks, domain, tier, target = row
+    ino, kind, mode, size, atime, mtime, ctime, replicas, min_replicas, nlink, chunks, domain, tier, target, cut = row
     attr = {
         "ino": ino, "type": kind, "mode": mode | _TYPE_BITS[kind], "nlink": nlink,
         "size": size, "chunks": chunks, "atime_ns": atime, "mtime_ns": mtime, "ctime_ns": ctime,
@@ -252,6 +254,8 @@ def _attr_of(row: tuple[Any, ...]) -> dict[str, Any]:
     }
     if target is not None:
         attr["target"] = bytes(target)
+    if kind == "f":
+        attr["cut"] = cut or 0  # see `MetadataStore._cut`
     return attr
 
 
@@ -299,6 +303,8 @@ class MetadataStore:
         self._touched: list[int] = []
         #: Inside `batch()`: each command is a savepoint of the batch's one transaction.
         self._batched = False
+        #: The log index of the command being applied (`_cut` records it).
+        self._index = 0
         #: Held while the database files are checkpointed, replaced (restore) or closed.
         self._files_lock = threading.Lock()
         for suffix in ("", "-wal"):  # a store replaced just before a stop (see `restore`)
@@ -543,6 +549,7 @@ class MetadataStore:
                 self._set_meta("applied_index", index)
             raise InvalidArgument(f"unknown metadata command {op!r}")
         self._begin()
+        self._index = index
         answered = None
         try:
             if req is not None:
@@ -655,7 +662,7 @@ class MetadataStore:
             self.db.execute("INSERT INTO placement VALUES (?, ?, ?)", (ino, domain, tier))
         # What `getattr` would read back, without reading it: the row just written, as `_ATTR_SELECT` has it.
         return _attr_of((ino, kind, mode & 0o7777, 0, t, t, t, pattr["replicas"], pattr["min_replicas"], nlink, 0,
-                         domain, tier, None))
+                         domain, tier, None, None))
 
     def _op_setattr(
         self,
@@ -671,11 +678,12 @@ class MetadataStore:
     ) -> dict[str, Any]:
         """Change attributes; `mtime`/`atime` in nanoseconds.  Every change of an inode moves its ctime.
 
-        `extend` ([size, mtime]): a writer's `extend` not sent yet, done first (one commit for both).
+        `extend` ([size, mtime] or [size, mtime, cut]): a writer's `extend` not sent yet, done first (one
+        commit for both).
         `ctime`: when the mount made the change (times it set on an open file and commits later).
         """
         if extend is not None:
-            self._op_extend(term, ino, extend[0], extend[1], time)
+            self._op_extend(term, ino, extend[0], extend[1], time, extend[2] if len(extend) > 2 else None)
         attr = self.getattr(ino)
         dropped: list[Chunk] = []
         now = _ns(time)
@@ -691,6 +699,7 @@ class MetadataStore:
                 raise InvalidArgument("only a regular file has a size to set")
             if size < 0:
                 raise InvalidArgument("size must not be negative")
+            self._cut(ino)
             first_dropped = -(-size // self.chunk_size)
             dropped = self._chunks_from(ino, first_dropped)
             self.db.execute("DELETE FROM chunks WHERE ino = ? AND idx >= ?", (ino, first_dropped))
@@ -703,12 +712,28 @@ class MetadataStore:
             self.db.execute("UPDATE inodes SET atime = ? WHERE ino = ?", (_ns(atime), ino))
         return {"attr": self.getattr(ino), "dropped": dropped}
 
+    def _cut(self, ino: int) -> None:
+        """Record that the file's size was set (truncated, or opened with O_TRUNC) by this command.
+
+        A writer reports its writes' end later (EXTEND, at flush, fsync or
+        close), with the last cut it knew of.  Writes made before a cut it did
+        not know of were cut by it (or were outgrown, or shrunk, by the size
+        it set): their end must not grow the file again.  It did, with zeros,
+        where the cut had removed the bytes (a probe: a logger's close on one
+        mount after `truncate` on another, as logrotate's copytruncate does).
+        The log index orders cuts; it is the file's ``cut`` attribute.
+        """
+        self.db.execute("INSERT OR REPLACE INTO cuts VALUES (?, ?)", (ino, self._index))
+
     def _op_extend(
-        self, term: int, ino: int, size: int, mtime: int | float, time: float | None = None
+        self, term: int, ino: int, size: int, mtime: int | float, time: float | None = None, cut: int | None = None
     ) -> dict[str, Any]:
+        """A writer's writes reached `size`, the last at `mtime`; `cut`: the file's last cut the writer knew of."""
         attr = self.getattr(ino)
         if attr["type"] != "f":
             raise IsADirectory("not a regular file")
+        if cut is not None and cut < attr["cut"]:
+            size = 0  # written before a cut the writer had not heard of: that cut decided the size
         # `mtime` is the writer's last write.  mtime never goes back for a writer that reports
         # late, except from the future (an earlier utime, past the master's clock `time`): a
         # write makes it now, as on a local disk.  ctime is at least the write's time.
@@ -753,7 +778,7 @@ class MetadataStore:
 
     def _free_inode(self, ino: int) -> list[Chunk]:
         dropped = self._chunks_from(ino, 0)
-        for table in ("chunks", "inodes", "placement", "symlinks", "orphans"):
+        for table in ("chunks", "inodes", "placement", "symlinks", "orphans", "cuts"):
             self.db.execute(f"DELETE FROM {table} WHERE ino = ?", (ino,))  # noqa: S608 - fixed names
         return dropped
 

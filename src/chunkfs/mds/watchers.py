@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from typing import Any
 
 from chunkfs.common.errors import Unavailable
 from chunkfs.common.names import to_bytes
@@ -45,14 +46,22 @@ class Watchers:
         self._conns.discard(conn)
 
     def changed(
-        self, origin: Connection | None, entries: Iterable[tuple[int, bytes | str]] = (), inodes: Iterable[int] = ()
+        self, origin: Connection | None, entries: Iterable[tuple[int, bytes | str]] = (), inodes: Iterable[int] = (),
+        cut: dict[str, Any] | None = None,
     ) -> None:
-        """Tell every watcher but `origin` (whose own kernel knows) that these names and inodes changed."""
+        """Tell every watcher but `origin` (whose own kernel knows) that these names and inodes changed.
+
+        `cut`: the attributes of a file the change cut (truncate, O_TRUNC): the notice says so, with
+        the file's new "cut" and size, so that a mount writing it knows which of its writes came
+        before the cut before it serves any request that came after (MetadataStore._cut).
+        """
         if not self._conns or (len(self._conns) == 1 and origin in self._conns):
             return
         names = dict.fromkeys((parent, to_bytes(name)) for parent, name in entries)
-        header = {"entries": [[parent, name] for parent, name in names],
-                  "inodes": list(dict.fromkeys(inodes))}
+        header: dict[str, Any] = {"entries": [[parent, name] for parent, name in names],
+                                  "inodes": list(dict.fromkeys(inodes))}
+        if cut is not None and "cut" in cut:
+            header["cuts"] = [[cut["ino"], cut["cut"], cut["size"]]]
         for conn in list(self._conns):
             if conn is origin:
                 continue

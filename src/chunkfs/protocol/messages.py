@@ -242,9 +242,11 @@ SPECS: dict[Msg, MessageSpec] = {
     # A mount that keeps names and attributes in the kernel's cache asks to be told, on this
     # connection, of every change another client makes (INVALIDATE notices) while it lasts.
     Msg.WATCH: MessageSpec((), (f("features", list, optional=True, max_items=64),)),
-    # Master -> watching mount: the names ([parent, name]) and inodes a change touched.
+    # Master -> watching mount: the names ([parent, name]) and inodes a change touched; `cuts`:
+    # [[ino, cut, size]] of a file the change cut (truncate, O_TRUNC; see MetadataStore._cut).
     Msg.INVALIDATE: MessageSpec(
-        (f("entries", list, max_items=INVALIDATE_MAX), f("inodes", list, max_items=INVALIDATE_MAX)), (),
+        (f("entries", list, max_items=INVALIDATE_MAX), f("inodes", list, max_items=INVALIDATE_MAX),
+         f("cuts", list, optional=True, max_items=1)), (),
         notice=True),
     Msg.SYMLINK: MessageSpec((*_ENTRY, f("target", bytes), *_ONCE), (*_ATTR, *_PARENTS)),
     Msg.READDIR: MessageSpec(
@@ -262,8 +264,9 @@ SPECS: dict[Msg, MessageSpec] = {
             # Times in integer nanoseconds since the epoch (utimensat's precision).
             f("mtime_ns", int, _NONE),
             f("atime_ns", int, _NONE),
-            # [size, mtime_ns]: a writer's EXTEND not yet sent, done first in the same commit.
-            f("extend", list, optional=True, max_items=2),
+            # [size, mtime_ns] or [size, mtime_ns, cut]: a writer's EXTEND not yet sent, done first in the
+            # same commit.
+            f("extend", list, optional=True, max_items=3),
             # The ctime of a change the mount made on an open file and commits now (default: now).
             f("ctime_ns", int, optional=True),
             # As OPEN's: the mount's kernel came by a name, so a file with no name left is NotFound.
@@ -295,8 +298,11 @@ SPECS: dict[Msg, MessageSpec] = {
         (*_CHUNK_MAP, f("written", bool, optional=True)),
         request_payload=True,
     ),
-    # The writer's new size and the time (integer nanoseconds) of its last write.
-    Msg.EXTEND: MessageSpec((f("ino", int), f("size", int), f("mtime_ns", int)), _ATTR),
+    # The writer's new size and the time (integer nanoseconds) of its last write; `cut`: the file's
+    # last cut (its attribute "cut") the writer knew of when it wrote: writes made before a later
+    # cut do not grow the file (MetadataStore._cut).
+    Msg.EXTEND: MessageSpec((f("ino", int), f("size", int), f("mtime_ns", int), f("cut", int, optional=True)),
+                            _ATTR),
     # A replica of `chunk_id` on `cs_id` failed a checksum: `blocks`, when known, are the bad ones
     # (from the server's own scrubber: every bad block; from a reader: the block it met).
     Msg.REPORT_BAD_REPLICA: MessageSpec(

@@ -612,6 +612,35 @@ def test_register_cs_assigns_ids(d: Driver, store: MetadataStore) -> None:
     ]
 
 
+def test_a_writers_late_extend_does_not_regrow_a_file_cut_since(d: Driver, store: MetadataStore) -> None:
+    """A writer reports its writes' end with the last cut it knew of: one from before a later cut is not taken.
+
+    A probe found a logger's close on one mount regrowing, with zeros, a file another mount had truncated.
+    """
+    ino = d.create(ROOT_INO, "log")
+    known = store.getattr(ino)["cut"]
+    assert known == 0
+    d("extend", ino=ino, size=100, mtime=int(d.tick() * 1e9), time=d.clock, cut=known)
+    assert store.getattr(ino)["size"] == 100
+    d("setattr", ino=ino, time=d.tick(), size=0)  # another client's truncate
+    cut = store.getattr(ino)["cut"]
+    assert cut > known
+    d("extend", ino=ino, size=1300, mtime=int(d.tick() * 1e9), time=d.clock, cut=known)  # written before the cut
+    assert store.getattr(ino)["size"] == 0
+    d("setattr", ino=ino, time=d.tick(), extend=[60, int(d.clock * 1e9), known])  # the same, with a setattr
+    assert store.getattr(ino)["size"] == 0
+    d("extend", ino=ino, size=13, mtime=int(d.tick() * 1e9), time=d.clock, cut=cut)  # written after it, knowing it
+    assert store.getattr(ino)["size"] == 13
+    d("extend", ino=ino, size=20, mtime=int(d.tick() * 1e9), time=d.clock)  # a writer that knows no cuts: as before
+    assert store.getattr(ino)["size"] == 20
+    # O_TRUNC is a cut too; and the record goes with the inode.
+    d("create", parent=ROOT_INO, name="log", mode=0o644, time=d.tick(), exclusive=False, truncate=True)
+    assert store.getattr(ino)["cut"] > cut
+    d("unlink", parent=ROOT_INO, name="log", time=d.tick(), free_ino=ino)  # held open nowhere: freed
+    assert store.db.execute("SELECT count(*) FROM cuts").fetchone()[0] == 0
+    assert "cut" not in store.getattr(ROOT_INO)
+
+
 def test_the_first_event_dates_a_new_root(d: Driver, store: MetadataStore) -> None:
     """A new store's root has no time (1970); the cluster's first event (its first election) dates it, once."""
     assert store.getattr(ROOT_INO)["mtime_ns"] == 0
