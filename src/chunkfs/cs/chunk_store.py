@@ -55,7 +55,7 @@ import threading
 import time
 from array import array
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -224,6 +224,8 @@ class ChunkStore:
         #: Replicas created since their directory was last synced (see `create`).
         self._unsynced_names: set[int] = set()
         self._files: OrderedDict[int, _OpenFile] = OrderedDict()
+        #: Called (from any thread, no lock held) with a replica whose file was found missing from disk.
+        self.on_missing: Callable[[int], None] | None = None
         self._closed = False
         self._chunks_dir = self.root / CHUNKS_DIR
         self._quarantine_dir = self.root / QUARANTINE_DIR
@@ -387,12 +389,29 @@ class ChunkStore:
                 self._check_version(chunk_id, version)
             entry = self._files.get(chunk_id)
             if entry is None:
-                entry = _OpenFile(self._open_replica(chunk_id, version), refs=1)
-                self._files[chunk_id] = entry
-                self._evict_locked()  # never closes `entry`: it is in use
+                try:
+                    fd = self._open_replica(chunk_id, version)
+                except FileNotFoundError:
+                    # Removed from under this server (a data directory wiped, a file deleted by hand):
+                    # no replica here any more.  NotFound sends readers to the other replicas, and the
+                    # master is told (`on_missing`), which drops it and has it copied again.
+                    self._index.pop(chunk_id, None)
+                    missing = True
+                else:
+                    missing = False
+                    entry = _OpenFile(fd, refs=1)
+                    self._files[chunk_id] = entry
+                    self._evict_locked()  # never closes `entry`: it is in use
             else:
+                missing = False
                 self._files.move_to_end(chunk_id)
                 entry.refs += 1
+        if missing:
+            if self.on_missing is not None:
+                self.on_missing(chunk_id)
+            raise NotFound(f"chunk {chunk_id:016x}: its replica file is missing from this server's disk",
+                           chunk_id=chunk_id)
+        assert entry is not None
         try:
             yield _Lease(chunk_id, version, entry.fd, entry)
         finally:

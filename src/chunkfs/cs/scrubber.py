@@ -45,6 +45,8 @@ class Scrubber:
         #: chunk id -> (why, bad blocks; empty when the replica was quarantined whole).
         self._pending: dict[int, tuple[str, list[int]]] = {}
         self._task: asyncio.Task[None] | None = None
+        #: Sending the reports of missing replicas found between scrub passes (`missing`).
+        self._reporting: asyncio.Task[None] | None = None
 
     def update(self, settings: dict[str, Any]) -> None:
         """Settings from a heartbeat reply (values checked by the master; re-checked here)."""
@@ -55,11 +57,25 @@ class Scrubber:
             self.interval = float(interval)
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._run())
+        self.server.store.on_missing = lambda chunk_id: loop.call_soon_threadsafe(self.missing, chunk_id)
+
+    def missing(self, chunk_id: int) -> None:
+        """A replica's file was found missing from disk (chunk_store.py): the master drops it, and has it
+        copied again from the others, as for a replica corrupt whole."""
+        if chunk_id in self._pending or len(self._pending) >= MAX_PENDING_REPORTS:
+            return
+        logger.error("chunk %#x: the replica file is missing from %s; telling the master", chunk_id,
+                     self.server.store.root)
+        self._pending[chunk_id] = ("replica file missing from the chunk server's disk", [])
+        if self._reporting is None or self._reporting.done():
+            self._reporting = asyncio.get_running_loop().create_task(self._send_reports())
 
     def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in (self._task, self._reporting):
+            if task is not None:
+                task.cancel()
 
     async def _run(self) -> None:
         last_start = time.monotonic()

@@ -701,15 +701,16 @@ class ReplicationMonitor:
     # -- bad replicas ----------------------------------------------------------------------
 
     async def drop_corrupt(self, chunk_id: int, cs_id: int, reason: str, reporter: str) -> None:
-        """Drop a replica whose header is corrupt (its server moved it aside); a good copy replaces it."""
+        """Drop a replica whose header is corrupt (its server moved it aside) or whose file is gone from its
+        server's disk; a good copy replaces it."""
         mds, chunks = self.mds, self.mds.chunks
         chunks.lost(cs_id, chunk_id)
         chunk = mds.store.chunk(chunk_id)
         if chunk is None or cs_id not in chunk.replicas:
             return
         await mds.event(
-            "warning", f"CS#{cs_id}'s replica of chunk {chunk_id:#x} is corrupt ({reason[:160]}; found by "
-            f"{reporter}): moved aside; a good replica is being copied to replace it")
+            "warning", f"CS#{cs_id}'s replica of chunk {chunk_id:#x} is corrupt or missing ({reason[:160]}; found by "
+            f"{reporter}): dropped; a good replica is being copied to replace it")
         async with chunks.lock_for(chunk):
             chunk = mds.store.chunk(chunk_id)
             if chunk is None or cs_id not in chunk.replicas:

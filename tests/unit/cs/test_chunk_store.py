@@ -609,3 +609,28 @@ def test_an_edge_block_not_in_the_page_cache_is_read_whole(store: ChunkStore, mo
     monkeypatch.undo()
     assert store.read(CID, 1, 0, 4 * BS) == data
     assert store.verify(CID)
+
+
+def test_a_replica_file_missing_from_disk_is_not_found_and_told(tmp_path: Path) -> None:
+    """A replica file removed from under the server (a data directory wiped, a file deleted by hand).
+
+    Found by a probe: the read failed with an internal error (FileNotFoundError) that sent the client
+    to no other replica, and nobody told the master.  Now: NotFound (readers try the others), the
+    replica is gone from the index, and `on_missing` names it (the server tells the master).
+    """
+    missing: list[int] = []
+    with ChunkStore(tmp_path, chunk_size=MiB, block_size=BS, max_open_files=1) as s:
+        s.on_missing = missing.append
+        s.create(1, 5)
+        s.write(1, 5, 0, b"a" * 10)
+        s.create(2, 5)
+        s.write(2, 5, 0, b"b" * 10)  # its descriptor pushes chunk 1's out of the cache
+        replica_path(s, 1, 5).unlink()
+        with pytest.raises(NotFound, match="missing"):
+            s.read(1, 5, 0, 10)
+        assert missing == [1]
+        assert 1 not in s.replica_ids()
+        with pytest.raises(NotFound):  # no replica here now: the same answer, told once
+            s.read(1, 5, 0, 10)
+        assert missing == [1]
+        assert s.read(2, 5, 0, 10) == b"b" * 10
