@@ -186,6 +186,8 @@ class MetadataServer:
         self.chunks = ReplicaSets(self.live, self._propose, self._cs_call, self._spawn)
         self._rng = random.Random()  # noqa: S311 - placement only
         self._master_since = 0.0
+        #: Set when the server stops: the connections it closes then are not chunk servers lost.
+        self._stopping = False
         #: Registered chunk servers this master found nothing listening for: not waited for (absent_servers.py).
         self._absent: set[int] = set()
         #: Chunk ids set aside for this master, [next, end) (`_new_chunk_id`).
@@ -359,6 +361,7 @@ class MetadataServer:
             link.close()
 
     async def stop(self) -> None:
+        self._stopping = True
         await self.metrics.stop()
         self.view.close()
         await self.rpc.close()
@@ -981,7 +984,8 @@ class MetadataServer:
                     return chunk
                 raise Unavailable(
                     f"chunk {chunk.chunk_id:#x} has {len(survivors)} writable replica(s), fewer than the minimum "
-                    f"{min_replicas}; writes to it wait until its chunk servers are back"
+                    f"{min_replicas}; a writer retries for a while (a mount's master_wait), then fails with EIO: "
+                    "bring its chunk servers back"
                 )
             change = await self.chunks.set_replicas(chunk, survivors)
             new = change.chunk
@@ -1203,6 +1207,8 @@ class MetadataServer:
         if isinstance(server, LiveServer) and self.live.get(server.cs_id) is server:
             del self.live[server.cs_id]
             self.healing.on_disconnect(server)
+            if self._stopping:
+                return  # this master closed it, stopping: the next master hears from the server again
             timeout = self.healing.settings()["cs-offline-timeout"]
             self._spawn(self._event(
                 "warning", f"CS#{server.cs_id} connection from {server.addr} lost: inactive, no new chunks go "

@@ -504,7 +504,9 @@ class RaftLog:
 
     def not_master_error(self) -> NotMaster:
         hint = self.leader_hint()
-        where = f"the master is at {hint}" if hint else "no master is elected right now"
+        where = f"the master is at {hint}" if hint else (
+            "no master is elected right now (one is elected while a majority of the metadata servers run and "
+            "reach each other: start the ones that are down)")
         return NotMaster(f"MDS#{self.node_id} is not the master: {where}", leader=hint or "")
 
     def wake(self) -> None:
