@@ -141,3 +141,18 @@ def test_a_writers_close_after_another_mounts_cut_does_not_regrow_the_file_with_
             os.close(fd)
         assert (a / name).read_bytes() == want, what
         assert (b / name).read_bytes() == want, what
+
+
+def test_a_mount_that_hears_no_notices_commits_its_writes_after_a_cut(make_cluster, mount) -> None:
+    """B watches nothing (cache_timeout=0), so it cannot tell its writes after another mount's cut from
+    those before it: it commits their end as before (no cut sent), and a write after the cut is kept."""
+    cluster = make_cluster(n_cs=3)
+    a, b = mount(cluster, "a"), mount(cluster, "b", "cache_timeout=0")
+    (a / "g").write_bytes(b"x" * 2 * CHUNK)
+    fd = os.open(b / "g", os.O_RDWR)
+    try:
+        os.truncate(a / "g", 10)
+        assert os.pwrite(fd, b"B" * 10, 100) == 10
+    finally:
+        os.close(fd)
+    assert (a / "g").read_bytes() == b"x" * 10 + bytes(90) + b"B" * 10

@@ -333,7 +333,8 @@ class OpenFile:
     registered: int = 0
     #: The file's last cut (truncate, O_TRUNC; its attribute "cut") this mount knows of: sent with the
     #: size it commits, which the master ignores if the file was cut since (`FuseOps._learn_cut`).
-    #: None: the master does not say (an earlier version).
+    #: None: not known (a master of an earlier version; a mount that hears no notices of cuts, or
+    #: whose watch ended): no cut is sent, and the size is committed as before.
     cut: int | None = None
 
 
@@ -449,6 +450,7 @@ class ChunkFSOperations(pyfuse3.Operations):
         self.cache.lost(conn)
         for of in self.files.values():
             of.attr = None  # changes may have been missed: nothing is vouched for now
+            of.cut = None  # and cuts: this mount's next commit of each file sends none (`_learn_cut`)
 
     def _notice(self, conn: Connection, msg: Msg, h: dict[str, Any], payload: bytes) -> None:
         if msg != Msg.INVALIDATE:
@@ -688,7 +690,12 @@ class ChunkFSOperations(pyfuse3.Operations):
         now complete without moving the size (`write`).
         """
         cut = attr.get("cut")
-        if cut is None or of.cut is None or cut <= of.cut:
+        if cut is None or not self.cache.watched:
+            return  # a master that does not say, or no notices heard: sizes are committed as before, no cut sent
+        if of.cut is None:
+            of.cut = cut  # (again) heard of from here on: writes made from now are after it
+            return
+        if cut <= of.cut:
             return
         of.cut = cut
         of.written_end = 0
@@ -896,7 +903,8 @@ class ChunkFSOperations(pyfuse3.Operations):
         ino = attr["ino"]
         of = self.files.get(ino)
         if of is None:
-            of = self.files[ino] = OpenFile(ino, attr["size"], attr["mtime_ns"], attr["size"], cut=attr.get("cut"))
+            of = self.files[ino] = OpenFile(ino, attr["size"], attr["mtime_ns"], attr["size"],
+                                            cut=attr.get("cut") if self.cache.watched else None)
         else:
             self._learn_cut(of, attr)
         if not of.dirty:
