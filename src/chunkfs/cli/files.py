@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import re
@@ -25,6 +24,8 @@ from chunkfs.protocol.frame import MAX_IO_SIZE
 
 #: Copies keep this many blocks in flight: enough to fill the chain, bounded in memory.
 COPY_DEPTH = 4
+#: How long `put` retries removing its partial copy after a failure (seconds).
+CLEANUP_RETRY_FOR = 2.0
 #: Files at least this big get a progress bar (on a terminal).
 PROGRESS_MIN = 8 << 20
 
@@ -87,8 +88,10 @@ async def cmd_put(client: Client, args: argparse.Namespace) -> int:
     # copy leaves the old file (or no file) as it was.
     parent, name = split_path(args.path)
     part = f"{parent.rstrip('/')}/.{name}.part-{os.getpid()}"
+    created = False
     try:
         ino = (await client.create(part, exclusive=True))["ino"]
+        created = True
         block = min(MAX_IO_SIZE, client.chunk_size)
         pending: set[asyncio.Task[Any]] = set()
         offset = 0
@@ -113,8 +116,13 @@ async def cmd_put(client: Client, args: argparse.Namespace) -> int:
         await client.extend(ino, offset)
         await client.rename(part, args.path)
     except BaseException:
-        with contextlib.suppress(ChunkFSError):
-            await client.unlink(part)
+        if created:
+            # Bounded: the error may be the cluster gone, which a second full `--retry-for` would only repeat.
+            client.mds.retry_for = min(client.mds.retry_for, CLEANUP_RETRY_FOR)
+            try:
+                await client.unlink(part)
+            except ChunkFSError as exc:
+                print(f"chunkfs: warning: could not remove the partial copy {part}: {exc}", file=sys.stderr)
         raise
     finally:
         if source is not sys.stdin.buffer:
