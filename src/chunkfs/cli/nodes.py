@@ -179,7 +179,7 @@ def run_node(role: str, directory: Path, background: bool) -> int:
             await server.stop()
             raise bind_error(node.addr, exc) from None
 
-    # A metadata server stops itself (status 3) when its disk is full or failing (raft/driver.py).
-    fatal = server.failed if isinstance(server, MetadataServer) else None
-    return run_foreground(directory, start, server.stop, fatal=fatal)
+    # A server stops itself (status 3) when it cannot go on: a metadata server's disk full or failing
+    # (raft/driver.py), a chunk server's data directory gone (cs/disk_watch.py).
+    return run_foreground(directory, start, server.stop, fatal=server.failed)
 

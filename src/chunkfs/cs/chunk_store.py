@@ -232,6 +232,11 @@ class ChunkStore:
         self._prepare_dirs()
         self._scan()
 
+    @property
+    def chunks_dir(self) -> Path:
+        """The folder holding the replica files (watched by cs/disk_watch.py)."""
+        return self._chunks_dir
+
     # ------------------------------------------------------------------ set-up
 
     def _prepare_dirs(self) -> None:

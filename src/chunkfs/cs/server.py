@@ -25,6 +25,7 @@ from chunkfs.common.errors import ChunkFSError, NoSpace, ProtocolError, Unavaila
 from chunkfs.common.knobs import lowered
 from chunkfs.common.secret_files import SecretFiles
 from chunkfs.common.timings import TIMINGS
+from chunkfs.cs import disk_watch
 from chunkfs.cs.chunk_store import ChunkStore
 from chunkfs.cs.mds_link import MdsLink
 from chunkfs.cs.metrics import CsStats
@@ -79,6 +80,8 @@ class ChunkServer:
         self.scrubber = Scrubber(self)
         #: I/O counters and /metrics (cs/metrics.py).
         self.stats = CsStats(self)
+        #: Ends, with the reason, if the data directory goes away while this server runs.
+        self._disk_watch: asyncio.Task[str] | None = None
         #: What a mount on this machine reads from LOCAL_MARK_FILE to prove it sees this store (CS_LOCAL).
         self.local_mark = secrets.token_hex(16)
 
@@ -92,8 +95,16 @@ class ChunkServer:
         )
         self.link.start()
         self.scrubber.start()
+        self._disk_watch = asyncio.get_running_loop().create_task(disk_watch.watch(self.store.chunks_dir))
+
+    async def failed(self) -> str:
+        """Returns (the reason) when this server must stop: its data directory is gone (disk_watch.py)."""
+        assert self._disk_watch is not None, "failed() before start()"
+        return await self._disk_watch
 
     async def stop(self) -> None:
+        if self._disk_watch is not None:
+            self._disk_watch.cancel()
         self.scrubber.stop()
         await self.link.stop()
         await self.stats.stop()
