@@ -677,7 +677,7 @@ class ChunkFSOperations(pyfuse3.Operations):
             of.size, of.committed_size, of.mtime_ns, of.dirty = size, size, attr["mtime_ns"], False
             of.written_end = 0
             of.gen += 1
-            of.cut = attr.get("cut", of.cut)
+            self._learn_cut(of, attr)
             of.attr = None  # the master's answer to the truncation is kept by its caller, if at all
 
     def _learn_cut(self, of: OpenFile, attr: dict[str, Any]) -> None:
@@ -1179,7 +1179,7 @@ class ChunkFSOperations(pyfuse3.Operations):
         finally:
             if appending:
                 of.appends -= 1
-        if of.cut != cut:
+        if cut is not None and of.cut is not None and of.cut > cut:
             return len(buf)  # another client cut the file meanwhile: this write came before it (`_learn_cut`)
         end = off + len(buf)
         if end > of.size:
