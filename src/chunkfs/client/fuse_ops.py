@@ -87,6 +87,7 @@ from chunkfs.common.names import check_name_length
 from chunkfs.common.timings import TIMINGS
 from chunkfs.protocol.mds_link import DEFAULT_RETRY_FOR
 from chunkfs.protocol.messages import (
+    FEATURE_CUTS,
     FEATURE_FIRST_WRITE,
     FEATURE_NAMED,
     INT64_MAX,
@@ -411,6 +412,8 @@ class ChunkFSOperations(pyfuse3.Operations):
             invalidate_entry=pyfuse3.invalidate_entry,
             invalidate_inode=lambda ino: pyfuse3.invalidate_inode(ino, attr_only=True))
         self._watch_tasks: set[asyncio.Task[None]] = set()
+        #: The master refused WATCH's `features` (an earlier version): watch without them.
+        self._watch_plain = False
         #: Called once the kernel's FUSE INIT is answered (see `init`).
         self.on_init: Callable[[], None] | None = None
 
@@ -437,7 +440,14 @@ class ChunkFSOperations(pyfuse3.Operations):
     async def _watch(self, conn: Connection) -> None:
         # Known before this connection carries any request (a master of an earlier version has no features).
         self.client.io.first_writes = False
-        reply, _ = await conn.call(Msg.WATCH, {}, timeout=WATCH_TIMEOUT)
+        header = {} if self._watch_plain else {"features": [FEATURE_CUTS]}
+        try:
+            reply, _ = await conn.call(Msg.WATCH, header, timeout=WATCH_TIMEOUT)
+        except ProtocolError:
+            if header:  # a master of an earlier version refuses the field (and closes): watch again without it
+                logger.info("the master takes no features in WATCH (an earlier version): watching without them")
+                self._watch_plain = True
+            raise
         self.client.io.first_writes = FEATURE_FIRST_WRITE in reply.get("features", [])
         self._names_checked = FEATURE_NAMED in reply.get("features", [])
         self.cache.watching(conn)

@@ -50,6 +50,7 @@ from chunkfs.mds.subtree import subtree_pages
 from chunkfs.mds.watchers import Watchers
 from chunkfs.protocol.mds_link import MdsLink
 from chunkfs.protocol.messages import (
+    FEATURE_CUTS,
     FEATURE_FIRST_WRITE,
     FEATURE_NAMED,
     MAX_BLOCKS,
@@ -614,7 +615,7 @@ class MetadataServer:
     async def _on_watch(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
         if conn.peer_role != "client":
             raise ProtocolError("WATCH is for clients only")
-        self.watchers.add(conn)
+        self.watchers.add(conn, cuts=FEATURE_CUTS in (h.get("features") or []))
         return {"features": [FEATURE_FIRST_WRITE, FEATURE_NAMED]}
 
     async def _on_session(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:

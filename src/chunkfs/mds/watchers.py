@@ -34,16 +34,21 @@ class Watchers:
 
     def __init__(self) -> None:
         self._conns: set[Connection] = set()
+        #: Those that take a notice's `cuts` (FEATURE_CUTS in their WATCH).
+        self._cuts: set[Connection] = set()
 
     def __len__(self) -> int:
         return len(self._conns)
 
-    def add(self, conn: Connection) -> None:
+    def add(self, conn: Connection, cuts: bool = False) -> None:
         self._conns.add(conn)
+        if cuts:
+            self._cuts.add(conn)
         logger.info("%s watches for changes (%d watching)", conn.peer_name, len(self._conns))
 
     def discard(self, conn: Connection) -> None:
         self._conns.discard(conn)
+        self._cuts.discard(conn)
 
     def changed(
         self, origin: Connection | None, entries: Iterable[tuple[int, bytes | str]] = (), inodes: Iterable[int] = (),
@@ -60,19 +65,18 @@ class Watchers:
         names = dict.fromkeys((parent, to_bytes(name)) for parent, name in entries)
         header: dict[str, Any] = {"entries": [[parent, name] for parent, name in names],
                                   "inodes": list(dict.fromkeys(inodes))}
-        if cut is not None and "cut" in cut:
-            header["cuts"] = [[cut["ino"], cut["cut"], cut["size"]]]
+        with_cut = {**header, "cuts": [[cut["ino"], cut["cut"], cut["size"]]]} if cut and "cut" in cut else header
         for conn in list(self._conns):
             if conn is origin:
                 continue
             try:
-                sent = conn.notify(Msg.INVALIDATE, header)
+                sent = conn.notify(Msg.INVALIDATE, with_cut if conn in self._cuts else header)
             except Unavailable:
                 sent = False
             if not sent:
                 # Closing makes the mount forget everything it cached and watch again: never stale.
                 logger.warning("%s reads changes slower than they come: closing its connection", conn.peer_name)
-                self._conns.discard(conn)
+                self.discard(conn)
                 conn.close()
 
     def drop_all(self) -> None:
@@ -82,3 +86,4 @@ class Watchers:
         for conn in list(self._conns):
             conn.close()
         self._conns.clear()
+        self._cuts.clear()

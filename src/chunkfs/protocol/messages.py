@@ -136,6 +136,9 @@ FEATURE_FIRST_WRITE = "first_write"
 #: longer leads to the file: another client renamed it away, and its notice to this mount is still on
 #: its way.  Named by a master in its answer to WATCH (an earlier one refuses the field).
 FEATURE_NAMED = "named"
+#: A mount that takes an INVALIDATE's `cuts` (a file's new cut and size) says so in its WATCH
+#: (`features`); only such a mount is sent the field, which a mount of an earlier version refuses.
+FEATURE_CUTS = "cuts"
 #: The most pieces one CS_WRITE carries (its `pieces`: [[offset, length], ...] of one chunk, in order),
 #: and one CS_WRITE_CHUNKS over all its chunks.
 WRITE_PIECES_MAX = 64
@@ -241,7 +244,10 @@ SPECS: dict[Msg, MessageSpec] = {
                               f("end", bool, optional=True)), (f("known", bool),)),
     # A mount that keeps names and attributes in the kernel's cache asks to be told, on this
     # connection, of every change another client makes (INVALIDATE notices) while it lasts.
-    Msg.WATCH: MessageSpec((), (f("features", list, optional=True, max_items=64),)),
+    # `features` (request): what this mount takes in notices (FEATURE_CUTS); a master of an earlier
+    # version refuses the field, and the mount watches again without it.
+    Msg.WATCH: MessageSpec((f("features", list, optional=True, max_items=64),),
+                           (f("features", list, optional=True, max_items=64),)),
     # Master -> watching mount: the names ([parent, name]) and inodes a change touched; `cuts`:
     # [[ino, cut, size]] of a file the change cut (truncate, O_TRUNC; see MetadataStore._cut).
     Msg.INVALIDATE: MessageSpec(
