@@ -462,6 +462,11 @@ class ChunkFSOperations(pyfuse3.Operations):
             of.attr = None  # changes may have been missed: nothing is vouched for now
             of.cut = None  # and cuts: this mount's next commit of each file sends none (`_learn_cut`)
 
+    @property
+    def _hears_cuts(self) -> bool:
+        """Whether the master tells this mount of every other client's cut (`_learn_cut`) now."""
+        return self.cache.watched and not self._watch_plain
+
     def _notice(self, conn: Connection, msg: Msg, h: dict[str, Any], payload: bytes) -> None:
         if msg != Msg.INVALIDATE:
             raise ProtocolError(f"{msg.name} is not a notice a mount takes")
@@ -700,7 +705,7 @@ class ChunkFSOperations(pyfuse3.Operations):
         now complete without moving the size (`write`).
         """
         cut = attr.get("cut")
-        if cut is None or not self.cache.watched:
+        if cut is None or not self._hears_cuts:
             return  # a master that does not say, or no notices heard: sizes are committed as before, no cut sent
         if of.cut is None:
             of.cut = cut  # (again) heard of from here on: writes made from now are after it
@@ -914,7 +919,7 @@ class ChunkFSOperations(pyfuse3.Operations):
         of = self.files.get(ino)
         if of is None:
             of = self.files[ino] = OpenFile(ino, attr["size"], attr["mtime_ns"], attr["size"],
-                                            cut=attr.get("cut") if self.cache.watched else None)
+                                            cut=attr.get("cut") if self._hears_cuts else None)
         else:
             self._learn_cut(of, attr)
         if not of.dirty:
