@@ -143,9 +143,9 @@ def test_a_writers_close_after_another_mounts_cut_does_not_regrow_the_file_with_
         assert (b / name).read_bytes() == want, what
 
 
-def test_a_mount_that_hears_no_notices_commits_its_writes_after_a_cut(make_cluster, mount) -> None:
-    """B watches nothing (cache_timeout=0), so it cannot tell its writes after another mount's cut from
-    those before it: it commits their end as before (no cut sent), and a write after the cut is kept."""
+def test_a_mount_without_the_kernels_long_cache_follows_cuts_too(make_cluster, mount) -> None:
+    """B runs with cache_timeout=0; it still hears of A's cuts (a probe found its writes regrowing the
+    file with zeros when it did not): its writes before a cut do not regrow the file, one after counts."""
     cluster = make_cluster(n_cs=3)
     a, b = mount(cluster, "a"), mount(cluster, "b", "cache_timeout=0")
     (a / "g").write_bytes(b"x" * 2 * CHUNK)
@@ -156,3 +156,10 @@ def test_a_mount_that_hears_no_notices_commits_its_writes_after_a_cut(make_clust
     finally:
         os.close(fd)
     assert (a / "g").read_bytes() == b"x" * 10 + bytes(90) + b"B" * 10
+    fd = os.open(b / "h", os.O_WRONLY | os.O_CREAT)
+    try:
+        os.write(fd, b"x" * 5000)
+        os.truncate(a / "h", 0)
+    finally:
+        os.close(fd)
+    assert (a / "h").read_bytes() == b""

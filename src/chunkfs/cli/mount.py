@@ -17,7 +17,8 @@ MOUNT_HELP = """\
 options (-o, comma-separated, may repeat):
   cache_timeout=S                  how long the kernel keeps names and attributes while the
                                    master tells this mount of every other client's change
-                                   (default 60; 0: never longer than the two below)
+                                   (default 60; 0: never longer than the two below; the
+                                   mount hears of other clients' changes either way)
   attr_timeout=S, entry_timeout=S  ... and when it does not (no connection to a master yet,
                                    or a lost one), and for names that do not exist: seconds
                                    (default 1; 0 turns the kernel's cache off altogether)

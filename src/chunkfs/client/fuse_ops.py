@@ -429,9 +429,11 @@ class ChunkFSOperations(pyfuse3.Operations):
     # -- the kernel's cache, kept true by the master's notices (kernel_cache.py) ---------
 
     def start_watching(self) -> None:
-        """Once mounted: ask the master, on every connection from now on, to tell of others' changes."""
-        if not self.opts.cache_timeout or not (self.opts.attr_timeout or self.opts.entry_timeout):
-            return
+        """Once mounted: ask the master, on every connection from now on, to tell of others' changes.
+
+        Also with the kernel's cache short or off (``cache_timeout=0``): the notices of other
+        mounts' cuts keep the size this mount commits true (`_learn_cut`).
+        """
         self.cache.start()
         self.client.mds.notice_handler = self._notice
         self.client.mds.on_connect = self._watch
