@@ -77,6 +77,11 @@ def test_bad_input_gets_a_one_line_error_and_changes_nothing(make_cluster, tmp_p
     assert "replicas=3:2" in run_cli("-c", name, "get-attr", "/f").stdout
     assert "no cluster given" in _one_line_error(run_cli("ls", "/"))
     _one_line_error(run_cli("-c", name, "rm", "/"))
+    # `rm -r /` refuses before removing anything (a probe: it emptied the cluster, then failed on the root).
+    assert "refusing to remove the cluster's root" in _one_line_error(run_cli("-c", name, "rm", "-r", "/"))
+    assert run_cli("-c", name, "ls", "/").stdout.split() == ["f"]
+    assert "root directory" in _one_line_error(run_cli("-c", name, "mkdir", "/"))
+    assert run_cli("-c", name, "mkdir", "-p", "/").returncode == 0
     _one_line_error(run_cli("-c", name, "mkdir", "/f/sub"))
     assert run_cli("-c", name, "get", "/f", "-").stdout == "hello"
 

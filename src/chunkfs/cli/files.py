@@ -19,8 +19,9 @@ from chunkfs.cli.context import Command, run_with_client
 from chunkfs.cli.healing import parse_placement, set_placement
 from chunkfs.cli.units import human_bytes
 from chunkfs.client.client import Client, split_path
-from chunkfs.common.errors import ChunkFSError, ConfigError, InvalidArgument, NotFound
+from chunkfs.common.errors import ChunkFSError, ConfigError, Exists, InvalidArgument, NotFound
 from chunkfs.protocol.frame import MAX_IO_SIZE
+from chunkfs.protocol.messages import ROOT_INO
 
 #: Copies keep this many blocks in flight: enough to fill the chain, bounded in memory.
 COPY_DEPTH = 4
@@ -192,11 +193,20 @@ async def cmd_rm(client: Client, args: argparse.Namespace) -> int:
         else:
             await client.unlink(path)
 
+    if (await client.resolve(args.path))["ino"] == ROOT_INO:
+        # Checked before anything goes: removing every name in it first, then failing on the root
+        # itself, emptied the cluster and reported an error (found by a probe).
+        raise InvalidArgument(f"refusing to remove the cluster's root directory {args.path!r}: "
+                              "remove what is in it by name (rm -r /NAME)")
     await remove(args.path)
     return 0
 
 
 async def cmd_mkdir(client: Client, args: argparse.Namespace) -> int:
+    if not any(p for p in args.path.split("/")):
+        if args.parents:
+            return 0
+        raise Exists(f"{args.path!r} is the cluster's root directory: it exists")
     if not args.parents:
         await client.mkdir(args.path)
         return 0
