@@ -5,7 +5,11 @@ Then `rm-cs --wait` drains a server — every replica moved off, data intact —
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
+import pytest
+
+from chunkfs.common.errors import Unavailable
 from chunkfs.testing.cluster import wait_for
 
 from ._healing_helpers import MiB, check_every_replica, chunk_maps
@@ -59,3 +63,18 @@ def test_new_server_gets_replicas_and_rm_cs_drains_one(make_cluster) -> None:
         check_every_replica(c, f.ino, data)
         events = " | ".join(e["message"] for e in c.events())
         assert f"CS#{victim} is being drained" in events and "moved" in events
+
+    # The removed server stops by itself, and stays out after the master restarts (a probe saw it rejoin
+    # once the master changed, and take replicas again: the refusal lived only in the master's memory).
+    gone = cluster.find("cs", cluster.cs_number(victim))
+    log = Path(gone.dir) / "daemon.log"
+    wait_for("the removed server to stop by itself", lambda: not cluster.running(gone), timeout=60)
+    assert "was removed from the cluster (rm-cs)" in log.read_text()
+    cluster.kill("mds", 1)
+    cluster.start("mds", 1)
+    with pytest.raises(Unavailable, match=r"exited with status 3: .*was removed from the cluster \(rm-cs\)"):
+        cluster.start("cs", gone.id)  # it says so at once
+    with cluster.client() as c:
+        c.client.mds.retry_for = 30.0
+        assert victim not in [s["id"] for s in c.cluster_stat()["cs"]]
+        assert c.read(f.ino, 0, SIZE) == data

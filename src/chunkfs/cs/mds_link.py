@@ -56,7 +56,7 @@ class MdsLink:
         self.conn: Connection | None = None
         self.cs_id = node.node_id
         self.registered = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[str] | None = None
         #: The master the other metadata servers named while the one here was silent: tried next.
         self._next: str | None = None
         #: Deleting the replicas the master named stale or orphaned, after registering (see _session).
@@ -72,7 +72,13 @@ class MdsLink:
         if self.conn is not None:
             self.conn.close()
 
-    async def _run(self) -> None:
+    @property
+    def task(self) -> asyncio.Task[str]:
+        """Ends (its result the reason) only if the master says this server was removed (rm-cs)."""
+        assert self._task is not None, "task before start()"
+        return self._task
+
+    async def _run(self) -> str:
         pause = 0.1
         known = list(self.node.mds)
         hints: dict[str, object] = {}  # what each MDS last said about the master: said once, not each second
@@ -97,6 +103,10 @@ class MdsLink:
                         hints[addr] = named
                         logger.info("MDS %s is not the master; master hint: %s", addr, named or "none")
                 except ChunkFSError as exc:
+                    if exc.context.get("removed") == self.cs_id:
+                        # For good (the master keeps it in its store): trying again three times a second
+                        # only filled the log.  The server stops; wiped and made again, it is a new one.
+                        return f"{exc}"
                     logger.warning("link to MDS %s: %s", addr, exc)
                 except Exception:  # noqa: BLE001 - a disk error while registering must not end the link for good
                     logger.exception("link to MDS %s failed; trying again", addr)

@@ -98,9 +98,11 @@ class ChunkServer:
         self._disk_watch = asyncio.get_running_loop().create_task(disk_watch.watch(self.store.chunks_dir))
 
     async def failed(self) -> str:
-        """Returns (the reason) when this server must stop: its data directory is gone (disk_watch.py)."""
+        """Returns (the reason) when this server must stop: its data directory is gone (disk_watch.py), or
+        the master says it was removed from the cluster (rm-cs)."""
         assert self._disk_watch is not None, "failed() before start()"
-        return await self._disk_watch
+        done, _ = await asyncio.wait([self._disk_watch, self.link.task], return_when=asyncio.FIRST_COMPLETED)
+        return done.pop().result()
 
     async def stop(self) -> None:
         if self._disk_watch is not None:

@@ -180,9 +180,10 @@ class ReplicationMonitor:
 
     def admit(self, cs_id: int) -> None:
         """Before a registration: a server removed with rm-cs does not come back by itself."""
-        if cs_id in self.removed:
+        if cs_id in self.removed or self.mds.store.cs_removed(cs_id):
             raise InvalidArgument(
-                f"CS#{cs_id} was removed from the cluster (rm-cs): stop it, or wipe it and make-cs again")
+                f"CS#{cs_id} was removed from the cluster (rm-cs): stop it, or wipe it and make-cs again",
+                removed=cs_id)
 
     def on_register(self, cs_id: int, location: str, tier: int) -> None:
         try:

@@ -98,6 +98,7 @@ CREATE TABLE IF NOT EXISTS placement (ino INTEGER PRIMARY KEY, domain TEXT NOT N
 CREATE TABLE IF NOT EXISTS symlinks (ino INTEGER PRIMARY KEY, target BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS orphans (ino INTEGER PRIMARY KEY, since REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS cuts (ino INTEGER PRIMARY KEY, idx INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS removed_cs (cs_id INTEGER PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS mount_sessions (name TEXT PRIMARY KEY, since REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS answers (
     cid TEXT NOT NULL, seq INTEGER NOT NULL, idx INTEGER NOT NULL, answer BLOB NOT NULL,
@@ -989,6 +990,8 @@ class MetadataStore:
         return Chunk(chunk_id, chunk.ino, chunk.index, version, listed)
 
     def _op_register_cs(self, term: int, cs_id: int, addr: str, host: str, time: float) -> int:
+        if self.cs_removed(cs_id):
+            raise InvalidArgument(f"CS#{cs_id} was removed from the cluster (rm-cs)")
         if cs_id == 0 or self.db.execute("SELECT 1 FROM chunk_servers WHERE cs_id = ?", (cs_id,)).fetchone() is None:
             if cs_id == 0:
                 cs_id = self._next("next_cs_id")
@@ -1116,8 +1119,15 @@ class MetadataStore:
             tier if tier is not None else attr["tier"]))
 
     def _op_remove_cs(self, term: int, cs_id: int) -> None:
-        """Forget a drained chunk server (the master checked that no chunk lists it)."""
+        """Forget a drained chunk server (the master checked that no chunk lists it), for good: its id
+        never registers again (a probe saw a removed server rejoin once the master changed, when only
+        the master's memory refused it).  A wiped server made again with make-cs gets a new id."""
         self.db.execute("DELETE FROM chunk_servers WHERE cs_id = ?", (cs_id,))
+        self.db.execute("INSERT OR IGNORE INTO removed_cs VALUES (?)", (cs_id,))
+
+    def cs_removed(self, cs_id: int) -> bool:
+        """Whether chunk server `cs_id` was removed with rm-cs."""
+        return self.db.execute("SELECT 1 FROM removed_cs WHERE cs_id = ?", (cs_id,)).fetchone() is not None
 
     def settings(self) -> dict[str, str]:
         return {str(k): str(v) for k, v in self.db.execute("SELECT key, value FROM settings ORDER BY key")}

@@ -641,6 +641,17 @@ def test_a_writers_late_extend_does_not_regrow_a_file_cut_since(d: Driver, store
     assert "cut" not in store.getattr(ROOT_INO)
 
 
+def test_a_removed_chunk_server_never_registers_again(d: Driver, store: MetadataStore) -> None:
+    """rm-cs is kept in the store, so a new master refuses the server too; a new registration gets a new id."""
+    cs = d("register_cs", cs_id=0, addr="h1:1", host="h1", time=1.0)
+    d("remove_cs", cs_id=cs)
+    assert store.cs_removed(cs) and store.chunk_servers() == []
+    with pytest.raises(InvalidArgument, match="removed"):
+        d("register_cs", cs_id=cs, addr="h1:1", host="h1", time=2.0)
+    assert store.chunk_servers() == []
+    assert d("register_cs", cs_id=0, addr="h1:1", host="h1", time=3.0) != cs
+
+
 def test_the_first_event_dates_a_new_root(d: Driver, store: MetadataStore) -> None:
     """A new store's root has no time (1970); the cluster's first event (its first election) dates it, once."""
     assert store.getattr(ROOT_INO)["mtime_ns"] == 0
