@@ -82,6 +82,11 @@ def test_bad_input_gets_a_one_line_error_and_changes_nothing(make_cluster, tmp_p
     assert run_cli("-c", name, "ls", "/").stdout.split() == ["f"]
     assert "root directory" in _one_line_error(run_cli("-c", name, "mkdir", "/"))
     assert run_cli("-c", name, "mkdir", "-p", "/").returncode == 0
+    # Local files and folders that cannot be used: one line naming them, no traceback (a probe found several).
+    assert "No such file or directory" in _one_line_error(run_cli("-c", name, "get", "/f", str(tmp_path / "no/x")))
+    assert "Not a directory" in _one_line_error(run_cli("local", "status", "--dir", str(src)))
+    bad_size = run_cli("local", "up", "--dir", str(tmp_path / "new"), "--chunk-size", "abc")
+    assert bad_size.returncode == 2 and "bad size 'abc'" in bad_size.stderr and "Traceback" not in bad_size.stderr
     _one_line_error(run_cli("-c", name, "mkdir", "/f/sub"))
     assert run_cli("-c", name, "get", "/f", "-").stdout == "hello"
 

@@ -127,7 +127,10 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="surrogateescape")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except ChunkFSError as exc:  # a value an argument's own parser refused (a size, a duration)
+        parser.error(str(exc))
     from chunkfs.common.daemon import setup_logging
 
     setup_logging(args.verbose)
@@ -139,12 +142,20 @@ def main(argv: list[str] | None = None) -> int:
     except ChunkFSError as exc:
         print(f"chunkfs: error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("chunkfs: interrupted", file=sys.stderr)
-        return 130
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except OSError as exc:
+        # A local file or folder named on the command line (get's target, a --dir that is a file):
+        # one line naming it, not a traceback (-v shows the traceback).
+        if args.verbose:
+            raise
+        where = f"{exc.filename}: " if exc.filename is not None else ""
+        print(f"chunkfs: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("chunkfs: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
