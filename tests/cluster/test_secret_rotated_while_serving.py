@@ -98,6 +98,11 @@ def test_secret_rotated_while_a_client_is_served(make_cluster, conf_dir: Path, t
     # The new secret: served.
     served = run_cli("-c", name, "stat")
     assert served.returncode == 0, served.stderr
+    # Finishing or aborting again, with nothing staged, is an error, not a success (a probe: both claimed one).
+    for action in ("finish", "abort"):
+        again = run_cli("-c", name, "secret", action, "--local", str(cluster.dir))
+        assert again.returncode == 1 and "no secret is staged" in again.stderr, again
+    assert read_secret(conf / SECRET_FILE) == new
 
     # A chunk server started again knows only the new secret (from its directory) and is let back in.
     cluster.kill("cs", 1)

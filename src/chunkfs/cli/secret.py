@@ -186,6 +186,9 @@ def cmd_finish(args: argparse.Namespace) -> int:
         elif staged is not None and read_secret(directory / SECRET_FILE) != staged:
             raise ConfigError(f"{directory} has no staged secret: stage it first (chunkfs -c {cluster} secret "
                               f"stage {directory})")
+    if not done:  # (a probe: it claimed success with nothing staged anywhere)
+        raise ConfigError(f"no secret is staged in {conf} or the directories given: nothing to finish "
+                          f"(a rotation starts with: chunkfs -c {cluster} secret stage)")
     now = read_secret(conf / SECRET_FILE)
     print(f"secret {fingerprint(now)} is now the only one in {done} place(s); the old secret is refused there")
     return 0
@@ -194,7 +197,9 @@ def cmd_finish(args: argparse.Namespace) -> int:
 def cmd_abort(args: argparse.Namespace) -> int:
     cluster = _cluster(args)
     dirs = _dirs(args, cluster)
-    for directory in [cluster_conf_path(cluster), *dirs]:
-        secret_files.unstage(directory)
-    print(f"staged secret dropped in the client configuration and {len(dirs)} node directories")
+    dropped = [directory for directory in [cluster_conf_path(cluster), *dirs] if secret_files.unstage(directory)]
+    if not dropped:
+        raise ConfigError(f"no secret is staged in {cluster_conf_path(cluster)} or the directories given: "
+                          "nothing to abort")
+    print(f"staged secret dropped in {len(dropped)} place(s): {', '.join(map(str, dropped))}")
     return 0

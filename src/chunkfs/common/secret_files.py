@@ -59,10 +59,14 @@ def promote(directory: Path) -> None:
     fsync_dir(directory)
 
 
-def unstage(directory: Path) -> None:
-    """Drop a staged secret (a rotation given up)."""
-    (directory / NEXT_SECRET_FILE).unlink(missing_ok=True)
+def unstage(directory: Path) -> bool:
+    """Drop a staged secret (a rotation given up); whether there was one."""
+    try:
+        (directory / NEXT_SECRET_FILE).unlink()
+    except FileNotFoundError:
+        return False
     fsync_dir(directory)
+    return True
 
 
 def _stamp(path: Path) -> _Stamp:
