@@ -52,7 +52,7 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
     Setting("rebalance-band", 10.0, 1.0, 100.0, "%",
             "servers whose used space differs from the cluster average by more than this are rebalanced"),
     Setting("event-log-max", 100_000, 100, 100_000_000, "events",
-            "events the cluster keeps (`chunkfs events`); older ones are deleted", integer=True),
+            "events the cluster keeps (`chunkfs get-event`); older ones are deleted", integer=True),
     Setting("event-log-days", 90.0, 1.0, 3650.0, "days",
             "events older than this are deleted"),
 )}
