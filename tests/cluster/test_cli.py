@@ -81,6 +81,9 @@ def test_bad_input_gets_a_one_line_error_and_changes_nothing(make_cluster, tmp_p
     assert "refusing to remove the cluster's root" in _one_line_error(run_cli("-c", name, "rm", "-r", "/"))
     assert run_cli("-c", name, "ls", "/").stdout.split() == ["f"]
     assert "root directory" in _one_line_error(run_cli("-c", name, "mkdir", "/"))
+    # A drain with nowhere to move the replicas to is refused, saying why (a probe's waited forever).
+    assert "add a server first" in _one_line_error(run_cli("-c", name, "rm-cs", "1", "--wait", "--timeout", "5"))
+    assert len(json.loads(run_cli("-c", name, "stat", "--json").stdout)["cs"]) == 2
     assert run_cli("-c", name, "mkdir", "-p", "/").returncode == 0
     # Local files and folders that cannot be used: one line naming them, no traceback (a probe found several).
     assert "No such file or directory" in _one_line_error(run_cli("-c", name, "get", "/f", str(tmp_path / "no/x")))

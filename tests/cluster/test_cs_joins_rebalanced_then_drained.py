@@ -4,10 +4,9 @@ Then `rm-cs --wait` drains a server — every replica moved off, data intact —
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
-
-import pytest
 
 from chunkfs.common.errors import Unavailable
 from chunkfs.testing.cluster import wait_for
@@ -69,11 +68,14 @@ def test_new_server_gets_replicas_and_rm_cs_drains_one(make_cluster) -> None:
     gone = cluster.find("cs", cluster.cs_number(victim))
     log = Path(gone.dir) / "daemon.log"
     wait_for("the removed server to stop by itself", lambda: not cluster.running(gone), timeout=60)
-    assert "was removed from the cluster (rm-cs)" in log.read_text()
+    said = log.read_text().count("was removed from the cluster (rm-cs)")
+    assert said
     cluster.kill("mds", 1)
     cluster.start("mds", 1)
-    with pytest.raises(Unavailable, match=r"exited with status 3: .*was removed from the cluster \(rm-cs\)"):
-        cluster.start("cs", gone.id)  # it says so at once
+    with contextlib.suppress(Unavailable):  # (it may stop before its start is seen through, or after)
+        cluster.start("cs", gone.id)
+    wait_for("the removed server, started again, to stop again", lambda: not cluster.running(gone), timeout=60)
+    assert log.read_text().count("was removed from the cluster (rm-cs)") > said
     with cluster.client() as c:
         c.client.mds.retry_for = 30.0
         assert victim not in [s["id"] for s in c.cluster_stat()["cs"]]

@@ -743,6 +743,14 @@ class ReplicationMonitor:
             others = [s for s in mds.live.values() if s.cs_id != cs_id and self.is_active(s.cs_id)]
             if not others:
                 raise InvalidArgument(f"CS#{cs_id} is the only active chunk server; add another before removing it")
+            goal = mds.store.highest_goal_on(cs_id)
+            if goal > len(others):
+                # Its replicas would have nowhere to go: every other server holds those chunks already.
+                # (A probe's drain of one of three servers at replicas=3 waited forever, looking finished.)
+                raise InvalidArgument(
+                    f"CS#{cs_id} holds replicas of chunks kept on {goal} servers (replicas={goal}), and only "
+                    f"{len(others)} other active chunk server(s) remain to take them: add a server first, or "
+                    f"lower those files' replicas= (set-attr) to at most {len(others)}")
             self.draining.add(cs_id)
             self.index.rejudge_server(cs_id)
             await mds.event("warning", f"CS#{cs_id} is being drained: its {_n(self.replicas_on(cs_id))} "

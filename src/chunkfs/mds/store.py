@@ -1333,6 +1333,16 @@ class MetadataStore:
         row = self.db.execute("SELECT n FROM cs_replicas WHERE cs_id = ?", (cs_id,)).fetchone()
         return 0 if row is None else int(row[0])
 
+    def highest_goal_on(self, cs_id: int) -> int:
+        """The most replicas (``replicas=``) any chunk with a replica on `cs_id` is to have (0: none).
+
+        A scan of the server's chunks: for rm-cs, once per drain, not for every request.
+        """
+        row = self.db.execute(
+            "SELECT MAX(c.want) FROM chunk_replicas r JOIN chunks c ON c.chunk_id = r.chunk_id WHERE r.cs_id = ?",
+            (cs_id,)).fetchone()
+        return int(row[0] or 0)
+
     def replica_counts(self) -> dict[int, int]:
         """Replicas listed per chunk server (servers listed by no chunk are left out)."""
         return {int(r[0]): int(r[1]) for r in self.db.execute("SELECT cs_id, n FROM cs_replicas WHERE n > 0")}
