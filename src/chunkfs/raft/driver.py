@@ -660,7 +660,9 @@ class RaftLog:
             if core.is_leader != was_leader:
                 was_leader = core.is_leader
                 self._leader_since = time.monotonic() if was_leader else 0.0
-                logger.warning(
+                # Becoming the master is routine (every start elects one); losing it means something went wrong.
+                logger.log(
+                    logging.INFO if was_leader else logging.WARNING,
                     "raft: MDS#%d is %s at term %d", self.node_id, "now the master" if was_leader else "a follower",
                     core.term,
                 )
