@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -17,6 +18,10 @@ from chunkfs.common.config import DEFAULT_CHUNK_SIZE, ConfigError, conf_dir, par
 
 #: Seconds a mount process is given to exit after a lazy unmount, and after SIGTERM.
 LAZY_EXIT_WAIT = 5.0
+
+
+#: `local up` options that only shape a new cluster, with their defaults.
+NEW_CLUSTER_OPTIONS = {"name": "local", "mds": 3, "cs": 3, "chunk_size": DEFAULT_CHUNK_SIZE, "tls": False}
 
 
 def cmd_make_mds(args: argparse.Namespace) -> int:
@@ -66,10 +71,12 @@ def add_local_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     lsub = p.add_subparsers(dest="local_command", metavar="ACTION", required=True)
     up = lsub.add_parser("up", help="make (if new) and start a local cluster")
     up.add_argument("--dir", required=True, type=Path, help="where data and logs go")
-    up.add_argument("--name", default="local", help="cluster name (default: local)")
-    up.add_argument("--mds", type=int, default=3, help="metadata servers (default 3: survives the loss of one)")
-    up.add_argument("--cs", type=int, default=3, help="chunk servers (default 3)")
-    up.add_argument("--chunk-size", type=parse_size, default=DEFAULT_CHUNK_SIZE, help="chunk size (default 256M)")
+    up.add_argument("--name", default=NEW_CLUSTER_OPTIONS["name"], help="cluster name (default: local)")
+    up.add_argument("--mds", type=int, default=NEW_CLUSTER_OPTIONS["mds"],
+                    help="metadata servers (default 3: survives the loss of one)")
+    up.add_argument("--cs", type=int, default=NEW_CLUSTER_OPTIONS["cs"], help="chunk servers (default 3)")
+    up.add_argument("--chunk-size", type=parse_size, default=NEW_CLUSTER_OPTIONS["chunk_size"],
+                    help="chunk size (default 256M)")
     up.add_argument("--mount", type=Path, metavar="MOUNTPOINT",
                     help="also mount the cluster there (created if missing); `local down` unmounts it")
     up.add_argument("-o", dest="mount_options", action="append", default=[], metavar="OPTIONS",
@@ -95,6 +102,11 @@ def cmd_local_up(args: argparse.Namespace) -> int:
     if (directory / "local.json").exists():
         cluster = LocalCluster.load(directory)
         print(f"starting the existing local cluster {cluster.name!r} in {directory}")
+        ignored = [f"--{opt.replace('_', '-')}" for opt, default in NEW_CLUSTER_OPTIONS.items()
+                   if getattr(args, opt) != default and not (opt == "name" and args.name == cluster.name)]
+        if ignored:  # (a probe: they were ignored without a word)
+            print(f"warning: {', '.join(ignored)} only shape a new cluster: ignored for the existing one in "
+                  f"{directory}", file=sys.stderr)
     else:
         directory.mkdir(parents=True, exist_ok=True)
         cluster = LocalCluster.make(directory, args.name, args.mds, args.cs, args.chunk_size, tls=args.tls)
