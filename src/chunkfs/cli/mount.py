@@ -95,6 +95,9 @@ def cmd_mount(args: argparse.Namespace) -> int:
         raise ConfigError("fusermount3 is not installed (Debian: apt-get install fuse3)")
     if is_mounted(mountpoint):
         raise ConfigError(f"{mountpoint} is already a mount point; unmount it first (chunkfs umount {mountpoint})")
+    if any(mountpoint.iterdir()):  # (a probe: mounted without a word)
+        print(f"warning: {mountpoint} is not empty: what is in it stays hidden while the cluster is mounted there",
+              file=sys.stderr)
     if args.background:
         sdir = state_dir(mountpoint)
         sdir.mkdir(parents=True, exist_ok=True)
