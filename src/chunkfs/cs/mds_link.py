@@ -103,7 +103,8 @@ class MdsLink:
                         hints[addr] = named
                         logger.info("MDS %s is not the master; master hint: %s", addr, named or "none")
                 except ChunkFSError as exc:
-                    if exc.context.get("removed") == self.cs_id:
+                    removed = exc.context.get("removed")
+                    if removed is not None and removed == self.cs_id:
                         # For good (the master keeps it in its store): trying again three times a second
                         # only filled the log.  The server stops; wiped and made again, it is a new one.
                         return f"{exc}"
