@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import os
 
-from chunkfs.common.errors import Unavailable
-from chunkfs.testing.cluster import master_id, wait_for
+from chunkfs.testing.cluster import master_id, wait_for, wait_for_new_master
 
 
 def test_new_master_places_new_chunks_without_waiting_for_a_server_that_is_down(make_cluster) -> None:
@@ -21,15 +20,7 @@ def test_new_master_places_new_chunks_without_waiting_for_a_server_that_is_down(
         cluster.kill("cs", 3)
         old = master_id(c)
         cluster.kill("mds", old)
-
-        def new_master() -> int | None:
-            try:
-                m = master_id(c)
-            except Unavailable:
-                return None
-            return m if m != old else None
-
-        wait_for("a new master", new_master, timeout=60)
+        wait_for_new_master(c, old)
         word = f"CS#{down_id} at {down.addr} refuses connections"
         wait_for("the new master's word that the server that is down refuses connections",
                  lambda: any(word in e["message"] for e in c.events()), timeout=30)

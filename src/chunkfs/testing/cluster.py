@@ -18,7 +18,8 @@ from chunkfs.cli.local_cluster import LocalCluster, Process
 from chunkfs.client.client import SyncClient
 from chunkfs.common.errors import Unavailable
 
-__all__ = ["LocalCluster", "Process", "cluster_factory", "master_id", "wait_for", "wait_for_async"]
+__all__ = ["LocalCluster", "Process", "cluster_factory", "master_id", "wait_for", "wait_for_async",
+           "wait_for_new_master"]
 
 
 @contextlib.contextmanager
@@ -51,6 +52,19 @@ def master_id(client: SyncClient) -> int:
     if len(masters) != 1:
         raise Unavailable(f"expected one master, found {masters}")
     return int(masters[0])
+
+
+def wait_for_new_master(client: SyncClient, old: int, timeout: float = 60.0) -> int:
+    """The id of the master elected after `old` stopped (fails after `timeout` seconds)."""
+
+    def other() -> int | None:
+        try:
+            now = master_id(client)
+        except Unavailable:
+            return None  # none elected yet (or two, for a moment)
+        return now if now != old else None
+
+    return int(wait_for(f"a master other than MDS#{old}", other, timeout=timeout))
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float = 90.0, pause: float = 0.25) -> Any:
