@@ -52,3 +52,16 @@ def test_a_bad_master_wait_is_refused_in_one_line(tmp_path: Path, conf_dir: Path
     done = chunkfs("-c", "nosuch", "mount", str(tmp_path / "m"), "-o", "master_wait=0")
     assert done.returncode != 0
     assert "master_wait must be a number of seconds above 0" in done.stderr and len(done.stderr.splitlines()) == 1
+
+
+def test_a_mount_of_a_cluster_that_is_down_says_so(tmp_path: Path, make_cluster) -> None:
+    """`mount --background` of a stopped cluster names the cause (a probe saw only "did not start listening
+    within 20s", pointing to an empty log): its daemon gives up before the command stops waiting for it."""
+    cluster = make_cluster(n_cs=1)
+    cluster.stop_all()
+    mnt = tmp_path / "down"
+    mnt.mkdir()
+    result = chunkfs("-c", cluster.name, "mount", str(mnt), "--background", timeout=60)
+    assert result.returncode == 1
+    assert "no metadata server reachable" in result.stderr and "is the cluster running?" in result.stderr, result
+    assert not os.path.ismount(mnt)

@@ -34,7 +34,7 @@ from chunkfs.client import fuse_wait
 from chunkfs.client.client import Client
 from chunkfs.client.fuse_ops import ChunkFSOperations, MountOptions
 from chunkfs.common.config import ClientConfig
-from chunkfs.common.daemon import PID_FILE, new_event_loop, pid_alive, read_pid
+from chunkfs.common.daemon import PID_FILE, START_TIMEOUT, new_event_loop, pid_alive, read_pid
 from chunkfs.common.durable import write_file_durably
 from chunkfs.common.errors import ConfigError, Unavailable
 from chunkfs.common.loop_lag import LoopLagMonitor
@@ -296,7 +296,11 @@ def run_mount(
         lag = LoopLagMonitor(f"mount {mountpoint}")  # a WARNING naming the call when the loop stalls
         lag.start()
         try:
-            await client.getattr(ROOT_INO)  # fail here, before mounting, if the cluster is unreachable
+            # Fail here, before mounting, if the cluster is unreachable: within half of what `mount
+            # --background` waits for its daemon, so that it reports this error, not a timeout of its own
+            # pointing to a log with nothing in it (found by a probe).
+            client.mds.retry_for = min(client.mds.retry_for, START_TIMEOUT / 2)
+            await client.getattr(ROOT_INO)
             client.mds.retry_for = opts.master_wait  # (not before: a mount of a cluster that is down fails at once)
             client.io.local.enabled = opts.local_reads
             ops = ChunkFSOperations(client, opts)
