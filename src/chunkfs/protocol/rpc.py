@@ -848,8 +848,11 @@ async def connect(
         # A TLS 1.3 server checks the client's certificate after the client's side of the TLS
         # handshake is done, and asyncio and uvloop close without sending the alert: a refused
         # certificate looks like this, so say so (the server's log names the reason).
+        # Without TLS here, a node that runs TLS closes at once on the plain HELLO (a probe: the error
+        # then asked whether the cluster was running).
         hint = "; if it goes on, that node may refuse this node's TLS certificate (its log says why)" \
-            if conn.tls else ""
+            if conn.tls else ("; if the cluster runs TLS, this configuration has no TLS certificate for it "
+                              "(see chunkfs tls --help)")
         raise Unavailable(f"{addr} closed the connection during the handshake{hint}") from None
     except BaseException:
         conn.close()
