@@ -82,3 +82,16 @@ def test_a_stale_pid_file_naming_another_process_is_left_alone(make_cluster) -> 
     finally:
         stranger.kill()
         stranger.wait(30)
+
+
+def test_local_down_stops_a_daemon_made_by_hand_inside_the_clusters_folder(make_cluster) -> None:
+    """make-cs -r DIR/extra, started by hand: `local down` stops it too (a probe's was left running)."""
+    cluster = make_cluster(n_cs=1, n_mds=1)
+    extra = cluster.dir / "extra-cs"
+    assert run_cli("-c", cluster.name, "make-cs", "-r", str(extra)).returncode == 0
+    assert run_cli("cs", "-r", str(extra), "--background").returncode == 0
+    pid = read_pid(extra)
+    assert pid
+    done = run_cli("local", "down", "--dir", str(cluster.dir))
+    assert done.returncode == 0 and "stopped 3 process(es)" in done.stdout, done
+    assert wait_exit(pid, 15.0)

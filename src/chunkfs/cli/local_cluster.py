@@ -23,7 +23,7 @@ from typing import Any
 
 from chunkfs.cli.nodes import make_cs, make_mds
 from chunkfs.client.client import SyncClient
-from chunkfs.common.config import ConfigError, load_client_config, load_node
+from chunkfs.common.config import NODE_FILE, ConfigError, load_client_config, load_node
 from chunkfs.common.daemon import (
     daemon_pid,
     free_port,
@@ -186,9 +186,24 @@ class LocalCluster:
                 os.kill(pid, signal.SIGKILL)
             wait_exit(pid, 5.0)
 
+    def _unlisted(self) -> list[Process]:
+        """Node folders inside the cluster's folder that it did not make (make-cs/make-mds -r DIR/...):
+        their daemons are the cluster's too (a probe's `local down` left two running)."""
+        listed = {Path(p.dir).resolve() for p in self.processes}
+        found = []
+        for node_file in sorted([*self.dir.glob(f"*/{NODE_FILE}"), *self.dir.glob(f"*/*/{NODE_FILE}")]):
+            directory = node_file.parent.resolve()
+            if directory in listed:
+                continue
+            with contextlib.suppress(ConfigError, OSError):
+                node = load_node(directory)[0]
+                found.append(Process(node.role, node.node_id, str(directory), node.addr))
+        return found
+
     def stop_all(self) -> int:
         """Stop every daemon of the cluster found by its PID file; return how many were running."""
-        found = [(proc, pid) for proc in self.processes if (pid := self.live_pid(proc)) is not None]
+        found = [(proc, pid) for proc in [*self.processes, *self._unlisted()]
+                 if (pid := self.live_pid(proc)) is not None]
         for _proc, pid in found:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
