@@ -16,6 +16,8 @@ import stat
 
 import pytest
 
+from chunkfs.testing.cluster import wait_for
+
 from .conftest import write_and_close
 
 TRIALS = 40
@@ -199,3 +201,13 @@ def test_a_name_another_mount_renamed_away_no_longer_reaches_the_file(make_clust
                 os.chmod(b / name, 0o600)
         assert (a / f"{name}.1").read_bytes() == b"rotated", f"trial {trial}"
         assert stat.S_IMODE((a / f"{name}.1").stat().st_mode) == 0o644, f"trial {trial}"
+
+
+def test_stat_counts_mounts_that_have_opened_nothing(make_cluster, mount) -> None:
+    """Two idle mounts are two mounts connected (a probe saw `stat` count only those that had opened a file)."""
+    cluster = make_cluster(n_cs=1)
+    mount(cluster, "a")
+    mount(cluster, "b")
+    with cluster.client() as c:
+        wait_for("both mounts to connect", lambda: c.cluster_stat()["mounts"]["connected"] == 2, timeout=30)
+        assert c.cluster_stat()["mounts"]["sessions"] == 0

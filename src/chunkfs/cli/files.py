@@ -288,7 +288,9 @@ async def cmd_stat(client: Client, args: argparse.Namespace) -> int:
     if mounts:  # (not counted by a master of an older version)
         silent = f", {mounts['silent']} silent (the unlinked files they hold open are kept until " \
             "session-timeout)" if mounts["silent"] else ""
-        print(f"mounts: {mounts['sessions']}{silent}")
+        connected = mounts.get("connected")
+        now = f" ({connected} connected now)" if connected is not None else ""
+        print(f"mounts: {mounts['sessions']} that held files open{silent}{now}")
     print("chunks: " + ", ".join(f"{k} {v}" for k, v in stat["chunks"].items()))
     healing = stat.get("healing") or {}
     if healing.get("active"):

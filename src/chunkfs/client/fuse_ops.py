@@ -438,6 +438,14 @@ class ChunkFSOperations(pyfuse3.Operations):
         self.client.mds.notice_handler = self._notice
         self.client.mds.on_connect = self._watch
         self.client.mds.close()  # the connection open now is not watched: the next request makes one that is
+        # Made now, not at the first request: the master counts this mount from here (`stat`).
+        task = asyncio.get_running_loop().create_task(self._connect())
+        self._watch_tasks.add(task)
+        task.add_done_callback(self._watch_tasks.discard)
+
+    async def _connect(self) -> None:
+        with contextlib.suppress(ChunkFSError):  # (a master unreachable now: the next request connects)
+            await self.client.getattr(ROOT_INO)
 
     async def _watch(self, conn: Connection) -> None:
         # Known before this connection carries any request (a master of an earlier version has no features).
