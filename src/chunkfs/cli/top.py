@@ -55,6 +55,19 @@ class TopState:
     fetched: float = 0.0
 
 
+#: Narrower, the tables wrap into fragments (a probe's --width 5 printed 96 lines of them).
+MIN_WIDTH = 60
+
+
+def _width(text: str) -> int:
+    try:
+        width = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of columns") from None
+    if width and width < MIN_WIDTH:
+        raise argparse.ArgumentTypeError(f"at least {MIN_WIDTH} columns, not {width}")
+    return width
+
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from chunkfs.cli.context import run_with_client
 
@@ -64,7 +77,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes (default 1)")
     p.add_argument("--view", choices=VIEWS, default="all", help="what to show first (default all)")
     p.add_argument("--sort", choices=sorted(SORTS), default="id", help="chunk-server sort column (default id)")
-    p.add_argument("--width", type=int, default=0, help="columns for --once output (default: terminal or 160)")
+    p.add_argument("--width", type=_width, default=0,
+                   help=f"columns for --once output, at least {MIN_WIDTH} (default: terminal or 160)")
     p.set_defaults(func=lambda args: run_with_client(args, cmd_top))
 
 
