@@ -39,6 +39,21 @@ STATE_FILE = "local.json"
 READY_TIMEOUT = 30.0
 
 
+def _folders_not_mounted(directory: Path) -> list[Path]:
+    """The folders in `directory`, but mount points (a mount of the cluster there may hang: never looked into)."""
+    try:
+        with open("/proc/self/mounts", encoding="utf-8", errors="replace") as mounts:
+            points = {line.split()[1].replace("\\040", " ") for line in mounts if len(line.split()) > 1}
+    except OSError:
+        points = set()
+    out = []
+    with contextlib.suppress(OSError), os.scandir(directory) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False) and entry.path not in points:
+                out.append(Path(entry.path).resolve())
+    return out
+
+
 @dataclass(slots=True)
 class Process:
     role: str  # "mds" or "cs"
@@ -191,9 +206,8 @@ class LocalCluster:
         their daemons are the cluster's too (a probe's `local down` left two running)."""
         listed = {Path(p.dir).resolve() for p in self.processes}
         found = []
-        for node_file in sorted([*self.dir.glob(f"*/{NODE_FILE}"), *self.dir.glob(f"*/*/{NODE_FILE}")]):
-            directory = node_file.parent.resolve()
-            if directory in listed:
+        for directory in sorted(_folders_not_mounted(self.dir)):
+            if directory in listed or not (directory / NODE_FILE).is_file():
                 continue
             with contextlib.suppress(ConfigError, OSError):
                 node = load_node(directory)[0]
