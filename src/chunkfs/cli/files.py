@@ -54,7 +54,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("-p", "--parents", action="store_true", help="make parents as needed, no error if it exists")
     p = add("get-attr", cmd_get_attr, "show a file's or directory's attributes")
     p.add_argument("path")
-    p = add("set-attr", cmd_set_attr, "set attributes (replicas=N[:MIN]); directories pass them to new files")
+    p = add("set-attr", cmd_set_attr, "set attributes (replicas=N[:MIN], failure-domain=, tier=); directories "
+            "pass them to new files. replicas=N alone keeps MIN at N//2+1 (replicas=2 is 2:2: writes wait while "
+            "one of the two is down). Example: set-attr -R /images replicas=3:2")
     p.add_argument("-R", "--recursive", action="store_true", help="apply to everything below a directory too")
     p.add_argument("path")
     p.add_argument("attrs", nargs="+", metavar="replicas=N[:MIN] | failure-domain=disk|host|rack|row|room | tier=0-3")

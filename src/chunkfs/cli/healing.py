@@ -25,7 +25,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     names = "\n".join(f"  {s.name} (default {s.default:g} {s.unit}): {s.help}" for s in SETTINGS.values())
     p = sub.add_parser(
         "set-config", help="change cluster settings (failure timeouts, replication and scrub rates)",
-        description="Change cluster-wide settings, kept in the replicated metadata. Settings:\n" + names,
+        description="Change cluster-wide settings, kept in the replicated metadata. Each VALUE is a plain "
+                    "number in the setting's unit (no suffix). Example:\n  chunkfs -c NAME set-config "
+                    "cs-offline-timeout=600 replication-rate=100\nSettings:\n" + names,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("values", nargs="+", metavar="KEY=VALUE")
     p.set_defaults(func=lambda args: run_with_client(args, cmd_set_config))
@@ -41,7 +43,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "how far it got. Stop the server's process once it is removed.")
     p.add_argument("id", type=int, help="the CS id, as `chunkfs stat` shows it")
     p.add_argument("--wait", action="store_true", help="wait until it is empty and removed (with a progress bar)")
-    p.add_argument("--timeout", type=float, default=3600.0, help="give up waiting after this many seconds")
+    p.add_argument("--timeout", type=float, default=3600.0,
+                   help="give up waiting after this many seconds (default 3600; the drain goes on)")
     p.add_argument("--cancel", action="store_true", help="stop draining; the server takes new chunks again")
     p.set_defaults(func=lambda args: run_with_client(args, cmd_rm_cs))
 

@@ -69,7 +69,11 @@ def add_local_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
                        description="Make, start, list and stop a cluster of real processes on 127.0.0.1 "
                        "whose data and logs all live under DIR.")
     lsub = p.add_subparsers(dest="local_command", metavar="ACTION", required=True)
-    up = lsub.add_parser("up", help="make (if new) and start a local cluster")
+    up = lsub.add_parser("up", help="make (if new) and start a local cluster",
+                         description="Make a cluster of real processes on 127.0.0.1 in DIR (if DIR holds none yet: "
+                         "--mds metadata servers, --cs chunk servers, a client configuration named --name), or "
+                         "start the one DIR holds; wait until it serves; with --mount, mount it too. Example: "
+                         "chunkfs local up --dir ./local-cluster --mount ./local-cluster/mnt")
     up.add_argument("--dir", required=True, type=Path, help="where data and logs go")
     up.add_argument("--name", default=NEW_CLUSTER_OPTIONS["name"], help="cluster name (default: local)")
     up.add_argument("--mds", type=int, default=NEW_CLUSTER_OPTIONS["mds"],
@@ -85,7 +89,9 @@ def add_local_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
                     help="a new cluster runs every connection over TLS: a cluster CA is made and every node "
                     "and the client configuration get a certificate (see `chunkfs tls --help`)")
     up.set_defaults(func=cmd_local_up)
-    st = lsub.add_parser("status", help="list the local cluster's processes")
+    st = lsub.add_parser("status", help="list the local cluster's processes",
+                         description="Each daemon of the local cluster in DIR: role, id, address, folder, and its "
+                                     "PID if it runs (found by the PID file in its folder, checked in /proc).")
     st.add_argument("--dir", required=True, type=Path)
     st.add_argument("--json", action="store_true", help="machine-readable output")
     st.set_defaults(func=cmd_local_status)

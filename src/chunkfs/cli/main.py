@@ -52,7 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="chunkfs", description="ChunkFS: a distributed storage cluster.", epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("-c", "--cluster", metavar="NAME", help="the cluster to act on")
+    parser.add_argument("-c", "--cluster", metavar="NAME",
+                        help="the cluster to act on (no default: its client configuration is "
+                             "/etc/chunkfs/clusters/NAME, or under $CHUNKFS_CONF_DIR; made by make-mds -I or local up)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
     parser.add_argument("--retry-for", type=_seconds, metavar="SECONDS",
                         help="how long a command keeps retrying while the cluster cannot do it yet (no master "
