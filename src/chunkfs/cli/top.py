@@ -1,11 +1,12 @@
 """``chunkfs -c NAME top``: the whole cluster on one screen, refreshed every second.
 
-Everything shown comes from one ``CLUSTER_STAT`` and one ``GET_EVENTS`` per
-refresh: the master already holds every server's space, load, I/O rates and
-process figures (sent with heartbeats and probes), so ``top`` opens no
-connection to the servers themselves.  Keys (on a terminal): ``q`` quits,
-``s`` changes the chunk-server sort column, ``r`` reverses it, ``v`` switches
-the view (all, chunk servers, metadata servers, events), ``space`` refreshes.
+Everything shown comes from two questions to the master per refresh (the
+cluster's state, and the newest events): the master already holds every
+server's space, load, I/O rates and process figures (sent with heartbeats and
+probes), so ``top`` opens no connection to the servers themselves.  Keys (on a
+terminal): ``q`` quits, ``s`` changes the chunk-server sort column, ``r``
+reverses it, ``v`` switches the view (all, chunk servers, metadata servers,
+events) and ``1`` to ``4`` choose one of them, ``space`` refreshes.
 """
 
 from __future__ import annotations
@@ -160,7 +161,7 @@ def handle_key(state: TopState, key: str) -> bool:
         state.reverse = not state.reverse
     elif key == "v":
         state.view = VIEWS[(VIEWS.index(state.view) + 1) % len(VIEWS)]
-    elif key in "1234":
+    elif len(key) == 1 and key in "1234":
         state.view = VIEWS[int(key) - 1]
     return False
 
