@@ -137,7 +137,6 @@ class ReplicationMonitor:
         #: Replicas that failed a checksum: their bad blocks mended from the others (bad_replicas.py).
         self.bad = BadReplicas(self)
         self.draining: set[int] = set()
-        self.removed: set[int] = set()
         #: Chunk health kept up to date from changes (health_index.py); valid while this MDS is master.
         self.index = ChunkHealthIndex(mds.store, self._judge, self._sense)
         mds.store.chunk_listener = self.index.chunks_changed
@@ -180,7 +179,7 @@ class ReplicationMonitor:
 
     def admit(self, cs_id: int) -> None:
         """Before a registration: a server removed with rm-cs does not come back by itself."""
-        if cs_id in self.removed or self.mds.store.cs_removed(cs_id):
+        if self.mds.store.cs_removed(cs_id):  # kept in the store (rm-cs): every later master knows it too
             raise InvalidArgument(
                 f"CS#{cs_id} was removed from the cluster (rm-cs): stop it, or wipe it and make-cs again",
                 removed=cs_id)
@@ -760,7 +759,6 @@ class ReplicationMonitor:
             return {"left": left, "removed": False}
         await mds.propose("remove_cs", cs_id=cs_id)
         self.draining.discard(cs_id)
-        self.removed.add(cs_id)
         self.labels.pop(cs_id, None)
         self.silent_since.pop(cs_id, None)
         server = mds.live.pop(cs_id, None)

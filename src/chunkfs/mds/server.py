@@ -930,7 +930,7 @@ class MetadataServer:
         out: dict[int, str] = {}
         for cs in self.store.chunk_servers():
             cs_id = cs["id"]
-            if self.healing.is_active(cs_id) or cs_id in self.healing.draining or cs_id in self.healing.removed:
+            if self.healing.is_active(cs_id) or cs_id in self.healing.draining:
                 continue
             if cs_id in self.healing.labels and self.healing.labels[cs_id][1] != tier:
                 continue
