@@ -928,10 +928,8 @@ class ChunkFSOperations(pyfuse3.Operations):
         ino = attr["ino"]
         of = self.files.get(ino)
         if of is None:
-            of = self.files[ino] = OpenFile(ino, attr["size"], attr["mtime_ns"], attr["size"],
-                                            cut=attr.get("cut") if self._hears_cuts else None)
-        else:
-            self._learn_cut(of, attr)
+            of = self.files[ino] = OpenFile(ino, attr["size"], attr["mtime_ns"], attr["size"])
+        self._learn_cut(of, attr)  # (a new one takes the file's cut as it is now)
         if not of.dirty:
             of.size, of.committed_size, of.mtime_ns = attr["size"], attr["size"], attr["mtime_ns"]
         of.refs += 1
