@@ -41,15 +41,12 @@ READY_TIMEOUT = 30.0
 
 def _folders_not_mounted(directory: Path) -> list[Path]:
     """The folders in `directory`, but mount points (a mount of the cluster there may hang: never looked into)."""
-    try:
-        with open("/proc/self/mounts", encoding="utf-8", errors="replace") as mounts:
-            points = {line.split()[1].replace("\\040", " ") for line in mounts if len(line.split()) > 1}
-    except OSError:
-        points = set()
+    from chunkfs.client.fuse_session import is_mounted  # (here: it loads pyfuse3)
+
     out = []
     with contextlib.suppress(OSError), os.scandir(directory) as entries:
         for entry in entries:
-            if entry.is_dir(follow_symlinks=False) and entry.path not in points:
+            if entry.is_dir(follow_symlinks=False) and not is_mounted(Path(entry.path)):
                 out.append(Path(entry.path).resolve())
     return out
 
