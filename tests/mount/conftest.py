@@ -58,6 +58,19 @@ def cs_steps(base: Path) -> dict[str, int]:
     return out
 
 
+def master_metric(base: Path, name: str) -> float:
+    """A plain (unlabelled) metric of the master of the cluster under `base` (from /metrics)."""
+    for path in base.rglob("node.json"):
+        node = json.loads(path.read_text())
+        if node.get("role") != "mds" or not node.get("metrics_addr"):
+            continue
+        text = urllib.request.urlopen(f"http://{node['metrics_addr']}/metrics", timeout=10).read().decode()  # noqa: S310
+        values = dict(line.split(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
+        if float(values.get("chunkfs_raft_is_leader", 0)) == 1:
+            return float(values[name])
+    raise AssertionError(f"no master among the metadata servers under {base}")
+
+
 def chunkfs(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """Run the real `chunkfs` command in a child process."""
     return subprocess.run([sys.executable, "-m", "chunkfs", *args], capture_output=True, text=True,

@@ -785,7 +785,15 @@ class ChunkFSOperations(pyfuse3.Operations):
     async def _changing_names(self) -> AsyncIterator[None]:
         """Around this mount's unlink or rename: open files' attributes kept from the master
         (`OpenFile.attr`, which answers `getattr`) lose their vouching, since the change moves the
-        nlink and ctime of the file it removes, renames or replaces; so do answers begun meanwhile."""
+        nlink and ctime of the file it removes, renames or replaces; so do answers begun meanwhile.
+
+        Releases waiting for their batch go first: the change may remove a file closed here a moment
+        ago (SQLite's journal in its default mode is closed, then unlinked, at every transaction), and
+        the master frees a file no mount holds within the unlink's own commit, where one it still
+        counts as held becomes an orphan whose freeing is a commit of its own."""
+        if self._to_release:
+            self._send_releases()
+            await asyncio.sleep(0)  # the release's task writes its frame ahead of this change's
         self.cache.own_change()
         try:
             yield

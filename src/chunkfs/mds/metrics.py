@@ -75,6 +75,10 @@ class MdsMetrics:
             gauge("chunkfs_raft_applied_index", "Highest log index applied to the store", core.applied if core else 0),
             gauge("chunkfs_raft_is_leader", "1 on the master", int(server.raft.is_leader())),
         ]
+        orphans = CounterMetricFamily("chunkfs_mds_orphans_freed", "Files freed at their last close, having been "
+                                      "unlinked while open (each such freeing is a commit of its own)")
+        orphans.add_metric([], server.reaper.freed)
+        out.append(orphans)
         ops = CounterMetricFamily("chunkfs_mds_requests", "Requests served, by message type", labels=["msg"])
         latency = HistogramMetricFamily("chunkfs_mds_request_latency_seconds", "Time to answer a request",
                                         labels=["msg"])

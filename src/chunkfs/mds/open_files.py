@@ -226,6 +226,8 @@ class OrphanReaper:
         self._pending: set[int] = set()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        #: Files freed after their last release, having been unlinked while held open (a metric).
+        self.freed = 0
 
     def start(self) -> None:
         """On becoming master."""
@@ -286,5 +288,6 @@ class OrphanReaper:
             return
         finally:
             self.table.freeing -= orphans
-        logger.info("freed %d unlinked file(s) no mount holds open (%d chunk(s))", len(orphans), len(dropped))
+        self.freed += len(orphans)
+        logger.debug("freed %d unlinked file(s) no mount holds open (%d chunk(s))", len(orphans), len(dropped))
         self.mds.chunks.delete_chunks(dropped)
