@@ -337,6 +337,9 @@ class OpenFile:
     #: None: not known (a master of an earlier version; a mount that hears no notices of cuts, or
     #: whose watch ended): no cut is sent, and the size is committed as before.
     cut: int | None = None
+    #: Writes that reached this mount and are not answered yet: (start, end, done when answered).
+    #: A read of a range one of them covers waits for it (`FuseOps.read`).
+    writing: list[tuple[int, int, asyncio.Future[None]]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -1175,7 +1178,18 @@ class ChunkFSOperations(pyfuse3.Operations):
 
     @fuse_errors
     async def read(self, fh: int, off: int, size: int) -> bytes:
+        """Read what the file holds, after the writes that reached this mount before the read.
+
+        The kernel may have sent such a write before this read although the read's page missed its
+        bytes: a buffered write copies them into the page cache first, and a `stat` of the file by
+        another process in that moment makes the kernel drop the file's pages (a new mtime).  Read
+        at once, the page would be filled from the chunk servers without the write's bytes, and kept:
+        a log follower then read zeros at the end of the file, and an overwrite's old bytes.
+        """
         of = self._handle(fh)
+        ahead = [done for start, end, done in of.writing if start < off + size and end > off]
+        if ahead:
+            await asyncio.wait(ahead)
         length = min(size, of.size - off)
         if length <= 0:
             return b""
@@ -1197,6 +1211,8 @@ class ChunkFSOperations(pyfuse3.Operations):
             of.appends += 1
         through = of.sync_streak >= WRITE_THROUGH_AFTER and len(buf) <= WRITE_THROUGH_MAX
         cut = of.cut
+        writing = (off, off + len(buf), asyncio.get_running_loop().create_future())
+        of.writing.append(writing)
         of.unsynced_writes += 1
         of.unsynced_largest = max(of.unsynced_largest, len(buf))
         if of.unsynced_writes > 1:
@@ -1210,6 +1226,8 @@ class ChunkFSOperations(pyfuse3.Operations):
         finally:
             if appending:
                 of.appends -= 1
+            of.writing.remove(writing)
+            writing[2].set_result(None)  # reads that waited go on once the size below is set
         if cut is not None and of.cut is not None and of.cut > cut:
             return len(buf)  # another client cut the file meanwhile: this write came before it (`_learn_cut`)
         end = off + len(buf)
