@@ -6,6 +6,7 @@ guest see I/O errors; by default (20 s) a request gives up with EIO.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -65,3 +66,21 @@ def test_a_mount_of_a_cluster_that_is_down_says_so(tmp_path: Path, make_cluster)
     assert result.returncode == 1
     assert "no metadata server reachable" in result.stderr and "is the cluster running?" in result.stderr, result
     assert not os.path.ismount(mnt)
+
+
+def test_a_request_with_no_master_elected_fails_with_eio(make_cluster, mount) -> None:
+    """One metadata server of three up: no master can be elected, and after `master_wait` a request
+    through the mount fails with EIO, as the README says (it was EAGAIN, which programs retry forever)."""
+    cluster = make_cluster(n_cs=1, n_mds=3, name="nomaster")
+    mnt = mount(cluster, "mnt", "master_wait=2")
+    (mnt / "before").mkdir()
+    cluster.kill("mds", 1)
+    cluster.kill("mds", 2)
+    started = time.monotonic()
+    try:
+        (mnt / "during").mkdir()
+    except OSError as exc:
+        assert exc.errno == errno.EIO, f"{errno.errorcode.get(exc.errno)}: {exc}"
+    else:
+        raise AssertionError("a mkdir with one metadata server of three up succeeded")
+    assert time.monotonic() - started < 60

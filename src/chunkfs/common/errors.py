@@ -134,10 +134,14 @@ class ChecksumMismatch(ChunkFSError):
 
 
 class NotMaster(ChunkFSError):
-    """This metadata server is not the master; ask the one in the leader hint."""
+    """This metadata server is not the master; ask the one in the leader hint.
+
+    Through the mount it means no master was found within ``master_wait``: an I/O error, as the
+    README promises (EAGAIN made programs retry in a loop, and people look for a busy resource).
+    """
 
     code = "not_master"
-    errno = _errno.EAGAIN
+    errno = _errno.EIO
 
 
 class Unavailable(ChunkFSError):
@@ -148,10 +152,10 @@ class Unavailable(ChunkFSError):
 
 
 class Timeout(ChunkFSError):
-    """A network wait ran past its timeout."""
+    """A network wait ran past its timeout (through the mount, an I/O error: see `NotMaster`)."""
 
     code = "timeout"
-    errno = _errno.ETIMEDOUT
+    errno = _errno.EIO
 
 
 class ConfigError(ChunkFSError):
