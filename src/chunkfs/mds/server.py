@@ -169,7 +169,7 @@ class MetadataServer:
             bootstrap_voters=(node.node_id,) if node.bootstrap else (),
             on_membership=self._learn_members, on_leader=lambda: self._spawn(self._became_master()),
             on_follower=self._stepped_down,
-            on_lost_log=lambda _peer, what: self._spawn(self.event("error", what)),
+            on_lost_log=lambda peer, what: self._spawn(self._drop_lost_member(peer, what)),
             on_fatal=self._fail,
         )
         self.raft.routes = dict(node.peer_routes)
@@ -480,6 +480,31 @@ class MetadataServer:
         await self._event("warning", f"MDS#{node_id} removed from the metadata group")
         return {}
 
+
+    async def _drop_lost_member(self, peer: int, what: str) -> None:
+        """A member whose log lost entries it had acknowledged leaves the voters at once.
+
+        Raft counts on what a member acknowledged staying on its disk.  Kept as a voter, such a
+        member could help elect a master that lacks changes it had acknowledged (with the one other
+        member that had not received them yet): those changes would be lost.  This master stops
+        sending it entries, but the next master would not know to; removed from the group (the
+        first step of the repair the event names), it no longer counts in any election or commit.
+        """
+        repair = f"remove it with `chunkfs rm-mds {peer}` and add a new one with `chunkfs make-mds`"
+        if not self.raft.is_leader() or peer not in self.raft.voters() or len(self.raft.voters()) < 3:
+            # A group of two keeps both (the removal could not commit without it); this master sends it nothing.
+            await self.event("error", f"{what}; {repair}")
+            return
+        await self.event("error", f"{what}; removing it from the metadata group")
+        try:
+            await self.raft.change_membership(remove=peer)
+            await self._propose("remove_mds", node_id=peer)
+        except ChunkFSError as exc:
+            await self.event("error", f"could not remove MDS#{peer} from the metadata group ({exc}): {repair}")
+            return
+        await self.event("warning", f"MDS#{peer} removed from the metadata group, as its log lost entries it had "
+                                    f"acknowledged: stop it, and add a new metadata server with `chunkfs make-mds` "
+                                    f"(an empty data directory; the address may be the same)")
 
     async def _on_ping(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
         return {"role": "mds", "node": self.creds.node, "applied": self.store.applied_index, **self.view.ping_fields()}

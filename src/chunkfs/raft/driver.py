@@ -732,12 +732,12 @@ class RaftLog:
                 continue
             self._lost_reported[peer] = now
             what = (f"MDS#{peer} at {self.addrs.get(peer, '?')} lost log entries it had acknowledged (its data "
-                    f"directory was wiped or restored from an old copy): it cannot rejoin as it is; remove it with "
-                    f"`chunkfs rm-mds {peer}` and add a new one with `chunkfs make-mds`")
+                    f"directory was wiped, cut or restored from an old copy): it cannot rejoin as it is")
             if self.on_lost_log is not None:
-                self.on_lost_log(peer, what)  # the metadata server logs it as a cluster event
+                self.on_lost_log(peer, what)  # the metadata server removes it from the group and says so
             else:
-                logger.error("raft: %s", what)
+                logger.error("raft: %s; remove it with `chunkfs rm-mds %d` and add a new one with `chunkfs make-mds`",
+                             what, peer)
 
     async def _restore(self, image: Path, index: int) -> None:
         """The state machine takes a copy of the image (the image stays this member's snapshot)."""
