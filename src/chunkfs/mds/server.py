@@ -46,6 +46,7 @@ from chunkfs.mds.open_files import OpenFileTable, OrphanReaper
 from chunkfs.mds.replicated_log import ReplicatedLog
 from chunkfs.mds.replication import CS_RECONNECT_GRACE, ReplicationMonitor
 from chunkfs.mds.store import MAX_REPLICAS, VERSION_TERM_SHIFT, Chunk, MetadataStore, encode_command
+from chunkfs.mds.store_check import is_damage, set_aside_if_damaged
 from chunkfs.mds.subtree import subtree_pages
 from chunkfs.mds.watchers import Watchers
 from chunkfs.protocol.mds_link import MdsLink
@@ -163,6 +164,7 @@ class MetadataServer:
         self.node = node
         self.creds = Credentials(node.cluster.name, secret, "mds", f"mds{node.node_id}",
                                  tls=node_tls(directory, node.cluster), secret_files=SecretFiles(directory, secret))
+        set_aside_if_damaged(directory / "metadata.sqlite")  # rebuilt from the snapshot and log if so
         self.store = MetadataStore(directory / "metadata.sqlite", node.cluster.chunk_size)
         self.raft = RaftLog(
             directory / "raft", node.node_id, {**dict(node.peers), node.node_id: node.addr}, self.creds,
@@ -434,6 +436,11 @@ class MetadataServer:
             if msg == Msg.CHUNK_WRITE:  # the one request here that may carry data: a chunk's first write
                 return await self._on_chunk_write(conn, h, payload), b""
             return await handler(conn, h), b""
+        except sqlite3.DatabaseError as exc:
+            if is_damage(exc):  # never serve from it: another member takes over, and this one rebuilds
+                self._fail(f"its metadata store {self.store.path} is damaged ({exc}); started again, it moves the "
+                           f"store aside and rebuilds it from its snapshot and log")
+            raise
         finally:
             took = time.perf_counter() - started
             self.metrics.requests[msg].record(0, took)
