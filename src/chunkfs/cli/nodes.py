@@ -99,7 +99,9 @@ def _join_mds(cluster: str, directory: Path, addr: str, metrics_addr: str = "") 
     client = load_client_config(cluster)
     _check_empty_node_dir(directory, cluster)
     if addr in client.mds:
-        raise ConfigError(f"{addr} is already a metadata server of {cluster!r}; choose another address")
+        raise ConfigError(f"{addr} is already a metadata server of {cluster!r}: if that server's data is lost, take "
+                          f"it out first with `chunkfs -c {cluster} rm-mds ID` (its ID: `chunkfs -c {cluster} stat`); "
+                          f"else choose another address")
     with SyncClient(client) as c:
         reply = c.add_mds(addr)
     peers = tuple((int(i), str(a)) for i, a in reply["members"])

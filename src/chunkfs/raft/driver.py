@@ -33,7 +33,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from chunkfs.common.errors import ChunkFSError, NotMaster, ProtocolError, Timeout, Unavailable
+from chunkfs.common.errors import (
+    ChunkFSError,
+    ConfigError,
+    InvalidArgument,
+    NotMaster,
+    ProtocolError,
+    Timeout,
+    Unavailable,
+)
 from chunkfs.common.knobs import lowered
 from chunkfs.common.timings import TIMINGS
 from chunkfs.protocol.messages import Msg
@@ -50,7 +58,7 @@ from chunkfs.raft.core import (
     message_from_dict,
     message_to_dict,
 )
-from chunkfs.raft.log_storage import LogStorage
+from chunkfs.raft.log_storage import HARDSTATE_FILE, LogCorruption, LogStorage
 from chunkfs.raft.snapshot_files import Image, Receiver
 
 logger = logging.getLogger(__name__)
@@ -369,6 +377,17 @@ class RaftLog:
         return peer is not None and peer.conn is not None and not peer.conn.closed
 
     async def start(self, sm: StateMachine) -> None:
+        try:
+            await self._start(sm)
+        except (LogCorruption, InvalidArgument) as exc:
+            # Raft counts on a member's log as it acknowledged it: one damaged before its end cannot be
+            # mended here, and the member must come back as a new one (from the others' copy).
+            raise ConfigError(
+                f"the Raft log in {self.directory} is damaged ({exc}): this metadata server cannot rejoin with it; "
+                f"take it out with `chunkfs rm-mds {self.node_id}`, then make a new one with `chunkfs make-mds` "
+                f"(an empty directory; the address may be the same)") from None
+
+    async def _start(self, sm: StateMachine) -> None:
         self.sm = sm
         storage, rec = await asyncio.to_thread(LogStorage.open, self.directory)
         if rec.snapshot is None and not rec.entries and rec.hard_state.term == 0:
@@ -377,8 +396,14 @@ class RaftLog:
             rec.snapshot = initial
             logger.info("raft: new log, initial voters %s", list(self.bootstrap_voters) or "none (joining)")
         snapshot = rec.snapshot or Snapshot.initial(())
+        if rec.hard_state.term == 0 and (rec.entries or snapshot.index > 0):
+            # Written before any entry or snapshot of a term: without it, the votes this member cast
+            # are forgotten, and it could vote twice in one term.
+            raise LogCorruption(f"{self.directory / HARDSTATE_FILE} is missing, but the log holds entries")
         if rec.torn_bytes:
-            logger.warning("raft: cut a torn tail of %d bytes from the log (a crash during an append)", rec.torn_bytes)
+            logger.warning("raft: cut a torn record of %d bytes from the end of the log (left by a crash during an "
+                           "append; if the log was cut short instead, the master finds it and removes this member)",
+                           rec.torn_bytes)
         if snapshot.data.startswith(snapshot_files.SQLITE_MAGIC):
             snapshot = await asyncio.to_thread(snapshot_files.migrate_inline, self.directory, snapshot)
             await asyncio.to_thread(storage.compact, snapshot)
@@ -684,6 +709,13 @@ class RaftLog:
             await self._persist_locked(storage, rd)
 
     async def _persist_locked(self, storage: LogStorage, rd: Ready) -> None:
+        hs = rd.hard_state
+        if hs is not None and (hs.term, hs.vote) != (storage.hard_state.term, storage.hard_state.vote):
+            # Term and vote must be on disk before any message that depends on them, and before the
+            # entries and snapshot of their term: a log without a hard state is then damage (`_start`).
+            # A commit index alone is not written: after a restart it is relearned from the master,
+            # and the store knows what it applied (2 fsyncs saved on every batch).
+            await asyncio.to_thread(storage.set_hard_state, hs)
         if rd.snapshot is not None:
             snap = rd.snapshot
             image = Image.of(snap)
@@ -711,13 +743,6 @@ class RaftLog:
                 # the hop to a worker thread and back on every commit's critical path (its ack).
                 storage.append(rd.entries)
                 TIMINGS.since("raft.follower_append_fsync", started)
-        hs = rd.hard_state
-        if hs is not None and (hs.term, hs.vote) != (storage.hard_state.term, storage.hard_state.vote):
-            # Term and vote must be on disk before any message that depends on them.
-            # A commit index alone is not written: after a restart it is relearned
-            # from the master, and the store knows what it applied (2 fsyncs saved
-            # on every batch).
-            await asyncio.to_thread(storage.set_hard_state, hs)
 
     def _report_lost_logs(self, lost: set[int]) -> None:
         """Say what to do about a member whose data directory was wiped or replaced by an old copy.
