@@ -39,3 +39,14 @@ def test_breakdown_prints_every_phase_with_requests_and_cpu(tmp_path: Path) -> N
     assert "| mount | `mds.CREATE` |" in done.stdout
     assert "`raft.propose_to_applied`" in done.stdout
     assert "| mount | `cs.CS_WRITE` |" in done.stdout
+
+
+def test_floor_prints_every_skeleton_with_a_rate(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, str(BENCH / "bench_floor.py"), "--seconds", "0.3", "--dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| commit") or line.startswith("| 4 KiB")]
+    assert len(rows) == 3, done.stdout
+    for row in rows:
+        ops = float(row.split("|")[2].replace(",", ""))
+        assert ops > 0, row
