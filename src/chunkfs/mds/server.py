@@ -487,7 +487,6 @@ class MetadataServer:
         await self._event("warning", f"MDS#{node_id} removed from the metadata group")
         return {}
 
-
     async def _drop_lost_member(self, peer: int, what: str) -> None:
         """A member whose log lost entries it had acknowledged leaves the voters at once.
 
