@@ -98,11 +98,14 @@ def _join_mds(cluster: str, directory: Path, addr: str, metrics_addr: str = "") 
     """Register a new MDS with the running cluster; it becomes a voter when it first starts."""
     client = load_client_config(cluster)
     _check_empty_node_dir(directory, cluster)
-    if addr in client.mds:
-        raise ConfigError(f"{addr} is already a metadata server of {cluster!r}: if that server's data is lost, take "
-                          f"it out first with `chunkfs -c {cluster} rm-mds ID` (its ID: `chunkfs -c {cluster} stat`); "
-                          f"else choose another address")
     with SyncClient(client) as c:
+        # The group's members now, not the configuration's list: the master removes a member that lost
+        # its log by itself, and its address may then be taken again.
+        members = {str(m["addr"]): int(m["id"]) for m in c.cluster_stat()["mds"]}
+        if addr in members:
+            raise ConfigError(f"{addr} is already MDS#{members[addr]} of {cluster!r}: if that server's data is lost, "
+                              f"take it out first with `chunkfs -c {cluster} rm-mds {members[addr]}`; else choose "
+                              f"another address")
         reply = c.add_mds(addr)
     peers = tuple((int(i), str(a)) for i, a in reply["members"])
     node = NodeConfig(role="mds", cluster=client.cluster, addr=addr, node_id=reply["id"], peers=peers,
@@ -110,7 +113,7 @@ def _join_mds(cluster: str, directory: Path, addr: str, metrics_addr: str = "") 
     save_node(directory, node, client.secret)
     if client.cluster.tls:
         tls_cli.issue_if_possible(cluster, directory, f"mds{node.node_id}@{addr}")
-    save_client_config(dataclasses.replace(client, mds=(*client.mds, addr)))
+    save_client_config(dataclasses.replace(client, mds=client.mds if addr in client.mds else (*client.mds, addr)))
     return node
 
 
