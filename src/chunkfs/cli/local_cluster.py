@@ -159,15 +159,33 @@ class LocalCluster:
         return proc
 
     def start_all(self) -> None:
+        """Start every daemon of the cluster that is not running.
+
+        Daemons made by hand in the cluster's folder (``make-mds``/``make-cs -r DIR/...``) are its
+        own from now on; a metadata server taken out with ``rm-mds`` (its address gone from the
+        client configuration) is not started again.
+        """
+        for found in self._unlisted():
+            if found.role == "cs":
+                found.id = 1 + max((p.id for p in self.processes if p.role == "cs"), default=0)
+            self.processes.append(found)
+        with contextlib.suppress(ConfigError):
+            members = set(load_client_config(self.name).mds)
+            removed = [p for p in self.processes if p.role == "mds" and p.addr not in members]
+            if len(removed) < sum(p.role == "mds" for p in self.processes):  # (never all: a stale configuration)
+                self.processes = [p for p in self.processes if p not in removed]
+        self.save()
         for proc in self.processes:
             if not self.running(proc):
                 self.start(proc.role, proc.id)
 
     def cs_number(self, cs_id: int) -> int:
         """The process number (``csN`` folder) of chunk server CS#`cs_id`, as the master numbers it."""
-        for row in self.status():
-            if row["role"] == "cs" and row["id"] == cs_id:
-                return next(p.id for p in self.processes if p.dir == row["dir"])
+        for proc in self.processes:
+            if proc.role == "cs":
+                with contextlib.suppress(ConfigError):
+                    if load_node(Path(proc.dir))[0].node_id == cs_id:
+                        return proc.id
         raise ConfigError(f"CS#{cs_id} is not in this local cluster")
 
     def live_pid(self, proc: Process) -> int | None:
@@ -230,11 +248,11 @@ class LocalCluster:
 
     def status(self) -> list[dict[str, Any]]:
         out = []
-        for proc in self.processes:
+        for proc in [*self.processes, *self._unlisted()]:
             node_id = proc.id
-            if proc.role == "cs":
-                with contextlib.suppress(ConfigError):
-                    node_id = load_node(Path(proc.dir))[0].node_id or 0
+            # The cluster's own numbering (a chunk server's, or a metadata server made again with make-mds).
+            with contextlib.suppress(ConfigError):
+                node_id = load_node(Path(proc.dir))[0].node_id or node_id
             pid = self.live_pid(proc)
             out.append({"role": proc.role, "id": node_id, "pid": pid, "addr": proc.addr, "dir": proc.dir,
                         "running": pid is not None})

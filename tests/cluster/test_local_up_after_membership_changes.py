@@ -1,0 +1,42 @@
+"""`local up` brings back a local cluster whose metadata servers changed since it was made: a server added by
+hand in its folder (`make-mds -r DIR/...`) is started with the others, and one taken out with `rm-mds` is not
+started again (found by a probe: the cluster came back without its new member, short of a majority)."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+from .conftest import run_cli
+
+
+def _free_addr() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"
+
+
+def _running(directory: Path) -> dict[str, bool]:
+    done = run_cli("local", "status", "--dir", str(directory), "--json")
+    assert done.returncode == 0, done.stderr
+    return {Path(p["dir"]).name: p["running"] for p in json.loads(done.stdout)["processes"]}
+
+
+def test_local_up_starts_a_member_made_by_hand_and_not_one_removed(make_cluster) -> None:
+    cluster = make_cluster(n_cs=1, n_mds=3)
+    new_dir = cluster.dir / "mds-new"
+    for argv in (("-c", cluster.name, "make-mds", "-a", _free_addr(), "-r", str(new_dir)),
+                 ("mds", "-r", str(new_dir), "--background"),
+                 ("-c", cluster.name, "rm-mds", "3")):
+        done = run_cli(*argv, timeout=120)
+        assert done.returncode == 0, (argv, done.stderr)
+    cluster.kill("mds", 3)  # "stop its process now", as rm-mds says
+    for verb in ("down", "up"):
+        done = run_cli("local", verb, "--dir", str(cluster.dir), timeout=180)
+        assert done.returncode == 0, (verb, done.stdout, done.stderr)
+    running = _running(cluster.dir)
+    assert running.get("mds-new") and running["mds1"] and running["mds2"], running
+    assert not running.get("mds3"), running
+    done = run_cli("-c", cluster.name, "mkdir", "/after-local-up", timeout=120)
+    assert done.returncode == 0, done.stderr
