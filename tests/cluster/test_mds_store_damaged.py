@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
+from chunkfs.mds.server import CHECKPOINT_INTERVAL
 from chunkfs.mds.store import MetadataStore
-from chunkfs.testing.cluster import master_id, wait_for
+from chunkfs.testing.cluster import master_id, wait_for, wait_for_new_master
 
 DIRS = 300
 
@@ -57,3 +59,41 @@ def test_a_member_with_a_damaged_store_rebuilds_it_and_holds_everything(make_clu
     # Its store holds what it held before, and what it caught up on (entries it had not applied yet when
     # stopped stay in its log, applied when it starts).
     assert {f"d{i:04d}" for i in range(DIRS)} | {"while-it-was-down"} <= set(names)
+
+
+
+def test_a_member_whose_store_was_damaged_while_it_ran_stops_and_rebuilds(make_cluster) -> None:
+    """Found by a probe: the damage showed only as WARNINGs of failed checkpoints, for minutes, until the member
+    became master and acted on what the damage made of its store (replicas of files it no longer found were
+    deleted).  Now damage a checkpoint meets stops the member, and so does damage a new master finds when it
+    checks its store first thing; either way another member serves, and this one rebuilds when started again."""
+    cluster = make_cluster(n_cs=1, n_mds=3)
+    with cluster.client() as c:
+        c.client.mds.retry_for = 30.0
+        for i in range(DIRS):
+            c.mkdir(f"/d{i:04d}")
+        damaged = next(i for i in (1, 2, 3) if i != master_id(c))
+        proc = cluster.find("mds", damaged)
+        node_dir = Path(proc.dir)
+        time.sleep(3 * CHECKPOINT_INTERVAL)  # the changes checkpointed into the file: its pages are read from it
+        _damage(node_dir / "metadata.sqlite")
+        for i in range(12):  # changes to checkpoint; and masters changed, to elect it (each time 1 in 2)
+            c.mkdir(f"/later{i}")
+            time.sleep(2 * CHECKPOINT_INTERVAL)
+            if cluster.live_pid(proc) is None:
+                break
+            old = master_id(c)
+            if old != damaged:
+                cluster.kill("mds", old, signal.SIGKILL)
+                wait_for_new_master(c, old)
+                cluster.start("mds", old)
+        wait_for(f"MDS#{damaged}, whose store is damaged, to stop", lambda: cluster.live_pid(proc) is None,
+                 timeout=60)
+        log = (node_dir / "daemon.log").read_text()
+        assert "is damaged" in log and "stopping with status 3" in log, log[-3000:]
+        c.mkdir("/after")  # the others serve
+        cluster.start("mds", damaged)
+        wait_for(f"MDS#{damaged} back", lambda: damaged in {m["id"] for m in c.cluster_stat()["mds"]
+                                                           if m["role"] == "follower"}, timeout=60)
+        assert {f"d{i:04d}" for i in range(DIRS)} | {"after"} <= {name for name, _ino, _type in c.listdir("/")}
+    assert "moved aside" in (node_dir / "daemon.log").read_text()

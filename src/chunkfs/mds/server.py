@@ -46,7 +46,7 @@ from chunkfs.mds.open_files import OpenFileTable, OrphanReaper
 from chunkfs.mds.replicated_log import ReplicatedLog
 from chunkfs.mds.replication import CS_RECONNECT_GRACE, ReplicationMonitor
 from chunkfs.mds.store import MAX_REPLICAS, VERSION_TERM_SHIFT, Chunk, MetadataStore, encode_command
-from chunkfs.mds.store_check import is_damage, set_aside_if_damaged
+from chunkfs.mds.store_check import damage_in, is_damage, set_aside_if_damaged
 from chunkfs.mds.subtree import subtree_pages
 from chunkfs.mds.watchers import Watchers
 from chunkfs.protocol.mds_link import MdsLink
@@ -237,6 +237,16 @@ class MetadataServer:
         if self.node.node_id not in self.raft.voters():
             self._spawn(self._join())
 
+    def _stop_if_damaged(self, exc: BaseException) -> None:
+        """Never go on with a store SQLite finds damaged: as master it would answer (and act on) what the
+        damage made of it; stopped, another member takes over, and this one, started again, rebuilds."""
+        if is_damage(exc):
+            self._stop_for_damage(str(exc))
+
+    def _stop_for_damage(self, what: str) -> None:
+        self._fail(f"its metadata store {self.store.path} is damaged ({what}); started again, it moves the store "
+                   f"aside and rebuilds it from its snapshot and log")
+
     def _fail(self, why: str) -> None:
         """This server cannot go on (its disk is full or failing): `failed` tells the daemon to exit."""
         if self._failed is not None and not self._failed.done():
@@ -258,6 +268,7 @@ class MetadataServer:
             try:
                 frames, copied = await asyncio.to_thread(self.store.checkpoint)
             except sqlite3.Error as exc:
+                self._stop_if_damaged(exc)  # a checkpoint reads every page a change wrote since the last
                 checkpoints.failed(exc)
                 continue
             checkpoints.succeeded()
@@ -270,6 +281,7 @@ class MetadataServer:
                 try:
                     done = self.store.reset_log()
                 except sqlite3.Error as exc:
+                    self._stop_if_damaged(exc)
                     rewinds.failed(exc)
                     continue
                 rewinds.succeeded()
@@ -297,6 +309,7 @@ class MetadataServer:
         self._absent = set()
         self._spawn(self._find_absent_servers(self._master_since))
         self._chunk_ids = [0, 0]
+        self._spawn(self._check_store())
         self.healing.start()
         self.leases.start_grace()
         self.open_files.ttl = self.healing.settings(fresh=True)["session-timeout"]
@@ -305,6 +318,16 @@ class MetadataServer:
         self._spawn(self._list_sessions())
         await self._register_self()
         await self._event("info", f"MDS#{self.node.node_id} is the master (term {self.log.term}) at {self.node.addr}")
+
+    async def _check_store(self) -> None:
+        """A new master reads its whole store once (store_check.py): a damaged one stops it."""
+        try:
+            problem = await asyncio.to_thread(damage_in, self.store.path)
+        except sqlite3.Error as exc:
+            logger.warning("could not check the metadata store %s: %s", self.store.path, exc)
+            return
+        if problem is not None:
+            self._stop_for_damage(problem)
 
     async def _list_sessions(self) -> None:
         """Once everything committed before this term is applied here, the store lists every session."""
@@ -437,9 +460,7 @@ class MetadataServer:
                 return await self._on_chunk_write(conn, h, payload), b""
             return await handler(conn, h), b""
         except sqlite3.DatabaseError as exc:
-            if is_damage(exc):  # never serve from it: another member takes over, and this one rebuilds
-                self._fail(f"its metadata store {self.store.path} is damaged ({exc}); started again, it moves the "
-                           f"store aside and rebuilds it from its snapshot and log")
+            self._stop_if_damaged(exc)
             raise
         finally:
             took = time.perf_counter() - started
