@@ -55,3 +55,17 @@ def test_a_member_whose_hard_state_is_gone_refuses_to_start_and_names_the_repair
     node_id, node_dir = _follower_stopped_after_changes(cluster)
     (node_dir / "raft" / "hardstate").unlink()
     _assert_refused_with_the_repair(_start_in_foreground(node_dir), node_id, "hardstate is missing")
+
+
+def test_a_member_whose_log_was_cut_short_refuses_to_start_and_names_the_repair(make_cluster) -> None:
+    """Found by a probe: a cut log (or a damaged record near its end) was taken for a crash's torn record and
+    cut off, and the member started without what it had acknowledged; with no master up to notice, it could
+    help elect one that lacks those changes.  Its store has applied entries beyond the log's end: damage."""
+    cluster = make_cluster(n_cs=1, n_mds=3)
+    node_id, node_dir = _follower_stopped_after_changes(cluster)
+    segment = sorted((node_dir / "raft").glob("log-*.seg"))[-1]
+    raw = segment.read_bytes()
+    records_end = len(raw.rstrip(b"\0"))
+    with open(segment, "r+b") as f:
+        f.truncate(records_end * 2 // 3)
+    _assert_refused_with_the_repair(_start_in_foreground(node_dir), node_id, "applied entries up to")

@@ -413,6 +413,12 @@ class RaftLog:
         keep = image.path(self.directory) if image else None
         await asyncio.to_thread(snapshot_files.forget_others, self.directory, keep)
         applied = sm.applied_index()
+        last = rec.entries[-1].index if rec.entries else snapshot.index
+        if applied > last:
+            # The store applies only committed entries, which the log (or the snapshot) always holds: the
+            # log lost some (cut, or a damaged record taken for a crash's torn one). With them went what
+            # this member acknowledged, which Raft counts on (it could help elect a master without them).
+            raise LogCorruption(f"the log ends at entry {last}, but the store has applied entries up to {applied}")
         if applied < snapshot.index:
             logger.warning("raft: the store is behind the snapshot (%d < %d): restoring it", applied, snapshot.index)
             assert image is not None
