@@ -1006,10 +1006,13 @@ class MetadataStore:
         row = self.db.execute("SELECT id FROM mds_members WHERE addr = ?", (addr,)).fetchone()
         if row is not None:
             return int(row[0])
+        issued = self._meta("next_mds_id") or 0  # (none in a store from before it was kept)
         if node_id == 0:
-            # Id 1 is the founding MDS (make-mds -I), even before it has registered itself.
-            node_id = 1 + (self.db.execute("SELECT MAX(id) FROM mds_members").fetchone()[0] or 1)
+            # Id 1 is the founding MDS (make-mds -I), even before it has registered itself.  An id is never
+            # given twice: a removed member may still run, and Raft knows members by their ids.
+            node_id = max(1 + (self.db.execute("SELECT MAX(id) FROM mds_members").fetchone()[0] or 1), issued)
         self.db.execute("INSERT INTO mds_members VALUES (?, ?)", (node_id, addr))
+        self._set_meta("next_mds_id", max(node_id + 1, issued))
         return node_id
 
     def _op_remove_mds(self, term: int, node_id: int) -> None:

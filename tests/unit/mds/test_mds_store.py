@@ -1303,3 +1303,17 @@ def test_mount_sessions_are_listed_until_closed(d: Driver, store: MetadataStore,
         assert again.sessions() == ["m2/b"]
     finally:
         again.close()
+
+
+def test_a_metadata_servers_id_is_never_given_twice(d: Driver, store: MetadataStore) -> None:
+    """A removed member may still run, and Raft knows members by their ids (found by a probe: the member added
+    after the one with the highest id was removed got that id again)."""
+    assert d("add_mds", addr="127.0.0.1:1001", node_id=1) == 1
+    assert d("add_mds", addr="127.0.0.1:1002") == 2
+    assert d("add_mds", addr="127.0.0.1:1003") == 3
+    d("remove_mds", node_id=3)
+    assert d("add_mds", addr="127.0.0.1:1003") == 4  # the same address, a new member
+    d("remove_mds", node_id=4)
+    d("remove_mds", node_id=2)
+    assert d("add_mds", addr="127.0.0.1:1005") == 5
+    assert store.mds_members() == {1: "127.0.0.1:1001", 5: "127.0.0.1:1005"}
