@@ -57,7 +57,7 @@ from bench_client import metrics_addrs, scrape_metrics, scratch_dir, update_benc
 
 from chunkfs.common.daemon import LOG_FILE  # noqa: E402
 from chunkfs.common.errors import ChunkFSError  # noqa: E402
-from chunkfs.testing.cluster import LocalCluster, master_id  # noqa: E402
+from chunkfs.testing.cluster import LocalCluster, master_id, wait_members_in_step  # noqa: E402
 from chunkfs.testing.preload import STORE_FILE, applied_index, copy_store, load_chunks, replica_files  # noqa: E402
 
 CHUNK = 1 << 20
@@ -143,6 +143,7 @@ def run(base: Path, n: int, servers: int) -> dict[str, Any]:
         cluster.wait_ready(timeout=60)
         with cluster.client() as c:
             c.run(c.client.set_config({"scrub-rate": "0.01"}))
+            wait_members_in_step(c)  # the newest store is copied to every member (testing/preload.py)
         cs_ids = sorted(r["id"] for r in cluster.status() if r["role"] == "cs")
         cluster.stop_all()
         mds = [p for p in cluster.processes if p.role == "mds"]

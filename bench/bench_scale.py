@@ -81,7 +81,7 @@ from chunkfs.client.client import Client  # noqa: E402
 from chunkfs.common.config import load_node  # noqa: E402
 from chunkfs.common.daemon import LOG_FILE  # noqa: E402
 from chunkfs.common.errors import ChunkFSError  # noqa: E402
-from chunkfs.testing.cluster import LocalCluster  # noqa: E402
+from chunkfs.testing.cluster import LocalCluster, wait_members_in_step  # noqa: E402
 from chunkfs.testing.preload import STORE_FILE, applied_index, copy_store, load_chunks, replica_files  # noqa: E402
 
 CHUNK = 1 << 20
@@ -416,6 +416,7 @@ def run_size(base: Path, n: int, copies: int) -> dict[str, Any]:
         cluster.wait_ready(timeout=60)
         with cluster.client() as c:
             c.run(c.client.set_config({"scrub-rate": "0.01"}))  # the replica files are empty: never read them
+            wait_members_in_step(c)  # the newest store is copied to every member (testing/preload.py)
         cluster.stop_all()
         print(f"{n:,} files: loading the store through apply", flush=True)
         out |= preload(cluster, n, copies)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from chunkfs.testing.cluster import master_id, wait_for
+from chunkfs.testing.cluster import master_id, wait_for, wait_members_in_step
 from chunkfs.testing.preload import preload
 
 CHUNK = 1 << 20
@@ -35,6 +35,7 @@ def registers_before_and_after_a_master_change(make_cluster, n: int, timeout: fl
     cluster = make_cluster(n_cs=1, n_mds=3)
     with cluster.client() as c:
         c.set_config({"scrub-rate": "0.01"})  # the preloaded replicas are empty files: never read them
+        wait_members_in_step(c)  # the newest store is copied to every member
     cs_ids = [r["id"] for r in cluster.status() if r["role"] == "cs"]
     cluster.stop_all()
     mds = [p for p in cluster.processes if p.role == "mds"]

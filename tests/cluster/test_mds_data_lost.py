@@ -1,5 +1,6 @@
-"""A metadata server whose data directory was wiped: the master removes it from the group and says what to do,
-and the founder founds nothing."""
+"""A metadata server whose folder was put back from an old copy: its log lacks entries it had acknowledged, which
+nothing in the folder shows; the master sees it, removes it from the group and says what to do, and the founder
+founds nothing.  (A folder emptied but for node.json is refused by the member itself: test_mds_log_damaged.py.)"""
 
 from __future__ import annotations
 
@@ -15,17 +16,6 @@ from chunkfs.common.errors import ChunkFSError
 from chunkfs.testing.cluster import master_id, wait_for
 
 
-def _wipe(node_dir: Path) -> None:
-    """What an operator's slip does: everything but the node's identity (node.json, secret) is gone."""
-    for p in node_dir.iterdir():
-        if p.name in ("node.json", "secret"):
-            continue
-        if p.is_dir():
-            shutil.rmtree(p)
-        else:
-            p.unlink()
-
-
 def _quietly(check):  # a request may meet the wiped member, whose redirect is followed next time
     def run():
         with contextlib.suppress(ChunkFSError):
@@ -34,14 +24,21 @@ def _quietly(check):  # a request may meet the wiped member, whose redirect is f
     return run
 
 
-def test_a_wiped_founder_is_named_with_what_to_do_and_founds_no_new_group(make_cluster) -> None:
+def test_a_founder_put_back_from_an_old_copy_is_removed_by_the_master_and_founds_no_new_group(
+        make_cluster, tmp_path: Path) -> None:
     cluster = make_cluster(n_cs=1, n_mds=3)
     founder = Path(cluster.find("mds", 1).dir)
+    old_copy = tmp_path / "mds1-copy"
     with cluster.client() as c:
         c.client.mds.retry_for = 30.0
         for i in range(20):
             c.mkdir(f"/d{i}")
         assert not load_node(founder)[0].bootstrap  # founded once, never again
+        cluster.kill("mds", 1, signal.SIGTERM)
+        shutil.copytree(founder, old_copy, symlinks=True)  # an operator's backup of this one member
+        cluster.start("mds", 1)
+        for i in range(20):
+            c.mkdir(f"/e{i}")  # acknowledged by MDS#1 too, once it follows in step
         if master_id(c) == 1:  # let another lead, with MDS#1 a follower it has heard from
             cluster.kill("mds", 1, signal.SIGKILL)
             wait_for("a new master", _quietly(lambda: master_id(c) != 1), timeout=30)
@@ -54,7 +51,9 @@ def test_a_wiped_founder_is_named_with_what_to_do_and_founds_no_new_group(make_c
             return by_id[1]["role"] == "follower" and by_id[1]["commit"] >= master["commit"] > 0
         wait_for("MDS#1 to follow in step", _quietly(in_step), timeout=30)
         cluster.kill("mds", 1, signal.SIGTERM)
-        _wipe(founder)
+        shutil.rmtree(founder)
+        shutil.copytree(old_copy, founder, symlinks=True)
+        (founder / "chunkfs.pid").unlink(missing_ok=True)
         cluster.start("mds", 1)
         c.mkdir("/after")  # the others go on
         # It could help elect a master lacking what it had acknowledged: it leaves the group, durably.

@@ -8,6 +8,7 @@ record at offset N", the second started without a word.
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import sys
@@ -69,3 +70,14 @@ def test_a_member_whose_log_was_cut_short_refuses_to_start_and_names_the_repair(
     with open(segment, "r+b") as f:
         f.truncate(records_end * 2 // 3)
     _assert_refused_with_the_repair(_start_in_foreground(node_dir), node_id, "applied entries up to")
+
+
+def test_a_member_whose_folder_was_emptied_but_for_its_identity_refuses_to_start(make_cluster) -> None:
+    """node.json says it has held Raft state (`joined`); with none now, it would have forgotten its votes and
+    what it acknowledged, and could help elect a master lacking those changes while no master is up."""
+    cluster = make_cluster(n_cs=1, n_mds=3)
+    node_id, node_dir = _follower_stopped_after_changes(cluster)
+    for p in node_dir.iterdir():
+        if p.name not in ("node.json", "secret"):
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    _assert_refused_with_the_repair(_start_in_foreground(node_dir), node_id, "holds no Raft state")

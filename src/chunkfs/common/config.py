@@ -93,6 +93,9 @@ class NodeConfig:
     peers: tuple[tuple[int, str], ...] = field(default_factory=tuple)
     #: MDS only: the founding member starts a new group; others join a running one.
     bootstrap: bool = False
+    #: MDS only: this member has held Raft state (a term, a vote) once.  Started without any, its folder
+    #: was emptied but for this file: it refuses to start (it would have forgotten what it acknowledged).
+    joined: bool = False
     #: HOST:PORT of the HTTP listener for Prometheus ``/metrics`` (and, on an MDS, the dashboard);
     #: empty or "0" disables it.
     metrics_addr: str = ""
@@ -218,9 +221,9 @@ def load_node(directory: Path) -> tuple[NodeConfig, bytes]:
     ):
         raise ConfigError(f"{path}: option 'peers' must map MDS ids to HOST:PORT addresses")
     peers = tuple(sorted((int(k), _check_addr(v, "peers", path)) for k, v in peers_map.items()))
-    bootstrap = data.get("bootstrap", False)
-    if not isinstance(bootstrap, bool):
-        raise ConfigError(f"{path}: option 'bootstrap' must be true or false")
+    bootstrap, joined = data.get("bootstrap", False), data.get("joined", False)
+    if not isinstance(bootstrap, bool) or not isinstance(joined, bool):
+        raise ConfigError(f"{path}: options 'bootstrap' and 'joined' must be true or false")
     metrics_addr = data.get("metrics_addr", "")
     if not isinstance(metrics_addr, str):
         raise ConfigError(f"{path}: option 'metrics_addr' must be a HOST:PORT string, or empty to disable metrics")
@@ -245,7 +248,7 @@ def load_node(directory: Path) -> tuple[NodeConfig, bytes]:
         raise ConfigError(f"{path}: {exc}") from None
     node = NodeConfig(
         role=role, cluster=cluster, addr=addr, node_id=node_id, host=host, mds=mds,
-        heartbeat_interval=float(interval), peers=peers, bootstrap=bootstrap, metrics_addr=metrics_addr,
+        heartbeat_interval=float(interval), peers=peers, bootstrap=bootstrap, joined=joined, metrics_addr=metrics_addr,
         peer_routes=peer_routes, location=location, tier=tier, log_max_size=log_max_size, log_backups=log_backups,
     )
     return node, read_secret(directory / SECRET_FILE)

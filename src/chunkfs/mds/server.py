@@ -172,7 +172,7 @@ class MetadataServer:
             on_membership=self._learn_members, on_leader=lambda: self._spawn(self._became_master()),
             on_follower=self._stepped_down,
             on_lost_log=lambda peer, what: self._spawn(self._drop_lost_member(peer, what)),
-            on_fatal=self._fail,
+            on_fatal=self._fail, joined=node.joined, on_joined=self._record_joined,
         )
         self.raft.routes = dict(node.peer_routes)
         self.log: ReplicatedLog = self.raft
@@ -228,6 +228,8 @@ class MetadataServer:
             # a new group of its own on its next start (it waits to be told by the others instead).
             self.node = dataclasses.replace(self.node, bootstrap=False)
             save_node_file(self.directory, self.node)
+        if self.raft.storage is not None and self.raft.storage.hard_state.term > 0 and not self.node.joined:
+            self._record_joined()  # (a member from before node.json said so)
         self._learn_members()
         await self.rpc.start_serving()
         self._spawn(self.awake.run())
@@ -236,6 +238,11 @@ class MetadataServer:
         logger.info("MDS#%d of cluster %r serving on %s", self.node.node_id, self.node.cluster.name, self.node.addr)
         if self.node.node_id not in self.raft.voters():
             self._spawn(self._join())
+
+    def _record_joined(self) -> None:
+        """This member holds Raft state from now on: node.json says so (see `NodeConfig.joined`)."""
+        self.node = dataclasses.replace(self.node, joined=True)
+        save_node_file(self.directory, self.node)
 
     def _stop_if_damaged(self, exc: BaseException) -> None:
         """Never go on with a store SQLite finds damaged: as master it would answer (and act on) what the

@@ -291,6 +291,8 @@ class RaftLog:
         on_follower: Callable[[], None] | None = None,
         on_lost_log: Callable[[int, str], None] | None = None,
         on_fatal: Callable[[str], None] | None = None,
+        joined: bool = False,
+        on_joined: Callable[[], None] | None = None,
     ) -> None:
         self.directory = directory
         self.node_id = node_id
@@ -307,6 +309,10 @@ class RaftLog:
         self.on_lost_log = on_lost_log
         #: Told (one line saying what to do) when the loop cannot go on: its disk failed or is full.
         self.on_fatal = on_fatal
+        #: This member has held Raft state before (node.json ``joined``): starting without any is damage.
+        self.joined = joined
+        #: Called once when it first writes a term: the caller records ``joined``.
+        self.on_joined = on_joined
         self._lost_reported: dict[int, float] = {}
         self.core: RaftCore | None = None
         self.storage: LogStorage | None = None
@@ -400,6 +406,9 @@ class RaftLog:
             # Written before any entry or snapshot of a term: without it, the votes this member cast
             # are forgotten, and it could vote twice in one term.
             raise LogCorruption(f"{self.directory / HARDSTATE_FILE} is missing, but the log holds entries")
+        if rec.hard_state.term == 0 and self.joined:
+            raise LogCorruption(f"{self.directory} holds no Raft state, though this member has held some (its "
+                                f"folder was emptied but for node.json)")
         if rec.torn_bytes:
             logger.warning("raft: cut a torn record of %d bytes from the end of the log (left by a crash during an "
                            "append; if the log was cut short instead, the master finds it and removes this member)",
@@ -722,6 +731,9 @@ class RaftLog:
             # A commit index alone is not written: after a restart it is relearned from the master,
             # and the store knows what it applied (2 fsyncs saved on every batch).
             await asyncio.to_thread(storage.set_hard_state, hs)
+            if not self.joined and self.on_joined is not None:
+                self.joined = True
+                self.on_joined()  # once in a member's life: a small file, on the loop like node.json's other writes
         if rd.snapshot is not None:
             snap = rd.snapshot
             image = Image.of(snap)

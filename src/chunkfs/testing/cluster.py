@@ -54,6 +54,16 @@ def master_id(client: SyncClient) -> int:
     return int(masters[0])
 
 
+def wait_members_in_step(client: SyncClient, timeout: float = 30.0) -> None:
+    """Until every metadata server has the master's commit index: then each one's log holds what any
+    store applied (before stopping a cluster whose store is copied to every member: testing/preload.py)."""
+
+    def in_step() -> bool:
+        return len({m["commit"] for m in client.cluster_stat()["mds"]}) == 1
+
+    wait_for("the metadata servers in step", in_step, timeout=timeout)
+
+
 def wait_for_new_master(client: SyncClient, old: int, timeout: float = 60.0) -> int:
     """The id of the master elected after `old` stopped (fails after `timeout` seconds)."""
 

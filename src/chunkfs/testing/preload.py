@@ -9,7 +9,9 @@ cluster stopped, instead:
   on every given chunk server).  The store's applied index is then set back
   to what it was: the Raft log never saw these entries, and stays the
   authority for everything after them.  The same image is copied to every
-  other MDS, so all of them agree;
+  other MDS, so all of them agree: stop the cluster with its members in step
+  (the same commit index), or a member whose log ends before what the copied
+  store applied refuses to start (its log looks as if it lost entries);
 - each chunk server's data directory gets one empty file per replica, named
   ``<chunk id>_<version>.chunk`` as the chunk store names them.  Its start-up
   scan reads names only (headers are checked on first open), so for
