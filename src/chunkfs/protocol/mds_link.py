@@ -40,6 +40,12 @@ ANSWERED_RETRY_PAUSE = 0.2
 LEADER_QUESTION_TIMEOUT = 1.0
 #: ... and the pause before asking again while none names a new master (an election takes 1-2 s).
 LEADER_QUESTION_AGAIN = 0.5
+#: A metadata server that has not completed a connection within this long is raced by the next one
+#: listed: a frozen one (SIGSTOP, a hung host) accepts the connection and never answers, and the
+#: addresses one after another cost every command ~3 s per such server first in the list.
+CONNECT_STAGGER = 0.5
+#: How long one connection attempt may take.
+CONNECT_TIMEOUT = 3.0
 
 
 class MdsLink:
@@ -65,30 +71,60 @@ class MdsLink:
         async with self._lock:
             if self._conn is not None and not self._conn.closed:
                 return self._conn
-            errors = []
-            for addr in self.addrs:
+            addr, conn = await self._connect_first()
+            if self.on_connect is not None:
                 try:
-                    # Watched for silence: a frozen master (SIGSTOP, a hung host) is given up in seconds and
-                    # the request sent on to the one the others elect, not after the whole call timeout.
-                    conn = await connect(addr, self.creds, notice_handler=self.notice_handler, timeout=3.0,
-                                         silence_limit=SILENCE_LIMIT)
-                    if self.on_connect is not None:
-                        try:
-                            await self.on_connect(conn)
-                        except (ChunkFSError, OSError) as exc:  # e.g. a follower: the request's redirect comes next
-                            logger.debug("on connecting to %s: %s", addr, exc)
-                    self._conn = conn
-                    if self._watchdog is not None:
-                        self._watchdog.cancel()
-                    self._watchdog = asyncio.get_running_loop().create_task(
-                        watch_for_silent_master(conn, lambda: self.addrs, self.creds, self._put_first))
-                    self._put_first(addr)  # the working address, for next time
-                    return self._conn
-                except (Unavailable, Timeout) as exc:
-                    errors.append(str(exc))
-            raise Unavailable(
-                "no metadata server reachable (" + "; ".join(errors) + "): is the cluster running?"
-            )
+                    await self.on_connect(conn)
+                except (ChunkFSError, OSError) as exc:  # e.g. a follower: the request's redirect comes next
+                    logger.debug("on connecting to %s: %s", addr, exc)
+            self._conn = conn
+            if self._watchdog is not None:
+                self._watchdog.cancel()
+            self._watchdog = asyncio.get_running_loop().create_task(
+                watch_for_silent_master(conn, lambda: self.addrs, self.creds, self._put_first))
+            self._put_first(addr)  # the working address, for next time
+            return self._conn
+
+    async def _connect_first(self) -> tuple[str, Connection]:
+        """A connection to the first metadata server that completes one, trying them in order, each
+        raced by the next after `CONNECT_STAGGER`; the others are given up (closed if they completed)."""
+        loop = asyncio.get_running_loop()
+        attempts: dict[asyncio.Task[Connection], str] = {}
+        errors: list[str] = []
+        won: asyncio.Task[Connection] | None = None
+        try:
+            for n in range(len(self.addrs)):
+                addr = self.addrs[n]
+                # Watched for silence: a frozen master (SIGSTOP, a hung host) is given up in seconds and
+                # the request sent on to the one the others elect, not after the whole call timeout.
+                attempts[loop.create_task(connect(addr, self.creds, notice_handler=self.notice_handler,
+                                                  timeout=CONNECT_TIMEOUT, silence_limit=SILENCE_LIMIT))] = addr
+                last = n == len(self.addrs) - 1
+                deadline = loop.time() + CONNECT_STAGGER
+                while won is None and (pending := [t for t in attempts if not t.done()]):
+                    wait = None if last else deadline - loop.time()
+                    if wait is not None and wait <= 0:
+                        break  # the next address joins the race
+                    done, _ = await asyncio.wait(pending, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+                    for task in done:
+                        exc = task.exception()
+                        if exc is None:
+                            won = won or task
+                        elif isinstance(exc, Unavailable | Timeout):
+                            errors.append(str(exc))
+                        else:
+                            raise exc  # a refusal that another address would repeat (a wrong secret, say)
+                if won is not None:
+                    return attempts[won], won.result()
+            raise Unavailable("no metadata server reachable (" + "; ".join(errors) + "): is the cluster running?")
+        finally:
+            for task in attempts:
+                if task is won:
+                    continue
+                if not task.done():
+                    task.cancel()
+                elif not task.cancelled() and task.exception() is None:
+                    task.result().close()
 
     async def call(
         self, msg: Msg, header: dict[str, Any], timeout: float | None = None, payload: bytes | memoryview = b""

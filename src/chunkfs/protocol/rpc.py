@@ -838,6 +838,9 @@ async def connect(
     except TimeoutError:
         conn.close()
         raise Timeout(f"handshake with {addr} timed out") from None
+    except asyncio.CancelledError:
+        conn.close()  # given up (another server answered first): not left open
+        raise
     except (Unavailable, ConnectionError, OSError):
         # A peer that dies just after accepting (a chunk server being killed) closes under our
         # HELLO: a send then fails with ConnectionResetError, which callers treat as any other
