@@ -3,14 +3,17 @@ starts, instead of joining with it and, once master, answering "database disk im
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+from chunkfs.client.client import SyncClient
 from chunkfs.mds.server import CHECKPOINT_INTERVAL
 from chunkfs.mds.store import MetadataStore
-from chunkfs.testing.cluster import master_id, wait_for, wait_for_new_master
+from chunkfs.testing.cluster import LocalCluster, master_id, wait_for, wait_for_new_master
 
 DIRS = 300
 
@@ -23,13 +26,19 @@ def _damage(path: Path) -> None:
             f.write(os.urandom(1024))
 
 
-def test_a_member_with_a_damaged_store_rebuilds_it_and_holds_everything(make_cluster) -> None:
+@contextlib.contextmanager
+def _three_with_dirs(make_cluster) -> Iterator[tuple[LocalCluster, SyncClient, int]]:
+    """Three metadata servers holding DIRS directories: (the cluster, a client, a follower's id)."""
     cluster = make_cluster(n_cs=1, n_mds=3)
     with cluster.client() as c:
         c.client.mds.retry_for = 30.0
         for i in range(DIRS):
             c.mkdir(f"/d{i:04d}")
-        follower = next(i for i in (1, 2, 3) if i != master_id(c))
+        yield cluster, c, next(i for i in (1, 2, 3) if i != master_id(c))
+
+
+def test_a_member_with_a_damaged_store_rebuilds_it_and_holds_everything(make_cluster) -> None:
+    with _three_with_dirs(make_cluster) as (cluster, c, follower):
         cluster.kill("mds", follower, signal.SIGTERM)
         node_dir = Path(cluster.find("mds", follower).dir)
         _damage(node_dir / "metadata.sqlite")
@@ -67,12 +76,7 @@ def test_a_member_whose_store_was_damaged_while_it_ran_stops_and_rebuilds(make_c
     became master and acted on what the damage made of its store (replicas of files it no longer found were
     deleted).  Now damage a checkpoint meets stops the member, and so does damage a new master finds when it
     checks its store first thing; either way another member serves, and this one rebuilds when started again."""
-    cluster = make_cluster(n_cs=1, n_mds=3)
-    with cluster.client() as c:
-        c.client.mds.retry_for = 30.0
-        for i in range(DIRS):
-            c.mkdir(f"/d{i:04d}")
-        damaged = next(i for i in (1, 2, 3) if i != master_id(c))
+    with _three_with_dirs(make_cluster) as (cluster, c, damaged):
         proc = cluster.find("mds", damaged)
         node_dir = Path(proc.dir)
         time.sleep(3 * CHECKPOINT_INTERVAL)  # the changes checkpointed into the file: its pages are read from it
