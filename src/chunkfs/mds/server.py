@@ -228,8 +228,6 @@ class MetadataServer:
             # a new group of its own on its next start (it waits to be told by the others instead).
             self.node = dataclasses.replace(self.node, bootstrap=False)
             save_node_file(self.directory, self.node)
-        if self.raft.storage is not None and self.raft.storage.hard_state.term > 0 and not self.node.joined:
-            self._record_joined()  # (a member from before node.json said so)
         self._learn_members()
         await self.rpc.start_serving()
         self._spawn(self.awake.run())
@@ -509,11 +507,15 @@ class MetadataServer:
             raise Unavailable(f"MDS#{node_id} is the master; handing over to MDS#{others[0]} first: try again")
         if len(self.raft.voters() - {node_id}) < 1:
             raise InvalidArgument("cannot remove the only metadata server")
+        await self._remove_member(node_id)
+        await self._event("warning", f"MDS#{node_id} removed from the metadata group")
+        return {}
+
+    async def _remove_member(self, node_id: int) -> None:
+        """Take `node_id` out of the voters (if it is one) and out of the member table."""
         if node_id in self.raft.voters():
             await self.raft.change_membership(remove=node_id)
         await self._propose("remove_mds", node_id=node_id)
-        await self._event("warning", f"MDS#{node_id} removed from the metadata group")
-        return {}
 
     async def _drop_lost_member(self, peer: int, what: str) -> None:
         """A member whose log lost entries it had acknowledged leaves the voters at once.
@@ -531,8 +533,7 @@ class MetadataServer:
             return
         await self.event("error", f"{what}; removing it from the metadata group")
         try:
-            await self.raft.change_membership(remove=peer)
-            await self._propose("remove_mds", node_id=peer)
+            await self._remove_member(peer)
         except ChunkFSError as exc:
             await self.event("error", f"could not remove MDS#{peer} from the metadata group ({exc}): {repair}")
             return
