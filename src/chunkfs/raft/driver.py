@@ -409,6 +409,8 @@ class RaftLog:
         if rec.hard_state.term == 0 and self.joined:
             raise LogCorruption(f"{self.directory} holds no Raft state, though this member has held some (its "
                                 f"folder was emptied but for node.json)")
+        if rec.hard_state.term > 0:
+            self._note_joined()  # (a member from before node.json said so)
         if rec.torn_bytes:
             logger.warning("raft: cut a torn record of %d bytes from the end of the log (left by a crash during an "
                            "append; if the log was cut short instead, the master finds it and removes this member)",
@@ -731,9 +733,7 @@ class RaftLog:
             # A commit index alone is not written: after a restart it is relearned from the master,
             # and the store knows what it applied (2 fsyncs saved on every batch).
             await asyncio.to_thread(storage.set_hard_state, hs)
-            if not self.joined and self.on_joined is not None:
-                self.joined = True
-                self.on_joined()  # once in a member's life: a small file, on the loop like node.json's other writes
+            self._note_joined()
         if rd.snapshot is not None:
             snap = rd.snapshot
             image = Image.of(snap)
@@ -761,6 +761,12 @@ class RaftLog:
                 # the hop to a worker thread and back on every commit's critical path (its ack).
                 storage.append(rd.entries)
                 TIMINGS.since("raft.follower_append_fsync", started)
+
+    def _note_joined(self) -> None:
+        """This member holds Raft state: the caller records it once (``on_joined``)."""
+        if not self.joined and self.on_joined is not None:
+            self.joined = True
+            self.on_joined()  # once in a member's life: a small file, on the loop like node.json's other writes
 
     def _report_lost_logs(self, lost: set[int]) -> None:
         """Say what to do about a member whose data directory was wiped or replaced by an old copy.
