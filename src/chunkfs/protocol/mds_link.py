@@ -93,13 +93,13 @@ class MdsLink:
         errors: list[str] = []
         won: asyncio.Task[Connection] | None = None
         try:
-            for n in range(len(self.addrs)):
-                addr = self.addrs[n]
+            addrs = list(self.addrs)  # (reordered by requests that fail meanwhile)
+            for n, addr in enumerate(addrs):
                 # Watched for silence: a frozen master (SIGSTOP, a hung host) is given up in seconds and
                 # the request sent on to the one the others elect, not after the whole call timeout.
                 attempts[loop.create_task(connect(addr, self.creds, notice_handler=self.notice_handler,
                                                   timeout=CONNECT_TIMEOUT, silence_limit=SILENCE_LIMIT))] = addr
-                last = n == len(self.addrs) - 1
+                last = n == len(addrs) - 1
                 deadline = loop.time() + CONNECT_STAGGER
                 while won is None and (pending := [t for t in attempts if not t.done()]):
                     wait = None if last else deadline - loop.time()
