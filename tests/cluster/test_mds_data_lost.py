@@ -13,7 +13,7 @@ from pathlib import Path
 
 from chunkfs.common.config import load_node
 from chunkfs.common.errors import ChunkFSError
-from chunkfs.testing.cluster import master_id, wait_for
+from chunkfs.testing.cluster import master_id, member_in_step, wait_for
 
 
 def _quietly(check):  # a request may meet the wiped member, whose redirect is followed next time
@@ -44,12 +44,8 @@ def test_a_founder_put_back_from_an_old_copy_is_removed_by_the_master_and_founds
             wait_for("a new master", _quietly(lambda: master_id(c) != 1), timeout=30)
             cluster.start("mds", 1)
             c.mkdir("/while-mds1-follows")
-
-        def in_step() -> bool:  # the master's view: MDS#1 acknowledged everything it has
-            by_id = {m["id"]: m for m in c.cluster_stat()["mds"]}
-            master = next(m for m in by_id.values() if m["role"] == "master")
-            return by_id[1]["role"] == "follower" and by_id[1]["commit"] >= master["commit"] > 0
-        wait_for("MDS#1 to follow in step", _quietly(in_step), timeout=30)
+        # The master's view: MDS#1 acknowledged everything it has.
+        wait_for("MDS#1 to follow in step", _quietly(lambda: member_in_step(c, 1)), timeout=30)
         cluster.kill("mds", 1, signal.SIGTERM)
         shutil.rmtree(founder)
         shutil.copytree(old_copy, founder, symlinks=True)
@@ -71,11 +67,6 @@ def test_a_founder_put_back_from_an_old_copy_is_removed_by_the_master_and_founds
         assert made.returncode == 0, made.stderr
         new_id = load_node(founder)[0].node_id
         cluster.start("mds", 1)
-
-        def new_member_in_step() -> bool:
-            by_id = {m["id"]: m for m in c.cluster_stat()["mds"]}
-            top = max(m["commit"] for m in by_id.values())
-            return new_id in by_id and by_id[new_id]["role"] == "follower" and by_id[new_id]["commit"] >= top
-        wait_for(f"the new MDS#{new_id} at {addr} in step", _quietly(new_member_in_step), timeout=60)
+        wait_for(f"the new MDS#{new_id} at {addr} in step", _quietly(lambda: member_in_step(c, new_id)), timeout=60)
     log = (founder / "daemon.log").read_text()
     assert "is now the master" not in log, log[-2000:]  # it did not found a group of its own

@@ -13,7 +13,7 @@ from pathlib import Path
 from chunkfs.client.client import SyncClient
 from chunkfs.mds.server import CHECKPOINT_INTERVAL
 from chunkfs.mds.store import MetadataStore
-from chunkfs.testing.cluster import LocalCluster, master_id, wait_for, wait_for_new_master
+from chunkfs.testing.cluster import LocalCluster, master_id, member_in_step, wait_for, wait_for_new_master
 
 DIRS = 300
 
@@ -44,12 +44,7 @@ def test_a_member_with_a_damaged_store_rebuilds_it_and_holds_everything(make_clu
         _damage(node_dir / "metadata.sqlite")
         c.mkdir("/while-it-was-down")
         cluster.start("mds", follower)
-
-        def in_step() -> bool:
-            by_id = {m["id"]: m for m in c.cluster_stat()["mds"]}
-            top = max(m["commit"] for m in by_id.values())
-            return by_id[follower]["role"] == "follower" and by_id[follower]["commit"] >= top > 0
-        wait_for(f"MDS#{follower} back in step", in_step, timeout=60)
+        wait_for(f"MDS#{follower} back in step", lambda: member_in_step(c, follower), timeout=60)
         cluster.kill("mds", follower, signal.SIGTERM)
     log = (node_dir / "daemon.log").read_text()
     assert "is damaged" in log and "rebuilding it" in log, log[-3000:]

@@ -18,8 +18,8 @@ from chunkfs.cli.local_cluster import LocalCluster, Process
 from chunkfs.client.client import SyncClient
 from chunkfs.common.errors import Unavailable
 
-__all__ = ["LocalCluster", "Process", "cluster_factory", "master_id", "wait_for", "wait_for_async",
-           "wait_for_new_master"]
+__all__ = ["LocalCluster", "Process", "cluster_factory", "master_id", "member_in_step", "wait_for", "wait_for_async",
+           "wait_for_new_master", "wait_members_in_step"]
 
 
 @contextlib.contextmanager
@@ -52,6 +52,13 @@ def master_id(client: SyncClient) -> int:
     if len(masters) != 1:
         raise Unavailable(f"expected one master, found {masters}")
     return int(masters[0])
+
+
+def member_in_step(client: SyncClient, node_id: int) -> bool:
+    """Whether MDS#`node_id` follows with the highest commit index any member reports (it acknowledged all)."""
+    by_id = {m["id"]: m for m in client.cluster_stat()["mds"]}
+    top = max(m["commit"] for m in by_id.values())
+    return node_id in by_id and by_id[node_id]["role"] == "follower" and by_id[node_id]["commit"] >= top > 0
 
 
 def wait_members_in_step(client: SyncClient, timeout: float = 30.0) -> None:
