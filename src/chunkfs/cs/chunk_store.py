@@ -167,6 +167,9 @@ class _OpenFile:
     fd: int
     refs: int = 0
     evicted: bool = False
+    #: One byte per block of the data region, non-zero once this descriptor reserved the block's
+    #: space (`ChunkStore._reserve`): a write into it needs no fallocate of its own. None: none yet.
+    reserved: bytearray | None = None
 
 
 @dataclass(slots=True)
@@ -735,20 +738,34 @@ class ChunkStore:
             version=lease.version,
         )
 
-    def _reserve(self, lease: _Lease, pos: int, length: int) -> None:
-        """Allocate disk blocks for a range before overwriting it.
+    def _reserve(self, lease: _Lease, offset: int, length: int) -> None:
+        """Allocate disk blocks for the data range [offset, offset + length) before overwriting it.
 
         With the space reserved first, "disk full" is reported before any byte of
         the old data is touched, so the replica stays verifiable. Filesystems
         without fallocate just skip this (and may then fail mid-write).
+
+        Whole checksum blocks are reserved, once per open descriptor: the next
+        writes into them skip the call (a fallocate over blocks already there
+        still walks the file's extents: 12 µs of a replica's 4 KiB write, the
+        largest system call it made).  A sparse replica then grows by whole
+        blocks, as a qcow2 image grows by clusters.
         """
+        bs = self.block_size
+        first, last = offset // bs, (offset + length - 1) // bs
+        reserved = lease.entry.reserved
+        if reserved is None:
+            reserved = lease.entry.reserved = bytearray(self.n_blocks)
+        elif reserved.find(0, first, last + 1) < 0:
+            return
         try:
-            os.posix_fallocate(lease.fd, pos, length)
+            os.posix_fallocate(lease.fd, self.data_offset + first * bs, (last + 1 - first) * bs)
         except OSError as exc:
             if _is_no_space(exc):
                 raise self._no_space(lease, exc, "reserving space for a write") from exc
             if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
                 raise
+        reserved[first:last + 1] = b"\1" * (last + 1 - first)
 
     def write(self, chunk_id: int, version: int, offset: int, data: Buffer, sync: bool = False) -> None:
         """Write `data` at `offset`, updating the CRC of every block it touches.
@@ -783,7 +800,7 @@ class ChunkStore:
         with self._chunk_lock(chunk_id), self._lease(chunk_id, version) as lease:
             try:
                 for offset, view in views:
-                    self._reserve(lease, self.data_offset + offset, len(view))
+                    self._reserve(lease, offset, len(view))
                 if views:
                     self._write_views(lease, views)
                 if sync:
@@ -924,7 +941,7 @@ class ChunkStore:
                     if memoryview(block)[partial:] != bytes(bs - partial):
                         block[partial:] = bytes(bs - partial)
                         pos = self.data_offset + blk * bs
-                        self._reserve(lease, pos, bs)
+                        self._reserve(lease, blk * bs, bs)
                         _pwrite_full(lease.fd, [block], pos)
                         _pwrite_full(
                             lease.fd,
@@ -950,6 +967,8 @@ class ChunkStore:
         size = os.fstat(lease.fd).st_size
         if size > cut:
             os.ftruncate(lease.fd, cut)
+        if lease.entry.reserved is not None:
+            lease.entry.reserved[first:] = bytes(self.n_blocks - first)  # their space is gone
         count = self.n_blocks - first
         _pwrite_full(
             lease.fd,
@@ -1029,7 +1048,7 @@ class ChunkStore:
             pread_full(lease.fd, memoryview(bad_bytes), pos)
             write_file_durably(saved, bytes(bad_bytes))
             try:
-                self._reserve(lease, pos, self.block_size)
+                self._reserve(lease, block * self.block_size, self.block_size)
                 _pwrite_full(lease.fd, [view], pos)
                 _pwrite_full(lease.fd, [struct.pack("<I", crc32c(view))], HEADER_SIZE + block * CRC_ENTRY_SIZE)
                 self.written.wrote(chunk_id, block * self.block_size, self.block_size)

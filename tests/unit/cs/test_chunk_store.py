@@ -396,7 +396,7 @@ def test_no_space_for_any_piece_leaves_every_piece_unwritten(
     store: ChunkStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store.create(CID, 1)
-    store.write(CID, 1, 0, pattern(4 * BS))
+    store.write(CID, 1, 0, pattern(2 * BS))
     real = os.posix_fallocate
 
     def full_past_block_2(fd: int, pos: int, length: int) -> None:
@@ -405,10 +405,38 @@ def test_no_space_for_any_piece_leaves_every_piece_unwritten(
         real(fd, pos, length)
 
     monkeypatch.setattr(os, "posix_fallocate", full_past_block_2)
-    with pytest.raises(NoSpace):
+    with pytest.raises(NoSpace):  # block 3 was never written: its space is reserved first, and there is none
         store.write_pieces(CID, 1, [(10, b"a" * 100), (3 * BS + 5, b"b" * 100)])
     monkeypatch.undo()
-    assert store.read(CID, 1, 0, 4 * BS) == pattern(4 * BS)  # not even the first piece
+    assert store.read(CID, 1, 0, 4 * BS) == pattern(2 * BS) + bytes(2 * BS)  # not even the first piece
+    assert store.verify(CID)
+
+
+def test_a_block_reserved_once_is_not_reserved_again_until_cut_away(
+    store: ChunkStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.create(CID, 1)
+    calls: list[tuple[int, int]] = []
+    real = os.posix_fallocate
+
+    def counted(fd: int, pos: int, length: int) -> None:
+        calls.append((pos - store.data_offset, length))
+        real(fd, pos, length)
+
+    monkeypatch.setattr(os, "posix_fallocate", counted)
+    store.write(CID, 1, BS + 100, b"x" * 10)
+    assert calls == [(BS, BS)]  # the whole block
+    store.write(CID, 1, BS + 4000, b"y" * 10)
+    store.write_pieces(CID, 1, [(BS, b"z"), (2 * BS - 1, b"w")])
+    assert calls == [(BS, BS)]  # nothing new to reserve
+    store.write(CID, 1, BS - 5, b"v" * 10)  # across blocks 0 and 1: block 0 is new
+    assert calls == [(BS, BS), (0, 2 * BS)]
+    store.truncate(CID, 1, BS // 2)  # block 1 freed
+    store.write(CID, 1, BS + 1, b"u")
+    assert calls[-1] == (BS, BS)
+    expected = bytearray(2 * BS)  # all that was written before lay past the cut
+    expected[BS + 1] = ord("u")
+    assert store.read(CID, 1, 0, 2 * BS) == expected
     assert store.verify(CID)
 
 
