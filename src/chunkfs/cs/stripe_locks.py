@@ -47,6 +47,11 @@ class StripeLocks:
             queue.append(ticket)
         return _Hold(self, ticket)
 
+    def free(self, chunk_ids: Iterable[int]) -> bool:
+        """No request holds or waits for the lock of any of the chunks `ids`."""
+        n, queues = len(self._queues), self._queues
+        return not any(queues[chunk_id % n] for chunk_id in chunk_ids)
+
     def busy(self) -> int:
         """Stripes held or waited for (for tests: nothing may stay queued after its request)."""
         return sum(1 for queue in self._queues if queue)

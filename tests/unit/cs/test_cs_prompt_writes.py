@@ -1,0 +1,83 @@
+"""A replica's share of a small write is done at once on the event loop (`ChunkServer.handle_now`)...
+
+... unless something must go first: a write that arrived before it and waits
+in a task, a holder of the chunk's lock, or a peer that does not read its
+answers.  Then it goes to a task too, and the chunk's writes are still done
+in the order they arrived.  Writes that need a task of their own (on down a
+chain, synced, large) always go to one.
+"""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+
+from chunkfs.common.config import ClusterInfo, NodeConfig
+from chunkfs.cs.server import INLINE_IO_MAX, ChunkServer
+from chunkfs.protocol.messages import Msg
+
+pytestmark = pytest.mark.timeout(60)
+
+CID = 0x77
+READS = types.SimpleNamespace(writable=True)
+
+
+def server(tmp_path) -> ChunkServer:  # type: ignore[no-untyped-def]
+    node = NodeConfig(role="cs", cluster=ClusterInfo("c", "u", 1 << 20), addr="127.0.0.1:1")
+    srv = ChunkServer(tmp_path, node, b"s" * 32)
+    srv.store.create(CID, 1)
+    srv.store.create(CID + 1, 1)
+    return srv
+
+
+def write(offset: int, **more: object) -> dict[str, object]:
+    return {"chunk_id": CID, "version": 1, "offset": offset, "sync": False, "chain": [], **more}
+
+
+async def test_done_at_once_when_nothing_must_go_first(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    srv = server(tmp_path)
+    assert srv.handle_now(READS, Msg.CS_WRITE, write(0), b"a" * 10) == ({}, b"")
+    assert srv.store.read(CID, 1, 0, 10) == b"a" * 10
+    parts = {"parts": [[CID, 1, [], [[20, 2], [40, 1]]], [CID + 1, 1, [], [[5, 3]]]]}
+    assert srv.handle_now(READS, Msg.CS_WRITE_CHUNKS, parts, b"bbcddd") == ({}, b"")
+    assert srv.store.read(CID, 1, 20, 21) == b"bb" + bytes(18) + b"c"
+    assert srv.store.read(CID + 1, 1, 5, 3) == b"ddd"
+    assert srv.handle_now(READS, Msg.CS_READ, {}, b"") is None  # only writes are done here
+    assert srv._writes_waiting == 0
+    srv.store.close()
+
+
+@pytest.mark.parametrize("why", ["chain", "sync", "large", "peer not reading", "chunk locked", "parts chained"])
+async def test_passed_to_a_task_and_later_writes_wait_behind_it(tmp_path, why: str) -> None:  # type: ignore[no-untyped-def]
+    srv = server(tmp_path)
+    conn, msg, header, payload = READS, Msg.CS_WRITE, write(0), b"x" * 4
+    if why == "chain":
+        header["chain"] = [[2, "127.0.0.1:2"]]
+    elif why == "sync":
+        header["sync"] = True
+    elif why == "large":
+        payload = b"x" * (INLINE_IO_MAX + 1)
+    elif why == "peer not reading":
+        conn = types.SimpleNamespace(writable=False)
+    elif why == "parts chained":
+        msg, header = Msg.CS_WRITE_CHUNKS, {"parts": [[CID, 1, [[2, "127.0.0.1:2"]], [[0, 4]]]]}
+    hold = srv._locks.hold((CID,)) if why == "chunk locked" else None  # (joins the lock's queue at once)
+    if hold is not None:
+        await hold.__aenter__()
+    assert srv.handle_now(conn, msg, header, payload) is None
+    assert srv._writes_waiting == 1
+    # A later write that could have been done at once waits behind it, in a task too (its order kept).
+    assert srv.handle_now(READS, Msg.CS_WRITE, write(0), b"y") is None
+    assert srv._writes_waiting == 2
+    assert srv.store.read(CID, 1, 0, 1) == b"\0"
+    if hold is not None:
+        await hold.__aexit__(None, None, None)
+    if why not in ("chain", "parts chained"):  # (those would reach out to a server that is not there)
+        await srv.handle(conn, msg, header, payload)
+        await srv.handle(READS, Msg.CS_WRITE, write(0), b"y")
+        assert srv.store.read(CID, 1, 0, 2) == b"yx"
+        assert srv._writes_waiting == 0  # each task counted its write done
+        assert srv.handle_now(READS, Msg.CS_WRITE, write(1), b"z") == ({}, b"")
+        assert srv.store.read(CID, 1, 0, 2) == b"yz"
+    srv.store.close()
