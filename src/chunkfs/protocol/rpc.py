@@ -615,7 +615,8 @@ class Connection(asyncio.BufferedProtocol):
         timer: asyncio.TimerHandle, timeout: float,
     ) -> Reply:
         try:
-            await self._drain(timeout)
+            if not self._can_write.is_set() or self._closed.is_set():  # (no coroutine when there is no wait)
+                await self._drain(timeout)
             kind, rheader, rpayload = await fut
         except TimeoutError:
             raise Timeout(f"{mtype.name} to {self.peer_name} timed out after {timeout:g}s") from None
@@ -668,7 +669,8 @@ class Connection(asyncio.BufferedProtocol):
                 self._send(Kind.RESPONSE, mtype, rid, rheader, rpayload)
             except Exception as exc:  # noqa: BLE001 - a bug must not kill the server
                 self._answer_failure(mtype, rid, exc)
-            await self._drain(CALL_TIMEOUT)
+            if not self._can_write.is_set() or self._closed.is_set():
+                await self._drain(CALL_TIMEOUT)
         except (ConnectionError, OSError, TimeoutError, AssertionError):
             self.close()
         finally:
