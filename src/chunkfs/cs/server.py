@@ -504,8 +504,10 @@ class ChunkServer:
             return await self.replicator.repair_blocks(h), b""
         elif msg == Msg.CS_DELETE_CHUNKS:
             ids = int_list(h["chunk_ids"], "chunk_ids", DELETE_BATCH)
-            # A truncation's few chunks on the loop (a master waits for them: mds/chunks.py `delete_cut`).
-            await _disk_io(len(ids) <= INLINE_DELETES_MAX, store.delete_many, ids)
+            # A truncation's few small chunks on the loop (a master waits for them: mds/chunks.py `delete_cut`);
+            # large ones in a thread: unlinking them takes the disk tenths of a second, and the loop must serve.
+            inline = len(ids) <= INLINE_DELETES_MAX and store.allocated(ids) <= INLINE_DELETES_BYTES
+            await _disk_io(inline, store.delete_many, ids)
         elif msg == Msg.CS_TRUNCATE_CHUNK:
             async with self._locks.hold((h["chunk_id"],)):
                 await asyncio.to_thread(store.truncate, h["chunk_id"], h["version"], h["length"])
@@ -523,8 +525,10 @@ class ChunkServer:
 #: worker thread and back costs tens of them, on every replica of the chain.
 #: Larger ones, and anything that syncs, go to a thread so the loop keeps serving.
 INLINE_IO_MAX = 128 << 10
-#: Deletions of up to this many replicas (no sync: `ChunkStore.delete_many`) run on the loop as well.
+#: Deletions of up to this many replicas (no sync: `ChunkStore.delete_many`), holding up to this many
+#: bytes of disk in all, run on the loop as well (about 0.5 ms per MiB to unlink, measured).
 INLINE_DELETES_MAX = 4
+INLINE_DELETES_BYTES = 1 << 20
 
 
 def _looked_at(task: asyncio.Future[Any]) -> None:
