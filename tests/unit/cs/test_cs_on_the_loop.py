@@ -5,7 +5,8 @@ unless something must go first: a write that arrived before it and waits in a
 task, a holder of the chunk's lock, or a peer that does not read its answers.
 Then it goes to a task too, and the chunk's writes are still done in the
 order they arrived.  Writes that need a task of their own (on down a chain,
-synced, large) always go to one.  Deleting large replicas goes to a thread.
+synced, large) always go to one.  A small read is done at once too, after the
+writes that came before it.  Deleting large replicas goes to a thread.
 """
 
 from __future__ import annotations
@@ -45,7 +46,10 @@ async def test_done_at_once_when_nothing_must_go_first(tmp_path) -> None:  # typ
     assert srv.handle_now(READS, Msg.CS_WRITE_CHUNKS, parts, b"bbcddd") == ({}, b"")
     assert srv.store.read(CID, 1, 20, 21) == b"bb" + bytes(18) + b"c"
     assert srv.store.read(CID + 1, 1, 5, 3) == b"ddd"
-    assert srv.handle_now(READS, Msg.CS_READ, {}, b"") is None  # only writes are done here
+    read = {"chunk_id": CID, "version": 1, "offset": 0, "length": 10}
+    assert srv.handle_now(READS, Msg.CS_READ, read, b"") == ({}, b"a" * 10)  # a small read too
+    assert srv.handle_now(READS, Msg.CS_READ, {**read, "length": INLINE_IO_MAX + 1}, b"") is None
+    assert srv.handle_now(READS, Msg.CS_FSYNC, {"chunk_id": CID, "version": 1, "chain": []}, b"") is None
     assert srv._writes_waiting == 0
     srv.store.close()
 
@@ -73,6 +77,9 @@ async def test_passed_to_a_task_and_later_writes_wait_behind_it(tmp_path, why: s
     assert srv.handle_now(READS, Msg.CS_WRITE, write(0), b"y") is None
     assert srv._writes_waiting == 2
     assert srv.store.read(CID, 1, 0, 1) == b"\0"
+    # So does a read: it would not see the writes that came before it.
+    assert srv.handle_now(READS, Msg.CS_READ, {"chunk_id": CID, "version": 1, "offset": 0, "length": 1}, b"") is None
+    assert srv._writes_waiting == 2
     if hold is not None:
         await hold.__aexit__(None, None, None)
     if why not in ("chain", "parts chained"):  # (those would reach out to a server that is not there)
