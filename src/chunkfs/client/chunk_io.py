@@ -44,6 +44,10 @@ logger = logging.getLogger(__name__)
 
 #: Tries per piece before a read or write gives up.
 MAX_TRIES = 6
+#: A write that finds its chunk at a newer version (a cut or a replica change meanwhile) goes again this
+#: many times besides, waiting this much longer each time (first at once; 10 s in all at most).
+MAX_STALE_TRIES = 100
+STALE_WAIT = 0.002
 #: Files whose highest chunk version the mount remembers (see `ChunkIO.opened`), and replicas known missing.
 CHUNKS_VERSIONS_MAX = 100_000
 #: First wait (doubled each try) for the master to mend a bad block a write met: 3.1 s in all.
@@ -340,7 +344,9 @@ class ChunkIO:
         why = ""
         last: ChunkFSError | None = None
         m: ChunkMap | None = None
-        for attempt in range(MAX_TRIES):
+        attempt = stale = 0
+        while attempt < MAX_TRIES:
+            attempt += 1
             try:
                 m = await self._write_map(ino, index, failed, why, m)
             except ChunkFSError as exc:
@@ -385,7 +391,16 @@ class ChunkIO:
                     await self._report_bad(m.chunk_id, bad if isinstance(bad, int) else head_id, exc)
                     logger.warning("%s to chunk %#x met a bad block (%s); waiting for its repair",
                                    msg.name, m.chunk_id, exc)
-                    await asyncio.sleep(REPAIR_WAIT * 2 ** attempt)
+                    await asyncio.sleep(REPAIR_WAIT * 2 ** (attempt - 1))
+                    continue
+                if isinstance(exc, StaleVersion) and stale < MAX_STALE_TRIES:
+                    # The chunk moved to a new version under this write (another client cut the file, a
+                    # replica was dropped): nothing failed, the write goes again at once with the chunk as
+                    # it is now, and does not use up a try however often that happens (bounded apart).
+                    stale += 1
+                    attempt -= 1
+                    self._write_maps.pop((ino, index), None)
+                    await asyncio.sleep(STALE_WAIT * (stale - 1))
                     continue
                 if not isinstance(exc, StaleVersion):
                     failed = {bad} if isinstance(bad, int) else {head_id}

@@ -938,13 +938,23 @@ class ChunkStore:
         with self._lease(chunk_id, version) as lease:
             self._sync(lease, data_only=False)
 
-    def truncate(self, chunk_id: int, version: int, length: int) -> None:
-        """Make bytes at and beyond `length` read as zeros, giving the space back.
+    def truncate(self, chunk_id: int, version: int, length: int, new_version: int | None = None) -> None:
+        """Make bytes at and beyond `length` read as zeros, giving the space back; then move to `new_version`.
 
         The partial block at `length` is zero-filled past it (after verifying its
         old contents); whole blocks past it get the zero-block CRC and are freed by
-        shrinking the file, which keeps it sparse.
+        shrinking the file, which keeps it sparse.  With `new_version`, a writer
+        that still has the old version is refused from then on (the caller keeps
+        other writes out meanwhile); a replica already there was cut before (a
+        command sent again).
         """
+        if new_version is not None and self.version_of(chunk_id) == new_version:
+            return
+        self._truncate(chunk_id, version, length)
+        if new_version is not None:
+            self.set_version(chunk_id, version, new_version)
+
+    def _truncate(self, chunk_id: int, version: int, length: int) -> None:
         self.check_range(chunk_id, 0, length)
         bs = self.block_size
         with self._chunk_lock(chunk_id), self._lease(chunk_id, version) as lease:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from chunkfs.common.config import NodeConfig, save_node_file
 from chunkfs.common.errors import ChunkFSError, NotMaster
 from chunkfs.protocol.mds_link import watch_for_silent_master
-from chunkfs.protocol.messages import FEATURE_FIRST_WRITE, REPLICA_PAGE, Msg
+from chunkfs.protocol.messages import FEATURE_FIRST_WRITE, FEATURE_VERSIONED_CUT, REPLICA_PAGE, Msg
 from chunkfs.protocol.rpc import SILENCE_LIMIT, Connection, connect
 
 if TYPE_CHECKING:
@@ -156,7 +156,8 @@ class MdsLink:
             "cluster_uuid": self.node.cluster.uuid, "cs_id": self.cs_id, "addr": self.node.addr,
             "host": self.node.host or socket.gethostname(), "total": total, "free": free,
             "replicas": [list(r) for r in first], "location": self.node.location, "tier": self.node.tier,
-            "features": [FEATURE_FIRST_WRITE],  # a master of this version or later: README, on upgrades
+            # What a master of this version or later may send (README, on upgrades).
+            "features": [FEATURE_FIRST_WRITE, FEATURE_VERSIONED_CUT],
         }
         if pages > 1:
             register["more"] = True  # sent only when needed, so one page still suits an older master

@@ -530,8 +530,8 @@ class ChunkServer:
             inline = len(ids) <= INLINE_DELETES_MAX and store.allocated(ids) <= INLINE_DELETES_BYTES
             await _disk_io(inline, store.delete_many, ids)
         elif msg == Msg.CS_TRUNCATE_CHUNK:
-            async with self._locks.hold((h["chunk_id"],)):
-                await asyncio.to_thread(store.truncate, h["chunk_id"], h["version"], h["length"])
+            async with self._locks.hold((h["chunk_id"],)):  # between two writes to the chunk, on every replica
+                await asyncio.to_thread(store.truncate, h["chunk_id"], h["version"], h["length"], h.get("new_version"))
         elif msg == Msg.PING:
             return {"role": "cs", "node": self.creds.node}, b""
         else:

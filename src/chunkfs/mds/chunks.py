@@ -178,7 +178,7 @@ class ReplicaSets:
 
     async def set_replicas(
         self, chunk: Chunk, replicas: Iterable[int], *, move: Iterable[int] | None = None,
-        delete: Iterable[int] = (),
+        delete: Iterable[int] = (), cut: int | None = None,
     ) -> Change:
         """Give `chunk` (as the caller read it, under its lock) the replica list `replicas`: a new version.
 
@@ -187,6 +187,7 @@ class ReplicaSets:
         move to the new version (default: every listed one this master knows
         holds it; leave out silent ones, whose command would only time out).
         `delete`: servers, taken away from the list, whose replica is deleted.
+        `cut`: the movers zero their replica from there on as they move (CS_TRUNCATE_CHUNK).
         Raises `StaleVersion` (nothing done) if the chunk changed meanwhile.
         """
         chunk_id = chunk.chunk_id
@@ -199,8 +200,12 @@ class ReplicaSets:
             self.lost(cs, chunk_id)
         movers = [cs for cs in new.replicas if self.holds(cs, chunk_id)] if move is None else \
             [cs for cs in dict.fromkeys(move) if cs in new.replicas]
-        failed = await self.call_each(movers, Msg.CS_SET_VERSION, {
-            "chunk_id": chunk_id, "old_version": chunk.version, "new_version": new.version})
+        if cut is None:
+            failed = await self.call_each(movers, Msg.CS_SET_VERSION, {
+                "chunk_id": chunk_id, "old_version": chunk.version, "new_version": new.version})
+        else:
+            failed = await self.call_each(movers, Msg.CS_TRUNCATE_CHUNK, {
+                "chunk_id": chunk_id, "version": chunk.version, "length": cut, "new_version": new.version})
         for cs, exc in failed.items():
             self.lost(cs, chunk_id)
             logger.warning("chunk %#x: CS#%d did not move to version %#x: %s", chunk_id, cs, new.version, exc)

@@ -54,6 +54,7 @@ from chunkfs.protocol.messages import (
     FEATURE_CUTS,
     FEATURE_FIRST_WRITE,
     FEATURE_NAMED,
+    FEATURE_VERSIONED_CUT,
     MAX_BLOCKS,
     SESSION_TTL,
     Msg,
@@ -1089,7 +1090,14 @@ class MetadataServer:
     async def _cut_boundary_chunk(self, ino: int, size: int) -> None:
         """Before a file shrinks, zero the tail of the chunk the new end falls in.
 
-        Otherwise growing the file again would bring the old bytes back.
+        Otherwise growing the file again would bring the old bytes back.  Each
+        replica is cut and moved to a new version in one step: the writes in
+        flight to the chunk (another mount's, sent on by its head) reach each
+        replica before its cut or are refused after it, and are sent again at
+        the new version, after every cut.  Cut at the same version, a write that
+        one replica took before its cut and another after left the replicas
+        different for good (a fault probe: 2-3 rounds in 9 of a truncating loop
+        beside another mount's writes).
         """
         chunk_size = self.node.cluster.chunk_size
         if size % chunk_size == 0:
@@ -1100,6 +1108,11 @@ class MetadataServer:
             if chunk is None:
                 return
             chunk = await self._drop_replicas(chunk, set())
+            if all(FEATURE_VERSIONED_CUT in getattr(self.live.get(cs), "features", ()) for cs in chunk.replicas):
+                change = await self.chunks.set_replicas(chunk, chunk.replicas, cut=size % chunk_size)
+                await self._drop_replicas(change.chunk, set(change.failed))
+                return
+            # A server of an earlier version among them: cut at the same version, as before.
             failed = await self.chunks.call_each(chunk.replicas, Msg.CS_TRUNCATE_CHUNK, {
                 "chunk_id": chunk.chunk_id, "version": chunk.version, "length": size % chunk_size})
             await self._drop_replicas(chunk, set(failed))

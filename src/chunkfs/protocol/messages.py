@@ -131,6 +131,9 @@ FIRST_WRITE_MAX = 64 << 10
 #: and by a chunk server in its CS_REGISTER, so that neither is sent a first write by a peer that
 #: assumes a version newer than its own (a mount before its master, a master before its servers).
 FEATURE_FIRST_WRITE = "first_write"
+#: A chunk server that cuts a replica and moves it to a new version in one step (CS_TRUNCATE_CHUNK's
+#: `new_version`): named in its CS_REGISTER, so that a master sends the field only to servers that take it.
+FEATURE_VERSIONED_CUT = "versioned_cut"
 #: A mount's OPEN or SETATTR of a file its kernel reached by a name it keeps carries that name
 #: (`at`: [parent inode, name]), and the master refuses the request (NotFound) when the name no
 #: longer leads to the file: another client renamed it away, and its notice to this mount is still on
@@ -364,8 +367,10 @@ SPECS: dict[Msg, MessageSpec] = {
     ),
     # Replicas of removed chunks, a batch at a time (mds/deletions.py): whatever their version, absent ones ignored.
     Msg.CS_DELETE_CHUNKS: MessageSpec((f("chunk_ids", list, max_items=DELETE_BATCH),), ()),
+    # Zero a replica from `length` on; with `new_version`, then move it there, one step to its writes
+    # (mds/server.py `_cut_boundary_chunk`).
     Msg.CS_TRUNCATE_CHUNK: MessageSpec(
-        (f("chunk_id", int), f("version", int), f("length", int)), ()
+        (f("chunk_id", int), f("version", int), f("length", int), f("new_version", int, optional=True)), ()
     ),
     # Fetch chunk `chunk_id` at `version` from the chunk server at `source` and keep it here,
     # reading at most `rate` bytes/s; the reply says how many bytes were fetched.  A two-phase copy

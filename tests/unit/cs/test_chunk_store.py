@@ -662,3 +662,17 @@ def test_a_replica_file_missing_from_disk_is_not_found_and_told(tmp_path: Path) 
             s.read(1, 5, 0, 10)
         assert missing == [1]
         assert s.read(2, 5, 0, 10) == b"b" * 10
+
+
+def test_a_cut_with_a_new_version_moves_the_replica_and_refuses_the_old_version_after(store: ChunkStore) -> None:
+    store.create(CID, 1)
+    store.write(CID, 1, 0, pattern(2 * BS))
+    store.truncate(CID, 1, BS + 10, new_version=2)
+    assert store.version_of(CID) == 2
+    assert store.read(CID, 2, 0, 2 * BS) == pattern(BS + 10) + bytes(BS - 10)
+    with pytest.raises(StaleVersion):  # a write still at the old version, in flight during the cut
+        store.write(CID, 1, BS + 20, b"late")
+    store.truncate(CID, 1, BS + 10, new_version=2)  # the command sent again: already done
+    store.write(CID, 2, BS + 20, b"next")
+    assert store.read(CID, 2, BS, BS)[:30] == pattern(BS + 10)[BS:] + bytes(10) + b"next" + bytes(6)
+    assert store.verify(CID)
