@@ -185,6 +185,6 @@ def run_node(role: str, directory: Path, background: bool) -> int:
             raise bind_error(node.addr, exc) from None
 
     # A server stops itself (status 3) when it cannot go on: a metadata server's disk full or failing
-    # (raft/driver.py), a chunk server's data directory gone (cs/disk_watch.py).
+    # (raft/driver.py), its folder gone (common/folder_watch.py).
     return run_foreground(directory, start, server.stop, fatal=server.failed)
 

@@ -238,7 +238,7 @@ class ChunkStore:
 
     @property
     def chunks_dir(self) -> Path:
-        """The folder holding the replica files (watched by cs/disk_watch.py)."""
+        """The folder holding the replica files (watched by common/folder_watch.py)."""
         return self._chunks_dir
 
     # ------------------------------------------------------------------ set-up

@@ -19,13 +19,13 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from chunkfs.common import folder_watch
 from chunkfs.common.checksum import Buffer
 from chunkfs.common.config import NodeConfig
 from chunkfs.common.errors import ChunkFSError, NoSpace, ProtocolError, Unavailable
 from chunkfs.common.knobs import lowered
 from chunkfs.common.secret_files import SecretFiles
 from chunkfs.common.timings import TIMINGS
-from chunkfs.cs import disk_watch
 from chunkfs.cs.chunk_store import ChunkStore
 from chunkfs.cs.mds_link import MdsLink
 from chunkfs.cs.metrics import CsStats
@@ -98,10 +98,18 @@ class ChunkServer:
         )
         self.link.start()
         self.scrubber.start()
-        self._disk_watch = asyncio.get_running_loop().create_task(disk_watch.watch(self.store.chunks_dir))
+        self._disk_watch = asyncio.get_running_loop().create_task(self._watch_disk())
+
+    async def _watch_disk(self) -> str:
+        """Why this server must stop, once its data directory is gone (common/folder_watch.py)."""
+        path = self.store.chunks_dir
+        why = await folder_watch.watch(path)
+        return (f"the data directory {path} {why} while this server ran: its replicas are gone; stopping "
+                "(the master copies them again from the other servers); start this server again once its "
+                "disk is back or repaired")
 
     async def failed(self) -> str:
-        """Returns (the reason) when this server must stop: its data directory is gone (disk_watch.py), or
+        """Returns (the reason) when this server must stop: its data directory is gone (`_watch_disk`), or
         the master says it was removed from the cluster (rm-cs)."""
         assert self._disk_watch is not None, "failed() before start()"
         done, _ = await asyncio.wait([self._disk_watch, self.link.task], return_when=asyncio.FIRST_COMPLETED)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from chunkfs.common import folder_watch
 from chunkfs.common.addr import parse_addr
 from chunkfs.common.awake_clock import AwakeClock
 from chunkfs.common.config import NodeConfig, save_node_file
@@ -234,9 +235,18 @@ class MetadataServer:
         self._spawn(self.awake.run())
         self._spawn(self.view.run())
         self._spawn(self._checkpointer())
+        self._spawn(self._watch_folder())
         logger.info("MDS#%d of cluster %r serving on %s", self.node.node_id, self.node.cluster.name, self.node.addr)
         if self.node.node_id not in self.raft.voters():
             self._spawn(self._join())
+
+    async def _watch_folder(self) -> None:
+        """Stop once this server's folder is gone (common/folder_watch.py): what it acknowledged went with it."""
+        why = await folder_watch.watch(self.directory)
+        me = self.node.node_id
+        self._fail(f"its folder {self.directory} {why} while it ran: its Raft log and store went with it; "
+                   f"stopping.  It cannot come back as it was: remove it from the group with `chunkfs rm-mds {me}` "
+                   f"and add a new one with `chunkfs make-mds` (an empty folder; the address may be the same)")
 
     def _record_joined(self) -> None:
         """This member holds Raft state from now on: node.json says so (see `NodeConfig.joined`)."""

@@ -1,16 +1,17 @@
-"""Whether the data directory a chunk server started on is still there.
+"""Whether the folder a server started on is still there.
 
 A directory removed (`rm -rf`) or a disk unmounted from under a running
-server leaves it serving nothing: every replica it lists is gone, yet it
-heartbeats, counts as active, and the master goes on listing it as a
-holder of every chunk it had.  A fault probe found reads failing and
-chunks shown healthy for as long as that lasted (until the weekly scrub).
+server leaves it working on files that are gone.  A chunk server then
+serves nothing: every replica it lists is gone, yet it heartbeats, counts
+as active, and the master goes on listing it as a holder of every chunk it
+had (a fault probe found reads failing and chunks shown healthy for as long
+as that lasted, until the weekly scrub).  A metadata server goes on voting
+and acknowledging with a Raft log and a store no start can find again.
 
-So the server looks every `CHECK_INTERVAL` seconds: the chunks folder must
-be the same one (device and inode) it opened at start.  If not, it stops
-with a clear reason (`ChunkServer.failed`, exit status 3): the master sees
-the server gone and has its replicas copied again from the others, as for
-any dead server.  It does not make a new folder there by itself: on an
+So each server looks every `CHECK_INTERVAL` seconds: its folder must be the
+same one (device and inode) it opened at start.  If not, it stops with a
+clear reason (`failed`, exit status 3): the others see it gone and act as
+for any dead server.  It does not make a new folder there by itself: on an
 unmounted disk that would fill the system disk below it.
 """
 
@@ -44,12 +45,10 @@ def changed(path: Path, known: tuple[int, int]) -> str | None:
 
 
 async def watch(path: Path, interval: float = CHECK_INTERVAL) -> str:
-    """Return, with the reason, once `path` is no longer the folder it is now."""
+    """Return, with why ("was removed", ...), once `path` is no longer the folder it is now."""
     known = await asyncio.to_thread(identity, path)
     while True:
         await asyncio.sleep(interval)
         why = await asyncio.to_thread(changed, path, known)
-        if why is not None:  # logged by whoever stops on it (common/daemon.py)
-            return (f"the data directory {path} {why} while this server ran: its replicas are gone; stopping "
-                    "(the master copies them again from the other servers); start this server again once its "
-                    "disk is back or repaired")
+        if why is not None:  # said by whoever stops on it (common/daemon.py logs it)
+            return why
