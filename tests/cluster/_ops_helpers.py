@@ -1,4 +1,4 @@
-"""Helpers shared by the operator-tool tests: the CLI's JSON, /metrics samples, bounded waits."""
+"""Helpers shared by the cluster tests: the CLI's JSON, /metrics samples, bounded waits, what replicas hold."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
+from chunkfs.client.client import SyncClient
+from chunkfs.protocol.messages import Msg
 from chunkfs.testing.cluster import wait_for as _poll
 
 from .conftest import run_cli
@@ -39,3 +41,15 @@ def scrape(url: str) -> dict[str, float]:
             key, _, value = line.rpartition(" ")
             out[key] = float(value)
     return out
+
+
+def replica_bytes(c: SyncClient, ino: int, index: int, length: int, but: int | None = None) -> dict[int, bytes]:
+    """The first `length` bytes of each replica (but CS#`but`'s) of the file's chunk `index`, read from its server."""
+    m = c.run(c.client.mds.call(Msg.CHUNK_READ, {"ino": ino, "index": index}))
+    held = {}
+    for cs_id, addr in m["replicas"]:
+        if cs_id != but:
+            conn = c.run(c.client.io.server(addr))
+            held[cs_id] = c.run(conn.call(Msg.CS_READ, {
+                "chunk_id": m["chunk_id"], "version": m["version"], "offset": 0, "length": length}))[1]
+    return held

@@ -16,7 +16,7 @@ from chunkfs.client.client import SyncClient
 from chunkfs.protocol.messages import FEATURE_FIRST_WRITE, FIRST_WRITE_MAX, Msg
 
 from ._disk_helpers import on_small_disk
-from ._ops_helpers import scrape, stat
+from ._ops_helpers import replica_bytes, scrape, stat
 
 KiB, MiB = 1 << 10, 1 << 20
 
@@ -27,17 +27,6 @@ def _steps(step: str) -> float:
                for m in stat()["metrics"] if m["role"] == "cs")
 
 
-def _replicas(c: SyncClient, ino: int, index: int, length: int) -> dict[int, bytes]:
-    """The first `length` bytes of each replica of the file's chunk `index`, read from its server."""
-    m = c.run(c.client.mds.call(Msg.CHUNK_READ, {"ino": ino, "index": index}))
-    held = {}
-    for cs_id, addr in m["replicas"]:
-        conn = c.run(c.client.io.server(addr))
-        held[cs_id] = c.run(conn.call(Msg.CS_READ, {
-            "chunk_id": m["chunk_id"], "version": m["version"], "offset": 0, "length": length}))[1]
-    return held
-
-
 def _first_writes_on(c: SyncClient) -> None:
     """What a mount does on each connection to the master: WATCH, and the feature its answer names."""
     reply = c.run(c.client.mds.call(Msg.WATCH, {}))
@@ -45,7 +34,7 @@ def _first_writes_on(c: SyncClient) -> None:
     c.client.io.first_writes = True
 
 
-def test_a_new_chunks_first_write_is_made_with_its_replicas(make_cluster) -> None:
+def test_a_new_chunks_first_write_is_made_with_itsreplica_bytes(make_cluster) -> None:
     cluster = make_cluster(n_cs=3)
     with cluster.client() as c:
         _first_writes_on(c)
@@ -60,7 +49,7 @@ def test_a_new_chunks_first_write_is_made_with_its_replicas(make_cluster) -> Non
         ino = c.stat("/small")["ino"]
         for index, offset, data in ((0, 100, head), (1, 10, tail)):
             expected = bytes(offset) + data
-            held = _replicas(c, ino, index, len(expected))
+            held = replica_bytes(c, ino, index, len(expected))
             assert len(held) == 3
             for cs_id, got in held.items():
                 assert got == expected, f"CS#{cs_id}'s replica of chunk {index} differs from what was written"
@@ -83,7 +72,7 @@ def test_writes_to_a_chunk_that_exists_go_down_the_chain(make_cluster) -> None:
         b.run(f.close())
         assert _steps("serve.CS_WRITE") == before + 3, "a write to a chunk that exists goes down its chain of 3"
         ino = b.stat("/f")["ino"]
-        for cs_id, got in _replicas(b, ino, 0, 8192).items():
+        for cs_id, got in replica_bytes(b, ino, 0, 8192).items():
             assert got == b"a" * 4096 + b"b" * 100 + b"a" * 3996, f"CS#{cs_id}'s replica differs"
 
 
@@ -103,7 +92,7 @@ def test_many_first_writes_to_one_new_chunk_at_once_leave_every_replica_the_same
         c.run(all_at_once())
         c.run(f.close())
         ino = c.stat("/queue")["ino"]
-        held = _replicas(c, ino, 0, 15 * 3000 + 4 * KiB)
+        held = replica_bytes(c, ino, 0, 15 * 3000 + 4 * KiB)
         assert len(held) == 3 and len(set(held.values())) == 1, "the replicas differ"
         (got,) = set(held.values())
         for offset, data in writes:  # each write's bytes are there, but where a later-applied one overlaps

@@ -14,7 +14,7 @@ from chunkfs.client.client import File, SyncClient
 from chunkfs.common.errors import InvalidArgument
 from chunkfs.protocol.messages import Msg
 
-from ._ops_helpers import scrape, stat
+from ._ops_helpers import replica_bytes, scrape, stat
 
 KiB, MiB = 1 << 10, 1 << 20
 CHUNK = 4 * MiB
@@ -29,14 +29,8 @@ def _image(c: SyncClient, expected: bytearray) -> tuple[File, int]:
 
 
 def _replicas(c: SyncClient, ino: int, index: int, chunk: int, but: int | None = None) -> dict[int, bytes]:
-    """What each replica (but CS#`but`'s) of the file's chunk `index` holds, read from its server."""
-    m = c.run(c.client.mds.call(Msg.CHUNK_READ, {"ino": ino, "index": index}))
-    held = {}
-    for cs_id, addr in m["replicas"]:
-        if cs_id != but:
-            conn = c.run(c.client.io.server(addr))
-            held[cs_id] = c.run(conn.call(Msg.CS_READ, {
-                "chunk_id": m["chunk_id"], "version": m["version"], "offset": 0, "length": chunk}))[1]
+    """What each replica (but CS#`but`'s) of the file's chunk `index` holds: two at least."""
+    held = replica_bytes(c, ino, index, chunk, but)
     assert len(held) >= 2
     return held
 

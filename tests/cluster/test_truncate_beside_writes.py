@@ -19,8 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from chunkfs.client.client import File, SyncClient
-from chunkfs.protocol.messages import Msg
+from chunkfs.client.client import File
+
+from ._ops_helpers import replica_bytes
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -30,17 +31,6 @@ CHUNKS = 4
 #: Seconds of writes and cuts at once, and a bound on the cuts in that time.
 RACE_S = 6.0
 MAX_CUTS = 2000
-
-
-def _replicas(c: SyncClient, ino: int, index: int) -> dict[int, bytes]:
-    """What each replica of the file's chunk `index` holds, read from its server."""
-    m = c.run(c.client.mds.call(Msg.CHUNK_READ, {"ino": ino, "index": index}))
-    held = {}
-    for cs_id, addr in m["replicas"]:
-        conn = c.run(c.client.io.server(addr))
-        held[cs_id] = c.run(conn.call(Msg.CS_READ, {
-            "chunk_id": m["chunk_id"], "version": m["version"], "offset": 0, "length": CHUNK}))[1]
-    return held
 
 
 def test_replicas_stay_the_same_when_one_client_cuts_a_file_another_writes(make_cluster) -> None:
@@ -85,7 +75,7 @@ def test_replicas_stay_the_same_when_one_client_cuts_a_file_another_writes(make_
             assert writes.result(timeout=120) > 0 and cuts.result(timeout=120) > 0
         writer.run(f.fsync())
         for index in range(CHUNKS):
-            held = _replicas(writer, ino, index)
+            held = replica_bytes(writer, ino, index, CHUNK)
             assert len(held) == 3, f"chunk {index} has {len(held)} replicas"
             first = held[min(held)]
             differ = {cs_id: sum(a != b for a, b in zip(data, first, strict=True)) for cs_id, data in held.items()}
