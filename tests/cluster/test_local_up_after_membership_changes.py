@@ -5,6 +5,7 @@ started again (found by a probe: the cluster came back without its new member, s
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 from pathlib import Path
 
@@ -39,4 +40,20 @@ def test_local_up_starts_a_member_made_by_hand_and_not_one_removed(make_cluster)
     assert running.get("mds-new") and running["mds1"] and running["mds2"], running
     assert not running.get("mds3"), running
     done = run_cli("-c", cluster.name, "mkdir", "/after-local-up", timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
+def test_local_up_with_a_folder_gone_says_how_to_replace_it_and_stops_nothing(make_cluster) -> None:
+    """A probe: `local up` after a follower's folder was removed failed on it, then stopped every daemon of
+    the running cluster (its failure path stopped them all, not only what it had started)."""
+    cluster = make_cluster(n_cs=1, n_mds=3)
+    cluster.kill("mds", 3)
+    shutil.rmtree(cluster.find("mds", 3).dir)
+    done = run_cli("local", "up", "--dir", str(cluster.dir), timeout=180)
+    assert done.returncode != 0
+    error = done.stderr.strip().splitlines()[-1]
+    assert "MDS 3" in error and "is gone" in error and "rm-mds" in error and "make-mds" in error, done.stderr
+    running = _running(cluster.dir)
+    assert running["mds1"] and running["mds2"] and running["cs1"], running  # the cluster goes on
+    done = run_cli("-c", cluster.name, "mkdir", "/still-up", timeout=120)
     assert done.returncode == 0, done.stderr

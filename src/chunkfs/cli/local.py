@@ -118,11 +118,11 @@ def cmd_local_up(args: argparse.Namespace) -> int:
         cluster = LocalCluster.make(directory, args.name, args.mds, args.cs, args.chunk_size, tls=args.tls)
         print(f"made cluster {cluster.name!r} in {directory}{' with TLS' if args.tls else ''}; "
               f"client configuration in {conf_dir()}/clusters/{args.name}")
+    started = cluster.start_all()  # (a start that fails stops what it started)
     try:
-        cluster.start_all()
         stat = cluster.wait_ready()
     except BaseException:
-        cluster.stop_all()
+        cluster.stop(started)  # only what this command started: a running cluster goes on
         raise
     n_cs = len(stat["cs"])
     print(f"cluster {cluster.name!r} is up: {len(stat['mds'])} MDS, {n_cs} chunk servers")

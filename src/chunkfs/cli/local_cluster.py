@@ -60,6 +60,18 @@ class Process:
     pid: int = 0
 
 
+def _replace_hint(cluster: str, proc: Process) -> str:
+    """What to do about a daemon of the cluster whose folder is gone (removed, or its disk lost)."""
+    if proc.role == "mds":
+        return (f"the folder of MDS {proc.id}, {proc.dir}, is gone: take it out of the metadata group with "
+                f"`chunkfs -c {cluster} rm-mds ID` (its id, from `chunkfs -c {cluster} stat`) and add a new one "
+                f"with `chunkfs -c {cluster} make-mds -r {proc.dir} -a {proc.addr}`")
+    return (f"the folder of chunk server {proc.id}, {proc.dir}, is gone: take it out with "
+            f"`chunkfs -c {cluster} rm-cs ID` (its id, from `chunkfs -c {cluster} stat`; its replicas are copied "
+            f"again from the others) and add a new one with "
+            f"`chunkfs -c {cluster} make-cs -r {proc.dir} -a {proc.addr}`")
+
+
 class LocalCluster:
     def __init__(self, directory: Path, name: str) -> None:
         self.dir = directory.resolve()
@@ -158,12 +170,14 @@ class LocalCluster:
         self.save()
         return proc
 
-    def start_all(self) -> None:
-        """Start every daemon of the cluster that is not running.
+    def start_all(self) -> list[Process]:
+        """Start every daemon of the cluster that is not running; the ones started.
 
         Daemons made by hand in the cluster's folder (``make-mds``/``make-cs -r DIR/...``) are its
         own from now on; a metadata server taken out with ``rm-mds`` (its address gone from the
-        client configuration) is not started again.
+        client configuration) is not started again.  A daemon whose folder is gone starts nothing
+        (a one-line error says how to replace it), and the ones running go on; should a start
+        fail, the ones this call started are stopped again, and only those.
         """
         for found in self._unlisted():
             if found.role == "cs":
@@ -175,9 +189,24 @@ class LocalCluster:
             if len(removed) < sum(p.role == "mds" for p in self.processes):  # (never all: a stale configuration)
                 self.processes = [p for p in self.processes if p not in removed]
         self.save()
-        for proc in self.processes:
-            if not self.running(proc):
-                self.start(proc.role, proc.id)
+        gone = [p for p in self.processes if not (Path(p.dir) / NODE_FILE).is_file() and not self.running(p)]
+        if gone:
+            raise ConfigError("; ".join(_replace_hint(self.name, p) for p in gone) + "; nothing was started")
+        started: list[Process] = []
+        try:
+            for proc in self.processes:
+                if not self.running(proc):
+                    started.append(self.start(proc.role, proc.id))
+        except BaseException:
+            self.stop(started)
+            raise
+        return started
+
+    def stop(self, procs: list[Process]) -> None:
+        """Stop these daemons (those one `start_all` started), leaving the others running."""
+        for proc in procs:
+            with contextlib.suppress(OSError):
+                self.kill(proc.role, proc.id, signal.SIGTERM)
 
     def cs_number(self, cs_id: int) -> int:
         """The process number (``csN`` folder) of chunk server CS#`cs_id`, as the master numbers it."""
