@@ -186,9 +186,16 @@ class ChunkServer:
         return True
 
     def _write_chunks_now(self, h: dict[str, Any], payload: Payload) -> bool:
-        """A CS_WRITE_CHUNKS for this replica alone, done here at once; False: it must go to a task."""
-        parts = write_parts(h["parts"], len(payload))
-        if any(part.chain for part in parts) or not self._locks.free(part.chunk_id for part in parts):
+        """A CS_WRITE_CHUNKS for this replica alone, done here at once; False: it must go to a task.
+
+        A head's request (parts with replicas to send on) is told apart before its parts are
+        checked: the task checks them, once (a malformed request too, and fails it there).
+        """
+        raw = h["parts"]
+        if not isinstance(raw, list) or not all(isinstance(p, list) and len(p) == 4 and p[2] == [] for p in raw):
+            return False
+        parts = write_parts(raw, len(payload))
+        if not self._locks.free(part.chunk_id for part in parts):
             return False
         started = time.perf_counter()
         try:
