@@ -508,6 +508,11 @@ class Connection(asyncio.BufferedProtocol):
             raise Unavailable(f"connection to {self.peer_name} lost: {exc}") from None
         return True
 
+    @property
+    def _must_drain(self) -> bool:
+        """`_drain` has something to wait for or to raise (checked first: no coroutine per request else)."""
+        return not self._can_write.is_set() or self._closed.is_set()
+
     async def _drain(self, timeout: float) -> None:
         if not self._can_write.is_set():
             await asyncio.wait_for(self._can_write.wait(), timeout)
@@ -615,7 +620,7 @@ class Connection(asyncio.BufferedProtocol):
         timer: asyncio.TimerHandle, timeout: float,
     ) -> Reply:
         try:
-            if not self._can_write.is_set() or self._closed.is_set():  # (no coroutine when there is no wait)
+            if self._must_drain:
                 await self._drain(timeout)
             kind, rheader, rpayload = await fut
         except TimeoutError:
@@ -669,7 +674,7 @@ class Connection(asyncio.BufferedProtocol):
                 self._send(Kind.RESPONSE, mtype, rid, rheader, rpayload)
             except Exception as exc:  # noqa: BLE001 - a bug must not kill the server
                 self._answer_failure(mtype, rid, exc)
-            if not self._can_write.is_set() or self._closed.is_set():
+            if self._must_drain:
                 await self._drain(CALL_TIMEOUT)
         except (ConnectionError, OSError, TimeoutError, AssertionError):
             self.close()
