@@ -35,7 +35,8 @@ from chunkfs.common.errors import (
 from chunkfs.common.timings import TIMINGS
 from chunkfs.protocol.frame import MAX_IO_SIZE
 from chunkfs.protocol.messages import FIRST_WRITE_MAX, Msg, replica_list
-from chunkfs.protocol.rpc import SILENCE_LIMIT, Connection, connect
+from chunkfs.protocol.replica_calls import answered, request_each
+from chunkfs.protocol.rpc import CALL_TIMEOUT, SILENCE_LIMIT, Connection, Payload, connect
 
 if TYPE_CHECKING:
     from chunkfs.client.client import Client
@@ -417,22 +418,13 @@ class ChunkIO:
         assert last is not None
         raise last
 
-    async def _to_each_replica(self, m: ChunkMap, msg: Msg, fields: dict[str, Any]) -> None:
+    async def _to_each_replica(self, m: ChunkMap, msg: Msg, fields: dict[str, Any], payload: Payload = b"") -> None:
         """Send `msg` to every replica at once (DESIGN's budget for fsync: one round of replica syncs in
         parallel), not down the chain: a sync carries no data and no order to keep, and the head's
         forward to the others was a second hop on every fsync's path.  A failure names its replica."""
         header = {"chunk_id": m.chunk_id, "version": m.version, "chain": [], **fields}
-
-        async def one(cs_id: int, addr: str) -> None:
-            try:
-                await (await self.server(addr)).call(msg, header)
-            except ChunkFSError as exc:
-                exc.context.setdefault("cs_id", cs_id)
-                raise
-
-        for outcome in await asyncio.gather(*(one(*r) for r in m.replicas), return_exceptions=True):
-            if isinstance(outcome, BaseException):
-                raise outcome
+        await answered(await request_each(
+            msg, [(cs_id, addr, header, payload) for cs_id, addr in m.replicas], self.server, CALL_TIMEOUT))
 
     async def fsync(self, ino: int) -> None:
         """Every chunk written since the last fsync reaches the disk on every replica.

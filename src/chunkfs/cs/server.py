@@ -15,7 +15,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -45,6 +45,7 @@ from chunkfs.protocol.messages import (
     write_parts,
     write_pieces,
 )
+from chunkfs.protocol.replica_calls import Sent, answered, request_each
 from chunkfs.protocol.rpc import SILENCE_LIMIT, Connection, Credentials, Payload, Reply, RpcServer, connect
 from chunkfs.protocol.tls import node_tls
 
@@ -306,7 +307,7 @@ class ChunkServer:
             try:
                 await self._own_io(inline, self._write_pieces, chunk_id, h["version"], pieces, payload, sync)
             except BaseException:
-                await self._answered(answers)  # nothing left waiting for its answer
+                await answered(answers)  # nothing left waiting for its answer
                 raise
             took = time.perf_counter() - started
             TIMINGS.record("cs.own_write_synced" if sync else "cs.own_write", took)
@@ -317,7 +318,7 @@ class ChunkServer:
                 self.syncs.wrote(chunk_id, len(payload))
         if answers:
             started = time.perf_counter()
-            await self._answered(answers)
+            await answered(answers)
             TIMINGS.since("cs.replicas_answered", started)
         return len(pieces)
 
@@ -357,23 +358,23 @@ class ChunkServer:
                 targets.setdefault(replica, []).append(part)
         view = memoryview(payload)
         async with self._locks.hold(part.chunk_id for part in parts):
-            answers = await self._request_each(Msg.CS_WRITE_CHUNKS, [
+            answers = await request_each(Msg.CS_WRITE_CHUNKS, [
                 (cs_id, addr, {"parts": [part.to_wire([]) for part in mine]},
                  payload if len(mine) == len(parts) else b"".join(view[part.start:part.end] for part in mine))
                 for (cs_id, addr), mine in targets.items()
-            ])
+            ], self._peer, FORWARD_TIMEOUT)
             started = time.perf_counter()
             try:
                 await self._own_io(len(payload) <= INLINE_IO_MAX, self._write_parts, parts, view)
             except BaseException:
-                await self._answered(answers)
+                await answered(answers)
                 raise
             TIMINGS.since("cs.own_write", started)
             for part in parts:
                 self.syncs.wrote(part.chunk_id, part.end - part.start)
         if answers:
             started = time.perf_counter()
-            await self._answered(answers)
+            await answered(answers)
             TIMINGS.since("cs.replicas_answered", started)
         return sum(len(part.pieces) for part in parts)
 
@@ -400,11 +401,11 @@ class ChunkServer:
             await self._own_io(inline, self.store.fsync, chunk_id, h["version"])
             self.syncs.synced(time.perf_counter() - started)
         finally:
-            await self._answered(answers)
+            await answered(answers)
 
     async def _send_on(
         self, msg: Msg, chain: list[tuple[int, str]], h: dict[str, Any], payload: bytes
-    ) -> list[tuple[int, str, Awaitable[Any] | BaseException]]:
+    ) -> list[Sent]:
         """Send a write or fsync on to the replicas after this one; their answers, to await.
 
         Small requests go to each of them at once (one hop instead of a chain
@@ -417,52 +418,9 @@ class ChunkServer:
             targets = [(cs_id, addr, []) for cs_id, addr in chain]
         else:
             targets = [(chain[0][0], chain[0][1], chain[1:])]
-        return await self._request_each(msg, [
+        return await request_each(msg, [
             (cs_id, addr, {**h, "chain": [list(x) for x in rest]}, payload) for cs_id, addr, rest in targets
-        ])
-
-    async def _request_each(
-        self, msg: Msg, sends: list[tuple[int, str, dict[str, Any], Payload]]
-    ) -> list[tuple[int, str, Awaitable[Any] | BaseException]]:
-        """Send each (cs_id, addr, header, payload) at once; the answers to await (`_answered`)."""
-        answers: list[tuple[int, str, Awaitable[Any] | BaseException]] = []
-        for cs_id, addr, h, payload in sends:
-            try:
-                conn = await self._peer(addr)
-                answers.append((cs_id, addr, conn.request(msg, h, payload, timeout=FORWARD_TIMEOUT)))
-            except ChunkFSError as exc:
-                answers.append((cs_id, addr, exc))
-        return answers
-
-    @staticmethod
-    async def _answered(answers: list[tuple[int, str, Awaitable[Any] | BaseException]]) -> None:
-        """Wait for every answer; the first failure, named by the replica that failed, is raised.
-
-        The requests are on the wire already: awaited one after the other they
-        take as long as the slowest, without a task and a gathering future each.
-        """
-        outcomes: list[BaseException | None] = []
-        for i, (_, _, sent) in enumerate(answers):
-            if isinstance(sent, BaseException):
-                outcomes.append(sent)
-                continue
-            try:
-                await sent
-                outcomes.append(None)
-            except Exception as exc:  # noqa: BLE001 - each answer awaited, the first failure raised below
-                outcomes.append(exc)
-            except BaseException:  # cancelled: the answers not awaited yet are still waited for, by tasks
-                for _, _, later in answers[i + 1:]:
-                    if not isinstance(later, BaseException):
-                        asyncio.ensure_future(later).add_done_callback(_looked_at)
-                raise
-        for (cs_id, addr, _), exc in zip(answers, outcomes, strict=True):
-            if isinstance(exc, ChunkFSError):
-                if "cs_id" in exc.context:
-                    raise exc  # a replica further down already named itself
-                raise type(exc)(f"CS#{cs_id} at {addr}: {exc}", **{**exc.context, "cs_id": cs_id}) from None
-            if isinstance(exc, BaseException):
-                raise exc
+        ], self._peer, FORWARD_TIMEOUT)
 
     async def _own_io(self, inline: bool, func: Callable[..., T], *args: Any) -> T:
         """`func(*args)` on this server's disk, on the loop (`inline`) or in a thread; a full or
@@ -565,12 +523,6 @@ INLINE_IO_MAX = 128 << 10
 #: bytes of disk in all, run on the loop as well (about 0.5 ms per MiB to unlink, measured).
 INLINE_DELETES_MAX = 4
 INLINE_DELETES_BYTES = 1 << 20
-
-
-def _looked_at(task: asyncio.Future[Any]) -> None:
-    """An answer nobody waits for any more: its failure is no error to report."""
-    if not task.cancelled():
-        task.exception()
 
 
 async def _disk_io(inline: bool, func: Callable[..., T], *args: Any) -> T:
