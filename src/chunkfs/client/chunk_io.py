@@ -15,6 +15,7 @@ file's minimum number of replicas remain.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
@@ -34,7 +35,7 @@ from chunkfs.common.errors import (
 )
 from chunkfs.common.timings import TIMINGS
 from chunkfs.protocol.frame import MAX_IO_SIZE
-from chunkfs.protocol.messages import FIRST_WRITE_MAX, Msg, replica_list
+from chunkfs.protocol.messages import FIRST_WRITE_MAX, SMALL_WRITE_MAX, Msg, replica_list
 from chunkfs.protocol.replica_calls import answered, request_each
 from chunkfs.protocol.rpc import CALL_TIMEOUT, SILENCE_LIMIT, Connection, Payload, connect
 
@@ -53,6 +54,9 @@ STALE_WAIT = 0.002
 CHUNKS_VERSIONS_MAX = 100_000
 #: First wait (doubled each try) for the master to mend a bad block a write met: 3.1 s in all.
 REPAIR_WAIT = 0.1
+#: Writes up to this size to a chunk this mount alone writes go to every replica at once (the data is sent
+#: three times by the mount instead of once: larger writes go down the chain, where each server sends it on once).
+FAN_WRITE_MAX = SMALL_WRITE_MAX
 #: Errors after which another replica (or a new map) may succeed.
 _REPLICA_ERRORS = (Unavailable, Timeout, StaleVersion, ChecksumMismatch, NotFound)
 
@@ -62,10 +66,13 @@ class ChunkMap:
     chunk_id: int
     version: int
     replicas: tuple[tuple[int, str], ...]
+    #: This mount alone writes the chunk: its small writes may go to every replica at once (write_batches.py).
+    fan: bool = False
 
     @classmethod
     def from_reply(cls, reply: dict[str, Any]) -> ChunkMap:
-        return cls(reply["chunk_id"], reply["version"], tuple(replica_list(reply["replicas"])))
+        replicas = tuple(replica_list(reply["replicas"]))
+        return cls(reply["chunk_id"], reply["version"], replicas, reply.get("fan") is True)
 
 
 def _map_may_be_old(exc: ChunkFSError, m: ChunkMap) -> bool:
@@ -120,6 +127,9 @@ class ChunkIO:
         #: Whether the master makes a new chunk's replicas with its first write in them (`_first_write`);
         #: set by the mount from the master's answer to WATCH (off with a master that predates it).
         self.first_writes = False
+        #: Whether the master lets a chunk's one writer send its small writes to every replica at once
+        #: (the map's `fan`); set like `first_writes`.
+        self.fans = False
         #: (chunk id, version) whose failed write was logged as a warning: the many writes in flight
         #: to a chunk when one of its servers dies fail together, and one line says it.
         self._warned: set[tuple[int, int]] = set()
@@ -292,13 +302,17 @@ class ChunkIO:
         key = (ino, index)
         if not failed and key in self._write_maps:
             return self._write_maps[key]
-        header: dict[str, Any] = {"ino": ino, "index": index}
+        header = self._map_request(ino, index)
         if failed:
             header["failed"] = sorted(failed)
             header["why"] = why
             if on is not None:
                 header["chunk_id"], header["version"] = on.chunk_id, on.version
         return self._kept_write_map(key, await self.client.mds.call(Msg.CHUNK_WRITE, header))
+
+    def _map_request(self, ino: int, index: int) -> dict[str, Any]:
+        """A CHUNK_WRITE's header: which chunk, and whether this mount takes `fan` in the answer."""
+        return {"ino": ino, "index": index, "fan": True} if self.fans else {"ino": ino, "index": index}
 
     def _kept_write_map(self, key: tuple[int, int], reply: dict[str, Any]) -> ChunkMap:
         """The map a CHUNK_WRITE answered, kept for writes and reads of that chunk."""
@@ -310,7 +324,7 @@ class ChunkIO:
         (a new file's first write, say), its replicas are made with these bytes in them, and the write is
         done (True) without its trip down the chain; else the caller sends it as any write."""
         started = time.perf_counter()
-        reply = await self.client.mds.call(Msg.CHUNK_WRITE, {"ino": ino, "index": index, "offset": offset},
+        reply = await self.client.mds.call(Msg.CHUNK_WRITE, {**self._map_request(ino, index), "offset": offset},
                                            payload=data)
         self._kept_write_map((ino, index), reply)
         if reply.get("written"):
@@ -366,8 +380,10 @@ class ChunkIO:
                 else:
                     conn = await self.server(head_addr)
                     header = {"chunk_id": m.chunk_id, "version": m.version, "chain": [list(r) for r in rest], **fields}
-                    if msg == Msg.CS_WRITE and not fields["sync"]:
-                        await self._batches.write(conn, header, payload)
+                    if msg == Msg.CS_WRITE:
+                        alone = functools.partial(self._to_each_replica, m, msg, fields, payload) \
+                            if m.fan and len(payload) <= FAN_WRITE_MAX else None
+                        await self._batches.write(conn, header, payload, alone)
                     else:
                         await conn.call(msg, header, payload)
                 TIMINGS.since(f"cs.{msg.name}", started)

@@ -88,6 +88,7 @@ from chunkfs.common.timings import TIMINGS
 from chunkfs.protocol.mds_link import DEFAULT_RETRY_FOR
 from chunkfs.protocol.messages import (
     FEATURE_CUTS,
+    FEATURE_FAN,
     FEATURE_FIRST_WRITE,
     FEATURE_NAMED,
     INT64_MAX,
@@ -452,7 +453,7 @@ class ChunkFSOperations(pyfuse3.Operations):
 
     async def _watch(self, conn: Connection) -> None:
         # Known before this connection carries any request (a master of an earlier version has no features).
-        self.client.io.first_writes = False
+        self.client.io.first_writes = self.client.io.fans = False
         header = {} if self._watch_plain else {"features": [FEATURE_CUTS]}
         try:
             reply, _ = await conn.call(Msg.WATCH, header, timeout=WATCH_TIMEOUT)
@@ -462,6 +463,7 @@ class ChunkFSOperations(pyfuse3.Operations):
                 self._watch_plain = True
             raise
         self.client.io.first_writes = FEATURE_FIRST_WRITE in reply.get("features", [])
+        self.client.io.fans = FEATURE_FAN in reply.get("features", [])
         self._names_checked = FEATURE_NAMED in reply.get("features", [])
         self.cache.watching(conn)
         task = asyncio.get_running_loop().create_task(self._watch_ends(conn))

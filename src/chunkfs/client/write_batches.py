@@ -18,11 +18,19 @@ Order: only writes in flight together (none answered before the other was
 issued) are ever put in one request or reordered against a write that is
 not held (a large or synced one, which goes at once); every replica still
 applies the chunk's writes in the order its head received them.
+
+A small write with nothing else on its way to its head, to a chunk this
+mount alone writes (the master's `fan`, mds/fan_grants.py), goes to every
+replica at once instead (`alone`): one hop instead of two.  Nothing else
+goes to that head until every replica has answered it, so no replica can
+take a later write of this mount before it (the head would forward a later
+one while the write sent straight to another replica is still on its way).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,12 +66,34 @@ class WriteBatches:
     def __init__(self) -> None:
         #: A head's connection with a write on its way -> the small writes waiting for it, in order.
         self._held: dict[Connection, list[_Held]] = {}
+        #: A head's connection -> its writes that went at once (large or synced ones) still on their way.
+        self._at_once: dict[Connection, int] = {}
+        #: A head's connection -> the write on its way to every replica of its chunk, done when all answered.
+        self._fanned: dict[Connection, asyncio.Future[None]] = {}
         self._sending: set[asyncio.Task[None]] = set()
 
-    async def write(self, conn: Connection, header: dict[str, Any], data: memoryview | bytes) -> None:
-        """Write `data` (an unsynced CS_WRITE with `header`) through `conn`, the chunk's head."""
-        if len(data) > BATCHED_WRITE_MAX:
-            await conn.call(Msg.CS_WRITE, header, data)
+    async def write(
+        self, conn: Connection, header: dict[str, Any], data: memoryview | bytes,
+        alone: Callable[[], Awaitable[Any]] | None = None,
+    ) -> None:
+        """Write `data` (a CS_WRITE with `header`) through `conn`, the chunk's head.
+
+        `alone`: how to send it to every replica at once instead, when nothing else is on its way
+        to this head (a chunk this mount alone writes).
+        """
+        if len(data) > BATCHED_WRITE_MAX or header["sync"]:
+            await self._after_fanned(conn)
+            if alone is not None and conn not in self._held and not self._at_once.get(conn):
+                await self._fan(conn, alone)
+                return
+            self._at_once[conn] = self._at_once.get(conn, 0) + 1
+            try:
+                await conn.call(Msg.CS_WRITE, header, data)
+            finally:
+                if self._at_once[conn] == 1:
+                    del self._at_once[conn]
+                else:
+                    self._at_once[conn] -= 1
             return
         held = self._held.get(conn)
         if held is not None:
@@ -73,11 +103,28 @@ class WriteBatches:
             return
         self._held[conn] = []
         try:
-            await conn.call(Msg.CS_WRITE, header, data)
+            await self._after_fanned(conn)
+            if alone is not None and not self._at_once.get(conn):
+                await self._fan(conn, alone)
+            else:
+                await conn.call(Msg.CS_WRITE, header, data)
         except BaseException as exc:
             self._next(conn, exc)  # (a cancelled writer is gone; the waiting ones are not)
             raise
         self._next(conn, None)
+
+    async def _after_fanned(self, conn: Connection) -> None:
+        """Wait until no write sent to every replica of a chunk headed by `conn` is on its way."""
+        while (fanned := self._fanned.get(conn)) is not None:
+            await asyncio.shield(fanned)  # (a cancelled waiter leaves it to the others)
+
+    async def _fan(self, conn: Connection, alone: Callable[[], Awaitable[Any]]) -> None:
+        done = self._fanned[conn] = asyncio.get_running_loop().create_future()
+        try:
+            await alone()
+        finally:
+            del self._fanned[conn]
+            done.set_result(None)
 
     def _next(self, conn: Connection, failed: BaseException | None) -> None:
         """The write on its way through `conn` was answered: send what waited for it, or fail it the same way.

@@ -16,7 +16,7 @@ import logging
 import random
 import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ from chunkfs.common.timings import TIMINGS
 from chunkfs.mds import absent_servers
 from chunkfs.mds.chunks import ReplicaSets
 from chunkfs.mds.cluster_view import ClusterView
+from chunkfs.mds.fan_grants import FanGrants
 from chunkfs.mds.held_replicas import HeldReplicas
 from chunkfs.mds.leases import LeaseTable
 from chunkfs.mds.metrics import MdsMetrics
@@ -53,6 +54,7 @@ from chunkfs.mds.watchers import Watchers
 from chunkfs.protocol.mds_link import MdsLink
 from chunkfs.protocol.messages import (
     FEATURE_CUTS,
+    FEATURE_FAN,
     FEATURE_FIRST_WRITE,
     FEATURE_NAMED,
     FEATURE_VERSIONED_CUT,
@@ -205,6 +207,8 @@ class MetadataServer:
         self.healing.index.held = self.chunks.making
         #: Exclusive file leases (soft state, reclaimed by holders after a master change).
         self.leases = LeaseTable()
+        #: Chunks whose one writer sends its small writes to every replica at once (soft state, fan_grants.py).
+        self.fans = FanGrants()
         #: Files mounts hold open (soft state) and the freeing of unlinked ones (open_files.py).
         self.open_files = OpenFileTable(clock=self.awake)
         self.reaper = OrphanReaper(self)
@@ -328,6 +332,7 @@ class MetadataServer:
         self._spawn(self._check_store())
         self.healing.start()
         self.leases.start_grace()
+        self.fans.clear()
         self.open_files.ttl = self.healing.settings(fresh=True)["session-timeout"]
         self.open_files.start_grace()
         self.reaper.start()
@@ -687,7 +692,7 @@ class MetadataServer:
         if conn.peer_role != "client":
             raise ProtocolError("WATCH is for clients only")
         self.watchers.add(conn, cuts=FEATURE_CUTS in (h.get("features") or []))
-        return {"features": [FEATURE_FIRST_WRITE, FEATURE_NAMED]}
+        return {"features": [FEATURE_FIRST_WRITE, FEATURE_NAMED, FEATURE_FAN]}
 
     async def _on_session(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
         session = h["session"]
@@ -872,7 +877,7 @@ class MetadataServer:
         async with self.chunks.lock(ino, index):
             chunk = self.store.chunk_at(ino, index)
             if chunk is None:
-                chunk, written = await self._allocate(ino, index, first)
+                chunk, written = await self._allocate(ino, index, first, writer=conn)
             else:
                 if failed and not _about(h, chunk):
                     # The writer's map was older than this chunk (the file was cut and the chunk made
@@ -885,10 +890,25 @@ class MetadataServer:
                 if failed and why.startswith("no_space"):
                     self._full(failed)
                 chunk = await self._drop_replicas(await self._ensure_created(chunk), failed, why, writer=True)
+                chunk = await self._one_writer(chunk, conn)
         reply = self._map(ino, chunk)
         if written:
             reply["written"] = True
+        if h.get("fan") and self.fans.holds(chunk, conn):
+            reply["fan"] = True
         return reply
+
+    async def _one_writer(self, chunk: Chunk, writer: object) -> Chunk:
+        """`writer` is about to get `chunk`'s map to write it: when another writer may be sending writes to
+        every replica at once at its version (fan_grants.py), the chunk moves to a new version first, which
+        ends that, and everyone writes down the chain from then on.  Under the chunk's lock."""
+        if not self.fans.must_move(chunk, writer):
+            return chunk
+        self.fans.forget(chunk.chunk_id)
+        change = await self.chunks.set_replicas(chunk, chunk.replicas)
+        logger.debug("chunk %#x: a second writer; version %#x -> %#x", chunk.chunk_id, chunk.version,
+                     change.chunk.version)
+        return await self._drop_replicas(change.chunk, set(change.failed))
 
     def _full(self, cs_ids: set[int]) -> None:
         """These servers said their disk is full: no new chunks go there before their next heartbeat."""
@@ -919,9 +939,15 @@ class MetadataServer:
             await self._event("info", f"CS#{cs} at {addrs[cs]} refuses connections: this new master places "
                               "new chunks without waiting for it to reconnect")
 
-    async def _allocate(self, ino: int, index: int, first: tuple[int, bytes] | None = None) -> tuple[Chunk, bool]:
-        """Allocate chunk `index` of `ino`, its replicas made with `first` (offset, bytes) in them when given;
-        whether every replica of the chunk as returned holds `first`."""
+    async def _allocate(
+        self, ino: int, index: int, first: tuple[int, bytes] | None, writer: object,
+    ) -> tuple[Chunk, bool]:
+        """Allocate chunk `index` of `ino` for `writer`, its replicas made with `first` (offset, bytes) in
+        them when given; whether every replica of the chunk as returned holds `first`.
+
+        `writer` is the chunk's one writer while no one else asks for its map (fan_grants.py), when
+        every server of its replicas cuts a replica at a new version (a cut must end fanning out too).
+        """
         self._check_servers_settled()
         attr = self.store.getattr(ino)
         if attr["type"] != "f":
@@ -930,8 +956,7 @@ class MetadataServer:
         chosen = await self._place_new_chunk(ino, attr, wait=0.0)
         TIMINGS.since("alloc.place", started)
         chunk_id = await self._new_chunk_id()
-        if first is not None and not all(FEATURE_FIRST_WRITE in getattr(self.live.get(cs), "features", ())
-                                         for cs in chosen):
+        if first is not None and not self._servers_have(FEATURE_FIRST_WRITE, chosen):
             first = None  # a server of an earlier version among them: the writer sends its write down the chain
         started = time.perf_counter()
         # The replicas are made while the allocation commits; versions from this term are above
@@ -940,7 +965,8 @@ class MetadataServer:
             ino, index, chosen, chunk_id, self.log.term << VERSION_TERM_SHIFT, first)
         TIMINGS.since("alloc.commit_and_create", started)
         if chunk.chunk_id != chunk_id:  # allocated before (a retried request): as any existing chunk
-            return await self._drop_replicas(await self._ensure_created(chunk), set()), False
+            chunk = await self._drop_replicas(await self._ensure_created(chunk), set())
+            return await self._one_writer(chunk, writer), False
         logger.info(
             "chunk %#x (inode %d, index %d) created at version %#x on CS %s",
             chunk.chunk_id, ino, index, chunk.version, ",".join(map(str, chunk.replicas)),
@@ -950,7 +976,14 @@ class MetadataServer:
                         for cs, exc in sorted(failures.items()))[:300]
         # With a server failed, the write goes down the new chain as any write (it is not on a replica
         # made in that server's place, if any).
-        return await self._drop_replicas(chunk, set(failures), why), first is not None and not failures
+        chunk = await self._drop_replicas(chunk, set(failures), why)
+        if self._servers_have(FEATURE_VERSIONED_CUT, chunk.replicas):
+            self.fans.give(chunk, writer)
+        return chunk, first is not None and not failures
+
+    def _servers_have(self, feature: str, cs_ids: Iterable[int]) -> bool:
+        """Whether every one of these chunk servers said it does `feature` (CS_REGISTER's `features`)."""
+        return all(feature in getattr(self.live.get(cs), "features", ()) for cs in cs_ids)
 
     async def _place_new_chunk(self, ino: int, attr: dict[str, Any], wait: float = PLACEMENT_WAIT) -> list[int]:
         """Choose servers for a new chunk: active ones of the file's tier, distinct failure domains first.
@@ -1118,7 +1151,7 @@ class MetadataServer:
             if chunk is None:
                 return
             chunk = await self._drop_replicas(chunk, set())
-            if all(FEATURE_VERSIONED_CUT in getattr(self.live.get(cs), "features", ()) for cs in chunk.replicas):
+            if self._servers_have(FEATURE_VERSIONED_CUT, chunk.replicas):
                 change = await self.chunks.set_replicas(chunk, chunk.replicas, cut=size % chunk_size)
                 await self._drop_replicas(change.chunk, set(change.failed))
                 return

@@ -134,6 +134,10 @@ FEATURE_FIRST_WRITE = "first_write"
 #: A chunk server that cuts a replica and moves it to a new version in one step (CS_TRUNCATE_CHUNK's
 #: `new_version`): named in its CS_REGISTER, so that a master sends the field only to servers that take it.
 FEATURE_VERSIONED_CUT = "versioned_cut"
+#: A chunk's small writes sent by its one writer to every replica at once (mds/fan_grants.py): named by a
+#: master in its answer to WATCH; a mount's CHUNK_WRITE then says it takes `fan` in the answer (an
+#: earlier mount refuses the field, an earlier master the request's).
+FEATURE_FAN = "fan"
 #: A mount's OPEN or SETATTR of a file its kernel reached by a name it keeps carries that name
 #: (`at`: [parent inode, name]), and the master refuses the request (NotFound) when the name no
 #: longer leads to the file: another client renamed it away, and its notice to this mount is still on
@@ -301,10 +305,12 @@ SPECS: dict[Msg, MessageSpec] = {
         # `chunk_id` and `version`: the map they failed on (the master ignores failures of an older map).
         # `offset`, with a payload of at most FIRST_WRITE_MAX bytes: a write there; if this request
         # allocates the chunk, its replicas are made with it and `written` says so (else the writer
-        # sends it as any write).
+        # sends it as any write).  `fan` (FEATURE_FAN): the writer may send its small writes to every replica
+        # at once; the answer's `fan` says it may now, at this version (mds/fan_grants.py).
         (f("ino", int), f("index", int), f("failed", list, optional=True), f("why", str, optional=True),
-         f("chunk_id", int, optional=True), f("version", int, optional=True), f("offset", int, optional=True)),
-        (*_CHUNK_MAP, f("written", bool, optional=True)),
+         f("chunk_id", int, optional=True), f("version", int, optional=True), f("offset", int, optional=True),
+         f("fan", bool, optional=True)),
+        (*_CHUNK_MAP, f("written", bool, optional=True), f("fan", bool, optional=True)),
         request_payload=True,
     ),
     # The writer's new size and the time (integer nanoseconds) of its last write; `cut`: the file's

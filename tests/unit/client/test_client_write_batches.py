@@ -1,4 +1,5 @@
-"""Small writes to a head with one on its way wait for it and go to the head as one request, in order."""
+"""Small writes to a head with one on its way wait for it and go to the head as one request, in order;
+a small write to a chunk this mount alone writes goes to every replica at once, and nothing passes it."""
 
 from __future__ import annotations
 
@@ -356,5 +357,105 @@ def test_closing_fails_nothing_later_and_leaves_nothing_held() -> None:
         assert all(isinstance(r, asyncio.CancelledError) for r in results)
         await settle()
         assert batches._held == {} and not batches._sending and errors == []
+
+    asyncio.run(scenario())
+
+
+# -- a small write to a chunk this mount alone writes goes to every replica at once ----------------
+#
+# The head orders a chunk's writes for every replica; a write sent straight to the replicas is not
+# ordered by it, so no other write goes to that head while one is on its way.
+
+class Fanned:
+    """What `alone` does: the write to every replica at once, answered when the test says."""
+
+    def __init__(self) -> None:
+        self.calls: list[asyncio.Future[None]] = []
+
+    async def __call__(self) -> None:
+        answer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.calls.append(answer)
+        await answer
+
+
+def synced(offset: int) -> dict[str, Any]:
+    return {**header(offset), "sync": True}
+
+
+def test_a_small_write_alone_goes_to_every_replica_not_through_the_head() -> None:
+    async def scenario() -> None:
+        head, batches, fan = Head(), WriteBatches(), Fanned()
+        w = asyncio.ensure_future(batches.write(head, header(0), b"a" * 10, fan))  # type: ignore[arg-type]
+        await settle()
+        assert len(fan.calls) == 1 and head.sent == []
+        fan.calls[0].set_result(None)
+        await w
+        assert batches._held == {} and batches._fanned == {}
+
+    asyncio.run(scenario())
+
+
+def test_writes_behind_a_fanned_one_wait_for_it_then_go_through_the_head() -> None:
+    async def scenario() -> None:
+        head, batches, fan = Head(), WriteBatches(), Fanned()
+        first = asyncio.ensure_future(batches.write(head, header(0), b"a", fan))  # type: ignore[arg-type]
+        await settle()
+        small = asyncio.ensure_future(batches.write(head, header(10), b"b", fan))  # type: ignore[arg-type]
+        big = asyncio.ensure_future(batches.write(head, header(20), b"c" * (BATCHED_WRITE_MAX + 1), fan))  # type: ignore[arg-type]
+        synced_write = asyncio.ensure_future(batches.write(head, synced(30), b"d", fan))  # type: ignore[arg-type]
+        await settle()
+        assert head.sent == [] and len(fan.calls) == 1  # nothing passes the write on its way to every replica
+        fan.calls[0].set_result(None)
+        await first
+        await settle()
+        # Then the others, all through the head (one of them on its way: none goes around it).
+        assert len(fan.calls) == 1
+        assert sorted(h["offset"] for h, _ in head.sent) == [10, 20, 30]
+        for i in range(len(head.sent)):
+            head.answer(i)
+        await asyncio.gather(small, big, synced_write)
+        assert batches._held == {} and batches._at_once == {} and batches._fanned == {}
+
+    asyncio.run(scenario())
+
+
+def test_no_write_fans_out_while_one_through_the_head_is_on_its_way() -> None:
+    async def scenario() -> None:
+        head, batches, fan = Head(), WriteBatches(), Fanned()
+        # A large write (above what goes to every replica at once) goes down the chain.
+        big = asyncio.ensure_future(batches.write(head, header(0), b"c" * (BATCHED_WRITE_MAX + 1)))  # type: ignore[arg-type]
+        await settle()
+        small = asyncio.ensure_future(batches.write(head, header(10), b"b", fan))  # type: ignore[arg-type]
+        synced_write = asyncio.ensure_future(batches.write(head, synced(30), b"d", fan))  # type: ignore[arg-type]
+        await settle()
+        assert fan.calls == [] and [h["offset"] for h, _ in head.sent] == [0, 10, 30]
+        for i in range(3):
+            head.answer(i)
+        await asyncio.gather(big, small, synced_write)
+        # Nothing on its way any more: the next small one goes to every replica again.
+        last = asyncio.ensure_future(batches.write(head, header(40), b"e", fan))  # type: ignore[arg-type]
+        await settle()
+        assert len(fan.calls) == 1
+        fan.calls[0].set_result(None)
+        await last
+
+    asyncio.run(scenario())
+
+
+def test_a_fanned_write_that_fails_fails_the_ones_waiting_behind_it_as_a_head_would() -> None:
+    async def scenario() -> None:
+        head, batches, fan = Head(), WriteBatches(), Fanned()
+        first = asyncio.ensure_future(batches.write(head, header(0), b"a", fan))  # type: ignore[arg-type]
+        await settle()
+        behind = asyncio.ensure_future(batches.write(head, header(10), b"b", fan))  # type: ignore[arg-type]
+        await settle()
+        fan.calls[0].set_exception(StaleVersion("moved on", chunk_id=5))
+        for w in (first, behind):
+            try:
+                await w
+                raise AssertionError("a write to a chunk that moved on succeeded")
+            except StaleVersion:
+                pass
+        assert batches._held == {} and batches._fanned == {} and head.sent == []
 
     asyncio.run(scenario())

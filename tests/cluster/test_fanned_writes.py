@@ -1,0 +1,109 @@
+"""A chunk's one writer sends its small writes to every replica at once; a second writer ends that.
+
+The head of a chunk's chain orders its writes for every replica.  A write
+sent by the mount to the three replicas itself skips a hop (mds/fan_grants.py),
+and is safe only while one writer alone writes the chunk: the master lets the
+writer whose write allocated the chunk do it, at the chunk's first version,
+and moves the chunk to a new version before anyone else gets its map.  The
+replicas then refuse the fanned-out writes, whose writer sends them again
+down the chain like everyone else.  Whatever way each write took, every
+replica of a chunk ends up the same.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from chunkfs.client.client import File, SyncClient
+from chunkfs.protocol.messages import FEATURE_FAN, Msg
+
+from ._ops_helpers import replica_bytes, scrape, stat
+
+pytestmark = pytest.mark.timeout(300)
+
+KiB, MiB = 1 << 10, 1 << 20
+CHUNK = 1 * MiB
+CHUNKS = 2
+#: Blocks both clients write at once, one round each.
+ROUNDS = 300
+BLOCK = 4 * KiB
+#: What a head waits for when it sends a write on to the other replicas (cs/server.py).
+FORWARDED = 'chunkfs_cs_step_seconds_count{step="cs.replicas_answered"}'
+
+
+def _forwarded() -> float:
+    """Writes (or batches of them) a head sent on to the other replicas, over every chunk server."""
+    return sum(scrape(m["url"]).get(FORWARDED, 0.0) for m in stat()["metrics"] if m["role"] == "cs")
+
+
+def _fans_on(c: SyncClient) -> None:
+    """What a mount does on each connection to the master: WATCH, and take the feature its answer names."""
+    reply = c.run(c.client.mds.call(Msg.WATCH, {}))
+    assert FEATURE_FAN in reply["features"]
+    c.client.io.fans = True
+
+
+def _same_everywhere(c: SyncClient, ino: int, expected: bytes | None = None) -> None:
+    for index in range(CHUNKS):
+        held = replica_bytes(c, ino, index, CHUNK)
+        assert len(held) == 3, f"chunk {index} has {len(held)} replicas"
+        first = held[min(held)]
+        differ = {cs_id: sum(a != b for a, b in zip(data, first, strict=True)) for cs_id, data in held.items()}
+        assert len({bytes(b) for b in held.values()}) == 1, \
+            f"the replicas of chunk {index} differ (bytes unlike CS#{min(held)}'s, by server: {differ})"
+        if expected is not None:
+            assert first == expected[index * CHUNK:(index + 1) * CHUNK], f"chunk {index} holds what was not written"
+
+
+def test_the_one_writer_of_a_chunk_sends_its_small_writes_to_every_replica_at_once(make_cluster) -> None:
+    cluster = make_cluster(n_cs=3, chunk_size=CHUNK)
+    with cluster.client() as c:
+        c.set_replicas("/", 3, 2)
+        _fans_on(c)
+        f = c.open("/image", create=True)
+        model = bytearray(CHUNK * CHUNKS)
+        c.run(f.write(0, bytes(model)))  # allocates both chunks: this client is their writer
+        before = _forwarded()
+        rng = random.Random(5)
+        for _ in range(60):  # one at a time, as a VM's disk at queue depth 1
+            offset, data = rng.randrange(0, len(model) - 8 * KiB), rng.randbytes(rng.choice([512, 4 * KiB, 8 * KiB]))
+            c.run(f.write(offset, data))
+            model[offset:offset + len(data)] = data
+        assert _forwarded() == before, "a small write of the chunks' one writer went through a head"
+        c.run(f.fsync())
+        _same_everywhere(c, c.stat("/image")["ino"], bytes(model))
+
+
+def test_a_second_writer_ends_fanning_out_and_the_replicas_stay_the_same(make_cluster) -> None:
+    cluster = make_cluster(n_cs=3, chunk_size=CHUNK)
+    size = CHUNK * CHUNKS
+    with cluster.client() as first, cluster.client() as second:
+        first.set_replicas("/", 3, 2)
+        _fans_on(first)
+        _fans_on(second)
+        f = first.open("/image", create=True)
+        first.run(f.write(0, bytes(size)))
+        g = second.open("/image")
+        together = threading.Barrier(2, timeout=60)
+        blocks = random.Random(3).sample(range(size // BLOCK), ROUNDS)
+
+        def write(c: SyncClient, h: File, fill: int) -> None:
+            """Each round both clients write the same block at once: which lands last is a race, run on
+            every replica; they must all run it the same way."""
+            for block in blocks:
+                together.wait()
+                c.run(h.write(block * BLOCK, bytes([fill]) * BLOCK))
+
+        with ThreadPoolExecutor(2) as pool:
+            for done in [pool.submit(write, first, f, 0xAA), pool.submit(write, second, g, 0x55)]:
+                done.result(timeout=200)
+        first.run(f.fsync())
+        second.run(g.fsync())
+        ino = first.stat("/image")["ino"]
+        _same_everywhere(first, ino)
+        whole = first.read(ino, 0, size)
+        assert second.read(ino, 0, size) == whole
