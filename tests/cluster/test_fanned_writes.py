@@ -20,6 +20,7 @@ import pytest
 
 from chunkfs.client.client import File, SyncClient
 from chunkfs.protocol.messages import FEATURE_FAN, Msg
+from chunkfs.testing.cluster import master_id
 
 from ._ops_helpers import replica_bytes, scrape, stat
 
@@ -78,32 +79,53 @@ def test_the_one_writer_of_a_chunk_sends_its_small_writes_to_every_replica_at_on
         _same_everywhere(c, c.stat("/image")["ino"], bytes(model))
 
 
+def _race(first: SyncClient, f: File, second: SyncClient, g: File) -> None:
+    """Both clients write the same blocks at once, a round each: which lands last is a race, run on every
+    replica; they must all run it the same way."""
+    together = threading.Barrier(2, timeout=60)
+    blocks = random.Random(3).sample(range(CHUNK * CHUNKS // BLOCK), ROUNDS)
+
+    def write(c: SyncClient, h: File, fill: int) -> None:
+        for block in blocks:
+            together.wait()
+            c.run(h.write(block * BLOCK, bytes([fill]) * BLOCK))
+
+    with ThreadPoolExecutor(2) as pool:
+        for done in [pool.submit(write, first, f, 0xAA), pool.submit(write, second, g, 0x55)]:
+            done.result(timeout=200)
+    first.run(f.fsync())
+    second.run(g.fsync())
+    ino = first.stat("/image")["ino"]
+    _same_everywhere(first, ino)
+    assert second.read(ino, 0, CHUNK * CHUNKS) == first.read(ino, 0, CHUNK * CHUNKS)
+
+
 def test_a_second_writer_ends_fanning_out_and_the_replicas_stay_the_same(make_cluster) -> None:
     cluster = make_cluster(n_cs=3, chunk_size=CHUNK)
-    size = CHUNK * CHUNKS
     with cluster.client() as first, cluster.client() as second:
         first.set_replicas("/", 3, 2)
         _fans_on(first)
         _fans_on(second)
         f = first.open("/image", create=True)
-        first.run(f.write(0, bytes(size)))
-        g = second.open("/image")
-        together = threading.Barrier(2, timeout=60)
-        blocks = random.Random(3).sample(range(size // BLOCK), ROUNDS)
+        first.run(f.write(0, bytes(CHUNK * CHUNKS)))
+        _race(first, f, second, second.open("/image"))
 
-        def write(c: SyncClient, h: File, fill: int) -> None:
-            """Each round both clients write the same block at once: which lands last is a race, run on
-            every replica; they must all run it the same way."""
-            for block in blocks:
-                together.wait()
-                c.run(h.write(block * BLOCK, bytes([fill]) * BLOCK))
 
-        with ThreadPoolExecutor(2) as pool:
-            for done in [pool.submit(write, first, f, 0xAA), pool.submit(write, second, g, 0x55)]:
-                done.result(timeout=200)
-        first.run(f.fsync())
-        second.run(g.fsync())
-        ino = first.stat("/image")["ino"]
-        _same_everywhere(first, ino)
-        whole = first.read(ino, 0, size)
-        assert second.read(ino, 0, size) == whole
+def test_a_new_master_ends_what_the_old_one_let_a_writer_fan_out(make_cluster) -> None:
+    """The new master cannot know whom the old one let send writes to every replica: before it gives
+    anyone a chunk's map, a chunk still at its first version moves to a new one."""
+    cluster = make_cluster(n_cs=3, n_mds=3, chunk_size=CHUNK)
+    with cluster.client() as first:
+        first.set_replicas("/", 3, 2)
+        _fans_on(first)
+        f = first.open("/image", create=True)
+        first.run(f.write(0, bytes(CHUNK * CHUNKS)))
+        old = master_id(first)
+        cluster.kill("mds", old)
+        first.client.mds.retry_for = 30.0
+        first.mkdir("/probe")  # retried until a new master commits it
+        assert master_id(first) != old
+        with cluster.client() as second:
+            _fans_on(second)
+            _race(first, f, second, second.open("/image"))
+
