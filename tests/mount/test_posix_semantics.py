@@ -360,6 +360,36 @@ def test_directory_link_counts(make_cluster, mount) -> None:
                                                                   mnt / "a" / "b" / "x"))
 
 
+def test_a_removed_directory_held_open_has_no_links(make_cluster, mount) -> None:
+    """`fstat` of a directory removed (rmdir, or renamed over) while held open shows st_nlink 0, as on a
+    local disk: removed here after the mount learned its attributes from a change inside it, and removed
+    by another mount (a probe saw 2: the mount's shortcut for directories it changed, and no notice of
+    the removed directory itself to the other mount)."""
+    cluster = make_cluster(n_cs=3)
+    one, two = mount(cluster, "one"), mount(cluster, "two")
+
+    def held_then(remove, where: Path, name: str) -> int:
+        (where / name).mkdir()
+        (where / "spare").mkdir(exist_ok=True)
+        fd = os.open(where / name, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            (where / name / "x").write_bytes(b"")  # a change inside it: the mount learns its attributes
+            os.unlink(where / name / "x")
+            remove(name)
+            return os.fstat(fd).st_nlink
+        finally:
+            os.close(fd)
+
+    assert held_then(lambda name: os.rmdir(one / name), one, "a") == 0
+    assert held_then(lambda name: os.rename(one / "spare", one / name), one, "b") == 0
+
+    def removed_by_the_other(name: str) -> None:
+        os.rmdir(two / name)
+        wait_for("the other mount's rmdir seen", lambda: not (one / name).exists(), timeout=10)
+
+    assert held_then(removed_by_the_other, one, "c") == 0
+
+
 def test_time_stamps_follow_posix(make_cluster, mount) -> None:
     cluster = make_cluster(n_cs=3)
     mnt = mount(cluster)

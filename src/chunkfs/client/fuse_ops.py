@@ -811,7 +811,9 @@ class ChunkFSOperations(pyfuse3.Operations):
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         check_name_length(name)
         await self.client.rmdir_at(parent_inode, name)
-        self.cache.removed(parent_inode, name)
+        removed = self.cache.removed(parent_inode, name)
+        if removed is not None:
+            self._fresh_dirs.pop(removed, None)  # its nlink is 0 now: a process holding it open sees that
 
     @fuse_errors
     async def rename(
@@ -827,7 +829,9 @@ class ChunkFSOperations(pyfuse3.Operations):
         async with self._changing_names():
             await self.client.rename_at(parent_inode_old, name_old, parent_inode_new, name_new,
                                         noreplace=bool(flags & RENAME_NOREPLACE))
-        self.cache.renamed(parent_inode_old, name_old, parent_inode_new, name_new)
+        replaced = self.cache.renamed(parent_inode_old, name_old, parent_inode_new, name_new)
+        if replaced is not None:
+            self._fresh_dirs.pop(replaced, None)  # a directory renamed over: its nlink is 0 now
 
     async def link(
         self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext

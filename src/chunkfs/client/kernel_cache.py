@@ -128,8 +128,8 @@ class KernelCache:
         (ChunkFS has no hard links), until another client's change has it look the name up again."""
         return self._names.get(ino)
 
-    def removed(self, parent: int, name: bytes) -> None:
-        """This mount removed the name (the kernel dropped it itself)."""
+    def removed(self, parent: int, name: bytes) -> int | None:
+        """This mount removed the name (the kernel dropped it itself); the inode it led to, if known here."""
         ino = self._inodes.pop((parent, name), None)
         if ino is not None:
             self._unknown(ino)  # a directory removed: nothing to know of it
@@ -137,13 +137,16 @@ class KernelCache:
         if names is not None and name in names:
             names.discard(name)
             self._whole_names -= 1
+        return ino
 
     def own_change(self) -> None:
         """This mount is removing or renaming a name (called before and after): answers begun
         meanwhile may predate it (an open file's nlink and ctime, for one), so rule 3 holds them."""
         self.seq += 1
 
-    def renamed(self, parent: int, name: bytes, new_parent: int, new_name: bytes) -> None:
+    def renamed(self, parent: int, name: bytes, new_parent: int, new_name: bytes) -> int | None:
+        """This mount moved a name; the inode it replaced, if known here."""
+        replaced = self._inodes.get((new_parent, new_name))
         ino = self._inodes.pop((parent, name), None)
         names = self._whole.get(parent)
         if names is not None and name in names:
@@ -153,6 +156,7 @@ class KernelCache:
             self.remember(ino, new_parent, new_name)
         else:
             self._unknown(new_parent)  # the name is there now, under an inode not known here
+        return replaced if replaced != ino else None
 
     # -- directories known whole --------------------------------------------------------
 

@@ -778,8 +778,9 @@ class MetadataServer:
         return self._parents(h["parent"])
 
     async def _on_rmdir(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
+        ino = self.store.child_ino(h["parent"], h["name"]) or 0  # (its nlink goes to 0: a mount holding it open)
         await self._propose("rmdir", parent=h["parent"], name=h["name"], time=time.time(), **self._once(h))
-        self.watchers.changed(conn, [(h["parent"], h["name"])], [h["parent"]])
+        self.watchers.changed(conn, [(h["parent"], h["name"])], [i for i in (h["parent"], ino) if i])
         return self._parents(h["parent"])
 
     async def _on_set_replicas(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
