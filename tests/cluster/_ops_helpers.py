@@ -53,3 +53,14 @@ def replica_bytes(c: SyncClient, ino: int, index: int, length: int, but: int | N
             held[cs_id] = c.run(conn.call(Msg.CS_READ, {
                 "chunk_id": m["chunk_id"], "version": m["version"], "offset": 0, "length": length}))[1]
     return held
+
+
+def same_replicas(c: SyncClient, ino: int, index: int, length: int, replicas: int = 3) -> bytes:
+    """The first `length` bytes of the file's chunk `index`, checked to be the same on each of its `replicas`."""
+    held = replica_bytes(c, ino, index, length)
+    assert len(held) == replicas, f"chunk {index} has {len(held)} replicas"
+    first = held[min(held)]
+    differ = {cs_id: sum(a != b for a, b in zip(data, first, strict=True)) for cs_id, data in held.items()}
+    assert len({bytes(b) for b in held.values()}) == 1, \
+        f"the replicas of chunk {index} differ (bytes unlike CS#{min(held)}'s, by server: {differ})"
+    return bytes(first)

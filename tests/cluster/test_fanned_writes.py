@@ -22,7 +22,7 @@ from chunkfs.client.client import File, SyncClient
 from chunkfs.protocol.messages import FEATURE_FAN, Msg
 from chunkfs.testing.cluster import master_id
 
-from ._ops_helpers import replica_bytes, scrape, stat
+from ._ops_helpers import same_replicas, scrape, stat
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -50,12 +50,7 @@ def _fans_on(c: SyncClient) -> None:
 
 def _same_everywhere(c: SyncClient, ino: int, expected: bytes | None = None) -> None:
     for index in range(CHUNKS):
-        held = replica_bytes(c, ino, index, CHUNK)
-        assert len(held) == 3, f"chunk {index} has {len(held)} replicas"
-        first = held[min(held)]
-        differ = {cs_id: sum(a != b for a, b in zip(data, first, strict=True)) for cs_id, data in held.items()}
-        assert len({bytes(b) for b in held.values()}) == 1, \
-            f"the replicas of chunk {index} differ (bytes unlike CS#{min(held)}'s, by server: {differ})"
+        first = same_replicas(c, ino, index, CHUNK)
         if expected is not None:
             assert first == expected[index * CHUNK:(index + 1) * CHUNK], f"chunk {index} holds what was not written"
 

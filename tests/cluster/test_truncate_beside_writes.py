@@ -21,7 +21,7 @@ import pytest
 
 from chunkfs.client.client import File
 
-from ._ops_helpers import replica_bytes
+from ._ops_helpers import same_replicas
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -75,11 +75,6 @@ def test_replicas_stay_the_same_when_one_client_cuts_a_file_another_writes(make_
             assert writes.result(timeout=120) > 0 and cuts.result(timeout=120) > 0
         writer.run(f.fsync())
         for index in range(CHUNKS):
-            held = replica_bytes(writer, ino, index, CHUNK)
-            assert len(held) == 3, f"chunk {index} has {len(held)} replicas"
-            first = held[min(held)]
-            differ = {cs_id: sum(a != b for a, b in zip(data, first, strict=True)) for cs_id, data in held.items()}
-            assert len({bytes(b) for b in held.values()}) == 1, \
-                f"the replicas of chunk {index} differ (bytes unlike CS#{min(held)}'s, by server: {differ})"
-            assert writer.read(ino, index * CHUNK, CHUNK) == next(iter(held.values()))
-            assert cutter.read(ino, index * CHUNK, CHUNK) == next(iter(held.values()))
+            held = same_replicas(writer, ino, index, CHUNK)
+            assert writer.read(ino, index * CHUNK, CHUNK) == held
+            assert cutter.read(ino, index * CHUNK, CHUNK) == held
