@@ -435,9 +435,10 @@ class ChunkIO:
         raise last
 
     async def _to_each_replica(self, m: ChunkMap, msg: Msg, fields: dict[str, Any], payload: Payload = b"") -> None:
-        """Send `msg` to every replica at once (DESIGN's budget for fsync: one round of replica syncs in
-        parallel), not down the chain: a sync carries no data and no order to keep, and the head's
-        forward to the others was a second hop on every fsync's path.  A failure names its replica."""
+        """Send `msg` to every replica at once, not down the chain: an fsync (DESIGN's budget: one round
+        of replica syncs in parallel; it carries no data and no order to keep), or a small write to a
+        chunk this mount alone writes (`fan`: the order is this mount's, write_batches.py).  The head's
+        forward to the others was a second hop on the path of each.  A failure names its replica."""
         header = {"chunk_id": m.chunk_id, "version": m.version, "chain": [], **fields}
         await answered(await request_each(
             msg, [(cs_id, addr, header, payload) for cs_id, addr in m.replicas], self.server, CALL_TIMEOUT))
