@@ -22,7 +22,7 @@ from chunkfs.client.client import File, SyncClient
 from chunkfs.protocol.messages import FEATURE_FAN, Msg
 from chunkfs.testing.cluster import master_id
 
-from ._ops_helpers import same_replicas, scrape, stat
+from ._ops_helpers import replica_bytes, same_replicas, scrape, stat, wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -124,3 +124,32 @@ def test_a_new_master_ends_what_the_old_one_let_a_writer_fan_out(make_cluster) -
             _fans_on(second)
             _race(first, f, second, second.open("/image"))
 
+
+
+def test_replicas_a_writer_left_different_when_it_went_are_made_the_same(make_cluster) -> None:
+    """A writer that dies between its sends to the replicas leaves a write on some of them only (a probe:
+    a mount killed while it connected to a slow replica).  Its connection to the master closes without its
+    session ending, and the master compares the replicas of every chunk it let that writer fan out to, and
+    mends those that differ (fanned_mender.py)."""
+    cluster = make_cluster(n_cs=3, chunk_size=CHUNK)
+    with cluster.client() as c:
+        c.set_replicas("/", 3, 2)
+        _fans_on(c)
+        f = c.open("/image", create=True)
+        c.run(f.write(0, bytes(CHUNK)))  # this client allocated the chunk: its one writer
+        ino = c.stat("/image")["ino"]
+        m = c.client.io._write_maps[(ino, 0)]
+        assert m.fan
+        # What a writer that died between two sends left: a write on one replica only.
+        conn = c.run(c.client.io.server(m.replicas[1][1]))
+        c.run(conn.call(Msg.CS_WRITE, {"chunk_id": m.chunk_id, "version": m.version, "offset": 2 * BLOCK,
+                                       "chain": [], "sync": False}, b"\xee" * BLOCK))
+        assert len({bytes(b) for b in replica_bytes(c, ino, 0, CHUNK).values()}) == 2
+    with cluster.client() as r:
+        wait_for("the replicas made the same",
+                 lambda: len({bytes(b) for b in replica_bytes(r, ino, 0, CHUNK).values()}) == 1)
+        data = same_replicas(r, ino, 0, CHUNK)
+        assert data[2 * BLOCK:3 * BLOCK] in (bytes(BLOCK), b"\xee" * BLOCK)  # either: it was never acknowledged
+        assert data[:2 * BLOCK] == bytes(2 * BLOCK) and data[3 * BLOCK:] == bytes(CHUNK - 3 * BLOCK)
+        assert r.run(r.client.mds.call(Msg.CHUNK_READ, {"ino": ino, "index": 0}))["version"] != m.version
+        assert r.read(ino, 0, CHUNK) == data

@@ -28,7 +28,10 @@ every write:
 
 What is kept here is soft state: the writer each first version was given to.
 Lost (a new master, the table's bound), it only costs a version change the
-next time someone asks.
+next time someone asks.  Kept too, per writer, every chunk it was let fan
+out to, until it ends its session: a writer that leaves without a word may
+have died between its sends to the replicas, and those chunks' replicas are
+then compared and mended (fanned_mender.py).
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ from chunkfs.mds.store import VERSION_TERM_SHIFT, Chunk
 
 #: Grants kept at most; the oldest go first (a chunk whose grant is gone gets a new version when asked for).
 MAX_GRANTS = 100_000
+#: Chunks one writer may be let fan out to at most (each to be mended if it leaves without a word);
+#: past that its new chunks' writes go down the chain.
+MAX_PER_WRITER = 100_000
 _LOW_BITS = (1 << VERSION_TERM_SHIFT) - 1
 
 
@@ -50,14 +56,21 @@ def first_version(chunk: Chunk) -> bool:
 class FanGrants:
     """Chunk id -> (the writer fanning it out, the version it may do so at)."""
 
-    def __init__(self, max_grants: int = MAX_GRANTS) -> None:
+    def __init__(self, max_grants: int = MAX_GRANTS, max_per_writer: int = MAX_PER_WRITER) -> None:
         self.max_grants = max_grants
+        self.max_per_writer = max_per_writer
         self._grants: OrderedDict[int, tuple[object, int]] = OrderedDict()
+        #: writer -> every chunk it was let fan out to (revoked ones too) since it started
+        self._fanned: dict[object, set[int]] = {}
 
     def give(self, chunk: Chunk, writer: object) -> bool:
         """`writer` allocated `chunk`: it may fan out its writes while the chunk stays at this version."""
         if not first_version(chunk):
             return False
+        fanned = self._fanned.setdefault(writer, set())
+        if len(fanned) >= self.max_per_writer:
+            return False
+        fanned.add(chunk.chunk_id)
         self._grants[chunk.chunk_id] = (writer, chunk.version)
         self._grants.move_to_end(chunk.chunk_id)
         while len(self._grants) > self.max_grants:
@@ -75,11 +88,22 @@ class FanGrants:
         return first_version(chunk) and not self.holds(chunk, writer)
 
     def forget(self, chunk_id: int) -> None:
+        """`chunk_id` moved on: no one fans out to it any more (its writer may still be sending a write again)."""
         self._grants.pop(chunk_id, None)
+
+    def writer_done(self, writer: object) -> None:
+        """`writer` ended its session: every write it sent was answered first, none is left half way."""
+        self._fanned.pop(writer, None)
+
+    def writer_gone(self, writer: object) -> set[int]:
+        """`writer`'s connection closed without its session ending: the chunks it was let fan out to,
+        whose replicas may hold a write it sent to some of them only."""
+        return self._fanned.pop(writer, set())
 
     def clear(self) -> None:
         """A new master: grants of an earlier term say nothing (their chunks' first versions move when asked)."""
         self._grants.clear()
+        self._fanned.clear()
 
     def __len__(self) -> int:
         return len(self._grants)

@@ -41,6 +41,7 @@ from chunkfs.mds import absent_servers
 from chunkfs.mds.chunks import ReplicaSets
 from chunkfs.mds.cluster_view import ClusterView
 from chunkfs.mds.fan_grants import FanGrants
+from chunkfs.mds.fanned_mender import FannedMender
 from chunkfs.mds.held_replicas import HeldReplicas
 from chunkfs.mds.leases import LeaseTable
 from chunkfs.mds.metrics import MdsMetrics
@@ -207,8 +208,10 @@ class MetadataServer:
         self.healing.index.held = self.chunks.making
         #: Exclusive file leases (soft state, reclaimed by holders after a master change).
         self.leases = LeaseTable()
-        #: Chunks whose one writer sends its small writes to every replica at once (soft state, fan_grants.py).
+        #: Chunks whose one writer sends its small writes to every replica at once (soft state, fan_grants.py),
+        #: and their replicas made the same again when such a writer leaves without a word (fanned_mender.py).
         self.fans = FanGrants()
+        self.mender = FannedMender(self)
         #: Files mounts hold open (soft state) and the freeing of unlinked ones (open_files.py).
         self.open_files = OpenFileTable(clock=self.awake)
         self.reaper = OrphanReaper(self)
@@ -418,6 +421,7 @@ class MetadataServer:
         # Let them unwind before the loop closes ("Task was destroyed but it is pending" otherwise).
         if tasks:
             await asyncio.wait(tasks, timeout=STOP_WAIT)
+        self.mender.close()
         await self.log.stop()
         self.store.close()
 
@@ -701,6 +705,7 @@ class MetadataServer:
         if len(seqs) != len(inos):
             raise InvalidArgument("SESSION: open and oseqs must be lists of the same length")
         if h.get("end"):
+            self.fans.writer_done(conn)  # (its writes were all answered before it ended the session)
             for ino in self.open_files.end(session):
                 self.reaper.consider(ino)
             logger.info("mount session %s ended", session)
@@ -1321,6 +1326,9 @@ class MetadataServer:
 
     def _on_close(self, conn: Connection) -> None:
         self.watchers.discard(conn)
+        fanned = self.fans.writer_gone(conn)
+        if fanned and not self._stopping and self.raft.is_leader():
+            self._spawn(self.mender.writer_gone(fanned))
         server = conn.tag
         if isinstance(server, LiveServer) and self.live.get(server.cs_id) is server:
             del self.live[server.cs_id]

@@ -29,13 +29,25 @@ async def request_each(
 ) -> list[Sent]:
     """Send each (cs_id, address, header, payload) now; what to hand to `answered`.
 
-    A replica that cannot be reached is an answer too (its error), so that the
-    others still go and every request sent is awaited.
+    Every connection is made first, then the requests all go out with nothing
+    awaited between them: a sender that dies while a connection is being made
+    has sent nothing (a mount that sends a write to each replica itself must
+    not leave it on some of them only, fanned_mender.py).  A replica that
+    cannot be reached is an answer too (its error), so that the others still
+    go and every request sent is awaited.
     """
-    answers: list[Sent] = []
-    for cs_id, addr, header, payload in sends:
+    conns: list[Connection | ChunkFSError] = []
+    for _, addr, _, _ in sends:
         try:
-            conn = await connect(addr)
+            conns.append(await connect(addr))
+        except ChunkFSError as exc:
+            conns.append(exc)
+    answers: list[Sent] = []
+    for (cs_id, addr, header, payload), conn in zip(sends, conns, strict=True):
+        if isinstance(conn, ChunkFSError):
+            answers.append((cs_id, addr, conn))
+            continue
+        try:
             answers.append((cs_id, addr, conn.request(msg, header, payload, timeout=timeout)))
         except ChunkFSError as exc:
             answers.append((cs_id, addr, exc))

@@ -44,3 +44,16 @@ def test_a_first_version_nobody_here_granted_is_moved_for_any_writer() -> None:
     assert grants.holds(chunk(FIRST, 3), mine)
     grants.clear()
     assert grants.must_move(chunk(FIRST, 3), mine)
+
+
+def test_a_writer_that_leaves_without_a_word_leaves_every_chunk_it_fanned_out_to_to_mend() -> None:
+    grants, mine, other = FanGrants(max_per_writer=2), object(), object()
+    grants.give(chunk(FIRST, 1), mine)
+    grants.give(chunk(FIRST, 2), mine)
+    grants.forget(2)  # moved on (a second writer): a write of its may still be on some replicas only
+    assert not grants.give(chunk(FIRST, 3), mine)  # past its bound: its new chunks go down the chain
+    grants.give(chunk(FIRST, 4), other)
+    assert grants.writer_gone(mine) == {1, 2}
+    assert grants.writer_gone(mine) == set()  # (once)
+    grants.writer_done(other)  # ended its session: its writes were all answered
+    assert grants.writer_gone(other) == set()
