@@ -77,12 +77,12 @@ class FanGrants:
             self._grants.popitem(last=False)
         return True
 
-    def holds(self, chunk: Chunk, writer: object) -> bool:
+    def holds(self, chunk: Chunk, writer: object | None) -> bool:
         """Whether `writer` may fan out its writes to `chunk` as it is now."""
         grant = self._grants.get(chunk.chunk_id)
         return grant is not None and grant[0] is writer and grant[1] == chunk.version
 
-    def must_move(self, chunk: Chunk, writer: object) -> bool:
+    def must_move(self, chunk: Chunk, writer: object | None) -> bool:
         """Whether `chunk` needs a new version before `writer` gets a map to write it: someone else may be
         fanning out writes at its version (or did, under an earlier master)."""
         return first_version(chunk) and not self.holds(chunk, writer)

@@ -883,7 +883,9 @@ class MetadataServer:
         async with self.chunks.lock(ino, index):
             chunk = self.store.chunk_at(ino, index)
             if chunk is None:
-                chunk, written = await self._allocate(ino, index, first, writer=conn)
+                # Only a writer that asked may fan out: a writer let do so is mended after if it leaves
+                # without ending a session, which a client that takes no `fan` (the CLI) never does.
+                chunk, written = await self._allocate(ino, index, first, writer=conn if h.get("fan") else None)
             else:
                 if failed and not _about(h, chunk):
                     # The writer's map was older than this chunk (the file was cut and the chunk made
@@ -904,7 +906,7 @@ class MetadataServer:
             reply["fan"] = True
         return reply
 
-    async def _one_writer(self, chunk: Chunk, writer: object) -> Chunk:
+    async def _one_writer(self, chunk: Chunk, writer: object | None) -> Chunk:
         """`writer` is about to get `chunk`'s map to write it: when another writer may be sending writes to
         every replica at once at its version (fan_grants.py), the chunk moves to a new version first, which
         ends that, and everyone writes down the chain from then on.  Under the chunk's lock."""
@@ -946,13 +948,14 @@ class MetadataServer:
                               "new chunks without waiting for it to reconnect")
 
     async def _allocate(
-        self, ino: int, index: int, first: tuple[int, bytes] | None, writer: object,
+        self, ino: int, index: int, first: tuple[int, bytes] | None, writer: object | None,
     ) -> tuple[Chunk, bool]:
         """Allocate chunk `index` of `ino` for `writer`, its replicas made with `first` (offset, bytes) in
         them when given; whether every replica of the chunk as returned holds `first`.
 
-        `writer` is the chunk's one writer while no one else asks for its map (fan_grants.py), when
-        every server of its replicas cuts a replica at a new version (a cut must end fanning out too).
+        `writer` (None: one that does not fan out) is the chunk's one writer while no one else asks for
+        its map (fan_grants.py), when every server of its replicas cuts a replica at a new version (a
+        cut must end fanning out too).
         """
         self._check_servers_settled()
         attr = self.store.getattr(ino)
@@ -983,7 +986,7 @@ class MetadataServer:
         # With a server failed, the write goes down the new chain as any write (it is not on a replica
         # made in that server's place, if any).
         chunk = await self._drop_replicas(chunk, set(failures), why)
-        if self._servers_have(FEATURE_VERSIONED_CUT, chunk.replicas):
+        if writer is not None and self._servers_have(FEATURE_VERSIONED_CUT, chunk.replicas):
             self.fans.give(chunk, writer)
         return chunk, first is not None and not failures
 
