@@ -18,14 +18,21 @@ block checksums is read (``CS_CHECKSUMS``), and a block that differs from the
 first replica's is read from it and written over the other's, which is then
 synced.  The master does this as a client of its chunk servers, on
 connections of its own.
+
+Only while every replica's server is connected and holds its replica: a new
+version moves only the replicas the master can tell to move, and the others
+would be left behind at the old one (a master resumed after a stop, whose
+servers were reconnecting, once left a chunk with no replica at its version).
+A chunk whose servers are not all there is tried again later, for a while.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING
 
-from chunkfs.common.errors import ChunkFSError
+from chunkfs.common.errors import ChunkFSError, Unavailable
 from chunkfs.protocol.messages import Msg, replica_list
 from chunkfs.protocol.rpc import SILENCE_LIMIT, Connection, connect
 
@@ -36,6 +43,9 @@ logger = logging.getLogger(__name__)
 
 #: Bound on each request to a chunk server while mending (seconds).
 MEND_TIMEOUT = 30.0
+#: A chunk whose replicas' servers are not all connected is tried again this often (seconds), this many times.
+MEND_RETRY = 5.0
+MEND_TRIES = 60
 
 
 class FannedMender:
@@ -46,16 +56,29 @@ class FannedMender:
     async def writer_gone(self, chunk_ids: set[int]) -> None:
         """Mend the chunks a writer that left without a word was let fan out to (in the background)."""
         mended = copied = 0
-        for chunk_id in sorted(chunk_ids):
-            if not self.mds.raft.is_leader():
-                return  # the next master cannot know them: see fan_grants.py
-            try:
-                blocks = await self.make_same(chunk_id)
-            except ChunkFSError as exc:
-                logger.warning("chunk %#x: could not compare its replicas after its writer left: %s", chunk_id, exc)
-                continue
-            mended += blocks > 0
-            copied += blocks
+        waiting = set(chunk_ids)
+        for _ in range(MEND_TRIES):
+            for chunk_id in sorted(waiting):
+                if not self.mds.raft.is_leader():
+                    return  # the next master cannot know them: see fan_grants.py
+                try:
+                    blocks = await self.make_same(chunk_id)
+                except Unavailable:
+                    continue  # a server not there (yet): tried again below
+                except ChunkFSError as exc:
+                    logger.warning("chunk %#x: could not compare its replicas after its writer left: %s",
+                                   chunk_id, exc)
+                    blocks = 0
+                waiting.discard(chunk_id)
+                mended += blocks > 0
+                copied += blocks
+            if not waiting:
+                break
+            await asyncio.sleep(MEND_RETRY)
+        if waiting:
+            logger.warning("a writer left without ending its session: the replicas of %d chunk(s) it wrote to every "
+                           "replica at once were not compared: their servers were not all connected for %g s",
+                           len(waiting), MEND_RETRY * MEND_TRIES)
         if copied:
             logger.warning("a writer left without ending its session: %d of %d chunk(s) it wrote to every replica "
                            "at once had replicas that differed; %d block(s) copied to make them the same",
@@ -74,6 +97,9 @@ class FannedMender:
             chunk = mds.store.chunk(chunk_id)
             if chunk is None:
                 return 0
+            missing = [cs for cs in chunk.replicas if not mds.chunks.holds(cs, chunk_id)]
+            if missing:
+                raise Unavailable(f"chunk {chunk_id:#x}: CS {','.join(map(str, missing))} not connected")
             # A new version first: every writer's next write waits on this lock for the new map.
             change = await mds.chunks.set_replicas(chunk, chunk.replicas)
             chunk = await mds._drop_replicas(change.chunk, set(change.failed))
