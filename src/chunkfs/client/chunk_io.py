@@ -15,6 +15,7 @@ file's minimum number of replicas remain.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import random
@@ -309,6 +310,22 @@ class ChunkIO:
             if on is not None:
                 header["chunk_id"], header["version"] = on.chunk_id, on.version
         return self._kept_write_map(key, await self.client.mds.call(Msg.CHUNK_WRITE, header))
+
+    def drop_fans(self) -> None:
+        """A new connection to a master (another master, maybe): no map kept may send writes to every
+        replica any more.  A master knows whom it let do so only on the connection it let them on, and
+        mends a writer's chunks only when that connection ends (mds/fan_grants.py, fanned_mender.py)."""
+        self.fans = False
+        for key, m in self._write_maps.items():
+            if m.fan:
+                self._write_maps[key] = dataclasses.replace(m, fan=False)
+                if self._read_maps.get(key) is m:
+                    self._read_maps[key] = self._write_maps[key]
+
+    @property
+    def cut_short(self) -> bool:
+        """Whether a write to every replica was cut short (the mount stopping): see write_batches.py."""
+        return self._batches.cut_short
 
     def _map_request(self, ino: int, index: int) -> dict[str, Any]:
         """A CHUNK_WRITE's header: which chunk, and whether this mount takes `fan` in the answer."""

@@ -453,7 +453,8 @@ class ChunkFSOperations(pyfuse3.Operations):
 
     async def _watch(self, conn: Connection) -> None:
         # Known before this connection carries any request (a master of an earlier version has no features).
-        self.client.io.first_writes = self.client.io.fans = False
+        self.client.io.first_writes = False
+        self.client.io.drop_fans()
         header = {} if self._watch_plain else {"features": [FEATURE_CUTS]}
         try:
             reply, _ = await conn.call(Msg.WATCH, header, timeout=WATCH_TIMEOUT)
@@ -1172,9 +1173,15 @@ class ChunkFSOperations(pyfuse3.Operations):
         if self._release_timer is not None:
             self._release_timer.cancel()  # ending the session releases everything
         held = [self._release_lease(of) for of in list(self.files.values())]
+        if self.client.io.cut_short:
+            # A write to every replica was cut short: the session is left to expire, and the master
+            # compares those replicas when this mount's connection closes (mds/fanned_mender.py).
+            logger.warning("a write to every replica of a chunk was cut short: the master compares them")
+        else:
+            held.append(self.client.end_session(self.session))
         # Bounded: with the master unreachable, the leases simply expire, and the session with them.
         with contextlib.suppress(TimeoutError, ChunkFSError):
-            await asyncio.wait_for(asyncio.gather(*held, self.client.end_session(self.session)), LEASE_TTL / 2)
+            await asyncio.wait_for(asyncio.gather(*held), LEASE_TTL / 2)
 
     def _handle(self, fh: int) -> OpenFile:
         of = self.handles.get(fh)

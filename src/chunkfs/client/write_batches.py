@@ -64,12 +64,17 @@ class _Held:
 
 class WriteBatches:
     def __init__(self) -> None:
-        #: A head's connection with a write on its way -> the small writes waiting for it, in order.
-        self._held: dict[Connection, list[_Held]] = {}
-        #: A head's connection -> its writes that went at once (large or synced ones) still on their way.
-        self._at_once: dict[Connection, int] = {}
-        #: A head's connection -> the write on its way to every replica of its chunk, done when all answered.
-        self._fanned: dict[Connection, asyncio.Future[None]] = {}
+        # Each table is keyed by the head's address: a connection made again to the same head while a
+        # write is on its way (the first one lost) must not let another write pass it.
+        #: A head with a write on its way -> the small writes waiting for it, in order.
+        self._held: dict[str, list[_Held]] = {}
+        #: A head -> its writes that went at once (large or synced ones) still on their way.
+        self._at_once: dict[str, int] = {}
+        #: A head -> the write on its way to every replica of its chunk, done when all answered.
+        self._fanned: dict[str, asyncio.Future[None]] = {}
+        #: A write to every replica was cut short (the mount stopping): some replicas may lack it, and the
+        #: mount must not tell the master that its writes all ended (the master then compares them).
+        self.cut_short = False
         self._sending: set[asyncio.Task[None]] = set()
 
     async def write(
@@ -81,31 +86,32 @@ class WriteBatches:
         `alone`: how to send it to every replica at once instead, when nothing else is on its way
         to this head (a chunk this mount alone writes).
         """
+        head = conn.peer_name
         if len(data) > BATCHED_WRITE_MAX or header["sync"]:
-            await self._after_fanned(conn)
-            if alone is not None and conn not in self._held and not self._at_once.get(conn):
-                await self._fan(conn, alone)
+            await self._after_fanned(head)
+            if alone is not None and head not in self._held and not self._at_once.get(head):
+                await self._fan(head, alone)
                 return
-            self._at_once[conn] = self._at_once.get(conn, 0) + 1
+            self._at_once[head] = self._at_once.get(head, 0) + 1
             try:
                 await conn.call(Msg.CS_WRITE, header, data)
             finally:
-                if self._at_once[conn] == 1:
-                    del self._at_once[conn]
+                if self._at_once[head] == 1:
+                    del self._at_once[head]
                 else:
-                    self._at_once[conn] -= 1
+                    self._at_once[head] -= 1
             return
-        held = self._held.get(conn)
+        held = self._held.get(head)
         if held is not None:
             done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             held.append(_Held(header, data, done))
             await done
             return
-        self._held[conn] = []
+        self._held[head] = []
         try:
-            await self._after_fanned(conn)
-            if alone is not None and not self._at_once.get(conn):
-                await self._fan(conn, alone)
+            await self._after_fanned(head)
+            if alone is not None and not self._at_once.get(head):
+                await self._fan(head, alone)
             else:
                 await conn.call(Msg.CS_WRITE, header, data)
         except BaseException as exc:
@@ -113,17 +119,20 @@ class WriteBatches:
             raise
         self._next(conn, None)
 
-    async def _after_fanned(self, conn: Connection) -> None:
-        """Wait until no write sent to every replica of a chunk headed by `conn` is on its way."""
-        while (fanned := self._fanned.get(conn)) is not None:
+    async def _after_fanned(self, head: str) -> None:
+        """Wait until no write sent to every replica of a chunk `head` heads is on its way."""
+        while (fanned := self._fanned.get(head)) is not None:
             await asyncio.shield(fanned)  # (a cancelled waiter leaves it to the others)
 
-    async def _fan(self, conn: Connection, alone: Callable[[], Awaitable[Any]]) -> None:
-        done = self._fanned[conn] = asyncio.get_running_loop().create_future()
+    async def _fan(self, head: str, alone: Callable[[], Awaitable[Any]]) -> None:
+        done = self._fanned[head] = asyncio.get_running_loop().create_future()
         try:
             await alone()
+        except asyncio.CancelledError:
+            self.cut_short = True  # its requests may have reached some replicas only
+            raise
         finally:
-            del self._fanned[conn]
+            del self._fanned[head]
             done.set_result(None)
 
     def _next(self, conn: Connection, failed: BaseException | None) -> None:
@@ -134,15 +143,16 @@ class WriteBatches:
         that failed would fail them too (most chunks with this head have
         their replicas on the same few servers).
         """
-        held = self._held.get(conn)
+        head = conn.peer_name
+        held = self._held.get(head)
         if held and isinstance(failed, _CHAIN_BROKEN):
             about = chunk_of(failed)
             for w in held:
                 if about is None or w.header["chunk_id"] == about:
                     _settle(w.done, failed)
-            held = self._held[conn] = [w for w in held if not w.done.done()]
+            held = self._held[head] = [w for w in held if not w.done.done()]
         if not held:
-            self._held.pop(conn, None)
+            self._held.pop(head, None)
             return
         batch: list[_Held] = []
         size = 0
@@ -155,7 +165,7 @@ class WriteBatches:
             versions[chunk_id] = version
             batch.append(w)
             size += len(w.data)
-        self._held[conn] = held[len(batch):]  # still marked on its way: the batch is
+        self._held[head] = held[len(batch):]  # still marked on its way: the batch is
         task = asyncio.get_running_loop().create_task(self._send(conn, batch))
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
@@ -165,7 +175,7 @@ class WriteBatches:
             await conn.call(*_request(batch))
         except BaseException as exc:
             # A failure of one chunk's replica fails that chunk's writes; the others go again first.
-            about, held = chunk_of(exc), self._held.get(conn)  # (none held: the client closed)
+            about, held = chunk_of(exc), self._held.get(conn.peer_name)  # (none held: the client closed)
             again = [w for w in batch if about is not None and w.header["chunk_id"] != about
                      and w.again < AGAIN_MAX and not w.done.done()] if held is not None else []
             for w in again:

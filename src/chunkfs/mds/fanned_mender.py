@@ -43,7 +43,8 @@ logger = logging.getLogger(__name__)
 
 #: Bound on each request to a chunk server while mending (seconds).
 MEND_TIMEOUT = 30.0
-#: A chunk whose replicas' servers are not all connected is tried again this often (seconds), this many times.
+#: A chunk whose replicas' servers are not all connected (or failed a request) is tried again this often
+#: (seconds), this many times.
 MEND_RETRY = 5.0
 MEND_TRIES = 60
 
@@ -52,9 +53,15 @@ class FannedMender:
     def __init__(self, mds: MetadataServer) -> None:
         self.mds = mds
         self._conns: dict[str, Connection] = {}
+        #: One departed writer's chunks at a time (and one connection per chunk server).
+        self._one_at_a_time = asyncio.Lock()
 
     async def writer_gone(self, chunk_ids: set[int]) -> None:
         """Mend the chunks a writer that left without a word was let fan out to (in the background)."""
+        async with self._one_at_a_time:
+            await self._mend(chunk_ids)
+
+    async def _mend(self, chunk_ids: set[int]) -> None:
         mended = copied = 0
         waiting = set(chunk_ids)
         for _ in range(MEND_TRIES):
@@ -63,12 +70,10 @@ class FannedMender:
                     return  # the next master cannot know them: see fan_grants.py
                 try:
                     blocks = await self.make_same(chunk_id)
-                except Unavailable:
-                    continue  # a server not there (yet): tried again below
                 except ChunkFSError as exc:
-                    logger.warning("chunk %#x: could not compare its replicas after its writer left: %s",
-                                   chunk_id, exc)
-                    blocks = 0
+                    # A server not there (yet), or one that failed a request: tried again below.
+                    logger.info("chunk %#x: its replicas not compared yet after its writer left: %s", chunk_id, exc)
+                    continue
                 waiting.discard(chunk_id)
                 mended += blocks > 0
                 copied += blocks
@@ -77,8 +82,9 @@ class FannedMender:
             await asyncio.sleep(MEND_RETRY)
         if waiting:
             logger.warning("a writer left without ending its session: the replicas of %d chunk(s) it wrote to every "
-                           "replica at once were not compared: their servers were not all connected for %g s",
-                           len(waiting), MEND_RETRY * MEND_TRIES)
+                           "replica at once could not be compared in %g s (their servers not all connected, or "
+                           "failing): %s", len(waiting), MEND_RETRY * MEND_TRIES,
+                           ",".join(f"{c:#x}" for c in sorted(waiting)[:20]))
         if copied:
             logger.warning("a writer left without ending its session: %d of %d chunk(s) it wrote to every replica "
                            "at once had replicas that differed; %d block(s) copied to make them the same",

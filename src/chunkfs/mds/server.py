@@ -948,7 +948,7 @@ class MetadataServer:
                               "new chunks without waiting for it to reconnect")
 
     async def _allocate(
-        self, ino: int, index: int, first: tuple[int, bytes] | None, writer: object | None,
+        self, ino: int, index: int, first: tuple[int, bytes] | None, writer: Connection | None,
     ) -> tuple[Chunk, bool]:
         """Allocate chunk `index` of `ino` for `writer`, its replicas made with `first` (offset, bytes) in
         them when given; whether every replica of the chunk as returned holds `first`.
@@ -986,8 +986,8 @@ class MetadataServer:
         # With a server failed, the write goes down the new chain as any write (it is not on a replica
         # made in that server's place, if any).
         chunk = await self._drop_replicas(chunk, set(failures), why)
-        if writer is not None and self._servers_have(FEATURE_VERSIONED_CUT, chunk.replicas):
-            self.fans.give(chunk, writer)
+        if writer is not None and not writer.closed and self._servers_have(FEATURE_VERSIONED_CUT, chunk.replicas):
+            self.fans.give(chunk, writer)  # (closed meanwhile: its departure was counted already)
         return chunk, first is not None and not failures
 
     def _servers_have(self, feature: str, cs_ids: Iterable[int]) -> bool:

@@ -16,7 +16,8 @@ from chunkfs.protocol.messages import SMALL_WRITE_MAX, WRITE_PIECES_MAX, Msg
 class Head:
     """A chunk server's connection whose answers the test gives, one request at a time."""
 
-    def __init__(self) -> None:
+    def __init__(self, peer_name: str = "a:1") -> None:
+        self.peer_name = peer_name  # the head's address: what the writes on their way are kept by
         self.sent: list[tuple[dict[str, Any], bytes]] = []
         self.msgs: list[Msg] = []
         self.answers: list[asyncio.Future[None]] = []
@@ -180,7 +181,7 @@ def test_writes_to_other_chunks_of_the_head_go_together_as_one_request_with_a_pa
 
 def test_other_heads_do_not_wait_for_each_other() -> None:
     async def scenario() -> None:
-        heads, batches = [Head(), Head()], WriteBatches()
+        heads, batches = [Head("a:1"), Head("b:1")], WriteBatches()
         writes = [asyncio.ensure_future(batches.write(h, header(0, chunk_id=c), b"z"))  # type: ignore[arg-type]
                   for h, c in ((heads[0], 5), (heads[1], 6))]
         await settle()
@@ -457,5 +458,40 @@ def test_a_fanned_write_that_fails_fails_the_ones_waiting_behind_it_as_a_head_wo
             except StaleVersion:
                 pass
         assert batches._held == {} and batches._fanned == {} and head.sent == []
+
+    asyncio.run(scenario())
+
+
+def test_a_new_connection_to_the_same_head_waits_for_the_write_on_its_way_to_every_replica() -> None:
+    """The connection to a head lost and made again while a write to every replica is on its way: a
+    write through the new one must not pass it (at a replica the head sends it on to)."""
+    async def scenario() -> None:
+        old, new, batches, fan = Head("a:1"), Head("a:1"), WriteBatches(), Fanned()
+        first = asyncio.ensure_future(batches.write(old, header(0), b"a", fan))  # type: ignore[arg-type]
+        await settle()
+        later = asyncio.ensure_future(batches.write(new, header(10), b"b"))  # type: ignore[arg-type]
+        await settle()
+        assert new.sent == [] and old.sent == []
+        fan.calls[0].set_result(None)
+        await first
+        await settle()
+        # Then it goes (on the connection of the write it waited for: a lost one fails it, and its
+        # writer sends it again on the new one).
+        assert [h["offset"] for h, _ in old.sent] == [10]
+        old.answer(0)
+        await later
+
+    asyncio.run(scenario())
+
+
+def test_a_write_to_every_replica_cut_short_is_remembered() -> None:
+    async def scenario() -> None:
+        head, batches, fan = Head(), WriteBatches(), Fanned()
+        w = asyncio.ensure_future(batches.write(head, header(0), b"a", fan))  # type: ignore[arg-type]
+        await settle()
+        assert not batches.cut_short
+        w.cancel()
+        await settle()
+        assert batches.cut_short and batches._fanned == {}
 
     asyncio.run(scenario())
