@@ -107,8 +107,7 @@ class FannedMender:
             if missing:
                 raise Unavailable(f"chunk {chunk_id:#x}: CS {','.join(map(str, missing))} not connected")
             # A new version first: every writer's next write waits on this lock for the new map.
-            change = await mds.chunks.set_replicas(chunk, chunk.replicas)
-            chunk = await mds._drop_replicas(change.chunk, set(change.failed))
+            chunk = await mds.move_on(chunk)
             replicas = replica_list(mds._map(chunk.ino, chunk)["replicas"], "replicas")
             if len(replicas) < 2:
                 return 0

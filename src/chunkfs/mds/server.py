@@ -913,9 +913,14 @@ class MetadataServer:
         if not self.fans.must_move(chunk, writer):
             return chunk
         self.fans.forget(chunk.chunk_id)
-        change = await self.chunks.set_replicas(chunk, chunk.replicas)
-        logger.debug("chunk %#x: a second writer; version %#x -> %#x", chunk.chunk_id, chunk.version,
-                     change.chunk.version)
+        moved = await self.move_on(chunk)
+        logger.debug("chunk %#x: a second writer; version %#x -> %#x", chunk.chunk_id, chunk.version, moved.version)
+        return moved
+
+    async def move_on(self, chunk: Chunk, cut: int | None = None) -> Chunk:
+        """`chunk` (as read under its lock, every replica held) at a new version, its replicas the same: a
+        replica that did not move is dropped.  `cut`: each replica is cut there as it moves."""
+        change = await self.chunks.set_replicas(chunk, chunk.replicas, cut=cut)
         return await self._drop_replicas(change.chunk, set(change.failed))
 
     def _full(self, cs_ids: set[int]) -> None:
@@ -1161,8 +1166,7 @@ class MetadataServer:
                 return
             chunk = await self._drop_replicas(chunk, set())
             if self._servers_have(FEATURE_VERSIONED_CUT, chunk.replicas):
-                change = await self.chunks.set_replicas(chunk, chunk.replicas, cut=size % chunk_size)
-                await self._drop_replicas(change.chunk, set(change.failed))
+                await self.move_on(chunk, cut=size % chunk_size)
                 return
             # A server of an earlier version among them: cut at the same version, as before.
             failed = await self.chunks.call_each(chunk.replicas, Msg.CS_TRUNCATE_CHUNK, {
