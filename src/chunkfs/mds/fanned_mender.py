@@ -89,7 +89,7 @@ class FannedMender:
             logger.warning("a writer left without ending its session: %d of %d chunk(s) it wrote to every replica "
                            "at once had replicas that differed; %d block(s) copied to make them the same",
                            mended, len(chunk_ids), copied)
-        else:
+        elif not waiting:
             logger.info("a writer left without ending its session: the replicas of the %d chunk(s) it wrote to "
                         "every replica at once are the same", len(chunk_ids))
 
