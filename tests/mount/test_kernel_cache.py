@@ -11,6 +11,7 @@ A's changes on the new master show too.
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import signal
 import stat
@@ -289,3 +290,29 @@ def test_a_directory_another_mount_removed_lists_empty_for_a_process_inside_it(m
             assert proc.stdout.readline().strip() == "[] 0"
         finally:
             proc.kill()
+
+
+def test_another_mounts_rewrite_shows_through_a_held_file_and_a_mapping(make_cluster, mount) -> None:
+    """Mount B rewrites a file in place and sets its old mtime back (`cp -p`, `rsync -a --inplace`,
+    `tar x` over a file): size and mtime are as before, so the kernel's own check (size or mtime
+    changed: drop the pages) cannot see it.  A process in mount A that holds the file open reads the
+    new bytes, and one that maps it sees them, as on a local disk: the notice drops A's cached pages."""
+    cluster = make_cluster(n_cs=3)
+    a, b = mount(cluster, "a"), mount(cluster, "b")
+    old, new = b"old-content-" * 400, b"NEW-CONTENT-" * 400
+    (a / "f").write_bytes(old)
+    os.utime(a / "f", ns=(1_000_000_000, 1_000_000_000))
+    shows("the file in B", lambda: size_of(b / "f") == len(old))
+    held = os.open(a / "f", os.O_RDONLY)
+    try:
+        assert os.pread(held, len(old), 0) == old  # in A's page cache now
+        with open(a / "f", "rb") as mapped_file, mmap.mmap(mapped_file.fileno(), 0, prot=mmap.PROT_READ) as mapped:
+            assert mapped[:12] == old[:12]
+            with open(b / "f", "r+b") as f:
+                f.write(new)
+            os.utime(b / "f", ns=(1_000_000_000, 1_000_000_000))
+            shows("B's bytes in A's mapping", lambda: mapped[:12] == new[:12])
+            shows("B's bytes through A's held file", lambda: os.pread(held, len(new), 0) == new)
+            assert os.stat(a / "f").st_mtime_ns == 1_000_000_000
+    finally:
+        os.close(held)

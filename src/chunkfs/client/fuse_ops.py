@@ -414,7 +414,7 @@ class ChunkFSOperations(pyfuse3.Operations):
         self.cache = KernelCache(
             long=options.cache_timeout, short_attr=options.attr_timeout, short_entry=options.entry_timeout,
             invalidate_entry=pyfuse3.invalidate_entry,
-            invalidate_inode=lambda ino: pyfuse3.invalidate_inode(ino, attr_only=True))
+            invalidate_inode=pyfuse3.invalidate_inode)
         self._watch_tasks: set[asyncio.Task[None]] = set()
         #: The master refused WATCH's `features` (an earlier version): watch without them.
         self._watch_plain = False

@@ -70,7 +70,7 @@ class KernelCache:
 
     def __init__(
         self, *, long: float, short_attr: float, short_entry: float,
-        invalidate_entry: Callable[[int, bytes], Any], invalidate_inode: Callable[[int], Any],
+        invalidate_entry: Callable[[int, bytes], Any], invalidate_inode: Callable[[int, bool], Any],
     ) -> None:
         self.long = long
         self.short_attr = short_attr
@@ -194,7 +194,7 @@ class KernelCache:
         The kernel will ask for them again; nothing older than `size` and `mtime_ns` is held any more.
         """
         try:
-            self._invalidate_inode(ino)
+            self._invalidate_inode(ino, True)  # attributes only
             self.invalidated += 1
         except OSError as exc:
             if exc.errno != errno.ENOENT:
@@ -276,7 +276,12 @@ class KernelCache:
                 item = self._todo.popleft()
             try:
                 if isinstance(item, int):
-                    self._invalidate_inode(item)
+                    # Attributes and cached data: another client may have rewritten the file with its
+                    # size and mtime as they were (`cp -p`), which the kernel's own check (size or mtime
+                    # changed) does not see, and a process holding it open or mapping it would go on
+                    # reading the old bytes.  Dropping pages may wait for the kernel's page locks: here,
+                    # on this thread, never on the event loop (rule 5).
+                    self._invalidate_inode(item, False)
                 else:
                     self._invalidate_entry(*item)
                 self.invalidated += 1

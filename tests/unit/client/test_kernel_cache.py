@@ -17,14 +17,18 @@ class Kernel:
 
     def __init__(self) -> None:
         self.dropped: list[object] = []
+        #: Inodes whose cached data was dropped too (`attr_only` False), in order.
+        self.data_dropped: list[int] = []
         self.unknown: set[object] = set()
         self.seen = threading.Event()
 
     def entry(self, parent: int, name: bytes) -> None:
         self._drop((parent, name))
 
-    def inode(self, ino: int) -> None:
+    def inode(self, ino: int, attr_only: bool) -> None:
         self._drop(ino)
+        if not attr_only:
+            self.data_dropped.append(ino)
 
     def _drop(self, item: object) -> None:
         self.seen.set()
@@ -84,6 +88,18 @@ def test_notices_are_carried_out_on_the_thread_and_unknown_names_are_skipped(
     kernel.unknown.add((1, b"gone"))
     cache.changed([(1, b"gone"), (1, b"a")], [7])
     assert settle(cache, kernel, 2) == [(1, b"a"), 7]
+
+
+def test_a_notice_drops_an_inodes_cached_data_and_the_loops_own_drop_only_its_attributes(
+        cache: KernelCache, kernel: Kernel) -> None:
+    """Another client's change may have rewritten a file with its size and mtime as they were: the
+    notice drops the kernel's pages too (on the thread).  What the event loop drops itself, when an
+    open finds other attributes, is attributes only: pages take locks the kernel may hold."""
+    cache.drop_attributes_now(5, 10, 20)
+    assert kernel.dropped == [5] and kernel.data_dropped == []
+    cache.changed([], [7])
+    assert settle(cache, kernel, 2) == [5, 7]
+    assert kernel.data_dropped == [7]
 
 
 def test_a_lost_watch_invalidates_every_name_and_inode_the_kernel_holds(cache: KernelCache, kernel: Kernel) -> None:
