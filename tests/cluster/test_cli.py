@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+from pathlib import Path
 
 from .conftest import run_cli
 
@@ -72,6 +73,7 @@ def test_bad_input_gets_a_one_line_error_and_changes_nothing(make_cluster, tmp_p
     assert "no such" in _one_line_error(run_cli("-c", name, "get", "/missing", str(tmp_path / "x"))).lower()
     assert not (tmp_path / "x").exists()
     assert "no such local file" in _one_line_error(run_cli("-c", name, "put", str(tmp_path / "nope"), "/g"))
+    assert "is a directory" in _one_line_error(run_cli("-c", name, "put", str(tmp_path), "/g"))
     for bad in ("replicas=0", "replicas=3:4", "replicas=x", "goal=3", "replicas=99"):
         assert "replicas" in _one_line_error(run_cli("-c", name, "set-attr", "/f", bad))
     assert "replicas=3:2" in run_cli("-c", name, "get-attr", "/f").stdout
@@ -105,6 +107,35 @@ def test_bad_input_gets_a_one_line_error_and_changes_nothing(make_cluster, tmp_p
     assert ("CS#2 not connected" in error or "chunk servers [2]" in error) and "space left" not in error, error
     assert run_cli("-c", name, "ls", "/").stdout.split() == ["f"]
     assert run_cli("-c", name, "get", "/f", "-").stdout == "hello"
+
+
+def test_a_get_that_fails_leaves_the_local_file_as_it_was(make_cluster, tmp_path) -> None:
+    """A fault probe: `get` of a file with a block bad on every replica emptied the local file it was
+    to replace, and its error said nothing of what to do."""
+    cluster = make_cluster(n_cs=3)
+    name = cluster.name
+    src = tmp_path / "src"
+    src.write_bytes(os.urandom(300 * 1024))  # one chunk
+    assert run_cli("-c", name, "put", str(src), "/f").returncode == 0
+    replicas = [path for i in (1, 2, 3) for path in Path(cluster.find("cs", i).dir).rglob("*.chunk")]
+    assert len(replicas) == 3, replicas
+    for path in replicas:  # the same block bad everywhere: no replica can mend it
+        with open(path, "r+b") as f:
+            f.seek(path.stat().st_size - 8192)  # in the data, near its end
+            f.write(os.urandom(4096))
+    dest = tmp_path / "dest"
+    dest.write_bytes(b"precious local data")
+    dest.chmod(0o640)
+    failed = run_cli("-c", name, "get", "/f", str(dest))
+    assert dest.read_bytes() == b"precious local data"
+    assert "from a backup" in _one_line_error(failed)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["dest", "src"]  # no partial copy left
+
+    # A good copy replaces it, and keeps its mode (as cp does).
+    src.write_bytes(b"new")
+    assert run_cli("-c", name, "put", str(src), "/g").returncode == 0
+    assert run_cli("-c", name, "get", "/g", str(dest)).returncode == 0
+    assert dest.read_bytes() == b"new" and (dest.stat().st_mode & 0o777) == 0o640
 
 
 def test_port_in_use_and_foreign_data_directory(make_cluster, tmp_path) -> None:

@@ -9,8 +9,10 @@ import os
 import re
 import sys
 import time
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from stat import S_IMODE
+from typing import Any, BinaryIO
 
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
@@ -80,6 +82,8 @@ def _progress(total: int) -> Progress:
 async def cmd_put(client: Client, args: argparse.Namespace) -> int:
     source = sys.stdin.buffer if str(args.local) == "-" else None
     if source is None:
+        if args.local.is_dir():
+            raise InvalidArgument(f"{args.local} is a directory: put copies one file (a tree: cp -r to the mount)")
         if not args.local.is_file():
             raise NotFound(f"{args.local}: no such local file")
         total = args.local.stat().st_size
@@ -92,11 +96,11 @@ async def cmd_put(client: Client, args: argparse.Namespace) -> int:
     parent, name = split_path(args.path)
     part = f"{parent.rstrip('/')}/.{name}.part-{os.getpid()}"
     created = False
+    pending: set[asyncio.Task[Any]] = set()
     try:
         ino = (await client.create(part, exclusive=True))["ino"]
         created = True
         block = min(MAX_IO_SIZE, client.chunk_size)
-        pending: set[asyncio.Task[Any]] = set()
         offset = 0
         with _progress(total) as progress:
             task = progress.add_task(f"put {args.path}", total=total or None)
@@ -113,12 +117,15 @@ async def cmd_put(client: Client, args: argparse.Namespace) -> int:
                 t.add_done_callback(lambda _t, n=size: progress.advance(task, n))
                 pending.add(t)
                 offset += size
-            for t in asyncio.as_completed(pending):
-                await t
+            await _all_or_first_error(list(pending))
+            pending = set()
         await client.fsync(ino)
         await client.extend(ino, offset)
         await client.rename(part, args.path)
     except BaseException:
+        for t in pending:
+            t.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)  # no write left running, or failing unheard-of
         if created:
             # Bounded: the error may be the cluster gone, which a second full `--retry-for` would only repeat.
             client.mds.retry_for = min(client.mds.retry_for, CLEANUP_RETRY_FOR)
@@ -140,24 +147,63 @@ async def cmd_get(client: Client, args: argparse.Namespace) -> int:
         raise InvalidArgument(f"{args.path} is not a regular file")
     to_stdout = str(args.local) == "-"
     started = time.monotonic()
-    size, block = attr["size"], MAX_IO_SIZE
-    out = sys.stdout.buffer if to_stdout else open(args.local, "wb")  # noqa: ASYNC230 - writes go to a thread
+    size = attr["size"]
+    if to_stdout:
+        await _copy_out(client, args.path, attr["ino"], size, sys.stdout.buffer)
+        return 0
+    # Into a hidden file beside the target, renamed over it at the end (as `put` does): a copy
+    # that fails half way (a bad block, a server down, Ctrl-C) leaves what was there as it was.
+    target, in_place, mode = _get_target(args.local)
+    into = target if in_place else target.with_name(f".{target.name}.part-{os.getpid()}")
     try:
-        with _progress(size) as progress:
-            task = progress.add_task(f"get {args.path}", total=size)
-            offsets = list(range(0, size, block))
-            for start in range(0, len(offsets), COPY_DEPTH):
-                batch = offsets[start:start + COPY_DEPTH]
-                parts = await asyncio.gather(*(client.read(attr["ino"], o, block, size) for o in batch))
-                for part in parts:
-                    await asyncio.to_thread(out.write, part)
-                    progress.advance(task, len(part))
-    finally:
-        if not to_stdout:
-            out.close()
-    if not to_stdout:
-        _report("got", args.path, size, started)
+        with open(into, "wb" if in_place else "xb") as out:  # noqa: ASYNC230 - writes go to a thread
+            await _copy_out(client, args.path, attr["ino"], size, out)
+            if mode is not None:
+                os.chmod(out.fileno(), mode)
+        if not in_place:
+            os.replace(into, target)
+    except BaseException:
+        if not in_place:
+            into.unlink(missing_ok=True)
+        raise
+    _report("got", args.path, size, started)
     return 0
+
+
+def _get_target(local: Path) -> tuple[Path, bool, int | None]:
+    """Where `get` writes: the target's real path (a link is followed, as cp does); whether it is
+    written in place (it exists and is not a regular file: /dev/null, a pipe); the mode to give the
+    copy (an existing file's, as cp keeps it; else None: the umask's)."""
+    target = Path(os.path.realpath(local))
+    if not target.exists():
+        return target, False, None
+    if not target.is_file():
+        return target, True, None
+    return target, False, S_IMODE(target.stat().st_mode)
+
+
+async def _copy_out(client: Client, path: str, ino: int, size: int, out: BinaryIO) -> None:
+    """The file's bytes into `out`, COPY_DEPTH reads at a time, in order."""
+    block = MAX_IO_SIZE
+    with _progress(size) as progress:
+        task = progress.add_task(f"get {path}", total=size)
+        offsets = list(range(0, size, block))
+        for start in range(0, len(offsets), COPY_DEPTH):
+            batch = offsets[start:start + COPY_DEPTH]
+            parts = await _all_or_first_error([client.read(ino, o, block, size) for o in batch])
+            for part in parts:
+                await asyncio.to_thread(out.write, part)
+                progress.advance(task, len(part))
+
+
+async def _all_or_first_error(coros: list[Coroutine[Any, Any, Any]]) -> list[Any]:
+    """Run these together; their results, or the first error once every one has ended (none is left
+    running or unheard-of when the command fails: asyncio would print a traceback for it)."""
+    results = await asyncio.gather(*coros, return_exceptions=True)
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
+    return results
 
 
 def _report(verb: str, path: str, size: int, started: float) -> None:

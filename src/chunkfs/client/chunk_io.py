@@ -281,6 +281,11 @@ class ChunkIO:
             if not old_map:
                 await asyncio.sleep(0.05)
         assert last is not None
+        if isinstance(last, ChecksumMismatch):
+            raise ChecksumMismatch(
+                f"{last}; no replica has a good copy of it: those bytes are lost on the cluster; restore "
+                "the file from a backup (`chunkfs get-event` names the file and the range)", **last.context,
+            ) from last
         raise last
 
     async def _report_bad(self, chunk_id: int, cs_id: int, exc: ChecksumMismatch) -> None:
