@@ -233,6 +233,7 @@ class ChunkIO:
         """Read one piece into `out` (when given) and return it; None for a hole."""
         refresh = False
         last: ChunkFSError | None = None
+        only_bad_blocks = True  # every replica tried answered with a bad block (not offline, not gone)
         for _ in range(MAX_TRIES):
             m = await self._read_map(ino, index, refresh)
             if m.chunk_id == 0:
@@ -263,6 +264,7 @@ class ChunkIO:
                     return data
                 except _REPLICA_ERRORS as exc:
                     last = exc
+                    only_bad_blocks = only_bad_blocks and isinstance(exc, ChecksumMismatch)
                     known = (m.chunk_id, m.version, cs_id)
                     if _map_may_be_old(exc, m) and known not in self._missing:
                         if not refresh:
@@ -281,7 +283,7 @@ class ChunkIO:
             if not old_map:
                 await asyncio.sleep(0.05)
         assert last is not None
-        if isinstance(last, ChecksumMismatch):
+        if only_bad_blocks and isinstance(last, ChecksumMismatch):
             raise ChecksumMismatch(
                 f"{last}; no replica has a good copy of it: those bytes are lost on the cluster; restore "
                 "the file from a backup (`chunkfs get-event` names the file and the range)", **last.context,
