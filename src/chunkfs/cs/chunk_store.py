@@ -1028,6 +1028,7 @@ class ChunkStore:
         per_batch = max(1, VERIFY_BATCH_BYTES // self.block_size)
         bad: list[int] = []
         with self._lease(chunk_id, None) as lease:
+            self._check_linked(lease)
             # Again, not only at open: the descriptor may have been cached since long before.
             self._check_header(chunk_id, os.pread(lease.fd, HEADER_USED, 0))
             for first in range(0, self.n_blocks, per_batch):
@@ -1040,6 +1041,28 @@ class ChunkStore:
             logger.warning("verify: chunk %016x: %d block(s) fail their checksum: %s",
                            chunk_id, len(bad), _block_list(bad))
         return bad
+
+    def _check_linked(self, lease: _Lease) -> None:
+        """NotFound if the replica's file was removed from under this server while it held it open.
+
+        A file deleted by hand (a data folder cleaned up, `rm` of the wrong files) stays readable
+        through the cached descriptor, so reads and the scrubber went on passing while the replica
+        was gone from the disk for good: the next restart, or the descriptor's eviction, would lose
+        it, and until then the master counted a replica that no longer existed (a fault probe).
+        Found here, it is treated as missing: forgotten, and the master told (`on_missing`), which
+        drops it and has the chunk copied again.
+        """
+        if os.fstat(lease.fd).st_nlink:
+            return
+        with self._lock:
+            ours = self._index.get(lease.chunk_id) == lease.version  # (not a deletion of our own meanwhile)
+            if ours:
+                del self._index[lease.chunk_id]
+                self._forget_fd_locked(lease.chunk_id)
+        if ours and self.on_missing is not None:
+            self.on_missing(lease.chunk_id)
+        raise NotFound(f"chunk {lease.chunk_id:016x}: its replica file was removed from this server's disk",
+                       chunk_id=lease.chunk_id)
 
     def _failing_blocks(self, lease: _Lease, first: int, count: int) -> list[int]:
         buf, bad = self._read_blocks(lease, first, count)

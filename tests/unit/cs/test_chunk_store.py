@@ -664,6 +664,26 @@ def test_a_replica_file_missing_from_disk_is_not_found_and_told(tmp_path: Path) 
         assert s.read(2, 5, 0, 10) == b"b" * 10
 
 
+def test_a_replica_file_deleted_while_held_open_is_found_by_the_scrubbers_read(tmp_path: Path) -> None:
+    """A fault probe: a replica file deleted by hand while its descriptor was cached stayed readable
+    through it, so the scrubber's passes found it whole and the master counted it, until a restart
+    lost it.  The scrubber's full read (`bad_blocks`) now finds it unlinked: NotFound, told once."""
+    missing: list[int] = []
+    with ChunkStore(tmp_path, chunk_size=MiB, block_size=BS) as s:
+        s.on_missing = missing.append
+        s.create(1, 5)
+        s.write(1, 5, 0, b"a" * 10)
+        assert s.bad_blocks(1) == []  # its descriptor is cached now
+        replica_path(s, 1, 5).unlink()
+        with pytest.raises(NotFound, match="removed"):
+            s.bad_blocks(1)
+        assert missing == [1]
+        assert 1 not in s.replica_ids()
+        with pytest.raises(NotFound):
+            s.read(1, 5, 0, 10)
+        assert missing == [1]
+
+
 def test_a_cut_with_a_new_version_moves_the_replica_and_refuses_the_old_version_after(store: ChunkStore) -> None:
     store.create(CID, 1)
     store.write(CID, 1, 0, pattern(2 * BS))
