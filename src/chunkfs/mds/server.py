@@ -1029,15 +1029,27 @@ class MetadataServer:
                 )
             if time.monotonic() >= deadline:
                 why = ", ".join(f"CS#{cs} {reason}" for cs, reason in sorted(missing.items()))
+                full = self._full_servers(attr.get("tier", 0))
+                if full:  # space may be short too: say so, rather than blame only the missing servers
+                    why += "; full: " + ", ".join(f"CS#{cs}" for cs in full)
+                    then = "retry when they are back, or free space or add chunk servers"
+                else:
+                    then = "not out of space: retry when they are back"
                 if not quiet:
                     self._placement_warned = time.monotonic()
                     logger.warning("cannot place a chunk of inode %d: %d chunk server(s) can take it, %d needed (%s); "
                                    "waited %gs for missing servers: %s", ino, able, need, goal, wait, why)
                 raise Unavailable(
                     f"cannot place a chunk: {able} chunk server(s) can take it, {need} needed ({goal}); "
-                    f"missing: {why}; not out of space: retry when they are back"
+                    f"missing: {why}; {then}"
                 )
             await asyncio.sleep(PLACEMENT_POLL)
+
+    def _full_servers(self, tier: int) -> list[int]:
+        """Active chunk servers of `tier` that take no new chunk now: their disks are full."""
+        able = {p.cs_id for p in self.healing.candidates({"tier": tier})}
+        return sorted(cs for cs in self.live if cs not in able and self.healing.is_active(cs)
+                      and (place := self.healing.place_of(cs)) is not None and place.tier == tier)
 
     def _missing_servers(self, tier: int) -> dict[int, str]:
         """Registered chunk servers that could take chunks of `tier` but are not active now, and why.
