@@ -95,3 +95,18 @@ def test_local_down_stops_a_daemon_made_by_hand_inside_the_clusters_folder(make_
     done = run_cli("local", "down", "--dir", str(cluster.dir))
     assert done.returncode == 0 and "stopped 3 process(es)" in done.stdout, done
     assert wait_exit(pid, 15.0)
+
+
+def test_a_second_daemon_on_a_running_ones_folder_is_refused_before_touching_it(make_cluster) -> None:
+    """A fault probe: `chunkfs cs -r DIR` on a running chunk server's folder scanned its replicas
+    (and rotated its log) before saying it was in use.  Now the one-line refusal comes first."""
+    cluster = make_cluster(n_cs=1, n_mds=1)
+    for role in ("cs", "mds"):
+        directory = Path(cluster.find(role, 1).dir)
+        logs = sorted(p.name for p in directory.glob("daemon.log*"))
+        done = run_cli(role, "-r", str(directory))
+        assert done.returncode == 1, done
+        assert done.stderr.startswith("chunkfs: error: a daemon is already running on") \
+            and done.stderr.count("\n") == 1, done.stderr
+        assert sorted(p.name for p in directory.glob("daemon.log*")) == logs  # its log not rotated
+        assert cluster.running(cluster.find(role, 1))

@@ -30,7 +30,15 @@ from chunkfs.common.config import (
     save_client_config,
     save_node,
 )
-from chunkfs.common.daemon import LOG_FILE, bind_error, free_port, rotate_log, run_foreground, start_background
+from chunkfs.common.daemon import (
+    LOG_FILE,
+    bind_error,
+    free_port,
+    refuse_if_running,
+    rotate_log,
+    run_foreground,
+    start_background,
+)
 from chunkfs.common.errors import Unavailable
 from chunkfs.cs.server import ChunkServer
 from chunkfs.mds.server import MetadataServer
@@ -172,6 +180,8 @@ def run_node(role: str, directory: Path, background: bool) -> int:
         pid = start_background([role, "-r", str(directory)], directory, node.addr)
         print(f"{role.upper()} started in the background: pid {pid}, address {node.addr}, log {directory / LOG_FILE}")
         return 0
+    # Before the log is rotated or the folder scanned: they are the running daemon's (a fault probe).
+    refuse_if_running(directory)
     # In the background (stderr is DIR/daemon.log) the log rotates by size, as node.json says.
     rotate_log(directory / LOG_FILE, node.log_max_size, node.log_backups)
     server: MetadataServer | ChunkServer

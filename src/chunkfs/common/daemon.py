@@ -196,14 +196,20 @@ STOP_SLOW = 2.0
 EXIT_FATAL = 3
 
 
+def refuse_if_running(directory: Path) -> None:
+    """ConfigError if another daemon runs on `directory`: checked before anything touches the folder
+    (its log rotated, its replicas scanned) as well as before serving."""
+    running = daemon_pid(directory)
+    if running is not None and running != os.getpid():
+        raise ConfigError(f"a daemon is already running on {directory} (pid {running}); stop it first")
+
+
 def run_foreground(
     directory: Path, start: Callable[[], Awaitable[Any]], stop: Callable[[], Awaitable[Any]],
     fatal: Callable[[], Awaitable[str]] | None = None,
 ) -> int:
     """Run a server until SIGTERM or SIGINT, or until `fatal` returns a reason to stop; the exit status."""
-    running = daemon_pid(directory)
-    if running is not None and running != os.getpid():
-        raise ConfigError(f"a daemon is already running on {directory} (pid {running}); stop it first")
+    refuse_if_running(directory)
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
     done = asyncio.Event()
