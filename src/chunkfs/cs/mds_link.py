@@ -109,6 +109,10 @@ class MdsLink:
                         # only filled the log.  The server stops; wiped and made again, it is a new one.
                         return f"{exc}"
                     logger.warning("link to MDS %s: %s", addr, exc)
+                except OSError as exc:
+                    # This server's own disk (its data folder removed, a failing disk: the folder watch
+                    # stops the server if it is gone): one line saying so, not a traceback.
+                    logger.error("link to MDS %s: the chunk store's disk failed: %s; trying again", addr, exc)
                 except Exception:  # noqa: BLE001 - a disk error while registering must not end the link for good
                     logger.exception("link to MDS %s failed; trying again", addr)
                 finally:
