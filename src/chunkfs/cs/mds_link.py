@@ -109,6 +109,8 @@ class MdsLink:
                         # only filled the log.  The server stops; wiped and made again, it is a new one.
                         return f"{exc}"
                     logger.warning("link to MDS %s: %s", addr, exc)
+                except (ConnectionError, TimeoutError) as exc:  # (OSErrors too: the network's, not the disk's)
+                    logger.warning("link to MDS %s: %s", addr, exc)
                 except OSError as exc:
                     # This server's own disk (its data folder removed, a failing disk: the folder watch
                     # stops the server if it is gone): one line saying so, not a traceback.
