@@ -18,6 +18,10 @@ checksums, no FUSE:
   logs are written ahead with zeros, as ChunkFS's are.  One client at a
   time, then four at once (the leader sends what arrived in one turn of its
   loop as one batch, with several batches in flight).
+* ``commit in one round trip``: what a metadata change would cost if the client
+  sent it to the leader and to a second server at once and each synced it
+  (a CURP-style witness: Park and Ousterhout, NSDI 2019), instead of the
+  leader sending it on: a measure of the second hop, not a design ChunkFS has.
 * ``write``: what one acknowledged 4 KiB write costs.  A client sends 4 KiB
   to three servers at once; each ``pwrite``s it into a 64 MiB file (no sync:
   a write before ``fsync``) and answers; the client waits for all three.
@@ -201,6 +205,21 @@ async def commit_client(port: int, clients: int, seconds: float) -> None:
     print(f"{done} {time.perf_counter() - start:.6f}")
 
 
+async def sync_client(ports: list[int], seconds: float) -> None:
+    """One change at a time, sent to every server at once; done when each has it on its disk."""
+    callers = [Caller() for _ in ports]
+    for caller, port in zip(callers, ports, strict=True):
+        await caller.connect(port)
+    change = bytes(CHANGE_BYTES)
+    done = 0
+    start = time.perf_counter()
+    end = start + seconds
+    while time.perf_counter() < end:
+        await asyncio.gather(*(c.call(change) for c in callers))
+        done += 1
+    print(f"{done} {time.perf_counter() - start:.6f}")
+
+
 async def write_client(ports: list[int], seconds: float) -> None:
     callers = [Caller() for _ in ports]
     for caller, port in zip(callers, ports, strict=True):
@@ -286,6 +305,17 @@ def conduct(seconds: float, folder: Path) -> None:
                   f"{1e6 / ops_s * clients:,.0f} | {cpu} |")
     finally:
         _stop(servers)
+    ports = _free_ports(2)
+    servers = {f"server {i + 1}": _spawn("follower", str(port), str(folder / f"witness{port}.log"))
+               for i, port in enumerate(ports)}
+    try:
+        for port in ports:
+            _wait_listening(port)
+        ops_s, cpu = _measure(servers, ["sync-client", ",".join(map(str, ports)), str(seconds)])
+        print(f"| commit in one round trip: 1 client, to 2 servers at once, each syncs | {ops_s:,.0f} | "
+              f"{1e6 / ops_s:,.0f} | {cpu} |")
+    finally:
+        _stop(servers)
     ports = _free_ports(3)
     servers = {f"server {i + 1}": _spawn("write-server", str(port), str(folder / f"chunk{port}"))
                for i, port in enumerate(ports)}
@@ -320,6 +350,7 @@ def main() -> None:
         "write-server": lambda: write_server(int(rest[0]), Path(rest[1])),
         "commit-client": lambda: commit_client(int(rest[0]), int(rest[1]), float(rest[2])),
         "write-client": lambda: write_client([int(p) for p in rest[0].split(",")], float(rest[1])),
+        "sync-client": lambda: sync_client([int(p) for p in rest[0].split(",")], float(rest[1])),
     }
     loop = _loop()
     try:

@@ -46,7 +46,7 @@ def test_floor_prints_every_skeleton_with_a_rate(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     rows = [line for line in done.stdout.splitlines() if line.startswith("| commit") or line.startswith("| 4 KiB")]
-    assert len(rows) == 3, done.stdout
+    assert len(rows) == 4, done.stdout
     for row in rows:
         ops = float(row.split("|")[2].replace(",", ""))
         assert ops > 0, row
