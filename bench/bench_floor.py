@@ -205,34 +205,24 @@ async def commit_client(port: int, clients: int, seconds: float) -> None:
     print(f"{done} {time.perf_counter() - start:.6f}")
 
 
-async def sync_client(ports: list[int], seconds: float) -> None:
-    """One change at a time, sent to every server at once; done when each has it on its disk."""
+async def at_once_client(ports: list[int], seconds: float, kind: str) -> None:
+    """One request at a time, sent to every server at once, done when each has answered: a change
+    (`kind` "sync": each server syncs it) or a 4 KiB write at a random offset ("write")."""
     callers = [Caller() for _ in ports]
     for caller, port in zip(callers, ports, strict=True):
         await caller.connect(port)
-    change = bytes(CHANGE_BYTES)
-    done = 0
-    start = time.perf_counter()
-    end = start + seconds
-    while time.perf_counter() < end:
-        await asyncio.gather(*(c.call(change) for c in callers))
-        done += 1
-    print(f"{done} {time.perf_counter() - start:.6f}")
-
-
-async def write_client(ports: list[int], seconds: float) -> None:
-    callers = [Caller() for _ in ports]
-    for caller, port in zip(callers, ports, strict=True):
-        await caller.connect(port)
-    data = os.urandom(WRITE_BYTES)
+    change, data = bytes(CHANGE_BYTES), os.urandom(WRITE_BYTES)
     blocks = FILE_BYTES // WRITE_BYTES
     done, seed = 0, 1
     start = time.perf_counter()
     end = start + seconds
     while time.perf_counter() < end:
-        seed = (seed * 1103515245 + 12345) % (1 << 31)
-        offset = _ID.pack((seed % blocks) * WRITE_BYTES)
-        await asyncio.gather(*(c.call(offset + data) for c in callers))
+        if kind == "sync":
+            body = change
+        else:
+            seed = (seed * 1103515245 + 12345) % (1 << 31)
+            body = _ID.pack((seed % blocks) * WRITE_BYTES) + data
+        await asyncio.gather(*(c.call(body) for c in callers))
         done += 1
     print(f"{done} {time.perf_counter() - start:.6f}")
 
@@ -305,25 +295,22 @@ def conduct(seconds: float, folder: Path) -> None:
                   f"{1e6 / ops_s * clients:,.0f} | {cpu} |")
     finally:
         _stop(servers)
-    ports = _free_ports(2)
-    servers = {f"server {i + 1}": _spawn("follower", str(port), str(folder / f"witness{port}.log"))
+    _at_once_row(seconds, folder, "commit in one round trip: 1 client, to 2 servers at once, each syncs",
+                 "follower", "witness", 2, "sync-client")
+    _at_once_row(seconds, folder, "4 KiB write to 3 servers at once, QD1", "write-server", "chunk", 3, "write-client")
+
+
+def _at_once_row(seconds: float, folder: Path, label: str, role: str, file_prefix: str, n: int,
+                 client: str) -> None:
+    """One row: `n` servers of `role`, one client sending each request to all of them at once."""
+    ports = _free_ports(n)
+    servers = {f"server {i + 1}": _spawn(role, str(port), str(folder / f"{file_prefix}{port}"))
                for i, port in enumerate(ports)}
     try:
         for port in ports:
             _wait_listening(port)
-        ops_s, cpu = _measure(servers, ["sync-client", ",".join(map(str, ports)), str(seconds)])
-        print(f"| commit in one round trip: 1 client, to 2 servers at once, each syncs | {ops_s:,.0f} | "
-              f"{1e6 / ops_s:,.0f} | {cpu} |")
-    finally:
-        _stop(servers)
-    ports = _free_ports(3)
-    servers = {f"server {i + 1}": _spawn("write-server", str(port), str(folder / f"chunk{port}"))
-               for i, port in enumerate(ports)}
-    try:
-        for port in ports:
-            _wait_listening(port)
-        ops_s, cpu = _measure(servers, ["write-client", ",".join(map(str, ports)), str(seconds)])
-        print(f"| 4 KiB write to 3 servers at once, QD1 | {ops_s:,.0f} | {1e6 / ops_s:,.0f} | {cpu} |")
+        ops_s, cpu = _measure(servers, [client, ",".join(map(str, ports)), str(seconds)])
+        print(f"| {label} | {ops_s:,.0f} | {1e6 / ops_s:,.0f} | {cpu} |")
     finally:
         _stop(servers)
 
@@ -349,8 +336,8 @@ def main() -> None:
         "leader": lambda: leader(int(rest[0]), int(rest[1]), Path(rest[2])),
         "write-server": lambda: write_server(int(rest[0]), Path(rest[1])),
         "commit-client": lambda: commit_client(int(rest[0]), int(rest[1]), float(rest[2])),
-        "write-client": lambda: write_client([int(p) for p in rest[0].split(",")], float(rest[1])),
-        "sync-client": lambda: sync_client([int(p) for p in rest[0].split(",")], float(rest[1])),
+        "write-client": lambda: at_once_client([int(p) for p in rest[0].split(",")], float(rest[1]), "write"),
+        "sync-client": lambda: at_once_client([int(p) for p in rest[0].split(",")], float(rest[1]), "sync"),
     }
     loop = _loop()
     try:
