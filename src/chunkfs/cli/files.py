@@ -110,8 +110,9 @@ async def cmd_put(client: Client, args: argparse.Namespace) -> int:
                     break
                 if len(pending) >= COPY_DEPTH:
                     done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                    for t in done:
-                        t.result()
+                    errors = [e for t in done if (e := t.exception()) is not None]  # each one looked at
+                    if errors:
+                        raise errors[0]
                 size = len(data)
                 t = asyncio.ensure_future(client.write(ino, offset, data, extend=False))
                 t.add_done_callback(lambda _t, n=size: progress.advance(task, n))
