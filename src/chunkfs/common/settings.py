@@ -10,6 +10,7 @@ heartbeat reply, and the CLI shows these declarations in its help.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,6 +71,8 @@ def parse_value(name: str, text: str) -> float:
         value = float(text)
     except ValueError:
         raise InvalidArgument(f"{name}: {text!r} is not a number") from None
+    if not math.isfinite(value):  # (inf and nan parse as floats, and int() of them fails)
+        raise InvalidArgument(f"{name}: {text!r} is not a finite number")
     if setting.integer and value != int(value):
         raise InvalidArgument(f"{name}: must be a whole number")
     if not setting.low <= value <= setting.high:

@@ -97,3 +97,7 @@ def test_settings_defaults_and_checks() -> None:
         check_update(values, {"scrub-rate": "0"})
     with pytest.raises(InvalidArgument, match="whole number"):
         check_update(values, {"replication-per-cs": "1.5"})
+    for bad in ("inf", "nan", "1e999", "-inf"):  # (an operator probe: an internal error for the whole-number ones)
+        for name in ("event-log-max", "scrub-rate"):
+            with pytest.raises(InvalidArgument, match="not a finite number"):
+                check_update(values, {name: bad})
