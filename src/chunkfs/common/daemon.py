@@ -196,6 +196,12 @@ STOP_SLOW = 2.0
 EXIT_FATAL = 3
 
 
+class ForGood(str):
+    """A reason to stop that no restart mends (the node was removed from the cluster): the daemon exits
+    with status 1, as for a bad configuration, which the systemd units do not restart (a removed chunk
+    server exiting with status 3 was started again every 2 s, for ever: an operator probe)."""
+
+
 def refuse_if_running(directory: Path) -> None:
     """ConfigError if another daemon runs on `directory`: checked before anything touches the folder
     (its log rotated, its replicas scanned) as well as before serving."""
@@ -231,8 +237,9 @@ def run_foreground(
         if waits[0] in ended:
             logger.info("stopping on signal")
         else:
-            status = EXIT_FATAL
-            logger.critical("stopping with status %d: %s", status, waits[1].result())
+            reason = waits[1].result()
+            status = 1 if isinstance(reason, ForGood) else EXIT_FATAL
+            logger.critical("stopping with status %d: %s", status, reason)
         started = time.monotonic()
         await stop()
         if time.monotonic() - started > STOP_SLOW:

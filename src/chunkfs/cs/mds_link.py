@@ -20,6 +20,7 @@ import socket
 from typing import TYPE_CHECKING
 
 from chunkfs.common.config import NodeConfig, save_node_file
+from chunkfs.common.daemon import ForGood
 from chunkfs.common.errors import ChunkFSError, NotMaster
 from chunkfs.protocol.mds_link import watch_for_silent_master
 from chunkfs.protocol.messages import FEATURE_FIRST_WRITE, FEATURE_VERSIONED_CUT, REPLICA_PAGE, Msg
@@ -107,7 +108,7 @@ class MdsLink:
                     if removed is not None and removed == self.cs_id:
                         # For good (the master keeps it in its store): trying again three times a second
                         # only filled the log.  The server stops; wiped and made again, it is a new one.
-                        return f"{exc}"
+                        return ForGood(exc)
                     logger.warning("link to MDS %s: %s", addr, exc)
                 except (ConnectionError, TimeoutError) as exc:  # (OSErrors too: the network's, not the disk's)
                     logger.warning("link to MDS %s: %s", addr, exc)
