@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 from .conftest import run_cli
@@ -141,6 +144,19 @@ def test_a_get_that_fails_leaves_the_local_file_as_it_was(make_cluster, tmp_path
     assert run_cli("-c", name, "put", str(src), "/g").returncode == 0
     assert run_cli("-c", name, "get", "/g", str(dest)).returncode == 0
     assert dest.read_bytes() == b"new" and (dest.stat().st_mode & 0o777) == 0o640
+
+
+def test_ctrl_c_ends_a_following_command_with_one_line(make_cluster) -> None:
+    """Ctrl-C is how `get-event --follow` is left: "interrupted" and status 130, no traceback (an
+    operator probe saw asyncio's tracebacks of the client's cleanup, cut off by the loop closing)."""
+    cluster = make_cluster(n_cs=1)
+    with subprocess.Popen([sys.executable, "-m", "chunkfs", "-c", cluster.name, "get-event", "--follow"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as follow:
+        assert follow.stdout is not None
+        follow.stdout.readline()  # following: it has printed the first event
+        follow.send_signal(signal.SIGINT)
+        _, err = follow.communicate(timeout=30)
+    assert follow.returncode == 130 and err == "chunkfs: interrupted\n", err
 
 
 def test_port_in_use_and_foreign_data_directory(make_cluster, tmp_path) -> None:

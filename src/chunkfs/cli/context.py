@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 
 from chunkfs.client.client import Client
 from chunkfs.common.config import ConfigError, load_client_config
-from chunkfs.common.daemon import new_event_loop
+from chunkfs.common.daemon import new_event_loop, unwind
 
 #: A command that talks to the cluster: it gets a connected client and its arguments.
 Command = Callable[[Client, argparse.Namespace], Awaitable[int]]
@@ -36,4 +36,8 @@ def run_with_client(args: argparse.Namespace, func: Command) -> int:
     try:
         return loop.run_until_complete(main())
     finally:
+        # Ctrl-C, the way out of `get-event --follow`, `top` and `rm-cs --wait`, stops the loop with the
+        # command half way: its own cleanup (closing the client) runs here, not in a loop closed
+        # under it (asyncio printed tracebacks of what was cut off: an operator probe).
+        unwind(loop)
         loop.close()

@@ -251,13 +251,14 @@ def run_foreground(
         with contextlib.suppress(OSError):
             if read_pid(directory) == os.getpid():
                 (directory / PID_FILE).unlink()
-        _unwind(loop)
+        unwind(loop)
         loop.close()
     return status
 
 
-def _unwind(loop: asyncio.AbstractEventLoop) -> None:
-    """Cancel what is still running (started while the server stopped) and let it finish, bounded.
+def unwind(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel what is still running (started while the server stopped, or a command cut off by
+    Ctrl-C) and let it finish, bounded, before the loop closes.
 
     A task still pending when the loop closes is destroyed half way ("Task was
     destroyed but it is pending!" and a traceback in the log).
