@@ -92,6 +92,10 @@ def test_local_down_stops_a_daemon_made_by_hand_inside_the_clusters_folder(make_
     assert run_cli("cs", "-r", str(extra), "--background").returncode == 0
     pid = read_pid(extra)
     assert pid
+    # `list-services --dir` and `secret ... --local` (through the same list of node folders) count it
+    # too (an operator probe: `secret finish --local` left such a node accepting the old secret).
+    services = json.loads(run_cli("list-services", "--dir", str(cluster.dir), "--json").stdout)
+    assert str(extra.resolve()) in {s["dir"] for s in services}, services
     done = run_cli("local", "down", "--dir", str(cluster.dir))
     assert done.returncode == 0 and "stopped 3 process(es)" in done.stdout, done
     assert wait_exit(pid, 15.0)

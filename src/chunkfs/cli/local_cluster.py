@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from chunkfs.cli.nodes import make_cs, make_mds
+from chunkfs.cli.services import unlisted_node_dirs
 from chunkfs.client.client import SyncClient
 from chunkfs.common.config import NODE_FILE, ConfigError, load_client_config, load_node
 from chunkfs.common.daemon import (
@@ -37,18 +38,6 @@ from chunkfs.common.errors import ChunkFSError, Unavailable
 
 STATE_FILE = "local.json"
 READY_TIMEOUT = 30.0
-
-
-def _folders_not_mounted(directory: Path) -> list[Path]:
-    """The folders in `directory`, but mount points (a mount of the cluster there may hang: never looked into)."""
-    from chunkfs.client.fuse_session import is_mounted  # (here: it loads pyfuse3)
-
-    out = []
-    with contextlib.suppress(OSError), os.scandir(directory) as entries:
-        for entry in entries:
-            if entry.is_dir(follow_symlinks=False) and not is_mounted(Path(entry.path)):
-                out.append(Path(entry.path).resolve())
-    return out
 
 
 @dataclass(slots=True)
@@ -248,11 +237,8 @@ class LocalCluster:
     def _unlisted(self) -> list[Process]:
         """Node folders inside the cluster's folder that it did not make (make-cs/make-mds -r DIR/...):
         their daemons are the cluster's too (a probe's `local down` left two running)."""
-        listed = {Path(p.dir).resolve() for p in self.processes}
         found = []
-        for directory in sorted(_folders_not_mounted(self.dir)):
-            if directory in listed or not (directory / NODE_FILE).is_file():
-                continue
+        for directory in unlisted_node_dirs(self.dir, [Path(p.dir) for p in self.processes]):
             with contextlib.suppress(ConfigError, OSError):
                 node = load_node(directory)[0]
                 found.append(Process(node.role, node.node_id, str(directory), node.addr))

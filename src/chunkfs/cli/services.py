@@ -12,6 +12,7 @@ directory.  No cluster connection is needed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -35,15 +36,36 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.set_defaults(func=cmd_list_services)
 
 
+def folders_not_mounted(directory: Path) -> list[Path]:
+    """The folders in `directory`, but mount points (a mount of the cluster there may hang: never looked into)."""
+    from chunkfs.client.fuse_session import is_mounted  # (here: it loads pyfuse3)
+
+    out = []
+    with contextlib.suppress(OSError), os.scandir(directory) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False) and not is_mounted(Path(entry.path)):
+                out.append(Path(entry.path).resolve())
+    return out
+
+
+def unlisted_node_dirs(directory: Path, listed: list[Path]) -> list[Path]:
+    """Node folders inside a local cluster's folder that `local up` did not make (make-cs/make-mds -r DIR/...):
+    their daemons are the cluster's too (a probe's `local down` left two running, and `secret finish --local`
+    left two accepting the old secret)."""
+    known = {p.resolve() for p in listed}
+    return [d for d in sorted(folders_not_mounted(directory)) if d not in known and (d / NODE_FILE).is_file()]
+
+
 def node_dirs(root: Path) -> list[Path]:
     root = root.resolve()
     local = root / "local.json"
     if local.exists():
         try:
             data = json.loads(local.read_text())
-            return [Path(p["dir"]) for p in data["processes"]]
+            listed = [Path(p["dir"]) for p in data["processes"]]
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"{local}: unreadable: {exc}") from None
+        return listed + unlisted_node_dirs(root, listed)
     found: list[Path] = []
     level = [root]
     seen = 0
