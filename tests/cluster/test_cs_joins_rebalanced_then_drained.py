@@ -78,6 +78,11 @@ def test_new_server_gets_replicas_and_rm_cs_drains_one(make_cluster) -> None:
         cluster.start("cs", gone.id)
     wait_for("the removed server, started again, to stop again", lambda: not cluster.running(gone), timeout=60)
     assert log.read_text().count("was removed from the cluster (rm-cs)") > said
+    # It left a mark in its folder, and `local up` starts it no more (an operator probe: `local up` on a
+    # running cluster failed when the removed server stopped before its start was seen through).
+    assert (Path(gone.dir) / "removed").is_file()
+    assert all(p.dir != gone.dir for p in cluster.start_all())
+    assert not cluster.running(gone)
     with cluster.client() as c:
         c.client.mds.retry_for = 30.0
         assert victim not in [s["id"] for s in c.cluster_stat()["cs"]]

@@ -24,7 +24,7 @@ from typing import Any
 from chunkfs.cli.nodes import make_cs, make_mds
 from chunkfs.cli.services import unlisted_node_dirs
 from chunkfs.client.client import SyncClient
-from chunkfs.common.config import NODE_FILE, ConfigError, load_client_config, load_node
+from chunkfs.common.config import NODE_FILE, REMOVED_FILE, ConfigError, load_client_config, load_node
 from chunkfs.common.daemon import (
     daemon_pid,
     free_port,
@@ -164,7 +164,8 @@ class LocalCluster:
 
         Daemons made by hand in the cluster's folder (``make-mds``/``make-cs -r DIR/...``) are its
         own from now on; a metadata server taken out with ``rm-mds`` (its address gone from the
-        client configuration) is not started again.  A daemon whose folder is gone starts nothing
+        client configuration) is not started again, nor a chunk server removed with ``rm-cs`` (the mark
+        it left in its folder).  A daemon whose folder is gone starts nothing
         (a one-line error says how to replace it), and the ones running go on; should a start
         fail, the ones this call started are stopped again, and only those.
         """
@@ -172,6 +173,8 @@ class LocalCluster:
             if found.role == "cs":
                 found.id = 1 + max((p.id for p in self.processes if p.role == "cs"), default=0)
             self.processes.append(found)
+        # Chunk servers the cluster removed (rm-cs) left a mark in their folders: not started again.
+        self.processes = [p for p in self.processes if not (p.role == "cs" and (Path(p.dir) / REMOVED_FILE).is_file())]
         with contextlib.suppress(ConfigError):
             members = set(load_client_config(self.name).mds)
             removed = [p for p in self.processes if p.role == "mds" and p.addr not in members]

@@ -37,6 +37,8 @@ MAX_LOG_BACKUPS = 1000
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 NODE_FILE = "node.json"
+#: In a chunk server's folder once the cluster removed it (rm-cs): `local up` starts it no more.
+REMOVED_FILE = "removed"
 SECRET_FILE = "secret"  # noqa: S105 - a file name, not a secret
 
 

@@ -14,12 +14,13 @@ the receive buffer and 60,000 the header limit (issue 14).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import socket
 from typing import TYPE_CHECKING
 
-from chunkfs.common.config import NodeConfig, save_node_file
+from chunkfs.common.config import REMOVED_FILE, NodeConfig, save_node_file
 from chunkfs.common.daemon import ForGood
 from chunkfs.common.errors import ChunkFSError, NotMaster
 from chunkfs.protocol.mds_link import watch_for_silent_master
@@ -108,6 +109,9 @@ class MdsLink:
                     if removed is not None and removed == self.cs_id:
                         # For good (the master keeps it in its store): trying again three times a second
                         # only filled the log.  The server stops; wiped and made again, it is a new one.
+                        # The mark tells `local up` not to start it again (it raced the server's stop).
+                        with contextlib.suppress(OSError):
+                            (self.server.directory / REMOVED_FILE).write_text(f"{exc}\n")
                         return ForGood(exc)
                     logger.warning("link to MDS %s: %s", addr, exc)
                 except (ConnectionError, TimeoutError) as exc:  # (OSErrors too: the network's, not the disk's)
