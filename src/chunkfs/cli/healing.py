@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import time
+from collections.abc import Iterator
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
@@ -101,6 +103,17 @@ async def cmd_get_config(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _says_the_drain_goes_on(cs_id: int) -> Iterator[None]:
+    """Ctrl-C stops the waiting, not the drain: say so, and how to stop it (an operator probe)."""
+    try:
+        yield
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        print(f"chunkfs: CS#{cs_id} goes on draining in the background; `chunkfs rm-cs {cs_id} --cancel` stops it",
+              file=sys.stderr)
+        raise
+
+
 async def cmd_rm_cs(client: Client, args: argparse.Namespace) -> int:
     reply = await client.rm_cs(args.id, args.cancel)
     if args.cancel:
@@ -118,7 +131,7 @@ async def cmd_rm_cs(client: Client, args: argparse.Namespace) -> int:
     progress = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=Console(stderr=True), disable=not sys.stderr.isatty(),
                         transient=True)
-    with progress:
+    with progress, _says_the_drain_goes_on(args.id):
         task = progress.add_task(f"draining CS#{args.id}", total=total)
         while not reply["removed"]:
             if time.monotonic() > deadline:
