@@ -276,7 +276,8 @@ def unwind(loop: asyncio.AbstractEventLoop) -> None:
 
 def bind_error(addr: str, exc: OSError) -> ConfigError:
     if exc.errno == errno.EADDRINUSE:
-        return ConfigError(f"cannot listen on {addr}: address already in use; choose another port with -a")
+        return ConfigError(f"cannot listen on {addr}: address already in use: stop what listens there, or give "
+                           "this node another address (\"addr\" in its node.json, or make it again with -a)")
     return ConfigError(f"cannot listen on {addr}: {exc.strerror or exc}")
 
 
