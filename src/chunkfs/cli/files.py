@@ -351,8 +351,9 @@ async def cmd_stat(client: Client, args: argparse.Namespace) -> int:
     print("chunk servers:")
     for s in stat["cs"]:
         full = " FULL: takes no new chunks" if s.get("full") else ""
+        draining = " DRAINING (rm-cs): its replicas move away" if s.get("draining") else ""
         print(f"  CS#{s['id']:<4} {s['status']:<8} {s['addr']:<22} host {s['host']:<12} "
-              f"{human_bytes(s['free'])} free of {human_bytes(s['total'])}, {s['replicas']} replicas{full}")
+              f"{human_bytes(s['free'])} free of {human_bytes(s['total'])}, {s['replicas']} replicas{full}{draining}")
     return 0
 
 

@@ -120,7 +120,7 @@ async def cmd_rm_cs(client: Client, args: argparse.Namespace) -> int:
         print(f"CS#{args.id}: draining cancelled ({reply['left']} replica(s) on it)")
         return 0
     if reply["removed"]:
-        print(f"CS#{args.id} removed from the cluster; stop its process")
+        print(f"CS#{args.id} removed from the cluster; its process, if it runs, stops by itself")
         return 0
     if not args.wait:
         print(f"CS#{args.id} is draining: {reply['left']} replica(s) left to move; run again to check, "
@@ -141,5 +141,5 @@ async def cmd_rm_cs(client: Client, args: argparse.Namespace) -> int:
             reply = await client.rm_cs(args.id)
             total = max(total, reply["left"])
             progress.update(task, total=total, completed=total - reply["left"])
-    print(f"CS#{args.id} drained and removed from the cluster; stop its process")
+    print(f"CS#{args.id} drained and removed from the cluster; its process, if it runs, stops by itself")
     return 0

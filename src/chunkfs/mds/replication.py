@@ -764,7 +764,8 @@ class ReplicationMonitor:
         server = mds.live.pop(cs_id, None)
         if server is not None:
             server.conn.close()
-        await mds.event("info", f"CS#{cs_id} drained and removed from the cluster; stop its process")
+        await mds.event("info", f"CS#{cs_id} drained and removed from the cluster; its process, if it runs, "
+                                "stops by itself")
         return {"left": 0, "removed": True}
 
     async def set_config(self, values: dict[str, Any]) -> dict[str, float]:
