@@ -36,7 +36,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.set_defaults(func=cmd_list_services)
 
 
-def folders_not_mounted(directory: Path) -> list[Path]:
+def _folders_not_mounted(directory: Path) -> list[Path]:
     """The folders in `directory`, but mount points (a mount of the cluster there may hang: never looked into)."""
     from chunkfs.client.fuse_session import is_mounted  # (here: it loads pyfuse3)
 
@@ -53,7 +53,7 @@ def unlisted_node_dirs(directory: Path, listed: list[Path]) -> list[Path]:
     their daemons are the cluster's too (a probe's `local down` left two running, and `secret finish --local`
     left two accepting the old secret)."""
     known = {p.resolve() for p in listed}
-    return [d for d in sorted(folders_not_mounted(directory)) if d not in known and (d / NODE_FILE).is_file()]
+    return [d for d in sorted(_folders_not_mounted(directory)) if d not in known and (d / NODE_FILE).is_file()]
 
 
 def node_dirs(root: Path) -> list[Path]:
