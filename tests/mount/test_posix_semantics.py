@@ -119,6 +119,42 @@ def test_file_replaced_by_rename_while_open(make_cluster, mount) -> None:
     assert (mnt / "old").read_bytes() == b"new contents"
 
 
+def test_a_file_renamed_over_while_the_kernel_holds_it_opens_as_the_old_file(make_cluster, mount) -> None:
+    """An open of a name that raced this mount's rename over it finds the old file, as on a local disk.
+
+    The kernel reaches the file by the name, then a rename replaces it, then the open arrives: the
+    master had freed the file, and the open failed with ESTALE (the kernel looks the name up again
+    only once, so a file replaced every few milliseconds made opens fail).  An ``O_PATH``
+    descriptor holds the kernel's inode the same way, for as long as the test wants; reopened
+    through ``/proc``, ext4 gives the old file.  Once the kernel forgets it, the old file is freed.
+    """
+    cluster = make_cluster(n_cs=3, chunk_size=1 * MiB)
+    mnt = mount(cluster)
+    (mnt / "conf").write_bytes(b"old" * 1000)
+    base = chunk_count(cluster)
+    path_fd = os.open(mnt / "conf", os.O_PATH)
+    try:
+        for i in range(3):  # the new file replaced by yet another: each old one is freed
+            (mnt / "conf.tmp").write_bytes(b"new%d" % i)
+            os.rename(mnt / "conf.tmp", mnt / "conf")
+        assert (mnt / "conf").read_bytes() == b"new2"
+        fd = os.open(f"/proc/self/fd/{path_fd}", os.O_RDONLY)
+        try:
+            assert os.pread(fd, 6, 0) == b"oldold"
+            assert os.fstat(fd).st_nlink == 0
+        finally:
+            os.close(fd)
+        assert os.stat(path_fd).st_size == 3000  # still held after its open file's close
+        with open(f"/proc/self/fd/{path_fd}", "rb") as again:
+            assert again.read(3) == b"old"
+        # The old file's chunk (held) and the newest one's: the two files replaced in between are freed.
+        wait_for("the files replaced after it to be freed", lambda: chunk_count(cluster) == base + 1, timeout=30)
+    finally:
+        os.close(path_fd)
+    wait_for("the old file to be freed once the kernel forgot it", lambda: chunk_count(cluster) == base, timeout=30)
+    assert (mnt / "conf").read_bytes() == b"new2"
+
+
 def test_unlinked_file_survives_master_kill_and_other_mount(make_cluster, mount) -> None:
     cluster = make_cluster(n_cs=3, n_mds=3, chunk_size=1 * MiB)
     one = mount(cluster, "one")

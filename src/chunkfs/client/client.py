@@ -137,13 +137,18 @@ class Client:
         await self._change(Msg.RMDIR, {"parent": parent, "name": to_bytes(name)})
 
     async def rename_at(
-        self, parent: int, name: str | bytes, new_parent: int, new_name: str | bytes, noreplace: bool = False
-    ) -> None:
+        self, parent: int, name: str | bytes, new_parent: int, new_name: str | bytes, noreplace: bool = False,
+        *, session: str | None = None, hold: int = 0,
+    ) -> int:
+        """Rename; with a mount's `session` and `hold` (a registration number, as `open_ino`'s `oseq`),
+        the file the rename replaces stays held by that session until released: its inode, or 0."""
         header: dict[str, Any] = {
             "parent": parent, "name": to_bytes(name), "new_parent": new_parent, "new_name": to_bytes(new_name)}
         if noreplace:
             header["noreplace"] = True
-        await self._change(Msg.RENAME, header)
+        if session is not None and hold:
+            header["session"], header["hold"] = session, hold
+        return int((await self._change(Msg.RENAME, header)).get("held") or 0)
 
     # -- open files (the mount) ----------------------------------------------
 

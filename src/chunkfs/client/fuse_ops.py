@@ -46,7 +46,10 @@ per block, which is correct, merely not sparse.)
 Open files outlive their names, as POSIX wants: every open registers the
 inode with the master under this mount's *session* (`chunkfs.mds.open_files`),
 and the last close releases it, so a file unlinked or renamed over while
-open here keeps its data until then (``fstat`` shows ``st_nlink`` 0).  The
+open here keeps its data until then (``fstat`` shows ``st_nlink`` 0).  A
+file this mount renames another over, while its kernel still has the old
+one, is held too until the kernel forgets it: a process whose open of the
+name raced the rename opens the old file, as on a local disk, not ``ESTALE``.  The
 session is renewed every quarter of its lifetime; when the master does not
 know it (a new master), the mount re-sends every inode it holds open.
 
@@ -396,6 +399,9 @@ class ChunkFSOperations(pyfuse3.Operations):
         self._names_checked = False
         self.files: dict[int, OpenFile] = {}  # by inode
         self.handles: dict[int, OpenFile] = {}  # by file handle
+        #: Files this mount renamed another over while its kernel had them, held on the master until
+        #: the kernel forgets them (RENAME's `hold`): inode -> the hold's registration number.
+        self._replaced: dict[int, int] = {}
         #: Handles opened with O_APPEND for writing only: each write goes to the end of the file as this
         #: mount knows it.
         self._appending: set[int] = set()
@@ -597,7 +603,8 @@ class ChunkFSOperations(pyfuse3.Operations):
         this mount is let through: its processes reach it through their open files (`fstat`,
         ``/proc/PID/fd``), and only a name kept in that same moment would still lead to it.
         """
-        return attr.get("nlink", 1) == 0 and attr["type"] == "f" and attr["ino"] not in self.files
+        ino = attr["ino"]
+        return attr.get("nlink", 1) == 0 and attr["type"] == "f" and ino not in self.files and ino not in self._replaced
 
     @fuse_errors
     async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
@@ -623,7 +630,12 @@ class ChunkFSOperations(pyfuse3.Operations):
         return self._entry(attr, since)
 
     async def forget(self, inode_list: Any) -> None:
-        self.cache.forget(ino for ino, _ in inode_list)
+        inodes = [ino for ino, _ in inode_list]
+        self.cache.forget(inodes)
+        for ino in inodes:
+            hold = self._replaced.pop(ino, None)
+            if hold is not None and ino not in self.files:  # (else its last close releases it)
+                self._release_soon(ino, hold)
 
     @fuse_errors
     async def setattr(
@@ -827,9 +839,17 @@ class ChunkFSOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EINVAL)
         check_name_length(name_old)
         check_name_length(name_new)
+        # The kernel may still reach the file this replaces (an open of the name on its way, an O_PATH
+        # descriptor): the master holds it for this mount until the kernel forgets it (`forget`).
+        known = self.cache.ino_at(parent_inode_new, name_new)
+        hold = next(self._oseq) if known is not None and known not in self.files else 0
         async with self._changing_names():
-            await self.client.rename_at(parent_inode_old, name_old, parent_inode_new, name_new,
-                                        noreplace=bool(flags & RENAME_NOREPLACE))
+            held = await self.client.rename_at(parent_inode_old, name_old, parent_inode_new, name_new,
+                                               noreplace=bool(flags & RENAME_NOREPLACE),
+                                               session=self.session, hold=hold)
+        if held:
+            self._replaced[held] = hold
+            self._start_session_keeper()
         replaced = self.cache.renamed(parent_inode_old, name_old, parent_inode_new, name_new)
         if replaced is not None:
             self._fresh_dirs.pop(replaced, None)  # a directory renamed over: its nlink is 0 now
@@ -952,8 +972,7 @@ class ChunkFSOperations(pyfuse3.Operations):
             of.size, of.committed_size, of.mtime_ns = attr["size"], attr["size"], attr["mtime_ns"]
         of.refs += 1
         of.registered = max(of.registered, oseq)
-        if self._session_keeper is None:
-            self._session_keeper = asyncio.get_running_loop().create_task(self._keep_session())
+        self._start_session_keeper()
         fh = next(self._fh)
         self.handles[fh] = of
         # O_DIRECT (qemu cache=none, databases) bypasses the page cache: every
@@ -969,6 +988,11 @@ class ChunkFSOperations(pyfuse3.Operations):
             direct = True
         return pyfuse3.FileInfo(fh=fh, direct_io=direct, keep_cache=False)
 
+    def _start_session_keeper(self) -> None:
+        """Renew this mount's session from its first hold on (an open file, a replaced one)."""
+        if self._session_keeper is None:
+            self._session_keeper = asyncio.get_running_loop().create_task(self._keep_session())
+
     @fuse_errors
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         of = self.files.get(inode)
@@ -982,8 +1006,9 @@ class ChunkFSOperations(pyfuse3.Operations):
             # master holds the file for this mount from now on (and truncates it for O_TRUNC).
             try:
                 # Held open here, the file may be reached through that open file (/proc/PID/fd);
-                # else the kernel came by a name, which must still lead to it (see `_gone`).
-                linked = inode not in self.files
+                # else the kernel came by a name, which must still lead to it (see `_gone`), unless
+                # this mount renamed another over it while the kernel had it (see `rename`).
+                linked = inode not in self.files and inode not in self._replaced
                 attr = await self.client.open_ino(inode, self.session, truncate, linked=linked, oseq=oseq,
                                                   at=self._name_of(inode) if linked else None)
             except NotFound:
@@ -1144,17 +1169,18 @@ class ChunkFSOperations(pyfuse3.Operations):
             await asyncio.sleep(SESSION_TTL / 4)
 
     async def _resend_open_files(self) -> None:
-        """Send the master every file this mount holds open, the last page marked complete.
+        """Send the master every file this mount holds (open, or replaced: `rename`), the last page marked complete.
 
         A page the master answers as from an unknown session means a new master since the first
         one: it may lack the pages before, so all of them go again (a bounded number of times).
         """
         for _ in range(SESSION_RESEND_TRIES):
-            held = sorted(self.files)
+            held = sorted(self.files.keys() | self._replaced.keys())
             pages = [held[start:start + SESSION_OPEN_PAGE] for start in range(0, len(held), SESSION_OPEN_PAGE)]
             pages = pages or [[]]
             for number, page in enumerate(pages, 1):
-                oseqs = [self.files[ino].registered if ino in self.files else 0 for ino in page]
+                oseqs = [self.files[ino].registered if ino in self.files else self._replaced.get(ino, 0)
+                         for ino in page]
                 if not await self.client.renew_session(self.session, page, complete=number == len(pages), oseqs=oseqs):
                     break
             else:
@@ -1322,7 +1348,10 @@ class ChunkFSOperations(pyfuse3.Operations):
             if of.refs <= 0 and self.files.get(of.ino) is of and not of.dirty and not of.pending:
                 del self.files[of.ino]
                 await self._release_lease(of)
-                self._release_soon(of.ino, of.registered)
+                if of.ino in self._replaced:  # still held for the kernel: released when it forgets it
+                    self._replaced[of.ino] = of.registered
+                else:
+                    self._release_soon(of.ino, of.registered)
 
     def _release_soon(self, ino: int, upto: int) -> None:
         """Release a file closed here on the master with the others closed about now (RELEASE_DELAY)."""

@@ -128,6 +128,10 @@ class KernelCache:
         (ChunkFS has no hard links), until another client's change has it look the name up again."""
         return self._names.get(ino)
 
+    def ino_at(self, parent: int, name: bytes) -> int | None:
+        """The inode the kernel was last given for `name` in `parent`, if it still has it."""
+        return self._inodes.get((parent, name))
+
     def removed(self, parent: int, name: bytes) -> int | None:
         """This mount removed the name (the kernel dropped it itself); the inode it led to, if known here."""
         ino = self._inodes.pop((parent, name), None)

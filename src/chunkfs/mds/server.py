@@ -768,13 +768,44 @@ class MetadataServer:
         return ino
 
     async def _on_rename(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
+        held = await self._hold_replaced(h)
         moved = self.store.child_ino(h["parent"], h["name"]) or 0
-        replaced = await self._remove_name(
-            "rename", h["new_parent"], h["new_name"], parent=h["parent"], name=h["name"],
-            new_parent=h["new_parent"], new_name=h["new_name"], noreplace=h.get("noreplace", False), **self._once(h))
+        try:
+            # (no await between the hold and the decision `_remove_name` makes before its commit)
+            replaced = await self._remove_name(
+                "rename", h["new_parent"], h["new_name"], parent=h["parent"], name=h["name"],
+                new_parent=h["new_parent"], new_name=h["new_name"], noreplace=h.get("noreplace", False),
+                **self._once(h))
+        except BaseException:
+            if held:
+                self.open_files.release(h["session"], held, h["hold"])
+            raise
         self.watchers.changed(conn, [(h["parent"], h["name"]), (h["new_parent"], h["new_name"])],
                               [i for i in (h["parent"], h["new_parent"], moved, replaced) if i])
-        return self._parents(h["parent"], h["new_parent"])
+        reply = self._parents(h["parent"], h["new_parent"])
+        if held and held == replaced:
+            reply["held"] = held
+        elif held and self.open_files.release(h["session"], held, h["hold"]):
+            self.reaper.consider(held)  # (names moved meanwhile: the file held is not the one replaced)
+        return reply
+
+    async def _hold_replaced(self, h: dict[str, Any]) -> int:
+        """Hold the file a mount's rename replaces for its session, when asked (RENAME's `hold`); its inode.
+
+        The mount's kernel still has that file (a process's open may be on its way, or an
+        ``O_PATH`` descriptor holds it), and on a local disk such an open finds the old file.
+        Held, the replaced file becomes an orphan that lives until the mount releases it (once its
+        kernel forgets the inode) rather than vanishing with the rename's commit.
+        """
+        if h.get("hold") is None or h.get("session") is None:
+            return 0
+        await self._ensure_session(h["session"])
+        ino = self.store.child_ino(h["new_parent"], h["new_name"])
+        if not ino or ino in self.open_files.freeing or ino == self.store.child_ino(h["parent"], h["name"]) \
+                or self.store.getattr(ino)["type"] != "f":
+            return 0
+        self.open_files.open(h["session"], ino, h["hold"])
+        return ino
 
     async def _on_unlink(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
         ino = await self._remove_name("unlink", h["parent"], h["name"], parent=h["parent"], name=h["name"],

@@ -290,9 +290,14 @@ SPECS: dict[Msg, MessageSpec] = {
         _ATTR,
     ),
     # `noreplace`: fail with "exists" rather than replace the target (renameat2 RENAME_NOREPLACE).
+    # `session` and `hold`: the mount's kernel still has the file the rename replaces, so the master
+    # holds it for that session (registration number `hold`, as OPEN's `oseq`) until the mount
+    # releases it: an open that raced the rename, or an O_PATH descriptor, opens the old file, as on a
+    # local disk.  `held`: the file so held, if the rename replaced one.
     Msg.RENAME: MessageSpec(
-        (*_ENTRY, f("new_parent", int), f("new_name", bytes, str), f("noreplace", bool, optional=True), *_ONCE),
-        _PARENTS),
+        (*_ENTRY, f("new_parent", int), f("new_name", bytes, str), f("noreplace", bool, optional=True),
+         f("session", str, optional=True), f("hold", int, optional=True), *_ONCE),
+        (*_PARENTS, f("held", int, optional=True))),
     Msg.UNLINK: MessageSpec((*_ENTRY, *_ONCE), _PARENTS),
     Msg.RMDIR: MessageSpec((*_ENTRY, *_ONCE), _PARENTS),
     Msg.SET_REPLICAS: MessageSpec(
