@@ -161,13 +161,25 @@ def test_ctrl_c_ends_a_following_command_with_one_line(make_cluster) -> None:
 
 def test_port_in_use_and_foreign_data_directory(make_cluster, tmp_path) -> None:
     cluster = make_cluster(n_cs=1, name="first")
+    mds_dir = tmp_path / "mds-second"
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        mds_dir = tmp_path / "mds-second"
-        assert run_cli("-c", "second", "make-mds", "-I", "-a", f"127.0.0.1:{port}", "-r", str(mds_dir),
-                       "--chunk-size", "1M").returncode == 0
+        # Nodes are not made on an address something listens on (an operator probe: make-cs took a
+        # running member's, and its server could never start).
+        err = _one_line_error(run_cli("-c", "second", "make-mds", "-I", "-a", f"127.0.0.1:{port}", "-r",
+                                      str(mds_dir), "--chunk-size", "1M"))
+        assert f"127.0.0.1:{port} is in use on this machine" in err
+        err = _one_line_error(run_cli("-c", "first", "make-cs", "-a", f"127.0.0.1:{port}", "-r",
+                                      str(tmp_path / "cs-busy")))
+        assert f"127.0.0.1:{port} is in use on this machine" in err
+    assert run_cli("-c", "second", "make-mds", "-I", "-a", f"127.0.0.1:{port}", "-r", str(mds_dir),
+                   "--chunk-size", "1M").returncode == 0
+    with socket.socket() as busy:  # taken after the node was made: its start says so
+        busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        busy.bind(("127.0.0.1", port))
+        busy.listen()
         err = _one_line_error(run_cli("mds", "-r", str(mds_dir), "--background"))
         assert "address already in use" in err
         # In the foreground the daemon's log goes to stderr too; the error is its last line.

@@ -50,11 +50,16 @@ def test_new_server_gets_replicas_and_rm_cs_drains_one(make_cluster) -> None:
         check_every_replica(c, f.ino, data)
 
         victim = min(counts)
+        result = run_cli("-c", cluster.name, "rm-cs", str(victim), "--cancel")  # (it said "cancelled")
+        assert result.returncode != 0 and "is not being drained: nothing to cancel" in result.stderr, result
         assert run_cli("-c", cluster.name, "rm-cs", str(victim)).returncode == 0
         # `stat` says it drains (an operator probe: it showed as plain "active"), unless it is gone already.
         lines = [ln for ln in run_cli("-c", cluster.name, "stat").stdout.splitlines()
                  if ln.strip().startswith(f"CS#{victim} ")]
         assert not lines or "DRAINING" in lines[0], lines
+        rows = [ln.split() for ln in run_cli("-c", cluster.name, "top", "--once", "--view", "cs").stdout.splitlines()]
+        row = [r for r in rows if r and r[0] == str(victim)]
+        assert not row or row[0][-1].startswith("D"), row  # its FLAGS column (it looked plain "active")
         result = run_cli("-c", cluster.name, "rm-cs", str(victim), "--wait", "--timeout", "120", timeout=180)
         assert result.returncode == 0, result.stderr
         assert f"CS#{victim} drained and removed" in result.stdout or \

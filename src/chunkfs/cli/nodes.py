@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import os
 import socket
@@ -86,6 +87,7 @@ def make_mds(
             "pick another name or remove that directory"
         )
     _check_empty_node_dir(directory, cluster)
+    _check_addr_free(addr)
     info = ClusterInfo(cluster, str(uuid.uuid4()), chunk_size, tls=tls)
     secret = os.urandom(SECRET_BYTES)
     node = NodeConfig(role="mds", cluster=info, addr=addr, node_id=1, peers=((1, addr),), bootstrap=True,
@@ -114,6 +116,7 @@ def _join_mds(cluster: str, directory: Path, addr: str, metrics_addr: str = "") 
             raise ConfigError(f"{addr} is already MDS#{members[addr]} of {cluster!r}: if that server's data is lost, "
                               f"take it out first with `chunkfs -c {cluster} rm-mds {members[addr]}`; else choose "
                               f"another address")
+        _check_addr_free(addr)
         reply = c.add_mds(addr)
     peers = tuple((int(i), str(a)) for i, a in reply["members"])
     node = NodeConfig(role="mds", cluster=client.cluster, addr=addr, node_id=reply["id"], peers=peers,
@@ -152,7 +155,8 @@ def make_cs(
     _check_empty_node_dir(directory, cluster)
     if addr is None:
         addr = f"127.0.0.1:{free_port()}"
-    parse_addr(addr)
+    else:
+        _check_addr_free(addr)
     node = NodeConfig(
         role="cs", cluster=client.cluster, addr=addr, host=host or socket.gethostname(), mds=client.mds,
         metrics_addr=_metrics_addr(metrics_addr), location=check_location(location), tier=check_tier(tier),
@@ -161,6 +165,23 @@ def make_cs(
     if client.cluster.tls:
         tls_cli.issue_if_possible(cluster, directory, f"cs@{addr}")
     return node
+
+
+def _check_addr_free(addr: str) -> None:
+    """Refuse an address a process on this machine listens on already (a running server's, say).
+
+    An address of another machine, or one not bound here, passes: the daemon's own start says
+    what is wrong with it then (an operator probe: make-cs took a running member's address).
+    """
+    host, port = parse_addr(addr)
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the daemons listen: TIME_WAIT is no use
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(f"{addr} is in use on this machine (a running server listens there?): "
+                                  "choose another address with -a, or leave -a out for a free port") from None
 
 
 def _metrics_addr(value: str) -> str:

@@ -6,7 +6,10 @@ server's space, load, I/O rates and process figures (sent with heartbeats and
 probes), so ``top`` opens no connection to the servers themselves.  Keys (on a
 terminal): ``q`` quits, ``s`` changes the chunk-server sort column, ``r``
 reverses it, ``v`` switches the view (all, chunk servers, metadata servers,
-events) and ``1`` to ``4`` choose one of them, ``space`` refreshes.
+events) and ``1`` to ``4`` choose one of them, ``space`` refreshes.  A chunk
+server's FLAGS: ``D`` draining (``rm-cs``: its replicas move away), ``S`` its
+heartbeats are late, ``F`` full or nearly (a full one takes no new chunks),
+``E`` requests failed on it since it started.
 """
 
 from __future__ import annotations
@@ -250,7 +253,7 @@ def mds_table(stat: dict[str, Any]) -> Table:
 
 
 def cs_flags(s: dict[str, Any]) -> str:
-    flags = ""
+    flags = "D" if s.get("draining") else ""  # (an operator probe: a draining server looked plain "active")
     if s["status"] == "active":
         if s.get("last_seen") is not None and s["last_seen"] > STALE_AFTER:
             flags += "S"  # heartbeats late

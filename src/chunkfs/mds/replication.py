@@ -733,10 +733,11 @@ class ReplicationMonitor:
         if cs_id not in {cs["id"] for cs in mds.store.chunk_servers()}:
             raise NotFound(f"no CS#{cs_id} in this cluster")
         if cancel:
-            if cs_id in self.draining:
-                self.draining.discard(cs_id)
-                self.index.rejudge_server(cs_id)
-                await mds.event("info", f"CS#{cs_id}: draining cancelled; it takes new chunks again")
+            if cs_id not in self.draining:  # (an operator probe: it said "cancelled")
+                raise InvalidArgument(f"CS#{cs_id} is not being drained: nothing to cancel")
+            self.draining.discard(cs_id)
+            self.index.rejudge_server(cs_id)
+            await mds.event("info", f"CS#{cs_id}: draining cancelled; it takes new chunks again")
             return {"left": self.replicas_on(cs_id), "removed": False}
         if cs_id not in self.draining:
             others = [s for s in mds.live.values() if s.cs_id != cs_id and self.is_active(s.cs_id)]
