@@ -609,20 +609,17 @@ class ChunkFSOperations(pyfuse3.Operations):
     @fuse_errors
     async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         check_name_length(name)
-        if not self.cache.missing(parent_inode, name):  # else: a directory whose every name is known here
+        # "No such name" is not left in the kernel: this mount keeps it, so that another mount's
+        # create shows at once (kernel_cache.py, rule 4).  Searches along a path (compilers, shells)
+        # still do not reach the master each time.
+        if not self.cache.missing(parent_inode, name):
             since = self.cache.seq
             try:
                 return self._named(await self.client.lookup(parent_inode, name), parent_inode, name, since)
             except NotFound:
                 logger.debug("lookup of %r in inode %d: no such name", name, parent_inode)
-        if not self.opts.entry_timeout:
-            raise pyfuse3.FUSEError(errno.ENOENT)
-        # A negative entry (inode 0): the kernel remembers "no such name" for the short entry timeout,
-        # so searches along a path (compilers, shells) do not ask again each time.
-        missing = pyfuse3.EntryAttributes()
-        missing.st_ino = 0
-        missing.entry_timeout = self.opts.entry_timeout
-        return missing
+                self.cache.no_such_name(parent_inode, name, since)
+        raise pyfuse3.FUSEError(errno.ENOENT)
 
     def _named(self, attr: dict[str, Any], parent: int, name: bytes, since: int) -> pyfuse3.EntryAttributes:
         """An answer that gives the kernel a name: remembered, so it can be invalidated."""

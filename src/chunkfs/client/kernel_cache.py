@@ -19,8 +19,14 @@ them.  The rules that keep another client's change visible at once:
    changed, or this mount removed or renamed a name, gets the short
    timeouts: the change may have been carried out before the kernel got the
    (older) answer it was meant to correct.
-4. Negative entries ("no such name") always get the short timeout: they are
-   not tracked, so rule 2 could not reach them.
+4. Negative entries ("no such name") are not left in the kernel at all:
+   only the invalidating thread could drop them, milliseconds after the
+   notice, and an open right after another mount's create (or rename into
+   place) failed with ENOENT meanwhile (a probe: 1 in 4).  The mount keeps
+   them itself (`absent`), under the same timeouts, and a notice naming the
+   entry drops its copy on the event loop as it arrives: the master sends it
+   before the change's own answer, so before the program that made the
+   change can tell anyone.
 5. Invalidations run on a thread of their own: the kernel may hold a
    directory's lock while it waits for a request that this mount's event
    loop must answer, so calling it from the loop could deadlock the mount.
@@ -49,6 +55,7 @@ from __future__ import annotations
 import errno
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -61,6 +68,8 @@ QUEUE_MAX = 100_000
 STOP_WAIT = 2.0
 #: Names kept for directories known whole, at most (about 100 bytes each); past it, no more are added.
 WHOLE_NAMES_MAX = 200_000
+#: Names known not to exist kept at most (rule 4); past it, they are all forgotten.
+ABSENT_MAX = 100_000
 
 Entry = tuple[int, bytes]
 
@@ -88,6 +97,8 @@ class KernelCache:
         #: Directories whose every name this mount knows, and those names.
         self._whole: dict[int, set[bytes]] = {}
         self._whole_names = 0
+        #: Names the master answered "no such name" for (rule 4): entry -> until when (monotonic).
+        self._absent: dict[Entry, float] = {}
         self._todo: deque[Entry | int] = deque()
         self._cond = threading.Condition()
         self._stopping = False
@@ -113,6 +124,7 @@ class KernelCache:
         old = self._names.get(ino)
         if old is not None and self._inodes.get(old) == ino:
             del self._inodes[old]
+        self._absent.pop((parent, name), None)
         self._names[ino] = (parent, name)
         self._inodes[(parent, name)] = ino
         names = self._whole.get(parent)
@@ -150,6 +162,7 @@ class KernelCache:
 
     def renamed(self, parent: int, name: bytes, new_parent: int, new_name: bytes) -> int | None:
         """This mount moved a name; the inode it replaced, if known here."""
+        self._absent.pop((new_parent, new_name), None)
         replaced = self._inodes.get((new_parent, new_name))
         ino = self._inodes.pop((parent, name), None)
         names = self._whole.get(parent)
@@ -175,9 +188,28 @@ class KernelCache:
         self._whole_names += len(known)
 
     def missing(self, parent: int, name: bytes) -> bool:
-        """Whether `name` is known not to be in `parent` (answered without asking the master)."""
+        """Whether `name` is known not to be in `parent` (answered without asking the master): the
+        directory is known whole, or the master said so a moment ago (rule 4)."""
         names = self._whole.get(parent)
-        return names is not None and self._watch is not None and name not in names
+        if names is not None and self._watch is not None and name not in names:
+            return True
+        until = self._absent.get((parent, name))
+        if until is None:
+            return False
+        if time.monotonic() < until:
+            return True
+        del self._absent[(parent, name)]
+        return False
+
+    def no_such_name(self, parent: int, name: bytes, since: int) -> None:
+        """The master answered that `name` is not in `parent`, to a request begun at `since` (rule 4)."""
+        if self._watch is not None and since != self.seq:
+            return  # a notice came meanwhile: the answer may be older than the change it told of
+        _, keep = self.timeouts(since)
+        if keep:
+            if len(self._absent) >= ABSENT_MAX:
+                self._absent.clear()
+            self._absent[(parent, name)] = time.monotonic() + keep
 
     def _unknown(self, ino: int) -> None:
         names = self._whole.pop(ino, None)
@@ -228,6 +260,7 @@ class KernelCache:
         self.seq += 1
         self._whole.clear()
         self._whole_names = 0
+        self._absent.clear()
         logger.info("lost the master's change notices: the kernel forgets %d cached name(s); "
                     "short cache timeouts until they are back", len(self._names))
         self._queue_everything()
@@ -236,8 +269,9 @@ class KernelCache:
         """Another client changed these names and inodes (an INVALIDATE notice)."""
         self.seq += 1
         entries = list(entries)
-        for parent, _ in entries:
+        for parent, name in entries:
             self._unknown(parent)
+            self._absent.pop((parent, name), None)
         with self._cond:
             self._todo.extend(entries)
             self._todo.extend(inodes)

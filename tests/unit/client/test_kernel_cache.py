@@ -172,3 +172,22 @@ def test_removing_a_directory_forgets_its_names_and_the_names_kept_are_bounded(
     cache.whole(2, [b"a"], cache.seq)
     cache.removed(1, b"d")
     assert not cache.missing(2, b"x")
+
+
+def test_a_name_the_master_said_is_absent_is_kept_until_a_notice_names_it() -> None:
+    """Rule 4: "no such name" is kept by the mount (never the kernel) and dropped by the notice at once."""
+    cache = KernelCache(long=60.0, short_attr=1.0, short_entry=1.0,
+                        invalidate_entry=lambda *a: None, invalidate_inode=lambda *a: None)
+    cache.watching(object())
+    since = cache.seq
+    cache.no_such_name(1, b"new", since)
+    assert cache.missing(1, b"new") and not cache.missing(1, b"other")
+    cache.changed([(1, b"new")], [])  # another mount made it
+    assert not cache.missing(1, b"new")
+    since = cache.seq
+    cache.changed([(1, b"unrelated")], [])
+    cache.no_such_name(1, b"new", since)  # an answer a notice raced: not kept
+    assert not cache.missing(1, b"new")
+    cache.no_such_name(1, b"mine", cache.seq)
+    cache.remember(5, 1, b"mine")  # this mount made it
+    assert not cache.missing(1, b"mine")
