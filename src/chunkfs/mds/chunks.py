@@ -178,7 +178,7 @@ class ReplicaSets:
 
     async def set_replicas(
         self, chunk: Chunk, replicas: Iterable[int], *, move: Iterable[int] | None = None,
-        delete: Iterable[int] = (), cut: int | None = None,
+        delete: Iterable[int] = (), cut: int | None = None, from_version: int | None = None,
     ) -> Change:
         """Give `chunk` (as the caller read it, under its lock) the replica list `replicas`: a new version.
 
@@ -188,6 +188,8 @@ class ReplicaSets:
         holds it; leave out silent ones, whose command would only time out).
         `delete`: servers, taken away from the list, whose replica is deleted.
         `cut`: the movers zero their replica from there on as they move (CS_TRUNCATE_CHUNK).
+        `from_version`: the movers hold the chunk at this version, behind the chunk's, and hold it
+        at the new one once moved (behind_replicas.py).
         Raises `StaleVersion` (nothing done) if the chunk changed meanwhile.
         """
         chunk_id = chunk.chunk_id
@@ -202,7 +204,12 @@ class ReplicaSets:
             [cs for cs in dict.fromkeys(move) if cs in new.replicas]
         if cut is None:
             failed = await self.call_each(movers, Msg.CS_SET_VERSION, {
-                "chunk_id": chunk_id, "old_version": chunk.version, "new_version": new.version})
+                "chunk_id": chunk_id, "old_version": chunk.version if from_version is None else from_version,
+                "new_version": new.version})
+            if from_version is not None:
+                for cs in movers:
+                    if cs not in failed:
+                        self.gained(cs, chunk_id)
         else:
             failed = await self.call_each(movers, Msg.CS_TRUNCATE_CHUNK, {
                 "chunk_id": chunk_id, "version": chunk.version, "length": cut, "new_version": new.version})

@@ -38,6 +38,7 @@ from chunkfs.common.placement import FAILURE_DOMAINS, MAX_TIER
 from chunkfs.common.secret_files import SecretFiles
 from chunkfs.common.timings import TIMINGS
 from chunkfs.mds import absent_servers
+from chunkfs.mds.behind_replicas import BehindReplicas
 from chunkfs.mds.chunks import ReplicaSets
 from chunkfs.mds.cluster_view import ClusterView
 from chunkfs.mds.fan_grants import FanGrants
@@ -215,6 +216,7 @@ class MetadataServer:
         #: Files mounts hold open (soft state) and the freeing of unlinked ones (open_files.py).
         self.open_files = OpenFileTable(clock=self.awake)
         self.reaper = OrphanReaper(self)
+        self.behind = BehindReplicas(self)
         #: Operators' view (cluster_view.py) and /metrics + dashboard (metrics.py).
         self.view = ClusterView(self)
         self.metrics = MdsMetrics(self)
@@ -339,6 +341,7 @@ class MetadataServer:
         self.open_files.ttl = self.healing.settings(fresh=True)["session-timeout"]
         self.open_files.start_grace()
         self.reaper.start()
+        self._spawn(self.behind.run())
         self._spawn(self._list_sessions())
         await self._register_self()
         await self._event("info", f"MDS#{self.node.node_id} is the master (term {self.log.term}) at {self.node.addr}")
@@ -1337,10 +1340,13 @@ class MetadataServer:
         if outside:  # out of order, or past a range that lists many it did not report
             current.update(self.store.listed_versions(server.cs_id, outside))
         held = [chunk_id for chunk_id in ids if current.get(chunk_id) == versions[chunk_id]]
-        delete = [chunk_id for chunk_id, version in reported if current.get(chunk_id) != version]
+        # A listed replica behind the chunk's version is deleted only if a current one is known elsewhere
+        # (behind_replicas.py: a master that died while moving a chunk to a new version).
+        delete = [chunk_id for chunk_id, version in reported if current.get(chunk_id) != version and not (
+            version < current.get(chunk_id, 0) and self.behind.keep(server.cs_id, chunk_id, version))]
         server.replicas.take_range(end, [chunk_id for chunk_id, _ in rows], held)
-        server.current += len(reported) - len(delete)
-        server.stale += len(delete)
+        server.current += len(held)
+        server.stale += len(reported) - len(held)
         server.pages += 1
         return delete, held, upto
 
