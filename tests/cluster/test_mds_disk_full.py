@@ -15,6 +15,7 @@ from pathlib import Path
 from chunkfs.testing.cluster import master_id, wait_for
 
 from ._disk_helpers import on_small_disk
+from .conftest import run_cli
 
 MiB = 1 << 20
 ROOM = 1 * MiB  # what is left on the small file system once it is filled
@@ -47,6 +48,11 @@ def test_a_follower_whose_disk_fills_stops_the_others_go_on_and_it_catches_up(ma
                 c.create(name)  # the other two commit it: never an error
                 made.append(name)
             assert not cluster.running(proc), f"the follower lingered after {len(made)} creates"
+            # Started again while still full, it stops with status 3 (restarted by the units), saying
+            # what to do: it said "status 1: No space left on device" (a fault probe).
+            result = run_cli("mds", "-r", str(home), "--background")
+            assert result.returncode != 0 and "status 3" in result.stderr and "free space" in result.stderr, result
+            assert result.stderr.count("\n") == 1, result.stderr
             filler.unlink()
             cluster.start("mds", victim)
             wait_for("the follower to be back and caught up",

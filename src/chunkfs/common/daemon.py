@@ -227,7 +227,16 @@ def run_foreground(
             loop.add_signal_handler(sig, done.set)
         await start()
         # Written once the daemon serves: `start_background` waits for it.
-        write_file_durably(directory / PID_FILE, f"{os.getpid()}\n".encode())
+        try:
+            write_file_durably(directory / PID_FILE, f"{os.getpid()}\n".encode())
+        except OSError as exc:
+            # A full disk, most likely: status 3 (the units start it again until there is room), not a
+            # bare error with status 1 that they leave down (a fault probe).
+            status = EXIT_FATAL
+            logger.critical("stopping with status %d: cannot write %s (%s): free space there", status,
+                            directory / PID_FILE, exc.strerror or exc)
+            await stop()
+            return
         waits = [loop.create_task(done.wait())]
         if fatal is not None:
             waits.append(loop.create_task(fatal()))
