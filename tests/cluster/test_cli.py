@@ -52,6 +52,13 @@ def test_put_get_ls_rm_and_attributes(make_cluster, tmp_path) -> None:
 
     events = json.loads(run_cli("-c", name, "get-event", "--json").stdout)
     assert any("online" in e["message"] for e in events)
+    seqs = [e["seq"] for e in events]
+    assert len(seqs) >= 3
+    # The newest by default (it showed the oldest 1000 and hid the rest: a probe); --since pages forward.
+    newest = json.loads(run_cli("-c", name, "get-event", "--json", "--limit", "2").stdout)
+    assert len(newest) == 2 and newest[1]["seq"] == newest[0]["seq"] + 1 >= seqs[-1]  # (more may come meanwhile)
+    first = json.loads(run_cli("-c", name, "get-event", "--json", "--since", "0", "--limit", "2").stdout)
+    assert [e["seq"] for e in first] == seqs[:2]
 
     # A goal the cluster cannot meet is set (servers may be added), and said so (a fault probe: it was silent).
     result = run_cli("-c", name, "set-attr", "/a", "replicas=9:8")

@@ -66,7 +66,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p = add("get-event", cmd_get_event, "show the cluster's event log")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--since", type=int, default=0, help="only events after this sequence number")
+    p.add_argument("--since", type=int, help="the events after this sequence number, oldest first (default: the "
+                   "newest --limit events)")
     p.add_argument("--limit", type=int, default=1000, help="at most this many events (default 1000)")
     p.add_argument("-f", "--follow", action="store_true",
                    help="keep printing new events as they happen (with --json: one JSON object a line)")
@@ -363,8 +364,17 @@ async def cmd_get_event(client: Client, args: argparse.Namespace) -> int:
     if args.follow:
         from chunkfs.cli.events import follow_events
 
-        return await follow_events(client, args.since, args.json)
-    events = await client.events(args.since, args.limit)
+        return await follow_events(client, args.since or 0, args.json)
+    since = args.since
+    if since is None:  # the newest: the oldest 1000 hid everything after them (a probe)
+        since = max(0, int((await client.cluster_stat()).get("events_seq", 0)) - args.limit)
+    events: list[dict[str, Any]] = []
+    while len(events) < args.limit:  # in pages: the master answers at most a page at a time
+        page = await client.events(since, args.limit - len(events))
+        if not page:
+            break
+        events.extend(page)
+        since = int(page[-1]["seq"])
     if args.json:
         print(json.dumps(events, indent=2))
         return 0
