@@ -155,6 +155,19 @@ def test_a_file_renamed_over_while_the_kernel_holds_it_opens_as_the_old_file(mak
     assert (mnt / "conf").read_bytes() == b"new2"
 
 
+def test_an_unmounted_mounts_session_is_off_the_store_when_umount_returns(make_cluster, mount) -> None:
+    """`local down` unmounts, then stops the daemons: the session's end must be committed by then, or
+    the next master waits `session-timeout` (10 minutes) for that mount, holding removed files' space
+    (a probe: `stat` counted the gone mount as silent, and a 600 MiB removal freed nothing meanwhile)."""
+    cluster = make_cluster(n_cs=3)
+    mnt = mount(cluster)
+    (mnt / "f").write_bytes(b"held once")  # the mount's session is stored with its first open
+    with cluster.client() as c:
+        assert c.cluster_stat()["mounts"]["sessions"] == 1
+        assert chunkfs("umount", str(mnt)).returncode == 0
+        assert c.cluster_stat()["mounts"]["sessions"] == 0
+
+
 def test_unlinked_file_survives_master_kill_and_other_mount(make_cluster, mount) -> None:
     cluster = make_cluster(n_cs=3, n_mds=3, chunk_size=1 * MiB)
     one = mount(cluster, "one")
