@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from chunkfs.testing.cluster import wait_for
+
 from .conftest import run_cli
 
 MiB = 1 << 20
@@ -164,6 +166,23 @@ def test_ctrl_c_ends_a_following_command_with_one_line(make_cluster) -> None:
         follow.send_signal(signal.SIGINT)
         _, err = follow.communicate(timeout=30)
     assert follow.returncode == 130 and err == "chunkfs: interrupted\n", err
+
+
+def test_a_put_stopped_by_sigterm_leaves_no_partial_copy(make_cluster, tmp_path) -> None:
+    """`kill` (SIGTERM) or a closed terminal (SIGHUP) ends a command as Ctrl-C does: the hidden partial
+    copy is removed, one line says why (a probe found `.NAME.part-PID` files left holding chunks)."""
+    cluster = make_cluster(n_cs=3)
+    src = tmp_path / "big"
+    with open(src, "wb") as f:
+        f.truncate(1 << 30)  # read as zeros, written whole: long enough to be cut off
+    with cluster.client() as c, subprocess.Popen(
+            [sys.executable, "-m", "chunkfs", "-c", cluster.name, "put", str(src), "/big"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as put:
+        wait_for("the partial copy to appear", lambda: any(n.startswith(".big.part-") for n, *_ in c.listdir("/")))
+        put.send_signal(signal.SIGTERM)
+        _, err = put.communicate(timeout=60)
+        assert put.returncode == 128 + signal.SIGTERM and err == "chunkfs: stopped by SIGTERM\n", (put.returncode, err)
+        assert [n for n, *_ in c.listdir("/")] == []
 
 
 def test_port_in_use_and_foreign_data_directory(make_cluster, tmp_path) -> None:
