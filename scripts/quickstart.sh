@@ -9,4 +9,5 @@ scripts/install.sh
 dir=${CHUNKFS_LOCAL_DIR:-$PWD/local-cluster}
 mnt=${CHUNKFS_MOUNT:-$dir/mnt}
 mkdir -p "$mnt"
-exec .venv/bin/chunkfs local up --dir "$dir" --name "${CHUNKFS_LOCAL_NAME:-local}" --mount "$mnt" "$@"
+.venv/bin/chunkfs local up --dir "$dir" --name "${CHUNKFS_LOCAL_NAME:-local}" --mount "$mnt" "$@"
+echo "The chunkfs command is in $PWD/.venv/bin: run '. .venv/bin/activate' in your shell first."

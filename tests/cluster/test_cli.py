@@ -29,6 +29,9 @@ def test_put_get_ls_rm_and_attributes(make_cluster, tmp_path) -> None:
     name = cluster.name
     src = tmp_path / "src.bin"
     src.write_bytes(os.urandom(5 * MiB + 17))
+    # Into a folder not made yet (the README's quick start did that): one line saying how to make it.
+    err = _one_line_error(run_cli("-c", name, "put", str(src), "/a/b/file"))
+    assert f"make it first: chunkfs -c {name} mkdir -p /a/b" in err
     assert run_cli("-c", name, "mkdir", "-p", "/a/b").returncode == 0
     assert run_cli("-c", name, "put", str(src), "/a/b/file").returncode == 0
     assert run_cli("-c", name, "get", "/a/b/file", str(tmp_path / "back")).returncode == 0

@@ -99,7 +99,11 @@ async def cmd_put(client: Client, args: argparse.Namespace) -> int:
     created = False
     pending: set[asyncio.Task[Any]] = set()
     try:
-        ino = (await client.create(part, exclusive=True))["ino"]
+        try:
+            ino = (await client.create(part, exclusive=True))["ino"]
+        except NotFound:
+            raise NotFound(f"{parent}: no such folder in the cluster; make it first: chunkfs -c {args.cluster} "
+                           f"mkdir -p {parent}") from None
         created = True
         block = min(MAX_IO_SIZE, client.chunk_size)
         offset = 0
