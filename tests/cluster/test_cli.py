@@ -156,6 +156,12 @@ def test_a_get_that_fails_leaves_the_local_file_as_it_was(make_cluster, tmp_path
     assert run_cli("-c", name, "put", str(src), "/g").returncode == 0
     assert run_cli("-c", name, "get", "/g", str(dest)).returncode == 0
     assert dest.read_bytes() == b"new" and (dest.stat().st_mode & 0o777) == 0o640
+    # To a pipe reached as /dev/stdout (its link names no real path: it failed), and into no folder.
+    piped = subprocess.run([sys.executable, "-m", "chunkfs", "-c", name, "get", "/g", "/dev/stdout"],
+                           capture_output=True, timeout=60, check=False)
+    assert piped.returncode == 0 and piped.stdout == b"new", piped
+    err = _one_line_error(run_cli("-c", name, "get", "/g", str(tmp_path / "nodir" / "x")))
+    assert f"{tmp_path / 'nodir'}: no such local folder" in err
 
 
 def test_ctrl_c_ends_a_following_command_with_one_line(make_cluster) -> None:

@@ -180,8 +180,12 @@ def _get_target(local: Path) -> tuple[Path, bool, int | None]:
     """Where `get` writes: the target's real path (a link is followed, as cp does); whether it is
     written in place (it exists and is not a regular file: /dev/null, a pipe); the mode to give the
     copy (an existing file's, as cp keeps it; else None: the umask's)."""
+    if local.exists() and not local.is_file():  # (/dev/stdout and >(cmd) lead to a pipe no real path names)
+        return local, True, None
     target = Path(os.path.realpath(local))
     if not target.exists():
+        if not target.parent.is_dir():  # said of the folder, not of the hidden copy's name in it
+            raise ConfigError(f"{target.parent}: no such local folder")
         return target, False, None
     if not target.is_file():
         return target, True, None
