@@ -82,3 +82,22 @@ def test_local_up_mount_clears_a_dead_mount(tmp_path: Path, conf_dir: Path) -> N
         assert done.returncode == 0, done.stderr
         assert not is_mounted(mnt)
         assert "stopped 3 process(es)" in done.stdout, done.stdout
+
+
+def test_a_lazy_umount_with_a_file_open_says_the_process_serves_it_and_succeeds(make_cluster, mount) -> None:
+    """`umount --lazy` is for files still open: it waited 30 s, failed, and said to `kill` the process
+    that serves them (a docs probe).  Now it says so, and succeeds."""
+    cluster = make_cluster(n_cs=3)
+    mnt = mount(cluster)
+    (mnt / "f").write_bytes(b"open")
+    pid = read_pid(state_dir(mnt))
+    assert pid is not None
+    fd = os.open(mnt / "f", os.O_RDONLY)
+    try:
+        done = chunkfs("umount", "--lazy", str(mnt))
+        assert done.returncode == 0, done.stderr
+        assert f"its mount process {pid} serves the files still open until they are closed" in done.stdout
+        assert not is_mounted(mnt) and pid_alive(pid)
+        assert os.pread(fd, 4, 0) == b"open"  # still served
+    finally:
+        os.close(fd)

@@ -16,8 +16,8 @@ from chunkfs.cli.local_cluster import LocalCluster
 from chunkfs.cli.nodes import make_cs, make_mds, remove_mds, run_node
 from chunkfs.common.config import DEFAULT_CHUNK_SIZE, ConfigError, conf_dir, parse_size
 
-#: Seconds a mount process is given to exit after a lazy unmount, and after SIGTERM.
-LAZY_EXIT_WAIT = 5.0
+#: Seconds a mount process is given to exit after SIGTERM.
+STOP_WAIT = 5.0
 
 
 #: `local up` options that only shape a new cluster, with their defaults.
@@ -189,13 +189,12 @@ def _unmount_all(cluster: LocalCluster) -> None:
                 unmount(mnt)
             except Unavailable as exc:
                 print(f"{exc}; unmounting lazily")
-                try:
-                    unmount(mnt, lazy=True, timeout=LAZY_EXIT_WAIT)
-                except Unavailable:
-                    pid = read_pid(state_dir(mnt))
-                    if pid is not None and pid_alive(pid):
-                        print(f"files are still open on {mnt}: stopping its mount process {pid}")
-                        _stop_pid(pid)
+                with contextlib.suppress(Unavailable):
+                    unmount(mnt, lazy=True)  # (it says so, rather than fail, when open files keep the process)
+                pid = read_pid(state_dir(mnt))
+                if pid is not None and pid_alive(pid):
+                    print(f"files are still open on {mnt}: stopping its mount process {pid}")
+                    _stop_pid(pid)
             print(f"unmounted {mnt}")
         cluster.mounts.remove(path)
         cluster.save()
@@ -205,7 +204,7 @@ def _stop_pid(pid: int) -> None:
     """SIGTERM, a bounded wait, then SIGKILL (a mount process of this cluster, found by its PID file)."""
     from chunkfs.common.daemon import pid_alive
 
-    for sig, wait in ((signal.SIGTERM, LAZY_EXIT_WAIT), (signal.SIGKILL, LAZY_EXIT_WAIT)):
+    for sig, wait in ((signal.SIGTERM, STOP_WAIT), (signal.SIGKILL, STOP_WAIT)):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
         deadline = time.monotonic() + wait

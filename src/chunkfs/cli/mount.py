@@ -120,5 +120,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
 def cmd_umount(args: argparse.Namespace) -> int:
     from chunkfs.client.fuse_session import unmount
 
-    unmount(args.mountpoint, lazy=args.lazy)
+    note = unmount(args.mountpoint, lazy=args.lazy)
+    if note:
+        print(note)
     return 0

@@ -50,6 +50,8 @@ UNMOUNT_TIMEOUT = 20.0
 #: when every request has), then the leases and the session are handed back (LEASE_TTL / 2 at most)
 #: and its connections closed: a whole LEASE_TTL leaves room for both.
 EXIT_WAIT = DEFAULT_RETRY_FOR + LEASE_TTL
+#: How long a lazy unmount waits for the mount process before saying it serves files still open, seconds.
+LAZY_EXIT_WAIT = 5.0
 #: Written in the mount's state folder on SIGUSR1 (common/timings.py).
 TIMINGS_FILE = "timings.json"
 
@@ -357,8 +359,9 @@ def _write_timings(sdir: Path) -> None:
     logger.info("timings written to %s", path)
 
 
-def unmount(mountpoint: Path, lazy: bool = False, timeout: float = EXIT_WAIT) -> None:
-    """Unmount with fusermount3, then wait (bounded) for the mount process to exit."""
+def unmount(mountpoint: Path, lazy: bool = False, timeout: float = EXIT_WAIT) -> str:
+    """Unmount with fusermount3, then wait (bounded) for the mount process to exit; a note for the
+    operator when a lazy unmount leaves it serving files still open ("" otherwise)."""
     mountpoint = canonical(mountpoint)
     sdir = state_dir(mountpoint)
     pid = read_pid(sdir)
@@ -375,11 +378,16 @@ def unmount(mountpoint: Path, lazy: bool = False, timeout: float = EXIT_WAIT) ->
                 "(files still open? close them, or use --lazy)"
             )
     if pid is not None:
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + (min(timeout, LAZY_EXIT_WAIT) if lazy else timeout)
         while pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
         if pid_alive(pid):
             held = dev is not None and fusectl_dir(dev).is_dir()
+            if held and lazy:
+                # What --lazy is for: the files still open keep the process, which goes once they are
+                # closed (a probe was told to `kill` it, which would break the programs using them).
+                return (f"{mountpoint} is detached; its mount process {pid} serves the files still open until "
+                        f"they are closed (`kill {pid}` would cut their programs off)")
             if held and not lazy:
                 # The kernel removes a connection's fusectl folder when the mount's last copy goes.
                 raise Unavailable(
@@ -388,3 +396,4 @@ def unmount(mountpoint: Path, lazy: bool = False, timeout: float = EXIT_WAIT) ->
                     f"that copy until it goes; end it now with: echo 1 > {fusectl_dir(dev) / 'abort'}")
             raise Unavailable(f"{mountpoint} is unmounted but its mount process {pid} has not exited after "
                               f"{timeout:.0f} s: see the log in {sdir}, or stop it with `kill {pid}`")
+    return ""
