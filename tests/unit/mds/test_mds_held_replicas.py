@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import types
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,9 @@ class Master:
         self.store = MetadataStore(path, 1 << 20)
         self.live: dict[int, LiveServer] = {}
         self.index = 0
+        # Every replica behind its chunk's version here is stale, with a current one elsewhere: deleted
+        # (keeping them when none is current: tests/cluster/test_master_died_while_moving_versions.py).
+        self.behind = types.SimpleNamespace(keep=lambda cs_id, chunk_id, version: False)
         self.ino = self.apply("create", parent=ROOT_INO, name="f", mode=0o644, time=1.0, exclusive=True)["attr"]["ino"]
         self.next_index = 0
 

@@ -104,6 +104,9 @@ class FakeMaster:
         self.store = store
         self.live: dict[int, LiveServer] = {}
         self._unknown = types.MethodType(MetadataServer._unknown, self)
+        # Every replica behind its chunk's version here is stale, with a current one elsewhere: deleted
+        # (keeping them when none is current: tests/cluster/test_master_died_while_moving_versions.py).
+        self.behind = types.SimpleNamespace(keep=lambda cs_id, chunk_id, version: False)
 
     def take(self, server: LiveServer, pairs: list[tuple[int, int]], last: bool = False) -> list[int]:
         delete, _held, _upto = MetadataServer._take_replicas(self, server, pairs, last)  # type: ignore[arg-type]
