@@ -93,6 +93,7 @@ from chunkfs.protocol.messages import (
     FEATURE_CUTS,
     FEATURE_FAN,
     FEATURE_FIRST_WRITE,
+    FEATURE_HOLD,
     FEATURE_NAMED,
     INT64_MAX,
     INT64_MIN,
@@ -397,6 +398,8 @@ class ChunkFSOperations(pyfuse3.Operations):
         self._fh = itertools.count(1)
         #: The master checks the name a file was reached by (FEATURE_NAMED; known once watching).
         self._names_checked = False
+        #: The master holds a file a rename replaces when asked (FEATURE_HOLD; known once watching).
+        self._holds_replaced = False
         self.files: dict[int, OpenFile] = {}  # by inode
         self.handles: dict[int, OpenFile] = {}  # by file handle
         #: Files this mount renamed another over while its kernel had them, held on the master until
@@ -472,6 +475,7 @@ class ChunkFSOperations(pyfuse3.Operations):
         self.client.io.first_writes = FEATURE_FIRST_WRITE in reply.get("features", [])
         self.client.io.fans = FEATURE_FAN in reply.get("features", [])
         self._names_checked = FEATURE_NAMED in reply.get("features", [])
+        self._holds_replaced = FEATURE_HOLD in reply.get("features", [])
         self.cache.watching(conn)
         task = asyncio.get_running_loop().create_task(self._watch_ends(conn))
         self._watch_tasks.add(task)
@@ -839,7 +843,7 @@ class ChunkFSOperations(pyfuse3.Operations):
         # The kernel may still reach the file this replaces (an open of the name on its way, an O_PATH
         # descriptor): the master holds it for this mount until the kernel forgets it (`forget`).
         known = self.cache.ino_at(parent_inode_new, name_new)
-        hold = next(self._oseq) if known is not None and known not in self.files else 0
+        hold = next(self._oseq) if self._holds_replaced and known is not None and known not in self.files else 0
         async with self._changing_names():
             held = await self.client.rename_at(parent_inode_old, name_old, parent_inode_new, name_new,
                                                noreplace=bool(flags & RENAME_NOREPLACE),

@@ -58,6 +58,7 @@ from chunkfs.protocol.messages import (
     FEATURE_CUTS,
     FEATURE_FAN,
     FEATURE_FIRST_WRITE,
+    FEATURE_HOLD,
     FEATURE_NAMED,
     FEATURE_VERSIONED_CUT,
     MAX_BLOCKS,
@@ -699,7 +700,7 @@ class MetadataServer:
         if conn.peer_role != "client":
             raise ProtocolError("WATCH is for clients only")
         self.watchers.add(conn, cuts=FEATURE_CUTS in (h.get("features") or []))
-        return {"features": [FEATURE_FIRST_WRITE, FEATURE_NAMED, FEATURE_FAN]}
+        return {"features": [FEATURE_FIRST_WRITE, FEATURE_NAMED, FEATURE_FAN, FEATURE_HOLD]}
 
     async def _on_session(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
         session = h["session"]

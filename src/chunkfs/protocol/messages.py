@@ -143,6 +143,9 @@ FEATURE_FAN = "fan"
 #: longer leads to the file: another client renamed it away, and its notice to this mount is still on
 #: its way.  Named by a master in its answer to WATCH (an earlier one refuses the field).
 FEATURE_NAMED = "named"
+#: A mount's RENAME may ask the master to hold the file it replaces (`session`, `hold`): named by a
+#: master in its answer to WATCH (an earlier one refuses the fields, and the rename failed).
+FEATURE_HOLD = "hold"
 #: A mount that takes an INVALIDATE's `cuts` (a file's new cut and size) says so in its WATCH
 #: (`features`); only such a mount is sent the field, which a mount of an earlier version refuses.
 FEATURE_CUTS = "cuts"
