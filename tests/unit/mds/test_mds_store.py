@@ -1071,8 +1071,13 @@ def test_setattr_changes_ctime_also_for_times(d: Driver, store: MetadataStore) -
     attr = d("setattr", ino=f, time=now, mtime=5 * 10**9, atime=4 * 10**9)["attr"]
     assert (attr["atime_ns"], attr["mtime_ns"], attr["ctime_ns"]) == (4 * 10**9, 5 * 10**9, round(now * 1e9))
     # utimensat(UTIME_NOW) from a mount: mtime and ctime are one instant.
-    attr = d("setattr", ino=f, time=now + 1, mtime=round((now + 1.2) * 1e9))["attr"]
-    assert attr["mtime_ns"] == attr["ctime_ns"] == round((now + 1.2) * 1e9)
+    attr = d("setattr", ino=f, time=now + 1.2, mtime=round((now + 1) * 1e9))["attr"]
+    assert attr["mtime_ns"] == attr["ctime_ns"] == round((now + 1) * 1e9)
+    # A time set on purpose near now, most of a second before or ahead: ctime is the change's own (a
+    # POSIX probe saw ctime take such an mtime, and the next change move it backwards).
+    for at, mtime in ((now + 3, now + 2.1), (now + 5, now + 5.8)):
+        attr = d("setattr", ino=f, time=at, mtime=round(mtime * 1e9))["attr"]
+        assert attr["ctime_ns"] == round(at * 1e9) and attr["mtime_ns"] == round(mtime * 1e9)
 
 
 def test_store_from_before_link_counts_is_migrated(tmp_path: Path) -> None:
