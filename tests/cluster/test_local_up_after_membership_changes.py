@@ -57,3 +57,27 @@ def test_local_up_with_a_folder_gone_says_how_to_replace_it_and_stops_nothing(ma
     assert running["mds1"] and running["mds2"] and running["cs1"], running  # the cluster goes on
     done = run_cli("-c", cluster.name, "mkdir", "/still-up", timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+def test_local_up_of_a_cluster_whose_making_was_cut_off_says_so(tmp_path: Path, conf_dir: Path,
+                                                                 monkeypatch) -> None:
+    """Ctrl-C during the first `local up` left 1 of 3 servers made; the next `local up` called that
+    cluster up with 0 chunk servers, and every write then failed (a docs probe)."""
+    from chunkfs.cli.local_cluster import LocalCluster
+
+    def cut_off(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    directory = tmp_path / "cut"
+    with monkeypatch.context() as m:
+        m.setattr(LocalCluster, "add_cs", cut_off)
+        try:
+            LocalCluster.make(directory, "cut", n_mds=1, n_cs=3, chunk_size=1 << 20)
+        except KeyboardInterrupt:
+            pass
+        else:
+            raise AssertionError("the making was not cut off")
+    done = run_cli("local", "up", "--dir", str(directory), timeout=60)
+    assert done.returncode != 0 and done.stderr.count("\n") == 1, done
+    assert "was cut off (1 of 1 metadata servers and 0 of 3 chunk servers made)" in done.stderr
+    assert run_cli("local", "down", "--dir", str(directory)).returncode == 0

@@ -107,6 +107,13 @@ def cmd_local_up(args: argparse.Namespace) -> int:
     directory: Path = args.dir.resolve()
     if (directory / "local.json").exists():
         cluster = LocalCluster.load(directory)
+        if cluster.making is not None:
+            made = {role: sum(p.role == role for p in cluster.processes) for role in ("mds", "cs")}
+            raise ConfigError(
+                f"the making of cluster {cluster.name!r} in {directory} was cut off ({made['mds']} of "
+                f"{cluster.making['mds']} metadata servers and {made['cs']} of {cluster.making['cs']} chunk "
+                f"servers made): run `chunkfs local down --dir {directory}`, remove {directory} and "
+                f"{conf_dir()}/clusters/{cluster.name}, and `local up` again")
         print(f"starting the existing local cluster {cluster.name!r} in {directory}")
         ignored = [f"--{opt.replace('_', '-')}" for opt, default in NEW_CLUSTER_OPTIONS.items()
                    if getattr(args, opt) != default and not (opt == "name" and args.name == cluster.name)]

@@ -68,6 +68,9 @@ class LocalCluster:
         self.processes: list[Process] = []
         #: Mount points of this cluster made by `local up --mount` (unmounted first by `local down`).
         self.mounts: list[str] = []
+        #: While the cluster is being made: how many servers of each role it is to have (saved, so that a
+        #: making cut off, by Ctrl-C say, is not taken for a whole cluster: a probe's was, with 0 chunk servers).
+        self.making: dict[str, int] | None = None
 
     # -- making ---------------------------------------------------------------
 
@@ -85,6 +88,7 @@ class LocalCluster:
             raise ConfigError(f"{directory} already holds a local cluster: start it with "
                               f"`chunkfs local up --dir {directory}` or remove it")
         cluster = cls(directory, name)
+        cluster.making = {"mds": n_mds, "cs": n_cs}
         mds_dir = directory / "mds1"
         # With TLS, the cluster CA lands in the client configuration, and every node made here gets its
         # certificate from it (make_mds, make_cs).
@@ -103,6 +107,7 @@ class LocalCluster:
         except BaseException:
             cluster.stop_all()
             raise
+        cluster.making = None
         cluster.save()
         return cluster
 
@@ -139,10 +144,14 @@ class LocalCluster:
         cluster = cls(directory, data["name"])
         cluster.processes = [Process(**p) for p in data["processes"]]
         cluster.mounts = [str(m) for m in data.get("mounts", [])]
+        cluster.making = data.get("making")
         return cluster
 
     def save(self) -> None:
-        data = {"name": self.name, "processes": [asdict(p) for p in self.processes], "mounts": self.mounts}
+        data: dict[str, Any] = {"name": self.name, "processes": [asdict(p) for p in self.processes],
+                                "mounts": self.mounts}
+        if self.making is not None:
+            data["making"] = self.making
         (self.dir / STATE_FILE).write_text(json.dumps(data, indent=2))
 
     # -- running --------------------------------------------------------------
