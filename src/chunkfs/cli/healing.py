@@ -42,7 +42,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "rm-cs", help="drain a chunk server and remove it from the cluster",
         description="Move every replica off chunk server ID (it gets no new chunks meanwhile), then remove it "
         "from the cluster. Without --wait the drain goes on in the background; run the command again to see "
-        "how far it got. Stop the server's process once it is removed.")
+        "how far it got. The drain is the master's: after a master change it stops (the server takes new "
+        "chunks again) until the command is run again, as --wait does by itself. The removed server's process "
+        "stops by itself.")
     p.add_argument("id", type=int, help="the CS id, as `chunkfs stat` shows it")
     p.add_argument("--wait", action="store_true", help="wait until it is empty and removed (with a progress bar)")
     p.add_argument("--timeout", type=float, default=3600.0,

@@ -2,7 +2,7 @@
 
 A new master knows no chunk server until each reconnects, and for
 `CS_RECONNECT_GRACE` it makes writers of new chunks wait until every
-registered one has (`MetadataServer._check_servers_settled`), so that new
+registered one has (`MetadataServer.check_servers_settled`), so that new
 chunks are not all placed on the first servers back, or refused for want of
 them.  A server that was down before the change never reconnects, and every
 new chunk then waited out the whole grace: a fault probe measured 9.4-11.2 s

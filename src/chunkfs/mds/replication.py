@@ -740,6 +740,9 @@ class ReplicationMonitor:
             await mds.event("info", f"CS#{cs_id}: draining cancelled; it takes new chunks again")
             return {"left": self.replicas_on(cs_id), "removed": False}
         if cs_id not in self.draining:
+            # A new master counts only the servers that reconnected: it refused with "the only active
+            # chunk server" right after a failover (a fault probe).  Unavailable: the command retries.
+            mds.check_servers_settled()
             others = [s for s in mds.live.values() if s.cs_id != cs_id and self.is_active(s.cs_id)]
             if not others:
                 raise InvalidArgument(f"CS#{cs_id} is the only active chunk server; add another before removing it")

@@ -430,7 +430,8 @@ class MetadataServer:
         self.store.close()
 
     # What the master's other parts (replication.py, open_files.py, bad_replicas.py) use of it:
-    # `spawn`, `propose`, `event`, `master_since`, besides `store`, `live`, `chunks`, `node`, `log`.
+    # `spawn`, `propose`, `event`, `master_since`, `check_servers_settled`, besides `store`, `live`,
+    # `chunks`, `node`, `log`.
     # The handlers below call the same methods by their older private names.
 
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
@@ -922,7 +923,7 @@ class MetadataServer:
             attr = self.store.getattr(ino)
             if attr["type"] == "f":
                 # Wait for missing servers outside the chunk's lock: its stripe is shared with other chunks.
-                self._check_servers_settled()
+                self.check_servers_settled()
                 await self._place_new_chunk(ino, attr)
         async with self.chunks.lock(ino, index):
             chunk = self.store.chunk_at(ino, index)
@@ -972,7 +973,7 @@ class MetadataServer:
         for cs in cs_ids & set(self.live):
             self.live[cs].free = 0
 
-    def _check_servers_settled(self) -> None:
+    def check_servers_settled(self) -> None:
         """A new master knows no chunk server until they reconnect: make writers wait, not fail."""
         if time.monotonic() - self._master_since > CS_RECONNECT_GRACE:
             return
@@ -1006,7 +1007,7 @@ class MetadataServer:
         its map (fan_grants.py), when every server of its replicas cuts a replica at a new version (a
         cut must end fanning out too).
         """
-        self._check_servers_settled()
+        self.check_servers_settled()
         attr = self.store.getattr(ino)
         if attr["type"] != "f":
             raise InvalidArgument("not a regular file")
@@ -1128,7 +1129,7 @@ class MetadataServer:
         """
         if any(self.chunks.holds(cs, chunk.chunk_id) for cs in chunk.replicas):
             return chunk
-        self._check_servers_settled()
+        self.check_servers_settled()
         self._wait_for_reports(chunk, chunk.replicas)
         live = [cs for cs in chunk.replicas if cs in self.live]
         failed = await self.chunks.create_replicas(chunk, live)
@@ -1151,7 +1152,7 @@ class MetadataServer:
                 return chunk
             self._wait_for_reports(chunk, bad - failed)
             if not failed & bad:
-                self._check_servers_settled()
+                self.check_servers_settled()
             survivors = [cs for cs in chunk.replicas if cs not in bad]
             min_replicas = self.store.getattr(chunk.ino)["min_replicas"]
             if len(survivors) < min_replicas:
