@@ -98,12 +98,16 @@ def test_bad_input_gets_a_one_line_error_and_changes_nothing(make_cluster, tmp_p
     assert "refusing to remove the cluster's root" in _one_line_error(run_cli("-c", name, "rm", "-r", "/"))
     assert run_cli("-c", name, "ls", "/").stdout.split() == ["f"]
     assert "root directory" in _one_line_error(run_cli("-c", name, "mkdir", "/"))
+    # Said of the path, not of an inode number (a probe), and the same for a folder to mount on.
+    assert "'/f/x': a name on the way is not a directory" in _one_line_error(run_cli("-c", name, "ls", "/f/x"))
+    assert "does not exist; create it first" in _one_line_error(run_cli("-c", name, "mount", "/nonexistent/mnt"))
+    assert "failure-domain=" in _one_line_error(run_cli("-c", name, "set-attr", "/f", "foo=1"))
     # A drain with nowhere to move the replicas to is refused, saying why (a probe's waited forever).
     assert "add a server first" in _one_line_error(run_cli("-c", name, "rm-cs", "1", "--wait", "--timeout", "5"))
     assert len(json.loads(run_cli("-c", name, "stat", "--json").stdout)["cs"]) == 2
     assert run_cli("-c", name, "mkdir", "-p", "/").returncode == 0
     # Local files and folders that cannot be used: one line naming them, no traceback (a probe found several).
-    assert "No such file or directory" in _one_line_error(run_cli("-c", name, "get", "/f", str(tmp_path / "no/x")))
+    assert "/no: no such local folder" in _one_line_error(run_cli("-c", name, "get", "/f", str(tmp_path / "no/x")))
     assert "Not a directory" in _one_line_error(run_cli("local", "status", "--dir", str(src)))
     bad_size = run_cli("local", "up", "--dir", str(tmp_path / "new"), "--chunk-size", "abc")
     assert bad_size.returncode == 2 and "bad size 'abc'" in bad_size.stderr and "Traceback" not in bad_size.stderr

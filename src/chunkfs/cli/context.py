@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import signal
 import threading
 from collections.abc import Awaitable, Callable
-from types import FrameType
 
 from chunkfs.client.client import Client
 from chunkfs.common.config import ConfigError, load_client_config
@@ -14,19 +14,17 @@ from chunkfs.common.daemon import new_event_loop, unwind
 
 #: A command that talks to the cluster: it gets a connected client and its arguments.
 Command = Callable[[Client, argparse.Namespace], Awaitable[int]]
+#: Signals that end a command, its cleanup done first: Ctrl-C, `kill`, a closed terminal.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class Stopped(KeyboardInterrupt):
-    """SIGTERM or SIGHUP (`kill`, a closed terminal) ends a command the way Ctrl-C does: its cleanup
-    runs (a `put` or `get` cut off removes its hidden partial copy; a probe found them left behind)."""
+    """A command ended by a signal (`STOP_SIGNALS`), after its own cleanup: a `put` or `get` cut off
+    removes its hidden partial copy (a probe found them left behind after SIGTERM)."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
         self.signum = signum
-
-
-def _stopped(signum: int, frame: FrameType | None) -> None:
-    raise Stopped(signum)
 
 
 def need_cluster(args: argparse.Namespace) -> str:
@@ -49,15 +47,32 @@ def run_with_client(args: argparse.Namespace, func: Command) -> int:
             await client.close()
 
     loop = new_event_loop()
-    stops = (signal.SIGTERM, signal.SIGHUP) if threading.current_thread() is threading.main_thread() else ()
-    previous = {sig: signal.signal(sig, _stopped) for sig in stops}
+    task = loop.create_task(main())
+    stopped: list[int] = []
+
+    def stop(signum: int) -> None:
+        # On the loop, between steps: the command is cancelled where it waits, never half way through
+        # a statement (a signal raised as an exception there left a write's coroutine never run).
+        stopped.append(signum)
+        task.cancel()
+
+    stops = STOP_SIGNALS if threading.current_thread() is threading.main_thread() else ()
+    for sig in stops:
+        loop.add_signal_handler(sig, stop, sig)
     try:
-        return loop.run_until_complete(main())
+        try:
+            result = loop.run_until_complete(task)
+        except asyncio.CancelledError:
+            if not stopped:
+                raise
+            result = 0
+        if stopped:
+            raise Stopped(stopped[0])
+        return result
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        # Ctrl-C, the way out of `get-event --follow`, `top` and `rm-cs --wait`, stops the loop with the
-        # command half way: its own cleanup (closing the client) runs here, not in a loop closed
-        # under it (asyncio printed tracebacks of what was cut off: an operator probe).
+        for sig in stops:
+            loop.remove_signal_handler(sig)
+        # What the command left running (a task of its own) is cancelled and waited for here, not cut
+        # off by the loop closing under it (asyncio printed tracebacks of it: an operator probe).
         unwind(loop)
         loop.close()

@@ -96,15 +96,17 @@ async def cmd_put(client: Client, args: argparse.Namespace) -> int:
     # copy leaves the old file (or no file) as it was.
     parent, name = split_path(args.path)
     part = f"{parent.rstrip('/')}/.{name}.part-{os.getpid()}"
-    created = False
+    # Asked for, the copy may exist even if its answer never came (Ctrl-C, SIGTERM meanwhile): removed then too.
+    asked = False
     pending: set[asyncio.Task[Any]] = set()
     try:
+        asked = True
         try:
             ino = (await client.create(part, exclusive=True))["ino"]
         except NotFound:
+            asked = False
             raise NotFound(f"{parent}: no such folder in the cluster; make it first: chunkfs -c {args.cluster} "
                            f"mkdir -p {parent}") from None
-        created = True
         block = min(MAX_IO_SIZE, client.chunk_size)
         offset = 0
         with _progress(total) as progress:
@@ -132,11 +134,13 @@ async def cmd_put(client: Client, args: argparse.Namespace) -> int:
         for t in pending:
             t.cancel()
         await asyncio.gather(*pending, return_exceptions=True)  # no write left running, or failing unheard-of
-        if created:
+        if asked:
             # Bounded: the error may be the cluster gone, which a second full `--retry-for` would only repeat.
             client.mds.retry_for = min(client.mds.retry_for, CLEANUP_RETRY_FOR)
             try:
                 await client.unlink(part)
+            except NotFound:
+                pass  # never made
             except ChunkFSError as exc:
                 print(f"chunkfs: warning: could not remove the partial copy {part}: {exc}", file=sys.stderr)
         raise
@@ -302,7 +306,8 @@ def parse_replicas(text: str) -> tuple[int, int]:
     match = _REPLICAS_RE.fullmatch(text.strip())
     if not match:
         raise InvalidArgument(
-            f"bad attribute {text!r}: expected replicas=N or replicas=N:MIN, for example replicas=3:2"
+            f"bad attribute {text!r}: expected replicas=N[:MIN], failure-domain=disk|host|rack|row|room or "
+            "tier=0-3, for example replicas=3:2"
         )
     n = int(match.group(1))
     minimum = int(match.group(2)) if match.group(2) else max(1, min(n, n // 2 + 1))

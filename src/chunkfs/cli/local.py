@@ -118,7 +118,8 @@ def cmd_local_up(args: argparse.Namespace) -> int:
         ignored = [f"--{opt.replace('_', '-')}" for opt, default in NEW_CLUSTER_OPTIONS.items()
                    if getattr(args, opt) != default and not (opt == "name" and args.name == cluster.name)]
         if ignored:  # (a probe: they were ignored without a word)
-            print(f"warning: {', '.join(ignored)} only shape a new cluster: ignored for the existing one in "
+            verb = "shapes" if len(ignored) == 1 else "shape"
+            print(f"warning: {', '.join(ignored)} only {verb} a new cluster: ignored for the existing one in "
                   f"{directory}", file=sys.stderr)
     else:
         directory.mkdir(parents=True, exist_ok=True)

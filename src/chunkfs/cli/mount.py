@@ -87,8 +87,10 @@ def cmd_mount(args: argparse.Namespace) -> int:
     config = load_client_config(name)
     mountpoint = canonical(args.mountpoint)
     clear_dead(mountpoint)
+    if not mountpoint.exists():
+        raise ConfigError(f"mount point {mountpoint} does not exist; create it first (mkdir -p {mountpoint})")
     if not mountpoint.is_dir():
-        raise ConfigError(f"mount point {mountpoint} is not a directory; create it first")
+        raise ConfigError(f"mount point {mountpoint} is not a directory")
     if not Path("/dev/fuse").exists():
         raise ConfigError("/dev/fuse is missing: load the fuse module (modprobe fuse) or run with --device /dev/fuse")
     if shutil.which("fusermount3") is None:

@@ -84,7 +84,7 @@ def make_mds(
     if (cluster_conf_path(cluster) / "cluster.json").exists():
         raise ConfigError(
             f"cluster {cluster!r} is already configured in {cluster_conf_path(cluster)}; "
-            "pick another name or remove that directory"
+            "pick another name (--name, -c) or remove that directory"
         )
     _check_empty_node_dir(directory, cluster)
     _check_addr_free(addr)

@@ -1234,7 +1234,8 @@ class MetadataStore:
         hops = 0
         while parts:
             part = parts.pop(0)
-            self._dir_attr(stack[-1])
+            if self.getattr(stack[-1])["type"] != "d":  # (said of the path, not of an inode number: a probe)
+                raise NotADirectory(f"{shown(raw)}: a name on the way is not a directory")
             if part == b"..":
                 if len(stack) > 1:
                     stack.pop()
