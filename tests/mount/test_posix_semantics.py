@@ -154,6 +154,21 @@ def test_a_file_renamed_over_while_the_kernel_holds_it_opens_as_the_old_file(mak
     wait_for("the old file to be freed once the kernel forgot it", lambda: chunk_count(cluster) == base, timeout=30)
     assert (mnt / "conf").read_bytes() == b"new2"
 
+    # Open here as well when replaced: its last close must not free it while the O_PATH descriptor
+    # holds it (a POSIX probe: the reopen got ESTALE).
+    (mnt / "log").write_bytes(b"OLD")
+    path_fd = os.open(mnt / "log", os.O_PATH)
+    try:
+        writer = os.open(mnt / "log", os.O_WRONLY | os.O_APPEND)
+        (mnt / "log.new").write_bytes(b"new")
+        os.rename(mnt / "log.new", mnt / "log")
+        os.write(writer, b"+w")
+        os.close(writer)
+        with open(f"/proc/self/fd/{path_fd}", "rb") as again:
+            assert again.read() == b"OLD+w"
+    finally:
+        os.close(path_fd)
+
 
 def test_an_unmounted_mounts_session_is_off_the_store_when_umount_returns(make_cluster, mount) -> None:
     """`local down` unmounts, then stops the daemons: the session's end must be committed by then, or

@@ -852,6 +852,10 @@ class ChunkFSOperations(pyfuse3.Operations):
             self._replaced[held] = hold
             self._start_session_keeper()
         replaced = self.cache.renamed(parent_inode_old, name_old, parent_inode_new, name_new)
+        if replaced is not None and replaced in self.files:
+            # Held by its open files already; their last close must not release it while the kernel
+            # has it still (an O_PATH descriptor: a POSIX probe's reopen got ESTALE).
+            self._replaced[replaced] = self.files[replaced].registered
         if replaced is not None:
             self._fresh_dirs.pop(replaced, None)  # a directory renamed over: its nlink is 0 now
 

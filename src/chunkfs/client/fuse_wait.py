@@ -26,6 +26,7 @@ module at each call (``pyfuse3.asyncio`` is the ``trio.lowlevel`` it calls);
 from __future__ import annotations
 
 import asyncio
+import select
 
 import pyfuse3.asyncio
 
@@ -64,8 +65,12 @@ class FuseReadable:
         waiting = [future for future in self._waiters.pop(fd, ()) if not future.done()]
         if not waiting:
             idle = self._idle.get(fd, 0) + 1
-            if idle >= IDLE_TURNS:
-                self.stop(fd)  # level-triggered: it would call back on every turn until someone waits
+            if idle >= IDLE_TURNS or _failed(fd):
+                # Level-triggered: it would call back on every turn until someone waits.  And an error
+                # (the kernel ended the session) is reported once: uvloop then drops its watch, and a
+                # descriptor still counted as registered was never watched again, the mount process
+                # waiting for good after a lazy unmount (a POSIX probe).  The next wait registers anew.
+                self.stop(fd)
             else:
                 self._idle[fd] = idle
             return
@@ -91,6 +96,13 @@ class FuseReadable:
         """Unregister every descriptor: the session ended, and pyfuse3 is about to close its own."""
         for fd in list(self._watched):
             self.stop(fd)
+
+
+def _failed(fd: int) -> bool:
+    """Whether `fd` reports an error or a hang-up (a FUSE device whose session the kernel ended)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return any(events & (select.POLLERR | select.POLLHUP | select.POLLNVAL) for _, events in poller.poll(0))
 
 
 #: The one instance pyfuse3 is given (a mount process runs one FUSE session).

@@ -134,3 +134,34 @@ def test_a_cancelled_wait_leaves_nothing_behind(pipe: tuple[int, int]) -> None:
     finally:
         readable.stop_all()
         loop.close()
+
+
+def test_an_error_reported_while_nobody_waits_is_waited_for_again_on_uvloop() -> None:
+    """The kernel ending the FUSE session makes the device report an error; uvloop calls the reader once
+    and drops its watch.  Reported between two waits, the descriptor stayed counted as registered and
+    the next wait never woke: a mount process lingered for good after a lazy unmount (a POSIX probe).
+    A UDP socket sent to a closed port stands in for the device (ICMP gives it a pending error)."""
+    import socket
+
+    async def scenario() -> bool:
+        readable = FuseReadable()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("127.0.0.1", 9))
+            s.setblocking(False)
+            first = asyncio.ensure_future(readable.wait_readable(s.fileno()))
+            await asyncio.sleep(0.05)
+            first.cancel()  # a request served: nobody waits now, the descriptor still registered
+            await asyncio.sleep(0)
+            s.send(b"x")
+            await asyncio.sleep(0.2)  # the error comes while nobody waits
+            try:
+                await asyncio.wait_for(readable.wait_readable(s.fileno()), 2)
+            except TimeoutError:
+                return False
+            return True
+
+    loop = uvloop.new_event_loop()
+    try:
+        assert loop.run_until_complete(scenario()), "the wait after the error never woke"
+    finally:
+        loop.close()

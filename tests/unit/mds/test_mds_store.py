@@ -1075,7 +1075,7 @@ def test_setattr_changes_ctime_also_for_times(d: Driver, store: MetadataStore) -
     assert attr["mtime_ns"] == attr["ctime_ns"] == round((now + 1) * 1e9)
     # A time set on purpose near now, most of a second before or ahead: ctime is the change's own (a
     # POSIX probe saw ctime take such an mtime, and the next change move it backwards).
-    for at, mtime in ((now + 3, now + 2.1), (now + 5, now + 5.8)):
+    for at, mtime in ((now + 3, now + 2.1), (now + 5, now + 5.8), (now + 7, now + 7.04)):
         attr = d("setattr", ino=f, time=at, mtime=round(mtime * 1e9))["attr"]
         assert attr["ctime_ns"] == round(at * 1e9) and attr["mtime_ns"] == round(mtime * 1e9)
 
