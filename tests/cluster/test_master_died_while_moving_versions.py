@@ -23,16 +23,21 @@ from ._healing_helpers import check_every_replica, replica_files
 MiB = 1 << 20
 
 
+def _written(c, path: str, data: bytes) -> tuple[int, int, int]:
+    """A file of one chunk written and synced: (its inode, the chunk's id, its version)."""
+    f = c.open(path, create=True)
+    c.run(f.write(0, data))
+    c.run(f.fsync())
+    c.run(f.close())
+    m = c.run(c.client.mds.call(Msg.CHUNK_READ, {"ino": f.ino, "index": 0}))
+    return f.ino, m["chunk_id"], m["version"]
+
+
 def test_replicas_all_behind_the_stored_version_are_kept_and_moved_on(make_cluster) -> None:
     cluster = make_cluster(n_cs=3)
     data = os.urandom(MiB)
     with cluster.client() as c:
-        f = c.open("/precious", create=True)
-        c.run(f.write(0, data))
-        c.run(f.fsync())
-        c.run(f.close())
-        m = c.run(c.client.mds.call(Msg.CHUNK_READ, {"ino": f.ino, "index": 0}))
-        chunk_id, version = m["chunk_id"], m["version"]
+        ino, chunk_id, version = _written(c, "/precious", data)
         files = replica_files(cluster, chunk_id, version)
         assert len(files) == 3
         for number in (1, 2, 3):
@@ -43,14 +48,14 @@ def test_replicas_all_behind_the_stored_version_are_kept_and_moved_on(make_clust
             cluster.start("cs", number)
 
         def moved_on() -> dict | None:
-            now = c.run(c.client.mds.call(Msg.CHUNK_READ, {"ino": f.ino, "index": 0}))
+            now = c.run(c.client.mds.call(Msg.CHUNK_READ, {"ino": ino, "index": 0}))
             return now if now["version"] > version and len(now["replicas"]) == 3 else None
 
         now = wait_for("the replicas behind to be moved to a new version", moved_on, timeout=60)
         assert len(replica_files(cluster, chunk_id, now["version"])) == 3
-        c.client.io.forget(f.ino)
-        assert c.read(f.ino, 0, MiB) == data
-        check_every_replica(c, f.ino, data)
+        c.client.io.forget(ino)
+        assert c.read(ino, 0, MiB) == data
+        check_every_replica(c, ino, data)
         events = " | ".join(e["message"] for e in c.events())
         assert "no server held its version" in events, events
 
@@ -60,12 +65,7 @@ def test_a_replica_behind_is_deleted_once_a_current_one_is_known(make_cluster) -
     cluster = make_cluster(n_cs=3)
     data = os.urandom(MiB)
     with cluster.client() as c:
-        f = c.open("/f", create=True)
-        c.run(f.write(0, data))
-        c.run(f.fsync())
-        c.run(f.close())
-        m = c.run(c.client.mds.call(Msg.CHUNK_READ, {"ino": f.ino, "index": 0}))
-        chunk_id, version = m["chunk_id"], m["version"]
+        ino, chunk_id, version = _written(c, "/f", data)
         cluster.kill("cs", 1)
         old = replica_files(cluster, chunk_id, version)
         stale = [p for p in old if "/cs1/" in str(p)]
@@ -74,5 +74,5 @@ def test_a_replica_behind_is_deleted_once_a_current_one_is_known(make_cluster) -
         cluster.start("cs", 1)
         wait_for("the replica behind to be deleted", lambda: not list(
             (cluster.dir / "cs1").glob(f"data/chunks/*/{chunk_id:016x}_{version - 1:016x}.chunk")), timeout=60)
-        c.client.io.forget(f.ino)
-        assert c.read(f.ino, 0, MiB) == data
+        c.client.io.forget(ino)
+        assert c.read(ino, 0, MiB) == data
