@@ -15,13 +15,13 @@ from chunkfs.common.errors import ConfigError
 
 MOUNT_HELP = """\
 options (-o, comma-separated, may repeat):
-  cache_timeout=S                  how long the kernel keeps names and attributes while the
-                                   master tells this mount of every other client's change
-                                   (default 60; 0: never longer than the two below; the
-                                   mount hears of other clients' changes either way)
+  cache_timeout=S                  how long the kernel keeps names and attributes (and the
+                                   mount, names that do not exist) while the master tells this
+                                   mount of every other client's change (default 60; 0: never
+                                   longer than the two below; the mount hears of other
+                                   clients' changes either way)
   attr_timeout=S, entry_timeout=S  ... and when it does not (no connection to a master yet,
-                                   or a lost one), and for names that do not exist: seconds
-                                   (default 1; 0 turns the kernel's cache off altogether)
+                                   or a lost one): seconds (default 1; 0 turns the caches off)
   direct_io                        no page cache for any file (O_DIRECT opens never use it)
   readahead_kb=N                   kernel read-ahead, KiB (default 4096; 0 keeps the kernel's)
   max_tasks=N                      requests served at once (default 64)

@@ -15,8 +15,9 @@ What the mount keeps, and for how long:
 * the kernel caches attributes and directory entries for ``cache_timeout``
   seconds (60 s by default) while the master tells this mount of every other
   client's change, which the kernel then drops at once (`kernel_cache.py`);
-  for ``attr_timeout`` / ``entry_timeout`` seconds (1 s) when it cannot,
-  and for names that do not exist: `stat` storms do not reach the master;
+  for ``attr_timeout`` / ``entry_timeout`` seconds (1 s) when it cannot;
+  names that do not exist are kept by the mount for as long, and dropped
+  by the notices themselves (rule 4 there): `stat` storms do not reach the master;
 * an *open file* (`OpenFile`, one per inode however many handles) tracks the
   file's size locally: a write that grows the file costs no metadata round
   trip; the new size goes to the master (EXTEND) at ``flush`` (every
