@@ -164,6 +164,10 @@ def test_a_get_that_fails_leaves_the_local_file_as_it_was(make_cluster, tmp_path
     piped = subprocess.run([sys.executable, "-m", "chunkfs", "-c", name, "get", "/g", "/dev/stdout"],
                            capture_output=True, timeout=60, check=False)
     assert piped.returncode == 0 and piped.stdout == b"new", piped
+    with cluster.client() as c:  # a link in the cluster is followed, as cp does (it said "not a regular file")
+        c.symlink("/g", "/lnk")
+    assert run_cli("-c", name, "get", "/lnk", str(tmp_path / "via-link")).returncode == 0
+    assert (tmp_path / "via-link").read_bytes() == b"new"
     err = _one_line_error(run_cli("-c", name, "get", "/g", str(tmp_path / "nodir" / "x")))
     assert f"{tmp_path / 'nodir'}: no such local folder" in err
 

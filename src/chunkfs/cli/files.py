@@ -152,7 +152,7 @@ async def cmd_put(client: Client, args: argparse.Namespace) -> int:
 
 
 async def cmd_get(client: Client, args: argparse.Namespace) -> int:
-    attr = await client.resolve(args.path)
+    attr = await client.resolve(args.path, follow=True)  # a link is followed, as cp does (a docs probe)
     if attr["type"] != "f":
         raise InvalidArgument(f"{args.path} is not a regular file")
     to_stdout = str(args.local) == "-"
