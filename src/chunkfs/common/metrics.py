@@ -14,6 +14,7 @@ about 3.3 µs.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from bisect import bisect_left
@@ -29,6 +30,7 @@ from prometheus_client.core import (
     SummaryMetricFamily,
 )
 
+from chunkfs.common.errors import NotFound, StaleVersion
 from chunkfs.common.timings import TIMINGS
 
 #: Latency bucket upper bounds in seconds (Prometheus ``le``), from 100 µs to 10 s.
@@ -56,6 +58,13 @@ class IoCounters:
         self.bytes += nbytes
         self.lat_sum += seconds
         self.buckets[bisect_left(LATENCY_BOUNDS, seconds)] += 1
+
+    def failed(self, exc: BaseException) -> None:
+        """A request that failed with `exc`: an error, unless a refusal a healthy cluster meets (a version
+        or replica the server does not hold, which readers and writers answer by asking the master
+        again; a cancelled request) — a probe saw every server of a fresh cluster flagged E by `top`."""
+        if not isinstance(exc, (StaleVersion, NotFound, asyncio.CancelledError)):
+            self.errors += 1
 
     def histogram_buckets(self) -> list[tuple[str, float]]:
         out, total = [], 0

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from chunkfs.common import folder_watch
 from chunkfs.common.checksum import Buffer
 from chunkfs.common.config import NodeConfig
-from chunkfs.common.errors import ChunkFSError, NoSpace, NotFound, ProtocolError, StaleVersion, Unavailable
+from chunkfs.common.errors import ChunkFSError, NoSpace, ProtocolError, Unavailable
 from chunkfs.common.knobs import lowered
 from chunkfs.common.secret_files import SecretFiles
 from chunkfs.common.timings import TIMINGS
@@ -58,15 +58,6 @@ _SERVE_TIMING = {Msg.CS_WRITE: "serve.CS_WRITE", Msg.CS_WRITE_CHUNKS: "serve.CS_
 #: this server gives up on it first and names it, so the master drops the frozen replica; with equal
 #: timeouts the client's fired first and blamed this, healthy, server (found by a fault probe).
 FORWARD_TIMEOUT = float(lowered("CHUNKFS_FORWARD_TIMEOUT", 20))
-
-
-def _counted(exc: BaseException) -> bool:
-    """Whether a failed read or write counts among the server's errors (metrics, `top`'s E flag).
-
-    Not a refusal of a version or replica this server does not hold (any more): readers and writers
-    meet those in a healthy cluster and ask the master again (a probe saw every server flagged E).
-    """
-    return not isinstance(exc, (StaleVersion, NotFound, asyncio.CancelledError))
 
 
 class ChunkServer:
@@ -189,8 +180,7 @@ class ChunkServer:
             pieces = self._pieces(h, payload)
             self._own_disk(self._write_pieces, chunk_id, h["version"], pieces, payload, False)
         except BaseException as exc:
-            if _counted(exc):
-                self.stats.write.errors += 1
+            self.stats.write.failed(exc)
             raise
         self.syncs.wrote(chunk_id, len(payload))
         self._wrote_now(Msg.CS_WRITE, len(payload), len(pieces), started)
@@ -213,8 +203,7 @@ class ChunkServer:
             self._check_parts(parts)
             self._own_disk(self._write_parts, parts, memoryview(payload))
         except BaseException as exc:
-            if _counted(exc):
-                self.stats.write.errors += 1
+            self.stats.write.failed(exc)
             raise
         for part in parts:
             self.syncs.wrote(part.chunk_id, part.end - part.start)
@@ -227,8 +216,7 @@ class ChunkServer:
         try:
             data = self.store.read(h["chunk_id"], h["version"], h["offset"], h["length"])
         except BaseException as exc:
-            if _counted(exc):
-                self.stats.read.errors += 1
+            self.stats.read.failed(exc)
             raise
         self._read_done(len(data), started)
         return data
@@ -256,8 +244,7 @@ class ChunkServer:
                     data = await asyncio.to_thread(
                         self.store.read, h["chunk_id"], h["version"], h["offset"], h["length"])
                 except BaseException as exc:
-                    if _counted(exc):
-                        self.stats.read.errors += 1
+                    self.stats.read.failed(exc)
                     raise
                 self._read_done(len(data), started)
                 return {}, data
@@ -269,8 +256,7 @@ class ChunkServer:
                     else:
                         writes = await self._write_chunks(h, payload)
                 except BaseException as exc:
-                    if _counted(exc):
-                        self.stats.write.errors += 1
+                    self.stats.write.failed(exc)
                     raise
                 finally:
                     self._writes_waiting -= 1  # counted by `handle_now`, which passed it on

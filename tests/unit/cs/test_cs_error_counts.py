@@ -9,12 +9,16 @@ from __future__ import annotations
 import asyncio
 
 from chunkfs.common.errors import ChecksumMismatch, NoSpace, NotFound, StaleVersion
-from chunkfs.cs.server import _counted
+from chunkfs.common.metrics import IoCounters
 
 
 def test_refusals_are_not_counted_and_failures_are() -> None:
     for refusal in (StaleVersion("chunk 1: version 3, not 2"), NotFound("chunk 1: no replica on this server"),
                     asyncio.CancelledError()):
-        assert not _counted(refusal), refusal
+        counters = IoCounters()
+        counters.failed(refusal)
+        assert counters.errors == 0, refusal
     for failure in (OSError(5, "Input/output error"), ChecksumMismatch("block 3"), NoSpace("disk full")):
-        assert _counted(failure), failure
+        counters = IoCounters()
+        counters.failed(failure)
+        assert counters.errors == 1, failure
