@@ -97,10 +97,9 @@ async def cmd_put(client: Client, args: argparse.Namespace) -> int:
     parent, name = split_path(args.path)
     part = f"{parent.rstrip('/')}/.{name}.part-{os.getpid()}"
     # Asked for, the copy may exist even if its answer never came (Ctrl-C, SIGTERM meanwhile): removed then too.
-    asked = False
+    asked = True
     pending: set[asyncio.Task[Any]] = set()
     try:
-        asked = True
         try:
             ino = (await client.create(part, exclusive=True))["ino"]
         except NotFound:

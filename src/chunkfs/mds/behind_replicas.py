@@ -34,6 +34,7 @@ from chunkfs.common.errors import ChunkFSError
 
 if TYPE_CHECKING:
     from chunkfs.mds.server import MetadataServer
+    from chunkfs.mds.store import Chunk
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ class BehindReplicas:
         chunk = self.mds.store.chunk(chunk_id)
         if chunk is None or len(self.chunks) >= BEHIND_MAX and chunk_id not in self.chunks:
             return False
-        if any(cs != cs_id and self._registered(cs) and self.mds.chunks.holds(cs, chunk_id) for cs in chunk.replicas):
+        if self._held_current(chunk, besides=cs_id):
             return False
         self.chunks.setdefault(chunk_id, {})[cs_id] = version
         return True
@@ -66,6 +67,11 @@ class BehindReplicas:
     def _registered(self, cs_id: int) -> bool:
         server = self.mds.live.get(cs_id)
         return server is not None and not server.reporting
+
+    def _held_current(self, chunk: Chunk, besides: int = 0) -> bool:
+        """Whether a registered server (but `besides`) holds `chunk` at its version."""
+        return any(cs != besides and self._registered(cs) and self.mds.chunks.holds(cs, chunk.chunk_id)
+                   for cs in chunk.replicas)
 
     async def run(self) -> None:
         """While master: settle the chunks kept here, a batch at a time."""
@@ -90,7 +96,7 @@ class BehindReplicas:
             if chunk is None or not behind:
                 self.chunks.pop(chunk_id, None)
                 return
-            if any(self._registered(cs) and mds.chunks.holds(cs, chunk_id) for cs in chunk.replicas):
+            if self._held_current(chunk):
                 self.chunks.pop(chunk_id, None)
                 for cs in behind:
                     if not mds.chunks.holds(cs, chunk_id):
