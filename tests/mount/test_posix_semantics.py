@@ -495,6 +495,11 @@ def test_time_stamps_follow_posix(make_cluster, mount) -> None:
     os.utime(f)  # both UTIME_NOW
     a6, m6, c6 = times(f)
     assert a6 > before and m6 > before and c6 >= c4
+    assert (a6, m6) == (c6, c6)  # one instant, as on a local disk
+    later()
+    run("touch", "-a", f)  # atime only, UTIME_NOW (mtime UTIME_OMIT): ctime is the same instant
+    a7, m7, c7 = times(f)
+    assert m7 == m6 and a7 > a6 and a7 == c7
     # rename: ctime of the file, mtime and ctime of both parents.
     _, pm1, pc1 = times(mnt / "d1")
     _, pm2, pc2 = times(mnt / "d2")

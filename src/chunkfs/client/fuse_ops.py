@@ -685,7 +685,8 @@ class ChunkFSOperations(pyfuse3.Operations):
         """
         assert of.attr is not None
         of.pending.update({k: v for k, v in changes.items() if k in ("mtime_ns", "atime_ns")})
-        of.pending["ctime_ns"] = change_ctime(changes.get("mtime_ns"), time.time_ns(), of.attr["ctime_ns"])
+        set_now = changes.get("mtime_ns", changes.get("atime_ns"))
+        of.pending["ctime_ns"] = change_ctime(set_now, time.time_ns(), of.attr["ctime_ns"])
 
     async def _setattr_open(self, of: OpenFile, changes: dict[str, Any]) -> dict[str, Any]:
         """SETATTR of a file open here, under its commit lock, with what this mount has not sent yet.

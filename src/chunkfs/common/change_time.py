@@ -10,6 +10,7 @@ SAME_INSTANT_BEFORE_NS = 250_000_000
 def change_ctime(mtime_ns: int | None, now_ns: int, ctime_ns: int) -> int:
     """The ctime of a change made at `now_ns` that may set mtime to `mtime_ns` (file's ctime: `ctime_ns`).
 
+    Callers pass the new atime as `mtime_ns` when the change sets atime alone (``touch -a``).
     ``touch`` sets mtime to "now" as read by the setter's clock, which is not the clock the
     change is stamped with: a new mtime a moment before now, and not before the file's ctime,
     is taken as the change's instant, so mtime equals ctime as on a local disk.  The moment is

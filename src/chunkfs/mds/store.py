@@ -691,7 +691,8 @@ class MetadataStore:
         if ctime is not None:
             new_ctime = _ns(ctime)
         else:
-            new_ctime = change_ctime(None if mtime is None else _ns(mtime), now, attr["ctime_ns"])
+            set_now = mtime if mtime is not None else atime
+            new_ctime = change_ctime(None if set_now is None else _ns(set_now), now, attr["ctime_ns"])
         self.db.execute("UPDATE inodes SET ctime = ? WHERE ino = ?", (new_ctime, ino))
         if size is not None:
             if attr["type"] == "d":
