@@ -19,10 +19,12 @@ import asyncio
 import contextlib
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from rich.console import Console, Group, RenderableType
+from rich.segment import Segment
 from rich.table import Table
 from rich.text import Text
 
@@ -46,6 +48,11 @@ STATUS_STYLE = {"healthy": "bold green", "degraded": "bold yellow", "error": "bo
                 "joining": "yellow"}
 #: A chunk server whose last heartbeat is older than this is flagged "S" (slow/stalled).
 STALE_AFTER = 5.0
+#: Columns left out, first to last, of a table wider than the screen; the others keep whole values.
+NARROW_DROPS = {"cs": ("HOST", "SPACE", "QDEPTH", "CPU", "TIER", "LAT", "IOPS"),
+                "mds": ("UPTIME", "MEM", "CPU")}
+#: Wider than any screen: a table's width with no value cut short.
+UNBOUNDED = 10_000
 
 
 @dataclass(slots=True)
@@ -82,7 +89,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--view", choices=VIEWS, default="all", help="what to show first (default all)")
     p.add_argument("--sort", choices=sorted(SORTS), default="id", help="chunk-server sort column (default id)")
     p.add_argument("--width", type=_width, default=0,
-                   help=f"columns for --once output, at least {MIN_WIDTH} (default: terminal or 160)")
+                   help=f"columns for --once output, at least {MIN_WIDTH} (default: terminal or 160); "
+                   "narrower than the tables, they leave out their least needed columns (host, total space, "
+                   "queue depth, CPU, ...), never cut a value short")
     p.set_defaults(func=lambda args: run_with_client(args, cmd_top))
 
 
@@ -107,7 +116,8 @@ async def cmd_top(client: Client, args: argparse.Namespace) -> int:
     if args.once or not sys.stdout.isatty():
         width = args.width or (None if sys.stdout.isatty() else 160)
         await fetch(client, state)
-        Console(width=width, soft_wrap=False).print(render(state))
+        console = Console(width=width, soft_wrap=False)
+        console.print(render(state, console.width))
         return 1 if state.error else 0
     return await _live(client, state, args.interval)
 
@@ -138,12 +148,12 @@ async def _live(client: Client, state: TopState, interval: float) -> int:
         with Live(render(state), auto_refresh=False, screen=True, transient=True) as live:
             while not quit_event.is_set():
                 await fetch(client, state)
-                live.update(render(state), refresh=True)
+                live.update(render(state, live.console.width), refresh=True)
                 refresh.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(refresh.wait(), interval)
                 if refresh.is_set():
-                    live.update(render(state), refresh=True)
+                    live.update(render(state, live.console.width), refresh=True)
     finally:
         if fd >= 0 and saved is not None:
             import termios
@@ -193,7 +203,8 @@ def _styled(value: str) -> Text:
     return Text(value, style=STATUS_STYLE.get(value, ""))
 
 
-def render(state: TopState) -> RenderableType:
+def render(state: TopState, width: int | None = None) -> RenderableType:
+    """One frame; tables wider than `width` columns lose their least needed columns (`NARROW_DROPS`)."""
     stat = state.stat
     if not stat:
         return Text(f"chunkfs top: no answer from the cluster: {state.error or 'waiting'}", style="bold red")
@@ -201,9 +212,9 @@ def render(state: TopState) -> RenderableType:
     if state.error:
         parts.append(Text(f"last refresh failed: {state.error}", style="bold red"))
     if state.view in ("all", "mds"):
-        parts.append(mds_table(stat))
+        parts.append(fit(lambda out: mds_table(stat, out), width, NARROW_DROPS["mds"]))
     if state.view in ("all", "cs"):
-        parts.append(cs_table(stat, state.sort, state.reverse))
+        parts.append(fit(lambda out: cs_table(stat, state.sort, state.reverse, out), width, NARROW_DROPS["cs"]))
         if stat.get("clients"):
             parts.append(Text("clients: " + ", ".join(c["name"] for c in stat["clients"])))
     if state.view in ("all", "events"):
@@ -212,6 +223,35 @@ def render(state: TopState) -> RenderableType:
     parts.append(Text(f"{when}  view {state.view} [v]  sort {state.sort}{' desc' if state.reverse else ''} [s/r]  "
                       "quit [q]", style="dim"))
     return Group(*parts)
+
+
+def fit(build: Callable[[frozenset[str]], Table], width: int | None, drops: tuple[str, ...]) -> Table:
+    """The table `build` makes, leaving out the first of `drops` it must to be at most `width` columns wide.
+
+    Rich would instead cut every value short ("252…", "act…": an operator probe's `top --width 80`);
+    a figure cut short reads as another figure, a column left out does not.
+    """
+    left_out: frozenset[str] = frozenset()
+    table = build(left_out)
+    if width is None:
+        return table
+    console = Console(width=UNBOUNDED)
+    for name in drops:
+        if max(Segment.get_line_length(line) for line in console.render_lines(table, pad=False)) <= width:
+            break
+        left_out |= {name}
+        table = build(left_out)
+    return table
+
+
+def _table(title: str, columns: list[tuple[str, str]], rows: list[list[Any]], leave_out: frozenset[str]) -> Table:
+    keep = [i for i, (name, _) in enumerate(columns) if name not in leave_out]
+    t = Table(title=title, title_justify="left", expand=False, pad_edge=False, box=None, header_style="bold reverse")
+    for i in keep:
+        t.add_column(columns[i][0], justify=columns[i][1])  # type: ignore[arg-type]
+    for row in rows:
+        t.add_row(*(row[i] for i in keep))
+    return t
 
 
 def cluster_line(stat: dict[str, Any]) -> Text:
@@ -238,18 +278,16 @@ def cluster_line(stat: dict[str, Any]) -> Text:
     return line
 
 
-def mds_table(stat: dict[str, Any]) -> Table:
-    t = Table(title="Metadata servers", title_justify="left", expand=False, pad_edge=False, box=None,
-              header_style="bold reverse")
-    for col, just in (("MDSID", "right"), ("ROLE", "left"), ("TERM", "right"), ("COMMIT", "right"),
-                      ("CPU", "right"), ("MEM", "right"), ("UPTIME", "right"), ("ADDRESS", "left")):
-        t.add_column(col, justify=just)  # type: ignore[arg-type]
+def mds_table(stat: dict[str, Any], leave_out: frozenset[str] = frozenset()) -> Table:
+    columns = [("MDSID", "right"), ("ROLE", "left"), ("TERM", "right"), ("COMMIT", "right"),
+               ("CPU", "right"), ("MEM", "right"), ("UPTIME", "right"), ("ADDRESS", "left")]
+    rows: list[list[Any]] = []
     for m in stat["mds"]:
         proc = m.get("proc") or {}
-        t.add_row(str(m["id"]), _styled(m["role"]), str(m["term"]), str(m["commit"]),
-                  f"{proc['cpu']:.1f}%" if "cpu" in proc else "-", human(proc["rss"]) if "rss" in proc else "-",
-                  duration(proc.get("uptime")) or "-", m["addr"])
-    return t
+        rows.append([str(m["id"]), _styled(m["role"]), str(m["term"]), str(m["commit"]),
+                     f"{proc['cpu']:.1f}%" if "cpu" in proc else "-", human(proc["rss"]) if "rss" in proc else "-",
+                     duration(proc.get("uptime")) or "-", m["addr"]])
+    return _table("Metadata servers", columns, rows, leave_out)
 
 
 def cs_flags(s: dict[str, Any]) -> str:
@@ -264,9 +302,8 @@ def cs_flags(s: dict[str, Any]) -> str:
     return flags
 
 
-def cs_table(stat: dict[str, Any], sort: str = "id", reverse: bool = False) -> Table:
-    t = Table(title="Chunk servers", title_justify="left", expand=False, pad_edge=False, box=None,
-              header_style="bold reverse")
+def cs_table(stat: dict[str, Any], sort: str = "id", reverse: bool = False,
+             leave_out: frozenset[str] = frozenset()) -> Table:
     columns = [("CSID", "right"), ("STATUS", "left"), ("SPACE", "right"), ("FREE", "right"), ("REPLICAS", "right"),
                ("READ/s", "right"), ("WRITE/s", "right"), ("IOPS", "right"), ("LAT", "right"), ("QDEPTH", "right"),
                ("CPU", "right"), ("HOST", "left")]
@@ -274,8 +311,7 @@ def cs_table(stat: dict[str, Any], sort: str = "id", reverse: bool = False) -> T
     if has_tier:
         columns.append(("TIER", "right"))
     columns.append(("FLAGS", "left"))
-    for col, just in columns:
-        t.add_column(col, justify=just)  # type: ignore[arg-type]
+    rows: list[list[Any]] = []
     for s in sorted(stat["cs"], key=SORTS.get(sort, SORTS["id"]), reverse=reverse):
         io, proc = s.get("io") or {}, s.get("proc") or {}
         active = s["status"] == "active"
@@ -290,8 +326,8 @@ def cs_table(stat: dict[str, Any], sort: str = "id", reverse: bool = False) -> T
         if has_tier:
             row.append(str(s.get("tier", "")))
         row.append(cs_flags(s))
-        t.add_row(*row)
-    return t
+        rows.append(row)
+    return _table("Chunk servers", columns, rows, leave_out)
 
 
 def events_table(events: list[dict[str, Any]]) -> Table:
