@@ -19,6 +19,7 @@ from chunkfs.protocol.messages import Msg
 from chunkfs.testing.cluster import wait_for
 
 from ._healing_helpers import check_every_replica, replica_files
+from .conftest import run_cli
 
 MiB = 1 << 20
 
@@ -58,6 +59,33 @@ def test_replicas_all_behind_the_stored_version_are_kept_and_moved_on(make_clust
         check_every_replica(c, ino, data)
         events = " | ".join(e["message"] for e in c.events())
         assert "no server held its version" in events, events
+
+
+def test_replicas_behind_are_moved_on_without_a_listed_server_that_stays_away(make_cluster) -> None:
+    """A listed server that never comes back is waited for only until it is offline (it may have held
+    the chunk at its version); then the replicas behind on the others serve again."""
+    cluster = make_cluster(n_cs=3)
+    data = os.urandom(MiB)
+    assert run_cli("-c", "test", "set-config", "cs-inactive-timeout=1", "cs-offline-timeout=3").returncode == 0
+    with cluster.client() as c:
+        ino, chunk_id, version = _written(c, "/precious", data)
+        files = replica_files(cluster, chunk_id, version)
+        assert len(files) == 3
+        for number in (1, 2, 3):
+            cluster.kill("cs", number)
+        for path in files:
+            path.rename(path.with_name(f"{chunk_id:016x}_{version - 1:016x}.chunk"))
+        for number in (1, 2):  # CS#3 stays away
+            cluster.start("cs", number)
+
+        def moved_on() -> dict | None:
+            now = c.run(c.client.mds.call(Msg.CHUNK_READ, {"ino": ino, "index": 0}))
+            return now if now["version"] > version and now["replicas"] else None
+
+        now = wait_for("the replicas behind to be moved to a new version", moved_on, timeout=60)
+        assert sorted(cs for cs, _ in now["replicas"]) == [1, 2]
+        c.client.io.forget(ino)
+        assert c.read(ino, 0, MiB) == data
 
 
 def test_a_replica_behind_is_deleted_once_a_current_one_is_known(make_cluster) -> None:

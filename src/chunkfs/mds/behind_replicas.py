@@ -10,7 +10,9 @@ during drains and replica changes lost a chunk).
 So a listed replica reported behind is deleted at registration only if
 another registered server holds the chunk at its version (the ordinary case:
 a server that was away while the chunk was written).  Otherwise it is kept,
-and `BehindReplicas` decides once every server the chunk lists is registered:
+and `BehindReplicas` decides once every server the chunk lists is registered
+or offline (silent past `cs-offline-timeout`: its replicas are given up, as
+for any chunk):
 
 * a server holds the chunk at its version now (a server back, a copy made):
   the replicas behind are deleted;
@@ -31,6 +33,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from chunkfs.common.errors import ChunkFSError
+from chunkfs.mds.health import OFFLINE
 
 if TYPE_CHECKING:
     from chunkfs.mds.server import MetadataServer
@@ -102,8 +105,9 @@ class BehindReplicas:
                     if not mds.chunks.holds(cs, chunk_id):
                         await mds.chunks.delete_replica(cs, chunk_id)
                 return
-            if not all(self._registered(cs) for cs in chunk.replicas):
-                return  # a listed server may hold the chunk at its version: wait for it
+            states = mds.healing.compute_states()
+            if not all(self._registered(cs) or states.get(cs, OFFLINE) == OFFLINE for cs in chunk.replicas):
+                return  # a listed server may hold the chunk at its version: wait for it, or its end
             listed = {cs: v for cs, v in behind.items() if cs in chunk.replicas and self._registered(cs)}
             if not listed:
                 return
