@@ -84,6 +84,8 @@ class BehindReplicas:
                     await self._settle(chunk_id)
                 except ChunkFSError as exc:  # (a master change, a server gone: tried again)
                     logger.info("chunk %#x: replicas behind its version not settled yet: %s", chunk_id, exc)
+                except Exception:  # a fault in one chunk's case must not leave the others unsettled
+                    logger.exception("chunk %#x: settling its replicas behind its version failed", chunk_id)
             await asyncio.sleep(CHECK_EVERY)
         self.chunks.clear()
 
