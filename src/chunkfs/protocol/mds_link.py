@@ -83,6 +83,7 @@ class MdsLink:
             self._watchdog = asyncio.get_running_loop().create_task(
                 watch_for_silent_master(conn, lambda: self.addrs, self.creds, self._put_first))
             self._put_first(addr)  # the working address, for next time
+            logger.debug("connected to the metadata server at %s", addr)
             return self._conn
 
     async def _connect_first(self) -> tuple[str, Connection]:
@@ -164,6 +165,8 @@ class MdsLink:
                 return reply
             except NotMaster as exc:
                 hint = exc.context.get("leader")
+                logger.debug("%s: %s is not the master (%s)", msg.name, conn.peer_name if conn else "?",
+                             f"it names {hint}" if hint else "it knows none")
                 if isinstance(hint, str) and hint:
                     self._put_first(hint)
                 elif conn is not None:
@@ -188,6 +191,7 @@ class MdsLink:
                     self._drop(conn)
             if time.monotonic() + pause > deadline:
                 raise last
+            logger.debug("%s: %s; trying again in %.2f s", msg.name, last, pause)
             await asyncio.sleep(pause)
             pause = min(pause * 2, 1.0)
 
