@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from chunkfs.common.config import load_client_config
 from chunkfs.protocol.frame import Kind
 from chunkfs.protocol.messages import Msg
-from chunkfs.testing.cluster import LocalCluster, Process
+from chunkfs.testing.cluster import LocalCluster, Process, master_id
 from chunkfs.testing.probes import rss
 from hostile_frames import Plan, frame_bytes, hello, plans, run_plan
 
@@ -221,3 +221,48 @@ def test_hostile_frames_at_mds_and_cs(make_cluster: Any) -> None:
 def test_hostile_frames_at_mds_and_cs_soak(make_cluster: Any) -> None:
     stats, _ = run_fuzz(make_cluster, 200, (10, 30), frames=SLOW_FRAMES, seconds=SLOW_SECONDS)
     assert stats["frames"] >= SLOW_FRAMES, stats
+
+
+#: Beyond signed 64 bits: msgpack carries it, SQLite cannot hold it.
+HUGE = 2**64 - 1
+
+
+def test_numbers_out_of_range_inside_lists_stop_no_metadata_server(make_cluster: Any) -> None:
+    """Found by a hostile-peer probe, each from one well-formed frame after a correct handshake.
+
+    A SETATTR whose `extend` held 2**64-1 was committed, and its apply stopped every metadata
+    server, again at each restart; a Raft answer with term 2**64-1 from a peer claiming to be a
+    metadata server did the same when the term was stored; a SESSION listing open inode 2**64-1
+    stopped the master's orphan reaper for good; a RELEASE of it logged a traceback.  Each is now
+    refused where it comes in; the servers live on, nothing changed.
+    """
+    cluster = make_cluster(n_cs=2, n_mds=3)
+    expected, _ = populate(cluster)
+    config = load_client_config(cluster.name)
+    with cluster.client() as c:
+        master = cluster.find("mds", master_id(c))
+        ino = c.stat("/data/big")["ino"]
+    watches = [Watch(cluster, cluster.find("mds", n)) for n in (1, 2, 3)]
+    requests = [
+        (Msg.SETATTR, {"ino": ino, "extend": [HUGE, 0]}),
+        (Msg.SESSION, {"session": "hostile", "open": [HUGE]}),
+        (Msg.RELEASE, {"session": "hostile", "inos": [HUGE], "uptos": [0]}),
+        (Msg.SETATTR, {"ino": ino, "extend": [[[[[[[[1]]]]]]]]}),  # nested deeper than any header of ours
+    ]
+    for mtype, header in requests:
+        plan = Plan(authenticate=True, role="client", cuts=(), half_close=True,
+                    frames=(frame_bytes(Kind.REQUEST, mtype, 1, header),))
+        outcome = run_plan(master.addr, plan, config.cluster.name, config.secret)
+        assert outcome.error_codes, f"{mtype.name} {header}: {outcome.replies}"
+    raft = {"type": "append_resp", "src": 2, "dst": master.id, "term": HUGE, "success": False,
+            "index": 0, "hint": 0, "seq": 0}
+    plan = Plan(authenticate=True, role="mds", cuts=(), half_close=True,
+                frames=(frame_bytes(Kind.NOTICE, Msg.RAFT, 0, {"m": raft}),))
+    assert "protocol" in run_plan(master.addr, plan, config.cluster.name, config.secret).error_codes
+    time.sleep(3)  # the apply, the term's storing and the reaper's pass each stopped servers within 1.3 s
+    for w in watches:
+        w.sample(cluster)
+        assert not (problems := w.log_problems()), problems[-30:]
+    assert round_trip(cluster) == expected
+    with cluster.client() as c:
+        assert all(m["term"] < 2**32 for m in c.cluster_stat()["mds"])

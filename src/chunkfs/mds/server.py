@@ -64,6 +64,7 @@ from chunkfs.protocol.messages import (
     MAX_BLOCKS,
     SESSION_TTL,
     Msg,
+    check_nested_ints,
     entry_list,
     first_write,
     int_list,
@@ -482,6 +483,7 @@ class MetadataServer:
             raise ProtocolError(f"{msg.name} is not served by a metadata server")
         if msg in (Msg.CS_REGISTER, Msg.CS_REPORT_REPLICAS, Msg.CS_HEARTBEAT) and conn.peer_role != "cs":
             raise ProtocolError(f"{msg.name} is for chunk servers only")
+        check_nested_ints(h, msg.name)
         if msg not in FOLLOWER_MESSAGES and not self.raft.is_leader():
             raise self.raft.not_master_error()
         started = time.perf_counter()

@@ -52,6 +52,15 @@ from chunkfs.protocol.messages import ROOT_INO
 
 logger = logging.getLogger(__name__)
 
+#: What a command's own values make it raise, the same on every metadata server (an integer SQLite
+#: cannot hold, a field of the wrong type or missing): the command fails, as one answered with an
+#: error does, and the log goes on.  Raised out of `apply`, a committed command like that stopped
+#: every metadata server, again at each restart (a hostile-peer probe: one SETATTR).  A fault of
+#: the disk or the database (sqlite3.OperationalError, OSError) still stops this server alone.
+COMMAND_FAULTS: tuple[type[Exception], ...] = (
+    OverflowError, TypeError, ValueError, KeyError, IndexError, sqlite3.IntegrityError, sqlite3.InterfaceError,
+)
+
 DEFAULT_REPLICAS = 3
 DEFAULT_MIN_REPLICAS = 2
 MAX_REPLICAS = 16
@@ -537,9 +546,15 @@ class MetadataStore:
         same transaction as the change (Raft thesis, 6.3).  Chunks a change
         dropped are not in a repeated answer: the first one freed them.
         """
-        command = msgpack.unpackb(data, raw=False)
-        op = command.pop("op")
-        req = command.pop("req", None)
+        try:
+            command = msgpack.unpackb(data, raw=False)
+            op = command.pop("op")
+            req = command.pop("req", None)
+        except (*COMMAND_FAULTS, AttributeError, msgpack.UnpackException) as exc:
+            logger.error("entry %d is not a metadata command (%s): skipped, as on every metadata server", index, exc)
+            with self._tx():
+                self._set_meta("applied_index", index)
+            raise InvalidArgument(f"entry {index} is not a metadata command") from None
         for key in ("name", "new_name"):
             if isinstance(command.get(key), str):
                 command[key] = to_bytes(command[key])  # a name sent as text (the CLI, an older client)
@@ -557,14 +572,18 @@ class MetadataStore:
                 answered = self._answer_of(index, req)
             if answered is None:
                 result = handler(term=term, **command)
-        except ChunkFSError as exc:
+        except (ChunkFSError, *COMMAND_FAULTS) as exc:
+            if not isinstance(exc, ChunkFSError):
+                logger.error("metadata command %r at entry %d failed: skipped, as on every metadata server",
+                             op, index, exc_info=exc)
+                exc = InvalidArgument(f"{op}: a value the store cannot take ({type(exc).__name__}: {exc})")
             self._rollback()
             self._touched.clear()
             with self._tx():
                 self._set_meta("applied_index", index)
                 if req is not None:
                     self._keep_answer(index, req, {"error": [exc.code, str(exc)]})
-            raise
+            raise exc from None
         except BaseException:
             self._rollback()
             self._touched.clear()

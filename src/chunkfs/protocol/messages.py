@@ -639,12 +639,42 @@ def write_parts(value: Any, payload_len: int) -> list[WritePart]:
     return parts
 
 
-def int_list(value: object, what: str, limit: int = SESSION_OPEN_PAGE) -> list[int]:
-    """Check a list of integers from the wire (inode or block numbers) and its length."""
+def int_list(value: object, what: str, limit: int = SESSION_OPEN_PAGE, low: int = 0) -> list[int]:
+    """Check a list of integers from the wire (inode or block numbers: from `low` = 0) and its length."""
     if (not isinstance(value, list) or len(value) > limit
-            or not all(isinstance(x, int) and not isinstance(x, bool) for x in value)):
-        raise InvalidArgument(f"{what}: expected a list of at most {limit} integers")
+            or not all(isinstance(x, int) and not isinstance(x, bool) and low <= x <= INT64_MAX for x in value)):
+        raise InvalidArgument(f"{what}: expected a list of at most {limit} integers from {low} to 2**63-1")
     return value
+
+
+#: Lists and maps in a header nest at most this deep (the deepest of ours: 3).
+NESTING_MAX = 6
+
+
+def check_nested_ints(header: dict[str, Any], what: str) -> None:
+    """Refuse a header with an integer outside signed 64 bits inside a list or map, or nested too deep.
+
+    `_check` looks at each field's own value; what lists and maps hold reaches the metadata
+    store too, where SQLite cannot take such a number (a hostile-peer probe: a SETATTR's
+    `extend` of 2**64-1 was committed and stopped every metadata server).  Not on the chunk
+    servers' data path, whose headers are checked field by field where they are used.
+    """
+    for value in header.values():
+        if type(value) in (list, dict) and _bad_ints(value, 1):
+            raise ProtocolError(f"{what}: a number out of range, or lists nested more than {NESTING_MAX} deep")
+
+
+def _bad_ints(value: list[Any] | dict[Any, Any], depth: int) -> bool:
+    if depth > NESTING_MAX:
+        return True
+    for item in (value.values() if type(value) is dict else value):
+        kind = type(item)
+        if kind is int:
+            if not INT64_MIN <= item <= INT64_MAX:
+                return True
+        elif (kind is list or kind is dict) and _bad_ints(item, depth + 1):
+            return True
+    return False
 
 
 def entry_list(value: object, what: str) -> list[tuple[int, bytes]]:

@@ -92,10 +92,15 @@ def _get(d: Mapping[str, Any], key: str, typ: type | tuple[type, ...]) -> Any:
     return value
 
 
+#: Terms and indexes are kept in signed 64-bit SQLite integers: a larger one from the wire (a
+#: hostile-peer probe: a term of 2**64-1) stopped every metadata server when it was stored.
+UINT_MAX = 2**63 - 1
+
+
 def _uint(d: Mapping[str, Any], key: str) -> int:
     value = _get(d, key, int)
-    if value < 0:
-        raise ProtocolError(f"raft field {key!r} is negative")
+    if not 0 <= value <= UINT_MAX:
+        raise ProtocolError(f"raft field {key!r} is out of range")
     return value
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import stat
 import tempfile
@@ -150,6 +151,28 @@ def test_a_batch_applies_each_command_alone_and_commits_them_together(d: Driver,
         assert names(reopened, ROOT_INO) == ["a", "b", "dir"]
     finally:
         reopened.close()
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_a_command_whose_values_the_store_cannot_take_fails_alone(d: Driver, store: MetadataStore,
+                                                                 batched: bool) -> None:
+    """What a command's own values make SQLite or the code raise fails that command on every server,
+    as an error answer does; it does not stop the server (a hostile-peer probe: a SETATTR with
+    `extend` 2**64-1 stopped every metadata server at its apply, again at each restart)."""
+    f = d.create(ROOT_INO, "f")
+    before = store.getattr(f)
+    with store.batch() if batched else contextlib.nullcontext():
+        with pytest.raises(InvalidArgument, match="OverflowError"):
+            d("setattr", ino=f, extend=[2**64 - 1, 0], time=d.tick())
+        with pytest.raises(InvalidArgument, match="TypeError"):
+            d("create", parent=ROOT_INO, name="g", mode=0o644, time=d.tick(), exclusive=True, unknown_field=1)
+        d.index += 1
+        with pytest.raises(InvalidArgument, match="not a metadata command"):
+            store.apply(d.index, d.term, b"\x93\x01\x02\x03")  # a list, not a map
+        assert store.getattr(f) == before  # the failed SETATTR left nothing
+        d.create(ROOT_INO, "h")  # and the log goes on
+    assert store.applied_index == d.index
+    assert names(store, ROOT_INO) == ["f", "h"]
 
 
 def test_mkdir_create_lookup(d: Driver, store: MetadataStore) -> None:
