@@ -245,15 +245,20 @@ class OrphanReaper:
         sweep_at = 0.0  # at once when the grace period is over
         while self.mds.raft.is_leader():
             self._wake.clear()
-            self.table.ttl = self.mds.healing.settings()["session-timeout"]
-            now = self.table.clock()
-            for ino in self.table.expire():
-                self._pending.add(ino)
-            if not self.table.in_grace() and now >= sweep_at:
-                self._pending.update(self.mds.store.orphans(ORPHAN_BATCH, time.time() - REMOVED_DIR_KEEP))
-                sweep_at = now + SWEEP_EVERY
-            await self._close_ended()
-            await self._free_pending()
+            try:
+                self.table.ttl = self.mds.healing.settings()["session-timeout"]
+                now = self.table.clock()
+                for ino in self.table.expire():
+                    self._pending.add(ino)
+                if not self.table.in_grace() and now >= sweep_at:
+                    self._pending.update(self.mds.store.orphans(ORPHAN_BATCH, time.time() - REMOVED_DIR_KEEP))
+                    sweep_at = now + SWEEP_EVERY
+                await self._close_ended()
+                await self._free_pending()
+            except Exception:  # noqa: BLE001 - one bad pass must not end the reaping (sessions, space) for good
+                logger.exception("a pass of the orphan reaper failed; the next starts afresh (orphans are found "
+                                 "again by the store's sweep)")
+                self._pending.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), SESSION_TTL / 4)
             except TimeoutError:
