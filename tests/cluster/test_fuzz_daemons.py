@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import random
+import socket
 import time
 from collections import Counter
 from pathlib import Path
@@ -22,12 +23,13 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from chunkfs.common.addr import parse_addr
 from chunkfs.common.config import load_client_config
-from chunkfs.protocol.frame import Kind
+from chunkfs.protocol.frame import MAX_IO_SIZE, Kind
 from chunkfs.protocol.messages import Msg
 from chunkfs.testing.cluster import LocalCluster, Process, master_id
 from chunkfs.testing.probes import rss
-from hostile_frames import Plan, frame_bytes, hello, plans, run_plan
+from hostile_frames import Plan, frame_bytes, handshake, hello, parse_replies, plans, run_plan, served
 
 MiB = 1 << 20
 SLOW = os.environ.get("CHUNKFS_SLOW") == "1"
@@ -266,3 +268,38 @@ def test_numbers_out_of_range_inside_lists_stop_no_metadata_server(make_cluster:
     assert round_trip(cluster) == expected
     with cluster.client() as c:
         assert all(m["term"] < 2**32 for m in c.cluster_stat()["mds"])
+
+
+def test_a_frame_left_unfinished_is_closed_and_a_read_too_large_refused(make_cluster: Any, monkeypatch: Any) -> None:
+    """Found by a hostile-peer probe, after a correct handshake: a CS_WRITE header announcing 8 MiB
+    and then silence held that buffer for as long as the peer liked (30 of them: 250 MiB of a chunk
+    server); a CS_READ of up to a whole chunk (256 MiB) was answered, and held until read."""
+    monkeypatch.setenv("CHUNKFS_FRAME_STALL_LIMIT", "2")
+    cluster = make_cluster(n_cs=1)
+    config = load_client_config(cluster.name)
+    cs = cluster.find("cs", 1)
+    host, port = parse_addr(cs.addr)
+    with socket.create_connection((host, port), timeout=20) as sock:
+        handshake(sock, config.cluster.name, config.secret)
+        started = time.monotonic()
+        write = frame_bytes(Kind.REQUEST, Msg.CS_WRITE, 1, {"chunk_id": 1, "version": 1, "offset": 0, "chain": []},
+                            payload=bytes(8 << 20))
+        sock.sendall(write[:len(write) - (8 << 20) + 100])  # the header and 100 bytes of the payload
+        replies, _ = parse_replies(_until_closed(sock))
+        assert 1.5 < time.monotonic() - started < 15
+        assert any("unfinished" in header.get("message", "") for _, _, _, header in replies), replies
+    plan = Plan(authenticate=True, role="client", cuts=(), half_close=True, frames=(frame_bytes(
+        Kind.REQUEST, Msg.CS_READ, 1, {"chunk_id": 1, "version": 1, "offset": 0, "length": MAX_IO_SIZE + 1}),))
+    outcome = run_plan(cs.addr, plan, config.cluster.name, config.secret)
+    assert outcome.error_codes == ["invalid"], outcome.replies
+    assert served(cs.addr, config.cluster.name, config.secret)["node"] == "cs1"
+
+
+def _until_closed(sock: socket.socket) -> bytes:
+    out = bytearray()
+    while len(out) < 1 << 20:
+        chunk = sock.recv(1 << 16)
+        if not chunk:
+            break
+        out += chunk
+    return bytes(out)

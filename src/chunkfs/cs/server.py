@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from chunkfs.common import folder_watch
 from chunkfs.common.checksum import Buffer
 from chunkfs.common.config import NodeConfig
-from chunkfs.common.errors import ChunkFSError, NoSpace, ProtocolError, Unavailable
+from chunkfs.common.errors import ChunkFSError, InvalidArgument, NoSpace, ProtocolError, Unavailable
 from chunkfs.common.knobs import lowered
 from chunkfs.common.secret_files import SecretFiles
 from chunkfs.common.timings import TIMINGS
@@ -33,6 +33,7 @@ from chunkfs.cs.replicator import Replicator
 from chunkfs.cs.scrubber import Scrubber
 from chunkfs.cs.stripe_locks import StripeLocks
 from chunkfs.cs.sync_policy import SyncPolicy
+from chunkfs.protocol.frame import MAX_IO_SIZE
 from chunkfs.protocol.messages import (
     DELETE_BATCH,
     LOCAL_MARK_FILE,
@@ -239,6 +240,10 @@ class ChunkServer:
             if msg == Msg.CS_READ:
                 if h["length"] <= INLINE_IO_MAX:
                     return {}, self._read_now(h)
+                if h["length"] > MAX_IO_SIZE:
+                    # Clients read in pieces of at most this; a larger read was answered whole, up to a
+                    # chunk (256 MiB) held per request until the peer read it (a hostile-peer probe).
+                    raise InvalidArgument(f"a read of at most {MAX_IO_SIZE} bytes at a time, not {h['length']}")
                 started = time.perf_counter()
                 try:  # try blocks cost nothing until they catch (Python 3.11+)
                     data = await asyncio.to_thread(

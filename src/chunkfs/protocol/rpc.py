@@ -75,6 +75,11 @@ PING_AFTER = 1.0
 SILENCE_LIMIT = float(lowered("CHUNKFS_SILENCE_LIMIT", 8))
 #: The handshake must finish within this many seconds.
 HANDSHAKE_TIMEOUT = 5.0
+#: A frame begun must go on arriving: no byte of it for this long (its sender's own request has
+#: timed out by then) and the connection is closed.  A peer that sent a header announcing 8 MiB,
+#: then nothing, held that buffer for as long as it liked (a hostile-peer probe: 30 such
+#: connections, 250 MiB of a chunk server's memory, none closed after 43 s).
+FRAME_STALL_LIMIT = float(lowered("CHUNKFS_FRAME_STALL_LIMIT", int(CALL_TIMEOUT)))
 #: Requests served at once on one connection; more wait in the socket buffer.
 MAX_CONCURRENT_REQUESTS = 64
 NONCE_SIZE = 32
@@ -234,6 +239,7 @@ class Connection(asyncio.BufferedProtocol):
         self.silence_limit = silence_limit
         self._heard = time.monotonic()
         self._silence_check: asyncio.TimerHandle | None = None
+        self._stall_check: asyncio.TimerHandle | None = None
         self._check_due = 0.0
         self._pinging = False
 
@@ -298,6 +304,31 @@ class Connection(asyncio.BufferedProtocol):
             self._parse()
         except ProtocolError as exc:
             self._fail(exc)
+            return
+        if self._stall_check is None and self._started and self._unfinished:
+            self._watch_stall(FRAME_STALL_LIMIT)
+
+    @property
+    def _unfinished(self) -> bool:
+        """Part of a frame is here, the rest not yet."""
+        return self._payload is not None or self._end > self._start
+
+    def _check_stall(self) -> None:
+        self._stall_check = None
+        if self._closed.is_set() or not self._unfinished:
+            return
+        quiet = time.monotonic() - self._heard
+        if quiet >= FRAME_STALL_LIMIT:
+            self._fail(ProtocolError(f"a frame left unfinished: nothing more of it for {FRAME_STALL_LIMIT:g} s"))
+        else:
+            self._watch_stall(FRAME_STALL_LIMIT - quiet)
+
+    def _watch_stall(self, delay: float) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # bytes fed by hand, outside an event loop (unit tests of the parser)
+            return
+        self._stall_check = loop.call_later(delay, self._check_stall)
 
     def eof_received(self) -> bool | None:
         """The peer finished sending: answer what it asked, then close (a half-close)."""
@@ -739,6 +770,8 @@ class Connection(asyncio.BufferedProtocol):
         self._can_write.set()
         if self._silence_check is not None:
             self._silence_check.cancel()
+        if self._stall_check is not None:
+            self._stall_check.cancel()
         for fut in self._pending.values():
             if not fut.done():
                 fut.set_exception(Unavailable(why or f"connection to {self.peer_name} closed"))
