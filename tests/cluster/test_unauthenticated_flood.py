@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import time
+from pathlib import Path
 
 import pytest
 
@@ -58,3 +59,24 @@ def test_flood_of_unauthenticated_connections(make_cluster, role) -> None:
     # 100 announced payloads would be 800 MiB; a few MiB of growth is the interpreter's own noise.
     assert peak - before < 32 * MiB, f"resident memory grew from {before / MiB:.0f} to {peak / MiB:.0f} MiB"
     assert rss(proc.pid) - before < 32 * MiB
+
+
+def test_a_flood_of_bad_frames_before_the_handshake_takes_a_few_log_lines(make_cluster) -> None:
+    """One line per interval with a count, naming the peer (a probe: 3,000 connections each sending a
+    bad frame at once took 3,001 lines, most from "?": 280 KB/s of log, rotations used up in minutes)."""
+    cluster = make_cluster(n_cs=1)
+    proc = next(p for p in cluster.processes if p.role == "mds")
+    host, port = parse_addr(proc.addr)
+    log = Path(proc.dir) / "daemon.log"
+    start = log.stat().st_size
+    for _ in range(300):
+        with socket.create_connection((host, port), timeout=10) as sock, contextlib.suppress(OSError):
+            sock.sendall(b"XXXX" + bytes(20))
+            sock.recv(4096)  # its error frame, then the close
+    time.sleep(0.5)
+    with log.open("rb") as fh:
+        fh.seek(start)
+        lines = [line for line in fh.read().decode(errors="replace").splitlines() if "connection from" in line]
+    assert 1 <= len(lines) <= 5, lines
+    assert all("from ?" not in line for line in lines), lines
+    assert "bad frame magic" in lines[0]
