@@ -12,7 +12,7 @@ import pytest
 
 from chunkfs.common.config import load_node, write_secret
 from chunkfs.common.errors import ConfigError
-from chunkfs.common.http import HttpServer
+from chunkfs.common.http import MAX_CONNECTIONS, HttpServer
 from chunkfs.common.metrics import LATENCY_BOUNDS, IoCounters, exposition, io_families, make_registry
 
 ETC = Path(__file__).resolve().parents[3] / "etc"
@@ -58,6 +58,13 @@ async def test_http_listener_serves_get_only() -> None:
         assert (await ask(b"GET /nope HTTP/1.1\r\n\r\n")).startswith(b"HTTP/1.1 404 ")
         assert (await ask(b"POST /x HTTP/1.1\r\n\r\n")).startswith(b"HTTP/1.1 405 ")
         assert (await ask(b"GET /x HTTP/1.1\r\n" + b"X: " + b"a" * 20000 + b"\r\n\r\n")).startswith(b"HTTP/1.1 400 ")
+        # Every slot held by a connection that sends nothing (a probe: 19 of 20 scrapes then failed):
+        # the one waiting longest makes room, and each scrape is answered.
+        idle = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(MAX_CONNECTIONS + 8)]
+        for _ in range(5):
+            assert (await ask(b"GET /x HTTP/1.1\r\n\r\n")).startswith(b"HTTP/1.1 200 ")
+        for _, writer in idle:
+            writer.close()
     finally:
         await server.close()
 
