@@ -12,6 +12,7 @@ from pathlib import Path
 
 from chunkfs.testing.cluster import wait_for
 
+from ._disk_helpers import mount_tmpfs, unmount
 from .conftest import run_cli
 
 MiB = 1 << 20
@@ -240,3 +241,21 @@ def test_port_in_use_and_foreign_data_directory(make_cluster, tmp_path) -> None:
     _one_line_error(run_cli("-c", "third", "make-mds", "-I", "-a", "nohost", "-r", str(tmp_path / "y")))
     _one_line_error(run_cli("-c", "bad name!", "make-mds", "-I", "-a", "127.0.0.1:1", "-r", str(tmp_path / "w")))
     _one_line_error(run_cli("cs", "-r", str(tmp_path / "not-a-node")))
+
+
+def test_local_up_on_a_full_disk_says_so_and_leaves_nothing_running(tmp_path, conf_dir) -> None:
+    """A probe: `local up` on a full file system said "see daemon.log" (0 bytes: the disk was full) and
+    left the first metadata server running, a half-made cluster that `local status` called running."""
+    small = tmp_path / "small"
+    small.mkdir()
+    mount_tmpfs(small, 2 << 20)
+    try:
+        up = run_cli("local", "up", "--dir", str(small / "c"), "--name", "fulldisk", timeout=120)
+        error = _one_line_error(up)
+        assert "full" in error, error
+        status = run_cli("local", "status", "--dir", str(small / "c"), "--json")
+        assert status.returncode == 0, status.stderr
+        assert not [p for p in json.loads(status.stdout)["processes"] if p["running"]], status.stdout
+    finally:
+        run_cli("local", "down", "--dir", str(small / "c"))
+        unmount(small)

@@ -10,6 +10,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from chunkfs.cli.context import need_cluster
 from chunkfs.cli.local_cluster import LocalCluster
@@ -114,6 +115,7 @@ def cmd_local_up(args: argparse.Namespace) -> int:
                 f"{cluster.making['mds']} metadata servers and {made['cs']} of {cluster.making['cs']} chunk "
                 f"servers made): run `chunkfs local down --dir {directory}`, remove {directory} and "
                 f"{conf_dir()}/clusters/{cluster.name}, and `local up` again")
+        made = False
         print(f"starting the existing local cluster {cluster.name!r} in {directory}")
         ignored = [f"--{opt.replace('_', '-')}" for opt, default in NEW_CLUSTER_OPTIONS.items()
                    if getattr(args, opt) != default and not (opt == "name" and args.name == cluster.name)]
@@ -122,16 +124,21 @@ def cmd_local_up(args: argparse.Namespace) -> int:
             print(f"warning: {', '.join(ignored)} only {verb} a new cluster: ignored for the existing one in "
                   f"{directory}", file=sys.stderr)
     else:
+        made = True
         directory.mkdir(parents=True, exist_ok=True)
         cluster = LocalCluster.make(directory, args.name, args.mds, args.cs, args.chunk_size, tls=args.tls)
         print(f"made cluster {cluster.name!r} in {directory}{' with TLS' if args.tls else ''}; "
               f"client configuration in {conf_dir()}/clusters/{args.name}")
-    started = cluster.start_all()  # (a start that fails stops what it started)
-    try:
-        stat = cluster.wait_ready()
-    except BaseException:
-        cluster.stop(started)  # only what this command started: a running cluster goes on
-        raise
+    if made:
+        try:
+            stat = _start(cluster)
+        except BaseException:
+            # The making started the first metadata server: a new cluster that cannot start is left
+            # stopped, not half up (a probe, on a full disk: MDS#1 ran on, `local status` said running).
+            cluster.stop_all()
+            raise
+    else:
+        stat = _start(cluster)
     n_cs = len(stat["cs"])
     print(f"cluster {cluster.name!r} is up: {len(stat['mds'])} MDS, {n_cs} chunk servers")
     if args.mount is not None:
@@ -142,6 +149,16 @@ def cmd_local_up(args: argparse.Namespace) -> int:
     print(f"  chunkfs local status --dir {directory}")
     print(f"  chunkfs local down --dir {directory}")
     return 0
+
+
+def _start(cluster: LocalCluster) -> dict[str, Any]:
+    """Start every daemon that is not running and wait until the cluster serves; its state."""
+    started = cluster.start_all()  # (a start that fails stops what it started)
+    try:
+        return cluster.wait_ready()
+    except BaseException:
+        cluster.stop(started)  # only what this command started: a running cluster goes on
+        raise
 
 
 def cmd_local_status(args: argparse.Namespace) -> int:

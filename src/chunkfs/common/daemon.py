@@ -350,6 +350,10 @@ def start_background(
 LOG_TAIL = 64 << 10
 
 
+#: Less free space than this where a daemon that said nothing failed to start: the disk is why.
+FULL_DISK_LEFT = 1 << 20
+
+
 def last_error(log_path: Path) -> str:
     with contextlib.suppress(OSError), open(log_path, "rb") as f:
         f.seek(max(0, f.seek(0, os.SEEK_END) - LOG_TAIL))
@@ -357,6 +361,11 @@ def last_error(log_path: Path) -> str:
         errors = [line for line in lines if line.startswith("chunkfs: error: ")]
         if errors or lines:
             return (errors or lines)[-1].removeprefix("chunkfs: error: ")
+    with contextlib.suppress(OSError):
+        fs = os.statvfs(log_path.parent)
+        if fs.f_bavail * fs.f_frsize < FULL_DISK_LEFT:
+            # Nothing in its log, which the full disk kept out (a probe: "see daemon.log", 0 bytes).
+            return f"the disk holding {log_path.parent} is full (its log is empty): free space there"
     return f"see {log_path}"
 
 
