@@ -90,6 +90,12 @@ def test_bad_input_gets_a_one_line_error_and_changes_nothing(make_cluster, tmp_p
     assert not (tmp_path / "x").exists()
     assert "no such local file" in _one_line_error(run_cli("-c", name, "put", str(tmp_path / "nope"), "/g"))
     assert "is a directory" in _one_line_error(run_cli("-c", name, "put", str(tmp_path), "/g"))
+    # Into a "folder" that is a file: the error alone, no warning about a copy never made (a probe).
+    assert "not a directory" in _one_line_error(run_cli("-c", name, "put", str(src), "/f/x")).lower()
+    # A local file that is not a regular one is read to its end, as cp does (it said "no such local file").
+    assert run_cli("-c", name, "put", "/dev/null", "/empty").returncode == 0
+    assert run_cli("-c", name, "get", "/empty", "-").stdout == ""
+    assert run_cli("-c", name, "rm", "/empty").returncode == 0
     for bad in ("replicas=0", "replicas=3:4", "replicas=x", "goal=3", "replicas=99"):
         assert "replicas" in _one_line_error(run_cli("-c", name, "set-attr", "/f", bad))
     assert "replicas=3:2" in run_cli("-c", name, "get-attr", "/f").stdout
@@ -241,6 +247,23 @@ def test_port_in_use_and_foreign_data_directory(make_cluster, tmp_path) -> None:
     _one_line_error(run_cli("-c", "third", "make-mds", "-I", "-a", "nohost", "-r", str(tmp_path / "y")))
     _one_line_error(run_cli("-c", "bad name!", "make-mds", "-I", "-a", "127.0.0.1:1", "-r", str(tmp_path / "w")))
     _one_line_error(run_cli("cs", "-r", str(tmp_path / "not-a-node")))
+
+
+def test_get_onto_a_full_disk_names_the_file(make_cluster, tmp_path) -> None:
+    """A probe: `get` onto a full file system said only "No space left on device"."""
+    cluster = make_cluster(n_cs=2)
+    src = tmp_path / "big"
+    src.write_bytes(os.urandom(1 << 20))
+    assert run_cli("-c", cluster.name, "put", str(src), "/big").returncode == 0
+    small = tmp_path / "small"
+    small.mkdir()
+    mount_tmpfs(small, 256 << 10)
+    try:
+        error = _one_line_error(run_cli("-c", cluster.name, "get", "/big", str(small / "out")))
+        assert f"{small / 'out'}: No space left on device" in error, error
+        assert list(small.iterdir()) == []  # no partial copy left
+    finally:
+        unmount(small)
 
 
 def test_local_up_on_a_full_disk_says_so_and_leaves_nothing_running(tmp_path, conf_dir) -> None:

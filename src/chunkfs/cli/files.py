@@ -21,7 +21,7 @@ from chunkfs.cli.context import Command, run_with_client
 from chunkfs.cli.healing import parse_placement, set_placement
 from chunkfs.cli.units import human_bytes
 from chunkfs.client.client import Client, split_path
-from chunkfs.common.errors import ChunkFSError, ConfigError, Exists, InvalidArgument, NotFound
+from chunkfs.common.errors import ChunkFSError, ConfigError, Exists, InvalidArgument, NotFound, Timeout, Unavailable
 from chunkfs.protocol.frame import MAX_IO_SIZE
 from chunkfs.protocol.messages import ROOT_INO
 
@@ -85,9 +85,10 @@ async def cmd_put(client: Client, args: argparse.Namespace) -> int:
     if source is None:
         if args.local.is_dir():
             raise InvalidArgument(f"{args.local} is a directory: put copies one file (a tree: cp -r to the mount)")
-        if not args.local.is_file():
+        if not args.local.exists():
             raise NotFound(f"{args.local}: no such local file")
-        total = args.local.stat().st_size
+        # Not a regular file (/dev/null, a pipe, <(cmd)): read to its end, as cp does; its size is unknown.
+        total = args.local.stat().st_size if args.local.is_file() else 0
         source = open(args.local, "rb")  # noqa: ASYNC230 - opening is instant; reads go to a thread
     else:
         total = 0
@@ -96,8 +97,9 @@ async def cmd_put(client: Client, args: argparse.Namespace) -> int:
     # copy leaves the old file (or no file) as it was.
     parent, name = split_path(args.path)
     part = f"{parent.rstrip('/')}/.{name}.part-{os.getpid()}"
-    # Asked for, the copy may exist even if its answer never came (Ctrl-C, SIGTERM meanwhile): removed then too.
-    asked = True
+    # Asked for, the copy may exist even if its answer never came (Ctrl-C, SIGTERM meanwhile): removed then
+    # too, quietly if that fails (it most likely was never made); a copy made is removed, or said left.
+    asked, made = True, False
     pending: set[asyncio.Task[Any]] = set()
     try:
         try:
@@ -106,6 +108,12 @@ async def cmd_put(client: Client, args: argparse.Namespace) -> int:
             asked = False
             raise NotFound(f"{parent}: no such folder in the cluster; make it first: chunkfs -c {args.cluster} "
                            f"mkdir -p {parent}") from None
+        except (Unavailable, Timeout):
+            raise  # the answer may have been lost on its way
+        except ChunkFSError:
+            asked = False  # answered: not made
+            raise
+        made = True
         block = min(MAX_IO_SIZE, client.chunk_size)
         offset = 0
         with _progress(total) as progress:
@@ -141,7 +149,8 @@ async def cmd_put(client: Client, args: argparse.Namespace) -> int:
             except NotFound:
                 pass  # never made
             except ChunkFSError as exc:
-                print(f"chunkfs: warning: could not remove the partial copy {part}: {exc}", file=sys.stderr)
+                if made:  # (a probe: with the cluster down, a warning about a copy never made, then the error)
+                    print(f"chunkfs: warning: could not remove the partial copy {part}: {exc}", file=sys.stderr)
         raise
     finally:
         if source is not sys.stdin.buffer:
@@ -166,7 +175,7 @@ async def cmd_get(client: Client, args: argparse.Namespace) -> int:
     into = target if in_place else target.with_name(f".{target.name}.part-{os.getpid()}")
     try:
         with open(into, "wb" if in_place else "xb") as out:  # noqa: ASYNC230 - writes go to a thread
-            await _copy_out(client, args.path, attr["ino"], size, out)
+            await _copy_out(client, args.path, attr["ino"], size, out, str(target))
             if mode is not None:
                 os.chmod(out.fileno(), mode)
         if not in_place:
@@ -195,8 +204,9 @@ def _get_target(local: Path) -> tuple[Path, bool, int | None]:
     return target, False, S_IMODE(target.stat().st_mode)
 
 
-async def _copy_out(client: Client, path: str, ino: int, size: int, out: BinaryIO) -> None:
-    """The file's bytes into `out`, COPY_DEPTH reads at a time, in order."""
+async def _copy_out(client: Client, path: str, ino: int, size: int, out: BinaryIO, where: str = "") -> None:
+    """The file's bytes into `out`, COPY_DEPTH reads at a time, in order; a failed write names `where`
+    (a probe's bare "No space left on device")."""
     block = MAX_IO_SIZE
     with _progress(size) as progress:
         task = progress.add_task(f"get {path}", total=size)
@@ -205,7 +215,10 @@ async def _copy_out(client: Client, path: str, ino: int, size: int, out: BinaryI
             batch = offsets[start:start + COPY_DEPTH]
             parts = await _all_or_first_error([client.read(ino, o, block, size) for o in batch])
             for part in parts:
-                await asyncio.to_thread(out.write, part)
+                try:
+                    await asyncio.to_thread(out.write, part)
+                except OSError as exc:
+                    raise OSError(exc.errno, exc.strerror, where or None) from None
                 progress.advance(task, len(part))
 
 
