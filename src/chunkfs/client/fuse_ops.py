@@ -626,9 +626,11 @@ class ChunkFSOperations(pyfuse3.Operations):
                 self.cache.no_such_name(parent_inode, name, since)
         raise pyfuse3.FUSEError(errno.ENOENT)
 
-    def _named(self, attr: dict[str, Any], parent: int, name: bytes, since: int) -> pyfuse3.EntryAttributes:
-        """An answer that gives the kernel a name: remembered, so it can be invalidated."""
-        self.cache.remember(attr["ino"], parent, name)
+    def _named(self, attr: dict[str, Any], parent: int, name: bytes, since: int,
+               listed: bool = False) -> pyfuse3.EntryAttributes:
+        """An answer that gives the kernel a name: remembered, so it can be invalidated (`listed`:
+        by a listing, see `KernelCache.remember`)."""
+        self.cache.remember(attr["ino"], parent, name, listed)
         return self._entry(attr, since)
 
     async def forget(self, inode_list: Any) -> None:
@@ -941,7 +943,7 @@ class ChunkFSOperations(pyfuse3.Operations):
         reply = await self.client.readdir_page(d.ino, after, READDIR_PAGE)
         entries = reply["entries"]
         d.more = bool(reply["more"]) and bool(entries)
-        d.pending = [self._named(e[3], d.ino, e[0], since) for e in entries]
+        d.pending = [self._named(e[3], d.ino, e[0], since, listed=True) for e in entries]
         if d.listed is not None:
             d.listed.update(e[0] for e in entries)
             if not d.more:

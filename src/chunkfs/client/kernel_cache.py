@@ -119,14 +119,36 @@ class KernelCache:
 
     # -- what the kernel holds ------------------------------------------------------
 
-    def remember(self, ino: int, parent: int, name: bytes) -> None:
-        """The kernel was given `name` in `parent`, inode `ino` (which exists: in a known directory, too)."""
+    def remember(self, ino: int, parent: int, name: bytes, listed: bool = False) -> None:
+        """The kernel was given `name` in `parent`, inode `ino` (which exists: in a known directory, too).
+
+        `listed`: by a directory listing.  A listing does not replace the name the inode is checked
+        by (`name_of`): the kernel may still hold the name it came by before, renamed away by another
+        mount, and an open through that name would pass the check of the new one (a POSIX probe:
+        a listing beside an open of the old name wrote into the renamed file).  A lookup does
+        replace it, and has the kernel drop the old name: ChunkFS has no hard links, so it is stale.
+        """
         old = self._names.get(ino)
+        if old is not None and old != (parent, name):
+            if listed:
+                self._absent.pop((parent, name), None)
+                self._inodes[(parent, name)] = ino
+                self._whole_add(parent, name)
+                return
+            self._drop_in_kernel(old)
         if old is not None and self._inodes.get(old) == ino:
             del self._inodes[old]
         self._absent.pop((parent, name), None)
         self._names[ino] = (parent, name)
         self._inodes[(parent, name)] = ino
+        self._whole_add(parent, name)
+
+    def _drop_in_kernel(self, entry: Entry) -> None:
+        with self._cond:
+            self._todo.append(entry)
+            self._cond.notify()
+
+    def _whole_add(self, parent: int, name: bytes) -> None:
         names = self._whole.get(parent)
         if names is not None and name not in names:
             if self._whole_names >= WHOLE_NAMES_MAX:
