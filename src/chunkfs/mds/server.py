@@ -1168,6 +1168,15 @@ class MetadataServer:
             change = await self.chunks.set_replicas(chunk, survivors)
             new = change.chunk
             failed |= change.failed
+            if len(survivors) - len(change.failed) >= min_replicas:
+                # A dropped replica still holds the old version, and a reader whose map is older than
+                # the drop (a file opened before it) is served from it: bytes without the writes since
+                # (a fault probe: a server frozen for less than it takes its link to be given up, resumed,
+                # kept its replicas and served them).  Deleted as soon as its server reads again; one
+                # whose link is gone registers again, and the replicas it reports stale are deleted then.
+                for cs in bad:
+                    if cs in self.live:
+                        self._spawn(self.chunks.delete_replica(cs, chunk.chunk_id))
             await self._event(
                 "warning",
                 f"chunk {chunk.chunk_id:#x}: replica(s) on CS {','.join(map(str, sorted(bad)))} dropped; "
