@@ -22,7 +22,8 @@ options (-o, comma-separated, may repeat):
                                    clients' changes either way)
   attr_timeout=S, entry_timeout=S  ... and when it does not (no connection to a master yet,
                                    or a lost one): seconds (default 1; 0 turns the caches off)
-  direct_io                        no page cache for any file (O_DIRECT opens never use it)
+  direct_io                        no page cache for any file (O_DIRECT opens never use it); no
+                                   writable shared mmap then (ENODEV: SQLite's WAL mode needs one)
   readahead_kb=N                   kernel read-ahead, KiB (default 4096; 0 keeps the kernel's)
   max_tasks=N                      requests served at once (default 64)
   max_background=N                 requests the kernel keeps in flight without a process waiting
