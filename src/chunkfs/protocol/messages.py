@@ -168,6 +168,8 @@ class Field:
     optional: bool = False
     #: For a list: the most items it may hold (0: bounded only by the frame).
     max_items: int = 0
+    #: For an integer: the largest value it may take (0: any up to INT64_MAX); such a field is never negative.
+    at_most: int = 0
 
 
 @dataclass(slots=True, frozen=True)
@@ -180,8 +182,12 @@ class MessageSpec:
     notice: bool = False
 
 
-def f(name: str, *types: type, optional: bool = False, max_items: int = 0) -> Field:
-    return Field(name, types, optional, max_items)
+def f(name: str, *types: type, optional: bool = False, max_items: int = 0, at_most: int = 0) -> Field:
+    return Field(name, types, optional, max_items, at_most)
+
+
+#: A file mode: the type bits and the permission bits (a probe: MKDIR and SETATTR took -1, kept as 07777).
+MODE_MAX = 0o177777
 
 
 _ATTR = (f("attr", dict),)
@@ -222,12 +228,12 @@ SPECS: dict[Msg, MessageSpec] = {
     Msg.GETATTR: MessageSpec((f("ino", int),), _ATTR),
     # `follow`: follow a symbolic link in the last component too (links on the way are always followed).
     Msg.RESOLVE: MessageSpec((f("path", bytes, str), f("follow", bool, optional=True)), _ATTR),
-    Msg.MKDIR: MessageSpec((*_ENTRY, f("mode", int), *_ONCE), (*_ATTR, *_PARENTS)),
+    Msg.MKDIR: MessageSpec((*_ENTRY, f("mode", int, at_most=MODE_MAX), *_ONCE), (*_ATTR, *_PARENTS)),
     # With `session`, the new (or existing) file is registered as open by that mount (see OPEN);
     # `truncate` cuts an existing file to size 0 (O_TRUNC).
     # `oseq`: the mount's number for this registration (see RELEASE).
     Msg.CREATE: MessageSpec(
-        (*_ENTRY, f("mode", int), f("exclusive", bool), f("session", str, optional=True),
+        (*_ENTRY, f("mode", int, at_most=MODE_MAX), f("exclusive", bool), f("session", str, optional=True),
          f("truncate", bool, optional=True), f("oseq", int, optional=True), *_ONCE),
         (*_ATTR, *_PARENTS),
     ),
@@ -276,7 +282,7 @@ SPECS: dict[Msg, MessageSpec] = {
         (
             f("ino", int),
             f("size", int, _NONE),
-            f("mode", int, _NONE),
+            f("mode", int, _NONE, at_most=MODE_MAX),
             # Times in integer nanoseconds since the epoch (utimensat's precision).
             f("mtime_ns", int, _NONE),
             f("atime_ns", int, _NONE),
@@ -494,7 +500,7 @@ def _check(fields: tuple[Field, ...], header: dict[str, Any], what: str) -> dict
         if not isinstance(value, fl.types):
             raise ProtocolError(f"{what}: field {fl.name!r} has the wrong type")
         # msgpack carries integers up to 2**64-1; every number of ours fits a signed 64-bit SQLite INTEGER.
-        if isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
+        if isinstance(value, int) and not (0 <= value <= fl.at_most if fl.at_most else INT64_MIN <= value <= INT64_MAX):
             raise ProtocolError(f"{what}: field {fl.name!r} is out of range")
         if fl.max_items and isinstance(value, list) and len(value) > fl.max_items:
             raise ProtocolError(

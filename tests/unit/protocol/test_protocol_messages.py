@@ -12,6 +12,7 @@ from chunkfs.common.errors import ProtocolError
 from chunkfs.protocol.frame import decode_header, encode_header
 from chunkfs.protocol.messages import (
     FIRST_WRITE_MAX,
+    MODE_MAX,
     SMALL_WRITE_MAX,
     SPECS,
     WRITE_PIECES_MAX,
@@ -43,7 +44,8 @@ SAMPLES: dict[type, list[Any]] = {
 
 
 def sample(fl: Field) -> Any:
-    return SAMPLES[fl.types[0]][-1]
+    value = SAMPLES[fl.types[0]][-1]
+    return min(value, fl.at_most) if fl.at_most and isinstance(value, int) else value
 
 
 def full_header(fields: tuple[Field, ...]) -> dict[str, Any]:
@@ -144,8 +146,11 @@ def test_wrong_type_request_field(msg: Msg, fl: Field) -> None:
     for values in SAMPLES.values():
         for value in values:
             header = {**base, fl.name: value}
-            if accepts(fl, value):
+            if accepts(fl, value) and not (fl.at_most and isinstance(value, int) and not 0 <= value <= fl.at_most):
                 validate_request(int(msg), header, 0)
+            elif accepts(fl, value):
+                with pytest.raises(ProtocolError, match="out of range"):
+                    validate_request(int(msg), header, 0)
             else:
                 with pytest.raises(ProtocolError, match="wrong type"):
                     validate_request(int(msg), header, 0)
@@ -192,6 +197,19 @@ def test_integers_beyond_64_bits_signed_rejected() -> None:
                                        "atime_ns": None}, 0)
     with pytest.raises(ProtocolError, match="out of range"):
         validate_response(Msg.CS_REPLICATE, {"bytes": 2**63})
+
+
+def test_a_mode_out_of_range_is_refused() -> None:
+    """A probe: MKDIR and SETATTR took mode -1, and the store kept 07777."""
+    validate_request(Msg.MKDIR, {"parent": 1, "name": b"d", "mode": 0o40755}, 0)
+    for mode in (-1, MODE_MAX + 1):
+        with pytest.raises(ProtocolError, match="out of range"):
+            validate_request(Msg.MKDIR, {"parent": 1, "name": b"d", "mode": mode}, 0)
+        with pytest.raises(ProtocolError, match="out of range"):
+            validate_request(Msg.SETATTR, {"ino": 1, "size": None, "mode": mode, "mtime_ns": None,
+                                           "atime_ns": None}, 0)
+        with pytest.raises(ProtocolError, match="out of range"):
+            validate_request(Msg.CREATE, {"parent": 1, "name": b"f", "mode": mode, "exclusive": True}, 0)
 
 
 def test_setattr_none_able_fields() -> None:
@@ -361,6 +379,8 @@ def header_for(draw: st.DrawFn, fields: tuple[Field, ...]) -> dict[str, Any]:
         if fl.max_items and list in fl.types:  # a list within its declared bound
             choices = [st.lists(_NESTED, max_size=min(4, fl.max_items)) if t is list else STRATEGIES[t]
                        for t in fl.types]
+        if fl.at_most:  # an integer within its declared bound
+            choices = [st.integers(0, fl.at_most) if t is int else STRATEGIES[t] for t in fl.types]
         out[fl.name] = draw(st.one_of(*choices))
     return out
 
