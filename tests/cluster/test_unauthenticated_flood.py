@@ -18,7 +18,10 @@ from chunkfs.common.addr import parse_addr
 from chunkfs.protocol.frame import MAX_PAYLOAD_LEN, Kind, pack_prefix
 from chunkfs.protocol.messages import Msg
 from chunkfs.protocol.rpc import HANDSHAKE_TIMEOUT, MAX_UNAUTHENTICATED_PER_HOST
+from chunkfs.testing.cluster import master_id
 from chunkfs.testing.probes import rss, still_open
+
+from .conftest import run_cli
 
 MiB = 1 << 20
 
@@ -80,3 +83,21 @@ def test_a_flood_of_bad_frames_before_the_handshake_takes_a_few_log_lines(make_c
     assert 1 <= len(lines) <= 5, lines
     assert all("from ?" not in line for line in lines), lines
     assert "bad frame magic" in lines[0]
+
+
+def test_a_client_refused_for_the_connections_still_authenticating_is_told_so(make_cluster) -> None:
+    """A probe: with its address's connections still authenticating at the cap, a command was closed
+    on without a word and failed with a follower's "not the master"."""
+    cluster = make_cluster(n_cs=1, n_mds=3)
+    with cluster.client() as c:
+        master = cluster.find("mds", master_id(c))
+    host, port = parse_addr(master.addr)
+    socks = [socket.create_connection((host, port), timeout=10) for _ in range(MAX_UNAUTHENTICATED_PER_HOST)]
+    try:
+        time.sleep(0.5)
+        error = run_cli("--retry-for", "2", "-c", cluster.name, "ls", "/").stderr
+        assert "still proving the cluster secret" in error, error
+    finally:
+        for sock in socks:
+            sock.close()
+    assert run_cli("-c", cluster.name, "ls", "/").returncode == 0

@@ -66,6 +66,9 @@ class MdsLink:
         self.on_connect: Callable[[Connection], Awaitable[None]] | None = None
         #: Watches the connection for a silent master (see SUSPECT_SILENCE).
         self._watchdog: asyncio.Task[None] | None = None
+        #: Why the last connection to an address failed, until one succeeds: said when the others
+        #: name it as the master (it may refuse connections while the followers answer).
+        self._failed: dict[str, ChunkFSError] = {}
 
     async def _connection(self) -> Connection:
         async with self._lock:
@@ -83,6 +86,7 @@ class MdsLink:
             self._watchdog = asyncio.get_running_loop().create_task(
                 watch_for_silent_master(conn, lambda: self.addrs, self.creds, self._put_first))
             self._put_first(addr)  # the working address, for next time
+            self._failed.pop(addr, None)
             logger.debug("connected to the metadata server at %s", addr)
             return self._conn
 
@@ -113,6 +117,7 @@ class MdsLink:
                             won = won or task
                         elif isinstance(exc, Unavailable | Timeout):
                             errors.append(str(exc))
+                            self._failed[attempts[task]] = exc
                         else:
                             raise exc  # a refusal that another address would repeat (a wrong secret, say)
                 if won is not None:
@@ -157,6 +162,9 @@ class MdsLink:
     ) -> dict[str, Any]:
         deadline = time.monotonic() + self.retry_for
         pause = 0.05
+        #: The last failure that was not a redirect: a master that cannot be reached says more than
+        #: the followers naming it (a probe: "MDS#2 is not the master" for a master refusing connections).
+        other: ChunkFSError | None = None
         while True:
             conn: Connection | None = None
             try:
@@ -169,6 +177,7 @@ class MdsLink:
                              f"it names {hint}" if hint else "it knows none")
                 if isinstance(hint, str) and hint:
                     self._put_first(hint)
+                    other = self._failed.get(hint, other)
                 elif conn is not None:
                     # No hint (an MDS cut off from the others knows no master): try the others first,
                     # or a client that can still reach that MDS would never leave it.
@@ -176,7 +185,7 @@ class MdsLink:
                 last: ChunkFSError = exc
                 self._drop(conn)
             except (Unavailable, Timeout) as exc:
-                last = exc
+                last = other = exc
                 if isinstance(exc, Unavailable) and conn is not None and not conn.closed:
                     # The master's own answer on a good connection (new, and waiting for its chunk
                     # servers to register; a chunk's servers still reporting): ask it again, soon.
@@ -190,7 +199,7 @@ class MdsLink:
                         self._demote(conn.peer_name)
                     self._drop(conn)
             if time.monotonic() + pause > deadline:
-                raise last
+                raise other or last
             logger.debug("%s: %s; trying again in %.2f s", msg.name, last, pause)
             await asyncio.sleep(pause)
             pause = min(pause * 2, 1.0)

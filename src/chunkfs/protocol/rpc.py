@@ -333,7 +333,7 @@ class Connection(asyncio.BufferedProtocol):
     def eof_received(self) -> bool | None:
         """The peer finished sending: answer what it asked, then close (a half-close)."""
         self._eof = True
-        self._handshake_frames.put_nowait(Unavailable(f"{self.peer_name} closed the connection"))
+        self._handshake_frames.put_nowait(ClosedUnder(f"{self.peer_name} closed the connection"))
         if self._started and self._serving == 0:
             self.close()
         # TLS shuts the whole connection down at the peer's close_notify (asyncio's and uvloop's
@@ -501,6 +501,12 @@ class Connection(asyncio.BufferedProtocol):
         with contextlib.suppress(Exception):
             self._send(Kind.ERROR, 0, 0, {"code": exc.code, "message": str(exc)})
         self._handshake_frames.put_nowait(exc)
+        self.close()
+
+    def refuse(self, exc: ChunkFSError) -> None:
+        """Answer a connection refused before its handshake with `exc`, then close it."""
+        with contextlib.suppress(Exception):
+            self._send(Kind.ERROR, 0, 0, _error_header(exc))
         self.close()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -781,9 +787,13 @@ class Connection(asyncio.BufferedProtocol):
                 fut.set_exception(Unavailable(why or f"connection to {self.peer_name} closed"))
                 fut.exception()  # looked at: a request whose owner is gone too is no error to report
         self._pending.clear()
-        self._handshake_frames.put_nowait(Unavailable(f"connection to {self.peer_name} closed"))
+        self._handshake_frames.put_nowait(ClosedUnder(f"connection to {self.peer_name} closed"))
         if self.transport is not None:
             self.transport.close()
+
+
+class ClosedUnder(Unavailable):
+    """The connection closed under a handshake, without a word from the peer."""
 
 
 def _tls_refusal(exc: BaseException) -> str:
@@ -925,7 +935,7 @@ async def connect(
     except asyncio.CancelledError:
         conn.close()  # given up (another server answered first): not left open
         raise
-    except (Unavailable, ConnectionError, OSError):
+    except (ClosedUnder, ConnectionError, OSError):
         # A peer that dies just after accepting (a chunk server being killed) closes under our
         # HELLO: a send then fails with ConnectionResetError, which callers treat as any other
         # unreachable replica, not as a bug (found by a CS kill during writes).
@@ -941,6 +951,9 @@ async def connect(
             if conn.tls else ("; if the cluster runs TLS, this configuration has no TLS certificate for it "
                               "(see chunkfs tls --help)")
         raise Unavailable(f"{addr} closed the connection during the handshake{hint}") from None
+    except Unavailable:
+        conn.close()  # the server's own word (it refused the connection, saying why): passed on as it is
+        raise
     except BaseException:
         conn.close()
         raise
@@ -1165,7 +1178,10 @@ class RpcServer:
         else:
             host = str(peer[0]) if isinstance(peer, tuple) else name
             if not self._admit(host, name):
-                conn.close()
+                # Said, not only closed: a client refused this way without a word went on to the next
+                # metadata server, and its command failed with that one's "not the master" (a probe).
+                conn.refuse(Unavailable(f"too many connections from {host} are still proving the cluster "
+                                        "secret to this server; try again in a moment"))
                 return
         self._handshaking.add(conn)
         _tune_socket(conn)
