@@ -37,6 +37,7 @@ from chunkfs.common.errors import (
 from chunkfs.common.timings import TIMINGS
 from chunkfs.protocol.frame import MAX_IO_SIZE
 from chunkfs.protocol.messages import FIRST_WRITE_MAX, SMALL_WRITE_MAX, Msg, replica_list
+from chunkfs.protocol.peer_connections import PeerConnections
 from chunkfs.protocol.replica_calls import answered, request_each
 from chunkfs.protocol.rpc import CALL_TIMEOUT, SILENCE_LIMIT, Connection, Payload, connect
 
@@ -60,6 +61,9 @@ REPAIR_WAIT = 0.1
 FAN_WRITE_MAX = SMALL_WRITE_MAX
 #: Errors after which another replica (or a new map) may succeed.
 _REPLICA_ERRORS = (Unavailable, Timeout, StaleVersion, ChecksumMismatch, NotFound)
+#: Seconds a chunk server that did not answer (a connect or a read given up, a lost connection) is read
+#: from last (`read_order`), unless it answers meanwhile: a frozen server costs one wait, not one per read.
+UNANSWERED_LAST = 30.0
 
 
 @dataclass(slots=True, frozen=True)
@@ -108,8 +112,10 @@ class ChunkIO:
         self.client = client
         self._read_maps: dict[tuple[int, int], ChunkMap] = {}
         self._write_maps: dict[tuple[int, int], ChunkMap] = {}
-        self._servers: dict[str, Connection] = {}
-        self._server_lock = asyncio.Lock()
+        #: One connection per chunk server, each made once however many requests want it (peer_connections.py).
+        self._servers = PeerConnections(self._connect)
+        #: address -> until when (time.monotonic) reads try that server last: it did not answer (`read_order`).
+        self._unanswered: dict[str, float] = {}
         #: Which replica this mount reads each chunk from first (`read_order`).
         self._read_salt = random.randrange(1 << 30)
         #: Chunks written since the last fsync of each inode.
@@ -136,18 +142,23 @@ class ChunkIO:
         self._warned: set[tuple[int, int]] = set()
 
     async def server(self, addr: str) -> Connection:
-        conn = self._servers.get(addr)
-        if conn is not None and not conn.closed:
-            return conn
-        async with self._server_lock:
-            conn = self._servers.get(addr)
-            if conn is None or conn.closed:
-                conn = await connect(addr, self.client.creds, timeout=3.0, silence_limit=SILENCE_LIMIT)
-                await self.local.learn(addr, conn)
-                if conn.closed:  # a server of an earlier version closes on a request it does not know
-                    conn = await connect(addr, self.client.creds, timeout=3.0, silence_limit=SILENCE_LIMIT)
-                self._servers[addr] = conn
-            return conn
+        return await self._servers.get(addr)
+
+    async def _connect(self, addr: str) -> Connection:
+        try:
+            conn = await connect(addr, self.client.creds, timeout=3.0, silence_limit=SILENCE_LIMIT)
+        except (Timeout, Unavailable):
+            self._unanswered[addr] = time.monotonic() + UNANSWERED_LAST
+            raise
+        self._unanswered.pop(addr, None)
+        try:
+            await self.local.learn(addr, conn)
+        except BaseException:
+            conn.close()
+            raise
+        if conn.closed:  # a server of an earlier version closes on a request it does not know
+            conn = await connect(addr, self.client.creds, timeout=3.0, silence_limit=SILENCE_LIMIT)
+        return conn
 
     def forget(self, ino: int) -> None:
         for cache in (self._read_maps, self._write_maps):
@@ -171,13 +182,11 @@ class ChunkIO:
             self._read_maps[(ino, 0)] = ChunkMap.from_reply(first)
 
     def connections(self) -> list[Connection]:
-        return list(self._servers.values())
+        return self._servers.values()
 
     def close(self) -> None:
         self._batches.close()
-        for conn in self._servers.values():
-            conn.close()
-        self._servers.clear()
+        self._servers.close()
 
     # -- reads ---------------------------------------------------------------
 
@@ -200,6 +209,9 @@ class ChunkIO:
         Chunks (and mounts) still start at different replicas, so the load spreads.
         A replica on this machine comes before the others (DESIGN: reads prefer a
         local replica; small ones are then read from its file, local_reads.py).
+        A server that did not answer lately comes after all (`UNANSWERED_LAST`): a
+        frozen one held every read of the chunks it came first for, 5-10 s each for
+        the whole freeze (a fault probe), where the others answer at once.
         """
         replicas = m.replicas
         if len(replicas) < 2:
@@ -208,7 +220,19 @@ class ChunkIO:
         order = [*replicas[first:], *replicas[:first]]
         if self.local.found_any():
             order.sort(key=lambda replica: not self.local.is_local(replica[1]))  # stable: each in its turn
+        if self._unanswered:
+            order.sort(key=lambda replica: self._answers_late(replica[1]))
         return order
+
+    def _answers_late(self, addr: str) -> bool:
+        """Whether `addr` did not answer within the last UNANSWERED_LAST s (and has not answered since)."""
+        until = self._unanswered.get(addr)
+        if until is None:
+            return False
+        if until > time.monotonic():
+            return True
+        del self._unanswered[addr]  # tried in its turn again: a first read finds out whether it is back
+        return False
 
     async def read(self, ino: int, offset: int, length: int) -> bytes:
         chunk_size = self.client.chunk_size
@@ -257,6 +281,7 @@ class ChunkIO:
                     )
                     TIMINGS.since("cs.CS_READ", started)
                     self.local.heard(addr, sent)
+                    self._unanswered.pop(addr, None)
                     if len(data) != size:
                         raise ChecksumMismatch(f"CS#{cs_id} returned {len(data)} bytes, {size} asked")
                     if out is not None:
@@ -264,6 +289,8 @@ class ChunkIO:
                     return data
                 except _REPLICA_ERRORS as exc:
                     last = exc
+                    if isinstance(exc, Timeout | Unavailable):  # no answer (a frozen or lost server): read it last
+                        self._unanswered[addr] = time.monotonic() + UNANSWERED_LAST
                     only_bad_blocks = only_bad_blocks and isinstance(exc, ChecksumMismatch)
                     known = (m.chunk_id, m.version, cs_id)
                     if _map_may_be_old(exc, m) and known not in self._missing:

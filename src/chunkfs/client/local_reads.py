@@ -57,8 +57,8 @@ LOCAL_READ_MAX = 128 << 10
 #: that server's replica files itself: below every timeout after which the cluster drops a silent
 #: server's replicas from their chains (at least 1 s each).
 LEASE = 0.5
-#: Seconds a newly connected server has to say where its replicas are (asked with the connection's
-#: lock held: a server that froze right then must not hold every other connection up for long).
+#: Seconds a newly connected server has to say where its replicas are (asked before the connection is
+#: handed out: a server that froze right then must not hold the requests waiting for it up for long).
 ASK_TIMEOUT = 3.0
 #: The longest mark file read back (a server writes 32 hex digits).
 _MARK_MAX = 256

@@ -46,6 +46,7 @@ from chunkfs.protocol.messages import (
     write_parts,
     write_pieces,
 )
+from chunkfs.protocol.peer_connections import PeerConnections
 from chunkfs.protocol.replica_calls import Sent, answered, request_each
 from chunkfs.protocol.rpc import SILENCE_LIMIT, Connection, Credentials, Payload, Reply, RpcServer, connect
 from chunkfs.protocol.tls import node_tls
@@ -73,8 +74,9 @@ class ChunkServer:
         self._locks = StripeLocks(WRITE_LOCK_STRIPES)
         #: Which syncs run on the loop (sync_policy.py).
         self.syncs = SyncPolicy()
-        self._peers: dict[str, Connection] = {}
-        self._peer_lock = asyncio.Lock()
+        #: Connections to the other chunk servers (forwards, copies), each made once at a time and none
+        #: waiting for another's: a frozen peer costs the forwards to it one handshake timeout (peer_connections.py).
+        self._peers = PeerConnections(lambda addr: connect(addr, self.creds, silence_limit=SILENCE_LIMIT))
         #: Requests being served now; reported to the master as load.
         self.in_flight = 0
         #: Writes from clients and other servers handed to tasks and not done yet: while there is one,
@@ -124,8 +126,7 @@ class ChunkServer:
         await self.link.stop()
         await self.stats.stop()
         await self.rpc.close()
-        for conn in self._peers.values():
-            conn.close()
+        self._peers.close()
         self.store.close()
 
     def _publish_local_mark(self) -> None:
@@ -461,15 +462,7 @@ class ChunkServer:
                            cs_id=me, disk=str(self.store.root))
 
     async def _peer(self, addr: str) -> Connection:
-        conn = self._peers.get(addr)
-        if conn is not None and not conn.closed:
-            return conn
-        async with self._peer_lock:
-            conn = self._peers.get(addr)
-            if conn is None or conn.closed:
-                conn = await connect(addr, self.creds, silence_limit=SILENCE_LIMIT)
-                self._peers[addr] = conn
-            return conn
+        return await self._peers.get(addr)
 
     # -- commands from the master ------------------------------------------------
 

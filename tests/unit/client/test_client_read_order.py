@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from types import SimpleNamespace
 from typing import Any
@@ -51,3 +52,14 @@ def test_a_replica_on_this_machine_comes_first_and_the_others_keep_their_turn() 
         order = io.read_order(chunk(c))
         assert order[0] == REPLICAS[1]
         assert order[1:] == [r for r in before if r != REPLICAS[1]]
+
+
+def test_a_replica_that_did_not_answer_comes_last_for_a_while_and_the_others_keep_their_turn() -> None:
+    io = mount()
+    plain = {c: io.read_order(chunk(c)) for c in range(1, 60)}
+    io._unanswered[REPLICAS[0][1]] = time.monotonic() + 30  # a read or connect to CS#1 given up
+    for c, before in plain.items():
+        assert io.read_order(chunk(c)) == [r for r in before if r != REPLICAS[0]] + [REPLICAS[0]]
+    io._unanswered[REPLICAS[0][1]] = time.monotonic() - 0.001  # some time later: its turn again
+    assert all(io.read_order(chunk(c)) == before for c, before in plain.items())
+    assert io._unanswered == {}
