@@ -2,17 +2,85 @@
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
+import platform
 import shutil
+import struct
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from chunkfs.client.fuse_ops import STATFS_CACHE_S
 
 from .conftest import MiB, chunkfs, is_mounted
+
+_libc = ctypes.CDLL(None, use_errno=True)
+#: getdents64(2) by number (Python has no wrapper), on the machines the tests run on.
+SYS_GETDENTS64 = {"x86_64": 217, "aarch64": 61}.get(platform.machine())
+
+
+class _Dirent(ctypes.Structure):  # glibc's struct dirent on 64-bit Linux (== dirent64)
+    _fields_ = [("d_ino", ctypes.c_uint64), ("d_off", ctypes.c_int64), ("d_reclen", ctypes.c_ushort),
+                ("d_type", ctypes.c_ubyte), ("d_name", ctypes.c_char * 256)]
+
+
+_libc.opendir.restype = ctypes.c_void_p
+_libc.opendir.argtypes = [ctypes.c_char_p]
+_libc.readdir.restype = ctypes.POINTER(_Dirent)
+_libc.readdir.argtypes = [ctypes.c_void_p]
+_libc.telldir.restype = ctypes.c_long
+_libc.telldir.argtypes = [ctypes.c_void_p]
+_libc.seekdir.restype = None
+_libc.seekdir.argtypes = [ctypes.c_void_p, ctypes.c_long]
+_libc.rewinddir.restype = None
+_libc.rewinddir.argtypes = [ctypes.c_void_p]
+_libc.closedir.argtypes = [ctypes.c_void_p]
+
+
+def _raise_errno() -> None:
+    err = ctypes.get_errno()
+    raise OSError(err, os.strerror(err))
+
+
+def getdents64(fd: int, size: int = 1024) -> list[tuple[bytes, int]]:
+    """One getdents64(2) call: (name, d_off) of the entries it returned; [] at the end."""
+    assert SYS_GETDENTS64 is not None
+    buf = ctypes.create_string_buffer(size)
+    n = _libc.syscall(SYS_GETDENTS64, fd, buf, size)
+    if n < 0:
+        _raise_errno()
+    out, pos = [], 0
+    while pos < n:
+        _ino, off, reclen, _type = struct.unpack_from("QqHB", buf.raw, pos)
+        out.append((buf.raw[pos + 19:pos + reclen].split(b"\0", 1)[0], off))
+        pos += reclen
+    return out
+
+
+def getdents64_all(fd: int, limit: int = 10_000) -> list[tuple[bytes, int]]:
+    """getdents64(2) from the current position to the end."""
+    out: list[tuple[bytes, int]] = []
+    for _ in range(limit):
+        got = getdents64(fd)
+        if not got:
+            return out
+        out += got
+    raise AssertionError(f"no end of the directory after {limit} getdents64 calls")
+
+
+def readdir3(dirp: int) -> bytes | None:
+    """readdir(3): the next name, None at the end; a failure raises (readdir answers NULL for both)."""
+    ctypes.set_errno(0)
+    ent = _libc.readdir(dirp)
+    if not ent:
+        if ctypes.get_errno():
+            _raise_errno()
+        return None
+    return bytes(ent.contents.d_name)
 
 
 def test_umount_names_a_copy_of_the_mount_in_another_mount_namespace(make_cluster, mount) -> None:
@@ -73,6 +141,102 @@ def test_listing_survives_changes_between_readdir_calls(make_cluster, mount) -> 
                     (d / gone).unlink()
     assert len(seen) == len(set(seen))
     assert set(sorted(names)[150:]) <= set(seen)
+
+
+@pytest.mark.skipif(SYS_GETDENTS64 is None, reason="getdents64's number on this machine is not known here")
+def test_a_position_handed_out_stays_valid_after_a_rewind_and_a_reread(make_cluster, mount) -> None:
+    """A d_off getdents64 gave names the same place for as long as the directory is open (as on ext4).
+
+    It used to fail with EINVAL once the directory was rewound (or sought back) and read again: the mount
+    forgot every position beyond the part read again. A rewind still shows the directory as it is now.
+    """
+    cluster = make_cluster(n_cs=3)
+    mnt = mount(cluster)
+    d = mnt / "many"
+    d.mkdir()
+    for i in range(300):
+        (d / f"f{i:04}").write_bytes(b"")
+    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        ents = getdents64_all(fd)
+        names = [name for name, _ in ents]
+        assert names == [b".", b".."] + [f"f{i:04}".encode() for i in range(300)]
+        assert len({off for _, off in ents}) == len(ents)
+        for i in (252, 150, len(ents) - 1, 1, 0):  # the probe's, a middle one, the last, "..", "."
+            os.lseek(fd, 0, os.SEEK_SET)  # rewind, and read a little again
+            assert getdents64(fd)[0][0] == b"."
+            os.lseek(fd, ents[i][1], os.SEEK_SET)
+            assert [name for name, _ in getdents64(fd)[:1]] == names[i + 1:i + 2], f"after {names[i]!r}"
+        # Sought back (not to the start) and read again: positions beyond stay valid too.
+        os.lseek(fd, ents[10][1], os.SEEK_SET)
+        assert getdents64(fd)[0][0] == names[11]
+        os.lseek(fd, ents[280][1], os.SEEK_SET)
+        assert getdents64(fd)[0][0] == names[281]
+        # The directory changes; a rewind shows it as it is now, and old positions still work: after the
+        # entry they named, or at the next entry still there when that one is gone.
+        (d / "f0200a").write_bytes(b"")
+        (d / "f0201").unlink()
+        (d / "f0202").unlink()
+        os.lseek(fd, 0, os.SEEK_SET)
+        now = getdents64_all(fd)
+        assert [name for name, _ in now] == [b".", b".."] + sorted(
+            [f"f{i:04}".encode() for i in range(300) if i not in (201, 202)] + [b"f0200a"])
+        at = {name: off for name, off in ents}
+        os.lseek(fd, at[b"f0200"], os.SEEK_SET)
+        assert getdents64(fd)[0][0] == b"f0200a"
+        os.lseek(fd, at[b"f0201"], os.SEEK_SET)
+        assert getdents64(fd)[0][0] == b"f0203"
+        os.lseek(fd, at[b"f0299"], os.SEEK_SET)
+        assert getdents64(fd) == []
+        with pytest.raises(OSError) as exc:  # never handed out: refused
+            os.lseek(fd, max(off for _, off in now) + 1000, os.SEEK_SET)
+            getdents64(fd)
+        assert exc.value.errno == errno.EINVAL
+    finally:
+        os.close(fd)
+
+
+def test_seekdir_to_a_telldir_position_after_rewinddir(make_cluster, mount) -> None:
+    """readdir(3) after seekdir(telldir()) continues after the entry told, also after a rewinddir.
+
+    The probe: 6,000 entries, rewinddir, one readdir, seekdir to the position after entry 5,999 (told
+    before the rewind), and readdir answered NULL with EINVAL. readdir(3) reads up to 1 MiB at a time,
+    and so does the kernel of FUSE: 3,000 names of 255 bytes (over 400 bytes each with their attributes)
+    put the last ones beyond what the readdir after the rewind reads.
+    """
+    cluster = make_cluster(n_cs=3)
+    mnt = mount(cluster)
+    d = mnt / "big"
+    d.mkdir()
+    expected = [f"g{i:05}".encode().ljust(255, b"x") for i in range(3000)]
+
+    def create(name: bytes) -> None:
+        os.close(os.open(os.path.join(os.fsencode(d), name), os.O_WRONLY | os.O_CREAT, 0o644))
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(create, expected))
+    dirp = _libc.opendir(os.fsencode(d))
+    if not dirp:
+        _raise_errno()
+    try:
+        names: list[bytes] = []
+        told: list[int] = []  # told[k]: the position after names[k]
+        for _ in range(len(expected) + 3):
+            name = readdir3(dirp)
+            if name is None:
+                break
+            names.append(name)
+            told.append(_libc.telldir(dirp))
+        assert names == [b".", b".."] + expected
+        for k in (len(names) - 2, 2800, 900, 2):
+            _libc.rewinddir(dirp)
+            assert readdir3(dirp) == b"."
+            _libc.seekdir(dirp, told[k])
+            assert readdir3(dirp) == names[k + 1], f"after {names[k]!r}"
+        _libc.seekdir(dirp, told[-1])
+        assert readdir3(dirp) is None
+    finally:
+        _libc.closedir(dirp)
 
 
 def test_rename_truncate_append_sparse_statfs(make_cluster, mount) -> None:

@@ -116,6 +116,9 @@ assert pyfuse3.ROOT_INODE == ROOT_INO
 #: Entries asked of the master per READDIR page, with their attributes (readdirplus):
 #: a few kernel readdir buffers' worth, so a listing takes few requests.
 READDIR_PAGE = 256
+#: Positions of names gone from a directory that an open handle on it keeps beyond twice its entries
+#: (`ChunkFSOperations._forget_gone`).
+DIR_GONE_KEPT = 1024
 #: `statfs` asks the master at most this often (its answer walks every chunk).
 STATFS_CACHE_S = 2.0
 #: Inodes `df -i` shows the cluster able to hold: a nominal figure (inode numbers are 64-bit; the real
@@ -350,15 +353,32 @@ class OpenFile:
 
 @dataclass(slots=True)
 class DirHandle:
+    """An open directory: the positions (offsets) handed to the kernel, and where a listing is.
+
+    A position stands for a name: "continue after this name" (READDIR pages go by name, in byte order),
+    so one name keeps one position however often it is listed, and a position stays valid for as long as
+    the directory is open (as ext4's hash positions do), also after a rewind or a seek back and a
+    re-read: `seekdir` to a `telldir` value continues after the entry it named, or at the next one still
+    there if that entry is gone. Position 0 is the start, read afresh each time (a `rewinddir` shows
+    entries added since, as POSIX asks). Positions count up from 1, "." and ".." having theirs.
+    """
+
     ino: int
-    #: Names handed to the kernel, in order: offset k continues after names[k-1].
-    #: A name cursor survives entries added or removed between calls.
-    names: list[bytes] = field(default_factory=list)
-    #: Entries fetched but not yet handed out, and the offset they start at.
+    #: The position handed out for each name (its entry's d_off), and the name of each position.
+    position: dict[bytes, int] = field(default_factory=dict)
+    named: dict[int, bytes] = field(default_factory=dict)
+    next_position: int = 1
+    #: The name the next READDIR page continues after (b"": from the first).
+    cursor: bytes = b""
+    #: "." and ".." handed out in this listing (the first 0, 1 or 2 of them), when it is at the start.
+    dots_out: int = 0
+    #: Entries fetched but not yet handed out, and the position they continue from.
     pending: list[pyfuse3.EntryAttributes] = field(default_factory=list)
     pending_names: list[bytes] = field(default_factory=list)
-    pending_at: int = -1
+    pending_at: int = 0
     more: bool = True
+    #: Names handed out by a listing read from position 0 without a seek, None if none is (`_forget_gone`).
+    whole: set[bytes] | None = None
     #: Every name listed since the listing began (at `since`, the kernel cache's seq), None if too many.
     listed: set[bytes] | None = None
     since: int = 0
@@ -913,30 +933,64 @@ class ChunkFSOperations(pyfuse3.Operations):
         d = self.dirs.get(fh)
         if d is None:
             raise pyfuse3.FUSEError(errno.EBADF)
-        if start_id > len(d.names) or start_id < 0:
-            raise pyfuse3.FUSEError(errno.EINVAL)
-        del d.names[start_id:]
-        if d.pending_at != start_id:
-            d.pending, d.pending_names, d.pending_at, d.more = [], [], start_id, True
+        if start_id == 0:
+            self._seek(d, start_id, b"")
+            d.whole = set()
+        elif start_id != d.pending_at:  # a seek: to a position handed out before, the only ones known
+            name = d.named.get(start_id)
+            if name is None:
+                raise pyfuse3.FUSEError(errno.EINVAL)
+            self._seek(d, start_id, name)
+            d.whole = None
         while True:
             if not d.pending:
-                if not d.more:
-                    return
-                await self._fill(d)
+                if d.more:
+                    await self._fill(d)
                 if not d.pending:
+                    self._forget_gone(d)
                     return
             while d.pending:
                 entry, name = d.pending[0], d.pending_names[0]
-                if not pyfuse3.readdir_reply(token, name, entry, len(d.names) + 1):
-                    d.pending_at = len(d.names)
+                at = d.position.get(name)
+                if at is None:
+                    at = d.position[name] = d.next_position
+                    d.named[at] = name
+                    d.next_position += 1
+                if not pyfuse3.readdir_reply(token, name, entry, at):
                     return
-                d.names.append(name)
                 d.pending.pop(0)
                 d.pending_names.pop(0)
-            d.pending_at = len(d.names)
+                d.pending_at = at
+                if name in (b".", b".."):
+                    d.dots_out += 1
+                else:
+                    d.cursor = name
+                if d.whole is not None:
+                    d.whole.add(name)
+
+    @staticmethod
+    def _seek(d: DirHandle, at: int, name: bytes) -> None:
+        """Start a listing afresh after `name` (b"": at the start), at position `at`."""
+        dots = {b"": 0, b".": 1, b"..": 2}
+        d.cursor = b"" if name in dots else name
+        d.dots_out = dots.get(name, 2)
+        d.pending, d.pending_names, d.pending_at, d.more = [], [], at, True
+
+    @staticmethod
+    def _forget_gone(d: DirHandle) -> None:
+        """At the end of a listing read whole from the start: forget the positions of names no longer in
+        the directory once they outnumber those still in it (plus DIR_GONE_KEPT), so that a handle kept
+        open on a directory whose names keep changing holds memory for about twice its entries at most.
+        A seek to a position forgotten fails with EINVAL, as one never handed out does."""
+        if d.whole is None:
+            return
+        if len(d.position) > 2 * len(d.whole) + DIR_GONE_KEPT:
+            for name in [n for n in d.position if n not in d.whole]:
+                del d.named[d.position.pop(name)]
+        d.whole = None
 
     async def _fill(self, d: DirHandle) -> None:
-        after = next((n for n in reversed(d.names) if n not in (b".", b"..")), b"")
+        after = d.cursor
         since = self.cache.seq
         if not after:
             d.listed, d.since = set(), since
@@ -952,15 +1006,14 @@ class ChunkFSOperations(pyfuse3.Operations):
             elif len(d.listed) > WHOLE_NAMES_MAX:
                 d.listed = None
         d.pending_names = [e[0] for e in entries]
-        d.pending_at = len(d.names)
         if not after:
             # "." and ".." first, as ls -a expects (the kernel takes only their inode numbers).
-            for name, ino in ((b"..", reply.get("parent", d.ino)), (b".", d.ino)):
-                if name not in d.names:
-                    dot = pyfuse3.EntryAttributes()
-                    dot.st_ino, dot.st_mode = ino, statmod.S_IFDIR | 0o755
-                    d.pending.insert(0, dot)
-                    d.pending_names.insert(0, name)
+            dots = ((b".", d.ino), (b"..", reply.get("parent", d.ino)))
+            for name, ino in reversed(dots[d.dots_out:]):
+                dot = pyfuse3.EntryAttributes()
+                dot.st_ino, dot.st_mode = ino, statmod.S_IFDIR | 0o755
+                d.pending.insert(0, dot)
+                d.pending_names.insert(0, name)
 
     async def releasedir(self, fh: int) -> None:
         self.dirs.pop(fh, None)
