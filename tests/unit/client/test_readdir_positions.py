@@ -49,7 +49,7 @@ def ops(monkeypatch: pytest.MonkeyPatch) -> ChunkFSOperations:
     monkeypatch.setattr(pyfuse3, "readdir_reply", reply)
     client: Any = SimpleNamespace(creds=SimpleNamespace(node="test"), on_dir_attrs=None)
     ops = ChunkFSOperations(client, MountOptions())
-    ops._named = lambda attr, parent, name, since: pyfuse3.EntryAttributes()  # type: ignore[method-assign]
+    ops._named = lambda attr, parent, name, since, listed=False: pyfuse3.EntryAttributes()  # type: ignore[method-assign]
     return ops
 
 
