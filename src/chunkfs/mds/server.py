@@ -166,6 +166,11 @@ def _rank(ino: int, cs_id: int) -> int:
     return x ^ (x >> 31)
 
 
+#: Requests whose big lists are pages of [int, int] pairs, each number checked by `int_pairs`: not walked
+#: again by `check_nested_ints` (a page of 4,096 replicas took it 1.2 ms on the master's loop).
+PAIRED_PAGES = frozenset({Msg.CS_REGISTER, Msg.CS_REPORT_REPLICAS})
+
+
 class MetadataServer:
     def __init__(self, directory: Path, node: NodeConfig, secret: bytes) -> None:
         self.directory = directory
@@ -483,7 +488,8 @@ class MetadataServer:
             raise ProtocolError(f"{msg.name} is not served by a metadata server")
         if msg in (Msg.CS_REGISTER, Msg.CS_REPORT_REPLICAS, Msg.CS_HEARTBEAT) and conn.peer_role != "cs":
             raise ProtocolError(f"{msg.name} is for chunk servers only")
-        check_nested_ints(h, msg.name)
+        if msg not in PAIRED_PAGES:  # (their pages go through int_pairs, which checks each number)
+            check_nested_ints(h, msg.name)
         if msg not in FOLLOWER_MESSAGES and not self.raft.is_leader():
             raise self.raft.not_master_error()
         started = time.perf_counter()

@@ -565,9 +565,9 @@ def int_pairs(value: Any, what: str) -> list[tuple[int, int]]:
         if (
             not isinstance(item, list)
             or len(item) != 2
-            or not all(isinstance(x, int) and not isinstance(x, bool) for x in item)
+            or not all(isinstance(x, int) and not isinstance(x, bool) and INT64_MIN <= x <= INT64_MAX for x in item)
         ):
-            raise ProtocolError(f"{what}: expected [int, int] pairs")
+            raise ProtocolError(f"{what}: expected [int, int] pairs of signed 64-bit integers")
         out.append((item[0], item[1]))
     return out
 
