@@ -494,17 +494,15 @@ class Connection(asyncio.BufferedProtocol):
 
     def _fail(self, exc: ProtocolError) -> None:
         if self._started:
-            # Before, the handshake waiting for this frame fails with `exc` and says so: a server
-            # once per interval under a flood (`RpcServer._refuse`), with the peer's address.  Logged
-            # here as well, each of 3,000 bad connections took a line, most from "?" (a probe).
+            # Until the handshake is done, the handshake waiting for this frame fails with `exc` and
+            # says so: a server once per interval under a flood (`RpcServer._refuse`), naming the peer.
+            # Logged here as well, each of 3,000 bad connections took a line, most from "?" (a probe).
             logger.warning("closing connection from %s: %s", self.peer_name, exc)
-        with contextlib.suppress(Exception):
-            self._send(Kind.ERROR, 0, 0, {"code": exc.code, "message": str(exc)})
         self._handshake_frames.put_nowait(exc)
-        self.close()
+        self.refuse(exc)
 
     def refuse(self, exc: ChunkFSError) -> None:
-        """Answer a connection refused before its handshake with `exc`, then close it."""
+        """Answer with `exc` (an error frame), then close."""
         with contextlib.suppress(Exception):
             self._send(Kind.ERROR, 0, 0, _error_header(exc))
         self.close()
