@@ -129,17 +129,13 @@ class KernelCache:
         replace it, and has the kernel drop the old name: ChunkFS has no hard links, so it is stale.
         """
         old = self._names.get(ino)
-        if old is not None and old != (parent, name):
-            if listed:
-                self._absent.pop((parent, name), None)
-                self._inodes[(parent, name)] = ino
-                self._whole_add(parent, name)
-                return
-            self._drop_in_kernel(old)
-        if old is not None and self._inodes.get(old) == ino:
-            del self._inodes[old]
+        if old != (parent, name) and not (listed and old is not None):
+            if old is not None:
+                self._drop_in_kernel(old)
+                if self._inodes.get(old) == ino:
+                    del self._inodes[old]
+            self._names[ino] = (parent, name)
         self._absent.pop((parent, name), None)
-        self._names[ino] = (parent, name)
         self._inodes[(parent, name)] = ino
         self._whole_add(parent, name)
 
