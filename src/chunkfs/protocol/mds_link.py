@@ -162,9 +162,9 @@ class MdsLink:
     ) -> dict[str, Any]:
         deadline = time.monotonic() + self.retry_for
         pause = 0.05
-        #: The last failure that was not a redirect: a master that cannot be reached says more than
-        #: the followers naming it (a probe: "MDS#2 is not the master" for a master refusing connections).
-        other: ChunkFSError | None = None
+        #: The master the followers name, when it cannot be reached: said rather than their redirect
+        #: (a probe: "MDS#2 is not the master" for a master refusing every connection from this host).
+        unreachable: ChunkFSError | None = None
         while True:
             conn: Connection | None = None
             try:
@@ -177,7 +177,9 @@ class MdsLink:
                              f"it names {hint}" if hint else "it knows none")
                 if isinstance(hint, str) and hint:
                     self._put_first(hint)
-                    other = self._failed.get(hint, other)
+                    failed = self._failed.get(hint)
+                    unreachable = None if failed is None else \
+                        Unavailable(f"the master the others name, {hint}, cannot be reached: {failed}")
                 elif conn is not None:
                     # No hint (an MDS cut off from the others knows no master): try the others first,
                     # or a client that can still reach that MDS would never leave it.
@@ -185,7 +187,7 @@ class MdsLink:
                 last: ChunkFSError = exc
                 self._drop(conn)
             except (Unavailable, Timeout) as exc:
-                last = other = exc
+                last = exc
                 if isinstance(exc, Unavailable) and conn is not None and not conn.closed:
                     # The master's own answer on a good connection (new, and waiting for its chunk
                     # servers to register; a chunk's servers still reporting): ask it again, soon.
@@ -199,7 +201,7 @@ class MdsLink:
                         self._demote(conn.peer_name)
                     self._drop(conn)
             if time.monotonic() + pause > deadline:
-                raise other or last
+                raise unreachable if isinstance(last, NotMaster) and unreachable is not None else last
             logger.debug("%s: %s; trying again in %.2f s", msg.name, last, pause)
             await asyncio.sleep(pause)
             pause = min(pause * 2, 1.0)
