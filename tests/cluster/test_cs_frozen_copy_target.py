@@ -5,7 +5,8 @@ silent target held them for the copy's whole timeout.  Found by a fault probe: t
 image's chain was frozen, dropped from the chunk, and then chosen as the target of the copy that
 restores the third replica (still "active": silent for less than cs-inactive-timeout); a 4 KiB
 write to the image then failed with ETIMEDOUT after 30 s, with two healthy replicas.  The master's
-link to a chunk server is now watched for silence: the frozen target is given up in seconds.
+link to a chunk server is now watched for silence: the frozen target is given up in seconds.  Here
+the frozen target is a spare server chosen for a fourth replica.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 import signal
 
 from chunkfs.client import chunk_io
+from chunkfs.protocol.messages import Msg
 from chunkfs.testing.cluster import wait_for
 
 from ._healing_helpers import MiB
@@ -24,7 +26,7 @@ SILENCE = 3  # seconds a silent peer is waited for (8 by default): the chunk ser
 def test_a_write_is_not_held_by_a_copy_to_a_frozen_server(make_cluster, monkeypatch) -> None:
     monkeypatch.setenv("CHUNKFS_SILENCE_LIMIT", str(SILENCE))
     monkeypatch.setattr(chunk_io, "SILENCE_LIMIT", float(SILENCE))
-    cluster = make_cluster(n_cs=3)
+    cluster = make_cluster(n_cs=4)
     data = bytearray(os.urandom(MiB))
     with cluster.client() as c:
         # A slow copy: its own timeout is 30 s + 4 x 1 MiB / 0.1 MiB/s, longer than the client's 30 s wait.
@@ -32,13 +34,16 @@ def test_a_write_is_not_held_by_a_copy_to_a_frozen_server(make_cluster, monkeypa
         f = c.open("/f", create=True)
         c.run(f.write(0, bytes(data)))
         c.run(f.fsync())
-        victim = c.run(c.client.io._write_map(f.ino, 0, set())).replicas[0][0]
-        number = cluster.cs_number(victim)
+        holders = {cs for cs, _ in c.run(c.client.mds.call(Msg.CHUNK_READ, {"ino": f.ino, "index": 0}))["replicas"]}
+        spare = next(s["id"] for s in c.cluster_stat()["cs"] if s["id"] not in holders)
+        number = cluster.cs_number(spare)
+        # Frozen while the master has nothing to ask of it (its link looks fine, silent for less than
+        # cs-inactive-timeout): the only server that can take a fourth replica.  (The probe's way, a
+        # head dropped while frozen, now has its replica deleted at once, and that request's silence
+        # gives the frozen server up before any copy is planned.)
         cluster.kill("cs", number, signal.SIGSTOP)
         try:
-            data[0:4096] = os.urandom(4096)
-            c.run(f.write(0, bytes(data[0:4096])))  # the frozen head is dropped
-            # The only server that can take the third replica back is the frozen one.
+            c.set_replicas("/f", 4, 2)
             wait_for("the copy to the frozen server", lambda: c.cluster_stat()["chunks"].get("replicating"),
                      timeout=30, pause=0.05)
             data[8192:12288] = os.urandom(4096)
