@@ -95,6 +95,9 @@ def _get(d: Mapping[str, Any], key: str, typ: type | tuple[type, ...]) -> Any:
 #: Terms and indexes are kept in signed 64-bit SQLite integers: a larger one from the wire (a
 #: hostile-peer probe: a term of 2**64-1) stopped every metadata server when it was stored.
 UINT_MAX = 2**63 - 1
+#: How far beyond its own term a member takes a peer's: elections come a second apart at most,
+#: so no member is 2**32 terms (136 years of elections) ahead of another.
+TERM_LEAP_MAX = 2**32
 
 
 def _uint(d: Mapping[str, Any], key: str) -> int:
@@ -509,6 +512,8 @@ class RaftCore:
 
         self.role = Role.FOLLOWER
         self.lead = NONE
+        #: Messages dropped for a term beyond TERM_LEAP_MAX of ours.
+        self.dropped_far_terms = 0
         self.voters: frozenset[int] = frozenset()
         self._config_index = 0
         self._recompute_config()
@@ -721,6 +726,12 @@ class RaftCore:
     def step(self, m: Message) -> None:
         """Handle one message from a peer."""
         if m.dst != self.id:
+            return
+        if m.term > self.term + TERM_LEAP_MAX:
+            # Not a term any member reached by elections: dropped, as a lost message is (always safe).
+            # Taken, one message of a peer holding the secret moved every member to 2**63-1, where
+            # no election could follow (a hostile-peer probe: no master, for good).
+            self.dropped_far_terms += 1
             return
         if m.term > self.term:
             if isinstance(m, VoteRequest):

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from chunkfs.common.errors import ProtocolError
 from chunkfs.raft.core import (
     LAZY_BATCH,
+    TERM_LEAP_MAX,
     AppendRequest,
     AppendResponse,
     Entry,
@@ -227,6 +228,25 @@ def test_vote_requests_ignored_within_leader_lease() -> None:
     f = nodes[2]
     f.step(VoteRequest(3, 2, f.term + 1, 99, 99))
     assert f.term == nodes[1].term and f.ready().messages == []
+
+
+def test_a_term_far_beyond_ours_is_dropped_and_the_group_goes_on() -> None:
+    """A hostile-peer probe: one answer with term 2**63-1 from a peer claiming to be a member moved every
+    member to it, and no election could follow (its term would not fit).  Terms no election reaches are
+    dropped, as lost messages are; a leap within TERM_LEAP_MAX is still taken."""
+    nodes = cluster()
+    elect(nodes, 1)
+    leader = nodes[1]
+    term = leader.term
+    for far in (2**63 - 1, term + TERM_LEAP_MAX + 1):
+        leader.step(AppendResponse(2, 1, far, False, 0))
+        assert leader.term == term and leader.role is Role.LEADER
+    assert leader.dropped_far_terms == 2
+    leader.propose(b"x")
+    pump(nodes)
+    assert all(n.log.last_term == term for n in nodes.values())  # committed on, in the same term
+    leader.step(AppendResponse(2, 1, term + TERM_LEAP_MAX, False, 0))
+    assert leader.term == term + TERM_LEAP_MAX and leader.role is Role.FOLLOWER
 
 
 def test_check_quorum_leader_steps_down_when_isolated() -> None:
