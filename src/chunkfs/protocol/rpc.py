@@ -105,7 +105,7 @@ MAX_INFLIGHT_BYTES = 64 << 20
 MAX_UNAUTHENTICATED = 256
 MAX_UNAUTHENTICATED_PER_HOST = 32
 #: Refused connections are logged at most once per this many seconds (with a count).
-REFUSAL_LOG_INTERVAL = 10.0
+REFUSAL_LOG_INTERVAL = float(lowered("CHUNKFS_REFUSAL_LOG_INTERVAL", 10))
 SOCKET_BUFFER = 4 << 20
 #: Above this much unsent data, senders wait (`_drain`).
 WRITE_BUFFER_HIGH = 16 << 20
@@ -1032,6 +1032,8 @@ class RpcServer:
         self.refused = 0
         self._refused_unlogged = 0
         self._refusal_logged_at = -REFUSAL_LOG_INTERVAL
+        #: Says the count of refusals not logged yet at the interval's end, if no refusal comes to say it.
+        self._refusal_report: asyncio.TimerHandle | None = None
         #: Follows the node's secrets (`_watch_secrets`); the connections being asked to prove one again.
         self._watch_task: asyncio.Task[None] | None = None
         self._reauthenticating: set[Connection] = set()
@@ -1267,17 +1269,30 @@ class RpcServer:
     def _refuse(self, name: str, why: str) -> None:
         """Log a refused connection; under a flood, one line per interval with the count, not one per peer."""
         self.refused += 1
-        now = asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
+        now = loop.time()
         if now - self._refusal_logged_at < REFUSAL_LOG_INTERVAL:
             self._refused_unlogged += 1
+            if self._refusal_report is None:
+                # (a re-probe: the count of a flood's last interval waited for the next bad connection)
+                self._refusal_report = loop.call_at(self._refusal_logged_at + REFUSAL_LOG_INTERVAL,
+                                                    self._report_refusals)
             return
         more = f" (and {self._refused_unlogged} more refused since the last report)" if self._refused_unlogged else ""
         logger.warning("refused connection from %s: %s%s", name, why, more)
         self._refusal_logged_at, self._refused_unlogged = now, 0
 
+    def _report_refusals(self) -> None:
+        self._refusal_report = None
+        if self._refused_unlogged:
+            logger.warning("refused %d more connection(s) since the last report", self._refused_unlogged)
+            self._refusal_logged_at, self._refused_unlogged = asyncio.get_running_loop().time(), 0
+
     async def close(self) -> None:
         if self._watch_task is not None:
             self._watch_task.cancel()
+        if self._refusal_report is not None:
+            self._refusal_report.cancel()
         if self._server is not None:
             self._server.close()
         for task in list(self._tasks):
