@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import mmap
 import os
 import signal
 import sqlite3
@@ -283,6 +284,38 @@ def test_a_killed_mounts_unlinked_files_are_freed_after_the_session_timeout(make
     finally:
         with contextlib.suppress(OSError):  # ENOTCONN: nobody serves the mount any more
             os.close(fd)
+
+
+def test_what_a_killed_writer_left_past_the_size_reads_as_zeros_once_its_session_expired(make_cluster, mount) -> None:
+    """POSIX: a file grown by truncate reads zeros past its old size.  A mount killed while writing
+    leaves what it wrote past the size it had committed on the replicas; once its session expired,
+    the master cuts it (a fault probe: `truncate` on another mount showed the dead writer's bytes)."""
+    cluster = make_cluster(n_cs=3, chunk_size=1 * MiB)
+    with cluster.client() as client:
+        client.set_config({"session-timeout": "10"})
+    writer, other = mount(cluster, "writer"), mount(cluster, "other")
+    pid = read_pid(state_dir(writer))
+    assert pid is not None
+    (writer / "f").write_bytes(b"a" * 100)  # closed: 100 bytes committed
+    before = os.stat(other / "f")
+    fd = os.open(writer / "f", os.O_WRONLY | os.O_DIRECT)
+    try:
+        block = mmap.mmap(-1, 4096)  # (aligned, as O_DIRECT wants)
+        block.write(b"B" * 4096)
+        assert os.pwrite(fd, block, 4096) == 4096  # on the replicas of chunk 0, past the size
+        assert os.pwrite(fd, block, MiB) == 4096  # a chunk of its own
+        assert chunk_count(cluster) == 2
+        os.kill(pid, signal.SIGKILL)  # before it commits the size (at close, flush or fsync)
+    finally:
+        with contextlib.suppress(OSError):  # ENOTCONN: nobody serves the mount any more
+            os.close(fd)
+    wait_for("the dead writer's chunk past the size to be dropped", lambda: chunk_count(cluster) == 1, timeout=60)
+    after = os.stat(other / "f")
+    assert (after.st_size, after.st_mtime_ns, after.st_ctime_ns) == (100, before.st_mtime_ns, before.st_ctime_ns)
+    os.truncate(other / "f", 2 * MiB)
+    data = (other / "f").read_bytes()
+    assert data[:100] == b"a" * 100
+    assert data[100:].count(0) == 2 * MiB - 100, "a dead writer's bytes shown past the old size"
 
 
 def test_sqlite_default_journal_with_temporary_tables(make_cluster, mount) -> None:

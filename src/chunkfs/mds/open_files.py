@@ -30,7 +30,12 @@ So the rules are:
   is over.  During the grace period every inode counts as held: the new
   master cannot know yet.  It ends when every session the store lists has
   re-sent its open files, or after ``session-timeout`` for those that never
-  come back (they are closed then).
+  come back (they are closed then);
+* the reaper also trims the files an expired session held and no other
+  does: a mount that died writing leaves the bytes it wrote past the size it
+  had committed, and a truncate or a write that grows the file later must
+  show zeros there, not them.  Only at expiry: a mount cut off for a while
+  comes back and reports its size, and its bytes are then the file's.
 
 An inode being freed is in `OpenFileTable.freeing` from the moment the
 decision is made until the command is applied: an OPEN that arrives in
@@ -63,6 +68,8 @@ SESSION_TIMEOUT = SETTINGS["session-timeout"].default
 SWEEP_EVERY = SESSION_TTL
 #: Orphans freed by one command, and looked at by one sweep.
 ORPHAN_BATCH = 1000
+#: Passes that try to trim a dead session's file before giving up on it (`OrphanReaper._trim_left`).
+TRIM_TRIES = 10
 #: A removed directory is kept this long (seconds, by the master's clock) for processes still in
 #: it: a working directory is not an open file, so no mount registers it.
 REMOVED_DIR_KEEP = 600.0
@@ -96,12 +103,15 @@ class OpenFileTable:
         self.awaited: set[str] = set()
         #: Sessions expired or ended, to be closed in the store.
         self.ended: set[str] = set()
+        #: Files an expired session held that no other holds: its writes past their size may be there
+        #: (`OrphanReaper` trims them).
+        self.left_by_dead: set[int] = set()
         self.grace_until = 0.0
 
     def start_grace(self) -> None:
         """This server has just become master: forget everything; wait for the store's sessions (`listed`)."""
         for table in (self.sessions, self.opens, self.holders, self.known, self.complete, self.stored, self.ended,
-                      self.awaited):
+                      self.awaited, self.left_by_dead):
             table.clear()
         self.freeing.clear()
         self.is_listed = False
@@ -199,6 +209,7 @@ class OpenFileTable:
             logger.warning("mount session %s expired (silent for %.0f s): its open files are released",
                            session, self.ttl)
             freed.extend(self.end(session))
+        self.left_by_dead.update(freed)
         return freed
 
     def silent(self, stored: Iterable[str], after: float) -> list[str]:
@@ -228,6 +239,10 @@ class OrphanReaper:
         self._task: asyncio.Task[None] | None = None
         #: Files freed after their last release, having been unlinked while held open (a metric).
         self.freed = 0
+        #: Files being trimmed (`_trim_left`): an open waits for the trim (`settled`).
+        self._trimming: dict[int, asyncio.Event] = {}
+        #: Files whose trim failed -> tries so far.
+        self._trim_tries: dict[int, int] = {}
 
     def start(self) -> None:
         """On becoming master."""
@@ -255,6 +270,7 @@ class OrphanReaper:
                     sweep_at = now + SWEEP_EVERY
                 await self._close_ended()
                 await self._free_pending()
+                await self._trim_left()
             except Exception:  # noqa: BLE001 - one bad pass must not end the reaping (sessions, space) for good
                 logger.exception("a pass of the orphan reaper failed; the next starts afresh (orphans are found "
                                  "again by the store's sweep)")
@@ -263,6 +279,45 @@ class OrphanReaper:
                 await asyncio.wait_for(self._wake.wait(), SESSION_TTL / 4)
             except TimeoutError:
                 pass
+
+    async def settled(self, ino: int) -> None:
+        """Wait until `ino` is not being trimmed (an open waits: its writes must not meet the trim's cut)."""
+        trim = self._trimming.get(ino)
+        if trim is not None:
+            await trim.wait()
+
+    async def _trim_left(self) -> None:
+        """Cut what dead sessions may have written past the size of the files they held (one at a time)."""
+        table = self.table
+        if table.in_grace():
+            return
+        for ino in sorted(table.left_by_dead):
+            table.left_by_dead.discard(ino)
+            if table.held(ino) or not self.mds.raft.is_leader():
+                continue  # held again: a writer that may write past the size (or a new master's to judge)
+            try:
+                attr = self.mds.store.getattr(ino)
+            except NotFound:
+                continue
+            if attr["type"] != "f" or attr["nlink"] == 0:
+                continue  # an orphan: freed, not trimmed
+            trim = self._trimming[ino] = asyncio.Event()  # (no await since `held`: no open got in between)
+            try:
+                await self.mds.trim_past_size(ino, attr["size"])
+            except ChunkFSError as exc:
+                tries = self._trim_tries.get(ino, 0) + 1
+                if tries < TRIM_TRIES:
+                    self._trim_tries[ino] = tries
+                    table.left_by_dead.add(ino)  # the next pass tries again
+                else:
+                    self._trim_tries.pop(ino, None)
+                    logger.warning("inode %d: what a dead mount may have written past its size was not cut (%s); "
+                                   "a truncate that grows it may show those bytes", ino, exc)
+                continue
+            finally:
+                del self._trimming[ino]
+                trim.set()
+            self._trim_tries.pop(ino, None)
 
     async def _close_ended(self) -> None:
         """Take sessions that expired or ended off the store's list (one commit for all of them)."""

@@ -624,6 +624,7 @@ class MetadataServer:
         self.watchers.changed(conn, [(h["parent"], h["name"])], [h["parent"], attr["ino"]],
                               cut=attr if h.get("truncate") else None)
         if h.get("session"):
+            await self.reaper.settled(attr["ino"])
             attr = self._register_open(h["session"], attr["ino"], h.get("oseq", 0))
         return {"attr": attr, **self._parents(h["parent"])}
 
@@ -672,6 +673,7 @@ class MetadataServer:
             self.watchers.changed(conn, inodes=[ino], cut=cut)
         else:
             await self.log.read_barrier()
+        await self.reaper.settled(ino)
         attr = self._register_open(h["session"], ino, h.get("oseq", 0))
         reply = {"attr": attr, "chunks_version": self.store.chunks_version(ino)}
         if attr["type"] == "f" and 0 < attr["size"] <= self.node.cluster.chunk_size:
@@ -1246,6 +1248,19 @@ class MetadataServer:
             failed = await self.chunks.call_each(chunk.replicas, Msg.CS_TRUNCATE_CHUNK, {
                 "chunk_id": chunk.chunk_id, "version": chunk.version, "length": size % chunk_size})
             await self._drop_replicas(chunk, set(failed))
+
+    async def trim_past_size(self, ino: int, size: int) -> None:
+        """Zero what a dead mount may have written past the file's `size`, and drop its chunks past it.
+
+        A truncate to the size the file has, without moving its times; the
+        caller makes sure that nobody holds the file open (OrphanReaper).
+        """
+        await self._cut_boundary_chunk(ino, size)
+        result = await self._propose("trim", ino=ino, size=size)
+        await self.chunks.delete_cut(result["dropped"])
+        if "attr" in result:
+            self.watchers.changed(None, inodes=[ino], cut=result["attr"])
+            logger.info("inode %d: what a dead mount may have written past its size (%d bytes) was cut", ino, size)
 
     async def _cs_call(self, cs_id: int, msg: Msg, header: dict[str, Any], payload: bytes = b"",
                        timeout: float = CS_COMMAND_TIMEOUT) -> dict[str, Any]:

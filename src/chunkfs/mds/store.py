@@ -733,6 +733,21 @@ class MetadataStore:
             self.db.execute("UPDATE inodes SET atime = ? WHERE ino = ?", (_ns(atime), ino))
         return {"attr": self.getattr(ino), "dropped": dropped}
 
+    def _op_trim(self, term: int, ino: int, size: int) -> dict[str, Any]:
+        """A departed writer's bytes past the file's `size` were zeroed: drop its chunks past it, record a cut.
+
+        Only if the file still has that size and a name (another change since decides otherwise);
+        its times do not move: nobody changed the file (OrphanReaper trims what a dead mount left).
+        """
+        attr = self.getattr(ino)
+        if attr["type"] != "f" or attr["size"] != size or attr["nlink"] == 0:
+            return {"dropped": []}
+        self._cut(ino)
+        first_dropped = -(-size // self.chunk_size)
+        dropped = self._chunks_from(ino, first_dropped)
+        self.db.execute("DELETE FROM chunks WHERE ino = ? AND idx >= ?", (ino, first_dropped))
+        return {"attr": self.getattr(ino), "dropped": dropped}
+
     def _cut(self, ino: int) -> None:
         """Record that the file's size was set (truncated, or opened with O_TRUNC) by this command.
 

@@ -50,6 +50,7 @@ def test_expired_session_releases_what_it_held() -> None:
     clock.now += 6  # A: 12 s without renewal; B renewed 6 s ago
     assert t.expire() == [1]
     assert not t.held(1) and t.held(2)
+    assert t.left_by_dead == {1}  # what A may have written past its size: trimmed (2: B may write it)
     assert t.renew("A") is False  # the mount learns that it must re-register its files
     assert t.ended == {"A"}  # to be closed in the store
     t.closed(["A"])
@@ -110,6 +111,7 @@ def test_a_silent_session_lasts_the_timeout_and_an_ended_one_goes_at_once() -> N
     clock.now += 599  # stopped or cut off for almost ten minutes
     assert t.expire() == [] and t.held(1)
     assert t.end("B") == [2] and not t.held(2) and t.ended == {"B"}
+    assert not t.left_by_dead  # an unmount: every size was reported
     clock.now += 1
     assert t.expire() == [1]
 

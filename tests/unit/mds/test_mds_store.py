@@ -455,6 +455,29 @@ def test_setattr_truncate_drops_chunks_past_end(d: Driver, store: MetadataStore)
     assert store.getattr(f)["size"] == 10 * CS
 
 
+def test_a_trim_drops_the_chunks_past_the_size_it_was_decided_for_and_nothing_else(d: Driver,
+                                                                                    store: MetadataStore) -> None:
+    """A dead writer's chunks past the size (OrphanReaper): times kept, a cut recorded; a size
+    changed since the decision, or a file unlinked since, is left alone."""
+    f = d.create(ROOT_INO, "f")
+    d.alloc(f, 0)
+    d("extend", ino=f, size=CS + 1, mtime=2000.0)
+    late = {i: d.alloc(f, i) for i in (2, 3)}  # written past the size by a writer that died
+    before = store.getattr(f)
+    assert d("trim", ino=f, size=CS) == {"dropped": []}  # the size moved since: not this trim's
+    r = d("trim", ino=f, size=CS + 1)
+    assert sorted(r["dropped"], key=lambda c: c.index) == [late[2], late[3]]
+    assert [c.index for c in store.all_chunks()] == [0]
+    after = store.getattr(f)
+    assert after["cut"] > before["cut"]
+    assert {k: after[k] for k in ("size", "mtime_ns", "ctime_ns")} == {
+        k: before[k] for k in ("size", "mtime_ns", "ctime_ns")}
+    g = d.create(ROOT_INO, "g")
+    d.alloc(g, 3)
+    d.unlink(ROOT_INO, "g", held=True)  # an orphan: the reaper frees it, a trim leaves it
+    assert d("trim", ino=g, size=0) == {"dropped": []}
+
+
 def test_a_file_counts_its_chunks_for_st_blocks(d: Driver, store: MetadataStore) -> None:
     f = d.create(ROOT_INO, "f")
     assert store.getattr(f)["chunks"] == 0
