@@ -318,6 +318,40 @@ def test_what_a_killed_writer_left_past_the_size_reads_as_zeros_once_its_session
     assert data[100:].count(0) == 2 * MiB - 100, "a dead writer's bytes shown past the old size"
 
 
+def test_a_mount_silent_past_its_session_timeout_is_told_its_writes_past_the_size_were_cut(make_cluster,
+                                                                                         mount) -> None:
+    """The cut above must not make a writer that was only stopped believe its writes are there: its
+    fsync after the cut fails (EIO), as a lost writeback does on a local disk, instead of succeeding
+    over zeros."""
+    cluster = make_cluster(n_cs=3, chunk_size=1 * MiB)
+    with cluster.client() as client:
+        client.set_config({"session-timeout": "10"})
+    writer = mount(cluster, "writer")
+    pid = read_pid(state_dir(writer))
+    assert pid is not None
+    (writer / "f").write_bytes(b"a" * 100)
+    fd = os.open(writer / "f", os.O_WRONLY | os.O_DIRECT)
+    try:
+        block = mmap.mmap(-1, 4096)
+        block.write(b"B" * 4096)
+        assert os.pwrite(fd, block, 4096) == 4096
+        assert os.pwrite(fd, block, MiB) == 4096
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            wait_for("the stopped writer's chunk past the size to be dropped", lambda: chunk_count(cluster) == 1,
+                     timeout=60)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        with pytest.raises(OSError) as lost:
+            os.fsync(fd)
+        assert lost.value.errno == errno.EIO
+        os.fsync(fd)  # said once
+    finally:
+        os.close(fd)
+    assert os.stat(writer / "f").st_size == 100
+    assert (writer / "f").read_bytes() == b"a" * 100
+
+
 def test_sqlite_default_journal_with_temporary_tables(make_cluster, mount) -> None:
     cluster = make_cluster(n_cs=3)
     mnt = mount(cluster)

@@ -85,7 +85,7 @@ from chunkfs.client.client import Client
 from chunkfs.client.kernel_cache import WHOLE_NAMES_MAX, KernelCache
 from chunkfs.client.setid import created_mode, to_clear
 from chunkfs.common.change_time import change_ctime
-from chunkfs.common.errors import Busy, ChunkFSError, ConfigError, NotFound, ProtocolError, Unavailable
+from chunkfs.common.errors import Busy, ChunkFSError, ConfigError, NotFound, ProtocolError, Unavailable, WritesLost
 from chunkfs.common.failure_log import FailureLog
 from chunkfs.common.names import check_name_length
 from chunkfs.common.timings import TIMINGS
@@ -95,6 +95,7 @@ from chunkfs.protocol.messages import (
     FEATURE_FAN,
     FEATURE_FIRST_WRITE,
     FEATURE_HOLD,
+    FEATURE_LISTED,
     FEATURE_NAMED,
     INT64_MAX,
     INT64_MIN,
@@ -326,6 +327,9 @@ class OpenFile:
     lease_until: float = 0.0
     #: Why the lease was lost (another mount holds it now); writes fail until the file is reopened.
     lease_lost: str = ""
+    #: Writes made here were not committed when the master took this mount for dead (its session
+    #: expired): they may have been cut, and the next commit says so (EIO) instead of committing them.
+    lost: bool = False
     #: The file's attributes as the master last answered them; None when unknown, or when another
     #: client changed the file since (its notice said so).
     attr: dict[str, Any] | None = None
@@ -421,6 +425,12 @@ class ChunkFSOperations(pyfuse3.Operations):
         self._names_checked = False
         #: The master holds a file a rename replaces when asked (FEATURE_HOLD; known once watching).
         self._holds_replaced = False
+        #: The master says whether it listed this mount's session (FEATURE_LISTED; known once watching).
+        self._asks_listed = False
+        #: The master has known this mount's session: one it no longer lists expired (`_check_session`).
+        self._established = False
+        #: The master did not know the session, and has not had every file this mount holds yet.
+        self._unsent = False
         self.files: dict[int, OpenFile] = {}  # by inode
         self.handles: dict[int, OpenFile] = {}  # by file handle
         #: Files this mount renamed another over while its kernel had them, held on the master until
@@ -497,6 +507,9 @@ class ChunkFSOperations(pyfuse3.Operations):
         self.client.io.fans = FEATURE_FAN in reply.get("features", [])
         self._names_checked = FEATURE_NAMED in reply.get("features", [])
         self._holds_replaced = FEATURE_HOLD in reply.get("features", [])
+        self._asks_listed = FEATURE_LISTED in reply.get("features", [])
+        if self._asks_listed and self._established:
+            await self._check_session(conn)
         self.cache.watching(conn)
         task = asyncio.get_running_loop().create_task(self._watch_ends(conn))
         self._watch_tasks.add(task)
@@ -1206,17 +1219,39 @@ class ChunkFSOperations(pyfuse3.Operations):
 
     # -- the session that holds open files ------------------------------------
 
+    async def _check_session(self, conn: Connection) -> None:
+        """On a new connection, before any commit goes on it: was this mount taken for dead meanwhile?
+
+        A mount silent for longer than ``session-timeout`` (stopped, cut off) finds its session
+        expired, and the master may have cut what it had written past the sizes it had committed
+        (mds/open_files.py).  Each file with writes not committed then fails its next fsync, flush
+        or close (EIO), as a lost writeback does on a local disk: an fsync must not say they are there.
+        """
+        reply, _ = await conn.call(Msg.SESSION, {"session": self.session, "open": [], "ask_listed": True},
+                                   timeout=WATCH_TIMEOUT)
+        if reply["known"]:
+            return
+        self._unsent = True  # the session keeper re-sends the open files
+        if reply.get("listed", True):
+            return  # a new master: nothing was cut
+        lost = [of for of in self.files.values() if of.dirty or of.writing]
+        for of in lost:
+            of.lost = True
+        logger.error("the master took this mount for dead (silent for longer than session-timeout): writes to %d "
+                     "open file(s) that were not committed may have been cut; their next fsync, flush or close "
+                     "fails with EIO", len(lost))
+
     async def _keep_session(self) -> None:
         """Renew this mount's session; re-send what it holds open when the master does not know it."""
-        unsent = False  # the master did not know the session, and has not had every file yet
         # Retried every SESSION_TTL / 4: while the master is away, a WARNING a minute, not every 2.5 s.
         renewals = FailureLog(logger, f"renewing mount session {self.session}")
         while True:
             try:
-                if unsent or not await self.client.renew_session(self.session, []):
-                    unsent = True
+                if self._unsent or not await self.client.renew_session(self.session, []):
+                    self._unsent = True
                     await self._resend_open_files()
-                    unsent = False
+                    self._unsent = False
+                self._established = True
                 renewals.succeeded()
             except ChunkFSError as exc:
                 renewals.failed(exc)
@@ -1357,7 +1392,17 @@ class ChunkFSOperations(pyfuse3.Operations):
             if not of.dirty:
                 return
             since, gen, end, mtime_ns = self.cache.seq, of.gen, of.written_end, of.mtime_ns
-            attr = await self.client.extend(of.ino, end, mtime_ns, of.cut)
+            try:
+                if of.lost:
+                    raise WritesLost(f"inode {of.ino}: writes made before this mount's session expired may have "
+                                     "been cut; write them again")
+                attr = await self.client.extend(of.ino, end, mtime_ns, of.cut)
+            except WritesLost as exc:
+                # Said once, as a local disk says a lost writeback once: the file is as the master has it.
+                logger.error("%s", exc)
+                of.dirty, of.lost, of.written_end, of.cut = False, False, 0, None
+                of.size = of.committed_size
+                raise
             self._keep_attr(of, attr, since)
             self._committed(of, attr, gen)
 

@@ -165,6 +165,13 @@ class ConfigError(ChunkFSError):
     errno = _errno.EINVAL
 
 
+class WritesLost(ChunkFSError):
+    """Writes this mount made were cut: its session expired (silent past session-timeout) before it committed them."""
+
+    code = "writes_lost"
+    errno = _errno.EIO
+
+
 class InternalError(ChunkFSError):
     """An unexpected fault inside a server; it was logged there."""
 
@@ -177,7 +184,7 @@ _BY_CODE: dict[str, type[ChunkFSError]] = {
     for cls in (
         NotFound, Exists, NotADirectory, IsADirectory, DirectoryNotEmpty, InvalidArgument, NameTooLong, SymlinkLoop,
         NotSupported, NoSpace, AuthenticationFailed, ProtocolError, StaleVersion,
-        ChecksumMismatch, NotMaster, Unavailable, Timeout, ConfigError, InternalError, Busy,
+        ChecksumMismatch, NotMaster, Unavailable, Timeout, ConfigError, InternalError, Busy, WritesLost,
     )
 }
 

@@ -59,6 +59,7 @@ from chunkfs.protocol.messages import (
     FEATURE_FAN,
     FEATURE_FIRST_WRITE,
     FEATURE_HOLD,
+    FEATURE_LISTED,
     FEATURE_NAMED,
     FEATURE_VERSIONED_CUT,
     MAX_BLOCKS,
@@ -711,7 +712,7 @@ class MetadataServer:
         if conn.peer_role != "client":
             raise ProtocolError("WATCH is for clients only")
         self.watchers.add(conn, cuts=FEATURE_CUTS in (h.get("features") or []))
-        return {"features": [FEATURE_FIRST_WRITE, FEATURE_NAMED, FEATURE_FAN, FEATURE_HOLD]}
+        return {"features": [FEATURE_FIRST_WRITE, FEATURE_NAMED, FEATURE_FAN, FEATURE_HOLD, FEATURE_LISTED]}
 
     async def _on_session(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
         session = h["session"]
@@ -734,13 +735,15 @@ class MetadataServer:
                     logger.info("mount session %s: not closed in the store yet (%s); retrying", session, exc)
             logger.info("mount session %s ended", session)
             return {"known": True}
+        table = self.open_files
+        listed = not table.is_listed or (session in table.stored and session not in table.ended)
         await self._ensure_session(session)
         known = self.open_files.renew(session, complete=bool(h.get("complete")))
         for ino, seq in zip(inos, seqs, strict=True):
             self.open_files.open(session, ino, seq)
         if inos:
             logger.info("mount session %s re-registered %d open file(s)", session, len(inos))
-        return {"known": known}
+        return {"known": known, "listed": listed} if h.get("ask_listed") else {"known": known}
 
     async def _ensure_session(self, session: str) -> None:
         """List a mount's session in the store before it holds anything, so the next master waits for it."""
@@ -1254,13 +1257,19 @@ class MetadataServer:
 
         A truncate to the size the file has, without moving its times; the
         caller makes sure that nobody holds the file open (OrphanReaper).
+        Committed first: a size committed meanwhile (the writer was only
+        silent, and is back) calls the trim off before any byte is zeroed, and
+        one committed after it, for writes made before, fails (store `_op_trim`).
         """
-        await self._cut_boundary_chunk(ino, size)
         result = await self._propose("trim", ino=ino, size=size)
+        if "attr" not in result:
+            return
         await self.chunks.delete_cut(result["dropped"])
-        if "attr" in result:
-            self.watchers.changed(None, inodes=[ino], cut=result["attr"])
-            logger.info("inode %d: what a dead mount may have written past its size (%d bytes) was cut", ino, size)
+        await self._cut_boundary_chunk(ino, size)
+        # Not told as a cut: a mount that was only silent would take its writes for ones made before a
+        # truncate, and commit nothing without a word; its size fails instead (store `_op_extend`).
+        self.watchers.changed(None, inodes=[ino])
+        logger.info("inode %d: what a dead mount may have written past its size (%d bytes) was cut", ino, size)
 
     async def _cs_call(self, cs_id: int, msg: Msg, header: dict[str, Any], payload: bytes = b"",
                        timeout: float = CS_COMMAND_TIMEOUT) -> dict[str, Any]:

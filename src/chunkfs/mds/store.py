@@ -43,6 +43,7 @@ from chunkfs.common.errors import (
     StaleVersion,
     SymlinkLoop,
     Unavailable,
+    WritesLost,
     error_from_code,
 )
 from chunkfs.common.names import check_name, check_name_length, check_symlink_target, shown, to_bytes
@@ -107,6 +108,7 @@ CREATE TABLE IF NOT EXISTS placement (ino INTEGER PRIMARY KEY, domain TEXT NOT N
 CREATE TABLE IF NOT EXISTS symlinks (ino INTEGER PRIMARY KEY, target BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS orphans (ino INTEGER PRIMARY KEY, since REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS cuts (ino INTEGER PRIMARY KEY, idx INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS trims (ino INTEGER PRIMARY KEY, idx INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS removed_cs (cs_id INTEGER PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS mount_sessions (name TEXT PRIMARY KEY, since REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS answers (
@@ -734,15 +736,19 @@ class MetadataStore:
         return {"attr": self.getattr(ino), "dropped": dropped}
 
     def _op_trim(self, term: int, ino: int, size: int) -> dict[str, Any]:
-        """A departed writer's bytes past the file's `size` were zeroed: drop its chunks past it, record a cut.
+        """A departed writer's bytes past the file's `size` go: its chunks past it dropped, a cut recorded.
 
         Only if the file still has that size and a name (another change since decides otherwise);
-        its times do not move: nobody changed the file (OrphanReaper trims what a dead mount left).
+        its times do not move: nobody changed the file (OrphanReaper trims what a dead mount left,
+        and zeroes the rest of the last chunk after this).  A size its writer commits later, for
+        writes made before, fails (`WritesLost`): a mount that was only silent learns that its
+        writes were cut, instead of an fsync that says they are there.
         """
         attr = self.getattr(ino)
         if attr["type"] != "f" or attr["size"] != size or attr["nlink"] == 0:
             return {"dropped": []}
         self._cut(ino)
+        self.db.execute("INSERT OR REPLACE INTO trims VALUES (?, ?)", (ino, self._index))
         first_dropped = -(-size // self.chunk_size)
         dropped = self._chunks_from(ino, first_dropped)
         self.db.execute("DELETE FROM chunks WHERE ino = ? AND idx >= ?", (ino, first_dropped))
@@ -769,6 +775,11 @@ class MetadataStore:
         if attr["type"] != "f":
             raise IsADirectory("not a regular file")
         if cut is not None and cut < attr["cut"]:
+            trimmed = self.db.execute("SELECT idx FROM trims WHERE ino = ?", (ino,)).fetchone()
+            if trimmed is not None and trimmed[0] > cut:
+                raise WritesLost(
+                    f"inode {ino}: writes past its size made before the writer's mount session expired were cut "
+                    "(the mount was silent for longer than session-timeout); write them again")
             size = 0  # written before a cut the writer had not heard of: that cut decided the size
         # `mtime` is the writer's last write.  mtime never goes back for a writer that reports
         # late, except from the future (an earlier utime, past the master's clock `time`): a
@@ -814,7 +825,7 @@ class MetadataStore:
 
     def _free_inode(self, ino: int) -> list[Chunk]:
         dropped = self._chunks_from(ino, 0)
-        for table in ("chunks", "inodes", "placement", "symlinks", "orphans", "cuts"):
+        for table in ("chunks", "inodes", "placement", "symlinks", "orphans", "cuts", "trims"):
             self.db.execute(f"DELETE FROM {table} WHERE ino = ?", (ino,))  # noqa: S608 - fixed names
         return dropped
 

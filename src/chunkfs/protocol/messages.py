@@ -146,6 +146,9 @@ FEATURE_NAMED = "named"
 #: A mount's RENAME may ask the master to hold the file it replaces (`session`, `hold`): named by a
 #: master in its answer to WATCH (an earlier one refuses the fields, and the rename failed).
 FEATURE_HOLD = "hold"
+#: A mount's SESSION may ask whether the master listed its session (`ask_listed`): named by a master in
+#: its answer to WATCH (an earlier one refuses the field).
+FEATURE_LISTED = "listed"
 #: A mount that takes an INVALIDATE's `cuts` (a file's new cut and size) says so in its WATCH
 #: (`features`); only such a mount is sent the field, which a mount of an earlier version refuses.
 FEATURE_CUTS = "cuts"
@@ -255,9 +258,14 @@ SPECS: dict[Msg, MessageSpec] = {
     # master answers known=False: a new master, or a session that had expired).
     # "complete": every file the mount holds is sent (the last page); "end": the mount unmounts.
     # "oseqs": each open file's latest registration number (see RELEASE), in the order of "open".
+    # `ask_listed` (FEATURE_LISTED): answer `listed`, whether the master listed the session before this
+    # request (True while a new master has not read its list yet): a mount that had one and reconnects
+    # learns that it was taken for dead (`session-timeout`), and that its writes past the sizes it had
+    # committed may have been cut (mds/open_files.py).
     Msg.SESSION: MessageSpec((f("session", str), f("open", list), f("oseqs", list, optional=True),
-                              f("complete", bool, optional=True),
-                              f("end", bool, optional=True)), (f("known", bool),)),
+                              f("complete", bool, optional=True), f("end", bool, optional=True),
+                              f("ask_listed", bool, optional=True)),
+                             (f("known", bool), f("listed", bool, optional=True))),
     # A mount that keeps names and attributes in the kernel's cache asks to be told, on this
     # connection, of every change another client makes (INVALIDATE notices) while it lasts.
     # `features` (request): what this mount takes in notices (FEATURE_CUTS); a master of an earlier

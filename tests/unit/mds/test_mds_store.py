@@ -25,6 +25,7 @@ from chunkfs.common.errors import (
     NotADirectory,
     NotFound,
     SymlinkLoop,
+    WritesLost,
 )
 from chunkfs.common.names import MAX_NAME_LEN
 from chunkfs.mds.store import (
@@ -472,6 +473,10 @@ def test_a_trim_drops_the_chunks_past_the_size_it_was_decided_for_and_nothing_el
     assert after["cut"] > before["cut"]
     assert {k: after[k] for k in ("size", "mtime_ns", "ctime_ns")} == {
         k: before[k] for k in ("size", "mtime_ns", "ctime_ns")}
+    with pytest.raises(WritesLost):  # the writer was only silent: its size for writes before the trim fails
+        d("extend", ino=f, size=4 * CS, mtime=3000.0, cut=before["cut"])
+    d("extend", ino=f, size=CS + 7, mtime=3000.0, cut=after["cut"])  # writes made since: as usual
+    assert store.getattr(f)["size"] == CS + 7
     g = d.create(ROOT_INO, "g")
     d.alloc(g, 3)
     d.unlink(ROOT_INO, "g", held=True)  # an orphan: the reaper frees it, a trim leaves it
