@@ -508,12 +508,15 @@ class ChunkFSOperations(pyfuse3.Operations):
         self._names_checked = FEATURE_NAMED in reply.get("features", [])
         self._holds_replaced = FEATURE_HOLD in reply.get("features", [])
         self._asks_listed = FEATURE_LISTED in reply.get("features", [])
-        if self._asks_listed and self._established:
-            await self._check_session(conn)
         self.cache.watching(conn)
         task = asyncio.get_running_loop().create_task(self._watch_ends(conn))
         self._watch_tasks.add(task)
         task.add_done_callback(self._watch_tasks.discard)
+        if self._asks_listed and self._established:
+            try:
+                await self._check_session(conn)
+            except ChunkFSError as exc:  # the master's refusal of a size for writes it cut still tells
+                logger.warning("could not ask the master whether this mount's session was kept: %s", exc)
 
     async def _watch_ends(self, conn: Connection) -> None:
         await conn.wait_closed()
