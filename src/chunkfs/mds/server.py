@@ -736,14 +736,18 @@ class MetadataServer:
             logger.info("mount session %s ended", session)
             return {"known": True}
         table = self.open_files
-        listed = not table.is_listed or (session in table.stored and session not in table.ended)
+        if h.get("ask_listed"):
+            # A question only: a renewal here would make the session known without its files, and the
+            # mount's next plain renewal would then end a new master's grace period before they came.
+            return {"known": session in table.known,
+                    "listed": not table.is_listed or (session in table.stored and session not in table.ended)}
         await self._ensure_session(session)
-        known = self.open_files.renew(session, complete=bool(h.get("complete")))
+        known = table.renew(session, complete=bool(h.get("complete")))
         for ino, seq in zip(inos, seqs, strict=True):
             self.open_files.open(session, ino, seq)
         if inos:
             logger.info("mount session %s re-registered %d open file(s)", session, len(inos))
-        return {"known": known, "listed": listed} if h.get("ask_listed") else {"known": known}
+        return {"known": known}
 
     async def _ensure_session(self, session: str) -> None:
         """List a mount's session in the store before it holds anything, so the next master waits for it."""

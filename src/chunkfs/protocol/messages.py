@@ -258,10 +258,10 @@ SPECS: dict[Msg, MessageSpec] = {
     # master answers known=False: a new master, or a session that had expired).
     # "complete": every file the mount holds is sent (the last page); "end": the mount unmounts.
     # "oseqs": each open file's latest registration number (see RELEASE), in the order of "open".
-    # `ask_listed` (FEATURE_LISTED): answer `listed`, whether the master listed the session before this
-    # request (True while a new master has not read its list yet): a mount that had one and reconnects
-    # learns that it was taken for dead (`session-timeout`), and that its writes past the sizes it had
-    # committed may have been cut (mds/open_files.py).
+    # `ask_listed` (FEATURE_LISTED): a question, changing nothing: whether the master knows the session,
+    # and `listed`, whether it lists it (True while a new master has not read its list yet): a mount
+    # that had one and reconnects learns that it was taken for dead (`session-timeout`), and that its
+    # writes past the sizes it had committed may have been cut (mds/open_files.py).
     Msg.SESSION: MessageSpec((f("session", str), f("open", list), f("oseqs", list, optional=True),
                               f("complete", bool, optional=True), f("end", bool, optional=True),
                               f("ask_listed", bool, optional=True)),
