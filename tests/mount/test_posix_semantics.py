@@ -318,6 +318,40 @@ def test_what_a_killed_writer_left_past_the_size_reads_as_zeros_once_its_session
     assert data[100:].count(0) == 2 * MiB - 100, "a dead writer's bytes shown past the old size"
 
 
+def test_a_dead_writers_file_held_by_another_mount_is_trimmed_once_that_mount_closes_it(make_cluster,
+                                                                                       mount) -> None:
+    """A reader holding the file when the writer's session expires defers the trim, not cancels it (a
+    fault probe: a program reading the file every 0.4 s left the dead writer's bytes for good)."""
+    cluster = make_cluster(n_cs=3, chunk_size=1 * MiB)
+    with cluster.client() as client:
+        client.set_config({"session-timeout": "10"})
+    writer, other = mount(cluster, "writer"), mount(cluster, "other")
+    pid = read_pid(state_dir(writer))
+    assert pid is not None
+    (writer / "f").write_bytes(b"a" * 100)
+    fd = os.open(writer / "f", os.O_WRONLY | os.O_DIRECT)
+    block = mmap.mmap(-1, 4096)
+    block.write(b"B" * 4096)
+    assert os.pwrite(fd, block, 4096) == 4096
+    assert os.pwrite(fd, block, MiB) == 4096
+    reader = os.open(other / "f", os.O_RDONLY)
+    try:
+        os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        with cluster.client() as client:
+            wait_for("the dead writer's session to be closed",
+                     lambda: client.cluster_stat()["mounts"]["sessions"] == 1, timeout=60)
+        time.sleep(1)
+        assert chunk_count(cluster) == 2, "trimmed while another mount held the file open"
+        assert os.pread(reader, 200, 0) == b"a" * 100
+    finally:
+        os.close(reader)
+    wait_for("the dead writer's chunk past the size to be dropped", lambda: chunk_count(cluster) == 1, timeout=60)
+    os.truncate(other / "f", 2 * MiB)
+    assert (other / "f").read_bytes() == b"a" * 100 + bytes(2 * MiB - 100)
+
+
 def test_a_mount_silent_past_its_session_timeout_is_told_its_writes_past_the_size_were_cut(make_cluster,
                                                                                          mount) -> None:
     """The cut above must not make a writer that was only stopped believe its writes are there: its

@@ -129,6 +129,10 @@ INODE_CAPACITY = 1 << 32
 FRESH_DIRS_MAX = 4096
 #: How long a new connection waits for the master to take its WATCH, seconds.
 WATCH_TIMEOUT = 5.0
+#: How long a mount that reconnects asks the master whether it kept its session (`_check_session`),
+#: and how often: a new master answers once it has read its list of sessions (within a second or so).
+SESSION_CHECK_FOR = 15.0
+SESSION_CHECK_PAUSE = 0.2
 #: A FUSE request that took this long (seconds) is logged as a warning when it ends.
 SLOW_REQUEST_S = 5.0
 #: Times a mount re-sends its open files to masters that keep changing while it does, per renewal.
@@ -1222,27 +1226,45 @@ class ChunkFSOperations(pyfuse3.Operations):
 
     # -- the session that holds open files ------------------------------------
 
-    async def _check_session(self, conn: Connection) -> None:
-        """On a new connection, before any commit goes on it: was this mount taken for dead meanwhile?
+    async def _check_session(self, conn: Connection | None) -> None:
+        """Was this mount taken for dead meanwhile?  Asked on a new connection (`conn`) before any commit
+        goes on it, and by the session keeper before each renewal (which would list the session again).
 
         A mount silent for longer than ``session-timeout`` (stopped, cut off) finds its session
         expired, and the master may have cut what it had written past the sizes it had committed
         (mds/open_files.py).  Each file with writes not committed then fails its next fsync, flush
         or close (EIO), as a lost writeback does on a local disk: an fsync must not say they are there.
+        On a new connection, a master that cannot say within `SESSION_CHECK_FOR` counts as a yes.
         """
-        reply, _ = await conn.call(Msg.SESSION, {"session": self.session, "open": [], "ask_listed": True},
-                                   timeout=WATCH_TIMEOUT)
-        if reply["known"]:
-            return
-        self._unsent = True  # the session keeper re-sends the open files
-        if reply.get("listed", True):
-            return  # a new master: nothing was cut
+        header = {"session": self.session, "open": [], "ask_listed": True}
+        reply: dict[str, Any] | None = None
+        deadline = time.monotonic() + SESSION_CHECK_FOR
+        while reply is None:
+            try:
+                if conn is None:
+                    reply = await self.client.mds.call(Msg.SESSION, header)
+                else:
+                    reply, _ = await conn.call(Msg.SESSION, header, timeout=WATCH_TIMEOUT)
+            except ChunkFSError as exc:  # a new master still reading its list of sessions, a slow answer
+                if conn is None or conn.closed:
+                    raise  # the keeper asks again at its next turn; a new connection asks again
+                if time.monotonic() >= deadline:
+                    why = f"the master did not say whether it kept this mount's session ({exc})"
+                    break
+                await asyncio.sleep(SESSION_CHECK_PAUSE)
+        else:
+            if reply["known"]:
+                return
+            self._unsent = True  # the session keeper re-sends the open files
+            if reply.get("listed", True):
+                return  # a new master, which had heard of the session: nothing was cut
+            why = "the master took this mount for dead (silent for longer than session-timeout)"
+        # Unsure is taken as cut: an fsync that fails once is better than one that says bytes are there.
         lost = [of for of in self.files.values() if of.dirty or of.writing]
         for of in lost:
             of.lost = True
-        logger.error("the master took this mount for dead (silent for longer than session-timeout): writes to %d "
-                     "open file(s) that were not committed may have been cut; their next fsync, flush or close "
-                     "fails with EIO", len(lost))
+        logger.error("%s: writes to %d open file(s) that were not committed may have been cut; their next fsync, "
+                     "flush or close fails with EIO", why, len(lost))
 
     async def _keep_session(self) -> None:
         """Renew this mount's session; re-send what it holds open when the master does not know it."""
@@ -1250,6 +1272,8 @@ class ChunkFSOperations(pyfuse3.Operations):
         renewals = FailureLog(logger, f"renewing mount session {self.session}")
         while True:
             try:
+                if self._asks_listed and self._established:
+                    await self._check_session(None)  # before the renewal lists the session again
                 if self._unsent or not await self.client.renew_session(self.session, []):
                     self._unsent = True
                     await self._resend_open_files()

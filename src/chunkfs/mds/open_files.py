@@ -106,12 +106,15 @@ class OpenFileTable:
         #: Files an expired session held that no other holds: its writes past their size may be there
         #: (`OrphanReaper` trims them).
         self.left_by_dead: set[int] = set()
+        #: Files to trim once nobody holds them: a dead session's that another mount held then, and
+        #: those whose writer was told its writes were cut (it may have written past the size since).
+        self.trim_later: set[int] = set()
         self.grace_until = 0.0
 
     def start_grace(self) -> None:
         """This server has just become master: forget everything; wait for the store's sessions (`listed`)."""
         for table in (self.sessions, self.opens, self.holders, self.known, self.complete, self.stored, self.ended,
-                      self.awaited, self.left_by_dead):
+                      self.awaited, self.left_by_dead, self.trim_later):
             table.clear()
         self.freeing.clear()
         self.is_listed = False
@@ -190,7 +193,12 @@ class OpenFileTable:
             holders.discard(session)
             if not holders:
                 del self.holders[ino]
-        return ino not in self.holders
+        if ino in self.holders:
+            return False
+        if ino in self.trim_later:
+            self.trim_later.discard(ino)
+            self.left_by_dead.add(ino)
+        return True
 
     def end(self, session: str) -> list[int]:
         """The mount is gone (unmounted, or expired): drop its session; the inodes nobody holds any more."""
@@ -208,7 +216,10 @@ class OpenFileTable:
         for session in [s for s, heard in self.sessions.items() if heard + self.ttl <= now]:
             logger.warning("mount session %s expired (silent for %.0f s): its open files are released",
                            session, self.ttl)
-            freed.extend(self.end(session))
+            held = set(self.opens.get(session, {}))
+            unheld = self.end(session)
+            freed.extend(unheld)
+            self.trim_later |= held - set(unheld)  # another mount holds them: trimmed at its last release
         self.left_by_dead.update(freed)
         return freed
 
@@ -243,10 +254,13 @@ class OrphanReaper:
         self._trimming: dict[int, asyncio.Event] = {}
         #: Files whose trim failed -> tries so far.
         self._trim_tries: dict[int, int] = {}
+        #: Whether this master has taken up the trims an earlier one committed and did not finish.
+        self._unfinished_taken = False
 
     def start(self) -> None:
         """On becoming master."""
         self._pending.clear()
+        self._unfinished_taken = False
         if self._task is not None and not self._task.done():
             self._task.cancel()
         self._task = self.mds.spawn(self._run())
@@ -270,7 +284,8 @@ class OrphanReaper:
                     sweep_at = now + SWEEP_EVERY
                 await self._close_ended()
                 await self._free_pending()
-                await self._trim_left()
+                if not self.table.ended:  # a trim only once its session is off the store's list (`listed`)
+                    await self._trim_left()
             except Exception:  # noqa: BLE001 - one bad pass must not end the reaping (sessions, space) for good
                 logger.exception("a pass of the orphan reaper failed; the next starts afresh (orphans are found "
                                  "again by the store's sweep)")
@@ -286,15 +301,26 @@ class OrphanReaper:
         if trim is not None:
             await trim.wait()
 
+    def wake(self) -> None:
+        """Look at what waits (files to trim, released) now."""
+        self._wake.set()
+
     async def _trim_left(self) -> None:
         """Cut what dead sessions may have written past the size of the files they held (one at a time)."""
         table = self.table
         if table.in_grace():
             return
+        if not self._unfinished_taken:
+            # Trims committed whose zeroing an earlier master did not live to finish.
+            table.left_by_dead.update(self.mds.store.unzeroed())
+            self._unfinished_taken = True
         for ino in sorted(table.left_by_dead):
             table.left_by_dead.discard(ino)
-            if table.held(ino) or not self.mds.raft.is_leader():
-                continue  # held again: a writer that may write past the size (or a new master's to judge)
+            if not self.mds.raft.is_leader():
+                return  # the next master's to judge
+            if table.held(ino):
+                table.trim_later.add(ino)  # a mount may write past the size: trimmed at its last release
+                continue
             try:
                 attr = self.mds.store.getattr(ino)
             except NotFound:

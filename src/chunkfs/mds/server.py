@@ -32,6 +32,7 @@ from chunkfs.common.errors import (
     NotFound,
     ProtocolError,
     Unavailable,
+    WritesLost,
 )
 from chunkfs.common.failure_log import FailureLog
 from chunkfs.common.placement import FAILURE_DOMAINS, MAX_TIER
@@ -706,6 +707,8 @@ class MetadataServer:
         # that still has a name cost the master a pass of its loop per small file.
         for ino in self.store.orphans_among(free):  # no query for an empty list
             self.reaper.consider(ino)
+        if self.open_files.left_by_dead:
+            self.reaper.wake()  # a file to trim once released (open_files.py)
         return {}
 
     async def _on_watch(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
@@ -724,6 +727,8 @@ class MetadataServer:
             self.fans.writer_done(conn)  # (its writes were all answered before it ended the session)
             for ino in self.open_files.end(session):
                 self.reaper.consider(ino)
+            if self.open_files.left_by_dead:
+                self.reaper.wake()
             if session in self.open_files.stored:
                 # Off the store's list before the unmount ends: a cluster stopped right after (`local
                 # down`) had its next master wait `session-timeout` for the mount, its unlinked files'
@@ -739,6 +744,8 @@ class MetadataServer:
         if h.get("ask_listed"):
             # A question only: a renewal here would make the session known without its files, and the
             # mount's next plain renewal would then end a new master's grace period before they came.
+            if not table.is_listed:
+                raise Unavailable("this master has not read its list of mount sessions yet; retry shortly")
             return {"known": session in table.known,
                     "listed": not table.is_listed or (session in table.stored and session not in table.ended)}
         await self._ensure_session(session)
@@ -766,7 +773,11 @@ class MetadataServer:
             if len(extend) not in (2, 3) or min(extend) < 0:
                 raise InvalidArgument("extend must be [size, mtime_ns] or [size, mtime_ns, cut], none negative")
         self._check_linked(h)
-        attr = await self._setattr(h["ino"], args, self._once(h))
+        try:
+            attr = await self._setattr(h["ino"], args, self._once(h))
+        except WritesLost:
+            self._trim_later(h["ino"])
+            raise
         self.watchers.changed(conn, inodes=[h["ino"]], cut=attr if "size" in args else None)
         return {"attr": attr}
 
@@ -878,8 +889,12 @@ class MetadataServer:
         if h["size"] < 0:
             raise InvalidArgument("size must not be negative")
         cut = {"cut": h["cut"]} if h.get("cut") is not None else {}
-        attr = await self._propose("extend", ino=h["ino"], size=h["size"], mtime=h["mtime_ns"], time=time.time(),
-                                   **cut)
+        try:
+            attr = await self._propose("extend", ino=h["ino"], size=h["size"], mtime=h["mtime_ns"],
+                                       time=time.time(), **cut)
+        except WritesLost:
+            self._trim_later(h["ino"])
+            raise
         self.watchers.changed(conn, inodes=[h["ino"]])
         return {"attr": attr}
 
@@ -1256,6 +1271,14 @@ class MetadataServer:
                 "chunk_id": chunk.chunk_id, "version": chunk.version, "length": size % chunk_size})
             await self._drop_replicas(chunk, set(failed))
 
+    def _trim_later(self, ino: int) -> None:
+        """A writer was told its writes were cut: what it wrote past the size since goes at its last release."""
+        if self.open_files.held(ino):
+            self.open_files.trim_later.add(ino)
+        else:
+            self.open_files.left_by_dead.add(ino)
+            self.reaper.wake()
+
     async def trim_past_size(self, ino: int, size: int) -> None:
         """Zero what a dead mount may have written past the file's `size`, and drop its chunks past it.
 
@@ -1270,6 +1293,7 @@ class MetadataServer:
             return
         await self.chunks.delete_cut(result["dropped"])
         await self._cut_boundary_chunk(ino, size)
+        await self._propose("trim_zeroed", ino=ino)  # (a master that dies before: the next one zeroes again)
         # Not told as a cut: a mount that was only silent would take its writes for ones made before a
         # truncate, and commit nothing without a word; its size fails instead (store `_op_extend`).
         self.watchers.changed(None, inodes=[ino])

@@ -109,6 +109,7 @@ CREATE TABLE IF NOT EXISTS symlinks (ino INTEGER PRIMARY KEY, target BLOB NOT NU
 CREATE TABLE IF NOT EXISTS orphans (ino INTEGER PRIMARY KEY, since REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS cuts (ino INTEGER PRIMARY KEY, idx INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS trims (ino INTEGER PRIMARY KEY, idx INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS unzeroed (ino INTEGER PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS removed_cs (cs_id INTEGER PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS mount_sessions (name TEXT PRIMARY KEY, since REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS answers (
@@ -749,10 +750,20 @@ class MetadataStore:
             return {"dropped": []}
         self._cut(ino)
         self.db.execute("INSERT OR REPLACE INTO trims VALUES (?, ?)", (ino, self._index))
+        self.db.execute("INSERT OR REPLACE INTO unzeroed VALUES (?)", (ino,))
         first_dropped = -(-size // self.chunk_size)
         dropped = self._chunks_from(ino, first_dropped)
         self.db.execute("DELETE FROM chunks WHERE ino = ? AND idx >= ?", (ino, first_dropped))
         return {"attr": self.getattr(ino), "dropped": dropped}
+
+    def _op_trim_zeroed(self, term: int, ino: int) -> dict[str, Any]:
+        """The last chunk of a trimmed file was zeroed past its size (a next master need not do it again)."""
+        self.db.execute("DELETE FROM unzeroed WHERE ino = ?", (ino,))
+        return {}
+
+    def unzeroed(self) -> list[int]:
+        """Files trimmed whose last chunk a master has not yet said it zeroed past the size."""
+        return [int(r[0]) for r in self.db.execute("SELECT ino FROM unzeroed ORDER BY ino")]
 
     def _cut(self, ino: int) -> None:
         """Record that the file's size was set (truncated, or opened with O_TRUNC) by this command.
@@ -825,7 +836,7 @@ class MetadataStore:
 
     def _free_inode(self, ino: int) -> list[Chunk]:
         dropped = self._chunks_from(ino, 0)
-        for table in ("chunks", "inodes", "placement", "symlinks", "orphans", "cuts", "trims"):
+        for table in ("chunks", "inodes", "placement", "symlinks", "orphans", "cuts", "trims", "unzeroed"):
             self.db.execute(f"DELETE FROM {table} WHERE ino = ?", (ino,))  # noqa: S608 - fixed names
         return dropped
 

@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 
+from chunkfs.client import fuse_ops
 from chunkfs.client.fuse_ops import ChunkFSOperations, MountOptions, OpenFile
-from chunkfs.common.errors import WritesLost
+from chunkfs.common.errors import Unavailable, WritesLost
 from chunkfs.protocol.messages import Msg
 
 
@@ -32,15 +33,19 @@ class Client:
 
 
 class Conn:
-    """A new connection to the master, answering SESSION as told."""
+    """A new connection to the master, answering SESSION as told, after `refusals` Unavailable (None: always)."""
 
-    def __init__(self, reply: dict[str, Any]) -> None:
+    def __init__(self, reply: dict[str, Any], refusals: int | None = 0) -> None:
         self.reply = reply
+        self.refusals = refusals
         self.asked: list[dict[str, Any]] = []
+        self.closed = False
 
     async def call(self, msg: Msg, header: dict[str, Any], payload: bytes = b"", timeout: float = 0) -> Any:
         assert msg == Msg.SESSION
         self.asked.append(header)
+        if self.refusals is None or len(self.asked) <= self.refusals:
+            raise Unavailable("this master has not read its list of mount sessions yet; retry shortly")
         return self.reply, b""
 
 
@@ -74,5 +79,25 @@ def test_writes_not_committed_when_the_session_expired_fail_their_next_commit_on
             assert not written.dirty and written.size == 100
         await ops._commit(written)  # said once; or committed as usual
         assert client.extends == ([] if lost else [7])
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(("refusals", "lost"), [
+    (3, False),  # a new master answers once it has read its list: it knew the session
+    (None, True),  # never a word: taken as cut, an EIO rather than an fsync over zeros
+])
+def test_a_master_that_cannot_say_yet_is_asked_again_and_silence_counts_as_cut(monkeypatch, refusals, lost) -> None:
+    monkeypatch.setattr(fuse_ops, "SESSION_CHECK_FOR", 0.3)
+    monkeypatch.setattr(fuse_ops, "SESSION_CHECK_PAUSE", 0.01)
+
+    async def scenario() -> None:
+        ops = ChunkFSOperations(Client(), MountOptions())  # type: ignore[arg-type]
+        ops._established = True
+        written = ops.files[7] = _dirty(7)
+        conn = Conn({"known": False, "listed": True}, refusals)
+        await ops._check_session(conn)  # type: ignore[arg-type]
+        assert len(conn.asked) > (refusals or 1)
+        assert written.lost is lost
 
     asyncio.run(scenario())

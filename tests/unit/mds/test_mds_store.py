@@ -477,10 +477,17 @@ def test_a_trim_drops_the_chunks_past_the_size_it_was_decided_for_and_nothing_el
         d("extend", ino=f, size=4 * CS, mtime=3000.0, cut=before["cut"])
     d("extend", ino=f, size=CS + 7, mtime=3000.0, cut=after["cut"])  # writes made since: as usual
     assert store.getattr(f)["size"] == CS + 7
+    assert store.unzeroed() == [f]  # until the master says it zeroed the last chunk (a next master does it)
+    d("trim_zeroed", ino=f)
+    assert store.unzeroed() == []
     g = d.create(ROOT_INO, "g")
     d.alloc(g, 3)
     d.unlink(ROOT_INO, "g", held=True)  # an orphan: the reaper frees it, a trim leaves it
     assert d("trim", ino=g, size=0) == {"dropped": []}
+    h = d.create(ROOT_INO, "h")
+    d("trim", ino=h, size=0)
+    d.unlink(ROOT_INO, "h")
+    assert store.unzeroed() == []  # freed: nothing left to zero
 
 
 def test_a_file_counts_its_chunks_for_st_blocks(d: Driver, store: MetadataStore) -> None:
