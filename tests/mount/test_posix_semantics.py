@@ -23,7 +23,7 @@ import pytest
 from chunkfs.client.fuse_session import state_dir
 from chunkfs.common.daemon import read_pid
 from chunkfs.protocol.messages import SESSION_TTL
-from chunkfs.testing.cluster import master_id, wait_for
+from chunkfs.testing.cluster import LocalCluster, master_id, wait_for
 
 from .conftest import MiB, chunkfs, run
 
@@ -286,29 +286,35 @@ def test_a_killed_mounts_unlinked_files_are_freed_after_the_session_timeout(make
             os.close(fd)
 
 
+def _writer_past_the_end(make_cluster, mount, *names: str) -> tuple[LocalCluster, list[Path], int, int]:
+    """A cluster whose sessions expire after 10 s, mounted as `names` (the first one writes), a file of 100
+    committed bytes, and 4 KiB the writer wrote past its end with O_DIRECT (on the replicas at once, the
+    size not committed): in chunk 0 and in a chunk of its own.  (cluster, mount points, writer's PID, fd)."""
+    cluster = make_cluster(n_cs=3, chunk_size=1 * MiB)
+    with cluster.client() as client:
+        client.set_config({"session-timeout": "10"})
+    mounts = [mount(cluster, name) for name in names]
+    pid = read_pid(state_dir(mounts[0]))
+    assert pid is not None
+    (mounts[0] / "f").write_bytes(b"a" * 100)  # closed: 100 bytes committed
+    fd = os.open(mounts[0] / "f", os.O_WRONLY | os.O_DIRECT)
+    block = mmap.mmap(-1, 4096)  # (aligned, as O_DIRECT wants)
+    block.write(b"B" * 4096)
+    assert os.pwrite(fd, block, 4096) == 4096
+    assert os.pwrite(fd, block, MiB) == 4096
+    assert chunk_count(cluster) == 2
+    return cluster, mounts, pid, fd
+
+
 def test_what_a_killed_writer_left_past_the_size_reads_as_zeros_once_its_session_expired(make_cluster, mount) -> None:
     """POSIX: a file grown by truncate reads zeros past its old size.  A mount killed while writing
     leaves what it wrote past the size it had committed on the replicas; once its session expired,
     the master cuts it (a fault probe: `truncate` on another mount showed the dead writer's bytes)."""
-    cluster = make_cluster(n_cs=3, chunk_size=1 * MiB)
-    with cluster.client() as client:
-        client.set_config({"session-timeout": "10"})
-    writer, other = mount(cluster, "writer"), mount(cluster, "other")
-    pid = read_pid(state_dir(writer))
-    assert pid is not None
-    (writer / "f").write_bytes(b"a" * 100)  # closed: 100 bytes committed
+    cluster, (_, other), pid, fd = _writer_past_the_end(make_cluster, mount, "writer", "other")
     before = os.stat(other / "f")
-    fd = os.open(writer / "f", os.O_WRONLY | os.O_DIRECT)
-    try:
-        block = mmap.mmap(-1, 4096)  # (aligned, as O_DIRECT wants)
-        block.write(b"B" * 4096)
-        assert os.pwrite(fd, block, 4096) == 4096  # on the replicas of chunk 0, past the size
-        assert os.pwrite(fd, block, MiB) == 4096  # a chunk of its own
-        assert chunk_count(cluster) == 2
-        os.kill(pid, signal.SIGKILL)  # before it commits the size (at close, flush or fsync)
-    finally:
-        with contextlib.suppress(OSError):  # ENOTCONN: nobody serves the mount any more
-            os.close(fd)
+    os.kill(pid, signal.SIGKILL)  # before it commits the size (at close, flush or fsync)
+    with contextlib.suppress(OSError):  # ENOTCONN: nobody serves the mount any more
+        os.close(fd)
     wait_for("the dead writer's chunk past the size to be dropped", lambda: chunk_count(cluster) == 1, timeout=60)
     after = os.stat(other / "f")
     assert (after.st_size, after.st_mtime_ns, after.st_ctime_ns) == (100, before.st_mtime_ns, before.st_ctime_ns)
@@ -322,18 +328,7 @@ def test_a_dead_writers_file_held_by_another_mount_is_trimmed_once_that_mount_cl
                                                                                        mount) -> None:
     """A reader holding the file when the writer's session expires defers the trim, not cancels it (a
     fault probe: a program reading the file every 0.4 s left the dead writer's bytes for good)."""
-    cluster = make_cluster(n_cs=3, chunk_size=1 * MiB)
-    with cluster.client() as client:
-        client.set_config({"session-timeout": "10"})
-    writer, other = mount(cluster, "writer"), mount(cluster, "other")
-    pid = read_pid(state_dir(writer))
-    assert pid is not None
-    (writer / "f").write_bytes(b"a" * 100)
-    fd = os.open(writer / "f", os.O_WRONLY | os.O_DIRECT)
-    block = mmap.mmap(-1, 4096)
-    block.write(b"B" * 4096)
-    assert os.pwrite(fd, block, 4096) == 4096
-    assert os.pwrite(fd, block, MiB) == 4096
+    cluster, (_, other), pid, fd = _writer_past_the_end(make_cluster, mount, "writer", "other")
     reader = os.open(other / "f", os.O_RDONLY)
     try:
         os.kill(pid, signal.SIGKILL)
@@ -357,19 +352,8 @@ def test_a_mount_silent_past_its_session_timeout_is_told_its_writes_past_the_siz
     """The cut above must not make a writer that was only stopped believe its writes are there: its
     fsync after the cut fails (EIO), as a lost writeback does on a local disk, instead of succeeding
     over zeros."""
-    cluster = make_cluster(n_cs=3, chunk_size=1 * MiB)
-    with cluster.client() as client:
-        client.set_config({"session-timeout": "10"})
-    writer = mount(cluster, "writer")
-    pid = read_pid(state_dir(writer))
-    assert pid is not None
-    (writer / "f").write_bytes(b"a" * 100)
-    fd = os.open(writer / "f", os.O_WRONLY | os.O_DIRECT)
+    cluster, (writer,), pid, fd = _writer_past_the_end(make_cluster, mount, "writer")
     try:
-        block = mmap.mmap(-1, 4096)
-        block.write(b"B" * 4096)
-        assert os.pwrite(fd, block, 4096) == 4096
-        assert os.pwrite(fd, block, MiB) == 4096
         os.kill(pid, signal.SIGSTOP)
         try:
             wait_for("the stopped writer's chunk past the size to be dropped", lambda: chunk_count(cluster) == 1,
