@@ -747,7 +747,7 @@ class MetadataServer:
             if not table.is_listed:
                 raise Unavailable("this master has not read its list of mount sessions yet; retry shortly")
             return {"known": session in table.known,
-                    "listed": not table.is_listed or (session in table.stored and session not in table.ended)}
+                    "listed": session in table.stored and session not in table.ended}
         await self._ensure_session(session)
         known = table.renew(session, complete=bool(h.get("complete")))
         for ino, seq in zip(inos, seqs, strict=True):
