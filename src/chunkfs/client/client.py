@@ -253,16 +253,21 @@ class Client:
             await self.extend(ino, offset + len(data))
         return len(data)
 
-    async def extend(self, ino: int, size: int, mtime_ns: int | None = None, cut: int | None = None) -> dict[str, Any]:
+    async def extend(
+        self, ino: int, size: int, mtime_ns: int | None = None, cut: int | None | Callable[[], int | None] = None
+    ) -> dict[str, Any]:
         """Grow the file's size to at least `size` (never shrinks it); mtime is the write's (default now).
 
         `cut`: the file's last cut (attribute "cut") known when the writes were made; the master leaves
         the size alone if the file was cut since (MetadataStore._cut).  None: not known (a master
-        of an earlier version does not say it).
+        of an earlier version does not say it).  A function: asked when the request goes out.
         """
-        header = {"ino": ino, "size": size, "mtime_ns": time.time_ns() if mtime_ns is None else mtime_ns}
-        if cut is not None:
-            header["cut"] = cut
+        base = {"ino": ino, "size": size, "mtime_ns": time.time_ns() if mtime_ns is None else mtime_ns}
+
+        def header() -> dict[str, Any]:
+            known = cut() if callable(cut) else cut
+            return base if known is None else {**base, "cut": known}
+
         return (await self.mds.call(Msg.EXTEND, header))["attr"]
 
     async def fsync(self, ino: int) -> None:

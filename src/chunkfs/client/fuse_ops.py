@@ -332,7 +332,8 @@ class OpenFile:
     #: Why the lease was lost (another mount holds it now); writes fail until the file is reopened.
     lease_lost: str = ""
     #: Writes made here were not committed when the master took this mount for dead (its session
-    #: expired): they may have been cut, and the next commit says so (EIO) instead of committing them.
+    #: expired): they may have been cut.  The next commit sends the oldest cut there is (0), and the
+    #: master refuses it if it trimmed the file since (EIO, and the file is trimmed at its release).
     lost: bool = False
     #: The file's attributes as the master last answered them; None when unknown, or when another
     #: client changed the file since (its notice said so).
@@ -740,7 +741,8 @@ class ChunkFSOperations(pyfuse3.Operations):
         if "ctime_ns" in pending and not changes:  # only committing what was set here: its own ctime
             changes["ctime_ns"] = pending["ctime_ns"]
         if of.dirty and "size" not in changes:
-            changes["extend"] = [size, mtime_ns] if of.cut is None else [size, mtime_ns, of.cut]
+            cut = 0 if of.lost else of.cut  # (see `_commit`)
+            changes["extend"] = [size, mtime_ns] if cut is None else [size, mtime_ns, cut]
         for key in ("mtime_ns", "atime_ns"):
             if key in pending and key not in changes and not (key == "mtime_ns" and "size" in changes):
                 changes[key] = pending[key]
@@ -1413,23 +1415,30 @@ class ChunkFSOperations(pyfuse3.Operations):
     async def _commit(self, of: OpenFile) -> None:
         """Make the master know the size and mtime this mount wrote (EXTEND), and times set here."""
         async with of.commit_lock:
-            if of.pending:
+            of.lost = of.lost and of.dirty
+            if of.pending and not of.lost:  # (lost writes go by EXTEND below, which carries their cut)
                 await self._setattr_open(of, {})
                 return
             if not of.dirty:
                 return
             since, gen, end, mtime_ns = self.cache.seq, of.gen, of.written_end, of.mtime_ns
             try:
-                if of.lost:
-                    raise WritesLost(f"inode {of.ino}: writes made before this mount's session expired may have "
-                                     "been cut; write them again")
-                attr = await self.client.extend(of.ino, end, mtime_ns, of.cut)
+                # Asked as the request goes out, after a new connection's session check (`_check_session`):
+                # writes made before the session expired carry the oldest cut there is, and the master,
+                # which knows whether it cut the file since, refuses their size (`WritesLost`).
+                attr = await self.client.extend(of.ino, end, mtime_ns, lambda: 0 if of.lost else of.cut)
+                if of.lost and attr["size"] < end:
+                    # Not trimmed, but cut by a truncate some time: the size was left alone, and the writes
+                    # are not in the file.  Not a success to report.
+                    raise WritesLost(f"inode {of.ino}: writes made before this mount's session expired are not in "
+                                     "the file (it was cut meanwhile); write them again")
             except WritesLost as exc:
                 # Said once, as a local disk says a lost writeback once: the file is as the master has it.
                 logger.error("%s", exc)
                 of.dirty, of.lost, of.written_end, of.cut = False, False, 0, None
                 of.size = of.committed_size
                 raise
+            of.lost = False
             self._keep_attr(of, attr, since)
             self._committed(of, attr, gen)
 

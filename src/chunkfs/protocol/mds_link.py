@@ -24,6 +24,9 @@ from chunkfs.protocol.rpc import SILENCE_LIMIT, Connection, Credentials, NoticeH
 
 logger = logging.getLogger(__name__)
 
+#: A request's header, or a function that builds it when the request goes out (`MdsLink.call`).
+Header = dict[str, Any] | Callable[[], dict[str, Any]]
+
 #: How long a request keeps trying to reach a master before it fails.
 DEFAULT_RETRY_FOR = 20.0
 #: How long one attempt waits for its answer before it is sent again (to the next MDS).
@@ -133,9 +136,12 @@ class MdsLink:
                     task.result().close()
 
     async def call(
-        self, msg: Msg, header: dict[str, Any], timeout: float | None = None, payload: bytes | memoryview = b""
+        self, msg: Msg, header: Header, timeout: float | None = None, payload: bytes | memoryview = b""
     ) -> dict[str, Any]:
         """Send one request to the master, retrying (bounded) through redirects, lost connections and timeouts.
+
+        `header` may be a function that builds it: called each time the request goes out, after the
+        connection's `on_connect` (a mount's answer may depend on what it learns there).
 
         A metadata change is sent with this link's id and a sequence number
         that every retry repeats, so a change that took effect before its
@@ -148,6 +154,7 @@ class MdsLink:
                 return await self._call(msg, header, timeout, payload)
             finally:
                 TIMINGS.since(f"mds.{msg.name}", started)
+        assert isinstance(header, dict), "a change sent at most once has one header for all its retries"
         seq = next(self._seq)
         self._unanswered.add(seq)
         try:
@@ -158,7 +165,7 @@ class MdsLink:
             TIMINGS.since(f"mds.{msg.name}", started)
 
     async def _call(
-        self, msg: Msg, header: dict[str, Any], timeout: float, payload: bytes | memoryview = b""
+        self, msg: Msg, header: Header, timeout: float, payload: bytes | memoryview = b""
     ) -> dict[str, Any]:
         deadline = time.monotonic() + self.retry_for
         pause = 0.05
@@ -169,7 +176,7 @@ class MdsLink:
             conn: Connection | None = None
             try:
                 conn = await self._connection()
-                reply, _ = await conn.call(msg, header, payload, timeout=timeout)
+                reply, _ = await conn.call(msg, header() if callable(header) else header, payload, timeout=timeout)
                 return reply
             except NotMaster as exc:
                 hint = exc.context.get("leader")

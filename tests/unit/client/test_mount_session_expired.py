@@ -22,14 +22,22 @@ from chunkfs.protocol.messages import Msg
 
 
 class Client:
-    def __init__(self) -> None:
+    """A master whose file was trimmed (at cut 9) when `trimmed`, else last cut at 9 by a truncate."""
+
+    def __init__(self, trimmed: bool = True) -> None:
         self.creds = SimpleNamespace(node="mount-test")
         self.on_dir_attrs = None
-        self.extends: list[int] = []
+        self.trimmed = trimmed
+        self.extends: list[tuple[int, int | None]] = []
 
-    async def extend(self, ino: int, size: int, mtime_ns: int | None = None, cut: int | None = None) -> dict[str, Any]:
-        self.extends.append(ino)
-        return {"ino": ino, "size": size, "mtime_ns": mtime_ns or 0, "ctime_ns": 0, "cut": cut or 0}
+    async def extend(self, ino: int, size: int, mtime_ns: int | None = None, cut: Any = None) -> dict[str, Any]:
+        sent = cut() if callable(cut) else cut
+        self.extends.append((ino, sent))
+        if sent is not None and sent < 9:
+            if self.trimmed:
+                raise WritesLost(f"inode {ino}: writes past its size made before ... were cut")
+            size = 100  # made before a cut: the size is left alone
+        return {"ino": ino, "size": size, "mtime_ns": mtime_ns or 0, "ctime_ns": 0, "cut": 9}
 
 
 class Conn:
@@ -51,7 +59,7 @@ class Conn:
 
 def _dirty(ino: int) -> OpenFile:
     of = OpenFile(ino, 100, 0, 100)
-    of.dirty, of.written_end, of.cut = True, 8192, 0
+    of.dirty, of.written_end, of.cut = True, 8192, 9
     return of
 
 
@@ -74,11 +82,10 @@ def test_writes_not_committed_when_the_session_expired_fail_their_next_commit_on
         assert (written.lost, clean.lost) == (lost, False)
         if lost:
             with pytest.raises(WritesLost):
-                await ops._commit(written)
-            assert client.extends == [], "the lost writes' end was committed"
+                await ops._commit(written)  # sent with the oldest cut there is: the master refuses it
             assert not written.dirty and written.size == 100
         await ops._commit(written)  # said once; or committed as usual
-        assert client.extends == ([] if lost else [7])
+        assert client.extends == [(7, 0 if lost else 9)]
 
     asyncio.run(scenario())
 
@@ -99,5 +106,21 @@ def test_a_master_that_cannot_say_yet_is_asked_again_and_silence_counts_as_cut(m
         await ops._check_session(conn)  # type: ignore[arg-type]
         assert len(conn.asked) > (refusals or 1)
         assert written.lost is lost
+
+    asyncio.run(scenario())
+
+
+def test_lost_writes_a_truncate_left_out_of_the_size_are_not_a_success() -> None:
+    """Not trimmed (another mount held the file at the expiry), but cut by a truncate some time before:
+    the master leaves the size alone for writes made before a cut, and the fsync must not succeed."""
+
+    async def scenario() -> None:
+        client = Client(trimmed=False)
+        ops = ChunkFSOperations(client, MountOptions())  # type: ignore[arg-type]
+        written = ops.files[7] = _dirty(7)
+        written.lost = True
+        with pytest.raises(WritesLost):
+            await ops._commit(written)
+        assert client.extends == [(7, 0)] and not written.dirty and not written.lost
 
     asyncio.run(scenario())
