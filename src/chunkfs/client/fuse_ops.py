@@ -1262,11 +1262,12 @@ class ChunkFSOperations(pyfuse3.Operations):
                 return  # a new master, which had heard of the session: nothing was cut
             why = "the master took this mount for dead (silent for longer than session-timeout)"
         # Unsure is taken as cut: an fsync that fails once is better than one that says bytes are there.
-        lost = [of for of in self.files.values() if of.dirty or of.writing]
+        lost = [of for of in self.files.values() if (of.dirty or of.writing) and not of.lost]
         for of in lost:
             of.lost = True
-        logger.error("%s: writes to %d open file(s) that were not committed may have been cut; their next fsync, "
-                     "flush or close fails with EIO", why, len(lost))
+        if lost:  # (the keeper and a new connection may both ask: said once)
+            logger.error("%s: writes to %d open file(s) that were not committed may have been cut; their next "
+                         "fsync, flush or close fails with EIO", why, len(lost))
 
     async def _keep_session(self) -> None:
         """Renew this mount's session; re-send what it holds open when the master does not know it."""
