@@ -1234,9 +1234,10 @@ class ChunkFSOperations(pyfuse3.Operations):
 
         A mount silent for longer than ``session-timeout`` (stopped, cut off) finds its session
         expired, and the master may have cut what it had written past the sizes it had committed
-        (mds/open_files.py).  Each file with writes not committed then fails its next fsync, flush
-        or close (EIO), as a lost writeback does on a local disk: an fsync must not say they are there.
-        On a new connection, a master that cannot say within `SESSION_CHECK_FOR` counts as a yes.
+        (mds/open_files.py).  Each file with writes not committed is then marked `lost`: its next
+        commit carries the oldest cut there is, and fails (EIO, as a lost writeback does on a local
+        disk) if the master cut the file: an fsync must not say the bytes are there.  On a new
+        connection, a master that cannot say within `SESSION_CHECK_FOR` counts as a yes.
         """
         header = {"session": self.session, "open": [], "ask_listed": True}
         reply: dict[str, Any] | None = None
@@ -1261,7 +1262,7 @@ class ChunkFSOperations(pyfuse3.Operations):
             if reply.get("listed", True):
                 return  # a new master, which had heard of the session: nothing was cut
             why = "the master took this mount for dead (silent for longer than session-timeout)"
-        # Unsure is taken as cut: an fsync that fails once is better than one that says bytes are there.
+        # Unsure is taken as expired: the master then decides by what it did to each file.
         lost = [of for of in self.files.values() if (of.dirty or of.writing) and not of.lost]
         for of in lost:
             of.lost = True
