@@ -48,12 +48,12 @@ from typing import Any
 import pytest
 
 from .conftest import MiB
+from .libc_calls import libc, opendir, raise_errno, readdir
 
 GiB = 1 << 30
 
 # -- libc calls that the os module does not offer (or offers without their errno) ----------------
 
-_libc = ctypes.CDLL(None, use_errno=True)
 AT_FDCWD = -100
 AT_SYMLINK_NOFOLLOW = 0x100
 UTIME_NOW = (1 << 30) - 1
@@ -73,77 +73,55 @@ class _Timespec(ctypes.Structure):
     _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
 
 
-class _Dirent(ctypes.Structure):  # glibc's struct dirent on 64-bit Linux (== dirent64)
-    _fields_ = [("d_ino", ctypes.c_uint64), ("d_off", ctypes.c_int64), ("d_reclen", ctypes.c_ushort),
-                ("d_type", ctypes.c_ubyte), ("d_name", ctypes.c_char * 256)]
-
-
-_libc.opendir.restype = ctypes.c_void_p
-_libc.opendir.argtypes = [ctypes.c_char_p]
-_libc.fdopendir.restype = ctypes.c_void_p
-_libc.fdopendir.argtypes = [ctypes.c_int]
-_libc.readdir.restype = ctypes.POINTER(_Dirent)
-_libc.readdir.argtypes = [ctypes.c_void_p]
-_libc.closedir.argtypes = [ctypes.c_void_p]
-_libc.utimensat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.POINTER(_Timespec), ctypes.c_int]
-_libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
-_libc.access.argtypes = [ctypes.c_char_p, ctypes.c_int]
-_libc.fchmodat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint, ctypes.c_int]
-
-
-def _raise_errno() -> None:
-    err = ctypes.get_errno()
-    raise OSError(err, os.strerror(err))
+libc.utimensat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.POINTER(_Timespec), ctypes.c_int]
+libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+libc.access.argtypes = [ctypes.c_char_p, ctypes.c_int]
+libc.fchmodat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint, ctypes.c_int]
 
 
 def utimensat(path: str, atime: tuple[int, int], mtime: tuple[int, int], follow: bool = True) -> None:
     """utimensat(2) with (seconds, nanoseconds) pairs; nanoseconds may be UTIME_NOW or UTIME_OMIT."""
     times = (_Timespec * 2)(_Timespec(*atime), _Timespec(*mtime))
-    if _libc.utimensat(AT_FDCWD, os.fsencode(path), times, 0 if follow else AT_SYMLINK_NOFOLLOW) != 0:
-        _raise_errno()
+    if libc.utimensat(AT_FDCWD, os.fsencode(path), times, 0 if follow else AT_SYMLINK_NOFOLLOW) != 0:
+        raise_errno()
 
 
 def renameat2(old: str, new: str, flags: int) -> None:
-    if _libc.renameat2(AT_FDCWD, os.fsencode(old), AT_FDCWD, os.fsencode(new), flags) != 0:
-        _raise_errno()
+    if libc.renameat2(AT_FDCWD, os.fsencode(old), AT_FDCWD, os.fsencode(new), flags) != 0:
+        raise_errno()
 
 
 def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
-    if _libc.fallocate(fd, mode, offset, length) != 0:
-        _raise_errno()
+    if libc.fallocate(fd, mode, offset, length) != 0:
+        raise_errno()
 
 
 def lchmod(path: str, mode: int) -> None:
     """fchmodat(AT_SYMLINK_NOFOLLOW): what Linux answers for a link itself (Python refuses to ask)."""
-    if _libc.fchmodat(AT_FDCWD, os.fsencode(path), mode, AT_SYMLINK_NOFOLLOW) != 0:
-        _raise_errno()
+    if libc.fchmodat(AT_FDCWD, os.fsencode(path), mode, AT_SYMLINK_NOFOLLOW) != 0:
+        raise_errno()
 
 
 def access(path: str | bytes, mode: int) -> None:
     """access(2) with its errno (os.access only says True or False)."""
-    if _libc.access(os.fsencode(path), mode) != 0:
-        _raise_errno()
+    if libc.access(os.fsencode(path), mode) != 0:
+        raise_errno()
 
 
 def raw_readdir(where: str | bytes | int, limit: int = 10_000) -> list[tuple[bytes, int, int]]:
     """(name, d_type, d_ino) of every entry readdir(3) returns, "." and ".." included."""
-    dirp = _libc.fdopendir(os.dup(where)) if isinstance(where, int) else _libc.opendir(os.fsencode(where))
-    if not dirp:
-        _raise_errno()
+    dirp = opendir(where)
     try:
         out = []
         for _ in range(limit):
-            ctypes.set_errno(0)
-            ent = _libc.readdir(dirp)
-            if not ent:
-                if ctypes.get_errno():
-                    _raise_errno()
+            ent = readdir(dirp)
+            if ent is None:
                 return out
-            out.append((ent.contents.d_name, ent.contents.d_type, ent.contents.d_ino))
+            out.append((ent.d_name, ent.d_type, ent.d_ino))
         raise AssertionError(f"more than {limit} directory entries")
     finally:
-        _libc.closedir(dirp)
+        libc.closedir(dirp)
 
 
 # -- recording one run of a scenario --------------------------------------------------------------

@@ -17,42 +17,19 @@ import pytest
 from chunkfs.client.fuse_ops import STATFS_CACHE_S
 
 from .conftest import MiB, chunkfs, is_mounted
+from .libc_calls import libc, opendir, raise_errno, readdir
 
-_libc = ctypes.CDLL(None, use_errno=True)
 #: getdents64(2) by number (Python has no wrapper), on the machines the tests run on.
 SYS_GETDENTS64 = {"x86_64": 217, "aarch64": 61}.get(platform.machine())
-
-
-class _Dirent(ctypes.Structure):  # glibc's struct dirent on 64-bit Linux (== dirent64)
-    _fields_ = [("d_ino", ctypes.c_uint64), ("d_off", ctypes.c_int64), ("d_reclen", ctypes.c_ushort),
-                ("d_type", ctypes.c_ubyte), ("d_name", ctypes.c_char * 256)]
-
-
-_libc.opendir.restype = ctypes.c_void_p
-_libc.opendir.argtypes = [ctypes.c_char_p]
-_libc.readdir.restype = ctypes.POINTER(_Dirent)
-_libc.readdir.argtypes = [ctypes.c_void_p]
-_libc.telldir.restype = ctypes.c_long
-_libc.telldir.argtypes = [ctypes.c_void_p]
-_libc.seekdir.restype = None
-_libc.seekdir.argtypes = [ctypes.c_void_p, ctypes.c_long]
-_libc.rewinddir.restype = None
-_libc.rewinddir.argtypes = [ctypes.c_void_p]
-_libc.closedir.argtypes = [ctypes.c_void_p]
-
-
-def _raise_errno() -> None:
-    err = ctypes.get_errno()
-    raise OSError(err, os.strerror(err))
 
 
 def getdents64(fd: int, size: int = 1024) -> list[tuple[bytes, int]]:
     """One getdents64(2) call: (name, d_off) of the entries it returned; [] at the end."""
     assert SYS_GETDENTS64 is not None
     buf = ctypes.create_string_buffer(size)
-    n = _libc.syscall(SYS_GETDENTS64, fd, buf, size)
+    n = libc.syscall(SYS_GETDENTS64, fd, buf, size)
     if n < 0:
-        _raise_errno()
+        raise_errno()
     out, pos = [], 0
     while pos < n:
         _ino, off, reclen, _type = struct.unpack_from("QqHB", buf.raw, pos)
@@ -73,14 +50,9 @@ def getdents64_all(fd: int, limit: int = 10_000) -> list[tuple[bytes, int]]:
 
 
 def readdir3(dirp: int) -> bytes | None:
-    """readdir(3): the next name, None at the end; a failure raises (readdir answers NULL for both)."""
-    ctypes.set_errno(0)
-    ent = _libc.readdir(dirp)
-    if not ent:
-        if ctypes.get_errno():
-            _raise_errno()
-        return None
-    return bytes(ent.contents.d_name)
+    """readdir(3): the next name, None at the end."""
+    ent = readdir(dirp)
+    return None if ent is None else bytes(ent.d_name)
 
 
 def test_umount_names_a_copy_of_the_mount_in_another_mount_namespace(make_cluster, mount) -> None:
@@ -215,9 +187,7 @@ def test_seekdir_to_a_telldir_position_after_rewinddir(make_cluster, mount) -> N
 
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(create, expected))
-    dirp = _libc.opendir(os.fsencode(d))
-    if not dirp:
-        _raise_errno()
+    dirp = opendir(d)
     try:
         names: list[bytes] = []
         told: list[int] = []  # told[k]: the position after names[k]
@@ -226,17 +196,17 @@ def test_seekdir_to_a_telldir_position_after_rewinddir(make_cluster, mount) -> N
             if name is None:
                 break
             names.append(name)
-            told.append(_libc.telldir(dirp))
+            told.append(libc.telldir(dirp))
         assert names == [b".", b".."] + expected
         for k in (len(names) - 2, 2800, 900, 2):
-            _libc.rewinddir(dirp)
+            libc.rewinddir(dirp)
             assert readdir3(dirp) == b"."
-            _libc.seekdir(dirp, told[k])
+            libc.seekdir(dirp, told[k])
             assert readdir3(dirp) == names[k + 1], f"after {names[k]!r}"
-        _libc.seekdir(dirp, told[-1])
+        libc.seekdir(dirp, told[-1])
         assert readdir3(dirp) is None
     finally:
-        _libc.closedir(dirp)
+        libc.closedir(dirp)
 
 
 def test_rename_truncate_append_sparse_statfs(make_cluster, mount) -> None:
