@@ -241,7 +241,7 @@ class MetadataServer:
         store = self.store
         await self.raft.start(StateMachine(
             apply=store.apply, applied_index=lambda: store.applied_index, snapshot_to=store.snapshot_to,
-            restore=store.restore, batch=store.batch,
+            restore=store.restore, batch=store.batch, hold=store.hold, release=store.release,
         ))
         if self.node.bootstrap:
             # The group exists from now on: if this member's log is ever lost, it must not found

@@ -314,7 +314,7 @@ class MetadataStore:
         #: their goal or placement); the master's replication monitor re-checks just those.
         self.chunk_listener: Callable[[list[int]], None] | None = None
         self._touched: list[int] = []
-        #: Inside `batch()`: each command is a savepoint of the batch's one transaction.
+        #: Between `hold` and `release`: each command is a savepoint of the batch's one transaction.
         self._batched = False
         #: The log index of the command being applied (`_cut` records it).
         self._index = 0
@@ -415,7 +415,10 @@ class MetadataStore:
 
     def close(self) -> None:
         with self._files_lock:
-            self.db.close()
+            try:
+                self.release()
+            finally:
+                self.db.close()
 
     def checkpoint(self) -> tuple[int, int]:
         """Copy the write-ahead log into the database file; (frames in the log, frames copied).
@@ -458,6 +461,7 @@ class MetadataStore:
         if not self._files_lock.acquire(blocking=False):
             return False
         try:
+            self.release()  # (a checkpoint waits for no transaction of its own connection)
             self.db.execute("PRAGMA busy_timeout=0")
             try:
                 busy, _frames, _copied = self.db.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
@@ -494,25 +498,43 @@ class MetadataStore:
         else:
             self.db.execute("ROLLBACK")
 
+    def hold(self) -> None:
+        """Apply the next commands in one transaction, each a savepoint of it, until `release` commits it.
+
+        Both the master and the followers apply what was committed in batches
+        (raft/driver.py): SQLite then writes each page the commands changed
+        once per batch, not once per command, and syncs nothing per command
+        either way (``synchronous=NORMAL``; the Raft log is the durable
+        record, and a store that loses its last batch applies it again from
+        the log).  Reads on this connection see every command applied; other
+        connections (a checkpoint, a snapshot's copy) see the last batch
+        committed, whose applied index is in it.
+        """
+        if not self._batched:
+            self.db.execute("BEGIN IMMEDIATE")
+            self._batched = True
+
+    def release(self) -> None:
+        """Commit the batch `hold` began (nothing if none).
+
+        What the batch applied before an error is committed all the same: the
+        applied index always matches the changes on disk.
+        """
+        if not self._batched:
+            return
+        self._batched = False
+        if self.db.in_transaction:  # else SQLite rolled it back itself, and the error went on up
+            self.db.execute("COMMIT")
+
     @contextmanager
     def batch(self) -> Iterator[None]:
-        """Apply several commands in one transaction: each is a savepoint of it, and the batch commits at the end.
-
-        A follower applies what it learned was committed in batches (raft/driver.py): SQLite
-        then writes each page the commands changed once per batch, not once per command, and
-        syncs nothing per command either way (``synchronous=NORMAL``; the Raft log is the
-        durable record).  What the batch applied before an error is committed all the same:
-        the applied index always matches the changes on disk.
-        """
+        """Apply several commands in one transaction (`hold`), committed at the end."""
         assert not self._batched, "batches do not nest"
-        self.db.execute("BEGIN IMMEDIATE")
-        self._batched = True
+        self.hold()
         try:
             yield
         finally:
-            self._batched = False
-            if self.db.in_transaction:  # else SQLite rolled it back itself, and the error goes on up
-                self.db.execute("COMMIT")
+            self.release()
 
     def _meta(self, key: str) -> int | None:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -1117,6 +1139,7 @@ class MetadataStore:
         system's work, and it would otherwise be done here, on the event loop.
         """
         trash = [self.path.with_name(f"{self.path.name}{suffix}.old") for suffix in ("", "-wal")]
+        self.release()
         with self._files_lock:  # not under a checkpoint's feet
             for name, old in zip(("", "-wal"), trash, strict=True):
                 old.unlink(missing_ok=True)

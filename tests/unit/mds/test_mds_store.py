@@ -154,6 +154,38 @@ def test_a_batch_applies_each_command_alone_and_commits_them_together(d: Driver,
         reopened.close()
 
 
+def test_what_a_master_holds_is_read_here_and_committed_at_its_release(d: Driver, store: MetadataStore) -> None:
+    """The master's open batch (`hold`): its own reads see each change, other connections the last commit."""
+    first = store.applied_index
+    other = sqlite3.connect(store.path, isolation_level=None)
+    try:
+        def committed() -> int:
+            return int(other.execute("SELECT value FROM meta WHERE key = 'applied_index'").fetchone()[0])
+
+        store.hold()
+        d.create(ROOT_INO, "a")
+        store.hold()  # (already held: the same transaction)
+        d.create(ROOT_INO, "b")
+        assert names(store, ROOT_INO) == ["a", "b"] and store.applied_index == first + 2
+        assert committed() == first
+        store.release()
+        assert committed() == first + 2 and not store.db.in_transaction
+        store.hold()
+        d.create(ROOT_INO, "c")
+        assert store.reset_log()  # a rewind of SQLite's log commits what is held first
+        assert committed() == first + 3
+        store.hold()
+        d.create(ROOT_INO, "d")
+    finally:
+        other.close()
+    store.close()  # commits what is held
+    reopened = MetadataStore(store.path, CS)
+    try:
+        assert reopened.applied_index == first + 4 and names(reopened, ROOT_INO) == ["a", "b", "c", "d"]
+    finally:
+        reopened.close()
+
+
 @pytest.mark.parametrize("batched", [False, True])
 def test_a_command_whose_values_the_store_cannot_take_fails_alone(d: Driver, store: MetadataStore,
                                                                  batched: bool) -> None:
