@@ -33,6 +33,13 @@ def need_cluster(args: argparse.Namespace) -> str:
     return str(args.cluster)
 
 
+def known_cluster(args: argparse.Namespace) -> str:
+    """The cluster ``-c`` names, which must have a client configuration on this host (one line if not)."""
+    name = need_cluster(args)
+    load_client_config(name)
+    return name
+
+
 def run_with_client(args: argparse.Namespace, func: Command) -> int:
     """Run `func` with a client of the cluster named by ``-c`` on an event loop of its own."""
     config = load_client_config(need_cluster(args))

@@ -17,6 +17,7 @@ from typing import Any, BinaryIO
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
+from chunkfs.cli.arg_types import cluster_path, local_path, whole
 from chunkfs.cli.context import Command, run_with_client
 from chunkfs.cli.healing import parse_placement, set_placement
 from chunkfs.cli.units import human_bytes
@@ -34,43 +35,58 @@ PROGRESS_MIN = 8 << 20
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    def add(name: str, func: Command, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
+    def add(name: str, func: Command, help_text: str, more: str = "") -> argparse.ArgumentParser:
+        description = help_text[0].upper() + help_text[1:] + "." + (f" {more}" if more else "")
+        p = sub.add_parser(name, help=help_text, description=description)
         p.set_defaults(func=lambda args: run_with_client(args, func))
         return p
 
-    p = add("put", cmd_put, "copy a local file into the cluster")
-    p.add_argument("local", type=Path, help="local file to read ('-' for standard input)")
-    p.add_argument("path", help="destination path in the cluster")
-    p = add("get", cmd_get, "copy a file out of the cluster")
-    p.add_argument("path", help="file in the cluster")
-    p.add_argument("local", type=Path, help="local file to write ('-' for standard output)")
+    p = add("put", cmd_put, "copy a local file into the cluster",
+            "The copy goes to a hidden file beside the target (.NAME.part-PID) and is renamed over it at the "
+            "end: a copy that fails or is interrupted leaves the target as it was (and removes its hidden file; "
+            "one killed outright, by SIGKILL or a power cut, leaves it: remove it with `chunkfs rm`). New files "
+            "get the replicas of their folder (set-attr). A bar shows the progress of files of 8 MiB or more "
+            "on a terminal. While the cluster cannot take the copy (no master, too few chunk servers), it "
+            "retries for --retry-for seconds. Example: chunkfs -c local put disk.img /images/disk.img")
+    p.add_argument("local", type=local_path, help="local file to read ('-' for standard input)")
+    p.add_argument("path", type=cluster_path, help="the file's path in the cluster, from its root (replaced if "
+                   "it exists)")
+    p = add("get", cmd_get, "copy a file out of the cluster",
+            "Into a hidden file beside LOCAL, renamed over it at the end (a device or a pipe is written in "
+            "place): a copy that fails leaves LOCAL as it was. A link is followed. A bar shows the progress of "
+            "files of 8 MiB or more on a terminal. Example: chunkfs -c local get /images/disk.img ./disk.img")
+    p.add_argument("path", type=cluster_path, help="file in the cluster, from its root")
+    p.add_argument("local", type=local_path, help="local file to write ('-' for standard output)")
     p = add("ls", cmd_ls, "list a directory")
-    p.add_argument("path", nargs="?", default="/", help="directory in the cluster, from its root (default /)")
+    p.add_argument("path", nargs="?", default="/", type=cluster_path,
+                   help="directory in the cluster, from its root (default /)")
     p.add_argument("-l", action="store_true", help="long listing: type (f, d, l), size, replicas, mtime, link targets")
     p = add("rm", cmd_rm, "remove a file (or, with -r, a directory tree)")
-    p.add_argument("path", help="file or directory in the cluster, from its root (/ itself is refused)")
+    p.add_argument("path", type=cluster_path, help="file or directory in the cluster, from its root (/ itself is "
+                   "refused)")
     p.add_argument("-r", "--recursive", action="store_true", help="a directory and everything in it")
     p = add("mkdir", cmd_mkdir, "make a directory")
-    p.add_argument("path")
+    p.add_argument("path", type=cluster_path, help="the new directory, from the cluster's root")
     p.add_argument("-p", "--parents", action="store_true", help="make parents as needed, no error if it exists")
     p = add("get-attr", cmd_get_attr, "show a file's or directory's attributes")
-    p.add_argument("path")
+    p.add_argument("path", type=cluster_path, help="file or directory in the cluster, from its root")
     p = add("set-attr", cmd_set_attr, "set attributes (replicas=N[:MIN], failure-domain=, tier=); directories "
             "pass them to new files. replicas=N alone keeps MIN at N//2+1 (replicas=2 is 2:2: writes wait while "
             "one of the two is down). Example: set-attr -R /images replicas=3:2")
     p.add_argument("-R", "--recursive", action="store_true", help="apply to everything below a directory too")
-    p.add_argument("path")
+    p.add_argument("path", type=cluster_path, help="file or directory in the cluster, from its root")
     p.add_argument("attrs", nargs="+", metavar="replicas=N[:MIN] | failure-domain=disk|host|rack|row|room | tier=0-3")
     p = add("stat", cmd_stat, "show the cluster: space, files, metadata servers, chunk servers, chunk health")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p = add("get-event", cmd_get_event, "show the cluster's event log")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--since", type=int, help="the events after this sequence number, oldest first (default: the "
-                   "newest --limit events)")
-    p.add_argument("--limit", type=int, default=1000, help="at most this many events (default 1000)")
+    p.add_argument("--since", type=whole(0), metavar="SEQ",
+                   help="the events after this sequence number, oldest first (default: the newest --limit events)")
+    p.add_argument("--limit", type=whole(1), default=1000, metavar="N",
+                   help="at most this many events (default 1000); with --follow, this many of the past first")
     p.add_argument("-f", "--follow", action="store_true",
-                   help="keep printing new events as they happen (with --json: one JSON object a line)")
+                   help="then keep printing new events as they happen, until interrupted (with --json: one JSON "
+                   "object a line)")
 
 
 def _progress(total: int) -> Progress:
@@ -81,6 +97,9 @@ def _progress(total: int) -> Progress:
 
 
 async def cmd_put(client: Client, args: argparse.Namespace) -> int:
+    if not args.path.strip("/"):
+        raise InvalidArgument(f"{args.path} is the cluster's root directory: give the file's path, such as "
+                              f"/{'name' if str(args.local) == '-' else args.local.name}")
     source = sys.stdin.buffer if str(args.local) == "-" else None
     if source is None:
         if args.local.is_dir():
@@ -384,12 +403,8 @@ async def cmd_stat(client: Client, args: argparse.Namespace) -> int:
 
 
 async def cmd_get_event(client: Client, args: argparse.Namespace) -> int:
-    if args.limit < 1:
-        raise ConfigError("--limit must be at least 1")
-    if args.follow:
-        from chunkfs.cli.events import follow_events
+    from chunkfs.cli.events import follow_events, format_event
 
-        return await follow_events(client, args.since or 0, args.json)
     since = args.since
     if since is None:  # the newest: the oldest 1000 hid everything after them (a probe)
         since = max(0, int((await client.cluster_stat()).get("events_seq", 0)) - args.limit)
@@ -400,11 +415,14 @@ async def cmd_get_event(client: Client, args: argparse.Namespace) -> int:
             break
         events.extend(page)
         since = int(page[-1]["seq"])
+    if args.follow:
+        for e in events:
+            print(json.dumps(e) if args.json else format_event(e))
+        return await follow_events(client, since, args.json)
     if args.json:
         print(json.dumps(events, indent=2))
         return 0
     for e in events:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["time"]))
-        print(f"{e['seq']:>6} {when} {e['level'].upper():<7} {e['message']}")
+        print(format_event(e))
     return 0
 

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
+from chunkfs.cli.arg_types import whole
 from chunkfs.cli.context import run_with_client
 from chunkfs.client.client import Client
 from chunkfs.common.errors import InvalidArgument, Timeout
@@ -45,7 +46,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "how far it got. The drain is the master's: after a master change it stops (the server takes new "
         "chunks again) until the command is run again, as --wait does by itself. The removed server's process "
         "stops by itself.")
-    p.add_argument("id", type=int, help="the CS id, as `chunkfs stat` shows it")
+    p.add_argument("id", type=whole(1), help="the CS id, as `chunkfs stat` shows it")
     p.add_argument("--wait", action="store_true", help="wait until it is empty and removed (with a progress bar)")
     p.add_argument("--timeout", type=float, default=3600.0,
                    help="give up waiting after this many seconds (default 3600; the drain goes on)")

@@ -12,10 +12,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from chunkfs.cli.arg_types import size
 from chunkfs.cli.context import need_cluster
 from chunkfs.cli.local_cluster import LocalCluster
 from chunkfs.cli.nodes import make_cs, make_mds, remove_mds, run_node
-from chunkfs.common.config import DEFAULT_CHUNK_SIZE, ConfigError, conf_dir, parse_size
+from chunkfs.common.config import DEFAULT_CHUNK_SIZE, ConfigError, conf_dir
 
 #: Seconds a mount process is given to exit after SIGTERM.
 STOP_WAIT = 5.0
@@ -80,8 +81,8 @@ def add_local_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     up.add_argument("--mds", type=int, default=NEW_CLUSTER_OPTIONS["mds"],
                     help="metadata servers (default 3: survives the loss of one)")
     up.add_argument("--cs", type=int, default=NEW_CLUSTER_OPTIONS["cs"], help="chunk servers (default 3)")
-    up.add_argument("--chunk-size", type=parse_size, default=NEW_CLUSTER_OPTIONS["chunk_size"],
-                    help="chunk size (default 256M)")
+    up.add_argument("--chunk-size", type=size, default=NEW_CLUSTER_OPTIONS["chunk_size"], metavar="SIZE",
+                    help="chunk size of a new cluster (default 256M; 1M-1G, a multiple of 64K)")
     up.add_argument("--mount", type=Path, metavar="MOUNTPOINT",
                     help="also mount the cluster there (created if missing); `local down` unmounts it")
     up.add_argument("-o", dest="mount_options", action="append", default=[], metavar="OPTIONS",
@@ -93,14 +94,14 @@ def add_local_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     st = lsub.add_parser("status", help="list the local cluster's processes",
                          description="Each daemon of the local cluster in DIR: role, id, address, folder, and its "
                                      "PID if it runs (found by the PID file in its folder, checked in /proc).")
-    st.add_argument("--dir", required=True, type=Path)
+    st.add_argument("--dir", required=True, type=Path, help="the folder `local up --dir` made")
     st.add_argument("--json", action="store_true", help="machine-readable output")
     st.set_defaults(func=cmd_local_status)
     down = lsub.add_parser("down", help="stop exactly the processes of the local cluster",
                            description="Unmount what `local up --mount` mounted, then stop every daemon of the "
                            "cluster: each found by the PID file in its node directory, whoever started it, and "
                            "signalled only if /proc shows it is that chunkfs daemon.")
-    down.add_argument("--dir", required=True, type=Path)
+    down.add_argument("--dir", required=True, type=Path, help="the folder `local up --dir` made")
     down.set_defaults(func=cmd_local_down)
 
 

@@ -16,34 +16,15 @@ import sys
 from pathlib import Path
 
 from chunkfs import __version__
-from chunkfs.common.config import DEFAULT_CHUNK_SIZE, parse_size
+from chunkfs.cli.arg_types import seconds, size, whole
+from chunkfs.common.config import DEFAULT_CHUNK_SIZE
 from chunkfs.common.errors import ChunkFSError
 from chunkfs.protocol.mds_link import DEFAULT_RETRY_FOR
-
-#: The longest `--retry-for` taken, seconds (a day: a typo must not leave a command hanging for years).
-MAX_RETRY_FOR = 86_400.0
 
 EPILOG = """\
 Client configuration is read from $CHUNKFS_CONF_DIR/clusters/NAME/ (default /etc/chunkfs).
 Start a whole cluster on this machine:  chunkfs local up --dir DIR --name NAME
 """
-
-
-def _size(text: str) -> int:
-    try:
-        return parse_size(text)
-    except ChunkFSError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value <= MAX_RETRY_FOR:  # also NaN
-        raise argparse.ArgumentTypeError(f"expected seconds from 0 to {MAX_RETRY_FOR:g}, got {text!r}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the cluster to act on (no default: its client configuration is "
                              "/etc/chunkfs/clusters/NAME, or under $CHUNKFS_CONF_DIR; made by make-mds -I or local up)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
-    parser.add_argument("--retry-for", type=_seconds, metavar="SECONDS",
+    parser.add_argument("--retry-for", type=seconds, metavar="SECONDS",
                         help="how long a command keeps retrying while the cluster cannot do it yet (no master "
                         f"elected, too few chunk servers up) before it fails (default {DEFAULT_RETRY_FOR:g}; "
                         "make-mds, rm-mds, secret, local and mount wait as each needs)")
@@ -72,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-I", "--init", action="store_true", help="create a new cluster")
     p.add_argument("-a", "--addr", required=True, metavar="HOST:PORT", help="address the MDS listens on")
     p.add_argument("-r", "--dir", required=True, type=Path, help="the MDS's directory (empty or new)")
-    p.add_argument("--chunk-size", type=_size, default=DEFAULT_CHUNK_SIZE,
+    p.add_argument("--chunk-size", type=size, metavar="SIZE", default=DEFAULT_CHUNK_SIZE,
                    help="chunk size of a new cluster (default 256M; 1M-1G, a multiple of 64K)")
     p.add_argument("--metrics-addr", default="", metavar="HOST:PORT",
                    help="HTTP listener for /metrics and the dashboard (default: none)")
@@ -97,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("rm-mds", help="remove a metadata server from the cluster",
                        description="Take MDS ID out of the replicated metadata group (if it is the master, "
                        "it hands over to another first). Stop its process afterwards.")
-    p.add_argument("id", type=int, help="the MDS id, as `chunkfs stat` shows it")
+    p.add_argument("id", type=whole(1), help="the MDS id, as `chunkfs stat` shows it")
     p.set_defaults(func=local.cmd_rm_mds)
 
     for role, what in (("mds", "metadata server"), ("cs", "chunk server")):

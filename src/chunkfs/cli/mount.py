@@ -63,7 +63,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                        description="Unmount MOUNTPOINT (fusermount3 -u) and wait until its mount process exits "
                        "(bounded: as long as a request still in flight may wait for the master, plus the hand-back of "
                        "its leases).")
-    p.add_argument("mountpoint", type=Path)
+    p.add_argument("mountpoint", type=Path, help="where the cluster is mounted (only a ChunkFS mount is unmounted)")
     p.add_argument("-z", "--lazy", action="store_true", help="detach now even if files are open")
     p.set_defaults(func=cmd_umount)
 

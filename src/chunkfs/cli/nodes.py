@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import errno
 import logging
 import os
+import signal
 import socket
 import time
 import uuid
 from pathlib import Path
 
 from chunkfs.cli import tls as tls_cli
-from chunkfs.client.client import SyncClient
+from chunkfs.client.client import SyncClient, ping_node
 from chunkfs.common.addr import parse_addr
 from chunkfs.common.config import (
     NODE_FILE,
@@ -33,21 +35,28 @@ from chunkfs.common.config import (
 )
 from chunkfs.common.daemon import (
     LOG_FILE,
+    START_TIMEOUT,
     bind_error,
     free_port,
     refuse_if_running,
     rotate_log,
     run_foreground,
     start_background,
+    wait_exit,
 )
-from chunkfs.common.errors import Unavailable
+from chunkfs.common.errors import AuthenticationFailed, ChunkFSError, Unavailable
+from chunkfs.common.secret_files import SecretFiles
 from chunkfs.cs.server import ChunkServer
 from chunkfs.mds.server import MetadataServer
+from chunkfs.protocol.rpc import Credentials
+from chunkfs.protocol.tls import node_tls
 
 logger = logging.getLogger(__name__)
 
 #: rm-mds of the master: tries while leadership moves to another MDS.
 REMOVE_TRIES = 10
+#: How long a daemon started in the background waits for each metadata server to say whether it accepts it.
+START_CHECK_TIMEOUT = 3.0
 
 
 def _check_empty_node_dir(directory: Path, cluster: str) -> None:
@@ -156,7 +165,7 @@ def make_cs(
     if addr is None:
         addr = f"127.0.0.1:{free_port()}"
     else:
-        _check_addr_free(addr)
+        _check_addr_free(addr, optional=True)
     node = NodeConfig(
         role="cs", cluster=client.cluster, addr=addr, host=host or socket.gethostname(), mds=client.mds,
         metrics_addr=_metrics_addr(metrics_addr), location=check_location(location), tier=check_tier(tier),
@@ -167,8 +176,10 @@ def make_cs(
     return node
 
 
-def _check_addr_free(addr: str) -> None:
+def _check_addr_free(addr: str, optional: bool = False) -> None:
     """Refuse an address a process on this machine listens on already (a running server's, say).
+
+    `optional`: the command may be given no address at all (it then takes a free port).
 
     An address of another machine, or one not bound here, passes: the daemon's own start says
     what is wrong with it then (an operator probe: make-cs took a running member's address).
@@ -180,8 +191,9 @@ def _check_addr_free(addr: str) -> None:
             sock.bind((host, port))
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
-                raise ConfigError(f"{addr} is in use on this machine (a running server listens there?): "
-                                  "choose another address with -a, or leave -a out for a free port") from None
+                raise ConfigError(f"{addr} is in use on this machine (a running server listens there?): choose "
+                                  f"another address with -a{', or leave -a out for a free port' if optional else ''}"
+                                  ) from None
 
 
 def _metrics_addr(value: str) -> str:
@@ -192,6 +204,27 @@ def _metrics_addr(value: str) -> str:
     return value
 
 
+def _refused(directory: Path, node: NodeConfig, secret: bytes) -> str:
+    """Why the cluster's metadata servers refuse this node's secret or certificate ("" if one accepts it,
+    or none answers: a cluster being started one daemon at a time)."""
+    creds = Credentials(node.cluster.name, secret, node.role, f"{node.role}-start-check-{os.getpid()}",
+                        tls=node_tls(directory, node.cluster), secret_files=SecretFiles(directory, secret))
+
+    async def ask() -> str:
+        why = ""
+        for addr in node.mds:
+            try:
+                await ping_node(addr, creds, START_CHECK_TIMEOUT)
+                return ""
+            except AuthenticationFailed as exc:
+                why = str(exc)
+            except ChunkFSError:
+                pass
+        return why
+
+    return asyncio.run(ask())
+
+
 def run_node(role: str, directory: Path, background: bool) -> int:
     directory = directory.resolve()
     node, secret = load_node(directory)
@@ -199,6 +232,13 @@ def run_node(role: str, directory: Path, background: bool) -> int:
         raise ConfigError(f"{directory} holds a {node.role.upper()}, not a {role.upper()}")
     if background:
         pid = start_background([role, "-r", str(directory)], directory, node.addr)
+        refused = _refused(directory, node, secret)
+        if refused:
+            # It would only log the refusal, again and again, where nobody looks: stopped, and said here.
+            os.kill(pid, signal.SIGTERM)
+            if not wait_exit(pid, START_TIMEOUT):
+                os.kill(pid, signal.SIGKILL)
+            raise AuthenticationFailed(f"{role.upper()} of {directory} stopped again, refused: {refused}")
         print(f"{role.upper()} started in the background: pid {pid}, address {node.addr}, log {directory / LOG_FILE}")
         return 0
     # Before the log is rotated or the folder scanned: they are the running daemon's (a fault probe).

@@ -30,6 +30,7 @@ import os
 import time
 from pathlib import Path
 
+from chunkfs.cli.context import known_cluster
 from chunkfs.cli.services import node_dirs
 from chunkfs.client.client import SyncClient, ping_node
 from chunkfs.common import secret_files
@@ -80,15 +81,15 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     c.set_defaults(func=cmd_check)
 
 
-def _cluster(args: argparse.Namespace) -> str:
-    if not args.cluster:
-        raise ConfigError("no cluster given: use -c NAME")
-    return str(args.cluster)
-
-
 def _dirs(args: argparse.Namespace, cluster: str) -> list[Path]:
     """The node directories named, each checked to be a node of `cluster`."""
-    dirs = list(args.dirs) + (node_dirs(args.local) if args.local is not None else [])
+    dirs = list(args.dirs)
+    if args.local is not None:
+        found = node_dirs(args.local)
+        if not found:
+            raise ConfigError(f"{args.local} holds no node directory (the folder `chunkfs local up --dir` made): "
+                              "nothing staged")
+        dirs += found
     for directory in dirs:
         node, _ = load_node(directory)
         if node.cluster.name != cluster:
@@ -97,7 +98,7 @@ def _dirs(args: argparse.Namespace, cluster: str) -> list[Path]:
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
-    cluster = _cluster(args)
+    cluster = known_cluster(args)
     conf = cluster_conf_path(cluster)
     current = load_client_config(cluster).secret
     staged = read_next_secret(conf)
@@ -155,7 +156,7 @@ def check(cluster: str, wait: float) -> dict[str, str]:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    cluster = _cluster(args)
+    cluster = known_cluster(args)
     refusing = check(cluster, args.wait)
     for addr, why in refusing.items():
         print(f"{addr}: does not accept the staged secret: {why}")
@@ -169,7 +170,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_finish(args: argparse.Namespace) -> int:
-    cluster = _cluster(args)
+    cluster = known_cluster(args)
     conf = cluster_conf_path(cluster)
     dirs = _dirs(args, cluster)
     staged = read_next_secret(conf)
@@ -195,7 +196,7 @@ def cmd_finish(args: argparse.Namespace) -> int:
 
 
 def cmd_abort(args: argparse.Namespace) -> int:
-    cluster = _cluster(args)
+    cluster = known_cluster(args)
     dirs = _dirs(args, cluster)
     dropped = [directory for directory in [cluster_conf_path(cluster), *dirs] if secret_files.unstage(directory)]
     if not dropped:

@@ -16,12 +16,17 @@ gets its certificate at once.  These commands cover the rest:
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import dataclasses
+import os
 from pathlib import Path
 
+from chunkfs.cli.context import known_cluster
 from chunkfs.common import certs
 from chunkfs.common.config import (
     NODE_FILE,
+    ClientConfig,
     ConfigError,
     cluster_conf_path,
     load_client_config,
@@ -30,6 +35,10 @@ from chunkfs.common.config import (
     save_node_file,
 )
 from chunkfs.common.daemon import daemon_pid
+from chunkfs.common.errors import ChunkFSError
+
+#: How long `tls enable` waits for each metadata server to answer in plain TCP (it must be stopped).
+ANSWER_TIMEOUT = 2.0
 
 
 def ca_dir(cluster: str) -> Path:
@@ -84,14 +93,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     en.set_defaults(func=cmd_enable)
 
 
-def _cluster(args: argparse.Namespace) -> str:
-    if not args.cluster:
-        raise ConfigError("no cluster given: use -c NAME")
-    return str(args.cluster)
-
-
 def cmd_make_ca(args: argparse.Namespace) -> int:
-    cluster = _cluster(args)
+    cluster = known_cluster(args)
     info = load_client_config(cluster).cluster
     certs.make_ca(ca_dir(cluster), cluster, info.uuid)
     print(f"made the CA of cluster {cluster!r} in {ca_dir(cluster)}; keep {certs.CA_KEY} on this host only")
@@ -99,7 +102,7 @@ def cmd_make_ca(args: argparse.Namespace) -> int:
 
 
 def cmd_issue(args: argparse.Namespace) -> int:
-    cluster = _cluster(args)
+    cluster = known_cluster(args)
     directory: Path = args.dir
     name = args.name or _node_name(directory)
     certs.issue(ca_dir(cluster), directory / certs.TLS_DIR, name)
@@ -114,8 +117,25 @@ def _node_name(directory: Path) -> str:
     return directory.resolve().name or "client"
 
 
+def _answering_without_tls(client: ClientConfig) -> str:
+    """The address of a metadata server in `client`'s list that answers it in plain TCP, or ""."""
+    from chunkfs.client.client import ping_node
+    from chunkfs.protocol.rpc import Credentials
+
+    creds = Credentials(client.cluster.name, client.secret, "client", f"tls-enable-{os.getpid()}")
+
+    async def first() -> str:
+        for addr in client.mds:
+            with contextlib.suppress(ChunkFSError, OSError):
+                await ping_node(addr, creds, ANSWER_TIMEOUT)
+                return addr
+        return ""
+
+    return asyncio.run(first())
+
+
 def cmd_enable(args: argparse.Namespace) -> int:
-    cluster = _cluster(args)
+    cluster = known_cluster(args)
     client = load_client_config(cluster)
     for directory in args.dirs:
         node, _ = load_node(directory)
@@ -124,6 +144,11 @@ def cmd_enable(args: argparse.Namespace) -> int:
         pid = daemon_pid(directory.resolve())
         if pid is not None:
             raise ConfigError(f"the daemon of {directory} runs (pid {pid}): stop every daemon of the cluster first")
+    running = _answering_without_tls(client) if not client.cluster.tls else None
+    if running:
+        # The client configuration alone turned on would cut this host off from a cluster still in plain TCP.
+        raise ConfigError(f"cluster {cluster!r} still answers without TLS at {running}: stop every daemon, then "
+                          f"run `chunkfs -c {cluster} tls enable DIR...` with their directories; nothing changed")
     if not (ca_dir(cluster) / certs.CA_KEY).exists():
         certs.make_ca(ca_dir(cluster), cluster, client.cluster.uuid)
         print(f"made the CA of cluster {cluster!r} in {ca_dir(cluster)}")

@@ -30,6 +30,7 @@ from rich.text import Text
 
 from chunkfs.cli.units import human_bytes
 from chunkfs.client.client import Client
+from chunkfs.common.errors import Unavailable
 
 VIEWS = ("all", "cs", "mds", "events")
 #: Chunk-server sort columns and how to get their keys.
@@ -116,6 +117,8 @@ async def cmd_top(client: Client, args: argparse.Namespace) -> int:
     if args.once or not sys.stdout.isatty():
         width = args.width or (None if sys.stdout.isatty() else 160)
         await fetch(client, state)
+        if not state.stat:  # one line on stderr, as every command's failure (not a frame wrapped to the width)
+            raise Unavailable(f"no answer from the cluster: {state.error}")
         console = Console(width=width, soft_wrap=False)
         console.print(render(state, console.width))
         return 1 if state.error else 0

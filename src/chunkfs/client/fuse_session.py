@@ -90,6 +90,8 @@ def is_mounted(mountpoint: Path) -> bool:
     return False
 
 
+#: The file-system type a ChunkFS mount shows in /proc/self/mountinfo (FUSE's type and our ``subtype``).
+FSTYPE = "fuse.chunkfs"
 #: How long a stat of a mount point may take before the mount counts as hung (alive), not dead.
 PROBE_TIMEOUT = 5.0
 
@@ -269,7 +271,7 @@ def fuse_options(cluster: str, opts: MountOptions) -> set[str]:
     root alone).
     """
     options = set(pyfuse3.default_options)
-    options |= {f"fsname=chunkfs:{cluster}", "subtype=chunkfs", "noatime"}
+    options |= {f"fsname=chunkfs:{cluster}", f"subtype={FSTYPE.removeprefix('fuse.')}", "noatime"}
     if os.geteuid() == 0 and not opts.private:
         options.add("allow_other")
     return options | opts.fuse
@@ -310,7 +312,10 @@ def run_mount(
             try:
                 pyfuse3.init(ops, str(mountpoint), fuse_options(config.cluster.name, opts))
             except RuntimeError as exc:
-                raise Unavailable(f"cannot mount {mountpoint}: {exc}") from None
+                # libfuse prints which option it refused to stderr (the daemon's log): name the ones passed on.
+                theirs = f" (FUSE refused one of: {', '.join(sorted(opts.fuse))}: see mount.fuse3(8))" \
+                    if opts.fuse else ""
+                raise Unavailable(f"cannot mount {mountpoint}: {exc}{theirs}") from None
             try:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.add_signal_handler(sig, pyfuse3.terminate)
@@ -370,6 +375,11 @@ def unmount(mountpoint: Path, lazy: bool = False, timeout: float = EXIT_WAIT) ->
         if pid is None:
             raise ConfigError(f"{mountpoint} is not mounted")
     else:
+        fstype = _mount_fstype(mountpoint)
+        if fstype != FSTYPE:
+            # As root, fusermount3 unmounts any file system: one named by mistake must stay mounted.
+            raise ConfigError(f"{mountpoint} is a {fstype or 'non-ChunkFS'} mount, not a ChunkFS one: nothing "
+                              "unmounted (use umount(8) for it)")
         dev = _mount_dev(mountpoint)
         done = _fusermount(mountpoint, lazy, timeout, "unmount")
         if done.returncode != 0:

@@ -325,7 +325,10 @@ def load_client_config(name: str) -> ClientConfig:
         cluster = ClusterInfo(data["name"], data["uuid"], check_chunk_size(int(data["chunk_size"])), tls)
         mds = tuple(line.strip() for line in (path / "mds.list").read_text().splitlines() if line.strip())
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"{path}: broken client configuration: {exc}") from None
+        what = f"{Path(exc.filename).name}: {exc.strerror}" if isinstance(exc, OSError) and exc.filename else \
+            f"cluster.json: {'no ' if isinstance(exc, KeyError) else ''}{exc}"
+        raise ConfigError(f"{path}: broken client configuration ({what}): copy the folder again from a host "
+                          "where the cluster's commands work, or mend the file") from None
     for a in mds:
         _check_addr(a, "mds.list", path)
     if not mds:

@@ -186,7 +186,9 @@ class MdsLink:
                     self._put_first(hint)
                     failed = self._failed.get(hint)
                     unreachable = None if failed is None else \
-                        Unavailable(f"the master the others name, {hint}, cannot be reached: {failed}")
+                        Unavailable(f"the master the others name, {hint}, cannot be reached ({failed}): if it is "
+                                    "down, the others elect a new one once most metadata servers run: start those "
+                                    "that are down")
                 elif conn is not None:
                     # No hint (an MDS cut off from the others knows no master): try the others first,
                     # or a client that can still reach that MDS would never leave it.

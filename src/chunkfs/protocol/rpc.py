@@ -922,7 +922,9 @@ async def connect(
     except ssl.SSLError as exc:
         raise tls_error(addr, exc) from None
     except OSError as exc:
-        raise Unavailable(f"cannot connect to {addr}: {exc.strerror or exc}") from None
+        # (asyncio's own wording, "Connect call failed ('127.0.0.1', 1234)", carries the errno alone)
+        reason = exc.strerror or (os.strerror(exc.errno) if exc.errno else str(exc))
+        raise Unavailable(f"cannot connect to {addr}: {reason}") from None
     _tune_socket(conn)
     _size_socket_buffers(conn)
     try:
@@ -952,6 +954,10 @@ async def connect(
     except Unavailable:
         conn.close()  # the server's own word (it refused the connection, saying why): passed on as it is
         raise
+    except ProtocolError as exc:
+        conn.close()  # something else listens there (a probe: an HTTP server on an address in mds.list)
+        raise ProtocolError(f"{addr}: {exc}: is that the address of a ChunkFS node? (the client configuration's "
+                            "mds.list, a node's node.json)") from None
     except BaseException:
         conn.close()
         raise

@@ -1,0 +1,128 @@
+"""What the `chunkfs` command refuses, found by an operator probe: one line, a non-zero status, nothing changed."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from chunkfs.common.config import cluster_conf_path, load_client_config
+from chunkfs.common.daemon import daemon_pid, pid_alive
+
+from ._disk_helpers import mount_tmpfs, unmount
+from .conftest import run_cli
+
+HUGE = "99999999999999999999999"
+
+
+def _one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode != 0, result
+    assert result.stderr.startswith("chunkfs: error: "), result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    return result.stderr
+
+
+def _usage_error(result: subprocess.CompletedProcess[str]) -> str:
+    """argparse's refusal: its usage line, then one error line; status 2, no traceback."""
+    assert result.returncode == 2, result
+    assert "Traceback" not in result.stderr and result.stderr.count("\n") == 2, result.stderr
+    return result.stderr.splitlines()[1]
+
+
+def test_numbers_and_paths_no_message_can_carry_are_refused_before_they_go_out(conf_dir) -> None:
+    """A number past 64 bits ended in the encoder's traceback (58 lines); an empty path in odd errors."""
+    for args in (["rm-cs", HUGE], ["rm-mds", HUGE], ["get-event", "--limit", HUGE], ["get-event", "--since", HUGE],
+                 ["rm-cs", "0"], ["get-event", "--limit", "0"], ["get-event", "--since", "-1"]):
+        assert "expected a whole number" in _usage_error(run_cli("-c", "any", *args)), args
+    for args in (["put", "/etc/hostname", ""], ["put", "", "/a"], ["get", "", "x"], ["get", "/a", ""],
+                 ["mkdir", ""], ["ls", ""]):
+        assert "an empty path" in _usage_error(run_cli("-c", "any", *args)), args
+    # A cluster named that has no configuration here: said so, not "no secret is staged" or "ca.key is missing".
+    for args in (["secret", "finish"], ["secret", "abort"], ["tls", "issue", str(conf_dir)]):
+        assert "unknown cluster 'nosuch'" in _one_line_error(run_cli("-c", "nosuch", *args)), args
+
+
+def test_refusals_against_a_running_cluster_change_nothing(make_cluster, tmp_path: Path) -> None:
+    cluster = make_cluster(n_cs=1)
+    name = cluster.name
+    conf = cluster_conf_path(name)
+    before = (conf / "cluster.json").read_bytes()
+
+    # TLS turned on in the client configuration alone, the cluster still in plain TCP, cut this host off.
+    err = _one_line_error(run_cli("-c", name, "tls", "enable"))
+    assert "still answers without TLS" in err and "nothing changed" in err, err
+    assert (conf / "cluster.json").read_bytes() == before and not (conf / "ca").exists()
+    # A secret staged "in" a folder that holds no cluster.
+    err = _one_line_error(run_cli("-c", name, "secret", "stage", "--local", str(tmp_path / "nonexistent")))
+    assert "holds no node directory" in err, err
+    assert not (conf / "secret.next").exists()
+    # The cluster's root as the target of a copy.
+    assert "root directory" in _one_line_error(run_cli("-c", name, "put", "/etc/hostname", "/"))
+    assert run_cli("-c", name, "ls", "/").stdout == ""
+    # `get-event --follow --limit N`: the last N, then what comes (it printed every event, then followed).
+    follow = subprocess.Popen([sys.executable, "-m", "chunkfs", "-c", name, "get-event", "-f", "--limit", "1"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(3)
+    finally:
+        follow.terminate()
+        out, _ = follow.communicate(timeout=30)
+    assert len(run_cli("-c", name, "get-event").stdout.splitlines()) > 1
+    assert len(out.splitlines()) == 1, out
+    # Something else listening where the client configuration says a metadata server is.
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        addr = f"127.0.0.1:{server.server_address[1]}"
+        (conf / "mds.list").write_text(f"{addr}\n")
+        err = _one_line_error(run_cli("--retry-for", "1", "-c", name, "ls", "/", timeout=120))
+        assert addr in err, err
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_daemon_started_with_a_wrong_secret_is_stopped_and_says_so(make_cluster, tmp_path: Path) -> None:
+    """It said "started" (status 0), then only logged the refusal, again and again, where nobody looks."""
+    cluster = make_cluster(n_cs=1)
+    node_dir = tmp_path / "cs-wrong"
+    assert run_cli("-c", cluster.name, "make-cs", "-r", str(node_dir)).returncode == 0
+    secret = (node_dir / "secret").read_text()  # hexadecimal: another first digit makes another secret
+    (node_dir / "secret").write_text(("1" if secret[0] != "1" else "2") + secret[1:])
+    err = _one_line_error(run_cli("cs", "-r", str(node_dir), "--background"))
+    assert "stopped again, refused" in err and "secret" in err, err
+    pid = daemon_pid(node_dir.resolve())
+    assert pid is None or not pid_alive(pid)
+    assert len(cluster.client().cluster_stat()["cs"]) == 1
+
+
+def test_top_once_without_an_answer_is_one_line(make_cluster) -> None:
+    """It drew its frame's message hard-wrapped onto two lines, with a prefix of its own."""
+    cluster = make_cluster(n_cs=1)
+    config = load_client_config(cluster.name)
+    cluster.stop_all()
+    assert config.mds
+    err = _one_line_error(run_cli("--retry-for", "1", "-c", cluster.name, "top", "--once", "--width", "80",
+                                  timeout=120))
+    assert "no answer from the cluster" in err, err
+
+
+def test_umount_leaves_a_file_system_that_is_not_chunkfs_mounted(tmp_path: Path) -> None:
+    """As root, the fusermount3 it runs unmounts anything: a tmpfs named by mistake went (status 0)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a tmpfs")
+    where = tmp_path / "tmpfs"
+    where.mkdir()
+    mount_tmpfs(where, 1 << 20)
+    try:
+        err = _one_line_error(run_cli("umount", str(where)))
+        assert "tmpfs mount, not a ChunkFS one" in err, err
+        assert os.path.ismount(where)
+    finally:
+        unmount(where)
