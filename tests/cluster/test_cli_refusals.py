@@ -65,6 +65,11 @@ def test_refusals_against_a_running_cluster_change_nothing(make_cluster, tmp_pat
     # The cluster's root as the target of a copy.
     assert "root directory" in _one_line_error(run_cli("-c", name, "put", "/etc/hostname", "/"))
     assert run_cli("-c", name, "ls", "/").stdout == ""
+    # A tier no chunk server has: done, and said what it means.
+    assert run_cli("-c", name, "mkdir", "/d").returncode == 0
+    done = run_cli("-c", name, "set-attr", "/d", "tier=2")
+    assert done.returncode == 0 and "no chunk server of tier 2" in done.stderr, done
+    assert "no chunk server" not in run_cli("-c", name, "set-attr", "/d", "tier=0").stderr
     # `get-event --follow --limit N`: the last N, then what comes (it printed every event, then followed).
     follow = subprocess.Popen([sys.executable, "-m", "chunkfs", "-c", name, "get-event", "-f", "--limit", "1"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -70,6 +70,11 @@ async def set_placement(client: Client, path: str, domain: str | None, tier: int
     changed = await client.set_placement(path, domain, tier, recursive)
     what = f"failure-domain={domain}" if domain is not None else f"tier={tier}"
     print(f"{what} set on {changed} item(s)")
+    if tier is not None:  # (a probe: said nothing of a tier no server has)
+        servers = [cs for cs in (await client.cluster_stat())["cs"] if cs.get("tier", 0) == tier]
+        if not servers:
+            print(f"warning: no chunk server of tier {tier}: new chunks there cannot be placed ('no space', "
+                  f"ENOSPC) until one registers (chunkfs make-cs --tier {tier})", file=sys.stderr)
 
 
 def _parse_pairs(items: list[str]) -> dict[str, str]:

@@ -126,6 +126,9 @@ def cmd_local_up(args: argparse.Namespace) -> int:
                   f"{directory}", file=sys.stderr)
     else:
         made = True
+        if args.mds % 2 == 0:  # (a probe: taken without a word)
+            print(f"warning: {args.mds} metadata servers survive no more failures than {args.mds - 1}: "
+                  "an odd number (3 or 5) is what a majority needs", file=sys.stderr)
         directory.mkdir(parents=True, exist_ok=True)
         cluster = LocalCluster.make(directory, args.name, args.mds, args.cs, args.chunk_size, tls=args.tls)
         print(f"made cluster {cluster.name!r} in {directory}{' with TLS' if args.tls else ''}; "
@@ -163,6 +166,8 @@ def _start(cluster: LocalCluster) -> dict[str, Any]:
 
 
 def cmd_local_status(args: argparse.Namespace) -> int:
+    from chunkfs.client.fuse_session import is_mounted
+
     cluster = LocalCluster.load(args.dir)
     rows = cluster.status()
     if args.json:
@@ -172,8 +177,8 @@ def cmd_local_status(args: argparse.Namespace) -> int:
     for r in rows:
         state = f"running, pid {r['pid']}" if r["running"] else "stopped"
         print(f"  {r['role']:<4} {r['id']:>3}  {r['addr']:<22} {state}")
-    for path in cluster.mounts:
-        print(f"  mount     {path}")
+    for path in cluster.mounts:  # (a probe: listed alike whether mounted or not, after a restart)
+        print(f"  mount     {path}  {'mounted' if is_mounted(Path(path)) else 'not mounted'}")
     return 0
 
 

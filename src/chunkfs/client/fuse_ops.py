@@ -247,9 +247,9 @@ def parse_options(texts: list[str]) -> MountOptions:
                 elif key == "exclusive":
                     opts.exclusive = True
                 elif key == "max_tasks":
-                    opts.max_tasks = max(1, int(value))
+                    opts.max_tasks = int(value)
                 elif key == "max_background":
-                    opts.max_background = max(0, int(value))
+                    opts.max_background = int(value)
                 elif key == "uid":
                     opts.uid = _user_id(value)
                 elif key == "gid":
@@ -264,11 +264,26 @@ def parse_options(texts: list[str]) -> MountOptions:
                     opts.fuse.add(item)
             except (ValueError, KeyError):
                 raise ConfigError(f"mount option {key}: bad value {value!r}") from None
-    if min(opts.attr_timeout, opts.entry_timeout, opts.cache_timeout) < 0:
-        raise ConfigError("mount options attr_timeout, entry_timeout and cache_timeout must not be negative")
-    if not 0 < opts.master_wait < float("inf"):
-        raise ConfigError(f"mount option master_wait must be a number of seconds above 0, not {opts.master_wait:g}")
+    for key, (low, high, unit) in OPTION_RANGES.items():
+        value = getattr(opts, key)
+        if not low <= value <= high or (key == "master_wait" and value == 0):  # (also NaN)
+            raise ConfigError(f"mount option {key}={value:g} is out of range: {low:g} to {high:g} {unit}"
+                              f"{' (above 0)' if key == 'master_wait' else ''}")
     return opts
+
+
+#: The values our mount options take: (lowest, highest, unit).  A typo's value (a timeout of 1e999, a
+#: read-ahead of 10^20 KiB, no worker at all) is refused at the mount, not met later by the kernel or a
+#: mount that serves nothing.
+OPTION_RANGES: dict[str, tuple[float, float, str]] = {
+    "attr_timeout": (0, 86_400, "seconds"),
+    "entry_timeout": (0, 86_400, "seconds"),
+    "cache_timeout": (0, 86_400, "seconds"),
+    "master_wait": (0, 86_400, "seconds"),
+    "readahead_kb": (0, 1 << 20, "KiB"),
+    "max_tasks": (1, 10_000, "requests"),
+    "max_background": (0, 65_535, "requests"),
+}
 
 
 def _on_off(value: str) -> bool:
