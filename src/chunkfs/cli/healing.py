@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from chunkfs.cli.arg_types import whole
 from chunkfs.cli.context import run_with_client
@@ -137,7 +137,8 @@ async def cmd_rm_cs(client: Client, args: argparse.Namespace) -> int:
     total = max(1, reply["left"])
     deadline = time.monotonic() + args.timeout
     progress = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), console=Console(stderr=True), disable=not sys.stderr.isatty(),
+                        TextColumn("replicas moved"), TimeElapsedColumn(), console=Console(stderr=True),
+                        disable=not sys.stderr.isatty(),
                         transient=True)
     with progress, _says_the_drain_goes_on(args.id):
         task = progress.add_task(f"draining CS#{args.id}", total=total)
