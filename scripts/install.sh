@@ -39,3 +39,10 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
   touch "$stamp"
 fi
+
+# The manual page (docs/chunkfs.1, made from the command's own help by scripts/make_man.py): `man chunkfs`.
+man_dir=/usr/local/share/man/man1
+if { [ -d "$man_dir" ] || $SUDO mkdir -p "$man_dir" 2>/dev/null; } && ! cmp -s docs/chunkfs.1 "$man_dir/chunkfs.1"; then
+  $SUDO install -m 0644 docs/chunkfs.1 "$man_dir/chunkfs.1" 2>/dev/null \
+    || echo "note: could not install the manual page into $man_dir: read it with man -l docs/chunkfs.1" >&2
+fi

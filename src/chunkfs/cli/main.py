@@ -31,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     from chunkfs.cli import files, local
 
     parser = argparse.ArgumentParser(
-        prog="chunkfs", description="ChunkFS: a distributed storage cluster.", epilog=EPILOG,
+        prog="chunkfs", description="ChunkFS, a distributed storage cluster: metadata servers, chunk servers and "
+        "FUSE mounts. `chunkfs COMMAND --help` explains each command.", epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-c", "--cluster", metavar="NAME",
