@@ -36,3 +36,11 @@ def run_cli(*args: str, stdin: bytes | None = None, timeout: float = 60,
         input=stdin.decode() if stdin is not None else None,
         capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env_extra or {})}, check=False,
     )
+
+
+def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    """A command's failure as the CLI promises it: a non-zero status and one line on stderr; that line."""
+    assert result.returncode != 0, result
+    assert result.stderr.startswith("chunkfs: error: "), result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    return result.stderr

@@ -13,16 +13,9 @@ from pathlib import Path
 from chunkfs.testing.cluster import wait_for
 
 from ._disk_helpers import mount_tmpfs, unmount
-from .conftest import run_cli
+from .conftest import one_line_error, run_cli
 
 MiB = 1 << 20
-
-
-def _one_line_error(result) -> str:
-    assert result.returncode != 0, result
-    assert result.stderr.startswith("chunkfs: error: "), result.stderr
-    assert result.stderr.count("\n") == 1, result.stderr
-    return result.stderr
 
 
 def test_put_get_ls_rm_and_attributes(make_cluster, tmp_path) -> None:
@@ -31,7 +24,7 @@ def test_put_get_ls_rm_and_attributes(make_cluster, tmp_path) -> None:
     src = tmp_path / "src.bin"
     src.write_bytes(os.urandom(5 * MiB + 17))
     # Into a folder not made yet (the README's quick start did that): one line saying how to make it.
-    err = _one_line_error(run_cli("-c", name, "put", str(src), "/a/b/file"))
+    err = one_line_error(run_cli("-c", name, "put", str(src), "/a/b/file"))
     assert f"make it first: chunkfs -c {name} mkdir -p /a/b" in err
     assert run_cli("-c", name, "mkdir", "-p", "/a/b").returncode == 0
     assert run_cli("-c", name, "put", str(src), "/a/b/file").returncode == 0
@@ -85,58 +78,58 @@ def test_bad_input_gets_a_one_line_error_and_changes_nothing(make_cluster, tmp_p
     src.write_bytes(b"hello")
     assert run_cli("-c", name, "put", str(src), "/f").returncode == 0
 
-    assert "unknown cluster" in _one_line_error(run_cli("-c", "nosuch", "ls", "/"))
-    assert "no such" in _one_line_error(run_cli("-c", name, "get", "/missing", str(tmp_path / "x"))).lower()
+    assert "unknown cluster" in one_line_error(run_cli("-c", "nosuch", "ls", "/"))
+    assert "no such" in one_line_error(run_cli("-c", name, "get", "/missing", str(tmp_path / "x"))).lower()
     assert not (tmp_path / "x").exists()
-    assert "no such local file" in _one_line_error(run_cli("-c", name, "put", str(tmp_path / "nope"), "/g"))
-    assert "is a directory" in _one_line_error(run_cli("-c", name, "put", str(tmp_path), "/g"))
+    assert "no such local file" in one_line_error(run_cli("-c", name, "put", str(tmp_path / "nope"), "/g"))
+    assert "is a directory" in one_line_error(run_cli("-c", name, "put", str(tmp_path), "/g"))
     # Into a "folder" that is a file: the error alone, no warning about a copy never made (a probe).
-    assert "not a directory" in _one_line_error(run_cli("-c", name, "put", str(src), "/f/x")).lower()
+    assert "not a directory" in one_line_error(run_cli("-c", name, "put", str(src), "/f/x")).lower()
     # A local file that is not a regular one is read to its end, as cp does (it said "no such local file").
     assert run_cli("-c", name, "put", "/dev/null", "/empty").returncode == 0
     assert run_cli("-c", name, "get", "/empty", "-").stdout == ""
     assert run_cli("-c", name, "rm", "/empty").returncode == 0
     for bad in ("replicas=0", "replicas=3:4", "replicas=x", "goal=3", "replicas=99"):
-        assert "replicas" in _one_line_error(run_cli("-c", name, "set-attr", "/f", bad))
+        assert "replicas" in one_line_error(run_cli("-c", name, "set-attr", "/f", bad))
     assert "replicas=3:2" in run_cli("-c", name, "get-attr", "/f").stdout
-    assert "no cluster given" in _one_line_error(run_cli("ls", "/"))
-    _one_line_error(run_cli("-c", name, "rm", "/"))
+    assert "no cluster given" in one_line_error(run_cli("ls", "/"))
+    one_line_error(run_cli("-c", name, "rm", "/"))
     # `rm -r /` refuses before removing anything (a probe: it emptied the cluster, then failed on the root).
-    assert "refusing to remove the cluster's root" in _one_line_error(run_cli("-c", name, "rm", "-r", "/"))
+    assert "refusing to remove the cluster's root" in one_line_error(run_cli("-c", name, "rm", "-r", "/"))
     assert run_cli("-c", name, "ls", "/").stdout.split() == ["f"]
-    assert "root directory" in _one_line_error(run_cli("-c", name, "mkdir", "/"))
+    assert "root directory" in one_line_error(run_cli("-c", name, "mkdir", "/"))
     # Said of the path, not of an inode number (a probe), and the same for a folder to mount on.
-    assert "'/f/x': a name on the way is not a directory" in _one_line_error(run_cli("-c", name, "ls", "/f/x"))
-    assert "does not exist; create it first" in _one_line_error(run_cli("-c", name, "mount", "/nonexistent/mnt"))
-    assert "failure-domain=" in _one_line_error(run_cli("-c", name, "set-attr", "/f", "foo=1"))
+    assert "'/f/x': a name on the way is not a directory" in one_line_error(run_cli("-c", name, "ls", "/f/x"))
+    assert "does not exist; create it first" in one_line_error(run_cli("-c", name, "mount", "/nonexistent/mnt"))
+    assert "failure-domain=" in one_line_error(run_cli("-c", name, "set-attr", "/f", "foo=1"))
     # A drain with nowhere to move the replicas to is refused, saying why (a probe's waited forever).
-    assert "add a server first" in _one_line_error(run_cli("-c", name, "rm-cs", "1", "--wait", "--timeout", "5"))
+    assert "add a server first" in one_line_error(run_cli("-c", name, "rm-cs", "1", "--wait", "--timeout", "5"))
     assert len(json.loads(run_cli("-c", name, "stat", "--json").stdout)["cs"]) == 2
     assert run_cli("-c", name, "mkdir", "-p", "/").returncode == 0
     # Local files and folders that cannot be used: one line naming them, no traceback (a probe found several).
-    assert "/no: no such local folder" in _one_line_error(run_cli("-c", name, "get", "/f", str(tmp_path / "no/x")))
-    assert "Not a directory" in _one_line_error(run_cli("local", "status", "--dir", str(src)))
+    assert "/no: no such local folder" in one_line_error(run_cli("-c", name, "get", "/f", str(tmp_path / "no/x")))
+    assert "Not a directory" in one_line_error(run_cli("local", "status", "--dir", str(src)))
     bad_size = run_cli("local", "up", "--dir", str(tmp_path / "new"), "--chunk-size", "abc")
     assert bad_size.returncode == 2 and "bad size 'abc'" in bad_size.stderr and "Traceback" not in bad_size.stderr
-    _one_line_error(run_cli("-c", name, "mkdir", "/f/sub"))
+    one_line_error(run_cli("-c", name, "mkdir", "/f/sub"))
     assert run_cli("-c", name, "get", "/f", "-").stdout == "hello"
 
     # Below the minimum number of replicas a copy fails cleanly: the old file stays, no new one appears.
     cluster.kill("cs", 2)
     src.write_bytes(b"new content")
     # The error names the missing server and does not claim the cluster is full.
-    error = _one_line_error(run_cli("-c", name, "put", str(src), "/f"))
+    error = one_line_error(run_cli("-c", name, "put", str(src), "/f"))
     assert "CS#2 not connected" in error and "space left" not in error, error
     # A script that would rather fail fast than wait 20 s for the server to come back says so; the
     # master may still be waiting for its servers to report (it is new), and says which.
-    error = _one_line_error(run_cli("--retry-for", "2", "-c", name, "put", str(src), "/g"))
+    error = one_line_error(run_cli("--retry-for", "2", "-c", name, "put", str(src), "/g"))
     assert ("CS#2 not connected" in error or "chunk servers [2]" in error) and "space left" not in error, error
     assert run_cli("-c", name, "ls", "/").stdout.split() == ["f"]
     assert run_cli("-c", name, "get", "/f", "-").stdout == "hello"
     # A bigger copy has several writes on their way when the first fails: still one line (a fault
     # probe saw asyncio's tracebacks of the writes left running).
     src.write_bytes(os.urandom(6 * MiB))
-    _one_line_error(run_cli("--retry-for", "2", "-c", name, "put", str(src), "/big"))
+    one_line_error(run_cli("--retry-for", "2", "-c", name, "put", str(src), "/big"))
     assert run_cli("-c", name, "ls", "/").stdout.split() == ["f"]
 
 
@@ -159,7 +152,7 @@ def test_a_get_that_fails_leaves_the_local_file_as_it_was(make_cluster, tmp_path
     dest.chmod(0o640)
     failed = run_cli("-c", name, "get", "/f", str(dest))
     assert dest.read_bytes() == b"precious local data"
-    assert "from a backup" in _one_line_error(failed)
+    assert "from a backup" in one_line_error(failed)
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["dest", "src"]  # no partial copy left
 
     # A good copy replaces it, and keeps its mode (as cp does).
@@ -175,7 +168,7 @@ def test_a_get_that_fails_leaves_the_local_file_as_it_was(make_cluster, tmp_path
         c.symlink("/g", "/lnk")
     assert run_cli("-c", name, "get", "/lnk", str(tmp_path / "via-link")).returncode == 0
     assert (tmp_path / "via-link").read_bytes() == b"new"
-    err = _one_line_error(run_cli("-c", name, "get", "/g", str(tmp_path / "nodir" / "x")))
+    err = one_line_error(run_cli("-c", name, "get", "/g", str(tmp_path / "nodir" / "x")))
     assert f"{tmp_path / 'nodir'}: no such local folder" in err
 
 
@@ -218,10 +211,10 @@ def test_port_in_use_and_foreign_data_directory(make_cluster, tmp_path) -> None:
         port = busy.getsockname()[1]
         # Nodes are not made on an address something listens on (an operator probe: make-cs took a
         # running member's, and its server could never start).
-        err = _one_line_error(run_cli("-c", "second", "make-mds", "-I", "-a", f"127.0.0.1:{port}", "-r",
+        err = one_line_error(run_cli("-c", "second", "make-mds", "-I", "-a", f"127.0.0.1:{port}", "-r",
                                       str(mds_dir), "--chunk-size", "1M"))
         assert f"127.0.0.1:{port} is in use on this machine" in err
-        err = _one_line_error(run_cli("-c", "first", "make-cs", "-a", f"127.0.0.1:{port}", "-r",
+        err = one_line_error(run_cli("-c", "first", "make-cs", "-a", f"127.0.0.1:{port}", "-r",
                                       str(tmp_path / "cs-busy")))
         assert f"127.0.0.1:{port} is in use on this machine" in err
     assert run_cli("-c", "second", "make-mds", "-I", "-a", f"127.0.0.1:{port}", "-r", str(mds_dir),
@@ -230,7 +223,7 @@ def test_port_in_use_and_foreign_data_directory(make_cluster, tmp_path) -> None:
         busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         busy.bind(("127.0.0.1", port))
         busy.listen()
-        err = _one_line_error(run_cli("mds", "-r", str(mds_dir), "--background"))
+        err = one_line_error(run_cli("mds", "-r", str(mds_dir), "--background"))
         assert "address already in use" in err
         # In the foreground the daemon's log goes to stderr too; the error is its last line.
         result = run_cli("mds", "-r", str(mds_dir))
@@ -239,14 +232,14 @@ def test_port_in_use_and_foreign_data_directory(make_cluster, tmp_path) -> None:
 
     # A data directory of cluster "first" cannot become a chunk server of "second".
     first_cs = cluster.find("cs", 1).dir
-    err = _one_line_error(run_cli("-c", "second", "make-cs", "-r", first_cs))
+    err = one_line_error(run_cli("-c", "second", "make-cs", "-r", first_cs))
     assert "cluster 'first'" in err
     assert cluster.running(cluster.find("cs", 1))
-    err = _one_line_error(run_cli("-c", "second", "make-mds", "-I", "-a", "127.0.0.1:1", "-r", str(tmp_path / "z")))
+    err = one_line_error(run_cli("-c", "second", "make-mds", "-I", "-a", "127.0.0.1:1", "-r", str(tmp_path / "z")))
     assert "already configured" in err
-    _one_line_error(run_cli("-c", "third", "make-mds", "-I", "-a", "nohost", "-r", str(tmp_path / "y")))
-    _one_line_error(run_cli("-c", "bad name!", "make-mds", "-I", "-a", "127.0.0.1:1", "-r", str(tmp_path / "w")))
-    _one_line_error(run_cli("cs", "-r", str(tmp_path / "not-a-node")))
+    one_line_error(run_cli("-c", "third", "make-mds", "-I", "-a", "nohost", "-r", str(tmp_path / "y")))
+    one_line_error(run_cli("-c", "bad name!", "make-mds", "-I", "-a", "127.0.0.1:1", "-r", str(tmp_path / "w")))
+    one_line_error(run_cli("cs", "-r", str(tmp_path / "not-a-node")))
 
 
 def test_get_onto_a_full_disk_names_the_file(make_cluster, tmp_path) -> None:
@@ -259,7 +252,7 @@ def test_get_onto_a_full_disk_names_the_file(make_cluster, tmp_path) -> None:
     small.mkdir()
     mount_tmpfs(small, 256 << 10)
     try:
-        error = _one_line_error(run_cli("-c", cluster.name, "get", "/big", str(small / "out")))
+        error = one_line_error(run_cli("-c", cluster.name, "get", "/big", str(small / "out")))
         assert f"{small / 'out'}: No space left on device" in error, error
         assert list(small.iterdir()) == []  # no partial copy left
     finally:
@@ -274,7 +267,7 @@ def test_local_up_on_a_full_disk_says_so_and_leaves_nothing_running(tmp_path, co
     mount_tmpfs(small, 2 << 20)
     try:
         up = run_cli("local", "up", "--dir", str(small / "c"), "--name", "fulldisk", timeout=120)
-        error = _one_line_error(up)
+        error = one_line_error(up)
         assert "full" in error, error
         status = run_cli("local", "status", "--dir", str(small / "c"), "--json")
         assert status.returncode == 0, status.stderr

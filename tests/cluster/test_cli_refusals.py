@@ -16,16 +16,9 @@ from chunkfs.common.config import cluster_conf_path, load_client_config
 from chunkfs.common.daemon import daemon_pid, pid_alive
 
 from ._disk_helpers import mount_tmpfs, unmount
-from .conftest import run_cli
+from .conftest import one_line_error, run_cli
 
 HUGE = "99999999999999999999999"
-
-
-def _one_line_error(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode != 0, result
-    assert result.stderr.startswith("chunkfs: error: "), result.stderr
-    assert result.stderr.count("\n") == 1, result.stderr
-    return result.stderr
 
 
 def _usage_error(result: subprocess.CompletedProcess[str]) -> str:
@@ -45,7 +38,7 @@ def test_numbers_and_paths_no_message_can_carry_are_refused_before_they_go_out(c
         assert "an empty path" in _usage_error(run_cli("-c", "any", *args)), args
     # A cluster named that has no configuration here: said so, not "no secret is staged" or "ca.key is missing".
     for args in (["secret", "finish"], ["secret", "abort"], ["tls", "issue", str(conf_dir)]):
-        assert "unknown cluster 'nosuch'" in _one_line_error(run_cli("-c", "nosuch", *args)), args
+        assert "unknown cluster 'nosuch'" in one_line_error(run_cli("-c", "nosuch", *args)), args
 
 
 def test_refusals_against_a_running_cluster_change_nothing(make_cluster, tmp_path: Path) -> None:
@@ -55,15 +48,15 @@ def test_refusals_against_a_running_cluster_change_nothing(make_cluster, tmp_pat
     before = (conf / "cluster.json").read_bytes()
 
     # TLS turned on in the client configuration alone, the cluster still in plain TCP, cut this host off.
-    err = _one_line_error(run_cli("-c", name, "tls", "enable"))
+    err = one_line_error(run_cli("-c", name, "tls", "enable"))
     assert "still answers without TLS" in err and "nothing changed" in err, err
     assert (conf / "cluster.json").read_bytes() == before and not (conf / "ca").exists()
     # A secret staged "in" a folder that holds no cluster.
-    err = _one_line_error(run_cli("-c", name, "secret", "stage", "--local", str(tmp_path / "nonexistent")))
+    err = one_line_error(run_cli("-c", name, "secret", "stage", "--local", str(tmp_path / "nonexistent")))
     assert "holds no node directory" in err, err
     assert not (conf / "secret.next").exists()
     # The cluster's root as the target of a copy.
-    assert "root directory" in _one_line_error(run_cli("-c", name, "put", "/etc/hostname", "/"))
+    assert "root directory" in one_line_error(run_cli("-c", name, "put", "/etc/hostname", "/"))
     assert run_cli("-c", name, "ls", "/").stdout == ""
     # A tier no chunk server has: done, and said what it means.
     assert run_cli("-c", name, "mkdir", "/d").returncode == 0
@@ -86,7 +79,7 @@ def test_refusals_against_a_running_cluster_change_nothing(make_cluster, tmp_pat
     try:
         addr = f"127.0.0.1:{server.server_address[1]}"
         (conf / "mds.list").write_text(f"{addr}\n")
-        err = _one_line_error(run_cli("--retry-for", "1", "-c", name, "ls", "/", timeout=120))
+        err = one_line_error(run_cli("--retry-for", "1", "-c", name, "ls", "/", timeout=120))
         assert addr in err, err
     finally:
         server.shutdown()
@@ -100,7 +93,7 @@ def test_a_daemon_started_with_a_wrong_secret_is_stopped_and_says_so(make_cluste
     assert run_cli("-c", cluster.name, "make-cs", "-r", str(node_dir)).returncode == 0
     secret = (node_dir / "secret").read_text()  # hexadecimal: another first digit makes another secret
     (node_dir / "secret").write_text(("1" if secret[0] != "1" else "2") + secret[1:])
-    err = _one_line_error(run_cli("cs", "-r", str(node_dir), "--background"))
+    err = one_line_error(run_cli("cs", "-r", str(node_dir), "--background"))
     assert "stopped again, refused" in err and "secret" in err, err
     pid = daemon_pid(node_dir.resolve())
     assert pid is None or not pid_alive(pid)
@@ -113,7 +106,7 @@ def test_top_once_without_an_answer_is_one_line(make_cluster) -> None:
     config = load_client_config(cluster.name)
     cluster.stop_all()
     assert config.mds
-    err = _one_line_error(run_cli("--retry-for", "1", "-c", cluster.name, "top", "--once", "--width", "80",
+    err = one_line_error(run_cli("--retry-for", "1", "-c", cluster.name, "top", "--once", "--width", "80",
                                   timeout=120))
     assert "no answer from the cluster" in err, err
 
@@ -126,7 +119,7 @@ def test_umount_leaves_a_file_system_that_is_not_chunkfs_mounted(tmp_path: Path)
     where.mkdir()
     mount_tmpfs(where, 1 << 20)
     try:
-        err = _one_line_error(run_cli("umount", str(where)))
+        err = one_line_error(run_cli("umount", str(where)))
         assert "tmpfs mount, not a ChunkFS one" in err, err
         assert os.path.ismount(where)
     finally:
