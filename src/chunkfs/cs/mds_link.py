@@ -24,7 +24,13 @@ from chunkfs.common.config import REMOVED_FILE, NodeConfig, save_node_file
 from chunkfs.common.daemon import ForGood
 from chunkfs.common.errors import ChunkFSError, NotMaster
 from chunkfs.protocol.mds_link import watch_for_silent_master
-from chunkfs.protocol.messages import FEATURE_FIRST_WRITE, FEATURE_VERSIONED_CUT, REPLICA_PAGE, Msg
+from chunkfs.protocol.messages import (
+    FEATURE_FANNED_REPORT,
+    FEATURE_FIRST_WRITE,
+    FEATURE_VERSIONED_CUT,
+    REPLICA_PAGE,
+    Msg,
+)
 from chunkfs.protocol.rpc import SILENCE_LIMIT, Connection, connect
 
 if TYPE_CHECKING:
@@ -168,7 +174,7 @@ class MdsLink:
             "host": self.node.host or socket.gethostname(), "total": total, "free": free,
             "replicas": [list(r) for r in first], "location": self.node.location, "tier": self.node.tier,
             # What a master of this version or later may send (README, on upgrades).
-            "features": [FEATURE_FIRST_WRITE, FEATURE_VERSIONED_CUT],
+            "features": [FEATURE_FIRST_WRITE, FEATURE_VERSIONED_CUT, FEATURE_FANNED_REPORT],
         }
         if pages > 1:
             register["more"] = True  # sent only when needed, so one page still suits an older master

@@ -29,6 +29,7 @@ from chunkfs.common.timings import TIMINGS
 from chunkfs.cs.chunk_store import ChunkStore
 from chunkfs.cs.mds_link import MdsLink
 from chunkfs.cs.metrics import CsStats
+from chunkfs.cs.recent_fans import RecentFans
 from chunkfs.cs.replicator import Replicator
 from chunkfs.cs.scrubber import Scrubber
 from chunkfs.cs.stripe_locks import StripeLocks
@@ -36,6 +37,7 @@ from chunkfs.cs.sync_policy import SyncPolicy
 from chunkfs.protocol.frame import MAX_IO_SIZE
 from chunkfs.protocol.messages import (
     DELETE_BATCH,
+    FANNED_REPORT_WINDOW,
     LOCAL_MARK_FILE,
     SMALL_WRITE_MAX,
     Msg,
@@ -91,6 +93,8 @@ class ChunkServer:
         self._disk_watch: asyncio.Task[str] | None = None
         #: What a mount on this machine reads from LOCAL_MARK_FILE to prove it sees this store (CS_LOCAL).
         self.local_mark = secrets.token_hex(16)
+        #: The chunks clients lately wrote to this replica alone, for a new master to mend (recent_fans.py).
+        self.fans = RecentFans()
 
     async def start(self) -> None:
         self._publish_local_mark()
@@ -170,7 +174,20 @@ class ChunkServer:
                 not self._write_now(h, payload) if msg == Msg.CS_WRITE else not self._write_chunks_now(h, payload)):
             self._writes_waiting += 1  # `handle` counts it done
             return None
+        self._note_fanned(conn, msg, h)
         return {}, b""
+
+    def _note_fanned(self, conn: Connection, msg: Msg, h: dict[str, Any]) -> None:
+        """A client's write to this replica alone (no chain after it): its writer fans out (recent_fans.py)."""
+        if conn.peer_role != "client":
+            return  # a head sending on (a chunk server), a master mending
+        if msg == Msg.CS_WRITE:
+            if not h["chain"]:
+                self.fans.note(h["chunk_id"])
+            return
+        for part in h["parts"]:  # (checked by the write that used them)
+            if not part[2]:
+                self.fans.note(part[0])
 
     def _write_now(self, h: dict[str, Any], payload: Payload) -> bool:
         """A CS_WRITE for this replica alone, done here at once; False: it must go to a task."""
@@ -261,6 +278,7 @@ class ChunkServer:
                         writes = await self._write(h, payload)
                     else:
                         writes = await self._write_chunks(h, payload)
+                    self._note_fanned(conn, msg, h)
                 except BaseException as exc:
                     self.stats.write.failed(exc)
                     raise
@@ -503,6 +521,11 @@ class ChunkServer:
         elif msg == Msg.CS_TRUNCATE_CHUNK:
             async with self._locks.hold((h["chunk_id"],)):  # between two writes to the chunk, on every replica
                 await asyncio.to_thread(store.truncate, h["chunk_id"], h["version"], h["length"], h.get("new_version"))
+        elif msg == Msg.CS_FANNED:
+            within = h["within"]
+            if not 0 <= within <= FANNED_REPORT_WINDOW:  # (also NaN)
+                raise InvalidArgument(f"CS_FANNED: within is 0 to {FANNED_REPORT_WINDOW:g} seconds, not {within!r}")
+            return {"chunks": self.fans.since(within)}, b""
         elif msg == Msg.PING:
             return {"role": "cs", "node": self.creds.node}, b""
         else:

@@ -19,6 +19,14 @@ first replica's is read from it and written over the other's, which is then
 synced.  The master does this as a client of its chunk servers, on
 connections of its own.
 
+A master that dies with the writer (one machine lost, holding both) takes
+what it let the writer do along.  The chunk servers keep, in memory, the
+chunks clients lately wrote to them alone (cs/recent_fans.py): a new master
+asks each server that registers with it in its first minutes (CS_FANNED) and
+mends those chunks the same way, but the ones it let fan out itself (a live
+writer's are mended too: it only loses fanning out, its writes refused
+during the move are sent again down the chain).
+
 Only while every replica's server is connected and holds its replica: a new
 version moves only the replicas the master can tell to move, and the others
 would be left behind at the old one (a master resumed after a stop, whose
@@ -30,14 +38,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from chunkfs.common.errors import ChunkFSError, Unavailable
-from chunkfs.protocol.messages import Msg, replica_list
+from chunkfs.mds.fan_grants import first_version
+from chunkfs.mds.store import VERSION_TERM_SHIFT
+from chunkfs.protocol.messages import (
+    FANNED_REPORT_MAX,
+    FANNED_REPORT_WINDOW,
+    FEATURE_FANNED_REPORT,
+    Msg,
+    int_list,
+    replica_list,
+)
 from chunkfs.protocol.rpc import SILENCE_LIMIT, Connection, connect
 
 if TYPE_CHECKING:
-    from chunkfs.mds.server import MetadataServer
+    from chunkfs.mds.server import LiveServer, MetadataServer
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +65,11 @@ MEND_TIMEOUT = 30.0
 #: (seconds), this many times.
 MEND_RETRY = 5.0
 MEND_TRIES = 60
+#: A new master asks the chunk servers that register with it this long after its election (seconds): the
+#: ones back from the last master's end.  One that registers later was away meanwhile; the others told.
+ASK_WITHIN = 120.0
+WRITER_GONE = "a writer left without ending its session"
+UNDER_EARLIER_MASTER = "chunks written under an earlier master"
 
 
 class FannedMender:
@@ -55,13 +78,46 @@ class FannedMender:
         self._conns: dict[str, Connection] = {}
         #: One departed writer's chunks at a time (and one connection per chunk server).
         self._one_at_a_time = asyncio.Lock()
+        #: Chunks the chunk servers named to this master (`server_back`), each mended once.
+        self._queued: set[int] = set()
 
-    async def writer_gone(self, chunk_ids: set[int]) -> None:
+    def start(self) -> None:
+        """On becoming master: no chunk server asked yet."""
+        self._queued.clear()
+
+    async def writer_gone(self, chunk_ids: set[int], why: str = WRITER_GONE) -> None:
         """Mend the chunks a writer that left without a word was let fan out to (in the background)."""
         async with self._one_at_a_time:
-            await self._mend(chunk_ids)
+            await self._mend(chunk_ids, why)
 
-    async def _mend(self, chunk_ids: set[int]) -> None:
+    async def server_back(self, server: LiveServer) -> None:
+        """A chunk server registered with this new master: mend the chunks clients lately fanned out to it."""
+        mds = self.mds
+        if FEATURE_FANNED_REPORT not in server.features or time.monotonic() - mds.master_since > ASK_WITHIN:
+            return
+        try:
+            reply, _ = await server.conn.call(Msg.CS_FANNED, {"within": FANNED_REPORT_WINDOW}, timeout=MEND_TIMEOUT)
+            reported = int_list(reply["chunks"], "chunks", FANNED_REPORT_MAX)
+        except ChunkFSError as exc:
+            logger.warning("could not ask CS#%d which chunks writers lately sent to every replica at once (%s): "
+                           "if a writer died with the last master, their replicas may differ", server.cs_id, exc)
+            return
+        term = mds.log.term
+        todo = set()
+        for chunk_id in reported:
+            chunk = mds.store.chunk(chunk_id)
+            if chunk_id in self._queued or chunk is None or len(chunk.replicas) < 2:
+                continue
+            if first_version(chunk) and chunk.version >> VERSION_TERM_SHIFT == term:
+                continue  # allocated by this master, which knows its writer (fan_grants.py)
+            todo.add(chunk_id)
+        self._queued |= todo
+        if todo:
+            logger.info("CS#%d: %d chunk(s) written lately to every replica at once, under an earlier master: "
+                        "their replicas are compared (a writer may have died with it)", server.cs_id, len(todo))
+            await self.writer_gone(todo, UNDER_EARLIER_MASTER)
+
+    async def _mend(self, chunk_ids: set[int], why: str) -> None:
         mended = copied = 0
         waiting = set(chunk_ids)
         for _ in range(MEND_TRIES):
@@ -81,17 +137,15 @@ class FannedMender:
                 break
             await asyncio.sleep(MEND_RETRY)
         if waiting:
-            logger.warning("a writer left without ending its session: the replicas of %d chunk(s) it wrote to every "
-                           "replica at once could not be compared in %g s (their servers not all connected, or "
-                           "failing): %s", len(waiting), MEND_RETRY * MEND_TRIES,
-                           ",".join(f"{c:#x}" for c in sorted(waiting)[:20]))
+            logger.warning("%s: the replicas of %d chunk(s) written to every replica at once could not be compared "
+                           "in %g s (their servers not all connected, or failing): %s", why, len(waiting),
+                           MEND_RETRY * MEND_TRIES, ",".join(f"{c:#x}" for c in sorted(waiting)[:20]))
         if copied:
-            logger.warning("a writer left without ending its session: %d of %d chunk(s) it wrote to every replica "
-                           "at once had replicas that differed; %d block(s) copied to make them the same",
-                           mended, len(chunk_ids), copied)
+            logger.warning("%s: %d of %d chunk(s) written to every replica at once had replicas that differed; "
+                           "%d block(s) copied to make them the same", why, mended, len(chunk_ids), copied)
         elif not waiting:
-            logger.info("a writer left without ending its session: the replicas of the %d chunk(s) it wrote to "
-                        "every replica at once are the same", len(chunk_ids))
+            logger.info("%s: the replicas of the %d chunk(s) written to every replica at once are the same", why,
+                        len(chunk_ids))
 
     async def make_same(self, chunk_id: int) -> int:
         """Make the replicas of `chunk_id` hold the same bytes (the first replica's); how many blocks were copied."""
@@ -130,8 +184,8 @@ class FannedMender:
                     await target.call(Msg.CS_WRITE, {**at, "offset": i * block, "chain": [], "sync": False}, data,
                                       timeout=MEND_TIMEOUT)
                 await target.call(Msg.CS_FSYNC, {**at, "chain": []}, timeout=MEND_TIMEOUT)
-                logger.warning("chunk %#x: %d block(s) of CS#%d's replica differed from CS#%d's after its writer "
-                               "left (a write it had sent to some replicas only); copied over", chunk_id,
+                logger.warning("chunk %#x: %d block(s) of CS#%d's replica differed from CS#%d's (a write its "
+                               "writer had sent to some replicas only); copied over", chunk_id,
                                len(differ), cs_id, replicas[0][0])
                 copied += len(differ)
             return copied

@@ -347,6 +347,7 @@ class MetadataServer:
         self.healing.start()
         self.leases.start_grace()
         self.fans.clear()
+        self.mender.start()
         self.open_files.ttl = self.healing.settings(fresh=True)["session-timeout"]
         self.open_files.start_grace()
         self.reaper.start()
@@ -1444,6 +1445,7 @@ class MetadataServer:
             await self._registered(server)
 
     async def _registered(self, server: LiveServer) -> None:
+        self._spawn(self.mender.server_back(server))  # a writer may have died with the last master
         pages = f" in {server.pages} pages" if server.pages > 1 else ""
         await self._event(
             "info",

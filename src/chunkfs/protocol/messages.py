@@ -80,6 +80,7 @@ class Msg(enum.IntEnum):
     CS_REPLICATE = 64
     CS_VERIFY_CHUNK = 65
     CS_REPAIR_BLOCKS = 66
+    CS_FANNED = 67
     # Client or CS -> CS: data.
     CS_READ = 70
     CS_WRITE = 71
@@ -134,6 +135,13 @@ FEATURE_FIRST_WRITE = "first_write"
 #: A chunk server that cuts a replica and moves it to a new version in one step (CS_TRUNCATE_CHUNK's
 #: `new_version`): named in its CS_REGISTER, so that a master sends the field only to servers that take it.
 FEATURE_VERSIONED_CUT = "versioned_cut"
+#: A chunk server that tells a master the chunks a writer lately wrote to it alone, as one of the replicas
+#: it sent each write to itself (CS_FANNED): named in its CS_REGISTER, so that a master asks only servers
+#: that take the message.  A new master mends those chunks' replicas (mds/fanned_mender.py).
+FEATURE_FANNED_REPORT = "fanned_report"
+#: How far back (seconds) such writes count, and how many chunks one answer names at most (the latest).
+FANNED_REPORT_WINDOW = 600.0
+FANNED_REPORT_MAX = 4096
 #: A chunk's small writes sent by its one writer to every replica at once (mds/fan_grants.py): named by a
 #: master in its answer to WATCH; a mount's CHUNK_WRITE then says it takes `fan` in the answer (an
 #: earlier mount refuses the field, an earlier master the request's).
@@ -424,6 +432,11 @@ SPECS: dict[Msg, MessageSpec] = {
     Msg.CS_REPAIR_BLOCKS: MessageSpec(
         (f("chunk_id", int), f("version", int), f("blocks", list, max_items=MAX_BLOCKS), f("sources", list)),
         (f("repaired", list), f("lost", list), f("pending", list)),
+    ),
+    # The chunks a writer sent a write to this replica alone in the last `within` seconds (its
+    # small writes sent to every replica at once), the latest first (FEATURE_FANNED_REPORT).
+    Msg.CS_FANNED: MessageSpec(
+        (f("within", float, int),), (f("chunks", list, max_items=FANNED_REPORT_MAX),)
     ),
     Msg.CS_READ: MessageSpec(
         (f("chunk_id", int), f("version", int), f("offset", int), f("length", int)), ()

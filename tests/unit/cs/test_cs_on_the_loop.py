@@ -23,7 +23,8 @@ from chunkfs.protocol.messages import Msg
 pytestmark = pytest.mark.timeout(60)
 
 CID = 0x77
-READS = types.SimpleNamespace(writable=True)
+#: A client (a mount) whose connection reads what it is sent.
+READS = types.SimpleNamespace(writable=True, peer_role="client")
 
 
 def server(tmp_path) -> ChunkServer:  # type: ignore[no-untyped-def]
@@ -46,6 +47,11 @@ async def test_done_at_once_when_nothing_must_go_first(tmp_path) -> None:  # typ
     assert srv.handle_now(READS, Msg.CS_WRITE_CHUNKS, parts, b"bbcddd") == ({}, b"")
     assert srv.store.read(CID, 1, 20, 21) == b"bb" + bytes(18) + b"c"
     assert srv.store.read(CID + 1, 1, 5, 3) == b"ddd"
+    # A client's writes to this replica alone, noted for a new master (cs/recent_fans.py); a head's are not.
+    assert srv.fans.since(60) == [CID + 1, CID]
+    head = types.SimpleNamespace(writable=True, peer_role="cs")
+    assert srv.handle_now(head, Msg.CS_WRITE, write(100), b"e") == ({}, b"")
+    assert srv.fans.since(60) == [CID + 1, CID]  # (CID first, had the head's write been noted)
     read = {"chunk_id": CID, "version": 1, "offset": 0, "length": 10}
     assert srv.handle_now(READS, Msg.CS_READ, read, b"") == ({}, b"a" * 10)  # a small read too
     assert srv.handle_now(READS, Msg.CS_READ, {**read, "length": INLINE_IO_MAX + 1}, b"") is None
@@ -65,7 +71,7 @@ async def test_passed_to_a_task_and_later_writes_wait_behind_it(tmp_path, why: s
     elif why == "large":
         payload = b"x" * (INLINE_IO_MAX + 1)
     elif why == "peer not reading":
-        conn = types.SimpleNamespace(writable=False)
+        conn = types.SimpleNamespace(writable=False, peer_role="client")
     elif why == "parts chained":
         msg, header = Msg.CS_WRITE_CHUNKS, {"parts": [[CID, 1, [[2, "127.0.0.1:2"]], [[0, 4]]]]}
     hold = srv._locks.hold((CID,)) if why == "chunk locked" else None  # (joins the lock's queue at once)
