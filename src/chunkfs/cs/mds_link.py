@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import logging
 import socket
+import time
 from typing import TYPE_CHECKING
 
 from chunkfs.common.config import REMOVED_FILE, NodeConfig, save_node_file
@@ -44,6 +45,8 @@ MAX_RETRY_PAUSE = 5.0
 #: takes a few seconds, and every second after it this server is not registered it gets no new chunks
 #: (`chunkfs stat` shows it inactive).
 ELECTING_RETRY_PAUSE = 1.0
+#: The same failure to reach an MDS is logged again (WARNING) after this many seconds; at DEBUG meanwhile.
+RESAY_AFTER = 300.0
 
 
 def page_count(count: int, size: int = REPLICA_PAGE) -> int:
@@ -90,6 +93,18 @@ class MdsLink:
         pause = 0.1
         known = list(self.node.mds)
         hints: dict[str, object] = {}  # what each MDS last said about the master: said once, not each second
+        # The last failure logged for each MDS, and when: the same one again is logged every RESAY_AFTER
+        # seconds, not on every try (a probe counted 245-290 lines per server in 30 minutes of a dead MDS).
+        said: dict[str, tuple[str, float]] = {}
+
+        def say(addr: str, exc: BaseException) -> None:
+            text, now = str(exc), time.monotonic()
+            last = said.get(addr)
+            if last is not None and last[0] == text and now - last[1] < RESAY_AFTER:
+                logger.debug("link to MDS %s: %s", addr, text)
+                return
+            said[addr] = (text, now)
+            logger.warning("link to MDS %s: %s%s", addr, text, "" if last is None else " (still)")
         while True:
             electing = False
             todo = list(known)
@@ -104,6 +119,7 @@ class MdsLink:
                     await self._session(addr)
                     pause = 0.1
                     hints.clear()
+                    said.clear()
                 except NotMaster as exc:
                     electing = True
                     named = exc.context.get("leader")
@@ -119,9 +135,9 @@ class MdsLink:
                         with contextlib.suppress(OSError):
                             (self.server.directory / REMOVED_FILE).write_text(f"{exc}\n")
                         return ForGood(exc)
-                    logger.warning("link to MDS %s: %s", addr, exc)
+                    say(addr, exc)
                 except (ConnectionError, TimeoutError) as exc:  # (OSErrors too: the network's, not the disk's)
-                    logger.warning("link to MDS %s: %s", addr, exc)
+                    say(addr, exc)
                 except OSError as exc:
                     # This server's own disk (its data folder removed, a failing disk: the folder watch
                     # stops the server if it is gone): one line saying so, not a traceback.
