@@ -127,6 +127,39 @@ def test_a_new_master_ends_what_the_old_one_let_a_writer_fan_out(make_cluster) -
 
 
 
+def _left_different(c: SyncClient) -> tuple[int, int]:
+    """What a writer that died between two of its sends leaves: a write on one replica only; (inode, version)."""
+    c.set_replicas("/", 3, 2)
+    _fans_on(c)
+    f = c.open("/image", create=True)
+    c.run(f.write(0, bytes(CHUNK)))  # this client allocated the chunk: its one writer
+    ino = c.stat("/image")["ino"]
+    m = c.client.io._write_maps[(ino, 0)]
+    assert m.fan
+    conn = c.run(c.client.io.server(m.replicas[1][1]))
+    c.run(conn.call(Msg.CS_WRITE, {"chunk_id": m.chunk_id, "version": m.version, "offset": 2 * BLOCK,
+                                   "chain": [], "sync": False}, b"\xee" * BLOCK))
+    assert len({bytes(b) for b in replica_bytes(c, ino, 0, CHUNK).values()}) == 2
+    return ino, m.version
+
+
+def _made_the_same(r: SyncClient, ino: int, timeout: float) -> bytes:
+    """Wait until the replicas of `ino`'s chunk are the same again; what they hold, checked."""
+
+    def same_now() -> bool:
+        try:
+            return len({bytes(b) for b in replica_bytes(r, ino, 0, CHUNK).values()}) == 1
+        except StaleVersion:
+            return False  # the mender is moving them to the new version one by one (a CI run under load)
+
+    wait_for("the replicas made the same", same_now, timeout=timeout)
+    data = same_replicas(r, ino, 0, CHUNK)
+    assert data[2 * BLOCK:3 * BLOCK] in (bytes(BLOCK), b"\xee" * BLOCK)  # either: it was never acknowledged
+    assert data[:2 * BLOCK] == bytes(2 * BLOCK) and data[3 * BLOCK:] == bytes(CHUNK - 3 * BLOCK)
+    assert r.read(ino, 0, CHUNK) == data
+    return data
+
+
 def test_replicas_a_writer_left_different_when_it_went_are_made_the_same(make_cluster) -> None:
     """A writer that dies between its sends to the replicas leaves a write on some of them only (a probe:
     a mount killed while it connected to a slow replica).  Its connection to the master closes without its
@@ -134,32 +167,10 @@ def test_replicas_a_writer_left_different_when_it_went_are_made_the_same(make_cl
     mends those that differ (fanned_mender.py)."""
     cluster = make_cluster(n_cs=3, chunk_size=CHUNK)
     with cluster.client() as c:
-        c.set_replicas("/", 3, 2)
-        _fans_on(c)
-        f = c.open("/image", create=True)
-        c.run(f.write(0, bytes(CHUNK)))  # this client allocated the chunk: its one writer
-        ino = c.stat("/image")["ino"]
-        m = c.client.io._write_maps[(ino, 0)]
-        assert m.fan
-        # What a writer that died between two sends left: a write on one replica only.
-        conn = c.run(c.client.io.server(m.replicas[1][1]))
-        c.run(conn.call(Msg.CS_WRITE, {"chunk_id": m.chunk_id, "version": m.version, "offset": 2 * BLOCK,
-                                       "chain": [], "sync": False}, b"\xee" * BLOCK))
-        assert len({bytes(b) for b in replica_bytes(c, ino, 0, CHUNK).values()}) == 2
+        ino, version = _left_different(c)
     with cluster.client() as r:
-
-        def same_now() -> bool:
-            try:
-                return len({bytes(b) for b in replica_bytes(r, ino, 0, CHUNK).values()}) == 1
-            except StaleVersion:
-                return False  # the mender is moving them to the new version one by one (a CI run under load)
-
-        wait_for("the replicas made the same", same_now)
-        data = same_replicas(r, ino, 0, CHUNK)
-        assert data[2 * BLOCK:3 * BLOCK] in (bytes(BLOCK), b"\xee" * BLOCK)  # either: it was never acknowledged
-        assert data[:2 * BLOCK] == bytes(2 * BLOCK) and data[3 * BLOCK:] == bytes(CHUNK - 3 * BLOCK)
-        assert r.run(r.client.mds.call(Msg.CHUNK_READ, {"ino": ino, "index": 0}))["version"] != m.version
-        assert r.read(ino, 0, CHUNK) == data
+        _made_the_same(r, ino, timeout=20)
+        assert r.run(r.client.mds.call(Msg.CHUNK_READ, {"ino": ino, "index": 0}))["version"] != version
 
 
 def test_replicas_a_writer_left_different_are_made_the_same_when_the_master_died_with_it(make_cluster) -> None:
@@ -168,30 +179,9 @@ def test_replicas_a_writer_left_different_are_made_the_same_when_the_master_died
     chunk servers tell the new master the chunks clients lately wrote to them alone, and it mends them."""
     cluster = make_cluster(n_cs=3, n_mds=3, chunk_size=CHUNK)
     with cluster.client() as c:
-        c.set_replicas("/", 3, 2)
-        _fans_on(c)
-        f = c.open("/image", create=True)
-        c.run(f.write(0, bytes(CHUNK)))  # this client allocated the chunk: its one writer
-        ino = c.stat("/image")["ino"]
-        m = c.client.io._write_maps[(ino, 0)]
-        assert m.fan
-        conn = c.run(c.client.io.server(m.replicas[1][1]))
-        c.run(conn.call(Msg.CS_WRITE, {"chunk_id": m.chunk_id, "version": m.version, "offset": 2 * BLOCK,
-                                       "chain": [], "sync": False}, b"\xee" * BLOCK))
-        assert len({bytes(b) for b in replica_bytes(c, ino, 0, CHUNK).values()}) == 2
+        ino, _ = _left_different(c)
         cluster.kill("mds", master_id(c))  # first: it never hears that its writer went
         c.client.mds.retry_for = 1.0  # (the writer's goodbye to a master is not waited for)
     with cluster.client() as r:
         r.client.mds.retry_for = 30.0
-
-        def same_now() -> bool:
-            try:
-                return len({bytes(b) for b in replica_bytes(r, ino, 0, CHUNK).values()}) == 1
-            except StaleVersion:
-                return False  # the mender is moving them to the new version one by one
-
-        wait_for("the replicas made the same by the new master", same_now, timeout=90)
-        data = same_replicas(r, ino, 0, CHUNK)
-        assert data[2 * BLOCK:3 * BLOCK] in (bytes(BLOCK), b"\xee" * BLOCK)  # either: it was never acknowledged
-        assert data[:2 * BLOCK] == bytes(2 * BLOCK) and data[3 * BLOCK:] == bytes(CHUNK - 3 * BLOCK)
-        assert r.read(ino, 0, CHUNK) == data
+        _made_the_same(r, ino, timeout=90)
