@@ -55,7 +55,7 @@ def whole(low: int = 0, high: int = MAX_WHOLE) -> Callable[[str], int]:
 
 
 def cluster_path(text: str) -> str:
-    """A path in the cluster, from its root ("a/b" is "/a/b"); not empty."""
+    """A path in the cluster, from its root; not empty."""
     if not text:
         raise argparse.ArgumentTypeError("an empty path: give one in the cluster, from its root, such as /dir/file")
     return text

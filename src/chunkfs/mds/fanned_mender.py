@@ -23,8 +23,8 @@ A master that dies with the writer (one machine lost, holding both) takes
 what it let the writer do along.  The chunk servers keep, in memory, the
 chunks clients lately wrote to them alone (cs/recent_fans.py): a new master
 asks each server that registers with it in its first minutes (CS_FANNED) and
-mends those chunks the same way, but the ones it let fan out itself (a live
-writer's are mended too: it only loses fanning out, its writes refused
+mends those chunks the same way, all but the ones it let fan out itself (a
+live writer's are mended too: it only loses fanning out, its writes refused
 during the move are sent again down the chain).
 
 Only while every replica's server is connected and holds its replica: a new
