@@ -14,7 +14,7 @@ import uuid
 from pathlib import Path
 
 from chunkfs.cli import tls as tls_cli
-from chunkfs.client.client import SyncClient, ping_node
+from chunkfs.client.client import SyncClient, first_to_answer
 from chunkfs.common.addr import parse_addr
 from chunkfs.common.config import (
     NODE_FILE,
@@ -44,7 +44,7 @@ from chunkfs.common.daemon import (
     start_background,
     wait_exit,
 )
-from chunkfs.common.errors import AuthenticationFailed, ChunkFSError, Unavailable
+from chunkfs.common.errors import AuthenticationFailed, Unavailable
 from chunkfs.common.secret_files import SecretFiles
 from chunkfs.cs.server import ChunkServer
 from chunkfs.mds.server import MetadataServer
@@ -210,19 +210,9 @@ def _refused(directory: Path, node: NodeConfig, secret: bytes) -> str:
     creds = Credentials(node.cluster.name, secret, node.role, f"{node.role}-start-check-{os.getpid()}",
                         tls=node_tls(directory, node.cluster), secret_files=SecretFiles(directory, secret))
 
-    async def ask() -> str:
-        why = ""
-        for addr in node.mds:
-            try:
-                await ping_node(addr, creds, START_CHECK_TIMEOUT)
-                return ""
-            except AuthenticationFailed as exc:
-                why = str(exc)
-            except ChunkFSError:
-                pass
-        return why
-
-    return asyncio.run(ask())
+    answered, failed = asyncio.run(first_to_answer(node.mds, creds, START_CHECK_TIMEOUT))
+    refusals = [str(exc) for exc in failed if isinstance(exc, AuthenticationFailed)]
+    return "" if answered or not refusals else refusals[-1]
 
 
 def run_node(role: str, directory: Path, background: bool) -> int:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import os
 from pathlib import Path
@@ -35,7 +34,6 @@ from chunkfs.common.config import (
     save_node_file,
 )
 from chunkfs.common.daemon import daemon_pid
-from chunkfs.common.errors import ChunkFSError
 
 #: How long `tls enable` waits for each metadata server to answer in plain TCP (it must be stopped).
 ANSWER_TIMEOUT = 2.0
@@ -119,19 +117,11 @@ def _node_name(directory: Path) -> str:
 
 def _answering_without_tls(client: ClientConfig) -> str:
     """The address of a metadata server in `client`'s list that answers it in plain TCP, or ""."""
-    from chunkfs.client.client import ping_node
+    from chunkfs.client.client import first_to_answer
     from chunkfs.protocol.rpc import Credentials
 
     creds = Credentials(client.cluster.name, client.secret, "client", f"tls-enable-{os.getpid()}")
-
-    async def first() -> str:
-        for addr in client.mds:
-            with contextlib.suppress(ChunkFSError, OSError):
-                await ping_node(addr, creds, ANSWER_TIMEOUT)
-                return addr
-        return ""
-
-    return asyncio.run(first())
+    return asyncio.run(first_to_answer(client.mds, creds, ANSWER_TIMEOUT))[0]
 
 
 def cmd_enable(args: argparse.Namespace) -> int:

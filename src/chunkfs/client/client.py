@@ -11,12 +11,12 @@ import asyncio
 import os
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 from chunkfs.client.chunk_io import ChunkIO
 from chunkfs.common.config import ClientConfig, load_client_config
-from chunkfs.common.errors import ConfigError, InvalidArgument, IsADirectory, NotADirectory
+from chunkfs.common.errors import ChunkFSError, ConfigError, InvalidArgument, IsADirectory, NotADirectory, Unavailable
 from chunkfs.common.names import check_name_length, to_bytes, to_text
 from chunkfs.common.secret_files import SecretFiles
 from chunkfs.protocol.mds_link import MdsLink
@@ -52,6 +52,22 @@ async def ping_node(addr: str, creds: Credentials, timeout: float) -> dict[str, 
     finally:
         conn.close()
         await conn.wait_lost(timeout)
+
+
+async def first_to_answer(addrs: Sequence[str], creds: Credentials, timeout: float) -> tuple[str, list[ChunkFSError]]:
+    """The first of `addrs` that answers a PING with `creds` ("" if none), and why each one before it did not."""
+    failed: list[ChunkFSError] = []
+    for addr in addrs:
+        try:
+            await ping_node(addr, creds, timeout)
+        except ChunkFSError as exc:
+            failed.append(exc)
+            continue
+        except OSError as exc:  # (a connection lost under the PING)
+            failed.append(Unavailable(f"{addr}: {exc}"))
+            continue
+        return addr, failed
+    return "", failed
 
 
 class Client:

@@ -105,8 +105,10 @@ class FannedMender:
         term = mds.log.term
         todo = set()
         for chunk_id in reported:
+            if chunk_id in self._queued:  # (another replica's server named it already)
+                continue
             chunk = mds.store.chunk(chunk_id)
-            if chunk_id in self._queued or chunk is None or len(chunk.replicas) < 2:
+            if chunk is None or len(chunk.replicas) < 2:
                 continue
             if first_version(chunk) and chunk.version >> VERSION_TERM_SHIFT == term:
                 continue  # allocated by this master, which knows its writer (fan_grants.py)
