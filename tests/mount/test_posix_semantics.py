@@ -15,6 +15,8 @@ import mmap
 import os
 import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -286,11 +288,11 @@ def test_a_killed_mounts_unlinked_files_are_freed_after_the_session_timeout(make
             os.close(fd)
 
 
-def _writer_past_the_end(make_cluster, mount, *names: str) -> tuple[LocalCluster, list[Path], int, int]:
+def _writer_past_the_end(make_cluster, mount, *names: str, n_mds: int = 1) -> tuple[LocalCluster, list[Path], int, int]:
     """A cluster whose sessions expire after 10 s, mounted as `names` (the first one writes), a file of 100
     committed bytes, and 4 KiB the writer wrote past its end with O_DIRECT (on the replicas at once, the
     size not committed): in chunk 0 and in a chunk of its own.  (cluster, mount points, writer's PID, fd)."""
-    cluster = make_cluster(n_cs=3, chunk_size=1 * MiB)
+    cluster = make_cluster(n_cs=3, chunk_size=1 * MiB, n_mds=n_mds)
     with cluster.client() as client:
         client.set_config({"session-timeout": "10"})
     mounts = [mount(cluster, name) for name in names]
@@ -322,6 +324,62 @@ def test_what_a_killed_writer_left_past_the_size_reads_as_zeros_once_its_session
     data = (other / "f").read_bytes()
     assert data[:100] == b"a" * 100
     assert data[100:].count(0) == 2 * MiB - 100, "a dead writer's bytes shown past the old size"
+
+
+def test_what_a_writer_lost_with_the_master_left_past_the_size_reads_as_zeros(make_cluster, mount) -> None:
+    """The same when the master dies with the writer (one machine lost, holding both): the new master
+    does not know which files the writer's session held, so the chunk servers tell it how far writes
+    made before its election reached into each chunk, and it trims the files written past their size
+    (a fault probe of whole machines lost: a grown file showed the dead writer's bytes, 18 minutes on)."""
+    cluster, (_, other), pid, fd = _writer_past_the_end(make_cluster, mount, "writer", "other", n_mds=3)
+    before = os.stat(other / "f")
+    with cluster.client() as client:
+        cluster.kill("mds", master_id(client))  # first: it never hears that its writer went
+    os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(OSError):
+        os.close(fd)
+    wait_for("the dead writer's chunk past the size to be dropped", lambda: chunk_count(cluster) == 1, timeout=90)
+    after = os.stat(other / "f")
+    assert (after.st_size, after.st_mtime_ns, after.st_ctime_ns) == (100, before.st_mtime_ns, before.st_ctime_ns)
+    os.truncate(other / "f", 2 * MiB)
+    data = (other / "f").read_bytes()
+    assert data[:100] == b"a" * 100
+    assert data[100:].count(0) == 2 * MiB - 100, "a dead writer's bytes shown past the old size"
+
+
+def test_a_put_across_that_loss_fails_rather_than_leave_zeros_in_the_copy(make_cluster, mount) -> None:
+    """A `put` holds no mount session: a new master that trims what writers it takes for dead wrote past
+    their files' sizes cuts the partial copy of one that was running then too.  The copy's size, said at
+    its end with the cut it knew, is refused, and `put` fails in one line, its target untouched (it
+    would otherwise say "done" over a copy whose first megabytes were zeros)."""
+    cluster = make_cluster(n_cs=3, chunk_size=1 * MiB, n_mds=3)
+    with cluster.client() as client:
+        client.set_config({"session-timeout": "10"})
+    writer = mount(cluster, "writer")
+    pid = read_pid(state_dir(writer))
+    assert pid is not None
+    (writer / "f").write_bytes(b"a" * 100)  # the mount's session is stored with its first open
+    data = os.urandom(3 * MiB)
+    # (No file of the mount open from here: a child process's copy of its descriptor, closed, flushes it.)
+    with subprocess.Popen([sys.executable, "-m", "chunkfs", "-c", cluster.name, "put", "-", "/copy"],
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as put:
+        assert put.stdin is not None and put.stderr is not None
+        try:
+            put.stdin.write(data[:2 * MiB])
+            put.stdin.flush()
+            wait_for("the partial copy's two chunks", lambda: chunk_count(cluster) == 3, timeout=60)
+            with cluster.client() as client:
+                cluster.kill("mds", master_id(client))
+            os.kill(pid, signal.SIGKILL)  # the mount lost with the master: its session never comes back
+            wait_for("the partial copy trimmed", lambda: chunk_count(cluster) == 1, timeout=90)
+            put.stdin.write(data[2 * MiB:])
+        finally:
+            put.stdin.close()
+        assert put.wait(timeout=120) != 0
+        err = put.stderr.read().decode()
+    assert err.startswith("chunkfs: error: ") and err.count("\n") == 1 and "write them again" in err, err
+    with cluster.client() as client:
+        assert [name for name, *_ in client.listdir("/")] == ["f"]
 
 
 def test_a_dead_writers_file_held_by_another_mount_is_trimmed_once_that_mount_closes_it(make_cluster,

@@ -122,7 +122,7 @@ async def cmd_put(client: Client, args: argparse.Namespace) -> int:
     pending: set[asyncio.Task[Any]] = set()
     try:
         try:
-            ino = (await client.create(part, exclusive=True))["ino"]
+            made_attr = await client.create(part, exclusive=True)
         except NotFound:
             asked = False
             raise NotFound(f"{parent}: no such folder in the cluster; make it first: chunkfs -c {args.cluster} "
@@ -133,6 +133,7 @@ async def cmd_put(client: Client, args: argparse.Namespace) -> int:
             asked = False  # answered: not made
             raise
         made = True
+        ino = made_attr["ino"]
         block = min(MAX_IO_SIZE, client.chunk_size)
         offset = 0
         with _progress(total) as progress:
@@ -154,7 +155,9 @@ async def cmd_put(client: Client, args: argparse.Namespace) -> int:
             await _all_or_first_error(list(pending))
             pending = set()
         await client.fsync(ino)
-        await client.extend(ino, offset)
+        # With the file's cut as made: a master that took this copy for a dead writer's and trimmed it
+        # meanwhile (a writer lost with the last master: mds/open_files.py) refuses the size, not zeros.
+        await client.extend(ino, offset, cut=made_attr.get("cut"))
         await client.rename(part, args.path)
     except BaseException:
         for t in pending:

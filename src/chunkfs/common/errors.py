@@ -166,7 +166,8 @@ class ConfigError(ChunkFSError):
 
 
 class WritesLost(ChunkFSError):
-    """Writes this mount made were cut: its session expired (silent past session-timeout) before it committed them."""
+    """Writes were cut before their size was committed: their writer was taken for dead (a mount silent past
+    session-timeout, or a writer lost with the master)."""
 
     code = "writes_lost"
     errno = _errno.EIO

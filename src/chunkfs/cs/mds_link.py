@@ -29,6 +29,7 @@ from chunkfs.protocol.messages import (
     FEATURE_FANNED_REPORT,
     FEATURE_FIRST_WRITE,
     FEATURE_VERSIONED_CUT,
+    FEATURE_WRITTEN_REPORT,
     REPLICA_PAGE,
     Msg,
 )
@@ -190,7 +191,7 @@ class MdsLink:
             "host": self.node.host or socket.gethostname(), "total": total, "free": free,
             "replicas": [list(r) for r in first], "location": self.node.location, "tier": self.node.tier,
             # What a master of this version or later may send (README, on upgrades).
-            "features": [FEATURE_FIRST_WRITE, FEATURE_VERSIONED_CUT, FEATURE_FANNED_REPORT],
+            "features": [FEATURE_FIRST_WRITE, FEATURE_VERSIONED_CUT, FEATURE_FANNED_REPORT, FEATURE_WRITTEN_REPORT],
         }
         if pages > 1:
             register["more"] = True  # sent only when needed, so one page still suits an older master

@@ -29,7 +29,7 @@ from chunkfs.common.timings import TIMINGS
 from chunkfs.cs.chunk_store import ChunkStore
 from chunkfs.cs.mds_link import MdsLink
 from chunkfs.cs.metrics import CsStats
-from chunkfs.cs.recent_fans import RecentFans
+from chunkfs.cs.recent_writes import RecentWrites
 from chunkfs.cs.replicator import Replicator
 from chunkfs.cs.scrubber import Scrubber
 from chunkfs.cs.stripe_locks import StripeLocks
@@ -93,8 +93,9 @@ class ChunkServer:
         self._disk_watch: asyncio.Task[str] | None = None
         #: What a mount on this machine reads from LOCAL_MARK_FILE to prove it sees this store (CS_LOCAL).
         self.local_mark = secrets.token_hex(16)
-        #: The chunks clients lately wrote to this replica alone, for a new master to mend (recent_fans.py).
-        self.fans = RecentFans()
+        #: The chunks clients lately wrote to this replica alone, and how far writes reached into each,
+        #: for a new master (recent_writes.py).
+        self.recent = RecentWrites()
 
     async def start(self) -> None:
         self._publish_local_mark()
@@ -178,16 +179,16 @@ class ChunkServer:
         return {}, b""
 
     def _note_fanned(self, conn: Connection, msg: Msg, h: dict[str, Any]) -> None:
-        """A client's write to this replica alone (no chain after it): its writer fans out (recent_fans.py)."""
+        """A client's write to this replica alone (no chain after it): its writer fans out (recent_writes.py)."""
         if conn.peer_role != "client":
             return  # a head sending on (a chunk server), a master mending
         if msg == Msg.CS_WRITE:
             if not h["chain"]:
-                self.fans.note(h["chunk_id"])
+                self.recent.fanned(h["chunk_id"])
             return
         for part in h["parts"]:  # (checked by the write that used them)
             if not part[2]:
-                self.fans.note(part[0])
+                self.recent.fanned(part[0])
 
     def _write_now(self, h: dict[str, Any], payload: Payload) -> bool:
         """A CS_WRITE for this replica alone, done here at once; False: it must go to a task."""
@@ -347,8 +348,10 @@ class ChunkServer:
         return len(pieces)
 
     def _pieces(self, h: dict[str, Any], payload: Payload) -> list[tuple[int, int]]:
-        """A CS_WRITE's (offset, length) pieces, all checked before any is written or sent on."""
+        """A CS_WRITE's (offset, length) pieces, all checked before any is written or sent on; noted as
+        written (recent_writes.py)."""
         if "pieces" not in h:
+            self.recent.wrote(h["chunk_id"], h["offset"] + len(payload))
             return [(h["offset"], len(payload))]
         pieces = write_pieces(h["pieces"], len(payload))
         if h["sync"] or len(payload) > SMALL_WRITE_MAX:
@@ -356,13 +359,16 @@ class ChunkServer:
                                 "in all), never synced")
         for offset, length in pieces:
             self.store.check_range(h["chunk_id"], offset, length)
+        self.recent.wrote(h["chunk_id"], max(offset + length for offset, length in pieces))
         return pieces
 
     def _check_parts(self, parts: list[WritePart]) -> None:
-        """All the parts' pieces checked, before any is written or sent on."""
+        """All the parts' pieces checked, before any is written or sent on; noted as written (recent_writes.py)."""
         for part in parts:
             for offset, length in part.pieces:
                 self.store.check_range(part.chunk_id, offset, length)
+        for part in parts:
+            self.recent.wrote(part.chunk_id, max(offset + length for offset, length in part.pieces))
 
     async def _write_chunks(self, h: dict[str, Any], payload: bytes) -> int:
         """Small writes to several chunks (CS_WRITE_CHUNKS), as `_write` does each chunk's, in one request.
@@ -525,7 +531,10 @@ class ChunkServer:
             within = h["within"]
             if not 0 <= within <= FANNED_REPORT_WINDOW:  # (also NaN)
                 raise InvalidArgument(f"CS_FANNED: within is 0 to {FANNED_REPORT_WINDOW:g} seconds, not {within!r}")
-            return {"chunks": self.fans.since(within)}, b""
+            reply: dict[str, Any] = {"chunks": self.recent.fanned_since(within)}
+            if "before" in h:
+                reply["ends"] = [list(pair) for pair in self.recent.ends_between(within, h["before"])]
+            return reply, b""
         elif msg == Msg.PING:
             return {"role": "cs", "node": self.creds.node}, b""
         else:

@@ -21,11 +21,13 @@ connections of its own.
 
 A master that dies with the writer (one machine lost, holding both) takes
 what it let the writer do along.  The chunk servers keep, in memory, the
-chunks clients lately wrote to them alone (cs/recent_fans.py): a new master
+chunks clients lately wrote to them alone (cs/recent_writes.py): a new master
 asks each server that registers with it in its first minutes (CS_FANNED) and
 mends those chunks the same way, all but the ones it let fan out itself (a
 live writer's are mended too: it only loses fanning out, its writes refused
-during the move are sent again down the chain).
+during the move are sent again down the chain).  The same answer says how far
+writes made before the election reached into each chunk: the files written
+past their size are trimmed as a dead session's (open_files.py).
 
 Only while every replica's server is connected and holds its replica: a new
 version moves only the replicas the master can tell to move, and the others
@@ -48,8 +50,10 @@ from chunkfs.protocol.messages import (
     FANNED_REPORT_MAX,
     FANNED_REPORT_WINDOW,
     FEATURE_FANNED_REPORT,
+    FEATURE_WRITTEN_REPORT,
     Msg,
     int_list,
+    int_pairs,
     replica_list,
 )
 from chunkfs.protocol.rpc import SILENCE_LIMIT, Connection, connect
@@ -91,17 +95,30 @@ class FannedMender:
             await self._mend(chunk_ids, why)
 
     async def server_back(self, server: LiveServer) -> None:
-        """A chunk server registered with this new master: mend the chunks clients lately fanned out to it."""
+        """A chunk server registered with this new master: mend the chunks clients lately fanned out to it, and
+        have the files written past their size before the election trimmed once nobody holds them."""
         mds = self.mds
-        if FEATURE_FANNED_REPORT not in server.features or time.monotonic() - mds.master_since > ASK_WITHIN:
+        age = time.monotonic() - mds.master_since
+        if FEATURE_FANNED_REPORT not in server.features or age > ASK_WITHIN:
             return
+        ask: dict[str, float] = {"within": FANNED_REPORT_WINDOW}
+        if FEATURE_WRITTEN_REPORT in server.features:
+            ask["before"] = age  # a chunk written since may be a live writer's, whose size is still to come
         try:
-            reply, _ = await server.conn.call(Msg.CS_FANNED, {"within": FANNED_REPORT_WINDOW}, timeout=MEND_TIMEOUT)
+            reply, _ = await server.conn.call(Msg.CS_FANNED, ask, timeout=MEND_TIMEOUT)
             reported = int_list(reply["chunks"], "chunks", FANNED_REPORT_MAX)
+            ends = int_pairs(reply.get("ends", []), "ends")
         except ChunkFSError as exc:
             logger.warning("could not ask CS#%d which chunks writers lately sent to every replica at once (%s): "
-                           "if a writer died with the last master, their replicas may differ", server.cs_id, exc)
+                           "if a writer died with the last master, their replicas may differ, and a file it "
+                           "wrote past its size may show those bytes when it grows", server.cs_id, exc)
             return
+        if ends:
+            try:
+                await mds.reaper.written_past_size(ends, f"CS#{server.cs_id}")
+            except ChunkFSError as exc:  # (no longer the master: the next one asks again)
+                logger.info("CS#%d's report of chunks written past their files' size not judged: %s",
+                            server.cs_id, exc)
         term = mds.log.term
         todo = set()
         for chunk_id in reported:

@@ -35,7 +35,12 @@ So the rules are:
   does: a mount that died writing leaves the bytes it wrote past the size it
   had committed, and a truncate or a write that grows the file later must
   show zeros there, not them.  Only at expiry: a mount cut off for a while
-  comes back and reports its size, and its bytes are then the file's.
+  comes back and reports its size, and its bytes are then the file's;
+* a new master does not know which files a session held that never comes
+  back (a mount lost with the last master): the chunk servers tell it how
+  far writes made before its election reached into each chunk
+  (cs/recent_writes.py), and once such a session is given up, the files
+  written past their size are trimmed the same way.
 
 An inode being freed is in `OpenFileTable.freeing` from the moment the
 decision is made until the command is applied: an OPEN that arrives in
@@ -109,15 +114,21 @@ class OpenFileTable:
         #: Files to trim once nobody holds them: a dead session's that another mount held then, and
         #: those whose writer was told its writes were cut (it may have written past the size since).
         self.trim_later: set[int] = set()
+        #: Files the chunk servers say were written past their size before this master's election
+        #: (`OrphanReaper.written_past_size`): a dead session's, if any did not come back.
+        self.past_size_before: set[int] = set()
+        #: Whether a session the store listed did not come back to this master: a mount lost with the last.
+        self.gave_up = False
         self.grace_until = 0.0
 
     def start_grace(self) -> None:
         """This server has just become master: forget everything; wait for the store's sessions (`listed`)."""
         for table in (self.sessions, self.opens, self.holders, self.known, self.complete, self.stored, self.ended,
-                      self.awaited, self.left_by_dead, self.trim_later):
+                      self.awaited, self.left_by_dead, self.trim_later, self.past_size_before):
             table.clear()
         self.freeing.clear()
         self.is_listed = False
+        self.gave_up = False
         self.grace_until = self.clock() + self.ttl
 
     def listed(self, stored: Iterable[str]) -> None:
@@ -137,6 +148,7 @@ class OpenFileTable:
                            "the unlinked files they held open are freed", len(self.awaited), self.ttl)
             self.ended |= self.awaited
             self.awaited.clear()
+            self.gave_up = True
         self.is_listed = True
         return False
 
@@ -256,11 +268,14 @@ class OrphanReaper:
         self._trim_tries: dict[int, int] = {}
         #: Whether this master has taken up the trims an earlier one committed and did not finish.
         self._unfinished_taken = False
+        #: Files the chunk servers named as written past their size before this master (each judged once).
+        self._reported: set[int] = set()
 
     def start(self) -> None:
         """On becoming master."""
         self._pending.clear()
         self._unfinished_taken = False
+        self._reported.clear()
         if self._task is not None and not self._task.done():
             self._task.cancel()
         self._task = self.mds.spawn(self._run())
@@ -305,6 +320,33 @@ class OrphanReaper:
         """Look at what waits (files to trim, released) now."""
         self._wake.set()
 
+    async def written_past_size(self, ends: list[tuple[int, int]], where: str) -> None:
+        """(chunk id, how far writes reached into it) a chunk server reports of writes made before this
+        master's election (fanned_mender.py).  A file written past its size then was a live writer's, which
+        commits its size before it closes the file, or a dead one's: if a session the store listed does not
+        come back, such files are trimmed as a dead session's (`_trim_left`), each once nobody holds it."""
+        await self.mds.log.read_barrier()  # the sizes committed before this term
+        store, chunk_size = self.mds.store, self.mds.node.cluster.chunk_size
+        found = set()
+        for chunk_id, end in ends:
+            chunk = store.chunk(chunk_id)
+            if chunk is None:
+                continue  # removed since
+            try:
+                attr = store.getattr(chunk.ino)
+            except NotFound:
+                continue
+            if attr["type"] == "f" and attr["nlink"] > 0 and chunk.index * chunk_size + end > attr["size"]:
+                found.add(chunk.ino)
+        found -= self._reported
+        self._reported |= found
+        if found:
+            logger.info("%s: %d file(s) written past their size under the last master: trimmed once no mount holds "
+                        "them, if a mount's session does not come back (it may have died with that master)",
+                        where, len(found))
+            self.table.past_size_before |= found
+            self.wake()
+
     async def _trim_left(self) -> None:
         """Cut what dead sessions may have written past the size of the files they held (one at a time)."""
         table = self.table
@@ -314,6 +356,9 @@ class OrphanReaper:
             # Trims committed whose zeroing an earlier master did not live to finish.
             table.left_by_dead.update(self.mds.store.unzeroed())
             self._unfinished_taken = True
+        if table.gave_up:  # a mount lost with the last master: its files are among these
+            table.left_by_dead |= table.past_size_before
+            table.past_size_before.clear()
         for ino in sorted(table.left_by_dead):
             table.left_by_dead.discard(ino)
             if not self.mds.raft.is_leader():

@@ -811,8 +811,8 @@ class MetadataStore:
             trimmed = self.db.execute("SELECT idx FROM trims WHERE ino = ?", (ino,)).fetchone()
             if trimmed is not None and trimmed[0] > cut:
                 raise WritesLost(
-                    f"inode {ino}: writes past its size made before the writer's mount session expired were cut "
-                    "(the mount was silent for longer than session-timeout); write them again")
+                    f"inode {ino}: writes past its size were cut, their writer taken for dead (a mount silent for "
+                    "longer than session-timeout, or a writer lost with the master); write them again")
             size = 0  # written before a cut the writer had not heard of: that cut decided the size
         # `mtime` is the writer's last write.  mtime never goes back for a writer that reports
         # late, except from the future (an earlier utime, past the master's clock `time`): a

@@ -139,6 +139,10 @@ FEATURE_VERSIONED_CUT = "versioned_cut"
 #: it sent each write to itself (CS_FANNED): named in its CS_REGISTER, so that a master asks only servers
 #: that take the message.  A new master mends those chunks' replicas (mds/fanned_mender.py).
 FEATURE_FANNED_REPORT = "fanned_report"
+#: A chunk server whose CS_FANNED also says how far writes lately reached into each chunk (`before` in the
+#: request, `ends` in the answer): named in its CS_REGISTER.  A new master trims what a writer lost with
+#: the last master wrote past a file's size (mds/open_files.py).
+FEATURE_WRITTEN_REPORT = "written_report"
 #: How far back (seconds) such writes count, and how many chunks one answer names at most (the latest).
 FANNED_REPORT_WINDOW = 600.0
 FANNED_REPORT_MAX = 4096
@@ -434,9 +438,12 @@ SPECS: dict[Msg, MessageSpec] = {
         (f("repaired", list), f("lost", list), f("pending", list)),
     ),
     # The chunks a writer sent a write to this replica alone in the last `within` seconds (its
-    # small writes sent to every replica at once), the latest first (FEATURE_FANNED_REPORT).
+    # small writes sent to every replica at once), the latest first (FEATURE_FANNED_REPORT).  With
+    # `before` (FEATURE_WRITTEN_REPORT): `ends`, [chunk_id, end] of the chunks last written `before` to
+    # `within` seconds ago, end the furthest byte writes reached, the latest first.
     Msg.CS_FANNED: MessageSpec(
-        (f("within", float, int),), (f("chunks", list, max_items=FANNED_REPORT_MAX),)
+        (f("within", float, int), f("before", float, int, optional=True)),
+        (f("chunks", list, max_items=FANNED_REPORT_MAX), f("ends", list, optional=True, max_items=FANNED_REPORT_MAX)),
     ),
     Msg.CS_READ: MessageSpec(
         (f("chunk_id", int), f("version", int), f("offset", int), f("length", int)), ()

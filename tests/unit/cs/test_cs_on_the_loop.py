@@ -47,11 +47,13 @@ async def test_done_at_once_when_nothing_must_go_first(tmp_path) -> None:  # typ
     assert srv.handle_now(READS, Msg.CS_WRITE_CHUNKS, parts, b"bbcddd") == ({}, b"")
     assert srv.store.read(CID, 1, 20, 21) == b"bb" + bytes(18) + b"c"
     assert srv.store.read(CID + 1, 1, 5, 3) == b"ddd"
-    # A client's writes to this replica alone, noted for a new master (cs/recent_fans.py); a head's are not.
-    assert srv.fans.since(60) == [CID + 1, CID]
+    # A client's writes to this replica alone, noted for a new master (cs/recent_writes.py); a head's are not.
+    assert srv.recent.fanned_since(60) == [CID + 1, CID]
     head = types.SimpleNamespace(writable=True, peer_role="cs")
     assert srv.handle_now(head, Msg.CS_WRITE, write(100), b"e") == ({}, b"")
-    assert srv.fans.since(60) == [CID + 1, CID]  # (CID first, had the head's write been noted)
+    assert srv.recent.fanned_since(60) == [CID + 1, CID]  # (CID first, had the head's write been noted)
+    # How far writes reached into each chunk: every write's, the head's too.
+    assert srv.recent.ends_between(60, 0) == [(CID, 101), (CID + 1, 8)]
     read = {"chunk_id": CID, "version": 1, "offset": 0, "length": 10}
     assert srv.handle_now(READS, Msg.CS_READ, read, b"") == ({}, b"a" * 10)  # a small read too
     assert srv.handle_now(READS, Msg.CS_READ, {**read, "length": INLINE_IO_MAX + 1}, b"") is None

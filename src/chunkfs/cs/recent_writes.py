@@ -1,0 +1,89 @@
+"""What writers lately did to this server's replicas, for a new master: what outlives a master lost with them.
+
+Two things a master knows of a live writer die with it when a machine holding
+both is lost, and a new master learns them here, from every chunk server
+(CS_FANNED):
+
+* *Chunks a client wrote to this replica alone.*  A chunk's one writer may
+  send its small writes to every replica itself (mds/fan_grants.py).  If it
+  dies between its sends, the replicas differ; the master that let it fan
+  out mends them when the writer's connection closes (mds/fanned_mender.py),
+  but a master that dies with the writer took that along, and the replicas
+  would differ for good, two readers reading different bytes (a fault probe:
+  3 of 37 node kills).  A new master mends the chunks named here.
+* *How far into each chunk writes lately reached* (any write: a client's, a
+  head's sending on, a first write made with the chunk).  A writer that dies
+  leaves what it wrote past the size it had committed; a file grown later by
+  a truncate, or by a write past a hole, must read zeros there, not those
+  bytes.  The master trims a dead mount's files when its session expires
+  (mds/open_files.py), but a new master does not know which files a session
+  that never came back held.  The files whose chunks were written past their
+  size before its election are those (or a live writer's, which commits its
+  size before it closes them: trimmed at their last release, nothing is cut).
+
+In memory only, bounded: a chunk server killed along with them has lost its
+notes, but the other replicas of each chunk hold theirs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+from chunkfs.protocol.messages import FANNED_REPORT_MAX, FANNED_REPORT_WINDOW
+
+
+class RecentWrites:
+    """Chunks lately fanned out to, and how far lately written, by chunk id (monotonic seconds)."""
+
+    def __init__(self, max_chunks: int = FANNED_REPORT_MAX, clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_chunks = max_chunks
+        self.clock = clock
+        #: chunk id -> when a client last wrote it on this replica alone
+        self._fanned: OrderedDict[int, float] = OrderedDict()
+        #: chunk id -> (when last written, the end of the furthest write without a pause of the report's window)
+        self._ends: OrderedDict[int, tuple[float, int]] = OrderedDict()
+
+    def fanned(self, chunk_id: int) -> None:
+        """A client wrote `chunk_id` on this replica alone, now."""
+        self._noted(self._fanned, chunk_id, self.clock())
+
+    def wrote(self, chunk_id: int, end: int) -> None:
+        """A write reached byte `end` of `chunk_id` (its offset plus its length), now."""
+        now = self.clock()
+        last = self._ends.get(chunk_id)
+        if last is not None and last[1] > end and now - last[0] <= FANNED_REPORT_WINDOW:
+            end = last[1]
+        self._noted(self._ends, chunk_id, (now, end))
+
+    def _noted(self, table: OrderedDict, chunk_id: int, value: object) -> None:  # type: ignore[type-arg]
+        table[chunk_id] = value
+        table.move_to_end(chunk_id)
+        if len(table) > self.max_chunks:
+            table.popitem(last=False)
+
+    def fanned_since(self, seconds: float) -> list[int]:
+        """The chunks fanned out to in the last `seconds`, the latest first."""
+        oldest = self.clock() - seconds
+        out = []
+        for chunk_id, when in reversed(self._fanned.items()):
+            if when < oldest:
+                break
+            out.append(chunk_id)
+        return out
+
+    def ends_between(self, within: float, before: float) -> list[tuple[int, int]]:
+        """(chunk id, furthest end) of the chunks last written `before` to `within` seconds ago, the latest first.
+
+        `before`: a new master's age; a chunk written since may be a live writer's, which has not
+        committed its size yet and will.
+        """
+        now = self.clock()
+        out = []
+        for chunk_id, (when, end) in reversed(self._ends.items()):
+            if when < now - within:
+                break
+            if when <= now - before:
+                out.append((chunk_id, end))
+        return out

@@ -1,0 +1,48 @@
+"""What a chunk server tells a new master of writers' recent writes (cs/recent_writes.py)."""
+
+from __future__ import annotations
+
+from chunkfs.cs.recent_writes import RecentWrites
+from chunkfs.protocol.messages import FANNED_REPORT_WINDOW
+
+
+def test_the_chunks_fanned_out_to_within_the_window_latest_first_and_at_most_the_bound() -> None:
+    now = [100.0]
+    recent = RecentWrites(max_chunks=3, clock=lambda: now[0])
+    recent.fanned(1)
+    now[0] = 110.0
+    recent.fanned(2)
+    recent.fanned(3)
+    now[0] = 120.0
+    recent.fanned(2)  # again: its time moves on
+    assert recent.fanned_since(30) == [2, 3, 1]
+    assert recent.fanned_since(15) == [2, 3]
+    assert recent.fanned_since(0) == [2]
+    recent.fanned(4)  # past the bound: the one noted longest ago goes
+    assert recent.fanned_since(1000) == [4, 2, 3]
+
+
+def test_how_far_writes_reached_each_chunk_before_a_moment_the_furthest_kept() -> None:
+    now = [100.0]
+    recent = RecentWrites(max_chunks=3, clock=lambda: now[0])
+    recent.wrote(1, 4096)
+    recent.wrote(1, 100)  # an earlier offset: the furthest end stays
+    recent.wrote(2, 50)
+    now[0] = 130.0
+    recent.wrote(3, 7)
+    assert recent.ends_between(60, 0) == [(3, 7), (2, 50), (1, 4096)]
+    # Written in the last 20 s (since a new master's election): a live writer's, left out.
+    assert recent.ends_between(60, 20) == [(2, 50), (1, 4096)]
+    assert recent.ends_between(20, 0) == [(3, 7)]  # (older than the window: left out)
+    recent.wrote(4, 1)  # past the bound: the one noted longest ago goes
+    assert [chunk for chunk, _ in recent.ends_between(1000, 0)] == [4, 3, 2]
+    assert recent.fanned_since(1000) == []  # (a write is not a fanned one)
+
+
+def test_an_end_from_before_the_window_is_not_kept_by_a_later_write() -> None:
+    now = [100.0]
+    recent = RecentWrites(clock=lambda: now[0])
+    recent.wrote(1, 4096)
+    now[0] += FANNED_REPORT_WINDOW + 1  # (the file may have been cut since: that end says nothing now)
+    recent.wrote(1, 10)
+    assert recent.ends_between(FANNED_REPORT_WINDOW, 0) == [(1, 10)]
