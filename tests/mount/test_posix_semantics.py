@@ -371,11 +371,15 @@ def test_a_put_across_that_loss_fails_rather_than_leave_zeros_in_the_copy(make_c
         assert [name for name, *_ in client.listdir("/")] == ["f"]
 
 
-def test_a_dead_writers_file_held_by_another_mount_is_trimmed_once_that_mount_closes_it(make_cluster,
-                                                                                       mount) -> None:
+@pytest.mark.parametrize("new_master", [False, True], ids=["same-master", "new-master"])
+def test_a_dead_writers_file_held_by_another_mount_is_trimmed_once_that_mount_closes_it(make_cluster, mount,
+                                                                                       new_master) -> None:
     """A reader holding the file when the writer's session expires defers the trim, not cancels it (a
-    fault probe: a program reading the file every 0.4 s left the dead writer's bytes for good)."""
-    cluster, (_, other), pid, fd = _writer_past_the_end(make_cluster, mount, "writer", "other")
+    fault probe: a program reading the file every 0.4 s left the dead writer's bytes for good); and
+    so does a new master meanwhile: the file was noted in the store before the session was closed (a
+    fault probe: a master killed in between, and the file was never cut)."""
+    cluster, (_, other), pid, fd = _writer_past_the_end(make_cluster, mount, "writer", "other",
+                                                         n_mds=3 if new_master else 1)
     reader = os.open(other / "f", os.O_RDONLY)
     try:
         os.kill(pid, signal.SIGKILL)
@@ -384,6 +388,8 @@ def test_a_dead_writers_file_held_by_another_mount_is_trimmed_once_that_mount_cl
         with cluster.client() as client:
             wait_for("the dead writer's session to be closed",
                      lambda: client.cluster_stat()["mounts"]["sessions"] == 1, timeout=60)
+            if new_master:
+                cluster.kill("mds", master_id(client))
         time.sleep(1)
         assert chunk_count(cluster) == 2, "trimmed while another mount held the file open"
         assert os.pread(reader, 200, 0) == b"a" * 100

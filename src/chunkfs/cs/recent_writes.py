@@ -42,8 +42,9 @@ class RecentWrites:
         self.clock = clock
         #: chunk id -> when a client last wrote it on this replica alone
         self._fanned: OrderedDict[int, float] = OrderedDict()
-        #: chunk id -> (when last written, the end of the furthest write without a pause of the report's window)
-        self._ends: OrderedDict[int, tuple[float, int]] = OrderedDict()
+        #: chunk id -> (when last written, when `end` was reached, the end of the furthest write without a
+        #: pause of the report's window); in the order last written
+        self._ends: OrderedDict[int, tuple[float, float, int]] = OrderedDict()
 
     def fanned(self, chunk_id: int) -> None:
         """A client wrote `chunk_id` on this replica alone, now."""
@@ -53,9 +54,10 @@ class RecentWrites:
         """A write reached byte `end` of `chunk_id` (its offset plus its length), now."""
         now = self.clock()
         last = self._ends.get(chunk_id)
-        if last is not None and last[1] > end and now - last[0] <= FANNED_REPORT_WINDOW:
-            end = last[1]
-        self._noted(self._ends, chunk_id, (now, end))
+        reached = now
+        if last is not None and last[2] >= end and now - last[0] <= FANNED_REPORT_WINDOW:
+            reached, end = last[1], last[2]
+        self._noted(self._ends, chunk_id, (now, reached, end))
 
     def _noted(self, table: OrderedDict, chunk_id: int, value: object) -> None:  # type: ignore[type-arg]
         table[chunk_id] = value
@@ -74,16 +76,18 @@ class RecentWrites:
         return out
 
     def ends_between(self, within: float, before: float) -> list[tuple[int, int]]:
-        """(chunk id, furthest end) of the chunks last written `before` to `within` seconds ago, the latest first.
+        """(chunk id, furthest end) of the chunks whose furthest end was reached `before` to `within` seconds
+        ago, the latest written first.
 
-        `before`: a new master's age; a chunk written since may be a live writer's, which has not
-        committed its size yet and will.
+        `before`: a new master's age.  A chunk a writer took further since may be a live writer's, which
+        has not committed its size yet and will; one only written again since, below that end (a live
+        writer's appends to a file a dead one wrote further into), is named: the end is the dead one's.
         """
         now = self.clock()
         out = []
-        for chunk_id, (when, end) in reversed(self._ends.items()):
+        for chunk_id, (when, reached, end) in reversed(self._ends.items()):
             if when < now - within:
                 break
-            if when <= now - before:
+            if now - within <= reached <= now - before:
                 out.append((chunk_id, end))
         return out

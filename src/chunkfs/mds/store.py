@@ -110,6 +110,7 @@ CREATE TABLE IF NOT EXISTS orphans (ino INTEGER PRIMARY KEY, since REAL NOT NULL
 CREATE TABLE IF NOT EXISTS cuts (ino INTEGER PRIMARY KEY, idx INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS trims (ino INTEGER PRIMARY KEY, idx INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS unzeroed (ino INTEGER PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS to_trim (ino INTEGER PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS removed_cs (cs_id INTEGER PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS mount_sessions (name TEXT PRIMARY KEY, since REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS answers (
@@ -767,6 +768,7 @@ class MetadataStore:
         writes made before, fails (`WritesLost`): a mount that was only silent learns that its
         writes were cut, instead of an fsync that says they are there.
         """
+        self.db.execute("DELETE FROM to_trim WHERE ino = ?", (ino,))  # trimmed now, or called off
         attr = self.getattr(ino)
         if attr["type"] != "f" or attr["size"] != size or attr["nlink"] == 0:
             return {"dropped": []}
@@ -786,6 +788,15 @@ class MetadataStore:
     def unzeroed(self) -> list[int]:
         """Files trimmed whose last chunk a master has not yet said it zeroed past the size."""
         return [int(r[0]) for r in self.db.execute("SELECT ino FROM unzeroed ORDER BY ino")]
+
+    def _op_note_trims(self, term: int, inos: list[int]) -> None:
+        """Files a dead writer may have written past their size, to trim once nobody holds them (`trim`
+        takes each off): noted before its session is closed, so that a next master trims them too."""
+        self.db.executemany("INSERT OR IGNORE INTO to_trim VALUES (?)", [(ino,) for ino in inos])
+
+    def to_trim(self) -> list[int]:
+        """Files noted for a trim (`_op_note_trims`) and not trimmed yet."""
+        return [int(r[0]) for r in self.db.execute("SELECT ino FROM to_trim ORDER BY ino")]
 
     def _cut(self, ino: int) -> None:
         """Record that the file's size was set (truncated, or opened with O_TRUNC) by this command.
@@ -858,7 +869,7 @@ class MetadataStore:
 
     def _free_inode(self, ino: int) -> list[Chunk]:
         dropped = self._chunks_from(ino, 0)
-        for table in ("chunks", "inodes", "placement", "symlinks", "orphans", "cuts", "trims", "unzeroed"):
+        for table in ("chunks", "inodes", "placement", "symlinks", "orphans", "cuts", "trims", "unzeroed", "to_trim"):
             self.db.execute(f"DELETE FROM {table} WHERE ino = ?", (ino,))  # noqa: S608 - fixed names
         return dropped
 

@@ -46,3 +46,17 @@ def test_an_end_from_before_the_window_is_not_kept_by_a_later_write() -> None:
     now[0] += FANNED_REPORT_WINDOW + 1  # (the file may have been cut since: that end says nothing now)
     recent.wrote(1, 10)
     assert recent.ends_between(FANNED_REPORT_WINDOW, 0) == [(1, 10)]
+
+
+def test_a_chunk_written_again_below_its_furthest_end_is_still_named_with_that_end() -> None:
+    """A fault probe: a live writer's appends after the election, below where a dead writer had written
+    in the same chunk, hid the chunk from the report (its time was the live writer's), and the dead
+    writer's bytes were never cut."""
+    now = [100.0]
+    recent = RecentWrites(clock=lambda: now[0])
+    recent.wrote(1, 217_384)  # the dead writer's, before the election
+    now[0] = 130.0
+    recent.wrote(1, 1_100)  # a live writer's, after it
+    assert recent.ends_between(60, 20) == [(1, 217_384)]
+    recent.wrote(1, 300_000)  # taken further after the election: a live writer's, to commit
+    assert recent.ends_between(60, 20) == []

@@ -522,6 +522,19 @@ def test_a_trim_drops_the_chunks_past_the_size_it_was_decided_for_and_nothing_el
     assert store.unzeroed() == []  # freed: nothing left to zero
 
 
+def test_files_noted_for_a_trim_stay_noted_until_trimmed_or_freed(d: Driver, store: MetadataStore) -> None:
+    """A master notes a dead writer's files before it closes the writer's session: one that dies before it
+    trims them leaves them to the next (a fault probe: 41 files never cut)."""
+    f, g, h = (d.create(ROOT_INO, name) for name in "fgh")
+    d("note_trims", inos=[f, g, h])
+    d("note_trims", inos=[f])  # (again: once)
+    assert store.to_trim() == [f, g, h]
+    d("trim", ino=f, size=0)
+    assert d("trim", ino=g, size=5) == {"dropped": []}  # called off (the size moved since): not noted either
+    d.unlink(ROOT_INO, "h")
+    assert store.to_trim() == []
+
+
 def test_a_file_counts_its_chunks_for_st_blocks(d: Driver, store: MetadataStore) -> None:
     f = d.create(ROOT_INO, "f")
     assert store.getattr(f)["chunks"] == 0
