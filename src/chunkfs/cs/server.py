@@ -533,6 +533,8 @@ class ChunkServer:
                 raise InvalidArgument(f"CS_FANNED: within is 0 to {FANNED_REPORT_WINDOW:g} seconds, not {within!r}")
             reply: dict[str, Any] = {"chunks": self.recent.fanned_since(within)}
             if "before" in h:
+                if not 0 <= h["before"] <= within:
+                    raise InvalidArgument(f"CS_FANNED: before is 0 to within ({within:g}) seconds, not {h['before']!r}")
                 reply["ends"] = [list(pair) for pair in self.recent.ends_between(within, h["before"])]
             return reply, b""
         elif msg == Msg.PING:

@@ -439,8 +439,8 @@ SPECS: dict[Msg, MessageSpec] = {
     ),
     # The chunks a writer sent a write to this replica alone in the last `within` seconds (its
     # small writes sent to every replica at once), the latest first (FEATURE_FANNED_REPORT).  With
-    # `before` (FEATURE_WRITTEN_REPORT): `ends`, [chunk_id, end] of the chunks last written `before` to
-    # `within` seconds ago, end the furthest byte writes reached, the latest first.
+    # `before` (FEATURE_WRITTEN_REPORT): `ends`, [chunk_id, end] of the chunks whose furthest end writes
+    # reached, `end`, was reached `before` to `within` seconds ago, the latest written first.
     Msg.CS_FANNED: MessageSpec(
         (f("within", float, int), f("before", float, int, optional=True)),
         (f("chunks", list, max_items=FANNED_REPORT_MAX), f("ends", list, optional=True, max_items=FANNED_REPORT_MAX)),

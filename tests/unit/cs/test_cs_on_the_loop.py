@@ -17,6 +17,7 @@ import types
 import pytest
 
 from chunkfs.common.config import ClusterInfo, NodeConfig
+from chunkfs.common.errors import InvalidArgument
 from chunkfs.cs.server import INLINE_IO_MAX, ChunkServer
 from chunkfs.protocol.messages import Msg
 
@@ -118,4 +119,17 @@ async def test_large_replicas_are_deleted_off_the_loop(tmp_path, size: int, on_l
     await srv.handle_master(READS, Msg.CS_DELETE_CHUNKS, {"chunk_ids": [CID]}, b"")
     assert where == [on_loop]
     assert srv.store.version_of(CID) is None and srv.store.allocated([CID]) == 0
+    srv.store.close()
+
+
+async def test_a_new_master_is_told_the_chunks_fanned_out_to_and_how_far_writes_reached(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    srv = server(tmp_path)
+    master = types.SimpleNamespace(writable=True, peer_role="mds")
+    assert srv.handle_now(READS, Msg.CS_WRITE, write(4096), b"a" * 10) == ({}, b"")
+    reply, _ = await srv.handle_master(master, Msg.CS_FANNED, {"within": 600}, b"")
+    assert reply == {"chunks": [CID]}  # (an earlier master asks without `before`: no `ends`)
+    reply, _ = await srv.handle_master(master, Msg.CS_FANNED, {"within": 600, "before": 0}, b"")
+    assert reply == {"chunks": [CID], "ends": [[CID, 4106]]}
+    with pytest.raises(InvalidArgument):
+        await srv.handle_master(master, Msg.CS_FANNED, {"within": 600, "before": 601}, b"")
     srv.store.close()
