@@ -30,6 +30,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any
 
 from chunkfs.protocol.messages import FANNED_REPORT_MAX, FANNED_REPORT_WINDOW
 
@@ -59,7 +60,8 @@ class RecentWrites:
             reached, end = last[1], last[2]
         self._noted(self._ends, chunk_id, (now, reached, end))
 
-    def _noted(self, table: OrderedDict, chunk_id: int, value: object) -> None:  # type: ignore[type-arg]
+    def _noted(self, table: OrderedDict[int, Any], chunk_id: int, value: Any) -> None:
+        """`value` for `chunk_id`, now its latest; the one noted longest ago goes past the bound."""
         table[chunk_id] = value
         table.move_to_end(chunk_id)
         if len(table) > self.max_chunks:
