@@ -430,17 +430,21 @@ class ChunkStore:
                     os.close(entry.fd)
 
     def _evict_locked(self) -> None:
-        """Close least recently used descriptors beyond the bound (skipping ones in use)."""
+        """Close least recently used descriptors beyond the bound (skipping ones in use).
+
+        Walks from the least recently used end only as far as it must: a copy of the whole
+        table on every replica opened was a cost of its own when many new replicas are made."""
         excess = len(self._files) - self._max_open
-        for chunk_id in list(self._files):
-            if excess <= 0:
+        if excess <= 0:
+            return
+        victims = []
+        for chunk_id, entry in self._files.items():
+            if len(victims) == excess:
                 break
-            entry = self._files[chunk_id]
-            if entry.refs:
-                continue
-            del self._files[chunk_id]
-            os.close(entry.fd)
-            excess -= 1
+            if not entry.refs:
+                victims.append(chunk_id)
+        for chunk_id in victims:
+            os.close(self._files.pop(chunk_id).fd)
 
     def _forget_fd_locked(self, chunk_id: int) -> None:
         entry = self._files.pop(chunk_id, None)
