@@ -11,7 +11,7 @@ from pathlib import Path
 from chunkfs.common.errors import Unavailable
 from chunkfs.testing.cluster import wait_for
 
-from ._healing_helpers import MiB, check_every_replica, chunk_maps
+from ._healing_helpers import MiB, check_every_replica, chunk_maps, set_fast_timeouts
 from .conftest import run_cli
 
 SIZE = 12 * MiB
@@ -97,4 +97,25 @@ def test_new_server_gets_replicas_and_rm_cs_drains_one(make_cluster) -> None:
     with cluster.client() as c:
         c.client.mds.retry_for = 30.0
         assert victim not in [s["id"] for s in c.cluster_stat()["cs"]]
+        assert c.read(f.ino, 0, SIZE) == data
+
+
+def test_a_drain_goes_on_while_another_replicas_server_is_down(make_cluster) -> None:
+    """A fault probe: `rm-cs` of one server, then another killed; the chunks with a replica on each did not
+    move until the killed one went offline (300 s by default), the drain's `--wait` gave up meanwhile, and
+    those chunks had one replica left that was not on the leaving server."""
+    cluster = make_cluster(n_cs=5)
+    data = os.urandom(SIZE)
+    with cluster.client() as c:
+        set_fast_timeouts(c, inactive=1, offline=600)  # the drain must not wait for an offline verdict
+        f = c.open("/data", create=True)
+        c.run(f.write(0, data))
+        c.run(f.fsync())
+        victim, down = (cs for cs, _ in chunk_maps(c, f.ino, SIZE)[0]["replicas"][:2])
+        cluster.kill("cs", cluster.cs_number(down))
+        result = run_cli("-c", cluster.name, "rm-cs", str(victim), "--wait", "--timeout", "120", timeout=180)
+        assert result.returncode == 0, result.stderr
+        assert victim not in [s["id"] for s in c.cluster_stat()["cs"]]
+        for m in chunk_maps(c, f.ino, SIZE):
+            assert victim not in [cs for cs, _ in m["replicas"]]
         assert c.read(f.ino, 0, SIZE) == data

@@ -144,7 +144,9 @@ def remove_mds(cluster: str, node_id: int) -> str | None:
         members = {int(m["id"]): m["addr"] for m in c.cluster_stat()["mds"]}
         for attempt in range(REMOVE_TRIES):
             try:
-                c.remove_mds(node_id)
+                # The master's word first: `stat` leaves out a member never started (its address stayed
+                # in the client configuration, a probe found).
+                members[node_id] = c.remove_mds(node_id) or members.get(node_id)
                 break
             except Unavailable:
                 if attempt == REMOVE_TRIES - 1:

@@ -382,9 +382,10 @@ class Client:
         """Register a new metadata server's address: {id, members}."""
         return await self.mds.call(Msg.MDS_ADD, {"addr": addr})
 
-    async def remove_mds(self, node_id: int) -> None:
-        """Take a metadata server out of the group."""
-        await self.mds.call(Msg.MDS_REMOVE, {"id": node_id})
+    async def remove_mds(self, node_id: int) -> str | None:
+        """Take a metadata server out of the group; its address, when the master says it (an older one does not)."""
+        reply = await self.mds.call(Msg.MDS_REMOVE, {"id": node_id})
+        return reply.get("addr")
 
     async def cluster_stat(self) -> dict[str, Any]:
         return (await self.mds.call(Msg.CLUSTER_STAT, {}))["stat"]

@@ -267,7 +267,10 @@ class ReplicationMonitor:
             priority = 0 if len(h.good) < h.minimum else 1
         elif h.excess or h.untidy:
             priority = 2
-        elif not h.waiting:
+        elif not h.waiting or self.draining.intersection(h.good):
+            # A drain does not wait for another replica's server to come back or go offline (a probe's
+            # drain stood still for the 300 s of `cs-offline-timeout` of a server killed meanwhile, the
+            # chunks' one other replica not on the leaving server meanwhile); the copy keeps the waiting one.
             drop = self._misplaced(h, {"failure_domain": row.failure_domain, "tier": row.tier})
             priority = None if drop is None else 3
         status = h.status
@@ -456,9 +459,11 @@ class ReplicationMonitor:
                 self._announced = True
             else:
                 what = "it held no replicas"
-            await self.mds.event(
-                "error" if lost else "warning",
-                f"CS#{cs_id} offline: silent for over {settings['cs-offline-timeout']:g} s; {what}")
+            # A server being drained is offline as soon as it disconnects: nothing to wait for (it said
+            # "silent for over 300 s" two seconds after a kill, a probe found).
+            why = "disconnected while being drained" if cs_id in self.draining else \
+                f"silent for over {settings['cs-offline-timeout']:g} s"
+            await self.mds.event("error" if lost else "warning", f"CS#{cs_id} offline: {why}; {what}")
         elif state == ACTIVE and before in (INACTIVE, OFFLINE):
             await self.mds.event("info", f"CS#{cs_id} active again")
 

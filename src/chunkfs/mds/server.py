@@ -74,7 +74,7 @@ from chunkfs.protocol.messages import (
 )
 from chunkfs.protocol.rpc import SILENCE_LIMIT, Connection, Credentials, Reply, RpcServer
 from chunkfs.protocol.tls import node_tls
-from chunkfs.raft.driver import RaftLog, StateMachine
+from chunkfs.raft.driver import ELECTION_TIMEOUT, RaftLog, StateMachine
 
 logger = logging.getLogger(__name__)
 
@@ -535,17 +535,44 @@ class MetadataServer:
         members = self.store.mds_members()
         if node_id not in members and node_id not in self.raft.voters():
             raise NotFound(f"no MDS#{node_id} in this cluster")
+        if node_id in self.raft.voters():
+            self._check_majority_left(node_id)
         if node_id == self.node.node_id:
-            others = sorted(self.raft.voters() - {node_id})
-            if not others:
-                raise InvalidArgument("cannot remove the only metadata server")
-            self.raft.transfer_leadership(others[0])
-            raise Unavailable(f"MDS#{node_id} is the master; handing over to MDS#{others[0]} first: try again")
-        if len(self.raft.voters() - {node_id}) < 1:
-            raise InvalidArgument("cannot remove the only metadata server")
+            # To the follower furthest along among those that answer (the lowest id, frozen, made every
+            # retry hand over to it again: the command hung while no change committed, a probe found).
+            answering = self.raft.answering_voters() - {node_id}
+            matches = self.raft.match_indexes()
+            to = max(sorted(answering), key=lambda peer: matches.get(peer, 0))
+            self.raft.transfer_leadership(to)
+            raise Unavailable(f"MDS#{node_id} is the master; handing over to MDS#{to} first: try again")
         await self._remove_member(node_id)
         await self._event("warning", f"MDS#{node_id} removed from the metadata group")
-        return {}
+        return {"addr": members[node_id]} if node_id in members else {}
+
+    def _check_majority_left(self, node_id: int) -> None:
+        """Refuse to remove voter `node_id` when the voters left would not have a majority that answers.
+
+        Such a removal commits (the master and one other of three suffice), and then no master can be
+        elected until a silent member comes back: a probe removed a healthy member while another was
+        down or frozen and had no master for minutes, every client's change failing meanwhile.
+        """
+        left = self.raft.voters() - {node_id}
+        if not left:
+            raise InvalidArgument("cannot remove the only metadata server")
+        answering = self.raft.answering_voters() & left
+        need = len(left) // 2 + 1
+        if len(answering) >= need:
+            return
+        if time.monotonic() - self._master_since < 2 * ELECTION_TIMEOUT:
+            # A new master counts a member as answering once it has answered it: not yet, maybe.
+            raise Unavailable("the master is new and has not heard from every metadata server yet: try again")
+        silent = sorted(left - answering)
+        names = ", ".join(f"MDS#{peer}" for peer in silent)
+        raise InvalidArgument(
+            f"removing MDS#{node_id} would leave {len(left)} metadata servers of which {names} "
+            f"{'does' if len(silent) == 1 else 'do'} not answer: fewer than the {need} a master needs. "
+            f"Bring {names} back first, or remove {'it' if len(silent) == 1 else 'them'} instead "
+            f"(chunkfs rm-mds {silent[0]})")
 
     async def _remove_member(self, node_id: int) -> None:
         """Take `node_id` out of the voters (if it is one) and out of the member table."""

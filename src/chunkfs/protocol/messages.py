@@ -491,7 +491,8 @@ SPECS: dict[Msg, MessageSpec] = {
     Msg.MDS_ADD: MessageSpec((f("addr", str),), (f("id", int), f("members", list))),
     # A registered MDS, now running, asks to become a voter.
     Msg.MDS_JOIN: MessageSpec((f("id", int), f("addr", str)), (f("members", list),)),
-    Msg.MDS_REMOVE: MessageSpec((f("id", int),), ()),
+    # The reply names the address removed (also of a member never started, which `stat` does not list).
+    Msg.MDS_REMOVE: MessageSpec((f("id", int),), (f("addr", str, optional=True),)),
     Msg.GET_CONFIG: MessageSpec((), (f("settings", dict),)),
     Msg.SET_CONFIG: MessageSpec((f("values", dict),), (f("settings", dict),)),
     # Drain a chunk server (its replicas move away) and remove it once empty; `cancel` stops a drain.

@@ -443,6 +443,8 @@ class Progress:
     match: int = 0
     next: int = 1
     recent_active: bool = True
+    #: Leader ticks since this follower last answered (a large number: not heard from since this leader began).
+    silent_ticks: int = 1 << 30
     #: Index of the snapshot in flight to this follower (0: none): the snapshot state.
     snapshot: int = 0
     #: Ticks since the driver last reported that transfer alive.
@@ -580,6 +582,16 @@ class RaftCore:
         if self.role is not Role.LEADER:
             return {}
         return {peer: (self.log.last_index if peer == self.id else pr.match) for peer, pr in self._progress.items()}
+
+    def answering_voters(self) -> frozenset[int]:
+        """The leader and the voters that answered it within the last election timeout (empty on followers).
+
+        What a membership change must leave a majority of, or no master could be elected after it.
+        """
+        if self.role is not Role.LEADER:
+            return frozenset()
+        return frozenset(v for v in self.voters if v == self.id or (
+            v in self._progress and self._progress[v].silent_ticks < self.election_timeout))
 
     @property
     def quorum(self) -> int:
@@ -1036,6 +1048,7 @@ class RaftCore:
                 for pr in self._progress.values():
                     pr.recent_active = False
         for pr in self._progress.values():
+            pr.silent_ticks += 1
             if pr.snapshot:
                 pr.snapshot_idle += 1
                 if pr.snapshot_idle >= self.snapshot_timeout:
@@ -1201,6 +1214,7 @@ class RaftCore:
         if pr is None:
             return
         pr.recent_active = True
+        pr.silent_ticks = 0
         if m.seq and self._pending_reads:
             self._ack_reads(m.src, m.seq)
         if pr.snapshot:

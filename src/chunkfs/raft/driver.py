@@ -69,6 +69,8 @@ logger = logging.getLogger(__name__)
 TICK = 0.05
 ELECTION_TICKS = 20
 HEARTBEAT_TICKS = 2
+#: The same in seconds: how long a member may be silent and still count as answering (RaftCore.answering_voters).
+ELECTION_TIMEOUT = ELECTION_TICKS * TICK
 #: How long a proposal or a read barrier waits for its outcome.
 PROPOSE_TIMEOUT = 15.0
 #: Read lease, seconds after a confirmed ReadIndex round started (Raft thesis 6.4.1).  Every
@@ -507,7 +509,8 @@ class RaftLog:
         self._read_waiters.append(fut)
         self._start_read_round()
         try:
-            await asyncio.wait_for(asyncio.shield(fut), PROPOSE_TIMEOUT)
+            async with asyncio.timeout(PROPOSE_TIMEOUT):  # (a timeout cancels `fut`, which its round then skips)
+                await fut
         except TimeoutError:
             raise Timeout(f"read barrier not confirmed by a quorum within {PROPOSE_TIMEOUT:g}s") from None
 
@@ -519,7 +522,8 @@ class RaftLog:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._applied_waiters.append((index, fut))
         try:
-            await asyncio.wait_for(asyncio.shield(fut), PROPOSE_TIMEOUT)
+            async with asyncio.timeout(PROPOSE_TIMEOUT):
+                await fut
         except TimeoutError:
             raise Timeout(f"entry {index} not applied within {PROPOSE_TIMEOUT:g}s") from None
 
@@ -617,9 +621,20 @@ class RaftLog:
         self._proposals[index] = (core.term, fut)
         self._wake.set()
         try:
-            await asyncio.wait_for(asyncio.shield(fut), PROPOSE_TIMEOUT)
+            # Not wait_for(shield(fut)): a shielded future failed after the wait ended (the master deposed)
+            # logged "Future exception was never retrieved" (found by a probe); a cancelled one is skipped.
+            async with asyncio.timeout(PROPOSE_TIMEOUT):
+                await fut
         except TimeoutError:
             raise Timeout("membership change not committed in time; check `chunkfs stat`") from None
+
+    def answering_voters(self) -> frozenset[int]:
+        """This master and the voters that answered it lately (empty on a follower): see RaftCore."""
+        return self.core.answering_voters() if self.core is not None else frozenset()
+
+    def match_indexes(self) -> dict[int, int]:
+        """How far each voter's log matches this master's (empty on a follower)."""
+        return self.core.match_indexes() if self.core is not None else {}
 
     def transfer_leadership(self, to: int) -> bool:
         self._lease = (0, 0.0)  # the target is elected without waiting for anyone's lease

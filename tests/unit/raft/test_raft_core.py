@@ -313,6 +313,31 @@ def test_leadership_transfer() -> None:
     assert nodes[3].is_leader and not nodes[1].is_leader
 
 
+def test_a_voter_that_stops_answering_leaves_the_answering_set_within_an_election_timeout() -> None:
+    """What a membership change checks first (mds/server.py `_check_majority_left`): a removal that leaves
+    no majority among the members that answer commits, and then no master can be elected."""
+    nodes = cluster()
+    elect(nodes, 1)
+    assert nodes[1].answering_voters() == {1, 2, 3}
+    assert nodes[2].answering_voters() == frozenset()  # a follower does not know
+    for _ in range(nodes[1].election_timeout - 1):
+        for nid in (1, 2):
+            nodes[nid].tick()
+        pump(nodes, drop={3})  # MDS#3 is silent; MDS#2 answers the heartbeats
+    assert nodes[1].answering_voters() == {1, 2, 3}  # not yet an election timeout
+    for nid in (1, 2):
+        nodes[nid].tick()
+    pump(nodes, drop={3})
+    assert nodes[1].is_leader and nodes[1].answering_voters() == {1, 2}
+    nodes[1].tick()
+    pump(nodes)  # it answers again
+    assert nodes[1].answering_voters() == {1, 2, 3}
+    fresh = cluster()  # a new master counts no member it has not heard from yet
+    fresh[1].campaign()
+    pump(fresh, drop={3})  # elected by MDS#2's vote alone
+    assert fresh[1].is_leader and fresh[1].answering_voters() == {1, 2}
+
+
 def test_compaction_then_snapshot_to_a_lagging_follower() -> None:
     nodes = cluster()
     elect(nodes, 1)
