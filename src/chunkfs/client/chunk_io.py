@@ -54,6 +54,9 @@ MAX_STALE_TRIES = 100
 STALE_WAIT = 0.002
 #: Files whose highest chunk version the mount remembers (see `ChunkIO.opened`), and replicas known missing.
 CHUNKS_VERSIONS_MAX = 100_000
+#: Chunk maps each of the two caches keeps (for reads, for writes); past it the oldest go (asked for again
+#: when needed). Unbounded, a soak of 42,000 small files created and deleted grew a mount by 60 MiB.
+MAPS_MAX = 16_384
 #: First wait (doubled each try) for the master to mend a bad block a write met: 3.1 s in all.
 REPAIR_WAIT = 0.1
 #: Writes up to this size to a chunk this mount alone writes go to every replica at once (the data is sent
@@ -105,6 +108,14 @@ def split(offset: int, length: int, chunk_size: int) -> list[tuple[int, int, int
         pieces.append((index, in_chunk, size, pos - offset))
         pos += size
     return pieces
+
+
+def _keep(cache: dict[tuple[int, int], ChunkMap], key: tuple[int, int], m: ChunkMap) -> None:
+    """Keep `m` in a map cache, the oldest kept going first past MAPS_MAX (a dict keeps insertion order)."""
+    cache.pop(key, None)  # (kept again: the newest)
+    cache[key] = m
+    while len(cache) > MAPS_MAX:
+        del cache[next(iter(cache))]
 
 
 class ChunkIO:
@@ -179,7 +190,7 @@ class ChunkIO:
                 self._chunks_versions.clear()  # bounded; unknown only costs a map request
             self._chunks_versions[ino] = chunks_version
         if first is not None:
-            self._read_maps[(ino, 0)] = ChunkMap.from_reply(first)
+            _keep(self._read_maps, (ino, 0), ChunkMap.from_reply(first))
 
     def connections(self) -> list[Connection]:
         return self._servers.values()
@@ -196,7 +207,7 @@ class ChunkIO:
             return self._read_maps[key]
         m = ChunkMap.from_reply(await self.client.mds.call(Msg.CHUNK_READ, {"ino": ino, "index": index}))
         if m.chunk_id:
-            self._read_maps[key] = m
+            _keep(self._read_maps, key, m)
         return m
 
     def read_order(self, m: ChunkMap) -> list[tuple[int, str]]:
@@ -367,7 +378,9 @@ class ChunkIO:
 
     def _kept_write_map(self, key: tuple[int, int], reply: dict[str, Any]) -> ChunkMap:
         """The map a CHUNK_WRITE answered, kept for writes and reads of that chunk."""
-        m = self._write_maps[key] = self._read_maps[key] = ChunkMap.from_reply(reply)
+        m = ChunkMap.from_reply(reply)
+        _keep(self._write_maps, key, m)
+        _keep(self._read_maps, key, m)
         return m
 
     async def _first_write(self, ino: int, index: int, offset: int, data: memoryview) -> bool:

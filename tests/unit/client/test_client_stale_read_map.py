@@ -8,9 +8,11 @@ served by it after the current replica refused the map (client/chunk_io.py,
 
 from __future__ import annotations
 
+import asyncio
 from types import SimpleNamespace
 from typing import Any
 
+from chunkfs.client import chunk_io
 from chunkfs.client.chunk_io import ChunkIO, ChunkMap
 from chunkfs.common.errors import NotFound, StaleVersion
 from chunkfs.protocol.messages import Msg
@@ -127,3 +129,18 @@ async def test_maps_are_asked_for_again_once_the_files_chunks_changed_since_the_
     io.opened(1, NEW)  # a replica was dropped since: the highest chunk version moved
     assert await io.read(1, 0, 10) == b"n" * 10
     assert dropped.asked == [] and master.calls == 1
+
+
+def test_the_map_caches_are_bounded_and_keep_the_newest(monkeypatch) -> None:
+    """A soak's 42,000 small files created and deleted grew a mount by 60 MiB: every chunk map it ever
+    asked for stayed (nothing forgot a deleted file's).  Now each cache keeps MAPS_MAX, the oldest going."""
+    monkeypatch.setattr(chunk_io, "MAPS_MAX", 4)
+    master = Master(NEW, [[1, "a"]])
+    io = ChunkIO(SimpleNamespace(mds=master, chunk_size=1 << 20))  # type: ignore[arg-type]
+    for ino in range(1, 11):
+        asyncio.run(io._read_map(ino, 0, refresh=False))
+        io._kept_write_map((ino, 0), {"chunk_id": ino, "version": 1, "replicas": [[1, "a"]], "chunk_size": 1 << 20})
+    assert list(io._read_maps) == [(7, 0), (8, 0), (9, 0), (10, 0)]
+    assert list(io._write_maps) == [(7, 0), (8, 0), (9, 0), (10, 0)]
+    asyncio.run(io._read_map(1, 0, refresh=False))  # asked for again: the master answers
+    assert master.calls == 11 and (1, 0) in io._read_maps and len(io._read_maps) == 4
