@@ -859,7 +859,9 @@ class ChunkFSOperations(pyfuse3.Operations):
         check_name_length(name)
         async with self._changing_names():
             await self.client.unlink_at(parent_inode, name)
-        self.cache.removed(parent_inode, name)
+        removed = self.cache.removed(parent_inode, name)
+        if removed is not None and removed not in self.files:
+            self.client.io.gone(removed)  # (no hard links: its one name is gone)
 
     @contextlib.asynccontextmanager
     async def _changing_names(self) -> AsyncIterator[None]:
@@ -919,6 +921,8 @@ class ChunkFSOperations(pyfuse3.Operations):
             self._replaced[replaced] = self.files[replaced].registered
         if replaced is not None:
             self._fresh_dirs.pop(replaced, None)  # a directory renamed over: its nlink is 0 now
+            if replaced not in self.files:
+                self.client.io.gone(replaced)
 
     async def link(
         self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext

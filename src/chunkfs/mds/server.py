@@ -568,11 +568,12 @@ class MetadataServer:
             raise Unavailable("the master is new and has not heard from every metadata server yet: try again")
         silent = sorted(left - answering)
         names = ", ".join(f"MDS#{peer}" for peer in silent)
+        one = len(silent) == 1
         raise InvalidArgument(
-            f"removing MDS#{node_id} would leave {len(left)} metadata servers of which {names} "
-            f"{'does' if len(silent) == 1 else 'do'} not answer: fewer than the {need} a master needs. "
-            f"Bring {names} back first, or remove {'it' if len(silent) == 1 else 'them'} instead "
-            f"(chunkfs rm-mds {silent[0]})")
+            f"removing MDS#{node_id} would leave {len(left)} metadata servers, of which {len(answering)} "
+            f"answer{'s' if len(answering) == 1 else ''}: a master needs {need}. {names} "
+            f"{'does' if one else 'do'} not answer: bring {'it' if one else 'them'} back first, or remove "
+            f"{'it' if one else 'them'} instead (chunkfs rm-mds {silent[0]})")
 
     async def _remove_member(self, node_id: int) -> None:
         """Take `node_id` out of the voters (if it is one) and out of the member table."""
