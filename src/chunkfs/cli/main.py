@@ -78,7 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("rm-mds", help="remove a metadata server from the cluster",
                        description="Take MDS ID out of the replicated metadata group (if it is the master, "
-                       "it hands over to another first). Stop its process afterwards.")
+                       "it hands over to another first). Stop its process afterwards. Refused when the "
+                       "servers left would not have a majority that answers (one of them down or frozen): "
+                       "no master could be elected after it; bring that one back first, or remove it instead.")
     p.add_argument("id", type=whole(1), help="the MDS id, as `chunkfs stat` shows it")
     p.set_defaults(func=local.cmd_rm_mds)
 
