@@ -53,3 +53,35 @@ def test_only_clients_may_watch(make_cluster) -> None:
         with pytest.raises(ProtocolError, match="clients only"):
             c.run(conn.call(Msg.WATCH, {}))
         conn.close()
+
+
+def test_a_chunk_map_says_the_files_last_cut_to_a_watcher_that_takes_it(make_cluster) -> None:
+    """CHUNK_WRITE's `cut` (FEATURE_MAP_CUTS): the file's cut as the master read it with the chunk.
+
+    A mount takes a write through such a map for one made after that cut, whenever the notice of the
+    cut reaches it (client/fuse_ops.py `write`).  A watcher that did not name the feature (a mount of an
+    earlier version, which would refuse the field) is answered without it.
+    """
+    cluster = make_cluster(n_cs=2)
+    config = load_client_config(cluster.name)
+    with cluster.client() as c:
+        new, old = (c.run(connect(config.mds[0], Credentials(cluster.name, config.secret, "client", name),
+                                  notice_handler=lambda *_: None)) for name in ("new", "old"))
+        c.run(new.call(Msg.WATCH, {"features": ["cuts", "map_cuts"]}))
+        c.run(old.call(Msg.WATCH, {"features": ["cuts"]}))
+        ino = c.create("/f")["ino"]
+        c.write(ino, 0, b"x" * 10_000)
+
+        def map_cut(conn: Connection) -> Any:
+            reply, _ = c.run(conn.call(Msg.CHUNK_WRITE, {"ino": ino, "index": 0}))
+            return reply.get("cut", "not said")
+
+        assert map_cut(new) == 0  # never cut
+        assert map_cut(old) == "not said"
+        c.truncate(ino, 5_000)
+        cut = c.stat("/f")["cut"]
+        assert cut > 0
+        assert map_cut(new) == cut
+        assert map_cut(old) == "not said"
+        new.close()
+        old.close()

@@ -76,11 +76,14 @@ class ChunkMap:
     replicas: tuple[tuple[int, str], ...]
     #: This mount alone writes the chunk: its small writes may go to every replica at once (write_batches.py).
     fan: bool = False
+    #: The file's last cut when the master read the chunk (FEATURE_MAP_CUTS; None: not said): a write
+    #: through this map comes after that cut.
+    cut: int | None = None
 
     @classmethod
     def from_reply(cls, reply: dict[str, Any]) -> ChunkMap:
         replicas = tuple(replica_list(reply["replicas"]))
-        return cls(reply["chunk_id"], reply["version"], replicas, reply.get("fan") is True)
+        return cls(reply["chunk_id"], reply["version"], replicas, reply.get("fan") is True, reply.get("cut"))
 
 
 def _map_may_be_old(exc: ChunkFSError, m: ChunkMap) -> bool:
@@ -390,42 +393,54 @@ class ChunkIO:
         _keep(self._read_maps, key, m)
         return m
 
-    async def _first_write(self, ino: int, index: int, offset: int, data: memoryview) -> bool:
+    async def _first_write(self, ino: int, index: int, offset: int, data: memoryview) -> ChunkMap | None:
         """Send a small write with the request for the chunk's map: if that request allocates the chunk
         (a new file's first write, say), its replicas are made with these bytes in them, and the write is
-        done (True) without its trip down the chain; else the caller sends it as any write."""
+        done without its trip down the chain (the map it was made with is returned); else (None) the
+        caller sends it as any write."""
         started = time.perf_counter()
         reply = await self.client.mds.call(Msg.CHUNK_WRITE, {**self._map_request(ino, index), "offset": offset},
                                            payload=data)
-        self._kept_write_map((ino, index), reply)
+        m = self._kept_write_map((ino, index), reply)
         if reply.get("written"):
             TIMINGS.since("cs.first_write", started)
-            return True
-        return False
+            return m
+        return None
 
-    async def write(self, ino: int, offset: int, data: bytes | bytearray | memoryview, sync: bool = False) -> None:
+    async def write(
+        self, ino: int, offset: int, data: bytes | bytearray | memoryview, sync: bool = False
+    ) -> int | None:
+        """Write `data` at `offset`; return the latest cut the maps it went through say (None: none said).
+
+        A write through a map that says a file's cut came after that cut on every replica (the
+        cut moved or deleted the chunks it touched before the master handed out such a map), and
+        belongs in the file whenever this mount hears of the cut (`ChunkFSOperations.write`).
+        """
         view = memoryview(data)
         pieces = split(offset, len(view), self.client.chunk_size)
         if len(pieces) == 1:  # the common case (every FUSE write within a chunk): no extra task
             idx, off, size, _ = pieces[0]
-            await self._write_piece(ino, idx, off, view, sync)
-            return
-        await asyncio.gather(*(
+            return await self._write_piece(ino, idx, off, view, sync)
+        cuts = await asyncio.gather(*(
             self._write_piece(ino, idx, off, view[pos:pos + size], sync) for idx, off, size, pos in pieces
         ))
+        return max((cut for cut in cuts if cut is not None), default=None)
 
-    async def _write_piece(self, ino: int, index: int, offset: int, data: memoryview, sync: bool) -> None:
-        if not (self.first_writes and not sync and len(data) <= FIRST_WRITE_MAX and (ino, index) not in self._write_maps
-                and await self._first_write(ino, index, offset, data)):
-            await self._down_chain(ino, index, Msg.CS_WRITE, {"offset": offset, "sync": sync}, data)
+    async def _write_piece(self, ino: int, index: int, offset: int, data: memoryview, sync: bool) -> int | None:
+        m = None
+        if self.first_writes and not sync and len(data) <= FIRST_WRITE_MAX and (ino, index) not in self._write_maps:
+            m = await self._first_write(ino, index, offset, data)
+        if m is None:
+            m = await self._down_chain(ino, index, Msg.CS_WRITE, {"offset": offset, "sync": sync}, data)
         if not sync:  # a synced write is on every replica's disk already: no fsync owes it anything
             self.dirty.setdefault(ino, set()).add(index)
+        return m.cut
 
     async def _down_chain(
         self, ino: int, index: int, msg: Msg, fields: dict[str, Any], payload: memoryview | bytes = b""
-    ) -> None:
+    ) -> ChunkMap:
         """Send a write to the head of the chunk's chain (an fsync to every replica at once); on a failed
-        replica, get a new chain."""
+        replica, get a new chain.  The map it succeeded with is returned."""
         failed: set[int] = set()
         why = ""
         last: ChunkFSError | None = None
@@ -458,7 +473,7 @@ class ChunkIO:
                     else:
                         await conn.call(msg, header, payload)
                 TIMINGS.since(f"cs.{msg.name}", started)
-                return
+                return m
             except ChunkFSError as exc:
                 # A replica whose disk is full is a failed replica (it names itself), not a full cluster.
                 if not isinstance(exc, _REPLICA_ERRORS) and not (isinstance(exc, NoSpace) and "cs_id" in exc.context):

@@ -96,6 +96,7 @@ from chunkfs.protocol.messages import (
     FEATURE_FIRST_WRITE,
     FEATURE_HOLD,
     FEATURE_LISTED,
+    FEATURE_MAP_CUTS,
     FEATURE_NAMED,
     INT64_MAX,
     INT64_MIN,
@@ -515,7 +516,7 @@ class ChunkFSOperations(pyfuse3.Operations):
         # Known before this connection carries any request (a master of an earlier version has no features).
         self.client.io.first_writes = False
         self.client.io.drop_fans()
-        header = {} if self._watch_plain else {"features": [FEATURE_CUTS]}
+        header = {} if self._watch_plain else {"features": [FEATURE_CUTS, FEATURE_MAP_CUTS]}
         try:
             reply, _ = await conn.call(Msg.WATCH, header, timeout=WATCH_TIMEOUT)
         except ProtocolError:
@@ -792,7 +793,8 @@ class ChunkFSOperations(pyfuse3.Operations):
         before this mount heard of it come before it, as on a local disk where the truncate came
         last: their end is not a size to commit (the master would ignore it anyway), and the file
         ends where the cut left it, which is where an O_APPEND write goes next.  Writes in flight
-        now complete without moving the size (`write`).
+        now complete without moving the size, unless they went through a map from after the cut
+        (`write`).
         """
         cut = attr.get("cut")
         if cut is None or not self._hears_cuts:
@@ -1404,7 +1406,7 @@ class ChunkFSOperations(pyfuse3.Operations):
         if of.unsynced_writes > 1:
             of.sync_streak = 0  # more than one write per fsync: plain writes again
         try:
-            await self.client.io.write(of.ino, off, buf, sync=through)
+            after = await self.client.io.write(of.ino, off, buf, sync=through)
         except BaseException:
             if appending and of.size == off + len(buf):
                 of.size = off  # nothing was appended after it: give the range back
@@ -1414,8 +1416,12 @@ class ChunkFSOperations(pyfuse3.Operations):
                 of.appends -= 1
             of.writing.remove(writing)
             writing[2].set_result(None)  # reads that waited go on once the size below is set
-        if cut is not None and of.cut is not None and of.cut > cut:
-            return len(buf)  # another client cut the file meanwhile: this write came before it (`_learn_cut`)
+        if cut is not None and of.cut is not None and of.cut > cut and (after is None or after < of.cut):
+            # Another client cut the file meanwhile, and this write went through maps from before the
+            # cut: it came before it (`_learn_cut`).  Through a map from after it (`after`), the write
+            # came after it, although the notice of the cut reached this mount after the write began
+            # (one the event loop served first, or a notice slower than the request that followed it).
+            return len(buf)
         end = off + len(buf)
         if end > of.size:
             of.size = end

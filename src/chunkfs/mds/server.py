@@ -56,11 +56,11 @@ from chunkfs.mds.subtree import subtree_pages
 from chunkfs.mds.watchers import Watchers
 from chunkfs.protocol.mds_link import MdsLink
 from chunkfs.protocol.messages import (
-    FEATURE_CUTS,
     FEATURE_FAN,
     FEATURE_FIRST_WRITE,
     FEATURE_HOLD,
     FEATURE_LISTED,
+    FEATURE_MAP_CUTS,
     FEATURE_NAMED,
     FEATURE_VERSIONED_CUT,
     MAX_BLOCKS,
@@ -743,7 +743,7 @@ class MetadataServer:
     async def _on_watch(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
         if conn.peer_role != "client":
             raise ProtocolError("WATCH is for clients only")
-        self.watchers.add(conn, cuts=FEATURE_CUTS in (h.get("features") or []))
+        self.watchers.add(conn, [str(feature) for feature in h.get("features") or []])
         return {"features": [FEATURE_FIRST_WRITE, FEATURE_NAMED, FEATURE_FAN, FEATURE_HOLD, FEATURE_LISTED]}
 
     async def _on_session(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
@@ -971,6 +971,9 @@ class MetadataServer:
         ino, index = h["ino"], h["index"]
         if index < 0:
             raise InvalidArgument("chunk index must not be negative")
+        # Read before the chunk: a map that says a cut is of the chunk as that cut left it, or later,
+        # and a write through it comes after that cut (FEATURE_MAP_CUTS).
+        cut = self.store.cut_of(ino) if self.watchers.takes(conn, FEATURE_MAP_CUTS) else None
         offset = first_write(h, len(payload))
         first = None
         if offset is not None:
@@ -1010,6 +1013,8 @@ class MetadataServer:
             reply["written"] = True
         if h.get("fan") and self.fans.holds(chunk, conn):
             reply["fan"] = True
+        if cut is not None:
+            reply["cut"] = cut
         return reply
 
     async def _one_writer(self, chunk: Chunk, writer: object | None) -> Chunk:

@@ -1264,6 +1264,11 @@ class MetadataStore:
             raise NotFound(f"inode {ino} does not exist")
         return _attr_of(row)
 
+    def cut_of(self, ino: int) -> int:
+        """The file's last cut (its attribute "cut", `_cut`), 0 if it was never cut."""
+        row = self.db.execute("SELECT idx FROM cuts WHERE ino = ?", (ino,)).fetchone()
+        return 0 if row is None else int(row[0])
+
     def _child(self, parent: int, name: bytes) -> int | None:
         row = self.db.execute("SELECT ino FROM dentries WHERE parent = ? AND name = ?", (parent, name)).fetchone()
         return None if row is None else int(row[0])

@@ -23,7 +23,7 @@ from typing import Any
 
 from chunkfs.common.errors import Unavailable
 from chunkfs.common.names import to_bytes
-from chunkfs.protocol.messages import Msg
+from chunkfs.protocol.messages import FEATURE_CUTS, Msg
 from chunkfs.protocol.rpc import Connection
 
 logger = logging.getLogger(__name__)
@@ -33,22 +33,22 @@ class Watchers:
     """The watching connections of this master, and what they are told."""
 
     def __init__(self) -> None:
-        self._conns: set[Connection] = set()
-        #: Those that take a notice's `cuts` (FEATURE_CUTS in their WATCH).
-        self._cuts: set[Connection] = set()
+        #: Each watching connection -> the features it named in its WATCH (FEATURE_CUTS, FEATURE_MAP_CUTS).
+        self._conns: dict[Connection, frozenset[str]] = {}
 
     def __len__(self) -> int:
         return len(self._conns)
 
-    def add(self, conn: Connection, cuts: bool = False) -> None:
-        self._conns.add(conn)
-        if cuts:
-            self._cuts.add(conn)
+    def add(self, conn: Connection, features: Iterable[str] = ()) -> None:
+        self._conns[conn] = frozenset(features)
         logger.info("%s watches for changes (%d watching)", conn.peer_name, len(self._conns))
 
     def discard(self, conn: Connection) -> None:
-        self._conns.discard(conn)
-        self._cuts.discard(conn)
+        self._conns.pop(conn, None)
+
+    def takes(self, conn: Connection, feature: str) -> bool:
+        """Whether `conn` watches and named `feature` in its WATCH."""
+        return feature in self._conns.get(conn, frozenset())
 
     def changed(
         self, origin: Connection | None, entries: Iterable[tuple[int, bytes | str]] = (), inodes: Iterable[int] = (),
@@ -66,11 +66,11 @@ class Watchers:
         header: dict[str, Any] = {"entries": [[parent, name] for parent, name in names],
                                   "inodes": list(dict.fromkeys(inodes))}
         with_cut = {**header, "cuts": [[cut["ino"], cut["cut"], cut["size"]]]} if cut and "cut" in cut else header
-        for conn in list(self._conns):
+        for conn, features in list(self._conns.items()):
             if conn is origin:
                 continue
             try:
-                sent = conn.notify(Msg.INVALIDATE, with_cut if conn in self._cuts else header)
+                sent = conn.notify(Msg.INVALIDATE, with_cut if FEATURE_CUTS in features else header)
             except Unavailable:
                 sent = False
             if not sent:
@@ -86,4 +86,3 @@ class Watchers:
         for conn in list(self._conns):
             conn.close()
         self._conns.clear()
-        self._cuts.clear()

@@ -164,6 +164,11 @@ FEATURE_LISTED = "listed"
 #: A mount that takes an INVALIDATE's `cuts` (a file's new cut and size) says so in its WATCH
 #: (`features`); only such a mount is sent the field, which a mount of an earlier version refuses.
 FEATURE_CUTS = "cuts"
+#: A mount that takes CHUNK_WRITE's `cut` (the file's last cut, read before the chunk the map names) says
+#: so in its WATCH: a write it made through such a map came after every cut up to that one on the chunk
+#: servers too (a cut moves or deletes the chunks it touches before it is answered), whenever the notice
+#: of the cut reaches the mount.  Only such a mount is sent the field, which an earlier mount refuses.
+FEATURE_MAP_CUTS = "map_cuts"
 #: The most pieces one CS_WRITE carries (its `pieces`: [[offset, length], ...] of one chunk, in order),
 #: and one CS_WRITE_CHUNKS over all its chunks.
 WRITE_PIECES_MAX = 64
@@ -340,11 +345,13 @@ SPECS: dict[Msg, MessageSpec] = {
         # `offset`, with a payload of at most FIRST_WRITE_MAX bytes: a write there; if this request
         # allocates the chunk, its replicas are made with it and `written` says so (else the writer
         # sends it as any write).  `fan` (FEATURE_FAN): the writer may send its small writes to every replica
-        # at once; the answer's `fan` says it may now, at this version (mds/fan_grants.py).
+        # at once; the answer's `fan` says it may now, at this version (mds/fan_grants.py).  `cut`
+        # (answer, FEATURE_MAP_CUTS): the file's last cut when the master read the chunk.
         (f("ino", int), f("index", int), f("failed", list, optional=True), f("why", str, optional=True),
          f("chunk_id", int, optional=True), f("version", int, optional=True), f("offset", int, optional=True),
          f("fan", bool, optional=True)),
-        (*_CHUNK_MAP, f("written", bool, optional=True), f("fan", bool, optional=True)),
+        (*_CHUNK_MAP, f("written", bool, optional=True), f("fan", bool, optional=True),
+         f("cut", int, optional=True)),
         request_payload=True,
     ),
     # The writer's new size and the time (integer nanoseconds) of its last write; `cut`: the file's

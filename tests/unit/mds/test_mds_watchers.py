@@ -68,7 +68,7 @@ def test_a_cut_is_told_only_to_the_watchers_that_take_it() -> None:
     """A mount of an earlier version refuses a notice's `cuts` (an unknown field): it is sent without."""
     w = Watchers()
     new, old = Conn("new"), Conn("old")
-    w.add(new, cuts=True)  # type: ignore[arg-type]
+    w.add(new, ["cuts"])  # type: ignore[arg-type]
     w.add(old)  # type: ignore[arg-type]
     w.changed(None, inodes=[7], cut={"ino": 7, "cut": 42, "size": 10, "type": "f"})
     assert new.sent == [(Msg.INVALIDATE, {"entries": [], "inodes": [7], "cuts": [[7, 42, 10]]})]
