@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import itertools
 import logging
 import random
 import time
@@ -54,6 +55,14 @@ MAX_STALE_TRIES = 100
 STALE_WAIT = 0.002
 #: Files whose highest chunk version the mount remembers (see `ChunkIO.opened`), and replicas known missing.
 CHUNKS_VERSIONS_MAX = 100_000
+#: Files whose chunks written since their last fsync this mount keeps (`dirty`); past it the oldest are
+#: synced in the background, DIRTY_SYNC_BATCH at a time, down to three quarters of it, and forgotten.  Kept
+#: for good, a program that writes a million files and never syncs them grew the mount by a set per file:
+#: they wait for an fsync that any later descriptor of the file may ask for.
+DIRTY_FILES_MAX = 4096
+DIRTY_SYNC_BATCH = 16
+#: Seconds before another background pass after one that failed (a server down: the next fsync says so).
+DIRTY_SYNC_BACKOFF = 10.0
 #: Chunk maps each of the two caches keeps (for reads, for writes); past it the oldest go (asked for again
 #: when needed). Unbounded, a soak of 42,000 small files created and deleted grew a mount by 60 MiB.
 MAPS_MAX = 16_384
@@ -132,8 +141,12 @@ class ChunkIO:
         self._unanswered: dict[str, float] = {}
         #: Which replica this mount reads each chunk from first (`read_order`).
         self._read_salt = random.randrange(1 << 30)
-        #: Chunks written since the last fsync of each inode.
+        #: Chunks written since the last fsync of each inode, the files in the order first written.
         self.dirty: dict[int, set[int]] = {}
+        #: The background pass that syncs the oldest of them past DIRTY_FILES_MAX (`_sync_oldest`), and
+        #: when (time.monotonic) the next may start.
+        self._syncing: asyncio.Task[None] | None = None
+        self._sync_after = 0.0
         #: inode -> the lock its fsyncs take turns on, and how many hold or wait for it.
         self._fsyncs: dict[int, tuple[asyncio.Lock, int]] = {}
         #: inode -> the file's highest chunk version when this mount last opened it (`opened`).
@@ -206,6 +219,8 @@ class ChunkIO:
         return self._servers.values()
 
     def close(self) -> None:
+        if self._syncing is not None:
+            self._syncing.cancel()
         self._batches.close()
         self._servers.close()
 
@@ -433,8 +448,50 @@ class ChunkIO:
         if m is None:
             m = await self._down_chain(ino, index, Msg.CS_WRITE, {"offset": offset, "sync": sync}, data)
         if not sync:  # a synced write is on every replica's disk already: no fsync owes it anything
-            self.dirty.setdefault(ino, set()).add(index)
+            self._written(ino, index)
         return m.cut
+
+    def _written(self, ino: int, index: int) -> None:
+        """Chunk `index` of `ino` was written: the file's next fsync syncs it (`dirty`)."""
+        chunks = self.dirty.get(ino)
+        if chunks is None:
+            chunks = self.dirty[ino] = set()
+            if len(self.dirty) > DIRTY_FILES_MAX and self._syncing is None and time.monotonic() >= self._sync_after:
+                self._syncing = asyncio.get_running_loop().create_task(self._sync_oldest())
+        chunks.add(index)
+
+    async def _sync_oldest(self) -> None:
+        """Sync the files first written longest ago until three quarters of DIRTY_FILES_MAX are left.
+
+        As a local disk's writeback does, without waiting for an fsync: what an fsync through a
+        later descriptor would sync is on every replica's disk, and nothing is left to remember.
+        A file removed since by another client is forgotten (nothing can sync it any more).
+        """
+        try:
+            while len(self.dirty) > DIRTY_FILES_MAX * 3 // 4:
+                batch = list(itertools.islice(self.dirty, DIRTY_SYNC_BATCH))
+                results = await asyncio.gather(*(self.fsync(ino) for ino in batch), return_exceptions=True)
+                for ino, result in zip(batch, results, strict=True):
+                    if isinstance(result, NotFound) and not await self._exists(ino):
+                        self.dirty.pop(ino, None)
+                    elif isinstance(result, BaseException):
+                        raise result
+        except ChunkFSError as exc:
+            self._sync_after = time.monotonic() + DIRTY_SYNC_BACKOFF
+            logger.warning("syncing the chunks of files written and not synced since (%d files) failed: %s; "
+                           "trying again in %.0f s", len(self.dirty), exc, DIRTY_SYNC_BACKOFF)
+        finally:
+            self._syncing = None
+
+    async def _exists(self, ino: int) -> bool:
+        """Whether the master still has inode `ino` (True when it cannot say)."""
+        try:
+            await self.client.getattr(ino)
+        except NotFound:
+            return False
+        except ChunkFSError:
+            pass
+        return True
 
     async def _down_chain(
         self, ino: int, index: int, msg: Msg, fields: dict[str, Any], payload: memoryview | bytes = b""

@@ -7,7 +7,9 @@ import asyncio
 from types import SimpleNamespace
 from typing import Any
 
+from chunkfs.client import chunk_io
 from chunkfs.client.chunk_io import ChunkIO
+from chunkfs.common.errors import NotFound, Unavailable
 from chunkfs.protocol.messages import Msg
 
 
@@ -63,3 +65,55 @@ def test_a_failed_sync_leaves_its_chunks_to_the_next_fsync() -> None:
         return failed, sorted(synced)
 
     assert asyncio.run(scenario()) == (True, [0, 3])
+
+
+async def test_files_written_and_never_synced_are_synced_in_the_background_past_the_bound(monkeypatch) -> None:
+    """A program that writes many files and never syncs them: the mount syncs the oldest and forgets them,
+    instead of keeping a set of chunks per file for good; one removed since by another client is forgotten."""
+    monkeypatch.setattr(chunk_io, "DIRTY_FILES_MAX", 40)
+    removed = 3
+
+    async def getattr_(ino: int) -> dict[str, Any]:
+        if ino == removed:
+            raise NotFound(f"inode {ino} does not exist")
+        return {"ino": ino}
+
+    io = ChunkIO(SimpleNamespace(chunk_size=1 << 20, getattr=getattr_))  # type: ignore[arg-type]
+    synced: list[tuple[int, int]] = []
+
+    async def down_chain(ino: int, index: int, msg: Msg, fields: dict[str, Any], payload: Any = b"") -> None:
+        assert msg == Msg.CS_FSYNC
+        if ino == removed:
+            raise NotFound(f"inode {ino} does not exist")
+        await asyncio.sleep(0)
+        synced.append((ino, index))
+
+    io._down_chain = down_chain  # type: ignore[method-assign]
+    for ino in range(1, 41):
+        io._written(ino, 0)
+        io._written(ino, 2)
+    assert io._syncing is None and len(io.dirty) == 40  # at the bound: nothing to do yet
+    io._written(41, 0)
+    assert io._syncing is not None
+    await asyncio.wait_for(io._syncing, 5)
+    assert len(io.dirty) <= 30 and removed not in io.dirty
+    assert list(io.dirty) == list(range(41 - len(io.dirty) + 1, 42))  # the newest are kept
+    gone = set(range(1, 42)) - set(io.dirty) - {removed}
+    assert set(synced) == {(ino, index) for ino in gone for index in (0, 2)}
+
+
+async def test_a_failed_background_sync_keeps_the_chunks_and_waits_before_the_next(monkeypatch) -> None:
+    monkeypatch.setattr(chunk_io, "DIRTY_FILES_MAX", 4)
+    io = ChunkIO(SimpleNamespace(chunk_size=1 << 20))  # type: ignore[arg-type]
+
+    async def down_chain(ino: int, index: int, msg: Msg, fields: dict[str, Any], payload: Any = b"") -> None:
+        raise Unavailable("chunk server 2 is down")
+
+    io._down_chain = down_chain  # type: ignore[method-assign]
+    for ino in range(1, 6):
+        io._written(ino, 0)
+    assert io._syncing is not None
+    await asyncio.wait_for(io._syncing, 5)
+    assert sorted(io.dirty) == [1, 2, 3, 4, 5] and all(io.dirty[ino] == {0} for ino in io.dirty)
+    io._written(6, 0)
+    assert io._syncing is None  # not at once again: after DIRTY_SYNC_BACKOFF
