@@ -288,3 +288,28 @@ def test_a_name_another_mount_just_made_is_found_where_this_mount_found_none(mak
         except FileNotFoundError:
             missed.append(trial)
     assert len(missed) <= 2, f"mount A missed a name mount B had made in trials {missed}"
+
+
+@pytest.mark.parametrize("before", ["fstat", "chmod"])
+def test_utime_on_a_file_only_read_here_reaches_another_mount_before_it_is_closed(make_cluster, mount, before) -> None:
+    """A's `utime` of a file A holds open and has not written is not kept for A's close (found by a probe).
+
+    Times set on a file written here wait for its close, which commits them with the size; a file
+    only read here has nothing to commit with them, and B kept the old mtime until A closed it.
+    """
+    cluster = make_cluster(n_cs=3)
+    a, b = mount(cluster, "a"), mount(cluster, "b")
+    (a / "f").write_bytes(b"abc")
+    assert (b / "f").stat().st_size == 3  # B keeps the file's attributes
+    fd = os.open(a / "f", os.O_RDONLY)
+    try:
+        if before == "fstat":
+            os.fstat(fd)
+        else:
+            os.chmod(a / "f", 0o600)
+        when = 2 * 10**18
+        os.utime(a / "f", ns=(when, when))
+        assert (a / "f").stat().st_mtime_ns == when
+        wait_for("B to see A's utime", lambda: (b / "f").stat().st_mtime_ns == when, timeout=5, pause=0.05)
+    finally:
+        os.close(fd)

@@ -719,7 +719,10 @@ class ChunkFSOperations(pyfuse3.Operations):
         since = self.cache.seq
         # No change asked (chown to the owner it has, chown -1 -1) still changes ctime, as on a local disk.
         kept = self._vouched(of)
-        if of is not None and kept is not None and "size" not in changes \
+        # Deferred only on a file written here and not committed: its close commits the times with
+        # the size (close-to-open, as other mounts see the size).  On one only read here, other
+        # mounts would not see a `utime` before its last close here (found by a namespace probe).
+        if of is not None and of.dirty and kept is not None and "size" not in changes \
                 and changes.get("mode", kept["mode"] & 0o7777) == kept["mode"] & 0o7777:
             self._defer_times(of, changes)
             return self._entry(kept, since)
