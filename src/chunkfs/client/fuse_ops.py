@@ -727,8 +727,15 @@ class ChunkFSOperations(pyfuse3.Operations):
             self._defer_times(of, changes)
             return self._entry(kept, since)
         if of is not None:
-            async with of.commit_lock:
-                new = await self._setattr_open(of, changes)
+            # By a name (truncate, chmod or utime of a path, not of a descriptor): the name must still
+            # lead to the file, as for one not open here (a fault probe: `truncate` of a name another
+            # mount had just renamed away cut the file under its new name).
+            at = self._name_of(inode) if fh is None else None
+            try:
+                async with of.commit_lock:
+                    new = await self._setattr_open(of, changes, at)
+            except NotFound:
+                raise pyfuse3.FUSEError(errno.ESTALE) from None
         else:
             try:
                 # Not open here: the kernel came by a name, which must still lead to it (see `_gone`).
@@ -750,11 +757,14 @@ class ChunkFSOperations(pyfuse3.Operations):
         set_now = changes.get("mtime_ns", changes.get("atime_ns"))
         of.pending["ctime_ns"] = change_ctime(set_now, time.time_ns(), of.attr["ctime_ns"])
 
-    async def _setattr_open(self, of: OpenFile, changes: dict[str, Any]) -> dict[str, Any]:
+    async def _setattr_open(
+        self, of: OpenFile, changes: dict[str, Any], at: tuple[int, bytes] | None = None
+    ) -> dict[str, Any]:
         """SETATTR of a file open here, under its commit lock, with what this mount has not sent yet.
 
         The size written goes first, in the same commit (a new mtime must not hide it); times set
         here and not committed go too, unless this change sets them anew (a truncation sets mtime).
+        `at`: the name the change came by, which the master checks (NotFound: not that file's any more).
         """
         since, gen, size, mtime_ns, pending = self.cache.seq, of.gen, of.written_end, of.mtime_ns, dict(of.pending)
         if "ctime_ns" in pending and not changes:  # only committing what was set here: its own ctime
@@ -765,7 +775,7 @@ class ChunkFSOperations(pyfuse3.Operations):
         for key in ("mtime_ns", "atime_ns"):
             if key in pending and key not in changes and not (key == "mtime_ns" and "size" in changes):
                 changes[key] = pending[key]
-        new = await self.client.setattr(of.ino, **changes)
+        new = await self.client.setattr(of.ino, linked=at is not None, at=at, **changes)
         self._keep_attr(of, new, since)
         if "extend" in changes:
             self._committed(of, new, gen)
@@ -1113,12 +1123,21 @@ class ChunkFSOperations(pyfuse3.Operations):
             # Close-to-open: a file opened here sees what other mounts closed.  The
             # master holds the file for this mount from now on (and truncates it for O_TRUNC).
             try:
-                # Held open here, the file may be reached through that open file (/proc/PID/fd);
-                # else the kernel came by a name, which must still lead to it (see `_gone`), unless
-                # this mount renamed another over it while the kernel had it (see `rename`).
-                linked = inode not in self.files and inode not in self._replaced
+                # The kernel came by a name, which must still lead to the file (see `_gone`), unless
+                # this mount renamed another over it while the kernel had it (see `rename`).  Held open
+                # here, the file may also be reached through that open file (/proc/PID/fd), by no name:
+                # checked then only by the name this mount knows, and only for an open that may change
+                # it (another mount's rename or unlink not heard of yet: O_TRUNC through the old name cut
+                # the renamed file, a fault probe found).
+                at = self._name_of(inode)
+                if inode in self._replaced:
+                    linked = False
+                elif inode in self.files:
+                    linked = at is not None and (truncate or flags & os.O_ACCMODE != os.O_RDONLY)
+                else:
+                    linked = True
                 attr = await self.client.open_ino(inode, self.session, truncate, linked=linked, oseq=oseq,
-                                                  at=self._name_of(inode) if linked else None)
+                                                  at=at if linked else None)
             except NotFound:
                 raise pyfuse3.FUSEError(errno.ESTALE) from None
             if attr["type"] == "d":
