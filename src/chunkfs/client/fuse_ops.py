@@ -1144,6 +1144,7 @@ class ChunkFSOperations(pyfuse3.Operations):
                 raise pyfuse3.FUSEError(errno.EISDIR)
             if truncate:
                 self._truncated(inode, attr)
+            await self.cache.settle(inode)
             self._drop_stale_attr(inode, attr)
         lease = await self._lease(inode, flags)
         fi = self._open(attr, flags, oseq)

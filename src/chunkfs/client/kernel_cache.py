@@ -52,6 +52,7 @@ entry in the directory, or the end of the watch, makes it unknown again.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 import threading
@@ -64,6 +65,9 @@ logger = logging.getLogger(__name__)
 
 #: Invalidations waiting for the thread beyond which it invalidates everything known instead.
 QUEUE_MAX = 100_000
+#: How long (tries, seconds between) an open waits for the thread to finish invalidating its inode (`settle`).
+SETTLE_TRIES = 200
+SETTLE_PAUSE = 0.001
 #: How long stopping waits for the thread, seconds.
 STOP_WAIT = 2.0
 #: Names kept for directories known whole, at most (about 100 bytes each); past it, no more are added.
@@ -100,6 +104,8 @@ class KernelCache:
         #: Names the master answered "no such name" for (rule 4): entry -> until when (monotonic).
         self._absent: dict[Entry, float] = {}
         self._todo: deque[Entry | int] = deque()
+        #: The item the thread is invalidating now (None: none), under `_cond` (`settle`).
+        self._current: Entry | int | None = None
         self._cond = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -255,6 +261,26 @@ class KernelCache:
                 logger.debug("dropping the kernel's attributes of inode %d: %s", ino, exc)
         self._told[ino] = (size, mtime_ns)
 
+    async def settle(self, ino: int) -> None:
+        """Before an open of `ino` returns: no invalidation of it queued or running on the thread.
+
+        An invalidation makes the kernel throw away the answer to any request for the inode's
+        attributes it has in flight: one the thread made while the kernel asked for them right
+        after this open (its first read past the size it kept, `lseek(SEEK_END)`) left the kernel
+        with the size from before another mount's close (a fault probe: 3-9 of 150 reads right
+        after it were short, and a write at the end it gave overwrote bytes).  The open's own
+        `drop_attributes_now`, and the page cache it does not keep, do what those queued would.
+        """
+        with self._cond:
+            while ino in self._todo:
+                self._todo.remove(ino)
+        for _ in range(SETTLE_TRIES):  # the thread is invalidating it now: only for as long as that takes
+            with self._cond:
+                if self._current != ino:
+                    return
+            await asyncio.sleep(SETTLE_PAUSE)
+        logger.debug("inode %d: the kernel cache's thread is still invalidating it", ino)
+
     def forget(self, inodes: Iterable[int]) -> None:
         """The kernel forgot these inodes."""
         for ino in inodes:
@@ -329,7 +355,7 @@ class KernelCache:
                     self._cond.wait()
                 if self._stopping:
                     return
-                item = self._todo.popleft()
+                item = self._current = self._todo.popleft()
             try:
                 if isinstance(item, int):
                     # Attributes and cached data: another client may have rewritten the file with its
@@ -344,3 +370,6 @@ class KernelCache:
             except OSError as exc:
                 if exc.errno != errno.ENOENT:  # ENOENT: the kernel did not hold it, nothing to drop
                     logger.debug("invalidating %r in the kernel's cache: %s", item, exc)
+            finally:
+                with self._cond:
+                    self._current = None
