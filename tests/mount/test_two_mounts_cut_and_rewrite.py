@@ -14,6 +14,8 @@ version asks the master for the current map before it tries the others.
 from __future__ import annotations
 
 import os
+import threading
+import time
 from pathlib import Path
 
 from .conftest import MiB, chunkfs, write_and_close
@@ -163,3 +165,40 @@ def test_a_mount_without_the_kernels_long_cache_follows_cuts_too(make_cluster, m
     finally:
         os.close(fd)
     assert (a / "h").read_bytes() == b""
+
+
+def test_appends_on_one_mount_while_another_rewrites_the_file_with_o_trunc_do_not_fail(make_cluster, mount) -> None:
+    """A rewrites a file over and over (`open(..., "w")`: O_TRUNC, one byte, close); B appends to it meanwhile.
+
+    On a local disk every write succeeds.  B's write met a chunk A's O_TRUNC deleted, and the master,
+    asked for the chunk there now, found the one it was working on cut away too while it waited (A's
+    next rewrite): it answered "chunk no longer exists", and B's write failed with ENOENT (a probe:
+    15 of 130 appends in 10 s).  Now the master looks again and answers with the chunk there then.
+    """
+    cluster = make_cluster(n_cs=3)
+    a, b = mount(cluster, "a"), mount(cluster, "b")
+    (a / "n").write_bytes(b"c")
+    stop = time.monotonic() + 6
+    errors: list[str] = []
+    appends = 0
+
+    def rewrite() -> None:
+        while time.monotonic() < stop:
+            (a / "n").write_bytes(b"c")
+
+    writer = threading.Thread(target=rewrite)
+    writer.start()
+    try:
+        while time.monotonic() < stop:
+            fd = os.open(b / "n", os.O_WRONLY | os.O_APPEND)
+            try:
+                os.write(fd, b"x")
+                appends += 1
+            except OSError as exc:
+                errors.append(exc.strerror or str(exc))
+            finally:
+                os.close(fd)
+    finally:
+        writer.join()
+    assert appends > 10
+    assert errors == [], f"{len(errors)} of {appends + len(errors)} appends failed: {sorted(set(errors))}"

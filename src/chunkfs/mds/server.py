@@ -101,6 +101,8 @@ CHUNK_ID_BATCH = 256
 PLACEMENT_POLL = 0.2
 #: At most one "cannot place a chunk" WARNING per this many seconds (many writers fail alike).
 PLACEMENT_WARNING_EVERY = 10.0
+#: Times a CHUNK_WRITE looks for its chunk again when another client's cut took it away meanwhile.
+CHUNK_GONE_TRIES = 4
 #: Read barriers a new master tries before it lists the mount sessions (each up to a propose timeout);
 #: without the list, the grace period for open files simply runs its whole `session-timeout`.
 LIST_SESSIONS_TRIES = 30
@@ -971,9 +973,6 @@ class MetadataServer:
         ino, index = h["ino"], h["index"]
         if index < 0:
             raise InvalidArgument("chunk index must not be negative")
-        # Read before the chunk: a map that says a cut is of the chunk as that cut left it, or later,
-        # and a write through it comes after that cut (FEATURE_MAP_CUTS).
-        cut = self.store.cut_of(ino) if self.watchers.takes(conn, FEATURE_MAP_CUTS) else None
         offset = first_write(h, len(payload))
         first = None
         if offset is not None:
@@ -981,8 +980,38 @@ class MetadataServer:
                 raise InvalidArgument(f"a write of {len(payload)} bytes at {offset} does not fit in a chunk "
                                       f"of {self.node.cluster.chunk_size} bytes")
             first = (offset, bytes(payload))
-        written = False
         failed = {cs for cs in h.get("failed", []) if isinstance(cs, int)}
+        for attempt in range(CHUNK_GONE_TRIES):
+            # Read before the chunk: a map that says a cut is of the chunk as that cut left it, or later,
+            # and a write through it comes after that cut (FEATURE_MAP_CUTS).
+            cut = self.store.cut_of(ino) if self.watchers.takes(conn, FEATURE_MAP_CUTS) else None
+            try:
+                chunk, written = await self._chunk_to_write(conn, h, first, failed)
+                break
+            except NotFound:
+                # The chunk went while this request waited (another client cut the file: O_TRUNC, truncate):
+                # the writer is answered with the chunk there now.  It failed with ENOENT (a probe: 15 of 130
+                # appends on one mount while another rewrote the file with O_TRUNC).  The file gone: as said.
+                self.store.getattr(ino)
+                if attempt == CHUNK_GONE_TRIES - 1:
+                    raise Unavailable(f"inode {ino}: chunk {index} was cut away {CHUNK_GONE_TRIES} times while "
+                                      "this write waited for it; try again") from None
+                failed = set()
+        reply = self._map(ino, chunk)
+        if written:
+            reply["written"] = True
+        if h.get("fan") and self.fans.holds(chunk, conn):
+            reply["fan"] = True
+        if cut is not None:
+            reply["cut"] = cut
+        return reply
+
+    async def _chunk_to_write(
+        self, conn: Connection, h: dict[str, Any], first: tuple[int, bytes] | None, failed: set[int]
+    ) -> tuple[Chunk, bool]:
+        """The chunk a CHUNK_WRITE asks for, allocated if it has none (whether with the first write in it),
+        its `failed` replicas dropped and other writers' fan-out ended.  NotFound: it went meanwhile."""
+        ino, index = h["ino"], h["index"]
         if self.store.chunk_at(ino, index) is None:
             attr = self.store.getattr(ino)
             if attr["type"] == "f":
@@ -994,28 +1023,19 @@ class MetadataServer:
             if chunk is None:
                 # Only a writer that asked may fan out: a writer let do so is mended after if it leaves
                 # without ending a session, which a client that takes no `fan` (the CLI) never does.
-                chunk, written = await self._allocate(ino, index, first, writer=conn if h.get("fan") else None)
-            else:
-                if failed and not _about(h, chunk):
-                    # The writer's map was older than this chunk (the file was cut and the chunk made
-                    # again, or its replicas changed since): what failed there says nothing about
-                    # the replicas of this one.  The writer gets the current map and tries again.
-                    logger.info("chunk %#x: a writer's failure on chunk %#x version %#x ignored: now version %#x",
-                                chunk.chunk_id, h.get("chunk_id", 0), h.get("version", 0), chunk.version)
-                    failed = set()
-                why = h.get("why", "")
-                if failed and why.startswith("no_space"):
-                    self._full(failed)
-                chunk = await self._drop_replicas(await self._ensure_created(chunk), failed, why, writer=True)
-                chunk = await self._one_writer(chunk, conn)
-        reply = self._map(ino, chunk)
-        if written:
-            reply["written"] = True
-        if h.get("fan") and self.fans.holds(chunk, conn):
-            reply["fan"] = True
-        if cut is not None:
-            reply["cut"] = cut
-        return reply
+                return await self._allocate(ino, index, first, writer=conn if h.get("fan") else None)
+            if failed and not _about(h, chunk):
+                # The writer's map was older than this chunk (the file was cut and the chunk made
+                # again, or its replicas changed since): what failed there says nothing about
+                # the replicas of this one.  The writer gets the current map and tries again.
+                logger.info("chunk %#x: a writer's failure on chunk %#x version %#x ignored: now version %#x",
+                            chunk.chunk_id, h.get("chunk_id", 0), h.get("version", 0), chunk.version)
+                failed = set()
+            why = h.get("why", "")
+            if failed and why.startswith("no_space"):
+                self._full(failed)
+            chunk = await self._drop_replicas(await self._ensure_created(chunk), failed, why, writer=True)
+            return await self._one_writer(chunk, conn), False
 
     async def _one_writer(self, chunk: Chunk, writer: object | None) -> Chunk:
         """`writer` is about to get `chunk`'s map to write it: when another writer may be sending writes to
