@@ -128,6 +128,8 @@ STATFS_CACHE_S = 2.0
 INODE_CAPACITY = 1 << 32
 #: Directories whose attributes a mount keeps from its own changes, at most (then it starts over).
 FRESH_DIRS_MAX = 4096
+#: Files unlinked here that the kernel still has, remembered at most (`ChunkFSOperations._unlinked_here`).
+UNLINKED_HERE_MAX = 4096
 #: How long a new connection waits for the master to take its WATCH, seconds.
 WATCH_TIMEOUT = 5.0
 #: How long a mount that reconnects asks the master whether it kept its session (`_check_session`),
@@ -457,6 +459,11 @@ class ChunkFSOperations(pyfuse3.Operations):
         #: Files this mount renamed another over while its kernel had them, held on the master until
         #: the kernel forgets them (RENAME's `hold`): inode -> the hold's registration number.
         self._replaced: dict[int, int] = {}
+        #: Files this mount unlinked while the kernel still had them (until it forgets them; bounded): an
+        #: open that reaches one came by a name looked up before the unlink, and gets ENOENT (`open`).
+        self._unlinked_here: dict[int, None] = {}
+        #: Files this mount is renaming another over, while the rename is on its way (`open`).
+        self._replacing: set[int] = set()
         #: Handles opened with O_APPEND for writing only: each write goes to the end of the file as this
         #: mount knows it.
         self._appending: set[int] = set()
@@ -694,6 +701,7 @@ class ChunkFSOperations(pyfuse3.Operations):
         inodes = [ino for ino, _ in inode_list]
         self.cache.forget(inodes)
         for ino in inodes:
+            self._unlinked_here.pop(ino, None)
             hold = self._replaced.pop(ino, None)
             if hold is not None and ino not in self.files:  # (else its last close releases it)
                 self._release_soon(ino, hold)
@@ -872,8 +880,19 @@ class ChunkFSOperations(pyfuse3.Operations):
     @fuse_errors
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         check_name_length(name)
-        async with self._changing_names():
-            await self.client.unlink_at(parent_inode, name)
+        # Noted before the request: an open refused because the master removed it may come back first.
+        doomed = self.cache.ino_at(parent_inode, name)
+        if doomed is not None:
+            if len(self._unlinked_here) >= UNLINKED_HERE_MAX:
+                del self._unlinked_here[next(iter(self._unlinked_here))]
+            self._unlinked_here[doomed] = None
+        try:
+            async with self._changing_names():
+                await self.client.unlink_at(parent_inode, name)
+        except BaseException:
+            if doomed is not None:
+                self._unlinked_here.pop(doomed, None)
+            raise
         removed = self.cache.removed(parent_inode, name)
         if removed is not None and removed not in self.files:
             self.client.io.gone(removed)  # (no hard links: its one name is gone)
@@ -922,10 +941,16 @@ class ChunkFSOperations(pyfuse3.Operations):
         # descriptor): the master holds it for this mount until the kernel forgets it (`forget`).
         known = self.cache.ino_at(parent_inode_new, name_new)
         hold = next(self._oseq) if self._holds_replaced and known is not None and known not in self.files else 0
-        async with self._changing_names():
-            held = await self.client.rename_at(parent_inode_old, name_old, parent_inode_new, name_new,
-                                               noreplace=bool(flags & RENAME_NOREPLACE),
-                                               session=self.session, hold=hold)
+        if hold or (known is not None and known in self.files):
+            self._replacing.add(known)  # held by the master (the hold, its open files) however it goes
+        try:
+            async with self._changing_names():
+                held = await self.client.rename_at(parent_inode_old, name_old, parent_inode_new, name_new,
+                                                   noreplace=bool(flags & RENAME_NOREPLACE),
+                                                   session=self.session, hold=hold)
+        finally:
+            if known is not None:
+                self._replacing.discard(known)
         if held:
             self._replaced[held] = hold
             self._start_session_keeper()
@@ -1130,7 +1155,7 @@ class ChunkFSOperations(pyfuse3.Operations):
                 # it (another mount's rename or unlink not heard of yet: O_TRUNC through the old name cut
                 # the renamed file, a fault probe found).
                 at = self._name_of(inode)
-                if inode in self._replaced:
+                if inode in self._replaced or inode in self._replacing:
                     linked = False
                 elif inode in self.files:
                     linked = at is not None and (truncate or flags & os.O_ACCMODE != os.O_RDONLY)
@@ -1139,7 +1164,12 @@ class ChunkFSOperations(pyfuse3.Operations):
                 attr = await self.client.open_ino(inode, self.session, truncate, linked=linked, oseq=oseq,
                                                   at=at if linked else None)
             except NotFound:
-                raise pyfuse3.FUSEError(errno.ESTALE) from None
+                # ESTALE: the kernel looks the name up again, once.  Unlinked by this mount, the file was
+                # reached by a lookup made before the unlink: the open raced it, and "no such file" is
+                # an answer a local disk may give too.  ESTALE made the kernel look again, and a second
+                # race (a file saved, removed and made again every millisecond) gave the program ESTALE
+                # (a namespace probe: 42-50 of 700-760 opens).
+                raise pyfuse3.FUSEError(errno.ENOENT if inode in self._unlinked_here else errno.ESTALE) from None
             if attr["type"] == "d":
                 raise pyfuse3.FUSEError(errno.EISDIR)
             if truncate:
