@@ -735,10 +735,12 @@ class ChunkFSOperations(pyfuse3.Operations):
             self._defer_times(of, changes)
             return self._entry(kept, since)
         if of is not None:
-            # By a name (truncate, chmod or utime of a path, not of a descriptor): the name must still
+            # A truncate by a name (not of a descriptor, which comes with its handle): the name must still
             # lead to the file, as for one not open here (a fault probe: `truncate` of a name another
-            # mount had just renamed away cut the file under its new name).
-            at = self._name_of(inode) if fh is None else None
+            # mount had just renamed away cut the file under its new name).  Not for chmod or utime: the
+            # kernel sends fchmod and futimens of a descriptor without its handle, and a file removed by
+            # another mount while open here must still take them.
+            at = self._name_of(inode) if fh is None and "size" in changes else None
             try:
                 async with of.commit_lock:
                     new = await self._setattr_open(of, changes, at)
@@ -1219,8 +1221,14 @@ class ChunkFSOperations(pyfuse3.Operations):
         return attr
 
     def _name_of(self, ino: int) -> tuple[int, bytes] | None:
-        """The name the kernel reached `ino` by, for the master to check (it may have been renamed away)."""
-        return self.cache.name_of(ino) if self._names_checked else None
+        """The name the kernel reached `ino` by, for the master to check (it may have been renamed away).
+
+        None for a file this mount unlinked: no name reaches it, and what comes for it (a change
+        through a descriptor still open: fchmod and futimens come without their handle) is not checked.
+        """
+        if not self._names_checked or ino in self._unlinked_here:
+            return None
+        return self.cache.name_of(ino)
 
     def _drop_stale_attr(self, ino: int, attr: dict[str, Any]) -> None:
         """Close-to-open: the kernel forgets attributes older than the master's, before the open returns.
