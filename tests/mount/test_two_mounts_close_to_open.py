@@ -15,6 +15,7 @@ import os
 import stat
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -23,6 +24,15 @@ from chunkfs.testing.cluster import wait_for
 from .conftest import write_and_close
 
 TRIALS = 40
+
+
+def start_fresh(path: Path) -> None:
+    """A fresh file at `path` (O_CREAT|O_TRUNC, as a logger starting anew after a rotation), b"fresh" in it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, b"fresh")
+    finally:
+        os.close(fd)
 
 
 def test_an_open_after_another_mounts_close_sees_its_size_and_bytes(make_cluster, mount) -> None:
@@ -215,11 +225,7 @@ def test_a_name_another_mount_renamed_away_no_longer_reaches_the_file(make_clust
         assert (b / name).read_bytes() == b"rotated"  # B's kernel holds the name
         os.rename(a / name, a / f"{name}.1")
         if trial % 2 == 0:
-            fd = os.open(b / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                os.write(fd, b"fresh")
-            finally:
-                os.close(fd)
+            start_fresh(b / name)
             assert (a / name).read_bytes() == b"fresh", f"trial {trial}"
         else:
             with pytest.raises(FileNotFoundError):
@@ -236,7 +242,7 @@ def test_a_name_another_mount_took_away_no_longer_reaches_a_file_held_open_here(
     by B's `truncate` of the old name, and B's O_TRUNC open of it wrote into the renamed or removed file).
 
     A file held open may also be reached by no name (/proc/PID/fd): B checks the name its kernel came by
-    for an open that may change the file and for a change by path, not for a read-only open.
+    for an open that may change the file and for a truncate by path, not for a read-only open.
     """
     cluster = make_cluster(n_cs=3)
     a, b = mount(cluster, "a"), mount(cluster, "b")
@@ -250,11 +256,7 @@ def test_a_name_another_mount_took_away_no_longer_reaches_a_file_held_open_here(
             else:
                 os.unlink(a / name)
             if trial % 2 == 0:
-                fd = os.open(b / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                try:
-                    os.write(fd, b"fresh")
-                finally:
-                    os.close(fd)
+                start_fresh(b / name)
                 assert (a / name).read_bytes() == b"fresh", f"trial {trial}"
                 os.unlink(a / name)
             else:
