@@ -269,6 +269,36 @@ def test_a_name_another_mount_took_away_no_longer_reaches_a_file_held_open_here(
             os.close(held)
 
 
+@pytest.mark.parametrize("gone", ["renamed", "unlinked"])
+def test_a_name_another_mount_took_away_no_longer_reaches_a_file_written_here(make_cluster, mount, gone) -> None:
+    """As above, while B holds the file open and has written to it, which B answers an open of from what
+    it holds: an open for writing by the old name wrote into the renamed or removed file."""
+    cluster = make_cluster(n_cs=3)
+    a, b = mount(cluster, "a"), mount(cluster, "b")
+    for trial in range(TRIALS):
+        name = f"written{trial}"
+        (a / name).write_bytes(b"kept")
+        held = os.open(b / name, os.O_RDWR)
+        try:
+            os.pwrite(held, b"K", 0)  # not committed yet: B answers opens of it itself
+            if gone == "renamed":
+                os.rename(a / name, a / f"{name}.1")
+            else:
+                os.unlink(a / name)
+            fd = os.open(b / name, os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, b"fresh")
+            finally:
+                os.close(fd)
+            assert (a / name).read_bytes() == b"fresh", f"trial {trial}"
+            assert os.pread(held, 100, 0) == b"Kept", f"trial {trial}"
+        finally:
+            os.close(held)
+        if gone == "renamed":
+            assert (a / f"{name}.1").read_bytes() == b"Kept", f"trial {trial}"
+        os.unlink(a / name)
+
+
 def test_a_name_renamed_away_does_not_reach_the_file_while_this_mount_lists_the_folder(make_cluster, mount) -> None:
     """As above, with threads of B listing the folder meanwhile (a POSIX probe: 25-36 of 150 renamed
     files were overwritten through the old name).  A listing read after the rename gave B the file's

@@ -1144,6 +1144,8 @@ class ChunkFSOperations(pyfuse3.Operations):
         truncate = bool(flags & os.O_TRUNC)
         oseq = 0
         if of is not None and of.dirty and not truncate:
+            if flags & os.O_ACCMODE != os.O_RDONLY:
+                await self._check_name(inode)
             attr = {"ino": inode, "size": of.size, "mtime_ns": of.mtime_ns}  # already held open by this mount
         else:
             oseq = next(self._oseq)
@@ -1219,6 +1221,25 @@ class ChunkFSOperations(pyfuse3.Operations):
             attr = await self.client.setattr(ino, mode=attr["mode"] & 0o7777 & ~bits)
         self.cache.drop_attributes_now(ino, attr["size"], attr["mtime_ns"])
         return attr
+
+    async def _check_name(self, ino: int) -> None:
+        """ESTALE unless the name the kernel reached `ino` by still leads to it (an open of a file written here).
+
+        Such an open is answered from what this mount holds, without the master's check `open_ino`
+        makes: another mount's rename or unlink not heard of yet let an open for writing by the old
+        name write into the renamed or removed file.  ESTALE has the kernel look the name up again.
+        """
+        if ino in self._replaced or ino in self._replacing:
+            return
+        at = self._name_of(ino)
+        if at is None:
+            return
+        try:
+            found = (await self.client.lookup(*at))["ino"]
+        except NotFound:
+            found = None
+        if found != ino:
+            raise pyfuse3.FUSEError(errno.ESTALE)
 
     def _name_of(self, ino: int) -> tuple[int, bytes] | None:
         """The name the kernel reached `ino` by, for the master to check (it may have been renamed away).

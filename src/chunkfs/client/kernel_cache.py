@@ -57,7 +57,7 @@ import errno
 import logging
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -104,6 +104,9 @@ class KernelCache:
         #: Names the master answered "no such name" for (rule 4): entry -> until when (monotonic).
         self._absent: dict[Entry, float] = {}
         self._todo: deque[Entry | int] = deque()
+        #: How many times each inode is in `_todo`: `settle` looks an inode up at every open, and the
+        #: queue may hold 100,000 items under a flood of notices.
+        self._queued: Counter[int] = Counter()
         #: The item the thread is invalidating now (None: none), under `_cond` (`settle`).
         self._current: Entry | int | None = None
         self._cond = threading.Condition()
@@ -272,8 +275,8 @@ class KernelCache:
         `drop_attributes_now`, and the page cache it does not keep, do what those queued would.
         """
         with self._cond:
-            while ino in self._todo:
-                self._todo.remove(ino)
+            if self._queued.pop(ino, 0):
+                self._todo = deque(item for item in self._todo if item != ino)
         for _ in range(SETTLE_TRIES):  # the thread is invalidating it now: only for as long as that takes
             with self._cond:
                 if self._current != ino:
@@ -318,7 +321,9 @@ class KernelCache:
             self._absent.pop((parent, name), None)
         with self._cond:
             self._todo.extend(entries)
+            inodes = list(inodes)
             self._todo.extend(inodes)
+            self._queued.update(inodes)
             if len(self._todo) > QUEUE_MAX:
                 self._queue_everything_locked()
             self._cond.notify()
@@ -332,6 +337,7 @@ class KernelCache:
         self._todo.clear()
         self._todo.extend(self._inodes)
         self._todo.extend(self._names)
+        self._queued = Counter(self._names.keys())  # each known inode once
 
     # -- the invalidating thread -----------------------------------------------------------
 
@@ -348,6 +354,14 @@ class KernelCache:
             self._thread.join(STOP_WAIT)
             self._thread = None
 
+    def _unqueued(self, ino: int) -> None:
+        """One `ino` left the queue (under `_cond`)."""
+        left = self._queued[ino] - 1
+        if left > 0:
+            self._queued[ino] = left
+        else:
+            del self._queued[ino]
+
     def _run(self) -> None:
         while True:
             with self._cond:
@@ -356,6 +370,8 @@ class KernelCache:
                 if self._stopping:
                     return
                 item = self._current = self._todo.popleft()
+                if isinstance(item, int):
+                    self._unqueued(item)
             try:
                 if isinstance(item, int):
                     # Attributes and cached data: another client may have rewritten the file with its

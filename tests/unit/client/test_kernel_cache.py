@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import threading
 import time
@@ -127,6 +128,23 @@ def test_past_its_bound_the_queue_becomes_everything_known(
     c.start()
     try:
         assert sorted(map(str, settle(c, kernel, 2))) == sorted(map(str, [(1, b"known"), 5]))
+    finally:
+        c.stop()
+
+
+def test_an_open_takes_its_inode_off_the_queue_and_leaves_the_rest_in_order(kernel: Kernel) -> None:
+    c = KernelCache(long=60.0, short_attr=1.0, short_entry=1.0, invalidate_entry=kernel.entry,
+                    invalidate_inode=kernel.inode)  # not started: the queue only grows
+    c.changed([(1, b"x")], [5, 6])
+    c.changed([], [5, 7])
+    asyncio.run(c.settle(5))
+    asyncio.run(c.settle(8))  # not queued: nothing changes
+    c.changed([], [5])  # queued again after the open: invalidated
+    c.start()
+    try:
+        assert settle(c, kernel, 4) == [(1, b"x"), 6, 7, 5]
+        asyncio.run(c.settle(5))  # the thread took it: nothing left to take
+        assert not c._queued
     finally:
         c.stop()
 
