@@ -831,6 +831,19 @@ class ChunkFSOperations(pyfuse3.Operations):
         of.written_end = 0
         of.size = of.committed_size = attr["size"]
 
+    async def _learn_cut_now(self, of: OpenFile) -> None:
+        """A write went through a map the master gave after a cut this mount has not heard of yet.
+
+        The cut's notice is on its way, and would come after the write's end was counted: the end
+        would then be taken for one made before the cut and not committed, although the chunk
+        servers have the bytes after it (an `fsync` said they were in the file, and they were not).
+        The master's attributes tell of the cut now; the write counts as after it (`write`).
+        """
+        try:
+            self._learn_cut(of, await self.client.getattr(of.ino))
+        except ChunkFSError as exc:  # the notice still comes: as before this check
+            logger.debug("inode %d: asking for a cut a chunk map told of: %s", of.ino, exc)
+
     # -- namespace -------------------------------------------------------------
 
     @fuse_errors
@@ -1489,6 +1502,8 @@ class ChunkFSOperations(pyfuse3.Operations):
             of.sync_streak = 0  # more than one write per fsync: plain writes again
         try:
             after = await self.client.io.write(of.ino, off, buf, sync=through)
+            if after is not None and of.cut is not None and after > of.cut:
+                await self._learn_cut_now(of)
         except BaseException:
             if appending and of.size == off + len(buf):
                 of.size = off  # nothing was appended after it: give the range back
