@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import http.server
+import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -124,3 +127,26 @@ def test_umount_leaves_a_file_system_that_is_not_chunkfs_mounted(tmp_path: Path)
         assert os.path.ismount(where)
     finally:
         unmount(where)
+
+
+def test_a_member_removed_before_it_ever_started_stops_at_its_start_and_says_why(make_cluster, tmp_path: Path) -> None:
+    """An operator probe: `mds --background` of a member `rm-mds` had removed said "started", status 0, and
+    the daemon then logged the master's refusal every second, for good ("create it with make-mds", which
+    refused that folder: it already holds a metadata server)."""
+    cluster = make_cluster(n_cs=1)
+    new_dir = tmp_path / "mds-new"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        addr = f"127.0.0.1:{s.getsockname()[1]}"
+    assert run_cli("-c", cluster.name, "make-mds", "-a", addr, "-r", str(new_dir), timeout=120).returncode == 0
+    node_id = json.loads((new_dir / "node.json").read_text())["node_id"]
+    done = run_cli("-c", cluster.name, "rm-mds", str(node_id), timeout=120)
+    assert done.returncode == 0, done.stderr
+    try:
+        err = one_line_error(run_cli("mds", "-r", str(new_dir), "--background", timeout=120))
+        assert "not a member" in err and "make-mds" in err, err
+    finally:
+        pid = daemon_pid(new_dir)
+        if pid is not None and pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)
+            raise AssertionError("the removed member's daemon still ran")

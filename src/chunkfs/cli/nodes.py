@@ -38,6 +38,7 @@ from chunkfs.common.daemon import (
     START_TIMEOUT,
     bind_error,
     free_port,
+    last_error,
     refuse_if_running,
     rotate_log,
     run_foreground,
@@ -57,6 +58,8 @@ logger = logging.getLogger(__name__)
 REMOVE_TRIES = 10
 #: How long a daemon started in the background waits for each metadata server to say whether it accepts it.
 START_CHECK_TIMEOUT = 3.0
+#: How long `mds --background` waits for a new member to join the metadata group.
+JOIN_WAIT = 20.0
 
 
 def _check_empty_node_dir(directory: Path, cluster: str) -> None:
@@ -217,6 +220,20 @@ def _refused(directory: Path, node: NodeConfig, secret: bytes) -> str:
     return "" if answered or not refusals else refusals[-1]
 
 
+def _wait_joined(directory: Path, pid: int) -> None:
+    """A new MDS asks the master to join the group once it serves: wait (bounded) for it to hold Raft
+    state, or for its stop, which is said here.  A member removed before it ever started was
+    "started in the background" while it only logged the master's refusal, every second."""
+    deadline = time.monotonic() + JOIN_WAIT
+    while time.monotonic() < deadline:
+        if wait_exit(pid, 0.2):
+            raise Unavailable(f"MDS of {directory} stopped again: {last_error(directory / LOG_FILE)}")
+        if load_node(directory)[0].joined:
+            return
+    logger.warning("MDS of %s has not joined the metadata group within %g s; see %s", directory, JOIN_WAIT,
+                   directory / LOG_FILE)
+
+
 def run_node(role: str, directory: Path, background: bool) -> int:
     directory = directory.resolve()
     node, secret = load_node(directory)
@@ -231,6 +248,8 @@ def run_node(role: str, directory: Path, background: bool) -> int:
             if not wait_exit(pid, START_TIMEOUT):
                 os.kill(pid, signal.SIGKILL)
             raise AuthenticationFailed(f"{role.upper()} of {directory} stopped again, refused: {refused}")
+        if role == "mds" and not node.bootstrap and not node.joined:
+            _wait_joined(directory, pid)
         print(f"{role.upper()} started in the background: pid {pid}, address {node.addr}, log {directory / LOG_FILE}")
         return 0
     # Before the log is rotated or the folder scanned: they are the running daemon's (a fault probe).

@@ -25,6 +25,7 @@ from chunkfs.common import folder_watch
 from chunkfs.common.addr import parse_addr
 from chunkfs.common.awake_clock import AwakeClock
 from chunkfs.common.config import NodeConfig, save_node_file
+from chunkfs.common.daemon import ForGood
 from chunkfs.common.errors import (
     ChunkFSError,
     InvalidArgument,
@@ -103,6 +104,8 @@ PLACEMENT_POLL = 0.2
 PLACEMENT_WARNING_EVERY = 10.0
 #: Times a CHUNK_WRITE looks for its chunk again when another client's cut took it away meanwhile.
 CHUNK_GONE_TRIES = 4
+#: How many "not a member" answers to its join a new MDS takes before it stops for good (`_join`).
+JOIN_REFUSALS = 3
 #: Read barriers a new master tries before it lists the mount sessions (each up to a propose timeout);
 #: without the list, the grace period for open files simply runs its whole `session-timeout`.
 LIST_SESSIONS_TRIES = 30
@@ -408,9 +411,15 @@ class MetadataServer:
             await self._propose("add_mds", addr=self.node.addr, node_id=self.node.node_id)
 
     async def _join(self) -> None:
-        """A new MDS asks the master, until it answers, to make it a voter."""
+        """A new MDS asks the master, until it answers, to make it a voter.
+
+        A master that does not list it (removed with rm-mds before it ever started) is asked a few
+        times (a master just elected may not have applied its registration yet); then this server
+        stops for good: it only logged the refusal every second, "started" as far as its operator knew.
+        """
         peers = tuple(a for i, a in sorted(self.raft.addrs.items()) if i != self.node.node_id)
         link = MdsLink(peers, self.creds, retry_for=30.0)
+        refusals = 0
         try:
             for attempt in range(1000):
                 if self.node.node_id in self.raft.voters():
@@ -419,6 +428,13 @@ class MetadataServer:
                     await link.call(Msg.MDS_JOIN, {"id": self.node.node_id, "addr": self.node.addr})
                     logger.info("MDS#%d joined the metadata group", self.node.node_id)
                     break
+                except InvalidArgument as exc:
+                    refusals += 1
+                    if refusals >= JOIN_REFUSALS:
+                        self._fail(ForGood(f"the master refused it {refusals} times: {exc}"))
+                        return
+                    logger.warning("joining the metadata group (attempt %d): %s", attempt + 1, exc)
+                    await asyncio.sleep(1.0)
                 except ChunkFSError as exc:
                     logger.warning("joining the metadata group (attempt %d): %s", attempt + 1, exc)
                     await asyncio.sleep(1.0)
@@ -525,7 +541,8 @@ class MetadataServer:
     async def _on_mds_join(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
         node_id = h["id"]
         if self.store.mds_members().get(node_id) != h["addr"]:
-            raise InvalidArgument(f"MDS#{node_id} at {h['addr']} is not registered: create it with make-mds")
+            raise InvalidArgument(f"MDS#{node_id} at {h['addr']} is not a member of this cluster (removed with "
+                                  "rm-mds?): add a new one with make-mds, in an empty folder")
         if node_id not in self.raft.voters():
             self._learn_members()
             await self.raft.change_membership(add=node_id)
