@@ -22,6 +22,12 @@ def test_local_up_mounts_and_down_unmounts(tmp_path: Path, conf_dir: Path) -> No
         # Up again: already mounted, nothing doubled.
         done = chunkfs("local", "up", "--dir", str(d), "--mount", str(mnt), timeout=120)
         assert done.returncode == 0 and "already mounted" in done.stdout, done.stdout + done.stderr
+        # Over the cluster's folder, one of its servers' or a folder holding it: the servers' files hidden
+        # from them (a probe: "local.json: Input/output error", a metadata server hung on the mount).
+        for over in (d, d / "mds1", d.parent):
+            done = chunkfs("local", "up", "--dir", str(d), "--mount", str(over), timeout=120)
+            assert done.returncode != 0 and "would hide" in done.stderr and len(done.stderr.splitlines()) == 1, done
+            assert not is_mounted(over)
         done = chunkfs("local", "down", "--dir", str(d), timeout=120)
         assert done.returncode == 0, done.stderr
         assert f"unmounted {mnt}" in done.stdout

@@ -14,7 +14,7 @@ from typing import Any
 
 from chunkfs.cli.arg_types import size
 from chunkfs.cli.context import need_cluster
-from chunkfs.cli.local_cluster import LocalCluster
+from chunkfs.cli.local_cluster import STATE_FILE, LocalCluster
 from chunkfs.cli.nodes import make_cs, make_mds, remove_mds, run_node
 from chunkfs.common.config import DEFAULT_CHUNK_SIZE, ConfigError, conf_dir
 
@@ -107,6 +107,8 @@ def add_local_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 def cmd_local_up(args: argparse.Namespace) -> int:
     directory: Path = args.dir.resolve()
+    if args.mount is not None:
+        _check_mountpoint(args.mount.resolve(), directory)
     if (directory / "local.json").exists():
         cluster = LocalCluster.load(directory)
         if cluster.making is not None:
@@ -126,7 +128,7 @@ def cmd_local_up(args: argparse.Namespace) -> int:
                   f"{directory}", file=sys.stderr)
     else:
         made = True
-        if args.mds % 2 == 0:  # (a probe: taken without a word)
+        if args.mds % 2 == 0 and 1 <= args.mds <= 7:  # (a probe: taken without a word; out of range: refused)
             print(f"warning: {args.mds} metadata servers survive no more failures than {args.mds - 1}: "
                   "an odd number (3 or 5) is what a majority needs", file=sys.stderr)
         directory.mkdir(parents=True, exist_ok=True)
@@ -180,6 +182,19 @@ def cmd_local_status(args: argparse.Namespace) -> int:
     for path in cluster.mounts:  # (a probe: listed alike whether mounted or not, after a restart)
         print(f"  mount     {path}  {'mounted' if is_mounted(Path(path)) else 'not mounted'}")
     return 0
+
+
+def _check_mountpoint(mnt: Path, directory: Path) -> None:
+    """Refuse a mount point that is the cluster's folder or holds it: the mount would hide the servers'
+    own files from them (a probe mounted a cluster over its folder: "local.json: Input/output error",
+    and a metadata server then hung on the mount for 40 s)."""
+    folders = [directory]
+    if (directory / STATE_FILE).exists():
+        folders += [Path(p.dir).resolve() for p in LocalCluster.load(directory).processes]
+    for folder in folders:
+        if mnt == folder or mnt in folder.parents or (folder != directory and folder in mnt.parents):
+            raise ConfigError(f"--mount {mnt} would hide {folder} from the cluster's servers: mount it in a "
+                              f"folder of its own, such as {directory / 'mnt'}")
 
 
 def _mount(cluster: LocalCluster, mountpoint: Path, options: list[str], verbose: bool) -> None:

@@ -34,6 +34,7 @@ from chunkfs.common.daemon import (
     start_background,
     wait_exit,
 )
+from chunkfs.common.durable import write_file_durably
 from chunkfs.common.errors import ChunkFSError, Unavailable
 
 STATE_FILE = "local.json"
@@ -137,14 +138,24 @@ class LocalCluster:
         directory = directory.resolve()
         try:
             data = json.loads((directory / STATE_FILE).read_text())
+            cluster = cls(directory, data["name"])
+            cluster.processes = [Process(**p) for p in data["processes"]]
+            if not isinstance(cluster.name, str) or not all(
+                    isinstance(p.dir, str) and isinstance(p.addr, str) and isinstance(p.id, int)
+                    for p in cluster.processes):
+                raise ValueError("a name, or a server's dir, addr or id, of the wrong type")
+            cluster.mounts = [str(m) for m in data.get("mounts", [])]
+            cluster.making = data.get("making")
         except FileNotFoundError:
             raise ConfigError(
                 f"{directory} holds no local cluster (no {STATE_FILE}): create one with `local up`"
             ) from None
-        cluster = cls(directory, data["name"])
-        cluster.processes = [Process(**p) for p in data["processes"]]
-        cluster.mounts = [str(m) for m in data.get("mounts", [])]
-        cluster.making = data.get("making")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            what = exc.strerror if isinstance(exc, OSError) else f"no {exc}" if isinstance(exc, KeyError) else exc
+            raise ConfigError(
+                f"{directory / STATE_FILE} is damaged ({what}): the servers' own folders in {directory} are "
+                "untouched; mend the file (\"name\", and \"processes\": each server's role, id, dir and addr)"
+            ) from None
         return cluster
 
     def save(self) -> None:
@@ -152,7 +163,7 @@ class LocalCluster:
                                 "mounts": self.mounts}
         if self.making is not None:
             data["making"] = self.making
-        (self.dir / STATE_FILE).write_text(json.dumps(data, indent=2))
+        write_file_durably(self.dir / STATE_FILE, json.dumps(data, indent=2).encode())  # (a crash leaves the old)
 
     # -- running --------------------------------------------------------------
 

@@ -273,8 +273,11 @@ def read_secret(path: Path) -> bytes:
         secret = bytes.fromhex(text)
     except FileNotFoundError:
         raise ConfigError(f"{path}: the cluster secret is missing") from None
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{path}: unreadable cluster secret: {exc}") from None
+    except ValueError:
+        raise ConfigError(f"{path}: unreadable cluster secret (not hexadecimal): copy it again from a host where "
+                          "the cluster's commands work") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: unreadable cluster secret: {exc.strerror or exc}") from None
     if len(secret) < 16:
         raise ConfigError(f"{path}: the cluster secret is too short")
     return secret
@@ -313,18 +316,30 @@ def save_client_config(cfg: ClientConfig) -> Path:
 def load_client_config(name: str) -> ClientConfig:
     path = cluster_conf_path(name)
     if not (path / "cluster.json").exists():
+        if path.is_dir():
+            raise ConfigError(f"{path}: broken client configuration (no cluster.json): copy the folder again from a "
+                              "host where the cluster's commands work")
         raise ConfigError(
             f"unknown cluster {name!r}: no configuration in {path} "
             "(create it with `chunkfs -c NAME make-mds -I ...` or `chunkfs local up`, or set CHUNKFS_CONF_DIR)"
         )
     try:
         data = json.loads((path / "cluster.json").read_text())
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
         tls = data.get("tls", False)
         if not isinstance(tls, bool):
             raise ValueError("'tls' must be true or false")
-        cluster = ClusterInfo(data["name"], data["uuid"], check_chunk_size(int(data["chunk_size"])), tls)
+        if not isinstance(data["name"], str) or not isinstance(data["uuid"], str):
+            raise ValueError("'name' and 'uuid' must be strings")
+        if data["name"] != name:
+            raise ValueError(f"it is the configuration of cluster {data['name']!r}, not {name!r}")
+        chunk_size = data["chunk_size"]
+        if not isinstance(chunk_size, int):
+            raise ValueError("'chunk_size' must be a whole number")
+        cluster = ClusterInfo(data["name"], data["uuid"], check_chunk_size(chunk_size), tls)
         mds = tuple(line.strip() for line in (path / "mds.list").read_text().splitlines() if line.strip())
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, ConfigError) as exc:
         what = f"{Path(exc.filename).name}: {exc.strerror}" if isinstance(exc, OSError) and exc.filename else \
             f"cluster.json: {'no ' if isinstance(exc, KeyError) else ''}{exc}"
         raise ConfigError(f"{path}: broken client configuration ({what}): copy the folder again from a host "

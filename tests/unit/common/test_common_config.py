@@ -287,6 +287,13 @@ def test_client_bad_cluster_name(conf_dir: Path) -> None:
         ('{"name": "c1", "uuid": "u", "chunk_size": 5}', "h:1\n", "chunk size"),
         ('{"name": "c1", "uuid": "u", "chunk_size": 1048576}', "\n\n", "no metadata server"),
         ('{"name": "c1", "uuid": "u", "chunk_size": 1048576}', None, "broken"),
+        # Valid JSON of another shape, or fields of the wrong type: a traceback from every command (a probe).
+        ("[1, 2]", "h:1\n", "cluster.json: not a JSON object"),
+        ("null", "h:1\n", "cluster.json: not a JSON object"),
+        ('{"name": 5, "uuid": "u", "chunk_size": 1048576}', "h:1\n", "must be strings"),
+        ('{"name": "other", "uuid": "u", "chunk_size": 1048576}', "h:1\n", "of cluster 'other', not 'c1'"),
+        ('{"name": "c1", "uuid": "u", "chunk_size": -5}', "h:1\n", "c1: broken .*bad chunk size -5"),
+        ('{"name": "c1", "uuid": "u", "chunk_size": "1M"}', "h:1\n", "whole number"),
     ],
 )
 def test_client_broken_config(conf_dir: Path, cluster_json: str, mds_list: str | None, match: str) -> None:
@@ -298,4 +305,18 @@ def test_client_broken_config(conf_dir: Path, cluster_json: str, mds_list: str |
     else:
         (path / "mds.list").write_text(mds_list)
     with pytest.raises(ConfigError, match=match):
+        load_client_config("c1")
+
+
+def test_a_configuration_folder_without_its_cluster_json_is_called_broken_not_unknown(conf_dir: Path) -> None:
+    path = save_client_config(ClientConfig(CLUSTER, ("127.0.0.1:9600",), SECRET))
+    (path / "cluster.json").unlink()
+    with pytest.raises(ConfigError, match="broken client configuration .no cluster.json"):
+        load_client_config("c1")
+
+
+def test_a_secret_that_is_not_hexadecimal_is_said_in_words(conf_dir: Path) -> None:
+    path = save_client_config(ClientConfig(CLUSTER, ("127.0.0.1:9600",), SECRET))
+    (path / "secret").write_text("not hex at all")
+    with pytest.raises(ConfigError, match=r"unreadable cluster secret \(not hexadecimal\): copy it again"):
         load_client_config("c1")
