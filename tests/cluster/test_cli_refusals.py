@@ -150,3 +150,36 @@ def test_a_member_removed_before_it_ever_started_stops_at_its_start_and_says_why
         if pid is not None and pid_alive(pid):
             os.kill(pid, signal.SIGKILL)
             raise AssertionError("the removed member's daemon still ran")
+
+
+def test_a_mount_over_a_running_daemons_folder_is_refused_and_so_is_an_empty_mount_point(make_cluster) -> None:
+    """An operator probe: `mount --background ''` (the working directory, which held the servers' folders)
+    mounted the cluster over its own servers: they stopped, and every later command hung on the mount."""
+    cluster = make_cluster(n_cs=1)
+    node = Path(cluster.find("cs", 1).dir)
+    for over in (cluster.dir, node):
+        err = one_line_error(run_cli("-c", cluster.name, "mount", "--background", str(over), timeout=60))
+        assert "would hide" in err and str(cluster.dir) in err, err
+        assert not os.path.ismount(over)
+    assert "an empty mount point" in _usage_error(run_cli("-c", cluster.name, "mount", "--background", ""))
+    assert run_cli("-c", cluster.name, "mkdir", "/still-serving").returncode == 0
+
+
+def test_a_path_longer_than_a_mount_can_reach_is_refused_before_anything_is_made(conf_dir) -> None:
+    """An operator probe: `mkdir -p` of 3,000 levels (6,001 bytes) ran until it was killed, 2,000 levels made."""
+    deep = "/b" * 2100
+    assert "shorter than 4096 bytes" in _usage_error(run_cli("-c", "any", "mkdir", "-p", deep))
+
+
+def test_commands_with_standard_output_closed_do_their_work_and_do_not_abort(make_cluster, tmp_path: Path) -> None:
+    """An operator probe: `put FILE /x >&-` stored the file, then aborted in libuv (exit 134): the event
+    loop's first socket took the closed number 1, and libuv asserts it never closes 0-2."""
+    cluster = make_cluster(n_cs=3)
+    source = tmp_path / "small"
+    source.write_bytes(b"kept\n")
+    for args in (["put", str(source), "/small"], ["ls", "/"], ["stat"]):
+        done = subprocess.run([sys.executable, "-m", "chunkfs", "-c", cluster.name, *args], stdin=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True, timeout=60, check=False,
+                              preexec_fn=lambda: os.close(1))  # noqa: PLW1509 - the child's own fd, before exec
+        assert done.returncode == 0, (args, done.returncode, done.stderr)
+    assert run_cli("-c", cluster.name, "get", "/small", "-").stdout == "kept\n"

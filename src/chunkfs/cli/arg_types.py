@@ -54,11 +54,25 @@ def whole(low: int = 0, high: int = MAX_WHOLE) -> Callable[[str], int]:
     return parse
 
 
+#: The longest path in the cluster a command takes, bytes (Linux's PATH_MAX: a mount could not reach a longer one).
+PATH_MAX = 4096
+
+
 def cluster_path(text: str) -> str:
-    """A path in the cluster, from its root; not empty."""
+    """A path in the cluster, from its root; not empty, and no longer than a mount can reach."""
     if not text:
         raise argparse.ArgumentTypeError("an empty path: give one in the cluster, from its root, such as /dir/file")
+    if len(text.encode(errors="surrogateescape")) >= PATH_MAX:
+        raise argparse.ArgumentTypeError(f"a path of {len(text.encode(errors='surrogateescape'))} bytes: paths in "
+                                         f"the cluster are shorter than {PATH_MAX} bytes, as on a local disk")
     return text
+
+
+def mountpoint(text: str) -> Path:
+    """A directory to mount on; not empty (an empty argument meant the working directory)."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty mount point: give the directory to mount on")
+    return Path(text)
 
 
 def local_path(text: str) -> Path:

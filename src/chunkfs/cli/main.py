@@ -108,7 +108,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _fill_closed_standard_fds() -> None:
+    """Standard input, output or error closed (``>&-``): /dev/null there, before any socket is made.
+
+    Otherwise the first socket the event loop makes takes the free number, and libuv, which takes
+    0-2 for standard streams, aborted the process when it closed it (an operator probe: exit 134
+    after a `put` that had stored the file)."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            opened = os.open(os.devnull, os.O_RDWR)  # the lowest free number: `fd`
+            if opened != fd:
+                os.dup2(opened, fd)
+                os.close(opened)
+
+
 def main(argv: list[str] | None = None) -> int:
+    _fill_closed_standard_fds()
     # File names are bytes: one that is not UTF-8 is printed as its bytes, as ls does into a pipe.
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):

@@ -8,9 +8,10 @@ import shutil
 import sys
 from pathlib import Path
 
+from chunkfs.cli.arg_types import mountpoint as arg_mountpoint
 from chunkfs.cli.context import need_cluster
 from chunkfs.common.config import DEFAULT_LOG_BACKUPS, DEFAULT_LOG_MAX_SIZE, load_client_config
-from chunkfs.common.daemon import LOG_FILE, rotate_log, start_background
+from chunkfs.common.daemon import LOG_FILE, rotate_log, running_node_dirs, start_background
 from chunkfs.common.errors import ConfigError
 
 MOUNT_HELP = """\
@@ -54,7 +55,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         description="Mount cluster NAME on MOUNTPOINT. In the foreground by default (logs on stderr, "
         "Ctrl-C unmounts); with --background, return once the mount is ready.",
     )
-    p.add_argument("mountpoint", type=Path, help="an existing directory")
+    p.add_argument("mountpoint", type=arg_mountpoint, help="an existing directory")
     p.add_argument("-o", dest="options", action="append", default=[], metavar="OPTIONS",
                    help="mount options (see below)")
     p.add_argument("--background", action="store_true", help="detach; return once mounted")
@@ -63,7 +64,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                        description="Unmount MOUNTPOINT (fusermount3 -u) and wait until its mount process exits "
                        "(bounded: as long as a request still in flight may wait for the master, plus the hand-back of "
                        "its leases).")
-    p.add_argument("mountpoint", type=Path, help="where the cluster is mounted (only a ChunkFS mount is unmounted)")
+    p.add_argument("mountpoint", type=arg_mountpoint,
+                   help="where the cluster is mounted (only a ChunkFS mount is unmounted)")
     p.add_argument("-z", "--lazy", action="store_true", help="detach now even if files are open")
     p.set_defaults(func=cmd_umount)
 
@@ -77,6 +79,19 @@ def clear_dead(mountpoint: Path) -> bool:
     print(f"cleared a dead mount on {mountpoint} (transport endpoint is not connected: its mount process "
           "was gone); unmounted it lazily", flush=True)
     return True
+
+
+def refuse_over_node_dirs(mountpoint: Path) -> None:
+    """Refuse a mount point that is, holds or lies in the folder of a ChunkFS daemon running here.
+
+    Mounted there, the cluster hides the daemon's own files from it: a probe mounted a cluster on
+    the folder holding its servers' folders, and its chunk servers and metadata server stopped
+    (their data "cannot be read"), while every later command hung on the mount.
+    """
+    for node_dir in running_node_dirs():
+        if mountpoint == node_dir or mountpoint in node_dir.parents or node_dir in mountpoint.parents:
+            raise ConfigError(f"mount point {mountpoint} would hide {node_dir}, the folder of a ChunkFS daemon "
+                              "running on this machine: mount in a folder of its own, outside every node's folder")
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
@@ -98,6 +113,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         raise ConfigError("fusermount3 is not installed (Debian: apt-get install fuse3)")
     if is_mounted(mountpoint):
         raise ConfigError(f"{mountpoint} is already a mount point; unmount it first (chunkfs umount {mountpoint})")
+    refuse_over_node_dirs(mountpoint)
     if any(mountpoint.iterdir()):  # (a probe: mounted without a word)
         print(f"warning: {mountpoint} is not empty: what is in it stays hidden while the cluster is mounted there",
               file=sys.stderr)

@@ -21,6 +21,7 @@ import asyncio
 import collections
 import contextlib
 import errno
+import itertools
 import logging
 import logging.handlers
 import os
@@ -127,6 +128,30 @@ def read_pid(directory: Path) -> int | None:
     except (OSError, ValueError):
         return None
     return pid if pid > 0 and pid_alive(pid) else None
+
+
+def running_node_dirs() -> list[Path]:
+    """The node directories (``-r DIR``) of the ChunkFS daemons running on this machine, from ``/proc``.
+
+    Absolute, made so from each process's working directory, and not resolved further (resolving
+    could stat a hung FUSE mount).  Processes that cannot be inspected are left out.
+    """
+    found: list[Path] = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = Path(entry.path, "cmdline").read_bytes().decode(errors="surrogateescape").split("\0")
+            cwd = os.readlink(Path(entry.path, "cwd"))
+        except OSError:
+            continue
+        start = 3 if argv[1:3] == ["-m", "chunkfs"] else 1 if os.path.basename(argv[0]) == "chunkfs" else 0
+        if not start or not set(argv[start:]) & {"mds", "cs"}:
+            continue
+        for flag, value in itertools.pairwise(argv[start:]):
+            if flag in ("-r", "--dir") and value:
+                found.append(Path(os.path.normpath(os.path.join(cwd, value))))
+    return found
 
 
 def is_chunkfs_process(pid: int, names: Path) -> bool:
