@@ -303,7 +303,8 @@ class Client:
             header["follow"] = True
         return (await self.mds.call(Msg.RESOLVE, header))["attr"]
 
-    async def _parent(self, path: str) -> tuple[int, str]:
+    async def parent_of(self, path: str) -> tuple[int, str]:
+        """The inode of the directory `path` is in, and its last name."""
         parent_path, name = split_path(path)
         parent = await self.resolve(parent_path, follow=True)
         if parent["type"] != "d":
@@ -320,25 +321,25 @@ class Client:
         return await self.readdir(attr["ino"])
 
     async def mkdir(self, path: str, mode: int = 0o755) -> dict[str, Any]:
-        parent, name = await self._parent(path)
+        parent, name = await self.parent_of(path)
         return await self.mkdir_at(parent, name, mode)
 
     async def create(self, path: str, mode: int = 0o644, exclusive: bool = False) -> dict[str, Any]:
-        parent, name = await self._parent(path)
+        parent, name = await self.parent_of(path)
         return await self.create_at(parent, name, mode, exclusive)
 
     async def unlink(self, path: str) -> None:
-        await self.unlink_at(*await self._parent(path))
+        await self.unlink_at(*await self.parent_of(path))
 
     async def rmdir(self, path: str) -> None:
-        await self.rmdir_at(*await self._parent(path))
+        await self.rmdir_at(*await self.parent_of(path))
 
     async def rename(self, old: str, new: str) -> None:
-        await self.rename_at(*await self._parent(old), *await self._parent(new))
+        await self.rename_at(*await self.parent_of(old), *await self.parent_of(new))
 
     async def symlink(self, target: str | bytes, path: str) -> dict[str, Any]:
         """Make `path` a symbolic link to `target` (like ``ln -s target path``)."""
-        parent, name = await self._parent(path)
+        parent, name = await self.parent_of(path)
         return await self.symlink_at(parent, name, target.encode() if isinstance(target, str) else target)
 
     async def set_replicas(self, path: str, replicas: int, min_replicas: int, recursive: bool = False) -> int:
