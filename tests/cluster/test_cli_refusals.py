@@ -36,6 +36,8 @@ def test_numbers_and_paths_no_message_can_carry_are_refused_before_they_go_out(c
     for args in (["rm-cs", HUGE], ["rm-mds", HUGE], ["get-event", "--limit", HUGE], ["get-event", "--since", HUGE],
                  ["rm-cs", "0"], ["get-event", "--limit", "0"], ["get-event", "--since", "-1"]):
         assert "expected a whole number" in _usage_error(run_cli("-c", "any", *args)), args
+    assert "expected seconds" in _usage_error(run_cli("-c", "any", "rm-cs", "3", "--wait", "--timeout", "-1"))
+    assert "1 to 64 characters" in _usage_error(run_cli("-c", "any", "tls", "issue", "--name", "a" * 300, "/tmp/x"))
     for args in (["put", "/etc/hostname", ""], ["put", "", "/a"], ["get", "", "x"], ["get", "/a", ""],
                  ["mkdir", ""], ["ls", ""]):
         assert "an empty path" in _usage_error(run_cli("-c", "any", *args)), args
@@ -183,3 +185,18 @@ def test_commands_with_standard_output_closed_do_their_work_and_do_not_abort(mak
                               preexec_fn=lambda: os.close(1))  # noqa: PLW1509 - the child's own fd, before exec
         assert done.returncode == 0, (args, done.returncode, done.stderr)
     assert run_cli("-c", cluster.name, "get", "/small", "-").stdout == "kept\n"
+
+
+def test_local_up_refuses_a_bad_mount_point_or_option_before_it_makes_a_cluster(conf_dir, tmp_path: Path) -> None:
+    """An operator probe: a new cluster was made and left running, then `--mount` of a file, or an `-o`
+    out of range, was refused; `-o` without `--mount` was ignored without a word."""
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    new = tmp_path / "new"
+    for args, said in ((["--mount", str(afile)], "is not a directory"),
+                       (["--mount", str(tmp_path / "m"), "-o", "cache_timeout=-1"], "cache_timeout=-1"),
+                       (["-o", "ro"], "give --mount")):
+        err = one_line_error(run_cli("local", "up", "--dir", str(new), "--name", "nomade", *args, timeout=60))
+        assert said in err, (args, err)
+        assert not new.exists() and not (conf_dir / "clusters" / "nomade").exists(), args
+    assert "is not a directory" in one_line_error(run_cli("local", "up", "--dir", str(afile), timeout=60))

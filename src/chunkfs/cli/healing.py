@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from chunkfs.cli.arg_types import whole
+from chunkfs.cli.arg_types import seconds, whole
 from chunkfs.cli.context import run_with_client
 from chunkfs.client.client import Client
 from chunkfs.common.errors import InvalidArgument, Timeout
@@ -48,7 +48,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "stops by itself.")
     p.add_argument("id", type=whole(1), help="the CS id, as `chunkfs stat` shows it")
     p.add_argument("--wait", action="store_true", help="wait until it is empty and removed (with a progress bar)")
-    p.add_argument("--timeout", type=float, default=3600.0,
+    p.add_argument("--timeout", type=seconds, default=3600.0,
                    help="give up waiting after this many seconds (default 3600; the drain goes on)")
     p.add_argument("--cancel", action="store_true", help="stop draining; the server takes new chunks again")
     p.set_defaults(func=lambda args: run_with_client(args, cmd_rm_cs))

@@ -107,8 +107,20 @@ def add_local_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 def cmd_local_up(args: argparse.Namespace) -> int:
     directory: Path = args.dir.resolve()
+    # What --mount and -o need is checked before anything is made or started (a probe: a new cluster was
+    # made and left running, then the mount point, a file, or an option out of range was refused).
+    if args.mount is None and args.mount_options:
+        raise ConfigError("-o gives options for --mount: give --mount MOUNTPOINT too")
     if args.mount is not None:
-        _check_mountpoint(args.mount.resolve(), directory)
+        from chunkfs.client.fuse_ops import parse_options
+
+        parse_options(args.mount_options)
+        mnt = args.mount.resolve()
+        if mnt.exists() and not mnt.is_dir():
+            raise ConfigError(f"--mount {mnt} is not a directory")
+        _check_mountpoint(mnt, directory)
+    if directory.exists() and not directory.is_dir():
+        raise ConfigError(f"--dir {directory} is not a directory")
     if (directory / "local.json").exists():
         cluster = LocalCluster.load(directory)
         if cluster.making is not None:

@@ -37,6 +37,8 @@ from chunkfs.common.daemon import daemon_pid
 
 #: How long `tls enable` waits for each metadata server to answer in plain TCP (it must be stopped).
 ANSWER_TIMEOUT = 2.0
+#: The longest name a certificate takes (X.509's common name).
+CERT_NAME_MAX = 64
 
 
 def ca_dir(cluster: str) -> Path:
@@ -79,7 +81,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                           "configuration folder, or any folder whose tls/ you then copy to another host. "
                           "Issuing again renews the certificate; restart the daemon to use it.")
     iss.add_argument("dir", type=Path, metavar="DIR")
-    iss.add_argument("--name", help="the name in the certificate (default: from DIR/node.json, or DIR's name)")
+    iss.add_argument("--name", type=_cert_name,
+                     help="the name in the certificate, 1-64 characters (default: from DIR/node.json, or DIR's name)")
     iss.set_defaults(func=cmd_issue)
     en = tsub.add_parser("enable", help="turn TLS on in stopped node directories and the client configuration",
                          description="Set \"tls\": true in the cluster section of each DIR/node.json (the daemon "
@@ -99,10 +102,20 @@ def cmd_make_ca(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cert_name(text: str) -> str:
+    if not 1 <= len(text) <= CERT_NAME_MAX:
+        raise argparse.ArgumentTypeError(f"a certificate's name has 1 to {CERT_NAME_MAX} characters, not {len(text)}")
+    return text
+
+
 def cmd_issue(args: argparse.Namespace) -> int:
     cluster = known_cluster(args)
     directory: Path = args.dir
     name = args.name or _node_name(directory)
+    if not 1 <= len(name) <= CERT_NAME_MAX:
+        # (a probe: a 300-character --name ended in the certificate library's traceback)
+        raise ConfigError(f"a certificate's name has 1 to {CERT_NAME_MAX} characters, and {name[:20]!r}... has "
+                          f"{len(name)}: give a shorter one with --name")
     certs.issue(ca_dir(cluster), directory / certs.TLS_DIR, name)
     print(f"issued a certificate for {name!r} in {directory / certs.TLS_DIR}")
     return 0

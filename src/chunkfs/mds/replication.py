@@ -750,7 +750,9 @@ class ReplicationMonitor:
             mds.check_servers_settled()
             others = [s for s in mds.live.values() if s.cs_id != cs_id and self.is_active(s.cs_id)]
             if not others:
-                raise InvalidArgument(f"CS#{cs_id} is the only active chunk server; add another before removing it")
+                alone = "the only active chunk server" if self.is_active(cs_id) and cs_id in mds.live else \
+                    "not active, and no other chunk server is either"
+                raise InvalidArgument(f"CS#{cs_id} is {alone}; start or add another before removing it")
             goal = mds.store.highest_goal_on(cs_id)
             if goal > len(others):
                 # Its replicas would have nowhere to go: every other server holds those chunks already.
