@@ -200,3 +200,16 @@ def test_local_up_refuses_a_bad_mount_point_or_option_before_it_makes_a_cluster(
         assert said in err, (args, err)
         assert not new.exists() and not (conf_dir / "clusters" / "nomade").exists(), args
     assert "is not a directory" in one_line_error(run_cli("local", "up", "--dir", str(afile), timeout=60))
+
+
+def test_tls_enable_of_some_folders_names_the_metadata_servers_left_in_plain_tcp(make_cluster) -> None:
+    """An operator probe: `tls enable` of one folder of three said only "TLS on", and the next start of the
+    cluster failed on the handshake with the others."""
+    cluster = make_cluster(n_cs=1, n_mds=3)
+    cluster.stop_all()
+    first, others = cluster.find("mds", 1), [cluster.find("mds", i) for i in (2, 3)]
+    done = run_cli("-c", cluster.name, "tls", "enable", first.dir, timeout=60)
+    assert done.returncode == 0, done.stderr
+    warning = done.stderr.strip()
+    assert warning.startswith("warning:") and "still run plain TCP" in warning, done.stderr
+    assert all(p.addr in warning for p in others) and first.addr not in warning, warning

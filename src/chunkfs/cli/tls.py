@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import dataclasses
 import os
+import sys
 from pathlib import Path
 
 from chunkfs.cli.context import known_cluster
@@ -165,5 +166,12 @@ def cmd_enable(args: argparse.Namespace) -> int:
         print(f"TLS on in {directory}")
     save_client_config(dataclasses.replace(client, cluster=dataclasses.replace(client.cluster, tls=True)))
     print(f"TLS on in the client configuration {cluster_conf_path(cluster)}; start the daemons again")
+    # (a probe: one folder enabled said nothing of the others, and the cluster then failed to start)
+    covered = {load_node(directory)[0].addr for directory in args.dirs}
+    left = [addr for addr in client.mds if addr not in covered]
+    if left:
+        print(f"warning: the metadata server(s) at {', '.join(left)} still run plain TCP: a cluster runs TLS on "
+              f"every node or on none, so run `chunkfs -c {cluster} tls enable DIR...` for their folders (and "
+              "every chunk server's) before starting them", file=sys.stderr)
     return 0
 

@@ -43,7 +43,7 @@ SECRET_FILE = "secret"  # noqa: S105 - a file name, not a secret
 
 
 def conf_dir() -> Path:
-    return Path(os.environ.get("CHUNKFS_CONF_DIR", DEFAULT_CONF_DIR))
+    return Path(os.environ.get("CHUNKFS_CONF_DIR") or DEFAULT_CONF_DIR)  # (set but empty: the default)
 
 
 def check_cluster_name(name: str) -> str:
