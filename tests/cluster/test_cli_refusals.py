@@ -185,6 +185,10 @@ def test_commands_with_standard_output_closed_do_their_work_and_do_not_abort(mak
                               preexec_fn=lambda: os.close(1))  # noqa: PLW1509 - the child's own fd, before exec
         assert done.returncode == 0, (args, done.returncode, done.stderr)
     assert run_cli("-c", cluster.name, "get", "/small", "-").stdout == "kept\n"
+    # A source that fails to read: said with its name (it was "Input/output error" alone), nothing left.
+    err = one_line_error(run_cli("-c", cluster.name, "put", "/proc/self/mem", "/pmem"))
+    assert "/proc/self/mem: reading it at byte 0" in err, err
+    assert run_cli("-c", cluster.name, "ls", "/").stdout.split() == ["small"]
 
 
 def test_local_up_refuses_a_bad_mount_point_or_option_before_it_makes_a_cluster(conf_dir, tmp_path: Path) -> None:

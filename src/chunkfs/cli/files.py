@@ -139,7 +139,10 @@ async def cmd_put(client: Client, args: argparse.Namespace) -> int:
         with _progress(total) as progress:
             task = progress.add_task(f"put {args.path}", total=total or None)
             while True:
-                data = await asyncio.to_thread(source.read, block)
+                try:
+                    data = await asyncio.to_thread(source.read, block)
+                except OSError as exc:  # said with the file's name (a probe: "Input/output error" alone)
+                    raise OSError(exc.errno, f"reading it at byte {offset}: {exc.strerror}", str(args.local)) from None
                 if not data:
                     break
                 if len(pending) >= COPY_DEPTH:
