@@ -306,6 +306,7 @@ def run_mount(
             client.mds.retry_for = min(client.mds.retry_for, START_TIMEOUT / 2)
             await client.getattr(ROOT_INO)
             client.mds.retry_for = opts.master_wait  # (not before: a mount of a cluster that is down fails at once)
+            client.mds.wait_out_unknown = True  # a change failed with EIO must not be made later (mds_link.py)
             client.io.local.enabled = opts.local_reads
             ops = ChunkFSOperations(client, opts)
             ops.holder = f"{socket.gethostname()}:{mountpoint} (pid {os.getpid()})"[-256:]

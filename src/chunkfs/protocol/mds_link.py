@@ -72,6 +72,9 @@ class MdsLink:
         #: Why the last connection to an address failed, until one succeeds: said when the others
         #: name it as the master (it may refuse connections while the followers answer).
         self._failed: dict[str, ChunkFSError] = {}
+        #: A change that may be in a master's log (it timed out there) waits past `retry_for` until a
+        #: master answers it, rather than fail (a mount: see `_call`).
+        self.wait_out_unknown = False
 
     async def _connection(self) -> Connection:
         async with self._lock:
@@ -159,24 +162,40 @@ class MdsLink:
         self._unanswered.add(seq)
         try:
             return await self._call(
-                msg, {**header, "cid": self.client_id, "seq": seq, "low": min(self._unanswered)}, timeout, payload)
+                msg, {**header, "cid": self.client_id, "seq": seq, "low": min(self._unanswered)}, timeout, payload,
+                change=True)
         finally:
             self._unanswered.discard(seq)
             TIMINGS.since(f"mds.{msg.name}", started)
 
     async def _call(
-        self, msg: Msg, header: Header, timeout: float, payload: bytes | memoryview = b""
+        self, msg: Msg, header: Header, timeout: float, payload: bytes | memoryview = b"", change: bool = False,
     ) -> dict[str, Any]:
-        deadline = time.monotonic() + self.retry_for
+        """`change`: an exactly-once change, which `wait_out_unknown` keeps waiting for once it may be made.
+
+        A change that timed out (the master's own "not committed in time", or no answer) may be in a
+        log that a master elected later holds and commits: failed at `retry_for`, it was made after its
+        error anyway (a fault probe: a rename answered EIO was made 10 s later, and the program's retry of
+        it got ENOENT).  Asked again with the same sequence number once a master answers, it is answered
+        with what was done, or done then.  Refused ("not the master") or never sent, it fails as before.
+        """
+        started = time.monotonic()
+        deadline = started + self.retry_for
         pause = 0.05
+        unknown = False  # sent, and timed out: it may be in some master's log
+        said = False
         #: The master the followers name, when it cannot be reached: said rather than their redirect
         #: (a probe: "MDS#2 is not the master" for a master refusing every connection from this host).
         unreachable: ChunkFSError | None = None
         while True:
             conn: Connection | None = None
+            sent = False
             try:
                 conn = await self._connection()
+                sent = True
                 reply, _ = await conn.call(msg, header() if callable(header) else header, payload, timeout=timeout)
+                if said:
+                    logger.warning("%s: answered after %.0f s", msg.name, time.monotonic() - started)
                 return reply
             except NotMaster as exc:
                 hint = exc.context.get("leader")
@@ -197,6 +216,7 @@ class MdsLink:
                 self._drop(conn)
             except (Unavailable, Timeout) as exc:
                 last = exc
+                unknown = unknown or sent and isinstance(exc, Timeout) and change and self.wait_out_unknown
                 if isinstance(exc, Unavailable) and conn is not None and not conn.closed:
                     # The master's own answer on a good connection (new, and waiting for its chunk
                     # servers to register; a chunk's servers still reporting): ask it again, soon.
@@ -210,7 +230,13 @@ class MdsLink:
                         self._demote(conn.peer_name)
                     self._drop(conn)
             if time.monotonic() + pause > deadline:
-                raise unreachable if isinstance(last, NotMaster) and unreachable is not None else last
+                if not unknown:
+                    raise unreachable if isinstance(last, NotMaster) and unreachable is not None else last
+                if not said:
+                    said = True
+                    logger.warning("%s: no answer for %.0f s, and it may already be in a master's log (%s): "
+                                   "waiting until a master answers it, rather than fail a change that may be "
+                                   "made later", msg.name, time.monotonic() - started, last)
             logger.debug("%s: %s; trying again in %.2f s", msg.name, last, pause)
             await asyncio.sleep(pause)
             pause = min(pause * 2, 1.0)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from chunkfs.common.errors import Unavailable
+import pytest
+
+from chunkfs.common.errors import NotMaster, Timeout, Unavailable
 from chunkfs.protocol.mds_link import MdsLink
 from chunkfs.protocol.messages import Msg
 from chunkfs.protocol.rpc import Credentials
@@ -105,3 +107,51 @@ def test_a_late_failure_on_an_older_connection_leaves_the_new_one_open() -> None
     mds._conn = new  # type: ignore[assignment]
     mds._drop(old)  # type: ignore[arg-type]
     assert old.closed and not new.closed and mds._conn is new
+
+
+def sequence(mds: MdsLink, answers: list[Any]) -> None:
+    """Every connection `mds` makes answers from one shared script, in order (a new one after each drop)."""
+    async def connection() -> FakeConn:
+        if mds._conn is None or mds._conn.closed:
+            mds._conn = FakeConn(mds.addrs[0], answers)  # type: ignore[assignment]
+        return mds._conn  # type: ignore[return-value]
+
+    mds._connection = connection  # type: ignore[method-assign]
+
+
+NOT_COMMITTED = Timeout("metadata change not committed within 15s (is a quorum of metadata servers up?); "
+                        "it may still take effect")
+NO_MASTER = NotMaster("MDS#1 is not the master: no master is elected right now", leader="")
+
+
+@pytest.mark.parametrize("wait_out", [True, False])
+async def test_a_change_that_timed_out_in_a_masters_log_waits_for_an_answer_past_retry_for(wait_out: bool) -> None:
+    """A fault probe: a rename the mount failed with EIO (no master for longer than `master_wait`) was
+    committed 10 s later by a master that held it, and the program's retry got ENOENT.  A mount now asks
+    again until a master answers (with what was done, exactly once); other clients fail as before."""
+    mds = link("a:1")
+    mds.retry_for = 0.3
+    mds.wait_out_unknown = wait_out
+    sequence(mds, [NOT_COMMITTED, *[NO_MASTER] * 4, {"attr": "renamed"}])
+    if wait_out:
+        assert await mds.call(Msg.RENAME, {"parent": 1, "name": b"a", "new_parent": 1, "new_name": b"b"}) == \
+            {"attr": "renamed"}
+    else:
+        with pytest.raises(NotMaster):
+            await mds.call(Msg.RENAME, {"parent": 1, "name": b"a", "new_parent": 1, "new_name": b"b"})
+
+
+async def test_a_change_only_refused_or_never_sent_still_fails_at_retry_for() -> None:
+    mds = link("a:1")
+    mds.retry_for = 0.3
+    mds.wait_out_unknown = True
+    sequence(mds, [NO_MASTER] * 20 + [{"attr": "late"}])
+    with pytest.raises(NotMaster):
+        await mds.call(Msg.RENAME, {"parent": 1, "name": b"a", "new_parent": 1, "new_name": b"b"})
+
+    async def connect_times_out() -> FakeConn:
+        raise Timeout("connecting to a:1 timed out after 1s")
+
+    mds._connection = connect_times_out  # type: ignore[method-assign]
+    with pytest.raises(Timeout):
+        await mds.call(Msg.RENAME, {"parent": 1, "name": b"a", "new_parent": 1, "new_name": b"b"})
