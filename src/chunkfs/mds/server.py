@@ -104,6 +104,8 @@ PLACEMENT_POLL = 0.2
 PLACEMENT_WARNING_EVERY = 10.0
 #: Times a CHUNK_WRITE looks for its chunk again when another client's cut took it away meanwhile.
 CHUNK_GONE_TRIES = 4
+#: How long a master that stepped down keeps the mounts' connections for its last answers (`_stepped_down`).
+STEP_DOWN_CLOSE_DELAY = 0.05
 #: How many "not a member" answers to its join a new MDS takes before it stops for good (`_join`).
 JOIN_REFUSALS = 3
 #: Read barriers a new master tries before it lists the mount sessions (each up to a propose timeout);
@@ -388,9 +390,17 @@ class MetadataServer:
             return
 
     def _stepped_down(self) -> None:
-        """No longer the master: end the mounts' watches; ids set aside for new chunks are left unused."""
-        self.watchers.drop_all()
+        """No longer the master: end the mounts' watches; ids set aside for new chunks are left unused.
+
+        The watches end a moment later: their connections carry the answers to the changes that were
+        waiting for a commit (raft/driver.py `_answer_proposals_unknown`), sent on the loop's next turns.
+        """
+        asyncio.get_running_loop().call_later(STEP_DOWN_CLOSE_DELAY, self._drop_watches_unless_master)
         self._chunk_ids = [0, 0]
+
+    def _drop_watches_unless_master(self) -> None:
+        if not self.raft.is_leader():  # (elected again meanwhile: the watches are new ones)
+            self.watchers.drop_all()
 
     async def _new_chunk_id(self) -> int:
         """An id for a new chunk from those set aside for this master: a commit per CHUNK_ID_BATCH chunks.

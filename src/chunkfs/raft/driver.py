@@ -746,6 +746,7 @@ class RaftLog:
                 )
                 if not was_leader:
                     self._fail_reads()
+                    self._answer_proposals_unknown()
                     if self.on_follower is not None:
                         self.on_follower()
                 elif self.on_leader is not None:
@@ -952,6 +953,18 @@ class RaftLog:
             fut.set_exception(error)
         else:
             fut.set_result(result)
+
+    def _answer_proposals_unknown(self) -> None:
+        """No longer the master: changes proposed and not yet committed may still commit, by a master
+        elected later that holds them, or never.  Answered so (Timeout, "it may still take effect")
+        before the master's connections close, rather than left to a closed connection: a mount asks
+        such a change again until a master answers it (protocol/mds_link.py), and a lost connection
+        alone does not tell it that the change may be in a log."""
+        for _, fut in self._proposals.values():
+            if not fut.done():
+                fut.set_exception(Timeout("the master lost its majority before this metadata change committed; "
+                                          "it may still take effect"))
+        self._proposals.clear()
 
     def _fail_reads(self) -> None:
         for ctx, fut in list(self._reads.items()):
