@@ -35,6 +35,14 @@ def start_fresh(path: Path) -> None:
         os.close(fd)
 
 
+def take_away(path: Path, gone: str) -> None:
+    """Another mount's change that takes the name away: a rename to NAME.1, or an unlink."""
+    if gone == "renamed":
+        os.rename(path, path.with_name(f"{path.name}.1"))
+    else:
+        os.unlink(path)
+
+
 def test_an_open_after_another_mounts_close_sees_its_size_and_bytes(make_cluster, mount) -> None:
     cluster = make_cluster(n_cs=3)
     a, b = mount(cluster, "a"), mount(cluster, "b")
@@ -251,10 +259,7 @@ def test_a_name_another_mount_took_away_no_longer_reaches_a_file_held_open_here(
         (a / name).write_bytes(b"kept")
         held = os.open(b / name, os.O_RDONLY)
         try:
-            if gone == "renamed":
-                os.rename(a / name, a / f"{name}.1")
-            else:
-                os.unlink(a / name)
+            take_away(a / name, gone)
             if trial % 2 == 0:
                 start_fresh(b / name)
                 assert (a / name).read_bytes() == b"fresh", f"trial {trial}"
@@ -281,10 +286,7 @@ def test_a_name_another_mount_took_away_no_longer_reaches_a_file_written_here(ma
         held = os.open(b / name, os.O_RDWR)
         try:
             os.pwrite(held, b"K", 0)  # not committed yet: B answers opens of it itself
-            if gone == "renamed":
-                os.rename(a / name, a / f"{name}.1")
-            else:
-                os.unlink(a / name)
+            take_away(a / name, gone)
             fd = os.open(b / name, os.O_WRONLY | os.O_CREAT, 0o600)
             try:
                 os.write(fd, b"fresh")
