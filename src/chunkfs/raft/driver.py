@@ -962,7 +962,7 @@ class RaftLog:
         alone does not tell it that the change may be in a log."""
         for _, fut in self._proposals.values():
             if not fut.done():
-                fut.set_exception(Timeout("the master lost its majority before this metadata change committed; "
+                fut.set_exception(Timeout("the master stepped down before this metadata change committed; "
                                           "it may still take effect"))
         self._proposals.clear()
 
