@@ -113,10 +113,11 @@ def cmd_local_up(args: argparse.Namespace) -> int:
         raise ConfigError("-o gives options for --mount: give --mount MOUNTPOINT too")
     if args.mount is not None:
         from chunkfs.client.fuse_ops import parse_options
+        from chunkfs.client.fuse_session import canonical, is_mounted
 
         parse_options(args.mount_options)
-        mnt = args.mount.resolve()
-        if mnt.exists() and not mnt.is_dir():
+        mnt = canonical(args.mount)  # not a stat of it: a dead mount there fails one, and `_mount` clears it
+        if not is_mounted(mnt) and mnt.exists() and not mnt.is_dir():
             raise ConfigError(f"--mount {mnt} is not a directory")
         _check_mountpoint(mnt, directory)
     if directory.exists() and not directory.is_dir():
