@@ -201,13 +201,15 @@ def _check_mountpoint(mnt: Path, directory: Path) -> None:
     """Refuse a mount point that is the cluster's folder or holds it: the mount would hide the servers'
     own files from them (a probe mounted a cluster over its folder: "local.json: Input/output error",
     and a metadata server then hung on the mount for 40 s)."""
-    folders = [directory]
-    if (directory / STATE_FILE).exists():
-        folders += [Path(p.dir).resolve() for p in LocalCluster.load(directory).processes]
-    for folder in folders:
-        if mnt == folder or mnt in folder.parents or (folder != directory and folder in mnt.parents):
-            raise ConfigError(f"--mount {mnt} would hide {folder} from the cluster's servers: mount it in a "
-                              f"folder of its own, such as {directory / 'mnt'}")
+    from chunkfs.cli.mount import hides
+
+    servers = [Path(p.dir).resolve() for p in LocalCluster.load(directory).processes] \
+        if (directory / STATE_FILE).exists() else []
+    # Inside the cluster's folder is where the examples mount (DIR/mnt); inside a server's folder is not.
+    over = [directory] if mnt == directory or mnt in directory.parents else [f for f in servers if hides(mnt, f)]
+    if over:
+        raise ConfigError(f"--mount {mnt} would hide {over[0]} from the cluster's servers: mount it in a "
+                          f"folder of its own, such as {directory / 'mnt'}")
 
 
 def _mount(cluster: LocalCluster, mountpoint: Path, options: list[str], verbose: bool) -> None:

@@ -81,6 +81,11 @@ def clear_dead(mountpoint: Path) -> bool:
     return True
 
 
+def hides(mountpoint: Path, folder: Path) -> bool:
+    """Whether a mount on `mountpoint` is on `folder`, on a folder holding it, or inside it."""
+    return mountpoint == folder or mountpoint in folder.parents or folder in mountpoint.parents
+
+
 def refuse_over_node_dirs(mountpoint: Path) -> None:
     """Refuse a mount point that is, holds or lies in the folder of a ChunkFS daemon running here.
 
@@ -89,7 +94,7 @@ def refuse_over_node_dirs(mountpoint: Path) -> None:
     (their data "cannot be read"), while every later command hung on the mount.
     """
     for node_dir in running_node_dirs():
-        if mountpoint == node_dir or mountpoint in node_dir.parents or node_dir in mountpoint.parents:
+        if hides(mountpoint, node_dir):
             raise ConfigError(f"mount point {mountpoint} would hide {node_dir}, the folder of a ChunkFS daemon "
                               "running on this machine: mount in a folder of its own, outside every node's folder")
 

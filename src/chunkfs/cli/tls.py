@@ -103,9 +103,17 @@ def cmd_make_ca(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cert_name_fault(name: str) -> str:
+    """Why `name` cannot be a certificate's ("" if it can): a probe's 300 characters ended in the
+    certificate library's traceback."""
+    return "" if 1 <= len(name) <= CERT_NAME_MAX else \
+        f"a certificate's name has 1 to {CERT_NAME_MAX} characters, not {len(name)}"
+
+
 def _cert_name(text: str) -> str:
-    if not 1 <= len(text) <= CERT_NAME_MAX:
-        raise argparse.ArgumentTypeError(f"a certificate's name has 1 to {CERT_NAME_MAX} characters, not {len(text)}")
+    fault = _cert_name_fault(text)
+    if fault:
+        raise argparse.ArgumentTypeError(fault)
     return text
 
 
@@ -113,10 +121,9 @@ def cmd_issue(args: argparse.Namespace) -> int:
     cluster = known_cluster(args)
     directory: Path = args.dir
     name = args.name or _node_name(directory)
-    if not 1 <= len(name) <= CERT_NAME_MAX:
-        # (a probe: a 300-character --name ended in the certificate library's traceback)
-        raise ConfigError(f"a certificate's name has 1 to {CERT_NAME_MAX} characters, and {name[:20]!r}... has "
-                          f"{len(name)}: give a shorter one with --name")
+    fault = _cert_name_fault(name)
+    if fault:  # (a name made from DIR)
+        raise ConfigError(f"{fault} ({name[:20]!r}...): give one with --name")
     certs.issue(ca_dir(cluster), directory / certs.TLS_DIR, name)
     print(f"issued a certificate for {name!r} in {directory / certs.TLS_DIR}")
     return 0

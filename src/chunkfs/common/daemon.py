@@ -130,6 +130,23 @@ def read_pid(directory: Path) -> int | None:
     return pid if pid > 0 and pid_alive(pid) else None
 
 
+def _chunkfs_args(argv: list[str]) -> list[str] | None:
+    """The arguments of a ``chunkfs`` command line after the program (None: not a chunkfs command).
+
+    The `chunkfs` console script, ``python /path/chunkfs ...``, or ``python -m chunkfs ...`` (how
+    daemons start each other).
+    """
+    prog = [os.path.basename(a) for a in argv[:3]]
+    if prog[0] == "chunkfs":
+        return argv[1:]
+    if prog[0].startswith("python"):
+        if prog[1:2] == ["chunkfs"]:
+            return argv[2:]
+        if argv[1:3] == ["-m", "chunkfs"]:
+            return argv[3:]
+    return None
+
+
 def running_node_dirs() -> list[Path]:
     """The node directories (``-r DIR``) of the ChunkFS daemons running on this machine, from ``/proc``.
 
@@ -145,10 +162,10 @@ def running_node_dirs() -> list[Path]:
             cwd = os.readlink(Path(entry.path, "cwd"))
         except OSError:
             continue
-        start = 3 if argv[1:3] == ["-m", "chunkfs"] else 1 if os.path.basename(argv[0]) == "chunkfs" else 0
-        if not start or not set(argv[start:]) & {"mds", "cs"}:
+        args = _chunkfs_args(argv)
+        if args is None or not set(args) & {"mds", "cs"}:
             continue
-        for flag, value in itertools.pairwise(argv[start:]):
+        for flag, value in itertools.pairwise(args):
             if flag in ("-r", "--dir") and value:
                 found.append(Path(os.path.normpath(os.path.join(cwd, value))))
     return found
@@ -165,10 +182,7 @@ def is_chunkfs_process(pid: int, names: Path) -> bool:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
     except OSError:
         return False
-    # The `chunkfs` console script, or `python -m chunkfs ...` (how daemons start each other).
-    prog = [os.path.basename(a) for a in argv[:3]]
-    if not (prog[0] == "chunkfs" or prog[0].startswith("python") and (
-            prog[1:2] == ["chunkfs"] or argv[1:3] == ["-m", "chunkfs"])):
+    if _chunkfs_args(argv) is None:
         return False
     try:
         cwd = os.readlink(f"/proc/{pid}/cwd")
