@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import socket
 import struct
 
@@ -91,6 +92,18 @@ def test_garbage_truncated_oversized_and_unauthenticated_frames(make_cluster, ro
         f = c.open("/still-works", create=True)
         c.run(f.write(0, b"ok"))
         assert c.read(f.ino, 0, 2) == b"ok"
+
+
+def test_cli_with_another_clusters_id_gives_one_line_error(make_cluster, conf_dir) -> None:
+    cluster = make_cluster(n_cs=1)
+    path = conf_dir / "clusters" / cluster.name / "cluster.json"
+    data = json.loads(path.read_text())
+    right, data["uuid"] = data["uuid"], "00000000-0000-0000-0000-000000000000"
+    path.write_text(json.dumps(data))
+    result = run_cli("-c", cluster.name, "ls", "/")
+    assert result.returncode != 0
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("chunkfs: error:"), result.stderr
+    assert right in result.stderr and "cluster.json" in result.stderr, result.stderr
 
 
 def test_cli_with_wrong_secret_gives_one_line_error(make_cluster, conf_dir) -> None:

@@ -294,6 +294,25 @@ async def test_wrong_cluster_refused(server: tuple[RpcServer, Handler]) -> None:
     await good_client_works(srv)
 
 
+async def test_a_configuration_of_another_cluster_of_the_same_name_and_secret_is_refused() -> None:
+    # A wrong uuid in a client's cluster.json went unnoticed (an operator probe): the cluster's id is checked
+    # by the server when both sides know it; a peer that sends none (a tool, an older node) is not refused.
+    srv = RpcServer(Credentials(CLUSTER, SECRET, "mds", "mds1", uuid="1111-aaaa"), Handler())
+    await srv.listen("127.0.0.1:0")
+    try:
+        other = Credentials(CLUSTER, SECRET, "client", "c1", uuid="2222-bbbb")
+        with pytest.raises(AuthenticationFailed, match="of id 1111-aaaa, not to the one of id 2222-bbbb"):
+            await asyncio.wait_for(connect(addr_of(srv), other, timeout=5), 10)
+        for peer in (Credentials(CLUSTER, SECRET, "client", "c2", uuid="1111-aaaa"), creds(node="c3")):
+            conn = await asyncio.wait_for(connect(addr_of(srv), peer, timeout=5), 10)
+            try:
+                assert await conn.call(Msg.GETATTR, {"ino": 7}, timeout=5) == ({"attr": {"ino": 7}}, b"")
+            finally:
+                conn.close()
+    finally:
+        await srv.close()
+
+
 async def test_server_that_does_not_know_secret_is_refused_by_client() -> None:
     # Mutual authentication: a server with another secret must not be trusted.
     srv = RpcServer(Credentials(CLUSTER, b"\x02" * 32, "mds", "impostor"), Handler())

@@ -213,7 +213,8 @@ def _refused(directory: Path, node: NodeConfig, secret: bytes) -> str:
     """Why the cluster's metadata servers refuse this node's secret or certificate ("" if one accepts it,
     or none answers: a cluster being started one daemon at a time)."""
     creds = Credentials(node.cluster.name, secret, node.role, f"{node.role}-start-check-{os.getpid()}",
-                        tls=node_tls(directory, node.cluster), secret_files=SecretFiles(directory, secret))
+                        tls=node_tls(directory, node.cluster), secret_files=SecretFiles(directory, secret),
+                        uuid=node.cluster.uuid)
 
     answered, failed = asyncio.run(first_to_answer(node.mds, creds, START_CHECK_TIMEOUT))
     refusals = [str(exc) for exc in failed if isinstance(exc, AuthenticationFailed)]

@@ -81,7 +81,7 @@ class Client:
         # Read from a folder: follow its secret files, so a long-lived client (a mount) lives through a rotation.
         files = SecretFiles(config.directory, config.secret) if config.directory is not None else None
         self.creds = Credentials(config.cluster.name, config.secret, "client", name or f"client-{os.getpid()}",
-                                 tls=tls, secret_files=files)
+                                 tls=tls, secret_files=files, uuid=config.cluster.uuid)
         self.mds = MdsLink(config.mds, self.creds)
         self.io = ChunkIO(self)
         #: Called with the attributes of the directories a namespace change touched, as the master

@@ -35,6 +35,7 @@ MIN_LOG_MAX_SIZE = 4 << 10
 MAX_LOG_MAX_SIZE = 1 << 40
 MAX_LOG_BACKUPS = 1000
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_ID_RE = re.compile(r"[A-Za-z0-9-]{1,64}")
 
 NODE_FILE = "node.json"
 #: In a chunk server's folder once the cluster removed it (rm-cs): `local up` starts it no more.
@@ -52,6 +53,14 @@ def check_cluster_name(name: str) -> str:
             f"bad cluster name {name!r}: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit"
         )
     return name
+
+
+def check_cluster_id(text: str) -> str:
+    """The cluster's id (a uuid `make-mds` chose): every peer's HELLO carries it, so it stays short."""
+    if not _ID_RE.fullmatch(text):
+        raise ConfigError(f"bad cluster id (uuid) {text[:80]!r}: copy cluster.json from the cluster's "
+                          "metadata server folder (a uuid such as make-mds writes)")
+    return text
 
 
 def check_chunk_size(size: int) -> int:
@@ -196,7 +205,7 @@ def load_node(directory: Path) -> tuple[NodeConfig, bytes]:
         raise ConfigError(f"{path}: option 'cluster.tls' must be true or false")
     cluster = ClusterInfo(
         check_cluster_name(_require(cdata, "name", str, path)),
-        _require(cdata, "uuid", str, path),
+        check_cluster_id(_require(cdata, "uuid", str, path)),
         check_chunk_size(_require(cdata, "chunk_size", int, path)),
         tls,
     )
@@ -337,7 +346,7 @@ def load_client_config(name: str) -> ClientConfig:
         chunk_size = data["chunk_size"]
         if not isinstance(chunk_size, int):
             raise ValueError("'chunk_size' must be a whole number")
-        cluster = ClusterInfo(data["name"], data["uuid"], check_chunk_size(chunk_size), tls)
+        cluster = ClusterInfo(data["name"], check_cluster_id(data["uuid"]), check_chunk_size(chunk_size), tls)
         mds = tuple(line.strip() for line in (path / "mds.list").read_text().splitlines() if line.strip())
     except (OSError, ValueError, KeyError, TypeError, ConfigError) as exc:
         what = f"{Path(exc.filename).name}: {exc.strerror}" if isinstance(exc, OSError) and exc.filename else \

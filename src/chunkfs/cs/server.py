@@ -69,7 +69,8 @@ class ChunkServer:
         self.directory = directory
         self.node = node
         self.creds = Credentials(node.cluster.name, secret, "cs", f"cs{node.node_id or 'new'}",
-                                 tls=node_tls(directory, node.cluster), secret_files=SecretFiles(directory, secret))
+                                 tls=node_tls(directory, node.cluster), secret_files=SecretFiles(directory, secret),
+                                 uuid=node.cluster.uuid)
         self.store = ChunkStore(directory / "data", node.cluster.chunk_size)
         self.rpc = RpcServer(self.creds, self.handle, prompt_handler=self.handle_now)
         self.link = MdsLink(self, node, secret)

@@ -185,7 +185,8 @@ class MetadataServer:
         self.directory = directory
         self.node = node
         self.creds = Credentials(node.cluster.name, secret, "mds", f"mds{node.node_id}",
-                                 tls=node_tls(directory, node.cluster), secret_files=SecretFiles(directory, secret))
+                                 tls=node_tls(directory, node.cluster), secret_files=SecretFiles(directory, secret),
+                                 uuid=node.cluster.uuid)
         set_aside_if_damaged(directory / "metadata.sqlite")  # rebuilt from the snapshot and log if so
         self.store = MetadataStore(directory / "metadata.sqlite", node.cluster.chunk_size)
         self.raft = RaftLog(

@@ -229,7 +229,8 @@ _CHUNK_MAP = (
 
 SPECS: dict[Msg, MessageSpec] = {
     Msg.HELLO: MessageSpec(
-        (f("cluster", str), f("nonce", bytes), f("role", str), f("node", str)),
+        # uuid: the cluster's id in the peer's configuration (refused when it is another cluster's).
+        (f("cluster", str), f("nonce", bytes), f("role", str), f("node", str), f("uuid", str, optional=True)),
         # proof: with the current secret; proof_next: with the next one, while a rotation is staged.
         (f("nonce", bytes), f("proof", bytes), f("proof_next", bytes, optional=True)),
     ),

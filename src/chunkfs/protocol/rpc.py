@@ -139,6 +139,9 @@ class Credentials:
     next_secret: bytes | None = None
     #: The node's secret files, followed so a rotation reaches it while it runs; they then set the two above.
     secret_files: SecretFiles | None = None
+    #: The cluster's id (`cluster.json`, a node's configuration); "": not known here, not checked.  Two
+    #: clusters may share a name (and a copied secret): the id tells a configuration of the other apart.
+    uuid: str = ""
 
     def secrets(self) -> tuple[bytes, bytes | None]:
         """(current secret, next secret or None), from the secret files when the node has them."""
@@ -831,6 +834,8 @@ async def client_handshake(conn: Connection, creds: Credentials) -> None:
     """Prove the secret to the server and check that it knows it too."""
     nonce = os.urandom(NONCE_SIZE)
     hello = {"cluster": creds.cluster, "nonce": nonce, "role": creds.role, "node": creds.node}
+    if creds.uuid:
+        hello["uuid"] = creds.uuid
     conn._send(Kind.REQUEST, Msg.HELLO, 0, hello)
     kind, mtype, _, header, _ = await conn._next_handshake_frame()
     if kind == Kind.ERROR:
@@ -862,6 +867,10 @@ async def server_handshake(conn: Connection, creds: Credentials) -> bytes:
         validate_request(Msg.HELLO, header, len(payload))
         if header["cluster"] != creds.cluster:
             raise AuthenticationFailed(f"this node belongs to cluster {creds.cluster!r}, not {header['cluster']!r}")
+        if creds.uuid and header.get("uuid", creds.uuid) != creds.uuid:
+            raise AuthenticationFailed(
+                f"this node belongs to the cluster {creds.cluster!r} of id {creds.uuid}, not to the one of id "
+                f"{header['uuid']}: use this cluster's configuration (its cluster.json)")
         client_nonce: bytes = header["nonce"]
         if len(client_nonce) != NONCE_SIZE:
             raise ProtocolError("HELLO: bad nonce")

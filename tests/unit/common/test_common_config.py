@@ -294,6 +294,9 @@ def test_client_bad_cluster_name(conf_dir: Path) -> None:
         ('{"name": "other", "uuid": "u", "chunk_size": 1048576}', "h:1\n", "of cluster 'other', not 'c1'"),
         ('{"name": "c1", "uuid": "u", "chunk_size": -5}', "h:1\n", "c1: broken .*bad chunk size -5"),
         ('{"name": "c1", "uuid": "u", "chunk_size": "1M"}', "h:1\n", "whole number"),
+        # Sent in every HELLO: a long or odd one is refused here, not as an oversized frame (a probe).
+        ('{"name": "c1", "uuid": "' + "a" * 65 + '", "chunk_size": 1048576}', "h:1\n", "bad cluster id"),
+        ('{"name": "c1", "uuid": "a b", "chunk_size": 1048576}', "h:1\n", "bad cluster id"),
     ],
 )
 def test_client_broken_config(conf_dir: Path, cluster_json: str, mds_list: str | None, match: str) -> None:
