@@ -33,6 +33,7 @@ def test_local_up_starts_a_member_made_by_hand_and_not_one_removed(make_cluster)
         done = run_cli(*argv, timeout=120)
         assert done.returncode == 0, (argv, done.stderr)
     cluster.kill("mds", 3)  # "stop its process now", as rm-mds says
+    assert "mds3" not in _running(cluster.dir)  # (a probe: listed as "stopped", which local up would not start)
     for verb in ("down", "up"):
         done = run_cli("local", verb, "--dir", str(cluster.dir), timeout=180)
         assert done.returncode == 0, (verb, done.stdout, done.stderr)

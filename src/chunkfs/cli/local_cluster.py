@@ -193,13 +193,8 @@ class LocalCluster:
             if found.role == "cs":
                 found.id = 1 + max((p.id for p in self.processes if p.role == "cs"), default=0)
             self.processes.append(found)
-        # Chunk servers the cluster removed (rm-cs) left a mark in their folders: not started again.
-        self.processes = [p for p in self.processes if not (p.role == "cs" and (Path(p.dir) / REMOVED_FILE).is_file())]
-        with contextlib.suppress(ConfigError):
-            members = set(load_client_config(self.name).mds)
-            removed = [p for p in self.processes if p.role == "mds" and p.addr not in members]
-            if len(removed) < sum(p.role == "mds" for p in self.processes):  # (never all: a stale configuration)
-                self.processes = [p for p in self.processes if p not in removed]
+        removed = self._removed()
+        self.processes = [p for p in self.processes if p not in removed]
         self.save()
         gone = [p for p in self.processes if not (Path(p.dir) / NODE_FILE).is_file() and not self.running(p)]
         if gone:
@@ -284,9 +279,26 @@ class LocalCluster:
         self.save()
         return len(found)
 
+    def _removed(self) -> list[Process]:
+        """The daemons the cluster removed: a chunk server taken out with ``rm-cs`` (the mark it left in its
+        folder), a metadata server taken out with ``rm-mds`` (its address gone from the client configuration;
+        never all of them: that is a stale configuration)."""
+        removed = [p for p in self.processes if p.role == "cs" and (Path(p.dir) / REMOVED_FILE).is_file()]
+        with contextlib.suppress(ConfigError):
+            members = set(load_client_config(self.name).mds)
+            gone = [p for p in self.processes if p.role == "mds" and p.addr not in members]
+            if len(gone) < sum(p.role == "mds" for p in self.processes):
+                removed += gone
+        return removed
+
     def status(self) -> list[dict[str, Any]]:
+        """A row per daemon, those the cluster removed left out once stopped (a probe: `local status` still
+        listed an MDS taken out with rm-mds, as "stopped", which `local up` would not start)."""
         out = []
+        removed = self._removed()
         for proc in [*self.processes, *self._unlisted()]:
+            if proc in removed and not self.running(proc):
+                continue
             node_id = proc.id
             # The cluster's own numbering (a chunk server's, or a metadata server made again with make-mds).
             with contextlib.suppress(ConfigError):
