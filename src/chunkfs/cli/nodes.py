@@ -7,6 +7,7 @@ import dataclasses
 import errno
 import logging
 import os
+import shutil
 import signal
 import socket
 import time
@@ -104,16 +105,37 @@ def make_mds(
     secret = os.urandom(SECRET_BYTES)
     node = NodeConfig(role="mds", cluster=info, addr=addr, node_id=1, peers=((1, addr),), bootstrap=True,
                       metrics_addr=_metrics_addr(metrics_addr))
-    if tls:
-        from chunkfs.common import certs
+    made_dir, made_conf = not directory.exists(), not cluster_conf_path(cluster).exists()
+    try:
+        if tls:
+            from chunkfs.common import certs
 
-        certs.make_ca(tls_cli.ca_dir(cluster), cluster, info.uuid)
-    save_node(directory, node, secret)
-    conf = save_client_config(ClientConfig(info, (addr,), secret))
-    if tls:
-        tls_cli.issue_if_possible(cluster, directory, f"mds1@{addr}")
-        tls_cli.issue_if_possible(cluster, conf, "client")
+            certs.make_ca(tls_cli.ca_dir(cluster), cluster, info.uuid)
+        save_node(directory, node, secret)
+        conf = save_client_config(ClientConfig(info, (addr,), secret))
+        if tls:
+            tls_cli.issue_if_possible(cluster, directory, f"mds1@{addr}")
+            tls_cli.issue_if_possible(cluster, conf, "client")
+    except BaseException:
+        # Undone, so that the same command can run again once the cause is fixed (a probe: a read-only
+        # configuration folder left the MDS folder made, and the next try refused it, "already holds a MDS").
+        _empty_again(directory, remove=made_dir)
+        if made_conf:
+            shutil.rmtree(cluster_conf_path(cluster), ignore_errors=True)
+        raise
     return node
+
+
+def _empty_again(directory: Path, remove: bool) -> None:
+    """Remove what a failed making wrote in `directory`, which was empty (or not there: `remove` it too)."""
+    if remove:
+        shutil.rmtree(directory, ignore_errors=True)
+        return
+    for child in directory.iterdir() if directory.is_dir() else ():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
 
 
 def _join_mds(cluster: str, directory: Path, addr: str, metrics_addr: str = "") -> NodeConfig:
