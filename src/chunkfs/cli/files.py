@@ -57,7 +57,10 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
             "files of 8 MiB or more on a terminal. Example: chunkfs -c local get /images/disk.img ./disk.img")
     p.add_argument("path", type=cluster_path, help="file in the cluster, from its root")
     p.add_argument("local", type=local_path, help="local file to write ('-' for standard output)")
-    p = add("ls", cmd_ls, "list a directory")
+    p = add("ls", cmd_ls, "list a directory",
+            "One name a line, a directory's with a trailing '/'. A name holding a control character (a "
+            "newline, an escape) is shown in bash's $'...' quoting, which a shell reads back as the name. "
+            "Example: chunkfs -c local ls -l /images")
     p.add_argument("path", nargs="?", default="/", type=cluster_path,
                    help="directory in the cluster, from its root (default /)")
     p.add_argument("-l", action="store_true", help="long listing: type (f, d, l), size, replicas, mtime, link targets")
@@ -262,6 +265,18 @@ def _report(verb: str, path: str, size: int, started: float) -> None:
     print(f"{verb} {path}: {size} bytes in {elapsed:.2f}s ({size / elapsed / 1e6:.1f} MB/s)", file=sys.stderr)
 
 
+def shown_name(name: str) -> str:
+    """`name` as a line of `ls` shows it: one with a control character (a newline, an escape) in bash's
+    $'...' quoting, as GNU ls quotes it on a terminal (a probe: a name with a newline read as two)."""
+    if not any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return name
+    quoted = "".join(_ESCAPES.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 32 or ord(c) == 127 else c) for c in name)
+    return f"$'{quoted}'"
+
+
+_ESCAPES = {"\n": "\\n", "\t": "\\t", "\\": "\\\\", "'": "\\'"}
+
+
 async def cmd_ls(client: Client, args: argparse.Namespace) -> int:
     # Like ls: a link named last is listed itself with -l, followed without (or with a trailing "/").
     attr = await client.resolve(args.path, follow=not args.l or args.path.endswith("/"))
@@ -273,10 +288,10 @@ async def cmd_ls(client: Client, args: argparse.Namespace) -> int:
         if args.l:
             a = await client.getattr(ino)
             when = time.strftime("%Y-%m-%d %H:%M", time.localtime(a["mtime_ns"] / 1e9))
-            target = f" -> {a['target'].decode(errors='replace')}" if kind == "l" else ""
-            print(f"{kind} {a['size']:>14} {a['replicas']}:{a['min_replicas']:<3} {when}  {name}{target}")
+            target = f" -> {shown_name(a['target'].decode(errors='replace'))}" if kind == "l" else ""
+            print(f"{kind} {a['size']:>14} {a['replicas']}:{a['min_replicas']:<3} {when}  {shown_name(name)}{target}")
         else:
-            print(name + ("/" if kind == "d" else ""))
+            print(shown_name(name) + ("/" if kind == "d" else ""))
     return 0
 
 
