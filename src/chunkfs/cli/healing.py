@@ -18,14 +18,14 @@ from chunkfs.cli.context import run_with_client
 from chunkfs.client.client import Client
 from chunkfs.common.errors import InvalidArgument, Timeout
 from chunkfs.common.placement import FAILURE_DOMAINS, MAX_TIER
-from chunkfs.common.settings import SETTINGS
+from chunkfs.common.settings import SETTINGS, shown
 
 #: rm-cs --wait asks the master this often how many replicas are left.
 POLL = 0.5
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    names = "\n".join(f"  {s.name} (default {s.default:g} {s.unit}): {s.help}" for s in SETTINGS.values())
+    names = "\n".join(f"  {s.name} (default {shown(s.default)} {s.unit}): {s.help}" for s in SETTINGS.values())
     p = sub.add_parser(
         "set-config", help="change cluster settings (failure timeouts, replication and scrub rates)",
         description="Change cluster-wide settings, kept in the replicated metadata. Each VALUE is a plain "
@@ -87,16 +87,12 @@ def _parse_pairs(items: list[str]) -> dict[str, str]:
     return out
 
 
-def _show(value: float) -> str:
-    return f"{value:g}" if value != int(value) else str(int(value))
-
-
 async def cmd_set_config(client: Client, args: argparse.Namespace) -> int:
     values = _parse_pairs(args.values)
     settings = await client.set_config(values)
     for key in values:
         setting = SETTINGS.get(key)
-        print(f"{key}={_show(settings[key])}" + (f" {setting.unit}" if setting else ""))
+        print(f"{key}={shown(settings[key])}" + (f" {setting.unit}" if setting else ""))
     return 0
 
 
@@ -107,7 +103,8 @@ async def cmd_get_config(client: Client, args: argparse.Namespace) -> int:
         return 0
     for key in sorted(settings):
         setting = SETTINGS.get(key)
-        print(f"{key}={_show(settings[key])}" + (f"  # {setting.unit}, default {setting.default:g}" if setting else ""))
+        about = f"  # {setting.unit}, default {shown(setting.default)}" if setting else ""
+        print(f"{key}={shown(settings[key])}{about}")
     return 0
 
 

@@ -62,6 +62,11 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in (
 CS_SETTINGS = ("replication-rate", "scrub-rate", "scrub-interval")
 
 
+def shown(value: float) -> str:
+    """A setting's value as people write it: 31536000, not 3.1536e+07 (an operator probe); 0.1 as 0.1."""
+    return str(int(value)) if value == int(value) else f"{value:g}"
+
+
 def parse_value(name: str, text: str) -> float:
     """Check one ``name=value`` against its declaration; the error names the setting and its bounds."""
     setting = SETTINGS.get(name)
@@ -76,7 +81,7 @@ def parse_value(name: str, text: str) -> float:
     if setting.integer and value != int(value):
         raise InvalidArgument(f"{name}: must be a whole number")
     if not setting.low <= value <= setting.high:
-        raise InvalidArgument(f"{name}: must be between {setting.low:g} and {setting.high:g} {setting.unit}")
+        raise InvalidArgument(f"{name}: must be between {shown(setting.low)} and {shown(setting.high)} {setting.unit}")
     return value
 
 
@@ -107,7 +112,7 @@ def check_update(current: dict[str, float], values: dict[str, Any]) -> dict[str,
     merged = {**current, **parsed}
     if merged["cs-offline-timeout"] <= merged["cs-inactive-timeout"]:
         raise InvalidArgument(
-            f"cs-offline-timeout ({merged['cs-offline-timeout']:g} s) must be longer than "
-            f"cs-inactive-timeout ({merged['cs-inactive-timeout']:g} s)"
+            f"cs-offline-timeout ({shown(merged['cs-offline-timeout'])} s) must be longer than "
+            f"cs-inactive-timeout ({shown(merged['cs-inactive-timeout'])} s)"
         )
     return {name: str(int(value)) if value == int(value) else repr(value) for name, value in parsed.items()}

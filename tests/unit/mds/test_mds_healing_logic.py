@@ -93,8 +93,13 @@ def test_settings_defaults_and_checks() -> None:
         check_update(values, {"cs-offline-timeout": "5"})  # not above the inactive timeout (10)
     with pytest.raises(InvalidArgument, match="unknown setting"):
         check_update(values, {"cs-offline": "5"})
-    with pytest.raises(InvalidArgument, match="between"):
+    with pytest.raises(InvalidArgument, match="between 0.01 and 10000 MiB/s"):
         check_update(values, {"scrub-rate": "0"})
+    # Bounds as people write them (an operator probe: "between 1 and 3.1536e+07 s", "100 and 1e+08 events").
+    with pytest.raises(InvalidArgument, match="between 1 and 31536000 s$"):
+        check_update(values, {"scrub-interval": "1e9"})
+    with pytest.raises(InvalidArgument, match="between 100 and 100000000 events$"):
+        check_update(values, {"event-log-max": "5"})
     with pytest.raises(InvalidArgument, match="whole number"):
         check_update(values, {"replication-per-cs": "1.5"})
     for bad in ("inf", "nan", "1e999", "-inf"):  # (an operator probe: an internal error for the whole-number ones)
