@@ -245,6 +245,9 @@ class Connection(asyncio.BufferedProtocol):
         self._stall_check: asyncio.TimerHandle | None = None
         self._check_due = 0.0
         self._pinging = False
+        #: Closed: why (as `close` was told); `silent`: given up for its silence (the peer is frozen or cut off).
+        self.close_reason = ""
+        self.silent = False
 
     @property
     def writer(self) -> asyncio.Transport:
@@ -640,6 +643,7 @@ class Connection(asyncio.BufferedProtocol):
             why = (f"{self.peer_name} sent nothing for {silent:.1f} s, not even an answer to a ping, while "
                    f"{len(self._pending)} request(s) waited: the server is frozen or cut off")
             logger.warning("giving up the connection to %s", why)
+            self.silent = True
             self.close(why)
             return
         if silent >= self._ping_after and not self._pinging:
@@ -778,6 +782,7 @@ class Connection(asyncio.BufferedProtocol):
         if self._closed.is_set():
             return
         self._closed.set()
+        self.close_reason = why
         self._can_write.set()
         if self._silence_check is not None:
             self._silence_check.cancel()

@@ -9,12 +9,14 @@ from typing import Any
 
 import pytest
 
-from chunkfs.common.errors import Timeout
+from chunkfs.common.errors import Timeout, Unavailable
 from chunkfs.protocol.peer_connections import PeerConnections
 
 
 class FakeConn:
     closed = False
+    silent = False
+    close_reason = ""
 
     def close(self) -> None:
         self.closed = True
@@ -52,18 +54,79 @@ async def test_requests_wait_for_one_connect_to_their_address_and_not_for_anothe
     assert conns[0].closed and live.closed
 
 
-async def test_a_failed_connect_fails_every_waiter_and_the_next_request_tries_again() -> None:
+async def test_a_timed_out_address_fails_at_once_until_a_connect_in_the_background_answers() -> None:
+    """A frozen server cost every request a connect timeout of its own, one chunk after the other: a VM
+    waited 5 s per chunk written for the whole freeze (a fault probe with qemu)."""
     peers = Peers()
+    await peers.pool.get("live")  # another server answers: this side's network is there
     peers.fail = True
     waiting = [asyncio.ensure_future(peers.pool.get("frozen")) for _ in range(3)]
     await asyncio.sleep(0)
     peers.thaw.set()
     for outcome in await asyncio.gather(*waiting, return_exceptions=True):
         assert isinstance(outcome, Timeout)
-    assert peers.made == ["frozen"]
+    assert peers.made == ["live", "frozen"] and peers.pool.silent("frozen")
+    peers.thaw.clear()  # still frozen: the next connect hangs
+    for _ in range(5):  # at once, however many ask, and one connect goes on trying meanwhile
+        with pytest.raises(Unavailable, match="frozen does not answer .handshake with frozen timed out"):
+            await asyncio.wait_for(peers.pool.get("frozen"), 1)
+    assert peers.made == ["live", "frozen", "frozen"]
     peers.fail = False
-    assert not (await peers.pool.get("frozen")).closed
-    assert peers.made == ["frozen", "frozen"]
+    peers.thaw.set()  # it answers the connect under way
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert not peers.pool.silent("frozen")
+    conn = await asyncio.wait_for(peers.pool.get("frozen"), 1)
+    assert not conn.closed and peers.made == ["live", "frozen", "frozen"]
+
+
+async def test_while_no_connection_is_live_a_silent_address_is_waited_for_as_before() -> None:
+    """Every server silent (this side's network gone, its host paused): failing requests at once would turn
+    the pause into I/O errors; they wait for the connect."""
+    peers = Peers()
+    peers.fail = True
+    first = asyncio.ensure_future(peers.pool.get("frozen"))
+    await asyncio.sleep(0)
+    peers.thaw.set()
+    with pytest.raises(Timeout):
+        await first
+    assert peers.pool.silent("frozen")
+    peers.thaw.clear()
+    peers.fail = False
+    waiting = asyncio.ensure_future(peers.pool.get("frozen"))
+    await asyncio.sleep(0.01)
+    assert not waiting.done()  # waits for the connect, not failed at once
+    peers.thaw.set()
+    assert not (await asyncio.wait_for(waiting, 1)).closed
+    assert not peers.pool.silent("frozen")
+
+
+async def test_a_connection_given_up_for_its_silence_makes_its_address_silent_and_a_refusal_does_not() -> None:
+    peers = Peers()
+    await peers.pool.get("other")
+    conn = await peers.pool.get("live")
+    conn.silent, conn.close_reason = True, "live sent nothing for 8.0 s"
+    conn.close()
+    peers.made.clear()
+
+    async def hangs(addr: str) -> Any:
+        peers.made.append(addr)
+        await asyncio.sleep(3600)
+
+    peers.pool._make = hangs
+    with pytest.raises(Unavailable, match="live does not answer .live sent nothing for 8.0 s"):
+        await asyncio.wait_for(peers.pool.get("live"), 1)
+    assert peers.made == ["live"]  # the connect that tries it again, in the background
+
+    async def refused(addr: str) -> Any:
+        raise Unavailable(f"cannot connect to {addr}: Connection refused")
+
+    other = PeerConnections(refused)
+    for _ in range(2):  # each request tries (a refusal is cheap), none is failed at once
+        with pytest.raises(Unavailable, match="refused"):
+            await other.get("down")
+        assert not other.silent("down")
+    peers.pool.close()
 
 
 async def test_a_request_given_up_leaves_the_connect_to_the_others() -> None:
