@@ -5,6 +5,9 @@ started again (found by a probe: the cluster came back without its new member, s
 from __future__ import annotations
 
 import json
+import os
+import re
+import shlex
 import shutil
 import socket
 from pathlib import Path
@@ -82,3 +85,36 @@ def test_local_up_of_a_cluster_whose_making_was_cut_off_says_so(tmp_path: Path, 
     assert done.returncode != 0 and done.stderr.count("\n") == 1, done
     assert "was cut off (1 of 1 metadata servers and 0 of 3 chunk servers made)" in done.stderr
     assert run_cli("local", "down", "--dir", str(directory)).returncode == 0
+
+
+def test_a_chunk_server_whose_folder_is_gone_is_replaced_by_following_the_advice_of_local_up(make_cluster) -> None:
+    """A fault probe: the advice said `rm-cs` first, which a cluster keeping 3 replicas on 3 servers refuses
+    (nowhere to copy the lost server's replicas to); the new server comes first now."""
+    cluster = make_cluster(n_cs=3)
+    data = os.urandom(4 << 20)
+    with cluster.client() as c:
+        f = c.open("/f", create=True)
+        c.run(f.write(0, data))
+        c.run(f.fsync())
+        ids = {s["addr"]: s["id"] for s in c.cluster_stat()["cs"]}
+    lost = cluster.find("cs", 2)
+    cluster.kill("cs", 2)
+    shutil.rmtree(lost.dir)
+    done = run_cli("local", "up", "--dir", str(cluster.dir), timeout=180)
+    assert done.returncode != 0
+    advice = done.stderr.strip().splitlines()[-1]
+    commands = re.findall(r"`(chunkfs [^`]+)`", advice)
+    make = [cmd for cmd in commands if " make-cs " in cmd]
+    assert make and advice.index("make-cs") < advice.index("rm-cs ID"), advice
+    try:
+        for argv in (shlex.split(make[0])[1:], ["local", "up", "--dir", str(cluster.dir)],
+                     ["-c", cluster.name, "rm-cs", str(ids[lost.addr]), "--wait", "--timeout", "150"]):
+            done = run_cli(*argv, timeout=200)
+            assert done.returncode == 0, (argv, done.stdout, done.stderr)
+        with cluster.client() as c:
+            stat = c.cluster_stat()
+            assert ids[lost.addr] not in [s["id"] for s in stat["cs"]] and len(stat["cs"]) == 3, stat["cs"]
+            assert stat["chunks"]["healthy"] == 4, stat["chunks"]
+            assert c.read(c.open("/f").ino, 0, len(data)) == data
+    finally:
+        run_cli("local", "down", "--dir", str(cluster.dir), timeout=120)

@@ -42,10 +42,10 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p = sub.add_parser(
         "rm-cs", help="drain a chunk server and remove it from the cluster",
         description="Move every replica off chunk server ID (it gets no new chunks meanwhile), then remove it "
-        "from the cluster. Without --wait the drain goes on in the background; run the command again to see "
-        "how far it got. The drain is the master's: after a master change it stops (the server takes new "
-        "chunks again) until the command is run again, as --wait does by itself. The removed server's process "
-        "stops by itself.")
+        "from the cluster. Without --wait the drain goes on in the background and the server is removed once "
+        "empty; run the command again to see how far it got. The drain is the master's: after a master change "
+        "it stops (the server takes new chunks again) until the command is run again, as --wait does by "
+        "itself. The removed server's process stops by itself.")
     p.add_argument("id", type=whole(1), help="the CS id, as `chunkfs stat` shows it")
     p.add_argument("--wait", action="store_true", help="wait until it is empty and removed (with a progress bar)")
     p.add_argument("--timeout", type=seconds, default=3600.0,
@@ -128,8 +128,8 @@ async def cmd_rm_cs(client: Client, args: argparse.Namespace) -> int:
         print(f"CS#{args.id} removed from the cluster; its process, if it runs, stops by itself")
         return 0
     if not args.wait:
-        print(f"CS#{args.id} is draining: {reply['left']} replica(s) left to move; run again to check, "
-              "or use --wait")
+        print(f"CS#{args.id} is draining: {reply['left']} replica(s) left to move, then it is removed; run "
+              "again to check, or use --wait")
         return 0
     total = max(1, reply["left"])
     deadline = time.monotonic() + args.timeout

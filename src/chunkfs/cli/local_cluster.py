@@ -56,10 +56,12 @@ def _replace_hint(cluster: str, proc: Process) -> str:
         return (f"the folder of MDS {proc.id}, {proc.dir}, is gone: take it out of the metadata group with "
                 f"`chunkfs -c {cluster} rm-mds ID` (its id, from `chunkfs -c {cluster} stat`) and add a new one "
                 f"with `chunkfs -c {cluster} make-mds -r {proc.dir} -a {proc.addr}`")
-    return (f"the folder of chunk server {proc.id}, {proc.dir}, is gone: take it out with "
-            f"`chunkfs -c {cluster} rm-cs ID` (its id, from `chunkfs -c {cluster} stat`; its replicas are copied "
-            f"again from the others) and add a new one with "
-            f"`chunkfs -c {cluster} make-cs -r {proc.dir} -a {proc.addr}`")
+    # The new server first: a cluster keeping as many replicas as it has servers refuses to drain the lost
+    # one before there is a server to copy its replicas to (a fault probe followed the other order).
+    return (f"the folder of chunk server {proc.id}, {proc.dir}, is gone: make a new one in its place with "
+            f"`chunkfs -c {cluster} make-cs -r {proc.dir} -a {proc.addr}`, start it (`local up` again), then take "
+            f"the lost one out with `chunkfs -c {cluster} rm-cs ID` (its id, from `chunkfs -c {cluster} stat`; its "
+            "replicas are copied again from the others)")
 
 
 class LocalCluster:

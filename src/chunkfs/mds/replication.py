@@ -137,6 +137,8 @@ class ReplicationMonitor:
         #: Replicas that failed a checksum: their bad blocks mended from the others (bad_replicas.py).
         self.bad = BadReplicas(self)
         self.draining: set[int] = set()
+        #: Servers this master removed at the end of their drain (ids are never given again).
+        self.drained: set[int] = set()
         #: Chunk health kept up to date from changes (health_index.py); valid while this MDS is master.
         self.index = ChunkHealthIndex(mds.store, self._judge, self._sense)
         mds.store.chunk_listener = self.index.chunks_changed
@@ -396,6 +398,7 @@ class ReplicationMonitor:
             await self._announce(cs, st, previous.get(cs), lost, short, settings)
         if not settled:
             return
+        await self._remove_the_drained()
         self._sweep()
         self.bad.retry_pending()
         checked = self.index.take(MAX_CHECKED_PER_TICK)
@@ -735,6 +738,8 @@ class ReplicationMonitor:
         """
         mds = self.mds
         await mds.log.read_barrier()
+        if cs_id in self.drained and not cancel:  # (the end of its drain removed it: `rm-cs --wait` asks again)
+            return {"left": 0, "removed": True}
         if cs_id not in {cs["id"] for cs in mds.store.chunk_servers()}:
             raise NotFound(f"no CS#{cs_id} in this cluster")
         if cancel:
@@ -768,8 +773,21 @@ class ReplicationMonitor:
         left = self.replicas_on(cs_id)
         if left:
             return {"left": left, "removed": False}
-        await mds.propose("remove_cs", cs_id=cs_id)
+        await self._remove_drained(cs_id)
+        return {"left": 0, "removed": True}
+
+    async def _remove_drained(self, cs_id: int) -> None:
+        """Remove a drained (empty) chunk server from the cluster."""
+        if cs_id not in self.draining:
+            return  # (removed meanwhile: the monitor's pass and an `rm-cs` both found it empty)
+        mds = self.mds
         self.draining.discard(cs_id)
+        try:
+            await mds.propose("remove_cs", cs_id=cs_id)
+        except BaseException:
+            self.draining.add(cs_id)
+            raise
+        self.drained.add(cs_id)
         self.labels.pop(cs_id, None)
         self.silent_since.pop(cs_id, None)
         server = mds.live.pop(cs_id, None)
@@ -777,7 +795,13 @@ class ReplicationMonitor:
             server.conn.close()
         await mds.event("info", f"CS#{cs_id} drained and removed from the cluster; its process, if it runs, "
                                 "stops by itself")
-        return {"left": 0, "removed": True}
+
+    async def _remove_the_drained(self) -> None:
+        """Servers whose drain ended: removed now, as the drain's event said (a fault probe: without --wait,
+        an empty server stayed listed, "inactive, 0 replicas", until `rm-cs` was run again)."""
+        for cs_id in sorted(self.draining):
+            if not self.replicas_on(cs_id):
+                await self._remove_drained(cs_id)
 
     async def set_config(self, values: dict[str, Any]) -> dict[str, float]:
         text = check_update(self.settings(), values)
