@@ -123,18 +123,21 @@ class FuseReadable:
             self.stop(fd)
 
 
-def _readable_now(fd: int) -> bool:
-    """Whether a read of `fd` would find something (or an error to report) right now."""
+def _events_now(fd: int) -> int:
+    """What `fd` reports right now, asked for POLLIN (0: nothing to read, no error)."""
     poller = select.poll()
     poller.register(fd, select.POLLIN)
-    return bool(poller.poll(0))
+    return sum(events for _, events in poller.poll(0))
+
+
+def _readable_now(fd: int) -> bool:
+    """Whether a read of `fd` would find something (or an error to report) right now."""
+    return bool(_events_now(fd))
 
 
 def _failed(fd: int) -> bool:
     """Whether `fd` reports an error or a hang-up (a FUSE device whose session the kernel ended)."""
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
-    return any(events & (select.POLLERR | select.POLLHUP | select.POLLNVAL) for _, events in poller.poll(0))
+    return bool(_events_now(fd) & (select.POLLERR | select.POLLHUP | select.POLLNVAL))
 
 
 #: The one instance pyfuse3 is given (a mount process runs one FUSE session).
