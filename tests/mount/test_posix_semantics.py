@@ -372,24 +372,15 @@ def test_a_put_across_that_loss_fails_rather_than_leave_zeros_in_the_copy(make_c
         assert [name for name, *_ in client.listdir("/")] == ["f"]
 
 
-#: Known to fail now and then (2 of 8 runs, and 1 of 4 on the code of the stop before; found by this CI run):
-#: with a new master, a `truncate` that grows the file can come before the master trims what the dead
-#: writer left past the size, and the trim then cuts at the grown size (its log: "... past its size
-#: (2097152 bytes) was cut"), so the grown file shows the dead writer's bytes.  RELIABILITY.md, "Not done
-#: yet": the next stop's first work.
-_GROWN_BEFORE_THE_TRIM = pytest.mark.xfail(
-    reason="a truncate that grows the file may come before a new master's trim of the dead writer's bytes",
-    strict=False)
-
-
-@pytest.mark.parametrize("new_master", [False, pytest.param(True, marks=_GROWN_BEFORE_THE_TRIM)],
-                         ids=["same-master", "new-master"])
+@pytest.mark.parametrize("new_master", [False, True], ids=["same-master", "new-master"])
 def test_a_dead_writers_file_held_by_another_mount_is_trimmed_once_that_mount_closes_it(make_cluster, mount,
                                                                                        new_master) -> None:
     """A reader holding the file when the writer's session expires defers the trim, not cancels it (a
     fault probe: a program reading the file every 0.4 s left the dead writer's bytes for good); and
     so does a new master meanwhile: the file was noted in the store before the session was closed (a
-    fault probe: a master killed in between, and the file was never cut)."""
+    fault probe: a master killed in between, and the file was never cut).  With a new master, the wait
+    for one chunk left may end before the last chunk is zeroed (a chunk server not registered with it
+    yet): the truncate waits for the zeroing (it cut at the grown size, 1 run in 4, in CI)."""
     cluster, (_, other), pid, fd = _writer_past_the_end(make_cluster, mount, "writer", "other",
                                                          n_mds=3 if new_master else 1)
     reader = os.open(other / "f", os.O_RDONLY)
@@ -410,6 +401,64 @@ def test_a_dead_writers_file_held_by_another_mount_is_trimmed_once_that_mount_cl
     wait_for("the dead writer's chunk past the size to be dropped", lambda: chunk_count(cluster) == 1, timeout=60)
     os.truncate(other / "f", 2 * MiB)
     assert (other / "f").read_bytes() == b"a" * 100 + bytes(2 * MiB - 100)
+
+
+def test_a_dead_writers_file_grown_right_after_another_mount_closes_it_reads_zeros(make_cluster, mount) -> None:
+    """As above, without waiting for the trim: the truncate reached the master before the mount's
+    release of the file (sent a moment after the close, with others), grew the file while it was held,
+    and the trim then cut at the grown size.  The mount now sends its waiting releases before a size
+    change, and the master trims a file that a size would grow first."""
+    cluster, (_, other), pid, fd = _writer_past_the_end(make_cluster, mount, "writer", "other")
+    reader = os.open(other / "f", os.O_RDONLY)
+    try:
+        os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        with cluster.client() as client:
+            wait_for("the dead writer's session to be closed",
+                     lambda: client.cluster_stat()["mounts"]["sessions"] == 1, timeout=60)
+    finally:
+        os.close(reader)
+    os.truncate(other / "f", 2 * MiB)
+    data = (other / "f").read_bytes()
+    assert len(data) == 2 * MiB and data[:100] == b"a" * 100
+    assert data[100:].count(0) == 2 * MiB - 100, "a dead writer's bytes shown past the old size"
+
+
+def test_a_truncate_that_grows_a_trimmed_file_waits_until_its_last_chunk_is_zeroed(make_cluster, mount) -> None:
+    """A trim commits first, then zeroes the last chunk past the size on its chunk servers.  When the
+    zeroing could not be done (too few of them answering: a new master's not registered yet, in CI),
+    a truncate that grew the file went ahead, and the retry zeroed past the grown size: the dead
+    writer's bytes showed in between.  The truncate now waits for the zeroing at the trim's size."""
+    cluster, (_, other), pid, fd = _writer_past_the_end(make_cluster, mount, "writer", "other")
+    os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(OSError):
+        os.close(fd)
+    for number in (1, 2):  # the zeroing needs two replicas (min_replicas)
+        cluster.kill("cs", number)
+    wait_for("the dead writer's chunk past the size to be dropped", lambda: chunk_count(cluster) == 1, timeout=60)
+    grown: list[BaseException | None] = []
+
+    def grow() -> None:
+        try:
+            os.truncate(other / "f", 2 * MiB)
+            grown.append(None)
+        except OSError as exc:
+            grown.append(exc)
+
+    truncate = threading.Thread(target=grow)
+    truncate.start()
+    try:
+        truncate.join(3)
+        assert not grown, "the truncate went ahead of the zeroing"
+    finally:
+        for number in (1, 2):
+            cluster.start("cs", number)
+        truncate.join(60)
+    assert grown == [None]
+    data = (other / "f").read_bytes()
+    assert len(data) == 2 * MiB and data[:100] == b"a" * 100
+    assert data[100:].count(0) == 2 * MiB - 100, "a dead writer's bytes shown past the old size"
 
 
 def test_a_mount_silent_past_its_session_timeout_is_told_its_writes_past_the_size_were_cut(make_cluster,

@@ -722,6 +722,8 @@ class ChunkFSOperations(pyfuse3.Operations):
             changes["mtime_ns"] = _in_time_range(attr.st_mtime_ns)
         if fields.update_atime:
             changes["atime_ns"] = _in_time_range(attr.st_atime_ns)
+        if "size" in changes:
+            await self._released_first()
         of = self.files.get(inode)
         self._fresh_dirs.pop(inode, None)
         since = self.cache.seq
@@ -1637,6 +1639,18 @@ class ChunkFSOperations(pyfuse3.Operations):
             task = asyncio.get_running_loop().create_task(self._release_now(batch))
             self._releasing.add(task)
             task.add_done_callback(self._releasing.discard)
+
+    async def _released_first(self) -> None:
+        """Send the releases waiting (`RELEASE_DELAY`) and wait for them, before a size change: a file closed
+        here just before its truncate must be released first.  The master trims a dead writer's file once
+        no mount holds it, and before a size that grows it (`OrphanReaper.trim_before_growing`); a truncate
+        that came while this mount still held the file grew it untrimmed, and the trim at the grown size
+        left the dead writer's bytes in between.
+        """
+        if self._to_release:
+            self._send_releases()
+        if self._releasing:
+            await asyncio.wait(set(self._releasing))
 
     async def _release_now(self, batch: dict[int, int]) -> None:
         try:

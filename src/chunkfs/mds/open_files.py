@@ -52,7 +52,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING
 
 from chunkfs.common.errors import ChunkFSError, InvalidArgument, NotFound, Unavailable
@@ -314,10 +314,67 @@ class OrphanReaper:
                 pass
 
     async def settled(self, ino: int) -> None:
-        """Wait until `ino` is not being trimmed (an open waits: its writes must not meet the trim's cut)."""
+        """Wait until `ino` is not being trimmed (an open or a size change must not meet the trim's cut).
+
+        A trim committed and not zeroed yet is zeroed first, or the caller fails (Unavailable: a
+        mount retries for a while).  Every open, not only one for writing: a mount that holds a file
+        opens it again without asking the master, and a write through that open would be zeroed by
+        the reaper's later zeroing at the trim's size.
+        """
         trim = self._trimming.get(ino)
         if trim is not None:
             await trim.wait()
+        if self.mds.store.unzeroed_size(ino) is not None:
+            await self._zero(ino)
+
+    async def trim_before_growing(self, ino: int, size: int) -> None:
+        """`size` is about to be set on `ino`: if that grows a file a dead writer may have written past and
+        no mount holds, trim it at the size it has first.  A truncate right after the last close found it
+        still waiting for the reaper's pass, grew it, and the trim then cut at the grown size, leaving
+        the dead writer's bytes in between.  (A shrink needs nothing: its own cut removes them.)
+
+        A file some mount holds is not trimmed: what that mount wrote past the size is not committed
+        yet, and is indistinguishable from the dead writer's bytes; nor while a new master cannot know
+        who holds what (its grace period).
+        """
+        table = self.table
+        if ino in self._trimming or table.held(ino):
+            return
+        pending = ino in table.left_by_dead or (table.gave_up and ino in table.past_size_before) \
+            or self.mds.store.noted_for_trim(ino)
+        if not pending:
+            return
+        attr = self.mds.store.getattr(ino)
+        if attr["type"] != "f" or attr["nlink"] == 0 or size <= attr["size"]:
+            return
+        trim = self._trimming[ino] = asyncio.Event()  # (no await since `held`)
+        try:
+            await self.mds.trim_past_size(ino, attr["size"])
+        finally:
+            del self._trimming[ino]
+            trim.set()
+        table.left_by_dead.discard(ino)
+        table.past_size_before.discard(ino)
+        self._trim_tries.pop(ino, None)
+        self._noted.discard(ino)
+
+    async def _zero(self, ino: int) -> None:
+        """Zero a trimmed file's last chunk (`MetadataServer.zero_trimmed`), once for all who wait for it."""
+        trim = self._trimming.get(ino)
+        if trim is not None:
+            await trim.wait()
+            return
+        trim = self._trimming[ino] = asyncio.Event()
+        try:
+            await self.mds.zero_trimmed(ino)
+        finally:
+            del self._trimming[ino]
+            trim.set()
+        # Done: not again at the file's size now (a size set since is a live mount's, which a trim
+        # would tell, at its next size, that its writes were cut).
+        self.table.left_by_dead.discard(ino)
+        self._trim_tries.pop(ino, None)
+        self._noted.discard(ino)
 
     def wake(self) -> None:
         """Look at what waits (files to trim, released) now."""
@@ -368,9 +425,16 @@ class OrphanReaper:
             logger.warning("could not note %d file(s) to trim yet (%s); retrying", len(table.left_by_dead), exc)
             return
         for ino in sorted(table.left_by_dead):
+            if ino not in table.left_by_dead or ino in self._trimming:
+                continue  # trimmed meanwhile, or being trimmed (`trim_before_growing`): not again at a new size
             table.left_by_dead.discard(ino)
             if not self.mds.raft.is_leader():
                 return  # the next master's to judge
+            if self.mds.store.unzeroed_size(ino) is not None:
+                # Trimmed, its last chunk not zeroed yet: at the trim's size, whoever holds it (every open
+                # and size change since waited for the zeroing: `settled`).
+                await self._tried(ino, self._zero(ino))
+                continue
             if table.held(ino):
                 table.trim_later.add(ino)  # a mount may write past the size: trimmed at its last release
                 continue
@@ -382,22 +446,35 @@ class OrphanReaper:
                 continue  # an orphan: freed, not trimmed
             trim = self._trimming[ino] = asyncio.Event()  # (no await since `held`: no open got in between)
             try:
-                await self.mds.trim_past_size(ino, attr["size"])
-            except ChunkFSError as exc:
-                tries = self._trim_tries.get(ino, 0) + 1
-                if tries < TRIM_TRIES:
-                    self._trim_tries[ino] = tries
-                    table.left_by_dead.add(ino)  # the next pass tries again
-                else:
-                    self._trim_tries.pop(ino, None)
-                    logger.warning("inode %d: what a dead mount may have written past its size was not cut (%s); "
-                                   "a truncate that grows it may show those bytes", ino, exc)
-                continue
+                done = await self._tried(ino, self.mds.trim_past_size(ino, attr["size"]))
             finally:
                 del self._trimming[ino]
                 trim.set()
-            self._trim_tries.pop(ino, None)
-            self._noted.discard(ino)  # (off the store's list with the trim)
+            if done:
+                self._noted.discard(ino)  # (off the store's list with the trim)
+
+    async def _tried(self, ino: int, trim: Awaitable[None]) -> bool:
+        """Await a trim (or its zeroing) of `ino`; on failure, leave it to a later pass, `TRIM_TRIES` in all."""
+        try:
+            await trim
+        except ChunkFSError as exc:
+            tries = self._trim_tries.get(ino, 0) + 1
+            if tries < TRIM_TRIES:
+                self._trim_tries[ino] = tries
+                self.table.left_by_dead.add(ino)  # the next pass tries again
+                logger.info("inode %d: what a dead mount may have written past its size is not cut yet (%s); "
+                            "trying again", ino, exc)
+            else:
+                self._trim_tries.pop(ino, None)
+                if self.mds.store.unzeroed_size(ino) is not None:
+                    logger.warning("inode %d: the last chunk of a dead mount's file was not zeroed past its size "
+                                   "(%s): its next open or size change zeroes it first", ino, exc)
+                else:
+                    logger.warning("inode %d: what a dead mount may have written past its size was not cut "
+                                   "(%s); a truncate that grows it may show those bytes", ino, exc)
+            return False
+        self._trim_tries.pop(ino, None)
+        return True
 
     async def _note_trims(self) -> None:
         """Note in the store the files waiting for a trim, before the sessions that leave them are closed: a

@@ -109,7 +109,7 @@ CREATE TABLE IF NOT EXISTS symlinks (ino INTEGER PRIMARY KEY, target BLOB NOT NU
 CREATE TABLE IF NOT EXISTS orphans (ino INTEGER PRIMARY KEY, since REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS cuts (ino INTEGER PRIMARY KEY, idx INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS trims (ino INTEGER PRIMARY KEY, idx INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS unzeroed (ino INTEGER PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS unzeroed (ino INTEGER PRIMARY KEY, size INTEGER);
 CREATE TABLE IF NOT EXISTS to_trim (ino INTEGER PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS removed_cs (cs_id INTEGER PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS mount_sessions (name TEXT PRIMARY KEY, since REAL NOT NULL);
@@ -372,6 +372,9 @@ class MetadataStore:
                 self.db.execute("ALTER TABLE inodes ADD COLUMN chunks INTEGER NOT NULL DEFAULT 0")
                 self.db.execute("UPDATE inodes SET chunks = (SELECT COUNT(*) FROM chunks c WHERE c.ino = inodes.ino) "
                                 "WHERE type = 'f'")
+        if "size" not in {row[1] for row in self.db.execute("PRAGMA table_info(unzeroed)")}:
+            with self._tx():  # a store from before trims kept their size (NULL: the file's size then)
+                self.db.execute("ALTER TABLE unzeroed ADD COLUMN size INTEGER")
         columns = {row[1] for row in self.db.execute("PRAGMA table_info(chunks)")}
         if "nrep" not in columns:
             # Replica lists were comma-separated text only: index them by chunk server, count them.
@@ -751,6 +754,9 @@ class MetadataStore:
             dropped = self._chunks_from(ino, first_dropped)
             self.db.execute("DELETE FROM chunks WHERE ino = ? AND idx >= ?", (ino, first_dropped))
             self.db.execute("UPDATE inodes SET size = ?, mtime = ?, ctime = ? WHERE ino = ?", (size, now, now, ino))
+            # A size at or below a trim's not zeroed yet: the master cut the last chunk at it (server
+            # `_setattr`), which zeroed what the trim would have.  (One above waits for the zeroing.)
+            self.db.execute("DELETE FROM unzeroed WHERE ino = ? AND (size IS NULL OR size >= ?)", (ino, size))
         if mode is not None:
             self.db.execute("UPDATE inodes SET mode = ? WHERE ino = ?", (mode & 0o7777, ino))
         if mtime is not None:
@@ -774,7 +780,7 @@ class MetadataStore:
             return {"dropped": []}
         self._cut(ino)
         self.db.execute("INSERT OR REPLACE INTO trims VALUES (?, ?)", (ino, self._index))
-        self.db.execute("INSERT OR REPLACE INTO unzeroed VALUES (?)", (ino,))
+        self.db.execute("INSERT OR REPLACE INTO unzeroed VALUES (?, ?)", (ino, size))
         first_dropped = -(-size // self.chunk_size)
         dropped = self._chunks_from(ino, first_dropped)
         self.db.execute("DELETE FROM chunks WHERE ino = ? AND idx >= ?", (ino, first_dropped))
@@ -789,6 +795,18 @@ class MetadataStore:
         """Files trimmed whose last chunk a master has not yet said it zeroed past the size."""
         return [int(r[0]) for r in self.db.execute("SELECT ino FROM unzeroed ORDER BY ino")]
 
+    def unzeroed_size(self, ino: int) -> int | None:
+        """The size `ino` was trimmed at, if its last chunk is still to zero past it; None if not.
+
+        The trim's size, not the file's: a size set since (a truncate that grew the file before
+        the zeroing was done, and cut at the grown size) left the dead writer's bytes in between.
+        """
+        row = self.db.execute(
+            "SELECT u.size, i.size FROM unzeroed u JOIN inodes i USING (ino) WHERE ino = ?", (ino,)).fetchone()
+        if row is None:
+            return None
+        return int(row[1] if row[0] is None else row[0])  # (a row from before trims kept their size)
+
     def _op_note_trims(self, term: int, inos: list[int]) -> None:
         """Files a dead writer may have written past their size, to trim once nobody holds them (`trim`
         takes each off): noted before its session is closed, so that a next master trims them too."""
@@ -797,6 +815,10 @@ class MetadataStore:
     def to_trim(self) -> list[int]:
         """Files noted for a trim (`_op_note_trims`) and not trimmed yet."""
         return [int(r[0]) for r in self.db.execute("SELECT ino FROM to_trim ORDER BY ino")]
+
+    def noted_for_trim(self, ino: int) -> bool:
+        """Whether `ino` is among `to_trim`."""
+        return self.db.execute("SELECT 1 FROM to_trim WHERE ino = ?", (ino,)).fetchone() is not None
 
     def _cut(self, ino: int) -> None:
         """Record that the file's size was set (truncated, or opened with O_TRUNC) by this command.

@@ -522,17 +522,55 @@ def test_a_trim_drops_the_chunks_past_the_size_it_was_decided_for_and_nothing_el
     assert store.unzeroed() == []  # freed: nothing left to zero
 
 
+def test_a_trim_not_zeroed_yet_keeps_its_size_until_a_size_at_or_below_it(d: Driver, store: MetadataStore) -> None:
+    """Its zeroing, retried, is at the trim's size: one at the file's size after a truncate that grew it
+    left the dead writer's bytes in between (CI).  A size at or below the trim's was cut there itself."""
+    f, g = d.create(ROOT_INO, "f"), d.create(ROOT_INO, "g")
+    for ino in (f, g):
+        d("extend", ino=ino, size=100, mtime=2000.0)
+        d("trim", ino=ino, size=100)
+    assert store.unzeroed_size(f) == store.unzeroed_size(g) == 100
+    d("setattr", ino=f, time=d.tick(), size=CS)  # (the master zeroes first: this is what the store keeps)
+    assert store.unzeroed_size(f) == 100
+    d("setattr", ino=f, time=d.tick(), size=100)
+    d("setattr", ino=g, time=d.tick(), size=7)
+    assert store.unzeroed_size(f) is None and store.unzeroed_size(g) is None
+    h = d.create(ROOT_INO, "h")
+    assert store.unzeroed_size(h) is None
+
+
+def test_a_store_from_before_trims_kept_their_size_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    s = MetadataStore(path, CS)
+    d = Driver(s)
+    f = d.create(ROOT_INO, "f")
+    d("extend", ino=f, size=100, mtime=2000.0)
+    s.db.executescript(f"""
+        DROP TABLE unzeroed;
+        CREATE TABLE unzeroed (ino INTEGER PRIMARY KEY);
+        INSERT INTO unzeroed VALUES ({f});
+    """)
+    s.close()
+    s = MetadataStore(path, CS)
+    try:
+        assert s.unzeroed() == [f] and s.unzeroed_size(f) == 100  # the file's size, as before
+        Driver(s)("trim_zeroed", ino=f)
+        assert s.unzeroed_size(f) is None
+    finally:
+        s.close()
+
+
 def test_files_noted_for_a_trim_stay_noted_until_trimmed_or_freed(d: Driver, store: MetadataStore) -> None:
     """A master notes a dead writer's files before it closes the writer's session: one that dies before it
     trims them leaves them to the next (a fault probe: 41 files never cut)."""
     f, g, h = (d.create(ROOT_INO, name) for name in "fgh")
     d("note_trims", inos=[f, g, h])
     d("note_trims", inos=[f])  # (again: once)
-    assert store.to_trim() == [f, g, h]
+    assert store.to_trim() == [f, g, h] and store.noted_for_trim(g)
     d("trim", ino=f, size=0)
     assert d("trim", ino=g, size=5) == {"dropped": []}  # called off (the size moved since): not noted either
     d.unlink(ROOT_INO, "h")
-    assert store.to_trim() == []
+    assert store.to_trim() == [] and not store.noted_for_trim(g)
 
 
 def test_a_file_counts_its_chunks_for_st_blocks(d: Driver, store: MetadataStore) -> None:
