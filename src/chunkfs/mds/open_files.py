@@ -360,9 +360,14 @@ class OrphanReaper:
 
     async def _zero(self, ino: int) -> None:
         """Zero a trimmed file's last chunk (`MetadataServer.zero_trimmed`), once for all who wait for it."""
-        trim = self._trimming.get(ino)
-        if trim is not None:
-            await trim.wait()
+        for _ in range(TRIM_TRIES):
+            trim = self._trimming.get(ino)
+            if trim is None:
+                break
+            await trim.wait()  # another's zeroing, or its trim: done, or failed (then this one tries)
+        else:
+            raise Unavailable(f"inode {ino} is being trimmed of what a dead mount wrote past its size: retry")
+        if self.mds.store.unzeroed_size(ino) is None:
             return
         trim = self._trimming[ino] = asyncio.Event()
         try:
