@@ -372,17 +372,22 @@ def test_a_put_across_that_loss_fails_rather_than_leave_zeros_in_the_copy(make_c
         assert [name for name, *_ in client.listdir("/")] == ["f"]
 
 
-@pytest.mark.parametrize("new_master", [False, True], ids=["same-master", "new-master"])
+@pytest.mark.parametrize("case", ["same-master", "new-master", "grown-at-once"])
 def test_a_dead_writers_file_held_by_another_mount_is_trimmed_once_that_mount_closes_it(make_cluster, mount,
-                                                                                       new_master) -> None:
+                                                                                       case) -> None:
     """A reader holding the file when the writer's session expires defers the trim, not cancels it (a
     fault probe: a program reading the file every 0.4 s left the dead writer's bytes for good); and
     so does a new master meanwhile: the file was noted in the store before the session was closed (a
     fault probe: a master killed in between, and the file was never cut).  With a new master, the wait
     for one chunk left may end before the last chunk is zeroed (a chunk server not registered with it
-    yet): the truncate waits for the zeroing (it cut at the grown size, 1 run in 4, in CI)."""
+    yet): the truncate waits for the zeroing (it cut at the grown size, 1 run in 4, in CI).
+
+    grown-at-once: no wait for the trim.  The truncate reached the master before the mount's release
+    of the file (sent a moment after the close, with others), grew the file while it was held, and the
+    trim then cut at the grown size.  The mount now sends its waiting releases before a size change,
+    and the master trims a file that a size would grow first."""
     cluster, (_, other), pid, fd = _writer_past_the_end(make_cluster, mount, "writer", "other",
-                                                         n_mds=3 if new_master else 1)
+                                                         n_mds=3 if case == "new-master" else 1)
     reader = os.open(other / "f", os.O_RDONLY)
     try:
         os.kill(pid, signal.SIGKILL)
@@ -391,34 +396,16 @@ def test_a_dead_writers_file_held_by_another_mount_is_trimmed_once_that_mount_cl
         with cluster.client() as client:
             wait_for("the dead writer's session to be closed",
                      lambda: client.cluster_stat()["mounts"]["sessions"] == 1, timeout=60)
-            if new_master:
+            if case == "new-master":
                 cluster.kill("mds", master_id(client))
         time.sleep(1)
         assert chunk_count(cluster) == 2, "trimmed while another mount held the file open"
         assert os.pread(reader, 200, 0) == b"a" * 100
     finally:
         os.close(reader)
-    wait_for("the dead writer's chunk past the size to be dropped", lambda: chunk_count(cluster) == 1, timeout=60)
-    os.truncate(other / "f", 2 * MiB)
-    assert (other / "f").read_bytes() == b"a" * 100 + bytes(2 * MiB - 100)
-
-
-def test_a_dead_writers_file_grown_right_after_another_mount_closes_it_reads_zeros(make_cluster, mount) -> None:
-    """As above, without waiting for the trim: the truncate reached the master before the mount's
-    release of the file (sent a moment after the close, with others), grew the file while it was held,
-    and the trim then cut at the grown size.  The mount now sends its waiting releases before a size
-    change, and the master trims a file that a size would grow first."""
-    cluster, (_, other), pid, fd = _writer_past_the_end(make_cluster, mount, "writer", "other")
-    reader = os.open(other / "f", os.O_RDONLY)
-    try:
-        os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(OSError):
-            os.close(fd)
-        with cluster.client() as client:
-            wait_for("the dead writer's session to be closed",
-                     lambda: client.cluster_stat()["mounts"]["sessions"] == 1, timeout=60)
-    finally:
-        os.close(reader)
+    if case != "grown-at-once":
+        wait_for("the dead writer's chunk past the size to be dropped", lambda: chunk_count(cluster) == 1,
+                 timeout=60)
     os.truncate(other / "f", 2 * MiB)
     data = (other / "f").read_bytes()
     assert len(data) == 2 * MiB and data[:100] == b"a" * 100
