@@ -1385,8 +1385,8 @@ class MetadataServer:
     async def zero_trimmed(self, ino: int) -> None:
         """Zero the last chunk of a trimmed file past the size it was trimmed at (`trim_past_size`).
 
-        Until then the file is on the store's ``unzeroed`` list, and a size change or an open for
-        writing must wait (OrphanReaper `settled`): a chunk server that had not registered with a
+        Until then the file is on the store's ``unzeroed`` list, and every open and size change of it
+        waits for this (OrphanReaper `settled`): a chunk server that had not registered with a
         new master failed the zeroing, a truncate grew the file, and the retry zeroed past the grown
         size, which left the dead writer's bytes in between (1 run in 4 of a test, in CI).
         """

@@ -801,11 +801,10 @@ class MetadataStore:
         The trim's size, not the file's: a size set since (a truncate that grew the file before
         the zeroing was done, and cut at the grown size) left the dead writer's bytes in between.
         """
-        row = self.db.execute(
-            "SELECT u.size, i.size FROM unzeroed u JOIN inodes i USING (ino) WHERE ino = ?", (ino,)).fetchone()
+        row = self.db.execute("SELECT size FROM unzeroed WHERE ino = ?", (ino,)).fetchone()  # (on every open)
         if row is None:
             return None
-        return int(row[1] if row[0] is None else row[0])  # (a row from before trims kept their size)
+        return int(self.getattr(ino)["size"] if row[0] is None else row[0])  # (NULL: a row from before trims kept it)
 
     def _op_note_trims(self, term: int, inos: list[int]) -> None:
         """Files a dead writer may have written past their size, to trim once nobody holds them (`trim`
