@@ -372,7 +372,7 @@ def test_a_put_across_that_loss_fails_rather_than_leave_zeros_in_the_copy(make_c
         assert [name for name, *_ in client.listdir("/")] == ["f"]
 
 
-@pytest.mark.parametrize("case", ["same-master", "new-master", "grown-at-once"])
+@pytest.mark.parametrize("case", ["same-master", "new-master", "grown-at-once", "reopened-at-once"])
 def test_a_dead_writers_file_held_by_another_mount_is_trimmed_once_that_mount_closes_it(make_cluster, mount,
                                                                                        case) -> None:
     """A reader holding the file when the writer's session expires defers the trim, not cancels it (a
@@ -385,7 +385,8 @@ def test_a_dead_writers_file_held_by_another_mount_is_trimmed_once_that_mount_cl
     grown-at-once: no wait for the trim.  The truncate reached the master before the mount's release
     of the file (sent a moment after the close, with others), grew the file while it was held, and the
     trim then cut at the grown size.  The mount now sends its waiting releases before a size change,
-    and the master trims a file that a size would grow first."""
+    and the master trims a file that a size would grow first.  reopened-at-once: the same with an open
+    for writing and an `ftruncate` (a fault probe, 4 of 4): the open found the file still held."""
     cluster, (_, other), pid, fd = _writer_past_the_end(make_cluster, mount, "writer", "other",
                                                          n_mds=3 if case == "new-master" else 1)
     reader = os.open(other / "f", os.O_RDONLY)
@@ -403,13 +404,59 @@ def test_a_dead_writers_file_held_by_another_mount_is_trimmed_once_that_mount_cl
         assert os.pread(reader, 200, 0) == b"a" * 100
     finally:
         os.close(reader)
-    if case != "grown-at-once":
-        wait_for("the dead writer's chunk past the size to be dropped", lambda: chunk_count(cluster) == 1,
-                 timeout=60)
-    os.truncate(other / "f", 2 * MiB)
+    if case == "reopened-at-once":
+        again = os.open(other / "f", os.O_RDWR)
+        try:
+            os.ftruncate(again, 2 * MiB)
+        finally:
+            os.close(again)
+    else:
+        if case != "grown-at-once":
+            wait_for("the dead writer's chunk past the size to be dropped", lambda: chunk_count(cluster) == 1,
+                     timeout=60)
+        os.truncate(other / "f", 2 * MiB)
     data = (other / "f").read_bytes()
     assert len(data) == 2 * MiB and data[:100] == b"a" * 100
     assert data[100:].count(0) == 2 * MiB - 100, "a dead writer's bytes shown past the old size"
+
+
+def test_dead_writers_files_opened_to_write_before_the_reaper_trims_them_read_zeros_past_the_size(make_cluster,
+                                                                                                  mount) -> None:
+    """The reaper trims a dead writer's files one at a time after its session expired: an open for
+    writing that came before a file's turn held it, the trim waited for that mount's release and
+    was then made at the size its write past the end had grown the file to, leaving the dead writer's
+    bytes in between (a fault probe: 7-10 files of 20 opened within 14-207 ms of the expiry).  An open
+    of such a file that no mount holds now trims it first."""
+    cluster = make_cluster(n_cs=3, chunk_size=1 * MiB)
+    with cluster.client() as client:
+        client.set_config({"session-timeout": "10"})
+    writer, other = mount(cluster, "writer"), mount(cluster, "other")  # (no fork while the writes' fds are open)
+    pid = read_pid(state_dir(writer))
+    assert pid is not None
+    (other / "g").write_bytes(b"")  # its session stored: one left once the writer's expired
+    names = [f"f{i:02d}" for i in range(12)]
+    block = mmap.mmap(-1, 4096)
+    block.write(b"B" * 4096)
+    fds = []
+    for name in names:
+        (writer / name).write_bytes(b"a" * 100)
+        fds.append(os.open(writer / name, os.O_WRONLY | os.O_DIRECT))
+        assert os.pwrite(fds[-1], block, 4096) == 4096
+    os.kill(pid, signal.SIGKILL)
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    with cluster.client() as client:
+        wait_for("the dead writer's session to be closed",
+                 lambda: client.cluster_stat()["mounts"]["sessions"] == 1, timeout=60, pause=0.01)
+    for name in reversed(names):  # the reaper's last first
+        fd = os.open(other / name, os.O_RDWR)
+        try:
+            os.pwrite(fd, b"Z" * 10, 2 * MiB)
+        finally:
+            os.close(fd)
+    shown = [name for name in names if (other / name).read_bytes() != b"a" * 100 + bytes(2 * MiB - 100) + b"Z" * 10]
+    assert not shown, f"a dead writer's bytes shown past the old size in {shown}"
 
 
 def test_a_truncate_that_grows_a_trimmed_file_waits_until_its_last_chunk_is_zeroed(make_cluster, mount) -> None:

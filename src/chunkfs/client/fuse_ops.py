@@ -723,7 +723,7 @@ class ChunkFSOperations(pyfuse3.Operations):
         if fields.update_atime:
             changes["atime_ns"] = _in_time_range(attr.st_atime_ns)
         if "size" in changes:
-            await self._released_first()
+            await self._release_ahead(inode)
         of = self.files.get(inode)
         self._fresh_dirs.pop(inode, None)
         since = self.cache.seq
@@ -924,9 +924,7 @@ class ChunkFSOperations(pyfuse3.Operations):
         ago (SQLite's journal in its default mode is closed, then unlinked, at every transaction), and
         the master frees a file no mount holds within the unlink's own commit, where one it still
         counts as held becomes an orphan whose freeing is a commit of its own."""
-        if self._to_release:
-            self._send_releases()
-            await asyncio.sleep(0)  # the release's task writes its frame ahead of this change's
+        await self._release_ahead()
         self.cache.own_change()
         try:
             yield
@@ -1163,6 +1161,7 @@ class ChunkFSOperations(pyfuse3.Operations):
                 await self._check_name(inode)
             attr = {"ino": inode, "size": of.size, "mtime_ns": of.mtime_ns}  # already held open by this mount
         else:
+            await self._release_ahead(inode)
             oseq = next(self._oseq)
             # Close-to-open: a file opened here sees what other mounts closed.  The
             # master holds the file for this mount from now on (and truncates it for O_TRUNC).
@@ -1640,17 +1639,20 @@ class ChunkFSOperations(pyfuse3.Operations):
             self._releasing.add(task)
             task.add_done_callback(self._releasing.discard)
 
-    async def _released_first(self) -> None:
-        """Send the releases waiting (`RELEASE_DELAY`) and wait for them, before a size change: a file closed
-        here just before its truncate must be released first.  The master trims a dead writer's file once
-        no mount holds it, and before a size that grows it (`OrphanReaper.trim_before_growing`); a truncate
-        that came while this mount still held the file grew it untrimmed, and the trim at the grown size
-        left the dead writer's bytes in between.
+    async def _release_ahead(self, ino: int | None = None) -> None:
+        """Releases waiting for their batch (`RELEASE_DELAY`) go ahead of the request that follows, on the
+        same connection, so the master has them first; `ino`: only if that file's is among them.
+
+        An unlink or rename may remove a file closed here a moment ago (`_changing_names`).  An open
+        or a size change of a file closed here a moment ago must not find it still held by this mount:
+        the master trims a dead writer's file before such a request only if no mount holds it
+        (`OrphanReaper.trim_first`), and trims a held one at its last release, at the size it has
+        then; a reopen and `ftruncate`, or a `truncate`, right after the close grew the file first,
+        and the dead writer's bytes showed in between (fault probes).
         """
-        if self._to_release:
+        if self._to_release and (ino is None or ino in self._to_release):
             self._send_releases()
-        if self._releasing:
-            await asyncio.wait(set(self._releasing))
+            await asyncio.sleep(0)  # the release's task writes its frame ahead of this request's
 
     async def _release_now(self, batch: dict[int, int]) -> None:
         try:
