@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from chunkfs.client.local_reads import LOCAL_READ_MAX, LocalReads
+from chunkfs.client.map_cache import MapCache
 from chunkfs.client.write_batches import WriteBatches, chunk_of
 from chunkfs.common.errors import (
     ChecksumMismatch,
@@ -124,19 +125,11 @@ def split(offset: int, length: int, chunk_size: int) -> list[tuple[int, int, int
     return pieces
 
 
-def _keep(cache: dict[tuple[int, int], ChunkMap], key: tuple[int, int], m: ChunkMap) -> None:
-    """Keep `m` in a map cache, the oldest kept going first past MAPS_MAX (a dict keeps insertion order)."""
-    cache.pop(key, None)  # (kept again: the newest)
-    cache[key] = m
-    while len(cache) > MAPS_MAX:
-        del cache[next(iter(cache))]
-
-
 class ChunkIO:
     def __init__(self, client: Client) -> None:
         self.client = client
-        self._read_maps: dict[tuple[int, int], ChunkMap] = {}
-        self._write_maps: dict[tuple[int, int], ChunkMap] = {}
+        self._read_maps: MapCache[ChunkMap] = MapCache(MAPS_MAX)
+        self._write_maps: MapCache[ChunkMap] = MapCache(MAPS_MAX)
         #: One connection per chunk server, each made once however many requests want it (peer_connections.py).
         self._servers = PeerConnections(self._connect)
         #: address -> until when (time.monotonic) reads try that server last: it did not answer (`read_order`).
@@ -190,9 +183,8 @@ class ChunkIO:
         return conn
 
     def forget(self, ino: int) -> None:
-        for cache in (self._read_maps, self._write_maps):
-            for key in [k for k in cache if k[0] == ino]:
-                del cache[key]
+        self._read_maps.forget(ino)
+        self._write_maps.forget(ino)
 
     def gone(self, ino: int) -> None:
         """A file this mount removed while nothing here held it open: nothing here can `fsync` it again,
@@ -200,6 +192,7 @@ class ChunkIO:
         a soak's 42,000 small files written, closed and removed grew the mount)."""
         self.dirty.pop(ino, None)
         self._chunks_versions.pop(ino, None)
+        self.forget(ino)  # (kept, they filled the caches: a scale probe)
 
     def opened(self, ino: int, chunks_version: int | None, first: dict[str, Any] | None = None) -> None:
         """Close-to-open for chunk maps: the file's chunks changed since this mount last opened it (the
@@ -209,13 +202,12 @@ class ChunkIO:
         `first`: chunk 0's map, sent with the open of a one-chunk file (as fresh as a CHUNK_READ's).
         """
         if chunks_version is not None and self._chunks_versions.get(ino) != chunks_version:
-            for key in [k for k in self._read_maps if k[0] == ino]:
-                del self._read_maps[key]
+            self._read_maps.forget(ino)
             if len(self._chunks_versions) >= CHUNKS_VERSIONS_MAX:
                 self._chunks_versions.clear()  # bounded; unknown only costs a map request
             self._chunks_versions[ino] = chunks_version
         if first is not None:
-            _keep(self._read_maps, (ino, 0), ChunkMap.from_reply(first))
+            self._read_maps[(ino, 0)] = ChunkMap.from_reply(first)
 
     def connections(self) -> list[Connection]:
         return self._servers.values()
@@ -234,7 +226,7 @@ class ChunkIO:
             return self._read_maps[key]
         m = ChunkMap.from_reply(await self.client.mds.call(Msg.CHUNK_READ, {"ino": ino, "index": index}))
         if m.chunk_id:
-            _keep(self._read_maps, key, m)
+            self._read_maps[key] = m
         return m
 
     def read_order(self, m: ChunkMap) -> list[tuple[int, str]]:
@@ -390,9 +382,10 @@ class ChunkIO:
         self.fans = False
         for key, m in self._write_maps.items():
             if m.fan:
-                self._write_maps[key] = dataclasses.replace(m, fan=False)
+                unfanned = dataclasses.replace(m, fan=False)
+                self._write_maps.replace(key, unfanned)
                 if self._read_maps.get(key) is m:
-                    self._read_maps[key] = self._write_maps[key]
+                    self._read_maps.replace(key, unfanned)
 
     @property
     def cut_short(self) -> bool:
@@ -406,8 +399,8 @@ class ChunkIO:
     def _kept_write_map(self, key: tuple[int, int], reply: dict[str, Any]) -> ChunkMap:
         """The map a CHUNK_WRITE answered, kept for writes and reads of that chunk."""
         m = ChunkMap.from_reply(reply)
-        _keep(self._write_maps, key, m)
-        _keep(self._read_maps, key, m)
+        self._write_maps[key] = m
+        self._read_maps[key] = m
         return m
 
     async def _first_write(self, ino: int, index: int, offset: int, data: memoryview) -> ChunkMap | None:
@@ -561,7 +554,7 @@ class ChunkIO:
                     # it is now, and does not use up a try however often that happens (bounded apart).
                     stale += 1
                     attempt -= 1
-                    self._write_maps.pop((ino, index), None)
+                    self._write_maps.pop((ino, index))
                     await asyncio.sleep(STALE_WAIT * (stale - 1))
                     continue
                 if not isinstance(exc, StaleVersion):
@@ -574,7 +567,7 @@ class ChunkIO:
                     logger.warning("%s to chunk %#x failed (%s); asking the master for a new chain "
                                    "(other writes to it failing the same are logged at debug level)",
                                    msg.name, m.chunk_id, exc)
-                self._write_maps.pop((ino, index), None)
+                self._write_maps.pop((ino, index))
                 await asyncio.sleep(0.05)
         assert last is not None
         raise last
