@@ -735,7 +735,7 @@ class MetadataServer:
             self.watchers.changed(conn, inodes=[ino], cut=cut)
         else:
             await self.log.read_barrier()
-        await self.reaper.trim_first(ino)  # (no await between the two and the hold but their own)
+        await self.reaper.trim_first(ino)  # before the hold: a dead writer's file waiting for its trim
         await self.reaper.settled(ino)
         attr = self._register_open(h["session"], ino, h.get("oseq", 0))
         reply = {"attr": attr, "chunks_version": self.store.chunks_version(ino)}
