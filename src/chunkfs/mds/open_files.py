@@ -313,13 +313,15 @@ class OrphanReaper:
             except TimeoutError:
                 pass
 
-    async def settled(self, ino: int) -> None:
-        """Wait until `ino` is not being trimmed (an open or a size change must not meet the trim's cut).
+    async def settled(self, ino: int, size: int | None = None) -> None:
+        """Before an open registers `ino`, or before `size` is set on it: a trim it waits for made first
+        (`trim_first`), and one under way waited for (its writes must not meet the trim's cut).
 
         A trim committed and not zeroed yet is zeroed first, or the caller fails (Unavailable: a
         mount retries for a while): a write after it would be zeroed by a later zeroing at the
         trim's size.  Every open: the master does not know which may write.
         """
+        await self.trim_first(ino, size)
         trim = self._trimming.get(ino)
         if trim is not None:
             await trim.wait()

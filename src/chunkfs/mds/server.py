@@ -685,7 +685,6 @@ class MetadataServer:
         self.watchers.changed(conn, [(h["parent"], h["name"])], [h["parent"], attr["ino"]],
                               cut=attr if h.get("truncate") else None)
         if h.get("session"):
-            await self.reaper.trim_first(attr["ino"])
             await self.reaper.settled(attr["ino"])
             attr = self._register_open(h["session"], attr["ino"], h.get("oseq", 0))
         return {"attr": attr, **self._parents(h["parent"])}
@@ -735,7 +734,6 @@ class MetadataServer:
             self.watchers.changed(conn, inodes=[ino], cut=cut)
         else:
             await self.log.read_barrier()
-        await self.reaper.trim_first(ino)  # before the hold: a dead writer's file waiting for its trim
         await self.reaper.settled(ino)
         attr = self._register_open(h["session"], ino, h.get("oseq", 0))
         reply = {"attr": attr, "chunks_version": self.store.chunks_version(ino)}
@@ -838,8 +836,7 @@ class MetadataServer:
             # A trim of what a dead writer left past the size, under way or not zeroed yet: its cut of the
             # last chunk first, as an open waits for it (a size set in between showed the dead writer's
             # bytes, in CI); and one not made yet, of a file that size would grow.
-            await self.reaper.trim_first(h["ino"], args["size"])
-            await self.reaper.settled(h["ino"])
+            await self.reaper.settled(h["ino"], args["size"])
         try:
             attr = await self._setattr(h["ino"], args, self._once(h))
         except WritesLost:
