@@ -50,9 +50,10 @@ between answers "not found" instead of registering a file about to vanish.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from chunkfs.common.errors import ChunkFSError, InvalidArgument, NotFound, Unavailable
@@ -262,7 +263,7 @@ class OrphanReaper:
         self._task: asyncio.Task[None] | None = None
         #: Files freed after their last release, having been unlinked while held open (a metric).
         self.freed = 0
-        #: Files being trimmed (`_trim_left`): an open waits for the trim (`settled`).
+        #: Files being trimmed or zeroed (`_under_way`): an open or a size change waits for it (`settled`).
         self._trimming: dict[int, asyncio.Event] = {}
         #: Files whose trim failed -> tries so far.
         self._trim_tries: dict[int, int] = {}
@@ -351,16 +352,9 @@ class OrphanReaper:
         attr = self.mds.store.getattr(ino)
         if attr["type"] != "f" or attr["nlink"] == 0 or (size is not None and size <= attr["size"]):
             return
-        trim = self._trimming[ino] = asyncio.Event()  # (no await since `held`)
-        try:
+        with self._under_way(ino):  # (no await since `held`)
             await self.mds.trim_past_size(ino, attr["size"])
-        finally:
-            del self._trimming[ino]
-            trim.set()
-        table.left_by_dead.discard(ino)
-        table.past_size_before.discard(ino)
-        self._trim_tries.pop(ino, None)
-        self._noted.discard(ino)
+        self._done(ino)
 
     async def _zero(self, ino: int) -> None:
         """Zero a trimmed file's last chunk (`MetadataServer.zero_trimmed`), once for all who wait for it."""
@@ -373,17 +367,26 @@ class OrphanReaper:
             raise Unavailable(f"inode {ino} is being trimmed of what a dead mount wrote past its size: retry")
         if self.mds.store.unzeroed_size(ino) is None:
             return
-        trim = self._trimming[ino] = asyncio.Event()
-        try:
+        with self._under_way(ino):
             await self.mds.zero_trimmed(ino)
+        self._done(ino)
+
+    @contextlib.contextmanager
+    def _under_way(self, ino: int) -> Iterator[None]:
+        """`ino` is being trimmed or zeroed: `settled` and `_zero` wait, and wake when it is over, done or not."""
+        over = self._trimming[ino] = asyncio.Event()
+        try:
+            yield
         finally:
             del self._trimming[ino]
-            trim.set()
-        # Done: not again at the file's size now (a size set since is a live mount's, which a trim
-        # would tell, at its next size, that its writes were cut).
-        self.table.left_by_dead.discard(ino)
+            over.set()
+
+    def _done(self, ino: int) -> None:
+        """`ino`'s trim is made: not again at the file's size now (a size set since is a live mount's, which a
+        trim would tell, at its next size, that its writes were cut)."""
+        for waiting in (self.table.left_by_dead, self.table.past_size_before, self._noted):
+            waiting.discard(ino)
         self._trim_tries.pop(ino, None)
-        self._noted.discard(ino)
 
     def wake(self) -> None:
         """Look at what waits (files to trim, released) now."""
@@ -453,14 +456,10 @@ class OrphanReaper:
                 continue
             if attr["type"] != "f" or attr["nlink"] == 0:
                 continue  # an orphan: freed, not trimmed
-            trim = self._trimming[ino] = asyncio.Event()  # (no await since `held`: no open got in between)
-            try:
+            with self._under_way(ino):  # (no await since `held`: no open got in between)
                 done = await self._tried(ino, self.mds.trim_past_size(ino, attr["size"]))
-            finally:
-                del self._trimming[ino]
-                trim.set()
             if done:
-                self._noted.discard(ino)  # (off the store's list with the trim)
+                self._done(ino)  # (off the store's list with the trim)
 
     async def _tried(self, ino: int, trim: Awaitable[None]) -> bool:
         """Await a trim (or its zeroing) of `ino`; on failure, leave it to a later pass, `TRIM_TRIES` in all."""
@@ -482,7 +481,6 @@ class OrphanReaper:
                     logger.warning("inode %d: what a dead mount may have written past its size was not cut "
                                    "(%s); a truncate that grows it may show those bytes", ino, exc)
             return False
-        self._trim_tries.pop(ino, None)
         return True
 
     async def _note_trims(self) -> None:
