@@ -12,10 +12,7 @@ import time
 from collections.abc import Coroutine
 from pathlib import Path
 from stat import S_IMODE
-from typing import Any, BinaryIO
-
-from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from chunkfs.cli.arg_types import cluster_path, local_path, whole
 from chunkfs.cli.context import Command, run_with_client
@@ -25,6 +22,9 @@ from chunkfs.client.client import Client, split_path
 from chunkfs.common.errors import ChunkFSError, ConfigError, Exists, InvalidArgument, NotFound, Timeout, Unavailable
 from chunkfs.protocol.frame import MAX_IO_SIZE
 from chunkfs.protocol.messages import ROOT_INO
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 #: Copies keep this many blocks in flight: enough to fill the chain, bounded in memory.
 COPY_DEPTH = 4
@@ -93,6 +93,10 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 def _progress(total: int) -> Progress:
+    # rich is imported here: every daemon, mount and command loads this module for its arguments.
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
     return Progress(
         "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
         console=Console(stderr=True), disable=total < PROGRESS_MIN or not sys.stderr.isatty(), transient=True,

@@ -10,9 +10,6 @@ import sys
 import time
 from collections.abc import Iterator
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
 from chunkfs.cli.arg_types import seconds, whole
 from chunkfs.cli.context import run_with_client
 from chunkfs.client.client import Client
@@ -131,6 +128,9 @@ async def cmd_rm_cs(client: Client, args: argparse.Namespace) -> int:
         print(f"CS#{args.id} is draining: {reply['left']} replica(s) left to move, then it is removed; run "
               "again to check, or use --wait")
         return 0
+    from rich.console import Console  # (here: every command and daemon loads this module)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     total = max(1, reply["left"])
     deadline = time.monotonic() + args.timeout
     progress = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),

@@ -99,9 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     from chunkfs.cli import mount as mount_cli  # mount, umount
 
     mount_cli.add_parser(sub)
-    from chunkfs.cli import secret, services, tls, top  # operating a cluster
+    from chunkfs.cli import secret, services, tls, top_command  # operating a cluster
 
-    top.add_parser(sub)
+    top_command.add_parser(sub)
     services.add_parser(sub)
     tls.add_parser(sub)
     secret.add_parser(sub)

@@ -1,16 +1,5 @@
-"""``chunkfs -c NAME top``: the whole cluster on one screen, refreshed every second.
-
-Everything shown comes from two questions to the master per refresh (the
-cluster's state, and the newest events): the master already holds every
-server's space, load, I/O rates and process figures (sent with heartbeats and
-probes), so ``top`` opens no connection to the servers themselves.  Keys (on a
-terminal): ``q`` quits, ``s`` changes the chunk-server sort column, ``r``
-reverses it, ``v`` switches the view (all, chunk servers, metadata servers,
-events) and ``1`` to ``4`` choose one of them, ``space`` refreshes.  A chunk
-server's FLAGS: ``D`` draining (``rm-cs``: its replicas move away), ``S`` its
-heartbeats are late, ``F`` full or nearly (a full one takes no new chunks),
-``E`` requests failed on it since it started.
-"""
+"""What ``chunkfs top`` shows, and its live screen (top_command.py: the command and its arguments;
+this module, with rich, is loaded only when the command runs)."""
 
 from __future__ import annotations
 
@@ -28,12 +17,12 @@ from rich.segment import Segment
 from rich.table import Table
 from rich.text import Text
 
+from chunkfs.cli.top_command import VIEWS
 from chunkfs.cli.units import human_bytes
 from chunkfs.client.client import Client
 from chunkfs.common.errors import Unavailable
 
-VIEWS = ("all", "cs", "mds", "events")
-#: Chunk-server sort columns and how to get their keys.
+#: How to get each chunk-server sort column's keys (top_command.SORT_COLUMNS).
 SORTS: dict[str, Any] = {
     "id": lambda s: s["id"],
     "status": lambda s: (s["status"], s["id"]),
@@ -65,35 +54,6 @@ class TopState:
     events: list[dict[str, Any]] = field(default_factory=list)
     error: str = ""
     fetched: float = 0.0
-
-
-#: Narrower, the tables wrap into fragments (a probe's --width 5 printed 96 lines of them).
-MIN_WIDTH = 60
-
-
-def _width(text: str) -> int:
-    try:
-        width = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of columns") from None
-    if width and width < MIN_WIDTH:
-        raise argparse.ArgumentTypeError(f"at least {MIN_WIDTH} columns, not {width}")
-    return width
-
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from chunkfs.cli.context import run_with_client
-
-    p = sub.add_parser("top", help="a live view of the cluster (servers, space, chunk health, I/O, events)",
-                       description=__doc__.split("\n\n", 1)[1].replace("``", "'"))
-    p.add_argument("--once", action="store_true", help="print one frame and exit (for scripts)")
-    p.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes (default 1)")
-    p.add_argument("--view", choices=VIEWS, default="all", help="what to show first (default all)")
-    p.add_argument("--sort", choices=sorted(SORTS), default="id", help="chunk-server sort column (default id)")
-    p.add_argument("--width", type=_width, default=0,
-                   help=f"columns for --once output, at least {MIN_WIDTH} (default: terminal or 160); "
-                   "narrower than the tables, they leave out their least needed columns (host, total space, "
-                   "queue depth, CPU, ...), never cut a value short")
-    p.set_defaults(func=lambda args: run_with_client(args, cmd_top))
 
 
 async def fetch(client: Client, state: TopState) -> None:

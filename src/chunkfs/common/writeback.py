@@ -16,13 +16,14 @@ the call); where libc lacks it, this does nothing.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 
 #: From <fcntl.h>: start writeback of the range's dirty pages; do not wait for it.
 SYNC_FILE_RANGE_WRITE = 2
 
 try:
-    _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    # By name: `ctypes.util.find_library` runs `ldconfig -p` in a child process, in every process that
+    # imports this (each daemon, mount and command: 13 per cluster test).
+    _libc = ctypes.CDLL("libc.so.6", use_errno=True)
     _sync_file_range = _libc.sync_file_range
     _sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
     _sync_file_range.restype = ctypes.c_int

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from chunkfs.cli import top
+from chunkfs.cli import top, top_command
 
 
 def _stat() -> dict[str, Any]:
@@ -30,7 +30,7 @@ def _screen(width: int) -> str:
     return console.file.getvalue()  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize("width", [top.MIN_WIDTH, 80, 100])
+@pytest.mark.parametrize("width", [top_command.MIN_WIDTH, 80, 100])
 def test_a_narrow_screen_loses_columns_not_digits(width: int) -> None:
     screen = _screen(width)
     assert "…" not in screen
@@ -48,3 +48,7 @@ def test_a_wide_screen_shows_every_column() -> None:
     for header in ("SPACE", "QDEPTH", "HOST", "UPTIME", "MEM"):
         assert header in screen
     assert "storage-node-2" in screen
+
+
+def test_every_sort_column_the_command_takes_has_its_keys() -> None:
+    assert set(top.SORTS) == set(top_command.SORT_COLUMNS)
