@@ -116,12 +116,15 @@ def test_bad_input_gets_a_one_line_error_and_changes_nothing(make_cluster, tmp_p
 
     # Below the minimum number of replicas a copy fails cleanly: the old file stays, no new one appears.
     cluster.kill("cs", 2)
+    with cluster.client() as client:
+        wait_for("the master to see CS#2 gone",
+                 lambda: {s["id"]: s["status"] for s in client.cluster_stat()["cs"]}[2] != "active")
     src.write_bytes(b"new content")
-    # The error names the missing server and does not claim the cluster is full.
-    error = one_line_error(run_cli("-c", name, "put", str(src), "/f"))
+    # The error names the missing server and does not claim the cluster is full.  (`--retry-for 2`: a
+    # script that would rather fail fast than wait 20 s for the server to come back says so.)
+    error = one_line_error(run_cli("--retry-for", "2", "-c", name, "put", str(src), "/f"))
     assert "CS#2 not connected" in error and "space left" not in error, error
-    # A script that would rather fail fast than wait 20 s for the server to come back says so; the
-    # master may still be waiting for its servers to report (it is new), and says which.
+    # Nor is a new file made; a master still waiting for its servers to report (a new one) says which.
     error = one_line_error(run_cli("--retry-for", "2", "-c", name, "put", str(src), "/g"))
     assert ("CS#2 not connected" in error or "chunk servers [2]" in error) and "space left" not in error, error
     assert run_cli("-c", name, "ls", "/").stdout.split() == ["f"]
