@@ -379,14 +379,15 @@ def test_a_put_across_that_loss_fails_rather_than_leave_zeros_in_the_copy(make_c
 @pytest.mark.parametrize("master", ["same", "new"])
 def test_a_dead_writers_file_held_by_another_mount_is_trimmed_once_that_mount_closes_it(make_cluster, mount,
                                                                                        master) -> None:
-    """A reader holding the file when the writer's session expires defers the trim, not cancels it (a
-    fault probe: a program reading the file every 0.4 s left the dead writer's bytes for good); and
-    so does a new master meanwhile: the file was noted in the store before the session was closed (a
-    fault probe: a master killed in between, and the file was never cut).  With a new master, the wait
-    for one chunk left may end before the last chunk is zeroed (a chunk server not registered with it
-    yet): the truncate waits for the zeroing (it cut at the grown size, 1 run in 4, in CI).
+    """A mount holding the file open to write when the writer's session expires defers the trim (what it
+    wrote past the size is not committed yet, and looks the same), not cancels it (a fault probe: a
+    program reading the file every 0.4 s left the dead writer's bytes for good); and so does a new master
+    meanwhile: the file was noted in the store before the session was closed (a fault probe: a master
+    killed in between, and the file was never cut).  With a new master, the wait for one chunk left may
+    end before the last chunk is zeroed (a chunk server not registered with it yet): the truncate waits
+    for the zeroing (it cut at the grown size, 1 run in 4, in CI).
 
-    Three orders after the reader's close, each on a file of its own (one cluster: each case waits for a
+    Orders after the holder's close, each on a file of its own (one cluster: each case waits for a
     session to expire).  waited: the trim seen done, then a truncate.  grown-at-once: no wait for the
     trim.  The truncate reached the master before the mount's release of the file (sent a moment after
     the close, with others), grew the file while it was held, and the trim then cut at the grown size.
@@ -394,11 +395,17 @@ def test_a_dead_writers_file_held_by_another_mount_is_trimmed_once_that_mount_cl
     size would grow first.  reopened-at-once: the same with an open for writing and an `ftruncate` (a
     fault probe, 4 of 4): the open found the file still held; created-at-once: with `O_CREAT` too.
     (With a new master, only waited: a size set during its grace period is in RELIABILITY.md, "Not
-    done yet".)"""
+    done yet".)
+
+    held-to-read: a mount holding the file only to read defers nothing (nothing it holds can be past the
+    size): trimmed at the expiry, and grown by a truncate while still held, it reads zeros (a fault
+    probe, 9 of 9: a reader held it across the expiry, and a truncate showed the dead writer's bytes).
+    Not after a master change: the files a mount re-sends to a new master count as held to write."""
     orders = ["grown-at-once", "reopened-at-once", "created-at-once", "waited"] if master == "same" else ["waited"]
+    names = [*orders, "held-to-read"] if master == "same" else orders
     cluster, (_, other), pid, fds = _writer_past_the_end(make_cluster, mount, "writer", "other",
-                                                          n_mds=3 if master == "new" else 1, files=tuple(orders))
-    readers = {name: os.open(other / name, os.O_RDONLY) for name in orders}
+                                                          n_mds=3 if master == "new" else 1, files=tuple(names))
+    holders = {name: os.open(other / name, os.O_RDONLY if name == "held-to-read" else os.O_RDWR) for name in names}
     try:
         os.kill(pid, signal.SIGKILL)
         for fd in fds:
@@ -409,14 +416,22 @@ def test_a_dead_writers_file_held_by_another_mount_is_trimmed_once_that_mount_cl
                      lambda: client.cluster_stat()["mounts"]["sessions"] == 1, timeout=60)
             if master == "new":
                 cluster.kill("mds", master_id(client))
+        trimmed = len(names) - len(orders)  # one chunk left of each
+        if trimmed:
+            wait_for("the file held to read trimmed", lambda: chunk_count(cluster) == 2 * len(orders) + 1,
+                     timeout=60)
+            os.truncate(other / "held-to-read", 2 * MiB)
+            data = os.pread(holders["held-to-read"], 3 * MiB, 0)
+            assert len(data) == 2 * MiB and data[:100] == b"a" * 100
+            assert data[100:].count(0) == 2 * MiB - 100, "held-to-read: a dead writer's bytes shown past the old size"
         time.sleep(1)
-        assert chunk_count(cluster) == 2 * len(orders), "trimmed while another mount held the file open"
-        assert all(os.pread(reader, 200, 0) == b"a" * 100 for reader in readers.values())
+        assert chunk_count(cluster) == 2 * len(orders) + trimmed, "trimmed while another mount held it to write"
+        assert all(os.pread(holders[order], 200, 0) == b"a" * 100 for order in orders)
         for order in orders:  # (the last waits for every file's trim)
-            os.close(readers.pop(order))
+            os.close(holders.pop(order))
             if order == "waited":
                 wait_for("the dead writer's chunks past the size to be dropped",
-                         lambda: chunk_count(cluster) == len(orders), timeout=60)
+                         lambda: chunk_count(cluster) == len(names), timeout=60)
             if order in ("reopened-at-once", "created-at-once"):
                 again = os.open(other / order, os.O_RDWR | (os.O_CREAT if order == "created-at-once" else 0))
                 try:
@@ -429,8 +444,8 @@ def test_a_dead_writers_file_held_by_another_mount_is_trimmed_once_that_mount_cl
             assert len(data) == 2 * MiB and data[:100] == b"a" * 100, order
             assert data[100:].count(0) == 2 * MiB - 100, f"{order}: a dead writer's bytes shown past the old size"
     finally:
-        for reader in readers.values():
-            os.close(reader)
+        for holder in holders.values():
+            os.close(holder)
 
 
 def test_dead_writers_files_opened_to_write_before_the_reaper_trims_them_read_zeros_past_the_size(make_cluster,

@@ -120,16 +120,18 @@ class Client:
 
     async def create_at(
         self, parent: int, name: str | bytes, mode: int = 0o644, exclusive: bool = False, *,
-        session: str | None = None, truncate: bool = False, oseq: int = 0,
+        session: str | None = None, truncate: bool = False, oseq: int = 0, read_only: bool = False,
     ) -> dict[str, Any]:
         """Create a file (or, not `exclusive`, open the one there); `session`: a mount holds it open.
 
-        `oseq`: the mount's number for this registration (see `release_inos`).
+        `oseq`: the mount's number for this registration (see `release_inos`); `read_only`: see `open_ino`.
         """
         header: dict[str, Any] = {"parent": parent, "name": to_bytes(name), "mode": mode, "exclusive": exclusive}
         if session is not None:
             header["session"] = session
             header["oseq"] = oseq
+            if read_only:
+                header["read_only"] = True
         if truncate:
             header["truncate"] = True
         attr = (await self._change(Msg.CREATE, header))["attr"]
@@ -170,17 +172,21 @@ class Client:
 
     async def open_ino(
         self, ino: int, session: str, truncate: bool = False, linked: bool = False, oseq: int = 0,
-        at: tuple[int, bytes] | None = None,
+        at: tuple[int, bytes] | None = None, read_only: bool = False,
     ) -> dict[str, Any]:
         """Register `ino` as open by a mount's `session` (it outlives an unlink until released); its attributes.
 
         `linked`: the caller reached the inode by a name, so NotFound when it has none any more;
         `at`: that name, (parent, name), so NotFound when it leads elsewhere (FEATURE_NAMED).
-        `oseq`: the mount's number for this registration (see `release_inos`).
+        `oseq`: the mount's number for this registration (see `release_inos`).  `read_only`: this open
+        cannot write, so the master need not wait for its close to trim what a dead mount wrote past the
+        file's size (a registration without it may write).
         """
         header = {"ino": ino, "session": session, "truncate": truncate, "linked": linked, "oseq": oseq}
         if at is not None:
             header["at"] = list(at)
+        if read_only:
+            header["read_only"] = True
         reply = await self.mds.call(Msg.OPEN, header)
         if truncate:
             self.io.forget(ino)

@@ -289,6 +289,11 @@ OPTION_RANGES: dict[str, tuple[float, float, str]] = {
 }
 
 
+def _read_only(flags: int) -> bool:
+    """Whether an open with `flags` can never write the file (told to the master: open_files.py)."""
+    return flags & os.O_ACCMODE == os.O_RDONLY and not flags & os.O_TRUNC
+
+
 def _on_off(value: str) -> bool:
     """A yes/no option's value: 1 or 0 (yes/no, on/off, true/false also do)."""
     return {"1": True, "yes": True, "on": True, "true": True,
@@ -871,6 +876,7 @@ class ChunkFSOperations(pyfuse3.Operations):
         attr = await self.client.create_at(
             parent_inode, name, created_mode(statmod.S_IMODE(mode), ctx.uid, self.uid),
             exclusive=bool(flags & os.O_EXCL), session=self.session, truncate=truncate, oseq=oseq,
+            read_only=_read_only(flags),
         )
         if attr["type"] != "f":
             raise pyfuse3.FUSEError(errno.EISDIR)
@@ -1180,7 +1186,7 @@ class ChunkFSOperations(pyfuse3.Operations):
                 else:
                     linked = True
                 attr = await self.client.open_ino(inode, self.session, truncate, linked=linked, oseq=oseq,
-                                                  at=at if linked else None)
+                                                  at=at if linked else None, read_only=_read_only(flags))
             except NotFound:
                 # ESTALE: the kernel looks the name up again, once.  Unlinked by this mount, the file was
                 # reached by a lookup made before the unlink: the open raced it, and "no such file" is
@@ -1429,7 +1435,9 @@ class ChunkFSOperations(pyfuse3.Operations):
                 if not await self.client.renew_session(self.session, page, complete=number == len(pages), oseqs=oseqs):
                     break
             else:
-                logger.info("master did not know session %s: re-registered %d open file(s)", self.session, len(held))
+                if self._established:  # (else the session's first renewal: a new one is news to the master)
+                    logger.info("master did not know session %s: re-registered %d open file(s)", self.session,
+                                len(held))
                 return
         raise Unavailable(f"the master changed {SESSION_RESEND_TRIES} times while this mount re-sent its open files")
 

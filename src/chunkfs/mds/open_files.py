@@ -32,10 +32,14 @@ So the rules are:
   re-sent its open files, or after ``session-timeout`` for those that never
   come back (they are closed then);
 * the reaper also trims the files an expired session held and no other
-  does: a mount that died writing leaves the bytes it wrote past the size it
-  had committed, and a truncate or a write that grows the file later must
-  show zeros there, not them.  Only at expiry: a mount cut off for a while
-  comes back and reports its size, and its bytes are then the file's;
+  may write: a mount that died writing leaves the bytes it wrote past the
+  size it had committed, and a truncate or a write that grows the file later
+  must show zeros there, not them.  Only at expiry: a mount cut off for a
+  while comes back and reports its size, and its bytes are then the file's.
+  A file another mount holds open to write waits for that hold's end (what
+  that mount wrote past the size is not committed yet either, and looks the
+  same); one it holds only to read does not (its OPEN said ``read_only``; a
+  registration that does not say so, as a session's re-sent files, may write);
 * a new master does not know which files a session held that never comes
   back (a mount lost with the last master): the chunk servers tell it how
   far writes made before its election reached into each chunk
@@ -93,6 +97,8 @@ class OpenFileTable:
         self.opens: dict[str, set[int]] = {}
         #: inode -> sessions that hold it
         self.holders: dict[int, set[str]] = {}
+        #: inode -> sessions whose hold may write it (an open not said to be read-only), until it ends
+        self.writers: dict[int, set[str]] = {}
         self.freeing: set[int] = set()
         #: Sessions that renewed with this master (SESSION): an OPEN alone does not make one known,
         #: or a mount whose first request to a new master is an open would never re-send the others.
@@ -112,7 +118,7 @@ class OpenFileTable:
         #: Files an expired session held that no other holds: its writes past their size may be there
         #: (`OrphanReaper` trims them).
         self.left_by_dead: set[int] = set()
-        #: Files to trim once nobody holds them: a dead session's that another mount held then, and
+        #: Files to trim once no mount holds them to write: a dead session's that another mount held so, and
         #: those whose writer was told its writes were cut (it may have written past the size since).
         self.trim_later: set[int] = set()
         #: Files the chunk servers say were written past their size before this master's election
@@ -124,7 +130,8 @@ class OpenFileTable:
 
     def start_grace(self) -> None:
         """This server has just become master: forget everything; wait for the store's sessions (`listed`)."""
-        for table in (self.sessions, self.opens, self.holders, self.known, self.complete, self.stored, self.ended,
+        for table in (self.sessions, self.opens, self.holders, self.writers, self.known, self.complete, self.stored,
+                      self.ended,
                       self.awaited, self.left_by_dead, self.trim_later, self.past_size_before):
             table.clear()
         self.freeing.clear()
@@ -157,6 +164,10 @@ class OpenFileTable:
         """Whether some mount may hold `ino` open (always, while a new master cannot know)."""
         return ino in self.holders or self.in_grace()
 
+    def may_be_written(self, ino: int) -> bool:
+        """Whether some mount may hold `ino` open to write (always, while a new master cannot know)."""
+        return ino in self.writers or self.in_grace()
+
     def renew(self, session: str, complete: bool = False) -> bool:
         """Extend `session`; False if this master did not know it (the mount must re-send its opens).
 
@@ -180,8 +191,9 @@ class OpenFileTable:
         self.sessions[session] = self.clock()
         self.opens.setdefault(session, {})
 
-    def open(self, session: str, ino: int, seq: int = 0) -> None:
-        """Hold `ino` for `session`, by the mount's registration number `seq` (see `release`)."""
+    def open(self, session: str, ino: int, seq: int = 0, write: bool = True) -> None:
+        """Hold `ino` for `session`, by the mount's registration number `seq` (see `release`); `write`: the
+        open may write (a hold that may write once stays so until it ends)."""
         if ino in self.freeing:
             raise NotFound(f"inode {ino} does not exist")
         self._touch(session)
@@ -190,28 +202,30 @@ class OpenFileTable:
             raise Unavailable(f"session {session} holds {MAX_OPEN_PER_SESSION} open files; close some")
         held[ino] = max(held.get(ino, 0), seq)
         self.holders.setdefault(ino, set()).add(session)
+        if write:
+            self.writers.setdefault(ino, set()).add(session)
 
     def release(self, session: str, ino: int, upto: int | None = None) -> bool:
         """Drop one session's hold, unless registered after `upto`; True if nobody holds `ino` any more.
 
         `upto`: the mount's number of the last registration its closed file counted (None: all).
-        A later one is an open of the same file that the release must not undo.
+        A later one is an open of the same file that the release must not undo.  A file waiting for
+        its trim is trimmed once no hold that may write it is left (`trim_later`).
         """
         held = self.opens.get(session, {})
         if upto is not None and held.get(ino, 0) > upto:
             return False
         held.pop(ino, None)
-        holders = self.holders.get(ino)
-        if holders is not None:
-            holders.discard(session)
-            if not holders:
-                del self.holders[ino]
-        if ino in self.holders:
-            return False
-        if ino in self.trim_later:
+        for table in (self.holders, self.writers):
+            sessions = table.get(ino)
+            if sessions is not None:
+                sessions.discard(session)
+                if not sessions:
+                    del table[ino]
+        if ino in self.trim_later and ino not in self.writers:
             self.trim_later.discard(ino)
             self.left_by_dead.add(ino)
-        return True
+        return ino not in self.holders
 
     def end(self, session: str) -> list[int]:
         """The mount is gone (unmounted, or expired): drop its session; the inodes nobody holds any more."""
@@ -230,10 +244,9 @@ class OpenFileTable:
             logger.warning("mount session %s expired (silent for %.0f s): its open files are released",
                            session, self.ttl)
             held = set(self.opens.get(session, {}))
-            unheld = self.end(session)
-            freed.extend(unheld)
-            self.trim_later |= held - set(unheld)  # another mount holds them: trimmed at its last release
-        self.left_by_dead.update(freed)
+            freed.extend(self.end(session))
+            for ino in held:  # another mount may write those it holds: trimmed at its hold's end
+                (self.trim_later if ino in self.writers else self.left_by_dead).add(ino)
         return freed
 
     def silent(self, stored: Iterable[str], after: float) -> list[str]:
@@ -331,19 +344,19 @@ class OrphanReaper:
 
     async def trim_first(self, ino: int, size: int | None = None) -> None:
         """Before an open registers `ino`, or before `size` is set on it: a file a dead writer may have
-        written past, that no mount holds, is trimmed at the size it has first, not left to the reaper's
+        written past, that no mount holds to write, is trimmed at the size it has first, not left to the reaper's
         pass.  An open for writing that came between the writer's expiry and that pass held the file, the
         trim waited for its release, and was then made at the size the new writer had grown the file to:
         the dead writer's bytes in between showed (a fault probe: 7-10 files of 20 opened within ms of
         the expiry).  A truncate right after the last close did the same.  A size that does not grow the file
         needs nothing (its own cut removes them).
 
-        A file some mount holds is not trimmed: what that mount wrote past the size is not committed
-        yet, and is indistinguishable from the dead writer's bytes; nor while a new master cannot know
-        who holds what (its grace period).
+        A file some mount holds open to write is not trimmed: what that mount wrote past the size is not
+        committed yet, and is indistinguishable from the dead writer's bytes; nor while a new master
+        cannot know who holds what (its grace period).  A read-only hold does not count.
         """
         table = self.table
-        if ino in self._trimming or table.held(ino):
+        if ino in self._trimming or table.may_be_written(ino):
             return
         pending = ino in table.left_by_dead or (table.gave_up and ino in table.past_size_before) \
             or (not self._unfinished_taken and self.mds.store.noted_for_trim(ino))  # (after: all in memory)
@@ -396,7 +409,7 @@ class OrphanReaper:
         """(chunk id, how far writes reached into it) a chunk server reports of writes made before this
         master's election (fanned_mender.py).  A file written past its size then was a live writer's, which
         commits its size before it closes the file, or a dead one's: if a session the store listed does not
-        come back, such files are trimmed as a dead session's (`_trim_left`), each once nobody holds it."""
+        come back, such files are trimmed as a dead session's (`_trim_left`), each once no mount holds it to write."""
         await self.mds.log.read_barrier()  # the sizes committed before this term
         store, chunk_size = self.mds.store, self.mds.node.cluster.chunk_size
         found = set()
@@ -447,8 +460,8 @@ class OrphanReaper:
                 # and size change since waited for the zeroing: `settled`).
                 await self._tried(ino, self._zero(ino))
                 continue
-            if table.held(ino):
-                table.trim_later.add(ino)  # a mount may write past the size: trimmed at its last release
+            if table.may_be_written(ino):
+                table.trim_later.add(ino)  # a mount may write past the size: trimmed at its hold's end
                 continue
             try:
                 attr = self.mds.store.getattr(ino)

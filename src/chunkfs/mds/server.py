@@ -686,7 +686,7 @@ class MetadataServer:
                               cut=attr if h.get("truncate") else None)
         if h.get("session"):
             await self.reaper.settled(attr["ino"])
-            attr = self._register_open(h["session"], attr["ino"], h.get("oseq", 0))
+            attr = self._register_open(h["session"], attr["ino"], h.get("oseq", 0), h.get("read_only", False))
         return {"attr": attr, **self._parents(h["parent"])}
 
     async def _on_symlink(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
@@ -735,7 +735,7 @@ class MetadataServer:
         else:
             await self.log.read_barrier()
         await self.reaper.settled(ino)
-        attr = self._register_open(h["session"], ino, h.get("oseq", 0))
+        attr = self._register_open(h["session"], ino, h.get("oseq", 0), h.get("read_only", False))
         reply = {"attr": attr, "chunks_version": self.store.chunks_version(ino)}
         if attr["type"] == "f" and 0 < attr["size"] <= self.node.cluster.chunk_size:
             first = self._map(ino, self.store.chunk_at(ino, 0))
@@ -743,11 +743,11 @@ class MetadataServer:
                 reply["first"] = first
         return reply
 
-    def _register_open(self, session: str, ino: int, seq: int) -> dict[str, Any]:
+    def _register_open(self, session: str, ino: int, seq: int, read_only: bool) -> dict[str, Any]:
         """Hold `ino` open for `session`: read and register with no await between (see open_files.py)."""
         attr = self.store.getattr(ino)
         if attr["type"] == "f":
-            self.open_files.open(session, ino, seq)
+            self.open_files.open(session, ino, seq, write=not read_only)
         return attr
 
     async def _on_release(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
@@ -1360,7 +1360,7 @@ class MetadataServer:
 
     def _trim_later(self, ino: int) -> None:
         """A writer was told its writes were cut: what it wrote past the size since goes at its last release."""
-        if self.open_files.held(ino):
+        if self.open_files.may_be_written(ino):
             self.open_files.trim_later.add(ino)
         else:
             self.open_files.left_by_dead.add(ino)
@@ -1370,7 +1370,7 @@ class MetadataServer:
         """Zero what a dead mount may have written past the file's `size`, and drop its chunks past it.
 
         A truncate to the size the file has, without moving its times; the
-        caller makes sure that nobody holds the file open (OrphanReaper).
+        caller makes sure that no mount holds the file open to write (OrphanReaper).
         Committed first: a size committed meanwhile (the writer was only
         silent, and is back) calls the trim off before any byte is zeroed, and
         one committed after it, for writes made before, fails (store `_op_trim`).

@@ -252,19 +252,22 @@ SPECS: dict[Msg, MessageSpec] = {
     Msg.MKDIR: MessageSpec((*_ENTRY, f("mode", int, at_most=MODE_MAX), *_ONCE), (*_ATTR, *_PARENTS)),
     # With `session`, the new (or existing) file is registered as open by that mount (see OPEN);
     # `truncate` cuts an existing file to size 0 (O_TRUNC).
-    # `oseq`: the mount's number for this registration (see RELEASE).
+    # `oseq`: the mount's number for this registration (see RELEASE); `read_only`: see OPEN.
     Msg.CREATE: MessageSpec(
         (*_ENTRY, f("mode", int, at_most=MODE_MAX), f("exclusive", bool), f("session", str, optional=True),
-         f("truncate", bool, optional=True), f("oseq", int, optional=True), *_ONCE),
+         f("truncate", bool, optional=True), f("oseq", int, optional=True), f("read_only", bool, optional=True),
+         *_ONCE),
         (*_ATTR, *_PARENTS),
     ),
     # A mount opens a file: the master registers it as held by the mount's session (an unlinked
     # file lives on while held) and answers its attributes; `truncate` is O_TRUNC.
     # `linked`: the mount holds no open file of the inode, so its kernel came by a name: the inode must
     # still have one; with `at`, that one (FEATURE_NAMED).  `chunks_version`: the highest version
-    # among the file's chunks (`MetadataStore`).
+    # among the file's chunks (`MetadataStore`).  `read_only`: this open cannot write (absent: it may),
+    # so it does not hold up the trim of what a dead mount wrote past the file's size (open_files.py).
     Msg.OPEN: MessageSpec((f("ino", int), f("session", str), f("truncate", bool), f("linked", bool, optional=True),
-                           f("at", list, optional=True, max_items=2), f("oseq", int, optional=True), *_ONCE),
+                           f("at", list, optional=True, max_items=2), f("oseq", int, optional=True),
+                           f("read_only", bool, optional=True), *_ONCE),
                           # `first`: chunk 0's map as CHUNK_READ answers it, for a file of one chunk with
                           # replicas online: reading a small file after its open takes no second request.
                           (*_ATTR, f("chunks_version", int, optional=True), f("first", dict, optional=True))),

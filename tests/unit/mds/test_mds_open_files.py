@@ -224,3 +224,31 @@ def test_a_file_to_trim_while_held_is_trimmed_once_its_last_holder_lets_go() -> 
     assert t.release("A", 1) is False and t.trim_later == {1, 2} and not t.left_by_dead  # B still holds it
     assert t.end("B") == [1, 2]
     assert t.left_by_dead == {1, 2} and not t.trim_later
+
+
+def test_a_hold_to_read_does_not_wait_for_a_dead_writers_trim_and_one_to_write_does() -> None:
+    """A mount holding a dead writer's file only to read cannot have written past its size: the file is
+    trimmed at the writer's expiry, not at that mount's close (a fault probe: a reader holding it across
+    the expiry, while another mount grew it, let the dead writer's bytes show).  A hold that may write
+    waits, and stays a writer's until it ends; an open that does not say (an older mount, a session's
+    files re-sent to a new master) may write."""
+    clock = Clock()
+    t = OpenFileTable(ttl=10, clock=clock)
+    for ino in (1, 2, 3):
+        t.open("dead", ino)
+    t.open("reader", 1, write=False)
+    t.open("writer", 2, write=True)
+    t.open("unsaid", 3)
+    assert t.held(1) and not t.may_be_written(4)
+    t.renew("reader"), t.renew("writer"), t.renew("unsaid")
+    clock.now += 11
+    t.renew("reader"), t.renew("writer"), t.renew("unsaid")
+    assert t.expire() == []
+    assert t.left_by_dead == {1} and t.trim_later == {2, 3}
+    assert t.held(1) and not t.may_be_written(1)
+    t.open("writer", 2, seq=5, write=False)  # a second open to read: the hold still may write
+    assert t.release("writer", 2, upto=4) is False and t.trim_later == {2, 3}  # (registered again since)
+    t.open("reader", 3, write=False)
+    assert t.release("unsaid", 3) is False  # the reader still holds it, but nobody may write it: trimmed now
+    assert t.trim_later == {2} and t.left_by_dead == {1, 3}
+    assert t.release("writer", 2) is True and t.left_by_dead == {1, 2, 3} and not t.trim_later
