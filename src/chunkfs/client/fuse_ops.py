@@ -1653,7 +1653,7 @@ class ChunkFSOperations(pyfuse3.Operations):
 
         An unlink or rename may remove a file closed here a moment ago (`_changing_names`).  An open
         or a size change of a file closed here a moment ago must not find it still held by this mount:
-        the master trims a dead writer's file before such a request only if no mount holds it
+        the master trims a dead writer's file before such a request only if no mount holds it to write
         (`OrphanReaper.trim_first`), and trims a held one at its last release, at the size it has
         then; a reopen and `ftruncate`, or a `truncate`, right after the close grew the file first,
         and the dead writer's bytes showed in between (fault probes).

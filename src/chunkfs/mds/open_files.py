@@ -131,8 +131,7 @@ class OpenFileTable:
     def start_grace(self) -> None:
         """This server has just become master: forget everything; wait for the store's sessions (`listed`)."""
         for table in (self.sessions, self.opens, self.holders, self.writers, self.known, self.complete, self.stored,
-                      self.ended,
-                      self.awaited, self.left_by_dead, self.trim_later, self.past_size_before):
+                      self.ended, self.awaited, self.left_by_dead, self.trim_later, self.past_size_before):
             table.clear()
         self.freeing.clear()
         self.is_listed = False
