@@ -26,7 +26,7 @@ import pytest
 from chunkfs.client.fuse_session import state_dir
 from chunkfs.common.daemon import read_pid
 from chunkfs.protocol.messages import SESSION_TTL
-from chunkfs.testing.cluster import LocalCluster, master_id, wait_for
+from chunkfs.testing.cluster import LocalCluster, master_id, wait_for, wait_for_new_master
 
 from .conftest import MiB, chunkfs, run
 
@@ -446,6 +446,31 @@ def test_a_dead_writers_file_held_by_another_mount_is_trimmed_once_that_mount_cl
     finally:
         for holder in holders.values():
             os.close(holder)
+
+
+def test_a_dead_writers_file_held_to_read_across_a_new_master_is_trimmed_once_the_writer_is_given_up(
+        make_cluster, mount) -> None:
+    """The files a mount re-sends to a new master say which it holds only to read: a dead writer's file
+    held so is trimmed once the writer is given up, not at the reader's close (a fault probe, 4 of 4: the
+    re-sent hold counted as one that may write, and a truncate showed the dead writer's bytes for good)."""
+    cluster, (_, other), pid, [fd] = _writer_past_the_end(make_cluster, mount, "writer", "other", n_mds=3)
+    reader = os.open(other / "f", os.O_RDONLY)
+    try:
+        with cluster.client() as client:
+            old = master_id(client)
+            cluster.kill("mds", old)
+            wait_for_new_master(client, old)
+        os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        wait_for("the dead writer's chunk past the size to be dropped", lambda: chunk_count(cluster) == 1,
+                 timeout=90)
+        os.truncate(other / "f", 2 * MiB)
+        data = os.pread(reader, 3 * MiB, 0)
+    finally:
+        os.close(reader)
+    assert len(data) == 2 * MiB and data[:100] == b"a" * 100
+    assert data[100:].count(0) == 2 * MiB - 100, "a dead writer's bytes shown past the old size"
 
 
 def test_dead_writers_files_opened_to_write_before_the_reaper_trims_them_read_zeros_past_the_size(make_cluster,

@@ -180,7 +180,7 @@ class Client:
         `at`: that name, (parent, name), so NotFound when it leads elsewhere (FEATURE_NAMED).
         `oseq`: the mount's number for this registration (see `release_inos`).  `read_only`: this open
         cannot write, so the master need not wait for its close to trim what a dead mount wrote past the
-        file's size (a registration without it may write).
+        file's size (a registration without it may write; a new master learns it from `renew_session`).
         """
         header = {"ino": ino, "session": session, "truncate": truncate, "linked": linked, "oseq": oseq}
         if at is not None:
@@ -202,15 +202,20 @@ class Client:
         await self.mds.call(Msg.RELEASE, {"session": session, "inos": list(releases), "uptos": list(releases.values())})
 
     async def renew_session(
-        self, session: str, open_inos: list[int], complete: bool = True, oseqs: list[int] | None = None
+        self, session: str, open_inos: list[int], complete: bool = True, oseqs: list[int] | None = None,
+        read_only: list[int] | None = None,
     ) -> bool:
         """Keep a mount's session alive, (re-)registering `open_inos`; False if the master did not know it.
 
         `complete`: no more files follow (the last page of a re-registration, or a plain renewal).
         `oseqs`: each file's latest registration number, as the mount's releases count them.
+        `read_only`: those of `open_inos` the mount holds only to read (see `open_ino`).
         """
-        reply = await self.mds.call(Msg.SESSION, {"session": session, "open": open_inos, "complete": complete,
-                                                  "oseqs": oseqs if oseqs is not None else [0] * len(open_inos)})
+        header = {"session": session, "open": open_inos, "complete": complete,
+                  "oseqs": oseqs if oseqs is not None else [0] * len(open_inos)}
+        if read_only:
+            header["read_only"] = read_only
+        reply = await self.mds.call(Msg.SESSION, header)
         return bool(reply["known"])
 
     async def end_session(self, session: str) -> None:

@@ -336,6 +336,9 @@ class OpenFile:
     #: no metadata to commit (mtime waits for the next fsync, flush or close).
     committed_size: int = 0
     refs: int = 0
+    #: Opened here to write since this mount first opened it: a new master is told which it holds only to
+    #: read (SESSION's `read_only`), and need not wait for their close to trim a dead writer's bytes.
+    may_write: bool = False
     #: The size (or mtime) changed here and the master does not know yet.
     dirty: bool = False
     #: The kernel was given `st_blocks` from the size while dirty (`allocated_blocks`): dropped once committed.
@@ -1135,6 +1138,7 @@ class ChunkFSOperations(pyfuse3.Operations):
         if not of.dirty:
             of.size, of.committed_size, of.mtime_ns = attr["size"], attr["size"], attr["mtime_ns"]
         of.refs += 1
+        of.may_write = of.may_write or not _read_only(flags)
         of.registered = max(of.registered, oseq)
         self._start_session_keeper()
         fh = next(self._fh)
@@ -1432,7 +1436,9 @@ class ChunkFSOperations(pyfuse3.Operations):
             for number, page in enumerate(pages, 1):
                 oseqs = [self.files[ino].registered if ino in self.files else self._replaced.get(ino, 0)
                          for ino in page]
-                if not await self.client.renew_session(self.session, page, complete=number == len(pages), oseqs=oseqs):
+                read_only = [ino for ino in page if ino in self.files and not self.files[ino].may_write]
+                if not await self.client.renew_session(self.session, page, complete=number == len(pages), oseqs=oseqs,
+                                                       read_only=read_only):
                     break
             else:
                 if self._established:  # (else the session's first renewal: a new one is news to the master)

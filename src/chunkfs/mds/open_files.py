@@ -38,8 +38,8 @@ So the rules are:
   while comes back and reports its size, and its bytes are then the file's.
   A file another mount holds open to write waits for that hold's end (what
   that mount wrote past the size is not committed yet either, and looks the
-  same); one it holds only to read does not (its OPEN said ``read_only``; a
-  registration that does not say so, as a session's re-sent files, may write);
+  same); one it holds only to read does not (its OPEN, or the files it
+  re-sends to a new master, said ``read_only``; one that does not say may write);
 * a new master does not know which files a session held that never comes
   back (a mount lost with the last master): the chunk servers tell it how
   far writes made before its election reached into each chunk

@@ -809,8 +809,9 @@ class MetadataServer:
                     "listed": session in table.stored and session not in table.ended}
         await self._ensure_session(session)
         known = table.renew(session, complete=bool(h.get("complete")))
+        read_only = set(int_list(h.get("read_only") or [], "read_only"))
         for ino, seq in zip(inos, seqs, strict=True):
-            self.open_files.open(session, ino, seq)
+            self.open_files.open(session, ino, seq, write=ino not in read_only)
         if inos:
             logger.info("mount session %s re-registered %d open file(s)", session, len(inos))
         return {"known": known}

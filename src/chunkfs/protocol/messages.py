@@ -278,12 +278,14 @@ SPECS: dict[Msg, MessageSpec] = {
     # A mount's session renewal, with inodes it holds open (re-sent in pages when the
     # master answers known=False: a new master, or a session that had expired).
     # "complete": every file the mount holds is sent (the last page); "end": the mount unmounts.
-    # "oseqs": each open file's latest registration number (see RELEASE), in the order of "open".
+    # "oseqs": each open file's latest registration number (see RELEASE), in the order of "open";
+    # "read_only": those of "open" the mount holds only to read (see OPEN; absent: all may write).
     # `ask_listed` (FEATURE_LISTED): a question, changing nothing: whether the master knows the session,
     # and `listed`, whether it lists it (True while a new master has not read its list yet): a mount
     # that had one and reconnects learns that it was taken for dead (`session-timeout`), and that its
     # writes past the sizes it had committed may have been cut (mds/open_files.py).
     Msg.SESSION: MessageSpec((f("session", str), f("open", list), f("oseqs", list, optional=True),
+                              f("read_only", list, optional=True),
                               f("complete", bool, optional=True), f("end", bool, optional=True),
                               f("ask_listed", bool, optional=True)),
                              (f("known", bool), f("listed", bool, optional=True))),
