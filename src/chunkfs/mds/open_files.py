@@ -426,7 +426,7 @@ class OrphanReaper:
         self._reported |= found
         if found:
             logger.info("%s: %d file(s) written past their size under the last master: trimmed once no mount holds "
-                        "them, if a mount's session does not come back (it may have died with that master)",
+                        "them to write, if a mount's session does not come back (it may have died with that master)",
                         where, len(found))
             self.table.past_size_before |= found
             self.wake()
