@@ -10,11 +10,11 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 from chunkfs.client.chunk_io import ChunkIO
+from chunkfs.common.change_time import stamp_ns
 from chunkfs.common.config import ClientConfig, load_client_config
 from chunkfs.common.errors import ChunkFSError, ConfigError, InvalidArgument, IsADirectory, NotADirectory, Unavailable
 from chunkfs.common.names import check_name_length, to_bytes, to_text
@@ -289,7 +289,7 @@ class Client:
         the size alone if the file was cut since (MetadataStore._cut).  None: not known (a master
         of an earlier version does not say it).  A function: asked when the request goes out.
         """
-        base = {"ino": ino, "size": size, "mtime_ns": time.time_ns() if mtime_ns is None else mtime_ns}
+        base = {"ino": ino, "size": size, "mtime_ns": stamp_ns() if mtime_ns is None else mtime_ns}
 
         def header() -> dict[str, Any]:
             known = cut() if callable(cut) else cut

@@ -84,7 +84,7 @@ import pyfuse3
 from chunkfs.client.client import Client
 from chunkfs.client.kernel_cache import WHOLE_NAMES_MAX, KernelCache
 from chunkfs.client.setid import created_mode, to_clear
-from chunkfs.common.change_time import change_ctime
+from chunkfs.common.change_time import change_ctime, not_before, stamp_ns
 from chunkfs.common.errors import Busy, ChunkFSError, ConfigError, NotFound, ProtocolError, Unavailable, WritesLost
 from chunkfs.common.failure_log import FailureLog
 from chunkfs.common.names import check_name_length
@@ -775,7 +775,7 @@ class ChunkFSOperations(pyfuse3.Operations):
         assert of.attr is not None
         of.pending.update({k: v for k, v in changes.items() if k in ("mtime_ns", "atime_ns")})
         set_now = changes.get("mtime_ns", changes.get("atime_ns"))
-        of.pending["ctime_ns"] = change_ctime(set_now, time.time_ns(), of.attr["ctime_ns"])
+        of.pending["ctime_ns"] = change_ctime(set_now, stamp_ns(), of.attr["ctime_ns"])
 
     async def _setattr_open(
         self, of: OpenFile, changes: dict[str, Any], at: tuple[int, bytes] | None = None
@@ -1539,7 +1539,8 @@ class ChunkFSOperations(pyfuse3.Operations):
             of.size = end
         if end > of.written_end:
             of.written_end = end
-        of.mtime_ns = time.time_ns()
+        shown = of.pending.get("mtime_ns", of.mtime_ns if of.attr is None else max(of.mtime_ns, of.attr["mtime_ns"]))
+        of.mtime_ns = not_before(stamp_ns(), shown)
         of.dirty = True
         of.gen += 1
         # A write after times were set here moves mtime and ctime to its own time, as on a local disk;

@@ -24,6 +24,7 @@ from typing import Any
 from chunkfs.common import folder_watch
 from chunkfs.common.addr import parse_addr
 from chunkfs.common.awake_clock import AwakeClock
+from chunkfs.common.change_time import stamp_ns
 from chunkfs.common.config import NodeConfig, save_node_file
 from chunkfs.common.daemon import ForGood
 from chunkfs.common.errors import (
@@ -668,7 +669,7 @@ class MetadataServer:
         return {"req": [h["cid"], h["seq"], h.get("low", h["seq"])]}
 
     async def _on_mkdir(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
-        attr = await self._propose("mkdir", parent=h["parent"], name=h["name"], mode=h["mode"], time=time.time(),
+        attr = await self._propose("mkdir", parent=h["parent"], name=h["name"], mode=h["mode"], time=stamp_ns(),
                                    **self._once(h))
         self.watchers.changed(conn, [(h["parent"], h["name"])], [h["parent"]])
         return {"attr": attr, **self._parents(h["parent"])}
@@ -678,7 +679,7 @@ class MetadataServer:
             await self._ensure_session(h["session"])
         result = await self._propose(
             "create", parent=h["parent"], name=h["name"], mode=h["mode"], exclusive=h["exclusive"],
-            truncate=h.get("truncate", False), time=time.time(), **self._once(h),
+            truncate=h.get("truncate", False), time=stamp_ns(), **self._once(h),
         )
         await self.chunks.delete_cut(result["dropped"])  # an O_TRUNC open of a file that had chunks
         attr = result["attr"]
@@ -691,7 +692,7 @@ class MetadataServer:
 
     async def _on_symlink(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
         attr = await self._propose("symlink", parent=h["parent"], name=h["name"], target=h["target"],
-                                   time=time.time(), **self._once(h))
+                                   time=stamp_ns(), **self._once(h))
         self.watchers.changed(conn, [(h["parent"], h["name"])], [h["parent"]])
         return {"attr": attr, **self._parents(h["parent"])}
 
@@ -849,7 +850,7 @@ class MetadataServer:
     async def _setattr(self, ino: int, args: dict[str, Any], once: dict[str, Any]) -> dict[str, Any]:
         if "size" in args:
             await self._cut_boundary_chunk(ino, args["size"])
-        result = await self._propose("setattr", ino=ino, time=time.time(), **args, **once)
+        result = await self._propose("setattr", ino=ino, time=stamp_ns(), **args, **once)
         await self.chunks.delete_cut(result["dropped"])
         return dict(result["attr"])
 
@@ -865,7 +866,7 @@ class MetadataServer:
         if free:
             self.open_files.freeing.add(free)
         try:
-            result = await self._propose(op, time=time.time(), free_ino=free, **args)
+            result = await self._propose(op, time=stamp_ns(), free_ino=free, **args)
         finally:
             self.open_files.freeing.discard(free)
         # Dropped only when freed, and freed only when no mount held the file.
@@ -922,7 +923,7 @@ class MetadataServer:
 
     async def _on_rmdir(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
         ino = self.store.child_ino(h["parent"], h["name"]) or 0  # (its nlink goes to 0: a mount holding it open)
-        await self._propose("rmdir", parent=h["parent"], name=h["name"], time=time.time(), **self._once(h))
+        await self._propose("rmdir", parent=h["parent"], name=h["name"], time=stamp_ns(), **self._once(h))
         self.watchers.changed(conn, [(h["parent"], h["name"])], [i for i in (h["parent"], ino) if i])
         return self._parents(h["parent"])
 
@@ -956,7 +957,7 @@ class MetadataServer:
         cut = {"cut": h["cut"]} if h.get("cut") is not None else {}
         try:
             attr = await self._propose("extend", ino=h["ino"], size=h["size"], mtime=h["mtime_ns"],
-                                       time=time.time(), **cut)
+                                       time=stamp_ns(), **cut)
         except WritesLost:
             self._trim_later(h["ino"])
             raise

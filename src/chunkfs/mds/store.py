@@ -31,7 +31,7 @@ from typing import Any
 
 import msgpack
 
-from chunkfs.common.change_time import change_ctime
+from chunkfs.common.change_time import KERNEL_AHEAD_NS, change_ctime, not_before
 from chunkfs.common.errors import (
     ChunkFSError,
     DirectoryNotEmpty,
@@ -220,11 +220,16 @@ SCHEMA_VERSION = 2
 def _ns(t: float | int) -> int:
     """An inode time as integer nanoseconds.
 
-    Commands carry the master's clock as float seconds (``time``) and times a
-    client sets or wrote at as integer nanoseconds; nanoseconds survive
-    exactly (utimensat, ``cp -p``, ``tar``), which float seconds cannot.
+    Commands carry the master's clock (``time``) as integer nanoseconds (float seconds before
+    2026-12-07, and still for events and registrations), as are times a client sets or wrote at;
+    nanoseconds survive exactly (utimensat, ``cp -p``, ``tar``), which float seconds cannot.
     """
     return t if isinstance(t, int) else round(t * 1_000_000_000)
+
+
+def _seconds(t: float | int) -> float:
+    """A command's ``time`` as float seconds (when an orphan was made: its age is judged against `time.time`)."""
+    return t / 1_000_000_000 if isinstance(t, int) else t
 
 
 @dataclass(slots=True, frozen=True)
@@ -720,8 +725,8 @@ class MetadataStore:
         time: float,
         size: int | None = None,
         mode: int | None = None,
-        mtime: int | float | None = None,
-        atime: int | float | None = None,
+        mtime: float | None = None,
+        atime: float | None = None,
         extend: list[int] | None = None,
         ctime: int | None = None,
     ) -> dict[str, Any]:
@@ -753,7 +758,9 @@ class MetadataStore:
             first_dropped = -(-size // self.chunk_size)
             dropped = self._chunks_from(ino, first_dropped)
             self.db.execute("DELETE FROM chunks WHERE ino = ? AND idx >= ?", (ino, first_dropped))
-            self.db.execute("UPDATE inodes SET size = ?, mtime = ?, ctime = ? WHERE ino = ?", (size, now, now, ino))
+            cut_at = not_before(now, new_ctime)  # (after a touch a moment ago, by the kernel's clock)
+            self.db.execute("UPDATE inodes SET size = ?, mtime = ?, ctime = ? WHERE ino = ?",
+                            (size, cut_at, cut_at, ino))
             # A size at or below a trim's not zeroed yet: the master cut the last chunk at it (server
             # `_setattr`), which zeroed what the trim would have.  (One above waits for the zeroing.)
             self.db.execute("DELETE FROM unzeroed WHERE ino = ? AND (size IS NULL OR size >= ?)", (ino, size))
@@ -833,7 +840,7 @@ class MetadataStore:
         self.db.execute("INSERT OR REPLACE INTO cuts VALUES (?, ?)", (ino, self._index))
 
     def _op_extend(
-        self, term: int, ino: int, size: int, mtime: int | float, time: float | None = None, cut: int | None = None
+        self, term: int, ino: int, size: int, mtime: float, time: float | None = None, cut: int | None = None
     ) -> dict[str, Any]:
         """A writer's writes reached `size`, the last at `mtime`; `cut`: the file's last cut the writer knew of."""
         attr = self.getattr(ino)
@@ -847,14 +854,15 @@ class MetadataStore:
                     "longer than session-timeout, or a writer lost with the master); write them again")
             size = 0  # written before a cut the writer had not heard of: that cut decided the size
         # `mtime` is the writer's last write.  mtime never goes back for a writer that reports
-        # late, except from the future (an earlier utime, past the master's clock `time`): a
-        # write makes it now, as on a local disk.  ctime is at least the write's time.
-        now = 1 << 62 if time is None else _ns(time)  # without the master's clock: nothing counts as future
+        # late, except from the future (an earlier utime, past the master's clock `time` by more
+        # than the kernel's "now" may be): a write makes it now, as on a local disk.  ctime is at
+        # least the write's time.
+        future = 1 << 62 if time is None else _ns(time) + KERNEL_AHEAD_NS  # without the master's clock: none
         mtime = _ns(mtime)
         self.db.execute(
             "UPDATE inodes SET size = MAX(size, ?), mtime = CASE WHEN mtime > ? THEN ? ELSE MAX(mtime, ?) END, "
             "ctime = MAX(ctime, ?) WHERE ino = ?",
-            (size, now, mtime, mtime, mtime, ino),
+            (size, future, mtime, mtime, mtime, ino),
         )
         return self.getattr(ino)
 
@@ -884,7 +892,7 @@ class MetadataStore:
         self.db.execute("DELETE FROM dentries WHERE parent = ? AND name = ?", (parent, name))
         if (kind or self.getattr(ino)["type"]) == "f" and free_ino != ino:
             self.db.execute("UPDATE inodes SET nlink = 0, ctime = ? WHERE ino = ?", (_ns(time), ino))
-            self.db.execute("INSERT OR REPLACE INTO orphans VALUES (?, ?)", (ino, time))
+            self.db.execute("INSERT OR REPLACE INTO orphans VALUES (?, ?)", (ino, _seconds(time)))
             return {"dropped": [], "orphan": ino}
         return {"dropped": self._free_inode(ino), "orphan": 0}
 
@@ -947,7 +955,7 @@ class MetadataStore:
         # Kept as an orphan for a while: a process may still be in it or hold it open (fstat,
         # readdir of nothing); the master frees it later (open_files.OrphanReaper).
         self.db.execute("UPDATE inodes SET nlink = 0, ctime = ? WHERE ino = ?", (_ns(time), ino))
-        self.db.execute("INSERT OR REPLACE INTO orphans VALUES (?, ?)", (ino, time))
+        self.db.execute("INSERT OR REPLACE INTO orphans VALUES (?, ?)", (ino, _seconds(time)))
         self.db.execute("UPDATE inodes SET mtime = ?, ctime = ?, nlink = nlink - 1 WHERE ino = ?",
                         (_ns(time), _ns(time), parent))
 

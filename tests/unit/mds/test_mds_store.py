@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from chunkfs.common.change_time import KERNEL_AHEAD_NS
 from chunkfs.common.errors import (
     ChunkFSError,
     DirectoryNotEmpty,
@@ -647,6 +648,27 @@ def test_extend_never_shrinks(d: Driver, store: MetadataStore) -> None:
         d("extend", ino=dd, size=1, mtime=1.0)
     with pytest.raises(NotFound):
         d("extend", ino=4242, size=1, mtime=1.0)
+
+
+def test_a_touch_a_moment_ahead_of_the_masters_clock_is_not_undone_by_the_next_write_or_truncate(
+        d: Driver, store: MetadataStore) -> None:
+    """The kernel's "now" for a touch may be up to a tick past the coarse clock the master stamps with
+    (`KERNEL_AHEAD_NS`): its ctime is that instant, and a write or truncate right after it keeps it."""
+    f = d.create(ROOT_INO, "f")
+    now = 4000 * 10**9
+    touched = now + 2_300_000  # 2.3 ms ahead, as seen on Linux 6.18
+    attr = d("setattr", ino=f, time=now, mtime=touched, atime=touched)["attr"]
+    assert (attr["mtime_ns"], attr["ctime_ns"]) == (touched, touched)
+    attr = d("extend", ino=f, size=10, mtime=now + 1_000_000, time=now + 1_000_000)  # a write a moment later
+    assert (attr["mtime_ns"], attr["ctime_ns"]) == (touched, touched)
+    attr = d("setattr", ino=f, time=now + 2_000_000, size=5)["attr"]
+    assert (attr["mtime_ns"], attr["ctime_ns"]) == (touched, touched)
+    # Further ahead than a tick: set on purpose, and a write makes mtime its own time.
+    ahead = now + KERNEL_AHEAD_NS + 5_000_000 + 10**9
+    attr = d("setattr", ino=f, time=now + 3_000_000, mtime=ahead)["attr"]
+    assert (attr["mtime_ns"], attr["ctime_ns"]) == (ahead, now + 3_000_000)
+    attr = d("extend", ino=f, size=10, mtime=now + 4_000_000, time=now + 4_000_000)
+    assert attr["mtime_ns"] == now + 4_000_000
 
 
 def test_set_replicas_recursive_and_inherited(d: Driver, store: MetadataStore) -> None:
