@@ -190,9 +190,9 @@ class OpenFileTable:
         self.sessions[session] = self.clock()
         self.opens.setdefault(session, {})
 
-    def open(self, session: str, ino: int, seq: int = 0, write: bool = True) -> None:
-        """Hold `ino` for `session`, by the mount's registration number `seq` (see `release`); `write`: the
-        open may write (a hold that may write once stays so until it ends)."""
+    def open(self, session: str, ino: int, seq: int = 0, read_only: bool = False) -> None:
+        """Hold `ino` for `session`, by the mount's registration number `seq` (see `release`); `read_only`: the
+        open cannot write (a hold that may write once stays so until it ends)."""
         if ino in self.freeing:
             raise NotFound(f"inode {ino} does not exist")
         self._touch(session)
@@ -201,7 +201,7 @@ class OpenFileTable:
             raise Unavailable(f"session {session} holds {MAX_OPEN_PER_SESSION} open files; close some")
         held[ino] = max(held.get(ino, 0), seq)
         self.holders.setdefault(ino, set()).add(session)
-        if write:
+        if not read_only:
             self.writers.setdefault(ino, set()).add(session)
 
     def release(self, session: str, ino: int, upto: int | None = None) -> bool:

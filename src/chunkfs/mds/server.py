@@ -748,7 +748,7 @@ class MetadataServer:
         """Hold `ino` open for `session`: read and register with no await between (see open_files.py)."""
         attr = self.store.getattr(ino)
         if attr["type"] == "f":
-            self.open_files.open(session, ino, seq, write=not read_only)
+            self.open_files.open(session, ino, seq, read_only=read_only)
         return attr
 
     async def _on_release(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
@@ -812,7 +812,7 @@ class MetadataServer:
         known = table.renew(session, complete=bool(h.get("complete")))
         read_only = set(int_list(h.get("read_only") or [], "read_only"))
         for ino, seq in zip(inos, seqs, strict=True):
-            self.open_files.open(session, ino, seq, write=ino not in read_only)
+            self.open_files.open(session, ino, seq, read_only=ino in read_only)
         if inos:
             logger.info("mount session %s re-registered %d open file(s)", session, len(inos))
         return {"known": known}

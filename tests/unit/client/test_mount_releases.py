@@ -38,7 +38,7 @@ class Master:
         self, ino: int, session: str, truncate: bool = False, linked: bool = False, oseq: int = 0,
         at: tuple[int, bytes] | None = None, read_only: bool = False,
     ) -> dict[str, Any]:
-        self.table.open(session, ino, oseq, write=not read_only)
+        self.table.open(session, ino, oseq, read_only=read_only)
         if self.answer_opens is not None:
             await self.answer_opens.wait()
         return {"ino": ino, "type": "f", "size": 0, "mtime_ns": 1}

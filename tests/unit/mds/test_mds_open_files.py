@@ -236,8 +236,8 @@ def test_a_hold_to_read_does_not_wait_for_a_dead_writers_trim_and_one_to_write_d
     t = OpenFileTable(ttl=10, clock=clock)
     for ino in (1, 2, 3):
         t.open("dead", ino)
-    t.open("reader", 1, write=False)
-    t.open("writer", 2, write=True)
+    t.open("reader", 1, read_only=True)
+    t.open("writer", 2)
     t.open("unsaid", 3)
     assert t.held(1) and not t.may_be_written(4)
     t.renew("reader"), t.renew("writer"), t.renew("unsaid")
@@ -246,9 +246,9 @@ def test_a_hold_to_read_does_not_wait_for_a_dead_writers_trim_and_one_to_write_d
     assert t.expire() == []
     assert t.left_by_dead == {1} and t.trim_later == {2, 3}
     assert t.held(1) and not t.may_be_written(1)
-    t.open("writer", 2, seq=5, write=False)  # a second open to read: the hold still may write
+    t.open("writer", 2, seq=5, read_only=True)  # a second open to read: the hold still may write
     assert t.release("writer", 2, upto=4) is False and t.trim_later == {2, 3}  # (registered again since)
-    t.open("reader", 3, write=False)
+    t.open("reader", 3, read_only=True)
     assert t.release("unsaid", 3) is False  # the reader still holds it, but nobody may write it: trimmed now
     assert t.trim_later == {2} and t.left_by_dead == {1, 3}
     assert t.release("writer", 2) is True and t.left_by_dead == {1, 2, 3} and not t.trim_later
