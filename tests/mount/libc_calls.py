@@ -57,3 +57,19 @@ def readdir(dirp: int) -> Dirent | None:
             raise_errno()
         return None
     return ent.contents
+
+
+class Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+#: utimensat(2)'s "leave this time as it is" (os.utime cannot leave one of the two alone).
+UTIME_OMIT = (1 << 30) - 2
+
+
+def futimens(fd: int, atime_ns: int | None, mtime_ns: int | None) -> None:
+    """futimens(3); None leaves that time as it is (UTIME_OMIT)."""
+    times = (Timespec * 2)(*(Timespec(0, UTIME_OMIT) if t is None else Timespec(t // 10**9, t % 10**9)
+                             for t in (atime_ns, mtime_ns)))
+    if libc.futimens(fd, times) != 0:
+        raise_errno()

@@ -385,6 +385,14 @@ class OpenFile:
     #: A read of a range one of them covers waits for it (`FuseOps.read`).
     writing: list[tuple[int, int, asyncio.Future[None]]] = field(default_factory=list)
 
+    def last_change_ns(self) -> int:
+        """The latest of the mtime and ctime this mount shows for the file (`FuseOps._entry`): a change
+        stamped now is not put before it when it is the kernel's "now" a moment ahead (`not_before`)."""
+        shown = [self.mtime_ns, *(self.pending[k] for k in ("mtime_ns", "ctime_ns") if k in self.pending)]
+        if self.attr is not None:
+            shown += (self.attr["mtime_ns"], self.attr["ctime_ns"])
+        return max(shown)
+
 
 @dataclass(slots=True)
 class DirHandle:
@@ -775,7 +783,8 @@ class ChunkFSOperations(pyfuse3.Operations):
         assert of.attr is not None
         of.pending.update({k: v for k, v in changes.items() if k in ("mtime_ns", "atime_ns")})
         set_now = changes.get("mtime_ns", changes.get("atime_ns"))
-        of.pending["ctime_ns"] = change_ctime(set_now, stamp_ns(), of.attr["ctime_ns"])
+        ctime = of.pending.get("ctime_ns", max(of.attr["ctime_ns"], of.mtime_ns) if of.dirty else of.attr["ctime_ns"])
+        of.pending["ctime_ns"] = change_ctime(set_now, stamp_ns(), ctime)
 
     async def _setattr_open(
         self, of: OpenFile, changes: dict[str, Any], at: tuple[int, bytes] | None = None
@@ -1539,8 +1548,7 @@ class ChunkFSOperations(pyfuse3.Operations):
             of.size = end
         if end > of.written_end:
             of.written_end = end
-        shown = of.pending.get("mtime_ns", of.mtime_ns if of.attr is None else max(of.mtime_ns, of.attr["mtime_ns"]))
-        of.mtime_ns = not_before(stamp_ns(), shown)
+        of.mtime_ns = not_before(stamp_ns(), of.last_change_ns())
         of.dirty = True
         of.gen += 1
         # A write after times were set here moves mtime and ctime to its own time, as on a local disk;
