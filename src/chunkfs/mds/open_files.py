@@ -439,9 +439,12 @@ class OrphanReaper:
         if not self._unfinished_taken:
             # Trims committed whose zeroing an earlier master did not live to finish, and files an earlier
             # master noted for a trim and did not trim (it died first, or another mount held them).
-            noted = self.mds.store.to_trim()
-            table.left_by_dead.update(self.mds.store.unzeroed(), noted)
-            self._noted.update(noted)
+            noted, unzeroed = self.mds.store.to_trim(), self.mds.store.unzeroed()
+            table.left_by_dead.update(unzeroed, noted)
+            # A trim not zeroed yet needs no note: its row brings it back to a next master, and its zeroing
+            # takes no note off (a probe: a note left behind trimmed the file again, grown since, under
+            # the next master that gave a session up).
+            self._noted.update(noted, unzeroed)
             self._unfinished_taken = True
         try:
             await self._note_trims()
