@@ -60,6 +60,14 @@ class RecentWrites:
             reached, end = last[1], last[2]
         self._noted(self._ends, chunk_id, (now, reached, end))
 
+    def cut(self, chunk_id: int, length: int) -> None:
+        """`chunk_id` was cut at `length` (a truncation, a dead writer's trim): nothing written lies past it,
+        so no next master is told of an end beyond it (a probe: files a dead writer had written past their
+        size were trimmed again, for nothing, under each of up to 11 new masters)."""
+        noted = self._ends.get(chunk_id)
+        if noted is not None and noted[2] > length:
+            self._ends[chunk_id] = (*noted[:2], length)
+
     def _noted(self, table: OrderedDict[int, Any], chunk_id: int, value: Any) -> None:
         """`value` for `chunk_id`, now its latest; the one noted longest ago goes past the bound."""
         table[chunk_id] = value

@@ -528,6 +528,7 @@ class ChunkServer:
         elif msg == Msg.CS_TRUNCATE_CHUNK:
             async with self._locks.hold((h["chunk_id"],)):  # between two writes to the chunk, on every replica
                 await asyncio.to_thread(store.truncate, h["chunk_id"], h["version"], h["length"], h.get("new_version"))
+            self.recent.cut(h["chunk_id"], h["length"])
         elif msg == Msg.CS_FANNED:
             within = h["within"]
             if not 0 <= within <= FANNED_REPORT_WINDOW:  # (also NaN)

@@ -60,3 +60,18 @@ def test_a_chunk_written_again_below_its_furthest_end_is_still_named_with_that_e
     assert recent.ends_between(60, 20) == [(1, 217_384)]
     recent.wrote(1, 300_000)  # taken further after the election: a live writer's, to commit
     assert recent.ends_between(60, 20) == []
+
+
+def test_a_chunk_cut_is_named_with_no_end_past_the_cut() -> None:
+    """A chunk cut (a truncation, a dead writer's trim) holds nothing past the cut: a next master told of
+    the old end trimmed the file again for nothing, moving its chunks to new versions under live
+    writers (a probe: up to 11 times a file, one per new master)."""
+    now = [100.0]
+    recent = RecentWrites(clock=lambda: now[0])
+    recent.wrote(1, 8192)
+    recent.wrote(2, 100)
+    recent.cut(1, 100)
+    recent.cut(2, 4096)  # (a cut past the end changes nothing)
+    recent.cut(3, 0)  # (nor one of a chunk never written here)
+    now[0] = 130.0
+    assert recent.ends_between(60, 20) == [(2, 100), (1, 100)]
