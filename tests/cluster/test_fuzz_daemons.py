@@ -249,6 +249,9 @@ def test_numbers_out_of_range_inside_lists_stop_no_metadata_server(make_cluster:
         (Msg.SETATTR, {"ino": ino, "extend": [HUGE, 0]}),
         (Msg.SESSION, {"session": "hostile", "open": [HUGE]}),
         (Msg.RELEASE, {"session": "hostile", "inos": [HUGE], "uptos": [0]}),
+        (Msg.RELEASE, {"session": "hostile", "inos": [ino], "uptos": [0], "read_only": [HUGE]}),
+        (Msg.RELEASE, {"session": "hostile", "inos": [ino], "uptos": [0], "read_only": [ino + 1]}),  # not among inos
+        (Msg.RELEASE, {"session": "hostile", "ino": ino, "read_only": [ino]}),  # no uptos to hold it up to
         (Msg.SETATTR, {"ino": ino, "extend": [[[[[[[[1]]]]]]]]}),  # nested deeper than any header of ours
     ]
     for mtype, header in requests:

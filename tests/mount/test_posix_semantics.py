@@ -401,12 +401,17 @@ def test_a_dead_writers_file_held_by_another_mount_is_trimmed_once_that_mount_cl
     held-to-read: a mount holding the file only to read defers nothing (nothing it holds can be past the
     size): trimmed at the expiry, and grown by a truncate while still held, it reads zeros (a fault
     probe, 9 of 9: a reader held it across the expiry, and a truncate showed the dead writer's bytes).
-    Not after a master change: the files a mount re-sends to a new master count as held to write."""
+    written-then-read: the same for a mount that had opened the file to write too, and closed that
+    (a fault probe, 16 of 16: such a hold counted as one to write until its last close).  (A new
+    master: `test_a_dead_writers_file_held_to_read_across_a_new_master_is_trimmed_once_the_writer_is_given_up`.)"""
     orders = ["grown-at-once", "reopened-at-once", "created-at-once", "waited"] if master == "same" else ["waited"]
-    names = [*orders, "held-to-read"] if master == "same" else orders
+    reads = ("held-to-read", "written-then-read") if master == "same" else ()
+    names = [*orders, *reads]
     cluster, (_, other), pid, fds = _writer_past_the_end(make_cluster, mount, "writer", "other",
                                                           n_mds=3 if master == "new" else 1, files=tuple(names))
-    holders = {name: os.open(other / name, os.O_RDONLY if name == "held-to-read" else os.O_RDWR) for name in names}
+    holders = {name: os.open(other / name, os.O_RDONLY if name in reads else os.O_RDWR) for name in names}
+    if reads:
+        os.close(os.open(other / "written-then-read", os.O_RDWR))  # held only to read from its close on
     try:
         os.kill(pid, signal.SIGKILL)
         for fd in fds:
@@ -417,14 +422,15 @@ def test_a_dead_writers_file_held_by_another_mount_is_trimmed_once_that_mount_cl
                      lambda: client.cluster_stat()["mounts"]["sessions"] == 1, timeout=60)
             if master == "new":
                 cluster.kill("mds", master_id(client))
-        trimmed = len(names) - len(orders)  # one chunk left of each
+        trimmed = len(reads)  # one chunk left of each
         if trimmed:
-            wait_for("the file held to read trimmed", lambda: chunk_count(cluster) == 2 * len(orders) + 1,
-                     timeout=60)
-            os.truncate(other / "held-to-read", 2 * MiB)
-            data = os.pread(holders["held-to-read"], 3 * MiB, 0)
-            assert len(data) == 2 * MiB and data[:100] == b"a" * 100
-            assert data[100:].count(0) == 2 * MiB - 100, "held-to-read: a dead writer's bytes shown past the old size"
+            wait_for("the files held to read trimmed",
+                     lambda: chunk_count(cluster) == 2 * len(orders) + trimmed, timeout=60)
+        for name in reads:
+            os.truncate(other / name, 2 * MiB)
+            data = os.pread(holders[name], 3 * MiB, 0)
+            assert len(data) == 2 * MiB and data[:100] == b"a" * 100, name
+            assert data[100:].count(0) == 2 * MiB - 100, f"{name}: a dead writer's bytes shown past the old size"
         time.sleep(1)
         assert chunk_count(cluster) == 2 * len(orders) + trimmed, "trimmed while another mount held it to write"
         assert all(os.pread(holders[order], 200, 0) == b"a" * 100 for order in orders)

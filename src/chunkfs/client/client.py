@@ -193,13 +193,17 @@ class Client:
         self.io.opened(ino, reply.get("chunks_version"), reply.get("first"))
         return reply["attr"]
 
-    async def release_inos(self, session: str, releases: dict[int, int]) -> None:
+    async def release_inos(self, session: str, releases: dict[int, int], read_only: list[int] | None = None) -> None:
         """The mount's last close of files: inode -> the number (`oseq`) of the last registration it counts.
 
         The master keeps a file held if this mount registered it again later: an open sent
-        before this release may be answered after it.
+        before this release may be answered after it.  `read_only`: those of `releases` not
+        released but held only to read from now on (FEATURE_READ_HOLDS).
         """
-        await self.mds.call(Msg.RELEASE, {"session": session, "inos": list(releases), "uptos": list(releases.values())})
+        header: dict[str, Any] = {"session": session, "inos": list(releases), "uptos": list(releases.values())}
+        if read_only:
+            header["read_only"] = read_only
+        await self.mds.call(Msg.RELEASE, header)
 
     async def renew_session(
         self, session: str, open_inos: list[int], complete: bool = True, oseqs: list[int] | None = None,

@@ -98,6 +98,7 @@ from chunkfs.protocol.messages import (
     FEATURE_LISTED,
     FEATURE_MAP_CUTS,
     FEATURE_NAMED,
+    FEATURE_READ_HOLDS,
     INT64_MAX,
     INT64_MIN,
     INVALIDATE_MAX,
@@ -336,9 +337,13 @@ class OpenFile:
     #: no metadata to commit (mtime waits for the next fsync, flush or close).
     committed_size: int = 0
     refs: int = 0
-    #: Opened here to write since this mount first opened it: a new master is told which it holds only to
-    #: read (SESSION's `read_only`), and need not wait for their close to trim a dead writer's bytes.
+    #: Opened here to write, and not told since that it is held only to read: a new master is told which it
+    #: holds only to read (SESSION's `read_only`), and need not wait for their close to trim a dead writer's
+    #: bytes.  False again once the last handle that could write is closed with nothing left to commit
+    #: (RELEASE's `read_only`).
     may_write: bool = False
+    #: Handles open here that can write the file.
+    write_refs: int = 0
     #: The size (or mtime) changed here and the master does not know yet.
     dirty: bool = False
     #: The kernel was given `st_blocks` from the size while dirty (`allocated_blocks`): dropped once committed.
@@ -455,6 +460,13 @@ class ChunkFSOperations(pyfuse3.Operations):
         self._oseq = itertools.count(1)
         #: Files closed here, to release on the master soon (RELEASE_DELAY): inode -> last registration.
         self._to_release: dict[int, int] = {}
+        #: Files still open here whose last handle that could write was closed: to tell the master with the
+        #: next batch that they are held only to read (RELEASE's `read_only`, FEATURE_READ_HOLDS).
+        self._to_read: set[int] = set()
+        #: Handles that can write their file (`OpenFile.write_refs`).
+        self._write_handles: set[int] = set()
+        #: The master takes RELEASE's `read_only` (FEATURE_READ_HOLDS; known once watching).
+        self._read_holds = False
         self._release_timer: asyncio.TimerHandle | None = None
         self._releasing: set[asyncio.Task[None]] = set()
         #: Files closed here whose release the master has not confirmed (retried by the session keeper).
@@ -552,6 +564,7 @@ class ChunkFSOperations(pyfuse3.Operations):
         self._names_checked = FEATURE_NAMED in reply.get("features", [])
         self._holds_replaced = FEATURE_HOLD in reply.get("features", [])
         self._asks_listed = FEATURE_LISTED in reply.get("features", [])
+        self._read_holds = FEATURE_READ_HOLDS in reply.get("features", [])
         self.cache.watching(conn)
         task = asyncio.get_running_loop().create_task(self._watch_ends(conn))
         self._watch_tasks.add(task)
@@ -1147,11 +1160,15 @@ class ChunkFSOperations(pyfuse3.Operations):
         if not of.dirty:
             of.size, of.committed_size, of.mtime_ns = attr["size"], attr["size"], attr["mtime_ns"]
         of.refs += 1
-        of.may_write = of.may_write or not _read_only(flags)
         of.registered = max(of.registered, oseq)
         self._start_session_keeper()
         fh = next(self._fh)
         self.handles[fh] = of
+        if not _read_only(flags):
+            of.may_write = True
+            of.write_refs += 1
+            self._write_handles.add(fh)
+            self._to_read.discard(ino)
         # O_DIRECT (qemu cache=none, databases) bypasses the page cache: every
         # request comes straight here and is on every replica when answered.
         direct = self.opts.direct_io or bool(flags & os.O_DIRECT)
@@ -1633,6 +1650,10 @@ class ChunkFSOperations(pyfuse3.Operations):
         if of is None:
             return
         of.refs -= 1
+        wrote = fh in self._write_handles
+        if wrote:
+            self._write_handles.discard(fh)
+            of.write_refs -= 1
         try:
             await self._commit(of)
         finally:
@@ -1643,11 +1664,21 @@ class ChunkFSOperations(pyfuse3.Operations):
                     self._replaced[of.ino] = of.registered
                 else:
                     self._release_soon(of.ino, of.registered)
+            elif wrote and of.write_refs == 0 and of.may_write and not of.dirty and not of.pending \
+                    and self._read_holds and self.files.get(of.ino) is of:
+                # Held on only to read, all committed: the master need not keep a dead writer's trim for
+                # this hold (a probe: a reader that had opened the file to write once kept it off).
+                of.may_write = False
+                self._to_read.add(of.ino)
+                self._release_soon()
 
-    def _release_soon(self, ino: int, upto: int) -> None:
-        """Release a file closed here on the master with the others closed about now (RELEASE_DELAY)."""
-        self._to_release[ino] = max(self._to_release.get(ino, 0), upto)
-        if len(self._to_release) >= RELEASE_BATCH:
+    def _release_soon(self, ino: int | None = None, upto: int = 0) -> None:
+        """Release a file closed here on the master with the others closed about now (RELEASE_DELAY); no
+        `ino`: send the batch then for what waits in it (`_to_read`)."""
+        if ino is not None:
+            self._to_release[ino] = max(self._to_release.get(ino, 0), upto)
+            self._to_read.discard(ino)
+        if len(self._to_release) + len(self._to_read) >= RELEASE_BATCH:
             self._send_releases()
         elif self._release_timer is None:
             self._release_timer = asyncio.get_running_loop().call_later(RELEASE_DELAY, self._send_releases)
@@ -1657,8 +1688,13 @@ class ChunkFSOperations(pyfuse3.Operations):
             self._release_timer.cancel()
             self._release_timer = None
         batch, self._to_release = self._to_release, {}
+        # Held only to read up to the latest registration: any since could only read (one that may write
+        # takes the file off `_to_read`), and one the master has and this mount not yet keeps it a writer.
+        read_only = sorted(ino for ino in self._to_read if ino in self.files and ino not in batch)
+        self._to_read = set()
+        batch.update((ino, self.files[ino].registered) for ino in read_only)
         if batch:
-            task = asyncio.get_running_loop().create_task(self._release_now(batch))
+            task = asyncio.get_running_loop().create_task(self._release_now(batch, read_only))
             self._releasing.add(task)
             task.add_done_callback(self._releasing.discard)
 
@@ -1673,17 +1709,20 @@ class ChunkFSOperations(pyfuse3.Operations):
         then; a reopen and `ftruncate`, or a `truncate`, right after the close grew the file first,
         and the dead writer's bytes showed in between (fault probes).
         """
-        if self._to_release and (ino is None or ino in self._to_release):
+        if (self._to_release or self._to_read) and (ino is None or ino in self._to_release or ino in self._to_read):
             self._send_releases()
             await asyncio.sleep(0)  # the release's task writes its frame ahead of this request's
 
-    async def _release_now(self, batch: dict[int, int]) -> None:
+    async def _release_now(self, batch: dict[int, int], read_only: list[int] | None = None) -> None:
         try:
-            await self.client.release_inos(self.session, batch)
+            await self.client.release_inos(self.session, batch, read_only)
         except Exception as exc:
-            # Until released, an unlinked file keeps its space: the session keeper tries again.
+            # Until released, an unlinked file keeps its space: the session keeper tries again.  A hold
+            # said to be only to read is not said again: the master keeps it as one that may write
+            # (its trims wait), and a new master hears it with the open files re-sent.
             for ino, upto in batch.items():
-                self._unreleased[ino] = max(self._unreleased.get(ino, 0), upto)
+                if ino not in (read_only or ()):
+                    self._unreleased[ino] = max(self._unreleased.get(ino, 0), upto)
             if isinstance(exc, ChunkFSError):
                 logger.info("could not release %d closed file(s) on the master (%s); retrying", len(batch), exc)
             else:

@@ -226,6 +226,23 @@ class OpenFileTable:
             self.left_by_dead.add(ino)
         return ino not in self.holders
 
+    def to_read(self, session: str, ino: int, upto: int) -> None:
+        """`session` holds `ino` only to read from now on (its last open that could write it was closed, all
+        committed), unless it registered the file again after `upto`: a file waiting for its trim is then
+        trimmed if no other hold may write it (a probe: a reader that had opened the file to write once,
+        even before the writer died, kept the trim off until its last close, at a size grown meanwhile)."""
+        held = self.opens.get(session, {})
+        if ino not in held or held[ino] > upto:
+            return
+        sessions = self.writers.get(ino)
+        if sessions is not None:
+            sessions.discard(session)
+            if not sessions:
+                del self.writers[ino]
+        if ino in self.trim_later and ino not in self.writers:
+            self.trim_later.discard(ino)
+            self.left_by_dead.add(ino)
+
     def end(self, session: str) -> list[int]:
         """The mount is gone (unmounted, or expired): drop its session; the inodes nobody holds any more."""
         self.sessions.pop(session, None)

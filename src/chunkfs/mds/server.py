@@ -64,6 +64,7 @@ from chunkfs.protocol.messages import (
     FEATURE_LISTED,
     FEATURE_MAP_CUTS,
     FEATURE_NAMED,
+    FEATURE_READ_HOLDS,
     FEATURE_VERSIONED_CUT,
     MAX_BLOCKS,
     SESSION_TTL,
@@ -761,8 +762,15 @@ class MetadataServer:
             inos, uptos = [h["ino"]], [None]
         else:
             raise InvalidArgument("RELEASE: name the files (inos) to release")
-        free = [ino for ino, upto in zip(inos, uptos, strict=True)
-                if self.open_files.release(h["session"], ino, upto)]
+        to_read = set(int_list(h.get("read_only") or [], "read_only"))
+        if not to_read <= set(inos) or (to_read and "inos" not in h):
+            raise InvalidArgument("RELEASE: read_only must name files among inos")
+        free = []
+        for ino, upto in zip(inos, uptos, strict=True):
+            if ino in to_read:
+                self.open_files.to_read(h["session"], ino, upto or 0)
+            elif self.open_files.release(h["session"], ino, upto):
+                free.append(ino)
         # Only an orphan (unlinked while open) is the reaper's: waking it for every close of a file
         # that still has a name cost the master a pass of its loop per small file.
         for ino in self.store.orphans_among(free):  # no query for an empty list
@@ -775,7 +783,8 @@ class MetadataServer:
         if conn.peer_role != "client":
             raise ProtocolError("WATCH is for clients only")
         self.watchers.add(conn, [str(feature) for feature in h.get("features") or []])
-        return {"features": [FEATURE_FIRST_WRITE, FEATURE_NAMED, FEATURE_FAN, FEATURE_HOLD, FEATURE_LISTED]}
+        return {"features": [FEATURE_FIRST_WRITE, FEATURE_NAMED, FEATURE_FAN, FEATURE_HOLD, FEATURE_LISTED,
+                             FEATURE_READ_HOLDS]}
 
     async def _on_session(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
         session = h["session"]
@@ -1253,9 +1262,13 @@ class MetadataServer:
         self.check_servers_settled()
         self._wait_for_reports(chunk, chunk.replicas)
         live = [cs for cs in chunk.replicas if cs in self.live]
+        if not live:  # (a probe saw "created on CS " with no server named, 1 s after an election)
+            logger.warning("chunk %#x: no replica found, and none of its servers (CS %s) connected: nothing created",
+                           chunk.chunk_id, ",".join(map(str, chunk.replicas)))
+            return chunk
         failed = await self.chunks.create_replicas(chunk, live)
         logger.warning("chunk %#x had no replica anywhere (allocation interrupted): created on CS %s",
-                       chunk.chunk_id, ",".join(str(cs) for cs in live if cs not in failed))
+                       chunk.chunk_id, ",".join(str(cs) for cs in live if cs not in failed) or "none (each failed)")
         return chunk
 
     async def _drop_replicas(self, chunk: Chunk, failed: set[int], why: str = "", writer: bool = False) -> Chunk:

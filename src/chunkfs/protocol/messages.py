@@ -161,6 +161,10 @@ FEATURE_HOLD = "hold"
 #: A mount's SESSION may ask whether the master listed its session (`ask_listed`): named by a master in
 #: its answer to WATCH (an earlier one refuses the field).
 FEATURE_LISTED = "listed"
+#: A mount's RELEASE may name files it still holds, but only to read from now on (`read_only`: its last
+#: descriptor that could write them was closed, with nothing left to commit): named by a master in its
+#: answer to WATCH (an earlier one refuses the field).
+FEATURE_READ_HOLDS = "read_holds"
 #: A mount that takes an INVALIDATE's `cuts` (a file's new cut and size) says so in its WATCH
 #: (`features`); only such a mount is sent the field, which a mount of an earlier version refuses.
 FEATURE_CUTS = "cuts"
@@ -273,8 +277,9 @@ SPECS: dict[Msg, MessageSpec] = {
                           (*_ATTR, f("chunks_version", int, optional=True), f("first", dict, optional=True))),
     # The mount's last close of files: `inos`, each released up to the registration numbered as in
     # `uptos` (OPEN's and CREATE's `oseq`; a later one keeps the file held), or one `ino`, all of it.
+    # `read_only` (FEATURE_READ_HOLDS): those of `inos` not released but held only to read from now on.
     Msg.RELEASE: MessageSpec((f("session", str), f("ino", int, optional=True), f("inos", list, optional=True),
-                              f("uptos", list, optional=True)), ()),
+                              f("uptos", list, optional=True), f("read_only", list, optional=True)), ()),
     # A mount's session renewal, with inodes it holds open (re-sent in pages when the
     # master answers known=False: a new master, or a session that had expired).
     # "complete": every file the mount holds is sent (the last page); "end": the mount unmounts.

@@ -31,6 +31,7 @@ class Master:
     def __init__(self) -> None:
         self.table = OpenFileTable()
         self.releases: list[dict[int, int]] = []
+        self.read_only: list[list[int]] = []
         #: While set and clear, an OPEN is registered at once but answered only when it is set.
         self.answer_opens: asyncio.Event | None = None
 
@@ -43,10 +44,14 @@ class Master:
             await self.answer_opens.wait()
         return {"ino": ino, "type": "f", "size": 0, "mtime_ns": 1}
 
-    async def release_inos(self, session: str, releases: dict[int, int]) -> None:
+    async def release_inos(self, session: str, releases: dict[int, int], read_only: list[int] | None = None) -> None:
         self.releases.append(dict(releases))
+        self.read_only.append(list(read_only or []))
         for ino, upto in releases.items():
-            self.table.release(session, ino, upto)
+            if ino in (read_only or ()):
+                self.table.to_read(session, ino, upto)
+            else:
+                self.table.release(session, ino, upto)
 
 
 def mount(master: Master) -> ChunkFSOperations:
@@ -152,3 +157,39 @@ async def test_a_file_removed_while_nothing_here_holds_it_leaves_no_chunks_to_sy
     await ops.unlink(1, b"open", ROOT)  # type: ignore[arg-type]
     assert io.dirty == {11: {0}}
     await ops.release(fh)
+
+
+async def test_a_file_whose_last_handle_that_could_write_is_closed_is_said_to_be_held_only_to_read() -> None:
+    """With everything committed, the master is told with the next batch (RELEASE's `read_only`), so a dead
+    writer's trim need not wait for this mount's last close; an open that may write takes it back."""
+    master = Master()
+    ops = mount(master)
+    ops._read_holds = True
+    reader = int((await ops.open(7, os.O_RDONLY, ROOT)).fh)  # type: ignore[arg-type]
+    writer = await opened(ops, 7)
+    assert master.table.may_be_written(7)
+    await ops.release(writer)
+    await settle()
+    assert master.releases == [{7: 2}] and master.read_only == [[7]]
+    assert master.table.held(7) and not master.table.may_be_written(7)
+    again = await opened(ops, 7)  # to write again: the master counts it as a writer's once more
+    assert master.table.may_be_written(7)
+    second = await opened(ops, 7)
+    await ops.release(again)  # another handle that can write is still open: nothing to say
+    await settle()
+    assert len(master.releases) == 1 and master.table.may_be_written(7)
+    await ops.release(second)
+    await ops.release(reader)  # the last close: released, not held only to read
+    await settle()
+    assert master.releases[-1] == {7: 4} and master.read_only[-1] == []
+    assert not master.table.held(7)
+
+
+async def test_a_master_that_does_not_take_read_holds_is_not_told_them() -> None:
+    master = Master()
+    ops = mount(master)
+    reader = int((await ops.open(7, os.O_RDONLY, ROOT)).fh)  # type: ignore[arg-type]
+    await ops.release(await opened(ops, 7))
+    await settle()
+    assert master.releases == [] and master.table.may_be_written(7)
+    await ops.release(reader)

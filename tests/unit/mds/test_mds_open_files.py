@@ -252,3 +252,31 @@ def test_a_hold_to_read_does_not_wait_for_a_dead_writers_trim_and_one_to_write_d
     assert t.release("unsaid", 3) is False  # the reader still holds it, but nobody may write it: trimmed now
     assert t.trim_later == {2} and t.left_by_dead == {1, 3}
     assert t.release("writer", 2) is True and t.left_by_dead == {1, 2, 3} and not t.trim_later
+
+
+def test_a_hold_said_to_be_only_to_read_since_no_longer_waits_for_a_dead_writers_trim() -> None:
+    """A mount whose last handle that could write a file was closed, with everything committed, says it
+    holds the file only to read (RELEASE's `read_only`): a trim waiting for that hold goes ahead (a fault
+    probe: a reader that had once opened the file to write, even before the writer died, kept the trim
+    off until its last close, at a size another mount had grown the file to meanwhile: 16 of 16).  Not if
+    the mount registered the file again since: that open may write."""
+    clock = Clock()
+    t = OpenFileTable(ttl=10, clock=clock)
+    for ino in (1, 2):
+        t.open("dead", ino)
+        t.open("holder", ino, seq=ino)
+    t.renew("holder")
+    clock.now += 11
+    t.renew("holder")
+    assert t.expire() == [] and t.trim_later == {1, 2}
+    t.to_read("holder", 1, upto=1)
+    assert t.held(1) and not t.may_be_written(1) and t.trim_later == {2} and t.left_by_dead == {1}
+    t.open("holder", 2, seq=7)  # registered again before its downgrade arrived
+    t.to_read("holder", 2, upto=2)
+    assert t.may_be_written(2) and t.trim_later == {2}
+    t.to_read("holder", 2, upto=7)
+    assert not t.may_be_written(2) and t.left_by_dead == {1, 2} and not t.trim_later
+    t.to_read("stranger", 3, upto=9)  # holds nothing: nothing changes
+    assert not t.held(3)
+    t.open("holder", 1, seq=8)  # may write again
+    assert t.may_be_written(1)
