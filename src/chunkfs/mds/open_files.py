@@ -208,37 +208,29 @@ class OpenFileTable:
         """Drop one session's hold, unless registered after `upto`; True if nobody holds `ino` any more.
 
         `upto`: the mount's number of the last registration its closed file counted (None: all).
-        A later one is an open of the same file that the release must not undo.  A file waiting for
-        its trim is trimmed once no hold that may write it is left (`trim_later`).
+        A later one is an open of the same file that the release must not undo.
         """
         held = self.opens.get(session, {})
         if upto is not None and held.get(ino, 0) > upto:
             return False
         held.pop(ino, None)
-        for table in (self.holders, self.writers):
-            sessions = table.get(ino)
-            if sessions is not None:
-                sessions.discard(session)
-                if not sessions:
-                    del table[ino]
-        if ino in self.trim_later and ino not in self.writers:
-            self.trim_later.discard(ino)
-            self.left_by_dead.add(ino)
+        _drop(self.holders, ino, session)
+        self._no_writer(ino, session)
         return ino not in self.holders
 
     def to_read(self, session: str, ino: int, upto: int) -> None:
         """`session` holds `ino` only to read from now on (its last open that could write it was closed, all
-        committed), unless it registered the file again after `upto`: a file waiting for its trim is then
-        trimmed if no other hold may write it (a probe: a reader that had opened the file to write once,
-        even before the writer died, kept the trim off until its last close, at a size grown meanwhile)."""
+        committed), unless it registered the file again after `upto` (a probe: a reader that had opened the
+        file to write once, even before the writer died, kept the trim off until its last close, at a size
+        grown meanwhile)."""
         held = self.opens.get(session, {})
-        if ino not in held or held[ino] > upto:
-            return
-        sessions = self.writers.get(ino)
-        if sessions is not None:
-            sessions.discard(session)
-            if not sessions:
-                del self.writers[ino]
+        if ino in held and held[ino] <= upto:
+            self._no_writer(ino, session)
+
+    def _no_writer(self, ino: int, session: str) -> None:
+        """`session`'s hold of `ino` cannot write it any more: a file waiting for its trim is trimmed once no
+        hold that may write it is left (`trim_later`)."""
+        _drop(self.writers, ino, session)
         if ino in self.trim_later and ino not in self.writers:
             self.trim_later.discard(ino)
             self.left_by_dead.add(ino)
@@ -274,6 +266,15 @@ class OpenFileTable:
         """These sessions were closed in the store."""
         self.stored.difference_update(sessions)
         self.ended.difference_update(sessions)
+
+
+def _drop(table: dict[int, set[str]], ino: int, session: str) -> None:
+    """Take `session` off `ino`'s entry of `table` (holders, writers), and the entry once empty."""
+    sessions = table.get(ino)
+    if sessions is not None:
+        sessions.discard(session)
+        if not sessions:
+            del table[ino]
 
 
 def _check_session(session: str) -> None:
