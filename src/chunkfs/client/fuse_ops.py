@@ -390,6 +390,11 @@ class OpenFile:
     #: A read of a range one of them covers waits for it (`FuseOps.read`).
     writing: list[tuple[int, int, asyncio.Future[None]]] = field(default_factory=list)
 
+    def shown_ctime(self, ctime_ns: int) -> int:
+        """The ctime this mount shows for the file whose ctime the master last gave as `ctime_ns`: a write
+        made here and not committed yet moves it to the write's time, a time set here (`pending`) to its own."""
+        return self.pending.get("ctime_ns", max(ctime_ns, self.mtime_ns) if self.dirty else ctime_ns)
+
     def last_change_ns(self) -> int:
         """The latest of the mtime and ctime this mount shows for the file (`FuseOps._entry`): a change
         stamped now is not put before it when it is the kernel's "now" a moment ahead (`not_before`)."""
@@ -622,13 +627,13 @@ class ChunkFSOperations(pyfuse3.Operations):
             if of.dirty:
                 # Written here since the master last heard: a write sets mtime and ctime to its
                 # time, even when an earlier utime put them in the future.
-                size, mtime, ctime = max(size, of.written_end), of.mtime_ns, max(ctime, of.mtime_ns)
+                size, mtime = max(size, of.written_end), of.mtime_ns
                 of.size = size if not of.appends else max(size, of.size)  # keep the ranges appends took
             else:
                 of.size = of.committed_size = size  # another mount may have grown or cut it
             mtime = of.pending.get("mtime_ns", mtime)
             atime = of.pending.get("atime_ns", atime)
-            ctime = of.pending.get("ctime_ns", ctime)
+            ctime = of.shown_ctime(ctime)
         e.st_ino = ino
         e.generation = 0
         e.attr_timeout, e.entry_timeout = self.cache.timeouts(self.cache.seq if since is None else since)
@@ -796,8 +801,7 @@ class ChunkFSOperations(pyfuse3.Operations):
         assert of.attr is not None
         of.pending.update({k: v for k, v in changes.items() if k in ("mtime_ns", "atime_ns")})
         set_now = changes.get("mtime_ns", changes.get("atime_ns"))
-        ctime = of.pending.get("ctime_ns", max(of.attr["ctime_ns"], of.mtime_ns) if of.dirty else of.attr["ctime_ns"])
-        of.pending["ctime_ns"] = change_ctime(set_now, stamp_ns(), ctime)
+        of.pending["ctime_ns"] = change_ctime(set_now, stamp_ns(), of.shown_ctime(of.attr["ctime_ns"]))
 
     async def _setattr_open(
         self, of: OpenFile, changes: dict[str, Any], at: tuple[int, bytes] | None = None

@@ -725,8 +725,8 @@ class MetadataStore:
         time: float,
         size: int | None = None,
         mode: int | None = None,
-        mtime: float | None = None,
-        atime: float | None = None,
+        mtime: int | float | None = None,
+        atime: int | float | None = None,
         extend: list[int] | None = None,
         ctime: int | None = None,
     ) -> dict[str, Any]:
@@ -840,7 +840,7 @@ class MetadataStore:
         self.db.execute("INSERT OR REPLACE INTO cuts VALUES (?, ?)", (ino, self._index))
 
     def _op_extend(
-        self, term: int, ino: int, size: int, mtime: float, time: float | None = None, cut: int | None = None
+        self, term: int, ino: int, size: int, mtime: int | float, time: float | None = None, cut: int | None = None
     ) -> dict[str, Any]:
         """A writer's writes reached `size`, the last at `mtime`; `cut`: the file's last cut the writer knew of."""
         attr = self.getattr(ino)
