@@ -18,6 +18,7 @@ from pathlib import Path
 from chunkfs import __version__
 from chunkfs.cli.arg_types import seconds, size, whole
 from chunkfs.common.config import DEFAULT_CHUNK_SIZE
+from chunkfs.common.durable import is_disk_full
 from chunkfs.common.errors import ChunkFSError
 from chunkfs.protocol.mds_link import DEFAULT_RETRY_FOR
 
@@ -155,7 +156,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.verbose:
             raise
         where = f"{exc.filename}: " if exc.filename is not None else ""
-        print(f"chunkfs: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        # (a probe: `local up` on a full disk said only "No space left on device")
+        what = ": the disk is full; free space there and run the command again" if is_disk_full(exc) else ""
+        print(f"chunkfs: error: {where}{exc.strerror or exc}{what}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as exc:
         signum = getattr(exc, "signum", signal.SIGINT)  # (cli/context.py: SIGTERM and SIGHUP too)

@@ -47,7 +47,8 @@ from chunkfs.common.daemon import (
     start_background,
     wait_exit,
 )
-from chunkfs.common.errors import AuthenticationFailed, Unavailable
+from chunkfs.common.durable import is_disk_full
+from chunkfs.common.errors import AuthenticationFailed, ChunkFSError, Unavailable
 from chunkfs.common.secret_files import SecretFiles
 from chunkfs.protocol.rpc import Credentials
 from chunkfs.protocol.tls import node_tls
@@ -285,12 +286,19 @@ def run_node(role: str, directory: Path, background: bool) -> int:
     # Each role imports its own server alone (a chunk server need not load the master's modules: about
     # 0.1 s of CPU at every start, and every command and mount imports this module).
     server: MetadataServer | ChunkServer
-    if role == "mds":
-        from chunkfs.mds.server import MetadataServer
-        server = MetadataServer(directory, node, secret)
-    else:
-        from chunkfs.cs.server import ChunkServer
-        server = ChunkServer(directory, node, secret)
+    try:
+        if role == "mds":
+            from chunkfs.mds.server import MetadataServer
+            server = MetadataServer(directory, node, secret)
+        else:
+            from chunkfs.cs.server import ChunkServer
+            server = ChunkServer(directory, node, secret)
+    except Exception as exc:
+        if not is_disk_full(exc):
+            raise
+        # (a probe: a store made on a full disk ended in SQLite's traceback, "database or disk is full")
+        raise ChunkFSError(f"the disk under {directory} is full ({exc}): free space there, then start this "
+                           f"{role.upper()} again") from None
 
     async def start() -> None:
         try:

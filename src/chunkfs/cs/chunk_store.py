@@ -63,7 +63,7 @@ from pathlib import Path
 
 from chunkfs.common.checksum import Buffer, crc32c, crc32c_replaced
 from chunkfs.common.config import BLOCK_SIZE
-from chunkfs.common.durable import write_file_durably
+from chunkfs.common.durable import is_disk_full, write_file_durably
 from chunkfs.common.errors import (
     ChecksumMismatch,
     ConfigError,
@@ -116,12 +116,6 @@ TMP_PREFIX = "."
 TMP_SUFFIX = ".tmp"
 _REPLICA_NAME = re.compile(r"^([0-9a-f]{16})_([0-9a-f]{16})\.chunk$")
 _SUBDIR = re.compile(r"[0-9a-f]{2}")
-
-#: errno values that mean "the disk (or quota) is full".
-_NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
-
-def _is_no_space(exc: OSError) -> bool:
-    return exc.errno in _NO_SPACE_ERRNOS
 
 
 def _block_list(blocks: list[int], shown: int = 8) -> str:
@@ -547,7 +541,7 @@ class ChunkStore:
                 os.rename(tmp, self._path_for(chunk_id, version))
             except OSError as exc:
                 Path(tmp).unlink(missing_ok=True)
-                if _is_no_space(exc):
+                if is_disk_full(exc):
                     raise NoSpace(
                         f"chunk {chunk_id:016x}: no space left in {self.root} to create a replica",
                         chunk_id=chunk_id,
@@ -781,7 +775,7 @@ class ChunkStore:
         try:
             os.posix_fallocate(lease.fd, self.data_offset + first * bs, (last + 1 - first) * bs)
         except OSError as exc:
-            if _is_no_space(exc):
+            if is_disk_full(exc):
                 raise self._no_space(lease, exc, "reserving space for a write") from exc
             if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
                 raise
@@ -827,7 +821,7 @@ class ChunkStore:
                     os.fdatasync(lease.fd)
                     self._sync_name(lease)
             except OSError as exc:
-                if _is_no_space(exc):
+                if is_disk_full(exc):
                     what = f"writing {len(views[0][1])} bytes at {views[0][0]}" if len(views) == 1 else \
                         f"writing {len(views)} pieces" if views else "flushing to disk"
                     raise self._no_space(lease, exc, what) from exc
@@ -933,7 +927,7 @@ class ChunkStore:
             (os.fdatasync if data_only else os.fsync)(lease.fd)
             self._sync_name(lease)
         except OSError as exc:
-            if _is_no_space(exc):
+            if is_disk_full(exc):
                 raise self._no_space(lease, exc, "flushing to disk") from exc
             raise
 
@@ -982,7 +976,7 @@ class ChunkStore:
                     self._free_blocks(lease, first_whole)
                 self.written.truncated(chunk_id, length)
             except OSError as exc:
-                if _is_no_space(exc):
+                if is_disk_full(exc):
                     raise self._no_space(lease, exc, f"truncating to {length}") from exc
                 raise
 
@@ -1106,7 +1100,7 @@ class ChunkStore:
                 _pwrite_full(lease.fd, [struct.pack("<I", crc32c(view))], HEADER_SIZE + block * CRC_ENTRY_SIZE)
                 self.written.wrote(chunk_id, block * self.block_size, self.block_size)
             except OSError as exc:
-                if _is_no_space(exc):
+                if is_disk_full(exc):
                     raise self._no_space(lease, exc, f"repairing block {block}") from exc
                 raise
         logger.warning("chunk %016x version %d: block %d repaired from another replica; the bad bytes are in %s",

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import os
 import random
@@ -33,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from chunkfs.common.durable import is_disk_full
 from chunkfs.common.errors import (
     ChunkFSError,
     ConfigError,
@@ -697,7 +697,7 @@ class RaftLog:
             raise
         except Exception as exc:  # noqa: BLE001 - whatever ended the loop, the member must not linger
             what = _fatal_reason(self.directory, exc)
-            logger.critical("raft: MDS#%d stops: %s", self.node_id, what, exc_info=not _is_full(exc))
+            logger.critical("raft: MDS#%d stops: %s", self.node_id, what, exc_info=not is_disk_full(exc))
             # Retryable: a proposal sent before the error may still commit on the others; the client's
             # retry there gets its real answer (exactly-once), never a failure for a change made.
             for _, fut in self._proposals.values():
@@ -1044,15 +1044,9 @@ class RaftLog:
             self._compacting = None
 
 
-def _is_full(exc: BaseException) -> bool:
-    if isinstance(exc, OSError):
-        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
-    return isinstance(exc, sqlite3.OperationalError) and "full" in str(exc)
-
-
 def _fatal_reason(directory: Path, exc: BaseException) -> str:
     """One line for an operator: what failed, where, and what to do."""
-    if _is_full(exc):
+    if is_disk_full(exc):
         return (f"the disk under {directory} is full ({exc}): free space there, then start this metadata "
                 "server again (its service manager does; or `chunkfs mds -r DIR`); it catches up from the others")
     if isinstance(exc, (OSError, sqlite3.Error)):
