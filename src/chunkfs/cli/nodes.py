@@ -261,6 +261,11 @@ def _wait_joined(directory: Path, pid: int) -> None:
                    directory / LOG_FILE)
 
 
+def _disk_full(directory: Path, role: str, exc: BaseException) -> ChunkFSError:
+    return ChunkFSError(f"the disk under {directory} is full ({exc}): free space there, then start this "
+                        f"{role.upper()} again")
+
+
 def run_node(role: str, directory: Path, background: bool) -> int:
     directory = directory.resolve()
     node, secret = load_node(directory)
@@ -297,14 +302,15 @@ def run_node(role: str, directory: Path, background: bool) -> int:
         if not is_disk_full(exc):
             raise
         # (a probe: a store made on a full disk ended in SQLite's traceback, "database or disk is full")
-        raise ChunkFSError(f"the disk under {directory} is full ({exc}): free space there, then start this "
-                           f"{role.upper()} again") from None
+        raise _disk_full(directory, role, exc) from None
 
     async def start() -> None:
         try:
             await server.start()
         except OSError as exc:
             await server.stop()
+            if is_disk_full(exc):  # (CI: a start on a full disk said "cannot listen on ...")
+                raise _disk_full(directory, role, exc) from None
             raise bind_error(node.addr, exc) from None
 
     # A server stops itself (status 3) when it cannot go on: a metadata server's disk full or failing
