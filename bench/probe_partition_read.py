@@ -6,8 +6,9 @@ server and a chunk server.  A reader on a follower's host opens a file and reads
 twice a second, holding it open.  That host's link goes down; another client, outside,
 overwrites the file, which the cluster acknowledges once the cut-off host's replica is
 dropped.  Every read the reader makes after that acknowledgement must fail or show the
-new bytes, never the old (DESIGN.md, invariant 2).  RELIABILITY.md, "Not done yet",
-has what this found on 2026-12-07: the old bytes until the link came back.
+new bytes, never the old (DESIGN.md, invariant 2).  RELIABILITY.md has what this found
+on 2026-12-07 (the old bytes until the link came back) and the leases that ended it;
+tests/cluster/test_hosts_in_netns.py runs it.
 
 Needs root and `ip` (network namespaces).  Exit status: 0 if no read after the
 acknowledgement showed the old bytes, 1 if one did, 2 if the probe could not run.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -80,7 +82,8 @@ def main() -> int:
     if why_not:
         print(f"probe: cannot run: {why_not}", file=sys.stderr)
         return 2
-    net = NetHosts(Path(tempfile.mkdtemp(prefix="chunkfs-partition-")), CLUSTER)
+    folder = Path(tempfile.mkdtemp(prefix="chunkfs-partition-"))
+    net = NetHosts(folder, CLUSTER)
     try:
         hosts = [net.add_host(f"h{i}") for i in (1, 2, 3)]
         net.start(hosts[0], net.make_mds(hosts[0], init=True))
@@ -118,6 +121,7 @@ def main() -> int:
         out, _ = reader.communicate(timeout=reading_for + 60)
     finally:
         net.close()
+        shutil.rmtree(folder, ignore_errors=True)
     stale = errors = fresh = 0
     for line in out.splitlines():
         when, what = line.split(" ", 1)

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -131,3 +133,18 @@ def test_the_harness_cleans_up_after_itself(tmp_path: Path) -> None:
     net.close()
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=10, check=True).stdout
     assert not names & {line.split()[0] for line in listed.splitlines() if line.strip()}
+
+
+def test_a_reader_on_an_unplugged_host_never_reads_bytes_older_than_an_acknowledged_write() -> None:
+    """A partition probe: a reader holding a file open on a host whose link went down read the bytes
+    from before a write acknowledged elsewhere, from its own host's replica, left behind at the old
+    version (8 reads in a row here, until the link came back).  Chunk servers now serve only under a
+    lease from the master, and the master drops a replica only once its server's lease ran out: the
+    reader gets errors while cut off, and the new bytes once the link is back."""
+    probe = subprocess.run([sys.executable, str(Path(__file__).parents[2] / "bench" / "probe_partition_read.py"),
+                            "--cut-for", "10"], capture_output=True, text=True, timeout=400, check=False)
+    out = probe.stdout + probe.stderr
+    counts = re.search(r"reads after the acknowledgement: (\d+) stale, (\d+) failed, (\d+) new", out)
+    assert probe.returncode == 0 and counts is not None, out
+    stale, _, fresh = map(int, counts.groups())
+    assert stale == 0 and fresh > 0, out

@@ -16,14 +16,16 @@ When it may, and why that is as safe as asking the server:
   deleted or quarantined replica has none).  The server's own answer has the same limit: a
   replica dropped from the chain keeps its old version and bytes until deleted, which is why
   a mount asks again for the maps of a file whose chunks changed when it opens it.
-- The server is alive.  A server that died closed this mount's connection to it as it
-  closed every other: before any other process could see it gone, have the master drop its
-  replicas and write past them.  So each read first asks the kernel whether the connection
-  was hung up (a poll of its socket, without waiting; the event loop may not have seen it
-  yet).  A server that froze keeps its connections open: a request sent to it less than
-  LEASE ago must have been answered, and its replicas are dropped from a chain only when a
-  write to it times out or the master gives up on its silent connection (each at least
-  1 s, far more by default: FORWARD_TIMEOUT, SILENCE_LIMIT), after the lease ran out.
+- The server is alive, and would serve the replica itself.  A server that died closed this
+  mount's connection to it as it closed every other: before any other process could see it
+  gone, have the master drop its replicas and write past them.  So each read first asks the
+  kernel whether the connection was hung up (a poll of its socket, without waiting; the
+  event loop may not have seen it yet).  A server that froze keeps its connections open, and
+  one cut off from the masters serves nothing once its own lease from them ran out
+  (cs/master_lease.py): a request sent to it less than LEASE ago must have been answered
+  (CS_LOCAL's answer counts only if the server held its lease then), and a master hands out a
+  version that leaves its replica behind only once the server's lease plus this one ran out
+  (mds/replica_leases.py).
 - Every block read is checked against its checksum.  A mismatch (a write racing the read
   puts its data before its checksum) sends the read to the server, which checks again
   under the chunk's lock and reports the replica if it is corrupt.
@@ -45,7 +47,7 @@ from pathlib import Path
 from chunkfs.common.config import BLOCK_SIZE
 from chunkfs.common.errors import ChunkFSError
 from chunkfs.common.replica_file import CHUNKS_DIR, HEADER_USED, check_header, data_offset, read_blocks, replica_subpath
-from chunkfs.protocol.messages import LOCAL_MARK_FILE, Msg
+from chunkfs.protocol.messages import LOCAL_MARK_FILE, LOCAL_READ_LEASE, Msg
 from chunkfs.protocol.rpc import Connection
 
 logger = logging.getLogger(__name__)
@@ -54,9 +56,8 @@ logger = logging.getLogger(__name__)
 #: on its event loop too).
 LOCAL_READ_MAX = 128 << 10
 #: Seconds after a request was sent to a chunk server, and answered, during which this mount reads
-#: that server's replica files itself: below every timeout after which the cluster drops a silent
-#: server's replicas from their chains (at least 1 s each).
-LEASE = 0.5
+#: that server's replica files itself (a master waits for it: protocol/messages.py).
+LEASE = LOCAL_READ_LEASE
 #: Seconds a newly connected server has to say where its replicas are (asked before the connection is
 #: handed out: a server that froze right then must not hold the requests waiting for it up for long).
 ASK_TIMEOUT = 3.0
@@ -120,7 +121,9 @@ class LocalReads:
             return
         hangup = select.poll()
         hangup.register(sock.fileno(), select.POLLRDHUP)  # POLLHUP and POLLERR come whatever is asked
-        self._stores[addr] = _Store(str(root / CHUNKS_DIR), conn, hangup, sent + LEASE)
+        # A server without its lease from the masters: read here only once it answered a read.
+        alive_until = sent + LEASE if reply.get("lease", True) else 0.0
+        self._stores[addr] = _Store(str(root / CHUNKS_DIR), conn, hangup, alive_until)
         logger.info("CS at %s keeps its replicas on this machine (%s): small reads of them are made here, "
                     "from their files", addr, root)
 

@@ -596,15 +596,22 @@ class ChunkStore:
                            f"replica made anew, or another copy began)", chunk_id=chunk_id)
         return blocks
 
-    def delete(self, chunk_id: int, only_version: int | None = None) -> None:
-        """Remove the replica, whatever its version; absent is not an error.
-
-        With `only_version`, only a replica still at that version goes: a stale
-        replica named in a registration reply is deleted later than the master
-        decided, and must not take a fresh copy made there meanwhile with it.
-        """
-        if self._remove(chunk_id, only_version):
+    def delete(self, chunk_id: int) -> None:
+        """Remove the replica, whatever its version; absent is not an error."""
+        if self._remove(chunk_id, None):
             _fsync_dir(self._dir_for(chunk_id))
+
+    def delete_stale(self, replicas: Sequence[tuple[int, int]]) -> None:
+        """Remove the replicas a registration's answer named stale, each only if still at the version reported
+        (a fresh copy made here meanwhile stays).
+
+        Before this server takes a lease again (cs/master_lease.py): a reader whose map is older than
+        the change that left one behind asks for exactly that version.  Their directories are not
+        synced (as in `delete_many`): one brought back by a crash is named stale again at the next
+        registration.
+        """
+        for chunk_id, version in replicas:
+            self._remove(chunk_id, version)
 
     def delete_many(self, chunk_ids: list[int]) -> None:
         """Remove these replicas (removed chunks, whatever their version); absent ones are no error.

@@ -28,8 +28,10 @@ from chunkfs.protocol.mds_link import watch_for_silent_master
 from chunkfs.protocol.messages import (
     FEATURE_FANNED_REPORT,
     FEATURE_FIRST_WRITE,
+    FEATURE_LEASE,
     FEATURE_VERSIONED_CUT,
     FEATURE_WRITTEN_REPORT,
+    REPLICA_LEASE,
     REPLICA_PAGE,
     Msg,
 )
@@ -71,16 +73,13 @@ class MdsLink:
         self._task: asyncio.Task[str] | None = None
         #: The master the other metadata servers named while the one here was silent: tried next.
         self._next: str | None = None
-        #: Deleting the replicas the master named stale or orphaned, after registering (see _session).
-        self._cleaner: asyncio.Task[int] | None = None
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        for task in (self._task, self._cleaner):
-            if task is not None:
-                task.cancel()
+        if self._task is not None:
+            self._task.cancel()
         if self.conn is not None:
             self.conn.close()
 
@@ -191,10 +190,12 @@ class MdsLink:
             "host": self.node.host or socket.gethostname(), "total": total, "free": free,
             "replicas": [list(r) for r in first], "location": self.node.location, "tier": self.node.tier,
             # What a master of this version or later may send (README, on upgrades).
-            "features": [FEATURE_FIRST_WRITE, FEATURE_VERSIONED_CUT, FEATURE_FANNED_REPORT, FEATURE_WRITTEN_REPORT],
+            "features": [FEATURE_FIRST_WRITE, FEATURE_VERSIONED_CUT, FEATURE_FANNED_REPORT, FEATURE_WRITTEN_REPORT,
+                         FEATURE_LEASE],
         }
         if pages > 1:
             register["more"] = True  # sent only when needed, so one page still suits an older master
+        sent = time.monotonic()
         reply, _ = await conn.call(Msg.CS_REGISTER, register)
         if reply["cs_id"] != self.cs_id:
             self.cs_id = reply["cs_id"]
@@ -211,37 +212,38 @@ class MdsLink:
             stale += _named(page, more["delete"])
             reported += len(page)
         del ids
+        if stale:
+            # Gone before the lease below: a reader whose map is older than the change that left one
+            # behind asks for that very version.  Unlinks alone (no directory syncs, which kept a
+            # restarted server silent for seconds, and the master took it for dead again).
+            await asyncio.to_thread(store.delete_stale, stale)
         logger.info(
-            "registered with MDS %s as CS#%d: %d replicas reported in %d page(s), %d stale or orphaned to delete",
+            "registered with MDS %s as CS#%d: %d replicas reported in %d page(s), %d stale or orphaned deleted",
             addr, self.cs_id, reported, pages, len(stale),
         )
+        self._grant(reply, sent)
         self.registered.set()
-        if stale:
-            # In the background: heartbeats start now.  Deleting first (a directory fsync each) kept
-            # a restarted server silent for seconds, and the master took it for dead again.
-            if self._cleaner is not None:
-                self._cleaner.cancel()
-            self._cleaner = asyncio.get_running_loop().create_task(self._delete_stale(stale))
+        # Often enough that the lease never runs out between two answered heartbeats.
+        period = min(self.node.heartbeat_interval, REPLICA_LEASE / 4)
         while not conn.closed:
             total, free = store.space()
+            sent = time.monotonic()
             beat, _ = await conn.call(Msg.CS_HEARTBEAT, {
                 "cs_id": self.cs_id, "total": total, "free": free,
                 "replica_count": store.replica_count(), "load": self.server.in_flight,
                 **self.server.stats.heartbeat_fields(),
             }, timeout=max(5.0, 5 * self.node.heartbeat_interval))
+            self._grant(beat, sent)
             if isinstance(beat.get("settings"), dict):
                 self.server.scrubber.update(beat["settings"])
-            await asyncio.sleep(self.node.heartbeat_interval)
+            await asyncio.sleep(period)
 
-    async def _delete_stale(self, stale: list[tuple[int, int]]) -> int:
-        """Delete replicas the master named stale or orphaned, each only at the version reported.
-
-        A replica the master has had copied here since (a new version) stays.
-        """
-        for chunk_id, version in stale:
-            await asyncio.to_thread(self.server.store.delete, chunk_id, version)
-        logger.info("CS#%s: %d stale or orphaned replica(s) deleted", self.cs_id, len(stale))
-        return len(stale)
+    def _grant(self, reply: dict[str, object], sent: float) -> None:
+        """A master's answer to a request sent at `sent`: the lease it grants (master_lease.py)."""
+        if reply.get("lease"):
+            self.server.lease.renewed(sent)
+        elif "lease" not in reply:
+            self.server.lease.not_granted()  # a master of an earlier version grants none
 
 
 def _named(page: list[tuple[int, int]], delete: list[object]) -> list[tuple[int, int]]:

@@ -27,6 +27,7 @@ from chunkfs.common.knobs import lowered
 from chunkfs.common.secret_files import SecretFiles
 from chunkfs.common.timings import TIMINGS
 from chunkfs.cs.chunk_store import ChunkStore
+from chunkfs.cs.master_lease import MasterLease
 from chunkfs.cs.mds_link import MdsLink
 from chunkfs.cs.metrics import CsStats
 from chunkfs.cs.recent_writes import RecentWrites
@@ -74,6 +75,8 @@ class ChunkServer:
         self.store = ChunkStore(directory / "data", node.cluster.chunk_size)
         self.rpc = RpcServer(self.creds, self.handle, prompt_handler=self.handle_now)
         self.link = MdsLink(self, node, secret)
+        #: Replicas are served only while a master's answers renew this (master_lease.py).
+        self.lease = MasterLease()
         self._locks = StripeLocks(WRITE_LOCK_STRIPES)
         #: Which syncs run on the loop (sync_policy.py).
         self.syncs = SyncPolicy()
@@ -167,7 +170,7 @@ class ChunkServer:
         one, anything else).
         """
         if msg == Msg.CS_READ:  # (after the writes that came before it, as in a task)
-            if self._writes_waiting or h["length"] > INLINE_IO_MAX or not conn.writable:
+            if self._writes_waiting or h["length"] > INLINE_IO_MAX or not conn.writable or not self.lease.holds():
                 return None
             return {}, self._read_now(h)
         if msg != Msg.CS_WRITE and msg != Msg.CS_WRITE_CHUNKS:
@@ -258,6 +261,8 @@ class ChunkServer:
         self.in_flight += 1
         try:
             if msg == Msg.CS_READ:
+                if not self.lease.holds():
+                    await self.lease.wait(self.creds.node)
                 if h["length"] <= INLINE_IO_MAX:
                     return {}, self._read_now(h)
                 if h["length"] > MAX_IO_SIZE:
@@ -296,7 +301,9 @@ class ChunkServer:
                 TIMINGS.since("serve.CS_FSYNC", started)
                 return {}, b""
             if msg == Msg.CS_LOCAL:
-                return {"root": str(self.store.root.resolve()), "mark": self.local_mark}, b""
+                # `lease`: whether the mount may read the files now, or only once a read was answered.
+                return {"root": str(self.store.root.resolve()), "mark": self.local_mark,
+                        "lease": self.lease.holds()}, b""
             if msg == Msg.CS_CHECKSUMS:
                 crcs = await asyncio.to_thread(self.store.block_checksums, h["chunk_id"], h["version"])
                 return {"crcs": crcs}, b""

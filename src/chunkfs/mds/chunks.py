@@ -13,7 +13,11 @@ Giving a chunk a new replica set takes five steps that must stay in step:
    ``replicas`` set, soft state): servers added to the list hold it, servers
    taken away or that failed to move do not;
 4. tell the health index (``touch``) that the chunk is to be judged again;
-5. delete the replicas taken away, where the caller says so.
+5. make sure no server left at the old version can serve it any more before
+   the change is handed on (to a writer, say): its replica deleted, where the
+   caller takes it away, or its lease run out (replica_leases.py).  Else a
+   reader whose map is older than the change reads bytes from before writes
+   acknowledged at the new version.
 
 They used to be written out at every place that needed them (a write that
 lost a replica, the copy of a repair or a move, a trim, a corrupt replica);
@@ -35,6 +39,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from chunkfs.mds.deletions import CsCall, DeleteBatches, Spawn
+from chunkfs.mds.replica_leases import ReplicaLeases
 from chunkfs.mds.store import Chunk
 from chunkfs.protocol.messages import Msg
 
@@ -78,6 +83,10 @@ class ReplicaSets:
         self.on_change: Callable[[int], None] = lambda chunk_id: None
         #: Chunks whose replicas `allocate_created` is making: the health index leaves them until then.
         self.making: set[int] = set()
+        #: When servers left behind at an old version stop serving it (None: not waited for; unit tests).
+        self.leases: ReplicaLeases | None = None
+        #: Drops a connected server's link to this master, which then renews its lease no more.
+        self.hang_up: Callable[[int], None] = lambda cs_id: None
 
     # -- locks and soft state -----------------------------------------------------------
 
@@ -117,9 +126,10 @@ class ReplicaSets:
         results = await asyncio.gather(*(self._call(cs, msg, header, payload) for cs in ids), return_exceptions=True)
         return {cs: r for cs, r in zip(ids, results, strict=True) if isinstance(r, BaseException)}
 
-    async def delete_replica(self, cs_id: int, chunk_id: int) -> None:
-        """Delete one replica; a failure is only logged (the server deletes it when it registers again)."""
-        await self.deletions.delete_now(cs_id, [chunk_id])
+    async def delete_replica(self, cs_id: int, chunk_id: int) -> bool:
+        """Delete one replica; whether the server did.  A failure is only logged (the server deletes it when
+        it registers again)."""
+        return await self.deletions.delete_now(cs_id, [chunk_id])
 
     # -- changes ---------------------------------------------------------------------------
 
@@ -178,7 +188,8 @@ class ReplicaSets:
 
     async def set_replicas(
         self, chunk: Chunk, replicas: Iterable[int], *, move: Iterable[int] | None = None,
-        delete: Iterable[int] = (), cut: int | None = None, from_version: int | None = None,
+        delete: Iterable[int] = (), delete_if_moved: int = 0, cut: int | None = None,
+        from_version: int | None = None,
     ) -> Change:
         """Give `chunk` (as the caller read it, under its lock) the replica list `replicas`: a new version.
 
@@ -186,7 +197,8 @@ class ReplicaSets:
         its old version (a copy just made there).  `move`: the servers told to
         move to the new version (default: every listed one this master knows
         holds it; leave out silent ones, whose command would only time out).
-        `delete`: servers, taken away from the list, whose replica is deleted.
+        `delete`: servers, taken away from the list, whose replica is deleted (only once at least
+        `delete_if_moved` servers moved: else the old replicas may be all there is).
         `cut`: the movers zero their replica from there on as they move (CS_TRUNCATE_CHUNK).
         `from_version`: the movers hold the chunk at this version, behind the chunk's, and hold it
         at the new one once moved (behind_replicas.py).
@@ -194,6 +206,10 @@ class ReplicaSets:
         """
         chunk_id = chunk.chunk_id
         wanted = list(dict.fromkeys(replicas))
+        # Who may hold the chunk at its version now: whoever this master counts as holding it, and any it
+        # does not know (away, or still registering).  A connected server it knows holds an older one was
+        # left behind by an earlier change, which saw to it then.
+        may_hold = [cs for cs in chunk.replicas if self.holds(cs, chunk_id) or not self._registered(cs)]
         new: Chunk = await self._propose(
             "set_chunk_replicas", chunk_id=chunk_id, replicas=wanted, expect_version=chunk.version)
         for cs in set(new.replicas) - set(chunk.replicas):
@@ -222,10 +238,44 @@ class ReplicaSets:
             # holding, it would be a replica refusing every read while the chunk shows healthy.
             self.lost(cs, chunk_id)
         self.on_change(chunk_id)
-        for cs in dict.fromkeys(delete):
-            if cs not in new.replicas:
-                await self.delete_replica(cs, chunk_id)
+        moved = [cs for cs in movers if cs not in failed]
+        deleting = {cs for cs in delete if cs not in new.replicas} if len(moved) >= delete_if_moved else set()
+        behind = [cs for cs in dict.fromkeys([*may_hold, *deleting]) if cs not in moved]
+        await asyncio.gather(*(self._fence(cs, chunk_id, cs in deleting) for cs in behind))
         return Change(new, frozenset(failed))
+
+    def _registered(self, cs_id: int) -> bool:
+        """Whether `cs_id` is connected and has reported all its replicas to this master."""
+        server = self.live.get(cs_id)
+        return server is not None and not getattr(server, "reporting", False)
+
+    async def _fence(self, cs_id: int, chunk_id: int, delete: bool) -> None:
+        """Return once `cs_id`, left at the chunk's old version, can serve it no more (step 5).
+
+        Told, when its replica is to be deleted and it answers before its lease runs out; else its
+        lease runs out.  A registered server still connected loses its link first, so that no master
+        renews its lease before it registers again, where its replica is named stale and deleted before
+        it serves anything (cs/mds_link.py).  A server still registering is left to that alone.
+        """
+        if self.leases is None:  # no leases to wait for (unit tests of the other steps)
+            if delete:
+                await self.delete_replica(cs_id, chunk_id)
+            return
+        left = self.leases.left(cs_id)
+        if delete:
+            if left <= 0:  # it serves nothing now: deleted for its space alone
+                self._spawn(self.delete_replica(cs_id, chunk_id))
+                return
+            try:
+                if await asyncio.wait_for(self.delete_replica(cs_id, chunk_id), left):
+                    return
+            except TimeoutError:
+                pass
+        if left <= 0:
+            return
+        if self._registered(cs_id):
+            self.hang_up(cs_id)
+        await self.leases.wait_out([cs_id], f"chunk {chunk_id:#x} left behind there at an old version")
 
     def delete_chunks(self, chunks: Iterable[Chunk]) -> None:
         """Delete the chunks of files no mount holds open (unlinked, replaced, freed orphans): in batches,

@@ -86,12 +86,16 @@ class DeleteBatches:
         ids = self._waiting.pop(cs_id)
         self._spawn(self.delete_now(cs_id, ids))
 
-    async def delete_now(self, cs_id: int, ids: list[int]) -> None:
-        """Delete these replicas on `cs_id` now, DELETE_BATCH per command; a failure is only logged."""
+    async def delete_now(self, cs_id: int, ids: list[int]) -> bool:
+        """Delete these replicas on `cs_id` now, DELETE_BATCH per command; whether every one went.  A failure
+        is only logged."""
+        done = True
         for start in range(0, len(ids), DELETE_BATCH):
             piece = ids[start:start + DELETE_BATCH]
             try:
                 await self._call(cs_id, Msg.CS_DELETE_CHUNKS, {"chunk_ids": piece})
             except ChunkFSError as exc:
+                done = False
                 logger.info("deleting %d chunk replica(s) on CS#%d failed: %s (they go when it registers again)",
                             len(piece), cs_id, exc)
+        return done

@@ -50,6 +50,7 @@ from chunkfs.mds.held_replicas import HeldReplicas
 from chunkfs.mds.leases import LeaseTable
 from chunkfs.mds.metrics import MdsMetrics
 from chunkfs.mds.open_files import OpenFileTable, OrphanReaper
+from chunkfs.mds.replica_leases import ReplicaLeases
 from chunkfs.mds.replicated_log import ReplicatedLog
 from chunkfs.mds.replication import CS_RECONNECT_GRACE, ReplicationMonitor
 from chunkfs.mds.store import MAX_REPLICAS, VERSION_TERM_SHIFT, Chunk, MetadataStore, encode_command
@@ -61,6 +62,7 @@ from chunkfs.protocol.messages import (
     FEATURE_FAN,
     FEATURE_FIRST_WRITE,
     FEATURE_HOLD,
+    FEATURE_LEASE,
     FEATURE_LISTED,
     FEATURE_MAP_CUTS,
     FEATURE_NAMED,
@@ -212,6 +214,8 @@ class MetadataServer:
         self._failed: asyncio.Future[str] | None = None
         #: The only changer of chunks' versions and replica sets, and their locks (chunks.py).
         self.chunks = ReplicaSets(self.live, self._propose, self._cs_call, self._spawn)
+        self.chunks.leases = ReplicaLeases(self.awake, self._heard, lambda: self.raft.leader_since)
+        self.chunks.hang_up = self._hang_up
         self._rng = random.Random()  # noqa: S311 - placement only
         self._master_since = 0.0
         #: Set when the server stops: the connections it closes then are not chunk servers lost.
@@ -1297,18 +1301,15 @@ class MetadataServer:
                     f"{min_replicas}; a writer retries for a while (a mount's master_wait), then fails with EIO: "
                     "bring its chunk servers back"
                 )
-            change = await self.chunks.set_replicas(chunk, survivors)
+            # A dropped replica still holds the old version, and a reader whose map is older than the
+            # drop (a file opened before it) asks for it: deleted, when its server answers (and enough
+            # survivors moved), before the new version is handed out; else its lease runs out first
+            # (chunks.py, step 5).  One whose link is gone has the replicas it reports stale deleted
+            # when it registers again, before it serves any.
+            change = await self.chunks.set_replicas(chunk, survivors, delete=[cs for cs in bad if cs in self.live],
+                                                    delete_if_moved=min_replicas)
             new = change.chunk
             failed |= change.failed
-            if len(survivors) - len(change.failed) >= min_replicas:
-                # A dropped replica still holds the old version, and a reader whose map is older than
-                # the drop (a file opened before it) is served from it: bytes without the writes since
-                # (a fault probe: a server frozen for less than it takes its link to be given up, resumed,
-                # kept its replicas and served them).  Deleted as soon as its server reads again; one
-                # whose link is gone registers again, and the replicas it reports stale are deleted then.
-                for cs in bad:
-                    if cs in self.live:
-                        self._spawn(self.chunks.delete_replica(cs, chunk.chunk_id))
             await self._event(
                 "warning",
                 f"chunk {chunk.chunk_id:#x}: replica(s) on CS {','.join(map(str, sorted(bad)))} dropped; "
@@ -1491,7 +1492,10 @@ class MetadataServer:
         self.live[cs_id] = server
         self.healing.on_register(cs_id, h.get("location", ""), h.get("tier", 0))
         await self._covered(server, held, upto, last)
-        return {"cs_id": cs_id, "delete": delete}
+        reply: dict[str, Any] = {"cs_id": cs_id, "delete": delete}
+        if FEATURE_LEASE in server.features:
+            reply["lease"] = True  # this master's term is confirmed, by the commit of the registration
+        return reply
 
     async def _on_cs_report_replicas(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
         """One more page of a registration: answer its stale replicas; after the last, the server is known."""
@@ -1567,6 +1571,19 @@ class MetadataServer:
             f"{server.stale} stale or orphaned to delete{pages}",
         )
 
+    def _heard(self, cs_id: int) -> float | None:
+        """When (awake clock) this master last heard from `cs_id` in its term; None: not at all."""
+        server = self.live.get(cs_id)
+        return server.last_seen if server is not None else self.healing.silent_since.get(cs_id)
+
+    def _hang_up(self, cs_id: int) -> None:
+        """Drop `cs_id`'s link: no lease is renewed on it; the server registers again (chunks.py, step 5)."""
+        server = self.live.get(cs_id)
+        if server is not None:
+            logger.warning("CS#%d left behind at an old version of a chunk without being told: its link is "
+                           "dropped, and it registers again", cs_id)
+            server.conn.close()
+
     async def _on_cs_heartbeat(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
         server = conn.tag
         if not isinstance(server, LiveServer) or server.cs_id != h["cs_id"]:
@@ -1574,7 +1591,12 @@ class MetadataServer:
         server.total, server.free, server.load = h["total"], h["free"], h["load"]
         server.last_seen = self.awake()
         self.view.note_heartbeat(server.cs_id, h)
-        return {"settings": self.healing.cs_settings()}
+        if FEATURE_LEASE not in server.features:
+            return {"settings": self.healing.cs_settings()}
+        # A lease only from a master whose term is confirmed since the heartbeat came (replica_leases.py):
+        # one deposed without knowing it yet must not renew one (a read barrier fails it: NotMaster).
+        await self.log.read_barrier()
+        return {"settings": self.healing.cs_settings(), "lease": self.live.get(server.cs_id) is server}
 
     def _on_close(self, conn: Connection) -> None:
         self.watchers.discard(conn)

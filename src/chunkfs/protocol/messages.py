@@ -115,6 +115,16 @@ SESSION_TTL = 10.0
 #: An exclusive file lease lasts this long without renewal, seconds.  Holders renew
 #: every quarter of it; a new master's grace period is this long.
 LEASE_TTL = 10.0
+#: A chunk server serves its replicas only while it holds a lease from a master, seconds: counted from
+#: the sending of its last registration or heartbeat that a master answered as the master (the
+#: answer's `lease`).  A master leaves a replica behind at an old version, and hands the new version
+#: to writers, only once that server cannot serve the old one any more: told, or its lease run out
+#: (mds/replica_leases.py).  Longer than a heartbeat's period and a master change take; shorter
+#: than the wait that puts on a write losing a replica.
+REPLICA_LEASE = 4.0
+#: A mount reads a local chunk server's replica files itself for this long, seconds, after a request
+#: it sent that server was answered (client/local_reads.py): a master waits this much longer too.
+LOCAL_READ_LEASE = 0.5
 #: Inodes per SESSION message when a mount re-sends the files it holds open.
 SESSION_OPEN_PAGE = 1000
 #: Chunks one CS_DELETE_CHUNKS names at most.
@@ -143,6 +153,10 @@ FEATURE_FANNED_REPORT = "fanned_report"
 #: request, `ends` in the answer): named in its CS_REGISTER.  A new master trims what a writer lost with
 #: the last master wrote past a file's size (mds/open_files.py).
 FEATURE_WRITTEN_REPORT = "written_report"
+#: A chunk server that serves replicas only under a lease from the master (REPLICA_LEASE; `lease` in the
+#: answers to its CS_REGISTER and CS_HEARTBEAT, and in its own answer to CS_LOCAL): named in its
+#: CS_REGISTER, so that a master sends the field only to servers that take it.
+FEATURE_LEASE = "lease"
 #: How far back (seconds) such writes count, and how many chunks one answer names at most (the latest).
 FANNED_REPORT_WINDOW = 600.0
 FANNED_REPORT_MAX = 4096
@@ -400,8 +414,8 @@ SPECS: dict[Msg, MessageSpec] = {
             f("more", bool, optional=True),
             f("features", list, optional=True, max_items=64),  # what it does beyond earlier versions
         ),
-        # `delete`: the stale or orphaned replicas of this page.
-        (f("cs_id", int), f("delete", list, max_items=REPLICA_PAGE)),
+        # `delete`: the stale or orphaned replicas of this page; `lease`: granted (FEATURE_LEASE).
+        (f("cs_id", int), f("delete", list, max_items=REPLICA_PAGE), f("lease", bool, optional=True)),
     ),
     # One more page of a registration; the server counts as fully known after the `last` one.
     Msg.CS_REPORT_REPLICAS: MessageSpec(
@@ -414,8 +428,8 @@ SPECS: dict[Msg, MessageSpec] = {
             # Optional, for `top` and `stat`: I/O totals and rates, process figures, the metrics URL.
             f("io", dict, optional=True), f("proc", dict, optional=True), f("metrics", str, optional=True),
         ),
-        # The cluster settings a chunk server uses (scrub and replication rates).
-        (f("settings", dict, optional=True),),
+        # The cluster settings a chunk server uses (scrub and replication rates); `lease` (FEATURE_LEASE).
+        (f("settings", dict, optional=True), f("lease", bool, optional=True)),
     ),
     # With a payload: the new replica holds it at `offset` (a chunk's first write, FIRST_WRITE_MAX at most).
     Msg.CS_CREATE_CHUNK: MessageSpec(
@@ -489,7 +503,9 @@ SPECS: dict[Msg, MessageSpec] = {
     # `root`: the store's folder, as this server sees it; `mark`: the random text this server wrote into
     # the file LOCAL_MARK_FILE there at its start.  A mount that reads the same text from that file sees
     # the same folder (same machine, same mount namespace, read permission) and may read replicas from it.
-    Msg.CS_LOCAL: MessageSpec((), (f("root", str), f("mark", str))),
+    # `lease`: whether the server holds its lease from the master now (FEATURE_LEASE; an earlier mount
+    # refuses the field, and reads over the network).
+    Msg.CS_LOCAL: MessageSpec((), (f("root", str), f("mark", str), f("lease", bool, optional=True))),
     Msg.CS_CHECKSUMS: MessageSpec((f("chunk_id", int), f("version", int)), (f("crcs", list),)),
     # The source of a two-phase copy: note the blocks of the replica written from now on ...
     Msg.CS_TRACK_WRITES: MessageSpec((f("chunk_id", int), f("version", int)), (f("token", int),)),

@@ -368,6 +368,11 @@ class RaftLog:
     def is_leader(self) -> bool:
         return self.core is not None and self.core.is_leader
 
+    @property
+    def leader_since(self) -> float:
+        """When (time.monotonic) this server last became the master: set as it learns it, before it serves."""
+        return self._leader_since
+
     def leader_hint(self) -> str | None:
         if self.core is None:
             return None

@@ -12,6 +12,7 @@ writes that came before it.  Deleting large replicas goes to a thread.
 from __future__ import annotations
 
 import threading
+import time
 import types
 
 import pytest
@@ -33,6 +34,7 @@ def server(tmp_path) -> ChunkServer:  # type: ignore[no-untyped-def]
     srv = ChunkServer(tmp_path, node, b"s" * 32)
     srv.store.create(CID, 1)
     srv.store.create(CID + 1, 1)
+    srv.lease.renewed(time.monotonic())  # as a master's answer would (cs/master_lease.py)
     return srv
 
 
@@ -57,6 +59,9 @@ async def test_done_at_once_when_nothing_must_go_first(tmp_path) -> None:  # typ
     assert srv.recent.ends_between(60, 0) == [(CID, 101), (CID + 1, 8)]
     read = {"chunk_id": CID, "version": 1, "offset": 0, "length": 10}
     assert srv.handle_now(READS, Msg.CS_READ, read, b"") == ({}, b"a" * 10)  # a small read too
+    srv.lease.until = 0.0  # no master's answer within its lease: a read waits for one, in a task
+    assert srv.handle_now(READS, Msg.CS_READ, read, b"") is None
+    srv.lease.renewed(time.monotonic())
     assert srv.handle_now(READS, Msg.CS_READ, {**read, "length": INLINE_IO_MAX + 1}, b"") is None
     assert srv.handle_now(READS, Msg.CS_FSYNC, {"chunk_id": CID, "version": 1, "chain": []}, b"") is None
     assert srv._writes_waiting == 0

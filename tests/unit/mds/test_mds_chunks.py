@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -15,8 +16,10 @@ from typing import Any
 import pytest
 
 from chunkfs.common.errors import InvalidArgument, IsADirectory, StaleVersion, Unavailable
+from chunkfs.mds import replica_leases
 from chunkfs.mds.chunks import ReplicaSets
 from chunkfs.mds.deletions import DELETE_DELAY
+from chunkfs.mds.replica_leases import ReplicaLeases
 from chunkfs.mds.store import Chunk, MetadataStore, encode_command
 from chunkfs.protocol.messages import DELETE_BATCH, ROOT_INO, Msg
 from chunkfs.testing.cluster import wait_for_async
@@ -231,3 +234,53 @@ async def test_only_ids_set_aside_and_unused_are_taken(cluster: Cluster) -> None
     later = await cluster.propose("alloc_chunk", ino=ino, index=2, replicas=[1])
     assert later.version > (1 << 32) | 7
     assert cluster.store.last_chunk_id() >= end - 1
+
+
+def leased(cluster: Cluster, monkeypatch: pytest.MonkeyPatch, served_for: float) -> tuple[dict[int, float], list[int]]:
+    """Leases as a master counts them (replica_leases.py): every server heard from now, a lease of
+    `served_for` seconds; the servers whose link the owner drops, listed."""
+    monkeypatch.setattr(replica_leases, "SERVED_FOR", served_for)
+    heard = {cs: time.monotonic() for cs in (1, 2, 3, 4)}
+    cluster.owner.leases = ReplicaLeases(time.monotonic, heard.get, lambda: 0.0)
+    hung: list[int] = []
+    cluster.owner.hang_up = hung.append
+    return heard, hung
+
+
+async def test_a_server_left_behind_unheard_serves_no_more_when_the_change_is_handed_on(
+        cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A partition probe: a reader on a host cut off from the rest read the bytes from before a write
+    acknowledged elsewhere, from that host's replica, left behind at the old version.  A server not
+    connected is not told: the change returns only once its lease (and a mount's local reads) ran out."""
+    chunk = await cluster.chunk_on([1, 2, 3])
+    heard, hung = leased(cluster, monkeypatch, 0.4)
+    del cluster.live[3]  # cut off
+    change = await cluster.owner.set_replicas(chunk, [1, 2])
+    assert time.monotonic() >= heard[3] + 0.4  # (a lower bound: a slow machine only makes it later)
+    assert change.chunk.replicas == (1, 2) and hung == []
+
+
+async def test_a_connected_server_left_behind_is_told_or_loses_its_link(
+        cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A connected server is told (its replica deleted) when the caller takes it away, and then nothing is
+    waited for; when it cannot be told, its link is dropped (no master renews its lease before it registers
+    again, which deletes its stale replicas first) and its lease is waited out."""
+    chunk = await cluster.chunk_on([1, 2, 3])
+    heard, hung = leased(cluster, monkeypatch, 30.0)
+    change = await cluster.owner.set_replicas(chunk, [1, 2], delete=[3])
+    assert cluster.to(Msg.CS_DELETE_CHUNKS) == [3] and hung == []
+    assert time.monotonic() < heard[3] + 30.0  # not waited out: told
+    monkeypatch.setattr(replica_leases, "SERVED_FOR", 0.4)
+    cluster.failing = {2}  # neither moves nor is deleted
+    await cluster.owner.set_replicas(change.chunk, [1], delete=[2])
+    assert hung == [2] and time.monotonic() >= heard[2] + 0.4
+
+
+async def test_a_server_known_to_hold_an_older_version_is_neither_waited_for_nor_cut_off(
+        cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An earlier change left it behind and saw to it then."""
+    chunk = await cluster.chunk_on([1, 2, 3])
+    heard, hung = leased(cluster, monkeypatch, 30.0)
+    cluster.live[3].replicas.discard(chunk.chunk_id)  # holds an older version, as this master knows
+    await cluster.owner.set_replicas(chunk, [1, 2, 3], move=[1, 2])
+    assert hung == [] and time.monotonic() < heard[3] + 30.0
