@@ -99,6 +99,7 @@ class NodeConfig:
     node_id: int = 0  # MDS: its id in the group; CS: 0 until the master assigns one
     host: str = ""
     mds: tuple[str, ...] = field(default_factory=tuple)
+    #: CS: seconds between heartbeats; at most a quarter of its lease from the master (cs/mds_link.py).
     heartbeat_interval: float = 1.0
     #: MDS only: the other members known when this one was made, as (id, address).
     peers: tuple[tuple[int, str], ...] = field(default_factory=tuple)

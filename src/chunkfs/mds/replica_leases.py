@@ -14,10 +14,12 @@ server sent it: the server's own count ends first.  Counted on the master's awak
 leaves this process's pauses out, turned into a deadline on the monotonic clock: only later for it.
 
 A lease a master before this one granted ended before this master's term began plus
-REPLICA_LEASE: that master answered only after a round of its followers confirmed it (a heartbeat
-after a read barrier, a registration after a commit), and those followers voted for no one else
-for an election timeout after it (raft/driver.py, READ_LEASE), longer than the read lease itself.
-So a server this master has not heard from counts from the start of its term.
+REPLICA_LEASE plus HANDOVER: that master answered only after a round of its followers confirmed
+it (a heartbeat after a read barrier, a registration after a commit), and those followers voted
+for no one else for an election timeout after it (raft/driver.py, READ_LEASE), longer than the
+read lease itself; a master that handed its leadership over on purpose (its successor elected at
+once) may have answered on a read lease confirmed up to READ_LEASE before.  So a server this
+master has not heard from counts from the start of its term, plus HANDOVER.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ logger = logging.getLogger(__name__)
 
 #: How long past a server's last request here it may still serve (its lease, then a mount's local reads).
 SERVED_FOR = REPLICA_LEASE + LOCAL_READ_LEASE
+#: Seconds past the start of this master's term that a predecessor's lease may count from (above
+#: raft/driver.py's READ_LEASE, 0.5 s).
+HANDOVER = 1.0
 #: Waits are slept in steps of at most this.
 STEP = 0.25
 
@@ -55,7 +60,9 @@ class ReplicaLeases:
         """The moment (on the monotonic clock) after which `cs_id` serves nothing it held before."""
         now = self._clock()
         heard = self._heard(cs_id)
-        since = self._term_start() if heard is None else max(self._term_start(), now - (self._awake() - heard))
+        since = self._term_start() + HANDOVER
+        if heard is not None:
+            since = max(since, now - (self._awake() - heard))
         return since + SERVED_FOR
 
     def left(self, cs_id: int) -> float:
@@ -74,7 +81,7 @@ class ReplicaLeases:
             return
         logger.info("waiting %.1f s for the lease of CS %s to run out%s", left, ",".join(map(str, sorted(ids))),
                     f" ({why})" if why else "")
-        for _ in range(int(SERVED_FOR / STEP) * 4 + 4):  # bounded; a deadline is never further than SERVED_FOR
+        for _ in range(int((SERVED_FOR + HANDOVER) / STEP) * 4 + 4):  # bounded: a deadline is never further
             left = deadline - self._clock()
             if left <= 0:
                 return
