@@ -271,11 +271,15 @@ class ReplicaSets:
                     return
             except TimeoutError:
                 pass
-        if left <= 0:
-            return
+        if left > 0:
+            await self._wait_out(cs_id, f"chunk {chunk_id:#x} left behind there at an old version")
+
+    async def _wait_out(self, cs_id: int, why: str) -> None:
+        """Return once `cs_id`'s lease has run out, its link dropped first if it is registered (`_fence`)."""
+        assert self.leases is not None
         if self._registered(cs_id):
             self.hang_up(cs_id)
-        await self.leases.wait_out([cs_id], f"chunk {chunk_id:#x} left behind there at an old version")
+        await self.leases.wait_out([cs_id], why)
 
     def delete_chunks(self, chunks: Iterable[Chunk]) -> None:
         """Delete the chunks of files no mount holds open (unlinked, replaced, freed orphans): in batches,
@@ -290,13 +294,19 @@ class ReplicaSets:
         A mount holding the file may still write through the chain it has for such a chunk; the
         replica's absence (NotFound) is what sends it to the master for the chunk as it is now.
         Deleted before the truncation is answered, no write that starts after it can land in a
-        replica about to go (and be lost with it, acknowledged).
+        replica about to go (and be lost with it, acknowledged).  A server that did not answer
+        has its lease waited out (step 5): a reader whose map is older than the cut, on a host cut
+        off from the rest, would read the bytes cut away.
         """
         per_server: dict[int, list[int]] = {}
         for chunk in chunks:
             for cs in self._forget_replicas(chunk):
                 per_server.setdefault(cs, []).append(chunk.chunk_id)
-        await asyncio.gather(*(self.deletions.delete_now(cs, ids) for cs, ids in per_server.items()))
+        servers = list(per_server)
+        done = await asyncio.gather(*(self.deletions.delete_now(cs, per_server[cs]) for cs in servers))
+        if self.leases is not None:
+            await asyncio.gather(*(self._wait_out(cs, f"{len(per_server[cs])} chunk(s) cut away there")
+                                   for cs, ok in zip(servers, done, strict=True) if not ok))
 
     def _forget_replicas(self, chunk: Chunk) -> tuple[int, ...]:
         """No server holds the removed `chunk` any more, as far as this master counts; its replica list."""

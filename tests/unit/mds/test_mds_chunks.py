@@ -284,3 +284,14 @@ async def test_a_server_known_to_hold_an_older_version_is_neither_waited_for_nor
     cluster.live[3].replicas.discard(chunk.chunk_id)  # holds an older version, as this master knows
     await cluster.owner.set_replicas(chunk, [1, 2, 3], move=[1, 2])
     assert hung == [] and time.monotonic() < heard[3] + 30.0
+
+
+async def test_a_cut_returns_only_once_a_server_that_missed_it_serves_no_more(
+        cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that does not answer the deletion (cut off) keeps the chunks cut away, and a reader whose
+    map is older than the cut would read them: the cut is answered once that server's lease ran out."""
+    chunk = await cluster.chunk_on([1, 2])
+    heard, hung = leased(cluster, monkeypatch, 0.4)
+    cluster.failing = {2}
+    await cluster.owner.delete_cut([chunk])
+    assert hung == [2] and time.monotonic() >= heard[2] + 0.4
