@@ -209,7 +209,8 @@ class ReplicaSets:
         # Who may hold the chunk at its version now: whoever this master counts as holding it, and any it
         # does not know (away, or still registering).  A connected server it knows holds an older one was
         # left behind by an earlier change, which saw to it then.
-        may_hold = [cs for cs in chunk.replicas if self.holds(cs, chunk_id) or not self._registered(cs)]
+        held = {cs for cs in chunk.replicas if self.holds(cs, chunk_id)}
+        may_hold = [cs for cs in chunk.replicas if cs in held or not self._registered(cs)]
         new: Chunk = await self._propose(
             "set_chunk_replicas", chunk_id=chunk_id, replicas=wanted, expect_version=chunk.version)
         for cs in set(new.replicas) - set(chunk.replicas):
@@ -241,7 +242,7 @@ class ReplicaSets:
         moved = [cs for cs in movers if cs not in failed]
         deleting = {cs for cs in delete if cs not in new.replicas} if len(moved) >= delete_if_moved else set()
         behind = [cs for cs in dict.fromkeys([*may_hold, *deleting]) if cs not in moved]
-        await asyncio.gather(*(self._fence(cs, chunk_id, cs in deleting) for cs in behind))
+        await asyncio.gather(*(self._fence(cs, chunk_id, cs in deleting, cs in held) for cs in behind))
         return Change(new, frozenset(failed))
 
     def _registered(self, cs_id: int) -> bool:
@@ -249,35 +250,38 @@ class ReplicaSets:
         server = self.live.get(cs_id)
         return server is not None and not getattr(server, "reporting", False)
 
-    async def _fence(self, cs_id: int, chunk_id: int, delete: bool) -> None:
+    async def _fence(self, cs_id: int, chunk_id: int, delete: bool, held: bool) -> None:
         """Return once `cs_id`, left at the chunk's old version, can serve it no more (step 5).
 
         Told, when its replica is to be deleted and it answers before its lease runs out; else its
-        lease runs out.  A registered server still connected loses its link first, so that no master
-        renews its lease before it registers again, where its replica is named stale and deleted before
-        it serves anything (cs/mds_link.py).  A server still registering is left to that alone.
+        lease runs out.  A connected server that `held` the chunk at that version loses its link
+        first, so that no master renews its lease (on a heartbeat, or at the end of a registration
+        whose page named the chunk as current) before it registers again, where its replica is named
+        stale and deleted before it serves anything (cs/mds_link.py); one that did not hold it yet
+        (still registering: a later page) has it named stale that way anyway.
         """
         if self.leases is None:  # no leases to wait for (unit tests of the other steps)
             if delete:
                 await self.delete_replica(cs_id, chunk_id)
             return
         left = self.leases.left(cs_id)
-        if delete:
-            if left <= 0:  # it serves nothing now: deleted for its space alone
-                self._spawn(self.delete_replica(cs_id, chunk_id))
-                return
+        cut_off = held and cs_id in self.live
+        if delete and left > 0:
             try:
                 if await asyncio.wait_for(self.delete_replica(cs_id, chunk_id), left):
                     return
             except TimeoutError:
                 pass
-        if left > 0:
-            await self._wait_out(cs_id, f"chunk {chunk_id:#x} left behind there at an old version")
+        elif delete and not cut_off:  # it serves nothing now: deleted for its space alone
+            self._spawn(self.delete_replica(cs_id, chunk_id))
+        if cut_off:
+            self.hang_up(cs_id)
+        await self.leases.wait_out([cs_id], f"chunk {chunk_id:#x} left behind there at an old version")
 
     async def _wait_out(self, cs_id: int, why: str) -> None:
-        """Return once `cs_id`'s lease has run out, its link dropped first if it is registered (`_fence`)."""
+        """Return once `cs_id`'s lease has run out, its link dropped first if it is connected (`_fence`)."""
         assert self.leases is not None
-        if self._registered(cs_id):
+        if cs_id in self.live:
             self.hang_up(cs_id)
         await self.leases.wait_out([cs_id], why)
 

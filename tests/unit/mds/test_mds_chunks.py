@@ -295,3 +295,13 @@ async def test_a_cut_returns_only_once_a_server_that_missed_it_serves_no_more(
     cluster.failing = {2}
     await cluster.owner.delete_cut([chunk])
     assert hung == [2] and time.monotonic() >= heard[2] + 0.4
+
+
+async def test_a_connected_holder_whose_lease_ran_out_still_loses_its_link(
+        cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Silent past its lease but still connected, it serves nothing now; but its next heartbeat would
+    renew the lease while it holds the old version (a reading of the code by a fault probe)."""
+    chunk = await cluster.chunk_on([1, 2, 3])
+    _, hung = leased(cluster, monkeypatch, 0.0)
+    await cluster.owner.set_replicas(chunk, [1, 2])
+    assert hung == [3]
