@@ -38,6 +38,7 @@ from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from chunkfs.common.errors import NotFound, StaleVersion
 from chunkfs.mds.deletions import CsCall, DeleteBatches, Spawn
 from chunkfs.mds.replica_leases import ReplicaLeases
 from chunkfs.mds.store import Chunk
@@ -66,6 +67,14 @@ class Change:
     chunk: Chunk
     #: Servers asked to move to the new version that failed to (taken as no longer holding the chunk).
     failed: frozenset[int]
+
+
+def _holds_none_at(answer: BaseException | None, version: int) -> bool:
+    """Whether a server's `answer` to a command about a chunk says it holds no replica at `version`."""
+    if isinstance(answer, NotFound):
+        return True
+    return isinstance(answer, StaleVersion) and isinstance(answer.context.get("current"), int) \
+        and answer.context["current"] != version
 
 
 class ReplicaSets:
@@ -241,7 +250,10 @@ class ReplicaSets:
         self.on_change(chunk_id)
         moved = [cs for cs in movers if cs not in failed]
         deleting = {cs for cs in delete if cs not in new.replicas} if len(moved) >= delete_if_moved else set()
-        behind = [cs for cs in dict.fromkeys([*may_hold, *deleting]) if cs not in moved]
+        # A server that answered it holds no replica at that version (gone: cut away meanwhile, say) has
+        # nothing to serve (a test: such answers cut off all three servers of a truncated file, 4 s each).
+        behind = [cs for cs in dict.fromkeys([*may_hold, *deleting])
+                  if cs not in moved and not _holds_none_at(failed.get(cs), chunk.version)]
         await asyncio.gather(*(self._fence(cs, chunk_id, cs in deleting, cs in held) for cs in behind))
         return Change(new, frozenset(failed))
 
