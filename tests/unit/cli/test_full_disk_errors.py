@@ -6,9 +6,11 @@ traceback, "database or disk is full")."""
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import socket
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,17 @@ import pytest
 from chunkfs.cli import local_cluster, nodes
 from chunkfs.cli.main import main
 from chunkfs.common.durable import is_disk_full, write_file_durably
+
+
+@pytest.fixture(autouse=True)
+def _logging_put_back() -> Iterator[None]:
+    """`main` sets the root logger up as a command does (level ERROR): put back, or a later test in the
+    same process captures no warning (CI: the secret-files test)."""
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    yield
+    root.setLevel(level)
+    root.handlers[:] = handlers
 
 
 def _free_addr() -> str:
