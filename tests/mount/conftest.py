@@ -168,6 +168,19 @@ def local_up_mounted(tmp_path: Path, name: str, *more: str) -> Iterator[tuple[Pa
             LocalCluster.load(d).stop_all()
 
 
+def logs_of(d: Path, mnt: Path, lines: int = 30) -> str:
+    """The last `lines` of every daemon log of the `local up` cluster in `d` and of the mount on `mnt`:
+    for a failure's message, since a CI run keeps nothing else of a test's cluster."""
+    from chunkfs.client.fuse_session import state_dir
+
+    out = []
+    for log in [*sorted(d.glob("*/daemon.log")), state_dir(mnt) / "daemon.log"]:
+        with contextlib.suppress(OSError):
+            tail = log.read_text(errors="replace").splitlines()[-lines:]
+            out.append(f"--- {log.parent.name}/{log.name}\n" + "\n".join(tail))
+    return "\n".join(out)
+
+
 def random_file(path: Path, size: int) -> Path:
     """A file of random bytes, written in 4 MiB pieces (bounded memory)."""
     with open(path, "wb") as f:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from chunkfs.protocol.mds_link import DEFAULT_RETRY_FOR
 
-from .conftest import chunkfs, local_up_mounted
+from .conftest import chunkfs, local_up_mounted, logs_of
 
 OUTAGE = DEFAULT_RETRY_FOR + 5  # longer than a request waits by default
 
@@ -43,7 +43,9 @@ def test_a_request_waits_out_an_outage_longer_than_the_default_with_master_wait(
         done = chunkfs("local", "up", "--dir", str(d), timeout=120)
         assert done.returncode == 0, done.stderr
         writer.join(timeout=OUTAGE * 4)
-        assert still_waiting and outcome == ["done"], outcome
+        # (CI saw EIO once, not reproduced since: the logs say which request failed, and when.)
+        assert still_waiting and outcome == ["done"], \
+            f"waiting at {OUTAGE:g} s: {still_waiting}; {outcome}\n{logs_of(d, mnt)}"
         assert (mnt / "during").read_bytes() == b"asked for while no master was up\n"
         assert (mnt / "before").read_bytes() == b"written before the outage\n"
 
