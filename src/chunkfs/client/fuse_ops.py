@@ -106,6 +106,7 @@ from chunkfs.protocol.messages import (
     ROOT_INO,
     SESSION_OPEN_PAGE,
     SESSION_TTL,
+    WATCH_LEASE,
     Msg,
     entry_list,
     int_list,
@@ -557,6 +558,7 @@ class ChunkFSOperations(pyfuse3.Operations):
         self.client.io.first_writes = False
         self.client.io.drop_fans()
         header = {} if self._watch_plain else {"features": [FEATURE_CUTS, FEATURE_MAP_CUTS]}
+        sent = time.monotonic()
         try:
             reply, _ = await conn.call(Msg.WATCH, header, timeout=WATCH_TIMEOUT)
         except ProtocolError:
@@ -570,10 +572,15 @@ class ChunkFSOperations(pyfuse3.Operations):
         self._holds_replaced = FEATURE_HOLD in reply.get("features", [])
         self._asks_listed = FEATURE_LISTED in reply.get("features", [])
         self._read_holds = FEATURE_READ_HOLDS in reply.get("features", [])
-        self.cache.watching(conn)
-        task = asyncio.get_running_loop().create_task(self._watch_ends(conn))
-        self._watch_tasks.add(task)
-        task.add_done_callback(self._watch_tasks.discard)
+        until = sent + WATCH_LEASE if reply.get("lease") else float("inf")
+        self.cache.watching(conn, until)
+        watches = [self._watch_ends(conn)]
+        if reply.get("lease"):
+            watches.append(self._keep_watch(conn, header, until))
+        for watch in watches:
+            task = asyncio.get_running_loop().create_task(watch)
+            self._watch_tasks.add(task)
+            task.add_done_callback(self._watch_tasks.discard)
         if self._asks_listed and self._established:
             try:
                 await self._check_session(conn)
@@ -586,6 +593,33 @@ class ChunkFSOperations(pyfuse3.Operations):
         for of in self.files.values():
             of.attr = None  # changes may have been missed: nothing is vouched for now
             of.cut = None  # and cuts: this mount's next commit of each file sends none (`_learn_cut`)
+
+    async def _keep_watch(self, conn: Connection, header: dict[str, Any], until: float) -> None:
+        """Renew `conn`'s watch lease every quarter of it; when it runs out unrenewed (a master frozen or
+        cut off: one elected meanwhile takes changes unheard here), the kernel drops what it cached
+        (kernel_cache.py, rule 6)."""
+        loop = asyncio.get_running_loop()
+        timer = loop.call_at(until, self._lapse, conn)
+        try:
+            while not conn.closed:
+                await asyncio.sleep(WATCH_LEASE / 4)
+                sent = time.monotonic()
+                try:
+                    reply, _ = await conn.call(Msg.WATCH, header, timeout=WATCH_TIMEOUT)
+                except ChunkFSError as exc:
+                    logger.debug("renewing the watch lease on %s: %s", conn.peer_name, exc)
+                    continue
+                if reply.get("lease"):
+                    self.cache.renewed(conn, sent + WATCH_LEASE)
+                    timer.cancel()
+                    timer = loop.call_at(sent + WATCH_LEASE, self._lapse, conn)
+        finally:
+            timer.cancel()
+
+    def _lapse(self, conn: Connection) -> None:
+        if self.cache.lapse(conn):
+            for of in self.files.values():
+                of.attr = None  # nothing is vouched for now
 
     @property
     def _hears_cuts(self) -> bool:
@@ -1521,7 +1555,10 @@ class ChunkFSOperations(pyfuse3.Operations):
         length = min(size, of.size - off)
         if length <= 0:
             return b""
-        return await self.client.io.read_buffer(of.ino, off, length)  # type: ignore[return-value]
+        data = await self.client.io.read_buffer(of.ino, off, length)
+        if not self.cache.watched and not self.opts.direct_io:
+            self.cache.drop_pages(of.ino)  # no notice would drop them (kernel_cache.py, rule 6)
+        return data  # type: ignore[return-value]
 
     @fuse_errors
     async def write(self, fh: int, off: int, buf: bytes) -> int:

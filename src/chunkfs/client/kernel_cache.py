@@ -27,7 +27,15 @@ them.  The rules that keep another client's change visible at once:
    entry drops its copy on the event loop as it arrives: the master sends it
    before the change's own answer, so before the program that made the
    change can tell anyone.
-5. Invalidations run on a thread of their own: the kernel may hold a
+6. The notices are trusted only within the watch's lease (WATCH_LEASE from
+   the sending of the last WATCH the master answered; the mount renews it
+   every quarter of that): a master frozen or cut off sends none, and a new
+   one may meanwhile take changes this mount does not hear of.  When the
+   lease runs out, the kernel drops everything as in rule 2, answers get the
+   short timeouts, and each page a read fills is dropped again once filled,
+   until the master answers.  A new master serves clients' changes only a
+   lease after it was elected (mds/server.py `_after_watch_leases`).
+7. Invalidations run on a thread of their own: the kernel may hold a
    directory's lock while it waits for a request that this mount's event
    loop must answer, so calling it from the loop could deadlock the mount.
 
@@ -60,6 +68,8 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from typing import Any
+
+from chunkfs.protocol.messages import WATCH_LEASE
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +105,11 @@ class KernelCache:
         self.seq = 0
         #: The connection the master tells of changes, while it is open.
         self._watch: object | None = None
+        #: Until when (monotonic) the watch's notices are trusted: its lease (rule 6); infinite from a
+        #: master that grants none (an earlier version).
+        self._until = 0.0
+        #: The lease ran out and has not been renewed: said once per lapse.
+        self._lapsed = False
         self._names: dict[int, Entry] = {}  # inode -> (parent, name) it was last answered under
         self._told: dict[int, tuple[int, int]] = {}  # inode -> (size, mtime_ns) the kernel was last told
         self._inodes: dict[Entry, int] = {}
@@ -118,11 +133,12 @@ class KernelCache:
 
     @property
     def watched(self) -> bool:
-        return self._watch is not None
+        """Whether the master's notices are heard and trusted now: watched, and within its lease."""
+        return self._watch is not None and time.monotonic() < self._until
 
     def timeouts(self, since: int) -> tuple[float, float]:
         """(attribute, entry) timeouts for an answer to a request that began when `seq` was `since`."""
-        if self._watch is not None and since == self.seq:
+        if self.watched and since == self.seq:
             return (self.long if self.short_attr else 0.0), (self.long if self.short_entry else 0.0)
         return self.short_attr, self.short_entry
 
@@ -206,7 +222,7 @@ class KernelCache:
 
     def whole(self, ino: int, names: Iterable[bytes], since: int) -> None:
         """`names` are every name in directory `ino`, as answered to a request (or requests) begun at `since`."""
-        if self._watch is None or since != self.seq or ino in self._whole:
+        if not self.watched or since != self.seq or ino in self._whole:
             return
         known = set(names)
         if self._whole_names + len(known) > WHOLE_NAMES_MAX:
@@ -218,7 +234,7 @@ class KernelCache:
         """Whether `name` is known not to be in `parent` (answered without asking the master): the
         directory is known whole, or the master said so a moment ago (rule 4)."""
         names = self._whole.get(parent)
-        if names is not None and self._watch is not None and name not in names:
+        if names is not None and self.watched and name not in names:
             return True
         until = self._absent.get((parent, name))
         if until is None:
@@ -230,7 +246,7 @@ class KernelCache:
 
     def no_such_name(self, parent: int, name: bytes, since: int) -> None:
         """The master answered that `name` is not in `parent`, to a request begun at `since` (rule 4)."""
-        if self._watch is not None and since != self.seq:
+        if self.watched and since != self.seq:
             return  # a notice came meanwhile: the answer may be older than the change it told of
         _, keep = self.timeouts(since)
         if keep:
@@ -294,23 +310,61 @@ class KernelCache:
 
     # -- the watch ---------------------------------------------------------------
 
-    def watching(self, conn: object) -> None:
-        """The master tells `conn` of other clients' changes from now on."""
+    def watching(self, conn: object, until: float = float("inf")) -> None:
+        """The master tells `conn` of other clients' changes from now on, trusted `until` (rule 6)."""
         self._watch = conn
+        self._until = until
+        self._lapsed = False
         self.seq += 1
+
+    def renewed(self, conn: object, until: float) -> None:
+        """The master answered a renewal of `conn`'s watch lease: its notices are trusted `until`."""
+        if conn is not self._watch:
+            return
+        if self._lapsed:
+            logger.info("the master answers again: its change notices are trusted again")
+            self._lapsed = False
+            self.seq += 1
+        self._until = max(self._until, until)
+
+    def lapse(self, conn: object) -> bool:
+        """Rule 6: if `conn`'s lease ran out unrenewed, drop everything the kernel holds; whether it did."""
+        if conn is not self._watch or self._lapsed or time.monotonic() < self._until:
+            return False
+        self._lapsed = True
+        self._forget_all()
+        logger.warning("no word from the master for %g s: another master may be changing files unheard; the "
+                       "kernel drops the %d name(s) and the pages it cached from this mount, short cache "
+                       "timeouts until the master answers", WATCH_LEASE, len(self._names))
+        return True
 
     def lost(self, conn: object) -> None:
         """`conn` is closed: if it was the watched one, everything the kernel holds may be stale (rule 2)."""
         if conn is not self._watch:
             return
         self._watch = None
+        if self._lapsed:
+            return  # (dropped already)
+        self._forget_all()
+        logger.info("lost the master's change notices: the kernel forgets %d cached name(s); "
+                    "short cache timeouts until they are back", len(self._names))
+
+    def _forget_all(self) -> None:
+        """Notices may be missed from now on: answers begun before are not kept long, nothing is known
+        whole or absent, and the kernel drops every name, attribute and page it holds from this mount."""
         self.seq += 1
         self._whole.clear()
         self._whole_names = 0
         self._absent.clear()
-        logger.info("lost the master's change notices: the kernel forgets %d cached name(s); "
-                    "short cache timeouts until they are back", len(self._names))
         self._queue_everything()
+
+    def drop_pages(self, ino: int) -> None:
+        """Have the kernel drop `ino`'s pages (and attributes) once it filled them: a read answered while
+        the notices are not trusted (rule 6) must not stay in its page cache."""
+        with self._cond:
+            self._todo.append(ino)
+            self._queued[ino] += 1
+            self._cond.notify()
 
     def changed(self, entries: Iterable[Entry], inodes: Iterable[int]) -> None:
         """Another client changed these names and inodes (an INVALIDATE notice)."""
@@ -335,8 +389,8 @@ class KernelCache:
 
     def _queue_everything_locked(self) -> None:
         self._todo.clear()
+        self._todo.extend(self._names)  # inodes first: their pages are what a reader may read stale
         self._todo.extend(self._inodes)
-        self._todo.extend(self._names)
         self._queued = Counter(self._names.keys())  # each known inode once
 
     # -- the invalidating thread -----------------------------------------------------------
@@ -378,7 +432,7 @@ class KernelCache:
                     # size and mtime as they were (`cp -p`), which the kernel's own check (size or mtime
                     # changed) does not see, and a process holding it open or mapping it would go on
                     # reading the old bytes.  Dropping pages may wait for the kernel's page locks: here,
-                    # on this thread, never on the event loop (rule 5).
+                    # on this thread, never on the event loop (rule 7).
                     self._invalidate_inode(item, False)
                 else:
                     self._invalidate_entry(*item)

@@ -70,6 +70,7 @@ from chunkfs.protocol.messages import (
     FEATURE_VERSIONED_CUT,
     MAX_BLOCKS,
     SESSION_TTL,
+    WATCH_LEASE,
     Msg,
     check_nested_ints,
     entry_list,
@@ -101,6 +102,11 @@ FOLLOWER_MESSAGES = frozenset({Msg.RAFT_SNAPSHOT, Msg.PING})
 #: A new chunk that cannot be placed because chunk servers are missing (not connected,
 #: silent, still reporting) waits this long for them before the writer is told so.
 PLACEMENT_WAIT = 5.0
+#: A client's requests a new master serves before the mounts' trust in an earlier master's notices ran
+#: out (`_after_watch_leases`): they change nothing another mount's kernel may have cached.
+BEFORE_WATCH_LEASES = frozenset({Msg.WATCH, Msg.SESSION, Msg.PING})
+#: Beyond WATCH_LEASE, for a mount's dropping of its kernel's cache when its trust runs out, seconds.
+WATCH_LEASE_MARGIN = 0.2
 #: Chunk ids a master sets aside at once for the chunks it allocates (one commit per this many).
 CHUNK_ID_BATCH = 256
 PLACEMENT_POLL = 0.2
@@ -530,6 +536,8 @@ class MetadataServer:
             check_nested_ints(h, msg.name)
         if msg not in FOLLOWER_MESSAGES and not self.raft.is_leader():
             raise self.raft.not_master_error()
+        if conn.peer_role == "client" and msg not in BEFORE_WATCH_LEASES:
+            await self._after_watch_leases()
         started = time.perf_counter()
         try:
             if msg == Msg.CHUNK_WRITE:  # the one request here that may carry data: a chunk's first write
@@ -784,11 +792,27 @@ class MetadataServer:
         return {}
 
     async def _on_watch(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
+        """Watch (or renew the watch lease of) `conn`: the lease only after a read barrier, as the master."""
         if conn.peer_role != "client":
             raise ProtocolError("WATCH is for clients only")
         self.watchers.add(conn, [str(feature) for feature in h.get("features") or []])
+        await self.log.read_barrier()
         return {"features": [FEATURE_FIRST_WRITE, FEATURE_NAMED, FEATURE_FAN, FEATURE_HOLD, FEATURE_LISTED,
-                             FEATURE_READ_HOLDS]}
+                             FEATURE_READ_HOLDS], "lease": True}
+
+    async def _after_watch_leases(self) -> None:
+        """Serve a client only once no mount trusts its kernel cache on an earlier master's notices.
+
+        A mount trusts it for WATCH_LEASE from the sending of a WATCH an earlier master answered, and
+        that master answered only before this one was elected: a change made here sooner could be
+        missed by a mount still reading the old bytes from its page cache (a probe: about 2 s of
+        them after a write through a new master).  At term 1 there was no earlier master.
+        """
+        if self.raft.term <= 1:
+            return
+        wait = self.raft.leader_since + WATCH_LEASE + WATCH_LEASE_MARGIN - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
 
     async def _on_session(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
         session = h["session"]

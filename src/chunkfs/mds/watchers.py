@@ -7,6 +7,13 @@ INVALIDATE notice (no answer) for each namespace or attribute change another
 connection made, naming the entries and inodes touched, before that change's
 own answer goes out.
 
+A mount trusts those notices only within a lease (WATCH_LEASE): it sends
+WATCH again on the same connection every quarter of it, and the master
+answers `lease` only after a read barrier, as the master.  A master frozen or
+cut off answers nothing, and the mount has the kernel drop what it cached
+(client/kernel_cache.py, rule 6); a new master serves clients' changes only
+once every lease an earlier one granted has run out.
+
 Nothing here is replicated: watchers are connections to this master.  A
 master that stops being the master closes them (`drop_all`), so every
 watching mount sees its connection end, has the kernel forget what it
@@ -40,8 +47,11 @@ class Watchers:
         return len(self._conns)
 
     def add(self, conn: Connection, features: Iterable[str] = ()) -> None:
+        """Watch `conn` (again: a mount renews its lease with the same WATCH, said once)."""
+        new = conn not in self._conns
         self._conns[conn] = frozenset(features)
-        logger.info("%s watches for changes (%d watching)", conn.peer_name, len(self._conns))
+        if new:
+            logger.info("%s watches for changes (%d watching)", conn.peer_name, len(self._conns))
 
     def discard(self, conn: Connection) -> None:
         self._conns.pop(conn, None)

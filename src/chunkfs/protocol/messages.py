@@ -125,6 +125,13 @@ REPLICA_LEASE = 4.0
 #: A mount reads a local chunk server's replica files itself for this long, seconds, after a request
 #: it sent that server was answered (client/local_reads.py): a master waits this much longer too.
 LOCAL_READ_LEASE = 0.5
+#: A mount trusts what the kernel caches from it (pages of open files, names, attributes) for this
+#: long, seconds, from the sending of its last WATCH that a master answered with `lease` (after a read
+#: barrier: as the master): the notices that would have the kernel drop what another client changed
+#: come only from the master, and one frozen or cut off sends none.  A new master serves clients' changes
+#: only this long after it became the master (later than any mount's trust in an earlier master's
+#: notices); the mount renews every quarter of it (client/watch_lease.py).
+WATCH_LEASE = 2.0
 #: Inodes per SESSION message when a mount re-sends the files it holds open.
 SESSION_OPEN_PAGE = 1000
 #: Chunks one CS_DELETE_CHUNKS names at most.
@@ -312,8 +319,10 @@ SPECS: dict[Msg, MessageSpec] = {
     # connection, of every change another client makes (INVALIDATE notices) while it lasts.
     # `features` (request): what this mount takes in notices (FEATURE_CUTS); a master of an earlier
     # version refuses the field, and the mount watches again without it.
+    # `lease` (answer): the mount may trust its kernel cache for WATCH_LEASE from this request's sending;
+    # a mount sends WATCH again on the same connection to renew it (an earlier master grants none).
     Msg.WATCH: MessageSpec((f("features", list, optional=True, max_items=64),),
-                           (f("features", list, optional=True, max_items=64),)),
+                           (f("features", list, optional=True, max_items=64), f("lease", bool, optional=True))),
     # Master -> watching mount: the names ([parent, name]) and inodes a change touched; `cuts`:
     # [[ino, cut, size]] of a file the change cut (truncate, O_TRUNC; see MetadataStore._cut).
     Msg.INVALIDATE: MessageSpec(
