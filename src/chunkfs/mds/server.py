@@ -104,7 +104,10 @@ FOLLOWER_MESSAGES = frozenset({Msg.RAFT_SNAPSHOT, Msg.PING})
 PLACEMENT_WAIT = 5.0
 #: A client's requests a new master serves before the mounts' trust in an earlier master's notices ran
 #: out (`_after_watch_leases`): they change nothing another mount's kernel may have cached.
-BEFORE_WATCH_LEASES = frozenset({Msg.WATCH, Msg.SESSION, Msg.PING})
+BEFORE_WATCH_LEASES = frozenset({
+    Msg.PING, Msg.WATCH, Msg.SESSION, Msg.LOOKUP, Msg.GETATTR, Msg.RESOLVE, Msg.READDIR, Msg.CHUNK_READ,
+    Msg.CLUSTER_STAT, Msg.GET_EVENTS, Msg.GET_CONFIG,
+})
 #: Beyond WATCH_LEASE, for a mount's dropping of its kernel's cache when its trust runs out, seconds.
 WATCH_LEASE_MARGIN = 0.2
 #: Chunk ids a master sets aside at once for the chunks it allocates (one commit per this many).

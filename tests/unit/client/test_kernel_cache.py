@@ -117,6 +117,33 @@ def test_a_lost_watch_invalidates_every_name_and_inode_the_kernel_holds(cache: K
     assert sorted(map(str, dropped)) == sorted(map(str, [(10, b"b2"), 11, 12]))
 
 
+def test_past_the_watch_lease_nothing_is_trusted_until_the_master_answers_again(
+        cache: KernelCache, kernel: Kernel) -> None:
+    """Rule 6: a master frozen or cut off sends no notice while another takes changes."""
+    conn = object()
+    cache.watching(conn, until=time.monotonic() + 60)
+    cache.remember(10, 1, b"a")
+    cache.whole(1, [b"a"], cache.seq)
+    assert cache.watched and cache.missing(1, b"b")
+    assert not cache.lapse(conn)  # within the lease: nothing happens
+    cache.watching(conn, until=time.monotonic() - 0.001)  # its last renewal's lease ran out
+    seq = cache.seq
+    assert not cache.watched and cache.timeouts(seq) == (1.0, 2.0)
+    assert cache.lapse(conn) and not cache.lapse(conn)  # once per lapse
+    assert not cache.missing(1, b"b")  # the directory is not known whole any more
+    assert sorted(map(str, settle(cache, kernel, 2))) == sorted(map(str, [(1, b"a"), 10]))
+    assert kernel.data_dropped == [10]  # its pages too
+    cache.drop_pages(10)  # a read answered meanwhile: its pages go once filled
+    settle(cache, kernel, 3)
+    assert kernel.data_dropped == [10, 10]
+    cache.renewed(object(), time.monotonic() + 60)  # another connection's answer vouches for nothing
+    assert not cache.watched
+    cache.renewed(conn, time.monotonic() + 60)
+    assert cache.watched and cache.seq > seq and cache.timeouts(cache.seq) == (60.0, 60.0)
+    cache.lost(conn)
+    assert not cache.watched
+
+
 def test_past_its_bound_the_queue_becomes_everything_known(
         monkeypatch: pytest.MonkeyPatch, kernel: Kernel) -> None:
     monkeypatch.setattr(kernel_cache, "QUEUE_MAX", 3)
