@@ -130,7 +130,7 @@ LOCAL_READ_LEASE = 0.5
 #: barrier: as the master): the notices that would have the kernel drop what another client changed
 #: come only from the master, and one frozen or cut off sends none.  A new master serves clients' changes
 #: only this long after it became the master (later than any mount's trust in an earlier master's
-#: notices); the mount renews every quarter of it (client/watch_lease.py).
+#: notices); the mount renews every quarter of it (client/fuse_ops.py `_keep_watch`).
 WATCH_LEASE = 2.0
 #: Inodes per SESSION message when a mount re-sends the files it holds open.
 SESSION_OPEN_PAGE = 1000
