@@ -80,7 +80,7 @@ from chunkfs.protocol.messages import (
 )
 from chunkfs.protocol.rpc import SILENCE_LIMIT, Connection, Credentials, Reply, RpcServer
 from chunkfs.protocol.tls import node_tls
-from chunkfs.raft.driver import ELECTION_TIMEOUT, RaftLog, StateMachine
+from chunkfs.raft.driver import ELECTION_TIMEOUT, READ_LEASE, RaftLog, StateMachine
 
 logger = logging.getLogger(__name__)
 
@@ -108,8 +108,11 @@ BEFORE_WATCH_LEASES = frozenset({
     Msg.PING, Msg.WATCH, Msg.SESSION, Msg.LOOKUP, Msg.GETATTR, Msg.RESOLVE, Msg.READDIR, Msg.CHUNK_READ,
     Msg.CLUSTER_STAT, Msg.GET_EVENTS, Msg.GET_CONFIG,
 })
-#: Beyond WATCH_LEASE, for a mount's dropping of its kernel's cache when its trust runs out, seconds.
-WATCH_LEASE_MARGIN = 0.2
+#: Beyond WATCH_LEASE, seconds: a read lease, for an earlier master whose handover to this one it
+#: gave up (the target silent) while its TimeoutNow was still on the way, which then granted leases
+#: from a read round confirmed before this election for up to READ_LEASE after; and 0.2 s for a
+#: mount's dropping of its kernel's cache when its trust runs out.
+WATCH_LEASE_MARGIN = READ_LEASE + 0.2
 #: Chunk ids a master sets aside at once for the chunks it allocates (one commit per this many).
 CHUNK_ID_BATCH = 256
 PLACEMENT_POLL = 0.2
