@@ -94,7 +94,7 @@ def test_a_change_a_master_held_when_it_lost_its_majority_is_answered_once_one_i
     with EIO, and a master elected later committed it: the directory was there, and a retry got EEXIST.
     Now that master answers "it may still take effect" as it steps down, and the mount asks again until a
     master answers: no error, and exactly the directories acknowledged."""
-    from chunkfs.testing.cluster import master_id, wait_for_new_master
+    from chunkfs.testing.cluster import master_id, wait_for, wait_for_new_master
 
     cluster = make_cluster(n_cs=1, n_mds=3, name="lone")
     # Long enough for a mkdir in flight at the first kill to reach the next master (one sent to a master
@@ -122,6 +122,10 @@ def test_a_change_a_master_held_when_it_lost_its_majority_is_answered_once_one_i
         old = master_id(client)
         cluster.kill("mds", old)
         new = wait_for_new_master(client, old)
+        # Once it takes changes (a new master holds them until no mount trusts the old one's notices:
+        # kernel_cache.py, rule 6; killed before, the other left it alone with nothing in its log).
+        since = len(results)
+        wait_for("two mkdirs answered by the new master", lambda: len(results) >= since + 2, timeout=30)
         (other,) = {1, 2, 3} - {old, new}
         cluster.kill("mds", other)  # the new master alone, with the mkdir the loop sent it
         time.sleep(10)  # past master_wait, and past the lone master's step-down
