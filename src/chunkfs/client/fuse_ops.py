@@ -1557,7 +1557,9 @@ class ChunkFSOperations(pyfuse3.Operations):
             return b""
         data = await self.client.io.read_buffer(of.ino, off, length)
         if not self.cache.watched and not self.opts.direct_io:
-            self.cache.drop_pages(of.ino)  # no notice would drop them (kernel_cache.py, rule 6)
+            # No notice would have the kernel drop the pages this read fills: dropped once filled, as
+            # for a notice (kernel_cache.py, rule 6).
+            self.cache.changed((), (of.ino,))
         return data  # type: ignore[return-value]
 
     @fuse_errors

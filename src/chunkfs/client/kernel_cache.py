@@ -358,14 +358,6 @@ class KernelCache:
         self._absent.clear()
         self._queue_everything()
 
-    def drop_pages(self, ino: int) -> None:
-        """Have the kernel drop `ino`'s pages (and attributes) once it filled them: a read answered while
-        the notices are not trusted (rule 6) must not stay in its page cache."""
-        with self._cond:
-            self._todo.append(ino)
-            self._queued[ino] += 1
-            self._cond.notify()
-
     def changed(self, entries: Iterable[Entry], inodes: Iterable[int]) -> None:
         """Another client changed these names and inodes (an INVALIDATE notice)."""
         self.seq += 1
