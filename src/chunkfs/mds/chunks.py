@@ -286,14 +286,12 @@ class ReplicaSets:
                 pass
         elif delete and not cut_off:  # it serves nothing now: deleted for its space alone
             self._spawn(self.delete_replica(cs_id, chunk_id))
-        if cut_off:
-            self.hang_up(cs_id)
-        await self.leases.wait_out([cs_id], f"chunk {chunk_id:#x} left behind there at an old version")
+        await self._wait_out(cs_id, f"chunk {chunk_id:#x} left behind there at an old version", cut_off)
 
-    async def _wait_out(self, cs_id: int, why: str) -> None:
-        """Return once `cs_id`'s lease has run out, its link dropped first if it is connected (`_fence`)."""
+    async def _wait_out(self, cs_id: int, why: str, cut_off: bool = True) -> None:
+        """Return once `cs_id`'s lease has run out; `cut_off`: its link dropped first if it is connected."""
         assert self.leases is not None
-        if cs_id in self.live:
+        if cut_off and cs_id in self.live:
             self.hang_up(cs_id)
         await self.leases.wait_out([cs_id], why)
 
