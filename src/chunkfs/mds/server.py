@@ -32,6 +32,7 @@ from chunkfs.common.errors import (
     InvalidArgument,
     NoSpace,
     NotFound,
+    NotMaster,
     ProtocolError,
     Unavailable,
     WritesLost,
@@ -130,6 +131,8 @@ LIST_SESSIONS_TRIES = 30
 #: Chunks of the store read at most per step while a registration page's range is covered
 #: (HeldReplicas.cover); the loop turns between steps.
 COVER_SLICE = 8192
+#: How long a lost chunk server's warning waits for this master to confirm it still is one.
+GONE_CONFIRM_TIMEOUT = 2.0
 
 
 @dataclass(slots=True)
@@ -1639,10 +1642,28 @@ class MetadataServer:
             self.healing.on_disconnect(server)
             if self._stopping:
                 return  # this master closed it, stopping: the next master hears from the server again
-            timeout = self.healing.settings()["cs-offline-timeout"]
-            self._spawn(self._event(
-                "warning", f"CS#{server.cs_id} connection from {server.addr} lost: inactive, no new chunks go "
-                f"there; offline (its replicas re-created elsewhere) unless back within {timeout:g} s"))
+            self._spawn(self._server_gone(server))
+
+    async def _server_gone(self, server: LiveServer) -> None:
+        """Say that a chunk server's connection is lost, as the master.
+
+        A master stopped and resumed believes it still is one until its followers tell it otherwise,
+        and its chunk servers, gone to the new master meanwhile, hang up on it one by one: it confirms
+        first (within its read lease, at no cost), so that such a server does not warn, twice per
+        chunk server, that each went away and that it could not record so.
+        """
+        try:
+            async with asyncio.timeout(GONE_CONFIRM_TIMEOUT):
+                await self.log.read_barrier()
+        except NotMaster:
+            logger.info("CS#%d hung up on this former master (it serves the new one)", server.cs_id)
+            return
+        except (ChunkFSError, TimeoutError):
+            pass  # no majority to confirm with: the loss is worth the warning all the more
+        timeout = self.healing.settings()["cs-offline-timeout"]
+        await self.event(
+            "warning", f"CS#{server.cs_id} connection from {server.addr} lost: inactive, no new chunks go "
+            f"there; offline (its replicas re-created elsewhere) unless back within {timeout:g} s")
 
     # -- cluster state -----------------------------------------------------------
 
