@@ -981,6 +981,10 @@ class ChunkStore:
                         )
                 if first_whole < self.n_blocks:
                     self._free_blocks(lease, first_whole)
+                # On the disk before it is answered: a power cut that kept the new length (a rename to a
+                # new version commits it with ext4's journal) but not these zeros and checksums brought
+                # the old bytes back, and EIO, into a file the master had cut and grown again.
+                self._sync(lease, data_only=True)
                 self.written.truncated(chunk_id, length)
             except OSError as exc:
                 if is_disk_full(exc):
