@@ -939,8 +939,16 @@ async def connect(
         # (asyncio's own wording, "Connect call failed ('127.0.0.1', 1234)", carries the errno alone)
         reason = exc.strerror or (os.strerror(exc.errno) if exc.errno else str(exc))
         raise Unavailable(f"cannot connect to {addr}: {reason}") from None
-    _tune_socket(conn)
-    _size_socket_buffers(conn)
+    try:
+        _tune_socket(conn)
+        _size_socket_buffers(conn)
+    except RuntimeError:
+        # uvloop refuses any operation on a transport already closed: a peer that reset the connection
+        # as it was made (a listener closed with it in its backlog, a refusal), its reset read by the
+        # loop before this line.  Not a bug to answer EIO for at once: a connection lost, as any other
+        # (a mount's request escaped its retries through here, its master_wait or not).
+        conn.close()
+        raise Unavailable(f"{addr} closed the connection as it was made") from None
     try:
         await client_handshake(conn, creds)
     except TimeoutError:
