@@ -211,7 +211,7 @@ class MetadataServer:
         self.raft = RaftLog(
             directory / "raft", node.node_id, {**dict(node.peers), node.node_id: node.addr}, self.creds,
             bootstrap_voters=(node.node_id,) if node.bootstrap else (),
-            on_membership=self._learn_members, on_leader=lambda: self._spawn(self._became_master()),
+            on_membership=self._learn_members, on_leader=self._becoming_master,
             on_follower=self._stepped_down,
             on_lost_log=lambda peer, what: self._spawn(self._drop_lost_member(peer, what)),
             on_fatal=self._fail, joined=node.joined, on_joined=self._record_joined,
@@ -367,12 +367,13 @@ class MetadataServer:
             self.node = dataclasses.replace(self.node, peers=peers)
             save_node_file(self.directory, self.node)
 
-    async def _became_master(self) -> None:
+    def _becoming_master(self) -> None:
+        """As the Raft loop learns this server leads, before it serves anything as the master: the grace
+        periods begin here, not in a task that a first request could run ahead of (an unlink of a file a
+        mount holds open, before the mount could say so, would have freed it)."""
         self._master_since = time.monotonic()
         self._absent = set()
-        self._spawn(self._find_absent_servers(self._master_since))
         self._chunk_ids = [0, 0]
-        self._spawn(self._check_store())
         self.healing.start()
         self.leases.start_grace()
         self.fans.clear()
@@ -380,6 +381,11 @@ class MetadataServer:
         self.open_files.ttl = self.healing.settings(fresh=True)["session-timeout"]
         self.open_files.start_grace()
         self.reaper.start()
+        self._spawn(self._became_master())
+
+    async def _became_master(self) -> None:
+        self._spawn(self._find_absent_servers(self._master_since))
+        self._spawn(self._check_store())
         self._spawn(self.behind.run())
         self._spawn(self._list_sessions())
         await self._register_self()

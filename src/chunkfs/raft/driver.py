@@ -366,7 +366,9 @@ class RaftLog:
         return self.core.term if self.core else 0
 
     def is_leader(self) -> bool:
-        return self.core is not None and self.core.is_leader
+        """The master, as its loop has learnt (and told `on_leader`): a one-member group's core leads from
+        `start`, before its first term's entry commits and before the server's grace periods begin."""
+        return self.core is not None and self.core.is_leader and self._leader_since > 0.0
 
     @property
     def leader_since(self) -> float:
