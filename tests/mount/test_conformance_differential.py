@@ -328,6 +328,11 @@ def _call_refused(prefixes: tuple[str, ...], errnos: tuple[str, ...]) -> Callabl
     return applies
 
 
+def _no_xattrs_listed(key: str, local: Any, mount: Any) -> bool:
+    """The mount keeps no extended attributes: it lists none, where the local disk lists those set on it."""
+    return key == "listxattr" and mount == ("ok", []) and isinstance(local, tuple) and local[:1] == ("ok",)
+
+
 _ORDER = {"<": 0, "=": 1, ">": 2}
 
 
@@ -344,7 +349,9 @@ ALLOWED = [
     Allowed("special files", "DESIGN.md 'Not POSIX': no device files, FIFOs or sockets; mknod answers EPERM",
             _call_refused(("mknod ", "mkfifo", "bind AF_UNIX "), ("EPERM",))),
     Allowed("xattrs and ACLs", "DESIGN.md 'Not POSIX': no ACLs; no extended attributes (ENOTSUP)",
-            _call_refused(("setxattr", "getxattr", "listxattr", "removexattr"), ("EOPNOTSUPP", "ENOTSUP"))),
+            _call_refused(("setxattr", "getxattr", "removexattr"), ("EOPNOTSUPP", "ENOTSUP"))),
+    Allowed("no xattrs listed", "README 'Not POSIX': none kept, so none listed (as a local disk without them)",
+            _no_xattrs_listed),
     Allowed("chown to another owner", "README 'Who may use a mount': ChunkFS keeps no owners; EPERM",
             _call_refused(("chown to another owner",), ("EPERM",))),
     Allowed("fallocate", "fuse_ops.py: pyfuse3 3.5 has no fallocate handler; the kernel answers EOPNOTSUPP",

@@ -1077,7 +1077,9 @@ class ChunkFSOperations(pyfuse3.Operations):
         raise pyfuse3.FUSEError(errno.ENOTSUP)
 
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
-        raise pyfuse3.FUSEError(errno.ENOTSUP)
+        # None, as a local file system without extended attributes lists (ENOTSUP made
+        # `tar --xattrs` warn once per file, and `rsync -X` fail).
+        return []
 
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         raise pyfuse3.FUSEError(errno.ENOTSUP)
