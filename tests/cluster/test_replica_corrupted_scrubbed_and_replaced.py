@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from chunkfs.common.config import BLOCK_SIZE
-from chunkfs.common.errors import ChecksumMismatch
+from chunkfs.common.errors import ChecksumMismatch, ChunkFSError
+from chunkfs.common.replica_file import HEADER_SIZE
 from chunkfs.testing.cluster import wait_for
 
 from ._healing_helpers import MiB, check_every_replica, chunk_maps, flip_bytes, replica_files
@@ -199,3 +200,37 @@ def test_a_bad_block_of_a_single_replica_file_is_named_lost(make_cluster) -> Non
         assert c.read(f.ino, 0, 2 * BLOCK_SIZE) == data[:2 * BLOCK_SIZE]
         wait_for("an event naming the lost range", lambda: "bad on every replica" in _events(c), timeout=60)
         assert f"file /one/file: bytes {2 * BLOCK_SIZE}-{3 * BLOCK_SIZE - 1} are bad on every replica" in _events(c)
+
+
+@pytest.mark.parametrize("found_by", ["scrubber", "reader"])
+def test_a_chunk_no_replica_of_which_reached_the_disk_reads_as_zeros(make_cluster, found_by: str) -> None:
+    """After a power cut, a chunk made and never synced has no header on any replica (a power-cut probe:
+    SQLite's `-shm` file, never synced, then kept its database from opening): nothing in it was promised,
+    and the file reads zeros there, as a local disk shows what was not synced, not EIO for good."""
+    cluster = make_cluster(n_cs=3)
+    with cluster.client() as c:
+        f, data, m, replicas = _written(cluster, c, "/unsynced", 1)
+        assert len(replicas) == 3
+    for proc in cluster.processes:  # the power cut: every process gone, and with it what was not on disk
+        cluster.kill(proc.role, proc.id)
+    for replica in replicas:  # the header as the cut leaves it when it never reached the disk
+        with open(replica, "r+b") as fh:
+            fh.write(bytes(HEADER_SIZE))
+    cluster.start_all()
+    cluster.wait_ready()
+    with cluster.client() as c:
+        if found_by == "scrubber":
+            c.set_config({"scrub-interval": "1", "scrub-rate": "100"})
+
+        def zeros() -> bool:
+            try:
+                return c.read(f.ino, MiB, MiB) == bytes(MiB)
+            except ChunkFSError:  # (a reader's: every replica failed, or none is left to read yet)
+                return False
+
+        wait_for("the chunk made again empty on its last server", zeros, timeout=90)
+        assert c.read(f.ino, 0, MiB) == data[:MiB]  # the other chunk as it was
+        assert "nothing in it was promised" in _events(c)
+        wait_for("the chunk copied back to three replicas", lambda: len(chunk_maps(c, f.ino, SIZE)[1]["replicas"]) == 3
+                 and c.cluster_stat()["chunks"]["healthy"] == SIZE // MiB, timeout=90)
+        assert c.read(f.ino, MiB, MiB) == bytes(MiB)

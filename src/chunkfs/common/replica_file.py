@@ -94,6 +94,18 @@ def check_header(chunk_id: int, raw: bytes, chunk_size: int, block_size: int) ->
         )
 
 
+def header_never_written(path: Path) -> bool:
+    """Whether the replica file at `path` has no header on disk (empty, or zeros where it goes): made,
+    and never synced before its server stopped (a power cut), so nothing in it was ever promised (every
+    sync of a replica takes its header to the disk too)."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(HEADER_USED)
+    except OSError:
+        return False
+    return not any(raw)
+
+
 def pread_full(fd: int, buf: bytearray | memoryview, pos: int) -> int:
     """Fill `buf` from `pos`; stop at end of file. Returns the bytes read.
 

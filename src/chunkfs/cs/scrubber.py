@@ -18,6 +18,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from chunkfs.common.errors import ChecksumMismatch, ChunkFSError, NotFound
+from chunkfs.common.replica_file import header_never_written
 from chunkfs.protocol.messages import Msg
 
 if TYPE_CHECKING:
@@ -42,8 +43,9 @@ class Scrubber:
         self.passes = 0
         self.verified = 0
         self.corrupt = 0
-        #: chunk id -> (why, bad blocks; empty when the replica was quarantined whole).
-        self._pending: dict[int, tuple[str, list[int]]] = {}
+        #: chunk id -> (why, bad blocks (none when the replica was quarantined whole), whether its header
+        #: never reached the disk).
+        self._pending: dict[int, tuple[str, list[int], bool]] = {}
         self._task: asyncio.Task[None] | None = None
         #: Sending the reports of missing replicas found between scrub passes (`missing`).
         self._reporting: asyncio.Task[None] | None = None
@@ -68,7 +70,7 @@ class Scrubber:
             return
         logger.error("chunk %#x: the replica file is missing from %s; telling the master", chunk_id,
                      self.server.store.root)
-        self._pending[chunk_id] = ("replica file missing from the chunk server's disk", [])
+        self._pending[chunk_id] = ("replica file missing from the chunk server's disk", [], False)
         if self._reporting is None or self._reporting.done():
             self._reporting = asyncio.get_running_loop().create_task(self._send_reports())
 
@@ -107,10 +109,12 @@ class Scrubber:
             self.verified += 1
             if not found["ok"]:
                 bad += 1
-                reason = ("replica header corrupt, found by the scrubber; quarantined whole" if found["whole"] else
+                reason = ("replica header never written, found by the scrubber; quarantined whole"
+                          if found.get("unsynced") else
+                          "replica header corrupt, found by the scrubber; quarantined whole" if found["whole"] else
                           f"{len(found['bad'])} block(s) failing their checksum, found by the scrubber")
                 if len(self._pending) < MAX_PENDING_REPORTS:
-                    self._pending[chunk_id] = (reason, found["bad"])
+                    self._pending[chunk_id] = (reason, found["bad"], bool(found.get("unsynced")))
                 await self._send_reports()
             # Pace: one replica's worth of reading at `rate`, whatever the disk did.
             pause = store.chunk_size / self.rate - (time.monotonic() - started)
@@ -131,6 +135,10 @@ class Scrubber:
         except ChecksumMismatch as exc:
             path = await asyncio.to_thread(store.quarantine, chunk_id)
             self.corrupt += 1
+            if await asyncio.to_thread(header_never_written, path):
+                logger.warning("chunk %#x: the replica's header never reached the disk (made, and never synced "
+                               "before this server stopped: nothing in it was promised); moved to %s", chunk_id, path)
+                return {"ok": False, "bad": [], "whole": True, "unsynced": True}
             logger.error("chunk %#x: %s; the replica is moved to %s", chunk_id, exc, path)
             return {"ok": False, "bad": [], "whole": True}
         if bad:
@@ -144,10 +152,12 @@ class Scrubber:
         conn = link.conn
         if not self._pending or conn is None or conn.closed or not link.registered.is_set():
             return
-        for chunk_id, (reason, blocks) in list(self._pending.items()):
+        for chunk_id, (reason, blocks, unsynced) in list(self._pending.items()):
             header: dict[str, Any] = {"chunk_id": chunk_id, "cs_id": link.cs_id, "reason": reason}
             if blocks:
                 header["blocks"] = blocks
+            if unsynced:
+                header["unsynced"] = True
             try:
                 await conn.call(Msg.REPORT_BAD_REPLICA, header, timeout=10.0)
             except ChunkFSError as exc:

@@ -61,7 +61,7 @@ class BadReplicas:
         self.repaired_blocks = 0
 
     def report(self, chunk_id: int, cs_id: int, reason: str, own: bool, reporter: str,
-               blocks: list[int] | None) -> bool:
+               blocks: list[int] | None, unsynced: bool = False) -> bool:
         """Handle a report in the background (the reporter is answered at once); False: nothing to do."""
         chunk = self.mds.store.chunk(chunk_id)
         if chunk is None or cs_id not in chunk.replicas:
@@ -74,11 +74,11 @@ class BadReplicas:
         if key in self.checking or len(self.checking) >= MAX_CHECKING:
             return False
         self.checking.add(key)
-        self.mds.spawn(self._handle(chunk, cs_id, reason, own, reporter, blocks))
+        self.mds.spawn(self._handle(chunk, cs_id, reason, own, reporter, blocks, unsynced))
         return True
 
     async def _handle(self, chunk: Chunk, cs_id: int, reason: str, own: bool, reporter: str,
-                      blocks: list[int] | None) -> None:
+                      blocks: list[int] | None, unsynced: bool = False) -> None:
         mds, chunk_id = self.mds, chunk.chunk_id
         try:
             whole = own and not blocks
@@ -89,8 +89,9 @@ class BadReplicas:
                     logger.info("chunk %#x on CS#%d reported bad by %s but verifies fine", chunk_id, cs_id, reporter)
                     return
                 whole, bad = bool(reply.get("whole")), list(reply.get("bad") or [])
+                unsynced = bool(reply.get("unsynced"))
             if whole:
-                await self.healing.drop_corrupt(chunk_id, cs_id, reason, reporter)
+                await self.healing.drop_corrupt(chunk_id, cs_id, reason, reporter, unsynced)
             elif bad:
                 await self._repair(chunk, cs_id, sorted(set(bad)), reporter)
         except ChunkFSError as exc:

@@ -708,13 +708,34 @@ class ReplicationMonitor:
 
     # -- bad replicas ----------------------------------------------------------------------
 
-    async def drop_corrupt(self, chunk_id: int, cs_id: int, reason: str, reporter: str) -> None:
+    async def drop_corrupt(self, chunk_id: int, cs_id: int, reason: str, reporter: str,
+                           unsynced: bool = False) -> None:
         """Drop a replica whose header is corrupt (its server moved it aside) or whose file is gone from its
-        server's disk; a good copy replaces it."""
+        server's disk; a good copy replaces it.
+
+        `unsynced`: its header never reached the disk (a power cut).  Every sync of a chunk reaches
+        every replica the chunk lists, and a replica joins a chunk after its allocation only synced
+        (a copy): so while such a replica was listed, nothing in the chunk was promised.  The chunk's
+        last replica is then made again, empty, where it was: the file reads zeros there, as a local
+        disk shows what was not synced before a crash, instead of failing with EIO for good (a
+        power-cut probe: SQLite's unsynced `-shm` file kept a WAL database from opening).
+        """
         mds, chunks = self.mds, self.mds.chunks
         chunks.lost(cs_id, chunk_id)
         chunk = mds.store.chunk(chunk_id)
         if chunk is None or cs_id not in chunk.replicas:
+            return
+        if unsynced and chunk.replicas == (cs_id,):
+            async with chunks.lock_for(chunk):
+                chunk = mds.store.chunk(chunk_id)
+                if chunk is None or chunk.replicas != (cs_id,):
+                    return
+                failed = await chunks.create_replicas(chunk, [cs_id])
+            what = "could not make it again there" if failed else "made again there, empty (it reads as zeros)"
+            await mds.event(
+                "error" if failed else "warning",
+                f"chunk {chunk_id:#x}: its last replica, on CS#{cs_id}, had never been synced when its server "
+                f"stopped (a power cut?): no sync of the chunk ever completed, so nothing in it was promised; {what}")
             return
         await mds.event(
             "warning", f"CS#{cs_id}'s replica of chunk {chunk_id:#x} is corrupt or missing ({reason[:160]}; found by "

@@ -1476,7 +1476,8 @@ class MetadataServer:
         own = isinstance(conn.tag, LiveServer) and conn.tag.cs_id == h["cs_id"]
         reporter = f"CS#{h['cs_id']}'s scrubber" if own else f"client {conn.peer_name}"
         blocks = None if h.get("blocks") is None else int_list(h["blocks"], "blocks", MAX_BLOCKS)
-        if self.healing.bad.report(h["chunk_id"], h["cs_id"], h["reason"], own, reporter, blocks):
+        unsynced = own and bool(h.get("unsynced"))  # (a reader cannot know)
+        if self.healing.bad.report(h["chunk_id"], h["cs_id"], h["reason"], own, reporter, blocks, unsynced):
             await self._event(
                 "warning", f"{reporter} reports a bad replica of chunk {h['chunk_id']:#x} "
                 f"on CS#{h['cs_id']}: {h['reason'][:200]}",

@@ -394,9 +394,11 @@ SPECS: dict[Msg, MessageSpec] = {
     Msg.EXTEND: MessageSpec((f("ino", int), f("size", int), f("mtime_ns", int), f("cut", int, optional=True)),
                             _ATTR),
     # A replica of `chunk_id` on `cs_id` failed a checksum: `blocks`, when known, are the bad ones
-    # (from the server's own scrubber: every bad block; from a reader: the block it met).
+    # (from the server's own scrubber: every bad block; from a reader: the block it met).  `unsynced`
+    # (the server's own, of a replica quarantined whole): its header never reached the disk.
     Msg.REPORT_BAD_REPLICA: MessageSpec(
-        (f("chunk_id", int), f("cs_id", int), f("reason", str), f("blocks", list, optional=True, max_items=MAX_BLOCKS)),
+        (f("chunk_id", int), f("cs_id", int), f("reason", str), f("blocks", list, optional=True, max_items=MAX_BLOCKS),
+         f("unsynced", bool, optional=True)),
         (),
     ),
     # An exclusive lease on a file, held by one mount: op is "acquire", "renew" or "release".
@@ -466,10 +468,12 @@ SPECS: dict[Msg, MessageSpec] = {
     ),
     # Re-read a replica and check every block: `bad` lists the blocks that fail their checksum
     # (they are repaired, not the replica dropped); `whole` says the header itself was corrupt
-    # and the replica was quarantined whole.
+    # and the replica was quarantined whole; `unsynced`, that the header was all zeros: the file
+    # was made and never synced before its server stopped (a power cut), so nothing in it was promised.
     Msg.CS_VERIFY_CHUNK: MessageSpec(
         (f("chunk_id", int),),
-        (f("ok", bool), f("bad", list, optional=True, max_items=MAX_BLOCKS), f("whole", bool, optional=True)),
+        (f("ok", bool), f("bad", list, optional=True, max_items=MAX_BLOCKS), f("whole", bool, optional=True),
+         f("unsynced", bool, optional=True)),
     ),
     # Replace bad `blocks` of this replica with good copies read from `sources` ([[cs_id, addr], ...],
     # the chunk's other replicas at `version`).  `lost`: every source's copy is bad too; `pending`:
