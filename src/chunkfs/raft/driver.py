@@ -367,7 +367,7 @@ class RaftLog:
 
     def is_leader(self) -> bool:
         """The master, as its loop has learnt (and told `on_leader`): a one-member group's core leads from
-        `start`, before its first term's entry commits and before the server's grace periods begin."""
+        `start`, before its loop has written the new term down and before the server's grace periods begin."""
         return self.core is not None and self.core.is_leader and self._leader_since > 0.0
 
     @property

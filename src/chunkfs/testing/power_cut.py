@@ -39,6 +39,8 @@ def available() -> str:
     for tool in ("losetup", "mkfs.ext4", "mount", "umount"):
         if shutil.which(tool) is None:
             return f"`{tool}` is not installed"
+    if not os.path.exists("/dev/loop-control"):
+        return "no loop devices here (/dev/loop-control is missing)"
     return ""
 
 
