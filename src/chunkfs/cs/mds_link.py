@@ -195,6 +195,8 @@ class MdsLink:
         }
         if pages > 1:
             register["more"] = True  # sent only when needed, so one page still suits an older master
+        if self.server.unclean:
+            register["unclean"] = True
         sent = time.monotonic()
         reply, _ = await conn.call(Msg.CS_REGISTER, register)
         if reply["cs_id"] != self.cs_id:

@@ -26,6 +26,7 @@ from chunkfs.common.errors import ChunkFSError, InvalidArgument, NoSpace, Protoc
 from chunkfs.common.knobs import lowered
 from chunkfs.common.secret_files import SecretFiles
 from chunkfs.common.timings import TIMINGS
+from chunkfs.cs import clean_stop
 from chunkfs.cs.chunk_store import ChunkStore
 from chunkfs.cs.master_lease import MasterLease
 from chunkfs.cs.mds_link import MdsLink
@@ -100,9 +101,20 @@ class ChunkServer:
         #: The chunks clients lately wrote to this replica alone, and how far writes reached into each,
         #: for a new master (recent_writes.py).
         self.recent = RecentWrites()
+        #: It did not stop cleanly last time (clean_stop.py): the master asks it for those chunks at once.
+        self.unclean = False
 
     async def start(self) -> None:
         self._publish_local_mark()
+        if await asyncio.to_thread(clean_stop.begin, self.store.root):
+            # Killed, or its machine lost power: what it had not synced may have reached the disk on some
+            # replicas and not others.  Named to the master as chunks written to this replica alone.
+            last = await asyncio.to_thread(clean_stop.written_last, self.store)
+            for chunk_id in last:
+                self.recent.fanned(chunk_id)
+            self.unclean = True
+            logger.warning("this chunk server did not stop cleanly (killed, or its machine lost power): the master "
+                           "compares the %d chunk(s) it wrote last with their other replicas", len(last))
         await self.rpc.listen(self.node.addr)
         await self.stats.start()
         logger.info(
@@ -137,6 +149,7 @@ class ChunkServer:
         await self.rpc.close()
         self._peers.close()
         self.store.close()
+        clean_stop.end(self.store.root)
 
     def _publish_local_mark(self) -> None:
         """Write this run's mark where CS_LOCAL says, readable by whoever may read the replicas.

@@ -99,10 +99,13 @@ class FannedMender:
         have the files written past their size before the election trimmed once nobody holds them."""
         mds = self.mds
         age = time.monotonic() - mds.master_since
-        if FEATURE_FANNED_REPORT not in server.features or age > ASK_WITHIN:
+        new_master = age <= ASK_WITHIN
+        # A server that did not stop cleanly names the chunks it wrote last (cs/clean_stop.py): a power cut
+        # may have left their replicas different, whoever the master is.
+        if FEATURE_FANNED_REPORT not in server.features or not (new_master or server.unclean):
             return
         ask: dict[str, float] = {"within": FANNED_REPORT_WINDOW}
-        if FEATURE_WRITTEN_REPORT in server.features:
+        if FEATURE_WRITTEN_REPORT in server.features and new_master:
             ask["before"] = age  # a chunk written since may be a live writer's, whose size is still to come
         try:
             reply, _ = await server.conn.call(Msg.CS_FANNED, ask, timeout=MEND_TIMEOUT)
@@ -127,7 +130,7 @@ class FannedMender:
             chunk = mds.store.chunk(chunk_id)
             if chunk is None or len(chunk.replicas) < 2:
                 continue
-            if first_version(chunk) and chunk.version >> VERSION_TERM_SHIFT == term:
+            if first_version(chunk) and chunk.version >> VERSION_TERM_SHIFT == term and not server.unclean:
                 continue  # allocated by this master, which knows its writer (fan_grants.py)
             todo.add(chunk_id)
         self._queued |= todo

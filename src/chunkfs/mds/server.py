@@ -155,6 +155,8 @@ class LiveServer:
     reporting: bool = False
     #: What it does beyond earlier versions (its CS_REGISTER's `features`): FEATURE_FIRST_WRITE.
     features: frozenset[str] = frozenset()
+    #: It did not stop cleanly before this registration (cs/clean_stop.py): asked CS_FANNED by any master.
+    unclean: bool = False
     #: Registration figures, for its event: replicas current, stale or orphaned, pages.
     current: int = 0
     stale: int = 0
@@ -1522,7 +1524,8 @@ class MetadataServer:
         server = LiveServer(cs_id, h["addr"], h["host"], conn, h["total"], h["free"], last_seen=self.awake(),
                             reporting=True,
                             replicas=HeldReplicas(cs_id, self.store.listed_on, self.store.still_listed),
-                            features=frozenset(x for x in h.get("features", []) if isinstance(x, str)))
+                            features=frozenset(x for x in h.get("features", []) if isinstance(x, str)),
+                            unclean=bool(h.get("unclean")))
         last = not h.get("more")
         delete, held, upto = self._take_replicas(server, reported, last)
         conn.tag = server

@@ -187,7 +187,7 @@ async def test_a_restarted_server_serves_only_once_its_stale_replicas_are_gone(t
     server = types.SimpleNamespace(
         store=store, creds=Credentials("c", b"s" * 32, "cs", "cs7"), handle_master=None, directory=tmp_path,
         in_flight=0, stats=types.SimpleNamespace(heartbeat_fields=dict), lease=MasterLease(),
-        scrubber=types.SimpleNamespace(update=lambda settings: None))
+        scrubber=types.SimpleNamespace(update=lambda settings: None), unclean=False)
     node = NodeConfig(role="cs", cluster=ClusterInfo("c", "u", 1 << 20), addr="127.0.0.1:1", node_id=7,
                       mds=(f"127.0.0.1:{srv.port}",), heartbeat_interval=0.05)
     link = MdsLink(server, node, b"s" * 32)  # type: ignore[arg-type]
