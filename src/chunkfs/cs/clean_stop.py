@@ -8,12 +8,15 @@ replicas must not differ.  The chunk servers' notes of recent writes
 (recent_writes.py) are in memory and lost with them; what is left is each
 replica file's mtime.
 
-So a chunk server leaves a mark in its data directory while it runs and takes
-it away when it stops cleanly.  Found at its start, the mark says it did not:
-the chunks whose replica files changed in the last `FANNED_REPORT_WINDOW`
-before the newest change are then reported to the master as if clients had
-written them on this replica alone (CS_FANNED), and the master compares
-their replicas and makes them the same (mds/fanned_mender.py).
+So a chunk server leaves a mark in its data directory while it runs, naming the
+machine's boot, and takes it away when it stops cleanly.  Found at its start
+from another boot, the mark says the machine went down under it: the chunks
+whose replica files changed in the last `FANNED_REPORT_WINDOW` before the
+newest change are then reported to the master as if clients had written them
+on this replica alone (CS_FANNED), and the master compares their replicas and
+makes them the same (mds/fanned_mender.py).  A server killed and started again
+on the same boot finds its mark too, but the kernel kept every page it wrote:
+nothing was lost, nothing is compared.
 """
 
 from __future__ import annotations
@@ -30,17 +33,33 @@ from chunkfs.protocol.messages import FANNED_REPORT_MAX, FANNED_REPORT_WINDOW
 
 logger = logging.getLogger(__name__)
 
-#: In the data directory while the server runs.
+#: In the data directory while the server runs: the boot it runs in.
 RUNNING_MARK = "running"
+#: Where Linux names the current boot (a new random id at each).
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+
+
+def boot_id() -> str:
+    """This boot's id; empty where the system does not say (every mark left is then taken as a crash's)."""
+    try:
+        return BOOT_ID.read_text().strip()
+    except OSError:
+        return ""
 
 
 def begin(root: Path) -> bool:
-    """Mark the server in `root` running; whether it did not stop cleanly last time (its mark was left)."""
+    """Mark the server in `root` running; whether the machine went down under it last time (its mark
+    was left, from another boot)."""
     mark = root / RUNNING_MARK
-    if mark.exists():
-        return True
-    write_file_durably(mark, b"a chunk server runs on this folder; taken away when it stops cleanly\n")
-    return False
+    now = boot_id()
+    try:
+        before = mark.read_text().strip()
+    except FileNotFoundError:
+        before = None
+    if before == now and now:
+        return False  # killed, on this boot: the page cache kept what it wrote
+    write_file_durably(mark, f"{now}\n".encode())
+    return before is not None
 
 
 def end(root: Path) -> None:

@@ -101,19 +101,19 @@ class ChunkServer:
         #: The chunks clients lately wrote to this replica alone, and how far writes reached into each,
         #: for a new master (recent_writes.py).
         self.recent = RecentWrites()
-        #: It did not stop cleanly last time (clean_stop.py): the master asks it for those chunks at once.
+        #: Its machine went down under it last time (clean_stop.py): the master asks it for those chunks.
         self.unclean = False
 
     async def start(self) -> None:
         self._publish_local_mark()
         if await asyncio.to_thread(clean_stop.begin, self.store.root):
-            # Killed, or its machine lost power: what it had not synced may have reached the disk on some
+            # Its machine went down under it: what it had not synced may have reached the disk on some
             # replicas and not others.  Named to the master as chunks written to this replica alone.
             last = await asyncio.to_thread(clean_stop.written_last, self.store)
             for chunk_id in last:
                 self.recent.fanned(chunk_id)
             self.unclean = True
-            logger.warning("this chunk server did not stop cleanly (killed, or its machine lost power): the master "
+            logger.warning("this chunk server's machine went down under it (a power cut, a crash): the master "
                            "compares the %d chunk(s) it wrote last with their other replicas", len(last))
         await self.rpc.listen(self.node.addr)
         await self.stats.start()

@@ -100,8 +100,8 @@ class FannedMender:
         mds = self.mds
         age = time.monotonic() - mds.master_since
         new_master = age <= ASK_WITHIN
-        # A server that did not stop cleanly names the chunks it wrote last (cs/clean_stop.py): a power cut
-        # may have left their replicas different, whoever the master is.
+        # A server whose machine went down under it names the chunks it wrote last (cs/clean_stop.py): a
+        # power cut may have left their replicas different, whoever the master is.
         if FEATURE_FANNED_REPORT not in server.features or not (new_master or server.unclean):
             return
         ask: dict[str, float] = {"within": FANNED_REPORT_WINDOW}

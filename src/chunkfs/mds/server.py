@@ -155,7 +155,7 @@ class LiveServer:
     reporting: bool = False
     #: What it does beyond earlier versions (its CS_REGISTER's `features`): FEATURE_FIRST_WRITE.
     features: frozenset[str] = frozenset()
-    #: It did not stop cleanly before this registration (cs/clean_stop.py): asked CS_FANNED by any master.
+    #: Its machine went down under it before this registration (cs/clean_stop.py): any master asks it CS_FANNED.
     unclean: bool = False
     #: Registration figures, for its event: replicas current, stale or orphaned, pages.
     current: int = 0

@@ -422,7 +422,7 @@ SPECS: dict[Msg, MessageSpec] = {
             f("replicas", list, max_items=REPLICA_PAGE),
             f("location", str, optional=True),  # "ROOM.ROW.RACK" for failure domains
             f("tier", int, optional=True),  # 0-3: placement stays within a file's tier
-            # It did not stop cleanly last time (cs/clean_stop.py): any master asks it CS_FANNED.
+            # Its machine went down under it last time (cs/clean_stop.py): any master asks it CS_FANNED.
             f("unclean", bool, optional=True),
             f("more", bool, optional=True),
             f("features", list, optional=True, max_items=64),  # what it does beyond earlier versions
