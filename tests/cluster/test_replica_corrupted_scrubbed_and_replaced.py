@@ -9,6 +9,7 @@ whose header is corrupt is moved aside whole and replaced by a copy.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import pytest
 from chunkfs.common.config import BLOCK_SIZE
 from chunkfs.common.errors import ChecksumMismatch, ChunkFSError
 from chunkfs.common.replica_file import HEADER_SIZE
+from chunkfs.protocol.messages import Msg
 from chunkfs.testing.cluster import wait_for
 
 from ._healing_helpers import MiB, check_every_replica, chunk_maps, flip_bytes, replica_files
@@ -202,7 +204,7 @@ def test_a_bad_block_of_a_single_replica_file_is_named_lost(make_cluster) -> Non
         assert f"file /one/file: bytes {2 * BLOCK_SIZE}-{3 * BLOCK_SIZE - 1} are bad on every replica" in _events(c)
 
 
-@pytest.mark.parametrize("found_by", ["scrubber", "reader"])
+@pytest.mark.parametrize("found_by", ["scrubber", "reader", "every-replica-at-once"])
 def test_a_chunk_no_replica_of_which_reached_the_disk_reads_as_zeros(make_cluster, found_by: str) -> None:
     """After a power cut, a chunk made and never synced has no header on any replica (a power-cut probe:
     SQLite's `-shm` file, never synced, then kept its database from opening): nothing in it was promised,
@@ -221,6 +223,15 @@ def test_a_chunk_no_replica_of_which_reached_the_disk_reads_as_zeros(make_cluste
     with cluster.client() as c:
         if found_by == "scrubber":
             c.set_config({"scrub-interval": "1", "scrub-rate": "100"})
+        elif found_by == "every-replica-at-once":  # as a read that met each in turn reports them (a probe)
+            m = chunk_maps(c, f.ino, SIZE)[1]
+
+            async def report_all() -> None:
+                await asyncio.gather(*(c.client.mds.call(Msg.REPORT_BAD_REPLICA, {
+                    "chunk_id": m["chunk_id"], "cs_id": cs, "reason": "a read failed its checksum"})
+                    for cs, _ in m["replicas"]))
+
+            c.run(report_all())
 
         def zeros() -> bool:
             try:

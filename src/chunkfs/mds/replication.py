@@ -725,26 +725,28 @@ class ReplicationMonitor:
         chunk = mds.store.chunk(chunk_id)
         if chunk is None or cs_id not in chunk.replicas:
             return
-        if unsynced and chunk.replicas == (cs_id,):
-            async with chunks.lock_for(chunk):
-                chunk = mds.store.chunk(chunk_id)
-                if chunk is None or chunk.replicas != (cs_id,):
-                    return
-                failed = await chunks.create_replicas(chunk, [cs_id])
-            what = "could not make it again there" if failed else "made again there, empty (it reads as zeros)"
-            await mds.event(
-                "error" if failed else "warning",
-                f"chunk {chunk_id:#x}: its last replica, on CS#{cs_id}, had never been synced when its server "
-                f"stopped (a power cut?): no sync of the chunk ever completed, so nothing in it was promised; {what}")
-            return
-        await mds.event(
-            "warning", f"CS#{cs_id}'s replica of chunk {chunk_id:#x} is corrupt or missing ({reason[:160]}; found by "
-            f"{reporter}): dropped; a good replica is being copied to replace it")
         async with chunks.lock_for(chunk):
+            # Decided under the chunk's lock, on the chunk as it is then: a reader reports every replica
+            # at once, and each was judged the last one's drop by none (a power-cut probe: every replica
+            # of such chunks dropped, the chunk lost for good).
             chunk = mds.store.chunk(chunk_id)
             if chunk is None or cs_id not in chunk.replicas:
                 return
-            await chunks.set_replicas(chunk, [cs for cs in chunk.replicas if cs != cs_id])
+            if unsynced and chunk.replicas == (cs_id,):
+                failed = await chunks.create_replicas(chunk, [cs_id])
+            else:
+                failed = None
+                await chunks.set_replicas(chunk, [cs for cs in chunk.replicas if cs != cs_id])
+        if failed is None:
+            await mds.event(
+                "warning", f"CS#{cs_id}'s replica of chunk {chunk_id:#x} is corrupt or missing ({reason[:160]}; "
+                f"found by {reporter}): dropped; a good replica is being copied to replace it")
+            return
+        what = "could not make it again there" if failed else "made again there, empty (it reads as zeros)"
+        await mds.event(
+            "error" if failed else "warning",
+            f"chunk {chunk_id:#x}: its last replica, on CS#{cs_id}, had never been synced when its server "
+            f"stopped (a power cut?): no sync of the chunk ever completed, so nothing in it was promised; {what}")
 
     # -- draining --------------------------------------------------------------------------
 
