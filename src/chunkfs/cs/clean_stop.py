@@ -22,16 +22,13 @@ nothing was lost, nothing is compared.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 from pathlib import Path
 
-from chunkfs.common.durable import write_file_durably
+from chunkfs.common.durable import fsync_dir, write_file_durably
 from chunkfs.common.replica_file import replica_path
 from chunkfs.cs.chunk_store import ChunkStore
 from chunkfs.protocol.messages import FANNED_REPORT_MAX, FANNED_REPORT_WINDOW
-
-logger = logging.getLogger(__name__)
 
 #: In the data directory while the server runs: the boot it runs in.
 RUNNING_MARK = "running"
@@ -64,14 +61,9 @@ def begin(root: Path) -> bool:
 
 def end(root: Path) -> None:
     """The server stopped cleanly: everything it acknowledged is synced, the rest it never promised."""
-    mark = root / RUNNING_MARK
     with contextlib.suppress(FileNotFoundError):
-        mark.unlink()
-        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        (root / RUNNING_MARK).unlink()
+        fsync_dir(root)
 
 
 def written_last(store: ChunkStore, window: float = FANNED_REPORT_WINDOW,

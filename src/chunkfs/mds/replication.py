@@ -732,12 +732,12 @@ class ReplicationMonitor:
             chunk = mds.store.chunk(chunk_id)
             if chunk is None or cs_id not in chunk.replicas:
                 return
-            if unsynced and chunk.replicas == (cs_id,):
+            remade = unsynced and chunk.replicas == (cs_id,)
+            if remade:
                 failed = await chunks.create_replicas(chunk, [cs_id])
             else:
-                failed = None
                 await chunks.set_replicas(chunk, [cs for cs in chunk.replicas if cs != cs_id])
-        if failed is None:
+        if not remade:
             await mds.event(
                 "warning", f"CS#{cs_id}'s replica of chunk {chunk_id:#x} is corrupt or missing ({reason[:160]}; "
                 f"found by {reporter}): dropped; a good replica is being copied to replace it")
