@@ -571,10 +571,14 @@ class ChunkStore:
                     f"chunk {chunk_id:016x}: version may not go down ({old_version} -> {new_version})",
                     chunk_id=chunk_id,
                 )
-            os.rename(self._path_for(chunk_id, old_version), self._path_for(chunk_id, new_version))
+            with self._lock:
+                # Renamed under the store's lock, with the index: a reader opening the replica between a
+                # rename and the index's change found no file at the version the index named, and told the
+                # master it was missing (a CI run: every replica of a chunk dropped so, one after another).
+                os.rename(self._path_for(chunk_id, old_version), self._path_for(chunk_id, new_version))
+                self._index[chunk_id] = new_version
             _fsync_dir(self._dir_for(chunk_id))
             with self._lock:
-                self._index[chunk_id] = new_version
                 self._unsynced_names.discard(chunk_id)
 
     def track_writes(self, chunk_id: int, version: int) -> int:
