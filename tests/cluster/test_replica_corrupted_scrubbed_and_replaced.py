@@ -19,6 +19,7 @@ import pytest
 from chunkfs.common.config import BLOCK_SIZE
 from chunkfs.common.errors import ChecksumMismatch, ChunkFSError
 from chunkfs.common.replica_file import HEADER_SIZE
+from chunkfs.cs import clean_stop
 from chunkfs.protocol.messages import Msg
 from chunkfs.testing.cluster import wait_for
 
@@ -204,7 +205,7 @@ def test_a_bad_block_of_a_single_replica_file_is_named_lost(make_cluster) -> Non
         assert f"file /one/file: bytes {2 * BLOCK_SIZE}-{3 * BLOCK_SIZE - 1} are bad on every replica" in _events(c)
 
 
-@pytest.mark.parametrize("found_by", ["scrubber", "reader", "every-replica-at-once"])
+@pytest.mark.parametrize("found_by", ["scrubber", "reader", "every-replica-at-once", "the-start"])
 def test_a_chunk_no_replica_of_which_reached_the_disk_reads_as_zeros(make_cluster, found_by: str) -> None:
     """After a power cut, a chunk made and never synced has no header on any replica (a power-cut probe:
     SQLite's `-shm` file, never synced, then kept its database from opening): nothing in it was promised,
@@ -218,10 +219,16 @@ def test_a_chunk_no_replica_of_which_reached_the_disk_reads_as_zeros(make_cluste
     for replica in replicas:  # the header as the cut leaves it when it never reached the disk
         with open(replica, "r+b") as fh:
             fh.write(bytes(HEADER_SIZE))
+    if found_by == "the-start":  # the machines came back up from a cut: each server looks at once
+        for mark in Path(cluster.dir).glob(f"cs*/data/{clean_stop.RUNNING_MARK}"):
+            mark.write_text("an earlier boot\n")
     cluster.start_all()
     cluster.wait_ready()
     with cluster.client() as c:
-        if found_by == "scrubber":
+        if found_by == "the-start":  # made again before anything reads it (a probe: only once read)
+            wait_for("the chunk made again, no reader or scrubber asking",
+                     lambda: "made again there, empty" in _events(c), timeout=90)
+        elif found_by == "scrubber":
             c.set_config({"scrub-interval": "1", "scrub-rate": "100"})
         elif found_by == "every-replica-at-once":  # as a read that met each in turn reports them (a probe)
             m = chunk_maps(c, f.ino, SIZE)[1]

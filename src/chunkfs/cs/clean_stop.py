@@ -14,7 +14,10 @@ from another boot, the mark says the machine went down under it: the chunks
 whose replica files changed in the last `FANNED_REPORT_WINDOW` before the
 newest change are then reported to the master as if clients had written them
 on this replica alone (CS_FANNED), and the master compares their replicas and
-makes them the same (mds/fanned_mender.py).  A server killed and started again
+makes them the same (mds/fanned_mender.py).  Those of them whose header never
+reached the disk (made, never synced) are moved aside and reported at once
+(`never_synced`), so the master makes such chunks again before a reader meets
+them, not when the scrubber comes by.  A server killed and started again
 on the same boot finds its mark too, but the kernel kept every page it wrote:
 nothing was lost, nothing is compared.
 """
@@ -26,7 +29,7 @@ import os
 from pathlib import Path
 
 from chunkfs.common.durable import fsync_dir, write_file_durably
-from chunkfs.common.replica_file import replica_path
+from chunkfs.common.replica_file import header_never_written, replica_path
 from chunkfs.cs.chunk_store import ChunkStore
 from chunkfs.protocol.messages import FANNED_REPORT_MAX, FANNED_REPORT_WINDOW
 
@@ -79,3 +82,13 @@ def written_last(store: ChunkStore, window: float = FANNED_REPORT_WINDOW,
     newest = max(t for t, _ in changed)
     recent = sorted((t, c) for t, c in changed if t >= newest - window)
     return [c for _, c in recent[-most:]]
+
+
+def never_synced(store: ChunkStore, chunk_ids: list[int]) -> list[int]:
+    """Those of `chunk_ids` whose replica file has no header on disk: made and never synced before the
+    machine went down, so nothing in them was promised (common/replica_file.py)."""
+    found = []
+    for chunk_id, version in store.versions_of(chunk_ids):
+        if header_never_written(replica_path(store.chunks_dir, chunk_id, version)):
+            found.append(chunk_id)
+    return found

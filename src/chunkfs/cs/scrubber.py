@@ -49,6 +49,8 @@ class Scrubber:
         self._task: asyncio.Task[None] | None = None
         #: Sending the reports of missing replicas found between scrub passes (`missing`).
         self._reporting: asyncio.Task[None] | None = None
+        #: Checking the replicas a start found never synced (`report_now`).
+        self._checking_now: asyncio.Task[None] | None = None
 
     def update(self, settings: dict[str, Any]) -> None:
         """Settings from a heartbeat reply (values checked by the master; re-checked here)."""
@@ -74,8 +76,25 @@ class Scrubber:
         if self._reporting is None or self._reporting.done():
             self._reporting = asyncio.get_running_loop().create_task(self._send_reports())
 
+    def report_now(self, chunk_ids: list[int]) -> None:
+        """Check `chunk_ids` now, not at a pass's pace, and report what is wrong with them: the replicas a
+        power cut left without a header (clean_stop.py), which the master makes again before a reader meets
+        them (a power-cut probe: nothing was mended until read, each read then stalled until it was)."""
+        self._checking_now = asyncio.get_running_loop().create_task(self._check_now(chunk_ids))
+
+    async def _check_now(self, chunk_ids: list[int]) -> None:
+        for chunk_id in chunk_ids:  # (past MAX_PENDING_REPORTS too: at most FANNED_REPORT_MAX of them)
+            try:
+                found = await self.check(chunk_id)
+            except NotFound:
+                continue  # deleted meanwhile
+            if not found["ok"]:
+                self._pending[chunk_id] = _report(found)
+        logger.info("checked the %d replica(s) this server's last stop left without a header; reporting them",
+                    len(chunk_ids))
+
     def stop(self) -> None:
-        for task in (self._task, self._reporting):
+        for task in (self._task, self._reporting, self._checking_now):
             if task is not None:
                 task.cancel()
 
@@ -109,12 +128,8 @@ class Scrubber:
             self.verified += 1
             if not found["ok"]:
                 bad += 1
-                reason = ("replica header never written, found by the scrubber; quarantined whole"
-                          if found.get("unsynced") else
-                          "replica header corrupt, found by the scrubber; quarantined whole" if found["whole"] else
-                          f"{len(found['bad'])} block(s) failing their checksum, found by the scrubber")
                 if len(self._pending) < MAX_PENDING_REPORTS:
-                    self._pending[chunk_id] = (reason, found["bad"], bool(found.get("unsynced")))
+                    self._pending[chunk_id] = _report(found)
                 await self._send_reports()
             # Pace: one replica's worth of reading at `rate`, whatever the disk did.
             pause = store.chunk_size / self.rate - (time.monotonic() - started)
@@ -164,3 +179,12 @@ class Scrubber:
                 logger.info("could not report bad replica of chunk %#x yet: %s", chunk_id, exc)
                 return
             self._pending.pop(chunk_id, None)
+
+
+def _report(found: dict[str, Any]) -> tuple[str, list[int], bool]:
+    """What to report of a replica `check` found bad: (why, its bad blocks, whether never synced)."""
+    unsynced = bool(found.get("unsynced"))
+    reason = ("replica header never written, found by the scrubber; quarantined whole" if unsynced else
+              "replica header corrupt, found by the scrubber; quarantined whole" if found["whole"] else
+              f"{len(found['bad'])} block(s) failing their checksum, found by the scrubber")
+    return reason, found["bad"], unsynced

@@ -106,6 +106,7 @@ class ChunkServer:
 
     async def start(self) -> None:
         self._publish_local_mark()
+        never_synced: list[int] = []
         if await asyncio.to_thread(clean_stop.begin, self.store.root):
             # Its machine went down under it: what it had not synced may have reached the disk on some
             # replicas and not others.  Named to the master as chunks written to this replica alone.
@@ -113,8 +114,10 @@ class ChunkServer:
             for chunk_id in last:
                 self.recent.fanned(chunk_id)
             self.unclean = True
+            never_synced = await asyncio.to_thread(clean_stop.never_synced, self.store, last)
             logger.warning("this chunk server's machine went down under it (a power cut, a crash): the master "
-                           "compares the %d chunk(s) it wrote last with their other replicas", len(last))
+                           "compares the %d chunk(s) it wrote last with their other replicas; %d of them were "
+                           "never synced here", len(last), len(never_synced))
         await self.rpc.listen(self.node.addr)
         await self.stats.start()
         logger.info(
@@ -123,6 +126,8 @@ class ChunkServer:
         )
         self.link.start()
         self.scrubber.start()
+        if never_synced:
+            self.scrubber.report_now(never_synced)
         self._disk_watch = asyncio.get_running_loop().create_task(self._watch_disk())
 
     async def _watch_disk(self) -> str:

@@ -28,7 +28,7 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 from chunkfs.common.config import BLOCK_SIZE
-from chunkfs.common.errors import ChunkFSError
+from chunkfs.common.errors import ChunkFSError, Unavailable
 from chunkfs.mds.store import Chunk
 from chunkfs.protocol.messages import Msg
 
@@ -62,7 +62,10 @@ class BadReplicas:
 
     def report(self, chunk_id: int, cs_id: int, reason: str, own: bool, reporter: str,
                blocks: list[int] | None, unsynced: bool = False) -> bool:
-        """Handle a report in the background (the reporter is answered at once); False: nothing to do."""
+        """Handle a report in the background (the reporter is answered at once); False: nothing to do.
+
+        Raises Unavailable for a server's own report that cannot be taken now (it sends it again).
+        """
         chunk = self.mds.store.chunk(chunk_id)
         if chunk is None or cs_id not in chunk.replicas:
             return False
@@ -72,6 +75,12 @@ class BadReplicas:
         if blocks and set(blocks) <= self.pending.get(key, set()):
             return False  # known, and mended once another replica is back (`retry_pending`)
         if key in self.checking or len(self.checking) >= MAX_CHECKING:
+            if own:
+                # A server's own report is its only one: it moved the replica aside, or checked it, and
+                # does not look again.  Dropped here, the master counted a replica no longer there (a
+                # power cut left 134 never synced on one server, found at once).  It reports again.
+                raise Unavailable(f"the master is handling {len(self.checking)} reports of bad replicas; "
+                                  "report this one again shortly")
             return False
         self.checking.add(key)
         self.mds.spawn(self._handle(chunk, cs_id, reason, own, reporter, blocks, unsynced))

@@ -6,7 +6,10 @@ from collections import OrderedDict
 from types import SimpleNamespace
 from typing import Any
 
-from chunkfs.mds.bad_replicas import PENDING_CHECKED_PER_PASS, BadReplicas
+import pytest
+
+from chunkfs.common.errors import Unavailable
+from chunkfs.mds.bad_replicas import MAX_CHECKING, PENDING_CHECKED_PER_PASS, BadReplicas
 
 
 def make(n: int) -> tuple[BadReplicas, list[int], list[Any], set[int]]:
@@ -52,3 +55,19 @@ def test_a_report_of_blocks_already_waiting_starts_nothing_new() -> None:
     bad, _, spawned, _ = make(1)
     assert not bad.report(0, 1, "read failed", False, "client x", [3])
     assert not spawned
+
+
+def test_a_servers_own_report_the_master_cannot_take_now_is_refused_so_it_comes_again() -> None:
+    """A server reports a replica it moved aside once: dropped for a full queue, the master counted a
+    replica no longer there.  Refused (Unavailable), its scrubber sends it again; a reader's is dropped."""
+    bad, _, spawned, _ = make(0)
+    for chunk_id in range(MAX_CHECKING):
+        assert bad.report(100 + chunk_id, 1, "header never written", True, "CS#1's scrubber", None, True)
+    with pytest.raises(Unavailable, match="again"):
+        bad.report(7, 2, "header never written", True, "CS#2's scrubber", None, True)
+    assert not bad.report(7, 2, "read failed", False, "client x", [3])
+    with pytest.raises(Unavailable):  # the same replica already being handled: asked again after
+        bad.report(100, 1, "replica file missing", True, "CS#1's scrubber", None)
+    assert len(spawned) == MAX_CHECKING
+    bad.checking.clear()
+    assert bad.report(7, 2, "header never written", True, "CS#2's scrubber", None, True)
