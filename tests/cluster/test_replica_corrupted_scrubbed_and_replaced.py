@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from chunkfs.common.config import BLOCK_SIZE
-from chunkfs.common.errors import ChecksumMismatch, ChunkFSError
+from chunkfs.common.errors import ChecksumMismatch, ChunkFSError, Unavailable
 from chunkfs.common.replica_file import HEADER_SIZE
 from chunkfs.cs import clean_stop
 from chunkfs.protocol.messages import Msg
@@ -203,6 +204,39 @@ def test_a_bad_block_of_a_single_replica_file_is_named_lost(make_cluster) -> Non
         assert c.read(f.ino, 0, 2 * BLOCK_SIZE) == data[:2 * BLOCK_SIZE]
         wait_for("an event naming the lost range", lambda: "bad on every replica" in _events(c), timeout=60)
         assert f"file /one/file: bytes {2 * BLOCK_SIZE}-{3 * BLOCK_SIZE - 1} are bad on every replica" in _events(c)
+
+
+def test_a_chunks_last_replica_reported_missing_is_kept_listed_and_serves_again_once_back(make_cluster) -> None:
+    """A chunk's only replica reported missing (its file gone from under its server) stays listed: the
+    chunk has nothing else, and a report made in error (a CI run: a replica reported missing while it
+    was renamed to a new version) dropped a replica that was there, which its server then deleted as an
+    orphan.  Put back, it is read again, not deleted."""
+    cluster = make_cluster(n_cs=3)
+    with cluster.client() as c:
+        c.mkdir("/one")
+        c.set_replicas("/one", 1, 1)
+        f, data, m, replicas = _written(cluster, c, "/one/file", 0)
+        ((cs_id, _),) = m["replicas"]
+        kept = Path(cluster.dir) / "kept.chunk"
+        shutil.copy2(replicas[0], kept)
+        replicas[0].unlink()  # gone from under its server
+        c.set_config({"scrub-interval": "1", "scrub-rate": "100"})
+        wait_for("the replica reported missing", lambda: "is corrupt or missing" in _events(c), timeout=60)
+        with pytest.raises(Unavailable, match="no replica online"):  # (not a map with no replica)
+            chunk_maps(c, f.ino, SIZE)
+        cluster.kill("cs", cs_id)
+        os.replace(kept, replicas[0])  # back (a disk mounted again, a file restored)
+        cluster.start("cs", cs_id)
+        wait_for("the file read whole again", lambda: _reads(c, f.ino) == data, timeout=60)
+        assert replicas[0].exists()
+        assert "is the chunk's last: kept listed" in _events(c)
+
+
+def _reads(c, ino: int) -> bytes | None:
+    try:
+        return c.read(ino, 0, SIZE)
+    except ChunkFSError:
+        return None
 
 
 @pytest.mark.parametrize("found_by", ["scrubber", "reader", "every-replica-at-once", "the-start"])

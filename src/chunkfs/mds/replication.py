@@ -732,11 +732,20 @@ class ReplicationMonitor:
             chunk = mds.store.chunk(chunk_id)
             if chunk is None or cs_id not in chunk.replicas:
                 return
-            remade = unsynced and chunk.replicas == (cs_id,)
+            last = chunk.replicas == (cs_id,)
+            remade = unsynced and last
             if remade:
                 failed = await chunks.create_replicas(chunk, [cs_id])
-            else:
+            elif not last:
                 await chunks.set_replicas(chunk, [cs for cs in chunk.replicas if cs != cs_id])
+        if last and not remade:
+            # Dropped, it would be deleted as an orphan where it is found again (a report made in error: a
+            # CI run saw a replica reported missing while it was being renamed to a new version).
+            await mds.event(
+                "error", f"CS#{cs_id}'s replica of chunk {chunk_id:#x} is corrupt or missing ({reason[:160]}; "
+                f"found by {reporter}), and it is the chunk's last: kept listed, with nothing to copy from; "
+                f"the part of {mds.store.path_of(chunk.ino)} it holds cannot be read until that server has it again")
+            return
         if not remade:
             await mds.event(
                 "warning", f"CS#{cs_id}'s replica of chunk {chunk_id:#x} is corrupt or missing ({reason[:160]}; "
