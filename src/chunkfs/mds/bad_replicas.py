@@ -24,6 +24,7 @@ read that met them made another report and another event (a fault probe:
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
@@ -47,6 +48,8 @@ MAX_LOST_REMEMBERED = 10_000
 MAX_PENDING_REMEMBERED = 10_000
 #: Of those, looked at per pass of the replication monitor (each a store lookup on the master's loop).
 PENDING_CHECKED_PER_PASS = 64
+#: Seconds before a chunk's never-synced last replica that could not be made again is tried again.
+REMAKE_WAIT = 5.0
 
 
 class BadReplicas:
@@ -59,6 +62,9 @@ class BadReplicas:
         #: (chunk_id, cs_id) -> that replica's bad blocks no good copy was reachable for.
         self.pending: OrderedDict[tuple[int, int], set[int]] = OrderedDict()
         self.repaired_blocks = 0
+        #: (chunk_id, cs_id) -> when: chunks whose last replica, never synced, could not be made again
+        #: there (its server's link dropped at that moment, say); tried again while the chunk lists it alone.
+        self.remakes: OrderedDict[tuple[int, int], float] = OrderedDict()
 
     def report(self, chunk_id: int, cs_id: int, reason: str, own: bool, reporter: str,
                blocks: list[int] | None, unsynced: bool = False) -> bool:
@@ -148,12 +154,45 @@ class BadReplicas:
             logger.warning("chunk %#x on CS#%d: %d bad block(s) not repaired yet (no good copy reachable); "
                            "repaired when another replica is back", chunk_id, cs_id, len(pending))
 
+    def remake_later(self, chunk_id: int, cs_id: int) -> None:
+        """Make the chunk's never-synced last replica on `cs_id` again on a later pass (`retry_pending`):
+        a power-cut probe saw one fail, and the chunk stayed offline for good."""
+        self.remakes[(chunk_id, cs_id)] = time.monotonic() + REMAKE_WAIT
+        self.remakes.move_to_end((chunk_id, cs_id))
+        while len(self.remakes) > MAX_PENDING_REMEMBERED:
+            self.remakes.popitem(last=False)
+
+    def _retry_remakes(self) -> None:
+        mds, now = self.mds, time.monotonic()
+        for key, when in list(self.remakes.items())[:PENDING_CHECKED_PER_PASS]:
+            chunk_id, cs_id = key
+            chunk = mds.store.chunk(chunk_id)
+            if chunk is None or tuple(chunk.replicas) != (cs_id,) or mds.chunks.holds(cs_id, chunk_id):
+                del self.remakes[key]  # gone, copied or made again meanwhile
+            elif when > now or cs_id not in mds.live or key in self.checking:
+                self.remakes.move_to_end(key)
+            else:
+                del self.remakes[key]
+                self.checking.add(key)
+                mds.spawn(self._remake(chunk_id, cs_id))
+
+    async def _remake(self, chunk_id: int, cs_id: int) -> None:
+        try:
+            await self.healing.drop_corrupt(chunk_id, cs_id, "made again after a failed try", "the master", True)
+        except ChunkFSError as exc:
+            logger.warning("making chunk %#x again on CS#%d: %s", chunk_id, cs_id, exc)
+            self.remake_later(chunk_id, cs_id)
+        finally:
+            self.checking.discard((chunk_id, cs_id))
+
     def retry_pending(self) -> None:
-        """Start the repairs that waited for another replica, where one is reachable now.
+        """Start the repairs that waited for another replica, where one is reachable now, and the chunks
+        to be made again (`remake_later`).
 
         A bounded slice per pass, the ones looked at going to the back: a long outage may leave
         thousands waiting, and each look is a store lookup on the master's event loop.
         """
+        self._retry_remakes()
         mds = self.mds
         for key in list(self.pending)[:PENDING_CHECKED_PER_PASS]:
             chunk_id, cs_id = key

@@ -751,7 +751,10 @@ class ReplicationMonitor:
                 "warning", f"CS#{cs_id}'s replica of chunk {chunk_id:#x} is corrupt or missing ({reason[:160]}; "
                 f"found by {reporter}): dropped; a good replica is being copied to replace it")
             return
-        what = "could not make it again there" if failed else "made again there, empty (it reads as zeros)"
+        if failed:
+            self.bad.remake_later(chunk_id, cs_id)
+        what = "could not make it again there (tried again shortly)" if failed else \
+            "made again there, empty (it reads as zeros)"
         await mds.event(
             "error" if failed else "warning",
             f"chunk {chunk_id:#x}: its last replica, on CS#{cs_id}, had never been synced when its server "

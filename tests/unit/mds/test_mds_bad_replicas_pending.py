@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
 from types import SimpleNamespace
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import pytest
 
 from chunkfs.common.errors import Unavailable
+from chunkfs.mds import bad_replicas
 from chunkfs.mds.bad_replicas import MAX_CHECKING, PENDING_CHECKED_PER_PASS, BadReplicas
 
 
@@ -71,3 +73,38 @@ def test_a_servers_own_report_the_master_cannot_take_now_is_refused_so_it_comes_
     assert len(spawned) == MAX_CHECKING
     bad.checking.clear()
     assert bad.report(7, 2, "header never written", True, "CS#2's scrubber", None, True)
+
+
+def test_a_chunk_that_could_not_be_made_again_is_tried_again_while_it_lists_that_server_alone(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A power-cut probe: a never-synced chunk's last replica could not be made again (its server's link
+    dropped at that moment), and the chunk stayed offline for good.  Now tried again on a later pass."""
+    replicas = {5: [1], 6: [1], 7: [2, 3]}  # chunk 6 was copied meanwhile; chunk 7 lists others now
+    live: dict[int, object] = {}
+    spawned: list[Any] = []
+    remade: list[tuple[int, int]] = []
+
+    async def drop_corrupt(chunk_id: int, cs_id: int, *args: Any) -> None:
+        remade.append((chunk_id, cs_id))
+
+    def spawn(coro: Any) -> None:
+        spawned.append(coro)
+
+    mds = SimpleNamespace(store=SimpleNamespace(chunk=lambda i: SimpleNamespace(replicas=replicas[i])),
+                          live=live, spawn=spawn,
+                          chunks=SimpleNamespace(holds=lambda cs, chunk_id: chunk_id == 6))
+    bad = BadReplicas(SimpleNamespace(mds=mds, drop_corrupt=drop_corrupt))  # type: ignore[arg-type]
+    clock = [100.0]
+    monkeypatch.setattr(bad_replicas.time, "monotonic", lambda: clock[0])
+    for chunk_id in (5, 6, 7):
+        bad.remake_later(chunk_id, 1)
+    bad.retry_pending()
+    assert list(bad.remakes) == [(5, 1)] and not spawned  # the others need it no more; too soon for 5
+    clock[0] += bad_replicas.REMAKE_WAIT
+    bad.retry_pending()
+    assert not spawned  # its server is not back
+    live[1] = object()
+    bad.retry_pending()
+    assert len(spawned) == 1 and not bad.remakes
+    asyncio.run(spawned[0])
+    assert remade == [(5, 1)] and not bad.checking
