@@ -224,12 +224,37 @@ def test_a_chunks_last_replica_reported_missing_is_kept_listed_and_serves_again_
         wait_for("the replica reported missing", lambda: "is corrupt or missing" in _events(c), timeout=60)
         with pytest.raises(Unavailable, match="no replica online"):  # (not a map with no replica)
             chunk_maps(c, f.ino, SIZE)
-        cluster.kill("cs", cs_id)
+        cluster.kill("cs", cluster.cs_number(cs_id))
         os.replace(kept, replicas[0])  # back (a disk mounted again, a file restored)
-        cluster.start("cs", cs_id)
+        cluster.start("cs", cluster.cs_number(cs_id))
         wait_for("the file read whole again", lambda: _reads(c, f.ino) == data, timeout=60)
         assert replicas[0].exists()
         assert "is the chunk's last: kept listed" in _events(c)
+
+
+def test_a_copy_that_fails_its_checksums_has_its_sources_replica_checked(make_cluster) -> None:
+    """A power-cut probe: a copy from a replica whose header never reached the disk failed, and was tried
+    again in a loop until a reader or the scrubber met that replica.  The source is now checked when a
+    copy from it fails so: here a chunk never synced, one of its servers gone for good, the two left
+    without a header; the chunk is made again, empty, with nothing reading it."""
+    cluster = make_cluster(n_cs=4)
+    with cluster.client() as c:
+        c.set_config({"cs-inactive-timeout": "1", "cs-offline-timeout": "3"})  # (copies start at once)
+        f, data, m, replicas = _written(cluster, c, "/copied", 1)
+    holders = [cs for cs, _ in m["replicas"]]
+    for cs in holders:  # the cut (each opens its replica again at its start: no descriptor kept from before)
+        cluster.kill("cs", cluster.cs_number(cs))
+    for replica in replicas:  # the header as the cut leaves it when it never reached the disk
+        with open(replica, "r+b") as fh:
+            fh.write(bytes(HEADER_SIZE))
+    for cs in holders[:2]:  # the third stays down: its replicas are copied elsewhere, from these two
+        cluster.start("cs", cluster.cs_number(cs))
+    cluster.wait_ready()
+    with cluster.client() as c:
+        wait_for("the chunk made again, nothing reading it",
+                 lambda: "made again there, empty" in _events(c), timeout=90)
+        wait_for("three replicas again", lambda: len(chunk_maps(c, f.ino, SIZE)[1]["replicas"]) == 3, timeout=90)
+        assert c.read(f.ino, 0, SIZE) == data[:MiB] + bytes(MiB)
 
 
 def _reads(c, ino: int) -> bytes | None:

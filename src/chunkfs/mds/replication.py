@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from chunkfs.common.config import check_location, check_tier
-from chunkfs.common.errors import ChunkFSError, ConfigError, InvalidArgument, NotFound, Unavailable
+from chunkfs.common.errors import ChecksumMismatch, ChunkFSError, ConfigError, InvalidArgument, NotFound, Unavailable
 from chunkfs.common.settings import CS_SETTINGS, check_update, effective
 from chunkfs.mds.bad_replicas import BadReplicas
 from chunkfs.mds.domains import Place, choose, crowded, spread_possible
@@ -581,6 +581,11 @@ class ReplicationMonitor:
             logger.warning("copy of chunk %#x from CS#%d to CS#%d failed: %s", chunk_id, source, target, exc)
             if self.episode is not None:
                 self.episode.failures += 1
+            if isinstance(exc, ChecksumMismatch):
+                # The source's replica may be the bad one (its header never reached the disk before a power
+                # cut: copies from it failed in a loop until a reader met it, a probe).  Have it checked.
+                self.bad.report(chunk_id, source, f"a copy from it to CS#{target} failed: {str(exc)[:200]}",
+                                False, "the replication monitor", None)
         finally:
             self.copying.pop(chunk_id, None)
             self.index.touch(chunk_id)
