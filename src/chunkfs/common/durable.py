@@ -22,6 +22,7 @@ def is_disk_full(exc: BaseException) -> bool:
 
 
 def fsync_dir(path: Path) -> None:
+    """Make a create, rename or unlink in `path` durable (its descriptor is not inherited: PEP 446)."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)

@@ -63,7 +63,7 @@ from pathlib import Path
 
 from chunkfs.common.checksum import Buffer, crc32c, crc32c_replaced
 from chunkfs.common.config import BLOCK_SIZE
-from chunkfs.common.durable import is_disk_full, write_file_durably
+from chunkfs.common.durable import fsync_dir, is_disk_full, write_file_durably
 from chunkfs.common.errors import (
     ChecksumMismatch,
     ConfigError,
@@ -122,15 +122,6 @@ def _block_list(blocks: list[int], shown: int = 8) -> str:
     """A short list for a log line: the first few blocks, then how many more."""
     text = ", ".join(map(str, blocks[:shown]))
     return text + (f" and {len(blocks) - shown} more" if len(blocks) > shown else "")
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename/create/unlink in `path` durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _table_bytes(table: array[int]) -> bytes:
@@ -252,8 +243,8 @@ class ChunkStore:
                 sub.mkdir(exist_ok=True)
                 created = True
         if created:
-            _fsync_dir(self.root)
-            _fsync_dir(self._chunks_dir)
+            fsync_dir(self.root)
+            fsync_dir(self._chunks_dir)
 
     def _scan(self) -> None:
         """Build the index from file names (headers are checked lazily, on first open).
@@ -300,7 +291,7 @@ class ChunkStore:
                         older.setdefault(chunk_id, []).append(min(have, version))
                         index[chunk_id] = max(have, version)
             if dirty:
-                _fsync_dir(Path(sub.path))
+                fsync_dir(Path(sub.path))
         for chunk_id, versions in older.items():
             keep_version = index[chunk_id]
             for version in versions:
@@ -308,7 +299,7 @@ class ChunkStore:
                     "chunk %016x: removing stale version %d, keeping %d", chunk_id, version, keep_version
                 )
                 self._path_for(chunk_id, version).unlink(missing_ok=True)
-            _fsync_dir(self._dir_for(chunk_id))
+            fsync_dir(self._dir_for(chunk_id))
         logger.info("scanned %d replica(s) in %s in %.1f s", len(index), self._chunks_dir,
                     time.perf_counter() - started)
 
@@ -531,7 +522,7 @@ class ChunkStore:
             d = self._dir_for(chunk_id)
             if not d.is_dir():
                 d.mkdir(exist_ok=True)
-                _fsync_dir(self._chunks_dir)
+                fsync_dir(self._chunks_dir)
             fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=TMP_SUFFIX, dir=d)
             try:
                 try:
@@ -577,7 +568,7 @@ class ChunkStore:
                 # master it was missing (a CI run: every replica of a chunk dropped so, one after another).
                 os.rename(self._path_for(chunk_id, old_version), self._path_for(chunk_id, new_version))
                 self._index[chunk_id] = new_version
-            _fsync_dir(self._dir_for(chunk_id))
+            fsync_dir(self._dir_for(chunk_id))
             with self._lock:
                 self._unsynced_names.discard(chunk_id)
 
@@ -603,7 +594,7 @@ class ChunkStore:
     def delete(self, chunk_id: int) -> None:
         """Remove the replica, whatever its version; absent is not an error."""
         if self._remove(chunk_id, None):
-            _fsync_dir(self._dir_for(chunk_id))
+            fsync_dir(self._dir_for(chunk_id))
 
     def delete_stale(self, replicas: Sequence[tuple[int, int]]) -> None:
         """Remove the replicas a registration's answer named stale, each only if still at the version reported
@@ -682,8 +673,8 @@ class ChunkStore:
                 self._unsynced_names.discard(chunk_id)
                 self.written.forget(chunk_id)
                 self._forget_fd_locked(chunk_id)
-            _fsync_dir(self._quarantine_dir)
-            _fsync_dir(src.parent)
+            fsync_dir(self._quarantine_dir)
+            fsync_dir(src.parent)
             logger.warning("chunk %016x version %d quarantined to %s", chunk_id, version, dst)
             return dst
 
@@ -929,7 +920,7 @@ class ChunkStore:
         """After a replica's first sync: its directory entry too (`create` leaves it to this)."""
         if lease.chunk_id not in self._unsynced_names:
             return
-        _fsync_dir(self._dir_for(lease.chunk_id))
+        fsync_dir(self._dir_for(lease.chunk_id))
         with self._lock:
             self._unsynced_names.discard(lease.chunk_id)
 

@@ -597,7 +597,7 @@ def test_a_new_replica_reaches_the_disk_with_its_first_sync(store: ChunkStore, m
     store.create(CID + 257, 1)
     synced: list[Path] = []
     fsyncs: list[int] = []
-    monkeypatch.setattr(chunk_store, "_fsync_dir", lambda path: synced.append(path))
+    monkeypatch.setattr(chunk_store, "fsync_dir", lambda path: synced.append(path))
     real_fsync, real_fdatasync = os.fsync, os.fdatasync
     monkeypatch.setattr(os, "fsync", lambda fd: (fsyncs.append(fd), real_fsync(fd))[1])
     monkeypatch.setattr(os, "fdatasync", lambda fd: (fsyncs.append(fd), real_fdatasync(fd))[1])
