@@ -340,6 +340,12 @@ class ChunkIO:
             if not old_map:
                 await asyncio.sleep(0.05)
         assert last is not None
+        if isinstance(last, NotFound | StaleVersion):
+            # A replica's word about itself, not about the file: the file is there, its bytes cannot be had
+            # now.  Passed on, a read failed ENOENT (or ESTALE) on a file that exists (a power-cut probe:
+            # chunks being made again in the seconds after a restart).  An I/O error, as for a server down.
+            raise Unavailable(f"chunk {m.chunk_id:#x}: no replica of it can be read now ({last}); its servers "
+                              "may be back or the chunk copied again shortly", **last.context) from last
         if only_bad_blocks and isinstance(last, ChecksumMismatch):
             raise ChecksumMismatch(
                 f"{last}; no replica has a good copy of it: those bytes are lost on the cluster; restore "

@@ -9,12 +9,15 @@ served by it after the current replica refused the map (client/chunk_io.py,
 from __future__ import annotations
 
 import asyncio
+import errno
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
 from chunkfs.client import chunk_io
 from chunkfs.client.chunk_io import ChunkIO, ChunkMap
-from chunkfs.common.errors import NotFound, StaleVersion
+from chunkfs.common.errors import NotFound, StaleVersion, Unavailable
 from chunkfs.protocol.messages import Msg
 
 OLD, NEW = 7, 8
@@ -144,3 +147,16 @@ def test_the_map_caches_are_bounded_and_keep_the_newest(monkeypatch) -> None:
     assert list(io._write_maps) == [(7, 0), (8, 0), (9, 0), (10, 0)]
     asyncio.run(io._read_map(1, 0, refresh=False))  # asked for again: the master answers
     assert master.calls == 11 and (1, 0) in io._read_maps and len(io._read_maps) == 4
+
+
+async def test_a_chunk_no_replica_holds_now_fails_a_read_with_an_io_error_not_enoent() -> None:
+    """A power-cut probe: files read ENOENT for seconds after a restart, their chunks held by no listed
+    server until the master made them again.  The file exists: an I/O error, as for servers down."""
+    cached = ChunkMap(5, OLD, ((1, "cs1"), (2, "cs2")))
+    io = mount(Master(OLD, [[1, "cs1"], [2, "cs2"]]), {"cs1": Replica(None, b""), "cs2": Replica(None, b"")}, cached)
+    with pytest.raises(Unavailable, match="no replica of it can be read now") as failed:
+        await io.read(1, 0, 10)
+    assert failed.value.errno == errno.EIO
+    io = mount(Master(OLD, [[1, "cs1"]]), {"cs1": Replica(OLD - 1, b"x" * 100)}, ChunkMap(5, OLD, ((1, "cs1"),)))
+    with pytest.raises(Unavailable):  # a replica left behind, the only one listed: not ESTALE either
+        await io.read(1, 0, 10)
