@@ -15,8 +15,8 @@ whose replica files changed in the last `FANNED_REPORT_WINDOW` before the
 newest change are then reported to the master as if clients had written them
 on this replica alone (CS_FANNED), and the master compares their replicas and
 makes them the same (mds/fanned_mender.py).  Those of them whose header never
-reached the disk (made, never synced) are moved aside and reported at once
-(`never_synced`), so the master makes such chunks again before a reader meets
+reached the disk (made, never synced) are reported at once (`never_synced`),
+and the master checks them and makes such chunks again before a reader meets
 them, not when the scrubber comes by.  A server killed and started again
 on the same boot finds its mark too, but the kernel kept every page it wrote:
 nothing was lost, nothing is compared.

@@ -44,13 +44,11 @@ class Scrubber:
         self.verified = 0
         self.corrupt = 0
         #: chunk id -> (why, bad blocks (none when the replica was quarantined whole), whether its header
-        #: never reached the disk).
-        self._pending: dict[int, tuple[str, list[int], bool]] = {}
+        #: never reached the disk, whether the master is to check it: left in place, not checked here).
+        self._pending: dict[int, tuple[str, list[int], bool, bool]] = {}
         self._task: asyncio.Task[None] | None = None
         #: Sending the reports of missing replicas found between scrub passes (`missing`).
         self._reporting: asyncio.Task[None] | None = None
-        #: Checking the replicas a start found never synced (`report_now`).
-        self._checking_now: asyncio.Task[None] | None = None
 
     def update(self, settings: dict[str, Any]) -> None:
         """Settings from a heartbeat reply (values checked by the master; re-checked here)."""
@@ -72,29 +70,26 @@ class Scrubber:
             return
         logger.error("chunk %#x: the replica file is missing from %s; telling the master", chunk_id,
                      self.server.store.root)
-        self._pending[chunk_id] = ("replica file missing from the chunk server's disk", [], False)
+        self._pending[chunk_id] = ("replica file missing from the chunk server's disk", [], False, False)
         if self._reporting is None or self._reporting.done():
             self._reporting = asyncio.get_running_loop().create_task(self._send_reports())
 
     def report_now(self, chunk_ids: list[int]) -> None:
-        """Check `chunk_ids` now, not at a pass's pace, and report what is wrong with them: the replicas a
-        power cut left without a header (clean_stop.py), which the master makes again before a reader meets
-        them (a power-cut probe: nothing was mended until read, each read then stalled until it was)."""
-        self._checking_now = asyncio.get_running_loop().create_task(self._check_now(chunk_ids))
+        """Have the master check `chunk_ids` now, not at a pass's pace: the replicas a power cut left
+        without a header (clean_stop.py), which it makes again before a reader meets them (a power-cut
+        probe: nothing was mended until read, each read then stalled until it was).
 
-    async def _check_now(self, chunk_ids: list[int]) -> None:
-        for chunk_id in chunk_ids:  # (past MAX_PENDING_REPORTS too: at most FANNED_REPORT_MAX of them)
-            try:
-                found = await self.check(chunk_id)
-            except NotFound:
-                continue  # deleted meanwhile
-            if not found["ok"]:
-                self._pending[chunk_id] = _report(found)
-        logger.info("checked the %d replica(s) this server's last stop left without a header; reporting them",
-                    len(chunk_ids))
+        Left in place until the master's check moves them aside: moved aside here, a server stopped
+        before its reports were all taken lost them, and the master listed replicas no longer there
+        (a probe: 422 chunks offline for good).  At most FANNED_REPORT_MAX, past MAX_PENDING_REPORTS.
+        """
+        for chunk_id in chunk_ids:
+            self._pending[chunk_id] = (
+                "replica header never written, found at this server's start after its machine went down",
+                [], False, True)
 
     def stop(self) -> None:
-        for task in (self._task, self._reporting, self._checking_now):
+        for task in (self._task, self._reporting):
             if task is not None:
                 task.cancel()
 
@@ -167,12 +162,14 @@ class Scrubber:
         conn = link.conn
         if not self._pending or conn is None or conn.closed or not link.registered.is_set():
             return
-        for chunk_id, (reason, blocks, unsynced) in list(self._pending.items()):
+        for chunk_id, (reason, blocks, unsynced, check) in list(self._pending.items()):
             header: dict[str, Any] = {"chunk_id": chunk_id, "cs_id": link.cs_id, "reason": reason}
             if blocks:
                 header["blocks"] = blocks
             if unsynced:
                 header["unsynced"] = True
+            if check:
+                header["check"] = True
             try:
                 await conn.call(Msg.REPORT_BAD_REPLICA, header, timeout=10.0)
             except ChunkFSError as exc:
@@ -181,10 +178,10 @@ class Scrubber:
             self._pending.pop(chunk_id, None)
 
 
-def _report(found: dict[str, Any]) -> tuple[str, list[int], bool]:
+def _report(found: dict[str, Any]) -> tuple[str, list[int], bool, bool]:
     """What to report of a replica `check` found bad: (why, its bad blocks, whether never synced)."""
     unsynced = bool(found.get("unsynced"))
     reason = ("replica header never written, found by the scrubber; quarantined whole" if unsynced else
               "replica header corrupt, found by the scrubber; quarantined whole" if found["whole"] else
               f"{len(found['bad'])} block(s) failing their checksum, found by the scrubber")
-    return reason, found["bad"], unsynced
+    return reason, found["bad"], unsynced, False

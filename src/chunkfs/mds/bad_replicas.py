@@ -67,10 +67,11 @@ class BadReplicas:
         self.remakes: OrderedDict[tuple[int, int], float] = OrderedDict()
 
     def report(self, chunk_id: int, cs_id: int, reason: str, own: bool, reporter: str,
-               blocks: list[int] | None, unsynced: bool = False) -> bool:
+               blocks: list[int] | None, unsynced: bool = False, from_server: bool = False) -> bool:
         """Handle a report in the background (the reporter is answered at once); False: nothing to do.
 
-        Raises Unavailable for a server's own report that cannot be taken now (it sends it again).
+        Raises Unavailable for a report from the replica's own server that cannot be taken now (it
+        sends it again): a reader's is dropped, and the next read reports it again.
         """
         chunk = self.mds.store.chunk(chunk_id)
         if chunk is None or cs_id not in chunk.replicas:
@@ -81,7 +82,7 @@ class BadReplicas:
         if blocks and set(blocks) <= self.pending.get(key, set()):
             return False  # known, and mended once another replica is back (`retry_pending`)
         if key in self.checking or len(self.checking) >= MAX_CHECKING:
-            if own:
+            if own or from_server:
                 # A server's own report is its only one: it moved the replica aside, or checked it, and
                 # does not look again.  Dropped here, the master counted a replica no longer there (a
                 # power cut left 134 never synced on one server, found at once).  It reports again.

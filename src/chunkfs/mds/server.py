@@ -1474,12 +1474,16 @@ class MetadataServer:
         return {"ttl": self.leases.grant(h["ino"], h["holder"], h["op"])}
 
     async def _on_report_bad_replica(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
-        # From the server itself (its scrubber): already checked. From a reader: verified first.
-        own = isinstance(conn.tag, LiveServer) and conn.tag.cs_id == h["cs_id"]
-        reporter = f"CS#{h['cs_id']}'s scrubber" if own else f"client {conn.peer_name}"
+        # From the server itself (its scrubber): already checked, unless it asks for a `check` (a replica it
+        # found suspect and left in place: verified as a reader's report is, and moved aside only then).
+        from_server = isinstance(conn.tag, LiveServer) and conn.tag.cs_id == h["cs_id"]
+        own = from_server and not h.get("check")
+        reporter = f"CS#{h['cs_id']}'s scrubber" if own else \
+            f"CS#{h['cs_id']} at its start" if from_server else f"client {conn.peer_name}"
         blocks = None if h.get("blocks") is None else int_list(h["blocks"], "blocks", MAX_BLOCKS)
         unsynced = own and bool(h.get("unsynced"))  # (a reader cannot know)
-        if self.healing.bad.report(h["chunk_id"], h["cs_id"], h["reason"], own, reporter, blocks, unsynced):
+        if self.healing.bad.report(h["chunk_id"], h["cs_id"], h["reason"], own, reporter, blocks, unsynced,
+                                   from_server=from_server):
             await self._event(
                 "warning", f"{reporter} reports a bad replica of chunk {h['chunk_id']:#x} "
                 f"on CS#{h['cs_id']}: {h['reason'][:200]}",

@@ -398,7 +398,7 @@ SPECS: dict[Msg, MessageSpec] = {
     # (the server's own, of a replica quarantined whole): its header never reached the disk.
     Msg.REPORT_BAD_REPLICA: MessageSpec(
         (f("chunk_id", int), f("cs_id", int), f("reason", str), f("blocks", list, optional=True, max_items=MAX_BLOCKS),
-         f("unsynced", bool, optional=True)),
+         f("unsynced", bool, optional=True), f("check", bool, optional=True)),
         (),
     ),
     # An exclusive lease on a file, held by one mount: op is "acquire", "renew" or "release".

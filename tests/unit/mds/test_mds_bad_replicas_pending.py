@@ -68,6 +68,8 @@ def test_a_servers_own_report_the_master_cannot_take_now_is_refused_so_it_comes_
     with pytest.raises(Unavailable, match="again"):
         bad.report(7, 2, "header never written", True, "CS#2's scrubber", None, True)
     assert not bad.report(7, 2, "read failed", False, "client x", [3])
+    with pytest.raises(Unavailable):  # one it asks the master to check (left in place): the same
+        bad.report(7, 2, "header never written", False, "CS#2 at its start", None, from_server=True)
     with pytest.raises(Unavailable):  # the same replica already being handled: asked again after
         bad.report(100, 1, "replica file missing", True, "CS#1's scrubber", None)
     assert len(spawned) == MAX_CHECKING
