@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -230,6 +231,42 @@ def test_a_chunks_last_replica_reported_missing_is_kept_listed_and_serves_again_
         wait_for("the file read whole again", lambda: _reads(c, f.ino) == data, timeout=60)
         assert replicas[0].exists()
         assert "is the chunk's last: kept listed" in _events(c)
+
+
+def test_never_synced_replicas_found_at_a_start_stay_in_place_until_the_master_checks_them(make_cluster) -> None:
+    """A power-cut re-probe: chunk servers moved the never-synced replicas they found at their start aside
+    at once, and one stopped before the master had taken its reports: they were lost with it, the master
+    went on listing replicas no longer there, and 422 chunks stayed offline for good.  Left in place, a
+    server stopped before any master took its reports still has them, and the chunk is made again."""
+    cluster = make_cluster(n_cs=3)
+    with cluster.client() as c:
+        f, data, m, replicas = _written(cluster, c, "/unreported", 1)
+    for proc in cluster.processes:  # the power cut
+        cluster.kill(proc.role, proc.id)
+    for replica in replicas:
+        with open(replica, "r+b") as fh:
+            fh.write(bytes(HEADER_SIZE))
+    for mark in Path(cluster.dir).glob(f"cs*/data/{clean_stop.RUNNING_MARK}"):
+        mark.write_text("an earlier boot\n")
+    servers = [p.id for p in cluster.processes if p.role == "cs"]
+    for number in servers:  # no master up to take their reports
+        cluster.start("cs", number)
+    logs = [Path(cluster.dir) / f"cs{number}" / "daemon.log" for number in servers]
+    wait_for("each server's look at what it wrote last", lambda: all(
+        log.exists() and "never synced here" in log.read_text() for log in logs), timeout=60)
+    for number in servers:
+        cluster.kill("cs", number, signal.SIGTERM)  # a clean stop, the reports never taken
+    assert all(replica.exists() for replica in replicas), "moved aside with no master told"
+    cluster.start_all()
+    cluster.wait_ready()
+    with cluster.client() as c:
+        def zeros() -> bool:
+            try:
+                return c.read(f.ino, MiB, MiB) == bytes(MiB)
+            except ChunkFSError:
+                return False
+
+        wait_for("the chunk made again", zeros, timeout=90)
 
 
 def test_a_copy_that_fails_its_checksums_has_its_sources_replica_checked(make_cluster) -> None:
