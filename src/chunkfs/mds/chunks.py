@@ -222,6 +222,9 @@ class ReplicaSets:
         may_hold = [cs for cs in chunk.replicas if cs in held or not self._registered(cs)]
         new: Chunk = await self._propose(
             "set_chunk_replicas", chunk_id=chunk_id, replicas=wanted, expect_version=chunk.version)
+        # Each server's link now, once the change is committed: one that registers after this reports the
+        # chunk at its old version, which is named stale then (`_fence`).
+        links = {cs: self.live.get(cs) for cs in {*chunk.replicas, *delete}}
         for cs in set(new.replicas) - set(chunk.replicas):
             self.gained(cs, chunk_id)
         for cs in set(chunk.replicas) - set(new.replicas):
@@ -254,7 +257,7 @@ class ReplicaSets:
         # nothing to serve (a test: such answers cut off all three servers of a truncated file, 4 s each).
         behind = [cs for cs in dict.fromkeys([*may_hold, *deleting])
                   if cs not in moved and not _holds_none_at(failed.get(cs), chunk.version)]
-        await asyncio.gather(*(self._fence(cs, chunk_id, cs in deleting, cs in held) for cs in behind))
+        await asyncio.gather(*(self._fence(cs, chunk_id, cs in deleting, cs in held, links.get(cs)) for cs in behind))
         return Change(new, frozenset(failed))
 
     def _registered(self, cs_id: int) -> bool:
@@ -262,7 +265,7 @@ class ReplicaSets:
         server = self.live.get(cs_id)
         return server is not None and not getattr(server, "reporting", False)
 
-    async def _fence(self, cs_id: int, chunk_id: int, delete: bool, held: bool) -> None:
+    async def _fence(self, cs_id: int, chunk_id: int, delete: bool, held: bool, link: Holder | None) -> None:
         """Return once `cs_id`, left at the chunk's old version, can serve it no more (step 5).
 
         Told, when its replica is to be deleted and it answers before its lease runs out; else its
@@ -270,14 +273,18 @@ class ReplicaSets:
         first, so that no master renews its lease (on a heartbeat, or at the end of a registration
         whose page named the chunk as current) before it registers again, where its replica is named
         stale and deleted before it serves anything (cs/mds_link.py); one that did not hold it yet
-        (still registering: a later page) has it named stale that way anyway.
+        (still registering: a later page) has it named stale that way anyway.  `link`: its link when
+        the change was committed (None: it had none).
         """
         if self.leases is None:  # no leases to wait for (unit tests of the other steps)
             if delete:
                 await self.delete_replica(cs_id, chunk_id)
             return
         left = self.leases.left(cs_id)
-        cut_off = held and cs_id in self.live
+        # Cut off only on the link it had when the change was committed: one made since registered after
+        # it (a power-cut probe: commands failed on a link already dropped hung up each new one in turn,
+        # 87 times in a round, and each hang-up failed the commands in flight on it).
+        cut_off = held and link is not None and self.live.get(cs_id) is link
         if delete and left > 0:
             try:
                 if await asyncio.wait_for(self.delete_replica(cs_id, chunk_id), left):

@@ -322,3 +322,28 @@ async def test_a_server_that_answers_it_holds_no_replica_at_that_version_is_not_
                        StaleVersion("chunk: asked for one version", current=chunk.version + 7) for cs in (1, 2, 3)}
     change = await cluster.owner.set_replicas(chunk, [1, 2, 3])
     assert change.failed == frozenset({1, 2, 3}) and hung == [] and time.monotonic() < heard[1] + 30.0
+
+
+async def test_a_server_whose_link_was_replaced_since_the_change_is_not_cut_off_again(
+        cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A power-cut probe: a command failed on a link dropped meanwhile, and the server's new link was
+    hung up for it; each hang-up failed the commands in flight on that link, and the next ones: 87 in a
+    round.  A link made since the change registered after it, and names the chunk's old replica stale."""
+    chunk = await cluster.chunk_on([1, 2, 3])
+    _, hung = leased(cluster, monkeypatch, 0.0)
+    call = cluster.call
+
+    async def replaced_meanwhile(cs: int, msg: Msg, header: dict[str, Any], payload: bytes = b"") -> Any:
+        if cs == 3 and msg == Msg.CS_SET_VERSION:
+            cluster.live[3] = SimpleNamespace(replicas=set())  # it registered again, on a new link
+            raise Unavailable("connection to cs3 closed")
+        return await call(cs, msg, header, payload)
+
+    cluster.owner._call = replaced_meanwhile
+    change = await cluster.owner.set_replicas(chunk, [1, 2, 3])
+    assert change.failed == frozenset({3}) and hung == []
+    cluster.owner._call = call
+    other = await cluster.chunk_on([1, 2, 3])
+    cluster.failing = {3}  # fails on the link it had when the change was made: cut off, as before
+    await cluster.owner.set_replicas(other, [1, 2, 3])
+    assert hung == [3]
