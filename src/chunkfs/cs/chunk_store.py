@@ -111,6 +111,8 @@ CHUNK_LOCK_STRIPES = 64
 #: (a VM's random writes) are left to the page cache, where later writes may still change them.
 WRITEBACK_MIN = 512 << 10
 
+#: Replicas moved aside whole whose fate this store remembers (`moved_aside`), the oldest forgotten first.
+MOVED_REMEMBERED = 100_000
 QUARANTINE_DIR = "quarantine"
 TMP_PREFIX = "."
 TMP_SUFFIX = ".tmp"
@@ -212,6 +214,9 @@ class ChunkStore:
         self._index: dict[int, int] = {}
         #: Replicas created since their directory was last synced (see `create`).
         self._unsynced_names: set[int] = set()
+        #: Chunks whose replica was moved aside whole since this store opened -> whether its header had
+        #: never reached the disk (`moved_aside`); forgotten when the chunk is made here again.
+        self._moved: OrderedDict[int, bool] = OrderedDict()
         self._files: OrderedDict[int, _OpenFile] = OrderedDict()
         #: Called (from any thread, no lock held) with a replica whose file was found missing from disk.
         self.on_missing: Callable[[int], None] | None = None
@@ -541,6 +546,7 @@ class ChunkStore:
             with self._lock:
                 self._index[chunk_id] = version
                 self._unsynced_names.add(chunk_id)
+                self._moved.pop(chunk_id, None)
 
     def set_version(self, chunk_id: int, old_version: int, new_version: int) -> None:
         """Move the replica from `old_version` to `new_version` by renaming its file.
@@ -650,6 +656,21 @@ class ChunkStore:
                 self._forget_fd_locked(chunk_id)
             self._path_for(chunk_id, version).unlink(missing_ok=True)
             return True
+
+    def note_moved(self, chunk_id: int, never_synced: bool) -> None:
+        """Remember that this chunk's replica was moved aside whole (`quarantine`), and whether its header
+        had never reached the disk: a master whose check of it lost its link asks again (mds/bad_replicas.py)."""
+        with self._lock:
+            self._moved[chunk_id] = never_synced
+            self._moved.move_to_end(chunk_id)
+            while len(self._moved) > MOVED_REMEMBERED:
+                self._moved.popitem(last=False)
+
+    def moved_aside(self, chunk_id: int) -> bool | None:
+        """Whether the replica of a chunk not held here now was moved aside whole, never synced (True) or
+        corrupt (False), since this store opened; None: not that."""
+        with self._lock:
+            return None if chunk_id in self._index else self._moved.get(chunk_id)
 
     def quarantine(self, chunk_id: int) -> Path:
         """Move a (corrupt) replica into quarantine/ and forget it; returns its new path.

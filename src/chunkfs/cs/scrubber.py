@@ -142,10 +142,19 @@ class Scrubber:
         store = self.server.store
         try:
             bad = await asyncio.to_thread(store.bad_blocks, chunk_id)
+        except NotFound:
+            never_synced = store.moved_aside(chunk_id)
+            if never_synced is None:
+                raise
+            # Moved aside by an earlier check whose answer the master did not get (its link dropped): the same.
+            return {"ok": False, "bad": [], "whole": True, "unsynced": True} if never_synced else \
+                {"ok": False, "bad": [], "whole": True}
         except ChecksumMismatch as exc:
             path = await asyncio.to_thread(store.quarantine, chunk_id)
             self.corrupt += 1
-            if await asyncio.to_thread(header_never_written, path):
+            never_synced = await asyncio.to_thread(header_never_written, path)
+            store.note_moved(chunk_id, never_synced)
+            if never_synced:
                 logger.warning("chunk %#x: the replica's header never reached the disk (made, and never synced "
                                "before this server stopped: nothing in it was promised); moved to %s", chunk_id, path)
                 return {"ok": False, "bad": [], "whole": True, "unsynced": True}

@@ -29,7 +29,7 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 from chunkfs.common.config import BLOCK_SIZE
-from chunkfs.common.errors import ChunkFSError, Unavailable
+from chunkfs.common.errors import ChunkFSError, Timeout, Unavailable
 from chunkfs.mds.store import Chunk
 from chunkfs.protocol.messages import Msg
 
@@ -48,8 +48,8 @@ MAX_LOST_REMEMBERED = 10_000
 MAX_PENDING_REMEMBERED = 10_000
 #: Of those, looked at per pass of the replication monitor (each a store lookup on the master's loop).
 PENDING_CHECKED_PER_PASS = 64
-#: Seconds before a chunk's never-synced last replica that could not be made again is tried again.
-REMAKE_WAIT = 5.0
+#: Seconds before a replica whose handling was cut short (`BadReplicas.later`) is looked at again.
+LOOK_AGAIN_WAIT = 5.0
 
 
 class BadReplicas:
@@ -62,9 +62,11 @@ class BadReplicas:
         #: (chunk_id, cs_id) -> that replica's bad blocks no good copy was reachable for.
         self.pending: OrderedDict[tuple[int, int], set[int]] = OrderedDict()
         self.repaired_blocks = 0
-        #: (chunk_id, cs_id) -> when: chunks whose last replica, never synced, could not be made again
-        #: there (its server's link dropped at that moment, say); tried again while the chunk lists it alone.
-        self.remakes: OrderedDict[tuple[int, int], float] = OrderedDict()
+        #: (chunk_id, cs_id) -> (when, what): replicas looked at again on a later pass, once their server
+        #: is connected: "check", a report whose handling lost the server's link (a power-cut probe: its
+        #: check moved the replica aside and the answer was lost; the chunk stayed offline for good);
+        #: "remake", a never-synced last replica that could not be made again there.
+        self.later: OrderedDict[tuple[int, int], tuple[float, str]] = OrderedDict()
 
     def report(self, chunk_id: int, cs_id: int, reason: str, own: bool, reporter: str,
                blocks: list[int] | None, unsynced: bool = False, from_server: bool = False) -> bool:
@@ -112,6 +114,8 @@ class BadReplicas:
                 await self._repair(chunk, cs_id, sorted(set(bad)), reporter)
         except ChunkFSError as exc:
             logger.warning("handling a bad replica of chunk %#x on CS#%d: %s", chunk_id, cs_id, exc)
+            if isinstance(exc, Unavailable | Timeout):  # its link lost meanwhile: asked again once it is back
+                self._look_later(chunk_id, cs_id, "check")
         finally:
             self.checking.discard((chunk_id, cs_id))
 
@@ -158,24 +162,29 @@ class BadReplicas:
     def remake_later(self, chunk_id: int, cs_id: int) -> None:
         """Make the chunk's never-synced last replica on `cs_id` again on a later pass (`retry_pending`):
         a power-cut probe saw one fail, and the chunk stayed offline for good."""
-        self.remakes[(chunk_id, cs_id)] = time.monotonic() + REMAKE_WAIT
-        self.remakes.move_to_end((chunk_id, cs_id))
-        while len(self.remakes) > MAX_PENDING_REMEMBERED:
-            self.remakes.popitem(last=False)
+        self._look_later(chunk_id, cs_id, "remake")
 
-    def _retry_remakes(self) -> None:
+    def _look_later(self, chunk_id: int, cs_id: int, what: str) -> None:
+        self.later[(chunk_id, cs_id)] = (time.monotonic() + LOOK_AGAIN_WAIT, what)
+        self.later.move_to_end((chunk_id, cs_id))
+        while len(self.later) > MAX_PENDING_REMEMBERED:
+            self.later.popitem(last=False)
+
+    def _retry_later(self) -> None:
         mds, now = self.mds, time.monotonic()
-        for key, when in list(self.remakes.items())[:PENDING_CHECKED_PER_PASS]:
+        for key, (when, what) in list(self.later.items())[:PENDING_CHECKED_PER_PASS]:
             chunk_id, cs_id = key
             chunk = mds.store.chunk(chunk_id)
-            if chunk is None or tuple(chunk.replicas) != (cs_id,) or mds.chunks.holds(cs_id, chunk_id):
-                del self.remakes[key]  # gone, copied or made again meanwhile
+            if chunk is None or cs_id not in chunk.replicas or what == "remake" and (
+                    tuple(chunk.replicas) != (cs_id,) or mds.chunks.holds(cs_id, chunk_id)):
+                del self.later[key]  # gone, dropped, copied or made again meanwhile
             elif when > now or cs_id not in mds.live or key in self.checking:
-                self.remakes.move_to_end(key)
+                self.later.move_to_end(key)
             else:
-                del self.remakes[key]
+                del self.later[key]
                 self.checking.add(key)
-                mds.spawn(self._remake(chunk_id, cs_id))
+                mds.spawn(self._remake(chunk_id, cs_id) if what == "remake" else self._handle(
+                    chunk, cs_id, "a report whose check was cut short", False, "the master, again", None))
 
     async def _remake(self, chunk_id: int, cs_id: int) -> None:
         try:
@@ -187,13 +196,13 @@ class BadReplicas:
             self.checking.discard((chunk_id, cs_id))
 
     def retry_pending(self) -> None:
-        """Start the repairs that waited for another replica, where one is reachable now, and the chunks
-        to be made again (`remake_later`).
+        """Start the repairs that waited for another replica, where one is reachable now, and the replicas
+        to look at again (`later`).
 
         A bounded slice per pass, the ones looked at going to the back: a long outage may leave
         thousands waiting, and each look is a store lookup on the master's event loop.
         """
-        self._retry_remakes()
+        self._retry_later()
         mds = self.mds
         for key in list(self.pending)[:PENDING_CHECKED_PER_PASS]:
             chunk_id, cs_id = key

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -25,6 +27,7 @@ from chunkfs.common.errors import (
     StaleVersion,
 )
 from chunkfs.cs.chunk_store import HEADER_SIZE, MAGIC, ChunkStore, replica_name
+from chunkfs.cs.scrubber import Scrubber
 
 MiB = 1024 * 1024
 BS = 64 * 1024
@@ -737,3 +740,33 @@ def test_a_cut_with_a_new_version_moves_the_replica_and_refuses_the_old_version_
     store.write(CID, 2, BS + 20, b"next")
     assert store.read(CID, 2, BS, BS)[:30] == pattern(BS + 10)[BS:] + bytes(10) + b"next" + bytes(6)
     assert store.verify(CID)
+
+
+def test_a_replica_moved_aside_is_remembered_until_the_chunk_is_made_here_again(store: ChunkStore) -> None:
+    """A master whose check of a replica lost its answer asks again (scrubber.py): the store says it
+    moved it aside, and whether it had never been synced, until the chunk is made here again."""
+    store.create(CID, 5)
+    store.quarantine(CID)
+    assert store.moved_aside(CID) is None  # (the caller notes what it found)
+    store.note_moved(CID, True)
+    assert store.moved_aside(CID) is True
+    store.create(CID, 9)
+    assert store.moved_aside(CID) is None
+    store.quarantine(CID)
+    store.note_moved(CID, False)
+    assert store.moved_aside(CID) is False
+
+
+def test_a_check_asked_again_after_its_answer_was_lost_says_the_same(tmp_path: Path) -> None:
+    """The scrubber's check (CS_VERIFY_CHUNK) of a replica whose header never reached the disk moves it
+    aside; asked again (the master's link dropped before the answer), it says the same, not NotFound."""
+    with ChunkStore(tmp_path, chunk_size=MiB, block_size=BS) as s:
+        s.create(CID, 5)
+        with open(replica_path(s, CID, 5), "r+b") as fh:
+            fh.write(bytes(HEADER_SIZE))  # as a power cut leaves a header never synced
+        scrubber = Scrubber(SimpleNamespace(store=s))  # type: ignore[arg-type]
+        first = asyncio.run(scrubber.check(CID))
+        assert first == {"ok": False, "bad": [], "whole": True, "unsynced": True}
+        assert asyncio.run(scrubber.check(CID)) == first
+        with pytest.raises(NotFound):  # a chunk never here: as before
+            asyncio.run(scrubber.check(CID + 1))

@@ -101,12 +101,48 @@ def test_a_chunk_that_could_not_be_made_again_is_tried_again_while_it_lists_that
     for chunk_id in (5, 6, 7):
         bad.remake_later(chunk_id, 1)
     bad.retry_pending()
-    assert list(bad.remakes) == [(5, 1)] and not spawned  # the others need it no more; too soon for 5
-    clock[0] += bad_replicas.REMAKE_WAIT
+    assert list(bad.later) == [(5, 1)] and not spawned  # the others need it no more; too soon for 5
+    clock[0] += bad_replicas.LOOK_AGAIN_WAIT
     bad.retry_pending()
     assert not spawned  # its server is not back
     live[1] = object()
     bad.retry_pending()
-    assert len(spawned) == 1 and not bad.remakes
+    assert len(spawned) == 1 and not bad.later
     asyncio.run(spawned[0])
     assert remade == [(5, 1)] and not bad.checking
+
+
+def test_a_check_whose_link_was_lost_is_asked_again_once_its_server_is_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A power-cut probe: a server's check moved a never-synced replica aside and its answer was lost with
+    the link; nothing asked again, the master listed a replica no longer there, the chunk offline for good."""
+    live: dict[int, object] = {1: object()}
+    spawned: list[Any] = []
+    answers: list[Any] = [Unavailable("connection to cs1 closed"), {"ok": False, "whole": True, "unsynced": True}]
+    dropped: list[tuple[Any, ...]] = []
+
+    async def cs_call(cs: int, msg: Any, header: dict[str, Any]) -> dict[str, Any]:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    async def drop_corrupt(*args: Any) -> None:
+        dropped.append(args)
+
+    chunk = SimpleNamespace(chunk_id=5, version=1, replicas=(1, 2))
+    mds = SimpleNamespace(store=SimpleNamespace(chunk=lambda i: chunk), live=live, spawn=spawned.append,
+                          _cs_call=cs_call, chunks=SimpleNamespace(holds=lambda cs, chunk_id: True))
+    bad = BadReplicas(SimpleNamespace(mds=mds, drop_corrupt=drop_corrupt))  # type: ignore[arg-type]
+    clock = [100.0]
+    monkeypatch.setattr(bad_replicas.time, "monotonic", lambda: clock[0])
+    assert bad.report(5, 1, "a read failed its checksum", False, "client x", None)
+    asyncio.run(spawned.pop())
+    assert list(bad.later) == [(5, 1)] and not dropped and not bad.checking
+    del live[1]
+    clock[0] += bad_replicas.LOOK_AGAIN_WAIT
+    bad.retry_pending()
+    assert not spawned  # not back yet
+    live[1] = object()
+    bad.retry_pending()
+    asyncio.run(spawned.pop())
+    assert [args[:2] + args[4:] for args in dropped] == [(5, 1, True)] and not bad.later
