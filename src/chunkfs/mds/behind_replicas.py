@@ -121,9 +121,13 @@ class BehindReplicas:
             for cs in behind:
                 if cs not in moved:
                     await mds.chunks.delete_replica(cs, chunk_id)
+        if moved:
+            done = f"the replicas at {best:#x} on {', '.join(f'CS#{cs}' for cs in moved)} were moved to " \
+                f"{change.chunk.version:#x}"
+        else:  # (a power-cut probe read "the replicas ... on no server were moved")
+            done = f"the replicas at {best:#x} on {', '.join(f'CS#{cs}' for cs in movers)} could not be moved " \
+                f"to {change.chunk.version:#x} (the master's log says why): no server holds it now"
         await mds.event(
             "warning",
             f"chunk {chunk_id:#x} (inode {chunk.ino}, chunk {chunk.index}): no server held its version "
-            f"{chunk.version:#x} (a master stopped between committing it and moving the replicas); "
-            f"the replicas at {best:#x} on {', '.join(f'CS#{cs}' for cs in moved) or 'no server'} "
-            f"were moved to {change.chunk.version:#x}")
+            f"{chunk.version:#x} (a master stopped between committing it and moving the replicas); {done}")
