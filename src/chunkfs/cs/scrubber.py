@@ -188,7 +188,8 @@ class Scrubber:
 
 
 def _report(found: dict[str, Any]) -> tuple[str, list[int], bool, bool]:
-    """What to report of a replica `check` found bad: (why, its bad blocks, whether never synced)."""
+    """What to report of a replica `check` found bad: (why, its bad blocks, whether never synced, and no
+    check asked of the master: done here)."""
     unsynced = bool(found.get("unsynced"))
     reason = ("replica header never written, found by the scrubber; quarantined whole" if unsynced else
               "replica header corrupt, found by the scrubber; quarantined whole" if found["whole"] else
