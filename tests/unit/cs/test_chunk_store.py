@@ -642,6 +642,15 @@ def test_an_edge_block_not_in_the_page_cache_is_read_whole(store: ChunkStore, mo
     assert store.verify(CID)
 
 
+def _two_written_first_closed(s: ChunkStore) -> None:
+    """Chunks 1 and 2 made at version 5 and written; a store of one open file (max_open_files=1) then
+    holds chunk 2's descriptor only: the next read of chunk 1 opens its file."""
+    s.create(1, 5)
+    s.write(1, 5, 0, b"a" * 10)
+    s.create(2, 5)
+    s.write(2, 5, 0, b"b" * 10)
+
+
 def test_a_replica_file_missing_from_disk_is_not_found_and_told(tmp_path: Path) -> None:
     """A replica file removed from under the server (a data directory wiped, a file deleted by hand).
 
@@ -652,10 +661,7 @@ def test_a_replica_file_missing_from_disk_is_not_found_and_told(tmp_path: Path) 
     missing: list[int] = []
     with ChunkStore(tmp_path, chunk_size=MiB, block_size=BS, max_open_files=1) as s:
         s.on_missing = missing.append
-        s.create(1, 5)
-        s.write(1, 5, 0, b"a" * 10)
-        s.create(2, 5)
-        s.write(2, 5, 0, b"b" * 10)  # its descriptor pushes chunk 1's out of the cache
+        _two_written_first_closed(s)
         replica_path(s, 1, 5).unlink()
         with pytest.raises(NotFound, match="missing"):
             s.read(1, 5, 0, 10)
@@ -677,10 +683,7 @@ def test_a_replica_read_while_its_version_changes_is_not_reported_missing(
     found: list[object] = []
     with ChunkStore(tmp_path, chunk_size=MiB, block_size=BS, max_open_files=1) as s:
         s.on_missing = missing.append
-        s.create(1, 5)
-        s.write(1, 5, 0, b"a" * 10)
-        s.create(2, 5)
-        s.write(2, 5, 0, b"b" * 10)  # chunk 1's descriptor leaves the cache: the next read opens its file
+        _two_written_first_closed(s)
 
         def verify() -> None:
             try:
