@@ -86,7 +86,7 @@ class Scrubber:
         for chunk_id in chunk_ids:
             self._pending[chunk_id] = (
                 "replica header never written, found at this server's start after its machine went down",
-                [], False, True)
+                [], True, True)
 
     def stop(self) -> None:
         for task in (self._task, self._reporting):

@@ -1481,7 +1481,7 @@ class MetadataServer:
         reporter = f"CS#{h['cs_id']}'s scrubber" if own else \
             f"CS#{h['cs_id']} at its start" if from_server else f"client {conn.peer_name}"
         blocks = None if h.get("blocks") is None else int_list(h["blocks"], "blocks", MAX_BLOCKS)
-        unsynced = own and bool(h.get("unsynced"))  # (a reader cannot know)
+        unsynced = from_server and bool(h.get("unsynced"))  # (a reader cannot know)
         if self.healing.bad.report(h["chunk_id"], h["cs_id"], h["reason"], own, reporter, blocks, unsynced,
                                    from_server=from_server):
             await self._event(
