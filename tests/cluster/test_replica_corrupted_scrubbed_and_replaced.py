@@ -269,6 +269,33 @@ def test_never_synced_replicas_found_at_a_start_stay_in_place_until_the_master_c
         wait_for("the chunk made again", zeros, timeout=90)
 
 
+def test_a_never_synced_chunk_whose_other_replica_is_gone_is_made_again(make_cluster) -> None:
+    """A power-cut re-probe: two replicas of a never-synced chunk without a header were dropped on a
+    reader's reports while the third, gone from its server (deleted as left behind at an old version),
+    stayed listed: the chunk was listed on a server holding nothing, offline for good.  Made again where
+    the last header-less replica was, the others taken off the list."""
+    cluster = make_cluster(n_cs=3)
+    with cluster.client() as c:
+        f, data, m, replicas = _written(cluster, c, "/third-gone", 1)
+    for proc in cluster.processes:  # the power cut
+        cluster.kill(proc.role, proc.id)
+    for replica in replicas[:2]:
+        with open(replica, "r+b") as fh:
+            fh.write(bytes(HEADER_SIZE))
+    replicas[2].unlink()
+    cluster.start_all()
+    cluster.wait_ready()
+    with cluster.client() as c:
+        def zeros() -> bool:
+            try:
+                return c.read(f.ino, MiB, MiB) == bytes(MiB)
+            except ChunkFSError:
+                return False
+
+        wait_for("the chunk made again", zeros, timeout=90)
+        assert c.read(f.ino, 0, MiB) == data[:MiB]
+
+
 def test_a_copy_that_fails_its_checksums_has_its_sources_replica_checked(make_cluster) -> None:
     """A power-cut probe: a copy from a replica whose header never reached the disk failed, and was tried
     again in a loop until a reader or the scrubber met that replica.  The source is now checked when a

@@ -723,7 +723,10 @@ class ReplicationMonitor:
         (a copy): so while such a replica was listed, nothing in the chunk was promised.  The chunk's
         last replica is then made again, empty, where it was: the file reads zeros there, as a local
         disk shows what was not synced before a crash, instead of failing with EIO for good (a
-        power-cut probe: SQLite's unsynced `-shm` file kept a WAL database from opening).
+        power-cut probe: SQLite's unsynced `-shm` file kept a WAL database from opening).  So is one
+        whose other listed replicas no server holds now (a re-probe: the last of them deleted as left
+        behind at an old version, and the chunk left listed on a server holding nothing); they are
+        taken off the list.
         """
         mds, chunks = self.mds, self.mds.chunks
         chunks.lost(cs_id, chunk_id)
@@ -738,8 +741,10 @@ class ReplicationMonitor:
             if chunk is None or cs_id not in chunk.replicas:
                 return
             last = chunk.replicas == (cs_id,)
-            remade = unsynced and last
+            remade = unsynced and not any(cs != cs_id and chunks.holds(cs, chunk_id) for cs in chunk.replicas)
             if remade:
+                if not last:
+                    chunk = (await chunks.set_replicas(chunk, [cs_id], move=())).chunk
                 failed = await chunks.create_replicas(chunk, [cs_id])
             elif not last:
                 await chunks.set_replicas(chunk, [cs for cs in chunk.replicas if cs != cs_id])
