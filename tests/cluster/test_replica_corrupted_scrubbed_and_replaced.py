@@ -260,13 +260,7 @@ def test_never_synced_replicas_found_at_a_start_stay_in_place_until_the_master_c
     cluster.start_all()
     cluster.wait_ready()
     with cluster.client() as c:
-        def zeros() -> bool:
-            try:
-                return c.read(f.ino, MiB, MiB) == bytes(MiB)
-            except ChunkFSError:
-                return False
-
-        wait_for("the chunk made again", zeros, timeout=90)
+        wait_for("the chunk made again", lambda: _second_chunk_reads_zeros(c, f.ino), timeout=90)
 
 
 def test_a_never_synced_chunk_whose_other_replica_is_gone_is_made_again(make_cluster) -> None:
@@ -286,13 +280,7 @@ def test_a_never_synced_chunk_whose_other_replica_is_gone_is_made_again(make_clu
     cluster.start_all()
     cluster.wait_ready()
     with cluster.client() as c:
-        def zeros() -> bool:
-            try:
-                return c.read(f.ino, MiB, MiB) == bytes(MiB)
-            except ChunkFSError:
-                return False
-
-        wait_for("the chunk made again", zeros, timeout=90)
+        wait_for("the chunk made again", lambda: _second_chunk_reads_zeros(c, f.ino), timeout=90)
         assert c.read(f.ino, 0, MiB) == data[:MiB]
 
 
@@ -319,6 +307,13 @@ def test_a_copy_that_fails_its_checksums_has_its_sources_replica_checked(make_cl
                  lambda: "made again there, empty" in _events(c), timeout=90)
         wait_for("three replicas again", lambda: len(chunk_maps(c, f.ino, SIZE)[1]["replicas"]) == 3, timeout=90)
         assert c.read(f.ino, 0, SIZE) == data[:MiB] + bytes(MiB)
+
+
+def _second_chunk_reads_zeros(c, ino: int) -> bool:
+    try:
+        return c.read(ino, MiB, MiB) == bytes(MiB)
+    except ChunkFSError:  # (a reader's: every replica failed, or none is left to read yet)
+        return False
 
 
 def _reads(c, ino: int) -> bytes | None:
@@ -363,13 +358,8 @@ def test_a_chunk_no_replica_of_which_reached_the_disk_reads_as_zeros(make_cluste
 
             c.run(report_all())
 
-        def zeros() -> bool:
-            try:
-                return c.read(f.ino, MiB, MiB) == bytes(MiB)
-            except ChunkFSError:  # (a reader's: every replica failed, or none is left to read yet)
-                return False
-
-        wait_for("the chunk made again empty on its last server", zeros, timeout=90)
+        wait_for("the chunk made again empty on its last server", lambda: _second_chunk_reads_zeros(c, f.ino),
+                 timeout=90)
         assert c.read(f.ino, 0, MiB) == data[:MiB]  # the other chunk as it was
         assert "nothing in it was promised" in _events(c)
         wait_for("the chunk copied back to three replicas", lambda: len(chunk_maps(c, f.ino, SIZE)[1]["replicas"]) == 3
