@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from chunkfs.common.errors import ChecksumMismatch, ChunkFSError, NotFound
 from chunkfs.common.replica_file import header_never_written
@@ -43,9 +43,8 @@ class Scrubber:
         self.passes = 0
         self.verified = 0
         self.corrupt = 0
-        #: chunk id -> (why, bad blocks (none when the replica was quarantined whole), whether its header
-        #: never reached the disk, whether the master is to check it: left in place, not checked here).
-        self._pending: dict[int, tuple[str, list[int], bool, bool]] = {}
+        #: chunk id -> what to tell the master of it.
+        self._pending: dict[int, _Report] = {}
         self._task: asyncio.Task[None] | None = None
         #: Sending the reports of missing replicas found between scrub passes (`missing`).
         self._reporting: asyncio.Task[None] | None = None
@@ -70,7 +69,7 @@ class Scrubber:
             return
         logger.error("chunk %#x: the replica file is missing from %s; telling the master", chunk_id,
                      self.server.store.root)
-        self._pending[chunk_id] = ("replica file missing from the chunk server's disk", [], False, False)
+        self._pending[chunk_id] = _Report("replica file missing from the chunk server's disk")
         if self._reporting is None or self._reporting.done():
             self._reporting = asyncio.get_running_loop().create_task(self._send_reports())
 
@@ -84,9 +83,9 @@ class Scrubber:
         (a probe: 422 chunks offline for good).  At most FANNED_REPORT_MAX, past MAX_PENDING_REPORTS.
         """
         for chunk_id in chunk_ids:
-            self._pending[chunk_id] = (
+            self._pending[chunk_id] = _Report(
                 "replica header never written, found at this server's start after its machine went down",
-                [], True, True)
+                unsynced=True, check=True)
 
     def stop(self) -> None:
         for task in (self._task, self._reporting):
@@ -147,8 +146,7 @@ class Scrubber:
             if never_synced is None:
                 raise
             # Moved aside by an earlier check whose answer the master did not get (its link dropped): the same.
-            return {"ok": False, "bad": [], "whole": True, "unsynced": True} if never_synced else \
-                {"ok": False, "bad": [], "whole": True}
+            return _moved_whole(never_synced)
         except ChecksumMismatch as exc:
             path = await asyncio.to_thread(store.quarantine, chunk_id)
             self.corrupt += 1
@@ -157,9 +155,9 @@ class Scrubber:
             if never_synced:
                 logger.warning("chunk %#x: the replica's header never reached the disk (made, and never synced "
                                "before this server stopped: nothing in it was promised); moved to %s", chunk_id, path)
-                return {"ok": False, "bad": [], "whole": True, "unsynced": True}
+                return _moved_whole(True)
             logger.error("chunk %#x: %s; the replica is moved to %s", chunk_id, exc, path)
-            return {"ok": False, "bad": [], "whole": True}
+            return _moved_whole(False)
         if bad:
             self.corrupt += 1
             logger.error("chunk %#x: %d block(s) fail their checksum (%s); asking the master for a repair",
@@ -171,13 +169,13 @@ class Scrubber:
         conn = link.conn
         if not self._pending or conn is None or conn.closed or not link.registered.is_set():
             return
-        for chunk_id, (reason, blocks, unsynced, check) in list(self._pending.items()):
-            header: dict[str, Any] = {"chunk_id": chunk_id, "cs_id": link.cs_id, "reason": reason}
-            if blocks:
-                header["blocks"] = blocks
-            if unsynced:
+        for chunk_id, report in list(self._pending.items()):
+            header: dict[str, Any] = {"chunk_id": chunk_id, "cs_id": link.cs_id, "reason": report.reason}
+            if report.blocks:
+                header["blocks"] = list(report.blocks)
+            if report.unsynced:
                 header["unsynced"] = True
-            if check:
+            if report.check:
                 header["check"] = True
             try:
                 await conn.call(Msg.REPORT_BAD_REPLICA, header, timeout=10.0)
@@ -187,11 +185,28 @@ class Scrubber:
             self._pending.pop(chunk_id, None)
 
 
-def _report(found: dict[str, Any]) -> tuple[str, list[int], bool, bool]:
-    """What to report of a replica `check` found bad: (why, its bad blocks, whether never synced, and no
-    check asked of the master: done here)."""
+class _Report(NamedTuple):
+    """A report waiting for the master: why; the bad blocks (none when the replica was moved aside whole);
+    whether its header never reached the disk; whether the master is to check it (left in place here)."""
+
+    reason: str
+    blocks: tuple[int, ...] = ()
+    unsynced: bool = False
+    check: bool = False
+
+
+def _report(found: dict[str, Any]) -> _Report:
+    """What to report of a replica `check` found bad."""
     unsynced = bool(found.get("unsynced"))
     reason = ("replica header never written, found by the scrubber; quarantined whole" if unsynced else
               "replica header corrupt, found by the scrubber; quarantined whole" if found["whole"] else
               f"{len(found['bad'])} block(s) failing their checksum, found by the scrubber")
-    return reason, found["bad"], unsynced, False
+    return _Report(reason, tuple(found["bad"]), unsynced)
+
+
+def _moved_whole(never_synced: bool) -> dict[str, Any]:
+    """`check`'s answer for a replica moved aside whole (its header corrupt, or never written)."""
+    found: dict[str, Any] = {"ok": False, "bad": [], "whole": True}
+    if never_synced:
+        found["unsynced"] = True
+    return found
