@@ -1134,6 +1134,39 @@ class ChunkStore:
                        chunk_id, version, block, saved)
         return True
 
+    def take_blocks(self, chunk_id: int, version: int, blocks: Sequence[int]) -> list[int]:
+        """Take these blocks as they are on the disk: each one that fails its checksum gets a checksum made
+        anew from its bytes; then the replica is synced.  The ones taken so, in order.
+
+        Only for blocks a power cut tore on every replica (an unsynced write's bytes and its checksum
+        reached the disk apart): nothing in them since their last sync was promised, and a local disk
+        shows what a crash left of such a write.  Anywhere else this would bless corrupt bytes; the
+        master asks for it only after such a cut (mds/fanned_mender.py `take_torn`).
+        """
+        if any(not 0 <= b < self.n_blocks for b in blocks):
+            raise InvalidArgument(f"chunk {chunk_id:016x}: block numbers must be below {self.n_blocks}")
+        taken: list[int] = []
+        with self._chunk_lock(chunk_id), self._lease(chunk_id, version) as lease:
+            for block in sorted(set(blocks)):
+                if not self._failing_blocks(lease, block, 1):
+                    continue
+                buf, _ = self._read_blocks(lease, block, 1)
+                try:
+                    _pwrite_full(lease.fd, [struct.pack("<I", crc32c(buf))], HEADER_SIZE + block * CRC_ENTRY_SIZE)
+                except OSError as exc:
+                    if is_disk_full(exc):
+                        raise self._no_space(lease, exc, f"taking block {block} as it is") from exc
+                    raise
+                self.written.wrote(chunk_id, block * self.block_size, self.block_size)
+                taken.append(block)
+            if taken:
+                self._sync(lease, data_only=True)
+        if taken:
+            logger.warning("chunk %016x version %d: block(s) %s failed their checksum after a power cut and were "
+                           "taken as they are on this disk (their checksums made anew)", chunk_id, version,
+                           _block_list(taken))
+        return taken
+
     def space(self) -> tuple[int, int]:
         """(total, free) bytes of the filesystem holding the store (free as seen by non-root)."""
         st = os.statvfs(self.root)

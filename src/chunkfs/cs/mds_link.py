@@ -29,6 +29,7 @@ from chunkfs.protocol.messages import (
     FEATURE_FANNED_REPORT,
     FEATURE_FIRST_WRITE,
     FEATURE_LEASE,
+    FEATURE_TAKE_BLOCKS,
     FEATURE_VERSIONED_CUT,
     FEATURE_WRITTEN_REPORT,
     REPLICA_LEASE,
@@ -191,7 +192,7 @@ class MdsLink:
             "replicas": [list(r) for r in first], "location": self.node.location, "tier": self.node.tier,
             # What a master of this version or later may send (README, on upgrades).
             "features": [FEATURE_FIRST_WRITE, FEATURE_VERSIONED_CUT, FEATURE_FANNED_REPORT, FEATURE_WRITTEN_REPORT,
-                         FEATURE_LEASE],
+                         FEATURE_LEASE, FEATURE_TAKE_BLOCKS],
         }
         if pages > 1:
             register["more"] = True  # sent only when needed, so one page still suits an older master

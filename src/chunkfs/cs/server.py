@@ -41,6 +41,7 @@ from chunkfs.protocol.messages import (
     DELETE_BATCH,
     FANNED_REPORT_WINDOW,
     LOCAL_MARK_FILE,
+    MAX_BLOCKS,
     SMALL_WRITE_MAX,
     Msg,
     WritePart,
@@ -544,6 +545,11 @@ class ChunkServer:
             return await self.scrubber.check(h["chunk_id"]), b""
         elif msg == Msg.CS_REPAIR_BLOCKS:
             return await self.replicator.repair_blocks(h), b""
+        elif msg == Msg.CS_TAKE_BLOCKS:
+            blocks = int_list(h["blocks"], "blocks", MAX_BLOCKS)
+            async with self._locks.hold((h["chunk_id"],)):  # between two writes to the chunk
+                taken = await asyncio.to_thread(store.take_blocks, h["chunk_id"], h["version"], blocks)
+            return {"taken": taken}, b""
         elif msg == Msg.CS_DELETE_CHUNKS:
             ids = int_list(h["chunk_ids"], "chunk_ids", DELETE_BATCH)
             # A truncation's few small chunks on the loop (a master waits for them: mds/chunks.py `delete_cut`);

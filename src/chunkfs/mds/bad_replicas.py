@@ -10,8 +10,11 @@ chunk's good blocks stay readable all along.
 A block that is bad on every replica is *lost*: nothing is overwritten or
 dropped, reads of that range fail with EIO and the rest of the file reads
 fine; one event names the file, the byte range and the servers holding the
-bad copies.  Only a replica whose header is corrupt is dropped whole and
-replaced by a copy (the server has moved it to its quarantine folder).
+bad copies.  Unless a power cut of every server holding it may have torn it
+(an unsynced write's bytes and checksum reaching the disks apart): then it is
+taken as it is and reads as the cut left it (fanned_mender.py `take_torn`).
+Only a replica whose header is corrupt is dropped whole and replaced by a
+copy (the server has moved it to its quarantine folder).
 
 Bad blocks found while no other replica was reachable (its servers down)
 are remembered, and mended as soon as one is back (`retry_pending`, on
@@ -136,6 +139,9 @@ class BadReplicas:
             result = await mds._cs_call(cs_id, Msg.CS_REPAIR_BLOCKS, {
                 "chunk_id": chunk_id, "version": chunk.version, "blocks": bad, "sources": sources})
             repaired, lost, pending = (list(result[k]) for k in ("repaired", "lost", "pending"))
+        if lost and self.mds.mender.torn_everywhere(chunk):
+            await self._take_torn(chunk, lost, reporter)
+            lost = []
         self.repaired_blocks += len(repaired)
         where = self._where(chunk)
         if repaired:
@@ -166,6 +172,18 @@ class BadReplicas:
         if pending:
             logger.warning("chunk %#x on CS#%d: %d bad block(s) not repaired yet (no good copy reachable); "
                            "repaired when another replica is back", chunk_id, cs_id, len(pending))
+
+    async def _take_torn(self, chunk: Chunk, lost: list[int], reporter: str) -> None:
+        """Blocks bad on every replica of a chunk a power cut may have torn them in (fanned_mender.py
+        `torn_everywhere`): taken as they are and made the same everywhere."""
+        taken = await self.mds.mender.take_torn(chunk.chunk_id, lost)
+        if taken:
+            await self.mds.event("warning", (
+                f"{self._where(chunk)}: {_ranges(chunk, taken, self._chunk_size())} of chunk {chunk.chunk_id:#x} "
+                f"failed their checksums on every replica (found by {reporter}) after a power cut of every server "
+                "holding them: torn by a power cut (an unsynced write's bytes and checksums reached the disks apart), "
+                "so nothing in them since their last sync was promised; taken as they are on one replica and copied "
+                "to the others: they read as the cut left them, as a local disk's would"))
 
     def remake_later(self, chunk_id: int, cs_id: int) -> None:
         """Make the chunk's never-synced last replica on `cs_id` again on a later pass (`retry_pending`):

@@ -29,6 +29,15 @@ during the move are sent again down the chain).  The same answer says how far
 writes made before the election reached into each chunk: the files written
 past their size are trimmed as a dead session's (open_files.py).
 
+A power cut may also tear a block: an unsynced write's bytes and the block's
+checksum reach a replica's disk apart, and the block fails its checksum.  Where
+every replica's server came back from its machine going down naming the chunk
+among those it wrote last, a block that fails on every replica held nothing
+promised since its last sync: it is taken as it is on the first replica (its
+checksum made anew, ``CS_TAKE_BLOCKS``) and copied to the others, as a local
+disk shows what a crash left of such a write (`take_torn`; a block bad on
+every replica is otherwise kept as an error, bad_replicas.py).
+
 Only while every replica's server is connected and holds its replica: a new
 version moves only the replicas the master can tell to move, and the others
 would be left behind at the old one (a master resumed after a stop, whose
@@ -41,16 +50,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
 
-from chunkfs.common.errors import ChunkFSError, Unavailable
+from chunkfs.common.errors import ChecksumMismatch, ChunkFSError, Unavailable
 from chunkfs.mds.fan_grants import first_version
 from chunkfs.mds.store import VERSION_TERM_SHIFT
 from chunkfs.protocol.messages import (
     FANNED_REPORT_MAX,
     FANNED_REPORT_WINDOW,
     FEATURE_FANNED_REPORT,
+    FEATURE_TAKE_BLOCKS,
     FEATURE_WRITTEN_REPORT,
+    MAX_BLOCKS,
     Msg,
     int_list,
     int_pairs,
@@ -60,6 +72,7 @@ from chunkfs.protocol.rpc import SILENCE_LIMIT, Connection, connect
 
 if TYPE_CHECKING:
     from chunkfs.mds.server import LiveServer, MetadataServer
+    from chunkfs.mds.store import Chunk
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +85,8 @@ MEND_TRIES = 60
 #: A new master asks the chunk servers that register with it this long after its election (seconds): the
 #: ones back from the last master's end.  One that registers later was away meanwhile; the others told.
 ASK_WITHIN = 120.0
+#: Chunks remembered as named by servers back from their machine going down (`cut`), at most.
+CUT_REMEMBERED = 100_000
 WRITER_GONE = "a writer left without ending its session"
 UNDER_EARLIER_MASTER = "chunks written under an earlier master"
 
@@ -84,10 +99,22 @@ class FannedMender:
         self._one_at_a_time = asyncio.Lock()
         #: Chunks the chunk servers named to this master (`server_back`), each mended once.
         self._queued: set[int] = set()
+        #: chunk_id -> the servers that named it among those they wrote last, back from their machine
+        #: going down (a power cut): its blocks may be torn (`torn_everywhere`).  The oldest forgotten first.
+        self.cut: OrderedDict[int, set[int]] = OrderedDict()
 
     def start(self) -> None:
-        """On becoming master: no chunk server asked yet."""
+        """On becoming master: no chunk server asked yet (each one back from a power cut names its chunks again)."""
         self._queued.clear()
+        self.cut.clear()
+
+    def torn_everywhere(self, chunk: Chunk) -> bool:
+        """Whether a block of `chunk` bad on every replica may be one a power cut tore: every replica's server
+        came back from its machine going down and named the chunk among those it wrote last (and takes
+        CS_TAKE_BLOCKS)."""
+        named, live = self.cut.get(chunk.chunk_id), self.mds.live
+        return bool(named) and bool(chunk.replicas) and named.issuperset(chunk.replicas) and all(
+            cs in live and FEATURE_TAKE_BLOCKS in live[cs].features for cs in chunk.replicas)
 
     async def writer_gone(self, chunk_ids: set[int], why: str = WRITER_GONE) -> None:
         """Mend the chunks a writer that left without a word was let fan out to (in the background)."""
@@ -122,6 +149,8 @@ class FannedMender:
             except ChunkFSError as exc:  # (no longer the master: the next one asks again)
                 logger.info("CS#%d's report of chunks written past their files' size not judged: %s",
                             server.cs_id, exc)
+        if server.unclean:
+            self._note_cut(server.cs_id, reported)
         term = mds.log.term
         todo = set()
         for chunk_id in reported:
@@ -138,6 +167,13 @@ class FannedMender:
             logger.info("CS#%d: %d chunk(s) written lately to every replica at once, under an earlier master: "
                         "their replicas are compared (a writer may have died with it)", server.cs_id, len(todo))
             await self.writer_gone(todo, UNDER_EARLIER_MASTER)
+
+    def _note_cut(self, cs_id: int, chunk_ids: list[int]) -> None:
+        for chunk_id in chunk_ids:
+            self.cut.setdefault(chunk_id, set()).add(cs_id)
+            self.cut.move_to_end(chunk_id)
+        while len(self.cut) > CUT_REMEMBERED:
+            self.cut.popitem(last=False)
 
     async def _mend(self, chunk_ids: set[int], why: str) -> None:
         mended = copied = 0
@@ -175,46 +211,79 @@ class FannedMender:
 
     async def make_same(self, chunk_id: int) -> int:
         """Make the replicas of `chunk_id` hold the same bytes (the first replica's); how many blocks were copied."""
+        return (await self._make_same(chunk_id, []))[0]
+
+    async def take_torn(self, chunk_id: int, blocks: list[int]) -> list[int]:
+        """Blocks bad on every replica of a chunk `torn_everywhere`: taken as they are on the first replica and
+        copied to the others (the module's docstring); the ones taken (the others no longer failed there:
+        taken by a report of another replica meanwhile)."""
+        return (await self._make_same(chunk_id, blocks))[1]
+
+    async def _make_same(self, chunk_id: int, torn: list[int]) -> tuple[int, list[int]]:
+        """(blocks copied, blocks of `torn` taken as they are on the first replica)."""
         mds = self.mds
         chunk = mds.store.chunk(chunk_id)
         if chunk is None:
-            return 0  # removed meanwhile
+            return 0, []  # removed meanwhile
         async with mds.chunks.lock(chunk.ino, chunk.index):
             chunk = mds.store.chunk(chunk_id)
             if chunk is None:
-                return 0
+                return 0, []
             missing = [cs for cs in chunk.replicas if not mds.chunks.holds(cs, chunk_id)]
             if missing:
                 raise Unavailable(f"chunk {chunk_id:#x}: CS {','.join(map(str, missing))} not connected")
             # A new version first: every writer's next write waits on this lock for the new map.
             chunk = await mds.move_on(chunk)
             replicas = replica_list(mds._map(chunk.ino, chunk)["replicas"], "replicas")
-            if len(replicas) < 2:
-                return 0
             at = {"chunk_id": chunk_id, "version": chunk.version}
+            # A block a power cut tore on the first replica, where it may have: taken as it is there.
+            first = replicas[0][0] if replicas and self.torn_everywhere(chunk) else None
+            taken = await self._take(first, at, torn) if torn and first is not None else []
+            if len(replicas) < 2:
+                return 0, taken
             tables = []
             for _, addr in replicas:
                 reply, _ = await (await self._conn(addr)).call(Msg.CS_CHECKSUMS, at, timeout=MEND_TIMEOUT)
                 tables.append([int(c) for c in reply["crcs"]])
             source = await self._conn(replicas[0][1])
             block = mds.node.cluster.chunk_size // max(1, len(tables[0]))
-            copied = 0
-            for (cs_id, addr), table in zip(replicas[1:], tables[1:], strict=True):
-                differ = [i for i, (a, b) in enumerate(zip(tables[0], table, strict=True)) if a != b]
-                if not differ:
-                    continue
-                target = await self._conn(addr)
-                for i in differ:
-                    _, data = await source.call(Msg.CS_READ, {**at, "offset": i * block, "length": block},
-                                                timeout=MEND_TIMEOUT)
-                    await target.call(Msg.CS_WRITE, {**at, "offset": i * block, "chain": [], "sync": False}, data,
-                                      timeout=MEND_TIMEOUT)
-                await target.call(Msg.CS_FSYNC, {**at, "chain": []}, timeout=MEND_TIMEOUT)
-                logger.warning("chunk %#x: %d block(s) of CS#%d's replica differed from CS#%d's (a write its "
-                               "writer had sent to some replicas only); copied over", chunk_id,
-                               len(differ), cs_id, replicas[0][0])
-                copied += len(differ)
-            return copied
+            differ = {i for table in tables[1:] for i, (a, b) in enumerate(zip(tables[0], table, strict=True))
+                      if a != b}
+            written: dict[int, int] = {}  # cs_id -> blocks written there
+            # Block by block, each read from the first replica once, and taken there first if a cut tore it:
+            # taken, its checksum changes, and every other replica gets it.
+            for i in sorted(differ | set(taken)):
+                read = {**at, "offset": i * block, "length": block}
+                try:
+                    _, data = await source.call(Msg.CS_READ, read, timeout=MEND_TIMEOUT)
+                except ChecksumMismatch:
+                    if first is None or not await self._take(first, at, [i]):
+                        raise
+                    taken.append(i)
+                    _, data = await source.call(Msg.CS_READ, read, timeout=MEND_TIMEOUT)
+                for (cs_id, addr), table in zip(replicas[1:], tables[1:], strict=True):
+                    if table[i] != tables[0][i] or i in taken:
+                        await (await self._conn(addr)).call(
+                            Msg.CS_WRITE, {**at, "offset": i * block, "chain": [], "sync": False}, data,
+                            timeout=MEND_TIMEOUT)
+                        written[cs_id] = written.get(cs_id, 0) + 1
+            for cs_id, addr in replicas[1:]:
+                if cs_id in written:
+                    await (await self._conn(addr)).call(Msg.CS_FSYNC, {**at, "chain": []}, timeout=MEND_TIMEOUT)
+                    logger.warning("chunk %#x: %d block(s) of CS#%d's replica differed from CS#%d's (a write its "
+                                   "writer had sent to some replicas only, or a power cut); copied over", chunk_id,
+                                   written[cs_id], cs_id, replicas[0][0])
+            return sum(written.values()), taken
+
+    async def _take(self, cs_id: int, at: dict[str, Any], blocks: list[int]) -> list[int]:
+        """Have CS `cs_id` take `blocks` of its replica as they are on its disk; the ones that were torn."""
+        reply = await self.mds._cs_call(cs_id, Msg.CS_TAKE_BLOCKS, {**at, "blocks": sorted(set(blocks))})
+        taken = int_list(reply["taken"], "taken", MAX_BLOCKS)
+        if taken:
+            logger.warning("chunk %#x: block(s) %s of CS#%d's replica failed their checksums after a power cut of "
+                           "every server holding the chunk (torn: an unsynced write's bytes and checksum reached "
+                           "the disk apart); taken as they are there", at["chunk_id"], taken, cs_id)
+        return taken
 
     async def _conn(self, addr: str) -> Connection:
         conn = self._conns.get(addr)

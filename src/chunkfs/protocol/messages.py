@@ -81,6 +81,7 @@ class Msg(enum.IntEnum):
     CS_VERIFY_CHUNK = 65
     CS_REPAIR_BLOCKS = 66
     CS_FANNED = 67
+    CS_TAKE_BLOCKS = 68
     # Client or CS -> CS: data.
     CS_READ = 70
     CS_WRITE = 71
@@ -164,6 +165,9 @@ FEATURE_WRITTEN_REPORT = "written_report"
 #: answers to its CS_REGISTER and CS_HEARTBEAT, and in its own answer to CS_LOCAL): named in its
 #: CS_REGISTER, so that a master sends the field only to servers that take it.
 FEATURE_LEASE = "lease"
+#: A chunk server that takes a replica's blocks as they are on its disk (CS_TAKE_BLOCKS): named in its
+#: CS_REGISTER, so that a master asks only servers that take the message.
+FEATURE_TAKE_BLOCKS = "take_blocks"
 #: How far back (seconds) such writes count, and how many chunks one answer names at most (the latest).
 FANNED_REPORT_WINDOW = 600.0
 FANNED_REPORT_MAX = 4096
@@ -483,6 +487,14 @@ SPECS: dict[Msg, MessageSpec] = {
     Msg.CS_REPAIR_BLOCKS: MessageSpec(
         (f("chunk_id", int), f("version", int), f("blocks", list, max_items=MAX_BLOCKS), f("sources", list)),
         (f("repaired", list), f("lost", list), f("pending", list)),
+    ),
+    # Take `blocks` of this replica as they are on its disk: each one that fails its checksum gets a
+    # checksum made anew from its bytes, and the replica is synced; `taken` lists those.  Only for a
+    # block a power cut tore on every replica (mds/fanned_mender.py `take_torn`): anywhere else it
+    # would bless corrupt bytes.
+    Msg.CS_TAKE_BLOCKS: MessageSpec(
+        (f("chunk_id", int), f("version", int), f("blocks", list, max_items=MAX_BLOCKS)),
+        (f("taken", list, max_items=MAX_BLOCKS),),
     ),
     # The chunks a writer sent a write to this replica alone in the last `within` seconds (its
     # small writes sent to every replica at once), the latest first (FEATURE_FANNED_REPORT).  With

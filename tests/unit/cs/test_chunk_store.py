@@ -300,6 +300,32 @@ def test_repair_checks_its_arguments(store: ChunkStore) -> None:
         store.repair_block(CID, 2, 0, bytes(BS))
 
 
+def test_take_blocks_makes_the_checksums_of_failing_blocks_anew_and_leaves_the_rest(store: ChunkStore) -> None:
+    """What a power cut left of an unsynced write (its bytes on the disk, the block's checksum not): taken."""
+    store.create(CID, 1)
+    data = pattern(4 * BS)
+    store.write(CID, 1, 0, data, sync=True)
+    path = replica_path(store, CID, 1)
+    with open(path, "r+b") as fh:
+        fh.seek(store.data_offset + 2 * BS + 10)
+        fh.write(b"torn")
+    torn = data[:2 * BS + 10] + b"torn" + data[2 * BS + 14:]
+    with pytest.raises(ChecksumMismatch):
+        store.read(CID, 1, 2 * BS, BS)
+    before = store.block_checksums(CID, 1)
+    assert store.take_blocks(CID, 1, [1, 2, 3]) == [2]  # blocks 1 and 3 did not fail: left as they were
+    assert store.bad_blocks(CID) == []
+    assert store.read(CID, 1, 0, 4 * BS) == torn
+    after = store.block_checksums(CID, 1)
+    assert after[2] == crc32c(torn[2 * BS:3 * BS]) != before[2]
+    assert after[:2] + after[3:] == before[:2] + before[3:]
+    assert store.take_blocks(CID, 1, [2]) == []  # taken once: nothing fails any more
+    with pytest.raises(InvalidArgument):
+        store.take_blocks(CID, 1, [store.n_blocks])
+    with pytest.raises(StaleVersion):
+        store.take_blocks(CID, 2, [0])
+
+
 def test_a_corrupt_header_makes_bad_blocks_raise(store: ChunkStore) -> None:
     store.create(CID, 1)
     store.close()
