@@ -171,3 +171,31 @@ def test_a_replica_found_without_a_header_at_its_servers_start_and_gone_since_is
     assert bad.report(5, 3, "header never written", False, "CS#3 at its start", None, True, from_server=True)
     asyncio.run(spawned.pop())
     assert [args[:2] + args[4:] for args in dropped] == [(5, 3, True)]
+
+
+@pytest.mark.parametrize("cut", [True, False])
+def test_a_single_replicas_block_bad_after_a_power_cut_is_taken_and_otherwise_named_lost(cut: bool) -> None:
+    """replicas=1: nothing to mend the block from.  Torn by a power cut of its server (fanned_mender.py
+    `torn_everywhere`), it is taken as it is; anywhere else it is lost, and an event names it."""
+    events: list[str] = []
+    taken: list[tuple[int, list[int]]] = []
+
+    async def event(level: str, text: str) -> None:
+        events.append(text)
+
+    async def take_torn(chunk_id: int, blocks: list[int]) -> list[int]:
+        taken.append((chunk_id, blocks))
+        return blocks
+
+    chunk = SimpleNamespace(chunk_id=5, version=1, replicas=[1], ino=9, index=0)
+    mds = SimpleNamespace(event=event, store=SimpleNamespace(path_of=lambda ino: "/db-wal"),
+                          node=SimpleNamespace(cluster=SimpleNamespace(chunk_size=1 << 20)),
+                          mender=SimpleNamespace(torn_everywhere=lambda c: cut, take_torn=take_torn))
+    bad = BadReplicas(SimpleNamespace(mds=mds))  # type: ignore[arg-type]
+    asyncio.run(bad._repair(chunk, 1, [2], "CS#1's scrubber"))  # type: ignore[arg-type]
+    if cut:
+        assert taken == [(5, [2])] and not bad.lost
+        assert len(events) == 1 and "torn by a power cut" in events[0] and "bad on every replica" not in events[0]
+    else:
+        assert not taken and bad.lost == {(5, 1): {2}}
+        assert len(events) == 1 and "bad on every replica" in events[0]
