@@ -95,10 +95,10 @@ def measure(path: Path) -> tuple[int, int]:
     return size, crc
 
 
-def forget_others(directory: Path, keep: Path | None) -> None:
-    """Delete every image file but `keep`: older snapshots, abandoned transfers, temporary copies."""
+def forget_others(directory: Path, *keep: Path | None) -> None:
+    """Delete every image file but those in `keep`: older snapshots, abandoned transfers, temporary copies."""
     for p in directory.iterdir():
-        if p != keep and (_NAME.match(p.name) or p.name.endswith(".db.tmp")):
+        if p not in keep and (_NAME.match(p.name) or p.name.endswith(".db.tmp")):
             p.unlink(missing_ok=True)
 
 
@@ -149,6 +149,10 @@ class Receiver:
             if self._have == image.size:
                 await asyncio.to_thread(self._finish, image)
             return self._have
+
+    def receiving(self) -> Path | None:
+        """The file of the image being received, if any: a compaction of this member's own log keeps it."""
+        return None if self._image is None else self._image.incoming(self.directory)
 
     def complete(self, image: Image) -> bool:
         return self._image == image and self._complete

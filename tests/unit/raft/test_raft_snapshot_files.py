@@ -93,3 +93,16 @@ def test_an_inline_image_of_an_older_version_moves_to_a_file(tmp_path: Path) -> 
     (tmp_path / "log-00000001").write_bytes(b"x")
     forget_others(tmp_path, image.path(tmp_path))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["log-00000001", "snapshot-2-7.db"]
+
+
+async def test_forgetting_other_images_keeps_the_one_being_received(tmp_path: Path) -> None:
+    """A member compacting its own log while a master sends it an image keeps what it received of that."""
+    r = Receiver(tmp_path)
+    assert r.receiving() is None
+    assert await r.piece(IMAGE, 0, DATA[:PIECE]) == PIECE
+    own = tmp_path / "snapshot-2-17.db"
+    own.write_bytes(b"its own image")
+    (tmp_path / "snapshot-1-5.db").write_bytes(b"an older one")
+    forget_others(tmp_path, own, r.receiving())
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([own.name, IMAGE.incoming(tmp_path).name])
+    assert await feed(r, IMAGE, DATA, PIECE) == IMAGE.size and r.complete(IMAGE)
