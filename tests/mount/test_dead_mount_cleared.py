@@ -1,19 +1,24 @@
 """A mount whose process was killed leaves a dead mount ("Transport endpoint is not connected"):
-`chunkfs mount` and `local up --mount` clear it and mount again; a live mount is still refused."""
+`chunkfs mount` and `local up --mount` clear it and mount again; a live mount is still refused.  And one
+killed while a thread of it waited in the kernel does not leave the programs using it hanging."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from chunkfs.client.fuse_session import state_dir
-from chunkfs.common.daemon import is_chunkfs_process, pid_alive, read_pid
+from chunkfs.client.fuse_session import FUSECTL, fusectl_dir, state_dir
+from chunkfs.common.daemon import LOG_FILE, is_chunkfs_process, pid_alive, read_pid
+from chunkfs.testing.cluster import wait_for
 
 from .conftest import chunkfs, is_mounted, local_up_mounted
 
@@ -107,3 +112,71 @@ def test_a_lazy_umount_with_a_file_open_says_the_process_serves_it_and_succeeds(
     while pid_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not pid_alive(pid), "the mount process stayed after the last file was closed"
+
+
+#: Part of a page the kernel has not cached: it keeps that page locked until the mount answers the write.
+_PARTIAL_WRITE = """
+import errno, os, sys
+fd = os.open(sys.argv[1], os.O_WRONLY)
+try:
+    os.pwrite(fd, b"y" * 100, 8202)
+    print("written")
+except OSError as exc:
+    print(errno.errorcode[exc.errno])
+"""
+
+
+def _thread_states(pid: int) -> list[str]:
+    states = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            states.append((task / "stat").read_text().rsplit(")", 1)[1].split()[0])
+        except (OSError, IndexError):
+            continue
+    return states
+
+
+def test_a_mount_killed_while_its_thread_waits_in_the_kernel_fails_the_programs_waiting_on_it(
+        make_cluster, mount) -> None:
+    """The mount's thread that has the kernel drop a file's cached pages waits, uninterruptibly, for a page a
+    program's write holds locked until the mount answers it.  A `kill -9` then left that thread, and with it
+    the FUSE connection: the program hung in D state for good, unkillable (a power-cut probe, 30 minutes).
+    Now the mount's guard aborts the connection (client/dead_mount_guard.py) and the program gets an error."""
+    if not FUSECTL.is_dir():
+        pytest.skip(f"{FUSECTL} is not mounted")
+    cluster = make_cluster(n_cs=3)
+    mnt = mount(cluster)
+    with cluster.client() as c:  # written around the mount: no page of it in the kernel's cache
+        f = c.open("/f", create=True)
+        c.run(f.write(0, os.urandom(1 << 20)))
+        c.run(f.fsync())
+    pid = read_pid(state_dir(mnt))
+    assert pid is not None
+    (dev,) = [line.split(" ")[2] for line in Path("/proc/self/mountinfo").read_text().splitlines()
+              if line.split(" ")[4] == str(mnt)]
+    abort = fusectl_dir(dev) / "abort"
+    writer = None
+    for n in (1, 2, 3):  # the write cannot be answered while the replicas' servers are stopped
+        cluster.kill("cs", n, signal.SIGSTOP)
+    try:
+        writer = subprocess.Popen([sys.executable, "-c", _PARTIAL_WRITE, str(mnt / "f")],
+                                  stdout=subprocess.PIPE, text=True)
+        wait_for("the write to wait for the mount", lambda: Path(f"/proc/{writer.pid}/wchan").read_text()
+                 == "request_wait_answer", timeout=30)
+        # The master gone, the mount has the kernel drop every page it may hold of the files it knows.
+        cluster.kill("mds", 1)
+        wait_for("a thread of the mount to wait on the locked page", lambda: "D" in _thread_states(pid), timeout=30)
+        os.kill(pid, signal.SIGKILL)
+        out, _ = writer.communicate(timeout=30)  # before: stuck in the kernel for good
+        assert out.strip() == "ECONNABORTED", out
+        wait_for("the mount process to be gone", lambda: not pid_alive(pid), timeout=30)
+        log = (state_dir(mnt) / LOG_FILE).read_text(errors="replace")
+        assert "its FUSE connection was aborted" in log, log[-2000:]
+    finally:
+        if writer is not None and writer.poll() is None:  # (the code before the guard: freed by hand)
+            with contextlib.suppress(OSError):
+                abort.write_text("1\n")
+            writer.kill()
+            writer.wait(timeout=30)
+        for n in (1, 2, 3):
+            cluster.kill("cs", n, signal.SIGCONT)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pyfuse3
 
-from chunkfs.client import fuse_wait
+from chunkfs.client import dead_mount_guard, fuse_wait
 from chunkfs.client.client import Client
 from chunkfs.client.fuse_ops import ChunkFSOperations, MountOptions
 from chunkfs.common.config import ClientConfig
@@ -317,6 +317,8 @@ def run_mount(
                 theirs = f" (FUSE refused one of: {', '.join(sorted(opts.fuse))}: see mount.fuse3(8))" \
                     if opts.fuse else ""
                 raise Unavailable(f"cannot mount {mountpoint}: {exc}{theirs}") from None
+            dev = _mount_dev(mountpoint)
+            guard = dead_mount_guard.start(fusectl_dir(dev) / "abort") if dev is not None else None
             try:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.add_signal_handler(sig, pyfuse3.terminate)
@@ -339,6 +341,9 @@ def run_mount(
                 await ops.close()  # hand back exclusive leases
                 # Lazy unmount when the loop ended on a signal; a no-op after `umount`.
                 pyfuse3.close(unmount=True)
+                if guard is not None:  # (a mount that ends on its own leaves nothing to guard)
+                    guard.kill()
+                    guard.wait()
                 logger.info("%s unmounted", mountpoint)
         finally:
             await lag.stop()
