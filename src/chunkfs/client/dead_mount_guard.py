@@ -85,13 +85,10 @@ def guard(pid: int, abort_file: Path) -> int:
         return 1
     if os.getppid() == pid:  # (not already orphaned between the fork and the prctl)
         signal.sigwait({signal.SIGTERM})
-    deadline = time.monotonic() + GRACE
-    while time.monotonic() < deadline:
+    for _ in range(round(GRACE / _POLL) + 1):
         if _gone(pid):
             return 0  # it died whole: the kernel ended its connection
         time.sleep(_POLL)
-    if _gone(pid):
-        return 0
     try:
         abort_file.write_text("1\n")
     except OSError:

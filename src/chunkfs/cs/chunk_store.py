@@ -1148,9 +1148,9 @@ class ChunkStore:
         taken: list[int] = []
         with self._chunk_lock(chunk_id), self._lease(chunk_id, version) as lease:
             for block in sorted(set(blocks)):
-                if not self._failing_blocks(lease, block, 1):
+                buf, bad = self._read_blocks(lease, block, 1)
+                if bad is None:
                     continue
-                buf, _ = self._read_blocks(lease, block, 1)
                 try:
                     _pwrite_full(lease.fd, [struct.pack("<I", crc32c(buf))], HEADER_SIZE + block * CRC_ENTRY_SIZE)
                 except OSError as exc:
