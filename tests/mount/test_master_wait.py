@@ -137,6 +137,10 @@ def test_a_change_a_master_held_when_it_lost_its_majority_is_answered_once_one_i
         worker.join(120)
         client.close()
     assert not worker.is_alive()
+    # A mkdir sent while no master is elected fails with EIO after `master_wait` (the test above): under
+    # load the lone master may step down before the loop's next mkdir reaches it, and then the outage
+    # fails one every 6 s (a CI run: 2).  What must never be: a mkdir answered with an error that took
+    # effect (the probe's: the held one failed, then committed), or one answered "ok" that did not.
     failed = [r for r in results if r[1] != "ok"]
-    assert not failed, failed
-    assert sorted(os.listdir(mnt / "d")) == sorted(f"m{i}" for i, _ in results)
+    assert all(e == "EIO" for _, e in failed) and len(failed) <= 3, failed
+    assert sorted(os.listdir(mnt / "d")) == sorted(f"m{i}" for i, e in results if e == "ok")
