@@ -20,7 +20,7 @@ if a thread of it is still there, the guard aborts the connection through
 fusectl, which fails those requests (ECONNABORTED) and frees the thread.
 
 Run by the mount as ``python -m chunkfs.client.dead_mount_guard PID ABORT_FILE``;
-stdlib only, so it starts on little.
+it imports little beyond the standard library, so it starts on little.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from chunkfs.common.daemon import pid_alive
 
 logger = logging.getLogger(__name__)
 
@@ -66,12 +68,7 @@ def _threads_left(pid: int) -> list[int]:
 
 
 def _gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return True
-    return state in ("Z", "X") and not _threads_left(pid)
+    return not pid_alive(pid) and not _threads_left(pid)
 
 
 def guard(pid: int, abort_file: Path) -> int:
