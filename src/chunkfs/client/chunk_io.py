@@ -288,7 +288,7 @@ class ChunkIO:
         refresh = False
         last: ChunkFSError | None = None
         only_bad_blocks = True  # every replica tried answered with a bad block (not offline, not gone)
-        for _ in range(MAX_TRIES):
+        for attempt in range(MAX_TRIES):
             m = await self._read_map(ino, index, refresh)
             if m.chunk_id == 0:
                 return None  # a hole: zeros, already in `out`
@@ -337,7 +337,13 @@ class ChunkIO:
                     if isinstance(exc, ChecksumMismatch):
                         await self._report_bad(m.chunk_id, cs_id, exc)
             refresh = True
-            if not old_map:
+            if attempt + 1 == MAX_TRIES:
+                break
+            if len(m.replicas) == 1 and isinstance(last, ChecksumMismatch):
+                # The only replica the master names (the one a chunk still to be compared is read from, or
+                # the last one): its bad block, reported, is mended from the others: give that time.
+                await asyncio.sleep(REPAIR_WAIT * 2 ** attempt)
+            elif not old_map:
                 await asyncio.sleep(0.05)
         assert last is not None
         if isinstance(last, NotFound | StaleVersion):

@@ -38,6 +38,14 @@ checksum made anew, ``CS_TAKE_BLOCKS``) and copied to the others, as a local
 disk shows what a crash left of such a write (`take_torn`; a block bad on
 every replica is otherwise kept as an error, bad_replicas.py).
 
+Until a chunk's replicas are compared, two reads could get different bytes:
+each mount reads its own first replica, and the next one where a block fails
+(a probe: a reader got the other replicas' bytes for 4.5 s after a power cut,
+then the first replica's).  So while a chunk waits to be compared, the master
+hands out maps to read it through that name only the replica the comparison
+will copy from, the one the first such read went to (`read_from`).  Maps a
+mount kept from before still reach the others (RELIABILITY.md).
+
 Only while every replica's server is connected and holds its replica: a new
 version moves only the replicas the master can tell to move, and the others
 would be left behind at the old one (a master resumed after a stop, whose
@@ -102,11 +110,23 @@ class FannedMender:
         #: chunk_id -> the servers that named it among those they wrote last, back from their machine
         #: going down (a power cut): its blocks may be torn (`torn_everywhere`).  The oldest forgotten first.
         self.cut: OrderedDict[int, set[int]] = OrderedDict()
+        #: chunk_id -> the replica reads of it go to until its replicas are compared (None: not read yet).
+        self.pending: dict[int, int | None] = {}
 
     def start(self) -> None:
         """On becoming master: no chunk server asked yet (each one back from a power cut names its chunks again)."""
         self._queued.clear()
         self.cut.clear()
+        self.pending.clear()
+
+    def read_from(self, chunk_id: int, replicas: list[list[Any]]) -> list[list[Any]]:
+        """Of a pending chunk's `replicas` (its map's, [cs_id, addr] in order), the one reads go to: the one
+        the first read went to while its server holds it, else the first; the comparison copies from it."""
+        source = self.pending.get(chunk_id)
+        held = [r for r in replicas if r[0] == source] or replicas[:1]
+        if held:
+            self.pending[chunk_id] = held[0][0]
+        return held
 
     def torn_everywhere(self, chunk: Chunk) -> bool:
         """Whether a block of `chunk` bad on every replica may be one a power cut tore: every replica's server
@@ -118,8 +138,14 @@ class FannedMender:
 
     async def writer_gone(self, chunk_ids: set[int], why: str = WRITER_GONE) -> None:
         """Mend the chunks a writer that left without a word was let fan out to (in the background)."""
-        async with self._one_at_a_time:
-            await self._mend(chunk_ids, why)
+        for chunk_id in chunk_ids:
+            self.pending.setdefault(chunk_id, None)
+        try:
+            async with self._one_at_a_time:
+                await self._mend(chunk_ids, why)
+        finally:
+            for chunk_id in chunk_ids:  # compared, or given up (reads go anywhere again)
+                self.pending.pop(chunk_id, None)
 
     async def server_back(self, server: LiveServer) -> None:
         """A chunk server registered with this new master: mend the chunks clients lately fanned out to it, and
@@ -190,6 +216,7 @@ class FannedMender:
                     first_failure = first_failure or f"chunk {chunk_id:#x}: {exc}"
                     continue
                 waiting.discard(chunk_id)
+                self.pending.pop(chunk_id, None)
                 mended += blocks > 0
                 copied += blocks
             if not waiting:
@@ -235,6 +262,8 @@ class FannedMender:
             # A new version first: every writer's next write waits on this lock for the new map.
             chunk = await mds.move_on(chunk)
             replicas = replica_list(mds._map(chunk.ino, chunk)["replicas"], "replicas")
+            source = self.pending.get(chunk_id)  # the replica reads went to meanwhile: copied from
+            replicas.sort(key=lambda r: r[0] != source)
             at = {"chunk_id": chunk_id, "version": chunk.version}
             # A block a power cut tore on the first replica, where it may have: taken as it is there.
             first = replicas[0][0] if replicas and self.torn_everywhere(chunk) else None

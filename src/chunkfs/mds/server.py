@@ -769,7 +769,7 @@ class MetadataServer:
         attr = self._register_open(h["session"], ino, h.get("oseq", 0), h.get("read_only", False))
         reply = {"attr": attr, "chunks_version": self.store.chunks_version(ino)}
         if attr["type"] == "f" and 0 < attr["size"] <= self.node.cluster.chunk_size:
-            first = self._map(ino, self.store.chunk_at(ino, 0))
+            first = self._read_map(ino, self.store.chunk_at(ino, 0))
             if first["replicas"]:
                 reply["first"] = first
         return reply
@@ -1042,12 +1042,20 @@ class MetadataServer:
         replicas = [[cs, self.live[cs].addr] for cs in sorted(held, key=lambda cs: _rank(ino, cs))]
         return {"chunk_id": chunk.chunk_id, "version": chunk.version, "replicas": replicas, "chunk_size": size}
 
+    def _read_map(self, ino: int, chunk: Chunk | None) -> dict[str, Any]:
+        """A map to read through: while the chunk's replicas are still to be compared, only the one the
+        comparison keeps (fanned_mender.py `read_from`)."""
+        reply = self._map(ino, chunk)
+        if chunk is not None and chunk.chunk_id in self.mender.pending:
+            reply["replicas"] = self.mender.read_from(chunk.chunk_id, reply["replicas"])
+        return reply
+
     async def _on_chunk_read(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
         await self.log.read_barrier()
         attr = self.store.getattr(h["ino"])
         if attr["type"] != "f":
             raise InvalidArgument("not a regular file")
-        reply = self._map(h["ino"], self.store.chunk_at(h["ino"], h["index"]))
+        reply = self._read_map(h["ino"], self.store.chunk_at(h["ino"], h["index"]))
         if reply["chunk_id"] and not reply["replicas"]:
             raise Unavailable(f"chunk {reply['chunk_id']:#x} has no replica online; bring its chunk servers back")
         return reply

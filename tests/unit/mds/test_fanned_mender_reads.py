@@ -1,0 +1,40 @@
+"""Reads of a chunk whose replicas are still to be compared go to one replica only (mds/fanned_mender.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+from chunkfs.mds.fanned_mender import FannedMender
+
+REPLICAS = [[1, "a:1"], [2, "b:1"], [3, "c:1"]]
+
+
+def mender() -> FannedMender:
+    return FannedMender(SimpleNamespace())  # type: ignore[arg-type]
+
+
+def test_a_pending_chunk_is_read_from_the_replica_its_first_read_went_to_while_its_server_holds_it() -> None:
+    m = mender()
+    m.pending[7] = None
+    assert m.read_from(7, REPLICAS) == [[1, "a:1"]]
+    # Another server first now (CS#1 back in the map after another, say): reads stay where they went.
+    assert m.read_from(7, [REPLICAS[2], REPLICAS[0], REPLICAS[1]]) == [[1, "a:1"]]
+    # Its server no longer holds it: the first of those that do, kept from then on.
+    assert m.read_from(7, REPLICAS[1:]) == [[2, "b:1"]]
+    assert m.read_from(7, REPLICAS) == [[2, "b:1"]]
+    assert m.read_from(7, []) == []
+
+
+def test_a_chunk_is_pending_from_its_writers_departure_until_compared_or_given_up() -> None:
+    m = mender()
+    seen: list[dict[int, Any]] = []
+
+    async def mend(chunk_ids: set[int], why: str) -> None:
+        seen.append(dict(m.pending))
+
+    m._mend = mend  # type: ignore[method-assign]
+    asyncio.run(m.writer_gone({5, 6}))
+    assert seen == [{5: None, 6: None}]
+    assert m.pending == {}
