@@ -106,6 +106,12 @@ def _map_may_be_old(exc: ChunkFSError, m: ChunkMap) -> bool:
     return isinstance(exc, StaleVersion) and isinstance(current, int) and current > m.version
 
 
+def _behind_the_map(exc: ChunkFSError, m: ChunkMap) -> bool:
+    """Whether a replica's refusal says it is at an older version than the map."""
+    current = exc.context.get("current")
+    return isinstance(exc, StaleVersion) and isinstance(current, int) and current < m.version
+
+
 def _remember(seen: set[Any], item: Any) -> None:
     """Add `item` to a set of chunk versions kept in memory, bounded: past the bound it starts afresh."""
     if len(seen) >= CHUNKS_VERSIONS_MAX:
@@ -332,8 +338,11 @@ class ChunkIO:
                             break
                         if isinstance(exc, NotFound):  # the master's map still names it: lost there
                             _remember(self._missing, known)
-                    logger.warning("read of chunk %#x from CS#%d failed: %s; trying another replica",
-                                   m.chunk_id, cs_id, exc)
+                    # A replica behind the map at the first try: the master moves the chunk to a new version
+                    # (a cut, say), and commits the version before its servers have it: a moment's wait.
+                    logger.log(logging.DEBUG if attempt == 0 and _behind_the_map(exc, m) else logging.WARNING,
+                               "read of chunk %#x from CS#%d failed: %s; trying another replica",
+                               m.chunk_id, cs_id, exc)
                     if isinstance(exc, ChecksumMismatch):
                         await self._report_bad(m.chunk_id, cs_id, exc)
             refresh = True
