@@ -141,19 +141,24 @@ def test_a_block_torn_on_the_first_replica_where_the_others_differ_is_taken_from
         _wait_readable(c, f, data[:TORN_AT] + TORN + data[TORN_AT + len(TORN):])
 
 
-def test_reads_of_replicas_still_to_be_compared_after_a_power_cut_get_the_same_bytes_every_time(make_cluster) -> None:
+@pytest.mark.parametrize("reader", ["new", "kept"])
+def test_reads_of_replicas_still_to_be_compared_after_a_power_cut_get_the_same_bytes_every_time(
+        make_cluster, reader: str) -> None:
     """Read at once after the cut, while the master has yet to compare the chunk's replicas: each read gets
-    the bytes the comparison keeps (before, the other replicas' for seconds, then the first one's)."""
+    the bytes the comparison keeps (before, the other replicas' for seconds, then the first one's).  By a
+    reader that comes after the cut, and by one that read the file before it (its maps kept)."""
     cluster = make_cluster(n_cs=3)
     with cluster.client() as c:
         f, data, m, replicas = _written(cluster, c, "/image")
     compared = re.compile("written to every replica at once (are the same|had replicas that differed)")
     before = len(compared.findall(_mds_logs(cluster)))
-    _cut(cluster, replicas[:1], "another", _other_write(replicas, m))
     torn = data[:TORN_AT] + TORN + data[TORN_AT + len(TORN):]
     other = data[:TORN_AT] + b"\x11" * len(TORN) + data[TORN_AT + len(TORN):]
     seen: list[bytes] = []
     with cluster.client() as c:
+        if reader == "kept":
+            assert c.read(f.ino, 0, SIZE) == data
+        _cut(cluster, replicas[:1], "another", _other_write(replicas, m))
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             with contextlib.suppress(ChunkFSError):  # (an error is not an answer; both answers are counted)

@@ -168,6 +168,8 @@ class ChunkIO:
         #: (chunk id, version) whose failed write was logged as a warning: the many writes in flight
         #: to a chunk when one of its servers dies fail together, and one line says it.
         self._warned: set[tuple[int, int]] = set()
+        #: Chunk servers this mount has been connected to (`_connect`).
+        self._connected: set[str] = set()
 
     async def server(self, addr: str) -> Connection:
         return await self._servers.get(addr)
@@ -186,7 +188,20 @@ class ChunkIO:
             raise
         if conn.closed:  # a server of an earlier version closes on a request it does not know
             conn = await connect(addr, self.client.creds, timeout=3.0, silence_limit=SILENCE_LIMIT)
+        if addr in self._connected:
+            self._reconnected(addr)
+        self._connected.add(addr)
         return conn
+
+    def _reconnected(self, addr: str) -> None:
+        """Connected again to a chunk server: it may have restarted, after a power cut say, and the master
+        may now read some of its chunks from one replica only until it has compared them
+        (mds/fanned_mender.py): the maps to read through that name it are asked for again."""
+        stale = [key for key, m in self._read_maps.items() if any(a == addr for _, a in m.replicas)]
+        for key in stale:
+            self._read_maps.pop(key)
+        if stale:
+            logger.debug("connected to %s again: %d chunk map(s) naming it asked for again", addr, len(stale))
 
     def forget(self, ino: int) -> None:
         self._read_maps.forget(ino)
@@ -299,6 +314,7 @@ class ChunkIO:
             if m.chunk_id == 0:
                 return None  # a hole: zeros, already in `out`
             old_map = False
+            key = (ino, index)
             for cs_id, addr in self.read_order(m):
                 if size <= LOCAL_READ_MAX and self.local.is_local(addr):
                     started = time.perf_counter()
@@ -310,6 +326,9 @@ class ChunkIO:
                         return local
                 try:
                     conn = await self.server(addr)
+                    if not refresh and self._read_maps.get(key) is not m:
+                        old_map = True  # dropped meanwhile (a server connected to again): asked for anew
+                        break
                     started = time.perf_counter()
                     sent = self.local.now()
                     _, data = await conn.call(

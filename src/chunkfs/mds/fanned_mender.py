@@ -43,8 +43,11 @@ each mount reads its own first replica, and the next one where a block fails
 (a probe: a reader got the other replicas' bytes for 4.5 s after a power cut,
 then the first replica's).  So while a chunk waits to be compared, the master
 hands out maps to read it through that name only the replica the comparison
-will copy from, the one the first such read went to (`read_from`).  Maps a
-mount kept from before still reach the others (RELIABILITY.md).
+will copy from, the one the first such read went to (`read_from`).  A mount
+connected to a chunk server again (it restarted) asks again for the maps that
+name it (client/chunk_io.py `_reconnected`); one that stayed connected (a dead
+writer's chunks, read from another mount) still reads through the maps it
+kept (RELIABILITY.md).
 
 Only while every replica's server is connected and holds its replica: a new
 version moves only the replicas the master can tell to move, and the others

@@ -208,3 +208,43 @@ async def test_a_bad_block_on_the_only_replica_the_master_names_is_waited_for_un
     monkeypatch.setattr(asyncio, "sleep", sleep)
     io = mount(Reported(OLD, [[1, "cs1"]]), {"cs1": bad}, ChunkMap(5, OLD, ((1, "cs1"),)))
     assert await io.read(1, 0, 10) == b"r" * 10
+
+
+async def test_maps_naming_a_server_connected_to_again_are_asked_for_again(monkeypatch) -> None:
+    """A chunk server that restarted (a power cut, say) may hold chunks the master now reads from one replica
+    only until it has compared their replicas (mds/fanned_mender.py): maps kept from before would read others."""
+
+    async def connect(addr: str, *args: Any, **kw: Any) -> SimpleNamespace:
+        return SimpleNamespace(closed=False)
+
+    async def learn(addr: str, conn: Any) -> None:
+        return None
+
+    monkeypatch.setattr(chunk_io, "connect", connect)
+    io = mount(Master(OLD, []), {}, ChunkMap(5, OLD, ((1, "cs1"), (2, "cs2"))))
+    io.client.creds = None
+    io._read_maps[(2, 0)] = ChunkMap(6, OLD, ((2, "cs2"), (3, "cs3")))
+    monkeypatch.setattr(io.local, "learn", learn)
+    await io._connect("cs1")  # the first connection: nothing known about it is older
+    assert list(io._read_maps) == [(1, 0), (2, 0)]
+    await io._connect("cs1")
+    assert list(io._read_maps) == [(2, 0)]
+
+
+async def test_a_read_whose_map_was_dropped_while_it_connected_asks_the_master() -> None:
+    before = Replica(OLD, b"o" * 100)  # the bytes another replica holds, the comparison to come not copying them
+    source = Replica(OLD, b"t" * 100)
+    cached = ChunkMap(5, OLD, ((1, "cs1"), (2, "cs2")))
+    master = Master(OLD, [[2, "cs2"]])  # the chunk read from one replica only, until compared
+    io = mount(master, {"cs1": before, "cs2": source}, cached)
+    order_first(io, "cs1", cached)
+    servers = {"cs1": before, "cs2": source}
+
+    async def server(addr: str) -> Replica:
+        if addr == "cs1" and not before.asked:
+            io._reconnected("cs1")
+        return servers[addr]
+
+    io.server = server  # type: ignore[method-assign]
+    assert await io.read(1, 0, 10) == b"t" * 10
+    assert before.asked == [] and master.calls == 1
