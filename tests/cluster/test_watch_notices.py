@@ -85,3 +85,18 @@ def test_a_chunk_map_says_the_files_last_cut_to_a_watcher_that_takes_it(make_clu
         assert map_cut(old) == "not said"
         new.close()
         old.close()
+
+
+def test_a_plain_watch_is_answered_without_the_lease_a_mount_of_an_earlier_version_refuses(make_cluster) -> None:
+    """A mount of an earlier version refuses WATCH's `lease` in the answer, and then watches again without
+    features: answered with it again, it never watched a newer master (an upgrade probe).  A mount that
+    names features (every mount since the lease) gets it."""
+    cluster = make_cluster(n_cs=1)
+    config = load_client_config(cluster.name)
+    with cluster.client() as c:
+        plain, featured = (c.run(connect(config.mds[0], Credentials(cluster.name, config.secret, "client", name),
+                                         notice_handler=lambda *_: None)) for name in ("plain", "featured"))
+        assert "lease" not in c.run(plain.call(Msg.WATCH, {}))[0]
+        assert c.run(featured.call(Msg.WATCH, {"features": ["cuts", "map_cuts"]}))[0]["lease"] is True
+        plain.close()
+        featured.close()

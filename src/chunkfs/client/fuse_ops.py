@@ -165,6 +165,12 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
+#: A request a server refused as malformed: said once, then once a minute with a count.
+_MALFORMED = FailureLog(logger, "a request of this mount, refused as malformed by the cluster (servers of an "
+                        "earlier version refuse what they do not know: upgrade the metadata servers, then the "
+                        "chunk servers, then the mounts),")
+
+
 def fuse_errors(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
     """Turn ChunkFS errors into the errno they carry, anything else into EIO.
 
@@ -183,6 +189,8 @@ def fuse_errors(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
             raise
         except ChunkFSError as exc:
             logger.debug("%s: %s (%s)", fn.__name__, exc, errno.errorcode.get(exc.errno, exc.errno))
+            if isinstance(exc, ProtocolError):
+                _MALFORMED.failed(exc)
             raise pyfuse3.FUSEError(exc.errno) from None
         except UnicodeError:
             raise pyfuse3.FUSEError(errno.EINVAL) from None
@@ -939,7 +947,7 @@ class ChunkFSOperations(pyfuse3.Operations):
         attr = await self.client.create_at(
             parent_inode, name, created_mode(statmod.S_IMODE(mode), ctx.uid, self.uid),
             exclusive=bool(flags & os.O_EXCL), session=self.session, truncate=truncate, oseq=oseq,
-            read_only=_read_only(flags),
+            read_only=self._read_holds and _read_only(flags),
         )
         if attr["type"] != "f":
             raise pyfuse3.FUSEError(errno.EISDIR)
@@ -1256,7 +1264,8 @@ class ChunkFSOperations(pyfuse3.Operations):
                 else:
                     linked = True
                 attr = await self.client.open_ino(inode, self.session, truncate, linked=linked, oseq=oseq,
-                                                  at=at if linked else None, read_only=_read_only(flags))
+                                                  at=at if linked else None,
+                                                  read_only=self._read_holds and _read_only(flags))
             except NotFound:
                 # ESTALE: the kernel looks the name up again, once.  Unlinked by this mount, the file was
                 # reached by a lookup made before the unlink: the open raced it, and "no such file" is
@@ -1502,7 +1511,8 @@ class ChunkFSOperations(pyfuse3.Operations):
             for number, page in enumerate(pages, 1):
                 oseqs = [self.files[ino].registered if ino in self.files else self._replaced.get(ino, 0)
                          for ino in page]
-                read_only = [ino for ino in page if ino in self.files and not self.files[ino].may_write]
+                read_only = [ino for ino in page if ino in self.files and not self.files[ino].may_write
+                             and self._read_holds]
                 if not await self.client.renew_session(self.session, page, complete=number == len(pages), oseqs=oseqs,
                                                        read_only=read_only):
                     break

@@ -814,8 +814,13 @@ class MetadataServer:
             raise ProtocolError("WATCH is for clients only")
         self.watchers.add(conn, [str(feature) for feature in h.get("features") or []])
         await self.log.read_barrier()
-        return {"features": [FEATURE_FIRST_WRITE, FEATURE_NAMED, FEATURE_FAN, FEATURE_HOLD, FEATURE_LISTED,
-                             FEATURE_READ_HOLDS], "lease": True}
+        reply: dict[str, Any] = {"features": [FEATURE_FIRST_WRITE, FEATURE_NAMED, FEATURE_FAN, FEATURE_HOLD,
+                                              FEATURE_LISTED, FEATURE_READ_HOLDS]}
+        # Not to a plain WATCH: a mount of an earlier version refuses the field, then watches again
+        # without features, and failed that too (an upgrade probe: it never watched a new master).
+        if h.get("features"):
+            reply["lease"] = True
+        return reply
 
     async def _after_watch_leases(self) -> None:
         """Serve a client only once no mount trusts its kernel cache on an earlier master's notices.

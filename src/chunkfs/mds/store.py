@@ -227,6 +227,10 @@ def _ns(t: float | int) -> int:
     return t if isinstance(t, int) else round(t * 1_000_000_000)
 
 
+#: An orphan's time above this is nanoseconds, not seconds (in seconds it would be some 30 million years on).
+_NS_ABOVE = 1e15
+
+
 def _seconds(t: float | int) -> float:
     """A command's ``time`` as float seconds (when an orphan was made: its age is judged against `time.time`)."""
     return t / 1_000_000_000 if isinstance(t, int) else t
@@ -372,6 +376,11 @@ class MetadataStore:
         """Bring a store written by an older version up to this schema (deterministically: every member does it)."""
         if self._meta("applied_index") is not None and (self._meta("schema") or 1) < SCHEMA_VERSION:
             self._migrate_inodes()
+        with self._tx():
+            # An earlier version applies a later master's times (integer nanoseconds) as they come, where this
+            # one takes seconds (`_seconds`): a rolling upgrade left removed folders' times so on an old
+            # member, which never reaped them once master (an upgrade probe).  The same instants in seconds.
+            self.db.execute("UPDATE orphans SET since = since / 1e9 WHERE since > ?", (_NS_ABOVE,))
         if "chunks" not in {row[1] for row in self.db.execute("PRAGMA table_info(inodes)")}:
             with self._tx():  # a store from before files counted their chunks
                 self.db.execute("ALTER TABLE inodes ADD COLUMN chunks INTEGER NOT NULL DEFAULT 0")

@@ -193,3 +193,22 @@ async def test_a_master_that_does_not_take_read_holds_is_not_told_them() -> None
     await settle()
     assert master.releases == [] and master.table.may_be_written(7)
     await ops.release(reader)
+
+
+async def test_an_open_says_read_only_only_to_a_master_that_takes_it() -> None:
+    """A master of an earlier version refuses OPEN's `read_only` as an unknown field: an upgrade probe's new
+    mount failed every read-only open (451 of 451) with EPROTO against such metadata servers."""
+    seen: list[bool] = []
+    master = Master()
+
+    async def open_ino(*args: Any, read_only: bool = False, **kw: Any) -> dict[str, Any]:
+        seen.append(read_only)
+        return await master.open_ino(*args, read_only=read_only, **kw)
+
+    ops = mount(master)
+    ops.client.open_ino = open_ino
+    await ops.open(7, os.O_RDONLY, ROOT)  # type: ignore[arg-type]  # not watching yet, or an earlier master
+    ops._read_holds = True  # the master's answer to WATCH named FEATURE_READ_HOLDS
+    await ops.open(8, os.O_RDONLY, ROOT)  # type: ignore[arg-type]
+    await ops.open(9, os.O_RDWR, ROOT)  # type: ignore[arg-type]
+    assert seen == [False, True, False]

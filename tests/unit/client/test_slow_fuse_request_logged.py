@@ -40,3 +40,22 @@ async def test_an_error_answered_after_a_long_wait_is_still_the_errno(monkeypatc
     with pytest.raises(fuse_ops.pyfuse3.FUSEError) as err:
         await getattr_(pause)
     assert err.value.errno == errno.ENOENT
+
+
+async def test_a_request_refused_as_malformed_is_a_warning_saying_the_upgrade_order(monkeypatch, caplog) -> None:
+    """An upgrade probe: a new mount's opens refused by older metadata servers failed with EPROTO and the
+    mount's log said nothing.  Said once, then once a minute (the failures go on at every open)."""
+    monkeypatch.setattr(fuse_ops, "_MALFORMED", fuse_ops.FailureLog(fuse_ops.logger, fuse_ops._MALFORMED.what))
+
+    @fuse_ops.fuse_errors
+    async def open_(name: str) -> None:
+        raise fuse_ops.ProtocolError("OPEN: unknown field 'read_only'")
+
+    with caplog.at_level(logging.WARNING, logger="chunkfs.client.fuse_ops"):
+        for _ in range(3):
+            with pytest.raises(fuse_ops.pyfuse3.FUSEError) as err:
+                await open_("f")
+            assert err.value.errno == errno.EPROTO
+    assert len(caplog.records) == 1
+    said = caplog.records[0].getMessage()
+    assert "unknown field 'read_only'" in said and "upgrade the metadata servers" in said

@@ -561,6 +561,26 @@ def test_a_store_from_before_trims_kept_their_size_is_migrated(tmp_path: Path) -
         s.close()
 
 
+def test_orphan_times_an_earlier_version_kept_in_nanoseconds_are_seconds_once_reopened(tmp_path: Path) -> None:
+    """An earlier version stored a later master's orphan times as they came (integer nanoseconds): a folder
+    removed meanwhile was never reaped (an upgrade probe).  Reopened, the store has them in seconds."""
+    path = tmp_path / "mixed.db"
+    s = MetadataStore(path, CS)
+    d = Driver(s)
+    a, b = d.mkdir(ROOT_INO, "a"), d.mkdir(ROOT_INO, "b")
+    with s.db:
+        s.db.execute("INSERT INTO orphans VALUES (?, ?)", (a, 1_796_681_377_716_203_500))  # as the old code did
+        s.db.execute("INSERT INTO orphans VALUES (?, ?)", (b, 1_796_681_377.25))
+    s.close()
+    s = MetadataStore(path, CS)
+    try:
+        since = dict(s.db.execute("SELECT ino, since FROM orphans").fetchall())
+        assert since[a] == pytest.approx(1_796_681_377.7162035) and since[b] == 1_796_681_377.25
+        assert s.orphans(10, dirs_before=1_796_681_378.0) == [b, a]
+    finally:
+        s.close()
+
+
 def test_files_noted_for_a_trim_stay_noted_until_trimmed_or_freed(d: Driver, store: MetadataStore) -> None:
     """A master notes a dead writer's files before it closes the writer's session: one that dies before it
     trims them leaves them to the next (a fault probe: 41 files never cut)."""
