@@ -168,8 +168,9 @@ class ChunkIO:
         #: (chunk id, version) whose failed write was logged as a warning: the many writes in flight
         #: to a chunk when one of its servers dies fail together, and one line says it.
         self._warned: set[tuple[int, int]] = set()
-        #: Chunk servers this mount has been connected to (`_connect`).
+        #: Chunk servers this mount has been connected to, and how many times it connected again (`_connect`).
         self._connected: set[str] = set()
+        self._reconnects = 0
 
     async def server(self, addr: str) -> Connection:
         return await self._servers.get(addr)
@@ -197,6 +198,7 @@ class ChunkIO:
         """Connected again to a chunk server: it may have restarted, after a power cut say, and the master
         may now read some of its chunks from one replica only until it has compared them
         (mds/fanned_mender.py): the maps to read through that name it are asked for again."""
+        self._reconnects += 1
         stale = [key for key, m in self._read_maps.items() if any(a == addr for _, a in m.replicas)]
         for key in stale:
             self._read_maps.pop(key)
@@ -325,8 +327,9 @@ class ChunkIO:
                             out[pos:pos + size] = local
                         return local
                 try:
+                    reconnects = self._reconnects
                     conn = await self.server(addr)
-                    if not refresh and self._read_maps.get(key) is not m:
+                    if reconnects != self._reconnects and not refresh and self._read_maps.get(key) is not m:
                         old_map = True  # dropped meanwhile (a server connected to again): asked for anew
                         break
                     started = time.perf_counter()
