@@ -98,18 +98,22 @@ class ChunkMap:
         return cls(reply["chunk_id"], reply["version"], replicas, reply.get("fan") is True, reply.get("cut"))
 
 
+def _replica_at(exc: ChunkFSError) -> int | None:
+    """The version a replica that refused a request for another one says it holds (None: no such refusal)."""
+    current = exc.context.get("current")
+    return current if isinstance(exc, StaleVersion) and isinstance(current, int) else None
+
+
 def _map_may_be_old(exc: ChunkFSError, m: ChunkMap) -> bool:
     """Whether a replica's refusal says the map it was read with may be out of date."""
-    if isinstance(exc, NotFound):
-        return True
-    current = exc.context.get("current")
-    return isinstance(exc, StaleVersion) and isinstance(current, int) and current > m.version
+    at = _replica_at(exc)
+    return isinstance(exc, NotFound) or (at is not None and at > m.version)
 
 
 def _behind_the_map(exc: ChunkFSError, m: ChunkMap) -> bool:
     """Whether a replica's refusal says it is at an older version than the map."""
-    current = exc.context.get("current")
-    return isinstance(exc, StaleVersion) and isinstance(current, int) and current < m.version
+    at = _replica_at(exc)
+    return at is not None and at < m.version
 
 
 def _remember(seen: set[Any], item: Any) -> None:

@@ -1511,8 +1511,8 @@ class ChunkFSOperations(pyfuse3.Operations):
             for number, page in enumerate(pages, 1):
                 oseqs = [self.files[ino].registered if ino in self.files else self._replaced.get(ino, 0)
                          for ino in page]
-                read_only = [ino for ino in page if ino in self.files and not self.files[ino].may_write
-                             and self._read_holds]
+                read_only = [ino for ino in page if ino in self.files and not self.files[ino].may_write] \
+                    if self._read_holds else []
                 if not await self.client.renew_session(self.session, page, complete=number == len(pages), oseqs=oseqs,
                                                        read_only=read_only):
                     break
