@@ -66,3 +66,35 @@ def test_replicas_a_power_cut_left_different_are_made_the_same(make_cluster, mas
         assert kept in (data[MiB:], data[MiB:MiB + 4096] + b"\xee" * 8192 + data[MiB + 12288:])
         assert c.read(f.ino, MiB, MiB) == kept
         assert c.read(f.ino, 0, MiB) == data[:MiB]
+
+
+def test_a_power_cut_of_one_server_does_not_undo_the_writes_the_others_hold(make_cluster) -> None:
+    """Only one server's machine went down: its replica lost unsynced writes the others still hold, and
+    their program, whose mount lived on, was told they were done.  The comparison copies from a replica
+    whose machine stayed up; it copied from the first of the chunk's map, here the one that went down."""
+    cluster = make_cluster(n_cs=3)
+    data = os.urandom(SIZE)
+    with cluster.client() as c:
+        f = c.open("/image", create=True)
+        c.run(f.write(0, data))
+        c.run(f.fsync())
+        m = chunk_maps(c, f.ino, SIZE)[1]
+    first = m["replicas"][0][0]
+    cluster.kill("cs", first)
+    (odd,) = [p for p in replica_files(cluster, m["chunk_id"], m["version"]) if p.parents[3].name == f"cs{first}"]
+    with ChunkStore(odd.parents[3] / "data", MiB) as store:  # what it held before the writes it lost
+        store.write(m["chunk_id"], m["version"], 4096, bytes(8192), sync=True)
+    (odd.parents[3] / "data" / clean_stop.RUNNING_MARK).write_text("an earlier boot\n")
+    cluster.start("cs", first)
+    cluster.wait_ready()
+    with cluster.client() as c:
+        def same() -> bool:
+            try:
+                copies = _replicas_of(c, f.ino, 1)
+            except Exception:  # noqa: BLE001 - a replica moving to its new version meanwhile
+                return False
+            return len(copies) == 3 and copies.count(copies[0]) == 3
+
+        wait_for("the replicas of the chunk made the same", same, timeout=90)
+        assert set(_replicas_of(c, f.ino, 1)) == {data[MiB:]}
+        assert c.read(f.ino, 0, SIZE) == data

@@ -321,6 +321,8 @@ class ChunkIO:
                 return None  # a hole: zeros, already in `out`
             old_map = False
             key = (ino, index)
+            # Once for the whole pass: a reconnect while an earlier replica of it was tried dropped the map too.
+            reconnects = self._reconnects
             for cs_id, addr in self.read_order(m):
                 if size <= LOCAL_READ_MAX and self.local.is_local(addr):
                     started = time.perf_counter()
@@ -331,7 +333,6 @@ class ChunkIO:
                             out[pos:pos + size] = local
                         return local
                 try:
-                    reconnects = self._reconnects
                     conn = await self.server(addr)
                     if reconnects != self._reconnects and not refresh and self._read_maps.get(key) is not m:
                         old_map = True  # dropped meanwhile (a server connected to again): asked for anew

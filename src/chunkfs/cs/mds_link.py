@@ -26,6 +26,7 @@ from chunkfs.common.daemon import ForGood
 from chunkfs.common.errors import ChunkFSError, NotMaster
 from chunkfs.protocol.mds_link import watch_for_silent_master
 from chunkfs.protocol.messages import (
+    FEATURE_FANNED_COUNTS,
     FEATURE_FANNED_REPORT,
     FEATURE_FIRST_WRITE,
     FEATURE_LEASE,
@@ -192,7 +193,7 @@ class MdsLink:
             "replicas": [list(r) for r in first], "location": self.node.location, "tier": self.node.tier,
             # What a master of this version or later may send (README, on upgrades).
             "features": [FEATURE_FIRST_WRITE, FEATURE_VERSIONED_CUT, FEATURE_FANNED_REPORT, FEATURE_WRITTEN_REPORT,
-                         FEATURE_LEASE, FEATURE_TAKE_BLOCKS],
+                         FEATURE_LEASE, FEATURE_TAKE_BLOCKS, FEATURE_FANNED_COUNTS],
         }
         if pages > 1:
             register["more"] = True  # sent only when needed, so one page still suits an older master

@@ -23,6 +23,13 @@ both is lost, and a new master learns them here, from every chunk server
 
 In memory only, bounded: a chunk server killed along with them has lost its
 notes, but the other replicas of each chunk hold theirs.
+
+It also counts, for the master that compares a departed writer's replicas,
+how many of a chunk's fanned-out writes this replica took since it was made.
+A writer sends its writes to every replica in the same order, and each
+replica takes a prefix of them: the one that took the most took every write
+any other did, so the comparison copies from it, and a reader that read any
+replica before then only ever sees the writes go forward, never back.
 """
 
 from __future__ import annotations
@@ -46,10 +53,24 @@ class RecentWrites:
         #: chunk id -> (when last written, when `end` was reached, the end of the furthest write without a
         #: pause of the report's window); in the order last written
         self._ends: OrderedDict[int, tuple[float, float, int]] = OrderedDict()
+        #: chunk id -> fanned-out writes this replica took since it was made here (`born`); a chunk not
+        #: here was made before this server started, or its count went past the bound: not known.
+        self._counts: OrderedDict[int, int] = OrderedDict()
+
+    def born(self, chunk_id: int) -> None:
+        """This replica of `chunk_id` was just made (allocated): its fanned-out writes are counted from now."""
+        self._noted(self._counts, chunk_id, 0)
 
     def fanned(self, chunk_id: int) -> None:
         """A client wrote `chunk_id` on this replica alone, now."""
         self._noted(self._fanned, chunk_id, self.clock())
+        count = self._counts.get(chunk_id)
+        if count is not None:
+            self._noted(self._counts, chunk_id, count + 1)
+
+    def fanned_writes(self, chunk_id: int) -> int | None:
+        """The fanned-out writes this replica of `chunk_id` took since it was made (None: not known)."""
+        return self._counts.get(chunk_id)
 
     def wrote(self, chunk_id: int, end: int) -> None:
         """A write reached byte `end` of `chunk_id` (its offset plus its length), now."""

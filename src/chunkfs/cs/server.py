@@ -325,7 +325,10 @@ class ChunkServer:
                         "lease": self.lease.holds()}, b""
             if msg == Msg.CS_CHECKSUMS:
                 crcs = await asyncio.to_thread(self.store.block_checksums, h["chunk_id"], h["version"])
-                return {"crcs": crcs}, b""
+                reply: dict[str, Any] = {"crcs": crcs}
+                if h.get("fanned") and (count := self.recent.fanned_writes(h["chunk_id"])) is not None:
+                    reply["fanned_writes"] = count
+                return reply, b""
             if msg == Msg.CS_TRACK_WRITES:
                 return {"token": await asyncio.to_thread(self.store.track_writes, h["chunk_id"], h["version"])}, b""
             if msg == Msg.CS_WRITTEN_SINCE:
@@ -524,6 +527,7 @@ class ChunkServer:
             # the hop to a thread and back cost more and made a small file's allocation wait on it.
             offset = first_write(h, len(payload))
             store.create(h["chunk_id"], h["version"])
+            self.recent.born(h["chunk_id"])
             if offset is not None:
                 # The chunk's first write, sent with its allocation: written as any write (its checksums,
                 # its count towards the next sync) before the master hears that the replica is made.

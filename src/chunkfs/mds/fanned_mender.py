@@ -45,9 +45,12 @@ then the first replica's).  So while a chunk waits to be compared, the master
 hands out maps to read it through that name only the replica the comparison
 will copy from, the one the first such read went to (`read_from`).  A mount
 connected to a chunk server again (it restarted) asks again for the maps that
-name it (client/chunk_io.py `_reconnected`); one that stayed connected (a dead
-writer's chunks, read from another mount) still reads through the maps it
-kept (RELIABILITY.md).
+name it (client/chunk_io.py `_reconnected`).  One that stayed connected (a
+dead writer's chunks, read from another mount) still reads through the maps
+it kept, from any replica: where every replica's server counted the writer's
+writes to it (cs/recent_writes.py: not across its restart), the comparison
+copies from the one that took the most instead, which took every write any
+other did, so each reader's bytes only go forward.
 
 Only while every replica's server is connected and holds its replica: a new
 version moves only the replicas the master can tell to move, and the others
@@ -70,6 +73,7 @@ from chunkfs.mds.store import VERSION_TERM_SHIFT
 from chunkfs.protocol.messages import (
     FANNED_REPORT_MAX,
     FANNED_REPORT_WINDOW,
+    FEATURE_FANNED_COUNTS,
     FEATURE_FANNED_REPORT,
     FEATURE_TAKE_BLOCKS,
     FEATURE_WRITTEN_REPORT,
@@ -124,9 +128,15 @@ class FannedMender:
 
     def read_from(self, chunk_id: int, replicas: list[list[Any]]) -> list[list[Any]]:
         """Of a pending chunk's `replicas` (its map's, [cs_id, addr] in order), the one reads go to: the one
-        the first read went to while its server holds it, else the first; the comparison copies from it."""
+        the first read went to while its server holds it, else the first; the comparison copies from it.
+
+        Never one whose machine went down with the chunk among those it wrote last while another's did
+        not (`cut`): a power cut of one server loses the unsynced writes its replica had, which the
+        others still hold, and which their program was told were done."""
+        lost = self.cut.get(chunk_id, ())
+        whole = [r for r in replicas if r[0] not in lost] or replicas
         source = self.pending.get(chunk_id)
-        held = [r for r in replicas if r[0] == source] or replicas[:1]
+        held = [r for r in whole if r[0] == source] or whole[:1]
         if held:
             self.pending[chunk_id] = held[0][0]
         return held
@@ -240,7 +250,8 @@ class FannedMender:
                         len(chunk_ids))
 
     async def make_same(self, chunk_id: int) -> int:
-        """Make the replicas of `chunk_id` hold the same bytes (the first replica's); how many blocks were copied."""
+        """Make the replicas of `chunk_id` hold the same bytes (the ones of the replica that took the most of its
+        writer's writes, else of the one reads went to, else of its first); how many blocks were copied."""
         return (await self._make_same(chunk_id, []))[0]
 
     async def take_torn(self, chunk_id: int, blocks: list[int]) -> list[int]:
@@ -265,18 +276,30 @@ class FannedMender:
             # A new version first: every writer's next write waits on this lock for the new map.
             chunk = await mds.move_on(chunk)
             replicas = replica_list(mds._map(chunk.ino, chunk)["replicas"], "replicas")
-            source = self.pending.get(chunk_id)  # the replica reads went to meanwhile: copied from
-            replicas.sort(key=lambda r: r[0] != source)
+            # Copied from: a replica whose machine did not go down since the writes (`read_from`), and of
+            # those the one reads went to meanwhile.
+            source, lost = self.pending.get(chunk_id), self.cut.get(chunk_id, ())
+            replicas.sort(key=lambda r: (r[0] in lost, r[0] != source))
             at = {"chunk_id": chunk_id, "version": chunk.version}
             # A block a power cut tore on the first replica, where it may have: taken as it is there.
             first = replicas[0][0] if replicas and self.torn_everywhere(chunk) else None
             taken = await self._take(first, at, torn) if torn and first is not None else []
             if len(replicas) < 2:
                 return 0, taken
-            tables = []
+            live = mds.live
+            counted = all(cs in live and FEATURE_FANNED_COUNTS in live[cs].features for cs, _ in replicas)
+            tables, counts = [], []
             for _, addr in replicas:
-                reply, _ = await (await self._conn(addr)).call(Msg.CS_CHECKSUMS, at, timeout=MEND_TIMEOUT)
+                reply, _ = await (await self._conn(addr)).call(
+                    Msg.CS_CHECKSUMS, {**at, "fanned": True} if counted else at, timeout=MEND_TIMEOUT)
                 tables.append([int(c) for c in reply["crcs"]])
+                counts.append(reply.get("fanned_writes"))
+            if first is None and None not in counts:
+                # The replica that took the most of the writer's writes took every one another did: copied
+                # from, every reader's bytes only go forward (cs/recent_writes.py).  (Stable: among equals,
+                # the one reads went to stays first.)
+                order = sorted(range(len(replicas)), key=lambda i: -counts[i])
+                replicas, tables = [replicas[i] for i in order], [tables[i] for i in order]
             source = await self._conn(replicas[0][1])
             block = mds.node.cluster.chunk_size // max(1, len(tables[0]))
             differ = {i for table in tables[1:] for i, (a, b) in enumerate(zip(tables[0], table, strict=True))

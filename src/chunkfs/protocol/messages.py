@@ -168,6 +168,10 @@ FEATURE_LEASE = "lease"
 #: A chunk server that takes a replica's blocks as they are on its disk (CS_TAKE_BLOCKS): named in its
 #: CS_REGISTER, so that a master asks only servers that take the message.
 FEATURE_TAKE_BLOCKS = "take_blocks"
+#: A chunk server that counts the writes a writer sent each replica alone since it was made (CS_CHECKSUMS's
+#: `fanned`): named in its CS_REGISTER, so that a master asks only servers that take the field.  The
+#: comparison of a departed writer's replicas copies from the one that took the most (mds/fanned_mender.py).
+FEATURE_FANNED_COUNTS = "fanned_counts"
 #: How far back (seconds) such writes count, and how many chunks one answer names at most (the latest).
 FANNED_REPORT_WINDOW = 600.0
 FANNED_REPORT_MAX = 4096
@@ -533,7 +537,12 @@ SPECS: dict[Msg, MessageSpec] = {
     # `lease`: whether the server holds its lease from the master now (FEATURE_LEASE; an earlier mount
     # refuses the field, and reads over the network).
     Msg.CS_LOCAL: MessageSpec((), (f("root", str), f("mark", str), f("lease", bool, optional=True))),
-    Msg.CS_CHECKSUMS: MessageSpec((f("chunk_id", int), f("version", int)), (f("crcs", list),)),
+    # `fanned` (FEATURE_FANNED_COUNTS): also `fanned_writes`, the writes a writer sent this replica alone
+    # since it was made here, when the server knows (cs/recent_writes.py).
+    Msg.CS_CHECKSUMS: MessageSpec(
+        (f("chunk_id", int), f("version", int), f("fanned", bool, optional=True)),
+        (f("crcs", list), f("fanned_writes", int, optional=True)),
+    ),
     # The source of a two-phase copy: note the blocks of the replica written from now on ...
     Msg.CS_TRACK_WRITES: MessageSpec((f("chunk_id", int), f("version", int)), (f("token", int),)),
     # ... and hand them over (NotFound when it cannot: restarted, replica made anew, another copy began).

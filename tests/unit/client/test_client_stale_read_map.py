@@ -248,3 +248,32 @@ async def test_a_read_whose_map_was_dropped_while_it_connected_asks_the_master()
     io.server = server  # type: ignore[method-assign]
     assert await io.read(1, 0, 10) == b"t" * 10
     assert before.asked == [] and master.calls == 1
+
+
+async def test_a_map_dropped_while_an_earlier_replica_of_the_same_pass_was_tried_asks_the_master() -> None:
+    """The read met a reset on its first replica (restarted); meanwhile another read connected to the second
+    one again and dropped the map: the pass does not go on to the second through it."""
+    kept = ChunkMap(5, OLD, ((2, "cs2"), (1, "cs1"), (3, "cs3")))
+    cs1, cs3 = Replica(OLD, b"o" * 100), Replica(OLD, b"t" * 100)
+    master = Master(OLD, [[3, "cs3"]])  # pinned: CS#3
+    io = mount(master, {}, kept)
+    for salt in range(30):
+        io._read_salt = salt
+        if [addr for _, addr in io.read_order(kept)] == ["cs2", "cs1", "cs3"]:
+            break
+    else:
+        raise AssertionError("no salt gives that order")
+
+    class Reset:
+        async def call(self, *args: Any, **kw: Any) -> Any:
+            io._reconnected("cs1")
+            raise Unavailable("connection reset by peer")
+
+    servers: dict[str, Any] = {"cs1": cs1, "cs2": Reset(), "cs3": cs3}
+
+    async def server(addr: str) -> Any:
+        return servers[addr]
+
+    io.server = server  # type: ignore[method-assign]
+    assert await io.read(1, 0, 10) == b"t" * 10
+    assert cs1.asked == [] and master.calls == 1

@@ -75,3 +75,18 @@ def test_a_chunk_cut_is_named_with_no_end_past_the_cut() -> None:
     recent.cut(3, 0)  # (nor one of a chunk never written here)
     now[0] = 130.0
     assert recent.ends_between(60, 20) == [(2, 100), (1, 100)]
+
+
+def test_the_writes_a_writer_sent_a_replica_alone_counted_from_its_making_and_only_then() -> None:
+    recent = RecentWrites(max_chunks=2)
+    recent.fanned(1)  # made before this server started: not known
+    assert recent.fanned_writes(1) is None
+    recent.born(2)
+    assert recent.fanned_writes(2) == 0
+    recent.fanned(2)
+    recent.fanned(2)
+    assert recent.fanned_writes(2) == 2
+    recent.born(3)
+    recent.fanned(3)
+    recent.born(4)  # past the bound: the count noted longest ago (chunk 2's) is no longer known
+    assert (recent.fanned_writes(2), recent.fanned_writes(3), recent.fanned_writes(4)) == (None, 1, 0)

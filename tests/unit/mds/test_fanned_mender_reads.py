@@ -38,3 +38,19 @@ def test_a_chunk_is_pending_from_its_writers_departure_until_compared_or_given_u
     asyncio.run(m.writer_gone({5, 6}))
     assert seen == [{5: None, 6: None}]
     assert m.pending == {}
+
+
+def test_a_pending_chunk_is_not_read_from_a_replica_whose_machine_went_down_while_anothers_did_not() -> None:
+    """A power cut of CS#2 alone lost the unsynced writes its replica had; CS#1 and CS#3 hold them."""
+    m = mender()
+    m.pending[7] = None
+    m.cut[7] = {2}
+    assert m.read_from(7, [REPLICAS[1], REPLICAS[0], REPLICAS[2]]) == [[1, "a:1"]]
+    # Pinned to it before its server named the chunk (its report came later): moved off it.
+    m.pending[8] = 2
+    m.cut[8] = {2}
+    assert m.read_from(8, [REPLICAS[1], REPLICAS[2]]) == [[3, "c:1"]]
+    # Every replica's machine went down: the first read's, as before.
+    m.pending[9] = None
+    m.cut[9] = {1, 2, 3}
+    assert m.read_from(9, [REPLICAS[1], REPLICAS[0]]) == [[2, "b:1"]]
