@@ -388,6 +388,14 @@ class ChunkIO:
             # chunks being made again in the seconds after a restart).  An I/O error, as for a server down.
             raise Unavailable(f"chunk {m.chunk_id:#x}: no replica of it can be read now ({last}); its servers "
                               "may be back or the chunk copied again shortly", **last.context) from last
+        if only_bad_blocks and isinstance(last, ChecksumMismatch) and len(m.replicas) == 1:
+            # The one replica the master names: the chunk's last, or the one a chunk still to be compared
+            # is read from, whose others were not tried (their bytes may differ until then).
+            raise ChecksumMismatch(
+                f"{last}; the one replica the master names for it has not been mended from any other in "
+                f"time: try again shortly; if `chunkfs get-event` says no good copy is left, restore the file "
+                "from a backup", **last.context,
+            ) from last
         if only_bad_blocks and isinstance(last, ChecksumMismatch):
             raise ChecksumMismatch(
                 f"{last}; no replica has a good copy of it: those bytes are lost on the cluster; restore "

@@ -208,6 +208,11 @@ async def test_a_bad_block_on_the_only_replica_the_master_names_is_waited_for_un
     monkeypatch.setattr(asyncio, "sleep", sleep)
     io = mount(Reported(OLD, [[1, "cs1"]]), {"cs1": bad}, ChunkMap(5, OLD, ((1, "cs1"),)))
     assert await io.read(1, 0, 10) == b"r" * 10
+    # Never mended: the read fails, without calling the bytes lost (the other replicas were not tried).
+    slept[0] = -1e9
+    with pytest.raises(ChecksumMismatch) as failed:
+        await io.read(1, 0, 10)
+    assert "lost on the cluster" not in str(failed.value) and "try again" in str(failed.value)
 
 
 async def test_maps_naming_a_server_connected_to_again_are_asked_for_again(monkeypatch) -> None:
