@@ -453,10 +453,13 @@ class ChunkIO:
         return {"ino": ino, "index": index, "fan": True} if self.fans else {"ino": ino, "index": index}
 
     def _kept_write_map(self, key: tuple[int, int], reply: dict[str, Any]) -> ChunkMap:
-        """The map a CHUNK_WRITE answered, kept for writes and reads of that chunk."""
+        """The map a CHUNK_WRITE answered, kept for writes and reads of that chunk (reads through the replicas
+        its `read` names, when it names them: FEATURE_WRITE_MAP_READS)."""
         m = ChunkMap.from_reply(reply)
         self._write_maps[key] = m
-        self._read_maps[key] = m
+        read = reply.get("read")
+        self._read_maps[key] = m if read is None else dataclasses.replace(
+            m, replicas=tuple(replica_list(read, "read")), fan=False)
         return m
 
     async def _first_write(self, ino: int, index: int, offset: int, data: memoryview) -> ChunkMap | None:

@@ -99,6 +99,7 @@ from chunkfs.protocol.messages import (
     FEATURE_MAP_CUTS,
     FEATURE_NAMED,
     FEATURE_READ_HOLDS,
+    FEATURE_WRITE_MAP_READS,
     INT64_MAX,
     INT64_MIN,
     INVALIDATE_MAX,
@@ -565,7 +566,7 @@ class ChunkFSOperations(pyfuse3.Operations):
         # Known before this connection carries any request (a master of an earlier version has no features).
         self.client.io.first_writes = False
         self.client.io.drop_fans()
-        header = {} if self._watch_plain else {"features": [FEATURE_CUTS, FEATURE_MAP_CUTS]}
+        header = {} if self._watch_plain else {"features": [FEATURE_CUTS, FEATURE_MAP_CUTS, FEATURE_WRITE_MAP_READS]}
         sent = time.monotonic()
         try:
             reply, _ = await conn.call(Msg.WATCH, header, timeout=WATCH_TIMEOUT)

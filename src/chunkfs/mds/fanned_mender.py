@@ -43,9 +43,14 @@ each mount reads its own first replica, and the next one where a block fails
 (a probe: a reader got the other replicas' bytes for 4.5 s after a power cut,
 then the first replica's).  So while a chunk waits to be compared, the master
 hands out maps to read it through that name only the replica the comparison
-will copy from, the one the first such read went to (`read_from`).  A mount
-connected to a chunk server again (it restarted) asks again for the maps that
-name it (client/chunk_io.py `_reconnected`).  One that stayed connected (a
+will copy from, the one the first such read went to (`read_from`), never one
+whose machine went down while another's did not: a power cut of one server
+loses the unsynced writes its replicas had, which the others hold and their
+program was told were done.  Such a server is left out of every read map
+until it has named the chunks it wrote last (`reporting`), and a writer of a
+chunk read from elsewhere is told where to read it (CHUNK_WRITE's `read`).  A
+mount connected to a chunk server again (it restarted) asks again for the
+maps that name it (client/chunk_io.py `_reconnected`).  One that stayed connected (a
 dead writer's chunks, read from another mount) still reads through the maps
 it kept, from any replica: where every replica's server counted the writer's
 writes to it (cs/recent_writes.py: not across its restart), the comparison
@@ -112,30 +117,39 @@ class FannedMender:
         self._conns: dict[str, Connection] = {}
         #: One departed writer's chunks at a time (and one connection per chunk server).
         self._one_at_a_time = asyncio.Lock()
-        #: Chunks the chunk servers named to this master (`server_back`), each mended once.
+        #: Chunks the chunk servers named to this master (`server_back`) waiting to be compared, each once.
         self._queued: set[int] = set()
         #: chunk_id -> the servers that named it among those they wrote last, back from their machine
         #: going down (a power cut): its blocks may be torn (`torn_everywhere`).  The oldest forgotten first.
         self.cut: OrderedDict[int, set[int]] = OrderedDict()
         #: chunk_id -> the replica reads of it go to until its replicas are compared (None: not read yet).
         self.pending: dict[int, int | None] = {}
+        #: Servers back from their machine going down that have not named the chunks they wrote last yet
+        #: (`server_back`): any of their replicas may have lost unsynced writes the others hold.
+        self.reporting: set[int] = set()
 
     def start(self) -> None:
         """On becoming master: no chunk server asked yet (each one back from a power cut names its chunks again)."""
         self._queued.clear()
         self.cut.clear()
         self.pending.clear()
+        self.reporting.clear()
 
     def read_from(self, chunk_id: int, replicas: list[list[Any]]) -> list[list[Any]]:
-        """Of a pending chunk's `replicas` (its map's, [cs_id, addr] in order), the one reads go to: the one
-        the first read went to while its server holds it, else the first; the comparison copies from it.
+        """Of a chunk's `replicas` (its map's, [cs_id, addr] in order), the ones to read from.
 
-        Never one whose machine went down with the chunk among those it wrote last while another's did
-        not (`cut`): a power cut of one server loses the unsynced writes its replica had, which the
-        others still hold, and which their program was told were done."""
+        A power cut of one server loses the unsynced writes its replicas had, which the others still
+        hold, and which their program, whose mount lived on, was told were done.  So, while another
+        replica's server did not go down: none on a server that has not named the chunks it wrote last
+        yet (`reporting`), and, of a pending chunk, none whose server named it (`cut`).  A pending
+        chunk's reads then go to one replica: the one the first read went to while its server holds
+        it, else the first; the comparison copies from it."""
+        reporting = self.reporting
+        if chunk_id not in self.pending:
+            return [r for r in replicas if r[0] not in reporting] or replicas
         lost = self.cut.get(chunk_id, ())
-        whole = [r for r in replicas if r[0] not in lost] or replicas
-        source = self.pending.get(chunk_id)
+        whole = [r for r in replicas if r[0] not in lost and r[0] not in reporting] or replicas
+        source = self.pending[chunk_id]
         held = [r for r in whole if r[0] == source] or whole[:1]
         if held:
             self.pending[chunk_id] = held[0][0]
@@ -159,10 +173,18 @@ class FannedMender:
         finally:
             for chunk_id in chunk_ids:  # compared, or given up (reads go anywhere again)
                 self.pending.pop(chunk_id, None)
+            self._queued -= chunk_ids  # (a server that names one again, cut again, has it compared again)
 
     async def server_back(self, server: LiveServer) -> None:
         """A chunk server registered with this new master: mend the chunks clients lately fanned out to it, and
         have the files written past their size before the election trimmed once nobody holds them."""
+        try:
+            await self._server_back(server)
+        finally:
+            if self.mds.live.get(server.cs_id) in (server, None):  # (not a registration made since)
+                self.reporting.discard(server.cs_id)
+
+    async def _server_back(self, server: LiveServer) -> None:
         mds = self.mds
         age = time.monotonic() - mds.master_since
         new_master = age <= ASK_WITHIN
@@ -202,6 +224,7 @@ class FannedMender:
                 continue  # allocated by this master, which knows its writer (fan_grants.py)
             todo.add(chunk_id)
         self._queued |= todo
+        self.reporting.discard(server.cs_id)  # (its chunks to compare are pending from here on, below)
         if todo:
             logger.info("CS#%d: %d chunk(s) written lately to every replica at once, under an earlier master: "
                         "their replicas are compared (a writer may have died with it)", server.cs_id, len(todo))

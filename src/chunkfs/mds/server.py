@@ -69,6 +69,7 @@ from chunkfs.protocol.messages import (
     FEATURE_NAMED,
     FEATURE_READ_HOLDS,
     FEATURE_VERSIONED_CUT,
+    FEATURE_WRITE_MAP_READS,
     MAX_BLOCKS,
     SESSION_TTL,
     WATCH_LEASE,
@@ -1049,10 +1050,12 @@ class MetadataServer:
 
     def _read_map(self, ino: int, chunk: Chunk | None) -> dict[str, Any]:
         """A map to read through: while the chunk's replicas are still to be compared, only the one the
-        comparison keeps (fanned_mender.py `read_from`)."""
+        comparison keeps; none on a server back from a power cut that has not named the chunks it wrote
+        last yet (fanned_mender.py `read_from`)."""
         reply = self._map(ino, chunk)
-        if chunk is not None and chunk.chunk_id in self.mender.pending:
-            reply["replicas"] = self.mender.read_from(chunk.chunk_id, reply["replicas"])
+        mender = self.mender
+        if chunk is not None and (mender.reporting or chunk.chunk_id in mender.pending):
+            reply["replicas"] = mender.read_from(chunk.chunk_id, reply["replicas"])
         return reply
 
     async def _on_chunk_read(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
@@ -1100,6 +1103,12 @@ class MetadataServer:
                                       "this write waited for it; try again") from None
                 failed = set()
         reply = self._map(ino, chunk)
+        mender = self.mender
+        if (mender.reporting or chunk.chunk_id in mender.pending) and \
+                self.watchers.takes(conn, FEATURE_WRITE_MAP_READS):
+            read = mender.read_from(chunk.chunk_id, reply["replicas"])
+            if read != reply["replicas"]:
+                reply["read"] = read  # (the writer keeps its map for reads too: not this one)
         if written:
             reply["written"] = True
         if h.get("fan") and self.fans.holds(chunk, conn):
@@ -1543,6 +1552,8 @@ class MetadataServer:
                             replicas=HeldReplicas(cs_id, self.store.listed_on, self.store.still_listed),
                             features=frozenset(x for x in h.get("features", []) if isinstance(x, str)),
                             unclean=bool(h.get("unclean")))
+        if server.unclean:
+            self.mender.reporting.add(cs_id)  # (its replicas read from elsewhere until it names its chunks)
         last = not h.get("more")
         delete, held, upto = self._take_replicas(server, reported, last)
         conn.tag = server

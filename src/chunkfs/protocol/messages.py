@@ -202,6 +202,11 @@ FEATURE_CUTS = "cuts"
 #: servers too (a cut moves or deletes the chunks it touches before it is answered), whenever the notice
 #: of the cut reaches the mount.  Only such a mount is sent the field, which an earlier mount refuses.
 FEATURE_MAP_CUTS = "map_cuts"
+#: A mount that takes CHUNK_WRITE's `read` (the replicas to read the chunk from, when the master names
+#: fewer than it writes to: a chunk still to be compared, or a server back from a power cut that has
+#: not named its chunks yet; mds/fanned_mender.py `read_from`) says so in its WATCH: it then reads
+#: through those, not through the map it writes with.  Only such a mount is sent the field.
+FEATURE_WRITE_MAP_READS = "write_map_reads"
 #: The most pieces one CS_WRITE carries (its `pieces`: [[offset, length], ...] of one chunk, in order),
 #: and one CS_WRITE_CHUNKS over all its chunks.
 WRITE_PIECES_MAX = 64
@@ -388,12 +393,13 @@ SPECS: dict[Msg, MessageSpec] = {
         # allocates the chunk, its replicas are made with it and `written` says so (else the writer
         # sends it as any write).  `fan` (FEATURE_FAN): the writer may send its small writes to every replica
         # at once; the answer's `fan` says it may now, at this version (mds/fan_grants.py).  `cut`
-        # (answer, FEATURE_MAP_CUTS): the file's last cut when the master read the chunk.
+        # (answer, FEATURE_MAP_CUTS): the file's last cut when the master read the chunk.  `read` (answer,
+        # FEATURE_WRITE_MAP_READS): the replicas to read through, when not all of them.
         (f("ino", int), f("index", int), f("failed", list, optional=True), f("why", str, optional=True),
          f("chunk_id", int, optional=True), f("version", int, optional=True), f("offset", int, optional=True),
          f("fan", bool, optional=True)),
         (*_CHUNK_MAP, f("written", bool, optional=True), f("fan", bool, optional=True),
-         f("cut", int, optional=True)),
+         f("cut", int, optional=True), f("read", list, optional=True)),
         request_payload=True,
     ),
     # The writer's new size and the time (integer nanoseconds) of its last write; `cut`: the file's

@@ -282,3 +282,16 @@ async def test_a_map_dropped_while_an_earlier_replica_of_the_same_pass_was_tried
     io.server = server  # type: ignore[method-assign]
     assert await io.read(1, 0, 10) == b"t" * 10
     assert cs1.asked == [] and master.calls == 1
+
+
+async def test_a_write_map_that_names_the_replicas_to_read_from_is_read_through_those_alone() -> None:
+    """A chunk still to be compared (or on a server back from a power cut that has not said what it wrote
+    last): the writer's map names every replica, its `read` the one to read from (FEATURE_WRITE_MAP_READS)."""
+    behind, kept = Replica(OLD, b"o" * 100), Replica(OLD, b"t" * 100)
+    io = mount(Master(OLD, [[2, "cs2"]]), {"cs1": behind, "cs2": kept}, ChunkMap(5, OLD, ((2, "cs2"),)))
+    m = io._kept_write_map((1, 0), {"chunk_id": 5, "version": OLD, "replicas": [[1, "cs1"], [2, "cs2"]],
+                                    "chunk_size": 1 << 20, "read": [[2, "cs2"]]})
+    assert m.replicas == ((1, "cs1"), (2, "cs2"))  # written to both
+    order_first(io, "cs1", m)
+    assert await io.read(1, 0, 10) == b"t" * 10
+    assert behind.asked == []

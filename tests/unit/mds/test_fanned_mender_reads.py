@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from types import SimpleNamespace
 from typing import Any
 
+from chunkfs.common.errors import Unavailable
 from chunkfs.mds.fanned_mender import FannedMender
+from chunkfs.protocol.messages import FEATURE_FANNED_REPORT
 
 REPLICAS = [[1, "a:1"], [2, "b:1"], [3, "c:1"]]
 
@@ -54,3 +57,24 @@ def test_a_pending_chunk_is_not_read_from_a_replica_whose_machine_went_down_whil
     m.pending[9] = None
     m.cut[9] = {1, 2, 3}
     assert m.read_from(9, [REPLICAS[1], REPLICAS[0]]) == [[2, "b:1"]]
+
+
+def test_a_server_back_from_a_power_cut_is_not_read_from_until_it_named_the_chunks_it_wrote_last() -> None:
+    m = mender()
+    m.reporting.add(2)
+    assert m.read_from(7, REPLICAS) == [REPLICAS[0], REPLICAS[2]]
+    assert m.read_from(7, [REPLICAS[1]]) == [REPLICAS[1]]  # its replica alone: read from it all the same
+    assert 7 not in m.pending  # (a chunk not to be compared is not pinned)
+
+
+def test_a_server_is_read_from_again_once_its_report_is_taken_or_could_not_be() -> None:
+    m = FannedMender(SimpleNamespace(master_since=time.monotonic(), live={}))  # type: ignore[arg-type]
+
+    class Refusing:
+        async def call(self, *args: Any, **kw: Any) -> Any:
+            raise Unavailable("connection lost")
+
+    server = SimpleNamespace(cs_id=2, features=frozenset({FEATURE_FANNED_REPORT}), unclean=True, conn=Refusing())
+    m.reporting.add(2)
+    asyncio.run(m.server_back(server))  # type: ignore[arg-type]
+    assert m.reporting == set()
