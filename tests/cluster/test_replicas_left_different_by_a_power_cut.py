@@ -29,15 +29,34 @@ def _replicas_of(c, ino: int, index: int) -> list[bytes]:
     return [read_replica(c, addr, m["chunk_id"], m["version"], 0, MiB) for _, addr in m["replicas"]]
 
 
-@pytest.mark.parametrize("master", ["restarted", "alive"])
-def test_replicas_a_power_cut_left_different_are_made_the_same(make_cluster, master: str) -> None:
-    cluster = make_cluster(n_cs=3)
+def _written(cluster) -> tuple[int, bytes, dict]:
+    """A file of two chunks written and synced: (its inode, its bytes, its second chunk's map)."""
     data = os.urandom(SIZE)
     with cluster.client() as c:
         f = c.open("/image", create=True)
         c.run(f.write(0, data))
         c.run(f.fsync())
-        m = chunk_maps(c, f.ino, SIZE)[1]
+        return f.ino, data, chunk_maps(c, f.ino, SIZE)[1]
+
+
+def _made_the_same(c, ino: int) -> bytes:
+    """Wait until the three replicas of the file's second chunk hold the same bytes; those bytes."""
+    def same() -> bool:
+        try:
+            copies = _replicas_of(c, ino, 1)
+        except Exception:  # noqa: BLE001 - a replica moving to its new version meanwhile
+            return False
+        return len(copies) == 3 and copies.count(copies[0]) == 3
+
+    wait_for("the replicas of the chunk made the same", same, timeout=90)
+    (kept,) = set(_replicas_of(c, ino, 1))
+    return kept
+
+
+@pytest.mark.parametrize("master", ["restarted", "alive"])
+def test_replicas_a_power_cut_left_different_are_made_the_same(make_cluster, master: str) -> None:
+    cluster = make_cluster(n_cs=3)
+    ino, data, m = _written(cluster)
     replicas = replica_files(cluster, m["chunk_id"], m["version"])
     assert len(replicas) == 3
     # The cut: every chunk server gone at once (and the master too, or not); one replica kept an
@@ -54,18 +73,10 @@ def test_replicas_a_power_cut_left_different_are_made_the_same(make_cluster, mas
         cluster.start(proc.role, proc.id)
     cluster.wait_ready()
     with cluster.client() as c:
-        def same() -> bool:
-            try:
-                copies = _replicas_of(c, f.ino, 1)
-            except Exception:  # noqa: BLE001 - a replica moving to its new version meanwhile
-                return False
-            return len(copies) == 3 and copies.count(copies[0]) == 3
-
-        wait_for("the replicas of the chunk made the same", same, timeout=90)
-        (kept,) = set(_replicas_of(c, f.ino, 1))
+        kept = _made_the_same(c, ino)
         assert kept in (data[MiB:], data[MiB:MiB + 4096] + b"\xee" * 8192 + data[MiB + 12288:])
-        assert c.read(f.ino, MiB, MiB) == kept
-        assert c.read(f.ino, 0, MiB) == data[:MiB]
+        assert c.read(ino, MiB, MiB) == kept
+        assert c.read(ino, 0, MiB) == data[:MiB]
 
 
 def test_a_power_cut_of_one_server_does_not_undo_the_writes_the_others_hold(make_cluster) -> None:
@@ -73,12 +84,7 @@ def test_a_power_cut_of_one_server_does_not_undo_the_writes_the_others_hold(make
     their program, whose mount lived on, was told they were done.  The comparison copies from a replica
     whose machine stayed up; it copied from the first of the chunk's map, here the one that went down."""
     cluster = make_cluster(n_cs=3)
-    data = os.urandom(SIZE)
-    with cluster.client() as c:
-        f = c.open("/image", create=True)
-        c.run(f.write(0, data))
-        c.run(f.fsync())
-        m = chunk_maps(c, f.ino, SIZE)[1]
+    ino, data, m = _written(cluster)
     first = m["replicas"][0][0]
     cluster.kill("cs", first)
     (odd,) = [p for p in replica_files(cluster, m["chunk_id"], m["version"]) if p.parents[3].name == f"cs{first}"]
@@ -88,13 +94,5 @@ def test_a_power_cut_of_one_server_does_not_undo_the_writes_the_others_hold(make
     cluster.start("cs", first)
     cluster.wait_ready()
     with cluster.client() as c:
-        def same() -> bool:
-            try:
-                copies = _replicas_of(c, f.ino, 1)
-            except Exception:  # noqa: BLE001 - a replica moving to its new version meanwhile
-                return False
-            return len(copies) == 3 and copies.count(copies[0]) == 3
-
-        wait_for("the replicas of the chunk made the same", same, timeout=90)
-        assert set(_replicas_of(c, f.ino, 1)) == {data[MiB:]}
-        assert c.read(f.ino, 0, SIZE) == data
+        assert _made_the_same(c, ino) == data[MiB:]
+        assert c.read(ino, 0, SIZE) == data

@@ -50,12 +50,12 @@ program was told were done.  Such a server is left out of every read map
 until it has named the chunks it wrote last (`reporting`), and a writer of a
 chunk read from elsewhere is told where to read it (CHUNK_WRITE's `read`).  A
 mount connected to a chunk server again (it restarted) asks again for the
-maps that name it (client/chunk_io.py `_reconnected`).  One that stayed connected (a
-dead writer's chunks, read from another mount) still reads through the maps
-it kept, from any replica: where every replica's server counted the writer's
-writes to it (cs/recent_writes.py: not across its restart), the comparison
-copies from the one that took the most instead, which took every write any
-other did, so each reader's bytes only go forward.
+maps that name it (client/chunk_io.py `_reconnected`).  One that stayed
+connected (a dead writer's chunks, read from another mount) still reads
+through the maps it kept, from any replica: where every replica's server
+counted the writer's writes to it (cs/recent_writes.py: not across its
+restart), the comparison copies from the one that took the most instead,
+which took every write any other did, so each reader's bytes only go forward.
 
 Only while every replica's server is connected and holds its replica: a new
 version moves only the replicas the master can tell to move, and the others
@@ -135,6 +135,10 @@ class FannedMender:
         self.pending.clear()
         self.reporting.clear()
 
+    def narrows(self, chunk_id: int) -> bool:
+        """Whether reads of `chunk_id` may go to fewer replicas than its map names (`read_from`)."""
+        return bool(self.reporting) or chunk_id in self.pending
+
     def read_from(self, chunk_id: int, replicas: list[list[Any]]) -> list[list[Any]]:
         """Of a chunk's `replicas` (its map's, [cs_id, addr] in order), the ones to read from.
 
@@ -181,7 +185,8 @@ class FannedMender:
         try:
             await self._server_back(server)
         finally:
-            if self.mds.live.get(server.cs_id) in (server, None):  # (not a registration made since)
+            now = self.mds.live.get(server.cs_id)
+            if now is None or now is server:  # (not a registration made since)
                 self.reporting.discard(server.cs_id)
 
     async def _server_back(self, server: LiveServer) -> None:

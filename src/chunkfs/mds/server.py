@@ -1053,9 +1053,8 @@ class MetadataServer:
         comparison keeps; none on a server back from a power cut that has not named the chunks it wrote
         last yet (fanned_mender.py `read_from`)."""
         reply = self._map(ino, chunk)
-        mender = self.mender
-        if chunk is not None and (mender.reporting or chunk.chunk_id in mender.pending):
-            reply["replicas"] = mender.read_from(chunk.chunk_id, reply["replicas"])
+        if chunk is not None and self.mender.narrows(chunk.chunk_id):
+            reply["replicas"] = self.mender.read_from(chunk.chunk_id, reply["replicas"])
         return reply
 
     async def _on_chunk_read(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
@@ -1103,10 +1102,8 @@ class MetadataServer:
                                       "this write waited for it; try again") from None
                 failed = set()
         reply = self._map(ino, chunk)
-        mender = self.mender
-        if (mender.reporting or chunk.chunk_id in mender.pending) and \
-                self.watchers.takes(conn, FEATURE_WRITE_MAP_READS):
-            read = mender.read_from(chunk.chunk_id, reply["replicas"])
+        if self.mender.narrows(chunk.chunk_id) and self.watchers.takes(conn, FEATURE_WRITE_MAP_READS):
+            read = self.mender.read_from(chunk.chunk_id, reply["replicas"])
             if read != reply["replicas"]:
                 reply["read"] = read  # (the writer keeps its map for reads too: not this one)
         if written:
