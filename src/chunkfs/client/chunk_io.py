@@ -368,8 +368,8 @@ class ChunkIO:
                     # A replica behind the map at the first try: the master moves the chunk to a new version
                     # (a cut, say), and commits the version before its servers have it: a moment's wait.
                     logger.log(logging.DEBUG if attempt == 0 and _behind_the_map(exc, m) else logging.WARNING,
-                               "read of chunk %#x from CS#%d failed: %s; trying another replica",
-                               m.chunk_id, cs_id, exc)
+                               "read of chunk %#x from CS#%d failed: %s; %s", m.chunk_id, cs_id, exc,
+                               "trying another replica" if len(m.replicas) > 1 else "trying again")
                     if isinstance(exc, ChecksumMismatch):
                         await self._report_bad(m.chunk_id, cs_id, exc)
             refresh = True

@@ -127,6 +127,8 @@ class FannedMender:
         #: Servers back from their machine going down that have not named the chunks they wrote last yet
         #: (`server_back`): any of their replicas may have lost unsynced writes the others hold.
         self.reporting: set[int] = set()
+        #: chunk_id -> the batches to compare (`writer_gone`) it is in, for those in one or more.
+        self._batches: dict[int, int] = {}
 
     def start(self) -> None:
         """On becoming master: no chunk server asked yet (each one back from a power cut names its chunks again)."""
@@ -169,14 +171,20 @@ class FannedMender:
 
     async def writer_gone(self, chunk_ids: set[int], why: str = WRITER_GONE) -> None:
         """Mend the chunks a writer that left without a word was let fan out to (in the background)."""
+        batches = self._batches
         for chunk_id in chunk_ids:
             self.pending.setdefault(chunk_id, None)
+            batches[chunk_id] = batches.get(chunk_id, 0) + 1
         try:
             async with self._one_at_a_time:
                 await self._mend(chunk_ids, why)
         finally:
-            for chunk_id in chunk_ids:  # compared, or given up (reads go anywhere again)
-                self.pending.pop(chunk_id, None)
+            for chunk_id in chunk_ids:  # compared, or given up (reads go anywhere again) ...
+                if batches[chunk_id] > 1:
+                    batches[chunk_id] -= 1  # ... unless a batch waiting behind this one has it too
+                else:
+                    del batches[chunk_id]
+                    self.pending.pop(chunk_id, None)
             self._queued -= chunk_ids  # (a server that names one again, cut again, has it compared again)
 
     async def server_back(self, server: LiveServer) -> None:

@@ -78,3 +78,27 @@ def test_a_server_is_read_from_again_once_its_report_is_taken_or_could_not_be() 
     m.reporting.add(2)
     asyncio.run(m.server_back(server))  # type: ignore[arg-type]
     assert m.reporting == set()
+
+
+def test_a_chunk_in_two_batches_stays_pending_until_the_second_is_done() -> None:
+    """A dead mount's chunks and a server's report after a power cut may name one chunk twice: the first
+    batch's end must not let reads of it go anywhere while the second still waits to compare it."""
+    m = mender()
+    seen: list[dict[int, Any]] = []
+
+    async def mend(chunk_ids: set[int], why: str) -> None:
+        await asyncio.sleep(0)  # (the second batch comes meanwhile, and waits for this one)
+        seen.append(dict(m.pending))
+
+    m._mend = mend  # type: ignore[method-assign]
+
+    async def both() -> None:
+        first = asyncio.create_task(m.writer_gone({5, 6}))
+        second = asyncio.create_task(m.writer_gone({6, 7}))
+        await first
+        seen.append(dict(m.pending))
+        await second
+
+    asyncio.run(both())
+    assert seen == [{5: None, 6: None, 7: None}, {6: None, 7: None}, {6: None, 7: None}]
+    assert m.pending == {} and m._batches == {}
