@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from chunkfs.common.errors import ChecksumMismatch, ChunkFSError, InvalidArgument, NotFound, StaleVersion
@@ -190,9 +190,9 @@ class Replicator:
         bytes there)."""
         store = self.server.store
         fetched = 0
-        for first, count in runs:
+        for first, count, zeros in _split_at_zeros(runs, crcs, store.zero_crc):
             offset, length = first * store.block_size, count * store.block_size
-            if all(c == store.zero_crc for c in crcs[first:first + count]):
+            if zeros:
                 if zero_fill:
                     await asyncio.to_thread(store.write, chunk_id, version, offset, bytes(length), False)
                 continue
@@ -259,6 +259,20 @@ class Replicator:
                 return bytes(data), False
             all_bad = False
         return None, all_bad
+
+
+def _split_at_zeros(
+    runs: Iterable[tuple[int, int]], crcs: list[int], zero_crc: int
+) -> Iterator[tuple[int, int, bool]]:
+    """Each run as (first, count, all zeros) runs whose blocks are all zeros or none is: a copy writes
+    no zeros its source holds as a hole (a small file's chunk, copied whole, took the whole chunk on
+    disk: a probe, 1 MiB against 72 KiB for each of 20,270 replicas)."""
+    for first, count in runs:
+        start = first
+        for block in range(first + 1, first + count + 1):
+            if block == first + count or (crcs[block] == zero_crc) != (crcs[start] == zero_crc):
+                yield start, block - start, crcs[start] == zero_crc
+                start = block
 
 
 def _runs(blocks: Iterable[int], most: int) -> list[tuple[int, int]]:

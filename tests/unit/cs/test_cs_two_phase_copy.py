@@ -123,3 +123,17 @@ def test_a_catch_up_that_does_not_match_the_source_leaves_no_replica(stores) -> 
     with pytest.raises(ChunkFSError, match="differs from the source"):
         replicate(target, 2, since=[1, token])
     assert dst.version_of(CID) is None
+
+
+def test_a_copy_writes_no_zeros_its_source_holds_as_holes(stores) -> None:
+    """A small file's chunk: one block written. Its copy takes about that on disk, not the whole chunk."""
+    src, dst = stores
+    src.create(CID, 1)
+    src.write(CID, 1, 0, b"x" * 341)
+    src.write(CID, 1, 9 * BS, b"y" * 10)  # (a block in the middle of a piece the copy reads whole)
+    replicate(Target(dst, Source(src)), 1)
+    assert dst.read(CID, 1, 0, MiB) == src.read(CID, 1, 0, MiB)
+    assert dst.block_checksums(CID, 1) == src.block_checksums(CID, 1)
+    (copy,) = (dst.root).rglob(f"{CID:016x}_*.chunk")
+    (original,) = (src.root).rglob(f"{CID:016x}_*.chunk")
+    assert copy.stat().st_blocks <= original.stat().st_blocks + 8  # (within a 4 KiB page of it)
