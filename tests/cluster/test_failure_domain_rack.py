@@ -9,7 +9,10 @@ import dataclasses
 import os
 from pathlib import Path
 
+import pytest
+
 from chunkfs.common.config import load_node, save_node
+from chunkfs.common.errors import NoSpace
 from chunkfs.testing.cluster import LocalCluster
 
 from ._healing_helpers import MiB, check_every_replica, chunk_maps
@@ -65,7 +68,16 @@ def test_tier_keeps_files_on_their_tier(tmp_path, conf_dir) -> None:
         # By address, as the master lists them (a server's id is in its node.json only once it registered).
         tier_at = {p.addr: labels[p.id - 1][2] for p in cluster.processes if p.role == "cs"}
         assert run_cli("-c", "racks", "mkdir", "/fast").returncode == 0
-        assert run_cli("-c", "racks", "set-attr", "/fast", "tier=1", "replicas=2:1").returncode == 0
+        done = run_cli("-c", "racks", "set-attr", "/fast", "tier=1", "replicas=2:1")
+        assert done.returncode == 0 and done.stderr == "", done
+        # More than the tier has (a probe: said nothing, then writes failed "no space" with the disks empty).
+        done = run_cli("-c", "racks", "set-attr", "/fast", "replicas=3:3")
+        assert "the cluster has 2 chunk server(s) of tier 1 (of 5): a write that needs a new" in done.stderr, done
+        with cluster.client() as c:
+            f = c.open("/fast/too-many", create=True)
+            with pytest.raises(NoSpace, match="2 chunk server.s. of tier 1 .the file's tier=. online, 3 needed"):
+                c.run(f.write(0, b"x"))
+        assert run_cli("-c", "racks", "set-attr", "/fast", "replicas=2:1").stderr == ""
         data = os.urandom(4 * MiB)
         with cluster.client() as c:
             fast = c.open("/fast/db", create=True)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from chunkfs.cli.arg_types import cluster_path, local_path, whole
 from chunkfs.cli.context import Command, run_with_client
-from chunkfs.cli.healing import parse_placement, set_placement
+from chunkfs.cli.healing import parse_placement, set_placement, warn_of_goal
 from chunkfs.cli.units import human_bytes
 from chunkfs.client.client import Client, split_path
 from chunkfs.common.errors import ChunkFSError, ConfigError, Exists, InvalidArgument, NotFound, Timeout, Unavailable
@@ -399,14 +399,7 @@ async def cmd_set_attr(client: Client, args: argparse.Namespace) -> int:
     for n, minimum in settings:
         changed = await client.set_replicas(args.path, n, minimum, args.recursive)
         print(f"replicas={n}:{minimum} set on {changed} item(s)")
-        servers = len((await client.cluster_stat())["cs"])
-        if minimum > servers:
-            print(f"warning: the cluster has {servers} chunk server(s), fewer than the minimum {minimum}: a write "
-                  f"that needs a new chunk there fails with 'no space' (ENOSPC) until it has {minimum}; chunks "
-                  "that exist keep the replicas they have", file=sys.stderr)
-        elif n > servers:
-            print(f"warning: the cluster has {servers} chunk server(s): chunks there stay below their goal of {n} "
-                  f"replicas (at {servers}) until it has {n}", file=sys.stderr)
+    await warn_of_goal(client, args.path)
     return 0
 
 

@@ -67,11 +67,32 @@ async def set_placement(client: Client, path: str, domain: str | None, tier: int
     changed = await client.set_placement(path, domain, tier, recursive)
     what = f"failure-domain={domain}" if domain is not None else f"tier={tier}"
     print(f"{what} set on {changed} item(s)")
-    if tier is not None:  # (a probe: said nothing of a tier no server has)
-        servers = [cs for cs in (await client.cluster_stat())["cs"] if cs.get("tier", 0) == tier]
-        if not servers:
-            print(f"warning: no chunk server of tier {tier}: new chunks there cannot be placed ('no space', "
-                  f"ENOSPC) until one registers (chunkfs make-cs --tier {tier})", file=sys.stderr)
+
+
+async def warn_of_goal(client: Client, path: str) -> None:
+    """Say what `path`'s replicas and tier, as set now, mean with the chunk servers of that tier there are.
+
+    Chunks go only to servers of their file's tier: a goal above their number leaves chunks below it,
+    and a minimum above it fails new chunks with ENOSPC (a probe: `tier=1 replicas=4:4` with three
+    servers of tier 1 said nothing, then `dd` failed "no space" with 370 GB free)."""
+    attr = await client.resolve(path)
+    n, minimum, tier = attr["replicas"], attr["min_replicas"], attr.get("tier", 0)
+    servers = await client.cluster_stat()
+    everywhere = len(servers["cs"])
+    count = sum(1 for cs in servers["cs"] if cs.get("tier", 0) == tier)
+    where = f"the cluster has {count} chunk server(s)"
+    if count != everywhere:
+        where += f" of tier {tier} (of {everywhere})"
+    if count == 0:
+        print(f"warning: no chunk server of tier {tier}: new chunks there cannot be placed ('no space', "
+              f"ENOSPC) until one registers (chunkfs make-cs --tier {tier})", file=sys.stderr)
+    elif minimum > count:
+        print(f"warning: {path} keeps replicas={n}:{minimum} on servers of tier {tier}, and {where}: a write "
+              f"that needs a new chunk there fails with 'no space' (ENOSPC) until there are {minimum}; chunks that "
+              "exist keep the replicas they have", file=sys.stderr)
+    elif n > count:
+        print(f"warning: {path} keeps replicas={n}:{minimum} on servers of tier {tier}, and {where}: chunks "
+              f"there stay below their goal (at {count}) until there are {n}", file=sys.stderr)
 
 
 def _parse_pairs(items: list[str]) -> dict[str, str]:

@@ -671,15 +671,16 @@ class ReplicationMonitor:
             new = (await chunks.set_replicas(
                 frozen, final, move=[cs for cs in final if cs in asked or cs == target],
                 delete=() if drop is None else (drop,))).chunk
+        copied = int(reply["bytes"]) + (0 if bulk is None else bulk[1])  # a copy made: both phases
         if self.episode is not None:
             if drop is None:
                 self.episode.copies += 1
             else:
                 self.episode.moves += 1
-            self.episode.bytes += int(reply["bytes"]) + (0 if bulk is None else bulk[1])  # a copy made: both phases
+            self.episode.bytes += copied
             self.episode.last_done = time.monotonic()
         logger.info("chunk %#x copied from CS#%d to CS#%d (%d bytes)%s; version %#x", chunk_id, source, target,
-                    reply["bytes"], f", moved off CS#{drop}" if drop is not None else "", new.version)
+                    copied, f", moved off CS#{drop}" if drop is not None else "", new.version)
         return True
 
     async def _trim(self, chunk_id: int) -> None:

@@ -1257,15 +1257,19 @@ class MetadataServer:
             goal = f"replicas={attr['replicas']}:{need}"
             quiet = time.monotonic() - self._placement_warned < PLACEMENT_WARNING_EVERY
             if able + len(missing) < need:
+                tier = attr.get("tier", 0)
+                of_tier = self._tier_servers(tier)
+                if of_tier < need:  # (a probe: blamed space, with 370 GB free, for a tier of 3 servers)
+                    why = (f"{of_tier} chunk server(s) of tier {tier} (the file's tier=) online, {need} needed "
+                           f"({goal})", "add servers of that tier (make-cs --tier), or set a lower replicas= or "
+                           "another tier= on the file's folder")
+                else:
+                    why = (f"{able} chunk server(s) with free space online, {need} needed ({goal})",
+                           "add chunk servers or free space")
                 if not quiet:
                     self._placement_warned = time.monotonic()
-                    logger.warning("cannot place a chunk of inode %d: %d chunk server(s) with free space, %d needed "
-                                   "(%s); none missing: the cluster is short of space or servers",
-                                   ino, able, need, goal)
-                raise NoSpace(
-                    f"cannot place a chunk: {able} chunk server(s) with free space online, {need} needed ({goal}); "
-                    "add chunk servers or free space"
-                )
+                    logger.warning("cannot place a chunk of inode %d: %s; none missing: %s", ino, *why)
+                raise NoSpace(f"cannot place a chunk: {why[0]}; {why[1]}")
             if time.monotonic() >= deadline:
                 why = ", ".join(f"CS#{cs} {reason}" for cs, reason in sorted(missing.items()))
                 full = self._full_servers(attr.get("tier", 0))
@@ -1283,6 +1287,11 @@ class MetadataServer:
                     f"missing: {why}; {then}"
                 )
             await asyncio.sleep(PLACEMENT_POLL)
+
+    def _tier_servers(self, tier: int) -> int:
+        """Active chunk servers of `tier`, full or not."""
+        return sum(1 for cs in self.live if self.healing.is_active(cs)
+                   and (place := self.healing.place_of(cs)) is not None and place.tier == tier)
 
     def _full_servers(self, tier: int) -> list[int]:
         """Active chunk servers of `tier` that take no new chunk now: their disks are full."""
