@@ -117,8 +117,6 @@ class FannedMender:
         self._conns: dict[str, Connection] = {}
         #: One departed writer's chunks at a time (and one connection per chunk server).
         self._one_at_a_time = asyncio.Lock()
-        #: Chunks the chunk servers named to this master (`server_back`) waiting to be compared, each once.
-        self._queued: set[int] = set()
         #: chunk_id -> the servers that named it among those they wrote last, back from their machine
         #: going down (a power cut): its blocks may be torn (`torn_everywhere`).  The oldest forgotten first.
         self.cut: OrderedDict[int, set[int]] = OrderedDict()
@@ -127,12 +125,11 @@ class FannedMender:
         #: Servers back from their machine going down that have not named the chunks they wrote last yet
         #: (`server_back`): any of their replicas may have lost unsynced writes the others hold.
         self.reporting: set[int] = set()
-        #: chunk_id -> the batches to compare (`writer_gone`) it is in, for those in one or more.
+        #: chunk_id -> the batches (`writer_gone`) that still have it to compare, for those with one or more.
         self._batches: dict[int, int] = {}
 
     def start(self) -> None:
         """On becoming master: no chunk server asked yet (each one back from a power cut names its chunks again)."""
-        self._queued.clear()
         self.cut.clear()
         self.pending.clear()
         self.reporting.clear()
@@ -171,21 +168,25 @@ class FannedMender:
 
     async def writer_gone(self, chunk_ids: set[int], why: str = WRITER_GONE) -> None:
         """Mend the chunks a writer that left without a word was let fan out to (in the background)."""
-        batches = self._batches
         for chunk_id in chunk_ids:
             self.pending.setdefault(chunk_id, None)
-            batches[chunk_id] = batches.get(chunk_id, 0) + 1
+            self._batches[chunk_id] = self._batches.get(chunk_id, 0) + 1
+        waiting = set(chunk_ids)
         try:
             async with self._one_at_a_time:
-                await self._mend(chunk_ids, why)
+                await self._mend(waiting, why)
         finally:
-            for chunk_id in chunk_ids:  # compared, or given up (reads go anywhere again) ...
-                if batches[chunk_id] > 1:
-                    batches[chunk_id] -= 1  # ... unless a batch waiting behind this one has it too
-                else:
-                    del batches[chunk_id]
-                    self.pending.pop(chunk_id, None)
-            self._queued -= chunk_ids  # (a server that names one again, cut again, has it compared again)
+            for chunk_id in waiting:  # given up
+                self._done(chunk_id)
+
+    def _done(self, chunk_id: int) -> None:
+        """One batch is done with `chunk_id` (compared, or given up): reads go anywhere again, unless another
+        batch still has it to compare.  A server that names it again (cut again) has it compared again."""
+        left = self._batches.pop(chunk_id, 0) - 1
+        if left > 0:
+            self._batches[chunk_id] = left
+        else:
+            self.pending.pop(chunk_id, None)
 
     async def server_back(self, server: LiveServer) -> None:
         """A chunk server registered with this new master: mend the chunks clients lately fanned out to it, and
@@ -228,7 +229,7 @@ class FannedMender:
         term = mds.log.term
         todo = set()
         for chunk_id in reported:
-            if chunk_id in self._queued:  # (another replica's server named it already)
+            if chunk_id in self._batches:  # (still to compare: named already, by another replica's server, say)
                 continue
             chunk = mds.store.chunk(chunk_id)
             if chunk is None or len(chunk.replicas) < 2:
@@ -236,7 +237,6 @@ class FannedMender:
             if first_version(chunk) and chunk.version >> VERSION_TERM_SHIFT == term and not server.unclean:
                 continue  # allocated by this master, which knows its writer (fan_grants.py)
             todo.add(chunk_id)
-        self._queued |= todo
         self.reporting.discard(server.cs_id)  # (its chunks to compare are pending from here on, below)
         if todo:
             logger.info("CS#%d: %d chunk(s) written lately to every replica at once, under an earlier master: "
@@ -250,9 +250,10 @@ class FannedMender:
         while len(self.cut) > CUT_REMEMBERED:
             self.cut.popitem(last=False)
 
-    async def _mend(self, chunk_ids: set[int], why: str) -> None:
+    async def _mend(self, waiting: set[int], why: str) -> None:
+        """Compare the chunks `waiting`, each taken off it once compared (what is left was given up)."""
         mended = copied = 0
-        waiting = set(chunk_ids)
+        total = len(waiting)
         for _ in range(MEND_TRIES):
             first_failure = ""
             for chunk_id in sorted(waiting):
@@ -265,7 +266,7 @@ class FannedMender:
                     first_failure = first_failure or f"chunk {chunk_id:#x}: {exc}"
                     continue
                 waiting.discard(chunk_id)
-                self.pending.pop(chunk_id, None)
+                self._done(chunk_id)
                 mended += blocks > 0
                 copied += blocks
             if not waiting:
@@ -280,10 +281,10 @@ class FannedMender:
                            MEND_RETRY * MEND_TRIES, ",".join(f"{c:#x}" for c in sorted(waiting)[:20]))
         if copied:
             logger.warning("%s: %d of %d chunk(s) written to every replica at once had replicas that differed; "
-                           "%d block(s) copied to make them the same", why, mended, len(chunk_ids), copied)
+                           "%d block(s) copied to make them the same", why, mended, total, copied)
         elif not waiting:
             logger.info("%s: the replicas of the %d chunk(s) written to every replica at once are the same", why,
-                        len(chunk_ids))
+                        total)
 
     async def make_same(self, chunk_id: int) -> int:
         """Make the replicas of `chunk_id` hold the same bytes (the ones of the replica that took the most of its

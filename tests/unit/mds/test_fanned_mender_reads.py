@@ -8,6 +8,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from chunkfs.common.errors import Unavailable
+from chunkfs.mds import fanned_mender
 from chunkfs.mds.fanned_mender import FannedMender
 from chunkfs.protocol.messages import FEATURE_FANNED_REPORT
 
@@ -101,4 +102,47 @@ def test_a_chunk_in_two_batches_stays_pending_until_the_second_is_done() -> None
 
     asyncio.run(both())
     assert seen == [{5: None, 6: None, 7: None}, {6: None, 7: None}, {6: None, 7: None}]
+    assert m.pending == {} and m._batches == {}
+
+
+def test_a_server_cut_again_while_its_chunks_are_compared_has_the_ones_done_compared_again(monkeypatch) -> None:
+    """A probe: cut, back, cut again 1-2 s later, while the master still compared the chunks it named (one
+    waiting for the server itself): those compared already were skipped at its second return, as still
+    queued, and its replica kept the writes it lost the second time, for good (6 of 7 rounds)."""
+    monkeypatch.setattr(fanned_mender, "MEND_RETRY", 0.01)
+    chunk = SimpleNamespace(replicas=[1, 2, 3], version=5)  # (not a first version: compared whoever wrote it)
+    mds = SimpleNamespace(master_since=time.monotonic(), live={}, log=SimpleNamespace(term=1),
+                          store=SimpleNamespace(chunk=lambda chunk_id: chunk),
+                          raft=SimpleNamespace(is_leader=lambda: True))
+    m = FannedMender(mds)  # type: ignore[arg-type]
+    compared: list[int] = []
+    away = [True]  # chunk 2's comparison waits for the server, away again
+
+    async def make_same(chunk_id: int) -> int:
+        await asyncio.sleep(0)
+        if chunk_id == 2 and away[0]:
+            raise Unavailable("CS#1 not connected")
+        compared.append(chunk_id)
+        return 0
+
+    class Reporting:
+        async def call(self, *args: Any, **kw: Any) -> Any:
+            return {"chunks": [1, 2]}, b""
+
+    m.make_same = make_same  # type: ignore[method-assign]
+    server = SimpleNamespace(cs_id=1, features=frozenset({FEATURE_FANNED_REPORT}), unclean=True, conn=Reporting())
+
+    async def cut_twice() -> None:
+        first = asyncio.create_task(m.server_back(server))  # type: ignore[arg-type]
+        for _ in range(100):
+            await asyncio.sleep(0.001)
+            if compared == [1]:
+                break
+        second = asyncio.create_task(m.server_back(server))  # type: ignore[arg-type]  # back again
+        await asyncio.sleep(0.02)
+        away[0] = False
+        await asyncio.gather(first, second)
+
+    asyncio.run(cut_twice())
+    assert sorted(compared) == [1, 1, 2]
     assert m.pending == {} and m._batches == {}
