@@ -310,6 +310,11 @@ class FannedMender:
             missing = [cs for cs in chunk.replicas if not mds.chunks.holds(cs, chunk_id)]
             if missing:
                 raise Unavailable(f"chunk {chunk_id:#x}: CS {','.join(map(str, missing))} not connected")
+            # Not before a server back from a power cut has named what it wrote last: its replica may have
+            # lost what the others hold, and would not be known for it (`cut`) when the copy's source is chosen.
+            if reporting := [cs for cs in chunk.replicas if cs in self.reporting]:
+                raise Unavailable(f"chunk {chunk_id:#x}: CS {','.join(map(str, reporting))} back from a power cut, "
+                                  "not done naming the chunks it wrote last")
             # A new version first: every writer's next write waits on this lock for the new map.
             chunk = await mds.move_on(chunk)
             replicas = replica_list(mds._map(chunk.ino, chunk)["replicas"], "replicas")

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from types import SimpleNamespace
 from typing import Any
+
+import pytest
 
 from chunkfs.common.errors import Unavailable
 from chunkfs.mds import fanned_mender
@@ -146,3 +149,25 @@ def test_a_server_cut_again_while_its_chunks_are_compared_has_the_ones_done_comp
     asyncio.run(cut_twice())
     assert sorted(compared) == [1, 1, 2]
     assert m.pending == {} and m._batches == {}
+
+
+def test_no_chunk_is_compared_before_each_of_its_servers_back_from_a_power_cut_named_what_it_wrote_last() -> None:
+    """A dead mount's chunk, compared once its servers are back: one of them back from a power cut, its report
+    still to come, is not known yet to have lost writes, and must not be the one copied from."""
+    chunk = SimpleNamespace(chunk_id=7, ino=1, index=0, replicas=[1, 2, 3], version=5)
+
+    class Chunks:
+        def lock(self, ino: int, index: int) -> contextlib.AbstractAsyncContextManager[None]:
+            return contextlib.nullcontext()  # type: ignore[return-value]
+
+        def holds(self, cs: int, chunk_id: int) -> bool:
+            return True
+
+    async def move_on(c: Any) -> Any:
+        raise AssertionError("moved on, to be compared")
+
+    mds = SimpleNamespace(store=SimpleNamespace(chunk=lambda chunk_id: chunk), chunks=Chunks(), move_on=move_on)
+    m = FannedMender(mds)  # type: ignore[arg-type]
+    m.reporting.add(2)
+    with pytest.raises(Unavailable, match="CS 2 back from a power cut"):
+        asyncio.run(m.make_same(7))
