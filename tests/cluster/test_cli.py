@@ -69,6 +69,10 @@ def test_put_get_ls_rm_and_attributes(make_cluster, tmp_path) -> None:
     result = run_cli("-c", name, "set-attr", "/a", "replicas=5:2")
     assert "stay below their goal (at 3) until there are 5" in result.stderr, result
     assert run_cli("-c", name, "set-attr", "/a", "replicas=3:2").stderr == ""
+    # Each said in the event log, which then tells of the copies (a probe: changes of goal went unsaid).
+    said = [e["message"] for e in json.loads(run_cli("-c", name, "get-event", "--json", "--limit", "10").stdout)]
+    assert [m for m in said if " set on /a" in m][-3:] == [
+        "replicas=9:8 set on /a: 1 item(s)", "replicas=5:2 set on /a: 1 item(s)", "replicas=3:2 set on /a: 1 item(s)"]
 
     assert run_cli("-c", name, "rm", "-r", "/a").returncode == 0
     assert run_cli("-c", name, "ls", "/").stdout.strip() == ""

@@ -994,7 +994,13 @@ class MetadataServer:
         changed = 0
         async for page in self._pages(h["ino"], h["recursive"]):
             changed += await self._propose("set_replicas", inos=page, replicas=replicas, min_replicas=min_replicas)
+        await self._attributes_set(f"replicas={replicas}:{min_replicas}", h, changed)
         return {"changed": changed}
+
+    async def _attributes_set(self, what: str, h: dict[str, Any], changed: int) -> None:
+        """An event for a change of where and how many replicas live: its copies and moves follow."""
+        below = " and below" if h["recursive"] else ""
+        await self._event("info", f"{what} set on {self.store.path_of(h['ino'])}{below}: {changed} item(s)")
 
     async def _pages(self, ino: int, recursive: bool) -> AsyncIterator[list[int]]:
         """The inodes a (recursive) attribute change covers, in pages: one replicated command each (subtree.py).
@@ -1534,6 +1540,9 @@ class MetadataServer:
         changed = 0
         async for page in self._pages(h["ino"], h["recursive"]):
             changed += await self._propose("set_placement", inos=page, domain=domain, tier=tier)
+        what = " ".join(f for f in (f"failure-domain={domain}" if domain is not None else "",
+                                    f"tier={tier}" if tier is not None else "") if f)
+        await self._attributes_set(what, h, changed)
         return {"changed": changed}
 
     async def _on_rm_cs(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:
