@@ -194,9 +194,13 @@ class FannedMender:
         try:
             await self._server_back(server)
         finally:
-            now = self.mds.live.get(server.cs_id)
-            if now is None or now is server:  # (not a registration made since)
-                self.reporting.discard(server.cs_id)
+            self._reported(server)
+
+    def _reported(self, server: LiveServer) -> None:
+        """`server` named the chunks it wrote last (or cannot): read from again, unless it registered anew since."""
+        now = self.mds.live.get(server.cs_id)
+        if now is None or now is server:
+            self.reporting.discard(server.cs_id)
 
     async def _server_back(self, server: LiveServer) -> None:
         mds = self.mds
@@ -237,7 +241,7 @@ class FannedMender:
             if first_version(chunk) and chunk.version >> VERSION_TERM_SHIFT == term and not server.unclean:
                 continue  # allocated by this master, which knows its writer (fan_grants.py)
             todo.add(chunk_id)
-        self.reporting.discard(server.cs_id)  # (its chunks to compare are pending from here on, below)
+        self._reported(server)  # (its chunks to compare are pending from here on, below)
         if todo:
             logger.info("CS#%d: %d chunk(s) written lately to every replica at once, under an earlier master: "
                         "their replicas are compared (a writer may have died with it)", server.cs_id, len(todo))

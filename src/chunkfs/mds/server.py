@@ -1264,7 +1264,7 @@ class MetadataServer:
             quiet = time.monotonic() - self._placement_warned < PLACEMENT_WARNING_EVERY
             if able + len(missing) < need:
                 tier = attr.get("tier", 0)
-                of_tier = self._tier_servers(tier)
+                of_tier = len(self._tier_servers(tier))
                 if of_tier < need:  # (a probe: blamed space, with 370 GB free, for a tier of 3 servers)
                     why = (f"{of_tier} chunk server(s) of tier {tier} (the file's tier=) online, {need} needed "
                            f"({goal})", "add servers of that tier (make-cs --tier), or set a lower replicas= or "
@@ -1294,16 +1294,15 @@ class MetadataServer:
                 )
             await asyncio.sleep(PLACEMENT_POLL)
 
-    def _tier_servers(self, tier: int) -> int:
+    def _tier_servers(self, tier: int) -> list[int]:
         """Active chunk servers of `tier`, full or not."""
-        return sum(1 for cs in self.live if self.healing.is_active(cs)
-                   and (place := self.healing.place_of(cs)) is not None and place.tier == tier)
+        return sorted(cs for cs in self.live if self.healing.is_active(cs)
+                      and (place := self.healing.place_of(cs)) is not None and place.tier == tier)
 
     def _full_servers(self, tier: int) -> list[int]:
         """Active chunk servers of `tier` that take no new chunk now: their disks are full."""
         able = {p.cs_id for p in self.healing.candidates({"tier": tier})}
-        return sorted(cs for cs in self.live if cs not in able and self.healing.is_active(cs)
-                      and (place := self.healing.place_of(cs)) is not None and place.tier == tier)
+        return [cs for cs in self._tier_servers(tier) if cs not in able]
 
     def _missing_servers(self, tier: int) -> dict[int, str]:
         """Registered chunk servers that could take chunks of `tier` but are not active now, and why.
@@ -1540,9 +1539,8 @@ class MetadataServer:
         changed = 0
         async for page in self._pages(h["ino"], h["recursive"]):
             changed += await self._propose("set_placement", inos=page, domain=domain, tier=tier)
-        what = " ".join(f for f in (f"failure-domain={domain}" if domain is not None else "",
-                                    f"tier={tier}" if tier is not None else "") if f)
-        await self._attributes_set(what, h, changed)
+        said = {"failure-domain": domain, "tier": tier}
+        await self._attributes_set(" ".join(f"{k}={v}" for k, v in said.items() if v is not None), h, changed)
         return {"changed": changed}
 
     async def _on_rm_cs(self, conn: Connection, h: dict[str, Any]) -> dict[str, Any]:

@@ -34,6 +34,8 @@ def test_full_servers_are_those_of_the_tier_without_room() -> None:
     places = {1: Place(1, "a", "a", 0, 0), 2: Place(2, "b", "b", 0, 100 * MiB),
               3: Place(3, "c", "c", 1, 0), 4: Place(4, "d", "d", 1, 0)}
     mds = SimpleNamespace(live={cs: object() for cs in places}, healing=Healing(places))
+    mds._tier_servers = lambda tier: MetadataServer._tier_servers(mds, tier)  # type: ignore[arg-type]
     assert MetadataServer._full_servers(mds, 0) == [1]
     assert MetadataServer._full_servers(mds, 1) == [3, 4]
     assert MetadataServer._full_servers(mds, 2) == []
+    assert MetadataServer._tier_servers(mds, 1) == [3, 4]  # type: ignore[arg-type]
